@@ -1,0 +1,152 @@
+"""Axis and angle conventions of eqpdenet, stated once, and group actions on images.
+
+Conventions (every module follows these; ``tests/test_geometry.py`` pins them down):
+
+* Images are tensors of shape ``(batch, channels, height, width)``.
+* Pixel ``(row i, column j)`` of an ``H x W`` image with grid spacing ``h`` sits at
+
+      x = (j - (W - 1) / 2) * h,        y = ((H - 1) / 2 - i) * h,
+
+  so ``x`` grows to the right along a row, ``y`` grows *upwards* (against the row index), and
+  the origin is the centre of the image. ``(x, y)`` is right-handed as the image is displayed.
+* Angles are in radians; a positive angle rotates counterclockwise as displayed. A rotation by
+  ``+pi/2`` is exactly ``torch.rot90(u, k=1, dims=(-2, -1))`` for square images.
+* A group element ``g: p -> A p + t`` (``A`` a 2x2 matrix, ``t`` in pixels) acts on an image by
+  push-forward, ``(g . f)(p) = f(g^{-1} p)``: the content moves with ``g``. A translation
+  ``t = (1, 0)`` moves the content one pixel to the right, ``t = (0, 1)`` one pixel up.
+* Resampling uses :func:`torch.nn.functional.grid_sample` with ``align_corners=False``, bilinear
+  interpolation and zero fill by default. With ``align_corners=False`` the normalised point
+  ``(0, 0)`` is the pixel-grid centre ``((W - 1) / 2, (H - 1) / 2)``, which is the centre above,
+  so rotations by multiples of ``pi/2`` of square images map pixel centres onto pixel centres.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "pixel_coordinates",
+    "affine_warp",
+    "rotate",
+    "scale",
+    "translate",
+    "rotation_matrix",
+]
+
+
+def pixel_coordinates(
+    height: int,
+    width: int,
+    spacing: float = 1.0,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Return ``(x, y)``, each of shape ``(height, width)``: the coordinates of the pixel centres.
+
+    ``x`` grows along columns (to the right), ``y`` grows against the row index (upwards); both
+    are zero at the image centre and measured in units of ``spacing`` per pixel.
+    """
+    dtype = dtype or torch.get_default_dtype()
+    cols = (torch.arange(width, dtype=dtype, device=device) - (width - 1) / 2) * spacing
+    rows = ((height - 1) / 2 - torch.arange(height, dtype=dtype, device=device)) * spacing
+    y, x = torch.meshgrid(rows, cols, indexing="ij")
+    return x, y
+
+
+def rotation_matrix(angle: Tensor | float, *, dtype=None, device=None) -> Tensor:
+    """Counterclockwise rotation matrices, shape ``(*angle.shape, 2, 2)``; ``angle`` in radians."""
+    angle = torch.as_tensor(angle, dtype=dtype or torch.get_default_dtype(), device=device)
+    c, s = torch.cos(angle), torch.sin(angle)
+    return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
+
+
+def _check_images(images: Tensor) -> None:
+    if not isinstance(images, Tensor) or images.dim() != 4:
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"expected images of shape (batch, channels, height, width), got {shape}")
+    if not images.is_floating_point():
+        raise TypeError(f"expected a floating-point image tensor, got dtype {images.dtype}")
+
+
+def affine_warp(
+    images: Tensor,
+    matrix: Tensor,
+    translation: Tensor | None = None,
+    *,
+    mode: str = "bilinear",
+    padding_mode: str = "zeros",
+) -> Tensor:
+    """Push images forward by ``p -> A p + t`` about the image centre: ``out(p) = in(A^{-1}(p - t))``.
+
+    Args:
+        images: ``(B, C, H, W)`` floating-point tensor.
+        matrix: ``A``, shape ``(2, 2)`` (shared) or ``(B, 2, 2)`` (one per image), in ``(x, y)``
+            coordinates as defined in this module (``y`` up).
+        translation: ``t`` in pixels, shape ``(2,)`` or ``(B, 2)``, as ``(t_x, t_y)``; default 0.
+        mode, padding_mode: passed to :func:`torch.nn.functional.grid_sample`
+            (``align_corners=False``).
+
+    Returns:
+        ``(B, C, H, W)`` tensor of the same dtype and device.
+    """
+    _check_images(images)
+    batch, _, height, width = images.shape
+    dtype, device = images.dtype, images.device
+    matrix = torch.as_tensor(matrix, dtype=dtype, device=device)
+    if matrix.shape == (2, 2):
+        matrix = matrix.expand(batch, 2, 2)
+    if matrix.shape != (batch, 2, 2):
+        raise ValueError(f"matrix must have shape (2, 2) or ({batch}, 2, 2), got {tuple(matrix.shape)}")
+    if translation is None:
+        translation = torch.zeros(batch, 2, dtype=dtype, device=device)
+    translation = torch.as_tensor(translation, dtype=dtype, device=device)
+    if translation.shape == (2,):
+        translation = translation.expand(batch, 2)
+    if translation.shape != (batch, 2):
+        raise ValueError(
+            f"translation must have shape (2,) or ({batch}, 2), got {tuple(translation.shape)}"
+        )
+    # Normalised grid coordinates of affine_grid (align_corners=False) are q = D p with
+    # D = diag(2/W, -2/H): x/W-scaled to the right, and the sign flip because rows grow downwards.
+    d = torch.tensor([2.0 / width, -2.0 / height], dtype=dtype, device=device)
+    inverse = torch.linalg.inv(matrix)
+    theta_linear = d[:, None] * inverse / d[None, :]
+    theta_shift = -(d * (inverse @ translation[..., None])[..., 0])
+    theta = torch.cat([theta_linear, theta_shift[..., None]], dim=-1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode=mode, padding_mode=padding_mode, align_corners=False)
+
+
+def rotate(images: Tensor, angle: Tensor | float, **kwargs) -> Tensor:
+    """Rotate images counterclockwise (as displayed) by ``angle`` radians about their centre.
+
+    ``angle`` is a float or a ``(B,)`` tensor (one angle per image).
+    """
+    _check_images(images)
+    return affine_warp(images, rotation_matrix(angle, dtype=images.dtype, device=images.device),
+                       **kwargs)
+
+
+def scale(images: Tensor, factor: Tensor | float, **kwargs) -> Tensor:
+    """Scale images about their centre, ``(x, y) -> (factor x, factor y)``; float or ``(B,)``."""
+    _check_images(images)
+    factor = torch.as_tensor(factor, dtype=images.dtype, device=images.device)
+    eye = torch.eye(2, dtype=images.dtype, device=images.device)
+    return affine_warp(images, factor[..., None, None] * eye, **kwargs)
+
+
+def translate(images: Tensor, shift: Tensor, **kwargs) -> Tensor:
+    """Translate images by ``shift = (t_x, t_y)`` pixels (``(2,)`` or ``(B, 2)``; ``t_y`` upwards)."""
+    _check_images(images)
+    eye = torch.eye(2, dtype=images.dtype, device=images.device)
+    return affine_warp(images, eye, shift, **kwargs)
+
+
+def degrees(angle_radians: float) -> float:
+    """Radians to degrees (kept here so that every conversion goes through one place)."""
+    return angle_radians * 180.0 / math.pi
