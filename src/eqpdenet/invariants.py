@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .stencils import derivative_index
+from .stencils import derivative_names
 
 __all__ = [
     "Invariant",
@@ -59,17 +59,22 @@ def safe_ratio(a: Tensor, b: Tensor, eps: float = DEFAULT_RATIO_EPS) -> Tensor:
 class Derivatives:
     """Read-only view of a jet ``(..., D, H, W)`` by name: ``d.u_x`` is ``jet[..., 1, :, :]``."""
 
-    __slots__ = ("_jet",)
-
     def __init__(self, jet: Tensor):
-        self._jet = jet
+        channels = jet.shape[-3]
+        order = 0
+        while (order + 1) * (order + 2) // 2 < channels:
+            order += 1
+        if (order + 1) * (order + 2) // 2 != channels:
+            raise ValueError(f"a jet has (n+1)(n+2)/2 channels for some order n, got {channels}")
+        self._order = order
+        for index, name in enumerate(derivative_names(order)):
+            setattr(self, name, jet[..., index, :, :])
 
     def __getattr__(self, name: str) -> Tensor:
-        index = derivative_index(name)
-        if index >= self._jet.shape[-3]:
-            raise ValueError(f"{name} needs a higher-order jet than the one given "
-                             f"({self._jet.shape[-3]} channels)")
-        return self._jet[..., index, :, :]
+        # only reached for names not set in __init__
+        if name.startswith("u_") and not name.startswith("__"):
+            raise ValueError(f"{name} needs a higher-order jet than the one given (order {self._order})")
+        raise AttributeError(name)
 
 
 @dataclass(frozen=True)
