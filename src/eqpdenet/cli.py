@@ -1,14 +1,74 @@
-"""The ``eqpdenet`` command line. Subcommands are added by the modules that own them."""
+"""The ``eqpdenet`` command line: info, train, evaluate, reproduce, report.
+
+Configuration comes from the defaults (the paper's setup, ``eqpdenet.config``), then an optional
+TOML file (``--config``), then ``--set section.field=value`` overrides, then the dedicated flags.
+Data: ``--data-dir`` > ``EQPDENET_DATA`` > a per-user cache folder (see ``eqpdenet.mnist``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
+import tomllib
+from pathlib import Path
 
 from . import __version__
+from .config import (
+    ConfigError,
+    ExperimentConfig,
+    ReproduceConfig,
+    from_dict,
+    load_toml,
+    to_dict,
+    to_toml,
+)
 
 
-def _info(args: argparse.Namespace) -> int:
+def _parse_value(text: str):
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(config, assignments: list[str]):
+    """Apply ``a.b.c=value`` assignments (values parsed as TOML, else strings) to a dataclass."""
+    data = to_dict(config)
+    for assignment in assignments or []:
+        if "=" not in assignment:
+            raise ConfigError(f"--set expects section.field=value, got {assignment!r}")
+        path, value = assignment.split("=", 1)
+        keys = path.strip().split(".")
+        node = data
+        for key in keys[:-1]:
+            if not isinstance(node.get(key), dict):
+                raise ConfigError(f"--set {path}: {key!r} is not a config section")
+            node = node[key]
+        if keys[-1] not in node:
+            raise ConfigError(f"--set {path}: unknown field {keys[-1]!r}; known: {sorted(node)}")
+        node[keys[-1]] = _parse_value(value.strip())
+    return from_dict(type(config), data)
+
+
+# ----------------------------------------------------------------------------- quick profile
+
+
+def quick_profile(config: ReproduceConfig) -> ReproduceConfig:
+    """The smoke profile: 2 sizes x 2 seeds x both models on 2,000 digits, 3 epochs."""
+    config.hidden_sizes = [16, 64]
+    config.seeds = [0, 1]
+    config.base.data.train_subset = 2000
+    config.base.data.test_subset = 2000
+    config.base.train.epochs = 3
+    return config
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def _info(args) -> int:
     import torch
 
     from .invariants import available_invariant_sets, get_invariant_set
@@ -21,16 +81,148 @@ def _info(args: argparse.Namespace) -> int:
         print(get_invariant_set(name))
     print("parameters (paper layer):  h  EqPdeNet  FCNN")
     for hidden in (16, 32, 64, 128, 256):
-        print(f"{hidden:>29} {count_parameters(EqPdeNet(hidden)):>9} {count_parameters(FCNN(hidden)):>6}")
+        print(f"{hidden:>29} {count_parameters(EqPdeNet(hidden)):>9} "
+              f"{count_parameters(FCNN(hidden)):>6}")
     return 0
 
 
+def _experiment_config(args) -> ExperimentConfig:
+    config = load_toml(ExperimentConfig, args.config) if args.config else ExperimentConfig()
+    config = apply_overrides(config, args.set)
+    if getattr(args, "model", None):
+        config.model.kind = args.model
+    if getattr(args, "hidden", None):
+        config.model.hidden = args.hidden
+    if getattr(args, "seed", None) is not None:
+        config.train.seed = args.seed
+    if getattr(args, "epochs", None):
+        config.train.epochs = args.epochs
+    if getattr(args, "device", None):
+        config.train.device = args.device
+    return from_dict(ExperimentConfig, to_dict(config))  # re-validate
+
+
+def _train(args) -> int:
+    from .experiments import atomic_write, prepare_data, run_experiment
+
+    config = _experiment_config(args)
+    out = Path(args.out)
+    data = prepare_data(config.data, args.data_dir, args.cache_dir)
+    record = run_experiment(config, data, progress=not args.no_progress,
+                            checkpoint=out / "model.pt")
+    atomic_write(out / "config.toml", to_toml(config).encode())
+    atomic_write(out / "result.json", (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+    if record["status"] != "ok":
+        print(f"training failed: {record['error']}", file=sys.stderr)
+        return 1
+    scores = "  ".join(f"{k} {v:.2f}%" for k, v in record["accuracy"].items())
+    print(f"{config.model.kind} h={config.model.hidden} seed={config.train.seed}: {scores} "
+          f"({record['train_seconds']:.0f} s) -> {out / 'model.pt'}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    import numpy as np
+
+    from .experiments import evaluate_scenarios, load_checkpoint, prepare_data
+
+    model, config, _ = load_checkpoint(args.checkpoint, device=args.device or "cpu")
+    data = prepare_data(config.data, args.data_dir, args.cache_dir)
+    scenarios = args.scenarios or config.scenarios
+    per_instance = [evaluate_scenarios(model, data["test"], scenarios, seed=seed)
+                    for seed in range(args.instances)]
+    summary = {}
+    for name in scenarios:
+        values = np.array([r[name] for r in per_instance])
+        std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        summary[name] = {"mean": float(values.mean()), "std": std, "values": values.tolist()}
+        print(f"{name:>8}: {values.mean():6.2f}% ± {std:.2f} over {len(values)} instance(s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
+    return 0
+
+
+def _reproduce(args) -> int:
+    from .experiments import reproduce
+    from .report import write_report
+
+    config = load_toml(ReproduceConfig, args.config) if args.config else ReproduceConfig()
+    config = apply_overrides(config, args.set)
+    if args.quick:
+        config = quick_profile(config)
+    if args.device:
+        config.base.train.device = args.device
+    config = from_dict(ReproduceConfig, to_dict(config))
+    out = Path(args.out or ("runs/quick" if args.quick else "results/paper"))
+    start = time.perf_counter()
+    reproduce(config, out, jobs=args.jobs, data_dir=args.data_dir, cache_dir=args.cache_dir,
+              progress=not args.no_progress)
+    table, plot = write_report(out)
+    print(f"reproduce finished in {time.perf_counter() - start:.0f} s: {table}, {plot}")
+    print(table.read_text())
+    return 0
+
+
+def _report(args) -> int:
+    from .report import write_report
+
+    table, plot = write_report(Path(args.results))
+    print(table.read_text())
+    print(f"wrote {table} and {plot}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML file with the configuration")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override one field, e.g. --set model.layer.dt=0.05 (repeatable)")
+    parser.add_argument("--data-dir", help="folder holding mnist/ (default: $EQPDENET_DATA)")
+    parser.add_argument("--cache-dir", help="where generated ROTMNIST is cached")
+    parser.add_argument("--device", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="eqpdenet", description=__doc__)
+    parser = argparse.ArgumentParser(prog="eqpdenet", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"eqpdenet {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
     info = commands.add_parser("info", help="versions, stencils, invariant sets, parameter counts")
     info.set_defaults(handler=_info)
+
+    train = commands.add_parser("train", help="train one model; writes a checkpoint and its config")
+    _add_common(train)
+    train.add_argument("--model", choices=["eqpdenet", "fcnn"])
+    train.add_argument("--hidden", type=int)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--out", required=True, help="output folder (model.pt, config.toml, ...)")
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("evaluate", help="a checkpoint on scenarios over K instances")
+    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("--scenarios", nargs="+")
+    evaluate.add_argument("--instances", type=int, default=10)
+    evaluate.add_argument("--data-dir")
+    evaluate.add_argument("--cache-dir")
+    evaluate.add_argument("--device", choices=["cpu", "cuda"])
+    evaluate.add_argument("--json", help="also write the summary to this JSON file")
+    evaluate.set_defaults(handler=_evaluate)
+
+    repro = commands.add_parser("reproduce", help="the paper's protocol (Tables 1 and 2)")
+    _add_common(repro)
+    repro.add_argument("--quick", action="store_true", help="smoke profile (< 3 min on 2 cores)")
+    repro.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
+    repro.add_argument("--out", help="results folder (default results/paper, runs/quick)")
+    repro.set_defaults(handler=_reproduce)
+
+    report = commands.add_parser("report", help="Markdown table and plot from a results folder")
+    report.add_argument("results", help="folder with results.jsonl")
+    report.set_defaults(handler=_report)
     return parser
 
 
@@ -40,7 +232,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are saved; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        print(f"eqpdenet: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -19,8 +19,12 @@ from pathlib import Path
 
 __all__ = [
     "ConfigError",
+    "DataConfig",
+    "ExperimentConfig",
     "LayerConfig",
     "ModelConfig",
+    "ReproduceConfig",
+    "TrainConfig",
     "from_dict",
     "load_toml",
     "to_dict",
@@ -116,6 +120,112 @@ class ModelConfig:
                  f"{self.kind!r} is not 'eqpdenet' or 'fcnn'")
         _require(isinstance(self.hidden, int) and self.hidden >= 1, "model.hidden", "must be >= 1")
         _require(self.input_std > 0, "model.input_std", "must be positive")
+
+
+@dataclass
+class TrainConfig:
+    """How a model is trained (the same recipe for EqPdeNet and FCNN).
+
+    Attributes:
+        optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9).
+        lr: learning rate; ``lr_schedule`` ``"cosine"`` (to 0 over ``epochs``) or ``"constant"``.
+        weight_decay: decoupled weight decay (AdamW) on every parameter.
+        batch_size, epochs: mini-batch size and number of passes over the training digits.
+        select_on_validation: keep the weights of the epoch with the best validation accuracy
+            (needs ``DataConfig.validation > 0``); otherwise the last epoch's.
+        grad_clip: clip the global gradient norm to this value (0 = off).
+        seed: seeds parameter initialisation and mini-batch order.
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    """
+
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    lr_schedule: str = "constant"
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    epochs: int = 30
+    select_on_validation: bool = False
+    grad_clip: float = 0.0
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self):
+        _require(self.optimizer in ("adam", "sgd"), "train.optimizer", f"{self.optimizer!r}")
+        _require(self.lr > 0, "train.lr", "must be positive")
+        _require(self.lr_schedule in ("constant", "cosine"), "train.lr_schedule",
+                 f"{self.lr_schedule!r} is not 'constant' or 'cosine'")
+        _require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _require(isinstance(self.batch_size, int) and self.batch_size >= 1, "train.batch_size",
+                 "must be a positive integer")
+        _require(isinstance(self.epochs, int) and self.epochs >= 1, "train.epochs",
+                 "must be a positive integer")
+        _require(self.grad_clip >= 0, "train.grad_clip", "must be >= 0")
+        _require(self.device in ("cpu", "cuda", "auto"), "train.device", f"{self.device!r}")
+
+
+@dataclass
+class DataConfig:
+    """Which digits: ROTMNIST (official files if present, else generated from MNIST).
+
+    Attributes:
+        source: ``"auto"``, ``"generated"`` or ``"official"``.
+        rotmnist_seed: seed of the generated ROTMNIST (which digits, which angles).
+        validation: digits held out of the 12,000 for validation (the last ones, as in the
+            official 10,000 / 2,000 split); 0 trains on all 12,000.
+        train_subset, test_subset: use only the first N training / test digits (0 = all);
+            for smoke runs.
+    """
+
+    source: str = "auto"
+    rotmnist_seed: int = 0
+    validation: int = 0
+    train_subset: int = 0
+    test_subset: int = 0
+
+    def __post_init__(self):
+        _require(self.source in ("auto", "generated", "official"), "data.source", f"{self.source!r}")
+        _require(0 <= self.validation < 12000, "data.validation", "must be in [0, 12000)")
+        _require(self.train_subset >= 0 and self.test_subset >= 0, "data.*_subset", "must be >= 0")
+
+
+@dataclass
+class ExperimentConfig:
+    """One training run and its evaluation: model + data + training + scenarios."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scenarios: list[str] = field(default_factory=lambda: ["test", "iso", "sca"])
+
+    def __post_init__(self):
+        for name, cls in (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig)):
+            if isinstance(getattr(self, name), dict):
+                setattr(self, name, from_dict(cls, getattr(self, name)))
+
+
+@dataclass
+class ReproduceConfig:
+    """The paper's protocol: every (model, hidden size, seed) trained and evaluated once.
+
+    ``base`` is the recipe shared by every run; ``models``, ``hidden_sizes`` and ``seeds``
+    (training seeds; instance ``i`` uses seed ``seeds[i]`` for training and for its scenario
+    draws) span the grid.
+    """
+
+    base: ExperimentConfig = field(default_factory=ExperimentConfig)
+    models: list[str] = field(default_factory=lambda: ["eqpdenet", "fcnn"])
+    hidden_sizes: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
+    seeds: list[int] = field(default_factory=lambda: list(range(10)))
+
+    def __post_init__(self):
+        if isinstance(self.base, dict):
+            self.base = from_dict(ExperimentConfig, self.base)
+        _require(set(self.models) <= {"eqpdenet", "fcnn"} and self.models, "models",
+                 "must be a non-empty subset of ['eqpdenet', 'fcnn']")
+        _require(all(h >= 1 for h in self.hidden_sizes) and self.hidden_sizes, "hidden_sizes",
+                 "must be positive")
+        _require(len(set(self.seeds)) == len(self.seeds) and self.seeds, "seeds",
+                 "must be distinct and non-empty")
 
 
 # ----------------------------------------------------------------------------- conversions
