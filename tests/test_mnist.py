@@ -120,6 +120,14 @@ def test_checksum_mismatch_of_well_formed_file(tmp_path):
     assert read_idx(path, verify=False).shape == (60000,)
 
 
+def test_error_is_a_value_error_and_picklable():
+    import pickle
+
+    error = pickle.loads(pickle.dumps(DataFileError("/x/f.gz", "truncated")))
+    assert isinstance(error, ValueError) and str(error) == "/x/f.gz: truncated"
+    assert error.problem == "truncated"
+
+
 def test_missing_file(tmp_path):
     with raises_naming(tmp_path / LABELS, "not found"):
         read_idx(tmp_path / LABELS)

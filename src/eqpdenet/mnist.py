@@ -95,6 +95,9 @@ class DataFileError(ValueError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self):  # picklable (e.g. raised inside a DataLoader worker)
+        return (type(self), (self.path, self.problem))
+
 
 class DownloadError(RuntimeError):
     """No mirror delivered a verified copy of a file; the message lists each mirror's failure."""
