@@ -100,9 +100,11 @@ def test_criterion_detects_non_invariants():
 def test_expected_counts():
     counts = {(name, order): find_invariants(name, order, degree).expected_count
               for name, configs in DEFAULT_DEGREES.items() for order, degree in configs}
-    assert counts == {("se2", 1): 2, ("se2", 2): 5, ("scaling", 1): 2, ("scaling", 2): 5,
-                      ("sim2", 1): 1, ("sim2", 2): 4, ("se2_intensity_shift", 2): 4,
-                      ("affine", 1): 1, ("affine", 2): 2}
+    assert counts == {("se2", 1): 2, ("se2", 2): 5, ("se2", 3): 9,
+                      ("scaling", 1): 2, ("scaling", 2): 5, ("scaling", 3): 9,
+                      ("sim2", 1): 1, ("sim2", 2): 4, ("sim2", 3): 8,
+                      ("se2_intensity_shift", 2): 4, ("se2_intensity_shift", 3): 8,
+                      ("affine", 1): 1, ("affine", 2): 2, ("affine", 3): 6}
 
 
 @pytest.mark.parametrize("name", list(DEFAULT_DEGREES))

@@ -161,6 +161,9 @@ class VectorField:
         local = {"x": x, "y": y, "u": u}
         for field in ("xi_x", "xi_y", "phi_u"):
             value = sp.sympify(getattr(self, field), locals=local)
+            # Accept plain sp.Symbol("x") too: symbols are matched by name.
+            value = value.xreplace({s: local[s.name] for s in value.free_symbols
+                                    if s.name in local})
             extra = value.free_symbols - {x, y, u}
             if extra:
                 raise ValueError(f"vector field coefficient {field}={value} may depend on x, y, u "
@@ -170,9 +173,11 @@ class VectorField:
     def __str__(self) -> str:
         terms = []
         for coefficient, basis in ((self.xi_x, "∂x"), (self.xi_y, "∂y"), (self.phi_u, "∂u")):
-            if coefficient != 0:
-                terms.append(basis if coefficient == 1 else f"{_unicode(coefficient)} {basis}"
-                             if coefficient.is_Atom else f"({_unicode(coefficient)}) {basis}")
+            if coefficient == 1:
+                terms.append(basis)
+            elif coefficient != 0:
+                text = _unicode(coefficient)
+                terms.append(f"({text}) {basis}" if coefficient.is_Add else f"{text} {basis}")
         return " + ".join(terms).replace("+ -", "- ") or "0"
 
 
@@ -304,11 +309,11 @@ register_group(LieGroupAction("affine", (
 
 #: Order and polynomial degree used for each ready group by :func:`symbolic_table`.
 DEFAULT_DEGREES: dict[str, list[tuple[int, int]]] = {
-    "se2": [(1, 2), (2, 3)],
-    "scaling": [(1, 2), (2, 2)],
-    "sim2": [(1, 2), (2, 3)],
-    "se2_intensity_shift": [(2, 3)],
-    "affine": [(1, 2), (2, 3)],
+    "se2": [(1, 2), (2, 3), (3, 3)],
+    "scaling": [(1, 2), (2, 2), (3, 2)],
+    "sim2": [(1, 2), (2, 3), (3, 3)],
+    "se2_intensity_shift": [(2, 3), (3, 3)],
+    "affine": [(1, 2), (2, 3), (3, 4)],
 }
 
 _PAPER = {name: sp.Symbol(name, real=True) for name in derivative_names(2)[1:]}
@@ -751,7 +756,7 @@ def symbolic_table(groups: Sequence[str] | None = None) -> tuple[str, list[Symbo
             result = find_invariants(group, order, degree)
             results.append(result)
             generators = ", ".join(str(f) for f in group.fields)
-            found = "; ".join(f"${sp.latex(e)}$" for e in result.expressions)
+            found = "; ".join(f"`{_unicode(e)}`" for e in result.expressions)
             lines.append(f"| {name} | {order} | {generators} | {result.jet_dimension} | "
                          f"{result.orbit_dimension} | {result.expected_count} | "
                          f"{result.found_count} | {degree} | {found} | {result.seconds:.2f} |")
