@@ -621,12 +621,12 @@ def find_invariants(group: LieGroupAction | str, order: int, max_degree: int = 3
         except ZeroDivisionError:  # pragma: no cover - probability ~0
             continue
         if echelon.add(row):
-            kept.append(candidate.expr())
+            kept.append(sp.factor(candidate.expr()))  # factored: shorter to read and evaluate
     notes = []
-    if any(p[x] != 0 or p[y] != 0 for p in prolonged) and not _has_translations(group, order):
+    if not _has_translations(group, order):
         notes.append("the group does not contain both translations: only invariants free of "
                      "x, y were searched, the expected count includes x, y-dependent ones")
-    if len(kept) < expected:
+    elif len(kept) < expected:
         notes.append(f"found {len(kept)} of {expected}: raise max_degree (now {max_degree})"
                      + ("" if rational else " or allow rational invariants"))
     return SymbolicInvariants(group, order, max_degree, kept, expected, jet.dimension,
@@ -709,11 +709,11 @@ def compile_invariants(symbolic: SymbolicInvariants | Sequence[sp.Expr], name: s
     invariants, used = [], set()
     for index, expr in enumerate(exprs):
         numerator, denominator = sp.fraction(sp.together(expr))
-        numerator_f = _torch_polynomial(sp.expand(numerator))
+        numerator_f = _torch_polynomial(numerator)
         if denominator == 1:
             function = _polynomial_function(numerator_f)
         else:
-            denominator_f = _torch_polynomial(sp.expand(denominator))
+            denominator_f = _torch_polynomial(denominator)
             function = _ratio_function(numerator_f, denominator_f, ratio_eps)
         label = _name_of(expr) or f"{name}_{index}"
         if label in used:
