@@ -623,7 +623,7 @@ def find_invariants(group: LieGroupAction | str, order: int, max_degree: int = 3
         if echelon.add(row):
             kept.append(sp.factor(candidate.expr()))  # factored: shorter to read and evaluate
     notes = []
-    if not _has_translations(group, order):
+    if not _has_translations(group):
         notes.append("the group does not contain both translations: only invariants free of "
                      "x, y were searched, the expected count includes x, y-dependent ones")
     elif len(kept) < expected:
@@ -633,7 +633,7 @@ def find_invariants(group: LieGroupAction | str, order: int, max_degree: int = 3
                               expected_orbit, time.perf_counter() - start, notes)
 
 
-def _has_translations(group: LieGroupAction, order: int) -> bool:
+def _has_translations(group: LieGroupAction) -> bool:
     rows = [[field.xi_x, field.xi_y] for field in group.fields
             if field.phi_u == 0 and field.xi_x.is_Number and field.xi_y.is_Number]
     return sp.Matrix(rows).rank() == 2 if rows else False
