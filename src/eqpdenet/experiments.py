@@ -183,7 +183,7 @@ def train_model(
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-            total_loss += float(loss) * len(index)
+            total_loss += float(loss.detach()) * len(index)
             correct += int((logits.argmax(1) == y).sum())
         record = {"epoch": epoch + 1, "loss": total_loss / len(labels),
                   "train_accuracy": correct / len(labels),
@@ -239,7 +239,7 @@ def fingerprint(config) -> str:
 
 
 def environment() -> dict:
-    return {"eqpdenet": __version__, "torch": torch.__version__, "python": platform.python_version(),
+    return {"eqpdenet": __version__, "torch": str(torch.__version__), "python": platform.python_version(),
             "machine": platform.machine(), "threads": torch.get_num_threads(), "git": git_commit()}
 
 
