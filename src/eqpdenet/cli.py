@@ -163,6 +163,20 @@ def _reproduce(args) -> int:
     return 0
 
 
+def _study(args) -> int:
+    from .study import run_study, study_base
+
+    base = study_base(hidden_sizes=args.hidden, seeds=args.seeds, epochs=args.epochs)
+    base = apply_overrides(base, args.set)
+    if args.device:
+        base.base.train.device = args.device
+    chosen = run_study(Path(args.out), base=base, jobs=args.jobs, data_dir=args.data_dir,
+                       cache_dir=args.cache_dir, progress=not args.no_progress)
+    print(to_toml(chosen))
+    print(f"study written to {Path(args.out) / 'study.md'}")
+    return 0
+
+
 def _report(args) -> int:
     from .report import write_report
 
@@ -219,6 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
     repro.add_argument("--out", help="results folder (default results/paper, runs/quick)")
     repro.set_defaults(handler=_reproduce)
+
+    study = commands.add_parser("study", help="choose the recipe on the validation split")
+    _add_common(study)
+    study.add_argument("--out", default="results/study", help="study folder")
+    study.add_argument("--hidden", type=int, nargs="+", default=[256, 32])
+    study.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    study.add_argument("--epochs", type=int, default=30)
+    study.add_argument("--jobs", type=int, default=1)
+    study.set_defaults(handler=_study)
 
     report = commands.add_parser("report", help="Markdown table and plot from a results folder")
     report.add_argument("results", help="folder with results.jsonl")

@@ -1,0 +1,166 @@
+"""The validation study: which training and layer choices make the PDE layer help.
+
+The paper leaves optimiser, schedule, epochs, initialisation, T, dt, the ratio regularisation
+and input normalisation open. This study chooses them **on the validation split only** (the last
+2,000 of the 12,000 ROTMNIST training digits; the models train on the first 10,000) and never
+evaluates on the test set (``scenarios = []``).
+
+It is a greedy search over stages. Each stage tries a few candidates (override lists on top of
+the incumbent configuration); every candidate is trained for both models (EqPdeNet and FCNN) at
+the study's hidden sizes and seeds. A stage is either
+
+* ``shared`` (the training recipe, applied identically to both models): scored by the mean
+  validation accuracy of *both* models, so the recipe is not tuned for one of them; or
+* ``layer`` (the PDE layer only; FCNN is unaffected): scored by EqPdeNet's mean validation
+  accuracy.
+
+A candidate replaces the incumbent only if it beats it by more than ``margin`` percentage points
+(the incumbent is always candidate 0). Runs are stored by configuration under
+``out/runs/<fingerprint>/`` so a configuration met again (the incumbent of the next stage) is not
+retrained, and rerunning the command resumes where it stopped. The study is summarised in
+``out/study.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import ReproduceConfig, from_dict, to_dict
+
+__all__ = ["STAGES", "Stage", "run_study"]
+
+
+@dataclass
+class Stage:
+    name: str
+    kind: str  # "shared" or "layer"
+    question: str
+    candidates: dict[str, list[str]] = field(default_factory=dict)
+
+
+#: The study, in order. Candidate 0 of each stage is "keep the incumbent".
+STAGES = [
+    Stage("selection", "shared",
+          "Keep the last epoch (the prototype) or the epoch with the best validation accuracy?",
+          {"last-epoch": [], "best-validation-epoch": ["base.train.select_on_validation=true"]}),
+    Stage("standardize", "shared",
+          "Standardise the input pixels with MNIST's mean and std (0.1307, 0.3081)?",
+          {"raw-pixels": [],
+           "standardized": ["base.model.input_mean=0.1307", "base.model.input_std=0.3081"]}),
+    Stage("weight-decay", "shared",
+          "Decoupled weight decay (AdamW) on every parameter?",
+          {"none": [], "wd-0.05": ["base.train.weight_decay=0.05"],
+           "wd-0.5": ["base.train.weight_decay=0.5"]}),
+    Stage("init", "layer",
+          "Initialise F at zero (identity flow) or as a heat flow a (u_xx + u_yy)?",
+          {"zeros": [],
+           "heat-0.25": ["base.model.layer.init='heat'", "base.model.layer.init_scale=0.25"],
+           "heat-1.0": ["base.model.layer.init='heat'", "base.model.layer.init_scale=1.0"]}),
+    Stage("ratio-eps", "layer",
+          "Scale of the ratio regularisation a b / (b^2 + eps^2) of the scaling invariants?",
+          {"eps-0.1": [], "eps-1.0": ["base.model.layer.ratio_eps=1.0"],
+           "eps-0.01": ["base.model.layer.ratio_eps=0.01"]}),
+    Stage("horizon", "layer",
+          "Time horizon T (dt = 0.1 fixed: 10 or 20 Euler steps)?",
+          {"T-1": [], "T-2": ["base.model.layer.T=2.0"]}),
+]
+
+
+def study_base(hidden_sizes=(256, 32), seeds=(0, 1), epochs: int = 30) -> ReproduceConfig:
+    """The prototype of the issue: zero-initialised linear F, central stencil, ratio eps 0.1,
+    10 steps of dt 0.1, Adam 1e-3, batch 128, 30 epochs; validation 10,000 / 2,000; no test."""
+    config = ReproduceConfig()
+    config.hidden_sizes, config.seeds = list(hidden_sizes), list(seeds)
+    config.base.data.validation = 2000
+    config.base.scenarios = []
+    config.base.train.epochs = epochs
+    return config
+
+
+def _apply(config: ReproduceConfig, overrides: list[str]) -> ReproduceConfig:
+    from .cli import apply_overrides  # the same parser as --set
+
+    return apply_overrides(copy.deepcopy(config), overrides)
+
+
+def _score(records: list[dict], kind: str) -> dict:
+    ok = [r for r in records if r.get("status") == "ok"]
+    per_model = {}
+    for model in ("eqpdenet", "fcnn"):
+        values = [r["validation_accuracy"] for r in ok if r["model"] == model]
+        if values:
+            per_model[model] = statistics.fmean(values)
+    failed = len(records) - len(ok)
+    if kind == "layer":
+        score = per_model.get("eqpdenet", float("-inf"))
+    else:
+        score = statistics.fmean(per_model.values()) if per_model else float("-inf")
+    return {"score": score if not failed else float("-inf"), "per_model": per_model,
+            "failed": failed, "runs": len(records)}
+
+
+def run_study(out: Path, *, base: ReproduceConfig | None = None, stages=STAGES, margin: float = 0.25,
+              jobs: int = 1, data_dir=None, cache_dir=None, progress: bool = True,
+              echo=print) -> ReproduceConfig:
+    """Run the greedy study; returns the chosen configuration (also in ``out/chosen.toml``)."""
+    from .config import to_toml
+    from .experiments import atomic_write, fingerprint, read_jsonl, reproduce
+
+    out = Path(out)
+    incumbent = base or study_base()
+    lines = ["# Validation study", "",
+             "Greedy search on the validation split (train 10,000 / validate 2,000 of ROTMNIST's "
+             "12,000 training digits; the test set is never used). Scores are mean validation "
+             "accuracy in percent over seeds "
+             f"{incumbent.seeds} and hidden sizes {incumbent.hidden_sizes}; `shared` stages score "
+             "both models, `layer` stages EqPdeNet only. A candidate must beat the incumbent by "
+             f"more than {margin} points to replace it.", ""]
+    trail = []
+    for stage in stages:
+        results, folders = {}, {}
+        for name, overrides in stage.candidates.items():
+            config = _apply(incumbent, overrides)
+            if stage.kind == "layer" and overrides:
+                config.models = ["eqpdenet"]  # FCNN has no PDE layer: reuse the incumbent's
+            folder = folders[name] = out / "runs" / fingerprint(config.base)
+            echo(f"study: {stage.name} / {name} -> {folder}")
+            reproduce(config, folder, jobs=jobs, data_dir=data_dir, cache_dir=cache_dir,
+                      progress=progress, echo=echo)
+            records = read_jsonl(folder / "results.jsonl")
+            if stage.kind == "layer" and overrides:
+                first = folders[next(iter(stage.candidates))]
+                records += [r for r in read_jsonl(first / "results.jsonl") if r["model"] == "fcnn"]
+            results[name] = (config, _score(records, stage.kind))
+        names = list(results)
+        best = names[0]
+        for name in names[1:]:
+            if results[name][1]["score"] > results[best][1]["score"] + margin:
+                best = name
+        incumbent = results[best][0]
+        incumbent.models = ["eqpdenet", "fcnn"]
+        trail.append((stage, best))
+        lines += [f"## {stage.name} ({stage.kind})", "", stage.question, "",
+                  "| candidate | overrides | EqPdeNet | FCNN | score | runs | folder |",
+                  "|---|---|---:|---:|---:|---:|---|"]
+        for name in names:
+            score = results[name][1]
+            cells = [f"**{name}**" if name == best else name,
+                     "<br>".join(f"`{o}`" for o in stage.candidates[name]) or "(incumbent)",
+                     f"{score['per_model'].get('eqpdenet', float('nan')):.2f}",
+                     f"{score['per_model'].get('fcnn', float('nan')):.2f}",
+                     f"{score['score']:.2f}",
+                     f"{score['runs']}" + (f" ({score['failed']} failed)" if score["failed"] else ""),
+                     f"`{folders[name].relative_to(out)}`"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", f"Chosen: **{best}**.", ""]
+        atomic_write(out / "study.md", ("\n".join(lines) + "\n").encode())
+    lines += ["## Chosen configuration", "", "```toml", to_toml(incumbent).rstrip(), "```", "",
+              "Choices: " + ", ".join(f"{s.name} = {b}" for s, b in trail), ""]
+    atomic_write(out / "study.md", ("\n".join(lines) + "\n").encode())
+    atomic_write(out / "chosen.toml", to_toml(incumbent).encode())
+    atomic_write(out / "chosen.json", json.dumps(to_dict(incumbent), indent=1).encode())
+    return from_dict(ReproduceConfig, to_dict(incumbent))
