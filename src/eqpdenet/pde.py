@@ -363,8 +363,9 @@ class PDELayer(nn.Module):
         check_images(u)
         from .fused import fused_evolve, resolve_backend
 
-        if resolve_backend(self.backend) != "reference":
-            states = fused_evolve(self, u, checkpoint=self.checkpoint)
+        checkpoint = getattr(self, "checkpoint", False)  # layers pickled before the fast path
+        if resolve_backend(getattr(self, "backend", "auto")) != "reference":
+            states = fused_evolve(self, u, checkpoint=checkpoint)
             if states is not None:
                 return states
         return self.evolve_reference(u)
@@ -372,7 +373,7 @@ class PDELayer(nn.Module):
     def evolve_reference(self, u: Tensor) -> Tensor:
         """:meth:`evolve` by the plain PyTorch reference (with ``checkpoint``, states recomputed)."""
         check_images(u)
-        if self.checkpoint and torch.is_grad_enabled():
+        if getattr(self, "checkpoint", False) and torch.is_grad_enabled():
             from torch.utils.checkpoint import checkpoint
 
             return torch.stack([checkpoint(pde, u, use_reentrant=False) for pde in self.pdes],
