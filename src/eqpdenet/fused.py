@@ -86,13 +86,14 @@ def _extension_name(source: str) -> str:
 
 
 def _cpu_model() -> str:
+    """CPU model and feature flags: the build uses -march=native, so the cache is per CPU."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags")):
-                return line
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    return ""
+        return ""
+    model = next((line for line in lines if line.startswith("model name")), "")
+    flags = next((line for line in lines if line.startswith("flags")), "")
+    return model + "\n" + flags
 
 
 def load_extension():
