@@ -320,6 +320,13 @@ class PDELayer(nn.Module):
     Args:
         pdes: the :class:`ConvInt` units.
         reduction: ``"linear"`` (default), ``"mean"``, ``"max"`` or ``"concat"``.
+        backend: how :meth:`evolve` integrates: ``"auto"`` (default: the fused C++ kernel of
+            :mod:`eqpdenet.fused` where supported, else this reference implementation; the
+            environment variable ``EQPDENET_BACKEND`` overrides ``"auto"``), ``"reference"``
+            (always the plain PyTorch code below) or ``"fused"``. Results agree to rounding;
+            an unusable fast path falls back to the reference with one warning, never an error.
+        checkpoint: during training, keep no intermediate states and recompute them in the
+            backward pass (less memory, about one more forward of work).
 
     ``forward``: ``(B, C, H, W) -> (B, C, H, W)`` (``(B, n_e C, H, W)`` for ``concat``).
     :meth:`evolve` gives the unreduced ``(B, n_e, C, H, W)``.
@@ -330,13 +337,19 @@ class PDELayer(nn.Module):
         torch.Size([2, 1, 28, 28])
     """
 
-    def __init__(self, pdes: Sequence[ConvInt], reduction: str = "linear"):
+    def __init__(self, pdes: Sequence[ConvInt], reduction: str = "linear", backend: str = "auto",
+                 checkpoint: bool = False):
         super().__init__()
         if not pdes:
             raise ValueError("a PDE layer needs at least one PDE")
         self.pdes = nn.ModuleList(pdes)
         self.reduction_kind = reduction
         self.reduction = make_reduction(reduction, len(self.pdes))
+        from .fused import BACKENDS
+
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
+        self.backend, self.checkpoint = backend, bool(checkpoint)
 
     @property
     def n_pdes(self) -> int:
@@ -348,6 +361,23 @@ class PDELayer(nn.Module):
     def evolve(self, u: Tensor) -> Tensor:
         """Every PDE from the same ``u``: ``(B, C, H, W) -> (B, n_e, C, H, W)``."""
         check_images(u)
+        from .fused import fused_evolve, resolve_backend
+
+        checkpoint = getattr(self, "checkpoint", False)  # layers pickled before the fast path
+        if resolve_backend(getattr(self, "backend", "auto")) != "reference":
+            states = fused_evolve(self, u, checkpoint=checkpoint)
+            if states is not None:
+                return states
+        return self.evolve_reference(u)
+
+    def evolve_reference(self, u: Tensor) -> Tensor:
+        """:meth:`evolve` by the plain PyTorch reference (with ``checkpoint``, states recomputed)."""
+        check_images(u)
+        if getattr(self, "checkpoint", False) and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return torch.stack([checkpoint(pde, u, use_reentrant=False) for pde in self.pdes],
+                               dim=1)
         return torch.stack([pde(u) for pde in self.pdes], dim=1)
 
     def forward(self, u: Tensor) -> Tensor:
@@ -374,13 +404,15 @@ class PDELayer(nn.Module):
         init: str = "zeros",
         init_scale: float = 0.0,
         check_finite: bool = True,
+        backend: str = "auto",
+        checkpoint: bool = False,
     ) -> PDELayer:
         """A layer of one PDE per entry of ``invariants``; defaults are the paper's layer.
 
         ``init`` sets the initial ``F_theta``: ``"zeros"`` (every PDE is the identity map at
         first), ``"heat"`` (``F = init_scale (u_xx + u_yy)`` for sets that contain the Laplacian,
         zero otherwise) or ``"normal"`` (weights ~ N(0, init_scale^2), seeded by the caller's
-        torch generator state).
+        torch generator state). ``backend`` and ``checkpoint``: see :class:`PDELayer`.
         """
         steps = steps_for(T, dt)
         pdes = []
@@ -389,7 +421,7 @@ class PDELayer(nn.Module):
                              name=f"pde{index}:{get_invariant_set(name).name}")
             _initialise(step, init, init_scale)
             pdes.append(ConvInt(step, steps, check_finite))
-        layer = cls(pdes, reduction)
+        layer = cls(pdes, reduction, backend=backend, checkpoint=checkpoint)
         for report in layer.stability():
             if report["stable"] is False:
                 warnings.warn(
