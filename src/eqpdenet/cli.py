@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--out", default="results/study", help="study folder")
     study.add_argument("--hidden", type=int, nargs="+", default=[256, 32])
     study.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    study.add_argument("--epochs", type=int, default=30)
+    study.add_argument("--epochs", type=int, default=20)
     study.add_argument("--jobs", type=int, default=1)
     study.set_defaults(handler=_study)
 
