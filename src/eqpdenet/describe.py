@@ -186,7 +186,7 @@ def evolution_grid(layer: PDELayer, images: Tensor, path, *, frames: int = 6,
                               fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
