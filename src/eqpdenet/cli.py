@@ -1,4 +1,5 @@
-"""The ``eqpdenet`` command line: info, train, evaluate, reproduce, report.
+"""The ``eqpdenet`` command line: info, train, evaluate, reproduce, report, equivariance,
+describe, figure.
 
 Configuration comes from the defaults (the paper's setup, ``eqpdenet.config``), then an optional
 TOML file (``--config``), then ``--set section.field=value`` overrides, then the dedicated flags.
@@ -186,6 +187,75 @@ def _report(args) -> int:
     return 0
 
 
+def _equivariance(args) -> int:
+    import torch
+
+    from .equivariance import run_study, write_outputs
+
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    study = run_study(quick=args.quick, checkpoints=args.checkpoint or [],
+                      data_dir=args.data_dir, T=args.T, dt=args.dt)
+    written = write_outputs(study, Path(args.out))
+    print(written[0].read_text())
+    print(f"wrote {', '.join(str(p) for p in written)} in {time.perf_counter() - start:.0f} s "
+          f"({torch.get_num_threads()} threads)")
+    return 0
+
+
+def _load_digits(data_dir, samples: list[int]):
+    import torch
+
+    from .mnist import load_mnist
+
+    digits = load_mnist(data_dir, download=False).test_images
+    return torch.as_tensor(digits[samples], dtype=torch.float32)[:, None] / 255.0
+
+
+def _describe(args) -> int:
+    from .describe import describe_model, evolution_grid
+    from .experiments import load_checkpoint
+    from .models import EqPdeNet
+
+    model, _, _ = load_checkpoint(args.checkpoint)
+    print(describe_model(model, digits=args.digits))
+    if args.out and isinstance(model, EqPdeNet):
+        images = _load_digits(args.data_dir, args.samples)
+        path = Path(args.out) / "evolution.png"
+        evolution_grid(model.pde_layer, images, path, frames=args.frames,
+                       labels=[f"MNIST test #{n}" for n in args.samples],
+                       standardize=model.standardize,
+                       title=f"u(0) ... u(T) of each PDE of {args.checkpoint}")
+        print(f"wrote {path}")
+    return 0
+
+
+def _figure(args) -> int:
+    from .equivariance import heat_pde
+    from .figures import figure_diagram
+
+    image = _load_digits(args.data_dir, [args.sample])
+    if args.pde == "heat":
+        pde, label = heat_pde(T=args.T, dt=args.dt), f"heat equation ∂t u = u_xx + u_yy, T={args.T:g}"
+    else:
+        from .describe import pde_formula
+        from .experiments import load_checkpoint
+
+        if not args.checkpoint:
+            raise ValueError("--pde INDEX needs --checkpoint")
+        model, _, _ = load_checkpoint(args.checkpoint)
+        index = int(args.pde)
+        if not 0 <= index < model.pde_layer.n_pdes:
+            raise ValueError(f"--pde {index}: the checkpoint has {model.pde_layer.n_pdes} PDEs")
+        chosen = model.pde_layer.pdes[index]
+        pde = lambda u: chosen(model.standardize(u))  # noqa: E731
+        label = f"learned {chosen.name}, T={chosen.T:g}\n{pde_formula(chosen, digits=2)}"
+    error = figure_diagram(image, pde, Path(args.out), angle=args.angle, factor=args.scale,
+                           shift=tuple(args.shift), pde_label=label)
+    print(f"wrote {args.out} (relative difference on the disk: {error:.3e})")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -246,6 +316,41 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="Markdown table and plot from a results folder")
     report.add_argument("results", help="folder with results.jsonl")
     report.set_defaults(handler=_report)
+
+    equiv = commands.add_parser("equivariance",
+                                help="measure equivariance errors; tables and plots")
+    equiv.add_argument("--out", default="docs/equivariance", help="output folder")
+    equiv.add_argument("--checkpoint", nargs="+", help="checkpoints (EqPdeNet and/or FCNN)")
+    equiv.add_argument("--quick", action="store_true", help="a few points only (seconds)")
+    equiv.add_argument("--T", type=float, default=1.0, help="T of the reference PDEs")
+    equiv.add_argument("--dt", type=float, default=0.1, help="dt of the reference PDEs")
+    equiv.add_argument("--data-dir", help="folder holding mnist/ (default: $EQPDENET_DATA)")
+    equiv.set_defaults(handler=_equivariance)
+
+    describe = commands.add_parser("describe", help="print the learned PDEs; evolution images")
+    describe.add_argument("checkpoint")
+    describe.add_argument("--samples", type=int, nargs="+", default=[0, 1, 2],
+                          help="MNIST test digits to evolve")
+    describe.add_argument("--out", help="folder for evolution.png (none: print only)")
+    describe.add_argument("--frames", type=int, default=6)
+    describe.add_argument("--digits", type=int, default=3, help="significant digits")
+    describe.add_argument("--data-dir")
+    describe.set_defaults(handler=_describe)
+
+    figure = commands.add_parser("figure", help="figures of the paper")
+    figure.add_argument("which", choices=["diagram"], help="diagram: Figure 2")
+    figure.add_argument("--checkpoint", help="for --pde INDEX")
+    figure.add_argument("--sample", type=int, default=0, help="MNIST test digit")
+    figure.add_argument("--angle", type=float, default=30.0, help="rotation of g, degrees")
+    figure.add_argument("--scale", type=float, default=1.0, help="scaling of g")
+    figure.add_argument("--shift", type=float, nargs=2, default=[0.0, 0.0],
+                        metavar=("TX", "TY"), help="translation of g, pixels (y up)")
+    figure.add_argument("--pde", default="heat", help="'heat' or the index of a learned PDE")
+    figure.add_argument("--T", type=float, default=2.0, help="T of the heat equation")
+    figure.add_argument("--dt", type=float, default=0.1, help="dt of the heat equation")
+    figure.add_argument("--data-dir")
+    figure.add_argument("--out", required=True, help="PNG file")
+    figure.set_defaults(handler=_figure)
     return parser
 
 
