@@ -1,7 +1,9 @@
 """Figure 2: the commutative diagram."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import matplotlib.image
 import torch
@@ -35,7 +37,9 @@ def test_figure_png_written_with_the_right_size(tmp_path):
 
 
 def test_cli_help_lists_new_commands():
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run([sys.executable, "-m", "eqpdenet", "--help"], capture_output=True,
-                         text=True, check=True).stdout
+                         text=True, check=True, env=env).stdout
     for command in ("equivariance", "describe", "figure"):
         assert command in out

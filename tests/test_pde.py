@@ -235,3 +235,27 @@ def test_bad_input_errors():
         PDELayer.build(["so3"])
     with pytest.raises(ValueError, match="unknown F kind"):
         EulerConv("se2", rhs="cubic")
+
+
+def test_init_noise_breaks_the_symmetry_without_touching_the_global_stream():
+    torch.manual_seed(3)
+    plain = PDELayer.paper(init="heat", init_scale=0.2)
+    after_plain = torch.rand(3)
+    torch.manual_seed(3)
+    noisy = PDELayer.paper(init="heat", init_scale=0.2, init_noise=0.01)
+    after_noisy = torch.rand(3)
+    torch.testing.assert_close(after_plain, after_noisy)  # the perceptron would be the same
+    w = [pde.step.F.weight.detach() for pde in noisy.pdes]
+    assert not torch.equal(w[0], w[1]) and not torch.equal(w[2], w[3])
+    assert (w[0] - plain.pdes[0].step.F.weight.detach()).abs().max() < 0.05
+    torch.manual_seed(3)
+    again = PDELayer.paper(init="heat", init_scale=0.2, init_noise=0.01)
+    torch.testing.assert_close(again.pdes[1].step.F.weight, noisy.pdes[1].step.F.weight)
+
+
+def test_symmetric_init_keeps_paired_pdes_identical():
+    """Why init_noise exists: equal init + mean reduction give equal gradients for ever."""
+    layer = PDELayer.paper(init="heat", init_scale=0.2)
+    u = torch.rand(2, 1, 10, 10)
+    layer(u).square().sum().backward()
+    torch.testing.assert_close(layer.pdes[0].step.F.weight.grad, layer.pdes[1].step.F.weight.grad)

@@ -53,6 +53,8 @@ class LayerConfig:
         ratio_eps: regularisation scale of the ratios of eq. (5).
         reduction: ``"linear"`` (the paper's), ``"mean"``, ``"max"``, ``"concat"``.
         init, init_scale: initial F_theta (``"zeros"``, ``"heat"``, ``"normal"``).
+        init_noise: std of Gaussian noise added to F's initial weights; breaks the symmetry
+            between PDEs of the same set (see :meth:`eqpdenet.pde.PDELayer.build`).
         check_finite: raise on a non-finite PDE state.
     """
 
@@ -68,6 +70,7 @@ class LayerConfig:
     reduction: str = "linear"
     init: str = "zeros"
     init_scale: float = 0.0
+    init_noise: float = 0.0
     check_finite: bool = True
 
     def __post_init__(self):
@@ -83,6 +86,7 @@ class LayerConfig:
                  "layer.boundary", f"{self.boundary!r} is not a boundary mode")
         _require(self.reduction in ("linear", "mean", "max", "concat"), "layer.reduction",
                  f"{self.reduction!r} is not a reduction")
+        _require(self.init_noise >= 0, "layer.init_noise", "must be >= 0")
         _require(self.init in ("zeros", "heat", "normal"), "layer.init",
                  f"{self.init!r} is not 'zeros', 'heat' or 'normal'")
 
@@ -130,6 +134,11 @@ class TrainConfig:
         optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9).
         lr: learning rate; ``lr_schedule`` ``"cosine"`` (to 0 over ``epochs``) or ``"constant"``.
         weight_decay: decoupled weight decay (AdamW) on every parameter.
+        pde_lr_scale: learning-rate multiplier for the PDE layer's parameters (F and the
+            reduction). With Adam, whose steps do not depend on the gradient's scale, this is the
+            same as parameterising the PDE coefficients as ``pde_lr_scale * theta``: it sets how
+            fast the 31 coefficients, each acting on every pixel, move compared with the
+            perceptron's weights. No effect on FCNN (it has no PDE layer).
         batch_size, epochs: mini-batch size and number of passes over the training digits.
         select_on_validation: keep the weights of the epoch with the best validation accuracy
             (needs ``DataConfig.validation > 0``); otherwise the last epoch's.
@@ -142,6 +151,7 @@ class TrainConfig:
     lr: float = 1e-3
     lr_schedule: str = "constant"
     weight_decay: float = 0.0
+    pde_lr_scale: float = 1.0
     batch_size: int = 128
     epochs: int = 30
     select_on_validation: bool = False
@@ -155,6 +165,7 @@ class TrainConfig:
         _require(self.lr_schedule in ("constant", "cosine"), "train.lr_schedule",
                  f"{self.lr_schedule!r} is not 'constant' or 'cosine'")
         _require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _require(self.pde_lr_scale > 0, "train.pde_lr_scale", "must be positive")
         _require(isinstance(self.batch_size, int) and self.batch_size >= 1, "train.batch_size",
                  "must be a positive integer")
         _require(isinstance(self.epochs, int) and self.epochs >= 1, "train.epochs",

@@ -147,11 +147,15 @@ def train_model(
     torch.manual_seed(train.seed)
     model = build_model(config.model).to(device)
     generator = torch.Generator().manual_seed(train.seed)
+    pde_layer = getattr(model, "pde_layer", None)
+    pde_ids = {id(p) for p in pde_layer.parameters()} if pde_layer is not None else set()
+    groups = [{"params": [p for p in model.parameters() if id(p) not in pde_ids]}]
+    if pde_ids:
+        groups.append({"params": list(pde_layer.parameters()), "lr": train.lr * train.pde_lr_scale})
     if train.optimizer == "adam":
-        optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr,
-                                      weight_decay=train.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=train.lr, weight_decay=train.weight_decay)
     else:
-        optimizer = torch.optim.SGD(model.parameters(), lr=train.lr, momentum=0.9,
+        optimizer = torch.optim.SGD(groups, lr=train.lr, momentum=0.9,
                                     weight_decay=train.weight_decay)
     steps_per_epoch = math.ceil(len(data["train"]) / train.batch_size)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, train.epochs * steps_per_epoch)

@@ -110,7 +110,8 @@ def pde_layer_from_config(config: LayerConfig) -> PDELayer:
         config.invariants, rhs=config.rhs, degree=config.degree, T=config.T, dt=config.dt,
         stencil=config.stencil, spacing=config.spacing, boundary=config.boundary,
         ratio_eps=config.ratio_eps, reduction=config.reduction, init=config.init,
-        init_scale=config.init_scale, check_finite=config.check_finite,
+        init_scale=config.init_scale, init_noise=config.init_noise,
+        check_finite=config.check_finite,
     )
 
 

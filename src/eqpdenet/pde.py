@@ -403,6 +403,7 @@ class PDELayer(nn.Module):
         reduction: str = "linear",
         init: str = "zeros",
         init_scale: float = 0.0,
+        init_noise: float = 0.0,
         check_finite: bool = True,
         backend: str = "auto",
         checkpoint: bool = False,
@@ -411,15 +412,22 @@ class PDELayer(nn.Module):
 
         ``init`` sets the initial ``F_theta``: ``"zeros"`` (every PDE is the identity map at
         first), ``"heat"`` (``F = init_scale (u_xx + u_yy)`` for sets that contain the Laplacian,
-        zero otherwise) or ``"normal"`` (weights ~ N(0, init_scale^2), seeded by the caller's
-        torch generator state). ``backend`` and ``checkpoint``: see :class:`PDELayer`.
+        zero otherwise) or ``"normal"`` (weights ~ N(0, init_scale^2)). ``init_noise`` adds
+        N(0, init_noise^2) to every weight of F: without it, PDEs with the same invariant set and
+        init receive identical gradients (the reduction starts as the mean) and stay identical
+        for ever, so the paper's 2 + 2 PDEs would be 1 + 1. The noise (and ``"normal"``) is
+        drawn from a generator seeded by ``torch.initial_seed()``, so it does not shift the
+        global random stream (EqPdeNet's perceptron is initialised exactly like FCNN's for the
+        same seed).
+        ``backend`` and ``checkpoint``: see :class:`PDELayer`.
         """
         steps = steps_for(T, dt)
+        generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63 + 7919)
         pdes = []
         for index, name in enumerate(invariants):
             step = EulerConv(name, rhs, degree, dt, stencil, spacing, boundary, ratio_eps,
                              name=f"pde{index}:{get_invariant_set(name).name}")
-            _initialise(step, init, init_scale)
+            _initialise(step, init, init_scale, init_noise, generator)
             pdes.append(ConvInt(step, steps, check_finite))
         layer = cls(pdes, reduction, backend=backend, checkpoint=checkpoint)
         for report in layer.stability():
@@ -436,20 +444,20 @@ class PDELayer(nn.Module):
         return cls.build(("se2", "se2", "scaling", "scaling"), **kwargs)
 
 
-def _initialise(step: EulerConv, init: str, scale: float) -> None:
+def _initialise(step: EulerConv, init: str, scale: float, noise: float = 0.0,
+                generator: torch.Generator | None = None) -> None:
+    if init not in ("zeros", "heat", "normal"):
+        raise ValueError(f"unknown init {init!r}; available: zeros, heat, normal")
     with torch.no_grad():
         step.F.weight.zero_()
         step.F.bias.zero_()
-        if init == "zeros":
-            return
         if init == "heat":
             names = step.invariant_set.names
             if "laplacian" in names:
                 monomials = step.F.monomials()
                 target = tuple(int(n == "laplacian") for n in names)
                 step.F.weight[monomials.index(target)] = scale
-            return
-        if init == "normal":
-            step.F.weight.normal_(0.0, scale)
-            return
-    raise ValueError(f"unknown init {init!r}; available: zeros, heat, normal")
+        elif init == "normal":
+            step.F.weight.copy_(scale * torch.randn(step.F.weight.shape, generator=generator))
+        if noise:
+            step.F.weight.add_(noise * torch.randn(step.F.weight.shape, generator=generator))
