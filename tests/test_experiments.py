@@ -51,6 +51,12 @@ def test_reproduce_end_to_end_through_the_cli(tmp_path, cache_dir, capsys):
     assert (out / "table.md").read_text().count("| 8 |") >= 2
     assert (out / "accuracy_vs_params.png").stat().st_size > 1000
     assert load_toml(ReproduceConfig, out / "config.toml").hidden_sizes == [8]
+    # seed 0 runs keep their trained model (checkpoint_seeds defaults to [0])
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["eqpdenet-h8-seed0.pt",
+                                                                      "fcnn-h8-seed0.pt"]
+    model, config, payload = experiments.load_checkpoint(out / "checkpoints" / "fcnn-h8-seed0.pt")
+    assert config.model.hidden == 8 and payload["accuracy"] == next(
+        r["accuracy"] for r in records if r["key"] == "fcnn-h8-seed0")
     # same command again: nothing to do, nothing duplicated
     assert main(tiny_args(out, cache_dir)) == 0
     assert "4 runs done, 0 to go" in capsys.readouterr().out
@@ -114,7 +120,7 @@ def test_killed_process_leaves_only_whole_lines(tmp_path, cache_dir):
 
 
 def test_another_config_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(experiments, "run_experiment", lambda run, data, progress=True: {
+    monkeypatch.setattr(experiments, "run_experiment", lambda run, data, **kwargs: {
         "model": run.model.kind, "hidden": run.model.hidden, "seed": run.train.seed, "status": "ok",
         "params": 1, "accuracy": {}, "train_seconds": 0, "eval_seconds": 0})
     monkeypatch.setattr(experiments, "_cached_data", lambda *a: {})

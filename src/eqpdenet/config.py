@@ -220,13 +220,15 @@ class ReproduceConfig:
 
     ``base`` is the recipe shared by every run; ``models``, ``hidden_sizes`` and ``seeds``
     (training seeds; instance ``i`` uses seed ``seeds[i]`` for training and for its scenario
-    draws) span the grid.
+    draws) span the grid. Runs whose seed is in ``checkpoint_seeds`` also save their trained
+    model to ``<out>/checkpoints/<model>-h<hidden>-seed<seed>.pt``.
     """
 
     base: ExperimentConfig = field(default_factory=ExperimentConfig)
     models: list[str] = field(default_factory=lambda: ["eqpdenet", "fcnn"])
     hidden_sizes: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
     seeds: list[int] = field(default_factory=lambda: list(range(10)))
+    checkpoint_seeds: list[int] = field(default_factory=lambda: [0])
 
     def __post_init__(self):
         if isinstance(self.base, dict):

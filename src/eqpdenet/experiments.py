@@ -369,11 +369,11 @@ def grid(config: ReproduceConfig) -> list[ExperimentConfig]:
 
 
 def _worker(args) -> dict:
-    config_dict, data_dir, cache_dir, threads = args
+    config_dict, data_dir, cache_dir, threads, checkpoint = args
     torch.set_num_threads(threads)
     config = from_dict(ExperimentConfig, config_dict)
     data = _cached_data(config.data, data_dir, cache_dir)
-    return run_experiment(config, data, progress=False)
+    return run_experiment(config, data, progress=False, checkpoint=checkpoint)
 
 
 _DATA_CACHE: dict = {}
@@ -424,19 +424,24 @@ def reproduce(config: ReproduceConfig, out_dir: Path, *, jobs: int = 1, data_dir
         else:
             echo(f"{record['key']:>24}: {record['status']}: {record['error']}")
 
+    def checkpoint_for(run: ExperimentConfig) -> Path | None:
+        if run.train.seed not in config.checkpoint_seeds:
+            return None
+        return out_dir / "checkpoints" / f"{run_key(run.model.kind, run.model.hidden, run.train.seed)}.pt"
+
     bar = _progress(range(len(todo)), progress, desc="reproduce", unit="run")
     bar_update = getattr(bar, "update", lambda n: None)
     if jobs <= 1:
         data = _cached_data(config.base.data, data_dir, cache_dir)
         for run in todo:
-            finish(run_experiment(run, data, progress=progress))
+            finish(run_experiment(run, data, progress=progress, checkpoint=checkpoint_for(run)))
             bar_update(1)
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         context = multiprocessing.get_context("spawn")  # fork + torch threads is unsafe
         with ProcessPoolExecutor(jobs, mp_context=context) as pool:
-            futures = [pool.submit(_worker, (to_dict(run), data_dir, cache_dir, threads))
-                       for run in todo]
+            futures = [pool.submit(_worker, (to_dict(run), data_dir, cache_dir, threads,
+                                             checkpoint_for(run))) for run in todo]
             for future in as_completed(futures):
                 finish(future.result())
                 bar_update(1)
