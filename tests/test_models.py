@@ -31,11 +31,21 @@ def test_other_layers_change_the_count_as_expected():
 
 def test_forward_shapes_and_zero_init_equals_fcnn():
     torch.manual_seed(0)
-    model = EqPdeNet(32)
+    model = EqPdeNet(32, LayerConfig(init_noise=0.0))
     images = torch.rand(5, 1, 28, 28)
     assert model(images).shape == (5, 10)
     # at zero initialisation the PDE layer is the identity, so EqPdeNet is its perceptron
     torch.testing.assert_close(model(images), model.mlp(images.flatten(1)))
+
+
+def test_same_seed_gives_eqpdenet_the_perceptron_of_fcnn():
+    """Fair comparison: the PDE layer's init (noise included) does not shift the random stream."""
+    torch.manual_seed(7)
+    eq = build_model(ModelConfig(kind="eqpdenet", hidden=16))
+    torch.manual_seed(7)
+    fc = build_model(ModelConfig(kind="fcnn", hidden=16))
+    for a, b in zip(eq.mlp.parameters(), fc.mlp.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def test_standardisation_is_applied_and_has_no_parameters():
