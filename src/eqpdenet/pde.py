@@ -431,7 +431,9 @@ class PDELayer(nn.Module):
             pdes.append(ConvInt(step, steps, check_finite))
         layer = cls(pdes, reduction, backend=backend, checkpoint=checkpoint)
         for report in layer.stability():
-            if report["stable"] is False:
+            # Only the upper bound warns here: a slightly negative diffusivity from init_noise
+            # is anti-diffusion of growth exp(|a| lambda_max T), harmless for small |a|.
+            if report["stable"] is False and report["diffusivity"] > 0:
                 warnings.warn(
                     f"{report['pde']}: initial diffusivity {report['diffusivity']:g} with "
                     f"dt={dt:g} violates the explicit Euler bound 0 <= a dt <= "
