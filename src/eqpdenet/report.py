@@ -114,6 +114,7 @@ def markdown_table(ours: dict, paper: dict | None = None) -> str:
 def plot_accuracy(ours: dict, path: Path, paper: dict | None = None) -> Path:
     """PNG: accuracy against #params for both models and the three scenarios, paper dashed."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -135,17 +136,24 @@ def plot_accuracy(ours: dict, path: Path, paper: dict | None = None) -> Path:
                               alpha=0.6 if source == "paper" else 1.0,
                               label=f"{MODEL_NAMES[kind]} ({source})")
         axis.set_xscale("log")
+        ticks = sorted({table[k]["params"] for table in (ours,) for k in table if table[k]["params"]})
+        axis.set_xticks(ticks, [f"{t / 1000:.0f}k" for t in ticks])
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axis.set_title(scenario)
         axis.set_xlabel("#params")
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy (%)")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    import io
+
+    from .experiments import atomic_write
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
-    return path
+    atomic_write(Path(path), buffer.getvalue())
+    return Path(path)
 
 
 def write_report(results_dir: Path) -> tuple[Path, Path]:
@@ -160,8 +168,8 @@ def write_report(results_dir: Path) -> tuple[Path, Path]:
     table = markdown_table(ours)
     header = (f"Accuracy in percent on ROTMNIST test, `iso` and `sca`: mean (sample std) over the "
               f"runs of each cell; paper = Lagrave & Riou 2021, Tables 1-2. Δ = ours − paper; "
-              f"Δ/σ in units of the paper's std. From `{results_dir / 'results.jsonl'}` "
-              f"({len(records)} runs).\n\n")
+              f"Δ/σ in units of the paper's std. From `results.jsonl` beside this file "
+              f"({len(records)} runs; config in `config.toml`).\n\n")
     table_path = results_dir / "table.md"
     atomic_write(table_path, (header + table).encode())
     plot_path = plot_accuracy(ours, results_dir / "accuracy_vs_params.png")
