@@ -146,8 +146,8 @@ def test_report_on_known_input():
     # paper EqPdeNet h=16 test 70.7 (2.7): ours 81.0, delta +10.3 = +3.8 sigma
     assert "| 16 | 13033 | 2 | 70.7 (2.7) | 81.0 (1.4) | +10.3 | +3.8 |" in table
     assert "| 16 | 13002 | 2 (+1 failed) | 65.5 (1.5) | 72.0 (2.8) | +6.5 | +4.3 |" in table
-    # EqPdeNet - FCNN: paper +5.2 on test, ours +9.0; iso paper +0.6, ours +10.0
-    assert "| 16 | +5.2 | +9.0 | +0.6 | +10.0 | -0.4 | -5.0 |" in table
+    # EqPdeNet - FCNN paired by seed: test diffs 10 and 8 -> +9.0 (1.4); iso 10, 10; sca -5, -5
+    assert "| 16 | +5.2 | +9.0 (1.4) | +0.6 | +10.0 (0.0) | -0.4 | -5.0 (0.0) |" in table
 
 
 def test_config_toml_round_trip_of_the_whole_protocol():
