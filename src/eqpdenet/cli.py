@@ -166,14 +166,20 @@ def _reproduce(args) -> int:
 
 
 def _study(args) -> int:
-    from .study import run_study, study_base
+    from .study import STAGE_SETS, run_study, study_base
 
-    base = study_base(hidden_sizes=args.hidden, seeds=args.seeds, epochs=args.epochs)
+    if args.config:  # e.g. the chosen.toml of a previous round
+        base = load_toml(ReproduceConfig, args.config)
+        base.hidden_sizes, base.seeds = args.hidden, args.seeds
+        base.base.train.epochs = args.epochs
+    else:
+        base = study_base(hidden_sizes=args.hidden, seeds=args.seeds, epochs=args.epochs)
     base = apply_overrides(base, args.set)
     if args.device:
         base.base.train.device = args.device
-    chosen = run_study(Path(args.out), base=base, jobs=args.jobs, data_dir=args.data_dir,
-                       cache_dir=args.cache_dir, progress=not args.no_progress)
+    chosen = run_study(Path(args.out), base=base, stages=STAGE_SETS[args.stages], jobs=args.jobs,
+                       data_dir=args.data_dir, cache_dir=args.cache_dir,
+                       progress=not args.no_progress)
     print(to_toml(chosen))
     print(f"study written to {Path(args.out) / 'study.md'}")
     return 0
@@ -312,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     study.add_argument("--epochs", type=int, default=20)
     study.add_argument("--jobs", type=int, default=1)
+    study.add_argument("--stages", choices=["main", "refine"], default="main",
+                       help="'main': the first round; 'refine': a second round (use --config "
+                            "with the first round's chosen.toml)")
     study.set_defaults(handler=_study)
 
     report = commands.add_parser("report", help="Markdown table and plot from a results folder")

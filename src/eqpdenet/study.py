@@ -74,6 +74,26 @@ STAGES = [
 ]
 
 
+#: A second round, from the configuration chosen by STAGES (``results/study/chosen.toml``): the
+#: layer choices re-examined once the input is standardised, and a longer horizon.
+REFINE_STAGES = [
+    Stage("init-after-standardize", "layer",
+          "Now that the input is standardised: noise around zero, or around a heat flow?",
+          {"noise-0.01": [],
+           "heat-0.25+noise": ["base.model.layer.init='heat'", "base.model.layer.init_scale=0.25"],
+           "heat-1.0+noise": ["base.model.layer.init='heat'", "base.model.layer.init_scale=1.0"]}),
+    Stage("pde-lr-after-standardize", "layer",
+          "Now that the input is standardised and the PDEs differ: how fast should they learn?",
+          {"pde-lr-x0.01": [], "pde-lr-x0.1": ["base.train.pde_lr_scale=0.1"],
+           "pde-lr-x0.001": ["base.train.pde_lr_scale=0.001"]}),
+    Stage("horizon", "layer",
+          "Time horizon T (dt = 0.1 fixed: 10 or 20 Euler steps)?",
+          {"T-1": [], "T-2": ["base.model.layer.T=2.0"]}),
+]
+
+STAGE_SETS = {"main": STAGES, "refine": REFINE_STAGES}
+
+
 def study_base(hidden_sizes=(256, 32), seeds=(0, 1), epochs: int = 20) -> ReproduceConfig:
     """The prototype of the issue (zero-initialised linear F, central stencil, ratio eps 0.1,
     10 steps of dt 0.1, Adam 1e-3, batch 128), with ``epochs`` (20 by default, not the
@@ -117,7 +137,7 @@ def run_study(out: Path, *, base: ReproduceConfig | None = None, stages=STAGES, 
 
     out = Path(out)
     incumbent = base or study_base()
-    lines = ["# Validation study", "",
+    lines = [f"# Validation study ({len(stages)} stages)", "",
              "Greedy search on the validation split (train 10,000 / validate 2,000 of ROTMNIST's "
              "12,000 training digits; the test set is never used). Scores are mean validation "
              "accuracy in percent over seeds "
