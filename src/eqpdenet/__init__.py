@@ -17,8 +17,11 @@ from .invariants import (
     register_invariant_set,
     safe_ratio,
 )
+from .mnist import DataFileError, load_mnist
 from .models import FCNN, EqPdeNet, build_model, count_parameters
 from .pde import ConvInt, EulerConv, NonFiniteStateError, PDELayer
+from .rotmnist import RotMNIST, load_rotmnist
+from .scenarios import apply_scenario, available_scenarios, register_scenario
 from .stencils import Jet, available_stencils, derivative_names, jet, register_stencil
 
 __version__ = "0.1.0"
@@ -27,6 +30,7 @@ __all__ = [
     "FCNN",
     "ConfigError",
     "ConvInt",
+    "DataFileError",
     "EqPdeNet",
     "EulerConv",
     "Invariant",
@@ -36,7 +40,10 @@ __all__ = [
     "ModelConfig",
     "NonFiniteStateError",
     "PDELayer",
+    "RotMNIST",
     "__version__",
+    "apply_scenario",
+    "available_scenarios",
     "available_invariant_sets",
     "available_stencils",
     "build_model",
@@ -44,7 +51,10 @@ __all__ = [
     "derivative_names",
     "get_invariant_set",
     "jet",
+    "load_mnist",
+    "load_rotmnist",
     "register_invariant_set",
+    "register_scenario",
     "register_stencil",
     "safe_ratio",
 ]

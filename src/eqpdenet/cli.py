@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import tomllib
@@ -377,7 +378,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     except (ConfigError, FileNotFoundError, ValueError) as error:
-        print(f"eqpdenet: error: {error}", file=sys.stderr)
+        if os.environ.get("EQPDENET_DEBUG"):
+            raise
+        print(f"eqpdenet: error: {error} (EQPDENET_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
         return 2
 
 
