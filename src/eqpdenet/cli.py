@@ -13,7 +13,6 @@ import json
 import os
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 from . import __version__
@@ -21,37 +20,14 @@ from .config import (
     ConfigError,
     ExperimentConfig,
     ReproduceConfig,
+    apply_overrides,
     from_dict,
     load_toml,
     to_dict,
     to_toml,
 )
 
-
-def _parse_value(text: str):
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def apply_overrides(config, assignments: list[str]):
-    """Apply ``a.b.c=value`` assignments (values parsed as TOML, else strings) to a dataclass."""
-    data = to_dict(config)
-    for assignment in assignments or []:
-        if "=" not in assignment:
-            raise ConfigError(f"--set expects section.field=value, got {assignment!r}")
-        path, value = assignment.split("=", 1)
-        keys = path.strip().split(".")
-        node = data
-        for key in keys[:-1]:
-            if not isinstance(node.get(key), dict):
-                raise ConfigError(f"--set {path}: {key!r} is not a config section")
-            node = node[key]
-        if keys[-1] not in node:
-            raise ConfigError(f"--set {path}: unknown field {keys[-1]!r}; known: {sorted(node)}")
-        node[keys[-1]] = _parse_value(value.strip())
-    return from_dict(type(config), data)
+__all__ = ["apply_overrides", "build_parser", "main"]
 
 
 # ----------------------------------------------------------------------------- quick profile

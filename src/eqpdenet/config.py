@@ -21,6 +21,7 @@ from pathlib import Path
 
 __all__ = [
     "ConfigError",
+    "apply_overrides",
     "DataConfig",
     "ExperimentConfig",
     "LayerConfig",
@@ -318,3 +319,29 @@ def load_toml(cls, path: str | Path):
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
     return from_dict(cls, data)
+
+
+def _parse_value(text: str):
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(config, assignments: list[str]):
+    """Apply ``a.b.c=value`` assignments (values parsed as TOML, else strings) to a dataclass."""
+    data = to_dict(config)
+    for assignment in assignments or []:
+        if "=" not in assignment:
+            raise ConfigError(f"--set expects section.field=value, got {assignment!r}")
+        path, value = assignment.split("=", 1)
+        keys = path.strip().split(".")
+        node = data
+        for key in keys[:-1]:
+            if not isinstance(node.get(key), dict):
+                raise ConfigError(f"--set {path}: {key!r} is not a config section")
+            node = node[key]
+        if keys[-1] not in node:
+            raise ConfigError(f"--set {path}: unknown field {keys[-1]!r}; known: {sorted(node)}")
+        node[keys[-1]] = _parse_value(value.strip())
+    return from_dict(type(config), data)

@@ -107,7 +107,7 @@ def study_base(hidden_sizes=(256, 32), seeds=(0, 1), epochs: int = 20) -> Reprod
 
 
 def _apply(config: ReproduceConfig, overrides: list[str]) -> ReproduceConfig:
-    from .cli import apply_overrides  # the same parser as --set
+    from .config import apply_overrides  # the same parser as --set
 
     return apply_overrides(copy.deepcopy(config), overrides)
 
