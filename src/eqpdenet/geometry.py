@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "check_images",
     "pixel_coordinates",
     "affine_warp",
     "rotate",
@@ -65,12 +66,16 @@ def rotation_matrix(angle: Tensor | float, *, dtype=None, device=None) -> Tensor
     return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
 
 
-def _check_images(images: Tensor) -> None:
-    if not isinstance(images, Tensor) or images.dim() != 4:
-        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"expected images of shape (batch, channels, height, width), got {shape}")
-    if not images.is_floating_point():
-        raise TypeError(f"expected a floating-point image tensor, got dtype {images.dtype}")
+def check_images(u: Tensor, what: str = "images") -> None:
+    """Raise a clear error unless ``u`` is a floating-point ``(B, C, H, W)`` tensor."""
+    if not isinstance(u, Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(u).__name__}")
+    if u.dim() != 4:
+        raise ValueError(
+            f"{what} must have shape (batch, channels, height, width), got {tuple(u.shape)}"
+        )
+    if not u.is_floating_point():
+        raise TypeError(f"{what} must be a floating-point tensor, got dtype {u.dtype}")
 
 
 def affine_warp(
@@ -94,7 +99,7 @@ def affine_warp(
     Returns:
         ``(B, C, H, W)`` tensor of the same dtype and device.
     """
-    _check_images(images)
+    check_images(images)
     batch, _, height, width = images.shape
     dtype, device = images.dtype, images.device
     matrix = torch.as_tensor(matrix, dtype=dtype, device=device)
@@ -127,14 +132,14 @@ def rotate(images: Tensor, angle: Tensor | float, **kwargs) -> Tensor:
 
     ``angle`` is a float or a ``(B,)`` tensor (one angle per image).
     """
-    _check_images(images)
+    check_images(images)
     return affine_warp(images, rotation_matrix(angle, dtype=images.dtype, device=images.device),
                        **kwargs)
 
 
 def scale(images: Tensor, factor: Tensor | float, **kwargs) -> Tensor:
     """Scale images about their centre, ``(x, y) -> (factor x, factor y)``; float or ``(B,)``."""
-    _check_images(images)
+    check_images(images)
     factor = torch.as_tensor(factor, dtype=images.dtype, device=images.device)
     eye = torch.eye(2, dtype=images.dtype, device=images.device)
     return affine_warp(images, factor[..., None, None] * eye, **kwargs)
@@ -142,7 +147,7 @@ def scale(images: Tensor, factor: Tensor | float, **kwargs) -> Tensor:
 
 def translate(images: Tensor, shift: Tensor, **kwargs) -> Tensor:
     """Translate images by ``shift = (t_x, t_y)`` pixels (``(2,)`` or ``(B, 2)``; ``t_y`` upwards)."""
-    _check_images(images)
+    check_images(images)
     eye = torch.eye(2, dtype=images.dtype, device=images.device)
     return affine_warp(images, eye, shift, **kwargs)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .config import LayerConfig, ModelConfig
+from .geometry import check_images
 from .pde import PDELayer
-from .stencils import check_images
 
 __all__ = ["EqPdeNet", "FCNN", "Standardize", "build_model", "count_parameters", "perceptron"]
 

@@ -32,8 +32,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .geometry import check_images
 from .invariants import DEFAULT_RATIO_EPS, InvariantSet, get_invariant_set
-from .stencils import Jet, check_images, laplacian_max_eigenvalue
+from .stencils import Jet, laplacian_max_eigenvalue
 
 __all__ = [
     "ConvInt",
@@ -249,7 +250,7 @@ class ConvInt(nn.Module):
 
     def forward(self, u: Tensor, return_trajectory: bool = False):
         """``(B, C, H, W) -> u(T)``; with ``return_trajectory``, ``(steps + 1, B, C, H, W)``."""
-        check_images(u)
+        check_images(u, "u")
         trajectory = [u] if return_trajectory else None
         for index in range(self.steps):
             u = self.step(u)
@@ -360,7 +361,7 @@ class PDELayer(nn.Module):
 
     def evolve(self, u: Tensor) -> Tensor:
         """Every PDE from the same ``u``: ``(B, C, H, W) -> (B, n_e, C, H, W)``."""
-        check_images(u)
+        check_images(u, "u")
         from .fused import fused_evolve, resolve_backend
 
         checkpoint = getattr(self, "checkpoint", False)  # layers pickled before the fast path
@@ -372,7 +373,7 @@ class PDELayer(nn.Module):
 
     def evolve_reference(self, u: Tensor) -> Tensor:
         """:meth:`evolve` by the plain PyTorch reference (with ``checkpoint``, states recomputed)."""
-        check_images(u)
+        check_images(u, "u")
         if getattr(self, "checkpoint", False) and torch.is_grad_enabled():
             from torch.utils.checkpoint import checkpoint
 

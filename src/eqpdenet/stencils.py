@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .geometry import check_images
+
 __all__ = [
     "BOUNDARY_MODES",
     "Jet",
@@ -211,21 +213,9 @@ def _check_boundary(boundary: str) -> str:
     return BOUNDARY_MODES[boundary]
 
 
-def check_images(u: Tensor, what: str = "u") -> None:
-    """Raise a clear error unless ``u`` is a floating-point ``(B, C, H, W)`` tensor."""
-    if not isinstance(u, Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor, got {type(u).__name__}")
-    if u.dim() != 4:
-        raise ValueError(
-            f"{what} must have shape (batch, channels, height, width), got {tuple(u.shape)}"
-        )
-    if not u.is_floating_point():
-        raise TypeError(f"{what} must be a floating-point tensor, got dtype {u.dtype}")
-
-
 def apply_jet_weight(u: Tensor, weight: Tensor, boundary: str) -> Tensor:
     """Jet of ``u`` ``(B, C, H, W)`` with a prepared weight ``(D, 1, k, k)``: ``(B, C, D, H, W)``."""
-    check_images(u)
+    check_images(u, "u")
     mode = _check_boundary(boundary)
     batch, channels, height, width = u.shape
     radius = weight.shape[-1] // 2
@@ -263,7 +253,7 @@ def jet(
         >>> jet(u).shape
         torch.Size([8, 1, 6, 28, 28])
     """
-    check_images(u)
+    check_images(u, "u")
     return apply_jet_weight(u, jet_weight(order, stencil, spacing, u.dtype, u.device), boundary)
 
 
