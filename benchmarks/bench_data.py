@@ -9,9 +9,9 @@ from __future__ import annotations
 import tempfile
 import time
 
-from eqpdenet.mnist import load_mnist, resolve_data_dir
-from eqpdenet.rotmnist import generate_rotmnist, load_rotmnist
-from eqpdenet.scenarios import apply_scenario
+from eqpdenet.data.mnist import load_mnist, resolve_data_dir
+from eqpdenet.data.rotmnist import generate_rotmnist, load_rotmnist
+from eqpdenet.data.scenarios import apply_scenario
 
 
 def timed(label, fn):

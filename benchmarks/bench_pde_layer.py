@@ -37,18 +37,19 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from eqpdenet import FCNN, EqPdeNet, PDELayer, count_parameters, fused  # noqa: E402
+from eqpdenet import FCNN, EqPdeNet, PDELayer, count_parameters  # noqa: E402
+from eqpdenet.kernels import cpu  # noqa: E402
 
 HIDDEN_SIZES = (16, 32, 64, 128, 256)
 SEEDS, EPOCHS, TRAIN_IMAGES, EVAL_SCENARIOS, EVAL_IMAGES = 10, 30, 12_000, 3, 50_000
 
 
-def paper_layer(backend: str, checkpoint: bool = False) -> PDELayer:
+def paper_layer(backend: str, recompute: bool = False) -> PDELayer:
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         layer = PDELayer.paper(init="normal", init_scale=0.01, backend=backend,
-                               checkpoint=checkpoint)
+                               recompute=recompute)
     return layer
 
 
@@ -94,7 +95,7 @@ def memory_probe(variant: str, batch: int) -> None:
     """(subprocess) Peak RSS increase of one forward+backward of the layer, in MiB."""
     torch.set_num_threads(2)
     backend, _, mode = variant.partition(":")
-    layer = paper_layer(backend, checkpoint=mode == "checkpoint")
+    layer = paper_layer(backend, recompute=mode == "recompute")
     step_fn(layer, 8, True)()  # warm-up: libraries, extension, allocator
     run = step_fn(layer, batch, True)
 
@@ -135,7 +136,7 @@ def main() -> None:
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
           f"{platform.processor() or platform.machine()}, python {platform.python_version()}")
     start = time.perf_counter()
-    fused.load_extension()
+    cpu.load_extension()
     print(f"# fused extension build/load: {time.perf_counter() - start:.1f} s "
           f"(first build ~30-60 s, then cached)")
     fcnn = FCNN(hidden=256)
@@ -189,7 +190,7 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|")
     for batch in (128,) if args.quick else (128, 1000):
         cells = [peak_memory(v, batch) for v in
-                 ("reference", "reference:checkpoint", "fused", "fused:checkpoint")]
+                 ("reference", "reference:recompute", "fused", "fused:recompute")]
         print(f"| {batch} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
 
     # Projection of Tables 1-2: training at batch 128, evaluation at batch 1000 (h = 256 used as

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from eqpdenet.stencils import jet
+from eqpdenet.pde.stencils import jet
 
 
 def jet_at(function, points: torch.Tensor, spacing: float, stencil: str = "central",
@@ -32,3 +32,39 @@ def bump(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def convex(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Smooth, with all second derivatives far from zero near the origin (for ratios)."""
     return torch.exp(0.3 * x + 0.2 * y + 0.4 * x * y + 0.35 * x**2 + 0.25 * y**2)
+
+
+def assert_equivariant(module, images: torch.Tensor, *, invariant: bool = False,
+                       rtol: float | None = None, angle: float | None = None,
+                       angle_tolerance: float | None = None) -> None:
+    """Assert that ``module`` commutes with rotations of ``images`` ``(B, C, H, W)``.
+
+    Quarter turns are exact on the pixel grid (no interpolation), so the outputs must agree to
+    rounding: ``rtol`` (default 1e-5 in float32, 1e-10 in float64) relative to the output's
+    largest magnitude. ``invariant=True`` is for models whose output must not change (logits);
+    otherwise the output is rotated with the input. With ``angle`` (degrees), the relative error
+    on the central disk (or the relative change of an invariant output) must also be at most
+    ``angle_tolerance``: interpolation makes other angles approximate.
+    """
+    from eqpdenet.analysis.equivariance import Transform, equivariance_error, model_invariance
+
+    if rtol is None:
+        rtol = 1e-5 if images.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-10
+    with torch.no_grad():
+        out = module(images)
+        scale = float(out.abs().max())
+        for k in (1, 2, 3):
+            moved = module(torch.rot90(images, k, (-2, -1)))
+            expected = out if invariant else torch.rot90(out, k, (-2, -1))
+            error = float((moved - expected).abs().max())
+            assert error <= rtol * max(scale, 1e-30), (
+                f"not equivariant under a rotation by {90 * k}°: max |difference| {error:.3g} "
+                f"for outputs of size {scale:.3g}")
+        if angle is not None:
+            transform = Transform.rotation(angle)
+            if invariant:
+                error = model_invariance(module, images, transform)["logit_change"]
+            else:
+                error = equivariance_error(module, images, transform)
+            assert error <= angle_tolerance, (
+                f"relative error {error:.3g} at {angle:g}° exceeds {angle_tolerance:g}")

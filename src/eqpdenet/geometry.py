@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .checks import check_images
+
 __all__ = [
-    "check_images",
     "pixel_coordinates",
     "affine_warp",
     "rotate",
@@ -64,18 +65,6 @@ def rotation_matrix(angle: Tensor | float, *, dtype=None, device=None) -> Tensor
     angle = torch.as_tensor(angle, dtype=dtype or torch.get_default_dtype(), device=device)
     c, s = torch.cos(angle), torch.sin(angle)
     return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
-
-
-def check_images(u: Tensor, what: str = "images") -> None:
-    """Raise a clear error unless ``u`` is a floating-point ``(B, C, H, W)`` tensor."""
-    if not isinstance(u, Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor, got {type(u).__name__}")
-    if u.dim() != 4:
-        raise ValueError(
-            f"{what} must have shape (batch, channels, height, width), got {tuple(u.shape)}"
-        )
-    if not u.is_floating_point():
-        raise TypeError(f"{what} must be a floating-point tensor, got dtype {u.dtype}")
 
 
 def affine_warp(

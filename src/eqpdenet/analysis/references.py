@@ -1,0 +1,124 @@
+"""Reference maps and inputs for measuring equivariance: known PDEs, a non-equivariant control,
+a random convolution, and smooth analytic images.
+
+Every map here is deterministic (seeded generators).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..geometry import pixel_coordinates
+from ..pde.integrators import EulerFlow, EulerStep, steps_for
+from ..pde.invariants import Invariant, InvariantSet
+from ..pde.rhs import InvariantRHS
+
+__all__ = [
+    "heat_pde",
+    "identity",
+    "non_invariant_set",
+    "random_conv",
+    "reference_pdes",
+    "smooth_inputs",
+    "upsample",
+]
+
+
+
+def non_invariant_set() -> InvariantSet:
+    """An invariant set that is *not* invariant: ``{u_x}`` alone (``du/dt = w u_x`` is transport
+    along x, which no rotation commutes with). The negative control of the measurement."""
+    return InvariantSet("u_x only", "none (u_x is not a rotation invariant)", 1,
+                        [Invariant("u_x", "u_x", "u_x", lambda d, eps: d.u_x)])
+
+
+def _pde(invariants, weights: dict[str, float] | None, *, T: float, dt: float,
+         stencil: str = "central", spacing: float = 1.0, seed: int | None = None,
+         random_scale: float = 0.05) -> EulerFlow:
+    rhs = InvariantRHS(invariants, stencil=stencil, spacing=spacing)
+    with torch.no_grad():
+        if seed is not None:
+            generator = torch.Generator().manual_seed(seed)
+            rhs.F.weight.copy_(random_scale * torch.randn(rhs.F.weight.shape, generator=generator))
+        for name, value in (weights or {}).items():
+            rhs.F.weight[rhs.invariant_set.names.index(name)] = value
+    return EulerFlow(EulerStep(rhs, dt), steps_for(T, dt)).eval()
+
+
+def heat_pde(T: float = 1.0, dt: float = 0.1, stencil: str = "central", spacing: float = 1.0,
+             diffusivity: float = 1.0) -> EulerFlow:
+    """The heat equation ``du/dt = a (u_xx + u_yy)`` (the paper's Figure 2) as an
+    :class:`~eqpdenet.pde.EulerFlow`."""
+    return _pde("se2", {"laplacian": diffusivity}, T=T, dt=dt, stencil=stencil, spacing=spacing)
+
+
+def reference_pdes(T: float = 1.0, dt: float = 0.1, stencil: str = "central",
+                   spacing: float = 1.0) -> dict[str, EulerFlow]:
+    """The PDEs measured without a checkpoint (all seeded):
+
+    * ``heat``: ``u_t = u_xx + u_yy``;
+    * ``se2-random``: every ``se2`` invariant with a N(0, 0.05^2) weight, plus ``0.2 Δu``
+      (a stable, nonlinear SE(2)-equivariant PDE);
+    * ``scaling-random``: every ``scaling`` invariant with a N(0, 0.05^2) weight (equivariant to
+      scalings, *not* to rotations: its invariants are permuted with sign changes by them);
+    * ``u_x (non-invariant)``: ``u_t = u_x``, the negative control.
+    """
+    common = dict(T=T, dt=dt, stencil=stencil, spacing=spacing)
+    return {
+        "heat": heat_pde(**common),
+        "se2-random": _pde("se2", {"laplacian": 0.2}, seed=1, **common),
+        "scaling-random": _pde("scaling", None, seed=2, **common),
+        "u_x (non-invariant)": _pde(non_invariant_set(), {"u_x": 1.0}, **common),
+    }
+
+
+def random_conv(seed: int = 0) -> nn.Module:
+    """A seeded random 3x3 convolution (1 -> 1 channel, replicate padding): the reference for a
+    map that is *not* equivariant (weights ~ N(0, 1/9), bias 0)."""
+    generator = torch.Generator().manual_seed(seed)
+    conv = nn.Conv2d(1, 1, 3, padding=1, padding_mode="replicate", bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) / 3.0)
+    return conv.eval()
+
+
+def identity(u: Tensor) -> Tensor:
+    return u
+
+
+
+def smooth_inputs(count: int = 16, size: int = 28, seed: int = 0) -> Tensor:
+    """Smooth analytic images ``(count, 1, size, size)``: sums of 3 anisotropic Gaussians of
+    width ~2-4 pixels (of a 28-pixel image) placed within the central disk; values in ~[0, 1].
+
+    Defined in units of the 28-pixel grid, so ``size=56`` samples the *same* functions twice as
+    finely (used by the resolution study).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    x, y = pixel_coordinates(size, size, 28.0 / size, dtype=torch.float64)
+    images = []
+    for _ in range(count):
+        image = torch.zeros(size, size, dtype=torch.float64)
+        for _ in range(3):
+            cx, cy = (torch.rand(2, generator=generator, dtype=torch.float64) - 0.5) * 12
+            sx, sy = 2.0 + 2.0 * torch.rand(2, generator=generator, dtype=torch.float64)
+            angle = math.pi * float(torch.rand(1, generator=generator))
+            c, s = math.cos(angle), math.sin(angle)
+            xr, yr = c * (x - cx) + s * (y - cy), -s * (x - cx) + c * (y - cy)
+            image += torch.exp(-0.5 * ((xr / sx) ** 2 + (yr / sy) ** 2))
+        images.append(image / image.max())
+    return torch.stack(images)[:, None].float()
+
+
+def upsample(images: Tensor, factor: int) -> Tensor:
+    """Bicubic upsampling by an integer factor (``align_corners=False``: the image centre and
+    extent are kept, so the coordinates of :mod:`eqpdenet.geometry` scale by ``1 / factor``)."""
+    if factor == 1:
+        return images
+    return F.interpolate(images, scale_factor=factor, mode="bicubic", align_corners=False)
+
+

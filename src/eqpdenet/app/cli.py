@@ -1,0 +1,380 @@
+"""The ``eqpdenet`` command line: info, train, evaluate, reproduce, report, equivariance,
+describe, figure.
+
+Configuration comes from the defaults (the paper's setup, ``eqpdenet.config``), then an optional
+TOML file (``--config``), then ``--set section.field=value`` overrides, then the dedicated flags.
+Data: ``--data-dir`` > ``EQPDENET_DATA`` > a per-user cache folder (see ``eqpdenet.mnist``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .. import __version__
+from ..errors import EqPdeNetError
+from ..models import MODELS
+from .config import (
+    ExperimentConfig,
+    ReproduceConfig,
+    apply_overrides,
+    from_dict,
+    load_toml,
+    to_dict,
+    to_toml,
+)
+
+__all__ = ["build_parser", "main"]
+
+
+# ----------------------------------------------------------------------------- quick profile
+
+
+def quick_profile(config: ReproduceConfig) -> ReproduceConfig:
+    """The smoke profile: 2 sizes x 2 seeds x both models, 4,000 training digits for 5 epochs,
+    evaluated on the first 5,000 test digits (a shape check of the protocol, not its numbers)."""
+    config.hidden_sizes = [16, 64]
+    config.seeds = [0, 1]
+    config.base.data.train_subset = 4000
+    config.base.data.test_subset = 5000
+    config.base.train.epochs = 5
+    return config
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def _info(args) -> int:
+    import torch
+
+    from ..models import FCNN, EqPdeNet, count_parameters
+    from ..pde.invariants import available_invariant_sets, get_invariant_set
+    from ..pde.stencils import available_stencils
+
+    print(f"eqpdenet {__version__} (torch {torch.__version__}, {torch.get_num_threads()} threads)")
+    print(f"stencils: {', '.join(available_stencils())}")
+    for name in available_invariant_sets():
+        print(get_invariant_set(name))
+    print("parameters (paper layer):  h  EqPdeNet  FCNN")
+    for hidden in (16, 32, 64, 128, 256):
+        print(f"{hidden:>29} {count_parameters(EqPdeNet(hidden)):>9} "
+              f"{count_parameters(FCNN(hidden)):>6}")
+    return 0
+
+
+def _experiment_config(args) -> ExperimentConfig:
+    config = load_toml(ExperimentConfig, args.config) if args.config else ExperimentConfig()
+    config = apply_overrides(config, args.set)
+    if getattr(args, "model", None):
+        config.model.kind = args.model
+    if getattr(args, "hidden", None):
+        config.model.hidden = args.hidden
+    if getattr(args, "seed", None) is not None:
+        config.train.seed = args.seed
+    if getattr(args, "epochs", None):
+        config.train.epochs = args.epochs
+    if getattr(args, "device", None):
+        config.train.device = args.device
+    return from_dict(ExperimentConfig, to_dict(config))  # re-validate
+
+
+def _train(args) -> int:
+    from .files import atomic_write
+    from .training import prepare_data, run_experiment
+
+    config = _experiment_config(args)
+    out = Path(args.out)
+    data = prepare_data(config.data, args.data_dir, args.cache_dir)
+    record = run_experiment(config, data, progress=not args.no_progress,
+                            checkpoint=out / "model.pt")
+    atomic_write(out / "config.toml", to_toml(config).encode())
+    atomic_write(out / "result.json", (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+    if record["status"] != "ok":
+        print(f"training failed: {record['error']}", file=sys.stderr)
+        return 1
+    scores = "  ".join(f"{k} {v:.2f}%" for k, v in record["accuracy"].items())
+    print(f"{config.model.kind} h={config.model.hidden} seed={config.train.seed}: {scores} "
+          f"({record['train_seconds']:.0f} s) -> {out / 'model.pt'}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    import numpy as np
+
+    from .training import evaluate_scenarios, load_checkpoint, prepare_data
+
+    model, config, _ = load_checkpoint(args.checkpoint, device=args.device or "cpu")
+    data = prepare_data(config.data, args.data_dir, args.cache_dir)
+    scenarios = args.scenarios or config.scenarios
+    per_instance = [evaluate_scenarios(model, data["test"], scenarios, seed=seed)
+                    for seed in range(args.instances)]
+    summary = {}
+    for name in scenarios:
+        values = np.array([r[name] for r in per_instance])
+        std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        summary[name] = {"mean": float(values.mean()), "std": std, "values": values.tolist()}
+        print(f"{name:>8}: {values.mean():6.2f}% ± {std:.2f} over {len(values)} instance(s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
+    return 0
+
+
+def _reproduce(args) -> int:
+    from .report import write_report
+    from .sweeps import reproduce
+
+    config = load_toml(ReproduceConfig, args.config) if args.config else ReproduceConfig()
+    config = apply_overrides(config, args.set)
+    if args.quick:
+        config = quick_profile(config)
+    if args.device:
+        config.base.train.device = args.device
+    config = from_dict(ReproduceConfig, to_dict(config))
+    out = Path(args.out or ("runs/quick" if args.quick else "results/paper"))
+    start = time.perf_counter()
+    reproduce(config, out, jobs=args.jobs, data_dir=args.data_dir, cache_dir=args.cache_dir,
+              progress=not args.no_progress)
+    table, plot = write_report(out)
+    print(f"reproduce finished in {time.perf_counter() - start:.0f} s: {table}, {plot}")
+    print(table.read_text())
+    return 0
+
+
+def _study(args) -> int:
+    from .study import STAGE_SETS, run_study, study_base
+
+    if args.config:  # e.g. the chosen.toml of a previous round
+        base = load_toml(ReproduceConfig, args.config)
+        base.hidden_sizes, base.seeds = args.hidden, args.seeds
+        base.base.train.epochs = args.epochs
+    else:
+        base = study_base(hidden_sizes=args.hidden, seeds=args.seeds, epochs=args.epochs)
+    base = apply_overrides(base, args.set)
+    if args.device:
+        base.base.train.device = args.device
+    chosen = run_study(Path(args.out), base=base, stages=STAGE_SETS[args.stages], jobs=args.jobs,
+                       data_dir=args.data_dir, cache_dir=args.cache_dir,
+                       progress=not args.no_progress)
+    print(to_toml(chosen))
+    print(f"study written to {Path(args.out) / 'study.md'}")
+    return 0
+
+
+def _symbolic(args) -> int:
+    from .symbolic_table import print_table
+
+    print_table(args.groups)
+    return 0
+
+
+def _report(args) -> int:
+    from .report import write_report
+
+    table, plot = write_report(Path(args.results))
+    print(table.read_text())
+    print(f"wrote {table} and {plot}")
+    return 0
+
+
+def _equivariance(args) -> int:
+    import torch
+
+    from .equivariance_study import measure_equivariance, write_outputs
+
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    study = measure_equivariance(quick=args.quick, checkpoints=args.checkpoint or [],
+                      data_dir=args.data_dir, T=args.T, dt=args.dt)
+    written = write_outputs(study, Path(args.out))
+    print(written[0].read_text())
+    print(f"wrote {', '.join(str(p) for p in written)} in {time.perf_counter() - start:.0f} s "
+          f"({torch.get_num_threads()} threads)")
+    return 0
+
+
+def _load_digits(data_dir, samples: list[int]):
+    import torch
+
+    from ..data.mnist import load_mnist
+
+    digits = load_mnist(data_dir, download=False).test_images
+    return torch.as_tensor(digits[samples], dtype=torch.float32)[:, None] / 255.0
+
+
+def _describe(args) -> int:
+    from ..analysis.describe import describe_model
+    from ..models import EqPdeNet
+    from .figures import evolution_grid
+    from .training import load_checkpoint
+
+    model, _, _ = load_checkpoint(args.checkpoint)
+    print(describe_model(model, digits=args.digits))
+    if args.out and isinstance(model, EqPdeNet):
+        images = _load_digits(args.data_dir, args.samples)
+        path = Path(args.out) / "evolution.png"
+        evolution_grid(model.pde_layer, images, path, frames=args.frames,
+                       labels=[f"MNIST test #{n}" for n in args.samples],
+                       standardize=model.standardize,
+                       title=f"u(0) ... u(T) of each PDE of {args.checkpoint}")
+        print(f"wrote {path}")
+    return 0
+
+
+def _figure(args) -> int:
+    from ..analysis.references import heat_pde
+    from .figures import figure_diagram
+
+    image = _load_digits(args.data_dir, [args.sample])
+    if args.pde == "heat":
+        pde, label = heat_pde(T=args.T, dt=args.dt), f"heat equation ∂t u = u_xx + u_yy, T={args.T:g}"
+    else:
+        from ..analysis.describe import pde_formula
+        from .training import load_checkpoint
+
+        if not args.checkpoint:
+            raise ValueError("--pde INDEX needs --checkpoint")
+        model, _, _ = load_checkpoint(args.checkpoint)
+        index = int(args.pde)
+        if not 0 <= index < model.pde_layer.n_pdes:
+            raise ValueError(f"--pde {index}: the checkpoint has {model.pde_layer.n_pdes} PDEs")
+        chosen = model.pde_layer.pdes[index]
+        pde = lambda u: chosen(model.standardize(u))  # noqa: E731
+        label = f"learned {chosen.name}, T={chosen.T:g}\n{pde_formula(chosen, digits=2)}"
+    error = figure_diagram(image, pde, Path(args.out), angle=args.angle, factor=args.scale,
+                           shift=tuple(args.shift), pde_label=label)
+    print(f"wrote {args.out} (relative difference on the disk: {error:.3e})")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML file with the configuration")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override one field, e.g. --set model.layer.dt=0.05 (repeatable)")
+    parser.add_argument("--data-dir", help="folder holding mnist/ (default: $EQPDENET_DATA)")
+    parser.add_argument("--cache-dir", help="where generated ROTMNIST is cached")
+    parser.add_argument("--device", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eqpdenet", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"eqpdenet {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    info = commands.add_parser("info", help="versions, stencils, invariant sets, parameter counts")
+    info.set_defaults(handler=_info)
+
+    train = commands.add_parser("train", help="train one model; writes a checkpoint and its config")
+    _add_common(train)
+    train.add_argument("--model", choices=MODELS.names())
+    train.add_argument("--hidden", type=int)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--out", required=True, help="output folder (model.pt, config.toml, ...)")
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("evaluate", help="a checkpoint on scenarios over K instances")
+    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("--scenarios", nargs="+")
+    evaluate.add_argument("--instances", type=int, default=10)
+    evaluate.add_argument("--data-dir")
+    evaluate.add_argument("--cache-dir")
+    evaluate.add_argument("--device", choices=["cpu", "cuda"])
+    evaluate.add_argument("--json", help="also write the summary to this JSON file")
+    evaluate.set_defaults(handler=_evaluate)
+
+    repro = commands.add_parser("reproduce", help="the paper's protocol (Tables 1 and 2)")
+    _add_common(repro)
+    repro.add_argument("--quick", action="store_true", help="smoke profile (< 3 min on 2 cores)")
+    repro.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
+    repro.add_argument("--out", help="results folder (default results/paper, runs/quick)")
+    repro.set_defaults(handler=_reproduce)
+
+    study = commands.add_parser("study", help="choose the recipe on the validation split")
+    _add_common(study)
+    study.add_argument("--out", default="results/study", help="study folder")
+    study.add_argument("--hidden", type=int, nargs="+", default=[256, 32])
+    study.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    study.add_argument("--epochs", type=int, default=20)
+    study.add_argument("--jobs", type=int, default=1)
+    study.add_argument("--stages", choices=["main", "refine"], default="main",
+                       help="'main': the first round; 'refine': a second round (use --config "
+                            "with the first round's chosen.toml)")
+    study.set_defaults(handler=_study)
+
+    symbolic = commands.add_parser("symbolic", help="differential invariants of the ready Lie "
+                                   "groups, found symbolically, with the counts theory predicts")
+    symbolic.add_argument("groups", nargs="*", help="group names (default: all ready groups)")
+    symbolic.set_defaults(handler=_symbolic)
+
+    report = commands.add_parser("report", help="Markdown table and plot from a results folder")
+    report.add_argument("results", help="folder with results.jsonl")
+    report.set_defaults(handler=_report)
+
+    equiv = commands.add_parser("equivariance",
+                                help="measure equivariance errors; tables and plots")
+    equiv.add_argument("--out", default="docs/equivariance", help="output folder")
+    equiv.add_argument("--checkpoint", nargs="+", help="checkpoints (EqPdeNet and/or FCNN)")
+    equiv.add_argument("--quick", action="store_true", help="a few points only (seconds)")
+    equiv.add_argument("--T", type=float, default=1.0, help="T of the reference PDEs")
+    equiv.add_argument("--dt", type=float, default=0.1, help="dt of the reference PDEs")
+    equiv.add_argument("--data-dir", help="folder holding mnist/ (default: $EQPDENET_DATA)")
+    equiv.set_defaults(handler=_equivariance)
+
+    describe = commands.add_parser("describe", help="print the learned PDEs; evolution images")
+    describe.add_argument("checkpoint")
+    describe.add_argument("--samples", type=int, nargs="+", default=[0, 1, 2],
+                          help="MNIST test digits to evolve")
+    describe.add_argument("--out", help="folder for evolution.png (none: print only)")
+    describe.add_argument("--frames", type=int, default=6)
+    describe.add_argument("--digits", type=int, default=3, help="significant digits")
+    describe.add_argument("--data-dir")
+    describe.set_defaults(handler=_describe)
+
+    figure = commands.add_parser("figure", help="figures of the paper")
+    figure.add_argument("which", choices=["diagram"], help="diagram: Figure 2")
+    figure.add_argument("--checkpoint", help="for --pde INDEX")
+    figure.add_argument("--sample", type=int, default=0, help="MNIST test digit")
+    figure.add_argument("--angle", type=float, default=30.0, help="rotation of g, degrees")
+    figure.add_argument("--scale", type=float, default=1.0, help="scaling of g")
+    figure.add_argument("--shift", type=float, nargs=2, default=[0.0, 0.0],
+                        metavar=("TX", "TY"), help="translation of g, pixels (y up)")
+    figure.add_argument("--pde", default="heat", help="'heat' or the index of a learned PDE")
+    figure.add_argument("--T", type=float, default=2.0, help="T of the heat equation")
+    figure.add_argument("--dt", type=float, default=0.1, help="dt of the heat equation")
+    figure.add_argument("--data-dir")
+    figure.add_argument("--out", required=True, help="PNG file")
+    figure.set_defaults(handler=_figure)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are saved; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    except (EqPdeNetError, FileNotFoundError, ValueError) as error:
+        if os.environ.get("EQPDENET_DEBUG"):
+            raise
+        print(f"eqpdenet: error: {error} (EQPDENET_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

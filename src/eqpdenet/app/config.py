@@ -1,0 +1,303 @@
+"""Typed configuration, in one place: dataclasses whose defaults are the paper's setup.
+
+Every configuration converts to a plain dict (:func:`to_dict`), to TOML text (:func:`to_toml`) and
+back (:func:`from_dict`, :func:`load_toml`), is validated on construction (an invalid value raises
+:class:`ConfigError` naming the field), and is saved beside every result.
+
+Where the paper leaves a choice open (T, dt, stencil, boundary, ratio regularisation,
+initialisation, optimiser ...), the default is the one documented in ``docs/choices.md``; the
+training recipe and the layer's initialisation are those chosen on the validation split by
+``eqpdenet study`` (``docs/study.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..checks import require, require_int, require_nonnegative, require_positive
+from ..data.scenarios import SCENARIOS
+from ..errors import ConfigError
+from ..models import MODELS
+from ..models import build_model as _build_model
+from ..pde.layer import LayerConfig
+from .optim import LR_SCHEDULES, OPTIMIZERS
+
+__all__ = [
+    "ConfigError",
+    "apply_overrides",
+    "DataConfig",
+    "ExperimentConfig",
+    "LayerConfig",
+    "ModelConfig",
+    "ReproduceConfig",
+    "TrainConfig",
+    "build_model",
+    "from_dict",
+    "load_toml",
+    "to_dict",
+    "to_toml",
+]
+
+
+@dataclass
+class ModelConfig:
+    """A model: a kind from :data:`eqpdenet.models.MODELS` (``eqpdenet``: PDE layer +
+    perceptron; ``fcnn``: perceptron alone) and its options.
+
+    Attributes:
+        kind: the model's registered name.
+        hidden: width ``h`` of the two hidden layers (784-h-h-10).
+        image_size: input height and width.
+        classes: number of outputs.
+        input_mean, input_std: fixed (non-learned) standardisation ``(x - mean) / std`` applied
+            to the input of both models (default: MNIST's pixel mean and std, chosen by the
+            validation study); ``0, 1`` leaves pixels in ``[0, 1]``.
+        layer: the PDE layer (ignored for ``fcnn``).
+    """
+
+    kind: str = "eqpdenet"
+    hidden: int = 256
+    image_size: int = 28
+    classes: int = 10
+    input_mean: float = 0.1307
+    input_std: float = 0.3081
+    layer: LayerConfig = field(default_factory=LayerConfig)
+
+    def __post_init__(self):
+        if isinstance(self.layer, dict):
+            self.layer = from_dict(LayerConfig, self.layer)
+        MODELS.check(self.kind, "model.kind")
+        require_int(self.hidden, "model.hidden", 1)
+        require_int(self.image_size, "model.image_size", 1)
+        require_int(self.classes, "model.classes", 1)
+        require_positive(self.input_std, "model.input_std")
+
+
+@dataclass
+class TrainConfig:
+    """How a model is trained (the same recipe for EqPdeNet and FCNN).
+
+    Attributes:
+        optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9).
+        lr: learning rate; ``lr_schedule`` ``"cosine"`` (to 0 over ``epochs``) or ``"constant"``.
+        weight_decay: decoupled weight decay (AdamW) on every parameter.
+        pde_lr_scale: learning-rate multiplier for the PDE layer's parameters (F and the
+            reduction). With Adam, whose steps do not depend on the gradient's scale, this is the
+            same as parameterising the PDE coefficients as ``pde_lr_scale * theta``: it sets how
+            fast the 31 coefficients, each acting on every pixel, move compared with the
+            perceptron's weights. No effect on FCNN (it has no PDE layer).
+        batch_size, epochs: mini-batch size and number of passes over the training digits.
+        select_on_validation: keep the weights of the epoch with the best validation accuracy
+            (needs ``DataConfig.validation > 0``); otherwise the last epoch's.
+        grad_clip: clip the global gradient norm to this value (0 = off).
+        seed: seeds parameter initialisation and mini-batch order.
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    """
+
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    lr_schedule: str = "constant"
+    weight_decay: float = 0.0
+    pde_lr_scale: float = 0.01
+    batch_size: int = 128
+    epochs: int = 20
+    select_on_validation: bool = False
+    grad_clip: float = 0.0
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self):
+        OPTIMIZERS.check(self.optimizer, "train.optimizer")
+        require_positive(self.lr, "train.lr")
+        LR_SCHEDULES.check(self.lr_schedule, "train.lr_schedule")
+        require_nonnegative(self.weight_decay, "train.weight_decay")
+        require_positive(self.pde_lr_scale, "train.pde_lr_scale")
+        require_int(self.batch_size, "train.batch_size", 1)
+        require_int(self.epochs, "train.epochs", 1)
+        require_nonnegative(self.grad_clip, "train.grad_clip")
+        require(self.device in ("cpu", "cuda", "auto"), "train.device", f"{self.device!r}")
+
+
+@dataclass
+class DataConfig:
+    """Which digits: ROTMNIST (official files if present, else generated from MNIST).
+
+    Attributes:
+        source: ``"auto"``, ``"generated"`` or ``"official"``.
+        rotmnist_seed: seed of the generated ROTMNIST (which digits, which angles).
+        validation: digits held out of the 12,000 for validation (the last ones, as in the
+            official 10,000 / 2,000 split); 0 trains on all 12,000.
+        train_subset, test_subset: use only the first N training / test digits (0 = all);
+            for smoke runs.
+    """
+
+    source: str = "auto"
+    rotmnist_seed: int = 0
+    validation: int = 0
+    train_subset: int = 0
+    test_subset: int = 0
+
+    def __post_init__(self):
+        require(self.source in ("auto", "generated", "official"), "data.source", f"{self.source!r}")
+        require(0 <= self.validation < 12000, "data.validation", "must be in [0, 12000)")
+        require(self.train_subset >= 0 and self.test_subset >= 0, "data.*_subset", "must be >= 0")
+
+
+@dataclass
+class ExperimentConfig:
+    """One training run and its evaluation: model + data + training + scenarios."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scenarios: list[str] = field(default_factory=lambda: ["test", "iso", "sca"])
+
+    def __post_init__(self):
+        for name, cls in (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig)):
+            if isinstance(getattr(self, name), dict):
+                setattr(self, name, from_dict(cls, getattr(self, name)))
+        require(isinstance(self.scenarios, list), "scenarios", "must be a list of scenario names")
+        for index, name in enumerate(self.scenarios):
+            SCENARIOS.check(name, f"scenarios[{index}]")
+
+
+@dataclass
+class ReproduceConfig:
+    """The paper's protocol: every (model, hidden size, seed) trained and evaluated once.
+
+    ``base`` is the recipe shared by every run; ``models``, ``hidden_sizes`` and ``seeds``
+    (training seeds; instance ``i`` uses seed ``seeds[i]`` for training and for its scenario
+    draws) span the grid. Runs whose seed is in ``checkpoint_seeds`` also save their trained
+    model to ``<out>/checkpoints/<model>-h<hidden>-seed<seed>.pt``.
+    """
+
+    base: ExperimentConfig = field(default_factory=ExperimentConfig)
+    models: list[str] = field(default_factory=lambda: ["eqpdenet", "fcnn"])
+    hidden_sizes: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
+    seeds: list[int] = field(default_factory=lambda: list(range(10)))
+    checkpoint_seeds: list[int] = field(default_factory=lambda: [0])
+
+    def __post_init__(self):
+        if isinstance(self.base, dict):
+            self.base = from_dict(ExperimentConfig, self.base)
+        require(isinstance(self.models, list) and len(self.models) >= 1, "models",
+                "must be a non-empty list of model kinds")
+        for index, kind in enumerate(self.models):
+            MODELS.check(kind, f"models[{index}]")
+        require(all(h >= 1 for h in self.hidden_sizes) and self.hidden_sizes, "hidden_sizes",
+                 "must be positive")
+        require(len(set(self.seeds)) == len(self.seeds) and self.seeds, "seeds",
+                 "must be distinct and non-empty")
+
+
+# ----------------------------------------------------------------------------- conversions
+
+
+def to_dict(config) -> dict:
+    """A dataclass as nested plain dicts and lists."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls, data: dict):
+    """Build dataclass ``cls`` from a (possibly partial) dict; unknown keys are an error."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config: {cls.__name__} expects a table, got {data!r}")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"invalid config: unknown field(s) {unknown} for {cls.__name__}; "
+                          f"known: {sorted(names)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = from_dict(hint, value)
+        elif hint is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif typing.get_origin(hint) is list and isinstance(value, tuple):
+            value = list(value)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as error:
+        raise ConfigError(f"invalid config for {cls.__name__}: {error}") from None
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"cannot write non-finite float {value} to TOML")
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if value is None:
+        raise ConfigError("TOML has no null: leave the field out instead")
+    raise ConfigError(f"cannot write {type(value).__name__} to TOML")
+
+
+def to_toml(config, _prefix: str = "") -> str:
+    """A dataclass (or dict) as TOML text; nested dataclasses become tables."""
+    data = to_dict(config) if dataclasses.is_dataclass(config) else config
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict) and v is not None}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    lines = [f"{key} = {_toml_value(value)}" for key, value in scalars.items()]
+    for key, value in tables.items():
+        name = f"{_prefix}{key}"
+        lines += ["", f"[{name}]", to_toml(value, name + ".").rstrip("\n")]
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def load_toml(cls, path: str | Path):
+    """Read ``cls`` from a TOML file; missing fields take their defaults."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    return from_dict(cls, data)
+
+
+def _parse_value(text: str):
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(config, assignments: list[str]):
+    """Apply ``a.b.c=value`` assignments (values parsed as TOML, else strings) to a dataclass."""
+    data = to_dict(config)
+    for assignment in assignments or []:
+        if "=" not in assignment:
+            raise ConfigError(f"--set expects section.field=value, got {assignment!r}")
+        path, value = assignment.split("=", 1)
+        keys = path.strip().split(".")
+        node = data
+        for key in keys[:-1]:
+            if not isinstance(node.get(key), dict):
+                raise ConfigError(f"--set {path}: {key!r} is not a config section")
+            node = node[key]
+        if keys[-1] not in node:
+            raise ConfigError(f"--set {path}: unknown field {keys[-1]!r}; known: {sorted(node)}")
+        node[keys[-1]] = _parse_value(value.strip())
+    return from_dict(type(config), data)
+
+
+def build_model(config: ModelConfig):
+    """The model a :class:`ModelConfig` describes (parameters initialised by torch's RNG)."""
+    return _build_model(config.kind, **{f.name: getattr(config, f.name)
+                                 for f in dataclasses.fields(config) if f.name != "kind"})

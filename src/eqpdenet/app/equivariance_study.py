@@ -1,0 +1,403 @@
+"""The equivariance study behind ``eqpdenet equivariance``: measurements over maps, transforms,
+resolutions, time steps and checkpoints, written as Markdown, CSV and plots.
+
+The metric and its protocol are in :mod:`eqpdenet.analysis.equivariance`; the reference maps in
+:mod:`eqpdenet.analysis.references`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..analysis.equivariance import (
+    DISK_FRACTION,
+    Transform,
+    equivariance_error,
+    interpolation_floor,
+    model_invariance,
+)
+from ..analysis.references import identity, random_conv, reference_pdes, smooth_inputs, upsample
+from ..data.mnist import load_mnist
+from ..models import EqPdeNet
+from ..pde.integrators import EulerFlow
+from .files import atomic_write, save_figure
+from .training import load_checkpoint
+
+__all__ = ["Record", "Study", "equivariance_table", "measure_equivariance", "write_outputs"]
+
+
+def mnist_inputs(count: int = 64, data_dir=None) -> Tensor:
+    """The first ``count`` MNIST *test* digits, upright, ``(count, 1, 28, 28)`` in [0, 1]."""
+    digits = load_mnist(data_dir, download=False).test_images[:count]
+    return torch.as_tensor(digits, dtype=torch.float32)[:, None] / 255.0
+
+
+
+@dataclass
+class Record:
+    """One measurement (one row of ``table.csv``)."""
+
+    study: str
+    inputs: str
+    map: str
+    transform: str
+    param: float
+    error: float
+    floor: float
+    stencil: str = ""
+    factor: int = 1
+    dt: float = float("nan")
+    steps: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class Study:
+    """Collects records; :func:`measure_equivariance` fills it."""
+
+    def __init__(self):
+        self.records: list[Record] = []
+        self.seconds = 0.0
+
+    def add(self, **kwargs) -> None:
+        self.records.append(Record(**kwargs))
+
+    def select(self, **criteria) -> list[Record]:
+        return [r for r in self.records
+                if all(getattr(r, k) == v for k, v in criteria.items())]
+
+
+def _transform_param(t: Transform) -> float:
+    return float(t.value[0]) if t.kind == "translation" else float(t.value)
+
+
+def _maps(T: float, dt: float, stencil: str, checkpoint_maps: dict) -> dict[str, Callable]:
+    maps: dict[str, Callable] = {"identity": identity, "random conv3x3": random_conv()}
+    maps.update(reference_pdes(T, dt, stencil))
+    maps.update(checkpoint_maps)
+    return maps
+
+
+def checkpoint_maps(path) -> tuple[dict[str, Callable], nn.Module, str]:
+    """From a checkpoint: each PDE ``u -> u_T`` and the whole layer (after the model's input
+    standardisation, as the model applies them); FCNN checkpoints give no maps."""
+    model, config, _ = load_checkpoint(path)
+    model.eval()
+    tag = f"{config.model.kind}-h{config.model.hidden}"
+    if not isinstance(model, EqPdeNet):
+        return {}, model, tag
+    maps: dict[str, Callable] = {}
+    for pde in model.pde_layer.pdes:
+        maps[f"{tag} {pde.name}"] = (lambda u, p=pde: p(model.standardize(u)))
+    maps[f"{tag} layer"] = lambda u: model.features(u)
+    return maps, model, tag
+
+
+def default_grid(quick: bool) -> dict:
+    if quick:
+        return dict(angles=[15, 45, 90], scales=[0.8, 1.25], shifts=[0.5], factors=[1, 2],
+                    dts=[0.2, 0.1, 0.05], steps=[1, 10], count=16, stencils=["central"])
+    return dict(angles=[5, 15, 30, 45, 60, 90, 135, 180], scales=[0.67, 0.8, 0.9, 1.1, 1.25, 1.5],
+                shifts=[0.25, 0.5, 1.0], factors=[1, 2, 3, 4], dts=[0.2, 0.1, 0.05, 0.025],
+                steps=[1, 2, 5, 10, 20], count=64, stencils=["central", "isotropic"])
+
+
+def measure_equivariance(*, quick: bool = False, checkpoints: Sequence = (), data_dir=None,
+              T: float = 1.0, dt: float = 0.1, echo: Callable[[str], None] = print) -> Study:
+    """All measurements of ``eqpdenet equivariance`` (see the module doc and the docs)."""
+    start = time.perf_counter()
+    grid = default_grid(quick)
+    study = Study()
+    ck_maps: dict[str, Callable] = {}
+    models: dict[str, nn.Module] = {}
+    for path in checkpoints:
+        maps, model, tag = checkpoint_maps(path)
+        ck_maps.update(maps)
+        models[tag] = model
+    inputs = {"smooth": smooth_inputs(grid["count"] // 4 or 4)}
+    try:
+        inputs["mnist"] = mnist_inputs(grid["count"], data_dir)
+    except Exception as error:  # noqa: BLE001 - measurement still useful on smooth inputs
+        echo(f"MNIST unavailable ({error}); measuring on smooth inputs only")
+    transforms = ([Transform.rotation(a) for a in grid["angles"]]
+                  + [Transform.scale(s) for s in grid["scales"]]
+                  + [Transform.translation(t, 0.0) for t in grid["shifts"]])
+
+    # 1. Every map, every transform, both inputs, at 1x.
+    for stencil in grid["stencils"]:
+        maps = _maps(T, dt, stencil, ck_maps if stencil == "central" else {})
+        for input_name, images in inputs.items():
+            for transform in transforms:
+                floor = interpolation_floor(images, transform)
+                for name, phi in maps.items():
+                    if stencil != "central" and name in ("identity", "random conv3x3"):
+                        continue
+                    study.add(study="transforms", inputs=input_name, map=name,
+                              transform=transform.kind, param=_transform_param(transform),
+                              error=equivariance_error(phi, images, transform), floor=floor,
+                              stencil=stencil if isinstance(phi, EulerFlow) else "", dt=dt,
+                              steps=getattr(phi, "steps", 0))
+        echo(f"transforms ({stencil}): {time.perf_counter() - start:.0f} s")
+
+    # 2. Resolution: the same continuous PDE on images upsampled k times (h = 1/k, dt / k^2).
+    angle = Transform.rotation(45 if quick else 30)
+    source = inputs.get("mnist", inputs["smooth"])
+    for stencil in grid["stencils"]:
+        for factor in grid["factors"]:
+            images = {"mnist": upsample(source, factor),
+                      "smooth": smooth_inputs(len(inputs["smooth"]), 28 * factor)}
+            fine_dt = dt / factor**2
+            pdes = reference_pdes(T, fine_dt, stencil, spacing=1.0 / factor)
+            for input_name, x in images.items():
+                floor = interpolation_floor(x, angle)
+                for name in ("heat", "se2-random"):
+                    study.add(study="resolution", inputs=input_name, map=name,
+                              transform="rotation", param=float(angle.value),
+                              error=equivariance_error(pdes[name], x, angle), floor=floor,
+                              stencil=stencil, factor=factor, dt=fine_dt,
+                              steps=pdes[name].steps)
+        echo(f"resolution ({stencil}): {time.perf_counter() - start:.0f} s")
+
+    # 3. Time step at fixed T, and number of steps at fixed dt (1x, central).
+    for input_name, x in inputs.items():
+        floor = interpolation_floor(x, angle)
+        for value in grid["dts"]:
+            pdes = reference_pdes(T, value, "central")
+            for name in ("heat", "se2-random"):
+                study.add(study="dt", inputs=input_name, map=name, transform="rotation",
+                          param=float(angle.value), error=equivariance_error(pdes[name], x, angle),
+                          floor=floor, stencil="central", dt=value, steps=pdes[name].steps)
+        for steps in grid["steps"]:
+            pdes = reference_pdes(steps * dt, dt, "central")
+            for name in ("heat", "se2-random"):
+                study.add(study="steps", inputs=input_name, map=name, transform="rotation",
+                          param=float(angle.value), error=equivariance_error(pdes[name], x, angle),
+                          floor=floor, stencil="central", dt=dt, steps=steps)
+    echo(f"dt and steps: {time.perf_counter() - start:.0f} s")
+
+    # 4. Whole models: predictions and logits.
+    if models and "mnist" in inputs:
+        for tag, model in models.items():
+            for transform in transforms:
+                result = model_invariance(model, inputs["mnist"], transform)
+                study.add(study="model", inputs="mnist", map=tag, transform=transform.kind,
+                          param=_transform_param(transform), error=result["logit_change"],
+                          floor=float("nan"), extra={"unchanged": result["unchanged"]})
+    study.seconds = time.perf_counter() - start
+    return study
+
+
+
+def _fmt(value: float) -> str:
+    if value != value:  # NaN
+        return ""
+    if value == 0:
+        return "0"
+    return f"{value:.2e}" if abs(value) < 1e-2 or abs(value) >= 1e3 else f"{value:.3f}"
+
+
+def _pivot(records: list[Record], row_key, col_key, value=lambda r: r.error) -> list[str]:
+    rows = list(dict.fromkeys(row_key(r) for r in records))
+    cols = list(dict.fromkeys(col_key(r) for r in records))
+    cell = {(row_key(r), col_key(r)): value(r) for r in records}
+    lines = ["| | " + " | ".join(str(c) for c in cols) + " |",
+             "|---|" + "---:|" * len(cols)]
+    for row in rows:
+        lines.append(f"| {row} | " + " | ".join(_fmt(cell.get((row, c), float("nan")))
+                                               for c in cols) + " |")
+    return lines
+
+
+def equivariance_table(study: Study) -> str:
+    """The Markdown summary: one pivot table per study and transform."""
+    out = ["# Equivariance measurements", "",
+           "Relative error ||M (Φ(g f) − g Φ(f))|| / ||M Φ(f)|| on the central disk "
+           f"(radius {DISK_FRACTION} × side). 'interpolation floor' is the round trip "
+           "||M (g⁻¹ g f − f)|| / ||M f||. Generated by `eqpdenet equivariance`; "
+           f"{study.seconds:.0f} s.", ""]
+    units = {"rotation": "degrees", "scale": "λ", "translation": "t_x (pixels)"}
+    for inputs in dict.fromkeys(r.inputs for r in study.select(study="transforms")):
+        for kind in ("rotation", "scale", "translation"):
+            records = study.select(study="transforms", inputs=inputs, transform=kind)
+            if not records:
+                continue
+            floors = {r.param: r.floor for r in records}
+            label = lambda r: r.map + (f" [{r.stencil}]" if r.stencil else "")  # noqa: E731
+            out += [f"## {kind.capitalize()}, {inputs} inputs (columns: {units[kind]})", ""]
+            out += _pivot(records, label, lambda r: f"{r.param:g}")
+            out.append("| *interpolation floor* | " + " | ".join(_fmt(v) for v in floors.values())
+                       + " |")
+            out.append("")
+    for name, key, header in (("resolution", lambda r: f"{r.factor}x (h=1/{r.factor})",
+                               "upsampling factor"),
+                              ("dt", lambda r: f"dt={r.dt:g}", "time step, T fixed"),
+                              ("steps", lambda r: f"{r.steps} (T={r.steps * r.dt:g})",
+                               "steps, dt fixed")):
+        records = study.select(study=name)
+        if not records:
+            continue
+        angle = records[0].param
+        out += [f"## Rotation by {angle:g}° against {header}", ""]
+        row = lambda r: f"{r.map} [{r.stencil}], {r.inputs}"  # noqa: E731
+        out += _pivot(records, row, key)
+        floors = {}
+        for r in records:
+            floors.setdefault((r.inputs, key(r)), r.floor)
+        for inputs in dict.fromkeys(r.inputs for r in records):
+            cols = list(dict.fromkeys(key(r) for r in records))
+            out.append(f"| *interpolation floor, {inputs}* | "
+                       + " | ".join(_fmt(floors.get((inputs, c), float("nan"))) for c in cols)
+                       + " |")
+        out.append("")
+    records = study.select(study="model")
+    if records:
+        out += ["## Whole models on MNIST test digits", "",
+                "Fraction of predictions unchanged by g (and relative logit change).", ""]
+        key = lambda r: f"{r.transform} {r.param:g}"  # noqa: E731
+        out += _pivot(records, lambda r: r.map + " unchanged", key, lambda r: r.extra["unchanged"])
+        out += _pivot(records, lambda r: r.map + " logit change", key)[2:]
+        out.append("")
+    return "\n".join(out)
+
+
+def csv_table(study: Study) -> str:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["study", "inputs", "map", "stencil", "transform", "param", "factor", "dt",
+                     "steps", "error", "interpolation_floor", "unchanged_predictions"])
+    for r in study.records:
+        writer.writerow([r.study, r.inputs, r.map, r.stencil, r.transform, f"{r.param:g}",
+                         r.factor, f"{r.dt:g}", r.steps, f"{r.error:.6e}", f"{r.floor:.6e}",
+                         r.extra.get("unchanged", "")])
+    return buffer.getvalue()
+
+
+def plot_transforms(study: Study, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    inputs = list(dict.fromkeys(r.inputs for r in study.select(study="transforms")))
+    kinds = ("rotation", "scale", "translation")
+    fig, axes = plt.subplots(len(inputs), 3, figsize=(12, 3.4 * len(inputs)), squeeze=False)
+    for i, name in enumerate(inputs):
+        for j, kind in enumerate(kinds):
+            ax = axes[i, j]
+            records = [r for r in study.select(study="transforms", inputs=name, transform=kind)
+                       if r.stencil in ("", "central")]  # isotropic: in the tables
+            labels = dict.fromkeys(r.map + (f" [{r.stencil}]" if r.stencil else "")
+                                   for r in records if r.map != "identity")
+            for label in labels:
+                rs = [r for r in records
+                      if r.map + (f" [{r.stencil}]" if r.stencil else "") == label]
+                ax.plot([r.param for r in rs], [max(r.error, 1e-9) for r in rs], marker="o",
+                        label=label, ms=3, lw=1,
+                        ls="--" if "isotropic" in label else "-")
+            floor = {r.param: r.floor for r in records}
+            ax.plot(list(floor), [max(v, 1e-9) for v in floor.values()], "k:", lw=2,
+                    label="interpolation floor (g⁻¹g f − f)")
+            ax.set_yscale("log")
+            ax.set_title(f"{kind}, {name} inputs")
+            ax.set_xlabel({"rotation": "angle (degrees)", "scale": "λ",
+                           "translation": "t_x (pixels)"}[kind])
+            ax.set_ylabel("relative equivariance error (disk)")
+            ax.grid(True, which="both", alpha=0.3)
+    axes[0, 0].legend(fontsize=6, loc="lower right")
+    fig.suptitle("‖M(Φ(g f) − g Φ(f))‖ / ‖M Φ(f)‖, central stencil; identity map: exactly 0 "
+                 "(not drawn)")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_convergence(study: Study, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    panels = (("resolution", lambda r: r.factor, "upsampling factor k (h = 1/k, dt ∝ h²)"),
+              ("dt", lambda r: r.dt, "dt (T fixed)"),
+              ("steps", lambda r: r.steps, "Euler steps (dt fixed, T = steps·dt)"))
+    for ax, (name, xkey, xlabel) in zip(axes, panels, strict=True):
+        records = study.select(study=name)
+        if not records:
+            ax.set_visible(False)
+            continue
+        for label in dict.fromkeys((r.map, r.stencil, r.inputs) for r in records):
+            rs = [r for r in records if (r.map, r.stencil, r.inputs) == label]
+            ax.plot([xkey(r) for r in rs], [r.error for r in rs], "o-" if label[2] == "mnist"
+                    else "s--", ms=3, lw=1, label=f"{label[0]} [{label[1]}], {label[2]}")
+        for inputs in dict.fromkeys(r.inputs for r in records):
+            rs = {xkey(r): r.floor for r in records if r.inputs == inputs}
+            ax.plot(list(rs), list(rs.values()), "k:" if inputs == "mnist" else "k-.", lw=2,
+                    label=f"interpolation floor, {inputs}")
+        if name == "resolution":
+            ks = sorted({xkey(r) for r in records})
+            top = max(r.error for r in records if r.factor == ks[0])
+            ax.plot(ks, [top / k**2 for k in ks], color="grey", lw=3, alpha=0.4,
+                    label="slope h²")
+            ax.set_xscale("log")
+            ax.set_xticks(ks, [str(k) for k in ks])
+        if name == "dt":
+            ax.set_xscale("log")
+            values = sorted({xkey(r) for r in records})
+            ax.set_xticks(values, [f"{v:g}" for v in values])
+            ax.minorticks_off()
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"error, rotation by {records[0].param:g}°")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_models(study: Study, path) -> bool:
+    records = study.select(study="model", transform="rotation")
+    if not records:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for tag in dict.fromkeys(r.map for r in records):
+        rs = [r for r in records if r.map == tag]
+        axes[0].plot([r.param for r in rs], [r.extra["unchanged"] for r in rs], "o-", label=tag)
+        axes[1].plot([r.param for r in rs], [r.error for r in rs], "o-", label=tag)
+    axes[0].set_ylabel("fraction of predictions unchanged")
+    axes[1].set_ylabel("relative logit change")
+    for ax in axes:
+        ax.set_xlabel("rotation (degrees)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return True
+
+
+def write_outputs(study: Study, out_dir) -> list:
+    """``table.md``, ``table.csv``, ``transforms.png``, ``convergence.png`` (``models.png``)."""
+    out = Path(out_dir)
+    atomic_write(out / "table.md", (equivariance_table(study) + "\n").encode())
+    atomic_write(out / "table.csv", csv_table(study).encode())
+    written = [out / "table.md", out / "table.csv"]
+    plot_transforms(study, out / "transforms.png")
+    plot_convergence(study, out / "convergence.png")
+    written += [out / "transforms.png", out / "convergence.png"]
+    if plot_models(study, out / "models.png"):
+        written.append(out / "models.png")
+    return written
+
+

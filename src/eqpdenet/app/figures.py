@@ -1,0 +1,181 @@
+"""The paper's Figure 2: the commutative diagram of an equivariant PDE.
+
+::
+
+    I0      --PDE-->  u_T(I0)
+    | g                  \\ g
+    v                     v
+    g·I0    --PDE-->  u_T(g·I0)   ≟   g·u_T(I0)     difference u_T(g·I0) − g·u_T(I0)
+
+For any sample, any group element ``g: p -> λ R(θ) p + t`` (push-forward, conventions of
+:mod:`eqpdenet.geometry`) and any PDE (the heat equation ``u_t = u_xx + u_yy`` by default, or one
+of a checkpoint's learned PDEs). The difference is drawn on the same scale as the evolved images
+(so "commutes" looks like a blank panel) and its relative size on the central disk is printed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ..analysis.equivariance import DISK_FRACTION, central_disk, similarity
+from ..pde.layer import PDELayer
+from .files import save_figure
+
+__all__ = ["diagram_arrays", "evolution_grid", "figure_diagram"]
+
+
+@torch.no_grad()
+def diagram_arrays(image: Tensor, pde: Callable[[Tensor], Tensor], angle: float = 30.0,
+                   factor: float = 1.0, shift=(0.0, 0.0)) -> dict[str, Tensor]:
+    """The six panels, each ``(H, W)``: ``I0, gI0, uT, uT_g, g_uT, difference``, plus
+    ``relative_error`` (on the central disk) as a 0-d tensor. ``image``: ``(1, 1, H, W)``."""
+    g = lambda u: similarity(u, angle, factor, shift)  # noqa: E731
+    moved = g(image)
+    evolved, evolved_moved = pde(image), pde(moved)
+    moved_evolved = g(evolved)
+    difference = evolved_moved - moved_evolved
+    mask = central_disk(image.shape[-2], image.shape[-1]).to(image.dtype)
+    relative = torch.linalg.vector_norm(difference * mask) / torch.linalg.vector_norm(
+        evolved * mask)
+    panels = {"I0": image, "gI0": moved, "uT": evolved, "uT_g": evolved_moved,
+              "g_uT": moved_evolved, "difference": difference}
+    out = {key: value[0, 0] for key, value in panels.items()}
+    out["relative_error"] = relative
+    return out
+
+
+def figure_diagram(image: Tensor, pde: Callable[[Tensor], Tensor], path, *, angle: float = 30.0,
+                   factor: float = 1.0, shift=(0.0, 0.0), pde_label: str = "heat equation",
+                   title: str | None = None) -> float:
+    """Write the diagram as PNG (1200 x 620 pixels at dpi 100); returns the relative error."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import textwrap
+
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Circle, ConnectionPatch
+
+    panels = diagram_arrays(image, pde, angle, factor, shift)
+    pde_label = "\n".join(textwrap.fill(line, 62, subsequent_indent="    ")
+                          for line in pde_label.splitlines())
+    g_text = f"g: rotation {angle:g}°" + (f", scale {factor:g}" if factor != 1 else "") + (
+        f", shift ({shift[0]:g}, {shift[1]:g}) px" if any(shift) else "")
+    fig, axes = plt.subplots(2, 4, figsize=(12, 6.2))
+    inputs_range = (float(min(panels["I0"].min(), panels["gI0"].min())),
+                    float(max(panels["I0"].max(), panels["gI0"].max())))
+    evolved = torch.stack([panels["uT"], panels["uT_g"], panels["g_uT"]])
+    evolved_range = (float(evolved.min()), float(evolved.max()))
+    bound = max(abs(evolved_range[0]), abs(evolved_range[1]), 1e-12)
+    layout = {
+        (0, 0): ("I0", "$I_0$", inputs_range, "gray"),
+        (1, 0): ("gI0", "$g\\cdot I_0$", inputs_range, "gray"),
+        (0, 1): ("uT", "$u_T(I_0)$", evolved_range, "gray"),
+        (1, 1): ("uT_g", "$u_T(g\\cdot I_0)$", evolved_range, "gray"),
+        (1, 2): ("g_uT", "$g\\cdot u_T(I_0)$", evolved_range, "gray"),
+        (1, 3): ("difference", "$u_T(g\\cdot I_0) - g\\cdot u_T(I_0)$", (-bound, bound), "RdBu_r"),
+    }
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for (r, c), (key, label, (vmin, vmax), cmap) in layout.items():
+        ax = axes[r, c]
+        shown = ax.imshow(panels[key].numpy(), cmap=cmap, vmin=vmin, vmax=vmax)
+        ax.set_title(label, fontsize=11)
+        if key == "difference":
+            fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+            size = panels[key].shape[-1]
+            ax.add_patch(Circle(((size - 1) / 2, (size - 1) / 2), DISK_FRACTION * size,
+                                fill=False, ls="--", lw=0.8, color="k"))
+    axes[0, 2].axis("off")
+    axes[0, 3].axis("off")
+    error = float(panels["relative_error"])
+    axes[0, 2].text(
+        0.35, 0.62,
+        f"PDE: {pde_label}\n{g_text}\n\nrelative difference on the\ndashed disk "
+        f"(radius {DISK_FRACTION:g} × side):\n"
+        f"‖u_T(g·I0) − g·u_T(I0)‖ / ‖u_T(I0)‖ = {error:.2e}\n\n"
+        f"max |difference| = {float(panels['difference'].abs().max()):.2e}\n"
+        f"(difference on the scale of the evolved images)",
+        fontsize=9.5, va="center", ha="left", transform=axes[0, 2].transAxes)
+
+    def arrow(a, b, text, start=(1.0, 0.5), end=(0.0, 0.5)):
+        patch = ConnectionPatch(start, end, "axes fraction", "axes fraction", axesA=a, axesB=b,
+                                arrowstyle="-|>", mutation_scale=15, lw=1.5, color="tab:blue")
+        fig.add_artist(patch)
+        xa, ya = fig.transFigure.inverted().transform(a.transAxes.transform(start))
+        xb, yb = fig.transFigure.inverted().transform(b.transAxes.transform(end))
+        fig.text((xa + xb) / 2, (ya + yb) / 2 + 0.015, text, ha="center", va="bottom",
+                 fontsize=11, color="tab:blue")
+
+    fig.subplots_adjust(left=0.02, right=0.95, top=0.88, bottom=0.02, wspace=0.35, hspace=0.45)
+    arrow(axes[0, 0], axes[0, 1], "PDE")
+    arrow(axes[1, 0], axes[1, 1], "PDE")
+    arrow(axes[0, 0], axes[1, 0], "g   ", start=(0.5, -0.02), end=(0.5, 1.14))
+    arrow(axes[0, 1], axes[1, 2], "g", start=(1.0, 0.0), end=(0.2, 1.14))
+    fig.text(*_between(fig, axes[1, 1], axes[1, 2]), "≟", ha="center", va="center", fontsize=18)
+    fig.text(*_between(fig, axes[1, 2], axes[1, 3]), "−", ha="center", va="center", fontsize=18)
+    fig.suptitle(title or "Equivariance as a commutative diagram (Figure 2 of the paper)",
+                 fontsize=12)
+    save_figure(fig, path)
+    return error if math.isfinite(error) else float("nan")
+
+
+def _between(fig, a, b) -> tuple[float, float]:
+    inverse = fig.transFigure.inverted()
+    xa, ya = inverse.transform(a.transAxes.transform((1.0, 0.5)))
+    xb, _ = inverse.transform(b.transAxes.transform((0.0, 0.5)))
+    return (xa + xb) / 2, ya
+
+
+@torch.no_grad()
+def evolution_grid(layer: PDELayer, images: Tensor, path, *, frames: int = 6,
+                   labels: Sequence[str] | None = None, standardize=None,
+                   title: str | None = None) -> None:
+    """PNG grid: one row per (sample, PDE), ``frames`` columns ``u(t)`` from ``t = 0`` to ``T``.
+
+    Each row has its own grey scale, shared across its frames so the change in time shows: from
+    the row's minimum to its 99.5th percentile (isolated spikes saturate); the row label gives
+    the full range. ``images``: ``(N, 1, H, W)``; ``standardize`` is applied first.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    u0 = standardize(images) if standardize is not None else images
+    trajectories = [pde(u0, return_trajectory=True) for pde in layer.pdes]  # (S+1, N, 1, H, W)
+    rows = [(n, e) for n in range(len(images)) for e in range(layer.n_pdes)]
+    fig, axes = plt.subplots(len(rows), frames, figsize=(1.3 * frames + 1.6, 1.35 * len(rows)),
+                             squeeze=False)
+    for r, (n, e) in enumerate(rows):
+        trajectory = trajectories[e]
+        steps = trajectory.shape[0] - 1
+        picks = sorted({round(k * steps / max(frames - 1, 1)) for k in range(frames)})
+        data = trajectory[:, n, 0]
+        shown = data[picks].flatten()
+        vmin, vmax = float(shown.min()), float(torch.quantile(shown, 0.995))
+        vmax = vmax if vmax > vmin else vmin + 1e-6
+        dt = layer.pdes[e].step.dt
+        for c in range(frames):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(picks):
+                ax.set_visible(False)
+                continue
+            ax.imshow(data[picks[c]].numpy(), cmap="gray", vmin=vmin, vmax=vmax)
+            if r == 0 or rows[r - 1][0] != n:
+                ax.set_title(f"t = {picks[c] * dt:.3g}", fontsize=8)
+        name = labels[n] if labels else f"sample {n}"
+        full = (float(data.min()), float(data.max()))
+        axes[r, 0].set_ylabel(f"{name}\n{layer.pdes[e].name}\n[{full[0]:.2g}, {full[1]:.2g}]",
+                              fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
+    save_figure(fig, path)

@@ -1,0 +1,183 @@
+"""Reports: our results side by side with the paper's Tables 1 and 2, and an accuracy plot.
+
+The paper's numbers (``paper_tables.csv``, copied from Lagrave & Riou 2021, CC BY 4.0) are
+accuracies in percent, mean and standard deviation over 10 instances. Ours are aggregated from a
+``results.jsonl`` written by :func:`eqpdenet.experiments.reproduce`: mean and sample standard
+deviation (``ddof = 1``) over the seeds of each (model, hidden size). The difference is reported
+in percentage points and in units of the paper's standard deviation.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from .files import atomic_write, read_jsonl, save_figure
+
+__all__ = ["aggregate", "paper_table", "plot_accuracy", "protocol_table", "write_report"]
+
+SCENARIOS = ("test", "iso", "sca")
+#: The paper's two models (Tables 1 and 2) and their printed names.
+MODEL_NAMES = {"eqpdenet": "EqPdeNet", "fcnn": "FCNN"}
+PAPER_MODELS = tuple(MODEL_NAMES)
+
+
+def paper_table() -> dict[tuple[str, int], dict]:
+    """``{(model, hidden): {"params": int, "test": (mean, std), "iso": ..., "sca": ...}}``."""
+    text = resources.files("eqpdenet.app").joinpath("paper_tables.csv").read_text()
+    table = {}
+    for row in csv.DictReader(text.splitlines()):
+        kind = row["model"].lower()
+        table[kind, int(row["hidden"])] = {
+            "params": int(row["params"]), "n": 10,
+            **{s: (float(row[f"{s}_mean"]), float(row[f"{s}_std"])) for s in SCENARIOS},
+        }
+    return table
+
+
+def aggregate(records: list[dict]) -> dict[tuple[str, int], dict]:
+    """Mean and sample std per (model, hidden) and scenario over the successful runs."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    failures: dict[tuple[str, int], int] = {}
+    for record in records:
+        key = (record["model"], int(record["hidden"]))
+        if record.get("status") == "ok":
+            groups.setdefault(key, []).append(record)
+        else:
+            failures[key] = failures.get(key, 0) + 1
+    table = {}
+    for key in sorted(set(groups) | set(failures)):
+        runs = groups.get(key, [])
+        entry = {"params": runs[0]["params"] if runs else None, "n": len(runs),
+                 "failed": failures.get(key, 0), "seeds": sorted(r["seed"] for r in runs),
+                 "by_seed": {r["seed"]: r["accuracy"] for r in runs}}
+        for scenario in SCENARIOS:
+            values = np.array([r["accuracy"][scenario] for r in runs if scenario in r["accuracy"]])
+            if len(values):
+                std = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+                entry[scenario] = (float(values.mean()), std)
+        table[key] = entry
+    return table
+
+
+def _cell(value: tuple[float, float] | None) -> str:
+    if value is None:
+        return "–"
+    mean, std = value
+    return f"{mean:.1f} ({std:.1f})" if math.isfinite(std) else f"{mean:.1f}"
+
+
+def protocol_table(ours: dict, paper: dict | None = None) -> str:
+    """Markdown: per model and hidden size, paper | ours | difference | difference / sigma_paper."""
+    paper = paper_table() if paper is None else paper
+    lines = []
+    for kind in PAPER_MODELS:
+        sizes = sorted({h for k, h in ours if k == kind})
+        if not sizes:
+            continue
+        title = "Table 1" if kind == "eqpdenet" else "Table 2"
+        lines += [f"### {MODEL_NAMES[kind]} ({title} of the paper)", "",
+                  "| h | #params | runs | " + " | ".join(
+                      f"{s} paper | {s} ours | Δ | Δ/σ" for s in SCENARIOS) + " |",
+                  "|---:|---:|---:|" + "---:|" * (4 * len(SCENARIOS))]
+        for hidden in sizes:
+            mine, theirs = ours[kind, hidden], paper.get((kind, hidden))
+            runs = f"{mine['n']}" + (f" (+{mine['failed']} failed)" if mine.get("failed") else "")
+            cells = [str(hidden), str(mine["params"]), runs]
+            for scenario in SCENARIOS:
+                ref, got = (theirs or {}).get(scenario), mine.get(scenario)
+                cells += [_cell(ref), _cell(got)]
+                if ref and got:
+                    delta = got[0] - ref[0]
+                    cells += [f"{delta:+.1f}", f"{delta / ref[1]:+.1f}" if ref[1] else "–"]
+                else:
+                    cells += ["–", "–"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    # The paper's claim: EqPdeNet beats FCNN at every size. Show the gap, paper vs ours.
+    sizes = sorted({h for k, h in ours if k == "eqpdenet"} & {h for k, h in ours if k == "fcnn"})
+    if sizes:
+        lines += ["### EqPdeNet − FCNN (percentage points)", "",
+                  "Ours: mean (std) of the difference between the two models trained with the "
+                  "same seed (same perceptron initialisation, batch order and scenario draws).", "",
+                  "| h | " + " | ".join(f"{s} paper | {s} ours" for s in SCENARIOS) + " |",
+                  "|---:|" + "---:|" * (2 * len(SCENARIOS))]
+        for hidden in sizes:
+            cells = [str(hidden)]
+            for scenario in SCENARIOS:
+                for table in (paper, ours):
+                    a, b = table.get(("eqpdenet", hidden), {}), table.get(("fcnn", hidden), {})
+                    cells.append(_gap(a, b, scenario))
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _gap(a: dict, b: dict, scenario: str) -> str:
+    """EqPdeNet − FCNN: paired by seed where per-seed results exist, else of the means."""
+    if scenario not in a or scenario not in b:
+        return "–"
+    seeds = sorted(set(a.get("by_seed", {})) & set(b.get("by_seed", {})))
+    if len(seeds) > 1:
+        diffs = np.array([a["by_seed"][s][scenario] - b["by_seed"][s][scenario] for s in seeds])
+        return f"{diffs.mean():+.1f} ({diffs.std(ddof=1):.1f})"
+    return f"{a[scenario][0] - b[scenario][0]:+.1f}"
+
+
+def plot_accuracy(ours: dict, path: Path, paper: dict | None = None) -> Path:
+    """PNG: accuracy against #params for both models and the three scenarios, paper dashed."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paper = paper_table() if paper is None else paper
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4), sharex=True)
+    colours = {"eqpdenet": "tab:blue", "fcnn": "tab:orange"}
+    for axis, scenario in zip(axes, SCENARIOS, strict=True):
+        for kind in PAPER_MODELS:
+            for source, table, style in (("paper", paper, "--"), ("ours", ours, "-")):
+                keys = sorted((k for k in table if k[0] == kind and scenario in table[k]),
+                              key=lambda k: k[1])
+                if not keys:
+                    continue
+                x = [table[k]["params"] for k in keys]
+                mean = np.array([table[k][scenario][0] for k in keys])
+                std = np.nan_to_num(np.array([table[k][scenario][1] for k in keys]))
+                axis.errorbar(x, mean, yerr=std, fmt="o" + style, color=colours[kind], capsize=3,
+                              alpha=0.6 if source == "paper" else 1.0,
+                              label=f"{MODEL_NAMES[kind]} ({source})")
+        axis.set_xscale("log")
+        ticks = sorted({table[k]["params"] for table in (ours,) for k in table if table[k]["params"]})
+        axis.set_xticks(ticks, [f"{t / 1000:.0f}k" for t in ticks])
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        axis.set_title(scenario)
+        axis.set_xlabel("#params")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (%)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=120)
+
+
+def write_report(results_dir: Path) -> tuple[Path, Path]:
+    """``table.md`` and ``accuracy_vs_params.png`` from ``results_dir/results.jsonl``."""
+    results_dir = Path(results_dir)
+    records = read_jsonl(results_dir / "results.jsonl")
+    if not records:
+        raise FileNotFoundError(f"no results in {results_dir / 'results.jsonl'}")
+    ours = aggregate(records)
+    table = protocol_table(ours)
+    header = (f"Accuracy in percent on ROTMNIST test, `iso` and `sca`: mean (sample std) over the "
+              f"runs of each cell; paper = Lagrave & Riou 2021, Tables 1-2. Δ = ours − paper; "
+              f"Δ/σ in units of the paper's std. From `results.jsonl` beside this file "
+              f"({len(records)} runs; config in `config.toml`).\n\n")
+    table_path = results_dir / "table.md"
+    atomic_write(table_path, (header + table).encode())
+    plot_path = plot_accuracy(ours, results_dir / "accuracy_vs_params.png")
+    return table_path, plot_path

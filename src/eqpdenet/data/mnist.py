@@ -1,0 +1,431 @@
+"""MNIST: a verifying IDX reader, the data directory, and a verified atomic download.
+
+The data directory holds MNIST under a ``mnist/`` subfolder (``<data_dir>/mnist/``), as the four
+standard IDX files, gzip-compressed (``train-images-idx3-ubyte.gz`` ...) or raw
+(``train-images-idx3-ubyte``). Which data directory is used (:func:`resolve_data_dir`): an explicit
+argument (command-line flag) > the ``EQPDENET_DATA`` environment variable > a per-user directory
+(``$XDG_CACHE_HOME/eqpdenet/data``, default ``~/.cache/eqpdenet/data``).
+
+Every file is checked when read (:func:`read_idx`): IDX magic number and data type, number of
+dimensions, item count and image size of the standard file, exact byte length (no truncation, no
+trailing bytes), and the canonical MD5 of the *uncompressed* bytes. Any problem raises one
+:class:`DataFileError` whose message names the file and what is wrong; no partly read array is ever
+returned. Downloads (:func:`download_mnist`) go to a temporary file in the target directory, are
+verified the same way, and only then renamed into place, so an interrupted, truncated or corrupted
+download never leaves anything that looks like a valid file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import os
+import tempfile
+import urllib.request
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataFileError, DownloadError
+
+__all__ = [
+    "DataFileError",
+    "DownloadError",
+    "MNIST",
+    "MNIST_FILES",
+    "DEFAULT_MIRRORS",
+    "resolve_data_dir",
+    "resolve_cache_dir",
+    "read_idx",
+    "find_mnist_file",
+    "download_mnist",
+    "load_mnist",
+]
+
+DATA_ENV = "EQPDENET_DATA"
+CACHE_ENV = "EQPDENET_CACHE"
+
+#: Public mirrors tried in order (base URLs; the file name ``<name>.gz`` is appended).
+DEFAULT_MIRRORS: tuple[str, ...] = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
+
+
+@dataclass(frozen=True)
+class IdxSpec:
+    """What a standard MNIST IDX file must contain."""
+
+    name: str  # file name without .gz
+    shape: tuple[int, ...]  # full array shape (items first)
+    md5: str  # MD5 of the uncompressed file
+
+
+#: The four standard files, keyed by the :class:`MNIST` field they fill.
+MNIST_FILES: dict[str, IdxSpec] = {
+    "train_images": IdxSpec("train-images-idx3-ubyte", (60000, 28, 28), "6bbc9ace898e44ae57da46a324031adb"),
+    "train_labels": IdxSpec("train-labels-idx1-ubyte", (60000,), "a25bea736e30d166cdddb491f175f624"),
+    "test_images": IdxSpec("t10k-images-idx3-ubyte", (10000, 28, 28), "2646ac647ad5339dbf082846283269ea"),
+    "test_labels": IdxSpec("t10k-labels-idx1-ubyte", (10000,), "27ae3e4e09519cfbb04c329615203637"),
+}
+_SPEC_BY_NAME = {spec.name: spec for spec in MNIST_FILES.values()}
+
+# IDX type codes -> numpy big-endian dtypes.
+_IDX_DTYPES = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Directories
+
+
+def _user_cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "eqpdenet"
+
+
+def resolve_data_dir(flag: str | os.PathLike | None = None) -> Path:
+    """The data directory (the folder that contains ``mnist/``).
+
+    Precedence: ``flag`` (e.g. a ``--data-dir`` command-line option) > the ``EQPDENET_DATA``
+    environment variable > the per-user directory ``$XDG_CACHE_HOME/eqpdenet/data``
+    (``~/.cache/eqpdenet/data``). The directory is not created here.
+    """
+    if flag is not None and str(flag) != "":
+        return Path(flag).expanduser()
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env).expanduser()
+    return _user_cache_root() / "data"
+
+
+def resolve_cache_dir(flag: str | os.PathLike | None = None) -> Path:
+    """The writable directory for generated files (e.g. the ROTMNIST cache).
+
+    Precedence: ``flag`` > the ``EQPDENET_CACHE`` environment variable > the per-user directory
+    ``$XDG_CACHE_HOME/eqpdenet`` (``~/.cache/eqpdenet``). Kept separate from the data directory,
+    which may be read-only (it is in CI).
+    """
+    if flag is not None and str(flag) != "":
+        return Path(flag).expanduser()
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    return _user_cache_root()
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+def _decompress_if_gzip(path: str | os.PathLike, raw: bytes) -> bytes:
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except EOFError as exc:
+        raise DataFileError(path, f"truncated gzip stream ({len(raw)} compressed bytes): {exc}") from None
+    except (OSError, zlib.error) as exc:  # BadGzipFile is an OSError; CRC / length errors too
+        raise DataFileError(path, f"corrupted gzip stream: {exc}") from None
+
+
+def parse_idx(
+    data: bytes,
+    path: str | os.PathLike = "<bytes>",
+    *,
+    shape: Sequence[int] | None = None,
+    md5: str | None = None,
+) -> np.ndarray:
+    """Parse the (uncompressed) bytes of an IDX file and verify them.
+
+    Args:
+        data: the uncompressed file content.
+        path: used only in error messages.
+        shape: if given, the exact array shape required (items first).
+        md5: if given, the required MD5 hex digest of ``data``.
+
+    Returns:
+        The array, in native byte order (``uint8`` for MNIST).
+
+    Raises:
+        DataFileError: naming ``path`` and the first problem found (structure is checked before
+        the checksum, so truncation is reported as truncation, not as a checksum mismatch).
+    """
+    if len(data) < 4:
+        raise DataFileError(path, f"truncated: {len(data)} bytes, too short for an IDX header")
+    zero, type_code, ndim = data[0:2], data[2], data[3]
+    if zero != b"\x00\x00" or type_code not in _IDX_DTYPES or ndim == 0:
+        raise DataFileError(
+            path, f"wrong magic number 0x{data[:4].hex()}: not an IDX file "
+            "(expected 0x0000 then a type code 0x08-0x0e and the number of dimensions)"
+        )
+    dtype = _IDX_DTYPES[type_code]
+    if shape is not None:
+        shape = tuple(int(s) for s in shape)
+        if ndim != len(shape):
+            raise DataFileError(
+                path, f"wrong magic number 0x{data[:4].hex()}: {ndim} dimension(s), expected {len(shape)}"
+            )
+        if dtype != np.dtype(">u1"):
+            raise DataFileError(path, f"wrong magic number 0x{data[:4].hex()}: data type {dtype}, "
+                                "expected unsigned bytes (0x08)")
+    header_len = 4 + 4 * ndim
+    if len(data) < header_len:
+        raise DataFileError(path, f"truncated: {len(data)} bytes, the header alone needs {header_len}")
+    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    if shape is not None:
+        if dims[0] != shape[0]:
+            raise DataFileError(path, f"wrong item count: header says {dims[0]}, expected {shape[0]}")
+        if dims[1:] != shape[1:]:
+            raise DataFileError(path, f"wrong item size: header says {dims[1:]}, expected {shape[1:]}")
+    expected_len = header_len + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    if len(data) < expected_len:
+        raise DataFileError(
+            path, f"truncated: {len(data)} bytes, expected {expected_len} for dimensions {dims}"
+        )
+    if len(data) > expected_len:
+        raise DataFileError(
+            path, f"{len(data) - expected_len} unexpected trailing bytes after the {dims} array"
+        )
+    if md5 is not None:
+        digest = hashlib.md5(data).hexdigest()
+        if digest != md5:
+            raise DataFileError(
+                path, f"MD5 mismatch of the uncompressed content: got {digest}, expected {md5} "
+                "(corrupted file or not the canonical MNIST)"
+            )
+    array = np.frombuffer(data, dtype=dtype, offset=header_len).reshape(dims)
+    return array.astype(dtype.newbyteorder("="), copy=True)
+
+
+def _spec_for(path: Path) -> IdxSpec | None:
+    name = path.name[:-3] if path.name.endswith(".gz") else path.name
+    return _SPEC_BY_NAME.get(name)
+
+
+def read_idx(path: str | os.PathLike, *, verify: bool = True) -> np.ndarray:
+    """Read one IDX file (gzip-compressed or raw; detected from the content, not the name).
+
+    If the file name (without ``.gz``) is one of the four standard MNIST names, the array shape
+    (magic number, dimensions, item count) and the canonical MD5 of the uncompressed bytes are
+    verified (``verify=False`` skips only the MD5). Other IDX files are checked for a valid magic
+    number and an exact byte length.
+
+    Returns:
+        The array, e.g. ``(60000, 28, 28) uint8`` for the MNIST training images.
+
+    Raises:
+        DataFileError: on a missing, truncated, corrupted or mismatching file; the message names it.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataFileError(path, "file not found") from None
+    except OSError as exc:
+        raise DataFileError(path, f"cannot read: {exc}") from None
+    data = _decompress_if_gzip(path, raw)
+    spec = _spec_for(path)
+    if spec is None:
+        return parse_idx(data, path)
+    return parse_idx(data, path, shape=spec.shape, md5=spec.md5 if verify else None)
+
+
+def find_mnist_file(data_dir: str | os.PathLike, key: str) -> Path | None:
+    """The path of MNIST file ``key`` (a :data:`MNIST_FILES` key) in ``<data_dir>/mnist/``.
+
+    Prefers ``<name>.gz``, else the raw ``<name>``; returns ``None`` when neither exists.
+    """
+    folder = Path(data_dir) / "mnist"
+    name = MNIST_FILES[key].name
+    for candidate in (folder / f"{name}.gz", folder / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Downloading
+
+
+def _fetch_verified(url: str, target: Path, spec: IdxSpec, *, timeout: float, progress: bool) -> None:
+    """Download ``url`` to a temporary file beside ``target``, verify it, then rename it."""
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length is not None and length.isdigit() else None
+            bar = _progress_bar(total, target.name) if progress else None
+            received = 0
+            try:
+                while True:
+                    chunk = response.read(1 << 16)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    received += len(chunk)
+                    if bar is not None:
+                        bar.update(len(chunk))
+            finally:
+                if bar is not None:
+                    bar.close()
+            if total is not None and received != total:
+                raise DataFileError(url, f"truncated response: {received} of {total} bytes")
+            out.flush()
+            os.fsync(out.fileno())
+        data = _decompress_if_gzip(url, tmp.read_bytes())
+        parse_idx(data, url, shape=spec.shape, md5=spec.md5)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _progress_bar(total: int | None, name: str):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is optional: no bar, same download
+        return None
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, leave=False)
+
+
+def download_mnist(
+    data_dir: str | os.PathLike | None = None,
+    mirrors: Sequence[str] | None = None,
+    *,
+    keys: Sequence[str] | None = None,
+    force: bool = False,
+    timeout: float = 60.0,
+    progress: bool = True,
+) -> Path:
+    """Download the missing MNIST files into ``<data_dir>/mnist/``, verified and atomically.
+
+    For each file, the mirrors are tried in order (``<mirror>/<name>.gz``). A response is streamed
+    into a temporary file in the same directory, checked (complete body, valid gzip, IDX header,
+    item count, canonical MD5 of the uncompressed bytes) and only then renamed to ``<name>.gz``;
+    on any failure the temporary file is deleted and the next mirror is tried.
+
+    Args:
+        data_dir: the data directory (see :func:`resolve_data_dir`); created if needed.
+        mirrors: base URLs (default :data:`DEFAULT_MIRRORS`), e.g. ``["http://127.0.0.1:8000/"]``.
+        keys: which files (:data:`MNIST_FILES` keys); default all four.
+        force: download even if a file already exists.
+        timeout: socket timeout in seconds per request.
+        progress: show a tqdm progress bar (when tqdm is installed).
+
+    Returns:
+        The ``mnist/`` folder.
+
+    Raises:
+        DownloadError: when every mirror failed for some file (each failure is listed).
+    """
+    folder = resolve_data_dir(data_dir) / "mnist"
+    folder.mkdir(parents=True, exist_ok=True)
+    mirrors = list(DEFAULT_MIRRORS if mirrors is None else mirrors)
+    if not mirrors:
+        raise ValueError("no mirrors given")
+    for key in keys or list(MNIST_FILES):
+        spec = MNIST_FILES[key]
+        if not force and find_mnist_file(folder.parent, key) is not None:
+            continue
+        target = folder / f"{spec.name}.gz"
+        failures = []
+        for mirror in mirrors:
+            url = mirror.rstrip("/") + "/" + spec.name + ".gz"
+            try:
+                _fetch_verified(url, target, spec, timeout=timeout, progress=progress)
+                break
+            except DataFileError as exc:
+                failures.append(str(exc))
+            except (OSError, http.client.HTTPException, ValueError) as exc:  # URLError is an OSError
+                failures.append(f"{url}: {type(exc).__name__}: {exc}")
+        else:
+            raise DownloadError(
+                f"could not download a verified {spec.name}.gz into {folder}:\n  " + "\n  ".join(failures)
+            )
+    return folder
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+@dataclass
+class MNIST:
+    """The 70,000 MNIST digits in the original order.
+
+    Attributes:
+        train_images: ``(60000, 28, 28) uint8`` in [0, 255].
+        train_labels: ``(60000,) int64`` in 0..9.
+        test_images: ``(10000, 28, 28) uint8``.
+        test_labels: ``(10000,) int64``.
+        data_dir: the data directory it was read from.
+    """
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    data_dir: Path | None = None
+
+    def all_images(self) -> np.ndarray:
+        """All 70,000 images, ``(70000, 28, 28) uint8``: the training set, then the test set."""
+        return np.concatenate([self.train_images, self.test_images])
+
+    def all_labels(self) -> np.ndarray:
+        """All 70,000 labels, ``(70000,) int64``, in the order of :meth:`all_images`."""
+        return np.concatenate([self.train_labels, self.test_labels])
+
+
+def load_mnist(
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    *,
+    mirrors: Sequence[str] | None = None,
+    verify: bool = True,
+) -> MNIST:
+    """Read (and if needed download) the four MNIST files from ``<data_dir>/mnist/``.
+
+    Args:
+        data_dir: see :func:`resolve_data_dir` (flag > ``EQPDENET_DATA`` > per-user directory).
+        download: download missing files (:func:`download_mnist`); else a missing file is an error.
+        mirrors: passed to :func:`download_mnist`.
+        verify: check the canonical MD5s (the shape checks always run).
+
+    Raises:
+        DataFileError: a file is missing (with ``download=False``) or invalid.
+        DownloadError: a missing file could not be downloaded.
+    """
+    root = resolve_data_dir(data_dir)
+    missing = [key for key in MNIST_FILES if find_mnist_file(root, key) is None]
+    if missing:
+        if not download:
+            names = ", ".join(MNIST_FILES[k].name + "[.gz]" for k in missing)
+            raise DataFileError(
+                root / "mnist", f"missing MNIST file(s) {names}; set {DATA_ENV} or pass the data "
+                "directory (the folder containing mnist/), or allow download=True"
+            )
+        download_mnist(root, mirrors, keys=missing)
+    arrays = {}
+    for key, spec in MNIST_FILES.items():
+        path = find_mnist_file(root, key)
+        assert path is not None
+        array = read_idx(path, verify=verify)
+        if len(spec.shape) == 1:
+            if array.max(initial=0) > 9:
+                raise DataFileError(path, f"label {int(array.max())} out of range 0..9")
+            array = array.astype(np.int64)
+        arrays[key] = array
+    return MNIST(**arrays, data_dir=root)

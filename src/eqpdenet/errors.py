@@ -1,0 +1,87 @@
+"""The exceptions of eqpdenet: one base class, each subclass also a built-in type callers catch.
+
+Every error eqpdenet raises on purpose derives from :class:`EqPdeNetError`, so
+``except EqPdeNetError`` catches them all; each also derives from the built-in exception a caller
+would already catch for that kind of problem (``except ValueError`` keeps working for a bad
+configuration value, ``except FloatingPointError`` for a diverged integration).
+
+Example:
+    >>> try:
+    ...     raise ConfigError("invalid config: layer.dt: must be positive")
+    ... except ValueError as error:
+    ...     isinstance(error, EqPdeNetError)
+    True
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataFileError",
+    "DownloadError",
+    "EqPdeNetError",
+    "InputError",
+    "InputTypeError",
+    "KernelUnavailableError",
+    "NonFiniteStateError",
+]
+
+
+class EqPdeNetError(Exception):
+    """Base class of every error eqpdenet raises on purpose."""
+
+
+class ConfigError(EqPdeNetError, ValueError):
+    """An invalid configuration value or argument; the message names the field."""
+
+
+class InputError(EqPdeNetError, ValueError):
+    """Tensors given to a layer or model that it cannot use (shape, values)."""
+
+
+class InputTypeError(InputError, TypeError):
+    """An input of the wrong type or dtype (not a floating-point tensor, ...)."""
+
+
+class NonFiniteStateError(EqPdeNetError, FloatingPointError):
+    """The state of a PDE became NaN or infinite during integration.
+
+    Attributes:
+        pde: name of the PDE (``"pde0:se2"``).
+        step: the Euler step (1-based) after which the state was first non-finite.
+        dt: the time step.
+    """
+
+    def __init__(self, pde: str, step: int, dt: float, hint: str | None = None):
+        self.pde, self.step, self.dt = pde, step, dt
+        hint = hint or ("The explicit scheme is probably unstable: lower dt, bound the "
+                        "coefficients (see EulerStep.stability()) or lower the learning rate.")
+        super().__init__(f"PDE {pde!r} produced a non-finite state (NaN or inf) at Euler step "
+                         f"{step} (dt={dt}). {hint}")
+
+    def __reduce__(self):  # picklable across worker processes
+        return (type(self), (self.pde, self.step, self.dt))
+
+
+class DataFileError(EqPdeNetError, ValueError):
+    """A data file is missing, truncated, corrupt or not what its name says."""
+
+    def __init__(self, path, problem: str):
+        self.path, self.problem = str(path), problem
+        super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self):  # picklable (raised inside worker processes)
+        return (type(self), (self.path, self.problem))
+
+
+class DownloadError(EqPdeNetError, RuntimeError):
+    """A file could not be downloaded from any mirror."""
+
+
+class KernelUnavailableError(EqPdeNetError, RuntimeError):
+    """A compiled kernel cannot be built or loaded on this machine."""
+
+
+class CheckpointError(EqPdeNetError, ValueError):
+    """A file is not a readable eqpdenet checkpoint, or does not match its configuration."""

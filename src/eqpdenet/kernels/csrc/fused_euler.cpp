@@ -1,0 +1,725 @@
+// Fused explicit-Euler integration of the PDE layer of eqpdenet (CPU, OpenMP).
+//
+// One call integrates every PDE of a layer for every image of a batch: for each image, each PDE
+// and each channel, a thread runs all Euler steps in small cache-resident buffers, computing the
+// 3x3 jet, the invariants, F_theta and the update in one pass per step. The backward pass is the
+// exact adjoint (reverse-mode) of the same discrete scheme, including the boundary padding.
+//
+// Layout: every image lives in a buffer with a margin of 2 pixels, row stride Wp = W + 4; pixel
+// (i, j) sits at (i + 2) * Wp + (j + 2). Ring 1 (the 1-pixel halo) holds the boundary padding,
+// ring 2 stays zero, so the stencil loops run flat over contiguous memory and vectorise.
+//
+// The reference (plain PyTorch, eqpdenet.pde) defines the semantics; this file must agree with it
+// to rounding. It is the CPU implementation of the operators eqpdenet::euler_evolve and
+// eqpdenet::euler_evolve_backward, whose schema (named arguments) is declared in
+// eqpdenet/kernels/op.py; eqpdenet.kernels.op.unsupported_reason checks which configurations
+// this kernel supports before it is called.
+
+#include <torch/extension.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace {
+
+enum Boundary { REPLICATE = 0, ZEROS = 1, REFLECT = 2, CIRCULAR = 3 };
+enum SetKind { SE2 = 0, SCALING = 1 };
+
+template <typename T>
+struct Pde {
+  int set, boundary, steps, nmono;
+  bool check, full, linear;
+  T dt, eps2;
+  // Structured 3x3 stencil coefficients (already divided by the grid spacing powers):
+  // u = cu C; u_x = ax0 (R - L) + ax1 ((TR - TL) + (BR - BL)); u_y = ay0 (Tp - Bt) + ay1 ((TL - BL)
+  // + (TR - BR)); u_xx = b0 (L + R) + b1 C + b2 corners + b3 (Tp + Bt); u_xy = c ((TR - TL) + (BL -
+  // BR)); u_yy = e0 (Tp + Bt) + e1 C + e2 corners + e3 (L + R).
+  T cu, ax0, ax1, ay0, ay1, b0, b1, b2, b3, c, e0, e1, e2, e3;
+  T bias;
+  const T* w;
+  const int64_t* recipe;  // (nmono, 2): lower monomial index (-1: none), invariant index
+};
+
+int set_code(const std::string& name) {
+  if (name == "se2") return SE2;
+  if (name == "scaling") return SCALING;
+  TORCH_CHECK(false, "fused_euler: unknown invariant set '", name, "'");
+}
+
+int boundary_code(const std::string& name) {
+  if (name == "replicate") return REPLICATE;
+  if (name == "zeros") return ZEROS;
+  if (name == "reflect") return REFLECT;
+  if (name == "circular") return CIRCULAR;
+  TORCH_CHECK(false, "fused_euler: unknown boundary '", name, "'");
+}
+
+// One PDE's settings. k: its jet weights (6, 3, 3), rows top to bottom, float64.
+template <typename T>
+Pde<T> make_pde(const std::string& set, const std::string& boundary, double dt, double eps,
+                int64_t steps, bool check, const double* k, const T* w, T bias,
+                const int64_t* recipe, int64_t mmax) {
+  auto at = [k](int d, int row, int col) { return static_cast<T>(k[d * 9 + row * 3 + col]); };
+  Pde<T> q;
+  q.set = set_code(set);
+  q.boundary = boundary_code(boundary);
+  q.steps = static_cast<int>(steps);
+  q.nmono = 0;
+  while (q.nmono < mmax && recipe[2 * q.nmono + 1] >= 0) ++q.nmono;
+  q.linear = true;
+  for (int m = 0; m < q.nmono; ++m) q.linear &= recipe[2 * m] == -1 && recipe[2 * m + 1] == m;
+  q.linear &= q.nmono == (q.set == SE2 ? 5 : 6);
+  q.check = check;
+  q.dt = static_cast<T>(dt);
+  const T e = static_cast<T>(eps);
+  q.eps2 = e * e;  // as the reference: eps * eps in the tensor's dtype
+  q.cu = at(0, 1, 1);
+  q.ax0 = at(1, 1, 2); q.ax1 = at(1, 0, 2);
+  q.ay0 = at(2, 0, 1); q.ay1 = at(2, 0, 0);
+  q.b0 = at(3, 1, 0); q.b1 = at(3, 1, 1); q.b2 = at(3, 0, 0); q.b3 = at(3, 0, 1);
+  q.c = at(4, 0, 2);
+  q.e0 = at(5, 0, 1); q.e1 = at(5, 1, 1); q.e2 = at(5, 0, 0); q.e3 = at(5, 1, 0);
+  q.full = q.ax1 != T(0) || q.ay1 != T(0) || q.b2 != T(0) || q.b3 != T(0) || q.e2 != T(0) ||
+           q.e3 != T(0);
+  q.bias = bias;
+  q.w = w;
+  q.recipe = recipe;
+  return q;
+}
+
+struct Geo {
+  int H, W, Wp;
+  int64_t N, lo, hi, lo1, hi1;
+  Geo(int h, int w) : H(h), W(w), Wp(w + 4) {
+    N = static_cast<int64_t>(H + 4) * Wp;
+    lo = 2 * static_cast<int64_t>(Wp) + 2;                 // pixel (0, 0)
+    hi = static_cast<int64_t>(H + 1) * Wp + W + 2;         // one past pixel (H-1, W-1)
+    lo1 = static_cast<int64_t>(Wp) + 1;                    // halo (-1, -1)
+    hi1 = static_cast<int64_t>(H + 2) * Wp + W + 3;        // one past halo (H, W)
+  }
+  inline int64_t at(int i, int j) const { return static_cast<int64_t>(i + 2) * Wp + (j + 2); }
+};
+
+// Source index of the padded coordinate -1 or n along an axis of length n (-1: zero padding).
+inline int source_index(int i, int n, int mode) {
+  switch (mode) {
+    case REPLICATE: return i < 0 ? 0 : n - 1;
+    case REFLECT: return i < 0 ? 1 : n - 2;
+    case CIRCULAR: return i < 0 ? n - 1 : 0;
+    default: return -1;
+  }
+}
+
+// Fill ring 1 from the interior as torch.nn.functional.pad does (columns first, then full rows).
+template <typename T>
+void fill_halo(T* U, const Geo& g, int mode) {
+  const int H = g.H, W = g.W;
+  if (mode == ZEROS) {
+    for (int j = -1; j <= W; ++j) { U[g.at(-1, j)] = T(0); U[g.at(H, j)] = T(0); }
+    for (int i = 0; i < H; ++i) { U[g.at(i, -1)] = T(0); U[g.at(i, W)] = T(0); }
+    return;
+  }
+  const int jl = source_index(-1, W, mode), jr = source_index(W, W, mode);
+  for (int i = 0; i < H; ++i) { U[g.at(i, -1)] = U[g.at(i, jl)]; U[g.at(i, W)] = U[g.at(i, jr)]; }
+  const int it = source_index(-1, H, mode), ib = source_index(H, H, mode);
+  std::memcpy(U + g.at(-1, -1), U + g.at(it, -1), sizeof(T) * (W + 2));
+  std::memcpy(U + g.at(H, -1), U + g.at(ib, -1), sizeof(T) * (W + 2));
+}
+
+// Adjoint of fill_halo: add ring 1 back onto the pixels it was copied from, then clear ring 1.
+template <typename T>
+void fold_halo(T* G, const Geo& g, int mode) {
+  const int H = g.H, W = g.W;
+  if (mode != ZEROS) {
+    const int it = source_index(-1, H, mode), ib = source_index(H, H, mode);
+    for (int j = -1; j <= W; ++j) {
+      G[g.at(it, j)] += G[g.at(-1, j)];
+      G[g.at(-1, j)] = T(0);
+    }
+    for (int j = -1; j <= W; ++j) {
+      G[g.at(ib, j)] += G[g.at(H, j)];
+      G[g.at(H, j)] = T(0);
+    }
+    const int jl = source_index(-1, W, mode), jr = source_index(W, W, mode);
+    for (int i = 0; i < H; ++i) {
+      G[g.at(i, jl)] += G[g.at(i, -1)];
+      G[g.at(i, -1)] = T(0);
+      G[g.at(i, jr)] += G[g.at(i, W)];
+      G[g.at(i, W)] = T(0);
+    }
+  }
+  for (int j = -1; j <= W; ++j) { G[g.at(-1, j)] = T(0); G[g.at(H, j)] = T(0); }
+  for (int i = 0; i < H; ++i) { G[g.at(i, -1)] = T(0); G[g.at(i, W)] = T(0); }
+}
+
+template <typename T>
+void zero_ring2_columns(T* U, const Geo& g) {
+  for (int i = 0; i < g.H; ++i) { U[g.at(i, -2)] = T(0); U[g.at(i, g.W + 1)] = T(0); }
+}
+
+template <typename T>
+void load_interior(T* U, const T* src, const Geo& g) {
+  for (int i = 0; i < g.H; ++i) std::memcpy(U + g.at(i, 0), src + static_cast<int64_t>(i) * g.W, sizeof(T) * g.W);
+}
+
+template <typename T>
+void store_interior(T* dst, const T* U, const Geo& g) {
+  for (int i = 0; i < g.H; ++i) std::memcpy(dst + static_cast<int64_t>(i) * g.W, U + g.at(i, 0), sizeof(T) * g.W);
+}
+
+template <typename T>
+bool all_finite(const T* x, int64_t n) {
+  bool ok = true;
+  for (int64_t k = 0; k < n; ++k) ok &= std::isfinite(x[k]);
+  return ok;
+}
+
+// ------------------------------------------------------------------ pointwise pieces
+
+template <typename T, bool FULL>
+inline void jet_at(const T* __restrict U, int64_t p, int64_t Wp, const Pde<T>& q, T& u, T& ux,
+                   T& uy, T& uxx, T& uxy, T& uyy) {
+  const T C = U[p], L = U[p - 1], R = U[p + 1], Tp = U[p - Wp], Bt = U[p + Wp];
+  const T TL = U[p - Wp - 1], TR = U[p - Wp + 1], BL = U[p + Wp - 1], BR = U[p + Wp + 1];
+  u = q.cu * C;
+  ux = q.ax0 * (R - L);
+  uy = q.ay0 * (Tp - Bt);
+  uxx = q.b0 * (L + R) + q.b1 * C;
+  uxy = q.c * ((TR - TL) + (BL - BR));
+  uyy = q.e0 * (Tp + Bt) + q.e1 * C;
+  if (FULL) {
+    const T corners = (TL + TR) + (BL + BR);
+    ux += q.ax1 * ((TR - TL) + (BR - BL));
+    uy += q.ay1 * ((TL - BL) + (TR - BR));
+    uxx += q.b2 * corners + q.b3 * (Tp + Bt);
+    uyy += q.e2 * corners + q.e3 * (L + R);
+  }
+}
+
+// The adjoint stencil applied to the six jet cotangents: the 180-degree flip of each kernel, i.e.
+// the same kernel for even derivatives and minus it for odd ones.
+template <typename T, bool FULL, bool HAS_U>
+inline T adjoint_at(const T* __restrict Gu, const T* __restrict Gx, const T* __restrict Gy,
+                    const T* __restrict Gxx, const T* __restrict Gxy, const T* __restrict Gyy,
+                    int64_t p, int64_t Wp, const Pde<T>& q) {
+  const int64_t n = -Wp, s = Wp;
+  T r = q.ax0 * (Gx[p - 1] - Gx[p + 1]) + q.ay0 * (Gy[p + s] - Gy[p + n]);
+  r += q.b0 * (Gxx[p - 1] + Gxx[p + 1]) + q.b1 * Gxx[p];
+  r += q.c * ((Gxy[p + n + 1] - Gxy[p + n - 1]) + (Gxy[p + s - 1] - Gxy[p + s + 1]));
+  r += q.e0 * (Gyy[p + n] + Gyy[p + s]) + q.e1 * Gyy[p];
+  if (FULL) {
+    r -= q.ax1 * ((Gx[p + n + 1] - Gx[p + n - 1]) + (Gx[p + s + 1] - Gx[p + s - 1]));
+    r -= q.ay1 * ((Gy[p + n - 1] - Gy[p + s - 1]) + (Gy[p + n + 1] - Gy[p + s + 1]));
+    r += q.b2 * ((Gxx[p + n - 1] + Gxx[p + n + 1]) + (Gxx[p + s - 1] + Gxx[p + s + 1]))
+         + q.b3 * (Gxx[p + n] + Gxx[p + s]);
+    r += q.e2 * ((Gyy[p + n - 1] + Gyy[p + n + 1]) + (Gyy[p + s - 1] + Gyy[p + s + 1]))
+         + q.e3 * (Gyy[p - 1] + Gyy[p + 1]);
+  }
+  if (HAS_U) r += q.cu * Gu[p];
+  return r;
+}
+
+template <int SET>
+constexpr int n_invariants() { return SET == SE2 ? 5 : 6; }
+
+template <typename T, int SET>
+inline void invariants_at(T u, T ux, T uy, T uxx, T uxy, T uyy, T eps2, T* I) {
+  if (SET == SE2) {
+    I[0] = u;
+    I[1] = ux * ux + uy * uy;
+    I[2] = uxx + uyy;
+    I[3] = ux * ux * uxx + T(2) * ux * uy * uxy + uy * uy * uyy;
+    I[4] = uxx * uxx + T(2) * uxy * uxy + uyy * uyy;
+  } else {
+    const T ax = ux * ux, ay = uy * uy;
+    const T sxx = uxx / (uxx * uxx + eps2), sxy = uxy / (uxy * uxy + eps2),
+            syy = uyy / (uyy * uyy + eps2);
+    I[0] = ax * sxx; I[1] = ax * sxy; I[2] = ax * syy;
+    I[3] = ay * sxx; I[4] = ay * sxy; I[5] = ay * syy;
+  }
+}
+
+// Jet cotangents G_d = sum_k gF_k dI_k/d(jet_d), times gd.
+template <typename T, int SET>
+inline void djet_at(T ux, T uy, T uxx, T uxy, T uyy, T eps2, const T* gF, T gd, T* G) {
+  if (SET == SE2) {
+    G[0] = gd * gF[0];
+    G[1] = gd * (T(2) * ux * gF[1] + T(2) * (ux * uxx + uy * uxy) * gF[3]);
+    G[2] = gd * (T(2) * uy * gF[1] + T(2) * (ux * uxy + uy * uyy) * gF[3]);
+    G[3] = gd * (gF[2] + ux * ux * gF[3] + T(2) * uxx * gF[4]);
+    G[4] = gd * (T(2) * ux * uy * gF[3] + T(4) * uxy * gF[4]);
+    G[5] = gd * (gF[2] + uy * uy * gF[3] + T(2) * uyy * gF[4]);
+  } else {
+    const T ax = ux * ux, ay = uy * uy;
+    const T rxx = T(1) / (uxx * uxx + eps2), rxy = T(1) / (uxy * uxy + eps2),
+            ryy = T(1) / (uyy * uyy + eps2);
+    const T sxx = uxx * rxx, sxy = uxy * rxy, syy = uyy * ryy;
+    const T pxx = (eps2 - uxx * uxx) * rxx * rxx, pxy = (eps2 - uxy * uxy) * rxy * rxy,
+            pyy = (eps2 - uyy * uyy) * ryy * ryy;
+    G[0] = T(0);
+    G[1] = gd * (T(2) * ux * (gF[0] * sxx + gF[1] * sxy + gF[2] * syy));
+    G[2] = gd * (T(2) * uy * (gF[3] * sxx + gF[4] * sxy + gF[5] * syy));
+    G[3] = gd * (pxx * (ax * gF[0] + ay * gF[3]));
+    G[4] = gd * (pxy * (ax * gF[1] + ay * gF[4]));
+    G[5] = gd * (pyy * (ax * gF[2] + ay * gF[5]));
+  }
+}
+
+// ------------------------------------------------------------------ per-thread work space
+
+// All per-pixel buffers live in one arena with a stride NS = N + skew: with 28x28 images N is
+// 1024 elements (exactly 4 KiB in float32), and buffers 4 KiB apart alias in L1 (same cache sets,
+// false store-to-load dependencies), which made the backward ~20x slower.
+template <typename T>
+struct Work {
+  int64_t N, NS;
+  std::vector<T> arena, traj, scratch;
+  T *U, *V, *g, *gp, *gdv, *Fv, *G, *I, *gI, *Tm, *gT, *acc;
+  Work(const Geo& geo, int mmax, int smax) : N(geo.N) {
+    NS = N + 40 + 16 * ((N / 16) % 2 == 0);  // skewed stride, keeps 64-byte steps
+    const int64_t mm = std::max(mmax, 1);
+    arena.assign((6 + 6 + 6 + 6 + 2 * mm + mm + 1) * NS, T(0));
+    T* a = arena.data();
+    auto take = [&](int64_t n) { T* r = a; a += n * NS; return r; };
+    U = take(1); V = take(1); g = take(1); gp = take(1); gdv = take(1); Fv = take(1);
+    G = take(6); I = take(6); gI = take(6); Tm = take(mm); gT = take(mm); acc = take(mm + 1);
+    traj.assign(static_cast<int64_t>(std::max(smax, 1)) * geo.H * geo.W, T(0));
+    scratch.assign(static_cast<int64_t>(geo.H) * geo.W, T(0));
+  }
+};
+
+// ------------------------------------------------------------------ one Euler step, forward
+
+template <typename T, int SET, bool FULL, bool LINEAR>
+void euler_step(const T* __restrict U, T* __restrict V, Work<T>& w, const Geo& geo, const Pde<T> q) {
+  constexpr int K = n_invariants<SET>();
+  const int64_t Wp = geo.Wp, N = w.NS;
+  const T dt = q.dt, eps2 = q.eps2, bias = q.bias;
+  if (LINEAR) {
+    T wk[6] = {0, 0, 0, 0, 0, 0};
+    for (int k = 0; k < K; ++k) wk[k] = q.w[k];
+    #pragma GCC ivdep
+    for (int64_t p = geo.lo; p < geo.hi; ++p) {
+      T u, ux, uy, uxx, uxy, uyy, I[6];
+      jet_at<T, FULL>(U, p, Wp, q, u, ux, uy, uxx, uxy, uyy);
+      invariants_at<T, SET>(u, ux, uy, uxx, uxy, uyy, eps2, I);
+      T F = wk[0] * I[0];
+      for (int k = 1; k < K; ++k) F += wk[k] * I[k];
+      V[p] = U[p] + dt * (F + bias);
+    }
+  } else {
+    T* __restrict Ib = w.I;
+    T* __restrict Tb = w.Tm;
+    T* __restrict Fb = w.Fv;
+    #pragma GCC ivdep
+    for (int64_t p = geo.lo; p < geo.hi; ++p) {
+      T u, ux, uy, uxx, uxy, uyy, I[6];
+      jet_at<T, FULL>(U, p, Wp, q, u, ux, uy, uxx, uxy, uyy);
+      invariants_at<T, SET>(u, ux, uy, uxx, uxy, uyy, eps2, I);
+      for (int k = 0; k < K; ++k) Ib[k * N + p] = I[k];
+      Fb[p] = T(0);
+    }
+    for (int m = 0; m < q.nmono; ++m) {
+      const int64_t lower = q.recipe[2 * m], k = q.recipe[2 * m + 1];
+      const T wm = q.w[m];
+      T* __restrict Tcur = Tb + m * N;
+      const T* __restrict Ik = Ib + k * N;
+      if (lower < 0) {
+        #pragma GCC ivdep
+        for (int64_t p = geo.lo; p < geo.hi; ++p) { Tcur[p] = Ik[p]; Fb[p] += wm * Ik[p]; }
+      } else {
+        const T* __restrict Tl = Tb + lower * N;
+        #pragma GCC ivdep
+        for (int64_t p = geo.lo; p < geo.hi; ++p) { Tcur[p] = Tl[p] * Ik[p]; Fb[p] += wm * Tcur[p]; }
+      }
+    }
+    #pragma GCC ivdep
+    for (int64_t p = geo.lo; p < geo.hi; ++p) V[p] = U[p] + dt * (Fb[p] + bias);
+  }
+}
+
+// Integrate one (image, PDE, channel) from u0 (H x W); the states u_0 .. u_{S-1} go to traj if
+// given. With check_each, returns the first step (1-based) whose state is not finite, else 0.
+template <typename T, int SET, bool FULL, bool LINEAR>
+int integrate(const T* u0, T* out, T* traj, Work<T>& w, const Geo& geo, const Pde<T>& q,
+              bool check_each) {
+  const int64_t HW = static_cast<int64_t>(geo.H) * geo.W;
+  T* U = w.U;
+  T* V = w.V;
+  load_interior(U, u0, geo);
+  fill_halo(U, geo, q.boundary);
+  for (int l = 0; l < q.steps; ++l) {
+    if (traj) store_interior(traj + l * HW, U, geo);
+    euler_step<T, SET, FULL, LINEAR>(U, V, w, geo, q);
+    zero_ring2_columns(V, geo);
+    fill_halo(V, geo, q.boundary);
+    std::swap(U, V);
+    if (check_each) {
+      store_interior(w.scratch.data(), U, geo);
+      if (!all_finite(w.scratch.data(), HW)) {
+        if (out) store_interior(out, U, geo);
+        return l + 1;
+      }
+    }
+  }
+  if (out) store_interior(out, U, geo);
+  return 0;
+}
+
+// ------------------------------------------------------------------ one Euler step, backward
+
+// Given the state u_l (U, halo filled) and the cotangent g of u_{l+1} (interior, margins zero),
+// accumulate dt * g * dF/dtheta into acc and replace g by the cotangent of u_l.
+template <typename T, int SET, bool FULL, bool LINEAR>
+void euler_step_backward(const T* __restrict U, T* __restrict g, Work<T>& w, const Geo& geo,
+                         const Pde<T> q) {
+  constexpr int K = n_invariants<SET>();
+  const int64_t Wp = geo.Wp, N = w.NS;
+  const T dt = q.dt, eps2 = q.eps2;
+  T* __restrict G = w.G;
+  T* __restrict acc = w.acc;
+  const int M = LINEAR ? K : q.nmono;
+  if (LINEAR) {
+    T gF[6] = {0, 0, 0, 0, 0, 0};
+    for (int k = 0; k < K; ++k) gF[k] = q.w[k];
+    #pragma GCC ivdep
+    for (int64_t p = geo.lo; p < geo.hi; ++p) {
+      T u, ux, uy, uxx, uxy, uyy, I[6], Gd[6];
+      jet_at<T, FULL>(U, p, Wp, q, u, ux, uy, uxx, uxy, uyy);
+      invariants_at<T, SET>(u, ux, uy, uxx, uxy, uyy, eps2, I);
+      const T gd = dt * g[p];
+      for (int k = 0; k < K; ++k) acc[k * N + p] += gd * I[k];
+      acc[M * N + p] += gd;
+      djet_at<T, SET>(ux, uy, uxx, uxy, uyy, eps2, gF, gd, Gd);
+      for (int d = 0; d < 6; ++d) G[d * N + p] = Gd[d];
+    }
+  } else {
+    T* __restrict Ib = w.I;
+    T* __restrict Tb = w.Tm;
+    T* __restrict gTb = w.gT;
+    T* __restrict gIb = w.gI;
+    T* __restrict gdv = w.gdv;
+    #pragma GCC ivdep
+    for (int64_t p = geo.lo; p < geo.hi; ++p) {
+      T u, ux, uy, uxx, uxy, uyy, I[6];
+      jet_at<T, FULL>(U, p, Wp, q, u, ux, uy, uxx, uxy, uyy);
+      invariants_at<T, SET>(u, ux, uy, uxx, uxy, uyy, eps2, I);
+      for (int k = 0; k < K; ++k) { Ib[k * N + p] = I[k]; gIb[k * N + p] = T(0); }
+      gdv[p] = dt * g[p];
+      acc[M * N + p] += gdv[p];
+    }
+    for (int m = 0; m < M; ++m) {
+      const int64_t lower = q.recipe[2 * m], k = q.recipe[2 * m + 1];
+      T* __restrict Tcur = Tb + m * N;
+      T* __restrict gTcur = gTb + m * N;
+      T* __restrict am = acc + m * N;
+      const T* __restrict Ik = Ib + k * N;
+      const T wm = q.w[m];
+      if (lower < 0) {
+        #pragma GCC ivdep
+        for (int64_t p = geo.lo; p < geo.hi; ++p) Tcur[p] = Ik[p];
+      } else {
+        const T* __restrict Tl = Tb + lower * N;
+        #pragma GCC ivdep
+        for (int64_t p = geo.lo; p < geo.hi; ++p) Tcur[p] = Tl[p] * Ik[p];
+      }
+      #pragma GCC ivdep
+      for (int64_t p = geo.lo; p < geo.hi; ++p) { am[p] += gdv[p] * Tcur[p]; gTcur[p] = wm; }
+    }
+    for (int m = M - 1; m >= 0; --m) {
+      const int64_t lower = q.recipe[2 * m], k = q.recipe[2 * m + 1];
+      const T* __restrict gTcur = gTb + m * N;
+      T* __restrict gIk = gIb + k * N;
+      if (lower < 0) {
+        #pragma GCC ivdep
+        for (int64_t p = geo.lo; p < geo.hi; ++p) gIk[p] += gTcur[p];
+      } else {
+        const T* __restrict Ik = Ib + k * N;
+        const T* __restrict Tl = Tb + lower * N;
+        T* __restrict gTl = gTb + lower * N;
+        #pragma GCC ivdep
+        for (int64_t p = geo.lo; p < geo.hi; ++p) {
+          gTl[p] += gTcur[p] * Ik[p];
+          gIk[p] += gTcur[p] * Tl[p];
+        }
+      }
+    }
+    #pragma GCC ivdep
+    for (int64_t p = geo.lo; p < geo.hi; ++p) {
+      T u, ux, uy, uxx, uxy, uyy, gF[6], Gd[6];
+      jet_at<T, FULL>(U, p, Wp, q, u, ux, uy, uxx, uxy, uyy);
+      for (int k = 0; k < K; ++k) gF[k] = gIb[k * N + p];
+      djet_at<T, SET>(ux, uy, uxx, uxy, uyy, eps2, gF, gdv[p], Gd);
+      for (int d = 0; d < 6; ++d) G[d * N + p] = Gd[d];
+    }
+  }
+  // Transposed stencil over the padded grid, then the adjoint of the padding.
+  T* __restrict gp = w.gp;
+  const T *Gu = G, *Gx = G + N, *Gy = G + 2 * N, *Gxx = G + 3 * N, *Gxy = G + 4 * N,
+          *Gyy = G + 5 * N;
+  if (SET == SE2) {
+    #pragma GCC ivdep
+    for (int64_t p = geo.lo1; p < geo.hi1; ++p)
+      gp[p] = adjoint_at<T, FULL, true>(Gu, Gx, Gy, Gxx, Gxy, Gyy, p, Wp, q);
+  } else {
+    #pragma GCC ivdep
+    for (int64_t p = geo.lo1; p < geo.hi1; ++p)
+      gp[p] = adjoint_at<T, FULL, false>(Gu, Gx, Gy, Gxx, Gxy, Gyy, p, Wp, q);
+  }
+  fold_halo(gp, geo, q.boundary);
+  #pragma GCC ivdep
+  for (int64_t p = geo.lo; p < geo.hi; ++p) g[p] += gp[p];
+  // Keep g zero outside the interior (ring-2 columns inside [lo, hi)).
+  zero_ring2_columns(g, geo);
+  for (int i = 0; i < geo.H; ++i) { g[geo.at(i, -1)] = T(0); g[geo.at(i, geo.W)] = T(0); }
+}
+
+// ------------------------------------------------------------------ dispatch on the templates
+
+template <typename T>
+using IntegrateFn = int (*)(const T*, T*, T*, Work<T>&, const Geo&, const Pde<T>&, bool);
+template <typename T>
+using BackwardFn = void (*)(const T*, T*, Work<T>&, const Geo&, const Pde<T>);
+
+template <typename T, int SET, bool FULL>
+IntegrateFn<T> pick_integrate3(bool linear) {
+  return linear ? &integrate<T, SET, FULL, true> : &integrate<T, SET, FULL, false>;
+}
+template <typename T, int SET>
+IntegrateFn<T> pick_integrate2(bool full, bool linear) {
+  return full ? pick_integrate3<T, SET, true>(linear) : pick_integrate3<T, SET, false>(linear);
+}
+template <typename T>
+IntegrateFn<T> pick_integrate(const Pde<T>& q) {
+  return q.set == SE2 ? pick_integrate2<T, SE2>(q.full, q.linear)
+                      : pick_integrate2<T, SCALING>(q.full, q.linear);
+}
+template <typename T, int SET, bool FULL>
+BackwardFn<T> pick_backward3(bool linear) {
+  return linear ? &euler_step_backward<T, SET, FULL, true> : &euler_step_backward<T, SET, FULL, false>;
+}
+template <typename T, int SET>
+BackwardFn<T> pick_backward2(bool full, bool linear) {
+  return full ? pick_backward3<T, SET, true>(linear) : pick_backward3<T, SET, false>(linear);
+}
+template <typename T>
+BackwardFn<T> pick_backward(const Pde<T>& q) {
+  return q.set == SE2 ? pick_backward2<T, SE2>(q.full, q.linear)
+                      : pick_backward2<T, SCALING>(q.full, q.linear);
+}
+
+struct Settings {
+  std::vector<std::string> sets, boundaries;
+  std::vector<double> dt, eps;
+  std::vector<int64_t> steps;
+  std::vector<bool> check;
+};
+
+template <typename T>
+std::vector<Pde<T>> make_pdes(const at::Tensor& weights, const at::Tensor& bias,
+                              const at::Tensor& monomials, const at::Tensor& stencils,
+                              const Settings& s) {
+  const int64_t E = weights.size(0), mmax = weights.size(1);
+  std::vector<Pde<T>> pdes;
+  const double* k = stencils.data_ptr<double>();
+  const T* w = weights.data_ptr<T>();
+  const T* b = bias.data_ptr<T>();
+  const int64_t* r = monomials.data_ptr<int64_t>();
+  for (int64_t e = 0; e < E; ++e)
+    pdes.push_back(make_pde<T>(s.sets[e], s.boundaries[e], s.dt[e], s.eps[e], s.steps[e],
+                               s.check[e], k + e * 54, w + e * mmax, b[e], r + e * mmax * 2, mmax));
+  return pdes;
+}
+
+template <typename T>
+void forward_impl(const at::Tensor& u, const std::vector<Pde<T>>& pdes, at::Tensor& out,
+                  T* traj, int smax, int mmax, at::Tensor& bad, int nthreads) {
+  const int64_t B = u.size(0), C = u.size(1), H = u.size(2), W = u.size(3), E = pdes.size();
+  const int64_t HW = H * W;
+  const Geo geo(static_cast<int>(H), static_cast<int>(W));
+  const T* u_ptr = u.data_ptr<T>();
+  T* out_ptr = out.data_ptr<T>();
+  int32_t* bad_ptr = bad.data_ptr<int32_t>();
+  std::vector<IntegrateFn<T>> fns;
+  for (const auto& q : pdes) fns.push_back(pick_integrate(q));
+#pragma omp parallel num_threads(nthreads)
+  {
+    Work<T> w(geo, mmax, smax);
+#pragma omp for schedule(dynamic, 1) collapse(2)
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t e = 0; e < E; ++e) {
+        const Pde<T>& q = pdes[e];
+        int first_bad = 0;
+        for (int64_t c = 0; c < C; ++c) {
+          const T* u0 = u_ptr + (b * C + c) * HW;
+          T* o = out_ptr + ((b * E + e) * C + c) * HW;
+          T* tr = traj ? traj + (((b * E + e) * C + c) * smax) * HW : nullptr;
+          fns[e](u0, o, tr, w, geo, q, false);
+          if (q.check && !all_finite(o, HW)) {
+            // A non-finite pixel stays non-finite (u + dt F), so the final state tells; find
+            // the first bad step by integrating again with a check after every step.
+            const int s = fns[e](u0, nullptr, nullptr, w, geo, q, true);
+            if (s > 0 && (first_bad == 0 || s < first_bad)) first_bad = s;
+          }
+        }
+        bad_ptr[b * E + e] = first_bad;
+      }
+    }
+  }
+}
+
+template <typename T>
+void backward_impl(const at::Tensor& gout, const at::Tensor& u, const std::vector<Pde<T>>& pdes,
+                   const T* traj, int smax, int mmax, at::Tensor& gu, at::Tensor& gparams,
+                   int nthreads) {
+  const int64_t B = u.size(0), C = u.size(1), H = u.size(2), W = u.size(3), E = pdes.size();
+  const int64_t HW = H * W;
+  const Geo geo(static_cast<int>(H), static_cast<int>(W));
+  const int64_t N = geo.N;
+  const T* u_ptr = u.data_ptr<T>();
+  const T* go_ptr = gout.data_ptr<T>();
+  T* gu_ptr = gu.data_ptr<T>();
+  double* gp_ptr = gparams.data_ptr<double>();
+  std::vector<IntegrateFn<T>> fns;
+  std::vector<BackwardFn<T>> bfns;
+  for (const auto& q : pdes) { fns.push_back(pick_integrate(q)); bfns.push_back(pick_backward(q)); }
+#pragma omp parallel num_threads(nthreads)
+  {
+    Work<T> w(geo, mmax, smax);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t c = 0; c < C; ++c) std::fill(gu_ptr + (b * C + c) * HW, gu_ptr + (b * C + c + 1) * HW, T(0));
+      for (int64_t e = 0; e < E; ++e) {
+        const Pde<T>& q = pdes[e];
+        const int M = q.nmono;
+        std::fill(w.acc, w.acc + (M + 1) * w.NS, T(0));
+        for (int64_t c = 0; c < C; ++c) {
+          const T* u0 = u_ptr + (b * C + c) * HW;
+          const T* states;
+          if (traj) {
+            states = traj + (((b * E + e) * C + c) * smax) * HW;
+          } else {  // checkpointing: recompute this image's states from u0 (cache resident)
+            fns[e](u0, nullptr, w.traj.data(), w, geo, q, false);
+            states = w.traj.data();
+          }
+          T* g = w.g;
+          std::fill(g, g + N, T(0));
+          load_interior(g, go_ptr + ((b * E + e) * C + c) * HW, geo);
+          T* U = w.U;
+          for (int l = q.steps - 1; l >= 0; --l) {
+            load_interior(U, states + l * HW, geo);
+            fill_halo(U, geo, q.boundary);
+            bfns[e](U, g, w, geo, q);
+          }
+          T* dst = gu_ptr + (b * C + c) * HW;
+          for (int i = 0; i < geo.H; ++i)
+            for (int j = 0; j < geo.W; ++j) dst[i * W + j] += g[geo.at(i, j)];
+        }
+        double* out = gp_ptr + (b * E + e) * (mmax + 1);
+        for (int m = 0; m <= M; ++m) {
+          double s = 0.0;
+          const T* a = w.acc + m * w.NS;
+          for (int i = 0; i < geo.H; ++i)
+            for (int j = 0; j < geo.W; ++j) s += static_cast<double>(a[geo.at(i, j)]);
+          out[m == M ? mmax : m] = s;
+        }
+      }
+    }
+  }
+}
+
+Settings check_common(const at::Tensor& u, const at::Tensor& weights, const at::Tensor& bias,
+                      const at::Tensor& monomials, const at::Tensor& stencils,
+                      std::vector<std::string> sets, std::vector<std::string> boundaries,
+                      std::vector<double> dt, std::vector<double> eps, std::vector<int64_t> steps,
+                      std::vector<bool> check) {
+  TORCH_CHECK(u.device().is_cpu(), "fused_euler: CPU tensors only");
+  TORCH_CHECK(u.dim() == 4 && u.is_contiguous(), "fused_euler: u must be contiguous (B, C, H, W)");
+  TORCH_CHECK(weights.scalar_type() == u.scalar_type() && bias.scalar_type() == u.scalar_type(),
+              "fused_euler: parameters must have the dtype of u");
+  TORCH_CHECK(weights.is_contiguous() && bias.is_contiguous() && monomials.is_contiguous() &&
+                  stencils.is_contiguous(), "fused_euler: contiguous tensors expected");
+  const int64_t E = weights.size(0);
+  TORCH_CHECK(weights.dim() == 2 && bias.dim() == 1 && bias.size(0) == E, "fused_euler: bad F");
+  TORCH_CHECK(monomials.scalar_type() == at::kLong && monomials.dim() == 3 &&
+                  monomials.size(0) == E && monomials.size(1) == weights.size(1) &&
+                  monomials.size(2) == 2, "fused_euler: monomials must be (E, M, 2) int64");
+  TORCH_CHECK(stencils.scalar_type() == at::kDouble && stencils.numel() == E * 54,
+              "fused_euler: stencils must be (E, 6, 3, 3) float64");
+  TORCH_CHECK(static_cast<int64_t>(sets.size()) == E && static_cast<int64_t>(boundaries.size()) == E &&
+                  static_cast<int64_t>(dt.size()) == E && static_cast<int64_t>(eps.size()) == E &&
+                  static_cast<int64_t>(steps.size()) == E &&
+                  (check.empty() || static_cast<int64_t>(check.size()) == E),
+              "fused_euler: one setting per PDE expected");
+  if (check.empty()) check.assign(E, false);
+  return Settings{std::move(sets), std::move(boundaries), std::move(dt), std::move(eps),
+                  std::move(steps), std::move(check)};
+}
+
+int max_steps(const Settings& s) {
+  int64_t smax = 0;
+  for (auto v : s.steps) smax = std::max(smax, v);
+  return static_cast<int>(smax);
+}
+
+}  // namespace
+
+// See eqpdenet/kernels/op.py for the schema. Returns out (B, E, C, H, W), the states
+// (B, E, C, Smax, H, W) if store_states (else empty), and the first non-finite step per
+// (image, PDE) (B, E) int32 (0: none or not checked).
+std::vector<at::Tensor> fused_forward(at::Tensor u, at::Tensor weights, at::Tensor bias,
+                                      at::Tensor monomials, at::Tensor stencils,
+                                      std::vector<std::string> sets,
+                                      std::vector<std::string> boundaries, std::vector<double> dt,
+                                      std::vector<double> eps, std::vector<int64_t> steps,
+                                      std::vector<bool> check, bool store_states) {
+  const Settings s = check_common(u, weights, bias, monomials, stencils, std::move(sets),
+                                  std::move(boundaries), std::move(dt), std::move(eps),
+                                  std::move(steps), std::move(check));
+  const int64_t B = u.size(0), C = u.size(1), H = u.size(2), W = u.size(3), E = weights.size(0);
+  const int smax = max_steps(s);
+  auto out = at::empty({B, E, C, H, W}, u.options());
+  auto states = store_states ? at::empty({B, E, C, smax, H, W}, u.options()) : at::empty({0}, u.options());
+  auto bad = at::zeros({B, E}, u.options().dtype(at::kInt));
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "fused_forward", [&] {
+    auto pdes = make_pdes<scalar_t>(weights, bias, monomials, stencils, s);
+    forward_impl<scalar_t>(u, pdes, out, store_states ? states.data_ptr<scalar_t>() : nullptr, smax,
+                           static_cast<int>(weights.size(1)), bad, at::get_num_threads());
+  });
+  return {out, states, bad};
+}
+
+// Returns grad_u (B, C, H, W) and per-image parameter gradients (B, E, Mmax + 1) float64, the
+// bias gradient last. states: from fused_forward, or empty to recompute them.
+std::vector<at::Tensor> fused_backward(at::Tensor gout, at::Tensor u, at::Tensor weights,
+                                       at::Tensor bias, at::Tensor monomials, at::Tensor stencils,
+                                       std::vector<std::string> sets,
+                                       std::vector<std::string> boundaries, std::vector<double> dt,
+                                       std::vector<double> eps, std::vector<int64_t> steps,
+                                       at::Tensor states) {
+  const Settings s = check_common(u, weights, bias, monomials, stencils, std::move(sets),
+                                  std::move(boundaries), std::move(dt), std::move(eps),
+                                  std::move(steps), {});
+  TORCH_CHECK(gout.is_contiguous() && gout.scalar_type() == u.scalar_type(), "fused_euler: bad gradient");
+  const int64_t B = u.size(0), E = weights.size(0), mmax = weights.size(1);
+  const int smax = max_steps(s);
+  auto gu = at::empty_like(u);
+  auto gparams = at::zeros({B, E, mmax + 1}, u.options().dtype(at::kDouble));
+  const bool stored = states.numel() > 0;
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "fused_backward", [&] {
+    auto pdes = make_pdes<scalar_t>(weights, bias, monomials, stencils, s);
+    backward_impl<scalar_t>(gout, u, pdes, stored ? states.data_ptr<scalar_t>() : nullptr, smax,
+                            static_cast<int>(mmax), gu, gparams, at::get_num_threads());
+  });
+  return {gu, gparams};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &fused_forward, "eqpdenet::euler_evolve on the CPU");
+  m.def("backward", &fused_backward, "eqpdenet::euler_evolve_backward on the CPU");
+}

@@ -1,0 +1,67 @@
+"""The mathematics of the layer: image -> jet -> invariants -> F_theta -> Euler update -> reduction.
+
+* :mod:`~eqpdenet.pde.stencils`: finite-difference stencils and the jet (eq. (10)).
+* :mod:`~eqpdenet.pde.invariants`: differential invariants in named sets (eqs. (4), (5)).
+* :mod:`~eqpdenet.pde.symbolic`: invariants of any Lie group from its generators (needs SymPy;
+  not imported here).
+* :mod:`~eqpdenet.pde.rhs`: ``F_theta`` and the right-hand side ``u -> F_theta(I(jet(u)))``.
+* :mod:`~eqpdenet.pde.integrators`: explicit Euler steps and flows (eq. (9)).
+* :mod:`~eqpdenet.pde.layer`: the PDE layer and its configuration (eq. (7)).
+"""
+
+from .integrators import ConvInt, EulerConv, EulerFlow, EulerStep, steps_for
+from .invariants import (
+    DEFAULT_RATIO_EPS,
+    INVARIANT_SETS,
+    Invariant,
+    InvariantSet,
+    available_invariant_sets,
+    get_invariant_set,
+    register_invariant_set,
+    safe_ratio,
+)
+from .layer import INITS, REDUCTIONS, LayerConfig, PDELayer, make_reduction
+from .rhs import RIGHT_HAND_SIDES, InvariantRHS, LinearF, MonomialF, PolynomialF, make_rhs
+from .stencils import (
+    BOUNDARIES,
+    STENCILS,
+    Jet,
+    available_stencils,
+    derivative_names,
+    jet,
+    register_stencil,
+)
+
+__all__ = [
+    "BOUNDARIES",
+    "DEFAULT_RATIO_EPS",
+    "INITS",
+    "INVARIANT_SETS",
+    "REDUCTIONS",
+    "RIGHT_HAND_SIDES",
+    "STENCILS",
+    "ConvInt",
+    "EulerConv",
+    "EulerFlow",
+    "EulerStep",
+    "Invariant",
+    "InvariantRHS",
+    "InvariantSet",
+    "Jet",
+    "LayerConfig",
+    "LinearF",
+    "MonomialF",
+    "PDELayer",
+    "PolynomialF",
+    "available_invariant_sets",
+    "available_stencils",
+    "derivative_names",
+    "get_invariant_set",
+    "jet",
+    "make_reduction",
+    "make_rhs",
+    "register_invariant_set",
+    "register_stencil",
+    "safe_ratio",
+    "steps_for",
+]

@@ -1,0 +1,367 @@
+"""The PDE layer: ``n_e`` PDEs ``du/dt = F_theta(invariants of u)`` evolved from the same input,
+then reduced to one image (Fig. 3, eq. (7) of the paper).
+
+Each PDE is an :class:`~eqpdenet.pde.integrators.EulerFlow` of an
+:class:`~eqpdenet.pde.rhs.InvariantRHS`; the reduction comes from :data:`REDUCTIONS` (a learned
+linear combination with bias, as in the paper; or mean, max, concatenation) and the initial
+``F_theta`` from :data:`INITS`. :class:`LayerConfig` is the one place where the layer's options
+and their defaults live: :meth:`PDELayer.build` and the application's configuration files both
+read it.
+
+Tensors are ``(batch, channels, height, width)``; each channel evolves independently under the
+same PDE.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .. import kernels
+from ..checks import (
+    check_images,
+    require,
+    require_finite,
+    require_int,
+    require_nonnegative,
+    require_positive,
+)
+from ..registry import Registry
+from .integrators import EulerFlow, EulerStep, steps_for
+from .invariants import DEFAULT_RATIO_EPS, INVARIANT_SETS, InvariantSet, get_invariant_set
+from .rhs import RIGHT_HAND_SIDES, InvariantRHS, MonomialF
+from .stencils import BOUNDARIES, STENCILS
+
+__all__ = [
+    "INITS",
+    "REDUCTIONS",
+    "Concat",
+    "LayerConfig",
+    "LinearCombination",
+    "Max",
+    "Mean",
+    "PDELayer",
+    "make_reduction",
+]
+
+
+# ----------------------------------------------------------------------------- reductions
+
+
+class LinearCombination(nn.Module):
+    """``sum_e w_e u_e + b`` over the PDE axis: ``(B, n_e, C, H, W) -> (B, C, H, W)``.
+
+    ``n_e + 1`` parameters, initialised to the mean (``w_e = 1 / n_e``, ``b = 0``).
+    """
+
+    def __init__(self, n_pdes: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((n_pdes,), 1.0 / n_pdes))
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def forward(self, states: Tensor) -> Tensor:
+        return torch.einsum("bechw,e->bchw", states, self.weight) + self.bias
+
+
+class Mean(nn.Module):
+    """Mean over the PDE axis, no parameters."""
+
+    def forward(self, states: Tensor) -> Tensor:
+        return states.mean(dim=1)
+
+
+class Max(nn.Module):
+    """Pointwise maximum over the PDE axis, no parameters."""
+
+    def forward(self, states: Tensor) -> Tensor:
+        return states.amax(dim=1)
+
+
+class Concat(nn.Module):
+    """All evolved images as channels: ``(B, n_e, C, H, W) -> (B, n_e C, H, W)``."""
+
+    def forward(self, states: Tensor) -> Tensor:
+        return states.flatten(1, 2)
+
+
+#: Reductions over the PDE axis: name -> ``factory(n_pdes)``.
+REDUCTIONS: Registry[Callable[[int], nn.Module]] = Registry("reduction")
+REDUCTIONS.register("linear", LinearCombination)
+REDUCTIONS.register("mean", lambda n_pdes: Mean())
+REDUCTIONS.register("max", lambda n_pdes: Max())
+REDUCTIONS.register("concat", lambda n_pdes: Concat())
+
+
+def make_reduction(kind: str, n_pdes: int) -> nn.Module:
+    """The reduction registered as ``kind`` for ``n_pdes`` PDEs."""
+    return REDUCTIONS.get(kind)(n_pdes)
+
+
+# ----------------------------------------------------------------------------- initialisation
+
+
+def _init_zeros(F: MonomialF, invariant_set: InvariantSet, scale: float, generator) -> None:
+    """Every PDE is the identity map at first."""
+
+
+def _init_heat(F: MonomialF, invariant_set: InvariantSet, scale: float, generator) -> None:
+    """``F = scale (u_xx + u_yy)`` for sets that contain the Laplacian, zero otherwise."""
+    if "laplacian" in invariant_set.names:
+        target = tuple(int(n == "laplacian") for n in invariant_set.names)
+        F.weight[F.monomials().index(target)] = scale
+
+
+def _init_normal(F: MonomialF, invariant_set: InvariantSet, scale: float, generator) -> None:
+    """Weights ~ N(0, scale^2)."""
+    F.weight.copy_(scale * torch.randn(F.weight.shape, generator=generator))
+
+
+#: Initial ``F_theta``: name -> ``init(F, invariant_set, scale, generator)`` (F starts at zero).
+INITS: Registry[Callable] = Registry("initialisation")
+INITS.register("zeros", _init_zeros)
+INITS.register("heat", _init_heat)
+INITS.register("normal", _init_normal)
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@dataclass
+class LayerConfig:
+    """Everything that defines a PDE layer; the defaults are the paper's layer.
+
+    Attributes:
+        invariants: one invariant set (registered name or :class:`InvariantSet`) per PDE
+            (``n_e = len(invariants)``).
+        rhs: form of ``F_theta`` (:data:`~eqpdenet.pde.rhs.RIGHT_HAND_SIDES`: ``"linear"``,
+            ``"polynomial"``); ``degree`` for the polynomial.
+        T, dt: time horizon and Euler step; ``steps = floor(T / dt)``.
+        stencil, spacing, boundary: how derivatives are computed.
+        ratio_eps: regularisation scale of ratio invariants (eq. (5)).
+        reduction: :data:`REDUCTIONS`: ``"linear"`` (the paper's), ``"mean"``, ``"max"``,
+            ``"concat"``.
+        init, init_scale: initial ``F_theta`` (:data:`INITS`: ``"zeros"``, ``"heat"``,
+            ``"normal"``).
+        init_noise: std of Gaussian noise added to F's initial weights; breaks the symmetry
+            between PDEs of the same set (see :meth:`PDELayer.build`).
+        check_finite: raise on a non-finite PDE state.
+        backend: :data:`~eqpdenet.kernels.BACKENDS` (``"auto"``, ``"reference"``, ``"fused"``).
+        recompute: during training, keep no intermediate states and recompute them in the
+            backward pass (less memory, about one more forward of work).
+    """
+
+    invariants: list = field(default_factory=lambda: ["se2", "se2", "scaling", "scaling"])
+    rhs: str = "linear"
+    degree: int = 1
+    T: float = 1.0
+    dt: float = 0.1
+    stencil: str = "central"
+    spacing: float = 1.0
+    boundary: str = "replicate"
+    ratio_eps: float = DEFAULT_RATIO_EPS
+    reduction: str = "linear"
+    init: str = "zeros"
+    init_scale: float = 0.0
+    init_noise: float = 0.01
+    check_finite: bool = True
+    backend: str = "auto"
+    recompute: bool = False
+
+    def __post_init__(self):
+        require(isinstance(self.invariants, list | tuple) and len(self.invariants) >= 1,
+                "layer.invariants", "needs a list of at least one invariant set")
+        self.invariants = list(self.invariants)
+        for index, name in enumerate(self.invariants):
+            if not isinstance(name, InvariantSet):
+                INVARIANT_SETS.check(name, f"layer.invariants[{index}]")
+        RIGHT_HAND_SIDES.check(self.rhs, "layer.rhs")
+        require_int(self.degree, "layer.degree", 1)
+        require_positive(self.dt, "layer.dt")
+        require_nonnegative(self.T, "layer.T")
+        require_positive(self.spacing, "layer.spacing")
+        require_positive(self.ratio_eps, "layer.ratio_eps")
+        STENCILS.check(self.stencil, "layer.stencil")
+        BOUNDARIES.check(self.boundary, "layer.boundary")
+        REDUCTIONS.check(self.reduction, "layer.reduction")
+        INITS.check(self.init, "layer.init")
+        require_finite(self.init_scale, "layer.init_scale")
+        require_nonnegative(self.init_noise, "layer.init_noise")
+        require(isinstance(self.check_finite, bool), "layer.check_finite", "must be true or false")
+        kernels.BACKENDS.check(self.backend, "layer.backend")
+        require(isinstance(self.recompute, bool), "layer.recompute", "must be true or false")
+
+    @property
+    def steps(self) -> int:
+        """``floor(T / dt)`` (:func:`~eqpdenet.pde.integrators.steps_for`)."""
+        return steps_for(self.T, self.dt)
+
+
+# ----------------------------------------------------------------------------- the layer
+
+
+class PDELayer(nn.Module):
+    """``n_e`` PDEs evolved from the same input, then reduced (Fig. 3, eq. (7)).
+
+    Args:
+        pdes: the :class:`~eqpdenet.pde.integrators.EulerFlow` s.
+        reduction: a name from :data:`REDUCTIONS` (default ``"linear"``).
+        backend: how :meth:`evolve` integrates (:mod:`eqpdenet.kernels`): ``"auto"`` (default),
+            ``"reference"`` or ``"fused"``. Results agree to rounding; an unusable fast path
+            falls back to the reference with one warning, never an error.
+        recompute: during training, keep no intermediate states and recompute them in the
+            backward pass (less memory, about one more forward of work).
+
+    ``forward``: ``(B, C, H, W) -> (B, C, H, W)`` (``(B, n_e C, H, W)`` for ``concat``).
+    :meth:`evolve` gives the unreduced ``(B, n_e, C, H, W)``.
+
+    Example:
+        >>> layer = PDELayer.paper()
+        >>> layer(torch.rand(2, 1, 28, 28)).shape
+        torch.Size([2, 1, 28, 28])
+    """
+
+    def __init__(self, pdes: Sequence[EulerFlow], reduction: str = "linear",
+                 backend: str = "auto", recompute: bool = False):
+        super().__init__()
+        require(len(pdes) >= 1, "pdes", "a PDE layer needs at least one PDE")
+        kernels.BACKENDS.check(backend, "backend")
+        self.pdes = nn.ModuleList(pdes)
+        self.reduction_kind = reduction
+        self.reduction = make_reduction(reduction, len(self.pdes))
+        self.backend, self.recompute = backend, bool(recompute)
+
+    @property
+    def n_pdes(self) -> int:
+        return len(self.pdes)
+
+    def out_channels(self, in_channels: int) -> int:
+        return in_channels * (self.n_pdes if self.reduction_kind == "concat" else 1)
+
+    def forward(self, u: Tensor) -> Tensor:
+        check_images(u, "u")
+        return self.reduction(self._evolve(u))
+
+    def evolve(self, u: Tensor) -> Tensor:
+        """Every PDE from the same ``u``: ``(B, C, H, W) -> (B, n_e, C, H, W)``."""
+        check_images(u, "u")
+        return self._evolve(u)
+
+    def _evolve(self, u: Tensor) -> Tensor:
+        if kernels.resolve_backend(self.backend) != "reference":
+            specs = self.kernel_specs()
+            reason = specs if isinstance(specs, str) else kernels.unsupported_reason(u, specs)
+            if reason is None:
+                return kernels.fused_evolve(u, specs, recompute=self.recompute)
+            kernels.warn_once(f"{reason}; using the reference PDE layer")
+        return self._evolve_reference(u)
+
+    def evolve_reference(self, u: Tensor) -> Tensor:
+        """:meth:`evolve` by the plain PyTorch reference (with ``recompute``, states recomputed)."""
+        check_images(u, "u")
+        return self._evolve_reference(u)
+
+    def _evolve_reference(self, u: Tensor) -> Tensor:
+        if self.recompute and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint as recompute
+
+            return torch.stack([recompute(pde.integrate, u, use_reentrant=False)
+                                for pde in self.pdes], dim=1)
+        return torch.stack([pde.integrate(u) for pde in self.pdes], dim=1)
+
+    def kernel_specs(self) -> list[kernels.PDESpec] | str:
+        """What the fused operator needs of each PDE, or why a PDE declares no such capability.
+
+        A PDE qualifies when it is an :class:`EulerFlow` of an :class:`EulerStep` of an
+        :class:`InvariantRHS` whose invariant set names a kernel (``InvariantSet.kernel``) and
+        whose ``F`` is a :class:`MonomialF`; the operator then checks device, dtype and stencil.
+        """
+        specs = []
+        for pde in self.pdes:
+            step = getattr(pde, "step", None)
+            rhs = getattr(step, "rhs", None)
+            if not (isinstance(pde, EulerFlow) and isinstance(step, EulerStep)
+                    and isinstance(rhs, InvariantRHS)):
+                return f"{getattr(pde, 'name', type(pde).__name__)} is not an EulerFlow of an " \
+                       f"InvariantRHS"
+            if rhs.invariant_set.kernel is None:
+                return f"the invariant set {rhs.invariant_set.name!r} declares no kernel"
+            if not isinstance(rhs.F, MonomialF) or rhs.jet.order != 2:
+                return f"{pde.name}: F is not a MonomialF of an order-2 jet"
+            specs.append(kernels.PDESpec(
+                name=pde.name, invariant_set=rhs.invariant_set.kernel, boundary=rhs.jet.boundary,
+                stencil=rhs.jet.weight, ratio_eps=rhs.ratio_eps, monomials=tuple(rhs.F.recipe()),
+                weight=rhs.F.weight, bias=rhs.F.bias, dt=step.dt, steps=pde.steps,
+                check_finite=pde.check_finite))
+        return specs
+
+    def stability(self) -> list[dict]:
+        """:meth:`~eqpdenet.pde.integrators.EulerStep.stability` of every PDE."""
+        return [pde.step.stability() for pde in self.pdes]
+
+    @classmethod
+    def build(cls, invariants: Sequence[str | InvariantSet] | None = None, **options) -> PDELayer:
+        """A layer of one PDE per entry of ``invariants``; every option and default is a field
+        of :class:`LayerConfig` (the defaults are the paper's layer).
+
+        ``init`` sets the initial ``F_theta`` (:data:`INITS`). ``init_noise`` adds
+        N(0, init_noise^2) to every weight of F: without it, PDEs with the same invariant set and
+        init receive identical gradients (the reduction starts as the mean) and stay identical
+        for ever, so the paper's 2 + 2 PDEs would be 1 + 1. The noise (and ``"normal"``) is
+        drawn from a generator seeded by ``torch.initial_seed()``, so it does not shift the
+        global random stream (EqPdeNet's perceptron is initialised exactly like FCNN's for the
+        same seed).
+
+        Example:
+            >>> layer = PDELayer.build(["se2", "scaling"], T=0.5, dt=0.1, init_noise=0.0)
+            >>> [pde.steps for pde in layer.pdes]
+            [5, 5]
+        """
+        if invariants is not None:
+            options["invariants"] = list(invariants)
+        unknown = sorted(set(options) - {f.name for f in dataclasses.fields(LayerConfig)})
+        require(not unknown, "PDELayer.build", f"unknown option(s) {unknown}; the options are "
+                f"the fields of LayerConfig")
+        return cls.from_config(LayerConfig(**options))
+
+    @classmethod
+    def from_config(cls, config: LayerConfig) -> PDELayer:
+        """The layer a :class:`LayerConfig` describes (F initialised by ``config.init``)."""
+        steps = config.steps
+        generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63 + 7919)
+        init = INITS.get(config.init)
+        pdes = []
+        for index, invariants in enumerate(config.invariants):
+            invariant_set = get_invariant_set(invariants)
+            rhs = InvariantRHS(invariant_set, config.rhs, config.degree, config.stencil,
+                               config.spacing, config.boundary, config.ratio_eps)
+            with torch.no_grad():
+                init(rhs.F, invariant_set, config.init_scale, generator)
+                if config.init_noise:
+                    rhs.F.weight.add_(config.init_noise * torch.randn(rhs.F.weight.shape,
+                                                                      generator=generator))
+            step = EulerStep(rhs, config.dt, name=f"pde{index}:{invariant_set.name}")
+            pdes.append(EulerFlow(step, steps, config.check_finite))
+        layer = cls(pdes, config.reduction, backend=config.backend, recompute=config.recompute)
+        for report in layer.stability():
+            # Only the upper bound warns here: a slightly negative diffusivity from init_noise
+            # is anti-diffusion of growth exp(|a| lambda_max T), harmless for small |a|.
+            if report["stable"] is False and report["diffusivity"] > 0:
+                warnings.warn(
+                    f"{report['pde']}: initial diffusivity {report['diffusivity']:g} with "
+                    f"dt={config.dt:g} violates the explicit Euler bound 0 <= a dt <= "
+                    f"{report['max_a_dt']:g}", stacklevel=3)
+        return layer
+
+    @classmethod
+    def paper(cls, **options) -> PDELayer:
+        """The paper's layer: 2 ``se2`` and 2 ``scaling`` PDEs, linear ``F``, linear reduction."""
+        return cls.build(("se2", "se2", "scaling", "scaling"), **options)
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction_kind!r}, backend={self.backend!r}, " \
+               f"recompute={self.recompute}"

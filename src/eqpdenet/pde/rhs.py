@@ -1,0 +1,191 @@
+"""Right-hand sides ``du/dt = F_theta(I(jet(u)))``: the function ``F_theta`` of the invariants, and
+:class:`InvariantRHS`, the whole map ``u -> jet -> invariants -> F_theta``.
+
+``F_theta`` comes from a registry (:data:`RIGHT_HAND_SIDES`, the config's ``rhs`` field):
+
+``linear`` (:class:`LinearF`, the paper's)
+    ``F(I) = sum_k w_k I_k + b``: ``K + 1`` parameters for ``K`` invariants.
+``polynomial`` (:class:`PolynomialF`)
+    every monomial of total degree ``1 .. degree`` in the invariants, plus a bias.
+
+Both are :class:`MonomialF`: ``F(I) = b + sum_m w_m prod_k I_k^{e_mk}`` with a declared exponent
+table (:meth:`MonomialF.monomials`), which is what lets the compiled kernels evaluate them.
+
+:class:`InvariantRHS` is independent of the time integration (see
+:mod:`eqpdenet.pde.integrators`), as a torchdiffeq ``func`` is of its solver.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..checks import require_int, require_positive
+from ..errors import ConfigError
+from ..registry import Registry
+from .invariants import DEFAULT_RATIO_EPS, InvariantSet, get_invariant_set
+from .stencils import Jet, laplacian_max_eigenvalue
+
+__all__ = [
+    "RIGHT_HAND_SIDES",
+    "InvariantRHS",
+    "LinearF",
+    "MonomialF",
+    "PolynomialF",
+    "make_rhs",
+    "monomial_recipe",
+]
+
+
+def monomial_recipe(monomials: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
+    """How to build each monomial from a lower one: ``(index of lower monomial or -1, invariant)``.
+
+    A monomial of degree 1 is an invariant itself (``(-1, k)``); one of degree ``d > 1`` is the
+    earlier monomial with one factor ``I_k`` fewer, times ``I_k`` (``k`` its first invariant).
+    The table must be closed under this lowering and list lower monomials first.
+
+    Example:
+        >>> monomial_recipe([(1, 0), (0, 1), (2, 0), (1, 1)])
+        [(-1, 0), (-1, 1), (0, 0), (1, 0)]
+    """
+    monomials = [tuple(int(e) for e in m) for m in monomials]
+    index = {m: i for i, m in enumerate(monomials)}
+    recipe = []
+    for position, m in enumerate(monomials):
+        if sum(m) == 1:
+            recipe.append((-1, m.index(1)))
+            continue
+        k = next(i for i, e in enumerate(m) if e)
+        lower = tuple(e - (i == k) for i, e in enumerate(m))
+        if index.get(lower, position) >= position:
+            raise ConfigError(f"monomial {m}: its lower monomial {lower} must come before it")
+        recipe.append((index[lower], k))
+    return recipe
+
+
+class MonomialF(nn.Module):
+    """``F(I) = b + sum_m w_m prod_k I_k^{e_mk}``: ``(..., K, H, W) -> (..., H, W)``.
+
+    Subclasses define the exponent table (:meth:`monomials`, lower degrees first); ``weight``
+    holds one coefficient per monomial and ``bias`` is ``b``. The compiled kernels evaluate any
+    ``MonomialF`` from this table, so a subclass must compute exactly this sum.
+    """
+
+    def __init__(self, monomials: Sequence[Sequence[int]]):
+        super().__init__()
+        self._monomials = [tuple(int(e) for e in m) for m in monomials]
+        self._recipe = monomial_recipe(self._monomials)
+        self.weight = nn.Parameter(torch.zeros(len(self._monomials)))
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    @property
+    def degree(self) -> int:
+        return max(sum(m) for m in self._monomials)
+
+    def monomials(self) -> list[tuple[int, ...]]:
+        """Exponent tuples of the terms multiplying ``self.weight``."""
+        return list(self._monomials)
+
+    def recipe(self) -> list[tuple[int, int]]:
+        """:func:`monomial_recipe` of :meth:`monomials`."""
+        return list(self._recipe)
+
+    def forward(self, invariants: Tensor) -> Tensor:
+        terms: list[Tensor] = []
+        for lower, k in self._recipe:
+            base = invariants[..., k, :, :]
+            terms.append(base if lower < 0 else terms[lower] * base)
+        return torch.einsum("...mhw,m->...hw", torch.stack(terms, dim=-3), self.weight) + self.bias
+
+
+class LinearF(MonomialF):
+    """``F(I) = sum_k w_k I_k + b``: ``(..., K, H, W) -> (..., H, W)``; ``K + 1`` parameters."""
+
+    def __init__(self, n_invariants: int):
+        require_int(n_invariants, "n_invariants", 1)
+        super().__init__([tuple(int(i == j) for i in range(n_invariants))
+                          for j in range(n_invariants)])
+
+    def forward(self, invariants: Tensor) -> Tensor:
+        return torch.einsum("...khw,k->...hw", invariants, self.weight) + self.bias
+
+
+class PolynomialF(MonomialF):
+    """Multivariate polynomial of total degree ``<= degree`` in the ``K`` invariants.
+
+    ``F(I) = b + sum_m w_m prod_k I_k^{e_{m,k}}`` over all exponent vectors with
+    ``1 <= sum_k e_{m,k} <= degree``: ``C(K + degree, degree) - 1`` weights plus the bias.
+    Degree 1 computes what :class:`LinearF` does.
+    """
+
+    def __init__(self, n_invariants: int, degree: int = 2):
+        require_int(n_invariants, "n_invariants", 1)
+        require_int(degree, "degree", 1)
+        super().__init__([
+            tuple(combo.count(k) for k in range(n_invariants))
+            for d in range(1, degree + 1)
+            for combo in itertools.combinations_with_replacement(range(n_invariants), d)
+        ])
+
+
+#: Forms of ``F_theta``: name -> ``builder(n_invariants, degree)``.
+RIGHT_HAND_SIDES: Registry = Registry("right-hand side")
+RIGHT_HAND_SIDES.register("linear", lambda n_invariants, degree=1: LinearF(n_invariants))
+RIGHT_HAND_SIDES.register("polynomial", PolynomialF)
+
+
+def make_rhs(kind: str, n_invariants: int, degree: int = 1) -> nn.Module:
+    """``F_theta`` of a registered form: ``"linear"`` or ``"polynomial"`` (of ``degree``)."""
+    return RIGHT_HAND_SIDES.get(kind)(n_invariants, degree)
+
+
+class InvariantRHS(nn.Module):
+    """``u -> F_theta(I(jet(u)))``, the right-hand side of ``du/dt = F_theta(invariants of u)``.
+
+    Args:
+        invariants: invariant set or its registered name (``"se2"``, ``"scaling"``).
+        rhs: form of ``F_theta`` (:data:`RIGHT_HAND_SIDES`: ``"linear"``, ``"polynomial"``).
+        degree: degree of a polynomial ``F``.
+        stencil, spacing, boundary: how the jet is computed (:class:`~eqpdenet.pde.stencils.Jet`).
+        ratio_eps: regularisation scale of ratios (:func:`~eqpdenet.pde.invariants.safe_ratio`).
+
+    ``forward``: ``(B, C, H, W) -> (B, C, H, W)``, each channel independently; the fixed stencils
+    are a non-persistent buffer, so ``state_dict`` holds only ``F``'s parameters.
+
+    Example:
+        >>> rhs = InvariantRHS("se2")
+        >>> rhs(torch.rand(2, 1, 8, 8)).shape
+        torch.Size([2, 1, 8, 8])
+    """
+
+    def __init__(self, invariants: str | InvariantSet = "se2", rhs: str = "linear", degree: int = 1,
+                 stencil: str = "central", spacing: float = 1.0, boundary: str = "replicate",
+                 ratio_eps: float = DEFAULT_RATIO_EPS):
+        super().__init__()
+        self.invariant_set = get_invariant_set(invariants)
+        self.ratio_eps = require_positive(ratio_eps, "ratio_eps")
+        self.jet = Jet(self.invariant_set.order, stencil, spacing, boundary)
+        self.F = make_rhs(rhs, len(self.invariant_set), degree)
+
+    def invariants(self, u: Tensor) -> Tensor:
+        """``(B, C, H, W) -> (B, C, K, H, W)``: the invariants of ``u``."""
+        return self.invariant_set(self.jet(u), self.ratio_eps)
+
+    def forward(self, u: Tensor) -> Tensor:
+        return self.F(self.invariants(u))
+
+    def diffusivity(self) -> float | None:
+        """Coefficient of ``u_xx + u_yy`` in a linear ``F``, or None where there is none."""
+        if "laplacian" not in self.invariant_set.names or not isinstance(self.F, LinearF):
+            return None
+        return float(self.F.weight.detach()[self.invariant_set.names.index("laplacian")])
+
+    def laplacian_max_eigenvalue(self) -> float:
+        """Largest eigenvalue of the discrete ``-(u_xx + u_yy)`` of this right-hand side's jet."""
+        return laplacian_max_eigenvalue(self.jet.stencil, self.jet.spacing)
+
+    def extra_repr(self) -> str:
+        return f"invariants={self.invariant_set.name!r}, ratio_eps={self.ratio_eps}"

@@ -1,0 +1,295 @@
+"""Finite-difference stencils and the jet: every partial derivative of an image up to order n.
+
+Axis convention (see :mod:`eqpdenet.geometry`): ``x`` runs along columns to the right, ``y`` runs
+*up*, against the row index. So ``u_y ~ (u[i-1, j] - u[i+1, j]) / (2 h)``.
+
+The jet of ``u`` is the stack of its partial derivatives ``d^{a+b} u / dx^a dy^b`` for all
+``a + b <= order``, in the order given by :func:`derivative_multi_indices`: by total order, then by
+the number of ``y`` derivatives, i.e. ``u, u_x, u_y, u_xx, u_xy, u_yy, u_xxx, ...``. It is computed
+by a single :func:`torch.nn.functional.conv2d` call with a fixed bank of stencils (eq. (10) of the
+paper, ``d_alpha U = K_alpha * U``).
+
+Stencils come from a registry keyed by name:
+
+``central``
+    Products of 1-D central differences of accuracy order 2 (weights from the Vandermonde system
+    of the offsets), any derivative order. Exact on polynomials of degree <= 2 (and, for each
+    derivative of order k, on degree <= k + 1).
+``isotropic``
+    3x3 stencils, orders <= 2, whose leading truncation error is rotation invariant: each derivative
+    is taken of ``(1 + c h^2 Laplacian) u`` up to O(h^4), with ``c = 1/6`` for the gradient
+    (central difference smoothed across by ``[1, 4, 1] / 6``, Scharr-like) and ``c = 1/12`` for the
+    Hessian (``u_xx`` smoothed across by ``[1, 10, 1] / 12``, whose sum with ``u_yy`` is the
+    isotropic 9-point Laplacian ``[[1, 4, 1], [4, -20, 4], [1, 4, 1]] / 6``; ``u_xy`` is already
+    isotropic). Still exact on polynomials of degree <= 2.
+
+Stencils are never normalised: they are derivative operators with their true scale and sign,
+divided by ``h^{a+b}`` for the grid spacing ``h``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..checks import check_images, require_positive
+from ..errors import ConfigError, InputError
+from ..registry import Registry
+
+__all__ = [
+    "BOUNDARIES",
+    "STENCILS",
+    "Jet",
+    "available_stencils",
+    "derivative_index",
+    "derivative_multi_indices",
+    "derivative_names",
+    "finite_difference_weights",
+    "jet",
+    "laplacian_max_eigenvalue",
+    "register_stencil",
+    "stencil_kernels",
+]
+
+#: Boundary handling for the jet: name -> mode of :func:`torch.nn.functional.pad`.
+BOUNDARIES: Registry[str] = Registry("boundary")
+for _name, _mode in (("replicate", "replicate"), ("zeros", "constant"), ("reflect", "reflect"),
+                     ("circular", "circular")):
+    BOUNDARIES.register(_name, _mode)
+
+
+@functools.cache
+def derivative_multi_indices(order: int) -> tuple[tuple[int, int], ...]:
+    """Multi-indices ``(a, b)`` (``a`` x-derivatives, ``b`` y-derivatives) with ``a + b <= order``.
+
+    Ordered by total order, then by ``b``: ``((0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2), ...)``.
+    """
+    if not isinstance(order, int) or order < 0:
+        raise ConfigError(f"jet order must be a non-negative integer, got {order!r}")
+    return tuple((n - b, b) for n in range(order + 1) for b in range(n + 1))
+
+
+def derivative_names(order: int) -> tuple[str, ...]:
+    """Names of the jet channels, e.g. ``("u", "u_x", "u_y", "u_xx", "u_xy", "u_yy")``."""
+    return tuple(
+        "u" if a + b == 0 else "u_" + "x" * a + "y" * b for a, b in derivative_multi_indices(order)
+    )
+
+
+def derivative_index(name: str) -> int:
+    """Position of a derivative (``"u_xy"``) in the jet; the same for every jet order."""
+    if name == "u":
+        return 0
+    if not name.startswith("u_") or set(name[2:]) - {"x", "y"} or name[2:] != "".join(
+        sorted(name[2:])
+    ):
+        raise ConfigError(f"not a derivative name: {name!r} (expected e.g. 'u', 'u_x', 'u_xy')")
+    a, b = name.count("x"), name.count("y")
+    return derivative_multi_indices(a + b).index((a, b))
+
+
+def finite_difference_weights(derivative: int, offsets: tuple[int, ...]) -> np.ndarray:
+    """Weights ``w`` with ``sum_k w_k f(offset_k) = f^{(derivative)}(0) + O(...)`` at unit spacing.
+
+    Solves the Vandermonde system ``sum_k w_k offset_k^m / m! = [m == derivative]`` for
+    ``m < len(offsets)``, so the rule is exact on polynomials of degree ``< len(offsets)``.
+    """
+    offsets = tuple(offsets)
+    if derivative >= len(offsets):
+        raise ValueError(f"{len(offsets)} points cannot approximate derivative {derivative}")
+    m = np.arange(len(offsets))
+    vandermonde = np.array(offsets, dtype=np.float64)[None, :] ** m[:, None]
+    vandermonde /= np.array([math.factorial(int(k)) for k in m], dtype=np.float64)[:, None]
+    rhs = (m == derivative).astype(np.float64)
+    weights = np.linalg.solve(vandermonde, rhs)
+    weights[np.abs(weights) < 1e-13] = 0.0
+    return weights
+
+
+def _central_1d(derivative: int, radius: int) -> np.ndarray:
+    """Central difference of accuracy order 2 for ``derivative``, padded to ``2 radius + 1``."""
+    half = max(1, (derivative + 1) // 2)
+    weights = finite_difference_weights(derivative, tuple(range(-half, half + 1)))
+    out = np.zeros(2 * radius + 1)
+    out[radius - half : radius + half + 1] = weights
+    return out
+
+
+def _outer(wx: np.ndarray, wy: np.ndarray) -> np.ndarray:
+    """2-D kernel from 1-D weights along x (columns) and along y (up, so rows are reversed)."""
+    return np.outer(wy[::-1], wx)
+
+
+def _central(order: int) -> dict[tuple[int, int], np.ndarray]:
+    radius = max(1, (order + 1) // 2)
+    return {
+        (a, b): _outer(_central_1d(a, radius), _central_1d(b, radius))
+        for a, b in derivative_multi_indices(order)
+    }
+
+
+def _isotropic(order: int) -> dict[tuple[int, int], np.ndarray]:
+    if order > 2:
+        raise ConfigError(f"the 'isotropic' stencil supports jet order <= 2, got {order}")
+    delta = np.array([0.0, 1.0, 0.0])
+    d1 = np.array([-0.5, 0.0, 0.5])
+    d2 = np.array([1.0, -2.0, 1.0])
+    smooth_gradient = np.array([1.0, 4.0, 1.0]) / 6.0
+    smooth_hessian = np.array([1.0, 10.0, 1.0]) / 12.0
+    table = {
+        (0, 0): _outer(delta, delta),
+        (1, 0): _outer(d1, smooth_gradient),
+        (0, 1): _outer(smooth_gradient, d1),
+        (2, 0): _outer(d2, smooth_hessian),
+        (1, 1): _outer(d1, d1),
+        (0, 2): _outer(smooth_hessian, d2),
+    }
+    return {index: table[index] for index in derivative_multi_indices(order)}
+
+
+#: Stencil families: name -> ``builder(order)`` returning ``{(a, b): kernel}`` at unit spacing.
+STENCILS: Registry[Callable[[int], dict[tuple[int, int], np.ndarray]]] = Registry("stencil")
+STENCILS.register("central", _central)
+STENCILS.register("isotropic", _isotropic)
+
+
+def register_stencil(name: str, builder: Callable[[int], dict[tuple[int, int], np.ndarray]], *,
+                     replace: bool = False):
+    """Add a stencil family: ``builder(order)`` returns ``{(a, b): kernel}`` at unit spacing.
+
+    Kernels are square with odd size, indexed ``[row offset, column offset]`` (rows grow
+    downwards, so ``y`` derivatives use reversed rows) and are used by cross-correlation.
+    """
+    return STENCILS.register(name, builder, replace=replace)
+
+
+def available_stencils() -> tuple[str, ...]:
+    """Names of the registered stencil families."""
+    return STENCILS.names()
+
+
+@functools.cache
+def stencil_kernels(name: str, order: int) -> np.ndarray:
+    """Kernels of a stencil family at unit spacing, shape ``(D, k, k)`` in jet order (read-only)."""
+    table = STENCILS.get(name)(order)
+    indices = derivative_multi_indices(order)
+    missing = [index for index in indices if index not in table]
+    if missing:
+        raise ConfigError(f"stencil {name!r} does not define derivatives {missing}")
+    size = max(kernel.shape[0] for kernel in table.values())
+    bank = np.zeros((len(indices), size, size))
+    for row, index in enumerate(indices):
+        kernel = np.asarray(table[index], dtype=np.float64)
+        if kernel.ndim != 2 or kernel.shape[0] != kernel.shape[1] or kernel.shape[0] % 2 != 1:
+            raise ConfigError(f"stencil {name!r}: kernel {index} must be square with odd size")
+        pad = (size - kernel.shape[0]) // 2
+        bank[row, pad : pad + kernel.shape[0], pad : pad + kernel.shape[0]] = kernel
+    bank.setflags(write=False)
+    return bank
+
+
+# A replaced stencil family must not be served from the caches.
+STENCILS.on_change(lambda: (stencil_kernels.cache_clear(), laplacian_max_eigenvalue.cache_clear()))
+
+
+def jet_weight(
+    order: int, stencil: str, spacing: float, dtype: torch.dtype, device=None
+) -> Tensor:
+    """Convolution weight ``(D, 1, k, k)`` of the jet, scaled by ``spacing^-(a+b)``."""
+    require_positive(spacing, "spacing")
+    bank = stencil_kernels(stencil, order)
+    scales = np.array([spacing ** -(a + b) for a, b in derivative_multi_indices(order)])
+    weight = torch.tensor(bank * scales[:, None, None], dtype=dtype, device=device)
+    return weight[:, None]
+
+
+def apply_jet_weight(u: Tensor, weight: Tensor, boundary: str) -> Tensor:
+    """Jet of ``u`` ``(B, C, H, W)`` with a prepared weight ``(D, 1, k, k)``: ``(B, C, D, H, W)``.
+
+    ``u`` is not checked here (the public entry points check it once).
+    """
+    mode = BOUNDARIES.get(boundary)
+    batch, channels, height, width = u.shape
+    radius = weight.shape[-1] // 2
+    if mode == "reflect" and (height <= radius or width <= radius):
+        raise InputError(f"'reflect' boundary needs images larger than {radius} pixels")
+    flat = u.reshape(batch * channels, 1, height, width)
+    if radius:
+        flat = F.pad(flat, (radius,) * 4, mode=mode)
+    out = F.conv2d(flat, weight.to(dtype=u.dtype, device=u.device))
+    return out.reshape(batch, channels, weight.shape[0], height, width)
+
+
+def jet(
+    u: Tensor,
+    order: int = 2,
+    stencil: str = "central",
+    spacing: float = 1.0,
+    boundary: str = "replicate",
+) -> Tensor:
+    """All partial derivatives of ``u`` up to ``order``, by one convolution (eq. (10)).
+
+    Args:
+        u: images ``(B, C, H, W)``; each channel is differentiated independently.
+        order: highest total derivative order (2 gives ``u, u_x, u_y, u_xx, u_xy, u_yy``).
+        stencil: a name from :func:`available_stencils`.
+        spacing: grid spacing ``h`` (same unit as ``x`` and ``y``).
+        boundary: ``replicate`` (default), ``zeros``, ``reflect`` or ``circular``.
+
+    Returns:
+        ``(B, C, D, H, W)`` with ``D = (order + 1)(order + 2) / 2`` in the order of
+        :func:`derivative_names`.
+
+    Example:
+        >>> u = torch.rand(8, 1, 28, 28)
+        >>> jet(u).shape
+        torch.Size([8, 1, 6, 28, 28])
+    """
+    check_images(u, "u")
+    return apply_jet_weight(u, jet_weight(order, stencil, spacing, u.dtype, u.device), boundary)
+
+
+class Jet(nn.Module):
+    """Module form of :func:`jet`; its stencils are a non-persistent buffer (not in state_dict)."""
+
+    def __init__(self, order: int = 2, stencil: str = "central", spacing: float = 1.0,
+                 boundary: str = "replicate"):
+        super().__init__()
+        BOUNDARIES.get(boundary)
+        self.order, self.stencil, self.spacing, self.boundary = order, stencil, spacing, boundary
+        self.register_buffer(
+            "weight", jet_weight(order, stencil, spacing, torch.get_default_dtype()),
+            persistent=False,
+        )
+
+    def forward(self, u: Tensor) -> Tensor:
+        """``(B, C, H, W)`` -> ``(B, C, D, H, W)`` (``u`` is checked by the caller)."""
+        return apply_jet_weight(u, self.weight, self.boundary)
+
+    def extra_repr(self) -> str:
+        return (f"order={self.order}, stencil={self.stencil!r}, spacing={self.spacing}, "
+                f"boundary={self.boundary!r}")
+
+
+@functools.cache
+def laplacian_max_eigenvalue(stencil: str, spacing: float = 1.0) -> float:
+    """Largest eigenvalue of ``-(u_xx + u_yy)`` for a stencil on an infinite/periodic grid.
+
+    Forward Euler for the heat equation ``u_t = a (u_xx + u_yy)`` is stable iff
+    ``0 <= a dt <= 2 / lambda_max``; for ``central`` ``lambda_max = 8 / h^2`` (``dt <= h^2 / 4a``),
+    for ``isotropic`` ``16 / (3 h^2)``.
+    """
+    bank = stencil_kernels(stencil, 2)
+    kernel = bank[derivative_index("u_xx")] + bank[derivative_index("u_yy")]
+    radius = kernel.shape[0] // 2
+    offsets = np.arange(-radius, radius + 1)
+    theta = np.linspace(-np.pi, np.pi, 257)
+    phase_r = np.exp(1j * np.outer(theta, offsets))  # (frequency, offset)
+    symbol = np.einsum("ar,rc,bc->ab", phase_r, kernel, phase_r).real
+    return float(-symbol.min()) / spacing**2

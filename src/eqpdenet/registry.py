@@ -1,0 +1,90 @@
+"""One registry helper for every named choice (stencils, invariant sets, right-hand sides,
+reductions, initialisations, backends, scenarios, models, data sets, symbolic groups).
+
+A :class:`Registry` maps names to objects. Registering a taken name is an error unless
+``replace=True`` (one convention everywhere); looking up an unknown name raises
+:class:`~eqpdenet.errors.ConfigError` listing the names that exist, and configuration
+validation reads the registries instead of keeping its own tuples of allowed values.
+
+Example:
+    >>> colours = Registry("colour")
+    >>> _ = colours.register("red", (1, 0, 0))
+    >>> colours.get("red")
+    (1, 0, 0)
+    >>> colours.get("blue")
+    Traceback (most recent call last):
+    ...
+    eqpdenet.errors.ConfigError: unknown colour 'blue'; available: red
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from .errors import ConfigError
+
+__all__ = ["Registry"]
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Named objects of one kind (``kind`` names them in error messages)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, T] = {}
+        self._listeners: list[Callable[[], None]] = []
+
+    def register(self, name: str, item: T | None = None, *, replace: bool = False):
+        """Register ``item`` under ``name`` and return it; without ``item``, a decorator."""
+        if item is None:
+            def decorator(obj: T) -> T:
+                self.register(name, obj, replace=replace)
+                return obj
+
+            return decorator
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"a {self.kind} needs a non-empty string name, got {name!r}")
+        if name in self._items and not replace:
+            raise ConfigError(f"a {self.kind} named {name!r} is already registered "
+                              f"(pass replace=True to replace it)")
+        self._items[name] = item
+        for listener in self._listeners:
+            listener()
+        return item
+
+    def get(self, name: str) -> T:
+        """The object registered as ``name``; an unknown name is a :class:`ConfigError`."""
+        try:
+            return self._items[name]
+        except (KeyError, TypeError):
+            raise ConfigError(f"unknown {self.kind} {name!r}; available: "
+                              f"{', '.join(self.names())}") from None
+
+    def check(self, name, field: str) -> None:
+        """Raise a :class:`ConfigError` naming the configuration ``field`` unless ``name`` exists."""
+        if not isinstance(name, str) or name not in self._items:
+            raise ConfigError(f"invalid config: {field}: unknown {self.kind} {name!r}; "
+                              f"available: {', '.join(self.names())}")
+
+    def names(self) -> tuple[str, ...]:
+        """The registered names, sorted."""
+        return tuple(sorted(self._items))
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every registration (e.g. to clear a cache)."""
+        self._listeners.append(listener)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}: {', '.join(self.names())})"

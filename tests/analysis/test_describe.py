@@ -1,0 +1,72 @@
+"""Formula text of learned PDEs and the evolution grid."""
+
+import torch
+
+from eqpdenet.analysis.describe import describe_layer, pde_formula, reduction_formula
+from eqpdenet.app.figures import evolution_grid
+from eqpdenet.pde import PDELayer
+
+
+def layer_with(weights: dict, bias: float = 0.0, invariants=("se2",), **kwargs) -> PDELayer:
+    layer = PDELayer.build(list(invariants), T=1.0, dt=0.1, init_noise=0.0, **kwargs)
+    step = layer.pdes[0].step
+    with torch.no_grad():
+        for name, value in weights.items():
+            step.rhs.F.weight[step.rhs.invariant_set.names.index(name)] = value
+        step.rhs.F.bias.fill_(bias)
+    return layer
+
+
+def test_unicode_formula_of_known_coefficients():
+    layer = layer_with({"laplacian": 0.12, "grad_sq": -0.03})
+    text = pde_formula(layer.pdes[0])
+    assert text == "∂t u = −0.03 (u_x² + u_y²) + 0.12 (u_xx + u_yy)"
+    assert "0.12 (u_xx + u_yy)" in text and "−0.03 (u_x² + u_y²)" in text
+    layer = layer_with({"laplacian": 0.12, "u": 0.5, "grad_sq": -0.03}, bias=-0.25)
+    text = pde_formula(layer.pdes[0])
+    assert text == "∂t u = 0.5 u − 0.03 (u_x² + u_y²) + 0.12 (u_xx + u_yy) − 0.25"
+    assert "+ 0.12 (u_xx + u_yy)" in text and "− 0.03 (u_x² + u_y²)" in text
+
+
+def test_latex_formula():
+    layer = layer_with({"laplacian": 0.12, "u": 0.5, "grad_sq": -0.03})
+    assert pde_formula(layer.pdes[0], "latex") == (
+        r"\partial_t u = 0.5 u - 0.03 \left(u_x^2 + u_y^2\right) "
+        r"+ 0.12 \left(u_{xx} + u_{yy}\right)")
+
+
+def test_zero_layer_and_scaling_and_polynomial():
+    assert pde_formula(PDELayer.build(["se2"], init_noise=0.0).pdes[0]) == "∂t u = 0"
+    scaling = layer_with({"u_x2_over_u_xx": 0.2}, invariants=("scaling",))
+    assert pde_formula(scaling.pdes[0]) == "∂t u = 0.2 (u_x² / u_xx)"
+    assert pde_formula(scaling.pdes[0], "latex") == r"\partial_t u = 0.2 \frac{u_x^2}{u_{xx}}"
+    poly = PDELayer.build(["se2"], rhs="polynomial", degree=2, init_noise=0.0)
+    step = poly.pdes[0].step
+    monomials = step.rhs.F.monomials()
+    with torch.no_grad():
+        step.rhs.F.weight[monomials.index((0, 0, 2, 0, 0))] = 0.5   # laplacian²
+        step.rhs.F.weight[monomials.index((1, 1, 0, 0, 0))] = -2.0  # u (u_x² + u_y²)
+    assert pde_formula(step) == "∂t u = −2 u (u_x² + u_y²) + 0.5 (u_xx + u_yy)²"
+    assert r"\left(u_{xx} + u_{yy}\right)^{2}" in pde_formula(step, "latex")
+
+
+def test_describe_layer_has_T_dt_and_reduction():
+    layer = layer_with({"laplacian": 0.12}, invariants=("se2", "scaling"))
+    text = describe_layer(layer)
+    assert "T = 1, dt = 0.1, steps = 10" in text
+    assert "0.12 (u_xx + u_yy)" in text and "grad_sq = u_x² + u_y²" in text
+    assert reduction_formula(layer) == "u_out = 0.5 u_T(0) + 0.5 u_T(1)"
+    assert r"u_T^{(1)}" in reduction_formula(layer, "latex")
+
+
+def test_evolution_grid_png(tmp_path):
+    layer = layer_with({"laplacian": 0.2}, invariants=("se2", "scaling"))
+    images = torch.zeros(2, 1, 28, 28)
+    images[:, :, 10:18, 12:16] = 1.0
+    path = tmp_path / "evolution.png"
+    evolution_grid(layer, images, path, frames=4)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    height, width = matplotlib.image.imread(path).shape[:2]
+    assert width == int(100 * (1.3 * 4 + 1.6)) and height == int(100 * 1.35 * 4)

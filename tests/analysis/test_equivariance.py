@@ -1,0 +1,105 @@
+"""The equivariance measurement itself: zero for the identity, exact at 90° for se2, large for
+non-equivariant maps, and the flag for a layer built from a non-invariant F."""
+
+import math
+
+import pytest
+import torch
+
+from eqpdenet.analysis.equivariance import (
+    Transform,
+    central_disk,
+    equivariance_error,
+    interpolation_floor,
+    quarter_turn_check,
+)
+from eqpdenet.analysis.references import (
+    heat_pde,
+    non_invariant_set,
+    random_conv,
+    smooth_inputs,
+    upsample,
+)
+from eqpdenet.geometry import rotate
+from eqpdenet.pde import PDELayer
+
+
+def digits_like(count: int = 4) -> torch.Tensor:
+    """Sharp-edged, digit-like strokes (no MNIST needed)."""
+    images = torch.zeros(count, 1, 28, 28)
+    for n in range(count):
+        images[n, 0, 6 + n:22, 12 + n:15 + n] = 1.0
+        images[n, 0, 8:11, 8:20 - n] = 1.0
+    return images
+
+
+def se2_layer(**kwargs) -> PDELayer:
+    layer = PDELayer.build(["se2", "se2"], T=0.5, dt=0.1, **kwargs)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for pde in layer.pdes:
+            pde.step.rhs.F.weight.copy_(0.05 * torch.randn(5, generator=generator))
+            pde.step.rhs.F.weight[2] = 0.3  # diffusion: stable, smoothing
+    return layer
+
+
+@pytest.mark.parametrize("transform", [Transform.rotation(37), Transform.rotation(90),
+                                       Transform.scale(0.8), Transform.translation(0.3, 0.0)])
+def test_identity_map_has_zero_error(transform):
+    assert equivariance_error(lambda u: u, smooth_inputs(3), transform) == 0.0
+
+
+def test_quarter_turns_are_exact_rotations():
+    images = smooth_inputs(2)
+    assert torch.equal(Transform.rotation(90)(images), torch.rot90(images, 1, (-2, -1)))
+    torch.testing.assert_close(Transform.rotation(90)(images), rotate(images, math.pi / 2),
+                               atol=1e-5, rtol=0)
+    assert interpolation_floor(images, Transform.rotation(180)) == 0.0
+    assert interpolation_floor(images, Transform.rotation(45)) > 1e-3
+
+
+def test_se2_layer_exact_at_90_and_random_conv_large_at_45():
+    images = digits_like()
+    layer = se2_layer()
+    assert equivariance_error(layer, images, Transform.rotation(90)) < 1e-5
+    conv_error = equivariance_error(random_conv(), images, Transform.rotation(45))
+    assert conv_error > 0.2
+    # at 45°, the PDE layer is far more equivariant than the random convolution
+    assert equivariance_error(layer, images, Transform.rotation(45)) < 0.25 * conv_error
+
+
+@pytest.mark.parametrize("stencil", ["central", "isotropic"])
+def test_non_invariant_F_is_flagged(stencil):
+    images = digits_like()
+    bad = PDELayer.build([non_invariant_set()], T=0.5, dt=0.1, stencil=stencil)
+    with torch.no_grad():
+        bad.pdes[0].step.rhs.F.weight.fill_(1.0)  # du/dt = u_x: transport along x
+    flagged = quarter_turn_check(bad, images)
+    assert not flagged["equivariant"] and flagged["error"] > 0.05
+    good = quarter_turn_check(se2_layer(stencil=stencil), images)
+    assert good["equivariant"] and good["error"] < 1e-5
+    assert not quarter_turn_check(random_conv(), images)["equivariant"]
+
+
+def test_mask_is_a_central_disk_and_matters():
+    mask = central_disk(28)
+    assert mask.shape == (28, 28) and mask[14, 14] and not mask[0, 0]
+    assert int(mask.sum()) == pytest.approx(math.pi * (0.35 * 28) ** 2, rel=0.05)
+    # a map that writes only in the corners is invisible on the disk
+    corners = ~central_disk(28, radius_fraction=0.45)
+    corner_map = lambda u: u + 5.0 * corners.float() * u.mean()  # noqa: E731
+    images = smooth_inputs(2)
+    assert equivariance_error(corner_map, images, Transform.rotation(30)) < 1e-6
+    whole = torch.ones(28, 28, dtype=torch.bool)
+    assert equivariance_error(corner_map, images, Transform.rotation(30), whole) > 0.1
+
+
+def test_error_falls_with_resolution():
+    """The same heat equation on smooth inputs sampled 1x and 2x finer (h and dt scaled)."""
+    errors = []
+    for factor in (1, 2):
+        images = smooth_inputs(2, 28 * factor)
+        pde = heat_pde(T=0.5, dt=0.1 / factor**2, spacing=1.0 / factor)
+        errors.append(equivariance_error(pde, images, Transform.rotation(45)))
+    assert errors[1] < 0.4 * errors[0]
+    assert upsample(smooth_inputs(1), 3).shape[-1] == 84

@@ -1,0 +1,29 @@
+"""The checkpoints committed under results/ (saved before the package layout changed) still load
+and evaluate to the accuracies recorded with them."""
+
+from pathlib import Path
+
+import pytest
+
+from data_helpers import data_dir_or_skip
+from eqpdenet.app.training import evaluate_scenarios, load_checkpoint, prepare_data
+
+RESULTS = Path(__file__).resolve().parents[2] / "results"
+CHECKPOINTS = sorted(RESULTS.glob("paper*/checkpoints/*.pt"))
+
+
+@pytest.mark.parametrize("path", CHECKPOINTS, ids=[f"{p.parent.parent.name}/{p.stem}"
+                                                   for p in CHECKPOINTS])
+def test_committed_checkpoint_loads(path):
+    model, config, payload = load_checkpoint(path)
+    assert config.model.kind in path.name and f"h{config.model.hidden}-" in path.name
+    assert set(payload["accuracy"]) == {"test", "iso", "sca"}
+
+
+@pytest.mark.parametrize("name", ["eqpdenet-h16-seed0", "fcnn-h16-seed0"])
+def test_committed_checkpoint_evaluates_to_its_recorded_accuracy(name, tmp_path):
+    data_dir = data_dir_or_skip()
+    model, config, payload = load_checkpoint(RESULTS / "paper" / "checkpoints" / f"{name}.pt")
+    data = prepare_data(config.data, data_dir, tmp_path)
+    accuracy = evaluate_scenarios(model, data["test"], ["test"], seed=config.train.seed)
+    assert accuracy["test"] == payload["accuracy"]["test"]

@@ -1,0 +1,43 @@
+"""Shared fixtures: device, dtype and backend; the hypothesis profiles.
+
+``device`` runs a test on the CPU and, where one exists, on a CUDA GPU (skipped otherwise);
+``dtype`` on float32 and float64 with the tolerance of :data:`TOLERANCE`; ``backend`` on the
+plain PyTorch reference and the fused operator.
+
+Hypothesis: the ``ci`` profile (selected by ``.ci/run`` through ``HYPOTHESIS_PROFILE=ci``) draws
+the same examples on every run (``derandomize=True``), so CI cannot fail at random; the default
+``dev`` profile explores new examples on every run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+#: Relative tolerance of results that agree "to rounding", per dtype.
+TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request) -> torch.device:
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU here")
+    return torch.device(request.param)
+
+
+@pytest.fixture(params=[torch.float32, torch.float64], ids=["f32", "f64"])
+def dtype(request) -> torch.dtype:
+    return request.param
+
+
+@pytest.fixture(params=["reference", "fused"])
+def backend(request) -> str:
+    return request.param

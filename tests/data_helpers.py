@@ -1,0 +1,45 @@
+"""Shared, cached data for the data tests (MNIST is read once per test session).
+
+Tests that need MNIST read the data directory from ``EQPDENET_DATA`` (CI sets it to
+``../shared/data``) and are skipped, with the reason, only when it is unset.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import pytest
+
+from eqpdenet.data.mnist import MNIST, load_mnist
+from eqpdenet.data.rotmnist import RotMNIST, generate_rotmnist
+
+SKIP_REASON = "EQPDENET_DATA is not set (CI sets it to ../shared/data, the folder containing mnist/)"
+
+
+def data_dir_or_skip() -> Path:
+    value = os.environ.get("EQPDENET_DATA")
+    if not value:
+        pytest.skip(SKIP_REASON)
+    return Path(value)
+
+
+@functools.lru_cache(maxsize=2)
+def _mnist(data_dir: str) -> MNIST:
+    return load_mnist(data_dir, download=False)
+
+
+@functools.lru_cache(maxsize=2)
+def _rotmnist(data_dir: str, seed: int) -> RotMNIST:
+    return generate_rotmnist(_mnist(data_dir), seed=seed)
+
+
+def mnist_or_skip() -> MNIST:
+    """The 70,000 MNIST digits from ``$EQPDENET_DATA/mnist`` (read and verified once)."""
+    return _mnist(str(data_dir_or_skip()))
+
+
+def rotmnist_or_skip(seed: int = 0) -> RotMNIST:
+    """The full generated ROTMNIST for ``seed`` (generated once per session)."""
+    return _rotmnist(str(data_dir_or_skip()), seed)

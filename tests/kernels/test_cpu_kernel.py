@@ -1,0 +1,246 @@
+"""The fused C++ PDE kernel against the plain PyTorch reference: values, every gradient, fallbacks.
+
+The extension is built once per session (about a minute the first time, then cached). Tests skip
+only where no C++ compiler exists; a compiler that fails to build the kernel is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from eqpdenet import kernels
+from eqpdenet.errors import KernelUnavailableError, NonFiniteStateError
+from eqpdenet.kernels import cpu, op
+from eqpdenet.pde import EulerFlow, EulerStep, InvariantRHS, PDELayer
+from eqpdenet.pde.invariants import Invariant, InvariantSet
+
+if shutil.which(os.environ.get("CXX", "c++")) is None:
+    pytest.skip("no C++ compiler: the fused kernel cannot be built here", allow_module_level=True)
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def extension():
+    try:
+        return cpu.load_extension()
+    except KernelUnavailableError as error:
+        pytest.fail(f"a C++ compiler exists but the fused kernel did not build: {error}")
+
+
+@pytest.fixture(autouse=True)
+def fresh_warnings(monkeypatch):
+    monkeypatch.delenv(kernels.ENV_BACKEND, raising=False)
+    monkeypatch.setattr(op, "_warned", set())
+
+
+def uses_kernel(t: torch.Tensor) -> bool:
+    """Whether ``t`` came out of the fused operator (its autograd node says so)."""
+    return "euler_evolve" in type(t.grad_fn).__name__.lower() or "EulerEvolve" in str(t.grad_fn)
+
+
+def _layer(invariants, dtype, *, rhs="linear", degree=1, steps=3, dt=0.1, stencil="central",
+           boundary="replicate", spacing=1.0, ratio_eps=0.1, reduction="linear", scale=0.05,
+           seed=0, **kwargs):
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():  # random coefficients may break the diffusion bound: fine
+        warnings.filterwarnings("ignore", message=".*explicit Euler bound", category=UserWarning)
+        layer = PDELayer.build(invariants, rhs=rhs, degree=degree, T=steps * dt, dt=dt,
+                               stencil=stencil, spacing=spacing, boundary=boundary,
+                               ratio_eps=ratio_eps, reduction=reduction, init="normal",
+                               init_scale=scale, **kwargs)
+    with torch.no_grad():
+        for pde in layer.pdes:
+            pde.step.rhs.F.bias.normal_(0.0, scale)
+    return layer.to(dtype)
+
+
+def _compare(layer, u, dtype):
+    """Forward and the gradients of u and of every parameter, fused vs reference."""
+    u = u.clone().requires_grad_(True)
+    params = dict(layer.named_parameters())
+    reference = layer.evolve_reference(u)
+    gout = torch.randn_like(reference)
+    grads_ref = torch.autograd.grad((reference * gout).sum(), [u, *params.values()],
+                                    allow_unused=True)
+    fast = layer.evolve(u)
+    assert fast.grad_fn is not None and uses_kernel(fast)
+    grads_fast = torch.autograd.grad((fast * gout).sum(), [u, *params.values()],
+                                     allow_unused=True)
+    tol = TOL[dtype]
+
+    def close(a, b, what):
+        scale = b.abs().max().item() if b.numel() else 0.0
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol * max(scale, 1e-30), msg=what)
+
+    close(fast, reference, "states")
+    for name, a, b in zip(["input", *params], grads_fast, grads_ref, strict=True):
+        if b is None:  # reduction parameters are not touched by evolve
+            assert a is None or not a.abs().any(), name
+            continue
+        close(a, b, f"gradient of {name}")
+
+
+CONFIGS = [
+    dict(invariants=("se2", "se2", "scaling", "scaling"), steps=10),  # the paper's layer
+    dict(invariants=("se2",), boundary="zeros", stencil="isotropic", steps=4),
+    dict(invariants=("scaling",), boundary="reflect", steps=5, ratio_eps=0.3),
+    dict(invariants=("se2", "scaling"), boundary="circular", stencil="isotropic", spacing=0.7),
+    dict(invariants=("se2", "scaling", "se2"), rhs="polynomial", degree=2, scale=0.003,
+         boundary="replicate", steps=3),
+    dict(invariants=("scaling", "se2"), rhs="polynomial", degree=3, scale=0.001,
+         boundary="circular", steps=2, stencil="isotropic"),
+    dict(invariants=("se2",), rhs="polynomial", degree=1, boundary="reflect", steps=1),
+    dict(invariants=("scaling", "scaling"), steps=0),
+    dict(invariants=("se2", "se2"), dt=0.05, steps=7, boundary="zeros"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("config", CONFIGS, ids=[str(i) for i in range(len(CONFIGS))])
+def test_fused_matches_reference(config, dtype):
+    layer = _layer(dtype=dtype, **config)
+    torch.manual_seed(1)
+    u = torch.rand(3, 2, 11, 9, dtype=dtype)
+    _compare(layer, u, dtype)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    invariants=st.lists(st.sampled_from(["se2", "scaling"]), min_size=1, max_size=4),
+    rhs=st.sampled_from(["linear", "polynomial"]),
+    steps=st.integers(0, 6),
+    boundary=st.sampled_from(["replicate", "zeros", "reflect", "circular"]),
+    stencil=st.sampled_from(["central", "isotropic"]),
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 2), st.integers(2, 9), st.integers(2, 9)),
+    seed=st.integers(0, 2**16),
+)
+def test_fused_matches_reference_random(invariants, rhs, steps, boundary, stencil, shape, seed):
+    degree, scale = (2, 0.003) if rhs == "polynomial" else (1, 0.05)
+    layer = _layer(tuple(invariants), torch.float64, rhs=rhs, degree=degree, steps=steps,
+                   boundary=boundary, stencil=stencil, scale=scale, seed=seed)
+    u = torch.rand(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    _compare(layer, u, torch.float64)
+
+
+def test_recompute_gives_identical_gradients():
+    layer = _layer(("se2", "scaling"), torch.float32, steps=6)
+    u = torch.rand(4, 1, 12, 12, requires_grad=True)
+    grads = []
+    for recompute in (False, True):
+        layer.recompute = recompute
+        out = layer(u)
+        grads.append(torch.autograd.grad(out.square().sum(), [u, *layer.parameters()]))
+    for a, b in zip(*grads, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_reference_recompute_matches():
+    layer = _layer(("se2", "scaling"), torch.float64, steps=3, backend="reference")
+    u = torch.rand(2, 1, 8, 8, dtype=torch.float64, requires_grad=True)
+    plain = torch.autograd.grad(layer(u).sum(), [u, *layer.parameters()])
+    layer.recompute = True
+    again = torch.autograd.grad(layer(u).sum(), [u, *layer.parameters()])
+    for a, b in zip(plain, again, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_thread_count_does_not_change_results():
+    layer = _layer(("se2", "scaling"), torch.float32, steps=5)
+    u = torch.rand(6, 1, 10, 10, requires_grad=True)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out = layer(u)
+            results.append((out, *torch.autograd.grad(out.sum(), [u, *layer.parameters()])))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
+def _custom_set_layer(backend):
+    laplacian_only = InvariantSet("laplacian_only", "test", 2, [
+        Invariant("laplacian", "u_xx + u_yy", "u_{xx} + u_{yy}", lambda d, eps: d.u_xx + d.u_yy),
+    ])
+    step = EulerStep(InvariantRHS(laplacian_only), dt=0.1)
+    with torch.no_grad():
+        step.rhs.F.weight.fill_(0.2)
+    return PDELayer([EulerFlow(step, 3)], backend=backend)
+
+
+def test_unsupported_invariant_set_falls_back_with_one_warning():
+    layer = _custom_set_layer("fused")
+    u = torch.rand(2, 1, 8, 8)
+    with pytest.warns(RuntimeWarning, match="invariant set 'laplacian_only' declares no kernel"):
+        out = layer(u)
+    torch.testing.assert_close(out, layer.reduction(layer.evolve_reference(u)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer(u)  # the same reason warns only once per process
+
+
+def test_backend_reference_never_calls_the_kernel(monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("fused path used")
+
+    monkeypatch.setattr(kernels, "fused_evolve", boom)
+    layer = _layer(("se2",), torch.float32, backend="reference")
+    layer(torch.rand(1, 1, 6, 6))
+
+
+def test_environment_variable_selects_the_backend(monkeypatch):
+    layer = _layer(("se2", "scaling"), torch.float32)
+    u = torch.rand(2, 1, 8, 8, requires_grad=True)
+    assert kernels.resolve_backend("auto") == "auto"
+    assert uses_kernel(layer.evolve(u))
+    monkeypatch.setenv(kernels.ENV_BACKEND, "reference")
+    assert kernels.resolve_backend("auto") == "reference"
+    assert kernels.resolve_backend("fused") == "fused"  # an explicit choice is not overridden
+    assert not uses_kernel(layer.evolve(u))
+    monkeypatch.setenv(kernels.ENV_BACKEND, "fused")
+    assert uses_kernel(layer.evolve(u))
+    monkeypatch.setenv(kernels.ENV_BACKEND, "bogus")
+    with pytest.warns(RuntimeWarning, match="EQPDENET_BACKEND"):
+        assert kernels.resolve_backend("auto") == "auto"
+    with pytest.raises(ValueError, match="unknown backend"):
+        PDELayer(list(layer.pdes), backend="gpu")
+
+
+def _unstable_layer(check_finite=True):
+    layer = _layer(("scaling", "se2", "se2"), torch.float32, steps=10, check_finite=check_finite)
+    with torch.no_grad():
+        layer.pdes[1].step.rhs.F.weight[1] = 40.0  # grad_sq: blows up within a few steps
+        layer.pdes[2].step.rhs.F.weight[1] = 80.0
+    return layer
+
+
+def test_non_finite_state_raises_the_same_error():
+    layer = _unstable_layer()
+    u = torch.rand(3, 1, 10, 10) * 4
+    errors = []
+    for backend in ("reference", "fused"):
+        layer.backend = backend
+        with pytest.raises(NonFiniteStateError) as info:
+            layer(u)
+        errors.append((info.value.pde, info.value.step, info.value.dt))
+    assert errors[0] == errors[1]
+    assert errors[0][0] == "pde1:se2"
+
+
+def test_non_finite_states_pass_without_check():
+    layer = _unstable_layer(check_finite=False)
+    u = torch.rand(3, 1, 10, 10) * 4
+    reference = layer.evolve_reference(u)
+    out = layer.evolve(u)
+    assert not torch.isfinite(out).all()
+    assert torch.equal(torch.isfinite(out), torch.isfinite(reference))

@@ -1,0 +1,148 @@
+"""Differential invariants: invariance under their groups on analytic functions, safe ratios."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eqpdenet.geometry import rotation_matrix
+from eqpdenet.pde.invariants import (
+    Invariant,
+    InvariantSet,
+    available_invariant_sets,
+    get_invariant_set,
+    register_invariant_set,
+    safe_ratio,
+)
+from helpers import bump, convex, jet_at
+
+POINTS = torch.tensor([[0.1, -0.2], [-0.3, 0.25], [0.2, 0.3], [-0.1, -0.15]], dtype=torch.float64)
+
+
+def invariance_error(invariant_set, function, transform, inverse, spacing, stencil="central",
+                     ratio_eps=1e-8):
+    """max |I[g.f](p) - I[f](g^-1 p)| / max |I[f]| over POINTS, per invariant.
+
+    ``(g.f)(p) = f(g^{-1} p)``; ``transform`` maps points by g, ``inverse`` by g^{-1}.
+    """
+    def transformed(x, y):
+        pts = inverse(torch.stack([x, y], -1))
+        return function(pts[..., 0], pts[..., 1])
+
+    images_of_points = transform(POINTS)
+    on_moved = invariant_set(jet_at(transformed, images_of_points, spacing, stencil)[..., None, None],
+                             ratio_eps)
+    on_original = invariant_set(jet_at(function, POINTS, spacing, stencil)[..., None, None], ratio_eps)
+    scale = on_original.abs().amax(0)
+    return ((on_moved - on_original).abs().amax(0) / scale).flatten()
+
+
+def euclidean(angle, shift):
+    rot = rotation_matrix(angle, dtype=torch.float64)
+    shift = torch.tensor(shift, dtype=torch.float64)
+    return (lambda p: p @ rot.T + shift), (lambda p: (p - shift) @ rot)
+
+
+@pytest.mark.parametrize("stencil", ["central", "isotropic"])
+@pytest.mark.parametrize("angle", [0.3, 1.0, 2.5, -2.0])
+def test_se2_invariant_under_rotation_and_translation(angle, stencil):
+    forward, inverse = euclidean(angle, (0.4, -0.7))
+    se2 = get_invariant_set("se2")
+    errors = [invariance_error(se2, bump, forward, inverse, h, stencil) for h in (0.04, 0.02)]
+    assert errors[1].max() < 2e-3
+    # the error is discretisation error: it falls ~4x when the grid is refined (u itself is exact)
+    discretised = errors[0] > 1e-12
+    assert torch.all(errors[0][discretised] / errors[1][discretised] > 3.0), errors[0] / errors[1]
+
+
+def test_se2_exactly_invariant_without_discretisation():
+    """Rotating the exact jet (chain rule) leaves every se2 invariant unchanged."""
+    angle = 0.77
+    c, s = math.cos(angle), math.sin(angle)
+    jet = torch.randn(6, 1, 1, dtype=torch.float64)
+    u, ux, uy, uxx, uxy, uyy = jet[:, 0, 0]
+    # f'(p) = f(R^T p): gradient R g, Hessian R H R^T
+    g = torch.stack([ux, uy])
+    hess = torch.stack([torch.stack([uxx, uxy]), torch.stack([uxy, uyy])])
+    rot = torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
+    g2, h2 = rot @ g, rot @ hess @ rot.T
+    jet2 = torch.stack([u, g2[0], g2[1], h2[0, 0], h2[0, 1], h2[1, 1]])[:, None, None]
+    se2 = get_invariant_set("se2")
+    torch.testing.assert_close(se2(jet2), se2(jet), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("factor", [0.7, 1.5, 2.0])
+def test_scaling_invariant_under_dilation(factor):
+    forward = lambda p: factor * p + torch.tensor([0.05, -0.1], dtype=torch.float64)  # noqa: E731
+    inverse = lambda p: (p - torch.tensor([0.05, -0.1], dtype=torch.float64)) / factor  # noqa: E731
+    scaling = get_invariant_set("scaling")
+    errors = [invariance_error(scaling, convex, forward, inverse, h) for h in (0.04, 0.02)]
+    assert errors[1].max() < 2e-3
+    assert torch.all(errors[0] / errors[1] > 3.0), errors[0] / errors[1]
+
+
+def test_scaling_not_invariant_under_rotation_and_se2_not_under_dilation():
+    """The checks above can fail: each set is *not* invariant under the other group."""
+    forward, inverse = euclidean(0.9, (0.0, 0.0))
+    assert invariance_error(get_invariant_set("scaling"), convex, forward, inverse, 0.02).max() > 0.05
+    dilate, shrink = (lambda p: 1.5 * p), (lambda p: p / 1.5)
+    assert invariance_error(get_invariant_set("se2"), bump, dilate, shrink, 0.02).max() > 0.05
+
+
+def test_se2_values_on_a_known_jet():
+    # u = 2, u_x = 1, u_y = 3, u_xx = 4, u_xy = 5, u_yy = 6
+    jet = torch.tensor([2.0, 1, 3, 4, 5, 6], dtype=torch.float64)[:, None, None]
+    values = get_invariant_set("se2")(jet)[:, 0, 0].tolist()
+    assert values == [2.0, 10.0, 10.0, 1 * 4 + 2 * 1 * 3 * 5 + 9 * 6, 16 + 50 + 36]
+
+
+def test_scaling_values_on_a_known_jet():
+    jet = torch.tensor([0.0, 1, 3, 4, 5, 6], dtype=torch.float64)[:, None, None]
+    values = get_invariant_set("scaling")(jet, ratio_eps=1e-9)[:, 0, 0]
+    truth = torch.tensor([1 / 4, 1 / 5, 1 / 6, 9 / 4, 9 / 5, 9 / 6], dtype=torch.float64)
+    torch.testing.assert_close(values, truth, rtol=1e-12, atol=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(a=st.floats(-1e6, 1e6), b=st.one_of(st.just(0.0), st.floats(-1e6, 1e6)),
+       eps=st.floats(1e-4, 10.0))
+def test_safe_ratio_finite_and_differentiable(a, b, eps):
+    a_t = torch.tensor(a, dtype=torch.float64, requires_grad=True)
+    b_t = torch.tensor(b, dtype=torch.float64, requires_grad=True)
+    value = safe_ratio(a_t, b_t, eps)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(a_t.grad) and torch.isfinite(b_t.grad)
+    assert abs(value.item()) <= abs(a) / (2 * eps) * (1 + 1e-12) + 1e-300
+    if abs(b) > 1e3 * eps:
+        assert value.item() == pytest.approx(a / b, rel=1e-5, abs=1e-300)
+
+
+def test_safe_ratio_gradcheck_through_zero():
+    a = torch.tensor([1.5, -2.0, 0.3], dtype=torch.float64, requires_grad=True)
+    b = torch.tensor([0.0, 1e-3, -0.2], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: safe_ratio(a, b, 0.05), (a, b))
+    with pytest.raises(ValueError, match="eps must be positive"):
+        safe_ratio(a, b, 0.0)
+
+
+def test_registry_and_printing():
+    assert {"se2", "scaling"} <= set(available_invariant_sets())
+    se2 = get_invariant_set("se2")
+    assert len(se2) == 5 and len(get_invariant_set("scaling")) == 6
+    assert "u_x² + u_y²" in str(se2) and "eq. (4)" in str(se2)
+    assert r"\frac{u_x^2}{u_{xx}}" in get_invariant_set("scaling").latex()
+    with pytest.raises(ValueError, match="unknown invariant set 'so3'; available: .*scaling.*se2"):
+        get_invariant_set("so3")
+    custom = InvariantSet("test-gradient", "translations", 1,
+                          [Invariant("u_x", "u_x", "u_x", lambda d, eps: d.u_x)])
+    register_invariant_set(custom, replace=True)
+    assert get_invariant_set("test-gradient") is custom
+    with pytest.raises(ValueError, match="already registered"):
+        register_invariant_set(custom)
+
+
+def test_too_short_jet_is_a_clear_error():
+    with pytest.raises(ValueError, match="needs a higher-order jet"):
+        get_invariant_set("se2")(torch.rand(3, 4, 4))

@@ -1,0 +1,264 @@
+"""The PDE layer: equivariance ladder, exact solutions, gradients, stability errors."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from eqpdenet.errors import NonFiniteStateError
+from eqpdenet.geometry import pixel_coordinates, rotate
+from eqpdenet.pde import (
+    EulerFlow,
+    EulerStep,
+    InvariantRHS,
+    LinearF,
+    PDELayer,
+    PolynomialF,
+    steps_for,
+)
+
+
+def randomise(layer: nn.Module, scale: float = 0.05, seed: int = 0) -> nn.Module:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in layer.parameters():
+            parameter.copy_(scale * torch.randn(parameter.shape, generator=generator,
+                                                dtype=parameter.dtype))
+    return layer
+
+
+def smooth_image(size: int, dtype=torch.float64, batch: int = 2) -> torch.Tensor:
+    """A batch of smooth images: sums of Gaussian bumps (width ~ size / 8 pixels)."""
+    x, y = pixel_coordinates(size, size, 8.0 / size, dtype=dtype)
+    generator = torch.Generator().manual_seed(1)
+    images = []
+    for _ in range(batch):
+        centres = torch.rand(3, 2, generator=generator, dtype=dtype) * 3 - 1.5
+        image = sum(torch.exp(-((x - cx) ** 2 + 0.6 * (y - cy) ** 2)) for cx, cy in centres)
+        images.append(image)
+    return torch.stack(images)[:, None]
+
+
+def disk(size: int, radius_fraction: float = 0.35) -> torch.Tensor:
+    x, y = pixel_coordinates(size, size)
+    return (x**2 + y**2 <= (radius_fraction * size) ** 2)
+
+
+@pytest.mark.parametrize("stencil", ["central", "isotropic"])
+@pytest.mark.parametrize("boundary", ["replicate", "zeros", "reflect", "circular"])
+def test_se2_layer_commutes_with_quarter_turns(stencil, boundary):
+    layer = randomise(PDELayer.build(["se2", "se2", "se2"], T=0.5, dt=0.1, stencil=stencil,
+                                     boundary=boundary)).double()
+    u = torch.rand(3, 2, 16, 16, dtype=torch.float64)
+    for k in (1, 2, 3):
+        torch.testing.assert_close(layer(torch.rot90(u, k, (-2, -1))),
+                                   torch.rot90(layer(u), k, (-2, -1)), rtol=1e-10, atol=1e-12)
+
+
+def test_scaling_layer_is_not_quarter_turn_equivariant():
+    """The quarter-turn check can fail: the scaling set is not rotation invariant."""
+    layer = randomise(PDELayer.build(["scaling"], T=0.3, dt=0.1), scale=0.5).double()
+    u = torch.rand(1, 1, 12, 12, dtype=torch.float64)
+    diff = layer(torch.rot90(u, 1, (-2, -1))) - torch.rot90(layer(u), 1, (-2, -1))
+    assert diff.abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("invariants", [["se2"], ["scaling"], ["se2", "scaling"]])
+def test_integer_shifts_with_circular_boundary(invariants):
+    layer = randomise(PDELayer.build(invariants, T=0.4, dt=0.1, boundary="circular")).double()
+    u = torch.rand(2, 1, 12, 10, dtype=torch.float64)
+    shift = (3, -4)
+    torch.testing.assert_close(layer(torch.roll(u, shift, (-2, -1))),
+                               torch.roll(layer(u), shift, (-2, -1)), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("stencil", ["central", "isotropic"])
+def test_arbitrary_angle_equivariance_error_is_small_on_smooth_inputs(stencil):
+    """Relative error on a central disk, and far below that of a random 3x3 convolution."""
+    size, angle = 64, math.radians(37)
+    layer = PDELayer.build(["se2"], T=1.0, dt=0.1, stencil=stencil, spacing=8.0 / size)
+    with torch.no_grad():  # a heat flow plus a nonlinear gradient term
+        layer.pdes[0].step.rhs.F.weight.copy_(torch.tensor([0.0, -0.05, 0.02, 0.01, 0.0]))
+    layer = layer.double()
+    u = smooth_image(size)
+    mask = disk(size)
+
+    def relative_error(phi):
+        diff = phi(rotate(u, angle)) - rotate(phi(u), angle)
+        return (diff[..., mask].norm() / phi(u)[..., mask].norm()).item()
+
+    conv = nn.Conv2d(1, 1, 3, padding=1, bias=False).double()
+    torch.manual_seed(0)
+    nn.init.normal_(conv.weight)
+    layer_error = relative_error(layer)
+    assert layer_error < 5e-3  # measured 1.3e-3 (central), see docs/equivariance.md
+    assert relative_error(conv) > 10 * layer_error
+
+
+@pytest.mark.parametrize("stencil", ["central", "isotropic"])
+def test_heat_equation_matches_closed_form(stencil):
+    """u_t = a (u_xx + u_yy) on a Gaussian: u(t) = s^2/(s^2 + 2at) exp(-r^2 / (2(s^2 + 2at)))."""
+    a, sigma, T = 0.5, 1.0, 0.5
+
+    def error(size, extent=12.0):
+        h = extent / (size - 1)
+        dt = 0.2 * h * h / a  # inside the stability bound for both stencils
+        steps = steps_for(T, dt)
+        dt = T / steps
+        rhs = InvariantRHS("se2", spacing=h, stencil=stencil, boundary="zeros")
+        step = EulerStep(rhs, dt).double()
+        with torch.no_grad():
+            step.rhs.F.weight[2] = a
+        x, y = pixel_coordinates(size, size, h, dtype=torch.float64)
+        r2 = x**2 + y**2
+        u0 = torch.exp(-r2 / (2 * sigma**2))[None, None]
+        spread = sigma**2 + 2 * a * T
+        exact = sigma**2 / spread * torch.exp(-r2 / (2 * spread))
+        return (EulerFlow(step, steps)(u0)[0, 0] - exact).abs().max().item()
+
+    coarse, fine = error(49), error(97)
+    assert fine < 2e-3
+    assert 3.0 < coarse / fine < 5.0  # second order in h (dt ~ h^2)
+
+
+def test_gradcheck_through_the_whole_layer_with_ratios():
+    layer = randomise(PDELayer.build(["se2", "scaling", "scaling"], T=0.2, dt=0.1, ratio_eps=0.3,
+                                     stencil="isotropic"), scale=0.1).double()
+    u = torch.rand(1, 1, 6, 6, dtype=torch.float64, requires_grad=True)
+    parameters = list(layer.parameters())
+
+    def function(u, *params):
+        for parameter, value in zip(parameters, params, strict=True):
+            parameter.data = value
+        return layer(u)
+
+    # gradcheck differentiates w.r.t. tensors it is given: rebuild the layer functionally
+    def functional(u, *params):
+        from torch.func import functional_call
+        names = [name for name, _ in layer.named_parameters()]
+        return functional_call(layer, dict(zip(names, params, strict=True)), (u,))
+
+    params = tuple(p.detach().clone().requires_grad_(True) for p in parameters)
+    assert torch.autograd.gradcheck(functional, (u, *params))
+    del function
+
+
+def test_gradcheck_polynomial_f():
+    layer = randomise(PDELayer.build(["se2", "scaling"], rhs="polynomial", degree=2, T=0.2,
+                                     dt=0.1), scale=0.05).double()
+    u = torch.rand(1, 1, 5, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(layer, (u,))
+
+
+def test_polynomial_f_terms():
+    f = PolynomialF(3, degree=2)
+    assert len(f.monomials()) == 9 and f.weight.numel() == 9  # 3 linear + 6 quadratic
+    invariants = torch.tensor([2.0, 3.0, 5.0])[:, None, None]
+    with torch.no_grad():
+        f.weight.copy_(torch.arange(1.0, 10.0))
+        f.bias.fill_(0.5)
+    expected = 0.5 + sum(w * math.prod(v**e for v, e in zip([2.0, 3.0, 5.0], m, strict=True))
+                         for w, m in zip(range(1, 10), f.monomials(), strict=True))
+    assert f(invariants).item() == pytest.approx(expected)
+    assert PolynomialF(3, degree=1).monomials() == LinearF(3).monomials()
+
+
+def test_non_finite_state_raises_naming_pde_and_step():
+    layer = PDELayer.build(["se2", "scaling"], T=10.0, dt=1.0, init_noise=0.0)
+    with torch.no_grad():
+        layer.pdes[0].step.rhs.F.weight[0] = 1e10 - 1  # u_l = (1e10)^l overflows float32 at l = 4
+    with pytest.raises(NonFiniteStateError, match=r"'pde0:se2'.*step 4") as info:
+        layer(torch.ones(1, 1, 5, 5))
+    assert info.value.step == 4 and info.value.pde == "pde0:se2"
+    with pytest.raises(NonFiniteStateError, match="step 1"):
+        layer(torch.full((1, 1, 5, 5), float("nan")))
+
+
+def test_stability_report_and_warning():
+    layer = PDELayer.build(["se2", "scaling"], dt=0.1, init="heat", init_scale=2.0,
+                           init_noise=0.0)
+    report = layer.stability()
+    assert report[0]["diffusivity"] == pytest.approx(2.0) and report[0]["stable"] is True
+    assert report[0]["max_a_dt"] == pytest.approx(0.25)
+    assert report[1]["stable"] is None  # no Laplacian in the scaling set
+    with pytest.warns(UserWarning, match="violates the explicit Euler bound"):
+        PDELayer.build(["se2"], dt=0.5, init="heat", init_scale=1.0)
+
+
+def test_steps_for_is_robust_to_rounding():
+    assert steps_for(0.3, 0.1) == 3 and steps_for(1.0, 0.1) == 10 and steps_for(0.25, 0.1) == 2
+    with pytest.raises(ValueError, match="dt: must be positive"):
+        steps_for(1.0, 0.0)
+
+
+def test_zero_init_is_identity_and_reductions():
+    u = torch.rand(2, 3, 8, 8)
+    for reduction, shape in [("linear", (2, 3, 8, 8)), ("mean", (2, 3, 8, 8)), ("max", (2, 3, 8, 8)),
+                             ("concat", (2, 12, 8, 8))]:
+        layer = PDELayer.paper(reduction=reduction, init_noise=0.0)
+        out = layer(u)
+        assert out.shape == shape
+        expected = u.repeat(1, 4, 1, 1) if reduction == "concat" else u
+        torch.testing.assert_close(out, expected)
+    layer = PDELayer.paper(init_noise=0.0)
+    with torch.no_grad():
+        layer.reduction.weight.copy_(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+        layer.reduction.bias.fill_(-1.0)
+    torch.testing.assert_close(layer(u), 10 * u - 1)
+    with pytest.raises(ValueError, match="unknown reduction"):
+        PDELayer.paper(reduction="sum")
+
+
+def test_trajectory_and_state_dict():
+    layer = PDELayer.paper(init="heat", init_scale=0.1)
+    pde = layer.pdes[0]
+    trajectory = pde(torch.rand(2, 1, 8, 8), return_trajectory=True)
+    assert trajectory.shape == (11, 2, 1, 8, 8) and pde.T == pytest.approx(1.0)
+    keys = set(layer.state_dict())
+    assert keys == {f"pdes.{i}.step.rhs.F.{n}" for i in range(4) for n in ("weight", "bias")} | {
+        "reduction.weight", "reduction.bias"}
+    assert sum(p.numel() for p in layer.parameters()) == 31
+
+
+def test_runs_in_float64_and_under_torch_compile():
+    layer = PDELayer.paper(init="heat", init_scale=0.1, check_finite=False)
+    u = torch.rand(2, 1, 12, 12)
+    assert layer.double()(u.double()).dtype == torch.float64
+    layer = layer.float()
+    compiled = torch.compile(layer, backend="eager")  # graph capture without a C++ build
+    torch.testing.assert_close(compiled(u), layer(u))
+
+
+def test_bad_input_errors():
+    layer = PDELayer.paper()
+    with pytest.raises(ValueError, match="batch, channels, height, width"):
+        layer(torch.rand(28, 28))
+    with pytest.raises(ValueError, match="unknown invariant set"):
+        PDELayer.build(["so3"])
+    with pytest.raises(ValueError, match="unknown right-hand side 'cubic'"):
+        InvariantRHS("se2", rhs="cubic")
+
+
+def test_init_noise_breaks_the_symmetry_without_touching_the_global_stream():
+    torch.manual_seed(3)
+    plain = PDELayer.paper(init="heat", init_scale=0.2, init_noise=0.0)
+    after_plain = torch.rand(3)
+    torch.manual_seed(3)
+    noisy = PDELayer.paper(init="heat", init_scale=0.2, init_noise=0.01)
+    after_noisy = torch.rand(3)
+    torch.testing.assert_close(after_plain, after_noisy)  # the perceptron would be the same
+    w = [pde.step.rhs.F.weight.detach() for pde in noisy.pdes]
+    assert not torch.equal(w[0], w[1]) and not torch.equal(w[2], w[3])
+    assert (w[0] - plain.pdes[0].step.rhs.F.weight.detach()).abs().max() < 0.05
+    torch.manual_seed(3)
+    again = PDELayer.paper(init="heat", init_scale=0.2, init_noise=0.01)
+    torch.testing.assert_close(again.pdes[1].step.rhs.F.weight, noisy.pdes[1].step.rhs.F.weight)
+
+
+def test_symmetric_init_keeps_paired_pdes_identical():
+    """Why init_noise exists: equal init + mean reduction give equal gradients for ever."""
+    layer = PDELayer.paper(init="heat", init_scale=0.2, init_noise=0.0)
+    u = torch.rand(2, 1, 10, 10)
+    layer(u).square().sum().backward()
+    torch.testing.assert_close(layer.pdes[0].step.rhs.F.weight.grad, layer.pdes[1].step.rhs.F.weight.grad)

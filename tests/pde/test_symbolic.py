@@ -1,0 +1,264 @@
+"""eqpdenet.symbolic: prolongation, invariant search, functional equivalence, compilation."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sp = pytest.importorskip("sympy")
+
+import torch  # noqa: E402
+
+import eqpdenet  # noqa: E402
+from eqpdenet import EqPdeNet, PDELayer, get_invariant_set, jet  # noqa: E402
+from eqpdenet.geometry import pixel_coordinates  # noqa: E402
+from eqpdenet.pde.symbolic import (  # noqa: E402
+    DEFAULT_DEGREES,
+    GROUPS,
+    PAPER_INVARIANTS,
+    JetSpace,
+    LieGroupAction,
+    VectorField,
+    compile_invariants,
+    criterion,
+    find_invariants,
+    functionally_independent,
+    is_invariant,
+    jacobian_rank,
+    prolong,
+    u,
+    x,
+    y,
+)
+
+J2 = JetSpace(2)
+ux, uy, uxx, uxy, uyy = J2.derivatives[1:]
+
+
+def test_rotation_prolongation_matches_hand_derivation():
+    # v = -y d_x + x d_y: phi^x = -u_y, phi^y = u_x, phi^xx = -2 u_xy, phi^xy = u_xx - u_yy,
+    # phi^yy = 2 u_xy (derived by hand from phi^{J,i} = D_i phi^J - sum_k D_i(xi^k) u_{J,k}).
+    expected = {x: -y, y: x, u: 0, ux: -uy, uy: ux, uxx: -2 * uxy, uxy: uxx - uyy, uyy: 2 * uxy}
+    got = prolong(VectorField(-y, x, 0), 2)
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        assert sp.expand(got[key] - value) == 0, key
+
+
+def _recursive_prolongation(field: VectorField, order: int) -> dict:
+    """Independent check: phi^{J,i} = D_i phi^J - sum_k D_i(xi^k) u_{J,k} (Olver, eq. 2.44)."""
+    jet = JetSpace(order)
+    xi = (field.xi_x, field.xi_y)
+    out = {jet.symbol(0, 0): field.phi_u}
+    for a, b in jet.multi_indices[1:]:
+        axis, (pa, pb) = (0, (a - 1, b)) if a else (1, (a, b - 1))
+        parent = out[jet.symbol(pa, pb)]
+        value = jet.total_derivative(parent, axis)
+        value -= jet.total_derivative(xi[0], axis) * jet.symbol(pa + 1, pb)
+        value -= jet.total_derivative(xi[1], axis) * jet.symbol(pa, pb + 1)
+        out[jet.symbol(a, b)] = sp.expand(value)
+    return out
+
+
+@pytest.mark.parametrize("field", [
+    VectorField(x, y, 0), VectorField(x * y, u, x * u**2), VectorField(-y, x, u),
+    VectorField(0, 0, sp.sin(x) * u),
+])
+def test_prolongation_formula_agrees_with_recursion(field):
+    direct, recursive = prolong(field, 3), _recursive_prolongation(field, 3)
+    for symbol, value in recursive.items():
+        assert sp.expand(direct[symbol] - value) == 0, symbol
+
+
+def test_scaling_prolongation_is_diagonal():
+    prolonged = prolong(VectorField(x, y, 0), 3)
+    for (a, b), symbol in zip(JetSpace(3).multi_indices, JetSpace(3).derivatives, strict=True):
+        assert prolonged[symbol] == -(a + b) * symbol
+
+
+@pytest.mark.parametrize("name", ["se2", "scaling"])
+def test_paper_invariants_satisfy_the_criterion(name):
+    for expr in PAPER_INVARIANTS[name]:
+        for field in GROUPS.get(name).fields:
+            assert criterion(expr, field) == 0, (expr, field)
+        assert is_invariant(expr, name)
+
+
+def test_criterion_detects_non_invariants():
+    rotation = VectorField(-y, x, 0)
+    assert criterion(ux, rotation) != 0
+    assert criterion(ux**2 / uxx, rotation) != 0  # eq. (5) is not rotation invariant
+    assert not is_invariant(uxx + uyy, "scaling")
+    assert not is_invariant(u, "se2_intensity_shift")
+
+
+def test_expected_counts():
+    counts = {(name, order): find_invariants(name, order, degree).expected_count
+              for name, configs in DEFAULT_DEGREES.items() for order, degree in configs}
+    assert counts == {("se2", 1): 2, ("se2", 2): 5, ("se2", 3): 9,
+                      ("scaling", 1): 2, ("scaling", 2): 5, ("scaling", 3): 9,
+                      ("sim2", 1): 1, ("sim2", 2): 4, ("sim2", 3): 8,
+                      ("se2_intensity_shift", 2): 4, ("se2_intensity_shift", 3): 8,
+                      ("affine", 1): 1, ("affine", 2): 2, ("affine", 3): 6}
+
+
+@pytest.mark.parametrize("name", list(DEFAULT_DEGREES))
+def test_ready_groups_complete_and_invariant(name):
+    for order, degree in DEFAULT_DEGREES[name]:
+        result = find_invariants(name, order, degree)
+        assert result.found_count == result.expected_count, str(result)
+        assert result.seconds < 10
+        assert jacobian_rank(result.expressions) == result.found_count
+        for expr in result.expressions:
+            assert is_invariant(expr, name), expr
+
+
+def test_se2_derived_set_is_functionally_equivalent_to_eq4():
+    derived = find_invariants("se2", 2, 3).expressions
+    paper = list(PAPER_INVARIANTS["se2"])
+    assert jacobian_rank(paper) == jacobian_rank(derived) == 5
+    for invariant in paper:
+        assert jacobian_rank([*derived, invariant]) == 5, invariant
+    for invariant in derived:
+        assert jacobian_rank([*paper, invariant]) == 5, invariant
+
+
+def test_scaling_derived_set_and_the_dependence_of_eq5():
+    derived = find_invariants("scaling", 2, 2).expressions
+    paper = list(PAPER_INVARIANTS["scaling"])
+    assert jacobian_rank(derived) == 5
+    # The six ratios of eq. (5) are functionally dependent: rank 4 (they omit u, and 4
+    # independent scale-invariant ratios of (u_x, u_y, u_xx, u_xy, u_yy) exist).
+    assert jacobian_rank(paper) == 4
+    assert len(functionally_independent(paper)) == 4
+    for invariant in paper:
+        assert jacobian_rank([*derived, invariant]) == 5, invariant
+    # eq. (5) together with u is functionally equivalent to the derived set.
+    assert jacobian_rank([u, *paper]) == 5
+    for invariant in derived:
+        assert jacobian_rank([u, *paper, invariant]) == 5, invariant
+
+
+def test_group_without_translations_is_reported_honestly():
+    rotation_only = LieGroupAction("so2", [VectorField(-y, x, 0)])
+    result = find_invariants(rotation_only, 1, 2)
+    assert result.expected_count == 4  # x^2 + y^2, u, u_x^2 + u_y^2, x u_x + y u_y
+    assert result.found_count == 2  # only the x, y-free ones are searched
+    assert any("x, y" in note for note in result.notes)
+
+
+def test_too_low_degree_is_reported():
+    result = find_invariants("se2", 2, 2)
+    assert result.found_count == 4 < result.expected_count == 5
+    assert result.notes
+
+
+def _random_jet(order=2, shape=(3, 4, 5), seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    d = (order + 1) * (order + 2) // 2
+    return torch.randn(*shape[:-2], d, *shape[-2:], generator=generator, dtype=torch.float64)
+
+
+def test_compiled_paper_se2_equals_handwritten():
+    compiled = compile_invariants(PAPER_INVARIANTS["se2"], "se2_compiled")
+    hand = get_invariant_set("se2")
+    assert compiled.names == hand.names
+    values = _random_jet()
+    torch.testing.assert_close(compiled(values), hand(values), rtol=1e-12, atol=1e-12)
+
+
+def test_compiled_derived_se2_matches_handwritten():
+    compiled = compile_invariants(find_invariants("se2", 2, 3), "se2_derived")
+    hand = get_invariant_set("se2")
+    values = _random_jet(seed=1)
+    ours, theirs = compiled(values), hand(values)
+    by_name = {name: ours[..., k, :, :] for k, name in enumerate(compiled.names)}
+    for k, name in enumerate(hand.names):
+        if name in by_name:
+            torch.testing.assert_close(by_name[name], theirs[..., k, :, :], rtol=1e-12,
+                                       atol=1e-12)
+    assert set(compiled.names) == {"u", "grad_sq", "laplacian", "grad_hess_grad", "hess_det"}
+    # |H|^2 = (u_xx + u_yy)^2 - 2 det H: the same information.
+    torch.testing.assert_close(by_name["laplacian"] ** 2 - 2 * by_name["hess_det"],
+                               theirs[..., hand.names.index("hess_sq"), :, :])
+
+
+def test_compiled_ratios_use_safe_ratio():
+    compiled = compile_invariants([ux**2 / uxx], "ratio")
+    values = torch.zeros(1, 6, 1, 1, dtype=torch.float64)
+    values[0, 1], values[0, 3] = 2.0, 0.0  # u_xx = 0: finite, 0
+    assert compiled(values, ratio_eps=0.1).item() == 0.0
+    values[0, 3] = 0.5
+    assert compiled(values, ratio_eps=0.1).item() == pytest.approx(4 * 0.5 / (0.25 + 0.01))
+    fixed = compile_invariants([ux**2 / uxx], "ratio", ratio_eps=1e-9)
+    assert fixed(values, ratio_eps=0.1).item() == pytest.approx(8.0)
+
+
+def test_compile_rejects_non_rational():
+    with pytest.raises(ValueError, match="rational"):
+        compile_invariants([sp.sqrt(ux**2 + uy**2)], "norm")
+
+
+def _analytic(px, py):
+    """A smooth function with a generic 2-jet at the origin (nonzero gradient, Laplacian, det)."""
+    return torch.exp(-((px - 0.4) ** 2 + 0.5 * (py + 0.3) ** 2)) * (1 + 0.3 * px) + 0.2 * px * py
+
+
+def test_sim2_compiled_set_is_numerically_invariant():
+    sim2 = compile_invariants(find_invariants("sim2", 2, 3), "sim2")
+    angle, factor = 0.7, 1.3
+    c, s = math.cos(angle), math.sin(angle)
+
+    def errors(h):
+        px, py = pixel_coordinates(5, 5, h, dtype=torch.float64)
+        f = _analytic(px, py)
+        # (g.f)(p) = f(g^-1 p), g = rotation by angle then scaling by factor; g fixes the centre.
+        qx, qy = (c * px + s * py) / factor, (-s * px + c * py) / factor
+        gf = _analytic(qx, qy)
+        jets = jet(torch.stack([f, gf])[:, None], 2, spacing=h)[:, 0, :, 2, 2]  # (2, 6)
+        values = sim2(jets[..., None, None], ratio_eps=1e-12)[..., 0, 0]  # (2, K)
+        non_invariant = (jets[0, 1] - jets[1, 1]).abs().item()  # u_x is not invariant
+        return ((values[0] - values[1]).abs() / (1 + values[0].abs())).max().item(), non_invariant
+
+    (e1, n1), (e2, _), (e3, _) = errors(0.04), errors(0.02), errors(0.01)
+    assert n1 > 0.1  # the comparison is not vacuous
+    assert e1 < 1e-2
+    assert e1 / e2 > 3.5 and e2 / e3 > 3.5, (e1, e2, e3)  # second-order stencils: ~4x per halving
+
+
+def test_compiled_set_in_pde_layer_and_eqpdenet():
+    torch.manual_seed(0)
+    sim2 = compile_invariants(find_invariants("sim2", 2, 3), "sim2")
+    layer = PDELayer.build([sim2, "se2"], T=0.2, dt=0.1, init="normal", init_scale=0.01)
+    model = EqPdeNet(hidden=8, layer=layer, image_size=10)
+    images = torch.rand(2, 1, 10, 10)
+    logits = model(images)
+    assert logits.shape == (2, 10)
+    logits.sum().backward()
+    grad = layer.pdes[0].step.rhs.F.weight.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_import_eqpdenet_does_not_import_sympy_and_guard_message():
+    code = (
+        "import sys\n"
+        "import eqpdenet\n"
+        "assert 'sympy' not in sys.modules, 'import eqpdenet imported sympy'\n"
+        "sys.modules['sympy'] = None\n"
+        "try:\n"
+        "    import eqpdenet.pde.symbolic\n"
+        "except ImportError as exc:\n"
+        "    assert 'pip install eqpdenet[symbolic]' in str(exc), exc\n"
+        "else:\n"
+        "    raise AssertionError('no ImportError without sympy')\n"
+    )
+    src = str(Path(eqpdenet.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
