@@ -21,10 +21,13 @@ __all__ = [
     "DataFileError",
     "DownloadError",
     "EqPdeNetError",
+    "FolderLockedError",
     "InputError",
+    "InputRangeWarning",
     "InputTypeError",
     "KernelUnavailableError",
     "NonFiniteStateError",
+    "OutputFolderError",
 ]
 
 
@@ -53,15 +56,22 @@ class NonFiniteStateError(EqPdeNetError, FloatingPointError):
         dt: the time step.
     """
 
+    #: The cause when the input was finite and in range: the scheme.
+    SCHEME_HINT = ("The explicit scheme is probably unstable: lower dt, bound the coefficients "
+                   "(see EulerStep.stability()) or lower the learning rate.")
+
     def __init__(self, pde: str, step: int, dt: float, hint: str | None = None):
-        self.pde, self.step, self.dt = pde, step, dt
-        hint = hint or ("The explicit scheme is probably unstable: lower dt, bound the "
-                        "coefficients (see EulerStep.stability()) or lower the learning rate.")
+        self.pde, self.step, self.dt, self.hint = pde, step, dt, hint
+        hint = hint or self.SCHEME_HINT
         super().__init__(f"PDE {pde!r} produced a non-finite state (NaN or inf) at Euler step "
                          f"{step} (dt={dt}). {hint}")
 
     def __reduce__(self):  # picklable across worker processes
-        return (type(self), (self.pde, self.step, self.dt))
+        return (type(self), (self.pde, self.step, self.dt, self.hint))
+
+    def with_hint(self, hint: str) -> NonFiniteStateError:
+        """The same error with another explanation of its cause."""
+        return type(self)(self.pde, self.step, self.dt, hint)
 
 
 class DataFileError(EqPdeNetError, ValueError):
@@ -85,3 +95,16 @@ class KernelUnavailableError(EqPdeNetError, RuntimeError):
 
 class CheckpointError(EqPdeNetError, ValueError):
     """A file is not a readable eqpdenet checkpoint, or does not match its configuration."""
+
+
+class FolderLockedError(EqPdeNetError, RuntimeError):
+    """Another process is writing to the same output folder (one writer per folder)."""
+
+
+class OutputFolderError(EqPdeNetError, OSError):
+    """An output folder cannot be created or written (a file in the way, permissions, space)."""
+
+
+class InputRangeWarning(UserWarning):
+    """Inputs far outside the range a model was built for (e.g. pixels at 0-255 into a model
+    standardised for 0-1); warned once per model."""

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from eqpdenet.errors import NonFiniteStateError
+from eqpdenet.errors import InputError, NonFiniteStateError
 from eqpdenet.geometry import pixel_coordinates, rotate
 from eqpdenet.pde import (
     EulerFlow,
@@ -171,8 +171,12 @@ def test_non_finite_state_raises_naming_pde_and_step():
     with pytest.raises(NonFiniteStateError, match=r"'pde0:se2'.*step 4") as info:
         layer(torch.ones(1, 1, 5, 5))
     assert info.value.step == 4 and info.value.pde == "pde0:se2"
-    with pytest.raises(NonFiniteStateError, match="step 1"):
-        layer(torch.full((1, 1, 5, 5), float("nan")))
+    assert "The input was finite, with values in [1, 1]" in str(info.value)
+    # a NaN input is the input's fault, not the scheme's (issue 14, finding 5)
+    with pytest.raises(InputError, match="u contains non-finite values .1 NaN, 0 inf of 25.: the "
+                                         "input is at fault, not the PDE scheme"):
+        layer(torch.full((1, 1, 5, 5), 1.0).index_put_((torch.tensor([0]),) * 2 + (
+            torch.tensor([2]),) * 2, torch.tensor(float("nan"))))
 
 
 def test_stability_report_and_warning():

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..checks import check_images, require_int
+from ..checks import check_images, check_values, match_dtype, module_dtype, require_int
+from ..errors import NonFiniteStateError
+from ..pde.integrators import input_range_hint
 from ..pde.layer import LayerConfig, PDELayer
 from .perceptron import Standardize, perceptron
 
@@ -51,9 +53,25 @@ class EqPdeNet(nn.Module):
 
     def features(self, images: Tensor) -> Tensor:
         """The reduced PDE output fed to the perceptron, ``(B, C', H, W)``."""
-        check_images(images, "images", channels=self.in_channels,
-                     size=(self.image_size, self.image_size))
-        return self.pde_layer.reduction(self.pde_layer._evolve(self.standardize(images)))
+        return self._features(self._enter(images)).to(images.dtype)
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.mlp(self.features(images).flatten(1))
+        return self.mlp(self._features(self._enter(images)).flatten(1)).to(images.dtype)
+
+    def _enter(self, images: Tensor) -> tuple[Tensor, tuple[float, float]]:
+        """The checks of the entry points (:mod:`eqpdenet.checks`), once per call: shape, finite
+        values, the range against the input statistics (one warning per model), dtype."""
+        check_images(images, "images", channels=self.in_channels,
+                     size=(self.image_size, self.image_size))
+        values = check_values(images, "images")
+        self.standardize.check_range(*values)
+        return match_dtype(images, module_dtype(self), "images"), values
+
+    def _features(self, entered: tuple[Tensor, tuple[float, float]]) -> Tensor:
+        x, values = entered
+        try:
+            states = self.pde_layer._evolve(self.standardize(x))
+        except NonFiniteStateError as error:
+            hint = self.standardize.explain(*values) or input_range_hint(*values)
+            raise error.with_hint(hint) from None
+        return self.pde_layer.reduction(states)

@@ -7,11 +7,26 @@ for h = 16 ... 256).
 
 from __future__ import annotations
 
+import warnings
+
 from torch import Tensor, nn
 
-from ..checks import check_images, require_int, require_positive
+from ..checks import (
+    check_images,
+    check_values,
+    match_dtype,
+    module_dtype,
+    require_finite,
+    require_int,
+    require_positive,
+)
+from ..errors import InputRangeWarning
 
-__all__ = ["FCNN", "Standardize", "count_parameters", "perceptron"]
+__all__ = ["FCNN", "RANGE_WARNING_STDS", "Standardize", "count_parameters", "perceptron"]
+
+#: An input value further than this many ``input_std`` from ``input_mean`` is "far from what the
+#: model was built for" (MNIST at 0-1 with the default statistics reaches 2.8; at 0-255, 827).
+RANGE_WARNING_STDS = 20.0
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -29,11 +44,41 @@ def perceptron(in_features: int, hidden: int, classes: int = 10) -> nn.Sequentia
 
 
 class Standardize(nn.Module):
-    """Fixed ``(x - mean) / std``; no parameters (mean and std are configuration)."""
+    """Fixed ``(x - mean) / std``; no parameters (mean and std are configuration).
+
+    :meth:`check_range` warns (:class:`~eqpdenet.errors.InputRangeWarning`, once per module) when
+    inputs lie further than :data:`RANGE_WARNING_STDS` standard deviations from the mean.
+    """
 
     def __init__(self, mean: float = 0.0, std: float = 1.0):
         super().__init__()
-        self.mean, self.std = float(mean), require_positive(std, "input_std")
+        self.mean = require_finite(mean, "input_mean")
+        self.std = require_positive(std, "input_std")
+        self._range_warned = False
+
+    def distance(self, low: float, high: float) -> float:
+        """How many standard deviations the farthest of ``low``, ``high`` is from the mean."""
+        return max(abs(low - self.mean), abs(high - self.mean)) / self.std
+
+    def _describe(self, low: float, high: float) -> str:
+        return (f"input values in [{low:.4g}, {high:.4g}], up to {self.distance(low, high):.0f} "
+                f"standard deviations from the statistics the model was built for "
+                f"(input_mean={self.mean:g}, input_std={self.std:g})")
+
+    def check_range(self, low: float, high: float) -> None:
+        """Warn once if inputs in ``[low, high]`` are far from ``mean`` and ``std``."""
+        if not self._range_warned and self.distance(low, high) > RANGE_WARNING_STDS:
+            self._range_warned = True
+            warnings.warn(InputRangeWarning(
+                f"eqpdenet: {self._describe(low, high)}: images at 0-255 instead of 0-1? "
+                f"(warned once per model)"), stacklevel=4)
+
+    def explain(self, low: float, high: float) -> str | None:
+        """The cause of a non-finite PDE state if it is the input's range, else None."""
+        if self.distance(low, high) <= RANGE_WARNING_STDS:
+            return None
+        return (f"The input is at fault: {self._describe(low, high)}; rescale it (images at "
+                f"0-255 instead of 0-1?).")
 
     def forward(self, x: Tensor) -> Tensor:
         if self.mean == 0.0 and self.std == 1.0:
@@ -66,4 +111,6 @@ class FCNN(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         check_images(images, "images", channels=self.in_channels,
                      size=(self.image_size, self.image_size))
-        return self.mlp(self.standardize(images).flatten(1))
+        self.standardize.check_range(*check_values(images, "images"))
+        x = match_dtype(images, module_dtype(self), "images")
+        return self.mlp(self.standardize(x).flatten(1)).to(images.dtype)

@@ -27,10 +27,26 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..checks import check_images, require_int, require_nonnegative, require_positive
+from ..checks import (
+    check_images,
+    check_values,
+    match_dtype,
+    module_dtype,
+    require_int,
+    require_nonnegative,
+    require_positive,
+)
 from ..errors import NonFiniteStateError
 
-__all__ = ["ConvInt", "EulerConv", "EulerFlow", "EulerStep", "steps_for"]
+__all__ = ["ConvInt", "EulerConv", "EulerFlow", "EulerStep", "input_range_hint", "steps_for"]
+
+
+def input_range_hint(low: float, high: float) -> str:
+    """The explanation of a :class:`~eqpdenet.errors.NonFiniteStateError` from a finite input
+    with values in ``[low, high]``: the scheme, with the input's range to judge by."""
+    return (f"{NonFiniteStateError.SCHEME_HINT} (The input was finite, with values in "
+            f"[{low:.4g}, {high:.4g}]: if that is not the range the PDE was made for, rescale "
+            f"the input.)")
 
 
 def steps_for(T: float, dt: float) -> int:
@@ -121,9 +137,17 @@ class EulerFlow(nn.Module):
         return self.step.name
 
     def forward(self, u: Tensor, return_trajectory: bool = False) -> Tensor:
-        """``(B, C, H, W) -> u(T)``; with ``return_trajectory``, ``(steps + 1, B, C, H, W)``."""
+        """``(B, C, H, W) -> u(T)``; with ``return_trajectory``, ``(steps + 1, B, C, H, W)``.
+
+        Checks ``u`` (:mod:`eqpdenet.checks`: finite values, dtype) once.
+        """
         check_images(u, "u")
-        return self.integrate(u, return_trajectory)
+        values = check_values(u, "u")
+        x = match_dtype(u, module_dtype(self), "u")
+        try:
+            return self.integrate(x, return_trajectory).to(u.dtype)
+        except NonFiniteStateError as error:
+            raise error.with_hint(input_range_hint(*values)) from None
 
     def integrate(self, u: Tensor, return_trajectory: bool = False) -> Tensor:
         """:meth:`forward` without the input check (for callers that checked ``u`` already)."""

@@ -25,14 +25,18 @@ from torch import Tensor, nn
 from .. import kernels
 from ..checks import (
     check_images,
+    check_values,
+    match_dtype,
+    module_dtype,
     require,
     require_finite,
     require_int,
     require_nonnegative,
     require_positive,
 )
+from ..errors import NonFiniteStateError
 from ..registry import Registry
-from .integrators import EulerFlow, EulerStep, steps_for
+from .integrators import EulerFlow, EulerStep, input_range_hint, steps_for
 from .invariants import DEFAULT_RATIO_EPS, INVARIANT_SETS, InvariantSet, get_invariant_set
 from .rhs import RIGHT_HAND_SIDES, InvariantRHS, MonomialF
 from .stencils import BOUNDARIES, STENCILS
@@ -243,15 +247,32 @@ class PDELayer(nn.Module):
         return in_channels * (self.n_pdes if self.reduction_kind == "concat" else 1)
 
     def forward(self, u: Tensor) -> Tensor:
-        check_images(u, "u")
-        return self.reduction(self._evolve(u))
+        x, values = self._enter(u)
+        return self.reduction(self._evolve(x, values)).to(u.dtype)
 
     def evolve(self, u: Tensor) -> Tensor:
         """Every PDE from the same ``u``: ``(B, C, H, W) -> (B, n_e, C, H, W)``."""
-        check_images(u, "u")
-        return self._evolve(u)
+        x, values = self._enter(u)
+        return self._evolve(x, values).to(u.dtype)
 
-    def _evolve(self, u: Tensor) -> Tensor:
+    def _enter(self, u: Tensor) -> tuple[Tensor, tuple[float, float]]:
+        """The checks of the public entry points (:mod:`eqpdenet.checks`): shape, finite values
+        (``(min, max)`` returned for error messages), ``u`` in the layer's dtype."""
+        check_images(u, "u")
+        values = check_values(u, "u")
+        return match_dtype(u, module_dtype(self), "u"), values
+
+    def _evolve(self, u: Tensor, values: tuple[float, float] | None = None) -> Tensor:
+        """:meth:`evolve` without checks; ``values`` (the input's min and max) explain a
+        :class:`~eqpdenet.errors.NonFiniteStateError`."""
+        try:
+            return self._evolve_unchecked(u)
+        except NonFiniteStateError as error:
+            if values is None:
+                raise
+            raise error.with_hint(input_range_hint(*values)) from None
+
+    def _evolve_unchecked(self, u: Tensor) -> Tensor:
         if kernels.resolve_backend(self.backend) != "reference":
             specs = self.kernel_specs()
             reason = specs if isinstance(specs, str) else kernels.unsupported_reason(u, specs)
@@ -262,8 +283,11 @@ class PDELayer(nn.Module):
 
     def evolve_reference(self, u: Tensor) -> Tensor:
         """:meth:`evolve` by the plain PyTorch reference (with ``recompute``, states recomputed)."""
-        check_images(u, "u")
-        return self._evolve_reference(u)
+        x, values = self._enter(u)
+        try:
+            return self._evolve_reference(x).to(u.dtype)
+        except NonFiniteStateError as error:
+            raise error.with_hint(input_range_hint(*values)) from None
 
     def _evolve_reference(self, u: Tensor) -> Tensor:
         if self.recompute and torch.is_grad_enabled():
