@@ -19,7 +19,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..checks import require, require_int, require_nonnegative, require_positive
+from ..checks import require, require_finite, require_int, require_nonnegative, require_positive
 from ..data.scenarios import SCENARIOS
 from ..errors import ConfigError
 from ..models import MODELS
@@ -75,6 +75,7 @@ class ModelConfig:
         require_int(self.hidden, "model.hidden", 1)
         require_int(self.image_size, "model.image_size", 1)
         require_int(self.classes, "model.classes", 1)
+        require_finite(self.input_mean, "model.input_mean")
         require_positive(self.input_std, "model.input_std")
 
 
@@ -120,6 +121,9 @@ class TrainConfig:
         require_int(self.batch_size, "train.batch_size", 1)
         require_int(self.epochs, "train.epochs", 1)
         require_nonnegative(self.grad_clip, "train.grad_clip")
+        require(isinstance(self.select_on_validation, bool), "train.select_on_validation",
+                "must be true or false")
+        _require_seed(self.seed, "train.seed")
         require(self.device in ("cpu", "cuda", "auto"), "train.device", f"{self.device!r}")
 
 
@@ -144,8 +148,11 @@ class DataConfig:
 
     def __post_init__(self):
         require(self.source in ("auto", "generated", "official"), "data.source", f"{self.source!r}")
-        require(0 <= self.validation < 12000, "data.validation", "must be in [0, 12000)")
-        require(self.train_subset >= 0 and self.test_subset >= 0, "data.*_subset", "must be >= 0")
+        _require_seed(self.rotmnist_seed, "data.rotmnist_seed")
+        require(require_int(self.validation, "data.validation") < 12000
+                and self.validation >= 0, "data.validation", "must be in [0, 12000)")
+        require_int(self.train_subset, "data.train_subset", 0)
+        require_int(self.test_subset, "data.test_subset", 0)
 
 
 @dataclass
@@ -189,10 +196,22 @@ class ReproduceConfig:
                 "must be a non-empty list of model kinds")
         for index, kind in enumerate(self.models):
             MODELS.check(kind, f"models[{index}]")
-        require(all(h >= 1 for h in self.hidden_sizes) and self.hidden_sizes, "hidden_sizes",
-                 "must be positive")
+        require(isinstance(self.hidden_sizes, list) and self.hidden_sizes, "hidden_sizes",
+                "must be a non-empty list of positive integers")
+        for index, hidden in enumerate(self.hidden_sizes):
+            require_int(hidden, f"hidden_sizes[{index}]", 1)
+        for name in ("seeds", "checkpoint_seeds"):
+            seeds = getattr(self, name)
+            require(isinstance(seeds, list), name, "must be a list of seeds")
+            for index, seed in enumerate(seeds):
+                _require_seed(seed, f"{name}[{index}]")
         require(len(set(self.seeds)) == len(self.seeds) and self.seeds, "seeds",
-                 "must be distinct and non-empty")
+                "must be distinct and non-empty")
+
+
+def _require_seed(value, field: str) -> None:
+    """A seed torch and NumPy both accept: an integer in [0, 2**63)."""
+    require(require_int(value, field, 0) < 2**63, field, f"must be < 2**63, got {value!r}")
 
 
 # ----------------------------------------------------------------------------- conversions
@@ -203,10 +222,31 @@ def to_dict(config) -> dict:
     return dataclasses.asdict(config)
 
 
-def from_dict(cls, data: dict):
-    """Build dataclass ``cls`` from a (possibly partial) dict; unknown keys are an error."""
+def _check_type(value, hint, field: str):
+    """``value`` has the type the dataclass field declares (``bool`` is no number here); the
+    range and meaning are the dataclass's own ``__post_init__`` checks."""
+    if hint is bool:
+        require(isinstance(value, bool), field, f"must be true or false, got {value!r}")
+    elif hint is int:
+        require_int(value, field)
+    elif hint is float:
+        require_finite(value, field)
+    elif hint is str:
+        require(isinstance(value, str), field, f"must be a string, got {value!r}")
+    elif hint is list or typing.get_origin(hint) is list:
+        require(isinstance(value, list), field, f"must be a list, got {value!r}")
+        for index, item in enumerate(value):
+            for inner in typing.get_args(hint):
+                _check_type(item, inner, f"{field}[{index}]")
+
+
+def from_dict(cls, data: dict, _path: str = ""):
+    """Build dataclass ``cls`` from a (possibly partial) dict; unknown keys are an error, and so
+    is a value of the wrong type (the error names the field, e.g. ``model.hidden``)."""
     if not isinstance(data, dict):
-        raise ConfigError(f"invalid config: {cls.__name__} expects a table, got {data!r}")
+        where = _path.rstrip(".") or cls.__name__
+        raise ConfigError(f"invalid config: {where}: expects a table of {cls.__name__} fields, "
+                          f"got {data!r}")
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(names))
     if unknown:
@@ -216,12 +256,15 @@ def from_dict(cls, data: dict):
     kwargs = {}
     for key, value in data.items():
         hint = hints[key]
-        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            value = from_dict(hint, value)
-        elif hint is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        elif typing.get_origin(hint) is list and isinstance(value, tuple):
-            value = list(value)
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, hint):
+                value = from_dict(hint, value, f"{_path}{key}.")
+        else:
+            if typing.get_origin(hint) is list and isinstance(value, tuple):
+                value = list(value)
+            _check_type(value, hint, f"{_path}{key}")
+            if hint is float:
+                value = float(value)
         kwargs[key] = value
     try:
         return cls(**kwargs)
@@ -263,11 +306,17 @@ def load_toml(cls, path: str | Path):
     """Read ``cls`` from a TOML file; missing fields take their defaults."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder; give the TOML file in it") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text (a TOML file?)") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    except OSError as error:
+        raise ConfigError(f"config file {path} cannot be read: {error.strerror}") from None
     return from_dict(cls, data)
 
 

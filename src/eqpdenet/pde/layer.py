@@ -43,6 +43,7 @@ from .stencils import BOUNDARIES, STENCILS
 
 __all__ = [
     "INITS",
+    "MAX_STEPS",
     "REDUCTIONS",
     "Concat",
     "LayerConfig",
@@ -134,6 +135,11 @@ INITS.register("normal", _init_normal)
 
 # ----------------------------------------------------------------------------- configuration
 
+#: The most Euler steps ``floor(T / dt)`` a :class:`LayerConfig` accepts: a bound on work and
+#: memory found before any is spent (the paper's layer takes 10; the equivariance studies a few
+#: thousand). A layer built from :class:`EulerFlow` s directly is not bounded.
+MAX_STEPS = 100_000
+
 
 @dataclass
 class LayerConfig:
@@ -187,6 +193,9 @@ class LayerConfig:
         require_int(self.degree, "layer.degree", 1)
         require_positive(self.dt, "layer.dt")
         require_nonnegative(self.T, "layer.T")
+        require(self.T / self.dt <= MAX_STEPS, "layer.T / layer.dt",
+                f"{self.T:g} / {self.dt:g} is about {self.T / self.dt:.3g} Euler steps per PDE, "
+                f"more than the bound of {MAX_STEPS:,}; raise dt or lower T")
         require_positive(self.spacing, "layer.spacing")
         require_positive(self.ratio_eps, "layer.ratio_eps")
         STENCILS.check(self.stencil, "layer.stencil")
