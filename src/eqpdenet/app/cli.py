@@ -4,19 +4,24 @@ describe, figure.
 Configuration comes from the defaults (the paper's setup, ``eqpdenet.config``), then an optional
 TOML file (``--config``), then ``--set section.field=value`` overrides, then the dedicated flags.
 Data: ``--data-dir`` > ``EQPDENET_DATA`` > a per-user cache folder (see ``eqpdenet.mnist``).
+
+Errors are one line on stderr naming the problem (exit status 2; 1 for an unexpected failure,
+130 after Ctrl-C); ``EQPDENET_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from .. import __version__
-from ..errors import EqPdeNetError
+from ..errors import ConfigError, EqPdeNetError
 from ..models import MODELS
 from .config import (
     ExperimentConfig,
@@ -69,30 +74,39 @@ def _info(args) -> int:
 def _experiment_config(args) -> ExperimentConfig:
     config = load_toml(ExperimentConfig, args.config) if args.config else ExperimentConfig()
     config = apply_overrides(config, args.set)
-    if getattr(args, "model", None):
+    # "is not None": --epochs 0 and --hidden 0 must reach validation, not fall back to defaults
+    if getattr(args, "model", None) is not None:
         config.model.kind = args.model
-    if getattr(args, "hidden", None):
+    if getattr(args, "hidden", None) is not None:
         config.model.hidden = args.hidden
     if getattr(args, "seed", None) is not None:
         config.train.seed = args.seed
-    if getattr(args, "epochs", None):
+    if getattr(args, "epochs", None) is not None:
         config.train.epochs = args.epochs
-    if getattr(args, "device", None):
+    if getattr(args, "device", None) is not None:
         config.train.device = args.device
     return from_dict(ExperimentConfig, to_dict(config))  # re-validate
 
 
 def _train(args) -> int:
     from .files import atomic_write
+    from .locks import hold
+    from .preflight import preflight
+    from .runfolder import RUN_FILES, check_replaceable, staged
     from .training import prepare_data, run_experiment
 
     config = _experiment_config(args)
     out = Path(args.out)
-    data = prepare_data(config.data, args.data_dir, args.cache_dir)
-    record = run_experiment(config, data, progress=not args.no_progress,
-                            checkpoint=out / "model.pt")
-    atomic_write(out / "config.toml", to_toml(config).encode())
-    atomic_write(out / "result.json", (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+    with hold(out, "train"):  # one writer; the folder is creatable and writable
+        check_replaceable(out, RUN_FILES)
+        preflight([config], out)
+        data = prepare_data(config.data, args.data_dir, args.cache_dir)
+        with staged(out) as stage:  # the run replaces the folder as a unit
+            record = run_experiment(config, data, progress=not args.no_progress,
+                                    checkpoint=stage / "model.pt")
+            atomic_write(stage / "config.toml", to_toml(config).encode())
+            atomic_write(stage / "result.json",
+                         (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
     if record["status"] != "ok":
         print(f"training failed: {record['error']}", file=sys.stderr)
         return 1
@@ -119,7 +133,9 @@ def _evaluate(args) -> int:
         summary[name] = {"mean": float(values.mean()), "std": std, "values": values.tolist()}
         print(f"{name:>8}: {values.mean():6.2f}% ± {std:.2f} over {len(values)} instance(s)")
     if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
+        from .files import atomic_write
+
+        atomic_write(Path(args.json), (json.dumps(summary, indent=1) + "\n").encode())
     return 0
 
 
@@ -136,9 +152,12 @@ def _reproduce(args) -> int:
     config = from_dict(ReproduceConfig, to_dict(config))
     out = Path(args.out or ("runs/quick" if args.quick else "results/paper"))
     start = time.perf_counter()
-    reproduce(config, out, jobs=args.jobs, data_dir=args.data_dir, cache_dir=args.cache_dir,
-              progress=not args.no_progress)
-    table, plot = write_report(out)
+    from .locks import hold
+
+    with hold(out, "reproduce"):  # the runs and the report: one writer throughout
+        reproduce(config, out, jobs=args.jobs, data_dir=args.data_dir, cache_dir=args.cache_dir,
+                  progress=not args.no_progress)
+        table, plot = write_report(out)
     print(f"reproduce finished in {time.perf_counter() - start:.0f} s: {table}, {plot}")
     print(table.read_text())
     return 0
@@ -202,6 +221,9 @@ def _load_digits(data_dir, samples: list[int]):
     from ..data.mnist import load_mnist
 
     digits = load_mnist(data_dir, download=False).test_images
+    for n in samples:
+        if not 0 <= n < len(digits):
+            raise ConfigError(f"sample {n}: MNIST's test set has digits 0 ... {len(digits) - 1}")
     return torch.as_tensor(digits[samples], dtype=torch.float32)[:, None] / 255.0
 
 
@@ -236,11 +258,15 @@ def _figure(args) -> int:
         from .training import load_checkpoint
 
         if not args.checkpoint:
-            raise ValueError("--pde INDEX needs --checkpoint")
+            raise ConfigError("--pde INDEX needs --checkpoint")
+        if not args.pde.isdigit():
+            raise ConfigError(f"--pde {args.pde!r}: 'heat' or the index of a learned PDE")
         model, _, _ = load_checkpoint(args.checkpoint)
+        if not hasattr(model, "pde_layer"):
+            raise ConfigError(f"--pde {args.pde}: {args.checkpoint} has no PDE layer")
         index = int(args.pde)
         if not 0 <= index < model.pde_layer.n_pdes:
-            raise ValueError(f"--pde {index}: the checkpoint has {model.pde_layer.n_pdes} PDEs")
+            raise ConfigError(f"--pde {index}: the checkpoint has {model.pde_layer.n_pdes} PDEs")
         chosen = model.pde_layer.pdes[index]
         pde = lambda u: chosen(model.standardize(u))  # noqa: E731
         label = f"learned {chosen.name}, T={chosen.T:g}\n{pde_formula(chosen, digits=2)}"
@@ -251,6 +277,25 @@ def _figure(args) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
+
+
+def _number(convert, test, what):
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+_positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+_count = _number(int, lambda v: v >= 0, "an integer >= 0")
+_finite = _number(float, math.isfinite, "a finite number")
+_positive = _number(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -277,14 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", choices=MODELS.names())
     train.add_argument("--hidden", type=int)
     train.add_argument("--seed", type=int)
-    train.add_argument("--epochs", type=int)
+    train.add_argument("--epochs", type=int)  # 0, negative: the config's validation says why
     train.add_argument("--out", required=True, help="output folder (model.pt, config.toml, ...)")
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="a checkpoint on scenarios over K instances")
     evaluate.add_argument("checkpoint")
     evaluate.add_argument("--scenarios", nargs="+")
-    evaluate.add_argument("--instances", type=int, default=10)
+    evaluate.add_argument("--instances", type=_positive_int, default=10)
     evaluate.add_argument("--data-dir")
     evaluate.add_argument("--cache-dir")
     evaluate.add_argument("--device", choices=["cpu", "cuda"])
@@ -294,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     repro = commands.add_parser("reproduce", help="the paper's protocol (Tables 1 and 2)")
     _add_common(repro)
     repro.add_argument("--quick", action="store_true", help="smoke profile (< 3 min on 2 cores)")
-    repro.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
+    repro.add_argument("--jobs", type=_positive_int, default=1, help="runs in parallel processes")
     repro.add_argument("--out", help="results folder (default results/paper, runs/quick)")
     repro.set_defaults(handler=_reproduce)
 
@@ -304,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--hidden", type=int, nargs="+", default=[256, 32])
     study.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     study.add_argument("--epochs", type=int, default=20)
-    study.add_argument("--jobs", type=int, default=1)
+    study.add_argument("--jobs", type=_positive_int, default=1)
     study.add_argument("--stages", choices=["main", "refine"], default="main",
                        help="'main': the first round; 'refine': a second round (use --config "
                             "with the first round's chosen.toml)")
@@ -324,56 +369,96 @@ def build_parser() -> argparse.ArgumentParser:
     equiv.add_argument("--out", default="docs/equivariance", help="output folder")
     equiv.add_argument("--checkpoint", nargs="+", help="checkpoints (EqPdeNet and/or FCNN)")
     equiv.add_argument("--quick", action="store_true", help="a few points only (seconds)")
-    equiv.add_argument("--T", type=float, default=1.0, help="T of the reference PDEs")
-    equiv.add_argument("--dt", type=float, default=0.1, help="dt of the reference PDEs")
+    equiv.add_argument("--T", type=_positive, default=1.0, help="T of the reference PDEs")
+    equiv.add_argument("--dt", type=_positive, default=0.1, help="dt of the reference PDEs")
     equiv.add_argument("--data-dir", help="folder holding mnist/ (default: $EQPDENET_DATA)")
     equiv.set_defaults(handler=_equivariance)
 
     describe = commands.add_parser("describe", help="print the learned PDEs; evolution images")
     describe.add_argument("checkpoint")
-    describe.add_argument("--samples", type=int, nargs="+", default=[0, 1, 2],
+    describe.add_argument("--samples", type=_count, nargs="+", default=[0, 1, 2],
                           help="MNIST test digits to evolve")
     describe.add_argument("--out", help="folder for evolution.png (none: print only)")
-    describe.add_argument("--frames", type=int, default=6)
-    describe.add_argument("--digits", type=int, default=3, help="significant digits")
+    describe.add_argument("--frames", type=_positive_int, default=6)
+    describe.add_argument("--digits", type=_positive_int, default=3, help="significant digits")
     describe.add_argument("--data-dir")
     describe.set_defaults(handler=_describe)
 
     figure = commands.add_parser("figure", help="figures of the paper")
     figure.add_argument("which", choices=["diagram"], help="diagram: Figure 2")
     figure.add_argument("--checkpoint", help="for --pde INDEX")
-    figure.add_argument("--sample", type=int, default=0, help="MNIST test digit")
-    figure.add_argument("--angle", type=float, default=30.0, help="rotation of g, degrees")
-    figure.add_argument("--scale", type=float, default=1.0, help="scaling of g")
-    figure.add_argument("--shift", type=float, nargs=2, default=[0.0, 0.0],
+    figure.add_argument("--sample", type=_count, default=0, help="MNIST test digit")
+    figure.add_argument("--angle", type=_finite, default=30.0, help="rotation of g, degrees")
+    figure.add_argument("--scale", type=_positive, default=1.0, help="scaling of g")
+    figure.add_argument("--shift", type=_finite, nargs=2, default=[0.0, 0.0],
                         metavar=("TX", "TY"), help="translation of g, pixels (y up)")
     figure.add_argument("--pde", default="heat", help="'heat' or the index of a learned PDE")
-    figure.add_argument("--T", type=float, default=2.0, help="T of the heat equation")
-    figure.add_argument("--dt", type=float, default=0.1, help="dt of the heat equation")
+    figure.add_argument("--T", type=_positive, default=2.0, help="T of the heat equation")
+    figure.add_argument("--dt", type=_positive, default=0.1, help="dt of the heat equation")
     figure.add_argument("--data-dir")
     figure.add_argument("--out", required=True, help="PNG file")
     figure.set_defaults(handler=_figure)
     return parser
 
 
+DEBUG_VARIABLE = "EQPDENET_DEBUG"
+
+
+def describe_error(error: BaseException) -> tuple[str, int]:
+    """One line naming the problem, and the exit status: 2 for bad input, configuration, files
+    or a run that cannot go on (our errors, ValueError, OSError), 1 for anything unexpected."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    if isinstance(error, BrokenProcessPool):
+        text, status = ("a worker process died unexpectedly (killed from outside, or by the "
+                        "system for lack of memory?); rerun the command to resume"), 2
+    elif isinstance(error, MemoryError):
+        text, status = ("out of memory; lower train.batch_size, the number of Euler steps or "
+                        "--jobs"), 2
+    elif isinstance(error, OSError) and not isinstance(error, EqPdeNetError) and error.strerror:
+        where = f": {error.filename}" if error.filename else ""
+        text, status = f"{error.strerror}{where}", 2
+    elif isinstance(error, EqPdeNetError | ValueError | OSError):
+        text, status = str(error), 2
+    else:
+        text, status = (f"unexpected {type(error).__name__}: {error} (a bug in eqpdenet? please "
+                        f"report it with the traceback)"), 1
+    return " ".join(text.split()) or type(error).__name__, status
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"eqpdenet: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (see the module docstring)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    debug = bool(os.environ.get(DEBUG_VARIABLE))
     try:
-        return args.handler(args)
+        with warnings.catch_warnings():
+            if not debug:  # one line per warning, no source line
+                warnings.showwarning = _show_warning
+            return args.handler(args)
     except KeyboardInterrupt:
         print("interrupted: finished runs are saved; rerun the same command to resume",
               file=sys.stderr)
         return 130
-    except (EqPdeNetError, FileNotFoundError, ValueError) as error:
-        if os.environ.get("EQPDENET_DEBUG"):
+    except BrokenPipeError:  # stdout closed early (`eqpdenet report ... | head`): not an error
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - flushing at exit must not fail
+        except OSError:
+            pass
+        return 0
+    except Exception as error:
+        if debug:
             raise
-        print(f"eqpdenet: error: {error} (EQPDENET_DEBUG=1 shows the traceback)",
-              file=sys.stderr)
-        return 2
+        text, status = describe_error(error)
+        print(f"eqpdenet: error: {text} ({DEBUG_VARIABLE}=1 shows the traceback)", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

@@ -169,6 +169,8 @@ class ExperimentConfig:
             if isinstance(getattr(self, name), dict):
                 setattr(self, name, from_dict(cls, getattr(self, name)))
         require(isinstance(self.scenarios, list), "scenarios", "must be a list of scenario names")
+        require(not self.train.select_on_validation or self.data.validation > 0,
+                "train.select_on_validation", "needs data.validation > 0")
         for index, name in enumerate(self.scenarios):
             SCENARIOS.check(name, f"scenarios[{index}]")
 

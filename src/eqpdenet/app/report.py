@@ -5,6 +5,10 @@ accuracies in percent, mean and standard deviation over 10 instances. Ours are a
 ``results.jsonl`` written by :func:`eqpdenet.experiments.reproduce`: mean and sample standard
 deviation (``ddof = 1``) over the seeds of each (model, hidden size). The difference is reported
 in percentage points and in units of the paper's standard deviation.
+
+A run counts once: records with the same run key (model, hidden size, seed) that agree are one
+run (:func:`deduplicate`); records of the same key that disagree are refused, since neither can
+be trusted to be the run the configuration describes.
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataFileError
 from .files import atomic_write, read_jsonl, save_figure
+from .locks import hold
 
-__all__ = ["aggregate", "paper_table", "plot_accuracy", "protocol_table", "write_report"]
+__all__ = ["aggregate", "deduplicate", "paper_table", "plot_accuracy", "protocol_table",
+           "write_report"]
 
 SCENARIOS = ("test", "iso", "sca")
 #: The paper's two models (Tables 1 and 2) and their printed names.
@@ -39,11 +46,34 @@ def paper_table() -> dict[tuple[str, int], dict]:
     return table
 
 
+#: What two records of one run key must agree on to be the same run.
+SAME_RUN_FIELDS = ("status", "accuracy", "params", "validation_accuracy", "base_fingerprint")
+
+
+def deduplicate(records: list[dict], source: str = "results") -> list[dict]:
+    """One record per run key (``model``, ``hidden``, ``seed``), in first-seen order; a
+    :class:`~eqpdenet.errors.DataFileError` if two records of one key disagree on any of
+    :data:`SAME_RUN_FIELDS` (contradictory duplicates)."""
+    first: dict[tuple, dict] = {}
+    for number, record in enumerate(records, 1):
+        key = (record["model"], int(record["hidden"]), record["seed"])
+        if key not in first:
+            first[key] = record
+            continue
+        differ = [f for f in SAME_RUN_FIELDS if first[key].get(f) != record.get(f)]
+        if differ:
+            raise DataFileError(source, f"run {key[0]}-h{key[1]}-seed{key[2]} is recorded twice "
+                                        f"with different {', '.join(differ)} (record {number}); "
+                                        f"keep one and rerun `eqpdenet report`")
+    return list(first.values())
+
+
 def aggregate(records: list[dict]) -> dict[tuple[str, int], dict]:
-    """Mean and sample std per (model, hidden) and scenario over the successful runs."""
+    """Mean and sample std per (model, hidden) and scenario over the successful runs, each run
+    key counted once (:func:`deduplicate`)."""
     groups: dict[tuple[str, int], list[dict]] = {}
     failures: dict[tuple[str, int], int] = {}
-    for record in records:
+    for record in deduplicate(records):
         key = (record["model"], int(record["hidden"]))
         if record.get("status") == "ok":
             groups.setdefault(key, []).append(record)
@@ -168,16 +198,19 @@ def plot_accuracy(ours: dict, path: Path, paper: dict | None = None) -> Path:
 def write_report(results_dir: Path) -> tuple[Path, Path]:
     """``table.md`` and ``accuracy_vs_params.png`` from ``results_dir/results.jsonl``."""
     results_dir = Path(results_dir)
-    records = read_jsonl(results_dir / "results.jsonl")
+    path = results_dir / "results.jsonl"
+    records = read_jsonl(path)
     if not records:
-        raise FileNotFoundError(f"no results in {results_dir / 'results.jsonl'}")
-    ours = aggregate(records)
-    table = protocol_table(ours)
-    header = (f"Accuracy in percent on ROTMNIST test, `iso` and `sca`: mean (sample std) over the "
-              f"runs of each cell; paper = Lagrave & Riou 2021, Tables 1-2. Δ = ours − paper; "
-              f"Δ/σ in units of the paper's std. From `results.jsonl` beside this file "
-              f"({len(records)} runs; config in `config.toml`).\n\n")
-    table_path = results_dir / "table.md"
-    atomic_write(table_path, (header + table).encode())
-    plot_path = plot_accuracy(ours, results_dir / "accuracy_vs_params.png")
+        raise FileNotFoundError(f"no results in {path}")
+    with hold(results_dir, "report", create=False):
+        records = deduplicate(read_jsonl(path), source=str(path))
+        ours = aggregate(records)
+        table = protocol_table(ours)
+        header = (f"Accuracy in percent on ROTMNIST test, `iso` and `sca`: mean (sample std) over "
+                  f"the runs of each cell; paper = Lagrave & Riou 2021, Tables 1-2. Δ = ours − "
+                  f"paper; Δ/σ in units of the paper's std. From `results.jsonl` beside this file "
+                  f"({len(records)} runs; config in `config.toml`).\n\n")
+        table_path = results_dir / "table.md"
+        atomic_write(table_path, (header + table).encode())
+        plot_path = plot_accuracy(ours, results_dir / "accuracy_vs_params.png")
     return table_path, plot_path

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from .config import ReproduceConfig, apply_overrides, from_dict, to_dict, to_toml
 from .files import atomic_write, read_jsonl
+from .locks import hold
 from .report import PAPER_MODELS
 from .sweeps import reproduce
 from .training import fingerprint
@@ -133,8 +134,15 @@ def _score(records: list[dict], kind: str) -> dict:
 def run_study(out: Path, *, base: ReproduceConfig | None = None, stages=STAGES, margin: float = 0.25,
               jobs: int = 1, data_dir=None, cache_dir=None, progress: bool = True,
               echo=print) -> ReproduceConfig:
-    """Run the greedy study; returns the chosen configuration (also in ``out/chosen.toml``)."""
-    out = Path(out)
+    """Run the greedy study; returns the chosen configuration (also in ``out/chosen.toml``).
+    ``out`` has one writer at a time (:func:`eqpdenet.app.locks.hold`)."""
+    with hold(out, "study"):
+        return _run_study(Path(out), base=base, stages=stages, margin=margin, jobs=jobs,
+                          data_dir=data_dir, cache_dir=cache_dir, progress=progress, echo=echo)
+
+
+def _run_study(out: Path, *, base, stages, margin, jobs, data_dir, cache_dir, progress,
+               echo) -> ReproduceConfig:
     incumbent = base or study_base()
     lines = [f"# Validation study ({len(stages)} stages)", "",
              "Greedy search on the validation split (train 10,000 / validate 2,000 of ROTMNIST's "

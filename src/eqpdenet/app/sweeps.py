@@ -3,17 +3,18 @@
 :func:`reproduce` runs the grid models x hidden sizes x seeds and appends one JSON line per
 finished run to ``results.jsonl`` (atomically: the whole file is rewritten to a temporary file
 and renamed, so a killed job never leaves a partial or duplicated line); a restart skips the runs
-already there.
+already there. The folder has one writer at a time (:mod:`eqpdenet.app.locks`); the runs to do
+are checked before any data is loaded (:mod:`eqpdenet.app.preflight`); ``jobs > 1`` runs in
+worker processes that die with this one (:mod:`eqpdenet.app.workers`).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import multiprocessing
 import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from pathlib import Path
 
 import torch
@@ -21,7 +22,10 @@ import torch
 from ..errors import ConfigError
 from .config import DataConfig, ExperimentConfig, ReproduceConfig, from_dict, to_dict, to_toml
 from .files import append_jsonl, atomic_write, read_jsonl
+from .locks import hold
+from .preflight import preflight
 from .training import Split, _progress, fingerprint, prepare_data, run_experiment
+from .workers import worker_pool
 
 __all__ = ["grid", "reproduce", "run_key"]
 
@@ -68,8 +72,15 @@ def reproduce(config: ReproduceConfig, out_dir: Path, *, jobs: int = 1, data_dir
     The base configuration is written to ``out_dir/config.toml``; a results file produced with a
     different base configuration is refused (use another ``out_dir``). Returns the results path.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with hold(out_dir, "reproduce"):
+        return _reproduce(config, Path(out_dir), jobs=jobs, data_dir=data_dir,
+                          cache_dir=cache_dir, progress=progress, echo=echo)
+
+
+def _reproduce(config: ReproduceConfig, out_dir: Path, *, jobs, data_dir, cache_dir, progress,
+               echo) -> Path:
+    if jobs < 1:
+        raise ConfigError(f"jobs must be >= 1, got {jobs}")
     results = out_dir / "results.jsonl"
     base_print = fingerprint(config.base)
     config_path = out_dir / "config.toml"
@@ -86,10 +97,14 @@ def reproduce(config: ReproduceConfig, out_dir: Path, *, jobs: int = 1, data_dir
     echo(f"reproduce: {len(done)} runs done, {len(todo)} to go -> {results}")
     if not todo:
         return results
+    preflight(todo, out_dir, jobs=jobs,
+              checkpoints=sum(run.train.seed in config.checkpoint_seeds for run in todo))
 
     def finish(record: dict) -> None:
         record["key"] = run_key(record["model"], record["hidden"], record["seed"])
         record["base_fingerprint"] = base_print
+        if record["status"] != "ok":  # no model for this result: none left from an earlier try
+            (out_dir / "checkpoints" / f"{record['key']}.pt").unlink(missing_ok=True)
         append_jsonl(results, record)
         if record["status"] == "ok":
             scores = "  ".join(f"{k} {v:5.2f}" for k, v in record["accuracy"].items())
@@ -112,8 +127,7 @@ def reproduce(config: ReproduceConfig, out_dir: Path, *, jobs: int = 1, data_dir
             bar_update(1)
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs)
-        context = multiprocessing.get_context("spawn")  # fork + torch threads is unsafe
-        with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        with worker_pool(min(jobs, len(todo))) as pool:
             futures = [pool.submit(_worker, (to_dict(run), data_dir, cache_dir, threads,
                                              checkpoint_for(run))) for run in todo]
             for future in as_completed(futures):

@@ -86,7 +86,8 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("invalid config: train.device: 'cuda' requested but no GPU is available")
+        raise ConfigError("invalid config: device 'cuda' (train.device or --device) requested but "
+                          "no GPU is available here")
     return torch.device(name)
 
 
@@ -254,8 +255,20 @@ def save_checkpoint(path: Path, model: nn.Module, config: ExperimentConfig, **ex
 
 
 def load_checkpoint(path: Path, device: str = "cpu") -> tuple[nn.Module, ExperimentConfig, dict]:
-    """The model, its config and the checkpoint's other contents."""
+    """The model, its config and the checkpoint's other contents.
+
+    Raises :class:`~eqpdenet.errors.CheckpointError` for a file that is not a checkpoint, a
+    saved configuration that is invalid, or weights that do not fit the model the saved
+    configuration describes (the message names the configuration field, see
+    :func:`~eqpdenet.app.checkpoints.mismatch`).
+    """
+    from .checkpoints import mismatch
+
     path = Path(path)
+    device = resolve_device(device)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give the checkpoint file (e.g. "
+                              f"{path / 'model.pt'})")
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
@@ -264,9 +277,21 @@ def load_checkpoint(path: Path, device: str = "cpu") -> tuple[nn.Module, Experim
         raise CheckpointError(f"{path} is not a readable eqpdenet checkpoint: {error}") from None
     if not isinstance(payload, dict) or payload.get("format") != "eqpdenet-checkpoint-1":
         raise CheckpointError(f"{path} is not an eqpdenet checkpoint (missing format tag)")
-    config = from_dict(ExperimentConfig, payload["config"])
+    if not isinstance(payload.get("config"), dict) or not isinstance(payload.get("state_dict"),
+                                                                     dict):
+        raise CheckpointError(f"{path} is not a complete eqpdenet checkpoint (no config or "
+                              f"state_dict)")
+    try:
+        config = from_dict(ExperimentConfig, payload["config"])
+    except ConfigError as error:
+        raise CheckpointError(f"{path}: the saved configuration is invalid: {error}") from None
     model = build_model(config.model)
-    model.load_state_dict(payload["state_dict"])
+    try:  # loading migrates older layouts (EulerStep._load_from_state_dict): try it first
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as error:
+        problem = mismatch(model, payload["state_dict"]) or " ".join(str(error).split())
+        raise CheckpointError(f"{path}: the weights do not fit the saved configuration: "
+                              f"{problem}") from None
     return model.to(device), config, payload
 
 

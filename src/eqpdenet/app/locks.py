@@ -1,0 +1,252 @@
+"""One writer per output folder: a lock file that the operating system releases on any exit.
+
+Every command that writes results into a folder (``train``, ``reproduce``, ``study``, ``report``,
+and any new one) holds that folder's lock while it writes::
+
+    with hold(out, "reproduce"):
+        ...
+
+The lock is an advisory ``flock`` on ``<folder>/.eqpdenet.lock``, taken without waiting: a
+second writer stops at once with a :class:`~eqpdenet.errors.FolderLockedError` naming the process
+that holds it (pid, host, command line, start time, which the holder writes into the file). The
+kernel releases the lock when the holder exits, however it exits (SIGKILL included), so there is
+never a stale lock to clean up; the file itself stays (removing it would let two processes lock
+two different files of the same name). Holding is re-entrant within a process (``study`` holds
+its folder and calls ``reproduce``, which holds its own; the CLI holds the folder around a
+library call that holds it again).
+
+Creating the folder and writing the holder into the lock file is also the check, made before any
+data is loaded, that the folder can be created and written: a file in the way, a missing
+permission or a full disk is an :class:`~eqpdenet.errors.OutputFolderError` that says so.
+
+``flock`` works on local file systems and on NFS (Linux emulates it with NFS byte-range locks);
+other network file systems may not honour it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import FolderLockedError, OutputFolderError
+
+__all__ = ["LOCK_NAME", "FolderLock", "hold", "holder", "make_folder", "replace_held_folder"]
+
+LOCK_NAME = ".eqpdenet.lock"
+
+
+def make_folder(folder: Path) -> Path:
+    """Create ``folder`` (and its parents); an :class:`OutputFolderError` that names the cause
+    (a file in the way, permission, space) if it cannot be."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputFolderError(f"{folder} is a file, not a folder") from None
+    except NotADirectoryError:
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()),
+                       folder.parent)
+        raise OutputFolderError(f"cannot create the folder {folder}: {blocker} is a file, "
+                                f"not a folder") from None
+    except OSError as error:
+        raise OutputFolderError(f"cannot create the folder {folder}: {_reason(error)}") from None
+    if not folder.is_dir():
+        raise OutputFolderError(f"{folder} is not a folder")
+    return folder
+
+
+def _reason(error: OSError) -> str:
+    if error.errno == errno.ENOSPC:
+        return "no space left on the device"
+    return (error.strerror or str(error)).lower()
+
+
+class FolderLock:
+    """The writer lock of one folder (see the module docstring); not re-entrant by itself."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self, command: str | None = None) -> None:
+        """Take the lock now or raise :class:`FolderLockedError` naming the holder."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as error:
+            raise OutputFolderError(f"cannot write in the folder {self.folder}: "
+                                    f"{_reason(error)}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise FolderLockedError(
+                f"{self.folder} is being written by another eqpdenet process "
+                f"({_describe(holder(self.folder))}); one writer per folder: wait for it to "
+                f"finish, or write to another folder") from None
+        except OSError as error:
+            os.close(fd)
+            raise OutputFolderError(f"cannot lock {self.path}: {_reason(error)}") from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "command": command or " ".join(sys.argv),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+        try:  # the write is the check that the folder can be written (space included)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        except OSError as error:
+            os.close(fd)
+            raise OutputFolderError(f"cannot write in the folder {self.folder}: "
+                                    f"{_reason(error)}") from None
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # no holder any more
+            os.close(fd)  # closing releases the flock
+
+
+def holder(folder: Path, wait: float = 1.0) -> dict | None:
+    """Who holds ``folder``'s lock, as the holder wrote it (None if unknown). A holder that has
+    just taken the lock may not have written yet: read again for up to ``wait`` seconds."""
+    path = Path(folder) / LOCK_NAME
+    deadline = time.monotonic() + wait
+    while True:
+        with contextlib.suppress(OSError, ValueError):
+            info = json.loads(path.read_text())
+            if isinstance(info, dict) and _alive(info.get("pid"), info.get("host")):
+                return info
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)
+
+
+def _alive(pid, host) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    if host != socket.gethostname():
+        return True  # cannot tell from here
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _describe(info: dict | None) -> str:
+    if info is None:
+        return "holder not recorded yet"
+    return (f"pid {info['pid']} on {info.get('host', '?')}, `{info.get('command', '?')}`, "
+            f"since {info.get('started', '?')}")
+
+
+_held: dict[str, tuple[FolderLock, int]] = {}
+
+
+def _key(folder: Path) -> str:
+    return os.path.realpath(folder)
+
+
+@contextlib.contextmanager
+def hold(folder: Path, command: str | None = None, *, create: bool = True) -> Iterator[Path]:
+    """Hold ``folder``'s writer lock for the ``with`` block (re-entrant within a process).
+
+    ``create``: make the folder (and parents) first; otherwise a missing folder is an
+    :class:`OutputFolderError`. ``command`` is recorded for the error a second writer gets
+    (default: this process's command line).
+    """
+    folder = Path(folder)
+    if create:
+        make_folder(folder)
+    elif not folder.is_dir():
+        raise OutputFolderError(f"{folder} is not a folder")
+    key = _key(folder)
+    if key in _held:
+        lock, count = _held[key]
+        _held[key] = (lock, count + 1)
+    else:
+        lock = FolderLock(folder)
+        lock.acquire(command)
+        _held[key] = (lock, 1)
+    try:
+        yield folder
+    finally:
+        lock, count = _held[key]
+        if count > 1:
+            _held[key] = (lock, count - 1)
+        else:
+            del _held[key]
+            lock.release()
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False if unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False  # the file system cannot exchange
+    raise OSError(code, os.strerror(code), str(a))
+
+
+def replace_held_folder(folder: Path, new: Path) -> None:
+    """Replace the held ``folder`` by ``new`` (a sibling folder) as a unit, keeping the lock.
+
+    ``new``'s lock is taken first, then the two folders are swapped in one atomic rename where
+    the file system can (Linux), else by two renames; the old contents are deleted. A process
+    looking at ``folder`` sees the old folder or the new one, never a mixture, and can never take
+    its lock in between.
+    """
+    import shutil
+
+    folder, new = Path(folder), Path(new)
+    key = _key(folder)
+    if key not in _held:
+        raise RuntimeError(f"replace_held_folder: {folder} is not held by this process")
+    old_lock, count = _held[key]
+    new_lock = FolderLock(new)
+    new_lock.acquire(_command_of(old_lock))
+    try:
+        if not _exchange(new, folder):
+            aside = folder.with_name(f".{folder.name}.replaced-{os.getpid()}")
+            os.rename(folder, aside)
+            os.rename(new, folder)
+            os.rename(aside, new)
+    except BaseException:
+        new_lock.release()
+        raise
+    new_lock.folder, new_lock.path = folder, folder / LOCK_NAME
+    old_lock.release()
+    _held[key] = (new_lock, count)
+    shutil.rmtree(new, ignore_errors=True)  # the old contents, now at the staging path
+
+
+def _command_of(lock: FolderLock) -> str | None:
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads(lock.path.read_text()).get("command")
+    return None

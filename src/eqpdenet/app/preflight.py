@@ -1,0 +1,140 @@
+"""Checks of a whole piece of work before any data is loaded or any training starts.
+
+:func:`preflight` takes the runs a command is about to do and its output folder, and raises
+:class:`~eqpdenet.errors.ConfigError` or :class:`~eqpdenet.errors.OutputFolderError` naming the
+cause when
+
+* a configuration cannot be saved (every field is validated on construction; this also writes
+  each one to TOML, as it will be saved beside its result),
+* the device is not there (``train.device = "cuda"`` without a GPU),
+* training would need more memory than the machine has: the states the Euler steps keep for the
+  backward pass dominate (:func:`training_bytes`; ``T = 1e6, dt = 1e-3`` asks for petabytes),
+* the output file system has not the space for the checkpoints and results.
+
+The folder being creatable and writable is checked by taking its lock
+(:func:`eqpdenet.app.locks.hold`), which writes into it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .. import kernels
+from ..errors import ConfigError, OutputFolderError
+from ..pde.layer import PDELayer
+from .config import ExperimentConfig, build_model, to_toml
+
+__all__ = ["WORKER_BYTES", "available_memory", "preflight", "training_bytes"]
+
+#: Bytes kept per stored state (one image of one PDE at one Euler step) during training, by
+#: backend and ``recompute``, measured on the paper's layer (batch 128, 20 steps; peak RSS of one
+#: training step, ``benchmarks/bench_preflight.py``): the fused kernel keeps the state and little
+#: else; the reference keeps the jet, invariants and products of every step.
+STATE_FACTORS = {("fused", False): 2.5, ("fused", True): 0.5,
+                 ("reference", False): 40.0, ("reference", True): 15.0}
+
+#: Memory of one worker process of ``--jobs N`` besides its run (PyTorch, eqpdenet, the data).
+WORKER_BYTES = 600 * 2**20
+
+#: Bytes of a run's record in results.jsonl (its history and configuration), an upper bound.
+RECORD_BYTES = 64 * 2**10
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.3g} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
+
+
+def _model(config: ExperimentConfig) -> torch.nn.Module:
+    """The model, built without touching the global random stream or warning."""
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build_model(config.model)
+
+
+def training_bytes(config: ExperimentConfig, model: torch.nn.Module | None = None) -> int:
+    """An estimate of the memory that training ``config`` keeps for the backward pass, dominated
+    by the Euler states: ``batch x PDEs x channels x steps x pixels x bytes x factor`` for every
+    PDE layer of the model (at the input's size; :data:`STATE_FACTORS`)."""
+    model = _model(config) if model is None else model
+    channels = getattr(model, "in_channels", 1)
+    pixels = config.model.image_size ** 2
+    total = 0
+    for layer in model.modules():
+        if not isinstance(layer, PDELayer):
+            continue
+        backend = kernels.resolve_backend(layer.backend)
+        backend = "reference" if backend == "reference" else "fused"
+        steps = max(getattr(pde, "steps", 1) for pde in layer.pdes)
+        state = config.train.batch_size * channels * pixels * 4
+        total += int(layer.n_pdes * max(steps, 1) * state * STATE_FACTORS[backend, layer.recompute])
+    return total
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on ``device`` (None if unknown)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def preflight(runs: Sequence[ExperimentConfig], out: Path | None, *, jobs: int = 1,
+              checkpoints: int | None = None) -> None:
+    """Check ``runs`` (to be done with ``jobs`` processes, writing into ``out``, ``checkpoints``
+    of them saving a model; default all) before any data is loaded (module docstring)."""
+    from .training import resolve_device
+
+    if not runs:
+        return
+    largest_model, largest_run = 0, (0, None, None)
+    for run in runs:
+        to_toml(run)
+        device = resolve_device(run.train.device)
+        model = _model(run)
+        params = sum(p.numel() for p in model.parameters())
+        largest_model = max(largest_model, params)
+        need = training_bytes(run, model)
+        if need > largest_run[0]:
+            largest_run = (need, run, device)
+    parallel = min(jobs, len(runs))
+    need, run, device = largest_run
+    if run is not None:
+        available = available_memory(device)
+        workers = parallel * WORKER_BYTES if parallel > 1 else 0
+        if available is not None and need * parallel + workers > available:
+            layer = getattr(run.model, "layer", None)
+            steps = f" ({layer.steps} Euler steps)" if layer is not None else ""
+            per = f"{parallel} runs at once, each " if parallel > 1 else ""
+            raise ConfigError(
+                f"invalid config: training would need about {_gib(need * parallel + workers)} of "
+                f"memory ({per}{_gib(need)} for the states the Euler steps keep), more than the "
+                f"{_gib(available)} available on {device}: raise model.layer.dt or lower "
+                f"model.layer.T{steps}, lower train.batch_size ({run.train.batch_size}), set "
+                f"model.layer.recompute = true" + (", or lower --jobs" if parallel > 1 else ""))
+    if out is None:
+        return
+    count = len(runs) if checkpoints is None else checkpoints
+    checkpoint_bytes = count * (4 * largest_model + RECORD_BYTES) + len(runs) * RECORD_BYTES
+    folder = Path(out)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if checkpoint_bytes > free:
+        raise OutputFolderError(f"not enough space for the results in {out}: about "
+                                f"{_gib(checkpoint_bytes)} to write, {_gib(free)} free")
