@@ -2,8 +2,14 @@
 
 It implements the operators declared in :mod:`eqpdenet.kernels.op` for ``cpu`` tensors. The
 extension is built with :func:`torch.utils.cpp_extension.load` the first time it is needed (about
-a minute) and cached: in ``$EQPDENET_BUILD_DIR`` if set, else in torch's extension directory
-(``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``). The kernel runs one OpenMP
+a minute) and cached: in ``$EQPDENET_BUILD_DIR`` if set, else under torch's extension directory
+(``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) in ``eqpdenet-py<version>/``.
+
+Processes load the extension one at a time under an ``flock`` of ``<build folder>.lock``, which
+the kernel releases however a process ends. torch's own lock (a file ``lock`` in the build
+folder that its holder deletes) is left behind by a process killed while loading, and every
+later process would wait for it for ever; under the ``flock`` no other process can be loading,
+so such a file is stale and is removed. The kernel runs one OpenMP
 task per image of the batch (and PDE), each doing all Euler steps in cache-resident buffers: jet
 (3x3 stencil with the boundary padding), invariants, ``F_theta`` and the update in one pass per
 step. Its backward is the exact discrete adjoint, either from the states stored by the forward or,
@@ -15,9 +21,12 @@ kernel agrees with it to rounding (``tests/kernels/``).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import platform
+import sys
 import threading
 import time
 from pathlib import Path
@@ -58,6 +67,30 @@ def _cpu_model() -> str:
     return model + "\n" + flags
 
 
+def _build_directory(name: str) -> str:
+    root = os.environ.get(ENV_BUILD_DIR)
+    if not root:
+        from torch.utils import cpp_extension
+
+        base = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
+        root = os.path.join(base, f"eqpdenet-py{sys.version_info[0]}{sys.version_info[1]}")
+    return os.path.join(root, name)
+
+
+@contextlib.contextmanager
+def _build_lock(build_dir: str):
+    """Hold the build folder's ``flock``; remove torch's ``lock`` file if a killed process left
+    it (module docstring)."""
+    with open(build_dir.rstrip(os.sep) + ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # waits while another process loads or builds
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(build_dir, "lock"))  # stale: its holder is gone
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def load_extension():
     """The compiled kernel module, building it on first use; raises
     :class:`~eqpdenet.errors.KernelUnavailableError` if it cannot."""
@@ -72,15 +105,14 @@ def load_extension():
 
             source = SOURCE.read_text()
             name = _extension_name(source)
-            build_dir = os.environ.get(ENV_BUILD_DIR)
-            if build_dir:
-                build_dir = os.path.join(build_dir, name)
-                os.makedirs(build_dir, exist_ok=True)
+            build_dir = _build_directory(name)
+            os.makedirs(build_dir, exist_ok=True)
             start = time.perf_counter()
-            _extension = cpp_extension.load(
-                name=name, sources=[str(SOURCE)], extra_cflags=CFLAGS,
-                extra_ldflags=["-fopenmp"], build_directory=build_dir, verbose=False,
-            )
+            with _build_lock(build_dir):
+                _extension = cpp_extension.load(
+                    name=name, sources=[str(SOURCE)], extra_cflags=CFLAGS,
+                    extra_ldflags=["-fopenmp"], build_directory=build_dir, verbose=False,
+                )
             _build_seconds = time.perf_counter() - start
         except Exception as error:  # noqa: BLE001 - any failure means "use the reference"
             message = str(error).strip().splitlines()
