@@ -119,11 +119,14 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     import numpy as np
 
+    from ..data.scenarios import SCENARIOS
     from .training import evaluate_scenarios, load_checkpoint, prepare_data
 
     model, config, _ = load_checkpoint(args.checkpoint, device=args.device or "cpu")
-    data = prepare_data(config.data, args.data_dir, args.cache_dir)
     scenarios = args.scenarios or config.scenarios
+    for name in scenarios:  # before loading data
+        SCENARIOS.check(name, "--scenarios")
+    data = prepare_data(config.data, args.data_dir, args.cache_dir)
     per_instance = [evaluate_scenarios(model, data["test"], scenarios, seed=seed)
                     for seed in range(args.instances)]
     summary = {}
@@ -250,6 +253,8 @@ def _figure(args) -> int:
     from ..analysis.references import heat_pde
     from .figures import figure_diagram
 
+    if Path(args.out).is_dir():  # before the work, not at the write
+        raise ConfigError(f"--out {args.out}: a folder is in the way of the PNG file")
     image = _load_digits(args.data_dir, [args.sample])
     if args.pde == "heat":
         pde, label = heat_pde(T=args.T, dt=args.dt), f"heat equation ∂t u = u_xx + u_yy, T={args.T:g}"

@@ -7,6 +7,7 @@ then a rename), so a killed job never leaves a half-written file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -20,6 +21,8 @@ def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():  # else the rename fails naming the temporary file
+        raise IsADirectoryError(errno.EISDIR, "a folder is in the way of the file", str(path))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         umask = os.umask(0)

@@ -1,0 +1,199 @@
+"""No command prints a traceback (issue 14, item 6): every subcommand with bad input ends with one
+line naming the problem and a non-zero status; ``EQPDENET_DEBUG=1`` shows the traceback.
+
+The cases run in-process (an exception escaping ``main`` fails the test); two run as real
+processes to see exactly what a user sees. ``benchmarks/reliability_campaign.py`` runs a wider
+campaign as real processes and writes the table of ``docs/reliability.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from data_helpers import data_dir_or_skip
+from eqpdenet.app import cli, training
+from eqpdenet.app.cli import main
+from eqpdenet.app.config import ExperimentConfig, apply_overrides, build_model
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def run(argv, capsys) -> tuple[int, str]:
+    """``eqpdenet argv`` in-process: the exit status and stderr (argparse exits via SystemExit)."""
+    try:
+        status = main(argv)
+    except SystemExit as exit_:
+        status = exit_.code
+    return status, capsys.readouterr().err
+
+
+def assert_one_line(status: int, err: str, message: str) -> None:
+    assert status not in (0, None), err
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert len(errors) == 1, err
+    assert message in errors[0], err
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A small valid checkpoint, an edited one, a folder, a file, a corrupt results folder."""
+    root = tmp_path_factory.mktemp("bad-inputs")
+    config = apply_overrides(ExperimentConfig(), ["model.hidden=8"])
+    torch.manual_seed(0)
+    training.save_checkpoint(root / "model.pt", build_model(config.model), config)
+    payload = torch.load(root / "model.pt", weights_only=True)
+    payload["config"]["model"]["hidden"] = 32
+    torch.save(payload, root / "edited.pt")
+    (root / "folder").mkdir()
+    (root / "file.txt").write_text("not a folder, not a checkpoint, not TOML = [")
+    (root / "results").mkdir()
+    (root / "results" / "results.jsonl").write_text('{"model": "fcnn"}\n{"model": \n')
+    (root / "binary.toml").write_bytes(b"\xff\xfe\x00binary")
+    return root
+
+
+CASES = [  # (id, argv with {root} for the files fixture, part of the message)
+    ("no-command", [], None),
+    ("unknown-command", ["trian"], "invalid choice: 'trian'"),
+    ("info-extra", ["info", "extra"], "unrecognized arguments: extra"),
+    ("train-out-is-file", ["train", "--out", "{root}/file.txt"], "is a file, not a folder"),
+    ("train-out-under-file", ["train", "--out", "{root}/file.txt/run"], "is a file, not a folder"),
+    ("train-epochs-0", ["train", "--out", "{root}/r", "--epochs", "0"], "train.epochs: must be"),
+    ("train-epochs-text", ["train", "--out", "{root}/r", "--epochs", "ten"], "invalid int value"),
+    ("train-model", ["train", "--out", "{root}/r", "--model", "cnn"], "invalid choice: 'cnn'"),
+    ("train-set-section", ["train", "--out", "{root}/r", "--set", "model=3"],
+     "model: expects a table of ModelConfig fields, got 3"),
+    ("train-set-unknown", ["train", "--out", "{root}/r", "--set", "train.lrr=1"],
+     "unknown field 'lrr'"),
+    ("train-set-no-equals", ["train", "--out", "{root}/r", "--set", "train.lr"],
+     "--set expects section.field=value"),
+    ("train-lr-inf", ["train", "--out", "{root}/r", "--set", "train.lr=inf"],
+     "train.lr: must be a finite number, got inf"),
+    ("train-config-folder", ["train", "--out", "{root}/r", "--config", "{root}/folder"],
+     "is a folder; give the TOML file in it"),
+    ("train-config-missing", ["train", "--out", "{root}/r", "--config", "{root}/none.toml"],
+     "config file not found"),
+    ("train-config-not-toml", ["train", "--out", "{root}/r", "--config", "{root}/file.txt"],
+     "is not valid TOML"),
+    ("train-config-binary", ["train", "--out", "{root}/r", "--config", "{root}/binary.toml"],
+     "is not UTF-8 text"),
+    ("train-steps", ["train", "--out", "{root}/r", "--set", "model.layer.T=1e6", "--set",
+                     "model.layer.dt=1e-3"], "Euler steps per PDE, more than the bound"),
+    ("train-no-data", ["train", "--out", "{root}/r", "--data-dir", "{root}/folder", "--cache-dir",
+                       "{root}/cache"], "mnist"),
+    ("evaluate-missing", ["evaluate", "{root}/none.pt"], "checkpoint not found"),
+    ("evaluate-folder", ["evaluate", "{root}/folder"], "is a folder; give the checkpoint file"),
+    ("evaluate-not-checkpoint", ["evaluate", "{root}/file.txt"],
+     "is not a readable eqpdenet checkpoint"),
+    ("evaluate-edited", ["evaluate", "{root}/edited.pt"],
+     "model.hidden is 32 in the configuration but 8 in the weights"),
+    ("evaluate-instances-0", ["evaluate", "{root}/model.pt", "--instances", "0"],
+     "'0' is not a positive integer"),
+    ("evaluate-scenario", ["evaluate", "{root}/model.pt", "--scenarios", "rotated"],
+     "unknown scenario 'rotated'"),
+    ("reproduce-jobs-0", ["reproduce", "--out", "{root}/p", "--jobs", "0"],
+     "'0' is not a positive integer"),
+    ("reproduce-no-seeds", ["reproduce", "--out", "{root}/p", "--set", "seeds=[]"],
+     "seeds: must be distinct and non-empty"),
+    ("reproduce-out-is-file", ["reproduce", "--out", "{root}/file.txt"], "is a file"),
+    ("study-stages", ["study", "--out", "{root}/s", "--stages", "all"], "invalid choice: 'all'"),
+    ("study-epochs-0", ["study", "--out", "{root}/s", "--epochs", "0"], "train.epochs: must be"),
+    ("symbolic-group", ["symbolic", "lorentz"], "lorentz"),
+    ("report-missing", ["report", "{root}/none"], "no results in"),
+    ("report-corrupt", ["report", "{root}/results"], "results.jsonl:2: not a JSON line"),
+    ("equivariance-T-0", ["equivariance", "--T", "0"], "'0' is not a positive number"),
+    ("equivariance-dt-nan", ["equivariance", "--dt", "nan"], "'nan' is not a positive number"),
+    ("equivariance-checkpoint", ["equivariance", "--quick", "--checkpoint", "{root}/none.pt",
+                                 "--out", "{root}/eq"], "checkpoint not found"),
+    ("describe-missing", ["describe", "{root}/none.pt"], "checkpoint not found"),
+    ("describe-frames-0", ["describe", "{root}/model.pt", "--frames", "0"],
+     "'0' is not a positive integer"),
+    ("figure-which", ["figure", "diagramm", "--out", "{root}/f.png"], "invalid choice"),
+    ("figure-angle-nan", ["figure", "diagram", "--angle", "nan", "--out", "{root}/f.png"],
+     "'nan' is not a finite number"),
+    ("figure-scale-0", ["figure", "diagram", "--scale", "0", "--out", "{root}/f.png"],
+     "'0' is not a positive number"),
+    ("figure-sample-negative", ["figure", "diagram", "--sample", "-1", "--out", "{root}/f.png"],
+     "'-1' is not an integer >= 0"),
+]
+
+
+@pytest.mark.parametrize("case, argv, message", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_not_a_traceback(case, argv, message, files, capsys, monkeypatch):
+    monkeypatch.delenv(cli.DEBUG_VARIABLE, raising=False)
+    status, err = run([a.format(root=files) for a in argv], capsys)
+    if message is None:  # no command: the help, status 2
+        assert status == 2 and "Traceback" not in err
+        return
+    assert_one_line(status, err, message)
+
+
+DATA_CASES = [
+    ("figure-sample-too-large", ["figure", "diagram", "--sample", "99999", "--out",
+                                 "{root}/f.png"], "sample 99999: MNIST's test set has digits"),
+    ("figure-pde-without-checkpoint", ["figure", "diagram", "--pde", "1", "--out",
+                                       "{root}/f.png"], "--pde INDEX needs --checkpoint"),
+    ("figure-pde-index", ["figure", "diagram", "--pde", "7", "--checkpoint", "{root}/model.pt",
+                          "--out", "{root}/f.png"], "--pde 7: the checkpoint has 4 PDEs"),
+    ("figure-pde-text", ["figure", "diagram", "--pde", "wave", "--checkpoint",
+                         "{root}/model.pt", "--out", "{root}/f.png"], "'heat' or the index"),
+    ("figure-out-is-folder", ["figure", "diagram", "--out", "{root}/folder"],
+     "a folder is in the way of the PNG file"),
+    ("describe-samples", ["describe", "{root}/model.pt", "--out", "{root}/d", "--samples",
+                          "10000"], "sample 10000: MNIST's test set has digits 0 ... 9999"),
+]
+
+
+@pytest.mark.parametrize("case, argv, message", DATA_CASES, ids=[c[0] for c in DATA_CASES])
+def test_bad_input_with_data_is_one_line(case, argv, message, files, capsys, monkeypatch):
+    data = data_dir_or_skip()
+    monkeypatch.setenv("EQPDENET_DATA", str(data))
+    monkeypatch.delenv(cli.DEBUG_VARIABLE, raising=False)
+    status, err = run([a.format(root=files) for a in argv] + ["--data-dir", str(data)], capsys)
+    assert_one_line(status, err, message.format(root=files))
+
+
+def test_an_unexpected_exception_is_one_line_and_debug_shows_it(monkeypatch, capsys):
+    def broken(args):
+        raise ZeroDivisionError("division by zero in a bug")
+
+    monkeypatch.setattr(cli, "_info", broken)
+    monkeypatch.delenv(cli.DEBUG_VARIABLE, raising=False)
+    status, err = run(["info"], capsys)
+    assert status == 1
+    assert_one_line(status, err, "unexpected ZeroDivisionError: division by zero in a bug (a bug "
+                                 "in eqpdenet? please report it with the traceback) "
+                                 "(EQPDENET_DEBUG=1 shows the traceback)")
+    monkeypatch.setenv(cli.DEBUG_VARIABLE, "1")
+    with pytest.raises(ZeroDivisionError):
+        main(["info"])
+
+
+def test_multi_line_messages_become_one_line():
+    text, status = cli.describe_error(ValueError("first line\n  second line"))
+    assert (text, status) == ("first line second line", 2)
+    text, status = cli.describe_error(OSError(28, "No space left on device", "/full/model.pt"))
+    assert (text, status) == ("No space left on device: /full/model.pt", 2)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--out", "{file}", "--no-progress"], "is a file, not a folder"),
+    (["evaluate", "{file}"], "is not a readable eqpdenet checkpoint"),
+])
+def test_a_real_process_prints_one_line(argv, message, tmp_path):
+    file = tmp_path / "file.txt"
+    file.write_text("x")
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop(cli.DEBUG_VARIABLE, None)
+    done = subprocess.run([sys.executable, "-m", "eqpdenet", *[a.format(file=file) for a in argv]],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+    assert done.stderr.startswith("eqpdenet: error: ")
