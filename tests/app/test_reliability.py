@@ -308,3 +308,22 @@ def test_real_training_writes_one_consistent_run_folder(tmp_path, capsys):
     assert payload["accuracy"] == result["accuracy"] and config.model.hidden == 8
     assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME, "config.toml", "model.pt",
                                                      "result.json"]
+
+
+def test_atomic_write_writes_a_pipe_in_place_and_never_replaces_it(tmp_path):
+    """A device or pipe given as an output file (``--json /dev/stdout``) is written, not replaced
+    by a regular file (as root, the rename replaced /dev/full itself)."""
+    import os
+    import stat
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    files.atomic_write(fifo, b"summary\n")
+    reader.join(timeout=60)
+    assert received == [b"summary\n"] and stat.S_ISFIFO(fifo.stat().st_mode)
+    with pytest.raises(IsADirectoryError, match="a folder is in the way"):
+        files.atomic_write(tmp_path, b"x")

@@ -12,9 +12,11 @@ Errors are one line on stderr naming the problem (exit status 2; 1 for an unexpe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import signal
 import sys
 import time
 import warnings
@@ -435,6 +437,24 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"eqpdenet: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (``kill``, a job scheduler) ends the command like Ctrl-C: through the same
+    clean-up (staging folders removed, worker processes stopped, the lock released)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (see the module docstring)."""
     parser = build_parser()
@@ -444,12 +464,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     debug = bool(os.environ.get(DEBUG_VARIABLE))
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _terminate_as_interrupt():
             if not debug:  # one line per warning, no source line
                 warnings.showwarning = _show_warning
             return args.handler(args)
     except KeyboardInterrupt:
-        print("interrupted: finished runs are saved; rerun the same command to resume",
+        print("eqpdenet: interrupted: finished runs are saved; rerun the same command to resume",
               file=sys.stderr)
         return 130
     except BrokenPipeError:  # stdout closed early (`eqpdenet report ... | head`): not an error

@@ -18,11 +18,18 @@ __all__ = ["append_jsonl", "atomic_write", "read_jsonl", "save_figure"]
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename (a path
+    that is a device or pipe, like ``/dev/stdout``, is written in place)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_dir():  # else the rename fails naming the temporary file
         raise IsADirectoryError(errno.EISDIR, "a folder is in the way of the file", str(path))
+    if path.exists() and not path.is_file():
+        # A device, pipe or socket (/dev/stdout, /dev/full): written in place, never replaced by
+        # a regular file (as root, a rename would replace the device node itself).
+        with open(path, "wb") as handle:
+            handle.write(data)
+        return
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         umask = os.umask(0)

@@ -1,0 +1,789 @@
+"""The fault and bad-input campaign of ``docs/reliability.md``: every case tried as a new user would
+meet it, each in a fresh process, and the table of what each gets now.
+
+Usage::
+
+    EQPDENET_DATA=../shared/data python benchmarks/reliability_campaign.py \\
+        [--write docs/reliability.md] [--only ID ...] [--skip-slow]
+
+``--write`` replaces the table between the ``campaign`` markers of that file; ``--skip-slow``
+leaves out the kill during the C++ kernel's first build (it builds the kernel from scratch in a
+temporary folder, minutes on a loaded machine). Cases that need root (a full and a read-only
+file system, made with ``mount -t tmpfs``) are reported as skipped elsewhere.
+
+A case passes when the outcome is the one expected: for an error, a non-zero exit status, no
+traceback, and one line naming the cause (the expected fragment); for a library call, the
+expected exception or warning; for a fault, the property stated (no orphan, no duplicate...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+START, END = "<!-- campaign:start -->", "<!-- campaign:end -->"
+
+
+@dataclass
+class Outcome:
+    status: int | None
+    message: str
+    traceback: bool
+    seconds: float
+    passed: bool
+    note: str = ""
+
+
+@dataclass
+class Case:
+    id: str
+    group: str
+    what: str
+    run: Callable[[Path], Outcome]
+    slow: bool = False
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               OMP_NUM_THREADS="1", **extra)
+    env.pop("EQPDENET_DEBUG", None)
+    return env
+
+
+def _message(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if ": error: " in line or line.startswith("eqpdenet: ")]
+    return (errors or lines or [""])[-1].strip()
+
+
+def _run(argv: list[str], timeout: float = 600, env: dict | None = None, **kwargs):
+    start = time.monotonic()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                          env=env or _env(), **kwargs)
+    return done, time.monotonic() - start
+
+
+def cli(*args: str, fragment: str, expect: str = "error", timeout: float = 600,
+        env: dict | None = None) -> Callable[[Path], Outcome]:
+    """``eqpdenet args`` ({tmp}, {data}, {ckpt}... substituted); expect an error line with
+    ``fragment``, a warning with it (``"warning"``), or success with it in the output."""
+    def run(tmp: Path) -> Outcome:
+        argv = [a.format(**PLACES, tmp=tmp) for a in args]
+        done, seconds = _run([sys.executable, "-m", "eqpdenet", *argv], timeout, env)
+        traceback = "Traceback" in done.stderr
+        message = _message(done.stderr) if expect != "ok" else (done.stdout.strip().splitlines()
+                                                                 or [""])[-1]
+        errors = [line for line in done.stderr.splitlines() if ": error: " in line]
+        if expect == "error":
+            passed = done.returncode != 0 and len(errors) == 1 and fragment in errors[0]
+        elif expect == "warning":
+            passed = done.returncode == 0 and fragment in done.stderr
+        else:
+            passed = done.returncode == 0 and fragment in done.stdout + done.stderr
+        return Outcome(done.returncode, message, traceback, seconds, passed and not traceback)
+    return run
+
+
+def lib(snippet: str, *, expect: str, fragment: str) -> Callable[[Path], Outcome]:
+    """A Python snippet using the library; ``expect`` an exception class name, ``"warning"``
+    (an ``InputRangeWarning``) or ``"ok"``; ``fragment`` must be in the exception or result."""
+    code = textwrap.dedent('''
+        import warnings, torch
+        import eqpdenet
+        from eqpdenet import *
+        from eqpdenet.errors import *
+        torch.manual_seed(0)
+        warnings.simplefilter("always")
+        with warnings.catch_warnings(record=True) as caught:
+            try:
+                result = eval(compile(SNIPPET, "<case>", "eval"))
+                print("RESULT", result)
+            except Exception as error:
+                print("RAISED", type(error).__name__ + ":", " ".join(str(error).split()))
+        for w in caught:
+            print("WARNED", w.category.__name__ + ":", " ".join(str(w.message).split()))
+    ''').replace("SNIPPET", repr(snippet))
+
+    def run(tmp: Path) -> Outcome:
+        done, seconds = _run([sys.executable, "-c", code], 600, cwd=tmp)
+        lines = done.stdout.splitlines()
+        raised = next((line[7:] for line in lines if line.startswith("RAISED ")), "")
+        warned = [line[7:] for line in lines if line.startswith("WARNED ")
+                  and "InputRangeWarning" in line]
+        result = next((line[7:] for line in lines if line.startswith("RESULT ")), "")
+        if expect == "ok":
+            passed, message = not raised and fragment in result, result or raised
+        elif expect == "warning":
+            passed = bool(warned) and fragment in " ".join(warned + [raised, result])
+            message = " / ".join(warned[:1] + ([raised] if raised else [f"then: {result}"]))
+        else:
+            passed, message = raised.startswith(expect + ":") and fragment in raised, raised
+        return Outcome(None, message or done.stderr.strip()[-200:], False, seconds, passed)
+    return run
+
+
+# ----------------------------------------------------------------------------- shared files
+
+
+PLACES: dict[str, str] = {}
+TINY = ["--set", "data.train_subset=300", "--set", "data.test_subset=200", "--set",
+        "model.layer.T=0.2", "--hidden", "8", "--epochs", "1", "--no-progress"]
+TINY_SWEEP = ["base.data.train_subset=300", "base.data.test_subset=200", "base.train.epochs=1",
+              "base.model.layer.T=0.2", "hidden_sizes=[8]"]
+LONG_SWEEP = ["base.data.train_subset=2000", "base.data.test_subset=200",
+              "base.train.epochs=200", "base.model.layer.T=0.2", "hidden_sizes=[8]",
+              "seeds=[0, 1]"]
+
+
+def sweep_args(items: list[str]) -> list[str]:
+    return [a for item in items for a in ("--set", item)]
+
+
+def prepare(root: Path, data: str) -> None:
+    """Checkpoints, broken files and folders the cases use; the C++ kernel built once."""
+    code = textwrap.dedent(f'''
+        import torch
+        from eqpdenet.app.config import ExperimentConfig, apply_overrides, build_model
+        from eqpdenet.app.training import save_checkpoint
+        from eqpdenet.kernels import cpu
+        cpu.is_available()
+        root = {str(root)!r}
+        config = apply_overrides(ExperimentConfig(), ["model.hidden=8", "data.test_subset=200"])
+        torch.manual_seed(0)
+        model = build_model(config.model)
+        save_checkpoint(root + "/model.pt", model, config)
+        torch.save(model.state_dict(), root + "/state_dict.pt")
+        payload = torch.load(root + "/model.pt", weights_only=True)
+        for name, edit in [("hidden", ("hidden", 32)), ("kind", ("kind", "fcnn"))]:
+            edited = {{**payload, "config": {{**payload["config"],
+                       "model": {{**payload["config"]["model"], edit[0]: edit[1]}}}}}}
+            torch.save(edited, root + f"/edited-{{name}}.pt")
+        layer = dict(payload["config"]["model"]["layer"], invariants=["se2"])
+        edited = {{**payload, "config": {{**payload["config"],
+                   "model": {{**payload["config"]["model"], "layer": layer}}}}}}
+        torch.save(edited, root + "/edited-invariants.pt")
+        invalid = {{**payload, "config": {{**payload["config"],
+                    "model": {{**payload["config"]["model"], "hidden": 0}}}}}}
+        torch.save(invalid, root + "/edited-invalid.pt")
+    ''')
+    subprocess.run([sys.executable, "-c", code], check=True, env=_env(), timeout=1800)
+    (root / "model.pt").read_bytes()
+    (root / "truncated.pt").write_bytes((root / "model.pt").read_bytes()[:2000])
+    (root / "folder").mkdir()
+    (root / "file.txt").write_text("a file, not a folder, not a checkpoint, not TOML = [")
+    (root / "binary.toml").write_bytes(b"\xff\xfe\x00\x01binary")
+    (root / "empty-data" / "mnist").mkdir(parents=True)
+    broken = root / "broken-data" / "mnist"
+    shutil.copytree(Path(data) / "mnist", broken)
+    images = broken / "train-images-idx3-ubyte.gz"
+    images.write_bytes(images.read_bytes()[:100_000])
+    for name, lines in [("corrupt", ['{"model": "fcnn"}', '{"model": ']),
+                        ("duplicates", [_record(0, 70.0), _record(1, 74.0), _record(0, 70.0),
+                                        _record(1, 74.0)]),
+                        ("contradictory", [_record(0, 70.0), _record(0, 71.5)])]:
+        (root / name).mkdir()
+        (root / name / "results.jsonl").write_text("\n".join(lines) + "\n")
+    (root / "foreign").mkdir()
+    (root / "foreign" / "notes.txt").write_text("my notes")
+    PLACES.update(root=str(root), data=data, ckpt=str(root / "model.pt"))
+
+
+def _record(seed: int, test: float) -> str:
+    return json.dumps({"model": "fcnn", "hidden": 16, "seed": seed, "status": "ok",
+                       "params": 13002, "key": f"fcnn-h16-seed{seed}",
+                       "accuracy": {"test": test, "iso": 30.0, "sca": 20.0}})
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+def _stat(pid: int):
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def _alive(pid: int) -> bool:
+    fields = _stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def _descendants(pid: int) -> set[int]:
+    parents = {int(e.name): int(f[1]) for e in Path("/proc").iterdir()
+               if e.name.isdigit() and (f := _stat(int(e.name)))}
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {c for c, p in parents.items() if p in frontier} - found
+        found |= frontier
+    return found
+
+
+def _cpu(pid: int) -> float:
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
+
+
+def _wait(condition, timeout: float, poll: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(poll)
+    return None
+
+
+def _eqpdenet(*args: str) -> list[str]:
+    return [sys.executable, "-m", "eqpdenet", *args]
+
+
+def fault_two_writers(tmp: Path) -> Outcome:
+    from eqpdenet.app.locks import holder
+
+    out, start = tmp / "results", time.monotonic()
+    argv = _eqpdenet("reproduce", "--out", str(out), "--data-dir", PLACES["data"], "--cache-dir",
+                     str(tmp / "cache"), "--no-progress", *sweep_args(LONG_SWEEP))
+    first = subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        _wait(lambda: (holder(out, wait=0) or {}).get("pid") == first.pid, 300)
+        second, _ = _run(argv, 300)
+        overlapped = first.poll() is None
+    finally:
+        first.kill()
+        first.wait()
+    message = _message(second.stderr)
+    passed = (overlapped and second.returncode == 2 and f"(pid {first.pid} on" in message
+              and "Traceback" not in second.stderr)
+    return Outcome(second.returncode, message, "Traceback" in second.stderr,
+                   time.monotonic() - start, passed, "second started while the first ran")
+
+
+def fault_kill_sweep(tmp: Path) -> Outcome:
+    from eqpdenet.app.files import read_jsonl
+
+    out, start = tmp / "killed", time.monotonic()
+    argv = _eqpdenet("reproduce", "--out", str(out), "--data-dir", PLACES["data"], "--cache-dir",
+                     str(tmp / "cache"), "--no-progress",
+                     *sweep_args(TINY_SWEEP + ["seeds=[0, 1, 2]", "models=['fcnn']"]))
+    process = subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    _wait(lambda: (out / "results.jsonl").exists() and read_jsonl(out / "results.jsonl"), 300,
+          0.05)
+    process.kill()
+    process.wait()
+    before = len(read_jsonl(out / "results.jsonl"))
+    again, _ = _run(argv, 600)
+    keys = [r["key"] for r in read_jsonl(out / "results.jsonl")]
+    passed = again.returncode == 0 and sorted(keys) == sorted(set(keys)) and len(keys) == 3
+    return Outcome(again.returncode, f"killed after {before} run(s); the rerun: "
+                   f"{_message(again.stdout)} -> {len(keys)} lines, {len(set(keys))} keys",
+                   "Traceback" in again.stderr, time.monotonic() - start, passed)
+
+
+def fault_orphans(tmp: Path, sig: int = signal.SIGKILL) -> Outcome:
+    start = time.monotonic()
+    argv = _eqpdenet("reproduce", "--out", str(tmp / "jobs"), "--data-dir", PLACES["data"],
+                     "--cache-dir", str(tmp / "cache"), "--no-progress", "--jobs", "2",
+                     *sweep_args(LONG_SWEEP))
+    parent = subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
+
+    def training():
+        workers = [p for p in _descendants(parent.pid)
+                   if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")]
+        return len(workers) >= 2 and all(_cpu(w) > 8 for w in workers[:2]) and workers
+
+    workers = _wait(training, 300, 0.5) or []
+    family = _descendants(parent.pid)
+    parent.send_signal(sig)
+    _, err = parent.communicate(timeout=120)
+    gone = _wait(lambda: not any(_alive(p) for p in family), 60)
+    left = sorted(p for p in family if _alive(p))
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    name = signal.Signals(sig).name
+    message = (f"{len(workers)} training workers; {len(family)} descendants all gone "
+               f"{'within 60 s' if gone else f'NOT gone: {left}'}")
+    if sig != signal.SIGKILL:
+        message += f"; parent: {_message(err)}"
+    passed = bool(workers) and bool(gone) and "Traceback" not in err
+    return Outcome(parent.returncode, f"{name}: {message}", "Traceback" in err,
+                   time.monotonic() - start, passed)
+
+
+def fault_sigterm_train(tmp: Path) -> Outcome:
+    out, start = tmp / "run", time.monotonic()
+    base = ["train", "--out", str(out), "--data-dir", PLACES["data"], "--cache-dir",
+            str(tmp / "cache")]
+    first, _ = _run(_eqpdenet(*base, *TINY))
+    before = {p.name: p.read_bytes() for p in out.iterdir()} if out.exists() else {}
+    longer = [a if a != "300" and a != "data.train_subset=300" else "data.train_subset=4000"
+              for a in TINY]
+    longer[longer.index("--epochs") + 1] = "100"
+    process = subprocess.Popen(_eqpdenet(*base, *longer), env=_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    _wait(lambda: any(tmp.glob(".run.staging-*")) and _cpu(process.pid) > 6, 300)
+    process.terminate()
+    _, err = process.communicate(timeout=120)
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    staging = list(tmp.glob(".run.staging-*"))
+    passed = (first.returncode == 0 and after == before and not staging
+              and process.returncode == 130 and "Traceback" not in err)
+    return Outcome(process.returncode, f"{_message(err)}; previous run "
+                   f"{'intact' if after == before else 'CHANGED'}, "
+                   f"{len(staging)} staging folder(s) left", "Traceback" in err,
+                   time.monotonic() - start, passed)
+
+
+def fault_failed_rerun(tmp: Path) -> Outcome:
+    out, start = tmp / "run", time.monotonic()
+    base = ["train", "--out", str(out), "--data-dir", PLACES["data"], "--cache-dir",
+            str(tmp / "cache"), *TINY]
+    first, _ = _run(_eqpdenet(*base))
+    rerun, _ = _run(_eqpdenet(*base, "--set", "model.layer.init='normal'", "--set",
+                              "model.layer.init_scale=50.0"))
+    scored, _ = _run(_eqpdenet("evaluate", str(out / "model.pt"), "--instances", "1"))
+    files = sorted(p.name for p in out.iterdir())
+    status = json.loads((out / "result.json").read_text())["status"]
+    passed = (first.returncode == 0 and rerun.returncode == 1 and "model.pt" not in files
+              and status == "diverged" and scored.returncode == 2)
+    return Outcome(rerun.returncode, f"{_message(rerun.stderr)}; folder now {files} "
+                   f"(status {status}); evaluate: {_message(scored.stderr)}",
+                   "Traceback" in rerun.stderr + scored.stderr, time.monotonic() - start, passed)
+
+
+def fault_rerun_replaces(tmp: Path) -> Outcome:
+    out, start = tmp / "run", time.monotonic()
+    base = ["train", "--out", str(out), "--data-dir", PLACES["data"], "--cache-dir",
+            str(tmp / "cache"), *TINY]
+    _run(_eqpdenet(*base))
+    again, _ = _run(_eqpdenet(*base, "--seed", "1"))
+    from eqpdenet.app.training import load_checkpoint
+
+    _, config, payload = load_checkpoint(out / "model.pt")
+    result = json.loads((out / "result.json").read_text())
+    passed = (again.returncode == 0 and config.train.seed == 1 and result["seed"] == 1
+              and payload["accuracy"] == result["accuracy"])
+    return Outcome(again.returncode, f"folder replaced whole: model, config and result all of "
+                   f"seed {config.train.seed}", "Traceback" in again.stderr,
+                   time.monotonic() - start, passed)
+
+
+def fault_interrupt_jobs(tmp: Path) -> Outcome:
+    return fault_orphans(tmp, signal.SIGINT)
+
+
+def fault_kill_build(tmp: Path) -> Outcome:
+    start = time.monotonic()
+    env = _env(EQPDENET_BUILD_DIR=str(tmp / "build"))
+    code = "from eqpdenet.kernels import cpu; cpu.load_extension(); print('loaded')"
+    process = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    _wait(lambda: list((tmp / "build").glob("*/lock")), 300, 0.1)
+    os.killpg(process.pid, signal.SIGKILL)  # the build, ninja and the compiler with it
+    process.wait()
+    stale = [str(p.relative_to(tmp)) for p in (tmp / "build").glob("*/lock")]
+    try:
+        done, _ = _run([sys.executable, "-c", code], 1200, env)
+        passed, message = done.returncode == 0 and "loaded" in done.stdout, \
+            f"killed while building (left {stale}); the next process built and loaded the kernel"
+    except subprocess.TimeoutExpired:
+        done, passed, message = None, False, "the next process hung for 20 min (stale lock)"
+    return Outcome(done.returncode if done else None, message, False, time.monotonic() - start,
+                   passed)
+
+
+def fault_broken_pipe(tmp: Path) -> Outcome:
+    start = time.monotonic()
+    done = subprocess.run(f"{sys.executable} -m eqpdenet info | head -1", shell=True,
+                          capture_output=True, text=True, env=_env(), timeout=300)
+    passed = "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr \
+        and done.stdout.startswith("eqpdenet ")
+    return Outcome(done.returncode, f"stdout: {done.stdout.strip()!r}; stderr: "
+                   f"{done.stderr.strip()!r}", "Traceback" in done.stderr,
+                   time.monotonic() - start, passed)
+
+
+def _tmpfs(tmp: Path, size: str, readonly: bool) -> Path | None:
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return None
+    mount = tmp / "mnt"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                      capture_output=True).returncode:
+        return None
+    if readonly:
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+    return mount
+
+
+def _on_tmpfs(size: str, free: int | None, argv: list[str], fragment: str):
+    """``argv`` with ``{mnt}`` a fresh tmpfs of ``size`` with ``free`` bytes left (None: mounted
+    read-only)."""
+    def run(tmp: Path) -> Outcome:
+        mount = _tmpfs(tmp, size, readonly=free is None)
+        if mount is None:
+            return Outcome(None, "skipped: needs root to mount a tmpfs", False, 0.0, True, "skip")
+        try:
+            if free is not None:  # fill it, then give back ``free`` bytes
+                filler = mount / "filler"
+                with open(filler, "wb") as handle:
+                    try:
+                        while True:
+                            handle.write(b"\0" * 4096)
+                            handle.flush()
+                    except OSError:
+                        pass
+                    handle.truncate(max(0, filler.stat().st_size - free))
+            return cli(*[a.replace("{mnt}", str(mount)) for a in argv], fragment=fragment)(tmp)
+        finally:
+            subprocess.run(["umount", str(mount)], capture_output=True)
+    return run
+
+
+# ----------------------------------------------------------------------------- the cases
+
+
+def T(*args, fragment, **kwargs):  # noqa: N802 - a short name for the long table below
+    return cli("train", "--out", "{tmp}/run", "--data-dir", "{data}", "--cache-dir", "{tmp}/c",
+               "--no-progress", *args, fragment=fragment, **kwargs)
+
+
+def R(*args, fragment, **kwargs):  # noqa: N802
+    return cli("reproduce", "--out", "{tmp}/results", "--data-dir", "{data}", "--no-progress",
+               *args, fragment=fragment, **kwargs)
+
+
+MODEL = "EqPdeNet(8, input_mean=0.1307, input_std=0.3081)"
+X = "torch.rand(2, 1, 28, 28)"
+
+CASES = [
+    # configuration and flags: refused before any data is loaded
+    Case("epochs-0", "config", "`train --epochs 0`", T("--epochs", "0", fragment="train.epochs")),
+    Case("hidden-0", "config", "`train --hidden 0`", T("--hidden", "0", fragment="model.hidden")),
+    Case("set-epochs-0", "config", "`--set train.epochs=0`",
+         T("--set", "train.epochs=0", fragment="train.epochs: must be >= 1")),
+    Case("epochs-negative", "config", "`--epochs -1`", T("--epochs", "-1", fragment="train.epochs")),
+    Case("seed-negative", "config", "`--seed -1`", T("--seed", "-1", fragment="train.seed")),
+    Case("lr-inf", "config", "`--set train.lr=inf`",
+         T("--set", "train.lr=inf", fragment="train.lr: must be a finite number")),
+    Case("lr-nan", "config", "`--set train.lr=nan`",
+         T("--set", "train.lr=nan", fragment="train.lr: must be a finite number")),
+    Case("lr-negative", "config", "`--set train.lr=-1`",
+         T("--set", "train.lr=-1", fragment="train.lr: must be positive")),
+    Case("lr-huge-toml", "config", "`--set train.lr=1e400` (TOML reads inf)",
+         T("--set", "train.lr=1e400", fragment="train.lr: must be a finite number")),
+    Case("std-inf", "config", "`--set model.input_std=inf`",
+         T("--set", "model.input_std=inf", fragment="model.input_std")),
+    Case("std-0", "config", "`--set model.input_std=0`",
+         T("--set", "model.input_std=0", fragment="model.input_std: must be positive")),
+    Case("mean-nan", "config", "`--set model.input_mean=nan`",
+         T("--set", "model.input_mean=nan", fragment="model.input_mean")),
+    Case("steps", "config", "`--set model.layer.T=1e6 --set model.layer.dt=1e-3` (1e9 steps)",
+         T("--set", "model.layer.T=1e6", "--set", "model.layer.dt=1e-3",
+           fragment="Euler steps per PDE, more than the bound of 100,000")),
+    Case("memory", "config", "`T=1000, dt=0.01` (1e5 steps: ~400 GB of stored states)",
+         T("--set", "model.layer.T=1000", "--set", "model.layer.dt=0.01",
+           fragment="training would need about")),
+    Case("dt-0", "config", "`--set model.layer.dt=0`",
+         T("--set", "model.layer.dt=0", fragment="layer.dt: must be positive")),
+    Case("set-section", "config", "`--set model=3`",
+         T("--set", "model=3", fragment="model: expects a table of ModelConfig fields")),
+    Case("set-subsection", "config", "`--set model.layer=3`",
+         T("--set", "model.layer=3", fragment="model.layer: expects a table")),
+    Case("set-type", "config", "`--set model.hidden='a'`",
+         T("--set", "model.hidden='a'", fragment="model.hidden: must be an integer")),
+    Case("set-bool", "config", "`--set train.select_on_validation=1`",
+         T("--set", "train.select_on_validation=1", fragment="must be true or false")),
+    Case("set-unknown", "config", "`--set train.lrr=1`",
+         T("--set", "train.lrr=1", fragment="unknown field 'lrr'")),
+    Case("set-no-value", "config", "`--set train.lr`",
+         T("--set", "train.lr", fragment="--set expects section.field=value")),
+    Case("select-no-validation", "config", "`--set train.select_on_validation=true`",
+         T("--set", "train.select_on_validation=true", fragment="needs data.validation > 0")),
+    Case("validation-range", "config", "`--set data.validation=12000`",
+         T("--set", "data.validation=12000", fragment="data.validation")),
+    Case("subset-negative", "config", "`--set data.train_subset=-5`",
+         T("--set", "data.train_subset=-5", fragment="data.train_subset")),
+    Case("subset-float", "config", "`--set data.train_subset=1.5`",
+         T("--set", "data.train_subset=1.5", fragment="data.train_subset: must be an integer")),
+    Case("batch-0", "config", "`--set train.batch_size=0`",
+         T("--set", "train.batch_size=0", fragment="train.batch_size")),
+    Case("invariant-set", "config", "`--set model.layer.invariants=['affine']`",
+         T("--set", "model.layer.invariants=['affine']", fragment="unknown invariant set")),
+    Case("stencil", "config", "`--set model.layer.stencil='sobel'`",
+         T("--set", "model.layer.stencil='sobel'", fragment="unknown stencil 'sobel'")),
+    Case("optimizer", "config", "`--set train.optimizer='lbfgs'`",
+         T("--set", "train.optimizer='lbfgs'", fragment="train.optimizer")),
+    Case("scenario", "config", "`--set scenarios=['rotated']`",
+         T("--set", "scenarios=['rotated']", fragment="unknown scenario 'rotated'")),
+    Case("model-kind", "config", "`--model cnn`", T("--model", "cnn", fragment="invalid choice")),
+    Case("no-gpu", "config", "`--device cuda` without a GPU",
+         T("--device", "cuda", fragment="no GPU is available")),
+    Case("config-folder", "config", "`--config <a folder>`",
+         T("--config", "{root}/folder", fragment="is a folder; give the TOML file")),
+    Case("config-missing", "config", "`--config <missing file>`",
+         T("--config", "{root}/none.toml", fragment="config file not found")),
+    Case("config-not-toml", "config", "`--config <not TOML>`",
+         T("--config", "{root}/file.txt", fragment="is not valid TOML")),
+    Case("config-binary", "config", "`--config <binary file>`",
+         T("--config", "{root}/binary.toml", fragment="is not UTF-8 text")),
+    Case("jobs-0", "config", "`reproduce --jobs 0`",
+         R("--jobs", "0", fragment="'0' is not a positive integer")),
+    Case("jobs-64", "config", "`reproduce --jobs 64` (64 workers of ~0.6 GB)",
+         R("--jobs", "64", fragment="or lower --jobs")),
+    Case("seeds-empty", "config", "`reproduce --set seeds=[]`",
+         R("--set", "seeds=[]", fragment="seeds: must be distinct and non-empty")),
+    Case("seeds-repeated", "config", "`reproduce --set seeds=[1, 1]`",
+         R("--set", "seeds=[1, 1]", fragment="seeds: must be distinct")),
+    Case("hidden-sizes-0", "config", "`reproduce --set hidden_sizes=[0]`",
+         R("--set", "hidden_sizes=[0]", fragment="hidden_sizes[0]: must be >= 1")),
+    Case("models-unknown", "config", "`reproduce --set models=['cnn']`",
+         R("--set", "models=['cnn']", fragment="models[0]: unknown model 'cnn'")),
+    Case("study-epochs-0", "config", "`study --epochs 0`",
+         cli("study", "--out", "{tmp}/s", "--epochs", "0", fragment="train.epochs")),
+    Case("study-hidden-0", "config", "`study --hidden 0`",
+         cli("study", "--out", "{tmp}/s", "--hidden", "0", fragment="hidden_sizes[0]")),
+    Case("evaluate-instances-0", "config", "`evaluate --instances 0`",
+         cli("evaluate", "{ckpt}", "--instances", "0", fragment="is not a positive integer")),
+    Case("evaluate-scenario", "config", "`evaluate --scenarios rotated`",
+         cli("evaluate", "{ckpt}", "--scenarios", "rotated", fragment="unknown scenario")),
+    Case("figure-angle-nan", "config", "`figure diagram --angle nan`",
+         cli("figure", "diagram", "--angle", "nan", "--out", "{tmp}/f.png",
+             fragment="'nan' is not a finite number")),
+    Case("figure-scale-0", "config", "`figure diagram --scale 0`",
+         cli("figure", "diagram", "--scale", "0", "--out", "{tmp}/f.png",
+             fragment="'0' is not a positive number")),
+    Case("figure-sample", "config", "`figure diagram --sample 99999`",
+         cli("figure", "diagram", "--sample", "99999", "--data-dir", "{data}", "--out",
+             "{tmp}/f.png", fragment="sample 99999: MNIST's test set has digits 0 ... 9999")),
+    Case("figure-pde-index", "config", "`figure diagram --pde 9 --checkpoint <4 PDEs>`",
+         cli("figure", "diagram", "--pde", "9", "--checkpoint", "{ckpt}", "--data-dir", "{data}",
+             "--out", "{tmp}/f.png", fragment="--pde 9: the checkpoint has 4 PDEs")),
+    Case("figure-out-folder", "config", "`figure diagram --out <a folder>`",
+         cli("figure", "diagram", "--out", "{root}/folder", "--data-dir", "{data}",
+             fragment="a folder is in the way of the PNG file")),
+    Case("describe-samples", "config", "`describe --samples 10000 --out d`",
+         cli("describe", "{ckpt}", "--samples", "10000", "--out", "{tmp}/d", "--data-dir",
+             "{data}", fragment="sample 10000")),
+    Case("describe-frames-0", "config", "`describe --frames 0`",
+         cli("describe", "{ckpt}", "--frames", "0", fragment="is not a positive integer")),
+    Case("equivariance-T-0", "config", "`equivariance --T 0`",
+         cli("equivariance", "--T", "0", fragment="is not a positive number")),
+    Case("equivariance-checkpoint", "config", "`equivariance --quick --checkpoint <missing>`",
+         cli("equivariance", "--quick", "--checkpoint", "{root}/none.pt", "--out", "{tmp}/eq",
+             fragment="checkpoint not found")),
+    Case("symbolic-group", "config", "`symbolic lorentz`",
+         cli("symbolic", "lorentz", fragment="lorentz")),
+    Case("unknown-command", "config", "`eqpdenet trian`",
+         cli("trian", fragment="invalid choice: 'trian'")),
+    # output folders and files
+    Case("out-is-file", "output", "`train --out <an existing file>`",
+         T("--out", "{root}/file.txt", fragment="is a file, not a folder")),
+    Case("out-under-file", "output", "`train --out <file>/run`",
+         T("--out", "{root}/file.txt/run", fragment="is a file, not a folder")),
+    Case("out-cannot-create", "output", "`train --out /proc/eqpdenet-run`",
+         T("--out", "/proc/eqpdenet-run", fragment="cannot create the folder")),
+    Case("out-foreign-files", "output", "`train --out <a folder with other files>`",
+         T("--out", "{root}/foreign", fragment="holds files that are not part of an eqpdenet run")),
+    Case("reproduce-out-file", "output", "`reproduce --out <an existing file>`",
+         R("--out", "{root}/file.txt", fragment="is a file, not a folder")),
+    Case("disk-full", "output", "`train --out` on a full file system (tmpfs)",
+         _on_tmpfs("1m", 0, ["train", "--out", "{mnt}/run", "--data-dir", "{data}",
+                             "--no-progress"], "no space left on the device")),
+    Case("disk-nearly-full", "output", "`train --out` with 256 KiB free (the model needs ~1 MB)",
+         _on_tmpfs("2m", 256 * 1024, ["train", "--out", "{mnt}/run", "--data-dir", "{data}",
+                                      "--no-progress"], "not enough space for the results")),
+    Case("read-only", "output", "`train --out` on a read-only file system",
+         _on_tmpfs("1m", None, ["train", "--out", "{mnt}/run", "--data-dir", "{data}",
+                                "--no-progress"], "read-only file system")),
+    Case("json-full", "output", "`evaluate --json /dev/full` (the device is full)",
+         cli("evaluate", "{ckpt}", "--instances", "1", "--scenarios", "test", "--data-dir",
+             "{data}", "--cache-dir", "{tmp}/c", "--json", "/dev/full",
+             fragment="No space left on device")),
+    Case("report-missing", "output", "`report <folder without results>`",
+         cli("report", "{root}/folder", fragment="no results in")),
+    Case("report-corrupt", "output", "`report` with a truncated line in results.jsonl",
+         cli("report", "{root}/corrupt", fragment="results.jsonl:2: not a JSON line")),
+    Case("report-duplicates", "output", "`report` with every run recorded twice (two writers)",
+         cli("report", "{root}/duplicates", fragment="wrote", expect="ok")),
+    Case("report-contradictory", "output", "`report` with one run recorded with two accuracies",
+         cli("report", "{root}/contradictory", fragment="is recorded twice with different "
+                                                       "accuracy")),
+    Case("data-missing", "output", "`train --data-dir <folder without MNIST>`",
+         T("--data-dir", "{root}/empty-data", "--cache-dir", "{tmp}/c2", "--set",
+           "data.source='generated'", fragment="mnist")),
+    Case("data-truncated", "output", "`train` with a truncated MNIST file",
+         T("--data-dir", "{root}/broken-data", "--cache-dir", "{tmp}/c3", *TINY,
+           fragment="train-images-idx3-ubyte.gz")),
+    Case("cache-is-file", "output", "`train --cache-dir <an existing file>` (the cache is "
+         "optional)", cli("train", "--out", "{tmp}/run", "--data-dir", "{data}", "--cache-dir",
+                          "{root}/file.txt", *TINY, expect="warning",
+                          fragment="could not write the ROTMNIST cache")),
+    # checkpoints
+    Case("ckpt-missing", "checkpoint", "`evaluate <missing file>`",
+         cli("evaluate", "{root}/none.pt", fragment="checkpoint not found")),
+    Case("ckpt-folder", "checkpoint", "`evaluate <a folder>`",
+         cli("evaluate", "{root}/folder", fragment="is a folder; give the checkpoint file")),
+    Case("ckpt-text", "checkpoint", "`evaluate <a text file>`",
+         cli("evaluate", "{root}/file.txt", fragment="is not a readable eqpdenet checkpoint")),
+    Case("ckpt-truncated", "checkpoint", "`evaluate <a truncated checkpoint>`",
+         cli("evaluate", "{root}/truncated.pt", fragment="is not a readable eqpdenet checkpoint")),
+    Case("ckpt-state-dict", "checkpoint", "`evaluate <a bare state_dict>`",
+         cli("evaluate", "{root}/state_dict.pt", fragment="missing format tag")),
+    Case("ckpt-edited-hidden", "checkpoint", "`evaluate` a checkpoint whose config says h=32",
+         cli("evaluate", "{root}/edited-hidden.pt", fragment="model.hidden is 32 in the "
+                                                            "configuration but 8 in the weights")),
+    Case("ckpt-edited-invariants", "checkpoint", "... whose config has 1 PDE instead of 4",
+         cli("evaluate", "{root}/edited-invariants.pt",
+             fragment="model.layer.invariants (the number of PDEs) is 1")),
+    Case("ckpt-edited-kind", "checkpoint", "... whose config says fcnn",
+         cli("evaluate", "{root}/edited-kind.pt", fragment="model.kind: the weights have a PDE")),
+    Case("ckpt-invalid-config", "checkpoint", "... whose config says hidden = 0",
+         cli("evaluate", "{root}/edited-invalid.pt",
+             fragment="the saved configuration is invalid")),
+    Case("ckpt-no-gpu", "checkpoint", "`evaluate --device cuda` without a GPU",
+         cli("evaluate", "{ckpt}", "--device", "cuda", fragment="no GPU is available")),
+    # library inputs
+    Case("nan-pixel", "library", "EqPdeNet on images with one NaN pixel",
+         lib(f"{MODEL}({X}.index_fill_(3, torch.tensor([5]), float('nan')))",
+             expect="InputError", fragment="the input is at fault, not the PDE scheme")),
+    Case("inf-pixel", "library", "EqPdeNet on images with an inf pixel",
+         lib(f"{MODEL}({X}.index_fill_(2, torch.tensor([3]), float('inf')))",
+             expect="InputError", fragment="inf")),
+    Case("nan-layer", "library", "PDELayer.paper() on a NaN image",
+         lib("PDELayer.paper()(torch.full((1, 1, 8, 8), float('nan')))", expect="InputError",
+             fragment="u contains non-finite values")),
+    Case("nan-fcnn", "library", "FCNN on a NaN image (no PDE to catch it)",
+         lib("FCNN(8)(torch.full((1, 1, 28, 28), float('nan')))", expect="InputError",
+             fragment="the input is at fault")),
+    Case("0-255-eqpdenet", "library", "0-255 images into a model standardised for 0-1",
+         lib(f"{MODEL}({X} * 255)", expect="warning", fragment="0-255 instead of 0-1")),
+    Case("0-255-fcnn", "library", "0-255 images into FCNN standardised for 0-1",
+         lib(f"FCNN(8, input_mean=0.1307, input_std=0.3081)({X} * 255).shape", expect="warning",
+             fragment="torch.Size([2, 10])")),
+    Case("float16", "library", "float16 images into a float32 EqPdeNet",
+         lib(f"{MODEL}({X}.half()).dtype", expect="ok", fragment="torch.float16")),
+    Case("bfloat16", "library", "bfloat16 images into a float32 EqPdeNet",
+         lib(f"{MODEL}({X}.bfloat16()).dtype", expect="ok", fragment="torch.bfloat16")),
+    Case("float64", "library", "float64 images into a float32 PDELayer",
+         lib(f"PDELayer.paper()({X}.double())", expect="InputTypeError",
+             fragment="is torch.float64 but the module computes in torch.float32")),
+    Case("float32-into-64", "library", "float32 images into a float64 PDELayer",
+         lib(f"PDELayer.paper().double()({X}).dtype", expect="ok", fragment="torch.float32")),
+    Case("uint8", "library", "uint8 images (0-255 integers)",
+         lib(f"{MODEL}(({X} * 255).to(torch.uint8))", expect="InputTypeError",
+             fragment="must be a floating-point tensor")),
+    Case("no-channel-axis", "library", "images of shape (B, 28, 28)",
+         lib(f"{MODEL}(torch.rand(2, 28, 28))", expect="InputError",
+             fragment="must have shape (batch, channels, height, width)")),
+    Case("wrong-size", "library", "32x32 images into a 28x28 model",
+         lib(f"{MODEL}(torch.rand(2, 1, 32, 32))", expect="InputError",
+             fragment="expected images of shape (batch, 1, 28, 28)")),
+    Case("numpy", "library", "a NumPy array instead of a tensor",
+         lib(f"{MODEL}({X}.numpy())", expect="InputTypeError", fragment="must be a torch.Tensor")),
+    Case("empty-batch", "library", "an empty batch (0, 1, 28, 28)",
+         lib(f"{MODEL}(torch.rand(0, 1, 28, 28)).shape", expect="ok",
+             fragment="torch.Size([0, 10])")),
+    Case("layer-steps", "library", "`LayerConfig(T=1e6, dt=1e-3)`",
+         lib("LayerConfig(T=1e6, dt=1e-3)", expect="ConfigError", fragment="Euler steps")),
+    Case("layer-dt", "library", "`PDELayer.build(dt=-1)`",
+         lib("PDELayer.build(dt=-1.0)", expect="ConfigError", fragment="layer.dt")),
+    Case("model-hidden-0", "library", "`EqPdeNet(hidden=0)`",
+         lib("EqPdeNet(hidden=0)", expect="ConfigError", fragment="hidden")),
+    # faults
+    Case("two-writers", "fault", "two `reproduce` on one `--out` at once", fault_two_writers),
+    Case("kill-sweep", "fault", "SIGKILL of `reproduce` mid-sweep, then the same command",
+         fault_kill_sweep),
+    Case("orphans", "fault", "SIGKILL of `reproduce --jobs 2` while both workers train",
+         fault_orphans),
+    Case("interrupt-jobs", "fault", "Ctrl-C (SIGINT) to `reproduce --jobs 2`",
+         fault_interrupt_jobs),
+    Case("sigterm-train", "fault", "SIGTERM of `train` into a folder holding a previous run",
+         fault_sigterm_train),
+    Case("failed-rerun", "fault", "a rerun that diverges, into a folder holding a run",
+         fault_failed_rerun),
+    Case("rerun-replaces", "fault", "a rerun (another seed) into a folder holding a run",
+         fault_rerun_replaces),
+    Case("kill-build", "fault", "SIGKILL during the C++ kernel's first build, then a new process",
+         fault_kill_build, slow=True),
+    Case("broken-pipe", "fault", "`eqpdenet info | head -1`", fault_broken_pipe),
+]
+
+
+def table(results: list[tuple[Case, Outcome]]) -> str:
+    lines = ["| # | group | bad input or fault | exit | what eqpdenet says / does now | ok |",
+             "|---:|---|---|---:|---|---|"]
+    for number, (case, outcome) in enumerate(results, 1):
+        message = outcome.message.replace("|", "\\|")
+        message = re.sub(r"/tmp/[^\s:;,)'\]]*?/(?=[\w.-]+)", ".../", message)
+        if len(message) > 260:
+            message = message[:257] + "..."
+        verdict = "skip" if outcome.note == "skip" else ("yes" if outcome.passed else "**NO**")
+        status = "–" if outcome.status is None else str(outcome.status)
+        lines.append(f"| {number} | {case.group} | {case.what} | {status} | {message} | "
+                     f"{verdict} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", help="Markdown file whose campaign table to replace")
+    parser.add_argument("--only", nargs="+", help="case ids")
+    parser.add_argument("--skip-slow", action="store_true")
+    args = parser.parse_args()
+    data = os.environ.get("EQPDENET_DATA")
+    if not data:
+        sys.exit("set EQPDENET_DATA to the folder containing mnist/")
+    cases = [c for c in CASES if (not args.only or c.id in args.only)
+             and not (args.skip_slow and c.slow)]
+    start = time.monotonic()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="eqpdenet-campaign-") as scratch:
+        prepare(Path(scratch) / "shared", data)
+        for case in cases:
+            tmp = Path(scratch) / case.id
+            tmp.mkdir()
+            try:
+                outcome = case.run(tmp)
+            except Exception as error:  # noqa: BLE001 - the campaign reports, never stops
+                outcome = Outcome(None, f"campaign error: {type(error).__name__}: {error}",
+                                  False, 0.0, False)
+            results.append((case, outcome))
+            mark = "ok  " if outcome.passed else "FAIL"
+            print(f"{mark} {case.id:<24} {outcome.seconds:6.1f} s  {outcome.message[:150]}",
+                  flush=True)
+    minutes = (time.monotonic() - start) / 60
+    failed = [c.id for c, o in results if not o.passed]
+    summary = (f"{len(results)} cases, {len(results) - len(failed)} as expected"
+               + (f", not as expected: {', '.join(failed)}" if failed else "")
+               + f"; {minutes:.0f} min")
+    print(summary)
+    if args.write:
+        path = Path(args.write)
+        text = path.read_text()
+        body = (f"{START}\n\n{table(results)}\n\n{summary} (`python "
+                f"benchmarks/reliability_campaign.py{' --skip-slow' if args.skip_slow else ''}"
+                f"`).\n\n{END}")
+        path.write_text(text[:text.index(START)] + body + text[text.index(END) + len(END):])
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
