@@ -35,6 +35,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
+sys.path.insert(0, str(ROOT / "tests"))
+
+from process_helpers import alive, cpu_seconds, descendants, poll, pool_workers  # noqa: E402
+
 START, END = "<!-- campaign:start -->", "<!-- campaign:end -->"
 
 
@@ -211,43 +215,6 @@ def _record(seed: int, test: float) -> str:
 # ----------------------------------------------------------------------------- faults
 
 
-def _stat(pid: int):
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2:].split()
-
-
-def _alive(pid: int) -> bool:
-    fields = _stat(pid)
-    return fields is not None and fields[0] not in ("Z", "X")
-
-
-def _descendants(pid: int) -> set[int]:
-    parents = {int(e.name): int(f[1]) for e in Path("/proc").iterdir()
-               if e.name.isdigit() and (f := _stat(int(e.name)))}
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {c for c, p in parents.items() if p in frontier} - found
-        found |= frontier
-    return found
-
-
-def _cpu(pid: int) -> float:
-    fields = _stat(pid)
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
-
-
-def _wait(condition, timeout: float, poll: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(poll)
-    return None
-
-
 def _eqpdenet(*args: str) -> list[str]:
     return [sys.executable, "-m", "eqpdenet", *args]
 
@@ -261,7 +228,7 @@ def fault_two_writers(tmp: Path) -> Outcome:
     first = subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     try:
-        _wait(lambda: (holder(out, wait=0) or {}).get("pid") == first.pid, 300)
+        poll(lambda: (holder(out, wait=0) or {}).get("pid") == first.pid, 300)
         second, _ = _run(argv, 300)
         overlapped = first.poll() is None
     finally:
@@ -283,7 +250,7 @@ def fault_kill_sweep(tmp: Path) -> Outcome:
                      *sweep_args(TINY_SWEEP + ["seeds=[0, 1, 2]", "models=['fcnn']"]))
     process = subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    _wait(lambda: (out / "results.jsonl").exists() and read_jsonl(out / "results.jsonl"), 300,
+    poll(lambda: (out / "results.jsonl").exists() and read_jsonl(out / "results.jsonl"), 300,
           0.05)
     process.kill()
     process.wait()
@@ -291,8 +258,9 @@ def fault_kill_sweep(tmp: Path) -> Outcome:
     again, _ = _run(argv, 600)
     keys = [r["key"] for r in read_jsonl(out / "results.jsonl")]
     passed = again.returncode == 0 and sorted(keys) == sorted(set(keys)) and len(keys) == 3
-    return Outcome(again.returncode, f"killed after {before} run(s); the rerun: "
-                   f"{_message(again.stdout)} -> {len(keys)} lines, {len(set(keys))} keys",
+    said = next((line for line in again.stdout.splitlines() if line.startswith("reproduce:")), "")
+    return Outcome(again.returncode, f"killed after {before} run(s); the rerun: {said!r} -> "
+                   f"{len(keys)} lines, {len(set(keys))} keys",
                    "Traceback" in again.stderr, time.monotonic() - start, passed)
 
 
@@ -301,20 +269,26 @@ def fault_orphans(tmp: Path, sig: int = signal.SIGKILL) -> Outcome:
     argv = _eqpdenet("reproduce", "--out", str(tmp / "jobs"), "--data-dir", PLACES["data"],
                      "--cache-dir", str(tmp / "cache"), "--no-progress", "--jobs", "2",
                      *sweep_args(LONG_SWEEP))
+    # SIGINT as in a terminal: a shell started in the background may have set it to "ignore"
     parent = subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True)
+                              text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def training():
-        workers = [p for p in _descendants(parent.pid)
-                   if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")]
-        return len(workers) >= 2 and all(_cpu(w) > 8 for w in workers[:2]) and workers
+        workers = pool_workers(parent.pid)
+        return len(workers) >= 2 and all(cpu_seconds(w) > 8 for w in workers[:2]) and workers
 
-    workers = _wait(training, 300, 0.5) or []
-    family = _descendants(parent.pid)
+    workers = poll(training, 300, 0.5) or []
+    family = descendants(parent.pid)
     parent.send_signal(sig)
-    _, err = parent.communicate(timeout=120)
-    gone = _wait(lambda: not any(_alive(p) for p in family), 60)
-    left = sorted(p for p in family if _alive(p))
+    try:
+        _, err = parent.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        parent.kill()
+        _, err = parent.communicate()
+        err += "\n(the parent did not exit within 120 s: killed)"
+    gone = poll(lambda: not any(alive(p) for p in family), 60)
+    left = sorted(p for p in family if alive(p))
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     name = signal.Signals(sig).name
@@ -338,7 +312,7 @@ def fault_sigterm_train(tmp: Path) -> Outcome:
     longer[longer.index("--epochs") + 1] = "100"
     process = subprocess.Popen(_eqpdenet(*base, *longer), env=_env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
-    _wait(lambda: any(tmp.glob(".run.staging-*")) and _cpu(process.pid) > 6, 300)
+    poll(lambda: any(tmp.glob(".run.staging-*")) and cpu_seconds(process.pid) > 6, 300)
     process.terminate()
     _, err = process.communicate(timeout=120)
     after = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -356,8 +330,9 @@ def fault_failed_rerun(tmp: Path) -> Outcome:
     base = ["train", "--out", str(out), "--data-dir", PLACES["data"], "--cache-dir",
             str(tmp / "cache"), *TINY]
     first, _ = _run(_eqpdenet(*base))
-    rerun, _ = _run(_eqpdenet(*base, "--set", "model.layer.init='normal'", "--set",
-                              "model.layer.init_scale=50.0"))
+    # heat flow with a dt = 100 >> 1/4: the Euler steps blow up at the first batch
+    rerun, _ = _run(_eqpdenet(*base, "--set", "model.layer.init='heat'", "--set",
+                              "model.layer.init_scale=1000.0", "--set", "model.layer.T=2.0"))
     scored, _ = _run(_eqpdenet("evaluate", str(out / "model.pt"), "--instances", "1"))
     files = sorted(p.name for p in out.iterdir())
     status = json.loads((out / "result.json").read_text())["status"]
@@ -395,7 +370,7 @@ def fault_kill_build(tmp: Path) -> Outcome:
     code = "from eqpdenet.kernels import cpu; cpu.load_extension(); print('loaded')"
     process = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
-    _wait(lambda: list((tmp / "build").glob("*/lock")), 300, 0.1)
+    poll(lambda: list((tmp / "build").glob("*/lock")), 300, 0.1)
     os.killpg(process.pid, signal.SIGKILL)  # the build, ninja and the compiler with it
     process.wait()
     stale = [str(p.relative_to(tmp)) for p in (tmp / "build").glob("*/lock")]
@@ -443,11 +418,10 @@ def _on_tmpfs(size: str, free: int | None, argv: list[str], fragment: str):
         try:
             if free is not None:  # fill it, then give back ``free`` bytes
                 filler = mount / "filler"
-                with open(filler, "wb") as handle:
+                with open(filler, "wb", buffering=0) as handle:
                     try:
                         while True:
                             handle.write(b"\0" * 4096)
-                            handle.flush()
                     except OSError:
                         pass
                     handle.truncate(max(0, filler.stat().st_size - free))

@@ -19,6 +19,7 @@ import pytest
 from data_helpers import data_dir_or_skip
 from eqpdenet.app.files import read_jsonl
 from eqpdenet.app.locks import hold, holder
+from process_helpers import alive, cpu_seconds, descendants, poll, pool_workers
 
 if not Path("/proc/self/stat").exists():
     pytest.skip("needs /proc (Linux) to watch processes", allow_module_level=True)
@@ -42,45 +43,11 @@ def environment() -> dict:
                 OMP_NUM_THREADS="1")
 
 
-def wait_for(condition, timeout: float, what: str, poll: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (state first), None if gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2:].split()
-
-
-def alive(pid: int) -> bool:
-    fields = stat(pid)
-    return fields is not None and fields[0] not in ("Z", "X")  # a zombie has exited
-
-
-def descendants(pid: int) -> set[int]:
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := stat(int(entry.name))):
-            parents[int(entry.name)] = int(fields[1])
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = stat(pid)
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
+def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
+    value = poll(condition, timeout, interval)
+    if not value:
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    return value
 
 
 def kill_all(pids) -> None:
@@ -116,6 +83,7 @@ def test_two_writers_on_one_folder_the_second_stops_at_once(tmp_path, cache_dir)
         assert "Traceback" not in second.stderr
         assert (f"is being written by another eqpdenet process (pid {first.pid} on "
                 in second.stderr), second.stderr
+        assert f"running `eqpdenet reproduce --out {out} " in second.stderr
         assert "one writer per folder" in second.stderr
         # "at once": it stopped without loading data or training (Python + torch start-up only)
         assert time.monotonic() - start < 120
@@ -136,13 +104,11 @@ def test_workers_die_with_their_parent(tmp_path, cache_dir):
     family: set[int] = set()
     try:
         def training_workers():
-            workers = [pid for pid in descendants(parent.pid)
-                       if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(
-                           errors="replace")] if parent.poll() is None else []
+            workers = pool_workers(parent.pid) if parent.poll() is None else []
             # several CPU seconds each: past start-up (torch, data), inside a run
             return len(workers) >= 2 and all(cpu_seconds(w) > 8 for w in workers[:2])
 
-        wait_for(training_workers, 300, "two worker processes to be training", poll=0.5)
+        wait_for(training_workers, 300, "two worker processes to be training", interval=0.5)
         family = descendants(parent.pid)
         parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=60)

@@ -110,7 +110,7 @@ def _train(args) -> int:
             atomic_write(stage / "result.json",
                          (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
     if record["status"] != "ok":
-        print(f"training failed: {record['error']}", file=sys.stderr)
+        print(f"eqpdenet: training failed: {record['error']}", file=sys.stderr)
         return 1
     scores = "  ".join(f"{k} {v:.2f}%" for k, v in record["accuracy"].items())
     print(f"{config.model.kind} h={config.model.hidden} seed={config.train.seed}: {scores} "

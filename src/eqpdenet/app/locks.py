@@ -30,6 +30,7 @@ import errno
 import fcntl
 import json
 import os
+import shlex
 import socket
 import sys
 import time
@@ -99,9 +100,8 @@ class FolderLock:
         except OSError as error:
             os.close(fd)
             raise OutputFolderError(f"cannot lock {self.path}: {_reason(error)}") from None
-        info = {"pid": os.getpid(), "host": socket.gethostname(),
-                "command": command or " ".join(sys.argv),
-                "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command or "",
+                "argv": _command_line(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
         try:  # the write is the check that the folder can be written (space included)
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
@@ -148,11 +148,24 @@ def _alive(pid, host) -> bool:
     return True
 
 
+def _command_line() -> str:
+    """This process's command line as its user typed it (``eqpdenet reproduce --out ...``)."""
+    argv = list(sys.argv) or ["python"]
+    first = Path(argv[0])
+    if first.name == "eqpdenet" or (first.name == "__main__.py" and first.parent.name == "eqpdenet"):
+        argv[0] = "eqpdenet"
+    else:
+        argv[0] = first.name
+    return shlex.join(argv)
+
+
 def _describe(info: dict | None) -> str:
     if info is None:
         return "holder not recorded yet"
-    return (f"pid {info['pid']} on {info.get('host', '?')}, `{info.get('command', '?')}`, "
-            f"since {info.get('started', '?')}")
+    what = f"`{info['argv']}`" if info.get("argv") else "?"
+    label = f" ({info['command']})" if info.get("command") else ""
+    return (f"pid {info['pid']} on {info.get('host', '?')}, running {what}{label}, since "
+            f"{info.get('started', '?')}")
 
 
 _held: dict[str, tuple[FolderLock, int]] = {}
@@ -167,8 +180,8 @@ def hold(folder: Path, command: str | None = None, *, create: bool = True) -> It
     """Hold ``folder``'s writer lock for the ``with`` block (re-entrant within a process).
 
     ``create``: make the folder (and parents) first; otherwise a missing folder is an
-    :class:`OutputFolderError`. ``command`` is recorded for the error a second writer gets
-    (default: this process's command line).
+    :class:`OutputFolderError`. ``command`` (what is writing: ``"reproduce"``) is recorded with
+    this process's command line for the error a second writer gets.
     """
     folder = Path(folder)
     if create:

@@ -32,10 +32,10 @@ from .config import ExperimentConfig, build_model, to_toml
 
 __all__ = ["WORKER_BYTES", "available_memory", "preflight", "training_bytes"]
 
-#: Bytes kept per stored state (one image of one PDE at one Euler step) during training, by
-#: backend and ``recompute``, measured on the paper's layer (batch 128, 20 steps; peak RSS of one
-#: training step, ``benchmarks/bench_preflight.py``): the fused kernel keeps the state and little
-#: else; the reference keeps the jet, invariants and products of every step.
+#: Memory kept per Euler step during training, in units of one state (batch x PDEs x pixels x 4
+#: bytes), by backend and ``recompute``: the growth of the peak memory of one training step of the
+#: paper's model per added step (``benchmarks/bench_reliability.py``, rounded up). The fused
+#: kernel keeps the state and little else; the reference keeps the jet, invariants and products.
 STATE_FACTORS = {("fused", False): 2.5, ("fused", True): 0.5,
                  ("reference", False): 40.0, ("reference", True): 15.0}
 
