@@ -72,6 +72,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 from ..errors import ConfigError
 from ..registry import Registry
 from .invariants import Invariant, InvariantSet, register_invariant_set, safe_ratio
+from .joint import JointInvariants, JointTerm
 from .stencils import derivative_multi_indices, derivative_names
 
 __all__ = [
@@ -91,6 +92,7 @@ __all__ = [
     "get_group",
     "is_invariant",
     "jacobian_rank",
+    "joint_expressions",
     "prolong",
     "register_group",
     "unicode_formula",
@@ -255,10 +257,30 @@ def criterion(expr: sp.Expr, field: VectorField, order: int | None = None,
 
 
 def is_invariant(expr: sp.Expr, group: LieGroupAction | str) -> bool:
-    """True if ``pr zeta_i (expr) = 0`` identically for every generator of the group."""
+    """True if ``pr zeta_i (expr) = 0`` identically for every generator of the group.
+
+    A rational ``expr = a / b`` (symbols other than jet coordinates are constants) is tested as
+    the polynomial identity ``b pr zeta(a) - a pr zeta(b) = 0`` (the quotient rule), exactly and
+    much faster than simplifying ``pr zeta(a / b)``; anything else through :func:`criterion`.
+    """
     group = get_group(group)
+    expr = sp.sympify(expr)
     order, channels = _expr_order(expr), _expr_channels(expr)
-    return all(criterion(expr, field, order, channels) == 0 for field in group.fields)
+    space = JetSpace(order, channels)
+    gens = (*space.coordinates, *sorted(expr.free_symbols - set(space.coordinates), key=str))
+    numerator, denominator = sp.fraction(sp.together(expr))
+    try:
+        a, b = sp.Poly(numerator, *gens), sp.Poly(denominator, *gens)
+        fields = [{symbol: sp.Poly(coefficient, *gens) for symbol, coefficient
+                   in prolong(field, order, channels).items() if coefficient != 0}
+                  for field in group.fields]
+    except sp.PolynomialError:
+        return all(criterion(expr, field, order, channels) == 0 for field in group.fields)
+
+    def apply(poly: sp.Poly, prolonged: dict) -> sp.Poly:
+        return sum((c * poly.diff(symbol) for symbol, c in prolonged.items()), sp.Poly(0, *gens))
+
+    return all((b * apply(a, prolonged) - a * apply(b, prolonged)).is_zero for prolonged in fields)
 
 
 _JET_NAME = re.compile(r"^u(\d*)(?:_([xy]+))?$")
@@ -270,9 +292,11 @@ def _expr_order(expr: sp.Expr) -> int:
 
 
 def _expr_channels(expr: sp.Expr) -> int:
-    """The number of channels of the jet ``expr`` lives on: the largest ``c`` of a ``uc_J``."""
+    """Channels of a jet space holding every jet coordinate of ``expr``: 1 for ``u, u_x, ...``;
+    for numbered ones ``uc_J`` the largest ``c``, at least 2 (one channel is named ``u``)."""
     matches = (_JET_NAME.match(s.name) for s in sp.sympify(expr).free_symbols)
-    return max((int(m.group(1)) for m in matches if m and m.group(1)), default=1)
+    numbers = [int(m.group(1)) for m in matches if m and m.group(1)]
+    return max(*numbers, 2) if numbers else 1
 
 
 # ----------------------------------------------------------------------------- groups
@@ -792,3 +816,62 @@ def _ratio_function(numerator: Callable, denominator: Callable, fixed_eps: float
     def function(d, eps):
         return safe_ratio(numerator(d), denominator(d), fixed_eps if fixed_eps is not None else eps)
     return function
+
+
+# ----------------------------------------------------------------------------- joint invariants
+
+
+def _joint_term(term: JointTerm, jets: Sequence[Sequence[sp.Expr]]) -> sp.Expr:
+    """A :class:`~eqpdenet.pde.joint.JointTerm` of channels whose 2-jets are ``jets[c]``."""
+    def grad(c):
+        return jets[c][1], jets[c][2]
+
+    def hess(c):
+        return jets[c][3], jets[c][4], jets[c][5]
+
+    c = term.channels
+    if term.kind == "u":
+        return jets[c[0]][0]
+    if term.kind == "laplacian":
+        return jets[c[0]][3] + jets[c[0]][5]
+    if term.kind in ("grad_dot", "grad_det"):
+        (ax, ay), (bx, by) = grad(c[0]), grad(c[1])
+        return ax * bx + ay * by if term.kind == "grad_dot" else ax * by - ay * bx
+    if term.kind == "hess_dot":
+        (axx, axy, ayy), (bxx, bxy, byy) = hess(c[0]), hess(c[1])
+        return axx * bxx + 2 * axy * bxy + ayy * byy
+    (ax, ay), (hxx, hxy, hyy), (bx, by) = grad(c[0]), hess(c[1]), grad(c[2])
+    return ax * (hxx * bx + hxy * by) + ay * (hxy * bx + hyy * by)
+
+
+def joint_expressions(invariants: JointInvariants, eps: sp.Expr | float = 0) -> list[sp.Expr]:
+    """The maps of a :class:`~eqpdenet.pde.joint.JointInvariants` as SymPy expressions in the
+    2-jets of its channels (``JetSpace(2, channels)``), in the module's output order.
+
+    Mixing weights become the exact rationals of their floating-point values. For SIM(2),
+    ``eps = 0`` gives the plain ratios ``T / G``, ``T / N``; a number or symbol gives the
+    regularised ``T G / (G^2 + eps^2 N)`` the module computes (without its ``0 / 0`` guard).
+    """
+    space = JetSpace(2, invariants.channels)
+    inputs = [space.channel_derivatives(c) for c in range(invariants.channels)]
+    sources = {"input": inputs}
+    if invariants.mixing is not None:
+        weights = [[sp.Rational(float(w)) for w in row] for row in invariants.mixing.tolist()]
+        sources["mixture"] = [[sum(w * jet[d] for w, jet in zip(row, inputs, strict=True))
+                               for d in range(6)] for row in weights]
+    out = []
+    for block in invariants.blocks:
+        jets = sources[block.source]
+        for term in block.terms:
+            value = _joint_term(term, jets)
+            if invariants.group == "se2" or term.weight == 0:
+                out.append(value)
+                continue
+            scope = [term.channels[0]] if block.per_channel else range(len(jets))
+            g = sum(jets[c][1] ** 2 + jets[c][2] ** 2 for c in scope)
+            n = g**2 + sum(jets[c][3] ** 2 + 2 * jets[c][4] ** 2 + jets[c][5] ** 2 for c in scope)
+            if term.weight == -4:
+                out.append(value / n)
+            else:
+                out.append(value / g if eps == 0 else value * g / (g**2 + eps**2 * n))
+    return out
