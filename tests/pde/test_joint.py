@@ -349,3 +349,12 @@ def test_clear_errors():
     with pytest.raises(ConfigError, match="mixtures: must be >= 1"):
         JointInvariants(2, mixtures=0)
     assert JointInvariants(2)(torch.rand(1, 2, 10, 4, 4)).shape == (1, 17, 4, 4)  # order 3 jet
+
+
+def test_devices(device):
+    """The index tables follow the module to the device; results equal the CPU ones."""
+    module = make(3, "sim2", 2)
+    jets = jet(smooth_channels(3, size=9))
+    expected = module(jets)
+    torch.testing.assert_close(module.to(device)(jets.to(device)).cpu(), expected,
+                               rtol=1e-12, atol=1e-12)

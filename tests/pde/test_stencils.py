@@ -321,8 +321,10 @@ def test_sigma_belongs_to_the_gaussian_family_only():
 
 
 def test_gaussian_heat_bound_uses_its_sigma():
-    """The blurred Laplacian damps high frequencies: its largest eigenvalue is far below the
-    central one's 8 and shrinks as sigma grows."""
-    wide, narrow = laplacian_max_eigenvalue("gaussian", 1.0, 2.0), laplacian_max_eigenvalue(
-        "gaussian", 1.0, 1.0)
-    assert 0 < wide < narrow < 8.0
+    """The symbol of -Δ(G_sigma * .) is |ω|² exp(-sigma² |ω|² / 2), largest at |ω|² = 2 / sigma²:
+    2 / (e sigma²), far below the central stencil's 8 (and 4x smaller at half the spacing)."""
+    for sigma in (1.0, 2.0):
+        assert laplacian_max_eigenvalue("gaussian", 1.0, sigma) == pytest.approx(
+            2 / (math.e * sigma**2), rel=5e-3)
+    assert laplacian_max_eigenvalue("gaussian", 0.5, 1.0) == pytest.approx(
+        4 * laplacian_max_eigenvalue("gaussian", 1.0, 2.0), rel=1e-12)

@@ -43,7 +43,7 @@ minus the other ``|∇u^i|² / G``, is left out.
 Cost
 ----
 All pairs and triples cost ``O(C³)``: ``K(C) = (C³ + 4 C² + 5 C) / 2`` maps for SE(2) (5, 17, 39,
-150, 1010 for C = 1, 2, 3, 6, 12). ``mixtures=k`` keeps it affordable: the per-channel family of
+195, 1182 for C = 1, 2, 3, 6, 12). ``mixtures=k`` keeps it affordable: the per-channel family of
 every channel (5 maps each for SE(2), 4 for SIM(2)), plus the joint family of ``k`` learned linear
 combinations ``v^m = Σ_c M_mc u^c`` of the channels (a 1x1 mixing of the jet: it commutes with
 derivatives and with the group, so invariance is kept), without their maps that are linear in
@@ -51,18 +51,21 @@ the jet (``v^m``, ``Δv^m``: linear combinations of the per-channel ``u^c``, ``�
 arithmetic operations per pixel (multiplications and additions, counted from the formulas the
 forward pass evaluates, :meth:`JointInvariants.cost`):
 
-================  ===============================  ==============================================
-form              maps K                           operations per pixel
-================  ===============================  ==============================================
-se2, all pairs    ``(C³ + 4C² + 5C) / 2``          ``1.5 C³ + 13.5 C² + 4 C``
-se2, k mixtures   ``5 C + (k³ + 4k² + k) / 2``     ``(19 + 10 k) C + 1.5 k³ + 13.5 k² - 2 k``
-sim2, all pairs   ``(C³ + 4C² + 5C) / 2 - 1``      ``2.5 C³ + 21.5 C² + 22 C - 9``
-sim2, k mixtures  ``4 C + (k³ + 4k² + k) / 2 - 1``  ``(37 + 10 k) C + 2.5 k³ + 21.5 k² + 10 k - 9``
-================  ===============================  ==============================================
+================  ==================================  =============================================
+form              maps K                              operations per pixel
+================  ==================================  =============================================
+se2, all pairs    ``(C³ + 4C² + 5C) / 2``             ``1.5 C³ + 13.5 C² + 4 C``
+se2, k mixtures   ``5 C + (k³ + 4k² + k) / 2``        ``(19 + 10 k) C + 1.5 k³ + 13.5 k² - 2 k``
+sim2, all pairs   ``(C³ + 4C² + 5C) / 2 - 1``         ``2.5 C³ + 21.5 C² + 22 C - 9``
+sim2, k mixtures  ``4 C + (k³ + 4k² + k) / 2 - 1``    ``(37 + 10 k) C + 2.5 k³ + 21.5 k² + 10 k - 9``
+================  ==================================  =============================================
 
 For C = 20 channels: all pairs 4,850 maps and 17,480 operations per pixel (se2; sim2 4,849 and
 29,031); 4 mixtures 166 maps and 1,484 operations (sim2 145 and 2,075). The forward pass keeps
-about K maps per pixel of the batch (and a few times that for the backward pass).
+about K maps per pixel of the batch (and a few times that for the backward pass); measured
+time follows K more closely than the operations (``benchmarks/bench_joint.py``, docs/symbolic.md).
+The mixtures pay off once all pairs cost more: for ``k = 4`` from ``C = 5`` on (91 maps against
+125); with ``k >= C`` they never do.
 """
 
 from __future__ import annotations
