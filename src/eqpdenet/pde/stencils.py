@@ -67,6 +67,7 @@ __all__ = [
     "finite_difference_weights",
     "gaussian_derivative_weights",
     "jet",
+    "jet_order",
     "laplacian_max_eigenvalue",
     "register_stencil",
     "scale_normalised",
@@ -97,6 +98,16 @@ def derivative_names(order: int) -> tuple[str, ...]:
     return tuple(
         "u" if a + b == 0 else "u_" + "x" * a + "y" * b for a, b in derivative_multi_indices(order)
     )
+
+
+def jet_order(size: int) -> int:
+    """The order ``n`` of a jet of ``size = (n + 1)(n + 2) / 2`` derivatives (InputError if none)."""
+    order = 0
+    while (order + 1) * (order + 2) // 2 < size:
+        order += 1
+    if (order + 1) * (order + 2) // 2 != size:
+        raise InputError(f"a jet has (n+1)(n+2)/2 channels for some order n, got {size}")
+    return order
 
 
 def derivative_index(name: str) -> int:
@@ -419,12 +430,7 @@ def scale_normalised(jet: Tensor, sigma: float) -> Tensor:
     those of ``u`` at scale ``sigma`` at the corresponding point. ``sigma`` in the unit of ``x``.
     """
     sigma = require_positive(sigma, "sigma")
-    channels = jet.shape[-3]
-    order = 0
-    while (order + 1) * (order + 2) // 2 < channels:
-        order += 1
-    if (order + 1) * (order + 2) // 2 != channels:
-        raise InputError(f"a jet has (n+1)(n+2)/2 channels for some order n, got {channels}")
+    order = jet_order(jet.shape[-3])
     factors = torch.tensor([sigma ** (a + b) for a, b in derivative_multi_indices(order)],
                            dtype=jet.dtype, device=jet.device)
     return jet * factors[:, None, None]
