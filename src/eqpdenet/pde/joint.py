@@ -207,6 +207,7 @@ class JointInvariants(nn.Module):
             for SIM(2) with the normaliser: ``"Δu1/G"``, ``"H1:H2/N"`` (``/|∇u1|²``, ``/N1`` for
             a channel alone, ``/G(v)``, ``/N(v)`` for the mixtures).
         blocks: the :class:`JointBlock` s, in output order.
+        scale_invariant: whether the maps are divided by ``G`` and ``N`` (``sim2``).
 
     ``forward``: an order-2 jet ``(B, C, 6, H, W)`` (channels ``u, u_x, u_y, u_xx, u_xy, u_yy``
     as :func:`~eqpdenet.pde.stencils.jet` gives them; a higher-order jet is cut to order 2) ->
@@ -237,7 +238,7 @@ class JointInvariants(nn.Module):
         self.group = JOINT_GROUPS.get(group).name
         self.mixtures = None if mixtures is None else require_int(mixtures, "mixtures", 1)
         self.ratio_eps = require_positive(ratio_eps, "ratio_eps")
-        scale_invariant = JOINT_GROUPS.get(group).scale_invariant
+        self.scale_invariant = JOINT_GROUPS.get(group).scale_invariant
         if self.mixtures is None:
             specs = [("input", False, joint_terms(self.channels))]
             self.mixing = None
@@ -248,7 +249,7 @@ class JointInvariants(nn.Module):
                                                                        self.channels)))
         self.blocks = tuple(
             JointBlock(source, per_channel, tuple(_sim2_terms(terms, per_channel)
-                                                  if scale_invariant else terms))
+                                                  if self.scale_invariant else terms))
             for source, per_channel, terms in specs)
         self.names = [self._name(block, term) for block in self.blocks for term in block.terms]
         self.out_channels = len(self.names)
@@ -264,7 +265,7 @@ class JointInvariants(nn.Module):
     def _name(self, block: JointBlock, term: JointTerm) -> str:
         symbol = "u" if block.source == "input" else "v"
         text = term.formula(symbol)
-        if self.group == "se2" or term.weight == 0:
+        if not self.scale_invariant or term.weight == 0:
             return text
         if block.per_channel:
             c = term.channels[0] + 1
@@ -313,7 +314,7 @@ class JointInvariants(nn.Module):
             hg = torch.stack([hk[:, :, 0] * gj[:, :, 0] + hk[:, :, 1] * gj[:, :, 1],
                               hk[:, :, 1] * gj[:, :, 0] + hk[:, :, 2] * gj[:, :, 1]], dim=2)
             maps["grad_hess_grad"] = _dot(grad[:, i], hg[:, position])
-        if self.group == "sim2":
+        if self.scale_invariant:
             maps = self._scale_free(maps, block, grad, hess, index)
         return torch.cat([maps[kind] for kind in _KINDS if kind in maps], dim=1)
 
@@ -369,7 +370,7 @@ class JointInvariants(nn.Module):
             operations += 6 * len(pairs)  # H^k ∇u^j
             if block.source == "mixture":
                 operations += 5 * n * (2 * self.channels - 1)  # 5 derivatives of n mixtures
-            if self.group == "sim2":
+            if self.scale_invariant:
                 operations += self._normaliser_operations(block, n)
         return {"maps": self.out_channels, "operations": operations}
 
@@ -383,7 +384,7 @@ class JointInvariants(nn.Module):
 
     def extra_repr(self) -> str:
         mixtures = "" if self.mixtures is None else f", mixtures={self.mixtures}"
-        eps = f", ratio_eps={self.ratio_eps}" if self.group == "sim2" else ""
+        eps = f", ratio_eps={self.ratio_eps}" if self.scale_invariant else ""
         return f"channels={self.channels}, group={self.group!r}{mixtures}{eps}, " \
                f"out_channels={self.out_channels}"
 

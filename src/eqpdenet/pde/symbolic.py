@@ -864,7 +864,7 @@ def joint_expressions(invariants: JointInvariants, eps: sp.Expr | float = 0) -> 
         jets = sources[block.source]
         for term in block.terms:
             value = _joint_term(term, jets)
-            if invariants.group == "se2" or term.weight == 0:
+            if not invariants.scale_invariant or term.weight == 0:
                 out.append(value)
                 continue
             scope = [term.channels[0]] if block.per_channel else range(len(jets))
