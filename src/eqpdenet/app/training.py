@@ -224,6 +224,7 @@ def git_commit() -> str:
 LATER_FIELDS: dict[tuple[str, ...], object] = {
     ("model", "layer", "backend"): "auto",
     ("model", "layer", "recompute"): False,
+    ("model", "layer", "sigma"): None,
 }
 
 
