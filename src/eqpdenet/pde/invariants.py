@@ -23,9 +23,10 @@ invariants ``(..., K, H, W)``. Three sets come registered:
 which generates the same invariants (``(Δu)² / det H`` is the quotient of the two wherever
 ``|∇u|² != 0``; ``tests/pde/test_invariants.py`` checks the rank). The reason is conditioning:
 ``(Δu)² / det H`` does not change when ``u`` is multiplied by a constant, so its derivatives
-grow like 1 / (size of the jet) and are huge on the low-amplitude fronts a PDE creates (measured
-on a binary pattern after 3 Euler steps: input gradients of 5e7 against 12 for the product,
-``docs/choices.md``); every ratio of ``sim2`` (and of ``scaling``) scales like ``u``.
+grow like 1 / (size of the jet) and are huge on the low-amplitude fronts a PDE creates (input
+gradients of 1e8 against 10 for the product after 3 Euler steps on binary patterns,
+``benchmarks/ratio_conditioning.py``, ``docs/choices.md``); every ratio of ``sim2`` (and of
+``scaling``) scales like ``u``.
 
 Each set declares the transformations it is invariant under
 (:attr:`InvariantSet.invariant_under`); the tests hold every set to its declaration.
