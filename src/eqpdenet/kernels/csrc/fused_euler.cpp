@@ -28,6 +28,11 @@
 
 namespace {
 
+// The pointwise pieces must be inlined into the pixel loops to vectorise; with ~80 template
+// instances GCC's unit-wide inlining budget ran out for some of them (the covariant sim2
+// backward then ran ~10x slower), so inlining is forced.
+#define EQ_INLINE inline __attribute__((always_inline))
+
 enum Boundary { REPLICATE = 0, ZEROS = 1, REFLECT = 2, CIRCULAR = 3 };
 // An invariant set together with the regularisation of its ratios (the template parameter SET):
 // ratio(a, b) = a b / (b^2 + eps^2 ref + tiny) (covariant: ref = R = |H|^2 + |grad u|^4 for
@@ -197,7 +202,7 @@ bool all_finite(const T* x, int64_t n) {
 // ------------------------------------------------------------------ pointwise pieces
 
 template <typename T, bool FULL>
-inline void jet_at(const T* __restrict U, int64_t p, int64_t Wp, const Pde<T>& q, T& u, T& ux,
+EQ_INLINE void jet_at(const T* __restrict U, int64_t p, int64_t Wp, const Pde<T>& q, T& u, T& ux,
                    T& uy, T& uxx, T& uxy, T& uyy) {
   const T C = U[p], L = U[p - 1], R = U[p + 1], Tp = U[p - Wp], Bt = U[p + Wp];
   const T TL = U[p - Wp - 1], TR = U[p - Wp + 1], BL = U[p + Wp - 1], BR = U[p + Wp + 1];
@@ -219,7 +224,7 @@ inline void jet_at(const T* __restrict U, int64_t p, int64_t Wp, const Pde<T>& q
 // The adjoint stencil applied to the six jet cotangents: the 180-degree flip of each kernel, i.e.
 // the same kernel for even derivatives and minus it for odd ones.
 template <typename T, bool FULL, bool HAS_U>
-inline T adjoint_at(const T* __restrict Gu, const T* __restrict Gx, const T* __restrict Gy,
+EQ_INLINE T adjoint_at(const T* __restrict Gu, const T* __restrict Gx, const T* __restrict Gy,
                     const T* __restrict Gxx, const T* __restrict Gxy, const T* __restrict Gyy,
                     int64_t p, int64_t Wp, const Pde<T>& q) {
   const int64_t n = -Wp, s = Wp;
@@ -246,10 +251,10 @@ constexpr int n_invariants() { return n_invariants_of(SET); }
 // with r = 1 / (b^2 + c) so that a flat jet (a = b = 0, c = tiny) gives 0 and zero
 // derivatives, never 0 * inf. c = eps^2 (absolute) or eps^2 * reference + tiny (covariant).
 template <typename T>
-inline T ratio_value(T a, T b, T c) { return a * b / (b * b + c); }
+EQ_INLINE T ratio_value(T a, T b, T c) { return a * b / (b * b + c); }
 
 template <typename T>
-inline void ratio_partials(T a, T b, T c, T& fa, T& fb, T& fc) {
+EQ_INLINE void ratio_partials(T a, T b, T c, T& fa, T& fb, T& fc) {
   const T r = T(1) / (b * b + c);
   fa = b * r;
   fb = a * r * ((c - b * b) * r);
@@ -259,14 +264,14 @@ inline void ratio_partials(T a, T b, T c, T& fa, T& fb, T& fc) {
 // The covariant reference of a second-order denominator: |H|^2 + |grad u|^4 (the scaling weight
 // of u_xx^2; eqpdenet.pde.invariants.hessian_reference_sq), and its partial derivatives.
 template <typename T>
-inline T reference_sq(T ux, T uy, T uxx, T uxy, T uyy) {
+EQ_INLINE T reference_sq(T ux, T uy, T uxx, T uxy, T uyy) {
   const T grad = ux * ux + uy * uy;
   return uxx * uxx + T(2) * uxy * uxy + uyy * uyy + grad * grad;
 }
 
 // G += gR * dR/d(jet)
 template <typename T>
-inline void add_reference_cotangent(T ux, T uy, T uxx, T uxy, T uyy, T gR, T* G) {
+EQ_INLINE void add_reference_cotangent(T ux, T uy, T uxx, T uxy, T uyy, T gR, T* G) {
   const T grad4 = T(4) * (ux * ux + uy * uy) * gR;
   G[1] += grad4 * ux;
   G[2] += grad4 * uy;
@@ -276,7 +281,7 @@ inline void add_reference_cotangent(T ux, T uy, T uxx, T uxy, T uyy, T gR, T* G)
 }
 
 template <typename T, int SET>
-inline void invariants_at(T u, T ux, T uy, T uxx, T uxy, T uyy, T eps2, T tiny, T* I) {
+EQ_INLINE void invariants_at(T u, T ux, T uy, T uxx, T uxy, T uyy, T eps2, T tiny, T* I) {
   if (SET == SE2) {
     I[0] = u;
     I[1] = ux * ux + uy * uy;
@@ -307,7 +312,7 @@ inline void invariants_at(T u, T ux, T uy, T uxx, T uxy, T uyy, T eps2, T tiny, 
 
 // Jet cotangents G_d = sum_k gF_k dI_k/d(jet_d), times gd.
 template <typename T, int SET>
-inline void djet_at(T ux, T uy, T uxx, T uxy, T uyy, T eps2, T tiny, const T* gF, T gd, T* G) {
+EQ_INLINE void djet_at(T ux, T uy, T uxx, T uxy, T uyy, T eps2, T tiny, const T* gF, T gd, T* G) {
   if (SET == SE2) {
     G[0] = gd * gF[0];
     G[1] = gd * (T(2) * ux * gF[1] + T(2) * (ux * uxx + uy * uxy) * gF[3]);
