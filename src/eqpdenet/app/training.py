@@ -228,6 +228,7 @@ LATER_FIELDS: dict[tuple[str, ...], object] = {
     ("model", "layer", "recompute"): False,
     # Every layer before the field existed divided with the paper's absolute eps.
     ("model", "layer", "ratio_regularisation"): "absolute",
+    ("model", "layer", "sigma"): None,
 }
 
 

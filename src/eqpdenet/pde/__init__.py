@@ -3,6 +3,7 @@
 * :mod:`~eqpdenet.pde.stencils`: finite-difference stencils and the jet (eq. (10)).
 * :mod:`~eqpdenet.pde.invariants`: differential invariants in named sets (eqs. (4), (5), SIM(2))
   and the regularisation of their ratios.
+* :mod:`~eqpdenet.pde.joint`: joint SE(2) / SIM(2) invariants of several channels.
 * :mod:`~eqpdenet.pde.symbolic`: invariants of any Lie group from its generators (needs SymPy;
   not imported here).
 * :mod:`~eqpdenet.pde.rhs`: ``F_theta`` and the right-hand side ``u -> F_theta(I(jet(u)))``.
@@ -24,6 +25,7 @@ from .invariants import (
     register_invariant_set,
     safe_ratio,
 )
+from .joint import JOINT_GROUPS, JointInvariants
 from .layer import INITS, LAYER_PRESETS, REDUCTIONS, LayerConfig, PDELayer, make_reduction
 from .rhs import RIGHT_HAND_SIDES, InvariantRHS, LinearF, MonomialF, PolynomialF, make_rhs
 from .stencils import (
@@ -42,6 +44,7 @@ __all__ = [
     "DEFAULT_RATIO_REGULARISATION",
     "INITS",
     "INVARIANT_SETS",
+    "JOINT_GROUPS",
     "LAYER_PRESETS",
     "RATIO_REGULARISATIONS",
     "REDUCTIONS",
@@ -55,6 +58,7 @@ __all__ = [
     "InvariantRHS",
     "InvariantSet",
     "Jet",
+    "JointInvariants",
     "LayerConfig",
     "LinearF",
     "MonomialF",

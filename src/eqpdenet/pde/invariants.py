@@ -89,7 +89,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, InputError
 from ..registry import Registry
-from .stencils import derivative_names
+from .stencils import derivative_names, jet_order
 
 __all__ = [
     "DEFAULT_RATIO_EPS",
@@ -202,13 +202,7 @@ class Derivatives:
     """Read-only view of a jet ``(..., D, H, W)`` by name: ``d.u_x`` is ``jet[..., 1, :, :]``."""
 
     def __init__(self, jet: Tensor):
-        channels = jet.shape[-3]
-        order = 0
-        while (order + 1) * (order + 2) // 2 < channels:
-            order += 1
-        if (order + 1) * (order + 2) // 2 != channels:
-            raise InputError(f"a jet has (n+1)(n+2)/2 channels for some order n, got {channels}")
-        self._order = order
+        order = self._order = jet_order(jet.shape[-3])
         for index, name in enumerate(derivative_names(order)):
             setattr(self, name, jet[..., index, :, :])
 

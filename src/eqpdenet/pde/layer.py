@@ -43,7 +43,7 @@ from .invariants import (
     get_invariant_set,
 )
 from .rhs import RIGHT_HAND_SIDES, InvariantRHS, MonomialF
-from .stencils import BOUNDARIES, STENCILS
+from .stencils import BOUNDARIES, STENCILS, check_sigma
 
 __all__ = [
     "INITS",
@@ -156,6 +156,9 @@ class LayerConfig:
             ``"polynomial"``); ``degree`` for the polynomial.
         T, dt: time horizon and Euler step; ``steps = floor(T / dt)``.
         stencil, spacing, boundary: how derivatives are computed.
+        sigma: the scale of a stencil family that has one (``gaussian``: the standard deviation
+            of its Gaussian, in the unit of ``x`` like ``spacing``); None (the default) for the
+            others, which refuse one.
         ratio_eps: regularisation scale of ratio invariants (eq. (5)).
         ratio_regularisation: :data:`~eqpdenet.pde.invariants.RATIO_REGULARISATIONS`:
             ``"covariant"`` (``a b / (b^2 + eps^2 a^2)``, invariant wherever ``a / b`` is) or
@@ -180,6 +183,7 @@ class LayerConfig:
     stencil: str = "central"
     spacing: float = 1.0
     boundary: str = "replicate"
+    sigma: float | None = None
     ratio_eps: float = DEFAULT_RATIO_EPS
     ratio_regularisation: str = DEFAULT_RATIO_REGULARISATION
     reduction: str = "linear"
@@ -205,6 +209,7 @@ class LayerConfig:
         require_positive(self.ratio_eps, "layer.ratio_eps")
         RATIO_REGULARISATIONS.check(self.ratio_regularisation, "layer.ratio_regularisation")
         STENCILS.check(self.stencil, "layer.stencil")
+        self.sigma = check_sigma(self.stencil, self.sigma, self.spacing, "layer.sigma")
         BOUNDARIES.check(self.boundary, "layer.boundary")
         REDUCTIONS.check(self.reduction, "layer.reduction")
         INITS.check(self.init, "layer.init")
@@ -395,7 +400,7 @@ class PDELayer(nn.Module):
             invariant_set = get_invariant_set(invariants)
             rhs = InvariantRHS(invariant_set, config.rhs, config.degree, config.stencil,
                                config.spacing, config.boundary, config.ratio_eps,
-                               config.ratio_regularisation)
+                               config.sigma, config.ratio_regularisation)
             with torch.no_grad():
                 init(rhs.F, invariant_set, config.init_scale, generator)
                 if config.init_noise:

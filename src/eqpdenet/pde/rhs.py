@@ -157,6 +157,7 @@ class InvariantRHS(nn.Module):
         degree: degree of a polynomial ``F``.
         stencil, spacing, boundary: how the jet is computed (:class:`~eqpdenet.pde.stencils.Jet`).
         ratio_eps: regularisation scale of ratios (:func:`~eqpdenet.pde.invariants.safe_ratio`).
+        sigma: scale of a stencil family that has one (``gaussian``), in the unit of ``x``.
         ratio_regularisation: ``"covariant"`` (default: ratios as invariant as the exact ones)
             or ``"absolute"`` (the paper's) (:data:`~eqpdenet.pde.invariants.RATIO_REGULARISATIONS`).
 
@@ -171,14 +172,14 @@ class InvariantRHS(nn.Module):
 
     def __init__(self, invariants: str | InvariantSet = "se2", rhs: str = "linear", degree: int = 1,
                  stencil: str = "central", spacing: float = 1.0, boundary: str = "replicate",
-                 ratio_eps: float = DEFAULT_RATIO_EPS,
+                 ratio_eps: float = DEFAULT_RATIO_EPS, sigma: float | None = None,
                  ratio_regularisation: str = DEFAULT_RATIO_REGULARISATION):
         super().__init__()
         self.invariant_set = get_invariant_set(invariants)
         self.ratio_eps = require_positive(ratio_eps, "ratio_eps")
         RATIO_REGULARISATIONS.check(ratio_regularisation, "ratio_regularisation")
         self.ratio_regularisation = ratio_regularisation
-        self.jet = Jet(self.invariant_set.order, stencil, spacing, boundary)
+        self.jet = Jet(self.invariant_set.order, stencil, spacing, boundary, sigma)
         self.F = make_rhs(rhs, len(self.invariant_set), degree)
 
     def invariants(self, u: Tensor) -> Tensor:
@@ -196,7 +197,7 @@ class InvariantRHS(nn.Module):
 
     def laplacian_max_eigenvalue(self) -> float:
         """Largest eigenvalue of the discrete ``-(u_xx + u_yy)`` of this right-hand side's jet."""
-        return laplacian_max_eigenvalue(self.jet.stencil, self.jet.spacing)
+        return laplacian_max_eigenvalue(self.jet.stencil, self.jet.spacing, self.jet.sigma)
 
     def extra_repr(self) -> str:
         return (f"invariants={self.invariant_set.name!r}, ratio_eps={self.ratio_eps}, "
