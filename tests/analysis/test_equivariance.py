@@ -21,7 +21,7 @@ from eqpdenet.analysis.references import (
     upsample,
 )
 from eqpdenet.geometry import rotate
-from eqpdenet.pde import PDELayer
+from eqpdenet.pde import PDELayer, get_invariant_set
 
 
 def digits_like(count: int = 4) -> torch.Tensor:
@@ -103,3 +103,31 @@ def test_error_falls_with_resolution():
         errors.append(equivariance_error(pde, images, Transform.rotation(45)))
     assert errors[1] < 0.4 * errors[0]
     assert upsample(smooth_inputs(1), 3).shape[-1] == 84
+
+
+def test_invariant_orders_are_those_the_stencil_analysis_predicts():
+    """central: every invariant's rotation error is O(h^2); isotropic: O(h^4) for |∇u|^2 and Δu,
+    O(h^2) where u_xy enters; isotropic5: O(h^4) for all; scaling (not rotation invariant): no
+    convergence at all. Errors against the exact invariants are O(h^2) for every stencil."""
+    from eqpdenet.analysis.invariant_orders import invariant_orders
+
+    rows = invariant_orders(["se2", "sim2", "scaling"], ["central", "isotropic", "isotropic5"],
+                            spacings=(0.1, 0.05), points=8)
+    order = {(r.invariant_set, r.invariant, r.stencil): r for r in rows}
+
+    def rotation_order(name, invariant, stencil):
+        return order[(name, invariant, stencil)].rotation_orders[-1]
+
+    for invariant in ("grad_sq", "laplacian", "grad_hess_grad", "hess_sq"):
+        assert rotation_order("se2", invariant, "central") == pytest.approx(2.0, abs=0.2)
+        assert rotation_order("se2", invariant, "isotropic5") == pytest.approx(4.0, abs=0.3)
+        assert order[("se2", invariant, "isotropic")].orders[-1] == pytest.approx(2.0, abs=0.2)
+    for invariant in ("grad_sq", "laplacian"):
+        assert rotation_order("se2", invariant, "isotropic") == pytest.approx(4.0, abs=0.3)
+    for invariant in ("grad_hess_grad", "hess_sq"):
+        assert rotation_order("se2", invariant, "isotropic") == pytest.approx(2.0, abs=0.2)
+    for invariant in get_invariant_set("sim2").names[1:]:
+        assert rotation_order("sim2", invariant, "isotropic") == pytest.approx(2.0, abs=0.2)
+        assert rotation_order("sim2", invariant, "isotropic5") == pytest.approx(4.0, abs=0.3)
+    scaling = [r for r in rows if r.invariant_set == "scaling"]
+    assert all(r.rotation_error[-1] > 0.1 and not r.rotation_invariant for r in scaling)

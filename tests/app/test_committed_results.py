@@ -18,6 +18,8 @@ def test_committed_checkpoint_loads(path):
     model, config, payload = load_checkpoint(path)
     assert config.model.kind in path.name and f"h{config.model.hidden}-" in path.name
     assert set(payload["accuracy"]) == {"test", "iso", "sca"}
+    assert payload["format"] == "eqpdenet-checkpoint-1"
+    assert config.model.layer.ratio_regularisation == "absolute"  # as it was trained
 
 
 @pytest.mark.parametrize("name", ["eqpdenet-h16-seed0", "fcnn-h16-seed0"])

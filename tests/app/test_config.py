@@ -1,10 +1,26 @@
 """Configuration files: TOML round trips, defaults, errors that name the field."""
 
+from pathlib import Path
+
 import pytest
 
 from eqpdenet import ConfigError, LayerConfig
-from eqpdenet.app.config import ModelConfig, build_model, from_dict, load_toml, to_dict, to_toml
+from eqpdenet.app.config import (
+    ExperimentConfig,
+    ModelConfig,
+    ReproduceConfig,
+    apply_overrides,
+    build_model,
+    from_dict,
+    load_toml,
+    to_dict,
+    to_toml,
+)
+from eqpdenet.app.files import read_jsonl
+from eqpdenet.app.training import fingerprint
 from eqpdenet.models import count_parameters
+
+RESULTS = Path(__file__).resolve().parents[2] / "results"
 
 
 @pytest.mark.parametrize("hidden, eqpdenet, fcnn", [(16, 13033, 13002), (256, 269353, 269322)])
@@ -55,6 +71,8 @@ def test_defaults_are_the_papers_layer():
     layer = LayerConfig()
     assert layer.invariants == ["se2", "se2", "scaling", "scaling"]
     assert layer.rhs == "linear" and layer.reduction == "linear"
+    assert count_parameters(build_model(ModelConfig(hidden=16, layer=LayerConfig.preset(
+        "se2_sim2")))) == 13002 + 2 * 6 + 2 * 5 + 5  # FCNN + two se2 F, two sim2 F, reduction
 
 
 def test_invalid_config_names_the_field(tmp_path):
@@ -70,3 +88,46 @@ def test_invalid_config_names_the_field(tmp_path):
         load_toml(ModelConfig, bad)
     with pytest.raises(ConfigError, match="not found"):
         load_toml(ModelConfig, tmp_path / "missing.toml")
+
+
+def test_library_default_is_covariant_the_papers_layer_and_the_application_absolute():
+    assert LayerConfig().ratio_regularisation == "covariant"
+    paper = LayerConfig.paper()
+    assert paper.ratio_regularisation == "absolute"
+    assert paper == LayerConfig(ratio_regularisation="absolute")  # everything else as before
+    assert ModelConfig().layer == paper
+    assert ExperimentConfig().model.layer == paper and ReproduceConfig().base.model.layer == paper
+    assert LayerConfig.paper(T=2.0).T == 2.0
+    with pytest.raises(ConfigError, match="ratio_regularisation: unknown ratio regularisation"):
+        LayerConfig(ratio_regularisation="relative")
+
+
+def test_a_partial_layer_table_completes_from_the_papers_layer_and_presets_apply(tmp_path):
+    path = tmp_path / "exp.toml"
+    path.write_text("[model.layer]\nT = 2.0\n")
+    config = load_toml(ExperimentConfig, path)
+    assert config.model.layer == LayerConfig.paper(T=2.0)
+    path.write_text('[model.layer]\npreset = "se2_sim2"\ndt = 0.05\n')
+    layer = load_toml(ExperimentConfig, path).model.layer
+    assert layer == LayerConfig.preset("se2_sim2", dt=0.05)
+    assert layer.invariants == ["se2", "se2", "sim2", "sim2"]
+    assert layer.ratio_regularisation == "covariant"
+    overridden = apply_overrides(ReproduceConfig(), ["base.model.layer.preset=se2_sim2",
+                                                     "base.model.layer.T=0.5"])
+    assert overridden.base.model.layer == LayerConfig.preset("se2_sim2", T=0.5)
+    with pytest.raises(ConfigError, match="unknown layer preset 'sim3'"):
+        apply_overrides(ReproduceConfig(), ["base.model.layer.preset=sim3"])
+    with pytest.raises(ConfigError, match="unknown field 'preset'"):
+        apply_overrides(ReproduceConfig(), ["base.train.preset=se2_sim2"])
+
+
+def test_the_papers_results_folder_stays_resumable():
+    """results/paper records the fingerprint of its configuration; the default configuration,
+    now with ratio_regularisation, must have the same one (LATER_FIELDS)."""
+    records = read_jsonl(RESULTS / "paper" / "results.jsonl")
+    assert {r["base_fingerprint"] for r in records} == {fingerprint(ReproduceConfig().base)}
+    stored = from_dict(ExperimentConfig, records[0]["config"])  # written before the field
+    assert stored.model.layer.ratio_regularisation == "absolute"
+    covariant = ReproduceConfig()
+    covariant.base.model.layer.ratio_regularisation = "covariant"
+    assert fingerprint(covariant.base) != fingerprint(ReproduceConfig().base)

@@ -16,6 +16,7 @@ from eqpdenet.app import sweeps, training
 from eqpdenet.app.cli import main
 from eqpdenet.app.config import (
     ExperimentConfig,
+    LayerConfig,
     ReproduceConfig,
     apply_overrides,
     build_model,
@@ -194,6 +195,28 @@ def test_checkpoint_round_trip_and_corrupt_file(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable eqpdenet checkpoint"):
         training.load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_checkpoint_format_2_and_format_1_read_with_the_legacy_regularisation(tmp_path):
+    config = ExperimentConfig()
+    config.model.hidden = 8
+    config.model.layer = LayerConfig.preset("se2_sim2")
+    model = build_model(config.model)
+    training.save_checkpoint(tmp_path / "m.pt", model, config)
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert payload["format"] == training.CHECKPOINT_FORMAT == "eqpdenet-checkpoint-2"
+    assert training.load_checkpoint(tmp_path / "m.pt")[1].model.layer.ratio_regularisation \
+        == "covariant"
+    # a format-1 checkpoint (written before the field existed) lacks it: read as "absolute"
+    del payload["config"]["model"]["layer"]["ratio_regularisation"]
+    payload["format"] = "eqpdenet-checkpoint-1"
+    torch.save(payload, tmp_path / "old.pt")
+    _, old, _ = training.load_checkpoint(tmp_path / "old.pt")
+    assert old.model.layer.ratio_regularisation == "absolute"
+    payload["format"] = "eqpdenet-checkpoint-0"
+    torch.save(payload, tmp_path / "older.pt")
+    with pytest.raises(ValueError, match="format tag 'eqpdenet-checkpoint-0'"):
+        training.load_checkpoint(tmp_path / "older.pt")
 
 
 def test_split_head():

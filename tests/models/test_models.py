@@ -27,6 +27,22 @@ def test_other_layers_change_the_count_as_expected():
     assert count_parameters(concat) == 13002 + 784 * 3 * 16 + 26
 
 
+def test_eqpdenet_defaults_to_the_papers_layer_and_the_library_to_covariant_ratios():
+    def modes(layer):
+        return {pde.step.rhs.ratio_regularisation for pde in layer.pdes}
+
+    assert modes(EqPdeNet(16).pde_layer) == {"absolute"}
+    assert modes(PDELayer.paper()) == {"absolute"}
+    assert modes(PDELayer.build()) == {"covariant"}
+    preset = PDELayer.preset("se2_sim2")
+    assert modes(preset) == {"covariant"}
+    assert [pde.name for pde in preset.pdes] == ["pde0:se2", "pde1:se2", "pde2:sim2", "pde3:sim2"]
+    with pytest.raises(ValueError, match="unknown layer preset 'se3'"):
+        PDELayer.preset("se3")
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['steps'\]"):
+        PDELayer.paper(steps=3)
+
+
 def test_forward_shapes_and_zero_init_equals_fcnn():
     torch.manual_seed(0)
     model = EqPdeNet(32, LayerConfig(init_noise=0.0))

@@ -11,8 +11,10 @@ from eqpdenet.geometry import rotation_matrix
 from eqpdenet.pde.invariants import (
     Invariant,
     InvariantSet,
+    RatioRegularisation,
     available_invariant_sets,
     get_invariant_set,
+    ratio_guard,
     register_invariant_set,
     safe_ratio,
 )
@@ -22,7 +24,7 @@ POINTS = torch.tensor([[0.1, -0.2], [-0.3, 0.25], [0.2, 0.3], [-0.1, -0.15]], dt
 
 
 def invariance_error(invariant_set, function, transform, inverse, spacing, stencil="central",
-                     ratio_eps=1e-8):
+                     ratio_eps=1e-8, mode="covariant"):
     """max |I[g.f](p) - I[f](g^-1 p)| / max |I[f]| over POINTS, per invariant.
 
     ``(g.f)(p) = f(g^{-1} p)``; ``transform`` maps points by g, ``inverse`` by g^{-1}.
@@ -33,8 +35,9 @@ def invariance_error(invariant_set, function, transform, inverse, spacing, stenc
 
     images_of_points = transform(POINTS)
     on_moved = invariant_set(jet_at(transformed, images_of_points, spacing, stencil)[..., None, None],
-                             ratio_eps)
-    on_original = invariant_set(jet_at(function, POINTS, spacing, stencil)[..., None, None], ratio_eps)
+                             ratio_eps, mode)
+    on_original = invariant_set(jet_at(function, POINTS, spacing, stencil)[..., None, None],
+                                ratio_eps, mode)
     scale = on_original.abs().amax(0)
     return ((on_moved - on_original).abs().amax(0) / scale).flatten()
 
@@ -164,3 +167,161 @@ def test_registry_and_printing():
 def test_too_short_jet_is_a_clear_error():
     with pytest.raises(ValueError, match="needs a higher-order jet"):
         get_invariant_set("se2")(torch.rand(3, 4, 4))
+
+
+# ----------------------------------------------------------------------------- ratio regularisation
+
+
+def _declared(transformation):
+    return [name for name in available_invariant_sets()
+            if transformation in get_invariant_set(name).invariant_under]
+
+
+def _smooth_random_image(size=24, seed=0):
+    """A smooth random image: white noise blurred by a Gaussian of width ~2 px, float64."""
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(1, 1, size + 12, size + 12, generator=generator, dtype=torch.float64)
+    t = torch.arange(-6, 7, dtype=torch.float64)
+    g = torch.exp(-(t**2) / 8.0)
+    kernel = (g[:, None] * g[None, :] / g.sum() ** 2)[None, None]
+    return torch.nn.functional.conv2d(noise, kernel)
+
+
+def _spacing_error(name, mode, stencil="central", eps=0.1):
+    """max |I_h=1 - I_h=0.37| / max |I_h=1| per invariant: the same samples, two grid spacings."""
+    from eqpdenet.pde.stencils import jet
+
+    invariant_set = get_invariant_set(name)
+    u = _smooth_random_image()
+    values = [invariant_set(jet(u, 2, stencil, h), eps, mode) for h in (1.0, 0.37)]
+    scale = values[0].abs().amax(dim=(-2, -1))
+    return ((values[0] - values[1]).abs().amax(dim=(-2, -1)) / scale).flatten()
+
+
+def test_sets_are_declared_as_expected():
+    assert {"scaling", "sim2"} <= set(_declared("scalings"))
+    assert {"se2", "sim2"} <= set(_declared("rotations"))
+    assert "se2" not in _declared("scalings") and "scaling" not in _declared("rotations")
+    with pytest.raises(ValueError, match="unknown transformation"):
+        InvariantSet("bad", "none", 1, [Invariant("u", "u", "u", lambda d, r: d.u)],
+                     invariant_under=["reflections"])
+
+
+@pytest.mark.parametrize("stencil", ["central", "isotropic"])
+def test_every_scale_invariant_set_gives_the_same_values_at_spacings_1_and_037(stencil):
+    """The issue's test: differentiating the same samples with grid spacing 1 or 0.37 is the
+    scaling p -> p / 0.37 of the image; every set declared scale invariant must not notice."""
+    for name in _declared("scalings"):
+        error = _spacing_error(name, "covariant", stencil)
+        assert error.max() < 1e-6, (name, error)
+
+
+def test_the_absolute_regularisation_is_not_scale_invariant():
+    """The issue's finding: with the paper's absolute eps the scaling ratios change by O(1)."""
+    error = _spacing_error("scaling", "absolute")
+    assert error.max() > 0.1, error
+    assert _spacing_error("sim2", "absolute").max() > 0.1
+
+
+def test_se2_is_not_scale_invariant_so_the_spacing_test_can_fail():
+    assert _spacing_error("se2", "covariant")[1:].min() > 0.5  # every derivative invariant
+
+
+@pytest.mark.parametrize("stencil", ["central", "isotropic"])
+@pytest.mark.parametrize("angle", [0.3, 2.5])
+def test_sim2_invariant_under_rotation_scaling_and_translation(angle, stencil):
+    """g = translation o rotation o scaling by 1.4, on an analytic function: discretisation error
+    only (falls ~4x when the grid is refined)."""
+    rot = rotation_matrix(angle, dtype=torch.float64)
+    shift = torch.tensor([0.2, -0.1], dtype=torch.float64)
+    forward = lambda p: 1.4 * p @ rot.T + shift  # noqa: E731
+    inverse = lambda p: ((p - shift) @ rot) / 1.4  # noqa: E731
+    sim2 = get_invariant_set("sim2")
+    errors = [invariance_error(sim2, convex, forward, inverse, h, stencil, ratio_eps=0.1)
+              for h in (0.04, 0.02)]
+    assert errors[1].max() < 2e-3
+    discretised = errors[0] > 1e-12
+    assert torch.all(errors[0][discretised] / errors[1][discretised] > 3.0), errors[0] / errors[1]
+    # with the paper's absolute eps the same check fails: its eps fixes a length scale
+    absolute = invariance_error(sim2, convex, forward, inverse, 0.02, stencil, ratio_eps=0.1,
+                                mode="absolute")
+    assert absolute.max() > 10 * errors[1].max(), (absolute, errors[1])
+
+
+def test_sim2_values_on_a_known_jet():
+    # u = 2, u_x = 1, u_y = 3, u_xx = 4, u_xy = 5, u_yy = 6: |grad|^2 = 10, lap = 10, det = -1,
+    # grad H grad = 4 + 30 + 54 = 88, R = |H|^2 + |grad|^4 = 16 + 50 + 36 + 100 = 202
+    jet = torch.tensor([2.0, 1, 3, 4, 5, 6], dtype=torch.float64)[:, None, None]
+    eps, R = 0.1, 202.0
+    values = get_invariant_set("sim2")(jet, eps)[:, 0, 0]
+    truth = [2.0, 100 / (100 + eps**2 * R), 100 * -1 / (1 + eps**2 * R**2),
+             88 * -1 / (1 + eps**2 * R**2)]
+    torch.testing.assert_close(values, torch.tensor(truth, dtype=torch.float64), rtol=1e-14,
+                               atol=0)
+    absolute = get_invariant_set("sim2")(jet, eps, "absolute")[:, 0, 0]
+    truth = [2.0, 100 / (100 + eps**2), -100 / (1 + eps**2), -88 / (1 + eps**2)]
+    torch.testing.assert_close(absolute, torch.tensor(truth, dtype=torch.float64), rtol=1e-14,
+                               atol=0)
+
+
+def test_scaling_covariant_values_on_a_known_jet():
+    jet = torch.tensor([0.0, 1, 3, 4, 5, 6], dtype=torch.float64)[:, None, None]
+    R = 16 + 50 + 36 + 100
+    values = get_invariant_set("scaling")(jet, 0.1)[:, 0, 0]
+    truth = [a * b / (b * b + 0.01 * R) for a in (1.0, 9.0) for b in (4.0, 5.0, 6.0)]
+    torch.testing.assert_close(values, torch.tensor(truth, dtype=torch.float64), rtol=1e-14,
+                               atol=0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(jet=st.lists(st.floats(-1e3, 1e3), min_size=6, max_size=6), eps=st.floats(0.01, 1.0))
+def test_covariant_ratios_are_bounded(jet, eps):
+    """|u_x^2/u_xx| <= 1/(2 eps), |(|grad|^2 lap)/det| <= 0.36/eps, ... (invariants.py)."""
+    values = torch.tensor(jet, dtype=torch.float64)[:, None, None]
+    scaling = get_invariant_set("scaling")(values, eps)
+    sim2 = get_invariant_set("sim2")(values, eps)
+    assert torch.isfinite(scaling).all() and torch.isfinite(sim2).all()
+    assert scaling.abs().max() <= 0.5 / eps * (1 + 1e-12)
+    bounds = torch.tensor([0.5, 0.36, 0.25], dtype=torch.float64) / eps
+    assert torch.all(sim2[1:, 0, 0].abs() <= bounds * (1 + 1e-12))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ["scaling", "sim2"])
+def test_flat_jets_give_zero_with_finite_gradients_even_from_large_upstream(name, dtype):
+    """The guard: 0/0 becomes 0 and no derivative is inf or NaN, whatever arrives from above."""
+    jet = torch.zeros(6, 3, 3, dtype=dtype, requires_grad=True)
+    out = get_invariant_set(name)(jet)
+    assert not out[1:].any()
+    (grad,) = torch.autograd.grad((out * 1e6).sum(), jet)
+    assert torch.isfinite(grad).all()
+
+
+def test_safe_ratio_with_a_reference_and_the_context_object():
+    a = torch.tensor([2.0, -1.0, 0.0], dtype=torch.float64)
+    b = torch.tensor([0.5, 3.0, 0.0], dtype=torch.float64)
+    ref = torch.tensor([4.0, 1.0, 0.0], dtype=torch.float64)
+    guard = ratio_guard(torch.float64)
+    assert guard == 2.0 ** -511 and ratio_guard(torch.float32) == 2.0 ** -63
+    torch.testing.assert_close(safe_ratio(a, b, 0.5, ref), a * b / (b * b + 0.25 * ref + guard),
+                               rtol=0, atol=0)
+    # the paper's mode is exactly what it was: a b / (b^2 + eps^2)
+    torch.testing.assert_close(safe_ratio(a, b, 0.5), a * b / (b * b + 0.25), rtol=0, atol=0)
+    covariant, absolute = RatioRegularisation(0.5, "covariant"), RatioRegularisation(0.5, "absolute")
+    assert torch.equal(covariant(a, b, ref), safe_ratio(a, b, 0.5, ref))
+    assert torch.equal(absolute(a, b, ref), safe_ratio(a, b, 0.5))
+    assert torch.equal(covariant(a, b), safe_ratio(a, b, 0.5, a * a))  # no reference: a^2
+    assert torch.equal(safe_ratio(a, b, covariant, ref), covariant(a, b, ref))
+    assert float(covariant) == 0.5
+    with pytest.raises(ValueError, match="unknown ratio regularisation 'relative'"):
+        RatioRegularisation(0.1, "relative")
+    with pytest.raises(ValueError, match="eps must be positive"):
+        RatioRegularisation(0.0)
+
+
+def test_a_set_written_against_the_former_float_eps_follows_the_mode():
+    legacy = InvariantSet("legacy-ratio", "scalings", 2, [
+        Invariant("r", "u_x² / u_xx", "", lambda d, eps: safe_ratio(d.u_x**2, d.u_xx, eps))])
+    jet = torch.tensor([0.0, 2.0, 0.0, 0.5, 0.0, 0.0], dtype=torch.float64)[:, None, None]
+    assert legacy(jet, 0.1, "absolute").item() == pytest.approx(4 * 0.5 / (0.25 + 0.01))
+    assert legacy(jet, 0.1, "covariant").item() == pytest.approx(2 / (0.25 + 0.01 * 16))

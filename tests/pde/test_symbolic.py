@@ -269,9 +269,29 @@ def test_compiled_ratios_use_safe_ratio():
     values[0, 1], values[0, 3] = 2.0, 0.0  # u_xx = 0: finite, 0
     assert compiled(values, ratio_eps=0.1).item() == 0.0
     values[0, 3] = 0.5
-    assert compiled(values, ratio_eps=0.1).item() == pytest.approx(4 * 0.5 / (0.25 + 0.01))
+    assert compiled(values, 0.1, "absolute").item() == pytest.approx(4 * 0.5 / (0.25 + 0.01))
+    # covariant, without a declared reference: r / (1 + eps^2 r^2) with r = a / b = 8
+    assert compiled(values, 0.1, "covariant").item() == pytest.approx(8 / (1 + 0.01 * 64))
     fixed = compile_invariants([ux**2 / uxx], "ratio", ratio_eps=1e-9)
     assert fixed(values, ratio_eps=0.1).item() == pytest.approx(8.0)
+
+
+def test_the_registered_sim2_set_generates_the_symbolic_one():
+    """eqpdenet.pde.invariants writes the sim2 set out by hand, with (Δu)²/det H replaced by its
+    product with |∇u|²/Δu: each expression is invariant, they are functionally independent and
+    as many as the theory predicts, and the hand-written torch code computes them."""
+    found = find_invariants("sim2", 2)
+    grad, lap, det = ux**2 + uy**2, uxx + uyy, uxx * uyy - uxy**2
+    ghg = ux**2 * uxx + 2 * ux * uy * uxy + uy**2 * uyy
+    ours = [u, grad / lap, grad * lap / det, ghg / det]
+    assert sp.simplify(found.expressions[2] - lap**2 / det) == 0  # the one we replace
+    assert all(is_invariant(e, "sim2") for e in ours)
+    assert len(functionally_independent(ours)) == found.expected_count == 4
+    hand = get_invariant_set("sim2")
+    compiled = compile_invariants(ours, "sim2-from-sympy")
+    jets = torch.randn(5, 6, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(hand(jets, 1e-9, "absolute"), compiled(jets, 1e-9, "absolute"),
+                               rtol=1e-9, atol=1e-9)
 
 
 def test_compile_rejects_non_rational():

@@ -38,8 +38,9 @@ def non_invariant_set() -> InvariantSet:
 
 def _pde(invariants, weights: dict[str, float] | None, *, T: float, dt: float,
          stencil: str = "central", spacing: float = 1.0, seed: int | None = None,
-         random_scale: float = 0.05) -> EulerFlow:
-    rhs = InvariantRHS(invariants, stencil=stencil, spacing=spacing)
+         random_scale: float = 0.05, ratio_regularisation: str = "absolute") -> EulerFlow:
+    rhs = InvariantRHS(invariants, stencil=stencil, spacing=spacing,
+                       ratio_regularisation=ratio_regularisation)
     with torch.no_grad():
         if seed is not None:
             generator = torch.Generator().manual_seed(seed)
@@ -63,8 +64,9 @@ def reference_pdes(T: float = 1.0, dt: float = 0.1, stencil: str = "central",
     * ``heat``: ``u_t = u_xx + u_yy``;
     * ``se2-random``: every ``se2`` invariant with a N(0, 0.05^2) weight, plus ``0.2 Δu``
       (a stable, nonlinear SE(2)-equivariant PDE);
-    * ``scaling-random``: every ``scaling`` invariant with a N(0, 0.05^2) weight (equivariant to
-      scalings, *not* to rotations: its invariants are permuted with sign changes by them);
+    * ``scaling-random``: every ``scaling`` invariant with a N(0, 0.05^2) weight and the paper's
+      absolute ratio regularisation (equivariant to scalings only where the denominators exceed
+      ``eps``, *not* to rotations: its invariants are permuted with sign changes by them);
     * ``u_x (non-invariant)``: ``u_t = u_x``, the negative control.
     """
     common = dict(T=T, dt=dt, stencil=stencil, spacing=spacing)

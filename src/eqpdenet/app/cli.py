@@ -2,7 +2,8 @@
 describe, figure.
 
 Configuration comes from the defaults (the paper's setup, ``eqpdenet.config``), then an optional
-TOML file (``--config``), then ``--set section.field=value`` overrides, then the dedicated flags.
+TOML file (``--config``), then a layer preset (``--layer``), then ``--set section.field=value``
+overrides, then the dedicated flags.
 Data: ``--data-dir`` > ``EQPDENET_DATA`` > a per-user cache folder (see ``eqpdenet.mnist``).
 
 Errors are one line on stderr naming the problem (exit status 2; 1 for an unexpected failure,
@@ -59,11 +60,17 @@ def _info(args) -> int:
     import torch
 
     from ..models import FCNN, EqPdeNet, count_parameters
-    from ..pde.invariants import available_invariant_sets, get_invariant_set
+    from ..pde.invariants import RATIO_REGULARISATIONS, available_invariant_sets, get_invariant_set
+    from ..pde.layer import LAYER_PRESETS
     from ..pde.stencils import available_stencils
 
     print(f"eqpdenet {__version__} (torch {torch.__version__}, {torch.get_num_threads()} threads)")
     print(f"stencils: {', '.join(available_stencils())}")
+    print(f"ratio regularisations: {', '.join(RATIO_REGULARISATIONS.names())}")
+    for name in LAYER_PRESETS.names():
+        preset = LAYER_PRESETS.get(name)()
+        print(f"layer preset {name}: {', '.join(map(str, preset.invariants))} "
+              f"({preset.ratio_regularisation} ratios)")
     for name in available_invariant_sets():
         print(get_invariant_set(name))
     print("parameters (paper layer):  h  EqPdeNet  FCNN")
@@ -73,9 +80,15 @@ def _info(args) -> int:
     return 0
 
 
+def _with_layer(args, path: str) -> list[str]:
+    """The ``--set`` assignments, preceded by ``--layer``'s preset (so ``--set`` refines it)."""
+    preset = [f"{path}.preset={args.layer}"] if getattr(args, "layer", None) else []
+    return preset + list(args.set or [])
+
+
 def _experiment_config(args) -> ExperimentConfig:
     config = load_toml(ExperimentConfig, args.config) if args.config else ExperimentConfig()
-    config = apply_overrides(config, args.set)
+    config = apply_overrides(config, _with_layer(args, "model.layer"))
     # "is not None": --epochs 0 and --hidden 0 must reach validation, not fall back to defaults
     if getattr(args, "model", None) is not None:
         config.model.kind = args.model
@@ -149,7 +162,7 @@ def _reproduce(args) -> int:
     from .sweeps import reproduce
 
     config = load_toml(ReproduceConfig, args.config) if args.config else ReproduceConfig()
-    config = apply_overrides(config, args.set)
+    config = apply_overrides(config, _with_layer(args, "base.model.layer"))
     if args.quick:
         config = quick_profile(config)
     if args.device:
@@ -177,7 +190,7 @@ def _study(args) -> int:
         base.base.train.epochs = args.epochs
     else:
         base = study_base(hidden_sizes=args.hidden, seeds=args.seeds, epochs=args.epochs)
-    base = apply_overrides(base, args.set)
+    base = apply_overrides(base, _with_layer(args, "base.model.layer"))
     if args.device:
         base.base.train.device = args.device
     chosen = run_study(Path(args.out), base=base, stages=STAGE_SETS[args.stages], jobs=args.jobs,
@@ -207,8 +220,13 @@ def _report(args) -> int:
 def _equivariance(args) -> int:
     import torch
 
-    from .equivariance_study import measure_equivariance, write_outputs
+    from .equivariance_study import measure_equivariance, write_invariant_orders, write_outputs
 
+    if args.invariant_orders_only:
+        path = write_invariant_orders(Path(args.out))
+        print(path.read_text())
+        print(f"wrote {path}")
+        return 0
     torch.manual_seed(0)
     start = time.perf_counter()
     study = measure_equivariance(quick=args.quick, checkpoints=args.checkpoint or [],
@@ -307,6 +325,8 @@ _positive = _number(float, lambda v: math.isfinite(v) and v > 0, "a positive num
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML file with the configuration")
+    parser.add_argument("--layer", metavar="PRESET",
+                        help="start the PDE layer from a preset (paper, se2_sim2), before --set")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override one field, e.g. --set model.layer.dt=0.05 (repeatable)")
     parser.add_argument("--data-dir", help="folder holding mnist/ (default: $EQPDENET_DATA)")
@@ -379,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     equiv.add_argument("--out", default="docs/equivariance", help="output folder")
     equiv.add_argument("--checkpoint", nargs="+", help="checkpoints (EqPdeNet and/or FCNN)")
     equiv.add_argument("--quick", action="store_true", help="a few points only (seconds)")
+    equiv.add_argument("--invariant-orders-only", action="store_true",
+                       help="only the convergence orders of every invariant set with every "
+                            "stencil (invariant_orders.md, seconds)")
     equiv.add_argument("--T", type=_positive, default=1.0, help="T of the reference PDEs")
     equiv.add_argument("--dt", type=_positive, default=0.1, help="dt of the reference PDEs")
     equiv.add_argument("--data-dir", help="folder holding mnist/ (default: $EQPDENET_DATA)")

@@ -2,7 +2,15 @@
 
 Every configuration converts to a plain dict (:func:`to_dict`), to TOML text (:func:`to_toml`) and
 back (:func:`from_dict`, :func:`load_toml`), is validated on construction (an invalid value raises
-:class:`ConfigError` naming the field), and is saved beside every result.
+:class:`ConfigError` naming the field), and is saved beside every result. A partial table takes
+its missing fields from the field's default (so ``[model.layer] T = 2.0`` is the paper's layer
+with ``T = 2``), and a layer table may start from a preset (``preset = "se2_sim2"``, see
+:data:`eqpdenet.pde.LAYER_PRESETS`; also ``--set model.layer.preset=se2_sim2``), the table's
+other fields overriding it.
+
+The application's default layer is the paper's (:meth:`LayerConfig.paper`, the absolute ratio
+regularisation), so the default configuration reproduces the paper; the library's own default
+(``LayerConfig()``) uses the covariant regularisation.
 
 Where the paper leaves a choice open (T, dt, stencil, boundary, ratio regularisation,
 initialisation, optimiser ...), the default is the one documented in ``docs/choices.md``; the
@@ -12,6 +20,7 @@ training recipe and the layer's initialisation are those chosen on the validatio
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import tomllib
@@ -24,7 +33,7 @@ from ..data.scenarios import SCENARIOS
 from ..errors import ConfigError
 from ..models import MODELS
 from ..models import build_model as _build_model
-from ..pde.layer import LayerConfig
+from ..pde.layer import LAYER_PRESETS, LayerConfig
 from .optim import LR_SCHEDULES, OPTIMIZERS
 
 __all__ = [
@@ -57,7 +66,8 @@ class ModelConfig:
         input_mean, input_std: fixed (non-learned) standardisation ``(x - mean) / std`` applied
             to the input of both models (default: MNIST's pixel mean and std, chosen by the
             validation study); ``0, 1`` leaves pixels in ``[0, 1]``.
-        layer: the PDE layer (ignored for ``fcnn``).
+        layer: the PDE layer (ignored for ``fcnn``); default the paper's
+            (:meth:`LayerConfig.paper`).
     """
 
     kind: str = "eqpdenet"
@@ -66,11 +76,11 @@ class ModelConfig:
     classes: int = 10
     input_mean: float = 0.1307
     input_std: float = 0.3081
-    layer: LayerConfig = field(default_factory=LayerConfig)
+    layer: LayerConfig = field(default_factory=LayerConfig.paper)
 
     def __post_init__(self):
         if isinstance(self.layer, dict):
-            self.layer = from_dict(LayerConfig, self.layer)
+            self.layer = from_dict(LayerConfig, self.layer, base=LayerConfig.paper())
         MODELS.check(self.kind, "model.kind")
         require_int(self.hidden, "model.hidden", 1)
         require_int(self.image_size, "model.image_size", 1)
@@ -242,13 +252,27 @@ def _check_type(value, hint, field: str):
                 _check_type(item, inner, f"{field}[{index}]")
 
 
-def from_dict(cls, data: dict, _path: str = ""):
+def _field_default(f: dataclasses.Field):
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def from_dict(cls, data: dict, base=None, _path: str = ""):
     """Build dataclass ``cls`` from a (possibly partial) dict; unknown keys are an error, and so
-    is a value of the wrong type (the error names the field, e.g. ``model.hidden``)."""
+    is a value of the wrong type (the error names the field, e.g. ``model.hidden``).
+
+    Missing fields come from ``base`` (an instance of ``cls``) if given, else from the field
+    defaults; a nested table is completed from the enclosing field's default (or ``base``'s
+    value). A layer table's ``preset`` key names the :data:`LAYER_PRESETS` entry it starts from.
+    """
     if not isinstance(data, dict):
         where = _path.rstrip(".") or cls.__name__
         raise ConfigError(f"invalid config: {where}: expects a table of {cls.__name__} fields, "
                           f"got {data!r}")
+    if cls is LayerConfig and "preset" in data:
+        data = dict(data)
+        base = LayerConfig.preset(data.pop("preset"))
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(names))
     if unknown:
@@ -256,11 +280,15 @@ def from_dict(cls, data: dict, _path: str = ""):
                           f"known: {sorted(names)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
+    if base is not None:
+        kwargs = {name: copy.deepcopy(getattr(base, name)) for name in names if name not in data}
     for key, value in data.items():
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, hint):
-                value = from_dict(hint, value, f"{_path}{key}.")
+                nested = getattr(base, key) if base is not None else _field_default(names[key])
+                value = from_dict(hint, value, base=nested if isinstance(nested, hint) else None,
+                                  _path=f"{_path}{key}.")
         else:
             if typing.get_origin(hint) is list and isinstance(value, tuple):
                 value = list(value)
@@ -329,8 +357,15 @@ def _parse_value(text: str):
         return text
 
 
+_LAYER_FIELDS = frozenset(f.name for f in dataclasses.fields(LayerConfig))
+
+
 def apply_overrides(config, assignments: list[str]):
-    """Apply ``a.b.c=value`` assignments (values parsed as TOML, else strings) to a dataclass."""
+    """Apply ``a.b.c=value`` assignments (values parsed as TOML, else strings) to a dataclass.
+
+    ``...layer.preset=NAME`` replaces a whole layer table by the preset's (later assignments
+    still apply on top of it).
+    """
     data = to_dict(config)
     for assignment in assignments or []:
         if "=" not in assignment:
@@ -342,6 +377,11 @@ def apply_overrides(config, assignments: list[str]):
             if not isinstance(node.get(key), dict):
                 raise ConfigError(f"--set {path}: {key!r} is not a config section")
             node = node[key]
+        if keys[-1] == "preset" and set(node) == _LAYER_FIELDS:
+            preset = LAYER_PRESETS.get(_parse_value(value.strip()))()
+            node.clear()
+            node.update(to_dict(preset))
+            continue
         if keys[-1] not in node:
             raise ConfigError(f"--set {path}: unknown field {keys[-1]!r}; known: {sorted(node)}")
         node[keys[-1]] = _parse_value(value.strip())

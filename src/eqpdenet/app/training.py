@@ -38,6 +38,8 @@ from .files import atomic_write
 from .optim import LR_SCHEDULES, OPTIMIZERS
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
+    "LATER_FIELDS",
     "Split",
     "environment",
     "fingerprint",
@@ -48,6 +50,7 @@ __all__ = [
     "run_experiment",
     "save_checkpoint",
     "train_model",
+    "with_legacy_fields",
 ]
 
 
@@ -224,8 +227,23 @@ def git_commit() -> str:
 LATER_FIELDS: dict[tuple[str, ...], object] = {
     ("model", "layer", "backend"): "auto",
     ("model", "layer", "recompute"): False,
+    # Every layer before the field existed divided with the paper's absolute eps.
+    ("model", "layer", "ratio_regularisation"): "absolute",
     ("model", "layer", "sigma"): None,
 }
+
+
+def with_legacy_fields(config: dict) -> dict:
+    """A stored configuration dict with every missing :data:`LATER_FIELDS` entry set to its
+    value from before the field existed (a copy; tables that are absent stay absent)."""
+    data = copy.deepcopy(config)
+    for path, value in LATER_FIELDS.items():
+        node = data
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.setdefault(path[-1], value)
+    return data
 
 
 def fingerprint(config) -> str:
@@ -247,10 +265,16 @@ def environment() -> dict:
             "machine": platform.machine(), "threads": torch.get_num_threads(), "git": git_commit()}
 
 
+#: The format tag written by :func:`save_checkpoint`. Format 2 (ratio_regularisation in the
+#: layer) also reads format 1, whose configurations lack the :data:`LATER_FIELDS`.
+CHECKPOINT_FORMAT = "eqpdenet-checkpoint-2"
+_LEGACY_CHECKPOINT_FORMATS = ("eqpdenet-checkpoint-1",)
+
+
 def save_checkpoint(path: Path, model: nn.Module, config: ExperimentConfig, **extra) -> None:
     """``state_dict`` + full config + provenance, written atomically."""
     buffer = io.BytesIO()
-    torch.save({"format": "eqpdenet-checkpoint-1", "config": to_dict(config),
+    torch.save({"format": CHECKPOINT_FORMAT, "config": to_dict(config),
                 "state_dict": model.state_dict(), "environment": environment(), **extra}, buffer)
     atomic_write(Path(path), buffer.getvalue())
 
@@ -276,12 +300,17 @@ def load_checkpoint(path: Path, device: str = "cpu") -> tuple[nn.Module, Experim
         raise FileNotFoundError(f"checkpoint not found: {path}") from None
     except Exception as error:  # torch raises several types for corrupt files
         raise CheckpointError(f"{path} is not a readable eqpdenet checkpoint: {error}") from None
-    if not isinstance(payload, dict) or payload.get("format") != "eqpdenet-checkpoint-1":
-        raise CheckpointError(f"{path} is not an eqpdenet checkpoint (missing format tag)")
+    formats = (CHECKPOINT_FORMAT, *_LEGACY_CHECKPOINT_FORMATS)
+    if not isinstance(payload, dict) or payload.get("format") not in formats:
+        raise CheckpointError(f"{path} is not an eqpdenet checkpoint (format tag "
+                              f"{payload.get('format') if isinstance(payload, dict) else None!r}, "
+                              f"expected one of {', '.join(formats)})")
     if not isinstance(payload.get("config"), dict) or not isinstance(payload.get("state_dict"),
                                                                      dict):
         raise CheckpointError(f"{path} is not a complete eqpdenet checkpoint (no config or "
                               f"state_dict)")
+    if payload["format"] in _LEGACY_CHECKPOINT_FORMATS:
+        payload["config"] = with_legacy_fields(payload["config"])
     try:
         config = from_dict(ExperimentConfig, payload["config"])
     except ConfigError as error:

@@ -27,6 +27,7 @@ from . import cpu  # noqa: F401  (registers the CPU implementation of the operat
 from .op import (
     IMPLEMENTATIONS,
     KERNEL_INVARIANT_SETS,
+    KERNEL_RATIO_REGULARISATIONS,
     PDESpec,
     fused_evolve,
     stencil_is_supported,
@@ -39,6 +40,7 @@ __all__ = [
     "ENV_BACKEND",
     "IMPLEMENTATIONS",
     "KERNEL_INVARIANT_SETS",
+    "KERNEL_RATIO_REGULARISATIONS",
     "PDESpec",
     "fused_evolve",
     "resolve_backend",

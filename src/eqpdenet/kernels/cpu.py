@@ -154,21 +154,21 @@ def _unavailable() -> str | None:
 
 @torch.library.register_kernel("eqpdenet::euler_evolve", "cpu", lib=_LIBRARY)
 def _evolve_cpu(u, weight, bias, monomials, stencils, invariant_sets, boundaries, dt, ratio_eps,
-                steps, check_finite, store_states):
+                ratio_regularisations, steps, check_finite, store_states):
     out, states, first_bad = load_extension().forward(
         u.contiguous(), weight.contiguous(), bias.contiguous(), monomials.contiguous(),
         stencils.contiguous(), list(invariant_sets), list(boundaries), list(dt), list(ratio_eps),
-        list(steps), list(check_finite), bool(store_states))
+        list(ratio_regularisations), list(steps), list(check_finite), bool(store_states))
     return out, states, first_bad
 
 
 @torch.library.register_kernel("eqpdenet::euler_evolve_backward", "cpu", lib=_LIBRARY)
 def _evolve_backward_cpu(grad_out, u, weight, bias, monomials, stencils, invariant_sets,
-                         boundaries, dt, ratio_eps, steps, states):
+                         boundaries, dt, ratio_eps, ratio_regularisations, steps, states):
     grad_u, per_image = load_extension().backward(
         grad_out.contiguous(), u.contiguous(), weight.contiguous(), bias.contiguous(),
         monomials.contiguous(), stencils.contiguous(), list(invariant_sets), list(boundaries),
-        list(dt), list(ratio_eps), list(steps), states)
+        list(dt), list(ratio_eps), list(ratio_regularisations), list(steps), states)
     # Per-image partial sums (float64) reduced here: no two threads add into one parameter.
     grads = per_image.sum(0).to(u.dtype)  # (E, M + 1), the bias last
     return grad_u, grads[:, :-1].contiguous(), grads[:, -1].contiguous()

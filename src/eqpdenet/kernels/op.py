@@ -3,33 +3,52 @@
 Two operators are declared to PyTorch's dispatcher in the ``eqpdenet`` namespace:
 
 ``torch.ops.eqpdenet.euler_evolve(u, weight, bias, monomials, stencils, invariant_sets,
-boundaries, dt, ratio_eps, steps, check_finite, store_states) -> (out, states, first_bad)``
+boundaries, dt, ratio_eps, ratio_regularisations, steps, check_finite, store_states)
+-> (out, states, first_bad)``
     Integrates ``E`` PDEs ``du/dt = F_e(I_e(jet_e(u)))`` from the same input by ``steps[e]``
     explicit Euler steps each (eq. (9)), with ``F_e(I) = bias[e] + sum_m weight[e, m] prod_k
     I_k^{e_mk}`` given by its monomial recipe (:func:`~eqpdenet.pde.rhs.monomial_recipe`).
 
-    ============== ======================= ==================================================
-    argument       shape / type            meaning
-    ============== ======================= ==================================================
-    u              (B, C, H, W)            input images, float32 or float64
-    weight         (E, M)                  F's coefficients, zero-padded to the longest F
-    bias           (E,)                    F's constant terms
-    monomials      (E, M, 2) int64         per monomial (lower monomial or -1, invariant);
-                                           rows (-1, -1) pad a shorter F
-    stencils       (E, 6, 3, 3) float64    the jet's convolution weights (u, u_x, u_y, u_xx,
-                                           u_xy, u_yy; divided by the spacing powers)
-    invariant_sets str[E]                  kernel names (:data:`KERNEL_INVARIANT_SETS`)
-    boundaries     str[E]                  replicate, zeros, reflect or circular
-    dt             float[E]                time steps
-    ratio_eps      float[E]                regularisation of the ratio invariants
-    steps          int[E]                  numbers of Euler steps
-    check_finite   bool[E]                 report the first non-finite step
-    store_states   bool                    keep every state for the backward pass
-    ============== ======================= ==================================================
+    ===================== ===================== ==========================================
+    argument              shape / type          meaning
+    ===================== ===================== ==========================================
+    u                     (B, C, H, W)          input images, float32 or float64
+    weight                (E, M)                F's coefficients, zero-padded to the
+                                                longest F
+    bias                  (E,)                  F's constant terms
+    monomials             (E, M, 2) int64       per monomial (lower monomial or -1,
+                                                invariant); rows (-1, -1) pad a shorter F
+    stencils              (E, 6, 3, 3) float64  the jet's convolution weights (u, u_x, u_y,
+                                                u_xx, u_xy, u_yy; divided by the spacing
+                                                powers)
+    invariant_sets        str[E]                kernel names (:data:`KERNEL_INVARIANT_SETS`)
+    boundaries            str[E]                replicate, zeros, reflect or circular
+    dt                    float[E]              time steps
+    ratio_eps             float[E]              regularisation scale of the ratio invariants
+    ratio_regularisations str[E]                ``covariant`` or ``absolute``
+                                                (:data:`KERNEL_RATIO_REGULARISATIONS`)
+    steps                 int[E]                numbers of Euler steps
+    check_finite          bool[E]               report the first non-finite step
+    store_states          bool                  keep every state for the backward pass
+    ===================== ===================== ==========================================
 
     Returns ``out`` ``(B, E, C, H, W)`` (the states at ``T``), ``states``
     ``(B, E, C, max(steps), H, W)`` (empty unless ``store_states``) and ``first_bad`` ``(B, E)``
     int32, the first Euler step whose state was not finite (0: none, or not checked).
+
+    The invariant sets (:data:`KERNEL_INVARIANT_SETS`), with ``ratio(a, b)`` the regularised
+    ratio of the PDE's mode (:mod:`eqpdenet.pde.invariants`): ``a b / (b² + eps² ref + guard)``
+    (``covariant``; ``ref = R = u_xx² + 2 u_xy² + u_yy² + (u_x² + u_y²)²`` for the second-order
+    denominators, ``R²`` for ``det H``; ``guard`` the square root of the smallest positive normal
+    number of the dtype, :func:`~eqpdenet.pde.invariants.ratio_guard`) or ``a b / (b² + eps²)``
+    (``absolute``):
+
+    * ``se2`` (5): ``u, u_x² + u_y², u_xx + u_yy, u_x² u_xx + 2 u_x u_y u_xy + u_y² u_yy,
+      u_xx² + 2 u_xy² + u_yy²``;
+    * ``scaling`` (6): ``ratio(u_x², u_xx), ratio(u_x², u_xy), ratio(u_x², u_yy),
+      ratio(u_y², u_xx), ratio(u_y², u_xy), ratio(u_y², u_yy)``;
+    * ``sim2`` (4): ``u, ratio(|∇u|², Δu), ratio(|∇u|² Δu, det H), ratio(∇uᵀ H ∇u, det H)``
+      with ``det H = u_xx u_yy − u_xy²``.
 
 ``torch.ops.eqpdenet.euler_evolve_backward(grad_out, u, ..., states) -> (grad_u, grad_weight,
 grad_bias)``
@@ -60,6 +79,7 @@ from ..registry import Registry
 __all__ = [
     "IMPLEMENTATIONS",
     "KERNEL_INVARIANT_SETS",
+    "KERNEL_RATIO_REGULARISATIONS",
     "PDESpec",
     "fused_evolve",
     "stencil_is_supported",
@@ -68,7 +88,9 @@ __all__ = [
 ]
 
 #: Invariant sets the compiled kernels implement (an InvariantSet declares one by its ``kernel``).
-KERNEL_INVARIANT_SETS = ("se2", "scaling")
+KERNEL_INVARIANT_SETS = ("se2", "scaling", "sim2")
+#: Ratio regularisations the compiled kernels implement (:mod:`eqpdenet.pde.invariants`).
+KERNEL_RATIO_REGULARISATIONS = ("covariant", "absolute")
 KERNEL_BOUNDARIES = ("replicate", "zeros", "reflect", "circular")
 
 #: Device type -> ``available()`` returning None or why that device's implementation cannot run.
@@ -76,7 +98,8 @@ IMPLEMENTATIONS: Registry[Callable[[], str | None]] = Registry("kernel implement
 
 _LIBRARY = torch.library.Library("eqpdenet", "DEF")
 _COMMON = ("Tensor weight, Tensor bias, Tensor monomials, Tensor stencils, str[] invariant_sets, "
-           "str[] boundaries, float[] dt, float[] ratio_eps, int[] steps")
+           "str[] boundaries, float[] dt, float[] ratio_eps, str[] ratio_regularisations, "
+           "int[] steps")
 _LIBRARY.define(f"euler_evolve(Tensor u, {_COMMON}, bool[] check_finite, bool store_states) "
                 "-> (Tensor, Tensor, Tensor)")
 _LIBRARY.define(f"euler_evolve_backward(Tensor grad_out, Tensor u, {_COMMON}, Tensor states) "
@@ -85,7 +108,7 @@ _LIBRARY.define(f"euler_evolve_backward(Tensor grad_out, Tensor u, {_COMMON}, Te
 
 @torch.library.register_fake("eqpdenet::euler_evolve", lib=_LIBRARY)
 def _evolve_fake(u, weight, bias, monomials, stencils, invariant_sets, boundaries, dt, ratio_eps,
-                 steps, check_finite, store_states):
+                 ratio_regularisations, steps, check_finite, store_states):
     batch, channels, height, width = u.shape
     pdes = len(steps)
     out = u.new_empty(batch, pdes, channels, height, width)
@@ -96,13 +119,13 @@ def _evolve_fake(u, weight, bias, monomials, stencils, invariant_sets, boundarie
 
 @torch.library.register_fake("eqpdenet::euler_evolve_backward", lib=_LIBRARY)
 def _backward_fake(grad_out, u, weight, bias, monomials, stencils, invariant_sets, boundaries,
-                   dt, ratio_eps, steps, states):
+                   dt, ratio_eps, ratio_regularisations, steps, states):
     return torch.empty_like(u), torch.empty_like(weight), torch.empty_like(bias)
 
 
 def _setup_context(ctx, inputs, output):
-    u, weight, bias, monomials, stencils, sets, boundaries, dt, eps, steps, _, store = inputs
-    ctx.settings = (sets, boundaries, dt, eps, steps)
+    u, weight, bias, monomials, stencils, sets, boundaries, dt, eps, modes, steps, _, _ = inputs
+    ctx.settings = (sets, boundaries, dt, eps, modes, steps)
     ctx.save_for_backward(u, weight, bias, monomials, stencils, output[1])
 
 
@@ -110,7 +133,7 @@ def _backward(ctx, grad_out, grad_states, grad_first_bad):
     u, weight, bias, monomials, stencils, states = ctx.saved_tensors
     grad_u, grad_weight, grad_bias = torch.ops.eqpdenet.euler_evolve_backward(
         grad_out.contiguous(), u, weight, bias, monomials, stencils, *ctx.settings, states)
-    return grad_u, grad_weight, grad_bias, *([None] * 9)
+    return grad_u, grad_weight, grad_bias, *([None] * 10)
 
 
 torch.library.register_autograd("eqpdenet::euler_evolve", _backward,
@@ -134,6 +157,7 @@ class PDESpec:
     boundary: str
     stencil: Tensor
     ratio_eps: float
+    ratio_regularisation: str
     monomials: tuple[tuple[int, int], ...]
     weight: Tensor
     bias: Tensor
@@ -174,6 +198,8 @@ def unsupported_reason(u: Tensor, specs: Sequence[PDESpec]) -> str | None:
         if spec.invariant_set not in KERNEL_INVARIANT_SETS:
             return (f"the fused kernel has no invariant set {spec.invariant_set!r} "
                     f"(only {', '.join(KERNEL_INVARIANT_SETS)})")
+        if spec.ratio_regularisation not in KERNEL_RATIO_REGULARISATIONS:
+            return f"the fused kernel has no ratio regularisation {spec.ratio_regularisation!r}"
         if spec.boundary not in KERNEL_BOUNDARIES:
             return f"the fused kernel has no boundary {spec.boundary!r}"
         if not stencil_is_supported(spec.stencil):
@@ -221,7 +247,8 @@ def fused_evolve(u: Tensor, specs: Sequence[PDESpec], recompute: bool = False) -
         u.contiguous(), weight.contiguous(), bias.contiguous(), monomials.to(u.device),
         stencils.to(u.device), [s.invariant_set for s in specs], [s.boundary for s in specs],
         [float(s.dt) for s in specs], [float(s.ratio_eps) for s in specs],
-        [int(s.steps) for s in specs], [bool(s.check_finite) for s in specs],
+        [s.ratio_regularisation for s in specs], [int(s.steps) for s in specs],
+        [bool(s.check_finite) for s in specs],
         bool(needs_grad and not recompute))
     if any(s.check_finite for s in specs):
         bad = first_bad.cpu()  # the one host synchronisation, after all steps

@@ -24,7 +24,8 @@ class EqPdeNet(nn.Module):
     Args:
         hidden: width of the two hidden layers.
         layer: a :class:`~eqpdenet.pde.PDELayer`, or a :class:`~eqpdenet.pde.LayerConfig` to
-            build one (its ``backend`` and ``recompute`` included); default the paper's layer.
+            build one (its ``backend`` and ``recompute`` included); default the paper's layer
+            (:meth:`~eqpdenet.pde.LayerConfig.paper`, the paper's absolute ratio regularisation).
         image_size, in_channels, classes: input and output sizes.
         input_mean, input_std: fixed input standardisation (applied before the PDE layer).
 
@@ -41,7 +42,7 @@ class EqPdeNet(nn.Module):
                  input_mean: float = 0.0, input_std: float = 1.0):
         super().__init__()
         if layer is None:
-            layer = LayerConfig()
+            layer = LayerConfig.paper()
         if isinstance(layer, LayerConfig):
             layer = PDELayer.from_config(layer)
         self.image_size = require_int(image_size, "image_size", 1)

@@ -1,7 +1,8 @@
 """The mathematics of the layer: image -> jet -> invariants -> F_theta -> Euler update -> reduction.
 
 * :mod:`~eqpdenet.pde.stencils`: finite-difference stencils and the jet (eq. (10)).
-* :mod:`~eqpdenet.pde.invariants`: differential invariants in named sets (eqs. (4), (5)).
+* :mod:`~eqpdenet.pde.invariants`: differential invariants in named sets (eqs. (4), (5), SIM(2))
+  and the regularisation of their ratios.
 * :mod:`~eqpdenet.pde.joint`: joint SE(2) / SIM(2) invariants of several channels.
 * :mod:`~eqpdenet.pde.symbolic`: invariants of any Lie group from its generators (needs SymPy;
   not imported here).
@@ -13,16 +14,19 @@
 from .integrators import ConvInt, EulerConv, EulerFlow, EulerStep, steps_for
 from .invariants import (
     DEFAULT_RATIO_EPS,
+    DEFAULT_RATIO_REGULARISATION,
     INVARIANT_SETS,
+    RATIO_REGULARISATIONS,
     Invariant,
     InvariantSet,
+    RatioRegularisation,
     available_invariant_sets,
     get_invariant_set,
     register_invariant_set,
     safe_ratio,
 )
 from .joint import JOINT_GROUPS, JointInvariants
-from .layer import INITS, REDUCTIONS, LayerConfig, PDELayer, make_reduction
+from .layer import INITS, LAYER_PRESETS, REDUCTIONS, LayerConfig, PDELayer, make_reduction
 from .rhs import RIGHT_HAND_SIDES, InvariantRHS, LinearF, MonomialF, PolynomialF, make_rhs
 from .stencils import (
     BOUNDARIES,
@@ -37,9 +41,12 @@ from .stencils import (
 __all__ = [
     "BOUNDARIES",
     "DEFAULT_RATIO_EPS",
+    "DEFAULT_RATIO_REGULARISATION",
     "INITS",
     "INVARIANT_SETS",
     "JOINT_GROUPS",
+    "LAYER_PRESETS",
+    "RATIO_REGULARISATIONS",
     "REDUCTIONS",
     "RIGHT_HAND_SIDES",
     "STENCILS",
@@ -57,6 +64,7 @@ __all__ = [
     "MonomialF",
     "PDELayer",
     "PolynomialF",
+    "RatioRegularisation",
     "available_invariant_sets",
     "available_stencils",
     "derivative_names",

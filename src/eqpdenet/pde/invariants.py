@@ -1,7 +1,7 @@
 """Differential invariants: named, printable functions of the jet, grouped in sets per Lie group.
 
 An :class:`InvariantSet` maps a jet ``(..., D, H, W)`` (see :mod:`eqpdenet.stencils`) to its
-invariants ``(..., K, H, W)``. Two sets come registered:
+invariants ``(..., K, H, W)``. Three sets come registered:
 
 ``se2`` (eq. (4)), invariant under rotations and translations of the plane::
 
@@ -12,22 +12,75 @@ invariants ``(..., K, H, W)``. Two sets come registered:
 
     u_x^2/u_xx, u_x^2/u_xy, u_x^2/u_yy, u_y^2/u_xx, u_y^2/u_xy, u_y^2/u_yy
 
+``sim2``, invariant under rotations, scalings and translations (SIM(2))::
+
+    u,  |∇u|² / Δu,  |∇u|² Δu / det H,  ∇uᵀ H ∇u / det H
+
+(``|∇u|² = u_x² + u_y²``, ``Δu = u_xx + u_yy``, ``det H = u_xx u_yy − u_xy²``,
+``∇uᵀ H ∇u = u_x² u_xx + 2 u_x u_y u_xy + u_y² u_yy``).
+``eqpdenet.pde.symbolic.find_invariants("sim2", order=2)`` derives ``u, |∇u|² / Δu,
+(Δu)² / det H, ∇uᵀ H ∇u / det H``; the third is replaced here by its product with the second,
+which generates the same invariants (``(Δu)² / det H`` is the quotient of the two wherever
+``|∇u|² != 0``; ``tests/pde/test_invariants.py`` checks the rank). The reason is conditioning:
+``(Δu)² / det H`` does not change when ``u`` is multiplied by a constant, so its derivatives
+grow like 1 / (size of the jet) and are huge on the low-amplitude fronts a PDE creates (input
+gradients of 1e8 against 10 for the product after 3 Euler steps on binary patterns,
+``benchmarks/ratio_conditioning.py``, ``docs/choices.md``); every ratio of ``sim2`` (and of
+``scaling``) scales like ``u``.
+
+Each set declares the transformations it is invariant under
+(:attr:`InvariantSet.invariant_under`); the tests hold every set to its declaration.
+
 Regularised ratios
 ------------------
 A plain ``a / b`` is infinite where ``b = 0`` (flat regions of an image, which are most of an
-MNIST digit's background). Every division goes through :func:`safe_ratio`::
+MNIST digit's background). Every division goes through :func:`safe_ratio`, in one of two modes
+(:data:`RATIO_REGULARISATIONS`, the layer option ``ratio_regularisation``):
 
-    safe_ratio(a, b, eps) = a b / (b^2 + eps^2)
+``"covariant"`` (the library's default)::
 
-which equals ``a / b`` up to a relative error ``eps^2 / b^2`` when ``|b| >> eps``, is bounded by
-``|a| / (2 eps)``, goes smoothly to 0 as ``b -> 0``, and is differentiable in ``a`` and ``b``
-everywhere (the derivative in ``b`` is ``a (eps^2 - b^2) / (b^2 + eps^2)^2``). ``eps`` has the
-unit of ``b`` (second derivatives here) and is a parameter of every set that divides
-(``ratio_eps``); it breaks exact scale invariance only where ``|b|`` is of order ``eps`` or smaller.
+    a b / (b^2 + eps^2 ref + guard)
+
+    with ``ref`` a rotation-invariant quantity of the same scaling weight as ``b^2``: for the
+    second-order denominators (``u_xx``, ``u_xy``, ``u_yy``, ``Δu``)
+    ``ref = R = |H|^2 + |∇u|^4`` (:func:`hessian_reference_sq`, ``|H|^2 = u_xx^2 + 2 u_xy^2 +
+    u_yy^2``), for ``det H`` ``ref = R^2``. Under ``p -> lambda p`` every term of the
+    denominator scales like ``b^2``, so the same samples differentiated with grid spacing ``h``
+    or ``h / lambda`` give the same values, to rounding, for every set declared scale invariant;
+    ``R`` is rotation invariant, so the ``sim2`` set stays rotation invariant. The ratio is
+    bounded: ``|a b| / (b^2 + eps^2 ref) <= |a| / (2 eps sqrt(ref))``, and ``sqrt(R) >= |∇u|^2``,
+    ``R >= |H|^2 >= (Δu)^2 / 2`` and ``|∇u|^2 |H| <= R / 2`` make that ``<= 1 / (2 eps)`` for
+    ``u_x^2 / u_xx`` and ``|∇u|^2 / Δu``, ``<= 0.36 / eps`` for ``|∇u|^2 Δu / det H`` and
+    ``<= 1 / (4 eps)`` for ``∇uᵀ H ∇u / det H``. Its gradients are large only where the whole
+    jet is small (``R`` small), not wherever ``b`` alone vanishes. ``eps`` is dimensionless
+    against ``|H|^2`` and has the unit of 1 / intensity against ``|∇u|^4`` (the inputs are
+    standardised).
+    ``guard`` (:func:`ratio_guard`) is the square root of the smallest positive normal number of
+    the dtype (2^-63 in float32, 2^-511 in float64): it turns the ``0 / 0`` of an exactly flat
+    jet into 0, and keeps the ratio's derivatives (which divide by the denominator twice)
+    finite there, whatever the gradient arriving from above. It changes the denominator by more
+    than a rounding unit only where the denominator is below ``guard / machine eps`` (2e-12 in
+    float32, i.e. second derivatives below ~1e-6, the rounding level of data of size 1).
+    A ratio given no ``ref`` (user-defined sets, ``eqpdenet.pde.symbolic``) uses ``ref = a^2``:
+    ``r / (1 + eps^2 r^2)`` with ``r = a / b``, a function of the exact ratio, so invariant
+    wherever ``r`` is, but with large gradients wherever ``a`` and ``b`` both vanish.
+``"absolute"`` (the paper's, eq. (5) as the paper computes it)::
+
+    a b / (b^2 + eps^2)
+
+    ``eps`` has the unit of ``b`` and so fixes a length scale: the ratio of ``f(p / lambda)`` at
+    ``lambda p`` equals that of ``f`` with ``eps / lambda^2``, not with ``eps``, so the
+    ``scaling`` invariants are *not* scale invariant where ``|b|`` is of order ``eps``
+    (``docs/choices.md``).
+
+A scale-invariant function that is not constant cannot be continuous at the zero jet (a
+scaling moves every jet towards 0 while keeping the value) and its derivatives grow where the
+jet is small (measured in ``docs/choices.md``); exactly flat regions give 0.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,37 +93,109 @@ from .stencils import derivative_names, jet_order
 
 __all__ = [
     "DEFAULT_RATIO_EPS",
+    "DEFAULT_RATIO_REGULARISATION",
     "INVARIANT_SETS",
+    "RATIO_REGULARISATIONS",
+    "TRANSFORMATIONS",
     "Invariant",
     "InvariantSet",
+    "RatioRegularisation",
     "available_invariant_sets",
     "get_invariant_set",
+    "hessian_reference_sq",
+    "ratio_guard",
     "register_invariant_set",
     "safe_ratio",
 ]
 
-#: Default regularisation scale of :func:`safe_ratio`, in the unit of the denominator.
+#: Default regularisation scale of :func:`safe_ratio` (see the module doc for its unit per mode).
 DEFAULT_RATIO_EPS = 0.1
+#: Default mode of the ratio regularisation of the library (the paper's layer uses "absolute").
+DEFAULT_RATIO_REGULARISATION = "covariant"
+#: What a set may declare itself invariant under (:attr:`InvariantSet.invariant_under`).
+TRANSFORMATIONS = ("translations", "rotations", "scalings")
 
 
-def safe_ratio(a: Tensor, b: Tensor, eps: float = DEFAULT_RATIO_EPS,
+def ratio_guard(dtype: torch.dtype) -> float:
+    """The guard of the covariant ratio: ``sqrt`` of the smallest positive normal number of
+    ``dtype`` (exactly a power of 2; its reciprocal squared is finite)."""
+    return math.sqrt(torch.finfo(dtype).tiny)
+
+
+def safe_ratio(a: Tensor, b: Tensor, eps=DEFAULT_RATIO_EPS,
                reference_sq: Tensor | None = None) -> Tensor:
-    """Regularised ``a / b = a b / (b^2 + eps^2)``: finite and smooth for every finite input.
+    """Regularised ``a / b``: finite and smooth for every finite input.
 
-    With ``reference_sq``, a tensor that scales like ``b^2`` (e.g. ``|H|^2 + |grad u|^4`` for a
-    second-order ``b``), the regulariser scales with it and ``eps`` is dimensionless::
+    * ``reference_sq=None``: ``a b / (b^2 + eps^2)`` (the paper's absolute ``eps``).
+    * ``reference_sq`` given, a tensor of the scaling weight of ``b^2``:
+      ``a b / (b^2 + eps^2 reference_sq + guard)`` (:func:`ratio_guard`); with
+      ``reference_sq = a^2`` this is ``r / (1 + eps^2 r^2)`` for ``r = a / b``.
+    * ``eps`` a :class:`RatioRegularisation` (what an invariant function receives): that
+      regularisation's mode and ``eps``.
 
-        safe_ratio(a, b, eps, reference_sq) = a b / (b^2 + eps^2 reference_sq + tiny)
-
-    so the ratio is exactly as invariant under ``p -> lambda p`` as ``a / b`` itself. ``tiny``
-    (``torch.finfo(dtype).tiny``) only turns ``0 / 0`` (``b = reference_sq = 0``) into 0.
+    Example:
+        >>> a, b = torch.tensor([2.0, 2.0]), torch.tensor([0.5, 0.0])
+        >>> safe_ratio(a, b, 0.1)  # 2 * 0.5 / (0.25 + 0.01); 0 where b = 0
+        tensor([3.8462, 0.0000])
+        >>> safe_ratio(a, b, 0.1, reference_sq=a * a)  # r / (1 + 0.01 r^2), r = 4
+        tensor([3.4483, 0.0000])
     """
+    if isinstance(eps, RatioRegularisation):
+        return eps(a, b, reference_sq)
     if not eps > 0:
         raise ConfigError(f"ratio regularisation eps must be positive, got {eps!r}")
     if reference_sq is None:
         return a * b / (b * b + eps * eps)
-    tiny = torch.finfo(torch.result_type(b, reference_sq)).tiny
-    return a * b / (b * b + eps * eps * reference_sq + tiny)
+    denominator = b * b + eps * eps * reference_sq
+    return a * b / (denominator + ratio_guard(denominator.dtype))
+
+
+def _covariant(a: Tensor, b: Tensor, eps: float, reference_sq: Tensor | None) -> Tensor:
+    return safe_ratio(a, b, eps, a * a if reference_sq is None else reference_sq)
+
+
+def _absolute(a: Tensor, b: Tensor, eps: float, reference_sq: Tensor | None) -> Tensor:
+    return safe_ratio(a, b, eps)
+
+
+#: Modes of the ratio regularisation: name -> ``ratio(a, b, eps, reference_sq)``.
+RATIO_REGULARISATIONS: Registry[Callable] = Registry("ratio regularisation")
+RATIO_REGULARISATIONS.register("covariant", _covariant)
+RATIO_REGULARISATIONS.register("absolute", _absolute)
+
+
+@dataclass(frozen=True)
+class RatioRegularisation:
+    """How an invariant divides: the second argument of every invariant function.
+
+    Calling it, ``ratio(a, b, reference_sq)``, gives the regularised ``a / b`` of its ``mode``
+    (:data:`RATIO_REGULARISATIONS`): ``"covariant"`` ``a b / (b^2 + eps^2 reference_sq +
+    guard)`` (``reference_sq`` of the scaling weight of ``b^2``, e.g.
+    :func:`hessian_reference_sq` for a second-order ``b``; ``a^2`` if not given),
+    ``"absolute"`` ``a b / (b^2 + eps^2)`` (``reference_sq`` ignored).
+    Passing it to :func:`safe_ratio` as ``eps`` does the same, so an invariant function written
+    as ``lambda d, eps: safe_ratio(a, b, eps)`` follows the layer's mode; ``float(ratio)`` is
+    ``eps``.
+
+    Example:
+        >>> ratio = RatioRegularisation(0.1, "covariant")
+        >>> ratio(torch.tensor(4.0), torch.tensor(2.0), torch.tensor(100.0))  # 8 / (4 + 1)
+        tensor(1.6000)
+    """
+
+    eps: float = DEFAULT_RATIO_EPS
+    mode: str = DEFAULT_RATIO_REGULARISATION
+
+    def __post_init__(self):
+        if not (isinstance(self.eps, int | float) and self.eps > 0):
+            raise ConfigError(f"ratio regularisation eps must be positive, got {self.eps!r}")
+        RATIO_REGULARISATIONS.get(self.mode)
+
+    def __call__(self, a: Tensor, b: Tensor, reference_sq: Tensor | None = None) -> Tensor:
+        return RATIO_REGULARISATIONS.get(self.mode)(a, b, self.eps, reference_sq)
+
+    def __float__(self) -> float:
+        return float(self.eps)
 
 
 class Derivatives:
@@ -96,14 +221,15 @@ class Invariant:
         name: short identifier (``"grad_sq"``).
         unicode: human-readable formula (``"u_x² + u_y²"``).
         latex: LaTeX formula.
-        function: ``function(d, eps)`` -> tensor ``(..., H, W)``, where ``d`` gives derivatives by
-            name (``d.u_x``) and ``eps`` is the ratio regularisation scale.
+        function: ``function(d, ratio)`` -> tensor ``(..., H, W)``, where ``d`` gives derivatives
+            by name (``d.u_x``) and ``ratio`` is the :class:`RatioRegularisation` of the layer:
+            ``ratio(a, b)`` is the regularised ``a / b`` (``safe_ratio(a, b, ratio)`` too).
     """
 
     name: str
     unicode: str
     latex: str
-    function: Callable[[Derivatives, float], Tensor]
+    function: Callable[[Derivatives, RatioRegularisation], Tensor]
 
 
 class InvariantSet:
@@ -118,17 +244,25 @@ class InvariantSet:
         kernel: the name under which the compiled kernels (:mod:`eqpdenet.kernels`) implement
             exactly these invariants, or None (the default: the plain PyTorch reference only).
             A declared capability: set it only for a set that computes what that kernel does.
+        invariant_under: the transformations of the plane (:data:`TRANSFORMATIONS`) under which
+            every invariant of the set is invariant (with the ``covariant`` ratio
+            regularisation); a declaration the tests check. Default: none declared.
 
     Calling the set on a jet ``(..., D, H, W)`` returns ``(..., K, H, W)``, ``K = len(self)``.
     """
 
     def __init__(self, name: str, group: str, order: int, invariants, equation: str = "",
-                 kernel: str | None = None):
+                 kernel: str | None = None, invariant_under=()):
         self.name, self.group, self.order, self.equation = name, group, order, equation
         self.kernel = kernel
         self.invariants: tuple[Invariant, ...] = tuple(invariants)
         if not self.invariants:
             raise ConfigError(f"invariant set {name!r} is empty")
+        unknown = sorted(set(invariant_under) - set(TRANSFORMATIONS))
+        if unknown:
+            raise ConfigError(f"invariant set {name!r}: unknown transformation(s) {unknown}; "
+                              f"known: {', '.join(TRANSFORMATIONS)}")
+        self.invariant_under: frozenset[str] = frozenset(invariant_under)
 
     def __len__(self) -> int:
         return len(self.invariants)
@@ -137,12 +271,13 @@ class InvariantSet:
     def names(self) -> tuple[str, ...]:
         return tuple(invariant.name for invariant in self.invariants)
 
-    def __call__(self, jet: Tensor, ratio_eps: float = DEFAULT_RATIO_EPS) -> Tensor:
+    def __call__(self, jet: Tensor, ratio_eps: float = DEFAULT_RATIO_EPS,
+                 ratio_regularisation: str = DEFAULT_RATIO_REGULARISATION) -> Tensor:
         if jet.dim() < 3:
             raise InputError(f"expected a jet of shape (..., D, H, W), got {tuple(jet.shape)}")
         derivatives = Derivatives(jet)
-        return torch.stack([inv.function(derivatives, ratio_eps) for inv in self.invariants],
-                           dim=-3)
+        ratio = RatioRegularisation(ratio_eps, ratio_regularisation)
+        return torch.stack([inv.function(derivatives, ratio) for inv in self.invariants], dim=-3)
 
     def __repr__(self) -> str:
         return f"InvariantSet({self.name!r}, group={self.group!r}, K={len(self)})"
@@ -176,19 +311,49 @@ def available_invariant_sets() -> tuple[str, ...]:
     return INVARIANT_SETS.names()
 
 
+# ----------------------------------------------------------------------------- the sets
+
+
+def _grad_sq(d: Derivatives) -> Tensor:
+    return d.u_x**2 + d.u_y**2
+
+
+def _laplacian(d: Derivatives) -> Tensor:
+    return d.u_xx + d.u_yy
+
+
+def _grad_hess_grad(d: Derivatives) -> Tensor:
+    return d.u_x**2 * d.u_xx + 2 * d.u_x * d.u_y * d.u_xy + d.u_y**2 * d.u_yy
+
+
+def _hess_det(d: Derivatives) -> Tensor:
+    return d.u_xx * d.u_yy - d.u_xy**2
+
+
+def hessian_reference_sq(d: Derivatives) -> Tensor:
+    """``R = |H|^2 + |∇u|^4 = u_xx^2 + 2 u_xy^2 + u_yy^2 + (u_x^2 + u_y^2)^2``: the covariant
+    reference of a second-order denominator (``R^2`` that of ``det H``), computed once per jet.
+
+    Rotation invariant, of the scaling weight of ``u_xx^2``, zero only where the jet's first and
+    second derivatives all vanish."""
+    cached = d.__dict__.get("_hessian_reference_sq")
+    if cached is None:
+        cached = d.u_xx**2 + 2 * d.u_xy**2 + d.u_yy**2 + _grad_sq(d) ** 2
+        d.__dict__["_hessian_reference_sq"] = cached
+    return cached
+
+
 SE2 = register_invariant_set(InvariantSet(
     "se2", "SE(2), rotations and translations of the plane", 2, [
-        Invariant("u", "u", "u", lambda d, eps: d.u),
-        Invariant("grad_sq", "u_x² + u_y²", "u_x^2 + u_y^2",
-                  lambda d, eps: d.u_x**2 + d.u_y**2),
-        Invariant("laplacian", "u_xx + u_yy", "u_{xx} + u_{yy}", lambda d, eps: d.u_xx + d.u_yy),
+        Invariant("u", "u", "u", lambda d, ratio: d.u),
+        Invariant("grad_sq", "u_x² + u_y²", "u_x^2 + u_y^2", lambda d, ratio: _grad_sq(d)),
+        Invariant("laplacian", "u_xx + u_yy", "u_{xx} + u_{yy}", lambda d, ratio: _laplacian(d)),
         Invariant("grad_hess_grad", "u_x² u_xx + 2 u_x u_y u_xy + u_y² u_yy",
                   "u_x^2 u_{xx} + 2 u_x u_y u_{xy} + u_y^2 u_{yy}",
-                  lambda d, eps: d.u_x**2 * d.u_xx + 2 * d.u_x * d.u_y * d.u_xy
-                  + d.u_y**2 * d.u_yy),
+                  lambda d, ratio: _grad_hess_grad(d)),
         Invariant("hess_sq", "u_xx² + 2 u_xy² + u_yy²", "u_{xx}^2 + 2 u_{xy}^2 + u_{yy}^2",
-                  lambda d, eps: d.u_xx**2 + 2 * d.u_xy**2 + d.u_yy**2),
-    ], equation="eq. (4)", kernel="se2",
+                  lambda d, ratio: d.u_xx**2 + 2 * d.u_xy**2 + d.u_yy**2),
+    ], equation="eq. (4)", kernel="se2", invariant_under=("translations", "rotations"),
 ))
 
 
@@ -197,12 +362,41 @@ def _ratio(numerator: str, denominator: str) -> Invariant:
     return Invariant(
         f"{numerator}2_over_{denominator}", f"{numerator}² / {denominator}",
         rf"\frac{{u_{n}^2}}{{u_{{{m}}}}}",
-        lambda d, eps: safe_ratio(getattr(d, numerator) ** 2, getattr(d, denominator), eps),
+        lambda d, ratio: ratio(getattr(d, numerator) ** 2, getattr(d, denominator),
+                               hessian_reference_sq(d)),
     )
 
 
 SCALING = register_invariant_set(InvariantSet(
     "scaling", "scalings x -> λx (with translations)", 2,
     [_ratio(a, b) for a in ("u_x", "u_y") for b in ("u_xx", "u_xy", "u_yy")],
-    equation="eq. (5)", kernel="scaling",
+    equation="eq. (5)", kernel="scaling", invariant_under=("translations", "scalings"),
+))
+
+_GRAD_SQ_TEXT = ("u_x² + u_y²", "u_x^2 + u_y^2")
+_LAPLACIAN_TEXT = ("u_xx + u_yy", "u_{xx} + u_{yy}")
+_HESS_DET_TEXT = ("u_xx u_yy − u_xy²", "u_{xx} u_{yy} - u_{xy}^2")
+_GRAD_HESS_GRAD_TEXT = ("u_x² u_xx + 2 u_x u_y u_xy + u_y² u_yy",
+                        "u_x^2 u_{xx} + 2 u_x u_y u_{xy} + u_y^2 u_{yy}")
+
+SIM2 = register_invariant_set(InvariantSet(
+    "sim2", "SIM(2), rotations, scalings and translations of the plane", 2, [
+        Invariant("u", "u", "u", lambda d, ratio: d.u),
+        Invariant("grad_sq_over_laplacian",
+                  f"({_GRAD_SQ_TEXT[0]}) / ({_LAPLACIAN_TEXT[0]})",
+                  rf"\frac{{{_GRAD_SQ_TEXT[1]}}}{{{_LAPLACIAN_TEXT[1]}}}",
+                  lambda d, ratio: ratio(_grad_sq(d), _laplacian(d), hessian_reference_sq(d))),
+        Invariant("grad_sq_laplacian_over_hess_det",
+                  f"({_GRAD_SQ_TEXT[0]}) ({_LAPLACIAN_TEXT[0]}) / ({_HESS_DET_TEXT[0]})",
+                  rf"\frac{{\left({_GRAD_SQ_TEXT[1]}\right)\left({_LAPLACIAN_TEXT[1]}\right)}}"
+                  rf"{{{_HESS_DET_TEXT[1]}}}",
+                  lambda d, ratio: ratio(_grad_sq(d) * _laplacian(d), _hess_det(d),
+                                         hessian_reference_sq(d) ** 2)),
+        Invariant("grad_hess_grad_over_hess_det",
+                  f"({_GRAD_HESS_GRAD_TEXT[0]}) / ({_HESS_DET_TEXT[0]})",
+                  rf"\frac{{{_GRAD_HESS_GRAD_TEXT[1]}}}{{{_HESS_DET_TEXT[1]}}}",
+                  lambda d, ratio: ratio(_grad_hess_grad(d), _hess_det(d),
+                                         hessian_reference_sq(d) ** 2)),
+    ], equation="from eqpdenet.symbolic's find_invariants('sim2', order=2)", kernel="sim2",
+    invariant_under=("translations", "rotations", "scalings"),
 ))

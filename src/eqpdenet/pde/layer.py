@@ -6,7 +6,8 @@ Each PDE is an :class:`~eqpdenet.pde.integrators.EulerFlow` of an
 linear combination with bias, as in the paper; or mean, max, concatenation) and the initial
 ``F_theta`` from :data:`INITS`. :class:`LayerConfig` is the one place where the layer's options
 and their defaults live: :meth:`PDELayer.build` and the application's configuration files both
-read it.
+read it. Named starting points are in :data:`LAYER_PRESETS` (``"paper"``: the paper's layer;
+``"se2_sim2"``: two SE(2) and two SIM(2) PDEs).
 
 Tensors are ``(batch, channels, height, width)``; each channel evolves independently under the
 same PDE.
@@ -37,12 +38,20 @@ from ..checks import (
 from ..errors import NonFiniteStateError
 from ..registry import Registry
 from .integrators import EulerFlow, EulerStep, input_range_hint, steps_for
-from .invariants import DEFAULT_RATIO_EPS, INVARIANT_SETS, InvariantSet, get_invariant_set
+from .invariants import (
+    DEFAULT_RATIO_EPS,
+    DEFAULT_RATIO_REGULARISATION,
+    INVARIANT_SETS,
+    RATIO_REGULARISATIONS,
+    InvariantSet,
+    get_invariant_set,
+)
 from .rhs import RIGHT_HAND_SIDES, InvariantRHS, MonomialF
 from .stencils import BOUNDARIES, STENCILS, check_sigma
 
 __all__ = [
     "INITS",
+    "LAYER_PRESETS",
     "MAX_STEPS",
     "REDUCTIONS",
     "Concat",
@@ -143,7 +152,12 @@ MAX_STEPS = 100_000
 
 @dataclass
 class LayerConfig:
-    """Everything that defines a PDE layer; the defaults are the paper's layer.
+    """Everything that defines a PDE layer.
+
+    The defaults are the paper's layer (2 ``se2`` + 2 ``scaling`` PDEs, linear F, 10 Euler steps
+    of 0.1, central differences, linear reduction) except for the ratio regularisation, which is
+    ``"covariant"`` so that the ``scaling`` invariants are scale invariant;
+    :meth:`LayerConfig.paper` is the paper's layer exactly (``"absolute"``).
 
     Attributes:
         invariants: one invariant set (registered name or :class:`InvariantSet`) per PDE
@@ -156,6 +170,9 @@ class LayerConfig:
             of its Gaussian, in the unit of ``x`` like ``spacing``); None (the default) for the
             others, which refuse one.
         ratio_eps: regularisation scale of ratio invariants (eq. (5)).
+        ratio_regularisation: :data:`~eqpdenet.pde.invariants.RATIO_REGULARISATIONS`:
+            ``"covariant"`` (``a b / (b^2 + eps^2 a^2)``, invariant wherever ``a / b`` is) or
+            ``"absolute"`` (the paper's ``a b / (b^2 + eps^2)``, which fixes a length scale).
         reduction: :data:`REDUCTIONS`: ``"linear"`` (the paper's), ``"mean"``, ``"max"``,
             ``"concat"``.
         init, init_scale: initial ``F_theta`` (:data:`INITS`: ``"zeros"``, ``"heat"``,
@@ -178,6 +195,7 @@ class LayerConfig:
     boundary: str = "replicate"
     sigma: float | None = None
     ratio_eps: float = DEFAULT_RATIO_EPS
+    ratio_regularisation: str = DEFAULT_RATIO_REGULARISATION
     reduction: str = "linear"
     init: str = "zeros"
     init_scale: float = 0.0
@@ -202,6 +220,7 @@ class LayerConfig:
                 f"more than the bound of {MAX_STEPS:,}; raise dt or lower T")
         require_positive(self.spacing, "layer.spacing")
         require_positive(self.ratio_eps, "layer.ratio_eps")
+        RATIO_REGULARISATIONS.check(self.ratio_regularisation, "layer.ratio_regularisation")
         STENCILS.check(self.stencil, "layer.stencil")
         self.sigma = check_sigma(self.stencil, self.sigma, self.spacing, "layer.sigma")
         BOUNDARIES.check(self.boundary, "layer.boundary")
@@ -217,6 +236,43 @@ class LayerConfig:
     def steps(self) -> int:
         """``floor(T / dt)`` (:func:`~eqpdenet.pde.integrators.steps_for`)."""
         return steps_for(self.T, self.dt)
+
+    @classmethod
+    def paper(cls, **options) -> LayerConfig:
+        """The paper's layer: 2 ``se2`` + 2 ``scaling`` PDEs with the paper's absolute ratio
+        regularisation (``ratio_regularisation="absolute"``); ``options`` override fields."""
+        return cls(**{"invariants": ["se2", "se2", "scaling", "scaling"],
+                      "ratio_regularisation": "absolute", **options})
+
+    @classmethod
+    def preset(cls, name: str, **options) -> LayerConfig:
+        """The layer preset ``name`` (:data:`LAYER_PRESETS`), ``options`` overriding its fields.
+
+        Example:
+            >>> LayerConfig.preset("se2_sim2").invariants
+            ['se2', 'se2', 'sim2', 'sim2']
+        """
+        _check_options(options, f"layer preset {name!r}")
+        return LAYER_PRESETS.get(name)(**options)
+
+
+def _check_options(options: dict, where: str) -> None:
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(LayerConfig)})
+    require(not unknown, where, f"unknown option(s) {unknown}; the options are the fields of "
+            f"LayerConfig")
+
+
+def _se2_sim2(**options) -> LayerConfig:
+    return LayerConfig(**{"invariants": ["se2", "se2", "sim2", "sim2"],
+                          "ratio_regularisation": "covariant", **options})
+
+
+#: Named layers: name -> ``factory(**options) -> LayerConfig``; ``"paper"`` is the paper's layer,
+#: ``"se2_sim2"`` two SE(2) and two SIM(2) PDEs (rotation- *and* scale-equivariant) with the
+#: covariant ratio regularisation, everything else as the paper's.
+LAYER_PRESETS: Registry[Callable[..., LayerConfig]] = Registry("layer preset")
+LAYER_PRESETS.register("paper", LayerConfig.paper)
+LAYER_PRESETS.register("se2_sim2", _se2_sim2)
 
 
 # ----------------------------------------------------------------------------- the layer
@@ -332,7 +388,8 @@ class PDELayer(nn.Module):
                 return f"{pde.name}: F is not a MonomialF of an order-2 jet"
             specs.append(kernels.PDESpec(
                 name=pde.name, invariant_set=rhs.invariant_set.kernel, boundary=rhs.jet.boundary,
-                stencil=rhs.jet.weight, ratio_eps=rhs.ratio_eps, monomials=tuple(rhs.F.recipe()),
+                stencil=rhs.jet.weight, ratio_eps=rhs.ratio_eps,
+                ratio_regularisation=rhs.ratio_regularisation, monomials=tuple(rhs.F.recipe()),
                 weight=rhs.F.weight, bias=rhs.F.bias, dt=step.dt, steps=pde.steps,
                 check_finite=pde.check_finite))
         return specs
@@ -344,7 +401,8 @@ class PDELayer(nn.Module):
     @classmethod
     def build(cls, invariants: Sequence[str | InvariantSet] | None = None, **options) -> PDELayer:
         """A layer of one PDE per entry of ``invariants``; every option and default is a field
-        of :class:`LayerConfig` (the defaults are the paper's layer).
+        of :class:`LayerConfig` (the paper's layer but for the ``covariant`` ratio
+        regularisation; :meth:`paper` is the paper's layer exactly).
 
         ``init`` sets the initial ``F_theta`` (:data:`INITS`). ``init_noise`` adds
         N(0, init_noise^2) to every weight of F: without it, PDEs with the same invariant set and
@@ -361,9 +419,7 @@ class PDELayer(nn.Module):
         """
         if invariants is not None:
             options["invariants"] = list(invariants)
-        unknown = sorted(set(options) - {f.name for f in dataclasses.fields(LayerConfig)})
-        require(not unknown, "PDELayer.build", f"unknown option(s) {unknown}; the options are "
-                f"the fields of LayerConfig")
+        _check_options(options, "PDELayer.build")
         return cls.from_config(LayerConfig(**options))
 
     @classmethod
@@ -376,7 +432,8 @@ class PDELayer(nn.Module):
         for index, invariants in enumerate(config.invariants):
             invariant_set = get_invariant_set(invariants)
             rhs = InvariantRHS(invariant_set, config.rhs, config.degree, config.stencil,
-                               config.spacing, config.boundary, config.ratio_eps, config.sigma)
+                               config.spacing, config.boundary, config.ratio_eps,
+                               config.sigma, config.ratio_regularisation)
             with torch.no_grad():
                 init(rhs.F, invariant_set, config.init_scale, generator)
                 if config.init_noise:
@@ -397,8 +454,15 @@ class PDELayer(nn.Module):
 
     @classmethod
     def paper(cls, **options) -> PDELayer:
-        """The paper's layer: 2 ``se2`` and 2 ``scaling`` PDEs, linear ``F``, linear reduction."""
-        return cls.build(("se2", "se2", "scaling", "scaling"), **options)
+        """The paper's layer (:meth:`LayerConfig.paper`): 2 ``se2`` and 2 ``scaling`` PDEs,
+        linear ``F``, linear reduction, the paper's absolute ratio regularisation."""
+        return cls.preset("paper", **options)
+
+    @classmethod
+    def preset(cls, name: str, **options) -> PDELayer:
+        """The layer preset ``name`` (:data:`LAYER_PRESETS`: ``"paper"``, ``"se2_sim2"``),
+        ``options`` overriding fields of its :class:`LayerConfig`."""
+        return cls.from_config(LayerConfig.preset(name, **options))
 
     def extra_repr(self) -> str:
         return f"reduction={self.reduction_kind!r}, backend={self.backend!r}, " \

@@ -26,7 +26,13 @@ from torch import Tensor, nn
 from ..checks import require_int, require_positive
 from ..errors import ConfigError
 from ..registry import Registry
-from .invariants import DEFAULT_RATIO_EPS, InvariantSet, get_invariant_set
+from .invariants import (
+    DEFAULT_RATIO_EPS,
+    DEFAULT_RATIO_REGULARISATION,
+    RATIO_REGULARISATIONS,
+    InvariantSet,
+    get_invariant_set,
+)
 from .stencils import Jet, laplacian_max_eigenvalue
 
 __all__ = [
@@ -152,6 +158,8 @@ class InvariantRHS(nn.Module):
         stencil, spacing, boundary: how the jet is computed (:class:`~eqpdenet.pde.stencils.Jet`).
         ratio_eps: regularisation scale of ratios (:func:`~eqpdenet.pde.invariants.safe_ratio`).
         sigma: scale of a stencil family that has one (``gaussian``), in the unit of ``x``.
+        ratio_regularisation: ``"covariant"`` (default: ratios as invariant as the exact ones)
+            or ``"absolute"`` (the paper's) (:data:`~eqpdenet.pde.invariants.RATIO_REGULARISATIONS`).
 
     ``forward``: ``(B, C, H, W) -> (B, C, H, W)``, each channel independently; the fixed stencils
     are a non-persistent buffer, so ``state_dict`` holds only ``F``'s parameters.
@@ -164,16 +172,19 @@ class InvariantRHS(nn.Module):
 
     def __init__(self, invariants: str | InvariantSet = "se2", rhs: str = "linear", degree: int = 1,
                  stencil: str = "central", spacing: float = 1.0, boundary: str = "replicate",
-                 ratio_eps: float = DEFAULT_RATIO_EPS, sigma: float | None = None):
+                 ratio_eps: float = DEFAULT_RATIO_EPS, sigma: float | None = None,
+                 ratio_regularisation: str = DEFAULT_RATIO_REGULARISATION):
         super().__init__()
         self.invariant_set = get_invariant_set(invariants)
         self.ratio_eps = require_positive(ratio_eps, "ratio_eps")
+        RATIO_REGULARISATIONS.check(ratio_regularisation, "ratio_regularisation")
+        self.ratio_regularisation = ratio_regularisation
         self.jet = Jet(self.invariant_set.order, stencil, spacing, boundary, sigma)
         self.F = make_rhs(rhs, len(self.invariant_set), degree)
 
     def invariants(self, u: Tensor) -> Tensor:
         """``(B, C, H, W) -> (B, C, K, H, W)``: the invariants of ``u``."""
-        return self.invariant_set(self.jet(u), self.ratio_eps)
+        return self.invariant_set(self.jet(u), self.ratio_eps, self.ratio_regularisation)
 
     def forward(self, u: Tensor) -> Tensor:
         return self.F(self.invariants(u))
@@ -189,4 +200,5 @@ class InvariantRHS(nn.Module):
         return laplacian_max_eigenvalue(self.jet.stencil, self.jet.spacing, self.jet.sigma)
 
     def extra_repr(self) -> str:
-        return f"invariants={self.invariant_set.name!r}, ratio_eps={self.ratio_eps}"
+        return (f"invariants={self.invariant_set.name!r}, ratio_eps={self.ratio_eps}, "
+                f"ratio_regularisation={self.ratio_regularisation!r}")

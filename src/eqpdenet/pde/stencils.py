@@ -16,12 +16,32 @@ Stencils come from a registry keyed by name:
     of the offsets), any derivative order. Exact on polynomials of degree <= 2 (and, for each
     derivative of order k, on degree <= k + 1).
 ``isotropic``
-    3x3 stencils, orders <= 2, whose leading truncation error is rotation invariant: each derivative
-    is taken of ``(1 + c h^2 Laplacian) u`` up to O(h^4), with ``c = 1/6`` for the gradient
-    (central difference smoothed across by ``[1, 4, 1] / 6``, Scharr-like) and ``c = 1/12`` for the
-    Hessian (``u_xx`` smoothed across by ``[1, 10, 1] / 12``, whose sum with ``u_yy`` is the
-    isotropic 9-point Laplacian ``[[1, 4, 1], [4, -20, 4], [1, 4, 1]] / 6``; ``u_xy`` is already
-    isotropic). Still exact on polynomials of degree <= 2.
+    3x3 stencils, orders <= 2. The gradient and the diagonal of the Hessian have a
+    rotation-covariant leading error, ``u_xy`` does not. Up to ``O(h^4)``:
+
+    * ``u_x, u_y`` (central difference smoothed across by ``[1, 4, 1] / 6``, Scharr-like) are
+      the gradient of ``(1 + h^2/6 Δ) u``;
+    * ``u_xx, u_yy`` (``[1, -2, 1]`` smoothed across by ``[1, 10, 1] / 12``; their sum is the
+      isotropic 9-point Laplacian ``[[1, 4, 1], [4, -20, 4], [1, 4, 1]] / 6``) are those of
+      ``(1 + h^2/12 Δ) u``;
+    * ``u_xy`` (the only 3x3 stencil odd in x and in y, ``[[-1, 0, 1], [0, 0, 0], [1, 0, -1]] /
+      4``) is that of ``(1 + h^2/6 Δ) u``: leading error ``h^2/6 (u_xxxy + u_xyyy)``, not
+      ``h^2/12`` (on ``u = x^3 y + x^4``: ``u_xy`` error / h^2 = 1, ``u_xx`` error / h^2 = 2).
+
+    So the Hessian's leading error ``h^2/12 ∇∇Δu + h^2/12 (u_xxxy + u_xyyy) [[0, 1], [1, 0]]`` is
+    not a tensor: rotation-invariant quantities of the gradient and of the Laplacian
+    (``|∇u|^2``, ``Δu``) get a rotation error of ``O(h^4)``, those that involve ``u_xy``
+    (``∇uᵀ H ∇u``, ``|H|^2``, ``det H``, every covariant ratio through its reference) only
+    ``O(h^2)`` (measured in ``docs/equivariance.md``). No 3x3 stencil can do better: a 3x3
+    ``u_xx`` has error ``h^2 (u_xxxx / 12 + c u_xxyy)`` and ``u_xy`` error ``h^2/6 (u_xxxy +
+    u_xyyy)``, so ``u_xxxx`` and ``u_xxxy`` come with 1/12 and 1/6. Exact on polynomials of
+    degree <= 2.
+``isotropic5``
+    ``isotropic`` with a 5x5 ``u_xy``: ``7/6`` of the 3x3 stencil minus ``1/6`` of the same
+    stencil on the corners at distance 2 (spacing ``2h``), which is ``u_xy`` of ``(1 + h^2/12 Δ)
+    u`` up to ``O(h^4)``. The whole 2-jet then has a rotation-covariant leading error
+    (gradient of ``(1 + h^2/6 Δ) u``, Hessian of ``(1 + h^2/12 Δ) u``), so every invariant's
+    rotation error is ``O(h^4)``. Not implemented by the fused kernel (3x3 only).
 ``gaussian``
     Derivatives of the image blurred by a Gaussian of standard deviation ``sigma``
     (:func:`gaussian_derivative_weights`): ``K_(a,b) u = d_x^a d_y^b (G_sigma * u)``. The only
@@ -162,9 +182,9 @@ def _central(order: int) -> dict[tuple[int, int], np.ndarray]:
     }
 
 
-def _isotropic(order: int) -> dict[tuple[int, int], np.ndarray]:
+def _isotropic(order: int, name: str = "isotropic") -> dict[tuple[int, int], np.ndarray]:
     if order > 2:
-        raise ConfigError(f"the 'isotropic' stencil supports jet order <= 2, got {order}")
+        raise ConfigError(f"the {name!r} stencil supports jet order <= 2, got {order}")
     delta = np.array([0.0, 1.0, 0.0])
     d1 = np.array([-0.5, 0.0, 0.5])
     d2 = np.array([1.0, -2.0, 1.0])
@@ -179,6 +199,17 @@ def _isotropic(order: int) -> dict[tuple[int, int], np.ndarray]:
         (0, 2): _outer(smooth_hessian, d2),
     }
     return {index: table[index] for index in derivative_multi_indices(order)}
+
+
+def _isotropic5(order: int) -> dict[tuple[int, int], np.ndarray]:
+    table = _isotropic(order, "isotropic5")
+    if (1, 1) in table:
+        near = np.zeros((5, 5))
+        near[1:4, 1:4] = table[(1, 1)]
+        # the corner stencil at spacing 2h: error 4 h^2/6; 7/6 h^2/6 - 1/6 4h^2/6 = h^2/12
+        far = _outer(np.array([-0.5, 0, 0, 0, 0.5]), np.array([-0.5, 0, 0, 0, 0.5])) / 4.0
+        table[(1, 1)] = 7.0 / 6.0 * near - 1.0 / 6.0 * far
+    return table
 
 
 #: Truncation radius of the ``gaussian`` family in standard deviations: the kernels have radius
@@ -253,6 +284,7 @@ def _gaussian(order: int, sigma: float) -> dict[tuple[int, int], np.ndarray]:
 STENCILS: Registry[Callable[..., dict[tuple[int, int], np.ndarray]]] = Registry("stencil")
 STENCILS.register("central", _central)
 STENCILS.register("isotropic", _isotropic)
+STENCILS.register("isotropic5", _isotropic5)
 STENCILS.register("gaussian", _gaussian)
 
 

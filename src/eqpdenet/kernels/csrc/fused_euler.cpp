@@ -22,19 +22,30 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
 namespace {
 
+// The pointwise pieces must be inlined into the pixel loops to vectorise; with ~80 template
+// instances GCC's unit-wide inlining budget ran out for some of them (the covariant sim2
+// backward then ran ~10x slower), so inlining is forced.
+#define EQ_INLINE inline __attribute__((always_inline))
+
 enum Boundary { REPLICATE = 0, ZEROS = 1, REFLECT = 2, CIRCULAR = 3 };
-enum SetKind { SE2 = 0, SCALING = 1 };
+// An invariant set together with the regularisation of its ratios (the template parameter SET):
+// ratio(a, b) = a b / (b^2 + eps^2 ref + tiny) (covariant: ref = R = |H|^2 + |grad u|^4 for
+// second-order b, R^2 for det H; tiny the square root of the smallest positive normal number
+// of T) or
+// a b / (b^2 + eps^2) (absolute); se2 has no ratio.
+enum SetKind { SE2 = 0, SCALING_ABS = 1, SCALING_COV = 2, SIM2_ABS = 3, SIM2_COV = 4 };
 
 template <typename T>
 struct Pde {
   int set, boundary, steps, nmono;
   bool check, full, linear;
-  T dt, eps2;
+  T dt, eps2, tiny;
   // Structured 3x3 stencil coefficients (already divided by the grid spacing powers):
   // u = cu C; u_x = ax0 (R - L) + ax1 ((TR - TL) + (BR - BL)); u_y = ay0 (Tp - Bt) + ay1 ((TL - BL)
   // + (TR - BR)); u_xx = b0 (L + R) + b1 C + b2 corners + b3 (Tp + Bt); u_xy = c ((TR - TL) + (BL -
@@ -45,10 +56,18 @@ struct Pde {
   const int64_t* recipe;  // (nmono, 2): lower monomial index (-1: none), invariant index
 };
 
-int set_code(const std::string& name) {
+int set_code(const std::string& name, const std::string& regularisation) {
+  TORCH_CHECK(regularisation == "covariant" || regularisation == "absolute",
+              "fused_euler: unknown ratio regularisation '", regularisation, "'");
+  const bool cov = regularisation == "covariant";
   if (name == "se2") return SE2;
-  if (name == "scaling") return SCALING;
+  if (name == "scaling") return cov ? SCALING_COV : SCALING_ABS;
+  if (name == "sim2") return cov ? SIM2_COV : SIM2_ABS;
   TORCH_CHECK(false, "fused_euler: unknown invariant set '", name, "'");
+}
+
+constexpr int n_invariants_of(int set) {
+  return set == SE2 ? 5 : (set == SCALING_ABS || set == SCALING_COV) ? 6 : 4;
 }
 
 int boundary_code(const std::string& name) {
@@ -62,22 +81,23 @@ int boundary_code(const std::string& name) {
 // One PDE's settings. k: its jet weights (6, 3, 3), rows top to bottom, float64.
 template <typename T>
 Pde<T> make_pde(const std::string& set, const std::string& boundary, double dt, double eps,
-                int64_t steps, bool check, const double* k, const T* w, T bias,
-                const int64_t* recipe, int64_t mmax) {
+                const std::string& regularisation, int64_t steps, bool check, const double* k,
+                const T* w, T bias, const int64_t* recipe, int64_t mmax) {
   auto at = [k](int d, int row, int col) { return static_cast<T>(k[d * 9 + row * 3 + col]); };
   Pde<T> q;
-  q.set = set_code(set);
+  q.set = set_code(set, regularisation);
   q.boundary = boundary_code(boundary);
   q.steps = static_cast<int>(steps);
   q.nmono = 0;
   while (q.nmono < mmax && recipe[2 * q.nmono + 1] >= 0) ++q.nmono;
   q.linear = true;
   for (int m = 0; m < q.nmono; ++m) q.linear &= recipe[2 * m] == -1 && recipe[2 * m + 1] == m;
-  q.linear &= q.nmono == (q.set == SE2 ? 5 : 6);
+  q.linear &= q.nmono == n_invariants_of(q.set);
   q.check = check;
   q.dt = static_cast<T>(dt);
   const T e = static_cast<T>(eps);
   q.eps2 = e * e;  // as the reference: eps * eps in the tensor's dtype
+  q.tiny = std::sqrt(std::numeric_limits<T>::min());  // eqpdenet.pde.invariants.ratio_guard
   q.cu = at(0, 1, 1);
   q.ax0 = at(1, 1, 2); q.ax1 = at(1, 0, 2);
   q.ay0 = at(2, 0, 1); q.ay1 = at(2, 0, 0);
@@ -182,7 +202,7 @@ bool all_finite(const T* x, int64_t n) {
 // ------------------------------------------------------------------ pointwise pieces
 
 template <typename T, bool FULL>
-inline void jet_at(const T* __restrict U, int64_t p, int64_t Wp, const Pde<T>& q, T& u, T& ux,
+EQ_INLINE void jet_at(const T* __restrict U, int64_t p, int64_t Wp, const Pde<T>& q, T& u, T& ux,
                    T& uy, T& uxx, T& uxy, T& uyy) {
   const T C = U[p], L = U[p - 1], R = U[p + 1], Tp = U[p - Wp], Bt = U[p + Wp];
   const T TL = U[p - Wp - 1], TR = U[p - Wp + 1], BL = U[p + Wp - 1], BR = U[p + Wp + 1];
@@ -204,7 +224,7 @@ inline void jet_at(const T* __restrict U, int64_t p, int64_t Wp, const Pde<T>& q
 // The adjoint stencil applied to the six jet cotangents: the 180-degree flip of each kernel, i.e.
 // the same kernel for even derivatives and minus it for odd ones.
 template <typename T, bool FULL, bool HAS_U>
-inline T adjoint_at(const T* __restrict Gu, const T* __restrict Gx, const T* __restrict Gy,
+EQ_INLINE T adjoint_at(const T* __restrict Gu, const T* __restrict Gx, const T* __restrict Gy,
                     const T* __restrict Gxx, const T* __restrict Gxy, const T* __restrict Gyy,
                     int64_t p, int64_t Wp, const Pde<T>& q) {
   const int64_t n = -Wp, s = Wp;
@@ -225,28 +245,74 @@ inline T adjoint_at(const T* __restrict Gu, const T* __restrict Gx, const T* __r
 }
 
 template <int SET>
-constexpr int n_invariants() { return SET == SE2 ? 5 : 6; }
+constexpr int n_invariants() { return n_invariants_of(SET); }
+
+// The regularised ratio f = a b / (b^2 + c) and its partial derivatives fa, fb, fc, written
+// with r = 1 / (b^2 + c) so that a flat jet (a = b = 0, c = tiny) gives 0 and zero
+// derivatives, never 0 * inf. c = eps^2 (absolute) or eps^2 * reference + tiny (covariant).
+template <typename T>
+EQ_INLINE T ratio_value(T a, T b, T c) { return a * b / (b * b + c); }
+
+template <typename T>
+EQ_INLINE void ratio_partials(T a, T b, T c, T& fa, T& fb, T& fc) {
+  const T r = T(1) / (b * b + c);
+  fa = b * r;
+  fb = a * r * ((c - b * b) * r);
+  fc = -(a * b * r) * r;
+}
+
+// The covariant reference of a second-order denominator: |H|^2 + |grad u|^4 (the scaling weight
+// of u_xx^2; eqpdenet.pde.invariants.hessian_reference_sq), and its partial derivatives.
+template <typename T>
+EQ_INLINE T reference_sq(T ux, T uy, T uxx, T uxy, T uyy) {
+  const T grad = ux * ux + uy * uy;
+  return uxx * uxx + T(2) * uxy * uxy + uyy * uyy + grad * grad;
+}
+
+// G += gR * dR/d(jet)
+template <typename T>
+EQ_INLINE void add_reference_cotangent(T ux, T uy, T uxx, T uxy, T uyy, T gR, T* G) {
+  const T grad4 = T(4) * (ux * ux + uy * uy) * gR;
+  G[1] += grad4 * ux;
+  G[2] += grad4 * uy;
+  G[3] += T(2) * uxx * gR;
+  G[4] += T(4) * uxy * gR;
+  G[5] += T(2) * uyy * gR;
+}
 
 template <typename T, int SET>
-inline void invariants_at(T u, T ux, T uy, T uxx, T uxy, T uyy, T eps2, T* I) {
+EQ_INLINE void invariants_at(T u, T ux, T uy, T uxx, T uxy, T uyy, T eps2, T tiny, T* I) {
   if (SET == SE2) {
     I[0] = u;
     I[1] = ux * ux + uy * uy;
     I[2] = uxx + uyy;
     I[3] = ux * ux * uxx + T(2) * ux * uy * uxy + uy * uy * uyy;
     I[4] = uxx * uxx + T(2) * uxy * uxy + uyy * uyy;
-  } else {
+  } else if (SET == SCALING_ABS || SET == SCALING_COV) {
+    const T c = SET == SCALING_COV ? eps2 * reference_sq(ux, uy, uxx, uxy, uyy) + tiny : eps2;
     const T ax = ux * ux, ay = uy * uy;
-    const T sxx = uxx / (uxx * uxx + eps2), sxy = uxy / (uxy * uxy + eps2),
-            syy = uyy / (uyy * uyy + eps2);
+    const T sxx = uxx / (uxx * uxx + c), sxy = uxy / (uxy * uxy + c), syy = uyy / (uyy * uyy + c);
     I[0] = ax * sxx; I[1] = ax * sxy; I[2] = ax * syy;
     I[3] = ay * sxx; I[4] = ay * sxy; I[5] = ay * syy;
+  } else {  // SIM2_ABS, SIM2_COV
+    T c1 = eps2, c2 = eps2;
+    if (SET == SIM2_COV) {
+      const T R = reference_sq(ux, uy, uxx, uxy, uyy);
+      c1 = eps2 * R + tiny;
+      c2 = eps2 * (R * R) + tiny;
+    }
+    const T grad = ux * ux + uy * uy, lap = uxx + uyy, det = uxx * uyy - uxy * uxy;
+    const T ghg = ux * ux * uxx + T(2) * ux * uy * uxy + uy * uy * uyy;
+    I[0] = u;
+    I[1] = ratio_value(grad, lap, c1);
+    I[2] = ratio_value(grad * lap, det, c2);
+    I[3] = ratio_value(ghg, det, c2);
   }
 }
 
 // Jet cotangents G_d = sum_k gF_k dI_k/d(jet_d), times gd.
 template <typename T, int SET>
-inline void djet_at(T ux, T uy, T uxx, T uxy, T uyy, T eps2, const T* gF, T gd, T* G) {
+EQ_INLINE void djet_at(T ux, T uy, T uxx, T uxy, T uyy, T eps2, T tiny, const T* gF, T gd, T* G) {
   if (SET == SE2) {
     G[0] = gd * gF[0];
     G[1] = gd * (T(2) * ux * gF[1] + T(2) * (ux * uxx + uy * uxy) * gF[3]);
@@ -254,19 +320,53 @@ inline void djet_at(T ux, T uy, T uxx, T uxy, T uyy, T eps2, const T* gF, T gd, 
     G[3] = gd * (gF[2] + ux * ux * gF[3] + T(2) * uxx * gF[4]);
     G[4] = gd * (T(2) * ux * uy * gF[3] + T(4) * uxy * gF[4]);
     G[5] = gd * (gF[2] + uy * uy * gF[3] + T(2) * uyy * gF[4]);
-  } else {
+  } else if (SET == SCALING_ABS || SET == SCALING_COV) {
+    const T c = SET == SCALING_COV ? eps2 * reference_sq(ux, uy, uxx, uxy, uyy) + tiny : eps2;
     const T ax = ux * ux, ay = uy * uy;
-    const T rxx = T(1) / (uxx * uxx + eps2), rxy = T(1) / (uxy * uxy + eps2),
-            ryy = T(1) / (uyy * uyy + eps2);
+    const T rxx = T(1) / (uxx * uxx + c), rxy = T(1) / (uxy * uxy + c),
+            ryy = T(1) / (uyy * uyy + c);
     const T sxx = uxx * rxx, sxy = uxy * rxy, syy = uyy * ryy;
-    const T pxx = (eps2 - uxx * uxx) * rxx * rxx, pxy = (eps2 - uxy * uxy) * rxy * rxy,
-            pyy = (eps2 - uyy * uyy) * ryy * ryy;
+    const T pxx = (c - uxx * uxx) * rxx * rxx, pxy = (c - uxy * uxy) * rxy * rxy,
+            pyy = (c - uyy * uyy) * ryy * ryy;
+    const T nxx = ax * gF[0] + ay * gF[3], nxy = ax * gF[1] + ay * gF[4],
+            nyy = ax * gF[2] + ay * gF[5];  // cotangents of the three denominators' ratios
     G[0] = T(0);
     G[1] = gd * (T(2) * ux * (gF[0] * sxx + gF[1] * sxy + gF[2] * syy));
     G[2] = gd * (T(2) * uy * (gF[3] * sxx + gF[4] * sxy + gF[5] * syy));
-    G[3] = gd * (pxx * (ax * gF[0] + ay * gF[3]));
-    G[4] = gd * (pxy * (ax * gF[1] + ay * gF[4]));
-    G[5] = gd * (pyy * (ax * gF[2] + ay * gF[5]));
+    G[3] = gd * (pxx * nxx);
+    G[4] = gd * (pxy * nxy);
+    G[5] = gd * (pyy * nyy);
+    if (SET == SCALING_COV) {  // through c = eps^2 R + tiny: dI/dc = -I r
+      const T gR = -eps2 * gd * ((nxx * sxx) * rxx + (nxy * sxy) * rxy + (nyy * syy) * ryy);
+      add_reference_cotangent(ux, uy, uxx, uxy, uyy, gR, G);
+    }
+  } else {  // SIM2_ABS, SIM2_COV
+    T R = T(0), c1 = eps2, c2 = eps2;
+    if (SET == SIM2_COV) {
+      R = reference_sq(ux, uy, uxx, uxy, uyy);
+      c1 = eps2 * R + tiny;
+      c2 = eps2 * (R * R) + tiny;
+    }
+    const T grad = ux * ux + uy * uy, lap = uxx + uyy, det = uxx * uyy - uxy * uxy;
+    const T ghg = ux * ux * uxx + T(2) * ux * uy * uxy + uy * uy * uyy;
+    T a1, b1, k1, a2, b2, k2, a3, b3, k3;
+    ratio_partials(grad, lap, c1, a1, b1, k1);
+    ratio_partials(grad * lap, det, c2, a2, b2, k2);
+    ratio_partials(ghg, det, c2, a3, b3, k3);
+    a1 *= gF[1]; b1 *= gF[1]; a2 *= gF[2]; b2 *= gF[2]; a3 *= gF[3]; b3 *= gF[3];
+    const T bdet = b2 + b3;  // cotangent of det H
+    const T hess_common = b1 + grad * a2;  // of u_xx and u_yy alike, through lap
+    const T grad_common = a1 + lap * a2;  // of |grad u|^2
+    G[0] = gd * gF[0];
+    G[1] = gd * (T(2) * ux * grad_common + T(2) * (ux * uxx + uy * uxy) * a3);
+    G[2] = gd * (T(2) * uy * grad_common + T(2) * (ux * uxy + uy * uyy) * a3);
+    G[3] = gd * (hess_common + uyy * bdet + ux * ux * a3);
+    G[4] = gd * (T(-2) * uxy * bdet + T(2) * ux * uy * a3);
+    G[5] = gd * (hess_common + uxx * bdet + uy * uy * a3);
+    if (SET == SIM2_COV) {  // through c1 = eps^2 R + tiny and c2 = eps^2 R^2 + tiny
+      const T gR = gd * eps2 * (gF[1] * k1 + T(2) * R * (gF[2] * k2 + gF[3] * k3));
+      add_reference_cotangent(ux, uy, uxx, uxy, uyy, gR, G);
+    }
   }
 }
 
@@ -299,7 +399,7 @@ template <typename T, int SET, bool FULL, bool LINEAR>
 void euler_step(const T* __restrict U, T* __restrict V, Work<T>& w, const Geo& geo, const Pde<T> q) {
   constexpr int K = n_invariants<SET>();
   const int64_t Wp = geo.Wp, N = w.NS;
-  const T dt = q.dt, eps2 = q.eps2, bias = q.bias;
+  const T dt = q.dt, eps2 = q.eps2, tiny = q.tiny, bias = q.bias;
   if (LINEAR) {
     T wk[6] = {0, 0, 0, 0, 0, 0};
     for (int k = 0; k < K; ++k) wk[k] = q.w[k];
@@ -307,7 +407,7 @@ void euler_step(const T* __restrict U, T* __restrict V, Work<T>& w, const Geo& g
     for (int64_t p = geo.lo; p < geo.hi; ++p) {
       T u, ux, uy, uxx, uxy, uyy, I[6];
       jet_at<T, FULL>(U, p, Wp, q, u, ux, uy, uxx, uxy, uyy);
-      invariants_at<T, SET>(u, ux, uy, uxx, uxy, uyy, eps2, I);
+      invariants_at<T, SET>(u, ux, uy, uxx, uxy, uyy, eps2, tiny, I);
       T F = wk[0] * I[0];
       for (int k = 1; k < K; ++k) F += wk[k] * I[k];
       V[p] = U[p] + dt * (F + bias);
@@ -320,7 +420,7 @@ void euler_step(const T* __restrict U, T* __restrict V, Work<T>& w, const Geo& g
     for (int64_t p = geo.lo; p < geo.hi; ++p) {
       T u, ux, uy, uxx, uxy, uyy, I[6];
       jet_at<T, FULL>(U, p, Wp, q, u, ux, uy, uxx, uxy, uyy);
-      invariants_at<T, SET>(u, ux, uy, uxx, uxy, uyy, eps2, I);
+      invariants_at<T, SET>(u, ux, uy, uxx, uxy, uyy, eps2, tiny, I);
       for (int k = 0; k < K; ++k) Ib[k * N + p] = I[k];
       Fb[p] = T(0);
     }
@@ -380,7 +480,7 @@ void euler_step_backward(const T* __restrict U, T* __restrict g, Work<T>& w, con
                          const Pde<T> q) {
   constexpr int K = n_invariants<SET>();
   const int64_t Wp = geo.Wp, N = w.NS;
-  const T dt = q.dt, eps2 = q.eps2;
+  const T dt = q.dt, eps2 = q.eps2, tiny = q.tiny;
   T* __restrict G = w.G;
   T* __restrict acc = w.acc;
   const int M = LINEAR ? K : q.nmono;
@@ -391,11 +491,11 @@ void euler_step_backward(const T* __restrict U, T* __restrict g, Work<T>& w, con
     for (int64_t p = geo.lo; p < geo.hi; ++p) {
       T u, ux, uy, uxx, uxy, uyy, I[6], Gd[6];
       jet_at<T, FULL>(U, p, Wp, q, u, ux, uy, uxx, uxy, uyy);
-      invariants_at<T, SET>(u, ux, uy, uxx, uxy, uyy, eps2, I);
+      invariants_at<T, SET>(u, ux, uy, uxx, uxy, uyy, eps2, tiny, I);
       const T gd = dt * g[p];
       for (int k = 0; k < K; ++k) acc[k * N + p] += gd * I[k];
       acc[M * N + p] += gd;
-      djet_at<T, SET>(ux, uy, uxx, uxy, uyy, eps2, gF, gd, Gd);
+      djet_at<T, SET>(ux, uy, uxx, uxy, uyy, eps2, tiny, gF, gd, Gd);
       for (int d = 0; d < 6; ++d) G[d * N + p] = Gd[d];
     }
   } else {
@@ -408,7 +508,7 @@ void euler_step_backward(const T* __restrict U, T* __restrict g, Work<T>& w, con
     for (int64_t p = geo.lo; p < geo.hi; ++p) {
       T u, ux, uy, uxx, uxy, uyy, I[6];
       jet_at<T, FULL>(U, p, Wp, q, u, ux, uy, uxx, uxy, uyy);
-      invariants_at<T, SET>(u, ux, uy, uxx, uxy, uyy, eps2, I);
+      invariants_at<T, SET>(u, ux, uy, uxx, uxy, uyy, eps2, tiny, I);
       for (int k = 0; k < K; ++k) { Ib[k * N + p] = I[k]; gIb[k * N + p] = T(0); }
       gdv[p] = dt * g[p];
       acc[M * N + p] += gdv[p];
@@ -454,7 +554,7 @@ void euler_step_backward(const T* __restrict U, T* __restrict g, Work<T>& w, con
       T u, ux, uy, uxx, uxy, uyy, gF[6], Gd[6];
       jet_at<T, FULL>(U, p, Wp, q, u, ux, uy, uxx, uxy, uyy);
       for (int k = 0; k < K; ++k) gF[k] = gIb[k * N + p];
-      djet_at<T, SET>(ux, uy, uxx, uxy, uyy, eps2, gF, gdv[p], Gd);
+      djet_at<T, SET>(ux, uy, uxx, uxy, uyy, eps2, tiny, gF, gdv[p], Gd);
       for (int d = 0; d < 6; ++d) G[d * N + p] = Gd[d];
     }
   }
@@ -462,7 +562,7 @@ void euler_step_backward(const T* __restrict U, T* __restrict g, Work<T>& w, con
   T* __restrict gp = w.gp;
   const T *Gu = G, *Gx = G + N, *Gy = G + 2 * N, *Gxx = G + 3 * N, *Gxy = G + 4 * N,
           *Gyy = G + 5 * N;
-  if (SET == SE2) {
+  if (SET != SCALING_ABS && SET != SCALING_COV) {  // sets with u among their invariants
     #pragma GCC ivdep
     for (int64_t p = geo.lo1; p < geo.hi1; ++p)
       gp[p] = adjoint_at<T, FULL, true>(Gu, Gx, Gy, Gxx, Gxy, Gyy, p, Wp, q);
@@ -496,8 +596,13 @@ IntegrateFn<T> pick_integrate2(bool full, bool linear) {
 }
 template <typename T>
 IntegrateFn<T> pick_integrate(const Pde<T>& q) {
-  return q.set == SE2 ? pick_integrate2<T, SE2>(q.full, q.linear)
-                      : pick_integrate2<T, SCALING>(q.full, q.linear);
+  switch (q.set) {
+    case SE2: return pick_integrate2<T, SE2>(q.full, q.linear);
+    case SCALING_ABS: return pick_integrate2<T, SCALING_ABS>(q.full, q.linear);
+    case SCALING_COV: return pick_integrate2<T, SCALING_COV>(q.full, q.linear);
+    case SIM2_ABS: return pick_integrate2<T, SIM2_ABS>(q.full, q.linear);
+    default: return pick_integrate2<T, SIM2_COV>(q.full, q.linear);
+  }
 }
 template <typename T, int SET, bool FULL>
 BackwardFn<T> pick_backward3(bool linear) {
@@ -509,12 +614,17 @@ BackwardFn<T> pick_backward2(bool full, bool linear) {
 }
 template <typename T>
 BackwardFn<T> pick_backward(const Pde<T>& q) {
-  return q.set == SE2 ? pick_backward2<T, SE2>(q.full, q.linear)
-                      : pick_backward2<T, SCALING>(q.full, q.linear);
+  switch (q.set) {
+    case SE2: return pick_backward2<T, SE2>(q.full, q.linear);
+    case SCALING_ABS: return pick_backward2<T, SCALING_ABS>(q.full, q.linear);
+    case SCALING_COV: return pick_backward2<T, SCALING_COV>(q.full, q.linear);
+    case SIM2_ABS: return pick_backward2<T, SIM2_ABS>(q.full, q.linear);
+    default: return pick_backward2<T, SIM2_COV>(q.full, q.linear);
+  }
 }
 
 struct Settings {
-  std::vector<std::string> sets, boundaries;
+  std::vector<std::string> sets, boundaries, regularisations;
   std::vector<double> dt, eps;
   std::vector<int64_t> steps;
   std::vector<bool> check;
@@ -531,8 +641,9 @@ std::vector<Pde<T>> make_pdes(const at::Tensor& weights, const at::Tensor& bias,
   const T* b = bias.data_ptr<T>();
   const int64_t* r = monomials.data_ptr<int64_t>();
   for (int64_t e = 0; e < E; ++e)
-    pdes.push_back(make_pde<T>(s.sets[e], s.boundaries[e], s.dt[e], s.eps[e], s.steps[e],
-                               s.check[e], k + e * 54, w + e * mmax, b[e], r + e * mmax * 2, mmax));
+    pdes.push_back(make_pde<T>(s.sets[e], s.boundaries[e], s.dt[e], s.eps[e],
+                               s.regularisations[e], s.steps[e], s.check[e], k + e * 54,
+                               w + e * mmax, b[e], r + e * mmax * 2, mmax));
   return pdes;
 }
 
@@ -636,7 +747,8 @@ void backward_impl(const at::Tensor& gout, const at::Tensor& u, const std::vecto
 Settings check_common(const at::Tensor& u, const at::Tensor& weights, const at::Tensor& bias,
                       const at::Tensor& monomials, const at::Tensor& stencils,
                       std::vector<std::string> sets, std::vector<std::string> boundaries,
-                      std::vector<double> dt, std::vector<double> eps, std::vector<int64_t> steps,
+                      std::vector<double> dt, std::vector<double> eps,
+                      std::vector<std::string> regularisations, std::vector<int64_t> steps,
                       std::vector<bool> check) {
   TORCH_CHECK(u.device().is_cpu(), "fused_euler: CPU tensors only");
   TORCH_CHECK(u.dim() == 4 && u.is_contiguous(), "fused_euler: u must be contiguous (B, C, H, W)");
@@ -653,12 +765,13 @@ Settings check_common(const at::Tensor& u, const at::Tensor& weights, const at::
               "fused_euler: stencils must be (E, 6, 3, 3) float64");
   TORCH_CHECK(static_cast<int64_t>(sets.size()) == E && static_cast<int64_t>(boundaries.size()) == E &&
                   static_cast<int64_t>(dt.size()) == E && static_cast<int64_t>(eps.size()) == E &&
+                  static_cast<int64_t>(regularisations.size()) == E &&
                   static_cast<int64_t>(steps.size()) == E &&
                   (check.empty() || static_cast<int64_t>(check.size()) == E),
               "fused_euler: one setting per PDE expected");
   if (check.empty()) check.assign(E, false);
-  return Settings{std::move(sets), std::move(boundaries), std::move(dt), std::move(eps),
-                  std::move(steps), std::move(check)};
+  return Settings{std::move(sets), std::move(boundaries), std::move(regularisations),
+                  std::move(dt), std::move(eps), std::move(steps), std::move(check)};
 }
 
 int max_steps(const Settings& s) {
@@ -676,11 +789,13 @@ std::vector<at::Tensor> fused_forward(at::Tensor u, at::Tensor weights, at::Tens
                                       at::Tensor monomials, at::Tensor stencils,
                                       std::vector<std::string> sets,
                                       std::vector<std::string> boundaries, std::vector<double> dt,
-                                      std::vector<double> eps, std::vector<int64_t> steps,
-                                      std::vector<bool> check, bool store_states) {
+                                      std::vector<double> eps,
+                                      std::vector<std::string> regularisations,
+                                      std::vector<int64_t> steps, std::vector<bool> check,
+                                      bool store_states) {
   const Settings s = check_common(u, weights, bias, monomials, stencils, std::move(sets),
                                   std::move(boundaries), std::move(dt), std::move(eps),
-                                  std::move(steps), std::move(check));
+                                  std::move(regularisations), std::move(steps), std::move(check));
   const int64_t B = u.size(0), C = u.size(1), H = u.size(2), W = u.size(3), E = weights.size(0);
   const int smax = max_steps(s);
   auto out = at::empty({B, E, C, H, W}, u.options());
@@ -700,11 +815,12 @@ std::vector<at::Tensor> fused_backward(at::Tensor gout, at::Tensor u, at::Tensor
                                        at::Tensor bias, at::Tensor monomials, at::Tensor stencils,
                                        std::vector<std::string> sets,
                                        std::vector<std::string> boundaries, std::vector<double> dt,
-                                       std::vector<double> eps, std::vector<int64_t> steps,
-                                       at::Tensor states) {
+                                       std::vector<double> eps,
+                                       std::vector<std::string> regularisations,
+                                       std::vector<int64_t> steps, at::Tensor states) {
   const Settings s = check_common(u, weights, bias, monomials, stencils, std::move(sets),
                                   std::move(boundaries), std::move(dt), std::move(eps),
-                                  std::move(steps), {});
+                                  std::move(regularisations), std::move(steps), {});
   TORCH_CHECK(gout.is_contiguous() && gout.scalar_type() == u.scalar_type(), "fused_euler: bad gradient");
   const int64_t B = u.size(0), E = weights.size(0), mmax = weights.size(1);
   const int smax = max_steps(s);
