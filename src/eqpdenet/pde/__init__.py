@@ -21,7 +21,15 @@ from .invariants import (
     safe_ratio,
 )
 from .layer import INITS, REDUCTIONS, LayerConfig, PDELayer, make_reduction
-from .rhs import RIGHT_HAND_SIDES, InvariantRHS, LinearF, MonomialF, PolynomialF, make_rhs
+from .rhs import (
+    RIGHT_HAND_SIDES,
+    InvariantRHS,
+    InvariantSystemRHS,
+    LinearF,
+    MonomialF,
+    PolynomialF,
+    make_rhs,
+)
 from .stencils import (
     BOUNDARIES,
     STENCILS,
@@ -46,6 +54,7 @@ __all__ = [
     "EulerStep",
     "Invariant",
     "InvariantRHS",
+    "InvariantSystemRHS",
     "InvariantSet",
     "Jet",
     "LayerConfig",

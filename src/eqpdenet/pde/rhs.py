@@ -32,6 +32,7 @@ from .stencils import Jet, laplacian_max_eigenvalue
 __all__ = [
     "RIGHT_HAND_SIDES",
     "InvariantRHS",
+    "InvariantSystemRHS",
     "LinearF",
     "MonomialF",
     "PolynomialF",
@@ -189,3 +190,60 @@ class InvariantRHS(nn.Module):
 
     def extra_repr(self) -> str:
         return f"invariants={self.invariant_set.name!r}, ratio_eps={self.ratio_eps}"
+
+
+class InvariantSystemRHS(nn.Module):
+    """The right-hand side of a system of PDEs ``du^c/dt = F^c_theta(I(u^1 ... u^C))``: a
+    pointwise network of the differential invariants of all channels.
+
+    ``I`` stacks the invariants (of ``invariants``, e.g. ``se2``) of every channel,
+    ``K = C len(invariants)`` maps; ``F_theta`` is a 1x1 convolution ``K -> hidden``, batch
+    normalisation, ReLU, and a 1x1 convolution ``hidden -> C``. Every operation after the jet is
+    pointwise, so the system is equivariant under every group the invariants are invariant
+    under (up to the jet's discretisation). One explicit Euler step of it,
+    ``u <- u + dt F_theta(I(u))`` (:class:`~eqpdenet.pde.integrators.EulerStep`), is a residual
+    block.
+
+    Args:
+        channels: ``C``.
+        invariants: invariant set (name or object) computed for each channel.
+        hidden: width of ``F_theta``'s hidden layer (default ``C``).
+        stencil, spacing, boundary: how the jet is computed.
+        ratio_eps: regularisation scale of ratio invariants.
+
+    ``forward``: ``(B, C, H, W) -> (B, C, H, W)``.
+
+    Example:
+        >>> rhs = InvariantSystemRHS(4, "se2", hidden=8)
+        >>> rhs(torch.rand(2, 4, 10, 10)).shape
+        torch.Size([2, 4, 10, 10])
+    """
+
+    def __init__(self, channels: int, invariants: str | InvariantSet = "se2",
+                 hidden: int | None = None, stencil: str = "isotropic", spacing: float = 1.0,
+                 boundary: str = "replicate", ratio_eps: float = DEFAULT_RATIO_EPS):
+        super().__init__()
+        self.channels = require_int(channels, "channels", 1)
+        hidden = require_int(hidden if hidden is not None else channels, "hidden", 1)
+        self.invariant_set = get_invariant_set(invariants)
+        self.ratio_eps = require_positive(ratio_eps, "ratio_eps")
+        self.jet = Jet(self.invariant_set.order, stencil, spacing, boundary)
+        self.F = nn.Sequential(
+            nn.Conv2d(channels * len(self.invariant_set), hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden), nn.ReLU(), nn.Conv2d(hidden, channels, 1))
+
+    @property
+    def names(self) -> list[str]:
+        """The invariant maps fed to ``F_theta``, in order (``u1:grad_sq`` ...)."""
+        return [f"u{c + 1}:{name}" for c in range(self.channels)
+                for name in self.invariant_set.names]
+
+    def invariants(self, u: Tensor) -> Tensor:
+        """``(B, C, H, W) -> (B, C K, H, W)``."""
+        return self.invariant_set(self.jet(u), self.ratio_eps).flatten(1, 2)
+
+    def forward(self, u: Tensor) -> Tensor:
+        return self.F(self.invariants(u))
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, invariants={self.invariant_set.name!r}"
