@@ -240,6 +240,7 @@ def train_model(
     if train.select_on_validation and not has_validation:
         raise ConfigError("invalid config: train.select_on_validation needs data.validation > 0")
     images, labels = data["train"].images, data["train"].labels
+    forward = torch.compile(model, dynamic=True) if train.compile else model
     history, best = [], (-1.0, None, -1)
     epochs = _progress(range(train.epochs), progress, desc=f"train {type(model).__name__} "
                        f"seed={train.seed}", unit="epoch", leave=False)
@@ -251,7 +252,7 @@ def train_model(
         for first in range(0, len(order), train.batch_size):
             index = order[first:first + train.batch_size]
             x, y = images[index].to(device), labels[index].to(device)
-            logits = model(x)
+            logits = forward(x)
             loss = F.cross_entropy(logits, y)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}")
@@ -318,6 +319,7 @@ LATER_FIELDS: dict[tuple[str, ...], object] = {
     ("model", "in_channels"): 1,
     ("model", "standardize"): "auto",
     ("model", "head"): "perceptron",
+    ("train", "compile"): False,
     ("data", "dataset"): "rotmnist",
     ("data", "rotated"): False,
 }

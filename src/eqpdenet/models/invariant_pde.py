@@ -52,6 +52,7 @@ class InvariantPDEConfig:
         downsample: between stages: ``"pool"`` (2x2 average pooling) or ``"none"``.
         readout: global pooling over space: ``"max"``, ``"mean"`` or ``"meanmax"`` (both,
             concatenated).
+        normalize_invariants: batch-normalise each invariant map before ``F`` mixes them.
     """
 
     channels: list[int] = field(default_factory=lambda: [12, 24, 32])
@@ -64,6 +65,7 @@ class InvariantPDEConfig:
     ratio_eps: float = DEFAULT_RATIO_EPS
     downsample: str = "pool"
     readout: str = "max"
+    normalize_invariants: bool = True
 
     def __post_init__(self):
         require(len(self.channels) == len(self.blocks) >= 1, "invariant_pde.blocks",
@@ -91,9 +93,10 @@ class _Lift(nn.Module):
         self.invariant_set = get_invariant_set(config.invariants)
         self.ratio_eps = config.ratio_eps
         self.jet = Jet(self.invariant_set.order, config.stencil, 1.0, config.boundary)
+        maps = in_channels * len(self.invariant_set)
         self.map = nn.Sequential(
-            nn.Conv2d(in_channels * len(self.invariant_set), channels, 1, bias=False),
-            nn.BatchNorm2d(channels))
+            *([nn.BatchNorm2d(maps)] if config.normalize_invariants else []),
+            nn.Conv2d(maps, channels, 1, bias=False), nn.BatchNorm2d(channels))
 
     def forward(self, f: Tensor) -> Tensor:
         return self.map(self.invariant_set(self.jet(f), self.ratio_eps).flatten(1, 2))
@@ -131,7 +134,8 @@ class InvariantPDENet(nn.Module):
             for block in range(blocks):
                 rhs = InvariantSystemRHS(channels, config.invariants,
                                          max(1, round(config.hidden * channels)), config.stencil,
-                                         1.0, config.boundary, config.ratio_eps)
+                                         1.0, config.boundary, config.ratio_eps,
+                                         config.normalize_invariants)
                 modules.append(EulerStep(rhs, config.dt, name=f"stage{index}.block{block}"))
             stages.append(nn.Sequential(*modules))
         self.stages = nn.Sequential(*stages)

@@ -197,8 +197,10 @@ class InvariantSystemRHS(nn.Module):
     pointwise network of the differential invariants of all channels.
 
     ``I`` stacks the invariants (of ``invariants``, e.g. ``se2``) of every channel,
-    ``K = C len(invariants)`` maps; ``F_theta`` is a 1x1 convolution ``K -> hidden``, batch
-    normalisation, ReLU, and a 1x1 convolution ``hidden -> C``. Every operation after the jet is
+    ``K = C len(invariants)`` maps; ``F_theta`` is (with ``normalize_invariants``) a batch
+    normalisation of each invariant map (their scales differ by orders of magnitude), a 1x1
+    convolution ``K -> hidden``, batch normalisation, ReLU, and a 1x1 convolution
+    ``hidden -> C``. Every operation after the jet is
     pointwise, so the system is equivariant under every group the invariants are invariant
     under (up to the jet's discretisation). One explicit Euler step of it,
     ``u <- u + dt F_theta(I(u))`` (:class:`~eqpdenet.pde.integrators.EulerStep`), is a residual
@@ -210,6 +212,7 @@ class InvariantSystemRHS(nn.Module):
         hidden: width of ``F_theta``'s hidden layer (default ``C``).
         stencil, spacing, boundary: how the jet is computed.
         ratio_eps: regularisation scale of ratio invariants.
+        normalize_invariants: batch-normalise each invariant map before ``F_theta`` mixes them.
 
     ``forward``: ``(B, C, H, W) -> (B, C, H, W)``.
 
@@ -221,15 +224,18 @@ class InvariantSystemRHS(nn.Module):
 
     def __init__(self, channels: int, invariants: str | InvariantSet = "se2",
                  hidden: int | None = None, stencil: str = "isotropic", spacing: float = 1.0,
-                 boundary: str = "replicate", ratio_eps: float = DEFAULT_RATIO_EPS):
+                 boundary: str = "replicate", ratio_eps: float = DEFAULT_RATIO_EPS,
+                 normalize_invariants: bool = True):
         super().__init__()
         self.channels = require_int(channels, "channels", 1)
         hidden = require_int(hidden if hidden is not None else channels, "hidden", 1)
         self.invariant_set = get_invariant_set(invariants)
         self.ratio_eps = require_positive(ratio_eps, "ratio_eps")
         self.jet = Jet(self.invariant_set.order, stencil, spacing, boundary)
+        maps = channels * len(self.invariant_set)
         self.F = nn.Sequential(
-            nn.Conv2d(channels * len(self.invariant_set), hidden, 1, bias=False),
+            *([nn.BatchNorm2d(maps)] if normalize_invariants else []),
+            nn.Conv2d(maps, hidden, 1, bias=False),
             nn.BatchNorm2d(hidden), nn.ReLU(), nn.Conv2d(hidden, channels, 1))
 
     @property
