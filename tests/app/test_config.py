@@ -24,6 +24,33 @@ def test_config_round_trip_through_toml(tmp_path):
     assert config.layer.steps == 10
 
 
+def test_gaussian_sigma_round_trips_through_toml(tmp_path):
+    config = ModelConfig(kind="eqpdenet", hidden=16,
+                         layer=LayerConfig(invariants=["se2"], stencil="gaussian", sigma=1.5))
+    path = tmp_path / "model.toml"
+    path.write_text(to_toml(config))
+    assert "sigma = 1.5" in path.read_text()
+    assert load_toml(ModelConfig, path) == config
+    assert "sigma" not in to_toml(ModelConfig())  # None is left out of TOML
+    with pytest.raises(ConfigError, match="layer.sigma"):
+        from_dict(LayerConfig, {"stencil": "gaussian"})
+
+
+def test_new_layer_fields_keep_the_recorded_fingerprint():
+    """Fields added since results/paper was recorded, at their defaults, do not change the base
+    fingerprint recorded there (so `eqpdenet reproduce` still resumes it)."""
+    import json
+    from pathlib import Path
+
+    from eqpdenet.app.config import ReproduceConfig
+    from eqpdenet.app.training import fingerprint
+
+    results = Path(__file__).resolve().parents[2] / "results" / "paper" / "results.jsonl"
+    recorded = {json.loads(line)["base_fingerprint"] for line in results.read_text().splitlines()
+                if line.strip()}
+    assert recorded == {fingerprint(ReproduceConfig().base)}
+
+
 def test_defaults_are_the_papers_layer():
     layer = LayerConfig()
     assert layer.invariants == ["se2", "se2", "scaling", "scaling"]

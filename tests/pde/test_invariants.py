@@ -127,6 +127,24 @@ def test_safe_ratio_gradcheck_through_zero():
         safe_ratio(a, b, 0.0)
 
 
+
+def test_safe_ratio_with_a_reference_is_scale_covariant():
+    """b of weight -2 and reference_sq of weight -4 (like b^2): scaling every quantity by its
+    weight leaves a / b of weight 0 unchanged; without a reference the absolute eps does not."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 50, dtype=torch.float64, generator=generator)
+    reference_sq = b**2 + torch.rand(50, dtype=torch.float64, generator=generator)
+    lam = 0.37
+    before = safe_ratio(a, b, 0.1, reference_sq)
+    after = safe_ratio(a * lam**-2, b * lam**-2, 0.1, reference_sq * lam**-4)
+    torch.testing.assert_close(after, before, rtol=1e-13, atol=0)
+    assert (safe_ratio(a * lam**-2, b * lam**-2, 0.1) - safe_ratio(a, b, 0.1)).abs().max() > 1e-3
+    # None is exactly the absolute form; 0 / 0 is 0, not NaN.
+    torch.testing.assert_close(safe_ratio(a, b, 0.1, None), a * b / (b * b + 0.1 * 0.1), rtol=0,
+                               atol=0)
+    zero = torch.zeros(3, dtype=torch.float32)
+    assert torch.equal(safe_ratio(zero, zero, 0.1, zero), zero)
+
 def test_registry_and_printing():
     assert {"se2", "scaling"} <= set(available_invariant_sets())
     se2 = get_invariant_set("se2")

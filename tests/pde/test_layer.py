@@ -262,3 +262,39 @@ def test_symmetric_init_keeps_paired_pdes_identical():
     u = torch.rand(2, 1, 10, 10)
     layer(u).square().sum().backward()
     torch.testing.assert_close(layer.pdes[0].step.rhs.F.weight.grad, layer.pdes[1].step.rhs.F.weight.grad)
+
+
+def test_gaussian_stencil_through_the_layer(monkeypatch):
+    """LayerConfig(stencil="gaussian", sigma=...) reaches the jet; the fused kernel (3x3 only)
+    falls back to the reference with one warning; one Euler step is u + dt F(I(Gaussian jet))."""
+    import warnings
+
+    from eqpdenet.kernels import op
+    from eqpdenet.pde import jet
+
+    monkeypatch.setattr(op, "_warned", set())
+    layer = randomise(PDELayer.build(["se2"], stencil="gaussian", sigma=1.0, T=0.1, dt=0.1,
+                                     reduction="mean", init_noise=0.0)).double()
+    rhs = layer.pdes[0].step.rhs
+    assert rhs.jet.sigma == 1.0 and tuple(rhs.jet.weight.shape[-2:]) == (9, 9)
+    u = smooth_image(16)
+    with pytest.warns(RuntimeWarning, match="3x3 stencils"):
+        out = layer(u)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer(u)  # warns once per process
+    invariants = rhs.invariant_set(jet(u, stencil="gaussian", sigma=1.0), rhs.ratio_eps)
+    expected = u + 0.1 * (torch.einsum("bckhw,k->bchw", invariants, rhs.F.weight) + rhs.F.bias)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    for k in (1, 2, 3):
+        torch.testing.assert_close(layer(torch.rot90(u, k, (-2, -1))),
+                                   torch.rot90(out, k, (-2, -1)), rtol=1e-10, atol=1e-12)
+
+
+def test_sigma_is_checked_against_the_stencil():
+    with pytest.raises(ValueError, match="layer.sigma: the 'gaussian' stencil needs sigma"):
+        PDELayer.build(stencil="gaussian")
+    with pytest.raises(ValueError, match="layer.sigma: the 'central' stencil has no scale"):
+        PDELayer.build(sigma=1.0)
+    with pytest.raises(ValueError, match="layer.sigma: must be at least 0.5 pixels"):
+        PDELayer.build(stencil="gaussian", sigma=0.2, spacing=0.5)

@@ -1,5 +1,7 @@
 """The jet: exactness on polynomials, sign and scale of every derivative, convergence order."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -13,9 +15,12 @@ from eqpdenet.pde.stencils import (
     derivative_index,
     derivative_multi_indices,
     derivative_names,
+    gaussian_derivative_weights,
     jet,
     laplacian_max_eigenvalue,
     register_stencil,
+    scale_normalised,
+    stencil_has_scale,
     stencil_kernels,
 )
 from helpers import bump, jet_at
@@ -136,7 +141,7 @@ def test_clear_errors():
         jet(torch.rand(7, 7))
     with pytest.raises(TypeError, match="floating-point"):
         jet(torch.zeros(1, 1, 5, 5, dtype=torch.int64))
-    with pytest.raises(ValueError, match="unknown stencil 'sobel'; available: central, isotropic"):
+    with pytest.raises(ValueError, match="unknown stencil 'sobel'; available: central, gaussian, isotropic"):
         jet(torch.rand(1, 1, 5, 5), stencil="sobel")
     with pytest.raises(ValueError, match="unknown boundary"):
         jet(torch.rand(1, 1, 5, 5), boundary="mirror")
@@ -163,3 +168,163 @@ def test_spacing_scales_derivatives():
     u = torch.rand(1, 1, 8, 8, dtype=torch.float64)
     powers = torch.tensor([2.0 ** (a + b) for a, b in derivative_multi_indices(2)], dtype=torch.float64)
     torch.testing.assert_close(jet(u, spacing=0.5), jet(u, spacing=1.0) * powers[:, None, None])
+
+
+
+# ----------------------------------------------------------------------------- gaussian
+
+
+def _rotated_jet(d: torch.Tensor) -> torch.Tensor:
+    """The jet of ``v = u o R^-1`` for R the quarter turn: grad v = R grad u, H_v = R H R^T."""
+    u, ux, uy, uxx, uxy, uyy = d.unbind(-3)
+    return torch.stack([u, -uy, ux, uyy, -uxy, uxx], dim=-3)
+
+
+def _polynomial_jet(c: dict, x: torch.Tensor, y: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Exact jet of ``G_sigma * p`` for ``p = sum c[i, j] x^i y^j`` of degree <= 3, where
+    ``G_sigma * p = p + sigma^2 / 2 (p_xx + p_yy)`` (the heat semigroup on cubics)."""
+    def derivative(i, j, a, b):
+        if a > i or b > j:
+            return torch.zeros_like(x)
+        factor = math.factorial(i) // math.factorial(i - a) * math.factorial(j) // math.factorial(j - b)
+        return factor * x ** (i - a) * y ** (j - b)
+
+    out = []
+    for a, b in derivative_multi_indices(2):
+        value = torch.zeros_like(x)
+        for (i, j), coefficient in c.items():
+            value = value + coefficient * (derivative(i, j, a, b) + sigma**2 / 2
+                                           * (derivative(i, j, a + 2, b) + derivative(i, j, a, b + 2)))
+        out.append(value)
+    return torch.stack(out)
+
+
+MONOMIALS = [(i, j) for i in range(4) for j in range(4 - i)]
+
+
+@settings(max_examples=20, deadline=None)
+@given(c=st.lists(coefficient, min_size=len(MONOMIALS), max_size=len(MONOMIALS)),
+       sigma=st.sampled_from([0.5, 1.0, 1.7]), spacing=st.sampled_from([1.0, 0.5]))
+def test_gaussian_exact_on_cubics(c, sigma, spacing):
+    """The Gaussian jet of a cubic is exactly the jet of the blurred cubic, with true scale and
+    sign (never L1-normalised): the moments of every kernel are the continuous ones."""
+    coefficients = dict(zip(MONOMIALS, c, strict=True))
+    x, y = pixel_coordinates(21, 23, spacing, dtype=torch.float64)
+    u = sum(v * x**i * y**j for (i, j), v in coefficients.items())
+    d = jet(u[None, None], stencil="gaussian", sigma=sigma * spacing, spacing=spacing)[0, 0]
+    radius = (stencil_kernels("gaussian", 2, sigma).shape[-1]) // 2
+    inner = (slice(None), slice(radius, -radius), slice(radius, -radius))
+    torch.testing.assert_close(d[inner], _polynomial_jet(coefficients, x, y, sigma * spacing)[inner],
+                               rtol=1e-9, atol=1e-9)
+
+
+def test_gaussian_moments_are_exact():
+    """The derivative of x is 1, of x^2 / 2 is 1, of x^3 / 6 is 1; lower moments vanish; blurring
+    adds sigma^2 / 2 to x^2 / 2."""
+    for sigma in (0.5, 1.0, 2.5):
+        for a in range(3):
+            w = gaussian_derivative_weights(a, sigma, order=2)
+            k = np.arange(len(w)) - len(w) // 2
+            moments = [float(w @ (k**m)) / math.factorial(m) for m in range(4)]
+            expected = [float(m == a) for m in range(4)]
+            if a == 0:
+                expected[2] = sigma**2 / 2
+            if a == 1:
+                expected[3] = sigma**2 / 2
+            np.testing.assert_allclose(moments, expected, rtol=0, atol=1e-11)
+        assert len(w) == 2 * max(math.ceil(4 * sigma), 2) + 1
+
+
+@pytest.mark.parametrize("stencil", ["central", "isotropic", "gaussian"])
+@pytest.mark.parametrize("boundary", ["replicate", "circular", "zeros"])
+def test_rot90_rotates_the_jet_exactly(stencil, boundary):
+    """Symmetric kernels: the jet of the quarter-turned image is the quarter-turned jet, with
+    (u_x, u_y) -> (-u_y, u_x) and (u_xx, u_xy, u_yy) -> (u_yy, -u_xy, u_xx)."""
+    sigma = 1.2 if stencil == "gaussian" else None
+    u = torch.rand(2, 1, 15, 15, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    d = jet(u, stencil=stencil, boundary=boundary, sigma=sigma)
+    for k in (1, 2, 3):
+        expected = d
+        for _ in range(k):
+            expected = _rotated_jet(torch.rot90(expected, 1, (-2, -1)))
+        moved = jet(torch.rot90(u, k, (-2, -1)), stencil=stencil, boundary=boundary, sigma=sigma)
+        torch.testing.assert_close(moved, expected, rtol=0, atol=1e-12)
+    # Sanity of the test itself: the plain rot90 of the jet (no transform) is not the answer.
+    assert (jet(torch.rot90(u, 1, (-2, -1)), stencil=stencil, boundary=boundary, sigma=sigma)
+            - torch.rot90(d, 1, (-2, -1))).abs().max() > 1e-2
+
+
+def _blurred_blob(t: torch.Tensor, width: float, sigma: float, centre: float) -> torch.Tensor:
+    """``G_sigma * exp(-(t - c)^2 / (2 w^2))`` in 1-D: a Gaussian of variance ``w^2 + sigma^2``."""
+    variance = width**2 + sigma**2
+    return width / math.sqrt(variance) * torch.exp(-((t - centre) ** 2) / (2 * variance))
+
+
+@pytest.mark.parametrize("sigma", [1.0, 1.5])
+def test_gaussian_jet_is_the_derivative_of_the_blurred_image(sigma):
+    """u = an anisotropic Gaussian blob; its exact blur by G_sigma is again one, so the exact
+    derivatives of G_sigma * u are known (autograd of the closed form). The Gaussian jet agrees
+    to 1e-3 of each derivative's largest value (measured: 6e-7 for u .. 9e-4 for u_yy at
+    sigma = 1.5, the truncation at 4 sigma; the blur itself changes them by 4 .. 25 %)."""
+    x, y = pixel_coordinates(45, 45, 1.0, dtype=torch.float64)
+    x.requires_grad_(True)
+    y.requires_grad_(True)
+    widths, centre = (6.0, 4.0), (0.7, -0.4)
+    u = torch.exp(-((x - centre[0]) ** 2) / (2 * widths[0] ** 2)
+                  - (y - centre[1]) ** 2 / (2 * widths[1] ** 2))
+
+    def exact_jet(s):
+        value = _blurred_blob(x, widths[0], s, centre[0]) * _blurred_blob(y, widths[1], s, centre[1])
+        ux, uy = torch.autograd.grad(value.sum(), (x, y), create_graph=True)
+        uxx, uxy = torch.autograd.grad(ux.sum(), (x, y), retain_graph=True)
+        uyy = torch.autograd.grad(uy.sum(), y, retain_graph=True)[0]
+        return torch.stack([value, ux, uy, uxx, uxy, uyy]).detach()[:, 12:-12, 12:-12]
+
+    d = jet(u.detach()[None, None], stencil="gaussian", sigma=sigma, boundary="zeros")[0, 0]
+    d = d[:, 12:-12, 12:-12]
+    truth, unblurred = exact_jet(sigma), exact_jet(0.0)
+    scale = truth.abs().amax((1, 2))
+    error = (d - truth).abs().amax((1, 2)) / scale
+    assert torch.all(error < 1e-3), error
+    assert torch.all((unblurred - truth).abs().amax((1, 2)) / scale > 0.04)
+
+
+def test_scale_normalised_jets_agree_across_spacings():
+    """The same samples read with spacing 1 and sigma s, or with spacing 0.37 and sigma 0.37 s
+    (the same image, shrunk): the scale-normalised jets agree to rounding, the plain ones differ
+    by 0.37^-(a+b)."""
+    u = torch.rand(1, 2, 20, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    coarse = jet(u, stencil="gaussian", sigma=1.5, spacing=1.0)
+    fine = jet(u, stencil="gaussian", sigma=1.5 * 0.37, spacing=0.37)
+    torch.testing.assert_close(scale_normalised(fine, 1.5 * 0.37), scale_normalised(coarse, 1.5),
+                               rtol=1e-12, atol=1e-14)
+    powers = torch.tensor([0.37 ** -(a + b) for a, b in derivative_multi_indices(2)],
+                          dtype=torch.float64)
+    torch.testing.assert_close(fine, coarse * powers[:, None, None], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(scale_normalised(coarse, 2.0)[:, :, 5], 4.0 * coarse[:, :, 5])
+
+
+def test_sigma_belongs_to_the_gaussian_family_only():
+    assert stencil_has_scale("gaussian") and not stencil_has_scale("central")
+    u = torch.rand(1, 1, 12, 12)
+    with pytest.raises(ValueError, match="'gaussian' stencil needs sigma"):
+        jet(u, stencil="gaussian")
+    with pytest.raises(ValueError, match="'central' stencil has no scale"):
+        jet(u, sigma=1.0)
+    with pytest.raises(ValueError, match="at least 0.5 pixels"):
+        jet(u, stencil="gaussian", sigma=0.4)
+    with pytest.raises(ValueError, match="at least 0.5 pixels"):
+        Jet(stencil="gaussian", sigma=0.4, spacing=1.0)
+    module = Jet(stencil="gaussian", sigma=0.3, spacing=0.5)  # 0.6 pixels
+    torch.testing.assert_close(module(u), jet(u, stencil="gaussian", sigma=0.3, spacing=0.5))
+    assert module.state_dict() == {} and "sigma=0.3" in repr(module)
+
+
+def test_gaussian_heat_bound_uses_its_sigma():
+    """The symbol of -Δ(G_sigma * .) is |ω|² exp(-sigma² |ω|² / 2), largest at |ω|² = 2 / sigma²:
+    2 / (e sigma²), far below the central stencil's 8 (and 4x smaller at half the spacing)."""
+    for sigma in (1.0, 2.0):
+        assert laplacian_max_eigenvalue("gaussian", 1.0, sigma) == pytest.approx(
+            2 / (math.e * sigma**2), rel=5e-3)
+    assert laplacian_max_eigenvalue("gaussian", 0.5, 1.0) == pytest.approx(
+        4 * laplacian_max_eigenvalue("gaussian", 1.0, 2.0), rel=1e-12)

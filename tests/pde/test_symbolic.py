@@ -118,6 +118,81 @@ def test_ready_groups_complete_and_invariant(name):
             assert is_invariant(expr, name), expr
 
 
+# ----------------------------------------------------------------------------- several channels
+
+
+@pytest.mark.parametrize("field", [
+    VectorField(-y, x, 0), VectorField(x, y, 0), VectorField(x * y, x, x * u**2),
+    VectorField(0, 0, u), VectorField(0, 0, 1),
+])
+def test_joint_prolongation_transforms_every_channel_alike(field):
+    """On C = 3 channels, channel c's coefficients are the one-channel ones with u -> uc; the
+    total derivatives of the vector-valued jet add no cross-channel terms for such fields."""
+    single = prolong(field, 2)
+    joint = prolong(field, 2, channels=3)
+    space = JetSpace(2, channels=3)
+    assert set(joint) == {x, y, *space.derivatives}
+    for c in range(3):
+        rename = dict(zip(J2.derivatives, space.channel_derivatives(c), strict=True))
+        for symbol, value in single.items():
+            key = rename.get(symbol, symbol)
+            assert sp.expand(joint[key] - value.xreplace(rename)) == 0, (c, symbol)
+
+
+def test_joint_jet_space_names_and_dimension():
+    space = JetSpace(1, channels=2)
+    assert [str(s) for s in space.derivatives] == ["u1", "u1_x", "u1_y", "u2", "u2_x", "u2_y"]
+    assert JetSpace(2, channels=3).dimension == 2 + 3 * 6
+    with pytest.raises(ValueError, match="channels must be a positive integer"):
+        JetSpace(2, channels=0)
+    with pytest.raises(ValueError, match="xi may not depend on u"):
+        prolong(VectorField(u, 0, 0), 1, channels=2)
+
+
+# Counted by hand: the groups act freely on generic jets, so s = dim G and the count is
+# 2 + C binom(n + 2, 2) - dim G: SE(2) (dim 3) 8 - 3 = 5 and 14 - 3 = 11, SIM(2) (dim 4) 4 and 10.
+JOINT_COUNTS = {("se2", 1): 5, ("se2", 2): 11, ("sim2", 1): 4, ("sim2", 2): 10}
+
+
+@pytest.mark.parametrize("name, order", list(JOINT_COUNTS))
+def test_joint_invariants_of_two_channels_complete_and_invariant(name, order):
+    result = find_invariants(name, order, 3 if order == 2 else 2, channels=2)
+    assert result.expected_count == JOINT_COUNTS[(name, order)] == result.found_count, str(result)
+    assert result.jet_dimension == 2 + 2 * (3 if order == 1 else 6)
+    assert jacobian_rank(result.expressions) == result.found_count
+    for expr in result.expressions:
+        assert is_invariant(expr, name), expr
+    # Genuinely joint: some invariant couples the two channels.
+    assert any({"u1", "u2"} <= {str(s)[:2] for s in e.free_symbols} for e in result.expressions)
+
+
+def test_joint_criterion_rejects_non_invariants():
+    u1x, u1y, u2x, u2y = (JetSpace(1, channels=2).symbol(a, b, c)
+                          for c in (0, 1) for a, b in ((1, 0), (0, 1)))
+    assert is_invariant(u1x * u2x + u1y * u2y, "se2")
+    assert not is_invariant(u1x * u2x - u1y * u2y, "se2")
+    assert not is_invariant(u1x * u2y + u1y * u2x, "se2")
+    assert not is_invariant(u1x * u2x + u1y * u2y, "sim2")  # weight -2 under scaling
+
+
+def test_eqpdenet_symbolic_prints_the_joint_counts(capsys):
+    from eqpdenet.app.cli import main
+
+    assert main(["symbolic", "--channels", "2", "se2", "sim2"]) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| se2 |") or line.startswith("| sim2 |")]
+    # group, order, dim J, orbit dim, expected, found
+    assert [(r[0][2:], int(r[1]), int(r[3]), int(r[4]), int(r[5]), int(r[6])) for r in rows] == [
+        ("se2", 1, 8, 3, 5, 5), ("se2", 2, 14, 3, 11, 11),
+        ("sim2", 1, 8, 4, 4, 4), ("sim2", 2, 14, 4, 10, 10)]
+
+
+def test_compile_refuses_joint_invariants():
+    u1x, u2x = JetSpace(1, channels=2).symbol(1, 0, 0), JetSpace(1, channels=2).symbol(1, 0, 1)
+    with pytest.raises(ValueError, match="JointInvariants"):
+        compile_invariants([u1x * u2x], "joint")
+
+
 def test_se2_derived_set_is_functionally_equivalent_to_eq4():
     derived = find_invariants("se2", 2, 3).expressions
     paper = list(PAPER_INVARIANTS["se2"])

@@ -116,7 +116,9 @@ def describe_layer(layer: PDELayer, digits: int = 3) -> str:
             f"  {pde_formula(pde, 'unicode', digits)}",
             f"  LaTeX: {pde_formula(pde, 'latex', digits)}",
             f"  T = {pde.T:g}, dt = {step.dt:g}, steps = {pde.steps}, stencil = "
-            f"{rhs.jet.stencil}, h = {rhs.jet.spacing:g}, boundary = {rhs.jet.boundary}; "
+            f"{rhs.jet.stencil}"
+            + ("" if rhs.jet.sigma is None else f" (σ = {rhs.jet.sigma:g})")
+            + f", h = {rhs.jet.spacing:g}, boundary = {rhs.jet.boundary}; "
             f"diffusion check a·dt <= {stability['max_a_dt']:g}: {stable}",
             "  invariants: " + "; ".join(f"{inv.name} = {inv.unicode}"
                                          for inv in rhs.invariant_set.invariants),

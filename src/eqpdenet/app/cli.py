@@ -206,7 +206,7 @@ def _study(args) -> int:
 def _symbolic(args) -> int:
     from .symbolic_table import print_table
 
-    print_table(args.groups)
+    print_table(args.groups, args.channels)
     return 0
 
 
@@ -365,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     symbolic = commands.add_parser("symbolic", help="differential invariants of the ready Lie "
                                    "groups, found symbolically, with the counts theory predicts")
     symbolic.add_argument("groups", nargs="*", help="group names (default: all ready groups)")
+    symbolic.add_argument("--channels", type=int, default=1, metavar="C",
+                          help="joint invariants of C channels u1 ... uC, orders 1 and 2 "
+                               "(default 1: one channel u, orders 1 to 3)")
     symbolic.set_defaults(handler=_symbolic)
 
     report = commands.add_parser("report", help="Markdown table and plot from a results folder")

@@ -316,6 +316,7 @@ def git_commit() -> str:
 LATER_FIELDS: dict[tuple[str, ...], object] = {
     ("model", "layer", "backend"): "auto",
     ("model", "layer", "recompute"): False,
+    ("model", "layer", "sigma"): None,
     ("model", "in_channels"): 1,
     ("model", "standardize"): "auto",
     ("model", "head"): "perceptron",

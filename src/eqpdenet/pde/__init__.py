@@ -2,6 +2,7 @@
 
 * :mod:`~eqpdenet.pde.stencils`: finite-difference stencils and the jet (eq. (10)).
 * :mod:`~eqpdenet.pde.invariants`: differential invariants in named sets (eqs. (4), (5)).
+* :mod:`~eqpdenet.pde.joint`: joint SE(2) / SIM(2) invariants of several channels.
 * :mod:`~eqpdenet.pde.symbolic`: invariants of any Lie group from its generators (needs SymPy;
   not imported here).
 * :mod:`~eqpdenet.pde.rhs`: ``F_theta`` and the right-hand side ``u -> F_theta(I(jet(u)))``.
@@ -20,6 +21,7 @@ from .invariants import (
     register_invariant_set,
     safe_ratio,
 )
+from .joint import JOINT_GROUPS, JointInvariants
 from .layer import INITS, REDUCTIONS, LayerConfig, PDELayer, make_reduction
 from .rhs import (
     RIGHT_HAND_SIDES,
@@ -45,6 +47,7 @@ __all__ = [
     "DEFAULT_RATIO_EPS",
     "INITS",
     "INVARIANT_SETS",
+    "JOINT_GROUPS",
     "REDUCTIONS",
     "RIGHT_HAND_SIDES",
     "STENCILS",
@@ -57,6 +60,7 @@ __all__ = [
     "InvariantSystemRHS",
     "InvariantSet",
     "Jet",
+    "JointInvariants",
     "LayerConfig",
     "LinearF",
     "MonomialF",

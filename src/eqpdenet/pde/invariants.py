@@ -36,7 +36,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, InputError
 from ..registry import Registry
-from .stencils import derivative_names
+from .stencils import derivative_names, jet_order
 
 __all__ = [
     "DEFAULT_RATIO_EPS",
@@ -53,24 +53,31 @@ __all__ = [
 DEFAULT_RATIO_EPS = 0.1
 
 
-def safe_ratio(a: Tensor, b: Tensor, eps: float = DEFAULT_RATIO_EPS) -> Tensor:
-    """Regularised ``a / b = a b / (b^2 + eps^2)``: finite and smooth for every finite input."""
+def safe_ratio(a: Tensor, b: Tensor, eps: float = DEFAULT_RATIO_EPS,
+               reference_sq: Tensor | None = None) -> Tensor:
+    """Regularised ``a / b = a b / (b^2 + eps^2)``: finite and smooth for every finite input.
+
+    With ``reference_sq``, a tensor that scales like ``b^2`` (e.g. ``|H|^2 + |grad u|^4`` for a
+    second-order ``b``), the regulariser scales with it and ``eps`` is dimensionless::
+
+        safe_ratio(a, b, eps, reference_sq) = a b / (b^2 + eps^2 reference_sq + tiny)
+
+    so the ratio is exactly as invariant under ``p -> lambda p`` as ``a / b`` itself. ``tiny``
+    (``torch.finfo(dtype).tiny``) only turns ``0 / 0`` (``b = reference_sq = 0``) into 0.
+    """
     if not eps > 0:
         raise ConfigError(f"ratio regularisation eps must be positive, got {eps!r}")
-    return a * b / (b * b + eps * eps)
+    if reference_sq is None:
+        return a * b / (b * b + eps * eps)
+    tiny = torch.finfo(torch.result_type(b, reference_sq)).tiny
+    return a * b / (b * b + eps * eps * reference_sq + tiny)
 
 
 class Derivatives:
     """Read-only view of a jet ``(..., D, H, W)`` by name: ``d.u_x`` is ``jet[..., 1, :, :]``."""
 
     def __init__(self, jet: Tensor):
-        channels = jet.shape[-3]
-        order = 0
-        while (order + 1) * (order + 2) // 2 < channels:
-            order += 1
-        if (order + 1) * (order + 2) // 2 != channels:
-            raise InputError(f"a jet has (n+1)(n+2)/2 channels for some order n, got {channels}")
-        self._order = order
+        order = self._order = jet_order(jet.shape[-3])
         for index, name in enumerate(derivative_names(order)):
             setattr(self, name, jet[..., index, :, :])
 

@@ -35,7 +35,7 @@ from ..registry import Registry
 from .integrators import EulerFlow, EulerStep, steps_for
 from .invariants import DEFAULT_RATIO_EPS, INVARIANT_SETS, InvariantSet, get_invariant_set
 from .rhs import RIGHT_HAND_SIDES, InvariantRHS, MonomialF
-from .stencils import BOUNDARIES, STENCILS
+from .stencils import BOUNDARIES, STENCILS, check_sigma
 
 __all__ = [
     "INITS",
@@ -142,6 +142,9 @@ class LayerConfig:
             ``"polynomial"``); ``degree`` for the polynomial.
         T, dt: time horizon and Euler step; ``steps = floor(T / dt)``.
         stencil, spacing, boundary: how derivatives are computed.
+        sigma: the scale of a stencil family that has one (``gaussian``: the standard deviation
+            of its Gaussian, in the unit of ``x`` like ``spacing``); None (the default) for the
+            others, which refuse one.
         ratio_eps: regularisation scale of ratio invariants (eq. (5)).
         reduction: :data:`REDUCTIONS`: ``"linear"`` (the paper's), ``"mean"``, ``"max"``,
             ``"concat"``.
@@ -163,6 +166,7 @@ class LayerConfig:
     stencil: str = "central"
     spacing: float = 1.0
     boundary: str = "replicate"
+    sigma: float | None = None
     ratio_eps: float = DEFAULT_RATIO_EPS
     reduction: str = "linear"
     init: str = "zeros"
@@ -186,6 +190,7 @@ class LayerConfig:
         require_positive(self.spacing, "layer.spacing")
         require_positive(self.ratio_eps, "layer.ratio_eps")
         STENCILS.check(self.stencil, "layer.stencil")
+        self.sigma = check_sigma(self.stencil, self.sigma, self.spacing, "layer.sigma")
         BOUNDARIES.check(self.boundary, "layer.boundary")
         REDUCTIONS.check(self.reduction, "layer.reduction")
         INITS.check(self.init, "layer.init")
@@ -338,7 +343,7 @@ class PDELayer(nn.Module):
         for index, invariants in enumerate(config.invariants):
             invariant_set = get_invariant_set(invariants)
             rhs = InvariantRHS(invariant_set, config.rhs, config.degree, config.stencil,
-                               config.spacing, config.boundary, config.ratio_eps)
+                               config.spacing, config.boundary, config.ratio_eps, config.sigma)
             with torch.no_grad():
                 init(rhs.F, invariant_set, config.init_scale, generator)
                 if config.init_noise:

@@ -152,6 +152,7 @@ class InvariantRHS(nn.Module):
         degree: degree of a polynomial ``F``.
         stencil, spacing, boundary: how the jet is computed (:class:`~eqpdenet.pde.stencils.Jet`).
         ratio_eps: regularisation scale of ratios (:func:`~eqpdenet.pde.invariants.safe_ratio`).
+        sigma: scale of a stencil family that has one (``gaussian``), in the unit of ``x``.
 
     ``forward``: ``(B, C, H, W) -> (B, C, H, W)``, each channel independently; the fixed stencils
     are a non-persistent buffer, so ``state_dict`` holds only ``F``'s parameters.
@@ -164,11 +165,11 @@ class InvariantRHS(nn.Module):
 
     def __init__(self, invariants: str | InvariantSet = "se2", rhs: str = "linear", degree: int = 1,
                  stencil: str = "central", spacing: float = 1.0, boundary: str = "replicate",
-                 ratio_eps: float = DEFAULT_RATIO_EPS):
+                 ratio_eps: float = DEFAULT_RATIO_EPS, sigma: float | None = None):
         super().__init__()
         self.invariant_set = get_invariant_set(invariants)
         self.ratio_eps = require_positive(ratio_eps, "ratio_eps")
-        self.jet = Jet(self.invariant_set.order, stencil, spacing, boundary)
+        self.jet = Jet(self.invariant_set.order, stencil, spacing, boundary, sigma)
         self.F = make_rhs(rhs, len(self.invariant_set), degree)
 
     def invariants(self, u: Tensor) -> Tensor:
@@ -186,7 +187,7 @@ class InvariantRHS(nn.Module):
 
     def laplacian_max_eigenvalue(self) -> float:
         """Largest eigenvalue of the discrete ``-(u_xx + u_yy)`` of this right-hand side's jet."""
-        return laplacian_max_eigenvalue(self.jet.stencil, self.jet.spacing)
+        return laplacian_max_eigenvalue(self.jet.stencil, self.jet.spacing, self.jet.sigma)
 
     def extra_repr(self) -> str:
         return f"invariants={self.invariant_set.name!r}, ratio_eps={self.ratio_eps}"

@@ -22,6 +22,16 @@ Stencils come from a registry keyed by name:
     Hessian (``u_xx`` smoothed across by ``[1, 10, 1] / 12``, whose sum with ``u_yy`` is the
     isotropic 9-point Laplacian ``[[1, 4, 1], [4, -20, 4], [1, 4, 1]] / 6``; ``u_xy`` is already
     isotropic). Still exact on polynomials of degree <= 2.
+``gaussian``
+    Derivatives of the image blurred by a Gaussian of standard deviation ``sigma``
+    (:func:`gaussian_derivative_weights`): ``K_(a,b) u = d_x^a d_y^b (G_sigma * u)``. The only
+    family with a scale: ``jet``, :class:`Jet` and ``LayerConfig`` take ``sigma`` (in the unit of
+    ``x``, like ``spacing``) for it, and refuse a ``sigma`` for the others. Any order.
+
+A family with a scale is registered with a builder ``builder(order, sigma)`` (``sigma`` in
+pixels), the others with ``builder(order)``; :func:`stencil_has_scale` tells them apart.
+:func:`scale_normalised` gives the scale-normalised jet ``sigma^(a+b) d_x^a d_y^b`` for
+scale-space use.
 
 Stencils are never normalised: they are derivative operators with their true scale and sign,
 divided by ``h^{a+b}`` for the grid spacing ``h``.
@@ -30,6 +40,7 @@ divided by ``h^{a+b}`` for the grid spacing ``h``.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections.abc import Callable
 
@@ -38,22 +49,29 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import check_images, require_positive
+from ..checks import check_images, require, require_positive
 from ..errors import ConfigError, InputError
 from ..registry import Registry
 
 __all__ = [
     "BOUNDARIES",
+    "GAUSSIAN_TRUNCATE",
+    "MIN_GAUSSIAN_SIGMA",
     "STENCILS",
     "Jet",
     "available_stencils",
+    "check_sigma",
     "derivative_index",
     "derivative_multi_indices",
     "derivative_names",
     "finite_difference_weights",
+    "gaussian_derivative_weights",
     "jet",
+    "jet_order",
     "laplacian_max_eigenvalue",
     "register_stencil",
+    "scale_normalised",
+    "stencil_has_scale",
     "stencil_kernels",
 ]
 
@@ -80,6 +98,16 @@ def derivative_names(order: int) -> tuple[str, ...]:
     return tuple(
         "u" if a + b == 0 else "u_" + "x" * a + "y" * b for a, b in derivative_multi_indices(order)
     )
+
+
+def jet_order(size: int) -> int:
+    """The order ``n`` of a jet of ``size = (n + 1)(n + 2) / 2`` derivatives (InputError if none)."""
+    order = 0
+    while (order + 1) * (order + 2) // 2 < size:
+        order += 1
+    if (order + 1) * (order + 2) // 2 != size:
+        raise InputError(f"a jet has (n+1)(n+2)/2 channels for some order n, got {size}")
+    return order
 
 
 def derivative_index(name: str) -> int:
@@ -153,18 +181,89 @@ def _isotropic(order: int) -> dict[tuple[int, int], np.ndarray]:
     return {index: table[index] for index in derivative_multi_indices(order)}
 
 
-#: Stencil families: name -> ``builder(order)`` returning ``{(a, b): kernel}`` at unit spacing.
-STENCILS: Registry[Callable[[int], dict[tuple[int, int], np.ndarray]]] = Registry("stencil")
+#: Truncation radius of the ``gaussian`` family in standard deviations: the kernels have radius
+#: ``max(ceil(GAUSSIAN_TRUNCATE * sigma), order // 2 + 1)`` pixels.
+GAUSSIAN_TRUNCATE = 4.0
+
+#: Smallest ``sigma`` of the ``gaussian`` family, in pixels: below it the sampled Gaussian is
+#: hardly more than one tap and its moment system is ill-conditioned.
+MIN_GAUSSIAN_SIGMA = 0.5
+
+
+def _gaussian_moment(derivative: int, power: int, sigma: float) -> float:
+    """``int (-1)^a G^(a)(t) t^m / m! dt`` for the unit-mass Gaussian ``G`` of std ``sigma``.
+
+    By parts, ``(1 / (m - a)!) E[t^(m - a)]`` for ``m >= a`` (0 below): 1 for ``m = a`` (the
+    derivative of ``t^a / a!`` is 1), and ``sigma^2 / 2`` for ``a = 0, m = 2`` (blurring adds
+    ``sigma^2 / 2`` to ``t^2 / 2``).
+    """
+    j = power - derivative
+    if j < 0 or j % 2:
+        return 0.0
+    double_factorial = math.prod(range(j - 1, 0, -2)) if j else 1
+    return sigma**j * double_factorial / math.factorial(j)
+
+
+def gaussian_derivative_weights(derivative: int, sigma: float, order: int | None = None,
+                                truncate: float = GAUSSIAN_TRUNCATE) -> np.ndarray:
+    """1-D weights ``w_k`` (offsets ``k = -R .. R`` pixels) of ``d^a/dx^a (G_sigma * f)`` at 0.
+
+    Used by cross-correlation, ``sum_k w_k f(k)``. The weights are the sampled
+    ``(-1)^a G^(a)(k) = sigma^-a He_a(k / sigma) G(k)`` (``He`` the Hermite polynomials),
+    truncated at ``R = max(ceil(truncate sigma), M // 2 + 1)``, times the polynomial ``p`` of
+    degree ``M = max(order, derivative) + 1`` that makes the discrete moments exact:
+    ``sum_k w_k k^m / m! = int (-1)^a G^(a)(t) t^m / m! dt`` for ``m = 0 .. M`` (1 for
+    ``m = a``: the derivative of ``x^a / a!`` is 1; 0 below). So the stencil is exact on
+    polynomials of degree ``<= M``: it gives the derivative of the blurred polynomial, which for
+    degree ``<= a + 1`` is the derivative itself. ``p`` is 1 up to the small sampling and
+    truncation errors (at ``sigma = 1``, its coefficients differ from ``(1, 0, ...)`` by < 1e-3).
+    Never normalised otherwise: true scale and sign.
+    """
+    if not sigma >= MIN_GAUSSIAN_SIGMA:
+        raise ConfigError(f"the gaussian stencil needs sigma >= {MIN_GAUSSIAN_SIGMA} pixels, "
+                          f"got {sigma!r}")
+    degree = max(derivative if order is None else order, derivative) + 1
+    radius = max(math.ceil(truncate * sigma), degree // 2 + 1)
+    k = np.arange(-radius, radius + 1, dtype=np.float64)
+    z = k / sigma
+    hermite = np.polynomial.hermite_e.hermeval(z, [0.0] * derivative + [1.0])
+    shape = hermite * np.exp(-0.5 * z**2) / (math.sqrt(2 * math.pi) * sigma**(derivative + 1))
+    powers = np.arange(degree + 1)
+    factorials = np.array([math.factorial(int(m)) for m in powers], dtype=np.float64)
+    # A[m, j] = sum_k shape_k z_k^j k^m / m!; solve A c = moments for p(k) = sum_j c_j z_k^j.
+    basis = z[None, :] ** powers[:, None]
+    moments_of = (k[None, :] ** powers[:, None]) / factorials[:, None]
+    system = (moments_of * shape[None, :]) @ basis.T
+    target = np.array([_gaussian_moment(derivative, int(m), sigma) for m in powers])
+    coefficients = np.linalg.solve(system, target)
+    weights = shape * (coefficients @ basis)
+    residual = np.abs(moments_of @ weights - target).max()
+    if residual > 1e-9 * max(1.0, sigma**degree):  # pragma: no cover - a bug, not a user error
+        raise AssertionError(f"gaussian stencil moments off by {residual:g}")
+    return weights
+
+
+def _gaussian(order: int, sigma: float) -> dict[tuple[int, int], np.ndarray]:
+    one_d = [gaussian_derivative_weights(a, sigma, order) for a in range(order + 1)]
+    return {(a, b): _outer(one_d[a], one_d[b]) for a, b in derivative_multi_indices(order)}
+
+
+#: Stencil families: name -> ``builder(order)`` (or ``builder(order, sigma)`` for a family with a
+#: scale) returning ``{(a, b): kernel}`` at unit spacing.
+STENCILS: Registry[Callable[..., dict[tuple[int, int], np.ndarray]]] = Registry("stencil")
 STENCILS.register("central", _central)
 STENCILS.register("isotropic", _isotropic)
+STENCILS.register("gaussian", _gaussian)
 
 
-def register_stencil(name: str, builder: Callable[[int], dict[tuple[int, int], np.ndarray]], *,
+def register_stencil(name: str, builder: Callable[..., dict[tuple[int, int], np.ndarray]], *,
                      replace: bool = False):
     """Add a stencil family: ``builder(order)`` returns ``{(a, b): kernel}`` at unit spacing.
 
     Kernels are square with odd size, indexed ``[row offset, column offset]`` (rows grow
-    downwards, so ``y`` derivatives use reversed rows) and are used by cross-correlation.
+    downwards, so ``y`` derivatives use reversed rows) and are used by cross-correlation. A
+    family with a scale takes it as a second argument named ``sigma`` (in pixels):
+    ``builder(order, sigma)``.
     """
     return STENCILS.register(name, builder, replace=replace)
 
@@ -174,10 +273,38 @@ def available_stencils() -> tuple[str, ...]:
     return STENCILS.names()
 
 
+def stencil_has_scale(name: str) -> bool:
+    """Whether the family ``name`` takes a scale ``sigma`` (its builder has a ``sigma`` argument)."""
+    return "sigma" in inspect.signature(STENCILS.get(name)).parameters
+
+
+def check_sigma(stencil: str, sigma: float | None, spacing: float = 1.0,
+                field: str = "sigma") -> float | None:
+    """``sigma`` for ``stencil``: required (positive, at least :data:`MIN_GAUSSIAN_SIGMA` pixels,
+    i.e. ``spacing * MIN_GAUSSIAN_SIGMA``) for a family with a scale, ``None`` for the others."""
+    if not stencil_has_scale(stencil):
+        require(sigma is None, field, f"the {stencil!r} stencil has no scale; leave sigma out "
+                f"(only {', '.join(n for n in available_stencils() if stencil_has_scale(n))} "
+                f"take one)")
+        return None
+    require(sigma is not None, field, f"the {stencil!r} stencil needs sigma, the standard "
+            f"deviation of its Gaussian in the unit of x (like spacing)")
+    sigma = require_positive(sigma, field)
+    require(sigma / spacing >= MIN_GAUSSIAN_SIGMA, field,
+            f"must be at least {MIN_GAUSSIAN_SIGMA} pixels ({MIN_GAUSSIAN_SIGMA * spacing:g} "
+            f"at spacing {spacing:g}), got {sigma:g}")
+    return sigma
+
+
 @functools.cache
-def stencil_kernels(name: str, order: int) -> np.ndarray:
-    """Kernels of a stencil family at unit spacing, shape ``(D, k, k)`` in jet order (read-only)."""
-    table = STENCILS.get(name)(order)
+def stencil_kernels(name: str, order: int, sigma: float | None = None) -> np.ndarray:
+    """Kernels of a stencil family at unit spacing, shape ``(D, k, k)`` in jet order (read-only).
+
+    ``sigma`` (in pixels) is the scale of a family that has one (:func:`stencil_has_scale`).
+    """
+    sigma = check_sigma(name, sigma)
+    builder = STENCILS.get(name)
+    table = builder(order) if sigma is None else builder(order, sigma)
     indices = derivative_multi_indices(order)
     missing = [index for index in indices if index not in table]
     if missing:
@@ -199,11 +326,16 @@ STENCILS.on_change(lambda: (stencil_kernels.cache_clear(), laplacian_max_eigenva
 
 
 def jet_weight(
-    order: int, stencil: str, spacing: float, dtype: torch.dtype, device=None
+    order: int, stencil: str, spacing: float, dtype: torch.dtype, device=None,
+    sigma: float | None = None,
 ) -> Tensor:
-    """Convolution weight ``(D, 1, k, k)`` of the jet, scaled by ``spacing^-(a+b)``."""
+    """Convolution weight ``(D, 1, k, k)`` of the jet, scaled by ``spacing^-(a+b)``.
+
+    ``sigma`` (in the unit of ``x``) is the scale of a family that has one.
+    """
     require_positive(spacing, "spacing")
-    bank = stencil_kernels(stencil, order)
+    sigma = check_sigma(stencil, sigma, spacing)
+    bank = stencil_kernels(stencil, order, None if sigma is None else sigma / spacing)
     scales = np.array([spacing ** -(a + b) for a, b in derivative_multi_indices(order)])
     weight = torch.tensor(bank * scales[:, None, None], dtype=dtype, device=device)
     return weight[:, None]
@@ -232,6 +364,7 @@ def jet(
     stencil: str = "central",
     spacing: float = 1.0,
     boundary: str = "replicate",
+    sigma: float | None = None,
 ) -> Tensor:
     """All partial derivatives of ``u`` up to ``order``, by one convolution (eq. (10)).
 
@@ -241,6 +374,8 @@ def jet(
         stencil: a name from :func:`available_stencils`.
         spacing: grid spacing ``h`` (same unit as ``x`` and ``y``).
         boundary: ``replicate`` (default), ``zeros``, ``reflect`` or ``circular``.
+        sigma: for ``gaussian`` (a family with a scale), the standard deviation of the
+            Gaussian, in the unit of ``x`` (``sigma / spacing`` pixels); None for the others.
 
     Returns:
         ``(B, C, D, H, W)`` with ``D = (order + 1)(order + 2) / 2`` in the order of
@@ -250,21 +385,30 @@ def jet(
         >>> u = torch.rand(8, 1, 28, 28)
         >>> jet(u).shape
         torch.Size([8, 1, 6, 28, 28])
+        >>> jet(u, stencil="gaussian", sigma=1.0).shape  # derivatives of the blurred image
+        torch.Size([8, 1, 6, 28, 28])
     """
     check_images(u, "u")
-    return apply_jet_weight(u, jet_weight(order, stencil, spacing, u.dtype, u.device), boundary)
+    return apply_jet_weight(u, jet_weight(order, stencil, spacing, u.dtype, u.device, sigma),
+                            boundary)
 
 
 class Jet(nn.Module):
-    """Module form of :func:`jet`; its stencils are a non-persistent buffer (not in state_dict)."""
+    """Module form of :func:`jet`; its stencils are a non-persistent buffer (not in state_dict).
+
+    The buffer is built in float64 and cast to the input's dtype at each call, so a module moved
+    to float64 (``.double()``) keeps stencils exact to float64 (the ``gaussian`` and
+    ``isotropic`` weights are not representable in float32).
+    """
 
     def __init__(self, order: int = 2, stencil: str = "central", spacing: float = 1.0,
-                 boundary: str = "replicate"):
+                 boundary: str = "replicate", sigma: float | None = None):
         super().__init__()
         BOUNDARIES.get(boundary)
         self.order, self.stencil, self.spacing, self.boundary = order, stencil, spacing, boundary
+        self.sigma = sigma
         self.register_buffer(
-            "weight", jet_weight(order, stencil, spacing, torch.get_default_dtype()),
+            "weight", jet_weight(order, stencil, spacing, torch.float64, sigma=sigma),
             persistent=False,
         )
 
@@ -274,18 +418,35 @@ class Jet(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"order={self.order}, stencil={self.stencil!r}, spacing={self.spacing}, "
-                f"boundary={self.boundary!r}")
+                f"boundary={self.boundary!r}" + ("" if self.sigma is None
+                                                 else f", sigma={self.sigma}"))
+
+
+def scale_normalised(jet: Tensor, sigma: float) -> Tensor:
+    """The scale-normalised jet ``sigma^(a+b) d_x^a d_y^b u`` of a jet ``(..., D, H, W)``.
+
+    Lindeberg's normalisation (``gamma = 1``) for scale-space use: for a Gaussian jet at scale
+    ``sigma``, the normalised derivatives of ``u(p / lambda)`` at scale ``lambda sigma`` equal
+    those of ``u`` at scale ``sigma`` at the corresponding point. ``sigma`` in the unit of ``x``.
+    """
+    sigma = require_positive(sigma, "sigma")
+    order = jet_order(jet.shape[-3])
+    factors = torch.tensor([sigma ** (a + b) for a, b in derivative_multi_indices(order)],
+                           dtype=jet.dtype, device=jet.device)
+    return jet * factors[:, None, None]
 
 
 @functools.cache
-def laplacian_max_eigenvalue(stencil: str, spacing: float = 1.0) -> float:
+def laplacian_max_eigenvalue(stencil: str, spacing: float = 1.0,
+                             sigma: float | None = None) -> float:
     """Largest eigenvalue of ``-(u_xx + u_yy)`` for a stencil on an infinite/periodic grid.
 
     Forward Euler for the heat equation ``u_t = a (u_xx + u_yy)`` is stable iff
     ``0 <= a dt <= 2 / lambda_max``; for ``central`` ``lambda_max = 8 / h^2`` (``dt <= h^2 / 4a``),
-    for ``isotropic`` ``16 / (3 h^2)``.
+    for ``isotropic`` ``16 / (3 h^2)``. ``sigma`` (unit of ``x``) for a family with a scale.
     """
-    bank = stencil_kernels(stencil, 2)
+    sigma = check_sigma(stencil, sigma, spacing)
+    bank = stencil_kernels(stencil, 2, None if sigma is None else sigma / spacing)
     kernel = bank[derivative_index("u_xx")] + bank[derivative_index("u_yy")]
     radius = kernel.shape[0] // 2
     offsets = np.arange(-radius, radius + 1)

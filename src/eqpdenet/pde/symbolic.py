@@ -3,7 +3,8 @@
 The paper's approach "applies to any Lie group action provided that a generating set of
 differential invariants can be efficiently computed"; this module computes them. The setting is
 ``p = 2`` independent variables ``(x, y)`` (axes as in :mod:`eqpdenet.geometry`: ``x`` to the
-right, ``y`` up) and one dependent variable ``u``.
+right, ``y`` up) and one dependent variable ``u``, or several, ``u1 ... uC``, that the group
+transforms alike (``channels=C``: joint invariants, e.g. ``u1_x u2_x + u1_y u2_y``).
 
 1. Describe the action by the vector fields of its Lie algebra, ``xi_x d_x + xi_y d_y + phi d_u``
    (:class:`VectorField`), collected in a :class:`LieGroupAction`. Ready groups:
@@ -18,8 +19,9 @@ right, ``y`` up) and one dependent variable ``u``.
    rational invariants as ratios of *relative* invariants of equal weight (see below). The
    result is reduced to a functionally independent set by the rank of its Jacobian at a random
    (exact, rational) jet point and compared with the count the theory predicts,
-   ``dim J^(n) - s`` with ``dim J^(n) = 2 + C(n + 2, 2)`` and ``s`` the generic orbit dimension
-   of the prolonged action (rank of the prolonged fields' coefficients at a random point).
+   ``dim J^(n) - s`` with ``dim J^(n) = 2 + C binom(n + 2, 2)`` (``C`` channels) and ``s`` the
+   generic orbit dimension of the prolonged action (rank of the prolonged fields' coefficients
+   at a random point).
 4. :func:`compile_invariants` turns the expressions into an :class:`~eqpdenet.invariants.
    InvariantSet` (torch operations on the jet, every division through
    :func:`~eqpdenet.invariants.safe_ratio`) usable by :class:`~eqpdenet.pde.PDELayer`.
@@ -70,11 +72,13 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 from ..errors import ConfigError
 from ..registry import Registry
 from .invariants import Invariant, InvariantSet, register_invariant_set, safe_ratio
+from .joint import JointInvariants, JointTerm
 from .stencils import derivative_multi_indices, derivative_names
 
 __all__ = [
     "DEFAULT_DEGREES",
     "GROUPS",
+    "JOINT_DEGREES",
     "PAPER_INVARIANTS",
     "JetSpace",
     "LieGroupAction",
@@ -88,6 +92,7 @@ __all__ = [
     "get_group",
     "is_invariant",
     "jacobian_rank",
+    "joint_expressions",
     "prolong",
     "register_group",
     "unicode_formula",
@@ -107,41 +112,61 @@ class JetSpace:
 
     ``JetSpace(2).derivatives`` is ``(u, u_x, u_y, u_xx, u_xy, u_yy)`` (same order as
     :func:`eqpdenet.stencils.derivative_names`); ``coordinates`` prepends ``x, y``.
+
+    With ``channels = C > 1`` (a vector-valued ``u = (u1, ..., uC)``) every channel has its own
+    jet coordinates, channel by channel: ``JetSpace(1, channels=2).derivatives`` is
+    ``(u1, u1_x, u1_y, u2, u2_x, u2_y)``, and ``dim J^(n) = 2 + C binom(n + 2, 2)``.
     """
 
-    def __init__(self, order: int):
-        self.order = order
-        self.names = derivative_names(order)
+    def __init__(self, order: int, channels: int = 1):
+        if not isinstance(channels, int) or channels < 1:
+            raise ConfigError(f"channels must be a positive integer, got {channels!r}")
+        self.order, self.channels = order, channels
         self.multi_indices = derivative_multi_indices(order)
+        base = derivative_names(order)
+        if channels == 1:
+            self.names = base
+            self.dependent: tuple[sp.Symbol, ...] = (u,)
+        else:
+            self.names = tuple("u" + str(c) + name[1:] for c in range(1, channels + 1)
+                               for name in base)
+            self.dependent = tuple(sp.Symbol(f"u{c}", real=True) for c in range(1, channels + 1))
+        dependent = {symbol.name: symbol for symbol in self.dependent}
         self.derivatives: tuple[sp.Symbol, ...] = tuple(
-            u if name == "u" else sp.Symbol(name, real=True) for name in self.names
+            dependent.get(name) or sp.Symbol(name, real=True) for name in self.names
         )
         self.coordinates = (x, y, *self.derivatives)
-        self._by_index = dict(zip(self.multi_indices, self.derivatives, strict=True))
+        keys = [(c, a, b) for c in range(channels) for a, b in self.multi_indices]
+        self._by_index = dict(zip(keys, self.derivatives, strict=True))
 
     @property
     def dimension(self) -> int:
-        """``dim J^(n) = 2 + C(n + 2, 2)``."""
+        """``dim J^(n) = 2 + C binom(n + 2, 2)`` (``C`` channels)."""
         return len(self.coordinates)
 
-    def symbol(self, a: int, b: int) -> sp.Symbol:
-        """``u_J`` for ``J = (a x-derivatives, b y-derivatives)``."""
-        return self._by_index[(a, b)]
+    def symbol(self, a: int, b: int, channel: int = 0) -> sp.Symbol:
+        """``u_J`` of channel ``channel`` (from 0) for ``J = (a x-derivatives, b y-derivatives)``."""
+        return self._by_index[(channel, a, b)]
+
+    def channel_derivatives(self, channel: int) -> tuple[sp.Symbol, ...]:
+        """The jet coordinates of one channel (from 0), in jet order."""
+        return tuple(self._by_index[(channel, a, b)] for a, b in self.multi_indices)
 
     def total_derivative(self, expr: sp.Expr, axis: int) -> sp.Expr:
         """``D_x expr`` (``axis=0``) or ``D_y expr`` (``axis=1``); ``expr`` of order < ``order``."""
         step = (1, 0) if axis == 0 else (0, 1)
         out = sp.diff(expr, (x, y)[axis])
-        for (a, b), symbol in self._by_index.items():
+        for (c, a, b), symbol in self._by_index.items():
             if expr.has(symbol):
-                target = (a + step[0], b + step[1])
+                target = (c, a + step[0], b + step[1])
                 if target not in self._by_index:
                     raise ConfigError(f"D_{'xy'[axis]} of {expr} needs a jet of order > {self.order}")
                 out += sp.diff(expr, symbol) * self._by_index[target]
         return out
 
     def __repr__(self) -> str:
-        return f"JetSpace(order={self.order}, dimension={self.dimension})"
+        channels = f", channels={self.channels}" if self.channels > 1 else ""
+        return f"JetSpace(order={self.order}{channels}, dimension={self.dimension})"
 
 
 # ----------------------------------------------------------------------------- vector fields
@@ -183,48 +208,95 @@ class VectorField:
         return " + ".join(terms).replace("+ -", "- ") or "0"
 
 
-def prolong(field: VectorField, order: int) -> dict[sp.Symbol, sp.Expr]:
+def prolong(field: VectorField, order: int, channels: int = 1) -> dict[sp.Symbol, sp.Expr]:
     """The ``n``-th prolongation of ``field`` (Olver, Thm. 2.36): ``{coordinate: coefficient}``.
 
     Keys are ``x, y, u, u_x, ...`` (:attr:`JetSpace.coordinates`); the coefficient of ``u_J`` is
     ``phi^J = D_J (phi - xi_x u_x - xi_y u_y) + xi_x u_{J,x} + xi_y u_{J,y}``, expanded.
+
+    With ``channels = C > 1`` the field acts on every channel alike, ``xi_x d_x + xi_y d_y +
+    sum_c phi(x, y, u^c) d_{u^c}`` (the group moves the plane and transforms every channel's
+    values the same way), and ``phi^{c,J}`` is the formula above for each channel ``c``, with the
+    total derivatives of the vector-valued jet. ``xi`` may then not depend on ``u``.
     """
-    jet = JetSpace(order + 1)  # D_J Q involves order n + 1 terms, which cancel
-    characteristic = field.phi_u - field.xi_x * jet.symbol(1, 0) - field.xi_y * jet.symbol(0, 1)
+    if channels > 1 and (field.xi_x.has(u) or field.xi_y.has(u)):
+        raise ConfigError(f"{field}: on several channels the plane's part xi may not depend on u "
+                          f"(which channel's u would it be?)")
+    jet = JetSpace(order + 1, channels)  # D_J Q involves order n + 1 terms, which cancel
     out = {x: field.xi_x, y: field.xi_y}
-    # D_J Q for all |J| <= n, built up by total order: D_(a, b) = D_x D_(a-1, b) or D_y D_(a, b-1).
-    total: dict[tuple[int, int], sp.Expr] = {(0, 0): characteristic}
-    for a, b in derivative_multi_indices(order):
-        if (a, b) != (0, 0):
-            total[(a, b)] = (jet.total_derivative(total[(a - 1, b)], 0) if a
-                             else jet.total_derivative(total[(a, b - 1)], 1))
-        coefficient = sp.expand(total[(a, b)] + field.xi_x * jet.symbol(a + 1, b)
-                                + field.xi_y * jet.symbol(a, b + 1))
-        highest = {jet.symbol(i, order + 1 - i) for i in range(order + 2)}
-        if coefficient.free_symbols & highest:  # pragma: no cover - a bug, not a user error
-            raise AssertionError(f"prolongation of {field} did not cancel order {order + 1}")
-        out[jet.symbol(a, b)] = coefficient
+    for c, dependent in enumerate(jet.dependent):
+        phi = field.phi_u.xreplace({u: dependent})
+        characteristic = phi - field.xi_x * jet.symbol(1, 0, c) - field.xi_y * jet.symbol(0, 1, c)
+        # D_J Q for all |J| <= n, by total order: D_(a, b) = D_x D_(a-1, b) or D_y D_(a, b-1).
+        total: dict[tuple[int, int], sp.Expr] = {(0, 0): characteristic}
+        highest = {jet.symbol(i, order + 1 - i, k) for i in range(order + 2)
+                   for k in range(channels)}
+        for a, b in derivative_multi_indices(order):
+            if (a, b) != (0, 0):
+                total[(a, b)] = (jet.total_derivative(total[(a - 1, b)], 0) if a
+                                 else jet.total_derivative(total[(a, b - 1)], 1))
+            coefficient = sp.expand(total[(a, b)] + field.xi_x * jet.symbol(a + 1, b, c)
+                                    + field.xi_y * jet.symbol(a, b + 1, c))
+            if coefficient.free_symbols & highest:  # pragma: no cover - a bug, not a user error
+                raise AssertionError(f"prolongation of {field} did not cancel order {order + 1}")
+            out[jet.symbol(a, b, c)] = coefficient
     return out
 
 
-def criterion(expr: sp.Expr, field: VectorField, order: int | None = None) -> sp.Expr:
-    """``pr zeta (expr)``, simplified (``cancel``): zero iff ``expr`` is invariant under ``field``."""
+def criterion(expr: sp.Expr, field: VectorField, order: int | None = None,
+              channels: int | None = None) -> sp.Expr:
+    """``pr zeta (expr)``, simplified (``cancel``): zero iff ``expr`` is invariant under ``field``.
+
+    ``order`` and ``channels`` default to those of the jet coordinates in ``expr``.
+    """
     order = _expr_order(expr) if order is None else order
-    prolonged = prolong(field, order)
+    channels = _expr_channels(expr) if channels is None else channels
+    prolonged = prolong(field, order, channels)
     return sp.cancel(sum(coefficient * sp.diff(expr, symbol)
                          for symbol, coefficient in prolonged.items()))
 
 
 def is_invariant(expr: sp.Expr, group: LieGroupAction | str) -> bool:
-    """True if ``pr zeta_i (expr) = 0`` identically for every generator of the group."""
+    """True if ``pr zeta_i (expr) = 0`` identically for every generator of the group.
+
+    A rational ``expr = a / b`` (symbols other than jet coordinates are constants) is tested as
+    the polynomial identity ``b pr zeta(a) - a pr zeta(b) = 0`` (the quotient rule), exactly and
+    much faster than simplifying ``pr zeta(a / b)``; anything else through :func:`criterion`.
+    """
     group = get_group(group)
-    order = _expr_order(expr)
-    return all(criterion(expr, field, order) == 0 for field in group.fields)
+    expr = sp.sympify(expr)
+    order, channels = _expr_order(expr), _expr_channels(expr)
+    space = JetSpace(order, channels)
+    gens = (*space.coordinates, *sorted(expr.free_symbols - set(space.coordinates), key=str))
+    numerator, denominator = sp.fraction(sp.together(expr))
+    try:
+        a, b = sp.Poly(numerator, *gens), sp.Poly(denominator, *gens)
+        fields = [{symbol: sp.Poly(coefficient, *gens) for symbol, coefficient
+                   in prolong(field, order, channels).items() if coefficient != 0}
+                  for field in group.fields]
+    except sp.PolynomialError:
+        return all(criterion(expr, field, order, channels) == 0 for field in group.fields)
+
+    def apply(poly: sp.Poly, prolonged: dict) -> sp.Poly:
+        return sum((c * poly.diff(symbol) for symbol, c in prolonged.items()), sp.Poly(0, *gens))
+
+    return all((b * apply(a, prolonged) - a * apply(b, prolonged)).is_zero for prolonged in fields)
+
+
+_JET_NAME = re.compile(r"^u(\d*)(?:_([xy]+))?$")
 
 
 def _expr_order(expr: sp.Expr) -> int:
-    orders = [len(s.name) - 2 for s in sp.sympify(expr).free_symbols if s.name.startswith("u_")]
-    return max(orders, default=0)
+    matches = (_JET_NAME.match(s.name) for s in sp.sympify(expr).free_symbols)
+    return max((len(m.group(2) or "") for m in matches if m), default=0)
+
+
+def _expr_channels(expr: sp.Expr) -> int:
+    """Channels of a jet space holding every jet coordinate of ``expr``: 1 for ``u, u_x, ...``;
+    for numbered ones ``uc_J`` the largest ``c``, at least 2 (one channel is named ``u``)."""
+    matches = (_JET_NAME.match(s.name) for s in sp.sympify(expr).free_symbols)
+    numbers = [int(m.group(1)) for m in matches if m and m.group(1)]
+    return max(*numbers, 2) if numbers else 1
 
 
 # ----------------------------------------------------------------------------- groups
@@ -247,20 +319,21 @@ class LieGroupAction:
     def dimension(self) -> int:
         return len(self.fields)
 
-    def prolonged(self, order: int) -> list[dict[sp.Symbol, sp.Expr]]:
-        return [prolong(field, order) for field in self.fields]
+    def prolonged(self, order: int, channels: int = 1) -> list[dict[sp.Symbol, sp.Expr]]:
+        return [prolong(field, order, channels) for field in self.fields]
 
-    def orbit_dimension(self, order: int, seed: int = 0) -> int:
-        """Generic orbit dimension ``s`` on ``J^(n)``: rank of the prolonged coefficients."""
-        jet = JetSpace(order)
+    def orbit_dimension(self, order: int, seed: int = 0, channels: int = 1) -> int:
+        """Generic orbit dimension ``s`` on ``J^(n)`` (of ``channels`` channels): rank of the
+        prolonged coefficients at a random rational point."""
+        jet = JetSpace(order, channels)
         point = _random_point(jet.coordinates, random.Random(seed))
         rows = [[_exact(prolonged[c], point) for c in jet.coordinates]
-                for prolonged in self.prolonged(order)]
+                for prolonged in self.prolonged(order, channels)]
         return _rank(rows)
 
-    def expected_count(self, order: int) -> int:
+    def expected_count(self, order: int, channels: int = 1) -> int:
         """Number of functionally independent invariants of order ``<= n``: ``dim J^(n) - s``."""
-        return JetSpace(order).dimension - self.orbit_dimension(order)
+        return JetSpace(order, channels).dimension - self.orbit_dimension(order, channels=channels)
 
     def __str__(self) -> str:
         return f"{self.name}: " + ", ".join(str(field) for field in self.fields)
@@ -302,6 +375,7 @@ register_group(LieGroupAction("affine", (
     "affine group A(2) = GL(2) ⋉ R^2 of the plane"))
 
 #: Order and polynomial degree used for each ready group by :func:`symbolic_table`.
+#: ``JOINT_DEGREES`` is the same for several channels (``eqpdenet symbolic --channels C``).
 DEFAULT_DEGREES: dict[str, list[tuple[int, int]]] = {
     "se2": [(1, 2), (2, 3), (3, 3)],
     "scaling": [(1, 2), (2, 2), (3, 2)],
@@ -309,6 +383,7 @@ DEFAULT_DEGREES: dict[str, list[tuple[int, int]]] = {
     "se2_intensity_shift": [(2, 3), (3, 3)],
     "affine": [(1, 2), (2, 3), (3, 4)],
 }
+JOINT_DEGREES: list[tuple[int, int]] = [(1, 2), (2, 3)]
 
 _PAPER = {name: sp.Symbol(name, real=True) for name in derivative_names(2)[1:]}
 _ux, _uy, _uxx, _uxy, _uyy = (_PAPER[n] for n in ("u_x", "u_y", "u_xx", "u_xy", "u_yy"))
@@ -437,7 +512,8 @@ def jacobian_rank(exprs: Sequence[sp.Expr], variables: Sequence[sp.Symbol] | Non
     """
     exprs = [sp.sympify(e) for e in exprs]
     if variables is None:
-        variables = JetSpace(max((_expr_order(e) for e in exprs), default=0)).coordinates
+        variables = JetSpace(max((_expr_order(e) for e in exprs), default=0),
+                             max((_expr_channels(e) for e in exprs), default=1)).coordinates
     rng = random.Random(seed)
     for _ in range(10):
         point = _random_point(variables, rng)
@@ -475,6 +551,7 @@ class SymbolicInvariants:
         jet_dimension, orbit_dimension: ``dim J^(n)`` and ``s``.
         seconds: wall time of the search.
         notes: caveats (fewer found than predicted, group without translations, ...).
+        channels: number of dependent variables ``u1 ... uC`` (1: ``u``).
     """
 
     group: LieGroupAction
@@ -486,6 +563,7 @@ class SymbolicInvariants:
     orbit_dimension: int
     seconds: float
     notes: list[str] = dataclasses.field(default_factory=list)
+    channels: int = 1
 
     @property
     def found_count(self) -> int:
@@ -496,7 +574,8 @@ class SymbolicInvariants:
         return self.found_count == self.expected_count
 
     def __str__(self) -> str:
-        lines = [f"{self.group.name}, order {self.order}: {self.found_count} of "
+        channels = f", {self.channels} channels" if self.channels > 1 else ""
+        lines = [f"{self.group.name}{channels}, order {self.order}: {self.found_count} of "
                  f"{self.expected_count} expected invariants (dim J = {self.jet_dimension}, "
                  f"orbit dim = {self.orbit_dimension}, {self.seconds:.2f} s)"]
         lines += [f"  {unicode_formula(e)}" for e in self.expressions]
@@ -564,7 +643,8 @@ def _normalise(poly: sp.Poly) -> sp.Poly:
 
 
 def find_invariants(group: LieGroupAction | str, order: int, max_degree: int = 3,
-                    rational: bool = True, seed: int = 0) -> SymbolicInvariants:
+                    rational: bool = True, seed: int = 0,
+                    channels: int = 1) -> SymbolicInvariants:
     """Functionally independent differential invariants of order ``<= order`` (see module doc).
 
     Args:
@@ -574,12 +654,14 @@ def find_invariants(group: LieGroupAction | str, order: int, max_degree: int = 3
             searched (for ratios, numerator and denominator each).
         rational: also form ratios of relative invariants of equal weight.
         seed: seed of the random point of the rank tests.
+        channels: ``C`` dependent variables ``u1 ... uC`` transformed alike (see :func:`prolong`):
+            the joint invariants of the channels.
     """
     start = time.perf_counter()
     group = get_group(group)
-    jet = JetSpace(order)
+    jet = JetSpace(order, channels)
     gens = jet.derivatives
-    prolonged = group.prolonged(order)
+    prolonged = group.prolonged(order, channels)
     diagonal, other = [], []
     for p in prolonged:
         weights = _diagonal_weights(p, jet)
@@ -602,7 +684,7 @@ def find_invariants(group: LieGroupAction | str, order: int, max_degree: int = 3
             candidates += [_Rational(p, pivot) for p in relative[1:]]
     candidates.sort(key=lambda c: (c.denominator is not None, c.degree, c.terms,
                                    str(c.expr())))
-    expected_orbit = group.orbit_dimension(order, seed)
+    expected_orbit = group.orbit_dimension(order, seed, channels)
     expected = jet.dimension - expected_orbit
     rng = random.Random(seed)
     echelon, kept = _Echelon(), []
@@ -624,7 +706,7 @@ def find_invariants(group: LieGroupAction | str, order: int, max_degree: int = 3
         notes.append(f"found {len(kept)} of {expected}: raise max_degree (now {max_degree})"
                      + ("" if rational else " or allow rational invariants"))
     return SymbolicInvariants(group, order, max_degree, kept, expected, jet.dimension,
-                              expected_orbit, time.perf_counter() - start, notes)
+                              expected_orbit, time.perf_counter() - start, notes, channels)
 
 
 def _has_translations(group: LieGroupAction) -> bool:
@@ -697,6 +779,9 @@ def compile_invariants(symbolic: SymbolicInvariants | Sequence[sp.Expr], name: s
         equation = "compiled by eqpdenet.symbolic"
     if not exprs:
         raise ConfigError("no invariants to compile")
+    if max(_expr_channels(e) for e in exprs) > 1:
+        raise ConfigError("compile_invariants compiles invariants of one channel u; for joint "
+                          "invariants of several channels use eqpdenet.pde.joint.JointInvariants")
     order = max(max(_expr_order(e) for e in exprs), 0) if order is None else order
     invariants, used = [], set()
     for index, expr in enumerate(exprs):
@@ -731,3 +816,62 @@ def _ratio_function(numerator: Callable, denominator: Callable, fixed_eps: float
     def function(d, eps):
         return safe_ratio(numerator(d), denominator(d), fixed_eps if fixed_eps is not None else eps)
     return function
+
+
+# ----------------------------------------------------------------------------- joint invariants
+
+
+def _joint_term(term: JointTerm, jets: Sequence[Sequence[sp.Expr]]) -> sp.Expr:
+    """A :class:`~eqpdenet.pde.joint.JointTerm` of channels whose 2-jets are ``jets[c]``."""
+    def grad(c):
+        return jets[c][1], jets[c][2]
+
+    def hess(c):
+        return jets[c][3], jets[c][4], jets[c][5]
+
+    c = term.channels
+    if term.kind == "u":
+        return jets[c[0]][0]
+    if term.kind == "laplacian":
+        return jets[c[0]][3] + jets[c[0]][5]
+    if term.kind in ("grad_dot", "grad_det"):
+        (ax, ay), (bx, by) = grad(c[0]), grad(c[1])
+        return ax * bx + ay * by if term.kind == "grad_dot" else ax * by - ay * bx
+    if term.kind == "hess_dot":
+        (axx, axy, ayy), (bxx, bxy, byy) = hess(c[0]), hess(c[1])
+        return axx * bxx + 2 * axy * bxy + ayy * byy
+    (ax, ay), (hxx, hxy, hyy), (bx, by) = grad(c[0]), hess(c[1]), grad(c[2])
+    return ax * (hxx * bx + hxy * by) + ay * (hxy * bx + hyy * by)
+
+
+def joint_expressions(invariants: JointInvariants, eps: sp.Expr | float = 0) -> list[sp.Expr]:
+    """The maps of a :class:`~eqpdenet.pde.joint.JointInvariants` as SymPy expressions in the
+    2-jets of its channels (``JetSpace(2, channels)``), in the module's output order.
+
+    Mixing weights become the exact rationals of their floating-point values. For SIM(2),
+    ``eps = 0`` gives the plain ratios ``T / G``, ``T / N``; a number or symbol gives the
+    regularised ``T G / (G^2 + eps^2 N)`` the module computes (without its ``0 / 0`` guard).
+    """
+    space = JetSpace(2, invariants.channels)
+    inputs = [space.channel_derivatives(c) for c in range(invariants.channels)]
+    sources = {"input": inputs}
+    if invariants.mixing is not None:
+        weights = [[sp.Rational(float(w)) for w in row] for row in invariants.mixing.tolist()]
+        sources["mixture"] = [[sum(w * jet[d] for w, jet in zip(row, inputs, strict=True))
+                               for d in range(6)] for row in weights]
+    out = []
+    for block in invariants.blocks:
+        jets = sources[block.source]
+        for term in block.terms:
+            value = _joint_term(term, jets)
+            if not invariants.scale_invariant or term.weight == 0:
+                out.append(value)
+                continue
+            scope = [term.channels[0]] if block.per_channel else range(len(jets))
+            g = sum(jets[c][1] ** 2 + jets[c][2] ** 2 for c in scope)
+            n = g**2 + sum(jets[c][3] ** 2 + 2 * jets[c][4] ** 2 + jets[c][5] ** 2 for c in scope)
+            if term.weight == -4:
+                out.append(value / n)
+            else:
+                out.append(value / g if eps == 0 else value * g / (g**2 + eps**2 * n))
+    return out
