@@ -13,9 +13,9 @@ def test_parameter_counts():
     # 1*20*9 + 6*20*20*9 convolutions, 7 batch norms of 20, a 20 -> 10 classifier
     assert count_parameters(CNN()) == 180 + 6 * 3600 + 7 * 40 + 210
     small = InvariantPDENet(InvariantPDEConfig(channels=[4], blocks=[1], hidden=2.0))
-    # lift: 5 se2 invariants -> 4 channels + batch norm; F: 4*5 -> 8 (+BN) -> 4 (+bias);
-    # readout batch norm of 4 and a 4 -> 10 classifier
-    assert count_parameters(small) == (20 + 8) + (20 * 8 + 16 + 8 * 4 + 4) + 8 + 50
+    # lift: batch norm of the 5 se2 invariants, 5 -> 4 channels, batch norm; F: batch norm of
+    # the 4*5 invariants, 20 -> 8, batch norm, 8 -> 4 (+bias); readout batch norm, 4 -> 10
+    assert count_parameters(small) == (10 + 20 + 8) + (40 + 160 + 16 + 32 + 4) + 8 + 50
 
 
 def test_deep_model_logits_are_rot90_invariant_and_blocks_are_euler_steps():
@@ -34,10 +34,22 @@ def test_deep_model_logits_are_rot90_invariant_and_blocks_are_euler_steps():
     torch.testing.assert_close(steps[0](u), u + steps[0].dt * steps[0].rhs(u))
 
 
-def test_system_rhs_is_equivariant_and_names_its_invariants():
-    rhs = InvariantSystemRHS(3, "se2", hidden=5).double().eval()
-    assert rhs.names[:2] == ["u1:u", "u1:grad_sq"] and len(rhs.names) == 15
+@pytest.mark.parametrize("joint", ["channel", "mixtures", "all"])
+@pytest.mark.parametrize("group", ["se2", "sim2"])
+def test_system_rhs_is_equivariant_for_every_choice_of_invariants(group, joint):
+    torch.manual_seed(0)
+    rhs = InvariantSystemRHS(3, group, hidden=5, joint=joint, mixtures=2).double().eval()
+    assert len(rhs.names) == rhs.F[0].num_features
     assert_equivariant(rhs, torch.rand(2, 3, 12, 12, dtype=torch.float64))
+
+
+def test_per_channel_invariants_are_each_channels_own():
+    rhs = InvariantSystemRHS(2, "se2")
+    u = torch.rand(1, 2, 8, 8, dtype=torch.float64)
+    both = rhs.invariants(u)
+    alone = InvariantSystemRHS(1, "se2").invariants(u[:, 1:])
+    torch.testing.assert_close(both[:, 5:], alone)
+    assert rhs.names[5] == "u2"
 
 
 def test_plain_cnn_is_not_rotation_invariant():

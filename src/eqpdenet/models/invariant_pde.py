@@ -29,9 +29,10 @@ from torch import Tensor, nn
 
 from ..checks import check_images, require, require_int, require_positive
 from ..pde.integrators import EulerStep
-from ..pde.invariants import DEFAULT_RATIO_EPS, INVARIANT_SETS, get_invariant_set
-from ..pde.rhs import InvariantSystemRHS
-from ..pde.stencils import BOUNDARIES, STENCILS, Jet
+from ..pde.invariants import DEFAULT_RATIO_EPS
+from ..pde.joint import JOINT_GROUPS
+from ..pde.rhs import InvariantSystemRHS, invariant_maps
+from ..pde.stencils import BOUNDARIES, STENCILS, Jet, stencil_has_scale
 from .perceptron import Standardize
 
 __all__ = ["InvariantPDEConfig", "InvariantPDENet"]
@@ -45,10 +46,14 @@ class InvariantPDEConfig:
         channels: channels ``C_s`` of each stage.
         blocks: Euler steps (blocks, each with its own ``F``) of each stage.
         hidden: width of each ``F``'s hidden layer, as a multiple of the stage's channels.
-        invariants: invariant set computed for every channel (``se2``, ...).
+        group: the invariants' group, ``"se2"`` or ``"sim2"`` (scale invariant too).
+        joint, mixtures: which invariants each ``F`` sees: ``"channel"`` (each channel's
+            own), ``"mixtures"`` (plus the joint invariants of ``mixtures`` learned combinations
+            of the channels) or ``"all"`` (:class:`~eqpdenet.pde.rhs.InvariantSystemRHS`).
         dt: Euler step.
-        stencil, boundary: the jet's finite differences and boundary.
-        ratio_eps: regularisation of ratio invariants (sets that divide).
+        stencil, sigma, boundary: the jet's derivatives (``sigma`` in pixels, for the
+            ``gaussian`` stencil) and boundary.
+        ratio_eps: regularisation of ratio invariants (``sim2``).
         downsample: between stages: ``"pool"`` (2x2 average pooling) or ``"none"``.
         readout: global pooling over space: ``"max"``, ``"mean"`` or ``"meanmax"`` (both,
             concatenated).
@@ -58,9 +63,12 @@ class InvariantPDEConfig:
     channels: list[int] = field(default_factory=lambda: [12, 24, 32])
     blocks: list[int] = field(default_factory=lambda: [2, 2, 2])
     hidden: float = 1.0
-    invariants: str = "se2"
+    group: str = "se2"
+    joint: str = "channel"
+    mixtures: int = 4
     dt: float = 1.0
     stencil: str = "isotropic"
+    sigma: float = 1.0
     boundary: str = "zeros"
     ratio_eps: float = DEFAULT_RATIO_EPS
     downsample: str = "pool"
@@ -74,7 +82,11 @@ class InvariantPDEConfig:
             require_int(c, f"invariant_pde.channels[{index}]", 1)
             require_int(b, f"invariant_pde.blocks[{index}]", 0)
         require_positive(self.hidden, "invariant_pde.hidden")
-        INVARIANT_SETS.check(self.invariants, "invariant_pde.invariants")
+        JOINT_GROUPS.check(self.group, "invariant_pde.group")
+        require(self.joint in ("channel", "mixtures", "all"), "invariant_pde.joint",
+                "must be 'channel', 'mixtures' or 'all'")
+        require_int(self.mixtures, "invariant_pde.mixtures", 1)
+        require_positive(self.sigma, "invariant_pde.sigma")
         require_positive(self.dt, "invariant_pde.dt")
         STENCILS.check(self.stencil, "invariant_pde.stencil")
         BOUNDARIES.check(self.boundary, "invariant_pde.boundary")
@@ -85,21 +97,25 @@ class InvariantPDEConfig:
                 "must be 'max', 'mean' or 'meanmax'")
 
 
+def _sigma(config: InvariantPDEConfig) -> float | None:
+    return config.sigma if stencil_has_scale(config.stencil) else None
+
+
 class _Lift(nn.Module):
     """``f (B, C_in, H, W) -> (B, C_0, H, W)``: a pointwise map of the input's invariants."""
 
     def __init__(self, in_channels: int, channels: int, config: InvariantPDEConfig):
         super().__init__()
-        self.invariant_set = get_invariant_set(config.invariants)
-        self.ratio_eps = config.ratio_eps
-        self.jet = Jet(self.invariant_set.order, config.stencil, 1.0, config.boundary)
-        maps = in_channels * len(self.invariant_set)
+        self.invariants_of = invariant_maps(in_channels, config.group, "channel",
+                                            ratio_eps=config.ratio_eps)
+        self.jet = Jet(2, config.stencil, 1.0, config.boundary, sigma=_sigma(config))
+        maps = self.invariants_of.out_channels
         self.map = nn.Sequential(
             *([nn.BatchNorm2d(maps)] if config.normalize_invariants else []),
             nn.Conv2d(maps, channels, 1, bias=False), nn.BatchNorm2d(channels))
 
     def forward(self, f: Tensor) -> Tensor:
-        return self.map(self.invariant_set(self.jet(f), self.ratio_eps).flatten(1, 2))
+        return self.map(self.invariants_of(self.jet(f)))
 
 
 class InvariantPDENet(nn.Module):
@@ -132,10 +148,11 @@ class InvariantPDENet(nn.Module):
                 if config.downsample == "pool":
                     modules.append(nn.AvgPool2d(2))
             for block in range(blocks):
-                rhs = InvariantSystemRHS(channels, config.invariants,
-                                         max(1, round(config.hidden * channels)), config.stencil,
-                                         1.0, config.boundary, config.ratio_eps,
-                                         config.normalize_invariants)
+                rhs = InvariantSystemRHS(
+                    channels, config.group, max(1, round(config.hidden * channels)),
+                    joint=config.joint, mixtures=config.mixtures, stencil=config.stencil,
+                    boundary=config.boundary, sigma=_sigma(config), ratio_eps=config.ratio_eps,
+                    normalize_invariants=config.normalize_invariants)
                 modules.append(EulerStep(rhs, config.dt, name=f"stage{index}.block{block}"))
             stages.append(nn.Sequential(*modules))
         self.stages = nn.Sequential(*stages)

@@ -27,12 +27,15 @@ from ..checks import require_int, require_positive
 from ..errors import ConfigError
 from ..registry import Registry
 from .invariants import DEFAULT_RATIO_EPS, InvariantSet, get_invariant_set
+from .joint import JointInvariants
 from .stencils import Jet, laplacian_max_eigenvalue
 
 __all__ = [
     "RIGHT_HAND_SIDES",
     "InvariantRHS",
     "InvariantSystemRHS",
+    "PerChannelInvariants",
+    "invariant_maps",
     "LinearF",
     "MonomialF",
     "PolynomialF",
@@ -197,22 +200,26 @@ class InvariantSystemRHS(nn.Module):
     """The right-hand side of a system of PDEs ``du^c/dt = F^c_theta(I(u^1 ... u^C))``: a
     pointwise network of the differential invariants of all channels.
 
-    ``I`` stacks the invariants (of ``invariants``, e.g. ``se2``) of every channel,
-    ``K = C len(invariants)`` maps; ``F_theta`` is (with ``normalize_invariants``) a batch
-    normalisation of each invariant map (their scales differ by orders of magnitude), a 1x1
-    convolution ``K -> hidden``, batch normalisation, ReLU, and a 1x1 convolution
-    ``hidden -> C``. Every operation after the jet is
-    pointwise, so the system is equivariant under every group the invariants are invariant
-    under (up to the jet's discretisation). One explicit Euler step of it,
+    ``I`` (:class:`~eqpdenet.pde.joint.JointInvariants` of ``group``) is, by ``joint``:
+    ``"channel"``, the invariants of each channel alone (the paper's eq. (4) for SE(2));
+    ``"mixtures"``, those plus the joint invariants of ``mixtures`` learned linear combinations
+    of the channels; ``"all"``, every joint invariant of all pairs and triples (``O(C^3)`` maps).
+    ``F_theta`` is (with ``normalize_invariants``) a batch normalisation of each invariant map
+    (their scales differ by orders of magnitude), a 1x1 convolution ``K -> hidden``, batch
+    normalisation, ReLU, and a 1x1 convolution ``hidden -> C``. Every operation after the jet is
+    pointwise, so the system is equivariant under every transformation the invariants are
+    invariant under (up to the jet's discretisation). One explicit Euler step of it,
     ``u <- u + dt F_theta(I(u))`` (:class:`~eqpdenet.pde.integrators.EulerStep`), is a residual
     block.
 
     Args:
         channels: ``C``.
-        invariants: invariant set (name or object) computed for each channel.
+        group: ``"se2"`` or ``"sim2"`` (the invariants' group).
         hidden: width of ``F_theta``'s hidden layer (default ``C``).
-        stencil, spacing, boundary: how the jet is computed.
-        ratio_eps: regularisation scale of ratio invariants.
+        joint, mixtures: which invariants (above).
+        stencil, spacing, boundary, sigma: how the jet is computed (``sigma`` for the
+            ``gaussian`` stencil).
+        ratio_eps: regularisation scale of ratio invariants (``sim2``).
         normalize_invariants: batch-normalise each invariant map before ``F_theta`` mixes them.
 
     ``forward``: ``(B, C, H, W) -> (B, C, H, W)``.
@@ -223,17 +230,16 @@ class InvariantSystemRHS(nn.Module):
         torch.Size([2, 4, 10, 10])
     """
 
-    def __init__(self, channels: int, invariants: str | InvariantSet = "se2",
-                 hidden: int | None = None, stencil: str = "isotropic", spacing: float = 1.0,
-                 boundary: str = "replicate", ratio_eps: float = DEFAULT_RATIO_EPS,
-                 normalize_invariants: bool = True):
+    def __init__(self, channels: int, group: str = "se2", hidden: int | None = None, *,
+                 joint: str = "channel", mixtures: int = 4, stencil: str = "isotropic",
+                 spacing: float = 1.0, boundary: str = "replicate", sigma: float | None = None,
+                 ratio_eps: float = DEFAULT_RATIO_EPS, normalize_invariants: bool = True):
         super().__init__()
         self.channels = require_int(channels, "channels", 1)
         hidden = require_int(hidden if hidden is not None else channels, "hidden", 1)
-        self.invariant_set = get_invariant_set(invariants)
-        self.ratio_eps = require_positive(ratio_eps, "ratio_eps")
-        self.jet = Jet(self.invariant_set.order, stencil, spacing, boundary)
-        maps = channels * len(self.invariant_set)
+        self.invariants_of = invariant_maps(channels, group, joint, mixtures, ratio_eps)
+        self.jet = Jet(2, stencil, spacing, boundary, sigma=sigma)
+        maps = self.invariants_of.out_channels
         self.F = nn.Sequential(
             *([nn.BatchNorm2d(maps)] if normalize_invariants else []),
             nn.Conv2d(maps, hidden, 1, bias=False),
@@ -241,16 +247,43 @@ class InvariantSystemRHS(nn.Module):
 
     @property
     def names(self) -> list[str]:
-        """The invariant maps fed to ``F_theta``, in order (``u1:grad_sq`` ...)."""
-        return [f"u{c + 1}:{name}" for c in range(self.channels)
-                for name in self.invariant_set.names]
+        """The invariant maps fed to ``F_theta``, in order."""
+        return self.invariants_of.names
 
     def invariants(self, u: Tensor) -> Tensor:
-        """``(B, C, H, W) -> (B, C K, H, W)``."""
-        return self.invariant_set(self.jet(u), self.ratio_eps).flatten(1, 2)
+        """``(B, C, H, W) -> (B, K, H, W)``."""
+        return self.invariants_of(self.jet(u))
 
     def forward(self, u: Tensor) -> Tensor:
         return self.F(self.invariants(u))
 
-    def extra_repr(self) -> str:
-        return f"channels={self.channels}, invariants={self.invariant_set.name!r}"
+
+class PerChannelInvariants(nn.Module):
+    """The invariants of each channel alone: :class:`~eqpdenet.pde.joint.JointInvariants` of one
+    channel applied to every channel, ``(B, C, 6, H, W) -> (B, C K_1, H, W)``."""
+
+    def __init__(self, channels: int, group: str = "se2", ratio_eps: float = DEFAULT_RATIO_EPS):
+        super().__init__()
+        self.channels = require_int(channels, "channels", 1)
+        self.one = JointInvariants(1, group, ratio_eps=ratio_eps)
+        self.out_channels = channels * self.one.out_channels
+        self.names = [name.replace("1", str(c + 1)) for c in range(channels)
+                      for name in self.one.names]
+
+    def forward(self, jet: Tensor) -> Tensor:
+        batch, channels = jet.shape[:2]
+        maps = self.one(jet.reshape(batch * channels, 1, *jet.shape[2:]))
+        return maps.reshape(batch, channels * maps.shape[1], *maps.shape[2:])
+
+
+def invariant_maps(channels: int, group: str = "se2", joint: str = "channel", mixtures: int = 4,
+                   ratio_eps: float = DEFAULT_RATIO_EPS) -> nn.Module:
+    """The invariants of ``channels`` channels of ``group``: per channel, with ``mixtures``
+    learned joint combinations, or all joint (see :class:`InvariantSystemRHS`)."""
+    if joint == "channel":
+        return PerChannelInvariants(channels, group, ratio_eps)
+    if joint == "mixtures":
+        return JointInvariants(channels, group, require_int(mixtures, "mixtures", 1), ratio_eps)
+    if joint == "all":
+        return JointInvariants(channels, group, None, ratio_eps)
+    raise ConfigError(f"joint must be 'channel', 'mixtures' or 'all', got {joint!r}")
