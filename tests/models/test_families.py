@@ -85,3 +85,15 @@ def test_registry_builds_every_family_and_rejects_bad_options():
         InvariantPDEConfig(channels=[4, 8], blocks=[1])
     with pytest.raises(ConfigError, match="cnn.readout"):
         CNNConfig(readout="sum")
+
+
+def test_fast_se2_per_channel_path_equals_the_joint_module():
+    from eqpdenet.pde import jet
+    from eqpdenet.pde.joint import JointInvariants
+    from eqpdenet.pde.rhs import PerChannelInvariants
+
+    u = torch.rand(2, 3, 9, 9, dtype=torch.float64)
+    j = jet(u, 2, "isotropic")
+    one = JointInvariants(1, "se2")
+    expected = torch.cat([one(j[:, c:c + 1]) for c in range(3)], dim=1)
+    torch.testing.assert_close(PerChannelInvariants(3, "se2")(j), expected, rtol=1e-12, atol=1e-12)

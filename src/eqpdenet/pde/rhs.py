@@ -272,8 +272,20 @@ class PerChannelInvariants(nn.Module):
 
     def forward(self, jet: Tensor) -> Tensor:
         batch, channels = jet.shape[:2]
+        if not self.one.scale_invariant and jet.shape[2] == 6:
+            return _se2_per_channel(jet).flatten(1, 2)
         maps = self.one(jet.reshape(batch * channels, 1, *jet.shape[2:]))
         return maps.reshape(batch, channels * maps.shape[1], *maps.shape[2:])
+
+
+def _se2_per_channel(jet: Tensor) -> Tensor:
+    """``(B, C, 6, H, W) -> (B, C, 5, H, W)``: what ``JointInvariants(1, "se2")`` computes for
+    each channel (``u, Δu, |∇u|², |H|², ∇uᵀH∇u``), written out so that a deep network's many
+    channels cost a few fused passes instead of the general module's gathers."""
+    u, ux, uy, uxx, uxy, uyy = jet.unbind(2)
+    ux2, uy2, uxy_ = ux * ux, uy * uy, uxy * uxy
+    return torch.stack([u, uxx + uyy, ux2 + uy2, uxx * uxx + 2 * uxy_ + uyy * uyy,
+                        ux2 * uxx + 2 * (ux * uy) * uxy + uy2 * uyy], dim=2)
 
 
 def invariant_maps(channels: int, group: str = "se2", joint: str = "channel", mixtures: int = 4,
