@@ -98,13 +98,13 @@ def test_wrong_magic(tmp_path):
     images = np.zeros((60000, 28, 28), np.uint8)
     path = write(tmp_path, "train-images-idx3-ubyte", idx_bytes(images[:, :, 0]))  # idx2 for an idx3 file
     with raises_naming(path, "magic.*2 dimension"):
-        read_idx(path)
+        read_idx(path, spec=MNIST_FILES["train_images"])
 
 
 def test_wrong_count(tmp_path):
     path = write(tmp_path, LABELS, idx_bytes(fake_labels(59999)))
     with raises_naming(path, "item count.*59999.*60000"):
-        read_idx(path)
+        read_idx(path, spec=MNIST_FILES["train_labels"])
 
 
 def test_trailing_bytes(tmp_path):
@@ -116,8 +116,18 @@ def test_trailing_bytes(tmp_path):
 def test_checksum_mismatch_of_well_formed_file(tmp_path):
     path = write(tmp_path, LABELS + ".gz", gzip.compress(idx_bytes(fake_labels())))
     with raises_naming(path, "MD5 mismatch"):
-        read_idx(path)
-    assert read_idx(path, verify=False).shape == (60000,)
+        read_idx(path, spec=MNIST_FILES["train_labels"])
+    assert read_idx(path, spec=MNIST_FILES["train_labels"], verify=False).shape == (60000,)
+
+
+def test_mnist_checksums_apply_to_mnist_only(tmp_path):
+    """A file with MNIST's name but other content (Fashion-MNIST, KMNIST use the same names) is a
+    valid IDX file: only reading it *as* MNIST checks MNIST's checksum."""
+    labels = fake_labels()
+    path = write(tmp_path, LABELS + ".gz", gzip.compress(idx_bytes(labels)))
+    np.testing.assert_array_equal(read_idx(path), labels)
+    with raises_naming(path, "MD5 mismatch"):
+        read_idx(path, spec=MNIST_FILES["train_labels"])
 
 
 def test_error_is_a_value_error_and_picklable():
@@ -189,12 +199,12 @@ def test_bit_flip_in_real_file(tmp_path):
     data[5000] ^= 0x01  # a label 0..9 stays a plausible label: only the checksum can tell
     path = write(tmp_path, MNIST_FILES["test_labels"].name, bytes(data))
     with raises_naming(path, "MD5 mismatch"):
-        read_idx(path)
+        read_idx(path, spec=MNIST_FILES["test_labels"])
     gz = bytearray(gzip.compress(real_bytes("test_labels")))
     gz[len(gz) // 2] ^= 0xFF
     path = write(tmp_path, MNIST_FILES["test_labels"].name + ".gz", bytes(gz))
     with raises_naming(path, "corrupted gzip|MD5 mismatch|truncated"):
-        read_idx(path)
+        read_idx(path, spec=MNIST_FILES["test_labels"])
 
 
 # ------------------------------------------------------------------ download against a local server

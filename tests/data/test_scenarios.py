@@ -186,3 +186,14 @@ def test_sca_shrinks_the_digit_by_lambda():
 
     ratio = gyration(out, com1) / gyration(images, com0)
     assert (ratio - factor).abs().max() < 0.03
+
+
+def test_corner_variants_fix_the_top_left_pixel():
+    """Rotating or scaling about the array origin leaves pixel (0, 0) where it is."""
+    images = torch.zeros(6, 1, 28, 28, dtype=torch.float64)
+    images[:, 0, 0, 0] = 1.0
+    for name, params in (("iso-corner", {"max_shift": 0.0}), ("sca-corner", {})):
+        out, draws = apply_scenario(name, images, seed=3, return_params=True, **params)
+        assert out[:, 0, 0, 0].min() > 0.2, name  # bilinear spreading, but it stays at the corner
+        centre = apply_scenario(name.split("-")[0], images, seed=3, **params)
+        assert centre[:, 0, 0, 0].max() < 0.05  # about the centre, the corner pixel moves away

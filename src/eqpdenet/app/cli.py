@@ -27,6 +27,7 @@ from .. import __version__
 from ..errors import ConfigError, EqPdeNetError
 from ..models import MODELS
 from .config import (
+    BenchmarkConfig,
     ExperimentConfig,
     ReproduceConfig,
     apply_overrides,
@@ -100,6 +101,10 @@ def _experiment_config(args) -> ExperimentConfig:
         config.train.epochs = args.epochs
     if getattr(args, "device", None) is not None:
         config.train.device = args.device
+    if getattr(args, "dataset", None) is not None:
+        config.data.dataset = args.dataset
+    if getattr(args, "rotated", False):
+        config.data.rotated = True
     return from_dict(ExperimentConfig, to_dict(config))  # re-validate
 
 
@@ -177,6 +182,40 @@ def _reproduce(args) -> int:
                   progress=not args.no_progress)
         table, plot = write_report(out)
     print(f"reproduce finished in {time.perf_counter() - start:.0f} s: {table}, {plot}")
+    print(table.read_text())
+    return 0
+
+
+def quick_benchmark(config: BenchmarkConfig) -> BenchmarkConfig:
+    """The smoke profile of the benchmark: one seed, 1,000 training digits for 1 epoch, 500 test
+    digits, coarse curves (a check that every model runs end to end, not its numbers)."""
+    config.seeds = [0]
+    config.base.data.train_subset, config.base.data.test_subset = 1000, 500
+    config.base.train.epochs = 1
+    config.curves.images = 200
+    config.curves.angles, config.curves.scales = [0.0, 45.0, 90.0], [0.75, 1.0]
+    config.curves.shifts = [0.0, 2.0]
+    config.models = {name: [*overrides, "train.epochs=1"]
+                     for name, overrides in config.models.items()}
+    return config
+
+
+def _benchmark(args) -> int:
+    from .benchmark import benchmark, write_benchmark_report
+
+    config = load_toml(BenchmarkConfig, args.config) if args.config else BenchmarkConfig()
+    config = apply_overrides(config, args.set)
+    if args.quick:
+        config = quick_benchmark(config)
+    if args.device:
+        config.base.train.device = args.device
+    config = from_dict(BenchmarkConfig, to_dict(config))
+    out = Path(args.out or ("runs/benchmark-quick" if args.quick else "results/benchmark"))
+    start = time.perf_counter()
+    benchmark(config, out, models=args.models, jobs=args.jobs, data_dir=args.data_dir,
+              cache_dir=args.cache_dir, progress=not args.no_progress)
+    table, plot = write_benchmark_report(out)
+    print(f"benchmark finished in {time.perf_counter() - start:.0f} s: {table}, {plot}")
     print(table.read_text())
     return 0
 
@@ -350,6 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--hidden", type=int)
     train.add_argument("--seed", type=int)
     train.add_argument("--epochs", type=int)  # 0, negative: the config's validation says why
+    train.add_argument("--dataset", help="a data set name (rotmnist, mnist) or the path of a .npz "
+                       "file (x_train, y_train, x_test, y_test) or of a folder of IDX files")
+    train.add_argument("--rotated", action="store_true",
+                       help="train and test on the rotated version of the data set")
     train.add_argument("--out", required=True, help="output folder (model.pt, config.toml, ...)")
     train.set_defaults(handler=_train)
 
@@ -369,6 +412,15 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--jobs", type=_positive_int, default=1, help="runs in parallel processes")
     repro.add_argument("--out", help="results folder (default results/paper, runs/quick)")
     repro.set_defaults(handler=_reproduce)
+
+    bench = commands.add_parser("benchmark", help="the robustness benchmark: every model x seed, "
+                                "scenarios, curves against angle/scale/shift, invariance errors")
+    _add_common(bench)
+    bench.add_argument("--out", help="results folder (default results/benchmark)")
+    bench.add_argument("--models", nargs="+", help="only these models of the configuration")
+    bench.add_argument("--quick", action="store_true", help="smoke profile (one seed, 1 epoch)")
+    bench.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
+    bench.set_defaults(handler=_benchmark)
 
     study = commands.add_parser("study", help="choose the recipe on the validation split")
     _add_common(study)

@@ -31,7 +31,7 @@ from pathlib import Path
 from ..checks import require, require_finite, require_int, require_nonnegative, require_positive
 from ..data.scenarios import SCENARIOS
 from ..errors import ConfigError
-from ..models import MODELS
+from ..models import MODELS, CNNConfig, GCNNConfig, InvariantPDEConfig
 from ..models import build_model as _build_model
 from ..pde.layer import LAYER_PRESETS, LayerConfig
 from .optim import LR_SCHEDULES, OPTIMIZERS
@@ -43,6 +43,8 @@ __all__ = [
     "ExperimentConfig",
     "LayerConfig",
     "ModelConfig",
+    "BenchmarkConfig",
+    "CurvesConfig",
     "ReproduceConfig",
     "TrainConfig",
     "build_model",
@@ -53,6 +55,10 @@ __all__ = [
 ]
 
 
+#: Option tables of ModelConfig used by one model kind each (kind -> options dataclass).
+KIND_OPTIONS = {"cnn": CNNConfig, "gcnn": GCNNConfig, "invariant_pde": InvariantPDEConfig}
+
+
 @dataclass
 class ModelConfig:
     """A model: a kind from :data:`eqpdenet.models.MODELS` (``eqpdenet``: PDE layer +
@@ -61,32 +67,56 @@ class ModelConfig:
     Attributes:
         kind: the model's registered name.
         hidden: width ``h`` of the two hidden layers (784-h-h-10).
-        image_size: input height and width.
-        classes: number of outputs.
+        image_size, in_channels, classes: input height (= width), channels and number of
+            outputs; training sets them from the data set (:func:`eqpdenet.app.training.
+            resolve_for_data`).
         input_mean, input_std: fixed (non-learned) standardisation ``(x - mean) / std`` applied
-            to the input of both models (default: MNIST's pixel mean and std, chosen by the
-            validation study); ``0, 1`` leaves pixels in ``[0, 1]``.
-        layer: the PDE layer (ignored for ``fcnn``); default the paper's
+            to the input (default: MNIST's pixel mean and std, chosen by the validation study);
+            ``0, 1`` leaves pixels in ``[0, 1]``.
+        standardize: where ``input_mean, input_std`` come from: ``"fixed"`` (as configured),
+            ``"train"`` (the training split's pixel mean and std, computed before training and
+            recorded in the run's configuration) or ``"auto"`` (default: ``"fixed"`` for the MNIST
+            family, whose statistics the defaults are, ``"train"`` for any other data set).
+        head: ``eqpdenet`` only: ``"perceptron"`` (the paper's) or ``"invariant"``
+            (:class:`eqpdenet.models.EqPdeNet`).
+        layer: the PDE layer (``eqpdenet`` only); default the paper's
             (:meth:`LayerConfig.paper`).
+        cnn, gcnn, invariant_pde: the options of the model kind of the same name (each used
+            only by that kind).
     """
 
     kind: str = "eqpdenet"
     hidden: int = 256
     image_size: int = 28
+    in_channels: int = 1
     classes: int = 10
     input_mean: float = 0.1307
     input_std: float = 0.3081
+    standardize: str = "auto"
+    head: str = "perceptron"
     layer: LayerConfig = field(default_factory=LayerConfig.paper)
+    cnn: CNNConfig = field(default_factory=CNNConfig)
+    gcnn: GCNNConfig = field(default_factory=GCNNConfig)
+    invariant_pde: InvariantPDEConfig = field(default_factory=InvariantPDEConfig)
 
     def __post_init__(self):
         if isinstance(self.layer, dict):
-            self.layer = from_dict(LayerConfig, self.layer, base=LayerConfig.paper())
+            self.layer = from_dict(LayerConfig, self.layer, base=LayerConfig.paper(),
+                                   _path="model.layer.")
+        for name, cls in KIND_OPTIONS.items():
+            if isinstance(getattr(self, name), dict):
+                setattr(self, name, from_dict(cls, getattr(self, name), _path=f"model.{name}."))
+        require(self.head in ("perceptron", "invariant"), "model.head",
+                f"{self.head!r} is not 'perceptron' or 'invariant'")
         MODELS.check(self.kind, "model.kind")
         require_int(self.hidden, "model.hidden", 1)
         require_int(self.image_size, "model.image_size", 1)
+        require_int(self.in_channels, "model.in_channels", 1)
         require_int(self.classes, "model.classes", 1)
         require_finite(self.input_mean, "model.input_mean")
         require_positive(self.input_std, "model.input_std")
+        require(self.standardize in ("auto", "fixed", "train"), "model.standardize",
+                f"{self.standardize!r} is not 'auto', 'fixed' or 'train'")
 
 
 @dataclass
@@ -108,6 +138,9 @@ class TrainConfig:
         grad_clip: clip the global gradient norm to this value (0 = off).
         seed: seeds parameter initialisation and mini-batch order.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        compile: train through ``torch.compile(model, dynamic=True)`` (one compilation of a
+            minute or two, then fused loops: worth it for the deep models' many pointwise
+            operations; the numbers differ from eager ones by rounding only).
     """
 
     optimizer: str = "adam"
@@ -121,6 +154,7 @@ class TrainConfig:
     grad_clip: float = 0.0
     seed: int = 0
     device: str = "cpu"
+    compile: bool = False
 
     def __post_init__(self):
         OPTIMIZERS.check(self.optimizer, "train.optimizer")
@@ -135,21 +169,30 @@ class TrainConfig:
                 "must be true or false")
         _require_seed(self.seed, "train.seed")
         require(self.device in ("cpu", "cuda", "auto"), "train.device", f"{self.device!r}")
+        require(isinstance(self.compile, bool), "train.compile", "must be true or false")
 
 
 @dataclass
 class DataConfig:
-    """Which digits: ROTMNIST (official files if present, else generated from MNIST).
+    """Which images: a data set by name or path (:func:`eqpdenet.data.datasets.load_dataset`).
 
     Attributes:
-        source: ``"auto"``, ``"generated"`` or ``"official"``.
-        rotmnist_seed: seed of the generated ROTMNIST (which digits, which angles).
-        validation: digits held out of the 12,000 for validation (the last ones, as in the
-            official 10,000 / 2,000 split); 0 trains on all 12,000.
-        train_subset, test_subset: use only the first N training / test digits (0 = all);
+        dataset: a registered name (``"rotmnist"``, the paper's; ``"mnist"``) or the path of a
+            ``.npz`` file (``x_train, y_train, x_test, y_test``) or of a folder of IDX files.
+        rotated: use the rotated version of the data set (each image rotated by an angle
+            ~ U[0, 2 pi), training images from the training pool and test images from the test
+            pool; :func:`eqpdenet.data.datasets.rotate_dataset`). ROTMNIST is rotated already.
+        source: ROTMNIST only: ``"auto"``, ``"generated"`` or ``"official"``.
+        rotmnist_seed: seed of the data: ROTMNIST's generation (which digits, which angles) and
+            the angles of a ``rotated`` data set.
+        validation: images held out of the training split for validation (the last ones, as in
+            ROTMNIST's official 10,000 / 2,000 split); 0 trains on the whole training split.
+        train_subset, test_subset: use only the first N training / test images (0 = all);
             for smoke runs.
     """
 
+    dataset: str = "rotmnist"
+    rotated: bool = False
     source: str = "auto"
     rotmnist_seed: int = 0
     validation: int = 0
@@ -157,10 +200,12 @@ class DataConfig:
     test_subset: int = 0
 
     def __post_init__(self):
+        require(isinstance(self.dataset, str) and self.dataset != "", "data.dataset",
+                "must be a data set name or path")
+        require(isinstance(self.rotated, bool), "data.rotated", "must be true or false")
         require(self.source in ("auto", "generated", "official"), "data.source", f"{self.source!r}")
         _require_seed(self.rotmnist_seed, "data.rotmnist_seed")
-        require(require_int(self.validation, "data.validation") < 12000
-                and self.validation >= 0, "data.validation", "must be in [0, 12000)")
+        require_int(self.validation, "data.validation", 0)  # its bound: the data set's size
         require_int(self.train_subset, "data.train_subset", 0)
         require_int(self.test_subset, "data.test_subset", 0)
 
@@ -224,6 +269,89 @@ class ReproduceConfig:
 def _require_seed(value, field: str) -> None:
     """A seed torch and NumPy both accept: an integer in [0, 2**63)."""
     require(require_int(value, field, 0) < 2**63, field, f"must be < 2**63, got {value!r}")
+
+
+def _degrees(start: float, stop: float, step: float) -> list[float]:
+    return [float(start + step * k) for k in range(int(round((stop - start) / step)) + 1)]
+
+
+@dataclass
+class CurvesConfig:
+    """What the robustness benchmark measures beyond the scenarios, on the first ``images``
+    test images (:mod:`eqpdenet.analysis.robustness`).
+
+    Attributes:
+        images: test images used for the curves and the invariance errors.
+        angles: rotations (degrees) of the accuracy-against-angle curve.
+        scales: scale factors of the accuracy-against-scale curve.
+        shifts: shift distances (pixels) of the accuracy-against-shift curve.
+        invariance_angles: rotations (degrees) at which the logits' relative change is measured.
+    """
+
+    images: int = 2000
+    angles: list[float] = field(default_factory=lambda: _degrees(0, 345, 15))
+    scales: list[float] = field(default_factory=lambda: [round(0.5 + 0.1 * k, 2) for k in range(11)])
+    shifts: list[float] = field(default_factory=lambda: [0.5 * k for k in range(9)])
+    invariance_angles: list[float] = field(default_factory=lambda: [90.0, 37.0])
+
+    def __post_init__(self):
+        require_int(self.images, "curves.images", 1)
+        for name in ("angles", "scales", "shifts", "invariance_angles"):
+            values = getattr(self, name)
+            require(isinstance(values, list) and all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                for v in values), f"curves.{name}", "must be a list of finite numbers")
+            setattr(self, name, [float(v) for v in values])
+        require(all(v > 0 for v in self.scales), "curves.scales", "must be positive")
+
+
+#: The models of the robustness benchmark: name -> overrides of the base experiment (as --set).
+#: Recipes were chosen on the validation split (docs/benchmark.md).
+BENCHMARK_MODELS: dict[str, list[str]] = {
+    "fcnn": ["model.kind='fcnn'"],
+    "eqpdenet": [],
+    "eqpdenet-invariant-head": ["model.head='invariant'", "model.layer.reduction='concat'"],
+    "cnn": ["model.kind='cnn'", "train.lr_schedule='cosine'"],
+    "gcnn": ["model.kind='gcnn'", "train.lr_schedule='cosine'"],
+    "invariant-pde": ["model.kind='invariant_pde'", "train.lr_schedule='cosine'"],
+}
+
+
+@dataclass
+class BenchmarkConfig:
+    """The robustness benchmark: every model of ``models`` trained with every seed.
+
+    ``base`` is the shared experiment (data, training recipe, scenarios); each entry of
+    ``models`` is a list of ``section.field=value`` overrides applied to it (as ``--set``), so
+    each model can have its own recipe.
+    """
+
+    base: ExperimentConfig = field(default_factory=lambda: ExperimentConfig(
+        scenarios=["test", "iso", "sca", "rot", "shift"]))
+    models: dict[str, list[str]] = field(default_factory=lambda: dict(BENCHMARK_MODELS))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    checkpoint_seeds: list[int] = field(default_factory=lambda: [0])
+    curves: CurvesConfig = field(default_factory=CurvesConfig)
+
+    def __post_init__(self):
+        if isinstance(self.base, dict):
+            self.base = from_dict(ExperimentConfig, self.base)
+        if isinstance(self.curves, dict):
+            self.curves = from_dict(CurvesConfig, self.curves)
+        require(isinstance(self.models, dict) and len(self.models) >= 1, "models",
+                "must name at least one model")
+        for name, overrides in self.models.items():
+            require(isinstance(overrides, list) and all(isinstance(o, str) for o in overrides),
+                    f"models.{name}", "must be a list of section.field=value overrides")
+        require(len(set(self.seeds)) == len(self.seeds) and self.seeds, "seeds",
+                "must be distinct and non-empty")
+
+    def experiment(self, name: str, seed: int) -> ExperimentConfig:
+        """The configuration of model ``name`` with ``seed``."""
+        if name not in self.models:
+            raise ConfigError(f"the benchmark has no model {name!r}; it has {sorted(self.models)}")
+        config = apply_overrides(self.base, [*self.models[name], f"train.seed={int(seed)}"])
+        return config
 
 
 # ----------------------------------------------------------------------------- conversions

@@ -24,10 +24,10 @@ from .config import DataConfig, ExperimentConfig, ReproduceConfig, from_dict, to
 from .files import append_jsonl, atomic_write, read_jsonl
 from .locks import hold
 from .preflight import preflight
-from .training import Split, _progress, fingerprint, prepare_data, run_experiment
+from .training import Data, _progress, fingerprint, prepare_data, run_experiment
 from .workers import worker_pool
 
-__all__ = ["grid", "reproduce", "run_key"]
+__all__ = ["check_results_folder", "grid", "reproduce", "run_key", "run_sweep"]
 
 
 def run_key(kind: str, hidden: int, seed: int) -> str:
@@ -47,22 +47,98 @@ def grid(config: ReproduceConfig) -> list[ExperimentConfig]:
 
 
 def _worker(args) -> dict:
-    config_dict, data_dir, cache_dir, threads, checkpoint = args
+    runner, config_dict, data_dir, cache_dir, threads, checkpoint, options = args
     torch.set_num_threads(threads)
     config = from_dict(ExperimentConfig, config_dict)
     data = _cached_data(config.data, data_dir, cache_dir)
-    return run_experiment(config, data, progress=False, checkpoint=checkpoint)
+    return runner(config, data, progress=False, checkpoint=checkpoint, **options)
 
 
 _DATA_CACHE: dict = {}
 
 
-def _cached_data(config: DataConfig, data_dir, cache_dir) -> dict[str, Split]:
+def _cached_data(config: DataConfig, data_dir, cache_dir) -> Data:
     key = (json.dumps(to_dict(config), sort_keys=True), str(data_dir), str(cache_dir))
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()
         _DATA_CACHE[key] = prepare_data(config, data_dir, cache_dir)
     return _DATA_CACHE[key]
+
+
+def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
+              base_fingerprint: str, checkpoint_keys: set[str] = frozenset(),
+              runner: Callable[..., dict] | None = None, runner_options: dict | None = None,
+              jobs: int = 1, data_dir=None, cache_dir=None, progress: bool = True,
+              echo: Callable[[str], None] = print) -> Path:
+    """Run every run of ``runs`` (key -> configuration) not yet in ``out_dir/results.jsonl``.
+
+    ``runner(config, data, progress=..., checkpoint=path or None, **runner_options)`` (default
+    :func:`~eqpdenet.app.training.run_experiment`) trains and
+    evaluates one run and returns its record (a top-level function: with ``jobs > 1`` it runs in
+    a worker process); each record gets its ``key`` and ``base_fingerprint`` and is appended
+    atomically as soon as it finishes, so a killed sweep resumes where it stopped. Runs whose key
+    is in ``checkpoint_keys`` save their trained model to ``out_dir/checkpoints/<key>.pt``.
+    """
+    results = Path(out_dir) / "results.jsonl"
+    done = {r["key"] for r in read_jsonl(results)}
+    todo = [(key, run) for key, run in runs.items() if key not in done]
+    echo(f"{name}: {len(runs) - len(todo)} runs done, {len(todo)} to go -> {results}")
+    if not todo:
+        return results
+    options = runner_options or {}
+    runner = runner or run_experiment
+
+    if jobs < 1:
+        raise ConfigError(f"jobs must be >= 1, got {jobs}")
+    preflight([run for _, run in todo], Path(out_dir), jobs=jobs,
+              checkpoints=sum(key in checkpoint_keys for key, _ in todo))
+
+    def finish(key: str, record: dict) -> None:
+        record["key"] = key
+        record["base_fingerprint"] = base_fingerprint
+        if record["status"] != "ok":  # no model for this result: none left from an earlier try
+            (Path(out_dir) / "checkpoints" / f"{key}.pt").unlink(missing_ok=True)
+        append_jsonl(results, record)
+        if record["status"] == "ok":
+            scores = "  ".join(f"{k} {v:5.2f}" for k, v in record["accuracy"].items())
+            echo(f"{key:>24}: {scores}  ({record['train_seconds']:.0f} s train, "
+                 f"{record['eval_seconds']:.0f} s eval)")
+        else:
+            echo(f"{key:>24}: {record['status']}: {record['error']}")
+
+    def checkpoint_for(key: str) -> Path | None:
+        return Path(out_dir) / "checkpoints" / f"{key}.pt" if key in checkpoint_keys else None
+
+    bar = _progress(range(len(todo)), progress, desc=name, unit="run")
+    bar_update = getattr(bar, "update", lambda n: None)
+    if jobs <= 1:
+        for key, run in todo:
+            data = _cached_data(run.data, data_dir, cache_dir)
+            finish(key, runner(run, data, progress=progress, checkpoint=checkpoint_for(key),
+                               **options))
+            bar_update(1)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with worker_pool(min(jobs, len(todo))) as pool:
+            futures = {pool.submit(_worker, (runner, to_dict(run), data_dir, cache_dir, threads,
+                                             checkpoint_for(key), options)): key
+                       for key, run in todo}
+            for future in as_completed(futures):
+                finish(futures[future], future.result())
+                bar_update(1)
+    if hasattr(bar, "close"):
+        bar.close()
+    return results
+
+
+def check_results_folder(out_dir: Path, base_fingerprint: str) -> None:
+    """Refuse a results folder that holds runs of another base configuration."""
+    results = Path(out_dir) / "results.jsonl"
+    existing = {r.get("base_fingerprint") for r in read_jsonl(results)}
+    if existing and existing != {base_fingerprint}:
+        raise ConfigError(f"{results} holds runs of another configuration "
+                          f"(fingerprints {sorted(map(str, existing))}, this one "
+                          f"{base_fingerprint}); choose another output folder")
 
 
 def reproduce(config: ReproduceConfig, out_dir: Path, *, jobs: int = 1, data_dir=None,
@@ -72,67 +148,17 @@ def reproduce(config: ReproduceConfig, out_dir: Path, *, jobs: int = 1, data_dir
     The base configuration is written to ``out_dir/config.toml``; a results file produced with a
     different base configuration is refused (use another ``out_dir``). Returns the results path.
     """
-    with hold(out_dir, "reproduce"):
-        return _reproduce(config, Path(out_dir), jobs=jobs, data_dir=data_dir,
-                          cache_dir=cache_dir, progress=progress, echo=echo)
-
-
-def _reproduce(config: ReproduceConfig, out_dir: Path, *, jobs, data_dir, cache_dir, progress,
-               echo) -> Path:
+    out_dir = Path(out_dir)
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
-    results = out_dir / "results.jsonl"
-    base_print = fingerprint(config.base)
-    config_path = out_dir / "config.toml"
-    if config_path.exists() and read_jsonl(results):
-        existing = {r.get("base_fingerprint") for r in read_jsonl(results)}
-        if existing != {base_print}:
-            raise ConfigError(f"{results} holds runs of another configuration "
-                              f"(fingerprints {sorted(map(str, existing))}, this one {base_print}); "
-                              f"choose another output folder")
-    atomic_write(config_path, to_toml(config).encode())
-    done = {r["key"] for r in read_jsonl(results)}
-    todo = [run for run in grid(config)
-            if run_key(run.model.kind, run.model.hidden, run.train.seed) not in done]
-    echo(f"reproduce: {len(done)} runs done, {len(todo)} to go -> {results}")
-    if not todo:
-        return results
-    preflight(todo, out_dir, jobs=jobs,
-              checkpoints=sum(run.train.seed in config.checkpoint_seeds for run in todo))
-
-    def finish(record: dict) -> None:
-        record["key"] = run_key(record["model"], record["hidden"], record["seed"])
-        record["base_fingerprint"] = base_print
-        if record["status"] != "ok":  # no model for this result: none left from an earlier try
-            (out_dir / "checkpoints" / f"{record['key']}.pt").unlink(missing_ok=True)
-        append_jsonl(results, record)
-        if record["status"] == "ok":
-            scores = "  ".join(f"{k} {v:5.2f}" for k, v in record["accuracy"].items())
-            echo(f"{record['key']:>24}: {scores}  ({record['train_seconds']:.0f} s train, "
-                 f"{record['eval_seconds']:.0f} s eval)")
-        else:
-            echo(f"{record['key']:>24}: {record['status']}: {record['error']}")
-
-    def checkpoint_for(run: ExperimentConfig) -> Path | None:
-        if run.train.seed not in config.checkpoint_seeds:
-            return None
-        return out_dir / "checkpoints" / f"{run_key(run.model.kind, run.model.hidden, run.train.seed)}.pt"
-
-    bar = _progress(range(len(todo)), progress, desc="reproduce", unit="run")
-    bar_update = getattr(bar, "update", lambda n: None)
-    if jobs <= 1:
-        data = _cached_data(config.base.data, data_dir, cache_dir)
-        for run in todo:
-            finish(run_experiment(run, data, progress=progress, checkpoint=checkpoint_for(run)))
-            bar_update(1)
-    else:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        with worker_pool(min(jobs, len(todo))) as pool:
-            futures = [pool.submit(_worker, (to_dict(run), data_dir, cache_dir, threads,
-                                             checkpoint_for(run))) for run in todo]
-            for future in as_completed(futures):
-                finish(future.result())
-                bar_update(1)
-    if hasattr(bar, "close"):
-        bar.close()
-    return results
+    with hold(out_dir, "reproduce"):
+        base_print = fingerprint(config.base)
+        check_results_folder(out_dir, base_print)
+        atomic_write(out_dir / "config.toml", to_toml(config).encode())
+        runs = {run_key(run.model.kind, run.model.hidden, run.train.seed): run
+                for run in grid(config)}
+        checkpoints = {key for key, run in runs.items()
+                       if run.train.seed in config.checkpoint_seeds}
+        return run_sweep("reproduce", runs, out_dir, base_fingerprint=base_print,
+                         checkpoint_keys=checkpoints, jobs=jobs, data_dir=data_dir,
+                         cache_dir=cache_dir, progress=progress, echo=echo)

@@ -21,7 +21,7 @@ import platform
 import subprocess
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,17 +29,27 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import __version__
+from ..data.datasets import ImageDataset, load_dataset
 from ..data.rotmnist import load_rotmnist
 from ..data.scenarios import apply_scenario
 from ..errors import CheckpointError, ConfigError, NonFiniteStateError
 from ..models import count_parameters
-from .config import DataConfig, ExperimentConfig, TrainConfig, build_model, from_dict, to_dict
+from .config import (
+    KIND_OPTIONS,
+    DataConfig,
+    ExperimentConfig,
+    TrainConfig,
+    build_model,
+    from_dict,
+    to_dict,
+)
 from .files import atomic_write
 from .optim import LR_SCHEDULES, OPTIMIZERS
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "LATER_FIELDS",
+    "Data",
     "Split",
     "environment",
     "fingerprint",
@@ -47,6 +57,7 @@ __all__ = [
     "evaluate_scenarios",
     "load_checkpoint",
     "prepare_data",
+    "resolve_for_data",
     "run_experiment",
     "save_checkpoint",
     "train_model",
@@ -56,7 +67,7 @@ __all__ = [
 
 @dataclass
 class Split:
-    """Images ``(N, 1, 28, 28)`` float32 in [0, 1] and labels ``(N,)`` int64."""
+    """Images ``(N, C, H, W)`` float32 in [0, 1] and labels ``(N,)`` int64."""
 
     images: Tensor
     labels: Tensor
@@ -68,21 +79,94 @@ class Split:
         return self if not n or n >= len(self) else Split(self.images[:n], self.labels[:n])
 
 
-def prepare_data(config: DataConfig, data_dir=None, cache_dir=None) -> dict[str, Split]:
-    """ROTMNIST as ``{"train", "validation", "test"}`` splits (``validation`` may be empty)."""
+@dataclass
+class Data:
+    """The splits of one run (``data["train"]`` etc. also work) and facts about the data set.
+
+    Attributes:
+        train, validation, test: the splits (``validation`` may be empty).
+        name: the data set (:attr:`eqpdenet.data.datasets.ImageDataset.name`).
+        classes: number of classes.
+        pixel_mean, pixel_std: statistics of the training split's pixels (validation excluded).
+        info: how the data set was made.
+    """
+
+    train: Split
+    validation: Split
+    test: Split
+    name: str = ""
+    classes: int = 10
+    pixel_mean: float = 0.0
+    pixel_std: float = 1.0
+    info: dict = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Split:
+        if key not in ("train", "validation", "test"):
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default=None):
+        return self[key] if key in ("train", "validation", "test") else default
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)``."""
+        return tuple(self.train.images.shape[1:])
+
+
+def prepare_data(config: DataConfig, data_dir=None, cache_dir=None) -> Data:
+    """The data set of ``config`` as training, validation (the last ``config.validation``
+    training images; may be empty) and test splits."""
+    dataset = load_dataset(config.dataset, data_dir=data_dir, cache_dir=cache_dir,
+                           seed=config.rotmnist_seed, rotated=config.rotated) \
+        if config.dataset != "rotmnist" else _rotmnist(config, data_dir, cache_dir)
+    if config.validation >= len(dataset.train_images):
+        raise ConfigError(f"invalid config: data.validation: {config.validation} is not below "
+                          f"the {len(dataset.train_images)} training images of {dataset.name}")
+    train_x, train_y = dataset.train_images, dataset.train_labels
+    keep = len(train_x) - config.validation
+    train = Split(train_x[:keep], train_y[:keep]).head(config.train_subset)
+    pixels = train.images.double()
+    return Data(train=train, validation=Split(train_x[keep:], train_y[keep:]),
+                test=Split(dataset.test_images, dataset.test_labels).head(config.test_subset),
+                name=dataset.name, classes=dataset.classes, pixel_mean=float(pixels.mean()),
+                pixel_std=float(pixels.std()), info=dataset.info)
+
+
+def _rotmnist(config: DataConfig, data_dir, cache_dir) -> ImageDataset:
     rot = load_rotmnist(data_dir=data_dir, cache_dir=cache_dir, seed=config.rotmnist_seed,
                         source=config.source)
-    if config.validation:
-        train_x, train_y, val_x, val_y = rot.train_validation_split(config.validation)
-    else:
-        train_x, train_y = rot.train_images, rot.train_labels
-        val_x, val_y = rot.train_images[:0], rot.train_labels[:0]
-    as_split = lambda x, y: Split(torch.as_tensor(x), torch.as_tensor(y))  # noqa: E731
-    return {
-        "train": as_split(train_x, train_y).head(config.train_subset),
-        "validation": as_split(val_x, val_y),
-        "test": as_split(rot.test_images, rot.test_labels).head(config.test_subset),
-    }
+    if config.rotated:
+        raise ConfigError("invalid config: data.rotated: ROTMNIST is rotated already")
+    return ImageDataset("rotmnist", rot.train_images, rot.train_labels, rot.test_images,
+                        rot.test_labels, classes=10, info={"source": rot.source})
+
+
+#: Data sets whose pixel statistics are the configured defaults (MNIST's).
+MNIST_FAMILY = ("rotmnist", "mnist")
+
+
+def resolve_for_data(config: ExperimentConfig, data: Data | dict) -> ExperimentConfig:
+    """``config`` with the model's input size, channels and classes taken from the data, and its
+    standardisation resolved (``model.standardize``: ``"train"`` writes the training split's
+    pixel mean and std into ``input_mean, input_std``); the result is what a checkpoint stores.
+    """
+    config = copy.deepcopy(config)
+    model = config.model
+    channels, height, width = data["train"].images.shape[1:]
+    if height != width:
+        raise ConfigError(f"the models take square images; the data set has {height}x{width}")
+    model.image_size, model.in_channels = int(height), int(channels)
+    labels = torch.cat([data["train"].labels, data["test"].labels])
+    model.classes = int(getattr(data, "classes", int(labels.max()) + 1 if len(labels) else 1))
+    standardize = model.standardize
+    if standardize == "auto":
+        standardize = "fixed" if config.data.dataset in MNIST_FAMILY else "train"
+    if standardize == "train":
+        pixels = data["train"].images.double()
+        model.input_mean = float(pixels.mean())
+        model.input_std = float(pixels.std()) or 1.0
+    return config
 
 
 def resolve_device(name: str) -> torch.device:
@@ -123,21 +207,29 @@ def _progress(iterable, enabled: bool, **kwargs):
 
 def train_model(
     config: ExperimentConfig,
-    data: dict[str, Split],
+    data: Data | dict[str, Split],
     *,
+    model: nn.Module | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> tuple[nn.Module, list[dict]]:
-    """Train ``config.model`` on ``data["train"]`` with ``config.train``; returns (model, history).
+    """Train ``config.model`` (or the given ``model`` instance) on ``data["train"]`` with
+    ``config.train``; returns (model, history).
 
-    ``history`` holds one dict per epoch (loss, training accuracy of the epoch, validation
-    accuracy where a validation split exists, seconds). Raises :class:`NonFiniteStateError`
-    (or ``FloatingPointError`` for a non-finite loss) if training diverges.
+    Without ``model``, the model is built from :func:`resolve_for_data` of ``config`` (so its
+    input size, classes and standardisation fit the data) after seeding with
+    ``config.train.seed``; a given ``model`` is trained as it is (its initialisation is the
+    caller's). ``history`` holds one dict per epoch (loss, training accuracy of the epoch,
+    validation accuracy where a validation split exists, seconds). Raises
+    :class:`NonFiniteStateError` (or ``FloatingPointError`` for a non-finite loss) if training
+    diverges.
     """
     train: TrainConfig = config.train
     device = resolve_device(train.device)
     torch.manual_seed(train.seed)
-    model = build_model(config.model).to(device)
+    if model is None:
+        model = build_model(resolve_for_data(config, data).model)
+    model = model.to(device)
     generator = torch.Generator().manual_seed(train.seed)
     pde_layer = getattr(model, "pde_layer", None)
     pde_ids = {id(p) for p in pde_layer.parameters()} if pde_layer is not None else set()
@@ -152,9 +244,10 @@ def train_model(
     if train.select_on_validation and not has_validation:
         raise ConfigError("invalid config: train.select_on_validation needs data.validation > 0")
     images, labels = data["train"].images, data["train"].labels
+    forward = torch.compile(model, dynamic=True) if train.compile else model
     history, best = [], (-1.0, None, -1)
-    epochs = _progress(range(train.epochs), progress, desc=f"train {config.model.kind} "
-                       f"h={config.model.hidden} seed={train.seed}", unit="epoch", leave=False)
+    epochs = _progress(range(train.epochs), progress, desc=f"train {type(model).__name__} "
+                       f"seed={train.seed}", unit="epoch", leave=False)
     for epoch in epochs:
         start = time.perf_counter()
         model.train()
@@ -163,7 +256,7 @@ def train_model(
         for first in range(0, len(order), train.batch_size):
             index = order[first:first + train.batch_size]
             x, y = images[index].to(device), labels[index].to(device)
-            logits = model(x)
+            logits = forward(x)
             loss = F.cross_entropy(logits, y)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}")
@@ -230,6 +323,12 @@ LATER_FIELDS: dict[tuple[str, ...], object] = {
     # Every layer before the field existed divided with the paper's absolute eps.
     ("model", "layer", "ratio_regularisation"): "absolute",
     ("model", "layer", "sigma"): None,
+    ("model", "in_channels"): 1,
+    ("model", "standardize"): "auto",
+    ("model", "head"): "perceptron",
+    ("train", "compile"): False,
+    ("data", "dataset"): "rotmnist",
+    ("data", "rotated"): False,
 }
 
 
@@ -250,6 +349,10 @@ def fingerprint(config) -> str:
     """Short hash of a configuration (canonical JSON), independent of :data:`LATER_FIELDS` at
     their earlier behaviour. Works on an :class:`ExperimentConfig` or its dict."""
     data = copy.deepcopy(to_dict(config) if not isinstance(config, dict) else config)
+    model = data.get("model", {})
+    for kind in KIND_OPTIONS:  # a kind's option table matters to that kind only
+        if model.get("kind") != kind:
+            model.pop(kind, None)
     for path, value in LATER_FIELDS.items():
         node = data
         for key in path[:-1]:
@@ -328,9 +431,15 @@ def load_checkpoint(path: Path, device: str = "cpu") -> tuple[nn.Module, Experim
 # ----------------------------------------------------------------------------- runs
 
 
-def run_experiment(config: ExperimentConfig, data: dict[str, Split], *, progress: bool = True,
-                   checkpoint: Path | None = None) -> dict:
-    """Train and evaluate one run; returns its JSON-ready result record."""
+def run_experiment(config: ExperimentConfig, data: Data | dict[str, Split], *,
+                   progress: bool = True, checkpoint: Path | None = None,
+                   extra_evaluation: Callable[[nn.Module, Data], dict] | None = None) -> dict:
+    """Train and evaluate one run; returns its JSON-ready result record.
+
+    ``extra_evaluation(model, data)``, if given, adds its dict to the record (timed with the
+    evaluation).
+    """
+    config = resolve_for_data(config, data)
     record = {"model": config.model.kind, "hidden": config.model.hidden, "seed": config.train.seed,
               "config": to_dict(config), "environment": environment()}
     start = time.perf_counter()
@@ -347,6 +456,8 @@ def run_experiment(config: ExperimentConfig, data: dict[str, Split], *, progress
     try:
         record["accuracy"] = evaluate_scenarios(model, data["test"], config.scenarios,
                                                 seed=config.train.seed)
+        if extra_evaluation is not None:
+            record.update(extra_evaluation(model, data))
     except NonFiniteStateError as error:
         record.update(status="diverged", error=f"during evaluation: {error}")
         return record

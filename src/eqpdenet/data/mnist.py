@@ -73,7 +73,6 @@ MNIST_FILES: dict[str, IdxSpec] = {
     "test_images": IdxSpec("t10k-images-idx3-ubyte", (10000, 28, 28), "2646ac647ad5339dbf082846283269ea"),
     "test_labels": IdxSpec("t10k-labels-idx1-ubyte", (10000,), "27ae3e4e09519cfbb04c329615203637"),
 }
-_SPEC_BY_NAME = {spec.name: spec for spec in MNIST_FILES.values()}
 
 # IDX type codes -> numpy big-endian dtypes.
 _IDX_DTYPES = {
@@ -209,18 +208,15 @@ def parse_idx(
     return array.astype(dtype.newbyteorder("="), copy=True)
 
 
-def _spec_for(path: Path) -> IdxSpec | None:
-    name = path.name[:-3] if path.name.endswith(".gz") else path.name
-    return _SPEC_BY_NAME.get(name)
-
-
-def read_idx(path: str | os.PathLike, *, verify: bool = True) -> np.ndarray:
+def read_idx(path: str | os.PathLike, *, spec: IdxSpec | None = None,
+             verify: bool = True) -> np.ndarray:
     """Read one IDX file (gzip-compressed or raw; detected from the content, not the name).
 
-    If the file name (without ``.gz``) is one of the four standard MNIST names, the array shape
-    (magic number, dimensions, item count) and the canonical MD5 of the uncompressed bytes are
-    verified (``verify=False`` skips only the MD5). Other IDX files are checked for a valid magic
-    number and an exact byte length.
+    Every file is checked for a valid magic number and an exact byte length. With ``spec`` (one
+    of :data:`MNIST_FILES`, as :func:`load_mnist` passes), the array shape (dimensions, item
+    count) and the canonical MD5 of the uncompressed bytes are verified too (``verify=False``
+    skips only the MD5). The file name plays no part: Fashion-MNIST or KMNIST files carry
+    MNIST's names and are read without MNIST's checksums.
 
     Returns:
         The array, e.g. ``(60000, 28, 28) uint8`` for the MNIST training images.
@@ -236,7 +232,6 @@ def read_idx(path: str | os.PathLike, *, verify: bool = True) -> np.ndarray:
     except OSError as exc:
         raise DataFileError(path, f"cannot read: {exc}") from None
     data = _decompress_if_gzip(path, raw)
-    spec = _spec_for(path)
     if spec is None:
         return parse_idx(data, path)
     return parse_idx(data, path, shape=spec.shape, md5=spec.md5 if verify else None)
@@ -422,7 +417,7 @@ def load_mnist(
     for key, spec in MNIST_FILES.items():
         path = find_mnist_file(root, key)
         assert path is not None
-        array = read_idx(path, verify=verify)
+        array = read_idx(path, spec=spec, verify=verify)
         if len(spec.shape) == 1:
             if array.max(initial=0) > 9:
                 raise DataFileError(path, f"label {int(array.max())} out of range 0..9")

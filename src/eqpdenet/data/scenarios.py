@@ -145,6 +145,8 @@ def apply_scenario(
     if batch_size < 1:
         raise ConfigError(f"batch_size must be positive, got {batch_size}")
     num = images.shape[0]
+    if "image_size" in inspect.signature(sampler).parameters and "image_size" not in params:
+        params = {**params, "image_size": tuple(images.shape[-2:])}
     draw = sampler(num, scenario_generator(name, seed), **params)
     if draw.matrix.shape != (num, 2, 2) or draw.translation.shape != (num, 2):
         raise ConfigError(f"scenario {name!r} returned matrix {tuple(draw.matrix.shape)} and translation "
@@ -245,9 +247,33 @@ def shift_scenario(num: int, generator: torch.Generator, max_shift: float = 2.0)
     return _draw(eye, torch.stack([shift_x, shift_y], -1), shift_x=shift_x, shift_y=shift_y)
 
 
+def _about_corner(draw: AffineDraw, image_size) -> AffineDraw:
+    """The same linear maps about the array origin (the centre of pixel ``(0, 0)``, top left)
+    instead of the image centre: ``p -> A (p - c) + c + t = A p + (t + c - A c)``."""
+    height, width = image_size
+    corner = torch.tensor([-(width - 1) / 2.0, (height - 1) / 2.0], dtype=torch.float64)
+    translation = draw.translation + corner - draw.matrix @ corner
+    return AffineDraw(draw.matrix, translation, draw.params)
+
+
+def iso_corner_scenario(num: int, generator: torch.Generator, max_shift: float = 2.0,
+                        max_angle_degrees: float = 30.0, image_size=(28, 28)) -> AffineDraw:
+    """``iso-corner``: drawn as ``iso``, the rotation about the array origin (top-left pixel)
+    instead of the image centre: another reading of the paper's unstated convention."""
+    return _about_corner(iso_scenario(num, generator, max_shift, max_angle_degrees), image_size)
+
+
+def sca_corner_scenario(num: int, generator: torch.Generator, min_scale: float = 2.0 / 3.0,
+                        max_scale: float = 1.0, image_size=(28, 28)) -> AffineDraw:
+    """``sca-corner``: drawn as ``sca``, scaling about the array origin (top-left pixel)."""
+    return _about_corner(sca_scenario(num, generator, min_scale, max_scale), image_size)
+
+
 register_scenario("test", identity_scenario)
 register_scenario("iso", iso_scenario)
 register_scenario("sca", sca_scenario)
 register_scenario("rot", rot_scenario)
 register_scenario("shift", shift_scenario)
 register_scenario("scale-up", scale_up_scenario)
+register_scenario("iso-corner", iso_corner_scenario)
+register_scenario("sca-corner", sca_corner_scenario)

@@ -7,12 +7,22 @@ combination): FCNN's ``784h + h + h^2 + h + 10h + 10`` plus 31 (2 x 6 + 2 x 7 + 
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
-from ..checks import check_images, check_values, match_dtype, module_dtype, require_int
+from ..checks import (
+    check_images,
+    check_values,
+    match_dtype,
+    module_dtype,
+    require,
+    require_int,
+)
 from ..errors import NonFiniteStateError
 from ..pde.integrators import input_range_hint
+from ..pde.invariants import get_invariant_set
 from ..pde.layer import LayerConfig, PDELayer
+from ..pde.stencils import Jet
 from .perceptron import Standardize, perceptron
 
 __all__ = ["EqPdeNet"]
@@ -28,6 +38,12 @@ class EqPdeNet(nn.Module):
             (:meth:`~eqpdenet.pde.LayerConfig.paper`, the paper's absolute ratio regularisation).
         image_size, in_channels, classes: input and output sizes.
         input_mean, input_std: fixed input standardisation (applied before the PDE layer).
+        head: ``"perceptron"`` (the paper's: the layer's output maps flattened into an
+            ``in-h-h-classes`` perceptron) or ``"invariant"``: the ``se2`` invariants of each
+            output map (the map itself, |∇u|², Δu, ∇uᵀH∇u, |H|²), each pooled over the whole
+            image by its mean and its maximum, into the same kind of perceptron. Global pooling
+            of invariants makes the head insensitive to where the digit is and how it is turned;
+            with ``reduction="concat"`` every PDE's output feeds the head.
 
     ``forward``: images ``(B, in_channels, image_size, image_size)`` -> logits ``(B, classes)``.
 
@@ -39,25 +55,41 @@ class EqPdeNet(nn.Module):
 
     def __init__(self, hidden: int = 256, layer: PDELayer | LayerConfig | None = None,
                  image_size: int = 28, in_channels: int = 1, classes: int = 10,
-                 input_mean: float = 0.0, input_std: float = 1.0):
+                 input_mean: float = 0.0, input_std: float = 1.0, head: str = "perceptron"):
         super().__init__()
         if layer is None:
             layer = LayerConfig.paper()
         if isinstance(layer, LayerConfig):
             layer = PDELayer.from_config(layer)
+        require(head in ("perceptron", "invariant"), "head", "must be 'perceptron' or 'invariant'")
         self.image_size = require_int(image_size, "image_size", 1)
         self.in_channels = require_int(in_channels, "in_channels", 1)
+        self.head = head
         self.standardize = Standardize(input_mean, input_std)
         self.pde_layer = layer
-        self.mlp = perceptron(layer.out_channels(in_channels) * image_size**2,
-                              require_int(hidden, "hidden", 1), require_int(classes, "classes", 1))
+        maps = layer.out_channels(in_channels)
+        if head == "invariant":
+            self.head_invariants = get_invariant_set("se2")
+            stencil = layer.pdes[0].step.rhs.jet if hasattr(layer.pdes[0].step, "rhs") else None
+            self.head_jet = Jet(2, stencil.stencil if stencil else "central",
+                                stencil.spacing if stencil else 1.0, "replicate")
+            in_features = 2 * len(self.head_invariants) * maps
+        else:
+            in_features = maps * image_size**2
+        self.mlp = perceptron(in_features, require_int(hidden, "hidden", 1),
+                              require_int(classes, "classes", 1))
 
     def features(self, images: Tensor) -> Tensor:
         """The reduced PDE output fed to the perceptron, ``(B, C', H, W)``."""
         return self._features(self._enter(images)).to(images.dtype)
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.mlp(self._features(self._enter(images)).flatten(1)).to(images.dtype)
+        maps = self._features(self._enter(images))
+        if self.head == "perceptron":
+            return self.mlp(maps.flatten(1)).to(images.dtype)
+        invariants = self.head_invariants(self.head_jet(maps)).flatten(1, 2)  # (B, 5 C', H, W)
+        pooled = torch.cat([invariants.mean(dim=(-2, -1)), invariants.amax(dim=(-2, -1))], 1)
+        return self.mlp(pooled).to(images.dtype)
 
     def _enter(self, images: Tensor) -> tuple[Tensor, tuple[float, float]]:
         """The checks of the entry points (:mod:`eqpdenet.checks`), once per call: shape, finite

@@ -27,7 +27,15 @@ from .invariants import (
 )
 from .joint import JOINT_GROUPS, JointInvariants
 from .layer import INITS, LAYER_PRESETS, REDUCTIONS, LayerConfig, PDELayer, make_reduction
-from .rhs import RIGHT_HAND_SIDES, InvariantRHS, LinearF, MonomialF, PolynomialF, make_rhs
+from .rhs import (
+    RIGHT_HAND_SIDES,
+    InvariantRHS,
+    InvariantSystemRHS,
+    LinearF,
+    MonomialF,
+    PolynomialF,
+    make_rhs,
+)
 from .stencils import (
     BOUNDARIES,
     STENCILS,
@@ -56,6 +64,7 @@ __all__ = [
     "EulerStep",
     "Invariant",
     "InvariantRHS",
+    "InvariantSystemRHS",
     "InvariantSet",
     "Jet",
     "JointInvariants",

@@ -33,11 +33,15 @@ from .invariants import (
     InvariantSet,
     get_invariant_set,
 )
+from .joint import JointInvariants
 from .stencils import Jet, laplacian_max_eigenvalue
 
 __all__ = [
     "RIGHT_HAND_SIDES",
     "InvariantRHS",
+    "InvariantSystemRHS",
+    "PerChannelInvariants",
+    "invariant_maps",
     "LinearF",
     "MonomialF",
     "PolynomialF",
@@ -202,3 +206,108 @@ class InvariantRHS(nn.Module):
     def extra_repr(self) -> str:
         return (f"invariants={self.invariant_set.name!r}, ratio_eps={self.ratio_eps}, "
                 f"ratio_regularisation={self.ratio_regularisation!r}")
+
+
+class InvariantSystemRHS(nn.Module):
+    """The right-hand side of a system of PDEs ``du^c/dt = F^c_theta(I(u^1 ... u^C))``: a
+    pointwise network of the differential invariants of all channels.
+
+    ``I`` (:class:`~eqpdenet.pde.joint.JointInvariants` of ``group``) is, by ``joint``:
+    ``"channel"``, the invariants of each channel alone (the paper's eq. (4) for SE(2));
+    ``"mixtures"``, those plus the joint invariants of ``mixtures`` learned linear combinations
+    of the channels; ``"all"``, every joint invariant of all pairs and triples (``O(C^3)`` maps).
+    ``F_theta`` is (with ``normalize_invariants``) a batch normalisation of each invariant map
+    (their scales differ by orders of magnitude), a 1x1 convolution ``K -> hidden``, batch
+    normalisation, ReLU, and a 1x1 convolution ``hidden -> C``. Every operation after the jet is
+    pointwise, so the system is equivariant under every transformation the invariants are
+    invariant under (up to the jet's discretisation). One explicit Euler step of it,
+    ``u <- u + dt F_theta(I(u))`` (:class:`~eqpdenet.pde.integrators.EulerStep`), is a residual
+    block.
+
+    Args:
+        channels: ``C``.
+        group: ``"se2"`` or ``"sim2"`` (the invariants' group).
+        hidden: width of ``F_theta``'s hidden layer (default ``C``).
+        joint, mixtures: which invariants (above).
+        stencil, spacing, boundary, sigma: how the jet is computed (``sigma`` for the
+            ``gaussian`` stencil).
+        ratio_eps: regularisation scale of ratio invariants (``sim2``).
+        normalize_invariants: batch-normalise each invariant map before ``F_theta`` mixes them.
+
+    ``forward``: ``(B, C, H, W) -> (B, C, H, W)``.
+
+    Example:
+        >>> rhs = InvariantSystemRHS(4, "se2", hidden=8)
+        >>> rhs(torch.rand(2, 4, 10, 10)).shape
+        torch.Size([2, 4, 10, 10])
+    """
+
+    def __init__(self, channels: int, group: str = "se2", hidden: int | None = None, *,
+                 joint: str = "channel", mixtures: int = 4, stencil: str = "isotropic",
+                 spacing: float = 1.0, boundary: str = "replicate", sigma: float | None = None,
+                 ratio_eps: float = DEFAULT_RATIO_EPS, normalize_invariants: bool = True):
+        super().__init__()
+        self.channels = require_int(channels, "channels", 1)
+        hidden = require_int(hidden if hidden is not None else channels, "hidden", 1)
+        self.invariants_of = invariant_maps(channels, group, joint, mixtures, ratio_eps)
+        self.jet = Jet(2, stencil, spacing, boundary, sigma=sigma)
+        maps = self.invariants_of.out_channels
+        self.F = nn.Sequential(
+            *([nn.BatchNorm2d(maps)] if normalize_invariants else []),
+            nn.Conv2d(maps, hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden), nn.ReLU(), nn.Conv2d(hidden, channels, 1))
+
+    @property
+    def names(self) -> list[str]:
+        """The invariant maps fed to ``F_theta``, in order."""
+        return self.invariants_of.names
+
+    def invariants(self, u: Tensor) -> Tensor:
+        """``(B, C, H, W) -> (B, K, H, W)``."""
+        return self.invariants_of(self.jet(u))
+
+    def forward(self, u: Tensor) -> Tensor:
+        return self.F(self.invariants(u))
+
+
+class PerChannelInvariants(nn.Module):
+    """The invariants of each channel alone: :class:`~eqpdenet.pde.joint.JointInvariants` of one
+    channel applied to every channel, ``(B, C, 6, H, W) -> (B, C K_1, H, W)``."""
+
+    def __init__(self, channels: int, group: str = "se2", ratio_eps: float = DEFAULT_RATIO_EPS):
+        super().__init__()
+        self.channels = require_int(channels, "channels", 1)
+        self.one = JointInvariants(1, group, ratio_eps=ratio_eps)
+        self.out_channels = channels * self.one.out_channels
+        self.names = [name.replace("1", str(c + 1)) for c in range(channels)
+                      for name in self.one.names]
+
+    def forward(self, jet: Tensor) -> Tensor:
+        batch, channels = jet.shape[:2]
+        if not self.one.scale_invariant and jet.shape[2] == 6:
+            return _se2_per_channel(jet).flatten(1, 2)
+        maps = self.one(jet.reshape(batch * channels, 1, *jet.shape[2:]))
+        return maps.reshape(batch, channels * maps.shape[1], *maps.shape[2:])
+
+
+def _se2_per_channel(jet: Tensor) -> Tensor:
+    """``(B, C, 6, H, W) -> (B, C, 5, H, W)``: what ``JointInvariants(1, "se2")`` computes for
+    each channel (``u, Δu, |∇u|², |H|², ∇uᵀH∇u``), written out so that a deep network's many
+    channels cost a few fused passes instead of the general module's gathers."""
+    u, ux, uy, uxx, uxy, uyy = jet.unbind(2)
+    ux2, uy2, uxy_ = ux * ux, uy * uy, uxy * uxy
+    return torch.stack([u, uxx + uyy, ux2 + uy2, uxx * uxx + 2 * uxy_ + uyy * uyy,
+                        ux2 * uxx + 2 * (ux * uy) * uxy + uy2 * uyy], dim=2)
+
+
+def invariant_maps(channels: int, group: str = "se2", joint: str = "channel", mixtures: int = 4,
+                   ratio_eps: float = DEFAULT_RATIO_EPS) -> nn.Module:
+    """The invariants of ``channels`` channels of ``group``: per channel, with ``mixtures``
+    learned joint combinations, or all joint (see :class:`InvariantSystemRHS`)."""
+    if joint == "channel":
+        return PerChannelInvariants(channels, group, ratio_eps)
+    if joint == "mixtures":
+        return JointInvariants(channels, group, require_int(mixtures, "mixtures", 1), ratio_eps)
+    if joint == "all":
+        return JointInvariants(channels, group, None, ratio_eps)
+    raise ConfigError(f"joint must be 'channel', 'mixtures' or 'all', got {joint!r}")

@@ -1,0 +1,95 @@
+"""Robustness of a classifier: accuracy under one fixed rotation, scaling or shift of every test
+image, and how much its logits change under rotations.
+
+All transforms follow :mod:`eqpdenet.geometry` (about the image centre, push-forward, bilinear,
+zero fill). Rotations by multiples of 90 degrees are exact (:func:`torch.rot90`). A shift of
+``s`` pixels moves each image by ``s`` in a direction drawn uniformly per image from a generator
+seeded by ``seed`` (the same directions for every model).
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    >>> images, labels = torch.rand(5, 1, 4, 4), torch.zeros(5, dtype=torch.long)
+    >>> len(rotation_curve(model, images, labels, [0, 90, 180]))
+    3
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..geometry import rotate, scale, translate
+
+__all__ = [
+    "accuracy_under",
+    "logit_change",
+    "rotation_curve",
+    "scale_curve",
+    "shift_curve",
+]
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model(images[i:i + batch_size].to(device)).cpu()
+                     for i in range(0, len(images), batch_size)])
+    model.train(was_training)
+    return out
+
+
+def accuracy_under(model: nn.Module, images: Tensor, labels: Tensor,
+                   transform: Callable[[Tensor], Tensor], batch_size: int = 500) -> float:
+    """Accuracy in percent of ``model`` on ``transform(images)`` ``(N, C, H, W)``."""
+    moved = torch.cat([transform(images[i:i + batch_size])
+                       for i in range(0, len(images), batch_size)])
+    return 100.0 * float((_logits(model, moved, batch_size).argmax(1) == labels).double().mean())
+
+
+def _rotation(degrees: float) -> Callable[[Tensor], Tensor]:
+    if degrees % 90 == 0:
+        return lambda x: torch.rot90(x, int(degrees // 90) % 4, (-2, -1))
+    return lambda x: rotate(x, math.radians(degrees))
+
+
+def rotation_curve(model: nn.Module, images: Tensor, labels: Tensor,
+                   angles: Sequence[float]) -> list[float]:
+    """Accuracy (percent) with every image rotated by each angle (degrees, counterclockwise)."""
+    return [accuracy_under(model, images, labels, _rotation(a)) for a in angles]
+
+
+def scale_curve(model: nn.Module, images: Tensor, labels: Tensor,
+                factors: Sequence[float]) -> list[float]:
+    """Accuracy (percent) with every image scaled by each factor about its centre."""
+    return [accuracy_under(model, images, labels, lambda x, f=f: scale(x, float(f)))
+            for f in factors]
+
+
+def shift_curve(model: nn.Module, images: Tensor, labels: Tensor, shifts: Sequence[float],
+                seed: int = 0) -> list[float]:
+    """Accuracy (percent) with every image shifted by each distance (pixels), in a direction
+    drawn per image (seeded, the same for every distance)."""
+    generator = torch.Generator().manual_seed(seed)
+    theta = 2 * math.pi * torch.rand(len(images), generator=generator, dtype=torch.float64)
+    direction = torch.stack([torch.cos(theta), torch.sin(theta)], 1).to(images.dtype)
+    curve = []
+    for s in shifts:
+        shifted = translate(images, float(s) * direction)
+        curve.append(accuracy_under(model, shifted, labels, lambda x: x))
+    return curve
+
+
+def logit_change(model: nn.Module, images: Tensor, degrees: float,
+                 batch_size: int = 500) -> float:
+    """Relative change of the logits under a rotation: ``||l(g f) - l(f)|| / ||l(f)||`` over the
+    whole batch (0 for a rotation-invariant model)."""
+    logits = _logits(model, images, batch_size)
+    moved = _logits(model, _rotation(degrees)(images), batch_size)
+    return float(torch.linalg.vector_norm(moved - logits) / torch.linalg.vector_norm(logits))

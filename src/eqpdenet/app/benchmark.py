@@ -1,0 +1,193 @@
+"""The robustness benchmark behind ``eqpdenet benchmark``: every model trained with every seed by
+the same code on the same data, evaluated on the scenarios and on robustness curves.
+
+Each run (one model, one seed) is trained and evaluated as in :func:`eqpdenet.app.training.
+run_experiment`; :func:`robustness` then adds, on the first ``curves.images`` test images, the
+accuracy against rotation angle, scale factor and shift distance and the relative change of the
+logits under rotations (:mod:`eqpdenet.analysis.robustness`). Runs are appended to
+``results.jsonl`` as they finish (resumable; a folder holding another configuration is refused);
+:func:`write_benchmark_report` turns them into ``table.md`` and ``robustness.png``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import statistics
+from pathlib import Path
+
+from torch import nn
+
+from ..analysis.robustness import logit_change, rotation_curve, scale_curve, shift_curve
+from .config import BenchmarkConfig, CurvesConfig, to_dict, to_toml
+from .files import atomic_write, read_jsonl, save_figure
+from .locks import hold
+from .sweeps import check_results_folder, run_sweep
+from .training import Data, fingerprint, run_experiment
+
+__all__ = ["benchmark", "robustness", "summarise", "write_benchmark_report"]
+
+
+def robustness(model: nn.Module, data: Data, curves: CurvesConfig, seed: int) -> dict:
+    """Curves and invariance errors of ``model`` on the first ``curves.images`` test images."""
+    images = data["test"].images[:curves.images]
+    labels = data["test"].labels[:curves.images]
+    return {
+        "images": len(images),
+        "angles": curves.angles,
+        "rotation": rotation_curve(model, images, labels, curves.angles),
+        "scales": curves.scales,
+        "scale": scale_curve(model, images, labels, curves.scales),
+        "shifts": curves.shifts,
+        "shift": shift_curve(model, images, labels, curves.shifts, seed=seed),
+        "logit_change": {f"{a:g}": logit_change(model, images, a)
+                         for a in curves.invariance_angles},
+    }
+
+
+def _run(config, data, *, progress, checkpoint, curves: dict, entry: str) -> dict:
+    """One benchmark run: :func:`run_experiment` plus :func:`robustness` (picklable)."""
+    extra = functools.partial(_robustness_of, curves=curves, seed=config.train.seed)
+    record = run_experiment(config, data, progress=progress, checkpoint=checkpoint,
+                            extra_evaluation=extra)
+    record["entry"] = entry
+    return record
+
+
+def _robustness_of(model, data, *, curves: dict, seed: int) -> dict:
+    return {"robustness": robustness(model, data, CurvesConfig(**curves), seed)}
+
+
+def benchmark(config: BenchmarkConfig, out_dir: Path, *, models: list[str] | None = None,
+              jobs: int = 1, data_dir=None, cache_dir=None, progress: bool = True,
+              echo=print) -> Path:
+    """Run every missing (model, seed) of the benchmark into ``out_dir/results.jsonl``.
+
+    ``models`` restricts the run to some of ``config.models`` (the others stay in the config).
+    """
+    out_dir = Path(out_dir)
+    chosen = models or list(config.models)
+    for name in chosen:
+        config.experiment(name, 0)  # unknown names and bad overrides fail before any work
+    with hold(out_dir, "benchmark"):  # one writer per results folder
+        base_print = fingerprint({"base": to_dict(config.base), "curves": to_dict(config.curves)})
+        check_results_folder(out_dir, base_print)
+        atomic_write(out_dir / "config.toml", to_toml(config).encode())
+        for name in chosen:
+            runs = {f"{name}-seed{seed}": config.experiment(name, seed) for seed in config.seeds}
+            keep = {key for key, run in runs.items() if run.train.seed in config.checkpoint_seeds}
+            run_sweep(f"benchmark {name}", runs, out_dir, base_fingerprint=base_print,
+                      checkpoint_keys=keep, runner=_run,
+                      runner_options={"curves": to_dict(config.curves), "entry": name}, jobs=jobs,
+                      data_dir=data_dir, cache_dir=cache_dir, progress=progress, echo=echo)
+    return out_dir / "results.jsonl"
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def summarise(records: list[dict]) -> dict[str, dict]:
+    """Per model: parameters, seeds, mean and std of every accuracy, training minutes, curves."""
+    by_entry: dict[str, list[dict]] = {}
+    for record in records:
+        if record.get("status") == "ok":
+            by_entry.setdefault(record.get("entry", record["model"]), []).append(record)
+    summary = {}
+    for entry, runs in by_entry.items():
+        runs.sort(key=lambda r: r["seed"])
+        scenarios = list(runs[0]["accuracy"])
+        item = {"params": runs[0]["params"], "seeds": [r["seed"] for r in runs],
+                "train_minutes": _mean_std([r["train_seconds"] / 60 for r in runs]),
+                "accuracy": {s: _mean_std([r["accuracy"][s] for r in runs]) for s in scenarios}}
+        if "validation_accuracy" in runs[0]:
+            item["validation"] = _mean_std([r["validation_accuracy"] for r in runs])
+        curves = [r["robustness"] for r in runs if "robustness" in r]
+        if curves:
+            first = curves[0]
+            for kind, axis in (("rotation", "angles"), ("scale", "scales"), ("shift", "shifts")):
+                item[kind] = (first[axis], [statistics.fmean(c[kind][i] for c in curves)
+                                            for i in range(len(first[axis]))])
+            item["logit_change"] = {a: _mean_std([c["logit_change"][a] for c in curves])
+                                    for a in first["logit_change"]}
+            item["curve_images"] = first["images"]
+        summary[entry] = item
+    return summary
+
+
+def _fmt(value: tuple[float, float], digits: int = 1) -> str:
+    mean, std = value
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.{digits}f}" + (f" ({std:.{digits}f})" if not math.isnan(std) else "")
+
+
+#: Column order of the scenarios in the table (others follow, alphabetically).
+SCENARIO_ORDER = ("test", "iso", "sca", "rot", "shift")
+
+
+def benchmark_table(summary: dict[str, dict]) -> str:
+    """Markdown: accuracy per scenario (mean (std) over seeds), curves' spread, invariance."""
+    found = list(next(iter(summary.values()))["accuracy"]) if summary else []
+    scenarios = [s for s in SCENARIO_ORDER if s in found] + sorted(set(found) - set(SCENARIO_ORDER))
+    lines = ["| model | params | seeds | " + " | ".join(scenarios)
+             + " | angle curve: min–max | logit change rot90 | logit change 37° | train min |",
+             "|---|---:|---:|" + "---:|" * len(scenarios) + "---:|---:|---:|---:|"]
+    for entry, item in summary.items():
+        cells = [entry, f"{item['params']:,}", str(len(item["seeds"]))]
+        cells += [_fmt(item["accuracy"][s]) for s in scenarios]
+        if "rotation" in item:
+            curve = item["rotation"][1]
+            cells.append(f"{min(curve):.1f}–{max(curve):.1f}")
+            changes = item["logit_change"]
+            cells += [f"{changes[a][0]:.1e}" if a in changes else "–" for a in ("90", "37")]
+        else:
+            cells += ["–", "–", "–"]
+        cells.append(f"{item['train_minutes'][0]:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_robustness(summary: dict[str, dict], path: Path) -> Path:
+    """PNG: accuracy against rotation angle, scale factor and shift (mean over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    panels = (("rotation", "rotation angle (degrees)"), ("scale", "scale factor"),
+              ("shift", "shift (pixels)"))
+    for axis, (kind, label) in zip(axes, panels, strict=True):
+        for entry, item in summary.items():
+            if kind in item:
+                x, y = item[kind]
+                axis.plot(x, y, "o-", ms=3, lw=1.2, label=entry)
+        axis.set_xlabel(label)
+        axis.set_ylabel("accuracy (%)")
+        axis.grid(alpha=0.3)
+    if kind in next(iter(summary.values()), {}):
+        images = next(iter(summary.values()))["curve_images"]
+        fig.suptitle(f"Robustness on the first {images:,} ROTMNIST test digits "
+                     f"(mean over seeds)")
+    axes[0].set_xticks(range(0, 361, 45))
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def write_benchmark_report(out_dir: Path) -> tuple[Path, Path]:
+    """``table.md`` and ``robustness.png`` from ``out_dir/results.jsonl``."""
+    out_dir = Path(out_dir)
+    records = read_jsonl(out_dir / "results.jsonl")
+    if not records:
+        raise FileNotFoundError(f"no results in {out_dir / 'results.jsonl'}")
+    summary = summarise(records)
+    header = ("Accuracy in percent, mean (sample std) over seeds; scenarios on the whole test "
+              "set, curves and logit changes on the first test images (see `config.toml`). "
+              f"From `results.jsonl` beside this file ({len(records)} runs).\n\n")
+    table = out_dir / "table.md"
+    atomic_write(table, (header + benchmark_table(summary) + "\n").encode())
+    return table, plot_robustness(summary, out_dir / "robustness.png")

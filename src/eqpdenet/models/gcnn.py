@@ -1,0 +1,108 @@
+"""A group-equivariant CNN baseline built on e2cnn (Weiler & Cesa, 2019), an optional extra.
+
+Rotation-equivariant convolutions on the cyclic group C_N (default C8): a lifting convolution
+from the image to ``channels[0]`` regular feature fields, then equivariant convolutions between
+regular fields (inner batch norm, ReLU; 2x2 max pooling after the layers in ``pool_after``), then
+group pooling (max over the N rotations of each field: rotation-invariant maps), global pooling
+over space and a linear classifier. Equivariance to rotations by multiples of 2 pi / N is exact
+up to the pixel grid (rot90 is exact for N divisible by 4). The defaults have 27,150 learned
+parameters (basis coefficients; e2cnn expands them into ordinary filters).
+
+e2cnn 0.2.3 is pure Python (torch, numpy, scipy, sympy) and runs unchanged with torch 2.13 (it
+emits a deprecation warning about uint8 masks, silenced here): ``pip install eqpdenet[gcnn]``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+from ..checks import check_images, require, require_int
+from .perceptron import Standardize
+
+__all__ = ["GCNN", "GCNNConfig"]
+
+
+@dataclass
+class GCNNConfig:
+    """Options of :class:`GCNN`.
+
+    Attributes:
+        group_order: N of the rotation group C_N.
+        channels: regular feature fields of each convolution (each field has N channels).
+        kernels: kernel size of each convolution.
+        pool_after: 2x2 max pooling after these layers (1-based).
+        readout: global pooling over space after group pooling: ``"max"`` or ``"mean"``.
+    """
+
+    group_order: int = 8
+    channels: list[int] = field(default_factory=lambda: [6, 8, 10, 12, 12])
+    kernels: list[int] = field(default_factory=lambda: [5, 3, 3, 3, 3])
+    pool_after: list[int] = field(default_factory=lambda: [1, 3])
+    readout: str = "max"
+
+    def __post_init__(self):
+        require_int(self.group_order, "gcnn.group_order", 1)
+        require(len(self.channels) == len(self.kernels) >= 1, "gcnn.kernels",
+                "needs one kernel size per entry of gcnn.channels")
+        for index, (c, k) in enumerate(zip(self.channels, self.kernels, strict=True)):
+            require_int(c, f"gcnn.channels[{index}]", 1)
+            require(isinstance(k, int) and k >= 1 and k % 2 == 1, f"gcnn.kernels[{index}]",
+                    "must be an odd positive integer")
+        require(all(isinstance(p, int) and 1 <= p <= len(self.channels) for p in self.pool_after),
+                "gcnn.pool_after", "must be layer numbers (1-based)")
+        require(self.readout in ("max", "mean"), "gcnn.readout", "must be 'max' or 'mean'")
+
+
+def _e2cnn():
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from e2cnn import gspaces
+            from e2cnn import nn as enn
+    except ImportError as error:
+        raise ImportError("the G-CNN baseline needs e2cnn, an optional dependency: "
+                          "pip install 'eqpdenet[gcnn]'") from error
+    return gspaces, enn
+
+
+class GCNN(nn.Module):
+    """Images ``(B, in_channels, image_size, image_size)`` -> logits ``(B, classes)``."""
+
+    def __init__(self, gcnn: GCNNConfig | None = None, image_size: int = 28, in_channels: int = 1,
+                 classes: int = 10, input_mean: float = 0.0, input_std: float = 1.0):
+        super().__init__()
+        gspaces, enn = _e2cnn()
+        self.config = gcnn = gcnn or GCNNConfig()
+        self.image_size = require_int(image_size, "image_size", 1)
+        self.in_channels = require_int(in_channels, "in_channels", 1)
+        self.standardize = Standardize(input_mean, input_std)
+        space = gspaces.Rot2dOnR2(N=gcnn.group_order)
+        self._input_type = enn.FieldType(space, in_channels * [space.trivial_repr])
+        layers, current = [], self._input_type
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e2cnn's uint8-mask deprecation warning
+            for index, (fields, kernel) in enumerate(zip(gcnn.channels, gcnn.kernels,
+                                                         strict=True), 1):
+                out = enn.FieldType(space, fields * [space.regular_repr])
+                layers += [enn.R2Conv(current, out, kernel, padding=kernel // 2, bias=False),
+                           enn.InnerBatchNorm(out), enn.ReLU(out, inplace=True)]
+                if index in gcnn.pool_after:
+                    layers.append(enn.PointwiseMaxPool(out, 2))
+                current = out
+            layers.append(enn.GroupPooling(current))
+            self.features = enn.SequentialModule(*layers)
+        self._enn = enn
+        self.classifier = nn.Linear(gcnn.channels[-1], require_int(classes, "classes", 1))
+
+    def forward(self, images: Tensor) -> Tensor:
+        check_images(images, "images", channels=self.in_channels,
+                     size=(self.image_size, self.image_size))
+        x = self._enn.GeometricTensor(self.standardize(images), self._input_type)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            maps = self.features(x).tensor
+        pooled = maps.amax(dim=(-2, -1)) if self.config.readout == "max" else maps.mean(dim=(-2, -1))
+        return self.classifier(pooled)

@@ -1,0 +1,173 @@
+"""InvariantPDENet: a deep network of invariant PDEs, robust to rotations and translations by
+construction.
+
+The image ``f`` is lifted to ``C_0`` channels by a pointwise map of its own differential
+invariants; then each *stage* ``s`` integrates a system of PDEs
+
+    du/dt = F_theta_b(I(u)),        u = (u^1, ..., u^{C_s})
+
+by ``blocks[s]`` explicit Euler steps ``u <- u + dt F_theta_b(I(u))`` (each step a block with its
+own ``F``: :class:`~eqpdenet.pde.rhs.InvariantSystemRHS`, a pointwise network of the
+differential invariants of all channels); between stages a pointwise channel map and, optionally,
+a 2x2 average pooling (a coarser scale). The readout pools every channel globally over space
+(max or mean) and a linear classifier gives the logits.
+
+Why it is invariant: the jet commutes with rotations by multiples of 90 degrees exactly (and
+with other rotations up to its discretisation error), the invariants are rotation and
+translation invariant functions of the jet, everything else is pointwise (1x1 convolutions,
+batch norm, ReLU) or commutes with the group (pooling of even-sized maps, global pooling). So
+``rot90`` of the input leaves the logits unchanged up to rounding, and translations change them
+only through the image border.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ..checks import check_images, require, require_int, require_positive
+from ..pde.integrators import EulerStep
+from ..pde.invariants import DEFAULT_RATIO_EPS
+from ..pde.joint import JOINT_GROUPS
+from ..pde.rhs import InvariantSystemRHS, invariant_maps
+from ..pde.stencils import BOUNDARIES, STENCILS, Jet, stencil_has_scale
+from .perceptron import Standardize
+
+__all__ = ["InvariantPDEConfig", "InvariantPDENet"]
+
+
+@dataclass
+class InvariantPDEConfig:
+    """Options of :class:`InvariantPDENet` (defaults: the benchmark's ~24k-parameter model).
+
+    Attributes:
+        channels: channels ``C_s`` of each stage.
+        blocks: Euler steps (blocks, each with its own ``F``) of each stage.
+        hidden: width of each ``F``'s hidden layer, as a multiple of the stage's channels.
+        group: the invariants' group, ``"se2"`` or ``"sim2"`` (scale invariant too).
+        joint, mixtures: which invariants each ``F`` sees: ``"channel"`` (each channel's
+            own), ``"mixtures"`` (plus the joint invariants of ``mixtures`` learned combinations
+            of the channels) or ``"all"`` (:class:`~eqpdenet.pde.rhs.InvariantSystemRHS`).
+        dt: Euler step.
+        stencil, sigma, boundary: the jet's derivatives (``sigma`` in pixels, for the
+            ``gaussian`` stencil) and boundary.
+        ratio_eps: regularisation of ratio invariants (``sim2``).
+        downsample: between stages: ``"pool"`` (2x2 average pooling) or ``"none"``.
+        readout: global pooling over space: ``"max"``, ``"mean"`` or ``"meanmax"`` (both,
+            concatenated).
+        normalize_invariants: batch-normalise each invariant map before ``F`` mixes them.
+    """
+
+    channels: list[int] = field(default_factory=lambda: [12, 24, 32])
+    blocks: list[int] = field(default_factory=lambda: [2, 2, 2])
+    hidden: float = 1.0
+    group: str = "se2"
+    joint: str = "channel"
+    mixtures: int = 4
+    dt: float = 1.0
+    stencil: str = "isotropic"
+    sigma: float = 1.0
+    boundary: str = "zeros"
+    ratio_eps: float = DEFAULT_RATIO_EPS
+    downsample: str = "pool"
+    readout: str = "max"
+    normalize_invariants: bool = True
+
+    def __post_init__(self):
+        require(len(self.channels) == len(self.blocks) >= 1, "invariant_pde.blocks",
+                "needs one entry per entry of invariant_pde.channels")
+        for index, (c, b) in enumerate(zip(self.channels, self.blocks, strict=True)):
+            require_int(c, f"invariant_pde.channels[{index}]", 1)
+            require_int(b, f"invariant_pde.blocks[{index}]", 0)
+        require_positive(self.hidden, "invariant_pde.hidden")
+        JOINT_GROUPS.check(self.group, "invariant_pde.group")
+        require(self.joint in ("channel", "mixtures", "all"), "invariant_pde.joint",
+                "must be 'channel', 'mixtures' or 'all'")
+        require_int(self.mixtures, "invariant_pde.mixtures", 1)
+        require_positive(self.sigma, "invariant_pde.sigma")
+        require_positive(self.dt, "invariant_pde.dt")
+        STENCILS.check(self.stencil, "invariant_pde.stencil")
+        BOUNDARIES.check(self.boundary, "invariant_pde.boundary")
+        require_positive(self.ratio_eps, "invariant_pde.ratio_eps")
+        require(self.downsample in ("pool", "none"), "invariant_pde.downsample",
+                "must be 'pool' or 'none'")
+        require(self.readout in ("max", "mean", "meanmax"), "invariant_pde.readout",
+                "must be 'max', 'mean' or 'meanmax'")
+
+
+def _sigma(config: InvariantPDEConfig) -> float | None:
+    return config.sigma if stencil_has_scale(config.stencil) else None
+
+
+class _Lift(nn.Module):
+    """``f (B, C_in, H, W) -> (B, C_0, H, W)``: a pointwise map of the input's invariants."""
+
+    def __init__(self, in_channels: int, channels: int, config: InvariantPDEConfig):
+        super().__init__()
+        self.invariants_of = invariant_maps(in_channels, config.group, "channel",
+                                            ratio_eps=config.ratio_eps)
+        self.jet = Jet(2, config.stencil, 1.0, config.boundary, sigma=_sigma(config))
+        maps = self.invariants_of.out_channels
+        self.map = nn.Sequential(
+            *([nn.BatchNorm2d(maps)] if config.normalize_invariants else []),
+            nn.Conv2d(maps, channels, 1, bias=False), nn.BatchNorm2d(channels))
+
+    def forward(self, f: Tensor) -> Tensor:
+        return self.map(self.invariants_of(self.jet(f)))
+
+
+class InvariantPDENet(nn.Module):
+    """A deep invariant-PDE network (see the module doc).
+
+    ``forward``: images ``(B, in_channels, image_size, image_size)`` -> logits ``(B, classes)``.
+    :meth:`features` gives the pooled, invariant features ``(B, F)`` before the classifier.
+
+    Example:
+        >>> net = InvariantPDENet(InvariantPDEConfig(channels=[4, 8], blocks=[1, 1]))
+        >>> net(torch.rand(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, invariant_pde: InvariantPDEConfig | None = None, image_size: int = 28,
+                 in_channels: int = 1, classes: int = 10, input_mean: float = 0.0,
+                 input_std: float = 1.0):
+        super().__init__()
+        self.config = config = invariant_pde or InvariantPDEConfig()
+        self.image_size = require_int(image_size, "image_size", 1)
+        self.in_channels = require_int(in_channels, "in_channels", 1)
+        self.standardize = Standardize(input_mean, input_std)
+        self.lift = _Lift(in_channels, config.channels[0], config)
+        stages = []
+        for index, (channels, blocks) in enumerate(zip(config.channels, config.blocks,
+                                                       strict=True)):
+            modules: list[nn.Module] = []
+            if index:
+                modules.append(nn.Conv2d(config.channels[index - 1], channels, 1, bias=False))
+                if config.downsample == "pool":
+                    modules.append(nn.AvgPool2d(2))
+            for block in range(blocks):
+                rhs = InvariantSystemRHS(
+                    channels, config.group, max(1, round(config.hidden * channels)),
+                    joint=config.joint, mixtures=config.mixtures, stencil=config.stencil,
+                    boundary=config.boundary, sigma=_sigma(config), ratio_eps=config.ratio_eps,
+                    normalize_invariants=config.normalize_invariants)
+                modules.append(EulerStep(rhs, config.dt, name=f"stage{index}.block{block}"))
+            stages.append(nn.Sequential(*modules))
+        self.stages = nn.Sequential(*stages)
+        width = config.channels[-1] * (2 if config.readout == "meanmax" else 1)
+        self.norm = nn.BatchNorm1d(width)
+        self.classifier = nn.Linear(width, require_int(classes, "classes", 1))
+
+    def features(self, images: Tensor) -> Tensor:
+        """Globally pooled features ``(B, F)``: invariant under rotations (up to the grid)."""
+        check_images(images, "images", channels=self.in_channels,
+                     size=(self.image_size, self.image_size))
+        u = self.stages(self.lift(self.standardize(images)))
+        pooled = {"max": lambda: u.amax(dim=(-2, -1)), "mean": lambda: u.mean(dim=(-2, -1)),
+                  "meanmax": lambda: torch.cat([u.mean(dim=(-2, -1)), u.amax(dim=(-2, -1))], 1)}
+        return self.norm(pooled[self.config.readout]())
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.classifier(self.features(images))

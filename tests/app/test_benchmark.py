@@ -1,0 +1,115 @@
+"""The robustness benchmark and data sets through the CLI, on a tiny synthetic data set."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from eqpdenet.analysis.robustness import logit_change, rotation_curve, scale_curve, shift_curve
+from eqpdenet.app.cli import main
+from eqpdenet.app.config import ExperimentConfig, apply_overrides
+from eqpdenet.app.files import read_jsonl
+from eqpdenet.app.training import prepare_data, resolve_for_data, train_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    """Bars at 4 orientations-ish: class = which quarter of the image is bright (12x12)."""
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+
+    def make(n):
+        labels = np.arange(n) % 4
+        images = rng.integers(0, 40, (n, 12, 12)).astype(np.uint8)
+        for i, c in enumerate(labels):
+            r, q = divmod(int(c), 2)
+            images[i, 6 * r:6 * r + 6, 6 * q:6 * q + 6] += 200
+        return images, labels
+
+    x_train, y_train = make(160)
+    x_test, y_test = make(40)
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return str(path)
+
+
+class SumModel(nn.Module):
+    """Logits from the image's total intensity: invariant under every rotation of the grid."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(1, 3)
+
+    def forward(self, x):
+        return self.linear(x.sum(dim=(1, 2, 3))[:, None])
+
+
+def test_curves_of_an_invariant_model_are_flat_at_quarter_turns():
+    torch.manual_seed(0)
+    model, images = SumModel(), torch.rand(20, 1, 10, 10)
+    labels = model(images).argmax(1)
+    curve = rotation_curve(model, images, labels, [0, 90, 180, 270])
+    assert curve == [100.0] * 4
+    assert logit_change(model, images, 90) < 1e-6
+    assert logit_change(model, images, 37) > 1e-3  # bilinear resampling changes the sum
+    assert scale_curve(model, images, labels, [1.0]) == [100.0]
+    assert shift_curve(model, images, labels, [0.0]) == [100.0]
+
+
+def test_resolve_for_data_takes_sizes_classes_and_statistics(tiny):
+    config = apply_overrides(ExperimentConfig(), [f"data.dataset='{tiny}'", "data.validation=40"])
+    data = prepare_data(config.data)
+    resolved = resolve_for_data(config, data)
+    model = resolved.model
+    assert (model.image_size, model.in_channels, model.classes) == (12, 1, 4)
+    pixels = data["train"].images.double()  # 120 images: the validation 40 are excluded
+    assert len(data["train"]) == 120 and len(data["validation"]) == 40
+    assert model.input_mean == pytest.approx(float(pixels.mean()))
+    assert model.input_std == pytest.approx(float(pixels.std()))
+    fixed = apply_overrides(config, ["model.standardize='fixed'"])
+    assert resolve_for_data(fixed, data).model.input_mean == 0.1307
+
+
+def test_train_model_accepts_a_model_instance(tiny):
+    config = apply_overrides(ExperimentConfig(), [f"data.dataset='{tiny}'", "train.epochs=2"])
+    data = prepare_data(config.data)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(144, 4))
+    trained, history = train_model(config, data, model=model, progress=False)
+    assert trained is model and len(history) == 2 and history[1]["loss"] < history[0]["loss"]
+
+
+def test_train_cli_on_a_rotated_npz_data_set(tiny, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--dataset", tiny, "--rotated", "--model", "cnn",
+                 "--epochs", "1", "--no-progress"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["config"]["data"]["rotated"] is True
+    assert result["config"]["model"]["classes"] == 4 and result["config"]["model"]["image_size"] == 12
+
+
+def test_benchmark_cli_end_to_end_and_resume(tiny, tmp_path, capsys):
+    out = tmp_path / "bench"
+    args = ["benchmark", "--out", str(out), "--no-progress", "--models", "cnn", "invariant-pde",
+            "--set", f"base.data.dataset='{tiny}'", "--set", "seeds=[0, 1]",
+            "--set", "base.train.epochs=1", "--set", "base.scenarios=['test', 'iso']",
+            "--set", "base.model.invariant_pde.channels=[4, 6]",
+            "--set", "base.model.invariant_pde.blocks=[1, 1]",
+            "--set", "curves.images=20", "--set", "curves.angles=[0, 90, 45]",
+            "--set", "curves.scales=[1.0]", "--set", "curves.shifts=[0, 1]"]
+    assert main(args) == 0
+    records = read_jsonl(out / "results.jsonl")
+    assert sorted(r["key"] for r in records) == ["cnn-seed0", "cnn-seed1", "invariant-pde-seed0",
+                                                 "invariant-pde-seed1"]
+    pde = next(r for r in records if r["key"] == "invariant-pde-seed0")
+    assert pde["robustness"]["rotation"][0] == pde["robustness"]["rotation"][1]  # 0° and 90°
+    assert pde["robustness"]["logit_change"]["90"] < 1e-4
+    table = (out / "table.md").read_text()
+    assert "| cnn |" in table and "| invariant-pde |" in table
+    assert (out / "robustness.png").stat().st_size > 1000
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "cnn-seed0.pt", "invariant-pde-seed0.pt"]
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "0 to go" in capsys.readouterr().out
+    assert len(read_jsonl(out / "results.jsonl")) == 4

@@ -1,0 +1,97 @@
+"""Data sets by name or file: .npz and IDX folders, rotated versions, clear errors."""
+
+import gzip
+
+import numpy as np
+import pytest
+import torch
+
+from eqpdenet import ConfigError, DataFileError
+from eqpdenet.data.datasets import DATASETS, load_dataset, rotate_dataset
+
+
+def write_npz(path, train=60, test=20, size=12, classes=3, seed=0, **overrides):
+    rng = np.random.default_rng(seed)
+    arrays = {"x_train": rng.integers(0, 256, (train, size, size), dtype=np.uint8),
+              "y_train": np.arange(train) % classes,
+              "x_test": rng.integers(0, 256, (test, size, size), dtype=np.uint8),
+              "y_test": np.arange(test) % classes}
+    arrays.update(overrides)
+    np.savez(path, **arrays)
+    return arrays
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def test_npz_round_trip_scales_to_unit_interval(tmp_path):
+    arrays = write_npz(tmp_path / "set.npz")
+    data = load_dataset(str(tmp_path / "set.npz"))
+    assert data.train_images.shape == (60, 1, 12, 12) and data.classes == 3
+    torch.testing.assert_close(data.test_images[:, 0],
+                               torch.from_numpy(arrays["x_test"]).float() / 255.0)
+    assert data.train_labels.dtype == torch.int64 and data.train_labels.tolist()[:4] == [0, 1, 2, 0]
+
+
+def test_channels_last_colour_images(tmp_path):
+    images = np.random.default_rng(1).random((10, 8, 8, 3)).astype(np.float32)
+    write_npz(tmp_path / "rgb.npz", x_train=images, y_train=np.arange(10) % 2,
+              x_test=images[:4], y_test=np.arange(4) % 2)
+    data = load_dataset(str(tmp_path / "rgb.npz"))
+    assert data.image_shape == (3, 8, 8)
+    torch.testing.assert_close(data.train_images[3, 2], torch.from_numpy(images[3, :, :, 2]))
+
+
+def test_idx_folder_with_mnist_names_but_other_content(tmp_path):
+    """Fashion-MNIST's layout: MNIST's file names, other pixels; no MNIST checksum applies."""
+    rng = np.random.default_rng(2)
+    parts = {"train-images-idx3-ubyte": rng.integers(0, 256, (30, 6, 6)),
+             "train-labels-idx1-ubyte": np.arange(30) % 5,
+             "t10k-images-idx3-ubyte": rng.integers(0, 256, (10, 6, 6)),
+             "t10k-labels-idx1-ubyte": np.arange(10) % 5}
+    for name, array in parts.items():
+        (tmp_path / f"{name}.gz").write_bytes(gzip.compress(idx_bytes(array)))
+    data = load_dataset(str(tmp_path))
+    assert data.classes == 5 and data.train_images.shape == (30, 1, 6, 6)
+    assert torch.equal(data.test_labels, torch.from_numpy(parts["t10k-labels-idx1-ubyte"]))
+
+
+def test_rotated_version_is_deterministic_and_keeps_the_pools_apart(tmp_path):
+    write_npz(tmp_path / "set.npz", size=15)
+    plain = load_dataset(str(tmp_path / "set.npz"))
+    a = rotate_dataset(plain, seed=4)
+    b = load_dataset(str(tmp_path / "set.npz"), seed=4, rotated=True)
+    c = rotate_dataset(plain, seed=5)
+    assert torch.equal(a.train_images, b.train_images) and torch.equal(a.test_images, b.test_images)
+    assert not torch.equal(a.train_images, c.train_images)
+    assert torch.equal(a.train_labels, plain.train_labels)  # each image stays in its own split
+    assert len(a.train_images) == 60 and len(a.test_images) == 20
+    # the mass of each image is (nearly) kept by a rotation about its centre: no pool mixing
+    inside = torch.zeros(15, 15)
+    inside[4:11, 4:11] = 1  # a centred square stays inside the frame under any rotation
+    square = plain.train_images * inside
+    turned = rotate_dataset(type(plain)("sq", square, plain.train_labels, square[:20],
+                                        plain.test_labels, 3), seed=0)
+    torch.testing.assert_close(turned.train_images.sum((1, 2, 3)), square.sum((1, 2, 3)),
+                               rtol=0.03, atol=0.5)
+
+
+def test_registered_names_and_bad_inputs(tmp_path):
+    assert {"rotmnist", "mnist"} <= set(DATASETS.names())
+    with pytest.raises(ConfigError, match="unknown data set 'nope'"):
+        load_dataset("nope")
+    (tmp_path / "x.txt").write_text("no")
+    with pytest.raises(ConfigError, match=".npz"):
+        load_dataset(str(tmp_path / "x.txt"))
+    write_npz(tmp_path / "bad.npz", x_test=np.full((20, 12, 12), 1.5, np.float32))
+    with pytest.raises(DataFileError, match=r"float pixels must be in \[0, 1\]"):
+        load_dataset(str(tmp_path / "bad.npz"))
+    np.savez(tmp_path / "partial.npz", x_train=np.zeros((2, 3, 3), np.uint8))
+    with pytest.raises(DataFileError, match="missing array"):
+        load_dataset(str(tmp_path / "partial.npz"))
+    write_npz(tmp_path / "gap.npz", y_train=np.arange(60) % 3 * 2)  # labels 0, 2, 4: 1, 3 absent
+    with pytest.raises(DataFileError, match="lacks"):
+        load_dataset(str(tmp_path / "gap.npz"))
