@@ -28,6 +28,7 @@ __all__ = [
     "StateReports",
     "check_images",
     "deferred_state_checks",
+    "deferring",
     "first_failed_step",
     "report_non_finite",
     "require",
@@ -151,6 +152,12 @@ def deferred_state_checks() -> Iterator[StateReports]:
         yield reports
     finally:
         _pending.reset(token)
+
+
+def deferring() -> bool:
+    """Whether reports are being collected by :func:`deferred_state_checks` (then every check must
+    report, failed or not, so that the reports keep their layout from one call to the next)."""
+    return _pending.get() is not None
 
 
 def report_non_finite(names: Sequence[str], dts: Sequence[float], first_bad: Tensor) -> None:

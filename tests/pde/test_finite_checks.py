@@ -56,3 +56,15 @@ def test_reference_reads_the_device_once_per_flow(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "__bool__", lambda t: calls.append(1) or original(t))
     layer(torch.rand(2, 1, 6, 6))
     assert calls == []  # the one read is .tolist() of the first bad step, after the 10 steps
+
+
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+def test_deferred_reports_keep_their_layout_when_all_is_finite(backend):
+    """A training step replayed many times reads its reports by position: finite states must
+    report too."""
+    layer = PDELayer.build(["se2", "scaling"], T=0.3, dt=0.1, backend=backend)
+    with deferred_state_checks() as reports:
+        layer(torch.rand(2, 1, 6, 6))
+    assert reports.names == ["pde0:se2", "pde1:scaling"]
+    assert reports.flags().tolist() == [0, 0]
+    reports.raise_first()  # nothing to raise

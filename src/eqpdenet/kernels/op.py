@@ -61,7 +61,7 @@ import torch
 from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ..checks import report_non_finite
+from ..checks import deferring, report_non_finite
 from ..registry import Registry
 
 __all__ = [
@@ -161,7 +161,15 @@ def stencil_is_supported(weight: Tensor) -> bool:
     and ``isotropic`` families have this form)."""
     if weight.numel() != 54 or weight.shape[0] != 6 or tuple(weight.shape[-2:]) != (3, 3):
         return False
-    k = host_copy(weight).to(dtype=torch.float64).reshape(6, 3, 3)
+    cached = _supported.get(weight)  # asked at every forward: answered once per stencil tensor
+    if cached is not None and cached[0] == weight._version:
+        return cached[1]
+    answer = _has_supported_form(host_copy(weight).to(dtype=torch.float64).reshape(6, 3, 3))
+    _supported[weight] = (weight._version, answer)
+    return answer
+
+
+def _has_supported_form(k: Tensor) -> bool:
     centre_only = torch.zeros(3, 3, dtype=torch.float64)
     centre_only[1, 1] = 1.0
     flip_x, flip_y = k.flip(-1), k.flip(-2)  # columns are x; rows are y (reversed)
@@ -215,14 +223,16 @@ def warn_once(reason: str) -> None:
 # Device tensor -> (its version, a CPU copy). Small metadata tensors are read on the host (which
 # kernel variant to launch, whether a stencil is supported) without waiting for the device.
 _host_copies = WeakIdKeyDictionary()
+# Stencil tensor -> (its version, whether stencil_is_supported).
+_supported = WeakIdKeyDictionary()
 
 
 def host_copy(t: Tensor) -> Tensor:
-    """A CPU copy of a small tensor: ``t`` itself on the CPU; for a device tensor the copy it was
-    uploaded from (:func:`operator_arguments`), else one device-to-host read, kept while ``t``
-    is unchanged (its version counter)."""
+    """A CPU copy of a small tensor (to read, not to write): ``t`` itself on the CPU; for a device
+    tensor the copy it was uploaded from (:func:`operator_arguments`), else one device-to-host
+    read, kept while ``t`` is unchanged (its version counter)."""
     if t.device.type == "cpu":
-        return t.detach()
+        return t
     cached = _host_copies.get(t)
     if cached is not None and cached[0] == t._version:
         return cached[1]
@@ -247,21 +257,21 @@ def _metadata(specs: Sequence[PDESpec], device: torch.device) -> tuple[Tensor, T
     """``monomials`` ``(E, M, 2)`` int64 and ``stencils`` ``(E, 6, 3, 3)`` float64 on ``device``,
     uploaded once per configuration."""
     recipes = tuple(tuple(spec.monomials) for spec in specs)
-    stencils = torch.stack([host_copy(spec.stencil).to(torch.float64).reshape(6, 3, 3)
-                            for spec in specs])
-    key = (str(device), recipes, tuple(stencils.flatten().tolist()))
+    hosts = [host_copy(spec.stencil) for spec in specs]
+    # The stencils by identity and version: the entry keeps them alive, so no id is reused.
+    key = (str(device), recipes, tuple((id(h), h._version) for h in hosts))
     if key in _METADATA:
         _METADATA.move_to_end(key)
-        return _METADATA[key]
+        return _METADATA[key][:2]
+    stencils = torch.stack([h.detach().to(torch.float64).reshape(6, 3, 3) for h in hosts])
     mmax = max(len(recipe) for recipe in recipes)
     monomials = torch.full((len(specs), mmax, 2), -1, dtype=torch.int64)
     for e, recipe in enumerate(recipes):
         monomials[e, :len(recipe)] = torch.tensor(recipe, dtype=torch.int64)
-    value = (_upload(monomials, device), _upload(stencils, device))
-    _METADATA[key] = value
+    _METADATA[key] = (_upload(monomials, device), _upload(stencils, device), hosts)
     if len(_METADATA) > _METADATA_SIZE:
         _METADATA.popitem(last=False)
-    return value
+    return _METADATA[key][:2]
 
 
 # ----------------------------------------------------------------------------- the entry point
@@ -305,7 +315,9 @@ def fused_evolve(u: Tensor, specs: Sequence[PDESpec], recompute: bool = False) -
         u.requires_grad or any(s.weight.requires_grad or s.bias.requires_grad for s in specs))
     arguments = operator_arguments(u, specs, store_states=needs_grad and not recompute)
     out, _, first_bad = torch.ops.eqpdenet.euler_evolve(**arguments)
-    if any(s.check_finite for s in specs) and len(u):
+    # (on the CPU, reading first_bad costs nothing: only a failure is reported, unless deferred)
+    if any(s.check_finite for s in specs) and len(u) and (
+            not first_bad.is_cpu or deferring() or first_bad.any()):
         report_non_finite([s.name for s in specs], [s.dt for s in specs],
                           first_bad_per_pde(first_bad))
     return out
