@@ -13,23 +13,36 @@ bfloat16 into a float32 module, float32 into a float64 one) is computed in the m
 the result returned in the input's dtype: explicit Euler steps ``u + dt F(u)`` in float16 would
 lose most of each small update. An input of higher precision than the module (float64 into a
 float32 module) is an error rather than a silent loss of the precision asked for.
+
+The finiteness of PDE states is checked on the device: integrators report, per PDE, the first
+Euler step whose state was not finite as a tensor (:func:`report_non_finite`), read back once per
+call, or, inside :func:`deferred_state_checks`, not at all until the caller asks (a training
+loop on a GPU reads once per epoch; a CUDA graph cannot read at all while it is captured).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError, InputError, InputTypeError
+from .errors import ConfigError, InputError, InputTypeError, NonFiniteStateError
 
 __all__ = [
+    "StateReports",
     "check_images",
     "check_values",
     "match_dtype",
     "module_dtype",
+    "deferred_state_checks",
+    "deferring",
+    "first_failed_step",
+    "report_non_finite",
     "require",
     "require_finite",
     "require_int",
@@ -105,9 +118,11 @@ def check_values(u: Tensor, what: str = "images") -> tuple[float, float]:
     """``(min, max)`` of ``u``; :class:`~eqpdenet.errors.InputError` if ``u`` holds NaN or inf.
 
     One pass over ``u`` and one device-to-host read (both extremes together); ``(0.0, 0.0)`` for
-    an empty tensor.
+    an empty tensor, and, unchecked, while a CUDA graph is being captured (no host read is
+    possible there; the same step ran checked before the capture, see
+    :mod:`eqpdenet.app.accelerate`).
     """
-    if u.numel() == 0:
+    if u.numel() == 0 or (u.is_cuda and torch.cuda.is_current_stream_capturing()):
         return 0.0, 0.0
     with torch.no_grad():
         low, high = torch.stack(torch.aminmax(u.detach())).tolist()  # NaN propagates into both
@@ -144,3 +159,91 @@ def match_dtype(u: Tensor, dtype: torch.dtype | None, what: str = "images") -> T
     raise InputTypeError(
         f"{what} is {u.dtype} but the module computes in {dtype}: convert the module "
         f"(module.to({u.dtype})) to compute in {u.dtype}, or the input ({what}.to({dtype}))")
+
+
+# ----------------------------------------------------------------------------- PDE states
+
+
+class StateReports:
+    """Reports of non-finite PDE states kept on the device (see :func:`deferred_state_checks`).
+
+    Each report is the names and time steps of ``E`` PDEs and an integer tensor ``(E,)``: the
+    first Euler step whose state was not finite, 0 where every state was.
+    """
+
+    def __init__(self):
+        self.names: list[str] = []
+        self.dts: list[float] = []
+        self.first_bad: list[Tensor] = []
+
+    def add(self, names: Sequence[str], dts: Sequence[float], first_bad: Tensor) -> None:
+        self.names += list(names)
+        self.dts += [float(dt) for dt in dts]
+        self.first_bad.append(first_bad.reshape(-1).to(torch.int64))
+
+    def flags(self) -> Tensor | None:
+        """Every report in order as one int64 vector on the device (None if there is none)."""
+        return torch.cat(self.first_bad) if self.first_bad else None
+
+    def raise_first(self, flags: Tensor | None = None) -> None:
+        """Raise :class:`~eqpdenet.errors.NonFiniteStateError` for the first PDE, in report
+        order, with a non-finite state, reading ``flags`` (default :meth:`flags`) once."""
+        flags = self.flags() if flags is None else flags
+        if flags is not None:
+            _raise_first(self.names, self.dts, flags.cpu().tolist())
+
+
+_pending: ContextVar[StateReports | None] = ContextVar("eqpdenet_state_reports", default=None)
+
+
+@contextmanager
+def deferred_state_checks() -> Iterator[StateReports]:
+    """Collect the reports of :func:`report_non_finite` instead of reading them at once.
+
+    Example:
+        >>> with deferred_state_checks() as reports:
+        ...     report_non_finite(["pde0"], [0.1], torch.tensor([0]))
+        >>> reports.raise_first()  # one host read for everything inside the block
+    """
+    reports = StateReports()
+    token = _pending.set(reports)
+    try:
+        yield reports
+    finally:
+        _pending.reset(token)
+
+
+def deferring() -> bool:
+    """Whether reports are being collected by :func:`deferred_state_checks` (then every check must
+    report, failed or not, so that the reports keep their layout from one call to the next)."""
+    return _pending.get() is not None
+
+
+def report_non_finite(names: Sequence[str], dts: Sequence[float], first_bad: Tensor) -> None:
+    """``first_bad`` ``(E,)``: per PDE, the first Euler step whose state was not finite (0: none).
+
+    Raises :class:`~eqpdenet.errors.NonFiniteStateError` for the first such PDE after one
+    device-to-host read, or, inside :func:`deferred_state_checks`, records the report there.
+    """
+    reports = _pending.get()
+    if reports is not None:
+        reports.add(names, dts, first_bad)
+        return
+    if first_bad.is_cuda and torch.cuda.is_current_stream_capturing():
+        raise ConfigError("checking PDE states for NaN/inf needs a host read, which a CUDA graph "
+                         "cannot capture: capture inside eqpdenet.checks.deferred_state_checks() "
+                         "(and read its reports after replaying), or set check_finite=False")
+    _raise_first(names, dts, first_bad.reshape(-1).cpu().tolist())
+
+
+def first_failed_step(finite: Sequence[Tensor]) -> Tensor:
+    """``(1,)`` int64: the first (1-based) position in ``finite`` (0-d bool tensors, one per Euler
+    step) that is False, or 0; computed on the device, without a host read."""
+    bad = ~torch.stack(list(finite))
+    return torch.where(bad.any(), bad.to(torch.int32).argmax() + 1, 0).reshape(1)
+
+
+def _raise_first(names: Sequence[str], dts: Sequence[float], values: Sequence[int]) -> None:
+    for name, dt, step in zip(names, dts, values, strict=True):
+        if step > 0:
+            raise NonFiniteStateError(name, int(step), dt)

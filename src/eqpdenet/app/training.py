@@ -34,6 +34,7 @@ from ..data.rotmnist import load_rotmnist
 from ..data.scenarios import apply_scenario
 from ..errors import CheckpointError, ConfigError, NonFiniteStateError
 from ..models import count_parameters
+from . import accelerate
 from .config import (
     KIND_OPTIONS,
     DataConfig,
@@ -245,6 +246,10 @@ def train_model(
         raise ConfigError("invalid config: train.select_on_validation needs data.validation > 0")
     images, labels = data["train"].images, data["train"].labels
     forward = torch.compile(model, dynamic=True) if train.compile else model
+    # On a GPU the epochs run in app/accelerate.py: the same batches and updates, with the data
+    # on the device, the step as a CUDA graph and one host read per epoch.
+    gpu = (accelerate.EpochRunner(model, optimizer, scheduler, images, labels, train.batch_size,
+                                  train.grad_clip) if accelerate.applies_to(device) else None)
     history, best = [], (-1.0, None, -1)
     epochs = _progress(range(train.epochs), progress, desc=f"train {type(model).__name__} "
                        f"seed={train.seed}", unit="epoch", leave=False)
@@ -253,7 +258,7 @@ def train_model(
         model.train()
         order = torch.randperm(len(labels), generator=generator)
         total_loss, correct = 0.0, 0
-        for first in range(0, len(order), train.batch_size):
+        for first in range(0, len(order), train.batch_size) if gpu is None else ():
             index = order[first:first + train.batch_size]
             x, y = images[index].to(device), labels[index].to(device)
             logits = forward(x)
@@ -269,6 +274,8 @@ def train_model(
                 scheduler.step()
             total_loss += float(loss.detach()) * len(index)
             correct += int((logits.argmax(1) == y).sum())
+        if gpu is not None:
+            total_loss, correct = gpu.run_epoch(order, epoch)
         record = {"epoch": epoch + 1, "loss": total_loss / len(labels),
                   "train_accuracy": correct / len(labels),
                   "seconds": time.perf_counter() - start}

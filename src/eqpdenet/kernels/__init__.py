@@ -15,7 +15,9 @@ The PDE layer (:class:`~eqpdenet.pde.PDELayer`) integrates through one of the ba
     The fused operator; where it cannot be used, the reference with one warning (never an error).
 
 The operators and their schema are in :mod:`eqpdenet.kernels.op`; the ``cpu`` implementation is
-the C++ kernel of :mod:`eqpdenet.kernels.cpu`.
+the C++ kernel of :mod:`eqpdenet.kernels.cpu`, the ``cuda`` implementation the Triton kernels of
+:mod:`eqpdenet.kernels.triton_euler` (registered by :mod:`eqpdenet.kernels.cuda`; Triton is an
+optional dependency, imported only when a kernel runs).
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ from __future__ import annotations
 import os
 
 from ..registry import Registry
-from . import cpu  # noqa: F401  (registers the CPU implementation of the operators)
+from . import (
+    cpu,  # noqa: F401  (registers the CPU implementation of the operators)
+    cuda,  # noqa: F401  (registers the CUDA implementation; imports no Triton)
+)
 from .op import (
     IMPLEMENTATIONS,
     KERNEL_INVARIANT_SETS,
@@ -55,7 +60,7 @@ ENV_BACKEND = "EQPDENET_BACKEND"
 BACKENDS: Registry[str] = Registry("backend")
 BACKENDS.register("auto", "the fused operator where supported, else the reference")
 BACKENDS.register("reference", "plain PyTorch")
-BACKENDS.register("fused", "the fused operator (C++ on CPU)")
+BACKENDS.register("fused", "the fused operator (C++ on CPU, Triton on CUDA)")
 
 
 def resolve_backend(requested: str) -> str:

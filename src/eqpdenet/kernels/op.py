@@ -56,32 +56,43 @@ grad_bias)``
     ``states`` or, where ``states`` is empty, recomputing them image by image.
 
 Autograd is registered once, here, for every device; each device registers its implementation
-of both operators (the C++ kernel for ``cpu`` in :mod:`eqpdenet.kernels.cpu`). ``torch.compile``
-sees the operators through their fake (shape) implementations.
+of both operators (the C++ kernel for ``cpu`` in :mod:`eqpdenet.kernels.cpu`, the Triton kernels
+for ``cuda`` in :mod:`eqpdenet.kernels.cuda`). ``torch.compile`` sees the operators through their
+fake (shape) implementations.
 
 :func:`fused_evolve` is the entry point for the PDE layer: it takes one :class:`PDESpec` per PDE,
-calls the operator, and raises :class:`~eqpdenet.errors.NonFiniteStateError` from ``first_bad``
-(one device-to-host read per call, after all steps).
+calls the operator (:func:`operator_arguments` are its arguments), and reports ``first_bad``
+through :func:`~eqpdenet.checks.report_non_finite`: one device-to-host read per call, after all
+steps, or none inside :func:`~eqpdenet.checks.deferred_state_checks`. The small metadata tensors
+(monomial recipes, stencils) are uploaded to a device once per configuration and their host
+copies kept (:func:`host_copy`), so a call on a GPU neither waits for the device nor copies
+anything from the host: it can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.utils.weak import WeakIdKeyDictionary
 
-from ..errors import NonFiniteStateError
+from ..checks import deferring, report_non_finite
 from ..registry import Registry
 
 __all__ = [
     "IMPLEMENTATIONS",
     "KERNEL_INVARIANT_SETS",
     "KERNEL_RATIO_REGULARISATIONS",
+    "RATIO_INVARIANT_SETS",
+    "DEVICE_RATIO_REGULARISATIONS",
     "PDESpec",
     "fused_evolve",
+    "host_copy",
+    "operator_arguments",
     "stencil_is_supported",
     "unsupported_reason",
     "warn_once",
@@ -95,6 +106,14 @@ KERNEL_BOUNDARIES = ("replicate", "zeros", "reflect", "circular")
 
 #: Device type -> ``available()`` returning None or why that device's implementation cannot run.
 IMPLEMENTATIONS: Registry[Callable[[], str | None]] = Registry("kernel implementation")
+#: Device type -> the invariant sets its implementation computes, where not all of
+#: :data:`KERNEL_INVARIANT_SETS` (a set added to one kernel first falls back on the others).
+DEVICE_INVARIANT_SETS: dict[str, tuple[str, ...]] = {}
+#: The invariant sets that divide (where the ratio regularisation matters).
+RATIO_INVARIANT_SETS = ("scaling", "sim2")
+#: Device type -> the ratio regularisations its implementation computes, where not all of
+#: :data:`KERNEL_RATIO_REGULARISATIONS`.
+DEVICE_RATIO_REGULARISATIONS: dict[str, tuple[str, ...]] = {}
 
 _LIBRARY = torch.library.Library("eqpdenet", "DEF")
 _COMMON = ("Tensor weight, Tensor bias, Tensor monomials, Tensor stencils, str[] invariant_sets, "
@@ -173,7 +192,15 @@ def stencil_is_supported(weight: Tensor) -> bool:
     and ``isotropic`` families have this form)."""
     if weight.numel() != 54 or weight.shape[0] != 6 or tuple(weight.shape[-2:]) != (3, 3):
         return False
-    k = weight.detach().to(device="cpu", dtype=torch.float64).reshape(6, 3, 3)
+    cached = _supported.get(weight)  # asked at every forward: answered once per stencil tensor
+    if cached is not None and cached[0] == weight._version:
+        return cached[1]
+    answer = _has_supported_form(host_copy(weight).to(dtype=torch.float64).reshape(6, 3, 3))
+    _supported[weight] = (weight._version, answer)
+    return answer
+
+
+def _has_supported_form(k: Tensor) -> bool:
     centre_only = torch.zeros(3, 3, dtype=torch.float64)
     centre_only[1, 1] = 1.0
     flip_x, flip_y = k.flip(-1), k.flip(-2)  # columns are x; rows are y (reversed)
@@ -194,12 +221,16 @@ def unsupported_reason(u: Tensor, specs: Sequence[PDESpec]) -> str | None:
         return f"the fused kernel has no implementation for {device} tensors"
     if u.dtype not in (torch.float32, torch.float64):
         return f"the fused kernel supports float32 and float64, not {u.dtype}"
+    known = DEVICE_INVARIANT_SETS.get(device, KERNEL_INVARIANT_SETS)
     for spec in specs:
-        if spec.invariant_set not in KERNEL_INVARIANT_SETS:
-            return (f"the fused kernel has no invariant set {spec.invariant_set!r} "
-                    f"(only {', '.join(KERNEL_INVARIANT_SETS)})")
-        if spec.ratio_regularisation not in KERNEL_RATIO_REGULARISATIONS:
-            return f"the fused kernel has no ratio regularisation {spec.ratio_regularisation!r}"
+        if spec.invariant_set not in known:
+            return (f"the fused kernel for {device} tensors has no invariant set "
+                    f"{spec.invariant_set!r} (only {', '.join(known)})")
+        regularisations = DEVICE_RATIO_REGULARISATIONS.get(device, KERNEL_RATIO_REGULARISATIONS)
+        if spec.invariant_set in RATIO_INVARIANT_SETS and (
+                spec.ratio_regularisation not in regularisations):
+            return (f"the fused kernel for {device} tensors has no ratio regularisation "
+                    f"{spec.ratio_regularisation!r} (only {', '.join(regularisations)})")
         if spec.boundary not in KERNEL_BOUNDARIES:
             return f"the fused kernel has no boundary {spec.boundary!r}"
         if not stencil_is_supported(spec.stencil):
@@ -223,38 +254,107 @@ def warn_once(reason: str) -> None:
         warnings.warn(f"eqpdenet: {reason}", RuntimeWarning, stacklevel=4)
 
 
+# ----------------------------------------------------------------------------- host copies
+
+# Device tensor -> (its version, a CPU copy). Small metadata tensors are read on the host (which
+# kernel variant to launch, whether a stencil is supported) without waiting for the device.
+_host_copies = WeakIdKeyDictionary()
+# Stencil tensor -> (its version, whether stencil_is_supported).
+_supported = WeakIdKeyDictionary()
+
+
+def host_copy(t: Tensor) -> Tensor:
+    """A CPU copy of a small tensor (to read, not to write): ``t`` itself on the CPU; for a device
+    tensor the copy it was uploaded from (:func:`operator_arguments`), else one device-to-host
+    read, kept while ``t`` is unchanged (its version counter)."""
+    if t.device.type == "cpu":
+        return t
+    cached = _host_copies.get(t)
+    if cached is not None and cached[0] == t._version:
+        return cached[1]
+    copy = t.detach().cpu()
+    _host_copies[t] = (t._version, copy)
+    return copy
+
+
+def _upload(t: Tensor, device: torch.device) -> Tensor:
+    if device.type == "cpu":
+        return t
+    on_device = t.to(device)
+    _host_copies[on_device] = (on_device._version, t)
+    return on_device
+
+
+_METADATA: OrderedDict = OrderedDict()
+_METADATA_SIZE = 64
+
+
+def _metadata(specs: Sequence[PDESpec], device: torch.device) -> tuple[Tensor, Tensor]:
+    """``monomials`` ``(E, M, 2)`` int64 and ``stencils`` ``(E, 6, 3, 3)`` float64 on ``device``,
+    uploaded once per configuration."""
+    recipes = tuple(tuple(spec.monomials) for spec in specs)
+    hosts = [host_copy(spec.stencil) for spec in specs]
+    # The stencils by identity and version: the entry keeps them alive, so no id is reused.
+    key = (str(device), recipes, tuple((id(h), h._version) for h in hosts))
+    if key in _METADATA:
+        _METADATA.move_to_end(key)
+        return _METADATA[key][:2]
+    stencils = torch.stack([h.detach().to(torch.float64).reshape(6, 3, 3) for h in hosts])
+    mmax = max(len(recipe) for recipe in recipes)
+    monomials = torch.full((len(specs), mmax, 2), -1, dtype=torch.int64)
+    for e, recipe in enumerate(recipes):
+        monomials[e, :len(recipe)] = torch.tensor(recipe, dtype=torch.int64)
+    _METADATA[key] = (_upload(monomials, device), _upload(stencils, device), hosts)
+    if len(_METADATA) > _METADATA_SIZE:
+        _METADATA.popitem(last=False)
+    return _METADATA[key][:2]
+
+
+# ----------------------------------------------------------------------------- the entry point
+
+
+def operator_arguments(u: Tensor, specs: Sequence[PDESpec], store_states: bool) -> dict:
+    """The named arguments of ``torch.ops.eqpdenet.euler_evolve`` for ``specs`` (weights
+    zero-padded to the longest ``F``); differentiable in ``u`` and the specs' parameters."""
+    mmax = max(len(spec.monomials) for spec in specs)
+    weight = torch.stack([torch.nn.functional.pad(spec.weight, (0, mmax - spec.weight.numel()))
+                          for spec in specs])
+    bias = torch.stack([spec.bias.reshape(()) for spec in specs])
+    monomials, stencils = _metadata(specs, u.device)
+    return dict(
+        u=u.contiguous(), weight=weight.contiguous(), bias=bias.contiguous(),
+        monomials=monomials, stencils=stencils,
+        invariant_sets=[s.invariant_set for s in specs], boundaries=[s.boundary for s in specs],
+        dt=[float(s.dt) for s in specs], ratio_eps=[float(s.ratio_eps) for s in specs],
+        ratio_regularisations=[s.ratio_regularisation for s in specs],
+        steps=[int(s.steps) for s in specs], check_finite=[bool(s.check_finite) for s in specs],
+        store_states=bool(store_states))
+
+
+def first_bad_per_pde(first_bad: Tensor) -> Tensor:
+    """``(B, E)`` first non-finite steps (0: none) -> ``(E,)``, the earliest over the batch."""
+    none = torch.iinfo(torch.int32).max
+    earliest = torch.where(first_bad > 0, first_bad, none).amin(0)
+    return torch.where(earliest == none, 0, earliest)
+
+
 def fused_evolve(u: Tensor, specs: Sequence[PDESpec], recompute: bool = False) -> Tensor:
     """States at ``T`` of every PDE, ``(B, E, C, H, W)``, by the fused operator (differentiable
     in ``u`` and every ``weight`` and ``bias``).
 
     With ``recompute``, no intermediate state is kept for the backward pass (it recomputes
     them). Raises :class:`~eqpdenet.errors.NonFiniteStateError` for the PDE (among those with
-    ``check_finite``) whose state first became non-finite. The caller checks
+    ``check_finite``) whose state first became non-finite, after one device-to-host read (or
+    records it, see :func:`~eqpdenet.checks.deferred_state_checks`). The caller checks
     :func:`unsupported_reason` first.
     """
-    mmax = max(len(spec.monomials) for spec in specs)
-    weight = torch.stack([torch.nn.functional.pad(spec.weight, (0, mmax - spec.weight.numel()))
-                          for spec in specs])
-    bias = torch.stack([spec.bias.reshape(()) for spec in specs])
-    monomials = torch.full((len(specs), mmax, 2), -1, dtype=torch.int64)
-    for e, spec in enumerate(specs):
-        monomials[e, :len(spec.monomials)] = torch.tensor(spec.monomials, dtype=torch.int64)
-    stencils = torch.stack([spec.stencil.detach().to("cpu", torch.float64).reshape(6, 3, 3)
-                            for spec in specs])
     needs_grad = torch.is_grad_enabled() and (
-        u.requires_grad or weight.requires_grad or bias.requires_grad)
-    out, _, first_bad = torch.ops.eqpdenet.euler_evolve(
-        u.contiguous(), weight.contiguous(), bias.contiguous(), monomials.to(u.device),
-        stencils.to(u.device), [s.invariant_set for s in specs], [s.boundary for s in specs],
-        [float(s.dt) for s in specs], [float(s.ratio_eps) for s in specs],
-        [s.ratio_regularisation for s in specs], [int(s.steps) for s in specs],
-        [bool(s.check_finite) for s in specs],
-        bool(needs_grad and not recompute))
-    if any(s.check_finite for s in specs):
-        bad = first_bad.cpu()  # the one host synchronisation, after all steps
-        if bool((bad > 0).any()):
-            for e, spec in enumerate(specs):
-                column = bad[:, e]
-                if bool((column > 0).any()):
-                    raise NonFiniteStateError(spec.name, int(column[column > 0].min()), spec.dt)
+        u.requires_grad or any(s.weight.requires_grad or s.bias.requires_grad for s in specs))
+    arguments = operator_arguments(u, specs, store_states=needs_grad and not recompute)
+    out, _, first_bad = torch.ops.eqpdenet.euler_evolve(**arguments)
+    # (on the CPU, reading first_bad costs nothing: only a failure is reported, unless deferred)
+    if any(s.check_finite for s in specs) and len(u) and (
+            not first_bad.is_cpu or deferring() or first_bad.any()):
+        report_non_finite([s.name for s in specs], [s.dt for s in specs],
+                          first_bad_per_pde(first_bad))
     return out

@@ -16,8 +16,9 @@ where ``lambda_max`` is the largest eigenvalue of the discrete ``-Laplacian`` (`
 current coefficients. This bound is *checked and reported*, not enforced, because the coefficients
 are learned and the other (nonlinear) terms have no such simple bound. What is enforced: by
 default every state is checked, and a non-finite one raises
-:class:`~eqpdenet.errors.NonFiniteStateError` naming the PDE and the step, never NaN or inf
-passed on silently.
+:class:`~eqpdenet.errors.NonFiniteStateError` naming the PDE and the first bad step, never NaN or
+inf passed on silently. The check stays on the device during the steps (no host synchronisation
+per step) and is read once after the last one (:func:`~eqpdenet.checks.report_non_finite`).
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ from torch import Tensor, nn
 from ..checks import (
     check_images,
     check_values,
+    first_failed_step,
     match_dtype,
     module_dtype,
+    report_non_finite,
     require_int,
     require_nonnegative,
     require_positive,
@@ -116,8 +119,8 @@ class EulerFlow(nn.Module):
     Args:
         step: the Euler step.
         steps: number of steps; ``T = steps * step.dt`` (see :func:`steps_for`).
-        check_finite: raise :class:`~eqpdenet.errors.NonFiniteStateError` at the first
-            non-finite state.
+        check_finite: raise :class:`~eqpdenet.errors.NonFiniteStateError` naming the first
+            non-finite state (after the last step: the states are checked on the device).
 
     ``forward``: ``(B, C, H, W) -> (B, C, H, W)``, the state at ``T``.
     """
@@ -152,12 +155,15 @@ class EulerFlow(nn.Module):
     def integrate(self, u: Tensor, return_trajectory: bool = False) -> Tensor:
         """:meth:`forward` without the input check (for callers that checked ``u`` already)."""
         trajectory = [u] if return_trajectory else None
-        for index in range(self.steps):
+        finite = []
+        for _ in range(self.steps):
             u = self.step(u)
-            if self.check_finite and not bool(torch.isfinite(u).all()):
-                raise NonFiniteStateError(self.name, index + 1, self.step.dt)
+            if self.check_finite:
+                finite.append(torch.isfinite(u).all())  # stays on the device: no sync per step
             if trajectory is not None:
                 trajectory.append(u)
+        if finite:
+            report_non_finite([self.name], [self.step.dt], first_failed_step(finite))
         return torch.stack(trajectory) if trajectory is not None else u
 
     def extra_repr(self) -> str:
