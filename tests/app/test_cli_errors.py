@@ -67,7 +67,7 @@ CASES = [  # (id, argv with {root} for the files fixture, part of the message)
     ("train-out-under-file", ["train", "--out", "{root}/file.txt/run"], "is a file, not a folder"),
     ("train-epochs-0", ["train", "--out", "{root}/r", "--epochs", "0"], "train.epochs: must be"),
     ("train-epochs-text", ["train", "--out", "{root}/r", "--epochs", "ten"], "invalid int value"),
-    ("train-model", ["train", "--out", "{root}/r", "--model", "cnn"], "invalid choice: 'cnn'"),
+    ("train-model", ["train", "--out", "{root}/r", "--model", "resnet"], "invalid choice: 'resnet'"),
     ("train-set-section", ["train", "--out", "{root}/r", "--set", "model=3"],
      "model: expects a table of ModelConfig fields, got 3"),
     ("train-set-unknown", ["train", "--out", "{root}/r", "--set", "train.lrr=1"],

@@ -47,7 +47,7 @@ def test_gaussian_sigma_round_trips_through_toml(tmp_path):
     path.write_text(to_toml(config))
     assert "sigma = 1.5" in path.read_text()
     assert load_toml(ModelConfig, path) == config
-    assert "sigma" not in to_toml(ModelConfig())  # None is left out of TOML
+    assert "sigma" not in to_toml(LayerConfig())  # None is left out of TOML
     with pytest.raises(ConfigError, match="layer.sigma"):
         from_dict(LayerConfig, {"stencil": "gaussian"})
 
@@ -79,7 +79,7 @@ def test_invalid_config_names_the_field(tmp_path):
     with pytest.raises(ConfigError, match="layer.dt: must be positive"):
         LayerConfig(dt=-0.1)
     with pytest.raises(ConfigError, match="model.kind"):
-        ModelConfig(kind="cnn")
+        ModelConfig(kind="resnet")
     with pytest.raises(ConfigError, match=r"unknown field\(s\) \['widht'\]"):
         from_dict(ModelConfig, {"widht": 3})
     bad = tmp_path / "bad.toml"

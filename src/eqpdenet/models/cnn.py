@@ -47,7 +47,7 @@ class CNN(nn.Module):
     Example:
         >>> from eqpdenet.models import count_parameters
         >>> count_parameters(CNN())
-        22190
+        22270
     """
 
     def __init__(self, cnn: CNNConfig | None = None, image_size: int = 28, in_channels: int = 1,

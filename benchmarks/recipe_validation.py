@@ -1,0 +1,49 @@
+"""One training recipe scored on the validation split (the last 2,000 training digits), never on
+the test set: how the benchmark's per-model recipes were chosen (docs/benchmark.md).
+
+    python benchmarks/recipe_validation.py NAME EPOCHS [section.field=value ...] \
+        --log results/benchmark-recipes/log.jsonl
+
+appends one JSON line (name, overrides, parameters, validation accuracy, seconds, the history of
+(epoch, loss, validation accuracy, seconds)) to ``--log``. Example (the CNN's recipe)::
+
+    python benchmarks/recipe_validation.py cnn-10k-b64-lr2e3 6 "model.kind='cnn'" \
+        "train.lr_schedule='cosine'" train.batch_size=64 train.lr=0.002
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from eqpdenet.app.config import ExperimentConfig, apply_overrides
+from eqpdenet.app.files import append_jsonl
+from eqpdenet.app.training import prepare_data, run_experiment
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("name")
+    parser.add_argument("epochs", type=int)
+    parser.add_argument("overrides", nargs="*", help="section.field=value")
+    parser.add_argument("--log", type=Path, default=Path("results/benchmark-recipes/log.jsonl"))
+    parser.add_argument("--data-dir", default=os.environ.get("EQPDENET_DATA"))
+    parser.add_argument("--cache-dir", default=None)
+    args = parser.parse_args()
+    config = apply_overrides(ExperimentConfig(), ["data.validation=2000", "scenarios=[]",
+                                                  f"train.epochs={args.epochs}", *args.overrides])
+    data = prepare_data(config.data, args.data_dir, args.cache_dir)
+    record = run_experiment(config, data, progress=False)
+    out = {key: record.get(key) for key in ("status", "params", "validation_accuracy",
+                                            "train_seconds", "error")}
+    out["history"] = [(h.get("epoch"), round(h.get("loss", 0), 4),
+                       round(h.get("validation_accuracy", 0), 4), round(h.get("seconds", 0)))
+                      for h in record.get("history", [])]
+    print(args.name, json.dumps(out), flush=True)
+    append_jsonl(args.log, {"name": args.name, "overrides": args.overrides, **out})
+
+
+if __name__ == "__main__":
+    main()
