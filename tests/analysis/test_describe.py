@@ -70,3 +70,43 @@ def test_evolution_grid_png(tmp_path):
 
     height, width = matplotlib.image.imread(path).shape[:2]
     assert width == int(100 * (1.3 * 4 + 1.6)) and height == int(100 * 1.35 * 4)
+
+
+def test_leading_terms_of_a_pde_system_are_its_linearisation():
+    """F = conv2(relu(bn2(conv1(bn1(I))))) set by hand so that, near the mean invariants, F is
+    exactly 3 (2 Δu + 10) + 0.5 = 6 Δu + 30.5 (the ReLU is active there): the read-out must say
+    constant 30.5 and a leading coefficient 6 per standard deviation of Δu (here 2, so 12)."""
+    import pytest
+    import torch
+
+    from eqpdenet.analysis.describe import describe_model, describe_system, leading_terms
+    from eqpdenet.pde.integrators import EulerStep
+    from eqpdenet.pde.rhs import InvariantSystemRHS
+
+    rhs = InvariantSystemRHS(1, "se2", hidden=1)
+    names = rhs.names
+    laplacian = next(k for k, name in enumerate(names) if name.startswith("Δ"))
+    bn1, conv1, bn2, _, conv2 = rhs.F
+    with torch.no_grad():
+        bn1.running_mean.fill_(0.0)
+        bn1.running_var.fill_(4.0 - bn1.eps)  # sigma = 2 for every invariant
+        bn1.weight.fill_(2.0)  # undo the division by sigma: bn1 is the identity here
+        bn1.bias.zero_()
+        conv1.weight.zero_()
+        conv1.weight[0, laplacian] = 2.0
+        bn2.running_mean.zero_()
+        bn2.running_var.fill_(1.0 - bn2.eps)
+        bn2.weight.fill_(1.0)
+        bn2.bias.fill_(10.0)
+        conv2.weight.fill_(3.0)
+        conv2.bias.fill_(0.5)
+    [(constant, terms)] = leading_terms(rhs, top=2)
+    assert constant == pytest.approx(30.5)
+    assert terms[0][1] == names[laplacian]
+    assert terms[0][0] == pytest.approx(12.0)  # 6 per unit of Δu, times its std 2
+    assert terms[1][0] == pytest.approx(0.0)
+    assert rhs.F.training  # the read-out leaves the mode as it found it
+    text = describe_system(EulerStep(rhs, 0.25, name="block"))
+    assert "0.25" in text and "30.5" in text and f"12 Ĩ[{names[laplacian]}]" in text
+    model = torch.nn.Sequential(EulerStep(rhs, 0.25, name="a"), EulerStep(rhs, 0.25, name="b"))
+    assert describe_model(model).count("∂t u1 ≈") == 2

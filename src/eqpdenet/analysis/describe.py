@@ -16,14 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 from ..errors import ConfigError
 from ..models import EqPdeNet
 from ..pde.integrators import EulerFlow, EulerStep
 from ..pde.layer import LinearCombination, PDELayer
+from ..pde.rhs import InvariantSystemRHS
 
-__all__ = ["pde_formula", "reduction_formula", "describe_layer", "describe_model"]
+__all__ = ["pde_formula", "reduction_formula", "describe_layer", "describe_model",
+           "leading_terms", "describe_system"]
 
 _SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 
@@ -128,8 +131,73 @@ def describe_layer(layer: PDELayer, digits: int = 3) -> str:
     return "\n".join(lines)
 
 
+def leading_terms(rhs: InvariantSystemRHS, top: int = 3
+                  ) -> list[tuple[float, list[tuple[float, str]]]]:
+    """The leading terms of a PDE system's right-hand side ``F_theta(I)``, per channel ``c``:
+    ``(F_c(mu), [(a_ck, name_k), ...])`` for the ``top`` largest ``|a_ck|``, where
+
+        ``du_c/dt ≈ F_c(mu) + Σ_k a_ck (I_k − mu_k) / sigma_k``
+
+    is ``F`` linearised (in evaluation mode) at the invariants' running mean ``mu`` with their
+    running standard deviation ``sigma`` (from the batch normalisation that ``F`` applies to the
+    invariant maps first; ``mu = 0``, ``sigma = 1`` without it). ``a_ck`` is the change of
+    ``du_c/dt`` per standard deviation of invariant ``k``, so the terms of invariants of very
+    different scales compare. ``F`` has a ReLU: the linearisation holds near ``mu`` only.
+    """
+    F = rhs.F
+    first = F[0] if isinstance(F[0], nn.BatchNorm2d) else None
+    maps = rhs.invariants_of.out_channels
+    parameter = next(F.parameters())
+    options = dict(dtype=parameter.dtype, device=parameter.device)
+    if first is not None and first.running_mean is not None:
+        mean = first.running_mean.detach().to(**options)
+        std = (first.running_var.detach().to(**options) + first.eps).sqrt()
+    else:
+        mean, std = torch.zeros(maps, **options), torch.ones(maps, **options)
+    was_training = F.training
+    F.eval()
+    try:
+        def field(i: torch.Tensor) -> torch.Tensor:
+            return F(i.reshape(1, maps, 1, 1)).reshape(-1)
+
+        with torch.enable_grad():
+            constant = field(mean).detach()
+            jacobian = torch.autograd.functional.jacobian(field, mean)  # (C, K)
+    finally:
+        F.train(was_training)
+    scaled = (jacobian * std).cpu()
+    names = rhs.names
+    out = []
+    for c in range(scaled.shape[0]):
+        order = scaled[c].abs().argsort(descending=True)[:top].tolist()
+        out.append((float(constant[c]), [(float(scaled[c, k]), names[k]) for k in order]))
+    return out
+
+
+def describe_system(step: EulerStep, top: int = 3, digits: int = 3) -> str:
+    """One Euler step ``u <- u + dt F_theta(I(u))`` of a PDE system, each channel's ``F`` read
+    out as its leading terms (:func:`leading_terms`; ``Ĩ`` is an invariant standardised by its
+    running mean and standard deviation)."""
+    rhs = step.rhs
+    lines = [f"{step.name}: u <- u + {step.dt:g} F(I(u)), {rhs.channels} channels, "
+             f"{rhs.invariants_of.out_channels} invariant maps; leading terms of F at the mean "
+             f"invariants (Ĩ = (I - mean) / std):"]
+    for c, (constant, terms) in enumerate(leading_terms(rhs, top)):
+        body = _terms_to_text([(constant, ""), *((a, f"Ĩ[{name}]") for a, name in terms)],
+                              digits, latex=False)
+        lines.append(f"  ∂t u{c + 1} ≈ {body} + ...")
+    return "\n".join(lines)
+
+
 def describe_model(model: nn.Module, digits: int = 3) -> str:
-    """:func:`describe_layer` of an :class:`EqPdeNet`, with its input standardisation."""
+    """:func:`describe_layer` of an :class:`EqPdeNet`, with its input standardisation; for a
+    model made of PDE systems (e.g. ``InvariantPDENet``), :func:`describe_system` of each
+    block."""
+    systems = [m for m in model.modules()
+               if isinstance(m, EulerStep) and isinstance(m.rhs, InvariantSystemRHS)]
+    if not isinstance(model, EqPdeNet) and systems:
+        return "\n".join([f"{type(model).__name__}: {len(systems)} Euler steps of PDE systems",
+                          *(describe_system(step, digits=digits) for step in systems)])
     if not isinstance(model, EqPdeNet):
         return f"{type(model).__name__}: no PDE layer to describe"
     s = model.standardize
