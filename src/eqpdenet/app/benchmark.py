@@ -185,9 +185,15 @@ def write_benchmark_report(out_dir: Path) -> tuple[Path, Path]:
     if not records:
         raise FileNotFoundError(f"no results in {out_dir / 'results.jsonl'}")
     summary = summarise(records)
-    header = ("Accuracy in percent, mean (sample std) over seeds; scenarios on the whole test "
-              "set, curves and logit changes on the first test images (see `config.toml`). "
-              f"From `results.jsonl` beside this file ({len(records)} runs).\n\n")
+    subsets = {r.get("config", {}).get("data", {}).get("test_subset", 0) for r in records}
+    images = {r.get("robustness", {}).get("images") for r in records} - {None}
+    where = ("the whole test set" if subsets == {0} else
+             "the first " + " or ".join(f"{n:,}" for n in sorted(subsets)) + " test digits")
+    curves = " or ".join(f"{n:,}" for n in sorted(images)) or "few"
+    header = (f"Accuracy in percent, mean (sample std) over seeds; scenarios on {where}, curves "
+              f"and logit changes (relative: ||l(g f) − l(f)|| / ||l(f)|| over the batch) on the "
+              f"first {curves} test digits (see `config.toml`). From `results.jsonl` beside this "
+              f"file ({len(records)} runs).\n\n")
     table = out_dir / "table.md"
     atomic_write(table, (header + benchmark_table(summary) + "\n").encode())
     return table, plot_robustness(summary, out_dir / "robustness.png")
