@@ -97,3 +97,22 @@ def test_fast_se2_per_channel_path_equals_the_joint_module():
     one = JointInvariants(1, "se2")
     expected = torch.cat([one(j[:, c:c + 1]) for c in range(3)], dim=1)
     torch.testing.assert_close(PerChannelInvariants(3, "se2")(j), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_gcnn_state_dict_does_not_depend_on_the_mode_it_was_saved_in():
+    pytest.importorskip("e2cnn")
+    from eqpdenet.models.gcnn import GCNN, GCNNConfig
+
+    torch.manual_seed(0)
+    config = GCNNConfig(channels=[2, 2], kernels=[3, 3], pool_after=[1])
+    x = torch.rand(3, 1, 12, 12)
+    source = GCNN(config, image_size=12).eval()
+    expected = source(x)
+    for mode in (True, False):
+        source.train(mode)
+        state = source.state_dict()
+        assert not any(k.endswith((".filter", ".expanded_bias")) for k in state)
+        for target_mode in (True, False):
+            target = GCNN(config, image_size=12).train(target_mode)
+            target.load_state_dict(state)  # strict
+            torch.testing.assert_close(target.eval()(x), expected)

@@ -69,6 +69,23 @@ def _e2cnn():
     return gspaces, enn
 
 
+_CACHES = (".filter", ".expanded_bias")
+
+
+def _without_filter_caches(module, state_dict, prefix, local_metadata):
+    for key in [k for k in state_dict if k.startswith(prefix) and k.endswith(_CACHES)]:
+        del state_dict[key]
+    return state_dict
+
+
+def _rebuild_filter_caches(module, incompatible_keys):
+    missing = incompatible_keys.missing_keys
+    missing[:] = [k for k in missing if not k.endswith(_CACHES)]
+    training = module.training
+    module.train(True)  # drops the caches; evaluation mode rebuilds them from the new weights
+    module.train(training)
+
+
 class GCNN(nn.Module):
     """Images ``(B, in_channels, image_size, image_size)`` -> logits ``(B, classes)``."""
 
@@ -97,6 +114,11 @@ class GCNN(nn.Module):
             self.features = enn.SequentialModule(*layers)
         self._enn = enn
         self.classifier = nn.Linear(gcnn.channels[-1], require_int(classes, "classes", 1))
+        # e2cnn's R2Conv caches its expanded filter as a buffer in evaluation mode only, so its
+        # state dict would depend on the mode it was saved in: the cache is left out of ours and
+        # rebuilt from the loaded weights.
+        self._register_state_dict_hook(_without_filter_caches)
+        self.register_load_state_dict_post_hook(_rebuild_filter_caches)
 
     def forward(self, images: Tensor) -> Tensor:
         check_images(images, "images", channels=self.in_channels,
