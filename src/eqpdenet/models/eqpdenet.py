@@ -41,7 +41,8 @@ class EqPdeNet(nn.Module):
         head: ``"perceptron"`` (the paper's: the layer's output maps flattened into an
             ``in-h-h-classes`` perceptron) or ``"invariant"``: the ``se2`` invariants of each
             output map (the map itself, |∇u|², Δu, ∇uᵀH∇u, |H|²), each pooled over the whole
-            image by its mean and its maximum, into the same kind of perceptron. Global pooling
+            image by its mean and its maximum, batch-normalised, into the same kind of
+            perceptron. Global pooling
             of invariants makes the head insensitive to where the digit is and how it is turned;
             with ``reduction="concat"`` every PDE's output feeds the head.
 
@@ -74,6 +75,9 @@ class EqPdeNet(nn.Module):
             self.head_jet = Jet(2, stencil.stencil if stencil else "central",
                                 stencil.spacing if stencil else 1.0, "replicate")
             in_features = 2 * len(self.head_invariants) * maps
+            # The pooled invariants differ in scale by orders of magnitude (u against |H|²):
+            # normalised before the perceptron, as the deep model's invariants must be.
+            self.head_norm = nn.BatchNorm1d(in_features)
         else:
             in_features = maps * image_size**2
         self.mlp = perceptron(in_features, require_int(hidden, "hidden", 1),
@@ -89,7 +93,7 @@ class EqPdeNet(nn.Module):
             return self.mlp(maps.flatten(1)).to(images.dtype)
         invariants = self.head_invariants(self.head_jet(maps)).flatten(1, 2)  # (B, 5 C', H, W)
         pooled = torch.cat([invariants.mean(dim=(-2, -1)), invariants.amax(dim=(-2, -1))], 1)
-        return self.mlp(pooled).to(images.dtype)
+        return self.mlp(self.head_norm(pooled)).to(images.dtype)
 
     def _enter(self, images: Tensor) -> tuple[Tensor, tuple[float, float]]:
         """The checks of the entry points (:mod:`eqpdenet.checks`), once per call: shape, finite
