@@ -590,6 +590,11 @@ def build_parser() -> argparse.ArgumentParser:
 DEBUG_VARIABLE = "EQPDENET_DEBUG"
 
 
+#: Ray's errors for a task whose worker, node or data were lost (after its retries).
+RAY_LOSSES = ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError", "ObjectLostError",
+              "OwnerDiedError", "RaySystemError")
+
+
 def describe_error(error: BaseException) -> tuple[str, int]:
     """One line naming the problem, and the exit status: 2 for bad input, configuration, files
     or a run that cannot go on (our errors, ValueError, OSError), 1 for anything unexpected."""
@@ -598,6 +603,9 @@ def describe_error(error: BaseException) -> tuple[str, int]:
     if isinstance(error, BrokenProcessPool):
         text, status = ("a worker process died unexpectedly (killed from outside, or by the "
                         "system for lack of memory?); rerun the command to resume"), 2
+    elif type(error).__module__.startswith("ray.") and type(error).__name__ in RAY_LOSSES:
+        text, status = (f"a Ray worker or node was lost more often than a run is retried "
+                        f"({type(error).__name__}); rerun the command to resume"), 2
     elif isinstance(error, MemoryError):
         text, status = ("out of memory; lower train.batch_size, the number of Euler steps or "
                         "--jobs"), 2
