@@ -151,7 +151,9 @@ def run_on_ray(tasks: list[tuple[str, object, Path | None]], runner: Callable[..
     started = not ray.is_initialized()
     if started:
         try:
-            ray.init(address=executor.address, include_dashboard=False,
+            # No address: a new instance on this machine ("local"), not whatever RAY_ADDRESS
+            # or a `ray start` here would join.
+            ray.init(address=executor.address or "local", include_dashboard=False,
                      logging_level="WARNING", configure_logging=True)
         except ConnectionError as error:
             raise ConfigError(f"--address {executor.address}: no Ray cluster there "
