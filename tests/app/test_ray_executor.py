@@ -121,3 +121,34 @@ def dies_on_first_try():
     from distributed_helpers import dies_on_first_try as runner
 
     return runner
+
+
+def test_benchmark_on_ray_gives_the_numbers_of_the_local_executor(ray_cluster, tmp_path):
+    """The benchmark's runner (training, scenarios, robustness curves) as Ray tasks."""
+    import numpy as np
+
+    labels = np.arange(200) % 4
+    images = ((np.arange(200 * 144).reshape(200, 12, 12) * 37) % 41).astype(np.uint8)
+    for i, c in enumerate(labels):  # class = which quarter of the image is bright
+        r, q = divmod(int(c), 2)
+        images[i, 6 * r:6 * r + 6, 6 * q:6 * q + 6] += 200
+    path = tmp_path / "tiny.npz"
+    np.savez(path, x_train=images[:160], y_train=labels[:160], x_test=images[160:],
+             y_test=labels[160:])
+    args = ["benchmark", "--no-progress", "--models", "cnn", "--set", f"base.data.dataset='{path}'",
+            "--set", "seeds=[0]", "--set", "base.train.epochs=1",
+            "--set", "base.scenarios=['test', 'iso']", "--set", "curves.images=20",
+            "--set", "curves.angles=[0, 45]", "--set", "curves.scales=[1.0]",
+            "--set", "curves.shifts=[0, 1]"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main([*args, "--out", str(tmp_path / "local")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert main([*args, "--out", str(tmp_path / "ray"), "--executor", "ray"]) == 0
+    local, ray = by_key(tmp_path / "local"), by_key(tmp_path / "ray")
+    assert list(ray) == ["cnn-seed0"]
+    assert ray["cnn-seed0"]["accuracy"] == local["cnn-seed0"]["accuracy"]
+    assert ray["cnn-seed0"]["robustness"] == local["cnn-seed0"]["robustness"]
+    assert (tmp_path / "ray" / "table.md").exists()
