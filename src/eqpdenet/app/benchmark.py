@@ -4,8 +4,9 @@ the same code on the same data, evaluated on the scenarios and on robustness cur
 Each run (one model, one seed) is trained and evaluated as in :func:`eqpdenet.app.training.
 run_experiment`; :func:`robustness` then adds, on the first ``curves.images`` test images, the
 accuracy against rotation angle, scale factor and shift distance and the relative change of the
-logits under rotations (:mod:`eqpdenet.analysis.robustness`). Runs are appended to
-``results.jsonl`` as they finish (resumable; a folder holding another configuration is refused);
+logits under rotations (:mod:`eqpdenet.analysis.robustness`). Runs are written to
+``runs/<key>.json`` and aggregated in ``results.jsonl`` as they finish (resumable; a folder
+holding another configuration is refused);
 :func:`write_benchmark_report` turns them into ``table.md`` and ``robustness.png``.
 """
 
@@ -20,6 +21,7 @@ from torch import nn
 
 from ..analysis.robustness import logit_change, rotation_curve, scale_curve, shift_curve
 from .config import BenchmarkConfig, CurvesConfig, to_dict, to_toml
+from .distributed import Executor
 from .files import atomic_write, read_jsonl, save_figure
 from .locks import hold
 from .sweeps import check_results_folder, run_sweep
@@ -59,9 +61,10 @@ def _robustness_of(model, data, *, curves: dict, seed: int) -> dict:
 
 
 def benchmark(config: BenchmarkConfig, out_dir: Path, *, models: list[str] | None = None,
-              jobs: int = 1, data_dir=None, cache_dir=None, progress: bool = True,
-              echo=print) -> Path:
-    """Run every missing (model, seed) of the benchmark into ``out_dir/results.jsonl``.
+              jobs: int = 1, executor: Executor | None = None, data_dir=None, cache_dir=None,
+              progress: bool = True, echo=print) -> Path:
+    """Run every missing (model, seed) of the benchmark into ``out_dir`` (``runs/<key>.json`` and
+    their aggregate ``results.jsonl``) with ``executor`` (default: local, ``jobs`` processes).
 
     ``models`` restricts the run to some of ``config.models`` (the others stay in the config).
     """
@@ -79,7 +82,8 @@ def benchmark(config: BenchmarkConfig, out_dir: Path, *, models: list[str] | Non
             run_sweep(f"benchmark {name}", runs, out_dir, base_fingerprint=base_print,
                       checkpoint_keys=keep, runner=_run,
                       runner_options={"curves": to_dict(config.curves), "entry": name}, jobs=jobs,
-                      data_dir=data_dir, cache_dir=cache_dir, progress=progress, echo=echo)
+                      executor=executor, data_dir=data_dir, cache_dir=cache_dir,
+                      progress=progress, echo=echo)
     return out_dir / "results.jsonl"
 
 

@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 
 from .. import __version__
-from ..errors import ConfigError, EqPdeNetError
+from ..errors import ConfigError, EqPdeNetError, NonFiniteStateError
 from ..models import MODELS
 from .config import (
     BenchmarkConfig,
@@ -115,6 +115,8 @@ def _train(args) -> int:
     from .runfolder import RUN_FILES, check_replaceable, staged
     from .training import prepare_data, run_experiment
 
+    if args.distributed:
+        return _train_distributed(args)
     config = _experiment_config(args)
     out = Path(args.out)
     with hold(out, "train"):  # one writer; the folder is creatable and writable
@@ -133,6 +135,77 @@ def _train(args) -> int:
     scores = "  ".join(f"{k} {v:.2f}%" for k, v in record["accuracy"].items())
     print(f"{config.model.kind} h={config.model.hidden} seed={config.train.seed}: {scores} "
           f"({record['train_seconds']:.0f} s) -> {out / 'model.pt'}")
+    return 0
+
+
+#: What torchrun sets in each process it starts.
+TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _train_distributed(args) -> int:
+    """``torchrun --nproc-per-node N -m eqpdenet train --distributed ...``: one model trained by N
+    processes (DistributedDataParallel: gloo on CPUs, NCCL on GPUs, one GPU per process). Rank 0
+    checks the folder, writes the checkpoint and the results; the other ranks write nothing."""
+    import torch
+    import torch.distributed as dist
+
+    from .files import atomic_write
+    from .locks import hold
+    from .preflight import preflight
+    from .runfolder import RUN_FILES, check_replaceable, staged
+    from .training import prepare_data, resolve_device, run_experiment, train_model
+
+    missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
+    if missing:
+        raise ConfigError(f"--distributed runs under torchrun ({', '.join(missing)} not set): "
+                          f"torchrun --nproc-per-node N -m eqpdenet train --distributed ...")
+    config = _experiment_config(args)
+    device = resolve_device(config.train.device)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    if device.type == "cuda":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    out = Path(args.out)
+    try:
+        with contextlib.ExitStack() as stack:
+            problem, data = None, None
+            if rank == 0:  # the checks and the data (ROTMNIST's cache) first, in rank 0 alone
+                try:
+                    stack.enter_context(hold(out, "train"))
+                    check_replaceable(out, RUN_FILES)
+                    preflight([config], out)
+                    data = prepare_data(config.data, args.data_dir, args.cache_dir)
+                except Exception as error:
+                    problem = error
+            status = [None if problem is None else f"{type(problem).__name__}: {problem}"]
+            dist.broadcast_object_list(status, src=0)  # so no rank waits for one that stopped
+            if problem is not None:
+                raise problem
+            if status[0] is not None:
+                raise ConfigError(f"rank 0 stopped: {status[0]}")
+            if rank != 0:
+                data = prepare_data(config.data, args.data_dir, args.cache_dir)
+                try:
+                    train_model(config, data, progress=False)
+                except (NonFiniteStateError, FloatingPointError):
+                    pass  # rank 0 (the same loss, the same parameters) records the divergence
+                return 0
+            stage = stack.enter_context(staged(out))  # the run replaces the folder as a unit
+            record = run_experiment(config, data, progress=not args.no_progress,
+                                    checkpoint=stage / "model.pt")
+            record["processes"] = dist.get_world_size()
+            atomic_write(stage / "config.toml", to_toml(config).encode())
+            atomic_write(stage / "result.json",
+                         (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+    finally:
+        dist.destroy_process_group()
+    if record["status"] != "ok":
+        print(f"eqpdenet: training failed: {record['error']}", file=sys.stderr)
+        return 1
+    scores = "  ".join(f"{k} {v:.2f}%" for k, v in record["accuracy"].items())
+    print(f"{config.model.kind} h={config.model.hidden} seed={config.train.seed}: {scores} "
+          f"({record['train_seconds']:.0f} s, {record['processes']} processes) -> "
+          f"{out / 'model.pt'}")
     return 0
 
 
@@ -162,6 +235,17 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _executor(args):
+    """The executor of ``--executor``/``--address``/``--cpus-per-run``; Ray's absence is found
+    here, before any work."""
+    from .distributed import Executor, import_ray
+
+    executor = Executor(args.executor, args.address, args.cpus_per_run)
+    if executor.kind == "ray":
+        import_ray()
+    return executor
+
+
 def _reproduce(args) -> int:
     from .report import write_report
     from .sweeps import reproduce
@@ -178,8 +262,8 @@ def _reproduce(args) -> int:
     from .locks import hold
 
     with hold(out, "reproduce"):  # the runs and the report: one writer throughout
-        reproduce(config, out, jobs=args.jobs, data_dir=args.data_dir, cache_dir=args.cache_dir,
-                  progress=not args.no_progress)
+        reproduce(config, out, jobs=args.jobs, executor=_executor(args), data_dir=args.data_dir,
+                  cache_dir=args.cache_dir, progress=not args.no_progress)
         table, plot = write_report(out)
     print(f"reproduce finished in {time.perf_counter() - start:.0f} s: {table}, {plot}")
     print(table.read_text())
@@ -212,8 +296,8 @@ def _benchmark(args) -> int:
     config = from_dict(BenchmarkConfig, to_dict(config))
     out = Path(args.out or ("runs/benchmark-quick" if args.quick else "results/benchmark"))
     start = time.perf_counter()
-    benchmark(config, out, models=args.models, jobs=args.jobs, data_dir=args.data_dir,
-              cache_dir=args.cache_dir, progress=not args.no_progress)
+    benchmark(config, out, models=args.models, jobs=args.jobs, executor=_executor(args),
+              data_dir=args.data_dir, cache_dir=args.cache_dir, progress=not args.no_progress)
     table, plot = write_benchmark_report(out)
     print(f"benchmark finished in {time.perf_counter() - start:.0f} s: {table}, {plot}")
     print(table.read_text())
@@ -233,7 +317,7 @@ def _study(args) -> int:
     if args.device:
         base.base.train.device = args.device
     chosen = run_study(Path(args.out), base=base, stages=STAGE_SETS[args.stages], jobs=args.jobs,
-                       data_dir=args.data_dir, cache_dir=args.cache_dir,
+                       executor=_executor(args), data_dir=args.data_dir, cache_dir=args.cache_dir,
                        progress=not args.no_progress)
     print(to_toml(chosen))
     print(f"study written to {Path(args.out) / 'study.md'}")
@@ -374,6 +458,17 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _add_executor(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--executor", choices=["local", "ray"], default="local",
+                        help="where runs execute: 'local' (this machine, --jobs processes) or "
+                             "'ray' (tasks of a Ray cluster; pip install 'eqpdenet[distributed]')")
+    parser.add_argument("--address", metavar="HOST:PORT|auto",
+                        help="with --executor ray: the cluster's head ('auto': the cluster this "
+                             "machine is in; default: a Ray instance started here)")
+    parser.add_argument("--cpus-per-run", type=_positive_int, default=1,
+                        help="with --executor ray: CPUs (torch threads) each run declares")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eqpdenet", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -394,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--rotated", action="store_true",
                        help="train and test on the rotated version of the data set")
     train.add_argument("--out", required=True, help="output folder (model.pt, config.toml, ...)")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel training over the processes of torchrun: "
+                            "torchrun --nproc-per-node N -m eqpdenet train --distributed ...")
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="a checkpoint on scenarios over K instances")
@@ -411,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--quick", action="store_true", help="smoke profile (< 3 min on 2 cores)")
     repro.add_argument("--jobs", type=_positive_int, default=1, help="runs in parallel processes")
     repro.add_argument("--out", help="results folder (default results/paper, runs/quick)")
+    _add_executor(repro)
     repro.set_defaults(handler=_reproduce)
 
     bench = commands.add_parser("benchmark", help="the robustness benchmark: every model x seed, "
@@ -420,6 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--models", nargs="+", help="only these models of the configuration")
     bench.add_argument("--quick", action="store_true", help="smoke profile (one seed, 1 epoch)")
     bench.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
+    _add_executor(bench)
     bench.set_defaults(handler=_benchmark)
 
     study = commands.add_parser("study", help="choose the recipe on the validation split")
@@ -432,6 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--stages", choices=["main", "refine"], default="main",
                        help="'main': the first round; 'refine': a second round (use --config "
                             "with the first round's chosen.toml)")
+    _add_executor(study)
     study.set_defaults(handler=_study)
 
     symbolic = commands.add_parser("symbolic", help="differential invariants of the ready Lie "
@@ -489,6 +590,11 @@ def build_parser() -> argparse.ArgumentParser:
 DEBUG_VARIABLE = "EQPDENET_DEBUG"
 
 
+#: Ray's errors for a task whose worker, node or data were lost (after its retries).
+RAY_LOSSES = ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError", "ObjectLostError",
+              "OwnerDiedError", "RaySystemError")
+
+
 def describe_error(error: BaseException) -> tuple[str, int]:
     """One line naming the problem, and the exit status: 2 for bad input, configuration, files
     or a run that cannot go on (our errors, ValueError, OSError), 1 for anything unexpected."""
@@ -497,6 +603,9 @@ def describe_error(error: BaseException) -> tuple[str, int]:
     if isinstance(error, BrokenProcessPool):
         text, status = ("a worker process died unexpectedly (killed from outside, or by the "
                         "system for lack of memory?); rerun the command to resume"), 2
+    elif type(error).__module__.startswith("ray.") and type(error).__name__ in RAY_LOSSES:
+        text, status = (f"a Ray worker or node was lost more often than a run is retried "
+                        f"({type(error).__name__}); rerun the command to resume"), 2
     elif isinstance(error, MemoryError):
         text, status = ("out of memory; lower train.batch_size, the number of Euler steps or "
                         "--jobs"), 2

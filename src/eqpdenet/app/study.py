@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import ReproduceConfig, apply_overrides, from_dict, to_dict, to_toml
+from .distributed import Executor
 from .files import atomic_write, read_jsonl
 from .locks import hold
 from .report import PAPER_MODELS
@@ -132,16 +133,17 @@ def _score(records: list[dict], kind: str) -> dict:
 
 
 def run_study(out: Path, *, base: ReproduceConfig | None = None, stages=STAGES, margin: float = 0.25,
-              jobs: int = 1, data_dir=None, cache_dir=None, progress: bool = True,
-              echo=print) -> ReproduceConfig:
+              jobs: int = 1, executor: Executor | None = None, data_dir=None, cache_dir=None,
+              progress: bool = True, echo=print) -> ReproduceConfig:
     """Run the greedy study; returns the chosen configuration (also in ``out/chosen.toml``).
     ``out`` has one writer at a time (:func:`eqpdenet.app.locks.hold`)."""
     with hold(out, "study"):
         return _run_study(Path(out), base=base, stages=stages, margin=margin, jobs=jobs,
-                          data_dir=data_dir, cache_dir=cache_dir, progress=progress, echo=echo)
+                          executor=executor, data_dir=data_dir, cache_dir=cache_dir,
+                          progress=progress, echo=echo)
 
 
-def _run_study(out: Path, *, base, stages, margin, jobs, data_dir, cache_dir, progress,
+def _run_study(out: Path, *, base, stages, margin, jobs, executor, data_dir, cache_dir, progress,
                echo) -> ReproduceConfig:
     incumbent = base or study_base()
     lines = [f"# Validation study ({len(stages)} stages)", "",
@@ -160,8 +162,8 @@ def _run_study(out: Path, *, base, stages, margin, jobs, data_dir, cache_dir, pr
                 config.models = ["eqpdenet"]  # FCNN has no PDE layer: reuse the incumbent's
             folder = folders[name] = out / "runs" / fingerprint(config.base)
             echo(f"study: {stage.name} / {name} -> {folder}")
-            reproduce(config, folder, jobs=jobs, data_dir=data_dir, cache_dir=cache_dir,
-                      progress=progress, echo=echo)
+            reproduce(config, folder, jobs=jobs, executor=executor, data_dir=data_dir,
+                      cache_dir=cache_dir, progress=progress, echo=echo)
             records = read_jsonl(folder / "results.jsonl")
             if stage.kind == "layer" and overrides:
                 first = folders[next(iter(stage.candidates))]

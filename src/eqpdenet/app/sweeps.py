@@ -1,11 +1,13 @@
 """Sweeps of runs: the paper's protocol (Tables 1 and 2), resumable and reproducible.
 
-:func:`reproduce` runs the grid models x hidden sizes x seeds and appends one JSON line per
-finished run to ``results.jsonl`` (atomically: the whole file is rewritten to a temporary file
-and renamed, so a killed job never leaves a partial or duplicated line); a restart skips the runs
-already there. The folder has one writer at a time (:mod:`eqpdenet.app.locks`); the runs to do
-are checked before any data is loaded (:mod:`eqpdenet.app.preflight`); ``jobs > 1`` runs in
-worker processes that die with this one (:mod:`eqpdenet.app.workers`).
+:func:`reproduce` runs the grid models x hidden sizes x seeds and writes each finished run to its
+own file ``runs/<key>.json`` (atomically: a temporary file, then a rename, so a killed job never
+leaves a partial file), then regenerates ``results.jsonl`` from the run files
+(:mod:`eqpdenet.app.runstore`); a restart skips the keys already done. The folder has one writer
+at a time (:mod:`eqpdenet.app.locks`); the runs to do are checked before any data is loaded
+(:mod:`eqpdenet.app.preflight`); ``jobs > 1`` runs in worker processes that die with this one
+(:mod:`eqpdenet.app.workers`), and the ``ray`` executor runs them as tasks of a Ray cluster
+(:mod:`eqpdenet.app.distributed`).
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import torch
 
 from ..errors import ConfigError
 from .config import DataConfig, ExperimentConfig, ReproduceConfig, from_dict, to_dict, to_toml
-from .files import append_jsonl, atomic_write, read_jsonl
+from .distributed import Executor
+from .files import atomic_write
 from .locks import hold
 from .preflight import preflight
+from .runstore import load_records, save_run, write_aggregate
 from .training import Data, _progress, fingerprint, prepare_data, run_experiment
 from .workers import worker_pool
 
@@ -68,37 +72,45 @@ def _cached_data(config: DataConfig, data_dir, cache_dir) -> Data:
 def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
               base_fingerprint: str, checkpoint_keys: set[str] = frozenset(),
               runner: Callable[..., dict] | None = None, runner_options: dict | None = None,
-              jobs: int = 1, data_dir=None, cache_dir=None, progress: bool = True,
-              echo: Callable[[str], None] = print) -> Path:
-    """Run every run of ``runs`` (key -> configuration) not yet in ``out_dir/results.jsonl``.
+              jobs: int = 1, executor: Executor | None = None, data_dir=None, cache_dir=None,
+              progress: bool = True, echo: Callable[[str], None] = print) -> Path:
+    """Run every run of ``runs`` (key -> configuration) not yet finished in ``out_dir``.
 
     ``runner(config, data, progress=..., checkpoint=path or None, **runner_options)`` (default
     :func:`~eqpdenet.app.training.run_experiment`) trains and
-    evaluates one run and returns its record (a top-level function: with ``jobs > 1`` it runs in
-    a worker process); each record gets its ``key`` and ``base_fingerprint`` and is appended
-    atomically as soon as it finishes, so a killed sweep resumes where it stopped. Runs whose key
-    is in ``checkpoint_keys`` save their trained model to ``out_dir/checkpoints/<key>.pt``.
+    evaluates one run and returns its record (a top-level function: with ``jobs > 1`` or the Ray
+    executor it runs in another process); each record gets its ``key`` and ``base_fingerprint``
+    and is written to ``out_dir/runs/<key>.json`` as soon as it finishes, and ``results.jsonl``
+    is regenerated, so a killed sweep resumes where it stopped. Runs whose key is in
+    ``checkpoint_keys`` save their trained model to ``out_dir/checkpoints/<key>.pt``.
+    ``executor`` (default: the local one) says where runs execute; ``jobs`` is the local pool's
+    size.
     """
-    results = Path(out_dir) / "results.jsonl"
-    done = {r["key"] for r in read_jsonl(results)}
+    out_dir = Path(out_dir)
+    executor = executor or Executor()
+    results = out_dir / "results.jsonl"
+    done = set(load_records(out_dir))
     todo = [(key, run) for key, run in runs.items() if key not in done]
     echo(f"{name}: {len(runs) - len(todo)} runs done, {len(todo)} to go -> {results}")
     if not todo:
+        write_aggregate(out_dir)  # a run file added by another writer since the last one
         return results
     options = runner_options or {}
     runner = runner or run_experiment
 
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
-    preflight([run for _, run in todo], Path(out_dir), jobs=jobs,
+    parallel = jobs if executor.kind == "local" else 1  # Ray's runs use the cluster's memory
+    preflight([run for _, run in todo], out_dir, jobs=parallel,
               checkpoints=sum(key in checkpoint_keys for key, _ in todo))
 
     def finish(key: str, record: dict) -> None:
         record["key"] = key
         record["base_fingerprint"] = base_fingerprint
         if record["status"] != "ok":  # no model for this result: none left from an earlier try
-            (Path(out_dir) / "checkpoints" / f"{key}.pt").unlink(missing_ok=True)
-        append_jsonl(results, record)
+            (out_dir / "checkpoints" / f"{key}.pt").unlink(missing_ok=True)
+        save_run(out_dir, key, record)
+        write_aggregate(out_dir)
         if record["status"] == "ok":
             scores = "  ".join(f"{k} {v:5.2f}" for k, v in record["accuracy"].items())
             echo(f"{key:>24}: {scores}  ({record['train_seconds']:.0f} s train, "
@@ -107,11 +119,19 @@ def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
             echo(f"{key:>24}: {record['status']}: {record['error']}")
 
     def checkpoint_for(key: str) -> Path | None:
-        return Path(out_dir) / "checkpoints" / f"{key}.pt" if key in checkpoint_keys else None
+        return out_dir / "checkpoints" / f"{key}.pt" if key in checkpoint_keys else None
 
     bar = _progress(range(len(todo)), progress, desc=name, unit="run")
     bar_update = getattr(bar, "update", lambda n: None)
-    if jobs <= 1:
+    if executor.kind == "ray":
+        from .distributed import run_on_ray
+
+        tasks = [(key, run, checkpoint_for(key)) for key, run in todo]
+        for key, record in run_on_ray(tasks, runner, options, executor, data_dir=data_dir,
+                                      cache_dir=cache_dir):
+            finish(key, record)
+            bar_update(1)
+    elif jobs <= 1:
         for key, run in todo:
             data = _cached_data(run.data, data_dir, cache_dir)
             finish(key, runner(run, data, progress=progress, checkpoint=checkpoint_for(key),
@@ -128,22 +148,25 @@ def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
                 bar_update(1)
     if hasattr(bar, "close"):
         bar.close()
+    write_aggregate(out_dir)
     return results
 
 
 def check_results_folder(out_dir: Path, base_fingerprint: str) -> None:
     """Refuse a results folder that holds runs of another base configuration."""
     results = Path(out_dir) / "results.jsonl"
-    existing = {r.get("base_fingerprint") for r in read_jsonl(results)}
+    existing = {r.get("base_fingerprint") for r in load_records(out_dir).values()}
     if existing and existing != {base_fingerprint}:
         raise ConfigError(f"{results} holds runs of another configuration "
                           f"(fingerprints {sorted(map(str, existing))}, this one "
                           f"{base_fingerprint}); choose another output folder")
 
 
-def reproduce(config: ReproduceConfig, out_dir: Path, *, jobs: int = 1, data_dir=None,
-              cache_dir=None, progress: bool = True, echo: Callable[[str], None] = print) -> Path:
-    """Run every missing run of the protocol, appending results to ``out_dir/results.jsonl``.
+def reproduce(config: ReproduceConfig, out_dir: Path, *, jobs: int = 1,
+              executor: Executor | None = None, data_dir=None, cache_dir=None,
+              progress: bool = True, echo: Callable[[str], None] = print) -> Path:
+    """Run every missing run of the protocol into ``out_dir`` (``runs/<key>.json`` and their
+    aggregate ``results.jsonl``) with ``executor`` (default: local, ``jobs`` processes).
 
     The base configuration is written to ``out_dir/config.toml``; a results file produced with a
     different base configuration is refused (use another ``out_dir``). Returns the results path.
@@ -160,5 +183,6 @@ def reproduce(config: ReproduceConfig, out_dir: Path, *, jobs: int = 1, data_dir
         checkpoints = {key for key, run in runs.items()
                        if run.train.seed in config.checkpoint_seeds}
         return run_sweep("reproduce", runs, out_dir, base_fingerprint=base_print,
-                         checkpoint_keys=checkpoints, jobs=jobs, data_dir=data_dir,
+                         checkpoint_keys=checkpoints, jobs=jobs, executor=executor,
+                         data_dir=data_dir,
                          cache_dir=cache_dir, progress=progress, echo=echo)

@@ -55,6 +55,7 @@ __all__ = [
     "environment",
     "fingerprint",
     "accuracy",
+    "data_parallel",
     "evaluate_scenarios",
     "load_checkpoint",
     "prepare_data",
@@ -206,6 +207,17 @@ def _progress(iterable, enabled: bool, **kwargs):
     return tqdm(iterable, **kwargs)
 
 
+def data_parallel() -> tuple[int, int] | None:
+    """``(rank, world size)`` when this process is one of several of an initialised
+    ``torch.distributed`` process group (``eqpdenet train --distributed`` under torchrun), else
+    None. :func:`train_model` then trains with DistributedDataParallel."""
+    distributed = torch.distributed
+    if distributed.is_available() and distributed.is_initialized() \
+            and distributed.get_world_size() > 1:
+        return distributed.get_rank(), distributed.get_world_size()
+    return None
+
+
 def train_model(
     config: ExperimentConfig,
     data: Data | dict[str, Split],
@@ -221,7 +233,14 @@ def train_model(
     input size, classes and standardisation fit the data) after seeding with
     ``config.train.seed``; a given ``model`` is trained as it is (its initialisation is the
     caller's). ``history`` holds one dict per epoch (loss, training accuracy of the epoch,
-    validation accuracy where a validation split exists, seconds). Raises
+    validation accuracy where a validation split exists, seconds).
+
+    Under ``torchrun`` (:func:`data_parallel`), each process runs this with the same
+    configuration and data: every epoch's permutation (the same in every process, from the seed)
+    is cut into the usual batches, and process ``r`` of ``n`` takes part ``r`` of each batch
+    (``tensor_split``: the parts differ by one image at most). Gradients are averaged by
+    DistributedDataParallel with the loss scaled so that the update is the one of the whole
+    batch; loss and training accuracy are summed over the processes. Raises
     :class:`NonFiniteStateError` (or ``FloatingPointError`` for a non-finite loss) if training
     diverges.
     """
@@ -245,11 +264,19 @@ def train_model(
     if train.select_on_validation and not has_validation:
         raise ConfigError("invalid config: train.select_on_validation needs data.validation > 0")
     images, labels = data["train"].images, data["train"].labels
-    forward = torch.compile(model, dynamic=True) if train.compile else model
+    parallel = data_parallel()
+    forward = model
+    if parallel is not None:  # torchrun: this process trains on its share of each batch
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(model, device_ids=[device.index]
+                                          if device.type == "cuda" else None)
+    forward = torch.compile(forward, dynamic=True) if train.compile else forward
     # On a GPU the epochs run in app/accelerate.py: the same batches and updates, with the data
-    # on the device, the step as a CUDA graph and one host read per epoch.
+    # on the device, the step as a CUDA graph and one host read per epoch (one process only).
     gpu = (accelerate.EpochRunner(model, optimizer, scheduler, images, labels, train.batch_size,
-                                  train.grad_clip) if accelerate.applies_to(device) else None)
+                                  train.grad_clip)
+           if accelerate.applies_to(device) and parallel is None else None)
     history, best = [], (-1.0, None, -1)
     epochs = _progress(range(train.epochs), progress, desc=f"train {type(model).__name__} "
                        f"seed={train.seed}", unit="epoch", leave=False)
@@ -260,10 +287,20 @@ def train_model(
         total_loss, correct = 0.0, 0
         for first in range(0, len(order), train.batch_size) if gpu is None else ():
             index = order[first:first + train.batch_size]
-            x, y = images[index].to(device), labels[index].to(device)
+            mine = index if parallel is None else index.tensor_split(parallel[1])[parallel[0]]
+            x, y = images[mine].to(device), labels[mine].to(device)
             logits = forward(x)
-            loss = F.cross_entropy(logits, y)
-            if not torch.isfinite(loss):
+            if parallel is None:
+                loss = batch_loss = F.cross_entropy(logits, y)
+            else:
+                # DDP averages the processes' gradients; scaled so, the average is the gradient
+                # of the whole batch's mean loss, even when the shares differ by one image.
+                share = F.cross_entropy(logits, y, reduction="sum")
+                loss = share * (parallel[1] / len(index))
+                batch_loss = share.detach().clone()
+                torch.distributed.all_reduce(batch_loss)  # every process sees the batch's loss
+                batch_loss = batch_loss / len(index)
+            if not torch.isfinite(batch_loss):  # in every process at once: none waits forever
                 raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -272,8 +309,12 @@ def train_model(
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-            total_loss += float(loss.detach()) * len(index)
+            total_loss += float(batch_loss.detach()) * len(index)
             correct += int((logits.argmax(1) == y).sum())
+        if parallel is not None:
+            counts = torch.tensor([correct], dtype=torch.int64, device=device)
+            torch.distributed.all_reduce(counts)
+            correct = int(counts)
         if gpu is not None:
             total_loss, correct = gpu.run_epoch(order, epoch)
         record = {"epoch": epoch + 1, "loss": total_loss / len(labels),

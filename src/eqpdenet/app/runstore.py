@@ -1,0 +1,94 @@
+"""One result file per run, and ``results.jsonl`` as their aggregate.
+
+A sweep's folder holds ``runs/<key>.json``, one JSON record per finished run, each written once
+by :func:`~eqpdenet.app.files.atomic_write` (a temporary file in ``runs/``, then a rename). The
+run files are the truth; ``results.jsonl`` is derived from them (one line per key, sorted by
+key, so the same runs always give the same bytes) and regenerated after every run and at the end
+of a sweep.
+
+Why per-run files: a rename of a distinct file per key is atomic on a POSIX file system, NFS
+included, so any number of writers (processes, machines on a shared file system) can add runs
+without ever corrupting another's or leaving a half-written file; rewriting one shared
+``results.jsonl`` per run (as before) was safe for one writer only. Two writers that finish the
+same key write the same run (same configuration and seed) and the later rename wins whole. Two
+writers regenerating ``results.jsonl`` at once may each miss the other's newest run for a moment;
+the next regeneration (every run, and the end of every sweep) includes it, since it reads the run
+files.
+
+Folders written before this layout hold ``results.jsonl`` only (``results/paper``): their lines
+count as finished runs, a run file with the same key takes precedence, and such a folder is never
+rewritten unless a new run is added to it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from ..errors import ConfigError
+from .files import atomic_write, read_jsonl
+
+__all__ = ["RUNS_DIR", "load_records", "run_file", "save_run", "write_aggregate"]
+
+#: The folder of the run files, inside a sweep's folder.
+RUNS_DIR = "runs"
+
+#: Keys become file names: letters, digits, ``.``, ``_``, ``-`` (no separators, no hidden files).
+_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+
+
+def run_file(out_dir: Path, key: str) -> Path:
+    """The path of the run file of ``key`` (a :class:`ConfigError` for a key that is not a safe
+    file name)."""
+    if not _KEY.fullmatch(key):
+        raise ConfigError(f"run key {key!r} cannot name a file: use letters, digits, '.', '_', '-'")
+    return Path(out_dir) / RUNS_DIR / f"{key}.json"
+
+
+def save_run(out_dir: Path, key: str, record: dict) -> Path:
+    """Write ``record`` as the run file of ``key``, atomically (never a half file)."""
+    path = run_file(out_dir, key)
+    atomic_write(path, (json.dumps(record, sort_keys=True) + "\n").encode())
+    return path
+
+
+def _read_run(path: Path) -> dict:
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not a JSON run record ({error})") from None
+    if not isinstance(record, dict) or record.get("key") != path.stem:
+        raise ValueError(f"{path}: not the run record of key {path.stem!r}")
+    return record
+
+
+def load_records(out_dir: Path) -> dict[str, dict]:
+    """Every finished run of a folder, by key: the lines of a ``results.jsonl`` written before
+    run files existed (the last line of a key wins), then the run files, which take precedence.
+    """
+    out_dir = Path(out_dir)
+    records: dict[str, dict] = {}
+    if not (out_dir / RUNS_DIR).is_dir():  # an old folder: results.jsonl is all there is
+        for record in read_jsonl(out_dir / "results.jsonl"):
+            records[record["key"]] = record
+        return records
+    for record in read_jsonl(out_dir / "results.jsonl"):
+        # Lines of keys without a run file are legacy runs (or a run file's copy, replaced below).
+        records[record["key"]] = record
+    for path in sorted((out_dir / RUNS_DIR).glob("*.json")):
+        records[path.stem] = _read_run(path)
+    return records
+
+
+def write_aggregate(out_dir: Path) -> Path:
+    """Regenerate ``results.jsonl`` from the run files (and legacy lines), one line per key in
+    key order, atomically. A folder without run files is left as it is."""
+    out_dir = Path(out_dir)
+    results = out_dir / "results.jsonl"
+    if not (out_dir / RUNS_DIR).is_dir():
+        return results
+    records = load_records(out_dir)
+    text = "".join(json.dumps(records[key], sort_keys=True) + "\n" for key in sorted(records))
+    atomic_write(results, text.encode())
+    return results

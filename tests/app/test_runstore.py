@@ -1,0 +1,138 @@
+"""One result file per run: atomic, resumable, de-duplicated by key, aggregated deterministically
+into results.jsonl; folders that hold results.jsonl only keep working."""
+
+import json
+import os
+
+import pytest
+
+from eqpdenet.app import sweeps
+from eqpdenet.app.config import ExperimentConfig
+from eqpdenet.app.files import read_jsonl
+from eqpdenet.app.runstore import load_records, run_file, save_run, write_aggregate
+from eqpdenet.app.sweeps import run_sweep
+from eqpdenet.errors import ConfigError
+
+
+def fake_record(run, score: float) -> dict:
+    return {"model": run.model.kind, "hidden": run.model.hidden, "seed": run.train.seed,
+            "status": "ok", "params": 1, "accuracy": {"test": score}, "train_seconds": 0.0,
+            "eval_seconds": 0.0}
+
+
+def runs_of(seeds) -> dict[str, ExperimentConfig]:
+    runs = {}
+    for seed in seeds:
+        run = ExperimentConfig()
+        run.train.seed = seed
+        runs[f"fcnn-h4-seed{seed}"] = run
+    return runs
+
+
+@pytest.fixture(autouse=True)
+def no_data(monkeypatch):
+    monkeypatch.setattr(sweeps, "_cached_data", lambda *args: {})
+
+
+def sweep(out, runs, runner):
+    return run_sweep("test", runs, out, base_fingerprint="fp", runner=runner, progress=False,
+                     echo=lambda line: None)
+
+
+def test_resume_skips_done_keys_and_results_is_the_aggregate_of_the_run_files(tmp_path):
+    calls = []
+
+    def interrupted(run, data, *, progress, checkpoint):
+        calls.append(run.train.seed)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return fake_record(run, 10.0 + run.train.seed)
+
+    runs = runs_of([2, 0, 1])  # not in key order: results.jsonl is sorted by key anyway
+    with pytest.raises(KeyboardInterrupt):
+        sweep(tmp_path, runs, interrupted)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["fcnn-h4-seed2.json"]
+    assert [r["key"] for r in read_jsonl(tmp_path / "results.jsonl")] == ["fcnn-h4-seed2"]
+
+    sweep(tmp_path, runs, interrupted)
+    assert calls == [2, 0, 0, 1]  # seed 2 was not rerun; seed 0 (interrupted) was
+    records = read_jsonl(tmp_path / "results.jsonl")
+    assert [r["key"] for r in records] == ["fcnn-h4-seed0", "fcnn-h4-seed1", "fcnn-h4-seed2"]
+    assert [r["accuracy"]["test"] for r in records] == [10.0, 11.0, 12.0]
+    files = [json.loads(run_file(tmp_path, r["key"]).read_text()) for r in records]
+    assert records == files
+    before = (tmp_path / "results.jsonl").read_bytes()
+    sweep(tmp_path, runs, interrupted)  # nothing to do: nothing run, the same bytes
+    assert len(calls) == 4 and (tmp_path / "results.jsonl").read_bytes() == before
+
+
+def test_a_failed_write_leaves_no_half_file(tmp_path, monkeypatch):
+    """The run file is written to a temporary file and renamed: a write killed before the rename
+    leaves neither the run file nor the temporary file, and the run is redone on resume."""
+    runs = runs_of([0])
+
+    def fail(*args):
+        raise KeyboardInterrupt  # as if killed between the write and the rename
+
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(KeyboardInterrupt):
+        sweep(tmp_path, runs, lambda run, data, **kwargs: fake_record(run, 50.0))
+    assert list((tmp_path / "runs").iterdir()) == []  # no run file, no temporary file
+    assert not (tmp_path / "results.jsonl").exists()
+    monkeypatch.setattr(os, "replace", real_replace)
+    sweep(tmp_path, runs, lambda run, data, **kwargs: fake_record(run, 50.0))
+    assert [r["accuracy"]["test"] for r in read_jsonl(tmp_path / "results.jsonl")] == [50.0]
+
+
+def test_a_folder_with_results_jsonl_only_keeps_working(tmp_path):
+    """Folders written before run files (results/paper): their lines are finished runs, the file
+    is left alone while there is nothing to do, and a new run joins them in key order."""
+    old = [{"key": "fcnn-h4-seed1", "accuracy": {"test": 1.0}, "status": "ok"},
+           {"key": "fcnn-h4-seed0", "accuracy": {"test": 0.5}, "status": "ok"},
+           {"key": "fcnn-h4-seed0", "accuracy": {"test": 2.0}, "status": "ok"}]  # duplicate key
+    text = "".join(json.dumps(r) + "\n" for r in old)
+    (tmp_path / "results.jsonl").write_text(text)
+    assert {k: r["accuracy"]["test"] for k, r in load_records(tmp_path).items()} == {
+        "fcnn-h4-seed1": 1.0, "fcnn-h4-seed0": 2.0}  # the last line of a key wins
+    ran = []
+
+    def runner(run, data, **kwargs):
+        ran.append(run.train.seed)
+        return fake_record(run, 3.0)
+
+    sweep(tmp_path, runs_of([0, 1]), runner)
+    assert ran == [] and (tmp_path / "results.jsonl").read_text() == text  # untouched
+    sweep(tmp_path, runs_of([0, 1, 2]), runner)
+    assert ran == [2]
+    records = read_jsonl(tmp_path / "results.jsonl")
+    assert [(r["key"], r["accuracy"]["test"]) for r in records] == [
+        ("fcnn-h4-seed0", 2.0), ("fcnn-h4-seed1", 1.0), ("fcnn-h4-seed2", 3.0)]
+
+
+def test_two_writers_add_distinct_files_and_the_aggregate_holds_both(tmp_path):
+    """Writer A regenerates results.jsonl before writer B's run file exists (a stale view); B's
+    regeneration, and any later one, holds every run: the run files are the truth."""
+    save_run(tmp_path, "a", {"key": "a", "value": 1})
+    write_aggregate(tmp_path)
+    save_run(tmp_path, "b", {"key": "b", "value": 2})  # the other machine's run
+    assert [r["key"] for r in read_jsonl(tmp_path / "results.jsonl")] == ["a"]  # stale for now
+    write_aggregate(tmp_path)
+    assert read_jsonl(tmp_path / "results.jsonl") == [{"key": "a", "value": 1},
+                                                      {"key": "b", "value": 2}]
+    save_run(tmp_path, "b", {"key": "b", "value": 2})  # the same key again: still one line
+    write_aggregate(tmp_path)
+    assert len(read_jsonl(tmp_path / "results.jsonl")) == 2
+
+
+@pytest.mark.parametrize("key", ["../escape", "a/b", ".hidden", ""])
+def test_a_key_must_be_a_plain_file_name(tmp_path, key):
+    with pytest.raises(ConfigError, match="cannot name a file"):
+        run_file(tmp_path, key)
+
+
+def test_a_corrupt_run_file_is_a_clear_error(tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "x.json").write_text('{"key": ')
+    with pytest.raises(ValueError, match=r"x\.json: not a JSON run record"):
+        load_records(tmp_path)
