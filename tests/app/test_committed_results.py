@@ -29,3 +29,21 @@ def test_committed_checkpoint_evaluates_to_its_recorded_accuracy(name, tmp_path)
     data = prepare_data(config.data, data_dir, tmp_path)
     accuracy = evaluate_scenarios(model, data["test"], ["test"], seed=config.train.seed)
     assert accuracy["test"] == payload["accuracy"]["test"]
+
+
+BENCHMARK = sorted(RESULTS.glob("benchmark/checkpoints/*.pt"))
+
+
+@pytest.mark.parametrize("path", BENCHMARK, ids=[p.stem for p in BENCHMARK])
+def test_benchmark_checkpoint_loads_with_the_recorded_parameter_count(path):
+    """Every family's checkpoint loads strictly (the G-CNN's once did not: e2cnn's filter cache)
+    and has the parameter count its results line records."""
+    import json
+
+    if "gcnn" in path.name:
+        pytest.importorskip("e2cnn")
+    model, config, _ = load_checkpoint(path)
+    records = [json.loads(line) for line in (path.parents[1] / "results.jsonl").open()]
+    [record] = [r for r in records if r["key"] == path.stem]
+    assert sum(p.numel() for p in model.parameters()) == record["params"]
+    assert config.model.kind == record["config"]["model"]["kind"]
