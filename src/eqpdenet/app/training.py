@@ -452,9 +452,12 @@ def load_checkpoint(path: Path, device: str = "cpu") -> tuple[nn.Module, Experim
     except Exception as error:  # torch raises several types for corrupt files
         raise CheckpointError(f"{path} is not a readable eqpdenet checkpoint: {error}") from None
     formats = (CHECKPOINT_FORMAT, *_LEGACY_CHECKPOINT_FORMATS)
-    if not isinstance(payload, dict) or payload.get("format") not in formats:
-        raise CheckpointError(f"{path} is not an eqpdenet checkpoint (format tag "
-                              f"{payload.get('format') if isinstance(payload, dict) else None!r}, "
+    tag = payload.get("format") if isinstance(payload, dict) else None
+    if tag is None:
+        raise CheckpointError(f"{path} is not an eqpdenet checkpoint (missing format tag; a bare "
+                              f"state_dict? save with eqpdenet.app.training.save_checkpoint)")
+    if tag not in formats:
+        raise CheckpointError(f"{path} is not an eqpdenet checkpoint (format tag {tag!r}, "
                               f"expected one of {', '.join(formats)})")
     if not isinstance(payload.get("config"), dict) or not isinstance(payload.get("state_dict"),
                                                                      dict):
