@@ -87,6 +87,19 @@ def _with_layer(args, path: str) -> list[str]:
     return preset + list(args.set or [])
 
 
+def _sweep_config(args, cls, quick):
+    """A sweep's configuration (``reproduce``, ``benchmark``): the defaults or ``--config``, then
+    ``--layer`` and ``--set`` on its base experiment, ``--quick`` (the ``quick`` profile), then
+    ``--device``; validated whole."""
+    config = load_toml(cls, args.config) if args.config else cls()
+    config = apply_overrides(config, _with_layer(args, "base.model.layer"))
+    if args.quick:
+        config = quick(config)
+    if args.device:
+        config.base.train.device = args.device
+    return from_dict(cls, to_dict(config))
+
+
 def _experiment_config(args) -> ExperimentConfig:
     config = load_toml(ExperimentConfig, args.config) if args.config else ExperimentConfig()
     config = apply_overrides(config, _with_layer(args, "model.layer"))
@@ -250,13 +263,7 @@ def _reproduce(args) -> int:
     from .report import write_report
     from .sweeps import reproduce
 
-    config = load_toml(ReproduceConfig, args.config) if args.config else ReproduceConfig()
-    config = apply_overrides(config, _with_layer(args, "base.model.layer"))
-    if args.quick:
-        config = quick_profile(config)
-    if args.device:
-        config.base.train.device = args.device
-    config = from_dict(ReproduceConfig, to_dict(config))
+    config = _sweep_config(args, ReproduceConfig, quick_profile)
     out = Path(args.out or ("runs/quick" if args.quick else "results/paper"))
     start = time.perf_counter()
     from .locks import hold
@@ -287,13 +294,7 @@ def quick_benchmark(config: BenchmarkConfig) -> BenchmarkConfig:
 def _benchmark(args) -> int:
     from .benchmark import benchmark, write_benchmark_report
 
-    config = load_toml(BenchmarkConfig, args.config) if args.config else BenchmarkConfig()
-    config = apply_overrides(config, args.set)
-    if args.quick:
-        config = quick_benchmark(config)
-    if args.device:
-        config.base.train.device = args.device
-    config = from_dict(BenchmarkConfig, to_dict(config))
+    config = _sweep_config(args, BenchmarkConfig, quick_benchmark)
     out = Path(args.out or ("runs/benchmark-quick" if args.quick else "results/benchmark"))
     start = time.perf_counter()
     benchmark(config, out, models=args.models, jobs=args.jobs, executor=_executor(args),
