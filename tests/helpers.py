@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from eqpdenet.pde.stencils import jet
@@ -68,3 +70,15 @@ def assert_equivariant(module, images: torch.Tensor, *, invariant: bool = False,
                 error = equivariance_error(module, images, transform)
             assert error <= angle_tolerance, (
                 f"relative error {error:.3g} at {angle:g}° exceeds {angle_tolerance:g}")
+
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """Run the block with ``count`` torch threads (the reduction order of the run it is compared
+    with, e.g. one Ray task or one torchrun process), then restore the previous count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -26,6 +26,7 @@ from distributed_helpers import data_parallel_worker, synthetic_data, tiny_confi
 from eqpdenet.app.cli import main
 from eqpdenet.app.config import build_model
 from eqpdenet.app.training import data_parallel, resolve_for_data, train_model
+from helpers import torch_threads
 
 TOLERANCE = 1e-5
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -43,12 +44,8 @@ def test_two_gloo_processes_train_as_one(tmp_path):
                                 join=True)
     parallel = torch.load(out, weights_only=True)
     assert data_parallel() is None  # this process is not in a group
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         model, history = train_model(tiny_config(), synthetic_data(), progress=False)
-    finally:
-        torch.set_num_threads(threads)
     torch.manual_seed(5)
     initial = build_model(resolve_for_data(tiny_config(), synthetic_data()).model).state_dict()
     for name, value in model.state_dict().items():
@@ -90,13 +87,9 @@ def test_torchrun_trains_one_model_with_two_processes_and_rank_0_writes(tmp_path
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert finished.stdout.count("2 processes") == 1  # rank 0 alone reports
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         assert main(["train", "--out", str(tmp_path / "one"), "--data-dir", str(data_dir),
                      *TRAIN]) == 0
-    finally:
-        torch.set_num_threads(threads)
     ddp, one = (json.loads((tmp_path / name / "result.json").read_text()) for name in ("ddp", "one"))
     assert ddp["processes"] == 2 and ddp["status"] == "ok"
     assert ddp["history"][0]["loss"] == pytest.approx(one["history"][0]["loss"], rel=TOLERANCE)

@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from data_helpers import data_dir_or_skip
 from eqpdenet.app.cli import main
 from eqpdenet.app.files import read_jsonl
+from helpers import torch_threads
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 TINY = ["--set", "base.data.dataset='mnist'", "--set", "base.data.train_subset=300",
@@ -30,13 +30,9 @@ def test_the_command_starts_and_stops_its_own_ray(tmp_path):
                "--data-dir", str(data_dir), "--executor", "ray", *TINY]
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-2000:]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         assert main(["reproduce", "--out", str(tmp_path / "local"), "--data-dir", str(data_dir),
                      *TINY]) == 0
-    finally:
-        torch.set_num_threads(threads)
     ray, local = (read_jsonl(tmp_path / name / "results.jsonl") for name in ("ray", "local"))
     assert [r["key"] for r in ray] == ["fcnn-h8-seed0"]
     assert ray[0]["accuracy"] == local[0]["accuracy"]

@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from data_helpers import data_dir_or_skip
 from eqpdenet.app import training
@@ -21,6 +20,7 @@ from eqpdenet.app.files import read_jsonl
 from eqpdenet.app.runstore import RUNS_DIR
 from eqpdenet.app.sweeps import run_sweep
 from eqpdenet.app.training import load_checkpoint, prepare_data, run_experiment
+from helpers import torch_threads
 
 ROOT = Path(__file__).resolve().parents[2]
 # Plain MNIST: no ROTMNIST to generate, so the test's time is the runs'. The PDE layer in plain
@@ -69,12 +69,8 @@ def by_key(out: Path) -> dict[str, dict]:
 
 
 def test_ray_executor_gives_the_numbers_of_the_local_executor(ray_cluster, tmp_path, cache_dir):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each Ray task (--cpus-per-run 1): the same reduction order
-    try:
+    with torch_threads(1):  # as each Ray task (--cpus-per-run 1): the same reduction order
         assert main(tiny_args(tmp_path / "local", cache_dir)) == 0
-    finally:
-        torch.set_num_threads(threads)
     assert main(tiny_args(tmp_path / "ray", cache_dir, "--executor", "ray")) == 0
     local, ray = by_key(tmp_path / "local"), by_key(tmp_path / "ray")
     assert sorted(ray) == ["eqpdenet-h8-seed0", "eqpdenet-h8-seed1", "fcnn-h8-seed0",
@@ -118,13 +114,9 @@ def test_a_worker_killed_mid_run_is_retried_and_nothing_is_lost_or_duplicated(
     assert [r["key"] for r in records] == ["fcnn-h8-seed0", "fcnn-h8-seed1", "fcnn-h8-seed2"]
     assert all(r["status"] == "ok" for r in records)
     # the retried run has the numbers of an undisturbed run of the same seed
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         data = prepare_data(runs["fcnn-h8-seed1"].data, None, cache_dir)
         expected = run_experiment(runs["fcnn-h8-seed1"], data, progress=False)
-    finally:
-        torch.set_num_threads(threads)
     assert records[1]["accuracy"] == expected["accuracy"]
     assert sum("fcnn-h8-seed1" in line for line in lines) == 1  # reported once
 
@@ -152,12 +144,8 @@ def test_benchmark_on_ray_gives_the_numbers_of_the_local_executor(ray_cluster, t
             "--set", "base.scenarios=['test', 'iso']", "--set", "curves.images=20",
             "--set", "curves.angles=[0, 45]", "--set", "curves.scales=[1.0]",
             "--set", "curves.shifts=[0, 1]"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         assert main([*args, "--out", str(tmp_path / "local")]) == 0
-    finally:
-        torch.set_num_threads(threads)
     assert main([*args, "--out", str(tmp_path / "ray"), "--executor", "ray"]) == 0
     local, ray = by_key(tmp_path / "local"), by_key(tmp_path / "ray")
     assert list(ray) == ["cnn-seed0"]
