@@ -34,6 +34,7 @@ from ..pde.joint import JOINT_GROUPS
 from ..pde.rhs import InvariantSystemRHS, invariant_maps
 from ..pde.stencils import BOUNDARIES, STENCILS, Jet, stencil_has_scale
 from .perceptron import Standardize
+from .pooling import AntiAliasedDownsample
 
 __all__ = ["InvariantPDEConfig", "InvariantPDENet"]
 
@@ -54,7 +55,10 @@ class InvariantPDEConfig:
         stencil, sigma, boundary: the jet's derivatives (``sigma`` in pixels, for the
             ``gaussian`` stencil) and boundary.
         ratio_eps: regularisation of ratio invariants (``sim2``).
-        downsample: between stages: ``"pool"`` (2x2 average pooling) or ``"none"``.
+        downsample: between stages: ``"pool"`` (2x2 average pooling), ``"blur"`` (a Gaussian
+            low-pass of std ``downsample_sigma`` pixels first: anti-aliased,
+            :class:`~eqpdenet.models.pooling.AntiAliasedDownsample`) or ``"none"``.
+        downsample_sigma: the low-pass's standard deviation, in pixels, for ``"blur"``.
         readout: global pooling over space: ``"max"``, ``"mean"`` or ``"meanmax"`` (both,
             concatenated).
         normalize_invariants: batch-normalise each invariant map before ``F`` mixes them.
@@ -72,6 +76,7 @@ class InvariantPDEConfig:
     boundary: str = "zeros"
     ratio_eps: float = DEFAULT_RATIO_EPS
     downsample: str = "pool"
+    downsample_sigma: float = 1.0
     readout: str = "max"
     normalize_invariants: bool = True
 
@@ -91,8 +96,9 @@ class InvariantPDEConfig:
         STENCILS.check(self.stencil, "invariant_pde.stencil")
         BOUNDARIES.check(self.boundary, "invariant_pde.boundary")
         require_positive(self.ratio_eps, "invariant_pde.ratio_eps")
-        require(self.downsample in ("pool", "none"), "invariant_pde.downsample",
-                "must be 'pool' or 'none'")
+        require(self.downsample in ("pool", "blur", "none"), "invariant_pde.downsample",
+                "must be 'pool', 'blur' or 'none'")
+        require_positive(self.downsample_sigma, "invariant_pde.downsample_sigma")
         require(self.readout in ("max", "mean", "meanmax"), "invariant_pde.readout",
                 "must be 'max', 'mean' or 'meanmax'")
 
@@ -147,6 +153,8 @@ class InvariantPDENet(nn.Module):
                 modules.append(nn.Conv2d(config.channels[index - 1], channels, 1, bias=False))
                 if config.downsample == "pool":
                     modules.append(nn.AvgPool2d(2))
+                elif config.downsample == "blur":
+                    modules.append(AntiAliasedDownsample(config.downsample_sigma, config.boundary))
             for block in range(blocks):
                 rhs = InvariantSystemRHS(
                     channels, config.group, max(1, round(config.hidden * channels)),
