@@ -31,7 +31,7 @@ from pathlib import Path
 from ..checks import require, require_finite, require_int, require_nonnegative, require_positive
 from ..data.scenarios import SCENARIOS
 from ..errors import ConfigError
-from ..models import MODELS, CNNConfig, GCNNConfig, InvariantPDEConfig
+from ..models import MODELS, CNNConfig, GCNNConfig, InvariantPDEConfig, LiftedPDEConfig
 from ..models import build_model as _build_model
 from ..pde.layer import LAYER_PRESETS, LayerConfig
 from .optim import LR_SCHEDULES, OPTIMIZERS
@@ -56,7 +56,8 @@ __all__ = [
 
 
 #: Option tables of ModelConfig used by one model kind each (kind -> options dataclass).
-KIND_OPTIONS = {"cnn": CNNConfig, "gcnn": GCNNConfig, "invariant_pde": InvariantPDEConfig}
+KIND_OPTIONS = {"cnn": CNNConfig, "gcnn": GCNNConfig, "invariant_pde": InvariantPDEConfig,
+                "lifted_pde": LiftedPDEConfig}
 
 
 @dataclass
@@ -81,8 +82,8 @@ class ModelConfig:
             (:class:`eqpdenet.models.EqPdeNet`).
         layer: the PDE layer (``eqpdenet`` only); default the paper's
             (:meth:`LayerConfig.paper`).
-        cnn, gcnn, invariant_pde: the options of the model kind of the same name (each used
-            only by that kind).
+        cnn, gcnn, invariant_pde, lifted_pde: the options of the model kind of the same name
+            (each used only by that kind).
     """
 
     kind: str = "eqpdenet"
@@ -98,6 +99,7 @@ class ModelConfig:
     cnn: CNNConfig = field(default_factory=CNNConfig)
     gcnn: GCNNConfig = field(default_factory=GCNNConfig)
     invariant_pde: InvariantPDEConfig = field(default_factory=InvariantPDEConfig)
+    lifted_pde: LiftedPDEConfig = field(default_factory=LiftedPDEConfig)
 
     def __post_init__(self):
         if isinstance(self.layer, dict):

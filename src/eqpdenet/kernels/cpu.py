@@ -34,26 +34,23 @@ from pathlib import Path
 import torch
 
 from ..errors import KernelUnavailableError
+from .m2_op import M2_IMPLEMENTATIONS
 from .op import _LIBRARY, IMPLEMENTATIONS
 
-__all__ = ["build_error", "build_seconds", "is_available", "load_extension"]
+__all__ = ["build_error", "build_seconds", "is_available", "load_extension", "load_m2_extension"]
 
 ENV_BUILD_DIR = "EQPDENET_BUILD_DIR"
 SOURCE = Path(__file__).parent / "csrc" / "fused_euler.cpp"
+M2_SOURCE = Path(__file__).parent / "csrc" / "m2_invariants.cpp"
 CFLAGS = ["-O3", "-march=native", "-fopenmp"]
-
-_lock = threading.Lock()
-_extension = None
-_build_error: str | None = None
-_build_seconds: float | None = None
 
 # ----------------------------------------------------------------------------- build
 
 
-def _extension_name(source: str) -> str:
+def _extension_name(source: str, prefix: str = "eqpdenet_fused_") -> str:
     key = "\n".join([source, " ".join(CFLAGS), torch.__version__, platform.machine(),
                      platform.processor(), _cpu_model()])
-    return "eqpdenet_fused_" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    return prefix + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def _cpu_model() -> str:
@@ -91,65 +88,81 @@ def _build_lock(build_dir: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def load_extension():
-    """The compiled kernel module, building it on first use; raises
-    :class:`~eqpdenet.errors.KernelUnavailableError` if it cannot."""
-    global _extension, _build_error, _build_seconds
-    with _lock:
-        if _extension is not None:
-            return _extension
-        if _build_error is not None:
-            raise KernelUnavailableError(_build_error)
-        try:
-            from torch.utils import cpp_extension
+class _Extension:
+    """One C++ source built into one extension module on first use (once per process)."""
 
-            source = SOURCE.read_text()
-            name = _extension_name(source)
-            build_dir = _build_directory(name)
-            os.makedirs(build_dir, exist_ok=True)
-            start = time.perf_counter()
-            with _build_lock(build_dir):
-                _extension = cpp_extension.load(
-                    name=name, sources=[str(SOURCE)], extra_cflags=CFLAGS,
-                    extra_ldflags=["-fopenmp"], build_directory=build_dir, verbose=False,
-                )
-            _build_seconds = time.perf_counter() - start
-        except Exception as error:  # noqa: BLE001 - any failure means "use the reference"
-            message = str(error).strip().splitlines()
-            _build_error = (f"could not build the C++ extension ({type(error).__name__}: "
-                            f"{message[0] if message else ''})")
-            raise KernelUnavailableError(_build_error) from error
-        return _extension
+    def __init__(self, source: Path, prefix: str):
+        self.source, self.prefix = source, prefix
+        self.module = None
+        self.error: str | None = None
+        self.seconds: float | None = None
+        self._lock = threading.Lock()
+
+    def load(self):
+        with self._lock:
+            if self.module is not None:
+                return self.module
+            if self.error is not None:
+                raise KernelUnavailableError(self.error)
+            try:
+                from torch.utils import cpp_extension
+
+                name = _extension_name(self.source.read_text(), self.prefix)
+                build_dir = _build_directory(name)
+                os.makedirs(build_dir, exist_ok=True)
+                start = time.perf_counter()
+                with _build_lock(build_dir):
+                    self.module = cpp_extension.load(
+                        name=name, sources=[str(self.source)], extra_cflags=CFLAGS,
+                        extra_ldflags=["-fopenmp"], build_directory=build_dir, verbose=False,
+                    )
+                self.seconds = time.perf_counter() - start
+            except Exception as error:  # noqa: BLE001 - any failure means "use the reference"
+                message = str(error).strip().splitlines()
+                self.error = (f"could not build the C++ extension {self.source.name} "
+                              f"({type(error).__name__}: {message[0] if message else ''})")
+                raise KernelUnavailableError(self.error) from error
+            return self.module
+
+    def unavailable(self) -> str | None:
+        try:
+            self.load()
+        except KernelUnavailableError as error:
+            return str(error)
+        return None
+
+
+_FUSED = _Extension(SOURCE, "eqpdenet_fused_")
+_M2 = _Extension(M2_SOURCE, "eqpdenet_m2_")
+
+
+def load_extension():
+    """The compiled kernel of ``eqpdenet::euler_evolve``, building it on first use; raises
+    :class:`~eqpdenet.errors.KernelUnavailableError` if it cannot."""
+    return _FUSED.load()
+
+
+def load_m2_extension():
+    """The compiled kernel of ``eqpdenet::m2_mix_invariants`` (same rules)."""
+    return _M2.load()
 
 
 def is_available() -> bool:
     """Whether the fused kernel builds (or is already built) on this machine."""
-    try:
-        load_extension()
-    except KernelUnavailableError:
-        return False
-    return True
+    return _FUSED.unavailable() is None
 
 
 def build_error() -> str | None:
     """Why the extension could not be built, or None."""
-    return _build_error
+    return _FUSED.error
 
 
 def build_seconds() -> float | None:
     """Seconds the (possibly cached) build/load of the extension took in this process."""
-    return _build_seconds
+    return _FUSED.seconds
 
 
 # ----------------------------------------------------------------------------- registration
-
-
-def _unavailable() -> str | None:
-    try:
-        load_extension()
-    except KernelUnavailableError as error:
-        return str(error)
-    return None
 
 
 @torch.library.register_kernel("eqpdenet::euler_evolve", "cpu", lib=_LIBRARY)
@@ -174,4 +187,21 @@ def _evolve_backward_cpu(grad_out, u, weight, bias, monomials, stencils, invaria
     return grad_u, grads[:, :-1].contiguous(), grads[:, -1].contiguous()
 
 
-IMPLEMENTATIONS.register("cpu", _unavailable)
+IMPLEMENTATIONS.register("cpu", _FUSED.unavailable)
+
+
+@torch.library.register_kernel("eqpdenet::m2_mix_invariants", "cpu", lib=_LIBRARY)
+def _m2_cpu(u, weight, stencils, frame, boundary):
+    return load_m2_extension().forward(u.contiguous(), weight.contiguous(), stencils.contiguous(),
+                                       frame.contiguous(), boundary)
+
+
+@torch.library.register_kernel("eqpdenet::m2_mix_invariants_backward", "cpu", lib=_LIBRARY)
+def _m2_backward_cpu(grad_z, u, weight, stencils, frame, boundary):
+    grad_u, per_image = load_m2_extension().backward(
+        grad_z.contiguous(), u.contiguous(), weight.contiguous(), stencils.contiguous(),
+        frame.contiguous(), boundary)
+    return grad_u, per_image.view(u.shape[0], *weight.shape)
+
+
+M2_IMPLEMENTATIONS.register("cpu", _M2.unavailable)

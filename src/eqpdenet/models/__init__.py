@@ -1,5 +1,5 @@
-"""Models in a registry by name: the paper's EqPdeNet and FCNN, the deep InvariantPDENet, and
-the CNN and G-CNN baselines.
+"""Models in a registry by name: the paper's EqPdeNet and FCNN, the deep InvariantPDENet, the
+LiftedPDENet on position x orientation, and the CNN and G-CNN baselines.
 
 :data:`MODELS` maps a model kind (the configuration's ``model.kind``) to its class;
 :func:`build_model` builds one from keyword arguments, passing each class only the arguments its
@@ -17,11 +17,12 @@ from .cnn import CNN, CNNConfig
 from .eqpdenet import EqPdeNet
 from .gcnn import GCNN, GCNNConfig
 from .invariant_pde import InvariantPDEConfig, InvariantPDENet
+from .lifted_pde import LiftedPDEConfig, LiftedPDENet
 from .perceptron import FCNN, Standardize, count_parameters, perceptron
 
 __all__ = ["CNN", "FCNN", "GCNN", "MODELS", "CNNConfig", "EqPdeNet", "GCNNConfig",
-           "InvariantPDEConfig", "InvariantPDENet", "Standardize", "build_model",
-           "count_parameters", "perceptron"]
+           "InvariantPDEConfig", "InvariantPDENet", "LiftedPDEConfig", "LiftedPDENet",
+           "Standardize", "build_model", "count_parameters", "perceptron"]
 
 #: Model kinds: name -> class (``kind(**options)`` builds one).
 MODELS: Registry[type[nn.Module]] = Registry("model")
@@ -30,6 +31,7 @@ MODELS.register("fcnn", FCNN)
 MODELS.register("cnn", CNN)
 MODELS.register("gcnn", GCNN)  # needs the optional e2cnn when built
 MODELS.register("invariant_pde", InvariantPDENet)
+MODELS.register("lifted_pde", LiftedPDENet)
 
 
 def build_model(kind: str, **options) -> nn.Module:

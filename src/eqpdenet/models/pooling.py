@@ -75,6 +75,7 @@ class AntiAliasedDownsample(nn.Module):
         BOUNDARIES.check(boundary, "boundary")
         self.boundary = boundary
         self.register_buffer("weight", gaussian_lowpass_weights(self.sigma), persistent=False)
+        self._matrices: dict = {}
 
     @property
     def radius(self) -> int:
@@ -82,29 +83,36 @@ class AntiAliasedDownsample(nn.Module):
 
     def forward(self, u: Tensor) -> Tensor:
         *lead, height, width = u.shape
-        flat = u.reshape(-1, 1, height, width)
-        r = self.radius
-        mode = BOUNDARIES.get(self.boundary)
-        if mode != "constant" and min(height, width) <= r:
-            mode = "replicate"  # reflect and circular padding need more pixels than the radius
-        flat = F.pad(flat, (r, r, r, r), mode=mode)
-        w = self.weight.to(dtype=u.dtype, device=u.device)
-        flat = F.conv2d(F.conv2d(flat, w.view(1, 1, 1, -1)), w.view(1, 1, -1, 1))
-        flat = _sample_cells(flat, height, width)
-        return flat.reshape(*lead, *flat.shape[-2:])
+        rows = self._matrix(height, u.dtype, u.device)      # (ceil(H / 2), H)
+        cols = self._matrix(width, u.dtype, u.device)       # (ceil(W / 2), W)
+        out = torch.matmul(torch.matmul(rows, u.reshape(-1, height, width)), cols.T)
+        return out.reshape(*lead, *out.shape[-2:])
+
+    def _matrix(self, size: int, dtype: torch.dtype, device) -> Tensor:
+        """The whole operation along one axis as a ``(ceil(n / 2), n)`` matrix: two small
+        matrix products per map are much faster than a one-channel convolution on the CPU."""
+        key = (size, dtype, device)
+        matrix = self._matrices.get(key)
+        if matrix is None:
+            matrix = _axis_matrix(size, self.weight, self.boundary).to(dtype=dtype, device=device)
+            self._matrices[key] = matrix
+        return matrix
 
     def extra_repr(self) -> str:
         return f"sigma={self.sigma}, boundary={self.boundary!r}"
 
 
-def _sample_cells(u: Tensor, height: int, width: int) -> Tensor:
-    """One sample per 2x2 cell of ``(N, 1, H, W)``, along each axis by its parity."""
-    if height % 2 == 0:
-        u = 0.5 * (u[..., 0::2, :] + u[..., 1::2, :])
+def _axis_matrix(size: int, weight: Tensor, boundary: str) -> Tensor:
+    """Blur (``weight``, padded by ``boundary``) then one sample per cell along an axis of
+    ``size`` pixels, as a float64 ``(ceil(size / 2), size)`` matrix (applied to the identity)."""
+    radius = weight.numel() // 2
+    mode = BOUNDARIES.get(boundary)
+    if mode != "constant" and size <= radius:
+        mode = "replicate"  # reflect and circular padding need more pixels than the radius
+    basis = torch.eye(size, dtype=torch.float64)[:, None, :]          # (size, 1, size)
+    blurred = F.conv1d(F.pad(basis, (radius, radius), mode=mode), weight.view(1, 1, -1))[:, 0]
+    if size % 2 == 0:
+        sampled = 0.5 * (blurred[:, 0::2] + blurred[:, 1::2])
     else:
-        u = u[..., 0::2, :]
-    if width % 2 == 0:
-        u = 0.5 * (u[..., 0::2] + u[..., 1::2])
-    else:
-        u = u[..., 0::2]
-    return u
+        sampled = blurred[:, 0::2]
+    return sampled.T.contiguous()                                       # (out, size)

@@ -1,0 +1,597 @@
+// Fused SE(2) invariants of fields on M2 = R^2 x S^1, mixed into outputs (CPU, OpenMP).
+//
+//   z[b, o, k, p] = sum_{c, j} weight[o, c, j] I_j(u[b, c])(p, theta_k)
+//
+// u is (B, C, N, H, W): C channels, N orientations theta_k, H x W pixels. I_j are the ten
+// left-invariant derivatives of eqpdenet.pde.m2.M2_SE2 (u, A1u, A2u, A3u, A11u, A12u, A13u,
+// A22u, A23u, A33u; the mixed ones symmetrised), from the spatial Gaussian 2-jet (separable 1-D
+// stencils given by the caller, scale normalisation included) and periodic central differences
+// over the orientations, steered by the caller's (cos, sin) of each theta_k.
+//
+// Layout. One task per image. Its C N maps are transposed into a padded, pixel-major buffer
+// (every pixel holds the M = C N values of all maps, m = c N + k), so that every stencil loop
+// runs over M contiguous values and vectorises whatever the image width (28, 14 or 7 pixels: a
+// loop along a row would be too short). The x pass of the separable Gaussian derivatives is
+// done for the whole image; the y pass one output row at a time, and that row's invariants (per
+// pixel, vectors over the N orientations, the orientation differences being neighbours in the
+// same vector) are formed and multiplied into z at once, so neither the jet nor the (10 C, N, H,
+// W) invariants are ever written to memory. The backward pass is the exact adjoint of the same
+// discrete map (boundary padding included), recomputing the jet row by row; the weight's
+// gradient is summed per image in double precision and reduced by the caller in a fixed order,
+// so results do not depend on the number of threads.
+//
+// The plain PyTorch code (eqpdenet.pde.m2: M2Jet, M2_SE2) defines the semantics; this file agrees
+// with it to rounding (tests/kernels/test_m2_kernel.py). Schema: eqpdenet/kernels/m2_op.py.
+
+#include <torch/extension.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace {
+
+#define M2_INLINE inline __attribute__((always_inline))
+
+enum Boundary { REPLICATE = 0, ZEROS = 1, REFLECT = 2, CIRCULAR = 3 };
+constexpr int NJ = 10;  // invariants per channel
+constexpr int MAX_TAPS = 63;
+
+int boundary_code(const std::string& name) {
+  if (name == "replicate") return REPLICATE;
+  if (name == "zeros") return ZEROS;
+  if (name == "reflect") return REFLECT;
+  if (name == "circular") return CIRCULAR;
+  TORCH_CHECK(false, "m2_invariants: unknown boundary '", name, "'");
+}
+
+// Index of padded position q (0 .. n + 2R - 1) in the unpadded axis of length n, or -1 (zeros).
+int64_t source_index(int64_t q, int64_t radius, int64_t n, int boundary) {
+  int64_t i = q - radius;
+  if (i >= 0 && i < n) return i;
+  switch (boundary) {
+    case REPLICATE: return i < 0 ? 0 : n - 1;
+    case ZEROS: return -1;
+    case REFLECT: {  // torch's reflect: the edge is not repeated (period 2 (n - 1))
+      if (n == 1) return 0;
+      const int64_t period = 2 * (n - 1);
+      int64_t m = ((i % period) + period) % period;
+      return m < n ? m : period - m;
+    }
+    default: return ((i % n) + n) % n;  // circular
+  }
+}
+
+template <typename T>
+struct Setup {
+  int64_t C, N, M, H, W, HW, R, K, Hp, Wp, O;
+  int boundary;
+  T d1, d2;                       // 1 / (2 dtheta), 1 / dtheta^2
+  std::vector<int64_t> rows, cols;  // padded position -> source index (-1: zero)
+};
+
+template <typename T>
+Setup<T> setup(const torch::Tensor& u, const torch::Tensor& weight, const torch::Tensor& stencils,
+               const std::string& boundary) {
+  TORCH_CHECK(u.dim() == 5, "m2_invariants: u must be (B, C, N, H, W)");
+  TORCH_CHECK(weight.dim() == 3 && weight.size(1) == u.size(1) && weight.size(2) == NJ,
+              "m2_invariants: weight must be (O, C, 10)");
+  TORCH_CHECK(stencils.dim() == 3 && stencils.size(1) == 3 && stencils.size(2) % 2 == 1 &&
+                  stencils.size(2) <= MAX_TAPS,
+              "m2_invariants: stencils must be (S, 3, K) with odd K <= 63");
+  TORCH_CHECK(u.size(0) % stencils.size(0) == 0,
+              "m2_invariants: the batch must hold S equal scale chunks");
+  Setup<T> s;
+  s.C = u.size(1);
+  s.N = u.size(2);
+  s.M = s.C * s.N;
+  s.H = u.size(3);
+  s.W = u.size(4);
+  s.HW = s.H * s.W;
+  s.K = stencils.size(2);
+  s.R = s.K / 2;
+  s.Hp = s.H + 2 * s.R;
+  s.Wp = s.W + 2 * s.R;
+  s.O = weight.size(0);
+  s.boundary = boundary_code(boundary);
+  TORCH_CHECK(s.boundary == REPLICATE || s.boundary == ZEROS || (s.H > s.R && s.W > s.R),
+              "m2_invariants: reflect and circular boundaries need maps larger than the radius");
+  const double step = 2.0 * M_PI / static_cast<double>(s.N);
+  s.d1 = static_cast<T>(1.0 / (2.0 * step));
+  s.d2 = static_cast<T>(1.0 / (step * step));
+  for (int64_t q = 0; q < s.Hp; ++q) s.rows.push_back(source_index(q, s.R, s.H, s.boundary));
+  for (int64_t q = 0; q < s.Wp; ++q) s.cols.push_back(source_index(q, s.R, s.W, s.boundary));
+  return s;
+}
+
+// 1-D stencils of one scale level: gx[a][t] along x (columns), gy[a][t] along y (rows reversed:
+// y points up).
+template <typename T>
+struct Taps {
+  T gx[3][MAX_TAPS];
+  T gy[3][MAX_TAPS];
+  Taps(const double* g, int64_t K) {
+    for (int a = 0; a < 3; ++a)
+      for (int64_t t = 0; t < K; ++t) {
+        gx[a][t] = static_cast<T>(g[a * K + t]);
+        gy[a][t] = static_cast<T>(g[a * K + (K - 1 - t)]);
+      }
+  }
+};
+
+// u (C N maps of H x W) -> P (Hp x Wp x M), padded by the boundary rule.
+template <typename T>
+void pad_transpose(const T* u, const Setup<T>& s, T* P) {
+  for (int64_t q = 0; q < s.Hp; ++q) {
+    const int64_t row = s.rows[q];
+    for (int64_t r = 0; r < s.Wp; ++r) {
+      T* dst = P + (q * s.Wp + r) * s.M;
+      const int64_t col = s.cols[r];
+      if (row < 0 || col < 0) {
+        for (int64_t m = 0; m < s.M; ++m) dst[m] = T(0);
+      } else {
+        const T* src = u + row * s.W + col;
+        for (int64_t m = 0; m < s.M; ++m) dst[m] = src[m * s.HW];
+      }
+    }
+  }
+}
+
+// Adjoint of pad_transpose: gP (Hp x Wp x M) added into grad_u (C N maps of H x W).
+template <typename T>
+void pad_transpose_adjoint(const T* gP, const Setup<T>& s, T* gu) {
+  for (int64_t q = 0; q < s.Hp; ++q) {
+    const int64_t row = s.rows[q];
+    if (row < 0) continue;
+    for (int64_t r = 0; r < s.Wp; ++r) {
+      const int64_t col = s.cols[r];
+      if (col < 0) continue;
+      const T* src = gP + (q * s.Wp + r) * s.M;
+      T* dst = gu + row * s.W + col;
+      for (int64_t m = 0; m < s.M; ++m) dst[m * s.HW] += src[m];
+    }
+  }
+}
+
+// The stencil passes run over the M map values of each pixel in chunks of V (a compile-time
+// multiple of N, the vector length), with the accumulators in registers for the whole loop over
+// the taps: one load per tap and pass instead of a load and a store of every accumulator. Each
+// pass is a gather (output by output), including the adjoints, so no accumulator is ever written
+// twice.
+
+// x pass, maps [m0, m1): X[a][q][j] = sum_t gx[a][t] P[q][j + t].
+template <typename T, int V>
+void x_pass_chunks(const T* P, const Taps<T>& taps, const Setup<T>& s, T* X, int64_t m0,
+                   int64_t m1) {
+  const int64_t M = s.M, plane = s.Hp * s.W * M;
+  for (int64_t q = 0; q < s.Hp; ++q)
+    for (int64_t j = 0; j < s.W; ++j)
+      for (int64_t m = m0; m + V <= m1; m += V) {
+        T a0[V] = {}, a1[V] = {}, a2[V] = {};
+        for (int64_t t = 0; t < s.K; ++t) {
+          const T* __restrict__ p = P + (q * s.Wp + j + t) * M + m;
+          const T g0 = taps.gx[0][t], g1 = taps.gx[1][t], g2 = taps.gx[2][t];
+#pragma omp simd
+          for (int v = 0; v < V; ++v) {
+            a0[v] += g0 * p[v];
+            a1[v] += g1 * p[v];
+            a2[v] += g2 * p[v];
+          }
+        }
+        T* x = X + (q * s.W + j) * M + m;
+        for (int v = 0; v < V; ++v) {
+          x[v] = a0[v];
+          x[plane + v] = a1[v];
+          x[2 * plane + v] = a2[v];
+        }
+      }
+}
+
+// Adjoint of the x pass, maps [m0, m1): gP[q][r] = sum_t sum_a gx[a][t] gX[a][q][r - t].
+template <typename T, int V>
+void x_pass_adjoint_chunks(const T* gX, const Taps<T>& taps, const Setup<T>& s, T* gP,
+                           int64_t m0, int64_t m1) {
+  const int64_t M = s.M, plane = s.Hp * s.W * M;
+  for (int64_t q = 0; q < s.Hp; ++q)
+    for (int64_t r = 0; r < s.Wp; ++r) {
+      const int64_t t_lo = std::max<int64_t>(0, r - (s.W - 1)), t_hi = std::min(s.K - 1, r);
+      for (int64_t m = m0; m + V <= m1; m += V) {
+        T a[V] = {};
+        for (int64_t t = t_lo; t <= t_hi; ++t) {
+          const T* __restrict__ x = gX + (q * s.W + r - t) * M + m;
+          const T g0 = taps.gx[0][t], g1 = taps.gx[1][t], g2 = taps.gx[2][t];
+#pragma omp simd
+          for (int v = 0; v < V; ++v) a[v] += g0 * x[v] + g1 * x[plane + v] + g2 * x[2 * plane + v];
+        }
+        T* p = gP + (q * s.Wp + r) * M + m;
+        for (int v = 0; v < V; ++v) p[v] = a[v];
+      }
+    }
+}
+
+// y pass of output row i, maps [m0, m1): J (6 x W x M) = u, u_x, u_y, u_xx, u_xy, u_yy.
+template <typename T, int V>
+void y_pass_row_chunks(const T* X, int64_t i, const Taps<T>& taps, const Setup<T>& s, T* J,
+                       int64_t m0, int64_t m1) {
+  const int64_t M = s.M, plane = s.Hp * s.W * M, jplane = s.W * M;
+  for (int64_t j = 0; j < s.W; ++j)
+    for (int64_t m = m0; m + V <= m1; m += V) {
+      T a0[V] = {}, a1[V] = {}, a2[V] = {}, a3[V] = {}, a4[V] = {}, a5[V] = {};
+      for (int64_t r = 0; r < s.K; ++r) {
+        const T* __restrict__ x = X + ((i + r) * s.W + j) * M + m;
+        const T h0 = taps.gy[0][r], h1 = taps.gy[1][r], h2 = taps.gy[2][r];
+#pragma omp simd
+        for (int v = 0; v < V; ++v) {
+          const T x0 = x[v], x1 = x[plane + v], x2 = x[2 * plane + v];
+          a0[v] += h0 * x0;
+          a1[v] += h0 * x1;
+          a2[v] += h1 * x0;
+          a3[v] += h0 * x2;
+          a4[v] += h1 * x1;
+          a5[v] += h2 * x0;
+        }
+      }
+      T* out = J + j * M + m;
+      for (int v = 0; v < V; ++v) {
+        out[v] = a0[v];
+        out[jplane + v] = a1[v];
+        out[2 * jplane + v] = a2[v];
+        out[3 * jplane + v] = a3[v];
+        out[4 * jplane + v] = a4[v];
+        out[5 * jplane + v] = a5[v];
+      }
+    }
+}
+
+// Adjoint of the y pass for every row, maps [m0, m1): gX[a][q][j] from gJ (6 x H x W x M).
+template <typename T, int V>
+void y_pass_adjoint_chunks(const T* gJ, const Taps<T>& taps, const Setup<T>& s, T* gX,
+                           int64_t m0, int64_t m1) {
+  const int64_t M = s.M, plane = s.Hp * s.W * M, jplane = s.HW * M;
+  for (int64_t q = 0; q < s.Hp; ++q) {
+    const int64_t r_lo = std::max<int64_t>(0, q - (s.H - 1)), r_hi = std::min(s.K - 1, q);
+    for (int64_t j = 0; j < s.W; ++j)
+      for (int64_t m = m0; m + V <= m1; m += V) {
+        T a0[V] = {}, a1[V] = {}, a2[V] = {};
+        for (int64_t r = r_lo; r <= r_hi; ++r) {
+          const T* __restrict__ g = gJ + ((q - r) * s.W + j) * M + m;
+          const T h0 = taps.gy[0][r], h1 = taps.gy[1][r], h2 = taps.gy[2][r];
+#pragma omp simd
+          for (int v = 0; v < V; ++v) {
+            a0[v] += h0 * g[v] + h1 * g[2 * jplane + v] + h2 * g[5 * jplane + v];
+            a1[v] += h0 * g[jplane + v] + h1 * g[4 * jplane + v];
+            a2[v] += h0 * g[3 * jplane + v];
+          }
+        }
+        T* x = gX + (q * s.W + j) * M + m;
+        for (int v = 0; v < V; ++v) {
+          x[v] = a0[v];
+          x[plane + v] = a1[v];
+          x[2 * plane + v] = a2[v];
+        }
+      }
+  }
+}
+
+// Each pass over all M maps: chunks of 4 N, then of N (M is a multiple of N).
+#define M2_OVER_MAPS(FN, N, ...)                                     \
+  do {                                                               \
+    const int64_t wide = (s.M / (4 * (N))) * (4 * (N));              \
+    FN<T, 4 * (N)>(__VA_ARGS__, 0, wide);                            \
+    if (wide < s.M) FN<T, (N)>(__VA_ARGS__, wide, s.M);              \
+  } while (0)
+
+// The ten invariants of every channel at one pixel: I[(c 10 + i) rstride + k] from the pixel's
+// jet values jet[d * jstride + m] (d = 0..5, m = c N + k). cs, sn: (N) cos and sin of theta_k.
+template <typename T, int N>
+M2_INLINE void invariants_at(const T* jet, int64_t jstride, int64_t C, const T* cs, const T* sn,
+                             T d1, T d2, T* I, int64_t rstride) {
+  for (int64_t c = 0; c < C; ++c) {
+    const T* u = jet + c * N;
+    const T* ux = u + jstride;
+    const T* uy = ux + jstride;
+    const T* uxx = uy + jstride;
+    const T* uxy = uxx + jstride;
+    const T* uyy = uxy + jstride;
+    T* out = I + c * NJ * rstride;
+#pragma omp simd
+    for (int k = 0; k < N; ++k) {
+      const int kp = k + 1 == N ? 0 : k + 1, km = k == 0 ? N - 1 : k - 1;
+      const T c1 = cs[k], s1 = sn[k];
+      const T a1 = c1 * ux[k] + s1 * uy[k];
+      const T a2 = c1 * uy[k] - s1 * ux[k];
+      const T uxt = (ux[kp] - ux[km]) * d1, uyt = (uy[kp] - uy[km]) * d1;
+      const T cc = c1 * c1, ss = s1 * s1, cn = c1 * s1;
+      out[0 * rstride + k] = u[k];
+      out[1 * rstride + k] = a1;
+      out[2 * rstride + k] = a2;
+      out[3 * rstride + k] = (u[kp] - u[km]) * d1;
+      out[4 * rstride + k] = cc * uxx[k] + T(2) * cn * uxy[k] + ss * uyy[k];
+      out[5 * rstride + k] = cn * (uyy[k] - uxx[k]) + (cc - ss) * uxy[k];
+      out[6 * rstride + k] = c1 * uxt + s1 * uyt + T(0.5) * a2;
+      out[7 * rstride + k] = ss * uxx[k] - T(2) * cn * uxy[k] + cc * uyy[k];
+      out[8 * rstride + k] = c1 * uyt - s1 * uxt - T(0.5) * a1;
+      out[9 * rstride + k] = (u[kp] - T(2) * u[k] + u[km]) * d2;
+    }
+  }
+}
+
+// Adjoint of invariants_at: gjet (6 x jstride, at this pixel) += from gI[(c 10 + i) rstride + k].
+template <typename T, int N>
+M2_INLINE void invariants_adjoint_at(const T* gI, int64_t rstride, int64_t C, const T* cs,
+                                     const T* sn, T d1, T d2, T* gjet, int64_t jstride) {
+  for (int64_t c = 0; c < C; ++c) {
+    const T* g0 = gI + c * NJ * rstride;
+    T g[NJ * N];  // this channel's ten gradients, contiguous
+    for (int i = 0; i < NJ; ++i)
+      for (int k = 0; k < N; ++k) g[i * N + k] = g0[i * rstride + k];
+    T* gu = gjet + c * N;
+    T* gux = gu + jstride;
+    T* guy = gux + jstride;
+    T* guxx = guy + jstride;
+    T* guxy = guxx + jstride;
+    T* guyy = guxy + jstride;
+    T gt[N], gtt[N], gxt[N], gyt[N];  // gradients of u_theta, u_theta_theta, u_x_theta, u_y_theta
+    for (int k = 0; k < N; ++k) {
+      const T c1 = cs[k], s1 = sn[k], cc = c1 * c1, ss = s1 * s1, cn = c1 * s1;
+      const T g1 = g[N + k] - T(0.5) * g[8 * N + k], g2 = g[2 * N + k] + T(0.5) * g[6 * N + k];
+      const T g4 = g[4 * N + k], g5 = g[5 * N + k], g7 = g[7 * N + k];
+      gu[k] += g[k];
+      gux[k] += c1 * g1 - s1 * g2;
+      guy[k] += s1 * g1 + c1 * g2;
+      guxx[k] += cc * g4 - cn * g5 + ss * g7;
+      guxy[k] += T(2) * cn * g4 + (cc - ss) * g5 - T(2) * cn * g7;
+      guyy[k] += ss * g4 + cn * g5 + cc * g7;
+      gt[k] = g[3 * N + k];
+      gtt[k] = g[9 * N + k];
+      gxt[k] = c1 * g[6 * N + k] - s1 * g[8 * N + k];
+      gyt[k] = s1 * g[6 * N + k] + c1 * g[8 * N + k];
+    }
+    for (int k = 0; k < N; ++k) {
+      const int kp = k + 1 == N ? 0 : k + 1, km = k == 0 ? N - 1 : k - 1;
+      gu[k] += (gt[km] - gt[kp]) * d1 + (gtt[km] - T(2) * gtt[k] + gtt[kp]) * d2;
+      gux[k] += (gxt[km] - gxt[kp]) * d1;
+      guy[k] += (gyt[km] - gyt[kp]) * d1;
+    }
+  }
+}
+
+// out[a][l] = sum_b A[a sa + b sb] Bm[b][l] for a < rows, b < depth, l < L (row stride L):
+// blocks of four rows with their accumulators in registers over the whole depth.
+template <typename T, int V>
+M2_INLINE void gemm_rows(const T* A, int64_t sa, int64_t sb, const T* Bm, int64_t rows,
+                         int64_t depth, int64_t L, T* out) {
+  int64_t a = 0;
+  for (; a + 4 <= rows; a += 4)
+    for (int64_t l = 0; l < L; l += V) {
+      T c0[V] = {}, c1[V] = {}, c2[V] = {}, c3[V] = {};
+      for (int64_t b = 0; b < depth; ++b) {
+        const T* x = Bm + b * L + l;
+        const T w0 = A[a * sa + b * sb], w1 = A[(a + 1) * sa + b * sb];
+        const T w2 = A[(a + 2) * sa + b * sb], w3 = A[(a + 3) * sa + b * sb];
+#pragma omp simd
+        for (int v = 0; v < V; ++v) {
+          c0[v] += w0 * x[v];
+          c1[v] += w1 * x[v];
+          c2[v] += w2 * x[v];
+          c3[v] += w3 * x[v];
+        }
+      }
+      for (int v = 0; v < V; ++v) {
+        out[a * L + l + v] = c0[v];
+        out[(a + 1) * L + l + v] = c1[v];
+        out[(a + 2) * L + l + v] = c2[v];
+        out[(a + 3) * L + l + v] = c3[v];
+      }
+    }
+  for (; a < rows; ++a)
+    for (int64_t l = 0; l < L; l += V) {
+      T c0[V] = {};
+      for (int64_t b = 0; b < depth; ++b) {
+        const T* x = Bm + b * L + l;
+        const T w0 = A[a * sa + b * sb];
+#pragma omp simd
+        for (int v = 0; v < V; ++v) c0[v] += w0 * x[v];
+      }
+      for (int v = 0; v < V; ++v) out[a * L + l + v] = c0[v];
+    }
+}
+
+// gw[o][r] += sum_l G[o][l] I[r][l] (double), blocks of 2 x 4 dot products in registers.
+template <typename T, int V>
+M2_INLINE void accumulate_outer(const T* G, const T* I, int64_t O, int64_t R, int64_t L,
+                                double* gw) {
+  for (int64_t o = 0; o < O; o += 2) {
+    const int64_t no = std::min<int64_t>(2, O - o);
+    for (int64_t r = 0; r < R; r += 4) {
+      const int64_t nr = std::min<int64_t>(4, R - r);
+      T acc[2][4][V] = {};
+      for (int64_t l = 0; l < L; l += V)
+        for (int64_t q = 0; q < no; ++q) {
+          const T* g = G + (o + q) * L + l;
+          for (int64_t e = 0; e < nr; ++e) {
+            const T* x = I + (r + e) * L + l;
+#pragma omp simd
+            for (int v = 0; v < V; ++v) acc[q][e][v] += g[v] * x[v];
+          }
+        }
+      for (int64_t q = 0; q < no; ++q)
+        for (int64_t e = 0; e < nr; ++e) {
+          double sum = 0.0;
+          for (int v = 0; v < V; ++v) sum += static_cast<double>(acc[q][e][v]);
+          gw[(o + q) * R + r + e] += sum;
+        }
+    }
+  }
+}
+
+// Row buffers: the L = W N values of one image row (pixel j, orientation k at l = j N + k) of
+// the C 10 invariants (Irow), the O outputs (Zrow) and their gradients.
+template <typename T, int N>
+void forward_image(const T* u, const T* weight, const Taps<T>& taps, const T* cs, const T* sn,
+                   const Setup<T>& s, T* P, T* X, T* J, T* Irow, T* Zrow, T* z) {
+  const int64_t M = s.M, CJ = s.C * NJ, L = s.W * N;
+  pad_transpose(u, s, P);
+  M2_OVER_MAPS(x_pass_chunks, N, P, taps, s, X);
+  for (int64_t i = 0; i < s.H; ++i) {
+    M2_OVER_MAPS(y_pass_row_chunks, N, X, i, taps, s, J);
+    for (int64_t j = 0; j < s.W; ++j)
+      invariants_at<T, N>(J + j * M, s.W * M, s.C, cs, sn, s.d1, s.d2, Irow + j * N, L);
+    gemm_rows<T, N>(weight, CJ, 1, Irow, s.O, CJ, L, Zrow);
+    for (int64_t o = 0; o < s.O; ++o)
+      for (int k = 0; k < N; ++k) {
+        T* dst = z + (o * N + k) * s.HW + i * s.W;
+        const T* src = Zrow + o * L + k;
+        for (int64_t j = 0; j < s.W; ++j) dst[j] = src[j * N];
+      }
+  }
+}
+
+// gJ holds the gradient of the whole image's jet (6 x H x W x M): the adjoint passes gather
+// from it.
+template <typename T, int N>
+void backward_image(const T* gz, const T* u, const T* weight, const Taps<T>& taps, const T* cs,
+                    const T* sn, const Setup<T>& s, T* P, T* X, T* J, T* Irow, T* gIrow, T* gZrow,
+                    T* gJ, T* gu, double* gw) {
+  const int64_t M = s.M, O = s.O, CJ = s.C * NJ, L = s.W * N;
+  pad_transpose(u, s, P);
+  M2_OVER_MAPS(x_pass_chunks, N, P, taps, s, X);
+  std::fill(gJ, gJ + 6 * s.HW * M, T(0));
+  for (int64_t i = 0; i < s.H; ++i) {
+    M2_OVER_MAPS(y_pass_row_chunks, N, X, i, taps, s, J);
+    for (int64_t j = 0; j < s.W; ++j)
+      invariants_at<T, N>(J + j * M, s.W * M, s.C, cs, sn, s.d1, s.d2, Irow + j * N, L);
+    for (int64_t o = 0; o < O; ++o)
+      for (int k = 0; k < N; ++k) {
+        const T* src = gz + (o * N + k) * s.HW + i * s.W;
+        T* dst = gZrow + o * L + k;
+        for (int64_t j = 0; j < s.W; ++j) dst[j * N] = src[j];
+      }
+    gemm_rows<T, N>(weight, 1, CJ, gZrow, CJ, O, L, gIrow);  // W^T gZ
+    accumulate_outer<T, N>(gZrow, Irow, O, CJ, L, gw);
+    for (int64_t j = 0; j < s.W; ++j)
+      invariants_adjoint_at<T, N>(gIrow + j * N, L, s.C, cs, sn, s.d1, s.d2,
+                                  gJ + (i * s.W + j) * M, s.HW * M);
+  }
+  M2_OVER_MAPS(y_pass_adjoint_chunks, N, gJ, taps, s, X);  // X reused as gX
+  M2_OVER_MAPS(x_pass_adjoint_chunks, N, X, taps, s, P);   // P reused as gP
+  pad_transpose_adjoint(P, s, gu);
+}
+
+template <typename T, int N>
+torch::Tensor forward_typed(const torch::Tensor& u, const torch::Tensor& weight,
+                            const torch::Tensor& stencils, const torch::Tensor& frame,
+                            const std::string& boundary) {
+  const auto s = setup<T>(u, weight, stencils, boundary);
+  const int64_t B = u.size(0), per_scale = B / stencils.size(0);
+  torch::Tensor z = torch::empty({B, s.O, s.N, s.H, s.W}, u.options());
+  const T* U = u.data_ptr<T>();
+  const T* Wt = weight.data_ptr<T>();
+  const double* G = stencils.data_ptr<double>();
+  const double* F = frame.data_ptr<double>();
+  T* Z = z.data_ptr<T>();
+  T cs[N], sn[N];
+  for (int k = 0; k < N; ++k) {
+    cs[k] = static_cast<T>(F[2 * k]);
+    sn[k] = static_cast<T>(F[2 * k + 1]);
+  }
+#pragma omp parallel
+  {
+    std::vector<T> P(s.Hp * s.Wp * s.M), X(3 * s.Hp * s.W * s.M), J(6 * s.W * s.M),
+        Irow(s.C * NJ * s.W * N), Zrow(s.O * s.W * N);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < B; ++b) {
+      const Taps<T> taps(G + (b / per_scale) * 3 * s.K, s.K);
+      forward_image<T, N>(U + b * s.M * s.HW, Wt, taps, cs, sn, s, P.data(), X.data(), J.data(),
+                          Irow.data(), Zrow.data(), Z + b * s.O * N * s.HW);
+    }
+  }
+  return z;
+}
+
+template <typename T, int N>
+std::vector<torch::Tensor> backward_typed(const torch::Tensor& grad_z, const torch::Tensor& u,
+                                          const torch::Tensor& weight,
+                                          const torch::Tensor& stencils,
+                                          const torch::Tensor& frame,
+                                          const std::string& boundary) {
+  const auto s = setup<T>(u, weight, stencils, boundary);
+  const int64_t B = u.size(0), per_scale = B / stencils.size(0), CJ = s.C * NJ;
+  torch::Tensor grad_u = torch::zeros_like(u);
+  torch::Tensor per_image = torch::zeros({B, s.O * CJ}, u.options().dtype(torch::kFloat64));
+  const T* U = u.data_ptr<T>();
+  const T* GZ = grad_z.data_ptr<T>();
+  const T* Wt = weight.data_ptr<T>();
+  const double* G = stencils.data_ptr<double>();
+  const double* F = frame.data_ptr<double>();
+  T* GU = grad_u.data_ptr<T>();
+  double* GW = per_image.data_ptr<double>();
+  T cs[N], sn[N];
+  for (int k = 0; k < N; ++k) {
+    cs[k] = static_cast<T>(F[2 * k]);
+    sn[k] = static_cast<T>(F[2 * k + 1]);
+  }
+#pragma omp parallel
+  {
+    std::vector<T> P(s.Hp * s.Wp * s.M), X(3 * s.Hp * s.W * s.M), J(6 * s.W * s.M),
+        Irow(CJ * s.W * N), gIrow(CJ * s.W * N), gZrow(s.O * s.W * N), gJ(6 * s.HW * s.M);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < B; ++b) {
+      const Taps<T> taps(G + (b / per_scale) * 3 * s.K, s.K);
+      backward_image<T, N>(GZ + b * s.O * N * s.HW, U + b * s.M * s.HW, Wt, taps, cs, sn, s,
+                           P.data(), X.data(), J.data(), Irow.data(), gIrow.data(),
+                           gZrow.data(), gJ.data(), GU + b * s.M * s.HW, GW + b * s.O * CJ);
+    }
+  }
+  return {grad_u, per_image};
+}
+
+void check_arguments(const torch::Tensor& u, const torch::Tensor& weight,
+                     const torch::Tensor& stencils, const torch::Tensor& frame) {
+  TORCH_CHECK(stencils.scalar_type() == torch::kFloat64 && frame.scalar_type() == torch::kFloat64,
+              "m2_invariants: stencils and frame must be float64");
+  TORCH_CHECK(u.dim() == 5 && frame.dim() == 2 && frame.size(0) == u.size(2) &&
+                  frame.size(1) == 2,
+              "m2_invariants: frame must be (N, 2)");
+  TORCH_CHECK(u.scalar_type() == weight.scalar_type(), "m2_invariants: u and weight dtypes differ");
+  TORCH_CHECK(u.scalar_type() == torch::kFloat64 || u.scalar_type() == torch::kFloat32,
+              "m2_invariants: float32 or float64 only");
+}
+
+// Dispatch on the dtype and on N (a compile-time vector length over the orientations).
+#define M2_DISPATCH(FN, ...)                                                          \
+  do {                                                                                 \
+    const int64_t n = u.size(2);                                                       \
+    const bool dbl = u.scalar_type() == torch::kFloat64;                               \
+    switch (n) {                                                                       \
+      case 4: return dbl ? FN<double, 4>(__VA_ARGS__) : FN<float, 4>(__VA_ARGS__);     \
+      case 8: return dbl ? FN<double, 8>(__VA_ARGS__) : FN<float, 8>(__VA_ARGS__);     \
+      case 12: return dbl ? FN<double, 12>(__VA_ARGS__) : FN<float, 12>(__VA_ARGS__);  \
+      case 16: return dbl ? FN<double, 16>(__VA_ARGS__) : FN<float, 16>(__VA_ARGS__);  \
+      default: TORCH_CHECK(false, "m2_invariants: N must be 4, 8, 12 or 16, got ", n); \
+    }                                                                                  \
+  } while (0)
+
+torch::Tensor m2_forward(torch::Tensor u, torch::Tensor weight, torch::Tensor stencils,
+                         torch::Tensor frame, std::string boundary) {
+  check_arguments(u, weight, stencils, frame);
+  M2_DISPATCH(forward_typed, u, weight, stencils, frame, boundary);
+}
+
+std::vector<torch::Tensor> m2_backward(torch::Tensor grad_z, torch::Tensor u,
+                                       torch::Tensor weight, torch::Tensor stencils,
+                                       torch::Tensor frame, std::string boundary) {
+  check_arguments(u, weight, stencils, frame);
+  TORCH_CHECK(grad_z.scalar_type() == u.scalar_type(), "m2_invariants: grad dtype differs");
+  M2_DISPATCH(backward_typed, grad_z, u, weight, stencils, frame, boundary);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &m2_forward, "eqpdenet::m2_mix_invariants on the CPU");
+  m.def("backward", &m2_backward, "eqpdenet::m2_mix_invariants_backward on the CPU");
+}

@@ -1,0 +1,114 @@
+"""The fused SE(2) invariants of fields on M2, mixed into outputs, as a PyTorch operator.
+
+``torch.ops.eqpdenet.m2_mix_invariants(u, weight, stencils, frame, boundary) -> z``
+
+    ``z[b, o, k, p] = sum_{c, j} weight[o, c, j] I_j(u[b, c])(p, theta_k)``: the first (linear)
+    layer of the right-hand side ``F`` of an M2 PDE system applied to the ten left-invariant
+    derivatives ``I_j`` of every channel (:data:`eqpdenet.pde.m2.M2_SE2`), without ever writing
+    the invariants to memory (``10 C`` maps per pixel and orientation: the hot spot of the
+    plain-PyTorch path).
+
+    ========= ===================== ====================================================
+    argument  shape / type          meaning
+    ========= ===================== ====================================================
+    u         (B, C, N, H, W)       fields on M2, float32 or float64
+    weight    (O, C, 10)            the mixing, same dtype as ``u``
+    stencils  (S, 3, K) float64     1-D Gaussian stencils ``G, G', G''`` of each of ``S``
+                                    scale levels, scale normalisation included; the
+                                    batch holds ``S`` equal chunks, chunk ``s`` at level
+                                    ``s``
+    frame     (N, 2) float64        ``cos theta_k, sin theta_k``
+    boundary  str                   replicate, zeros, reflect or circular
+    ========= ===================== ====================================================
+
+    Returns ``z`` ``(B, O, N, H, W)``.
+
+``torch.ops.eqpdenet.m2_mix_invariants_backward(grad_z, u, weight, stencils, frame, boundary)
+-> (grad_u, grad_weight_per_image)``
+    The exact adjoint (boundary padding included); the weight's gradient per image in float64
+    ``(B, O, C, 10)``, reduced by the autograd formula in a fixed order, so that the result does
+    not depend on the number of threads.
+
+Autograd is registered here once; the ``cpu`` implementation is the C++ kernel
+(``csrc/m2_invariants.cpp``, registered in :mod:`eqpdenet.kernels.cpu`). Other devices have no
+implementation yet: :func:`m2_unsupported_reason` says so, and the caller uses the plain-PyTorch
+reference (:mod:`eqpdenet.pde.m2`), which defines the semantics.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..registry import Registry
+from .op import _LIBRARY, KERNEL_BOUNDARIES
+
+__all__ = ["KERNEL_ORIENTATIONS", "M2_IMPLEMENTATIONS", "m2_mix_invariants", "m2_unsupported_reason"]
+
+#: Numbers of orientations ``N`` the compiled kernels are built for.
+KERNEL_ORIENTATIONS = (4, 8, 12, 16)
+#: Device type -> ``available()`` returning None or why that device's implementation cannot run.
+M2_IMPLEMENTATIONS: Registry = Registry("M2 kernel implementation")
+
+_LIBRARY.define("m2_mix_invariants(Tensor u, Tensor weight, Tensor stencils, Tensor frame, "
+                "str boundary) -> Tensor")
+_LIBRARY.define("m2_mix_invariants_backward(Tensor grad_z, Tensor u, Tensor weight, "
+                "Tensor stencils, Tensor frame, str boundary) -> (Tensor, Tensor)")
+
+
+@torch.library.register_fake("eqpdenet::m2_mix_invariants", lib=_LIBRARY)
+def _fake(u, weight, stencils, frame, boundary):
+    batch, _, n, height, width = u.shape
+    return u.new_empty(batch, weight.shape[0], n, height, width)
+
+
+@torch.library.register_fake("eqpdenet::m2_mix_invariants_backward", lib=_LIBRARY)
+def _backward_fake(grad_z, u, weight, stencils, frame, boundary):
+    return torch.empty_like(u), u.new_empty(u.shape[0], *weight.shape, dtype=torch.float64)
+
+
+def _setup_context(ctx, inputs, output):
+    u, weight, stencils, frame, boundary = inputs
+    ctx.boundary = boundary
+    ctx.save_for_backward(u, weight, stencils, frame)
+
+
+def _backward(ctx, grad_z):
+    u, weight, stencils, frame = ctx.saved_tensors
+    grad_u, per_image = torch.ops.eqpdenet.m2_mix_invariants_backward(
+        grad_z.contiguous(), u, weight, stencils, frame, ctx.boundary)
+    grad_weight = per_image.sum(0).to(weight.dtype) if ctx.needs_input_grad[1] else None
+    return (grad_u if ctx.needs_input_grad[0] else None), grad_weight, None, None, None
+
+
+torch.library.register_autograd("eqpdenet::m2_mix_invariants", _backward,
+                                setup_context=_setup_context, lib=_LIBRARY)
+
+
+def m2_unsupported_reason(u: Tensor, weight: Tensor, boundary: str,
+                          radius: int) -> str | None:
+    """Why :func:`m2_mix_invariants` cannot run on these arguments (None if it can)."""
+    device = u.device.type
+    if device not in M2_IMPLEMENTATIONS:
+        return f"the fused M2 kernel has no implementation for {device} tensors"
+    if u.dtype not in (torch.float32, torch.float64):
+        return f"the fused M2 kernel supports float32 and float64, not {u.dtype}"
+    if weight.dtype != u.dtype or weight.device != u.device:
+        return (f"parameters ({weight.dtype}, {weight.device}) and input ({u.dtype}, {u.device}) "
+                f"differ in dtype or device")
+    if boundary not in KERNEL_BOUNDARIES:
+        return f"the fused M2 kernel has no boundary {boundary!r}"
+    if u.dim() != 5 or u.shape[2] not in KERNEL_ORIENTATIONS:
+        return (f"the fused M2 kernel supports {', '.join(map(str, KERNEL_ORIENTATIONS))} "
+                f"orientations, not {u.shape[2] if u.dim() == 5 else '?'}")
+    if 2 * radius + 1 > 63:
+        return f"the fused M2 kernel supports stencils of at most 63 taps (radius {radius})"
+    return M2_IMPLEMENTATIONS.get(device)()
+
+
+def m2_mix_invariants(u: Tensor, weight: Tensor, stencils: Tensor, frame: Tensor,
+                      boundary: str) -> Tensor:
+    """``(B, O, N, H, W)``: the operator (the caller checks :func:`m2_unsupported_reason`);
+    differentiable in ``u`` and ``weight``."""
+    return torch.ops.eqpdenet.m2_mix_invariants(
+        u.contiguous(), weight.contiguous(), stencils.to(u.device), frame.to(u.device), boundary)

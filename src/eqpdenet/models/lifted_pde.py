@@ -1,0 +1,312 @@
+"""LiftedPDENet: invariant PDEs on position x orientation (M2), robust to rotations by
+construction and able to see the relative orientation of strokes.
+
+The path of an image ``f`` (``(B, C_in, H, W)``):
+
+1. **Lift** to M2 (:class:`M2Lift`): the Gaussian 2-jet of ``f`` at scale ``sigma`` steered to
+   each orientation ``theta_k = 2 pi k / N`` (``f, A1 f, A2 f, A11 f, A12 f, A22 f``; exact
+   arithmetic on one Cartesian jet, no interpolation), batch-normalised and mixed pointwise into
+   ``C_0`` channels: a field ``U (B, C_0, N, H, W)``.
+2. **Stages** of explicit Euler steps ``U <- U + dt F_theta(I(U))``, ``I`` the SE(2)
+   differential invariants of every channel on M2 (the left-invariant 2-jet,
+   :data:`~eqpdenet.pde.m2.M2_SE2`), ``F_theta`` a sum of pointwise terms shared over ``x`` and
+   ``theta`` (:class:`~eqpdenet.pde.m2_rhs.M2SystemRHS`: a network of the invariants, or the
+   convection, diffusion, dilation and erosion of PDE-G-CNNs). Each step is a block with its own
+   ``F``. Between stages, a pointwise channel map and an anti-aliased downsampling by 2
+   (:class:`~eqpdenet.models.pooling.AntiAliasedDownsample`; or a plain 2x2 average, or none).
+3. **Projection** over orientations (max, mean, or a learned-temperature soft maximum), then,
+   with several scales, the max over scales; then global mean and max pooling over space, batch
+   norm and a linear classifier.
+
+Why it is invariant: the lift and the jets commute with rotations by multiples of 90 degrees
+exactly (spatially ``rot90``, on the orientation axis a cyclic shift by ``N / 4``), every other
+operation is pointwise in ``(x, theta)``, a downsampling that commutes with ``rot90``, or a pooling
+over the whole orientation axis and the whole plane. So the logits of ``rot90(f)`` equal those of
+``f`` to rounding; other angles are approximate (interpolation, the orientation grid).
+
+Multi-scale (``scales = S > 1``): the network runs on ``S`` copies of the batch, copy ``s`` with
+every Gaussian derivative at ``sigma 2^(s/2)`` (scale-normalised, so the same ``F`` serves every
+scale), and the projected maps are maxed over the copies: a digit magnified by ``2^(1/2)`` is seen
+at scale ``s + 1`` much as the original at ``s``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import kernels
+from ..checks import (
+    check_images,
+    check_values,
+    match_dtype,
+    module_dtype,
+    require,
+    require_int,
+    require_positive,
+)
+from ..errors import InputError
+from ..pde.integrators import EulerStep
+from ..pde.m2 import (
+    M2_SE2,
+    check_orientations,
+    gaussian_jet,
+    gaussian_radius,
+    orientation_cos_sin,
+    scale_levels,
+    steered_jet,
+)
+from ..pde.m2_rhs import M2_TERMS, M2SystemRHS, Pointwise
+from ..pde.stencils import BOUNDARIES, MIN_GAUSSIAN_SIGMA
+from .perceptron import Standardize
+from .pooling import AntiAliasedDownsample, downsampled_size
+
+__all__ = ["LiftedPDEConfig", "LiftedPDENet", "M2Lift"]
+
+PROJECTIONS = ("max", "mean", "softmax")
+
+
+@dataclass
+class LiftedPDEConfig:
+    """Options of :class:`LiftedPDENet`.
+
+    Attributes:
+        orientations: ``N``, a positive multiple of 4 (quarter turns exact).
+        channels: channels ``C_s`` of each stage.
+        blocks: Euler steps (blocks, each with its own ``F``) of each stage.
+        hidden: width of the ``network`` term's hidden layer, a multiple of the stage's channels.
+        terms: the terms of ``F`` (:data:`~eqpdenet.pde.m2_rhs.M2_TERMS`): ``["network"]``, or
+            ``["convection", "diffusion", "dilation", "erosion", "linear"]`` (a PDE-G-CNN), or
+            any other combination.
+        dt: Euler step.
+        sigma: scale of the Gaussian derivatives, in pixels of each stage's own grid.
+        scales: ``S`` scale levels ``sigma 2^(s/2)``, max over them after the projection.
+        boundary: boundary of the jets and of the downsampling.
+        downsample: between stages: ``"blur"`` (Gaussian low-pass of std ``downsample_sigma``
+            pixels, then one sample per 2x2 cell), ``"pool"`` (2x2 average) or ``"none"``.
+        downsample_sigma: the low-pass's standard deviation, in pixels.
+        projection: over orientations: ``"max"``, ``"mean"`` or ``"softmax"`` (``tau log mean
+            exp(u / tau)`` with a learned temperature ``tau > 0`` per channel, between the two).
+        readout: global pooling over space: ``"max"``, ``"mean"`` or ``"meanmax"``.
+        normalize_invariants: batch-normalise the invariant maps before ``F`` mixes them
+            (without, the ``network`` term's first layer runs fused with the invariants).
+        backend: :data:`~eqpdenet.kernels.BACKENDS`: ``"auto"`` (the fused C++ operator on the
+            CPU where it applies) or ``"reference"`` (plain PyTorch).
+    """
+
+    orientations: int = 8
+    channels: list[int] = field(default_factory=lambda: [8, 16, 24])
+    blocks: list[int] = field(default_factory=lambda: [2, 2, 2])
+    hidden: float = 1.0
+    terms: list[str] = field(default_factory=lambda: ["network"])
+    dt: float = 1.0
+    sigma: float = 1.0
+    scales: int = 1
+    boundary: str = "replicate"
+    downsample: str = "blur"
+    downsample_sigma: float = 1.0
+    projection: str = "max"
+    readout: str = "meanmax"
+    normalize_invariants: bool = False
+    backend: str = "auto"
+
+    def __post_init__(self):
+        check_orientations(self.orientations, "lifted_pde.orientations")
+        require(isinstance(self.channels, list) and isinstance(self.blocks, list)
+                and len(self.channels) == len(self.blocks) >= 1, "lifted_pde.blocks",
+                "needs one entry per entry of lifted_pde.channels")
+        for index, (c, b) in enumerate(zip(self.channels, self.blocks, strict=True)):
+            require_int(c, f"lifted_pde.channels[{index}]", 1)
+            require_int(b, f"lifted_pde.blocks[{index}]", 0)
+        require_positive(self.hidden, "lifted_pde.hidden")
+        require(isinstance(self.terms, list | tuple) and len(self.terms) >= 1
+                and len(set(self.terms)) == len(self.terms), "lifted_pde.terms",
+                f"must name each term of F once, at least one, got {self.terms!r}")
+        for index, term in enumerate(self.terms):
+            M2_TERMS.check(term, f"lifted_pde.terms[{index}]")
+        require_positive(self.dt, "lifted_pde.dt")
+        require_positive(self.sigma, "lifted_pde.sigma")
+        require(self.sigma >= MIN_GAUSSIAN_SIGMA, "lifted_pde.sigma",
+                f"must be at least {MIN_GAUSSIAN_SIGMA} pixels, got {self.sigma:g}")
+        require_int(self.scales, "lifted_pde.scales", 1)
+        BOUNDARIES.check(self.boundary, "lifted_pde.boundary")
+        require(self.downsample in ("blur", "pool", "none"), "lifted_pde.downsample",
+                f"must be 'blur', 'pool' or 'none', got {self.downsample!r}")
+        require_positive(self.downsample_sigma, "lifted_pde.downsample_sigma")
+        require(self.projection in PROJECTIONS, "lifted_pde.projection",
+                f"must be one of {', '.join(PROJECTIONS)}, got {self.projection!r}")
+        require(self.readout in ("max", "mean", "meanmax"), "lifted_pde.readout",
+                f"must be 'max', 'mean' or 'meanmax', got {self.readout!r}")
+        kernels.BACKENDS.check(self.backend, "lifted_pde.backend")
+
+    def stage_sizes(self, image_size: int) -> list[int]:
+        """The map size of each stage for square images of ``image_size`` pixels."""
+        sizes = [image_size]
+        for _ in self.channels[1:]:
+            size = sizes[-1]
+            sizes.append({"blur": downsampled_size(size), "pool": size // 2, "none": size}[
+                self.downsample])
+        return sizes
+
+    def check_image_size(self, image_size: int) -> None:
+        """A ConfigError unless every stage's maps are larger than its stencils' radius."""
+        radius = gaussian_radius(scale_levels(self.sigma, self.scales)[-1])
+        for index, size in enumerate(self.stage_sizes(image_size)):
+            require(size > radius, "lifted_pde.channels" if index else "image_size",
+                    f"stage {index} would work on {size}x{size} maps, not larger than the radius "
+                    f"{radius} of its Gaussian stencils (sigma {self.sigma:g} px, {self.scales} "
+                    f"scale(s)): use larger images, fewer stages, or a smaller sigma")
+
+
+class M2Lift(nn.Module):
+    """Images ``(B, C_in, H, W)`` -> fields ``(B, C, N, H, W)``: the steered Gaussian 2-jet of
+    each input channel at each orientation (6 ``C_in`` maps), batch-normalised, mixed pointwise.
+
+    With ``scales = S`` the output holds ``S`` copies of the batch (``(S B, C, N, H, W)``), copy
+    ``s`` lifted at ``sigma 2^(s/2)``.
+    """
+
+    def __init__(self, in_channels: int, channels: int, orientations: int, sigma: float,
+                 boundary: str, scales: int = 1):
+        super().__init__()
+        self.orientations = check_orientations(orientations)
+        self.sigmas = scale_levels(sigma, scales)
+        self.boundary = boundary
+        features = 6 * require_int(in_channels, "in_channels", 1)
+        self.norm = nn.BatchNorm1d(features)
+        self.mix = Pointwise(features, require_int(channels, "channels", 1), bias=False)
+        self.out_norm = nn.BatchNorm1d(channels)
+
+    def forward(self, f: Tensor) -> Tensor:
+        n = self.orientations
+        cos, sin = orientation_cos_sin(n, f.dtype, f.device)
+        copies = [steered_jet(gaussian_jet(f, sigma, self.boundary).unsqueeze(-4), cos, sin)
+                  for sigma in self.sigmas]          # each (B, C_in, N, 6, H, W)
+        x = torch.cat(copies, 0) if len(copies) > 1 else copies[0]
+        batch, _, _, _, height, width = x.shape
+        x = x.transpose(2, 3).reshape(batch, -1, n * height * width)
+        x = self.out_norm(self.mix(self.norm(x)))
+        return x.view(batch, -1, n, height, width)
+
+
+class _OrientationProjection(nn.Module):
+    """``(B, C, N, H, W) -> (B, C, H, W)``: max, mean or soft maximum over orientations."""
+
+    def __init__(self, kind: str, channels: int):
+        super().__init__()
+        self.kind = kind
+        if kind == "softmax":  # tau = softplus(raw), initially 1
+            self.raw_temperature = nn.Parameter(torch.full((channels,), 0.5413))
+
+    def forward(self, u: Tensor) -> Tensor:
+        if self.kind == "max":
+            return u.amax(dim=2)
+        if self.kind == "mean":
+            return u.mean(dim=2)
+        tau = F.softplus(self.raw_temperature).view(1, -1, 1, 1, 1)
+        return (tau * (torch.logsumexp(u / tau, dim=2, keepdim=True)
+                       - torch.log(torch.tensor(float(u.shape[2]))))).squeeze(2)
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}"
+
+
+class LiftedPDENet(nn.Module):
+    """Invariant PDEs on M2 (see the module doc).
+
+    ``forward``: images ``(B, in_channels, image_size, image_size)`` -> logits ``(B, classes)``;
+    :meth:`features` the pooled, invariant features before the classifier, :meth:`fields` the
+    fields on M2 at the end of the last stage.
+
+    Example:
+        >>> config = LiftedPDEConfig(channels=[4, 6], blocks=[1, 1])
+        >>> net = LiftedPDENet(config)
+        >>> net(torch.rand(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, lifted_pde: LiftedPDEConfig | None = None, image_size: int = 28,
+                 in_channels: int = 1, classes: int = 10, input_mean: float = 0.0,
+                 input_std: float = 1.0):
+        super().__init__()
+        self.config = config = lifted_pde or LiftedPDEConfig()
+        self.image_size = require_int(image_size, "image_size", 1)
+        self.in_channels = require_int(in_channels, "in_channels", 1)
+        config.check_image_size(self.image_size)
+        self.standardize = Standardize(input_mean, input_std)
+        self.lift = M2Lift(in_channels, config.channels[0], config.orientations, config.sigma,
+                           config.boundary, config.scales)
+        stages = []
+        for index, (channels, blocks) in enumerate(zip(config.channels, config.blocks,
+                                                       strict=True)):
+            modules: list[nn.Module] = []
+            if index:
+                modules.append(_ChannelMap(config.channels[index - 1], channels))
+                if config.downsample == "blur":
+                    modules.append(AntiAliasedDownsample(config.downsample_sigma, config.boundary))
+                elif config.downsample == "pool":
+                    modules.append(_AveragePool2x2())
+            for block in range(blocks):
+                rhs = M2SystemRHS(channels, config.terms, max(1, round(config.hidden * channels)),
+                                  sigma=config.sigma, boundary=config.boundary,
+                                  scales=config.scales,
+                                  normalize_invariants=config.normalize_invariants,
+                                  backend=config.backend)
+                modules.append(EulerStep(rhs, config.dt, name=f"stage{index}.block{block}"))
+            stages.append(nn.Sequential(*modules))
+        self.stages = nn.Sequential(*stages)
+        self.projection = _OrientationProjection(config.projection, config.channels[-1])
+        width = config.channels[-1] * (2 if config.readout == "meanmax" else 1)
+        self.norm = nn.BatchNorm1d(width)
+        self.classifier = nn.Linear(width, require_int(classes, "classes", 1))
+
+    @property
+    def invariant_set(self):
+        return M2_SE2
+
+    def fields(self, images: Tensor) -> Tensor:
+        """The fields ``(S B, C, N, h, w)`` after the last stage (``S`` scale copies)."""
+        check_images(images, "images", channels=self.in_channels,
+                     size=(self.image_size, self.image_size))
+        check_values(images, "images")
+        x = match_dtype(images, module_dtype(self), "images")
+        return self.stages(self.lift(self.standardize(x)))
+
+    def features(self, images: Tensor) -> Tensor:
+        """Pooled features ``(B, F)``: invariant under quarter turns (to rounding)."""
+        if self.training and images.shape[0] < 2:
+            raise InputError("a batch of one cannot be trained with batch normalisation: "
+                             "train with at least 2 images per batch (or call .eval())")
+        u = self.projection(self.fields(images))               # (S B, C, h, w)
+        if self.config.scales > 1:
+            u = u.view(self.config.scales, -1, *u.shape[1:]).amax(dim=0)
+        pooled = {"max": lambda: u.amax(dim=(-2, -1)), "mean": lambda: u.mean(dim=(-2, -1)),
+                  "meanmax": lambda: torch.cat([u.mean(dim=(-2, -1)), u.amax(dim=(-2, -1))], 1)}
+        return self.norm(pooled[self.config.readout]())
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.classifier(self.features(images)).to(images.dtype)
+
+
+class _ChannelMap(nn.Module):
+    """A pointwise linear map of the channels of a field ``(B, C, N, H, W)``, no bias."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.map = Pointwise(in_channels, out_channels, bias=False)
+
+    def forward(self, u: Tensor) -> Tensor:
+        batch, _, n, height, width = u.shape
+        return self.map(u.reshape(batch, -1, n * height * width)).view(batch, -1, n, height, width)
+
+
+class _AveragePool2x2(nn.Module):
+    """2x2 average pooling of every map of a field ``(..., H, W)`` (drops an odd last row)."""
+
+    def forward(self, u: Tensor) -> Tensor:
+        *lead, height, width = u.shape
+        return F.avg_pool2d(u.reshape(-1, 1, height, width), 2).reshape(
+            *lead, height // 2, width // 2)

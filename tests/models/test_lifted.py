@@ -1,0 +1,125 @@
+"""LiftedPDENet: parameter counts, quarter-turn invariance of the logits, the PDE-G-CNN terms,
+multi-scale, and the checks of its configuration and input."""
+
+import pytest
+import torch
+
+from eqpdenet import ConfigError, InputError, count_parameters
+from eqpdenet.errors import InputTypeError
+from eqpdenet.models import MODELS, LiftedPDEConfig, LiftedPDENet
+from eqpdenet.models.pooling import AntiAliasedDownsample
+from eqpdenet.pde import EulerStep
+from eqpdenet.pde.m2_rhs import PDE_GCNN_TERMS, M2SystemRHS
+from helpers import assert_equivariant
+
+
+def _randomise_batch_norms(net):
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    return net
+
+
+def test_registered_and_parameter_count():
+    assert MODELS.get("lifted_pde") is LiftedPDENet
+    net = LiftedPDENet(LiftedPDEConfig(channels=[4, 6], blocks=[1, 2], hidden=2.0))
+    lift = (2 * 6) + 6 * 4 + 2 * 4                      # batch norm of 6 maps, 6 -> 4, batch norm
+    block0 = 40 * 8 + 2 * 8 + 8 * 4 + 4                 # W1 (no bias), batch norm, W2 + bias
+    transition = 4 * 6
+    block1 = 60 * 12 + 2 * 12 + 12 * 6 + 6
+    head = 2 * 12 + 12 * 10 + 10                        # batch norm of mean+max, classifier
+    assert count_parameters(net) == lift + block0 + transition + 2 * block1 + head
+    with_norm = LiftedPDENet(LiftedPDEConfig(channels=[4], blocks=[1], normalize_invariants=True))
+    assert count_parameters(with_norm) == lift + 2 * 40 + 40 * 4 + 2 * 4 + 4 * 4 + 4 + (
+        2 * 8 + 8 * 10 + 10)
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"projection": "mean", "readout": "max"},
+    {"projection": "softmax", "downsample": "pool"},
+    {"terms": list(PDE_GCNN_TERMS), "downsample": "none"},
+    {"terms": ["network", "diffusion"], "scales": 2, "orientations": 4},
+    {"normalize_invariants": True, "orientations": 12, "boundary": "zeros"},
+])
+def test_logits_are_invariant_under_quarter_turns(options):
+    torch.manual_seed(0)
+    config = LiftedPDEConfig(**{"channels": [3, 4, 5], "blocks": [1, 1, 1], **options})
+    net = _randomise_batch_norms(LiftedPDENet(config).double().eval())
+    if "diffusion" in config.terms:
+        for module in net.modules():  # non-trivial coefficients of every PDE-G-CNN term
+            if hasattr(module, "coefficients"):
+                module.weight.data.uniform_(-1, 1)
+    images = torch.rand(3, 1, 28, 28, dtype=torch.float64)
+    assert_equivariant(net, images, invariant=True)
+
+
+def test_fused_and_reference_backends_give_the_same_model():
+    torch.manual_seed(0)
+    config = LiftedPDEConfig(channels=[3, 4], blocks=[1, 1], scales=2)
+    fused = LiftedPDENet(config).double()
+    reference = LiftedPDENet(LiftedPDEConfig(channels=[3, 4], blocks=[1, 1], scales=2,
+                                             backend="reference")).double()
+    reference.load_state_dict(fused.state_dict())
+    images = torch.rand(4, 1, 28, 28, dtype=torch.float64)
+    a, b = fused(images), reference(images)
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    ga = torch.autograd.grad(a.square().sum(), list(fused.parameters()))
+    gb = torch.autograd.grad(b.square().sum(), list(reference.parameters()))
+    for x, y in zip(ga, gb, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-9)
+
+
+def test_blocks_are_euler_steps_of_m2_systems_and_downsampling_is_anti_aliased():
+    net = LiftedPDENet(LiftedPDEConfig(channels=[3, 4, 5], blocks=[2, 1, 1]))
+    steps = [m for m in net.modules() if isinstance(m, EulerStep)]
+    assert len(steps) == 4 and all(isinstance(s.rhs, M2SystemRHS) for s in steps)
+    assert sum(isinstance(m, AntiAliasedDownsample) for m in net.modules()) == 2
+    u = torch.rand(2, 3, 8, 14, 14)
+    torch.testing.assert_close(steps[0](u), u + steps[0].dt * steps[0].rhs(u))
+    assert net.fields(torch.rand(2, 1, 28, 28)).shape == (2, 5, 8, 7, 7)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("orientations", 6, "multiple of 4"),
+    ("orientations", 0, "orientations"),
+    ("sigma", 0.0, "sigma"),
+    ("sigma", 0.3, "at least 0.5"),
+    ("channels", [8, 0, 4], r"channels\[1\]"),
+    ("blocks", [1], "one entry per entry"),
+    ("terms", ["network", "network"], "once"),
+    ("terms", ["advection"], "advection"),
+    ("downsample", "max", "downsample"),
+    ("projection", "sum", "projection"),
+    ("scales", 0, "scales"),
+])
+def test_bad_options_name_the_field(field, value, match):
+    with pytest.raises(ConfigError, match=match):
+        LiftedPDEConfig(**{field: value})
+
+
+def test_images_too_small_for_the_stencils_are_refused_before_building():
+    with pytest.raises(ConfigError, match="stage 2 would work on 4x4 maps"):
+        LiftedPDENet(LiftedPDEConfig(), image_size=14)
+    with pytest.raises(ConfigError, match="image_size"):
+        LiftedPDENet(LiftedPDEConfig(channels=[4], blocks=[1], sigma=2.0), image_size=8)
+
+
+def test_bad_input_gets_a_clear_error():
+    net = LiftedPDENet(LiftedPDEConfig(channels=[3], blocks=[1]))
+    images = torch.rand(2, 1, 28, 28)
+    images[0, 0, 3, 3] = float("nan")
+    with pytest.raises(InputError, match="non-finite"):
+        net(images)
+    with pytest.raises(InputTypeError, match="float64"):
+        net(torch.rand(2, 1, 28, 28, dtype=torch.float64))
+    with pytest.raises(InputError, match="batch of one"):
+        net.train()(torch.rand(1, 1, 28, 28))
+    with pytest.raises(InputError, match="shape"):
+        net(torch.rand(2, 1, 20, 20))
+    half = net.eval()(torch.rand(2, 1, 28, 28).half())
+    assert half.dtype == torch.float16 and torch.isfinite(half).all()
