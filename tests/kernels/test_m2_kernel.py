@@ -68,3 +68,48 @@ def test_results_do_not_depend_on_the_thread_count():
             runs.append((z, *torch.autograd.grad(z.square().sum(), [u, weight])))
     for a, b in zip(*runs, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("n", [4, 8])
+@pytest.mark.parametrize("boundary", ["replicate", "zeros", "reflect", "circular"])
+@pytest.mark.parametrize("channels, hidden, scales", [(1, 3, 1), (3, 5, 2), (4, 8, 1)])
+def test_fused_euler_step_equals_the_reference_step(n, boundary, channels, hidden, scales):
+    # u + dt (W2 relu(W1 I(u) + b1) + b2): the whole step fused against EulerStep of the
+    # reference right-hand side, values and every gradient (float64).
+    from eqpdenet.pde import EulerStep
+    from eqpdenet.pde.m2_rhs import M2SystemRHS
+
+    torch.manual_seed(n * 10 + channels)
+    options = dict(hidden=hidden, normalize_invariants=False, normalize_hidden=False,
+                   boundary=boundary, scales=scales, sigma=0.8)
+    fused_rhs = M2SystemRHS(channels, ("network",), **options).double()
+    for parameter in fused_rhs.parameters():
+        parameter.data.normal_()  # W2 and the biases start at zero: make every path count
+    reference_rhs = M2SystemRHS(channels, ("network",), backend="reference", **options).double()
+    reference_rhs.load_state_dict(fused_rhs.state_dict())
+    u = torch.randn(2 * scales, channels, n, 11, 9, dtype=torch.float64, requires_grad=True)
+    fused, reference = EulerStep(fused_rhs, 0.7)(u), EulerStep(reference_rhs, 0.7)(u)
+    torch.testing.assert_close(fused, reference, rtol=1e-12, atol=1e-12)
+    probe = torch.randn_like(fused)
+    grads = torch.autograd.grad((fused * probe).sum(), [u, *fused_rhs.parameters()])
+    expected = torch.autograd.grad((reference * probe).sum(), [u, *reference_rhs.parameters()])
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_fused_euler_step_does_not_depend_on_the_thread_count():
+    from eqpdenet.kernels.m2_op import m2_euler_step
+
+    torch.manual_seed(0)
+    u = torch.randn(5, 3, 8, 10, 10, requires_grad=True)
+    parameters = [torch.randn(4, 3, 10), torch.randn(4), torch.randn(3, 4), torch.randn(3)]
+    for p in parameters:
+        p.requires_grad_(True)
+    args = (separable_stencils((1.0,)), orientation_frame(8), "replicate", 0.5)
+    runs = []
+    for threads in (1, 2):
+        with torch_threads(threads):
+            out = m2_euler_step(u, *parameters, *args)
+            runs.append((out, *torch.autograd.grad(out.square().sum(), [u, *parameters])))
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b)

@@ -204,4 +204,21 @@ def _m2_backward_cpu(grad_z, u, weight, stencils, frame, boundary):
     return grad_u, per_image.view(u.shape[0], *weight.shape)
 
 
+@torch.library.register_kernel("eqpdenet::m2_euler_step", "cpu", lib=_LIBRARY)
+def _m2_step_cpu(u, w1, b1, w2, b2, stencils, frame, boundary, dt):
+    return load_m2_extension().step_forward(u.contiguous(), w1.contiguous(), b1.contiguous(),
+                                            w2.contiguous(), b2.contiguous(),
+                                            stencils.contiguous(), frame.contiguous(), boundary,
+                                            float(dt))
+
+
+@torch.library.register_kernel("eqpdenet::m2_euler_step_backward", "cpu", lib=_LIBRARY)
+def _m2_step_backward_cpu(grad_next, u, w1, b1, w2, b2, stencils, frame, boundary, dt):
+    grad_u, per_image = load_m2_extension().step_backward(
+        grad_next.contiguous(), u.contiguous(), w1.contiguous(), b1.contiguous(),
+        w2.contiguous(), b2.contiguous(), stencils.contiguous(), frame.contiguous(), boundary,
+        float(dt))
+    return grad_u, per_image
+
+
 M2_IMPLEMENTATIONS.register("cpu", _M2.unavailable)

@@ -29,6 +29,16 @@
     ``(B, O, C, 10)``, reduced by the autograd formula in a fixed order, so that the result does
     not depend on the number of threads.
 
+``torch.ops.eqpdenet.m2_euler_step(u, w1, b1, w2, b2, stencils, frame, boundary, dt) -> u_next``
+    One explicit Euler step of the M2 PDE system whose right-hand side is the pointwise network
+    ``F(I) = w2 relu(w1 I + b1) + b2`` of the invariants (``w1 (O, C, 10)``, ``b1 (O,)``,
+    ``w2 (C, O)``, ``b2 (C,)``): ``u_next = u + dt F(I(u))``, ``(B, C, N, H, W)``, with its
+    backward ``m2_euler_step_backward(grad_next, u, w1, b1, w2, b2, stencils, frame, boundary,
+    dt) -> (grad_u, per_image)`` (``per_image`` ``(B, O C 10 + O + C O + C)`` float64: the
+    parameters' gradients of each image, in that order). Jet, invariants, both layers and the
+    update in one pass per image row: nothing of size ``(B, 10 C, N, H, W)`` or ``(B, O, N, H,
+    W)`` is written.
+
 Autograd is registered here once; the ``cpu`` implementation is the C++ kernel
 (``csrc/m2_invariants.cpp``, registered in :mod:`eqpdenet.kernels.cpu`). Other devices have no
 implementation yet: :func:`m2_unsupported_reason` says so, and the caller uses the plain-PyTorch
@@ -43,7 +53,8 @@ from torch import Tensor
 from ..registry import Registry
 from .op import _LIBRARY, KERNEL_BOUNDARIES
 
-__all__ = ["KERNEL_ORIENTATIONS", "M2_IMPLEMENTATIONS", "m2_mix_invariants", "m2_unsupported_reason"]
+__all__ = ["KERNEL_ORIENTATIONS", "M2_IMPLEMENTATIONS", "m2_euler_step", "m2_mix_invariants",
+           "m2_unsupported_reason"]
 
 #: Numbers of orientations ``N`` the compiled kernels are built for.
 KERNEL_ORIENTATIONS = (4, 8, 12, 16)
@@ -85,6 +96,43 @@ torch.library.register_autograd("eqpdenet::m2_mix_invariants", _backward,
                                 setup_context=_setup_context, lib=_LIBRARY)
 
 
+_LIBRARY.define("m2_euler_step(Tensor u, Tensor w1, Tensor b1, Tensor w2, Tensor b2, "
+                "Tensor stencils, Tensor frame, str boundary, float dt) -> Tensor")
+_LIBRARY.define("m2_euler_step_backward(Tensor grad_next, Tensor u, Tensor w1, Tensor b1, "
+                "Tensor w2, Tensor b2, Tensor stencils, Tensor frame, str boundary, float dt) "
+                "-> (Tensor, Tensor)")
+
+
+@torch.library.register_fake("eqpdenet::m2_euler_step", lib=_LIBRARY)
+def _step_fake(u, w1, b1, w2, b2, stencils, frame, boundary, dt):
+    return torch.empty_like(u)
+
+
+@torch.library.register_fake("eqpdenet::m2_euler_step_backward", lib=_LIBRARY)
+def _step_backward_fake(grad_next, u, w1, b1, w2, b2, stencils, frame, boundary, dt):
+    width = w1.numel() + b1.numel() + w2.numel() + b2.numel()
+    return torch.empty_like(u), u.new_empty(u.shape[0], width, dtype=torch.float64)
+
+
+def _step_setup_context(ctx, inputs, output):
+    u, w1, b1, w2, b2, stencils, frame, boundary, dt = inputs
+    ctx.settings = (boundary, dt)
+    ctx.save_for_backward(u, w1, b1, w2, b2, stencils, frame)
+
+
+def _step_backward(ctx, grad_next):
+    u, w1, b1, w2, b2, stencils, frame = ctx.saved_tensors
+    grad_u, per_image = torch.ops.eqpdenet.m2_euler_step_backward(
+        grad_next.contiguous(), u, w1, b1, w2, b2, stencils, frame, *ctx.settings)
+    grads = per_image.sum(0).to(u.dtype).split([w1.numel(), b1.numel(), w2.numel(), b2.numel()])
+    shaped = [g.view_as(p) for g, p in zip(grads, (w1, b1, w2, b2), strict=True)]
+    return grad_u, *shaped, None, None, None, None
+
+
+torch.library.register_autograd("eqpdenet::m2_euler_step", _step_backward,
+                                setup_context=_step_setup_context, lib=_LIBRARY)
+
+
 def m2_unsupported_reason(u: Tensor, weight: Tensor, boundary: str,
                           radius: int) -> str | None:
     """Why :func:`m2_mix_invariants` cannot run on these arguments (None if it can)."""
@@ -112,3 +160,12 @@ def m2_mix_invariants(u: Tensor, weight: Tensor, stencils: Tensor, frame: Tensor
     differentiable in ``u`` and ``weight``."""
     return torch.ops.eqpdenet.m2_mix_invariants(
         u.contiguous(), weight.contiguous(), stencils.to(u.device), frame.to(u.device), boundary)
+
+
+def m2_euler_step(u: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, stencils: Tensor,
+                  frame: Tensor, boundary: str, dt: float) -> Tensor:
+    """``u + dt (w2 relu(w1 I(u) + b1) + b2)``: the operator (the caller checks
+    :func:`m2_unsupported_reason`); differentiable in ``u`` and the four parameters."""
+    return torch.ops.eqpdenet.m2_euler_step(
+        u.contiguous(), w1.contiguous(), b1.contiguous(), w2.contiguous(), b2.contiguous(),
+        stencils.to(u.device), frame.to(u.device), boundary, float(dt))

@@ -93,6 +93,8 @@ class LiftedPDEConfig:
         readout: global pooling over space: ``"max"``, ``"mean"`` or ``"meanmax"``.
         normalize_invariants: batch-normalise the invariant maps before ``F`` mixes them
             (without, the ``network`` term's first layer runs fused with the invariants).
+        normalize_hidden: batch-normalise the ``network`` term's hidden layer (else a bias, and
+            its output layer starts at zero: every Euler step starts as the identity).
         backend: :data:`~eqpdenet.kernels.BACKENDS`: ``"auto"`` (the fused C++ operator on the
             CPU where it applies) or ``"reference"`` (plain PyTorch).
     """
@@ -111,6 +113,7 @@ class LiftedPDEConfig:
     projection: str = "max"
     readout: str = "meanmax"
     normalize_invariants: bool = False
+    normalize_hidden: bool = True
     backend: str = "auto"
 
     def __post_init__(self):
@@ -254,6 +257,7 @@ class LiftedPDENet(nn.Module):
                                   sigma=config.sigma, boundary=config.boundary,
                                   scales=config.scales,
                                   normalize_invariants=config.normalize_invariants,
+                                  normalize_hidden=config.normalize_hidden,
                                   backend=config.backend)
                 modules.append(EulerStep(rhs, config.dt, name=f"stage{index}.block{block}"))
             stages.append(nn.Sequential(*modules))

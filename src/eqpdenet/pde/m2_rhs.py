@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from .. import kernels
 from ..checks import require, require_int
-from ..kernels.m2_op import m2_mix_invariants, m2_unsupported_reason
+from ..kernels.m2_op import m2_euler_step, m2_mix_invariants, m2_unsupported_reason
 from ..registry import Registry
 from .m2 import M2_SE2, M2Jet, orientation_frame, separable_stencils
 
@@ -79,22 +79,31 @@ class Pointwise(nn.Module):
 
 
 class NetworkTerm(nn.Module):
-    """``F(I) = W2 relu(BN(W1 BN(I)))``, pointwise: ``10 C`` invariants -> ``hidden`` -> ``C``
-    (the first batch norm only with ``normalize_invariants``)."""
+    """``F(I) = W2 relu(BN(W1 BN(I))) + b2``, pointwise: ``10 C`` invariants -> ``hidden`` ->
+    ``C``. The first batch norm only with ``normalize_invariants``; without
+    ``normalize_hidden`` the hidden layer is ``relu(W1 I + b1)`` and ``W2`` starts at zero (so that
+    every Euler step starts as the identity, the initialisation that lets residual networks
+    train without normalisation)."""
 
-    def __init__(self, channels: int, hidden: int, normalize_invariants: bool = True):
+    def __init__(self, channels: int, hidden: int, normalize_invariants: bool = True,
+                 normalize_hidden: bool = True):
         super().__init__()
         maps = channels * len(M2_SE2)
         self.norm = nn.BatchNorm1d(maps) if normalize_invariants else nn.Identity()
-        self.mix = Pointwise(maps, hidden, bias=False)
-        self.hidden_norm = nn.BatchNorm1d(hidden)
+        self.mix = Pointwise(maps, hidden, bias=not normalize_hidden)
+        self.hidden_norm = nn.BatchNorm1d(hidden) if normalize_hidden else nn.Identity()
         self.out = Pointwise(hidden, channels)
+        if not normalize_hidden:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.mix.bias)
 
     def forward(self, u: Tensor, system: M2SystemRHS) -> Tensor:
         batch, channels, n, height, width = u.shape
         if isinstance(self.norm, nn.Identity):  # W1 I(u) in one fused pass where possible
             x = system.mixed_invariants(u, self.mix.weight.view(-1, channels, len(M2_SE2)))
             x = x.view(batch, -1, n * height * width)
+            if self.mix.bias is not None:
+                x = x + self.mix.bias[:, None]
         else:
             x = self.mix(self.norm(system.invariants(u).reshape(batch, -1, n * height * width)))
         x = self.out(F.relu(self.hidden_norm(x)))
@@ -172,14 +181,13 @@ class LinearTerm(nn.Module):
         return self.map(u.flatten(2)).view_as(u)
 
 
-#: Terms of ``F`` on M2 by name: ``term(channels, hidden, normalize_invariants)`` builders.
+#: Terms of ``F`` on M2 by name: builders ``term(channels, hidden, normalize_invariants,
+#: normalize_hidden)`` (the per-channel terms use ``channels`` only).
 M2_TERMS: Registry = Registry("M2 right-hand-side term")
 M2_TERMS.register("network", NetworkTerm)
-M2_TERMS.register("convection", lambda channels, hidden, normalize: ConvectionTerm(channels))
-M2_TERMS.register("diffusion", lambda channels, hidden, normalize: DiffusionTerm(channels))
-M2_TERMS.register("dilation", lambda channels, hidden, normalize: DilationTerm(channels))
-M2_TERMS.register("erosion", lambda channels, hidden, normalize: ErosionTerm(channels))
-M2_TERMS.register("linear", lambda channels, hidden, normalize: LinearTerm(channels))
+for _name, _term in (("convection", ConvectionTerm), ("diffusion", DiffusionTerm),
+                     ("dilation", DilationTerm), ("erosion", ErosionTerm), ("linear", LinearTerm)):
+    M2_TERMS.register(_name, lambda channels, *options, _term=_term: _term(channels))
 
 
 class M2SystemRHS(nn.Module):
@@ -193,6 +201,7 @@ class M2SystemRHS(nn.Module):
         sigma, boundary, scales: the jet (:class:`~eqpdenet.pde.m2.M2Jet`; spatial derivatives
             scale-normalised).
         normalize_invariants: batch-normalise the invariant maps in the ``network`` term.
+        normalize_hidden: batch-normalise its hidden layer (else a bias, and ``W2`` starts at 0).
         backend: :data:`~eqpdenet.kernels.BACKENDS`: ``"auto"`` computes the invariants, or
             directly their mixing by the ``network`` term's first layer (without
             ``normalize_invariants``), by the fused operator
@@ -211,7 +220,8 @@ class M2SystemRHS(nn.Module):
 
     def __init__(self, channels: int, terms=("network",), hidden: int | None = None, *,
                  sigma: float = 1.0, boundary: str = "replicate", scales: int = 1,
-                 normalize_invariants: bool = True, backend: str = "auto"):
+                 normalize_invariants: bool = True, normalize_hidden: bool = True,
+                 backend: str = "auto"):
         super().__init__()
         self.channels = require_int(channels, "channels", 1)
         hidden = require_int(hidden if hidden is not None else channels, "hidden", 1)
@@ -226,7 +236,7 @@ class M2SystemRHS(nn.Module):
         self.jet = M2Jet(sigma, boundary, scales=scales)
         self.term_names = terms
         self.terms = nn.ModuleDict({name: M2_TERMS.get(name)(self.channels, hidden,
-                                                             normalize_invariants)
+                                                             normalize_invariants, normalize_hidden)
                                     for name in terms})
         self._cache: tuple[Tensor, Tensor] | None = None
 
@@ -261,6 +271,22 @@ class M2SystemRHS(nn.Module):
             invariants = self.invariant_set(self.jet(u))
         self._cache = (u, invariants)
         return invariants
+
+    def euler_step(self, u: Tensor, dt: float) -> Tensor | None:
+        """``u + dt F(u)`` by the fused operator ``torch.ops.eqpdenet.m2_euler_step`` (jet,
+        invariants, ``F`` and the update in one pass) where ``F`` is the ``network`` term alone
+        without batch norms and the device has the kernel; else None (the caller computes
+        ``u + dt F(u)`` itself)."""
+        network = self.terms["network"] if self.term_names == ("network",) else None
+        if network is None or not isinstance(network.norm, nn.Identity) or not isinstance(
+                network.hidden_norm, nn.Identity):
+            return None
+        w1 = network.mix.weight.view(-1, self.channels, len(M2_SE2))
+        if not self._fused(u, w1):
+            return None
+        return m2_euler_step(u, w1, network.mix.bias, network.out.weight, network.out.bias,
+                             separable_stencils(self.jet.sigmas), orientation_frame(u.shape[2]),
+                             self.jet.boundary, dt)
 
     def forward(self, u: Tensor) -> Tensor:
         try:

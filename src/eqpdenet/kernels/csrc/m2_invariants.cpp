@@ -428,6 +428,24 @@ M2_INLINE void accumulate_outer(const T* G, const T* I, int64_t O, int64_t R, in
   }
 }
 
+// Full-width vectors where the row allows (L a multiple of 2 N: even widths), else N.
+template <typename T, int N>
+M2_INLINE void gemm(const T* A, int64_t sa, int64_t sb, const T* Bm, int64_t rows, int64_t depth,
+                    int64_t L, T* out) {
+  if (L % (2 * N) == 0)
+    gemm_rows<T, 2 * N>(A, sa, sb, Bm, rows, depth, L, out);
+  else
+    gemm_rows<T, N>(A, sa, sb, Bm, rows, depth, L, out);
+}
+
+template <typename T, int N>
+M2_INLINE void outer(const T* G, const T* I, int64_t O, int64_t R, int64_t L, double* gw) {
+  if (L % (2 * N) == 0)
+    accumulate_outer<T, 2 * N>(G, I, O, R, L, gw);
+  else
+    accumulate_outer<T, N>(G, I, O, R, L, gw);
+}
+
 // Row buffers: the L = W N values of one image row (pixel j, orientation k at l = j N + k) of
 // the C 10 invariants (Irow), the O outputs (Zrow) and their gradients.
 template <typename T, int N>
@@ -440,7 +458,7 @@ void forward_image(const T* u, const T* weight, const Taps<T>& taps, const T* cs
     M2_OVER_MAPS(y_pass_row_chunks, N, X, i, taps, s, J);
     for (int64_t j = 0; j < s.W; ++j)
       invariants_at<T, N>(J + j * M, s.W * M, s.C, cs, sn, s.d1, s.d2, Irow + j * N, L);
-    gemm_rows<T, N>(weight, CJ, 1, Irow, s.O, CJ, L, Zrow);
+    gemm<T, N>(weight, CJ, 1, Irow, s.O, CJ, L, Zrow);
     for (int64_t o = 0; o < s.O; ++o)
       for (int k = 0; k < N; ++k) {
         T* dst = z + (o * N + k) * s.HW + i * s.W;
@@ -470,8 +488,8 @@ void backward_image(const T* gz, const T* u, const T* weight, const Taps<T>& tap
         T* dst = gZrow + o * L + k;
         for (int64_t j = 0; j < s.W; ++j) dst[j * N] = src[j];
       }
-    gemm_rows<T, N>(weight, 1, CJ, gZrow, CJ, O, L, gIrow);  // W^T gZ
-    accumulate_outer<T, N>(gZrow, Irow, O, CJ, L, gw);
+    gemm<T, N>(weight, 1, CJ, gZrow, CJ, O, L, gIrow);  // W^T gZ
+    outer<T, N>(gZrow, Irow, O, CJ, L, gw);
     for (int64_t j = 0; j < s.W; ++j)
       invariants_adjoint_at<T, N>(gIrow + j * N, L, s.C, cs, sn, s.d1, s.d2,
                                   gJ + (i * s.W + j) * M, s.HW * M);
@@ -479,6 +497,194 @@ void backward_image(const T* gz, const T* u, const T* weight, const Taps<T>& tap
   M2_OVER_MAPS(y_pass_adjoint_chunks, N, gJ, taps, s, X);  // X reused as gX
   M2_OVER_MAPS(x_pass_adjoint_chunks, N, X, taps, s, P);   // P reused as gP
   pad_transpose_adjoint(P, s, gu);
+}
+
+// ---------------------------------------------------------------------------- the Euler step
+//
+//   u_next = u + dt F(I(u)),   F(I) = W2 relu(W1 I + b1) + b2   (pointwise in (x, theta))
+//
+// w1 (O, C, 10), b1 (O), w2 (C, O), b2 (C): the network term of an M2 PDE system without batch
+// normalisation, the whole explicit Euler step in one pass per image row.
+
+// Sum of each row of G (rows x L) into out (double).
+template <typename T>
+M2_INLINE void accumulate_rows(const T* G, int64_t rows, int64_t L, double* out) {
+  for (int64_t a = 0; a < rows; ++a) {
+    double sum = 0.0;
+    for (int64_t l = 0; l < L; ++l) sum += static_cast<double>(G[a * L + l]);
+    out[a] += sum;
+  }
+}
+
+template <typename T, int N>
+void euler_forward_image(const T* u, const T* w1, const T* b1, const T* w2, const T* b2, T dt,
+                         const Taps<T>& taps, const T* cs, const T* sn, const Setup<T>& s, T* P,
+                         T* X, T* J, T* Irow, T* Hrow, T* Frow, T* out) {
+  const int64_t M = s.M, CJ = s.C * NJ, L = s.W * N, O = s.O;
+  pad_transpose(u, s, P);
+  M2_OVER_MAPS(x_pass_chunks, N, P, taps, s, X);
+  for (int64_t i = 0; i < s.H; ++i) {
+    M2_OVER_MAPS(y_pass_row_chunks, N, X, i, taps, s, J);
+    for (int64_t j = 0; j < s.W; ++j)
+      invariants_at<T, N>(J + j * M, s.W * M, s.C, cs, sn, s.d1, s.d2, Irow + j * N, L);
+    gemm<T, N>(w1, CJ, 1, Irow, O, CJ, L, Hrow);
+    for (int64_t o = 0; o < O; ++o) {
+      T* h = Hrow + o * L;
+      const T bias = b1[o];
+#pragma omp simd
+      for (int64_t l = 0; l < L; ++l) h[l] = std::max(h[l] + bias, T(0));
+    }
+    gemm<T, N>(w2, O, 1, Hrow, s.C, O, L, Frow);
+    for (int64_t c = 0; c < s.C; ++c)
+      for (int k = 0; k < N; ++k) {
+        const int64_t base = (c * N + k) * s.HW + i * s.W;
+        const T* f = Frow + c * L + k;
+        const T bias = b2[c];
+        for (int64_t j = 0; j < s.W; ++j) out[base + j] = u[base + j] + dt * (f[j * N] + bias);
+      }
+  }
+}
+
+// grads (double, per image): w1 (O CJ), b1 (O), w2 (C O), b2 (C), in that order.
+template <typename T, int N>
+void euler_backward_image(const T* g_next, const T* u, const T* w1, const T* b1, const T* w2,
+                          T dt, const Taps<T>& taps, const T* cs, const T* sn, const Setup<T>& s,
+                          T* P, T* X, T* J, T* Irow, T* Hrow, T* gFrow, T* gHrow, T* gIrow,
+                          T* gJ, T* gu, double* grads) {
+  const int64_t M = s.M, CJ = s.C * NJ, L = s.W * N, O = s.O, C = s.C;
+  double* gw1 = grads;
+  double* gb1 = gw1 + O * CJ;
+  double* gw2 = gb1 + O;
+  double* gb2 = gw2 + C * O;
+  pad_transpose(u, s, P);
+  M2_OVER_MAPS(x_pass_chunks, N, P, taps, s, X);
+  std::fill(gJ, gJ + 6 * s.HW * M, T(0));
+  for (int64_t i = 0; i < s.H; ++i) {
+    M2_OVER_MAPS(y_pass_row_chunks, N, X, i, taps, s, J);
+    for (int64_t j = 0; j < s.W; ++j)
+      invariants_at<T, N>(J + j * M, s.W * M, C, cs, sn, s.d1, s.d2, Irow + j * N, L);
+    gemm<T, N>(w1, CJ, 1, Irow, O, CJ, L, Hrow);  // pre-activations, then relu below
+    for (int64_t o = 0; o < O; ++o) {
+      T* h = Hrow + o * L;
+      const T bias = b1[o];
+#pragma omp simd
+      for (int64_t l = 0; l < L; ++l) h[l] = std::max(h[l] + bias, T(0));
+    }
+    for (int64_t c = 0; c < C; ++c)
+      for (int k = 0; k < N; ++k) {
+        const T* src = g_next + (c * N + k) * s.HW + i * s.W;
+        T* dst = gFrow + c * L + k;
+        for (int64_t j = 0; j < s.W; ++j) dst[j * N] = dt * src[j];
+      }
+    accumulate_rows(gFrow, C, L, gb2);
+    outer<T, N>(gFrow, Hrow, C, O, L, gw2);
+    gemm<T, N>(w2, 1, O, gFrow, O, C, L, gHrow);  // W2^T gF
+    for (int64_t l = 0; l < O * L; ++l)
+      if (Hrow[l] <= T(0)) gHrow[l] = T(0);           // relu'(pre) = [pre > 0] = [h > 0]
+    accumulate_rows(gHrow, O, L, gb1);
+    outer<T, N>(gHrow, Irow, O, CJ, L, gw1);
+    gemm<T, N>(w1, 1, CJ, gHrow, CJ, O, L, gIrow);  // W1^T gH
+    for (int64_t j = 0; j < s.W; ++j)
+      invariants_adjoint_at<T, N>(gIrow + j * N, L, C, cs, sn, s.d1, s.d2,
+                                  gJ + (i * s.W + j) * M, s.HW * M);
+  }
+  M2_OVER_MAPS(y_pass_adjoint_chunks, N, gJ, taps, s, X);  // X reused as gX
+  M2_OVER_MAPS(x_pass_adjoint_chunks, N, X, taps, s, P);   // P reused as gP
+  std::copy(g_next, g_next + M * s.HW, gu);                // the identity part of u + dt F
+  pad_transpose_adjoint(P, s, gu);
+}
+
+template <typename T>
+void check_step(const torch::Tensor& u, const torch::Tensor& w1, const torch::Tensor& b1,
+                const torch::Tensor& w2, const torch::Tensor& b2) {
+  const int64_t O = w1.size(0), C = u.size(1);
+  TORCH_CHECK(b1.dim() == 1 && b1.size(0) == O, "m2_euler_step: b1 must be (O,)");
+  TORCH_CHECK(w2.dim() == 2 && w2.size(0) == C && w2.size(1) == O, "m2_euler_step: w2 must be (C, O)");
+  TORCH_CHECK(b2.dim() == 1 && b2.size(0) == C, "m2_euler_step: b2 must be (C,)");
+  for (const auto* t : {&b1, &w2, &b2})
+    TORCH_CHECK(t->scalar_type() == u.scalar_type(), "m2_euler_step: parameter dtypes differ");
+}
+
+template <typename T, int N>
+torch::Tensor step_forward_typed(const torch::Tensor& u, const torch::Tensor& w1,
+                                 const torch::Tensor& b1, const torch::Tensor& w2,
+                                 const torch::Tensor& b2, const torch::Tensor& stencils,
+                                 const torch::Tensor& frame, const std::string& boundary,
+                                 double dt) {
+  const auto s = setup<T>(u, w1, stencils, boundary);
+  check_step<T>(u, w1, b1, w2, b2);
+  const int64_t B = u.size(0), per_scale = B / stencils.size(0), L = s.W * N;
+  torch::Tensor out = torch::empty_like(u);
+  const T* U = u.data_ptr<T>();
+  const T* W1 = w1.data_ptr<T>();
+  const T* B1 = b1.data_ptr<T>();
+  const T* W2 = w2.data_ptr<T>();
+  const T* B2 = b2.data_ptr<T>();
+  const double* G = stencils.data_ptr<double>();
+  const double* F = frame.data_ptr<double>();
+  T* OUT = out.data_ptr<T>();
+  T cs[N], sn[N];
+  for (int k = 0; k < N; ++k) {
+    cs[k] = static_cast<T>(F[2 * k]);
+    sn[k] = static_cast<T>(F[2 * k + 1]);
+  }
+#pragma omp parallel
+  {
+    std::vector<T> P(s.Hp * s.Wp * s.M), X(3 * s.Hp * s.W * s.M), J(6 * s.W * s.M),
+        Irow(s.C * NJ * L), Hrow(s.O * L), Frow(s.C * L);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < B; ++b) {
+      const Taps<T> taps(G + (b / per_scale) * 3 * s.K, s.K);
+      euler_forward_image<T, N>(U + b * s.M * s.HW, W1, B1, W2, B2, static_cast<T>(dt), taps, cs,
+                                sn, s, P.data(), X.data(), J.data(), Irow.data(), Hrow.data(),
+                                Frow.data(), OUT + b * s.M * s.HW);
+    }
+  }
+  return out;
+}
+
+template <typename T, int N>
+std::vector<torch::Tensor> step_backward_typed(const torch::Tensor& g_next, const torch::Tensor& u,
+                                               const torch::Tensor& w1, const torch::Tensor& b1,
+                                               const torch::Tensor& w2, const torch::Tensor& b2,
+                                               const torch::Tensor& stencils,
+                                               const torch::Tensor& frame,
+                                               const std::string& boundary, double dt) {
+  const auto s = setup<T>(u, w1, stencils, boundary);
+  check_step<T>(u, w1, b1, w2, b2);
+  const int64_t B = u.size(0), per_scale = B / stencils.size(0), L = s.W * N;
+  const int64_t CJ = s.C * NJ, width = s.O * CJ + s.O + s.C * s.O + s.C;
+  torch::Tensor grad_u = torch::empty_like(u);
+  torch::Tensor per_image = torch::zeros({B, width}, u.options().dtype(torch::kFloat64));
+  const T* GN = g_next.data_ptr<T>();
+  const T* U = u.data_ptr<T>();
+  const T* W1 = w1.data_ptr<T>();
+  const T* B1 = b1.data_ptr<T>();
+  const T* W2 = w2.data_ptr<T>();
+  const double* G = stencils.data_ptr<double>();
+  const double* F = frame.data_ptr<double>();
+  T* GU = grad_u.data_ptr<T>();
+  double* GR = per_image.data_ptr<double>();
+  T cs[N], sn[N];
+  for (int k = 0; k < N; ++k) {
+    cs[k] = static_cast<T>(F[2 * k]);
+    sn[k] = static_cast<T>(F[2 * k + 1]);
+  }
+#pragma omp parallel
+  {
+    std::vector<T> P(s.Hp * s.Wp * s.M), X(3 * s.Hp * s.W * s.M), J(6 * s.W * s.M),
+        Irow(CJ * L), Hrow(s.O * L), gFrow(s.C * L), gHrow(s.O * L), gIrow(CJ * L),
+        gJ(6 * s.HW * s.M);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < B; ++b) {
+      const Taps<T> taps(G + (b / per_scale) * 3 * s.K, s.K);
+      euler_backward_image<T, N>(GN + b * s.M * s.HW, U + b * s.M * s.HW, W1, B1, W2,
+                                 static_cast<T>(dt), taps, cs, sn, s, P.data(), X.data(),
+                                 J.data(), Irow.data(), Hrow.data(), gFrow.data(), gHrow.data(),
+                                 gIrow.data(), gJ.data(), GU + b * s.M * s.HW, GR + b * width);
+    }
+  }
+  return {grad_u, per_image};
 }
 
 template <typename T, int N>
@@ -589,9 +795,28 @@ std::vector<torch::Tensor> m2_backward(torch::Tensor grad_z, torch::Tensor u,
   M2_DISPATCH(backward_typed, grad_z, u, weight, stencils, frame, boundary);
 }
 
+torch::Tensor m2_step_forward(torch::Tensor u, torch::Tensor w1, torch::Tensor b1,
+                              torch::Tensor w2, torch::Tensor b2, torch::Tensor stencils,
+                              torch::Tensor frame, std::string boundary, double dt) {
+  check_arguments(u, w1, stencils, frame);
+  M2_DISPATCH(step_forward_typed, u, w1, b1, w2, b2, stencils, frame, boundary, dt);
+}
+
+std::vector<torch::Tensor> m2_step_backward(torch::Tensor g_next, torch::Tensor u,
+                                            torch::Tensor w1, torch::Tensor b1, torch::Tensor w2,
+                                            torch::Tensor b2, torch::Tensor stencils,
+                                            torch::Tensor frame, std::string boundary,
+                                            double dt) {
+  check_arguments(u, w1, stencils, frame);
+  TORCH_CHECK(g_next.scalar_type() == u.scalar_type(), "m2_euler_step: grad dtype differs");
+  M2_DISPATCH(step_backward_typed, g_next, u, w1, b1, w2, b2, stencils, frame, boundary, dt);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &m2_forward, "eqpdenet::m2_mix_invariants on the CPU");
   m.def("backward", &m2_backward, "eqpdenet::m2_mix_invariants_backward on the CPU");
+  m.def("step_forward", &m2_step_forward, "eqpdenet::m2_euler_step on the CPU");
+  m.def("step_backward", &m2_step_backward, "eqpdenet::m2_euler_step_backward on the CPU");
 }
