@@ -52,7 +52,7 @@ def disk(size: int, radius_fraction: float = 0.35) -> torch.Tensor:
     return (x**2 + y**2 <= (radius_fraction * size) ** 2)
 
 
-ROTATION_INVARIANT_SETS = [name for name in available_invariant_sets()
+ROTATION_INVARIANT_SETS = [name for name in available_invariant_sets("plane")
                            if "rotations" in get_invariant_set(name).invariant_under]
 
 

@@ -168,3 +168,13 @@ def test_orientation_counts_must_be_positive_multiples_of_four():
     for bad in (0, 6, -4, 8.0, True):
         with pytest.raises(ConfigError, match="orientations"):
             check_orientations(bad)
+
+
+def test_the_image_pde_layer_refuses_the_m2_set_with_a_clear_error():
+    from eqpdenet.pde import InvariantRHS, LayerConfig, available_invariant_sets
+
+    assert "m2" in available_invariant_sets("m2") and "m2" not in available_invariant_sets("plane")
+    with pytest.raises(ConfigError, match="fields on m2"):
+        LayerConfig(invariants=["se2", "m2"])
+    with pytest.raises(ConfigError, match="lifted_pde"):
+        InvariantRHS("m2")

@@ -118,7 +118,7 @@ def invariant_orders(sets: Sequence[str] | None = None, stencils: Sequence[str] 
     phase = 2 * math.pi * torch.rand(points, generator=generator, dtype=torch.float64)
     centres = torch.stack([radius * torch.cos(phase), radius * torch.sin(phase)], dim=1)
     exact_jet = analytic_jet(test_function, centres)[:, :, None, None]
-    sets = list(sets or [n for n in available_invariant_sets() if get_invariant_set(n).order == 2])
+    sets = list(sets or [n for n in available_invariant_sets("plane") if get_invariant_set(n).order == 2])
     stencils = list(stencils or [s for s in available_stencils() if not stencil_has_scale(s)])
     rows = []
     for stencil in stencils:

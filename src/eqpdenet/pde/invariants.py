@@ -249,7 +249,11 @@ class InvariantSet:
             regularisation); a declaration the tests check. Default: none declared.
 
     Calling the set on a jet ``(..., D, H, W)`` returns ``(..., K, H, W)``, ``K = len(self)``.
+    ``domain`` is ``"plane"``: the sets of this class are functions of images (the M2 sets of
+    :mod:`eqpdenet.pde.m2` are of fields on position x orientation).
     """
+
+    domain = "plane"
 
     def __init__(self, name: str, group: str, order: int, invariants, equation: str = "",
                  kernel: str | None = None, invariant_under=()):
@@ -307,8 +311,20 @@ def get_invariant_set(name: str | InvariantSet) -> InvariantSet:
     return name if isinstance(name, InvariantSet) else INVARIANT_SETS.get(name)
 
 
-def available_invariant_sets() -> tuple[str, ...]:
-    return INVARIANT_SETS.names()
+def available_invariant_sets(domain: str | None = None) -> tuple[str, ...]:
+    """Names of the registered sets; with ``domain``, only those of that domain (``"plane"``:
+    functions of images, for the PDE layer; ``"m2"``: of fields on position x orientation)."""
+    return tuple(name for name in INVARIANT_SETS.names()
+                 if domain is None or INVARIANT_SETS.get(name).domain == domain)
+
+
+def require_planar(invariant_set: InvariantSet, field: str) -> InvariantSet:
+    """A ConfigError naming ``field`` unless the set is one of functions of images."""
+    if invariant_set.domain != "plane":
+        raise ConfigError(f"invalid config: {field}: the invariant set {invariant_set.name!r} is "
+                          f"one of fields on {invariant_set.domain} (position x orientation), "
+                          f"not of images: the lifted_pde model uses it")
+    return invariant_set
 
 
 # ----------------------------------------------------------------------------- the sets

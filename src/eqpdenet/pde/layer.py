@@ -45,6 +45,7 @@ from .invariants import (
     RATIO_REGULARISATIONS,
     InvariantSet,
     get_invariant_set,
+    require_planar,
 )
 from .rhs import RIGHT_HAND_SIDES, InvariantRHS, MonomialF
 from .stencils import BOUNDARIES, STENCILS, check_sigma
@@ -211,6 +212,7 @@ class LayerConfig:
         for index, name in enumerate(self.invariants):
             if not isinstance(name, InvariantSet):
                 INVARIANT_SETS.check(name, f"layer.invariants[{index}]")
+            require_planar(get_invariant_set(name), f"layer.invariants[{index}]")
         RIGHT_HAND_SIDES.check(self.rhs, "layer.rhs")
         require_int(self.degree, "layer.degree", 1)
         require_positive(self.dt, "layer.dt")

@@ -32,6 +32,7 @@ from .invariants import (
     RATIO_REGULARISATIONS,
     InvariantSet,
     get_invariant_set,
+    require_planar,
 )
 from .joint import JointInvariants
 from .stencils import Jet, laplacian_max_eigenvalue
@@ -179,7 +180,7 @@ class InvariantRHS(nn.Module):
                  ratio_eps: float = DEFAULT_RATIO_EPS, sigma: float | None = None,
                  ratio_regularisation: str = DEFAULT_RATIO_REGULARISATION):
         super().__init__()
-        self.invariant_set = get_invariant_set(invariants)
+        self.invariant_set = require_planar(get_invariant_set(invariants), "invariants")
         self.ratio_eps = require_positive(ratio_eps, "ratio_eps")
         RATIO_REGULARISATIONS.check(ratio_regularisation, "ratio_regularisation")
         self.ratio_regularisation = ratio_regularisation
