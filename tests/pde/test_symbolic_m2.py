@@ -329,3 +329,16 @@ def test_compiled_m2_invariants_equal_the_registered_set(derived):
         compile_invariants([ux / (c * uy + 1)], "ratio_on_m2")
     with pytest.raises(ValueError, match="2-jet"):
         compile_invariants([JetSpace(3, independent=M2).derivative((0, 0, 3)) * c], "third")
+
+
+def test_eqpdenet_symbolic_lists_the_m2_group(capsys):
+    from eqpdenet.app.cli import main
+
+    assert main(["symbolic", "se2_m2"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| se2_m2 |")]
+    # group, order, dim J, orbit dim, expected, found
+    assert [(int(r[1]), int(r[3]), int(r[4]), int(r[5]), int(r[6])) for r in rows] == [
+        (1, 7, 3, 4, 4), (2, 13, 3, 10, 10)]
+    assert "A13u = " in out and "A1 = cos(θ) ∂x + sin(θ) ∂y" in out
+
