@@ -1,6 +1,7 @@
 """The table of ``eqpdenet symbolic``: the invariants :mod:`eqpdenet.pde.symbolic` finds for the
 ready groups, with the counts the theory predicts; with ``--channels C``, the joint invariants of
-``C`` channels."""
+``C`` channels. Groups acting on M2 (:data:`~eqpdenet.pde.symbolic.FRAME_ORDERS`) follow the
+planar ones, their invariants derived by the moving frame (one channel by default)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Sequence
 
 from ..pde.symbolic import (
     DEFAULT_DEGREES,
+    FRAME_ORDERS,
     JOINT_DEGREES,
     SymbolicInvariants,
     find_invariants,
@@ -22,22 +24,35 @@ __all__ = ["print_table", "symbolic_table"]
 def symbolic_table(groups: Sequence[str] | None = None,
                    channels: int = 1) -> tuple[str, list[SymbolicInvariants]]:
     """Markdown table of the ready groups at the orders of :data:`DEFAULT_DEGREES` (one channel)
-    or :data:`JOINT_DEGREES` (``channels > 1``: orders 1 and 2)."""
+    or :data:`JOINT_DEGREES` (``channels > 1``: orders 1 and 2); by default, with one channel,
+    the groups of :data:`FRAME_ORDERS` after them (``max degree`` reads ``frame``: the moving
+    frame, no search)."""
     results = []
     header = ("| group | order | generators | dim J | orbit dim | expected | found | max degree | "
               "invariants found | seconds |\n|---|---|---|---|---|---|---|---|---|---|")
     lines = [header]
-    for name in groups or list(DEFAULT_DEGREES):
+    default = list(DEFAULT_DEGREES) + (list(FRAME_ORDERS) if channels == 1 else [])
+    for name in groups or default:
         group = get_group(name)
-        orders = DEFAULT_DEGREES.get(name, [(2, 3)]) if channels == 1 else JOINT_DEGREES
+        if channels > 1:
+            orders = JOINT_DEGREES
+        elif name in FRAME_ORDERS:
+            orders = [(order, None) for order in FRAME_ORDERS[name]]
+        else:
+            orders = DEFAULT_DEGREES.get(name, [(2, 3)])
         for order, degree in orders:
-            result = find_invariants(group, order, degree, channels=channels)
+            result = find_invariants(group, order, degree or 3, channels=channels)
             results.append(result)
             generators = ", ".join(str(f) for f in group.fields)
-            found = "; ".join(f"`{unicode_formula(e)}`" for e in result.expressions)
+            names = result.names or ("",) * result.found_count
+            found = "; ".join(f"`{name + ' = ' if name and name != str(e) else ''}"
+                              f"{unicode_formula(e)}`"
+                              for name, e in zip(names, result.expressions, strict=True))
+            degree_text = "frame" if result.method == "frame" else degree
             lines.append(f"| {name} | {order} | {generators} | {result.jet_dimension} | "
                          f"{result.orbit_dimension} | {result.expected_count} | "
-                         f"{result.found_count} | {degree} | {found} | {result.seconds:.2f} |")
+                         f"{result.found_count} | {degree_text} | {found} | "
+                         f"{result.seconds:.2f} |")
     return "\n".join(lines), results
 
 
@@ -50,7 +65,23 @@ def print_table(groups: Sequence[str] | None = None, channels: int = 1) -> None:
               f"group\n")
     table, results = symbolic_table(groups or None, channels)
     print(table)
+    frames = {}
     for result in results:
         for note in result.notes:
             print(f"\nnote ({result.group.name}, order {result.order}): {note}")
+        if result.frame is not None:
+            frames[result.group.name] = result.frame
+    for name, frame in frames.items():
+        commutators = ", ".join(f"[{frame.names[i]}, {frame.names[j]}] = "
+                                f"{_in_frame(frame.commutator(i, j), frame.names)}"
+                                for i in range(len(frame.names))
+                                for j in range(i + 1, len(frame.names)))
+        print(f"\nmoving frame ({name}): {'; '.join(str(frame).splitlines())}; {commutators}")
     print(f"\ntotal {time.perf_counter() - start:.1f} s")
+
+
+def _in_frame(coefficients, names) -> str:
+    """``sum_k c^k A_k`` as text: ``-A2``, ``A1``, ``0``."""
+    terms = [("" if c == 1 else "-" if c == -1 else f"{c} ") + name
+             for c, name in zip(coefficients, names, strict=True) if c != 0]
+    return " + ".join(terms).replace("+ -", "- ") or "0"

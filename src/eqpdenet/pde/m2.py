@@ -27,8 +27,9 @@ with ``Aiju = (Ai Aj + Aj Ai) u / 2``, the *symmetrised* second derivatives. ``A
 commute, but ``A3`` does not commute with them (``[A1, A3] = -A2``, ``[A2, A3] = A1``), so
 ``A1 A3 u`` and ``A3 A1 u`` differ by ``A2 u``; the symmetrised products are the ones that do not
 depend on a choice of order (the frame's analogue of the Hessian). ``eqpdenet.pde.symbolic``
-derives the count and checks that these ten are invariant and functionally independent
-(``tests/pde/test_m2.py``).
+derives the count and these ten by the moving frame (``find_invariants("se2_m2", 2)``;
+``docs/symbolic.md``, "Groups acting on M2") and checks that they are invariant, functionally
+independent and equal to this set (``tests/pde/test_symbolic_m2.py``).
 
 On the grid. Spatial derivatives are Gaussian derivatives at scale ``sigma`` pixels
 (:func:`gaussian_jet`: separable, exact on polynomials of degree <= 3), by default

@@ -1,10 +1,13 @@
-"""Differential invariants of any Lie group action on the plane, derived with SymPy.
+"""Differential invariants of any Lie group action on the plane (or on M2), derived with SymPy.
 
 The paper's approach "applies to any Lie group action provided that a generating set of
 differential invariants can be efficiently computed"; this module computes them. The setting is
 ``p = 2`` independent variables ``(x, y)`` (axes as in :mod:`eqpdenet.geometry`: ``x`` to the
 right, ``y`` up) and one dependent variable ``u``, or several, ``u1 ... uC``, that the group
-transforms alike (``channels=C``: joint invariants, e.g. ``u1_x u2_x + u1_y u2_y``).
+transforms alike (``channels=C``: joint invariants, e.g. ``u1_x u2_x + u1_y u2_y``). Jets,
+vector fields and prolongation work for any number ``p`` of independent variables; groups
+acting on M2 = R² × S¹ use ``(x, y, θ)`` (:data:`M2`, jet coordinates ``u_θ``, ``u_xθ``, ...),
+and their invariants come from the moving frame (see the end of this docstring).
 
 1. Describe the action by the vector fields of its Lie algebra, ``xi_x d_x + xi_y d_y + phi d_u``
    (:class:`VectorField`), collected in a :class:`LieGroupAction`. Ready groups:
@@ -48,6 +51,18 @@ are taken simplest first (degree, then number of terms) and kept if they raise t
 until the predicted count is reached. This is sound, and complete for the ready groups at the
 degrees used in :data:`DEFAULT_DEGREES`; where it finds fewer than predicted it says so
 (``found_count < expected_count``), never more.
+
+Groups acting on M2: the moving frame
+-------------------------------------
+SE(2) acts on M2 by ``(x, θ) -> (R_φ x + b, θ + φ)`` (``se2_m2``: ``d_x, d_y`` and ``-y d_x +
+x d_y + d_θ``), freely and transitively. Its invariants depend on ``θ`` through ``cos θ, sin θ``,
+which the search above does not form (it finds the 9 ``θ``-free ones of the 10 at order 2).
+:func:`left_invariant_frame` solves for the vector fields that commute with every generator
+(``A1 = cos θ d_x + sin θ d_y``, ``A2 = -sin θ d_x + cos θ d_y``, ``A3 = d_θ``) and
+:func:`left_invariant_derivatives` takes the symmetrised iterated derivatives of ``u`` along them
+(``A13u = (A1 A3 + A3 A1) u / 2``), verifies each by the criterion (exactly, modulo
+``cos² θ + sin² θ = 1``: :func:`reduce_on_the_circle`) and the set by its Jacobian rank.
+:func:`find_invariants` does this by default for a group acting on more than ``x, y``.
 """
 
 from __future__ import annotations
@@ -73,15 +88,20 @@ from ..errors import ConfigError
 from ..registry import Registry
 from .invariants import Invariant, InvariantSet, register_invariant_set, safe_ratio
 from .joint import JointInvariants, JointTerm
+from .m2 import M2_DERIVATIVE_NAMES, M2InvariantSet
 from .stencils import derivative_multi_indices, derivative_names
 
 __all__ = [
     "DEFAULT_DEGREES",
+    "FRAME_ORDERS",
     "GROUPS",
     "JOINT_DEGREES",
+    "M2",
     "PAPER_INVARIANTS",
+    "PLANE",
     "JetSpace",
     "LieGroupAction",
+    "MovingFrame",
     "SymbolicInvariants",
     "VectorField",
     "available_groups",
@@ -93,8 +113,12 @@ __all__ = [
     "is_invariant",
     "jacobian_rank",
     "joint_expressions",
+    "left_invariant_derivatives",
+    "left_invariant_frame",
     "prolong",
+    "reduce_on_the_circle",
     "register_group",
+    "theta",
     "unicode_formula",
     "u",
     "x",
@@ -102,13 +126,20 @@ __all__ = [
 ]
 
 x, y, u = sp.symbols("x y u", real=True)
+#: The orientation of M2 = R² × S¹ (radians; the jet coordinates ``u_θ``, ``u_xθ``, ...).
+theta = sp.Symbol("θ", real=True)
+#: The independent variables of the plane and of M2.
+PLANE: tuple[sp.Symbol, ...] = (x, y)
+M2: tuple[sp.Symbol, ...] = (x, y, theta)
+_KNOWN_VARIABLES = {"x": x, "y": y, "θ": theta, "theta": theta}
 
 
 # ----------------------------------------------------------------------------- jet space
 
 
 class JetSpace:
-    """Coordinates of ``J^(n)``: ``x, y`` and SymPy symbols named like the jet channels.
+    """Coordinates of ``J^(n)``: the independent variables and SymPy symbols named like the jet
+    channels.
 
     ``JetSpace(2).derivatives`` is ``(u, u_x, u_y, u_xx, u_xy, u_yy)`` (same order as
     :func:`eqpdenet.stencils.derivative_names`); ``coordinates`` prepends ``x, y``.
@@ -116,14 +147,32 @@ class JetSpace:
     With ``channels = C > 1`` (a vector-valued ``u = (u1, ..., uC)``) every channel has its own
     jet coordinates, channel by channel: ``JetSpace(1, channels=2).derivatives`` is
     ``(u1, u1_x, u1_y, u2, u2_x, u2_y)``, and ``dim J^(n) = 2 + C binom(n + 2, 2)``.
+
+    ``independent`` are the ``p`` independent variables, ``(x, y)`` by default; each is named by
+    one letter, and ``u_J`` is named by the letters of ``J`` in the order of ``independent``.
+    On M2 (``independent = (x, y, θ)``): ``JetSpace(2, independent=M2).derivatives`` is
+    ``(u, u_x, u_y, u_θ, u_xx, u_xy, u_xθ, u_yy, u_yθ, u_θθ)``, the order of
+    :data:`eqpdenet.pde.m2.M2_DERIVATIVE_NAMES` (total order, then variable by variable), and
+    ``dim J^(n) = p + C binom(n + p, p)``.
     """
 
-    def __init__(self, order: int, channels: int = 1):
+    def __init__(self, order: int, channels: int = 1,
+                 independent: Sequence[sp.Symbol] | None = None):
+        independent = _check_independent(PLANE if independent is None else independent)
         if not isinstance(channels, int) or channels < 1:
             raise ConfigError(f"channels must be a positive integer, got {channels!r}")
-        self.order, self.channels = order, channels
-        self.multi_indices = derivative_multi_indices(order)
-        base = derivative_names(order)
+        self.order, self.channels, self.independent = order, channels, independent
+        p = len(independent)
+        derivative_multi_indices(order)  # validates the order
+        #: ``J`` as counts of derivatives along each independent variable, in jet order.
+        self.multi_indices: tuple[tuple[int, ...], ...] = tuple(
+            tuple(combo.count(i) for i in range(p))
+            for n in range(order + 1)
+            for combo in itertools.combinations_with_replacement(range(p), n))
+        letters = [v.name for v in independent]
+        base = tuple("u" if not any(index) else
+                     "u_" + "".join(letter * k for letter, k in zip(letters, index, strict=True))
+                     for index in self.multi_indices)
         if channels == 1:
             self.names = base
             self.dependent: tuple[sp.Symbol, ...] = (u,)
@@ -135,38 +184,69 @@ class JetSpace:
         self.derivatives: tuple[sp.Symbol, ...] = tuple(
             dependent.get(name) or sp.Symbol(name, real=True) for name in self.names
         )
-        self.coordinates = (x, y, *self.derivatives)
-        keys = [(c, a, b) for c in range(channels) for a, b in self.multi_indices]
+        self.coordinates = (*independent, *self.derivatives)
+        keys = [(c, *index) for c in range(channels) for index in self.multi_indices]
         self._by_index = dict(zip(keys, self.derivatives, strict=True))
 
     @property
     def dimension(self) -> int:
-        """``dim J^(n) = 2 + C binom(n + 2, 2)`` (``C`` channels)."""
+        """``dim J^(n) = p + C binom(n + p, p)`` (``p`` independent variables, ``C`` channels)."""
         return len(self.coordinates)
 
     def symbol(self, a: int, b: int, channel: int = 0) -> sp.Symbol:
-        """``u_J`` of channel ``channel`` (from 0) for ``J = (a x-derivatives, b y-derivatives)``."""
+        """``u_J`` of channel ``channel`` (from 0) for ``J = (a x-derivatives, b y-derivatives)``
+        (two independent variables; for any number use :meth:`derivative`)."""
+        if len(self.independent) != 2:
+            raise ConfigError(f"JetSpace.symbol(a, b) needs 2 independent variables, this jet "
+                              f"space has {len(self.independent)}: use derivative(index)")
         return self._by_index[(channel, a, b)]
+
+    def derivative(self, index: Sequence[int], channel: int = 0) -> sp.Symbol:
+        """``u_J`` of channel ``channel`` (from 0), ``J = index`` the number of derivatives along
+        each independent variable: ``derivative((1, 0, 1))`` is ``u_xθ`` on M2."""
+        return self._by_index[(channel, *index)]
 
     def channel_derivatives(self, channel: int) -> tuple[sp.Symbol, ...]:
         """The jet coordinates of one channel (from 0), in jet order."""
-        return tuple(self._by_index[(channel, a, b)] for a, b in self.multi_indices)
+        return tuple(self._by_index[(channel, *index)] for index in self.multi_indices)
 
     def total_derivative(self, expr: sp.Expr, axis: int) -> sp.Expr:
-        """``D_x expr`` (``axis=0``) or ``D_y expr`` (``axis=1``); ``expr`` of order < ``order``."""
-        step = (1, 0) if axis == 0 else (0, 1)
-        out = sp.diff(expr, (x, y)[axis])
-        for (c, a, b), symbol in self._by_index.items():
+        """``D_i expr`` along the independent variable ``independent[axis]`` (``D_x`` for 0,
+        ``D_y`` for 1), explicit dependence on it included; ``expr`` of order < ``order``."""
+        variable = self.independent[axis]
+        out = sp.diff(expr, variable)
+        for (c, *index), symbol in self._by_index.items():
             if expr.has(symbol):
-                target = (c, a + step[0], b + step[1])
+                index[axis] += 1
+                target = (c, *index)
                 if target not in self._by_index:
-                    raise ConfigError(f"D_{'xy'[axis]} of {expr} needs a jet of order > {self.order}")
+                    raise ConfigError(f"D_{variable.name} of {expr} needs a jet of order "
+                                      f"> {self.order}")
                 out += sp.diff(expr, symbol) * self._by_index[target]
         return out
 
     def __repr__(self) -> str:
         channels = f", channels={self.channels}" if self.channels > 1 else ""
-        return f"JetSpace(order={self.order}{channels}, dimension={self.dimension})"
+        independent = ("" if self.independent == PLANE else
+                       f", independent=({', '.join(v.name for v in self.independent)})")
+        return f"JetSpace(order={self.order}{channels}{independent}, dimension={self.dimension})"
+
+
+def _check_independent(independent: Sequence[sp.Symbol]) -> tuple[sp.Symbol, ...]:
+    """The independent variables as a tuple of distinct one-letter symbols (not ``u``)."""
+    out = []
+    for variable in independent:
+        variable = _KNOWN_VARIABLES.get(variable, variable) if isinstance(variable, str) else variable
+        if not isinstance(variable, sp.Symbol):
+            raise ConfigError(f"independent variables must be SymPy symbols, got {variable!r}")
+        name = variable.name
+        if len(name) != 1 or not name.isalpha() or name == "u":
+            raise ConfigError(f"an independent variable is named by one letter other than u (it "
+                              f"names the jet coordinates, u_x, u_xθ), got {name!r}")
+        out.append(_KNOWN_VARIABLES.get(name, variable))
+    if len({v.name for v in out}) != len(out):
+        raise ConfigError(f"independent variables must be distinct, got {out}")
+    return tuple(out)
 
 
 # ----------------------------------------------------------------------------- vector fields
@@ -177,29 +257,66 @@ class VectorField:
     """``xi_x d_x + xi_y d_y + phi_u d_u``, coefficients SymPy expressions in ``x, y, u``.
 
     Use the module's symbols :data:`x`, :data:`y`, :data:`u` (or strings, parsed with them).
+
+    A field on more independent variables than ``x, y`` gives its components along them in
+    ``xi_other``, ``{variable: coefficient}`` (a one-letter symbol, or ``"θ"`` for
+    :data:`theta`); its coefficients may depend on those variables too. The rotation of M2,
+    ``-y d_x + x d_y + d_θ``, is ``VectorField(-y, x, 0, "rotation", {theta: 1})``.
     """
 
     xi_x: sp.Expr = sp.S.Zero
     xi_y: sp.Expr = sp.S.Zero
     phi_u: sp.Expr = sp.S.Zero
     name: str = ""
+    #: Components along further independent variables, as ``((variable, coefficient), ...)``.
+    xi_other: tuple[tuple[sp.Symbol, sp.Expr], ...] = ()
 
     def __post_init__(self):
-        local = {"x": x, "y": y, "u": u}
-        for field in ("xi_x", "xi_y", "phi_u"):
-            value = sp.sympify(getattr(self, field), locals=local)
+        other = self.xi_other.items() if isinstance(self.xi_other, dict) else self.xi_other
+        variables = _check_independent((x, y, *(variable for variable, _ in other)))
+        local = {"u": u, **{v.name: v for v in variables}, **_KNOWN_VARIABLES}
+        allowed = {u, *variables}
+
+        def parse(value, field):
+            value = sp.sympify(value, locals=local)
             # Accept plain sp.Symbol("x") too: symbols are matched by name.
             value = value.xreplace({s: local[s.name] for s in value.free_symbols
                                     if s.name in local})
-            extra = value.free_symbols - {x, y, u}
+            extra = value.free_symbols - allowed
             if extra:
-                raise ConfigError(f"vector field coefficient {field}={value} may depend on x, y, u "
-                                 f"only, not {sorted(map(str, extra))}")
-            object.__setattr__(self, field, value)
+                names = ", ".join(v.name for v in (*variables, u))
+                hint = ("" if "θ" not in {s.name for s in extra} else
+                        " (a field on M2 gives its θ component, 0 if none, in xi_other)")
+                raise ConfigError(f"vector field coefficient {field}={value} may depend on "
+                                  f"{names} only, not {sorted(map(str, extra))}{hint}")
+            return value
+
+        for field in ("xi_x", "xi_y", "phi_u"):
+            object.__setattr__(self, field, parse(getattr(self, field), field))
+        object.__setattr__(self, "xi_other", tuple(
+            (variable, parse(value, f"xi_{variable.name}"))
+            for variable, (_, value) in zip(variables[2:], other, strict=True)))
+
+    @property
+    def variables(self) -> tuple[sp.Symbol, ...]:
+        """The independent variables the field is defined on: ``x, y`` and those of
+        ``xi_other``."""
+        return (x, y, *(variable for variable, _ in self.xi_other))
+
+    def xi(self, variable: sp.Symbol) -> sp.Expr:
+        """The component along an independent variable (0 for one the field does not name)."""
+        if variable == x:
+            return self.xi_x
+        if variable == y:
+            return self.xi_y
+        return dict(self.xi_other).get(variable, sp.S.Zero)
 
     def __str__(self) -> str:
         terms = []
-        for coefficient, basis in ((self.xi_x, "∂x"), (self.xi_y, "∂y"), (self.phi_u, "∂u")):
+        parts = ((self.xi_x, "∂x"), (self.xi_y, "∂y"),
+                 *((value, f"∂{variable.name}") for variable, value in self.xi_other),
+                 (self.phi_u, "∂u"))
+        for coefficient, basis in parts:
             if coefficient == 1:
                 terms.append(basis)
             elif coefficient != 0:
@@ -208,38 +325,63 @@ class VectorField:
         return " + ".join(terms).replace("+ -", "- ") or "0"
 
 
-def prolong(field: VectorField, order: int, channels: int = 1) -> dict[sp.Symbol, sp.Expr]:
+def _merge_variables(*groups: Sequence[sp.Symbol]) -> tuple[sp.Symbol, ...]:
+    """The union of independent variables, in order of first appearance."""
+    return tuple(dict.fromkeys(v for group in groups for v in group))
+
+
+def prolong(field: VectorField, order: int, channels: int = 1,
+            independent: Sequence[sp.Symbol] | None = None) -> dict[sp.Symbol, sp.Expr]:
     """The ``n``-th prolongation of ``field`` (Olver, Thm. 2.36): ``{coordinate: coefficient}``.
 
     Keys are ``x, y, u, u_x, ...`` (:attr:`JetSpace.coordinates`); the coefficient of ``u_J`` is
     ``phi^J = D_J (phi - xi_x u_x - xi_y u_y) + xi_x u_{J,x} + xi_y u_{J,y}``, expanded.
+
+    With ``p`` independent variables ``x^1 ... x^p`` (``independent``, by default the field's
+    :attr:`VectorField.variables`; ``(x, y, θ)`` on M2) the same theorem reads
+    ``phi^J = D_J (phi - sum_i xi^i u_i) + sum_i xi^i u_{J,i}``, ``D_i`` the total derivative
+    including explicit dependence on ``x^i``; a variable the field does not name has
+    ``xi^i = 0``.
 
     With ``channels = C > 1`` the field acts on every channel alike, ``xi_x d_x + xi_y d_y +
     sum_c phi(x, y, u^c) d_{u^c}`` (the group moves the plane and transforms every channel's
     values the same way), and ``phi^{c,J}`` is the formula above for each channel ``c``, with the
     total derivatives of the vector-valued jet. ``xi`` may then not depend on ``u``.
     """
-    if channels > 1 and (field.xi_x.has(u) or field.xi_y.has(u)):
+    independent = field.variables if independent is None else _check_independent(independent)
+    missing = [v.name for v in field.variables if v not in independent]
+    if missing:
+        raise ConfigError(f"{field} moves {', '.join(missing)}, which are not among the "
+                          f"independent variables {', '.join(v.name for v in independent)}")
+    xi = [field.xi(v) for v in independent]
+    if channels > 1 and any(c.has(u) for c in xi):
         raise ConfigError(f"{field}: on several channels the plane's part xi may not depend on u "
                           f"(which channel's u would it be?)")
-    jet = JetSpace(order + 1, channels)  # D_J Q involves order n + 1 terms, which cancel
-    out = {x: field.xi_x, y: field.xi_y}
+    p = len(independent)
+    units = [tuple(int(i == k) for i in range(p)) for k in range(p)]
+
+    def shifted(index, k):
+        return tuple(a + b for a, b in zip(index, units[k], strict=True))
+
+    jet = JetSpace(order + 1, channels, independent)  # D_J Q has order n + 1 terms, which cancel
+    out = dict(zip(independent, xi, strict=True))
+    highest = {symbol for (_, *index), symbol in jet._by_index.items() if sum(index) == order + 1}
     for c, dependent in enumerate(jet.dependent):
         phi = field.phi_u.xreplace({u: dependent})
-        characteristic = phi - field.xi_x * jet.symbol(1, 0, c) - field.xi_y * jet.symbol(0, 1, c)
-        # D_J Q for all |J| <= n, by total order: D_(a, b) = D_x D_(a-1, b) or D_y D_(a, b-1).
-        total: dict[tuple[int, int], sp.Expr] = {(0, 0): characteristic}
-        highest = {jet.symbol(i, order + 1 - i, k) for i in range(order + 2)
-                   for k in range(channels)}
-        for a, b in derivative_multi_indices(order):
-            if (a, b) != (0, 0):
-                total[(a, b)] = (jet.total_derivative(total[(a - 1, b)], 0) if a
-                                 else jet.total_derivative(total[(a, b - 1)], 1))
-            coefficient = sp.expand(total[(a, b)] + field.xi_x * jet.symbol(a + 1, b, c)
-                                    + field.xi_y * jet.symbol(a, b + 1, c))
+        characteristic = phi - sum(xi[k] * jet.derivative(units[k], c) for k in range(p))
+        # D_J Q for all |J| <= n, by total order: D_J = D_i D_(J - e_i), i the first axis of J.
+        zero = (0,) * p
+        total: dict[tuple[int, ...], sp.Expr] = {zero: characteristic}
+        for index in JetSpace(order, 1, independent).multi_indices:
+            if index != zero:
+                axis = next(k for k, count in enumerate(index) if count)
+                parent = tuple(count - (k == axis) for k, count in enumerate(index))
+                total[index] = jet.total_derivative(total[parent], axis)
+            coefficient = sp.expand(total[index] + sum(xi[k] * jet.derivative(shifted(index, k), c)
+                                                       for k in range(p)))
             if coefficient.free_symbols & highest:  # pragma: no cover - a bug, not a user error
                 raise AssertionError(f"prolongation of {field} did not cancel order {order + 1}")
-            out[jet.symbol(a, b, c)] = coefficient
+            out[jet.derivative(index, c)] = coefficient
     return out
 
 
@@ -247,13 +389,57 @@ def criterion(expr: sp.Expr, field: VectorField, order: int | None = None,
               channels: int | None = None) -> sp.Expr:
     """``pr zeta (expr)``, simplified (``cancel``): zero iff ``expr`` is invariant under ``field``.
 
-    ``order`` and ``channels`` default to those of the jet coordinates in ``expr``.
+    ``order`` and ``channels`` default to those of the jet coordinates in ``expr``. The jet space
+    has the field's independent variables and those that ``expr``'s jet coordinates name
+    (``u_θ``: ``θ``). Where ``expr`` has ``cos v``, ``sin v`` of a variable (``A1u = cos θ u_x +
+    sin θ u_y`` on M2), the result is reduced modulo ``cos² v + sin² v - 1``
+    (:func:`reduce_on_the_circle`), so that it is zero exactly when the criterion holds.
     """
+    expr = sp.sympify(expr)
     order = _expr_order(expr) if order is None else order
     channels = _expr_channels(expr) if channels is None else channels
-    prolonged = prolong(field, order, channels)
-    return sp.cancel(sum(coefficient * sp.diff(expr, symbol)
-                         for symbol, coefficient in prolonged.items()))
+    independent = _merge_variables(field.variables, _expr_variables(expr))
+    return _apply_prolonged(expr, prolong(field, order, channels, independent))
+
+
+def _apply_prolonged(expr: sp.Expr, prolonged: dict[sp.Symbol, sp.Expr]) -> sp.Expr:
+    """``pr zeta (expr)`` for a prolonged field ``{coordinate: coefficient}``, simplified."""
+    value = sp.cancel(sum(coefficient * sp.diff(expr, symbol)
+                          for symbol, coefficient in prolonged.items()))
+    return reduce_on_the_circle(value) if value.has(sp.cos, sp.sin) else value
+
+
+def reduce_on_the_circle(expr: sp.Expr) -> sp.Expr:
+    """``expr`` with ``cos v, sin v`` (``v`` a symbol) reduced modulo ``cos² v + sin² v - 1``.
+
+    ``cos v, sin v`` become symbols ``c, s``, and the numerator of ``expr``, a polynomial, is
+    replaced by its remainder of degree <= 1 in ``s`` after division by ``s² + c² - 1``: ``a +
+    b s`` with ``a, b`` free of ``s``. That vanishes on the whole circle only if ``a = b = 0``
+    (``s`` takes both signs for every ``|c| < 1``), so the result is 0 exactly when ``expr``
+    is 0 for every value of ``v``. (``cos 2v`` and the like are first expanded by
+    ``expand_trig``.) Returned with ``cos v, sin v`` back in place.
+    """
+    expr = sp.sympify(expr)
+    trig = expr.atoms(sp.cos, sp.sin)
+    if any(not f.args[0].is_Symbol for f in trig):
+        expr = sp.expand_trig(expr)
+        trig = expr.atoms(sp.cos, sp.sin)
+    angles = sorted({f.args[0] for f in trig if f.args[0].is_Symbol}, key=str)
+    if not angles:
+        return expr
+    forward, back, circles = {}, {}, []
+    for angle in angles:
+        c, s = sp.Dummy(f"cos_{angle.name}"), sp.Dummy(f"sin_{angle.name}")
+        forward.update({sp.cos(angle): c, sp.sin(angle): s})
+        back.update({c: sp.cos(angle), s: sp.sin(angle)})
+        circles.append((c, s))
+    numerator, denominator = sp.fraction(sp.together(expr.xreplace(forward)))
+    numerator = sp.expand(numerator)
+    for c, s in circles:
+        numerator = sp.expand(sp.rem(numerator, s**2 + c**2 - 1, s))
+    if numerator == 0:
+        return sp.S.Zero
+    return (numerator / denominator).xreplace(back)
 
 
 def is_invariant(expr: sp.Expr, group: LieGroupAction | str) -> bool:
@@ -261,21 +447,24 @@ def is_invariant(expr: sp.Expr, group: LieGroupAction | str) -> bool:
 
     A rational ``expr = a / b`` (symbols other than jet coordinates are constants) is tested as
     the polynomial identity ``b pr zeta(a) - a pr zeta(b) = 0`` (the quotient rule), exactly and
-    much faster than simplifying ``pr zeta(a / b)``; anything else through :func:`criterion`.
+    much faster than simplifying ``pr zeta(a / b)``; anything else (e.g. with ``cos θ``)
+    through :func:`criterion`.
     """
     group = get_group(group)
     expr = sp.sympify(expr)
     order, channels = _expr_order(expr), _expr_channels(expr)
-    space = JetSpace(order, channels)
+    independent = _merge_variables(group.variables, _expr_variables(expr))
+    space = JetSpace(order, channels, independent)
     gens = (*space.coordinates, *sorted(expr.free_symbols - set(space.coordinates), key=str))
     numerator, denominator = sp.fraction(sp.together(expr))
     try:
         a, b = sp.Poly(numerator, *gens), sp.Poly(denominator, *gens)
         fields = [{symbol: sp.Poly(coefficient, *gens) for symbol, coefficient
-                   in prolong(field, order, channels).items() if coefficient != 0}
+                   in prolong(field, order, channels, independent).items() if coefficient != 0}
                   for field in group.fields]
     except sp.PolynomialError:
-        return all(criterion(expr, field, order, channels) == 0 for field in group.fields)
+        return all(_apply_prolonged(expr, prolonged) == 0
+                   for prolonged in group.prolonged(order, channels, independent))
 
     def apply(poly: sp.Poly, prolonged: dict) -> sp.Poly:
         return sum((c * poly.diff(symbol) for symbol, c in prolonged.items()), sp.Poly(0, *gens))
@@ -283,7 +472,8 @@ def is_invariant(expr: sp.Expr, group: LieGroupAction | str) -> bool:
     return all((b * apply(a, prolonged) - a * apply(b, prolonged)).is_zero for prolonged in fields)
 
 
-_JET_NAME = re.compile(r"^u(\d*)(?:_([xy]+))?$")
+#: A jet coordinate's name: ``u`` or ``u<channel>``, then ``_`` and one letter per derivative.
+_JET_NAME = re.compile(r"^u(\d*)(?:_([^\W\d_]+))?$")
 
 
 def _expr_order(expr: sp.Expr) -> int:
@@ -297,6 +487,15 @@ def _expr_channels(expr: sp.Expr) -> int:
     matches = (_JET_NAME.match(s.name) for s in sp.sympify(expr).free_symbols)
     numbers = [int(m.group(1)) for m in matches if m and m.group(1)]
     return max(*numbers, 2) if numbers else 1
+
+
+def _expr_variables(expr: sp.Expr) -> tuple[sp.Symbol, ...]:
+    """The independent variables that ``expr``'s jet coordinates name (``u_xθ``: ``x, θ``),
+    ``x, y`` first, then the others by name; ``x, y`` always (the plane is the default)."""
+    matches = (_JET_NAME.match(s.name) for s in sp.sympify(expr).free_symbols)
+    letters = {letter for m in matches if m for letter in (m.group(2) or "")} - {"x", "y"}
+    return (x, y, *(_KNOWN_VARIABLES.get(letter) or sp.Symbol(letter, real=True)
+                    for letter in sorted(letters)))
 
 
 # ----------------------------------------------------------------------------- groups
@@ -319,21 +518,31 @@ class LieGroupAction:
     def dimension(self) -> int:
         return len(self.fields)
 
-    def prolonged(self, order: int, channels: int = 1) -> list[dict[sp.Symbol, sp.Expr]]:
-        return [prolong(field, order, channels) for field in self.fields]
+    @property
+    def variables(self) -> tuple[sp.Symbol, ...]:
+        """The independent variables the group acts on: ``x, y`` and any further ones its
+        generators name (``x, y, θ`` for a group acting on M2)."""
+        return _merge_variables(*(field.variables for field in self.fields))
+
+    def prolonged(self, order: int, channels: int = 1,
+                  independent: Sequence[sp.Symbol] | None = None) -> list[dict[sp.Symbol, sp.Expr]]:
+        independent = self.variables if independent is None else independent
+        return [prolong(field, order, channels, independent) for field in self.fields]
 
     def orbit_dimension(self, order: int, seed: int = 0, channels: int = 1) -> int:
         """Generic orbit dimension ``s`` on ``J^(n)`` (of ``channels`` channels): rank of the
         prolonged coefficients at a random rational point."""
-        jet = JetSpace(order, channels)
-        point = _random_point(jet.coordinates, random.Random(seed))
-        rows = [[_exact(prolonged[c], point) for c in jet.coordinates]
-                for prolonged in self.prolonged(order, channels)]
+        jet = JetSpace(order, channels, self.variables)
+        prolonged = self.prolonged(order, channels)
+        angles = _angles(value for p in prolonged for value in p.values())
+        point = _random_point(jet.coordinates, random.Random(seed), angles)
+        rows = [[_exact(p[c], point) for c in jet.coordinates] for p in prolonged]
         return _rank(rows)
 
     def expected_count(self, order: int, channels: int = 1) -> int:
         """Number of functionally independent invariants of order ``<= n``: ``dim J^(n) - s``."""
-        return JetSpace(order, channels).dimension - self.orbit_dimension(order, channels=channels)
+        return (JetSpace(order, channels, self.variables).dimension
+                - self.orbit_dimension(order, channels=channels))
 
     def __str__(self) -> str:
         return f"{self.name}: " + ", ".join(str(field) for field in self.fields)
@@ -373,6 +582,9 @@ register_group(LieGroupAction("affine", (
     *_TRANSLATIONS, VectorField(x, 0, 0, "x d_x"), VectorField(y, 0, 0, "y d_x"),
     VectorField(0, x, 0, "x d_y"), VectorField(0, y, 0, "y d_y")),
     "affine group A(2) = GL(2) ⋉ R^2 of the plane"))
+register_group(LieGroupAction("se2_m2", (
+    *_TRANSLATIONS, VectorField(-y, x, 0, "rotation", {theta: 1})),
+    "SE(2) acting on M2 = R² × S¹ by (x, θ) -> (R_φ x + b, θ + φ)"))
 
 #: Order and polynomial degree used for each ready group by :func:`symbolic_table`.
 #: ``JOINT_DEGREES`` is the same for several channels (``eqpdenet symbolic --channels C``).
@@ -384,6 +596,9 @@ DEFAULT_DEGREES: dict[str, list[tuple[int, int]]] = {
     "affine": [(1, 2), (2, 3), (3, 4)],
 }
 JOINT_DEGREES: list[tuple[int, int]] = [(1, 2), (2, 3)]
+#: Groups whose invariants come from the moving frame (:func:`left_invariant_derivatives`), and
+#: the orders :func:`symbolic_table` lists for them.
+FRAME_ORDERS: dict[str, list[int]] = {"se2_m2": [1, 2]}
 
 _PAPER = {name: sp.Symbol(name, real=True) for name in derivative_names(2)[1:]}
 _ux, _uy, _uxx, _uxy, _uyy = (_PAPER[n] for n in ("u_x", "u_y", "u_xx", "u_xy", "u_yy"))
@@ -409,10 +624,27 @@ _KNOWN_NAMES = {
 # ----------------------------------------------------------------------------- exact linear algebra
 
 
-def _random_point(symbols, rng: random.Random) -> dict[sp.Symbol, Fraction]:
-    """A random rational point; nonzero, large spread, so that it is generic in practice."""
-    return {s: Fraction(rng.choice((-1, 1)) * rng.randint(1, 10**4), rng.randint(1, 97))
-            for s in symbols}
+def _random_point(symbols, rng: random.Random, angles=()) -> dict[sp.Expr, Fraction]:
+    """A random rational point; nonzero, large spread, so that it is generic in practice.
+
+    An angle ``v`` of ``angles`` gets no value itself but a random rational point of the circle,
+    ``cos v = (1 - t²) / (1 + t²)``, ``sin v = 2 t / (1 + t²)`` (keys ``cos(v)``, ``sin(v)``), so
+    that expressions in ``cos v, sin v`` stay exact.
+    """
+    point: dict[sp.Expr, Fraction] = {}
+    for s in symbols:
+        if s in angles:
+            t = Fraction(rng.choice((-1, 1)) * rng.randint(1, 97), rng.randint(1, 97))
+            point[sp.cos(s)], point[sp.sin(s)] = (1 - t * t) / (1 + t * t), 2 * t / (1 + t * t)
+        else:
+            point[s] = Fraction(rng.choice((-1, 1)) * rng.randint(1, 10**4), rng.randint(1, 97))
+    return point
+
+
+def _angles(exprs) -> set[sp.Symbol]:
+    """The symbols ``v`` of which ``cos v`` or ``sin v`` occurs in ``exprs``."""
+    return {f.args[0] for e in exprs for f in sp.sympify(e).atoms(sp.cos, sp.sin)
+            if f.args[0].is_Symbol}
 
 
 def _exact(expr: sp.Expr, point: dict) -> Fraction:
@@ -507,16 +739,29 @@ def jacobian_rank(exprs: Sequence[sp.Expr], variables: Sequence[sp.Symbol] | Non
                   seed: int = 0) -> int:
     """Generic rank of the Jacobian of ``exprs`` (exact, at a random rational point).
 
-    ``variables`` default to the jet coordinates the expressions use. Equal to the number of
-    functionally independent expressions among them (with probability ~1).
+    ``variables`` default to the jet coordinates the expressions use (on M2, with ``θ``, when
+    they name ``θ``-derivatives or contain ``cos θ, sin θ``). Equal to the number of
+    functionally independent expressions among them (with probability ~1). A variable that
+    occurs as ``cos v, sin v`` is evaluated at a random rational point of the circle (see
+    :func:`_random_point`); it may not occur otherwise.
     """
     exprs = [sp.sympify(e) for e in exprs]
+    angles = _angles(exprs)
     if variables is None:
+        independent = _merge_variables(*(_expr_variables(e) for e in exprs),
+                                       sorted(angles - {x, y}, key=str))
         variables = JetSpace(max((_expr_order(e) for e in exprs), default=0),
-                             max((_expr_channels(e) for e in exprs), default=1)).coordinates
+                             max((_expr_channels(e) for e in exprs), default=1),
+                             independent).coordinates
+    for angle in angles:
+        hidden = {f: sp.Dummy() for e in exprs for f in e.atoms(sp.cos, sp.sin)
+                  if f.args[0] == angle}
+        if any(e.xreplace(hidden).has(angle) for e in exprs):
+            raise ConfigError(f"{angle} occurs outside cos({angle}), sin({angle}): the exact "
+                              f"rank test needs rational values of every term")
     rng = random.Random(seed)
     for _ in range(10):
-        point = _random_point(variables, rng)
+        point = _random_point(variables, rng, angles)
         try:
             rows = [[_exact(sp.diff(e, v), point) for v in variables] for e in exprs]
         except ZeroDivisionError:
@@ -540,23 +785,27 @@ def functionally_independent(exprs: Sequence[sp.Expr],
 
 @dataclasses.dataclass
 class SymbolicInvariants:
-    """Result of :func:`find_invariants`.
+    """Result of :func:`find_invariants` (or :func:`left_invariant_derivatives`).
 
     Attributes:
         group: the group.
         order: jet order ``n``.
-        max_degree: highest polynomial degree searched (numerator and denominator each).
+        max_degree: highest polynomial degree searched (numerator and denominator each); None
+            for the moving frame, which does not search.
         expressions: functionally independent invariants (SymPy), simplest first.
         expected_count: ``dim J^(n) - s`` predicted by the theory.
         jet_dimension, orbit_dimension: ``dim J^(n)`` and ``s``.
         seconds: wall time of the search.
         notes: caveats (fewer found than predicted, group without translations, ...).
         channels: number of dependent variables ``u1 ... uC`` (1: ``u``).
+        method: ``"search"`` (polynomial and rational search) or ``"frame"`` (moving frame).
+        names: names of the expressions (``"A13u"``), or empty (the search does not name them).
+        frame: the :class:`MovingFrame` the invariants were derived from (``method="frame"``).
     """
 
     group: LieGroupAction
     order: int
-    max_degree: int
+    max_degree: int | None
     expressions: list[sp.Expr]
     expected_count: int
     jet_dimension: int
@@ -564,6 +813,9 @@ class SymbolicInvariants:
     seconds: float
     notes: list[str] = dataclasses.field(default_factory=list)
     channels: int = 1
+    method: str = "search"
+    names: tuple[str, ...] = ()
+    frame: MovingFrame | None = None
 
     @property
     def found_count(self) -> int:
@@ -575,10 +827,15 @@ class SymbolicInvariants:
 
     def __str__(self) -> str:
         channels = f", {self.channels} channels" if self.channels > 1 else ""
+        method = ", moving frame" if self.method == "frame" else ""
         lines = [f"{self.group.name}{channels}, order {self.order}: {self.found_count} of "
                  f"{self.expected_count} expected invariants (dim J = {self.jet_dimension}, "
-                 f"orbit dim = {self.orbit_dimension}, {self.seconds:.2f} s)"]
-        lines += [f"  {unicode_formula(e)}" for e in self.expressions]
+                 f"orbit dim = {self.orbit_dimension}{method}, {self.seconds:.2f} s)"]
+        if self.frame is not None:
+            lines += [f"  {line}" for line in str(self.frame).splitlines()]
+        names = self.names or ("",) * len(self.expressions)
+        lines += [f"  {name + ' = ' if name and name != str(e) else ''}{unicode_formula(e)}"
+                  for name, e in zip(names, self.expressions, strict=True)]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -600,7 +857,8 @@ def _annihilated(basis: list[tuple[int, ...]], fields: list[dict], jet: JetSpace
     """Polynomials in ``span(monomials basis)`` killed by every prolonged field (exact nullspace)."""
     if not fields:
         return [sp.Poly.from_dict({m: 1}, *gens, domain=sp.QQ) for m in basis]
-    all_gens = (x, y, *gens)
+    all_gens = (*jet.independent, *gens)
+    base = (0,) * len(jet.independent)
     rows: dict[tuple, dict[int, sp.Rational]] = {}
     for f_index, prolonged in enumerate(fields):
         for k, symbol in enumerate(gens):
@@ -617,7 +875,7 @@ def _annihilated(basis: list[tuple[int, ...]], fields: list[dict], jet: JetSpace
                     continue
                 lowered = monomial[:k] + (e - 1,) + monomial[k + 1:]
                 for exponents, value in coefficient_terms:
-                    key = (f_index, tuple(a + b for a, b in zip(exponents, (0, 0, *lowered),
+                    key = (f_index, tuple(a + b for a, b in zip(exponents, (*base, *lowered),
                                                                 strict=True)))
                     row = rows.setdefault(key, {})
                     row[column] = row.get(column, sp.QQ.zero) + sp.QQ(e) * value
@@ -644,7 +902,7 @@ def _normalise(poly: sp.Poly) -> sp.Poly:
 
 def find_invariants(group: LieGroupAction | str, order: int, max_degree: int = 3,
                     rational: bool = True, seed: int = 0,
-                    channels: int = 1) -> SymbolicInvariants:
+                    channels: int = 1, method: str = "auto") -> SymbolicInvariants:
     """Functionally independent differential invariants of order ``<= order`` (see module doc).
 
     Args:
@@ -656,10 +914,20 @@ def find_invariants(group: LieGroupAction | str, order: int, max_degree: int = 3
         seed: seed of the random point of the rank tests.
         channels: ``C`` dependent variables ``u1 ... uC`` transformed alike (see :func:`prolong`):
             the joint invariants of the channels.
+        method: ``"search"``, the polynomial and rational search in the ``u``-jet (free of the
+            independent variables); ``"frame"``, the moving frame
+            (:func:`left_invariant_derivatives`; ``max_degree`` and ``rational`` unused);
+            ``"auto"`` (default): the frame for a group acting on more than ``x, y`` (on M2 the
+            invariants depend on ``θ`` through ``cos θ, sin θ``, which the search does not
+            form), the search otherwise.
     """
     start = time.perf_counter()
     group = get_group(group)
-    jet = JetSpace(order, channels)
+    if method not in ("auto", "search", "frame"):
+        raise ConfigError(f"method must be 'auto', 'search' or 'frame', got {method!r}")
+    if method == "frame" or (method == "auto" and len(group.variables) > 2):
+        return left_invariant_derivatives(group, order, channels=channels, seed=seed)
+    jet = JetSpace(order, channels, group.variables)
     gens = jet.derivatives
     prolonged = group.prolonged(order, channels)
     diagonal, other = [], []
@@ -702,6 +970,11 @@ def find_invariants(group: LieGroupAction | str, order: int, max_degree: int = 3
     if not _has_translations(group):
         notes.append("the group does not contain both translations: only invariants free of "
                      "x, y were searched, the expected count includes x, y-dependent ones")
+    elif len(kept) < expected and len(jet.independent) > 2:
+        names = ", ".join(v.name for v in jet.independent)
+        beyond = ", ".join(v.name for v in jet.independent[2:])
+        notes.append(f"found {len(kept)} of {expected}: only invariants free of {names} were "
+                     f"searched; those that depend on {beyond} come from method='frame'")
     elif len(kept) < expected:
         notes.append(f"found {len(kept)} of {expected}: raise max_degree (now {max_degree})"
                      + ("" if rational else " or allow rational invariants"))
@@ -713,6 +986,195 @@ def _has_translations(group: LieGroupAction) -> bool:
     rows = [[field.xi_x, field.xi_y] for field in group.fields
             if field.phi_u == 0 and field.xi_x.is_Number and field.xi_y.is_Number]
     return sp.Matrix(rows).rank() == 2 if rows else False
+
+
+# ----------------------------------------------------------------------------- moving frame
+
+
+@dataclasses.dataclass(frozen=True)
+class MovingFrame:
+    """The left-invariant frame ``A_1 ... A_p`` of a group acting freely and transitively on the
+    independent variables (:func:`left_invariant_frame`).
+
+    Attributes:
+        group: the group.
+        variables: the independent variables ``x^1 ... x^p`` (``x, y, θ`` on M2).
+        fields: ``A_i`` as its components ``(a_i^1, ..., a_i^p)`` along ``variables``; ``A_i`` is
+            ``d_{x^i}`` at the origin. On M2: ``A1 = cos θ d_x + sin θ d_y``,
+            ``A2 = -sin θ d_x + cos θ d_y``, ``A3 = d_θ``.
+    """
+
+    group: LieGroupAction
+    variables: tuple[sp.Symbol, ...]
+    fields: tuple[tuple[sp.Expr, ...], ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f"A{i + 1}" for i in range(len(self.fields)))
+
+    def apply(self, i: int, expr: sp.Expr, jet: JetSpace) -> sp.Expr:
+        """``A_i expr = sum_k a_i^k D_k expr``: ``A_i`` acting on a function on the jet space as a
+        total derivative (``D_θ`` includes the explicit dependence on ``θ``, e.g. of ``cos θ``)."""
+        return sp.expand(sum((a * jet.total_derivative(expr, k)
+                              for k, a in enumerate(self.fields[i]) if a != 0), sp.S.Zero))
+
+    def bracket(self, i: int, field: VectorField) -> tuple[sp.Expr, ...]:
+        """``[A_i, zeta]`` (components along ``variables``, reduced on the circle): zero for every
+        generator ``zeta`` of the group (the frame commutes with the action)."""
+        a, xi = self.fields[i], [field.xi(v) for v in self.variables]
+        return tuple(reduce_on_the_circle(sp.expand(
+            sum(a[k] * sp.diff(xi[j], v) - xi[k] * sp.diff(a[j], v)
+                for k, v in enumerate(self.variables))))
+            for j in range(len(self.variables)))
+
+    def commutator(self, i: int, j: int) -> tuple[sp.Expr, ...]:
+        """The coefficients ``c^k`` of ``[A_i, A_j] = sum_k c^k A_k`` (constants: the structure
+        constants of the group; on M2 ``[A1, A3] = -A2``, ``[A2, A3] = A1``, ``[A1, A2] = 0``)."""
+        a, b = self.fields[i], self.fields[j]
+        components = sp.Matrix([sum(a[k] * sp.diff(b[m], v) - b[k] * sp.diff(a[m], v)
+                                    for k, v in enumerate(self.variables))
+                                for m in range(len(self.variables))])
+        frame = sp.Matrix(self.fields).T  # column k: A_k
+        return tuple(sp.trigsimp(sp.simplify(c)) for c in frame.LUsolve(components))
+
+    def __str__(self) -> str:
+        lines = []
+        for name, components in zip(self.names, self.fields, strict=True):
+            field = VectorField(components[0], components[1], 0, name,
+                                dict(zip(self.variables[2:], components[2:], strict=True)))
+            lines.append(f"{name} = {field}")
+        return "\n".join(lines)
+
+
+def _real_exp(matrix: sp.Matrix) -> sp.Matrix:
+    """``exp(matrix)``, written with real functions (``cos s``, not ``exp(i s)``)."""
+    value = matrix.exp()
+    if value.has(sp.I):
+        value = value.applyfunc(lambda e: sp.simplify(e.rewrite(sp.cos)))
+    return value
+
+
+def left_invariant_frame(group: LieGroupAction | str) -> MovingFrame:
+    """The vector fields on the independent variables that commute with every generator of
+    ``group``, one for each variable: the left-invariant frame (solved, then verified).
+
+    The group must act freely and transitively on its ``p`` independent variables (``p``
+    generators, spanning every direction at the origin), by affine generators ``zeta = J v + b``
+    (``J`` constant; SE(2) on M2: ``d_x, d_y, -y d_x + x d_y + d_θ``), not changing ``u``.
+    Then ``g(s) = exp(s_1 zeta_1) ... exp(s_p zeta_p)`` (translations outermost) reaches every
+    point ``m = g(s) . 0`` once, and ``A_i(m) = dg(s) e_i``: ``dg = exp(s_1 J_1) ... exp(s_p J_p)``
+    is the differential of ``g``, and ``exp(s zeta)`` acts on ``(v, 1)`` as ``exp(s [[J, b],
+    [0, 0]])``. Such a field is invariant under every group element, i.e. ``[A_i, zeta] = 0`` for
+    every generator; this is checked exactly (:meth:`MovingFrame.bracket`, an ``AssertionError``
+    would be a bug).
+    """
+    group = get_group(group)
+    variables = group.variables
+    p, names = len(variables), ", ".join(v.name for v in variables)
+    if any(field.phi_u != 0 for field in group.fields):
+        raise ConfigError(f"{group.name}: the moving frame needs a group that does not change "
+                          f"the values of u (phi_u = 0 for every generator)")
+    if group.dimension != p:
+        raise ConfigError(f"{group.name}: the moving frame needs a group acting freely and "
+                          f"transitively on its independent variables ({names}), "
+                          f"so {p} generators; it has {group.dimension}")
+    origin = dict.fromkeys(variables, 0)
+    linear, offsets = [], []
+    for field in group.fields:
+        xi = [field.xi(v) for v in variables]
+        jacobian = sp.Matrix([[sp.diff(c, v) for v in variables] for c in xi])
+        if any(c.has(u) for c in xi) or not all(e.is_number for e in jacobian):
+            raise ConfigError(f"{group.name}: the moving frame needs affine generators "
+                              f"(coefficients of degree <= 1 in {names}), "
+                              f"got {field}")
+        linear.append(jacobian)
+        offsets.append(sp.Matrix([c.xreplace(origin) for c in xi]))
+    if sp.Matrix.hstack(*offsets).rank() != p:
+        raise ConfigError(f"{group.name}: the generators do not span every direction at the "
+                          f"origin, so the action is not free and transitive there")
+    times = [sp.Dummy(f"s{i}", real=True) for i in range(p)]
+    point, differential = sp.zeros(p, 1), sp.eye(p)
+    # exp(s_i zeta_i) applied innermost first; translations (J = 0) outermost.
+    order = sorted(range(p), key=lambda i: not linear[i].is_zero_matrix)
+    for i in reversed(order):
+        augmented = sp.zeros(p + 1, p + 1)
+        augmented[:p, :p], augmented[:p, p] = linear[i], offsets[i]
+        flow = _real_exp(times[i] * augmented)
+        point = flow[:p, :p] * point + flow[:p, p]
+        differential = flow[:p, :p] * differential
+    solutions = sp.solve(list(point - sp.Matrix(variables)), times, dict=True)
+    if len(solutions) != 1:
+        raise ConfigError(f"{group.name}: could not invert the group's coordinates "
+                          f"s -> g(s) . 0 (solutions: {solutions})")
+    frame_matrix = differential.xreplace(solutions[0]).applyfunc(sp.simplify)
+    fields = tuple(tuple(frame_matrix[:, i]) for i in range(p))
+    frame = MovingFrame(group, variables, fields)
+    for i in range(p):
+        for field in group.fields:
+            if any(c != 0 for c in frame.bracket(i, field)):  # pragma: no cover - a bug
+                raise AssertionError(f"{frame.names[i]} does not commute with {field}")
+    return frame
+
+
+def left_invariant_derivatives(group: LieGroupAction | str, order: int, channels: int = 1,
+                               seed: int = 0) -> SymbolicInvariants:
+    """The differential invariants of order ``<= order`` by the moving frame: ``u`` and its
+    symmetrised iterated derivatives along the left-invariant frame (:func:`left_invariant_frame`).
+
+    For a multi-index ``i_1 <= ... <= i_k`` (``k <= order``) the invariant is the mean of
+    ``A_{j_1} ... A_{j_k} u`` over the distinct orderings ``j`` of ``i``, each ``A_j`` acting as a
+    total derivative (:meth:`MovingFrame.apply`); named ``A<i_1...i_k>u`` (``A13u``). On M2:
+    ``u, A1u, A2u, A3u, A11u, A12u, A13u, A22u, A23u, A33u`` with ``A13u = (A1 A3 + A3 A1) u / 2
+    = A1 A3 u + A2 u / 2``: ``A1`` and ``A3`` do not commute (``[A1, A3] = -A2``), and the mean
+    does not depend on a choice of order (the frame's analogue of the Hessian). Any fixed choice
+    of orderings is a complete set too: they differ by derivatives of lower order.
+
+    Each ``A_J u`` is invariant because the frame commutes with the action; this is verified
+    exactly (:func:`criterion` on every generator, modulo ``cos² + sin² = 1``; a failure would
+    be a bug and raises ``AssertionError``). Their number is ``C binom(n + p, p) = dim J^(n) -
+    p``, the expected count of a free action; the Jacobian rank of the set (at a random rational
+    point with rational ``cos θ, sin θ``) is compared with it, and a note says if they differ.
+    With ``channels = C`` every channel's derivatives are included (joint invariants), named
+    ``A13u2`` etc.
+    """
+    start = time.perf_counter()
+    group = get_group(group)
+    frame = left_invariant_frame(group)
+    p = len(frame.variables)
+    jet = JetSpace(order, channels, frame.variables)
+    ordered: dict[tuple[int, tuple[int, ...]], sp.Expr] = {}
+
+    def product(channel: int, word: tuple[int, ...]) -> sp.Expr:
+        """``A_{word[0]} A_{word[1]} ... u`` (the last one applied first)."""
+        key = (channel, word)
+        if key not in ordered:
+            ordered[key] = (jet.dependent[channel] if not word else
+                            frame.apply(word[0], product(channel, word[1:]), jet))
+        return ordered[key]
+
+    expressions, names = [], []
+    for channel, dependent in enumerate(jet.dependent):
+        suffix = dependent.name[1:]
+        for k in range(order + 1):
+            for multi_index in itertools.combinations_with_replacement(range(p), k):
+                words = sorted(set(itertools.permutations(multi_index)))
+                mean = sum((product(channel, w) for w in words), sp.S.Zero) / len(words)
+                expressions.append(sp.collect(sp.expand(mean), jet.derivatives))
+                names.append(f"A{''.join(str(i + 1) for i in multi_index)}u{suffix}" if k
+                             else dependent.name)
+    prolonged = group.prolonged(order, channels, frame.variables)
+    for name, expr in zip(names, expressions, strict=True):
+        for field, coefficients in zip(group.fields, prolonged, strict=True):
+            if _apply_prolonged(expr, coefficients) != 0:  # pragma: no cover - a bug
+                raise AssertionError(f"{name} = {expr} is not invariant under {field}")
+    orbit = group.orbit_dimension(order, seed, channels)
+    rank = jacobian_rank(expressions, jet.coordinates, seed)
+    notes = [] if rank == len(expressions) == jet.dimension - orbit else [
+        f"{len(expressions)} derivatives along the frame, Jacobian rank {rank}, "
+        f"expected {jet.dimension - orbit}"]
+    return SymbolicInvariants(group, order, None, expressions, jet.dimension - orbit,
+                              jet.dimension, orbit, time.perf_counter() - start, notes, channels,
+                              "frame", tuple(names), frame)
 
 
 # ----------------------------------------------------------------------------- compilation
@@ -729,7 +1191,12 @@ def unicode_formula(expr: sp.Expr) -> str:
 
 
 def _torch_polynomial(expr: sp.Expr) -> Callable:
-    """``expr`` (a polynomial in the jet symbols) as ``f(d) -> tensor``, by walking its tree."""
+    """``expr`` (a polynomial in the jet symbols, and in ``cos θ, sin θ`` on M2) as
+    ``f(d) -> tensor``, by walking its tree (``d.u_x``, ``d.cos``: an
+    :class:`~eqpdenet.pde.m2.M2Derivatives` view on M2)."""
+    if isinstance(expr, (sp.cos, sp.sin)) and expr.args[0] == theta:
+        attribute = "cos" if isinstance(expr, sp.cos) else "sin"
+        return lambda d: getattr(d, attribute)
     if expr.is_Symbol:
         name = expr.name
         return lambda d: getattr(d, name)
@@ -764,16 +1231,24 @@ def compile_invariants(symbolic: SymbolicInvariants | Sequence[sp.Expr], name: s
     ``together`` form); a ratio is evaluated as ``safe_ratio(numerator, denominator, eps)``.
     ``eps`` is the one the layer passes (``EulerConv(ratio_eps=...)``) unless ``ratio_eps`` fixes
     it for this set. Invariants equal to one of the paper's (``u``, ``laplacian``, ...) get its
-    name (so ``PDELayer.build(init="heat")`` finds the Laplacian); others are ``{name}_{k}``.
+    name (so ``PDELayer.build(init="heat")`` finds the Laplacian); others are ``{name}_{k}``,
+    unless the result names them (the moving frame's ``A13u``).
     With ``register``, the set is also registered by ``name`` (see
     :func:`eqpdenet.invariants.register_invariant_set`).
+
+    Expressions in the jet of M2 (``u_θ``, ``u_xθ``, ``cos θ``, ``sin θ``: the moving frame's
+    result for ``se2_m2``) give an :class:`~eqpdenet.pde.m2.M2InvariantSet`, called on an M2
+    jet ``(..., 10, N, H, W)`` (:class:`~eqpdenet.pde.m2.M2Jet`); they must be polynomials in
+    the jet and ``cos θ, sin θ`` of order <= 2.
     """
+    names: tuple[str, ...] = ()
     if isinstance(symbolic, SymbolicInvariants):
-        exprs = list(symbolic.expressions)
+        exprs, names = list(symbolic.expressions), symbolic.names
         group = group or symbolic.group.description or symbolic.group.name
         order = symbolic.order if order is None else order
-        equation = f"derived by eqpdenet.symbolic (order {symbolic.order}, degree " \
-                   f"<= {symbolic.max_degree})"
+        how = ("moving frame" if symbolic.max_degree is None
+               else f"degree <= {symbolic.max_degree}")
+        equation = f"derived by eqpdenet.symbolic (order {symbolic.order}, {how})"
     else:
         exprs = [sp.sympify(e) for e in symbolic]
         equation = "compiled by eqpdenet.symbolic"
@@ -782,25 +1257,52 @@ def compile_invariants(symbolic: SymbolicInvariants | Sequence[sp.Expr], name: s
     if max(_expr_channels(e) for e in exprs) > 1:
         raise ConfigError("compile_invariants compiles invariants of one channel u; for joint "
                           "invariants of several channels use eqpdenet.pde.joint.JointInvariants")
+    angles = _angles(exprs)
+    variables = _merge_variables(*(_expr_variables(e) for e in exprs),
+                                 sorted(angles - {x, y}, key=str))
+    on_m2 = variables != PLANE
+    if on_m2:
+        _check_m2_expressions(exprs, variables, angles)
     order = max(max(_expr_order(e) for e in exprs), 0) if order is None else order
     invariants, used = [], set()
     for index, expr in enumerate(exprs):
         numerator, denominator = sp.fraction(sp.together(expr))
+        if on_m2:
+            if not denominator.is_number:
+                raise ConfigError(f"cannot compile {expr} on M2: only polynomials in the jet "
+                                  f"and cos θ, sin θ are supported there")
+            numerator, denominator = sp.expand(expr), sp.S.One
         numerator_f = _torch_polynomial(numerator)
         if denominator == 1:
             function = _polynomial_function(numerator_f)
         else:
             denominator_f = _torch_polynomial(denominator)
             function = _ratio_function(numerator_f, denominator_f, ratio_eps)
-        label = _name_of(expr) or f"{name}_{index}"
+        label = (names[index] if names else _name_of(expr)) or f"{name}_{index}"
         if label in used:
             label = f"{name}_{index}"
         used.add(label)
         invariants.append(Invariant(label, unicode_formula(expr), sp.latex(expr), function))
-    invariant_set = InvariantSet(name, group or name, order, invariants, equation)
+    invariant_set = (M2InvariantSet if on_m2 else InvariantSet)(name, group or name, order,
+                                                                invariants, equation)
     if register:
         register_invariant_set(invariant_set)
     return invariant_set
+
+
+def _check_m2_expressions(exprs: Sequence[sp.Expr], variables: tuple[sp.Symbol, ...],
+                          angles: set[sp.Symbol]) -> None:
+    """ConfigError unless ``exprs`` are functions of the M2 2-jet and ``cos θ, sin θ`` only."""
+    if not set(variables) <= set(M2) or not angles <= {theta}:
+        raise ConfigError(f"compile_invariants compiles functions of the jet of the plane (x, y) "
+                          f"or of M2 (x, y, θ), not of {', '.join(v.name for v in variables)}")
+    for expr in exprs:
+        trig = {sp.cos(theta): sp.Dummy(), sp.sin(theta): sp.Dummy()}
+        unknown = {s.name for s in expr.xreplace(trig).free_symbols - set(trig.values())}
+        unknown -= set(M2_DERIVATIVE_NAMES)
+        if unknown:
+            raise ConfigError(f"cannot compile {expr} on M2: it uses {sorted(unknown)}, not only "
+                              f"the 2-jet {', '.join(M2_DERIVATIVE_NAMES)} and cos θ, sin θ")
 
 
 def _polynomial_function(numerator: Callable) -> Callable:
