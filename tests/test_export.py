@@ -11,6 +11,7 @@ import importlib.util
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from data_helpers import mnist_or_skip
@@ -40,6 +41,7 @@ from eqpdenet.models import (
     EqPdeNet,
     GCNNConfig,
     InvariantPDEConfig,
+    LiftedPDEConfig,
     build_model,
 )
 from eqpdenet.pde import LayerConfig, PDELayer
@@ -57,6 +59,8 @@ TINY = {
     "gcnn": [({"gcnn": GCNNConfig(channels=[2, 3], kernels=[5, 3], pool_after=[1])}, True)],
     "invariant_pde": [({"invariant_pde": InvariantPDEConfig(channels=[4, 6], blocks=[1, 1])},
                        True)],
+    "lifted_pde": [({"lifted_pde": LiftedPDEConfig(orientations=4, channels=[3, 4],
+                                                   blocks=[1, 1])}, True)],
 }
 CASES = [(kind, index) for kind in MODELS.names() for index in range(len(TINY.get(kind, [0])))]
 
@@ -197,6 +201,21 @@ def test_a_failed_export_keeps_no_file_and_leaves_the_old_one(model, message, tm
         export_model(model, out, "exported-program", images=digits(16))
     assert out.read_bytes() == b"the previous export"
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt2"]
+
+
+class _Float64Conv(FCNN):
+    """Builds a constant by a float64 convolution at every call (onnxruntime has none)."""
+
+    def forward(self, images):
+        ones = torch.ones(1, 1, 3, dtype=torch.float64)
+        return super().forward(images) * F.conv1d(ones, ones).sum().float() / 3
+
+
+def test_a_file_the_runtime_cannot_run_is_one_error_and_no_file(tmp_path):
+    pytest.importorskip("onnxruntime")
+    with pytest.raises(ExportError, match="onnxruntime cannot run _Float64Conv as onnx: "):
+        export_model(_Float64Conv(8), tmp_path / "m.onnx", "onnx", images=digits(4))
+    assert not list(tmp_path.iterdir())
 
 
 class _Rounding(nn.Module):

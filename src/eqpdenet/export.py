@@ -21,16 +21,17 @@ host, so the graph holds only standard PyTorch operators (the Euler steps unroll
 number of them); a graph that still calls a custom operator (``torch.ops.eqpdenet.*``, which
 no other runtime knows) is refused with an :class:`~eqpdenet.errors.ExportError`.
 
-Verification is part of :func:`export_model`: the file is written to a temporary sibling,
-loaded with the runtime it targets (:func:`load_exported`), run on the given images (the whole
-batch and the first image alone) and compared with the model's own logits in PyTorch (its
-default backend: the C++ kernel where it applies); for a model that claims invariance under
-quarter turns (``model.quarter_turn_invariant``) the exported model is run on the images
-turned by 90, 180 and 270 degrees as well. Differences are relative to the largest logit of the
-batch: ``max |exported - pytorch| / max |pytorch|``. Only a file that passes (within
-``tolerance``, default :data:`DEFAULT_TOLERANCE`, or provably no worse than PyTorch's own float32
-rounding: :func:`export_model`) replaces ``out``; otherwise the temporary file is deleted and an
-:class:`~eqpdenet.errors.ExportError` names the difference. ``out`` is never half-written.
+Verification is part of :func:`export_model`: the file is written to a temporary sibling, loaded
+with the runtime it targets (:func:`load_exported`), run on the given images (in batches of
+:data:`VERIFY_BATCH`, and the first image alone) and compared with the model's own logits in
+PyTorch (its default backend: the C++ kernel where it applies); for a model that claims
+invariance under quarter turns (``model.quarter_turn_invariant``) the exported model is run on
+the images turned by 90, 180 and 270 degrees as well. Differences are relative to the largest
+logit of the batch: ``max |exported - pytorch| / max |pytorch|``. Only a file that passes
+(within ``tolerance``, default :data:`DEFAULT_TOLERANCE`, or within twice PyTorch's own float32
+rounding of the model: :func:`export_model`) replaces ``out``; otherwise the temporary file is
+deleted and an :class:`~eqpdenet.errors.ExportError` names the difference. ``out`` is never
+half-written.
 
 Example:
     >>> from eqpdenet.models import FCNN
@@ -68,6 +69,7 @@ __all__ = [
     "DEFAULT_TOLERANCE",
     "FORMATS",
     "ONNX_OPSET",
+    "VERIFY_BATCH",
     "ExportFormat",
     "ExportReport",
     "check_export",
@@ -83,6 +85,9 @@ DEFAULT_TOLERANCE = 1e-5
 #: The ONNX opset written: 18 is the oldest the PyTorch exporter writes, so the widest choice of
 #: runtimes (onnxruntime >= 1.14) can read the file.
 ONNX_OPSET = 18
+#: Images per call of the verification (the logits of a batch of any size are computed in
+#: chunks of this many: memory stays bounded for large models and 1,000 images).
+VERIFY_BATCH = 100
 #: The operator namespaces every runtime knows (PyTorch's own); any other is a custom operator.
 STANDARD_NAMESPACES = ("aten", "prims")
 
@@ -261,6 +266,11 @@ def trace(model: nn.Module, example: Tensor) -> torch.export.ExportedProgram:
     try:
         with _evaluating(model):
             module = portable_module(model).eval()
+            with torch.no_grad():
+                # one eager pass first: constants a module computes once and caches (the
+                # anti-aliased downsampling's matrices) enter the graph as constants, not as
+                # the float64 operations that build them (onnxruntime has no float64 Conv)
+                module(example)
             with export_mode(), _quiet():
                 program = torch.export.export(module, (example,),
                                               dynamic_shapes=({0: torch.export.Dim("batch")},))
@@ -341,9 +351,15 @@ def _largest(*differences: Tensor) -> float:
     return max(float(d.abs().max()) for d in differences)
 
 
+def _chunked(run: Runner, images: Tensor) -> Tensor:
+    """``run`` on ``images`` in chunks of :data:`VERIFY_BATCH`, the logits concatenated."""
+    return torch.cat([run(images[i:i + VERIFY_BATCH].contiguous())
+                      for i in range(0, len(images), VERIFY_BATCH)])
+
+
 def _turn_error(run: Runner, images: Tensor, logits: Tensor) -> float:
     scale = float(logits.abs().max())
-    return max(_relative(_largest(run(torch.rot90(images, k, (-2, -1)).contiguous()) - logits),
+    return max(_relative(_largest(_chunked(run, torch.rot90(images, k, (-2, -1))) - logits),
                          scale) for k in (1, 2, 3))
 
 
@@ -357,8 +373,8 @@ def _float32_noise(model: nn.Module, images: Tensor, turns: bool) -> float | Non
         with _evaluating(model), torch.no_grad():
             for k in (0, 1, 2, 3) if turns else (0,):
                 turned = torch.rot90(images, k, (-2, -1)).contiguous()
-                exact = exact_model(turned.double())
-                noise = max(noise, _relative(_largest(model(turned).double() - exact),
+                exact = _chunked(exact_model, turned.double())
+                noise = max(noise, _relative(_largest(_chunked(model, turned).double() - exact),
                                              float(exact.abs().max())))
         return noise
     except Exception:
@@ -418,11 +434,17 @@ def export_model(model: nn.Module, out: str | os.PathLike, format: str = "onnx",
 
         start = time.perf_counter()
         log(f"verifying with {chosen.runtime} on {len(images)} images")
-        run = chosen.load(staging)
         with _evaluating(model), torch.no_grad():
-            expected = model(images)
-        exported = run(images)
-        single = run(images[:1])  # a batch of one through the dynamic axis
+            expected = _chunked(model, images)
+        try:
+            run = chosen.load(staging)
+            exported = _chunked(run, images)
+            single = run(images[:1])  # a batch of one through the dynamic axis
+        except Exception as error:
+            first = next((line for line in str(error).splitlines() if line.strip()), "")
+            raise ExportError(f"verification failed: {chosen.runtime} cannot run {family} as "
+                              f"{chosen.name}: {type(error).__name__}: {first.strip()}; no "
+                              f"file written") from None
         difference = _largest(exported - expected, single - expected[:1])
         relative = _relative(difference, float(expected.abs().max()))
         report = ExportReport(out, chosen.name, family, len(images), difference, relative, None,
