@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from torch import Tensor, nn
 
 from ..checks import check_images, require, require_int
+from ..errors import MissingDependencyError
+from ..geometry import halvings_stay_even
 from .perceptron import Standardize
 
 __all__ = ["GCNN", "GCNNConfig"]
@@ -64,7 +66,7 @@ def _e2cnn():
             from e2cnn import gspaces
             from e2cnn import nn as enn
     except ImportError as error:
-        raise ImportError("the G-CNN baseline needs e2cnn, an optional dependency: "
+        raise MissingDependencyError("the G-CNN baseline needs e2cnn, an optional dependency: "
                           "pip install 'eqpdenet[gcnn]'") from error
     return gspaces, enn
 
@@ -120,6 +122,13 @@ class GCNN(nn.Module):
         self._register_state_dict_hook(_without_filter_caches)
         self.register_load_state_dict_post_hook(_rebuild_filter_caches)
 
+    @property
+    def quarter_turn_invariant(self) -> bool:
+        """Whether the logits are invariant under quarter turns of the input (to rounding): the
+        group C_N contains them (N divisible by 4) and every pooling halves an even size."""
+        return (self.config.group_order % 4 == 0
+                and halvings_stay_even(self.image_size, len(self.config.pool_after)))
+
     def forward(self, images: Tensor) -> Tensor:
         check_images(images, "images", channels=self.in_channels,
                      size=(self.image_size, self.image_size))
@@ -127,5 +136,39 @@ class GCNN(nn.Module):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             maps = self.features(x).tensor
-        pooled = maps.amax(dim=(-2, -1)) if self.config.readout == "max" else maps.mean(dim=(-2, -1))
-        return self.classifier(pooled)
+        return self.classifier(_readout(maps, self.config.readout))
+
+    def export_module(self) -> nn.Module:
+        """The same map from plain PyTorch modules, for exporters (:mod:`eqpdenet.export`):
+        e2cnn's own ``export()`` of the equivariant layers (each ``R2Conv`` a ``Conv2d`` with
+        its expanded filter, batch norms with their statistics), a copy of the current weights
+        in evaluation mode; the standardisation and the classifier are shared."""
+        training = self.training
+        self.eval()  # e2cnn exports the filters it expands in evaluation mode
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                features = self.features.export()
+        finally:
+            self.train(training)
+        return _PlainGCNN(self, features.eval())
+
+
+def _readout(maps: Tensor, readout: str) -> Tensor:
+    return maps.amax(dim=(-2, -1)) if readout == "max" else maps.mean(dim=(-2, -1))
+
+
+class _PlainGCNN(nn.Module):
+    """:class:`GCNN`'s map with its e2cnn modules exported to plain PyTorch modules."""
+
+    def __init__(self, model: GCNN, features: nn.Module):
+        super().__init__()
+        self.in_channels, self.image_size = model.in_channels, model.image_size
+        self.readout = model.config.readout
+        self.standardize, self.features, self.classifier = (model.standardize, features,
+                                                            model.classifier)
+
+    def forward(self, images: Tensor) -> Tensor:
+        check_images(images, "images", channels=self.in_channels,
+                     size=(self.image_size, self.image_size))
+        return self.classifier(_readout(self.features(self.standardize(images)), self.readout))
