@@ -62,8 +62,8 @@ def _inverse_softplus(value: float) -> float:
 
 class Pointwise(nn.Module):
     """A linear map of the channels at every point: ``(B, C_in, ...) -> (B, C_out, ...)``,
-    ``y = W x + b`` (a 1x1 convolution, as one matrix product: several times faster than
-    ``conv1d`` with kernel 1 on the CPU). ``weight`` is ``(C_out, C_in)``, initialised as
+    ``y = W x + b`` (a 1x1 convolution, as one matrix product: about twice as fast as ``conv1d``
+    with kernel 1 on the CPU). ``weight`` is ``(C_out, C_in)``, initialised as
     :class:`torch.nn.Linear`'s."""
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
@@ -74,7 +74,7 @@ class Pointwise(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         batch, channels, *rest = x.shape
-        y = torch.matmul(self.weight, x.reshape(batch, channels, -1))
+        y = torch.einsum("oc,bcl->bol", self.weight, x.reshape(batch, channels, -1))
         if self.bias is not None:
             y = y + self.bias[:, None]
         return y.view(batch, -1, *rest)
