@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import statistics
 import sys
@@ -40,6 +41,8 @@ from pathlib import Path
 import torch
 
 from eqpdenet.analysis.robustness import (
+    _logits,
+    _rotation,
     accuracy_under,
     axis_shift_curve,
     logit_change,
@@ -50,7 +53,7 @@ from eqpdenet.analysis.robustness import (
 from eqpdenet.app.config import BenchmarkConfig, apply_overrides, load_toml
 from eqpdenet.app.files import append_jsonl, atomic_write, read_jsonl
 from eqpdenet.app.locks import hold
-from eqpdenet.app.training import fingerprint, prepare_data, run_experiment
+from eqpdenet.app.training import fingerprint, load_checkpoint, prepare_data, run_experiment
 
 #: The factors and their two levels (the first is the benchmark model's).
 FACTORS = {"stencil": ("isotropic", "gaussian"), "downsample": ("pool", "blur"),
@@ -75,9 +78,8 @@ def cell_config(benchmark: BenchmarkConfig, cell: dict, epochs: int, seed: int,
         f"train.seed={seed}", *extra])
 
 
-def measure(model, data, seed: int) -> dict:
-    """Every fragility measure of ``model`` on the validation split (2,000 digits)."""
-    images, labels = data["validation"].images, data["validation"].labels
+def basic(model, images, labels, seed: int) -> dict:
+    """The benchmark's measures: clean accuracy, angle and shift curves, logit changes."""
     clean = accuracy_under(model, images, labels, lambda x: x)
     return {
         "images": len(images),
@@ -92,6 +94,54 @@ def measure(model, data, seed: int) -> dict:
     }
 
 
+def per_image(model, images, labels, seed: int) -> dict:
+    """What the batch-wide relative change hides: the per-image logit norms (a few images whose
+    logits explode dominate ``||l(g f) - l(f)|| / ||l(f)||``), the median over images of each
+    image's relative change under the round trip, and how many predictions it keeps."""
+    logits = _logits(model, images, 500)
+    back = _logits(model, _rotation(-ROUND_TRIP_DEGREES)(_rotation(ROUND_TRIP_DEGREES)(images)),
+                   500)
+    norms = logits.norm(dim=1)
+    return {"logit_norm_median": float(norms.median()), "logit_norm_max": float(norms.max()),
+            "round_trip_37_median": float(((back - logits).norm(dim=1) / norms).median()),
+            "round_trip_37_kept": 100.0 * float((back.argmax(1) == logits.argmax(1)).double().mean())}
+
+
+#: Groups of measures, each with its keys: a logged run missing a group's key is measured again
+#: (that group only) from its checkpoint.
+MEASURES = {basic: {"clean", "rotation", "shift", "axis_shift", "logit_change_37",
+                    "round_trip_37"},
+            per_image: {"logit_norm_median", "logit_norm_max", "round_trip_37_median",
+                        "round_trip_37_kept"}}
+
+
+def measure(model, data, seed: int, have: dict | None = None) -> dict:
+    """Every fragility measure of ``model`` on the validation split (2,000 digits); the groups
+    of :data:`MEASURES` whose keys ``have`` holds already are kept, not measured again."""
+    images, labels = data["validation"].images, data["validation"].labels
+    out = dict(have or {})
+    for group, keys in MEASURES.items():
+        if not keys <= set(out):
+            out.update(group(model, images, labels, seed))
+    return out
+
+
+def missing(record: dict) -> bool:
+    return not set().union(*MEASURES.values()) <= set(record["fragility"])
+
+
+def remeasure(log: Path, stale: list[dict], data, checkpoints: Path) -> None:
+    """Complete logged runs' measures from their checkpoints (after new measures were added)
+    and rewrite the log (atomically)."""
+    for record in stale:
+        model, _, _ = load_checkpoint(checkpoints / f"{record['cell']}-seed{record['seed']}.pt")
+        record["fragility"] = measure(model, data, record["seed"], record["fragility"])
+        print(f"measured again: {record['cell']} seed {record['seed']}", flush=True)
+    by_key = {(r["cell"], r["seed"], r["epochs"]): r for r in stale}
+    records = [by_key.get((r["cell"], r["seed"], r["epochs"]), r) for r in read_jsonl(log)]
+    atomic_write(log, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode())
+
+
 def derived(record: dict) -> dict[str, float]:
     """The numbers the tables compare (accuracies in percent, changes relative)."""
     m = record["fragility"]
@@ -104,15 +154,20 @@ def derived(record: dict) -> dict[str, float]:
         "rotation loss": m["clean"] - statistics.fmean(m["rotation"]),
         "logit change 37": m["logit_change_37"],
         "round trip 37": m["round_trip_37"],
+        "round trip 37 median": m["round_trip_37_median"],
+        "round trip 37 kept": m["round_trip_37_kept"],
     }
 
 
+RELATIVE = ("logit change 37", "round trip 37", "round trip 37 median")
+
+
 def _fmt(name: str, value: float) -> str:
-    return f"{value:.3f}" if name in ("logit change 37", "round trip 37") else f"{value:.1f}"
+    return f"{value:.3f}" if name in RELATIVE else f"{value:.1f}"
 
 
 def _signed(name: str, value: float) -> str:
-    return f"{value:+.3f}" if name in ("logit change 37", "round trip 37") else f"{value:+.1f}"
+    return f"{value:+.3f}" if name in RELATIVE else f"{value:+.1f}"
 
 
 def write_table(out: Path, records: list[dict], epochs: int) -> Path:
@@ -124,18 +179,33 @@ def write_table(out: Path, records: list[dict], epochs: int) -> Path:
              "`shift`: the benchmark's shift curve (random directions, bilinear), `axis`: whole "
              "pixels along the axes (no resampling); losses are clean minus shifted (at 4 px, "
              "and the mean over 1-4 px); `rotation loss`: clean minus the mean over 15, 30, 37, "
-             "45 degrees; logit changes relative, under 37 degrees and under 37 degrees and "
-             "back. From `log.jsonl` beside this file (`benchmarks/fragility.py`).", ""]
+             "45 degrees; logit changes relative, under 37 degrees and under 37 degrees and back "
+             "(over the whole batch, as in the benchmark, and the median over images of each "
+             "image's change); `kept`: predictions unchanged by 37 degrees and back (percent); "
+             "`logit norm`: median and largest over images of one image's logit norm. From "
+             "`log.jsonl` beside this file (`benchmarks/fragility.py`).", ""]
     names = list(derived(runs[0])) if runs else []
-    head = "| cell | seed | " + " | ".join(names) + " | shift curve 0-4 | axis curve 0-4 | train min |"
-    lines += [head, "|---|---:|" + "---:|" * len(names) + "---|---|---:|"]
+    head = ("| cell | seed | " + " | ".join(names)
+            + " | shift curve 0-4 | axis curve 0-4 | logit norm | train min |")
+    lines += [head, "|---|---:|" + "---:|" * len(names) + "---|---|---|---:|"]
     for r in sorted(runs, key=lambda r: (list(CELLS).index(r["cell"]), r["seed"])):
         d, m = derived(r), r["fragility"]
         lines.append(f"| {r['cell']} | {r['seed']} | " + " | ".join(_fmt(n, d[n]) for n in names)
                      + " | " + " ".join(f"{v:.1f}" for v in m["shift"]) + " | "
                      + " ".join(f"{v:.1f}" for v in m["axis_shift"])
+                     + f" | {m['logit_norm_median']:.1f} / {m['logit_norm_max']:.3g}"
                      + f" | {r['train_seconds'] / 60:.1f} |")
     by_cell = {c: [r for r in runs if r["cell"] == c] for c in CELLS}
+    seed0 = {r["cell"]: derived(r) for r in runs if r["seed"] == min(x["seed"] for x in runs)}
+    baseline = next(iter(CELLS))
+    flipped = [c for c in list(CELLS)[1:] if c in seed0]
+    if baseline in seed0 and flipped:
+        lines += ["", f"From the baseline ({baseline}, the benchmark's model), seed "
+                  f"{min(r['seed'] for r in runs)}: each cell minus the baseline", "",
+                  "| cell | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        for c in flipped:
+            lines.append(f"| {c} | " + " | ".join(_signed(n, seed0[c][n] - seed0[baseline][n])
+                                                  for n in names) + " |")
     common = set.intersection(*({r["seed"] for r in rs} for rs in by_cell.values())) \
         if all(by_cell.values()) else set()
     if common:
@@ -210,9 +280,14 @@ def main() -> None:
                 sys.exit(f"{log} holds {key[0]} seed {key[1]} with another configuration; "
                          "give another --out")
         todo = [key for key in todo if key not in done]
-        print(f"fragility: {len(done)} runs in {log}, {len(todo)} to train "
-              f"({args.epochs} epochs, {torch.get_num_threads()} threads)", flush=True)
-        data = prepare_data(configs[todo[0]].data, args.data_dir, None) if todo else None
+        stale = [r for r in done.values() if r.get("status") == "ok" and missing(r)]
+        print(f"fragility: {len(done)} runs in {log}, {len(todo)} to train, {len(stale)} to "
+              f"measure again ({args.epochs} epochs, {torch.get_num_threads()} threads)",
+              flush=True)
+        data = prepare_data(next(iter(configs.values())).data, args.data_dir, None) \
+            if todo or stale else None
+        if stale:
+            remeasure(log, stale, data, args.out / "checkpoints")
         for number, (cell, seed) in enumerate(todo, 1):
             config = configs[(cell, seed)]
             start = time.perf_counter()
