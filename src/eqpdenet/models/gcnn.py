@@ -2,11 +2,11 @@
 
 Rotation-equivariant convolutions on the cyclic group C_N (default C8): a lifting convolution
 from the image to ``channels[0]`` regular feature fields, then equivariant convolutions between
-regular fields (inner batch norm, ReLU; 2x2 max pooling after the layers in ``pool_after``), then
-group pooling (max over the N rotations of each field: rotation-invariant maps), global pooling
-over space and a linear classifier. Equivariance to rotations by multiples of 2 pi / N is exact
-up to the pixel grid (rot90 is exact for N divisible by 4). The defaults have 27,150 learned
-parameters (basis coefficients; e2cnn expands them into ordinary filters).
+regular fields (inner batch norm, ReLU; 2x2 max pooling after the layers in ``pool_after``, plain
+or anti-aliased), then group pooling (max over the N rotations of each field: rotation-invariant
+maps), global pooling over space and a linear classifier. Equivariance to rotations by multiples
+of 2 pi / N is exact up to the pixel grid (rot90 is exact for N divisible by 4). The defaults
+have 26,933 learned parameters (basis coefficients; e2cnn expands them into ordinary filters).
 
 e2cnn 0.2.3 is pure Python (torch, numpy, scipy, sympy) and runs unchanged with torch 2.13 (it
 emits a deprecation warning about uint8 masks, silenced here): ``pip install eqpdenet[gcnn]``.
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from ..checks import check_images, require, require_int
+from ..checks import check_images, require, require_int, require_positive
 from ..errors import MissingDependencyError
 from ..geometry import halvings_stay_even
 from .perceptron import Standardize
@@ -36,6 +36,12 @@ class GCNNConfig:
         channels: regular feature fields of each convolution (each field has N channels).
         kernels: kernel size of each convolution.
         pool_after: 2x2 max pooling after these layers (1-based).
+        pool: ``"max"`` (2x2 max pooling, stride 2) or ``"antialiased"`` (e2cnn's
+            ``PointwiseMaxPoolAntialiased``: 2x2 max at every pixel, then a Gaussian low-pass of
+            std ``pool_sigma`` pixels sampled with stride 2; Zhang 2019). Both commute exactly
+            with quarter turns of even and odd sizes and have no parameters.
+        pool_sigma: the anti-aliasing low-pass's standard deviation, in pixels (e2cnn's
+            default 0.6).
         readout: global pooling over space after group pooling: ``"max"`` or ``"mean"``.
     """
 
@@ -44,6 +50,8 @@ class GCNNConfig:
     channels: list[int] = field(default_factory=lambda: [7, 10, 12, 14, 14])
     kernels: list[int] = field(default_factory=lambda: [5, 3, 3, 3, 3])
     pool_after: list[int] = field(default_factory=lambda: [1, 3])
+    pool: str = "max"
+    pool_sigma: float = 0.6
     readout: str = "max"
 
     def __post_init__(self):
@@ -56,6 +64,8 @@ class GCNNConfig:
                     "must be an odd positive integer")
         require(all(isinstance(p, int) and 1 <= p <= len(self.channels) for p in self.pool_after),
                 "gcnn.pool_after", "must be layer numbers (1-based)")
+        require(self.pool in ("max", "antialiased"), "gcnn.pool", "must be 'max' or 'antialiased'")
+        require_positive(self.pool_sigma, "gcnn.pool_sigma")
         require(self.readout in ("max", "mean"), "gcnn.readout", "must be 'max' or 'mean'")
 
 
@@ -109,8 +119,11 @@ class GCNN(nn.Module):
                 out = enn.FieldType(space, fields * [space.regular_repr])
                 layers += [enn.R2Conv(current, out, kernel, padding=kernel // 2, bias=False),
                            enn.InnerBatchNorm(out), enn.ReLU(out, inplace=True)]
-                if index in gcnn.pool_after:
+                if index in gcnn.pool_after and gcnn.pool == "max":
                     layers.append(enn.PointwiseMaxPool(out, 2))
+                elif index in gcnn.pool_after:
+                    layers.append(enn.PointwiseMaxPoolAntialiased(out, 2, 2,
+                                                                  sigma=gcnn.pool_sigma))
                 current = out
             layers.append(enn.GroupPooling(current))
             self.features = enn.SequentialModule(*layers)
