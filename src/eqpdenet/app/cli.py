@@ -399,9 +399,9 @@ def _figure(args) -> int:
 
     if Path(args.out).is_dir():  # before the work, not at the write
         raise ConfigError(f"--out {args.out}: a folder is in the way of the PNG file")
-    image = _load_digits(args.data_dir, [args.sample])
     if args.pde == "heat":
-        pde, label = heat_pde(T=args.T, dt=args.dt), f"heat equation ∂t u = u_xx + u_yy, T={args.T:g}"
+        pde = heat_pde(T=args.T, dt=args.dt, names=("--T", "--dt"))
+        label = f"heat equation ∂t u = u_xx + u_yy, T={args.T:g}"
     else:
         from ..analysis.describe import pde_formula
         from .training import load_checkpoint
@@ -419,6 +419,7 @@ def _figure(args) -> int:
         chosen = model.pde_layer.pdes[index]
         pde = lambda u: chosen(model.standardize(u))  # noqa: E731
         label = f"learned {chosen.name}, T={chosen.T:g}\n{pde_formula(chosen, digits=2)}"
+    image = _load_digits(args.data_dir, [args.sample])
     error = figure_diagram(image, pde, Path(args.out), angle=args.angle, factor=args.scale,
                            shift=tuple(args.shift), pde_label=label)
     print(f"wrote {args.out} (relative difference on the disk: {error:.3e})")

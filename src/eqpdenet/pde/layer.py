@@ -37,7 +37,7 @@ from ..checks import (
 )
 from ..errors import NonFiniteStateError
 from ..registry import Registry
-from .integrators import EulerFlow, EulerStep, input_range_hint, steps_for
+from .integrators import MAX_STEPS, EulerFlow, EulerStep, input_range_hint, steps_for
 from .invariants import (
     DEFAULT_RATIO_EPS,
     DEFAULT_RATIO_REGULARISATION,
@@ -144,12 +144,6 @@ INITS.register("normal", _init_normal)
 
 # ----------------------------------------------------------------------------- configuration
 
-#: The most Euler steps ``floor(T / dt)`` a :class:`LayerConfig` accepts: a bound on work and
-#: memory found before any is spent (the paper's layer takes 10; the equivariance studies a few
-#: thousand). A layer built from :class:`EulerFlow` s directly is not bounded.
-MAX_STEPS = 100_000
-
-
 @dataclass
 class LayerConfig:
     """Everything that defines a PDE layer.
@@ -164,7 +158,8 @@ class LayerConfig:
             (``n_e = len(invariants)``).
         rhs: form of ``F_theta`` (:data:`~eqpdenet.pde.rhs.RIGHT_HAND_SIDES`: ``"linear"``,
             ``"polynomial"``); ``degree`` for the polynomial.
-        T, dt: time horizon and Euler step; ``steps = floor(T / dt)``.
+        T, dt: time horizon and Euler step; ``steps = T / dt``, a whole number between 1 and
+            :data:`MAX_STEPS` (:func:`~eqpdenet.pde.integrators.steps_for`).
         stencil, spacing, boundary: how derivatives are computed.
         sigma: the scale of a stencil family that has one (``gaussian``: the standard deviation
             of its Gaussian, in the unit of ``x`` like ``spacing``); None (the default) for the
@@ -214,10 +209,7 @@ class LayerConfig:
         RIGHT_HAND_SIDES.check(self.rhs, "layer.rhs")
         require_int(self.degree, "layer.degree", 1)
         require_positive(self.dt, "layer.dt")
-        require_nonnegative(self.T, "layer.T")
-        require(self.T / self.dt <= MAX_STEPS, "layer.T / layer.dt",
-                f"{self.T:g} / {self.dt:g} is about {self.T / self.dt:.3g} Euler steps per PDE, "
-                f"more than the bound of {MAX_STEPS:,}; raise dt or lower T")
+        steps_for(self.T, self.dt, ("layer.T", "layer.dt"))
         require_positive(self.spacing, "layer.spacing")
         require_positive(self.ratio_eps, "layer.ratio_eps")
         RATIO_REGULARISATIONS.check(self.ratio_regularisation, "layer.ratio_regularisation")
@@ -234,8 +226,8 @@ class LayerConfig:
 
     @property
     def steps(self) -> int:
-        """``floor(T / dt)`` (:func:`~eqpdenet.pde.integrators.steps_for`)."""
-        return steps_for(self.T, self.dt)
+        """``T / dt`` (:func:`~eqpdenet.pde.integrators.steps_for`)."""
+        return steps_for(self.T, self.dt, ("layer.T", "layer.dt"))
 
     @classmethod
     def paper(cls, **options) -> LayerConfig:
