@@ -16,7 +16,6 @@ import copy
 import hashlib
 import io
 import json
-import math
 import platform
 import subprocess
 import time
@@ -35,6 +34,7 @@ from ..data.scenarios import apply_scenario
 from ..errors import CheckpointError, ConfigError, NonFiniteStateError
 from ..models import count_parameters
 from . import accelerate
+from .batches import mini_batches
 from .config import (
     KIND_OPTIONS,
     DataConfig,
@@ -257,7 +257,7 @@ def train_model(
     if pde_ids:
         groups.append({"params": list(pde_layer.parameters()), "lr": train.lr * train.pde_lr_scale})
     optimizer = OPTIMIZERS.get(train.optimizer)(groups, train.lr, train.weight_decay)
-    steps_per_epoch = math.ceil(len(data["train"]) / train.batch_size)
+    steps_per_epoch = len(mini_batches(len(data["train"]), train.batch_size))
     scheduler = LR_SCHEDULES.get(train.lr_schedule)(optimizer, train.epochs * steps_per_epoch)
     validation = data.get("validation")
     has_validation = validation is not None and len(validation) > 0
@@ -285,8 +285,8 @@ def train_model(
         model.train()
         order = torch.randperm(len(labels), generator=generator)
         total_loss, correct = 0.0, 0
-        for first in range(0, len(order), train.batch_size) if gpu is None else ():
-            index = order[first:first + train.batch_size]
+        for batch in mini_batches(len(order), train.batch_size) if gpu is None else ():
+            index = order[batch]
             mine = index if parallel is None else index.tensor_split(parallel[1])[parallel[0]]
             x, y = images[mine].to(device), labels[mine].to(device)
             logits = forward(x)

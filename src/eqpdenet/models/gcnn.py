@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from ..checks import check_images, require, require_int
+from ..checks import require, require_int
+from .inputs import check_model_input, require_image_size
 from .perceptron import Standardize
 
 __all__ = ["GCNN", "GCNNConfig"]
@@ -94,7 +95,11 @@ class GCNN(nn.Module):
         super().__init__()
         gspaces, enn = _e2cnn()
         self.config = gcnn = gcnn or GCNNConfig()
-        self.image_size = require_int(image_size, "image_size", 1)
+        #: Each 2x2 max pooling halves the image (rounding down): k of them need 2^k pixels.
+        self.min_image_size = 2 ** len(set(gcnn.pool_after))
+        self.image_size = require_image_size(
+            image_size, self.min_image_size,
+            f"{len(set(gcnn.pool_after))} 2x2 max pooling(s), after layers {gcnn.pool_after}")
         self.in_channels = require_int(in_channels, "in_channels", 1)
         self.standardize = Standardize(input_mean, input_std)
         space = gspaces.Rot2dOnR2(N=gcnn.group_order)
@@ -121,11 +126,10 @@ class GCNN(nn.Module):
         self.register_load_state_dict_post_hook(_rebuild_filter_caches)
 
     def forward(self, images: Tensor) -> Tensor:
-        check_images(images, "images", channels=self.in_channels,
-                     size=(self.image_size, self.image_size))
-        x = self._enn.GeometricTensor(self.standardize(images), self._input_type)
+        x = check_model_input(self, images).images
+        x = self._enn.GeometricTensor(self.standardize(x), self._input_type)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             maps = self.features(x).tensor
         pooled = maps.amax(dim=(-2, -1)) if self.config.readout == "max" else maps.mean(dim=(-2, -1))
-        return self.classifier(pooled)
+        return self.classifier(pooled).to(images.dtype)
