@@ -4,11 +4,21 @@ replaced."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from eqpdenet.app import training
 from eqpdenet.app.batches import mini_batches
-from eqpdenet.app.config import ExperimentConfig, apply_overrides
-from eqpdenet.app.training import Split, train_model
+from eqpdenet.app.cli import main
+from eqpdenet.app.config import ExperimentConfig, apply_overrides, build_model
+from eqpdenet.app.training import (
+    Split,
+    load_checkpoint,
+    resolve_for_data,
+    save_checkpoint,
+    train_model,
+)
+from eqpdenet.errors import CheckpointError
 
 
 def _tiny_data(n: int, size: int = 8, classes: int = 2):
@@ -30,3 +40,48 @@ def test_a_last_batch_of_one_image_joins_the_batch_before():
         "train.batch_size=4", "train.epochs=1"])
     _, history = train_model(config, _tiny_data(9), progress=False)
     assert len(history) == 1 and history[0]["loss"] > 0
+
+
+def _nan_checkpoint(path):
+    config = apply_overrides(ExperimentConfig(), ["model.kind='fcnn'", "model.hidden=4"])
+    torch.manual_seed(0)
+    model = build_model(config.model)
+    save_checkpoint(path, model, config)
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"]["mlp.2.weight"][0, :3] = float("nan")
+    torch.save(payload, path)
+    return model, config
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_not_scored(tmp_path, capsys):
+    model, config = _nan_checkpoint(tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match=r"nan.pt: the weights are not all finite \(1 tensor, "
+                                              r"e.g. mlp.2.weight \(3 NaN, 0 inf\)\)"):
+        load_checkpoint(tmp_path / "nan.pt")
+    assert main(["evaluate", str(tmp_path / "nan.pt"), "--instances", "1"]) == 2
+    assert "the weights are not all finite" in capsys.readouterr().err
+    with torch.no_grad():
+        model.mlp[0].bias[0] = float("inf")
+    with pytest.raises(CheckpointError, match=r"not saving .*: the model's weights are not all "
+                                              r"finite \(1 tensor, e.g. mlp.0.bias \(0 NaN, 1 inf"):
+        save_checkpoint(tmp_path / "inf.pt", model, config)
+    assert not (tmp_path / "inf.pt").exists()
+
+
+def test_a_run_whose_weights_break_in_its_last_update_is_diverged(tmp_path, monkeypatch):
+    """A last optimiser step can make the weights NaN after the last finite loss: the run is
+    recorded as diverged, neither scored nor saved."""
+    def broken(config, data, **kwargs):
+        torch.manual_seed(0)
+        model = build_model(resolve_for_data(config, data).model)
+        with torch.no_grad():
+            model.mlp[4].weight.fill_(float("nan"))
+        return model, [{"epoch": 1, "loss": 1.0}]
+
+    monkeypatch.setattr(training, "train_model", broken)
+    config = apply_overrides(ExperimentConfig(), ["model.kind='fcnn'", "model.hidden=4"])
+    record = training.run_experiment(config, _tiny_data(6, size=28, classes=10) | {},
+                                     progress=False, checkpoint=tmp_path / "model.pt")
+    assert record["status"] == "diverged" and "accuracy" not in record
+    assert "the weights are not all finite after training" in record["error"]
+    assert not (tmp_path / "model.pt").exists()

@@ -35,6 +35,7 @@ from ..errors import CheckpointError, ConfigError, NonFiniteStateError
 from ..models import count_parameters
 from . import accelerate
 from .batches import mini_batches
+from .checkpoints import describe_non_finite, non_finite_tensors
 from .config import (
     KIND_OPTIONS,
     DataConfig,
@@ -423,7 +424,13 @@ _LEGACY_CHECKPOINT_FORMATS = ("eqpdenet-checkpoint-1",)
 
 
 def save_checkpoint(path: Path, model: nn.Module, config: ExperimentConfig, **extra) -> None:
-    """``state_dict`` + full config + provenance, written atomically."""
+    """``state_dict`` + full config + provenance, written atomically; a
+    :class:`~eqpdenet.errors.CheckpointError` for weights that are not all finite (such a model
+    is never saved to be scored)."""
+    bad = non_finite_tensors(model.state_dict())
+    if bad:
+        raise CheckpointError(f"not saving {path}: the model's weights are not all finite "
+                              f"({describe_non_finite(bad)})")
     buffer = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, "config": to_dict(config),
                 "state_dict": model.state_dict(), "environment": environment(), **extra}, buffer)
@@ -434,7 +441,8 @@ def load_checkpoint(path: Path, device: str = "cpu") -> tuple[nn.Module, Experim
     """The model, its config and the checkpoint's other contents.
 
     Raises :class:`~eqpdenet.errors.CheckpointError` for a file that is not a checkpoint, a
-    saved configuration that is invalid, or weights that do not fit the model the saved
+    saved configuration that is invalid, weights that are not all finite (NaN or inf: a model
+    that would be scored as if it were one), or weights that do not fit the model the saved
     configuration describes (the message names the configuration field, see
     :func:`~eqpdenet.app.checkpoints.mismatch`).
     """
@@ -463,6 +471,11 @@ def load_checkpoint(path: Path, device: str = "cpu") -> tuple[nn.Module, Experim
                                                                      dict):
         raise CheckpointError(f"{path} is not a complete eqpdenet checkpoint (no config or "
                               f"state_dict)")
+    bad = non_finite_tensors(payload["state_dict"])
+    if bad:
+        raise CheckpointError(f"{path}: the weights are not all finite ({describe_non_finite(bad)})"
+                              f": the run that saved them diverged, or the file was altered; such "
+                              f"a model cannot be evaluated")
     if payload["format"] in _LEGACY_CHECKPOINT_FORMATS:
         payload["config"] = with_legacy_fields(payload["config"])
     try:
@@ -501,6 +514,11 @@ def run_experiment(config: ExperimentConfig, data: Data | dict[str, Split], *,
                       train_seconds=time.perf_counter() - start)
         return record
     record["train_seconds"] = time.perf_counter() - start
+    bad = non_finite_tensors(model.state_dict())
+    if bad:  # a last update can break the weights after the last finite loss
+        record.update(status="diverged", error=f"the weights are not all finite after training "
+                                                f"({describe_non_finite(bad)})")
+        return record
     record["params"] = count_parameters(model)
     record["history"] = history
     start = time.perf_counter()
