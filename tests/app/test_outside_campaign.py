@@ -4,21 +4,24 @@ replaced."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from eqpdenet.app import training
 from eqpdenet.app.batches import mini_batches
 from eqpdenet.app.cli import main
-from eqpdenet.app.config import ExperimentConfig, apply_overrides, build_model
+from eqpdenet.app.config import DataConfig, ExperimentConfig, apply_overrides, build_model
 from eqpdenet.app.training import (
     Split,
     load_checkpoint,
+    prepare_data,
     resolve_for_data,
     save_checkpoint,
     train_model,
 )
-from eqpdenet.errors import CheckpointError
+from eqpdenet.data.datasets import load_dataset
+from eqpdenet.errors import CheckpointError, ConfigError, DataFileError
 
 
 def _tiny_data(n: int, size: int = 8, classes: int = 2):
@@ -85,3 +88,52 @@ def test_a_run_whose_weights_break_in_its_last_update_is_diverged(tmp_path, monk
     assert record["status"] == "diverged" and "accuracy" not in record
     assert "the weights are not all finite after training" in record["error"]
     assert not (tmp_path / "model.pt").exists()
+
+
+def _npz(path, n_train=20, n_test=10, classes=3, size=8):
+    rng = np.random.default_rng(0)
+    with open(path, "wb") as handle:  # a handle: np.savez would append ".npz" to the name
+        np.savez(handle, x_train=rng.integers(0, 256, (n_train, size, size), dtype=np.uint8),
+                 y_train=np.arange(n_train) % classes,
+                 x_test=rng.integers(0, 256, (n_test, size, size), dtype=np.uint8),
+                 y_test=np.arange(n_test) % classes)
+    return path
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"classes": 1}, r"every label is 0: a classifier needs at least two classes"),
+    ({"n_train": 0}, r"a split holds no labels \(no images\)"),
+    ({"n_test": 0}, r"a split holds no labels \(no images\)"),
+    ({"size": 0}, r"hold no pixels"),
+])
+def test_a_data_set_that_cannot_train_a_classifier_is_refused(tmp_path, options, message):
+    with pytest.raises(DataFileError, match=message):
+        load_dataset(str(_npz(tmp_path / "data.npz", **options)))
+
+
+def test_a_npz_file_is_read_whatever_the_case_of_its_suffix(tmp_path):
+    upper = _npz(tmp_path / "DIGITS.NPZ")
+    assert load_dataset(str(upper)).classes == 3
+    renamed = tmp_path / "digits.data"
+    upper.rename(renamed)
+    assert len(load_dataset(str(renamed)).train_images) == 20  # a zip archive by its content
+    text = tmp_path / "notes.txt"
+    text.write_text("not data")
+    with pytest.raises(ConfigError, match="a file must be a NumPy .npz archive"):
+        load_dataset(str(text))
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("train_subset", 21, r"data.train_subset: 21 is more than the 20 training images"),
+    ("train_subset", 16, r"data.train_subset: 16 is more than the 15 training images of .* \(5 "
+                         r"held out for validation\)"),
+    ("test_subset", 11, r"data.test_subset: 11 is more than the 10 test images"),
+])
+def test_a_subset_larger_than_the_data_is_refused_not_truncated(tmp_path, field, value, message):
+    """config.toml would record 21 images where 20 trained."""
+    path = _npz(tmp_path / "data.npz")
+    options = {"dataset": str(path), field: value}
+    if "held out" in message:
+        options["validation"] = 5
+    with pytest.raises(ConfigError, match=message):
+        prepare_data(DataConfig(**options))

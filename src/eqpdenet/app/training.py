@@ -128,6 +128,14 @@ def prepare_data(config: DataConfig, data_dir=None, cache_dir=None) -> Data:
                           f"the {len(dataset.train_images)} training images of {dataset.name}")
     train_x, train_y = dataset.train_images, dataset.train_labels
     keep = len(train_x) - config.validation
+    held = f" ({config.validation} held out for validation)" if config.validation else ""
+    if config.train_subset > keep:
+        raise ConfigError(f"invalid config: data.train_subset: {config.train_subset} is more than "
+                          f"the {keep} training images of {dataset.name}{held}; use 0 for all")
+    if config.test_subset > len(dataset.test_images):
+        raise ConfigError(f"invalid config: data.test_subset: {config.test_subset} is more than "
+                          f"the {len(dataset.test_images)} test images of {dataset.name}; use 0 "
+                          f"for all")
     train = Split(train_x[:keep], train_y[:keep]).head(config.train_subset)
     pixels = train.images.double()
     return Data(train=train, validation=Split(train_x[keep:], train_y[keep:]),
