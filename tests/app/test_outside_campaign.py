@@ -4,14 +4,24 @@ replaced."""
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pytest
 import torch
 
 from eqpdenet.app import training
 from eqpdenet.app.batches import mini_batches
-from eqpdenet.app.cli import main
-from eqpdenet.app.config import DataConfig, ExperimentConfig, apply_overrides, build_model
+from eqpdenet.app.cli import INCOMPLETE, main
+from eqpdenet.app.config import (
+    DataConfig,
+    ExperimentConfig,
+    ReproduceConfig,
+    apply_overrides,
+    build_model,
+    to_toml,
+)
 from eqpdenet.app.training import (
     Split,
     load_checkpoint,
@@ -137,3 +147,49 @@ def test_a_subset_larger_than_the_data_is_refused_not_truncated(tmp_path, field,
         options["validation"] = 5
     with pytest.raises(ConfigError, match=message):
         prepare_data(DataConfig(**options))
+
+
+def _record(seed: int, test: float, kind: str = "fcnn") -> dict:
+    return {"model": kind, "hidden": 16, "seed": seed, "status": "ok", "params": 13002,
+            "key": f"{kind}-h16-seed{seed}", "accuracy": {"test": test, "iso": 30.0, "sca": 20.0}}
+
+
+def _sweep_folder(folder, records, seeds=(0, 1)):
+    folder.mkdir()
+    config = apply_overrides(ReproduceConfig(), ["models=['fcnn']", "hidden_sizes=[16]",
+                                                 f"seeds={list(seeds)}"])
+    (folder / "config.toml").write_text(to_toml(config))
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda r: r["accuracy"].update(test=float("nan")), r"accuracy test is nan, not a finite "
+                                                         r"percentage"),
+    (lambda r: r["accuracy"].update(iso=float("inf")), r"accuracy iso is inf"),
+    (lambda r: r["accuracy"].update(sca=250.0), r"accuracy sca is 250.0"),
+    (lambda r: r.update(validation_accuracy=float("nan")), r"validation_accuracy is nan"),
+    (lambda r: r.pop("hidden"), r"record 2: hidden is None, not a run's int"),
+    (lambda r: r.update(params="many"), r"params is 'many', not a parameter count"),
+])
+def test_report_refuses_numbers_it_cannot_average(tmp_path, capsys, edit, message):
+    bad = _record(1, 74.0)
+    edit(bad)
+    folder = _sweep_folder(tmp_path / "sweep", [_record(0, 70.0), bad])
+    assert main(["report", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and err.count("\n") == 1 and "Traceback" not in err
+    assert not (folder / "table.md").exists()
+
+
+def test_report_of_an_unfinished_sweep_says_so_and_exits_3(tmp_path, capsys):
+    folder = _sweep_folder(tmp_path / "sweep", [_record(0, 70.0)], seeds=(0, 1, 2))
+    assert main(["report", str(folder)]) == INCOMPLETE == 3
+    captured = capsys.readouterr()
+    assert ("eqpdenet: warning: the sweep is incomplete: 2 of 3 runs have no result "
+            "(fcnn-h16-seed1, fcnn-h16-seed2)") in captured.err
+    assert (folder / "table.md").read_text().startswith("**Incomplete:** the sweep is incomplete")
+    complete = _sweep_folder(tmp_path / "done", [_record(0, 70.0), _record(1, 74.0)])
+    assert main(["report", str(complete)]) == 0
+    assert "incomplete" not in capsys.readouterr().err
+    assert "Incomplete" not in (complete / "table.md").read_text()

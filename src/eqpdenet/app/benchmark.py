@@ -24,6 +24,7 @@ from .config import BenchmarkConfig, CurvesConfig, to_dict, to_toml
 from .distributed import Executor
 from .files import atomic_write, read_jsonl, save_figure
 from .locks import hold
+from .report import check_records
 from .sweeps import check_results_folder, run_sweep
 from .training import Data, fingerprint, run_experiment
 
@@ -188,7 +189,7 @@ def write_benchmark_report(out_dir: Path) -> tuple[Path, Path]:
     records = read_jsonl(out_dir / "results.jsonl")
     if not records:
         raise FileNotFoundError(f"no results in {out_dir / 'results.jsonl'}")
-    summary = summarise(records)
+    summary = summarise(check_records(records, str(out_dir / "results.jsonl")))
     subsets = {r.get("config", {}).get("data", {}).get("test_subset", 0) for r in records}
     images = {r.get("robustness", {}).get("images") for r in records} - {None}
     where = ("the whole test set" if subsets == {0} else

@@ -7,7 +7,8 @@ overrides, then the dedicated flags.
 Data: ``--data-dir`` > ``EQPDENET_DATA`` > a per-user cache folder (see ``eqpdenet.mnist``).
 
 Errors are one line on stderr naming the problem (exit status 2; 1 for an unexpected failure,
-130 after Ctrl-C); ``EQPDENET_DEBUG=1`` shows the traceback instead.
+130 after Ctrl-C or SIGTERM; 3 when ``report`` wrote the table of an incomplete sweep);
+``EQPDENET_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -335,10 +336,23 @@ def _symbolic(args) -> int:
 def _report(args) -> int:
     from .report import write_report
 
-    table, plot = write_report(Path(args.results))
+    report = write_report(Path(args.results))
+    table, plot = report
     print(table.read_text())
     print(f"wrote {table} and {plot}")
+    if report.incomplete:
+        print(f"eqpdenet: warning: {report.incomplete}; rerun the sweep's command to finish it",
+              file=sys.stderr)
+        return INCOMPLETE
+    if report.missing is None:
+        print(f"eqpdenet: warning: {Path(args.results) / 'config.toml'} is missing or not a "
+              f"reproduce configuration: whether every run of the sweep is here cannot be told",
+              file=sys.stderr)
     return 0
+
+
+#: The exit status of ``report`` when the table was written but runs of the sweep are missing.
+INCOMPLETE = 3
 
 
 def _equivariance(args) -> int:
