@@ -145,7 +145,7 @@ DATA_CASES = [
     ("figure-pde-text", ["figure", "diagram", "--pde", "wave", "--checkpoint",
                          "{root}/model.pt", "--out", "{root}/f.png"], "'heat' or the index"),
     ("figure-out-is-folder", ["figure", "diagram", "--out", "{root}/folder"],
-     "a folder is in the way of the PNG file"),
+     "a folder is in the way of the file"),
     ("describe-samples", ["describe", "{root}/model.pt", "--out", "{root}/d", "--samples",
                           "10000"], "sample 10000: MNIST's test set has digits 0 ... 9999"),
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import torch
 
 from eqpdenet.app import training
 from eqpdenet.app.batches import mini_batches
-from eqpdenet.app.cli import INCOMPLETE, main
+from eqpdenet.app.cli import INCOMPLETE, build_parser, main
 from eqpdenet.app.config import (
     DataConfig,
     ExperimentConfig,
@@ -22,6 +23,7 @@ from eqpdenet.app.config import (
     build_model,
     to_toml,
 )
+from eqpdenet.app.runfolder import folder_kind
 from eqpdenet.app.training import (
     Split,
     load_checkpoint,
@@ -193,3 +195,146 @@ def test_report_of_an_unfinished_sweep_says_so_and_exits_3(tmp_path, capsys):
     assert main(["report", str(complete)]) == 0
     assert "incomplete" not in capsys.readouterr().err
     assert "Incomplete" not in (complete / "table.md").read_text()
+
+
+# ----------------------------------------------------------------------------- output folders
+
+
+@pytest.fixture
+def fake_training(monkeypatch):
+    """train without data or training: a checkpoint of the configured model, tagged by seed."""
+    def run(config, data, progress=True, checkpoint=None):
+        record = {"model": config.model.kind, "hidden": config.model.hidden,
+                  "seed": config.train.seed, "status": "ok", "train_seconds": 0.0,
+                  "eval_seconds": 0.0, "params": 1, "accuracy": {"test": 50.0}}
+        training.save_checkpoint(checkpoint, build_model(config.model), config)
+        return record
+
+    monkeypatch.setattr(training, "prepare_data", lambda *args, **kwargs: {})
+    monkeypatch.setattr(training, "run_experiment", run)
+
+
+def _train(out, *extra) -> int:
+    return main(["train", "--out", str(out), "--no-progress", "--model", "fcnn", "--hidden", "4",
+                 *extra])
+
+
+def _one_error(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if ": error: " in line]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_a_folder_of_the_users_files_is_never_replaced_whatever_their_names(
+        tmp_path, fake_training, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name, text in (("model.pt", "my model"), ("config.toml", "my = 1"),
+                       ("result.json", "{}")):
+        (mine / name).write_text(text)
+    assert _train(mine) == 2
+    assert "holds files that eqpdenet did not write as a run (config.toml, model.pt, " \
+           "result.json; no .eqpdenet-folder marker)" in _one_error(capsys)
+    assert (mine / "model.pt").read_text() == "my model"
+    for command in (["reproduce", "--set", "hidden_sizes=[4]"], ["benchmark", "--models", "fcnn"],
+                    ["study"], ["equivariance", "--quick"]):
+        assert main([command[0], "--out", str(mine), *command[1:]]) == 2
+        assert "eqpdenet did not write" in _one_error(capsys)
+        assert (mine / "config.toml").read_text() == "my = 1"
+    assert sorted(p.name for p in mine.iterdir()) == ["config.toml", "model.pt", "result.json"]
+
+
+def test_a_run_folder_is_replaced_by_the_next_run_and_keeps_its_marker(tmp_path, fake_training):
+    out = tmp_path / "run"
+    assert _train(out) == 0 and folder_kind(out) == "train"
+    assert _train(out, "--seed", "1") == 0
+    _, config, _ = load_checkpoint(out / "model.pt")
+    assert config.train.seed == 1 and folder_kind(out) == "train"
+    (out / "notes.txt").write_text("added by the user")
+    assert _train(out) == 2  # the user's file would go with the folder
+    assert (out / "notes.txt").exists()
+
+
+def test_a_run_folder_behind_a_symbolic_link_is_replaced_and_the_link_kept(tmp_path,
+                                                                             fake_training):
+    real, link = tmp_path / "real", tmp_path / "link"
+    assert _train(real) == 0
+    link.symlink_to(real, target_is_directory=True)
+    assert _train(link, "--seed", "1") == 0
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    _, config, _ = load_checkpoint(link / "model.pt")
+    assert config.train.seed == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]  # no staging left
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "later", target_is_directory=True)
+    assert _train(dangling) == 0 and dangling.is_symlink() and (tmp_path / "later").is_dir()
+
+
+def test_an_empty_out_or_the_current_folder_is_never_replaced(tmp_path, fake_training, capsys,
+                                                               monkeypatch):
+    with pytest.raises(SystemExit) as exit_:
+        _train("")
+    assert exit_.value.code == 2
+    assert "argument --out: '' is not a path (it is empty)" in capsys.readouterr().err
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for out in (".", "..", str(here)):
+        assert _train(out) == 2
+        assert "is the current folder or holds it: a run replaces its whole folder" \
+            in _one_error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]
+
+
+def test_committed_result_folders_are_never_a_default_output(capsys):
+    """The equivariance tables in docs/ are written only when asked for by --out."""
+    args = build_parser().parse_args(["equivariance", "--quick"])
+    assert args.out is None  # the command then writes runs/equivariance-quick
+    root = Path(__file__).resolve().parents[2]
+    assert folder_kind(root / "docs" / "equivariance") == "equivariance"
+    assert folder_kind(root / "docs" / "interpretability") == "describe"
+
+
+@pytest.mark.parametrize("command", [
+    lambda tmp, ckpt: ["evaluate", ckpt, "--json", f"{tmp}/file.txt/summary.json"],
+    lambda tmp, ckpt: ["figure", "diagram", "--out", f"{tmp}/file.txt/figure.png"],
+    lambda tmp, ckpt: ["train", "--out", f"{tmp}/file.txt/run"],
+    lambda tmp, ckpt: ["equivariance", "--quick", "--out", f"{tmp}/file.txt/eq"],
+])
+def test_a_file_in_the_way_of_an_output_is_named_before_any_work(tmp_path, capsys, command,
+                                                                   monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("work started before the output path was checked")
+
+    monkeypatch.setattr(training, "prepare_data", forbidden)
+    monkeypatch.setattr("eqpdenet.app.cli._load_digits", forbidden)
+    (tmp_path / "file.txt").write_text("a file")
+    _nan_free_checkpoint = tmp_path / "model.pt"
+    config = apply_overrides(ExperimentConfig(), ["model.kind='fcnn'", "model.hidden=4"])
+    save_checkpoint(_nan_free_checkpoint, build_model(config.model), config)
+    assert main(command(tmp_path, str(_nan_free_checkpoint))) == 2
+    line = _one_error(capsys)
+    assert f"{tmp_path}/file.txt is a file, not a folder" in line and "File exists" not in line
+
+
+def test_temporary_files_of_killed_writers_go_with_the_lock(tmp_path):
+    """A writer killed between writing and renaming (a stopped worker's checkpoint) leaves
+    .<name>.<random>.eqpdenet.tmp: the lock's holder removes them when it takes the lock and
+    when it lets it go; anything else stays."""
+    from eqpdenet.app.files import atomic_write
+    from eqpdenet.app.locks import hold
+
+    (tmp_path / "checkpoints").mkdir()
+    stale = [tmp_path / ".results.jsonl.k2j4x9.eqpdenet.tmp",
+             tmp_path / "checkpoints" / ".fcnn-h8-seed0.pt.ab12cd.eqpdenet.tmp"]
+    kept = [tmp_path / ".notes.tmp", tmp_path / "mine.eqpdenet.tmp"]
+    for path in stale + kept:
+        path.write_text("x")
+    with hold(tmp_path, "test"):
+        assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+        atomic_write(tmp_path / "runs" / "a.json", b"{}")
+        left = tmp_path / "runs" / ".b.json.zz9911.eqpdenet.tmp"  # a worker killed mid-write
+        left.write_text("half")
+    assert not left.exists() and (tmp_path / "runs" / "a.json").exists()
+    assert all(p.exists() for p in kept)

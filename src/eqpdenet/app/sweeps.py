@@ -27,11 +27,13 @@ from .distributed import Executor
 from .files import atomic_write
 from .locks import hold
 from .preflight import preflight
+from .runfolder import check_claim, claim_folder
 from .runstore import load_records, save_run, write_aggregate
 from .training import Data, _progress, fingerprint, prepare_data, run_experiment
 from .workers import worker_pool
 
-__all__ = ["check_results_folder", "grid", "reproduce", "run_key", "run_sweep"]
+__all__ = ["SWEEP_FILES", "check_before_writing", "check_results_folder", "grid", "reproduce",
+           "run_key", "run_sweep"]
 
 
 def run_key(kind: str, hidden: int, seed: int) -> str:
@@ -152,6 +154,23 @@ def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
     return results
 
 
+#: What a sweep's folder held before folders were marked (:func:`eqpdenet.app.runfolder.
+#: claim_folder`): a folder holding one of these is a sweep's.
+SWEEP_FILES = ("results.jsonl", "runs")
+
+
+def check_before_writing(runs: dict[str, ExperimentConfig], out_dir: Path, jobs: int,
+                         executor: Executor | None, checkpoint_keys) -> None:
+    """The preflight (:func:`~eqpdenet.app.preflight.preflight`) of the runs of ``runs`` not yet
+    done in ``out_dir``, before a sweep writes its ``config.toml``: a sweep that cannot run
+    leaves nothing written but its folder and lock."""
+    done = set(load_records(out_dir))
+    todo = {key: run for key, run in runs.items() if key not in done}
+    parallel = jobs if (executor or Executor()).kind == "local" else 1
+    preflight(list(todo.values()), out_dir, jobs=parallel,
+              checkpoints=sum(key in checkpoint_keys for key in todo))
+
+
 def check_results_folder(out_dir: Path, base_fingerprint: str) -> None:
     """Refuse a results folder that holds runs of another base configuration."""
     results = Path(out_dir) / "results.jsonl"
@@ -171,17 +190,20 @@ def reproduce(config: ReproduceConfig, out_dir: Path, *, jobs: int = 1,
     The base configuration is written to ``out_dir/config.toml``; a results file produced with a
     different base configuration is refused (use another ``out_dir``). Returns the results path.
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(os.path.realpath(out_dir))
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
+    check_claim(out_dir, "reproduce", legacy=SWEEP_FILES)  # before the lock writes into it
     with hold(out_dir, "reproduce"):
+        claim_folder(out_dir, "reproduce", legacy=SWEEP_FILES)
         base_print = fingerprint(config.base)
         check_results_folder(out_dir, base_print)
-        atomic_write(out_dir / "config.toml", to_toml(config).encode())
         runs = {run_key(run.model.kind, run.model.hidden, run.train.seed): run
                 for run in grid(config)}
         checkpoints = {key for key, run in runs.items()
                        if run.train.seed in config.checkpoint_seeds}
+        check_before_writing(runs, out_dir, jobs, executor, checkpoints)
+        atomic_write(out_dir / "config.toml", to_toml(config).encode())
         return run_sweep("reproduce", runs, out_dir, base_fingerprint=base_print,
                          checkpoint_keys=checkpoints, jobs=jobs, executor=executor,
                          data_dir=data_dir,
