@@ -14,7 +14,7 @@ import torch
 
 from eqpdenet.app import training
 from eqpdenet.app.batches import mini_batches
-from eqpdenet.app.cli import INCOMPLETE, build_parser, main
+from eqpdenet.app.cli import INCOMPLETE, build_parser, describe_error, main
 from eqpdenet.app.config import (
     DataConfig,
     ExperimentConfig,
@@ -338,3 +338,80 @@ def test_temporary_files_of_killed_writers_go_with_the_lock(tmp_path):
         left.write_text("half")
     assert not left.exists() and (tmp_path / "runs" / "a.json").exists()
     assert all(p.exists() for p in kept)
+
+
+# ----------------------------------------------------------------------------- bounds and waits
+
+
+def test_a_ray_address_where_no_head_answers_is_refused_in_seconds():
+    import socket
+
+    from eqpdenet.app.distributed import check_address
+
+    with socket.socket() as closed:  # a port that was free a moment ago: nothing listens
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    with pytest.raises(ConfigError, match=rf"--address 127.0.0.1:{port}: no Ray cluster there "
+                                          r"\(connection refused"):
+        check_address(f"127.0.0.1:{port}")
+    with pytest.raises(ConfigError, match=r"the host 'no-such-host.invalid' is unknown"):
+        check_address("ray://no-such-host.invalid:10001")
+    with pytest.raises(ConfigError, match=r"expected HOST:PORT"):
+        check_address("head:port")
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        check_address(f"127.0.0.1:{listening.getsockname()[1]}")  # something answers
+    check_address(None), check_address("auto")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["symbolic", "--channels", "9"], r"--channels: 9 channels: at most 4"),
+    (["train", "--out", "{tmp}/run", "--epochs", "1000000000000"],
+     r"train.epochs: 1,000,000,000,000 is more than the bound of 100,000 epochs \(at one second "
+     r"an epoch, 31,688 years\)"),
+    (["train", "--out", "{tmp}/run", "--set", "model.hidden=100000000"],
+     r"training would need about 142 PiB of memory \(38.3 MiB for the states the Euler steps "
+     r"keep, 142 PiB for 10,000,079,600,000,041 parameters with their gradients and optimiser "
+     r"state\), more than the .* available on cpu: make the model smaller \(model.hidden = "
+     r"100000000"),
+    (["train", "--out", "{tmp}/run", "--model", "fcnn", "--set", "model.hidden=100000000"],
+     r"for 10,000,079,600,000,010 parameters"),
+])
+def test_work_without_bound_is_refused_before_it_starts(tmp_path, capsys, argv, message,
+                                                         monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("data were loaded before the problem was found")
+
+    monkeypatch.setattr(training, "prepare_data", forbidden)
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    assert re.search(message, _one_error(capsys))
+
+
+def test_counts_that_multiply_work_are_bounded_by_the_parser(capsys):
+    for argv, message in ((["evaluate", "m.pt", "--instances", "2000"],
+                           "'2000' is not a number of instances from 1 to 1000"),
+                          (["describe", "m.pt", "--frames", "1000000"],
+                           "'1000000' is not a number of frames from 1 to 64"),
+                          (["benchmark", "--jobs", "0"], "'0' is not a positive integer")):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert message in capsys.readouterr().err
+
+
+def test_symbolic_prints_each_row_as_it_is_found():
+    from eqpdenet.app.symbolic_table import symbolic_table
+
+    rows = []
+    table, results = symbolic_table(["se2"], on_row=rows.append)
+    assert rows[0].startswith("| group | order") and len(rows) == 1 + len(results)
+    assert "\n".join(rows) == table
+
+
+def test_a_failed_allocation_is_named_not_an_unexpected_error():
+    error = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                         "can't allocate memory: you tried to allocate 313600000000 bytes. "
+                         "Error code 12 (Cannot allocate memory)")
+    text, status = describe_error(error)
+    assert status == 2 and text.startswith("out of memory (tried to allocate 292 GiB); lower")
+    assert describe_error(RuntimeError("something else"))[1] == 1

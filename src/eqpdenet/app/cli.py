@@ -254,13 +254,14 @@ def _evaluate(args) -> int:
 
 
 def _executor(args):
-    """The executor of ``--executor``/``--address``/``--cpus-per-run``; Ray's absence is found
-    here, before any work."""
-    from .distributed import Executor, import_ray
+    """The executor of ``--executor``/``--address``/``--cpus-per-run``; Ray's absence and a
+    cluster address where no head answers are found here, before any work."""
+    from .distributed import Executor, check_address, import_ray
 
     executor = Executor(args.executor, args.address, args.cpus_per_run)
     if executor.kind == "ray":
         import_ray()
+        check_address(executor.address)  # a head that is not there: refused in seconds
     return executor
 
 
@@ -478,6 +479,12 @@ _positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 _count = _number(int, lambda v: v >= 0, "an integer >= 0")
 _finite = _number(float, math.isfinite, "a finite number")
 _positive = _number(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
+#: Bounds of counts whose work grows with them: an evaluation per instance (about a minute on
+#: ROTMNIST's 50,000 test digits), a column of images per frame.
+MAX_INSTANCES, MAX_FRAMES = 1000, 64
+_instances = _number(int, lambda v: 1 <= v <= MAX_INSTANCES,
+                     f"a number of instances from 1 to {MAX_INSTANCES}")
+_frames = _number(int, lambda v: 1 <= v <= MAX_FRAMES, f"a number of frames from 1 to {MAX_FRAMES}")
 #: A file or folder name: an empty one (an unset shell variable) is an error, not "here".
 _path = _number(str, lambda v: v.strip() != "", "a path (it is empty)")
 
@@ -533,7 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="a checkpoint on scenarios over K instances")
     evaluate.add_argument("checkpoint", type=_path)
     evaluate.add_argument("--scenarios", nargs="+")
-    evaluate.add_argument("--instances", type=_positive_int, default=10)
+    evaluate.add_argument("--instances", type=_instances, default=10,
+                          help=f"scenario draws (1 ... {MAX_INSTANCES})")
     evaluate.add_argument("--data-dir", type=_path)
     evaluate.add_argument("--cache-dir", type=_path)
     evaluate.add_argument("--device", choices=["cpu", "cuda"])
@@ -574,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     symbolic = commands.add_parser("symbolic", help="differential invariants of the ready Lie "
                                    "groups, found symbolically, with the counts theory predicts")
     symbolic.add_argument("groups", nargs="*", help="group names (default: all ready groups)")
-    symbolic.add_argument("--channels", type=int, default=1, metavar="C",
+    symbolic.add_argument("--channels", type=_positive_int, default=1, metavar="C",
                           help="joint invariants of C channels u1 ... uC, orders 1 and 2 "
                                "(default 1: one channel u, orders 1 to 3)")
     symbolic.set_defaults(handler=_symbolic)
@@ -602,7 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
     describe.add_argument("--samples", type=_count, nargs="+", default=[0, 1, 2],
                           help="MNIST test digits to evolve")
     describe.add_argument("--out", type=_path, help="folder for evolution.png (none: print only)")
-    describe.add_argument("--frames", type=_positive_int, default=6)
+    describe.add_argument("--frames", type=_frames, default=6,
+                          help=f"images per evolution (1 ... {MAX_FRAMES})")
     describe.add_argument("--digits", type=_positive_int, default=3, help="significant digits")
     describe.add_argument("--data-dir", type=_path)
     describe.set_defaults(handler=_describe)
@@ -632,6 +641,14 @@ RAY_LOSSES = ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError", "Object
               "OwnerDiedError", "RaySystemError")
 
 
+def _allocation_failed(error: BaseException) -> str | None:
+    if not isinstance(error, RuntimeError):
+        return None
+    from .preflight import allocation_failure
+
+    return allocation_failure(error)
+
+
 def describe_error(error: BaseException) -> tuple[str, int]:
     """One line naming the problem, and the exit status: 2 for bad input, configuration, files
     or a run that cannot go on (our errors, ValueError, OSError), 1 for anything unexpected."""
@@ -643,9 +660,11 @@ def describe_error(error: BaseException) -> tuple[str, int]:
     elif type(error).__module__.startswith("ray.") and type(error).__name__ in RAY_LOSSES:
         text, status = (f"a Ray worker or node was lost more often than a run is retried "
                         f"({type(error).__name__}); rerun the command to resume"), 2
-    elif isinstance(error, MemoryError):
-        text, status = ("out of memory; lower train.batch_size, the number of Euler steps or "
-                        "--jobs"), 2
+    elif isinstance(error, MemoryError) or _allocation_failed(error):
+        wanted = _allocation_failed(error)
+        text, status = (f"out of memory{f' ({wanted})' if wanted else ''}; lower "
+                        f"train.batch_size, the model's size, the number of Euler steps or "
+                        f"--jobs"), 2
     elif isinstance(error, OSError) and not isinstance(error, EqPdeNetError) and error.strerror:
         where = f": {error.filename}" if error.filename else ""
         text, status = f"{error.strerror}{where}", 2
