@@ -415,3 +415,32 @@ def test_a_failed_allocation_is_named_not_an_unexpected_error():
     text, status = describe_error(error)
     assert status == 2 and text.startswith("out of memory (tried to allocate 292 GiB); lower")
     assert describe_error(RuntimeError("something else"))[1] == 1
+
+
+# ----------------------------------------------------------------------------- progress in logs
+
+
+def test_progress_in_a_log_is_one_plain_line_per_item():
+    import io
+
+    from eqpdenet.app.progress import LineProgress, progress
+
+    log = io.StringIO()
+    items = LineProgress(range(3), desc="train FCNN seed=0", unit="epoch", stream=log)
+    for item in items:
+        items.set_postfix({"loss": round(1.0 / (item + 1), 4)})
+    lines = log.getvalue().splitlines()
+    assert [line.split(",")[0] for line in lines] == [
+        "train FCNN seed=0: epoch 1/3", "train FCNN seed=0: epoch 2/3", "train FCNN seed=0: epoch 3/3"]
+    assert "left" in lines[0] and "left" not in lines[2] and lines[1].endswith("(loss 0.5)")
+    assert "\r" not in log.getvalue() and "\x1b" not in log.getvalue()
+    assert progress(range(2), enabled=False) == range(2)
+
+
+def test_train_into_a_log_writes_a_line_per_epoch_without_escapes(tmp_path, capsys):
+    path = _npz(tmp_path / "digits.npz", n_train=40, n_test=10)
+    assert main(["train", "--out", str(tmp_path / "run"), "--dataset", str(path), "--model",
+                 "fcnn", "--hidden", "4", "--epochs", "3"]) == 0
+    err = capsys.readouterr().err  # not a terminal: no bar
+    epochs = [line for line in err.splitlines() if line.startswith("train FCNN seed=0: epoch ")]
+    assert len(epochs) == 3 and "\r" not in err and "\x1b" not in err

@@ -27,6 +27,7 @@ from .distributed import Executor
 from .files import atomic_write
 from .locks import hold
 from .preflight import preflight
+from .progress import interactive
 from .runfolder import check_claim, claim_folder
 from .runstore import load_records, save_run, write_aggregate
 from .training import Data, _progress, fingerprint, prepare_data, run_experiment
@@ -106,7 +107,11 @@ def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
     preflight([run for _, run in todo], out_dir, jobs=parallel,
               checkpoints=sum(key in checkpoint_keys for key, _ in todo))
 
+    finished = [len(runs) - len(todo)]
+
     def finish(key: str, record: dict) -> None:
+        finished[0] += 1
+        count = f"[{finished[0]}/{len(runs)}]"
         record["key"] = key
         record["base_fingerprint"] = base_fingerprint
         if record["status"] != "ok":  # no model for this result: none left from an earlier try
@@ -115,16 +120,19 @@ def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
         write_aggregate(out_dir)
         if record["status"] == "ok":
             scores = "  ".join(f"{k} {v:5.2f}" for k, v in record["accuracy"].items())
-            echo(f"{key:>24}: {scores}  ({record['train_seconds']:.0f} s train, "
+            echo(f"{count} {key:>24}: {scores}  ({record['train_seconds']:.0f} s train, "
                  f"{record['eval_seconds']:.0f} s eval)")
         else:
-            echo(f"{key:>24}: {record['status']}: {record['error']}")
+            echo(f"{count} {key:>24}: {record['status']}: {record['error']}")
 
     def checkpoint_for(key: str) -> Path | None:
         return out_dir / "checkpoints" / f"{key}.pt" if key in checkpoint_keys else None
 
-    bar = _progress(range(len(todo)), progress, desc=name, unit="run")
+    # On a terminal a bar of runs, each run with its bar of epochs; in a log, the line of each
+    # finished run (finish, below) and no epoch lines: one line per run.
+    bar = _progress(range(len(todo)), progress and interactive(), desc=name, unit="run")
     bar_update = getattr(bar, "update", lambda n: None)
+    progress = progress and interactive()
     if executor.kind == "ray":
         from .distributed import run_on_ray
 

@@ -47,6 +47,7 @@ from .config import (
 )
 from .files import atomic_write
 from .optim import LR_SCHEDULES, OPTIMIZERS
+from .progress import progress as progress_of
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -209,11 +210,8 @@ def accuracy(model: nn.Module, split: Split, batch_size: int = 1000) -> float:
 
 
 def _progress(iterable, enabled: bool, **kwargs):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, **kwargs)
+    """:func:`eqpdenet.app.progress.progress`: a bar on a terminal, a line per item in a log."""
+    return progress_of(iterable, enabled, **kwargs)
 
 
 def data_parallel() -> tuple[int, int] | None:
