@@ -444,3 +444,48 @@ def test_train_into_a_log_writes_a_line_per_epoch_without_escapes(tmp_path, caps
     err = capsys.readouterr().err  # not a terminal: no bar
     epochs = [line for line in err.splitlines() if line.startswith("train FCNN seed=0: epoch ")]
     assert len(epochs) == 3 and "\r" not in err and "\x1b" not in err
+
+
+@pytest.mark.parametrize(("assignments", "message"), [
+    (["model.hidden=100000000000000000000"], r"model.hidden: must be below 2\*\*63"),
+    (["model.layer.rhs='polynomial'", "model.layer.degree=50"],
+     r"layer.degree: degree 50 in 5 invariants is 3,478,760 terms, more than the bound of 10,000"),
+    ([f"model.layer.invariants={['se2'] * 2000}"], r"2,000 PDEs, more than the bound of 1024"),
+    (["model.kind='invariant_pde'", "model.invariant_pde.blocks=[100000, 1, 1]"],
+     r"100,002 blocks in 3 stages, more than the bound of 1,000"),
+    (["model.kind='cnn'", "model.cnn.layers=100000"], r"cnn.layers: must be <= 1,000"),
+    (["model.kind='gcnn'", "model.gcnn.group_order=100000"], r"gcnn.group_order: must be <= 64"),
+])
+def test_model_sizes_that_would_hang_the_build_are_refused_where_they_are_read(assignments,
+                                                                              message):
+    """Each of these took minutes or more to build (or overflowed inside PyTorch) before."""
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(ExperimentConfig(), assignments)
+
+
+def test_an_explicit_flow_is_bounded_like_a_configured_one():
+    from eqpdenet.pde import EulerFlow, EulerStep, InvariantRHS
+    from eqpdenet.pde.integrators import MAX_STEPS
+
+    with pytest.raises(ConfigError, match=r"steps: must be <= 100,000, got 100000000"):
+        EulerFlow(EulerStep(InvariantRHS("se2")), 10**8)
+    assert EulerFlow(EulerStep(InvariantRHS("se2")), MAX_STEPS).steps == MAX_STEPS
+
+
+def test_the_memory_check_sees_the_data_sets_image_size(tmp_path, monkeypatch):
+    """The preflight runs before the data are loaded, at the configured size; training checks
+    again at the data's size (a data set of large images)."""
+    from eqpdenet.app import preflight
+
+    monkeypatch.setattr(preflight, "available_memory", lambda device: 50 * 2**20)  # 50 MiB
+    config = apply_overrides(ExperimentConfig(), ["model.hidden=8", "train.epochs=1"])
+    with pytest.raises(ConfigError, match=r"training would need about .* for the states the "
+                                          r"Euler steps keep"):
+        train_model(config, _tiny_data(4, size=256, classes=2), progress=False)
+    train_model(config, _tiny_data(4, size=8, classes=2), progress=False)  # small: it fits
+
+
+def test_report_of_a_file_says_it_is_not_a_folder(tmp_path, capsys):
+    (tmp_path / "results.txt").write_text("x")
+    assert main(["report", str(tmp_path / "results.txt")]) == 2
+    assert "results.txt: a file, not a results folder" in _one_error(capsys)

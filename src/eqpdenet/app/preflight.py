@@ -35,7 +35,7 @@ from ..pde.layer import PDELayer
 from .config import ExperimentConfig, build_model, to_toml
 
 __all__ = ["PARAMETER_BYTES", "WORKER_BYTES", "allocation_failure", "available_memory",
-           "preflight", "training_bytes"]
+           "preflight", "resolve_device", "training_bytes"]
 
 #: Memory kept per Euler step during training, in units of one state (batch x PDEs x pixels x 4
 #: bytes), by backend and ``recompute``: the growth of the peak memory of one training step of the
@@ -117,6 +117,17 @@ def training_bytes(config: ExperimentConfig, model: torch.nn.Module | None = Non
     return total
 
 
+def resolve_device(name: str) -> torch.device:
+    """The device ``name`` (``"cpu"``, ``"cuda"``, ``"auto"``) names, or a :class:`ConfigError`
+    when it is not here."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("invalid config: device 'cuda' (train.device or --device) requested but "
+                          "no GPU is available here")
+    return torch.device(name)
+
+
 def available_memory(device: torch.device) -> int | None:
     """Bytes that can still be allocated on ``device`` (None if unknown)."""
     if device.type == "cuda":
@@ -139,8 +150,6 @@ def preflight(runs: Sequence[ExperimentConfig], out: Path | None, *, jobs: int =
               checkpoints: int | None = None) -> None:
     """Check ``runs`` (to be done with ``jobs`` processes, writing into ``out``, ``checkpoints``
     of them saving a model; default all) before any data is loaded (module docstring)."""
-    from .training import resolve_device
-
     if not runs:
         return
     largest_model, largest_run = 0, (0, 0, None, None)

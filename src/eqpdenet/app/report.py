@@ -286,6 +286,9 @@ def write_report(results_dir: Path) -> Report:
     """``table.md`` and ``accuracy_vs_params.png`` from ``results_dir/results.jsonl``; says at the
     top of the table when runs of the sweep are missing (:func:`missing_runs`)."""
     results_dir = Path(results_dir)
+    if results_dir.exists() and not results_dir.is_dir():
+        raise DataFileError(results_dir, "a file, not a results folder (the folder that holds "
+                                         "results.jsonl)")
     path = results_dir / "results.jsonl"
     records = read_jsonl(path)
     if not records:

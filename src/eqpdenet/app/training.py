@@ -47,6 +47,7 @@ from .config import (
 )
 from .files import atomic_write
 from .optim import LR_SCHEDULES, OPTIMIZERS
+from .preflight import preflight, resolve_device
 from .progress import progress as progress_of
 
 __all__ = [
@@ -181,15 +182,6 @@ def resolve_for_data(config: ExperimentConfig, data: Data | dict) -> ExperimentC
     return config
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("invalid config: device 'cuda' (train.device or --device) requested but "
-                          "no GPU is available here")
-    return torch.device(name)
-
-
 @torch.no_grad()
 def predict(model: nn.Module, images: Tensor, batch_size: int = 1000) -> Tensor:
     """Predicted classes ``(N,)`` for images ``(N, C, H, W)``, in evaluation mode."""
@@ -253,9 +245,12 @@ def train_model(
     """
     train: TrainConfig = config.train
     device = resolve_device(train.device)
+    resolved = resolve_for_data(config, data) if model is None else None
+    if resolved is not None:
+        preflight([resolved], None)  # the memory check again, at the data's image size
     torch.manual_seed(train.seed)
-    if model is None:
-        model = build_model(resolve_for_data(config, data).model)
+    if resolved is not None:
+        model = build_model(resolved.model)
     model = model.to(device)
     generator = torch.Generator().manual_seed(train.seed)
     pde_layer = getattr(model, "pde_layer", None)

@@ -19,6 +19,10 @@ from .perceptron import Standardize
 __all__ = ["CNN", "CNNConfig"]
 
 
+#: The most convolutions a CNN may have (the baseline has 7).
+MAX_LAYERS = 1000
+
+
 @dataclass
 class CNNConfig:
     """Options of :class:`CNN` (defaults: the 22k-parameter baseline).
@@ -37,7 +41,7 @@ class CNNConfig:
 
     def __post_init__(self):
         require_int(self.channels, "cnn.channels", 1)
-        require_int(self.layers, "cnn.layers", 1)
+        require_int(self.layers, "cnn.layers", 1, maximum=MAX_LAYERS)
         require_int(self.pool_after, "cnn.pool_after", 0)
         require(self.readout in ("max", "mean"), "cnn.readout", "must be 'max' or 'mean'")
 

@@ -26,6 +26,11 @@ from .perceptron import Standardize
 __all__ = ["GCNN", "GCNNConfig"]
 
 
+#: The largest rotation group C_N (e2cnn builds an N x N regular representation per field) and
+#: the most layers a G-CNN may have (the baseline: C8, 5 layers).
+MAX_GROUP_ORDER, MAX_LAYERS = 64, 1000
+
+
 @dataclass
 class GCNNConfig:
     """Options of :class:`GCNN`.
@@ -46,7 +51,9 @@ class GCNNConfig:
     readout: str = "max"
 
     def __post_init__(self):
-        require_int(self.group_order, "gcnn.group_order", 1)
+        require_int(self.group_order, "gcnn.group_order", 1, maximum=MAX_GROUP_ORDER)
+        require(len(self.channels) <= MAX_LAYERS, "gcnn.channels",
+                f"{len(self.channels):,} layers, more than the bound of {MAX_LAYERS:,}")
         require(len(self.channels) == len(self.kernels) >= 1, "gcnn.kernels",
                 "needs one kernel size per entry of gcnn.channels")
         for index, (c, k) in enumerate(zip(self.channels, self.kernels, strict=True)):

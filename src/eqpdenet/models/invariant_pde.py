@@ -40,6 +40,10 @@ from .perceptron import Standardize
 __all__ = ["InvariantPDEConfig", "InvariantPDENet"]
 
 
+#: The most Euler-step blocks (each a module with its own F) an InvariantPDENet may have.
+MAX_BLOCKS = 1000
+
+
 @dataclass
 class InvariantPDEConfig:
     """Options of :class:`InvariantPDENet` (defaults: the benchmark's ~24k-parameter model).
@@ -83,6 +87,9 @@ class InvariantPDEConfig:
         for index, (c, b) in enumerate(zip(self.channels, self.blocks, strict=True)):
             require_int(c, f"invariant_pde.channels[{index}]", 1)
             require_int(b, f"invariant_pde.blocks[{index}]", 0)
+        require(sum(self.blocks) <= MAX_BLOCKS and len(self.channels) <= MAX_BLOCKS,
+                "invariant_pde.blocks", f"{sum(self.blocks):,} blocks in {len(self.channels)} "
+                f"stages, more than the bound of {MAX_BLOCKS:,} (the benchmark's model has 6)")
         require_positive(self.hidden, "invariant_pde.hidden")
         JOINT_GROUPS.check(self.group, "invariant_pde.group")
         require(self.joint in ("channel", "mixtures", "all"), "invariant_pde.joint",

@@ -46,8 +46,8 @@ __all__ = ["MAX_STEPS", "STEPS_RTOL", "ConvInt", "EulerConv", "EulerFlow", "Eule
            "input_range_hint", "steps_for"]
 
 #: The most Euler steps :func:`steps_for` accepts: a bound on work and memory found before any is
-#: spent (the paper's layer takes 10; the equivariance studies a few hundred). An
-#: :class:`EulerFlow` built with an explicit number of steps is not bounded.
+#: spent (the paper's layer takes 10; the equivariance studies a few hundred), and by
+#: :class:`EulerFlow` for an explicit number of steps.
 MAX_STEPS = 100_000
 
 #: How far ``T / dt`` may be from a whole number, relative to it, and still count as one: rounding
@@ -165,7 +165,7 @@ class EulerFlow(nn.Module):
     def __init__(self, step: EulerStep, steps: int, check_finite: bool = True):
         super().__init__()
         self.step = step
-        self.steps = require_int(steps, "steps", 0)
+        self.steps = require_int(steps, "steps", 0, maximum=MAX_STEPS)
         self.check_finite = bool(check_finite)
 
     @property

@@ -46,7 +46,7 @@ from .invariants import (
     InvariantSet,
     get_invariant_set,
 )
-from .rhs import RIGHT_HAND_SIDES, InvariantRHS, MonomialF
+from .rhs import RIGHT_HAND_SIDES, InvariantRHS, MonomialF, require_polynomial_size
 from .stencils import BOUNDARIES, STENCILS, check_sigma
 
 __all__ = [
@@ -144,6 +144,9 @@ INITS.register("normal", _init_normal)
 
 # ----------------------------------------------------------------------------- configuration
 
+#: The most PDEs a :class:`LayerConfig` accepts (the paper's layer has 4).
+MAX_PDES = 1024
+
 @dataclass
 class LayerConfig:
     """Everything that defines a PDE layer.
@@ -202,12 +205,17 @@ class LayerConfig:
     def __post_init__(self):
         require(isinstance(self.invariants, list | tuple) and len(self.invariants) >= 1,
                 "layer.invariants", "needs a list of at least one invariant set")
+        require(len(self.invariants) <= MAX_PDES, "layer.invariants",
+                f"{len(self.invariants):,} PDEs, more than the bound of {MAX_PDES}")
         self.invariants = list(self.invariants)
         for index, name in enumerate(self.invariants):
             if not isinstance(name, InvariantSet):
                 INVARIANT_SETS.check(name, f"layer.invariants[{index}]")
         RIGHT_HAND_SIDES.check(self.rhs, "layer.rhs")
         require_int(self.degree, "layer.degree", 1)
+        if self.rhs == "polynomial":  # before any monomial is enumerated
+            for spec in self.invariants:
+                require_polynomial_size(len(get_invariant_set(spec)), self.degree, "layer.degree")
         require_positive(self.dt, "layer.dt")
         steps_for(self.T, self.dt, ("layer.T", "layer.dt"))
         require_positive(self.spacing, "layer.spacing")
