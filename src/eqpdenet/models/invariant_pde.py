@@ -154,7 +154,7 @@ class InvariantPDENet(nn.Module):
         self.min_image_size = stencil.min_image_size * 2**pools
         self.image_size = require_image_size(
             image_size, self.min_image_size,
-            f"{pools} 2x2 pooling(s) between its stages, then the {config.stencil!r} stencil with "
+            f"{pools} poolings of 2x2 between its stages, then the {config.stencil!r} stencil with "
             f"the {config.boundary!r} boundary")
         self.in_channels = require_int(in_channels, "in_channels", 1)
         self.standardize = Standardize(input_mean, input_std)
