@@ -53,13 +53,15 @@ def _layer(invariants, dtype, *, rhs="linear", degree=1, steps=3, dt=0.1, stenci
     torch.manual_seed(seed)
     with warnings.catch_warnings():  # random coefficients may break the diffusion bound: fine
         warnings.filterwarnings("ignore", message=".*explicit Euler bound", category=UserWarning)
-        layer = PDELayer.build(invariants, rhs=rhs, degree=degree, T=steps * dt, dt=dt,
+        # a horizon is at least one step (steps_for); zero steps are set on the flows below
+        layer = PDELayer.build(invariants, rhs=rhs, degree=degree, T=max(steps, 1) * dt, dt=dt,
                                stencil=stencil, spacing=spacing, boundary=boundary,
                                ratio_eps=ratio_eps, ratio_regularisation=ratio_regularisation,
                                reduction=reduction, init="normal", init_scale=scale, **kwargs)
     with torch.no_grad():
         for pde in layer.pdes:
             pde.step.rhs.F.bias.normal_(0.0, scale)
+            pde.steps = steps
     return layer.to(dtype)
 
 
