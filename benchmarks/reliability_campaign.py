@@ -278,8 +278,8 @@ def fault_two_writers(tmp: Path) -> Outcome:
     first = subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     try:
-        poll(lambda: (holder(out, wait=0) or {}).get("pid") == first.pid, 300)
-        second, _ = _run(argv, 300)
+        poll(lambda: (holder(out, wait=0) or {}).get("pid") == first.pid, 1800)
+        second, _ = _run(argv, 900)
         overlapped = first.poll() is None
     finally:
         first.kill()
@@ -300,7 +300,7 @@ def fault_kill_sweep(tmp: Path) -> Outcome:
                      *sweep_args(TINY_SWEEP + ["seeds=[0, 1, 2]", "models=['fcnn']"]))
     process = subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    poll(lambda: (out / "results.jsonl").exists() and read_jsonl(out / "results.jsonl"), 300,
+    poll(lambda: (out / "results.jsonl").exists() and read_jsonl(out / "results.jsonl"), 1800,
           0.05)
     process.kill()
     process.wait()
@@ -328,7 +328,7 @@ def fault_orphans(tmp: Path, sig: int = signal.SIGKILL) -> Outcome:
         workers = pool_workers(parent.pid)
         return len(workers) >= 2 and all(cpu_seconds(w) > 8 for w in workers[:2]) and workers
 
-    workers = poll(training, 300, 0.5) or []
+    workers = poll(training, 1800, 0.5) or []
     family = descendants(parent.pid)
     parent.send_signal(sig)
     try:
@@ -362,7 +362,7 @@ def fault_sigterm_train(tmp: Path, sig: int = signal.SIGTERM) -> Outcome:
     longer[longer.index("--epochs") + 1] = "100"
     process = subprocess.Popen(_eqpdenet(*base, *longer), env=_env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
-    poll(lambda: any(tmp.glob(".run.staging-*")) and cpu_seconds(process.pid) > 6, 300)
+    poll(lambda: any(tmp.glob(".run.staging-*")) and cpu_seconds(process.pid) > 6, 1800)
     process.send_signal(sig)
     _, err = process.communicate(timeout=120)
     after = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -458,7 +458,7 @@ def fault_kill_build(tmp: Path) -> Outcome:
     code = "from eqpdenet.kernels import cpu; cpu.load_extension(); print('loaded')"
     process = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
-    poll(lambda: list((tmp / "build").glob("*/lock")), 300, 0.1)
+    poll(lambda: list((tmp / "build").glob("*/lock")), 1800, 0.1)
     os.killpg(process.pid, signal.SIGKILL)  # the build, ninja and the compiler with it
     process.wait()
     stale = [str(p.relative_to(tmp)) for p in (tmp / "build").glob("*/lock")]
