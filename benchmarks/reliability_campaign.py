@@ -19,6 +19,7 @@ expected exception or warning; for a fault, the property stated (no orphan, no d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -1004,6 +1005,17 @@ def table(results: list[tuple[Case, Outcome]]) -> str:
     return "\n".join(lines)
 
 
+def _machine(load: float) -> str:
+    """The CPU, its cores and the load when the campaign started, for the table's last line."""
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{os.cpu_count()} cores of an {model}, load average {load:.1f} at the start"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", help="Markdown file whose campaign table to replace")
@@ -1015,7 +1027,7 @@ def main() -> int:
         sys.exit("set EQPDENET_DATA to the folder containing mnist/")
     cases = [c for c in CASES if (not args.only or c.id in args.only)
              and not (args.skip_slow and c.slow)]
-    start = time.monotonic()
+    start, load = time.monotonic(), os.getloadavg()[0]
     results = []
     with tempfile.TemporaryDirectory(prefix="eqpdenet-campaign-") as scratch:
         prepare(Path(scratch) / "shared", data)
@@ -1042,7 +1054,7 @@ def main() -> int:
         text = path.read_text()
         body = (f"{START}\n\n{table(results)}\n\n{summary} (`python "
                 f"benchmarks/reliability_campaign.py{' --skip-slow' if args.skip_slow else ''}"
-                f"`).\n\n{END}")
+                f"`, {time.strftime('%Y-%m-%d')}, {_machine(load)}).\n\n{END}")
         path.write_text(text[:text.index(START)] + body + text[text.index(END) + len(END):])
     return 1 if failed else 0
 
