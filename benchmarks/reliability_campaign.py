@@ -19,6 +19,7 @@ expected exception or warning; for a fault, the property stated (no orphan, no d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -82,22 +83,37 @@ def _run(argv: list[str], timeout: float = 600, env: dict | None = None, **kwarg
 
 
 def cli(*args: str, fragment: str, expect: str = "error", timeout: float = 600,
-        env: dict | None = None) -> Callable[[Path], Outcome]:
+        env: dict | None = None, cwd: str | None = None, status: int | None = None,
+        setup: Callable[[Path], None] | None = None,
+        after: Callable[[Path, subprocess.CompletedProcess], str | None] | None = None,
+        ) -> Callable[[Path], Outcome]:
     """``eqpdenet args`` ({tmp}, {data}, {ckpt}... substituted); expect an error line with
-    ``fragment``, a warning with it (``"warning"``), or success with it in the output."""
+    ``fragment``, a warning with it (``"warning"``), or success with it in the output; ``status``
+    the exit status where it matters. ``setup(tmp)`` prepares the case's files; ``after(tmp,
+    done)`` checks what the command left (None: as it should be; else what is wrong)."""
     def run(tmp: Path) -> Outcome:
+        if setup is not None:
+            setup(tmp)
         argv = [a.format(**PLACES, tmp=tmp) for a in args]
-        done, seconds = _run([sys.executable, "-m", "eqpdenet", *argv], timeout, env)
+        where = cwd.format(**PLACES, tmp=tmp) if cwd else None
+        done, seconds = _run([sys.executable, "-m", "eqpdenet", *argv], timeout, env, cwd=where)
         traceback = "Traceback" in done.stderr
         message = _message(done.stderr) if expect != "ok" else (done.stdout.strip().splitlines()
                                                                  or [""])[-1]
         errors = [line for line in done.stderr.splitlines() if ": error: " in line]
+        wanted = done.returncode == status if status is not None else (
+            done.returncode != 0 if expect == "error" else done.returncode == 0)
         if expect == "error":
-            passed = done.returncode != 0 and len(errors) == 1 and fragment in errors[0]
+            passed = wanted and len(errors) == 1 and fragment in errors[0]
         elif expect == "warning":
-            passed = done.returncode == 0 and fragment in done.stderr
+            passed = wanted and fragment in done.stderr
         else:
-            passed = done.returncode == 0 and fragment in done.stdout + done.stderr
+            passed = wanted and fragment in done.stdout + done.stderr
+        note = after(tmp, done) if after is not None else None
+        if note:
+            message, passed = f"{message}; BUT {note}", False
+        elif after is not None:
+            message += f"; {getattr(after, 'says', 'left as it should be')}"
         return Outcome(done.returncode, message, traceback, seconds, passed and not traceback)
     return run
 
@@ -109,6 +125,7 @@ def lib(snippet: str, *, expect: str, fragment: str) -> Callable[[Path], Outcome
         import warnings, torch
         import eqpdenet
         from eqpdenet import *
+        from eqpdenet import models
         from eqpdenet.errors import *
         torch.manual_seed(0)
         warnings.simplefilter("always")
@@ -183,6 +200,9 @@ def prepare(root: Path, data: str) -> None:
         invalid = {{**payload, "config": {{**payload["config"],
                     "model": {{**payload["config"]["model"], "hidden": 0}}}}}}
         torch.save(invalid, root + "/edited-invalid.pt")
+        broken = {{**payload, "state_dict": {{k: v.clone() for k, v in payload["state_dict"].items()}}}}
+        broken["state_dict"]["mlp.2.weight"][0, :3] = float("nan")
+        torch.save(broken, root + "/nan.pt")
     ''')
     subprocess.run([sys.executable, "-c", code], check=True, env=_env(), timeout=1800)
     (root / "model.pt").read_bytes()
@@ -203,7 +223,38 @@ def prepare(root: Path, data: str) -> None:
         (root / name / "results.jsonl").write_text("\n".join(lines) + "\n")
     (root / "foreign").mkdir()
     (root / "foreign" / "notes.txt").write_text("my notes")
+    _data_files(root / "npz")
+    _sweep_folders(root)
     PLACES.update(root=str(root), data=data, ckpt=str(root / "model.pt"))
+
+
+def _npz(path: Path, n_train: int = 60, n_test: int = 20, classes: int = 3, size: int = 8) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    with open(path, "wb") as handle:  # a handle: np.savez would add ".npz" to "DIGITS.NPZ"
+        np.savez(handle, x_train=rng.integers(0, 256, (n_train, size, size), dtype=np.uint8),
+                 y_train=np.arange(n_train) % classes,
+                 x_test=rng.integers(0, 256, (n_test, size, size), dtype=np.uint8),
+                 y_test=np.arange(n_test) % classes)
+
+
+def _data_files(folder: Path) -> None:
+    folder.mkdir()
+    _npz(folder / "one-class.npz", classes=1)
+    _npz(folder / "empty.npz", n_train=0, n_test=0)
+    _npz(folder / "DIGITS.NPZ")
+    _npz(folder / "tiny.npz", size=2)
+
+
+def _sweep_folders(root: Path) -> None:
+    """A sweep whose results hold a NaN accuracy, and a sweep killed after one run of three."""
+    config = "\n".join(['models = ["fcnn"]', "hidden_sizes = [16]", "seeds = [0, 1, 2]", ""])
+    for name, lines in (("sweep-nan", [_record(0, 70.0), _record(1, float("nan"))]),
+                        ("sweep-killed", [_record(0, 70.0)])):
+        (root / name).mkdir()
+        (root / name / "config.toml").write_text(config)
+        (root / name / "results.jsonl").write_text("\n".join(lines) + "\n")
 
 
 def _record(seed: int, test: float) -> str:
@@ -228,8 +279,8 @@ def fault_two_writers(tmp: Path) -> Outcome:
     first = subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     try:
-        poll(lambda: (holder(out, wait=0) or {}).get("pid") == first.pid, 300)
-        second, _ = _run(argv, 300)
+        poll(lambda: (holder(out, wait=0) or {}).get("pid") == first.pid, 1800)
+        second, _ = _run(argv, 900)
         overlapped = first.poll() is None
     finally:
         first.kill()
@@ -250,7 +301,7 @@ def fault_kill_sweep(tmp: Path) -> Outcome:
                      *sweep_args(TINY_SWEEP + ["seeds=[0, 1, 2]", "models=['fcnn']"]))
     process = subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    poll(lambda: (out / "results.jsonl").exists() and read_jsonl(out / "results.jsonl"), 300,
+    poll(lambda: (out / "results.jsonl").exists() and read_jsonl(out / "results.jsonl"), 1800,
           0.05)
     process.kill()
     process.wait()
@@ -278,7 +329,7 @@ def fault_orphans(tmp: Path, sig: int = signal.SIGKILL) -> Outcome:
         workers = pool_workers(parent.pid)
         return len(workers) >= 2 and all(cpu_seconds(w) > 8 for w in workers[:2]) and workers
 
-    workers = poll(training, 300, 0.5) or []
+    workers = poll(training, 1800, 0.5) or []
     family = descendants(parent.pid)
     parent.send_signal(sig)
     try:
@@ -301,7 +352,7 @@ def fault_orphans(tmp: Path, sig: int = signal.SIGKILL) -> Outcome:
                    time.monotonic() - start, passed)
 
 
-def fault_sigterm_train(tmp: Path) -> Outcome:
+def fault_sigterm_train(tmp: Path, sig: int = signal.SIGTERM) -> Outcome:
     out, start = tmp / "run", time.monotonic()
     base = ["train", "--out", str(out), "--data-dir", PLACES["data"], "--cache-dir",
             str(tmp / "cache")]
@@ -312,8 +363,8 @@ def fault_sigterm_train(tmp: Path) -> Outcome:
     longer[longer.index("--epochs") + 1] = "100"
     process = subprocess.Popen(_eqpdenet(*base, *longer), env=_env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
-    poll(lambda: any(tmp.glob(".run.staging-*")) and cpu_seconds(process.pid) > 6, 300)
-    process.terminate()
+    poll(lambda: any(tmp.glob(".run.staging-*")) and cpu_seconds(process.pid) > 6, 1800)
+    process.send_signal(sig)
     _, err = process.communicate(timeout=120)
     after = {p.name: p.read_bytes() for p in out.iterdir()}
     staging = list(tmp.glob(".run.staging-*"))
@@ -364,13 +415,51 @@ def fault_interrupt_jobs(tmp: Path) -> Outcome:
     return fault_orphans(tmp, signal.SIGINT)
 
 
+def fault_terminate_jobs(tmp: Path) -> Outcome:
+    """SIGTERM while two workers train and save: no process and no temporary file survive."""
+    outcome = fault_orphans(tmp, signal.SIGTERM)
+    left = [str(p.relative_to(tmp)) for p in tmp.rglob("*.tmp")]
+    if left:
+        outcome.passed, outcome.message = False, f"{outcome.message}; BUT left {left}"
+    else:
+        outcome.message += "; no temporary file left"
+    return outcome
+
+
+def fault_hangup_train(tmp: Path) -> Outcome:
+    """SIGHUP (the terminal or SSH session closed) ends `train` like SIGTERM."""
+    return fault_sigterm_train(tmp, signal.SIGHUP)
+
+
+def fault_progress_log(tmp: Path) -> Outcome:
+    """`train` with its progress on, stderr a file (a log, not a terminal): one plain line per
+    epoch, no escape sequences or carriage returns."""
+    start = time.monotonic()
+    log = tmp / "train.log"
+    with open(log, "w") as handle:
+        process = subprocess.run(
+            _eqpdenet("train", "--out", str(tmp / "run"), "--data-dir", PLACES["data"],
+                      "--cache-dir", str(tmp / "cache"), "--model", "fcnn", "--hidden", "8",
+                      "--epochs", "3", "--set", "data.train_subset=300", "--set",
+                      "data.test_subset=200"),
+            env=_env(), stdout=subprocess.DEVNULL, stderr=handle, timeout=600)
+    text = log.read_text()
+    epochs = [line for line in text.splitlines() if ": epoch " in line]
+    clean = "\r" not in text and "\x1b" not in text
+    passed = process.returncode == 0 and len(epochs) == 3 and clean
+    return Outcome(process.returncode, f"{len(epochs)} epoch lines, "
+                   f"{'no' if clean else 'SOME'} escape sequences or carriage returns; the last: "
+                   f"{epochs[-1] if epochs else ''!r}", "Traceback" in text,
+                   time.monotonic() - start, passed)
+
+
 def fault_kill_build(tmp: Path) -> Outcome:
     start = time.monotonic()
     env = _env(EQPDENET_BUILD_DIR=str(tmp / "build"))
     code = "from eqpdenet.kernels import cpu; cpu.load_extension(); print('loaded')"
     process = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
-    poll(lambda: list((tmp / "build").glob("*/lock")), 300, 0.1)
+    poll(lambda: list((tmp / "build").glob("*/lock")), 1800, 0.1)
     os.killpg(process.pid, signal.SIGKILL)  # the build, ninja and the compiler with it
     process.wait()
     stale = [str(p.relative_to(tmp)) for p in (tmp / "build").glob("*/lock")]
@@ -430,6 +519,85 @@ def _on_tmpfs(size: str, free: int | None, argv: list[str], fragment: str):
             subprocess.run(["umount", str(mount)], capture_output=True)
     return run
 
+
+
+# ----------------------------------------------------------------------------- round 2 helpers
+# (issue 20: the kinds of case a campaign from outside found, and their siblings)
+
+
+def _user_folder(tmp: Path) -> None:
+    mine = tmp / "mine"
+    mine.mkdir()
+    for name, text in (("model.pt", "my model"), ("config.toml", "mine = 1"),
+                       ("notes.txt", "my notes")):
+        (mine / name).write_text(text)
+
+
+def _user_folder_intact(tmp: Path, done) -> str | None:
+    names = sorted(p.name for p in (tmp / "mine").iterdir())
+    if names != ["config.toml", "model.pt", "notes.txt"]:
+        return f"the folder now holds {names}"
+    if (tmp / "mine" / "model.pt").read_text() != "my model" or \
+            (tmp / "mine" / "config.toml").read_text() != "mine = 1":
+        return "a file of the user's was changed"
+    return None
+
+
+_user_folder_intact.says = "the user's files untouched, nothing added"
+
+
+def _run_behind_a_link(tmp: Path) -> None:
+    first, _ = _run(_eqpdenet("train", "--out", str(tmp / "real"), "--data-dir", PLACES["data"],
+                              "--cache-dir", str(tmp / "cache"), *TINY))
+    if first.returncode:
+        raise RuntimeError(f"the first run failed: {_message(first.stderr)}")
+    (tmp / "link").symlink_to(tmp / "real", target_is_directory=True)
+
+
+def _link_kept(tmp: Path, done) -> str | None:
+    if not (tmp / "link").is_symlink():
+        return "the link was replaced"
+    left = sorted(p.name for p in tmp.iterdir() if p.name not in ("real", "link", "cache"))
+    if left:
+        return f"left {left}"
+    seed = json.loads((tmp / "real" / "result.json").read_text())["seed"]
+    return None if seed == 1 else f"the run behind the link is of seed {seed}"
+
+
+_link_kept.says = "the link kept, the run behind it replaced (seed 1), no staging left"
+
+
+def _here(tmp: Path) -> None:
+    (tmp / "here").mkdir()
+
+
+def _here_untouched(tmp: Path, done) -> str | None:
+    names = sorted(p.name for p in (tmp / "here").iterdir()) if (tmp / "here").is_dir() else None
+    return None if names == [] else f"the current folder now holds {names}"
+
+
+_here_untouched.says = "the current folder untouched"
+
+
+def _nothing_at(name: str):
+    def check(tmp: Path, done) -> str | None:
+        return f"{name} was created" if (tmp / name).exists() else None
+
+    check.says = f"nothing written ({name} not created)"
+    return check
+
+
+def _equivariance_default(tmp: Path, done) -> str | None:
+    table = tmp / "runs" / "equivariance-quick" / "table.md"
+    docs = ROOT / "docs" / "equivariance" / "table.md"
+    if not table.is_file():
+        return "no table under runs/equivariance-quick"
+    return None if docs.stat().st_mtime < START_TIME else "docs/equivariance/table.md changed"
+
+
+_equivariance_default.says = "written to runs/equivariance-quick; docs/equivariance untouched"
+
+START_TIME = time.time()
 
 # ----------------------------------------------------------------------------- the cases
 
@@ -535,7 +703,8 @@ CASES = [
     Case("study-hidden-0", "config", "`study --hidden 0`",
          cli("study", "--out", "{tmp}/s", "--hidden", "0", fragment="hidden_sizes[0]")),
     Case("evaluate-instances-0", "config", "`evaluate --instances 0`",
-         cli("evaluate", "{ckpt}", "--instances", "0", fragment="is not a positive integer")),
+         cli("evaluate", "{ckpt}", "--instances", "0",
+             fragment="is not a number of instances from 1 to 1000")),
     Case("evaluate-scenario", "config", "`evaluate --scenarios rotated`",
          cli("evaluate", "{ckpt}", "--scenarios", "rotated", fragment="unknown scenario")),
     Case("figure-angle-nan", "config", "`figure diagram --angle nan`",
@@ -552,12 +721,12 @@ CASES = [
              "--out", "{tmp}/f.png", fragment="--pde 9: the checkpoint has 4 PDEs")),
     Case("figure-out-folder", "config", "`figure diagram --out <a folder>`",
          cli("figure", "diagram", "--out", "{root}/folder", "--data-dir", "{data}",
-             fragment="a folder is in the way of the PNG file")),
+             fragment="a folder is in the way of the file")),
     Case("describe-samples", "config", "`describe --samples 10000 --out d`",
          cli("describe", "{ckpt}", "--samples", "10000", "--out", "{tmp}/d", "--data-dir",
              "{data}", fragment="sample 10000")),
     Case("describe-frames-0", "config", "`describe --frames 0`",
-         cli("describe", "{ckpt}", "--frames", "0", fragment="is not a positive integer")),
+         cli("describe", "{ckpt}", "--frames", "0", fragment="is not a number of frames")),
     Case("equivariance-T-0", "config", "`equivariance --T 0`",
          cli("equivariance", "--T", "0", fragment="is not a positive number")),
     Case("equivariance-checkpoint", "config", "`equivariance --quick --checkpoint <missing>`",
@@ -575,7 +744,7 @@ CASES = [
     Case("out-cannot-create", "output", "`train --out /proc/eqpdenet-run`",
          T("--out", "/proc/eqpdenet-run", fragment="cannot create the folder")),
     Case("out-foreign-files", "output", "`train --out <a folder with other files>`",
-         T("--out", "{root}/foreign", fragment="holds files that are not part of an eqpdenet run")),
+         T("--out", "{root}/foreign", fragment="holds files that eqpdenet did not write as a run")),
     Case("reproduce-out-file", "output", "`reproduce --out <an existing file>`",
          R("--out", "{root}/file.txt", fragment="is a file, not a folder")),
     Case("disk-full", "output", "`train --out` on a full file system (tmpfs)",
@@ -681,6 +850,120 @@ CASES = [
          lib("PDELayer.build(dt=-1.0)", expect="ConfigError", fragment="layer.dt")),
     Case("model-hidden-0", "library", "`EqPdeNet(hidden=0)`",
          lib("EqPdeNet(hidden=0)", expect="ConfigError", fragment="hidden")),
+    # round 2 (issue 20): horizons, bounds and waits
+    Case("T-not-multiple", "config", "`--set model.layer.T=0.25` (dt 0.1: 2.5 steps)",
+         T("--set", "model.layer.T=0.25", fragment="T = 0.25 is not a whole multiple of dt = 0.1")),
+    Case("T-below-dt", "config", "`--set model.layer.T=0.05` (dt 0.1: no step)",
+         T("--set", "model.layer.T=0.05", fragment="T = 0.05 is smaller than dt = 0.1")),
+    Case("figure-unstable", "config", "`figure diagram --dt 0.5` (heat: a dt > 1/4)",
+         cli("figure", "diagram", "--dt", "0.5", "--out", "{tmp}/f.png",
+             fragment="is unstable with dt = 0.5")),
+    Case("figure-T-not-multiple", "config", "`figure diagram --T 0.25`",
+         cli("figure", "diagram", "--T", "0.25", "--out", "{tmp}/f.png",
+             fragment="T = 0.25 is not a whole multiple of dt = 0.1")),
+    Case("equivariance-steps", "config", "`equivariance --quick --T 1e7` (1e8 Euler steps)",
+         cli("equivariance", "--quick", "--T", "1e7", "--out", "{tmp}/eq",
+             fragment="more than the bound of 100,000")),
+    Case("equivariance-dt-grid", "config", "`equivariance --quick --T 0.3` (its dt study uses 0.2)",
+         cli("equivariance", "--quick", "--T", "0.3", "--out", "{tmp}/eq",
+             fragment="the dt study integrates to --T = 0.3")),
+    Case("epochs-huge", "config", "`--set train.epochs=1000000000000`",
+         T("--set", "train.epochs=1000000000000", fragment="more than the bound of 100,000 epochs")),
+    Case("hidden-1e8", "config", "`--set model.hidden=100000000` (a 313 GB perceptron)",
+         T("--set", "model.hidden=100000000", fragment="parameters with their gradients")),
+    Case("hidden-1e20", "config", "`--set model.hidden=100000000000000000000` (beyond 64 bits)",
+         T("--set", "model.hidden=100000000000000000000", fragment="must be below 2**63")),
+    Case("degree-50", "config", "`--set model.layer.rhs='polynomial' --set model.layer.degree=50`",
+         T("--set", "model.layer.rhs='polynomial'", "--set", "model.layer.degree=50",
+           fragment="3,478,760 terms, more than the bound of 10,000")),
+    Case("blocks-huge", "config", "`--model invariant_pde --set model.invariant_pde.blocks=[100000]`",
+         T("--model", "invariant_pde", "--set", "model.invariant_pde.channels=[4]", "--set",
+           "model.invariant_pde.blocks=[100000]", fragment="more than the bound of 1,000")),
+    Case("cnn-layers-huge", "config", "`--model cnn --set model.cnn.layers=100000`",
+         T("--model", "cnn", "--set", "model.cnn.layers=100000", fragment="cnn.layers: must be <=")),
+    Case("symbolic-channels", "config", "`symbolic --channels 9` (hours of SymPy)",
+         cli("symbolic", "--channels", "9", fragment="at most 4")),
+    Case("instances-huge", "config", "`evaluate --instances 100000`",
+         cli("evaluate", "{ckpt}", "--instances", "100000",
+             fragment="is not a number of instances from 1 to 1000")),
+    Case("benchmark-jobs-0", "config", "`benchmark --jobs 0` (nothing may be written)",
+         cli("benchmark", "--jobs", "0", "--out", "{tmp}/bench", fragment="is not a positive",
+             after=_nothing_at("bench"))),
+    Case("ray-no-cluster", "config", "`reproduce --executor ray --address 127.0.0.1:9` (no head)",
+         R("--executor", "ray", "--address", "127.0.0.1:9", fragment="no Ray cluster there",
+           timeout=120)),
+    # round 2: output folders never the user's
+    Case("out-empty", "output", "`train --out ''`",
+         T("--out", "", fragment="is not a path (it is empty)")),
+    Case("out-current", "output", "`train --out .` in an empty folder",
+         T("--out", ".", fragment="is the current folder or holds it", cwd="{tmp}/here",
+           setup=_here, after=_here_untouched)),
+    Case("out-users-model", "output", "`train --out <a folder with a model.pt of the user's>`",
+         T("--out", "{tmp}/mine", fragment="eqpdenet did not write as a run", setup=_user_folder,
+           after=_user_folder_intact)),
+    Case("reproduce-users-config", "output", "`reproduce --out <a folder with the user's "
+         "config.toml>`", R("--out", "{tmp}/mine", fragment="eqpdenet did not write",
+                            setup=_user_folder, after=_user_folder_intact)),
+    Case("out-symlink", "output", "`train --out <a link to a run folder>` (a rerun, seed 1)",
+         T("--out", "{tmp}/link", "--data-dir", "{data}", "--cache-dir", "{tmp}/cache", *TINY,
+           "--seed", "1", expect="ok", fragment="->", setup=_run_behind_a_link,
+           after=_link_kept)),
+    Case("json-under-file", "output", "`evaluate --json <a file>/summary.json`",
+         cli("evaluate", "{ckpt}", "--json", "{root}/file.txt/summary.json",
+             fragment="file.txt is a file, not a folder")),
+    Case("equivariance-default", "output", "`equivariance --quick` without --out",
+         cli("equivariance", "--quick", "--data-dir", "{data}", expect="ok", fragment="wrote",
+             cwd="{tmp}", after=_equivariance_default)),
+    Case("report-nan", "output", "`report` of results with a NaN accuracy",
+         cli("report", "{root}/sweep-nan", fragment="accuracy test is nan, not a finite")),
+    Case("report-killed", "output", "`report` of a sweep killed after 1 run of 3",
+         cli("report", "{root}/sweep-killed", expect="warning", status=3,
+             fragment="the sweep is incomplete: 2 of 3 runs have no result")),
+    Case("report-file", "output", "`report <a file>`",
+         cli("report", "{root}/file.txt", fragment="a file, not a results folder")),
+    # round 2: data files
+    Case("data-one-class", "data", "`train --dataset <a .npz of one class>`",
+         T("--dataset", "{root}/npz/one-class.npz", fragment="at least two classes")),
+    Case("data-empty", "data", "`train --dataset <a .npz without images>`",
+         T("--dataset", "{root}/npz/empty.npz", fragment="holds no labels (no images)")),
+    Case("data-upper-suffix", "data", "`train --dataset DIGITS.NPZ`",
+         T("--dataset", "{root}/npz/DIGITS.NPZ", "--model", "fcnn", "--hidden", "4", "--epochs",
+           "1", expect="ok", fragment="->")),
+    Case("data-too-small", "data", "`train --dataset <2x2 images> --model invariant_pde`",
+         T("--dataset", "{root}/npz/tiny.npz", "--model", "invariant_pde",
+           fragment="it needs images of at least 4x4")),
+    Case("data-subset-large", "data", "`--set data.train_subset=99999` (12,000 images)",
+         T("--set", "data.train_subset=99999", "--data-dir", "{data}", "--cache-dir", "{tmp}/c",
+           fragment="is more than the 12000 training images")),
+    Case("ckpt-nan", "checkpoint", "`evaluate <a checkpoint with NaN weights>`",
+         cli("evaluate", "{root}/nan.pt", fragment="the weights are not all finite")),
+    # round 2: every model family through the same entry check
+    Case("deep-nan", "library", "InvariantPDENet on a NaN image",
+         lib("models.InvariantPDENet()(torch.full((2, 1, 28, 28), float('nan')))",
+             expect="InputError", fragment="the input is at fault")),
+    Case("deep-float64", "library", "float64 images into a float32 InvariantPDENet",
+         lib(f"models.InvariantPDENet()({X}.double())", expect="InputTypeError",
+             fragment="is torch.float64 but the module computes in torch.float32")),
+    Case("deep-float16", "library", "float16 images into a float32 InvariantPDENet",
+         lib(f"models.InvariantPDENet()({X}.half()).dtype", expect="ok",
+             fragment="torch.float16")),
+    Case("deep-batch-1", "library", "a batch of one image, InvariantPDENet in training mode",
+         lib("models.InvariantPDENet()(torch.rand(1, 1, 28, 28))", expect="InputError",
+             fragment="a batch of one image in training mode")),
+    Case("head-batch-1", "library", "a batch of one image, EqPdeNet(head='invariant') training",
+         lib("EqPdeNet(8, head='invariant')(torch.rand(1, 1, 28, 28))", expect="InputError",
+             fragment="batch normalisation")),
+    Case("deep-too-small", "library", "`InvariantPDENet(image_size=2)` (two 2x2 poolings)",
+         lib("models.InvariantPDENet(image_size=2)", expect="ConfigError",
+             fragment="it needs images of at least 4x4")),
+    Case("cnn-nan", "library", "CNN on a NaN image",
+         lib("models.CNN()(torch.full((2, 1, 28, 28), float('nan')))", expect="InputError",
+             fragment="the input is at fault")),
+    Case("layer-T-not-multiple", "library", "`PDELayer.build(T=0.25)`",
+         lib("PDELayer.build(T=0.25)", expect="ConfigError", fragment="not a whole multiple")),
+    Case("flow-steps", "library", "`EulerFlow(EulerStep(InvariantRHS('se2')), 10**8)`",
+         lib("EulerFlow(EulerStep(InvariantRHS('se2')), 10**8)", expect="ConfigError",
+             fragment="steps: must be <= 100,000")),
     # faults
     Case("two-writers", "fault", "two `reproduce` on one `--out` at once", fault_two_writers),
     Case("kill-sweep", "fault", "SIGKILL of `reproduce` mid-sweep, then the same command",
@@ -695,6 +978,12 @@ CASES = [
          fault_failed_rerun),
     Case("rerun-replaces", "fault", "a rerun (another seed) into a folder holding a run",
          fault_rerun_replaces),
+    Case("sigterm-jobs", "fault", "SIGTERM to `reproduce --jobs 2` while both workers train",
+         fault_terminate_jobs),
+    Case("sighup-train", "fault", "SIGHUP of `train` into a folder holding a previous run",
+         fault_hangup_train),
+    Case("progress-log", "fault", "`train` with progress on, stderr a log file",
+         fault_progress_log),
     Case("kill-build", "fault", "SIGKILL during the C++ kernel's first build, then a new process",
          fault_kill_build, slow=True),
     Case("broken-pipe", "fault", "`eqpdenet info | head -1`", fault_broken_pipe),
@@ -716,6 +1005,17 @@ def table(results: list[tuple[Case, Outcome]]) -> str:
     return "\n".join(lines)
 
 
+def _machine(load: float) -> str:
+    """The CPU, its cores and the load when the campaign started, for the table's last line."""
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{os.cpu_count()} cores of an {model}, load average {load:.1f} at the start"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", help="Markdown file whose campaign table to replace")
@@ -727,7 +1027,7 @@ def main() -> int:
         sys.exit("set EQPDENET_DATA to the folder containing mnist/")
     cases = [c for c in CASES if (not args.only or c.id in args.only)
              and not (args.skip_slow and c.slow)]
-    start = time.monotonic()
+    start, load = time.monotonic(), os.getloadavg()[0]
     results = []
     with tempfile.TemporaryDirectory(prefix="eqpdenet-campaign-") as scratch:
         prepare(Path(scratch) / "shared", data)
@@ -754,7 +1054,7 @@ def main() -> int:
         text = path.read_text()
         body = (f"{START}\n\n{table(results)}\n\n{summary} (`python "
                 f"benchmarks/reliability_campaign.py{' --skip-slow' if args.skip_slow else ''}"
-                f"`).\n\n{END}")
+                f"`, {time.strftime('%Y-%m-%d')}, {_machine(load)}).\n\n{END}")
         path.write_text(text[:text.index(START)] + body + text[text.index(END) + len(END):])
     return 1 if failed else 0
 

@@ -91,12 +91,17 @@ def require_nonnegative(value, field: str) -> float:
     return value
 
 
-def require_int(value, field: str, minimum: int | None = None) -> int:
-    """An integer (not a ``bool``), at least ``minimum`` if given."""
+def require_int(value, field: str, minimum: int | None = None,
+                maximum: int | None = None) -> int:
+    """An integer (not a ``bool``) that fits in 64 bits, at least ``minimum`` and at most
+    ``maximum`` where given."""
     require(isinstance(value, numbers.Integral) and not isinstance(value, bool), field,
             f"must be an integer, got {value!r}")
+    require(-(2**63) <= value < 2**63, field, f"must be below 2**63, got {value!r}")
     if minimum is not None:
         require(value >= minimum, field, f"must be >= {minimum}, got {value!r}")
+    if maximum is not None:
+        require(value <= maximum, field, f"must be <= {maximum:,}, got {value!r}")
     return int(value)
 
 

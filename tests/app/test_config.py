@@ -131,3 +131,14 @@ def test_the_papers_results_folder_stays_resumable():
     covariant = ReproduceConfig()
     covariant.base.model.layer.ratio_regularisation = "covariant"
     assert fingerprint(covariant.base) != fingerprint(ReproduceConfig().base)
+
+
+def test_a_configuration_never_records_a_horizon_that_would_not_run():
+    """T = 0.25 with dt = 0.1 would run 2 steps (T = 0.2) while config.toml said 0.25: refused
+    where the configuration is read, so no command starts with it."""
+    for assignment in ("model.layer.T=0.25", "model.layer.T=0.05", "model.layer.dt=0.3"):
+        with pytest.raises(ConfigError, match=r"layer.T / layer.dt: T = [\d.]+ is (not a whole "
+                                              r"multiple of|smaller than) dt"):
+            apply_overrides(ExperimentConfig(), [assignment])
+    paper = apply_overrides(ExperimentConfig(), ["model.layer.T=2.0"])
+    assert paper.model.layer.steps == 20 and ExperimentConfig().model.layer.steps == 10

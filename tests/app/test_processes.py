@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -73,11 +72,11 @@ def test_two_writers_on_one_folder_the_second_stops_at_once(tmp_path, cache_dir)
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         info = wait_for(lambda: (holder(out, wait=0) or {}).get("pid") == first.pid
-                        and holder(out), 180, "the first writer to take the lock")
+                        and holder(out), 900, "the first writer to take the lock")
         assert info["command"] == "reproduce"
-        start = time.monotonic()
-        second = subprocess.run(command(out, cache_dir, data), env=environment(),
-                                capture_output=True, text=True, timeout=180)
+        fresh = tmp_path / "second-cache"  # the second writer's data cache: must stay unused
+        second = subprocess.run(command(out, fresh, data), env=environment(),
+                                capture_output=True, text=True, timeout=600)
         assert first.poll() is None, "the first writer ended before the second tried"
         assert second.returncode == 2
         assert "Traceback" not in second.stderr
@@ -85,8 +84,8 @@ def test_two_writers_on_one_folder_the_second_stops_at_once(tmp_path, cache_dir)
                 in second.stderr), second.stderr
         assert f"running `eqpdenet reproduce --out {out} " in second.stderr
         assert "one writer per folder" in second.stderr
-        # "at once": it stopped without loading data or training (Python + torch start-up only)
-        assert time.monotonic() - start < 120
+        # "at once": it stopped before loading any data (judged by what it did, not by a clock)
+        assert not fresh.exists()
     finally:
         first.send_signal(signal.SIGKILL)  # killed: the kernel releases its lock
         first.wait(timeout=60)
@@ -108,12 +107,14 @@ def test_workers_die_with_their_parent(tmp_path, cache_dir):
             # several CPU seconds each: past start-up (torch, data), inside a run
             return len(workers) >= 2 and all(cpu_seconds(w) > 8 for w in workers[:2])
 
-        wait_for(training_workers, 300, "two worker processes to be training", interval=0.5)
+        # the deadline bounds a hang only: under a load of 10 on 2 cores the workers took more
+        # than 300 s to reach 8 CPU seconds each
+        wait_for(training_workers, 1800, "two worker processes to be training", interval=0.5)
         family = descendants(parent.pid)
         parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=60)
         # each run takes minutes: orphans would still be training long after this deadline
-        wait_for(lambda: not any(alive(pid) for pid in family), 60,
+        wait_for(lambda: not any(alive(pid) for pid in family), 120,
                  f"the workers {sorted(family)} to exit after their parent's SIGKILL")
     finally:
         if parent.poll() is None:

@@ -22,6 +22,7 @@ from eqpdenet.app.cli import main
 from eqpdenet.app.config import ExperimentConfig, ReproduceConfig, apply_overrides, build_model
 from eqpdenet.app.locks import LOCK_NAME, FolderLock, hold
 from eqpdenet.app.report import aggregate, deduplicate, write_report
+from eqpdenet.app.runfolder import MARKER, write_marker
 from eqpdenet.app.sweeps import reproduce
 from eqpdenet.errors import CheckpointError, DataFileError, FolderLockedError
 
@@ -161,7 +162,8 @@ def test_flags_are_honoured_exactly(monkeypatch, tmp_path):
               "the bound of 100,000"),
     ("memory", "training would need about"),
     ("disk", "not enough space for the results in"),
-    ("foreign-files", "holds files that are not part of an eqpdenet run (notes.txt)"),
+    ("foreign-files", "holds files that eqpdenet did not write as a run (notes.txt; no "
+                      ".eqpdenet-folder marker)"),
     ("select-without-validation", "train.select_on_validation: needs data.validation > 0"),
 ])
 def test_problems_are_found_before_any_data_is_loaded(case, message, tmp_path, no_data, capsys,
@@ -237,11 +239,12 @@ def test_checkpoint_compatibility_names_the_field(tmp_path, capsys):
 def test_a_failed_rerun_replaces_the_previous_run_whole(tmp_path, fake_training, capsys):
     out = tmp_path / "run"
     assert main(["train", "--out", str(out), "--no-progress", "--hidden", "8"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME, "config.toml", "model.pt",
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, LOCK_NAME, "config.toml", "model.pt",
                                                      "result.json"]
     fake_training["run"] = fake_run("diverged")
     assert main(["train", "--out", str(out), "--no-progress", "--hidden", "8"]) == 1
-    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME, "config.toml", "result.json"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, LOCK_NAME, "config.toml",
+                                                     "result.json"]
     assert json.loads((out / "result.json").read_text())["status"] == "diverged"
     capsys.readouterr()
     assert main(["evaluate", str(out / "model.pt")]) == 2  # no stale model to score
@@ -290,6 +293,7 @@ def test_interrupted_training_leaves_the_previous_run_intact(tmp_path, fake_trai
 def test_a_stale_checkpoint_never_sits_beside_a_failed_run(tmp_path, monkeypatch):
     config = apply_overrides(ReproduceConfig(), ["hidden_sizes=[4]", "seeds=[0]",
                                                  "models=['fcnn']"])
+    write_marker(tmp_path, "reproduce")  # the killed earlier try had claimed the folder
     (tmp_path / "checkpoints").mkdir()
     stale = tmp_path / "checkpoints" / "fcnn-h4-seed0.pt"
     stale.write_bytes(b"a model of a killed earlier try")
@@ -308,7 +312,7 @@ def test_real_training_writes_one_consistent_run_folder(tmp_path, capsys):
     result = json.loads((out / "result.json").read_text())
     _, config, payload = training.load_checkpoint(out / "model.pt")
     assert payload["accuracy"] == result["accuracy"] and config.model.hidden == 8
-    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME, "config.toml", "model.pt",
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, LOCK_NAME, "config.toml", "model.pt",
                                                      "result.json"]
 
 

@@ -48,11 +48,13 @@ def random_layer(invariants, *, rhs="linear", degree=1, steps=2, dt=0.1, scale=0
     options.setdefault("ratio_regularisation", "absolute")  # the kernels' only mode
     with warnings.catch_warnings():  # random coefficients may break the diffusion bound: fine
         warnings.simplefilter("ignore")
-        layer = PDELayer.build(list(invariants), rhs=rhs, degree=degree, T=steps * dt, dt=dt,
-                               init="normal", init_scale=scale, init_noise=0.0, **options)
+        # a horizon is at least one step (steps_for); zero steps are set on the flows below
+        layer = PDELayer.build(list(invariants), rhs=rhs, degree=degree, T=max(steps, 1) * dt,
+                               dt=dt, init="normal", init_scale=scale, init_noise=0.0, **options)
     with torch.no_grad():
         for pde in layer.pdes:
             pde.step.rhs.F.bias.normal_(0.0, scale)
+            pde.steps = steps
     return layer.to(device=DEVICE, dtype=dtype)
 
 

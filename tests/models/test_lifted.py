@@ -103,9 +103,12 @@ def test_bad_options_name_the_field(field, value, match):
 
 
 def test_images_too_small_for_the_stencils_are_refused_before_building():
-    with pytest.raises(ConfigError, match="stage 2 would work on 4x4 maps"):
-        LiftedPDENet(LiftedPDEConfig(), image_size=14)
-    with pytest.raises(ConfigError, match="image_size"):
+    # 28 -> 14 -> 7 with sigma 1 (radius 4): 17 -> 9 -> 5 is the smallest that keeps every stage
+    # larger than the stencils' radius
+    with pytest.raises(ConfigError, match="image_size: 16 pixels is too small .* 17x17 .*radius 4"):
+        LiftedPDENet(LiftedPDEConfig(), image_size=16)
+    assert LiftedPDENet(LiftedPDEConfig(), image_size=17).min_image_size == 17
+    with pytest.raises(ConfigError, match="at least 9x9 .*radius 8"):
         LiftedPDENet(LiftedPDEConfig(channels=[4], blocks=[1], sigma=2.0), image_size=8)
 
 
@@ -117,7 +120,7 @@ def test_bad_input_gets_a_clear_error():
         net(images)
     with pytest.raises(InputTypeError, match="float64"):
         net(torch.rand(2, 1, 28, 28, dtype=torch.float64))
-    with pytest.raises(InputError, match="batch of one"):
+    with pytest.raises(InputError, match="batch of one image in training mode"):
         net.train()(torch.rand(1, 1, 28, 28))
     with pytest.raises(InputError, match="shape"):
         net(torch.rand(2, 1, 20, 20))

@@ -3,17 +3,21 @@
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from eqpdenet.errors import InputError, NonFiniteStateError
+from eqpdenet.analysis.references import heat_pde
+from eqpdenet.errors import ConfigError, InputError, NonFiniteStateError
 from eqpdenet.geometry import pixel_coordinates, rotate
+from eqpdenet.models import EqPdeNet
 from eqpdenet.pde import (
     BOUNDARIES,
     EulerFlow,
     EulerStep,
     InvariantRHS,
+    LayerConfig,
     LinearF,
     PDELayer,
     PolynomialF,
@@ -23,6 +27,7 @@ from eqpdenet.pde import (
     jet,
     steps_for,
 )
+from eqpdenet.pde.integrators import MAX_STEPS
 from eqpdenet.pde.stencils import stencil_has_scale
 
 
@@ -223,9 +228,38 @@ def test_stability_report_and_warning():
 
 
 def test_steps_for_is_robust_to_rounding():
-    assert steps_for(0.3, 0.1) == 3 and steps_for(1.0, 0.1) == 10 and steps_for(0.25, 0.1) == 2
+    assert steps_for(0.3, 0.1) == 3 and steps_for(1.0, 0.1) == 10 and steps_for(0.7, 0.1) == 7
+    assert steps_for(2.0, 0.1) == 20 and steps_for(1.0, 0.1 / 9) == 90
+    assert steps_for(1.0, float(np.float32(0.1))) == 10  # a dt that went through float32
+    assert steps_for(1000.0, 0.01) == MAX_STEPS
     with pytest.raises(ValueError, match="dt: must be positive"):
         steps_for(1.0, 0.0)
+
+
+@pytest.mark.parametrize(("T", "dt", "message"), [
+    (0.25, 0.1, r"T = 0.25 is not a whole multiple of dt = 0.1 \(2.5 steps\): the Euler steps "
+                r"would stop at t = 0.2; choose T = k dt \(0.2 or 0.3\)"),
+    (1.05, 0.1, r"T = 1.05 is not a whole multiple of dt = 0.1"),
+    (0.05, 0.1, r"T = 0.05 is smaller than dt = 0.1: not one Euler step would run"),
+    (0.0, 0.1, r"T: must be positive, got 0.0"),
+    (1e6, 1e-3, r"about 1e\+09 Euler steps per PDE, more than the bound of 100,000"),
+])
+def test_a_horizon_that_is_not_whole_steps_is_refused_everywhere(T, dt, message):
+    """One rule: every place T and dt become steps refuses what would not integrate to T."""
+    with pytest.raises(ConfigError, match=message):
+        steps_for(T, dt)
+    for build in (lambda: LayerConfig(T=T, dt=dt), lambda: PDELayer.build(["se2"], T=T, dt=dt),
+                  lambda: EqPdeNet(8, LayerConfig.paper(T=T, dt=dt)), lambda: heat_pde(T, dt)):
+        with pytest.raises(ConfigError, match=message.replace("T: must", ".*T: must")):
+            build()
+
+
+def test_an_unstable_reference_pde_is_refused():
+    heat_pde(T=1.0, dt=0.25)  # a dt = 1/4: on the bound of the central stencil
+    with pytest.raises(ConfigError, match=r"--dt: the explicit Euler scheme of the heat equation "
+                                          r"\(diffusivity 1\) is unstable with dt = 0.5 .*use dt <= "
+                                          r"0.25"):
+        heat_pde(T=1.0, dt=0.5, names=("--T", "--dt"))
 
 
 def test_zero_init_is_identity_and_reductions():

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..geometry import pixel_coordinates
 from ..pde.integrators import EulerFlow, EulerStep, steps_for
 from ..pde.invariants import Invariant, InvariantSet
@@ -38,27 +39,48 @@ def non_invariant_set() -> InvariantSet:
 
 def _pde(invariants, weights: dict[str, float] | None, *, T: float, dt: float,
          stencil: str = "central", spacing: float = 1.0, seed: int | None = None,
-         random_scale: float = 0.05, ratio_regularisation: str = "absolute") -> EulerFlow:
+         random_scale: float = 0.05, ratio_regularisation: str = "absolute",
+         names: tuple[str, str] = ("T", "dt"), name: str | None = None) -> EulerFlow:
     rhs = InvariantRHS(invariants, stencil=stencil, spacing=spacing,
                        ratio_regularisation=ratio_regularisation)
     with torch.no_grad():
         if seed is not None:
             generator = torch.Generator().manual_seed(seed)
             rhs.F.weight.copy_(random_scale * torch.randn(rhs.F.weight.shape, generator=generator))
-        for name, value in (weights or {}).items():
-            rhs.F.weight[rhs.invariant_set.names.index(name)] = value
-    return EulerFlow(EulerStep(rhs, dt), steps_for(T, dt)).eval()
+        for invariant, value in (weights or {}).items():
+            rhs.F.weight[rhs.invariant_set.names.index(invariant)] = value
+    flow = EulerFlow(EulerStep(rhs, dt, name=name), steps_for(T, dt, names)).eval()
+    _require_stable(flow.step, dt_name=names[1])
+    return flow
+
+
+def _require_stable(step: EulerStep, dt_name: str = "dt") -> None:
+    """A :class:`~eqpdenet.errors.ConfigError` when ``step``'s known diffusion coefficient
+    breaks the explicit Euler bound ``a dt <= 2 / lambda_max``: the reference maps have fixed
+    coefficients, so an unstable scheme would be drawn or measured as if it were the PDE."""
+    report = step.stability()
+    if report["stable"] is False and report["diffusivity"] > 0:
+        a, bound = report["diffusivity"], report["max_a_dt"]
+        raise ConfigError(
+            f"invalid config: {dt_name}: the explicit Euler scheme of {step.name} (diffusivity "
+            f"{a:g}) is unstable with dt = {step.dt:g} (a dt = {a * step.dt:g} > {bound:g}): its "
+            f"result would be the scheme's blow-up, not the PDE's; use dt <= {bound / a:g}")
 
 
 def heat_pde(T: float = 1.0, dt: float = 0.1, stencil: str = "central", spacing: float = 1.0,
-             diffusivity: float = 1.0) -> EulerFlow:
+             diffusivity: float = 1.0, names: tuple[str, str] = ("T", "dt")) -> EulerFlow:
     """The heat equation ``du/dt = a (u_xx + u_yy)`` (the paper's Figure 2) as an
-    :class:`~eqpdenet.pde.EulerFlow`."""
-    return _pde("se2", {"laplacian": diffusivity}, T=T, dt=dt, stencil=stencil, spacing=spacing)
+    :class:`~eqpdenet.pde.EulerFlow`; ``T`` a whole multiple of ``dt``
+    (:func:`~eqpdenet.pde.integrators.steps_for`; ``names``: how the caller calls the two) and
+    ``dt`` within the explicit scheme's stability bound, else a
+    :class:`~eqpdenet.errors.ConfigError`."""
+    return _pde("se2", {"laplacian": diffusivity}, T=T, dt=dt, stencil=stencil, spacing=spacing,
+                names=names, name="the heat equation")
 
 
 def reference_pdes(T: float = 1.0, dt: float = 0.1, stencil: str = "central",
-                   spacing: float = 1.0) -> dict[str, EulerFlow]:
+                   spacing: float = 1.0,
+                   names: tuple[str, str] = ("T", "dt")) -> dict[str, EulerFlow]:
     """The PDEs measured without a checkpoint (all seeded):
 
     * ``heat``: ``u_t = u_xx + u_yy``;
@@ -69,7 +91,7 @@ def reference_pdes(T: float = 1.0, dt: float = 0.1, stencil: str = "central",
       ``eps``, *not* to rotations: its invariants are permuted with sign changes by them);
     * ``u_x (non-invariant)``: ``u_t = u_x``, the negative control.
     """
-    common = dict(T=T, dt=dt, stencil=stencil, spacing=spacing)
+    common = dict(T=T, dt=dt, stencil=stencil, spacing=spacing, names=names)
     return {
         "heat": heat_pde(**common),
         "se2-random": _pde("se2", {"laplacian": 0.2}, seed=1, **common),

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from ..checks import deferred_state_checks
 from ..errors import NonFiniteStateError
+from .batches import mini_batches
 
 __all__ = ["ENV_CUDA_GRAPHS", "EpochRunner", "applies_to", "graphs_enabled"]
 
@@ -210,8 +211,8 @@ class EpochRunner:
         if self.failures is not None:
             self.failures.zero_()
         order = order.to(self.device)
-        for first in range(0, len(order), self.batch_size):
-            index = order[first:first + self.batch_size]
+        for batch in mini_batches(len(order), self.batch_size):
+            index = order[batch]
             if self.graph is not None and len(index) == self.batch_size:
                 self.static_index.copy_(index)
                 self.graph.replay()

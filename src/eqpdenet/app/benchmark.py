@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import statistics
 from pathlib import Path
 
@@ -26,11 +27,14 @@ from ..analysis.robustness import (
     scale_curve,
     shift_curve,
 )
+from ..errors import ConfigError
 from .config import BenchmarkConfig, CurvesConfig, to_dict, to_toml
 from .distributed import Executor
 from .files import atomic_write, read_jsonl, save_figure
 from .locks import hold
-from .sweeps import check_results_folder, run_sweep
+from .report import check_records
+from .runfolder import check_claim, claim_folder
+from .sweeps import SWEEP_FILES, check_before_writing, check_results_folder, run_sweep
 from .training import Data, fingerprint, run_experiment
 
 __all__ = ["benchmark", "robustness", "summarise", "write_benchmark_report"]
@@ -76,17 +80,27 @@ def benchmark(config: BenchmarkConfig, out_dir: Path, *, models: list[str] | Non
 
     ``models`` restricts the run to some of ``config.models`` (the others stay in the config).
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(os.path.realpath(out_dir))
     chosen = models or list(config.models)
     for name in chosen:
         config.experiment(name, 0)  # unknown names and bad overrides fail before any work
+    if jobs < 1:
+        raise ConfigError(f"jobs must be >= 1, got {jobs}")
+    check_claim(out_dir, "benchmark", legacy=SWEEP_FILES)  # before the lock writes into it
     with hold(out_dir, "benchmark"):  # one writer per results folder
+        claim_folder(out_dir, "benchmark", legacy=SWEEP_FILES)
         base_print = fingerprint({"base": to_dict(config.base), "curves": to_dict(config.curves)})
         check_results_folder(out_dir, base_print)
-        atomic_write(out_dir / "config.toml", to_toml(config).encode())
+        sweeps = {}
         for name in chosen:
             runs = {f"{name}-seed{seed}": config.experiment(name, seed) for seed in config.seeds}
             keep = {key for key, run in runs.items() if run.train.seed in config.checkpoint_seeds}
+            sweeps[name] = runs, keep
+        every = {key: run for runs, _ in sweeps.values() for key, run in runs.items()}
+        check_before_writing(every, out_dir, jobs, executor,
+                             {key for _, keep in sweeps.values() for key in keep})
+        atomic_write(out_dir / "config.toml", to_toml(config).encode())
+        for name, (runs, keep) in sweeps.items():
             run_sweep(f"benchmark {name}", runs, out_dir, base_fingerprint=base_print,
                       checkpoint_keys=keep, runner=_run,
                       runner_options={"curves": to_dict(config.curves), "entry": name}, jobs=jobs,
@@ -203,7 +217,7 @@ def write_benchmark_report(out_dir: Path) -> tuple[Path, Path]:
     records = read_jsonl(out_dir / "results.jsonl")
     if not records:
         raise FileNotFoundError(f"no results in {out_dir / 'results.jsonl'}")
-    summary = summarise(records)
+    summary = summarise(check_records(records, str(out_dir / "results.jsonl")))
     subsets = {r.get("config", {}).get("data", {}).get("test_subset", 0) for r in records}
     images = {r.get("robustness", {}).get("images") for r in records} - {None}
     where = ("the whole test set" if subsets == {0} else

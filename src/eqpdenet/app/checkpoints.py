@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import re
 
+import torch
 from torch import nn
 
-__all__ = ["SHAPE_FIELDS", "mismatch"]
+__all__ = ["SHAPE_FIELDS", "describe_non_finite", "mismatch", "non_finite_tensors"]
 
 #: (parameter name pattern, axis, the configuration field that sets that axis), first match wins.
 SHAPE_FIELDS = [
@@ -70,3 +71,24 @@ def mismatch(model: nn.Module, state_dict: dict) -> str | None:
         return (f"the parameter names differ ({len(missing)} missing, {len(unexpected)} "
                 f"unexpected: {shown})")
     return None
+
+
+def non_finite_tensors(state_dict: dict) -> dict[str, tuple[int, int]]:
+    """``{name: (NaN count, inf count)}`` of every floating-point tensor of ``state_dict``
+    (weights and buffers such as batch-norm statistics) that is not all finite."""
+    bad = {}
+    for name, tensor in state_dict.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            finite = torch.isfinite(tensor)
+            if not bool(finite.all()):
+                bad[name] = (int(torch.isnan(tensor).sum()), int((~finite).sum()
+                                                                  - torch.isnan(tensor).sum()))
+    return bad
+
+
+def describe_non_finite(bad: dict[str, tuple[int, int]]) -> str:
+    """``bad`` of :func:`non_finite_tensors` in a few words: ``"2 tensors, e.g. mlp.0.weight (5
+    NaN, 0 inf)"``."""
+    name, (nan, inf) = next(iter(bad.items()))
+    count = f"{len(bad)} tensor{'s' if len(bad) > 1 else ''}"
+    return f"{count}, e.g. {name} ({nan} NaN, {inf} inf)"

@@ -7,7 +7,8 @@ overrides, then the dedicated flags.
 Data: ``--data-dir`` > ``EQPDENET_DATA`` > a per-user cache folder (see ``eqpdenet.mnist``).
 
 Errors are one line on stderr naming the problem (exit status 2; 1 for an unexpected failure,
-130 after Ctrl-C); ``EQPDENET_DEBUG=1`` shows the traceback instead.
+130 after Ctrl-C or SIGTERM; 3 when ``report`` wrote the table of an incomplete sweep);
+``EQPDENET_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -125,13 +126,14 @@ def _train(args) -> int:
     from .files import atomic_write
     from .locks import hold
     from .preflight import preflight
-    from .runfolder import RUN_FILES, check_replaceable, staged
+    from .runfolder import RUN_FILES, check_replaceable, output_path, staged
     from .training import prepare_data, run_experiment
 
     if args.distributed:
         return _train_distributed(args)
     config = _experiment_config(args)
-    out = Path(args.out)
+    out = output_path(args.out)
+    check_replaceable(out, RUN_FILES)  # before the lock writes into it
     with hold(out, "train"):  # one writer; the folder is creatable and writable
         check_replaceable(out, RUN_FILES)
         preflight([config], out)
@@ -165,7 +167,7 @@ def _train_distributed(args) -> int:
     from .files import atomic_write
     from .locks import hold
     from .preflight import preflight
-    from .runfolder import RUN_FILES, check_replaceable, staged
+    from .runfolder import RUN_FILES, check_replaceable, output_path, staged
     from .training import prepare_data, resolve_device, run_experiment, train_model
 
     missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
@@ -177,8 +179,8 @@ def _train_distributed(args) -> int:
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)
+    out = output_path(args.out)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    out = Path(args.out)
     try:
         with contextlib.ExitStack() as stack:
             problem, data = None, None
@@ -226,12 +228,15 @@ def _evaluate(args) -> int:
     import numpy as np
 
     from ..data.scenarios import SCENARIOS
+    from .files import check_output_file
     from .training import evaluate_scenarios, load_checkpoint, prepare_data
 
     model, config, _ = load_checkpoint(args.checkpoint, device=args.device or "cpu")
     scenarios = args.scenarios or config.scenarios
     for name in scenarios:  # before loading data
         SCENARIOS.check(name, "--scenarios")
+    if args.json:
+        check_output_file(Path(args.json), "--json")
     data = prepare_data(config.data, args.data_dir, args.cache_dir)
     per_instance = [evaluate_scenarios(model, data["test"], scenarios, seed=seed)
                     for seed in range(args.instances)]
@@ -263,27 +268,31 @@ def _export(args) -> int:
 
 
 def _executor(args):
-    """The executor of ``--executor``/``--address``/``--cpus-per-run``; Ray's absence is found
-    here, before any work."""
-    from .distributed import Executor, import_ray
+    """The executor of ``--executor``/``--address``/``--cpus-per-run``; Ray's absence and a
+    cluster address where no head answers are found here, before any work."""
+    from .distributed import Executor, check_address, import_ray
 
     executor = Executor(args.executor, args.address, args.cpus_per_run)
     if executor.kind == "ray":
         import_ray()
+        check_address(executor.address)  # a head that is not there: refused in seconds
     return executor
 
 
 def _reproduce(args) -> int:
+    from .locks import hold
     from .report import write_report
-    from .sweeps import reproduce
+    from .runfolder import check_claim, output_path
+    from .sweeps import SWEEP_FILES, reproduce
 
     config = _sweep_config(args, ReproduceConfig, quick_profile)
-    out = Path(args.out or ("runs/quick" if args.quick else "results/paper"))
+    executor = _executor(args)
+    out = output_path(args.out or ("runs/quick" if args.quick else "results/paper"))
+    check_claim(out, "reproduce", SWEEP_FILES)  # before the lock writes into it
     start = time.perf_counter()
-    from .locks import hold
 
     with hold(out, "reproduce"):  # the runs and the report: one writer throughout
-        reproduce(config, out, jobs=args.jobs, executor=_executor(args), data_dir=args.data_dir,
+        reproduce(config, out, jobs=args.jobs, executor=executor, data_dir=args.data_dir,
                   cache_dir=args.cache_dir, progress=not args.no_progress)
         table, plot = write_report(out)
     print(f"reproduce finished in {time.perf_counter() - start:.0f} s: {table}, {plot}")
@@ -307,11 +316,13 @@ def quick_benchmark(config: BenchmarkConfig) -> BenchmarkConfig:
 
 def _benchmark(args) -> int:
     from .benchmark import benchmark, write_benchmark_report
+    from .runfolder import output_path
 
     config = _sweep_config(args, BenchmarkConfig, quick_benchmark)
-    out = Path(args.out or ("runs/benchmark-quick" if args.quick else "results/benchmark"))
+    executor = _executor(args)
+    out = output_path(args.out or ("runs/benchmark-quick" if args.quick else "results/benchmark"))
     start = time.perf_counter()
-    benchmark(config, out, models=args.models, jobs=args.jobs, executor=_executor(args),
+    benchmark(config, out, models=args.models, jobs=args.jobs, executor=executor,
               data_dir=args.data_dir, cache_dir=args.cache_dir, progress=not args.no_progress)
     table, plot = write_benchmark_report(out)
     print(f"benchmark finished in {time.perf_counter() - start:.0f} s: {table}, {plot}")
@@ -320,6 +331,7 @@ def _benchmark(args) -> int:
 
 
 def _study(args) -> int:
+    from .runfolder import output_path
     from .study import STAGE_SETS, run_study, study_base
 
     if args.config:  # e.g. the chosen.toml of a previous round
@@ -331,11 +343,13 @@ def _study(args) -> int:
     base = apply_overrides(base, _with_layer(args, "base.model.layer"))
     if args.device:
         base.base.train.device = args.device
-    chosen = run_study(Path(args.out), base=base, stages=STAGE_SETS[args.stages], jobs=args.jobs,
-                       executor=_executor(args), data_dir=args.data_dir, cache_dir=args.cache_dir,
+    executor = _executor(args)
+    out = output_path(args.out)
+    chosen = run_study(out, base=base, stages=STAGE_SETS[args.stages], jobs=args.jobs,
+                       executor=executor, data_dir=args.data_dir, cache_dir=args.cache_dir,
                        progress=not args.no_progress)
     print(to_toml(chosen))
-    print(f"study written to {Path(args.out) / 'study.md'}")
+    print(f"study written to {out / 'study.md'}")
     return 0
 
 
@@ -349,19 +363,35 @@ def _symbolic(args) -> int:
 def _report(args) -> int:
     from .report import write_report
 
-    table, plot = write_report(Path(args.results))
+    report = write_report(Path(args.results))
+    table, plot = report
     print(table.read_text())
     print(f"wrote {table} and {plot}")
+    if report.incomplete:
+        print(f"eqpdenet: warning: {report.incomplete}; rerun the sweep's command to finish it",
+              file=sys.stderr)
+        return INCOMPLETE
+    if report.missing is None:
+        print(f"eqpdenet: warning: {Path(args.results) / 'config.toml'} is missing or not a "
+              f"reproduce configuration: whether every run of the sweep is here cannot be told",
+              file=sys.stderr)
     return 0
+
+
+#: The exit status of ``report`` when the table was written but runs of the sweep are missing.
+INCOMPLETE = 3
 
 
 def _equivariance(args) -> int:
     import torch
 
     from .equivariance_study import measure_equivariance, write_invariant_orders, write_outputs
+    from .runfolder import claim_folder, output_path
 
+    default = "runs/equivariance" + ("-quick" if args.quick else "")
+    out = claim_folder(output_path(args.out or default), "equivariance")
     if args.invariant_orders_only:
-        path = write_invariant_orders(Path(args.out))
+        path = write_invariant_orders(out)
         print(path.read_text())
         print(f"wrote {path}")
         return 0
@@ -369,7 +399,7 @@ def _equivariance(args) -> int:
     start = time.perf_counter()
     study = measure_equivariance(quick=args.quick, checkpoints=args.checkpoint or [],
                       data_dir=args.data_dir, T=args.T, dt=args.dt)
-    written = write_outputs(study, Path(args.out))
+    written = write_outputs(study, out)
     print(written[0].read_text())
     print(f"wrote {', '.join(str(p) for p in written)} in {time.perf_counter() - start:.0f} s "
           f"({torch.get_num_threads()} threads)")
@@ -392,13 +422,16 @@ def _describe(args) -> int:
     from ..analysis.describe import describe_model
     from ..models import EqPdeNet
     from .figures import evolution_grid
+    from .runfolder import claim_folder, output_path
     from .training import load_checkpoint
 
     model, _, _ = load_checkpoint(args.checkpoint)
+    evolves = args.out and isinstance(model, EqPdeNet)
+    out = claim_folder(output_path(args.out), "describe") if evolves else None
     print(describe_model(model, digits=args.digits))
-    if args.out and isinstance(model, EqPdeNet):
+    if out is not None and isinstance(model, EqPdeNet):
         images = _load_digits(args.data_dir, args.samples)
-        path = Path(args.out) / "evolution.png"
+        path = out / "evolution.png"
         evolution_grid(model.pde_layer, images, path, frames=args.frames,
                        labels=[f"MNIST test #{n}" for n in args.samples],
                        standardize=model.standardize,
@@ -410,12 +443,12 @@ def _describe(args) -> int:
 def _figure(args) -> int:
     from ..analysis.references import heat_pde
     from .figures import figure_diagram
+    from .files import check_output_file
 
-    if Path(args.out).is_dir():  # before the work, not at the write
-        raise ConfigError(f"--out {args.out}: a folder is in the way of the PNG file")
-    image = _load_digits(args.data_dir, [args.sample])
+    check_output_file(Path(args.out), "--out")  # before the work, not at the write
     if args.pde == "heat":
-        pde, label = heat_pde(T=args.T, dt=args.dt), f"heat equation ∂t u = u_xx + u_yy, T={args.T:g}"
+        pde = heat_pde(T=args.T, dt=args.dt, names=("--T", "--dt"))
+        label = f"heat equation ∂t u = u_xx + u_yy, T={args.T:g}"
     else:
         from ..analysis.describe import pde_formula
         from .training import load_checkpoint
@@ -433,6 +466,7 @@ def _figure(args) -> int:
         chosen = model.pde_layer.pdes[index]
         pde = lambda u: chosen(model.standardize(u))  # noqa: E731
         label = f"learned {chosen.name}, T={chosen.T:g}\n{pde_formula(chosen, digits=2)}"
+    image = _load_digits(args.data_dir, [args.sample])
     error = figure_diagram(image, pde, Path(args.out), angle=args.angle, factor=args.scale,
                            shift=tuple(args.shift), pde_label=label)
     print(f"wrote {args.out} (relative difference on the disk: {error:.3e})")
@@ -459,16 +493,24 @@ _positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 _count = _number(int, lambda v: v >= 0, "an integer >= 0")
 _finite = _number(float, math.isfinite, "a finite number")
 _positive = _number(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
+#: Bounds of counts whose work grows with them: an evaluation per instance (about a minute on
+#: ROTMNIST's 50,000 test digits), a column of images per frame.
+MAX_INSTANCES, MAX_FRAMES = 1000, 64
+_instances = _number(int, lambda v: 1 <= v <= MAX_INSTANCES,
+                     f"a number of instances from 1 to {MAX_INSTANCES}")
+_frames = _number(int, lambda v: 1 <= v <= MAX_FRAMES, f"a number of frames from 1 to {MAX_FRAMES}")
+#: A file or folder name: an empty one (an unset shell variable) is an error, not "here".
+_path = _number(str, lambda v: v.strip() != "", "a path (it is empty)")
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="TOML file with the configuration")
+    parser.add_argument("--config", type=_path, help="TOML file with the configuration")
     parser.add_argument("--layer", metavar="PRESET",
                         help="start the PDE layer from a preset (paper, se2_sim2), before --set")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override one field, e.g. --set model.layer.dt=0.05 (repeatable)")
-    parser.add_argument("--data-dir", help="folder holding mnist/ (default: $EQPDENET_DATA)")
-    parser.add_argument("--cache-dir", help="where generated ROTMNIST is cached")
+    parser.add_argument("--data-dir", type=_path, help="folder holding mnist/ (default: $EQPDENET_DATA)")
+    parser.add_argument("--cache-dir", type=_path, help="where generated ROTMNIST is cached")
     parser.add_argument("--device", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -503,20 +545,21 @@ def build_parser() -> argparse.ArgumentParser:
                        "file (x_train, y_train, x_test, y_test) or of a folder of IDX files")
     train.add_argument("--rotated", action="store_true",
                        help="train and test on the rotated version of the data set")
-    train.add_argument("--out", required=True, help="output folder (model.pt, config.toml, ...)")
+    train.add_argument("--out", type=_path, required=True, help="output folder (model.pt, config.toml, ...)")
     train.add_argument("--distributed", action="store_true",
                        help="data-parallel training over the processes of torchrun: "
                             "torchrun --nproc-per-node N -m eqpdenet train --distributed ...")
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="a checkpoint on scenarios over K instances")
-    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("checkpoint", type=_path)
     evaluate.add_argument("--scenarios", nargs="+")
-    evaluate.add_argument("--instances", type=_positive_int, default=10)
-    evaluate.add_argument("--data-dir")
-    evaluate.add_argument("--cache-dir")
+    evaluate.add_argument("--instances", type=_instances, default=10,
+                          help=f"scenario draws (1 ... {MAX_INSTANCES})")
+    evaluate.add_argument("--data-dir", type=_path)
+    evaluate.add_argument("--cache-dir", type=_path)
     evaluate.add_argument("--device", choices=["cpu", "cuda"])
-    evaluate.add_argument("--json", help="also write the summary to this JSON file")
+    evaluate.add_argument("--json", type=_path, help="also write the summary to this JSON file")
     evaluate.set_defaults(handler=_evaluate)
 
     from ..export import DEFAULT_TOLERANCE, FORMATS
@@ -542,23 +585,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(repro)
     repro.add_argument("--quick", action="store_true", help="smoke profile (< 3 min on 2 cores)")
     repro.add_argument("--jobs", type=_positive_int, default=1, help="runs in parallel processes")
-    repro.add_argument("--out", help="results folder (default results/paper, runs/quick)")
+    repro.add_argument("--out", type=_path, help="results folder (default results/paper, runs/quick)")
     _add_executor(repro)
     repro.set_defaults(handler=_reproduce)
 
     bench = commands.add_parser("benchmark", help="the robustness benchmark: every model x seed, "
                                 "scenarios, curves against angle/scale/shift, invariance errors")
     _add_common(bench)
-    bench.add_argument("--out", help="results folder (default results/benchmark)")
+    bench.add_argument("--out", type=_path, help="results folder (default results/benchmark)")
     bench.add_argument("--models", nargs="+", help="only these models of the configuration")
     bench.add_argument("--quick", action="store_true", help="smoke profile (one seed, 1 epoch)")
-    bench.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
+    bench.add_argument("--jobs", type=_positive_int, default=1, help="runs in parallel processes")
     _add_executor(bench)
     bench.set_defaults(handler=_benchmark)
 
     study = commands.add_parser("study", help="choose the recipe on the validation split")
     _add_common(study)
-    study.add_argument("--out", default="results/study", help="study folder")
+    study.add_argument("--out", type=_path, default="results/study", help="study folder")
     study.add_argument("--hidden", type=int, nargs="+", default=[256, 32])
     study.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     study.add_argument("--epochs", type=int, default=20)
@@ -572,41 +615,43 @@ def build_parser() -> argparse.ArgumentParser:
     symbolic = commands.add_parser("symbolic", help="differential invariants of the ready Lie "
                                    "groups, found symbolically, with the counts theory predicts")
     symbolic.add_argument("groups", nargs="*", help="group names (default: all ready groups)")
-    symbolic.add_argument("--channels", type=int, default=1, metavar="C",
+    symbolic.add_argument("--channels", type=_positive_int, default=1, metavar="C",
                           help="joint invariants of C channels u1 ... uC, orders 1 and 2 "
                                "(default 1: one channel u, orders 1 to 3)")
     symbolic.set_defaults(handler=_symbolic)
 
     report = commands.add_parser("report", help="Markdown table and plot from a results folder")
-    report.add_argument("results", help="folder with results.jsonl")
+    report.add_argument("results", type=_path, help="folder with results.jsonl")
     report.set_defaults(handler=_report)
 
     equiv = commands.add_parser("equivariance",
                                 help="measure equivariance errors; tables and plots")
-    equiv.add_argument("--out", default="docs/equivariance", help="output folder")
-    equiv.add_argument("--checkpoint", nargs="+", help="checkpoints (EqPdeNet and/or FCNN)")
+    equiv.add_argument("--out", type=_path, help="output folder (default runs/equivariance, with --quick "
+                       "runs/equivariance-quick; the committed tables: --out docs/equivariance)")
+    equiv.add_argument("--checkpoint", type=_path, nargs="+", help="checkpoints (EqPdeNet and/or FCNN)")
     equiv.add_argument("--quick", action="store_true", help="a few points only (seconds)")
     equiv.add_argument("--invariant-orders-only", action="store_true",
                        help="only the convergence orders of every invariant set with every "
                             "stencil (invariant_orders.md, seconds)")
     equiv.add_argument("--T", type=_positive, default=1.0, help="T of the reference PDEs")
     equiv.add_argument("--dt", type=_positive, default=0.1, help="dt of the reference PDEs")
-    equiv.add_argument("--data-dir", help="folder holding mnist/ (default: $EQPDENET_DATA)")
+    equiv.add_argument("--data-dir", type=_path, help="folder holding mnist/ (default: $EQPDENET_DATA)")
     equiv.set_defaults(handler=_equivariance)
 
     describe = commands.add_parser("describe", help="print the learned PDEs; evolution images")
-    describe.add_argument("checkpoint")
+    describe.add_argument("checkpoint", type=_path)
     describe.add_argument("--samples", type=_count, nargs="+", default=[0, 1, 2],
                           help="MNIST test digits to evolve")
-    describe.add_argument("--out", help="folder for evolution.png (none: print only)")
-    describe.add_argument("--frames", type=_positive_int, default=6)
+    describe.add_argument("--out", type=_path, help="folder for evolution.png (none: print only)")
+    describe.add_argument("--frames", type=_frames, default=6,
+                          help=f"images per evolution (1 ... {MAX_FRAMES})")
     describe.add_argument("--digits", type=_positive_int, default=3, help="significant digits")
-    describe.add_argument("--data-dir")
+    describe.add_argument("--data-dir", type=_path)
     describe.set_defaults(handler=_describe)
 
     figure = commands.add_parser("figure", help="figures of the paper")
     figure.add_argument("which", choices=["diagram"], help="diagram: Figure 2")
-    figure.add_argument("--checkpoint", help="for --pde INDEX")
+    figure.add_argument("--checkpoint", type=_path, help="for --pde INDEX")
     figure.add_argument("--sample", type=_count, default=0, help="MNIST test digit")
     figure.add_argument("--angle", type=_finite, default=30.0, help="rotation of g, degrees")
     figure.add_argument("--scale", type=_positive, default=1.0, help="scaling of g")
@@ -615,8 +660,8 @@ def build_parser() -> argparse.ArgumentParser:
     figure.add_argument("--pde", default="heat", help="'heat' or the index of a learned PDE")
     figure.add_argument("--T", type=_positive, default=2.0, help="T of the heat equation")
     figure.add_argument("--dt", type=_positive, default=0.1, help="dt of the heat equation")
-    figure.add_argument("--data-dir")
-    figure.add_argument("--out", required=True, help="PNG file")
+    figure.add_argument("--data-dir", type=_path)
+    figure.add_argument("--out", type=_path, required=True, help="PNG file")
     figure.set_defaults(handler=_figure)
     return parser
 
@@ -627,6 +672,14 @@ DEBUG_VARIABLE = "EQPDENET_DEBUG"
 #: Ray's errors for a task whose worker, node or data were lost (after its retries).
 RAY_LOSSES = ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError", "ObjectLostError",
               "OwnerDiedError", "RaySystemError")
+
+
+def _allocation_failed(error: BaseException) -> str | None:
+    if not isinstance(error, RuntimeError):
+        return None
+    from .preflight import allocation_failure
+
+    return allocation_failure(error)
 
 
 def describe_error(error: BaseException) -> tuple[str, int]:
@@ -640,9 +693,11 @@ def describe_error(error: BaseException) -> tuple[str, int]:
     elif type(error).__module__.startswith("ray.") and type(error).__name__ in RAY_LOSSES:
         text, status = (f"a Ray worker or node was lost more often than a run is retried "
                         f"({type(error).__name__}); rerun the command to resume"), 2
-    elif isinstance(error, MemoryError):
-        text, status = ("out of memory; lower train.batch_size, the number of Euler steps or "
-                        "--jobs"), 2
+    elif isinstance(error, MemoryError) or _allocation_failed(error):
+        wanted = _allocation_failed(error)
+        text, status = (f"out of memory{f' ({wanted})' if wanted else ''}; lower "
+                        f"train.batch_size, the model's size, the number of Euler steps or "
+                        f"--jobs"), 2
     elif isinstance(error, OSError) and not isinstance(error, EqPdeNetError) and error.strerror:
         where = f": {error.filename}" if error.filename else ""
         text, status = f"{error.strerror}{where}", 2
@@ -658,22 +713,34 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"eqpdenet: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
 
 
+#: Signals that end a command like Ctrl-C: ``kill`` and job schedulers (SIGTERM), a closed
+#: terminal or SSH session (SIGHUP).
+INTERRUPTING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP")
+                             if hasattr(signal, name))
+
+
 @contextlib.contextmanager
 def _terminate_as_interrupt():
-    """SIGTERM (``kill``, a job scheduler) ends the command like Ctrl-C: through the same
-    clean-up (staging folders removed, worker processes stopped, the lock released)."""
+    """SIGTERM and SIGHUP end the command like Ctrl-C: through the same clean-up (staging folders
+    and temporary files removed, worker processes stopped, the lock released)."""
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
+    previous = {}
     try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
+        for number in INTERRUPTING_SIGNALS:
+            if signal.getsignal(number) != signal.SIG_IGN:  # nohup's SIGHUP stays ignored
+                previous[number] = signal.signal(number, interrupt)
     except ValueError:  # not the main thread: leave signals alone
+        for number, handler in previous.items():
+            signal.signal(number, handler)
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -121,6 +121,19 @@ class ModelConfig:
                 f"{self.standardize!r} is not 'auto', 'fixed' or 'train'")
 
 
+#: The most epochs a configuration accepts: a bound on the work a typo can start (an epoch of the
+#: paper's smallest run takes about a second on a CPU core).
+MAX_EPOCHS = 100_000
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("years", 365.25 * 86400), ("days", 86400), ("hours", 3600)):
+        if seconds >= size:
+            value = seconds / size
+            return f"{value:,.0f} {unit}" if value >= 100 else f"{value:.3g} {unit}"
+    return f"{seconds:.0f} s"
+
+
 @dataclass
 class TrainConfig:
     """How a model is trained (the same recipe for EqPdeNet and FCNN).
@@ -166,6 +179,9 @@ class TrainConfig:
         require_positive(self.pde_lr_scale, "train.pde_lr_scale")
         require_int(self.batch_size, "train.batch_size", 1)
         require_int(self.epochs, "train.epochs", 1)
+        require(self.epochs <= MAX_EPOCHS, "train.epochs",
+                f"{self.epochs:,} is more than the bound of {MAX_EPOCHS:,} epochs (at one second "
+                f"an epoch, {_duration(self.epochs)}); the paper's runs take 20")
         require_nonnegative(self.grad_clip, "train.grad_clip")
         require(isinstance(self.select_on_validation, bool), "train.select_on_validation",
                 "must be true or false")

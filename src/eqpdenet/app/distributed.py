@@ -21,6 +21,7 @@ only when the Ray executor is used.
 
 from __future__ import annotations
 
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,9 +29,45 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-__all__ = ["EXECUTORS", "Executor", "import_ray", "run_on_ray"]
+__all__ = ["CONNECT_SECONDS", "EXECUTORS", "Executor", "check_address", "import_ray", "run_on_ray"]
 
 EXECUTORS = ("local", "ray")
+
+#: How long a cluster's head may take to accept a connection before ``--address`` is refused
+#: (Ray itself would wait without end for a head that is not there).
+CONNECT_SECONDS = 10.0
+
+#: The port of a Ray head given without one (Ray's default).
+RAY_PORT = 6379
+
+
+def check_address(address: str | None, timeout: float = CONNECT_SECONDS) -> None:
+    """A :class:`ConfigError` within ``timeout`` seconds unless something accepts connections at
+    ``address`` (``HOST[:PORT]``, ``ray://HOST:PORT``); ``None``, ``"auto"`` and ``"local"`` are
+    not network addresses and pass."""
+    if address in (None, "auto", "local"):
+        return
+    where = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = where.rpartition(":") if ":" in where else (where, "", str(RAY_PORT))
+    try:
+        port_number = int(port)
+    except ValueError:
+        raise ConfigError(f"--address {address}: expected HOST:PORT (e.g. 10.0.0.5:6379)") \
+            from None
+    try:
+        with socket.create_connection((host.strip("[]"), port_number), timeout=timeout):
+            return
+    except socket.gaierror:
+        reason = f"the host {host!r} is unknown"
+    except TimeoutError:
+        reason = f"no answer within {timeout:g} s"
+    except ConnectionRefusedError:
+        reason = "connection refused: nothing listens on that port"
+    except OSError as error:
+        reason = (error.strerror or str(error)).lower()
+    raise ConfigError(f"--address {address}: no Ray cluster there ({reason}); start one with "
+                      f"`ray start --head` on that machine, or leave out --address to start Ray "
+                      f"here")
 
 
 @dataclass(frozen=True)
@@ -150,6 +187,7 @@ def run_on_ray(tasks: list[tuple[str, object, Path | None]], runner: Callable[..
     ray = import_ray()
     started = not ray.is_initialized()
     if started:
+        check_address(executor.address)
         try:
             # No address: a new instance on this machine ("local"), not whatever RAY_ADDRESS
             # or a `ray start` here would join.
@@ -160,7 +198,14 @@ def run_on_ray(tasks: list[tuple[str, object, Path | None]], runner: Callable[..
                               f"({' '.join(str(error).split())})") from None
     pending: dict = {}
     try:
-        cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
+        resources = ray.cluster_resources()
+        cluster_gpus = float(resources.get("GPU", 0))
+        if executor.cpus_per_run > float(resources.get("CPU", 0)):
+            raise ConfigError(f"--cpus-per-run {executor.cpus_per_run}: the Ray cluster has "
+                              f"{resources.get('CPU', 0):g} CPUs, so no run could ever start")
+        if cluster_gpus == 0 and any(run.train.device == "cuda" for _, run, _ in tasks):
+            raise ConfigError("train.device = 'cuda', but the Ray cluster has no GPU, so no run "
+                              "could ever start")
         task = ray.remote(_ray_task)
         data_refs: dict[str, object] = {}
         for key, run, checkpoint in tasks:

@@ -25,8 +25,16 @@ from ..analysis.equivariance import (
     model_invariance,
 )
 from ..analysis.invariant_orders import invariant_orders, orders_table
-from ..analysis.references import identity, random_conv, reference_pdes, smooth_inputs, upsample
+from ..analysis.references import (
+    heat_pde,
+    identity,
+    random_conv,
+    reference_pdes,
+    smooth_inputs,
+    upsample,
+)
 from ..data.mnist import load_mnist
+from ..errors import ConfigError
 from ..models import EqPdeNet
 from ..pde.integrators import EulerFlow
 from .files import atomic_write, save_figure
@@ -112,11 +120,36 @@ def default_grid(quick: bool) -> dict:
                 steps=[1, 2, 5, 10, 20], count=64, stencils=["central", "isotropic"])
 
 
+def check_steps(T: float, dt: float, grid: dict) -> None:
+    """Every ``(T, dt)`` of the study makes whole Euler steps within the bound and a stable heat
+    equation (:func:`~eqpdenet.analysis.references.heat_pde`), or a
+    :class:`~eqpdenet.errors.ConfigError` naming the study that uses it."""
+    names = ("--T", "--dt")
+    heat_pde(T, dt, names=names)
+    for factor in grid["factors"]:  # the resolution study: dt / k^2 at spacing 1 / k
+        try:
+            heat_pde(T, dt / factor**2, spacing=1.0 / factor, names=names)
+        except ConfigError as error:
+            raise ConfigError(f"{error} (the resolution study integrates at {factor}x with "
+                              f"dt / {factor**2})") from None
+    for value in grid["dts"]:
+        try:
+            heat_pde(T, value, names=names)
+        except ConfigError as error:
+            raise ConfigError(f"{error} (the dt study integrates to --T = {T:g} with each dt of "
+                              f"{grid['dts']})") from None
+
+
 def measure_equivariance(*, quick: bool = False, checkpoints: Sequence = (), data_dir=None,
               T: float = 1.0, dt: float = 0.1, echo: Callable[[str], None] = print) -> Study:
-    """All measurements of ``eqpdenet equivariance`` (see the module doc and the docs)."""
+    """All measurements of ``eqpdenet equivariance`` (see the module doc and the docs).
+
+    Every horizon and step the study integrates with is checked first
+    (:func:`check_steps`), so a ``T`` and ``dt`` that do not make whole, stable Euler steps stop
+    it before any measurement."""
     start = time.perf_counter()
     grid = default_grid(quick)
+    check_steps(T, dt, grid)
     study = Study()
     ck_maps: dict[str, Callable] = {}
     models: dict[str, nn.Module] = {}

@@ -15,6 +15,9 @@ two different files of the same name). Holding is re-entrant within a process (`
 its folder and calls ``reproduce``, which holds its own; the CLI holds the folder around a
 library call that holds it again).
 
+Taking and releasing the lock also removes the temporary files of writes that a killed writer
+left in the folder (:func:`eqpdenet.app.files.remove_stale_temporaries`).
+
 Creating the folder and writing the holder into the lock file is also the check, made before any
 data is loaded, that the folder can be created and written: a file in the way, a missing
 permission or a full disk is an :class:`~eqpdenet.errors.OutputFolderError` that says so.
@@ -38,36 +41,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import FolderLockedError, OutputFolderError
+from .files import _reason, make_folder, remove_stale_temporaries
 
 __all__ = ["LOCK_NAME", "FolderLock", "hold", "holder", "make_folder", "replace_held_folder"]
 
 LOCK_NAME = ".eqpdenet.lock"
-
-
-def make_folder(folder: Path) -> Path:
-    """Create ``folder`` (and its parents); an :class:`OutputFolderError` that names the cause
-    (a file in the way, permission, space) if it cannot be."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise OutputFolderError(f"{folder} is a file, not a folder") from None
-    except NotADirectoryError:
-        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()),
-                       folder.parent)
-        raise OutputFolderError(f"cannot create the folder {folder}: {blocker} is a file, "
-                                f"not a folder") from None
-    except OSError as error:
-        raise OutputFolderError(f"cannot create the folder {folder}: {_reason(error)}") from None
-    if not folder.is_dir():
-        raise OutputFolderError(f"{folder} is not a folder")
-    return folder
-
-
-def _reason(error: OSError) -> str:
-    if error.errno == errno.ENOSPC:
-        return "no space left on the device"
-    return (error.strerror or str(error)).lower()
 
 
 class FolderLock:
@@ -196,6 +174,7 @@ def hold(folder: Path, command: str | None = None, *, create: bool = True) -> It
         lock = FolderLock(folder)
         lock.acquire(command)
         _held[key] = (lock, 1)
+        remove_stale_temporaries(folder)  # a killed writer's: no other writer can be at work
     try:
         yield folder
     finally:
@@ -204,7 +183,10 @@ def hold(folder: Path, command: str | None = None, *, create: bool = True) -> It
             _held[key] = (lock, count - 1)
         else:
             del _held[key]
-            lock.release()
+            try:  # an interrupted command's own: its workers are stopped by now
+                remove_stale_temporaries(lock.folder)
+            finally:
+                lock.release()
 
 
 def _exchange(a: Path, b: Path) -> bool:

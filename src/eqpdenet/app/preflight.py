@@ -8,7 +8,10 @@ cause when
   each one to TOML, as it will be saved beside its result),
 * the device is not there (``train.device = "cuda"`` without a GPU),
 * training would need more memory than the machine has: the states the Euler steps keep for the
-  backward pass dominate (:func:`training_bytes`; ``T = 1e6, dt = 1e-3`` asks for petabytes),
+  backward pass (:func:`training_bytes`; ``T = 1e6, dt = 1e-3`` asks for petabytes) and the
+  parameters with their gradients and optimiser state (:data:`PARAMETER_BYTES` each;
+  ``model.hidden = 1e8`` asks for 160 PB); the model is built on PyTorch's ``meta`` device to
+  count them, so nothing is allocated,
 * the output file system has not the space for the checkpoints and results.
 
 The folder being creatable and writable is checked by taking its lock
@@ -18,6 +21,7 @@ The folder being creatable and writable is checked by taking its lock
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Sequence
@@ -30,7 +34,8 @@ from ..errors import ConfigError, OutputFolderError
 from ..pde.layer import PDELayer
 from .config import ExperimentConfig, build_model, to_toml
 
-__all__ = ["WORKER_BYTES", "available_memory", "preflight", "training_bytes"]
+__all__ = ["PARAMETER_BYTES", "WORKER_BYTES", "allocation_failure", "available_memory",
+           "preflight", "resolve_device", "training_bytes"]
 
 #: Memory kept per Euler step during training, in units of one state (batch x PDEs x pixels x 4
 #: bytes), by backend and ``recompute``: the growth of the peak memory of one training step of the
@@ -38,6 +43,9 @@ __all__ = ["WORKER_BYTES", "available_memory", "preflight", "training_bytes"]
 #: kernel keeps the state and little else; the reference keeps the jet, invariants and products.
 STATE_FACTORS = {("fused", False): 2.5, ("fused", True): 0.5,
                  ("reference", False): 40.0, ("reference", True): 15.0}
+
+#: Bytes per parameter during training: the float32 weight, its gradient and Adam's two moments.
+PARAMETER_BYTES = 16
 
 #: Memory of one worker process of ``--jobs N`` besides its run (PyTorch, eqpdenet, the data).
 WORKER_BYTES = 600 * 2**20
@@ -47,14 +55,47 @@ RECORD_BYTES = 64 * 2**10
 
 
 def _gib(n: float) -> str:
-    return f"{n / 2**30:.3g} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
+    for unit, size in (("EiB", 2**60), ("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n / 2**20:.3g} MiB"
 
 
 def _model(config: ExperimentConfig) -> torch.nn.Module:
-    """The model, built without touching the global random stream or warning."""
+    """The model, built without touching the global random stream or warning: on the ``meta``
+    device (shapes without memory) where the family allows it, else for real; an allocation
+    that fails is a :class:`ConfigError`."""
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return build_model(config.model)
+        try:
+            with torch.device("meta"):
+                return build_model(config.model)
+        except ConfigError:
+            raise
+        except Exception:  # noqa: BLE001 - a family that cannot be built on meta: build it
+            pass
+        try:
+            return build_model(config.model)
+        except RuntimeError as error:
+            wanted = allocation_failure(error)
+            if wanted is None:
+                raise
+            raise ConfigError(f"invalid config: the {config.model.kind} model does not fit in "
+                              f"memory ({wanted}); make it smaller") from None
+
+
+def allocation_failure(error: BaseException) -> str | None:
+    """For an error of a memory allocation that failed (PyTorch's CPU allocator, CUDA's out of
+    memory), what was asked for (``"tried to allocate 292 GiB"``); None for any other error."""
+    text = str(error)
+    if type(error).__name__ != "OutOfMemoryError" and "can't allocate memory" not in text \
+            and "out of memory" not in text.lower():
+        return None
+    found = re.search(r"allocate (\d+) bytes", text)
+    if found:
+        return f"tried to allocate {_gib(int(found.group(1)))}"
+    found = re.search(r"allocate ([\d.]+ [KMGTP]i?B)", text)
+    return f"tried to allocate {found.group(1)}" if found else "an allocation failed"
 
 
 def training_bytes(config: ExperimentConfig, model: torch.nn.Module | None = None) -> int:
@@ -74,6 +115,17 @@ def training_bytes(config: ExperimentConfig, model: torch.nn.Module | None = Non
         state = config.train.batch_size * channels * pixels * 4
         total += int(layer.n_pdes * max(steps, 1) * state * STATE_FACTORS[backend, layer.recompute])
     return total
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device ``name`` (``"cpu"``, ``"cuda"``, ``"auto"``) names, or a :class:`ConfigError`
+    when it is not here."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("invalid config: device 'cuda' (train.device or --device) requested but "
+                          "no GPU is available here")
+    return torch.device(name)
 
 
 def available_memory(device: torch.device) -> int | None:
@@ -98,35 +150,43 @@ def preflight(runs: Sequence[ExperimentConfig], out: Path | None, *, jobs: int =
               checkpoints: int | None = None) -> None:
     """Check ``runs`` (to be done with ``jobs`` processes, writing into ``out``, ``checkpoints``
     of them saving a model; default all) before any data is loaded (module docstring)."""
-    from .training import resolve_device
-
     if not runs:
         return
-    largest_model, largest_run = 0, (0, None, None)
+    largest_model, largest_run = 0, (0, 0, None, None)
     for run in runs:
         to_toml(run)
         device = resolve_device(run.train.device)
         model = _model(run)
         params = sum(p.numel() for p in model.parameters())
         largest_model = max(largest_model, params)
-        need = training_bytes(run, model)
-        if need > largest_run[0]:
-            largest_run = (need, run, device)
+        states = training_bytes(run, model)
+        if states + params * PARAMETER_BYTES > sum(largest_run[:2]):
+            largest_run = (states, params * PARAMETER_BYTES, run, device)
     parallel = min(jobs, len(runs))
-    need, run, device = largest_run
+    states, weights, run, device = largest_run
     if run is not None:
+        need = states + weights
         available = available_memory(device)
         workers = parallel * WORKER_BYTES if parallel > 1 else 0
         if available is not None and need * parallel + workers > available:
             layer = getattr(run.model, "layer", None)
-            steps = f" ({layer.steps} Euler steps)" if layer is not None else ""
+            steps = f" ({layer.steps} Euler steps)" if layer is not None and states else ""
             per = f"{parallel} runs at once, each " if parallel > 1 else ""
+            parts = [f"{_gib(states)} for the states the Euler steps keep"] if states else []
+            parts.append(f"{_gib(weights)} for {weights // PARAMETER_BYTES:,} parameters with "
+                         f"their gradients and optimiser state")
+            remedies = ([f"raise model.layer.dt or lower model.layer.T{steps}",
+                         f"lower train.batch_size ({run.train.batch_size})",
+                         "set model.layer.recompute = true"] if states > weights else
+                        [f"make the model smaller (model.hidden = {run.model.hidden}, or its "
+                         f"model.{run.model.kind} options)"])
+            if parallel > 1:
+                remedies.append("lower --jobs")
             raise ConfigError(
                 f"invalid config: training would need about {_gib(need * parallel + workers)} of "
-                f"memory ({per}{_gib(need)} for the states the Euler steps keep), more than the "
-                f"{_gib(available)} available on {device}: raise model.layer.dt or lower "
-                f"model.layer.T{steps}, lower train.batch_size ({run.train.batch_size}), set "
-                f"model.layer.recompute = true" + (", or lower --jobs" if parallel > 1 else ""))
+                f"memory ({per}{', '.join(parts)}), more than the {_gib(available)} available "
+                f"on {device}: " + ", ".join(remedies[:-1]) + (", or " if len(remedies) > 1
+                                                               else "") + remedies[-1])
     if out is None:
         return
     count = len(runs) if checkpoints is None else checkpoints

@@ -8,7 +8,13 @@ in percentage points and in units of the paper's standard deviation.
 
 A run counts once: records with the same run key (model, hidden size, seed) that agree are one
 run (:func:`deduplicate`); records of the same key that disagree are refused, since neither can
-be trusted to be the run the configuration describes.
+be trusted to be the run the configuration describes. A record whose numbers are not finite (an
+accuracy of NaN) or not what a run writes is refused too (:func:`check_records`): a mean over it
+would be NaN or wrong, printed as if it were a result.
+
+A report says whether its sweep is complete: the runs the folder's ``config.toml`` describes that
+have no record are listed at the top of ``table.md`` (:func:`missing_runs`), and ``eqpdenet
+report`` then warns and exits with status 3.
 """
 
 from __future__ import annotations
@@ -20,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataFileError
+from ..errors import ConfigError, DataFileError
 from .files import atomic_write, read_jsonl, save_figure
 from .locks import hold
 
-__all__ = ["aggregate", "deduplicate", "paper_table", "plot_accuracy", "protocol_table",
-           "write_report"]
+__all__ = ["Report", "aggregate", "check_records", "deduplicate", "missing_runs", "paper_table",
+           "plot_accuracy", "protocol_table", "write_report"]
 
 SCENARIOS = ("test", "iso", "sca")
 #: The paper's two models (Tables 1 and 2) and their printed names.
@@ -50,12 +56,50 @@ def paper_table() -> dict[tuple[str, int], dict]:
 SAME_RUN_FIELDS = ("status", "accuracy", "params", "validation_accuracy", "base_fingerprint")
 
 
+def _finite_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_records(records: list[dict], source: str = "results") -> list[dict]:
+    """``records`` if each is a run record a report can use, else a
+    :class:`~eqpdenet.errors.DataFileError` naming the record and the field: a dict with
+    ``model``, an integer ``hidden`` and ``seed`` and a ``status``; a successful run's
+    accuracies finite percentages (``validation_accuracy`` too) and its ``params`` a count."""
+    for number, record in enumerate(records, 1):
+        where = f"record {number}"
+        if not isinstance(record, dict):
+            raise DataFileError(source, f"{where} is not a run record (a JSON object)")
+        for field, kind in (("model", str), ("hidden", int), ("seed", int), ("status", str)):
+            value = record.get(field)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise DataFileError(source, f"{where}: {field} is {value!r}, not a run's "
+                                            f"{kind.__name__}")
+        where = f"{where} ({record['model']}-h{record['hidden']}-seed{record['seed']})"
+        if record["status"] != "ok":
+            continue
+        accuracy = record.get("accuracy")
+        if not isinstance(accuracy, dict):
+            raise DataFileError(source, f"{where}: a successful run without accuracies")
+        numbers = [(f"accuracy {k}", v) for k, v in accuracy.items()]
+        if "validation_accuracy" in record:
+            numbers.append(("validation_accuracy", record["validation_accuracy"]))
+        for name, value in numbers:
+            if not _finite_number(value) or not 0 <= value <= 100:
+                raise DataFileError(source, f"{where}: {name} is {value!r}, not a finite "
+                                            f"percentage; a report cannot average it (rerun the "
+                                            f"run: delete its record and resume the sweep)")
+        params = record.get("params")
+        if not isinstance(params, int) or isinstance(params, bool) or params < 0:
+            raise DataFileError(source, f"{where}: params is {params!r}, not a parameter count")
+    return records
+
+
 def deduplicate(records: list[dict], source: str = "results") -> list[dict]:
     """One record per run key (``model``, ``hidden``, ``seed``), in first-seen order; a
     :class:`~eqpdenet.errors.DataFileError` if two records of one key disagree on any of
     :data:`SAME_RUN_FIELDS` (contradictory duplicates)."""
     first: dict[tuple, dict] = {}
-    for number, record in enumerate(records, 1):
+    for number, record in enumerate(check_records(records, source), 1):
         key = (record["model"], int(record["hidden"]), record["seed"])
         if key not in first:
             first[key] = record
@@ -195,9 +239,56 @@ def plot_accuracy(ours: dict, path: Path, paper: dict | None = None) -> Path:
     return save_figure(fig, path, dpi=120)
 
 
-def write_report(results_dir: Path) -> tuple[Path, Path]:
-    """``table.md`` and ``accuracy_vs_params.png`` from ``results_dir/results.jsonl``."""
+def missing_runs(results_dir: Path, records: list[dict]) -> list[str] | None:
+    """The run keys that the folder's ``config.toml`` (a reproduce sweep) describes and
+    ``records`` lack, in the sweep's order; None when there is no such configuration to tell."""
+    from .config import ReproduceConfig, load_toml
+    from .sweeps import grid, run_key
+
+    path = Path(results_dir) / "config.toml"
+    if not path.is_file():
+        return None
+    try:
+        config = load_toml(ReproduceConfig, path)
+    except ConfigError:
+        return None
+    present = {(r["model"], int(r["hidden"]), r["seed"]) for r in records}
+    return [run_key(run.model.kind, run.model.hidden, run.train.seed) for run in grid(config)
+            if (run.model.kind, run.model.hidden, run.train.seed) not in present]
+
+
+class Report(tuple):
+    """What :func:`write_report` wrote: ``(table, plot)`` paths; ``runs``, the runs recorded;
+    ``missing``, the runs of the sweep without a record (None: no ``config.toml`` to tell)."""
+
+    runs: int
+    missing: list[str] | None
+
+    def __new__(cls, table: Path, plot: Path, runs: int, missing: list[str] | None):
+        report = super().__new__(cls, (table, plot))
+        report.runs, report.missing = runs, missing
+        return report
+
+    @property
+    def incomplete(self) -> str | None:
+        """The line saying which runs are missing, or None."""
+        return incomplete_line(self.missing, self.runs + len(self.missing)) if self.missing \
+            else None
+
+
+def incomplete_line(missing: list[str], total: int) -> str:
+    shown = ", ".join(missing[:4]) + (", ..." if len(missing) > 4 else "")
+    return (f"the sweep is incomplete: {len(missing)} of {total} runs have no result ({shown}); "
+            f"its cells average the runs that finished")
+
+
+def write_report(results_dir: Path) -> Report:
+    """``table.md`` and ``accuracy_vs_params.png`` from ``results_dir/results.jsonl``; says at the
+    top of the table when runs of the sweep are missing (:func:`missing_runs`)."""
     results_dir = Path(results_dir)
+    if results_dir.exists() and not results_dir.is_dir():
+        raise DataFileError(results_dir, "a file, not a results folder (the folder that holds "
+                                         "results.jsonl)")
     path = results_dir / "results.jsonl"
     records = read_jsonl(path)
     if not records:
@@ -206,11 +297,15 @@ def write_report(results_dir: Path) -> tuple[Path, Path]:
         records = deduplicate(read_jsonl(path), source=str(path))
         ours = aggregate(records)
         table = protocol_table(ours)
+        missing = missing_runs(results_dir, records)
         header = (f"Accuracy in percent on ROTMNIST test, `iso` and `sca`: mean (sample std) over "
                   f"the runs of each cell; paper = Lagrave & Riou 2021, Tables 1-2. Δ = ours − "
                   f"paper; Δ/σ in units of the paper's std. From `results.jsonl` beside this file "
                   f"({len(records)} runs; config in `config.toml`).\n\n")
+        if missing:
+            header = (f"**Incomplete:** {incomplete_line(missing, len(records) + len(missing))}; "
+                      f"rerun the sweep's command to finish it.\n\n{header}")
         table_path = results_dir / "table.md"
         atomic_write(table_path, (header + table).encode())
         plot_path = plot_accuracy(ours, results_dir / "accuracy_vs_params.png")
-    return table_path, plot_path
+    return Report(table_path, plot_path, len(records), missing)

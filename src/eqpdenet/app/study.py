@@ -34,6 +34,7 @@ from .distributed import Executor
 from .files import atomic_write, read_jsonl
 from .locks import hold
 from .report import PAPER_MODELS
+from .runfolder import check_claim, claim_folder
 from .sweeps import reproduce
 from .training import fingerprint
 
@@ -137,7 +138,10 @@ def run_study(out: Path, *, base: ReproduceConfig | None = None, stages=STAGES, 
               progress: bool = True, echo=print) -> ReproduceConfig:
     """Run the greedy study; returns the chosen configuration (also in ``out/chosen.toml``).
     ``out`` has one writer at a time (:func:`eqpdenet.app.locks.hold`)."""
+    legacy = ("study.md", "chosen.toml", "runs")
+    check_claim(out, "study", legacy)  # before the lock writes into it
     with hold(out, "study"):
+        claim_folder(out, "study", legacy)
         return _run_study(Path(out), base=base, stages=stages, margin=margin, jobs=jobs,
                           executor=executor, data_dir=data_dir, cache_dir=cache_dir,
                           progress=progress, echo=echo)

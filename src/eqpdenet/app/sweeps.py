@@ -27,11 +27,14 @@ from .distributed import Executor
 from .files import atomic_write
 from .locks import hold
 from .preflight import preflight
+from .progress import interactive
+from .runfolder import check_claim, claim_folder
 from .runstore import load_records, save_run, write_aggregate
 from .training import Data, _progress, fingerprint, prepare_data, run_experiment
 from .workers import worker_pool
 
-__all__ = ["check_results_folder", "grid", "reproduce", "run_key", "run_sweep"]
+__all__ = ["SWEEP_FILES", "check_before_writing", "check_results_folder", "grid", "reproduce",
+           "run_key", "run_sweep"]
 
 
 def run_key(kind: str, hidden: int, seed: int) -> str:
@@ -104,7 +107,11 @@ def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
     preflight([run for _, run in todo], out_dir, jobs=parallel,
               checkpoints=sum(key in checkpoint_keys for key, _ in todo))
 
+    finished = [len(runs) - len(todo)]
+
     def finish(key: str, record: dict) -> None:
+        finished[0] += 1
+        count = f"[{finished[0]}/{len(runs)}]"
         record["key"] = key
         record["base_fingerprint"] = base_fingerprint
         if record["status"] != "ok":  # no model for this result: none left from an earlier try
@@ -113,16 +120,19 @@ def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
         write_aggregate(out_dir)
         if record["status"] == "ok":
             scores = "  ".join(f"{k} {v:5.2f}" for k, v in record["accuracy"].items())
-            echo(f"{key:>24}: {scores}  ({record['train_seconds']:.0f} s train, "
+            echo(f"{count} {key:>24}: {scores}  ({record['train_seconds']:.0f} s train, "
                  f"{record['eval_seconds']:.0f} s eval)")
         else:
-            echo(f"{key:>24}: {record['status']}: {record['error']}")
+            echo(f"{count} {key:>24}: {record['status']}: {record['error']}")
 
     def checkpoint_for(key: str) -> Path | None:
         return out_dir / "checkpoints" / f"{key}.pt" if key in checkpoint_keys else None
 
-    bar = _progress(range(len(todo)), progress, desc=name, unit="run")
+    # On a terminal a bar of runs, each run with its bar of epochs; in a log, the line of each
+    # finished run (finish, below) and no epoch lines: one line per run.
+    bar = _progress(range(len(todo)), progress and interactive(), desc=name, unit="run")
     bar_update = getattr(bar, "update", lambda n: None)
+    progress = progress and interactive()
     if executor.kind == "ray":
         from .distributed import run_on_ray
 
@@ -152,6 +162,23 @@ def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
     return results
 
 
+#: What a sweep's folder held before folders were marked (:func:`eqpdenet.app.runfolder.
+#: claim_folder`): a folder holding one of these is a sweep's.
+SWEEP_FILES = ("results.jsonl", "runs")
+
+
+def check_before_writing(runs: dict[str, ExperimentConfig], out_dir: Path, jobs: int,
+                         executor: Executor | None, checkpoint_keys) -> None:
+    """The preflight (:func:`~eqpdenet.app.preflight.preflight`) of the runs of ``runs`` not yet
+    done in ``out_dir``, before a sweep writes its ``config.toml``: a sweep that cannot run
+    leaves nothing written but its folder and lock."""
+    done = set(load_records(out_dir))
+    todo = {key: run for key, run in runs.items() if key not in done}
+    parallel = jobs if (executor or Executor()).kind == "local" else 1
+    preflight(list(todo.values()), out_dir, jobs=parallel,
+              checkpoints=sum(key in checkpoint_keys for key in todo))
+
+
 def check_results_folder(out_dir: Path, base_fingerprint: str) -> None:
     """Refuse a results folder that holds runs of another base configuration."""
     results = Path(out_dir) / "results.jsonl"
@@ -171,17 +198,20 @@ def reproduce(config: ReproduceConfig, out_dir: Path, *, jobs: int = 1,
     The base configuration is written to ``out_dir/config.toml``; a results file produced with a
     different base configuration is refused (use another ``out_dir``). Returns the results path.
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(os.path.realpath(out_dir))
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
+    check_claim(out_dir, "reproduce", legacy=SWEEP_FILES)  # before the lock writes into it
     with hold(out_dir, "reproduce"):
+        claim_folder(out_dir, "reproduce", legacy=SWEEP_FILES)
         base_print = fingerprint(config.base)
         check_results_folder(out_dir, base_print)
-        atomic_write(out_dir / "config.toml", to_toml(config).encode())
         runs = {run_key(run.model.kind, run.model.hidden, run.train.seed): run
                 for run in grid(config)}
         checkpoints = {key for key, run in runs.items()
                        if run.train.seed in config.checkpoint_seeds}
+        check_before_writing(runs, out_dir, jobs, executor, checkpoints)
+        atomic_write(out_dir / "config.toml", to_toml(config).encode())
         return run_sweep("reproduce", runs, out_dir, base_fingerprint=base_print,
                          checkpoint_keys=checkpoints, jobs=jobs, executor=executor,
                          data_dir=data_dir,

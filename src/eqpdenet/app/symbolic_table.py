@@ -6,8 +6,9 @@ planar ones, their invariants derived by the moving frame (one channel by defaul
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from ..checks import require, require_int
 from ..pde.symbolic import (
     DEFAULT_DEGREES,
     FRAME_ORDERS,
@@ -18,21 +19,35 @@ from ..pde.symbolic import (
     unicode_formula,
 )
 
-__all__ = ["print_table", "symbolic_table"]
+__all__ = ["MAX_CHANNELS", "print_table", "symbolic_table"]
 
 
-def symbolic_table(groups: Sequence[str] | None = None,
-                   channels: int = 1) -> tuple[str, list[SymbolicInvariants]]:
+#: The most channels ``eqpdenet symbolic --channels`` takes: the search grows with the number of
+#: jet coordinates (6 per channel at order 2) to the power of the degree; measured on the shared
+#: 2-core machine, ``se2`` and ``sim2`` take 8 s for 2 channels, 2 s for ``se2`` alone at 3, and
+#: 140 s at 4 (``--channels 6`` was still running after 5 minutes).
+MAX_CHANNELS = 4
+
+
+def symbolic_table(groups: Sequence[str] | None = None, channels: int = 1,
+                   on_row: Callable[[str], None] | None = None,
+                   ) -> tuple[str, list[SymbolicInvariants]]:
     """Markdown table of the ready groups at the orders of :data:`DEFAULT_DEGREES` (one channel)
     or :data:`JOINT_DEGREES` (``channels > 1``: orders 1 and 2); by default, with one channel,
     the groups of :data:`FRAME_ORDERS` after them (``max degree`` reads ``frame``: the moving
-    frame, no search)."""
+    frame, no search); ``on_row(line)`` is called with each line as soon as it is computed (the
+    header first)."""
     results = []
     header = ("| group | order | generators | dim J | orbit dim | expected | found | max degree | "
               "invariants found | seconds |\n|---|---|---|---|---|---|---|---|---|---|")
     lines = [header]
     default = list(DEFAULT_DEGREES) + (list(FRAME_ORDERS) if channels == 1 else [])
-    for name in groups or default:
+    groups = list(groups or default)
+    for name in groups:
+        get_group(name)  # an unknown name before any computation
+    if on_row:
+        on_row(header)
+    for name in groups:
         group = get_group(name)
         if channels > 1:
             orders = JOINT_DEGREES
@@ -53,18 +68,24 @@ def symbolic_table(groups: Sequence[str] | None = None,
                          f"{result.orbit_dimension} | {result.expected_count} | "
                          f"{result.found_count} | {degree_text} | {found} | "
                          f"{result.seconds:.2f} |")
+            if on_row:
+                on_row(lines[-1])
     return "\n".join(lines), results
 
 
 def print_table(groups: Sequence[str] | None = None, channels: int = 1) -> None:
     """``eqpdenet symbolic [group ...] [--channels C]``: print the table of :func:`symbolic_table`."""
     start = time.perf_counter()
+    require_int(channels, "--channels", 1)
+    require(channels <= MAX_CHANNELS, "--channels",
+            f"{channels} channels: at most {MAX_CHANNELS} (the search grows steeply with the "
+            f"channels: 4 take minutes, more take hours)")
     if channels > 1:
         names = "u1, u2" if channels == 2 else f"u1 ... u{channels}"
         print(f"Joint invariants of {channels} channels {names}, transformed alike by each "
               f"group\n")
-    table, results = symbolic_table(groups or None, channels)
-    print(table)
+    _, results = symbolic_table(groups or None, channels,
+                                on_row=lambda line: print(line, flush=True))
     frames = {}
     for result in results:
         for note in result.notes:

@@ -16,7 +16,6 @@ import copy
 import hashlib
 import io
 import json
-import math
 import platform
 import subprocess
 import time
@@ -35,6 +34,8 @@ from ..data.scenarios import apply_scenario
 from ..errors import CheckpointError, ConfigError, NonFiniteStateError
 from ..models import count_parameters
 from . import accelerate
+from .batches import mini_batches
+from .checkpoints import describe_non_finite, non_finite_tensors
 from .config import (
     KIND_OPTIONS,
     DataConfig,
@@ -46,6 +47,8 @@ from .config import (
 )
 from .files import atomic_write
 from .optim import LR_SCHEDULES, OPTIMIZERS
+from .preflight import preflight, resolve_device
+from .progress import progress as progress_of
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -127,6 +130,14 @@ def prepare_data(config: DataConfig, data_dir=None, cache_dir=None) -> Data:
                           f"the {len(dataset.train_images)} training images of {dataset.name}")
     train_x, train_y = dataset.train_images, dataset.train_labels
     keep = len(train_x) - config.validation
+    held = f" ({config.validation} held out for validation)" if config.validation else ""
+    if config.train_subset > keep:
+        raise ConfigError(f"invalid config: data.train_subset: {config.train_subset} is more than "
+                          f"the {keep} training images of {dataset.name}{held}; use 0 for all")
+    if config.test_subset > len(dataset.test_images):
+        raise ConfigError(f"invalid config: data.test_subset: {config.test_subset} is more than "
+                          f"the {len(dataset.test_images)} test images of {dataset.name}; use 0 "
+                          f"for all")
     train = Split(train_x[:keep], train_y[:keep]).head(config.train_subset)
     pixels = train.images.double()
     return Data(train=train, validation=Split(train_x[keep:], train_y[keep:]),
@@ -171,15 +182,6 @@ def resolve_for_data(config: ExperimentConfig, data: Data | dict) -> ExperimentC
     return config
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("invalid config: device 'cuda' (train.device or --device) requested but "
-                          "no GPU is available here")
-    return torch.device(name)
-
-
 @torch.no_grad()
 def predict(model: nn.Module, images: Tensor, batch_size: int = 1000) -> Tensor:
     """Predicted classes ``(N,)`` for images ``(N, C, H, W)``, in evaluation mode."""
@@ -200,11 +202,8 @@ def accuracy(model: nn.Module, split: Split, batch_size: int = 1000) -> float:
 
 
 def _progress(iterable, enabled: bool, **kwargs):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, **kwargs)
+    """:func:`eqpdenet.app.progress.progress`: a bar on a terminal, a line per item in a log."""
+    return progress_of(iterable, enabled, **kwargs)
 
 
 def data_parallel() -> tuple[int, int] | None:
@@ -246,9 +245,12 @@ def train_model(
     """
     train: TrainConfig = config.train
     device = resolve_device(train.device)
+    resolved = resolve_for_data(config, data) if model is None else None
+    if resolved is not None:
+        preflight([resolved], None)  # the memory check again, at the data's image size
     torch.manual_seed(train.seed)
-    if model is None:
-        model = build_model(resolve_for_data(config, data).model)
+    if resolved is not None:
+        model = build_model(resolved.model)
     model = model.to(device)
     generator = torch.Generator().manual_seed(train.seed)
     pde_layer = getattr(model, "pde_layer", None)
@@ -257,7 +259,7 @@ def train_model(
     if pde_ids:
         groups.append({"params": list(pde_layer.parameters()), "lr": train.lr * train.pde_lr_scale})
     optimizer = OPTIMIZERS.get(train.optimizer)(groups, train.lr, train.weight_decay)
-    steps_per_epoch = math.ceil(len(data["train"]) / train.batch_size)
+    steps_per_epoch = len(mini_batches(len(data["train"]), train.batch_size))
     scheduler = LR_SCHEDULES.get(train.lr_schedule)(optimizer, train.epochs * steps_per_epoch)
     validation = data.get("validation")
     has_validation = validation is not None and len(validation) > 0
@@ -285,8 +287,8 @@ def train_model(
         model.train()
         order = torch.randperm(len(labels), generator=generator)
         total_loss, correct = 0.0, 0
-        for first in range(0, len(order), train.batch_size) if gpu is None else ():
-            index = order[first:first + train.batch_size]
+        for batch in mini_batches(len(order), train.batch_size) if gpu is None else ():
+            index = order[batch]
             mine = index if parallel is None else index.tensor_split(parallel[1])[parallel[0]]
             x, y = images[mine].to(device), labels[mine].to(device)
             logits = forward(x)
@@ -423,7 +425,13 @@ _LEGACY_CHECKPOINT_FORMATS = ("eqpdenet-checkpoint-1",)
 
 
 def save_checkpoint(path: Path, model: nn.Module, config: ExperimentConfig, **extra) -> None:
-    """``state_dict`` + full config + provenance, written atomically."""
+    """``state_dict`` + full config + provenance, written atomically; a
+    :class:`~eqpdenet.errors.CheckpointError` for weights that are not all finite (such a model
+    is never saved to be scored)."""
+    bad = non_finite_tensors(model.state_dict())
+    if bad:
+        raise CheckpointError(f"not saving {path}: the model's weights are not all finite "
+                              f"({describe_non_finite(bad)})")
     buffer = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, "config": to_dict(config),
                 "state_dict": model.state_dict(), "environment": environment(), **extra}, buffer)
@@ -434,7 +442,8 @@ def load_checkpoint(path: Path, device: str = "cpu") -> tuple[nn.Module, Experim
     """The model, its config and the checkpoint's other contents.
 
     Raises :class:`~eqpdenet.errors.CheckpointError` for a file that is not a checkpoint, a
-    saved configuration that is invalid, or weights that do not fit the model the saved
+    saved configuration that is invalid, weights that are not all finite (NaN or inf: a model
+    that would be scored as if it were one), or weights that do not fit the model the saved
     configuration describes (the message names the configuration field, see
     :func:`~eqpdenet.app.checkpoints.mismatch`).
     """
@@ -463,6 +472,11 @@ def load_checkpoint(path: Path, device: str = "cpu") -> tuple[nn.Module, Experim
                                                                      dict):
         raise CheckpointError(f"{path} is not a complete eqpdenet checkpoint (no config or "
                               f"state_dict)")
+    bad = non_finite_tensors(payload["state_dict"])
+    if bad:
+        raise CheckpointError(f"{path}: the weights are not all finite ({describe_non_finite(bad)})"
+                              f": the run that saved them diverged, or the file was altered; such "
+                              f"a model cannot be evaluated")
     if payload["format"] in _LEGACY_CHECKPOINT_FORMATS:
         payload["config"] = with_legacy_fields(payload["config"])
     try:
@@ -501,6 +515,11 @@ def run_experiment(config: ExperimentConfig, data: Data | dict[str, Split], *,
                       train_seconds=time.perf_counter() - start)
         return record
     record["train_seconds"] = time.perf_counter() - start
+    bad = non_finite_tensors(model.state_dict())
+    if bad:  # a last update can break the weights after the last finite loss
+        record.update(status="diverged", error=f"the weights are not all finite after training "
+                                                f"({describe_non_finite(bad)})")
+        return record
     record["params"] = count_parameters(model)
     record["history"] = history
     start = time.perf_counter()

@@ -68,9 +68,21 @@ class ImageDataset:
             if images.dim() != 4 or not images.is_floating_point():
                 raise DataFileError(self.name, f"{split} images must be (N, C, H, W) floats, got "
                                     f"{tuple(images.shape)} {images.dtype}")
+            if len(images) == 0:
+                raise DataFileError(self.name, f"the {split} split holds no images")
+            if min(images.shape[1:]) == 0:
+                raise DataFileError(self.name, f"{split} images of shape "
+                                    f"{tuple(images.shape[1:])} (C, H, W) hold no pixels")
             if len(labels) != len(images):
                 raise DataFileError(self.name, f"{len(images)} {split} images but {len(labels)} "
                                     f"labels")
+            if int(labels.min()) < 0 or int(labels.max()) >= self.classes:
+                raise DataFileError(self.name, f"{split} labels must be 0 ... {self.classes - 1}, "
+                                    f"got {int(labels.min())} ... {int(labels.max())}")
+        if self.classes < 2:
+            raise DataFileError(self.name, f"every label is {int(self.train_labels.max())}: a "
+                                f"classifier needs at least two classes (its accuracy would be "
+                                f"100 % whatever it learned)")
         if self.train_images.shape[1:] != self.test_images.shape[1:]:
             raise DataFileError(self.name, f"training images {tuple(self.train_images.shape[1:])} "
                                 f"and test images {tuple(self.test_images.shape[1:])} differ")
@@ -149,7 +161,10 @@ def _as_labels(array: np.ndarray, path, what: str) -> Tensor:
 
 
 def _classes(path, *labels: Tensor) -> int:
-    classes = int(max(int(t.max()) for t in labels if len(t))) + 1
+    if not all(len(t) for t in labels):
+        raise DataFileError(path, "a split holds no labels (no images): a data set needs "
+                            "training and test images")
+    classes = int(max(int(t.max()) for t in labels)) + 1
     train = set(labels[0].tolist())
     if len(train) < classes:
         raise DataFileError(path, f"labels 0..{classes - 1} expected, the training split lacks "
@@ -216,6 +231,16 @@ def rotate_dataset(dataset: ImageDataset, seed: int = 0, batch_size: int = 8192)
                                                           "interpolation": "bilinear, zero fill"}})
 
 
+def _is_zip(path: Path) -> bool:
+    """Whether ``path`` starts like a zip archive (what ``numpy.savez`` writes), whatever its
+    name."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
 def load_dataset(spec: str, data_dir=None, cache_dir=None, seed: int = 0,
                  rotated: bool = False) -> ImageDataset:
     """A data set by registered name or by path (``.npz`` file or IDX folder); see module doc.
@@ -229,11 +254,11 @@ def load_dataset(spec: str, data_dir=None, cache_dir=None, seed: int = 0,
         path = Path(spec).expanduser()
         if path.is_dir():
             dataset = load_idx_folder(path)
-        elif path.is_file() and path.suffix == ".npz":
+        elif path.is_file() and (path.suffix.lower() == ".npz" or _is_zip(path)):
             dataset = load_npz(path)
         elif path.exists():
-            raise ConfigError(f"data set {spec!r}: a file must be a .npz with x_train, y_train, "
-                              f"x_test, y_test (or give a folder of IDX files)")
+            raise ConfigError(f"data set {spec!r}: a file must be a NumPy .npz archive with "
+                              f"x_train, y_train, x_test, y_test (or give a folder of IDX files)")
         else:
             raise ConfigError(f"unknown data set {spec!r}: not a registered name "
                               f"({', '.join(DATASETS.names())}) nor an existing .npz file or "

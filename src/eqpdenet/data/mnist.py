@@ -21,6 +21,7 @@ import gzip
 import hashlib
 import http.client
 import os
+import sys
 import tempfile
 import urllib.request
 import zlib
@@ -289,6 +290,8 @@ def _fetch_verified(url: str, target: Path, spec: IdxSpec, *, timeout: float, pr
 
 
 def _progress_bar(total: int | None, name: str):
+    if not sys.stderr.isatty():  # a log: no bar redrawn with carriage returns
+        return None
     try:
         from tqdm.auto import tqdm
     except ImportError:  # tqdm is optional: no bar, same download

@@ -1,6 +1,10 @@
 """Models in a registry by name: the paper's EqPdeNet and FCNN, the deep InvariantPDENet, the
 LiftedPDENet on position x orientation, and the CNN and G-CNN baselines.
 
+Every family checks its input with the same entry check, :func:`check_model_input`, and declares
+the smallest image it takes (``min_image_size``, checked in its constructor by
+:func:`require_image_size`): see :mod:`eqpdenet.models.inputs`.
+
 :data:`MODELS` maps a model kind (the configuration's ``model.kind``) to its class;
 :func:`build_model` builds one from keyword arguments, passing each class only the arguments its
 constructor takes (so one configuration table can describe every kind).
@@ -16,13 +20,15 @@ from ..registry import Registry
 from .cnn import CNN, CNNConfig
 from .eqpdenet import EqPdeNet
 from .gcnn import GCNN, GCNNConfig
+from .inputs import ModelInput, check_model_input, min_image_size, require_image_size
 from .invariant_pde import InvariantPDEConfig, InvariantPDENet
 from .lifted_pde import LiftedPDEConfig, LiftedPDENet
 from .perceptron import FCNN, Standardize, count_parameters, perceptron
 
 __all__ = ["CNN", "FCNN", "GCNN", "MODELS", "CNNConfig", "EqPdeNet", "GCNNConfig",
            "InvariantPDEConfig", "InvariantPDENet", "LiftedPDEConfig", "LiftedPDENet",
-           "Standardize", "build_model", "count_parameters", "perceptron"]
+           "ModelInput", "Standardize", "build_model", "check_model_input", "count_parameters",
+           "min_image_size", "perceptron", "require_image_size"]
 
 #: Model kinds: name -> class (``kind(**options)`` builds one).
 MODELS: Registry[type[nn.Module]] = Registry("model")

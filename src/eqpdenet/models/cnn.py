@@ -12,10 +12,15 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ..checks import check_images, require, require_int
+from ..checks import require, require_int
+from .inputs import check_model_input, require_image_size
 from .perceptron import Standardize
 
 __all__ = ["CNN", "CNNConfig"]
+
+
+#: The most convolutions a CNN may have (the baseline has 7).
+MAX_LAYERS = 1000
 
 
 @dataclass
@@ -36,7 +41,7 @@ class CNNConfig:
 
     def __post_init__(self):
         require_int(self.channels, "cnn.channels", 1)
-        require_int(self.layers, "cnn.layers", 1)
+        require_int(self.layers, "cnn.layers", 1, maximum=MAX_LAYERS)
         require_int(self.pool_after, "cnn.pool_after", 0)
         require(self.readout in ("max", "mean"), "cnn.readout", "must be 'max' or 'mean'")
 
@@ -54,7 +59,11 @@ class CNN(nn.Module):
                  classes: int = 10, input_mean: float = 0.0, input_std: float = 1.0):
         super().__init__()
         self.config = cnn = cnn or CNNConfig()
-        self.image_size = require_int(image_size, "image_size", 1)
+        pools = int(1 <= cnn.pool_after <= cnn.layers)
+        #: A 2x2 max pooling needs at least 2 pixels a side.
+        self.min_image_size = 2**pools
+        self.image_size = require_image_size(image_size, self.min_image_size,
+                                             f"its 2x2 max pooling after layer {cnn.pool_after}")
         self.in_channels = require_int(in_channels, "in_channels", 1)
         self.standardize = Standardize(input_mean, input_std)
         layers: list[nn.Module] = []
@@ -72,8 +81,7 @@ class CNN(nn.Module):
     quarter_turn_invariant = False
 
     def forward(self, images: Tensor) -> Tensor:
-        check_images(images, "images", channels=self.in_channels,
-                     size=(self.image_size, self.image_size))
-        maps = self.features(self.standardize(images))
+        x = check_model_input(self, images).images
+        maps = self.features(self.standardize(x))
         pooled = maps.amax(dim=(-2, -1)) if self.config.readout == "max" else maps.mean(dim=(-2, -1))
-        return self.classifier(pooled)
+        return self.classifier(pooled).to(images.dtype)

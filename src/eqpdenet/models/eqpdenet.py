@@ -10,19 +10,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..checks import (
-    check_images,
-    check_values,
-    match_dtype,
-    module_dtype,
-    require,
-    require_int,
-)
+from ..checks import require, require_int
 from ..errors import NonFiniteStateError
 from ..pde.integrators import input_range_hint
 from ..pde.invariants import get_invariant_set
 from ..pde.layer import LayerConfig, PDELayer
 from ..pde.stencils import Jet
+from .inputs import ModelInput, check_model_input, require_image_size
 from .perceptron import Standardize, perceptron
 
 __all__ = ["EqPdeNet"]
@@ -63,7 +57,11 @@ class EqPdeNet(nn.Module):
         if isinstance(layer, LayerConfig):
             layer = PDELayer.from_config(layer)
         require(head in ("perceptron", "invariant"), "head", "must be 'perceptron' or 'invariant'")
-        self.image_size = require_int(image_size, "image_size", 1)
+        jets = [m for m in layer.modules() if isinstance(m, Jet)]
+        #: The smallest image side the PDE layer's stencils take with their boundary.
+        self.min_image_size = max([jet.min_image_size for jet in jets] + [1])
+        self.image_size = require_image_size(image_size, self.min_image_size,
+                                             "the stencils of the PDE layer with their boundary")
         self.in_channels = require_int(in_channels, "in_channels", 1)
         self.head = head
         self.standardize = Standardize(input_mean, input_std)
@@ -95,30 +93,21 @@ class EqPdeNet(nn.Module):
 
     def features(self, images: Tensor) -> Tensor:
         """The reduced PDE output fed to the perceptron, ``(B, C', H, W)``."""
-        return self._features(self._enter(images)).to(images.dtype)
+        return self._features(check_model_input(self, images)).to(images.dtype)
 
     def forward(self, images: Tensor) -> Tensor:
-        maps = self._features(self._enter(images))
+        maps = self._features(check_model_input(self, images))
         if self.head == "perceptron":
             return self.mlp(maps.flatten(1)).to(images.dtype)
         invariants = self.head_invariants(self.head_jet(maps)).flatten(1, 2)  # (B, 5 C', H, W)
         pooled = torch.cat([invariants.mean(dim=(-2, -1)), invariants.amax(dim=(-2, -1))], 1)
         return self.mlp(self.head_norm(pooled)).to(images.dtype)
 
-    def _enter(self, images: Tensor) -> tuple[Tensor, tuple[float, float]]:
-        """The checks of the entry points (:mod:`eqpdenet.checks`), once per call: shape, finite
-        values, the range against the input statistics (one warning per model), dtype."""
-        check_images(images, "images", channels=self.in_channels,
-                     size=(self.image_size, self.image_size))
-        values = check_values(images, "images")
-        self.standardize.check_range(*values)
-        return match_dtype(images, module_dtype(self), "images"), values
-
-    def _features(self, entered: tuple[Tensor, tuple[float, float]]) -> Tensor:
-        x, values = entered
+    def _features(self, entered: ModelInput) -> Tensor:
         try:
-            states = self.pde_layer._evolve(self.standardize(x))
+            states = self.pde_layer._evolve(self.standardize(entered.images))
         except NonFiniteStateError as error:
+            values = (entered.low, entered.high)
             hint = self.standardize.explain(*values) or input_range_hint(*values)
             raise error.with_hint(hint) from None
         return self.pde_layer.reduction(states)

@@ -22,9 +22,15 @@ from torch import Tensor, nn
 from ..checks import check_images, require, require_int, require_positive
 from ..errors import MissingDependencyError
 from ..geometry import halvings_stay_even
+from .inputs import check_model_input, require_image_size
 from .perceptron import Standardize
 
 __all__ = ["GCNN", "GCNNConfig"]
+
+
+#: The largest rotation group C_N (e2cnn builds an N x N regular representation per field) and
+#: the most layers a G-CNN may have (the baseline: C8, 5 layers).
+MAX_GROUP_ORDER, MAX_LAYERS = 64, 1000
 
 
 @dataclass
@@ -55,7 +61,9 @@ class GCNNConfig:
     readout: str = "max"
 
     def __post_init__(self):
-        require_int(self.group_order, "gcnn.group_order", 1)
+        require_int(self.group_order, "gcnn.group_order", 1, maximum=MAX_GROUP_ORDER)
+        require(len(self.channels) <= MAX_LAYERS, "gcnn.channels",
+                f"{len(self.channels):,} layers, more than the bound of {MAX_LAYERS:,}")
         require(len(self.channels) == len(self.kernels) >= 1, "gcnn.kernels",
                 "needs one kernel size per entry of gcnn.channels")
         for index, (c, k) in enumerate(zip(self.channels, self.kernels, strict=True)):
@@ -106,7 +114,11 @@ class GCNN(nn.Module):
         super().__init__()
         gspaces, enn = _e2cnn()
         self.config = gcnn = gcnn or GCNNConfig()
-        self.image_size = require_int(image_size, "image_size", 1)
+        #: Each 2x2 max pooling halves the image (rounding down): k of them need 2^k pixels.
+        self.min_image_size = 2 ** len(set(gcnn.pool_after))
+        self.image_size = require_image_size(
+            image_size, self.min_image_size,
+            f"{len(set(gcnn.pool_after))} 2x2 max pooling(s), after layers {gcnn.pool_after}")
         self.in_channels = require_int(in_channels, "in_channels", 1)
         self.standardize = Standardize(input_mean, input_std)
         space = gspaces.Rot2dOnR2(N=gcnn.group_order)
@@ -143,13 +155,12 @@ class GCNN(nn.Module):
                 and halvings_stay_even(self.image_size, len(self.config.pool_after)))
 
     def forward(self, images: Tensor) -> Tensor:
-        check_images(images, "images", channels=self.in_channels,
-                     size=(self.image_size, self.image_size))
-        x = self._enn.GeometricTensor(self.standardize(images), self._input_type)
+        x = check_model_input(self, images).images
+        x = self._enn.GeometricTensor(self.standardize(x), self._input_type)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             maps = self.features(x).tensor
-        return self.classifier(_readout(maps, self.config.readout))
+        return self.classifier(_readout(maps, self.config.readout)).to(images.dtype)
 
     def export_module(self) -> nn.Module:
         """The same map from plain PyTorch modules, for exporters (:mod:`eqpdenet.export`):

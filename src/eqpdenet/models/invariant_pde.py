@@ -27,17 +27,23 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..checks import check_images, require, require_int, require_positive
+from ..checks import report_non_finite, require, require_int, require_positive
+from ..errors import NonFiniteStateError
 from ..geometry import halvings_stay_even
-from ..pde.integrators import EulerStep
+from ..pde.integrators import EulerStep, input_range_hint
 from ..pde.invariants import DEFAULT_RATIO_EPS
 from ..pde.joint import JOINT_GROUPS
 from ..pde.rhs import InvariantSystemRHS, invariant_maps
 from ..pde.stencils import BOUNDARIES, STENCILS, Jet, stencil_has_scale
+from .inputs import ModelInput, check_model_input, require_image_size
 from .perceptron import Standardize
 from .pooling import AntiAliasedDownsample
 
 __all__ = ["InvariantPDEConfig", "InvariantPDENet"]
+
+
+#: The most Euler-step blocks (each a module with its own F) an InvariantPDENet may have.
+MAX_BLOCKS = 1000
 
 
 @dataclass
@@ -87,6 +93,9 @@ class InvariantPDEConfig:
         for index, (c, b) in enumerate(zip(self.channels, self.blocks, strict=True)):
             require_int(c, f"invariant_pde.channels[{index}]", 1)
             require_int(b, f"invariant_pde.blocks[{index}]", 0)
+        require(sum(self.blocks) <= MAX_BLOCKS and len(self.channels) <= MAX_BLOCKS,
+                "invariant_pde.blocks", f"{sum(self.blocks):,} blocks in {len(self.channels)} "
+                f"stages, more than the bound of {MAX_BLOCKS:,} (the benchmark's model has 6)")
         require_positive(self.hidden, "invariant_pde.hidden")
         JOINT_GROUPS.check(self.group, "invariant_pde.group")
         require(self.joint in ("channel", "mixtures", "all"), "invariant_pde.joint",
@@ -128,8 +137,11 @@ class _Lift(nn.Module):
 class InvariantPDENet(nn.Module):
     """A deep invariant-PDE network (see the module doc).
 
-    ``forward``: images ``(B, in_channels, image_size, image_size)`` -> logits ``(B, classes)``.
-    :meth:`features` gives the pooled, invariant features ``(B, F)`` before the classifier.
+    ``forward``: images ``(B, in_channels, image_size, image_size)`` -> logits ``(B, classes)``,
+    the images checked first (:func:`~eqpdenet.models.inputs.check_model_input`) and every
+    block's state after it (a :class:`~eqpdenet.errors.NonFiniteStateError` names the first
+    block whose state was not finite, never NaN logits). :meth:`features` gives the pooled,
+    invariant features ``(B, F)`` before the classifier.
 
     Example:
         >>> net = InvariantPDENet(InvariantPDEConfig(channels=[4, 8], blocks=[1, 1]))
@@ -142,7 +154,15 @@ class InvariantPDENet(nn.Module):
                  input_std: float = 1.0):
         super().__init__()
         self.config = config = invariant_pde or InvariantPDEConfig()
-        self.image_size = require_int(image_size, "image_size", 1)
+        pools = len(config.channels) - 1 if config.downsample == "pool" else 0
+        stencil = Jet(2, config.stencil, 1.0, config.boundary, sigma=_sigma(config))
+        #: Each 2x2 pooling halves the image (rounding down); the jet of the last stage needs
+        #: ``stencil.min_image_size`` pixels a side there.
+        self.min_image_size = stencil.min_image_size * 2**pools
+        self.image_size = require_image_size(
+            image_size, self.min_image_size,
+            f"{pools} poolings of 2x2 between its stages, then the {config.stencil!r} stencil with "
+            f"the {config.boundary!r} boundary")
         self.in_channels = require_int(in_channels, "in_channels", 1)
         self.standardize = Standardize(input_mean, input_std)
         self.lift = _Lift(in_channels, config.channels[0], config)
@@ -178,12 +198,28 @@ class InvariantPDENet(nn.Module):
 
     def features(self, images: Tensor) -> Tensor:
         """Globally pooled features ``(B, F)``: invariant under rotations (up to the grid)."""
-        check_images(images, "images", channels=self.in_channels,
-                     size=(self.image_size, self.image_size))
-        u = self.stages(self.lift(self.standardize(images)))
+        return self._features(check_model_input(self, images)).to(images.dtype)
+
+    def _features(self, entered: ModelInput) -> Tensor:
+        u = self.lift(self.standardize(entered.images))
+        finite = []
+        for stage in self.stages:
+            for module in stage:
+                u = module(u)
+                if isinstance(module, EulerStep):  # on the device: one host read at the end
+                    finite.append(torch.isfinite(u).all())
+        if finite:
+            blocks = [m for m in self.stages.modules() if isinstance(m, EulerStep)]
+            try:  # the first block whose state was not finite, as "its Euler step 1"
+                report_non_finite([b.name for b in blocks], [b.dt for b in blocks],
+                                  (~torch.stack(finite)).to(torch.int64))
+            except NonFiniteStateError as error:
+                values = (entered.low, entered.high)
+                raise error.with_hint(self.standardize.explain(*values)
+                                      or input_range_hint(*values)) from None
         pooled = {"max": lambda: u.amax(dim=(-2, -1)), "mean": lambda: u.mean(dim=(-2, -1)),
                   "meanmax": lambda: torch.cat([u.mean(dim=(-2, -1)), u.amax(dim=(-2, -1))], 1)}
         return self.norm(pooled[self.config.readout]())
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.classifier(self.features(images))
+        return self.classifier(self._features(check_model_input(self, images))).to(images.dtype)

@@ -39,16 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import kernels
-from ..checks import (
-    check_images,
-    check_values,
-    match_dtype,
-    module_dtype,
-    require,
-    require_int,
-    require_positive,
-)
-from ..errors import InputError
+from ..checks import require, require_int, require_positive
 from ..geometry import halvings_stay_even
 from ..pde.integrators import EulerStep
 from ..pde.m2 import (
@@ -62,6 +53,7 @@ from ..pde.m2 import (
 )
 from ..pde.m2_rhs import M2_TERMS, M2SystemRHS, Pointwise
 from ..pde.stencils import BOUNDARIES, MIN_GAUSSIAN_SIGMA
+from .inputs import check_model_input, require_image_size
 from .perceptron import Standardize
 from .pooling import AntiAliasedDownsample, downsampled_size
 
@@ -155,14 +147,16 @@ class LiftedPDEConfig:
                 self.downsample])
         return sizes
 
-    def check_image_size(self, image_size: int) -> None:
-        """A ConfigError unless every stage's maps are larger than its stencils' radius."""
-        radius = gaussian_radius(scale_levels(self.sigma, self.scales)[-1])
-        for index, size in enumerate(self.stage_sizes(image_size)):
-            require(size > radius, "lifted_pde.channels" if index else "image_size",
-                    f"stage {index} would work on {size}x{size} maps, not larger than the radius "
-                    f"{radius} of its Gaussian stencils (sigma {self.sigma:g} px, {self.scales} "
-                    f"scale(s)): use larger images, fewer stages, or a smaller sigma")
+    def radius(self) -> int:
+        """Half-width in pixels of the widest Gaussian stencil (the largest scale level)."""
+        return gaussian_radius(scale_levels(self.sigma, self.scales)[-1])
+
+    def min_image_size(self) -> int:
+        """The smallest image side whose every stage has maps larger than the stencils' radius."""
+        size = 1
+        while any(s <= self.radius() for s in self.stage_sizes(size)):
+            size += 1
+        return size
 
 
 class M2Lift(nn.Module):
@@ -237,9 +231,13 @@ class LiftedPDENet(nn.Module):
                  input_std: float = 1.0):
         super().__init__()
         self.config = config = lifted_pde or LiftedPDEConfig()
-        self.image_size = require_int(image_size, "image_size", 1)
+        radius = config.radius()
+        self.min_image_size = config.min_image_size()
+        self.image_size = require_image_size(
+            image_size, self.min_image_size,
+            f"every stage's maps larger than the radius {radius} of its Gaussian stencils, "
+            f"sigma {config.sigma:g} px, {config.scales} scale(s), {len(config.channels)} stages")
         self.in_channels = require_int(in_channels, "in_channels", 1)
-        config.check_image_size(self.image_size)
         self.standardize = Standardize(input_mean, input_std)
         self.lift = M2Lift(in_channels, config.channels[0], config.orientations, config.sigma,
                            config.boundary, config.scales)
@@ -282,17 +280,11 @@ class LiftedPDENet(nn.Module):
 
     def fields(self, images: Tensor) -> Tensor:
         """The fields ``(S B, C, N, h, w)`` after the last stage (``S`` scale copies)."""
-        check_images(images, "images", channels=self.in_channels,
-                     size=(self.image_size, self.image_size))
-        check_values(images, "images")
-        x = match_dtype(images, module_dtype(self), "images")
+        x = check_model_input(self, images).images
         return self.stages(self.lift(self.standardize(x)))
 
     def features(self, images: Tensor) -> Tensor:
         """Pooled features ``(B, F)``: invariant under quarter turns (to rounding)."""
-        if self.training and images.shape[0] < 2:
-            raise InputError("a batch of one cannot be trained with batch normalisation: "
-                             "train with at least 2 images per batch (or call .eval())")
         u = self.projection(self.fields(images))               # (S B, C, h, w)
         if self.config.scales > 1:
             u = u.view(self.config.scales, -1, *u.shape[1:]).amax(dim=0)

@@ -11,16 +11,9 @@ import warnings
 
 from torch import Tensor, nn
 
-from ..checks import (
-    check_images,
-    check_values,
-    match_dtype,
-    module_dtype,
-    require_finite,
-    require_int,
-    require_positive,
-)
+from ..checks import require_finite, require_int, require_positive
 from ..errors import InputRangeWarning
+from .inputs import check_model_input
 
 __all__ = ["FCNN", "RANGE_WARNING_STDS", "Standardize", "count_parameters", "perceptron"]
 
@@ -112,8 +105,5 @@ class FCNN(nn.Module):
     quarter_turn_invariant = False
 
     def forward(self, images: Tensor) -> Tensor:
-        check_images(images, "images", channels=self.in_channels,
-                     size=(self.image_size, self.image_size))
-        self.standardize.check_range(*check_values(images, "images"))
-        x = match_dtype(images, module_dtype(self), "images")
+        x = check_model_input(self, images).images
         return self.mlp(self.standardize(x).flatten(1)).to(images.dtype)

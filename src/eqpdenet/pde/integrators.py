@@ -4,10 +4,11 @@ For a right-hand side ``F`` (e.g. :class:`~eqpdenet.pde.rhs.InvariantRHS`, eq. (
 
     u_0 = f,        u_{l+1} = u_l + dt * F(u_l),        l = 0 .. steps - 1           (eq. (9))
 
-with ``steps = floor(T / dt)`` (:func:`steps_for`). :class:`EulerStep` is one step (the paper's
-*EulerConv*), :class:`EulerFlow` the chain ``u(0) -> u(T)`` sharing one ``F`` (the paper's
-*ConvInt*; both paper names remain as aliases). ``dt`` and ``T`` are in the PDE's time unit; space
-is measured in units of the grid spacing of ``F``'s jet.
+with ``steps = T / dt`` (:func:`steps_for`: ``T`` must be a whole multiple of ``dt``).
+:class:`EulerStep` is one step (the paper's *EulerConv*), :class:`EulerFlow` the chain
+``u(0) -> u(T)`` sharing one ``F`` (the paper's *ConvInt*; both paper names remain as
+aliases). ``dt`` and ``T`` are in the PDE's time unit; space is measured in units of the grid
+spacing of ``F``'s jet.
 
 Stability. Explicit Euler with learned coefficients can blow up. For the diffusion part
 ``a (u_xx + u_yy)`` of a linear ``F`` the scheme is stable only if ``0 <= a dt <= 2 / lambda_max``
@@ -36,13 +37,23 @@ from ..checks import (
     match_dtype,
     module_dtype,
     report_non_finite,
+    require,
     require_int,
-    require_nonnegative,
     require_positive,
 )
 from ..errors import NonFiniteStateError
 
-__all__ = ["ConvInt", "EulerConv", "EulerFlow", "EulerStep", "input_range_hint", "steps_for"]
+__all__ = ["MAX_STEPS", "STEPS_RTOL", "ConvInt", "EulerConv", "EulerFlow", "EulerStep",
+           "input_range_hint", "steps_for"]
+
+#: The most Euler steps :func:`steps_for` accepts: a bound on work and memory found before any is
+#: spent (the paper's layer takes 10; the equivariance studies a few hundred), and by
+#: :class:`EulerFlow` for an explicit number of steps.
+MAX_STEPS = 100_000
+
+#: How far ``T / dt`` may be from a whole number, relative to it, and still count as one: rounding
+#: only (``1 / 0.1``, ``0.3 / 0.1 = 2.9999999999999996``, a ``dt`` stored in float32).
+STEPS_RTOL = 1e-6
 
 
 def input_range_hint(low: float, high: float) -> str:
@@ -53,16 +64,42 @@ def input_range_hint(low: float, high: float) -> str:
             f"the input.)")
 
 
-def steps_for(T: float, dt: float) -> int:
-    """``floor(T / dt)``, robust to rounding (``T=0.3, dt=0.1`` gives 3, not 2).
+def steps_for(T: float, dt: float, names: tuple[str, str] = ("T", "dt")) -> int:
+    """The number of explicit Euler steps that integrate from 0 to ``T`` with step ``dt``.
+
+    The one rule for every place where a horizon and a step become steps: ``T`` must be a
+    positive whole multiple of ``dt`` (within rounding, :data:`STEPS_RTOL`) and ``T / dt`` at most
+    :data:`MAX_STEPS`; anything else is a :class:`~eqpdenet.errors.ConfigError` naming both
+    values, never a silent ``floor`` that integrates to another ``T`` than the one recorded.
+    ``names`` are the two fields as the caller's user knows them (``("layer.T", "layer.dt")``).
 
     Example:
-        >>> steps_for(0.3, 0.1)
-        3
+        >>> steps_for(0.3, 0.1), steps_for(1.0, 0.1)
+        (3, 10)
+        >>> try:
+        ...     steps_for(0.25, 0.1)
+        ... except ValueError as error:
+        ...     print(str(error).split(":")[2].strip())
+        T = 0.25 is not a whole multiple of dt = 0.1 (2.5 steps)
     """
-    dt = require_positive(dt, "dt")
-    T = require_nonnegative(T, "T")
-    return int(math.floor(T / dt + 1e-9))
+    T_name, dt_name = names
+    dt = require_positive(dt, dt_name)
+    T = require_positive(T, T_name)
+    ratio = T / dt
+    where = f"{T_name} / {dt_name}"
+    require(ratio <= MAX_STEPS * (1 + STEPS_RTOL), where,
+            f"{T:g} / {dt:g} is about {ratio:.3g} Euler steps per PDE, more than the bound of "
+            f"{MAX_STEPS:,}; raise dt or lower T")
+    steps = round(ratio)
+    require(ratio >= 1 - STEPS_RTOL, where,
+            f"T = {T:g} is smaller than dt = {dt:g}: not one Euler step would run; choose T >= dt "
+            f"(a whole multiple of it) or a smaller dt")
+    lower, upper = math.floor(ratio), math.ceil(ratio)
+    require(abs(ratio - steps) <= STEPS_RTOL * steps, where,
+            f"T = {T:g} is not a whole multiple of dt = {dt:g} ({ratio:.4g} steps): the Euler steps "
+            f"would stop at t = {lower * dt:g}; choose T = k dt ({lower * dt:g} or "
+            f"{upper * dt:g}) or another dt")
+    return int(steps)
 
 
 class EulerStep(nn.Module):
@@ -132,7 +169,7 @@ class EulerFlow(nn.Module):
     def __init__(self, step: EulerStep, steps: int, check_finite: bool = True):
         super().__init__()
         self.step = step
-        self.steps = require_int(steps, "steps", 0)
+        self.steps = require_int(steps, "steps", 0, maximum=MAX_STEPS)
         self.check_finite = bool(check_finite)
 
     @property

@@ -93,6 +93,7 @@ __all__ = [
     "scale_normalised",
     "stencil_has_scale",
     "stencil_kernels",
+    "boundary_min_size",
 ]
 
 #: Boundary handling for the jet: name -> mode of :func:`torch.nn.functional.pad`.
@@ -100,6 +101,14 @@ BOUNDARIES: Registry[str] = Registry("boundary")
 for _name, _mode in (("replicate", "replicate"), ("zeros", "constant"), ("reflect", "reflect"),
                      ("circular", "circular")):
     BOUNDARIES.register(_name, _mode)
+
+
+def boundary_min_size(boundary: str, radius: int) -> int:
+    """The smallest image side a stencil of ``radius`` takes with ``boundary``: ``reflect``
+    mirrors ``radius`` pixels inside the image (``radius + 1``), ``circular`` wraps them once
+    (``radius``); ``replicate`` and ``zeros`` take any size."""
+    mode = BOUNDARIES.get(boundary)
+    return {"reflect": radius + 1, "circular": max(radius, 1)}.get(mode, 1)
 
 
 @functools.cache
@@ -381,8 +390,10 @@ def apply_jet_weight(u: Tensor, weight: Tensor, boundary: str) -> Tensor:
     mode = BOUNDARIES.get(boundary)
     batch, channels, height, width = u.shape
     radius = weight.shape[-1] // 2
-    if mode == "reflect" and (height <= radius or width <= radius):
-        raise InputError(f"'reflect' boundary needs images larger than {radius} pixels")
+    smallest = boundary_min_size(boundary, radius)
+    if min(height, width) < smallest:
+        raise InputError(f"the {boundary!r} boundary of a stencil of radius {radius} needs images "
+                         f"of at least {smallest}x{smallest} pixels, got {height}x{width}")
     flat = u.reshape(batch * channels, 1, height, width)
     if radius:
         flat = F.pad(flat, (radius,) * 4, mode=mode)
@@ -443,6 +454,11 @@ class Jet(nn.Module):
             "weight", jet_weight(order, stencil, spacing, torch.float64, sigma=sigma),
             persistent=False,
         )
+
+    @property
+    def min_image_size(self) -> int:
+        """The smallest image side this jet takes (:func:`boundary_min_size`)."""
+        return boundary_min_size(self.boundary, self.weight.shape[-1] // 2)
 
     def forward(self, u: Tensor) -> Tensor:
         """``(B, C, H, W)`` -> ``(B, C, D, H, W)`` (``u`` is checked by the caller)."""

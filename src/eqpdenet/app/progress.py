@@ -1,0 +1,90 @@
+"""Progress of long loops: a bar on a terminal, plain lines in a log.
+
+:func:`progress` wraps an iterable (the epochs of a training, the runs of a sweep). Where the
+output is a terminal (stderr is a TTY) it is a tqdm bar; where it is not (a log file, a pipe, a job
+scheduler's output) it prints one plain line per item to stderr when the item is done, with no
+escape sequences or carriage returns::
+
+    train EqPdeNet seed=0: epoch 3/20, 2.1 s each, about 36 s left (loss 0.4132)
+
+A log of a 20-epoch run is 20 lines, each readable alone (``tail -f``, ``grep``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from typing import TextIO
+
+__all__ = ["LineProgress", "interactive", "progress"]
+
+
+def interactive(stream: TextIO | None = None) -> bool:
+    """Whether ``stream`` (default stderr) is a terminal, where a progress bar can redraw."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # closed or not a file
+        return False
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 5400:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 90:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:.2g} s" if seconds < 10 else f"{seconds:.0f} s"
+
+
+class LineProgress:
+    """One plain line per finished item of ``iterable`` on ``stream`` (module docstring);
+    ``set_postfix`` adds values to the next line, as tqdm's does."""
+
+    def __init__(self, iterable: Iterable, *, desc: str = "", unit: str = "item",
+                 total: int | None = None, stream: TextIO | None = None, **_):
+        self.iterable, self.desc, self.unit = iterable, desc, unit
+        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__")
+                                                      else None)
+        self.stream = stream
+        self.done, self.postfix, self._start = 0, {}, time.monotonic()
+
+    def set_postfix(self, values: dict | None = None, **kwargs) -> None:
+        self.postfix = {**(values or {}), **kwargs}
+
+    def update(self, count: int = 1) -> None:
+        self.done += count
+        elapsed = time.monotonic() - self._start
+        each = elapsed / max(self.done, 1)
+        parts = [f"{self.unit} {self.done}" + (f"/{self.total}" if self.total else ""),
+                 f"{_duration(each)} each"]
+        if self.total and self.done < self.total:
+            parts.append(f"about {_duration(each * (self.total - self.done))} left")
+        line = f"{self.desc}: " + ", ".join(parts)
+        if self.postfix:
+            line += " (" + ", ".join(f"{k} {v}" for k, v in self.postfix.items()) + ")"
+        print(line, file=self.stream or sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
+
+    def __iter__(self) -> Iterator:
+        self._start = time.monotonic()
+        for item in self.iterable:
+            yield item
+            self.update(1)
+
+    def __len__(self) -> int:
+        return self.total or 0
+
+
+def progress(iterable: Iterable, enabled: bool = True, **options):
+    """``iterable`` as it is (``enabled`` False), a tqdm bar (a terminal) or a
+    :class:`LineProgress` (a log); ``options``: ``desc``, ``unit``, ``total``, ``leave``."""
+    if not enabled:
+        return iterable
+    if interactive():
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, **options)
+    return LineProgress(iterable, **options)

@@ -1,0 +1,106 @@
+"""The one entry check of every model family: what a model's ``forward`` does first.
+
+Every model in :data:`eqpdenet.models.MODELS` starts its ``forward`` (and any other public method
+that takes images) with :func:`check_model_input`::
+
+    class MyFamily(nn.Module):
+        def __init__(self, image_size=28, in_channels=1, classes=10, input_mean=0.0,
+                     input_std=1.0):
+            super().__init__()
+            self.image_size = require_image_size(image_size, minimum=4, why="two 2x2 poolings")
+            self.in_channels = require_int(in_channels, "in_channels", 1)
+            self.standardize = Standardize(input_mean, input_std)
+            ...
+
+        def forward(self, images):
+            x = check_model_input(self, images).images   # checked, in the model's dtype
+            logits = ...                                   # of self.standardize(x)
+            return logits.to(images.dtype)
+
+What the model declares: ``image_size`` and ``in_channels`` (the input shape it takes),
+``standardize`` (a :class:`~eqpdenet.models.perceptron.Standardize`, for the range warning; optional)
+and, where its pooling or stencils need it, a ``min_image_size`` attribute, checked once in the
+constructor by :func:`require_image_size` (a :class:`~eqpdenet.errors.ConfigError` naming the
+minimum and why). What :func:`check_model_input` checks, in this order, each a one-line error that
+names the cause (:mod:`eqpdenet.checks`):
+
+* type and shape: a floating-point tensor ``(B, in_channels, image_size, image_size)``;
+* values: NaN or inf is an :class:`~eqpdenet.errors.InputError` saying the input is at fault; an
+  input far from the model's ``input_mean`` / ``input_std`` warns once per model
+  (:class:`~eqpdenet.errors.InputRangeWarning`);
+* a batch of one image in training mode when the model has batch normalisation: an
+  :class:`~eqpdenet.errors.InputError` (batch statistics of one image are no statistics; PyTorch
+  would fail deep inside the model, or normalise every feature to zero);
+* dtype: lower precision than the model (float16, bfloat16 into float32) is computed in the
+  model's dtype, higher precision (float64 into float32) is an
+  :class:`~eqpdenet.errors.InputTypeError`.
+
+``tests/models/test_entry_checks.py`` runs every check on every registered family, so a new family
+that skips this function fails there.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from torch import Tensor, nn
+
+from ..checks import check_images, check_values, match_dtype, module_dtype, require, require_int
+from ..errors import InputError
+
+__all__ = ["ModelInput", "check_model_input", "min_image_size", "require_image_size"]
+
+
+class ModelInput(NamedTuple):
+    """What :func:`check_model_input` returns.
+
+    Attributes:
+        images: the checked images in the model's dtype (not standardised).
+        low, high: their smallest and largest value (to explain a
+            :class:`~eqpdenet.errors.NonFiniteStateError` later without another host read).
+    """
+
+    images: Tensor
+    low: float
+    high: float
+
+
+def min_image_size(model: nn.Module) -> int:
+    """The smallest image side ``model`` takes (its ``min_image_size``, 1 if it declares none)."""
+    return int(getattr(model, "min_image_size", 1))
+
+
+def require_image_size(image_size, minimum: int = 1, why: str = "") -> int:
+    """``image_size`` as an int, or a :class:`~eqpdenet.errors.ConfigError` if it is not an
+    integer of at least ``minimum`` (``why``: what needs that size, e.g. ``"two 2x2 poolings"``)."""
+    image_size = require_int(image_size, "image_size", 1)
+    require(image_size >= minimum, "image_size",
+            f"{image_size} pixels is too small for this model: it needs images of at least "
+            f"{minimum}x{minimum}" + (f" ({why})" if why else ""))
+    return image_size
+
+
+def _batch_norm_in_training(model: nn.Module) -> str | None:
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
+            return name or type(module).__name__
+    return None
+
+
+def check_model_input(model: nn.Module, images, what: str = "images") -> ModelInput:
+    """The entry check of a model's ``forward`` (module docstring): one pass over ``images`` and
+    one device-to-host read; returns the images in the model's dtype and their range."""
+    check_images(images, what, channels=model.in_channels,
+                 size=(model.image_size, model.image_size))
+    low, high = check_values(images, what)
+    standardize = getattr(model, "standardize", None)
+    if standardize is not None:
+        standardize.check_range(low, high)
+    if images.shape[0] == 1 and model.training:
+        norm = _batch_norm_in_training(model)
+        if norm is not None:
+            raise InputError(
+                f"a batch of one image in training mode: {type(model).__name__} has batch "
+                f"normalisation ({norm}), whose statistics need at least 2 images per batch; "
+                f"give 2 or more, or call model.eval() to use its running statistics")
+    return ModelInput(match_dtype(images, module_dtype(model), what), low, high)
