@@ -40,9 +40,11 @@
     W)`` is written.
 
 Autograd is registered here once; the ``cpu`` implementation is the C++ kernel
-(``csrc/m2_invariants.cpp``, registered in :mod:`eqpdenet.kernels.cpu`). Other devices have no
-implementation yet: :func:`m2_unsupported_reason` says so, and the caller uses the plain-PyTorch
-reference (:mod:`eqpdenet.pde.m2`), which defines the semantics.
+(``csrc/m2_invariants.cpp``, registered in :mod:`eqpdenet.kernels.cpu`), the ``cuda`` one the
+Triton kernels of :mod:`eqpdenet.kernels.triton_m2` (registered in :mod:`eqpdenet.kernels.cuda`;
+Triton is imported only when one runs). Other devices have no implementation:
+:func:`m2_unsupported_reason` says so, and the caller uses the plain-PyTorch reference
+(:mod:`eqpdenet.pde.m2`), which defines the semantics.
 """
 
 from __future__ import annotations
