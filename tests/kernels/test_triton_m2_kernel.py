@@ -10,13 +10,18 @@ kernel). The interpreter executes each block operation in NumPy, so the fields a
 two images, two channels, 5-7 pixels a side, sigma 0.5: 5-tap stencils) and the cases few; the
 launch configuration is varied (several bands per image, several output blocks, blocks of 16
 pixels, several programs) so that every loop of the kernels runs more than once. The interpreter
-runs programs one after the other and cannot show a missing barrier: the CUDA case below runs
-the operators on a GPU where one exists.
+runs programs one after the other and cannot show a missing barrier:
+``test_m2_kernels_compile_for_hopper`` compiles them for sm_90, and the CUDA case below runs the
+operators on a GPU where one exists.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,6 +49,7 @@ if DEVICE.type == "cpu" and not INTERPRETED:
                 allow_module_level=True)
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
+ROOT = Path(__file__).resolve().parents[2]
 SIGMA = 0.5  # 5-tap stencils (7 taps at the second scale level)
 DT = 0.3
 
@@ -252,3 +258,19 @@ def test_operators_on_cuda_match_the_reference(fused_step):
         outs.append((out, *torch.autograd.grad(out.square().sum(), [u, *rhs.parameters()])))
     for got, want in zip(*outs, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_m2_kernels_compile_for_hopper():
+    """The interpreter accepts code the compiler rejects and shows nothing of register
+    pressure: compile the four M2 kernels for sm_90 (the first stage of the default
+    LiftedPDENet, float32) in a fresh process, no GPU needed; none may spill to the stack."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT / "src")
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "triton_compile.py"),
+                             "--m2", "--quick"], capture_output=True, text=True, env=env,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("sm_90 m2 ")]
+    assert len(lines) == 4, result.stdout
+    assert all(" stack 0 B" in line for line in lines), result.stdout
