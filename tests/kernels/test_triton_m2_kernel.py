@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from eqpdenet.errors import ConfigError, InputError
-from eqpdenet.kernels import cuda
+from eqpdenet.kernels import cuda, m2_op
 from eqpdenet.kernels.m2_op import M2_IMPLEMENTATIONS, m2_unsupported_reason
 from eqpdenet.pde import EulerStep
 from eqpdenet.pde.m2 import (
@@ -227,6 +227,18 @@ def test_registered_for_cuda():
         assert cuda.m2_unavailable_reason() == "no CUDA device is available"
         reason = M2_IMPLEMENTATIONS.get("cuda")()
         assert reason == "no CUDA device is available"
+
+
+def test_tables_are_copied_to_a_device_once():
+    # The operators' wrappers copy the (cached, CPU) stencils and frame to the input's device
+    # once per version, so that a step on a GPU copies nothing from the host (CUDA graphs).
+    table = separable_stencils((0.7,)).clone()
+    meta = torch.device("meta")
+    first = m2_op._on_device(table, meta)
+    assert first.device == meta and m2_op._on_device(table, meta) is first
+    assert m2_op._on_device(table, table.device) is table
+    table.add_(1.0)  # a new version: a new copy
+    assert m2_op._on_device(table, meta) is not first
 
 
 def test_unavailable_without_triton(monkeypatch):
