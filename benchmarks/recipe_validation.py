@@ -4,8 +4,9 @@ the test set: how the benchmark's per-model recipes were chosen (docs/benchmark.
     python benchmarks/recipe_validation.py NAME EPOCHS [section.field=value ...] \
         --log results/benchmark-recipes/log.jsonl
 
-appends one JSON line (name, overrides, parameters, validation accuracy, seconds, the history of
-(epoch, loss, validation accuracy, seconds)) to ``--log``. Example (the CNN's recipe)::
+appends one JSON line (name, overrides, parameters, validation accuracy, seconds, torch threads,
+the history of (epoch, loss, validation accuracy, seconds)) to ``--log``. ``--threads N`` sets
+torch's threads (default: as ``OMP_NUM_THREADS`` says, else torch's default). Example (the CNN's recipe)::
 
     python benchmarks/recipe_validation.py cnn-10k-b64-lr2e3 6 "model.kind='cnn'" \
         "train.lr_schedule='cosine'" train.batch_size=64 train.lr=0.002
@@ -17,6 +18,8 @@ import argparse
 import json
 import os
 from pathlib import Path
+
+import torch
 
 from eqpdenet.app.config import ExperimentConfig, apply_overrides
 from eqpdenet.app.files import append_jsonl
@@ -31,13 +34,19 @@ def main() -> None:
     parser.add_argument("--log", type=Path, default=Path("results/benchmark-recipes/log.jsonl"))
     parser.add_argument("--data-dir", default=os.environ.get("EQPDENET_DATA"))
     parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
     args = parser.parse_args()
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     config = apply_overrides(ExperimentConfig(), ["data.validation=2000", "scenarios=[]",
                                                   f"train.epochs={args.epochs}", *args.overrides])
     data = prepare_data(config.data, args.data_dir, args.cache_dir)
     record = run_experiment(config, data, progress=False)
     out = {key: record.get(key) for key in ("status", "params", "validation_accuracy",
                                             "train_seconds", "error")}
+    out["threads"] = torch.get_num_threads()
     out["history"] = [(h.get("epoch"), round(h.get("loss", 0), 4),
                        round(h.get("validation_accuracy", 0), 4), round(h.get("seconds", 0)))
                       for h in record.get("history", [])]

@@ -24,8 +24,9 @@ ALLOWED = {
     "data": {"errors", "registry", "checks", "geometry"},
     "models": {"errors", "registry", "checks", "geometry", "kernels", "pde"},
     "analysis": {"errors", "registry", "checks", "geometry", "kernels", "pde", "models", "data"},
+    "export": {"errors", "registry", "checks", "geometry", "kernels", "pde", "models"},
     "app": {"eqpdenet", "errors", "registry", "checks", "geometry", "kernels", "pde", "data",
-            "models", "analysis"},
+            "models", "analysis", "export"},
     "eqpdenet": {"errors", "registry", "checks", "geometry", "kernels", "pde", "data", "models"},
     "__main__": {"app"},
 }

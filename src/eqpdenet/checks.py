@@ -18,6 +18,13 @@ The finiteness of PDE states is checked on the device: integrators report, per P
 Euler step whose state was not finite as a tensor (:func:`report_non_finite`), read back once per
 call, or, inside :func:`deferred_state_checks`, not at all until the caller asks (a training
 loop on a GPU reads once per epoch; a CUDA graph cannot read at all while it is captured).
+
+Exporting. While a model is traced into a graph for another runtime (:func:`exporting`: inside
+:func:`export_mode`, or under :func:`torch.export.export`), nothing may read a tensor's values on
+the host: :func:`check_values` and :func:`report_non_finite` check nothing, integrators compute
+no finiteness flags, and every layer takes its plain PyTorch reference path
+(:func:`eqpdenet.kernels.resolve_backend`). An exported graph therefore has no value checks: a NaN
+in gives NaN logits out (docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ __all__ = [
     "module_dtype",
     "deferred_state_checks",
     "deferring",
+    "export_mode",
+    "exporting",
     "first_failed_step",
     "report_non_finite",
     "require",
@@ -120,9 +129,10 @@ def check_values(u: Tensor, what: str = "images") -> tuple[float, float]:
     One pass over ``u`` and one device-to-host read (both extremes together); ``(0.0, 0.0)`` for
     an empty tensor, and, unchecked, while a CUDA graph is being captured (no host read is
     possible there; the same step ran checked before the capture, see
-    :mod:`eqpdenet.app.accelerate`).
+    :mod:`eqpdenet.app.accelerate`) or :func:`exporting` (a graph for another runtime has no
+    host reads).
     """
-    if u.numel() == 0 or (u.is_cuda and torch.cuda.is_current_stream_capturing()):
+    if u.numel() == 0 or (u.is_cuda and torch.cuda.is_current_stream_capturing()) or exporting():
         return 0.0, 0.0
     with torch.no_grad():
         low, high = torch.stack(torch.aminmax(u.detach())).tolist()  # NaN propagates into both
@@ -159,6 +169,34 @@ def match_dtype(u: Tensor, dtype: torch.dtype | None, what: str = "images") -> T
     raise InputTypeError(
         f"{what} is {u.dtype} but the module computes in {dtype}: convert the module "
         f"(module.to({u.dtype})) to compute in {u.dtype}, or the input ({what}.to({dtype}))")
+
+
+# ----------------------------------------------------------------------------- exporting
+
+_exporting: ContextVar[bool] = ContextVar("eqpdenet_exporting", default=False)
+
+
+@contextmanager
+def export_mode() -> Iterator[None]:
+    """Trace models for another runtime: inside the block, :func:`exporting` is True (no host
+    reads, the reference path of every fused operator; see the module docstring).
+
+    Example:
+        >>> with export_mode():
+        ...     check_values(torch.tensor([[[[float("nan")]]]]))  # not read while exporting
+        (0.0, 0.0)
+    """
+    token = _exporting.set(True)
+    try:
+        yield
+    finally:
+        _exporting.reset(token)
+
+
+def exporting() -> bool:
+    """Whether a model is being traced into a graph for another runtime: inside
+    :func:`export_mode` or :func:`torch.export.export` (which the ONNX exporter uses too)."""
+    return _exporting.get() or torch.compiler.is_exporting()
 
 
 # ----------------------------------------------------------------------------- PDE states
@@ -223,8 +261,11 @@ def report_non_finite(names: Sequence[str], dts: Sequence[float], first_bad: Ten
     """``first_bad`` ``(E,)``: per PDE, the first Euler step whose state was not finite (0: none).
 
     Raises :class:`~eqpdenet.errors.NonFiniteStateError` for the first such PDE after one
-    device-to-host read, or, inside :func:`deferred_state_checks`, records the report there.
+    device-to-host read, or, inside :func:`deferred_state_checks`, records the report there;
+    while :func:`exporting`, does nothing.
     """
+    if exporting():  # an exported graph reports nothing (module docstring)
+        return
     reports = _pending.get()
     if reports is not None:
         reports.add(names, dts, first_bad)

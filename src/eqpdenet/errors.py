@@ -21,11 +21,13 @@ __all__ = [
     "DataFileError",
     "DownloadError",
     "EqPdeNetError",
+    "ExportError",
     "FolderLockedError",
     "InputError",
     "InputRangeWarning",
     "InputTypeError",
     "KernelUnavailableError",
+    "MissingDependencyError",
     "NonFiniteStateError",
     "OutputFolderError",
 ]
@@ -91,6 +93,15 @@ class DownloadError(EqPdeNetError, RuntimeError):
 
 class KernelUnavailableError(EqPdeNetError, RuntimeError):
     """A compiled kernel cannot be built or loaded on this machine."""
+
+
+class MissingDependencyError(EqPdeNetError, ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it."""
+
+
+class ExportError(EqPdeNetError, RuntimeError):
+    """A model cannot be exported for another runtime, or the exported file does not reproduce
+    the model within the stated tolerance (:mod:`eqpdenet.export`)."""
 
 
 class CheckpointError(EqPdeNetError, ValueError):

@@ -31,6 +31,7 @@ from torch import Tensor
 from .checks import check_images
 
 __all__ = [
+    "halvings_stay_even",
     "pixel_coordinates",
     "affine_warp",
     "rotate",
@@ -144,3 +145,19 @@ def translate(images: Tensor, shift: Tensor, **kwargs) -> Tensor:
 def degrees(angle_radians: float) -> float:
     """Radians to degrees (kept here so that every conversion goes through one place)."""
     return angle_radians * 180.0 / math.pi
+
+
+def halvings_stay_even(size: int, poolings: int) -> bool:
+    """Whether a square map of ``size`` pixels has an even size before each of ``poolings``
+    2x2 poolings (each halving it, rounding down). A 2x2 pooling commutes with quarter turns
+    only then: on an odd size it drops the last row and column, which a turn moves elsewhere.
+
+    Example:
+        >>> halvings_stay_even(28, 2), halvings_stay_even(28, 3)
+        (True, False)
+    """
+    for _ in range(poolings):
+        if size % 2:
+            return False
+        size //= 2
+    return True

@@ -110,3 +110,28 @@ def test_leading_terms_of_a_pde_system_are_its_linearisation():
     assert "0.25" in text and "30.5" in text and f"12 Ĩ[{names[laplacian]}]" in text
     model = torch.nn.Sequential(EulerStep(rhs, 0.25, name="a"), EulerStep(rhs, 0.25, name="b"))
     assert describe_model(model).count("∂t u1 ≈") == 2
+
+
+def test_lifted_model_reads_out_its_m2_systems():
+    # A hand-set network term without batch norms: with b1 > 0 every hidden unit is active at
+    # I = 0, so F is linear there with Jacobian W2 W1: du1/dt = (0.7 + 2 relu(1)) + 2 * 0.5 A13u2
+    from eqpdenet.analysis.describe import describe_model
+    from eqpdenet.models import LiftedPDEConfig, LiftedPDENet
+
+    net = LiftedPDENet(LiftedPDEConfig(channels=[2], blocks=[1], hidden=1.0,
+                                       normalize_hidden=False, terms=["network", "convection"]))
+    rhs = net.stages[0][0].rhs
+    network = rhs.terms["network"]
+    with torch.no_grad():
+        network.mix.weight.zero_()
+        network.mix.weight[0, 10 + 6] = 0.5          # hidden 1 <- A13u of channel 2
+        network.mix.bias.fill_(1.0)
+        network.out.weight.zero_()
+        network.out.weight[0, 0] = 2.0                # du1/dt <- hidden 1
+        network.out.bias.copy_(torch.tensor([0.7, -0.2]))
+        rhs.terms["convection"].weight.copy_(torch.tensor([[0.25, 0.0, -1.5], [0.0, 0.0, 0.0]]))
+    text = describe_model(net, digits=3)
+    assert "LiftedPDENet: 1 Euler steps of PDE systems on M2" in text
+    assert "∂t u1 ≈ 2.7 + 1 A13u2 + ..." in text
+    assert "∂t u2 ≈ −0.2 + ..." in text
+    assert "convection, v along (A1, A2, A3): u1: (0.25, 0, -1.5), u2: (0, 0, 0)" in text

@@ -104,7 +104,11 @@ def test_benchmark_cli_end_to_end_and_resume(tiny, tmp_path, capsys):
     pde = next(r for r in records if r["key"] == "invariant-pde-seed0")
     assert pde["robustness"]["rotation"][0] == pde["robustness"]["rotation"][1]  # 0° and 90°
     assert pde["robustness"]["logit_change"]["90"] < 1e-4
+    # rotated by 90 degrees and back is the identity on the grid: no change at all
+    assert pde["robustness"]["round_trip_change"]["90"] == 0.0
+    assert pde["robustness"]["round_trip_change"]["37"] > 0.0
     table = (out / "table.md").read_text()
+    assert "| 37° and back |" in table
     assert "| cnn |" in table and "| invariant-pde |" in table
     assert (out / "robustness.png").stat().st_size > 1000
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [

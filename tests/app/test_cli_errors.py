@@ -98,6 +98,24 @@ CASES = [  # (id, argv with {root} for the files fixture, part of the message)
      "'0' is not a positive integer"),
     ("evaluate-scenario", ["evaluate", "{root}/model.pt", "--scenarios", "rotated"],
      "unknown scenario 'rotated'"),
+    ("export-format", ["export", "{root}/model.pt", "--format", "tflite", "--out",
+                       "{root}/m.onnx"], "unknown export format 'tflite'; known: exported-program"),
+    ("export-not-checkpoint", ["export", "{root}/file.txt", "--format", "exported-program",
+                               "--out", "{root}/m.pt2"], "is not a readable eqpdenet checkpoint"),
+    ("export-checkpoint-missing", ["export", "{root}/none.pt", "--format", "exported-program",
+                                   "--out", "{root}/m.pt2"], "checkpoint not found"),
+    ("export-out-folder", ["export", "{root}/model.pt", "--format", "exported-program", "--out",
+                           "{root}/folder"], "it is a folder; give a file name"),
+    ("export-out-no-folder", ["export", "{root}/model.pt", "--format", "exported-program",
+                              "--out", "{root}/none/m.pt2"], "the folder {root}/none does not"),
+    ("export-out-under-file", ["export", "{root}/model.pt", "--format", "exported-program",
+                               "--out", "{root}/file.txt/m.pt2"], "does not exist"),
+    ("export-images-0", ["export", "{root}/model.pt", "--format", "onnx", "--out", "{root}/m",
+                         "--images", "0"], "'0' is not a positive integer"),
+    ("export-tolerance-nan", ["export", "{root}/model.pt", "--format", "onnx", "--out",
+                              "{root}/m", "--tolerance", "nan"], "'nan' is not a positive number"),
+    ("export-no-format", ["export", "{root}/model.pt", "--out", "{root}/m"],
+     "the following arguments are required: --format"),
     ("reproduce-jobs-0", ["reproduce", "--out", "{root}/p", "--jobs", "0"],
      "'0' is not a positive integer"),
     ("reproduce-no-seeds", ["reproduce", "--out", "{root}/p", "--set", "seeds=[]"],
@@ -132,7 +150,7 @@ def test_bad_input_is_one_line_not_a_traceback(case, argv, message, files, capsy
     if message is None:  # no command: the help, status 2
         assert status == 2 and "Traceback" not in err
         return
-    assert_one_line(status, err, message)
+    assert_one_line(status, err, message.format(root=files))
 
 
 DATA_CASES = [

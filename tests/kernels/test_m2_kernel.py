@@ -113,3 +113,34 @@ def test_fused_euler_step_does_not_depend_on_the_thread_count():
             runs.append((out, *torch.autograd.grad(out.square().sum(), [u, *parameters])))
     for a, b in zip(*runs, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_update_with_a_batch_normalised_hidden_layer_equals_the_reference(training):
+    # mixed invariants (fused), batch statistics (PyTorch), m2_update (fused): values, every
+    # gradient and the running statistics equal those of the reference EulerStep.
+    import copy
+
+    from eqpdenet.pde import EulerStep
+    from eqpdenet.pde.m2_rhs import M2SystemRHS
+
+    torch.manual_seed(3)
+    fused_rhs = M2SystemRHS(3, ("network",), hidden=5, normalize_invariants=False).double()
+    for parameter in fused_rhs.parameters():
+        parameter.data.normal_()
+    norm = fused_rhs.terms["network"].hidden_norm
+    norm.running_mean.uniform_(-0.5, 0.5)
+    norm.running_var.uniform_(0.5, 2.0)
+    reference_rhs = copy.deepcopy(fused_rhs)
+    reference_rhs.backend = "reference"
+    fused_rhs.train(training)
+    reference_rhs.train(training)
+    u = torch.randn(4, 3, 8, 11, 9, dtype=torch.float64, requires_grad=True)
+    fused, reference = EulerStep(fused_rhs, 0.7)(u), EulerStep(reference_rhs, 0.7)(u)
+    torch.testing.assert_close(fused, reference, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad(fused.square().sum(), [u, *fused_rhs.parameters()])
+    expected = torch.autograd.grad(reference.square().sum(), [u, *reference_rhs.parameters()])
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    for got, want in zip(fused_rhs.buffers(), reference_rhs.buffers(), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

@@ -59,13 +59,36 @@ def test_plain_cnn_is_not_rotation_invariant():
                            invariant=True)
 
 
-def test_gcnn_is_rot90_invariant():
+@pytest.mark.parametrize("pool", ["max", "antialiased"])
+def test_gcnn_is_rot90_invariant(pool):
     pytest.importorskip("e2cnn")
     from eqpdenet.models.gcnn import GCNN, GCNNConfig
 
     torch.manual_seed(0)
-    net = GCNN(GCNNConfig(channels=[2, 3], kernels=[5, 3], pool_after=[1])).eval()
+    # pooling after both layers: 28 -> 14 -> 7, even and odd sizes
+    net = GCNN(GCNNConfig(channels=[2, 3], kernels=[5, 3], pool_after=[1, 2], pool=pool)).eval()
     assert_equivariant(net, torch.rand(2, 1, 28, 28), invariant=True)  # e2cnn is float32
+
+
+def test_gcnn_parameter_counts():
+    pytest.importorskip("e2cnn")
+    from eqpdenet.models.gcnn import GCNN, GCNNConfig
+
+    # C8 with e2cnn 0.2.3's steerable bases: the lifting 5x5 convolution has 11 coefficients
+    # per output field, a 3x3 convolution between regular fields 48 per pair of fields; inner
+    # batch norm one (weight, bias) pair per field; the classifier reads one map per field
+    def count(channels):
+        lift = 11 * channels[0]
+        convolutions = sum(48 * a * b for a, b in zip(channels[:-1], channels[1:], strict=True))
+        return lift + convolutions + 2 * sum(channels) + 10 * channels[-1] + 10
+
+    small = GCNN(GCNNConfig(channels=[2, 3], kernels=[5, 3], pool_after=[1]))
+    assert count_parameters(small) == count([2, 3]) == 360
+    assert count_parameters(GCNN()) == count([7, 10, 12, 14, 14]) == 26_933
+    # the anti-aliased pooling has no parameters
+    assert count_parameters(GCNN(GCNNConfig(pool="antialiased"))) == 26_933
+    with pytest.raises(ConfigError, match="gcnn.pool: must be 'max' or 'antialiased'"):
+        GCNNConfig(pool="average")
 
 
 def test_eqpdenet_invariant_head_is_rot90_invariant_with_an_se2_layer():
@@ -99,12 +122,13 @@ def test_fast_se2_per_channel_path_equals_the_joint_module():
     torch.testing.assert_close(PerChannelInvariants(3, "se2")(j), expected, rtol=1e-12, atol=1e-12)
 
 
-def test_gcnn_state_dict_does_not_depend_on_the_mode_it_was_saved_in():
+@pytest.mark.parametrize("pool", ["max", "antialiased"])
+def test_gcnn_state_dict_does_not_depend_on_the_mode_it_was_saved_in(pool):
     pytest.importorskip("e2cnn")
     from eqpdenet.models.gcnn import GCNN, GCNNConfig
 
     torch.manual_seed(0)
-    config = GCNNConfig(channels=[2, 2], kernels=[3, 3], pool_after=[1])
+    config = GCNNConfig(channels=[2, 2], kernels=[3, 3], pool_after=[1], pool=pool)
     x = torch.rand(3, 1, 12, 12)
     source = GCNN(config, image_size=12).eval()
     expected = source(x)

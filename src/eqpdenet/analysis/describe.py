@@ -23,10 +23,19 @@ from ..errors import ConfigError
 from ..models import EqPdeNet
 from ..pde.integrators import EulerFlow, EulerStep
 from ..pde.layer import LinearCombination, PDELayer
+from ..pde.m2_rhs import (
+    ConvectionTerm,
+    DiffusionTerm,
+    DilationTerm,
+    ErosionTerm,
+    LinearTerm,
+    M2SystemRHS,
+    NetworkTerm,
+)
 from ..pde.rhs import InvariantSystemRHS
 
 __all__ = ["pde_formula", "reduction_formula", "describe_layer", "describe_model",
-           "leading_terms", "describe_system"]
+           "leading_terms", "describe_system", "describe_m2_system"]
 
 _SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 
@@ -189,10 +198,85 @@ def describe_system(step: EulerStep, top: int = 3, digits: int = 3) -> str:
     return "\n".join(lines)
 
 
+def _network_leading_terms(term: NetworkTerm, channels: int, names: Sequence[str], top: int
+                           ) -> list[tuple[float, list[tuple[float, str]]]]:
+    """:func:`leading_terms` of the ``network`` term of an M2 system: ``F`` linearised (evaluation
+    mode) at the mean invariants (running mean and std of its invariant batch norm) or, without
+    it, at ``I = 0`` (the invariants of ``u = 0``, all linear in ``u``), per unit of each."""
+    maps = channels * len(names)
+    parameter = term.mix.weight
+    options = dict(dtype=parameter.dtype, device=parameter.device)
+    if isinstance(term.norm, nn.BatchNorm1d) and term.norm.running_mean is not None:
+        mean = term.norm.running_mean.detach().to(**options)
+        std = (term.norm.running_var.detach().to(**options) + term.norm.eps).sqrt()
+    else:
+        mean, std = torch.zeros(maps, **options), torch.ones(maps, **options)
+    was_training = term.training
+    term.eval()
+    try:
+        def field(i: torch.Tensor) -> torch.Tensor:
+            x = term.mix(term.norm(i.reshape(1, maps, 1)))
+            return term.out(torch.relu(term.hidden_norm(x))).reshape(-1)
+
+        with torch.enable_grad():
+            constant = field(mean).detach()
+            jacobian = torch.autograd.functional.jacobian(field, mean)  # (C, 10 C)
+    finally:
+        term.train(was_training)
+    scaled = (jacobian * std).cpu()
+    labels = [name.replace("u", f"u{c + 1}") for c in range(channels) for name in names]
+    out = []
+    for c in range(scaled.shape[0]):
+        order = scaled[c].abs().argsort(descending=True)[:top].tolist()
+        out.append((float(constant[c]), [(float(scaled[c, k]), labels[k]) for k in order
+                                         if float(scaled[c, k]) != 0.0]))
+    return out
+
+
+def describe_m2_system(step: EulerStep, top: int = 3, digits: int = 3) -> str:
+    """One Euler step ``U <- U + dt F(I(U))`` of a PDE system on M2: the ``network`` term as its
+    leading terms in the left-invariant derivatives ``A1u1, A13u2, ...`` (``Ĩ`` standardised
+    where ``F`` normalises its invariants), the PDE-G-CNN terms by their coefficients (per
+    channel: convection velocity ``v``, diffusivities ``D``, dilation/erosion metric ``g``,
+    along ``A1, A2, A3``)."""
+    rhs: M2SystemRHS = step.rhs
+    names = rhs.invariant_set.names
+    lines = [f"{step.name}: U <- U + {step.dt:g} F(I(U)) on M2, {rhs.channels} channels, "
+             f"F = {' + '.join(rhs.term_names)}"]
+    for name, term in rhs.terms.items():
+        if isinstance(term, NetworkTerm):
+            where = ("the mean invariants (Ĩ = (I - mean) / std)"
+                     if isinstance(term.norm, nn.BatchNorm1d) else "I = 0")
+            lines.append(f"  network, leading terms at {where}:")
+            for c, (constant, terms) in enumerate(_network_leading_terms(term, rhs.channels,
+                                                                          names, top)):
+                symbol = "Ĩ" if isinstance(term.norm, nn.BatchNorm1d) else ""
+                body = _terms_to_text([(constant, ""), *((a, f"{symbol}[{n}]" if symbol else n)
+                                                         for a, n in terms)], digits, False)
+                lines.append(f"    ∂t u{c + 1} ≈ {body} + ...")
+        elif isinstance(term, ConvectionTerm | DiffusionTerm | DilationTerm | ErosionTerm):
+            values = term.weight.detach() if isinstance(term, ConvectionTerm) else (
+                torch.nn.functional.softplus(term.weight.detach()))
+            label = {ConvectionTerm: "v", DiffusionTerm: "D"}.get(type(term), "g")
+            rows = ", ".join(f"u{c + 1}: ({', '.join(_number(float(x), digits) for x in row)})"
+                             for c, row in enumerate(values.cpu()))
+            lines.append(f"  {name}, {label} along (A1, A2, A3): {rows}")
+        elif isinstance(term, LinearTerm):
+            norm = float(term.map.weight.detach().norm())
+            lines.append(f"  linear: W u + b, |W| = {_number(norm, digits)}")
+    return "\n".join(lines)
+
+
 def describe_model(model: nn.Module, digits: int = 3) -> str:
     """:func:`describe_layer` of an :class:`EqPdeNet`, with its input standardisation; for a
-    model made of PDE systems (e.g. ``InvariantPDENet``), :func:`describe_system` of each
-    block."""
+    model made of PDE systems (``InvariantPDENet``, ``LiftedPDENet`` on M2),
+    :func:`describe_system` or :func:`describe_m2_system` of each block."""
+    m2_systems = [m for m in model.modules()
+                  if isinstance(m, EulerStep) and isinstance(m.rhs, M2SystemRHS)]
+    if m2_systems:
+        return "\n".join([f"{type(model).__name__}: {len(m2_systems)} Euler steps of PDE "
+                          f"systems on M2 (position x orientation)",
+                          *(describe_m2_system(step, digits=digits) for step in m2_systems)])
     systems = [m for m in model.modules()
                if isinstance(m, EulerStep) and isinstance(m.rhs, InvariantSystemRHS)]
     if not isinstance(model, EqPdeNet) and systems:

@@ -4,7 +4,11 @@ image, and how much its logits change under rotations.
 All transforms follow :mod:`eqpdenet.geometry` (about the image centre, push-forward, bilinear,
 zero fill). Rotations by multiples of 90 degrees are exact (:func:`torch.rot90`). A shift of
 ``s`` pixels moves each image by ``s`` in a direction drawn uniformly per image from a generator
-seeded by ``seed`` (the same directions for every model).
+seeded by ``seed`` (the same directions for every model); a sub-pixel direction means bilinear
+resampling. :func:`axis_shift_curve` moves by whole pixels along the axes instead (no
+resampling), and :func:`round_trip_change` rotates and rotates back (resampling, no net
+rotation): together they separate what a model does with translations and rotations from what
+it does with resampled pixels.
 
 Example:
     >>> import torch
@@ -27,7 +31,10 @@ from ..geometry import rotate, scale, translate
 
 __all__ = [
     "accuracy_under",
+    "axis_shift",
+    "axis_shift_curve",
     "logit_change",
+    "round_trip_change",
     "rotation_curve",
     "scale_curve",
     "shift_curve",
@@ -93,3 +100,46 @@ def logit_change(model: nn.Module, images: Tensor, degrees: float,
     logits = _logits(model, images, batch_size)
     moved = _logits(model, _rotation(degrees)(images), batch_size)
     return float(torch.linalg.vector_norm(moved - logits) / torch.linalg.vector_norm(logits))
+
+
+def round_trip_change(model: nn.Module, images: Tensor, degrees: float,
+                      batch_size: int = 500) -> float:
+    """Relative change of the logits when every image is rotated by ``degrees`` and back:
+    ``||l(g^-1 (g f)) - l(f)|| / ||l(f)||`` over the whole batch. There is no net rotation, only
+    two bilinear resamplings (none for multiples of 90 degrees), so this is the part of
+    :func:`logit_change` that is resampling, not rotation."""
+    logits = _logits(model, images, batch_size)
+    back = _rotation(-degrees)(_rotation(degrees)(images))
+    moved = _logits(model, back, batch_size)
+    return float(torch.linalg.vector_norm(moved - logits) / torch.linalg.vector_norm(logits))
+
+
+def axis_shift(images: Tensor, shift: tuple[int, int]) -> Tensor:
+    """Images ``(..., H, W)`` moved by whole pixels ``shift = (t_x, t_y)`` (``t_y`` upwards, as in
+    :func:`eqpdenet.geometry.translate`), zero fill: exact, no resampling."""
+    t_x, t_y = (int(t) for t in shift)
+    # F.pad's (left, right, top, bottom); a negative amount crops
+    return torch.nn.functional.pad(images, (t_x, -t_x, -t_y, t_y))
+
+
+#: The four axis directions of :func:`axis_shift_curve`: right, up, left, down.
+AXIS_DIRECTIONS = ((1, 0), (0, 1), (-1, 0), (0, -1))
+
+
+def axis_shift_curve(model: nn.Module, images: Tensor, labels: Tensor, shifts: Sequence[int],
+                     seed: int = 0) -> list[float]:
+    """Accuracy (percent) with every image moved by each whole number of pixels along an axis
+    direction (right, up, left or down, drawn per image from a generator seeded by ``seed``,
+    the same for every distance): translations without resampling (:func:`axis_shift`)."""
+    generator = torch.Generator().manual_seed(seed)
+    which = torch.randint(len(AXIS_DIRECTIONS), (len(images),), generator=generator)
+    curve = []
+    for s in shifts:
+        if s != int(s):
+            raise ValueError(f"axis_shift_curve takes whole pixels; got a shift of {s}")
+        moved = images.clone()
+        for k, (d_x, d_y) in enumerate(AXIS_DIRECTIONS):
+            chosen = which == k
+            moved[chosen] = axis_shift(images[chosen], (int(s) * d_x, int(s) * d_y))
+        curve.append(accuracy_under(model, moved, labels, lambda x: x))
+    return curve

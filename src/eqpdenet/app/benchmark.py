@@ -19,7 +19,13 @@ from pathlib import Path
 
 from torch import nn
 
-from ..analysis.robustness import logit_change, rotation_curve, scale_curve, shift_curve
+from ..analysis.robustness import (
+    logit_change,
+    rotation_curve,
+    round_trip_change,
+    scale_curve,
+    shift_curve,
+)
 from .config import BenchmarkConfig, CurvesConfig, to_dict, to_toml
 from .distributed import Executor
 from .files import atomic_write, read_jsonl, save_figure
@@ -44,6 +50,8 @@ def robustness(model: nn.Module, data: Data, curves: CurvesConfig, seed: int) ->
         "shift": shift_curve(model, images, labels, curves.shifts, seed=seed),
         "logit_change": {f"{a:g}": logit_change(model, images, a)
                          for a in curves.invariance_angles},
+        "round_trip_change": {f"{a:g}": round_trip_change(model, images, a)
+                              for a in curves.invariance_angles},
     }
 
 
@@ -116,6 +124,10 @@ def summarise(records: list[dict]) -> dict[str, dict]:
                                             for i in range(len(first[axis]))])
             item["logit_change"] = {a: _mean_std([c["logit_change"][a] for c in curves])
                                     for a in first["logit_change"]}
+            if all("round_trip_change" in c for c in curves):
+                item["round_trip_change"] = {
+                    a: _mean_std([c["round_trip_change"][a] for c in curves])
+                    for a in first["round_trip_change"]}
             item["curve_images"] = first["images"]
         summary[entry] = item
     return summary
@@ -137,8 +149,9 @@ def benchmark_table(summary: dict[str, dict]) -> str:
     found = list(next(iter(summary.values()))["accuracy"]) if summary else []
     scenarios = [s for s in SCENARIO_ORDER if s in found] + sorted(set(found) - set(SCENARIO_ORDER))
     lines = ["| model | params | seeds | " + " | ".join(scenarios)
-             + " | angle curve: min–max | logit change rot90 | logit change 37° | train min |",
-             "|---|---:|---:|" + "---:|" * len(scenarios) + "---:|---:|---:|---:|"]
+             + " | angle curve: min–max | logit change rot90 | logit change 37° "
+             "| 37° and back | train min |",
+             "|---|---:|---:|" + "---:|" * len(scenarios) + "---:|---:|---:|---:|---:|"]
     for entry, item in summary.items():
         cells = [entry, f"{item['params']:,}", str(len(item["seeds"]))]
         cells += [_fmt(item["accuracy"][s]) for s in scenarios]
@@ -147,8 +160,10 @@ def benchmark_table(summary: dict[str, dict]) -> str:
             cells.append(f"{min(curve):.1f}–{max(curve):.1f}")
             changes = item["logit_change"]
             cells += [f"{changes[a][0]:.1e}" if a in changes else "–" for a in ("90", "37")]
+            back = item.get("round_trip_change", {})
+            cells.append(f"{back['37'][0]:.1e}" if "37" in back else "–")
         else:
-            cells += ["–", "–", "–"]
+            cells += ["–", "–", "–", "–"]
         cells.append(f"{item['train_minutes'][0]:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

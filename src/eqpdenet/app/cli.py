@@ -1,5 +1,5 @@
-"""The ``eqpdenet`` command line: info, train, evaluate, reproduce, report, equivariance,
-describe, figure.
+"""The ``eqpdenet`` command line: info, train, evaluate, export, reproduce, report,
+equivariance, describe, figure.
 
 Configuration comes from the defaults (the paper's setup, ``eqpdenet.config``), then an optional
 TOML file (``--config``), then a layer preset (``--layer``), then ``--set section.field=value``
@@ -245,6 +245,20 @@ def _evaluate(args) -> int:
         from .files import atomic_write
 
         atomic_write(Path(args.json), (json.dumps(summary, indent=1) + "\n").encode())
+    return 0
+
+
+def _export(args) -> int:
+    from ..export import check_export, export_model
+    from .training import load_checkpoint, prepare_data
+
+    check_export(args.format, args.out)  # format, optional dependencies, output: before any work
+    model, config, _ = load_checkpoint(args.checkpoint)
+    data = prepare_data(config.data, args.data_dir, args.cache_dir)
+    images = data.test.images[:args.images]
+    report = export_model(model, args.out, args.format, images=images, tolerance=args.tolerance,
+                          log=lambda line: print(f"eqpdenet: {line}", file=sys.stderr))
+    print(report.summary())
     return 0
 
 
@@ -504,6 +518,25 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", choices=["cpu", "cuda"])
     evaluate.add_argument("--json", help="also write the summary to this JSON file")
     evaluate.set_defaults(handler=_evaluate)
+
+    from ..export import DEFAULT_TOLERANCE, FORMATS
+
+    export = commands.add_parser(
+        "export", help="a checkpoint as a file that runs without eqpdenet (ONNX or a "
+        "torch.export program), verified on test images before it is kept")
+    export.add_argument("checkpoint")
+    export.add_argument("--format", required=True, metavar="FORMAT",
+                        help=f"one of: {', '.join(FORMATS.names())}")
+    export.add_argument("--out", required=True, help="the file to write (replaced only after "
+                        "the verification passes)")
+    export.add_argument("--images", type=_positive_int, default=1000,
+                        help="test images of the checkpoint's data set the verification runs")
+    export.add_argument("--tolerance", type=_positive, default=DEFAULT_TOLERANCE,
+                        help="largest accepted logit difference to PyTorch, relative to the "
+                             "largest logit (also for quarter-turn invariance)")
+    export.add_argument("--data-dir", help="folder holding mnist/ (default: $EQPDENET_DATA)")
+    export.add_argument("--cache-dir", help="where generated ROTMNIST is cached")
+    export.set_defaults(handler=_export)
 
     repro = commands.add_parser("reproduce", help="the paper's protocol (Tables 1 and 2)")
     _add_common(repro)

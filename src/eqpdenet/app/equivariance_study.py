@@ -92,7 +92,8 @@ def checkpoint_maps(path) -> tuple[dict[str, Callable], nn.Module, str]:
     standardisation, as the model applies them); FCNN checkpoints give no maps."""
     model, config, _ = load_checkpoint(path)
     model.eval()
-    tag = f"{config.model.kind}-h{config.model.hidden}"
+    tag = config.model.kind + (f"-h{config.model.hidden}" if config.model.kind in ("eqpdenet", "fcnn")
+                               else "")
     if not isinstance(model, EqPdeNet):
         return {}, model, tag
     maps: dict[str, Callable] = {}

@@ -14,6 +14,11 @@ The PDE layer (:class:`~eqpdenet.pde.PDELayer`) integrates through one of the ba
 ``"fused"``
     The fused operator; where it cannot be used, the reference with one warning (never an error).
 
+While a model is exported (:func:`eqpdenet.checks.exporting`), every backend resolves to
+``"reference"``: an exported graph holds only standard PyTorch operators, which every runtime
+knows, never ``torch.ops.eqpdenet.*`` (docs/deployment.md). A layer or model with a fused path
+of its own chooses it through :func:`resolve_backend` and so inherits this.
+
 The operators and their schema are in :mod:`eqpdenet.kernels.op`; the ``cpu`` implementation is
 the C++ kernel of :mod:`eqpdenet.kernels.cpu`, the ``cuda`` implementation the Triton kernels of
 :mod:`eqpdenet.kernels.triton_euler` (registered by :mod:`eqpdenet.kernels.cuda`; Triton is an
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import os
 
+from ..checks import exporting
 from ..registry import Registry
 from . import (
     cpu,  # noqa: F401  (registers the CPU implementation of the operators)
@@ -65,8 +71,11 @@ BACKENDS.register("fused", "the fused operator (C++ on CPU, Triton on CUDA)")
 
 def resolve_backend(requested: str) -> str:
     """The backend to use for a layer asking for ``requested`` (``EQPDENET_BACKEND`` overrides
-    ``"auto"``; an unknown value there is ignored with one warning)."""
+    ``"auto"``; an unknown value there is ignored with one warning); ``"reference"`` whatever
+    was requested while :func:`~eqpdenet.checks.exporting`."""
     BACKENDS.get(requested)
+    if exporting():
+        return "reference"
     if requested != "auto":
         return requested
     env = os.environ.get(ENV_BACKEND, "").strip().lower()

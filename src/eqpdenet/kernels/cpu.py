@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from ..errors import KernelUnavailableError
-from .m2_op import M2_IMPLEMENTATIONS
+from .m2_op import M2_IMPLEMENTATIONS, M2_UPDATE_IMPLEMENTATIONS
 from .op import _LIBRARY, IMPLEMENTATIONS
 
 __all__ = ["build_error", "build_seconds", "is_available", "load_extension", "load_m2_extension"]
@@ -221,4 +221,20 @@ def _m2_step_backward_cpu(grad_next, u, w1, b1, w2, b2, stencils, frame, boundar
     return grad_u, per_image
 
 
+@torch.library.register_kernel("eqpdenet::m2_update", "cpu", lib=_LIBRARY)
+def _m2_update_cpu(u, z, scale, shift, w2, b2, dt):
+    return load_m2_extension().update_forward(u.contiguous(), z.contiguous(), scale.contiguous(),
+                                              shift.contiguous(), w2.contiguous(),
+                                              b2.contiguous(), float(dt))
+
+
+@torch.library.register_kernel("eqpdenet::m2_update_backward", "cpu", lib=_LIBRARY)
+def _m2_update_backward_cpu(grad_next, z, scale, shift, w2, b2, dt):
+    grad_z, per_image = load_m2_extension().update_backward(
+        grad_next.contiguous(), z.contiguous(), scale.contiguous(), shift.contiguous(),
+        w2.contiguous(), b2.contiguous(), float(dt))
+    return grad_z, per_image
+
+
 M2_IMPLEMENTATIONS.register("cpu", _M2.unavailable)
+M2_UPDATE_IMPLEMENTATIONS.register("cpu", _M2.unavailable)

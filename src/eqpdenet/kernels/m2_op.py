@@ -39,10 +39,22 @@
     update in one pass per image row: nothing of size ``(B, 10 C, N, H, W)`` or ``(B, O, N, H,
     W)`` is written.
 
+``torch.ops.eqpdenet.m2_update(u, z, scale, shift, w2, b2, dt) -> u_next``
+    The rest of a ``network`` term with a batch-normalised hidden layer, and the update:
+    ``u + dt (w2 relu(scale z + shift) + b2)``, ``z`` ``(B, O, N, H, W)`` from
+    ``m2_mix_invariants``, ``scale, shift`` ``(O,)`` the batch norm's affine map (computed by the
+    caller from the batch statistics, so that autograd carries their dependence on ``z``), ``w2``
+    ``(C, O)``, ``b2`` ``(C,)``: one pass over the points instead of the five or six of batch norm,
+    ReLU, a matrix product, a bias and an addition. Backward ``m2_update_backward(grad_next, z,
+    scale, shift, w2, b2, dt) -> (grad_z, per_image)`` (``per_image`` ``(B, 2 O + C O + C)``
+    float64: scale, shift, w2, b2); the gradient of ``u`` is ``grad_next``.
+
 Autograd is registered here once; the ``cpu`` implementation is the C++ kernel
-(``csrc/m2_invariants.cpp``, registered in :mod:`eqpdenet.kernels.cpu`), the ``cuda`` one the
-Triton kernels of :mod:`eqpdenet.kernels.triton_m2` (registered in :mod:`eqpdenet.kernels.cuda`;
-Triton is imported only when one runs). Other devices have no implementation:
+(``csrc/m2_invariants.cpp``, registered in :mod:`eqpdenet.kernels.cpu`); on ``cuda``,
+``m2_mix_invariants`` and ``m2_euler_step`` are the Triton kernels of
+:mod:`eqpdenet.kernels.triton_m2` (registered in :mod:`eqpdenet.kernels.cuda`; Triton is imported
+only when one runs), and ``m2_update`` has no implementation yet
+(:data:`M2_UPDATE_IMPLEMENTATIONS`). Other devices have no implementation:
 :func:`m2_unsupported_reason` says so, and the caller uses the plain-PyTorch reference
 (:mod:`eqpdenet.pde.m2`), which defines the semantics.
 """
@@ -56,13 +68,15 @@ from torch.utils.weak import WeakIdKeyDictionary
 from ..registry import Registry
 from .op import _LIBRARY, KERNEL_BOUNDARIES
 
-__all__ = ["KERNEL_ORIENTATIONS", "M2_IMPLEMENTATIONS", "m2_euler_step", "m2_mix_invariants",
-           "m2_unsupported_reason"]
+__all__ = ["KERNEL_ORIENTATIONS", "M2_IMPLEMENTATIONS", "M2_UPDATE_IMPLEMENTATIONS",
+           "m2_euler_step", "m2_mix_invariants", "m2_unsupported_reason", "m2_update"]
 
 #: Numbers of orientations ``N`` the compiled kernels are built for.
 KERNEL_ORIENTATIONS = (4, 8, 12, 16)
 #: Device type -> ``available()`` returning None or why that device's implementation cannot run.
 M2_IMPLEMENTATIONS: Registry = Registry("M2 kernel implementation")
+#: The same for ``m2_update`` (a device may have the other operators first).
+M2_UPDATE_IMPLEMENTATIONS: Registry = Registry("M2 update kernel implementation")
 
 _LIBRARY.define("m2_mix_invariants(Tensor u, Tensor weight, Tensor stencils, Tensor frame, "
                 "str boundary) -> Tensor")
@@ -136,6 +150,43 @@ torch.library.register_autograd("eqpdenet::m2_euler_step", _step_backward,
                                 setup_context=_step_setup_context, lib=_LIBRARY)
 
 
+_LIBRARY.define("m2_update(Tensor u, Tensor z, Tensor scale, Tensor shift, Tensor w2, Tensor b2, "
+                "float dt) -> Tensor")
+_LIBRARY.define("m2_update_backward(Tensor grad_next, Tensor z, Tensor scale, Tensor shift, "
+                "Tensor w2, Tensor b2, float dt) -> (Tensor, Tensor)")
+
+
+@torch.library.register_fake("eqpdenet::m2_update", lib=_LIBRARY)
+def _update_fake(u, z, scale, shift, w2, b2, dt):
+    return torch.empty_like(u)
+
+
+@torch.library.register_fake("eqpdenet::m2_update_backward", lib=_LIBRARY)
+def _update_backward_fake(grad_next, z, scale, shift, w2, b2, dt):
+    width = 2 * scale.numel() + w2.numel() + b2.numel()
+    return torch.empty_like(z), z.new_empty(z.shape[0], width, dtype=torch.float64)
+
+
+def _update_setup_context(ctx, inputs, output):
+    u, z, scale, shift, w2, b2, dt = inputs
+    ctx.dt = dt
+    ctx.save_for_backward(z, scale, shift, w2, b2)
+
+
+def _update_backward(ctx, grad_next):
+    z, scale, shift, w2, b2 = ctx.saved_tensors
+    grad_z, per_image = torch.ops.eqpdenet.m2_update_backward(
+        grad_next.contiguous(), z, scale, shift, w2, b2, ctx.dt)
+    grads = per_image.sum(0).to(z.dtype).split([scale.numel(), shift.numel(), w2.numel(),
+                                                 b2.numel()])
+    shaped = [g.view_as(p) for g, p in zip(grads, (scale, shift, w2, b2), strict=True)]
+    return grad_next, grad_z, *shaped, None
+
+
+torch.library.register_autograd("eqpdenet::m2_update", _update_backward,
+                                setup_context=_update_setup_context, lib=_LIBRARY)
+
+
 def m2_unsupported_reason(u: Tensor, weight: Tensor, boundary: str,
                           radius: int) -> str | None:
     """Why :func:`m2_mix_invariants` cannot run on these arguments (None if it can)."""
@@ -191,3 +242,12 @@ def m2_euler_step(u: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, ste
     return torch.ops.eqpdenet.m2_euler_step(
         u.contiguous(), w1.contiguous(), b1.contiguous(), w2.contiguous(), b2.contiguous(),
         _on_device(stencils, u.device), _on_device(frame, u.device), boundary, float(dt))
+
+
+def m2_update(u: Tensor, z: Tensor, scale: Tensor, shift: Tensor, w2: Tensor, b2: Tensor,
+              dt: float) -> Tensor:
+    """``u + dt (w2 relu(scale z + shift) + b2)`` (see the module doc; the caller checks
+    :data:`M2_UPDATE_IMPLEMENTATIONS`)."""
+    return torch.ops.eqpdenet.m2_update(u.contiguous(), z.contiguous(), scale.contiguous(),
+                                        shift.contiguous(), w2.contiguous(), b2.contiguous(),
+                                        float(dt))

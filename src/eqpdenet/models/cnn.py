@@ -68,6 +68,9 @@ class CNN(nn.Module):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(cnn.channels, require_int(classes, "classes", 1))
 
+    #: Not invariant under quarter turns (the tests show it); exporters check claims only.
+    quarter_turn_invariant = False
+
     def forward(self, images: Tensor) -> Tensor:
         check_images(images, "images", channels=self.in_channels,
                      size=(self.image_size, self.image_size))

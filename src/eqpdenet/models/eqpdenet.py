@@ -83,6 +83,16 @@ class EqPdeNet(nn.Module):
         self.mlp = perceptron(in_features, require_int(hidden, "hidden", 1),
                               require_int(classes, "classes", 1))
 
+    @property
+    def quarter_turn_invariant(self) -> bool:
+        """Whether the logits are invariant under quarter turns of the input (to rounding): the
+        invariant head on PDEs whose invariant sets are all rotation invariant (``se2``,
+        ``sim2``); the perceptron head sees where every pixel is."""
+        sets = [getattr(getattr(pde, "step", None), "rhs", None) for pde in self.pde_layer.pdes]
+        return self.head == "invariant" and all(
+            "rotations" in getattr(getattr(rhs, "invariant_set", None), "invariant_under", ())
+            for rhs in sets)
+
     def features(self, images: Tensor) -> Tensor:
         """The reduced PDE output fed to the perceptron, ``(B, C', H, W)``."""
         return self._features(self._enter(images)).to(images.dtype)

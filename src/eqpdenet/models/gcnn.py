@@ -2,11 +2,11 @@
 
 Rotation-equivariant convolutions on the cyclic group C_N (default C8): a lifting convolution
 from the image to ``channels[0]`` regular feature fields, then equivariant convolutions between
-regular fields (inner batch norm, ReLU; 2x2 max pooling after the layers in ``pool_after``), then
-group pooling (max over the N rotations of each field: rotation-invariant maps), global pooling
-over space and a linear classifier. Equivariance to rotations by multiples of 2 pi / N is exact
-up to the pixel grid (rot90 is exact for N divisible by 4). The defaults have 27,150 learned
-parameters (basis coefficients; e2cnn expands them into ordinary filters).
+regular fields (inner batch norm, ReLU; 2x2 max pooling after the layers in ``pool_after``, plain
+or anti-aliased), then group pooling (max over the N rotations of each field: rotation-invariant
+maps), global pooling over space and a linear classifier. Equivariance to rotations by multiples
+of 2 pi / N is exact up to the pixel grid (rot90 is exact for N divisible by 4). The defaults
+have 26,933 learned parameters (basis coefficients; e2cnn expands them into ordinary filters).
 
 e2cnn 0.2.3 is pure Python (torch, numpy, scipy, sympy) and runs unchanged with torch 2.13 (it
 emits a deprecation warning about uint8 masks, silenced here): ``pip install eqpdenet[gcnn]``.
@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from ..checks import check_images, require, require_int
+from ..checks import check_images, require, require_int, require_positive
+from ..errors import MissingDependencyError
+from ..geometry import halvings_stay_even
 from .perceptron import Standardize
 
 __all__ = ["GCNN", "GCNNConfig"]
@@ -34,6 +36,12 @@ class GCNNConfig:
         channels: regular feature fields of each convolution (each field has N channels).
         kernels: kernel size of each convolution.
         pool_after: 2x2 max pooling after these layers (1-based).
+        pool: ``"max"`` (2x2 max pooling, stride 2) or ``"antialiased"`` (e2cnn's
+            ``PointwiseMaxPoolAntialiased``: 2x2 max at every pixel, then a Gaussian low-pass of
+            std ``pool_sigma`` pixels sampled with stride 2; Zhang 2019). Both commute exactly
+            with quarter turns of even and odd sizes and have no parameters.
+        pool_sigma: the anti-aliasing low-pass's standard deviation, in pixels (e2cnn's
+            default 0.6).
         readout: global pooling over space after group pooling: ``"max"`` or ``"mean"``.
     """
 
@@ -42,6 +50,8 @@ class GCNNConfig:
     channels: list[int] = field(default_factory=lambda: [7, 10, 12, 14, 14])
     kernels: list[int] = field(default_factory=lambda: [5, 3, 3, 3, 3])
     pool_after: list[int] = field(default_factory=lambda: [1, 3])
+    pool: str = "max"
+    pool_sigma: float = 0.6
     readout: str = "max"
 
     def __post_init__(self):
@@ -54,6 +64,8 @@ class GCNNConfig:
                     "must be an odd positive integer")
         require(all(isinstance(p, int) and 1 <= p <= len(self.channels) for p in self.pool_after),
                 "gcnn.pool_after", "must be layer numbers (1-based)")
+        require(self.pool in ("max", "antialiased"), "gcnn.pool", "must be 'max' or 'antialiased'")
+        require_positive(self.pool_sigma, "gcnn.pool_sigma")
         require(self.readout in ("max", "mean"), "gcnn.readout", "must be 'max' or 'mean'")
 
 
@@ -64,7 +76,7 @@ def _e2cnn():
             from e2cnn import gspaces
             from e2cnn import nn as enn
     except ImportError as error:
-        raise ImportError("the G-CNN baseline needs e2cnn, an optional dependency: "
+        raise MissingDependencyError("the G-CNN baseline needs e2cnn, an optional dependency: "
                           "pip install 'eqpdenet[gcnn]'") from error
     return gspaces, enn
 
@@ -107,8 +119,11 @@ class GCNN(nn.Module):
                 out = enn.FieldType(space, fields * [space.regular_repr])
                 layers += [enn.R2Conv(current, out, kernel, padding=kernel // 2, bias=False),
                            enn.InnerBatchNorm(out), enn.ReLU(out, inplace=True)]
-                if index in gcnn.pool_after:
+                if index in gcnn.pool_after and gcnn.pool == "max":
                     layers.append(enn.PointwiseMaxPool(out, 2))
+                elif index in gcnn.pool_after:
+                    layers.append(enn.PointwiseMaxPoolAntialiased(out, 2, 2,
+                                                                  sigma=gcnn.pool_sigma))
                 current = out
             layers.append(enn.GroupPooling(current))
             self.features = enn.SequentialModule(*layers)
@@ -120,6 +135,13 @@ class GCNN(nn.Module):
         self._register_state_dict_hook(_without_filter_caches)
         self.register_load_state_dict_post_hook(_rebuild_filter_caches)
 
+    @property
+    def quarter_turn_invariant(self) -> bool:
+        """Whether the logits are invariant under quarter turns of the input (to rounding): the
+        group C_N contains them (N divisible by 4) and every pooling halves an even size."""
+        return (self.config.group_order % 4 == 0
+                and halvings_stay_even(self.image_size, len(self.config.pool_after)))
+
     def forward(self, images: Tensor) -> Tensor:
         check_images(images, "images", channels=self.in_channels,
                      size=(self.image_size, self.image_size))
@@ -127,5 +149,39 @@ class GCNN(nn.Module):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             maps = self.features(x).tensor
-        pooled = maps.amax(dim=(-2, -1)) if self.config.readout == "max" else maps.mean(dim=(-2, -1))
-        return self.classifier(pooled)
+        return self.classifier(_readout(maps, self.config.readout))
+
+    def export_module(self) -> nn.Module:
+        """The same map from plain PyTorch modules, for exporters (:mod:`eqpdenet.export`):
+        e2cnn's own ``export()`` of the equivariant layers (each ``R2Conv`` a ``Conv2d`` with
+        its expanded filter, batch norms with their statistics), a copy of the current weights
+        in evaluation mode; the standardisation and the classifier are shared."""
+        training = self.training
+        self.eval()  # e2cnn exports the filters it expands in evaluation mode
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                features = self.features.export()
+        finally:
+            self.train(training)
+        return _PlainGCNN(self, features.eval())
+
+
+def _readout(maps: Tensor, readout: str) -> Tensor:
+    return maps.amax(dim=(-2, -1)) if readout == "max" else maps.mean(dim=(-2, -1))
+
+
+class _PlainGCNN(nn.Module):
+    """:class:`GCNN`'s map with its e2cnn modules exported to plain PyTorch modules."""
+
+    def __init__(self, model: GCNN, features: nn.Module):
+        super().__init__()
+        self.in_channels, self.image_size = model.in_channels, model.image_size
+        self.readout = model.config.readout
+        self.standardize, self.features, self.classifier = (model.standardize, features,
+                                                            model.classifier)
+
+    def forward(self, images: Tensor) -> Tensor:
+        check_images(images, "images", channels=self.in_channels,
+                     size=(self.image_size, self.image_size))
+        return self.classifier(_readout(self.features(self.standardize(images)), self.readout))

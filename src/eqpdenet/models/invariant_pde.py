@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import check_images, require, require_int, require_positive
+from ..geometry import halvings_stay_even
 from ..pde.integrators import EulerStep
 from ..pde.invariants import DEFAULT_RATIO_EPS
 from ..pde.joint import JOINT_GROUPS
@@ -167,6 +168,13 @@ class InvariantPDENet(nn.Module):
         width = config.channels[-1] * (2 if config.readout == "meanmax" else 1)
         self.norm = nn.BatchNorm1d(width)
         self.classifier = nn.Linear(width, require_int(classes, "classes", 1))
+
+    @property
+    def quarter_turn_invariant(self) -> bool:
+        """Whether the logits are invariant under quarter turns of the input (to rounding):
+        always, but where a 2x2 pooling between stages meets a map of odd size."""
+        poolings = len(self.config.channels) - 1 if self.config.downsample == "pool" else 0
+        return halvings_stay_even(self.image_size, poolings)
 
     def features(self, images: Tensor) -> Tensor:
         """Globally pooled features ``(B, F)``: invariant under rotations (up to the grid)."""

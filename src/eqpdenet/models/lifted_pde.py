@@ -49,6 +49,7 @@ from ..checks import (
     require_positive,
 )
 from ..errors import InputError
+from ..geometry import halvings_stay_even
 from ..pde.integrators import EulerStep
 from ..pde.m2 import (
     M2_SE2,
@@ -270,6 +271,14 @@ class LiftedPDENet(nn.Module):
     @property
     def invariant_set(self):
         return M2_SE2
+
+    @property
+    def quarter_turn_invariant(self) -> bool:
+        """Whether the logits are invariant under quarter turns of the input (to rounding):
+        always (N is a multiple of 4), but where a plain 2x2 average between stages meets a map
+        of odd size (the anti-aliased downsampling is exact on every size)."""
+        poolings = len(self.config.channels) - 1 if self.config.downsample == "pool" else 0
+        return halvings_stay_even(self.image_size, poolings)
 
     def fields(self, images: Tensor) -> Tensor:
         """The fields ``(S B, C, N, h, w)`` after the last stage (``S`` scale copies)."""

@@ -108,6 +108,9 @@ class FCNN(nn.Module):
         self.mlp = perceptron(in_channels * image_size**2, require_int(hidden, "hidden", 1),
                               require_int(classes, "classes", 1))
 
+    #: Not invariant under quarter turns (the tests show it); exporters check claims only.
+    quarter_turn_invariant = False
+
     def forward(self, images: Tensor) -> Tensor:
         check_images(images, "images", channels=self.in_channels,
                      size=(self.image_size, self.image_size))

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from ..checks import (
     check_images,
     check_values,
+    exporting,
     first_failed_step,
     match_dtype,
     module_dtype,
@@ -159,9 +160,10 @@ class EulerFlow(nn.Module):
         """:meth:`forward` without the input check (for callers that checked ``u`` already)."""
         trajectory = [u] if return_trajectory else None
         finite = []
+        check = self.check_finite and not exporting()  # an exported graph reports nothing
         for _ in range(self.steps):
             u = self.step(u)
-            if self.check_finite:
+            if check:
                 finite.append(torch.isfinite(u).all())  # stays on the device: no sync per step
             if trajectory is not None:
                 trajectory.append(u)

@@ -687,6 +687,159 @@ std::vector<torch::Tensor> step_backward_typed(const torch::Tensor& g_next, cons
   return {grad_u, per_image};
 }
 
+// ---------------------------------------------------------------------------- the update
+//
+//   u_next = u + dt (w2 relu(scale z + shift) + b2)
+//
+// z (B, O, P) are the mixed invariants (m2_mix_invariants) of the P = N H W points of each image,
+// scale and shift (O) the affine map of their batch normalisation (computed by the caller from
+// the batch statistics, so that autograd carries their dependence on z): the rest of the network
+// term and the Euler update in one pass over the points, in chunks of V with the hidden values in
+// a small buffer.
+
+constexpr int TAIL_V = 64;
+
+template <typename T>
+void tail_forward_image(const T* u, const T* z, const T* scale, const T* shift, const T* w2,
+                        const T* b2, T dt, int64_t C, int64_t O, int64_t P, T* h, T* out) {
+  for (int64_t p0 = 0; p0 < P; p0 += TAIL_V) {
+    const int64_t n = std::min<int64_t>(TAIL_V, P - p0);
+    for (int64_t o = 0; o < O; ++o) {
+      const T* zo = z + o * P + p0;
+      T* ho = h + o * TAIL_V;
+      const T a = scale[o], b = shift[o];
+#pragma omp simd
+      for (int64_t t = 0; t < n; ++t) ho[t] = std::max(a * zo[t] + b, T(0));
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      T acc[TAIL_V];
+      for (int64_t t = 0; t < n; ++t) acc[t] = b2[c];
+      const T* wc = w2 + c * O;
+      for (int64_t o = 0; o < O; ++o) {
+        const T w = wc[o];
+        const T* ho = h + o * TAIL_V;
+#pragma omp simd
+        for (int64_t t = 0; t < n; ++t) acc[t] += w * ho[t];
+      }
+      const T* uc = u + c * P + p0;
+      T* oc = out + c * P + p0;
+#pragma omp simd
+      for (int64_t t = 0; t < n; ++t) oc[t] = uc[t] + dt * acc[t];
+    }
+  }
+}
+
+// grads (double, per image): scale (O), shift (O), w2 (C O), b2 (C), in that order.
+template <typename T>
+void tail_backward_image(const T* g, const T* z, const T* scale, const T* shift, const T* w2,
+                         T dt, int64_t C, int64_t O, int64_t P, T* h, T* gh, T* gz,
+                         double* grads) {
+  double* gscale = grads;
+  double* gshift = gscale + O;
+  double* gw2 = gshift + O;
+  double* gb2 = gw2 + C * O;
+  for (int64_t p0 = 0; p0 < P; p0 += TAIL_V) {
+    const int64_t n = std::min<int64_t>(TAIL_V, P - p0);
+    for (int64_t o = 0; o < O; ++o) {
+      const T* zo = z + o * P + p0;
+      T* ho = h + o * TAIL_V;
+      T* gho = gh + o * TAIL_V;
+      const T a = scale[o], b = shift[o];
+#pragma omp simd
+      for (int64_t t = 0; t < n; ++t) {
+        ho[t] = std::max(a * zo[t] + b, T(0));
+        gho[t] = T(0);
+      }
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      const T* gc = g + c * P + p0;
+      T gf[TAIL_V];
+      T sum = T(0);
+      for (int64_t t = 0; t < n; ++t) {
+        gf[t] = dt * gc[t];
+        sum += gf[t];
+      }
+      gb2[c] += static_cast<double>(sum);
+      const T* wc = w2 + c * O;
+      for (int64_t o = 0; o < O; ++o) {
+        const T w = wc[o];
+        const T* ho = h + o * TAIL_V;
+        T* gho = gh + o * TAIL_V;
+        T dot = T(0);
+#pragma omp simd reduction(+ : dot)
+        for (int64_t t = 0; t < n; ++t) {
+          dot += gf[t] * ho[t];
+          gho[t] += w * gf[t];
+        }
+        gw2[c * O + o] += static_cast<double>(dot);
+      }
+    }
+    for (int64_t o = 0; o < O; ++o) {
+      const T* zo = z + o * P + p0;
+      const T* ho = h + o * TAIL_V;
+      const T* gho = gh + o * TAIL_V;
+      T* gzo = gz + o * P + p0;
+      const T a = scale[o];
+      T ds = T(0), db = T(0);
+#pragma omp simd reduction(+ : ds, db)
+      for (int64_t t = 0; t < n; ++t) {
+        const T gpre = ho[t] > T(0) ? gho[t] : T(0);
+        gzo[t] = a * gpre;
+        ds += gpre * zo[t];
+        db += gpre;
+      }
+      gscale[o] += static_cast<double>(ds);
+      gshift[o] += static_cast<double>(db);
+    }
+  }
+}
+
+template <typename T>
+torch::Tensor tail_forward_typed(const torch::Tensor& u, const torch::Tensor& z,
+                                 const torch::Tensor& scale, const torch::Tensor& shift,
+                                 const torch::Tensor& w2, const torch::Tensor& b2, double dt) {
+  const int64_t B = u.size(0), C = u.size(1), O = z.size(1), P = u.numel() / (B * C);
+  torch::Tensor out = torch::empty_like(u);
+  const T* U = u.data_ptr<T>();
+  const T* Z = z.data_ptr<T>();
+  T* OUT = out.data_ptr<T>();
+#pragma omp parallel
+  {
+    std::vector<T> h(O * TAIL_V);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < B; ++b)
+      tail_forward_image<T>(U + b * C * P, Z + b * O * P, scale.data_ptr<T>(),
+                            shift.data_ptr<T>(), w2.data_ptr<T>(), b2.data_ptr<T>(),
+                            static_cast<T>(dt), C, O, P, h.data(), OUT + b * C * P);
+  }
+  return out;
+}
+
+template <typename T>
+std::vector<torch::Tensor> tail_backward_typed(const torch::Tensor& g, const torch::Tensor& z,
+                                               const torch::Tensor& scale,
+                                               const torch::Tensor& shift,
+                                               const torch::Tensor& w2, double dt) {
+  const int64_t B = g.size(0), C = g.size(1), O = z.size(1), P = g.numel() / (B * C);
+  const int64_t width = 2 * O + C * O + C;
+  torch::Tensor grad_z = torch::empty_like(z);
+  torch::Tensor per_image = torch::zeros({B, width}, g.options().dtype(torch::kFloat64));
+  const T* G = g.data_ptr<T>();
+  const T* Z = z.data_ptr<T>();
+  T* GZ = grad_z.data_ptr<T>();
+  double* GR = per_image.data_ptr<double>();
+#pragma omp parallel
+  {
+    std::vector<T> h(O * TAIL_V), gh(O * TAIL_V);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < B; ++b)
+      tail_backward_image<T>(G + b * C * P, Z + b * O * P, scale.data_ptr<T>(),
+                             shift.data_ptr<T>(), w2.data_ptr<T>(), static_cast<T>(dt), C, O, P,
+                             h.data(), gh.data(), GZ + b * O * P, GR + b * width);
+  }
+  return {grad_z, per_image};
+}
+
 template <typename T, int N>
 torch::Tensor forward_typed(const torch::Tensor& u, const torch::Tensor& weight,
                             const torch::Tensor& stencils, const torch::Tensor& frame,
@@ -812,6 +965,40 @@ std::vector<torch::Tensor> m2_step_backward(torch::Tensor g_next, torch::Tensor 
   M2_DISPATCH(step_backward_typed, g_next, u, w1, b1, w2, b2, stencils, frame, boundary, dt);
 }
 
+void check_tail(const torch::Tensor& u, const torch::Tensor& z, const torch::Tensor& scale,
+                const torch::Tensor& shift, const torch::Tensor& w2, const torch::Tensor& b2) {
+  TORCH_CHECK(u.dim() >= 2 && z.dim() == u.dim() && z.size(0) == u.size(0) &&
+                  z.numel() / (z.size(0) * z.size(1)) == u.numel() / (u.size(0) * u.size(1)),
+              "m2_update: z must be (B, O, ...) with the points of u (B, C, ...)");
+  const int64_t O = z.size(1), C = u.size(1);
+  TORCH_CHECK(scale.numel() == O && shift.numel() == O && w2.dim() == 2 && w2.size(0) == C &&
+                  w2.size(1) == O && b2.numel() == C,
+              "m2_update: scale, shift (O), w2 (C, O), b2 (C)");
+  for (const auto* t : {&z, &scale, &shift, &w2, &b2})
+    TORCH_CHECK(t->scalar_type() == u.scalar_type() && t->is_contiguous(),
+                "m2_update: contiguous tensors of one dtype");
+  TORCH_CHECK(u.is_contiguous(), "m2_update: u must be contiguous");
+  TORCH_CHECK(u.scalar_type() == torch::kFloat32 || u.scalar_type() == torch::kFloat64,
+              "m2_update: float32 or float64 only");
+}
+
+torch::Tensor m2_tail_forward(torch::Tensor u, torch::Tensor z, torch::Tensor scale,
+                              torch::Tensor shift, torch::Tensor w2, torch::Tensor b2, double dt) {
+  check_tail(u, z, scale, shift, w2, b2);
+  if (u.scalar_type() == torch::kFloat64)
+    return tail_forward_typed<double>(u, z, scale, shift, w2, b2, dt);
+  return tail_forward_typed<float>(u, z, scale, shift, w2, b2, dt);
+}
+
+std::vector<torch::Tensor> m2_tail_backward(torch::Tensor g, torch::Tensor z, torch::Tensor scale,
+                                            torch::Tensor shift, torch::Tensor w2,
+                                            torch::Tensor b2, double dt) {
+  check_tail(g, z, scale, shift, w2, b2);
+  if (g.scalar_type() == torch::kFloat64)
+    return tail_backward_typed<double>(g, z, scale, shift, w2, dt);
+  return tail_backward_typed<float>(g, z, scale, shift, w2, dt);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -819,4 +1006,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &m2_backward, "eqpdenet::m2_mix_invariants_backward on the CPU");
   m.def("step_forward", &m2_step_forward, "eqpdenet::m2_euler_step on the CPU");
   m.def("step_backward", &m2_step_backward, "eqpdenet::m2_euler_step_backward on the CPU");
+  m.def("update_forward", &m2_tail_forward, "eqpdenet::m2_update on the CPU");
+  m.def("update_backward", &m2_tail_backward, "eqpdenet::m2_update_backward on the CPU");
 }

@@ -1,0 +1,92 @@
+"""Training throughput of models on this CPU: images per second of a full training step
+(forward, cross-entropy, backward, Adam step) at a fixed batch size, with 1 and 2 threads.
+
+Variants are interleaved in one process (model x thread count, ``--repeats`` rounds), so that a
+load that comes and goes on a shared machine hits them alike; the median of the rounds is
+reported, and the ratio of 2 threads to 1. Random 28x28 images (the speed does not depend on the
+pixel values)::
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/train_throughput.py gcnn
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/train_throughput.py gcnn invariant-pde \
+        --set gcnn "model.gcnn.channels=[8, 11, 13, 15, 15]"
+
+A model is a benchmark entry of ``--recipe`` (its ``model.*`` overrides are used; the
+training recipe is irrelevant here beyond the batch size, which is ``--batch``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from eqpdenet.app.config import BenchmarkConfig, apply_overrides, build_model, load_toml
+from eqpdenet.models import count_parameters
+
+
+def steps_per_second(model, optimizer, images, labels, steps: int) -> float:
+    """Training steps per second over ``steps`` steps (after one warm-up step)."""
+    for step in range(steps + 1):
+        if step == 1:
+            start = time.perf_counter()
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("models", nargs="+", help="benchmark entries of --recipe")
+    parser.add_argument("--recipe", type=Path, default=Path("configs/benchmark-cpu.toml"))
+    parser.add_argument("--set", nargs=2, action="append", default=[],
+                        metavar=("MODEL", "OVERRIDE"), help="an extra override of one model")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="also write the measurements here")
+    args = parser.parse_args()
+    benchmark = load_toml(BenchmarkConfig, args.recipe)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(args.batch, 1, 28, 28, generator=generator)
+    labels = torch.randint(10, (args.batch,), generator=generator)
+    built = {}
+    for name in args.models:
+        extra = [o for m, o in args.set if m == name]
+        config = apply_overrides(benchmark.experiment(name, 0), extra)
+        torch.manual_seed(0)
+        model = build_model(config.model).train()
+        built[name] = (model, torch.optim.Adam(model.parameters(), 1e-3), extra)
+    rates = {(name, t): [] for name in built for t in args.threads}
+    for _ in range(args.repeats):
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            for name, (model, optimizer, _) in built.items():
+                rate = steps_per_second(model, optimizer, images, labels, args.steps)
+                rates[(name, threads)].append(rate * args.batch)
+    print("| model | params | " + " | ".join(f"images/s, {t} thread{'s' * (t > 1)}"
+                                               for t in args.threads)
+          + (f" | {args.threads[-1]} : {args.threads[0]} |" if len(args.threads) > 1 else " |"))
+    print("|---|---:|" + "---:|" * (len(args.threads) + (len(args.threads) > 1)))
+    out = []
+    for name, (model, _, extra) in built.items():
+        medians = [statistics.median(rates[(name, t)]) for t in args.threads]
+        ratio = f" | {medians[-1] / medians[0]:.2f} |" if len(medians) > 1 else " |"
+        print(f"| {name} | {count_parameters(model):,} | "
+              + " | ".join(f"{m:.0f}" for m in medians) + ratio)
+        out.append({"model": name, "overrides": extra, "params": count_parameters(model),
+                    "batch": args.batch, "images_per_second": {
+                        str(t): rates[(name, t)] for t in args.threads}})
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

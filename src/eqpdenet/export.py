@@ -1,0 +1,488 @@
+"""Export a model to a file that runs without eqpdenet, and verify the file before keeping it.
+
+Formats (:data:`FORMATS`):
+
+``"onnx"``
+    An ONNX model (opset :data:`ONNX_OPSET`, input ``images`` ``(batch, C, H, W)`` float32,
+    output ``logits`` ``(batch, classes)``), written by PyTorch's ONNX exporter from the
+    :class:`torch.export.ExportedProgram` below and run by onnxruntime. Needs the optional
+    ``export`` extra: ``pip install 'eqpdenet[export]'`` (onnx, onnxscript, onnxruntime).
+``"exported-program"``
+    The :class:`torch.export.ExportedProgram` itself (:func:`torch.export.save`, usually
+    ``.pt2``), run by ``torch.export.load(path).module()``: PyTorch alone, no eqpdenet.
+
+How a model is traced (:func:`trace`): the module its family gives for export
+(``model.export_module()`` where the family defines one, e.g. the G-CNN's plain-PyTorch copy
+made by e2cnn's own ``export()``; else the model itself), in evaluation mode, by
+:func:`torch.export.export` with a batch axis of any size, inside
+:func:`~eqpdenet.checks.export_mode`. There the fused operators take their plain PyTorch
+reference path (:func:`~eqpdenet.kernels.resolve_backend`) and no check reads a value on the
+host, so the graph holds only standard PyTorch operators (the Euler steps unrolled: a fixed
+number of them); a graph that still calls a custom operator (``torch.ops.eqpdenet.*``, which
+no other runtime knows) is refused with an :class:`~eqpdenet.errors.ExportError`.
+
+Verification is part of :func:`export_model`: the file is written to a temporary sibling, loaded
+with the runtime it targets (:func:`load_exported`), run on the given images (in batches of
+:data:`VERIFY_BATCH`, and the first image alone) and compared with the model's own logits in
+PyTorch (its default backend: the C++ kernel where it applies); for a model that claims
+invariance under quarter turns (``model.quarter_turn_invariant``) the exported model is run on
+the images turned by 90, 180 and 270 degrees as well. Differences are relative to the largest
+logit of the batch: ``max |exported - pytorch| / max |pytorch|``. Only a file that passes
+(within ``tolerance``, default :data:`DEFAULT_TOLERANCE`, or within twice PyTorch's own float32
+rounding of the model: :func:`export_model`) replaces ``out``; otherwise the temporary file is
+deleted and an :class:`~eqpdenet.errors.ExportError` names the difference. ``out`` is never
+half-written.
+
+Example:
+    >>> from eqpdenet.models import FCNN
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "fcnn.pt2"
+    >>> report = export_model(FCNN(hidden=8), out, "exported-program", images=torch.rand(4, 1, 28, 28))
+    >>> report.relative_difference <= DEFAULT_TOLERANCE, out.exists()
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import io
+import logging
+import math
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .checks import check_images, export_mode
+from .errors import ConfigError, ExportError, MissingDependencyError, OutputFolderError
+from .registry import Registry
+
+__all__ = [
+    "DEFAULT_TOLERANCE",
+    "FORMATS",
+    "ONNX_OPSET",
+    "VERIFY_BATCH",
+    "ExportFormat",
+    "ExportReport",
+    "check_export",
+    "export_model",
+    "load_exported",
+    "portable_module",
+    "trace",
+]
+
+#: The largest accepted ``max |exported - pytorch| / max |pytorch|`` (and the same for the
+#: quarter-turn invariance of the exported model), the issue's target.
+DEFAULT_TOLERANCE = 1e-5
+#: The ONNX opset written: 18 is the oldest the PyTorch exporter writes, so the widest choice of
+#: runtimes (onnxruntime >= 1.14) can read the file.
+ONNX_OPSET = 18
+#: Images per call of the verification (the logits of a batch of any size are computed in
+#: chunks of this many: memory stays bounded for large models and 1,000 images).
+VERIFY_BATCH = 100
+#: The operator namespaces every runtime knows (PyTorch's own); any other is a custom operator.
+STANDARD_NAMESPACES = ("aten", "prims")
+
+Runner = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One file format: how to write a traced model and how to run the file.
+
+    Attributes:
+        name: the format's name (``--format``).
+        suffix: the file name's usual ending.
+        runtime: what runs the file, in words.
+        requires: modules that must be importable (optional dependencies), checked first.
+        write: ``write(exported_program, path)``.
+        load: ``load(path) -> run``, ``run(images) -> logits`` (CPU tensors).
+    """
+
+    name: str
+    suffix: str
+    runtime: str
+    requires: tuple[str, ...]
+    write: Callable[[torch.export.ExportedProgram, Path], None]
+    load: Callable[[Path], Runner]
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporters' progress lines and their warnings about optional packages this
+    project does not use (torchvision): the command reports what it does itself."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export",
+                                                    "torch.fx.experimental.symbolic_shapes")]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _evaluating(model: nn.Module) -> Iterator[None]:
+    """``model`` in evaluation mode for the block, its own mode restored after."""
+    training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(training)
+
+
+def _write_onnx(program: torch.export.ExportedProgram, path: Path) -> None:
+    # optimize=False: onnxscript's optimizer (0.7) rewrites x + c as x for every |c| < 1e-8, so
+    # it deletes the guard of the covariant ratio (2^-63 in float32) and 0 / 0 gives NaN on
+    # flat image regions; onnxruntime optimises the graph itself when it loads it, exactly.
+    with _quiet():
+        onnx_program = torch.onnx.export(program, dynamo=True, opset_version=ONNX_OPSET,
+                                         input_names=["images"], output_names=["logits"],
+                                         optimize=False, verbose=False)
+        for node in onnx_program.model.graph.all_nodes():
+            # keep which module a node comes from; drop the exporter's stack traces (paths of
+            # this machine) and FX dumps, three quarters of the file
+            for key in [k for k in node.metadata_props if k != "namespace"]:
+                del node.metadata_props[key]
+        onnx_program.save(path, external_data=False)
+
+
+def _load_onnx(path: Path) -> Runner:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def run(images: Tensor) -> Tensor:
+        return torch.from_numpy(session.run(None, {name: images.detach().cpu().numpy()})[0])
+
+    return run
+
+
+def _write_program(program: torch.export.ExportedProgram, path: Path) -> None:
+    for node in program.graph.nodes:  # stack traces name paths of this machine
+        node.meta.pop("stack_trace", None)
+    with _quiet():
+        torch.export.save(program, path)
+
+
+def _load_program(path: Path) -> Runner:
+    with _quiet():
+        module = torch.export.load(path).module()
+
+    def run(images: Tensor) -> Tensor:
+        with torch.no_grad():
+            return module(images)
+
+    return run
+
+
+#: Export formats: name -> :class:`ExportFormat`.
+FORMATS: Registry[ExportFormat] = Registry("export format")
+FORMATS.register("onnx", ExportFormat("onnx", ".onnx", "onnxruntime",
+                                      ("onnx", "onnxscript", "onnxruntime"), _write_onnx, _load_onnx))
+FORMATS.register("exported-program", ExportFormat(
+    "exported-program", ".pt2", "torch.export.load", (), _write_program, _load_program))
+
+
+# ----------------------------------------------------------------------------- before any work
+
+
+def check_export(format: str, out: str | os.PathLike) -> ExportFormat:
+    """The format named ``format``, after the checks that need no model: the format is known,
+    its optional dependencies are installed, ``out`` can be written (its folder exists and takes
+    a new file; ``out`` is not a folder). Raises :class:`~eqpdenet.errors.ConfigError`,
+    :class:`~eqpdenet.errors.MissingDependencyError` or
+    :class:`~eqpdenet.errors.OutputFolderError`, one line each; writes nothing."""
+    if not isinstance(format, str) or format not in FORMATS:
+        raise ConfigError(f"unknown export format {format!r}; known: {', '.join(FORMATS.names())}")
+    chosen = FORMATS.get(format)
+    missing = [name for name in chosen.requires if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MissingDependencyError(
+            f"the {format} format needs {', '.join(missing)} (optional dependencies): "
+            f"pip install 'eqpdenet[export]'")
+    out = Path(out)
+    if out.is_dir():
+        raise OutputFolderError(f"cannot write {out}: it is a folder; give a file name "
+                                f"(e.g. {out / ('model' + chosen.suffix)})")
+    folder = out.parent
+    if not folder.is_dir():
+        raise OutputFolderError(f"cannot write {out}: the folder {folder} does not exist")
+    try:  # the only sure test of writing is to write (permissions, read-only file systems)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{out.name}.", suffix=".probe"):
+            pass
+    except OSError as error:
+        raise OutputFolderError(f"cannot write {out}: {error.strerror or error}") from None
+    return chosen
+
+
+# ----------------------------------------------------------------------------- tracing
+
+
+def portable_module(model: nn.Module) -> nn.Module:
+    """The module an exporter traces for ``model``: ``model.export_module()`` where its family
+    defines one (plain PyTorch modules computing the same logits), else ``model``."""
+    make = getattr(model, "export_module", None)
+    return make() if callable(make) else model
+
+
+def _foreign_operators(program: torch.export.ExportedProgram) -> list[str]:
+    found = set()
+    for node in program.graph.nodes:
+        target = node.target
+        namespace = getattr(target, "namespace", None)  # OpOverload / OpOverloadPacket
+        if node.op == "call_function" and namespace and namespace not in STANDARD_NAMESPACES:
+            found.add(f"{namespace}::{target._opname if hasattr(target, '_opname') else target}")
+    return sorted(found)
+
+
+def trace(model: nn.Module, example: Tensor) -> torch.export.ExportedProgram:
+    """``model`` as an :class:`~torch.export.ExportedProgram` of standard PyTorch operators, in
+    evaluation mode, the batch axis of its input dynamic (``example``: a batch of at least two
+    inputs of the right shape). Raises :class:`~eqpdenet.errors.ExportError` naming the family
+    and the cause where it cannot be traced or the graph calls a custom operator."""
+    family = type(model).__name__
+    check_images(example, "example")
+    if len(example) < 2:  # a batch of 1 would be traced as a constant size
+        example = example.expand(2, *example.shape[1:])
+    # a copy: the program keeps its example, and a view would keep the whole batch it is cut from
+    example = example.detach().clone(memory_format=torch.contiguous_format)
+    try:
+        with _evaluating(model):
+            module = portable_module(model).eval()
+            with torch.no_grad():
+                # one eager pass first: constants a module computes once and caches (the
+                # anti-aliased downsampling's matrices) enter the graph as constants, not as
+                # the float64 operations that build them (onnxruntime has no float64 Conv)
+                module(example)
+            with export_mode(), _quiet():
+                program = torch.export.export(module, (example,),
+                                              dynamic_shapes=({0: torch.export.Dim("batch")},))
+    except (ExportError, MissingDependencyError):
+        raise
+    except Exception as error:
+        first = next((line for line in str(error).splitlines() if line.strip()), "")
+        raise ExportError(f"{family} cannot be exported: torch.export failed with "
+                          f"{type(error).__name__}: {first.strip()} (docs/deployment.md: what a "
+                          f"family needs to export)") from None
+    foreign = _foreign_operators(program)
+    if foreign:
+        raise ExportError(
+            f"{family} cannot be exported: its graph calls {', '.join(foreign)}, which no runtime "
+            f"but eqpdenet knows; a fused operator must give way to its reference path while "
+            f"eqpdenet.checks.exporting() (kernels.resolve_backend does; docs/deployment.md)")
+    return program
+
+
+# ----------------------------------------------------------------------------- export + verify
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_model` wrote and measured (differences relative to the largest
+    logit of the batch; see the module docstring).
+
+    Attributes:
+        path, format, family: the file, its format and the model's class.
+        images: how many images the verification ran.
+        max_difference: ``max |exported - pytorch|`` over those logits (float32).
+        relative_difference: ``max_difference / max |pytorch|``.
+        quarter_turn_error: for a model claiming quarter-turn invariance,
+            ``max_k max |exported(rot90^k x) - exported(x)| / max |exported(x)|``; else None.
+        float32_noise: where a check exceeded the tolerance: the float32 rounding of the
+            model itself, ``max |pytorch - pytorch in float64| / max |pytorch in float64|``
+            over the images (and their quarter turns, for an invariant model); else None.
+        tolerance: the bound of the checks.
+        seconds: wall-clock time of ``trace``, ``write`` and ``verify``.
+    """
+
+    path: Path
+    format: str
+    family: str
+    images: int
+    max_difference: float
+    relative_difference: float
+    quarter_turn_error: float | None
+    tolerance: float
+    seconds: dict
+    float32_noise: float | None = None
+
+    @property
+    def bound(self) -> float:
+        """What both differences were held to: ``max(tolerance, 2 float32_noise)``."""
+        return max(self.tolerance, 2 * (self.float32_noise or 0.0))
+
+    def summary(self) -> str:
+        """One line for the command line."""
+        line = (f"{self.family} -> {self.path} ({self.format}, {self.path.stat().st_size:,} "
+                f"bytes): largest logit difference to PyTorch {self.max_difference:.1e} "
+                f"({self.relative_difference:.1e} relative) on {self.images} images")
+        if self.quarter_turn_error is not None:
+            line += (f"; quarter-turn invariance of the exported model "
+                     f"{self.quarter_turn_error:.1e}")
+        line += f"; tolerance {self.tolerance:g}"
+        if self.float32_noise is not None:
+            line += (f", raised to {self.bound:.1e}: twice the float32 rounding of the model "
+                     f"in PyTorch itself ({self.float32_noise:.1e} from its float64 logits)")
+        return line
+
+
+def _relative(difference: float, scale: float) -> float:
+    return difference / scale if scale > 0 else (0.0 if difference == 0 else math.inf)
+
+
+def _largest(*differences: Tensor) -> float:
+    return max(float(d.abs().max()) for d in differences)
+
+
+def _chunked(run: Runner, images: Tensor) -> Tensor:
+    """``run`` on ``images`` in chunks of :data:`VERIFY_BATCH`, the logits concatenated."""
+    return torch.cat([run(images[i:i + VERIFY_BATCH].contiguous())
+                      for i in range(0, len(images), VERIFY_BATCH)])
+
+
+def _turn_error(run: Runner, images: Tensor, logits: Tensor) -> float:
+    scale = float(logits.abs().max())
+    return max(_relative(_largest(_chunked(run, torch.rot90(images, k, (-2, -1))) - logits),
+                         scale) for k in (1, 2, 3))
+
+
+def _float32_noise(model: nn.Module, images: Tensor, turns: bool) -> float | None:
+    """How far ``model``'s float32 logits are from those of its float64 copy, relative to the
+    largest, over ``images`` (and their quarter turns where ``turns``); None where the model
+    cannot compute in float64 (a family that supports float32 only)."""
+    try:
+        exact_model = copy.deepcopy(model).double().eval()
+        noise = 0.0
+        with _evaluating(model), torch.no_grad():
+            for k in (0, 1, 2, 3) if turns else (0,):
+                turned = torch.rot90(images, k, (-2, -1)).contiguous()
+                exact = _chunked(exact_model, turned.double())
+                noise = max(noise, _relative(_largest(_chunked(model, turned).double() - exact),
+                                             float(exact.abs().max())))
+        return noise
+    except Exception:
+        return None
+
+
+def export_model(model: nn.Module, out: str | os.PathLike, format: str = "onnx", *,
+                 images: Tensor, tolerance: float = DEFAULT_TOLERANCE,
+                 log: Callable[[str], None] | None = None) -> ExportReport:
+    """Export ``model`` to ``out`` in ``format`` (:data:`FORMATS`) and verify the file on
+    ``images`` ``(N, C, H, W)`` (real inputs: test images) before it replaces ``out``. ``log``
+    receives one line per stage.
+
+    The file passes where its logits are within ``tolerance`` of the model's (relative to the
+    largest logit) and, for a model that claims quarter-turn invariance, the exported model
+    changes its logits under quarter turns by at most as much. Where either exceeds
+    ``tolerance``, the bound becomes ``max(tolerance, 2 noise)``, ``noise`` the float32 rounding
+    of the model in PyTorch itself (its distance to the same model in float64, over the same
+    images): two float32 computations each that close to the exact logits can differ by twice
+    that, and a deep model amplifies rounding (docs/deployment.md).
+
+    Raises :class:`~eqpdenet.errors.ExportError` where the model cannot be exported or the file
+    fails the verification; nothing is written then (a failed file is deleted: it is not the
+    model, and rerunning the command re-creates it).
+    """
+    chosen = check_export(format, out)
+    out = Path(out)
+    if not (isinstance(tolerance, float | int) and math.isfinite(tolerance) and tolerance > 0):
+        raise ConfigError(f"tolerance must be a positive number, got {tolerance!r}")
+    check_images(images, "images")
+    if len(images) == 0:
+        raise ConfigError("the verification needs at least one image")
+    log = log or (lambda line: None)
+    family = type(model).__name__
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), images.dtype)
+    images = images.detach().to("cpu", dtype).contiguous()
+    seconds = {}
+
+    start = time.perf_counter()
+    log(f"tracing {family} (reference path, batch axis of any size)")
+    program = trace(model, images[:2])
+    seconds["trace"] = time.perf_counter() - start
+
+    handle, staging = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(handle)
+    staging = Path(staging)
+    try:
+        start = time.perf_counter()
+        log(f"writing {chosen.name}")
+        try:
+            chosen.write(program, staging)
+        except Exception as error:
+            first = next((line for line in str(error).splitlines() if line.strip()), "")
+            raise ExportError(f"{family} cannot be written as {chosen.name}: "
+                              f"{type(error).__name__}: {first.strip()}") from None
+        seconds["write"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        log(f"verifying with {chosen.runtime} on {len(images)} images")
+        with _evaluating(model), torch.no_grad():
+            expected = _chunked(model, images)
+        try:
+            run = chosen.load(staging)
+            exported = _chunked(run, images)
+            single = run(images[:1])  # a batch of one through the dynamic axis
+        except Exception as error:
+            first = next((line for line in str(error).splitlines() if line.strip()), "")
+            raise ExportError(f"verification failed: {chosen.runtime} cannot run {family} as "
+                              f"{chosen.name}: {type(error).__name__}: {first.strip()}; no "
+                              f"file written") from None
+        difference = _largest(exported - expected, single - expected[:1])
+        relative = _relative(difference, float(expected.abs().max()))
+        report = ExportReport(out, chosen.name, family, len(images), difference, relative, None,
+                              float(tolerance), seconds)
+        if getattr(model, "quarter_turn_invariant", False):
+            report.quarter_turn_error = _turn_error(run, images, exported)
+        if max(relative, report.quarter_turn_error or 0.0) > tolerance:
+            report.float32_noise = _float32_noise(model, images,
+                                                  report.quarter_turn_error is not None)
+        bound = report.bound
+        where = (f"{family} as {chosen.name}, on {len(images)} images; tolerance {tolerance:g}"
+                 + ("" if report.float32_noise is None else
+                    f", twice the model's own float32 rounding {2 * report.float32_noise:.2e}")
+                 + "; no file written")
+        if not relative <= bound:
+            raise ExportError(
+                f"verification failed: the exported logits differ from PyTorch's by "
+                f"{relative:.2e} relative (max |difference| {difference:.2e}) ({where})")
+        if report.quarter_turn_error is not None and not report.quarter_turn_error <= bound:
+            raise ExportError(
+                f"verification failed: the exported model changes its logits by "
+                f"{report.quarter_turn_error:.2e} relative under quarter turns ({where})")
+        seconds["verify"] = time.perf_counter() - start
+        os.replace(staging, out)
+    finally:
+        staging.unlink(missing_ok=True)
+    return report
+
+
+def load_exported(path: str | os.PathLike, format: str | None = None) -> Runner:
+    """``run(images) -> logits`` for an exported file, by the runtime its format targets
+    (``format`` default: from the suffix, ``.onnx`` or else ``exported-program``)."""
+    path = Path(path)
+    if format is None:
+        format = "onnx" if path.suffix == ".onnx" else "exported-program"
+    chosen = FORMATS.get(format)
+    missing = [name for name in chosen.requires if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MissingDependencyError(f"running {format} needs {', '.join(missing)}: "
+                                     f"pip install 'eqpdenet[export]'")
+    return chosen.load(path)

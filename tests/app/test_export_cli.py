@@ -1,0 +1,63 @@
+"""``eqpdenet export``: a checkpoint written by ``train`` becomes a verified file on real test
+digits; bad input is one line before any work and leaves nothing in the output folder (the
+one-line cases are in test_cli_errors.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from data_helpers import data_dir_or_skip, mnist_or_skip
+from eqpdenet.app import cli, training
+from eqpdenet.app.cli import main
+from eqpdenet.app.config import ExperimentConfig, apply_overrides, build_model
+from eqpdenet.export import load_exported
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A small EqPdeNet checkpoint (paper layer, 2 Euler steps, F not zero)."""
+    path = tmp_path_factory.mktemp("export") / "model.pt"
+    config = apply_overrides(ExperimentConfig(), [
+        "model.hidden=8", "model.layer.T=0.2", "model.layer.init='normal'",
+        "model.layer.init_scale=0.05"])
+    torch.manual_seed(0)
+    training.save_checkpoint(path, build_model(config.model), config)
+    return path
+
+
+def test_export_writes_a_verified_file_that_computes_the_checkpoints_logits(
+        checkpoint, tmp_path, capsys):
+    data = data_dir_or_skip()
+    out = tmp_path / "model.onnx"
+    status = main(["export", str(checkpoint), "--format", "onnx", "--out", str(out), "--images",
+                   "200", "--data-dir", str(data)])
+    printed = capsys.readouterr()
+    assert status == 0, printed.err
+    assert "largest logit difference to PyTorch" in printed.out and "on 200 images" in printed.out
+    assert "eqpdenet: verifying with onnxruntime on 200 images" in printed.err
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+    model, _, _ = training.load_checkpoint(checkpoint)
+    images = torch.from_numpy(mnist_or_skip().test_images[:300]).float().div(255.0)[:, None]
+    with torch.no_grad():
+        expected = model.eval()(images)
+    logits = load_exported(out)(images)
+    assert float((logits - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
+
+
+def test_a_missing_optional_dependency_is_one_line_before_any_work(checkpoint, tmp_path, capsys,
+                                                                    monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnx" else find_spec(name, *a))
+    monkeypatch.setattr(training, "load_checkpoint", None)  # must not be reached
+    monkeypatch.delenv(cli.DEBUG_VARIABLE, raising=False)
+    status = main(["export", str(checkpoint), "--format", "onnx", "--out",
+                   str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1, err
+    assert "the onnx format needs onnx (optional dependencies): pip install 'eqpdenet[export]'" \
+        in err
+    assert not list(tmp_path.iterdir())

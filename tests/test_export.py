@@ -1,0 +1,269 @@
+"""Export (issue 19): every family in MODELS exports to both formats, and the file computes the
+model's logits on real test digits (its batch axis of any size, its quarter-turn invariance kept);
+the verification fails where it should and leaves no file; bad input is one error before any work.
+
+A family registered in MODELS without an entry in :data:`TINY` fails here: every family exports.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from data_helpers import mnist_or_skip
+from eqpdenet import kernels
+from eqpdenet.checks import check_values, export_mode, exporting
+from eqpdenet.errors import (
+    ConfigError,
+    ExportError,
+    InputError,
+    MissingDependencyError,
+    OutputFolderError,
+)
+from eqpdenet.export import (
+    DEFAULT_TOLERANCE,
+    FORMATS,
+    ExportReport,
+    _float32_noise,
+    export_model,
+    load_exported,
+    trace,
+)
+from eqpdenet.kernels.op import operator_arguments
+from eqpdenet.models import (
+    FCNN,
+    MODELS,
+    CNNConfig,
+    EqPdeNet,
+    GCNNConfig,
+    InvariantPDEConfig,
+    LiftedPDEConfig,
+    build_model,
+)
+from eqpdenet.pde import LayerConfig, PDELayer
+
+#: family -> [(options of a tiny model, whether it claims quarter-turn invariance)]
+TINY = {
+    "eqpdenet": [
+        ({"hidden": 8, "layer": LayerConfig.paper(T=0.2, init="normal", init_scale=0.05)}, False),
+        ({"hidden": 8, "head": "invariant",
+          "layer": LayerConfig(invariants=["se2", "sim2"], reduction="concat", T=0.2,
+                               init="normal", init_scale=0.05)}, True),
+    ],
+    "fcnn": [({"hidden": 8}, False)],
+    "cnn": [({"cnn": CNNConfig(channels=4, layers=2)}, False)],
+    "gcnn": [({"gcnn": GCNNConfig(channels=[2, 3], kernels=[5, 3], pool_after=[1])}, True)],
+    "invariant_pde": [({"invariant_pde": InvariantPDEConfig(channels=[4, 6], blocks=[1, 1])},
+                       True)],
+    "lifted_pde": [({"lifted_pde": LiftedPDEConfig(orientations=4, channels=[3, 4],
+                                                   blocks=[1, 1])}, True)],
+}
+CASES = [(kind, index) for kind in MODELS.names() for index in range(len(TINY.get(kind, [0])))]
+
+
+def digits(count: int) -> torch.Tensor:
+    """The first ``count`` MNIST test digits, ``(count, 1, 28, 28)`` in [0, 1]."""
+    images = mnist_or_skip().test_images[:count]
+    return torch.from_numpy(images).float().div(255.0)[:, None]
+
+
+def tiny_model(kind: str, index: int) -> tuple[nn.Module, bool]:
+    if kind not in TINY:
+        pytest.fail(f"model family {kind!r} has no tiny configuration in tests/test_export.py "
+                    f"TINY: every family in MODELS must export (docs/deployment.md)")
+    options, claim = TINY[kind][index]
+    if kind == "gcnn":
+        pytest.importorskip("e2cnn")
+    torch.manual_seed(0)
+    model = build_model(kind, **options)
+    with torch.no_grad():  # non-trivial batch-norm statistics, as after training
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    return model.eval(), claim
+
+
+def largest(t: torch.Tensor) -> float:
+    return float(t.abs().max())
+
+
+@pytest.mark.parametrize("format", ["onnx", "exported-program"])
+@pytest.mark.parametrize("kind, index", CASES, ids=[f"{k}{i or ''}" for k, i in CASES])
+def test_every_family_exports_and_the_file_computes_its_logits(kind, index, format, tmp_path):
+    if format == "onnx":
+        pytest.importorskip("onnxruntime")
+    model, claim = tiny_model(kind, index)
+    images = digits(48)
+    out = tmp_path / f"model{FORMATS.get(format).suffix}"
+    report = export_model(model, out, format, images=images)
+    assert out.exists() and [p.name for p in tmp_path.iterdir()] == [out.name]
+    assert report.relative_difference <= DEFAULT_TOLERANCE and report.float32_noise is None
+
+    # independently of the report: the file, by its runtime, against PyTorch's model
+    run = load_exported(out)
+    with torch.no_grad():
+        expected = model(images)
+    for batch in (images, images[:1], images[5:8]):  # a batch axis of any size
+        logits = run(batch)
+        assert logits.shape == (len(batch), 10)
+        scale = largest(expected)
+        assert largest(logits - model(batch).detach()) <= DEFAULT_TOLERANCE * scale
+
+    assert getattr(model, "quarter_turn_invariant", False) is claim
+    logits = run(images)
+    turned = max(largest(run(torch.rot90(images, k, (-2, -1)).contiguous()) - logits)
+                 for k in (1, 2, 3)) / largest(logits)
+    if claim:
+        assert turned <= DEFAULT_TOLERANCE and report.quarter_turn_error <= DEFAULT_TOLERANCE
+    else:  # the check can fail: a model that is not invariant is far from it
+        assert turned > 1e-3 and report.quarter_turn_error is None
+
+
+def test_the_eager_comparison_is_against_the_fused_kernel():
+    """The paper's EqPdeNet runs the C++ kernel in PyTorch, and the exported graph the
+    reference: the verification compares the two implementations."""
+    model, _ = tiny_model("eqpdenet", 0)
+    specs = model.pde_layer.kernel_specs()
+    assert not isinstance(specs, str)
+    assert kernels.unsupported_reason(digits(2), specs) is None
+    assert kernels.resolve_backend(model.pde_layer.backend) != "reference"
+    with export_mode():
+        assert kernels.resolve_backend("fused") == "reference"
+
+
+def test_export_mode_reads_nothing_on_the_host():
+    nan = torch.full((1, 1, 4, 4), float("nan"))
+    with pytest.raises(InputError, match="non-finite"):
+        check_values(nan)
+    assert not exporting()
+    with export_mode():
+        assert exporting() and check_values(nan) == (0.0, 0.0)
+        layer = PDELayer.build(["se2"], T=0.2)
+        assert torch.isnan(layer(nan)).all()  # no NonFiniteStateError: nothing is read
+    assert not exporting()
+
+
+class _Bypass(nn.Module):
+    """Calls the fused operator directly, not through kernels.resolve_backend."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = PDELayer.build(["se2"], T=0.2)
+
+    def forward(self, images):
+        arguments = operator_arguments(images, self.layer.kernel_specs(), store_states=False)
+        return torch.ops.eqpdenet.euler_evolve(**arguments)[0][:, 0].flatten(1)
+
+
+def test_a_graph_that_calls_a_fused_operator_is_refused(tmp_path):
+    model = EqPdeNet(8, LayerConfig.paper(T=0.2, backend="fused"))
+    program = trace(model, digits(2))
+    namespaces = {getattr(n.target, "namespace", None) for n in program.graph.nodes}
+    assert "eqpdenet" not in namespaces and "aten" in namespaces
+    with pytest.raises(ExportError, match="calls eqpdenet::euler_evolve, which no runtime"):
+        export_model(_Bypass(), tmp_path / "m.pt2", "exported-program", images=digits(4))
+    assert not list(tmp_path.iterdir())
+
+
+class _Drifting(FCNN):
+    """Computes other logits while it is exported: an export the verification must refuse."""
+
+    def forward(self, images):
+        logits = super().forward(images)
+        return logits * 1.001 if exporting() else logits
+
+
+class _FalseClaim(FCNN):
+    quarter_turn_invariant = True
+
+
+class _DataDependent(FCNN):
+    def forward(self, images):
+        logits = super().forward(images)
+        return logits if float(logits.sum()) > 0 else -logits
+
+
+@pytest.mark.parametrize("model, message", [
+    (_Drifting(8), r"exported logits differ from PyTorch's by 1\.00e-03 relative"),
+    (_FalseClaim(8), r"changes its logits by \S+ relative under quarter turns"),
+    (_DataDependent(8), r"_DataDependent cannot be exported: torch.export failed"),
+], ids=["drift", "false-invariance-claim", "data-dependent-control-flow"])
+def test_a_failed_export_keeps_no_file_and_leaves_the_old_one(model, message, tmp_path):
+    torch.manual_seed(0)
+    out = tmp_path / "model.pt2"
+    out.write_bytes(b"the previous export")
+    with pytest.raises(ExportError, match=message):
+        export_model(model, out, "exported-program", images=digits(16))
+    assert out.read_bytes() == b"the previous export"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt2"]
+
+
+class _Float64Conv(FCNN):
+    """Builds a constant by a float64 convolution at every call (onnxruntime has none)."""
+
+    def forward(self, images):
+        ones = torch.ones(1, 1, 3, dtype=torch.float64)
+        return super().forward(images) * F.conv1d(ones, ones).sum().float() / 3
+
+
+def test_a_file_the_runtime_cannot_run_is_one_error_and_no_file(tmp_path):
+    pytest.importorskip("onnxruntime")
+    with pytest.raises(ExportError, match="onnxruntime cannot run _Float64Conv as onnx: "):
+        export_model(_Float64Conv(8), tmp_path / "m.onnx", "onnx", images=digits(4))
+    assert not list(tmp_path.iterdir())
+
+
+class _Rounding(nn.Module):
+    """``(y + 1e4) - 1e4`` in PyTorch (float32 rounds ``y`` to multiples of 2^-10), ``y`` times
+    ``factor`` once exported: an export whose difference is the model's own float32 rounding
+    (``factor`` 1) or more than twice that."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+        self.factor = factor
+
+    def forward(self, images):
+        y = images.flatten(1)[:, 200:210] * self.scale
+        return y * self.factor if exporting() else (y + 1e4) - 1e4
+
+
+def test_float32_rounding_of_the_model_itself_raises_the_bound(tmp_path):
+    images = digits(64)
+    noise = _float32_noise(_Rounding(1.0), images, turns=False)
+    # float32 spacing at 1e4 is 2^-10: the rounding error is at most 2^-11 (relative to max 1)
+    assert 1e-5 < noise <= 2.0**-11 * 1.0001
+    report = export_model(_Rounding(1.0), tmp_path / "ok.pt2", "exported-program", images=images)
+    assert report.relative_difference > DEFAULT_TOLERANCE
+    assert report.float32_noise == pytest.approx(noise) and report.bound == 2 * noise
+    assert "twice the float32 rounding of the model" in report.summary()
+    with pytest.raises(ExportError, match="twice the model's own float32 rounding"):
+        export_model(_Rounding(1.01), tmp_path / "bad.pt2", "exported-program", images=images)
+    assert ExportReport(tmp_path, "onnx", "x", 1, 0.0, 0.0, None, 1e-5, {}).bound == 1e-5
+
+
+def test_bad_input_is_one_error_before_any_work(tmp_path, monkeypatch):
+    model, images = FCNN(8), torch.rand(4, 1, 28, 28)
+    with pytest.raises(ConfigError, match="unknown export format 'tflite'; known: "
+                                          "exported-program, onnx"):
+        export_model(model, tmp_path / "m", "tflite", images=images)
+    with pytest.raises(OutputFolderError, match="it is a folder"):
+        export_model(model, tmp_path, "onnx", images=images)
+    with pytest.raises(OutputFolderError, match="does not exist"):
+        export_model(model, tmp_path / "none" / "m.onnx", "onnx", images=images)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputFolderError, match="does not exist"):
+        export_model(model, tmp_path / "file" / "m.onnx", "onnx", images=images)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxruntime" else find_spec(name, *a))
+    with pytest.raises(MissingDependencyError, match=r"the onnx format needs onnxruntime .*"
+                                                     r"pip install 'eqpdenet\[export\]'"):
+        export_model(model, tmp_path / "m.onnx", "onnx", images=images)
+    assert isinstance(MissingDependencyError("x"), ImportError)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
