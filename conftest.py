@@ -15,6 +15,6 @@ import os
 import torch
 
 if importlib.util.find_spec("triton") is None:
-    collect_ignore = ["src/eqpdenet/kernels/triton_euler.py"]
+    collect_ignore = ["src/eqpdenet/kernels/triton_euler.py", "src/eqpdenet/kernels/triton_m2.py"]
 elif not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

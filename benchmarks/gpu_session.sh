@@ -1,33 +1,59 @@
 #!/usr/bin/env bash
-# The GPU checks and measurements of issue 13 in one call: at most 9.5 minutes (timeouts 330 +
-# 150 + 90 s), expected 6-8 on an H100/H200
-# (Triton compiles the kernels for each shape the tests use; torch.compile of the reference takes
-# 1-2 minutes). Run from the repository root on a machine with a CUDA GPU, torch and Triton
-# (the device machine's python3, nothing to install); writes into $OUT (default results/gpu):
-#   gpu.txt      the card, driver, torch and triton
-#   bench.md     throughput, peak memory, launch configurations, epoch times (bench.json: raw)
-#   tests.txt    the CUDA tests: Triton kernels, the operator, CUDA graphs, training
-#   quick.txt    eqpdenet reproduce --quick --device cuda, if $EQPDENET_DATA holds mnist/
-#                (quick_results.jsonl: its runs)
-# The benchmark runs first (its agreement check compares the kernel with the reference at the
-# production shape), then the tests.
+# The GPU checks and measurements of issues 13 and 18 in one call, within $BUDGET seconds (default
+# 570: the device machine's 10-minute limit per call, with margin). The parts run in order of
+# priority, each under its own time limit and never past the deadline (a part left with under
+# 20 s is skipped and says so); on an H100/H200 about 8-9.5 minutes are expected (Triton compiles
+# the kernels for each shape; torch.compile of the reference takes 1-2 minutes):
+#   1. benchmarks/bench_gpu.py --sweep: the PDE layer and EqPdeNet (issue 13), at most 330 s
+#   2. benchmarks/bench_gpu_m2.py --cpu: LiftedPDENet, Triton vs reference on the GPU and the C++
+#      kernel on the host's CPU (issue 18), at most 180 s
+#   3. the CUDA tests (Triton kernels of both, the operators, CUDA graphs, training), at most 150 s
+#   4. eqpdenet reproduce --quick --device cuda, if $EQPDENET_DATA holds mnist/, at most 90 s
+# Run from the repository root on a machine with a CUDA GPU, torch and Triton (the device
+# machine's python3, nothing to install); writes into $OUT (default results/gpu):
+#   gpu.txt      the card, driver, torch and triton, and when each part ended
+#   bench.md     PDE layer: throughput, peak memory, launch configurations, epoch times (bench.json)
+#   m2.md        LiftedPDENet: agreement, fwd+bwd images/s and peak memory at batch 64 and 1024,
+#                Triton vs reference, and the C++ kernel on the CPU (m2.json: raw)
+#   tests.txt    the CUDA tests
+#   quick.txt    the quick reproduction (quick_results.jsonl: its runs)
+# Each benchmark checks its kernels against the reference at production shapes before timing.
 set -uo pipefail
 OUT=${OUT:-results/gpu}
 mkdir -p "$OUT"
 export PYTHONPATH=src PYTHONUNBUFFERED=1 TRITON_DEFAULT_FP_FUSION=1 OMP_WAIT_POLICY=PASSIVE
 start=$(date +%s)
+deadline=$(( start + ${BUDGET:-570} ))
+# part LIMIT NAME COMMAND...: run COMMAND for at most min(LIMIT, seconds left)
+part() {
+    local limit=$1 name=$2 left=$(( deadline - $(date +%s) ))
+    shift 2
+    [ "$left" -lt "$limit" ] && limit=$left
+    if [ "$limit" -lt 20 ]; then
+        echo "$name skipped: ${left} s left of the budget" | tee -a "$OUT/gpu.txt"
+        return 0
+    fi
+    timeout "$limit" "$@"
+    local rc=$? how="done"
+    [ "$rc" -eq 124 ] && how="stopped at its limit" || { [ "$rc" -ne 0 ] && how="failed (exit $rc)"; }
+    echo "$name $how after $(( $(date +%s) - start )) s (limit ${limit} s)" | tee -a "$OUT/gpu.txt"
+}
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 } 2>&1 | tee "$OUT/gpu.txt"
-timeout 330 python3 benchmarks/bench_gpu.py --out "$OUT" --sweep 2>&1 | tee "$OUT/bench.log"
-echo "benchmark done after $(( $(date +%s) - start )) s" | tee -a "$OUT/gpu.txt"
-timeout 150 python3 -m pytest -q -p no:cacheprovider -x tests/kernels/test_triton_kernel.py \
-    tests/kernels/test_cuda_operator.py tests/app/test_accelerate.py \
-    -k "(cuda or test_triton_kernel) and not compile_for_hopper" 2>&1 | tee "$OUT/tests.txt"
-echo "tests done after $(( $(date +%s) - start )) s" | tee -a "$OUT/gpu.txt"
+part 330 "PDE-layer benchmark" python3 benchmarks/bench_gpu.py --out "$OUT" --sweep \
+    2>&1 | tee "$OUT/bench.log"
+part 180 "LiftedPDENet benchmark" python3 benchmarks/bench_gpu_m2.py --out "$OUT" --cpu \
+    2>&1 | tee "$OUT/m2.log"
+part 150 "CUDA tests" python3 -m pytest -q -p no:cacheprovider -x \
+    tests/kernels/test_triton_kernel.py tests/kernels/test_cuda_operator.py \
+    tests/kernels/test_triton_m2_kernel.py tests/app/test_accelerate.py \
+    -k "(cuda or test_triton_kernel or depend_on_the_programs) and not compile_for_hopper" \
+    2>&1 | tee "$OUT/tests.txt"
 if [ -d "${EQPDENET_DATA:-/nonexistent}/mnist" ]; then
-    ( time timeout 90 python3 -m eqpdenet reproduce --quick --device cuda --no-progress \
-        --out /tmp/eqpdenet-quick --cache-dir /tmp/eqpdenet-cache ) > "$OUT/quick.txt" 2>&1
+    part 90 "quick reproduction" bash -c "time python3 -m eqpdenet reproduce --quick \
+        --device cuda --no-progress --out /tmp/eqpdenet-quick --cache-dir /tmp/eqpdenet-cache" \
+        > "$OUT/quick.txt" 2>&1
     cp /tmp/eqpdenet-quick/results.jsonl "$OUT/quick_results.jsonl" 2>/dev/null
     tail -8 "$OUT/quick.txt"
 fi

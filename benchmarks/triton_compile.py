@@ -2,13 +2,18 @@
 
     PYTHONPATH=src python benchmarks/triton_compile.py            # every variant, sm_90
     PYTHONPATH=src python benchmarks/triton_compile.py --quick    # the four CI compiles
+    PYTHONPATH=src python benchmarks/triton_compile.py --m2       # the M2 kernels, every stage
+    PYTHONPATH=src python benchmarks/triton_compile.py --m2 --quick   # the four M2 CI compiles
 
 Triton's interpreter (the CPU tests) accepts code that the compiler rejects, and shows nothing
 of register pressure; this compiles each kernel variant with the installed Triton for a target
 architecture (default sm_90, the H100/H200) down to a cubin, and prints the registers per thread
 and the local-memory stack (spills) read from the cubin by the ``cuobjdump`` Triton ships.
 Needs no GPU; ``TRITON_INTERPRET`` must be unset. Images 28 x 28 (the shapes are compile-time
-constants of the kernels).
+constants of the kernels). With ``--m2``, the kernels of :mod:`eqpdenet.kernels.triton_m2` at
+the shapes of the default LiftedPDENet's stages (N = 8 orientations, sigma = 1 pixel: 9 taps;
+28 x 28 with 8 channels, 14 x 14 with 16, 7 x 7 with 24; as many hidden channels), with the
+launch configuration the launchers would choose (``--quick``: the first stage in float32).
 """
 
 from __future__ import annotations
@@ -25,24 +30,27 @@ import time
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     sys.exit("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
 
+import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from eqpdenet.kernels import triton_euler  # noqa: E402
+from eqpdenet.kernels import triton_euler, triton_m2  # noqa: E402
 
 POINTERS = {"first_bad_ptr": "*i32", "recipe_ptr": "*i64", "stencil_ptr": "*fp64",
             "ipar_ptr": "*i32", "partial_ptr": "*fp64"}
 
 
-def compile_kernel(kernel, dtype: str, constexprs: dict, arch: int, num_warps: int) -> dict:
+def compile_kernel(kernel, dtype: str, constexprs: dict, arch: int, num_warps: int,
+                   pointers: dict | None = None) -> dict:
     """Compile one variant; returns its registers, stack bytes and compile seconds."""
+    pointers = POINTERS if pointers is None else pointers
     signature = {}
     for name in kernel.arg_names:
         if name in constexprs:
             signature[name] = "constexpr"
         elif name.endswith("_ptr"):
-            signature[name] = POINTERS.get(name, "*" + dtype)
+            signature[name] = pointers.get(name, "*" + dtype)
         else:
             signature[name] = "i32"
     start = time.perf_counter()
@@ -64,6 +72,43 @@ def compile_kernel(kernel, dtype: str, constexprs: dict, arch: int, num_warps: i
             "stack": int(stack.group(1)) if stack else None}
 
 
+def m2_variants(size: int, channels: int, orientations: int = 8, taps: int = 9):
+    """(name, kernel, constexprs, num_warps) of the four M2 kernels at one stage's shape, as the
+    launchers of :mod:`eqpdenet.kernels.triton_m2` configure them (boundary replicate)."""
+    m2 = triton_m2
+    rows, lanes = m2._bands(size, size, None, None)
+    radius = taps // 2
+    cuda = torch.device("cuda")
+    band_wide = m2._wide(3 * (rows + 2 * radius) * size, lanes, cuda)
+    common = {"N": orientations, "H": size, "W": size, "KT": taps, "BOUNDARY": 0}
+    forward = {**common, "TR": rows, "BL": lanes, "XBL": band_wide,
+               "OB": m2._out_block(channels, lanes, m2.OUT_BLOCK, None)}
+    back_lanes = min(m2.BLOCK, triton.next_power_of_2(size * size))
+    padded = size + 2 * radius
+    backward = {**common, "BL": back_lanes,
+                "XBL": m2._wide(max(3 * padded * size, size * padded), back_lanes, cuda),
+                "OB": m2._out_block(channels, back_lanes, m2.GRAD_BLOCK, None), "ADD": True,
+                "XWS": max(9 * padded * size, size * padded)}
+    return [("mix forward", m2._forward_kernel, {**forward, "STEP": False}, m2._warps(lanes)),
+            ("step forward", m2._forward_kernel, {**forward, "STEP": True}, m2._warps(lanes)),
+            ("step hidden", m2._hidden_backward_kernel, forward, m2._warps(lanes)),
+            ("backward", m2._mix_backward_kernel, backward, m2._warps(back_lanes))]
+
+
+def main_m2(args) -> int:
+    stages = [(28, 8)] if args.quick else [(28, 8), (14, 16), (7, 24)]
+    dtypes = ("fp32",) if args.quick else ("fp32", "fp64")
+    print(f"triton {triton.__version__}, sm_{args.arch}, M2 kernels (N = 8, 9 taps)")
+    for (size, channels), dtype in itertools.product(stages, dtypes):
+        for name, kernel, constexprs, warps in m2_variants(size, channels):
+            result = compile_kernel(kernel, dtype, constexprs, args.arch, warps,
+                                    {"partial_ptr": "*fp64"})
+            print(f"sm_{args.arch} m2 {name:12s} {dtype} {size:2d}x{size:<2d} C=O={channels:<2d} "
+                  f"{warps} warps  registers {result['registers']} stack {result['stack']} B  "
+                  f"({result['seconds']:.1f} s)")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10")
@@ -71,7 +116,10 @@ def main() -> int:
                         help="linear F recomputed and polynomial F stored, float32 only")
     parser.add_argument("--block", type=int, default=triton_euler.MAX_BLOCK)
     parser.add_argument("--num-warps", type=int, default=4)
+    parser.add_argument("--m2", action="store_true", help="the M2 kernels instead")
     args = parser.parse_args()
+    if args.m2:
+        return main_m2(args)
     shape = {"H": 28, "W": 28, "BLOCK": args.block}
     if args.quick:
         variants = [("fp32", True, False), ("fp32", False, True)]

@@ -50,15 +50,20 @@
     float64: scale, shift, w2, b2); the gradient of ``u`` is ``grad_next``.
 
 Autograd is registered here once; the ``cpu`` implementation is the C++ kernel
-(``csrc/m2_invariants.cpp``, registered in :mod:`eqpdenet.kernels.cpu`). Other devices have no
-implementation yet: :func:`m2_unsupported_reason` says so, and the caller uses the plain-PyTorch
-reference (:mod:`eqpdenet.pde.m2`), which defines the semantics.
+(``csrc/m2_invariants.cpp``, registered in :mod:`eqpdenet.kernels.cpu`); on ``cuda``,
+``m2_mix_invariants`` and ``m2_euler_step`` are the Triton kernels of
+:mod:`eqpdenet.kernels.triton_m2` (registered in :mod:`eqpdenet.kernels.cuda`; Triton is imported
+only when one runs), and ``m2_update`` has no implementation yet
+(:data:`M2_UPDATE_IMPLEMENTATIONS`). Other devices have no implementation:
+:func:`m2_unsupported_reason` says so, and the caller uses the plain-PyTorch reference
+(:mod:`eqpdenet.pde.m2`), which defines the semantics.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.utils.weak import WeakIdKeyDictionary
 
 from ..registry import Registry
 from .op import _LIBRARY, KERNEL_BOUNDARIES
@@ -203,12 +208,31 @@ def m2_unsupported_reason(u: Tensor, weight: Tensor, boundary: str,
     return M2_IMPLEMENTATIONS.get(device)()
 
 
+# A small read-only table (stencils, frame) -> {device: (its version, its copy there)}.
+_DEVICE_COPIES = WeakIdKeyDictionary()
+
+
+def _on_device(table: Tensor, device: torch.device) -> Tensor:
+    """``table`` on ``device``, copied there once per device and version: a call on a GPU then
+    copies nothing from the host (which a CUDA graph could not capture)."""
+    if table.device == device:
+        return table
+    copies = _DEVICE_COPIES.get(table)
+    if copies is None:
+        copies = _DEVICE_COPIES[table] = {}
+    cached = copies.get(device)
+    if cached is None or cached[0] != table._version:
+        cached = copies[device] = (table._version, table.to(device))
+    return cached[1]
+
+
 def m2_mix_invariants(u: Tensor, weight: Tensor, stencils: Tensor, frame: Tensor,
                       boundary: str) -> Tensor:
     """``(B, O, N, H, W)``: the operator (the caller checks :func:`m2_unsupported_reason`);
     differentiable in ``u`` and ``weight``."""
     return torch.ops.eqpdenet.m2_mix_invariants(
-        u.contiguous(), weight.contiguous(), stencils.to(u.device), frame.to(u.device), boundary)
+        u.contiguous(), weight.contiguous(), _on_device(stencils, u.device),
+        _on_device(frame, u.device), boundary)
 
 
 def m2_euler_step(u: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, stencils: Tensor,
@@ -217,7 +241,7 @@ def m2_euler_step(u: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, ste
     :func:`m2_unsupported_reason`); differentiable in ``u`` and the four parameters."""
     return torch.ops.eqpdenet.m2_euler_step(
         u.contiguous(), w1.contiguous(), b1.contiguous(), w2.contiguous(), b2.contiguous(),
-        stencils.to(u.device), frame.to(u.device), boundary, float(dt))
+        _on_device(stencils, u.device), _on_device(frame, u.device), boundary, float(dt))
 
 
 def m2_update(u: Tensor, z: Tensor, scale: Tensor, shift: Tensor, w2: Tensor, b2: Tensor,
