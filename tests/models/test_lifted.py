@@ -126,3 +126,24 @@ def test_bad_input_gets_a_clear_error():
         net(torch.rand(2, 1, 20, 20))
     half = net.eval()(torch.rand(2, 1, 28, 28).half())
     assert half.dtype == torch.float16 and torch.isfinite(half).all()
+
+
+@pytest.mark.parametrize("scales", [1, 2])
+def test_projected_fields_rotate_with_the_image(scales):
+    """Every stage's fields, projected over orientations, are planar maps that rotate with the
+    image: exactly under quarter turns (also after the odd-size downsampling 14 -> 7), and
+    approximately under 45 degrees (the lift of a smooth image at the rotation's centre)."""
+    torch.manual_seed(0)
+    config = LiftedPDEConfig(channels=[3, 4, 5], blocks=[1, 1, 1], scales=scales,
+                             sigma=0.71 if scales > 1 else 1.0)
+    net = _randomise_batch_norms(LiftedPDENet(config).double().eval())
+    images = torch.rand(2, 1, 28, 28, dtype=torch.float64)
+    for stages in range(len(config.channels) + 1):
+        assert_equivariant(lambda x, s=stages: net.projected_fields(x, s), images)
+    y, x = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    blob = torch.exp(-((x - 13.5) ** 2 / 18 + (y - 13.5) ** 2 / 8))  # elongated: has a direction
+    smooth = blob.to(torch.float64).expand(2, 1, 28, 28)
+    assert_equivariant(lambda x: net.projected_fields(x, 0), smooth, angle=45,
+                       angle_tolerance=0.05)
+    with pytest.raises(ValueError, match="stages must be in 0..3"):
+        net.projected_fields(images, 4)

@@ -628,7 +628,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="measure equivariance errors; tables and plots")
     equiv.add_argument("--out", type=_path, help="output folder (default runs/equivariance, with --quick "
                        "runs/equivariance-quick; the committed tables: --out docs/equivariance)")
-    equiv.add_argument("--checkpoint", type=_path, nargs="+", help="checkpoints (EqPdeNet and/or FCNN)")
+    equiv.add_argument("--checkpoint", type=_path, nargs="+",
+                       help="checkpoints of any family (the logits of all; the maps of EqPdeNet "
+                       "and lifted models)")
     equiv.add_argument("--quick", action="store_true", help="a few points only (seconds)")
     equiv.add_argument("--invariant-orders-only", action="store_true",
                        help="only the convergence orders of every invariant set with every "

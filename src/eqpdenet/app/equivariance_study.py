@@ -35,7 +35,7 @@ from ..analysis.references import (
 )
 from ..data.mnist import load_mnist
 from ..errors import ConfigError
-from ..models import EqPdeNet
+from ..models import EqPdeNet, LiftedPDENet
 from ..pde.integrators import EulerFlow
 from .files import atomic_write, save_figure
 from .training import load_checkpoint
@@ -97,11 +97,18 @@ def _maps(T: float, dt: float, stencil: str, checkpoint_maps: dict) -> dict[str,
 
 def checkpoint_maps(path) -> tuple[dict[str, Callable], nn.Module, str]:
     """From a checkpoint: each PDE ``u -> u_T`` and the whole layer (after the model's input
-    standardisation, as the model applies them); FCNN checkpoints give no maps."""
+    standardisation, as the model applies them); for a lifted model the lift and its first stage,
+    projected over orientations; other families give no maps (their logits are measured)."""
     model, config, _ = load_checkpoint(path)
     model.eval()
     tag = config.model.kind + (f"-h{config.model.hidden}" if config.model.kind in ("eqpdenet", "fcnn")
                                else "")
+    if isinstance(model, LiftedPDENet):
+        # Full resolution only (the lift and the first stage): the transforms act on the
+        # 28x28 grid, and a downsampled map would need their action at another spacing.
+        maps = {f"{tag} lift": lambda u: model.projected_fields(u, 0),
+                f"{tag} stage 1": lambda u: model.projected_fields(u, 1)}
+        return maps, model, tag
     if not isinstance(model, EqPdeNet):
         return {}, model, tag
     maps: dict[str, Callable] = {}

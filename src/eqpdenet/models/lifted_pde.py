@@ -283,11 +283,22 @@ class LiftedPDENet(nn.Module):
         x = check_model_input(self, images).images
         return self.stages(self.lift(self.standardize(x)))
 
+    def projected_fields(self, images: Tensor, stages: int | None = None) -> Tensor:
+        """The fields after the lift and the first ``stages`` stages (default all), projected
+        over orientations and maxed over scales: planar maps ``(B, C, h, w)`` that rotate with
+        the image (exactly for quarter turns), what ``eqpdenet equivariance`` measures."""
+        count = len(self.stages) if stages is None else stages
+        if not 0 <= count <= len(self.stages):
+            raise ValueError(f"stages must be in 0..{len(self.stages)}, got {stages}")
+        x = check_model_input(self, images).images
+        u = self.projection(self.stages[:count](self.lift(self.standardize(x))))
+        if self.config.scales > 1:                               # (S B, C, h, w) -> (B, C, h, w)
+            u = u.view(self.config.scales, -1, *u.shape[1:]).amax(dim=0)
+        return u
+
     def features(self, images: Tensor) -> Tensor:
         """Pooled features ``(B, F)``: invariant under quarter turns (to rounding)."""
-        u = self.projection(self.fields(images))               # (S B, C, h, w)
-        if self.config.scales > 1:
-            u = u.view(self.config.scales, -1, *u.shape[1:]).amax(dim=0)
+        u = self.projected_fields(images)                       # (B, C, h, w)
         pooled = {"max": lambda: u.amax(dim=(-2, -1)), "mean": lambda: u.mean(dim=(-2, -1)),
                   "meanmax": lambda: torch.cat([u.mean(dim=(-2, -1)), u.amax(dim=(-2, -1))], 1)}
         return self.norm(pooled[self.config.readout]())
