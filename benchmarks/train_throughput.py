@@ -11,7 +11,17 @@ pixel values)::
         --set gcnn "model.gcnn.channels=[8, 11, 13, 15, 15]"
 
 A model is a benchmark entry of ``--recipe`` (its ``model.*`` overrides are used; the
-training recipe is irrelevant here beyond the batch size, which is ``--batch``).
+training recipe is irrelevant here beyond the batch size, which is ``--batch``). ``LABEL:ENTRY``
+measures an entry under another label, so that one entry can be compared with itself under
+``--set`` overrides (the fused M2 kernel against the plain PyTorch reference)::
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/train_throughput.py gcnn lifted \
+        lifted-reference:lifted --set lifted-reference "model.lifted_pde.backend='reference'" \
+        --recipe configs/benchmark-full.toml --threads 1 --clock cpu
+
+``--clock cpu`` divides by the process's CPU time instead of the wall clock: on a machine shared
+with other jobs the wall clock counts their time too, the CPU time does not (with one thread it
+is the single-thread cost; with several it is their sum, not a wall time).
 """
 
 from __future__ import annotations
@@ -29,21 +39,23 @@ from eqpdenet.app.config import BenchmarkConfig, apply_overrides, build_model, l
 from eqpdenet.models import count_parameters
 
 
-def steps_per_second(model, optimizer, images, labels, steps: int) -> float:
-    """Training steps per second over ``steps`` steps (after one warm-up step)."""
+def steps_per_second(model, optimizer, images, labels, steps: int, clock=time.perf_counter
+                     ) -> float:
+    """Training steps per second of ``clock`` over ``steps`` steps (after one warm-up step)."""
     for step in range(steps + 1):
         if step == 1:
-            start = time.perf_counter()
+            start = clock()
         loss = F.cross_entropy(model(images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return steps / (time.perf_counter() - start)
+    return steps / (clock() - start)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("models", nargs="+", help="benchmark entries of --recipe")
+    parser.add_argument("models", nargs="+", help="benchmark entries of --recipe (LABEL:ENTRY "
+                        "to measure an entry under another label)")
     parser.add_argument("--recipe", type=Path, default=Path("configs/benchmark-cpu.toml"))
     parser.add_argument("--set", nargs=2, action="append", default=[],
                         metavar=("MODEL", "OVERRIDE"), help="an extra override of one model")
@@ -51,6 +63,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="divide by wall-clock time or by the process's CPU time")
     parser.add_argument("--json", type=Path, help="also write the measurements here")
     args = parser.parse_args()
     benchmark = load_toml(BenchmarkConfig, args.recipe)
@@ -58,9 +72,15 @@ def main() -> None:
     images = torch.rand(args.batch, 1, 28, 28, generator=generator)
     labels = torch.randint(10, (args.batch,), generator=generator)
     built = {}
-    for name in args.models:
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    for label in args.models:
+        name, _, entry = label.partition(":")
+        entry = entry or name
+        if entry not in benchmark.models:
+            parser.error(f"{entry!r} is not an entry of {args.recipe} "
+                         f"(entries: {', '.join(benchmark.models)})")
         extra = [o for m, o in args.set if m == name]
-        config = apply_overrides(benchmark.experiment(name, 0), extra)
+        config = apply_overrides(benchmark.experiment(entry, 0), extra)
         torch.manual_seed(0)
         model = build_model(config.model).train()
         built[name] = (model, torch.optim.Adam(model.parameters(), 1e-3), extra)
@@ -69,9 +89,10 @@ def main() -> None:
         for threads in args.threads:
             torch.set_num_threads(threads)
             for name, (model, optimizer, _) in built.items():
-                rate = steps_per_second(model, optimizer, images, labels, args.steps)
+                rate = steps_per_second(model, optimizer, images, labels, args.steps, clock)
                 rates[(name, threads)].append(rate * args.batch)
-    print("| model | params | " + " | ".join(f"images/s, {t} thread{'s' * (t > 1)}"
+    per = "images/s" if args.clock == "wall" else "images per CPU second"
+    print("| model | params | " + " | ".join(f"{per}, {t} thread{'s' * (t > 1)}"
                                                for t in args.threads)
           + (f" | {args.threads[-1]} : {args.threads[0]} |" if len(args.threads) > 1 else " |"))
     print("|---|---:|" + "---:|" * (len(args.threads) + (len(args.threads) > 1)))
@@ -81,7 +102,8 @@ def main() -> None:
         ratio = f" | {medians[-1] / medians[0]:.2f} |" if len(medians) > 1 else " |"
         print(f"| {name} | {count_parameters(model):,} | "
               + " | ".join(f"{m:.0f}" for m in medians) + ratio)
-        out.append({"model": name, "overrides": extra, "params": count_parameters(model),
+        out.append({"model": name, "overrides": extra, "clock": args.clock,
+                    "params": count_parameters(model),
                     "batch": args.batch, "images_per_second": {
                         str(t): rates[(name, t)] for t in args.threads}})
     if args.json:
