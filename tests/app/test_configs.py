@@ -10,7 +10,8 @@ from eqpdenet.app.config import BenchmarkConfig, build_model, load_toml
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.toml"))
 
 #: The issue's cap for the models compared at equal size (the G-CNN and the deep PDE models).
-MAX_PARAMETERS = {"gcnn": 30_000, "invariant-pde": 30_000}
+MAX_PARAMETERS = {"gcnn": 30_000, "invariant-pde": 30_000, "lifted": 30_000,
+                  "lifted-multiscale": 30_000}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
