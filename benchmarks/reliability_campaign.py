@@ -360,12 +360,20 @@ def fault_sigterm_train(tmp: Path, sig: int = signal.SIGTERM) -> Outcome:
     before = {p.name: p.read_bytes() for p in out.iterdir()} if out.exists() else {}
     longer = [a if a != "300" and a != "data.train_subset=300" else "data.train_subset=4000"
               for a in TINY]
-    longer[longer.index("--epochs") + 1] = "100"
+    # Far more epochs than can finish before the signal, whatever the load: with 100 epochs a
+    # loaded machine once finished training before the poll saw 6 CPU seconds, and the signal
+    # reached a process that had already exited (status 0, the rerun rightly replacing the run).
+    longer[longer.index("--epochs") + 1] = "5000"
     process = subprocess.Popen(_eqpdenet(*base, *longer), env=_env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     poll(lambda: any(tmp.glob(".run.staging-*")) and cpu_seconds(process.pid) > 6, 1800)
     process.send_signal(sig)
-    _, err = process.communicate(timeout=120)
+    try:
+        _, err = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, err = process.communicate()
+        err = f"did not stop within 300 s of the signal; {err}"
     after = {p.name: p.read_bytes() for p in out.iterdir()}
     staging = list(tmp.glob(".run.staging-*"))
     passed = (first.returncode == 0 and after == before and not staging
