@@ -117,3 +117,21 @@ def test_benchmark_cli_end_to_end_and_resume(tiny, tmp_path, capsys):
     assert main(args) == 0
     assert "0 to go" in capsys.readouterr().out
     assert len(read_jsonl(out / "results.jsonl")) == 4
+    # --models ran 2 of the configuration's entries: the table says the rest is missing, and
+    # `report` on a benchmark folder writes the benchmark's table (not the paper's) and exits 3
+    from eqpdenet.app.config import BenchmarkConfig, load_toml, to_toml
+
+    config = load_toml(BenchmarkConfig, out / "config.toml")
+    expected_missing = (len(config.models) - 2) * len(config.seeds)
+    first = (out / "table.md").read_text().splitlines()[0]
+    assert first.startswith("**Incomplete:**") and f"{expected_missing} of " in first
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 3
+    captured = capsys.readouterr()
+    assert "| model | params | seeds | test | iso |" in captured.out
+    assert "is incomplete" in captured.err
+    # once the configuration holds only what ran, the report is complete
+    config.models = {name: config.models[name] for name in ("cnn", "invariant-pde")}
+    (out / "config.toml").write_text(to_toml(config))
+    assert main(["report", str(out)]) == 0
+    assert not (out / "table.md").read_text().startswith("**Incomplete:**")

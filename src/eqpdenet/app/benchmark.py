@@ -32,7 +32,7 @@ from .config import BenchmarkConfig, CurvesConfig, to_dict, to_toml
 from .distributed import Executor
 from .files import atomic_write, read_jsonl, save_figure
 from .locks import hold
-from .report import check_records
+from .report import Report, check_records, incomplete_line
 from .runfolder import check_claim, claim_folder
 from .sweeps import SWEEP_FILES, check_before_writing, check_results_folder, run_sweep
 from .training import Data, fingerprint, run_experiment
@@ -211,12 +211,44 @@ def plot_robustness(summary: dict[str, dict], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def write_benchmark_report(out_dir: Path) -> tuple[Path, Path]:
-    """``table.md`` and ``robustness.png`` from ``out_dir/results.jsonl``."""
+def is_benchmark_folder(folder: Path) -> bool:
+    """Whether ``folder`` was written by ``eqpdenet benchmark`` (its marker, or a
+    ``config.toml`` that is a benchmark configuration)."""
+    from .config import load_toml
+    from .runfolder import folder_kind
+
+    folder = Path(folder)
+    if folder_kind(folder) == "benchmark":
+        return True
+    try:
+        load_toml(BenchmarkConfig, folder / "config.toml")
+    except (ConfigError, OSError, ValueError):
+        return False
+    return True
+
+
+def missing_benchmark_runs(out_dir: Path, records: list[dict]) -> list[str] | None:
+    """The run keys (``<entry>-seed<seed>``) that the folder's ``config.toml`` lists and
+    ``records`` lack, in the configuration's order; None without a benchmark configuration."""
+    from .config import load_toml
+
+    try:
+        config = load_toml(BenchmarkConfig, Path(out_dir) / "config.toml")
+    except (ConfigError, OSError, ValueError):
+        return None
+    present = {r.get("key") for r in records}
+    return [f"{name}-seed{seed}" for name in config.models for seed in config.seeds
+            if f"{name}-seed{seed}" not in present]
+
+
+def write_benchmark_report(out_dir: Path) -> Report:
+    """``table.md`` and ``robustness.png`` from ``out_dir/results.jsonl``; the table's first line
+    says so when runs of the folder's configuration have no result yet (``Report.missing``)."""
     out_dir = Path(out_dir)
     records = read_jsonl(out_dir / "results.jsonl")
     if not records:
         raise FileNotFoundError(f"no results in {out_dir / 'results.jsonl'}")
+    missing = missing_benchmark_runs(out_dir, records)
     summary = summarise(check_records(records, str(out_dir / "results.jsonl")))
     subsets = {r.get("config", {}).get("data", {}).get("test_subset", 0) for r in records}
     images = {r.get("robustness", {}).get("images") for r in records} - {None}
@@ -227,6 +259,10 @@ def write_benchmark_report(out_dir: Path) -> tuple[Path, Path]:
               f"and logit changes (relative: ||l(g f) − l(f)|| / ||l(f)|| over the batch) on the "
               f"first {curves} test digits (see `config.toml`). From `results.jsonl` beside this "
               f"file ({len(records)} runs).\n\n")
+    if missing:
+        header = (f"**Incomplete:** {incomplete_line(missing, len(records) + len(missing))}; "
+                  f"rerun the benchmark's command to finish it.\n\n{header}")
     table = out_dir / "table.md"
     atomic_write(table, (header + benchmark_table(summary) + "\n").encode())
-    return table, plot_robustness(summary, out_dir / "robustness.png")
+    return Report(table, plot_robustness(summary, out_dir / "robustness.png"), len(records),
+                  missing)

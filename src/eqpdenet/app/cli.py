@@ -324,9 +324,13 @@ def _benchmark(args) -> int:
     start = time.perf_counter()
     benchmark(config, out, models=args.models, jobs=args.jobs, executor=executor,
               data_dir=args.data_dir, cache_dir=args.cache_dir, progress=not args.no_progress)
-    table, plot = write_benchmark_report(out)
+    report = write_benchmark_report(out)
+    table, plot = report
     print(f"benchmark finished in {time.perf_counter() - start:.0f} s: {table}, {plot}")
     print(table.read_text())
+    if report.incomplete:  # --models ran a part of the configuration: say what is left
+        print(f"eqpdenet: warning: {report.incomplete}; run the benchmark without --models "
+              f"to finish it", file=sys.stderr)
     return 0
 
 
@@ -361,9 +365,18 @@ def _symbolic(args) -> int:
 
 
 def _report(args) -> int:
+    from .benchmark import is_benchmark_folder, write_benchmark_report
+    from .locks import hold
     from .report import write_report
 
-    report = write_report(Path(args.results))
+    results = Path(args.results)
+    if results.is_dir() and is_benchmark_folder(results):  # its own table, not the paper's
+        if not (results / "results.jsonl").is_file():
+            raise FileNotFoundError(f"no results in {results / 'results.jsonl'}")
+        with hold(results, "report", create=False):
+            report = write_benchmark_report(results)
+    else:
+        report = write_report(results)
     table, plot = report
     print(table.read_text())
     print(f"wrote {table} and {plot}")
