@@ -91,6 +91,8 @@ def test_blocks_are_euler_steps_of_m2_systems_and_downsampling_is_anti_aliased()
     ("sigma", 0.3, "at least 0.5"),
     ("channels", [8, 0, 4], r"channels\[1\]"),
     ("blocks", [1], "one entry per entry"),
+    ("blocks", [1, -1, 1], r"blocks\[1\]"),
+    ("blocks", [1, 10**6, 1], "bound of 1,000"),
     ("terms", ["network", "network"], "once"),
     ("terms", ["advection"], "advection"),
     ("downsample", "max", "downsample"),

@@ -54,6 +54,7 @@ from ..pde.m2 import (
 from ..pde.m2_rhs import M2_TERMS, M2SystemRHS, Pointwise
 from ..pde.stencils import BOUNDARIES, MIN_GAUSSIAN_SIGMA
 from .inputs import check_model_input, require_image_size
+from .invariant_pde import MAX_BLOCKS
 from .perceptron import Standardize
 from .pooling import AntiAliasedDownsample, downsampled_size
 
@@ -116,7 +117,10 @@ class LiftedPDEConfig:
                 "needs one entry per entry of lifted_pde.channels")
         for index, (c, b) in enumerate(zip(self.channels, self.blocks, strict=True)):
             require_int(c, f"lifted_pde.channels[{index}]", 1)
-            require_int(b, f"lifted_pde.blocks[{index}]", 0)
+            require_int(b, f"lifted_pde.blocks[{index}]", 0)  # 0: a stage without Euler steps
+        require(sum(self.blocks) <= MAX_BLOCKS and len(self.channels) <= MAX_BLOCKS,
+                "lifted_pde.blocks", f"{sum(self.blocks):,} blocks in {len(self.channels):,} "
+                f"stages, more than the bound of {MAX_BLOCKS:,} (the default model has 6)")
         require_positive(self.hidden, "lifted_pde.hidden")
         require(isinstance(self.terms, list | tuple) and len(self.terms) >= 1
                 and len(set(self.terms)) == len(self.terms), "lifted_pde.terms",
