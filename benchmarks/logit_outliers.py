@@ -1,0 +1,64 @@
+"""Per-image logit changes under a rotation and back, beside the batch-wide number the benchmark
+records: does one image dominate ``||l(g^-1 g f) - l(f)|| / ||l(f)||``?
+
+Run by hand (not in CI; about 30 s a checkpoint on one thread)::
+
+    EQPDENET_DATA=../shared/data python benchmarks/logit_outliers.py \
+        results/benchmark-full/checkpoints/invariant-pde-seed0.pt --images 2000 --degrees 37
+
+For each checkpoint, on the first ``--images`` digits of its own test split: the median and
+largest logit norm, the batch-wide relative change (the benchmark's ``round_trip_change``), the
+per-image relative change (median and 90th percentile), and the predictions kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import torch  # noqa: E402
+
+from eqpdenet.analysis.robustness import round_trip_change  # noqa: E402
+from eqpdenet.app.training import load_checkpoint, prepare_data  # noqa: E402
+from eqpdenet.geometry import rotate  # noqa: E402
+
+
+def logits_of(model: torch.nn.Module, images: torch.Tensor, batch: int = 250) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", nargs="+")
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--degrees", type=float, default=37.0)
+    args = parser.parse_args()
+    print("| checkpoint | logit norm: median | largest | batch-wide change | per-image change: "
+          "median | 90th percentile | predictions kept |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for path in args.checkpoints:
+        model, config, _ = load_checkpoint(Path(path))
+        model.eval()
+        images = prepare_data(config.data).test.images[:args.images]
+        angle = math.radians(args.degrees)
+        back = rotate(rotate(images, angle), -angle)
+        logits, moved = logits_of(model, images), logits_of(model, back)
+        norms = logits.norm(dim=1)
+        per_image = (moved - logits).norm(dim=1) / norms
+        batch_wide = round_trip_change(model, images, args.degrees)
+        kept = (moved.argmax(1) == logits.argmax(1)).double().mean().item()
+        print(f"| {path} | {norms.median().item():.3g} | {norms.max().item():.3g} | "
+              f"{batch_wide:.3g} | {per_image.median().item():.3g} | "
+              f"{per_image.quantile(0.9).item():.3g} | {100 * kept:.1f} % |")
+
+
+if __name__ == "__main__":
+    main()
