@@ -1,7 +1,7 @@
 """Per-image logit changes under a rotation and back, beside the batch-wide number the benchmark
 records: does one image dominate ``||l(g^-1 g f) - l(f)|| / ||l(f)||``?
 
-Run by hand (not in CI; about 30 s a checkpoint on one thread)::
+Run by hand (not in CI; under a minute a checkpoint on one thread)::
 
     EQPDENET_DATA=../shared/data python benchmarks/logit_outliers.py \
         results/benchmark-full/checkpoints/invariant-pde-seed0.pt --images 2000 --degrees 37
