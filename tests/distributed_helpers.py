@@ -39,15 +39,16 @@ def synthetic_data(n_train: int = 101, n_test: int = 40):
                 test=Split(images[n_train:], labels[n_train:]), classes=4)
 
 
-def tiny_config():
+def tiny_config(*overrides: str):
     from eqpdenet.app.config import ExperimentConfig, apply_overrides
 
     return apply_overrides(ExperimentConfig(), [
         "model.kind='fcnn'", "model.hidden=8", "train.epochs=2", "train.batch_size=32",
-        "train.seed=5", "train.lr=0.01"])
+        "train.seed=5", "train.lr=0.01", *overrides])
 
 
-def data_parallel_worker(rank: int, world: int, port: int, out: str) -> None:
+def data_parallel_worker(rank: int, world: int, port: int, out: str,
+                         overrides: tuple[str, ...] = ()) -> None:
     """One process of a gloo process group (what torchrun sets up): trains the tiny model;
     rank 0 saves the parameters and history to ``out``."""
     import torch
@@ -60,7 +61,7 @@ def data_parallel_worker(rank: int, world: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         assert data_parallel() == (rank, world)
-        model, history = train_model(tiny_config(), synthetic_data(), progress=False)
+        model, history = train_model(tiny_config(*overrides), synthetic_data(), progress=False)
         if rank == 0:
             torch.save({"state": model.state_dict(), "history": history}, out)
     finally:

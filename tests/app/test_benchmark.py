@@ -101,6 +101,8 @@ def test_benchmark_cli_end_to_end_and_resume(tiny, tmp_path, capsys):
     records = read_jsonl(out / "results.jsonl")
     assert sorted(r["key"] for r in records) == ["cnn-seed0", "cnn-seed1", "invariant-pde-seed0",
                                                  "invariant-pde-seed1"]
+    # the models ran as one sweep: each record still names its entry
+    assert all(r["key"] == f"{r['entry']}-seed{r['seed']}" for r in records)
     pde = next(r for r in records if r["key"] == "invariant-pde-seed0")
     assert pde["robustness"]["rotation"][0] == pde["robustness"]["rotation"][1]  # 0° and 90°
     assert pde["robustness"]["logit_change"]["90"] < 1e-4

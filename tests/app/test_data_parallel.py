@@ -38,14 +38,19 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_two_gloo_processes_train_as_one(tmp_path):
+@pytest.mark.parametrize("overrides", [(), ("train.augment.max_shift=1.5",
+                                             "train.augment.max_angle_degrees=20.0")],
+                         ids=["plain", "augmented"])
+def test_two_gloo_processes_train_as_one(tmp_path, overrides):
+    """Augmented too: every process draws the whole batch's warps from the same stream and takes
+    its part, so the two processes see the images one process sees."""
     out = tmp_path / "ddp.pt"
-    torch.multiprocessing.spawn(data_parallel_worker, args=(2, free_port(), str(out)), nprocs=2,
-                                join=True)
+    torch.multiprocessing.spawn(data_parallel_worker, args=(2, free_port(), str(out), overrides),
+                                nprocs=2, join=True)
     parallel = torch.load(out, weights_only=True)
     assert data_parallel() is None  # this process is not in a group
     with torch_threads(1):
-        model, history = train_model(tiny_config(), synthetic_data(), progress=False)
+        model, history = train_model(tiny_config(*overrides), synthetic_data(), progress=False)
     torch.manual_seed(5)
     initial = build_model(resolve_for_data(tiny_config(), synthetic_data()).model).state_dict()
     for name, value in model.state_dict().items():

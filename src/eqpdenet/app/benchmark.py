@@ -59,13 +59,11 @@ def robustness(model: nn.Module, data: Data, curves: CurvesConfig, seed: int) ->
     }
 
 
-def _run(config, data, *, progress, checkpoint, curves: dict, entry: str) -> dict:
+def _run(config, data, *, progress, checkpoint, curves: dict) -> dict:
     """One benchmark run: :func:`run_experiment` plus :func:`robustness` (picklable)."""
     extra = functools.partial(_robustness_of, curves=curves, seed=config.train.seed)
-    record = run_experiment(config, data, progress=progress, checkpoint=checkpoint,
-                            extra_evaluation=extra)
-    record["entry"] = entry
-    return record
+    return run_experiment(config, data, progress=progress, checkpoint=checkpoint,
+                          extra_evaluation=extra)
 
 
 def _robustness_of(model, data, *, curves: dict, seed: int) -> dict:
@@ -91,21 +89,20 @@ def benchmark(config: BenchmarkConfig, out_dir: Path, *, models: list[str] | Non
         claim_folder(out_dir, "benchmark", legacy=SWEEP_FILES)
         base_print = fingerprint({"base": to_dict(config.base), "curves": to_dict(config.curves)})
         check_results_folder(out_dir, base_print)
-        sweeps = {}
+        # One sweep over every (model, seed): with --jobs N the pool stays full across models
+        # (per model, 3 seeds on 2 processes would leave one idle for a whole run).
+        runs, entry_of = {}, {}
         for name in chosen:
-            runs = {f"{name}-seed{seed}": config.experiment(name, seed) for seed in config.seeds}
-            keep = {key for key, run in runs.items() if run.train.seed in config.checkpoint_seeds}
-            sweeps[name] = runs, keep
-        every = {key: run for runs, _ in sweeps.values() for key, run in runs.items()}
-        check_before_writing(every, out_dir, jobs, executor,
-                             {key for _, keep in sweeps.values() for key in keep})
+            for seed in config.seeds:
+                key = f"{name}-seed{seed}"
+                runs[key], entry_of[key] = config.experiment(name, seed), name
+        keep = {key for key, run in runs.items() if run.train.seed in config.checkpoint_seeds}
+        check_before_writing(runs, out_dir, jobs, executor, keep)
         atomic_write(out_dir / "config.toml", to_toml(config).encode())
-        for name, (runs, keep) in sweeps.items():
-            run_sweep(f"benchmark {name}", runs, out_dir, base_fingerprint=base_print,
-                      checkpoint_keys=keep, runner=_run,
-                      runner_options={"curves": to_dict(config.curves), "entry": name}, jobs=jobs,
-                      executor=executor, data_dir=data_dir, cache_dir=cache_dir,
-                      progress=progress, echo=echo)
+        run_sweep(f"benchmark {', '.join(chosen)}", runs, out_dir, base_fingerprint=base_print,
+                  checkpoint_keys=keep, runner=_run, runner_options={"curves": to_dict(config.curves)},
+                  jobs=jobs, executor=executor, data_dir=data_dir, cache_dir=cache_dir,
+                  progress=progress, echo=echo, annotate=lambda key: {"entry": entry_of[key]})
     return out_dir / "results.jsonl"
 
 

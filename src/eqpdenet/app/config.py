@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..checks import require, require_finite, require_int, require_nonnegative, require_positive
+from ..data.augment import AffineAugmentation
 from ..data.scenarios import SCENARIOS
 from ..errors import ConfigError
 from ..models import MODELS, CNNConfig, GCNNConfig, InvariantPDEConfig, LiftedPDEConfig
@@ -156,6 +157,10 @@ class TrainConfig:
         compile: train through ``torch.compile(model, dynamic=True)`` (one compilation of a
             minute or two, then fused loops: worth it for the deep models' many pointwise
             operations; the numbers differ from eager ones by rounding only).
+        augment: random similarities of each training image
+            (:class:`eqpdenet.data.augment.AffineAugmentation`, ``[train.augment]``); off by
+            default, as in the paper. Its draws come from their own generator (seeded from
+            ``seed``), so turning it on leaves the batch order unchanged.
     """
 
     optimizer: str = "adam"
@@ -170,6 +175,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     compile: bool = False
+    augment: AffineAugmentation = field(default_factory=AffineAugmentation)
 
     def __post_init__(self):
         OPTIMIZERS.check(self.optimizer, "train.optimizer")

@@ -76,7 +76,8 @@ def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
               base_fingerprint: str, checkpoint_keys: set[str] = frozenset(),
               runner: Callable[..., dict] | None = None, runner_options: dict | None = None,
               jobs: int = 1, executor: Executor | None = None, data_dir=None, cache_dir=None,
-              progress: bool = True, echo: Callable[[str], None] = print) -> Path:
+              progress: bool = True, echo: Callable[[str], None] = print,
+              annotate: Callable[[str], dict] | None = None) -> Path:
     """Run every run of ``runs`` (key -> configuration) not yet finished in ``out_dir``.
 
     ``runner(config, data, progress=..., checkpoint=path or None, **runner_options)`` (default
@@ -87,7 +88,8 @@ def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
     is regenerated, so a killed sweep resumes where it stopped. Runs whose key is in
     ``checkpoint_keys`` save their trained model to ``out_dir/checkpoints/<key>.pt``.
     ``executor`` (default: the local one) says where runs execute; ``jobs`` is the local pool's
-    size.
+    size. ``annotate(key)`` returns fields added to a run's record when it finishes (in this
+    process: it need not be picklable).
     """
     out_dir = Path(out_dir)
     executor = executor or Executor()
@@ -112,6 +114,7 @@ def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
     def finish(key: str, record: dict) -> None:
         finished[0] += 1
         count = f"[{finished[0]}/{len(runs)}]"
+        record.update(annotate(key) if annotate is not None else {})
         record["key"] = key
         record["base_fingerprint"] = base_fingerprint
         if record["status"] != "ok":  # no model for this result: none left from an earlier try

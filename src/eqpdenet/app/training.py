@@ -253,6 +253,8 @@ def train_model(
         model = build_model(resolved.model)
     model = model.to(device)
     generator = torch.Generator().manual_seed(train.seed)
+    # Its own stream, so that augmenting leaves the batch order of the seed unchanged.
+    augment_generator = torch.Generator().manual_seed(_augment_seed(train.seed))
     pde_layer = getattr(model, "pde_layer", None)
     pde_ids = {id(p) for p in pde_layer.parameters()} if pde_layer is not None else set()
     groups = [{"params": [p for p in model.parameters() if id(p) not in pde_ids]}]
@@ -276,9 +278,12 @@ def train_model(
     forward = torch.compile(forward, dynamic=True) if train.compile else forward
     # On a GPU the epochs run in app/accelerate.py: the same batches and updates, with the data
     # on the device, the step as a CUDA graph and one host read per epoch (one process only).
+    # Augmented batches are warped on the way in: the CUDA-graph runner replays fixed inputs, so
+    # augmentation takes the plain loop (on the same device).
     gpu = (accelerate.EpochRunner(model, optimizer, scheduler, images, labels, train.batch_size,
                                   train.grad_clip)
-           if accelerate.applies_to(device) and parallel is None else None)
+           if accelerate.applies_to(device) and parallel is None and train.augment.is_identity
+           else None)
     history, best = [], (-1.0, None, -1)
     epochs = _progress(range(train.epochs), progress, desc=f"train {type(model).__name__} "
                        f"seed={train.seed}", unit="epoch", leave=False)
@@ -289,8 +294,11 @@ def train_model(
         total_loss, correct = 0.0, 0
         for batch in mini_batches(len(order), train.batch_size) if gpu is None else ():
             index = order[batch]
-            mine = index if parallel is None else index.tensor_split(parallel[1])[parallel[0]]
-            x, y = images[mine].to(device), labels[mine].to(device)
+            x, y = images[index].to(device), labels[index].to(device)
+            # The whole batch is drawn in every process (the same stream), then shared out.
+            x = train.augment(x, augment_generator)
+            if parallel is not None:
+                x, y = x.tensor_split(parallel[1])[parallel[0]], y.tensor_split(parallel[1])[parallel[0]]
             logits = forward(x)
             if parallel is None:
                 loss = batch_loss = F.cross_entropy(logits, y)
@@ -338,6 +346,12 @@ def train_model(
     return model, history
 
 
+def _augment_seed(seed: int) -> int:
+    """The augmentation stream's seed: derived from the training seed, independent of it."""
+    digest = hashlib.sha256(f"eqpdenet.augment:{int(seed)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
 def evaluate_scenarios(model: nn.Module, test: Split, scenarios: Iterable[str], seed: int,
                        batch_size: int = 1000) -> dict[str, float]:
     """Accuracy (in percent) on each scenario applied to ``test`` with draws seeded by ``seed``."""
@@ -379,6 +393,8 @@ LATER_FIELDS: dict[tuple[str, ...], object] = {
     ("train", "compile"): False,
     ("data", "dataset"): "rotmnist",
     ("data", "rotated"): False,
+    ("train", "augment"): {"max_shift": 0.0, "max_angle_degrees": 0.0, "min_scale": 1.0,
+                           "max_scale": 1.0},
 }
 
 
