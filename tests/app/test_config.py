@@ -67,6 +67,24 @@ def test_new_layer_fields_keep_the_recorded_fingerprint():
     assert recorded == {fingerprint(ReproduceConfig().base)}
 
 
+def test_new_fields_keep_the_full_benchmark_resumable():
+    """The full benchmark's folder (issue 18) resumes: its configuration, read with today's
+    fields, has the base fingerprint its runs recorded (a field added to the experiment
+    configuration without its LATER_FIELDS entry would change it and refuse the folder)."""
+    import json
+    from pathlib import Path
+
+    from eqpdenet.app.benchmark import benchmark_fingerprint
+    from eqpdenet.app.config import BenchmarkConfig, load_toml
+
+    folder = Path(__file__).resolve().parents[2] / "results" / "benchmark-full"
+    recorded = {json.loads(line)["base_fingerprint"]
+                for line in (folder / "results.jsonl").read_text().splitlines() if line.strip()}
+    assert recorded == {benchmark_fingerprint(load_toml(BenchmarkConfig, folder / "config.toml"))}
+    configs = Path(__file__).resolve().parents[2] / "configs" / "benchmark-full.toml"
+    assert recorded == {benchmark_fingerprint(load_toml(BenchmarkConfig, configs))}
+
+
 def test_defaults_are_the_papers_layer():
     layer = LayerConfig()
     assert layer.invariants == ["se2", "se2", "scaling", "scaling"]

@@ -35,7 +35,13 @@ from .locks import hold
 from .report import Report, check_records, incomplete_line
 from .runfolder import check_claim, claim_folder
 from .sweeps import SWEEP_FILES, check_before_writing, check_results_folder, run_sweep
-from .training import Data, fingerprint, run_experiment
+from .training import (
+    BENCHMARK_LATER_FROM,
+    Data,
+    fingerprint,
+    run_experiment,
+    without_later_fields,
+)
 
 __all__ = ["benchmark", "robustness", "summarise", "write_benchmark_report"]
 
@@ -70,6 +76,14 @@ def _robustness_of(model, data, *, curves: dict, seed: int) -> dict:
     return {"robustness": robustness(model, data, CurvesConfig(**curves), seed)}
 
 
+def benchmark_fingerprint(config: BenchmarkConfig) -> str:
+    """What every run of a benchmark folder shares: the base experiment and the curves. Fields
+    added to the experiment since (:data:`~eqpdenet.app.training.LATER_FIELDS`) leave it
+    unchanged while they keep their earlier behaviour, so a folder recorded before them resumes."""
+    return fingerprint({"base": without_later_fields(to_dict(config.base), BENCHMARK_LATER_FROM),
+                        "curves": to_dict(config.curves)})
+
+
 def benchmark(config: BenchmarkConfig, out_dir: Path, *, models: list[str] | None = None,
               jobs: int = 1, executor: Executor | None = None, data_dir=None, cache_dir=None,
               progress: bool = True, echo=print) -> Path:
@@ -87,7 +101,7 @@ def benchmark(config: BenchmarkConfig, out_dir: Path, *, models: list[str] | Non
     check_claim(out_dir, "benchmark", legacy=SWEEP_FILES)  # before the lock writes into it
     with hold(out_dir, "benchmark"):  # one writer per results folder
         claim_folder(out_dir, "benchmark", legacy=SWEEP_FILES)
-        base_print = fingerprint({"base": to_dict(config.base), "curves": to_dict(config.curves)})
+        base_print = benchmark_fingerprint(config)
         check_results_folder(out_dir, base_print)
         # One sweep over every (model, seed): with --jobs N the pool stays full across models
         # (per model, 3 seeds on 2 processes would leave one idle for a whole run).

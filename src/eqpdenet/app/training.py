@@ -411,6 +411,31 @@ def with_legacy_fields(config: dict) -> dict:
     return data
 
 
+#: The first :data:`LATER_FIELDS` entry added after benchmark folders were first recorded: their
+#: base fingerprint (:func:`eqpdenet.app.benchmark.benchmark_fingerprint`) leaves out this field
+#: and every later one while they keep their earlier behaviour (the fields before it were part of
+#: the configurations those folders recorded). A new field of the experiment configuration goes
+#: at the end of LATER_FIELDS, so that recorded folders keep resuming.
+BENCHMARK_LATER_FROM = ("train", "augment")
+
+
+def without_later_fields(config: dict, since: tuple[str, ...] | None = None) -> dict:
+    """A configuration dict without the :data:`LATER_FIELDS` that hold their earlier behaviour
+    (a copy): what a configuration recorded before those fields existed looked like. With
+    ``since``, only that entry and the ones after it."""
+    data = copy.deepcopy(config)
+    fields = list(LATER_FIELDS.items())
+    if since is not None:
+        fields = fields[list(LATER_FIELDS).index(since):]
+    for path, value in fields:
+        node = data
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and path[-1] in node and node[path[-1]] == value:
+            del node[path[-1]]
+    return data
+
+
 def fingerprint(config) -> str:
     """Short hash of a configuration (canonical JSON), independent of :data:`LATER_FIELDS` at
     their earlier behaviour. Works on an :class:`ExperimentConfig` or its dict."""
@@ -419,12 +444,7 @@ def fingerprint(config) -> str:
     for kind in KIND_OPTIONS:  # a kind's option table matters to that kind only
         if model.get("kind") != kind:
             model.pop(kind, None)
-    for path, value in LATER_FIELDS.items():
-        node = data
-        for key in path[:-1]:
-            node = node.get(key) if isinstance(node, dict) else None
-        if isinstance(node, dict) and path[-1] in node and node[path[-1]] == value:
-            del node[path[-1]]
+    data = without_later_fields(data)
     text = json.dumps(data, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
