@@ -136,3 +136,34 @@ def test_a_corrupt_run_file_is_a_clear_error(tmp_path):
     (tmp_path / "runs" / "x.json").write_text('{"key": ')
     with pytest.raises(ValueError, match=r"x\.json: not a JSON run record"):
         load_records(tmp_path)
+
+
+def test_git_commit_is_dirty_only_for_the_package(tmp_path):
+    """Results a sweep rewrites while it runs (tracked, outside the package) leave the recorded
+    commit clean; a change to the package's code marks it dirty."""
+    import shutil
+    import subprocess
+
+    from eqpdenet.app.training import git_commit
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo, package = tmp_path / "repo", tmp_path / "repo" / "src" / "pkg"
+    package.mkdir(parents=True)
+    (package / "code.py").write_text("x = 1\n")
+    (repo / "results.jsonl").write_text("{}\n")
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo,
+                       check=True, capture_output=True)
+
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-q", "-m", "one")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert git_commit(package) == head
+    (repo / "results.jsonl").write_text('{"run": 1}\n')
+    assert git_commit(package) == head
+    (package / "code.py").write_text("x = 2\n")
+    assert git_commit(package) == head + "-dirty"

@@ -365,14 +365,20 @@ def evaluate_scenarios(model: nn.Module, test: Split, scenarios: Iterable[str], 
 # ----------------------------------------------------------------------------- provenance
 
 
-def git_commit() -> str:
-    """The commit of the source tree, with ``-dirty`` for uncommitted changes, or ``unknown``."""
-    root = Path(__file__).resolve().parent
+def git_commit(package: Path | None = None) -> str:
+    """The commit of the source tree, with ``-dirty`` when the package's own files (``eqpdenet/``,
+    or the folder ``package``) differ from it, or ``unknown``.
+
+    Only the package counts: a sweep rewrites its tracked results (``results.jsonl``, tables)
+    while it runs, and docs may be edited beside it; neither changes the code that computed a
+    number, and counting them marked every run after a sweep's first as dirty.
+    """
+    package = package if package is not None else Path(__file__).resolve().parents[1]
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=package, capture_output=True,
                                 text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
+                               cwd=package, capture_output=True, text=True, timeout=10).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
