@@ -26,9 +26,8 @@ import torch
 
 from eqpdenet.app.config import ExperimentConfig, apply_overrides
 from eqpdenet.app.files import append_jsonl
-from eqpdenet.app.training import accuracy, evaluate_scenarios, prepare_data, train_model
+from eqpdenet.app.training import evaluate_scenarios, prepare_data, run_experiment
 from eqpdenet.data.scenarios import get_scenario
-from eqpdenet.models import count_parameters
 
 
 def main() -> None:
@@ -52,14 +51,13 @@ def main() -> None:
     for name in args.scenarios:  # before the long work: a typo fails at once
         get_scenario(name)
     data = prepare_data(config.data, args.data_dir, args.cache_dir)
-    model, history = train_model(config, data, progress=False)
-    record = {"status": "done", "params": count_parameters(model),
-              "validation_accuracy": 100.0 * accuracy(model, data["validation"]),
-              "train_seconds": sum(h.get("seconds", 0.0) for h in history), "history": history}
-    if args.scenarios:
-        record["validation_scenarios"] = {
-            name: round(value, 2) for name, value in
-            evaluate_scenarios(model, data["validation"], args.scenarios, config.train.seed).items()}
+
+    def validation_scenarios(model, data) -> dict:
+        scores = evaluate_scenarios(model, data["validation"], args.scenarios, config.train.seed)
+        return {"validation_scenarios": {name: round(value, 2) for name, value in scores.items()}}
+
+    record = run_experiment(config, data, progress=False,
+                            extra_evaluation=validation_scenarios if args.scenarios else None)
     out = {key: record.get(key) for key in ("status", "params", "validation_accuracy",
                                             "validation_scenarios", "train_seconds", "error")}
     out["threads"] = torch.get_num_threads()

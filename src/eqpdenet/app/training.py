@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import __version__
+from ..data.augment import augment_generator
 from ..data.datasets import ImageDataset, load_dataset
 from ..data.rotmnist import load_rotmnist
 from ..data.scenarios import apply_scenario
@@ -254,7 +255,7 @@ def train_model(
     model = model.to(device)
     generator = torch.Generator().manual_seed(train.seed)
     # Its own stream, so that augmenting leaves the batch order of the seed unchanged.
-    augment_generator = torch.Generator().manual_seed(_augment_seed(train.seed))
+    augment_stream = augment_generator(train.seed)
     pde_layer = getattr(model, "pde_layer", None)
     pde_ids = {id(p) for p in pde_layer.parameters()} if pde_layer is not None else set()
     groups = [{"params": [p for p in model.parameters() if id(p) not in pde_ids]}]
@@ -296,7 +297,7 @@ def train_model(
             index = order[batch]
             x, y = images[index].to(device), labels[index].to(device)
             # The whole batch is drawn in every process (the same stream), then shared out.
-            x = train.augment(x, augment_generator)
+            x = train.augment(x, augment_stream)
             if parallel is not None:
                 x, y = x.tensor_split(parallel[1])[parallel[0]], y.tensor_split(parallel[1])[parallel[0]]
             logits = forward(x)
@@ -344,12 +345,6 @@ def train_model(
         model.load_state_dict(best[1])
         history.append({"selected_epoch": best[2], "validation_accuracy": best[0]})
     return model, history
-
-
-def _augment_seed(seed: int) -> int:
-    """The augmentation stream's seed: derived from the training seed, independent of it."""
-    digest = hashlib.sha256(f"eqpdenet.augment:{int(seed)}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def evaluate_scenarios(model: nn.Module, test: Split, scenarios: Iterable[str], seed: int,

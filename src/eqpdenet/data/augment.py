@@ -36,8 +36,15 @@ from torch import Tensor
 
 from ..checks import check_images, require, require_nonnegative, require_positive
 from ..geometry import affine_warp, rotation_matrix
+from .scenarios import hashed_generator
 
-__all__ = ["AffineAugmentation"]
+__all__ = ["AffineAugmentation", "augment_generator"]
+
+
+def augment_generator(seed: int) -> torch.Generator:
+    """The augmentation's stream for training seed ``seed``: derived from it, independent of the
+    stream that orders the batches (and of the scenarios')."""
+    return hashed_generator(f"eqpdenet.augment:{int(seed)}")
 
 
 @dataclass(frozen=True)

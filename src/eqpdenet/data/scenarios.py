@@ -99,15 +99,21 @@ def scenario_defaults(name: str) -> dict:
     }
 
 
+def hashed_generator(label: str) -> torch.Generator:
+    """A CPU :class:`torch.Generator` seeded from SHA-256 of ``label``: streams with different
+    labels (a scenario and a seed, the augmentation of a seed) are independent."""
+    digest = hashlib.sha256(label.encode()).digest()
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+    return generator
+
+
 def scenario_generator(name: str, seed: int) -> torch.Generator:
     """A CPU :class:`torch.Generator` seeded from ``(name, seed)``.
 
     Different scenarios with the same seed thus draw independent streams.
     """
-    digest = hashlib.sha256(f"eqpdenet.scenario:{name}:{int(seed)}".encode()).digest()
-    generator = torch.Generator(device="cpu")
-    generator.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-    return generator
+    return hashed_generator(f"eqpdenet.scenario:{name}:{int(seed)}")
 
 
 def apply_scenario(
