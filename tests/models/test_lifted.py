@@ -45,6 +45,7 @@ def test_registered_and_parameter_count():
     {"terms": list(PDE_GCNN_TERMS), "downsample": "none"},
     {"terms": ["network", "diffusion"], "scales": 2, "orientations": 4},
     {"normalize_invariants": True, "orientations": 12, "boundary": "zeros"},
+    {"margin": 2, "downsample": "pool"},
 ])
 def test_logits_are_invariant_under_quarter_turns(options):
     torch.manual_seed(0)
@@ -98,6 +99,8 @@ def test_blocks_are_euler_steps_of_m2_systems_and_downsampling_is_anti_aliased()
     ("downsample", "max", "downsample"),
     ("projection", "sum", "projection"),
     ("scales", 0, "scales"),
+    ("margin", -1, "margin"),
+    ("margin", 2.5, "margin"),
 ])
 def test_bad_options_name_the_field(field, value, match):
     with pytest.raises(ConfigError, match=match):
@@ -112,6 +115,32 @@ def test_images_too_small_for_the_stencils_are_refused_before_building():
     assert LiftedPDENet(LiftedPDEConfig(), image_size=17).min_image_size == 17
     with pytest.raises(ConfigError, match="at least 9x9 .*radius 8"):
         LiftedPDENet(LiftedPDEConfig(channels=[4], blocks=[1], sigma=2.0), image_size=8)
+
+
+def test_margin_is_the_same_network_on_the_image_framed_by_blank_background():
+    """``margin = m`` runs the parameters of the network on the raw image zero-padded by ``m``
+    on every side: the same logits as a margin-free network of size ``H + 2 m`` on the padded
+    image, and the same parameters; smaller images become admissible."""
+    torch.manual_seed(0)
+    framed = LiftedPDENet(LiftedPDEConfig(channels=[3, 4], blocks=[1, 1], margin=4),
+                          input_mean=0.1307, input_std=0.3081).double()
+    plain = LiftedPDENet(LiftedPDEConfig(channels=[3, 4], blocks=[1, 1]), image_size=36,
+                         input_mean=0.1307, input_std=0.3081).double()
+    plain.load_state_dict(framed.state_dict())
+    assert count_parameters(framed) == count_parameters(plain)
+    images = torch.rand(3, 1, 28, 28, dtype=torch.float64)
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    torch.testing.assert_close(framed(images), plain(padded), rtol=0, atol=0)
+    assert framed.fields(images).shape == (3, 4, 8, 18, 18)
+    # two stages with sigma 1 (radius 4) need 9 -> 5 pixel maps: a 9-pixel image without a
+    # margin, any image with a margin of 4
+    two = {"channels": [3, 4], "blocks": [1, 1]}
+    assert LiftedPDENet(LiftedPDEConfig(**two), image_size=9).min_image_size == 9
+    assert LiftedPDENet(LiftedPDEConfig(**two, margin=4), image_size=1).min_image_size == 1
+    # a plain 2x2 average stays exact under quarter turns on even maps only: 34 -> 17 is not
+    pool = {"channels": [3, 4, 5], "blocks": [1, 1, 1], "downsample": "pool"}
+    assert LiftedPDENet(LiftedPDEConfig(**pool, margin=2)).quarter_turn_invariant
+    assert not LiftedPDENet(LiftedPDEConfig(**pool, margin=3)).quarter_turn_invariant
 
 
 def test_bad_input_gets_a_clear_error():

@@ -396,6 +396,7 @@ LATER_FIELDS: dict[tuple[str, ...], object] = {
     ("data", "rotated"): False,
     ("train", "augment"): {"max_shift": 0.0, "max_angle_degrees": 0.0, "min_scale": 1.0,
                            "max_scale": 1.0},
+    ("model", "lifted_pde", "margin"): 0,
 }
 
 
