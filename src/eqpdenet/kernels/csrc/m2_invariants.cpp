@@ -17,8 +17,9 @@
 // same vector) are formed and multiplied into z at once, so neither the jet nor the (10 C, N, H,
 // W) invariants are ever written to memory. The backward pass is the exact adjoint of the same
 // discrete map (boundary padding included), recomputing the jet row by row; the weight's
-// gradient is summed per image in double precision and reduced by the caller in a fixed order,
-// so results do not depend on the number of threads.
+// gradient is summed per image (in vector lanes of the input's precision over the image's rows,
+// then in double) and reduced by the caller in a fixed order, so results do not depend on the
+// number of threads.
 //
 // The plain PyTorch code (eqpdenet.pde.m2: M2Jet, M2_SE2) defines the semantics; this file agrees
 // with it to rounding (tests/kernels/test_m2_kernel.py). Schema: eqpdenet/kernels/m2_op.py.
@@ -400,32 +401,54 @@ M2_INLINE void gemm_rows(const T* A, int64_t sa, int64_t sb, const T* Bm, int64_
     }
 }
 
-// gw[o][r] += sum_l G[o][l] I[r][l] (double), blocks of 2 x 4 dot products in registers.
-template <typename T, int V>
-M2_INLINE void accumulate_outer(const T* G, const T* I, int64_t O, int64_t R, int64_t L,
-                                double* gw) {
-  for (int64_t o = 0; o < O; o += 2) {
-    const int64_t no = std::min<int64_t>(2, O - o);
-    for (int64_t r = 0; r < R; r += 4) {
-      const int64_t nr = std::min<int64_t>(4, R - r);
-      T acc[2][4][V] = {};
-      for (int64_t l = 0; l < L; l += V)
-        for (int64_t q = 0; q < no; ++q) {
-          const T* g = G + (o + q) * L + l;
-          for (int64_t e = 0; e < nr; ++e) {
-            const T* x = I + (r + e) * L + l;
+// acc[o][r][v] += sum_{l = v mod V} G[o][l] I[r][l] for one row (rows x L) of an image: the V
+// lanes of each dot product stay in T across all the rows of the image (acc, O x R x V, zeroed
+// per image) and are summed into the double gradient once per image (flush_lanes). A horizontal
+// sum into double per row would cost more than the row's products: rows hold only 56-224 values.
+// Within a row, blocks of 2 x 4 dot products are held in registers (compile-time block sizes).
+template <typename T, int V, int BO, int BR>
+M2_INLINE void outer_block(const T* G, const T* I, int64_t L, int64_t R, T* acc) {
+  T a[BO][BR][V];
+  for (int q = 0; q < BO; ++q)
+    for (int e = 0; e < BR; ++e)
+      for (int v = 0; v < V; ++v) a[q][e][v] = acc[(q * R + e) * V + v];
+  for (int64_t l = 0; l < L; l += V)
+    for (int q = 0; q < BO; ++q) {
+      const T* g = G + q * L + l;
+      for (int e = 0; e < BR; ++e) {
+        const T* x = I + e * L + l;
 #pragma omp simd
-            for (int v = 0; v < V; ++v) acc[q][e][v] += g[v] * x[v];
-          }
-        }
-      for (int64_t q = 0; q < no; ++q)
-        for (int64_t e = 0; e < nr; ++e) {
-          double sum = 0.0;
-          for (int v = 0; v < V; ++v) sum += static_cast<double>(acc[q][e][v]);
-          gw[(o + q) * R + r + e] += sum;
-        }
+        for (int v = 0; v < V; ++v) a[q][e][v] += g[v] * x[v];
+      }
     }
+  for (int q = 0; q < BO; ++q)
+    for (int e = 0; e < BR; ++e)
+      for (int v = 0; v < V; ++v) acc[(q * R + e) * V + v] = a[q][e][v];
+}
+
+template <typename T, int V>
+M2_INLINE void accumulate_outer(const T* G, const T* I, int64_t O, int64_t R, int64_t L, T* acc) {
+  const int64_t O2 = O / 2 * 2, R4 = R / 4 * 4;
+  for (int64_t o = 0; o < O2; o += 2) {
+    for (int64_t r = 0; r < R4; r += 4)
+      outer_block<T, V, 2, 4>(G + o * L, I + r * L, L, R, acc + (o * R + r) * V);
+    for (int64_t r = R4; r < R; ++r)
+      outer_block<T, V, 2, 1>(G + o * L, I + r * L, L, R, acc + (o * R + r) * V);
   }
+  for (int64_t o = O2; o < O; ++o)
+    for (int64_t r = 0; r < R; ++r)
+      outer_block<T, V, 1, 1>(G + o * L, I + r * L, L, R, acc + (o * R + r) * V);
+}
+
+// gw[i] += sum_v acc[i][v] (double), i < count; then acc is zeroed for the next image.
+template <typename T, int V>
+M2_INLINE void flush_lanes(T* acc, int64_t count, double* gw) {
+  for (int64_t i = 0; i < count; ++i) {
+    double sum = 0.0;
+    for (int v = 0; v < V; ++v) sum += static_cast<double>(acc[i * V + v]);
+    gw[i] += sum;
+  }
+  std::fill(acc, acc + count * V, T(0));
 }
 
 // Full-width vectors where the row allows (L a multiple of 2 N: even widths), else N.
@@ -438,12 +461,21 @@ M2_INLINE void gemm(const T* A, int64_t sa, int64_t sb, const T* Bm, int64_t row
     gemm_rows<T, N>(A, sa, sb, Bm, rows, depth, L, out);
 }
 
+// The lanes V of outer and flush must agree: both choose them from L, the same for every row.
 template <typename T, int N>
-M2_INLINE void outer(const T* G, const T* I, int64_t O, int64_t R, int64_t L, double* gw) {
+M2_INLINE void outer(const T* G, const T* I, int64_t O, int64_t R, int64_t L, T* acc) {
   if (L % (2 * N) == 0)
-    accumulate_outer<T, 2 * N>(G, I, O, R, L, gw);
+    accumulate_outer<T, 2 * N>(G, I, O, R, L, acc);
   else
-    accumulate_outer<T, N>(G, I, O, R, L, gw);
+    accumulate_outer<T, N>(G, I, O, R, L, acc);
+}
+
+template <typename T, int N>
+M2_INLINE void flush_outer(T* acc, int64_t count, int64_t L, double* gw) {
+  if (L % (2 * N) == 0)
+    flush_lanes<T, 2 * N>(acc, count, gw);
+  else
+    flush_lanes<T, N>(acc, count, gw);
 }
 
 // Row buffers: the L = W N values of one image row (pixel j, orientation k at l = j N + k) of
@@ -473,7 +505,7 @@ void forward_image(const T* u, const T* weight, const Taps<T>& taps, const T* cs
 template <typename T, int N>
 void backward_image(const T* gz, const T* u, const T* weight, const Taps<T>& taps, const T* cs,
                     const T* sn, const Setup<T>& s, T* P, T* X, T* J, T* Irow, T* gIrow, T* gZrow,
-                    T* gJ, T* gu, double* gw) {
+                    T* gJ, T* lanes, T* gu, double* gw) {
   const int64_t M = s.M, O = s.O, CJ = s.C * NJ, L = s.W * N;
   pad_transpose(u, s, P);
   M2_OVER_MAPS(x_pass_chunks, N, P, taps, s, X);
@@ -489,11 +521,12 @@ void backward_image(const T* gz, const T* u, const T* weight, const Taps<T>& tap
         for (int64_t j = 0; j < s.W; ++j) dst[j * N] = src[j];
       }
     gemm<T, N>(weight, 1, CJ, gZrow, CJ, O, L, gIrow);  // W^T gZ
-    outer<T, N>(gZrow, Irow, O, CJ, L, gw);
+    outer<T, N>(gZrow, Irow, O, CJ, L, lanes);
     for (int64_t j = 0; j < s.W; ++j)
       invariants_adjoint_at<T, N>(gIrow + j * N, L, s.C, cs, sn, s.d1, s.d2,
                                   gJ + (i * s.W + j) * M, s.HW * M);
   }
+  flush_outer<T, N>(lanes, O * CJ, L, gw);
   M2_OVER_MAPS(y_pass_adjoint_chunks, N, gJ, taps, s, X);  // X reused as gX
   M2_OVER_MAPS(x_pass_adjoint_chunks, N, X, taps, s, P);   // P reused as gP
   pad_transpose_adjoint(P, s, gu);
@@ -550,7 +583,7 @@ template <typename T, int N>
 void euler_backward_image(const T* g_next, const T* u, const T* w1, const T* b1, const T* w2,
                           T dt, const Taps<T>& taps, const T* cs, const T* sn, const Setup<T>& s,
                           T* P, T* X, T* J, T* Irow, T* Hrow, T* gFrow, T* gHrow, T* gIrow,
-                          T* gJ, T* gu, double* grads) {
+                          T* gJ, T* lanes1, T* lanes2, T* gu, double* grads) {
   const int64_t M = s.M, CJ = s.C * NJ, L = s.W * N, O = s.O, C = s.C;
   double* gw1 = grads;
   double* gb1 = gw1 + O * CJ;
@@ -577,17 +610,19 @@ void euler_backward_image(const T* g_next, const T* u, const T* w1, const T* b1,
         for (int64_t j = 0; j < s.W; ++j) dst[j * N] = dt * src[j];
       }
     accumulate_rows(gFrow, C, L, gb2);
-    outer<T, N>(gFrow, Hrow, C, O, L, gw2);
+    outer<T, N>(gFrow, Hrow, C, O, L, lanes2);
     gemm<T, N>(w2, 1, O, gFrow, O, C, L, gHrow);  // W2^T gF
     for (int64_t l = 0; l < O * L; ++l)
       if (Hrow[l] <= T(0)) gHrow[l] = T(0);           // relu'(pre) = [pre > 0] = [h > 0]
     accumulate_rows(gHrow, O, L, gb1);
-    outer<T, N>(gHrow, Irow, O, CJ, L, gw1);
+    outer<T, N>(gHrow, Irow, O, CJ, L, lanes1);
     gemm<T, N>(w1, 1, CJ, gHrow, CJ, O, L, gIrow);  // W1^T gH
     for (int64_t j = 0; j < s.W; ++j)
       invariants_adjoint_at<T, N>(gIrow + j * N, L, C, cs, sn, s.d1, s.d2,
                                   gJ + (i * s.W + j) * M, s.HW * M);
   }
+  flush_outer<T, N>(lanes1, O * CJ, L, gw1);
+  flush_outer<T, N>(lanes2, C * O, L, gw2);
   M2_OVER_MAPS(y_pass_adjoint_chunks, N, gJ, taps, s, X);  // X reused as gX
   M2_OVER_MAPS(x_pass_adjoint_chunks, N, X, taps, s, P);   // P reused as gP
   std::copy(g_next, g_next + M * s.HW, gu);                // the identity part of u + dt F
@@ -674,14 +709,15 @@ std::vector<torch::Tensor> step_backward_typed(const torch::Tensor& g_next, cons
   {
     std::vector<T> P(s.Hp * s.Wp * s.M), X(3 * s.Hp * s.W * s.M), J(6 * s.W * s.M),
         Irow(CJ * L), Hrow(s.O * L), gFrow(s.C * L), gHrow(s.O * L), gIrow(CJ * L),
-        gJ(6 * s.HW * s.M);
+        gJ(6 * s.HW * s.M), lanes1(s.O * CJ * 2 * N, T(0)), lanes2(s.C * s.O * 2 * N, T(0));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t b = 0; b < B; ++b) {
       const Taps<T> taps(G + (b / per_scale) * 3 * s.K, s.K);
       euler_backward_image<T, N>(GN + b * s.M * s.HW, U + b * s.M * s.HW, W1, B1, W2,
                                  static_cast<T>(dt), taps, cs, sn, s, P.data(), X.data(),
                                  J.data(), Irow.data(), Hrow.data(), gFrow.data(), gHrow.data(),
-                                 gIrow.data(), gJ.data(), GU + b * s.M * s.HW, GR + b * width);
+                                 gIrow.data(), gJ.data(), lanes1.data(), lanes2.data(),
+                                 GU + b * s.M * s.HW, GR + b * width);
     }
   }
   return {grad_u, per_image};
@@ -896,13 +932,15 @@ std::vector<torch::Tensor> backward_typed(const torch::Tensor& grad_z, const tor
 #pragma omp parallel
   {
     std::vector<T> P(s.Hp * s.Wp * s.M), X(3 * s.Hp * s.W * s.M), J(6 * s.W * s.M),
-        Irow(CJ * s.W * N), gIrow(CJ * s.W * N), gZrow(s.O * s.W * N), gJ(6 * s.HW * s.M);
+        Irow(CJ * s.W * N), gIrow(CJ * s.W * N), gZrow(s.O * s.W * N), gJ(6 * s.HW * s.M),
+        lanes(s.O * CJ * 2 * N, T(0));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t b = 0; b < B; ++b) {
       const Taps<T> taps(G + (b / per_scale) * 3 * s.K, s.K);
       backward_image<T, N>(GZ + b * s.O * N * s.HW, U + b * s.M * s.HW, Wt, taps, cs, sn, s,
                            P.data(), X.data(), J.data(), Irow.data(), gIrow.data(),
-                           gZrow.data(), gJ.data(), GU + b * s.M * s.HW, GW + b * s.O * CJ);
+                           gZrow.data(), gJ.data(), lanes.data(), GU + b * s.M * s.HW,
+                           GW + b * s.O * CJ);
     }
   }
   return {grad_u, per_image};

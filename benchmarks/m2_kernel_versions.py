@@ -1,0 +1,92 @@
+"""The fused M2 kernel of a git revision against the working tree's, side by side in one process.
+
+Both sources of ``csrc/m2_invariants.cpp`` are built as separate extensions (the file registers
+no operator itself, so two builds can be loaded at once), then the backward passes of
+``m2_mix_invariants`` and ``m2_euler_step`` are timed, interleaved, at the default lifted
+model's stage shapes (batch 64, 8 orientations: 8 channels on 28x28, 16 on 14x14, 24 on 7x7),
+one thread, CPU time (robust to other jobs on a shared machine). Prints the best of
+``--repeats`` rounds, the ratio new/old, and the largest relative difference of the results::
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/m2_kernel_versions.py HEAD~1
+
+The first run builds both extensions (a few minutes) into ``--build``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+from torch.utils import cpp_extension
+
+from eqpdenet.kernels.cpu import CFLAGS, M2_SOURCE
+from eqpdenet.pde.m2 import orientation_frame, separable_stencils
+
+SHAPES = [(8, 28), (16, 14), (24, 7)]
+
+
+def build(name: str, source: str, root: Path):
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "m2_invariants.cpp"
+    if not path.exists() or path.read_text() != source:
+        path.write_text(source)
+    return cpp_extension.load(name=name, sources=[str(path)], extra_cflags=CFLAGS,
+                              extra_ldflags=["-fopenmp"], build_directory=str(folder))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("revision", help="git revision of the old kernel, e.g. HEAD~1")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--build", type=Path, default=Path("/tmp/eqpdenet-m2-versions"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    relative = M2_SOURCE.resolve().relative_to(Path.cwd().resolve())
+    old_source = subprocess.run(["git", "show", f"{args.revision}:{relative}"], check=True,
+                                capture_output=True, text=True).stdout
+    new_source = M2_SOURCE.read_text()
+    versions = {label: build(f"m2_{label}_{hashlib.sha256(text.encode()).hexdigest()[:12]}",
+                             text, args.build)
+                for label, text in (("old", old_source), ("new", new_source))}
+    stencils, frame = separable_stencils((1.0,)), orientation_frame(8)
+    generator = torch.Generator().manual_seed(0)
+    times: dict = {}
+    results: dict = {}
+    for _ in range(args.repeats):
+        for channels, size in SHAPES:
+            u = torch.randn(64, channels, 8, size, size, generator=generator)
+            grad = torch.randn(64, channels, 8, size, size, generator=generator)
+            weight = torch.randn(channels, channels, 10, generator=generator)
+            w1 = 0.1 * torch.randn(channels, channels, 10, generator=generator)
+            b1, b2 = torch.randn(channels, generator=generator), torch.randn(channels,
+                                                                             generator=generator)
+            w2 = torch.randn(channels, channels, generator=generator)
+            for name, ext in versions.items():
+                start = time.process_time()
+                mix = ext.backward(grad, u, weight, stencils, frame, "replicate")
+                middle = time.process_time()
+                step = ext.step_backward(grad, u, w1, b1, w2, b2, stencils, frame, "replicate",
+                                         0.5)
+                end = time.process_time()
+                times.setdefault((channels, size, name), []).append((middle - start, end - middle))
+                results[(channels, size, name)] = [*mix, *step]
+    print(f"old: {args.revision}, new: the working tree; best of {args.repeats}, ms of CPU time")
+    for channels, size in SHAPES:
+        old, new = times[(channels, size, "old")], times[(channels, size, "new")]
+        mix_old, mix_new = min(t[0] for t in old), min(t[0] for t in new)
+        step_old, step_new = min(t[1] for t in old), min(t[1] for t in new)
+        difference = max(float((a - b).abs().max() / a.abs().max()) for a, b in zip(
+            results[(channels, size, "old")], results[(channels, size, "new")], strict=True))
+        print(f"C={channels:2d} {size:2d}x{size:<2d} mix backward {1e3 * mix_old:6.1f} -> "
+              f"{1e3 * mix_new:6.1f} ({mix_new / mix_old:.2f}x)  step backward "
+              f"{1e3 * step_old:6.1f} -> {1e3 * step_new:6.1f} ({step_new / step_old:.2f}x)  "
+              f"largest relative difference {difference:.1e}")
+
+
+if __name__ == "__main__":
+    main()
