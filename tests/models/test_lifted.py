@@ -73,6 +73,9 @@ def test_fused_and_reference_backends_give_the_same_model():
     gb = torch.autograd.grad(b.square().sum(), list(reference.parameters()))
     for x, y in zip(ga, gb, strict=True):
         torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-9)
+    # the batch norms' running statistics, updated by the training-mode pass, agree too
+    for (name, x), (_, y) in zip(fused.named_buffers(), reference.named_buffers(), strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12, msg=name)
 
 
 def test_blocks_are_euler_steps_of_m2_systems_and_downsampling_is_anti_aliased():
