@@ -321,41 +321,46 @@ M2_INLINE void invariants_at(const T* jet, int64_t jstride, int64_t C, const T* 
 }
 
 // Adjoint of invariants_at: gjet (6 x jstride, at this pixel) += from gI[(c 10 + i) rstride + k].
+// The gradients of the orientation differences are kept with one periodic neighbour on each
+// side (t[0] = t[N], t[N + 1] = t[1]), so that their adjoint reads shifted unit-stride vectors.
 template <typename T, int N>
 M2_INLINE void invariants_adjoint_at(const T* gI, int64_t rstride, int64_t C, const T* cs,
                                      const T* sn, T d1, T d2, T* gjet, int64_t jstride) {
   for (int64_t c = 0; c < C; ++c) {
     const T* g0 = gI + c * NJ * rstride;
-    T g[NJ * N];  // this channel's ten gradients, contiguous
-    for (int i = 0; i < NJ; ++i)
-      for (int k = 0; k < N; ++k) g[i * N + k] = g0[i * rstride + k];
+    const T *g1 = g0 + rstride, *g2 = g1 + rstride, *g3 = g2 + rstride, *g4 = g3 + rstride;
+    const T *g5 = g4 + rstride, *g6 = g5 + rstride, *g7 = g6 + rstride, *g8 = g7 + rstride;
+    const T* g9 = g8 + rstride;
     T* gu = gjet + c * N;
     T* gux = gu + jstride;
     T* guy = gux + jstride;
     T* guxx = guy + jstride;
     T* guxy = guxx + jstride;
     T* guyy = guxy + jstride;
-    T gt[N], gtt[N], gxt[N], gyt[N];  // gradients of u_theta, u_theta_theta, u_x_theta, u_y_theta
+    // gradients of u_theta, u_theta_theta, u_x_theta, u_y_theta, at 1..N
+    T gt[N + 2], gtt[N + 2], gxt[N + 2], gyt[N + 2];
+#pragma omp simd
     for (int k = 0; k < N; ++k) {
       const T c1 = cs[k], s1 = sn[k], cc = c1 * c1, ss = s1 * s1, cn = c1 * s1;
-      const T g1 = g[N + k] - T(0.5) * g[8 * N + k], g2 = g[2 * N + k] + T(0.5) * g[6 * N + k];
-      const T g4 = g[4 * N + k], g5 = g[5 * N + k], g7 = g[7 * N + k];
-      gu[k] += g[k];
-      gux[k] += c1 * g1 - s1 * g2;
-      guy[k] += s1 * g1 + c1 * g2;
-      guxx[k] += cc * g4 - cn * g5 + ss * g7;
-      guxy[k] += T(2) * cn * g4 + (cc - ss) * g5 - T(2) * cn * g7;
-      guyy[k] += ss * g4 + cn * g5 + cc * g7;
-      gt[k] = g[3 * N + k];
-      gtt[k] = g[9 * N + k];
-      gxt[k] = c1 * g[6 * N + k] - s1 * g[8 * N + k];
-      gyt[k] = s1 * g[6 * N + k] + c1 * g[8 * N + k];
+      const T a1 = g1[k] - T(0.5) * g8[k], a2 = g2[k] + T(0.5) * g6[k];
+      gu[k] += g0[k];
+      gux[k] += c1 * a1 - s1 * a2;
+      guy[k] += s1 * a1 + c1 * a2;
+      guxx[k] += cc * g4[k] - cn * g5[k] + ss * g7[k];
+      guxy[k] += T(2) * cn * g4[k] + (cc - ss) * g5[k] - T(2) * cn * g7[k];
+      guyy[k] += ss * g4[k] + cn * g5[k] + cc * g7[k];
+      gt[k + 1] = g3[k];
+      gtt[k + 1] = g9[k];
+      gxt[k + 1] = c1 * g6[k] - s1 * g8[k];
+      gyt[k + 1] = s1 * g6[k] + c1 * g8[k];
     }
-    for (int k = 0; k < N; ++k) {
-      const int kp = k + 1 == N ? 0 : k + 1, km = k == 0 ? N - 1 : k - 1;
-      gu[k] += (gt[km] - gt[kp]) * d1 + (gtt[km] - T(2) * gtt[k] + gtt[kp]) * d2;
-      gux[k] += (gxt[km] - gxt[kp]) * d1;
-      guy[k] += (gyt[km] - gyt[kp]) * d1;
+    gt[0] = gt[N], gtt[0] = gtt[N], gxt[0] = gxt[N], gyt[0] = gyt[N];
+    gt[N + 1] = gt[1], gtt[N + 1] = gtt[1], gxt[N + 1] = gxt[1], gyt[N + 1] = gyt[1];
+#pragma omp simd
+    for (int k = 0; k < N; ++k) {  // neighbours k - 1 and k + 1 of k are at k and k + 2
+      gu[k] += (gt[k] - gt[k + 2]) * d1 + (gtt[k] - T(2) * gtt[k + 1] + gtt[k + 2]) * d2;
+      gux[k] += (gxt[k] - gxt[k + 2]) * d1;
+      guy[k] += (gyt[k] - gyt[k + 2]) * d1;
     }
   }
 }
