@@ -146,6 +146,24 @@ def test_margin_is_the_same_network_on_the_image_framed_by_blank_background():
     assert not LiftedPDENet(LiftedPDEConfig(**pool, margin=3)).quarter_turn_invariant
 
 
+def test_state_dicts_of_the_earlier_stage_order_still_load():
+    """Each stage's channel map used to come before its downsampling (``stages.<s>.0.map``);
+    such state dicts load into the current order and give the same logits."""
+    torch.manual_seed(0)
+    net = _randomise_batch_norms(LiftedPDENet(LiftedPDEConfig(channels=[3, 4, 5],
+                                                              blocks=[1, 1, 1])).double().eval())
+    earlier = {}
+    for key, value in net.state_dict().items():
+        for stage in (1, 2):
+            key = key.replace(f"stages.{stage}.1.map.", f"stages.{stage}.0.map.")
+        earlier[key] = value
+    assert "stages.1.0.map.weight" in earlier and "stages.1.1.map.weight" not in earlier
+    loaded = LiftedPDENet(LiftedPDEConfig(channels=[3, 4, 5], blocks=[1, 1, 1])).double().eval()
+    loaded.load_state_dict(earlier)
+    images = torch.rand(2, 1, 28, 28, dtype=torch.float64)
+    torch.testing.assert_close(loaded(images), net(images), rtol=0, atol=0)
+
+
 def test_bad_input_gets_a_clear_error():
     net = LiftedPDENet(LiftedPDEConfig(channels=[3], blocks=[1]))
     images = torch.rand(2, 1, 28, 28)

@@ -12,8 +12,9 @@ The path of an image ``f`` (``(B, C_in, H, W)``):
    :data:`~eqpdenet.pde.m2.M2_SE2`), ``F_theta`` a sum of pointwise terms shared over ``x`` and
    ``theta`` (:class:`~eqpdenet.pde.m2_rhs.M2SystemRHS`: a network of the invariants, or the
    convection, diffusion, dilation and erosion of PDE-G-CNNs). Each step is a block with its own
-   ``F``. Between stages, a pointwise channel map and an anti-aliased downsampling by 2
-   (:class:`~eqpdenet.models.pooling.AntiAliasedDownsample`; or a plain 2x2 average, or none).
+   ``F``. Between stages, an anti-aliased downsampling by 2
+   (:class:`~eqpdenet.models.pooling.AntiAliasedDownsample`; or a plain 2x2 average, or none)
+   and a pointwise channel map.
 3. **Projection** over orientations (max, mean, or a learned-temperature soft maximum), then,
    with several scales, the max over scales; then global mean and max pooling over space, batch
    norm and a linear classifier.
@@ -258,11 +259,14 @@ class LiftedPDENet(nn.Module):
                                                        strict=True)):
             modules: list[nn.Module] = []
             if index:
-                modules.append(_ChannelMap(config.channels[index - 1], channels))
+                # Downsampling first: both are linear and commute (the channel map is pointwise,
+                # the downsampling the same on every map), and the map then runs on a quarter of
+                # the points (a training step of the default model in 0.94 of the time).
                 if config.downsample == "blur":
                     modules.append(AntiAliasedDownsample(config.downsample_sigma, config.boundary))
                 elif config.downsample == "pool":
                     modules.append(_AveragePool2x2())
+                modules.append(_ChannelMap(config.channels[index - 1], channels))
             for block in range(blocks):
                 rhs = M2SystemRHS(channels, config.terms, max(1, round(config.hidden * channels)),
                                   sigma=config.sigma, boundary=config.boundary,
@@ -277,6 +281,7 @@ class LiftedPDENet(nn.Module):
         width = config.channels[-1] * (2 if config.readout == "meanmax" else 1)
         self.norm = nn.BatchNorm1d(width)
         self.classifier = nn.Linear(width, require_int(classes, "classes", 1))
+        self.register_load_state_dict_pre_hook(_channel_maps_moved)
 
     @property
     def invariant_set(self):
@@ -324,6 +329,19 @@ class LiftedPDENet(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.classifier(self.features(images)).to(images.dtype)
+
+
+def _channel_maps_moved(module, state_dict, prefix, *args) -> None:
+    """Load state dicts saved while each stage's channel map came before its downsampling
+    (``stages.<s>.0.map.weight``, now ``stages.<s>.1.map.weight``; the downsampling has no
+    state). Unambiguous: in the current order ``stages.<s>.0`` is the downsampling, which has no
+    ``map``."""
+    if module.config.downsample == "none":
+        return
+    for stage in range(1, len(module.config.channels)):
+        old, new = f"{prefix}stages.{stage}.0.map.weight", f"{prefix}stages.{stage}.1.map.weight"
+        if old in state_dict and new not in state_dict:
+            state_dict[new] = state_dict.pop(old)
 
 
 class _ChannelMap(nn.Module):
