@@ -261,7 +261,7 @@ class LiftedPDENet(nn.Module):
             if index:
                 # Downsampling first: both are linear and commute (the channel map is pointwise,
                 # the downsampling the same on every map), and the map then runs on a quarter of
-                # the points (a training step of the default model in 0.94 of the time).
+                # the points.
                 if config.downsample == "blur":
                     modules.append(AntiAliasedDownsample(config.downsample_sigma, config.boundary))
                 elif config.downsample == "pool":
