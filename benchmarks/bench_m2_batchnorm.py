@@ -16,12 +16,11 @@ import argparse
 import time
 
 import torch
+from m2_kernel_versions import SHAPES, stage_fields
 from torch import nn
 
 from eqpdenet.kernels import cpu  # noqa: F401 - registers the CPU operators
 from eqpdenet.kernels.m2_op import m2_update
-
-SHAPES = [(8, 28), (16, 14), (24, 7)]
 
 
 def written_out(norm: nn.BatchNorm1d, z: torch.Tensor):
@@ -41,9 +40,7 @@ def main() -> None:
     outputs: dict = {}
     for _ in range(args.repeats):
         for channels, size in SHAPES:
-            u = torch.randn(64, channels, 8, size, size, generator=generator)
-            z0 = torch.randn(64, channels, 8, size, size, generator=generator)
-            grad = torch.randn(64, channels, 8, size, size, generator=generator)
+            u, z0, grad = stage_fields(channels, size, generator, 3)
             norm = nn.BatchNorm1d(channels)
             w2 = torch.randn(channels, channels, generator=generator, requires_grad=True)
             b2 = torch.zeros(channels, requires_grad=True)

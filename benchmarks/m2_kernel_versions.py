@@ -29,6 +29,12 @@ from eqpdenet.pde.m2 import orientation_frame, separable_stencils
 SHAPES = [(8, 28), (16, 14), (24, 7)]
 
 
+def stage_fields(channels: int, size: int, generator: torch.Generator, count: int) -> list:
+    """``count`` random fields ``(64, channels, 8, size, size)`` at one stage shape (batch 64,
+    8 orientations), drawn in order from ``generator``."""
+    return [torch.randn(64, channels, 8, size, size, generator=generator) for _ in range(count)]
+
+
 def build(name: str, source: str, root: Path):
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -59,8 +65,7 @@ def main() -> None:
     results: dict = {}
     for _ in range(args.repeats):
         for channels, size in SHAPES:
-            u = torch.randn(64, channels, 8, size, size, generator=generator)
-            grad = torch.randn(64, channels, 8, size, size, generator=generator)
+            u, grad = stage_fields(channels, size, generator, 2)
             weight = torch.randn(channels, channels, 10, generator=generator)
             w1 = 0.1 * torch.randn(channels, channels, 10, generator=generator)
             b1, b2 = torch.randn(channels, generator=generator), torch.randn(channels,
