@@ -284,8 +284,9 @@ class M2SystemRHS(nn.Module):
         whole step in one (``torch.ops.eqpdenet.m2_euler_step``), with it the mixed invariants
         (``m2_mix_invariants``), the batch norm by PyTorch's own (its native kernels, forward
         and backward, cost about 0.65 times the batch statistics written out as tensor
-        operations: ``benchmarks/bench_m2_batchnorm.py``) and the rest of ``F`` with the update in one more (``m2_update``, here with
-        unit scale and zero shift). Else None (the caller computes ``u + dt F(u)``)."""
+        operations: ``benchmarks/bench_m2_batchnorm.py``) and the rest of ``F`` with the
+        update in one more (``m2_update``, here with unit scale and zero shift). Else None
+        (the caller computes ``u + dt F(u)``)."""
         network = self.terms["network"] if self.term_names == ("network",) else None
         if network is None or not isinstance(network.norm, nn.Identity):
             return None
