@@ -64,5 +64,8 @@ def data_parallel_worker(rank: int, world: int, port: int, out: str,
         model, history = train_model(tiny_config(*overrides), synthetic_data(), progress=False)
         if rank == 0:
             torch.save({"state": model.state_dict(), "history": history}, out)
+        # Both ranks tear the group down together: a rank that destroys it while its peer is
+        # still working can abort at exit in gloo's threads (seen once in CI, SIGABRT).
+        dist.barrier()
     finally:
         dist.destroy_process_group()

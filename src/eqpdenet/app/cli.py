@@ -204,6 +204,7 @@ def _train_distributed(args) -> int:
                     train_model(config, data, progress=False)
                 except (NonFiniteStateError, FloatingPointError):
                     pass  # rank 0 (the same loss, the same parameters) records the divergence
+                dist.barrier()  # waits for rank 0's files: the group is torn down by all at once
                 return 0
             stage = stack.enter_context(staged(out))  # the run replaces the folder as a unit
             record = run_experiment(config, data, progress=not args.no_progress,
@@ -212,6 +213,7 @@ def _train_distributed(args) -> int:
             atomic_write(stage / "config.toml", to_toml(config).encode())
             atomic_write(stage / "result.json",
                          (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+        dist.barrier()  # a rank that tears gloo down while its peer works can abort at exit
     finally:
         dist.destroy_process_group()
     if record["status"] != "ok":
