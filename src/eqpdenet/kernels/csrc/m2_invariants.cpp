@@ -287,9 +287,13 @@ void y_pass_adjoint_chunks(const T* gJ, const Taps<T>& taps, const Setup<T>& s, 
 
 // The ten invariants of every channel at one pixel: I[(c 10 + i) rstride + k] from the pixel's
 // jet values jet[d * jstride + m] (d = 0..5, m = c N + k). cs, sn: (N) cos and sin of theta_k.
+// u, u_x and u_y are first copied with one periodic neighbour on each side (h[0] = x[N - 1],
+// h[N + 1] = x[0]), so that the orientation differences read shifted unit-stride vectors: indexing
+// the neighbours modulo N instead compiles to gathers, which cost more than all the arithmetic.
 template <typename T, int N>
 M2_INLINE void invariants_at(const T* jet, int64_t jstride, int64_t C, const T* cs, const T* sn,
                              T d1, T d2, T* I, int64_t rstride) {
+  T hu[N + 2], hx[N + 2], hy[N + 2];
   for (int64_t c = 0; c < C; ++c) {
     const T* u = jet + c * N;
     const T* ux = u + jstride;
@@ -300,22 +304,29 @@ M2_INLINE void invariants_at(const T* jet, int64_t jstride, int64_t C, const T* 
     T* out = I + c * NJ * rstride;
 #pragma omp simd
     for (int k = 0; k < N; ++k) {
-      const int kp = k + 1 == N ? 0 : k + 1, km = k == 0 ? N - 1 : k - 1;
+      hu[k + 1] = u[k];
+      hx[k + 1] = ux[k];
+      hy[k + 1] = uy[k];
+    }
+    hu[0] = u[N - 1], hx[0] = ux[N - 1], hy[0] = uy[N - 1];
+    hu[N + 1] = u[0], hx[N + 1] = ux[0], hy[N + 1] = uy[0];
+#pragma omp simd
+    for (int k = 0; k < N; ++k) {  // neighbours k - 1 and k + 1 of k are at k and k + 2
       const T c1 = cs[k], s1 = sn[k];
       const T a1 = c1 * ux[k] + s1 * uy[k];
       const T a2 = c1 * uy[k] - s1 * ux[k];
-      const T uxt = (ux[kp] - ux[km]) * d1, uyt = (uy[kp] - uy[km]) * d1;
+      const T uxt = (hx[k + 2] - hx[k]) * d1, uyt = (hy[k + 2] - hy[k]) * d1;
       const T cc = c1 * c1, ss = s1 * s1, cn = c1 * s1;
       out[0 * rstride + k] = u[k];
       out[1 * rstride + k] = a1;
       out[2 * rstride + k] = a2;
-      out[3 * rstride + k] = (u[kp] - u[km]) * d1;
+      out[3 * rstride + k] = (hu[k + 2] - hu[k]) * d1;
       out[4 * rstride + k] = cc * uxx[k] + T(2) * cn * uxy[k] + ss * uyy[k];
       out[5 * rstride + k] = cn * (uyy[k] - uxx[k]) + (cc - ss) * uxy[k];
       out[6 * rstride + k] = c1 * uxt + s1 * uyt + T(0.5) * a2;
       out[7 * rstride + k] = ss * uxx[k] - T(2) * cn * uxy[k] + cc * uyy[k];
       out[8 * rstride + k] = c1 * uyt - s1 * uxt - T(0.5) * a1;
-      out[9 * rstride + k] = (u[kp] - T(2) * u[k] + u[km]) * d2;
+      out[9 * rstride + k] = (hu[k + 2] - T(2) * u[k] + hu[k]) * d2;
     }
   }
 }
