@@ -161,6 +161,10 @@ def test_flags_are_honoured_exactly(monkeypatch, tmp_path):
     ("steps", "layer.T / layer.dt: 1e+06 / 0.001 is about 1e+09 Euler steps per PDE, more than "
               "the bound of 100,000"),
     ("memory", "training would need about"),
+    ("memory-lifted", "or make its fields smaller (model.lifted_pde: channels, blocks, "
+                      "orientations, scales, margin)"),
+    ("memory-invariant", "or make its fields smaller (model.invariant_pde: channels, blocks, "
+                         "hidden)"),
     ("disk", "not enough space for the results in"),
     ("foreign-files", "holds files that eqpdenet did not write as a run (notes.txt; no "
                       ".eqpdenet-folder marker)"),
@@ -185,6 +189,13 @@ def test_problems_are_found_before_any_data_is_loaded(case, message, tmp_path, n
         extra = ["--set", "model.layer.T=1e6", "--set", "model.layer.dt=1e-3"]
     elif case == "memory":  # 100,000 steps: within the step bound, ~400 GB of stored states
         extra = ["--set", "model.layer.T=1000", "--set", "model.layer.dt=0.01"]
+        monkeypatch.setattr(preflight, "available_memory", lambda device: 16 * 2**30)
+    elif case == "memory-lifted":  # a 1,000-pixel margin: 2.9 TiB of fields at batch 128
+        extra = ["--model", "lifted_pde", "--set", "model.lifted_pde.margin=1000"]
+        monkeypatch.setattr(preflight, "available_memory", lambda device: 16 * 2**30)
+    elif case == "memory-invariant":  # 1,000 blocks of 12 channels: ~120 GiB at batch 128
+        extra = ["--model", "invariant_pde", "--set", "model.invariant_pde.channels=[12]",
+                 "--set", "model.invariant_pde.blocks=[1000]"]
         monkeypatch.setattr(preflight, "available_memory", lambda device: 16 * 2**30)
     elif case == "disk":
         monkeypatch.setattr(preflight.shutil, "disk_usage",

@@ -8,7 +8,8 @@ cause when
   each one to TOML, as it will be saved beside its result),
 * the device is not there (``train.device = "cuda"`` without a GPU),
 * training would need more memory than the machine has: the states the Euler steps keep for the
-  backward pass (:func:`training_bytes`; ``T = 1e6, dt = 1e-3`` asks for petabytes) and the
+  backward pass (:func:`training_bytes`; ``T = 1e6, dt = 1e-3`` asks for petabytes, so does a
+  lifted model with ``margin = 1000``: the deep families estimate their own) and the
   parameters with their gradients and optimiser state (:data:`PARAMETER_BYTES` each;
   ``model.hidden = 1e8`` asks for 160 PB); the model is built on PyTorch's ``meta`` device to
   count them, so nothing is allocated,
@@ -43,6 +44,10 @@ __all__ = ["PARAMETER_BYTES", "WORKER_BYTES", "allocation_failure", "available_m
 #: kernel keeps the state and little else; the reference keeps the jet, invariants and products.
 STATE_FACTORS = {("fused", False): 2.5, ("fused", True): 0.5,
                  ("reference", False): 40.0, ("reference", True): 15.0}
+
+#: The options that size the fields of the deep families, named when they do not fit in memory.
+DEEP_FIELDS = {"invariant_pde": "channels, blocks, hidden",
+               "lifted_pde": "channels, blocks, orientations, scales, margin"}
 
 #: Bytes per parameter during training: the float32 weight, its gradient and Adam's two moments.
 PARAMETER_BYTES = 16
@@ -101,11 +106,14 @@ def allocation_failure(error: BaseException) -> str | None:
 def training_bytes(config: ExperimentConfig, model: torch.nn.Module | None = None) -> int:
     """An estimate of the memory that training ``config`` keeps for the backward pass, dominated
     by the Euler states: ``batch x PDEs x channels x steps x pixels x bytes x factor`` for every
-    PDE layer of the model (at the input's size; :data:`STATE_FACTORS`)."""
+    PDE layer of the model (at the input's size; :data:`STATE_FACTORS`), and for the deep
+    families (``invariant_pde``, ``lifted_pde``) their own estimate of what their blocks keep
+    (their ``backward_bytes(batch_size)``)."""
     model = _model(config) if model is None else model
     channels = getattr(model, "in_channels", 1)
     pixels = config.model.image_size ** 2
-    total = 0
+    own = getattr(model, "backward_bytes", None)
+    total = int(own(config.train.batch_size)) if own is not None else 0
     for layer in model.modules():
         if not isinstance(layer, PDELayer):
             continue
@@ -175,11 +183,17 @@ def preflight(runs: Sequence[ExperimentConfig], out: Path | None, *, jobs: int =
             parts = [f"{_gib(states)} for the states the Euler steps keep"] if states else []
             parts.append(f"{_gib(weights)} for {weights // PARAMETER_BYTES:,} parameters with "
                          f"their gradients and optimiser state")
-            remedies = ([f"raise model.layer.dt or lower model.layer.T{steps}",
-                         f"lower train.batch_size ({run.train.batch_size})",
-                         "set model.layer.recompute = true"] if states > weights else
-                        [f"make the model smaller (model.hidden = {run.model.hidden}, or its "
-                         f"model.{run.model.kind} options)"])
+            kind = run.model.kind
+            if states <= weights:
+                remedies = [f"make the model smaller (model.hidden = {run.model.hidden}, or its "
+                            f"model.{kind} options)"]
+            elif kind in DEEP_FIELDS:
+                remedies = [f"lower train.batch_size ({run.train.batch_size})",
+                            f"make its fields smaller (model.{kind}: {DEEP_FIELDS[kind]})"]
+            else:
+                remedies = [f"raise model.layer.dt or lower model.layer.T{steps}",
+                            f"lower train.batch_size ({run.train.batch_size})",
+                            "set model.layer.recompute = true"]
             if parallel > 1:
                 remedies.append("lower --jobs")
             raise ConfigError(

@@ -37,7 +37,7 @@ from ..pde.rhs import InvariantSystemRHS, invariant_maps
 from ..pde.stencils import BOUNDARIES, STENCILS, Jet, stencil_has_scale
 from .inputs import ModelInput, check_model_input, require_image_size
 from .perceptron import Standardize
-from .pooling import AntiAliasedDownsample
+from .pooling import AntiAliasedDownsample, downsampled_size
 
 __all__ = ["InvariantPDEConfig", "InvariantPDENet"]
 
@@ -188,6 +188,35 @@ class InvariantPDENet(nn.Module):
         width = config.channels[-1] * (2 if config.readout == "meanmax" else 1)
         self.norm = nn.BatchNorm1d(width)
         self.classifier = nn.Linear(width, require_int(classes, "classes", 1))
+
+    def backward_bytes(self, batch_size: int, element_size: int = 4) -> int:
+        """An estimate of the bytes one training step on ``batch_size`` images keeps for its
+        backward pass (what the memory preflight of :mod:`eqpdenet.app.preflight` needs).
+
+        In units of one map, ``batch x h_s^2 x element_size``, every Euler block keeps about
+        ``f (K + C_s + hidden)`` for its ``K`` invariant maps, ``C_s`` channels and hidden layer:
+        ``f = 4`` for each channel's own SE(2) invariants, 7.5 for SIM(2) or joint invariants
+        (their intermediate products); the lift about 7 fields of ``C_0`` channels. Measured with
+        ``torch.autograd.graph.saved_tensors_hooks``; tests/models/test_memory_estimates.py holds
+        the estimate within 1 to 1.6 times the measurement.
+        """
+        config = self.config
+        size, sizes = self.image_size, []
+        for index in range(len(config.channels)):
+            if index:
+                size = {"pool": size // 2, "blur": downsampled_size(size), "none": size}[
+                    config.downsample]
+            sizes.append(size)
+        factor = 4.0 if config.group == "se2" and config.joint == "channel" else 7.5
+        per_map = batch_size * element_size
+        total = 7 * config.channels[0] * per_map * sizes[0] ** 2
+        blocks = iter(m.rhs for m in self.stages.modules() if isinstance(m, EulerStep))
+        for stage, size in zip(config.blocks, sizes, strict=True):
+            for _ in range(stage):
+                rhs = next(blocks)
+                maps = rhs.invariants_of.out_channels + rhs.channels + rhs.F[-3].num_features
+                total += factor * maps * per_map * size**2
+        return int(total)
 
     @property
     def quarter_turn_invariant(self) -> bool:

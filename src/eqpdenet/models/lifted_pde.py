@@ -42,6 +42,8 @@ from torch import Tensor, nn
 from .. import kernels
 from ..checks import require, require_int, require_positive
 from ..geometry import halvings_stay_even
+from ..kernels.m2_op import KERNEL_ORIENTATIONS
+from ..kernels.op import KERNEL_BOUNDARIES
 from ..pde.integrators import EulerStep
 from ..pde.m2 import (
     M2_SE2,
@@ -282,6 +284,40 @@ class LiftedPDENet(nn.Module):
         self.norm = nn.BatchNorm1d(width)
         self.classifier = nn.Linear(width, require_int(classes, "classes", 1))
         self.register_load_state_dict_pre_hook(_channel_maps_moved)
+
+    def backward_bytes(self, batch_size: int, element_size: int = 4) -> int:
+        """An estimate of the bytes one training step on ``batch_size`` images keeps for its
+        backward pass (what the memory preflight of :mod:`eqpdenet.app.preflight` needs).
+
+        In units of one stage's field, ``batch x scales x C_s x N x h_s^2 x element_size``,
+        every Euler block keeps about ``1 + 2 hidden/C_s`` with the fused kernel (its input, the
+        hidden layer before and after batch normalisation); about ``21 + 3 hidden/C_s`` (+10
+        with ``normalize_invariants``, +6 with other ``terms`` than ``network``) where the
+        invariants are written out (the reference, other ``terms``); the lift keeps about its
+        jet twice and three fields. Measured with ``torch.autograd.graph.saved_tensors_hooks``;
+        tests/models/test_memory_estimates.py holds the estimate within 1 to 1.6 times the
+        measurement. The fused factor assumes the C++ or Triton kernel runs: where it cannot,
+        training falls back to the reference (with a warning) and needs up to 20 times more.
+        """
+        config = self.config
+        sizes = config.stage_sizes(self.image_size)
+        per_point = batch_size * config.scales * config.orientations * element_size
+        kernel = (kernels.resolve_backend(config.backend) != "reference"
+                  and list(config.terms) == ["network"] and config.orientations
+                  in KERNEL_ORIENTATIONS and config.boundary in KERNEL_BOUNDARIES)
+        total = per_point * sizes[0] ** 2 * (12 * self.in_channels + 3 * config.channels[0])
+        for channels, blocks, size in zip(config.channels, config.blocks, sizes, strict=True):
+            hidden = (max(1, round(config.hidden * channels)) / channels
+                      if config.normalize_hidden else 0.0)
+            if kernel and not config.normalize_invariants:
+                factor = 1.3 + 2 * hidden
+            elif kernel:  # the invariants written out for their batch norm, then fused
+                factor = 24 + 2 * hidden
+            else:
+                factor = 21 + 3 * hidden + (10 if config.normalize_invariants else 0) \
+                    + (6 if list(config.terms) != ["network"] else 0)
+            total += blocks * factor * per_point * channels * size**2
+        return int(total)
 
     @property
     def invariant_set(self):
