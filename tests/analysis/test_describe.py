@@ -135,3 +135,26 @@ def test_lifted_model_reads_out_its_m2_systems():
     assert "∂t u1 ≈ 2.7 + 1 A13u2 + ..." in text
     assert "∂t u2 ≈ −0.2 + ..." in text
     assert "convection, v along (A1, A2, A3): u1: (0.25, 0, -1.5), u2: (0, 0, 0)" in text
+
+
+def test_lifted_model_with_background_reads_out_the_change_from_the_blank_field():
+    # As above, relative to the blank field: F(I) - F(0) has no constant and no b2
+    from eqpdenet.analysis.describe import describe_model
+    from eqpdenet.models import LiftedPDEConfig, LiftedPDENet
+
+    net = LiftedPDENet(LiftedPDEConfig(channels=[2], blocks=[1], hidden=1.0,
+                                       normalize_hidden=False, terms=["network", "linear"],
+                                       boundary="background"))
+    rhs = net.stages[0][0].rhs
+    network = rhs.terms["network"]
+    assert network.out.bias is None and rhs.terms["linear"].map.bias is None
+    with torch.no_grad():
+        network.mix.weight.zero_()
+        network.mix.weight[0, 10 + 6] = 0.5
+        network.mix.bias.fill_(1.0)
+        network.out.weight.zero_()
+        network.out.weight[0, 0] = 2.0
+    text = describe_model(net, digits=3)
+    assert "V <- V + 1 (F(I(V)) - F(0)), V = U - U_blank, on M2" in text
+    assert "∂t u1 ≈ 0 + 1 A13u2 + ..." in text  # 2.7 - 2.7: no constant term
+    assert "linear: W u, |W| = 0" in text

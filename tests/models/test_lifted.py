@@ -46,6 +46,8 @@ def test_registered_and_parameter_count():
     {"terms": ["network", "diffusion"], "scales": 2, "orientations": 4},
     {"normalize_invariants": True, "orientations": 12, "boundary": "zeros"},
     {"margin": 2, "downsample": "pool"},
+    {"boundary": "background", "terms": ["network", "linear"], "normalize_invariants": True},
+    {"boundary": "background", "normalize_hidden": False},
 ])
 def test_logits_are_invariant_under_quarter_turns(options):
     torch.manual_seed(0)
@@ -59,12 +61,21 @@ def test_logits_are_invariant_under_quarter_turns(options):
     assert_equivariant(net, images, invariant=True)
 
 
-def test_fused_and_reference_backends_give_the_same_model():
+@pytest.mark.parametrize("options", [{}, {"boundary": "background"},
+                                     {"boundary": "background", "normalize_hidden": False}])
+def test_fused_and_reference_backends_give_the_same_model(options):
     torch.manual_seed(0)
-    config = LiftedPDEConfig(channels=[3, 4], blocks=[1, 1], scales=2)
+    config = LiftedPDEConfig(channels=[3, 4], blocks=[1, 1], scales=2, **options)
     fused = LiftedPDENet(config).double()
     reference = LiftedPDENet(LiftedPDEConfig(channels=[3, 4], blocks=[1, 1], scales=2,
-                                             backend="reference")).double()
+                                             backend="reference", **options)).double()
+    if not config.normalize_hidden:  # W2 starts at zero: give the update something to carry
+        for net in (fused, reference):
+            for block in net.modules():
+                if isinstance(block, M2SystemRHS):
+                    torch.nn.init.normal_(block.terms["network"].out.weight)
+                    torch.nn.init.normal_(block.terms["network"].mix.bias)
+        reference.load_state_dict(fused.state_dict())
     reference.load_state_dict(fused.state_dict())
     images = torch.rand(4, 1, 28, 28, dtype=torch.float64)
     a, b = fused(images), reference(images)
@@ -199,3 +210,112 @@ def test_projected_fields_rotate_with_the_image(scales):
                        angle_tolerance=0.05)
     with pytest.raises(ValueError, match="stages must be in 0..3"):
         net.projected_fields(images, 4)
+
+
+def _plain_and_relative(backend, terms, **options):
+    """A plain system (replicate boundary; random parameters and batch-norm statistics) and a
+    relative one (zero padding) with the same parameters but the output biases, which cancel."""
+    torch.manual_seed(0)
+    plain = M2SystemRHS(3, terms, hidden=5, boundary="replicate", backend=backend,
+                        **options).double()
+    relative = M2SystemRHS(3, terms, hidden=5, boundary="zeros", relative=True, backend=backend,
+                           **options).double()
+    with torch.no_grad():
+        for parameter in plain.parameters():
+            parameter.uniform_(-1, 1)
+    _randomise_batch_norms(plain)
+    wanted = relative.state_dict()
+    assert set(plain.state_dict()) - set(wanted) == {
+        name for name in plain.state_dict() if name.endswith(("out.bias", "linear.map.bias"))}
+    relative.load_state_dict({name: plain.state_dict()[name] for name in wanted})
+    return plain, relative
+
+
+#: Fields ``U = U_0 + V`` of a frame (``V`` random, ``U_0`` a blank field, constant per channel)
+#: and the frame padded by ``U_0`` as far as the stencils reach.
+_DEVIATION = torch.rand(2, 3, 8, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+_BLANK = torch.tensor([0.7, -1.3, 2.1], dtype=torch.float64).view(1, 3, 1, 1, 1)
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("terms", [("network",), ("network", "linear", "diffusion", "convection",
+                                                  "dilation")])
+def test_relative_system_without_batch_norm_is_the_plain_one_on_the_extended_frame(backend,
+                                                                                   terms):
+    """``F_rel(V) = F(I(pad_{U_0} U))|_frame - F(I(U_0))`` to rounding (float64), for the plain
+    system whose first layer's bias is ``b1 - W1 I(U_0)`` (a blank field's invariants are those
+    of a constant: its value in the zeroth one; the relative system carries ``V``, whose blank
+    is 0): the same family of ``F``, a shifted bias."""
+    plain, relative = _plain_and_relative(backend, terms, normalize_hidden=False,
+                                          normalize_invariants=False)
+    pad = plain.jet.radius
+    framed = torch.nn.functional.pad(_DEVIATION, (pad,) * 4) + _BLANK
+    constant = _BLANK.expand(1, 3, 8, 12, 12)
+    blank_invariants = plain.invariants(constant)[0, :, :, 0, 0, 0].reshape(-1)
+    network = plain.terms["network"]
+    with torch.no_grad():
+        network.mix.bias -= network.mix.weight @ blank_invariants
+    expected = plain(framed)[..., pad:-pad, pad:-pad] - plain(constant)[:, :, :1, :1, :1]
+    torch.testing.assert_close(relative(_DEVIATION), expected, rtol=1e-10, atol=1e-10)
+    step = relative.euler_step(_DEVIATION, 0.5)
+    if step is not None:  # the fused step (the network term alone)
+        torch.testing.assert_close(step, _DEVIATION + 0.5 * expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("normalize_invariants", [False, True])
+def test_relative_system_with_batch_norm_is_the_plain_one_on_the_extended_frame(
+        backend, normalize_invariants):
+    """With batch-normalised layers (training mode) nothing is reparametrised: batch norm
+    forgets the constant ``W1 I(U_0)``, so ``F_rel(V)`` is the plain ``F`` of the invariants of
+    the padded frame, normalised by the statistics of the frame's points, minus its value on
+    the blank field under the same statistics."""
+    from eqpdenet.pde.m2_rhs import batch_norm_at
+
+    plain, relative = _plain_and_relative(backend, ("network",),
+                                          normalize_invariants=normalize_invariants)
+    pad = plain.jet.radius
+    framed = torch.nn.functional.pad(_DEVIATION, (pad,) * 4) + _BLANK
+    network = plain.terms["network"]
+    invariants = plain.invariants(framed)[..., pad:-pad, pad:-pad].reshape(2, 30, -1)
+    blank = plain.invariants(_BLANK.expand(1, 3, 8, 12, 12))[0, :, :, 0, 0, 0].reshape(-1)
+    x = network.mix(network.norm(invariants))
+    x_blank = network.mix(batch_norm_at(network.norm, invariants, blank)[None, :, None])[0, :, 0]
+    hidden_blank = batch_norm_at(network.hidden_norm, x, x_blank)
+    expected = (network.out.weight @ (torch.relu(network.hidden_norm(x))
+                                      - torch.relu(hidden_blank)[:, None])).view_as(_DEVIATION)
+    torch.testing.assert_close(relative(_DEVIATION), expected, rtol=1e-10, atol=1e-10)
+    step = relative.euler_step(_DEVIATION, 0.5)
+    if step is not None:  # the fused step (unnormalised invariants)
+        torch.testing.assert_close(step, _DEVIATION + 0.5 * expected, rtol=1e-10, atol=1e-10)
+
+
+def test_batch_norm_at_a_point_is_what_the_batch_norm_gives_that_point():
+    from eqpdenet.pde.m2_rhs import batch_norm_at
+
+    torch.manual_seed(0)
+    norm = _randomise_batch_norms(torch.nn.BatchNorm1d(4).double())
+    batch = torch.randn(3, 4, 10, dtype=torch.float64)
+    for training in (True, False):
+        norm.train(training)
+        expected = norm(batch)[1, :, 7]  # running statistics updated after use: read first
+        torch.testing.assert_close(batch_norm_at(norm, batch, batch[1, :, 7]), expected,
+                                   rtol=1e-12, atol=1e-12)
+
+
+def test_background_boundary_carries_deviations_from_a_blank_image():
+    """A blank image's fields vanish at every stage (in training and evaluation mode), so zero
+    padding of the carried fields is padding by the blank image's own fields; the logits are
+    those of a model whose every field is shifted by a constant per channel (nothing to learn)."""
+    torch.manual_seed(0)
+    net = _randomise_batch_norms(LiftedPDENet(LiftedPDEConfig(
+        channels=[3, 4], blocks=[1, 1], boundary="background"), input_mean=0.13,
+        input_std=0.31).double())
+    blank = torch.zeros(3, 1, 28, 28, dtype=torch.float64)
+    for training in (True, False):
+        net.train(training)
+        assert float(net.fields(blank).detach().abs().max()) < 1e-12
+    config = LiftedPDEConfig(boundary="background")
+    assert config.padding == "zeros" and LiftedPDEConfig().padding == "replicate"
+    with pytest.raises(ConfigError, match="lifted_pde.boundary"):
+        LiftedPDEConfig(boundary="blank")

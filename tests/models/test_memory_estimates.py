@@ -37,6 +37,7 @@ LIFTED = [
     ({"terms": ["convection", "diffusion", "dilation", "erosion", "linear"]}, 1),
     ({"orientations": 4, "channels": [6, 6], "blocks": [2, 1]}, 2),
     ({"downsample": "none", "channels": [4, 4], "blocks": [1, 1]}, 1),
+    ({"boundary": "background"}, 1),
 ]
 
 

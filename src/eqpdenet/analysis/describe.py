@@ -198,11 +198,12 @@ def describe_system(step: EulerStep, top: int = 3, digits: int = 3) -> str:
     return "\n".join(lines)
 
 
-def _network_leading_terms(term: NetworkTerm, channels: int, names: Sequence[str], top: int
-                           ) -> list[tuple[float, list[tuple[float, str]]]]:
+def _network_leading_terms(term: NetworkTerm, channels: int, names: Sequence[str], top: int,
+                           relative: bool = False) -> list[tuple[float, list[tuple[float, str]]]]:
     """:func:`leading_terms` of the ``network`` term of an M2 system: ``F`` linearised (evaluation
     mode) at the mean invariants (running mean and std of its invariant batch norm) or, without
-    it, at ``I = 0`` (the invariants of ``u = 0``, all linear in ``u``), per unit of each."""
+    it, at ``I = 0`` (the invariants of ``u = 0``, all linear in ``u``), per unit of each. For a
+    ``relative`` system, of ``F(I) - F(0)``."""
     maps = channels * len(names)
     parameter = term.mix.weight
     options = dict(dtype=parameter.dtype, device=parameter.device)
@@ -220,6 +221,8 @@ def _network_leading_terms(term: NetworkTerm, channels: int, names: Sequence[str
 
         with torch.enable_grad():
             constant = field(mean).detach()
+            if relative:
+                constant = constant - field(torch.zeros_like(mean)).detach()
             jacobian = torch.autograd.functional.jacobian(field, mean)  # (C, 10 C)
     finally:
         term.train(was_training)
@@ -241,15 +244,19 @@ def describe_m2_system(step: EulerStep, top: int = 3, digits: int = 3) -> str:
     along ``A1, A2, A3``)."""
     rhs: M2SystemRHS = step.rhs
     names = rhs.invariant_set.names
-    lines = [f"{step.name}: U <- U + {step.dt:g} F(I(U)) on M2, {rhs.channels} channels, "
+    if rhs.relative:  # the deviation V = U - U_0 from a blank image's fields U_0
+        update = f"V <- V + {step.dt:g} (F(I(V)) - F(0)), V = U - U_blank,"
+    else:
+        update = f"U <- U + {step.dt:g} F(I(U))"
+    lines = [f"{step.name}: {update} on M2, {rhs.channels} channels, "
              f"F = {' + '.join(rhs.term_names)}"]
     for name, term in rhs.terms.items():
         if isinstance(term, NetworkTerm):
             where = ("the mean invariants (Ĩ = (I - mean) / std)"
                      if isinstance(term.norm, nn.BatchNorm1d) else "I = 0")
             lines.append(f"  network, leading terms at {where}:")
-            for c, (constant, terms) in enumerate(_network_leading_terms(term, rhs.channels,
-                                                                          names, top)):
+            for c, (constant, terms) in enumerate(_network_leading_terms(
+                    term, rhs.channels, names, top, rhs.relative)):
                 symbol = "Ĩ" if isinstance(term.norm, nn.BatchNorm1d) else ""
                 body = _terms_to_text([(constant, ""), *((a, f"{symbol}[{n}]" if symbol else n)
                                                          for a, n in terms)], digits, False)
@@ -263,7 +270,8 @@ def describe_m2_system(step: EulerStep, top: int = 3, digits: int = 3) -> str:
             lines.append(f"  {name}, {label} along (A1, A2, A3): {rows}")
         elif isinstance(term, LinearTerm):
             norm = float(term.map.weight.detach().norm())
-            lines.append(f"  linear: W u + b, |W| = {_number(norm, digits)}")
+            bias = " + b" if term.map.bias is not None else ""
+            lines.append(f"  linear: W u{bias}, |W| = {_number(norm, digits)}")
     return "\n".join(lines)
 
 

@@ -25,6 +25,17 @@ operation is pointwise in ``(x, theta)``, a downsampling that commutes with ``ro
 over the whole orientation axis and the whole plane. So the logits of ``rot90(f)`` equal those of
 ``f`` to rounding; other angles are approximate (interpolation, the orientation grid).
 
+The frame's border (``boundary = "background"``): every boundary rule of a finite image makes
+the fields near the border depend on where the digit sits in the frame (``replicate`` repeats the
+digit's own values into the outside). With ``"background"`` the network carries every field as
+its deviation from the field a blank image has at the same point (a constant per channel, at
+every stage: blank images lift to constants, which pointwise steps keep constant), pads the
+deviations with zeros, and subtracts from every ``F`` its value on that blank field
+(:class:`~eqpdenet.pde.m2_rhs.M2SystemRHS`, ``relative``): the plane outside the frame is the
+blank image's own fields, at no cost. The constant itself never needs computing: the projection
+and the global pooling commute with adding it, and the batch norm before the classifier removes
+it.
+
 Multi-scale (``scales = S > 1``): the network runs on ``S`` copies of the batch, copy ``s`` with
 every Gaussian derivative at ``sigma 2^(s/2)`` (scale-normalised, so the same ``F`` serves every
 scale), and the projected maps are maxed over the copies: a digit magnified by ``2^(1/2)`` is seen
@@ -54,7 +65,7 @@ from ..pde.m2 import (
     scale_levels,
     steered_jet,
 )
-from ..pde.m2_rhs import M2_TERMS, M2SystemRHS, Pointwise
+from ..pde.m2_rhs import M2_TERMS, M2SystemRHS, Pointwise, batch_norm_at
 from ..pde.stencils import BOUNDARIES, MIN_GAUSSIAN_SIGMA
 from .inputs import check_model_input, require_image_size
 from .invariant_pde import MAX_BLOCKS
@@ -64,6 +75,8 @@ from .pooling import AntiAliasedDownsample, downsampled_size
 __all__ = ["LiftedPDEConfig", "LiftedPDENet", "M2Lift"]
 
 PROJECTIONS = ("max", "mean", "softmax")
+#: ``lifted_pde.boundary``: the plane outside the frame holds the fields of a blank image.
+BACKGROUND = "background"
 
 
 @dataclass
@@ -81,7 +94,9 @@ class LiftedPDEConfig:
         dt: Euler step.
         sigma: scale of the Gaussian derivatives, in pixels of each stage's own grid.
         scales: ``S`` scale levels ``sigma 2^(s/2)``, max over them after the projection.
-        boundary: boundary of the jets and of the downsampling.
+        boundary: boundary of the jets and of the downsampling: a name of
+            :data:`~eqpdenet.pde.stencils.BOUNDARIES`, or ``"background"`` (the plane outside
+            the frame holds the fields of a blank image; the module doc).
         downsample: between stages: ``"blur"`` (Gaussian low-pass of std ``downsample_sigma``
             pixels, then one sample per 2x2 cell), ``"pool"`` (2x2 average) or ``"none"``.
         downsample_sigma: the low-pass's standard deviation, in pixels.
@@ -141,7 +156,8 @@ class LiftedPDEConfig:
         require(self.sigma >= MIN_GAUSSIAN_SIGMA, "lifted_pde.sigma",
                 f"must be at least {MIN_GAUSSIAN_SIGMA} pixels, got {self.sigma:g}")
         require_int(self.scales, "lifted_pde.scales", 1)
-        BOUNDARIES.check(self.boundary, "lifted_pde.boundary")
+        if self.boundary != BACKGROUND:
+            BOUNDARIES.check(self.boundary, "lifted_pde.boundary")
         require(self.downsample in ("blur", "pool", "none"), "lifted_pde.downsample",
                 f"must be 'blur', 'pool' or 'none', got {self.downsample!r}")
         require_positive(self.downsample_sigma, "lifted_pde.downsample_sigma")
@@ -151,6 +167,12 @@ class LiftedPDEConfig:
                 f"must be 'max', 'mean' or 'meanmax', got {self.readout!r}")
         kernels.BACKENDS.check(self.backend, "lifted_pde.backend")
         require_int(self.margin, "lifted_pde.margin", 0)
+
+    @property
+    def padding(self) -> str:
+        """The boundary rule of every jet and downsampling: ``zeros`` (of the deviations from a
+        blank image's fields) for ``"background"``, else ``boundary``."""
+        return "zeros" if self.boundary == BACKGROUND else self.boundary
 
     def stage_sizes(self, image_size: int) -> list[int]:
         """The map size of each stage for square images of ``image_size`` pixels (the margin
@@ -179,12 +201,15 @@ class M2Lift(nn.Module):
     each input channel at each orientation (6 ``C_in`` maps), batch-normalised, mixed pointwise.
 
     With ``scales = S`` the output holds ``S`` copies of the batch (``(S B, C, N, H, W)``), copy
-    ``s`` lifted at ``sigma 2^(s/2)``.
+    ``s`` lifted at ``sigma 2^(s/2)``. With ``relative``, the output minus the lift of a blank
+    image (with the same batch statistics): the deviation that ``boundary = "background"``
+    carries, for images given as their deviation from the blank one.
     """
 
     def __init__(self, in_channels: int, channels: int, orientations: int, sigma: float,
-                 boundary: str, scales: int = 1):
+                 boundary: str, scales: int = 1, relative: bool = False):
         super().__init__()
+        self.relative = bool(relative)
         self.orientations = check_orientations(orientations)
         self.sigmas = scale_levels(sigma, scales)
         self.boundary = boundary
@@ -201,8 +226,13 @@ class M2Lift(nn.Module):
         x = torch.cat(copies, 0) if len(copies) > 1 else copies[0]
         batch, _, _, _, height, width = x.shape
         x = x.transpose(2, 3).reshape(batch, -1, n * height * width)
-        x = self.out_norm(self.mix(self.norm(x)))
-        return x.view(batch, -1, n, height, width)
+        mixed = self.mix(self.norm(x))
+        out = self.out_norm(mixed)
+        if self.relative:  # minus the lift of a blank image (a zero jet), this batch's statistics
+            zero = batch_norm_at(self.norm, x, x.new_zeros(x.shape[1]))
+            blank = batch_norm_at(self.out_norm, mixed, self.mix(zero[None, :, None])[0, :, 0])
+            out = out - blank[:, None]
+        return out.view(batch, -1, n, height, width)
 
 
 class _OrientationProjection(nn.Module):
@@ -254,8 +284,9 @@ class LiftedPDENet(nn.Module):
             f"sigma {config.sigma:g} px, {config.scales} scale(s), {len(config.channels)} stages")
         self.in_channels = require_int(in_channels, "in_channels", 1)
         self.standardize = Standardize(input_mean, input_std)
+        background = config.boundary == BACKGROUND
         self.lift = M2Lift(in_channels, config.channels[0], config.orientations, config.sigma,
-                           config.boundary, config.scales)
+                           config.padding, config.scales, relative=background)
         stages = []
         for index, (channels, blocks) in enumerate(zip(config.channels, config.blocks,
                                                        strict=True)):
@@ -265,13 +296,14 @@ class LiftedPDENet(nn.Module):
                 # the downsampling the same on every map), and the map then runs on a quarter of
                 # the points.
                 if config.downsample == "blur":
-                    modules.append(AntiAliasedDownsample(config.downsample_sigma, config.boundary))
+                    modules.append(AntiAliasedDownsample(config.downsample_sigma, config.padding))
                 elif config.downsample == "pool":
                     modules.append(_AveragePool2x2())
                 modules.append(_ChannelMap(config.channels[index - 1], channels))
             for block in range(blocks):
                 rhs = M2SystemRHS(channels, config.terms, max(1, round(config.hidden * channels)),
-                                  sigma=config.sigma, boundary=config.boundary,
+                                  sigma=config.sigma, boundary=config.padding,
+                                  relative=background,
                                   scales=config.scales,
                                   normalize_invariants=config.normalize_invariants,
                                   normalize_hidden=config.normalize_hidden,
@@ -304,7 +336,7 @@ class LiftedPDENet(nn.Module):
         per_point = batch_size * config.scales * config.orientations * element_size
         kernel = (kernels.resolve_backend(config.backend) != "reference"
                   and list(config.terms) == ["network"] and config.orientations
-                  in KERNEL_ORIENTATIONS and config.boundary in KERNEL_BOUNDARIES)
+                  in KERNEL_ORIENTATIONS and config.padding in KERNEL_BOUNDARIES)
         total = per_point * sizes[0] ** 2 * (12 * self.in_channels + 3 * config.channels[0])
         for channels, blocks, size in zip(config.channels, config.blocks, sizes, strict=True):
             hidden = (max(1, round(config.hidden * channels)) / channels
@@ -338,6 +370,8 @@ class LiftedPDENet(nn.Module):
             # Zeros of the raw input are the blank background; padding before standardising
             # makes the margin look like the rest of the background to every later layer.
             x = F.pad(x, (self.config.margin,) * 4)
+        if self.config.boundary == BACKGROUND:  # the deviation from a blank (zero) image
+            return self.lift(self.standardize(x) - self.standardize(torch.zeros_like(x[:1])))
         return self.lift(self.standardize(x))
 
     def fields(self, images: Tensor) -> Tensor:

@@ -22,6 +22,13 @@ the grid: exactly under quarter turns). The terms:
 ``linear``
     ``W u + b``: a pointwise linear map of the channels (Smets' channel mixing).
 
+With ``relative=True`` the system is written for the deviation ``V = U - U_0`` of the fields
+from those of a blank image, ``U_0`` (constant over ``x`` and ``theta``, so its jet is zero):
+``dV/dt = F(I(V)) - F(0)``, each term's value at a zero jet subtracted (only ``network`` and
+``linear`` have one; transport, diffusion and morphology vanish on constants), with the batch
+statistics of the batch norms of the same pass. Zero padding of ``V`` is then padding of ``U``
+by the blank image's own fields: the frame extended by background, whatever ``U_0`` is.
+
 ``("convection", "diffusion", "dilation", "erosion", "linear")`` is a PDE-G-CNN layer as one
 explicit Euler step of the sum (where Smets et al. solve the four PDEs one after the other, each
 by its exact kernel; the sum is the first-order splitting of the same evolution).
@@ -54,6 +61,21 @@ PDE_GCNN_TERMS = ("convection", "diffusion", "dilation", "erosion", "linear")
 _A1, _A2, _A3, _A11, _A22, _A33 = (M2_SE2.names.index(n) for n in
                                    ("A1u", "A2u", "A3u", "A11u", "A22u", "A33u"))
 _MORPHOLOGY_EPS = 1e-3
+
+
+def batch_norm_at(norm: nn.Module, batch: Tensor, value: Tensor) -> Tensor:
+    """What the batch norm ``norm`` maps the point ``value`` ``(C,)`` to when it normalises
+    ``batch`` ``(B, C, L)``: with the batch's statistics (biased variance) in training mode or
+    without running statistics, else with the running ones; ``value`` itself for an
+    :class:`~torch.nn.Identity`. Differentiable in the statistics, as the batch norm is."""
+    if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        return value
+    if norm.training or norm.running_mean is None:
+        var, mean = torch.var_mean(batch, dim=(0, 2), correction=0)
+    else:
+        mean, var = norm.running_mean, norm.running_var
+    out = (value - mean) * torch.rsqrt(var + norm.eps)
+    return out * norm.weight + norm.bias if norm.affine else out
 
 
 def _inverse_softplus(value: float) -> float:
@@ -89,31 +111,51 @@ class NetworkTerm(nn.Module):
     ``C``. The first batch norm only with ``normalize_invariants``; without
     ``normalize_hidden`` the hidden layer is ``relu(W1 I + b1)`` and ``W2`` starts at zero (so that
     every Euler step starts as the identity, the initialisation that lets residual networks
-    train without normalisation)."""
+    train without normalisation). ``relative``: ``F(I) - F(0)``, which has no ``b2``."""
 
     def __init__(self, channels: int, hidden: int, normalize_invariants: bool = True,
-                 normalize_hidden: bool = True):
+                 normalize_hidden: bool = True, *, relative: bool = False):
         super().__init__()
         maps = channels * len(M2_SE2)
         self.norm = nn.BatchNorm1d(maps) if normalize_invariants else nn.Identity()
         self.mix = Pointwise(maps, hidden, bias=not normalize_hidden)
         self.hidden_norm = nn.BatchNorm1d(hidden) if normalize_hidden else nn.Identity()
-        self.out = Pointwise(hidden, channels)
+        self.out = Pointwise(hidden, channels, bias=not relative)  # F(I) - F(0) has no b2
         if not normalize_hidden:
             nn.init.zeros_(self.out.weight)
             nn.init.zeros_(self.mix.bias)
 
     def forward(self, u: Tensor, system: M2SystemRHS) -> Tensor:
         batch, channels, n, height, width = u.shape
+        maps = channels * len(M2_SE2)
+        zero = u.new_zeros(maps)  # the invariants of a blank image's fields (relative systems)
         if isinstance(self.norm, nn.Identity):  # W1 I(u) in one fused pass where possible
             x = system.mixed_invariants(u, self.mix.weight.view(-1, channels, len(M2_SE2)))
             x = x.view(batch, -1, n * height * width)
             if self.mix.bias is not None:
                 x = x + self.mix.bias[:, None]
         else:
-            x = self.mix(self.norm(system.invariants(u).reshape(batch, -1, n * height * width)))
-        x = self.out(F.relu(self.hidden_norm(x)))
-        return x.view(batch, channels, n, height, width)
+            invariants = system.invariants(u).reshape(batch, maps, n * height * width)
+            x = self.mix(self.norm(invariants))
+            if system.relative:
+                zero = batch_norm_at(self.norm, invariants, zero)
+        out = self.out(F.relu(self.hidden_norm(x)))
+        if system.relative:  # minus F at a zero jet, normalised by this batch's statistics
+            hidden = batch_norm_at(self.hidden_norm, x, self.mix(zero[None, :, None])[0, :, 0])
+            out = out - self.out(F.relu(hidden)[None, :, None])
+        return out.view(batch, channels, n, height, width)
+
+    def fused_out_bias(self, z: Tensor | None, relative: bool) -> Tensor:
+        """The output bias of the fused step: ``b2``, or for a relative system ``b2 - F(0) =
+        -W2 relu(h0)``, ``h0`` the hidden layer at a zero jet (``b1``, or the batch norm's image
+        of 0 for the statistics of ``z``, ``(B, hidden, L)``)."""
+        if not relative:
+            return self.out.bias
+        if self.mix.bias is not None:
+            hidden = self.mix.bias
+        else:
+            hidden = batch_norm_at(self.hidden_norm, z, z.new_zeros(z.shape[1]))
+        return -(self.out.weight @ F.relu(hidden))
 
 
 class _PerChannel(nn.Module):
@@ -175,25 +217,31 @@ class ErosionTerm(_MorphologyTerm):
 
 
 class LinearTerm(nn.Module):
-    """``W u + b``, a pointwise map of the channels (initially 0)."""
+    """``W u + b``, a pointwise map of the channels (initially 0); without ``b`` in a relative
+    system (``F(u) - F(0)``)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, bias: bool = True):
         super().__init__()
-        self.map = Pointwise(channels, channels)
+        self.map = Pointwise(channels, channels, bias=bias)
         nn.init.zeros_(self.map.weight)
-        nn.init.zeros_(self.map.bias)
+        if bias:
+            nn.init.zeros_(self.map.bias)
 
     def forward(self, u: Tensor, system: M2SystemRHS) -> Tensor:
         return self.map(u.flatten(2)).view_as(u)
 
 
 #: Terms of ``F`` on M2 by name: builders ``term(channels, hidden, normalize_invariants,
-#: normalize_hidden)`` (the per-channel terms use ``channels`` only).
+#: normalize_hidden, *, relative)`` (the per-channel terms use ``channels`` only, ``linear``
+#: ``relative`` too).
 M2_TERMS: Registry = Registry("M2 right-hand-side term")
 M2_TERMS.register("network", NetworkTerm)
 for _name, _term in (("convection", ConvectionTerm), ("diffusion", DiffusionTerm),
-                     ("dilation", DilationTerm), ("erosion", ErosionTerm), ("linear", LinearTerm)):
-    M2_TERMS.register(_name, lambda channels, *options, _term=_term: _term(channels))
+                     ("dilation", DilationTerm), ("erosion", ErosionTerm)):
+    M2_TERMS.register(_name, lambda channels, *options, relative=False, _term=_term:
+                      _term(channels))
+M2_TERMS.register("linear", lambda channels, *options, relative=False:
+                  LinearTerm(channels, bias=not relative))
 
 
 class M2SystemRHS(nn.Module):
@@ -208,6 +256,8 @@ class M2SystemRHS(nn.Module):
             scale-normalised).
         normalize_invariants: batch-normalise the invariant maps in the ``network`` term.
         normalize_hidden: batch-normalise its hidden layer (else a bias, and ``W2`` starts at 0).
+        relative: the system of the deviation from a blank image's fields, ``F(I) - F(0)`` (the
+            module doc); meant with ``boundary="zeros"``: the frame extended by background.
         backend: :data:`~eqpdenet.kernels.BACKENDS`: ``"auto"`` computes the invariants, or
             directly their mixing by the ``network`` term's first layer (without
             ``normalize_invariants``), by the fused operator
@@ -227,8 +277,9 @@ class M2SystemRHS(nn.Module):
     def __init__(self, channels: int, terms=("network",), hidden: int | None = None, *,
                  sigma: float = 1.0, boundary: str = "replicate", scales: int = 1,
                  normalize_invariants: bool = True, normalize_hidden: bool = True,
-                 backend: str = "auto"):
+                 relative: bool = False, backend: str = "auto"):
         super().__init__()
+        self.relative = bool(relative)
         self.channels = require_int(channels, "channels", 1)
         hidden = require_int(hidden if hidden is not None else channels, "hidden", 1)
         terms = tuple(terms)
@@ -242,7 +293,8 @@ class M2SystemRHS(nn.Module):
         self.jet = M2Jet(sigma, boundary, scales=scales)
         self.term_names = terms
         self.terms = nn.ModuleDict({name: M2_TERMS.get(name)(self.channels, hidden,
-                                                             normalize_invariants, normalize_hidden)
+                                                             normalize_invariants, normalize_hidden,
+                                                             relative=self.relative)
                                     for name in terms})
         self._cache: tuple[Tensor, Tensor] | None = None
 
@@ -294,17 +346,19 @@ class M2SystemRHS(nn.Module):
         if not self._fused(u, w1):
             return None
         if isinstance(network.hidden_norm, nn.Identity):
-            return m2_euler_step(u, w1, network.mix.bias, network.out.weight, network.out.bias,
+            return m2_euler_step(u, w1, network.mix.bias, network.out.weight,
+                                 network.fused_out_bias(None, self.relative),
                                  separable_stencils(self.jet.sigmas),
                                  orientation_frame(u.shape[2]), self.jet.boundary, dt)
         if u.device.type not in M2_UPDATE_IMPLEMENTATIONS or (
                 M2_UPDATE_IMPLEMENTATIONS.get(u.device.type)() is not None):
             return None
         z = self.mixed_invariants(u, w1)
-        normalized = network.hidden_norm(z.view(z.shape[0], z.shape[1], -1)).view_as(z)
+        flat = z.view(z.shape[0], z.shape[1], -1)
+        normalized = network.hidden_norm(flat).view_as(z)
         one = torch.ones(z.shape[1], dtype=z.dtype, device=z.device)
         return m2_update(u, normalized, one, torch.zeros_like(one), network.out.weight,
-                         network.out.bias, dt)
+                         network.fused_out_bias(flat, self.relative), dt)
 
     def forward(self, u: Tensor) -> Tensor:
         try:
@@ -317,4 +371,6 @@ class M2SystemRHS(nn.Module):
             self._cache = None
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, terms={list(self.term_names)}, backend={self.backend!r}"
+        relative = ", relative=True" if self.relative else ""
+        return (f"channels={self.channels}, terms={list(self.term_names)}{relative}, "
+                f"backend={self.backend!r}")
