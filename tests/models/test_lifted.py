@@ -33,6 +33,10 @@ def test_registered_and_parameter_count():
     block1 = 60 * 12 + 2 * 12 + 12 * 6 + 6
     head = 2 * 12 + 12 * 10 + 10                        # batch norm of mean+max, classifier
     assert count_parameters(net) == lift + block0 + transition + 2 * block1 + head
+    background = LiftedPDENet(LiftedPDEConfig(channels=[4, 6], blocks=[1, 2], hidden=2.0,
+                                              boundary="background"))
+    assert count_parameters(background) == count_parameters(net) - 4 - 2 * 6  # no b2: cancels
+    assert count_parameters(LiftedPDENet(LiftedPDEConfig(boundary="background"))) == 21_078
     with_norm = LiftedPDENet(LiftedPDEConfig(channels=[4], blocks=[1], normalize_invariants=True))
     assert count_parameters(with_norm) == lift + 2 * 40 + 40 * 4 + 2 * 4 + 4 * 4 + 4 + (
         2 * 8 + 8 * 10 + 10)
