@@ -128,7 +128,8 @@ class NetworkTerm(nn.Module):
     def forward(self, u: Tensor, system: M2SystemRHS) -> Tensor:
         batch, channels, n, height, width = u.shape
         maps = channels * len(M2_SE2)
-        zero = u.new_zeros(maps)  # the invariants of a blank image's fields (relative systems)
+        # F's input at a blank image's fields (relative systems): zero invariants, normalised
+        blank = u.new_zeros(maps)
         if isinstance(self.norm, nn.Identity):  # W1 I(u) in one fused pass where possible
             x = system.mixed_invariants(u, self.mix.weight.view(-1, channels, len(M2_SE2)))
             x = x.view(batch, -1, n * height * width)
@@ -138,10 +139,10 @@ class NetworkTerm(nn.Module):
             invariants = system.invariants(u).reshape(batch, maps, n * height * width)
             x = self.mix(self.norm(invariants))
             if system.relative:
-                zero = batch_norm_at(self.norm, invariants, zero)
+                blank = batch_norm_at(self.norm, invariants, blank)
         out = self.out(F.relu(self.hidden_norm(x)))
         if system.relative:  # minus F at a zero jet, normalised by this batch's statistics
-            hidden = batch_norm_at(self.hidden_norm, x, self.mix(zero[None, :, None])[0, :, 0])
+            hidden = batch_norm_at(self.hidden_norm, x, self.mix(blank[None, :, None])[0, :, 0])
             out = out - self.out(F.relu(hidden)[None, :, None])
         return out.view(batch, channels, n, height, width)
 
