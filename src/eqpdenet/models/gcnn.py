@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from ..checks import check_images, require, require_int, require_positive
 from ..errors import MissingDependencyError
 from ..geometry import halvings_stay_even
+from .centering import recenter
 from .inputs import check_model_input, require_image_size
 from .perceptron import Standardize
 
@@ -49,6 +50,9 @@ class GCNNConfig:
         pool_sigma: the anti-aliasing low-pass's standard deviation, in pixels (e2cnn's
             default 0.6).
         readout: global pooling over space after group pooling: ``"max"`` or ``"mean"``.
+        center: move every image by whole pixels so that its centre of mass sits at the frame's
+            centre, first (:mod:`eqpdenet.models.centering`; the same option as
+            ``lifted_pde.center``).
     """
 
     group_order: int = 8
@@ -59,6 +63,7 @@ class GCNNConfig:
     pool: str = "max"
     pool_sigma: float = 0.6
     readout: str = "max"
+    center: bool = False
 
     def __post_init__(self):
         require_int(self.group_order, "gcnn.group_order", 1, maximum=MAX_GROUP_ORDER)
@@ -75,6 +80,8 @@ class GCNNConfig:
         require(self.pool in ("max", "antialiased"), "gcnn.pool", "must be 'max' or 'antialiased'")
         require_positive(self.pool_sigma, "gcnn.pool_sigma")
         require(self.readout in ("max", "mean"), "gcnn.readout", "must be 'max' or 'mean'")
+        require(isinstance(self.center, bool), "gcnn.center",
+                f"must be true or false, got {self.center!r}")
 
 
 def _e2cnn():
@@ -156,6 +163,8 @@ class GCNN(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         x = check_model_input(self, images).images
+        if self.config.center:
+            x = recenter(x)
         x = self._enn.GeometricTensor(self.standardize(x), self._input_type)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -188,11 +197,12 @@ class _PlainGCNN(nn.Module):
     def __init__(self, model: GCNN, features: nn.Module):
         super().__init__()
         self.in_channels, self.image_size = model.in_channels, model.image_size
-        self.readout = model.config.readout
+        self.readout, self.center = model.config.readout, model.config.center
         self.standardize, self.features, self.classifier = (model.standardize, features,
                                                             model.classifier)
 
     def forward(self, images: Tensor) -> Tensor:
         check_images(images, "images", channels=self.in_channels,
                      size=(self.image_size, self.image_size))
-        return self.classifier(_readout(self.features(self.standardize(images)), self.readout))
+        x = recenter(images) if self.center else images
+        return self.classifier(_readout(self.features(self.standardize(x)), self.readout))

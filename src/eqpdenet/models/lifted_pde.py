@@ -67,6 +67,7 @@ from ..pde.m2 import (
 )
 from ..pde.m2_rhs import M2_TERMS, M2SystemRHS, Pointwise, batch_norm_at
 from ..pde.stencils import BOUNDARIES, MIN_GAUSSIAN_SIGMA
+from .centering import recenter
 from .inputs import check_model_input, require_image_size
 from .invariant_pde import MAX_BLOCKS
 from .perceptron import Standardize
@@ -114,6 +115,11 @@ class LiftedPDEConfig:
             stencils' reach grows with each downsampling) lies further from the frame's border,
             where every boundary rule departs from the plane's translation equivariance. Costs
             ``((H + 2 margin) / H)^2`` in time and memory. 0: none (the earlier behaviour).
+        center: move every image by whole pixels so that its centre of mass (of the raw
+            intensities above zero) sits at the frame's centre, first
+            (:mod:`eqpdenet.models.centering`): whole-pixel shifts then change nothing, and the
+            model cannot learn where a digit sits in its frame. No parameters, no cost to speak
+            of.
     """
 
     orientations: int = 8
@@ -133,6 +139,7 @@ class LiftedPDEConfig:
     normalize_hidden: bool = True
     backend: str = "auto"
     margin: int = 0
+    center: bool = False
 
     def __post_init__(self):
         check_orientations(self.orientations, "lifted_pde.orientations")
@@ -167,6 +174,8 @@ class LiftedPDEConfig:
                 f"must be 'max', 'mean' or 'meanmax', got {self.readout!r}")
         kernels.BACKENDS.check(self.backend, "lifted_pde.backend")
         require_int(self.margin, "lifted_pde.margin", 0)
+        require(isinstance(self.center, bool), "lifted_pde.center",
+                f"must be true or false, got {self.center!r}")
 
     @property
     def padding(self) -> str:
@@ -364,8 +373,11 @@ class LiftedPDENet(nn.Module):
         return halvings_stay_even(self.image_size + 2 * self.config.margin, poolings)
 
     def _lifted(self, images: Tensor) -> Tensor:
-        """The checked images, framed by the margin of blank background, lifted to M2."""
+        """The checked images, centred (``center``), framed by the margin of blank background,
+        lifted to M2."""
         x = check_model_input(self, images).images
+        if self.config.center:
+            x = recenter(x)
         if self.config.margin:
             # Zeros of the raw input are the blank background; padding before standardising
             # makes the margin look like the rest of the background to every later layer.

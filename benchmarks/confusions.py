@@ -1,0 +1,111 @@
+"""Which digits a trained model confuses: the error pairs behind its test accuracy.
+
+A model invariant to every rotation (the lifted models project over all orientations, the
+G-CNN pools over its rotation group) sees a 6 and a 9 turned by 180 degrees as the same image:
+only the writing (a 6's loop is rounder, a 9's stem straighter) tells them apart. This counts how
+much of each checkpoint's error that costs, against the other pairs, on upright test digits
+(``test``) and on a scenario (default ``iso``: rotations within 30 degrees, where the pair is not
+ambiguous). A diagnostic of trained models, not a choice: nothing is selected on these digits::
+
+    EQPDENET_DATA=../shared/data python benchmarks/confusions.py \\
+        results/benchmark-full/checkpoints/lifted-background-seed0.pt \\
+        results/benchmark-full/checkpoints/gcnn-seed0.pt --out results/confusions
+
+For each checkpoint and scenario: the accuracy, the errors (of the first ``--images`` test
+digits), the errors whose true and predicted classes are 6 and 9 (either way), and the five most
+frequent (true, predicted) pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from eqpdenet.app.files import atomic_write
+from eqpdenet.app.training import load_checkpoint, prepare_data
+from eqpdenet.data.scenarios import apply_scenario, get_scenario
+
+#: The pair a rotation-invariant model cannot tell apart by shape alone.
+AMBIGUOUS = {(6, 9), (9, 6)}
+
+
+def confusion(predicted: torch.Tensor, labels: torch.Tensor, classes: int = 10) -> torch.Tensor:
+    """``(classes, classes)`` counts, row: true class, column: predicted class."""
+    return torch.bincount(labels * classes + predicted, minlength=classes * classes).view(
+        classes, classes)
+
+
+def summarize(matrix: torch.Tensor, top: int = 5) -> dict:
+    """Accuracy, errors, the 6-9 errors and the ``top`` most frequent error pairs of ``matrix``."""
+    total = int(matrix.sum())
+    errors = matrix.clone()
+    errors.fill_diagonal_(0)
+    pairs = sorted(((int(errors[t, p]), t, p) for t in range(len(matrix))
+                    for p in range(len(matrix)) if errors[t, p] > 0), reverse=True)
+    ambiguous = sum(int(errors[t, p]) for t, p in AMBIGUOUS)
+    return {"images": total, "accuracy": 100.0 * float(matrix.diagonal().sum()) / total,
+            "errors": int(errors.sum()), "errors_6_9": ambiguous,
+            "top_pairs": [[t, p, n] for n, t, p in pairs[:top]]}
+
+
+def _predict(model, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model(images[i:i + batch]).argmax(1)
+                          for i in range(0, len(images), batch)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoints", nargs="+", type=Path)
+    parser.add_argument("--images", type=int, default=10000)
+    parser.add_argument("--scenarios", nargs="+", default=["test", "iso"])
+    parser.add_argument("--seed", type=int, default=0, help="the scenarios' draws")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, help="write confusions.json and confusions.md here")
+    args = parser.parse_args()
+    if args.images < 1:
+        parser.error(f"--images must be at least 1, got {args.images}")
+    for name in args.scenarios:  # a typo fails before any checkpoint is loaded
+        get_scenario(name)
+    missing = [str(p) for p in args.checkpoints if not p.is_file()]
+    if missing:
+        parser.error(f"no such checkpoint: {', '.join(missing)}")
+    torch.set_num_threads(args.threads)
+    records = []
+    for path in args.checkpoints:
+        start = time.perf_counter()
+        model, config, _ = load_checkpoint(path)
+        model.eval()
+        test = prepare_data(config.data)["test"]
+        images, labels = test.images[:args.images], test.labels[:args.images]
+        record = {"checkpoint": str(path), "model": config.model.kind, "seed": args.seed}
+        for name in args.scenarios:
+            moved = apply_scenario(name, images, seed=args.seed)
+            record[name] = summarize(confusion(_predict(model, moved), labels))
+        record["seconds"] = round(time.perf_counter() - start, 1)
+        records.append(record)
+        print(json.dumps(record), flush=True)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        atomic_write(args.out / "confusions.json", (json.dumps(records, indent=1) + "\n").encode())
+        lines = [f"Errors on the first {args.images:,} test digits per scenario (draws seeded by "
+                 f"{args.seed}): all, those between 6 and 9 (either way), the most frequent "
+                 "(true -> predicted: count). `python benchmarks/confusions.py`.", "",
+                 "| checkpoint | scenario | accuracy | errors | 6-9 errors | accuracy without 6-9 "
+                 "errors | most frequent |", "|---|---|---:|---:|---:|---:|---|"]
+        for r in records:
+            for name in args.scenarios:
+                s = r[name]
+                pairs = ", ".join(f"{t}->{p}: {n}" for t, p, n in s["top_pairs"])
+                fixed = 100.0 * (s["images"] - s["errors"] + s["errors_6_9"]) / s["images"]
+                lines.append(f"| {Path(r['checkpoint']).stem} | {name} | {s['accuracy']:.2f} | "
+                             f"{s['errors']} | {s['errors_6_9']} | {fixed:.2f} | {pairs} |")
+        atomic_write(args.out / "confusions.md", ("\n".join(lines) + "\n").encode())
+
+
+if __name__ == "__main__":
+    main()
