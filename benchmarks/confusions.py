@@ -13,7 +13,12 @@ ambiguous). A diagnostic of trained models, not a choice: nothing is selected on
 
 For each checkpoint and scenario: the accuracy, the errors (of the first ``--images`` test
 digits), the errors whose true and predicted classes are 6 and 9 (either way), and the five most
-frequent (true, predicted) pairs.
+frequent (true, predicted) pairs. Besides the registered scenarios (``test``, ``iso``, ``shift``,
+...), ``--scenarios`` takes two probes: ``move:DY,DX`` (every digit moved by whole pixels, zero
+filled, no resampling) and ``turn180`` (a half turn about the frame's centre, exact on the
+grid); a name followed by ``+center`` is that scenario's digits moved by whole pixels so that
+their centre of mass sits at the frame's centre (:mod:`eqpdenet.models.centering`) before the
+model sees them: whether a model depends on where MNIST placed its digits.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import torch
 from eqpdenet.app.files import atomic_write
 from eqpdenet.app.training import load_checkpoint, prepare_data
 from eqpdenet.data.scenarios import apply_scenario, get_scenario
+from eqpdenet.errors import ConfigError
+from eqpdenet.models.centering import recenter
 
 #: The pair a rotation-invariant model cannot tell apart by shape alone.
 AMBIGUOUS = {(6, 9), (9, 6)}
@@ -52,6 +59,46 @@ def summarize(matrix: torch.Tensor, top: int = 5) -> dict:
             "top_pairs": [[t, p, n] for n, t, p in pairs[:top]]}
 
 
+def move(images: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """``images`` moved by whole pixels (down ``rows``, right ``cols``), zero filled."""
+    height, width = images.shape[-2:]
+    out = torch.zeros_like(images)
+    out[..., max(0, rows):height + min(0, rows), max(0, cols):width + min(0, cols)] = \
+        images[..., max(0, -rows):height - max(0, rows), max(0, -cols):width - max(0, cols)]
+    return out
+
+
+def transform(name: str, images: torch.Tensor, seed: int) -> torch.Tensor:
+    """The digits of scenario or probe ``name`` (the module doc)."""
+    if name.endswith("+center"):
+        return recenter(transform(name.removesuffix("+center"), images, seed))
+    if name == "turn180":
+        return torch.rot90(images, 2, (-2, -1))
+    if name.startswith("move:"):
+        rows, cols = parse_move(name)
+        return move(images, rows, cols)
+    return apply_scenario(name, images, seed=seed)
+
+
+def parse_move(name: str) -> tuple[int, int]:
+    """``move:DY,DX`` -> ``(DY, DX)``; ValueError naming the probe otherwise."""
+    try:
+        rows, cols = (int(v) for v in name.removeprefix("move:").split(","))
+    except ValueError:
+        raise ValueError(f"{name!r}: a move is written move:DY,DX in whole pixels, e.g. "
+                         "move:1,-1") from None
+    return rows, cols
+
+
+def check_name(name: str) -> None:
+    """Fail at once on a scenario or probe this script does not know."""
+    base = name.removesuffix("+center")
+    if base.startswith("move:"):
+        parse_move(base)
+    elif base != "turn180":
+        get_scenario(base)
+
+
 def _predict(model, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
     with torch.no_grad():
         return torch.cat([model(images[i:i + batch]).argmax(1)
@@ -62,7 +109,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", nargs="+", type=Path)
     parser.add_argument("--images", type=int, default=10000)
-    parser.add_argument("--scenarios", nargs="+", default=["test", "iso"])
+    parser.add_argument("--scenarios", nargs="+", default=["test", "iso"],
+                        help="registered scenarios and probes (the module doc)")
     parser.add_argument("--seed", type=int, default=0, help="the scenarios' draws")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="write confusions.json and confusions.md here")
@@ -70,7 +118,10 @@ def main() -> None:
     if args.images < 1:
         parser.error(f"--images must be at least 1, got {args.images}")
     for name in args.scenarios:  # a typo fails before any checkpoint is loaded
-        get_scenario(name)
+        try:
+            check_name(name)
+        except (ConfigError, ValueError) as error:
+            parser.error(str(error))
     missing = [str(p) for p in args.checkpoints if not p.is_file()]
     if missing:
         parser.error(f"no such checkpoint: {', '.join(missing)}")
@@ -84,7 +135,7 @@ def main() -> None:
         images, labels = test.images[:args.images], test.labels[:args.images]
         record = {"checkpoint": str(path), "model": config.model.kind, "seed": args.seed}
         for name in args.scenarios:
-            moved = apply_scenario(name, images, seed=args.seed)
+            moved = transform(name, images, args.seed)
             record[name] = summarize(confusion(_predict(model, moved), labels))
         record["seconds"] = round(time.perf_counter() - start, 1)
         records.append(record)

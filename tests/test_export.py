@@ -56,11 +56,15 @@ TINY = {
     ],
     "fcnn": [({"hidden": 8}, False)],
     "cnn": [({"cnn": CNNConfig(channels=4, layers=2)}, False)],
-    "gcnn": [({"gcnn": GCNNConfig(channels=[2, 3], kernels=[5, 3], pool_after=[1])}, True)],
+    "gcnn": [({"gcnn": GCNNConfig(channels=[2, 3], kernels=[5, 3], pool_after=[1])}, True),
+             ({"gcnn": GCNNConfig(channels=[2, 3], kernels=[5, 3], pool_after=[1], center=True)},
+              True)],
     "invariant_pde": [({"invariant_pde": InvariantPDEConfig(channels=[4, 6], blocks=[1, 1])},
                        True)],
     "lifted_pde": [({"lifted_pde": LiftedPDEConfig(orientations=4, channels=[3, 4],
-                                                   blocks=[1, 1])}, True)],
+                                                   blocks=[1, 1])}, True),
+                   ({"lifted_pde": LiftedPDEConfig(orientations=4, channels=[3, 4], blocks=[1, 1],
+                                                   boundary="background", center=True)}, True)],
 }
 CASES = [(kind, index) for kind in MODELS.names() for index in range(len(TINY.get(kind, [0])))]
 

@@ -158,3 +158,13 @@ def test_lifted_model_with_background_reads_out_the_change_from_the_blank_field(
     assert "V <- V + 1 (F(I(V)) - F(0)), V = U - U_blank, on M2" in text
     assert "∂t u1 ≈ 0 + 1 A13u2 + ..." in text  # 2.7 - 2.7: no constant term
     assert "linear: W u, |W| = 0" in text
+
+
+def test_lifted_model_with_center_says_so():
+    from eqpdenet.analysis.describe import describe_model
+    from eqpdenet.models import LiftedPDEConfig, LiftedPDENet
+
+    centred = describe_model(LiftedPDENet(LiftedPDEConfig(channels=[2], blocks=[1], center=True)))
+    plain = describe_model(LiftedPDENet(LiftedPDEConfig(channels=[2], blocks=[1])))
+    assert "first moved by whole pixels to put its centre of mass at the frame's centre" in centred
+    assert "centre of mass" not in plain

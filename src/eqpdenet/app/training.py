@@ -397,6 +397,8 @@ LATER_FIELDS: dict[tuple[str, ...], object] = {
     ("train", "augment"): {"max_shift": 0.0, "max_angle_degrees": 0.0, "min_scale": 1.0,
                            "max_scale": 1.0},
     ("model", "lifted_pde", "margin"): 0,
+    ("model", "lifted_pde", "center"): False,
+    ("model", "gcnn", "center"): False,
 }
 
 
