@@ -104,3 +104,19 @@ def test_affine_warp_composes_and_matches_per_image_matrices():
     for i in range(2):
         single = affine_warp(images[i : i + 1], a[i], t1[i])
         torch.testing.assert_close(single, affine_warp(images, a, t1)[i : i + 1])
+
+
+def test_rotate_about_mass_keeps_the_centre_of_mass():
+    from eqpdenet.geometry import center_of_mass, rotate, rotate_about_mass
+
+    images = torch.zeros(3, 1, 28, 28)
+    images[0, :, 9:19, 9:19] = 1.0                      # centred: the same as about the frame
+    images[1, :, 4:12, 15:25] = 1.0                     # off centre
+    angles = torch.tensor([0.7, 0.7, 2.1], dtype=torch.float32)
+    turned = rotate_about_mass(images, angles)
+    torch.testing.assert_close(turned[0], rotate(images[:1], angles[:1])[0], atol=1e-5, rtol=0)
+    assert (center_of_mass(turned[:2]) - center_of_mass(images[:2])).abs().max() < 0.01
+    # about the frame's centre, the off-centre square's centre of mass moves by pixels
+    assert (center_of_mass(rotate(images[1:2], angles[1:2])) - center_of_mass(images[1:2])
+            ).abs().max() > 3
+    assert torch.equal(turned[2], images[2])            # blank: nothing to turn, no NaN

@@ -35,6 +35,8 @@ __all__ = [
     "pixel_coordinates",
     "affine_warp",
     "rotate",
+    "rotate_about_mass",
+    "center_of_mass",
     "scale",
     "translate",
     "rotation_matrix",
@@ -125,6 +127,37 @@ def rotate(images: Tensor, angle: Tensor | float, **kwargs) -> Tensor:
     check_images(images)
     return affine_warp(images, rotation_matrix(angle, dtype=images.dtype, device=images.device),
                        **kwargs)
+
+
+def center_of_mass(images: Tensor) -> Tensor:
+    """``(B, 2)`` float64: the (row, column) of each image's centre of mass, of the weights
+    ``sum_c max(f_c, 0)`` (zero is the blank value), rows and columns numbered from 0; NaN for an
+    image without weight. ``images``: ``(B, C, H, W)``. The sums run in float64."""
+    weights = images.detach().to(torch.float64).clamp_min(0).sum(1)          # (B, H, W)
+    rows = torch.arange(images.shape[-2], dtype=torch.float64, device=images.device)
+    cols = torch.arange(images.shape[-1], dtype=torch.float64, device=images.device)
+    mass = weights.sum((-2, -1))
+    return torch.stack([(weights.sum(-1) * rows).sum(-1) / mass,
+                        (weights.sum(-2) * cols).sum(-1) / mass], dim=1)
+
+
+def rotate_about_mass(images: Tensor, angle: Tensor | float, **kwargs) -> Tensor:
+    """Rotate images counterclockwise by ``angle`` radians, each about its own centre of mass
+    (:func:`center_of_mass`; the image centre for an image without weight): ``p -> R (p - c) +
+    c``, so the centre of mass stays where it was (up to the resampling) and the image's place in
+    its frame says nothing about the angle."""
+    check_images(images)
+    batch, _, height, width = images.shape
+    rows_cols = center_of_mass(images)
+    frame_centre = torch.tensor([(height - 1) / 2, (width - 1) / 2], dtype=torch.float64,
+                                device=images.device)
+    rows_cols = torch.where(torch.isfinite(rows_cols), rows_cols, frame_centre)
+    centre = torch.stack([rows_cols[:, 1] - (width - 1) / 2, (height - 1) / 2 - rows_cols[:, 0]],
+                         dim=1).to(images.dtype)                             # (x, y) about the centre
+    matrix = rotation_matrix(angle, dtype=images.dtype, device=images.device)
+    matrix = matrix.expand(batch, 2, 2) if matrix.dim() == 2 else matrix
+    translation = centre - (matrix @ centre[..., None])[..., 0]
+    return affine_warp(images, matrix, translation, **kwargs)
 
 
 def scale(images: Tensor, factor: Tensor | float, **kwargs) -> Tensor:

@@ -79,6 +79,22 @@ def test_rotated_version_is_deterministic_and_keeps_the_pools_apart(tmp_path):
                                rtol=0.03, atol=0.5)
 
 
+def test_rotated_about_the_mass_uses_the_same_angles(tmp_path):
+    from eqpdenet.geometry import rotate, rotate_about_mass
+
+    write_npz(tmp_path / "set.npz", size=15)
+    plain = load_dataset(str(tmp_path / "set.npz"))
+    frame = load_dataset(str(tmp_path / "set.npz"), seed=4, rotated=True)
+    mass = load_dataset(str(tmp_path / "set.npz"), seed=4, rotated=True, rotation_centre="mass")
+    assert mass.info["rotated"]["centre"] == "mass" and frame.info["rotated"]["centre"] == "frame"
+    generator = torch.Generator().manual_seed(4)  # the angles rotate_dataset draws for training
+    angles = 2 * torch.pi * torch.rand(len(plain.train_images), generator=generator,
+                                       dtype=torch.float64)
+    assert torch.equal(frame.train_images, rotate(plain.train_images, angles).clamp(0, 1))
+    assert torch.equal(mass.train_images,
+                       rotate_about_mass(plain.train_images, angles).clamp(0, 1))
+
+
 def test_registered_names_and_bad_inputs(tmp_path):
     assert {"rotmnist", "mnist"} <= set(DATASETS.names())
     with pytest.raises(ConfigError, match="unknown data set 'nope'"):

@@ -255,3 +255,64 @@ def test_official_missing_is_a_clear_error(tmp_path):
         load_rotmnist(tmp_path, cache_dir=tmp_path / "cache", source="official")
     with pytest.raises(ValueError, match="source must be"):
         load_rotmnist(tmp_path, source="rotated")
+
+
+# ------------------------------------------------------------------ what a digit turns about
+
+
+def _which_way_up(data, split: str) -> float:
+    """Percentage of digits whose centre-of-mass offset from the frame's centre, read as MNIST's
+    offset (half a pixel down and right) turned by some angle, gets the drawn angle's half-plane
+    right (chance: 50)."""
+    from eqpdenet.geometry import center_of_mass
+
+    m = center_of_mass(getattr(data, f"{split}_images")).numpy() - 13.5
+    estimate = np.arctan2(-m[:, 0], m[:, 1]) - math.atan2(-0.5, 0.5)
+    error = np.angle(np.exp(1j * (estimate - getattr(data, f"{split}_angles").numpy())))
+    return 100.0 * float((np.abs(error) < math.pi / 2).mean())
+
+
+def test_mnist_centres_its_digits_on_pixel_14():
+    from eqpdenet.geometry import center_of_mass
+
+    m = center_of_mass(as_float(mnist_or_skip().train_images[:5000]))
+    assert (m - 14.0).abs().max() <= 0.5 + 1e-3            # MNIST: whole pixels, on (14, 14)
+    assert abs(float(m.mean()) - 14.0) < 0.02
+
+
+def test_about_the_frame_the_place_tells_the_angle_about_the_mass_it_does_not():
+    mnist = mnist_or_skip()
+    frame = generate_rotmnist(mnist, seed=0, n_train=400, n_test=400)
+    mass = generate_rotmnist(mnist, seed=0, n_train=400, n_test=400, rotation_centre="mass")
+    assert torch.equal(frame.train_angles, mass.train_angles)   # the same digits and angles
+    assert torch.equal(frame.train_labels, mass.train_labels)
+    assert _which_way_up(frame, "train") > 99.0
+    assert 35.0 < _which_way_up(mass, "train") < 65.0
+    # each digit keeps its own centre of mass (up to the bilinear resampling)
+    from eqpdenet.geometry import center_of_mass
+
+    source = as_float(mnist.all_images()[mass.train_indices.numpy()])
+    shift = (center_of_mass(mass.train_images) - center_of_mass(source)).abs()
+    assert float(shift.median()) < 0.02 and float(shift.max()) < 0.35
+
+
+def test_rotation_centre_default_keeps_the_first_generator_and_its_cache(tmp_path):
+    assert "rotation_centre" not in rm.generation_params(0)
+    assert rm.generation_params(0)["centre_pixels"] == [13.5, 13.5]
+    frame_path = rm.cache_path(tmp_path, rm.generation_params(0))
+    mass_path = rm.cache_path(tmp_path, rm.generation_params(0, rotation_centre="mass"))
+    assert frame_path.name == f"rotmnist-generated-v{rm.GENERATOR_VERSION}-seed0.npz"
+    assert mass_path != frame_path and "mass" in mass_path.name
+
+
+def test_rotation_centre_bad_values_are_config_errors(tmp_path):
+    from eqpdenet.app.config import DataConfig
+    from eqpdenet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.rotation_centre: must be 'frame' or 'mass'"):
+        DataConfig(rotation_centre="centre")
+    with pytest.raises(ConfigError, match="applies to rotated data"):
+        DataConfig(dataset="mnist", rotation_centre="mass")
+    DataConfig(dataset="mnist", rotated=True, rotation_centre="mass")     # allowed
+    with pytest.raises(ConfigError, match="official ROTMNIST files are turned already"):
+        load_rotmnist(tmp_path, cache_dir=tmp_path, source="official", rotation_centre="mass")

@@ -207,6 +207,10 @@ class DataConfig:
             ~ U[0, 2 pi), training images from the training pool and test images from the test
             pool; :func:`eqpdenet.data.datasets.rotate_dataset`). ROTMNIST is rotated already.
         source: ROTMNIST only: ``"auto"``, ``"generated"`` or ``"official"``.
+        rotation_centre: what each image of generated ROTMNIST (or of a ``rotated`` data set)
+            turns about: ``"frame"`` (the frame's centre; how the data were first generated, the
+            default) or ``"mass"`` (its own centre of mass, so that where a digit sits in the
+            frame does not tell the angle it was turned by: docs/data.md).
         rotmnist_seed: seed of the data: ROTMNIST's generation (which digits, which angles) and
             the angles of a ``rotated`` data set.
         validation: images held out of the training split for validation (the last ones, as in
@@ -218,6 +222,7 @@ class DataConfig:
     dataset: str = "rotmnist"
     rotated: bool = False
     source: str = "auto"
+    rotation_centre: str = "frame"
     rotmnist_seed: int = 0
     validation: int = 0
     train_subset: int = 0
@@ -228,6 +233,11 @@ class DataConfig:
                 "must be a data set name or path")
         require(isinstance(self.rotated, bool), "data.rotated", "must be true or false")
         require(self.source in ("auto", "generated", "official"), "data.source", f"{self.source!r}")
+        require(self.rotation_centre in ("frame", "mass"), "data.rotation_centre",
+                f"must be 'frame' or 'mass', got {self.rotation_centre!r}")
+        require(self.rotation_centre == "frame" or self.dataset == "rotmnist" or self.rotated,
+                "data.rotation_centre", f"{self.rotation_centre!r} applies to rotated data: "
+                "data.dataset = 'rotmnist' or data.rotated = true")
         _require_seed(self.rotmnist_seed, "data.rotmnist_seed")
         require_int(self.validation, "data.validation", 0)  # its bound: the data set's size
         require_int(self.train_subset, "data.train_subset", 0)

@@ -124,7 +124,8 @@ def prepare_data(config: DataConfig, data_dir=None, cache_dir=None) -> Data:
     """The data set of ``config`` as training, validation (the last ``config.validation``
     training images; may be empty) and test splits."""
     dataset = load_dataset(config.dataset, data_dir=data_dir, cache_dir=cache_dir,
-                           seed=config.rotmnist_seed, rotated=config.rotated) \
+                           seed=config.rotmnist_seed, rotated=config.rotated,
+                           rotation_centre=config.rotation_centre) \
         if config.dataset != "rotmnist" else _rotmnist(config, data_dir, cache_dir)
     if config.validation >= len(dataset.train_images):
         raise ConfigError(f"invalid config: data.validation: {config.validation} is not below "
@@ -149,7 +150,7 @@ def prepare_data(config: DataConfig, data_dir=None, cache_dir=None) -> Data:
 
 def _rotmnist(config: DataConfig, data_dir, cache_dir) -> ImageDataset:
     rot = load_rotmnist(data_dir=data_dir, cache_dir=cache_dir, seed=config.rotmnist_seed,
-                        source=config.source)
+                        source=config.source, rotation_centre=config.rotation_centre)
     if config.rotated:
         raise ConfigError("invalid config: data.rotated: ROTMNIST is rotated already")
     return ImageDataset("rotmnist", rot.train_images, rot.train_labels, rot.test_images,
@@ -399,6 +400,7 @@ LATER_FIELDS: dict[tuple[str, ...], object] = {
     ("model", "lifted_pde", "margin"): 0,
     ("model", "lifted_pde", "center"): False,
     ("model", "gcnn", "center"): False,
+    ("data", "rotation_centre"): "frame",
 }
 
 

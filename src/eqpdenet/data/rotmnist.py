@@ -13,6 +13,11 @@ for validation) and 50,000 test digits, each rotated about its centre by an angl
   displayed) by ``angle ~ U[0, 2 pi)`` about the image centre ``(13.5, 13.5)`` (pixel units, row
   and column) with :func:`eqpdenet.geometry.rotate`: bilinear, zero fill, ``align_corners=False``,
   float32, values in [0, 1]. ``docs/data.md`` lists how it differs from the official files.
+  With ``rotation_centre="mass"`` each digit turns about its own centre of mass instead
+  (:func:`eqpdenet.geometry.rotate_about_mass`): MNIST centres its digits on the pixel (14, 14),
+  half a pixel off the frame's centre in each axis, so about the frame's centre a turned digit's
+  place in the frame says which way is up (``benchmarks/centroid_leak.py``); about its own centre
+  of mass it does not.
 * :func:`load_rotmnist`: official files if present in ``<data_dir>/rotmnist/`` (``source="auto"``),
   else the rebuild, cached as ``.npz`` in the cache directory with its generation parameters and a
   SHA-256 content hash; a stale (other parameters) or corrupt cache is detected and rebuilt.
@@ -35,7 +40,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, DataFileError
-from ..geometry import rotate
+from ..geometry import rotate, rotate_about_mass
 from .mnist import MNIST, MNIST_FILES, load_mnist, resolve_cache_dir, resolve_data_dir
 
 __all__ = [
@@ -51,6 +56,7 @@ __all__ = [
     "load_official_rotmnist",
     "train_validation_split",
     "generation_params",
+    "ROTATION_CENTRES",
     "content_hash",
     "cache_path",
     "save_cache",
@@ -61,6 +67,9 @@ OFFICIAL_ZIP = "mnist_rotation_new.zip"
 OFFICIAL_TRAIN_FILE = "mnist_all_rotation_normalized_float_train_valid.amat"
 OFFICIAL_TEST_FILE = "mnist_all_rotation_normalized_float_test.amat"
 N_TRAIN, N_TEST, N_VALIDATION = 12000, 50000, 2000
+#: What a generated digit turns about: the frame's centre (the default, as the data were first
+#: generated) or its own centre of mass.
+ROTATION_CENTRES = ("frame", "mass")
 IMAGE_SIZE = 28
 
 #: Bump when the generation procedure changes: every older cache becomes stale.
@@ -248,9 +257,21 @@ def load_official_rotmnist(data_dir: str | os.PathLike | None = None) -> RotMNIS
 # Generation
 
 
-def generation_params(seed: int, n_train: int = N_TRAIN, n_test: int = N_TEST) -> dict:
-    """Everything that determines a generated ROTMNIST (stored in, and checked against, the cache)."""
-    return {
+def check_rotation_centre(rotation_centre: str) -> None:
+    """A :class:`~eqpdenet.errors.ConfigError` unless ``rotation_centre`` is one of
+    :data:`ROTATION_CENTRES`."""
+    if rotation_centre not in ROTATION_CENTRES:
+        raise ConfigError(f"invalid config: data.rotation_centre: must be "
+                          f"{' or '.join(map(repr, ROTATION_CENTRES))}, got {rotation_centre!r}")
+
+
+def generation_params(seed: int, n_train: int = N_TRAIN, n_test: int = N_TEST,
+                      rotation_centre: str = "frame") -> dict:
+    """Everything that determines a generated ROTMNIST (stored in, and checked against, the
+    cache). With the default ``rotation_centre`` it is the dictionary of the first generator, so
+    that caches and recorded results stay valid."""
+    check_rotation_centre(rotation_centre)
+    params = {
         "source": "generated",
         "generator_version": GENERATOR_VERSION,
         "seed": int(seed),
@@ -268,6 +289,10 @@ def generation_params(seed: int, n_train: int = N_TRAIN, n_test: int = N_TEST) -
         "dtype": "float32",
         "scale": "uint8 / 255",
     }
+    if rotation_centre == "mass":
+        params["centre_pixels"] = "each digit's centre of mass (eqpdenet.geometry.rotate_about_mass)"
+        params["rotation_centre"] = "mass"
+    return params
 
 
 def generate_rotmnist(
@@ -277,6 +302,7 @@ def generate_rotmnist(
     n_train: int = N_TRAIN,
     n_test: int = N_TEST,
     batch_size: int = 8192,
+    rotation_centre: str = "frame",
 ) -> RotMNIST:
     """Rebuild ROTMNIST from MNIST (see the module docstring for the exact protocol).
 
@@ -287,10 +313,14 @@ def generate_rotmnist(
             sets are disjoint, ``n_train + n_test <= 70000``.
         batch_size: images rotated per :func:`~eqpdenet.geometry.rotate` call (memory only; the
             result does not depend on it).
+        rotation_centre: ``"frame"`` (the frame's centre) or ``"mass"`` (each digit's own centre
+            of mass; the module doc).
 
     Returns:
         :class:`RotMNIST` with ``source="generated"``, the source indices and the angles.
     """
+    params = generation_params(seed, n_train, n_test, rotation_centre)
+    turn = rotate if rotation_centre == "frame" else rotate_about_mass
     pool_images, pool_labels = mnist.all_images(), mnist.all_labels()
     if n_train < 0 or n_test < 0 or n_train + n_test > len(pool_images):
         raise ConfigError(f"need 0 <= n_train + n_test <= {len(pool_images)}, got {n_train} + {n_test}")
@@ -302,7 +332,7 @@ def generate_rotmnist(
         for start in range(0, len(order), batch_size):
             stop = min(start + batch_size, len(order))
             batch = torch.from_numpy(pool_images[order[start:stop]]).to(torch.float32).div_(255.0)
-            out = rotate(batch[:, None], torch.from_numpy(angles[start:stop]))
+            out = turn(batch[:, None], torch.from_numpy(angles[start:stop]))
             rotated[start:stop] = out.clamp_(0.0, 1.0)
     labels = torch.from_numpy(pool_labels[order].astype(np.int64))
     indices = torch.from_numpy(order.astype(np.int64))
@@ -310,7 +340,7 @@ def generate_rotmnist(
     return RotMNIST(
         train_images=rotated[:n_train], train_labels=labels[:n_train],
         test_images=rotated[n_train:], test_labels=labels[n_train:],
-        source="generated", params=generation_params(seed, n_train, n_test),
+        source="generated", params=params,
         train_indices=indices[:n_train], test_indices=indices[n_train:],
         train_angles=angles_t[:n_train], test_angles=angles_t[n_train:],
     )
@@ -339,6 +369,8 @@ def cache_path(cache_dir: str | os.PathLike | None, params: dict) -> Path:
     name = f"rotmnist-generated-v{params['generator_version']}-seed{params['seed']}"
     if (params["n_train"], params["n_test"]) != (N_TRAIN, N_TEST):
         name += f"-{params['n_train']}-{params['n_test']}"
+    if params.get("rotation_centre", "frame") != "frame":
+        name += f"-about-{params['rotation_centre']}"
     return folder / f"{name}.npz"
 
 
@@ -403,6 +435,7 @@ def load_rotmnist(
     use_cache: bool = True,
     n_train: int = N_TRAIN,
     n_test: int = N_TEST,
+    rotation_centre: str = "frame",
 ) -> RotMNIST:
     """ROTMNIST, official if available, else generated from MNIST; cached.
 
@@ -416,18 +449,25 @@ def load_rotmnist(
         download: passed to :func:`~eqpdenet.mnist.load_mnist` when MNIST is missing.
         use_cache: read and write the cache; a stale or corrupt cache is rebuilt (with a warning).
         n_train, n_test: sizes of a generated set (defaults: ROTMNIST's; smaller for quick tests).
+        rotation_centre: of a generated set: ``"frame"`` or ``"mass"`` (the module doc); the
+            official files are turned as they are, so ``"mass"`` with them is an error.
     """
+    check_rotation_centre(rotation_centre)
     if source not in ("auto", "official", "generated"):
         raise ConfigError(f"source must be 'auto', 'official' or 'generated', got {source!r}")
     if source == "auto":
         source = "official" if find_official_rotmnist(data_dir) is not None else "generated"
+    if source == "official" and rotation_centre != "frame":
+        raise ConfigError("invalid config: data.rotation_centre: the official ROTMNIST files are "
+                          "turned already; 'mass' applies to the generated set (data.source = "
+                          "'generated')")
     if source == "official":
         folder = find_official_rotmnist(data_dir)
         if folder is None:
             return load_official_rotmnist(data_dir)  # raises the clear "not found" error
         params = {"source": "official", "folder": str(folder.resolve()), "files": _file_stamps(folder)}
     else:
-        params = generation_params(seed, n_train, n_test)
+        params = generation_params(seed, n_train, n_test, rotation_centre)
     path = cache_path(cache_dir, params)
     if use_cache and path.exists():
         try:
@@ -439,7 +479,8 @@ def load_rotmnist(
         data.params = params
     else:
         mnist = load_mnist(data_dir, download=download)
-        data = generate_rotmnist(mnist, seed, n_train=n_train, n_test=n_test)
+        data = generate_rotmnist(mnist, seed, n_train=n_train, n_test=n_test,
+                                 rotation_centre=rotation_centre)
     if use_cache:
         try:
             save_cache(path, data)

@@ -30,19 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..geometry import center_of_mass
+
 __all__ = ["CenterOfMass", "center_of_mass", "centering_shift", "recenter"]
-
-
-def center_of_mass(images: Tensor) -> Tensor:
-    """``(B, 2)`` float64: the (row, column) of each image's centre of mass, of the weights
-    ``sum_c max(f_c, 0)``; NaN for a blank image. ``images``: ``(B, C, H, W)``."""
-    weights = images.detach().to(torch.float64).clamp_min(0).sum(1)          # (B, H, W)
-    rows = torch.arange(images.shape[-2], dtype=torch.float64, device=images.device)
-    cols = torch.arange(images.shape[-1], dtype=torch.float64, device=images.device)
-    mass = weights.sum((-2, -1))
-    row = (weights.sum(-1) * rows).sum(-1) / mass
-    col = (weights.sum(-2) * cols).sum(-1) / mass
-    return torch.stack([row, col], dim=1)
 
 
 def centering_shift(images: Tensor) -> Tensor:
