@@ -115,17 +115,20 @@ def test_fused_euler_step_does_not_depend_on_the_thread_count():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("relative", [False, True])
 @pytest.mark.parametrize("training", [True, False])
-def test_fused_update_with_a_batch_normalised_hidden_layer_equals_the_reference(training):
-    # mixed invariants (fused), batch statistics (PyTorch), m2_update (fused): values, every
-    # gradient and the running statistics equal those of the reference EulerStep.
+def test_fused_update_with_a_batch_normalised_hidden_layer_equals_the_reference(training, relative):
+    # mixed invariants (fused), batch statistics (batch_norm_affine), m2_update (fused): values,
+    # every gradient and the running statistics equal those of the reference EulerStep (whose
+    # hidden layer is PyTorch's own batch norm), also for a relative system (F(I) - F(0)).
     import copy
 
     from eqpdenet.pde import EulerStep
     from eqpdenet.pde.m2_rhs import M2SystemRHS
 
     torch.manual_seed(3)
-    fused_rhs = M2SystemRHS(3, ("network",), hidden=5, normalize_invariants=False).double()
+    fused_rhs = M2SystemRHS(3, ("network",), hidden=5, normalize_invariants=False,
+                            relative=relative).double()
     for parameter in fused_rhs.parameters():
         parameter.data.normal_()
     norm = fused_rhs.terms["network"].hidden_norm

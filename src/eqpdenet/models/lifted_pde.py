@@ -55,6 +55,7 @@ from ..checks import require, require_int, require_positive
 from ..geometry import halvings_stay_even
 from ..kernels.m2_op import KERNEL_ORIENTATIONS
 from ..kernels.op import KERNEL_BOUNDARIES
+from ..pde.batch_norm import batch_norm_at
 from ..pde.integrators import EulerStep
 from ..pde.m2 import (
     M2_SE2,
@@ -65,7 +66,7 @@ from ..pde.m2 import (
     scale_levels,
     steered_jet,
 )
-from ..pde.m2_rhs import M2_TERMS, M2SystemRHS, Pointwise, batch_norm_at
+from ..pde.m2_rhs import M2_TERMS, M2SystemRHS, Pointwise
 from ..pde.stencils import BOUNDARIES, MIN_GAUSSIAN_SIGMA
 from .centering import recenter
 from .inputs import check_model_input, require_image_size

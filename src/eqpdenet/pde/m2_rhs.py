@@ -52,6 +52,7 @@ from ..kernels.m2_op import (
     m2_update,
 )
 from ..registry import Registry
+from .batch_norm import batch_norm_affine, batch_norm_at
 from .m2 import M2_SE2, M2Jet, orientation_frame, separable_stencils
 
 __all__ = ["M2_TERMS", "M2SystemRHS", "PDE_GCNN_TERMS", "Pointwise"]
@@ -61,21 +62,6 @@ PDE_GCNN_TERMS = ("convection", "diffusion", "dilation", "erosion", "linear")
 _A1, _A2, _A3, _A11, _A22, _A33 = (M2_SE2.names.index(n) for n in
                                    ("A1u", "A2u", "A3u", "A11u", "A22u", "A33u"))
 _MORPHOLOGY_EPS = 1e-3
-
-
-def batch_norm_at(norm: nn.Module, batch: Tensor, value: Tensor) -> Tensor:
-    """What the batch norm ``norm`` maps the point ``value`` ``(C,)`` to when it normalises
-    ``batch`` ``(B, C, L)``: with the batch's statistics (biased variance) in training mode or
-    without running statistics, else with the running ones; ``value`` itself for an
-    :class:`~torch.nn.Identity`. Differentiable in the statistics, as the batch norm is."""
-    if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
-        return value
-    if norm.training or norm.running_mean is None:
-        var, mean = torch.var_mean(batch, dim=(0, 2), correction=0)
-    else:
-        mean, var = norm.running_mean, norm.running_var
-    out = (value - mean) * torch.rsqrt(var + norm.eps)
-    return out * norm.weight + norm.bias if norm.affine else out
 
 
 def _inverse_softplus(value: float) -> float:
@@ -146,17 +132,10 @@ class NetworkTerm(nn.Module):
             out = out - self.out(F.relu(hidden)[None, :, None])
         return out.view(batch, channels, n, height, width)
 
-    def fused_out_bias(self, z: Tensor | None, relative: bool) -> Tensor:
-        """The output bias of the fused step: ``b2``, or for a relative system ``b2 - F(0) =
-        -W2 relu(h0)``, ``h0`` the hidden layer at a zero jet (``b1``, or the batch norm's image
-        of 0 for the statistics of ``z``, ``(B, hidden, L)``)."""
-        if not relative:
-            return self.out.bias
-        if self.mix.bias is not None:
-            hidden = self.mix.bias
-        else:
-            hidden = batch_norm_at(self.hidden_norm, z, z.new_zeros(z.shape[1]))
-        return -(self.out.weight @ F.relu(hidden))
+    def fused_out_bias(self, relative: bool) -> Tensor:
+        """The output bias of the fused step without a hidden batch norm: ``b2``, or for a
+        relative system ``b2 - F(0) = -W2 relu(b1)``."""
+        return -(self.out.weight @ F.relu(self.mix.bias)) if relative else self.out.bias
 
 
 class _PerChannel(nn.Module):
@@ -334,11 +313,11 @@ class M2SystemRHS(nn.Module):
     def euler_step(self, u: Tensor, dt: float) -> Tensor | None:
         """``u + dt F(u)`` by fused operators where ``F`` is the ``network`` term alone with
         unnormalised invariants and the device has the kernels: without a hidden batch norm the
-        whole step in one (``torch.ops.eqpdenet.m2_euler_step``), with it the mixed invariants
-        (``m2_mix_invariants``), the batch norm by PyTorch's own (its native kernels, forward
-        and backward, cost about 0.65 times the batch statistics written out as tensor
-        operations: ``benchmarks/bench_m2_batchnorm.py``) and the rest of ``F`` with the
-        update in one more (``m2_update``, here with unit scale and zero shift). Else None
+        whole step in one (``torch.ops.eqpdenet.m2_euler_step``); with it the mixed invariants
+        (``m2_mix_invariants``), then the rest of ``F`` with the update in one more
+        (``m2_update``), the batch norm passed to it as the per-channel affine map it applies
+        (:func:`~eqpdenet.pde.batch_norm.batch_norm_affine`: the statistics are all it adds,
+        and a relative system's ``F(0)`` comes from the same ``shift``). Else None
         (the caller computes ``u + dt F(u)``)."""
         network = self.terms["network"] if self.term_names == ("network",) else None
         if network is None or not isinstance(network.norm, nn.Identity):
@@ -348,18 +327,16 @@ class M2SystemRHS(nn.Module):
             return None
         if isinstance(network.hidden_norm, nn.Identity):
             return m2_euler_step(u, w1, network.mix.bias, network.out.weight,
-                                 network.fused_out_bias(None, self.relative),
+                                 network.fused_out_bias(self.relative),
                                  separable_stencils(self.jet.sigmas),
                                  orientation_frame(u.shape[2]), self.jet.boundary, dt)
         if u.device.type not in M2_UPDATE_IMPLEMENTATIONS or (
                 M2_UPDATE_IMPLEMENTATIONS.get(u.device.type)() is not None):
             return None
         z = self.mixed_invariants(u, w1)
-        flat = z.view(z.shape[0], z.shape[1], -1)
-        normalized = network.hidden_norm(flat).view_as(z)
-        one = torch.ones(z.shape[1], dtype=z.dtype, device=z.device)
-        return m2_update(u, normalized, one, torch.zeros_like(one), network.out.weight,
-                         network.fused_out_bias(flat, self.relative), dt)
+        scale, shift = batch_norm_affine(network.hidden_norm, z.view(z.shape[0], z.shape[1], -1))
+        bias = -(network.out.weight @ F.relu(shift)) if self.relative else network.out.bias
+        return m2_update(u, z, scale, shift, network.out.weight, bias, dt)
 
     def forward(self, u: Tensor) -> Tensor:
         try:
