@@ -9,7 +9,12 @@ one thread, CPU time (robust to other jobs on a shared machine). Prints the best
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/m2_kernel_versions.py HEAD~1
 
-The first run builds both extensions (a few minutes) into ``--build``.
+The first run builds both extensions (a few minutes) into ``--build``. ``--new-cflags`` adds
+compiler flags to the new build only, so that one source can be compared with itself under other
+flags (``HEAD`` as the revision)::
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/m2_kernel_versions.py HEAD \
+        --new-cflags=-mprefer-vector-width=512
 """
 
 from __future__ import annotations
@@ -35,13 +40,13 @@ def stage_fields(channels: int, size: int, generator: torch.Generator, count: in
     return [torch.randn(64, channels, 8, size, size, generator=generator) for _ in range(count)]
 
 
-def build(name: str, source: str, root: Path):
+def build(name: str, source: str, root: Path, cflags: list[str]):
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "m2_invariants.cpp"
     if not path.exists() or path.read_text() != source:
         path.write_text(source)
-    return cpp_extension.load(name=name, sources=[str(path)], extra_cflags=CFLAGS,
+    return cpp_extension.load(name=name, sources=[str(path)], extra_cflags=[*CFLAGS, *cflags],
                               extra_ldflags=["-fopenmp"], build_directory=str(folder))
 
 
@@ -50,15 +55,19 @@ def main() -> None:
     parser.add_argument("revision", help="git revision of the old kernel, e.g. HEAD~1")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--build", type=Path, default=Path("/tmp/eqpdenet-m2-versions"))
+    parser.add_argument("--new-cflags", default="", help="extra compiler flags of the new build, "
+                        "separated by spaces")
     args = parser.parse_args()
     torch.set_num_threads(1)
     relative = M2_SOURCE.resolve().relative_to(Path.cwd().resolve())
     old_source = subprocess.run(["git", "show", f"{args.revision}:{relative}"], check=True,
                                 capture_output=True, text=True).stdout
     new_source = M2_SOURCE.read_text()
-    versions = {label: build(f"m2_{label}_{hashlib.sha256(text.encode()).hexdigest()[:12]}",
-                             text, args.build)
-                for label, text in (("old", old_source), ("new", new_source))}
+    new_flags = args.new_cflags.split()
+    versions = {}
+    for label, text, flags in (("old", old_source, []), ("new", new_source, new_flags)):
+        digest = hashlib.sha256((text + " ".join(flags)).encode()).hexdigest()[:12]
+        versions[label] = build(f"m2_{label}_{digest}", text, args.build, flags)
     stencils, frame = separable_stencils((1.0,)), orientation_frame(8)
     generator = torch.Generator().manual_seed(0)
     times: dict = {}

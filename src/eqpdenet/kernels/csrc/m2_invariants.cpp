@@ -287,13 +287,28 @@ void y_pass_adjoint_chunks(const T* gJ, const Taps<T>& taps, const Setup<T>& s, 
 
 // The ten invariants of every channel at one pixel: I[(c 10 + i) rstride + k] from the pixel's
 // jet values jet[d * jstride + m] (d = 0..5, m = c N + k). cs, sn: (N) cos and sin of theta_k.
-// u, u_x and u_y are first copied with one periodic neighbour on each side (h[0] = x[N - 1],
-// h[N + 1] = x[0]), so that the orientation differences read shifted unit-stride vectors: indexing
-// the neighbours modulo N instead compiles to gathers, which cost more than all the arithmetic.
+// The orientation differences read the neighbours k - 1 and k + 1 in place for the interior
+// orientations (a vector loop) and wrap around for the two ends (scalar). Copying u, u_x, u_y
+// into a buffer with periodic neighbours and reading it back shifted made every read a failed
+// store-to-load forward (vector loads spanning several fresh stores): a third of the forward's
+// time at 28x28 (benchmarks/m2_kernel_versions.py).
+template <typename T>
+M2_INLINE void orientation_terms_at(const T* u, const T* ux, const T* uy, const T* cs,
+                                    const T* sn, T d1, T d2, int k, int before, int after, T* out,
+                                    int64_t rstride) {
+  const T c1 = cs[k], s1 = sn[k];
+  const T a1 = c1 * ux[k] + s1 * uy[k];
+  const T a2 = c1 * uy[k] - s1 * ux[k];
+  const T uxt = (ux[after] - ux[before]) * d1, uyt = (uy[after] - uy[before]) * d1;
+  out[3 * rstride + k] = (u[after] - u[before]) * d1;
+  out[6 * rstride + k] = c1 * uxt + s1 * uyt + T(0.5) * a2;
+  out[8 * rstride + k] = c1 * uyt - s1 * uxt - T(0.5) * a1;
+  out[9 * rstride + k] = (u[after] - T(2) * u[k] + u[before]) * d2;
+}
+
 template <typename T, int N>
 M2_INLINE void invariants_at(const T* jet, int64_t jstride, int64_t C, const T* cs, const T* sn,
                              T d1, T d2, T* I, int64_t rstride) {
-  T hu[N + 2], hx[N + 2], hy[N + 2];
   for (int64_t c = 0; c < C; ++c) {
     const T* u = jet + c * N;
     const T* ux = u + jstride;
@@ -304,36 +319,37 @@ M2_INLINE void invariants_at(const T* jet, int64_t jstride, int64_t C, const T* 
     T* out = I + c * NJ * rstride;
 #pragma omp simd
     for (int k = 0; k < N; ++k) {
-      hu[k + 1] = u[k];
-      hx[k + 1] = ux[k];
-      hy[k + 1] = uy[k];
-    }
-    hu[0] = u[N - 1], hx[0] = ux[N - 1], hy[0] = uy[N - 1];
-    hu[N + 1] = u[0], hx[N + 1] = ux[0], hy[N + 1] = uy[0];
-#pragma omp simd
-    for (int k = 0; k < N; ++k) {  // neighbours k - 1 and k + 1 of k are at k and k + 2
       const T c1 = cs[k], s1 = sn[k];
-      const T a1 = c1 * ux[k] + s1 * uy[k];
-      const T a2 = c1 * uy[k] - s1 * ux[k];
-      const T uxt = (hx[k + 2] - hx[k]) * d1, uyt = (hy[k + 2] - hy[k]) * d1;
       const T cc = c1 * c1, ss = s1 * s1, cn = c1 * s1;
       out[0 * rstride + k] = u[k];
-      out[1 * rstride + k] = a1;
-      out[2 * rstride + k] = a2;
-      out[3 * rstride + k] = (hu[k + 2] - hu[k]) * d1;
+      out[1 * rstride + k] = c1 * ux[k] + s1 * uy[k];
+      out[2 * rstride + k] = c1 * uy[k] - s1 * ux[k];
       out[4 * rstride + k] = cc * uxx[k] + T(2) * cn * uxy[k] + ss * uyy[k];
       out[5 * rstride + k] = cn * (uyy[k] - uxx[k]) + (cc - ss) * uxy[k];
-      out[6 * rstride + k] = c1 * uxt + s1 * uyt + T(0.5) * a2;
       out[7 * rstride + k] = ss * uxx[k] - T(2) * cn * uxy[k] + cc * uyy[k];
-      out[8 * rstride + k] = c1 * uyt - s1 * uxt - T(0.5) * a1;
-      out[9 * rstride + k] = (hu[k + 2] - T(2) * u[k] + hu[k]) * d2;
     }
+#pragma omp simd
+    for (int k = 1; k < N - 1; ++k)
+      orientation_terms_at(u, ux, uy, cs, sn, d1, d2, k, k - 1, k + 1, out, rstride);
+    orientation_terms_at(u, ux, uy, cs, sn, d1, d2, 0, N - 1, 1, out, rstride);
+    orientation_terms_at(u, ux, uy, cs, sn, d1, d2, N - 1, N - 2, 0, out, rstride);
   }
 }
 
+// The orientation differences' part of the adjoint at orientation k, neighbours before/after:
+// the gradients of u_theta, u_theta_theta, u_x_theta = (c g6 - s g8)(m), u_y_theta = (s g6 + c
+// g8)(m) at m = before and after, read in place (as in invariants_at, no shifted copies).
+template <typename T>
+M2_INLINE void orientation_terms_adjoint_at(const T* g3, const T* g6, const T* g8, const T* g9,
+                                            const T* cs, const T* sn, T d1, T d2, int k,
+                                            int before, int after, T* gu, T* gux, T* guy) {
+  const T cb = cs[before], sb = sn[before], ca = cs[after], sa = sn[after];
+  gu[k] += (g3[before] - g3[after]) * d1 + (g9[before] - T(2) * g9[k] + g9[after]) * d2;
+  gux[k] += ((cb * g6[before] - sb * g8[before]) - (ca * g6[after] - sa * g8[after])) * d1;
+  guy[k] += ((sb * g6[before] + cb * g8[before]) - (sa * g6[after] + ca * g8[after])) * d1;
+}
+
 // Adjoint of invariants_at: gjet (6 x jstride, at this pixel) += from gI[(c 10 + i) rstride + k].
-// The gradients of the orientation differences are kept with one periodic neighbour on each
-// side (t[0] = t[N], t[N + 1] = t[1]), so that their adjoint reads shifted unit-stride vectors.
 template <typename T, int N>
 M2_INLINE void invariants_adjoint_at(const T* gI, int64_t rstride, int64_t C, const T* cs,
                                      const T* sn, T d1, T d2, T* gjet, int64_t jstride) {
@@ -348,8 +364,6 @@ M2_INLINE void invariants_adjoint_at(const T* gI, int64_t rstride, int64_t C, co
     T* guxx = guy + jstride;
     T* guxy = guxx + jstride;
     T* guyy = guxy + jstride;
-    // gradients of u_theta, u_theta_theta, u_x_theta, u_y_theta, at 1..N
-    T gt[N + 2], gtt[N + 2], gxt[N + 2], gyt[N + 2];
 #pragma omp simd
     for (int k = 0; k < N; ++k) {
       const T c1 = cs[k], s1 = sn[k], cc = c1 * c1, ss = s1 * s1, cn = c1 * s1;
@@ -360,19 +374,12 @@ M2_INLINE void invariants_adjoint_at(const T* gI, int64_t rstride, int64_t C, co
       guxx[k] += cc * g4[k] - cn * g5[k] + ss * g7[k];
       guxy[k] += T(2) * cn * g4[k] + (cc - ss) * g5[k] - T(2) * cn * g7[k];
       guyy[k] += ss * g4[k] + cn * g5[k] + cc * g7[k];
-      gt[k + 1] = g3[k];
-      gtt[k + 1] = g9[k];
-      gxt[k + 1] = c1 * g6[k] - s1 * g8[k];
-      gyt[k + 1] = s1 * g6[k] + c1 * g8[k];
     }
-    gt[0] = gt[N], gtt[0] = gtt[N], gxt[0] = gxt[N], gyt[0] = gyt[N];
-    gt[N + 1] = gt[1], gtt[N + 1] = gtt[1], gxt[N + 1] = gxt[1], gyt[N + 1] = gyt[1];
 #pragma omp simd
-    for (int k = 0; k < N; ++k) {  // neighbours k - 1 and k + 1 of k are at k and k + 2
-      gu[k] += (gt[k] - gt[k + 2]) * d1 + (gtt[k] - T(2) * gtt[k + 1] + gtt[k + 2]) * d2;
-      gux[k] += (gxt[k] - gxt[k + 2]) * d1;
-      guy[k] += (gyt[k] - gyt[k + 2]) * d1;
-    }
+    for (int k = 1; k < N - 1; ++k)
+      orientation_terms_adjoint_at(g3, g6, g8, g9, cs, sn, d1, d2, k, k - 1, k + 1, gu, gux, guy);
+    orientation_terms_adjoint_at(g3, g6, g8, g9, cs, sn, d1, d2, 0, N - 1, 1, gu, gux, guy);
+    orientation_terms_adjoint_at(g3, g6, g8, g9, cs, sn, d1, d2, N - 1, N - 2, 0, gu, gux, guy);
   }
 }
 
