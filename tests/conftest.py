@@ -13,8 +13,16 @@ from __future__ import annotations
 
 import os
 
-import pytest
-import torch
+# MKL (torch's BLAS here) may pick its kernels by the alignment of each buffer, so two runs of
+# the same training in one process can differ in the last bits. The tests that compare such runs
+# bitwise (tests/app/test_accelerate.py, test_data_parallel.py) each failed once in a run of
+# tests/app on 2026-12-03 and passed on the rerun, the likely cause (not proven). Strict
+# conditional reproducibility, set before MKL starts, makes MKL's results independent of
+# alignment for a fixed thread count.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 from hypothesis import HealthCheck, settings
 
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True,

@@ -7,10 +7,10 @@ import os
 import pytest
 
 from eqpdenet.app import sweeps
-from eqpdenet.app.config import ExperimentConfig
+from eqpdenet.app.config import ExperimentConfig, to_dict
 from eqpdenet.app.files import read_jsonl
-from eqpdenet.app.runstore import load_records, run_file, save_run, write_aggregate
-from eqpdenet.app.sweeps import run_sweep
+from eqpdenet.app.runstore import load_records, run_file, save_run, set_aside, write_aggregate
+from eqpdenet.app.sweeps import changed_runs, check_before_writing, run_sweep
 from eqpdenet.errors import ConfigError
 
 
@@ -167,3 +167,84 @@ def test_git_commit_is_dirty_only_for_the_package(tmp_path):
     assert git_commit(package) == head
     (package / "code.py").write_text("x = 2\n")
     assert git_commit(package) == head + "-dirty"
+
+
+def recorded(run, score: float) -> dict:
+    """A record as run_experiment writes it: with the run's whole configuration."""
+    return {**fake_record(run, score), "config": to_dict(run)}
+
+
+def test_runs_made_under_another_configuration_of_their_key_are_refused_not_counted(tmp_path):
+    # an entry's recipe changed (train.epochs) after its runs finished: counting them as done
+    # would report results that are not the configuration's
+    ran = []
+
+    def runner(run, data, **kwargs):
+        ran.append((run.train.seed, run.train.epochs))
+        return recorded(run, 1.0)
+
+    runs = runs_of([0, 1])
+    sweep(tmp_path, runs, runner)
+    assert changed_runs(runs, tmp_path) == {}
+    runs["fcnn-h4-seed1"].train.epochs += 1
+    epochs = runs["fcnn-h4-seed1"].train.epochs
+    assert changed_runs(runs, tmp_path) == {
+        "fcnn-h4-seed1": [f"train.epochs: {epochs - 1} recorded, {epochs} now"]}
+    with pytest.raises(ConfigError, match=r"fcnn-h4-seed1 \(train\.epochs: .* recorded"):
+        sweep(tmp_path, runs, runner)
+    with pytest.raises(ConfigError, match="--rerun-changed"):
+        check_before_writing(runs, tmp_path, 1, None, set())
+    assert ran == [(0, epochs - 1), (1, epochs - 1)]  # nothing ran, nothing moved
+    assert run_file(tmp_path, "fcnn-h4-seed1").exists()
+
+
+def test_rerun_changed_sets_the_changed_runs_aside_and_runs_them_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweeps, "preflight", lambda *args, **kwargs: None)
+    runs = runs_of([0, 1])
+    sweep(tmp_path, runs, lambda run, data, **kwargs: recorded(run, 1.0))
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "fcnn-h4-seed1.pt").write_bytes(b"weights")
+    old_line = [line for line in (tmp_path / "results.jsonl").read_text().splitlines()
+                if '"fcnn-h4-seed1"' in line]
+    runs["fcnn-h4-seed1"].train.lr *= 2
+    lines = []
+    check_before_writing(runs, tmp_path, 1, None, set(), rerun_changed=True, echo=lines.append)
+    (aside,) = (tmp_path / "superseded").iterdir()
+    assert sorted(p.name for p in aside.iterdir()) == [
+        "fcnn-h4-seed1.json", "fcnn-h4-seed1.pt", "results.jsonl"]
+    assert (aside / "results.jsonl").read_text().splitlines() == old_line
+    assert [r["key"] for r in read_jsonl(tmp_path / "results.jsonl")] == ["fcnn-h4-seed0"]
+    assert "set aside" in lines[0] and "fcnn-h4-seed1 (train.lr" in lines[0]
+    ran = []
+
+    def runner(run, data, **kwargs):
+        ran.append(run.train.seed)
+        return recorded(run, 2.0)
+
+    sweep(tmp_path, runs, runner)
+    assert ran == [1]
+    assert {r["key"]: r["accuracy"]["test"] for r in read_jsonl(tmp_path / "results.jsonl")} == {
+        "fcnn-h4-seed0": 1.0, "fcnn-h4-seed1": 2.0}
+    assert changed_runs(runs, tmp_path) == {}
+
+
+def test_a_field_added_since_a_run_reads_as_its_earlier_behaviour(tmp_path):
+    # data.rotation_centre came later (LATER_FIELDS: "frame" before it existed): a record without
+    # it matches a run at "frame" and is changed for a run at "mass"
+    runs = runs_of([0])
+    record = recorded(runs["fcnn-h4-seed0"], 1.0)
+    del record["config"]["data"]["rotation_centre"]
+    save_run(tmp_path, "fcnn-h4-seed0", {**record, "key": "fcnn-h4-seed0"})
+    assert changed_runs(runs, tmp_path) == {}
+    runs["fcnn-h4-seed0"].data.rotation_centre = "mass"
+    assert changed_runs(runs, tmp_path) == {
+        "fcnn-h4-seed0": ["data.rotation_centre: 'frame' recorded, 'mass' now"]}
+
+
+def test_set_aside_in_a_folder_with_results_jsonl_only(tmp_path):
+    lines = [json.dumps({"key": key, "status": "ok"}) + "\n" for key in ("a", "b")]
+    (tmp_path / "results.jsonl").write_text("".join(lines))
+    aside = set_aside(tmp_path, ["b"], "stamp")
+    assert (tmp_path / "results.jsonl").read_text() == lines[0]
+    assert (aside / "results.jsonl").read_text() == lines[1]
+    assert set(load_records(tmp_path)) == {"a"}

@@ -86,11 +86,14 @@ def benchmark_fingerprint(config: BenchmarkConfig) -> str:
 
 def benchmark(config: BenchmarkConfig, out_dir: Path, *, models: list[str] | None = None,
               jobs: int = 1, executor: Executor | None = None, data_dir=None, cache_dir=None,
-              progress: bool = True, echo=print) -> Path:
+              progress: bool = True, echo=print, rerun_changed: bool = False) -> Path:
     """Run every missing (model, seed) of the benchmark into ``out_dir`` (``runs/<key>.json`` and
     their aggregate ``results.jsonl``) with ``executor`` (default: local, ``jobs`` processes).
 
     ``models`` restricts the run to some of ``config.models`` (the others stay in the config).
+    Runs finished under another configuration of the same entry and seed (a recipe changed) are
+    refused, or with ``rerun_changed`` set aside and run again
+    (:func:`~eqpdenet.app.sweeps.check_before_writing`).
     """
     out_dir = Path(os.path.realpath(out_dir))
     chosen = models or list(config.models)
@@ -111,7 +114,8 @@ def benchmark(config: BenchmarkConfig, out_dir: Path, *, models: list[str] | Non
                 key = f"{name}-seed{seed}"
                 runs[key], entry_of[key] = config.experiment(name, seed), name
         keep = {key for key, run in runs.items() if run.train.seed in config.checkpoint_seeds}
-        check_before_writing(runs, out_dir, jobs, executor, keep)
+        check_before_writing(runs, out_dir, jobs, executor, keep, rerun_changed=rerun_changed,
+                             echo=echo)
         atomic_write(out_dir / "config.toml", to_toml(config).encode())
         run_sweep(f"benchmark {', '.join(chosen)}", runs, out_dir, base_fingerprint=base_print,
                   checkpoint_keys=keep, runner=_run, runner_options={"curves": to_dict(config.curves)},

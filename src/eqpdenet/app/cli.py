@@ -295,7 +295,8 @@ def _reproduce(args) -> int:
 
     with hold(out, "reproduce"):  # the runs and the report: one writer throughout
         reproduce(config, out, jobs=args.jobs, executor=executor, data_dir=args.data_dir,
-                  cache_dir=args.cache_dir, progress=not args.no_progress)
+                  cache_dir=args.cache_dir, progress=not args.no_progress,
+                  rerun_changed=args.rerun_changed)
         table, plot = write_report(out)
     print(f"reproduce finished in {time.perf_counter() - start:.0f} s: {table}, {plot}")
     print(table.read_text())
@@ -325,7 +326,8 @@ def _benchmark(args) -> int:
     out = output_path(args.out or ("runs/benchmark-quick" if args.quick else "results/benchmark"))
     start = time.perf_counter()
     benchmark(config, out, models=args.models, jobs=args.jobs, executor=executor,
-              data_dir=args.data_dir, cache_dir=args.cache_dir, progress=not args.no_progress)
+              data_dir=args.data_dir, cache_dir=args.cache_dir, progress=not args.no_progress,
+              rerun_changed=args.rerun_changed)
     report = write_benchmark_report(out)
     table, plot = report
     print(f"benchmark finished in {time.perf_counter() - start:.0f} s: {table}, {plot}")
@@ -602,6 +604,9 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--jobs", type=_positive_int, default=1, help="runs in parallel processes")
     repro.add_argument("--out", type=_path, help="results folder (default results/paper, runs/quick)")
     _add_executor(repro)
+    repro.add_argument("--rerun-changed", action="store_true",
+                      help="set aside (into OUT/superseded/) the finished runs whose configuration "
+                      "changed since, and run them again (without it such runs are refused)")
     repro.set_defaults(handler=_reproduce)
 
     bench = commands.add_parser("benchmark", help="the robustness benchmark: every model x seed, "
@@ -612,6 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="smoke profile (one seed, 1 epoch)")
     bench.add_argument("--jobs", type=_positive_int, default=1, help="runs in parallel processes")
     _add_executor(bench)
+    bench.add_argument("--rerun-changed", action="store_true",
+                      help="set aside (into OUT/superseded/) the finished runs whose configuration "
+                      "changed since, and run them again (without it such runs are refused)")
     bench.set_defaults(handler=_benchmark)
 
     study = commands.add_parser("study", help="choose the recipe on the validation split")

@@ -29,10 +29,14 @@ from pathlib import Path
 from ..errors import ConfigError
 from .files import atomic_write, read_jsonl
 
-__all__ = ["RUNS_DIR", "load_records", "run_file", "save_run", "write_aggregate"]
+__all__ = ["RUNS_DIR", "SUPERSEDED_DIR", "load_records", "run_file", "save_run", "set_aside",
+           "write_aggregate"]
 
 #: The folder of the run files, inside a sweep's folder.
 RUNS_DIR = "runs"
+
+#: Where :func:`set_aside` moves the runs that a changed configuration replaces.
+SUPERSEDED_DIR = "superseded"
 
 #: Keys become file names: letters, digits, ``.``, ``_``, ``-`` (no separators, no hidden files).
 _KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
@@ -92,3 +96,28 @@ def write_aggregate(out_dir: Path) -> Path:
     text = "".join(json.dumps(records[key], sort_keys=True) + "\n" for key in sorted(records))
     atomic_write(results, text.encode())
     return results
+
+
+def set_aside(out_dir: Path, keys, stamp: str) -> Path:
+    """Move the finished runs ``keys`` out of the folder's results, into
+    ``superseded/<stamp>/``: their run files (``runs/<key>.json``), checkpoints
+    (``checkpoints/<key>.pt``) and ``results.jsonl`` lines (``superseded/<stamp>/results.jsonl``),
+    so that a sweep runs them again. Nothing is deleted. ``results.jsonl`` is rewritten
+    atomically without them (before the run files move: a kill in between leaves run files that
+    the next regeneration puts back, never a line without its run). Returns the folder."""
+    out_dir = Path(out_dir)
+    keys = set(keys)
+    aside = out_dir / SUPERSEDED_DIR / stamp
+    aside.mkdir(parents=True, exist_ok=True)
+    results = out_dir / "results.jsonl"
+    lines = results.read_text().splitlines(keepends=True) if results.exists() else []
+    moved = [line for line in lines if line.strip() and json.loads(line).get("key") in keys]
+    if moved:
+        with open(aside / "results.jsonl", "a") as handle:
+            handle.writelines(moved)
+        atomic_write(results, "".join(line for line in lines if line not in moved).encode())
+    for key in sorted(keys):
+        for path in (run_file(out_dir, key), out_dir / "checkpoints" / f"{key}.pt"):
+            if path.exists():
+                path.rename(aside / path.name)
+    return aside

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import as_completed
 from pathlib import Path
@@ -29,12 +30,20 @@ from .locks import hold
 from .preflight import preflight
 from .progress import interactive
 from .runfolder import check_claim, claim_folder
-from .runstore import load_records, save_run, write_aggregate
-from .training import Data, _progress, fingerprint, prepare_data, run_experiment
+from .runstore import load_records, save_run, set_aside, write_aggregate
+from .training import (
+    Data,
+    _progress,
+    data_resolved_fields,
+    fingerprint,
+    prepare_data,
+    run_experiment,
+    with_legacy_fields,
+)
 from .workers import worker_pool
 
-__all__ = ["SWEEP_FILES", "check_before_writing", "check_results_folder", "grid", "reproduce",
-           "run_key", "run_sweep"]
+__all__ = ["SWEEP_FILES", "changed_runs", "check_before_writing", "check_results_folder", "grid",
+           "reproduce", "run_key", "run_sweep"]
 
 
 def run_key(kind: str, hidden: int, seed: int) -> str:
@@ -94,6 +103,9 @@ def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
     out_dir = Path(out_dir)
     executor = executor or Executor()
     results = out_dir / "results.jsonl"
+    changed = changed_runs(runs, out_dir)
+    if changed:  # check_before_writing sets them aside when asked; never count them as done
+        raise ConfigError(_changed_message(out_dir, changed))
     done = set(load_records(out_dir))
     todo = [(key, run) for key, run in runs.items() if key not in done]
     echo(f"{name}: {len(runs) - len(todo)} runs done, {len(todo)} to go -> {results}")
@@ -171,15 +183,80 @@ SWEEP_FILES = ("results.jsonl", "runs")
 
 
 def check_before_writing(runs: dict[str, ExperimentConfig], out_dir: Path, jobs: int,
-                         executor: Executor | None, checkpoint_keys) -> None:
-    """The preflight (:func:`~eqpdenet.app.preflight.preflight`) of the runs of ``runs`` not yet
-    done in ``out_dir``, before a sweep writes its ``config.toml``: a sweep that cannot run
-    leaves nothing written but its folder and lock."""
+                         executor: Executor | None, checkpoint_keys, *,
+                         rerun_changed: bool = False,
+                         echo: Callable[[str], None] = print) -> None:
+    """Before a sweep writes its ``config.toml``: the runs of ``out_dir`` finished under another
+    configuration of the same key (:func:`changed_runs`) are refused, or with ``rerun_changed``
+    set aside to run again (:func:`~eqpdenet.app.runstore.set_aside`); then the preflight
+    (:func:`~eqpdenet.app.preflight.preflight`) of the runs not yet done. A sweep that cannot
+    run leaves nothing written but its folder and lock."""
+    changed = changed_runs(runs, out_dir)
+    if changed and not rerun_changed:
+        raise ConfigError(_changed_message(out_dir, changed) + "; run again with --rerun-changed "
+                          "to set them aside and run them anew, or choose another output folder")
     done = set(load_records(out_dir))
-    todo = {key: run for key, run in runs.items() if key not in done}
+    todo = {key: run for key, run in runs.items() if key not in done or key in changed}
     parallel = jobs if (executor or Executor()).kind == "local" else 1
     preflight(list(todo.values()), out_dir, jobs=parallel,
               checkpoints=sum(key in checkpoint_keys for key in todo))
+    if changed:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = set_aside(out_dir, changed, stamp)
+        echo(f"{_changed_message(out_dir, changed)}: set aside in {aside}, to run again")
+
+
+def changed_runs(runs: dict[str, ExperimentConfig], out_dir: Path) -> dict[str, list[str]]:
+    """The keys of ``runs`` that ``out_dir`` holds as finished under another configuration (an
+    entry's recipe changed since its runs were made), each with its differences
+    (``"train.epochs: 11 recorded, 12 now"``). A recorded configuration is read as its run saw
+    it: fields it lacks hold their earlier behaviour (:data:`~eqpdenet.app.training.LATER_FIELDS`)
+    or else their default; the fields taken from the data
+    (:func:`~eqpdenet.app.training.data_resolved_fields`) are compared through the data's own
+    fields. Without this check a sweep would count such runs as done and report
+    results that are not those of its configuration."""
+    records = load_records(out_dir)
+    changed = {}
+    for key, run in runs.items():
+        recorded = records.get(key, {}).get("config")
+        if recorded is None:
+            continue
+        recorded = _as_run(recorded)
+        current = to_dict(run)
+        for path in data_resolved_fields(run):  # from the data, which the data fields fix
+            source, target = recorded, current
+            for name in path[:-1]:
+                source, target = source.get(name, {}), target[name]
+            if path[-1] in source:
+                target[path[-1]] = source[path[-1]]
+        if fingerprint(recorded) != fingerprint(current):
+            changed[key] = _differences(recorded, current)
+    return changed
+
+
+def _as_run(recorded: dict) -> dict:
+    try:
+        return to_dict(from_dict(ExperimentConfig, with_legacy_fields(recorded)))
+    except (ConfigError, TypeError, ValueError):  # fields since renamed: compare as stored
+        return recorded
+
+
+def _differences(recorded: dict, current: dict, prefix: str = "") -> list[str]:
+    out = []
+    for name in sorted(set(recorded) | set(current)):
+        a, b = recorded.get(name), current.get(name)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{name}.")
+        elif a != b:
+            out.append(f"{prefix}{name}: {a!r} recorded, {b!r} now")
+    return out
+
+
+def _changed_message(out_dir: Path, changed: dict[str, list[str]]) -> str:
+    shown = "; ".join(f"{key} ({', '.join(diffs[:3])}{', ...' if len(diffs) > 3 else ''})"
+                      for key, diffs in sorted(changed.items()))
+    return (f"{out_dir} holds {len(changed)} finished run(s) made with another configuration "
+            f"than the one now given for the same key: {shown}")
 
 
 def check_results_folder(out_dir: Path, base_fingerprint: str) -> None:
@@ -194,7 +271,8 @@ def check_results_folder(out_dir: Path, base_fingerprint: str) -> None:
 
 def reproduce(config: ReproduceConfig, out_dir: Path, *, jobs: int = 1,
               executor: Executor | None = None, data_dir=None, cache_dir=None,
-              progress: bool = True, echo: Callable[[str], None] = print) -> Path:
+              progress: bool = True, echo: Callable[[str], None] = print,
+              rerun_changed: bool = False) -> Path:
     """Run every missing run of the protocol into ``out_dir`` (``runs/<key>.json`` and their
     aggregate ``results.jsonl``) with ``executor`` (default: local, ``jobs`` processes).
 
@@ -213,7 +291,8 @@ def reproduce(config: ReproduceConfig, out_dir: Path, *, jobs: int = 1,
                 for run in grid(config)}
         checkpoints = {key for key, run in runs.items()
                        if run.train.seed in config.checkpoint_seeds}
-        check_before_writing(runs, out_dir, jobs, executor, checkpoints)
+        check_before_writing(runs, out_dir, jobs, executor, checkpoints,
+                             rerun_changed=rerun_changed, echo=echo)
         atomic_write(out_dir / "config.toml", to_toml(config).encode())
         return run_sweep("reproduce", runs, out_dir, base_fingerprint=base_print,
                          checkpoint_keys=checkpoints, jobs=jobs, executor=executor,

@@ -60,6 +60,7 @@ __all__ = [
     "fingerprint",
     "accuracy",
     "data_parallel",
+    "data_resolved_fields",
     "evaluate_scenarios",
     "load_checkpoint",
     "prepare_data",
@@ -161,10 +162,22 @@ def _rotmnist(config: DataConfig, data_dir, cache_dir) -> ImageDataset:
 MNIST_FAMILY = ("rotmnist", "mnist")
 
 
+def data_resolved_fields(config: ExperimentConfig) -> list[tuple[str, ...]]:
+    """The fields of ``config`` that :func:`resolve_for_data` sets from the data (so a recorded,
+    resolved configuration differs from the one given in them alone, for the same data)."""
+    fields = [("model", "image_size"), ("model", "in_channels"), ("model", "classes")]
+    standardize = config.model.standardize
+    if standardize == "train" or (standardize == "auto"
+                                  and config.data.dataset not in MNIST_FAMILY):
+        fields += [("model", "input_mean"), ("model", "input_std")]
+    return fields
+
+
 def resolve_for_data(config: ExperimentConfig, data: Data | dict) -> ExperimentConfig:
     """``config`` with the model's input size, channels and classes taken from the data, and its
     standardisation resolved (``model.standardize``: ``"train"`` writes the training split's
     pixel mean and std into ``input_mean, input_std``); the result is what a checkpoint stores.
+    The fields it sets: :func:`data_resolved_fields`.
     """
     config = copy.deepcopy(config)
     model = config.model
