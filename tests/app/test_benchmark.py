@@ -111,6 +111,8 @@ def test_benchmark_cli_end_to_end_and_resume(tiny, tmp_path, capsys):
     assert pde["robustness"]["round_trip_change"]["37"] > 0.0
     table = (out / "table.md").read_text()
     assert "| 37° and back |" in table
+    hours = sum(r["train_seconds"] + r["eval_seconds"] for r in records) / 3600
+    assert f"(4 runs; training and evaluation {hours:.1f} hours, the runs' times summed)" in table
     assert "| cnn |" in table and "| invariant-pde |" in table
     assert (out / "robustness.png").stat().st_size > 1000
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [

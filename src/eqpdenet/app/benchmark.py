@@ -256,6 +256,13 @@ def missing_benchmark_runs(out_dir: Path, records: list[dict]) -> list[str] | No
             if f"{name}-seed{seed}" not in present]
 
 
+def _cpu_hours(records: list[dict]) -> str:
+    seconds = sum(r.get("train_seconds", 0.0) + r.get("eval_seconds", 0.0) for r in records
+                  if r.get("status") == "ok")
+    return f"; training and evaluation {seconds / 3600:.1f} hours, the runs' times summed" \
+        if seconds else ""
+
+
 def write_benchmark_report(out_dir: Path) -> Report:
     """``table.md`` and ``robustness.png`` from ``out_dir/results.jsonl``; the table's first line
     says so when runs of the folder's configuration have no result yet (``Report.missing``)."""
@@ -273,7 +280,7 @@ def write_benchmark_report(out_dir: Path) -> Report:
     header = (f"Accuracy in percent, mean (sample std) over seeds; scenarios on {where}, curves "
               f"and logit changes (relative: ||l(g f) − l(f)|| / ||l(f)|| over the batch) on the "
               f"first {curves} test digits (see `config.toml`). From `results.jsonl` beside this "
-              f"file ({len(records)} runs).\n\n")
+              f"file ({len(records)} runs{_cpu_hours(records)}).\n\n")
     if missing:
         header = (f"**Incomplete:** {incomplete_line(missing, len(records) + len(missing))}; "
                   f"rerun the benchmark's command to finish it.\n\n{header}")
