@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from eqpdenet.analysis.robustness import axis_shift
 from eqpdenet.app.files import atomic_write
 from eqpdenet.app.training import load_checkpoint, prepare_data
 
@@ -40,12 +41,9 @@ CANVAS_SHIFTS = [1, 2, 4, 8]
 
 
 def diagonal_shift(images: torch.Tensor, d: int) -> torch.Tensor:
-    """``images`` moved by ``d`` whole pixels right and down, the vacated pixels zero."""
-    if d == 0:
-        return images
-    out = torch.zeros_like(images)
-    out[..., d:, d:] = images[..., :-d, :-d]
-    return out
+    """``images`` moved by ``d`` whole pixels right and down, the vacated pixels zero
+    (:func:`eqpdenet.analysis.robustness.axis_shift`, whose ``t_y`` points up)."""
+    return axis_shift(images, (d, -d))
 
 
 def _predict(model, images: torch.Tensor, batch: int = 500) -> torch.Tensor:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from eqpdenet.analysis.robustness import axis_shift
 from eqpdenet.app.files import atomic_write
 from eqpdenet.app.training import load_checkpoint, prepare_data
 from eqpdenet.data.scenarios import apply_scenario, get_scenario
@@ -60,12 +61,9 @@ def summarize(matrix: torch.Tensor, top: int = 5) -> dict:
 
 
 def move(images: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """``images`` moved by whole pixels (down ``rows``, right ``cols``), zero filled."""
-    height, width = images.shape[-2:]
-    out = torch.zeros_like(images)
-    out[..., max(0, rows):height + min(0, rows), max(0, cols):width + min(0, cols)] = \
-        images[..., max(0, -rows):height - max(0, rows), max(0, -cols):width - max(0, cols)]
-    return out
+    """``images`` moved by whole pixels (down ``rows``, right ``cols``), zero filled
+    (:func:`eqpdenet.analysis.robustness.axis_shift`, whose ``t_y`` points up)."""
+    return axis_shift(images, (cols, -rows))
 
 
 def transform(name: str, images: torch.Tensor, seed: int) -> torch.Tensor:
