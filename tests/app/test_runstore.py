@@ -248,3 +248,15 @@ def test_set_aside_in_a_folder_with_results_jsonl_only(tmp_path):
     assert (tmp_path / "results.jsonl").read_text() == lines[0]
     assert (aside / "results.jsonl").read_text() == lines[1]
     assert set(load_records(tmp_path)) == {"a"}
+
+
+def test_differences_name_only_the_fields_the_runs_model_reads(tmp_path):
+    # another kind's option table (here the CNN's, for an FCNN run) is no difference
+    runs = runs_of([0])
+    record = {**recorded(runs["fcnn-h4-seed0"], 1.0), "key": "fcnn-h4-seed0"}
+    record["config"]["model"]["cnn"]["channels"] += 1
+    save_run(tmp_path, "fcnn-h4-seed0", record)
+    assert changed_runs(runs, tmp_path) == {}
+    runs["fcnn-h4-seed0"].train.lr *= 2
+    (differences,) = changed_runs(runs, tmp_path).values()
+    assert len(differences) == 1 and differences[0].startswith("train.lr: ")

@@ -23,7 +23,15 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
-from .config import DataConfig, ExperimentConfig, ReproduceConfig, from_dict, to_dict, to_toml
+from .config import (
+    KIND_OPTIONS,
+    DataConfig,
+    ExperimentConfig,
+    ReproduceConfig,
+    from_dict,
+    to_dict,
+    to_toml,
+)
 from .distributed import Executor
 from .files import atomic_write
 from .locks import hold
@@ -230,8 +238,15 @@ def changed_runs(runs: dict[str, ExperimentConfig], out_dir: Path) -> dict[str, 
             if path[-1] in source:
                 target[path[-1]] = source[path[-1]]
         if fingerprint(recorded) != fingerprint(current):
-            changed[key] = _differences(recorded, current)
+            changed[key] = _differences(_own_kind(recorded), _own_kind(current))
     return changed
+
+
+def _own_kind(config: dict) -> dict:
+    """``config`` without the option tables of other model kinds (as the fingerprint reads it)."""
+    model = config.get("model", {})
+    return {**config, "model": {name: value for name, value in model.items()
+                                if name not in KIND_OPTIONS or name == model.get("kind")}}
 
 
 def _as_run(recorded: dict) -> dict:
