@@ -55,7 +55,7 @@ from ..checks import require, require_int, require_positive
 from ..geometry import halvings_stay_even
 from ..kernels.m2_op import KERNEL_ORIENTATIONS
 from ..kernels.op import KERNEL_BOUNDARIES
-from ..pde.batch_norm import batch_norm_at
+from ..pde.batch_norm import batch_norm_affine
 from ..pde.integrators import EulerStep
 from ..pde.m2 import (
     M2_SE2,
@@ -236,12 +236,18 @@ class M2Lift(nn.Module):
         x = torch.cat(copies, 0) if len(copies) > 1 else copies[0]
         batch, _, _, _, height, width = x.shape
         x = x.transpose(2, 3).reshape(batch, -1, n * height * width)
-        mixed = self.mix(self.norm(x))
-        out = self.out_norm(mixed)
-        if self.relative:  # minus the lift of a blank image (a zero jet), this batch's statistics
-            zero = batch_norm_at(self.norm, x, x.new_zeros(x.shape[1]))
-            blank = batch_norm_at(self.out_norm, mixed, self.mix(zero[None, :, None])[0, :, 0])
-            out = out - blank[:, None]
+        if self.relative:
+            # Minus the lift of a blank image (a zero jet), with this batch's statistics: each
+            # batch norm as its affine map, so that its statistics are computed once for both.
+            # A zero jet normalises to `shift`. (The out norm's shift cancels; it stays in the
+            # graph, so that its gradient is zero rather than absent, as with the modules.)
+            scale, shift = batch_norm_affine(self.norm, x)
+            mixed = self.mix(torch.addcmul(shift[:, None], x, scale[:, None]))
+            out_scale, out_shift = batch_norm_affine(self.out_norm, mixed)
+            blank = self.mix(shift[None, :, None])[0] * out_scale[:, None] + out_shift[:, None]
+            out = torch.addcmul(out_shift[:, None], mixed, out_scale[:, None]) - blank
+        else:
+            out = self.out_norm(self.mix(self.norm(x)))
         return out.view(batch, -1, n, height, width)
 
 

@@ -76,6 +76,10 @@ def batch_norm_affine(norm: nn.Module, batch: Tensor) -> tuple[Tensor, Tensor]:
                                        batch.numel() // channels)
     else:
         mean, var = norm.running_mean, norm.running_var
+    return _affine(norm, mean, var)
+
+
+def _affine(norm, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
     scale = torch.rsqrt(var + norm.eps)
     if norm.affine:
         scale = scale * norm.weight
@@ -105,5 +109,5 @@ def batch_norm_at(norm: nn.Module, batch: Tensor, value: Tensor) -> Tensor:
         mean, var = batch_statistics(batch)
     else:
         mean, var = norm.running_mean, norm.running_var
-    out = (value - mean) * torch.rsqrt(var + norm.eps)
-    return out * norm.weight + norm.bias if norm.affine else out
+    scale, shift = _affine(norm, mean, var)
+    return value * scale + shift

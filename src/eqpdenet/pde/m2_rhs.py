@@ -132,10 +132,15 @@ class NetworkTerm(nn.Module):
             out = out - self.out(F.relu(hidden)[None, :, None])
         return out.view(batch, channels, n, height, width)
 
-    def fused_out_bias(self, relative: bool) -> Tensor:
-        """The output bias of the fused step without a hidden batch norm: ``b2``, or for a
-        relative system ``b2 - F(0) = -W2 relu(b1)``."""
-        return -(self.out.weight @ F.relu(self.mix.bias)) if relative else self.out.bias
+    def fused_out_bias(self, relative: bool, hidden_at_zero: Tensor | None = None) -> Tensor:
+        """The output bias of a fused step: ``b2``, or for a relative system ``b2 - F(0) =
+        -W2 relu(h0)``, ``h0`` the hidden layer at a zero jet (``b1`` without a hidden batch
+        norm; with one, the batch norm's image of 0, its ``shift``, given as
+        ``hidden_at_zero``)."""
+        if not relative:
+            return self.out.bias
+        return -(self.out.weight @ F.relu(self.mix.bias if hidden_at_zero is None
+                                          else hidden_at_zero))
 
 
 class _PerChannel(nn.Module):
@@ -335,8 +340,8 @@ class M2SystemRHS(nn.Module):
             return None
         z = self.mixed_invariants(u, w1)
         scale, shift = batch_norm_affine(network.hidden_norm, z.view(z.shape[0], z.shape[1], -1))
-        bias = -(network.out.weight @ F.relu(shift)) if self.relative else network.out.bias
-        return m2_update(u, z, scale, shift, network.out.weight, bias, dt)
+        return m2_update(u, z, scale, shift, network.out.weight,
+                         network.fused_out_bias(self.relative, shift), dt)
 
     def forward(self, u: Tensor) -> Tensor:
         try:
