@@ -123,10 +123,12 @@ struct Taps {
   }
 };
 
-// u (C N maps of H x W) -> P (Hp x Wp x M), padded by the boundary rule.
+// u (C N maps of H x W) -> P (Hp x Wp x M): the H image rows (q = R .. R + H - 1), padded along
+// x by the boundary rule. The padded rows of P are never read: the x pass acts within a row, so
+// its padded rows are copies of image rows (or zeros) made after it (fill_padded_rows).
 template <typename T>
 void pad_transpose(const T* u, const Setup<T>& s, T* P) {
-  for (int64_t q = 0; q < s.Hp; ++q) {
+  for (int64_t q = s.R; q < s.R + s.H; ++q) {
     const int64_t row = s.rows[q];
     for (int64_t r = 0; r < s.Wp; ++r) {
       T* dst = P + (q * s.Wp + r) * s.M;
@@ -141,12 +143,12 @@ void pad_transpose(const T* u, const Setup<T>& s, T* P) {
   }
 }
 
-// Adjoint of pad_transpose: gP (Hp x Wp x M) added into grad_u (C N maps of H x W).
+// Adjoint of pad_transpose: the image rows of gP (Hp x Wp x M) added into grad_u (C N maps of
+// H x W).
 template <typename T>
 void pad_transpose_adjoint(const T* gP, const Setup<T>& s, T* gu) {
-  for (int64_t q = 0; q < s.Hp; ++q) {
+  for (int64_t q = s.R; q < s.R + s.H; ++q) {
     const int64_t row = s.rows[q];
-    if (row < 0) continue;
     for (int64_t r = 0; r < s.Wp; ++r) {
       const int64_t col = s.cols[r];
       if (col < 0) continue;
@@ -163,12 +165,12 @@ void pad_transpose_adjoint(const T* gP, const Setup<T>& s, T* gu) {
 // pass is a gather (output by output), including the adjoints, so no accumulator is ever written
 // twice.
 
-// x pass, maps [m0, m1): X[a][q][j] = sum_t gx[a][t] P[q][j + t].
+// x pass of the image rows, maps [m0, m1): X[a][q][j] = sum_t gx[a][t] P[q][j + t].
 template <typename T, int V>
 void x_pass_chunks(const T* P, const Taps<T>& taps, const Setup<T>& s, T* X, int64_t m0,
                    int64_t m1) {
   const int64_t M = s.M, plane = s.Hp * s.W * M;
-  for (int64_t q = 0; q < s.Hp; ++q)
+  for (int64_t q = s.R; q < s.R + s.H; ++q)
     for (int64_t j = 0; j < s.W; ++j)
       for (int64_t m = m0; m + V <= m1; m += V) {
         T a0[V] = {}, a1[V] = {}, a2[V] = {};
@@ -191,12 +193,13 @@ void x_pass_chunks(const T* P, const Taps<T>& taps, const Setup<T>& s, T* X, int
       }
 }
 
-// Adjoint of the x pass, maps [m0, m1): gP[q][r] = sum_t sum_a gx[a][t] gX[a][q][r - t].
+// Adjoint of the x pass of the image rows, maps [m0, m1): gP[q][r] = sum_t sum_a gx[a][t]
+// gX[a][q][r - t].
 template <typename T, int V>
 void x_pass_adjoint_chunks(const T* gX, const Taps<T>& taps, const Setup<T>& s, T* gP,
                            int64_t m0, int64_t m1) {
   const int64_t M = s.M, plane = s.Hp * s.W * M;
-  for (int64_t q = 0; q < s.Hp; ++q)
+  for (int64_t q = s.R; q < s.R + s.H; ++q)
     for (int64_t r = 0; r < s.Wp; ++r) {
       const int64_t t_lo = std::max<int64_t>(0, r - (s.W - 1)), t_hi = std::min(s.K - 1, r);
       for (int64_t m = m0; m + V <= m1; m += V) {
@@ -253,6 +256,7 @@ void y_pass_adjoint_chunks(const T* gJ, const Taps<T>& taps, const Setup<T>& s, 
                            int64_t m0, int64_t m1) {
   const int64_t M = s.M, plane = s.Hp * s.W * M, jplane = s.HW * M;
   for (int64_t q = 0; q < s.Hp; ++q) {
+    if (s.rows[q] < 0) continue;  // a zero row: its gradient goes nowhere
     const int64_t r_lo = std::max<int64_t>(0, q - (s.H - 1)), r_hi = std::min(s.K - 1, q);
     for (int64_t j = 0; j < s.W; ++j)
       for (int64_t m = m0; m + V <= m1; m += V) {
@@ -274,6 +278,41 @@ void y_pass_adjoint_chunks(const T* gJ, const Taps<T>& taps, const Setup<T>& s, 
           x[2 * plane + v] = a2[v];
         }
       }
+  }
+}
+
+// The padded rows of X (all three planes): copies of the x pass of the image rows they repeat,
+// or zeros. Bitwise what the x pass of a padded row of P would give, at (Hp - H) / Hp less of
+// the pass's work (a fifth at 28x28, half at 7x7 with radius 4).
+template <typename T>
+void fill_padded_rows(const Setup<T>& s, T* X) {
+  const int64_t row = s.W * s.M, plane = s.Hp * row;
+  for (int64_t q = 0; q < s.Hp; ++q) {
+    if (q >= s.R && q < s.R + s.H) continue;
+    const int64_t source = s.rows[q];
+    for (int64_t a = 0; a < 3; ++a) {
+      T* dst = X + a * plane + q * row;
+      if (source < 0)
+        std::fill(dst, dst + row, T(0));
+      else
+        std::copy(X + a * plane + (source + s.R) * row, X + a * plane + (source + s.R + 1) * row,
+                  dst);
+    }
+  }
+}
+
+// Adjoint of fill_padded_rows: the gradient of each padded row of X added into the image row it
+// copies (in the order of q, so that the sums do not depend on anything else).
+template <typename T>
+void fold_padded_rows(const Setup<T>& s, T* gX) {
+  const int64_t row = s.W * s.M, plane = s.Hp * row;
+  for (int64_t q = 0; q < s.Hp; ++q) {
+    if ((q >= s.R && q < s.R + s.H) || s.rows[q] < 0) continue;
+    for (int64_t a = 0; a < 3; ++a) {
+      const T* src = gX + a * plane + q * row;
+      T* dst = gX + a * plane + (s.rows[q] + s.R) * row;
+      for (int64_t l = 0; l < row; ++l) dst[l] += src[l];
+    }
   }
 }
 
@@ -509,6 +548,7 @@ void forward_image(const T* u, const T* weight, const Taps<T>& taps, const T* cs
   const int64_t M = s.M, CJ = s.C * NJ, L = s.W * N;
   pad_transpose(u, s, P);
   M2_OVER_MAPS(x_pass_chunks, N, P, taps, s, X);
+  fill_padded_rows(s, X);
   for (int64_t i = 0; i < s.H; ++i) {
     M2_OVER_MAPS(y_pass_row_chunks, N, X, i, taps, s, J);
     for (int64_t j = 0; j < s.W; ++j)
@@ -532,6 +572,7 @@ void backward_image(const T* gz, const T* u, const T* weight, const Taps<T>& tap
   const int64_t M = s.M, O = s.O, CJ = s.C * NJ, L = s.W * N;
   pad_transpose(u, s, P);
   M2_OVER_MAPS(x_pass_chunks, N, P, taps, s, X);
+  fill_padded_rows(s, X);
   std::fill(gJ, gJ + 6 * s.HW * M, T(0));
   for (int64_t i = 0; i < s.H; ++i) {
     M2_OVER_MAPS(y_pass_row_chunks, N, X, i, taps, s, J);
@@ -551,6 +592,7 @@ void backward_image(const T* gz, const T* u, const T* weight, const Taps<T>& tap
   }
   flush_outer<T, N>(lanes, O * CJ, L, gw);
   M2_OVER_MAPS(y_pass_adjoint_chunks, N, gJ, taps, s, X);  // X reused as gX
+  fold_padded_rows(s, X);
   M2_OVER_MAPS(x_pass_adjoint_chunks, N, X, taps, s, P);   // P reused as gP
   pad_transpose_adjoint(P, s, gu);
 }
@@ -579,6 +621,7 @@ void euler_forward_image(const T* u, const T* w1, const T* b1, const T* w2, cons
   const int64_t M = s.M, CJ = s.C * NJ, L = s.W * N, O = s.O;
   pad_transpose(u, s, P);
   M2_OVER_MAPS(x_pass_chunks, N, P, taps, s, X);
+  fill_padded_rows(s, X);
   for (int64_t i = 0; i < s.H; ++i) {
     M2_OVER_MAPS(y_pass_row_chunks, N, X, i, taps, s, J);
     for (int64_t j = 0; j < s.W; ++j)
@@ -614,6 +657,7 @@ void euler_backward_image(const T* g_next, const T* u, const T* w1, const T* b1,
   double* gb2 = gw2 + C * O;
   pad_transpose(u, s, P);
   M2_OVER_MAPS(x_pass_chunks, N, P, taps, s, X);
+  fill_padded_rows(s, X);
   std::fill(gJ, gJ + 6 * s.HW * M, T(0));
   for (int64_t i = 0; i < s.H; ++i) {
     M2_OVER_MAPS(y_pass_row_chunks, N, X, i, taps, s, J);
@@ -647,6 +691,7 @@ void euler_backward_image(const T* g_next, const T* u, const T* w1, const T* b1,
   flush_outer<T, N>(lanes1, O * CJ, L, gw1);
   flush_outer<T, N>(lanes2, C * O, L, gw2);
   M2_OVER_MAPS(y_pass_adjoint_chunks, N, gJ, taps, s, X);  // X reused as gX
+  fold_padded_rows(s, X);
   M2_OVER_MAPS(x_pass_adjoint_chunks, N, X, taps, s, P);   // P reused as gP
   std::copy(g_next, g_next + M * s.HW, gu);                // the identity part of u + dt F
   pad_transpose_adjoint(P, s, gu);
