@@ -7,8 +7,11 @@ the test set: how the benchmark's per-model recipes were chosen (docs/benchmark.
 appends one JSON line (name, overrides, parameters, validation accuracy, seconds, torch threads,
 the history of (epoch, loss, validation accuracy, seconds)) to ``--log``. ``--scenarios iso sca
 shift`` also scores the trained model on those scenarios applied to the validation digits
-(draws seeded by the run's seed, as the benchmark seeds its test scenarios): how a recipe's
-robustness is judged without the test set. ``--threads N`` sets
+(draws seeded by the run's seed, as the benchmark seeds its test scenarios), and ``--round-trip
+37`` measures the relative change of its logits when the validation digits are rotated by 37
+degrees and back (the benchmark's "37° and back", :func:`~eqpdenet.analysis.robustness.
+round_trip_change`, there on 2,000 test digits): how a recipe's robustness is judged without
+the test set. ``--threads N`` sets
 torch's threads (default: as ``OMP_NUM_THREADS`` says, else torch's default). Example (the CNN's recipe)::
 
     python benchmarks/recipe_validation.py cnn-10k-b64-lr2e3 6 "model.kind='cnn'" \
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from eqpdenet.analysis.robustness import round_trip_change
 from eqpdenet.app.config import ExperimentConfig, apply_overrides
 from eqpdenet.app.files import append_jsonl
 from eqpdenet.app.training import evaluate_scenarios, prepare_data, run_experiment
@@ -41,6 +45,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--scenarios", nargs="*", default=[],
                         help="scenarios to apply to the validation digits (e.g. iso sca shift)")
+    parser.add_argument("--round-trip", nargs="*", type=float, default=[], metavar="DEGREES",
+                        help="angles of the rotate-and-back logit change on the validation "
+                             "digits (e.g. 37)")
     args = parser.parse_args()
     if args.threads is not None:
         if args.threads < 1:
@@ -54,12 +61,16 @@ def main() -> None:
 
     def validation_scenarios(model, data) -> dict:
         scores = evaluate_scenarios(model, data["validation"], args.scenarios, config.train.seed)
-        return {"validation_scenarios": {name: round(value, 2) for name, value in scores.items()}}
+        images = data["validation"].images
+        return {"validation_scenarios": {name: round(value, 2) for name, value in scores.items()},
+                "validation_round_trip": {f"{a:g}": round(round_trip_change(model, images, a), 4)
+                                          for a in args.round_trip}}
 
-    record = run_experiment(config, data, progress=False,
-                            extra_evaluation=validation_scenarios if args.scenarios else None)
+    extra = validation_scenarios if args.scenarios or args.round_trip else None
+    record = run_experiment(config, data, progress=False, extra_evaluation=extra)
     out = {key: record.get(key) for key in ("status", "params", "validation_accuracy",
-                                            "validation_scenarios", "train_seconds", "error")}
+                                            "validation_scenarios", "validation_round_trip",
+                                            "train_seconds", "error")}
     out["threads"] = torch.get_num_threads()
     out["history"] = [(h.get("epoch"), round(h.get("loss", 0), 4),
                        round(h.get("validation_accuracy", 0), 4), round(h.get("seconds", 0)))
