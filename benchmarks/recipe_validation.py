@@ -59,14 +59,14 @@ def main() -> None:
         get_scenario(name)
     data = prepare_data(config.data, args.data_dir, args.cache_dir)
 
-    def validation_scenarios(model, data) -> dict:
+    def validation_extras(model, data) -> dict:
         scores = evaluate_scenarios(model, data["validation"], args.scenarios, config.train.seed)
         images = data["validation"].images
         return {"validation_scenarios": {name: round(value, 2) for name, value in scores.items()},
                 "validation_round_trip": {f"{a:g}": round(round_trip_change(model, images, a), 4)
                                           for a in args.round_trip}}
 
-    extra = validation_scenarios if args.scenarios or args.round_trip else None
+    extra = validation_extras if args.scenarios or args.round_trip else None
     record = run_experiment(config, data, progress=False, extra_evaluation=extra)
     out = {key: record.get(key) for key in ("status", "params", "validation_accuracy",
                                             "validation_scenarios", "validation_round_trip",
