@@ -64,7 +64,9 @@ TINY = {
     "lifted_pde": [({"lifted_pde": LiftedPDEConfig(orientations=4, channels=[3, 4],
                                                    blocks=[1, 1])}, True),
                    ({"lifted_pde": LiftedPDEConfig(orientations=4, channels=[3, 4], blocks=[1, 1],
-                                                   boundary="background", center=True)}, True)],
+                                                   boundary="background", center=True)}, True),
+                   ({"lifted_pde": LiftedPDEConfig(stage_orientations=[8, 4], channels=[3, 4],
+                                                   blocks=[1, 1], boundary="background")}, True)],
 }
 CASES = [(kind, index) for kind in MODELS.names() for index in range(len(TINY.get(kind, [0])))]
 

@@ -168,3 +168,14 @@ def test_lifted_model_with_center_says_so():
     plain = describe_model(LiftedPDENet(LiftedPDEConfig(channels=[2], blocks=[1])))
     assert "first moved by whole pixels to put its centre of mass at the frame's centre" in centred
     assert "centre of mass" not in plain
+
+
+def test_lifted_model_with_fewer_orientations_per_stage_says_so():
+    from eqpdenet.analysis.describe import describe_model
+    from eqpdenet.models import LiftedPDEConfig, LiftedPDENet
+
+    plain = describe_model(LiftedPDENet(LiftedPDEConfig(channels=[2, 3], blocks=[1, 1])))
+    assert "orientations" not in plain.splitlines()[0]
+    text = describe_model(LiftedPDENet(LiftedPDEConfig(orientations=16, stage_orientations=[8, 4],
+                                                       channels=[2, 3], blocks=[1, 1])))
+    assert "orientations 16 lifted, 8, 4 in the stages" in text.splitlines()[0]

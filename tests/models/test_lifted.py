@@ -7,7 +7,7 @@ import torch
 from eqpdenet import ConfigError, InputError, count_parameters
 from eqpdenet.errors import InputTypeError
 from eqpdenet.models import MODELS, LiftedPDEConfig, LiftedPDENet
-from eqpdenet.models.pooling import AntiAliasedDownsample
+from eqpdenet.models.pooling import AntiAliasedDownsample, OrientationMaxPool
 from eqpdenet.pde import EulerStep
 from eqpdenet.pde.m2_rhs import PDE_GCNN_TERMS, M2SystemRHS
 from helpers import assert_equivariant
@@ -52,6 +52,9 @@ def test_registered_and_parameter_count():
     {"margin": 2, "downsample": "pool"},
     {"boundary": "background", "terms": ["network", "linear"], "normalize_invariants": True},
     {"boundary": "background", "normalize_hidden": False},
+    {"boundary": "background", "stage_orientations": [8, 4, 4]},
+    {"orientations": 16, "stage_orientations": [8, 8, 4], "downsample": "pool"},
+    {"orientations": 12, "stage_orientations": [4, 4, 4], "projection": "softmax"},
 ])
 def test_logits_are_invariant_under_quarter_turns(options):
     torch.manual_seed(0)
@@ -119,6 +122,10 @@ def test_blocks_are_euler_steps_of_m2_systems_and_downsampling_is_anti_aliased()
     ("scales", 0, "scales"),
     ("margin", -1, "margin"),
     ("margin", 2.5, "margin"),
+    ("stage_orientations", [8, 4], "one entry per stage"),
+    ("stage_orientations", [8, 6, 6], r"stage_orientations\[1\].*multiple of 4"),
+    ("stage_orientations", [8, 16, 16], r"stage_orientations\[1\].*divide .*\(8\)"),
+    ("stage_orientations", [4, 8, 4], r"stage_orientations\[1\].*divide .*\(4\)"),
 ])
 def test_bad_options_name_the_field(field, value, match):
     with pytest.raises(ConfigError, match=match):
@@ -323,3 +330,34 @@ def test_background_boundary_carries_deviations_from_a_blank_image():
     assert config.padding == "zeros" and LiftedPDEConfig().padding == "replicate"
     with pytest.raises(ConfigError, match="lifted_pde.boundary"):
         LiftedPDEConfig(boundary="blank")
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_stage_orientations_pool_each_stage_down_to_its_count(backend):
+    # lift at 16, stages at 8, 8, 4: the second stage's fields have 8 orientations, the last 4,
+    # each the maximum over the old orientations within half a new bin (OrientationMaxPool);
+    # the parameters do not depend on the counts
+    torch.manual_seed(0)
+    config = LiftedPDEConfig(orientations=16, stage_orientations=[8, 8, 4], channels=[3, 4, 5],
+                             blocks=[1, 1, 1], boundary="background", backend=backend)
+    net = _randomise_batch_norms(LiftedPDENet(config).double().eval())
+    plain = LiftedPDENet(LiftedPDEConfig(orientations=16, channels=[3, 4, 5], blocks=[1, 1, 1],
+                                         boundary="background", backend=backend))
+    assert count_parameters(net) == count_parameters(plain)
+    pools = [m for m in net.modules() if isinstance(m, OrientationMaxPool)]
+    assert [p.ratio for p in pools] == [2, 2]
+    images = torch.rand(2, 1, 28, 28, dtype=torch.float64)
+    u = net._lifted(images)
+    assert u.shape[2] == 16
+    stage0 = net.stages[0](u)
+    assert stage0.shape == (2, 3, 8, 28, 28)
+    # stage 0 = the pool by 2, then the block: the pooled field is u at orientations 2j - 1, 2j,
+    # 2j + 1, maximised
+    pooled = net.stages[0][0](u)
+    window = torch.stack([u.roll(1, 2)[:, :, ::2], u[:, :, ::2], u.roll(-1, 2)[:, :, ::2]])
+    torch.testing.assert_close(pooled, window.amax(0), rtol=0, atol=0)
+    assert net.fields(images).shape == (2, 5, 4, 7, 7)
+    assert net.config.orientations_of_stages() == [8, 8, 4]
+    assert LiftedPDEConfig().orientations_of_stages() == [8, 8, 8]
+    # fewer orientations, less memory kept for the backward
+    assert net.backward_bytes(64) < plain.backward_bytes(64)

@@ -38,6 +38,8 @@ LIFTED = [
     ({"orientations": 4, "channels": [6, 6], "blocks": [2, 1]}, 2),
     ({"downsample": "none", "channels": [4, 4], "blocks": [1, 1]}, 1),
     ({"boundary": "background"}, 1),
+    ({"boundary": "background", "stage_orientations": [8, 4, 4]}, 1),
+    ({"orientations": 16, "stage_orientations": [8, 8, 4]}, 1),
 ]
 
 

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from eqpdenet.models import InvariantPDEConfig, InvariantPDENet
-from eqpdenet.models.pooling import AntiAliasedDownsample, downsampled_size, gaussian_lowpass_weights
+from eqpdenet.models.pooling import (
+    AntiAliasedDownsample,
+    OrientationMaxPool,
+    downsampled_size,
+    gaussian_lowpass_weights,
+)
 from helpers import assert_equivariant
 
 
@@ -68,3 +73,75 @@ def test_deep_model_with_blur_pooling_keeps_quarter_turn_invariance():
                                              downsample="blur")).double().eval()
     assert sum(isinstance(m, AntiAliasedDownsample) for m in net.modules()) == 2
     assert_equivariant(net, torch.rand(2, 1, 28, 28, dtype=torch.float64), invariant=True)
+
+
+@pytest.mark.parametrize("ratio, n", [(1, 8), (2, 8), (3, 12), (4, 16), (2, 4), (4, 4), (5, 20)])
+def test_orientation_pooling_is_the_maximum_over_half_a_new_bin(ratio, n):
+    # new orientation j is old orientation j r; the window is every old orientation within r / 2
+    # old steps of it (both ends for even r), periodic
+    torch.manual_seed(0)
+    u = torch.randn(2, 3, n, 5, 4, dtype=torch.float64)
+    pool = OrientationMaxPool(ratio)
+    out = pool(u)
+    assert out.shape == (2, 3, n // ratio, 5, 4)
+    for j in range(n // ratio):
+        members = [(j * ratio + d) % n for d in range(-(ratio // 2), ratio // 2 + 1)]
+        torch.testing.assert_close(out[:, :, j], u[:, :, members].amax(2), rtol=0, atol=0)
+    assert torch.equal(pool.window(n)[-1], torch.tensor(members))
+
+
+@pytest.mark.parametrize("ratio, n", [(2, 8), (4, 16), (3, 12)])
+def test_orientation_pooling_commutes_with_quarter_turns_and_reflections(ratio, n):
+    # a quarter turn: rot90 of the plane and a shift of the orientations by N / 4 (old) or
+    # N / (4 r) (new); a reflection of the orientation axis (k -> -k) maps windows onto windows
+    torch.manual_seed(1)
+    u = torch.randn(2, 3, n, 6, 6, dtype=torch.float64)
+    pool = OrientationMaxPool(ratio)
+    turned = torch.rot90(u, 1, (-2, -1)).roll(n // 4, 2)
+    expected = torch.rot90(pool(u), 1, (-2, -1)).roll(n // (4 * ratio), 2)
+    assert torch.equal(pool(turned), expected)
+    mirrored = u[:, :, (-torch.arange(n)) % n]
+    assert torch.equal(pool(mirrored), pool(u)[:, :, (-torch.arange(n // ratio)) % (n // ratio)])
+
+
+@pytest.mark.parametrize("ratio", [2, 3, 4])
+def test_orientation_pooling_gradient_goes_to_the_maximiser(ratio):
+    # the backward writes each output's gradient into its window's maximiser (distinct values:
+    # no ties), what autograd gives for the gather-and-amax formulation, and passes gradcheck
+    torch.manual_seed(2)
+    n = 4 * ratio
+    u = torch.randn(2, 2, n, 3, 3, dtype=torch.float64, requires_grad=True)
+    pool = OrientationMaxPool(ratio)
+    window = pool.window(n)
+    reference = u[:, :, window.flatten()].view(2, 2, *window.shape, 3, 3).amax(3)
+    grad = torch.randn_like(reference)
+    (expected,) = torch.autograd.grad(reference, u, grad)
+    (got,) = torch.autograd.grad(pool(u), u, grad)
+    assert torch.equal(got, expected)
+    assert torch.autograd.gradcheck(pool, (u,))
+
+
+def test_orientation_pooling_ties_send_the_whole_gradient_to_one_member():
+    u = torch.zeros(1, 1, 8, 1, 1, dtype=torch.float64, requires_grad=True)
+    OrientationMaxPool(2)(u).sum().backward()
+    assert float(u.grad.sum()) == 4.0 and set(u.grad.flatten().tolist()) <= {0.0, 1.0, 2.0}
+
+
+def test_orientation_pooling_rejects_bad_ratios_and_shapes():
+    for ratio in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="positive integer"):
+            OrientationMaxPool(ratio)
+    with pytest.raises(ValueError, match="multiple of 3"):
+        OrientationMaxPool(3)(torch.zeros(1, 1, 8, 2, 2))
+
+
+def test_orientation_pooling_compiles_into_one_graph_with_its_gradient():
+    torch.manual_seed(3)
+    pool = OrientationMaxPool(2)
+    compiled = torch.compile(pool, backend="eager", fullgraph=True)  # no C++ build needed
+    u = torch.randn(2, 3, 8, 5, 5, dtype=torch.float64, requires_grad=True)
+    out = compiled(u)
+    assert torch.equal(out, pool(u))
+    grad = torch.randn_like(out)
+    assert torch.equal(torch.autograd.grad(out, u, grad)[0],
+                       torch.autograd.grad(pool(u), u, grad)[0])

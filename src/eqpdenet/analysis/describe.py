@@ -282,11 +282,15 @@ def describe_model(model: nn.Module, digits: int = 3) -> str:
     m2_systems = [m for m in model.modules()
                   if isinstance(m, EulerStep) and isinstance(m.rhs, M2SystemRHS)]
     if m2_systems:
+        config = getattr(model, "config", None)
         centred = ("; each image first moved by whole pixels to put its centre of mass at the "
-                   "frame's centre" if getattr(getattr(model, "config", None), "center", False)
-                   else "")
+                   "frame's centre" if getattr(config, "center", False) else "")
+        counts = (f"; orientations {config.orientations} lifted, "
+                  f"{', '.join(map(str, config.stage_orientations))} in the stages (each the "
+                  f"max over the old ones within half a new bin)"
+                  if getattr(config, "stage_orientations", None) else "")
         return "\n".join([f"{type(model).__name__}: {len(m2_systems)} Euler steps of PDE "
-                          f"systems on M2 (position x orientation){centred}",
+                          f"systems on M2 (position x orientation){centred}{counts}",
                           *(describe_m2_system(step, digits=digits) for step in m2_systems)])
     systems = [m for m in model.modules()
                if isinstance(m, EulerStep) and isinstance(m.rhs, InvariantSystemRHS)]

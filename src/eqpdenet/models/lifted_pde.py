@@ -14,7 +14,9 @@ The path of an image ``f`` (``(B, C_in, H, W)``):
    convection, diffusion, dilation and erosion of PDE-G-CNNs). Each step is a block with its own
    ``F``. Between stages, an anti-aliased downsampling by 2
    (:class:`~eqpdenet.models.pooling.AntiAliasedDownsample`; or a plain 2x2 average, or none)
-   and a pointwise channel map.
+   and a pointwise channel map; optionally (``stage_orientations``) a stage keeps fewer
+   orientations than the one before, each the max over its neighbours
+   (:class:`~eqpdenet.models.pooling.OrientationMaxPool`), which makes its blocks cheaper.
 3. **Projection** over orientations (max, mean, or a learned-temperature soft maximum), then,
    with several scales, the max over scales; then global mean and max pooling over space, batch
    norm and a linear classifier.
@@ -72,7 +74,7 @@ from .centering import recenter
 from .inputs import check_model_input, require_image_size
 from .invariant_pde import MAX_BLOCKS
 from .perceptron import Standardize
-from .pooling import AntiAliasedDownsample, downsampled_size
+from .pooling import AntiAliasedDownsample, OrientationMaxPool, downsampled_size
 
 __all__ = ["LiftedPDEConfig", "LiftedPDENet", "M2Lift"]
 
@@ -86,7 +88,14 @@ class LiftedPDEConfig:
     """Options of :class:`LiftedPDENet`.
 
     Attributes:
-        orientations: ``N``, a positive multiple of 4 (quarter turns exact).
+        orientations: ``N``, a positive multiple of 4 (quarter turns exact): the lift's
+            orientations, and every stage's unless ``stage_orientations`` says otherwise.
+        stage_orientations: ``N_s``, the orientations of each stage (one entry per entry of
+            ``channels``), each a multiple of 4 that divides the one before (``orientations``
+            before the first stage); where ``N_s < N_{s-1}`` the stage starts with an
+            :class:`~eqpdenet.models.pooling.OrientationMaxPool` by ``N_{s-1} / N_s`` (before
+            its downsampling). A block's cost is proportional to ``N_s``. Empty (the default):
+            ``orientations`` in every stage.
         channels: channels ``C_s`` of each stage.
         blocks: Euler steps (blocks, each with its own ``F``) of each stage.
         hidden: width of the ``network`` term's hidden layer, a multiple of the stage's channels.
@@ -124,6 +133,7 @@ class LiftedPDEConfig:
     """
 
     orientations: int = 8
+    stage_orientations: list[int] = field(default_factory=list)
     channels: list[int] = field(default_factory=lambda: [8, 16, 24])
     blocks: list[int] = field(default_factory=lambda: [2, 2, 2])
     hidden: float = 1.0
@@ -153,6 +163,18 @@ class LiftedPDEConfig:
         require(sum(self.blocks) <= MAX_BLOCKS and len(self.channels) <= MAX_BLOCKS,
                 "lifted_pde.blocks", f"{sum(self.blocks):,} blocks in {len(self.channels):,} "
                 f"stages, more than the bound of {MAX_BLOCKS:,} (the default model has 6)")
+        if self.stage_orientations:
+            require(isinstance(self.stage_orientations, list)
+                    and len(self.stage_orientations) == len(self.channels),
+                    "lifted_pde.stage_orientations", f"needs one entry per stage "
+                    f"({len(self.channels)}), or none, got {self.stage_orientations!r}")
+            previous = self.orientations
+            for index, n in enumerate(self.stage_orientations):
+                name = f"lifted_pde.stage_orientations[{index}]"
+                check_orientations(n, name)
+                require(previous % n == 0, name, f"must divide the orientations before it "
+                        f"({previous}), so that each new orientation is one of the old ones, got {n}")
+                previous = n
         require_positive(self.hidden, "lifted_pde.hidden")
         require(isinstance(self.terms, list | tuple) and len(self.terms) >= 1
                 and len(set(self.terms)) == len(self.terms), "lifted_pde.terms",
@@ -183,6 +205,10 @@ class LiftedPDEConfig:
         """The boundary rule of every jet and downsampling: ``zeros`` (of the deviations from a
         blank image's fields) for ``"background"``, else ``boundary``."""
         return "zeros" if self.boundary == BACKGROUND else self.boundary
+
+    def orientations_of_stages(self) -> list[int]:
+        """``N_s`` of each stage (``stage_orientations``, or ``orientations`` everywhere)."""
+        return list(self.stage_orientations) or [self.orientations] * len(self.channels)
 
     def stage_sizes(self, image_size: int) -> list[int]:
         """The map size of each stage for square images of ``image_size`` pixels (the margin
@@ -304,9 +330,13 @@ class LiftedPDENet(nn.Module):
         self.lift = M2Lift(in_channels, config.channels[0], config.orientations, config.sigma,
                            config.padding, config.scales, relative=background)
         stages = []
+        counts = [config.orientations, *config.orientations_of_stages()]
         for index, (channels, blocks) in enumerate(zip(config.channels, config.blocks,
                                                        strict=True)):
             modules: list[nn.Module] = []
+            if counts[index + 1] < counts[index]:
+                # Before the downsampling: its low-pass then also smooths what the max adds.
+                modules.append(OrientationMaxPool(counts[index] // counts[index + 1]))
             if index:
                 # Downsampling first: both are linear and commute (the channel map is pointwise,
                 # the downsampling the same on every map), and the map then runs on a quarter of
@@ -349,12 +379,17 @@ class LiftedPDENet(nn.Module):
         """
         config = self.config
         sizes = config.stage_sizes(self.image_size)
-        per_point = batch_size * config.scales * config.orientations * element_size
+        per_image = batch_size * config.scales * element_size
+        counts = config.orientations_of_stages()
         kernel = (kernels.resolve_backend(config.backend) != "reference"
-                  and list(config.terms) == ["network"] and config.orientations
-                  in KERNEL_ORIENTATIONS and config.padding in KERNEL_BOUNDARIES)
-        total = per_point * sizes[0] ** 2 * (12 * self.in_channels + 3 * config.channels[0])
-        for channels, blocks, size in zip(config.channels, config.blocks, sizes, strict=True):
+                  and list(config.terms) == ["network"]
+                  and all(n in KERNEL_ORIENTATIONS for n in counts)
+                  and config.padding in KERNEL_BOUNDARIES)
+        total = (per_image * config.orientations * sizes[0] ** 2
+                 * (12 * self.in_channels + 3 * config.channels[0]))
+        for channels, blocks, size, n in zip(config.channels, config.blocks, sizes, counts,
+                                             strict=True):
+            per_point = per_image * n
             hidden = (max(1, round(config.hidden * channels)) / channels
                       if config.normalize_hidden else 0.0)
             if kernel and not config.normalize_invariants:
