@@ -414,6 +414,7 @@ LATER_FIELDS: dict[tuple[str, ...], object] = {
     ("model", "lifted_pde", "center"): False,
     ("model", "gcnn", "center"): False,
     ("data", "rotation_centre"): "frame",
+    ("model", "lifted_pde", "stage_orientations"): [],
 }
 
 
