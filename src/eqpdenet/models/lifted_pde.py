@@ -94,7 +94,7 @@ class LiftedPDEConfig:
             ``channels``), each a multiple of 4 that divides the one before (``orientations``
             before the first stage); where ``N_s < N_{s-1}`` the stage starts with an
             :class:`~eqpdenet.models.pooling.OrientationMaxPool` by ``N_{s-1} / N_s`` (before
-            its downsampling). A block's cost is proportional to ``N_s``. Empty (the default):
+            its downsampling). A block's cost grows with ``N_s``. Empty (the default):
             ``orientations`` in every stage.
         channels: channels ``C_s`` of each stage.
         blocks: Euler steps (blocks, each with its own ``F``) of each stage.

@@ -176,7 +176,6 @@ class OrientationMaxPool(nn.Module):
         return f"ratio={self.ratio}"
 
 
-
 def _window_members(u: Tensor, ratio: int) -> list[tuple[int, Tensor]]:
     """``(d, u_d)`` for the window's offsets ``|d| <= r / 2``, ``u_d[:, :, j] = u[:, :, j r + d]``
     (old orientation ``j r + d`` is entry ``(j, d)`` of the ``(N / r, r)`` view for ``d >= 0``,
@@ -200,7 +199,8 @@ class _OrientationMaxPool(torch.autograd.Function):
     """The window maximum with a backward that writes each output's gradient to its one
     maximiser (the first on ties): one zero-filled tensor and a select per window member.
     Autograd's composition (slices, rolls, pairwise maxima) allocates and fills a full-size
-    gradient for every slice, about 5 times slower backwards at 28x28 here."""
+    gradient for every slice and splits ties: slower backwards (benchmarks/m2_orientation_costs.py
+    times this one)."""
 
     @staticmethod
     def forward(u: Tensor, ratio: int) -> Tensor:
@@ -224,7 +224,7 @@ class _OrientationMaxPool(torch.autograd.Function):
         for d, value in _window_members(u, ratio):
             chosen = unclaimed & (value == output)
             unclaimed &= ~chosen
-            part = grad * chosen  # (where and masked_fill are 4 times slower here)
+            part = grad * chosen  # (where and masked_fill were slower here)
             if d >= 0:
                 blocks[:, :, :, d] += part
             else:
