@@ -31,6 +31,8 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -40,6 +42,26 @@ namespace {
 enum Boundary { REPLICATE = 0, ZEROS = 1, REFLECT = 2, CIRCULAR = 3 };
 constexpr int NJ = 10;  // invariants per channel
 constexpr int MAX_TAPS = 63;
+
+// Vectors as compiler vector extensions (GCC, Clang): V lanes of T as NV vectors of VW lanes,
+// VW * sizeof(T) the largest power of two of at most 64 bytes that divides V * sizeof(T) (one
+// AVX-512 register, two AVX2 or four NEON ones). Register-blocked accumulators written as arrays
+// of T were kept on the stack by GCC 12 (a load and a store around every multiply-add); vectors
+// of these types stay in registers.
+template <typename T>
+constexpr int FULL_LANES = static_cast<int>(64 / sizeof(T));
+
+template <typename T, int V>
+struct Lanes {
+  static constexpr int bytes(int b) { return b % 64 == 0 ? 64 : b % 32 == 0 ? 32 : 16; }
+  static constexpr int VW = bytes(V * static_cast<int>(sizeof(T))) / static_cast<int>(sizeof(T));
+  static constexpr int NV = V / VW;
+  static_assert((V * sizeof(T)) % 16 == 0, "lanes in multiples of 16 bytes");
+  typedef T vec __attribute__((vector_size(VW * sizeof(T))));
+  typedef T unaligned __attribute__((vector_size(VW * sizeof(T)), aligned(alignof(T)), may_alias));
+  static M2_INLINE vec load(const T* p) { return *reinterpret_cast<const unaligned*>(p); }
+  static M2_INLINE void store(T* p, const vec& x) { *reinterpret_cast<unaligned*>(p) = x; }
+};
 
 int boundary_code(const std::string& name) {
   if (name == "replicate") return REPLICATE;
@@ -169,26 +191,29 @@ void pad_transpose_adjoint(const T* gP, const Setup<T>& s, T* gu) {
 template <typename T, int V>
 void x_pass_chunks(const T* P, const Taps<T>& taps, const Setup<T>& s, T* X, int64_t m0,
                    int64_t m1) {
+  using Q = Lanes<T, V>;
+  using vec = typename Q::vec;
+  constexpr int NV = Q::NV, VW = Q::VW;
   const int64_t M = s.M, plane = s.Hp * s.W * M;
   for (int64_t q = s.R; q < s.R + s.H; ++q)
     for (int64_t j = 0; j < s.W; ++j)
       for (int64_t m = m0; m + V <= m1; m += V) {
-        T a0[V] = {}, a1[V] = {}, a2[V] = {};
+        vec a0[NV] = {}, a1[NV] = {}, a2[NV] = {};
         for (int64_t t = 0; t < s.K; ++t) {
-          const T* __restrict__ p = P + (q * s.Wp + j + t) * M + m;
+          const T* p = P + (q * s.Wp + j + t) * M + m;
           const T g0 = taps.gx[0][t], g1 = taps.gx[1][t], g2 = taps.gx[2][t];
-#pragma omp simd
-          for (int v = 0; v < V; ++v) {
-            a0[v] += g0 * p[v];
-            a1[v] += g1 * p[v];
-            a2[v] += g2 * p[v];
+          for (int n = 0; n < NV; ++n) {
+            const vec pv = Q::load(p + n * VW);
+            a0[n] += g0 * pv;
+            a1[n] += g1 * pv;
+            a2[n] += g2 * pv;
           }
         }
         T* x = X + (q * s.W + j) * M + m;
-        for (int v = 0; v < V; ++v) {
-          x[v] = a0[v];
-          x[plane + v] = a1[v];
-          x[2 * plane + v] = a2[v];
+        for (int n = 0; n < NV; ++n) {
+          Q::store(x + n * VW, a0[n]);
+          Q::store(x + plane + n * VW, a1[n]);
+          Q::store(x + 2 * plane + n * VW, a2[n]);
         }
       }
 }
@@ -198,20 +223,24 @@ void x_pass_chunks(const T* P, const Taps<T>& taps, const Setup<T>& s, T* X, int
 template <typename T, int V>
 void x_pass_adjoint_chunks(const T* gX, const Taps<T>& taps, const Setup<T>& s, T* gP,
                            int64_t m0, int64_t m1) {
+  using Q = Lanes<T, V>;
+  using vec = typename Q::vec;
+  constexpr int NV = Q::NV, VW = Q::VW;
   const int64_t M = s.M, plane = s.Hp * s.W * M;
   for (int64_t q = s.R; q < s.R + s.H; ++q)
     for (int64_t r = 0; r < s.Wp; ++r) {
       const int64_t t_lo = std::max<int64_t>(0, r - (s.W - 1)), t_hi = std::min(s.K - 1, r);
       for (int64_t m = m0; m + V <= m1; m += V) {
-        T a[V] = {};
+        vec a[NV] = {};
         for (int64_t t = t_lo; t <= t_hi; ++t) {
-          const T* __restrict__ x = gX + (q * s.W + r - t) * M + m;
+          const T* x = gX + (q * s.W + r - t) * M + m;
           const T g0 = taps.gx[0][t], g1 = taps.gx[1][t], g2 = taps.gx[2][t];
-#pragma omp simd
-          for (int v = 0; v < V; ++v) a[v] += g0 * x[v] + g1 * x[plane + v] + g2 * x[2 * plane + v];
+          for (int n = 0; n < NV; ++n)
+            a[n] += g0 * Q::load(x + n * VW) + g1 * Q::load(x + plane + n * VW) +
+                    g2 * Q::load(x + 2 * plane + n * VW);
         }
         T* p = gP + (q * s.Wp + r) * M + m;
-        for (int v = 0; v < V; ++v) p[v] = a[v];
+        for (int n = 0; n < NV; ++n) Q::store(p + n * VW, a[n]);
       }
     }
 }
@@ -220,32 +249,35 @@ void x_pass_adjoint_chunks(const T* gX, const Taps<T>& taps, const Setup<T>& s, 
 template <typename T, int V>
 void y_pass_row_chunks(const T* X, int64_t i, const Taps<T>& taps, const Setup<T>& s, T* J,
                        int64_t m0, int64_t m1) {
+  using Q = Lanes<T, V>;
+  using vec = typename Q::vec;
+  constexpr int NV = Q::NV, VW = Q::VW;
   const int64_t M = s.M, plane = s.Hp * s.W * M, jplane = s.W * M;
   for (int64_t j = 0; j < s.W; ++j)
     for (int64_t m = m0; m + V <= m1; m += V) {
-      T a0[V] = {}, a1[V] = {}, a2[V] = {}, a3[V] = {}, a4[V] = {}, a5[V] = {};
+      vec a0[NV] = {}, a1[NV] = {}, a2[NV] = {}, a3[NV] = {}, a4[NV] = {}, a5[NV] = {};
       for (int64_t r = 0; r < s.K; ++r) {
-        const T* __restrict__ x = X + ((i + r) * s.W + j) * M + m;
+        const T* x = X + ((i + r) * s.W + j) * M + m;
         const T h0 = taps.gy[0][r], h1 = taps.gy[1][r], h2 = taps.gy[2][r];
-#pragma omp simd
-        for (int v = 0; v < V; ++v) {
-          const T x0 = x[v], x1 = x[plane + v], x2 = x[2 * plane + v];
-          a0[v] += h0 * x0;
-          a1[v] += h0 * x1;
-          a2[v] += h1 * x0;
-          a3[v] += h0 * x2;
-          a4[v] += h1 * x1;
-          a5[v] += h2 * x0;
+        for (int n = 0; n < NV; ++n) {
+          const vec x0 = Q::load(x + n * VW), x1 = Q::load(x + plane + n * VW);
+          const vec x2 = Q::load(x + 2 * plane + n * VW);
+          a0[n] += h0 * x0;
+          a1[n] += h0 * x1;
+          a2[n] += h1 * x0;
+          a3[n] += h0 * x2;
+          a4[n] += h1 * x1;
+          a5[n] += h2 * x0;
         }
       }
       T* out = J + j * M + m;
-      for (int v = 0; v < V; ++v) {
-        out[v] = a0[v];
-        out[jplane + v] = a1[v];
-        out[2 * jplane + v] = a2[v];
-        out[3 * jplane + v] = a3[v];
-        out[4 * jplane + v] = a4[v];
-        out[5 * jplane + v] = a5[v];
+      for (int n = 0; n < NV; ++n) {
+        Q::store(out + n * VW, a0[n]);
+        Q::store(out + jplane + n * VW, a1[n]);
+        Q::store(out + 2 * jplane + n * VW, a2[n]);
+        Q::store(out + 3 * jplane + n * VW, a3[n]);
+        Q::store(out + 4 * jplane + n * VW, a4[n]);
+        Q::store(out + 5 * jplane + n * VW, a5[n]);
       }
     }
 }
@@ -254,28 +286,31 @@ void y_pass_row_chunks(const T* X, int64_t i, const Taps<T>& taps, const Setup<T
 template <typename T, int V>
 void y_pass_adjoint_chunks(const T* gJ, const Taps<T>& taps, const Setup<T>& s, T* gX,
                            int64_t m0, int64_t m1) {
+  using Q = Lanes<T, V>;
+  using vec = typename Q::vec;
+  constexpr int NV = Q::NV, VW = Q::VW;
   const int64_t M = s.M, plane = s.Hp * s.W * M, jplane = s.HW * M;
   for (int64_t q = 0; q < s.Hp; ++q) {
     if (s.rows[q] < 0) continue;  // a zero row: its gradient goes nowhere
     const int64_t r_lo = std::max<int64_t>(0, q - (s.H - 1)), r_hi = std::min(s.K - 1, q);
     for (int64_t j = 0; j < s.W; ++j)
       for (int64_t m = m0; m + V <= m1; m += V) {
-        T a0[V] = {}, a1[V] = {}, a2[V] = {};
+        vec a0[NV] = {}, a1[NV] = {}, a2[NV] = {};
         for (int64_t r = r_lo; r <= r_hi; ++r) {
-          const T* __restrict__ g = gJ + ((q - r) * s.W + j) * M + m;
+          const T* g = gJ + ((q - r) * s.W + j) * M + m;
           const T h0 = taps.gy[0][r], h1 = taps.gy[1][r], h2 = taps.gy[2][r];
-#pragma omp simd
-          for (int v = 0; v < V; ++v) {
-            a0[v] += h0 * g[v] + h1 * g[2 * jplane + v] + h2 * g[5 * jplane + v];
-            a1[v] += h0 * g[jplane + v] + h1 * g[4 * jplane + v];
-            a2[v] += h0 * g[3 * jplane + v];
+          for (int n = 0; n < NV; ++n) {
+            const T* gn = g + n * VW;
+            a0[n] += h0 * Q::load(gn) + h1 * Q::load(gn + 2 * jplane) + h2 * Q::load(gn + 5 * jplane);
+            a1[n] += h0 * Q::load(gn + jplane) + h1 * Q::load(gn + 4 * jplane);
+            a2[n] += h0 * Q::load(gn + 3 * jplane);
           }
         }
         T* x = gX + (q * s.W + j) * M + m;
-        for (int v = 0; v < V; ++v) {
-          x[v] = a0[v];
-          x[plane + v] = a1[v];
-          x[2 * plane + v] = a2[v];
+        for (int n = 0; n < NV; ++n) {
+          Q::store(x + n * VW, a0[n]);
+          Q::store(x + plane + n * VW, a1[n]);
+          Q::store(x + 2 * plane + n * VW, a2[n]);
         }
       }
   }
@@ -345,9 +380,105 @@ M2_INLINE void orientation_terms_at(const T* u, const T* ux, const T* uy, const 
   out[9 * rstride + k] = (u[after] - T(2) * u[k] + u[before]) * d2;
 }
 
+// The N orientations of a pixel as one vector, where that is a vector of at most 64 bytes (N =
+// 4, 8, 16 in float; 4, 8 in double): the orientation differences are then lane rotations of it,
+// the periodic ends included. Other N take the loops with scalar ends below.
+template <typename T, int N>
+constexpr bool ORIENTATION_VECTOR =
+    N * sizeof(T) <= 64 && ((N * sizeof(T)) & (N * sizeof(T) - 1)) == 0;
+
+// v[(k + S) mod N] at lane k.
+template <typename T, int N, int S, int... K>
+M2_INLINE typename Lanes<T, N>::vec rotate_lanes(const typename Lanes<T, N>::vec& v,
+                                                 std::integer_sequence<int, K...>) {
+#if defined(__clang__)
+  return __builtin_shufflevector(v, v, ((K + S + N) % N)...);
+#else
+  using index = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  typedef index mask __attribute__((vector_size(N * sizeof(T))));
+  return __builtin_shuffle(v, mask{((K + S + N) % N)...});
+#endif
+}
+
+template <typename T, int N, int S>
+M2_INLINE typename Lanes<T, N>::vec rotate_lanes(const typename Lanes<T, N>::vec& v) {
+  return rotate_lanes<T, N, S>(v, std::make_integer_sequence<int, N>{});
+}
+
+// invariants_at with the N orientations of each map as one vector.
+template <typename T, int N>
+M2_INLINE void invariants_vector_at(const T* jet, int64_t jstride, int64_t C, const T* cs,
+                                    const T* sn, T d1, T d2, T* I, int64_t rstride) {
+  using Q = Lanes<T, N>;
+  using vec = typename Q::vec;
+  const vec c1 = Q::load(cs), s1 = Q::load(sn);
+  const vec cc = c1 * c1, ss = s1 * s1, cn = c1 * s1;
+  for (int64_t c = 0; c < C; ++c) {
+    const T* p = jet + c * N;
+    const vec u = Q::load(p), ux = Q::load(p + jstride), uy = Q::load(p + 2 * jstride);
+    const vec uxx = Q::load(p + 3 * jstride), uxy = Q::load(p + 4 * jstride);
+    const vec uyy = Q::load(p + 5 * jstride);
+    T* out = I + c * NJ * rstride;
+    const vec a1 = c1 * ux + s1 * uy, a2 = c1 * uy - s1 * ux;
+    const vec u_after = rotate_lanes<T, N, 1>(u), u_before = rotate_lanes<T, N, -1>(u);
+    const vec uxt = (rotate_lanes<T, N, 1>(ux) - rotate_lanes<T, N, -1>(ux)) * d1;
+    const vec uyt = (rotate_lanes<T, N, 1>(uy) - rotate_lanes<T, N, -1>(uy)) * d1;
+    Q::store(out, u);
+    Q::store(out + rstride, a1);
+    Q::store(out + 2 * rstride, a2);
+    Q::store(out + 3 * rstride, (u_after - u_before) * d1);
+    Q::store(out + 4 * rstride, cc * uxx + T(2) * cn * uxy + ss * uyy);
+    Q::store(out + 5 * rstride, cn * (uyy - uxx) + (cc - ss) * uxy);
+    Q::store(out + 6 * rstride, c1 * uxt + s1 * uyt + T(0.5) * a2);
+    Q::store(out + 7 * rstride, ss * uxx - T(2) * cn * uxy + cc * uyy);
+    Q::store(out + 8 * rstride, c1 * uyt - s1 * uxt - T(0.5) * a1);
+    Q::store(out + 9 * rstride, (u_after - T(2) * u + u_before) * d2);
+  }
+}
+
+// invariants_adjoint_at with the N orientations of each map as one vector.
+template <typename T, int N>
+M2_INLINE void invariants_adjoint_vector_at(const T* gI, int64_t rstride, int64_t C,
+                                            const T* cs, const T* sn, T d1, T d2, T* gjet,
+                                            int64_t jstride) {
+  using Q = Lanes<T, N>;
+  using vec = typename Q::vec;
+  const vec c1 = Q::load(cs), s1 = Q::load(sn);
+  const vec cc = c1 * c1, ss = s1 * s1, cn = c1 * s1;
+  for (int64_t c = 0; c < C; ++c) {
+    const T* g = gI + c * NJ * rstride;
+    const vec g0 = Q::load(g), g1 = Q::load(g + rstride), g2 = Q::load(g + 2 * rstride);
+    const vec g3 = Q::load(g + 3 * rstride), g4 = Q::load(g + 4 * rstride);
+    const vec g5 = Q::load(g + 5 * rstride), g6 = Q::load(g + 6 * rstride);
+    const vec g7 = Q::load(g + 7 * rstride), g8 = Q::load(g + 8 * rstride);
+    const vec g9 = Q::load(g + 9 * rstride);
+    T* p = gjet + c * N;
+    // u_x_theta and u_y_theta enter the invariants through (c g6 - s g8) and (s g6 + c g8) at
+    // each orientation; the adjoint of the difference takes those from the neighbours.
+    const vec px = c1 * g6 - s1 * g8, py = s1 * g6 + c1 * g8;
+    const vec a1 = g1 - T(0.5) * g8, a2 = g2 + T(0.5) * g6;
+    const vec before3 = rotate_lanes<T, N, -1>(g3), after3 = rotate_lanes<T, N, 1>(g3);
+    const vec before9 = rotate_lanes<T, N, -1>(g9), after9 = rotate_lanes<T, N, 1>(g9);
+    const vec gu = g0 + (before3 - after3) * d1 + (before9 - T(2) * g9 + after9) * d2;
+    const vec gux = c1 * a1 - s1 * a2 +
+                    (rotate_lanes<T, N, -1>(px) - rotate_lanes<T, N, 1>(px)) * d1;
+    const vec guy = s1 * a1 + c1 * a2 +
+                    (rotate_lanes<T, N, -1>(py) - rotate_lanes<T, N, 1>(py)) * d1;
+    Q::store(p, Q::load(p) + gu);
+    Q::store(p + jstride, Q::load(p + jstride) + gux);
+    Q::store(p + 2 * jstride, Q::load(p + 2 * jstride) + guy);
+    Q::store(p + 3 * jstride, Q::load(p + 3 * jstride) + (cc * g4 - cn * g5 + ss * g7));
+    Q::store(p + 4 * jstride,
+             Q::load(p + 4 * jstride) + (T(2) * cn * g4 + (cc - ss) * g5 - T(2) * cn * g7));
+    Q::store(p + 5 * jstride, Q::load(p + 5 * jstride) + (ss * g4 + cn * g5 + cc * g7));
+  }
+}
+
 template <typename T, int N>
 M2_INLINE void invariants_at(const T* jet, int64_t jstride, int64_t C, const T* cs, const T* sn,
                              T d1, T d2, T* I, int64_t rstride) {
+  if constexpr (ORIENTATION_VECTOR<T, N>)
+    return invariants_vector_at<T, N>(jet, jstride, C, cs, sn, d1, d2, I, rstride);
   for (int64_t c = 0; c < C; ++c) {
     const T* u = jet + c * N;
     const T* ux = u + jstride;
@@ -392,6 +523,8 @@ M2_INLINE void orientation_terms_adjoint_at(const T* g3, const T* g6, const T* g
 template <typename T, int N>
 M2_INLINE void invariants_adjoint_at(const T* gI, int64_t rstride, int64_t C, const T* cs,
                                      const T* sn, T d1, T d2, T* gjet, int64_t jstride) {
+  if constexpr (ORIENTATION_VECTOR<T, N>)
+    return invariants_adjoint_vector_at<T, N>(gI, rstride, C, cs, sn, d1, d2, gjet, jstride);
   for (int64_t c = 0; c < C; ++c) {
     const T* g0 = gI + c * NJ * rstride;
     const T *g1 = g0 + rstride, *g2 = g1 + rstride, *g3 = g2 + rstride, *g4 = g3 + rstride;
@@ -422,44 +555,46 @@ M2_INLINE void invariants_adjoint_at(const T* gI, int64_t rstride, int64_t C, co
   }
 }
 
-// out[a][l] = sum_b A[a sa + b sb] Bm[b][l] for a < rows, b < depth, l < L (row stride L):
-// blocks of four rows with their accumulators in registers over the whole depth.
+// out[a][l] = sum_b A[a sa + b sb] Bm[b][l] for a < rows, b < depth, l in [l0, l1) (steps of V;
+// row stride L): blocks of four rows with their accumulators in registers over the whole depth.
 template <typename T, int V>
-M2_INLINE void gemm_rows(const T* A, int64_t sa, int64_t sb, const T* Bm, int64_t rows,
-                         int64_t depth, int64_t L, T* out) {
+M2_INLINE void gemm_columns(const T* A, int64_t sa, int64_t sb, const T* Bm, int64_t rows,
+                            int64_t depth, int64_t L, T* out, int64_t l0, int64_t l1) {
+  using Q = Lanes<T, V>;
+  using vec = typename Q::vec;
+  constexpr int NV = Q::NV, VW = Q::VW;
   int64_t a = 0;
   for (; a + 4 <= rows; a += 4)
-    for (int64_t l = 0; l < L; l += V) {
-      T c0[V] = {}, c1[V] = {}, c2[V] = {}, c3[V] = {};
+    for (int64_t l = l0; l < l1; l += V) {
+      vec c0[NV] = {}, c1[NV] = {}, c2[NV] = {}, c3[NV] = {};
       for (int64_t b = 0; b < depth; ++b) {
         const T* x = Bm + b * L + l;
         const T w0 = A[a * sa + b * sb], w1 = A[(a + 1) * sa + b * sb];
         const T w2 = A[(a + 2) * sa + b * sb], w3 = A[(a + 3) * sa + b * sb];
-#pragma omp simd
-        for (int v = 0; v < V; ++v) {
-          c0[v] += w0 * x[v];
-          c1[v] += w1 * x[v];
-          c2[v] += w2 * x[v];
-          c3[v] += w3 * x[v];
+        for (int n = 0; n < NV; ++n) {
+          const vec xv = Q::load(x + n * VW);
+          c0[n] += w0 * xv;
+          c1[n] += w1 * xv;
+          c2[n] += w2 * xv;
+          c3[n] += w3 * xv;
         }
       }
-      for (int v = 0; v < V; ++v) {
-        out[a * L + l + v] = c0[v];
-        out[(a + 1) * L + l + v] = c1[v];
-        out[(a + 2) * L + l + v] = c2[v];
-        out[(a + 3) * L + l + v] = c3[v];
+      for (int n = 0; n < NV; ++n) {
+        Q::store(out + a * L + l + n * VW, c0[n]);
+        Q::store(out + (a + 1) * L + l + n * VW, c1[n]);
+        Q::store(out + (a + 2) * L + l + n * VW, c2[n]);
+        Q::store(out + (a + 3) * L + l + n * VW, c3[n]);
       }
     }
   for (; a < rows; ++a)
-    for (int64_t l = 0; l < L; l += V) {
-      T c0[V] = {};
+    for (int64_t l = l0; l < l1; l += V) {
+      vec c0[NV] = {};
       for (int64_t b = 0; b < depth; ++b) {
         const T* x = Bm + b * L + l;
         const T w0 = A[a * sa + b * sb];
-#pragma omp simd
-        for (int v = 0; v < V; ++v) c0[v] += w0 * x[v];
+        for (int n = 0; n < NV; ++n) c0[n] += w0 * Q::load(x + n * VW);
       }
-      for (int v = 0; v < V; ++v) out[a * L + l + v] = c0[v];
+      for (int n = 0; n < NV; ++n) Q::store(out + a * L + l + n * VW, c0[n]);
     }
 }
 
@@ -470,22 +605,22 @@ M2_INLINE void gemm_rows(const T* A, int64_t sa, int64_t sb, const T* Bm, int64_
 // Within a row, blocks of 2 x 4 dot products are held in registers (compile-time block sizes).
 template <typename T, int V, int BO, int BR>
 M2_INLINE void outer_block(const T* G, const T* I, int64_t L, int64_t R, T* acc) {
-  T a[BO][BR][V];
+  using Q = Lanes<T, V>;
+  using vec = typename Q::vec;
+  constexpr int NV = Q::NV, VW = Q::VW;
+  vec a[BO][BR][NV];
   for (int q = 0; q < BO; ++q)
     for (int e = 0; e < BR; ++e)
-      for (int v = 0; v < V; ++v) a[q][e][v] = acc[(q * R + e) * V + v];
+      for (int n = 0; n < NV; ++n) a[q][e][n] = Q::load(acc + (q * R + e) * V + n * VW);
   for (int64_t l = 0; l < L; l += V)
-    for (int q = 0; q < BO; ++q) {
-      const T* g = G + q * L + l;
-      for (int e = 0; e < BR; ++e) {
-        const T* x = I + e * L + l;
-#pragma omp simd
-        for (int v = 0; v < V; ++v) a[q][e][v] += g[v] * x[v];
+    for (int q = 0; q < BO; ++q)
+      for (int n = 0; n < NV; ++n) {
+        const vec g = Q::load(G + q * L + l + n * VW);
+        for (int e = 0; e < BR; ++e) a[q][e][n] += g * Q::load(I + e * L + l + n * VW);
       }
-    }
   for (int q = 0; q < BO; ++q)
     for (int e = 0; e < BR; ++e)
-      for (int v = 0; v < V; ++v) acc[(q * R + e) * V + v] = a[q][e][v];
+      for (int n = 0; n < NV; ++n) Q::store(acc + (q * R + e) * V + n * VW, a[q][e][n]);
 }
 
 template <typename T, int V>
@@ -513,31 +648,48 @@ M2_INLINE void flush_lanes(T* acc, int64_t count, double* gw) {
   std::fill(acc, acc + count * V, T(0));
 }
 
-// Full-width vectors where the row allows (L a multiple of 2 N: even widths), else N.
-template <typename T, int N>
+// The row's columns in steps of two full vectors while they last, then one, a half and a
+// quarter (L is a multiple of N, so of 4). The sums do not depend on the steps: each output is
+// summed over b in order.
+template <typename T>
 M2_INLINE void gemm(const T* A, int64_t sa, int64_t sb, const T* Bm, int64_t rows, int64_t depth,
                     int64_t L, T* out) {
-  if (L % (2 * N) == 0)
-    gemm_rows<T, 2 * N>(A, sa, sb, Bm, rows, depth, L, out);
-  else
-    gemm_rows<T, N>(A, sa, sb, Bm, rows, depth, L, out);
+  constexpr int F = FULL_LANES<T>;
+  int64_t l = L / (2 * F) * (2 * F);
+  gemm_columns<T, 2 * F>(A, sa, sb, Bm, rows, depth, L, out, 0, l);
+  if (L - l >= F) gemm_columns<T, F>(A, sa, sb, Bm, rows, depth, L, out, l, l + F), l += F;
+  if (L - l >= F / 2)
+    gemm_columns<T, F / 2>(A, sa, sb, Bm, rows, depth, L, out, l, l + F / 2), l += F / 2;
+  if (L - l >= F / 4)
+    gemm_columns<T, F / 4>(A, sa, sb, Bm, rows, depth, L, out, l, l + F / 4), l += F / 4;
 }
 
-// The lanes V of outer and flush must agree: both choose them from L, the same for every row.
-template <typename T, int N>
+// The lanes V of outer and flush must agree: both choose them from L (the widest vector of at
+// most FULL_LANES that divides it), the same for every row and on every CPU.
+template <typename T>
+M2_INLINE int outer_lanes(int64_t L) {
+  constexpr int F = FULL_LANES<T>;
+  return L % F == 0 ? F : L % (F / 2) == 0 ? F / 2 : F / 4;
+}
+
+template <typename T>
 M2_INLINE void outer(const T* G, const T* I, int64_t O, int64_t R, int64_t L, T* acc) {
-  if (L % (2 * N) == 0)
-    accumulate_outer<T, 2 * N>(G, I, O, R, L, acc);
-  else
-    accumulate_outer<T, N>(G, I, O, R, L, acc);
+  constexpr int F = FULL_LANES<T>;
+  switch (outer_lanes<T>(L)) {
+    case F: return accumulate_outer<T, F>(G, I, O, R, L, acc);
+    case F / 2: return accumulate_outer<T, F / 2>(G, I, O, R, L, acc);
+    default: return accumulate_outer<T, F / 4>(G, I, O, R, L, acc);
+  }
 }
 
-template <typename T, int N>
+template <typename T>
 M2_INLINE void flush_outer(T* acc, int64_t count, int64_t L, double* gw) {
-  if (L % (2 * N) == 0)
-    flush_lanes<T, 2 * N>(acc, count, gw);
-  else
-    flush_lanes<T, N>(acc, count, gw);
+  constexpr int F = FULL_LANES<T>;
+  switch (outer_lanes<T>(L)) {
+    case F: return flush_lanes<T, F>(acc, count, gw);
+    case F / 2: return flush_lanes<T, F / 2>(acc, count, gw);
+    default: return flush_lanes<T, F / 4>(acc, count, gw);
+  }
 }
 
 // Row buffers: the L = W N values of one image row (pixel j, orientation k at l = j N + k) of
@@ -553,7 +705,7 @@ void forward_image(const T* u, const T* weight, const Taps<T>& taps, const T* cs
     M2_OVER_MAPS(y_pass_row_chunks, N, X, i, taps, s, J);
     for (int64_t j = 0; j < s.W; ++j)
       invariants_at<T, N>(J + j * M, s.W * M, s.C, cs, sn, s.d1, s.d2, Irow + j * N, L);
-    gemm<T, N>(weight, CJ, 1, Irow, s.O, CJ, L, Zrow);
+    gemm<T>(weight, CJ, 1, Irow, s.O, CJ, L, Zrow);
     for (int64_t o = 0; o < s.O; ++o)
       for (int k = 0; k < N; ++k) {
         T* dst = z + (o * N + k) * s.HW + i * s.W;
@@ -584,13 +736,13 @@ void backward_image(const T* gz, const T* u, const T* weight, const Taps<T>& tap
         T* dst = gZrow + o * L + k;
         for (int64_t j = 0; j < s.W; ++j) dst[j * N] = src[j];
       }
-    gemm<T, N>(weight, 1, CJ, gZrow, CJ, O, L, gIrow);  // W^T gZ
-    outer<T, N>(gZrow, Irow, O, CJ, L, lanes);
+    gemm<T>(weight, 1, CJ, gZrow, CJ, O, L, gIrow);  // W^T gZ
+    outer<T>(gZrow, Irow, O, CJ, L, lanes);
     for (int64_t j = 0; j < s.W; ++j)
       invariants_adjoint_at<T, N>(gIrow + j * N, L, s.C, cs, sn, s.d1, s.d2,
                                   gJ + (i * s.W + j) * M, s.HW * M);
   }
-  flush_outer<T, N>(lanes, O * CJ, L, gw);
+  flush_outer<T>(lanes, O * CJ, L, gw);
   M2_OVER_MAPS(y_pass_adjoint_chunks, N, gJ, taps, s, X);  // X reused as gX
   fold_padded_rows(s, X);
   M2_OVER_MAPS(x_pass_adjoint_chunks, N, X, taps, s, P);   // P reused as gP
@@ -626,14 +778,14 @@ void euler_forward_image(const T* u, const T* w1, const T* b1, const T* w2, cons
     M2_OVER_MAPS(y_pass_row_chunks, N, X, i, taps, s, J);
     for (int64_t j = 0; j < s.W; ++j)
       invariants_at<T, N>(J + j * M, s.W * M, s.C, cs, sn, s.d1, s.d2, Irow + j * N, L);
-    gemm<T, N>(w1, CJ, 1, Irow, O, CJ, L, Hrow);
+    gemm<T>(w1, CJ, 1, Irow, O, CJ, L, Hrow);
     for (int64_t o = 0; o < O; ++o) {
       T* h = Hrow + o * L;
       const T bias = b1[o];
 #pragma omp simd
       for (int64_t l = 0; l < L; ++l) h[l] = std::max(h[l] + bias, T(0));
     }
-    gemm<T, N>(w2, O, 1, Hrow, s.C, O, L, Frow);
+    gemm<T>(w2, O, 1, Hrow, s.C, O, L, Frow);
     for (int64_t c = 0; c < s.C; ++c)
       for (int k = 0; k < N; ++k) {
         const int64_t base = (c * N + k) * s.HW + i * s.W;
@@ -663,7 +815,7 @@ void euler_backward_image(const T* g_next, const T* u, const T* w1, const T* b1,
     M2_OVER_MAPS(y_pass_row_chunks, N, X, i, taps, s, J);
     for (int64_t j = 0; j < s.W; ++j)
       invariants_at<T, N>(J + j * M, s.W * M, C, cs, sn, s.d1, s.d2, Irow + j * N, L);
-    gemm<T, N>(w1, CJ, 1, Irow, O, CJ, L, Hrow);  // pre-activations, then relu below
+    gemm<T>(w1, CJ, 1, Irow, O, CJ, L, Hrow);  // pre-activations, then relu below
     for (int64_t o = 0; o < O; ++o) {
       T* h = Hrow + o * L;
       const T bias = b1[o];
@@ -677,19 +829,19 @@ void euler_backward_image(const T* g_next, const T* u, const T* w1, const T* b1,
         for (int64_t j = 0; j < s.W; ++j) dst[j * N] = dt * src[j];
       }
     accumulate_rows(gFrow, C, L, gb2);
-    outer<T, N>(gFrow, Hrow, C, O, L, lanes2);
-    gemm<T, N>(w2, 1, O, gFrow, O, C, L, gHrow);  // W2^T gF
+    outer<T>(gFrow, Hrow, C, O, L, lanes2);
+    gemm<T>(w2, 1, O, gFrow, O, C, L, gHrow);  // W2^T gF
     for (int64_t l = 0; l < O * L; ++l)
       if (Hrow[l] <= T(0)) gHrow[l] = T(0);           // relu'(pre) = [pre > 0] = [h > 0]
     accumulate_rows(gHrow, O, L, gb1);
-    outer<T, N>(gHrow, Irow, O, CJ, L, lanes1);
-    gemm<T, N>(w1, 1, CJ, gHrow, CJ, O, L, gIrow);  // W1^T gH
+    outer<T>(gHrow, Irow, O, CJ, L, lanes1);
+    gemm<T>(w1, 1, CJ, gHrow, CJ, O, L, gIrow);  // W1^T gH
     for (int64_t j = 0; j < s.W; ++j)
       invariants_adjoint_at<T, N>(gIrow + j * N, L, C, cs, sn, s.d1, s.d2,
                                   gJ + (i * s.W + j) * M, s.HW * M);
   }
-  flush_outer<T, N>(lanes1, O * CJ, L, gw1);
-  flush_outer<T, N>(lanes2, C * O, L, gw2);
+  flush_outer<T>(lanes1, O * CJ, L, gw1);
+  flush_outer<T>(lanes2, C * O, L, gw2);
   M2_OVER_MAPS(y_pass_adjoint_chunks, N, gJ, taps, s, X);  // X reused as gX
   fold_padded_rows(s, X);
   M2_OVER_MAPS(x_pass_adjoint_chunks, N, X, taps, s, P);   // P reused as gP
@@ -777,7 +929,8 @@ std::vector<torch::Tensor> step_backward_typed(const torch::Tensor& g_next, cons
   {
     std::vector<T> P(s.Hp * s.Wp * s.M), X(3 * s.Hp * s.W * s.M), J(6 * s.W * s.M),
         Irow(CJ * L), Hrow(s.O * L), gFrow(s.C * L), gHrow(s.O * L), gIrow(CJ * L),
-        gJ(6 * s.HW * s.M), lanes1(s.O * CJ * 2 * N, T(0)), lanes2(s.C * s.O * 2 * N, T(0));
+        gJ(6 * s.HW * s.M), lanes1(s.O * CJ * FULL_LANES<T>, T(0)),
+        lanes2(s.C * s.O * FULL_LANES<T>, T(0));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t b = 0; b < B; ++b) {
       const Taps<T> taps(G + (b / per_scale) * 3 * s.K, s.K);
@@ -1001,7 +1154,7 @@ std::vector<torch::Tensor> backward_typed(const torch::Tensor& grad_z, const tor
   {
     std::vector<T> P(s.Hp * s.Wp * s.M), X(3 * s.Hp * s.W * s.M), J(6 * s.W * s.M),
         Irow(CJ * s.W * N), gIrow(CJ * s.W * N), gZrow(s.O * s.W * N), gJ(6 * s.HW * s.M),
-        lanes(s.O * CJ * 2 * N, T(0));
+        lanes(s.O * CJ * FULL_LANES<T>, T(0));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t b = 0; b < B; ++b) {
       const Taps<T> taps(G + (b / per_scale) * 3 * s.K, s.K);
