@@ -2,10 +2,11 @@
 
 Both sources of ``csrc/m2_invariants.cpp`` are built as separate extensions (the file registers
 no operator itself, so two builds can be loaded at once), then the forward and backward passes
-of ``m2_mix_invariants`` and the backward of ``m2_euler_step`` are timed, interleaved, at the
-default lifted model's stage shapes (batch 64, 8 orientations: 8 channels on 28x28, 16 on 14x14, 24 on 7x7),
-one thread, CPU time (robust to other jobs on a shared machine). Prints the best of
-``--repeats`` rounds, the ratio new/old, and the largest relative difference of the results::
+of ``m2_mix_invariants`` and the backwards of ``m2_euler_step`` and ``m2_update`` are timed,
+interleaved, at the default lifted model's stage shapes (batch 64, 8 orientations: 8 channels on
+28x28, 16 on 14x14, 24 on 7x7), one thread, CPU time (robust to other jobs on a shared machine).
+Prints the best of ``--repeats`` rounds, the ratio new/old, and the largest relative difference
+of the results::
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/m2_kernel_versions.py HEAD~1
 
@@ -79,6 +80,8 @@ def main() -> None:
             w1 = 0.1 * torch.randn(channels, channels, 10, generator=generator)
             b1, b2 = torch.randn(channels, generator=generator), torch.randn(channels,
                                                                              generator=generator)
+            scale, shift = torch.rand(channels, generator=generator), torch.randn(
+                channels, generator=generator)
             w2 = torch.randn(channels, channels, generator=generator)
             for name, ext in versions.items():
                 start = time.process_time()
@@ -89,15 +92,18 @@ def main() -> None:
                 step = ext.step_backward(grad, u, w1, b1, w2, b2, stencils, frame, "replicate",
                                          0.5)
                 end = time.process_time()
+                update = ext.update_backward(grad, forward, scale, shift, w2, b2, 0.5)
+                last = time.process_time()
                 times.setdefault((channels, size, name), []).append(
-                    (middle - begin, end - middle, begin - start))
-                results[(channels, size, name)] = [forward, *mix, *step]
+                    (middle - begin, end - middle, begin - start, last - end))
+                results[(channels, size, name)] = [forward, *mix, *step, *update]
     print(f"old: {args.revision}, new: the working tree; best of {args.repeats}, ms of CPU time")
     for channels, size in SHAPES:
         old, new = times[(channels, size, "old")], times[(channels, size, "new")]
         mix_old, mix_new = min(t[0] for t in old), min(t[0] for t in new)
         step_old, step_new = min(t[1] for t in old), min(t[1] for t in new)
         forward_old, forward_new = min(t[2] for t in old), min(t[2] for t in new)
+        update_old, update_new = min(t[3] for t in old), min(t[3] for t in new)
         difference = max(float((a - b).abs().max() / a.abs().max()) for a, b in zip(
             results[(channels, size, "old")], results[(channels, size, "new")], strict=True))
         print(f"C={channels:2d} {size:2d}x{size:<2d} mix forward {1e3 * forward_old:6.1f} -> "
@@ -105,6 +111,8 @@ def main() -> None:
               f"backward {1e3 * mix_old:6.1f} -> "
               f"{1e3 * mix_new:6.1f} ({mix_new / mix_old:.2f}x)  step backward "
               f"{1e3 * step_old:6.1f} -> {1e3 * step_new:6.1f} ({step_new / step_old:.2f}x)  "
+              f"update backward {1e3 * update_old:5.1f} -> {1e3 * update_new:5.1f} "
+              f"({update_new / update_old:.2f}x)  "
               f"largest relative difference {difference:.1e}")
 
 
