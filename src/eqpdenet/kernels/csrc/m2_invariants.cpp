@@ -384,8 +384,7 @@ M2_INLINE void orientation_terms_at(const T* u, const T* ux, const T* uy, const 
 // 4, 8, 16 in float; 4, 8 in double): the orientation differences are then lane rotations of it,
 // the periodic ends included. Other N take the loops with scalar ends below.
 template <typename T, int N>
-constexpr bool ORIENTATION_VECTOR =
-    N * sizeof(T) <= 64 && ((N * sizeof(T)) & (N * sizeof(T) - 1)) == 0;
+constexpr bool ORIENTATION_VECTOR = Lanes<T, N>::NV == 1;
 
 // v[(k + S) mod N] at lane k.
 template <typename T, int N, int S, int... K>
