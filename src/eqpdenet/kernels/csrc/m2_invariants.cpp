@@ -554,54 +554,51 @@ M2_INLINE void invariants_adjoint_at(const T* gI, int64_t rstride, int64_t C, co
   }
 }
 
-// out[a][l] = sum_b A[a sa + b sb] Bm[b][l] for a < rows, b < depth, l in [l0, l1) (steps of V;
-// row stride L): blocks of four rows with their accumulators in registers over the whole depth.
-template <typename T, int V>
-M2_INLINE void gemm_columns(const T* A, int64_t sa, int64_t sb, const T* Bm, int64_t rows,
-                            int64_t depth, int64_t L, T* out, int64_t l0, int64_t l1) {
+// Rows [a0, a0 + BA) of out[a][l] = sum_b A[a sa + b sb] Bm[b][l], b < depth, l in [l0, l1)
+// (steps of V; row stride L), the BA x V accumulators in registers over the whole depth.
+template <typename T, int V, int BA>
+M2_INLINE void gemm_block(const T* A, int64_t sa, int64_t sb, const T* Bm, int64_t a0,
+                          int64_t depth, int64_t L, T* out, int64_t l0, int64_t l1) {
   using Q = Lanes<T, V>;
   using vec = typename Q::vec;
   constexpr int NV = Q::NV, VW = Q::VW;
+  for (int64_t l = l0; l < l1; l += V) {
+    vec c[BA][NV] = {};
+    for (int64_t b = 0; b < depth; ++b) {
+      const T* x = Bm + b * L + l;
+      vec xv[NV];
+      for (int n = 0; n < NV; ++n) xv[n] = Q::load(x + n * VW);
+      for (int q = 0; q < BA; ++q) {
+        const T w = A[(a0 + q) * sa + b * sb];
+        for (int n = 0; n < NV; ++n) c[q][n] += w * xv[n];
+      }
+    }
+    for (int q = 0; q < BA; ++q)
+      for (int n = 0; n < NV; ++n) Q::store(out + (a0 + q) * L + l + n * VW, c[q][n]);
+  }
+}
+
+// out[a][l] = sum_b A[a sa + b sb] Bm[b][l] for a < rows, b < depth, l in [l0, l1) (steps of V;
+// row stride L): blocks of eight rows, then four, then one. Eight rows of two full vectors use
+// each loaded vector of Bm eight times (16 accumulators); with blocks of four, reading Bm (the
+// row's invariants, larger than the L1 cache) set the pace.
+template <typename T, int V>
+M2_INLINE void gemm_columns(const T* A, int64_t sa, int64_t sb, const T* Bm, int64_t rows,
+                            int64_t depth, int64_t L, T* out, int64_t l0, int64_t l1) {
+  constexpr int WIDE = Lanes<T, V>::NV <= 2 ? 8 : 4;
   int64_t a = 0;
-  for (; a + 4 <= rows; a += 4)
-    for (int64_t l = l0; l < l1; l += V) {
-      vec c0[NV] = {}, c1[NV] = {}, c2[NV] = {}, c3[NV] = {};
-      for (int64_t b = 0; b < depth; ++b) {
-        const T* x = Bm + b * L + l;
-        const T w0 = A[a * sa + b * sb], w1 = A[(a + 1) * sa + b * sb];
-        const T w2 = A[(a + 2) * sa + b * sb], w3 = A[(a + 3) * sa + b * sb];
-        for (int n = 0; n < NV; ++n) {
-          const vec xv = Q::load(x + n * VW);
-          c0[n] += w0 * xv;
-          c1[n] += w1 * xv;
-          c2[n] += w2 * xv;
-          c3[n] += w3 * xv;
-        }
-      }
-      for (int n = 0; n < NV; ++n) {
-        Q::store(out + a * L + l + n * VW, c0[n]);
-        Q::store(out + (a + 1) * L + l + n * VW, c1[n]);
-        Q::store(out + (a + 2) * L + l + n * VW, c2[n]);
-        Q::store(out + (a + 3) * L + l + n * VW, c3[n]);
-      }
-    }
-  for (; a < rows; ++a)
-    for (int64_t l = l0; l < l1; l += V) {
-      vec c0[NV] = {};
-      for (int64_t b = 0; b < depth; ++b) {
-        const T* x = Bm + b * L + l;
-        const T w0 = A[a * sa + b * sb];
-        for (int n = 0; n < NV; ++n) c0[n] += w0 * Q::load(x + n * VW);
-      }
-      for (int n = 0; n < NV; ++n) Q::store(out + a * L + l + n * VW, c0[n]);
-    }
+  for (; a + WIDE <= rows; a += WIDE) gemm_block<T, V, WIDE>(A, sa, sb, Bm, a, depth, L, out, l0, l1);
+  for (; a + 4 <= rows; a += 4) gemm_block<T, V, 4>(A, sa, sb, Bm, a, depth, L, out, l0, l1);
+  for (; a < rows; ++a) gemm_block<T, V, 1>(A, sa, sb, Bm, a, depth, L, out, l0, l1);
 }
 
 // acc[o][r][v] += sum_{l = v mod V} G[o][l] I[r][l] for one row (rows x L) of an image: the V
 // lanes of each dot product stay in T across all the rows of the image (acc, O x R x V, zeroed
 // per image) and are summed into the double gradient once per image (flush_lanes). A horizontal
 // sum into double per row would cost more than the row's products: rows hold only 56-224 values.
-// Within a row, blocks of 2 x 4 dot products are held in registers (compile-time block sizes).
+// Within a row, blocks of 4 x 4 dot products are held in registers (compile-time block sizes),
+// each loaded vector of G and I used four times: with blocks of 2 x 4 each I vector was loaded
+// twice, and the loads, not the multiply-adds, set the pace.
 template <typename T, int V, int BO, int BR>
 M2_INLINE void outer_block(const T* G, const T* I, int64_t L, int64_t R, T* acc) {
   using Q = Lanes<T, V>;
@@ -612,11 +609,14 @@ M2_INLINE void outer_block(const T* G, const T* I, int64_t L, int64_t R, T* acc)
     for (int e = 0; e < BR; ++e)
       for (int n = 0; n < NV; ++n) a[q][e][n] = Q::load(acc + (q * R + e) * V + n * VW);
   for (int64_t l = 0; l < L; l += V)
-    for (int q = 0; q < BO; ++q)
-      for (int n = 0; n < NV; ++n) {
-        const vec g = Q::load(G + q * L + l + n * VW);
-        for (int e = 0; e < BR; ++e) a[q][e][n] += g * Q::load(I + e * L + l + n * VW);
+    for (int n = 0; n < NV; ++n) {
+      vec g[BO];
+      for (int q = 0; q < BO; ++q) g[q] = Q::load(G + q * L + l + n * VW);
+      for (int e = 0; e < BR; ++e) {
+        const vec iv = Q::load(I + e * L + l + n * VW);
+        for (int q = 0; q < BO; ++q) a[q][e][n] += g[q] * iv;
       }
+    }
   for (int q = 0; q < BO; ++q)
     for (int e = 0; e < BR; ++e)
       for (int n = 0; n < NV; ++n) Q::store(acc + (q * R + e) * V + n * VW, a[q][e][n]);
@@ -624,14 +624,21 @@ M2_INLINE void outer_block(const T* G, const T* I, int64_t L, int64_t R, T* acc)
 
 template <typename T, int V>
 M2_INLINE void accumulate_outer(const T* G, const T* I, int64_t O, int64_t R, int64_t L, T* acc) {
-  const int64_t O2 = O / 2 * 2, R4 = R / 4 * 4;
-  for (int64_t o = 0; o < O2; o += 2) {
+  const int64_t R4 = R / 4 * 4;
+  int64_t o = 0;
+  for (; o + 4 <= O; o += 4) {
+    for (int64_t r = 0; r < R4; r += 4)
+      outer_block<T, V, 4, 4>(G + o * L, I + r * L, L, R, acc + (o * R + r) * V);
+    for (int64_t r = R4; r < R; ++r)
+      outer_block<T, V, 4, 1>(G + o * L, I + r * L, L, R, acc + (o * R + r) * V);
+  }
+  for (; o + 2 <= O; o += 2) {
     for (int64_t r = 0; r < R4; r += 4)
       outer_block<T, V, 2, 4>(G + o * L, I + r * L, L, R, acc + (o * R + r) * V);
     for (int64_t r = R4; r < R; ++r)
       outer_block<T, V, 2, 1>(G + o * L, I + r * L, L, R, acc + (o * R + r) * V);
   }
-  for (int64_t o = O2; o < O; ++o)
+  for (; o < O; ++o)
     for (int64_t r = 0; r < R; ++r)
       outer_block<T, V, 1, 1>(G + o * L, I + r * L, L, R, acc + (o * R + r) * V);
 }
