@@ -585,9 +585,8 @@ M2_INLINE void gemm_block(const T* A, int64_t sa, int64_t sb, const T* Bm, int64
 template <typename T, int V>
 M2_INLINE void gemm_columns(const T* A, int64_t sa, int64_t sb, const T* Bm, int64_t rows,
                             int64_t depth, int64_t L, T* out, int64_t l0, int64_t l1) {
-  constexpr int WIDE = Lanes<T, V>::NV <= 2 ? 8 : 4;
   int64_t a = 0;
-  for (; a + WIDE <= rows; a += WIDE) gemm_block<T, V, WIDE>(A, sa, sb, Bm, a, depth, L, out, l0, l1);
+  for (; a + 8 <= rows; a += 8) gemm_block<T, V, 8>(A, sa, sb, Bm, a, depth, L, out, l0, l1);
   for (; a + 4 <= rows; a += 4) gemm_block<T, V, 4>(A, sa, sb, Bm, a, depth, L, out, l0, l1);
   for (; a < rows; ++a) gemm_block<T, V, 1>(A, sa, sb, Bm, a, depth, L, out, l0, l1);
 }
@@ -622,25 +621,22 @@ M2_INLINE void outer_block(const T* G, const T* I, int64_t L, int64_t R, T* acc)
       for (int n = 0; n < NV; ++n) Q::store(acc + (q * R + e) * V + n * VW, a[q][e][n]);
 }
 
+// Rows [o, o + BO) of G against every row of I: blocks of BO x 4, then BO x 1.
+template <typename T, int V, int BO>
+M2_INLINE void outer_rows(const T* G, const T* I, int64_t o, int64_t R, int64_t L, T* acc) {
+  const int64_t R4 = R / 4 * 4;
+  for (int64_t r = 0; r < R4; r += 4)
+    outer_block<T, V, BO, 4>(G + o * L, I + r * L, L, R, acc + (o * R + r) * V);
+  for (int64_t r = R4; r < R; ++r)
+    outer_block<T, V, BO, 1>(G + o * L, I + r * L, L, R, acc + (o * R + r) * V);
+}
+
 template <typename T, int V>
 M2_INLINE void accumulate_outer(const T* G, const T* I, int64_t O, int64_t R, int64_t L, T* acc) {
-  const int64_t R4 = R / 4 * 4;
   int64_t o = 0;
-  for (; o + 4 <= O; o += 4) {
-    for (int64_t r = 0; r < R4; r += 4)
-      outer_block<T, V, 4, 4>(G + o * L, I + r * L, L, R, acc + (o * R + r) * V);
-    for (int64_t r = R4; r < R; ++r)
-      outer_block<T, V, 4, 1>(G + o * L, I + r * L, L, R, acc + (o * R + r) * V);
-  }
-  for (; o + 2 <= O; o += 2) {
-    for (int64_t r = 0; r < R4; r += 4)
-      outer_block<T, V, 2, 4>(G + o * L, I + r * L, L, R, acc + (o * R + r) * V);
-    for (int64_t r = R4; r < R; ++r)
-      outer_block<T, V, 2, 1>(G + o * L, I + r * L, L, R, acc + (o * R + r) * V);
-  }
-  for (; o < O; ++o)
-    for (int64_t r = 0; r < R; ++r)
-      outer_block<T, V, 1, 1>(G + o * L, I + r * L, L, R, acc + (o * R + r) * V);
+  for (; o + 4 <= O; o += 4) outer_rows<T, V, 4>(G, I, o, R, L, acc);
+  for (; o + 2 <= O; o += 2) outer_rows<T, V, 2>(G, I, o, R, L, acc);
+  for (; o < O; ++o) outer_rows<T, V, 1>(G, I, o, R, L, acc);
 }
 
 // gw[i] += sum_v acc[i][v] (double), i < count; then acc is zeroed for the next image.
