@@ -7,7 +7,8 @@
 #   1. benchmarks/bench_gpu.py --sweep: the PDE layer and EqPdeNet (issue 13), at most 330 s
 #   2. benchmarks/bench_gpu_m2.py --cpu: LiftedPDENet, Triton vs reference on the GPU and the C++
 #      kernel on the host's CPU (issue 18), at most 180 s
-#   3. the CUDA tests (Triton kernels of both, the operators, CUDA graphs, training), at most 150 s
+#   3. the CUDA tests (Triton kernels of both, the operators, CUDA graphs, training, every model
+#      on the GPU against the CPU), at most 150 s
 #   4. eqpdenet reproduce --quick --device cuda, if $EQPDENET_DATA holds mnist/, at most 90 s
 # Run from the repository root on a machine with a CUDA GPU, torch and Triton (the device
 # machine's python3, nothing to install); writes into $OUT (default results/gpu):
@@ -47,7 +48,7 @@ part 180 "LiftedPDENet benchmark" python3 benchmarks/bench_gpu_m2.py --out "$OUT
     2>&1 | tee "$OUT/m2.log"
 part 150 "CUDA tests" python3 -m pytest -q -p no:cacheprovider -x \
     tests/kernels/test_triton_kernel.py tests/kernels/test_cuda_operator.py \
-    tests/kernels/test_triton_m2_kernel.py tests/app/test_accelerate.py \
+    tests/kernels/test_triton_m2_kernel.py tests/app/test_accelerate.py tests/models/test_devices.py \
     -k "(cuda or test_triton_kernel or depend_on_the_programs) and not compile_for_hopper" \
     2>&1 | tee "$OUT/tests.txt"
 if [ -d "${EQPDENET_DATA:-/nonexistent}/mnist" ]; then

@@ -134,10 +134,11 @@ def check_values(u: Tensor, what: str = "images") -> tuple[float, float]:
     One pass over ``u`` and one device-to-host read (both extremes together); ``(0.0, 0.0)`` for
     an empty tensor, and, unchecked, while a CUDA graph is being captured (no host read is
     possible there; the same step ran checked before the capture, see
-    :mod:`eqpdenet.app.accelerate`) or :func:`exporting` (a graph for another runtime has no
-    host reads).
+    :mod:`eqpdenet.app.accelerate`), :func:`exporting` (a graph for another runtime has no
+    host reads) or on the ``meta`` device (shapes without values, for shape inference).
     """
-    if u.numel() == 0 or (u.is_cuda and torch.cuda.is_current_stream_capturing()) or exporting():
+    if (u.numel() == 0 or u.is_meta or (u.is_cuda and torch.cuda.is_current_stream_capturing())
+            or exporting()):
         return 0.0, 0.0
     with torch.no_grad():
         low, high = torch.stack(torch.aminmax(u.detach())).tolist()  # NaN propagates into both
@@ -267,9 +268,9 @@ def report_non_finite(names: Sequence[str], dts: Sequence[float], first_bad: Ten
 
     Raises :class:`~eqpdenet.errors.NonFiniteStateError` for the first such PDE after one
     device-to-host read, or, inside :func:`deferred_state_checks`, records the report there;
-    while :func:`exporting`, does nothing.
+    while :func:`exporting` or on the ``meta`` device (no values to report), does nothing.
     """
-    if exporting():  # an exported graph reports nothing (module docstring)
+    if exporting() or first_bad.is_meta:  # an exported graph reports nothing (module docstring)
         return
     reports = _pending.get()
     if reports is not None:

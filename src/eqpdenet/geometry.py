@@ -149,8 +149,8 @@ def rotate_about_mass(images: Tensor, angle: Tensor | float, **kwargs) -> Tensor
     check_images(images)
     batch, _, height, width = images.shape
     rows_cols = center_of_mass(images)
-    frame_centre = torch.tensor([(height - 1) / 2, (width - 1) / 2], dtype=torch.float64,
-                                device=images.device)
+    frame_centre = torch.full_like(rows_cols, (height - 1) / 2)
+    frame_centre[:, 1] = (width - 1) / 2  # no host-to-device copy (see recenter)
     rows_cols = torch.where(torch.isfinite(rows_cols), rows_cols, frame_centre)
     centre = torch.stack([rows_cols[:, 1] - (width - 1) / 2, (height - 1) / 2 - rows_cols[:, 0]],
                          dim=1).to(images.dtype)                             # (x, y) about the centre

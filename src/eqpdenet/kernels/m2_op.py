@@ -222,7 +222,8 @@ def _on_device(table: Tensor, device: torch.device) -> Tensor:
         copies = _DEVICE_COPIES[table] = {}
     cached = copies.get(device)
     if cached is None or cached[0] != table._version:
-        cached = copies[device] = (table._version, table.to(device))
+        with torch.inference_mode(False):  # the copy may serve training later (see m2.py)
+            cached = copies[device] = (table._version, table.to(device))
     return cached[1]
 
 

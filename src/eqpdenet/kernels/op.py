@@ -299,12 +299,15 @@ def _metadata(specs: Sequence[PDESpec], device: torch.device) -> tuple[Tensor, T
     if key in _METADATA:
         _METADATA.move_to_end(key)
         return _METADATA[key][:2]
-    stencils = torch.stack([h.detach().to(torch.float64).reshape(6, 3, 3) for h in hosts])
-    mmax = max(len(recipe) for recipe in recipes)
-    monomials = torch.full((len(specs), mmax, 2), -1, dtype=torch.int64)
-    for e, recipe in enumerate(recipes):
-        monomials[e, :len(recipe)] = torch.tensor(recipe, dtype=torch.int64)
-    _METADATA[key] = (_upload(monomials, device), _upload(stencils, device), hosts)
+    # Outside inference mode: the operator saves them for backward, also in a training step
+    # after an evaluation under torch.inference_mode() made this entry.
+    with torch.inference_mode(False):
+        stencils = torch.stack([h.detach().to(torch.float64).reshape(6, 3, 3) for h in hosts])
+        mmax = max(len(recipe) for recipe in recipes)
+        monomials = torch.full((len(specs), mmax, 2), -1, dtype=torch.int64)
+        for e, recipe in enumerate(recipes):
+            monomials[e, :len(recipe)] = torch.tensor(recipe, dtype=torch.int64)
+        _METADATA[key] = (_upload(monomials, device), _upload(stencils, device), hosts)
     if len(_METADATA) > _METADATA_SIZE:
         _METADATA.popitem(last=False)
     return _METADATA[key][:2]

@@ -39,9 +39,11 @@ def centering_shift(images: Tensor) -> Tensor:
     """``(B, 2)`` int64: the whole-pixel (row, column) shift that brings each image's centre of
     mass nearest the frame's centre (0 for a blank image)."""
     height, width = images.shape[-2:]
-    centre = torch.tensor([(height - 1) / 2, (width - 1) / 2], dtype=torch.float64,
-                          device=images.device)
-    offset = torch.round(centre - center_of_mass(images))
+    mass = center_of_mass(images)
+    # The centre enters as Python numbers: a tensor made from them would be a host-to-device
+    # copy, which a CUDA graph cannot capture (the training step is captured on a GPU).
+    offset = torch.round(torch.stack([(height - 1) / 2 - mass[:, 0],
+                                      (width - 1) / 2 - mass[:, 1]], dim=1))
     return torch.nan_to_num(offset, nan=0.0).to(torch.int64)
 
 

@@ -100,7 +100,13 @@ class AntiAliasedDownsample(nn.Module):
         key = (size, dtype, device)
         matrix = self._matrices.get(key)
         if matrix is None:
-            matrix = _axis_matrix(size, self.weight, self.boundary).to(dtype=dtype, device=device)
+            # Built on the CPU in float64 from sigma, not from the buffer, which follows the
+            # module to its device (a CUDA buffer beside the CPU identity fails); outside
+            # inference mode, so that a model evaluated under torch.inference_mode() first can
+            # train after (an inference tensor cannot be saved for backward).
+            with torch.inference_mode(False):
+                weight = gaussian_lowpass_weights(self.sigma)
+                matrix = _axis_matrix(size, weight, self.boundary).to(dtype=dtype, device=device)
             self._matrices[key] = matrix
         return matrix
 

@@ -92,10 +92,18 @@ def orientations(n: int, dtype: torch.dtype = torch.float64, device=None) -> Ten
     return torch.arange(n, dtype=torch.float64, device=device).mul(2 * math.pi / n).to(dtype)
 
 
+@functools.lru_cache(maxsize=64)
 def orientation_cos_sin(n: int, dtype: torch.dtype, device) -> tuple[Tensor, Tensor]:
     """``cos(theta_k), sin(theta_k)`` as ``(N, 1, 1)``. For ``N`` a multiple of 4 the first
     quadrant is computed and the others built from it by ``(cos, sin) -> (-sin, cos)``, so that
-    steering commutes with quarter turns exactly, not only to the rounding of ``cos``."""
+    steering commutes with quarter turns exactly, not only to the rounding of ``cos``.
+
+    Cached per ``(n, dtype, device)`` (read-only; see :func:`_separable_weights` for why)."""
+    with torch.inference_mode(False):
+        return _orientation_cos_sin(n, dtype, device)
+
+
+def _orientation_cos_sin(n: int, dtype: torch.dtype, device) -> tuple[Tensor, Tensor]:
     theta = orientations(n)
     if n % 4:
         cos, sin = torch.cos(theta), torch.sin(theta)
@@ -123,9 +131,20 @@ def gaussian_radius(sigma: float) -> int:
     return gaussian_derivative_weights(0, sigma, 2).size // 2
 
 
+@functools.lru_cache(maxsize=64)
 def _separable_weights(sigma: float, dtype, device) -> tuple[Tensor, Tensor]:
     """x pass ``(3, 1, 1, k)``: ``G, G', G''`` along the columns; y pass ``(6, 3, k, 1)``: from
-    those to ``u, u_x, u_y, u_xx, u_xy, u_yy`` (rows reversed: ``y`` points up)."""
+    those to ``u, u_x, u_y, u_xx, u_xy, u_yy`` (rows reversed: ``y`` points up).
+
+    Cached per ``(sigma, dtype, device)``, read-only: built afresh, every forward pass would copy
+    them from the host, which a CUDA graph cannot capture (the first GPU session found the lifted
+    model's captured training step falling back to eager on such copies). Built outside
+    inference mode, so that a model evaluated under ``torch.inference_mode()`` can train after."""
+    with torch.inference_mode(False):
+        return _build_separable_weights(sigma, dtype, device)
+
+
+def _build_separable_weights(sigma: float, dtype, device) -> tuple[Tensor, Tensor]:
     one_d = [torch.from_numpy(gaussian_derivative_weights(a, sigma, 2)) for a in range(3)]
     k = one_d[0].numel()
     x_pass = torch.stack(one_d).view(3, 1, 1, k)
@@ -179,9 +198,8 @@ def gaussian_jet(u: Tensor, sigma: float, boundary: str = "replicate",
                          f"{radius} (sigma = {sigma:g} pixels), got {height}x{width}")
     flat = F.pad(u.reshape(-1, 1, height, width), (radius,) * 4, mode=mode)
     out = F.conv2d(F.conv2d(flat, x_pass), y_pass)
-    if scale_normalised:
-        out = out * torch.tensor([1.0, sigma, sigma, sigma**2, sigma**2, sigma**2],
-                                 dtype=u.dtype, device=u.device).view(6, 1, 1)
+    if scale_normalised:  # factors as Python numbers: no host-to-device copy in a CUDA graph
+        out = torch.cat([out[:, :1], out[:, 1:3] * sigma, out[:, 3:] * sigma**2], dim=1)
     return out.reshape(*lead, 6, height, width)
 
 

@@ -479,9 +479,10 @@ def scale_normalised(jet: Tensor, sigma: float) -> Tensor:
     """
     sigma = require_positive(sigma, "sigma")
     order = jet_order(jet.shape[-3])
-    factors = torch.tensor([sigma ** (a + b) for a, b in derivative_multi_indices(order)],
-                           dtype=jet.dtype, device=jet.device)
-    return jet * factors[:, None, None]
+    # Order n holds the n + 1 channels from n (n + 1) / 2 on; its factor enters as a Python
+    # number (a tensor of factors would be a host-to-device copy, which a CUDA graph cannot take).
+    return torch.cat([jet[..., n * (n + 1) // 2:(n + 1) * (n + 2) // 2, :, :] * sigma**n
+                      for n in range(order + 1)], dim=-3)
 
 
 @functools.cache

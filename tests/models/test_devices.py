@@ -1,0 +1,134 @@
+"""Every model computes the same on every device: on a CUDA GPU (where one is present) as on the
+CPU, in float64, the logits and every parameter's gradient of one training-mode forward+backward.
+
+The CPU cannot see a tensor built on the wrong device (there is only one), so the GPU half runs
+where ``benchmarks/gpu_session.sh`` runs; the first GPU session found the anti-aliased pooling
+building its matrices from a buffer on the GPU and an identity on the CPU, which no CPU test
+could show. On the CPU the same models are run on the ``meta`` device (shapes without values),
+which checks that the entry checks and every layer infer shapes without reading data.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from eqpdenet.models import (
+    CNN,
+    EqPdeNet,
+    InvariantPDEConfig,
+    InvariantPDENet,
+    LiftedPDEConfig,
+    LiftedPDENet,
+)
+
+MODELS = {
+    "eqpdenet": lambda: EqPdeNet(hidden=16),
+    "cnn": lambda: CNN(),
+    "invariant_pde blur": lambda: InvariantPDENet(InvariantPDEConfig(
+        channels=[4, 6], blocks=[1, 1], downsample="blur")),
+    "invariant_pde pool": lambda: InvariantPDENet(InvariantPDEConfig(
+        channels=[4, 6], blocks=[1, 1], downsample="pool", readout="meanmax")),
+    "invariant_pde sim2": lambda: InvariantPDENet(InvariantPDEConfig(
+        channels=[4, 6], blocks=[1, 1], group="sim2")),
+    "lifted_pde": lambda: LiftedPDENet(LiftedPDEConfig(channels=[4, 6], blocks=[1, 1])),
+    "lifted_pde background centred": lambda: LiftedPDENet(LiftedPDEConfig(
+        channels=[4, 6], blocks=[1, 1], boundary="background", center=True)),
+    "lifted_pde fused step, reference": lambda: LiftedPDENet(LiftedPDEConfig(
+        channels=[4, 6], blocks=[1, 1], normalize_hidden=False, backend="reference")),
+}
+
+
+def _model(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a backend fallback's notice, not the point here
+        return MODELS[name]()
+
+
+def _images(batch: int = 4) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(1)
+    images = torch.zeros(batch, 1, 28, 28, dtype=torch.float64)
+    images[:, :, 6:22, 8:20] = torch.rand(batch, 1, 16, 12, generator=generator,
+                                          dtype=torch.float64)
+    return images
+
+
+def _logits_and_gradients(model: torch.nn.Module, images: torch.Tensor):
+    logits = model(images)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(logits.square().mean(), params)
+    return logits, grads
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_models_infer_shapes_on_the_meta_device(name):
+    model = _model(name).to("meta")
+    logits, grads = _logits_and_gradients(model, _images().float().to("meta"))
+    assert logits.device.type == "meta" and logits.shape == (4, 10)
+    assert [g.shape for g in grads] == [p.shape for p in model.parameters() if p.requires_grad]
+
+
+def _relative_differences(expected, got) -> tuple[float, float]:
+    """Max difference of the logits over their largest, of every gradient over the largest of
+    all gradients: a parameter whose exact gradient is 0 (a bias before a batch norm) holds
+    rounding noise, which a per-tensor scale would compare with itself."""
+    (logits, grads), (logits_got, grads_got) = expected, got
+    logits_diff = float((logits_got.cpu() - logits).abs().max() / logits.abs().max())
+    scale = max(float(g.abs().max()) for g in grads)
+    grads_diff = max(float((b.cpu() - a).abs().max()) for a, b in zip(grads, grads_got,
+                                                                    strict=True)) / scale
+    return logits_diff, grads_diff
+
+
+# SIM(2) ratios are scale invariant, hence discontinuous at the zero jet (eqpdenet.pde.invariants):
+# in a flat background the CPU's jet is exactly 0 (ratio 0), a GPU convolution's is rounding
+# noise, whose ratios are O(1). benchmarks/rounding_sensitivity.py measures the same on the CPU.
+DISCONTINUOUS_AT_FLAT_REGIONS = {"invariant_pde sim2"}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.xfail(
+        reason="SIM(2) ratios of rounding noise in flat regions (docs/choices.md)", strict=False))
+    if name in DISCONTINUOUS_AT_FLAT_REGIONS else name
+    for name in MODELS])
+def test_models_compute_the_same_on_cuda_as_on_the_cpu(name):
+    cpu = _model(name).double()
+    gpu = _model(name).double().cuda()
+    images = _images()
+    expected = _logits_and_gradients(cpu, images)
+    got = _logits_and_gradients(gpu, images.cuda())
+    assert got[0].device.type == "cuda"
+    logits_diff, grads_diff = _relative_differences(expected, got)
+    assert logits_diff < 1e-9 and grads_diff < 1e-9
+
+
+@pytest.mark.parametrize("name", sorted(set(MODELS) - DISCONTINUOUS_AT_FLAT_REGIONS))
+def test_models_are_continuous_at_the_rounding_level(name):
+    """The CPU's view of the GPU test above: rounding-size changes of the input (1e-13, what a
+    different convolution algorithm leaves in a flat background) change the logits and the
+    gradients at the same relative level, not O(1)."""
+    images = _images()
+    noise = torch.randn(images.shape, dtype=images.dtype, generator=torch.Generator().manual_seed(3))
+    expected = _logits_and_gradients(_model(name).double(), images)
+    got = _logits_and_gradients(_model(name).double(), images + 1e-13 * noise)
+    logits_diff, grads_diff = _relative_differences(expected, got)
+    assert logits_diff < 1e-9 and grads_diff < 1e-9
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_models_train_after_an_evaluation_under_inference_mode(name):
+    """Constants a model caches on first use (pooling matrices, stencils, orientations) are made
+    outside inference mode: an evaluation under ``torch.inference_mode()`` first (a loaded
+    checkpoint checked, then fine-tuned) leaves the same training step as without it."""
+    images = _images()
+    expected = _logits_and_gradients(_model(name).double(), images)
+    model = _model(name).double()
+    with torch.inference_mode():
+        model.eval()(images)
+    got = _logits_and_gradients(model.train(), images)
+    logits_diff, grads_diff = _relative_differences(expected, got)
+    assert logits_diff == 0.0 and grads_diff == 0.0
