@@ -14,6 +14,7 @@ import warnings
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from eqpdenet.models import (
     CNN,
@@ -38,6 +39,8 @@ MODELS = {
         channels=[4, 6], blocks=[1, 1], boundary="background", center=True)),
     "lifted_pde fused step, reference": lambda: LiftedPDENet(LiftedPDEConfig(
         channels=[4, 6], blocks=[1, 1], normalize_hidden=False, backend="reference")),
+    "lifted_pde two scales, softmax projection": lambda: LiftedPDENet(LiftedPDEConfig(
+        channels=[4, 6], blocks=[1, 1], scales=2, sigma=0.71, projection="softmax")),
 }
 
 
@@ -132,3 +135,28 @@ def test_models_train_after_an_evaluation_under_inference_mode(name):
     got = _logits_and_gradients(model.train(), images)
     logits_diff, grads_diff = _relative_differences(expected, got)
     assert logits_diff == 0.0 and grads_diff == 0.0
+
+
+class _HostData(TorchDispatchMode):
+    """Records the operators that turn host data (Python numbers, lists) into tensors."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.lift_fresh.default:
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_training_steps_after_the_first_make_no_tensors_from_host_data(name):
+    """On a GPU a tensor made from host data is a host-to-device copy, which a CUDA graph cannot
+    capture (the training step is captured, eqpdenet.app.accelerate): every constant is made once
+    and cached, or enters as a Python number. The CPU sees such tensors being made."""
+    model, images = _model(name).double(), _images()
+    _logits_and_gradients(model, images)  # the first step fills the caches
+    with _HostData() as recorder:
+        _logits_and_gradients(model, images)
+    assert recorder.seen == []

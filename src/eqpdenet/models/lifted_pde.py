@@ -46,6 +46,7 @@ at scale ``s + 1`` much as the original at ``s``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -293,7 +294,7 @@ class _OrientationProjection(nn.Module):
             return u.mean(dim=2)
         tau = F.softplus(self.raw_temperature).view(1, -1, 1, 1, 1)
         return (tau * (torch.logsumexp(u / tau, dim=2, keepdim=True)
-                       - torch.log(torch.tensor(float(u.shape[2]))))).squeeze(2)
+                       - math.log(u.shape[2]))).squeeze(2)
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}"
