@@ -67,7 +67,44 @@ def test_gcnn_is_rot90_invariant(pool):
     torch.manual_seed(0)
     # pooling after both layers: 28 -> 14 -> 7, even and odd sizes
     net = GCNN(GCNNConfig(channels=[2, 3], kernels=[5, 3], pool_after=[1, 2], pool=pool)).eval()
-    assert_equivariant(net, torch.rand(2, 1, 28, 28), invariant=True)  # e2cnn is float32
+    assert_equivariant(net, torch.rand(2, 1, 28, 28), invariant=True)
+
+
+@pytest.mark.parametrize("pool", ["max", "antialiased"])
+def test_gcnn_runs_in_float64_and_matches_e2cnns_group_pooling_in_float32(pool):
+    """e2cnn's GroupPooling writes float32 whatever its input; the model takes the same maximum
+    over each field's N channels itself: float64 works (rot90-invariant to float64 rounding) and
+    float32 is bitwise what e2cnn's own pooling gives. Casting one model leaves another of the
+    same shapes as it was (e2cnn shares its basis expansions between models; each G-CNN gets
+    its own)."""
+    pytest.importorskip("e2cnn")
+    from eqpdenet.models.gcnn import GCNN, GCNNConfig
+
+    config = GCNNConfig(channels=[2, 3], kernels=[5, 3], pool_after=[1, 2], pool=pool)
+    torch.manual_seed(0)
+    net = GCNN(config).eval()
+    images = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        fields = net._enn.GeometricTensor(net.standardize(images), net._input_type)
+        expected = net.classifier(net.features(fields).tensor.amax(dim=(-2, -1)))
+        assert torch.equal(net(images), expected)
+    net.train()  # and the training step's gradients, bitwise
+    params = list(net.parameters())
+    ours = torch.autograd.grad(net(images).square().sum(), params)
+    fields = net._enn.GeometricTensor(net.standardize(images), net._input_type)
+    e2cnns = torch.autograd.grad(net.classifier(net.features(fields).tensor.amax(dim=(-2, -1)))
+                                 .square().sum(), params)
+    assert all(torch.equal(a, b) for a, b in zip(ours, e2cnns, strict=True))
+    with torch.no_grad():
+        before = net.eval()(images)  # (the training-mode passes moved the batch-norm statistics)
+    torch.manual_seed(0)
+    double = GCNN(config).double().eval()
+    logits = double(images.double())
+    assert logits.dtype == torch.float64
+    assert float((logits - expected).abs().max()) < 1e-4 * float(expected.abs().max())
+    assert_equivariant(double, images.double(), invariant=True)
+    with torch.no_grad():
+        assert torch.equal(net(images), before)  # the float32 model, after the cast of the other
 
 
 def test_gcnn_parameter_counts():

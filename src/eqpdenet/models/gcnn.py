@@ -14,6 +14,7 @@ emits a deprecation warning about uint8 masks, silenced here): ``pip install eqp
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass, field
 
@@ -146,6 +147,7 @@ class GCNN(nn.Module):
                 current = out
             layers.append(enn.GroupPooling(current))
             self.features = enn.SequentialModule(*layers)
+        _unshare_basis_expansions(self.features)
         self._enn = enn
         self.classifier = nn.Linear(gcnn.channels[-1], require_int(classes, "classes", 1))
         # e2cnn's R2Conv caches its expanded filter as a buffer in evaluation mode only, so its
@@ -166,9 +168,18 @@ class GCNN(nn.Module):
         if self.config.center:
             x = recenter(x)
         x = self._enn.GeometricTensor(self.standardize(x), self._input_type)
+        # The last module, e2cnn's GroupPooling, writes into a float32 tensor whatever the input's
+        # dtype (e2cnn 0.2.3): the same maximum over each regular field's N channels is taken
+        # here, in the fields' own dtype, by the same operator (torch.max over the field, whose
+        # backward picks the same one of tied channels): in float32 the forward and the backward
+        # are bitwise e2cnn's. The module stays in `features` for the state dict and the export.
+        *body, _ = self.features._modules.values()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            maps = self.features(x).tensor
+            for module in body:
+                x = module(x)
+        batch, _, height, width = x.tensor.shape
+        maps = x.tensor.view(batch, -1, self.config.group_order, height, width).max(2).values
         return self.classifier(_readout(maps, self.config.readout)).to(images.dtype)
 
     def export_module(self) -> nn.Module:
@@ -185,6 +196,17 @@ class GCNN(nn.Module):
         finally:
             self.train(training)
         return _PlainGCNN(self, features.eval())
+
+
+def _unshare_basis_expansions(features: nn.Module) -> None:
+    """Give ``features`` its own copies of e2cnn's basis-expansion modules: e2cnn 0.2.3 shares one
+    module (the sampled basis, a buffer) between every convolution of the same shape in the
+    process, so moving or casting one model (``.to("cuda")``, ``.double()``) would move or cast
+    it under every other model too (found when one G-CNN was cast to float64 beside another)."""
+    for parent in list(features.modules()):
+        for name, child in list(parent._modules.items()):
+            if type(child).__name__ == "SingleBlockBasisExpansion":
+                parent._modules[name] = copy.deepcopy(child)
 
 
 def _readout(maps: Tensor, readout: str) -> Tensor:
