@@ -721,14 +721,14 @@ def _check(u: Tensor, weight: Tensor, stencils: Tensor, frame: Tensor, boundary:
 
 
 @functools.lru_cache(maxsize=64)
+@torch.inference_mode(False)
 def _parameters(device: torch.device, dtype: torch.dtype, n: int, dt: float) -> Tensor:
     """``(1 / (2 dtheta), 1 / dtheta^2, dt)`` in the working precision on the device, made once
     per configuration (no host-to-device copy in a training step; CUDA graphs can capture the
     launches). Computed in double and rounded once, as the C++ kernel does; outside inference
     mode, so that training after an evaluation under ``torch.inference_mode()`` can use it."""
     step = 2.0 * math.pi / n
-    with torch.inference_mode(False):
-        return torch.tensor([1.0 / (2.0 * step), 1.0 / (step * step), dt], dtype=dtype).to(device)
+    return torch.tensor([1.0 / (2.0 * step), 1.0 / (step * step), dt], dtype=dtype).to(device)
 
 
 def _programs(device: torch.device, items: int, programs: int | None) -> int:

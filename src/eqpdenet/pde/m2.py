@@ -93,17 +93,13 @@ def orientations(n: int, dtype: torch.dtype = torch.float64, device=None) -> Ten
 
 
 @functools.lru_cache(maxsize=64)
+@torch.inference_mode(False)
 def orientation_cos_sin(n: int, dtype: torch.dtype, device) -> tuple[Tensor, Tensor]:
     """``cos(theta_k), sin(theta_k)`` as ``(N, 1, 1)``. For ``N`` a multiple of 4 the first
     quadrant is computed and the others built from it by ``(cos, sin) -> (-sin, cos)``, so that
     steering commutes with quarter turns exactly, not only to the rounding of ``cos``.
 
     Cached per ``(n, dtype, device)`` (read-only; see :func:`_separable_weights` for why)."""
-    with torch.inference_mode(False):
-        return _orientation_cos_sin(n, dtype, device)
-
-
-def _orientation_cos_sin(n: int, dtype: torch.dtype, device) -> tuple[Tensor, Tensor]:
     theta = orientations(n)
     if n % 4:
         cos, sin = torch.cos(theta), torch.sin(theta)
@@ -132,6 +128,7 @@ def gaussian_radius(sigma: float) -> int:
 
 
 @functools.lru_cache(maxsize=64)
+@torch.inference_mode(False)
 def _separable_weights(sigma: float, dtype, device) -> tuple[Tensor, Tensor]:
     """x pass ``(3, 1, 1, k)``: ``G, G', G''`` along the columns; y pass ``(6, 3, k, 1)``: from
     those to ``u, u_x, u_y, u_xx, u_xy, u_yy`` (rows reversed: ``y`` points up).
@@ -140,11 +137,6 @@ def _separable_weights(sigma: float, dtype, device) -> tuple[Tensor, Tensor]:
     them from the host, which a CUDA graph cannot capture (the first GPU session found the lifted
     model's captured training step falling back to eager on such copies). Built outside
     inference mode, so that a model evaluated under ``torch.inference_mode()`` can train after."""
-    with torch.inference_mode(False):
-        return _build_separable_weights(sigma, dtype, device)
-
-
-def _build_separable_weights(sigma: float, dtype, device) -> tuple[Tensor, Tensor]:
     one_d = [torch.from_numpy(gaussian_derivative_weights(a, sigma, 2)) for a in range(3)]
     k = one_d[0].numel()
     x_pass = torch.stack(one_d).view(3, 1, 1, k)
