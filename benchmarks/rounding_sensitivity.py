@@ -10,9 +10,10 @@ gradients (over the largest of all gradients)::
 
     python benchmarks/rounding_sensitivity.py          # about 10 s
 
-The SIM(2) invariants are ratios of derivatives, invariant under scalings of the plane, hence
-discontinuous at the zero jet (:mod:`eqpdenet.pde.invariants`): in a flat region a ratio of
-rounding noise is O(1), where the exact 0 gives 0.
+The SIM(2) model's joint maps are invariant under scalings of the plane, hence discontinuous
+at the zero jet unless they treat jets below a floor as flat (:mod:`eqpdenet.pde.joint`,
+``invariant_pde.jet_floor``): with ``jet_floor = 0`` a flat region's maps are ratios of rounding
+noise, O(1), where the exact 0 gives 0.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ MODELS = {
     "CNN": lambda: CNN(),
     "InvariantPDENet se2": lambda: InvariantPDENet(InvariantPDEConfig()),
     "InvariantPDENet sim2": lambda: InvariantPDENet(InvariantPDEConfig(group="sim2")),
+    "InvariantPDENet sim2, jet_floor 0": lambda: InvariantPDENet(InvariantPDEConfig(
+        group="sim2", jet_floor=0.0)),
     "LiftedPDENet": lambda: LiftedPDENet(LiftedPDEConfig()),
     "LiftedPDENet background, centred": lambda: LiftedPDENet(LiftedPDEConfig(
         boundary="background", center=True)),

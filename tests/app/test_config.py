@@ -85,6 +85,35 @@ def test_new_fields_keep_the_full_benchmark_resumable():
     assert recorded == {benchmark_fingerprint(load_toml(BenchmarkConfig, configs))}
 
 
+@pytest.mark.parametrize("folder", ["benchmark-full", "benchmark"])
+def test_new_fields_leave_every_recorded_benchmark_run_unchanged(folder):
+    """Each (entry, seed) of a committed benchmark folder, built from the folder's configuration
+    read with today's fields, is the configuration its run recorded
+    (:func:`~eqpdenet.app.sweeps.changed_runs`): a new field whose default differs from its
+    earlier behaviour where it cannot change the run (``invariant_pde.jet_floor`` of an se2
+    model) must not make the recorded runs stale."""
+    from eqpdenet.app.config import BenchmarkConfig, load_toml
+    from eqpdenet.app.sweeps import changed_runs
+
+    config = load_toml(BenchmarkConfig, RESULTS / folder / "config.toml")
+    runs = {f"{name}-seed{seed}": config.experiment(name, seed)
+            for name in config.models for seed in config.seeds}
+    assert changed_runs(runs, RESULTS / folder) == {}
+
+
+def test_the_jet_floor_counts_only_for_sim2_models():
+    se2 = ExperimentConfig()
+    se2.model.kind = "invariant_pde"
+    sim2 = apply_overrides(se2, ["model.invariant_pde.group='sim2'"])
+    for config in (se2, sim2):
+        moved = apply_overrides(config, ["model.invariant_pde.jet_floor=0.5"])
+        assert (fingerprint(moved) == fingerprint(config)) == (config is se2)
+    with pytest.raises(ConfigError, match="invariant_pde.jet_floor: must be >= 0"):
+        apply_overrides(sim2, ["model.invariant_pde.jet_floor=-1e-3"])
+    with pytest.raises(ConfigError, match="invariant_pde.jet_floor: must be a finite number"):
+        apply_overrides(sim2, ["model.invariant_pde.jet_floor=nan"])
+
+
 def test_defaults_are_the_papers_layer():
     layer = LayerConfig()
     assert layer.invariants == ["se2", "se2", "scaling", "scaling"]

@@ -11,16 +11,17 @@ import torch
 from eqpdenet.errors import ConfigError, InputError
 from eqpdenet.geometry import pixel_coordinates
 from eqpdenet.pde import jet
-from eqpdenet.pde.joint import JointInvariants, joint_terms, per_channel_terms
+from eqpdenet.pde.joint import DEFAULT_JET_FLOOR, JointInvariants, joint_terms, per_channel_terms
 from helpers import jet_at
 
 FORMS = [(2, "se2", None), (2, "sim2", None), (3, "se2", 2), (3, "sim2", 2)]
 IDS = [f"C{c}-{g}-k{k}" for c, g, k in FORMS]
 
 
-def make(channels: int, group: str, mixtures: int | None, dtype=torch.float64) -> JointInvariants:
+def make(channels: int, group: str, mixtures: int | None, dtype=torch.float64,
+         jet_floor: float = DEFAULT_JET_FLOOR) -> JointInvariants:
     """A module whose mixing (if any) has simple rational weights (exact in SymPy)."""
-    module = JointInvariants(channels, group, mixtures=mixtures).to(dtype)
+    module = JointInvariants(channels, group, mixtures=mixtures, jet_floor=jet_floor).to(dtype)
     if mixtures is not None:
         weights = torch.tensor([[1.0, -2.0, 0.5, 0.75], [0.25, 3.0, -1.0, 1.5],
                                 [-0.5, 0.125, 2.0, -1.0]], dtype=dtype)
@@ -89,7 +90,8 @@ def test_family_generates_every_joint_invariant(group, counts):
 def test_torch_computes_the_symbolic_maps(channels, group, mixtures):
     module = make(channels, group, mixtures)
     space = JetSpace(2, channels)
-    expressions = joint_expressions(module, sp.Rational(module.ratio_eps))
+    expressions = joint_expressions(module, sp.Rational(module.ratio_eps),
+                                    sp.Rational(module.jet_floor))
     function = sp.lambdify(space.derivatives, expressions, "math")
     values = torch.randn(channels * 6, 5, dtype=torch.float64,
                          generator=torch.Generator().manual_seed(3))
@@ -118,13 +120,15 @@ def test_values_of_two_polynomials():
     assert sorted(se2.names) == sorted(truth)
     for name, value in zip(se2.names, values.tolist(), strict=True):
         assert value == pytest.approx(truth[name], abs=1e-12), name
-    # SIM(2): G = 5 + 10 = 15, N = 15² + 22 + 6 = 253.
-    sim2 = JointInvariants(2, "sim2", ratio_eps=0.1)
-    values = dict(zip(sim2.names, sim2(jet(images))[0, :, row, col].tolist(), strict=True))
-    assert values["u1"] == -1 and "|∇u2|²/G" not in values
-    assert values["H1:H2/N"] == pytest.approx(6 / 253, rel=1e-12)
-    assert values["∇u1ᵀH2∇u2/N"] == pytest.approx(-13 / 253, rel=1e-12)
-    assert values["det(∇u1,∇u2)/G"] == pytest.approx(-5 * 15 / (15**2 + 0.01 * 253), rel=1e-12)
+    # SIM(2): G = 5 + 10 = 15, N' = 15² + 22 + 6 + jet_floor² = 253 + jet_floor².
+    for floor in (0.0, 0.01, 3.0):
+        sim2 = JointInvariants(2, "sim2", ratio_eps=0.1, jet_floor=floor)
+        values = dict(zip(sim2.names, sim2(jet(images))[0, :, row, col].tolist(), strict=True))
+        n = 253 + floor**2
+        assert values["u1"] == -1 and "|∇u2|²/G" not in values
+        assert values["H1:H2/N"] == pytest.approx(6 / n, rel=1e-12)
+        assert values["∇u1ᵀH2∇u2/N"] == pytest.approx(-13 / n, rel=1e-12)
+        assert values["det(∇u1,∇u2)/G"] == pytest.approx(-5 * 15 / (15**2 + 0.01 * n), rel=1e-12)
 
 
 def test_values_of_a_gaussian_and_a_ramp():
@@ -215,8 +219,9 @@ def similarity(angle: float, scale: float, shift: tuple[float, float]):
 def test_any_rotation_and_scaling_of_analytic_functions(channels, group, mixtures):
     """With exact jets, I(jet of f o g^-1 at g p) = I(jet of f at p) to rounding for a rotation
     by 0.7 rad and a translation (and, for SIM(2), a scaling by 1.3), a common g of all
-    channels; rotating one channel alone changes the joint maps."""
-    module = make(channels, group, mixtures)
+    channels; rotating one channel alone changes the joint maps. SIM(2) without the jet floor:
+    with it, exact only where the jet is far above the floor (next test)."""
+    module = make(channels, group, mixtures, jet_floor=0.0)
     scale = 1.3 if group == "sim2" else 1.0
     forward, inverse = similarity(0.7, scale, (0.4, -0.3))
     points = torch.tensor([[0.3, -0.5], [-1.1, 0.2], [0.8, 0.9]], dtype=torch.float64)
@@ -230,13 +235,40 @@ def test_any_rotation_and_scaling_of_analytic_functions(channels, group, mixture
     assert (module(analytic_jets(one_moved, moved)) - before).abs().max() > 1e-2
 
 
+@pytest.mark.parametrize("mixtures", [None, 2])
+def test_the_jet_floor_costs_sim2_maps_little_above_it_and_makes_them_smooth_below(mixtures):
+    """Above the floor: a floor of 0.01 moves the maps of the analytic channels under a
+    similarity by less than 5e-4 (their N is O(1) there, the floor² 1e-4; measured 2.3e-6, and
+    1.5e-4 for the mixtures). Below it: a flat image plus 1e-13 noise, whose maps without the
+    floor are ratios of rounding noise (O(1): measured 0.89 and 1.0), stays within 1e-12 of the
+    flat image's with the default floor and with 0.01 (measured 3.2e-13: the map u itself)."""
+    module = make(3, "sim2", mixtures, jet_floor=0.01)
+    forward, inverse = similarity(0.7, 1.3, (0.4, -0.3))
+    points = torch.tensor([[0.3, -0.5], [-1.1, 0.2], [0.8, 0.9]], dtype=torch.float64)
+    moved = torch.stack(forward(points[:, 0], points[:, 1]), dim=1)
+    transformed = [lambda x, y, f=f: f(*inverse(x, y)) for f in FUNCTIONS]
+    before = module(analytic_jets(FUNCTIONS, points))
+    error = (module(analytic_jets(transformed, moved)) - before).abs().max()
+    assert 0 < error < 5e-4, error
+
+    flat = torch.full((1, 3, 9, 9), 0.4, dtype=torch.float64)
+    noise = 1e-13 * torch.randn(flat.shape, dtype=flat.dtype, generator=torch.Generator().manual_seed(2))
+    for floor, bound in ((DEFAULT_JET_FLOOR, 1e-12), (0.01, 1e-12), (0.0, None)):
+        module = make(3, "sim2", mixtures, jet_floor=floor)
+        change = (module(jet(flat + noise)) - module(jet(flat))).abs().max()
+        if bound is None:
+            assert change > 0.01  # the discontinuity the floor removes
+        else:
+            assert change < bound
+
+
 @pytest.mark.parametrize("group", ["se2", "sim2"])
 def test_rotation_by_any_angle_on_the_grid(group):
     """Discrete jets (central, h = 0.01) of three analytic channels and of their common rotation
     by 0.7 rad (with a scaling by 1.3 for SIM(2)): the maps agree to 2e-4 relative to 1 + |I|.
     Measured: 1.1e-4 (se2) and 1.5e-5 (sim2); at h = 0.02 4.5e-4 and 6.0e-5, the O(h²)
-    discretisation error."""
-    module = JointInvariants(3, group)
+    discretisation error. SIM(2) without the jet floor (with it, exact only far above it)."""
+    module = JointInvariants(3, group, jet_floor=0.0)
     scale = 1.3 if group == "sim2" else 1.0
     forward, inverse = similarity(0.7, scale, (0.0, 0.0))
     points = torch.tensor([[0.3, -0.5], [-0.6, 0.2], [0.5, 0.4]], dtype=torch.float64)
@@ -254,7 +286,7 @@ def test_rotation_by_any_angle_on_the_grid(group):
 @pytest.mark.parametrize("stencil, sigma", [("central", None), ("gaussian", 1.5)])
 def test_sim2_maps_do_not_depend_on_the_grid_spacing(stencil, sigma):
     """The same samples read with grid spacing 1 and 0.37 (sigma scaled alike): the SIM(2) maps
-    agree to 1e-6 relative (the SE(2) ones differ by powers of 0.37)."""
+    without the jet floor agree to 1e-6 relative (the SE(2) ones differ by powers of 0.37)."""
     images = smooth_channels(3, seed=5)
 
     def maps(module, spacing):
@@ -262,7 +294,7 @@ def test_sim2_maps_do_not_depend_on_the_grid_spacing(stencil, sigma):
                           sigma=None if sigma is None else sigma * spacing))
 
     for mixtures in (None, 2):
-        module = make(3, "sim2", mixtures)
+        module = make(3, "sim2", mixtures, jet_floor=0.0)
         coarse, fine = maps(module, 1.0), maps(module, 0.37)
         assert ((fine - coarse).abs().max() / coarse.abs().max()) < 1e-6
     se2 = JointInvariants(3, "se2").double()

@@ -40,6 +40,7 @@ from .training import (
     Data,
     fingerprint,
     run_experiment,
+    without_inert_fields,
     without_later_fields,
 )
 
@@ -80,7 +81,8 @@ def benchmark_fingerprint(config: BenchmarkConfig) -> str:
     """What every run of a benchmark folder shares: the base experiment and the curves. Fields
     added to the experiment since (:data:`~eqpdenet.app.training.LATER_FIELDS`) leave it
     unchanged while they keep their earlier behaviour, so a folder recorded before them resumes."""
-    return fingerprint({"base": without_later_fields(to_dict(config.base), BENCHMARK_LATER_FROM),
+    base = without_inert_fields(to_dict(config.base))
+    return fingerprint({"base": without_later_fields(base, BENCHMARK_LATER_FROM),
                         "curves": to_dict(config.curves)})
 
 

@@ -53,6 +53,7 @@ from .progress import progress as progress_of
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "CONDITIONAL_FIELDS",
     "LATER_FIELDS",
     "Data",
     "Split",
@@ -69,6 +70,7 @@ __all__ = [
     "save_checkpoint",
     "train_model",
     "with_legacy_fields",
+    "without_inert_fields",
 ]
 
 
@@ -415,6 +417,15 @@ LATER_FIELDS: dict[tuple[str, ...], object] = {
     ("model", "gcnn", "center"): False,
     ("data", "rotation_centre"): "frame",
     ("model", "lifted_pde", "stage_orientations"): [],
+    # Every SIM(2) InvariantPDENet before the field existed divided by N + the smallest normal.
+    ("model", "invariant_pde", "jet_floor"): 0.0,
+}
+
+#: Options that change nothing unless another option has one of some values (path -> (that
+#: option's path, its values)): left out of the fingerprint elsewhere, so that adding one leaves
+#: the recorded runs it cannot affect matching. The SIM(2) maps' floor does nothing for se2.
+CONDITIONAL_FIELDS: dict[tuple[str, ...], tuple[tuple[str, ...], tuple]] = {
+    ("model", "invariant_pde", "jet_floor"): (("model", "invariant_pde", "group"), ("sim2",)),
 }
 
 
@@ -456,6 +467,24 @@ def without_later_fields(config: dict, since: tuple[str, ...] | None = None) -> 
     return data
 
 
+def _lookup(data: dict, path: tuple[str, ...]):
+    for key in path:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
+
+
+def without_inert_fields(config: dict) -> dict:
+    """An experiment configuration dict without the :data:`CONDITIONAL_FIELDS` that cannot
+    change its runs (a copy)."""
+    data = copy.deepcopy(config)
+    for path, (condition, values) in CONDITIONAL_FIELDS.items():
+        if _lookup(data, condition) not in values:
+            parent = _lookup(data, path[:-1])
+            if isinstance(parent, dict):
+                parent.pop(path[-1], None)
+    return data
+
+
 def fingerprint(config) -> str:
     """Short hash of a configuration (canonical JSON), independent of :data:`LATER_FIELDS` at
     their earlier behaviour. Works on an :class:`ExperimentConfig` or its dict."""
@@ -464,6 +493,7 @@ def fingerprint(config) -> str:
     for kind in KIND_OPTIONS:  # a kind's option table matters to that kind only
         if model.get("kind") != kind:
             model.pop(kind, None)
+    data = without_inert_fields(data)
     data = without_later_fields(data)
     text = json.dumps(data, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]

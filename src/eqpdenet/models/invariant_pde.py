@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..checks import report_non_finite, require, require_int, require_positive
+from ..checks import report_non_finite, require, require_int, require_nonnegative, require_positive
 from ..errors import NonFiniteStateError
 from ..geometry import halvings_stay_even
 from ..pde.integrators import EulerStep, input_range_hint
 from ..pde.invariants import DEFAULT_RATIO_EPS
-from ..pde.joint import JOINT_GROUPS
+from ..pde.joint import DEFAULT_JET_FLOOR, JOINT_GROUPS
 from ..pde.rhs import InvariantSystemRHS, invariant_maps
 from ..pde.stencils import BOUNDARIES, STENCILS, Jet, stencil_has_scale
 from .inputs import ModelInput, check_model_input, require_image_size
@@ -62,6 +62,9 @@ class InvariantPDEConfig:
         stencil, sigma, boundary: the jet's derivatives (``sigma`` in pixels, for the
             ``gaussian`` stencil) and boundary.
         ratio_eps: regularisation of ratio invariants (``sim2``).
+        jet_floor: second-derivative size (``u`` per pixel², >= 0) below which the ``sim2``
+            invariants treat a region as flat (:mod:`eqpdenet.pde.joint`; 0: exactly scale
+            invariant, and discontinuous in flat regions).
         downsample: between stages: ``"pool"`` (2x2 average pooling), ``"blur"`` (a Gaussian
             low-pass of std ``downsample_sigma`` pixels first: anti-aliased,
             :class:`~eqpdenet.models.pooling.AntiAliasedDownsample`) or ``"none"``.
@@ -82,6 +85,7 @@ class InvariantPDEConfig:
     sigma: float = 1.0
     boundary: str = "zeros"
     ratio_eps: float = DEFAULT_RATIO_EPS
+    jet_floor: float = DEFAULT_JET_FLOOR
     downsample: str = "pool"
     downsample_sigma: float = 1.0
     readout: str = "max"
@@ -106,6 +110,7 @@ class InvariantPDEConfig:
         STENCILS.check(self.stencil, "invariant_pde.stencil")
         BOUNDARIES.check(self.boundary, "invariant_pde.boundary")
         require_positive(self.ratio_eps, "invariant_pde.ratio_eps")
+        require_nonnegative(self.jet_floor, "invariant_pde.jet_floor")
         require(self.downsample in ("pool", "blur", "none"), "invariant_pde.downsample",
                 "must be 'pool', 'blur' or 'none'")
         require_positive(self.downsample_sigma, "invariant_pde.downsample_sigma")
@@ -123,7 +128,7 @@ class _Lift(nn.Module):
     def __init__(self, in_channels: int, channels: int, config: InvariantPDEConfig):
         super().__init__()
         self.invariants_of = invariant_maps(in_channels, config.group, "channel",
-                                            ratio_eps=config.ratio_eps)
+                                            ratio_eps=config.ratio_eps, jet_floor=config.jet_floor)
         self.jet = Jet(2, config.stencil, 1.0, config.boundary, sigma=_sigma(config))
         maps = self.invariants_of.out_channels
         self.map = nn.Sequential(
@@ -181,7 +186,7 @@ class InvariantPDENet(nn.Module):
                     channels, config.group, max(1, round(config.hidden * channels)),
                     joint=config.joint, mixtures=config.mixtures, stencil=config.stencil,
                     boundary=config.boundary, sigma=_sigma(config), ratio_eps=config.ratio_eps,
-                    normalize_invariants=config.normalize_invariants)
+                    jet_floor=config.jet_floor, normalize_invariants=config.normalize_invariants)
                 modules.append(EulerStep(rhs, config.dt, name=f"stage{index}.block{block}"))
             stages.append(nn.Sequential(*modules))
         self.stages = nn.Sequential(*stages)

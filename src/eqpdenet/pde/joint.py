@@ -35,10 +35,20 @@ built from all channels of the family,
     ``G = Σ_c |∇u^c|²`` (weight -2),      ``N = G² + Σ_c |H^c|²`` (weight -4),
 
 weight -2 maps through :func:`~eqpdenet.pde.invariants.safe_ratio` with the scale-covariant
-regulariser (``T / G ≈ safe_ratio(T, G, ratio_eps, reference_sq=N) = T G / (G² + eps² N)``,
-``ratio_eps`` dimensionless, so the ratio is exactly scale invariant), weight -4 maps by ``T / N``
-(``|T| <= N``: bounded by 1, 0 where the jet vanishes). ``u^i`` stays. ``|∇u^C|² / G``, which is 1
-minus the other ``|∇u^i|² / G``, is left out.
+regulariser (``T / G ≈ safe_ratio(T, G, ratio_eps, reference_sq=N') = T G / (G² + eps² N')``,
+``ratio_eps`` dimensionless), weight -4 maps by ``T / N'`` (``|T| <= N``: bounded by 1, 0 where
+the jet vanishes), with ``N' = N + jet_floor²``. ``u^i`` stays. ``|∇u^C|² / G``, which is 1 minus
+the other ``|∇u^i|² / G``, is left out.
+
+``jet_floor`` (units of a second derivative of ``u``: ``u`` per pixel², default
+:data:`DEFAULT_JET_FLOOR`) is where a region counts as flat. A function that does not change under
+``p -> λ p`` and is not constant cannot be continuous where the jet vanishes: with
+``jet_floor = 0`` (``N`` then guarded by the smallest normal number only) ``T / N`` of rounding
+noise is O(1), so a flat background's maps, and the model's logits, are set by rounding (a change
+of the input by 1e-15 moved a SIM(2) model's logits by 180 %; a GPU gives other numbers than the
+CPU; ``benchmarks/rounding_sensitivity.py``, docs/choices.md). With ``jet_floor > 0`` the maps are
+smooth: ``T / N'`` is O(jet² / jet_floor²) where the jet is far below the floor, and exactly scale
+invariant only where ``N >> jet_floor²``, i.e. for every structure well above the floor.
 
 Cost
 ----
@@ -75,13 +85,17 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
-from ..checks import require_int, require_positive
+from ..checks import require_int, require_nonnegative, require_positive
 from ..errors import InputError, InputTypeError
 from ..registry import Registry
 from .invariants import DEFAULT_RATIO_EPS, safe_ratio
 
-__all__ = ["JOINT_GROUPS", "JointBlock", "JointInvariants", "JointTerm", "joint_terms",
+__all__ = ["DEFAULT_JET_FLOOR", "JOINT_GROUPS", "JointBlock", "JointInvariants", "JointTerm", "joint_terms",
            "per_channel_terms"]
+
+#: Default of ``jet_floor`` (module doc): the size of a second derivative, in ``u`` per pixel²,
+#: below which the SIM(2) maps treat the jet as flat. Chosen on validation (docs/choices.md).
+DEFAULT_JET_FLOOR = 1.0
 
 #: Kinds of :class:`JointTerm`, in output order, with their weight under ``p -> λ p``, whether
 #: they are linear in the jet, and the arithmetic operations per pixel of one map.
@@ -200,6 +214,9 @@ class JointInvariants(nn.Module):
             orthogonal initialisation from the global random generator), ``O(C + k³)`` maps.
         ratio_eps: dimensionless regularisation of the SIM(2) ratios by weight -2 quantities
             (:func:`~eqpdenet.pde.invariants.safe_ratio` with ``reference_sq``).
+        jet_floor: for SIM(2), the second-derivative size (``u`` per pixel², >= 0) below which
+            a region counts as flat (module doc); 0: exactly scale invariant, discontinuous
+            where the jet vanishes.
 
     Attributes:
         out_channels: ``K``, the number of maps.
@@ -232,12 +249,13 @@ class JointInvariants(nn.Module):
     """
 
     def __init__(self, channels: int, group: str = "se2", mixtures: int | None = None,
-                 ratio_eps: float = DEFAULT_RATIO_EPS):
+                 ratio_eps: float = DEFAULT_RATIO_EPS, jet_floor: float = DEFAULT_JET_FLOOR):
         super().__init__()
         self.channels = require_int(channels, "channels", 1)
         self.group = JOINT_GROUPS.get(group).name
         self.mixtures = None if mixtures is None else require_int(mixtures, "mixtures", 1)
         self.ratio_eps = require_positive(ratio_eps, "ratio_eps")
+        self.jet_floor = require_nonnegative(jet_floor, "jet_floor")
         self.scale_invariant = JOINT_GROUPS.get(group).scale_invariant
         if self.mixtures is None:
             specs = [("input", False, joint_terms(self.channels))]
@@ -328,7 +346,9 @@ class JointInvariants(nn.Module):
         else:
             g = grad_sq.sum(dim=1, keepdim=True)
             n = g * g + hess_sq.sum(dim=1, keepdim=True)
-        tiny = torch.finfo(grad.dtype).tiny
+        # N' = N + jet_floor²: T / N' is smooth where the jet vanishes (module doc); with a zero
+        # floor the smallest normal number only keeps 0 / 0 finite.
+        n = n + (self.jet_floor**2 if self.jet_floor > 0 else torch.finfo(grad.dtype).tiny)
         out = {}
         for kind, value in maps.items():
             weight = _KINDS[kind][0]
@@ -339,7 +359,7 @@ class JointInvariants(nn.Module):
             owner = index[kind][:, 0]
             gk, nk = (g[:, owner], n[:, owner]) if block.per_channel else (g, n)
             out[kind] = (safe_ratio(value, gk, self.ratio_eps, reference_sq=nk) if weight == -2
-                         else value / (nk + tiny))
+                         else value / nk)
         return out
 
     def _check(self, jet: Tensor) -> None:
@@ -384,7 +404,8 @@ class JointInvariants(nn.Module):
 
     def extra_repr(self) -> str:
         mixtures = "" if self.mixtures is None else f", mixtures={self.mixtures}"
-        eps = f", ratio_eps={self.ratio_eps}" if self.scale_invariant else ""
+        eps = f", ratio_eps={self.ratio_eps}, jet_floor={self.jet_floor}" \
+            if self.scale_invariant else ""
         return f"channels={self.channels}, group={self.group!r}{mixtures}{eps}, " \
                f"out_channels={self.out_channels}"
 

@@ -35,7 +35,7 @@ from .invariants import (
     get_invariant_set,
     require_planar,
 )
-from .joint import JointInvariants
+from .joint import DEFAULT_JET_FLOOR, JointInvariants
 from .stencils import Jet, laplacian_max_eigenvalue
 
 __all__ = [
@@ -254,6 +254,8 @@ class InvariantSystemRHS(nn.Module):
         stencil, spacing, boundary, sigma: how the jet is computed (``sigma`` for the
             ``gaussian`` stencil).
         ratio_eps: regularisation scale of ratio invariants (``sim2``).
+        jet_floor: second-derivative size (``u`` per pixel²) below which the ``sim2`` maps treat
+            a region as flat (:mod:`eqpdenet.pde.joint`).
         normalize_invariants: batch-normalise each invariant map before ``F_theta`` mixes them.
 
     ``forward``: ``(B, C, H, W) -> (B, C, H, W)``.
@@ -267,11 +269,12 @@ class InvariantSystemRHS(nn.Module):
     def __init__(self, channels: int, group: str = "se2", hidden: int | None = None, *,
                  joint: str = "channel", mixtures: int = 4, stencil: str = "isotropic",
                  spacing: float = 1.0, boundary: str = "replicate", sigma: float | None = None,
-                 ratio_eps: float = DEFAULT_RATIO_EPS, normalize_invariants: bool = True):
+                 ratio_eps: float = DEFAULT_RATIO_EPS, jet_floor: float = DEFAULT_JET_FLOOR,
+                 normalize_invariants: bool = True):
         super().__init__()
         self.channels = require_int(channels, "channels", 1)
         hidden = require_int(hidden if hidden is not None else channels, "hidden", 1)
-        self.invariants_of = invariant_maps(channels, group, joint, mixtures, ratio_eps)
+        self.invariants_of = invariant_maps(channels, group, joint, mixtures, ratio_eps, jet_floor)
         self.jet = Jet(2, stencil, spacing, boundary, sigma=sigma)
         maps = self.invariants_of.out_channels
         self.F = nn.Sequential(
@@ -296,10 +299,11 @@ class PerChannelInvariants(nn.Module):
     """The invariants of each channel alone: :class:`~eqpdenet.pde.joint.JointInvariants` of one
     channel applied to every channel, ``(B, C, 6, H, W) -> (B, C K_1, H, W)``."""
 
-    def __init__(self, channels: int, group: str = "se2", ratio_eps: float = DEFAULT_RATIO_EPS):
+    def __init__(self, channels: int, group: str = "se2", ratio_eps: float = DEFAULT_RATIO_EPS,
+                 jet_floor: float = DEFAULT_JET_FLOOR):
         super().__init__()
         self.channels = require_int(channels, "channels", 1)
-        self.one = JointInvariants(1, group, ratio_eps=ratio_eps)
+        self.one = JointInvariants(1, group, ratio_eps=ratio_eps, jet_floor=jet_floor)
         self.out_channels = channels * self.one.out_channels
         self.names = [name.replace("1", str(c + 1)) for c in range(channels)
                       for name in self.one.names]
@@ -323,13 +327,15 @@ def _se2_per_channel(jet: Tensor) -> Tensor:
 
 
 def invariant_maps(channels: int, group: str = "se2", joint: str = "channel", mixtures: int = 4,
-                   ratio_eps: float = DEFAULT_RATIO_EPS) -> nn.Module:
+                   ratio_eps: float = DEFAULT_RATIO_EPS,
+                   jet_floor: float = DEFAULT_JET_FLOOR) -> nn.Module:
     """The invariants of ``channels`` channels of ``group``: per channel, with ``mixtures``
     learned joint combinations, or all joint (see :class:`InvariantSystemRHS`)."""
     if joint == "channel":
-        return PerChannelInvariants(channels, group, ratio_eps)
+        return PerChannelInvariants(channels, group, ratio_eps, jet_floor)
     if joint == "mixtures":
-        return JointInvariants(channels, group, require_int(mixtures, "mixtures", 1), ratio_eps)
+        return JointInvariants(channels, group, require_int(mixtures, "mixtures", 1), ratio_eps,
+                               jet_floor)
     if joint == "all":
-        return JointInvariants(channels, group, None, ratio_eps)
+        return JointInvariants(channels, group, None, ratio_eps, jet_floor)
     raise ConfigError(f"joint must be 'channel', 'mixtures' or 'all', got {joint!r}")

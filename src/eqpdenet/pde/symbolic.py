@@ -1346,13 +1346,16 @@ def _joint_term(term: JointTerm, jets: Sequence[Sequence[sp.Expr]]) -> sp.Expr:
     return ax * (hxx * bx + hxy * by) + ay * (hxy * bx + hyy * by)
 
 
-def joint_expressions(invariants: JointInvariants, eps: sp.Expr | float = 0) -> list[sp.Expr]:
+def joint_expressions(invariants: JointInvariants, eps: sp.Expr | float = 0,
+                      floor: sp.Expr | float = 0) -> list[sp.Expr]:
     """The maps of a :class:`~eqpdenet.pde.joint.JointInvariants` as SymPy expressions in the
     2-jets of its channels (``JetSpace(2, channels)``), in the module's output order.
 
     Mixing weights become the exact rationals of their floating-point values. For SIM(2),
-    ``eps = 0`` gives the plain ratios ``T / G``, ``T / N``; a number or symbol gives the
-    regularised ``T G / (G^2 + eps^2 N)`` the module computes (without its ``0 / 0`` guard).
+    ``eps = 0`` and ``floor = 0`` give the plain ratios ``T / G``, ``T / N``; numbers or symbols
+    give the regularised ``T G / (G^2 + eps^2 N')`` and ``T / N'``, ``N' = N + floor^2``, the
+    module computes with ``ratio_eps = eps`` and ``jet_floor = floor`` (without its ``0 / 0``
+    guard).
     """
     space = JetSpace(2, invariants.channels)
     inputs = [space.channel_derivatives(c) for c in range(invariants.channels)]
@@ -1371,7 +1374,7 @@ def joint_expressions(invariants: JointInvariants, eps: sp.Expr | float = 0) -> 
                 continue
             scope = [term.channels[0]] if block.per_channel else range(len(jets))
             g = sum(jets[c][1] ** 2 + jets[c][2] ** 2 for c in scope)
-            n = g**2 + sum(jets[c][3] ** 2 + 2 * jets[c][4] ** 2 + jets[c][5] ** 2 for c in scope)
+            n = g**2 + sum(jets[c][3] ** 2 + 2 * jets[c][4] ** 2 + jets[c][5] ** 2 for c in scope) + floor**2
             if term.weight == -4:
                 out.append(value / n)
             else:
