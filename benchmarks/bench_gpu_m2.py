@@ -22,12 +22,21 @@ Measured:
    operators (``auto``: Triton on CUDA) and with the reference, and the peak memory of one
    forward+backward (``torch.cuda.max_memory_allocated`` over what was allocated before);
 3. with ``--cpu``: the same two models at batch 64 on the host's CPU (all its cores) with the
-   C++ kernel (built on first use, about a minute): the Triton/C++ comparison.
+   C++ kernel (built on first use, about a minute): the Triton/C++ comparison;
+4. with ``--sweep``: the launch configuration of the Triton kernels
+   (:mod:`eqpdenet.kernels.triton_m2`'s ``PROGRAMS_PER_SM``, ``BLOCK``, ``OUT_BLOCK``,
+   ``GRAD_BLOCK``, one changed at a time from the defaults), the default model's
+   forward+backward images/s at each batch, interleaved with the defaults, and its logits' max
+   relative difference from the defaults' (values must not depend on the launch beyond
+   rounding)::
+
+       python benchmarks/bench_gpu_m2.py --out /tmp/g --sweep --skip-throughput   # ~3 minutes
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -120,6 +129,60 @@ def throughput(device, batches, rounds, min_seconds, smoke, backends) -> list[di
     return rows
 
 
+#: One launch setting changed at a time from the defaults (``--sweep``).
+LAUNCHES = {"defaults": {}, "programs/SM 2": {"PROGRAMS_PER_SM": 2},
+            "programs/SM 8": {"PROGRAMS_PER_SM": 8}, "programs/SM 16": {"PROGRAMS_PER_SM": 16},
+            "block 128": {"BLOCK": 128}, "block 512": {"BLOCK": 512},
+            "out block 8": {"OUT_BLOCK": 8}, "out block 32": {"OUT_BLOCK": 32},
+            "grad block 4": {"GRAD_BLOCK": 4}, "grad block 16": {"GRAD_BLOCK": 16}}
+
+
+def under_launch(fn, settings: dict):
+    """``fn`` run with the Triton module's launch constants set to ``settings`` (read at every
+    call, so interleaved variants each see their own)."""
+    from eqpdenet.kernels import triton_m2
+
+    def run():
+        saved = {name: getattr(triton_m2, name) for name in settings}
+        for name, value in settings.items():
+            setattr(triton_m2, name, value)
+        try:
+            return fn()
+        finally:
+            for name, value in saved.items():
+                setattr(triton_m2, name, value)
+
+    return run
+
+
+def sweep(device, batches, rounds, min_seconds, smoke) -> list[dict]:
+    rows = []
+    for batch in batches:
+        x = torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(batch))
+        x = x.to(device)
+        model = lifted("auto", device, smoke)
+        with torch.no_grad():
+            expected = model(x)
+        variants, differences = {}, {}
+        for label, settings in LAUNCHES.items():
+            start = time.perf_counter()
+            with torch.no_grad():
+                got = under_launch(functools.partial(model, x), settings)()
+            differences[label] = float((got - expected).abs().max() / expected.abs().max())
+            variants[label] = (under_launch(forward_backward(model, x), settings), batch)
+            variants[label][0]()  # compiles this launch's kernels
+            synchronize(device)
+            print(f"warm-up {label}, batch {batch}: {time.perf_counter() - start:.1f} s", flush=True)
+        speeds = measure(variants, rounds, min_seconds, device)
+        for label in LAUNCHES:
+            row = {"device": device.type, "batch": batch, "variant": f"launch: {label}",
+                   "images_per_s": speeds[label], "peak_mib": float("nan"),
+                   "logits_vs_defaults": differences[label]}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 def report(results: dict) -> str:
     env = results["environment"]
     lines = [f"# LiftedPDENet on {env.get('gpu', env['device'])} ({env['date']})", "",
@@ -129,14 +192,28 @@ def report(results: dict) -> str:
     if results.get("agreement"):
         lines += ["## fused vs reference on the device, float32 (max relative difference)", ""]
         lines += [f"- {k}: {v:.2e}" for k, v in results["agreement"].items()] + [""]
-    lines += ["## forward+backward images per second (median of interleaved rounds)", "",
-              "| device | batch | configuration, backend | images/s | peak MiB |",
-              "|---|---:|---|---:|---:|"]
-    for row in results.get("throughput", []) + results.get("cpu", []):
+    measured = results.get("throughput", []) + results.get("cpu", [])
+    if measured:
+        lines += ["## forward+backward images per second (median of interleaved rounds)", "",
+                  "| device | batch | configuration, backend | images/s | peak MiB |",
+                  "|---|---:|---|---:|---:|"]
+    for row in measured:
         peak = row.get("peak_mib")
         peak = "" if peak is None or peak != peak else f"{peak:,.0f}"
         lines.append(f"| {row['device']} | {row['batch']} | {row['variant']} | "
                      f"{row['images_per_s']:,.0f} | {peak} |")
+    if results.get("sweep"):
+        lines += [""] * bool(measured)
+        lines += ["## launch configurations: forward+backward images per second, the default "
+                  "model (one setting changed from the defaults; logits against the defaults')", "",
+                  "| batch | launch | images/s | ratio to defaults | logits, max relative difference |",
+                  "|---:|---|---:|---:|---:|"]
+        base = {row["batch"]: row["images_per_s"] for row in results["sweep"]
+                if row["variant"] == "launch: defaults"}
+        for row in results["sweep"]:
+            lines.append(f"| {row['batch']} | {row['variant'][8:]} | {row['images_per_s']:,.0f} | "
+                         f"{row['images_per_s'] / base[row['batch']]:.2f} | "
+                         f"{row['logits_vs_defaults']:.1e} |")
     return "\n".join(lines) + "\n"
 
 
@@ -156,6 +233,10 @@ def main() -> int:
     parser.add_argument("--min-seconds", type=float, default=0.5)
     parser.add_argument("--cpu", action="store_true",
                         help="also the C++ kernel on the host's CPU at the smallest batch")
+    parser.add_argument("--sweep", action="store_true",
+                        help="also the Triton kernels' launch configurations (section 4)")
+    parser.add_argument("--skip-throughput", action="store_true",
+                        help="leave out section 2 (with --sweep: the sweep alone)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny models and sizes: checks that the script runs")
     args = parser.parse_args()
@@ -172,9 +253,13 @@ def main() -> int:
     results["agreement"] = agreement(device, args.smoke)
     print(json.dumps({"agreement": results["agreement"]}), flush=True)
     save(results, out, start)
-    results["throughput"] = throughput(device, batches, rounds, min_seconds, args.smoke,
-                                       ("auto", "reference"))
-    save(results, out, start)
+    if not args.skip_throughput:
+        results["throughput"] = throughput(device, batches, rounds, min_seconds, args.smoke,
+                                           ("auto", "reference"))
+        save(results, out, start)
+    if args.sweep:
+        results["sweep"] = sweep(device, batches, rounds, min_seconds, args.smoke)
+        save(results, out, start)
     if args.cpu and device.type == "cuda":
         torch.set_num_threads(os.cpu_count() or 1)
         results["cpu"] = throughput(torch.device("cpu"), batches[:1], rounds, min_seconds,
