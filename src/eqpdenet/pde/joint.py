@@ -66,12 +66,12 @@ form              maps K                              operations per pixel
 ================  ==================================  =============================================
 se2, all pairs    ``(C³ + 4C² + 5C) / 2``             ``1.5 C³ + 13.5 C² + 4 C``
 se2, k mixtures   ``5 C + (k³ + 4k² + k) / 2``        ``(19 + 10 k) C + 1.5 k³ + 13.5 k² - 2 k``
-sim2, all pairs   ``(C³ + 4C² + 5C) / 2 - 1``         ``2.5 C³ + 21.5 C² + 22 C - 9``
-sim2, k mixtures  ``4 C + (k³ + 4k² + k) / 2 - 1``    ``(37 + 10 k) C + 2.5 k³ + 21.5 k² + 10 k - 9``
+sim2, all pairs   ``(C³ + 4C² + 5C) / 2 - 1``         ``2 C³ + 20.5 C² + 21.5 C - 8``
+sim2, k mixtures  ``4 C + (k³ + 4k² + k) / 2 - 1``    ``(36 + 10 k) C + 2 k³ + 20.5 k² + 9.5 k - 8``
 ================  ==================================  =============================================
 
 For C = 20 channels: all pairs 4,850 maps and 17,480 operations per pixel (se2; sim2 4,849 and
-29,031); 4 mixtures 166 maps and 1,484 operations (sim2 145 and 2,075). The forward pass keeps
+24,622); 4 mixtures 166 maps and 1,484 operations (sim2 145 and 2,006). The forward pass keeps
 about K maps per pixel of the batch (and a few times that for the backward pass); measured
 time follows K more closely than the operations (``benchmarks/bench_joint.py``, docs/symbolic.md).
 The mixtures pay off once all pairs cost more: for ``k = 4`` from ``C = 5`` on (91 maps against
@@ -233,9 +233,9 @@ class JointInvariants(nn.Module):
     Cost (maps ``K`` and arithmetic operations per pixel; :meth:`cost`): se2 with all pairs
     ``K = (C³ + 4C² + 5C) / 2`` and ``1.5 C³ + 13.5 C² + 4 C`` operations; se2 with ``k``
     mixtures ``K = 5 C + (k³ + 4k² + k) / 2`` and ``(19 + 10 k) C + 1.5 k³ + 13.5 k² - 2 k``;
-    sim2 with all pairs ``K`` one less and ``2.5 C³ + 21.5 C² + 22 C - 9``; sim2 with ``k``
+    sim2 with all pairs ``K`` one less and ``2 C³ + 20.5 C² + 21.5 C - 8``; sim2 with ``k``
     mixtures ``K = 4 C + (k³ + 4k² + k) / 2 - 1`` and
-    ``(37 + 10 k) C + 2.5 k³ + 21.5 k² + 10 k - 9``.
+    ``(36 + 10 k) C + 2 k³ + 20.5 k² + 9.5 k - 8``.
 
     Example:
         >>> from eqpdenet.pde import jet
@@ -396,10 +396,11 @@ class JointInvariants(nn.Module):
 
     @staticmethod
     def _normaliser_operations(block: JointBlock, n: int) -> int:
-        # |∇u^c|² (3) and |H^c|² (6) for every channel, N = G² + Q (2 each); for a joint block the
-        # sums over channels (2 (n - 1)); per weight -2 map safe_ratio (6), per weight -4 map 2.
-        shared = 9 * n + (2 * n if block.per_channel else 2 + 2 * (n - 1))
-        ratios = sum(6 if t.weight == -2 else 2 for t in block.terms if t.weight)
+        # |∇u^c|² (3) and |H^c|² (6) for every channel, N' = G² + Q + floor² (3 each); for a joint
+        # block the sums over channels (2 (n - 1)); per weight -2 map safe_ratio (6), per weight
+        # -4 map the division (1).
+        shared = 9 * n + (3 * n if block.per_channel else 3 + 2 * (n - 1))
+        ratios = sum(6 if t.weight == -2 else 1 for t in block.terms if t.weight)
         return shared + ratios
 
     def extra_repr(self) -> str:
