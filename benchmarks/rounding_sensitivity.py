@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from eqpdenet import LayerConfig  # noqa: E402
 from eqpdenet.models import (  # noqa: E402
     CNN,
     EqPdeNet,
@@ -37,6 +38,8 @@ from eqpdenet.models import (  # noqa: E402
 
 MODELS = {
     "EqPdeNet (paper layer)": lambda: EqPdeNet(hidden=16),
+    "EqPdeNet (se2_sim2 layer, covariant ratios)": lambda: EqPdeNet(
+        hidden=16, layer=LayerConfig.preset("se2_sim2")),
     "CNN": lambda: CNN(),
     "InvariantPDENet se2": lambda: InvariantPDENet(InvariantPDEConfig()),
     "InvariantPDENet sim2": lambda: InvariantPDENet(InvariantPDEConfig(group="sim2")),
