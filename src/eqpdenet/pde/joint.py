@@ -95,7 +95,7 @@ __all__ = ["DEFAULT_JET_FLOOR", "JOINT_GROUPS", "JointBlock", "JointInvariants",
 
 #: Default of ``jet_floor`` (module doc): the size of a second derivative, in ``u`` per pixel²,
 #: below which the SIM(2) maps treat the jet as flat. Chosen on validation (docs/choices.md).
-DEFAULT_JET_FLOOR = 1.0
+DEFAULT_JET_FLOOR = 0.1
 
 #: Kinds of :class:`JointTerm`, in output order, with their weight under ``p -> λ p``, whether
 #: they are linear in the jet, and the arithmetic operations per pixel of one map.
