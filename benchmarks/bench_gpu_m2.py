@@ -140,7 +140,7 @@ LAUNCHES = {"defaults": {}, "programs/SM 2": {"PROGRAMS_PER_SM": 2},
 def under_launch(fn, settings: dict):
     """``fn`` run with the Triton module's launch constants set to ``settings`` (read at every
     call, so interleaved variants each see their own)."""
-    from eqpdenet.kernels import triton_m2
+    from eqpdenet.kernels import triton_m2  # needs Triton: imported only for the sweep
 
     def run():
         saved = {name: getattr(triton_m2, name) for name in settings}

@@ -429,14 +429,19 @@ CONDITIONAL_FIELDS: dict[tuple[str, ...], tuple[tuple[str, ...], tuple]] = {
 }
 
 
+def _lookup(data: dict, path: tuple[str, ...]):
+    """The value at ``path`` in nested dicts, or None where the path ends."""
+    for key in path:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
+
+
 def with_legacy_fields(config: dict) -> dict:
     """A stored configuration dict with every missing :data:`LATER_FIELDS` entry set to its
     value from before the field existed (a copy; tables that are absent stay absent)."""
     data = copy.deepcopy(config)
     for path, value in LATER_FIELDS.items():
-        node = data
-        for key in path[:-1]:
-            node = node.get(key) if isinstance(node, dict) else None
+        node = _lookup(data, path[:-1])
         if isinstance(node, dict):
             node.setdefault(path[-1], value)
     return data
@@ -459,17 +464,9 @@ def without_later_fields(config: dict, since: tuple[str, ...] | None = None) -> 
     if since is not None:
         fields = fields[list(LATER_FIELDS).index(since):]
     for path, value in fields:
-        node = data
-        for key in path[:-1]:
-            node = node.get(key) if isinstance(node, dict) else None
+        node = _lookup(data, path[:-1])
         if isinstance(node, dict) and path[-1] in node and node[path[-1]] == value:
             del node[path[-1]]
-    return data
-
-
-def _lookup(data: dict, path: tuple[str, ...]):
-    for key in path:
-        data = data.get(key) if isinstance(data, dict) else None
     return data
 
 
