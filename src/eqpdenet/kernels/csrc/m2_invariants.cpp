@@ -44,16 +44,33 @@ constexpr int NJ = 10;  // invariants per channel
 constexpr int MAX_TAPS = 63;
 
 // Vectors as compiler vector extensions (GCC, Clang): V lanes of T as NV vectors of VW lanes,
-// VW * sizeof(T) the largest power of two of at most 64 bytes that divides V * sizeof(T) (one
-// AVX-512 register, two AVX2 or four NEON ones). Register-blocked accumulators written as arrays
-// of T were kept on the stack by GCC 12 (a load and a store around every multiply-add); vectors
-// of these types stay in registers.
+// VW * sizeof(T) the largest power of two of at most one register of the target (REGISTER_BYTES:
+// 64 with AVX-512, 32 with AVX, 16 otherwise: SSE2, NEON) that divides V * sizeof(T).
+// Register-blocked accumulators written as arrays of T were kept on the stack by GCC 12 (a load
+// and a store around every multiply-add); vectors of these types stay in registers. A vector
+// wider than the target's registers is not split into registers by GCC 12 but "expanded
+// piecewise" (-Wvector-operation-performance), element by element through memory: 64-byte
+// vectors made this kernel 13 times slower on an AVX2 CPU than on an AVX-512 one.
+//
+// FULL_LANES is the number of lanes of the weight gradient's partial sums, and so the order of
+// those sums: 64 bytes on every CPU, so that the result is the same bits whatever the width of
+// the vectors that compute it.
+#if defined(__AVX512F__)
+constexpr int REGISTER_BYTES = 64;
+#elif defined(__AVX__)
+constexpr int REGISTER_BYTES = 32;
+#else
+constexpr int REGISTER_BYTES = 16;
+#endif
+
 template <typename T>
 constexpr int FULL_LANES = static_cast<int>(64 / sizeof(T));
 
 template <typename T, int V>
 struct Lanes {
-  static constexpr int bytes(int b) { return b % 64 == 0 ? 64 : b % 32 == 0 ? 32 : 16; }
+  static constexpr int bytes(int b) {
+    return b % 64 == 0 && REGISTER_BYTES >= 64 ? 64 : b % 32 == 0 && REGISTER_BYTES >= 32 ? 32 : 16;
+  }
   static constexpr int VW = bytes(V * static_cast<int>(sizeof(T))) / static_cast<int>(sizeof(T));
   static constexpr int NV = V / VW;
   static_assert((V * sizeof(T)) % 16 == 0, "lanes in multiples of 16 bytes");
@@ -380,9 +397,10 @@ M2_INLINE void orientation_terms_at(const T* u, const T* ux, const T* uy, const 
   out[9 * rstride + k] = (u[after] - T(2) * u[k] + u[before]) * d2;
 }
 
-// The N orientations of a pixel as one vector, where that is a vector of at most 64 bytes (N =
-// 4, 8, 16 in float; 4, 8 in double): the orientation differences are then lane rotations of it,
-// the periodic ends included. Other N take the loops with scalar ends below.
+// The N orientations of a pixel as one vector, where that is one register of the target
+// (REGISTER_BYTES; with AVX-512 N = 4, 8, 16 in float and 4, 8 in double, with AVX2 N = 4, 8 in
+// float and 4 in double): the orientation differences are then lane rotations of it, the
+// periodic ends included. Other N take the loops with scalar ends below (the same bits).
 template <typename T, int N>
 constexpr bool ORIENTATION_VECTOR = Lanes<T, N>::NV == 1;
 
