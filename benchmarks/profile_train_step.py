@@ -5,6 +5,11 @@ prints the images per CPU second of three timed steps and the operators by their
     OMP_WAIT_POLICY=PASSIVE python benchmarks/profile_train_step.py lifted-centered \\
         --recipe configs/benchmark-full.toml
 
+``--device cuda`` profiles on the GPU and lists the kernels by their own CUDA time (the wall
+time per step is measured after a synchronisation)::
+
+    python benchmarks/profile_train_step.py lifted-centered --device cuda --batch 64 1024
+
 A profile is one sample on a machine that may be shared: compare variants with
 ``benchmarks/train_throughput.py`` (interleaved), not by two profiles.
 """
@@ -25,33 +30,51 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="a benchmark entry of --recipe")
     parser.add_argument("--recipe", type=Path, default=Path("configs/benchmark-full.toml"))
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batch", type=int, nargs="+", default=[64])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--rows", type=int, default=20, help="operators to list")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is visible to torch")
+    cuda = device.type == "cuda"
     torch.set_num_threads(1)
     torch.manual_seed(0)
     config = load_toml(BenchmarkConfig, args.recipe).experiment(args.model, 0)
-    model = build_model(config.model)
+    model = build_model(config.model).to(device)
     optimizer = torch.optim.Adam(model.parameters())
-    images = torch.rand(args.batch, 1, 28, 28)
-    labels = torch.randint(0, 10, (args.batch,))
+    for batch in args.batch:
+        images = torch.rand(batch, 1, 28, 28).to(device)
+        labels = torch.randint(0, 10, (batch,)).to(device)
 
-    def step() -> None:
-        loss = F.cross_entropy(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        def step(images=images, labels=labels) -> None:
+            loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
 
-    for _ in range(2):
-        step()
-    start = time.process_time()
-    for _ in range(3):
-        step()
-    print(f"{args.model}: {3 * args.batch / (time.process_time() - start):.0f} images per CPU "
-          f"second, one thread")
-    with torch.profiler.profile() as profile:
-        step()
-    print(profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+        for _ in range(2):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+        clock = time.perf_counter if cuda else time.process_time
+        start = clock()
+        for _ in range(3):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+        per = "images/s on " + torch.cuda.get_device_name(device) if cuda else \
+            "images per CPU second, one thread"
+        print(f"{args.model}, batch {batch}: {3 * batch / (clock() - start):.0f} {per}")
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if cuda:
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities) as profile:
+            step()
+            if cuda:
+                torch.cuda.synchronize()
+        key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        print(profile.key_averages().table(sort_by=key, row_limit=args.rows))
 
 
 if __name__ == "__main__":

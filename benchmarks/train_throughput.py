@@ -22,6 +22,12 @@ measures an entry under another label, so that one entry can be compared with it
 ``--clock cpu`` divides by the process's CPU time instead of the wall clock: on a machine shared
 with other jobs the wall clock counts their time too, the CPU time does not (with one thread it
 is the single-thread cost; with several it is their sum, not a wall time).
+
+``--device cuda`` measures on the GPU (eager mode, no CUDA graphs, for every model alike; the
+clock is read after a synchronisation; ``--threads`` then only sets the host's threads)::
+
+    python benchmarks/train_throughput.py gcnn lifted-centered --recipe configs/benchmark-full.toml \
+        --device cuda --threads 1 --batch 64 256
 """
 
 from __future__ import annotations
@@ -41,14 +47,20 @@ from eqpdenet.models import count_parameters
 
 def steps_per_second(model, optimizer, images, labels, steps: int, clock=time.perf_counter
                      ) -> float:
-    """Training steps per second of ``clock`` over ``steps`` steps (after one warm-up step)."""
+    """Training steps per second of ``clock`` over ``steps`` steps (after one warm-up step).
+
+    On a GPU the work is queued asynchronously: the clock is read after a synchronisation, so
+    that it counts the device's work, not only the host's launches."""
+    synchronize = torch.cuda.synchronize if images.is_cuda else (lambda: None)
     for step in range(steps + 1):
         if step == 1:
+            synchronize()
             start = clock()
         loss = F.cross_entropy(model(images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    synchronize()
     return steps / (clock() - start)
 
 
@@ -60,17 +72,26 @@ def main() -> None:
     parser.add_argument("--set", nargs=2, action="append", default=[],
                         metavar=("MODEL", "OVERRIDE"), help="an extra override of one model")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batch", type=int, nargs="+", default=[64],
+                        help="batch sizes (each measured in every round)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="divide by wall-clock time or by the process's CPU time")
     parser.add_argument("--json", type=Path, help="also write the measurements here")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is visible to torch")
+    if device.type == "cuda" and args.clock == "cpu":
+        parser.error("--clock cpu does not count a GPU's time: use --clock wall with --device cuda")
     benchmark = load_toml(BenchmarkConfig, args.recipe)
     generator = torch.Generator().manual_seed(0)
-    images = torch.rand(args.batch, 1, 28, 28, generator=generator)
-    labels = torch.randint(10, (args.batch,), generator=generator)
+    batches = {}
+    for batch in args.batch:
+        batches[batch] = (torch.rand(batch, 1, 28, 28, generator=generator).to(device),
+                          torch.randint(10, (batch,), generator=generator).to(device))
     built = {}
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     for label in args.models:
@@ -82,30 +103,35 @@ def main() -> None:
         extra = [o for m, o in args.set if m == name]
         config = apply_overrides(benchmark.experiment(entry, 0), extra)
         torch.manual_seed(0)
-        model = build_model(config.model).train()
+        model = build_model(config.model).train().to(device)
         built[name] = (model, torch.optim.Adam(model.parameters(), 1e-3), extra)
-    rates = {(name, t): [] for name in built for t in args.threads}
+    rates = {(name, t, b): [] for name in built for t in args.threads for b in batches}
     for _ in range(args.repeats):
         for threads in args.threads:
             torch.set_num_threads(threads)
-            for name, (model, optimizer, _) in built.items():
-                rate = steps_per_second(model, optimizer, images, labels, args.steps, clock)
-                rates[(name, threads)].append(rate * args.batch)
+            for batch, (images, labels) in batches.items():
+                for name, (model, optimizer, _) in built.items():
+                    rate = steps_per_second(model, optimizer, images, labels, args.steps, clock)
+                    rates[(name, threads, batch)].append(rate * batch)
     per = "images/s" if args.clock == "wall" else "images per CPU second"
-    print("| model | params | " + " | ".join(f"{per}, {t} thread{'s' * (t > 1)}"
-                                               for t in args.threads)
-          + (f" | {args.threads[-1]} : {args.threads[0]} |" if len(args.threads) > 1 else " |"))
-    print("|---|---:|" + "---:|" * (len(args.threads) + (len(args.threads) > 1)))
+    where = "" if device.type == "cpu" else f" ({torch.cuda.get_device_name(device)})"
+    print(f"device {device}{where}")
     out = []
-    for name, (model, _, extra) in built.items():
-        medians = [statistics.median(rates[(name, t)]) for t in args.threads]
-        ratio = f" | {medians[-1] / medians[0]:.2f} |" if len(medians) > 1 else " |"
-        print(f"| {name} | {count_parameters(model):,} | "
-              + " | ".join(f"{m:.0f}" for m in medians) + ratio)
-        out.append({"model": name, "overrides": extra, "clock": args.clock,
-                    "params": count_parameters(model),
-                    "batch": args.batch, "images_per_second": {
-                        str(t): rates[(name, t)] for t in args.threads}})
+    for batch in batches:
+        print(f"\nbatch {batch}\n")
+        print("| model | params | " + " | ".join(f"{per}, {t} thread{'s' * (t > 1)}"
+                                                   for t in args.threads)
+              + (f" | {args.threads[-1]} : {args.threads[0]} |" if len(args.threads) > 1 else " |"))
+        print("|---|---:|" + "---:|" * (len(args.threads) + (len(args.threads) > 1)))
+        for name, (model, _, extra) in built.items():
+            medians = [statistics.median(rates[(name, t, batch)]) for t in args.threads]
+            ratio = f" | {medians[-1] / medians[0]:.2f} |" if len(medians) > 1 else " |"
+            print(f"| {name} | {count_parameters(model):,} | "
+                  + " | ".join(f"{m:.0f}" for m in medians) + ratio)
+            out.append({"model": name, "overrides": extra, "clock": args.clock,
+                        "device": str(device), "params": count_parameters(model),
+                        "batch": batch, "images_per_second": {
+                            str(t): rates[(name, t, batch)] for t in args.threads}})
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
 
