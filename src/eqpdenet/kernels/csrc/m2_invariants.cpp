@@ -66,6 +66,17 @@ constexpr int REGISTER_BYTES = 16;
 template <typename T>
 constexpr int FULL_LANES = static_cast<int>(64 / sizeof(T));
 
+// Lanes of T in one register of the target.
+template <typename T>
+constexpr int REGISTER_LANES = static_cast<int>(REGISTER_BYTES / sizeof(T));
+
+// Register blocking follows the register file: 32 vector registers with AVX-512, 16 with AVX2,
+// SSE2 and NEON (32 on AArch64, but 16 bytes wide: the narrow blocks suit it too). With 16
+// registers the AVX-512 blocks spill their accumulators to the stack. The block sizes change
+// which outputs are computed together, never the order of any sum: the results are the same
+// bits with either.
+constexpr bool WIDE_REGISTER_FILE = REGISTER_BYTES >= 64;
+
 template <typename T, int V>
 struct Lanes {
   static constexpr int bytes(int b) {
@@ -368,11 +379,14 @@ void fold_padded_rows(const Setup<T>& s, T* gX) {
   }
 }
 
-// Each pass over all M maps: chunks of 4 N, then of N (M is a multiple of N).
+// Each pass over all M maps: chunks of 4 N (2 N with 16 registers: the y pass holds six
+// accumulators per vector of the chunk), then of N (M is a multiple of N).
+constexpr int MAP_CHUNK = WIDE_REGISTER_FILE ? 4 : 2;
 #define M2_OVER_MAPS(FN, N, ...)                                     \
   do {                                                               \
-    const int64_t wide = (s.M / (4 * (N))) * (4 * (N));              \
-    FN<T, 4 * (N)>(__VA_ARGS__, 0, wide);                            \
+    constexpr int chunk = MAP_CHUNK * (N);                           \
+    const int64_t wide = (s.M / chunk) * chunk;                      \
+    FN<T, chunk>(__VA_ARGS__, 0, wide);                              \
     if (wide < s.M) FN<T, (N)>(__VA_ARGS__, wide, s.M);              \
   } while (0)
 
@@ -597,14 +611,16 @@ M2_INLINE void gemm_block(const T* A, int64_t sa, int64_t sb, const T* Bm, int64
 }
 
 // out[a][l] = sum_b A[a sa + b sb] Bm[b][l] for a < rows, b < depth, l in [l0, l1) (steps of V;
-// row stride L): blocks of eight rows, then four, then one. Eight rows of two full vectors use
-// each loaded vector of Bm eight times (16 accumulators); with blocks of four, reading Bm (the
-// row's invariants, larger than the L1 cache) set the pace.
+// row stride L): blocks of eight rows (with 32 registers), then four, then one. Eight rows of
+// two vectors use each loaded vector of Bm eight times (16 accumulators); with blocks of four,
+// reading Bm (the row's invariants, larger than the L1 cache) set the pace on AVX-512. With 16
+// registers, eight rows would spill.
 template <typename T, int V>
 M2_INLINE void gemm_columns(const T* A, int64_t sa, int64_t sb, const T* Bm, int64_t rows,
                             int64_t depth, int64_t L, T* out, int64_t l0, int64_t l1) {
   int64_t a = 0;
-  for (; a + 8 <= rows; a += 8) gemm_block<T, V, 8>(A, sa, sb, Bm, a, depth, L, out, l0, l1);
+  if constexpr (WIDE_REGISTER_FILE)
+    for (; a + 8 <= rows; a += 8) gemm_block<T, V, 8>(A, sa, sb, Bm, a, depth, L, out, l0, l1);
   for (; a + 4 <= rows; a += 4) gemm_block<T, V, 4>(A, sa, sb, Bm, a, depth, L, out, l0, l1);
   for (; a < rows; ++a) gemm_block<T, V, 1>(A, sa, sb, Bm, a, depth, L, out, l0, l1);
 }
@@ -621,22 +637,23 @@ M2_INLINE void outer_block(const T* G, const T* I, int64_t L, int64_t R, T* acc)
   using Q = Lanes<T, V>;
   using vec = typename Q::vec;
   constexpr int NV = Q::NV, VW = Q::VW;
-  vec a[BO][BR][NV];
-  for (int q = 0; q < BO; ++q)
-    for (int e = 0; e < BR; ++e)
-      for (int n = 0; n < NV; ++n) a[q][e][n] = Q::load(acc + (q * R + e) * V + n * VW);
-  for (int64_t l = 0; l < L; l += V)
-    for (int n = 0; n < NV; ++n) {
+  // One vector of the V lanes at a time (NV > 1 where V is wider than a register): BO x BR
+  // accumulators, not NV times as many. Each lane's sum over l keeps its order.
+  for (int n = 0; n < NV; ++n) {
+    vec a[BO][BR];
+    for (int q = 0; q < BO; ++q)
+      for (int e = 0; e < BR; ++e) a[q][e] = Q::load(acc + (q * R + e) * V + n * VW);
+    for (int64_t l = 0; l < L; l += V) {
       vec g[BO];
       for (int q = 0; q < BO; ++q) g[q] = Q::load(G + q * L + l + n * VW);
       for (int e = 0; e < BR; ++e) {
         const vec iv = Q::load(I + e * L + l + n * VW);
-        for (int q = 0; q < BO; ++q) a[q][e][n] += g[q] * iv;
+        for (int q = 0; q < BO; ++q) a[q][e] += g[q] * iv;
       }
     }
-  for (int q = 0; q < BO; ++q)
-    for (int e = 0; e < BR; ++e)
-      for (int n = 0; n < NV; ++n) Q::store(acc + (q * R + e) * V + n * VW, a[q][e][n]);
+    for (int q = 0; q < BO; ++q)
+      for (int e = 0; e < BR; ++e) Q::store(acc + (q * R + e) * V + n * VW, a[q][e]);
+  }
 }
 
 // Rows [o, o + BO) of G against every row of I: blocks of BO x 4, then BO x 1.
@@ -668,20 +685,23 @@ M2_INLINE void flush_lanes(T* acc, int64_t count, double* gw) {
   std::fill(acc, acc + count * V, T(0));
 }
 
-// The row's columns in steps of two full vectors while they last, then one, a half and a
-// quarter (L is a multiple of N, so of 4). The sums do not depend on the steps: each output is
-// summed over b in order.
+// The row's columns in steps of two registers while they last, then one, a half and a quarter
+// down to 4 lanes (L is a multiple of N, so of 4). The sums do not depend on the steps: each
+// output is summed over b in order.
 template <typename T>
 M2_INLINE void gemm(const T* A, int64_t sa, int64_t sb, const T* Bm, int64_t rows, int64_t depth,
                     int64_t L, T* out) {
-  constexpr int F = FULL_LANES<T>;
+  constexpr int F = REGISTER_LANES<T>;
   int64_t l = L / (2 * F) * (2 * F);
   gemm_columns<T, 2 * F>(A, sa, sb, Bm, rows, depth, L, out, 0, l);
   if (L - l >= F) gemm_columns<T, F>(A, sa, sb, Bm, rows, depth, L, out, l, l + F), l += F;
-  if (L - l >= F / 2)
-    gemm_columns<T, F / 2>(A, sa, sb, Bm, rows, depth, L, out, l, l + F / 2), l += F / 2;
-  if (L - l >= F / 4)
-    gemm_columns<T, F / 4>(A, sa, sb, Bm, rows, depth, L, out, l, l + F / 4), l += F / 4;
+  if constexpr (F / 2 >= 4)
+    if (L - l >= F / 2)
+      gemm_columns<T, F / 2>(A, sa, sb, Bm, rows, depth, L, out, l, l + F / 2), l += F / 2;
+  if constexpr (F / 4 >= 4)
+    if (L - l >= F / 4)
+      gemm_columns<T, F / 4>(A, sa, sb, Bm, rows, depth, L, out, l, l + F / 4), l += F / 4;
+  TORCH_INTERNAL_ASSERT_DEBUG_ONLY(l == L, "m2 gemm: a row of ", L, " values, not a multiple of 4");
 }
 
 // The lanes V of outer and flush must agree: both choose them from L (the widest vector of at
@@ -1287,4 +1307,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("step_backward", &m2_step_backward, "eqpdenet::m2_euler_step_backward on the CPU");
   m.def("update_forward", &m2_tail_forward, "eqpdenet::m2_update on the CPU");
   m.def("update_backward", &m2_tail_backward, "eqpdenet::m2_update_backward on the CPU");
+  m.def("register_bytes", []() { return REGISTER_BYTES; },
+        "bytes of the widest vector the build computes with (one register of the target)");
 }
