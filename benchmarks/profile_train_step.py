@@ -73,7 +73,7 @@ def main() -> None:
             step()
             if cuda:
                 torch.cuda.synchronize()
-        key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        key = "self_device_time_total" if cuda else "self_cpu_time_total"
         print(profile.key_averages().table(sort_by=key, row_limit=args.rows))
 
 
