@@ -10,6 +10,9 @@
 #   3. the CUDA tests (Triton kernels of both, the operators, CUDA graphs, training, every model
 #      on the GPU against the CPU in float64: Triton compiles each shape), at most 240 s
 #   4. eqpdenet reproduce --quick --device cuda, if $EQPDENET_DATA holds mnist/, at most 90 s
+#   5. training images/s side by side (the G-CNN where e2cnn imports) and a profile of the
+#      lifted model's training step, at most 120 + 60 s (left for a later call when the budget
+#      is spent: run the two commands alone)
 # Run from the repository root on a machine with a CUDA GPU, torch and Triton (the device
 # machine's python3, nothing to install); writes into $OUT (default results/gpu):
 #   gpu.txt      the card, driver, torch and triton, and when each part ended
@@ -18,6 +21,7 @@
 #                Triton vs reference, and the C++ kernel on the CPU (m2.json: raw)
 #   tests.txt    the CUDA tests
 #   quick.txt    the quick reproduction (quick_results.jsonl: its runs)
+#   train_throughput_cuda.md, profile_cuda.txt   part 5
 # Each benchmark checks its kernels against the reference at production shapes before timing.
 set -uo pipefail
 OUT=${OUT:-results/gpu}
@@ -58,4 +62,15 @@ if [ -d "${EQPDENET_DATA:-/nonexistent}/mnist" ]; then
     cp /tmp/eqpdenet-quick/results.jsonl "$OUT/quick_results.jsonl" 2>/dev/null
     tail -8 "$OUT/quick.txt"
 fi
+# 5. (never run yet) training images/s side by side on the GPU, eager mode for every model, and
+#    where the lifted model's step goes (kernels by CUDA time). The device machine has no e2cnn:
+#    copy the local one (pure Python, 1 MB; it needs NumPy and SciPy there) into an ignored
+#    folder carried with the call and put that folder on PYTHONPATH, or the G-CNN is left out.
+models="lifted-centered invariant-pde"
+python3 -c "import e2cnn" 2>/dev/null && models="gcnn gcnn-centered $models"
+part 120 "training throughput" python3 benchmarks/train_throughput.py $models \
+    --recipe configs/benchmark-full.toml --device cuda --threads 1 --batch 64 1024 --steps 10 \
+    --repeats 3 --json "$OUT/train_throughput_cuda.json" 2>&1 | tee "$OUT/train_throughput_cuda.md"
+part 60 "profile" python3 benchmarks/profile_train_step.py lifted-centered --device cuda \
+    --batch 64 1024 --rows 25 > "$OUT/profile_cuda.txt" 2>&1
 echo "all done after $(( $(date +%s) - start )) s" | tee -a "$OUT/gpu.txt"
