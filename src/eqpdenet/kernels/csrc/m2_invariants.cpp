@@ -50,11 +50,12 @@ constexpr int MAX_TAPS = 63;
 // and a store around every multiply-add); vectors of these types stay in registers. A vector
 // wider than the target's registers is not split into registers by GCC 12 but "expanded
 // piecewise" (-Wvector-operation-performance), element by element through memory: 64-byte
-// vectors made this kernel 13 times slower on an AVX2 CPU than on an AVX-512 one.
+// vectors made this kernel 7-12 times slower on an AVX2 CPU than vectors of its registers.
 //
 // FULL_LANES is the number of lanes of the weight gradient's partial sums, and so the order of
-// those sums: 64 bytes on every CPU, so that the result is the same bits whatever the width of
-// the vectors that compute it.
+// those sums: 64 bytes on every CPU, so that no sum changes its order with the vector width.
+// (Results still differ between CPUs at the rounding level: with or without FMA, and where N
+// orientations fill a register on one CPU but not on another, ORIENTATION_VECTOR below.)
 #if defined(__AVX512F__)
 constexpr int REGISTER_BYTES = 64;
 #elif defined(__AVX__)
@@ -73,8 +74,7 @@ constexpr int REGISTER_LANES = static_cast<int>(REGISTER_BYTES / sizeof(T));
 // Register blocking follows the register file: 32 vector registers with AVX-512, 16 with AVX2,
 // SSE2 and NEON (32 on AArch64, but 16 bytes wide: the narrow blocks suit it too). With 16
 // registers the AVX-512 blocks spill their accumulators to the stack. The block sizes change
-// which outputs are computed together, never the order of any sum: the results are the same
-// bits with either.
+// which outputs are computed together, never the order of any sum.
 constexpr bool WIDE_REGISTER_FILE = REGISTER_BYTES >= 64;
 
 template <typename T, int V>
@@ -414,7 +414,8 @@ M2_INLINE void orientation_terms_at(const T* u, const T* ux, const T* uy, const 
 // The N orientations of a pixel as one vector, where that is one register of the target
 // (REGISTER_BYTES; with AVX-512 N = 4, 8, 16 in float and 4, 8 in double, with AVX2 N = 4, 8 in
 // float and 4 in double): the orientation differences are then lane rotations of it, the
-// periodic ends included. Other N take the loops with scalar ends below (the same bits).
+// periodic ends included. Other N take the loops with scalar ends below, which contract
+// multiply-adds differently (agreement to rounding, not bit for bit).
 template <typename T, int N>
 constexpr bool ORIENTATION_VECTOR = Lanes<T, N>::NV == 1;
 
