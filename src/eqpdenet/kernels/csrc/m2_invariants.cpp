@@ -85,6 +85,8 @@ struct Lanes {
   static constexpr int VW = bytes(V * static_cast<int>(sizeof(T))) / static_cast<int>(sizeof(T));
   static constexpr int NV = V / VW;
   static_assert((V * sizeof(T)) % 16 == 0, "lanes in multiples of 16 bytes");
+  static_assert(VW * static_cast<int>(sizeof(T)) <= REGISTER_BYTES,
+                "a vector wider than the target's registers is expanded element by element");
   typedef T vec __attribute__((vector_size(VW * sizeof(T))));
   typedef T unaligned __attribute__((vector_size(VW * sizeof(T)), aligned(alignof(T)), may_alias));
   static M2_INLINE vec load(const T* p) { return *reinterpret_cast<const unaligned*>(p); }
@@ -687,8 +689,8 @@ M2_INLINE void flush_lanes(T* acc, int64_t count, double* gw) {
 }
 
 // The row's columns in steps of two registers while they last, then one, a half and a quarter
-// down to 4 lanes (L is a multiple of N, so of 4). The sums do not depend on the steps: each
-// output is summed over b in order.
+// (those of at least 16 bytes; L is a multiple of N, so of 4 lanes, which the steps always
+// cover). The sums do not depend on the steps: each output is summed over b in order.
 template <typename T>
 M2_INLINE void gemm(const T* A, int64_t sa, int64_t sb, const T* Bm, int64_t rows, int64_t depth,
                     int64_t L, T* out) {
@@ -696,13 +698,12 @@ M2_INLINE void gemm(const T* A, int64_t sa, int64_t sb, const T* Bm, int64_t row
   int64_t l = L / (2 * F) * (2 * F);
   gemm_columns<T, 2 * F>(A, sa, sb, Bm, rows, depth, L, out, 0, l);
   if (L - l >= F) gemm_columns<T, F>(A, sa, sb, Bm, rows, depth, L, out, l, l + F), l += F;
-  if constexpr (F / 2 >= 4)
+  if constexpr (F / 2 * sizeof(T) >= 16)
     if (L - l >= F / 2)
       gemm_columns<T, F / 2>(A, sa, sb, Bm, rows, depth, L, out, l, l + F / 2), l += F / 2;
-  if constexpr (F / 4 >= 4)
+  if constexpr (F / 4 * sizeof(T) >= 16)
     if (L - l >= F / 4)
       gemm_columns<T, F / 4>(A, sa, sb, Bm, rows, depth, L, out, l, l + F / 4), l += F / 4;
-  TORCH_INTERNAL_ASSERT_DEBUG_ONLY(l == L, "m2 gemm: a row of ", L, " values, not a multiple of 4");
 }
 
 // The lanes V of outer and flush must agree: both choose them from L (the widest vector of at
