@@ -29,6 +29,7 @@ in gives NaN logits out (docs/deployment.md).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from collections.abc import Iterator, Sequence
@@ -55,6 +56,7 @@ __all__ = [
     "require",
     "require_finite",
     "require_int",
+    "require_lists",
     "require_nonnegative",
     "require_positive",
 ]
@@ -64,6 +66,23 @@ def require(condition: bool, field: str, message: str) -> None:
     """Raise ``ConfigError("invalid config: <field>: <message>")`` unless ``condition``."""
     if not condition:
         raise ConfigError(f"invalid config: {field}: {message}")
+
+
+def require_lists(config, prefix: str = "") -> None:
+    """The fields of the dataclass ``config`` annotated as lists, as lists: a tuple or another
+    sequence (how the Python API often spells one) becomes the list a configuration file would
+    have given, so that configurations compare, save and fingerprint alike; a value that is no
+    sequence, or a string, raises a ``ConfigError`` naming the field (``prefix + name``). Called
+    first in a configuration's ``__post_init__``, before any check reads an entry."""
+    for spec in dataclasses.fields(config):
+        if not str(spec.type).startswith("list"):
+            continue
+        value = getattr(config, spec.name)
+        if isinstance(value, Sequence) and not isinstance(value, str | bytes | list):
+            value = list(value)
+            setattr(config, spec.name, value)
+        require(isinstance(value, list), prefix + spec.name,
+                f"must be a list, got {type(value).__name__} {value!r}")
 
 
 def _is_real(value) -> bool:

@@ -189,3 +189,42 @@ def test_a_configuration_never_records_a_horizon_that_would_not_run():
             apply_overrides(ExperimentConfig(), [assignment])
     paper = apply_overrides(ExperimentConfig(), ["model.layer.T=2.0"])
     assert paper.model.layer.steps == 20 and ExperimentConfig().model.layer.steps == 10
+
+
+@pytest.mark.parametrize("cls, fields", [
+    ("eqpdenet.models.lifted_pde.LiftedPDEConfig", dict(channels=(8, 16, 24), blocks=(2, 2, 2),
+                                                        stage_orientations=(8, 4, 4))),
+    ("eqpdenet.models.invariant_pde.InvariantPDEConfig", dict(channels=(12, 24), blocks=(2, 2))),
+    ("eqpdenet.models.gcnn.GCNNConfig", dict(channels=(7, 10), kernels=(5, 3), pool_after=(1,))),
+    ("eqpdenet.app.config.CurvesConfig", dict(angles=(0.0, 90.0), shifts=range(3))),
+    ("eqpdenet.app.config.ExperimentConfig", dict(scenarios=("test", "iso"))),
+    ("eqpdenet.app.config.ReproduceConfig", dict(seeds=range(3), hidden_sizes=(16,))),
+    ("eqpdenet.pde.layer.LayerConfig", dict(invariants=("se2", "scaling"))),
+])
+def test_sequences_in_list_fields_are_the_lists_a_file_would_give(cls, fields):
+    # A tuple was rejected by some configurations with a message about something else (the
+    # lifted model's "needs one entry per entry of lifted_pde.channels" for equal lengths) and
+    # kept as a tuple by others (then unequal to the same configuration loaded from a file).
+    import importlib
+
+    module, name = cls.rsplit(".", 1)
+    config_class = getattr(importlib.import_module(module), name)
+    config = config_class(**fields)
+    as_lists = config_class(**{key: list(value) for key, value in fields.items()})
+    assert config == as_lists
+    assert all(type(getattr(config, key)) is list for key in fields)
+
+
+@pytest.mark.parametrize("cls, field, value, message", [
+    ("eqpdenet.models.lifted_pde.LiftedPDEConfig", "channels", 8,
+     "lifted_pde.channels: must be a list, got int 8"),
+    ("eqpdenet.models.gcnn.GCNNConfig", "channels", "abc", "gcnn.channels: must be a list, got str"),
+    ("eqpdenet.app.config.BenchmarkConfig", "seeds", 3, "seeds: must be a list, got int 3"),
+])
+def test_a_list_field_given_something_else_names_the_field(cls, field, value, message):
+    import importlib
+    import re
+
+    module, name = cls.rsplit(".", 1)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        getattr(importlib.import_module(module), name)(**{field: value})

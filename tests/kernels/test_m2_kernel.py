@@ -160,3 +160,35 @@ def test_the_kernel_computes_in_vectors_of_this_cpus_registers():
     flags = set(described.split())
     expected = 64 if "avx512f" in flags else 32 if "avx" in flags else 16
     assert cpu.load_m2_extension().register_bytes() == expected
+
+
+def test_every_operator_maps_an_empty_batch_to_empty_outputs_and_zero_gradients():
+    # B = 0: the C++ operators once divided by B (m2_update's points per channel) and killed
+    # the process with SIGFPE. Empty outputs of the right shapes, zero parameter gradients.
+    from eqpdenet.kernels.m2_op import m2_euler_step, m2_update
+
+    args = (separable_stencils((1.0,)), orientation_frame(8), "replicate")
+    u = torch.randn(0, 3, 8, 10, 10, requires_grad=True)
+    weight = torch.randn(4, 3, 10, requires_grad=True)
+    z = m2_mix_invariants(u, weight, *args)
+    assert z.shape == (0, 4, 8, 10, 10)
+    grad_u, grad_w = torch.autograd.grad(z.sum(), [u, weight])
+    assert grad_u.shape == u.shape and torch.equal(grad_w, torch.zeros_like(weight))
+
+    parameters = [torch.randn(4, 3, 10), torch.randn(4), torch.randn(3, 4), torch.randn(3)]
+    for p in parameters:
+        p.requires_grad_(True)
+    out = m2_euler_step(u, *parameters, *args, 0.5)
+    assert out.shape == u.shape
+    grads = torch.autograd.grad(out.sum(), [u, *parameters])
+    assert all(torch.equal(g, torch.zeros_like(p)) for g, p in zip(grads[1:], parameters, strict=True))
+
+    z = torch.randn(0, 4, 8, 10, 10, requires_grad=True)
+    tail = [torch.randn(4), torch.randn(4), torch.randn(3, 4), torch.randn(3)]
+    for p in tail:
+        p.requires_grad_(True)
+    out = m2_update(u, z, *tail, 0.5)
+    assert out.shape == u.shape
+    grads = torch.autograd.grad(out.sum(), [u, z, *tail])
+    assert grads[1].shape == z.shape
+    assert all(torch.equal(g, torch.zeros_like(p)) for g, p in zip(grads[2:], tail, strict=True))

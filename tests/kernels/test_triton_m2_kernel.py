@@ -204,6 +204,23 @@ def test_results_do_not_depend_on_the_programs():
             assert torch.equal(a, b)
 
 
+def test_an_empty_batch_gives_empty_outputs_and_zero_parameter_gradients():
+    # B = 0 launches no program; the step's backward once failed reshaping its empty partial sums.
+    u = torch.zeros(0, 2, 4, 6, 6, device=DEVICE)
+    w1, b1 = torch.randn(3, 2, 10, device=DEVICE), torch.randn(3, device=DEVICE)
+    w2, b2 = torch.randn(2, 3, device=DEVICE), torch.randn(2, device=DEVICE)
+    stencils, frame = tables(4, 1)
+    assert triton_m2.mix_forward(u, w1, stencils, frame, "zeros").shape == (0, 3, 4, 6, 6)
+    grad_u, per_image = triton_m2.mix_backward(u.new_zeros(0, 3, 4, 6, 6), u, w1, stencils, frame,
+                                               "zeros")
+    assert grad_u.shape == u.shape and per_image.numel() == 0
+    out = triton_m2.step_forward(u, w1, b1, w2, b2, stencils, frame, "zeros", DT)
+    assert out.shape == u.shape
+    grad_u, per_image = triton_m2.step_backward(torch.zeros_like(u), u, w1, b1, w2, b2, stencils,
+                                                frame, "zeros", DT)
+    assert grad_u.shape == u.shape and per_image.shape == (0, 3 * 2 * 10 + 3 + 2 * 3 + 2)
+
+
 def test_bad_arguments_are_one_line_errors():
     u = torch.zeros(1, 1, 4, 2, 2, device=DEVICE)
     weight = torch.zeros(1, 1, 10, device=DEVICE)

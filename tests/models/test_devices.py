@@ -39,6 +39,8 @@ MODELS = {
         channels=[4, 6], blocks=[1, 1], boundary="background", center=True)),
     "lifted_pde fused step, reference": lambda: LiftedPDENet(LiftedPDEConfig(
         channels=[4, 6], blocks=[1, 1], normalize_hidden=False, backend="reference")),
+    "lifted_pde fused step": lambda: LiftedPDENet(LiftedPDEConfig(
+        channels=[4, 6], blocks=[1, 1], normalize_hidden=False)),
     "lifted_pde two scales, softmax projection": lambda: LiftedPDENet(LiftedPDEConfig(
         channels=[4, 6], blocks=[1, 1], scales=2, sigma=0.71, projection="softmax")),
 }
@@ -163,3 +165,43 @@ def test_training_steps_after_the_first_make_no_tensors_from_host_data(name):
     with _HostData() as recorder:
         _logits_and_gradients(model, images)
     assert recorder.seen == []
+
+
+def _buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: buffer.clone() for name, buffer in model.named_buffers()}
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_an_empty_batch_gives_empty_logits_and_leaves_the_running_statistics(name, training):
+    """As PyTorch's layers do: no image in, no logit out, a backward pass through it, and a
+    training-mode batch norm that has no statistics to learn from leaves its running ones alone
+    (the C++ update kernel once divided by the batch size and killed the process)."""
+    model = _model(name).double().train(training)
+    before = _buffers(model)
+    images = torch.zeros(0, 1, 28, 28, dtype=torch.float64, requires_grad=True)
+    logits = model(images)
+    assert logits.shape == (0, 10) and logits.dtype == torch.float64
+    logits.sum().backward()
+    assert images.grad.shape == images.shape
+    for key, buffer in model.named_buffers():
+        if buffer.is_floating_point():
+            assert torch.equal(buffer, before[key]), key
+    for parameter in model.parameters():
+        assert parameter.grad is None or not parameter.grad.any()
+
+
+@pytest.mark.parametrize("name", [name for name in MODELS if not name.startswith("gcnn")])
+def test_models_are_saved_whole_and_load_computing_the_same(name):
+    """``torch.save(model)`` (pickling the module, not only its state dict): the invariant sets
+    a model holds pickle as their registered names. (The G-CNN cannot: e2cnn keeps lambdas in
+    its group representations; its state dict saves and loads.)"""
+    import io
+
+    model = _model(name).double().eval()
+    images = _images()
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert torch.equal(loaded(images), model(images))

@@ -325,3 +325,28 @@ def test_a_set_written_against_the_former_float_eps_follows_the_mode():
     jet = torch.tensor([0.0, 2.0, 0.0, 0.5, 0.0, 0.0], dtype=torch.float64)[:, None, None]
     assert legacy(jet, 0.1, "absolute").item() == pytest.approx(4 * 0.5 / (0.25 + 0.01))
     assert legacy(jet, 0.1, "covariant").item() == pytest.approx(2 / (0.25 + 0.01 * 16))
+
+
+def test_registered_sets_pickle_as_their_names_and_others_as_objects():
+    # Registered sets hold lambdas, which pickle cannot store: they pickle (and deep-copy) as
+    # the name they are registered under, so that models holding them save whole. A set that
+    # is not the registered one of its name pickles by value (here its functions are
+    # module-level, which pickle can store).
+    import copy
+    import pickle
+
+    from eqpdenet.pde.invariants import INVARIANT_SETS, Invariant, InvariantSet
+
+    for name in INVARIANT_SETS.names():
+        registered = INVARIANT_SETS.get(name)
+        assert pickle.loads(pickle.dumps(registered)) is registered
+        assert copy.deepcopy(registered) is registered
+    own = InvariantSet("se2", "a copy under a taken name", 0,
+                       [Invariant("u", "u", "u", _value_of_u)])
+    loaded = pickle.loads(pickle.dumps(own))
+    assert loaded is not own and loaded is not INVARIANT_SETS.get("se2")
+    assert loaded.group == own.group and loaded.names == ("u",)
+
+
+def _value_of_u(d, ratio):
+    return d.u

@@ -28,7 +28,14 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..checks import require, require_finite, require_int, require_nonnegative, require_positive
+from ..checks import (
+    require,
+    require_finite,
+    require_int,
+    require_lists,
+    require_nonnegative,
+    require_positive,
+)
 from ..data.augment import AffineAugmentation
 from ..data.scenarios import SCENARIOS
 from ..errors import ConfigError
@@ -254,6 +261,7 @@ class ExperimentConfig:
     scenarios: list[str] = field(default_factory=lambda: ["test", "iso", "sca"])
 
     def __post_init__(self):
+        require_lists(self, "")
         for name, cls in (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig)):
             if isinstance(getattr(self, name), dict):
                 setattr(self, name, from_dict(cls, getattr(self, name)))
@@ -281,6 +289,7 @@ class ReproduceConfig:
     checkpoint_seeds: list[int] = field(default_factory=lambda: [0])
 
     def __post_init__(self):
+        require_lists(self, "")
         if isinstance(self.base, dict):
             self.base = from_dict(ExperimentConfig, self.base)
         require(isinstance(self.models, list) and len(self.models) >= 1, "models",
@@ -329,6 +338,7 @@ class CurvesConfig:
     invariance_angles: list[float] = field(default_factory=lambda: [90.0, 37.0])
 
     def __post_init__(self):
+        require_lists(self, "curves.")
         require_int(self.images, "curves.images", 1)
         for name in ("angles", "scales", "shifts", "invariance_angles"):
             values = getattr(self, name)
@@ -368,6 +378,7 @@ class BenchmarkConfig:
     curves: CurvesConfig = field(default_factory=CurvesConfig)
 
     def __post_init__(self):
+        require_lists(self, "")
         if isinstance(self.base, dict):
             self.base = from_dict(ExperimentConfig, self.base)
         if isinstance(self.curves, dict):

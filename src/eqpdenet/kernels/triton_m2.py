@@ -920,6 +920,6 @@ def step_backward(grad_next: Tensor, u: Tensor, w1: Tensor, b1: Tensor, w2: Tens
     grad_u, partial = _mix_backward(grad_hidden, u, w1, stencils, frame, boundary,
                                     grad_next.contiguous(), programs, block,
                                     o_block)
-    grad_w1 = partial.sum(2).permute(0, 3, 1, 2).reshape(batch, -1)
+    grad_w1 = partial.sum(2).permute(0, 3, 1, 2).flatten(1)
     tail = tail.sum(1)  # b1 (O), w2 (C, O), b2 (C)
     return grad_u, torch.cat([grad_w1, tail], dim=1)

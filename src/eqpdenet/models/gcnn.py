@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from ..checks import check_images, require, require_int, require_positive
+from ..checks import check_images, require, require_int, require_lists, require_positive
 from ..errors import MissingDependencyError
 from ..geometry import halvings_stay_even
 from .centering import recenter
@@ -67,6 +67,7 @@ class GCNNConfig:
     center: bool = False
 
     def __post_init__(self):
+        require_lists(self, "gcnn.")
         require_int(self.group_order, "gcnn.group_order", 1, maximum=MAX_GROUP_ORDER)
         require(len(self.channels) <= MAX_LAYERS, "gcnn.channels",
                 f"{len(self.channels):,} layers, more than the bound of {MAX_LAYERS:,}")
@@ -167,6 +168,11 @@ class GCNN(nn.Module):
         x = check_model_input(self, images).images
         if self.config.center:
             x = recenter(x)
+        if x.shape[0] == 0:
+            # No image, no features; e2cnn's batch norms cannot reshape an empty batch (0.2.3).
+            # Empty features taken from the input, so that a backward pass reaches it.
+            features = x.flatten(1)[:, :1].expand(-1, self.classifier.in_features)
+            return self.classifier(features).to(images.dtype)
         x = self._enn.GeometricTensor(self.standardize(x), self._input_type)
         # The last module, e2cnn's GroupPooling, writes into a float32 tensor whatever the input's
         # dtype (e2cnn 0.2.3): the same maximum over each regular field's N channels is taken
@@ -178,8 +184,7 @@ class GCNN(nn.Module):
             warnings.simplefilter("ignore")
             for module in body:
                 x = module(x)
-        batch, _, height, width = x.tensor.shape
-        maps = x.tensor.view(batch, -1, self.config.group_order, height, width).max(2).values
+        maps = x.tensor.unflatten(1, (-1, self.config.group_order)).max(2).values
         return self.classifier(_readout(maps, self.config.readout)).to(images.dtype)
 
     def export_module(self) -> nn.Module:

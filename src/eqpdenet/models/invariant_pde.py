@@ -27,7 +27,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..checks import report_non_finite, require, require_int, require_nonnegative, require_positive
+from ..checks import (
+    report_non_finite,
+    require,
+    require_int,
+    require_lists,
+    require_nonnegative,
+    require_positive,
+)
 from ..errors import NonFiniteStateError
 from ..geometry import halvings_stay_even
 from ..pde.integrators import EulerStep, input_range_hint
@@ -92,6 +99,7 @@ class InvariantPDEConfig:
     normalize_invariants: bool = True
 
     def __post_init__(self):
+        require_lists(self, "invariant_pde.")
         require(len(self.channels) == len(self.blocks) >= 1, "invariant_pde.blocks",
                 "needs one entry per entry of invariant_pde.channels")
         for index, (c, b) in enumerate(zip(self.channels, self.blocks, strict=True)):

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import kernels
-from ..checks import require, require_int, require_positive
+from ..checks import require, require_int, require_lists, require_positive
 from ..geometry import halvings_stay_even
 from ..kernels.m2_op import KERNEL_ORIENTATIONS
 from ..kernels.op import KERNEL_BOUNDARIES
@@ -154,6 +154,7 @@ class LiftedPDEConfig:
     center: bool = False
 
     def __post_init__(self):
+        require_lists(self, "lifted_pde.")
         check_orientations(self.orientations, "lifted_pde.orientations")
         require(isinstance(self.channels, list) and isinstance(self.blocks, list)
                 and len(self.channels) == len(self.blocks) >= 1, "lifted_pde.blocks",
@@ -262,7 +263,7 @@ class M2Lift(nn.Module):
                   for sigma in self.sigmas]          # each (B, C_in, N, 6, H, W)
         x = torch.cat(copies, 0) if len(copies) > 1 else copies[0]
         batch, _, _, _, height, width = x.shape
-        x = x.transpose(2, 3).reshape(batch, -1, n * height * width)
+        x = x.transpose(2, 3).flatten(3).flatten(1, 2)        # (B, 6 C_in, N H W)
         if self.relative:
             # Minus the lift of a blank image (a zero jet), with this batch's statistics: each
             # batch norm as its affine map, so that its statistics are computed once for both.
@@ -275,7 +276,7 @@ class M2Lift(nn.Module):
             out = torch.addcmul(out_shift[:, None], mixed, out_scale[:, None]) - blank
         else:
             out = self.out_norm(self.mix(self.norm(x)))
-        return out.view(batch, -1, n, height, width)
+        return out.unflatten(2, (n, height, width))
 
 
 class _OrientationProjection(nn.Module):
@@ -442,7 +443,7 @@ class LiftedPDENet(nn.Module):
             raise ValueError(f"stages must be in 0..{len(self.stages)}, got {stages}")
         u = self.projection(self.stages[:count](self._lifted(images)))
         if self.config.scales > 1:                               # (S B, C, h, w) -> (B, C, h, w)
-            u = u.view(self.config.scales, -1, *u.shape[1:]).amax(dim=0)
+            u = u.unflatten(0, (self.config.scales, u.shape[0] // self.config.scales)).amax(dim=0)
         return u
 
     def features(self, images: Tensor) -> Tensor:
@@ -477,8 +478,7 @@ class _ChannelMap(nn.Module):
         self.map = Pointwise(in_channels, out_channels, bias=False)
 
     def forward(self, u: Tensor) -> Tensor:
-        batch, _, n, height, width = u.shape
-        return self.map(u.reshape(batch, -1, n * height * width)).view(batch, -1, n, height, width)
+        return self.map(u.flatten(2)).unflatten(2, u.shape[2:])
 
 
 class _AveragePool2x2(nn.Module):

@@ -64,19 +64,27 @@ def batch_norm_affine(norm: nn.Module, batch: Tensor) -> tuple[Tensor, Tensor]:
     module is; ``(1, 0)`` for an :class:`~torch.nn.Identity`. Like a call of the module, it
     updates the running statistics in training mode (momentum, the unbiased variance, the
     cumulative average for ``momentum=None``), so that ``norm`` then evaluates as if it had been
-    called on ``batch``."""
+    called on ``batch``. An empty batch has no statistics: it is mapped as in evaluation mode
+    and leaves the running statistics as they are."""
     channels = batch.shape[1]
     if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
         one = torch.ones(channels, dtype=batch.dtype, device=batch.device)
         return one, torch.zeros_like(one)
-    if _uses_batch_statistics(norm):
+    if _uses_batch_statistics(norm) and batch.numel():
         mean, var = batch_statistics(batch)
         if norm.training and norm.track_running_stats and norm.running_mean is not None:
             _update_running_statistics(norm, mean.detach(), var.detach(),
                                        batch.numel() // channels)
     else:
-        mean, var = norm.running_mean, norm.running_var
+        mean, var = _running_statistics(norm, channels, batch)
     return _affine(norm, mean, var)
+
+
+def _running_statistics(norm, channels: int, batch: Tensor) -> tuple[Tensor, Tensor]:
+    # (0, 1) where the module keeps none (track_running_stats=False) and the batch is empty
+    if norm.running_mean is None or norm.running_var is None:
+        return batch.new_zeros(channels), batch.new_ones(channels)
+    return norm.running_mean, norm.running_var
 
 
 def _affine(norm, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
@@ -102,12 +110,13 @@ def batch_norm_at(norm: nn.Module, batch: Tensor, value: Tensor) -> Tensor:
     ``batch`` ``(B, C, L)``: with the batch's statistics (biased variance) in training mode or
     without running statistics, else with the running ones; ``value`` itself for an
     :class:`~torch.nn.Identity`. Differentiable in the statistics, as the batch norm is; it does
-    not touch the running statistics (the module's own call on ``batch`` does that)."""
+    not touch the running statistics (the module's own call on ``batch`` does that). An empty
+    batch, as in :func:`batch_norm_affine`, is mapped with the running statistics."""
     if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
         return value
-    if _uses_batch_statistics(norm):
+    if _uses_batch_statistics(norm) and batch.numel():
         mean, var = batch_statistics(batch)
     else:
-        mean, var = norm.running_mean, norm.running_var
+        mean, var = _running_statistics(norm, batch.shape[1], batch)
     scale, shift = _affine(norm, mean, var)
     return value * scale + shift

@@ -283,6 +283,15 @@ class InvariantSet:
         ratio = RatioRegularisation(ratio_eps, ratio_regularisation)
         return torch.stack([inv.function(derivatives, ratio) for inv in self.invariants], dim=-3)
 
+    def __reduce_ex__(self, protocol):
+        # A registered set pickles (and deep-copies) as its name, looked up again on loading:
+        # its functions are mostly lambdas, which pickle cannot store, and a model that holds
+        # the set (the PDE layers, the lifted model) could not be saved whole with torch.save.
+        # Other sets pickle as any object does.
+        if self.name in INVARIANT_SETS and INVARIANT_SETS.get(self.name) is self:
+            return get_invariant_set, (self.name,)
+        return super().__reduce_ex__(protocol)
+
     def __repr__(self) -> str:
         return f"InvariantSet({self.name!r}, group={self.group!r}, K={len(self)})"
 

@@ -32,6 +32,7 @@ from ..checks import (
     require,
     require_finite,
     require_int,
+    require_lists,
     require_nonnegative,
     require_positive,
 )
@@ -204,6 +205,7 @@ class LayerConfig:
     recompute: bool = False
 
     def __post_init__(self):
+        require_lists(self, "layer.")
         require(isinstance(self.invariants, list | tuple) and len(self.invariants) >= 1,
                 "layer.invariants", "needs a list of at least one invariant set")
         require(len(self.invariants) <= MAX_PDES, "layer.invariants",

@@ -82,10 +82,10 @@ class Pointwise(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         batch, channels, *rest = x.shape
-        y = torch.einsum("oc,bcl->bol", self.weight, x.reshape(batch, channels, -1))
+        y = torch.einsum("oc,bcl->bol", self.weight, x.reshape(batch, channels, math.prod(rest)))
         if self.bias is not None:
             y = y + self.bias[:, None]
-        return y.view(batch, -1, *rest)
+        return y.view(batch, y.shape[1], *rest)
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.weight.shape[1]}, out_channels={self.weight.shape[0]}, "
@@ -118,7 +118,7 @@ class NetworkTerm(nn.Module):
         blank = u.new_zeros(maps)
         if isinstance(self.norm, nn.Identity):  # W1 I(u) in one fused pass where possible
             x = system.mixed_invariants(u, self.mix.weight.view(-1, channels, len(M2_SE2)))
-            x = x.view(batch, -1, n * height * width)
+            x = x.flatten(2)
             if self.mix.bias is not None:
                 x = x + self.mix.bias[:, None]
         else:
@@ -339,7 +339,7 @@ class M2SystemRHS(nn.Module):
                 M2_UPDATE_IMPLEMENTATIONS.get(u.device.type)() is not None):
             return None
         z = self.mixed_invariants(u, w1)
-        scale, shift = batch_norm_affine(network.hidden_norm, z.view(z.shape[0], z.shape[1], -1))
+        scale, shift = batch_norm_affine(network.hidden_norm, z.flatten(2))
         return m2_update(u, z, scale, shift, network.out.weight,
                          network.fused_out_bias(self.relative, shift), dt)
 

@@ -135,7 +135,7 @@ Setup<T> setup(const torch::Tensor& u, const torch::Tensor& weight, const torch:
   TORCH_CHECK(stencils.dim() == 3 && stencils.size(1) == 3 && stencils.size(2) % 2 == 1 &&
                   stencils.size(2) <= MAX_TAPS,
               "m2_invariants: stencils must be (S, 3, K) with odd K <= 63");
-  TORCH_CHECK(u.size(0) % stencils.size(0) == 0,
+  TORCH_CHECK(stencils.size(0) >= 1 && u.size(0) % stencils.size(0) == 0,
               "m2_invariants: the batch must hold S equal scale chunks");
   Setup<T> s;
   s.C = u.size(1);
@@ -998,6 +998,14 @@ std::vector<torch::Tensor> step_backward_typed(const torch::Tensor& g_next, cons
 
 constexpr int TAIL_V = 64;
 
+// Points per channel of a (B, C, ...) tensor: the product of its sizes after the first two (a
+// product, not numel / (B C), which divides by zero for an empty batch).
+int64_t points_per_channel(const torch::Tensor& t) {
+  int64_t points = 1;
+  for (int64_t d = 2; d < t.dim(); ++d) points *= t.size(d);
+  return points;
+}
+
 template <typename T>
 void tail_forward_image(const T* u, const T* z, const T* scale, const T* shift, const T* w2,
                         const T* b2, T dt, int64_t C, int64_t O, int64_t P, T* h, T* out) {
@@ -1097,7 +1105,7 @@ template <typename T>
 torch::Tensor tail_forward_typed(const torch::Tensor& u, const torch::Tensor& z,
                                  const torch::Tensor& scale, const torch::Tensor& shift,
                                  const torch::Tensor& w2, const torch::Tensor& b2, double dt) {
-  const int64_t B = u.size(0), C = u.size(1), O = z.size(1), P = u.numel() / (B * C);
+  const int64_t B = u.size(0), C = u.size(1), O = z.size(1), P = points_per_channel(u);
   torch::Tensor out = torch::empty_like(u);
   const T* U = u.data_ptr<T>();
   const T* Z = z.data_ptr<T>();
@@ -1119,7 +1127,7 @@ std::vector<torch::Tensor> tail_backward_typed(const torch::Tensor& g, const tor
                                                const torch::Tensor& scale,
                                                const torch::Tensor& shift,
                                                const torch::Tensor& w2, double dt) {
-  const int64_t B = g.size(0), C = g.size(1), O = z.size(1), P = g.numel() / (B * C);
+  const int64_t B = g.size(0), C = g.size(1), O = z.size(1), P = points_per_channel(g);
   const int64_t width = 2 * O + C * O + C;
   torch::Tensor grad_z = torch::empty_like(z);
   torch::Tensor per_image = torch::zeros({B, width}, g.options().dtype(torch::kFloat64));
@@ -1269,7 +1277,7 @@ std::vector<torch::Tensor> m2_step_backward(torch::Tensor g_next, torch::Tensor 
 void check_tail(const torch::Tensor& u, const torch::Tensor& z, const torch::Tensor& scale,
                 const torch::Tensor& shift, const torch::Tensor& w2, const torch::Tensor& b2) {
   TORCH_CHECK(u.dim() >= 2 && z.dim() == u.dim() && z.size(0) == u.size(0) &&
-                  z.numel() / (z.size(0) * z.size(1)) == u.numel() / (u.size(0) * u.size(1)),
+                  points_per_channel(z) == points_per_channel(u),
               "m2_update: z must be (B, O, ...) with the points of u (B, C, ...)");
   const int64_t O = z.size(1), C = u.size(1);
   TORCH_CHECK(scale.numel() == O && shift.numel() == O && w2.dim() == 2 && w2.size(0) == C &&
