@@ -161,9 +161,10 @@ class TrainConfig:
         grad_clip: clip the global gradient norm to this value (0 = off).
         seed: seeds parameter initialisation and mini-batch order.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
-        compile: train through ``torch.compile(model, dynamic=True)`` (one compilation of a
-            minute or two, then fused loops: worth it for the deep models' many pointwise
-            operations; the numbers differ from eager ones by rounding only).
+        compile: train through ``torch.compile`` with static shapes
+            (:func:`eqpdenet.app.training.compiled_for_training`: a compilation of a minute or
+            two per batch size, then fused loops; the numbers differ from eager ones by rounding
+            only).
         augment: random similarities of each training image
             (:class:`eqpdenet.data.augment.AffineAugmentation`, ``[train.augment]``); off by
             default, as in the paper. Its draws come from their own generator (seeded from

@@ -160,6 +160,25 @@ def _rotmnist(config: DataConfig, data_dir, cache_dir) -> ImageDataset:
                         rot.test_labels, classes=10, info={"source": rot.source})
 
 
+def compiled_for_training(forward: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """``forward`` through ``torch.compile`` with static shapes (``train.compile``).
+
+    With dynamic shapes (``dynamic=True``, or the automatic dynamic shapes Dynamo turns to when a
+    frame meets a second size: the model's helpers run at every stage's size) Inductor of torch
+    2.13 fails to compile the deep PDE model and the lifted model's reference path, "cannot
+    determine truth value of Relational" while ordering the strides of a view saved for the
+    backward pass (pytorch/pytorch#185510, open). With static shapes it compiles once per size
+    met: the batch size and the last, shorter batch, at each stage's map size.
+    """
+    compiled = torch.compile(forward, dynamic=False)
+
+    def step(images: Tensor) -> Tensor:
+        with torch._dynamo.config.patch(automatic_dynamic_shapes=False):
+            return compiled(images)
+
+    return step
+
+
 #: Data sets whose pixel statistics are the configured defaults (MNIST's).
 MNIST_FAMILY = ("rotmnist", "mnist")
 
@@ -292,7 +311,7 @@ def train_model(
 
         forward = DistributedDataParallel(model, device_ids=[device.index]
                                           if device.type == "cuda" else None)
-    forward = torch.compile(forward, dynamic=True) if train.compile else forward
+    forward = compiled_for_training(forward) if train.compile else forward
     # On a GPU the epochs run in app/accelerate.py: the same batches and updates, with the data
     # on the device, the step as a CUDA graph and one host read per epoch (one process only).
     # Augmented batches are warped on the way in: the CUDA-graph runner replays fixed inputs, so
