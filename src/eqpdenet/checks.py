@@ -25,6 +25,10 @@ the host: :func:`check_values` and :func:`report_non_finite` check nothing, inte
 no finiteness flags, and every layer takes its plain PyTorch reference path
 (:func:`eqpdenet.kernels.resolve_backend`). An exported graph therefore has no value checks: a NaN
 in gives NaN logits out (docs/deployment.md).
+
+Inside ``torch.func.vmap`` no value can be read on the host either (a batched tensor has no
+storage of its own): :func:`vmapped` tensors are not checked, as while exporting, and the layers
+take their plain-PyTorch path (the fused operators have no batching rule).
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ __all__ = [
     "exporting",
     "first_failed_step",
     "report_non_finite",
+    "vmapped",
     "require",
     "require_finite",
     "require_int",
@@ -147,6 +152,17 @@ def check_images(u, what: str = "images", *, channels: int | None = None,
 
 
 
+def vmapped(tensor: Tensor) -> bool:
+    """Whether ``tensor`` is batched by ``torch.func.vmap`` (at any level of nested
+    ``torch.func`` transforms): its values cannot be read on the host."""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(tensor):
+        if functorch.is_batchedtensor(tensor):
+            return True
+        tensor = functorch.get_unwrapped(tensor)
+    return False
+
+
 def check_values(u: Tensor, what: str = "images") -> tuple[float, float]:
     """``(min, max)`` of ``u``; :class:`~eqpdenet.errors.InputError` if ``u`` holds NaN or inf.
 
@@ -154,10 +170,11 @@ def check_values(u: Tensor, what: str = "images") -> tuple[float, float]:
     an empty tensor, and, unchecked, while a CUDA graph is being captured (no host read is
     possible there; the same step ran checked before the capture, see
     :mod:`eqpdenet.app.accelerate`), :func:`exporting` (a graph for another runtime has no
-    host reads) or on the ``meta`` device (shapes without values, for shape inference).
+    host reads), on the ``meta`` device (shapes without values, for shape inference) or inside
+    ``torch.func.vmap`` (:func:`vmapped`).
     """
     if (u.numel() == 0 or u.is_meta or (u.is_cuda and torch.cuda.is_current_stream_capturing())
-            or exporting()):
+            or exporting() or vmapped(u)):
         return 0.0, 0.0
     with torch.no_grad():
         low, high = torch.stack(torch.aminmax(u.detach())).tolist()  # NaN propagates into both
@@ -287,9 +304,10 @@ def report_non_finite(names: Sequence[str], dts: Sequence[float], first_bad: Ten
 
     Raises :class:`~eqpdenet.errors.NonFiniteStateError` for the first such PDE after one
     device-to-host read, or, inside :func:`deferred_state_checks`, records the report there;
-    while :func:`exporting` or on the ``meta`` device (no values to report), does nothing.
+    while :func:`exporting`, on the ``meta`` device or inside ``torch.func.vmap`` (no values to
+    report), does nothing.
     """
-    if exporting() or first_bad.is_meta:  # an exported graph reports nothing (module docstring)
+    if exporting() or first_bad.is_meta or vmapped(first_bad):
         return
     reports = _pending.get()
     if reports is not None:

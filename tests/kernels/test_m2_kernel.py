@@ -192,3 +192,11 @@ def test_every_operator_maps_an_empty_batch_to_empty_outputs_and_zero_gradients(
     grads = torch.autograd.grad(out.sum(), [u, z, *tail])
     assert grads[1].shape == z.shape
     assert all(torch.equal(g, torch.zeros_like(p)) for g, p in zip(grads[2:], tail, strict=True))
+
+
+def test_the_operators_refuse_forward_mode_derivatives_instead_of_returning_zeros():
+    # Called directly under torch.func.jvp (the layers check first and take the reference).
+    args = (separable_stencils((1.0,)), orientation_frame(8), "replicate")
+    u, weight = torch.randn(1, 2, 8, 6, 6), torch.randn(3, 2, 10)
+    with pytest.raises(NotImplementedError, match="no batching rule and no forward-mode"):
+        torch.func.jvp(lambda v: m2_mix_invariants(v, weight, *args), (u,), (torch.ones_like(u),))

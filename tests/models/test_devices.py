@@ -205,3 +205,36 @@ def test_models_are_saved_whole_and_load_computing_the_same(name):
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=False)
     assert torch.equal(loaded(images), model(images))
+
+
+@pytest.mark.parametrize("name", [name for name in MODELS if not name.startswith("gcnn")])
+def test_torch_func_transforms_compute_what_the_model_does(name):
+    """A forward-mode derivative (``torch.func.jvp``) is the adjoint of the reverse-mode one:
+    ``<J v, w> = <v, J^T w>`` (exact, kinks of relu and max included, which central differences
+    straddle); ``vmap`` over single images equals the batch. The fused operators have neither a
+    forward-mode derivative nor a batching rule: ``jvp`` through them once returned zeros,
+    silently, and ``vmap`` failed reading values on the host; under a transform the layers now
+    take their plain-PyTorch path, and nothing is read on the host under ``vmap``."""
+    model = _model(name).double().eval()
+    images = _images(2)
+    generator = torch.Generator().manual_seed(4)
+    direction = torch.randn(images.shape, dtype=torch.float64, generator=generator)
+    weights = torch.randn(2, 10, dtype=torch.float64, generator=generator)
+    _, tangent = torch.func.jvp(model, (images,), (direction,))
+    inputs = images.clone().requires_grad_(True)
+    (adjoint,) = torch.autograd.grad((model(inputs) * weights).sum(), inputs)  # the fused path
+    forward_mode, reverse_mode = float((tangent * weights).sum()), float((direction * adjoint).sum())
+    assert abs(forward_mode - reverse_mode) < 1e-9 * max(abs(reverse_mode), 1e-3)
+    per_image = torch.func.vmap(lambda image: model(image[None])[0])(images)
+    torch.testing.assert_close(per_image, model(images), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["eqpdenet", "lifted_pde", "lifted_pde fused step"])
+def test_a_gradient_of_a_gradient_through_a_fused_kernel_is_an_error(name):
+    """The fused backward kernels are not differentiable: ``create_graph=True`` through them
+    used to give second derivatives with their terms silently missing (zero for the paper's
+    model, whose true ones are not). Now an error at that backward pass, saying how to get them."""
+    model = _model(name).double().eval()
+    images = _images(2).requires_grad_(True)
+    with pytest.raises(NotImplementedError, match="backward is not differentiable"):
+        torch.autograd.grad(model(images).sum(), images, create_graph=True)

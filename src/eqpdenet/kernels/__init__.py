@@ -19,6 +19,15 @@ While a model is exported (:func:`eqpdenet.checks.exporting`), every backend res
 knows, never ``torch.ops.eqpdenet.*`` (docs/deployment.md). A layer or model with a fused path
 of its own chooses it through :func:`resolve_backend` and so inherits this.
 
+The fused operators have reverse-mode derivatives only: no forward-mode derivative, no batching
+rule, and backward kernels that are not themselves differentiable. Under a ``torch.func``
+transform (``vmap``, ``jvp``, ``grad``, ``jacrev``, ...) or with forward-mode AD the layers take
+the reference (:func:`~eqpdenet.kernels.op.transform_reason`, one of the reasons above); a
+backward pass with ``create_graph=True`` through a fused operator (a gradient of a gradient)
+raises ``NotImplementedError`` naming the fix, ``backend="reference"``
+(:func:`~eqpdenet.kernels.op.require_first_order`). Before 2026-12-04 the first gave zeros
+for forward-mode derivatives and the second second derivatives with terms missing, silently.
+
 The operators and their schema are in :mod:`eqpdenet.kernels.op`; the ``cpu`` implementation is
 the C++ kernel of :mod:`eqpdenet.kernels.cpu`, the ``cuda`` implementation the Triton kernels of
 :mod:`eqpdenet.kernels.triton_euler` (registered by :mod:`eqpdenet.kernels.cuda`; Triton is an

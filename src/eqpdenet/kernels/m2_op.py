@@ -66,7 +66,7 @@ from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ..registry import Registry
-from .op import _LIBRARY, KERNEL_BOUNDARIES
+from .op import _LIBRARY, KERNEL_BOUNDARIES, require_first_order, transform_reason
 
 __all__ = ["KERNEL_ORIENTATIONS", "M2_IMPLEMENTATIONS", "M2_UPDATE_IMPLEMENTATIONS",
            "m2_euler_step", "m2_mix_invariants", "m2_unsupported_reason", "m2_update"]
@@ -102,6 +102,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_z):
+    require_first_order("m2_mix_invariants")
     u, weight, stencils, frame = ctx.saved_tensors
     grad_u, per_image = torch.ops.eqpdenet.m2_mix_invariants_backward(
         grad_z.contiguous(), u, weight, stencils, frame, ctx.boundary)
@@ -138,6 +139,7 @@ def _step_setup_context(ctx, inputs, output):
 
 
 def _step_backward(ctx, grad_next):
+    require_first_order("m2_euler_step")
     u, w1, b1, w2, b2, stencils, frame = ctx.saved_tensors
     grad_u, per_image = torch.ops.eqpdenet.m2_euler_step_backward(
         grad_next.contiguous(), u, w1, b1, w2, b2, stencils, frame, *ctx.settings)
@@ -174,6 +176,7 @@ def _update_setup_context(ctx, inputs, output):
 
 
 def _update_backward(ctx, grad_next):
+    require_first_order("m2_update")
     z, scale, shift, w2, b2 = ctx.saved_tensors
     grad_z, per_image = torch.ops.eqpdenet.m2_update_backward(
         grad_next.contiguous(), z, scale, shift, w2, b2, ctx.dt)
@@ -190,6 +193,9 @@ torch.library.register_autograd("eqpdenet::m2_update", _update_backward,
 def m2_unsupported_reason(u: Tensor, weight: Tensor, boundary: str,
                           radius: int) -> str | None:
     """Why :func:`m2_mix_invariants` cannot run on these arguments (None if it can)."""
+    reason = transform_reason(u, weight)
+    if reason is not None:
+        return reason
     device = u.device.type
     if device not in M2_IMPLEMENTATIONS:
         return f"the fused M2 kernel has no implementation for {device} tensors"
@@ -206,6 +212,15 @@ def m2_unsupported_reason(u: Tensor, weight: Tensor, boundary: str,
     if 2 * radius + 1 > 63:
         return f"the fused M2 kernel supports stencils of at most 63 taps (radius {radius})"
     return M2_IMPLEMENTATIONS.get(device)()
+
+
+def _refuse_transforms(operator: str, *tensors: Tensor) -> None:
+    # The layers check transform_reason first and take the reference; a direct caller learns it
+    # here instead of getting zeros for a forward-mode derivative.
+    reason = transform_reason(*tensors)
+    if reason is not None:
+        raise NotImplementedError(f"eqpdenet::{operator}: {reason}; compute through the "
+                                  f"plain-PyTorch reference (eqpdenet.pde.m2)")
 
 
 # A small read-only table (stencils, frame) -> {device: (its version, its copy there)}.
@@ -231,6 +246,7 @@ def m2_mix_invariants(u: Tensor, weight: Tensor, stencils: Tensor, frame: Tensor
                       boundary: str) -> Tensor:
     """``(B, O, N, H, W)``: the operator (the caller checks :func:`m2_unsupported_reason`);
     differentiable in ``u`` and ``weight``."""
+    _refuse_transforms("m2_mix_invariants", u, weight)
     return torch.ops.eqpdenet.m2_mix_invariants(
         u.contiguous(), weight.contiguous(), _on_device(stencils, u.device),
         _on_device(frame, u.device), boundary)
@@ -240,6 +256,7 @@ def m2_euler_step(u: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, ste
                   frame: Tensor, boundary: str, dt: float) -> Tensor:
     """``u + dt (w2 relu(w1 I(u) + b1) + b2)``: the operator (the caller checks
     :func:`m2_unsupported_reason`); differentiable in ``u`` and the four parameters."""
+    _refuse_transforms("m2_euler_step", u, w1, b1, w2, b2)
     return torch.ops.eqpdenet.m2_euler_step(
         u.contiguous(), w1.contiguous(), b1.contiguous(), w2.contiguous(), b2.contiguous(),
         _on_device(stencils, u.device), _on_device(frame, u.device), boundary, float(dt))
@@ -249,6 +266,7 @@ def m2_update(u: Tensor, z: Tensor, scale: Tensor, shift: Tensor, w2: Tensor, b2
               dt: float) -> Tensor:
     """``u + dt (w2 relu(scale z + shift) + b2)`` (see the module doc; the caller checks
     :data:`M2_UPDATE_IMPLEMENTATIONS`)."""
+    _refuse_transforms("m2_update", u, z, scale, shift, w2, b2)
     return torch.ops.eqpdenet.m2_update(u.contiguous(), z.contiguous(), scale.contiguous(),
                                         shift.contiguous(), w2.contiguous(), b2.contiguous(),
                                         float(dt))

@@ -77,6 +77,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
@@ -93,7 +94,9 @@ __all__ = [
     "fused_evolve",
     "host_copy",
     "operator_arguments",
+    "require_first_order",
     "stencil_is_supported",
+    "transform_reason",
     "unsupported_reason",
     "warn_once",
 ]
@@ -116,6 +119,38 @@ RATIO_INVARIANT_SETS = ("scaling", "sim2")
 DEVICE_RATIO_REGULARISATIONS: dict[str, tuple[str, ...]] = {}
 
 _LIBRARY = torch.library.Library("eqpdenet", "DEF")
+
+
+def transform_reason(*tensors: Tensor | None) -> str | None:
+    """Why no fused operator may take these tensors, or None: they carry a forward-mode tangent
+    (``torch.autograd.forward_ad``, ``torch.func.jvp``) or are wrapped by a ``torch.func``
+    transform (``vmap``, ``grad``, ``jacrev``, ...). The operators have reverse-mode derivatives
+    only and no batching rule: forward-mode derivatives through them came out as zeros, silently,
+    and ``vmap`` failed inside the C++ code. The layers then take the plain-PyTorch reference,
+    which every transform supports."""
+    for tensor in tensors:
+        if tensor is None:
+            continue
+        if torch._C._functorch.is_functorch_wrapped_tensor(tensor):
+            return ("the fused kernels have no batching rule and no forward-mode derivative "
+                    "(a torch.func transform: vmap, jvp, grad, jacrev, ...)")
+        if forward_ad.unpack_dual(tensor).tangent is not None:
+            return "the fused kernels have no forward-mode derivative (a dual tensor)"
+    return None
+
+
+def require_first_order(operator: str) -> None:
+    """Called first in every fused operator's backward. Autograd runs a backward with gradients
+    enabled only to differentiate its result again (``create_graph=True``: a gradient penalty, a
+    Hessian-vector product); the backward kernels are not differentiable, and their gradients
+    would enter the second derivative as constants, its terms through them silently missing."""
+    if torch.is_grad_enabled():
+        raise NotImplementedError(
+            f"eqpdenet::{operator}: the fused kernel's backward is not differentiable, so a "
+            f"derivative of its gradients (create_graph=True) cannot be computed through it; "
+            f"first derivatives are exact. Compute higher derivatives through the plain-PyTorch "
+            f"reference: backend='reference' (lifted_pde.backend, layer.backend) or "
+            f"EQPDENET_BACKEND=reference")
 _COMMON = ("Tensor weight, Tensor bias, Tensor monomials, Tensor stencils, str[] invariant_sets, "
            "str[] boundaries, float[] dt, float[] ratio_eps, str[] ratio_regularisations, "
            "int[] steps")
@@ -149,6 +184,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_out, grad_states, grad_first_bad):
+    require_first_order("euler_evolve")
     u, weight, bias, monomials, stencils, states = ctx.saved_tensors
     grad_u, grad_weight, grad_bias = torch.ops.eqpdenet.euler_evolve_backward(
         grad_out.contiguous(), u, weight, bias, monomials, stencils, *ctx.settings, states)
@@ -216,6 +252,9 @@ def _has_supported_form(k: Tensor) -> bool:
 
 def unsupported_reason(u: Tensor, specs: Sequence[PDESpec]) -> str | None:
     """Why the fused operator cannot evolve ``u`` under ``specs`` (None if it can)."""
+    reason = transform_reason(u, *(p for s in specs for p in (s.weight, s.bias)))
+    if reason is not None:
+        return reason
     device = u.device.type
     if device not in IMPLEMENTATIONS:
         return f"the fused kernel has no implementation for {device} tensors"
@@ -351,6 +390,10 @@ def fused_evolve(u: Tensor, specs: Sequence[PDESpec], recompute: bool = False) -
     records it, see :func:`~eqpdenet.checks.deferred_state_checks`). The caller checks
     :func:`unsupported_reason` first.
     """
+    reason = transform_reason(u, *(p for s in specs for p in (s.weight, s.bias)))
+    if reason is not None:  # the layer checks first; a direct caller learns it here
+        raise NotImplementedError(f"eqpdenet::euler_evolve: {reason}; use the reference PDE "
+                                  f"layer (backend='reference')")
     needs_grad = torch.is_grad_enabled() and (
         u.requires_grad or any(s.weight.requires_grad or s.bias.requires_grad for s in specs))
     arguments = operator_arguments(u, specs, store_states=needs_grad and not recompute)

@@ -40,6 +40,7 @@ from ..checks import (
     require,
     require_int,
     require_positive,
+    vmapped,
 )
 from ..errors import NonFiniteStateError
 
@@ -197,7 +198,8 @@ class EulerFlow(nn.Module):
         """:meth:`forward` without the input check (for callers that checked ``u`` already)."""
         trajectory = [u] if return_trajectory else None
         finite = []
-        check = self.check_finite and not exporting()  # an exported graph reports nothing
+        # an exported graph reports nothing; under vmap no value can be read
+        check = self.check_finite and not exporting() and not vmapped(u)
         for _ in range(self.steps):
             u = self.step(u)
             if check:
