@@ -867,6 +867,13 @@ CASES = [
     Case("config-not-list", "library", "`LiftedPDEConfig(channels=8)`",
          lib("models.LiftedPDEConfig(channels=8)", expect="ConfigError",
              fragment="lifted_pde.channels: must be a list")),
+    Case("jvp-lifted", "library", "`torch.func.jvp` through `LiftedPDENet` (C++ kernels)",
+         lib("bool(torch.func.jvp(models.LiftedPDENet().eval(), (torch.rand(1, 1, 28, 28),), "
+             "(torch.rand(1, 1, 28, 28),))[1].abs().sum() > 0)", expect="ok", fragment="True")),
+    Case("create-graph", "library", "`create_graph=True` through EqPdeNet's fused kernel",
+         lib("torch.autograd.grad(EqPdeNet()((x := torch.rand(2, 1, 28, 28, "
+             "requires_grad=True))).sum(), x, create_graph=True)", expect="NotImplementedError",
+             fragment="backend='reference'")),
     Case("layer-steps", "library", "`LayerConfig(T=1e6, dt=1e-3)`",
          lib("LayerConfig(T=1e6, dt=1e-3)", expect="ConfigError", fragment="Euler steps")),
     Case("layer-dt", "library", "`PDELayer.build(dt=-1)`",
