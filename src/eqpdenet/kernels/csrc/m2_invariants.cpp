@@ -614,17 +614,19 @@ M2_INLINE void gemm_block(const T* A, int64_t sa, int64_t sb, const T* Bm, int64
 }
 
 // out[a][l] = sum_b A[a sa + b sb] Bm[b][l] for a < rows, b < depth, l in [l0, l1) (steps of V;
-// row stride L): blocks of eight rows (with 32 registers), then four, then one. Eight rows of
-// two vectors use each loaded vector of Bm eight times (16 accumulators); with blocks of four,
-// reading Bm (the row's invariants, larger than the L1 cache) set the pace on AVX-512. With 16
-// registers, eight rows would spill.
+// row stride L): blocks of eight rows with 32 registers, six with 16, then four, two, one. Eight
+// rows of two vectors use each loaded vector of Bm eight times (16 accumulators); with blocks of
+// four, reading Bm (the row's invariants, larger than the L1 cache) set the pace on AVX-512.
+// With 16 registers eight rows would spill; six (12 accumulators, 2 + 1 loaded) fit.
 template <typename T, int V>
 M2_INLINE void gemm_columns(const T* A, int64_t sa, int64_t sb, const T* Bm, int64_t rows,
                             int64_t depth, int64_t L, T* out, int64_t l0, int64_t l1) {
+  constexpr int BLOCK = WIDE_REGISTER_FILE ? 8 : 6;
   int64_t a = 0;
-  if constexpr (WIDE_REGISTER_FILE)
-    for (; a + 8 <= rows; a += 8) gemm_block<T, V, 8>(A, sa, sb, Bm, a, depth, L, out, l0, l1);
+  for (; a + BLOCK <= rows; a += BLOCK)
+    gemm_block<T, V, BLOCK>(A, sa, sb, Bm, a, depth, L, out, l0, l1);
   for (; a + 4 <= rows; a += 4) gemm_block<T, V, 4>(A, sa, sb, Bm, a, depth, L, out, l0, l1);
+  for (; a + 2 <= rows; a += 2) gemm_block<T, V, 2>(A, sa, sb, Bm, a, depth, L, out, l0, l1);
   for (; a < rows; ++a) gemm_block<T, V, 1>(A, sa, sb, Bm, a, depth, L, out, l0, l1);
 }
 
@@ -671,8 +673,11 @@ M2_INLINE void outer_rows(const T* G, const T* I, int64_t o, int64_t R, int64_t 
 
 template <typename T, int V>
 M2_INLINE void accumulate_outer(const T* G, const T* I, int64_t O, int64_t R, int64_t L, T* acc) {
+  // Blocks of four rows of G with 32 registers (4 x 4 accumulators, 4 + 1 loaded vectors), of
+  // three with 16 (3 x 4 + 3 + 1 = 16: four rows did not fit), then two, then one.
+  constexpr int ROWS = WIDE_REGISTER_FILE ? 4 : 3;
   int64_t o = 0;
-  for (; o + 4 <= O; o += 4) outer_rows<T, V, 4>(G, I, o, R, L, acc);
+  for (; o + ROWS <= O; o += ROWS) outer_rows<T, V, ROWS>(G, I, o, R, L, acc);
   for (; o + 2 <= O; o += 2) outer_rows<T, V, 2>(G, I, o, R, L, acc);
   for (; o < O; ++o) outer_rows<T, V, 1>(G, I, o, R, L, acc);
 }
