@@ -266,7 +266,6 @@ class ExperimentConfig:
         for name, cls in (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig)):
             if isinstance(getattr(self, name), dict):
                 setattr(self, name, from_dict(cls, getattr(self, name)))
-        require(isinstance(self.scenarios, list), "scenarios", "must be a list of scenario names")
         require(not self.train.select_on_validation or self.data.validation > 0,
                 "train.select_on_validation", "needs data.validation > 0")
         for index, name in enumerate(self.scenarios):
@@ -293,18 +292,15 @@ class ReproduceConfig:
         require_lists(self, "")
         if isinstance(self.base, dict):
             self.base = from_dict(ExperimentConfig, self.base)
-        require(isinstance(self.models, list) and len(self.models) >= 1, "models",
-                "must be a non-empty list of model kinds")
+        require(len(self.models) >= 1, "models", "must be a non-empty list of model kinds")
         for index, kind in enumerate(self.models):
             MODELS.check(kind, f"models[{index}]")
-        require(isinstance(self.hidden_sizes, list) and self.hidden_sizes, "hidden_sizes",
+        require(len(self.hidden_sizes) >= 1, "hidden_sizes",
                 "must be a non-empty list of positive integers")
         for index, hidden in enumerate(self.hidden_sizes):
             require_int(hidden, f"hidden_sizes[{index}]", 1)
         for name in ("seeds", "checkpoint_seeds"):
-            seeds = getattr(self, name)
-            require(isinstance(seeds, list), name, "must be a list of seeds")
-            for index, seed in enumerate(seeds):
+            for index, seed in enumerate(getattr(self, name)):
                 _require_seed(seed, f"{name}[{index}]")
         require(len(set(self.seeds)) == len(self.seeds) and self.seeds, "seeds",
                 "must be distinct and non-empty")
@@ -343,7 +339,7 @@ class CurvesConfig:
         require_int(self.images, "curves.images", 1)
         for name in ("angles", "scales", "shifts", "invariance_angles"):
             values = getattr(self, name)
-            require(isinstance(values, list) and all(
+            require(all(
                 isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
                 for v in values), f"curves.{name}", "must be a list of finite numbers")
             setattr(self, name, [float(v) for v in values])

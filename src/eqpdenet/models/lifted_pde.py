@@ -156,8 +156,7 @@ class LiftedPDEConfig:
     def __post_init__(self):
         require_lists(self, "lifted_pde.")
         check_orientations(self.orientations, "lifted_pde.orientations")
-        require(isinstance(self.channels, list) and isinstance(self.blocks, list)
-                and len(self.channels) == len(self.blocks) >= 1, "lifted_pde.blocks",
+        require(len(self.channels) == len(self.blocks) >= 1, "lifted_pde.blocks",
                 "needs one entry per entry of lifted_pde.channels")
         for index, (c, b) in enumerate(zip(self.channels, self.blocks, strict=True)):
             require_int(c, f"lifted_pde.channels[{index}]", 1)
@@ -166,8 +165,7 @@ class LiftedPDEConfig:
                 "lifted_pde.blocks", f"{sum(self.blocks):,} blocks in {len(self.channels):,} "
                 f"stages, more than the bound of {MAX_BLOCKS:,} (the default model has 6)")
         if self.stage_orientations:
-            require(isinstance(self.stage_orientations, list)
-                    and len(self.stage_orientations) == len(self.channels),
+            require(len(self.stage_orientations) == len(self.channels),
                     "lifted_pde.stage_orientations", f"needs one entry per stage "
                     f"({len(self.channels)}), or none, got {self.stage_orientations!r}")
             previous = self.orientations
@@ -178,8 +176,7 @@ class LiftedPDEConfig:
                         f"({previous}), so that each new orientation is one of the old ones, got {n}")
                 previous = n
         require_positive(self.hidden, "lifted_pde.hidden")
-        require(isinstance(self.terms, list | tuple) and len(self.terms) >= 1
-                and len(set(self.terms)) == len(self.terms), "lifted_pde.terms",
+        require(len(self.terms) >= 1 and len(set(self.terms)) == len(self.terms), "lifted_pde.terms",
                 f"must name each term of F once, at least one, got {self.terms!r}")
         for index, term in enumerate(self.terms):
             M2_TERMS.check(term, f"lifted_pde.terms[{index}]")

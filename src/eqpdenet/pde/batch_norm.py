@@ -76,14 +76,14 @@ def batch_norm_affine(norm: nn.Module, batch: Tensor) -> tuple[Tensor, Tensor]:
             _update_running_statistics(norm, mean.detach(), var.detach(),
                                        batch.numel() // channels)
     else:
-        mean, var = _running_statistics(norm, channels, batch)
+        mean, var = _running_statistics(norm, batch)
     return _affine(norm, mean, var)
 
 
-def _running_statistics(norm, channels: int, batch: Tensor) -> tuple[Tensor, Tensor]:
+def _running_statistics(norm, batch: Tensor) -> tuple[Tensor, Tensor]:
     # (0, 1) where the module keeps none (track_running_stats=False) and the batch is empty
     if norm.running_mean is None or norm.running_var is None:
-        return batch.new_zeros(channels), batch.new_ones(channels)
+        return batch.new_zeros(batch.shape[1]), batch.new_ones(batch.shape[1])
     return norm.running_mean, norm.running_var
 
 
@@ -117,6 +117,6 @@ def batch_norm_at(norm: nn.Module, batch: Tensor, value: Tensor) -> Tensor:
     if _uses_batch_statistics(norm) and batch.numel():
         mean, var = batch_statistics(batch)
     else:
-        mean, var = _running_statistics(norm, batch.shape[1], batch)
+        mean, var = _running_statistics(norm, batch)
     scale, shift = _affine(norm, mean, var)
     return value * scale + shift

@@ -206,11 +206,10 @@ class LayerConfig:
 
     def __post_init__(self):
         require_lists(self, "layer.")
-        require(isinstance(self.invariants, list | tuple) and len(self.invariants) >= 1,
-                "layer.invariants", "needs a list of at least one invariant set")
+        require(len(self.invariants) >= 1, "layer.invariants",
+                "needs a list of at least one invariant set")
         require(len(self.invariants) <= MAX_PDES, "layer.invariants",
                 f"{len(self.invariants):,} PDEs, more than the bound of {MAX_PDES}")
-        self.invariants = list(self.invariants)
         for index, name in enumerate(self.invariants):
             if not isinstance(name, InvariantSet):
                 INVARIANT_SETS.check(name, f"layer.invariants[{index}]")
