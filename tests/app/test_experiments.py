@@ -59,6 +59,8 @@ def test_reproduce_end_to_end_through_the_cli(tmp_path, cache_dir, capsys):
         assert set(record["accuracy"]) == {"test", "iso", "sca"}
         assert all(0 <= v <= 100 for v in record["accuracy"].values())
         assert record["config"]["train"]["epochs"] == 1 and record["environment"]["git"]
+        # The same seed repeats its numbers on one kind of CPU only: the record names the kind.
+        assert record["environment"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert record["params"] == (6442 if record["model"] == "fcnn" else 6473)  # 784*8+8 + 72 + 90
     assert (out / "table.md").read_text().count("| 8 |") >= 2
     assert (out / "accuracy_vs_params.png").stat().st_size > 1000
