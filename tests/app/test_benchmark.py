@@ -114,6 +114,9 @@ def test_benchmark_cli_end_to_end_and_resume(tiny, tmp_path, capsys):
     hours = sum(r["train_seconds"] + r["eval_seconds"] for r in records) / 3600
     assert f"(4 runs; training and evaluation {hours:.1f} hours, the runs' times summed)" in table
     assert "| cnn |" in table and "| invariant-pde |" in table
+    # the last column names the kind of CPU the runs recorded
+    cnn_row = next(line for line in table.splitlines() if line.startswith("| cnn |"))
+    assert cnn_row.endswith(f"| {torch.backends.cpu.get_cpu_capability()} |")
     assert (out / "robustness.png").stat().st_size > 1000
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
         "cnn-seed0.pt", "invariant-pde-seed0.pt"]

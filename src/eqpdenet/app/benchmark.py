@@ -144,6 +144,7 @@ def summarise(records: list[dict]) -> dict[str, dict]:
         scenarios = list(runs[0]["accuracy"])
         item = {"params": runs[0]["params"], "seeds": [r["seed"] for r in runs],
                 "train_minutes": _mean_std([r["train_seconds"] / 60 for r in runs]),
+                "cpu": sorted({r.get("environment", {}).get("cpu_capability") or "–" for r in runs}),
                 "accuracy": {s: _mean_std([r["accuracy"][s] for r in runs]) for s in scenarios}}
         if "validation_accuracy" in runs[0]:
             item["validation"] = _mean_std([r["validation_accuracy"] for r in runs])
@@ -181,8 +182,8 @@ def benchmark_table(summary: dict[str, dict]) -> str:
     scenarios = [s for s in SCENARIO_ORDER if s in found] + sorted(set(found) - set(SCENARIO_ORDER))
     lines = ["| model | params | seeds | " + " | ".join(scenarios)
              + " | angle curve: min–max | logit change rot90 | logit change 37° "
-             "| 37° and back | train min |",
-             "|---|---:|---:|" + "---:|" * len(scenarios) + "---:|---:|---:|---:|---:|"]
+             "| 37° and back | train min | cpu |",
+             "|---|---:|---:|" + "---:|" * len(scenarios) + "---:|---:|---:|---:|---:|---|"]
     for entry, item in summary.items():
         cells = [entry, f"{item['params']:,}", str(len(item["seeds"]))]
         cells += [_fmt(item["accuracy"][s]) for s in scenarios]
@@ -196,6 +197,7 @@ def benchmark_table(summary: dict[str, dict]) -> str:
         else:
             cells += ["–", "–", "–", "–"]
         cells.append(f"{item['train_minutes'][0]:.1f}")
+        cells.append(", ".join(item["cpu"]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -282,7 +284,10 @@ def write_benchmark_report(out_dir: Path) -> Report:
     header = (f"Accuracy in percent, mean (sample std) over seeds; scenarios on {where}, curves "
               f"and logit changes (relative: ||l(g f) − l(f)|| / ||l(f)|| over the batch) on the "
               f"first {curves} test digits (see `config.toml`). From `results.jsonl` beside this "
-              f"file ({len(records)} runs{_cpu_hours(records)}).\n\n")
+              f"file ({len(records)} runs{_cpu_hours(records)}). Train min: one run's training, "
+              f"mean over seeds, on the CPU of column cpu (PyTorch's vector capability there, as "
+              f"recorded; – where the run predates the record): one seed repeats its numbers on "
+              f"one kind of CPU only.\n\n")
     if missing:
         header = (f"**Incomplete:** {incomplete_line(missing, len(records) + len(missing))}; "
                   f"rerun the benchmark's command to finish it.\n\n{header}")
