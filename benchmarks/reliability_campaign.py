@@ -19,7 +19,6 @@ expected exception or warning; for a fault, the property stated (no orphan, no d
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -1037,12 +1036,9 @@ def table(results: list[tuple[Case, Outcome]]) -> str:
 
 def _machine(load: float) -> str:
     """The CPU, its cores and the load when the campaign started, for the table's last line."""
-    model = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    from eqpdenet.kernels.cpu import cpu_name  # here: the campaign's own process stays light
+
+    model = cpu_name() or "unknown CPU"
     return f"{os.cpu_count()} cores of an {model}, load average {load:.1f} at the start"
 
 

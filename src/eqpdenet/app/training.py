@@ -33,6 +33,7 @@ from ..data.datasets import ImageDataset, load_dataset
 from ..data.rotmnist import load_rotmnist
 from ..data.scenarios import apply_scenario
 from ..errors import CheckpointError, ConfigError, NonFiniteStateError
+from ..kernels.cpu import cpu_name
 from ..models import count_parameters
 from . import accelerate
 from .batches import mini_batches
@@ -513,21 +514,6 @@ def fingerprint(config) -> str:
     data = without_later_fields(data)
     text = json.dumps(data, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def cpu_name() -> str:
-    """The processor's model name (``/proc/cpuinfo`` on Linux, else :func:`platform.processor`),
-    ``""`` where neither says. Recorded because one seed gives the same numbers on one kind of
-    CPU only: float32 kernels for AVX2 and AVX-512 round differently, and training grows it."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Hardware", "Processor"):
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def environment() -> dict:
