@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -75,8 +76,6 @@ def blurred(images: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def probe(model, images: torch.Tensor, degrees: float, blur: float) -> dict:
     """The module doc's split of the round-trip change of ``model`` on ``images``."""
-    import math
-
     back = rotate(rotate(images, math.radians(degrees)), math.radians(-degrees))
     logits, logits_back = _logits(model, images), _logits(model, back)
     squares = (logits_back - logits).pow(2).sum(1)
@@ -93,23 +92,20 @@ def probe(model, images: torch.Tensor, degrees: float, blur: float) -> dict:
     record["round_trip_unchanged_only"] = _relative(logits_back[~changed], logits[~changed])
     record["round_trip_changed_only"] = (_relative(logits_back[changed], logits[changed])
                                          if changed.any() else 0.0)
+    # One pixel right (even images) or down (odd ones), after the centring where there is one.
+    step = torch.zeros_like(shift)
+    step[0::2, 1] = 1
+    step[1::2, 0] = 1
     if centred:
         config.center = False
         try:
             plain = _logits(model, recenter(images))
             pinned = _logits(model, moved_by(back, shift))
             record["pinned"] = _relative(pinned, plain)
-            # One pixel right (even images) or down (odd ones), after the centring.
-            step = torch.zeros_like(shift)
-            step[0::2, 1] = 1
-            step[1::2, 0] = 1
             record["moved_1px"] = _relative(_logits(model, moved_by(recenter(images), step)), plain)
         finally:
             config.center = True
     else:
-        step = torch.zeros_like(shift)
-        step[0::2, 1] = 1
-        step[1::2, 0] = 1
         record["moved_1px"] = _relative(_logits(model, moved_by(images, step)), logits)
     half = torch.full((len(images), 2), 0.5, dtype=images.dtype)
     record["half_px_and_back"] = _relative(_logits(model, translate(translate(images, half), -half)),
