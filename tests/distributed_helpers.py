@@ -47,25 +47,30 @@ def tiny_config(*overrides: str):
         "train.seed=5", "train.lr=0.01", *overrides])
 
 
+def native_threads() -> list[str] | None:
+    """The names of this process's threads (Linux), native ones included; None elsewhere."""
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        return None
+    return sorted((task / "comm").read_text().strip() for task in tasks.iterdir())
+
+
 def data_parallel_worker(rank: int, world: int, port: int, out: str,
                          overrides: tuple[str, ...] = ()) -> None:
-    """One process of a gloo process group (what torchrun sets up): trains the tiny model;
-    rank 0 saves the parameters and history to ``out``."""
+    """One process of a gloo process group (what torchrun sets up, opened as ``eqpdenet train
+    --distributed`` opens it): trains the tiny model; rank 0 saves the parameters and history to
+    ``out``. Each rank then checks that leaving the group stopped gloo's threads: left running,
+    they are torn down with the interpreter and can abort the process after its work is done."""
     import torch
-    import torch.distributed as dist
 
-    from eqpdenet.app.training import data_parallel, train_model
+    from eqpdenet.app.training import data_parallel, data_parallel_group, train_model
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with data_parallel_group("gloo", rank=rank, world_size=world):
         assert data_parallel() == (rank, world)
         model, history = train_model(tiny_config(*overrides), synthetic_data(), progress=False)
         if rank == 0:
             torch.save({"state": model.state_dict(), "history": history}, out)
-        # Both ranks tear the group down together: a rank that destroys it while its peer is
-        # still working can abort at exit in gloo's threads (seen once in CI, SIGABRT).
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+    left = [name for name in native_threads() or [] if "gloo" in name]
+    assert not left, f"rank {rank}: gloo threads outlive the process group: {left}"

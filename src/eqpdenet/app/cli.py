@@ -168,7 +168,7 @@ def _train_distributed(args) -> int:
     from .locks import hold
     from .preflight import preflight
     from .runfolder import RUN_FILES, check_replaceable, output_path, staged
-    from .training import prepare_data, resolve_device, run_experiment, train_model
+    from .training import data_parallel_group, prepare_data, resolve_device, run_experiment, train_model
 
     missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
     if missing:
@@ -180,8 +180,7 @@ def _train_distributed(args) -> int:
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)
     out = output_path(args.out)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
+    with data_parallel_group("nccl" if device.type == "cuda" else "gloo"):
         with contextlib.ExitStack() as stack:
             problem, data = None, None
             if rank == 0:  # the checks and the data (ROTMNIST's cache) first, in rank 0 alone
@@ -204,8 +203,7 @@ def _train_distributed(args) -> int:
                     train_model(config, data, progress=False)
                 except (NonFiniteStateError, FloatingPointError):
                     pass  # rank 0 (the same loss, the same parameters) records the divergence
-                dist.barrier()  # waits for rank 0's files: the group is torn down by all at once
-                return 0
+                return 0  # leaving the group waits for rank 0's files
             stage = stack.enter_context(staged(out))  # the run replaces the folder as a unit
             record = run_experiment(config, data, progress=not args.no_progress,
                                     checkpoint=stage / "model.pt")
@@ -213,9 +211,6 @@ def _train_distributed(args) -> int:
             atomic_write(stage / "config.toml", to_toml(config).encode())
             atomic_write(stage / "result.json",
                          (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
-        dist.barrier()  # a rank that tears gloo down while its peer works can abort at exit
-    finally:
-        dist.destroy_process_group()
     if record["status"] != "ok":
         print(f"eqpdenet: training failed: {record['error']}", file=sys.stderr)
         return 1

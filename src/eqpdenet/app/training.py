@@ -12,6 +12,7 @@ the same command gives the same numbers.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import io
@@ -19,7 +20,7 @@ import json
 import platform
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +63,7 @@ __all__ = [
     "fingerprint",
     "accuracy",
     "data_parallel",
+    "data_parallel_group",
     "data_resolved_fields",
     "evaluate_scenarios",
     "load_checkpoint",
@@ -252,6 +254,30 @@ def data_parallel() -> tuple[int, int] | None:
             and distributed.get_world_size() > 1:
         return distributed.get_rank(), distributed.get_world_size()
     return None
+
+
+@contextlib.contextmanager
+def data_parallel_group(backend: str, **init) -> Iterator[tuple[int, int]]:
+    """The ``torch.distributed`` process group in which :func:`train_model` trains with
+    DistributedDataParallel (``eqpdenet train --distributed`` under torchrun). Initialised on
+    entry (``init`` goes to ``init_process_group``: torchrun's environment when empty), yielding
+    ``(rank, world size)``; on exit the ranks meet at a barrier (when the body ended without an
+    exception: a peer that stopped would never arrive) and the group is destroyed.
+
+    ``torch._dynamo`` is imported before the group exists: DistributedDataParallel imports it,
+    and an import after ``init_process_group`` keeps references to the default group (torch
+    2.13) that ``destroy_process_group`` does not release. gloo's threads then outlive the group
+    and are torn down with the interpreter, where they can abort a process whose work is done
+    (SIGABRT, "terminate called without an active exception").
+    """
+    import torch._dynamo  # noqa: F401
+
+    torch.distributed.init_process_group(backend, **init)
+    try:
+        yield torch.distributed.get_rank(), torch.distributed.get_world_size()
+        torch.distributed.barrier()
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 def train_model(
