@@ -79,10 +79,12 @@ def test_train_model_accepts_a_model_instance(tiny):
     assert trained is model and len(history) == 2 and history[1]["loss"] < history[0]["loss"]
 
 
-def test_train_cli_on_a_rotated_npz_data_set(tiny, tmp_path):
+def test_train_cli_on_a_rotated_npz_data_set(tiny, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--out", str(out), "--dataset", tiny, "--rotated", "--model", "cnn",
                  "--epochs", "1", "--no-progress"]) == 0
+    # The CNN ignores model.hidden: the summary line does not name a width it did not use.
+    assert capsys.readouterr().out.startswith("cnn seed=0: test ")
     result = json.loads((out / "result.json").read_text())
     assert result["config"]["data"]["rotated"] is True
     assert result["config"]["model"]["classes"] == 4 and result["config"]["model"]["image_size"] == 12

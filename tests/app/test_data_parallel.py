@@ -92,6 +92,7 @@ def test_torchrun_trains_one_model_with_two_processes_and_rank_0_writes(tmp_path
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert finished.stdout.count("2 processes") == 1  # rank 0 alone reports
+    assert finished.stdout.startswith("fcnn h=8 seed=3: ")  # the width the perceptron used
     with torch_threads(1):
         assert main(["train", "--out", str(tmp_path / "one"), "--data-dir", str(data_dir),
                      *TRAIN]) == 0

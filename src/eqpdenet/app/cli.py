@@ -101,6 +101,17 @@ def _sweep_config(args, cls, quick):
     return from_dict(cls, to_dict(config))
 
 
+def _run_name(config: ExperimentConfig) -> str:
+    """The model kind, with ``h=`` where the kind's constructor takes ``hidden`` (the others
+    ignore ``model.hidden``, so printing it would misdescribe the run)."""
+    import inspect
+
+    kind = config.model.kind
+    if "hidden" in inspect.signature(MODELS.get(kind)).parameters:
+        return f"{kind} h={config.model.hidden}"
+    return kind
+
+
 def _experiment_config(args) -> ExperimentConfig:
     config = load_toml(ExperimentConfig, args.config) if args.config else ExperimentConfig()
     config = apply_overrides(config, _with_layer(args, "model.layer"))
@@ -148,7 +159,7 @@ def _train(args) -> int:
         print(f"eqpdenet: training failed: {record['error']}", file=sys.stderr)
         return 1
     scores = "  ".join(f"{k} {v:.2f}%" for k, v in record["accuracy"].items())
-    print(f"{config.model.kind} h={config.model.hidden} seed={config.train.seed}: {scores} "
+    print(f"{_run_name(config)} seed={config.train.seed}: {scores} "
           f"({record['train_seconds']:.0f} s) -> {out / 'model.pt'}")
     return 0
 
@@ -215,7 +226,7 @@ def _train_distributed(args) -> int:
         print(f"eqpdenet: training failed: {record['error']}", file=sys.stderr)
         return 1
     scores = "  ".join(f"{k} {v:.2f}%" for k, v in record["accuracy"].items())
-    print(f"{config.model.kind} h={config.model.hidden} seed={config.train.seed}: {scores} "
+    print(f"{_run_name(config)} seed={config.train.seed}: {scores} "
           f"({record['train_seconds']:.0f} s, {record['processes']} processes) -> "
           f"{out / 'model.pt'}")
     return 0
