@@ -165,6 +165,12 @@ class TrainConfig:
             (:func:`eqpdenet.app.training.compiled_for_training`: a compilation of a minute or
             two per batch size, then fused loops; the numbers differ from eager ones by rounding
             only).
+        weight_average: the decay ``d`` of an exponential moving average of the weights and
+            batch-norm statistics, ``w_avg <- d w_avg + (1 - d) w`` after every optimiser step
+            (``torch.optim.swa_utils.AveragedModel``), so that it spans about ``1 / (1 - d)``
+            steps; 0 (the default, the paper's) keeps the last weights. With it on, the
+            validation accuracy, the selection on validation and the model returned are those
+            of the average.
         augment: random similarities of each training image
             (:class:`eqpdenet.data.augment.AffineAugmentation`, ``[train.augment]``); off by
             default, as in the paper. Its draws come from their own generator (seeded from
@@ -183,6 +189,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     compile: bool = False
+    weight_average: float = 0.0
     augment: AffineAugmentation = field(default_factory=AffineAugmentation)
 
     def __post_init__(self):
@@ -202,6 +209,9 @@ class TrainConfig:
         _require_seed(self.seed, "train.seed")
         require(self.device in ("cpu", "cuda", "auto"), "train.device", f"{self.device!r}")
         require(isinstance(self.compile, bool), "train.compile", "must be true or false")
+        require_nonnegative(self.weight_average, "train.weight_average")
+        require(self.weight_average < 1, "train.weight_average",
+                f"{self.weight_average!r} is not below 1 (a decay of 1 would never move the average)")
 
 
 @dataclass

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .. import __version__
 from ..data.augment import augment_generator
@@ -295,7 +296,9 @@ def train_model(
     input size, classes and standardisation fit the data) after seeding with
     ``config.train.seed``; a given ``model`` is trained as it is (its initialisation is the
     caller's). ``history`` holds one dict per epoch (loss, training accuracy of the epoch,
-    validation accuracy where a validation split exists, seconds).
+    validation accuracy where a validation split exists, seconds). With
+    ``train.weight_average``, the weights and batch-norm statistics are averaged after every
+    step and the average is what is validated, selected and returned.
 
     Under ``torchrun`` (:func:`data_parallel`), each process runs this with the same
     configuration and data: every epoch's permutation (the same in every process, from the seed)
@@ -342,10 +345,16 @@ def train_model(
     # On a GPU the epochs run in app/accelerate.py: the same batches and updates, with the data
     # on the device, the step as a CUDA graph and one host read per epoch (one process only).
     # Augmented batches are warped on the way in: the CUDA-graph runner replays fixed inputs, so
-    # augmentation takes the plain loop (on the same device).
+    # augmentation takes the plain loop (on the same device), as does the weights' average (an
+    # update after every step, outside the graph).
+    average = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(train.weight_average),
+                             use_buffers=True)
+               if train.weight_average else None)
+    evaluated = model if average is None else average.module
     gpu = (accelerate.EpochRunner(model, optimizer, scheduler, images, labels, train.batch_size,
                                   train.grad_clip)
            if accelerate.applies_to(device) and parallel is None and train.augment.is_identity
+           and average is None
            else None)
     history, best = [], (-1.0, None, -1)
     epochs = _progress(range(train.epochs), progress, desc=f"train {type(model).__name__} "
@@ -382,6 +391,8 @@ def train_model(
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
+            if average is not None:
+                average.update_parameters(model)
             total_loss += float(batch_loss.detach()) * len(index)
             correct += int((logits.argmax(1) == y).sum())
         if parallel is not None:
@@ -394,15 +405,18 @@ def train_model(
                   "train_accuracy": correct / len(labels),
                   "seconds": time.perf_counter() - start}
         if has_validation:
-            record["validation_accuracy"] = accuracy(model, validation)
+            record["validation_accuracy"] = accuracy(evaluated, validation)
             if train.select_on_validation and record["validation_accuracy"] > best[0]:
-                best = (record["validation_accuracy"], copy.deepcopy(model.state_dict()), epoch + 1)
+                best = (record["validation_accuracy"], copy.deepcopy(evaluated.state_dict()),
+                        epoch + 1)
         history.append(record)
         if progress and hasattr(epochs, "set_postfix"):
             epochs.set_postfix({k: round(v, 4) for k, v in record.items()
                                 if k in ("loss", "validation_accuracy")})
         if log:
             log(json.dumps(record))
+    if average is not None and not train.select_on_validation:
+        model.load_state_dict(average.module.state_dict())
     if train.select_on_validation:
         model.load_state_dict(best[1])
         history.append({"selected_epoch": best[2], "validation_accuracy": best[0]})
@@ -465,6 +479,7 @@ LATER_FIELDS: dict[tuple[str, ...], object] = {
     ("model", "lifted_pde", "stage_orientations"): [],
     # Every SIM(2) InvariantPDENet before the field existed divided by N + the smallest normal.
     ("model", "invariant_pde", "jet_floor"): 0.0,
+    ("train", "weight_average"): 0.0,
 }
 
 #: Options that change nothing unless another option has one of some values (path -> (that
