@@ -165,12 +165,13 @@ class TrainConfig:
             (:func:`eqpdenet.app.training.compiled_for_training`: a compilation of a minute or
             two per batch size, then fused loops; the numbers differ from eager ones by rounding
             only).
-        weight_average: the decay ``d`` of an exponential moving average of the weights and
-            batch-norm statistics, ``w_avg <- d w_avg + (1 - d) w`` after every optimiser step
+        weight_average: the decay ``d`` of an exponential moving average of the parameters,
+            ``w_avg <- d w_avg + (1 - d) w`` after every optimiser step
             (``torch.optim.swa_utils.AveragedModel``), so that it spans about ``1 / (1 - d)``
             steps; 0 (the default, the paper's) keeps the last weights. With it on, the
-            validation accuracy, the selection on validation and the model returned are those
-            of the average.
+            average's batch-norm statistics are recomputed by one pass over the training images
+            before each validation and at the end, and the validation accuracy, the selection
+            on validation and the model returned are those of the average.
         augment: random similarities of each training image
             (:class:`eqpdenet.data.augment.AffineAugmentation`, ``[train.augment]``); off by
             default, as in the paper. Its draws come from their own generator (seeded from

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from .. import __version__
 from ..data.augment import augment_generator
@@ -297,8 +297,9 @@ def train_model(
     ``config.train.seed``; a given ``model`` is trained as it is (its initialisation is the
     caller's). ``history`` holds one dict per epoch (loss, training accuracy of the epoch,
     validation accuracy where a validation split exists, seconds). With
-    ``train.weight_average``, the weights and batch-norm statistics are averaged after every
-    step and the average is what is validated, selected and returned.
+    ``train.weight_average``, the weights are averaged after every step, the average's
+    batch-norm statistics recomputed on the training images (:func:`_average_batch_norm`), and
+    the average is what is validated, selected and returned.
 
     Under ``torchrun`` (:func:`data_parallel`), each process runs this with the same
     configuration and data: every epoch's permutation (the same in every process, from the seed)
@@ -347,8 +348,7 @@ def train_model(
     # Augmented batches are warped on the way in: the CUDA-graph runner replays fixed inputs, so
     # augmentation takes the plain loop (on the same device), as does the weights' average (an
     # update after every step, outside the graph).
-    average = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(train.weight_average),
-                             use_buffers=True)
+    average = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(train.weight_average))
                if train.weight_average else None)
     evaluated = model if average is None else average.module
     gpu = (accelerate.EpochRunner(model, optimizer, scheduler, images, labels, train.batch_size,
@@ -405,6 +405,8 @@ def train_model(
                   "train_accuracy": correct / len(labels),
                   "seconds": time.perf_counter() - start}
         if has_validation:
+            if average is not None:
+                _average_batch_norm(average, images, train, device)
             record["validation_accuracy"] = accuracy(evaluated, validation)
             if train.select_on_validation and record["validation_accuracy"] > best[0]:
                 best = (record["validation_accuracy"], copy.deepcopy(evaluated.state_dict()),
@@ -416,11 +418,29 @@ def train_model(
         if log:
             log(json.dumps(record))
     if average is not None and not train.select_on_validation:
+        if not has_validation:  # else done for the last epoch's validation
+            _average_batch_norm(average, images, train, device)
         model.load_state_dict(average.module.state_dict())
     if train.select_on_validation:
         model.load_state_dict(best[1])
         history.append({"selected_epoch": best[2], "validation_accuracy": best[0]})
     return model, history
+
+
+def _average_batch_norm(average: AveragedModel, images: Tensor, train: TrainConfig,
+                        device: torch.device) -> None:
+    """Recompute the batch-norm statistics of the averaged weights (``train.weight_average``):
+    one pass over the training ``images`` in training mode, in the training loop's batches,
+    warped as in the first epoch where augmentation is on (a fresh stream from the seed), the
+    statistics the cumulative average over the batches (``torch.optim.swa_utils.update_bn``).
+
+    The running statistics of the steps do not fit averaged weights: averaged too, they left a
+    lifted model at chance on validation (docs/lifted.md)."""
+    stream = augment_generator(train.seed)
+    batches = (train.augment(images[part].to(device), stream)
+               for part in mini_batches(len(images), train.batch_size))
+    with torch.no_grad():
+        update_bn(batches, average.module)
 
 
 def evaluate_scenarios(model: nn.Module, test: Split, scenarios: Iterable[str], seed: int,
