@@ -26,6 +26,7 @@ from eqpdenet.app.config import (
 from eqpdenet.app.runfolder import folder_kind
 from eqpdenet.app.training import (
     Split,
+    evaluate_scenarios,
     load_checkpoint,
     prepare_data,
     resolve_for_data,
@@ -444,6 +445,14 @@ def test_train_into_a_log_writes_a_line_per_epoch_without_escapes(tmp_path, caps
     err = capsys.readouterr().err  # not a terminal: no bar
     epochs = [line for line in err.splitlines() if line.startswith("train FCNN seed=0: epoch ")]
     assert len(epochs) == 3 and "\r" not in err and "\x1b" not in err
+    # then the evaluation: a line per scenario, the same accuracies as all scenarios at once
+    steps = [line.split(",")[0] for line in err.splitlines() if line.startswith("evaluate ")]
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    count = len(result["accuracy"])
+    assert steps == [f"evaluate FCNN seed=0: step {k}/{count}" for k in range(1, count + 1)]
+    model, config, _ = load_checkpoint(tmp_path / "run" / "model.pt")
+    digits = prepare_data(config.data)["test"]
+    assert result["accuracy"] == evaluate_scenarios(model, digits, list(result["accuracy"]), seed=0)
 
 
 @pytest.mark.parametrize(("assignments", "message"), [

@@ -260,3 +260,43 @@ def test_differences_name_only_the_fields_the_runs_model_reads(tmp_path):
     runs["fcnn-h4-seed0"].train.lr *= 2
     (differences,) = changed_runs(runs, tmp_path).values()
     assert len(differences) == 1 and differences[0].startswith("train.lr: ")
+
+
+def epochs_runner(run, data, *, progress, checkpoint):
+    """Two 'epochs' with the training loop's progress, then a record."""
+    from eqpdenet.app.progress import progress as progress_of
+
+    for _ in progress_of(range(2), progress, desc=f"train FCNN seed={run.train.seed}", unit="epoch"):
+        pass
+    return fake_record(run, 1.0)
+
+
+def test_a_sweep_into_a_log_writes_each_runs_epochs_led_by_its_key(tmp_path, capsys):
+    run_sweep("test", runs_of([0, 1]), tmp_path, base_fingerprint="fp", runner=epochs_runner,
+              echo=lambda line: None)
+    err = capsys.readouterr().err  # not a terminal: lines, not bars
+    lines = [line.split(",")[0] for line in err.splitlines()]
+    assert lines == [f"fcnn-h4-seed{seed}: train FCNN seed={seed}: epoch {epoch}/2"
+                     for seed in (0, 1) for epoch in (1, 2)]
+    assert "\r" not in err and "\x1b" not in err
+
+    run_sweep("test", runs_of([2]), tmp_path / "quiet", base_fingerprint="fp",
+              runner=epochs_runner, progress=False, echo=lambda line: None)
+    assert capsys.readouterr().err == ""
+
+
+def test_a_worker_labels_its_runs_lines_and_leaves_no_label_behind(capsys):
+    import torch
+
+    from eqpdenet.app.progress import LineProgress
+
+    threads = torch.get_num_threads()
+    try:
+        record = sweeps._worker((epochs_runner, "fcnn-h4-seed3", to_dict(runs_of([3])["fcnn-h4-seed3"]),
+                                 None, None, 1, None, {}, True))
+    finally:
+        torch.set_num_threads(threads)
+    assert record["seed"] == 3
+    assert capsys.readouterr().err.splitlines()[1].startswith(
+        "fcnn-h4-seed3: train FCNN seed=3: epoch 2/2, ")
+    assert LineProgress(range(1), desc="train", unit="epoch").desc == "train"

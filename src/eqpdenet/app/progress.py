@@ -7,17 +7,35 @@ escape sequences or carriage returns::
 
     train EqPdeNet seed=0: epoch 3/20, 2.1 s each, about 36 s left (loss 0.4132)
 
-A log of a 20-epoch run is 20 lines, each readable alone (``tail -f``, ``grep``).
+A log of a 20-epoch run is 20 lines, each readable alone (``tail -f``, ``grep``). Inside
+:func:`labelled` (a sweep's run, :func:`eqpdenet.app.sweeps.run_sweep`) each line starts with the
+run's key, so that the interleaved lines of runs trained side by side stay apart::
+
+    lifted-centered-seed1: train LiftedPDENet seed=1: epoch 3/12, 2.3 min each, about 21 min left
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import sys
 import time
 from collections.abc import Iterable, Iterator
 from typing import TextIO
 
-__all__ = ["LineProgress", "interactive", "progress"]
+__all__ = ["LineProgress", "interactive", "labelled", "progress"]
+
+_LABEL: contextvars.ContextVar[str] = contextvars.ContextVar("eqpdenet_progress_label", default="")
+
+
+@contextlib.contextmanager
+def labelled(label: str) -> Iterator[None]:
+    """Within the block, every :class:`LineProgress` line starts with ``label`` (a run's key)."""
+    token = _LABEL.set(label)
+    try:
+        yield
+    finally:
+        _LABEL.reset(token)
 
 
 def interactive(stream: TextIO | None = None) -> bool:
@@ -43,7 +61,9 @@ class LineProgress:
 
     def __init__(self, iterable: Iterable, *, desc: str = "", unit: str = "item",
                  total: int | None = None, stream: TextIO | None = None, **_):
-        self.iterable, self.desc, self.unit = iterable, desc, unit
+        label = _LABEL.get()
+        self.iterable, self.unit = iterable, unit
+        self.desc = f"{label}: {desc}" if label and desc else (label or desc)
         self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__")
                                                       else None)
         self.stream = stream

@@ -36,7 +36,7 @@ from .distributed import Executor
 from .files import atomic_write
 from .locks import hold
 from .preflight import preflight
-from .progress import interactive
+from .progress import interactive, labelled
 from .runfolder import check_claim, claim_folder
 from .runstore import load_records, save_run, set_aside, write_aggregate
 from .training import (
@@ -71,11 +71,12 @@ def grid(config: ReproduceConfig) -> list[ExperimentConfig]:
 
 
 def _worker(args) -> dict:
-    runner, config_dict, data_dir, cache_dir, threads, checkpoint, options = args
+    runner, key, config_dict, data_dir, cache_dir, threads, checkpoint, options, progress = args
     torch.set_num_threads(threads)
     config = from_dict(ExperimentConfig, config_dict)
     data = _cached_data(config.data, data_dir, cache_dir)
-    return runner(config, data, progress=False, checkpoint=checkpoint, **options)
+    with labelled(key):
+        return runner(config, data, progress=progress, checkpoint=checkpoint, **options)
 
 
 _DATA_CACHE: dict = {}
@@ -151,11 +152,12 @@ def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
     def checkpoint_for(key: str) -> Path | None:
         return out_dir / "checkpoints" / f"{key}.pt" if key in checkpoint_keys else None
 
-    # On a terminal a bar of runs, each run with its bar of epochs; in a log, the line of each
-    # finished run (finish, below) and no epoch lines: one line per run.
+    # On a terminal a bar of runs, each run with its bar of epochs (runs side by side: no epoch
+    # bars, which would overwrite one another); in a log, a line per epoch of every run, led by
+    # the run's key (a run of the full benchmark trains for half an hour), and the line of each
+    # finished run (finish, above).
     bar = _progress(range(len(todo)), progress and interactive(), desc=name, unit="run")
     bar_update = getattr(bar, "update", lambda n: None)
-    progress = progress and interactive()
     if executor.kind == "ray":
         from .distributed import run_on_ray
 
@@ -167,14 +169,17 @@ def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
     elif jobs <= 1:
         for key, run in todo:
             data = _cached_data(run.data, data_dir, cache_dir)
-            finish(key, runner(run, data, progress=progress, checkpoint=checkpoint_for(key),
-                               **options))
+            with labelled(key):
+                record = runner(run, data, progress=progress, checkpoint=checkpoint_for(key),
+                                **options)
+            finish(key, record)
             bar_update(1)
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         with worker_pool(min(jobs, len(todo))) as pool:
-            futures = {pool.submit(_worker, (runner, to_dict(run), data_dir, cache_dir, threads,
-                                             checkpoint_for(key), options)): key
+            epoch_lines = progress and not interactive()
+            futures = {pool.submit(_worker, (runner, key, to_dict(run), data_dir, cache_dir,
+                                             threads, checkpoint_for(key), options, epoch_lines)): key
                        for key, run in todo}
             for future in as_completed(futures):
                 finish(futures[future], future.result())

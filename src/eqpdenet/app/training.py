@@ -691,11 +691,18 @@ def run_experiment(config: ExperimentConfig, data: Data | dict[str, Split], *,
     record["params"] = count_parameters(model)
     record["history"] = history
     start = time.perf_counter()
+    # One scenario at a time (each draws from its own seeded stream: the same numbers as all at
+    # once), so that a long evaluation shows progress; the extra evaluation is the last step.
+    steps = [*config.scenarios] + ([None] if extra_evaluation is not None else [])
     try:
-        record["accuracy"] = evaluate_scenarios(model, data["test"], config.scenarios,
-                                                seed=config.train.seed)
-        if extra_evaluation is not None:
-            record.update(extra_evaluation(model, data))
+        record["accuracy"] = {}
+        for step in _progress(steps, progress, desc=f"evaluate {type(model).__name__} "
+                              f"seed={config.train.seed}", unit="step", leave=False):
+            if step is None:
+                record.update(extra_evaluation(model, data))
+            else:
+                record["accuracy"].update(evaluate_scenarios(model, data["test"], [step],
+                                                             seed=config.train.seed))
     except NonFiniteStateError as error:
         record.update(status="diverged", error=f"during evaluation: {error}")
         return record
