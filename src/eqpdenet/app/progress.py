@@ -11,7 +11,7 @@ A log of a 20-epoch run is 20 lines, each readable alone (``tail -f``, ``grep``)
 :func:`labelled` (a sweep's run, :func:`eqpdenet.app.sweeps.run_sweep`) each line starts with the
 run's key, so that the interleaved lines of runs trained side by side stay apart::
 
-    lifted-centered-seed1: train LiftedPDENet seed=1: epoch 3/12, 2.3 min each, about 21 min left
+    lifted-centered-seed1: train LiftedPDENet seed=1: epoch 3/12, 2 min each, about 15 min left
 """
 
 from __future__ import annotations
