@@ -36,7 +36,7 @@ from ..checks import (
     require_nonnegative,
     require_positive,
 )
-from ..data.augment import AffineAugmentation
+from ..data.augment import AffineAugmentation, BlurConsistency
 from ..data.scenarios import SCENARIOS
 from ..errors import ConfigError
 from ..models import MODELS, CNNConfig, GCNNConfig, InvariantPDEConfig, LiftedPDEConfig
@@ -176,6 +176,9 @@ class TrainConfig:
             (:class:`eqpdenet.data.augment.AffineAugmentation`, ``[train.augment]``); off by
             default, as in the paper. Its draws come from their own generator (seeded from
             ``seed``), so turning it on leaves the batch order unchanged.
+        blur_consistency: a penalty on the logits' relative change when a share of each batch
+            is blurred slightly (:class:`eqpdenet.data.augment.BlurConsistency`,
+            ``[train.blur_consistency]``); off by default (``weight = 0``), as in the paper.
     """
 
     optimizer: str = "adam"
@@ -192,6 +195,7 @@ class TrainConfig:
     compile: bool = False
     weight_average: float = 0.0
     augment: AffineAugmentation = field(default_factory=AffineAugmentation)
+    blur_consistency: BlurConsistency = field(default_factory=BlurConsistency)
 
     def __post_init__(self):
         OPTIMIZERS.check(self.optimizer, "train.optimizer")

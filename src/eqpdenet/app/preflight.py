@@ -113,14 +113,16 @@ def training_bytes(config: ExperimentConfig, model: torch.nn.Module | None = Non
     channels = getattr(model, "in_channels", 1)
     pixels = config.model.image_size ** 2
     own = getattr(model, "backward_bytes", None)
-    total = int(own(config.train.batch_size)) if own is not None else 0
+    # The blur penalty's copies go through the model in the same pass as the batch.
+    batch = config.train.batch_size + config.train.blur_consistency.copies(config.train.batch_size)
+    total = int(own(batch)) if own is not None else 0
     for layer in model.modules():
         if not isinstance(layer, PDELayer):
             continue
         backend = kernels.resolve_backend(layer.backend)
         backend = "reference" if backend == "reference" else "fused"
         steps = max(getattr(pde, "steps", 1) for pde in layer.pdes)
-        state = config.train.batch_size * channels * pixels * 4
+        state = batch * channels * pixels * 4
         total += int(layer.n_pdes * max(steps, 1) * state * STATE_FACTORS[backend, layer.recompute])
     return total
 

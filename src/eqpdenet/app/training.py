@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from .. import __version__
-from ..data.augment import augment_generator
+from ..data.augment import augment_generator, blur_generator, relative_change
 from ..data.datasets import ImageDataset, load_dataset
 from ..data.rotmnist import load_rotmnist
 from ..data.scenarios import apply_scenario
@@ -322,6 +322,8 @@ def train_model(
     generator = torch.Generator().manual_seed(train.seed)
     # Its own stream, so that augmenting leaves the batch order of the seed unchanged.
     augment_stream = augment_generator(train.seed)
+    blur_stream = blur_generator(train.seed)
+    blur = train.blur_consistency
     pde_layer = getattr(model, "pde_layer", None)
     pde_ids = {id(p) for p in pde_layer.parameters()} if pde_layer is not None else set()
     groups = [{"params": [p for p in model.parameters() if id(p) not in pde_ids]}]
@@ -346,15 +348,16 @@ def train_model(
     # On a GPU the epochs run in app/accelerate.py: the same batches and updates, with the data
     # on the device, the step as a CUDA graph and one host read per epoch (one process only).
     # Augmented batches are warped on the way in: the CUDA-graph runner replays fixed inputs, so
-    # augmentation takes the plain loop (on the same device), as does the weights' average (an
-    # update after every step, outside the graph).
+    # augmentation takes the plain loop (on the same device), as do the weights' average (an
+    # update after every step, outside the graph) and the blur penalty (a second term and a
+    # batch of another size).
     average = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(train.weight_average))
                if train.weight_average else None)
     evaluated = model if average is None else average.module
     gpu = (accelerate.EpochRunner(model, optimizer, scheduler, images, labels, train.batch_size,
                                   train.grad_clip)
            if accelerate.applies_to(device) and parallel is None and train.augment.is_identity
-           and average is None
+           and average is None and blur.is_off
            else None)
     history, best = [], (-1.0, None, -1)
     epochs = _progress(range(train.epochs), progress, desc=f"train {type(model).__name__} "
@@ -363,17 +366,31 @@ def train_model(
         start = time.perf_counter()
         model.train()
         order = torch.randperm(len(labels), generator=generator)
-        total_loss, correct = 0.0, 0
+        total_loss, total_penalty, pairs_seen, correct = 0.0, 0.0, 0, 0
         for batch in mini_batches(len(order), train.batch_size) if gpu is None else ():
             index = order[batch]
             x, y = images[index].to(device), labels[index].to(device)
             # The whole batch is drawn in every process (the same stream), then shared out.
             x = train.augment(x, augment_stream)
+            # Copies of the whole batch's first images, drawn in every process; each process
+            # keeps the copies of the images in its part.
+            blurred = blur(x, blur_stream)
+            pairs = len(blurred)
             if parallel is not None:
+                parts = torch.arange(len(x)).tensor_split(parallel[1])
+                start = sum(len(part) for part in parts[:parallel[0]])
                 x, y = x.tensor_split(parallel[1])[parallel[0]], y.tensor_split(parallel[1])[parallel[0]]
-            logits = forward(x)
+                blurred = blurred[start:start + len(x)]
+            # One forward pass for the batch and its copies: one set of batch-norm statistics.
+            logits = forward(torch.cat([x, blurred]) if len(blurred) else x)
+            logits, logits_blurred = logits[:len(x)], logits[len(x):]
+            penalty = (relative_change(logits[:len(blurred)], logits_blurred).sum()
+                       if pairs else None)
             if parallel is None:
                 loss = batch_loss = F.cross_entropy(logits, y)
+                if penalty is not None:
+                    batch_penalty = penalty.detach() / pairs
+                    loss = loss + blur.weight * penalty / pairs
             else:
                 # DDP averages the processes' gradients; scaled so, the average is the gradient
                 # of the whole batch's mean loss, even when the shares differ by one image.
@@ -382,7 +399,13 @@ def train_model(
                 batch_loss = share.detach().clone()
                 torch.distributed.all_reduce(batch_loss)  # every process sees the batch's loss
                 batch_loss = batch_loss / len(index)
-            if not torch.isfinite(batch_loss):  # in every process at once: none waits forever
+                if penalty is not None:  # likewise: the mean over the whole batch's pairs
+                    loss = loss + blur.weight * penalty * (parallel[1] / pairs)
+                    batch_penalty = penalty.detach().clone()
+                    torch.distributed.all_reduce(batch_penalty)
+                    batch_penalty = batch_penalty / pairs
+            if not torch.isfinite(batch_loss) or (pairs and not torch.isfinite(batch_penalty)):
+                # in every process at once: none waits forever
                 raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -394,6 +417,9 @@ def train_model(
             if average is not None:
                 average.update_parameters(model)
             total_loss += float(batch_loss.detach()) * len(index)
+            if pairs:
+                total_penalty += float(batch_penalty) * pairs
+                pairs_seen += pairs
             correct += int((logits.argmax(1) == y).sum())
         if parallel is not None:
             counts = torch.tensor([correct], dtype=torch.int64, device=device)
@@ -404,6 +430,8 @@ def train_model(
         record = {"epoch": epoch + 1, "loss": total_loss / len(labels),
                   "train_accuracy": correct / len(labels),
                   "seconds": time.perf_counter() - start}
+        if pairs_seen:
+            record["blur_consistency"] = total_penalty / pairs_seen
         if has_validation:
             if average is not None:
                 _average_batch_norm(average, images, train, device)
@@ -500,6 +528,7 @@ LATER_FIELDS: dict[tuple[str, ...], object] = {
     # Every SIM(2) InvariantPDENet before the field existed divided by N + the smallest normal.
     ("model", "invariant_pde", "jet_floor"): 0.0,
     ("train", "weight_average"): 0.0,
+    ("train", "blur_consistency"): {"weight": 0.0, "max_sigma": 0.71, "fraction": 0.25},
 }
 
 #: Options that change nothing unless another option has one of some values (path -> (that
