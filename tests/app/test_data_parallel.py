@@ -39,11 +39,15 @@ def free_port() -> int:
 
 
 @pytest.mark.parametrize("overrides", [(), ("train.augment.max_shift=1.5",
-                                             "train.augment.max_angle_degrees=20.0")],
-                         ids=["plain", "augmented"])
+                                             "train.augment.max_angle_degrees=20.0"),
+                                         ("train.blur_consistency.weight=2.0",
+                                          "train.blur_consistency.fraction=0.6")],
+                         ids=["plain", "augmented", "blur-penalty"])
 def test_two_gloo_processes_train_as_one(tmp_path, overrides):
     """Augmented too: every process draws the whole batch's warps from the same stream and takes
-    its part, so the two processes see the images one process sees."""
+    its part, so the two processes see the images one process sees. With the blur penalty, the
+    copies of a batch of 32 (19 of them) fall 16 to the first process and 3 to the second, those
+    of the last batch of 5 (3) all to the first: the penalty is still the whole batch's mean."""
     out = tmp_path / "ddp.pt"
     torch.multiprocessing.spawn(data_parallel_worker, args=(2, free_port(), str(out), overrides),
                                 nprocs=2, join=True)
@@ -62,6 +66,9 @@ def test_two_gloo_processes_train_as_one(tmp_path, overrides):
     for one, two in zip(history, parallel["history"], strict=True):
         assert two["loss"] == pytest.approx(one["loss"], rel=TOLERANCE)
         assert two["train_accuracy"] == one["train_accuracy"]
+        assert ("blur_consistency" in one) == ("blur_consistency" in two)
+        if "blur_consistency" in one:
+            assert two["blur_consistency"] == pytest.approx(one["blur_consistency"], rel=TOLERANCE)
 
 
 def test_distributed_without_torchrun_is_one_clear_line(tmp_path, capsys, monkeypatch):

@@ -114,9 +114,10 @@ def gaussian_blur(images: Tensor, sigma: Tensor) -> Tensor:
     deviation ``sigma[b]`` (pixels, ``(B,)``, each ``> 0``), separably, with a zero boundary (the
     blank background of the scenarios and :mod:`eqpdenet.geometry`).
 
-    The kernels are sampled Gaussians on ``-R .. R``, ``R = ceil(3 max(sigma))``, normalised to
-    sum 1, so a constant image away from the border is unchanged and the blur keeps each image's
-    mass and centre of mass (up to what falls off the frame). Differentiable in ``images``.
+    The kernels are sampled Gaussians on ``-R .. R``, ``R = ceil(4 max(sigma))`` (what is cut
+    off carries 6e-5 of the largest one's mass), normalised to sum 1, so a constant image away
+    from the border is unchanged and the blur keeps each image's mass and centre of mass (up to
+    what falls off the frame). Differentiable in ``images``.
 
     Example (a point blurred at ``sigma = 1``: the peak is ``1 / (2 pi)`` to 5 digits, because
     the sampled Gaussian's sum is ``sqrt(2 pi)`` to 9):
@@ -131,7 +132,7 @@ def gaussian_blur(images: Tensor, sigma: Tensor) -> Tensor:
     require(bool((sigma > 0).all()) and bool(torch.isfinite(sigma).all()), "sigma",
             "every standard deviation must be a finite number of pixels > 0")
     batch, channels, height, width = images.shape
-    radius = max(1, math.ceil(3.0 * float(sigma.max())))
+    radius = max(1, math.ceil(4.0 * float(sigma.max())))
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64, device=sigma.device)
     weights = torch.exp(-0.5 * (offsets / sigma.to(torch.float64)[:, None]) ** 2)
     weights = (weights / weights.sum(1, keepdim=True)).to(images.dtype).to(images.device)
