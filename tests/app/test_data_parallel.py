@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,8 +50,10 @@ def test_two_gloo_processes_train_as_one(tmp_path, overrides):
     copies of a batch of 32 (19 of them) fall 16 to the first process and 3 to the second, those
     of the last batch of 5 (3) all to the first: the penalty is still the whole batch's mean."""
     out = tmp_path / "ddp.pt"
+    began = time.perf_counter()
     torch.multiprocessing.spawn(data_parallel_worker, args=(2, free_port(), str(out), overrides),
                                 nprocs=2, join=True)
+    elapsed = time.perf_counter() - began
     parallel = torch.load(out, weights_only=True)
     assert data_parallel() is None  # this process is not in a group
     with torch_threads(1):
@@ -66,6 +69,7 @@ def test_two_gloo_processes_train_as_one(tmp_path, overrides):
     for one, two in zip(history, parallel["history"], strict=True):
         assert two["loss"] == pytest.approx(one["loss"], rel=TOLERANCE)
         assert two["train_accuracy"] == one["train_accuracy"]
+        assert 0 < two["seconds"] < elapsed  # an epoch's own time, not a clock read against another
         assert ("blur_consistency" in one) == ("blur_consistency" in two)
         if "blur_consistency" in one:
             assert two["blur_consistency"] == pytest.approx(one["blur_consistency"], rel=TOLERANCE)

@@ -378,9 +378,9 @@ def train_model(
             pairs = len(blurred)
             if parallel is not None:
                 parts = torch.arange(len(x)).tensor_split(parallel[1])
-                start = sum(len(part) for part in parts[:parallel[0]])
+                offset = sum(len(part) for part in parts[:parallel[0]])  # of this part in the batch
                 x, y = x.tensor_split(parallel[1])[parallel[0]], y.tensor_split(parallel[1])[parallel[0]]
-                blurred = blurred[start:start + len(x)]
+                blurred = blurred[offset:offset + len(x)]
             # One forward pass for the batch and its copies: one set of batch-norm statistics.
             logits = forward(torch.cat([x, blurred]) if len(blurred) else x)
             logits, logits_blurred = logits[:len(x)], logits[len(x):]
