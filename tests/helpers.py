@@ -82,3 +82,31 @@ def torch_threads(count: int):
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+class BatchRecorder(torch.nn.Module):
+    """A linear classifier on 12x12 images that keeps a copy of every batch it sees in training
+    (what the training loop fed it, in order)."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(144, 4)
+        self.seen = []
+
+    def forward(self, x):
+        if self.training:
+            self.seen.append(x.detach().clone())
+        return self.linear(x.flatten(1))
+
+
+def framed_data(n: int = 70):
+    """``n`` random 12x12 training images with a 3-pixel empty frame (sub-pixel shifts and slight
+    blurs keep every image's mass), 4 classes, empty validation and test splits."""
+    from eqpdenet.app.training import Data, Split
+
+    generator = torch.Generator().manual_seed(4)
+    images = torch.zeros(n, 1, 12, 12)
+    images[:, :, 3:9, 3:9] = torch.rand(n, 1, 6, 6, generator=generator)
+    labels = torch.arange(n) % 4
+    empty = Split(images[:0], labels[:0])
+    return Data(train=Split(images, labels), validation=empty, test=empty, classes=4)

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from eqpdenet.app.config import ExperimentConfig, apply_overrides
-from eqpdenet.app.training import Data, Split, fingerprint, train_model
+from eqpdenet.app.training import fingerprint, train_model
 from eqpdenet.data.augment import AffineAugmentation
 from eqpdenet.errors import ConfigError
 from eqpdenet.geometry import affine_warp, pixel_coordinates
+from helpers import BatchRecorder, framed_data
 
 
 def blobs(n=16, size=28, width=2.0) -> torch.Tensor:
@@ -101,30 +102,6 @@ def test_config_default_keeps_fingerprints_and_the_option_changes_them():
     assert fingerprint(base) != fingerprint(apply_overrides(base, ["train.augment.max_shift=1"]))
 
 
-class MassRecorder(torch.nn.Module):
-    """A linear classifier that records each training image's total intensity."""
-
-    def __init__(self):
-        super().__init__()
-        self.linear = torch.nn.Linear(144, 4)
-        self.masses = []
-
-    def forward(self, x):
-        if self.training:
-            self.masses.append(x.sum((1, 2, 3)).detach().clone())
-        return self.linear(x.flatten(1))
-
-
-def framed_data(n=70):
-    """12x12 images with a 3-pixel empty frame: sub-pixel shifts keep every image's mass."""
-    generator = torch.Generator().manual_seed(4)
-    images = torch.zeros(n, 1, 12, 12)
-    images[:, :, 3:9, 3:9] = torch.rand(n, 1, 6, 6, generator=generator)
-    labels = torch.arange(n) % 4
-    empty = Split(images[:0], labels[:0])
-    return Data(train=Split(images, labels), validation=empty, test=empty, classes=4)
-
-
 def test_augmenting_keeps_the_batch_order_of_the_seed():
     """The warps come from their own stream: the same images arrive in the same order (a shift of
     at most 1.5 px, inside the empty frame, keeps each one's total intensity to rounding)."""
@@ -133,8 +110,8 @@ def test_augmenting_keeps_the_batch_order_of_the_seed():
     seen = []
     for cfg in (config, augmented, augmented):
         torch.manual_seed(0)
-        model = MassRecorder()
+        model = BatchRecorder()
         train_model(cfg, framed_data(), model=model, progress=False)
-        seen.append(torch.cat(model.masses))
+        seen.append(torch.cat([batch.sum((1, 2, 3)) for batch in model.seen]))
     assert torch.allclose(seen[1], seen[0], rtol=1e-5)
     assert torch.equal(seen[1], seen[2])  # and the warps are the seed's, too

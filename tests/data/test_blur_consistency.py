@@ -11,10 +11,11 @@ import torch.nn.functional as F
 
 from eqpdenet.app.config import ExperimentConfig, apply_overrides, build_model
 from eqpdenet.app.preflight import training_bytes
-from eqpdenet.app.training import Data, Split, fingerprint, resolve_for_data, train_model
+from eqpdenet.app.training import fingerprint, resolve_for_data, train_model
 from eqpdenet.data.augment import BlurConsistency, blur_generator, gaussian_blur, relative_change
 from eqpdenet.errors import ConfigError
 from eqpdenet.geometry import pixel_coordinates
+from helpers import BatchRecorder, framed_data
 
 
 def points(n: int, size: int = 31) -> torch.Tensor:
@@ -129,15 +130,6 @@ def test_config_default_keeps_fingerprints_and_the_option_changes_them():
         apply_overrides(base, ["train.blur_consistency.weight=1"]))
 
 
-def random_data(n=40, size=12):
-    generator = torch.Generator().manual_seed(4)
-    images = torch.zeros(n, 1, size, size)
-    images[:, :, 2:10, 2:10] = torch.rand(n, 1, 8, 8, generator=generator)
-    labels = torch.arange(n) % 4
-    empty = Split(images[:0], labels[:0])
-    return Data(train=Split(images, labels), validation=empty, test=empty, classes=4)
-
-
 def one_step_config(*overrides):
     return apply_overrides(ExperimentConfig(), [
         "model.kind='fcnn'", "model.hidden=16", "train.epochs=1", "train.batch_size=40",
@@ -150,7 +142,7 @@ def test_the_step_descends_the_documented_objective():
     ``round(fraction B)`` images and their copies, blurred with the seed's stream; the history's
     ``loss`` is the cross-entropy alone and ``blur_consistency`` the penalty."""
     config = one_step_config("train.blur_consistency.weight=3.0", "train.blur_consistency.fraction=0.3")
-    data = random_data()
+    data = framed_data(40)
     model, history = train_model(config, data, progress=False)
 
     torch.manual_seed(config.train.seed)
@@ -181,23 +173,12 @@ def test_the_step_descends_the_documented_objective():
 def test_the_penalty_keeps_the_batch_order_of_the_seed():
     """The σ draws come from their own stream: with the penalty on, the same images arrive in
     the same order (recorded by a model that sees the batch first, then the copies)."""
-    class Recorder(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.linear = torch.nn.Linear(144, 4)
-            self.seen = []
-
-        def forward(self, x):
-            if self.training:
-                self.seen.append(x.detach().clone())
-            return self.linear(x.flatten(1))
-
     config = apply_overrides(ExperimentConfig(), ["train.epochs=2", "train.batch_size=16"])
     runs = []
     for overrides in ((), ("train.blur_consistency.weight=1.0",)):
         torch.manual_seed(0)
-        model = Recorder()
-        train_model(apply_overrides(config, list(overrides)), random_data(), model=model,
+        model = BatchRecorder()
+        train_model(apply_overrides(config, list(overrides)), framed_data(40), model=model,
                     progress=False)
         runs.append(model.seen)
     plain, penalised = runs
