@@ -19,3 +19,7 @@ def test_readme_python_blocks_run():
     # the last layer: sim2 (4 invariants + bias) + se2 (5 + bias) + reduction (2 weights + bias)
     assert sum(p.numel() for p in namespace["layer"].parameters()) == 5 + 6 + 3
     assert len(namespace["sim2"]) == 4
+    # the lifted example: a max over the orientations of fields on M2 is quarter-turn invariant
+    lifted_logits, turned_logits = namespace["lifted_logits"], namespace["turned_logits"]
+    assert lifted_logits.shape == (4, 10)
+    assert (turned_logits - lifted_logits).abs().max() <= 1e-5 * lifted_logits.abs().max()

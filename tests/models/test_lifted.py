@@ -106,6 +106,21 @@ def test_blocks_are_euler_steps_of_m2_systems_and_downsampling_is_anti_aliased()
     assert net.fields(torch.rand(2, 1, 28, 28)).shape == (2, 5, 8, 7, 7)
 
 
+def test_the_layers_defaults_are_the_models():
+    """A block built alone (README's example) is the model's: the same invariants, batch norms
+    and jet, so that one name has one meaning (and the fused kernel runs by default)."""
+    import inspect
+
+    config = LiftedPDEConfig()
+    defaults = {name: p.default for name, p in inspect.signature(M2SystemRHS).parameters.items()}
+    for name in ("normalize_invariants", "normalize_hidden", "sigma", "backend"):
+        assert defaults[name] == getattr(config, name), name
+    assert tuple(defaults["terms"]) == tuple(config.terms)
+    rhs = M2SystemRHS(4)
+    assert isinstance(rhs.terms["network"].norm, torch.nn.Identity)
+    assert rhs.terms["network"].mix.weight.shape[:2] == (4, 40)  # 10 invariants of 4 channels
+
+
 @pytest.mark.parametrize("field, value, match", [
     ("orientations", 6, "multiple of 4"),
     ("orientations", 0, "orientations"),

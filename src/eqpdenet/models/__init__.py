@@ -22,13 +22,15 @@ from .eqpdenet import EqPdeNet
 from .gcnn import GCNN, GCNNConfig
 from .inputs import ModelInput, check_model_input, min_image_size, require_image_size
 from .invariant_pde import InvariantPDEConfig, InvariantPDENet
-from .lifted_pde import LiftedPDEConfig, LiftedPDENet
+from .lifted_pde import LiftedPDEConfig, LiftedPDENet, M2Lift
 from .perceptron import FCNN, Standardize, count_parameters, perceptron
+from .pooling import AntiAliasedDownsample, OrientationMaxPool
 
-__all__ = ["CNN", "FCNN", "GCNN", "MODELS", "CNNConfig", "EqPdeNet", "GCNNConfig",
-           "InvariantPDEConfig", "InvariantPDENet", "LiftedPDEConfig", "LiftedPDENet",
-           "ModelInput", "Standardize", "build_model", "check_model_input", "count_parameters",
-           "min_image_size", "perceptron", "require_image_size"]
+__all__ = ["CNN", "FCNN", "GCNN", "MODELS", "AntiAliasedDownsample", "CNNConfig", "EqPdeNet",
+           "GCNNConfig", "InvariantPDEConfig", "InvariantPDENet", "LiftedPDEConfig", "LiftedPDENet",
+           "M2Lift", "ModelInput", "OrientationMaxPool", "Standardize", "build_model",
+           "check_model_input", "count_parameters", "min_image_size", "perceptron",
+           "require_image_size"]
 
 #: Model kinds: name -> class (``kind(**options)`` builds one).
 MODELS: Registry[type[nn.Module]] = Registry("model")

@@ -9,6 +9,8 @@
 * :mod:`~eqpdenet.pde.rhs`: ``F_theta`` and the right-hand side ``u -> F_theta(I(jet(u)))``.
 * :mod:`~eqpdenet.pde.integrators`: explicit Euler steps and flows (eq. (9)).
 * :mod:`~eqpdenet.pde.layer`: the PDE layer and its configuration (eq. (7)).
+* :mod:`~eqpdenet.pde.m2` and :mod:`~eqpdenet.pde.m2_rhs`: fields on position x orientation
+  (M2), their left-invariant jet and SE(2) invariants, and the systems ``dU/dt = F(I(U))`` on them.
 """
 
 from .integrators import ConvInt, EulerConv, EulerFlow, EulerStep, steps_for
@@ -27,6 +29,8 @@ from .invariants import (
 )
 from .joint import JOINT_GROUPS, JointInvariants
 from .layer import INITS, LAYER_PRESETS, REDUCTIONS, LayerConfig, PDELayer, make_reduction
+from .m2 import M2_SE2, M2Jet
+from .m2_rhs import M2_TERMS, M2SystemRHS
 from .rhs import (
     RIGHT_HAND_SIDES,
     InvariantRHS,
@@ -54,6 +58,8 @@ __all__ = [
     "INVARIANT_SETS",
     "JOINT_GROUPS",
     "LAYER_PRESETS",
+    "M2_SE2",
+    "M2_TERMS",
     "RATIO_REGULARISATIONS",
     "REDUCTIONS",
     "RIGHT_HAND_SIDES",
@@ -70,6 +76,8 @@ __all__ = [
     "JointInvariants",
     "LayerConfig",
     "LinearF",
+    "M2Jet",
+    "M2SystemRHS",
     "MonomialF",
     "PDELayer",
     "PolynomialF",

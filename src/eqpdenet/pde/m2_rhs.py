@@ -99,7 +99,7 @@ class NetworkTerm(nn.Module):
     every Euler step starts as the identity, the initialisation that lets residual networks
     train without normalisation). ``relative``: ``F(I) - F(0)``, which has no ``b2``."""
 
-    def __init__(self, channels: int, hidden: int, normalize_invariants: bool = True,
+    def __init__(self, channels: int, hidden: int, normalize_invariants: bool = False,
                  normalize_hidden: bool = True, *, relative: bool = False):
         super().__init__()
         maps = channels * len(M2_SE2)
@@ -239,7 +239,9 @@ class M2SystemRHS(nn.Module):
         hidden: width of the ``network`` term's hidden layer (default ``C``).
         sigma, boundary, scales: the jet (:class:`~eqpdenet.pde.m2.M2Jet`; spatial derivatives
             scale-normalised).
-        normalize_invariants: batch-normalise the invariant maps in the ``network`` term.
+        normalize_invariants: batch-normalise the invariant maps in the ``network`` term
+            (default off, as ``lifted_pde.normalize_invariants``: the first layer then runs
+            fused with the invariants, which are never written out).
         normalize_hidden: batch-normalise its hidden layer (else a bias, and ``W2`` starts at 0).
         relative: the system of the deviation from a blank image's fields, ``F(I) - F(0)`` (the
             module doc); meant with ``boundary="zeros"``: the frame extended by background.
@@ -261,7 +263,7 @@ class M2SystemRHS(nn.Module):
 
     def __init__(self, channels: int, terms=("network",), hidden: int | None = None, *,
                  sigma: float = 1.0, boundary: str = "replicate", scales: int = 1,
-                 normalize_invariants: bool = True, normalize_hidden: bool = True,
+                 normalize_invariants: bool = False, normalize_hidden: bool = True,
                  relative: bool = False, backend: str = "auto"):
         super().__init__()
         self.relative = bool(relative)
