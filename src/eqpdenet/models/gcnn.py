@@ -72,7 +72,8 @@ class GCNNConfig:
         require(len(self.channels) <= MAX_LAYERS, "gcnn.channels",
                 f"{len(self.channels):,} layers, more than the bound of {MAX_LAYERS:,}")
         require(len(self.channels) == len(self.kernels) >= 1, "gcnn.kernels",
-                "needs one kernel size per entry of gcnn.channels")
+                f"needs one kernel size per entry of gcnn.channels: kernels {self.kernels!r}, "
+                f"channels {self.channels!r}")
         for index, (c, k) in enumerate(zip(self.channels, self.kernels, strict=True)):
             require_int(c, f"gcnn.channels[{index}]", 1)
             require(isinstance(k, int) and k >= 1 and k % 2 == 1, f"gcnn.kernels[{index}]",

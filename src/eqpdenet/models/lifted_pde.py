@@ -157,7 +157,8 @@ class LiftedPDEConfig:
         require_lists(self, "lifted_pde.")
         check_orientations(self.orientations, "lifted_pde.orientations")
         require(len(self.channels) == len(self.blocks) >= 1, "lifted_pde.blocks",
-                "needs one entry per entry of lifted_pde.channels")
+                f"needs one entry per entry of lifted_pde.channels: blocks {self.blocks!r}, "
+                f"channels {self.channels!r}")
         for index, (c, b) in enumerate(zip(self.channels, self.blocks, strict=True)):
             require_int(c, f"lifted_pde.channels[{index}]", 1)
             require_int(b, f"lifted_pde.blocks[{index}]", 0)  # 0: a stage without Euler steps
