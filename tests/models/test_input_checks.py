@@ -81,6 +81,22 @@ def test_far_input_range_warns_once_per_model(index):
         _call(fresh, images * 255)
 
 
+def test_far_range_within_0_1_names_the_statistics_not_the_scale():
+    """Images in [0, 1] far from the statistics (here ones with a mean of 0.02 and a std of
+    0.01, a data set other than MNIST): the cause is input_mean/input_std, not 0-255 pixels."""
+    torch.manual_seed(0)
+    model = FCNN(8, input_mean=0.02, input_std=0.01)
+    images = _digits()  # up to 1.0: (1 - 0.02) / 0.01 = 98 standard deviations
+    with pytest.warns(InputRangeWarning) as caught:
+        model(images)
+    message = str(caught[0].message)
+    assert "up to 98 standard deviations" in message
+    assert "model.standardize = 'train'" in message and "0-255" not in message
+    assert model.standardize.explain(0.0, 1.0).startswith("The input is at fault")
+    assert "0-255" in model.standardize.explain(0.0, 255.0)
+    assert model.standardize.explain(0.0, 0.2) is None  # 18 standard deviations: in range
+
+
 @pytest.mark.parametrize("low", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("index", [0, 1])
 def test_low_precision_input_is_computed_in_float32(low, index):

@@ -58,20 +58,29 @@ class Standardize(nn.Module):
                 f"standard deviations from the statistics the model was built for "
                 f"(input_mean={self.mean:g}, input_std={self.std:g})")
 
+    @staticmethod
+    def _likely_cause(low: float, high: float) -> str:
+        # Only values outside [0, 1] point at the scale; inside it, the statistics are what
+        # does not fit (data sets other than MNIST with the MNIST defaults, or sparse images).
+        if high > 1.5 or low < -0.5:
+            return "images at 0-255 instead of 0-1?"
+        return ("the images lie in [0, 1] but input_mean/input_std do not describe them: "
+                "model.standardize = 'train' takes the training split's")
+
     def check_range(self, low: float, high: float) -> None:
         """Warn once if inputs in ``[low, high]`` are far from ``mean`` and ``std``."""
         if not self._range_warned and self.distance(low, high) > RANGE_WARNING_STDS:
             self._range_warned = True
             warnings.warn(InputRangeWarning(
-                f"eqpdenet: {self._describe(low, high)}: images at 0-255 instead of 0-1? "
+                f"eqpdenet: {self._describe(low, high)}: {self._likely_cause(low, high)} "
                 f"(warned once per model)"), stacklevel=4)
 
     def explain(self, low: float, high: float) -> str | None:
         """The cause of a non-finite PDE state if it is the input's range, else None."""
         if self.distance(low, high) <= RANGE_WARNING_STDS:
             return None
-        return (f"The input is at fault: {self._describe(low, high)}; rescale it (images at "
-                f"0-255 instead of 0-1?).")
+        return (f"The input is at fault: {self._describe(low, high)}; rescale it "
+                f"({self._likely_cause(low, high)}).")
 
     def forward(self, x: Tensor) -> Tensor:
         if self.mean == 0.0 and self.std == 1.0:
