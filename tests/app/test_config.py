@@ -6,6 +6,7 @@ import pytest
 
 from eqpdenet import ConfigError, LayerConfig
 from eqpdenet.app.config import (
+    DataConfig,
     ExperimentConfig,
     ModelConfig,
     ReproduceConfig,
@@ -228,3 +229,25 @@ def test_a_list_field_given_something_else_names_the_field(cls, field, value, me
     module, name = cls.rsplit(".", 1)
     with pytest.raises(ConfigError, match=re.escape(message)):
         getattr(importlib.import_module(module), name)(**{field: value})
+
+
+def test_a_relative_data_set_path_is_recorded_as_the_path_it_names(tmp_path, monkeypatch):
+    """A checkpoint's configuration finds its data from any folder: a relative path that exists
+    becomes absolute (through a constructor, an override and a file alike); a registered name
+    stays a name even where a folder of that name lies here; a path that does not exist stays
+    as given, for the loader's error to name."""
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    np.savez("digits.npz", x_train=np.zeros((2, 8, 8)), y_train=np.zeros(2, int),
+             x_test=np.zeros((2, 8, 8)), y_test=np.zeros(2, int))
+    (tmp_path / "mnist").mkdir()
+    expected = str(tmp_path.resolve() / "digits.npz")
+    assert DataConfig(dataset="digits.npz").dataset == expected
+    assert apply_overrides(ExperimentConfig(), ["data.dataset='digits.npz'"]).data.dataset == expected
+    (tmp_path / "run.toml").write_text('[data]\ndataset = "digits.npz"\n')
+    assert load_toml(ExperimentConfig, tmp_path / "run.toml").data.dataset == expected
+    assert DataConfig(dataset="mnist").dataset == "mnist"
+    assert DataConfig(dataset="elsewhere.npz").dataset == "elsewhere.npz"
+    monkeypatch.chdir(tmp_path / "mnist")  # the recorded path still names the file
+    assert DataConfig(dataset=expected).dataset == expected

@@ -37,6 +37,7 @@ from ..checks import (
     require_positive,
 )
 from ..data.augment import AffineAugmentation, BlurConsistency
+from ..data.datasets import DATASETS
 from ..data.scenarios import SCENARIOS
 from ..errors import ConfigError
 from ..models import MODELS, CNNConfig, GCNNConfig, InvariantPDEConfig, LiftedPDEConfig
@@ -226,6 +227,8 @@ class DataConfig:
     Attributes:
         dataset: a registered name (``"rotmnist"``, the paper's; ``"mnist"``) or the path of a
             ``.npz`` file (``x_train, y_train, x_test, y_test``) or of a folder of IDX files.
+            A relative path that exists is kept as the absolute path it names, so that the
+            configuration recorded beside a run (a checkpoint's) finds its data from any folder.
         rotated: use the rotated version of the data set (each image rotated by an angle
             ~ U[0, 2 pi), training images from the training pool and test images from the test
             pool; :func:`eqpdenet.data.datasets.rotate_dataset`). ROTMNIST is rotated already.
@@ -254,6 +257,10 @@ class DataConfig:
     def __post_init__(self):
         require(isinstance(self.dataset, str) and self.dataset != "", "data.dataset",
                 "must be a data set name or path")
+        if self.dataset not in DATASETS and not Path(self.dataset).is_absolute():
+            path = Path(self.dataset).expanduser()
+            if path.exists():
+                self.dataset = str(path.resolve())
         require(isinstance(self.rotated, bool), "data.rotated", "must be true or false")
         require(self.source in ("auto", "generated", "official"), "data.source", f"{self.source!r}")
         require(self.rotation_centre in ("frame", "mass"), "data.rotation_centre",
