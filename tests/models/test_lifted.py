@@ -106,6 +106,48 @@ def test_blocks_are_euler_steps_of_m2_systems_and_downsampling_is_anti_aliased()
     assert net.fields(torch.rand(2, 1, 28, 28)).shape == (2, 5, 8, 7, 7)
 
 
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("relative, scales, in_channels", [
+    (False, 1, 1), (True, 1, 1), (False, 2, 3), (True, 2, 3)])
+def test_lift_by_moments_is_the_composed_lift(relative, scales, in_channels, training):
+    """The lift's two computations (backend "auto": batch statistics from the jet's moments and
+    one matrix per orientation; "reference": the modules composed) agree in float64: values,
+    every gradient (the biases that cancel in the relative lift get zero in both), running
+    statistics; and an empty batch maps to an empty field."""
+    from eqpdenet.models import M2Lift
+
+    torch.manual_seed(in_channels + 2 * scales)
+    boundary = "zeros" if relative else "replicate"
+    lifts = [M2Lift(in_channels, 5, 8, 1.0, boundary, scales, relative, backend=backend).double()
+             for backend in ("auto", "reference")]
+    for parameter in lifts[0].parameters():
+        parameter.data.normal_()
+    for norm in (lifts[0].norm, lifts[0].out_norm):
+        norm.running_mean.normal_()
+        norm.running_var.uniform_(0.5, 2.0)
+    lifts[1].load_state_dict(lifts[0].state_dict())
+    images = torch.rand(3, in_channels, 13, 11, dtype=torch.float64, requires_grad=True) + 0.5
+    probe = torch.randn(3 * scales, 5, 8, 13, 11, dtype=torch.float64)
+    results = []
+    for lift in lifts:
+        lift.train(training)
+        out = lift(images)
+        results.append((out, torch.autograd.grad((out * probe).sum(), [images, *lift.parameters()])))
+    (fast, fast_grads), (composed, composed_grads) = results
+    torch.testing.assert_close(fast, composed, rtol=1e-12, atol=1e-12)
+    names = ["images"] + [name for name, _ in lifts[0].named_parameters()]
+    for name, a, b in zip(names, fast_grads, composed_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10 * float(b.abs().max()) + 1e-12,
+                                   msg=name)
+    if relative:
+        assert float(fast_grads[names.index("out_norm.bias")].abs().max()) <= 1e-12
+    for (key, a), b in zip(lifts[0].state_dict().items(), lifts[1].state_dict().values(),
+                           strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=key)
+    empty = torch.zeros(0, in_channels, 13, 11, dtype=torch.float64)
+    assert lifts[0].eval()(empty).shape == (0, 5, 8, 13, 11)
+
+
 def test_the_layers_defaults_are_the_models():
     """A block built alone (README's example) is the model's: the same invariants, batch norms
     and jet, so that one name has one meaning (and the fused kernel runs by default)."""

@@ -40,6 +40,7 @@ LIFTED = [
     ({"boundary": "background"}, 1),
     ({"boundary": "background", "stage_orientations": [8, 4, 4]}, 1),
     ({"orientations": 16, "stage_orientations": [8, 8, 4]}, 1),
+    ({"blocks": [0, 2, 2]}, 1),
 ]
 
 

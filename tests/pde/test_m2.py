@@ -18,6 +18,7 @@ from eqpdenet.pde.m2 import (
     orientations,
     rotate_field,
     steered_jet,
+    steering_matrices,
 )
 from eqpdenet.pde.stencils import jet
 
@@ -161,6 +162,26 @@ def test_steered_lift_of_an_image_is_the_invariants_of_its_constant_field():
     invariants = M2_SE2(M2Jet(1.0)(f.unsqueeze(2).expand(-1, -1, n, -1, -1)))
     keep = [M2_SE2.names.index(name) for name in ("u", "A1u", "A2u", "A11u", "A12u", "A22u")]
     torch.testing.assert_close(lifted.transpose(2, 3), invariants[:, :, keep], rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("n", [4, 8, 12])
+def test_steering_matrices_are_the_steered_jet_as_a_matrix(n):
+    """Row by row the frame (A1, A2) = (cos dx + sin dy, -sin dx + cos dy) and its products:
+    S_k applied to a jet is steered_jet at theta_k; S_k is orthogonal on the first-order block
+    and a rotation by 2 theta_k of (u_xx - u_yy, 2 u_xy)/2 leaves the Laplacian alone."""
+    torch.manual_seed(n)
+    cos, sin = orientation_cos_sin(n, torch.float64, None)
+    matrices = steering_matrices(cos, sin)
+    assert matrices.shape == (n, 6, 6)
+    spatial = torch.randn(6, 5, 7, dtype=torch.float64)
+    expected = steered_jet(spatial, cos, sin)                           # (N, 6, 5, 7)
+    torch.testing.assert_close(torch.einsum("kij,jhw->kihw", matrices, spatial), expected,
+                               rtol=0, atol=1e-14)
+    first = matrices[:, 1:3, 1:3]
+    torch.testing.assert_close(first @ first.transpose(1, 2), torch.eye(2, dtype=torch.float64)
+                               .expand(n, 2, 2), rtol=0, atol=1e-15)
+    laplacian = torch.tensor([0, 0, 0, 1, 0, 1], dtype=torch.float64)
+    torch.testing.assert_close(laplacian @ matrices, laplacian.expand(n, 6), rtol=0, atol=1e-15)
 
 
 def test_orientation_counts_must_be_positive_multiples_of_four():

@@ -58,7 +58,7 @@ from ..checks import require, require_int, require_lists, require_positive
 from ..geometry import halvings_stay_even
 from ..kernels.m2_op import KERNEL_ORIENTATIONS
 from ..kernels.op import KERNEL_BOUNDARIES
-from ..pde.batch_norm import batch_norm_affine
+from ..pde.batch_norm import batch_norm_affine, batch_norm_affine_of
 from ..pde.integrators import EulerStep
 from ..pde.m2 import (
     M2_SE2,
@@ -68,6 +68,7 @@ from ..pde.m2 import (
     orientation_cos_sin,
     scale_levels,
     steered_jet,
+    steering_matrices,
 )
 from ..pde.m2_rhs import M2_TERMS, M2SystemRHS, Pointwise
 from ..pde.stencils import BOUNDARIES, MIN_GAUSSIAN_SIGMA
@@ -240,21 +241,77 @@ class M2Lift(nn.Module):
     ``s`` lifted at ``sigma 2^(s/2)``. With ``relative``, the output minus the lift of a blank
     image (with the same batch statistics): the deviation that ``boundary = "background"``
     carries, for images given as their deviation from the blank one.
+
+    The map is ``U_k(p) = s2 (W (s1 (S_k J(p)) + b1)) + b2`` at every pixel ``p``, ``J`` the
+    ``6 C_in`` Cartesian jet, ``S_k`` its steering to ``theta_k``, ``(s1, b1)`` and ``(s2, b2)``
+    the two batch norms as affine maps: linear in ``J`` per orientation. ``backend = "auto"``
+    computes it so: the batch norms' statistics over ``(B, N, H, W)`` from the mean and
+    covariance of ``J`` over ``(B, H, W)`` (exact: the steered jet and the mixed maps are linear
+    in ``J``), then one ``(C N) x 6 C_in`` matrix per image, without writing the ``6 C_in N``
+    steered maps; ``"reference"`` composes the modules as written above. The two agree to
+    rounding (values, gradients, running statistics; tests/models/test_lifted.py).
     """
 
     def __init__(self, in_channels: int, channels: int, orientations: int, sigma: float,
-                 boundary: str, scales: int = 1, relative: bool = False):
+                 boundary: str, scales: int = 1, relative: bool = False, backend: str = "auto"):
         super().__init__()
         self.relative = bool(relative)
         self.orientations = check_orientations(orientations)
         self.sigmas = scale_levels(sigma, scales)
         self.boundary = boundary
+        kernels.BACKENDS.check(backend, "backend")
+        self.backend = backend
         features = 6 * require_int(in_channels, "in_channels", 1)
         self.norm = nn.BatchNorm1d(features)
         self.mix = Pointwise(features, require_int(channels, "channels", 1), bias=False)
         self.out_norm = nn.BatchNorm1d(channels)
 
     def forward(self, f: Tensor) -> Tensor:
+        if self.backend == "reference":
+            return self._composed(f)
+        n = self.orientations
+        cos, sin = orientation_cos_sin(n, f.dtype, f.device)
+        jets = [gaussian_jet(f, sigma, self.boundary) for sigma in self.sigmas]
+        jet = (torch.cat(jets, 0) if len(jets) > 1 else jets[0]).flatten(1, 2)
+        batch, features, height, width = jet.shape               # (S B, 6 C_in, H, W)
+        jet = jet.flatten(2)
+        # Mean and covariance of the steered features over (B, N, H, W): those of each
+        # orientation's S_k J, averaged over the orientations (the law of total covariance).
+        # Centred before the product, so that a large mean costs no precision.
+        mean = jet.mean(dim=(0, 2))
+        centred = jet - mean[:, None]
+        # bmm rather than einsum or matmul: these fold the batch into one product through
+        # copies, about 2 (here) and 6 (below) times slower forward and backward on the CPU
+        covariance = torch.bmm(centred, centred.transpose(1, 2)).sum(0) / (batch * jet.shape[2])
+        steering = torch.kron(torch.eye(features // 6, dtype=f.dtype, device=f.device)[None],
+                              steering_matrices(cos, sin))           # (N, 6 C_in, 6 C_in)
+        means = steering @ mean                                      # (N, 6 C_in)
+        steered_mean = means.mean(dim=0)
+        spread = means - steered_mean
+        steered_covariance = ((steering @ covariance @ steering.transpose(1, 2)).mean(dim=0)
+                              + spread.T @ spread / n)
+        count = batch * n * jet.shape[2]
+        scale, shift = batch_norm_affine_of(self.norm, steered_mean,
+                                            torch.diagonal(steered_covariance), count)
+        mix = self.mix.weight * scale                                # (C, 6 C_in)
+        mixed_mean = mix @ steered_mean + self.mix.weight @ shift
+        mixed_var = torch.einsum("cd,de,ce->c", mix, steered_covariance, mix)
+        out_scale, out_shift = batch_norm_affine_of(self.out_norm, mixed_mean, mixed_var, count)
+        maps = (out_scale[:, None] * mix) @ steering                 # (N, C, 6 C_in)
+        offset = out_scale * (self.mix.weight @ shift) + out_shift   # the blank image's lift
+        if self.relative:
+            # The offset cancels; kept in the graph, so that the biases' gradients are zero
+            # rather than absent, as in the composed modules.
+            maps = maps + (offset - offset)[None, :, None]
+        channels = maps.shape[1]
+        maps = maps.transpose(0, 1).reshape(channels * n, features)
+        out = torch.bmm(maps.expand(batch, -1, -1), jet)                # (S B, C N, H W)
+        if not self.relative:
+            out = out + offset.repeat_interleave(n)[:, None]
+        return out.view(batch, channels, n, height, width)
+
+    def _composed(self, f: Tensor) -> Tensor:
+        """The lift as the composition of its modules (``backend = "reference"``)."""
         n = self.orientations
         cos, sin = orientation_cos_sin(n, f.dtype, f.device)
         copies = [steered_jet(gaussian_jet(f, sigma, self.boundary).unsqueeze(-4), cos, sin)
@@ -328,7 +385,8 @@ class LiftedPDENet(nn.Module):
         self.standardize = Standardize(input_mean, input_std)
         background = config.boundary == BACKGROUND
         self.lift = M2Lift(in_channels, config.channels[0], config.orientations, config.sigma,
-                           config.padding, config.scales, relative=background)
+                           config.padding, config.scales, relative=background,
+                           backend=config.backend)
         stages = []
         counts = [config.orientations, *config.orientations_of_stages()]
         for index, (channels, blocks) in enumerate(zip(config.channels, config.blocks,
@@ -368,11 +426,14 @@ class LiftedPDENet(nn.Module):
         backward pass (what the memory preflight of :mod:`eqpdenet.app.preflight` needs).
 
         In units of one stage's field, ``batch x scales x C_s x N x h_s^2 x element_size``,
-        every Euler block keeps about ``1 + 2 hidden/C_s`` with the fused kernel (its input, the
-        hidden layer before and after batch normalisation); about ``21 + 3 hidden/C_s`` (+10
+        every Euler block keeps about ``1.3 + 1.2 hidden/C_s`` with the fused kernel (its input,
+        the hidden layer before and after batch normalisation); about ``21 + 3 hidden/C_s`` (+10
         with ``normalize_invariants``, +6 with other ``terms`` than ``network``) where the
-        invariants are written out (the reference, other ``terms``); the lift keeps about its
-        jet twice and three fields. Measured with ``torch.autograd.graph.saved_tensors_hooks``;
+        invariants are written out (the reference, other ``terms``); the lift keeps its
+        Cartesian jet (``6 C_in`` maps), or with ``backend = "reference"`` about its steered jet
+        twice and three fields; each channel map between stages its input, each orientation
+        pooling 1.5 times its input, the projection 1.125 times the last field. Measured with
+        ``torch.autograd.graph.saved_tensors_hooks``;
         tests/models/test_memory_estimates.py holds the estimate within 1 to 1.6 times the
         measurement. The fused factor assumes the C++ or Triton kernel runs: where it cannot,
         training falls back to the reference (with a warning) and needs up to 20 times more.
@@ -385,15 +446,27 @@ class LiftedPDENet(nn.Module):
                   and list(config.terms) == ["network"]
                   and all(n in KERNEL_ORIENTATIONS for n in counts)
                   and config.padding in KERNEL_BOUNDARIES)
-        total = (per_image * config.orientations * sizes[0] ** 2
-                 * (12 * self.in_channels + 3 * config.channels[0]))
+        if config.backend == "reference":  # the steered jet and three fields, written out
+            total = (per_image * config.orientations * sizes[0] ** 2
+                     * (12 * self.in_channels + 3 * config.channels[0]))
+        else:  # the Cartesian jet, 6 C_in maps (M2Lift: the lift by moments)
+            total = per_image * sizes[0] ** 2 * 7 * self.in_channels
+        before = [(config.channels[0], config.orientations, sizes[0]),
+                  *zip(config.channels, counts, sizes, strict=True)]
+        for index, n in enumerate(counts):
+            previous, previous_n, previous_size = before[index]
+            if n < previous_n:  # the orientation pooling's input and indices
+                total += 1.5 * per_image * previous * previous_n * previous_size**2
+            if index:  # the channel map's input, after the downsampling
+                total += per_image * previous * n * sizes[index] ** 2
+        total += 1.125 * per_image * config.channels[-1] * counts[-1] * sizes[-1] ** 2  # projection
         for channels, blocks, size, n in zip(config.channels, config.blocks, sizes, counts,
                                              strict=True):
             per_point = per_image * n
             hidden = (max(1, round(config.hidden * channels)) / channels
                       if config.normalize_hidden else 0.0)
             if kernel and not config.normalize_invariants:
-                factor = 1.3 + 2 * hidden
+                factor = 1.3 + 1.2 * hidden
             elif kernel:  # the invariants written out for their batch norm, then fused
                 factor = 24 + 2 * hidden
             else:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-__all__ = ["batch_norm_affine", "batch_norm_at", "batch_statistics"]
+__all__ = ["batch_norm_affine", "batch_norm_affine_of", "batch_norm_at", "batch_statistics"]
 
 
 class _BatchStatistics(torch.autograd.Function):
@@ -71,12 +71,25 @@ def batch_norm_affine(norm: nn.Module, batch: Tensor) -> tuple[Tensor, Tensor]:
         one = torch.ones(channels, dtype=batch.dtype, device=batch.device)
         return one, torch.zeros_like(one)
     if _uses_batch_statistics(norm) and batch.numel():
-        mean, var = batch_statistics(batch)
-        if norm.training and norm.track_running_stats and norm.running_mean is not None:
-            _update_running_statistics(norm, mean.detach(), var.detach(),
-                                       batch.numel() // channels)
-    else:
-        mean, var = _running_statistics(norm, batch)
+        return batch_norm_affine_of(norm, *batch_statistics(batch), batch.numel() // channels)
+    return _affine(norm, *_running_statistics(norm, batch))
+
+
+def batch_norm_affine_of(norm: nn.Module, mean: Tensor, var: Tensor, count: int
+                         ) -> tuple[Tensor, Tensor]:
+    """:func:`batch_norm_affine` for a batch known by its statistics alone: ``mean`` and biased
+    ``var`` ``(C,)`` of ``count`` values per channel (computed by the caller some other way, e.g.
+    from the moments of what the batch is a linear map of). Used where the module would use
+    batch statistics (training mode, or no running statistics) and ``count > 0``; else the
+    running statistics, as :func:`batch_norm_affine`. Updates the running statistics in training
+    mode as a call of the module on such a batch would."""
+    if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        one = torch.ones_like(mean)
+        return one, torch.zeros_like(one)
+    if not (_uses_batch_statistics(norm) and count):
+        return _affine(norm, *_running_statistics(norm, mean[None, :, None]))
+    if norm.training and norm.track_running_stats and norm.running_mean is not None:
+        _update_running_statistics(norm, mean.detach(), var.detach(), count)
     return _affine(norm, mean, var)
 
 

@@ -72,6 +72,7 @@ __all__ = [
     "scale_levels",
     "separable_stencils",
     "steered_jet",
+    "steering_matrices",
 ]
 
 #: The Cartesian 2-jet of a field on M2, in this order along the jet axis (total order, then
@@ -296,6 +297,23 @@ def steered_jet(spatial: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.stack(torch.broadcast_tensors(
         u, a1, cos * uy - sin * ux, cc * uxx + 2 * cs * uxy + ss * uyy,
         cs * (uyy - uxx) + (cc - ss) * uxy, ss * uxx - 2 * cs * uxy + cc * uyy), -3)
+
+
+def steering_matrices(cos: Tensor, sin: Tensor) -> Tensor:
+    """``(N, 6, 6)``: the linear map of a Cartesian 2-jet ``(u, u_x, u_y, u_xx, u_xy, u_yy)`` to
+    its steered jet ``(u, A1u, A2u, A11u, A12u, A22u)`` at each orientation, from ``cos, sin``
+    of any shape holding ``N`` values: ``steering_matrices(cos, sin)[k] @ jet`` is
+    :func:`steered_jet` at ``theta_k`` (the same products, as a matrix)."""
+    c, s = cos.reshape(-1), sin.reshape(-1)
+    zero, one = torch.zeros_like(c), torch.ones_like(c)
+    cc, ss, cs = c * c, s * s, c * s
+    rows = [[one, zero, zero, zero, zero, zero],
+            [zero, c, s, zero, zero, zero],
+            [zero, -s, c, zero, zero, zero],
+            [zero, zero, zero, cc, 2 * cs, ss],
+            [zero, zero, zero, -cs, cc - ss, cs],
+            [zero, zero, zero, ss, -2 * cs, cc]]
+    return torch.stack([torch.stack(row, -1) for row in rows], -2)
 
 
 def _a1(d):
