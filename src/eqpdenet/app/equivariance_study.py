@@ -95,27 +95,70 @@ def _maps(T: float, dt: float, stencil: str, checkpoint_maps: dict) -> dict[str,
     return maps
 
 
+#: The input shape ``(channels, side)`` of MNIST, which the study's shared inputs have.
+MNIST_SHAPE = (1, 28)
+
+
+def input_shape(model: nn.Module) -> tuple[int, int]:
+    """``(channels, side)`` of the images ``model`` takes."""
+    return int(getattr(model, "in_channels", 1)), int(getattr(model, "image_size", 28))
+
+
+def checkpoint_inputs(model: nn.Module, config, count: int, data_dir=None,
+                      echo: Callable[[str], None] = print) -> dict[str, Tensor]:
+    """Inputs of a checkpoint whose images are not MNIST's shape (:data:`MNIST_SHAPE`), so that
+    its maps and logits are measured on what it takes: smooth fields of its shape (the functions
+    of :func:`~eqpdenet.analysis.references.smooth_inputs`, one per channel, sampled at its
+    side) and the first ``count`` test images of its own data set (as it was trained on them:
+    rotated or not), under the data set's name; without them (the data set cannot be read
+    here) the smooth fields alone, with a message."""
+    from .training import prepare_data  # the data pipeline of training, with its checks
+
+    channels, side = input_shape(model)
+    quarter = max(count // 4, 4)
+    smooth = smooth_inputs(quarter * channels, side).view(quarter, channels, side, side)
+    inputs = {f"smooth {channels}x{side}x{side}": smooth}
+    try:
+        data = prepare_data(config.data, data_dir=data_dir)
+    except Exception as error:  # noqa: BLE001 - the smooth fields still measure the maps
+        echo(f"{config.data.dataset} unavailable ({error}); measuring that checkpoint on "
+             f"smooth inputs only")
+        return inputs
+    inputs[Path(config.data.dataset).name] = data.test.images[:count].float()
+    return inputs
+
+
 def checkpoint_maps(path) -> tuple[dict[str, Callable], nn.Module, str]:
     """From a checkpoint: each PDE ``u -> u_T`` and the whole layer (after the model's input
     standardisation, as the model applies them); for a lifted model the lift and its first stage,
     projected over orientations; other families give no maps (their logits are measured)."""
+    maps, model, tag, _ = _load_checkpoint_maps(path)
+    return maps, model, tag
+
+
+def _load_checkpoint_maps(path, taken=()):
     model, config, _ = load_checkpoint(path)
     model.eval()
     tag = config.model.kind + (f"-h{config.model.hidden}" if config.model.kind in ("eqpdenet", "fcnn")
                                else "")
+    if tag in taken:  # two checkpoints of one kind: tell them apart by their files
+        tag = f"{tag} ({Path(path).parent.name}/{Path(path).name})"
+        base, index = tag, 2
+        while tag in taken:
+            tag, index = f"{base} #{index}", index + 1
     if isinstance(model, LiftedPDENet):
         # Full resolution only (the lift and the first stage): the transforms act on the
         # 28x28 grid, and a downsampled map would need their action at another spacing.
         maps = {f"{tag} lift": lambda u: model.projected_fields(u, 0),
                 f"{tag} stage 1": lambda u: model.projected_fields(u, 1)}
-        return maps, model, tag
+        return maps, model, tag, config
     if not isinstance(model, EqPdeNet):
-        return {}, model, tag
+        return {}, model, tag, config
     maps: dict[str, Callable] = {}
     for pde in model.pde_layer.pdes:
         maps[f"{tag} {pde.name}"] = (lambda u, p=pde: p(model.standardize(u)))
     maps[f"{tag} layer"] = lambda u: model.features(u)
-    return maps, model, tag
+    return maps, model, tag, config
 
 
 def default_grid(quick: bool) -> dict:
@@ -160,10 +203,16 @@ def measure_equivariance(*, quick: bool = False, checkpoints: Sequence = (), dat
     study = Study()
     ck_maps: dict[str, Callable] = {}
     models: dict[str, nn.Module] = {}
+    # Checkpoints of other shapes than MNIST's: their maps and logits on inputs of their own.
+    own: list[tuple[dict[str, Callable], str, nn.Module, dict[str, Tensor]]] = []
     for path in checkpoints:
-        maps, model, tag = checkpoint_maps(path)
-        ck_maps.update(maps)
-        models[tag] = model
+        maps, model, tag, config = _load_checkpoint_maps(path, [*models, *(o[1] for o in own)])
+        if input_shape(model) == MNIST_SHAPE:
+            ck_maps.update(maps)
+            models[tag] = model
+        else:
+            own.append((maps, tag, model,
+                        checkpoint_inputs(model, config, grid["count"], data_dir, echo)))
     inputs = {"smooth": smooth_inputs(grid["count"] // 4 or 4)}
     try:
         inputs["mnist"] = mnist_inputs(grid["count"], data_dir)
@@ -188,6 +237,14 @@ def measure_equivariance(*, quick: bool = False, checkpoints: Sequence = (), dat
                               stencil=stencil if isinstance(phi, EulerFlow) else "", dt=dt,
                               steps=getattr(phi, "steps", 0))
         echo(f"transforms ({stencil}): {time.perf_counter() - start:.0f} s")
+    for maps, _, _, own_inputs in own:
+        for input_name, images in own_inputs.items():
+            for transform in transforms:
+                floor = interpolation_floor(images, transform)
+                for name, phi in maps.items():
+                    study.add(study="transforms", inputs=input_name, map=name,
+                              transform=transform.kind, param=_transform_param(transform),
+                              error=equivariance_error(phi, images, transform), floor=floor)
 
     # 2. Resolution: the same continuous PDE on images upsampled k times (h = 1/k, dt / k^2).
     angle = Transform.rotation(45 if quick else 30)
@@ -226,13 +283,16 @@ def measure_equivariance(*, quick: bool = False, checkpoints: Sequence = (), dat
     echo(f"dt and steps: {time.perf_counter() - start:.0f} s")
 
     # 4. Whole models: predictions and logits.
-    if models and "mnist" in inputs:
-        for tag, model in models.items():
-            for transform in transforms:
-                result = model_invariance(model, inputs["mnist"], transform)
-                study.add(study="model", inputs="mnist", map=tag, transform=transform.kind,
-                          param=_transform_param(transform), error=result["logit_change"],
-                          floor=float("nan"), extra={"unchanged": result["unchanged"]})
+    measured = [(tag, model, "mnist", inputs["mnist"])
+                for tag, model in models.items() if "mnist" in inputs]
+    measured += [(tag, model, name, images) for _, tag, model, own_inputs in own
+                 for name, images in own_inputs.items() if not name.startswith("smooth")]
+    for tag, model, input_name, images in measured:
+        for transform in transforms:
+            result = model_invariance(model, images, transform)
+            study.add(study="model", inputs=input_name, map=tag, transform=transform.kind,
+                      param=_transform_param(transform), error=result["logit_change"],
+                      floor=float("nan"), extra={"unchanged": result["unchanged"]})
     study.seconds = time.perf_counter() - start
     return study
 
@@ -315,9 +375,10 @@ def equivariance_table(study: Study) -> str:
                        + " | ".join(_fmt(floors.get((inputs, c), float("nan"))) for c in cols)
                        + " |")
         out.append("")
-    records = study.select(study="model")
-    if records:
-        out += ["## Whole models on MNIST test digits", "",
+    for inputs in dict.fromkeys(r.inputs for r in study.select(study="model")):
+        records = study.select(study="model", inputs=inputs)
+        where = "MNIST test digits" if inputs == "mnist" else f"test images of {inputs}"
+        out += [f"## Whole models on {where}", "",
                 "Fraction of predictions unchanged by g (and relative logit change).", ""]
         key = lambda r: f"{r.transform} {r.param:g}"  # noqa: E731
         out += _pivot(records, lambda r: r.map + " unchanged", key, lambda r: r.extra["unchanged"])
