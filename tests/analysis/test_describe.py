@@ -179,3 +179,21 @@ def test_lifted_model_with_fewer_orientations_per_stage_says_so():
     text = describe_model(LiftedPDENet(LiftedPDEConfig(orientations=16, stage_orientations=[8, 4],
                                                        channels=[2, 3], blocks=[1, 1])))
     assert "orientations 16 lifted, 8, 4 in the stages" in text.splitlines()[0]
+
+
+def test_describe_out_of_a_model_without_evolution_images_says_so(tmp_path, capsys):
+    """``describe --out`` of a lifted checkpoint prints its PDEs and says that nothing is drawn,
+    rather than leaving the asked-for folder silently absent."""
+    from eqpdenet.app.cli import main
+    from eqpdenet.app.config import ExperimentConfig, apply_overrides, build_model
+    from eqpdenet.app.training import save_checkpoint
+
+    config = apply_overrides(ExperimentConfig(), [
+        "model.kind='lifted_pde'", "model.lifted_pde.channels=[3, 4]",
+        "model.lifted_pde.blocks=[1, 1]"])
+    save_checkpoint(tmp_path / "model.pt", build_model(config.model), config)
+    assert main(["describe", str(tmp_path / "model.pt"), "--out", str(tmp_path / "d")]) == 0
+    captured = capsys.readouterr()
+    assert "stage0.block0" in captured.out
+    assert "evolution images are drawn of the paper's PDE layer" in captured.err
+    assert "lifted_pde checkpoint" in captured.err and not (tmp_path / "d").exists()

@@ -448,10 +448,14 @@ def _describe(args) -> int:
     from .runfolder import claim_folder, output_path
     from .training import load_checkpoint
 
-    model, _, _ = load_checkpoint(args.checkpoint)
+    model, config, _ = load_checkpoint(args.checkpoint)
     evolves = args.out and isinstance(model, EqPdeNet)
     out = claim_folder(output_path(args.out), "describe") if evolves else None
     print(describe_model(model, digits=args.digits))
+    if args.out and not evolves:  # said, rather than an --out that silently stays empty
+        print(f"eqpdenet: --out: evolution images are drawn of the paper's PDE layer "
+              f"(model.kind = 'eqpdenet') only; this {config.model.kind} checkpoint's PDEs are "
+              f"printed above, nothing was written to {args.out}", file=sys.stderr)
     if out is not None and isinstance(model, EqPdeNet):
         images = _load_digits(args.data_dir, args.samples)
         path = out / "evolution.png"
