@@ -97,8 +97,11 @@ def test_rotated_about_the_mass_uses_the_same_angles(tmp_path):
 
 def test_registered_names_and_bad_inputs(tmp_path):
     assert {"rotmnist", "mnist"} <= set(DATASETS.names())
-    with pytest.raises(ConfigError, match="unknown data set 'nope'"):
+    with pytest.raises(ConfigError, match=r"unknown data set 'nope'.*relative path is read from "
+                                          r"the current folder"):
         load_dataset("nope")
+    with pytest.raises(ConfigError, match=r"IDX folder$"):  # an absolute path: no such note
+        load_dataset(str(tmp_path / "nope.npz"))
     (tmp_path / "x.txt").write_text("no")
     with pytest.raises(ConfigError, match=".npz"):
         load_dataset(str(tmp_path / "x.txt"))

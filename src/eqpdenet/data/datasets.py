@@ -271,7 +271,9 @@ def load_dataset(spec: str, data_dir=None, cache_dir=None, seed: int = 0,
             raise ConfigError(f"data set {spec!r}: a file must be a NumPy .npz archive with "
                               f"x_train, y_train, x_test, y_test (or give a folder of IDX files)")
         else:
+            where = (f" (a relative path is read from the current folder, {Path.cwd()})"
+                     if not path.is_absolute() else "")
             raise ConfigError(f"unknown data set {spec!r}: not a registered name "
                               f"({', '.join(DATASETS.names())}) nor an existing .npz file or "
-                              f"IDX folder")
+                              f"IDX folder{where}")
     return rotate_dataset(dataset, seed, rotation_centre=rotation_centre) if rotated else dataset
