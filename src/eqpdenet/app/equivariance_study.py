@@ -105,13 +105,15 @@ def input_shape(model: nn.Module) -> tuple[int, int]:
 
 
 def checkpoint_inputs(model: nn.Module, config, count: int, data_dir=None,
-                      echo: Callable[[str], None] = print) -> dict[str, Tensor]:
+                      echo: Callable[[str], None] = print
+                      ) -> tuple[dict[str, Tensor], str | None]:
     """Inputs of a checkpoint whose images are not MNIST's shape (:data:`MNIST_SHAPE`), so that
     its maps and logits are measured on what it takes: smooth fields of its shape (the functions
     of :func:`~eqpdenet.analysis.references.smooth_inputs`, one per channel, sampled at its
     side) and the first ``count`` test images of its own data set (as it was trained on them:
     rotated or not), under the data set's name; without them (the data set cannot be read
-    here) the smooth fields alone, with a message."""
+    here) the smooth fields alone, with a message. Returns the inputs by name and the name of
+    the test images (None without them)."""
     from .training import prepare_data  # the data pipeline of training, with its checks
 
     channels, side = input_shape(model)
@@ -123,20 +125,18 @@ def checkpoint_inputs(model: nn.Module, config, count: int, data_dir=None,
     except Exception as error:  # noqa: BLE001 - the smooth fields still measure the maps
         echo(f"{config.data.dataset} unavailable ({error}); measuring that checkpoint on "
              f"smooth inputs only")
-        return inputs
-    inputs[Path(config.data.dataset).name] = data.test.images[:count].float()
-    return inputs
+        return inputs, None
+    name = Path(config.data.dataset).name
+    inputs[name] = data.test.images[:count].float()
+    return inputs, name
 
 
-def checkpoint_maps(path) -> tuple[dict[str, Callable], nn.Module, str]:
+def checkpoint_maps(path, taken=()) -> tuple[dict[str, Callable], nn.Module, str, object]:
     """From a checkpoint: each PDE ``u -> u_T`` and the whole layer (after the model's input
     standardisation, as the model applies them); for a lifted model the lift and its first stage,
-    projected over orientations; other families give no maps (their logits are measured)."""
-    maps, model, tag, _ = _load_checkpoint_maps(path)
-    return maps, model, tag
-
-
-def _load_checkpoint_maps(path, taken=()):
+    projected over orientations; other families give no maps (their logits are measured).
+    Returns the maps, the model, its tag (its kind; with its file where ``taken`` has the kind
+    already) and its configuration."""
     model, config, _ = load_checkpoint(path)
     model.eval()
     tag = config.model.kind + (f"-h{config.model.hidden}" if config.model.kind in ("eqpdenet", "fcnn")
@@ -190,6 +190,22 @@ def check_steps(T: float, dt: float, grid: dict) -> None:
                               f"{grid['dts']})") from None
 
 
+def _measure_transforms(study: Study, maps: dict[str, Callable], inputs: dict[str, Tensor],
+                        transforms: list[Transform], stencil: str, dt: float) -> None:
+    """Study 1 for ``maps`` on ``inputs``: every map, every transform (records of "transforms")."""
+    for input_name, images in inputs.items():
+        for transform in transforms:
+            floor = interpolation_floor(images, transform)
+            for name, phi in maps.items():
+                if stencil != "central" and name in ("identity", "random conv3x3"):
+                    continue
+                study.add(study="transforms", inputs=input_name, map=name,
+                          transform=transform.kind, param=_transform_param(transform),
+                          error=equivariance_error(phi, images, transform), floor=floor,
+                          stencil=stencil if isinstance(phi, EulerFlow) else "", dt=dt,
+                          steps=getattr(phi, "steps", 0))
+
+
 def measure_equivariance(*, quick: bool = False, checkpoints: Sequence = (), data_dir=None,
               T: float = 1.0, dt: float = 0.1, echo: Callable[[str], None] = print) -> Study:
     """All measurements of ``eqpdenet equivariance`` (see the module doc and the docs).
@@ -203,16 +219,17 @@ def measure_equivariance(*, quick: bool = False, checkpoints: Sequence = (), dat
     study = Study()
     ck_maps: dict[str, Callable] = {}
     models: dict[str, nn.Module] = {}
-    # Checkpoints of other shapes than MNIST's: their maps and logits on inputs of their own.
-    own: list[tuple[dict[str, Callable], str, nn.Module, dict[str, Tensor]]] = []
+    # Checkpoints of other shapes than MNIST's: their maps and logits on inputs of their own
+    # (maps, tag, model, inputs, the name of its test images among them or None).
+    own: list[tuple[dict[str, Callable], str, nn.Module, dict[str, Tensor], str | None]] = []
     for path in checkpoints:
-        maps, model, tag, config = _load_checkpoint_maps(path, [*models, *(o[1] for o in own)])
+        maps, model, tag, config = checkpoint_maps(path, [*models, *(o[1] for o in own)])
         if input_shape(model) == MNIST_SHAPE:
             ck_maps.update(maps)
             models[tag] = model
         else:
             own.append((maps, tag, model,
-                        checkpoint_inputs(model, config, grid["count"], data_dir, echo)))
+                        *checkpoint_inputs(model, config, grid["count"], data_dir, echo)))
     inputs = {"smooth": smooth_inputs(grid["count"] // 4 or 4)}
     try:
         inputs["mnist"] = mnist_inputs(grid["count"], data_dir)
@@ -225,26 +242,10 @@ def measure_equivariance(*, quick: bool = False, checkpoints: Sequence = (), dat
     # 1. Every map, every transform, both inputs, at 1x.
     for stencil in grid["stencils"]:
         maps = _maps(T, dt, stencil, ck_maps if stencil == "central" else {})
-        for input_name, images in inputs.items():
-            for transform in transforms:
-                floor = interpolation_floor(images, transform)
-                for name, phi in maps.items():
-                    if stencil != "central" and name in ("identity", "random conv3x3"):
-                        continue
-                    study.add(study="transforms", inputs=input_name, map=name,
-                              transform=transform.kind, param=_transform_param(transform),
-                              error=equivariance_error(phi, images, transform), floor=floor,
-                              stencil=stencil if isinstance(phi, EulerFlow) else "", dt=dt,
-                              steps=getattr(phi, "steps", 0))
+        _measure_transforms(study, maps, inputs, transforms, stencil, dt)
         echo(f"transforms ({stencil}): {time.perf_counter() - start:.0f} s")
-    for maps, _, _, own_inputs in own:
-        for input_name, images in own_inputs.items():
-            for transform in transforms:
-                floor = interpolation_floor(images, transform)
-                for name, phi in maps.items():
-                    study.add(study="transforms", inputs=input_name, map=name,
-                              transform=transform.kind, param=_transform_param(transform),
-                              error=equivariance_error(phi, images, transform), floor=floor)
+    for maps, _, _, own_inputs, _ in own:
+        _measure_transforms(study, maps, own_inputs, transforms, "central", dt)
 
     # 2. Resolution: the same continuous PDE on images upsampled k times (h = 1/k, dt / k^2).
     angle = Transform.rotation(45 if quick else 30)
@@ -285,8 +286,8 @@ def measure_equivariance(*, quick: bool = False, checkpoints: Sequence = (), dat
     # 4. Whole models: predictions and logits.
     measured = [(tag, model, "mnist", inputs["mnist"])
                 for tag, model in models.items() if "mnist" in inputs]
-    measured += [(tag, model, name, images) for _, tag, model, own_inputs in own
-                 for name, images in own_inputs.items() if not name.startswith("smooth")]
+    measured += [(tag, model, name, own_inputs[name]) for _, tag, model, own_inputs, name in own
+                 if name is not None]
     for tag, model, input_name, images in measured:
         for transform in transforms:
             result = model_invariance(model, images, transform)

@@ -294,11 +294,12 @@ class M2Lift(nn.Module):
         scale, shift = batch_norm_affine_of(self.norm, steered_mean,
                                             torch.diagonal(steered_covariance), count)
         mix = self.mix.weight * scale                                # (C, 6 C_in)
-        mixed_mean = mix @ steered_mean + self.mix.weight @ shift
+        mixed_shift = self.mix.weight @ shift                        # the mix of a zero jet
+        mixed_mean = mix @ steered_mean + mixed_shift
         mixed_var = torch.einsum("cd,de,ce->c", mix, steered_covariance, mix)
         out_scale, out_shift = batch_norm_affine_of(self.out_norm, mixed_mean, mixed_var, count)
         maps = (out_scale[:, None] * mix) @ steering                 # (N, C, 6 C_in)
-        offset = out_scale * (self.mix.weight @ shift) + out_shift   # the blank image's lift
+        offset = out_scale * mixed_shift + out_shift                 # the blank image's lift
         if self.relative:
             # The offset cancels; kept in the graph, so that the biases' gradients are zero
             # rather than absent, as in the composed modules.
