@@ -30,6 +30,7 @@ from eqpdenet.pde.symbolic import (  # noqa: E402
     functionally_independent,
     is_invariant,
     jacobian_rank,
+    lie_bracket,
     prolong,
     u,
     x,
@@ -225,6 +226,40 @@ def test_group_without_translations_is_reported_honestly():
     assert result.expected_count == 4  # x^2 + y^2, u, u_x^2 + u_y^2, x u_x + y u_y
     assert result.found_count == 2  # only the x, y-free ones are searched
     assert any("x, y" in note for note in result.notes)
+
+
+def test_lie_bracket_by_hand():
+    rotation, stretch = VectorField(-y, x, 0), VectorField(x, 0, 0)
+    # [R, D]^x = R(x) - D(-y) = -y, [R, D]^y = R(0) - D(x) = -x
+    bracket = lie_bracket(rotation, stretch)
+    assert (bracket.xi_x, bracket.xi_y, bracket.phi_u) == (-y, -x, 0)
+    assert lie_bracket(VectorField(1, 0, 0), VectorField(x, 0, u * x)).phi_u == u
+    for name in GROUPS.names():  # every ready group's generators span a Lie algebra
+        assert GROUPS.get(name).brackets == (), name
+
+
+def test_generators_not_closed_under_the_bracket_count_as_the_group_they_generate():
+    """Rotations and x d_x generate shears too (the affine group): the expected count is the
+    affine group's, not 8 minus the rank of the four fields given, and a note names the
+    brackets that complete the algebra."""
+    group = LieGroupAction("rotation_and_stretch", [VectorField(1, 0, 0), VectorField(0, 1, 0),
+                                                    VectorField(-y, x, 0), VectorField(x, 0, 0)])
+    assert len(group.brackets) == 2
+    for order, degree in ((1, 2), (2, 3)):
+        result = find_invariants(group, order, degree)
+        affine = find_invariants("affine", order, degree)
+        assert (result.orbit_dimension, result.expected_count) == (
+            affine.orbit_dimension, affine.expected_count)
+        assert result.complete
+        assert all(is_invariant(expr, "affine") for expr in result.expressions)
+        assert any("not closed under the Lie bracket" in note for note in result.notes)
+    assert not find_invariants("affine", 2, 3).notes
+
+
+def test_generators_of_no_finite_dimensional_group_are_refused():
+    with pytest.raises(ValueError, match="finite-dimensional"):
+        find_invariants(LieGroupAction("x_cubed", [VectorField(1, 0, 0), VectorField(x**3, 0, 0)]),
+                        1, 2)
 
 
 def test_too_low_degree_is_reported():

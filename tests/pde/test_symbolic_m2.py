@@ -302,6 +302,9 @@ def test_moving_frame_refuses_groups_it_does_not_cover():
         left_invariant_frame("se2")  # 3 generators on the 2 variables of the plane
     with pytest.raises(ValueError, match="values of u"):
         left_invariant_frame(LieGroupAction("shift", [VectorField(1, 0, 0), VectorField(0, 1, u)]))
+    with pytest.raises(ValueError, match=r"not closed under the Lie bracket \(\[∂x, x ∂y\] = ∂y"):
+        left_invariant_frame(LieGroupAction("sheared", [
+            VectorField(1, 0, 0), VectorField(0, x, 0), VectorField(-y, x, 0, "", {theta: 1})]))
     with pytest.raises(ValueError, match="affine"):
         left_invariant_frame(LieGroupAction("bent", [VectorField(1, 0, 0),
                                                      VectorField(x**2, 1, 0)]))

@@ -68,6 +68,7 @@ which the search above does not form (it finds the 9 ``θ``-free ones of the 10 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import random
@@ -529,11 +530,23 @@ class LieGroupAction:
         independent = self.variables if independent is None else independent
         return [prolong(field, order, channels, independent) for field in self.fields]
 
+    @functools.cached_property
+    def brackets(self) -> tuple[VectorField, ...]:
+        """Iterated Lie brackets of the generators that are not linear combinations (constant
+        coefficients) of the generators and the brackets before them: empty when the fields
+        span a Lie algebra. The generators, followed by these, span the Lie algebra of the group
+        they generate (:func:`lie_algebra_closure`)."""
+        return lie_algebra_closure(self.fields, self.name)[len(self.fields):]
+
     def orbit_dimension(self, order: int, seed: int = 0, channels: int = 1) -> int:
         """Generic orbit dimension ``s`` on ``J^(n)`` (of ``channels`` channels): rank of the
-        prolonged coefficients at a random rational point."""
+        prolonged coefficients at a random rational point. The prolonged fields are those of the
+        whole Lie algebra the generators span, their brackets included (:attr:`brackets`): a
+        function annihilated by the generators is annihilated by their brackets too, so these
+        are the orbits of the group the generators generate."""
         jet = JetSpace(order, channels, self.variables)
-        prolonged = self.prolonged(order, channels)
+        prolonged = [prolong(field, order, channels, self.variables)
+                     for field in (*self.fields, *self.brackets)]
         angles = _angles(value for p in prolonged for value in p.values())
         point = _random_point(jet.coordinates, random.Random(seed), angles)
         rows = [[_exact(p[c], point) for c in jet.coordinates] for p in prolonged]
@@ -546,6 +559,89 @@ class LieGroupAction:
 
     def __str__(self) -> str:
         return f"{self.name}: " + ", ".join(str(field) for field in self.fields)
+
+
+def lie_bracket(a: VectorField, b: VectorField) -> VectorField:
+    """``[a, b] = a b - b a``: the field with components ``a(b^v) - b(a^v)`` along every
+    coordinate ``v`` (``x, y``, further independent variables, ``u``), ``a(f) = sum_w a^w
+    d_w f``. Named ``[a, b]`` after the fields' names (their formulas where unnamed)."""
+    variables = _merge_variables(a.variables, b.variables)
+    coordinates = (*variables, u)
+
+    def component(field, v):
+        return field.phi_u if v == u else field.xi(v)
+
+    def apply(field, expr):
+        return sum((component(field, w) * sp.diff(expr, w) for w in coordinates), sp.S.Zero)
+
+    values = {v: sp.expand(apply(a, component(b, v)) - apply(b, component(a, v)))
+              for v in coordinates}
+    return VectorField(values[x], values[y], values[u], f"[{a.name or a}, {b.name or b}]",
+                       tuple((v, values[v]) for v in variables[2:]))
+
+
+#: The most fields :func:`lie_algebra_closure` adds before it calls the algebra too large.
+MAX_ALGEBRA_DIMENSION = 24
+
+
+def lie_algebra_closure(fields: Sequence[VectorField], name: str = "group",
+                        seed: int = 0) -> tuple[VectorField, ...]:
+    """``fields`` followed by the iterated Lie brackets that are not linear combinations (with
+    constant coefficients) of the fields before them: a spanning set of the Lie algebra the
+    fields generate, the algebra of the group they generate.
+
+    Linear dependence over the constants is tested exactly: every field's components at
+    ``MAX_ALGEBRA_DIMENSION + 1`` random rational points (random rational ``cos v, sin v`` for an
+    angle) form one row, and a bracket is kept when it raises the rank of these rows (with
+    probability ~1 exactly when it is independent). Raises ``ConfigError`` when the brackets span
+    more than ``MAX_ALGEBRA_DIMENSION`` dimensions (e.g. ``d_x, x³ d_x`` generate all ``x^k d_x``:
+    no finite-dimensional group) or a component is not rational at rational points.
+    """
+    fields = list(fields)
+    variables = _merge_variables(*(field.variables for field in fields))
+    coordinates = (*variables, u)
+
+    def components(field):
+        return [field.phi_u if v == u else field.xi(v) for v in coordinates]
+
+    angles = _angles(c for field in fields for c in components(field))
+    rng = random.Random(seed)
+    points = [_random_point(coordinates, rng, angles) for _ in range(MAX_ALGEBRA_DIMENSION + 1)]
+
+    def row(field):
+        try:
+            return [_exact(c, point) for point in points for c in components(field)]
+        except ZeroDivisionError as exc:
+            raise ConfigError(f"{name}: cannot test the brackets of the generators exactly: "
+                              f"{field} is not rational at rational points ({exc})") from None
+
+    echelon = _Echelon()
+    for field in fields:
+        echelon.add(row(field))
+    pairs = [(i, j) for j in range(len(fields)) for i in range(j)]
+    while pairs:
+        i, j = pairs.pop(0)
+        bracket = lie_bracket(fields[i], fields[j])
+        if not echelon.add(row(bracket)):
+            continue
+        if len(echelon.rows) > MAX_ALGEBRA_DIMENSION:
+            raise ConfigError(
+                f"{name}: the Lie brackets of the generators span more than "
+                f"{MAX_ALGEBRA_DIMENSION} dimensions (the last one added: {bracket}); they "
+                f"generate no finite-dimensional group this module handles")
+        pairs += [(k, len(fields)) for k in range(len(fields))]
+        fields.append(bracket)
+    return tuple(fields)
+
+
+def _bracket_note(group: LieGroupAction) -> list[str]:
+    """A note naming the brackets the generators left out, or nothing."""
+    if not group.brackets:
+        return []
+    added = "; ".join(f"{field.name} = {field}" for field in group.brackets)
+    return [f"the generators are not closed under the Lie bracket ({added}): the invariants "
+            f"and counts are those of the group they generate, whose Lie algebra these "
+            f"brackets complete"]
 
 
 _TRANSLATIONS = (VectorField(1, 0, 0, "d_x"), VectorField(0, 1, 0, "d_y"))
@@ -966,7 +1062,7 @@ def find_invariants(group: LieGroupAction | str, order: int, max_degree: int = 3
             continue
         if echelon.add(row):
             kept.append(sp.factor(candidate.expr()))  # factored: shorter to read and evaluate
-    notes = []
+    notes = _bracket_note(group)
     if not _has_translations(group):
         notes.append("the group does not contain both translations: only invariants free of "
                      "x, y were searched, the expected count includes x, y-dependent ones")
@@ -1089,6 +1185,12 @@ def left_invariant_frame(group: LieGroupAction | str) -> MovingFrame:
                               f"got {field}")
         linear.append(jacobian)
         offsets.append(sp.Matrix([c.xreplace(origin) for c in xi]))
+    if group.brackets:
+        bracket = group.brackets[0]
+        raise ConfigError(f"{group.name}: the generators are not closed under the Lie bracket "
+                          f"({bracket.name} = {bracket} is not a combination of them): they "
+                          f"generate a group of more than {p} dimensions, which cannot act "
+                          f"freely on {names}")
     if sp.Matrix.hstack(*offsets).rank() != p:
         raise ConfigError(f"{group.name}: the generators do not span every direction at the "
                           f"origin, so the action is not free and transitive there")
