@@ -418,3 +418,27 @@ def test_stage_orientations_pool_each_stage_down_to_its_count(backend):
     assert LiftedPDEConfig().orientations_of_stages() == [8, 8, 8]
     # fewer orientations, less memory kept for the backward
     assert net.backward_bytes(64) < plain.backward_bytes(64)
+
+
+@pytest.mark.parametrize("terms", [("network",), PDE_GCNN_TERMS])
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_invariants_called_from_outside_forward_leave_nothing_behind(backend, terms):
+    """``invariants(u)`` shares its result among the terms of one call of forward only: a call
+    from outside must not serve a later call its tensors (u changed in place since, or computed
+    without autograd, which would cut the gradient's path to u)."""
+    torch.manual_seed(0)
+    rhs = M2SystemRHS(3, terms, normalize_invariants=True, backend=backend).double()
+    step = EulerStep(rhs, dt=0.5)
+    u = torch.randn(2, 3, 8, 12, 12, dtype=torch.float64)
+    first = rhs.invariants(u).clone()
+    u.add_(torch.randn_like(u))
+    torch.testing.assert_close(rhs.invariants(u), rhs.invariants(u.clone()), rtol=0, atol=0)
+    assert not torch.equal(rhs.invariants(u), first)
+    torch.testing.assert_close(step(u), step(u.clone()), rtol=0, atol=0)
+
+    x = torch.randn(2, 3, 8, 12, 12, dtype=torch.float64, requires_grad=True)
+    expected = torch.autograd.grad(step(x).square().sum(), x)[0]
+    with torch.no_grad():
+        rhs.invariants(x)
+    got = torch.autograd.grad(step(x).square().sum(), x)[0]
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)

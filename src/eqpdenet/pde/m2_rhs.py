@@ -283,7 +283,10 @@ class M2SystemRHS(nn.Module):
                                                              normalize_invariants, normalize_hidden,
                                                              relative=self.relative)
                                     for name in terms})
-        self._cache: tuple[Tensor, Tensor] | None = None
+        # (u, its invariants) shared by the terms within one call of forward; None outside it,
+        # so that a call of invariants() from outside never serves another call's tensors
+        # (u changed in place since, or computed without autograd).
+        self._cache: tuple | None = None
 
     def _fused(self, u: Tensor, weight: Tensor) -> bool:
         backend = kernels.resolve_backend(self.backend)
@@ -303,9 +306,11 @@ class M2SystemRHS(nn.Module):
         return torch.einsum("ocj,bcjnhw->bonhw", weight, self.invariants(u))
 
     def invariants(self, u: Tensor) -> Tensor:
-        """``(B, C, N, H, W) -> (B, C, 10, N, H, W)`` (computed once per call of forward)."""
-        if self._cache is not None and self._cache[0] is u:
-            return self._cache[1]
+        """``(B, C, N, H, W) -> (B, C, 10, N, H, W)`` (computed once per call of forward and
+        shared by its terms; every call from outside forward computes them afresh)."""
+        cached = self._cache
+        if cached and cached[0] is u:
+            return cached[1]
         identity = torch.eye(self.channels * len(M2_SE2), dtype=u.dtype, device=u.device)
         if u.dtype in (torch.float32, torch.float64) and self._fused(u, identity):
             invariants = m2_mix_invariants(
@@ -314,7 +319,8 @@ class M2SystemRHS(nn.Module):
                 self.jet.boundary).view(u.shape[0], self.channels, len(M2_SE2), *u.shape[2:])
         else:
             invariants = self.invariant_set(self.jet(u))
-        self._cache = (u, invariants)
+        if cached is not None:
+            self._cache = (u, invariants)
         return invariants
 
     def euler_step(self, u: Tensor, dt: float) -> Tensor | None:
@@ -346,6 +352,7 @@ class M2SystemRHS(nn.Module):
                          network.fused_out_bias(self.relative, shift), dt)
 
     def forward(self, u: Tensor) -> Tensor:
+        self._cache = ()
         try:
             out = None
             for term in self.terms.values():
