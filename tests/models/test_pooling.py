@@ -121,6 +121,15 @@ def test_orientation_pooling_gradient_goes_to_the_maximiser(ratio):
     assert torch.autograd.gradcheck(pool, (u,))
 
 
+@pytest.mark.parametrize("ratio", [2, 3])
+def test_orientation_pooling_second_derivatives_are_exact(ratio):
+    # a gradient penalty differentiates the backward pass (create_graph=True); distinct values
+    u = torch.randperm(2 * 3 * 6 * 4 * 4, generator=torch.Generator().manual_seed(5)).to(
+        torch.float64).view(2, 3, 6, 4, 4).requires_grad_(True)
+    assert torch.autograd.gradgradcheck(OrientationMaxPool(ratio), (u,))
+
+
+
 def test_orientation_pooling_ties_send_the_whole_gradient_to_one_member():
     u = torch.zeros(1, 1, 8, 1, 1, dtype=torch.float64, requires_grad=True)
     OrientationMaxPool(2)(u).sum().backward()

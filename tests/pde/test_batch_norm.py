@@ -39,6 +39,14 @@ def test_batch_statistics_gradient_is_exact():
     assert torch.autograd.gradcheck(lambda t: batch_statistics(t)[1], (x,))
 
 
+def test_batch_statistics_second_derivatives_are_exact():
+    # a gradient penalty differentiates the backward pass (create_graph=True)
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 2, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    assert torch.autograd.gradgradcheck(batch_statistics, (x,))
+    assert torch.autograd.gradgradcheck(lambda t: batch_statistics(t)[1], (x,))
+
+
 def test_batch_statistics_refuse_other_shapes():
     with pytest.raises(ValueError, match=r"\(B, C, L\)"):
         batch_statistics(torch.zeros(2, 3))

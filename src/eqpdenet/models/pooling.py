@@ -219,8 +219,9 @@ class _OrientationMaxPool(torch.autograd.Function):
         ctx.save_for_backward(u, output)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
+        # Linear in grad, piecewise constant in u: recorded by autograd under create_graph=True,
+        # its own derivative is the same routing of the gradient (a gradient penalty).
         u, output = ctx.saved_tensors
         ratio = ctx.ratio
         batch, channels, n, height, width = u.shape

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 __all__ = ["batch_norm_affine", "batch_norm_affine_of", "batch_norm_at", "batch_statistics"]
 
@@ -29,17 +28,22 @@ class _BatchStatistics(torch.autograd.Function):
         return mean, var
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_mean: Tensor | None, grad_var: Tensor | None):
         x, mean = ctx.saved_tensors
         count = x.numel() // x.shape[1]
         # d mean / dx = 1 / n, d var / dx = 2 (x - mean) / n (the mean's own dependence on x
         # drops out: the deviations sum to zero)
         grad = (grad_mean / count)[:, None].expand_as(x) if grad_mean is not None else None
-        if grad_var is not None:
-            deviation = (x - mean[:, None]).mul_((2.0 / count) * grad_var[:, None])
-            grad = deviation if grad is None else deviation.add_(grad)
-        return grad
+        if grad_var is None:
+            return grad
+        if torch.is_grad_enabled():
+            # create_graph=True: the same formula out of place, so that autograd differentiates
+            # it (a gradient penalty); mean is this function's output, so its dependence on x
+            # enters the second derivative through it.
+            deviation = (x - mean[:, None]) * ((2.0 / count) * grad_var[:, None])
+            return deviation if grad is None else deviation + grad
+        deviation = (x - mean[:, None]).mul_((2.0 / count) * grad_var[:, None])
+        return deviation if grad is None else deviation.add_(grad)
 
 
 def batch_statistics(x: Tensor) -> tuple[Tensor, Tensor]:
