@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from eqpdenet import InputError
 from eqpdenet.models import (
     CNN,
     EqPdeNet,
@@ -260,6 +261,24 @@ def test_a_gradient_of_a_gradient_through_the_reference_backend(options):
     scale = float(difference.abs().max())
     assert scale > 0
     torch.testing.assert_close(hessian_direction, difference, rtol=0, atol=1e-5 * scale)
+
+
+def test_vmap_in_training_mode_names_the_batch_norm_way_out():
+    """Per-sample batch statistics cannot update the running ones in place: one clear error
+    naming the two ways out (PyTorch's batch norm refuses too), and the documented way gives
+    what a loop over the samples gives."""
+    torch.manual_seed(0)
+    model = LiftedPDENet(LiftedPDEConfig(channels=[4, 6], blocks=[1, 1])).double().train()
+    images = torch.rand(3, 2, 1, 28, 28, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(2))
+    with pytest.raises(InputError, match="replace_all_batch_norm_modules_"):
+        torch.func.vmap(model, randomness="different")(images)
+    torch.func.replace_all_batch_norm_modules_(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fused kernels' notice: vmap takes the reference
+        batched = torch.func.vmap(model, randomness="different")(images)
+    torch.testing.assert_close(batched, torch.stack([model(x) for x in images]),
+                               rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("name", ["eqpdenet", "lifted_pde", "lifted_pde fused step"])
