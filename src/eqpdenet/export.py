@@ -63,6 +63,7 @@ from torch import Tensor, nn
 
 from .checks import check_images, export_mode
 from .errors import ConfigError, ExportError, MissingDependencyError, OutputFolderError
+from .files import temporary_beside
 from .registry import Registry
 
 __all__ = [
@@ -418,9 +419,8 @@ def export_model(model: nn.Module, out: str | os.PathLike, format: str = "onnx",
     program = trace(model, images[:2])
     seconds["trace"] = time.perf_counter() - start
 
-    handle, staging = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    handle, staging = temporary_beside(out, ".tmp")
     os.close(handle)
-    staging = Path(staging)
     try:
         start = time.perf_counter()
         log(f"writing {chosen.name}")

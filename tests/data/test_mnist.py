@@ -6,6 +6,7 @@ import gzip
 import http.server
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -238,6 +239,18 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             length = len(body)
         elif mode == "truncated":  # announces the full length, sends half, then hangs up
             body = body[: len(body) // 2]
+        elif mode in ("endless", "trickle"):
+            self.send_response(200)  # no Content-Length: the body ends when the server hangs up
+            self.send_header("Content-Type", "application/octet-stream")
+            self.end_headers()
+            try:
+                while True:  # until the client stops reading (then the write fails)
+                    self.wfile.write(b"\0" * (1 << 16) if mode == "endless" else body[:64])
+                    self.wfile.flush()
+                    if mode == "trickle":
+                        time.sleep(0.05)
+            except OSError:
+                return
         elif mode != "good":
             self.send_error(404)
             return
@@ -283,6 +296,40 @@ def test_download_failures_leave_nothing(server, tmp_path, mode):
         download_mnist(tmp_path, [f"{server}/{mode}/"], keys=["train_labels"], progress=False)
     assert f"{server}/{mode}/" in str(info.value)
     assert_nothing_left(tmp_path / "mnist")
+
+
+def test_download_stops_a_response_larger_than_the_file_or_slower_than_the_deadline(
+        server, tmp_path):
+    """A server streaming without end, or a few bytes now and then (each read within the socket
+    timeout), is stopped: by the size no such file can exceed, and by the deadline of the
+    whole file. Nothing is left behind."""
+    with pytest.raises(DownloadError, match="can hold: not that file"):
+        download_mnist(tmp_path, [f"{server}/endless/"], keys=["train_labels"], progress=False)
+    assert_nothing_left(tmp_path / "mnist")
+    with pytest.raises(DownloadError, match="deadline"):
+        download_mnist(tmp_path, [f"{server}/trickle/"], keys=["train_labels"], progress=False,
+                       deadline=0.3)
+    assert_nothing_left(tmp_path / "mnist")
+
+
+def test_download_files_follow_the_umask_and_stale_parts_are_removed(server, tmp_path):
+    """A shared data folder stays readable by others (mkstemp alone makes files 0600), and a
+    killed download's temporary file, untouched for longer than a download may take, goes."""
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    stale = folder / ".t10k-labels-idx1-ubyte.gz.abc123.part"
+    stale.write_bytes(b"half a file")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    live = folder / ".t10k-labels-idx1-ubyte.gz.def456.part"  # another process's, just written
+    live.write_bytes(b"under way")
+    previous = os.umask(0o022)
+    try:
+        download_mnist(tmp_path, [f"{server}/good/"], keys=["test_labels"], progress=False,
+                       deadline=600, timeout=60)
+    finally:
+        os.umask(previous)
+    assert (folder / "t10k-labels-idx1-ubyte.gz").stat().st_mode & 0o777 == 0o644
+    assert not stale.exists() and live.exists()
 
 
 def test_download_falls_back_to_next_mirror(server, tmp_path):

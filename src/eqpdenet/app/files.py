@@ -15,10 +15,10 @@ import errno
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from ..errors import OutputFolderError
+from ..files import temporary_beside
 
 __all__ = ["TEMPORARY_SUFFIX", "append_jsonl", "atomic_write", "check_output_file", "make_folder",
            "read_jsonl", "remove_stale_temporaries", "save_figure"]
@@ -76,11 +76,8 @@ def atomic_write(path: Path, data: bytes) -> None:
         with open(path, "wb") as handle:
             handle.write(data)
         return
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
+    fd, tmp = temporary_beside(path, TEMPORARY_SUFFIX)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make results private
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -17,12 +17,14 @@ download never leaves anything that looks like a valid file.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import http.client
+import math
 import os
 import sys
-import tempfile
+import time
 import urllib.request
 import zlib
 from collections.abc import Sequence
@@ -32,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataFileError, DownloadError
+from ..files import temporary_beside
 
 __all__ = [
     "DataFileError",
@@ -255,23 +258,51 @@ def find_mnist_file(data_dir: str | os.PathLike, key: str) -> Path | None:
 # Downloading
 
 
-def _fetch_verified(url: str, target: Path, spec: IdxSpec, *, timeout: float, progress: bool) -> None:
-    """Download ``url`` to a temporary file beside ``target``, verify it, then rename it."""
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    tmp = Path(tmp_name)
+def _largest_download(spec: IdxSpec) -> int:
+    """Bytes no download of ``spec`` can exceed: the raw IDX file (header and uint8 items) plus
+    1 MiB, more than gzip adds even to incompressible data."""
+    return 4 + 4 * len(spec.shape) + math.prod(spec.shape) + (1 << 20)
+
+
+def _remove_stale_parts(target: Path, age: float) -> None:
+    """Remove temporary files of downloads of ``target`` that nothing has written to for ``age``
+    seconds: a killed download's (a live one ends within its deadline)."""
+    now = time.time()
+    for part in target.parent.glob(f".{target.name}.*.part"):
+        with contextlib.suppress(OSError):
+            if now - part.stat().st_mtime > age:
+                part.unlink()
+
+
+def _fetch_verified(url: str, target: Path, spec: IdxSpec, *, timeout: float, deadline: float,
+                    progress: bool) -> None:
+    """Download ``url`` to a temporary file beside ``target``, verify it, then rename it. Stops
+    a response that grows beyond any such file (:func:`_largest_download`) or takes longer than
+    ``deadline`` seconds in all (a server that trickles bytes never meets the socket timeout)."""
+    limit, start = _largest_download(spec), time.monotonic()
+    fd, tmp = temporary_beside(target, ".part")
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             length = response.headers.get("Content-Length")
             total = int(length) if length is not None and length.isdigit() else None
+            if total is not None and total > limit:
+                raise DataFileError(url, f"the server announces {total} bytes, more than "
+                                    f"{spec.name}.gz can hold ({limit}): not that file")
             bar = _progress_bar(total, target.name) if progress else None
             received = 0
             try:
                 while True:
-                    chunk = response.read(1 << 16)
+                    chunk = response.read1(1 << 16)  # what has arrived: the deadline is checked
                     if not chunk:
                         break
                     out.write(chunk)
                     received += len(chunk)
+                    if received > limit:
+                        raise DataFileError(url, f"more than {limit} bytes, more than "
+                                            f"{spec.name}.gz can hold: not that file")
+                    if time.monotonic() - start > deadline:
+                        raise DataFileError(url, f"{received} bytes in {deadline:g} s, the "
+                                            f"deadline of one file (download_mnist's deadline)")
                     if bar is not None:
                         bar.update(len(chunk))
             finally:
@@ -306,6 +337,7 @@ def download_mnist(
     keys: Sequence[str] | None = None,
     force: bool = False,
     timeout: float = 60.0,
+    deadline: float = 1800.0,
     progress: bool = True,
 ) -> Path:
     """Download the missing MNIST files into ``<data_dir>/mnist/``, verified and atomically.
@@ -320,7 +352,12 @@ def download_mnist(
         mirrors: base URLs (default :data:`DEFAULT_MIRRORS`), e.g. ``["http://127.0.0.1:8000/"]``.
         keys: which files (:data:`MNIST_FILES` keys); default all four.
         force: download even if a file already exists.
-        timeout: socket timeout in seconds per request.
+        timeout: socket timeout in seconds: the longest wait for the connection or for the
+            next bytes of a response.
+        deadline: the most seconds one file's download may take in all (a server that sends a
+            byte now and then never meets ``timeout``). A response larger than the file can be
+            is stopped too. Temporary files of earlier downloads of a file, untouched for
+            ``deadline + timeout`` seconds (a killed download's), are removed.
         progress: show a tqdm progress bar (when tqdm is installed).
 
     Returns:
@@ -339,11 +376,13 @@ def download_mnist(
         if not force and find_mnist_file(folder.parent, key) is not None:
             continue
         target = folder / f"{spec.name}.gz"
+        _remove_stale_parts(target, deadline + timeout)
         failures = []
         for mirror in mirrors:
             url = mirror.rstrip("/") + "/" + spec.name + ".gz"
             try:
-                _fetch_verified(url, target, spec, timeout=timeout, progress=progress)
+                _fetch_verified(url, target, spec, timeout=timeout, deadline=deadline,
+                                progress=progress)
                 break
             except DataFileError as exc:
                 failures.append(str(exc))

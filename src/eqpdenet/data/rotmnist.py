@@ -29,7 +29,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, DataFileError
+from ..files import temporary_beside
 from ..geometry import rotate, rotate_about_mass
 from .mnist import MNIST, MNIST_FILES, load_mnist, resolve_cache_dir, resolve_data_dir
 
@@ -192,7 +192,7 @@ def write_amat(path: str | os.PathLike, images: Tensor | np.ndarray, labels: Ten
         raise ConfigError(f"expected (N, 784) pixels and (N,) labels, got {images.shape} and {labels.shape}")
     table = np.concatenate([images.astype(np.float64), labels.astype(np.float64)[:, None]], axis=1)
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    fd, tmp = temporary_beside(path, ".part")
     try:
         with os.fdopen(fd, "w") as out:
             np.savetxt(out, table, fmt="%.9g", delimiter=" ")
@@ -380,7 +380,7 @@ def save_cache(path: str | os.PathLike, data: RotMNIST) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {key: getattr(data, key).numpy() for key in _ARRAY_KEYS if getattr(data, key) is not None}
     digest = content_hash(arrays, data.params)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    fd, tmp = temporary_beside(path, ".part")
     try:
         with os.fdopen(fd, "wb") as out:
             np.savez(out, params=np.array(json.dumps(data.params, sort_keys=True)),
