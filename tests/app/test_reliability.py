@@ -10,9 +10,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -344,3 +346,28 @@ def test_atomic_write_writes_a_pipe_in_place_and_never_replaces_it(tmp_path):
     assert received == [b"summary\n"] and stat.S_ISFIFO(fifo.stat().st_mode)
     with pytest.raises(IsADirectoryError, match="a folder is in the way"):
         files.atomic_write(tmp_path, b"x")
+
+
+def test_the_splits_a_run_uses_must_hold_the_classes(tmp_path):
+    """A file sorted by class: the first training images (train_subset) are one class, the last
+    ones (validation) hold a class back, the first test images (test_subset) are one class.
+    Refused where nothing could be learned, warned about where results would mislead."""
+    labels = np.repeat(np.arange(3), 40)
+    images = (np.random.default_rng(0).random((120, 8, 8)) * 255).astype(np.uint8)
+    path = tmp_path / "sorted.npz"
+    np.savez(path, x_train=images, y_train=labels, x_test=images[::2], y_test=labels[::2])
+
+    def prepare(**fields):
+        return training.prepare_data(training.DataConfig(dataset=str(path), **fields))
+
+    with pytest.raises(ValueError, match=r"data.train_subset: the first 30 training images .* "
+                                         r"hold class 0 only"):
+        prepare(train_subset=30)
+    with pytest.warns(RuntimeWarning, match=r"the training split .*\(40 held out for "
+                                            r"validation\) lacks class\(es\) 2 of its 3"):
+        assert torch.equal(torch.unique(prepare(validation=40).train.labels), torch.arange(2))
+    with pytest.warns(RuntimeWarning, match=r"the first 15 test images .* hold class 0 only"):
+        prepare(test_subset=15)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the whole file: no warning
+        assert len(prepare().train) == 120

@@ -114,3 +114,52 @@ def test_registered_names_and_bad_inputs(tmp_path):
     write_npz(tmp_path / "gap.npz", y_train=np.arange(60) % 3 * 2)  # labels 0, 2, 4: 1, 3 absent
     with pytest.raises(DataFileError, match="lacks"):
         load_dataset(str(tmp_path / "gap.npz"))
+
+
+def test_damaged_files_are_named_data_file_errors(tmp_path):
+    """A truncated or corrupted archive, an empty file, a .npy renamed and a text file: one
+    DataFileError each, naming the file and what it is (not a crash of the reader)."""
+    write_npz(tmp_path / "ok.npz")
+    raw = (tmp_path / "ok.npz").read_bytes()
+    flipped = bytearray(raw)
+    flipped[len(raw) // 2] ^= 0xFF
+    np.save(tmp_path / "array.npy", np.zeros((4, 3, 3), np.uint8))
+    cases = {"truncated.npz": (raw[: len(raw) // 2], "BadZipFile"),
+             "flipped.npz": (bytes(flipped), "BadZipFile: Bad CRC-32"),
+             "empty.npz": (b"", "EOFError"),
+             "renamed.npz": ((tmp_path / "array.npy").read_bytes(), r"single NumPy array \(.npy\)"),
+             "text.npz": (b"x_train = [1, 2]\n", "starts neither like a zip archive nor like")}
+    for name, (content, match) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(DataFileError, match=match) as info:
+            load_dataset(str(tmp_path / name))
+        assert name in str(info.value)
+    np.savez(tmp_path / "partial.npz", x_train=np.zeros((2, 3, 3), np.uint8))
+    with pytest.raises(DataFileError) as info:
+        load_dataset(str(tmp_path / "partial.npz"))
+    assert "readable" not in str(info.value)  # said once, not wrapped in "not a readable file"
+
+
+def test_a_stray_huge_label_is_named_in_one_short_line(tmp_path):
+    """One label 2**32 - 1 (an 'unlabelled' -1 stored unsigned) among 0, 1: the error names the
+    largest label and the first missing ones, without listing (or building) four billion."""
+    labels = (np.arange(60) % 2).astype(np.uint32)
+    labels[5] = 2**32 - 1
+    write_npz(tmp_path / "stray.npz", y_train=labels, y_test=np.arange(20) % 2)
+    with pytest.raises(DataFileError, match=r"largest label is 4294967295.*lacks 2, 3, 4, 5, 6, "
+                                            r"7, 8, 9, 10, 11, \.\.\. \(4294967293 in all\)") as info:
+        load_dataset(str(tmp_path / "stray.npz"))
+    assert len(str(info.value)) < 400
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 5])
+def test_square_images_channels_last_or_first_whatever_their_count(tmp_path, channels):
+    rng = np.random.default_rng(channels)
+    last = rng.random((10, 6, 6, channels)).astype(np.float32)
+    for layout, images in (("last", last), ("first", np.moveaxis(last, -1, 1))):
+        write_npz(tmp_path / f"{layout}.npz", x_train=images, y_train=np.arange(10) % 2,
+                  x_test=images[:4], y_test=np.arange(4) % 2)
+        data = load_dataset(str(tmp_path / f"{layout}.npz"))
+        assert data.image_shape == (channels, 6, 6), layout
+        torch.testing.assert_close(data.train_images[7, channels - 1],
+                                   torch.from_numpy(last[7, :, :, channels - 1]))

@@ -20,6 +20,7 @@ import json
 import platform
 import subprocess
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,11 +149,44 @@ def prepare_data(config: DataConfig, data_dir=None, cache_dir=None) -> Data:
                           f"the {len(dataset.test_images)} test images of {dataset.name}; use 0 "
                           f"for all")
     train = Split(train_x[:keep], train_y[:keep]).head(config.train_subset)
+    test = Split(dataset.test_images, dataset.test_labels).head(config.test_subset)
+    _check_split_classes(config, dataset, train, test, held)
     pixels = train.images.double()
-    return Data(train=train, validation=Split(train_x[keep:], train_y[keep:]),
-                test=Split(dataset.test_images, dataset.test_labels).head(config.test_subset),
+    return Data(train=train, validation=Split(train_x[keep:], train_y[keep:]), test=test,
                 name=dataset.name, classes=dataset.classes, pixel_mean=float(pixels.mean()),
                 pixel_std=float(pixels.std()), info=dataset.info)
+
+
+def _check_split_classes(config: DataConfig, dataset: ImageDataset, train: Split, test: Split,
+                         held: str) -> None:
+    """The splits a run uses, not only the file, must hold the classes: ``train_subset``,
+    ``validation`` and ``test_subset`` take the first (last) images, which in a file sorted by
+    class are one class. One class to train on is refused (it trains to "100 %"); classes
+    missing from the training split, or a test split of one class, are warned about."""
+    hint = "is the file sorted by class? shuffle it"
+    name = dataset.name
+    present = torch.unique(train.labels).tolist()
+    if config.train_subset:
+        subject, s = f"the first {len(train)} training images of {name}{held}", ""
+    else:
+        subject, s = f"the training split of {name}{held}", "s"
+    if len(present) < 2:
+        fields = [field for field, value in (("data.train_subset", config.train_subset),
+                                             ("data.validation", config.validation)) if value]
+        named = " and ".join(fields) or "data.dataset"
+        raise ConfigError(f"invalid config: {named}: {subject} hold{s} class {present[0]} only, "
+                          f"and a classifier needs two ({hint}, or change {named})")
+    if len(present) < dataset.classes:
+        lacking = sorted(set(range(dataset.classes)) - set(present))
+        shown = ", ".join(map(str, lacking[:10])) + (", ..." if len(lacking) > 10 else "")
+        warnings.warn(f"{subject} lack{s} class(es) {shown} of its {dataset.classes}: the model "
+                      f"will not learn them ({hint})", RuntimeWarning, stacklevel=3)
+    tested = torch.unique(test.labels).tolist()
+    if len(tested) < 2:
+        subject = (f"the first {len(test)} test images of {name} hold" if config.test_subset
+                   else f"the test split of {name} holds")
+        warnings.warn(f"{subject} class {tested[0]} only: accuracies measure that class alone "
+                      f"({hint})", RuntimeWarning, stacklevel=3)
 
 
 def _rotmnist(config: DataConfig, data_dir, cache_dir) -> ImageDataset:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,8 +136,12 @@ def _as_images(array: np.ndarray, path, what: str) -> Tensor:
     ``(N, C, H, W)`` float32 in [0, 1]."""
     if array.ndim == 3:
         array = array[:, None]
+    elif array.ndim == 4 and array.shape[1] != array.shape[2] and array.shape[2] == array.shape[3]:
+        pass  # (N, C, H, W) with square images
+    elif array.ndim == 4 and array.shape[1] == array.shape[2] and array.shape[2] != array.shape[3]:
+        array = np.moveaxis(array, -1, 1)  # (N, H, W, C) with square images
     elif array.ndim == 4 and array.shape[-1] in (1, 3, 4) and array.shape[1] not in (1, 3, 4):
-        array = np.moveaxis(array, -1, 1)
+        array = np.moveaxis(array, -1, 1)  # non-square: the small axis at the end is channels
     if array.ndim != 4:
         raise DataFileError(path, f"{what}: expected images (N, H, W), (N, H, W, C) or (N, C, H, W), "
                             f"got shape {array.shape}")
@@ -169,10 +174,20 @@ def _classes(path, *labels: Tensor) -> int:
         raise DataFileError(path, "a split holds no labels (no images): a data set needs "
                             "training and test images")
     classes = int(max(int(t.max()) for t in labels)) + 1
-    train = set(labels[0].tolist())
+    train = torch.unique(labels[0]).tolist()
     if len(train) < classes:
-        raise DataFileError(path, f"labels 0..{classes - 1} expected, the training split lacks "
-                            f"{sorted(set(range(classes)) - train)}")
+        # the first few missing labels only: one stray label 2**32 - 1 must not list (or build)
+        # four billion of them
+        present, missing = set(train), []
+        for label in range(classes):
+            if label not in present:
+                missing.append(label)
+                if len(missing) == 10:
+                    break
+        count = classes - len(train)
+        shown = ", ".join(map(str, missing)) + (f", ... ({count} in all)" if count > 10 else "")
+        raise DataFileError(path, f"labels 0..{classes - 1} expected (the largest label is "
+                            f"{classes - 1}), the training split lacks {shown}")
     return classes
 
 
@@ -180,14 +195,28 @@ def load_npz(path: str | os.PathLike) -> ImageDataset:
     """A data set from a ``.npz`` file with ``x_train, y_train, x_test, y_test``."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        with open(path, "rb") as handle:
+            start = handle.read(6)
+        if start and not start.startswith((b"PK\x03\x04", b"\x93NUMPY")):
+            # np.load takes anything else for a pickle and says it contains pickled data
+            raise DataFileError(path, "not a NumPy .npz archive (it starts neither like a zip "
+                                "archive nor like a .npy file)")
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):  # a .npy file's array, renamed
+            raise DataFileError(path, "holds a single NumPy array (.npy), not a .npz archive of "
+                                "x_train, y_train, x_test, y_test")
+        with archive:
             missing = sorted({"x_train", "y_train", "x_test", "y_test"} - set(archive.files))
             if missing:
                 raise DataFileError(path, f"missing array(s) {missing}; a data set file holds "
                                     "x_train, y_train, x_test, y_test")
             arrays = {key: archive[key] for key in ("x_train", "y_train", "x_test", "y_test")}
-    except (OSError, ValueError) as error:
-        raise DataFileError(path, f"not a readable .npz file ({error})") from None
+    except DataFileError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        # truncated or damaged archives (a bad CRC, no data), and what is no archive at all
+        raise DataFileError(path, f"not a readable .npz file ({type(error).__name__}: "
+                            f"{error})") from None
     train_labels = _as_labels(arrays["y_train"], path, "y_train")
     test_labels = _as_labels(arrays["y_test"], path, "y_test")
     return ImageDataset(str(path), _as_images(arrays["x_train"], path, "x_train"), train_labels,
