@@ -1,6 +1,7 @@
 """The robustness benchmark and data sets through the CLI, on a tiny synthetic data set."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from torch import nn
 
 from eqpdenet.analysis.robustness import logit_change, rotation_curve, scale_curve, shift_curve
 from eqpdenet.app.cli import main
-from eqpdenet.app.config import ExperimentConfig, apply_overrides
+from eqpdenet.app.config import BenchmarkConfig, ExperimentConfig, apply_overrides
 from eqpdenet.app.files import read_jsonl
 from eqpdenet.app.training import prepare_data, resolve_for_data, train_model
 
@@ -126,9 +127,35 @@ def test_benchmark_cli_end_to_end_and_resume(tiny, tmp_path, capsys):
     assert main(args) == 0
     assert "0 to go" in capsys.readouterr().out
     assert len(read_jsonl(out / "results.jsonl")) == 4
+    # the report is written under the folder's writer lock, as the runs are
+    from eqpdenet.app import benchmark as benchmark_module
+    from eqpdenet.app.locks import holder
+
+    written, report = [], benchmark_module.write_benchmark_report
+
+    def report_under_lock(folder):
+        written.append((holder(folder) or {}).get("pid"))
+        return report(folder)
+
+    benchmark_module.write_benchmark_report = report_under_lock
+    try:
+        assert main(args) == 0
+    finally:
+        benchmark_module.write_benchmark_report = report
+    assert written == [os.getpid()]
+    # --models of one entry while another entry's recipe changed: its finished runs would sit
+    # beside a config.toml describing the new recipe; refused, naming the entry and the field
+    capsys.readouterr()
+    recipe = [*BenchmarkConfig().models["invariant-pde"], "train.lr=0.01"]
+    changed = [*args[:5], "cnn", *args[7:], "--set", f"models.invariant-pde={recipe!r}"]
+    assert main(changed) == 2
+    err = capsys.readouterr().err
+    assert "finished runs of invariant-pde made with another recipe" in err
+    assert "recorded, 0.01 now" in err and "model.kind" not in err
+    assert "--models cnn" in err
     # --models ran 2 of the configuration's entries: the table says the rest is missing, and
     # `report` on a benchmark folder writes the benchmark's table (not the paper's) and exits 3
-    from eqpdenet.app.config import BenchmarkConfig, load_toml, to_toml
+    from eqpdenet.app.config import load_toml, to_toml
 
     config = load_toml(BenchmarkConfig, out / "config.toml")
     expected_missing = (len(config.models) - 2) * len(config.seeds)

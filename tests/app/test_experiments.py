@@ -227,3 +227,47 @@ def test_split_head():
     split = Split(torch.zeros(10, 1, 28, 28), torch.arange(10))
     assert len(split.head(3)) == 3 and split.head(0) is split
     json.dumps({"ok": True})
+
+
+def test_study_keeps_the_config_files_sizes_seeds_and_epochs_unless_flags_are_given(
+        tmp_path, monkeypatch):
+    """``study --config chosen.toml`` (a refine round) trains the file's recipe: the flags'
+    defaults used to replace its hidden sizes, seeds and epochs silently."""
+    from eqpdenet.app import study
+    from eqpdenet.app.config import ReproduceConfig, load_toml, to_toml
+
+    seen = []
+
+    def fake_run_study(out, base, **kwargs):
+        seen.append(base)
+        return base
+
+    monkeypatch.setattr(study, "run_study", fake_run_study)
+    chosen = study.study_base(hidden_sizes=[8], seeds=[3], epochs=7)
+    (tmp_path / "chosen.toml").write_text(to_toml(chosen))
+    assert load_toml(ReproduceConfig, tmp_path / "chosen.toml").seeds == [3]
+    common = ["study", "--out", str(tmp_path / "s"), "--no-progress"]
+    assert main([*common, "--config", str(tmp_path / "chosen.toml"), "--stages", "refine"]) == 0
+    assert (seen[-1].hidden_sizes, seen[-1].seeds, seen[-1].base.train.epochs) == ([8], [3], 7)
+    assert main([*common, "--config", str(tmp_path / "chosen.toml"), "--seeds", "5", "6"]) == 0
+    assert (seen[-1].hidden_sizes, seen[-1].seeds, seen[-1].base.train.epochs) == ([8], [5, 6], 7)
+    assert main(common) == 0  # no file: the study's own defaults
+    assert (seen[-1].hidden_sizes, seen[-1].seeds, seen[-1].base.train.epochs) == ([256, 32],
+                                                                                    [0, 1], 20)
+
+
+def test_set_wins_over_the_quick_profile():
+    """``--quick`` then ``--set``: the values a user names explicitly are the ones run (the
+    profile used to replace them silently), for both sweeps with a smoke profile."""
+    from eqpdenet.app import cli
+
+    overrides = ["--set", "seeds=[7]", "--set", "base.train.epochs=2", "--set",
+                 "base.data.train_subset=100"]
+    for command, cls, quick in (("reproduce", cli.ReproduceConfig, cli.quick_profile),
+                                ("benchmark", cli.BenchmarkConfig, cli.quick_benchmark)):
+        args = cli.build_parser().parse_args([command, "--quick", *overrides])
+        config = cli._sweep_config(args, cls, quick)
+        assert (config.seeds, config.base.train.epochs, config.base.data.train_subset) == (
+            [7], 2, 100), command
+        profile = quick(cls())
+        assert profile.seeds != [7] and profile.base.data.train_subset != 100  # its own values

@@ -2,8 +2,8 @@
 equivariance, describe, figure.
 
 Configuration comes from the defaults (the paper's setup, ``eqpdenet.config``), then an optional
-TOML file (``--config``), then a layer preset (``--layer``), then ``--set section.field=value``
-overrides, then the dedicated flags.
+TOML file (``--config``), then ``--quick``'s smoke profile where a command has one, then a layer
+preset (``--layer``), then ``--set section.field=value`` overrides, then the dedicated flags.
 Data: ``--data-dir`` > ``EQPDENET_DATA`` > a per-user cache folder (see ``eqpdenet.mnist``).
 
 Errors are one line on stderr naming the problem (exit status 2; 1 for an unexpected failure,
@@ -90,12 +90,12 @@ def _with_layer(args, path: str) -> list[str]:
 
 def _sweep_config(args, cls, quick):
     """A sweep's configuration (``reproduce``, ``benchmark``): the defaults or ``--config``, then
-    ``--layer`` and ``--set`` on its base experiment, ``--quick`` (the ``quick`` profile), then
-    ``--device``; validated whole."""
+    ``--quick`` (the ``quick`` profile), then ``--layer`` and ``--set`` on its base experiment
+    (what a user names explicitly wins over the profile), then ``--device``; validated whole."""
     config = load_toml(cls, args.config) if args.config else cls()
-    config = apply_overrides(config, _with_layer(args, "base.model.layer"))
     if args.quick:
         config = quick(config)
+    config = apply_overrides(config, _with_layer(args, "base.model.layer"))
     if args.device:
         config.base.train.device = args.device
     return from_dict(cls, to_dict(config))
@@ -325,16 +325,20 @@ def quick_benchmark(config: BenchmarkConfig) -> BenchmarkConfig:
 
 def _benchmark(args) -> int:
     from .benchmark import benchmark, write_benchmark_report
-    from .runfolder import output_path
+    from .locks import hold
+    from .runfolder import check_claim, output_path
+    from .sweeps import SWEEP_FILES
 
     config = _sweep_config(args, BenchmarkConfig, quick_benchmark)
     executor = _executor(args)
     out = output_path(args.out or ("runs/benchmark-quick" if args.quick else "results/benchmark"))
+    check_claim(out, "benchmark", legacy=SWEEP_FILES)  # before the lock writes into it
     start = time.perf_counter()
-    benchmark(config, out, models=args.models, jobs=args.jobs, executor=executor,
-              data_dir=args.data_dir, cache_dir=args.cache_dir, progress=not args.no_progress,
-              rerun_changed=args.rerun_changed)
-    report = write_benchmark_report(out)
+    with hold(out, "benchmark"):  # the runs and the report: one writer throughout
+        benchmark(config, out, models=args.models, jobs=args.jobs, executor=executor,
+                  data_dir=args.data_dir, cache_dir=args.cache_dir,
+                  progress=not args.no_progress, rerun_changed=args.rerun_changed)
+        report = write_benchmark_report(out)
     table, plot = report
     print(f"benchmark finished in {time.perf_counter() - start:.0f} s: {table}, {plot}")
     print(table.read_text())
@@ -348,12 +352,18 @@ def _study(args) -> int:
     from .runfolder import output_path
     from .study import STAGE_SETS, run_study, study_base
 
-    if args.config:  # e.g. the chosen.toml of a previous round
+    if args.config:  # e.g. the chosen.toml of a previous round: its values unless flags given
         base = load_toml(ReproduceConfig, args.config)
-        base.hidden_sizes, base.seeds = args.hidden, args.seeds
-        base.base.train.epochs = args.epochs
+        if args.hidden is not None:
+            base.hidden_sizes = args.hidden
+        if args.seeds is not None:
+            base.seeds = args.seeds
+        if args.epochs is not None:
+            base.base.train.epochs = args.epochs
     else:
-        base = study_base(hidden_sizes=args.hidden, seeds=args.seeds, epochs=args.epochs)
+        base = study_base(**{name: value for name, value in (
+            ("hidden_sizes", args.hidden), ("seeds", args.seeds), ("epochs", args.epochs))
+            if value is not None})
     base = apply_overrides(base, _with_layer(args, "base.model.layer"))
     if args.device:
         base.base.train.device = args.device
@@ -635,9 +645,11 @@ def build_parser() -> argparse.ArgumentParser:
     study = commands.add_parser("study", help="choose the recipe on the validation split")
     _add_common(study)
     study.add_argument("--out", type=_path, default="results/study", help="study folder")
-    study.add_argument("--hidden", type=int, nargs="+", default=[256, 32])
-    study.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    study.add_argument("--epochs", type=int, default=20)
+    study.add_argument("--hidden", type=int, nargs="+",
+                       help="hidden sizes (default: --config's, else 256 32)")
+    study.add_argument("--seeds", type=int, nargs="+",
+                       help="seeds (default: --config's, else 0 1)")
+    study.add_argument("--epochs", type=int, help="epochs (default: --config's, else 20)")
     study.add_argument("--jobs", type=_positive_int, default=1)
     study.add_argument("--stages", choices=["main", "refine"], default="main",
                        help="'main': the first round; 'refine': a second round (use --config "
