@@ -91,6 +91,32 @@ def test_train_cli_on_a_rotated_npz_data_set(tiny, tmp_path, capsys):
     assert result["config"]["model"]["classes"] == 4 and result["config"]["model"]["image_size"] == 12
 
 
+def test_describe_draws_the_checkpoints_own_test_images(tiny, tmp_path, capsys, monkeypatch):
+    """``describe --out`` of an EqPdeNet trained on a user's data set evolves that data set's
+    test images (it drew MNIST's, and without MNIST failed after claiming --out); a sample
+    outside the test split is refused before anything is written."""
+    from eqpdenet.app import figures
+
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--dataset", tiny, "--model", "eqpdenet",
+                 "--hidden", "4", "--epochs", "1", "--no-progress"]) == 0
+    monkeypatch.setenv("EQPDENET_DATA", str(tmp_path / "no-mnist-here"))
+    drawn = []
+    monkeypatch.setattr(figures, "evolution_grid",
+                        lambda layer, images, path, **kw: drawn.append((images, kw["labels"])))
+    assert main(["describe", str(run / "model.pt"), "--out", str(tmp_path / "d"),
+                 "--samples", "0", "3"]) == 0
+    images, labels = drawn[0]
+    assert labels == ["tiny.npz test #0", "tiny.npz test #3"]
+    expected = torch.from_numpy(np.load(tiny)["x_test"][[0, 3]]).float()[:, None] / 255
+    torch.testing.assert_close(images, expected)
+    capsys.readouterr()
+    assert main(["describe", str(run / "model.pt"), "--out", str(tmp_path / "e"),
+                 "--samples", "40"]) == 2
+    assert "--samples 40: the test split of tiny.npz has images 0 ... 39" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
+
+
 def test_benchmark_cli_end_to_end_and_resume(tiny, tmp_path, capsys):
     out = tmp_path / "bench"
     args = ["benchmark", "--out", str(out), "--no-progress", "--models", "cnn", "invariant-pde",

@@ -460,21 +460,38 @@ def _describe(args) -> int:
 
     model, config, _ = load_checkpoint(args.checkpoint)
     evolves = args.out and isinstance(model, EqPdeNet)
+    # the images first: a missing data set is refused before --out is claimed or anything printed
+    images, labels = _describe_images(config, args.data_dir, args.samples) if evolves else (None, None)
     out = claim_folder(output_path(args.out), "describe") if evolves else None
     print(describe_model(model, digits=args.digits))
     if args.out and not evolves:  # said, rather than an --out that silently stays empty
         print(f"eqpdenet: --out: evolution images are drawn of the paper's PDE layer "
               f"(model.kind = 'eqpdenet') only; this {config.model.kind} checkpoint's PDEs are "
               f"printed above, nothing was written to {args.out}", file=sys.stderr)
-    if out is not None and isinstance(model, EqPdeNet):
-        images = _load_digits(args.data_dir, args.samples)
+    if out is not None:
         path = out / "evolution.png"
-        evolution_grid(model.pde_layer, images, path, frames=args.frames,
-                       labels=[f"MNIST test #{n}" for n in args.samples],
+        evolution_grid(model.pde_layer, images, path, frames=args.frames, labels=labels,
                        standardize=model.standardize,
                        title=f"u(0) ... u(T) of each PDE of {args.checkpoint}")
         print(f"wrote {path}")
     return 0
+
+
+def _describe_images(config, data_dir, samples: list[int]):
+    """The images ``describe --out`` evolves, and their labels: MNIST's test digits for a model
+    of the MNIST family (ROTMNIST, MNIST: the upright digits, as the paper's figures), else the
+    test images of the checkpoint's own data set, as training read them."""
+    from .training import MNIST_FAMILY, prepare_data
+
+    if config.data.dataset in MNIST_FAMILY:
+        return _load_digits(data_dir, samples), [f"MNIST test #{n}" for n in samples]
+    test = prepare_data(config.data, data_dir=data_dir).test
+    name = Path(config.data.dataset).name
+    for n in samples:
+        if not 0 <= n < len(test):
+            raise ConfigError(f"--samples {n}: the test split of {name} has images 0 ... "
+                              f"{len(test) - 1}")
+    return test.images[samples].float(), [f"{name} test #{n}" for n in samples]
 
 
 def _figure(args) -> int:
