@@ -442,3 +442,22 @@ def test_invariants_called_from_outside_forward_leave_nothing_behind(backend, te
         rhs.invariants(x)
     got = torch.autograd.grad(step(x).square().sum(), x)[0]
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_an_m2_system_used_directly_names_what_is_wrong_with_its_input(backend):
+    """The fused kernels failed deep inside ("weight must be (O, C, 10)", a bare RuntimeError
+    without sizes) where the reference raised an InputError: now every path raises the same
+    error, naming the cause, before any work."""
+    cases = [({}, (2, 4, 8, 12, 12), torch.float32, InputError, r"takes fields \(batch, 3 channels"),
+             ({}, (2, 3, 8, 12, 12), torch.float64, InputTypeError,
+              "fields of torch.float64 .* parameters of torch.float32"),
+             ({"boundary": "reflect"}, (2, 3, 8, 4, 4), torch.float32, InputError,
+              r"'reflect' boundary needs maps larger than the stencil radius 4 .* got 4x4"),
+             ({"scales": 2}, (3, 3, 8, 12, 12), torch.float32, InputError,
+              "a batch of 2 scale copies must have a multiple of 2 entries, got 3")]
+    for options, shape, dtype, error, match in cases:
+        for terms in (("network",), ("convection", "diffusion")):
+            step = EulerStep(M2SystemRHS(3, terms, backend=backend, **options), dt=0.5)
+            with pytest.raises(error, match=match):
+                step(torch.rand(*shape, dtype=dtype))

@@ -245,14 +245,25 @@ class M2Jet(nn.Module):
         """Half-width of the widest stencil, in pixels."""
         return gaussian_radius(self.sigmas[-1])
 
+    def check(self, u: Tensor) -> None:
+        """What every path (the fused kernels' too) needs of the maps ``(B, ..., H, W)``, as one
+        :class:`~eqpdenet.errors.InputError` naming the sizes: maps larger than the stencil
+        radius for a reflecting or periodic boundary, a batch of whole scale copies."""
+        height, width = u.shape[-2:]
+        if BOUNDARIES.get(self.boundary) in ("reflect", "circular") and min(height, width) <= self.radius:
+            raise InputError(f"the {self.boundary!r} boundary needs maps larger than the stencil "
+                             f"radius {self.radius} (sigma = {self.sigmas[-1]:g} pixels), got "
+                             f"{height}x{width}")
+        if len(self.sigmas) > 1 and u.shape[0] % len(self.sigmas):
+            raise InputError(f"a batch of {len(self.sigmas)} scale copies must have a multiple "
+                             f"of {len(self.sigmas)} entries, got {u.shape[0]}")
+
     def spatial(self, u: Tensor) -> Tensor:
         """The spatial Gaussian 2-jet ``(..., 6, H, W)`` of every map, chunk ``s`` of the batch
         at ``sigmas[s]``."""
         if len(self.sigmas) == 1:
             return gaussian_jet(u, self.sigma, self.boundary, self.scale_normalised)
-        if u.shape[0] % len(self.sigmas):
-            raise InputError(f"a batch of {len(self.sigmas)} scale copies must have a multiple "
-                             f"of {len(self.sigmas)} entries, got {u.shape[0]}")
+        self.check(u)
         chunks = u.chunk(len(self.sigmas), dim=0)
         return torch.cat([gaussian_jet(chunk, sigma, self.boundary, self.scale_normalised)
                           for chunk, sigma in zip(chunks, self.sigmas, strict=True)], dim=0)
