@@ -6,7 +6,7 @@ import torch
 
 from eqpdenet import ConfigError, InputError, count_parameters
 from eqpdenet.errors import InputTypeError
-from eqpdenet.models import MODELS, LiftedPDEConfig, LiftedPDENet
+from eqpdenet.models import MODELS, LiftedPDEConfig, LiftedPDENet, M2Lift
 from eqpdenet.models.pooling import AntiAliasedDownsample, OrientationMaxPool
 from eqpdenet.pde import EulerStep
 from eqpdenet.pde.m2_rhs import PDE_GCNN_TERMS, M2SystemRHS
@@ -114,7 +114,6 @@ def test_lift_by_moments_is_the_composed_lift(relative, scales, in_channels, tra
     one matrix per orientation; "reference": the modules composed) agree in float64: values,
     every gradient (the biases that cancel in the relative lift get zero in both), running
     statistics; and an empty batch maps to an empty field."""
-    from eqpdenet.models import M2Lift
 
     torch.manual_seed(in_channels + 2 * scales)
     boundary = "zeros" if relative else "replicate"
@@ -461,3 +460,15 @@ def test_an_m2_system_used_directly_names_what_is_wrong_with_its_input(backend):
             step = EulerStep(M2SystemRHS(3, terms, backend=backend, **options), dt=0.5)
             with pytest.raises(error, match=match):
                 step(torch.rand(*shape, dtype=dtype))
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_the_lift_used_directly_names_what_is_wrong_with_its_input(backend):
+    lift = M2Lift(1, 4, 8, 1.0, "zeros", backend=backend)
+    with pytest.raises(InputError, match=r"takes images \(batch, 1 channel, height, width\), got "
+                                         r"\(2, 3, 12, 12\)"):
+        lift(torch.rand(2, 3, 12, 12))
+    with pytest.raises(InputError, match=r"got \(2, 12, 12\)"):
+        lift(torch.rand(2, 12, 12))
+    with pytest.raises(InputTypeError, match="images of torch.float64 .* parameters of torch.float32"):
+        lift(torch.rand(2, 1, 12, 12, dtype=torch.float64))

@@ -55,6 +55,7 @@ from torch import Tensor, nn
 
 from .. import kernels
 from ..checks import require, require_int, require_lists, require_positive
+from ..errors import InputError, InputTypeError
 from ..geometry import halvings_stay_even
 from ..kernels.m2_op import KERNEL_ORIENTATIONS
 from ..kernels.op import KERNEL_BOUNDARIES
@@ -266,7 +267,22 @@ class M2Lift(nn.Module):
         self.mix = Pointwise(features, require_int(channels, "channels", 1), bias=False)
         self.out_norm = nn.BatchNorm1d(channels)
 
+    def check(self, f: Tensor) -> None:
+        """Images this lift takes, ``(B, C_in, H, W)`` of its parameters' dtype and device: an
+        :class:`~eqpdenet.errors.InputError` naming the cause (else a shape or dtype error from
+        deep inside, on either backend)."""
+        in_channels = self.mix.weight.shape[1] // 6
+        if not isinstance(f, Tensor) or f.dim() != 4 or f.shape[1] != in_channels:
+            shape = tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__
+            raise InputError(f"M2Lift takes images (batch, {in_channels} channel"
+                             f"{'s' if in_channels > 1 else ''}, height, width), got {shape}")
+        weight = self.mix.weight
+        if f.dtype != weight.dtype or f.device != weight.device:
+            raise InputTypeError(f"M2Lift: images of {f.dtype} on {f.device}, parameters of "
+                                 f"{weight.dtype} on {weight.device}; convert one (module.to(...))")
+
     def forward(self, f: Tensor) -> Tensor:
+        self.check(f)
         if self.backend == "reference":
             return self._composed(f)
         n = self.orientations
