@@ -450,7 +450,7 @@ def test_an_m2_system_used_directly_names_what_is_wrong_with_its_input(backend):
     error, naming the cause, before any work."""
     cases = [({}, (2, 4, 8, 12, 12), torch.float32, InputError, r"takes fields \(batch, 3 channels"),
              ({}, (2, 3, 8, 12, 12), torch.float64, InputTypeError,
-              "fields of torch.float64 .* parameters of torch.float32"),
+              "u is torch.float64 but the module computes in torch.float32"),
              ({"boundary": "reflect"}, (2, 3, 8, 4, 4), torch.float32, InputError,
               r"'reflect' boundary needs maps larger than the stencil radius 4 .* got 4x4"),
              ({"scales": 2}, (3, 3, 8, 12, 12), torch.float32, InputError,
@@ -460,15 +460,23 @@ def test_an_m2_system_used_directly_names_what_is_wrong_with_its_input(backend):
             step = EulerStep(M2SystemRHS(3, terms, backend=backend, **options), dt=0.5)
             with pytest.raises(error, match=match):
                 step(torch.rand(*shape, dtype=dtype))
+    # lower precision is computed in the module's dtype, as everywhere in the library
+    step = EulerStep(M2SystemRHS(3, ("network",), backend=backend), dt=0.5)
+    half = torch.rand(2, 3, 8, 12, 12).half()
+    torch.testing.assert_close(step(half), step(half.float()), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("backend", ["auto", "reference"])
 def test_the_lift_used_directly_names_what_is_wrong_with_its_input(backend):
     lift = M2Lift(1, 4, 8, 1.0, "zeros", backend=backend)
-    with pytest.raises(InputError, match=r"takes images \(batch, 1 channel, height, width\), got "
-                                         r"\(2, 3, 12, 12\)"):
+    with pytest.raises(InputError, match=r"expected M2Lift's images of shape \(batch, 1, 12, "
+                                         r"12\), got \(2, 3, 12, 12\)"):
         lift(torch.rand(2, 3, 12, 12))
-    with pytest.raises(InputError, match=r"got \(2, 12, 12\)"):
+    with pytest.raises(InputError, match=r"must have shape \(batch, channels, height, width\), "
+                                         r"got \(2, 12, 12\)"):
         lift(torch.rand(2, 12, 12))
-    with pytest.raises(InputTypeError, match="images of torch.float64 .* parameters of torch.float32"):
+    with pytest.raises(InputTypeError, match="is torch.float64 but the module computes in "
+                                             "torch.float32"):
         lift(torch.rand(2, 1, 12, 12, dtype=torch.float64))
+    half = torch.rand(2, 1, 12, 12).half()
+    torch.testing.assert_close(lift(half), lift(half.float()), rtol=0, atol=0)

@@ -54,8 +54,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import kernels
-from ..checks import require, require_int, require_lists, require_positive
-from ..errors import InputError, InputTypeError
+from ..checks import (
+    check_images,
+    match_dtype,
+    module_dtype,
+    require,
+    require_int,
+    require_lists,
+    require_positive,
+)
 from ..geometry import halvings_stay_even
 from ..kernels.m2_op import KERNEL_ORIENTATIONS
 from ..kernels.op import KERNEL_BOUNDARIES
@@ -267,22 +274,16 @@ class M2Lift(nn.Module):
         self.mix = Pointwise(features, require_int(channels, "channels", 1), bias=False)
         self.out_norm = nn.BatchNorm1d(channels)
 
-    def check(self, f: Tensor) -> None:
-        """Images this lift takes, ``(B, C_in, H, W)`` of its parameters' dtype and device: an
+    def check(self, f: Tensor) -> Tensor:
+        """Images this lift takes, ``(B, C_in, H, W)``, in its dtype (lower precision converted
+        up, higher an error: :func:`~eqpdenet.checks.match_dtype`): an
         :class:`~eqpdenet.errors.InputError` naming the cause (else a shape or dtype error from
         deep inside, on either backend)."""
-        in_channels = self.mix.weight.shape[1] // 6
-        if not isinstance(f, Tensor) or f.dim() != 4 or f.shape[1] != in_channels:
-            shape = tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__
-            raise InputError(f"M2Lift takes images (batch, {in_channels} channel"
-                             f"{'s' if in_channels > 1 else ''}, height, width), got {shape}")
-        weight = self.mix.weight
-        if f.dtype != weight.dtype or f.device != weight.device:
-            raise InputTypeError(f"M2Lift: images of {f.dtype} on {f.device}, parameters of "
-                                 f"{weight.dtype} on {weight.device}; convert one (module.to(...))")
+        f = check_images(f, "M2Lift's images", channels=self.mix.weight.shape[1] // 6)
+        return match_dtype(f, module_dtype(self), "M2Lift's images")
 
     def forward(self, f: Tensor) -> Tensor:
-        self.check(f)
+        f = self.check(f)
         if self.backend == "reference":
             return self._composed(f)
         n = self.orientations

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..checks import vmapped
 from ..errors import InputError
 
 __all__ = ["batch_norm_affine", "batch_norm_affine_of", "batch_norm_at", "batch_statistics"]
@@ -114,15 +115,9 @@ def _affine(norm, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
     return scale, -mean * scale
 
 
-def _is_batched(t: Tensor) -> bool:
-    """Whether ``t`` is a per-sample tensor of ``torch.func.vmap``."""
-    functorch = getattr(torch._C, "_functorch", None)
-    return functorch is not None and functorch.is_batchedtensor(t)
-
-
 @torch.no_grad()
 def _update_running_statistics(norm, mean: Tensor, var: Tensor, count: int) -> None:
-    if _is_batched(mean) and not _is_batched(norm.running_mean):
+    if vmapped(mean) and not vmapped(norm.running_mean):
         # what torch's own batch norm refuses, with the way out named
         raise InputError("a batch norm in training mode under torch.func.vmap would update its "
                          "running statistics in place with per-sample values; evaluate the "

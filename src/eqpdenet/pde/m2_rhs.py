@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import kernels
-from ..checks import require, require_int
+from ..checks import match_dtype, module_dtype, require, require_int
 from ..errors import InputError, InputTypeError
 from ..kernels.m2_op import (
     M2_UPDATE_IMPLEMENTATIONS,
@@ -298,25 +298,25 @@ class M2SystemRHS(nn.Module):
             kernels.warn_once(f"{reason}; the M2 PDE uses the plain-PyTorch reference")
         return reason is None
 
-    def check(self, u: Tensor) -> None:
-        """Fields this system takes, ``(B, C, N, H, W)`` of its channels and its parameters'
-        dtype, checked once for every path: an :class:`~eqpdenet.errors.InputError` naming the
-        cause, where the fused kernels would fail deep inside (``weight must be (O, C, 10)``)."""
+    def check(self, u: Tensor) -> Tensor:
+        """Fields this system takes, ``(B, C, N, H, W)`` of its channels, in its dtype (lower
+        precision converted up, higher an error: :func:`~eqpdenet.checks.match_dtype`), checked
+        once for every path: an :class:`~eqpdenet.errors.InputError` naming the cause, where
+        the fused kernels would fail deep inside (``weight must be (O, C, 10)``)."""
         if not isinstance(u, Tensor) or u.dim() != 5 or u.shape[1] != self.channels:
             shape = tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__
             raise InputError(f"{type(self).__name__} takes fields (batch, {self.channels} "
                              f"channels, orientations, height, width), got {shape}")
-        parameter = next(self.parameters(), None)
-        if parameter is not None and (u.dtype != parameter.dtype or u.device != parameter.device):
-            raise InputTypeError(f"{type(self).__name__}: fields of {u.dtype} on {u.device}, "
-                                 f"parameters of {parameter.dtype} on {parameter.device}; "
-                                 f"convert one (module.to(...))")
+        if not u.is_floating_point():
+            raise InputTypeError(f"{type(self).__name__} takes floating-point fields, got {u.dtype}")
         self.jet.check(u)
+        return match_dtype(u, module_dtype(self), "u")
 
     def mixed_invariants(self, u: Tensor, weight: Tensor) -> Tensor:
         """``sum_{c, j} weight[o, c, j] I_j(u^c)``: ``(B, C, N, H, W)``, ``(O, C, 10)`` ->
         ``(B, O, N, H, W)``."""
-        self.check(u)
+        if self._cache is None:  # called from outside forward, which checks once
+            u = self.check(u)
         if self._fused(u, weight):
             return m2_mix_invariants(u, weight, separable_stencils(self.jet.sigmas),
                                      orientation_frame(u.shape[2]), self.jet.boundary)
@@ -328,7 +328,8 @@ class M2SystemRHS(nn.Module):
         cached = self._cache
         if cached and cached[0] is u:
             return cached[1]
-        self.check(u)
+        if cached is None:  # called from outside forward, which checks once
+            u = self.check(u)
         identity = torch.eye(self.channels * len(M2_SE2), dtype=u.dtype, device=u.device)
         if u.dtype in (torch.float32, torch.float64) and self._fused(u, identity):
             invariants = m2_mix_invariants(
@@ -350,7 +351,7 @@ class M2SystemRHS(nn.Module):
         (:func:`~eqpdenet.pde.batch_norm.batch_norm_affine`: the statistics are all it adds,
         and a relative system's ``F(0)`` comes from the same ``shift``). Else None
         (the caller computes ``u + dt F(u)``)."""
-        self.check(u)
+        u = self.check(u)
         network = self.terms["network"] if self.term_names == ("network",) else None
         if network is None or not isinstance(network.norm, nn.Identity):
             return None
@@ -371,6 +372,7 @@ class M2SystemRHS(nn.Module):
                          network.fused_out_bias(self.relative, shift), dt)
 
     def forward(self, u: Tensor) -> Tensor:
+        u = self.check(u)
         self._cache = ()
         try:
             out = None
