@@ -170,15 +170,23 @@ def test_benchmark_cli_end_to_end_and_resume(tiny, tmp_path, capsys):
         benchmark_module.write_benchmark_report = report
     assert written == [os.getpid()]
     # --models of one entry while another entry's recipe changed: its finished runs would sit
-    # beside a config.toml describing the new recipe; refused, naming the entry and the field
+    # beside a config.toml describing the new recipe; refused, naming the runs and the field,
+    # and with --rerun-changed set aside, to run when a sweep includes them
     capsys.readouterr()
     recipe = [*BenchmarkConfig().models["invariant-pde"], "train.lr=0.01"]
     changed = [*args[:5], "cnn", *args[7:], "--set", f"models.invariant-pde={recipe!r}"]
     assert main(changed) == 2
     err = capsys.readouterr().err
-    assert "finished runs of invariant-pde made with another recipe" in err
-    assert "recorded, 0.01 now" in err and "model.kind" not in err
-    assert "--models cnn" in err
+    assert "invariant-pde-seed0" in err and "invariant-pde-seed1" in err
+    assert "recorded, 0.01 now" in err and "model.kind" not in err and "cnn-seed" not in err
+    assert main([*changed, "--rerun-changed"]) == 0
+    assert "when a sweep includes them" in capsys.readouterr().out
+    assert sorted(r["key"] for r in read_jsonl(out / "results.jsonl")) == ["cnn-seed0", "cnn-seed1"]
+    assert main(changed) == 0  # config.toml and the runs agree again
+    capsys.readouterr()
+    assert main(args) == 0  # the original recipe: invariant-pde's recorded runs are gone, so they run
+    assert sorted(r["key"] for r in read_jsonl(out / "results.jsonl")) == [
+        "cnn-seed0", "cnn-seed1", "invariant-pde-seed0", "invariant-pde-seed1"]
     # --models ran 2 of the configuration's entries: the table says the rest is missing, and
     # `report` on a benchmark folder writes the benchmark's table (not the paper's) and exits 3
     from eqpdenet.app.config import load_toml, to_toml

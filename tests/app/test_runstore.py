@@ -300,3 +300,74 @@ def test_a_worker_labels_its_runs_lines_and_leaves_no_label_behind(capsys):
     assert capsys.readouterr().err.splitlines()[1].startswith(
         "fcnn-h4-seed3: train FCNN seed=3: epoch 2/2, ")
     assert LineProgress(range(1), desc="train", unit="epoch").desc == "train"
+
+
+def fake_reproduce(monkeypatch, tmp_path, config, **kwargs):
+    """``reproduce`` into ``tmp_path`` with a runner that records the configuration it ran."""
+    from eqpdenet.app.sweeps import reproduce
+
+    monkeypatch.setattr(sweeps, "run_experiment", lambda run, data, **options: recorded(run, 1.0))
+    lines = []
+    reproduce(config, tmp_path, progress=False, echo=lines.append, **kwargs)
+    return lines
+
+
+def test_rerun_changed_takes_effect_for_a_changed_base_and_never_mixes_bases(tmp_path, monkeypatch):
+    """Every change of a reproduce run changes its base fingerprint: the folder check refused it
+    first ("holds runs of another configuration (fingerprints [...])", no field named), so
+    --rerun-changed could never apply."""
+    from eqpdenet.app.config import ReproduceConfig, apply_overrides
+    from eqpdenet.app.training import fingerprint
+
+    config = apply_overrides(ReproduceConfig(), ["models=['fcnn']", "hidden_sizes=[4]",
+                                                 "seeds=[0, 1]", "checkpoint_seeds=[]"])
+    fake_reproduce(monkeypatch, tmp_path, config)
+    first = fingerprint(config.base)
+    changed = apply_overrides(config, ["base.train.lr=0.5"])
+    with pytest.raises(ConfigError) as refusal:
+        fake_reproduce(monkeypatch, tmp_path, changed)
+    assert str(refusal.value) == (
+        f"{tmp_path} holds 2 finished run(s) made with another configuration (or data) than the "
+        f"one now given for the same key: fcnn-h4-seed0, fcnn-h4-seed1 (train.lr: 0.001 recorded, "
+        f"0.5 now); run again with --rerun-changed to set them aside and run them anew, or choose "
+        f"another output folder")
+    assert {r["base_fingerprint"] for r in load_records(tmp_path).values()} == {first}
+
+    lines = fake_reproduce(monkeypatch, tmp_path, changed, rerun_changed=True)
+    assert "fcnn-h4-seed0, fcnn-h4-seed1 (train.lr: 0.001 recorded, 0.5 now): set aside" in lines[0]
+    assert lines[1].endswith("0 runs done, 2 to go -> " + str(tmp_path / "results.jsonl"))
+    second = fingerprint(changed.base)
+    assert {k: r["base_fingerprint"] for k, r in load_records(tmp_path).items()} == {
+        "fcnn-h4-seed0": second, "fcnn-h4-seed1": second}
+    (aside,) = (tmp_path / "superseded").iterdir()
+    assert {r["base_fingerprint"] for r in read_jsonl(aside / "results.jsonl")} == {first}
+
+    # One seed fewer and the epochs changed: seed 1 is not rerun, but not kept beside the new
+    # base either
+    fewer = apply_overrides(changed, ["seeds=[0]", "base.train.epochs=3"])
+    lines = fake_reproduce(monkeypatch, tmp_path, fewer, rerun_changed=True)
+    assert "fcnn-h4-seed0 (train.epochs: 20 recorded, 3 now); fcnn-h4-seed1 (base.train.epochs: " \
+           "20 recorded, 3 now): set aside" in lines[0]
+    assert lines[0].endswith("those of this sweep to run again now, fcnn-h4-seed1 when a sweep "
+                             "includes them")
+    assert {k: r["base_fingerprint"] for k, r in load_records(tmp_path).items()} == {
+        "fcnn-h4-seed0": fingerprint(fewer.base)}
+
+
+def test_a_base_change_no_run_sees_is_named_from_the_folders_config(tmp_path, monkeypatch):
+    """base.model.hidden is replaced by each run's hidden size, yet it is part of the base: the
+    refusal names it from config.toml rather than listing fingerprints."""
+    from eqpdenet.app.config import ReproduceConfig, apply_overrides
+
+    config = apply_overrides(ReproduceConfig(), ["models=['fcnn']", "hidden_sizes=[4]",
+                                                 "seeds=[0]", "checkpoint_seeds=[]"])
+    fake_reproduce(monkeypatch, tmp_path, config)
+    hidden = config.base.model.hidden
+    changed = apply_overrides(config, [f"base.model.hidden={hidden + 1}"])
+    with pytest.raises(ConfigError, match=rf"fcnn-h4-seed0 \(base.model.hidden: {hidden} recorded, "
+                                          rf"{hidden + 1} now\); run again with --rerun-changed"):
+        fake_reproduce(monkeypatch, tmp_path, changed)
+    (tmp_path / "config.toml").unlink()  # nothing to name the fields from: the fingerprints
+    with pytest.raises(ConfigError, match=r"fcnn-h4-seed0 \(base configuration fingerprint \w+ "
+                                          r"recorded, \w+ now\)"):
+        fake_reproduce(monkeypatch, tmp_path, changed)

@@ -163,3 +163,43 @@ def test_square_images_channels_last_or_first_whatever_their_count(tmp_path, cha
         assert data.image_shape == (channels, 6, 6), layout
         torch.testing.assert_close(data.train_images[7, channels - 1],
                                    torch.from_numpy(last[7, :, :, channels - 1]))
+
+
+def test_a_data_set_read_from_a_path_records_its_contents_fingerprint(tmp_path):
+    """``info["fingerprint"]``: the shortened SHA-256 of the file's bytes (of the four IDX files'
+    for a folder), so that results and checkpoints say which data they were made on and a file
+    regenerated under the same name is noticed; registered sets are identified by name and seed
+    and have none."""
+    import hashlib
+
+    from eqpdenet.data.datasets import data_fingerprint, dataset_fingerprint
+
+    path = tmp_path / "set.npz"
+    write_npz(path)
+    first = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    assert load_dataset(str(path)).info == {"source": str(path), "fingerprint": first}
+    assert data_fingerprint(path) == dataset_fingerprint(str(path)) == first
+    assert load_dataset(str(path), rotated=True).info["fingerprint"] == first
+    write_npz(path, classes=2)  # the same name, other labels
+    assert dataset_fingerprint(str(path)) == load_dataset(str(path)).info["fingerprint"] != first
+
+    rng = np.random.default_rng(3)
+    parts = {"train-images-idx3-ubyte": rng.integers(0, 256, (30, 6, 6)),
+             "train-labels-idx1-ubyte": np.arange(30) % 5,
+             "t10k-images-idx3-ubyte": rng.integers(0, 256, (10, 6, 6)),
+             "t10k-labels-idx1-ubyte": np.arange(10) % 5}
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    for name, array in parts.items():
+        (folder / name).write_bytes(idx_bytes(array))
+    digests = b"".join(hashlib.sha256((folder / name).read_bytes()).digest() for name in parts)
+    idx = hashlib.sha256(digests).hexdigest()[:16]
+    assert load_dataset(str(folder)).info["fingerprint"] == dataset_fingerprint(str(folder)) == idx
+    labels = np.arange(10) % 5
+    labels[0] = 1
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(labels))  # one test label changed
+    assert dataset_fingerprint(str(folder)) != idx
+
+    assert dataset_fingerprint("mnist") is None and dataset_fingerprint("rotmnist") is None
+    assert dataset_fingerprint(str(tmp_path / "missing.npz")) is None  # loading says what's wrong
+    assert dataset_fingerprint(str(tmp_path / "empty-folder")) is None

@@ -34,7 +34,7 @@ from .files import atomic_write, read_jsonl, save_figure
 from .locks import hold
 from .report import Report, check_records, incomplete_line
 from .runfolder import check_claim, claim_folder
-from .sweeps import SWEEP_FILES, changed_runs, check_before_writing, check_results_folder, run_sweep
+from .sweeps import SWEEP_FILES, check_before_writing, run_sweep
 from .training import (
     BENCHMARK_LATER_FROM,
     Data,
@@ -107,7 +107,6 @@ def benchmark(config: BenchmarkConfig, out_dir: Path, *, models: list[str] | Non
     with hold(out_dir, "benchmark"):  # one writer per results folder
         claim_folder(out_dir, "benchmark", legacy=SWEEP_FILES)
         base_print = benchmark_fingerprint(config)
-        check_results_folder(out_dir, base_print)
         # One sweep over every (model, seed): with --jobs N the pool stays full across models
         # (per model, 3 seeds on 2 processes would leave one idle for a whole run).
         runs, entry_of = {}, {}
@@ -116,35 +115,20 @@ def benchmark(config: BenchmarkConfig, out_dir: Path, *, models: list[str] | Non
                 key = f"{name}-seed{seed}"
                 runs[key], entry_of[key] = config.experiment(name, seed), name
         keep = {key for key, run in runs.items() if run.train.seed in config.checkpoint_seeds}
-        _check_other_entries(config, chosen, out_dir)
+        # A changed [base] or [curves] is refused naming its fields, or set aside with
+        # --rerun-changed, as a changed entry is: the folder never holds two of them. The
+        # entries --models leaves out are checked too: config.toml describes their recipes.
+        others = {f"{name}-seed{seed}": config.experiment(name, seed)
+                  for name in config.models if name not in chosen for seed in config.seeds}
         check_before_writing(runs, out_dir, jobs, executor, keep, rerun_changed=rerun_changed,
-                             echo=echo)
+                             echo=echo, base_fingerprint=base_print,
+                             base={"base": config.base, "curves": config.curves}, others=others)
         atomic_write(out_dir / "config.toml", to_toml(config).encode())
         run_sweep(f"benchmark {', '.join(chosen)}", runs, out_dir, base_fingerprint=base_print,
                   checkpoint_keys=keep, runner=_run, runner_options={"curves": to_dict(config.curves)},
                   jobs=jobs, executor=executor, data_dir=data_dir, cache_dir=cache_dir,
                   progress=progress, echo=echo, annotate=lambda key: {"entry": entry_of[key]})
     return out_dir / "results.jsonl"
-
-
-def _check_other_entries(config: BenchmarkConfig, chosen: list[str], out_dir: Path) -> None:
-    """With ``--models`` the folder's ``config.toml`` still describes every entry: refuse when an
-    entry not chosen holds finished runs of another recipe than the one given now (the file
-    would describe its new recipe beside its old runs, and ``report`` would table them as such).
-    """
-    others = {f"{name}-seed{seed}": config.experiment(name, seed)
-              for name in config.models if name not in chosen for seed in config.seeds}
-    changed = changed_runs(others, out_dir)
-    if changed:
-        entries = sorted({key.rsplit("-seed", 1)[0] for key in changed})
-        details = "; ".join(f"{key} ({', '.join(diffs[:3])}{', ...' if len(diffs) > 3 else ''})"
-                            for key, diffs in sorted(changed.items()))
-        raise ConfigError(
-            f"{out_dir} holds finished runs of {', '.join(entries)} made with another recipe than "
-            f"the configuration gives now ({details}); with --models {' '.join(chosen)} its "
-            f"config.toml would describe the new recipe beside the old runs: add "
-            f"{' '.join(entries)} to --models (with --rerun-changed to run them again), or give "
-            f"their recorded recipe")
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

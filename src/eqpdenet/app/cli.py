@@ -239,13 +239,14 @@ def _evaluate(args) -> int:
     from .files import check_output_file
     from .training import evaluate_scenarios, load_checkpoint, prepare_data
 
-    model, config, _ = load_checkpoint(args.checkpoint, device=args.device or "cpu")
+    model, config, payload = load_checkpoint(args.checkpoint, device=args.device or "cpu")
     scenarios = args.scenarios or config.scenarios
     for name in scenarios:  # before loading data
         SCENARIOS.check(name, "--scenarios")
     if args.json:
         check_output_file(Path(args.json), "--json")
     data = prepare_data(config.data, args.data_dir, args.cache_dir)
+    _check_evaluation_data(args.checkpoint, config, payload, data)
     per_instance = [evaluate_scenarios(model, data["test"], scenarios, seed=seed)
                     for seed in range(args.instances)]
     summary = {}
@@ -259,6 +260,33 @@ def _evaluate(args) -> int:
 
         atomic_write(Path(args.json), (json.dumps(summary, indent=1) + "\n").encode())
     return 0
+
+
+def _check_evaluation_data(checkpoint, config: ExperimentConfig, payload: dict, data) -> None:
+    """The data set ``evaluate`` scores a checkpoint on (the one its configuration names, read
+    now) must be one its model takes: another number of classes or image shape (a data file
+    regenerated under the same name) is a :class:`~eqpdenet.errors.DataFileError`, since its
+    labels would be scored against classes the model never learned. The right shape with
+    another fingerprint than the checkpoint recorded (the file's content changed) is a warning.
+    Checkpoints saved before fingerprints, and registered data sets, have none to compare."""
+    from ..errors import DataFileError
+
+    model = config.model
+    trained = (model.classes, (model.in_channels, model.image_size, model.image_size))
+    now = (data.classes, tuple(data.image_shape))
+    if now != trained:
+        shape = lambda s: "x".join(map(str, s))  # noqa: E731
+        raise DataFileError(config.data.dataset, f"{now[0]} classes of {shape(now[1])} images, "
+                            f"but the model of {checkpoint} was trained on {trained[0]} classes of "
+                            f"{shape(trained[1])} images (channels x height x width): not the data "
+                            f"set it was trained on (the file was replaced since?)")
+    dataset = payload.get("dataset")
+    recorded = dataset.get("fingerprint") if isinstance(dataset, dict) else None
+    current = data.info.get("fingerprint")
+    if recorded is not None and current is not None and recorded != current:
+        warnings.warn(f"{config.data.dataset} is not the file {checkpoint} was trained on "
+                      f"(fingerprint {current}, recorded {recorded}): its content changed since; "
+                      f"the scores are on the data as it is now", RuntimeWarning, stacklevel=2)
 
 
 def _export(args) -> int:

@@ -16,12 +16,14 @@ import copy
 import json
 import os
 import time
+import tomllib
 from collections.abc import Callable
 from concurrent.futures import as_completed
 from pathlib import Path
 
 import torch
 
+from ..data.datasets import dataset_fingerprint
 from ..errors import ConfigError
 from .config import (
     KIND_OPTIONS,
@@ -83,7 +85,10 @@ _DATA_CACHE: dict = {}
 
 
 def _cached_data(config: DataConfig, data_dir, cache_dir) -> Data:
-    key = (json.dumps(to_dict(config), sort_keys=True), str(data_dir), str(cache_dir))
+    # The content's fingerprint too: a file replaced under the same name between two sweeps of
+    # one process (a notebook, a test) is data not to be served from the cache.
+    key = (json.dumps(to_dict(config), sort_keys=True), str(data_dir), str(cache_dir),
+           dataset_fingerprint(config.dataset))
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()
         _DATA_CACHE[key] = prepare_data(config, data_dir, cache_dir)
@@ -198,13 +203,24 @@ SWEEP_FILES = ("results.jsonl", "runs")
 def check_before_writing(runs: dict[str, ExperimentConfig], out_dir: Path, jobs: int,
                          executor: Executor | None, checkpoint_keys, *,
                          rerun_changed: bool = False,
-                         echo: Callable[[str], None] = print) -> None:
+                         echo: Callable[[str], None] = print,
+                         base_fingerprint: str | None = None,
+                         base: dict | None = None,
+                         others: dict[str, ExperimentConfig] | None = None) -> None:
     """Before a sweep writes its ``config.toml``: the runs of ``out_dir`` finished under another
-    configuration of the same key (:func:`changed_runs`) are refused, or with ``rerun_changed``
-    set aside to run again (:func:`~eqpdenet.app.runstore.set_aside`); then the preflight
-    (:func:`~eqpdenet.app.preflight.preflight`) of the runs not yet done. A sweep that cannot
-    run leaves nothing written but its folder and lock."""
-    changed = changed_runs(runs, out_dir)
+    configuration (:func:`changed_runs`: of the same key, on other data, or, with
+    ``base_fingerprint``, under another base configuration, whatever their key) are refused,
+    naming the keys and the fields that differ, or with ``rerun_changed`` set aside
+    (:func:`~eqpdenet.app.runstore.set_aside`), those of ``runs`` to run again. ``others``: runs
+    that the ``config.toml`` describes but this sweep does not run (``benchmark --models``):
+    checked and set aside alike, run when a sweep includes them. Then the
+    preflight (:func:`~eqpdenet.app.preflight.preflight`) of the runs not yet done. ``base``
+    (section name -> the configuration the base fingerprint covers, e.g. ``{"base":
+    config.base}``) names the fields that differ from the folder's ``config.toml``. A sweep that
+    cannot run leaves nothing written but its folder and lock; a folder never holds runs of two
+    base configurations."""
+    changed = changed_runs({**(others or {}), **runs}, out_dir, base_fingerprint=base_fingerprint,
+                           base=base)
     if changed and not rerun_changed:
         raise ConfigError(_changed_message(out_dir, changed) + "; run again with --rerun-changed "
                           "to set them aside and run them anew, or choose another output folder")
@@ -216,35 +232,110 @@ def check_before_writing(runs: dict[str, ExperimentConfig], out_dir: Path, jobs:
     if changed:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         aside = set_aside(out_dir, changed, stamp)
-        echo(f"{_changed_message(out_dir, changed)}: set aside in {aside}, to run again")
+        later = sorted(set(changed) - set(runs))
+        when = "to run again" if not later else (
+            f"those of this sweep to run again now, {_keys(later)} when a sweep includes them")
+        echo(f"{_changed_message(out_dir, changed)}: set aside in {aside}, {when}")
 
 
-def changed_runs(runs: dict[str, ExperimentConfig], out_dir: Path) -> dict[str, list[str]]:
-    """The keys of ``runs`` that ``out_dir`` holds as finished under another configuration (an
-    entry's recipe changed since its runs were made), each with its differences
-    (``"train.epochs: 11 recorded, 12 now"``). A recorded configuration is read as its run saw
-    it: fields it lacks hold their earlier behaviour (:data:`~eqpdenet.app.training.LATER_FIELDS`)
-    or else their default; the fields taken from the data
-    (:func:`~eqpdenet.app.training.data_resolved_fields`) are compared through the data's own
-    fields. Without this check a sweep would count such runs as done and report
-    results that are not those of its configuration."""
+def changed_runs(runs: dict[str, ExperimentConfig], out_dir: Path, *,
+                 base_fingerprint: str | None = None,
+                 base: dict | None = None) -> dict[str, list[str]]:
+    """The keys of the finished runs of ``out_dir`` made under another configuration than the
+    one given now, each with its differences (``"train.epochs: 11 recorded, 12 now"``):
+
+    * a key of ``runs`` whose recorded configuration differs (an entry's recipe changed since its
+      runs were made). A recorded configuration is read as its run saw it: fields it lacks hold
+      their earlier behaviour (:data:`~eqpdenet.app.training.LATER_FIELDS`) or else their
+      default; the fields taken from the data
+      (:func:`~eqpdenet.app.training.data_resolved_fields`) are compared through the data's own
+      fields;
+    * a key of ``runs`` whose data file (or IDX folder) is not the one it was made on: its
+      recorded fingerprint (:func:`~eqpdenet.data.datasets.data_fingerprint`) differs from that
+      of the data now at the path (hashed, not loaded, once per path per call). Records without a
+      fingerprint (registered data sets; runs from before fingerprints) are not compared;
+    * with ``base_fingerprint``, any key whose record has another base fingerprint (a
+      ``reproduce`` base or a benchmark's base and curves changed), its differences those of its
+      configuration, else the fields of ``base`` (section name -> configuration) that differ
+      from the folder's ``config.toml``, else the two fingerprints.
+
+    Without this check a sweep would count such runs as done and report results that are not
+    those of its configuration."""
     records = load_records(out_dir)
+    fingerprints: dict[str, str | None] = {}
+    base_differences = None
     changed = {}
-    for key, run in runs.items():
-        recorded = records.get(key, {}).get("config")
-        if recorded is None:
-            continue
-        recorded = _as_run(recorded)
-        current = to_dict(run)
-        for path in data_resolved_fields(run):  # from the data, which the data fields fix
-            source, target = recorded, current
-            for name in path[:-1]:
-                source, target = source.get(name, {}), target[name]
-            if path[-1] in source:
-                target[path[-1]] = source[path[-1]]
-        if fingerprint(recorded) != fingerprint(current):
-            changed[key] = _differences(_own_kind(recorded), _own_kind(current))
+    for key in sorted(records):
+        record, run = records[key], runs.get(key)
+        differences = []
+        if run is not None and record.get("config") is not None:
+            differences += _config_differences(record["config"], run)
+            differences += _data_differences(record, run, fingerprints)
+        if base_fingerprint is not None and record.get("base_fingerprint") != base_fingerprint \
+                and not differences:
+            if base_differences is None:  # config.toml is read once, where needed
+                base_differences = _base_differences(out_dir, base or {})
+            differences = base_differences or [
+                f"base configuration fingerprint {record.get('base_fingerprint')} recorded, "
+                f"{base_fingerprint} now"]
+        if differences:
+            changed[key] = differences
     return changed
+
+
+def _config_differences(recorded: dict, run: ExperimentConfig) -> list[str]:
+    recorded = _as_run(recorded)
+    current = to_dict(run)
+    for path in data_resolved_fields(run):  # from the data, which the data fields fix
+        source, target = recorded, current
+        for name in path[:-1]:
+            source, target = source.get(name, {}), target[name]
+        if path[-1] in source:
+            target[path[-1]] = source[path[-1]]
+    if fingerprint(recorded) == fingerprint(current):
+        return []
+    return _differences(_own_kind(recorded), _own_kind(current))
+
+
+def _data_differences(record: dict, run: ExperimentConfig, cache: dict) -> list[str]:
+    """The data file of ``run`` when it is not the one ``record`` was made on (a file
+    regenerated under the same name: another class count, other images)."""
+    dataset = record.get("dataset")
+    recorded = dataset.get("fingerprint") if isinstance(dataset, dict) else None
+    if recorded is None:  # a registered data set, or a run from before fingerprints
+        return []
+    spec = run.data.dataset
+    if spec not in cache:
+        cache[spec] = dataset_fingerprint(spec)
+    now = cache[spec]
+    if now is None or now == recorded:  # no data there now: loading it says so
+        return []
+    return [f"data file {spec}: fingerprint {recorded} recorded, {now} now"]
+
+
+def _base_differences(out_dir: Path, base: dict) -> list[str]:
+    """The fields of the sections of ``base`` (name -> configuration) that differ from those of
+    the folder's ``config.toml`` (written by the sweep that made its runs); [] where there is
+    none to read."""
+    try:
+        written = tomllib.loads((Path(out_dir) / "config.toml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return []
+    differences = []
+    for section, current in sorted(base.items()):
+        recorded = written.get(section)
+        if not isinstance(recorded, dict):
+            continue
+        if isinstance(current, ExperimentConfig):
+            recorded, current = _own_kind(_as_run(recorded)), _own_kind(to_dict(current))
+        else:
+            try:
+                recorded = to_dict(from_dict(type(current), recorded))
+            except (ConfigError, TypeError, ValueError):  # fields since renamed: as stored
+                pass
+            current = to_dict(current)
+        differences += _differences(recorded, current, f"{section}.")
+    return differences
 
 
 def _own_kind(config: dict) -> dict:
@@ -272,21 +363,28 @@ def _differences(recorded: dict, current: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def _keys(keys: list[str], shown: int = 5) -> str:
+    return ", ".join(keys[:shown]) + (f", ... ({len(keys)} runs)" if len(keys) > shown else "")
+
+
 def _changed_message(out_dir: Path, changed: dict[str, list[str]]) -> str:
-    shown = "; ".join(f"{key} ({', '.join(diffs[:3])}{', ...' if len(diffs) > 3 else ''})"
-                      for key, diffs in sorted(changed.items()))
+    groups: dict[tuple[str, ...], list[str]] = {}  # one base change: one line, not one per run
+    for key, diffs in sorted(changed.items()):
+        groups.setdefault(tuple(diffs), []).append(key)
+    shown = "; ".join(f"{_keys(keys)} ({', '.join(diffs[:3])}{', ...' if len(diffs) > 3 else ''})"
+                      for diffs, keys in groups.items())
     return (f"{out_dir} holds {len(changed)} finished run(s) made with another configuration "
-            f"than the one now given for the same key: {shown}")
+            f"(or data) than the one now given for the same key: {shown}")
 
 
-def check_results_folder(out_dir: Path, base_fingerprint: str) -> None:
-    """Refuse a results folder that holds runs of another base configuration."""
-    results = Path(out_dir) / "results.jsonl"
-    existing = {r.get("base_fingerprint") for r in load_records(out_dir).values()}
-    if existing and existing != {base_fingerprint}:
-        raise ConfigError(f"{results} holds runs of another configuration "
-                          f"(fingerprints {sorted(map(str, existing))}, this one "
-                          f"{base_fingerprint}); choose another output folder")
+def check_results_folder(out_dir: Path, base_fingerprint: str, base: dict | None = None) -> None:
+    """Refuse a results folder that holds runs of another base configuration, naming the fields
+    of ``base`` (section name -> configuration) that differ from its ``config.toml`` (else the
+    fingerprints). :func:`check_before_writing` with ``base_fingerprint`` does this check and
+    can set such runs aside (``--rerun-changed``) instead."""
+    changed = changed_runs({}, out_dir, base_fingerprint=base_fingerprint, base=base)
+    if changed:
+        raise ConfigError(_changed_message(out_dir, changed) + "; choose another output folder")
 
 
 def reproduce(config: ReproduceConfig, out_dir: Path, *, jobs: int = 1,
@@ -296,8 +394,10 @@ def reproduce(config: ReproduceConfig, out_dir: Path, *, jobs: int = 1,
     """Run every missing run of the protocol into ``out_dir`` (``runs/<key>.json`` and their
     aggregate ``results.jsonl``) with ``executor`` (default: local, ``jobs`` processes).
 
-    The base configuration is written to ``out_dir/config.toml``; a results file produced with a
-    different base configuration is refused (use another ``out_dir``). Returns the results path.
+    The base configuration is written to ``out_dir/config.toml``; runs made with a different
+    base configuration (or a changed data file) are refused, naming the fields, or with
+    ``rerun_changed`` set aside and run again (:func:`check_before_writing`). Returns the results
+    path.
     """
     out_dir = Path(os.path.realpath(out_dir))
     if jobs < 1:
@@ -306,13 +406,13 @@ def reproduce(config: ReproduceConfig, out_dir: Path, *, jobs: int = 1,
     with hold(out_dir, "reproduce"):
         claim_folder(out_dir, "reproduce", legacy=SWEEP_FILES)
         base_print = fingerprint(config.base)
-        check_results_folder(out_dir, base_print)
         runs = {run_key(run.model.kind, run.model.hidden, run.train.seed): run
                 for run in grid(config)}
         checkpoints = {key for key, run in runs.items()
                        if run.train.seed in config.checkpoint_seeds}
         check_before_writing(runs, out_dir, jobs, executor, checkpoints,
-                             rerun_changed=rerun_changed, echo=echo)
+                             rerun_changed=rerun_changed, echo=echo, base_fingerprint=base_print,
+                             base={"base": config.base})
         atomic_write(out_dir / "config.toml", to_toml(config).encode())
         return run_sweep("reproduce", runs, out_dir, base_fingerprint=base_print,
                          checkpoint_keys=checkpoints, jobs=jobs, executor=executor,

@@ -20,10 +20,18 @@ test pool only (never mixed), so the result is deterministic and leak-free. With
 (:func:`eqpdenet.geometry.rotate_about_mass`), so that its place in the frame does not tell the
 angle (MNIST's digits sit half a pixel off the frame's centre in each axis: about the frame's
 centre, the offset turns with the digit; ``benchmarks/centroid_leak.py``).
+
+A data set read from a path records its content's fingerprint in ``info["fingerprint"]``
+(:func:`data_fingerprint`: the SHA-256 of the file's bytes, or of the four IDX files'), so that
+results and checkpoints say which data they were made on, and a file replaced under the same
+name is noticed. The registered sets have none: their name and seed identify them (MNIST's files
+are checked against their published MD5s on every read, the generated ROTMNIST is a function of
+them and its seed, its cache hash-checked).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import zipfile
@@ -41,7 +49,8 @@ from ..registry import Registry
 from .mnist import load_mnist, read_idx
 from .rotmnist import check_rotation_centre, load_rotmnist
 
-__all__ = ["DATASETS", "ImageDataset", "load_dataset", "register_dataset", "rotate_dataset"]
+__all__ = ["DATASETS", "ImageDataset", "data_fingerprint", "dataset_fingerprint", "load_dataset",
+           "register_dataset", "rotate_dataset"]
 
 IDX_NAMES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
              "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
@@ -56,7 +65,8 @@ class ImageDataset:
         train_images, test_images: ``(N, C, H, W)`` float32 in [0, 1].
         train_labels, test_labels: ``(N,)`` int64 in ``0 .. classes - 1``.
         classes: number of classes.
-        info: how it was made (source, seed ...), stored with every result.
+        info: how it was made (source, seed ...), stored with every result; for a data set read
+            from a path, ``fingerprint`` (:func:`data_fingerprint`) too.
     """
 
     name: str
@@ -195,6 +205,7 @@ def load_npz(path: str | os.PathLike) -> ImageDataset:
     """A data set from a ``.npz`` file with ``x_train, y_train, x_test, y_test``."""
     path = Path(path)
     try:
+        fingerprint = _digest([path])
         with open(path, "rb") as handle:
             start = handle.read(6)
         if start and not start.startswith((b"PK\x03\x04", b"\x93NUMPY")):
@@ -222,27 +233,81 @@ def load_npz(path: str | os.PathLike) -> ImageDataset:
     return ImageDataset(str(path), _as_images(arrays["x_train"], path, "x_train"), train_labels,
                         _as_images(arrays["x_test"], path, "x_test"), test_labels,
                         classes=_classes(path, train_labels, test_labels),
-                        info={"source": str(path.resolve())})
+                        info={"source": str(path.resolve()), "fingerprint": fingerprint})
 
 
 def load_idx_folder(folder: str | os.PathLike) -> ImageDataset:
     """A data set from a folder with the four IDX files (MNIST's names, any content)."""
     folder = Path(folder)
-    arrays = {}
-    for key, name in IDX_NAMES.items():
-        candidates = [folder / f"{name}.gz", folder / name]
-        path = next((p for p in candidates if p.is_file()), None)
-        if path is None:
-            raise DataFileError(folder, f"missing {name}[.gz]; an IDX data set folder holds "
-                                f"{', '.join(IDX_NAMES.values())}")
-        arrays[key] = read_idx(path)
+    files = _idx_files(folder)
+    fingerprint = _digest(list(files.values()))
+    arrays = {key: read_idx(path) for key, path in files.items()}
     train_labels = _as_labels(arrays["train_labels"], folder, IDX_NAMES["train_labels"])
     test_labels = _as_labels(arrays["test_labels"], folder, IDX_NAMES["test_labels"])
     return ImageDataset(
         str(folder), _as_images(arrays["train_images"], folder, IDX_NAMES["train_images"]),
         train_labels, _as_images(arrays["test_images"], folder, IDX_NAMES["test_images"]),
         test_labels, classes=_classes(folder, train_labels, test_labels),
-        info={"source": str(folder.resolve())})
+        info={"source": str(folder.resolve()), "fingerprint": fingerprint})
+
+
+def _idx_files(folder: Path) -> dict[str, Path]:
+    """The four IDX files of ``folder`` by role (the gzipped one where both exist)."""
+    files = {}
+    for key, name in IDX_NAMES.items():
+        candidates = [folder / f"{name}.gz", folder / name]
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            raise DataFileError(folder, f"missing {name}[.gz]; an IDX data set folder holds "
+                                f"{', '.join(IDX_NAMES.values())}")
+        files[key] = path
+    return files
+
+
+#: Hex digits kept of a data fingerprint's SHA-256: 64 bits, no collision among the versions of
+#: one file a user will ever make.
+FINGERPRINT_DIGITS = 16
+
+
+def data_fingerprint(path: str | os.PathLike) -> str:
+    """The fingerprint of the data at ``path``: the SHA-256 (its first
+    :data:`FINGERPRINT_DIGITS` hex digits) of a file's bytes, or, for a folder, of the four IDX
+    files :func:`load_idx_folder` reads, in the order training images, training labels, test
+    images, test labels. Bytes, not images: the same images compressed anew give another
+    fingerprint. The files are read, not parsed (about a second per GB). A
+    :class:`~eqpdenet.errors.DataFileError` for a folder without the IDX files; ``OSError`` for
+    a file that cannot be read."""
+    path = Path(path)
+    if path.is_dir():
+        return _digest(list(_idx_files(path).values()))
+    return _digest([path])
+
+
+def _digest(files: list[Path]) -> str:
+    """The shortened SHA-256 of one file's bytes; of several, the SHA-256 of their SHA-256s
+    (a byte moved from the end of one file to the start of the next changes it)."""
+    digests = []
+    for path in files:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        digests.append(digest)
+    if len(digests) > 1:
+        digests = [hashlib.sha256(b"".join(d.digest() for d in digests))]
+    return digests[0].hexdigest()[:FINGERPRINT_DIGITS]
+
+
+def dataset_fingerprint(spec: str) -> str | None:
+    """The fingerprint (:func:`data_fingerprint`) of the data set ``spec`` names as it is now:
+    None for a registered name (identified by its name and seed, see the module doc) and for a
+    path with no readable data set behind it (whose loading says what is wrong)."""
+    if spec in DATASETS:
+        return None
+    try:
+        return data_fingerprint(Path(spec).expanduser())
+    except (OSError, DataFileError):
+        return None
 
 
 def rotate_dataset(dataset: ImageDataset, seed: int = 0, batch_size: int = 8192,
