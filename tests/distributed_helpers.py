@@ -56,7 +56,7 @@ def native_threads() -> list[str] | None:
 
 
 def data_parallel_worker(rank: int, world: int, port: int, out: str,
-                         overrides: tuple[str, ...] = ()) -> None:
+                         overrides: tuple[str, ...] = (), n_train: int = 101) -> None:
     """One process of a gloo process group (what torchrun sets up, opened as ``eqpdenet train
     --distributed`` opens it): trains the tiny model; rank 0 saves the parameters and history to
     ``out``. Each rank then checks that leaving the group stopped gloo's threads: left running,
@@ -69,7 +69,8 @@ def data_parallel_worker(rank: int, world: int, port: int, out: str,
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     with data_parallel_group("gloo", rank=rank, world_size=world):
         assert data_parallel() == (rank, world)
-        model, history = train_model(tiny_config(*overrides), synthetic_data(), progress=False)
+        model, history = train_model(tiny_config(*overrides), synthetic_data(n_train),
+                                     progress=False)
         if rank == 0:
             torch.save({"state": model.state_dict(), "history": history}, out)
     left = [name for name in native_threads() or [] if "gloo" in name]

@@ -75,6 +75,25 @@ def test_two_gloo_processes_train_as_one(tmp_path, overrides):
             assert two["blur_consistency"] == pytest.approx(one["blur_consistency"], rel=TOLERANCE)
 
 
+def test_two_processes_never_normalise_a_part_of_one_image(tmp_path):
+    """35 images in batches of 32 leave 3: split 2 + 1, the second process would normalise one
+    image (a CNN's batch norm refused it mid-epoch). The remainder joins the batch before when
+    it holds fewer than two images per process: one batch of 35."""
+    from eqpdenet.app.batches import mini_batches
+
+    assert [(s.start, s.stop) for s in mini_batches(35, 32, processes=2)] == [(0, 35)]
+    assert [(s.start, s.stop) for s in mini_batches(36, 32, processes=2)] == [(0, 32), (32, 36)]
+    assert [(s.start, s.stop) for s in mini_batches(35, 32)] == [(0, 32), (32, 35)]
+    out = tmp_path / "ddp.pt"
+    torch.multiprocessing.spawn(data_parallel_worker,
+                                args=(2, free_port(), str(out), ("model.kind='cnn'",), 35),
+                                nprocs=2, join=True)
+    parallel = torch.load(out, weights_only=True)
+    assert len(parallel["history"]) == 2
+    assert all(torch.isfinite(value).all() for value in parallel["state"].values()
+               if value.is_floating_point())
+
+
 def test_distributed_without_torchrun_is_one_clear_line(tmp_path, capsys, monkeypatch):
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)

@@ -279,8 +279,9 @@ def write_benchmark_report(out_dir: Path) -> Report:
     records = read_jsonl(out_dir / "results.jsonl")
     if not records:
         raise FileNotFoundError(f"no results in {out_dir / 'results.jsonl'}")
-    missing = missing_benchmark_runs(out_dir, records)
+    # the records checked first: a line that is not a run record is named, not a crash here
     summary = summarise(check_records(records, str(out_dir / "results.jsonl")))
+    missing = missing_benchmark_runs(out_dir, records)
     subsets = {r.get("config", {}).get("data", {}).get("test_subset", 0) for r in records}
     images = {r.get("robustness", {}).get("images") for r in records} - {None}
     where = ("the whole test set" if subsets == {0} else

@@ -17,11 +17,11 @@ import json
 import os
 from pathlib import Path
 
-from ..errors import OutputFolderError
+from ..errors import DataFileError, OutputFolderError
 from ..files import temporary_beside
 
 __all__ = ["TEMPORARY_SUFFIX", "append_jsonl", "atomic_write", "check_output_file", "make_folder",
-           "read_jsonl", "remove_stale_temporaries", "save_figure"]
+           "read_jsonl", "read_jsonl_lines", "remove_stale_temporaries", "save_figure"]
 
 #: The suffix of :func:`atomic_write`'s temporary files.
 TEMPORARY_SUFFIX = ".eqpdenet.tmp"
@@ -54,12 +54,23 @@ def _reason(error: OSError) -> str:
 
 
 def check_output_file(path: Path, option: str = "--out") -> Path:
-    """Before any work: the folder of the file ``path`` exists or can be created and no folder
-    stands where the file goes; an :class:`OutputFolderError` naming the cause otherwise."""
+    """Before any work: the folder of the file ``path`` exists or can be created, a file can be
+    written into it (a temporary file is created there and removed, as :func:`atomic_write`
+    will: a read-only folder or file system, no permission, no room for a file entry), and no
+    folder stands where the file goes; an :class:`OutputFolderError` naming ``option``, the path
+    and the cause otherwise."""
     path = Path(path)
     if path.is_dir():
         raise OutputFolderError(f"{option} {path}: a folder is in the way of the file")
     make_folder(path.parent)
+    try:
+        fd, probe = temporary_beside(path, TEMPORARY_SUFFIX)
+    except OSError as error:
+        raise OutputFolderError(f"{option} {path}: cannot write into {path.parent}: "
+                                f"{_reason(error)}") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
     return path
 
 
@@ -76,17 +87,34 @@ def atomic_write(path: Path, data: bytes) -> None:
         with open(path, "wb") as handle:
             handle.write(data)
         return
-    fd, tmp = temporary_beside(path, TEMPORARY_SUFFIX)
+    try:
+        fd, tmp = temporary_beside(path, TEMPORARY_SUFFIX)
+    except OSError as error:  # named by the file wanted, not by the temporary one
+        raise _naming(error, path) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(error, OSError) and not isinstance(error, OutputFolderError):
+            raise _naming(error, path) from None
         raise
+
+
+def _naming(error: OSError, path: Path) -> OSError:
+    """``error`` (its type and errno kept) naming ``path``: a failed write is reported with the
+    file the user asked for, never :func:`atomic_write`'s temporary file (or none at all, as
+    ``write`` raises ``ENOSPC``)."""
+    if error.errno is None:
+        return error
+    try:
+        return type(error)(error.errno, error.strerror or os.strerror(error.errno), str(path))
+    except TypeError:  # a subclass with other arguments: as it is
+        return error
 
 
 def remove_stale_temporaries(folder: Path, depth: int = 4) -> list[Path]:
@@ -112,19 +140,37 @@ def remove_stale_temporaries(folder: Path, depth: int = 4) -> list[Path]:
     return removed
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Records of a JSONL file (empty if missing); a malformed line is a clear error."""
+def read_jsonl_lines(path: Path) -> list[tuple[int, str, object]]:
+    """``(line number, line, value)`` of every non-blank line of a JSONL file (empty if it is
+    missing), each line as written, with its newline (but for a last line without one). A line
+    that is not UTF-8 text or not JSON is a :class:`~eqpdenet.errors.DataFileError` naming the
+    file and the line (``results.jsonl:3: not UTF-8 text (byte 0xf9 at column 12)``). Lines end
+    at newline characters only, so that their numbers are those an editor shows (``str.
+    splitlines`` also ends a line at U+2028 or U+0085 inside a JSON string)."""
     path = Path(path)
     if not path.exists():
         return []
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not a JSON line ({error})") from None
-    return records
+    entries, pieces = [], path.read_bytes().split(b"\n")
+    for number, raw in enumerate(pieces, 1):
+        try:
+            line = raw.decode("utf-8") + ("\n" if number < len(pieces) else "")
+        except UnicodeDecodeError as error:
+            raise DataFileError(f"{path}:{number}", f"not UTF-8 text (byte 0x{raw[error.start]:02x} "
+                                f"at column {error.start + 1}): not a file eqpdenet wrote, or a "
+                                f"damaged one") from None
+        if not line.strip():
+            continue
+        try:
+            entries.append((number, line, json.loads(line)))
+        except json.JSONDecodeError as error:
+            raise DataFileError(f"{path}:{number}", f"not a JSON line ({error})") from None
+    return entries
+
+
+def read_jsonl(path: Path) -> list:
+    """The values of a JSONL file's lines (empty if it is missing); a line that is not UTF-8
+    text or not JSON is an error naming the file and the line (:func:`read_jsonl_lines`)."""
+    return [value for _, _, value in read_jsonl_lines(path)]
 
 
 def append_jsonl(path: Path, record: dict) -> None:

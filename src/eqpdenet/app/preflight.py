@@ -7,12 +7,20 @@ cause when
 * a configuration cannot be saved (every field is validated on construction; this also writes
   each one to TOML, as it will be saved beside its result),
 * the device is not there (``train.device = "cuda"`` without a GPU),
+* a training batch would hold one image where the model has batch normalisation (whose
+  statistics need two: ``train.batch_size = 1``; under torchrun, a batch that leaves one of its
+  processes a single image), or training would see one image in all (``data.train_subset = 1``:
+  one class, nothing a classifier can learn); the last batch of an epoch never holds one image
+  alone (:func:`eqpdenet.app.batches.mini_batches` joins it to the batch before), so this is
+  known from the configuration,
 * training would need more memory than the machine has: the states the Euler steps keep for the
   backward pass (:func:`training_bytes`; ``T = 1e6, dt = 1e-3`` asks for petabytes, so does a
   lifted model with ``margin = 1000``: the deep families estimate their own) and the
   parameters with their gradients and optimiser state (:data:`PARAMETER_BYTES` each;
   ``model.hidden = 1e8`` asks for 160 PB); the model is built on PyTorch's ``meta`` device to
-  count them, so nothing is allocated,
+  count them, so nothing is allocated; the batch is the largest that training forms
+  (:func:`training_batches`: no larger than the training set where its size is known before
+  loading, :func:`training_images`),
 * the output file system has not the space for the checkpoints and results.
 
 The folder being creatable and writable is checked by taking its lock
@@ -31,12 +39,15 @@ from pathlib import Path
 import torch
 
 from .. import kernels
+from ..data.mnist import MNIST_FILES
+from ..data.rotmnist import N_TRAIN as ROTMNIST_TRAIN
 from ..errors import ConfigError, OutputFolderError
 from ..pde.layer import PDELayer
 from .config import ExperimentConfig, build_model, to_toml
 
-__all__ = ["PARAMETER_BYTES", "WORKER_BYTES", "allocation_failure", "available_memory",
-           "preflight", "resolve_device", "training_bytes"]
+__all__ = ["FIXED_TRAINING_IMAGES", "PARAMETER_BYTES", "WORKER_BYTES", "allocation_failure",
+           "available_memory", "preflight", "resolve_device", "training_batches", "training_bytes",
+           "training_images"]
 
 #: Memory kept per Euler step during training, in units of one state (batch x PDEs x pixels x 4
 #: bytes), by backend and ``recompute``: the growth of the peak memory of one training step of the
@@ -57,6 +68,10 @@ WORKER_BYTES = 600 * 2**20
 
 #: Bytes of a run's record in results.jsonl (its history and configuration), an upper bound.
 RECORD_BYTES = 64 * 2**10
+
+#: The training images (validation included) of the registered data sets whose size is fixed:
+#: ROTMNIST (official or generated, checked on loading) and MNIST (checked by its MD5).
+FIXED_TRAINING_IMAGES = {"rotmnist": ROTMNIST_TRAIN, "mnist": MNIST_FILES["train_images"].shape[0]}
 
 
 def _gib(n: float) -> str:
@@ -103,18 +118,114 @@ def allocation_failure(error: BaseException) -> str | None:
     return f"tried to allocate {found.group(1)}" if found else "an allocation failed"
 
 
-def training_bytes(config: ExperimentConfig, model: torch.nn.Module | None = None) -> int:
+def training_images(config: ExperimentConfig) -> int | None:
+    """The number of images ``config`` trains on, where it is known before the data are loaded:
+    ``data.train_subset``, no more than the images of a data set of fixed size
+    (:data:`FIXED_TRAINING_IMAGES`) less ``data.validation``; None for a data set read from a
+    file without ``train_subset``. (A ``train_subset`` or ``validation`` larger than the data set
+    is refused when it is loaded.)"""
+    data = config.data
+    total = FIXED_TRAINING_IMAGES.get(data.dataset)
+    left = total - data.validation if total is not None and data.validation < total else None
+    if data.train_subset:
+        return data.train_subset if left is None else min(data.train_subset, left)
+    return left
+
+
+def training_batches(config: ExperimentConfig, images: int | None = None) -> tuple[int, int]:
+    """``(largest, smallest)`` number of images in a batch of training ``config`` on ``images``
+    training images (default :func:`training_images`), as :func:`eqpdenet.app.batches.mini_batches`
+    cuts an epoch: ``train.batch_size`` or all the images where there are fewer, the remainder
+    in the last batch, a remainder of one joined to the batch before (65 images in batches of
+    64: one batch of 65). ``(batch_size, batch_size)`` where the number is not known."""
+    size = config.train.batch_size
+    images = training_images(config) if images is None else images
+    if images is None:
+        return size, size
+    if images <= size:
+        return images, images
+    full, rest = divmod(images - 1, size)  # ``full`` whole batches, then ``rest + 1`` images
+    if rest > 0:
+        return size, rest + 1
+    # a remainder of one image joins the batch before
+    return size + 1, size + 1 if full == 1 else size
+
+
+def _batch_norm(model: torch.nn.Module) -> str | None:
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            return name or type(module).__name__
+    return None
+
+
+def _check_batches(config: ExperimentConfig, model: torch.nn.Module, images: int | None) -> None:
+    """A :class:`ConfigError` naming the field when training ``config`` would see one image in
+    all, or would pass one image alone through ``model`` in training mode while it has batch
+    normalisation (a batch of one without the blur penalty's copy of it, or the weight
+    average's pass over the batches to recompute the statistics)."""
+    train, data = config.train, config.data
+    images = training_images(config) if images is None else images
+    if images == 1:
+        if data.train_subset == 1:
+            field, what = "data.train_subset", "1 training image"
+        elif data.dataset in FIXED_TRAINING_IMAGES and not data.train_subset:
+            field = "data.validation"
+            what = (f"{data.validation} held out of the {FIXED_TRAINING_IMAGES[data.dataset]} "
+                    f"training images of {data.dataset} leave 1 to train on")
+        else:
+            field, what = "data.dataset", "1 training image"
+        raise ConfigError(f"invalid config: {field}: {what}: one class, nothing a classifier can "
+                          f"learn (and batch statistics need 2 images); train on 2 or more")
+    smallest = training_batches(config, images)[1]
+    alone = smallest == 1 and (train.blur_consistency.copies(1) == 0 or bool(train.weight_average))
+    norm = _batch_norm(model) if alone else None
+    if norm is not None:
+        raise ConfigError(f"invalid config: train.batch_size: batches of 1 image, but the "
+                          f"{config.model.kind} model has batch normalisation ({norm}), whose "
+                          f"statistics need at least 2 images per batch; set train.batch_size "
+                          f"to 2 or more")
+    processes = _processes()
+    whole = min(train.batch_size, images) if images is not None else train.batch_size
+    # Under torchrun each process normalises its own share of a batch (parts that differ by one
+    # image at most); the blur penalty's copies fall to the first parts, so they are not counted.
+    norm = _batch_norm(model) if processes > 1 and whole < 2 * processes else None
+    if norm is not None:
+        field, remedy = "train.batch_size", f"set train.batch_size to {2 * processes} or more"
+        if whole < train.batch_size:
+            field = ("data.train_subset" if data.train_subset else "data.validation"
+                     if data.dataset in FIXED_TRAINING_IMAGES else "data.dataset")
+            remedy = f"train on {2 * processes} images or more"
+        raise ConfigError(f"invalid config: {field}: batches of {whole} images shared among "
+                          f"{processes} processes leave a process 1 image or none, but the "
+                          f"{config.model.kind} model has batch normalisation ({norm}), whose "
+                          f"statistics need at least 2 images in every process; {remedy}")
+
+
+def _processes() -> int:
+    """The number of processes training together (torchrun's world size; 1 outside a process
+    group)."""
+    distributed = torch.distributed
+    if distributed.is_available() and distributed.is_initialized():
+        return distributed.get_world_size()
+    return 1
+
+
+def training_bytes(config: ExperimentConfig, model: torch.nn.Module | None = None, *,
+                   images: int | None = None) -> int:
     """An estimate of the memory that training ``config`` keeps for the backward pass, dominated
     by the Euler states: ``batch x PDEs x channels x steps x pixels x bytes x factor`` for every
     PDE layer of the model (at the input's size; :data:`STATE_FACTORS`), and for the deep
     families (``invariant_pde``, ``lifted_pde``) their own estimate of what their blocks keep
-    (their ``backward_bytes(batch_size)``)."""
+    (their ``backward_bytes(batch_size)``). The batch is the largest that training forms on
+    ``images`` training images (default: :func:`training_images`; :func:`training_batches`),
+    with the blur penalty's copies."""
     model = _model(config) if model is None else model
     channels = getattr(model, "in_channels", 1)
     pixels = config.model.image_size ** 2
     own = getattr(model, "backward_bytes", None)
     # The blur penalty's copies go through the model in the same pass as the batch.
-    batch = config.train.batch_size + config.train.blur_consistency.copies(config.train.batch_size)
+    batch = training_batches(config, images)[0]
+    batch += config.train.blur_consistency.copies(batch)
     total = int(own(batch)) if own is not None else 0
     for layer in model.modules():
         if not isinstance(layer, PDELayer):
@@ -157,9 +268,11 @@ def available_memory(device: torch.device) -> int | None:
 
 
 def preflight(runs: Sequence[ExperimentConfig], out: Path | None, *, jobs: int = 1,
-              checkpoints: int | None = None) -> None:
+              checkpoints: int | None = None, images: int | None = None) -> None:
     """Check ``runs`` (to be done with ``jobs`` processes, writing into ``out``, ``checkpoints``
-    of them saving a model; default all) before any data is loaded (module docstring)."""
+    of them saving a model; default all) before any data is loaded (module docstring).
+    ``images``: the number of training images, where the caller knows it (after loading the
+    data); else what the configuration tells (:func:`training_images`)."""
     if not runs:
         return
     largest_model, largest_run = 0, (0, 0, None, None)
@@ -167,9 +280,10 @@ def preflight(runs: Sequence[ExperimentConfig], out: Path | None, *, jobs: int =
         to_toml(run)
         device = resolve_device(run.train.device)
         model = _model(run)
+        _check_batches(run, model, images)
         params = sum(p.numel() for p in model.parameters())
         largest_model = max(largest_model, params)
-        states = training_bytes(run, model)
+        states = training_bytes(run, model, images=images)
         if states + params * PARAMETER_BYTES > sum(largest_run[:2]):
             largest_run = (states, params * PARAMETER_BYTES, run, device)
     parallel = min(jobs, len(runs))
@@ -186,15 +300,16 @@ def preflight(runs: Sequence[ExperimentConfig], out: Path | None, *, jobs: int =
             parts.append(f"{_gib(weights)} for {weights // PARAMETER_BYTES:,} parameters with "
                          f"their gradients and optimiser state")
             kind = run.model.kind
+            size, batch = run.train.batch_size, training_batches(run, images)[0]
+            lower = f"lower train.batch_size ({size}" + (
+                f": batches of {batch} images)" if batch != size else ")")
             if states <= weights:
                 remedies = [f"make the model smaller (model.hidden = {run.model.hidden}, or its "
                             f"model.{kind} options)"]
             elif kind in DEEP_FIELDS:
-                remedies = [f"lower train.batch_size ({run.train.batch_size})",
-                            f"make its fields smaller (model.{kind}: {DEEP_FIELDS[kind]})"]
+                remedies = [lower, f"make its fields smaller (model.{kind}: {DEEP_FIELDS[kind]})"]
             else:
-                remedies = [f"raise model.layer.dt or lower model.layer.T{steps}",
-                            f"lower train.batch_size ({run.train.batch_size})",
+                remedies = [f"raise model.layer.dt or lower model.layer.T{steps}", lower,
                             "set model.layer.recompute = true"]
             if parallel > 1:
                 remedies.append("lower --jobs")

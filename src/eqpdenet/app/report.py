@@ -31,7 +31,7 @@ from .files import atomic_write, read_jsonl, save_figure
 from .locks import hold
 
 __all__ = ["Report", "aggregate", "check_records", "deduplicate", "missing_runs", "paper_table",
-           "plot_accuracy", "protocol_table", "write_report"]
+           "plot_accuracy", "protocol_table", "rerun_advice", "write_report"]
 
 SCENARIOS = ("test", "iso", "sca")
 #: The paper's two models (Tables 1 and 2) and their printed names.
@@ -60,11 +60,22 @@ def _finite_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def rerun_advice(key: str) -> str:
+    """How to run the run ``key`` of a sweep's folder again: its line in ``results.jsonl`` and
+    its run file both go (``docs/distributed.md``). ``results.jsonl`` is regenerated from the
+    run files, so a line deleted alone comes back; a line left without its run file counts as a
+    finished run of a folder written before run files existed."""
+    return (f"to rerun it, delete both runs/{key}.json (if there is one) and its line in "
+            f"results.jsonl, then rerun the sweep's command")
+
+
 def check_records(records: list[dict], source: str = "results") -> list[dict]:
     """``records`` if each is a run record a report can use, else a
     :class:`~eqpdenet.errors.DataFileError` naming the record and the field: a dict with
     ``model``, an integer ``hidden`` and ``seed`` and a ``status``; a successful run's
-    accuracies finite percentages (``validation_accuracy`` too) and its ``params`` a count."""
+    accuracies finite percentages (``validation_accuracy`` too) and its ``params`` a count.
+    The message of a successful run's bad number says how to run it again
+    (:func:`rerun_advice`)."""
     for number, record in enumerate(records, 1):
         where = f"record {number}"
         if not isinstance(record, dict):
@@ -74,23 +85,26 @@ def check_records(records: list[dict], source: str = "results") -> list[dict]:
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise DataFileError(source, f"{where}: {field} is {value!r}, not a run's "
                                             f"{kind.__name__}")
-        where = f"{where} ({record['model']}-h{record['hidden']}-seed{record['seed']})"
+        key = f"{record['model']}-h{record['hidden']}-seed{record['seed']}"
+        where = f"{where} ({key})"
         if record["status"] != "ok":
             continue
+        # a benchmark's keys are its entries' names (<entry>-seed<seed>)
+        advice = rerun_advice(record["key"] if isinstance(record.get("key"), str) else key)
         accuracy = record.get("accuracy")
         if not isinstance(accuracy, dict):
-            raise DataFileError(source, f"{where}: a successful run without accuracies")
+            raise DataFileError(source, f"{where}: a successful run without accuracies; {advice}")
         numbers = [(f"accuracy {k}", v) for k, v in accuracy.items()]
         if "validation_accuracy" in record:
             numbers.append(("validation_accuracy", record["validation_accuracy"]))
         for name, value in numbers:
             if not _finite_number(value) or not 0 <= value <= 100:
                 raise DataFileError(source, f"{where}: {name} is {value!r}, not a finite "
-                                            f"percentage; a report cannot average it (rerun the "
-                                            f"run: delete its record and resume the sweep)")
+                                            f"percentage; a report cannot average it ({advice})")
         params = record.get("params")
         if not isinstance(params, int) or isinstance(params, bool) or params < 0:
-            raise DataFileError(source, f"{where}: params is {params!r}, not a parameter count")
+            raise DataFileError(source, f"{where}: params is {params!r}, not a parameter count "
+                                        f"({advice})")
     return records
 
 

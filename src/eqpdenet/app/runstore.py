@@ -26,8 +26,8 @@ import json
 import re
 from pathlib import Path
 
-from ..errors import ConfigError
-from .files import atomic_write, read_jsonl
+from ..errors import ConfigError, DataFileError
+from .files import atomic_write, read_jsonl_lines
 
 __all__ = ["RUNS_DIR", "SUPERSEDED_DIR", "load_records", "run_file", "save_run", "set_aside",
            "write_aggregate"]
@@ -67,19 +67,34 @@ def _read_run(path: Path) -> dict:
     return record
 
 
+def _lines(results: Path) -> list[tuple[int, str, dict]]:
+    """``(line number, line, record)`` of ``results``; a line that is not a run record (a JSON
+    object with a string ``key``) is a :class:`~eqpdenet.errors.DataFileError` naming the file
+    and the line."""
+    entries = read_jsonl_lines(results)
+    for number, line, record in entries:
+        if not isinstance(record, dict) or not isinstance(record.get("key"), str):
+            line = " ".join(line.split())
+            shown = line if len(line) <= 60 else line[:57] + "..."
+            raise DataFileError(f"{results}:{number}", f"not a run record ({shown}: not a JSON "
+                                f"object with a string \"key\"); delete or repair that line")
+    return entries
+
+
 def load_records(out_dir: Path) -> dict[str, dict]:
     """Every finished run of a folder, by key: the lines of a ``results.jsonl`` written before
     run files existed (the last line of a key wins), then the run files, which take precedence.
+    A line or run file that is not a run record is a :class:`~eqpdenet.errors.DataFileError`
+    naming the file and the line (a ``ValueError`` for a run file).
     """
     out_dir = Path(out_dir)
     records: dict[str, dict] = {}
-    if not (out_dir / RUNS_DIR).is_dir():  # an old folder: results.jsonl is all there is
-        for record in read_jsonl(out_dir / "results.jsonl"):
-            records[record["key"]] = record
-        return records
-    for record in read_jsonl(out_dir / "results.jsonl"):
-        # Lines of keys without a run file are legacy runs (or a run file's copy, replaced below).
+    # In a folder without run files (an old one), results.jsonl is all there is; else lines of
+    # keys without a run file are legacy runs (or a run file's copy, replaced below).
+    for _, _, record in _lines(out_dir / "results.jsonl"):
         records[record["key"]] = record
+    if not (out_dir / RUNS_DIR).is_dir():
+        return records
     for path in sorted((out_dir / RUNS_DIR).glob("*.json")):
         records[path.stem] = _read_run(path)
     return records
@@ -107,15 +122,18 @@ def set_aside(out_dir: Path, keys, stamp: str) -> Path:
     the next regeneration puts back, never a line without its run). Returns the folder."""
     out_dir = Path(out_dir)
     keys = set(keys)
+    results = out_dir / "results.jsonl"
+    entries = _lines(results)  # a line that is not a run record: refused before anything moves
     aside = out_dir / SUPERSEDED_DIR / stamp
     aside.mkdir(parents=True, exist_ok=True)
-    results = out_dir / "results.jsonl"
-    lines = results.read_text().splitlines(keepends=True) if results.exists() else []
-    moved = [line for line in lines if line.strip() and json.loads(line).get("key") in keys]
+    moved = {number for number, _, record in entries if record["key"] in keys}
     if moved:
         with open(aside / "results.jsonl", "a") as handle:
-            handle.writelines(moved)
-        atomic_write(results, "".join(line for line in lines if line not in moved).encode())
+            handle.writelines(line if line.endswith("\n") else line + "\n"
+                              for number, line, _ in entries if number in moved)
+        atomic_write(results, "".join(line if line.endswith("\n") else line + "\n"
+                                      for number, line, _ in entries
+                                      if number not in moved).encode())
     for key in sorted(keys):
         for path in (run_file(out_dir, key), out_dir / "checkpoints" / f"{key}.pt"):
             if path.exists():

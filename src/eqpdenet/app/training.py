@@ -366,14 +366,15 @@ def train_model(
     if pde_ids:
         groups.append({"params": list(pde_layer.parameters()), "lr": train.lr * train.pde_lr_scale})
     optimizer = OPTIMIZERS.get(train.optimizer)(groups, train.lr, train.weight_decay)
-    steps_per_epoch = len(mini_batches(len(data["train"]), train.batch_size))
+    parallel = data_parallel()
+    processes = parallel[1] if parallel is not None else 1  # each needs two images of a batch
+    steps_per_epoch = len(mini_batches(len(data["train"]), train.batch_size, processes))
     scheduler = LR_SCHEDULES.get(train.lr_schedule)(optimizer, train.epochs * steps_per_epoch)
     validation = data.get("validation")
     has_validation = validation is not None and len(validation) > 0
     if train.select_on_validation and not has_validation:
         raise ConfigError("invalid config: train.select_on_validation needs data.validation > 0")
     images, labels = data["train"].images, data["train"].labels
-    parallel = data_parallel()
     forward = model
     if parallel is not None:  # torchrun: this process trains on its share of each batch
         from torch.nn.parallel import DistributedDataParallel
@@ -403,7 +404,7 @@ def train_model(
         model.train()
         order = torch.randperm(len(labels), generator=generator)
         total_loss, total_penalty, pairs_seen, correct = 0.0, 0.0, 0, 0
-        for batch in mini_batches(len(order), train.batch_size) if gpu is None else ():
+        for batch in mini_batches(len(order), train.batch_size, processes) if gpu is None else ():
             index = order[batch]
             x, y = images[index].to(device), labels[index].to(device)
             # The whole batch is drawn in every process (the same stream), then shared out.

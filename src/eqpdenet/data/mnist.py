@@ -17,7 +17,6 @@ download never leaves anything that looks like a valid file.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import http.client
@@ -34,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataFileError, DownloadError
-from ..files import temporary_beside
+from ..files import remove_stale_beside, temporary_beside
 
 __all__ = [
     "DataFileError",
@@ -264,16 +263,6 @@ def _largest_download(spec: IdxSpec) -> int:
     return 4 + 4 * len(spec.shape) + math.prod(spec.shape) + (1 << 20)
 
 
-def _remove_stale_parts(target: Path, age: float) -> None:
-    """Remove temporary files of downloads of ``target`` that nothing has written to for ``age``
-    seconds: a killed download's (a live one ends within its deadline)."""
-    now = time.time()
-    for part in target.parent.glob(f".{target.name}.*.part"):
-        with contextlib.suppress(OSError):
-            if now - part.stat().st_mtime > age:
-                part.unlink()
-
-
 def _fetch_verified(url: str, target: Path, spec: IdxSpec, *, timeout: float, deadline: float,
                     progress: bool) -> None:
     """Download ``url`` to a temporary file beside ``target``, verify it, then rename it. Stops
@@ -376,7 +365,8 @@ def download_mnist(
         if not force and find_mnist_file(folder.parent, key) is not None:
             continue
         target = folder / f"{spec.name}.gz"
-        _remove_stale_parts(target, deadline + timeout)
+        # a killed download's (a live one ends within its deadline)
+        remove_stale_beside(target, ".part", age=deadline + timeout)
         failures = []
         for mirror in mirrors:
             url = mirror.rstrip("/") + "/" + spec.name + ".gz"

@@ -21,6 +21,11 @@ for validation) and 50,000 test digits, each rotated about its centre by an angl
 * :func:`load_rotmnist`: official files if present in ``<data_dir>/rotmnist/`` (``source="auto"``),
   else the rebuild, cached as ``.npz`` in the cache directory with its generation parameters and a
   SHA-256 content hash; a stale (other parameters) or corrupt cache is detected and rebuilt.
+  The cache is written to a temporary file beside it and renamed; the temporary file of a writer
+  killed on the way (a worker of ``--jobs N`` stopped by Ctrl-C, a SIGKILL), up to 196 MB, is
+  removed by the next load of that cache (:data:`PART_GRACE`, :data:`PART_AGE`). Two processes
+  that generate the same cache at once each write their own temporary file and the later rename
+  wins whole: the work is done twice, the cache is never mixed.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, DataFileError
-from ..files import temporary_beside
+from ..files import remove_stale_beside, temporary_beside
 from ..geometry import rotate, rotate_about_mass
 from .mnist import MNIST, MNIST_FILES, load_mnist, resolve_cache_dir, resolve_data_dir
 
@@ -74,6 +79,17 @@ IMAGE_SIZE = 28
 
 #: Bump when the generation procedure changes: every older cache becomes stale.
 GENERATOR_VERSION = 1
+
+#: Seconds after its last write that a temporary file of the cache (or of :func:`write_amat`)
+#: whose lock no writer holds is taken for a killed writer's and removed
+#: (:func:`eqpdenet.files.remove_stale_beside`): a live writer holds the lock from an instant
+#: after it creates the file to an instant before its rename. Were a live writer's file removed
+#: all the same (a network file system whose locks are local to each machine), its rename would
+#: fail and the cache would not be written, with a warning; the data loaded are not affected.
+PART_GRACE = 10.0
+#: The same where the lock cannot be tested (a file system without locks): no live write pauses
+#: for an hour.
+PART_AGE = 3600.0
 _ARRAY_KEYS = ("train_images", "train_labels", "test_images", "test_labels",
                "train_indices", "test_indices", "train_angles", "test_angles")
 
@@ -179,7 +195,8 @@ def read_amat(path: str | os.PathLike) -> tuple[Tensor, Tensor]:
 
 
 def write_amat(path: str | os.PathLike, images: Tensor | np.ndarray, labels: Tensor | np.ndarray) -> None:
-    """Write digits in the ``.amat`` format (atomically: temporary file, then rename).
+    """Write digits in the ``.amat`` format (atomically: temporary file, then rename; the
+    temporary files of earlier writers of ``path`` that were killed are removed first).
 
     Args:
         images: ``(N, 1, 28, 28)`` or ``(N, 28, 28)`` values in [0, 1]; written with 9 significant
@@ -192,6 +209,7 @@ def write_amat(path: str | os.PathLike, images: Tensor | np.ndarray, labels: Ten
         raise ConfigError(f"expected (N, 784) pixels and (N,) labels, got {images.shape} and {labels.shape}")
     table = np.concatenate([images.astype(np.float64), labels.astype(np.float64)[:, None]], axis=1)
     path = Path(path)
+    remove_stale_beside(path, ".part", age=PART_AGE, grace=PART_GRACE)  # killed writers' files
     fd, tmp = temporary_beside(path, ".part")
     try:
         with os.fdopen(fd, "w") as out:
@@ -375,9 +393,11 @@ def cache_path(cache_dir: str | os.PathLike | None, params: dict) -> Path:
 
 
 def save_cache(path: str | os.PathLike, data: RotMNIST) -> Path:
-    """Write ``data`` to ``path`` as ``.npz`` (atomically), with its params and content hash."""
+    """Write ``data`` to ``path`` as ``.npz`` (atomically), with its params and content hash;
+    the temporary files of earlier writers of ``path`` that were killed are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_beside(path, ".part", age=PART_AGE, grace=PART_GRACE)
     arrays = {key: getattr(data, key).numpy() for key in _ARRAY_KEYS if getattr(data, key) is not None}
     digest = content_hash(arrays, data.params)
     fd, tmp = temporary_beside(path, ".part")
@@ -448,6 +468,7 @@ def load_rotmnist(
         source: ``"auto"`` (official if present, else generated), ``"official"`` or ``"generated"``.
         download: passed to :func:`~eqpdenet.mnist.load_mnist` when MNIST is missing.
         use_cache: read and write the cache; a stale or corrupt cache is rebuilt (with a warning).
+            Temporary files of the cache left by killed writers are removed (the module doc).
         n_train, n_test: sizes of a generated set (defaults: ROTMNIST's; smaller for quick tests).
         rotation_centre: of a generated set: ``"frame"`` or ``"mass"`` (the module doc); the
             official files are turned as they are, so ``"mass"`` with them is an error.
@@ -469,6 +490,10 @@ def load_rotmnist(
     else:
         params = generation_params(seed, n_train, n_test, rotation_centre)
     path = cache_path(cache_dir, params)
+    if use_cache:
+        # A killed writer's temporary file (up to 196 MB): once the cache exists, no later save
+        # comes to remove it.
+        remove_stale_beside(path, ".part", age=PART_AGE, grace=PART_GRACE)
     if use_cache and path.exists():
         try:
             return load_cache(path, params)
