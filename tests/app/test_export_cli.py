@@ -61,3 +61,37 @@ def test_a_missing_optional_dependency_is_one_line_before_any_work(checkpoint, t
     assert "the onnx format needs onnx (optional dependencies): pip install 'eqpdenet[export]'" \
         in err
     assert not list(tmp_path.iterdir())
+
+
+def test_outputs_never_replace_the_input_checkpoint_or_a_runs_results(checkpoint, tmp_path, capsys):
+    """``evaluate --json``, ``export --out`` and ``figure --out`` onto the checkpoint they read,
+    or onto a result of a folder a command marked (a train run's ``result.json``), are refused
+    before any work and leave the file as it was; a new file in that folder, or an earlier
+    summary of the user's, is written as asked."""
+    from eqpdenet.app.runfolder import write_marker
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write_marker(run, "train")
+    model = run / "model.pt"
+    model.write_bytes(checkpoint.read_bytes())
+    (run / "result.json").write_text("{}")
+    (run / "config.toml").write_text("# the run's")
+    before = model.read_bytes()
+    commands = [["evaluate", str(model), "--instances", "1", "--json", str(model)],
+                ["export", str(model), "--format", "program", "--out", str(model)],
+                ["figure", "diagram", "--pde", "0", "--checkpoint", str(model), "--out", str(model)],
+                ["evaluate", str(model), "--instances", "1", "--json", str(run / "result.json")],
+                ["figure", "diagram", "--out", str(run / "config.toml")]]
+    for command in commands:
+        capsys.readouterr()
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert "is the command's own input" in err or "would replace a result of" in err, err
+    assert model.read_bytes() == before and (run / "result.json").read_text() == "{}"
+    assert (run / "config.toml").read_text() == "# the run's"
+    from eqpdenet.app.runfolder import check_output_keeps
+
+    check_output_keeps(run / "summary.json", "--json", [model])  # a new file: fine
+    (run / "summary.json").write_text("earlier")
+    check_output_keeps(run / "summary.json", "--json", [model])  # the user's earlier summary

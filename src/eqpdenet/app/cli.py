@@ -237,6 +237,7 @@ def _evaluate(args) -> int:
 
     from ..data.scenarios import SCENARIOS
     from .files import check_output_file
+    from .runfolder import check_output_keeps
     from .training import evaluate_scenarios, load_checkpoint, prepare_data
 
     model, config, payload = load_checkpoint(args.checkpoint, device=args.device or "cpu")
@@ -244,6 +245,7 @@ def _evaluate(args) -> int:
     for name in scenarios:  # before loading data
         SCENARIOS.check(name, "--scenarios")
     if args.json:
+        check_output_keeps(Path(args.json), "--json", [args.checkpoint])
         check_output_file(Path(args.json), "--json")
     data = prepare_data(config.data, args.data_dir, args.cache_dir)
     _check_evaluation_data(args.checkpoint, config, payload, data)
@@ -291,8 +293,10 @@ def _check_evaluation_data(checkpoint, config: ExperimentConfig, payload: dict, 
 
 def _export(args) -> int:
     from ..export import check_export, export_model
+    from .runfolder import check_output_keeps
     from .training import load_checkpoint, prepare_data
 
+    check_output_keeps(Path(args.out), "--out", [args.checkpoint])
     check_export(args.format, args.out)  # format, optional dependencies, output: before any work
     model, config, _ = load_checkpoint(args.checkpoint)
     data = prepare_data(config.data, args.data_dir, args.cache_dir)
@@ -526,7 +530,9 @@ def _figure(args) -> int:
     from ..analysis.references import heat_pde
     from .figures import figure_diagram
     from .files import check_output_file
+    from .runfolder import check_output_keeps
 
+    check_output_keeps(Path(args.out), "--out", [args.checkpoint])
     check_output_file(Path(args.out), "--out")  # before the work, not at the write
     if args.pde == "heat":
         pde = heat_pde(T=args.T, dt=args.dt, names=("--T", "--dt"))

@@ -72,6 +72,41 @@ def folder_kind(folder: Path) -> str | None:
     return None
 
 
+#: What a command's own output may not replace in a folder another command marked (or in its
+#: subfolders: a benchmark's checkpoints/, runs/): its results, models and configuration.
+_RESULT_NAMES = frozenset({*RUN_FILES, "results.jsonl", "table.md", "table.csv", "chosen.toml",
+                           "study.md"})
+_RESULT_SUFFIXES = frozenset({".pt", ".pt2", ".onnx", ".jsonl"})
+
+
+def check_output_keeps(path: Path, option: str, inputs: Iterable[Path | None] = ()) -> None:
+    """Refuse an output file ``path`` (``evaluate --json``, ``export --out``, ``figure --out``)
+    that would replace one of the command's ``inputs`` (its checkpoint), eqpdenet's folder
+    marker, or a result in a folder a command marked as its own (a ``train`` run's ``model.pt``,
+    ``config.toml``, ``result.json``; a sweep's ``results.jsonl``, tables, checkpoints;
+    :data:`_RESULT_NAMES`, :data:`_RESULT_SUFFIXES`): an :class:`OutputFolderError` naming
+    ``option``. A new file in such a folder, or any other existing file (an earlier
+    ``--json`` summary, a figure), is written as asked."""
+    path = Path(path)
+    if not path.exists():
+        return
+    for source in inputs:
+        try:
+            same = source is not None and os.path.samefile(path, source)
+        except OSError:  # an input that is not there: loading it says so
+            same = False
+        if same:
+            raise OutputFolderError(f"{option} {path} is the command's own input ({source}): "
+                                    f"writing it would destroy it; choose another file")
+    if path.name == MARKER:
+        raise OutputFolderError(f"{option} {path}: would replace eqpdenet's folder marker")
+    owner = next((folder for folder in list(path.parents)[:3] if folder_kind(folder)), None)
+    if owner is not None and (path.name in _RESULT_NAMES or path.suffix in _RESULT_SUFFIXES):
+        raise OutputFolderError(f"{option} {path}: would replace a result of {owner}, a folder "
+                                f"eqpdenet's {folder_kind(owner)} command wrote; choose a new "
+                                f"file name or another folder")
+
+
 def _contents(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name not in (LOCK_NAME, MARKER))
 
