@@ -83,7 +83,9 @@ class Pointwise(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         batch, channels, *rest = x.shape
-        y = torch.einsum("oc,bcl->bol", self.weight, x.reshape(batch, channels, math.prod(rest)))
+        # matmul, not einsum: onnxruntime's Einsum divides by the batch size, and an exported
+        # model then dies of SIGFPE on an empty batch
+        y = torch.matmul(self.weight, x.reshape(batch, channels, math.prod(rest)))
         if self.bias is not None:
             y = y + self.bias[:, None]
         return y.view(batch, y.shape[1], *rest)
@@ -320,7 +322,12 @@ class M2SystemRHS(nn.Module):
         if self._fused(u, weight):
             return m2_mix_invariants(u, weight, separable_stencils(self.jet.sigmas),
                                      orientation_frame(u.shape[2]), self.jet.boundary)
-        return torch.einsum("ocj,bcjnhw->bonhw", weight, self.invariants(u))
+        invariants = self.invariants(u)                      # (B, C, 10, N, H, W)
+        batch, channels, count, n, height, width = invariants.shape
+        # matmul, not einsum (onnxruntime's Einsum fails on an empty batch; see Pointwise)
+        mixed = torch.matmul(weight.reshape(weight.shape[0], channels * count),
+                             invariants.reshape(batch, channels * count, n * height * width))
+        return mixed.view(batch, weight.shape[0], n, height, width)
 
     def invariants(self, u: Tensor) -> Tensor:
         """``(B, C, N, H, W) -> (B, C, 10, N, H, W)`` (computed once per call of forward and
