@@ -197,8 +197,16 @@ def test_checkpoint_round_trip_and_corrupt_file(tmp_path):
     torch.testing.assert_close(loaded(x), model(x))
     assert loaded_config == config
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a readable eqpdenet checkpoint"):
+    with pytest.raises(ValueError, match="not a readable eqpdenet checkpoint: not the zip archive "
+                                         "torch.save writes"):
         training.load_checkpoint(tmp_path / "bad.pt")
+    import zipfile  # a zip archive of something else: torch's first line only, no advice to
+    with zipfile.ZipFile(tmp_path / "other.pt", "w") as archive:  # load with weights_only=False
+        archive.writestr("notes.txt", "x")
+    with pytest.raises(ValueError) as info:
+        training.load_checkpoint(tmp_path / "other.pt")
+    assert "not a readable eqpdenet checkpoint" in str(info.value)
+    assert "weights_only" not in str(info.value) and "\n" not in str(info.value)
 
 
 def test_checkpoint_format_2_and_format_1_read_with_the_legacy_regularisation(tmp_path):

@@ -703,7 +703,14 @@ def load_checkpoint(path: Path, device: str = "cpu") -> tuple[nn.Module, Experim
     except CheckpointError:
         raise
     except Exception as error:  # torch raises several types for corrupt files
-        raise CheckpointError(f"{path} is not a readable eqpdenet checkpoint: {error}") from None
+        if not zipfile.is_zipfile(path):  # torch then reports a pickle detail ("101")
+            raise CheckpointError(f"{path} is not a readable eqpdenet checkpoint: not the zip "
+                                  f"archive torch.save writes (another kind of file, or a "
+                                  f"truncated one)") from None
+        # torch's first line; the rest advises weights_only=False, which a checkpoint of
+        # eqpdenet never needs and an untrusted file must not get
+        first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+        raise CheckpointError(f"{path} is not a readable eqpdenet checkpoint: {first}") from None
     formats = (CHECKPOINT_FORMAT, *_LEGACY_CHECKPOINT_FORMATS)
     tag = payload.get("format") if isinstance(payload, dict) else None
     if tag is None:
