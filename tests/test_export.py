@@ -276,6 +276,11 @@ def test_bad_input_is_one_error_before_any_work(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputFolderError, match="does not exist"):
         export_model(model, tmp_path / "file" / "m.onnx", "onnx", images=images)
+    # read back by the suffix: an ONNX file named .pt2 would be taken for a program
+    with pytest.raises(ConfigError, match=r"an onnx file is named \*\.onnx .* e\.g\. .*m\.onnx"):
+        export_model(model, tmp_path / "m.pt2", "onnx", images=images)
+    with pytest.raises(ConfigError, match=r"an? exported-program file is named \*\.pt2"):
+        export_model(model, tmp_path / "m.onnx", "exported-program", images=images)
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "onnxruntime" else find_spec(name, *a))

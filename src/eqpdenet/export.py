@@ -222,6 +222,12 @@ def check_export(format: str, out: str | os.PathLike) -> ExportFormat:
     if out.is_dir():
         raise OutputFolderError(f"cannot write {out}: it is a folder; give a file name "
                                 f"(e.g. {out / ('model' + chosen.suffix)})")
+    if out.suffix != chosen.suffix:
+        # load_exported and the runtimes go by the suffix: an ONNX file named .pt2 would be
+        # read as an exported program and fail ("BadZipFile"), a program without .pt2 warns
+        article = "an" if format[0] in "aeiou" else "a"
+        raise ConfigError(f"--out {out}: {article} {format} file is named *{chosen.suffix} (it is "
+                          f"read back by its suffix); e.g. {out.with_suffix(chosen.suffix)}")
     folder = out.parent
     if not folder.is_dir():
         raise OutputFolderError(f"cannot write {out}: the folder {folder} does not exist")
