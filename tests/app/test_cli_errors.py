@@ -135,9 +135,15 @@ CASES = [  # (id, argv with {root} for the files fixture, part of the message)
      "'0' is not a number of frames from 1 to 64"),
     ("figure-which", ["figure", "diagramm", "--out", "{root}/f.png"], "invalid choice"),
     ("figure-angle-nan", ["figure", "diagram", "--angle", "nan", "--out", "{root}/f.png"],
-     "'nan' is not a finite number"),
+     "'nan' is not an angle in degrees within ±1e6"),
+    ("figure-angle-huge", ["figure", "diagram", "--angle", "1e40", "--out", "{root}/f.png"],
+     "'1e40' is not an angle in degrees within ±1e6"),
     ("figure-scale-0", ["figure", "diagram", "--scale", "0", "--out", "{root}/f.png"],
-     "'0' is not a positive number"),
+     "'0' is not a scale between 0.001 and 1000"),
+    ("figure-scale-tiny", ["figure", "diagram", "--scale", "1e-300", "--out", "{root}/f.png"],
+     "'1e-300' is not a scale between 0.001 and 1000"),
+    ("figure-shift-huge", ["figure", "diagram", "--shift", "1e40", "0", "--out", "{root}/f.png"],
+     "'1e40' is not a shift in pixels within ±10000"),
     ("figure-sample-negative", ["figure", "diagram", "--sample", "-1", "--out", "{root}/f.png"],
      "'-1' is not an integer >= 0"),
 ]
@@ -215,3 +221,39 @@ def test_a_real_process_prints_one_line(argv, message, tmp_path):
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
     assert done.stderr.startswith("eqpdenet: error: ")
+
+
+def test_small_messages_say_what_is_true(tmp_path, capsys):
+    """describe --out of a network without PDEs does not
+    say its PDEs were printed; figure --pde on a model without an image-plane layer says what
+    figure draws; an interrupted command that resumes nothing does not say it resumes."""
+    from eqpdenet.app import cli
+    from eqpdenet.app.config import ExperimentConfig, apply_overrides, build_model
+    from eqpdenet.app.training import save_checkpoint
+
+    config = apply_overrides(ExperimentConfig(), ["model.kind='fcnn'", "model.hidden=4"])
+    save_checkpoint(tmp_path / "fcnn.pt", build_model(config.model), config)
+    assert main(["describe", str(tmp_path / "fcnn.pt"), "--out", str(tmp_path / "d")]) == 0
+    err = capsys.readouterr().err
+    assert "this fcnn checkpoint: it has no PDEs" in err and "printed above" not in err
+    assert main(["figure", "diagram", "--pde", "0", "--checkpoint", str(tmp_path / "fcnn.pt"),
+                 "--out", str(tmp_path / "f.png")]) == 2
+    assert "(FCNN) has no PDE layer on the image plane" in capsys.readouterr().err
+
+    def interrupted(_args):
+        raise KeyboardInterrupt
+
+    parser = cli.build_parser
+    try:
+        cli.build_parser = lambda: _with_handler(parser(), interrupted)
+        assert main(["symbolic", "se2"]) == 130
+    finally:
+        cli.build_parser = parser
+    assert "interrupted: no result was written" in capsys.readouterr().err
+
+
+def _with_handler(parser, handler):
+    for action in parser._subparsers._group_actions:
+        for sub in action.choices.values():
+            sub.set_defaults(handler=handler)
+    return parser

@@ -241,7 +241,7 @@ def _evaluate(args) -> int:
     from .training import evaluate_scenarios, load_checkpoint, prepare_data
 
     model, config, payload = load_checkpoint(args.checkpoint, device=args.device or "cpu")
-    scenarios = args.scenarios or config.scenarios
+    scenarios = list(dict.fromkeys(args.scenarios or config.scenarios))  # each once, in order
     for name in scenarios:  # before loading data
         SCENARIOS.check(name, "--scenarios")
     if args.json:
@@ -447,24 +447,52 @@ def _report(args) -> int:
 INCOMPLETE = 3
 
 
+#: The reference PDEs' horizon and time step of ``equivariance`` when --T / --dt are not given.
+EQUIVARIANCE_T, EQUIVARIANCE_DT = 1.0, 0.1
+
+
+def _options_unused_by_invariant_orders(args) -> list[str]:
+    """The options given to ``equivariance --invariant-orders-only`` that it would not use (the
+    orders depend on none of them; --quick only picks the default folder)."""
+    given = {"--checkpoint": args.checkpoint, "--T": args.T, "--dt": args.dt,
+             "--data-dir": args.data_dir}
+    return [name for name, value in given.items() if value is not None]
+
+
 def _equivariance(args) -> int:
     import torch
 
-    from .equivariance_study import measure_equivariance, write_invariant_orders, write_outputs
-    from .runfolder import claim_folder, output_path
+    from .equivariance_study import prepare_study, run_study, write_invariant_orders, write_outputs
+    from .locks import hold
+    from .runfolder import check_claim, claim_folder, output_path
 
     default = "runs/equivariance" + ("-quick" if args.quick else "")
-    out = claim_folder(output_path(args.out or default), "equivariance")
+    out = output_path(args.out or default)
     if args.invariant_orders_only:
-        path = write_invariant_orders(out)
+        unused = _options_unused_by_invariant_orders(args)
+        if unused:  # refused rather than ignored: the user expects them to act
+            raise ConfigError(f"--invariant-orders-only does not use {', '.join(unused)}: it "
+                              f"computes the invariant orders alone; leave "
+                              f"{'it' if len(unused) == 1 else 'them'} out, or drop "
+                              f"--invariant-orders-only for the whole study")
+        check_claim(out, "equivariance")
+        with hold(out, "equivariance"):
+            path = write_invariant_orders(claim_folder(out, "equivariance"))
         print(path.read_text())
         print(f"wrote {path}")
         return 0
-    torch.manual_seed(0)
+    # Every input is checked (and the checkpoints loaded) before the folder is created or
+    # marked, so bad input leaves nothing behind.
+    check_claim(out, "equivariance")
     start = time.perf_counter()
-    study = measure_equivariance(quick=args.quick, checkpoints=args.checkpoint or [],
-                      data_dir=args.data_dir, T=args.T, dt=args.dt)
-    written = write_outputs(study, out)
+    plan = prepare_study(quick=args.quick, checkpoints=args.checkpoint or [],
+                         data_dir=args.data_dir,
+                         T=EQUIVARIANCE_T if args.T is None else args.T,
+                         dt=EQUIVARIANCE_DT if args.dt is None else args.dt)
+    with hold(out, "equivariance"):  # one writer: two runs never mix their outputs
+        claim_folder(out, "equivariance")
+        torch.manual_seed(0)
+        written = write_outputs(run_study(plan), out)
     print(written[0].read_text())
     print(f"wrote {', '.join(str(p) for p in written)} in {time.perf_counter() - start:.0f} s "
           f"({torch.get_num_threads()} threads)")
@@ -497,9 +525,11 @@ def _describe(args) -> int:
     out = claim_folder(output_path(args.out), "describe") if evolves else None
     print(describe_model(model, digits=args.digits))
     if args.out and not evolves:  # said, rather than an --out that silently stays empty
+        printed = ("its PDEs are printed above" if config.model.kind in _KINDS_WITH_PDES
+                   else "it has no PDEs")
         print(f"eqpdenet: --out: evolution images are drawn of the paper's PDE layer "
-              f"(model.kind = 'eqpdenet') only; this {config.model.kind} checkpoint's PDEs are "
-              f"printed above, nothing was written to {args.out}", file=sys.stderr)
+              f"(model.kind = 'eqpdenet') only; this {config.model.kind} checkpoint: {printed}; "
+              f"nothing was written to {args.out}", file=sys.stderr)
     if out is not None:
         path = out / "evolution.png"
         evolution_grid(model.pde_layer, images, path, frames=args.frames, labels=labels,
@@ -507,6 +537,10 @@ def _describe(args) -> int:
                        title=f"u(0) ... u(T) of each PDE of {args.checkpoint}")
         print(f"wrote {path}")
     return 0
+
+
+#: Model kinds whose learned PDEs ``describe`` prints (the others are networks without any).
+_KINDS_WITH_PDES = ("eqpdenet", "invariant_pde", "lifted_pde")
 
 
 def _describe_images(config, data_dir, samples: list[int]):
@@ -547,7 +581,9 @@ def _figure(args) -> int:
             raise ConfigError(f"--pde {args.pde!r}: 'heat' or the index of a learned PDE")
         model, _, _ = load_checkpoint(args.checkpoint)
         if not hasattr(model, "pde_layer"):
-            raise ConfigError(f"--pde {args.pde}: {args.checkpoint} has no PDE layer")
+            raise ConfigError(f"--pde {args.pde}: {args.checkpoint} ({type(model).__name__}) has "
+                              f"no PDE layer on the image plane to draw; figure --pde draws the "
+                              f"paper's layer (model.kind = 'eqpdenet')")
         index = int(args.pde)
         if not 0 <= index < model.pde_layer.n_pdes:
             raise ConfigError(f"--pde {index}: the checkpoint has {model.pde_layer.n_pdes} PDEs")
@@ -581,6 +617,15 @@ _positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 _count = _number(int, lambda v: v >= 0, "an integer >= 0")
 _finite = _number(float, math.isfinite, "a finite number")
 _positive = _number(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
+# The figure's group element: values whose transform float32 images can carry (a scale of 1e-300
+# made the similarity matrix singular, one of 1e39 or a shift of 1e40 overflowed into NaN
+# images blamed on "the input")
+_figure_angle = _number(float, lambda v: math.isfinite(v) and abs(v) <= 1e6,
+                        "an angle in degrees within ±1e6")
+_figure_scale = _number(float, lambda v: math.isfinite(v) and 1e-3 <= v <= 1e3,
+                        "a scale between 0.001 and 1000")
+_figure_shift = _number(float, lambda v: math.isfinite(v) and abs(v) <= 1e4,
+                        "a shift in pixels within ±10000")
 #: Bounds of counts whose work grows with them: an evaluation per instance (about a minute on
 #: ROTMNIST's 50,000 test digits), a column of images per frame.
 MAX_INSTANCES, MAX_FRAMES = 1000, 64
@@ -730,9 +775,11 @@ def build_parser() -> argparse.ArgumentParser:
     equiv.add_argument("--quick", action="store_true", help="a few points only (seconds)")
     equiv.add_argument("--invariant-orders-only", action="store_true",
                        help="only the convergence orders of every invariant set with every "
-                            "stencil (invariant_orders.md, seconds)")
-    equiv.add_argument("--T", type=_positive, default=1.0, help="T of the reference PDEs")
-    equiv.add_argument("--dt", type=_positive, default=0.1, help="dt of the reference PDEs")
+                            "stencil (invariant_orders.md, seconds; the folder's other outputs "
+                            "are kept); refused with --checkpoint, --T, --dt or --data-dir, "
+                            "which it does not use")
+    equiv.add_argument("--T", type=_positive, help="T of the reference PDEs (default 1)")
+    equiv.add_argument("--dt", type=_positive, help="dt of the reference PDEs (default 0.1)")
     equiv.add_argument("--data-dir", type=_path, help="folder holding mnist/ (default: $EQPDENET_DATA)")
     equiv.set_defaults(handler=_equivariance)
 
@@ -751,10 +798,12 @@ def build_parser() -> argparse.ArgumentParser:
     figure.add_argument("which", choices=["diagram"], help="diagram: Figure 2")
     figure.add_argument("--checkpoint", type=_path, help="for --pde INDEX")
     figure.add_argument("--sample", type=_count, default=0, help="MNIST test digit")
-    figure.add_argument("--angle", type=_finite, default=30.0, help="rotation of g, degrees")
-    figure.add_argument("--scale", type=_positive, default=1.0, help="scaling of g")
-    figure.add_argument("--shift", type=_finite, nargs=2, default=[0.0, 0.0],
-                        metavar=("TX", "TY"), help="translation of g, pixels (y up)")
+    figure.add_argument("--angle", type=_figure_angle, default=30.0,
+                        help="rotation of g, degrees (within ±1e6)")
+    figure.add_argument("--scale", type=_figure_scale, default=1.0,
+                        help="scaling of g (0.001 to 1000)")
+    figure.add_argument("--shift", type=_figure_shift, nargs=2, default=[0.0, 0.0],
+                        metavar=("TX", "TY"), help="translation of g, pixels (y up; within ±10000)")
     figure.add_argument("--pde", default="heat", help="'heat' or the index of a learned PDE")
     figure.add_argument("--T", type=_positive, default=2.0, help="T of the heat equation")
     figure.add_argument("--dt", type=_positive, default=0.1, help="dt of the heat equation")
@@ -855,7 +904,9 @@ def main(argv: list[str] | None = None) -> int:
                 warnings.showwarning = _show_warning
             return args.handler(args)
     except KeyboardInterrupt:
-        print("eqpdenet: interrupted: finished runs are saved; rerun the same command to resume",
+        resumable = args.handler in (_reproduce, _benchmark, _study)
+        print("eqpdenet: interrupted: " + ("finished runs are saved; rerun the same command to "
+                                           "resume" if resumable else "no result was written"),
               file=sys.stderr)
         return 130
     except BrokenPipeError:  # stdout closed early (`eqpdenet report ... | head`): not an error

@@ -9,6 +9,9 @@ The metric and its protocol are in :mod:`eqpdenet.analysis.equivariance`; the re
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,14 +37,16 @@ from ..analysis.references import (
     upsample,
 )
 from ..data.mnist import load_mnist
-from ..errors import ConfigError
+from ..errors import ConfigError, OutputFolderError
+from ..files import temporary_beside
 from ..models import EqPdeNet, LiftedPDENet
 from ..pde.integrators import EulerFlow
-from .files import atomic_write, save_figure
+from .files import TEMPORARY_SUFFIX, _reason, atomic_write, make_folder
 from .training import load_checkpoint
 
-__all__ = ["Record", "Study", "equivariance_table", "measure_equivariance",
-           "write_invariant_orders", "write_outputs"]
+__all__ = ["OUTPUT_FILES", "Record", "Study", "StudyPlan", "equivariance_table",
+           "measure_equivariance", "prepare_study", "run_study", "write_invariant_orders",
+           "write_outputs"]
 
 
 def mnist_inputs(count: int = 64, data_dir=None) -> Tensor:
@@ -105,15 +110,16 @@ def input_shape(model: nn.Module) -> tuple[int, int]:
 
 
 def checkpoint_inputs(model: nn.Module, config, count: int, data_dir=None,
-                      echo: Callable[[str], None] = print
+                      echo: Callable[[str], None] = print, label: str = "that checkpoint"
                       ) -> tuple[dict[str, Tensor], str | None]:
     """Inputs of a checkpoint whose images are not MNIST's shape (:data:`MNIST_SHAPE`), so that
     its maps and logits are measured on what it takes: smooth fields of its shape (the functions
     of :func:`~eqpdenet.analysis.references.smooth_inputs`, one per channel, sampled at its
     side) and the first ``count`` test images of its own data set (as it was trained on them:
     rotated or not), under the data set's name; without them (the data set cannot be read
-    here) the smooth fields alone, with a message. Returns the inputs by name and the name of
-    the test images (None without them)."""
+    here) the smooth fields alone, with a message naming the checkpoint (``label``): its maps
+    (if it has any) and its logits are then measured on them. Returns the inputs by name and
+    the name of the test images (None without them)."""
     from .training import prepare_data  # the data pipeline of training, with its checks
 
     channels, side = input_shape(model)
@@ -123,8 +129,8 @@ def checkpoint_inputs(model: nn.Module, config, count: int, data_dir=None,
     try:
         data = prepare_data(config.data, data_dir=data_dir)
     except Exception as error:  # noqa: BLE001 - the smooth fields still measure the maps
-        echo(f"{config.data.dataset} unavailable ({error}); measuring that checkpoint on "
-             f"smooth inputs only")
+        echo(f"{config.data.dataset} unavailable ({error}); measuring {label} on smooth "
+             f"{channels}x{side}x{side} inputs only")
         return inputs, None
     name = Path(config.data.dataset).name
     inputs[name] = data.test.images[:count].float()
@@ -206,45 +212,88 @@ def _measure_transforms(study: Study, maps: dict[str, Callable], inputs: dict[st
                           steps=getattr(phi, "steps", 0))
 
 
-def measure_equivariance(*, quick: bool = False, checkpoints: Sequence = (), data_dir=None,
-              T: float = 1.0, dt: float = 0.1, echo: Callable[[str], None] = print) -> Study:
-    """All measurements of ``eqpdenet equivariance`` (see the module doc and the docs).
+@dataclass
+class StudyPlan:
+    """What :func:`run_study` measures, every input checked and loaded (:func:`prepare_study`)."""
 
-    Every horizon and step the study integrates with is checked first
-    (:func:`check_steps`), so a ``T`` and ``dt`` that do not make whole, stable Euler steps stop
-    it before any measurement."""
-    start = time.perf_counter()
+    quick: bool
+    T: float
+    dt: float
+    grid: dict
+    #: The maps of checkpoints of MNIST's shape, measured with the reference maps.
+    ck_maps: dict[str, Callable]
+    #: Checkpoints of MNIST's shape, by tag.
+    models: dict[str, nn.Module]
+    #: Checkpoints of other shapes: (maps, tag, model, inputs of their own, the name of their
+    #: test images among those inputs or None).
+    own: list[tuple[dict[str, Callable], str, nn.Module, dict[str, Tensor], str | None]]
+    #: The shared inputs: "smooth", and "mnist" where MNIST can be read.
+    inputs: dict[str, Tensor]
+
+
+def prepare_study(*, quick: bool = False, checkpoints: Sequence = (), data_dir=None,
+                  T: float = 1.0, dt: float = 0.1,
+                  echo: Callable[[str], None] = print) -> StudyPlan:
+    """Check every input of the study and load it, before anything is measured or written:
+    every horizon and step the study integrates with (:func:`check_steps`: a ``T`` and ``dt``
+    that do not make whole, stable Euler steps are a :class:`~eqpdenet.errors.ConfigError`),
+    every checkpoint (a missing or unreadable one is the error of
+    :func:`~eqpdenet.app.training.load_checkpoint`), then the test images: MNIST's and those
+    of the checkpoints of other shapes; images that cannot be read here are not an error (the
+    smooth inputs stand in for them, with a message)."""
     grid = default_grid(quick)
     check_steps(T, dt, grid)
-    study = Study()
+    loaded = []
+    for path in checkpoints:  # all of them before any data set is read
+        maps, model, tag, config = checkpoint_maps(path, [entry[2] for entry in loaded])
+        loaded.append((path, maps, tag, model, config))
     ck_maps: dict[str, Callable] = {}
     models: dict[str, nn.Module] = {}
-    # Checkpoints of other shapes than MNIST's: their maps and logits on inputs of their own
-    # (maps, tag, model, inputs, the name of its test images among them or None).
-    own: list[tuple[dict[str, Callable], str, nn.Module, dict[str, Tensor], str | None]] = []
-    for path in checkpoints:
-        maps, model, tag, config = checkpoint_maps(path, [*models, *(o[1] for o in own)])
+    own = []
+    for path, maps, tag, model, config in loaded:
         if input_shape(model) == MNIST_SHAPE:
             ck_maps.update(maps)
             models[tag] = model
         else:
-            own.append((maps, tag, model,
-                        *checkpoint_inputs(model, config, grid["count"], data_dir, echo)))
+            own.append((maps, tag, model, *checkpoint_inputs(model, config, grid["count"],
+                                                              data_dir, echo, label=str(path))))
     inputs = {"smooth": smooth_inputs(grid["count"] // 4 or 4)}
     try:
         inputs["mnist"] = mnist_inputs(grid["count"], data_dir)
     except Exception as error:  # noqa: BLE001 - measurement still useful on smooth inputs
-        echo(f"MNIST unavailable ({error}); measuring on smooth inputs only")
+        echo(f"MNIST unavailable ({error}); measuring on smooth inputs only"
+             + (" (the logits of the checkpoints of MNIST's shape too)" if models else ""))
+    return StudyPlan(quick=quick, T=T, dt=dt, grid=grid, ck_maps=ck_maps, models=models,
+                     own=own, inputs=inputs)
+
+
+def measure_equivariance(*, quick: bool = False, checkpoints: Sequence = (), data_dir=None,
+              T: float = 1.0, dt: float = 0.1, echo: Callable[[str], None] = print) -> Study:
+    """All measurements of ``eqpdenet equivariance`` (see the module doc and the docs):
+    :func:`run_study` of :func:`prepare_study`, so bad input stops it before any measurement."""
+    return run_study(prepare_study(quick=quick, checkpoints=checkpoints, data_dir=data_dir, T=T,
+                                   dt=dt, echo=echo), echo=echo)
+
+
+def run_study(plan: StudyPlan, echo: Callable[[str], None] = print) -> Study:
+    """The measurements of ``plan`` (:func:`prepare_study`).
+
+    Every checkpoint's logits are measured (study "model"): on its test images (MNIST's, or its
+    own data set's for another shape), or, where those could not be read, on the smooth inputs
+    of its shape, which it takes as well; so no checkpoint is left out of the tables."""
+    start = time.perf_counter()
+    grid, T, dt, quick, inputs = plan.grid, plan.T, plan.dt, plan.quick, plan.inputs
+    study = Study()
     transforms = ([Transform.rotation(a) for a in grid["angles"]]
                   + [Transform.scale(s) for s in grid["scales"]]
                   + [Transform.translation(t, 0.0) for t in grid["shifts"]])
 
     # 1. Every map, every transform, both inputs, at 1x.
     for stencil in grid["stencils"]:
-        maps = _maps(T, dt, stencil, ck_maps if stencil == "central" else {})
+        maps = _maps(T, dt, stencil, plan.ck_maps if stencil == "central" else {})
         _measure_transforms(study, maps, inputs, transforms, stencil, dt)
         echo(f"transforms ({stencil}): {time.perf_counter() - start:.0f} s")
-    for maps, _, _, own_inputs, _ in own:
+    for maps, _, _, own_inputs, _ in plan.own:
         _measure_transforms(study, maps, own_inputs, transforms, "central", dt)
 
     # 2. Resolution: the same continuous PDE on images upsampled k times (h = 1/k, dt / k^2).
@@ -284,10 +333,11 @@ def measure_equivariance(*, quick: bool = False, checkpoints: Sequence = (), dat
     echo(f"dt and steps: {time.perf_counter() - start:.0f} s")
 
     # 4. Whole models: predictions and logits.
-    measured = [(tag, model, "mnist", inputs["mnist"])
-                for tag, model in models.items() if "mnist" in inputs]
-    measured += [(tag, model, name, own_inputs[name]) for _, tag, model, own_inputs, name in own
-                 if name is not None]
+    shared = "mnist" if "mnist" in inputs else "smooth"
+    measured = [(tag, model, shared, inputs[shared]) for tag, model in plan.models.items()]
+    for _, tag, model, own_inputs, name in plan.own:
+        name = name if name is not None else next(iter(own_inputs))  # the smooth fields
+        measured.append((tag, model, name, own_inputs[name]))
     for tag, model, input_name, images in measured:
         for transform in transforms:
             result = model_invariance(model, images, transform)
@@ -298,21 +348,26 @@ def measure_equivariance(*, quick: bool = False, checkpoints: Sequence = (), dat
     return study
 
 
-def write_invariant_orders(out_dir) -> Path:
+def invariant_orders_text() -> str:
     """``invariant_orders.md``: :func:`~eqpdenet.analysis.invariant_orders.invariant_orders` of
-    every registered order-2 set with every stencil, as a Markdown table."""
+    every registered order-2 set with every stencil, as a Markdown table. It depends on no
+    option of the command."""
     start = time.perf_counter()
     rows = invariant_orders()
-    text = ("# Convergence orders of the invariants, per stencil\n\n"
+    return ("# Convergence orders of the invariants, per stencil\n\n"
             "Generated by `eqpdenet equivariance --invariant-orders-only` (also written by the "
             "full `eqpdenet equivariance`); protocol in `eqpdenet.analysis.invariant_orders`: "
             "analytic function exp(-(x² + 2y²)) + 0.3 sin(1.7x + 0.4y), 24 points, "
             "covariant ratio regularisation with eps = 0.1, float64; "
             f"{time.perf_counter() - start:.0f} s.\n\n" + orders_table(rows) + "\n")
-    path = Path(out_dir) / "invariant_orders.md"
-    atomic_write(path, text.encode())
-    return path
 
+
+def write_invariant_orders(out_dir) -> Path:
+    """Write :func:`invariant_orders_text` to ``out_dir/invariant_orders.md`` (atomically); the
+    other outputs are left as they are (they do not depend on it, nor it on them)."""
+    path = Path(out_dir) / "invariant_orders.md"
+    atomic_write(path, invariant_orders_text().encode())
+    return path
 
 
 def _fmt(value: float) -> str:
@@ -378,7 +433,12 @@ def equivariance_table(study: Study) -> str:
         out.append("")
     for inputs in dict.fromkeys(r.inputs for r in study.select(study="model")):
         records = study.select(study="model", inputs=inputs)
-        where = "MNIST test digits" if inputs == "mnist" else f"test images of {inputs}"
+        if inputs == "mnist":
+            where = "MNIST test digits"
+        elif inputs == "smooth" or inputs.startswith("smooth "):
+            where = f"{inputs} inputs (their test images could not be read)"
+        else:
+            where = f"test images of {inputs}"
         out += [f"## Whole models on {where}", "",
                 "Fraction of predictions unchanged by g (and relative logit change).", ""]
         key = lambda r: f"{r.transform} {r.param:g}"  # noqa: E731
@@ -403,7 +463,17 @@ def csv_table(study: Study) -> str:
     return buffer.getvalue()
 
 
-def plot_transforms(study: Study, path) -> None:
+def _png(fig, dpi: int = 100) -> bytes:
+    """A matplotlib figure as PNG bytes, then closed."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def plot_transforms(study: Study) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -438,10 +508,10 @@ def plot_transforms(study: Study, path) -> None:
     fig.suptitle("‖M(Φ(g f) − g Φ(f))‖ / ‖M Φ(f)‖, central stencil; identity map: exactly 0 "
                  "(not drawn)")
     fig.tight_layout()
-    save_figure(fig, path)
+    return _png(fig)
 
 
-def plot_convergence(study: Study, path) -> None:
+def plot_convergence(study: Study) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -482,23 +552,25 @@ def plot_convergence(study: Study, path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6)
     fig.tight_layout()
-    save_figure(fig, path)
+    return _png(fig)
 
 
-def plot_models(study: Study, path) -> bool:
+def plot_models(study: Study) -> bytes | None:
+    """The whole models against rotation; None without any."""
     records = study.select(study="model", transform="rotation")
     if not records:
-        return False
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for tag in dict.fromkeys(r.map for r in records):
-        rs = [r for r in records if r.map == tag]
-        axes[0].plot([r.param for r in rs], [r.extra["unchanged"] for r in rs], "o-", label=tag)
-        axes[1].plot([r.param for r in rs], [r.error for r in rs], "o-", label=tag)
+    for tag, inputs in dict.fromkeys((r.map, r.inputs) for r in records):
+        rs = [r for r in records if (r.map, r.inputs) == (tag, inputs)]
+        label = tag if inputs == "mnist" else f"{tag}, {inputs}"
+        axes[0].plot([r.param for r in rs], [r.extra["unchanged"] for r in rs], "o-", label=label)
+        axes[1].plot([r.param for r in rs], [r.error for r in rs], "o-", label=label)
     axes[0].set_ylabel("fraction of predictions unchanged")
     axes[1].set_ylabel("relative logit change")
     for ax in axes:
@@ -506,22 +578,66 @@ def plot_models(study: Study, path) -> bool:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    save_figure(fig, path)
-    return True
+    return _png(fig)
 
 
-def write_outputs(study: Study, out_dir) -> list:
-    """``table.md``, ``table.csv``, ``transforms.png``, ``convergence.png`` (``models.png``)."""
-    out = Path(out_dir)
-    atomic_write(out / "table.md", (equivariance_table(study) + "\n").encode())
-    atomic_write(out / "table.csv", csv_table(study).encode())
-    written = [out / "table.md", out / "table.csv"]
-    plot_transforms(study, out / "transforms.png")
-    plot_convergence(study, out / "convergence.png")
-    written += [out / "transforms.png", out / "convergence.png"]
-    if plot_models(study, out / "models.png"):
-        written.append(out / "models.png")
-    written.append(write_invariant_orders(out))
-    return written
+#: Every file ``eqpdenet equivariance`` writes into its folder (``models.png``: with checkpoints).
+OUTPUT_FILES = ("table.md", "table.csv", "transforms.png", "convergence.png", "models.png",
+                "invariant_orders.md")
 
 
+def write_outputs(study: Study, out_dir) -> list[Path]:
+    """Write the outputs of ``study`` into ``out_dir`` (a folder the command owns) as one set:
+    ``table.md``, ``table.csv``, ``transforms.png``, ``convergence.png``, ``models.png`` (only
+    when the study measured models) and ``invariant_orders.md``; returns their paths.
+
+    The folder never holds outputs of two runs: every file is rendered first and written to a
+    temporary file beside it, then any output of :data:`OUTPUT_FILES` that this run does not
+    write (a ``models.png`` of an earlier run with checkpoints) is removed and the temporaries
+    are renamed into place, one rename after the other; a failure or a kill before the renames
+    (while rendering or writing, the seconds of the write) leaves the previous set whole, and
+    its temporaries are removed (by this process, else by the folder's next writer lock).
+    Other files of the folder are left alone."""
+    out = make_folder(Path(out_dir))
+    contents = {"table.md": (equivariance_table(study) + "\n").encode(),
+                "table.csv": csv_table(study).encode(),
+                "transforms.png": plot_transforms(study),
+                "convergence.png": plot_convergence(study)}
+    models = plot_models(study)
+    if models is not None:
+        contents["models.png"] = models
+    contents["invariant_orders.md"] = invariant_orders_text().encode()
+    _write_set(out, contents, [name for name in OUTPUT_FILES if name not in contents])
+    return [out / name for name in contents]
+
+
+def _write_set(folder: Path, contents: dict[str, bytes], stale: Sequence[str]) -> None:
+    """Write ``contents`` (file name: bytes) into ``folder`` and remove the files ``stale``, with
+    every file written in full before the first one changes (see :func:`write_outputs`)."""
+    temporaries: list[tuple[Path, Path]] = []
+    try:
+        for name, data in contents.items():
+            path = folder / name
+            if path.is_dir():  # else the rename fails naming the temporary file
+                raise OutputFolderError(f"cannot write {path}: a folder is in the way of the file")
+            try:
+                fd, tmp = temporary_beside(path, TEMPORARY_SUFFIX)
+                temporaries.append((tmp, path))
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            except OSError as error:
+                raise OutputFolderError(f"cannot write {path}: {_reason(error)}") from None
+        for name in stale:
+            path = folder / name
+            if path.is_file() or path.is_symlink():
+                path.unlink()
+        while temporaries:
+            tmp, path = temporaries[0]
+            os.replace(tmp, path)
+            temporaries.pop(0)
+    finally:
+        for tmp, _ in temporaries:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)  # not renamed: the previous set stays whole
