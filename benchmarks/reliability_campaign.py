@@ -206,6 +206,9 @@ def prepare(root: Path, data: str) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, env=_env(), timeout=1800)
     (root / "model.pt").read_bytes()
     (root / "truncated.pt").write_bytes((root / "model.pt").read_bytes()[:2000])
+    (root / "flipped.pt").write_bytes(_flipped(root / "model.pt"))
+    (root / "not-a-record").mkdir()
+    (root / "not-a-record" / "results.jsonl").write_text(_record(0, 70.0) + '\n"x"\n')
     (root / "folder").mkdir()
     (root / "file.txt").write_text("a file, not a folder, not a checkpoint, not TOML = [")
     (root / "binary.toml").write_bytes(b"\xff\xfe\x00\x01binary")
@@ -227,13 +230,37 @@ def prepare(root: Path, data: str) -> None:
     PLACES.update(root=str(root), data=data, ckpt=str(root / "model.pt"))
 
 
-def _npz(path: Path, n_train: int = 60, n_test: int = 20, classes: int = 3, size: int = 8) -> None:
+def _flipped(checkpoint: Path) -> bytes:
+    """The checkpoint's bytes with one byte of its largest member (the weights) changed, its
+    zip directory and CRCs as they were: what a bad disk or a copy gone wrong leaves."""
+    import zipfile
+
+    raw = bytearray(checkpoint.read_bytes())
+    with zipfile.ZipFile(checkpoint) as archive:
+        member = max(archive.infolist(), key=lambda info: info.compress_size)
+    at = member.header_offset
+    start = (at + 30 + int.from_bytes(raw[at + 26:at + 28], "little")
+             + int.from_bytes(raw[at + 28:at + 30], "little"))
+    raw[start + member.compress_size // 2] ^= 0xFF
+    return bytes(raw)
+
+
+def _npz(path: Path, n_train: int = 60, n_test: int = 20, classes: int = 3, size: int = 8,
+         stray: int | None = None, sort: bool = False) -> None:
+    """A small data set; ``stray``: one training label replaced by it (stored as uint32);
+    ``sort``: the training images ordered by class."""
     import numpy as np
 
     rng = np.random.default_rng(0)
+    labels = np.arange(n_train) % classes
+    if sort:
+        labels = np.sort(labels)
+    if stray is not None:
+        labels = labels.astype(np.uint32)
+        labels[5] = stray
     with open(path, "wb") as handle:  # a handle: np.savez would add ".npz" to "DIGITS.NPZ"
         np.savez(handle, x_train=rng.integers(0, 256, (n_train, size, size), dtype=np.uint8),
-                 y_train=np.arange(n_train) % classes,
+                 y_train=labels,
                  x_test=rng.integers(0, 256, (n_test, size, size), dtype=np.uint8),
                  y_test=np.arange(n_test) % classes)
 
@@ -244,6 +271,10 @@ def _data_files(folder: Path) -> None:
     _npz(folder / "empty.npz", n_train=0, n_test=0)
     _npz(folder / "DIGITS.NPZ")
     _npz(folder / "tiny.npz", size=2)
+    raw = (folder / "DIGITS.NPZ").read_bytes()
+    (folder / "truncated.npz").write_bytes(raw[: len(raw) // 2])
+    _npz(folder / "stray-label.npz", stray=2**32 - 1)
+    _npz(folder / "sorted.npz", sort=True)
 
 
 def _sweep_folders(root: Path) -> None:
@@ -950,6 +981,33 @@ CASES = [
              fragment="the sweep is incomplete: 2 of 3 runs have no result")),
     Case("report-file", "output", "`report <a file>`",
          cli("report", "{root}/file.txt", fragment="a file, not a results folder")),
+    # round 3 (2026-12-05): found by the outside probes of that session
+    Case("ckpt-flipped", "output", "`evaluate <a checkpoint with one byte changed>`",
+         cli("evaluate", "{root}/flipped.pt", "--data-dir", "{data}",
+             fragment="fails its CRC check")),
+    Case("json-onto-ckpt", "output", "`evaluate M.pt --json M.pt`",
+         cli("evaluate", "{tmp}/model.pt", "--json", "{tmp}/model.pt", "--data-dir", "{data}",
+             fragment="is the command's own input",
+             setup=lambda tmp: shutil.copy(PLACES["ckpt"], tmp / "model.pt"))),
+    Case("export-suffix", "output", "`export --format onnx --out m.pt2`",
+         cli("export", "{ckpt}", "--format", "onnx", "--out", "{tmp}/m.pt2", "--data-dir", "{data}",
+             fragment="file is named *.onnx")),
+    Case("figure-scale-tiny", "config", "`figure diagram --scale 1e-300`",
+         cli("figure", "diagram", "--scale", "1e-300", "--out", "{tmp}/f.png",
+             fragment="is not a scale between 0.001 and 1000")),
+    Case("report-not-a-record", "output", "`report` of results with a line `\"x\"`",
+         cli("report", "{root}/not-a-record", fragment="not a run record")),
+    Case("batch-one-cnn", "config", "`train --model cnn --set train.batch_size=1`",
+         T("--model", "cnn", "--set", "train.batch_size=1", fragment="train.batch_size")),
+    Case("data-npz-truncated", "data", "`train --dataset <a .npz cut in half>`",
+         T("--dataset", "{root}/npz/truncated.npz", fragment="not a readable .npz file")),
+    Case("data-stray-label", "data", "`train --dataset <one label 2**32-1>`",
+         T("--dataset", "{root}/npz/stray-label.npz",
+           fragment="the largest label is 4294967295")),
+    Case("data-sorted-subset", "data", "`train --dataset <sorted by class> --set "
+         "data.train_subset=20`",
+         T("--dataset", "{root}/npz/sorted.npz", "--set", "data.train_subset=20",
+           fragment="hold class 0 only")),
     # round 2: data files
     Case("data-one-class", "data", "`train --dataset <a .npz of one class>`",
          T("--dataset", "{root}/npz/one-class.npz", fragment="at least two classes")),
