@@ -413,3 +413,24 @@ def test_a_benchmark_report_names_a_line_that_is_not_a_run_record(tmp_path):
     (tmp_path / "results.jsonl").write_text('"x"\n')
     with pytest.raises(ValueError, match=r"results.jsonl: record 1 is not a run record"):
         write_benchmark_report(tmp_path)
+
+
+def test_pde_lr_scale_set_for_a_model_without_the_papers_layer_is_warned_about():
+    """Only EqPdeNet has a pde_layer trained at lr * pde_lr_scale; for the others the option did
+    nothing, silently. The default (every configuration has it) is not warned about."""
+    import warnings as _warnings
+
+    from eqpdenet.app.config import ExperimentConfig, apply_overrides
+    from eqpdenet.app.training import Data, Split, train_model
+
+    x, y = torch.rand(16, 1, 28, 28), torch.arange(16) % 2
+    data = Data(train=Split(x, y), validation=Split(x[:0], y[:0]), test=Split(x, y), classes=2)
+    for kind, scale, warned in (("cnn", 0.5, True), ("cnn", 0.01, False), ("eqpdenet", 0.5, False)):
+        config = apply_overrides(ExperimentConfig(), [
+            f"model.kind='{kind}'", "model.hidden=4", "train.epochs=1", "train.batch_size=8",
+            f"train.pde_lr_scale={scale}"])
+        with _warnings.catch_warnings(record=True) as caught:
+            _warnings.simplefilter("always")
+            train_model(config, data, progress=False)
+        said = [str(w.message) for w in caught if "pde_lr_scale" in str(w.message)]
+        assert bool(said) is warned, (kind, scale, said)

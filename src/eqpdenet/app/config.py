@@ -150,12 +150,18 @@ class TrainConfig:
     Attributes:
         optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9).
         lr: learning rate; ``lr_schedule`` ``"cosine"`` (to 0 over ``epochs``) or ``"constant"``.
-        weight_decay: decoupled weight decay (AdamW) on every parameter.
-        pde_lr_scale: learning-rate multiplier for the PDE layer's parameters (F and the
-            reduction). With Adam, whose steps do not depend on the gradient's scale, this is the
-            same as parameterising the PDE coefficients as ``pde_lr_scale * theta``: it sets how
-            fast the 31 coefficients, each acting on every pixel, move compared with the
-            perceptron's weights. No effect on FCNN (it has no PDE layer).
+        weight_decay: weight decay on every parameter: decoupled (AdamW) with ``adam``, each
+            step shrinking a parameter by ``lr * weight_decay`` of its group's ``lr`` (so the
+            PDE layer's parameters, at ``lr * pde_lr_scale``, decay ``pde_lr_scale`` times
+            more slowly); L2 added to the gradient before momentum with ``sgd``
+            (``torch.optim.SGD``'s ``weight_decay``).
+        pde_lr_scale: learning-rate multiplier for the paper's PDE layer's parameters (F and the
+            reduction; ``model.kind = "eqpdenet"``, the only kind with a ``pde_layer``; other
+            kinds train every parameter at ``lr``, and a value other than the default there
+            gets a warning). With Adam, whose steps do not depend on the gradient's scale, and without
+            weight decay, this is the same as parameterising the PDE coefficients as
+            ``pde_lr_scale * theta``: it sets how fast the 31 coefficients, each acting on every
+            pixel, move compared with the perceptron's weights.
         batch_size, epochs: mini-batch size and number of passes over the training digits.
         select_on_validation: keep the weights of the epoch with the best validation accuracy
             (needs ``DataConfig.validation > 0``); otherwise the last epoch's.

@@ -361,6 +361,10 @@ def train_model(
     blur_stream = blur_generator(train.seed)
     blur = train.blur_consistency
     pde_layer = getattr(model, "pde_layer", None)
+    if pde_layer is None and train.pde_lr_scale != TrainConfig.pde_lr_scale:  # set, to no use
+        warnings.warn(f"train.pde_lr_scale = {train.pde_lr_scale:g} has no effect on "
+                      f"{type(model).__name__}: only the paper's PDE layer (model.kind = "
+                      f"'eqpdenet') trains at its own rate", RuntimeWarning, stacklevel=2)
     pde_ids = {id(p) for p in pde_layer.parameters()} if pde_layer is not None else set()
     groups = [{"params": [p for p in model.parameters() if id(p) not in pde_ids]}]
     if pde_ids:
@@ -495,9 +499,11 @@ def train_model(
 def _average_batch_norm(average: AveragedModel, images: Tensor, train: TrainConfig,
                         device: torch.device) -> None:
     """Recompute the batch-norm statistics of the averaged weights (``train.weight_average``):
-    one pass over the training ``images`` in training mode, in the training loop's batches,
-    warped as in the first epoch where augmentation is on (a fresh stream from the seed), the
-    statistics the cumulative average over the batches (``torch.optim.swa_utils.update_bn``).
+    one pass over the training ``images`` in training mode, in their stored order cut into the
+    training loop's batch sizes (not an epoch's shuffled order), warped where augmentation is on
+    by the first epoch's sequence of draws (a fresh stream from the seed; each warp falls on
+    another image than in that epoch), the statistics the cumulative average over the batches
+    (``torch.optim.swa_utils.update_bn``).
 
     The running statistics of the steps do not fit averaged weights: averaged too, they left a
     lifted model at chance on validation (docs/lifted.md)."""
