@@ -86,6 +86,33 @@ def test_new_fields_keep_the_full_benchmark_resumable():
     assert recorded == {benchmark_fingerprint(load_toml(BenchmarkConfig, configs))}
 
 
+@pytest.mark.parametrize("folder, recipe", [("benchmark-full", "benchmark-full.toml"),
+                                            ("benchmark", "benchmark-cpu.toml")])
+def test_every_committed_benchmark_resumes_with_its_recorded_command(folder, recipe):
+    """The fingerprints a benchmark accepts (:func:`benchmark_fingerprints`) include the one
+    each committed folder recorded, read from its recipe and from its own config.toml, and no
+    run of it counts as changed: its recorded command finds 0 runs to go. The reduced benchmark
+    predates the lifted model's table (its earlier schema, BENCHMARK_SCHEMAS): it was refused as
+    'made with another configuration', naming no field."""
+    import json
+
+    from eqpdenet.app.benchmark import benchmark_fingerprints
+    from eqpdenet.app.config import BenchmarkConfig, load_toml
+    from eqpdenet.app.sweeps import changed_runs
+
+    recorded = {json.loads(line)["base_fingerprint"]
+                for line in (RESULTS / folder / "results.jsonl").read_text().splitlines()
+                if line.strip()}
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    for source in (configs / recipe, RESULTS / folder / "config.toml"):
+        config = load_toml(BenchmarkConfig, source)
+        assert recorded <= set(benchmark_fingerprints(config)), source
+        runs = {f"{name}-seed{seed}": config.experiment(name, seed)
+                for name in config.models for seed in config.seeds}
+        assert changed_runs(runs, RESULTS / folder,
+                            base_fingerprint=benchmark_fingerprints(config)) == {}, source
+
+
 @pytest.mark.parametrize("folder", ["benchmark-full", "benchmark"])
 def test_new_fields_leave_every_recorded_benchmark_run_unchanged(folder):
     """Each (entry, seed) of a committed benchmark folder, built from the folder's configuration
@@ -251,3 +278,29 @@ def test_a_relative_data_set_path_is_recorded_as_the_path_it_names(tmp_path, mon
     assert DataConfig(dataset="elsewhere.npz").dataset == "elsewhere.npz"
     monkeypatch.chdir(tmp_path / "mnist")  # the recorded path still names the file
     assert DataConfig(dataset=expected).dataset == expected
+
+
+def test_keys_and_strings_that_toml_cannot_take_bare_round_trip():
+    """A benchmark entry named ``fcnn.v2`` was written as a bare key (read back as a table
+    ``fcnn``), a path with a newline or control character as a string TOML refuses: the
+    recorded config.toml could not be read back."""
+    import tomllib
+
+    from eqpdenet.app.config import BenchmarkConfig, from_dict, to_toml
+
+    config = BenchmarkConfig()
+    config.models = {"fcnn.v2": ["model.kind='fcnn'"], "with space": ["model.kind='cnn'"]}
+    config.base.data.dataset = '/tmp/a\nb\x01\x7f"c\\d.npz'
+    back = from_dict(BenchmarkConfig, tomllib.loads(to_toml(config)))
+    assert back.models == config.models and back.base.data.dataset == config.base.data.dataset
+
+
+def test_a_benchmark_entry_that_cannot_name_a_run_file_is_refused_before_any_write(tmp_path):
+    from eqpdenet.app.benchmark import benchmark
+    from eqpdenet.app.config import BenchmarkConfig
+
+    config = BenchmarkConfig()
+    config.models = {"with space": ["model.kind='fcnn'"]}
+    with pytest.raises(ValueError, match="run key 'with space-seed0' cannot name a file"):
+        benchmark(config, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

@@ -12,6 +12,7 @@ holding another configuration is refused);
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import os
@@ -34,6 +35,7 @@ from .files import atomic_write, read_jsonl, save_figure
 from .locks import hold
 from .report import Report, check_records, incomplete_line
 from .runfolder import check_claim, claim_folder
+from .runstore import run_file
 from .sweeps import SWEEP_FILES, check_before_writing, run_sweep
 from .training import (
     BENCHMARK_LATER_FROM,
@@ -86,6 +88,36 @@ def benchmark_fingerprint(config: BenchmarkConfig) -> str:
                         "curves": to_dict(config.curves)})
 
 
+#: Schemas of the configuration that recorded benchmark folders were made under: the fields
+#: each lacked (added since), whose values its base fingerprint therefore does not cover. The
+#: reduced benchmark (results/benchmark, configs/benchmark-cpu.toml) predates the lifted model's
+#: table and three pooling options; LATER_FIELDS could not stand for them, since their values
+#: now differ from the defaults of their first versions. Each run's own configuration is still
+#: compared field by field (sweeps.changed_runs), so accepting such a fingerprint lets a folder
+#: resume without letting a changed run pass.
+BENCHMARK_SCHEMAS: tuple[tuple[tuple[str, ...], ...], ...] = (
+    (("model", "lifted_pde"), ("model", "gcnn", "pool"), ("model", "gcnn", "pool_sigma"),
+     ("model", "invariant_pde", "downsample_sigma")),
+)
+
+
+def benchmark_fingerprints(config: BenchmarkConfig) -> tuple[str, ...]:
+    """:func:`benchmark_fingerprint`, then the fingerprints the same configuration has under each
+    earlier schema (:data:`BENCHMARK_SCHEMAS`): those a benchmark folder may have recorded."""
+    base = without_later_fields(without_inert_fields(to_dict(config.base)), BENCHMARK_LATER_FROM)
+    prints = [benchmark_fingerprint(config)]
+    for lacking in BENCHMARK_SCHEMAS:
+        earlier = copy.deepcopy(base)
+        for path in lacking:
+            node = earlier
+            for key in path[:-1]:
+                node = node.get(key, {}) if isinstance(node, dict) else {}
+            if isinstance(node, dict):
+                node.pop(path[-1], None)
+        prints.append(fingerprint({"base": earlier, "curves": to_dict(config.curves)}))
+    return tuple(dict.fromkeys(prints))
+
+
 def benchmark(config: BenchmarkConfig, out_dir: Path, *, models: list[str] | None = None,
               jobs: int = 1, executor: Executor | None = None, data_dir=None, cache_dir=None,
               progress: bool = True, echo=print, rerun_changed: bool = False) -> Path:
@@ -101,6 +133,8 @@ def benchmark(config: BenchmarkConfig, out_dir: Path, *, models: list[str] | Non
     chosen = models or list(config.models)
     for name in chosen:
         config.experiment(name, 0)  # unknown names and bad overrides fail before any work
+        for seed in config.seeds:  # and entry names that cannot name a run file
+            run_file(Path(out_dir), f"{name}-seed{seed}")
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
     check_claim(out_dir, "benchmark", legacy=SWEEP_FILES)  # before the lock writes into it
@@ -121,7 +155,7 @@ def benchmark(config: BenchmarkConfig, out_dir: Path, *, models: list[str] | Non
         others = {f"{name}-seed{seed}": config.experiment(name, seed)
                   for name in config.models if name not in chosen for seed in config.seeds}
         check_before_writing(runs, out_dir, jobs, executor, keep, rerun_changed=rerun_changed,
-                             echo=echo, base_fingerprint=base_print,
+                             echo=echo, base_fingerprint=benchmark_fingerprints(config),
                              base={"base": config.base, "curves": config.curves}, others=others)
         atomic_write(out_dir / "config.toml", to_toml(config).encode())
         run_sweep(f"benchmark {', '.join(chosen)}", runs, out_dir, base_fingerprint=base_print,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -510,7 +511,7 @@ def _toml_value(value) -> str:
             raise ConfigError(f"cannot write non-finite float {value} to TOML")
         return repr(value)
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return _toml_string(value)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if value is None:
@@ -518,14 +519,34 @@ def _toml_value(value) -> str:
     raise ConfigError(f"cannot write {type(value).__name__} to TOML")
 
 
+def _toml_string(text: str) -> str:
+    """A TOML basic string: backslash, quote and every control character escaped (a newline in
+    a path made the saved configuration unreadable)."""
+    escaped = []
+    for char in text:
+        if char in '"\\':
+            escaped.append("\\" + char)
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            escaped.append(f"\\u{ord(char):04x}")
+        else:
+            escaped.append(char)
+    return '"' + "".join(escaped) + '"'
+
+
+def _toml_key(key: str) -> str:
+    """A key as written: bare where TOML allows (letters, digits, ``_``, ``-``), else quoted (a
+    benchmark entry ``fcnn.v2`` written bare would be read back as a table ``fcnn``)."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_string(key)
+
+
 def to_toml(config, _prefix: str = "") -> str:
     """A dataclass (or dict) as TOML text; nested dataclasses become tables."""
     data = to_dict(config) if dataclasses.is_dataclass(config) else config
     scalars = {k: v for k, v in data.items() if not isinstance(v, dict) and v is not None}
     tables = {k: v for k, v in data.items() if isinstance(v, dict)}
-    lines = [f"{key} = {_toml_value(value)}" for key, value in scalars.items()]
+    lines = [f"{_toml_key(key)} = {_toml_value(value)}" for key, value in scalars.items()]
     for key, value in tables.items():
-        name = f"{_prefix}{key}"
+        name = f"{_prefix}{_toml_key(key)}"
         lines += ["", f"[{name}]", to_toml(value, name + ".").rstrip("\n")]
     return "\n".join(lines).lstrip("\n") + "\n"
 

@@ -204,7 +204,7 @@ def check_before_writing(runs: dict[str, ExperimentConfig], out_dir: Path, jobs:
                          executor: Executor | None, checkpoint_keys, *,
                          rerun_changed: bool = False,
                          echo: Callable[[str], None] = print,
-                         base_fingerprint: str | None = None,
+                         base_fingerprint: str | tuple[str, ...] | None = None,
                          base: dict | None = None,
                          others: dict[str, ExperimentConfig] | None = None) -> None:
     """Before a sweep writes its ``config.toml``: the runs of ``out_dir`` finished under another
@@ -239,7 +239,7 @@ def check_before_writing(runs: dict[str, ExperimentConfig], out_dir: Path, jobs:
 
 
 def changed_runs(runs: dict[str, ExperimentConfig], out_dir: Path, *,
-                 base_fingerprint: str | None = None,
+                 base_fingerprint: str | tuple[str, ...] | None = None,
                  base: dict | None = None) -> dict[str, list[str]]:
     """The keys of the finished runs of ``out_dir`` made under another configuration than the
     one given now, each with its differences (``"train.epochs: 11 recorded, 12 now"``):
@@ -257,12 +257,17 @@ def changed_runs(runs: dict[str, ExperimentConfig], out_dir: Path, *,
     * with ``base_fingerprint``, any key whose record has another base fingerprint (a
       ``reproduce`` base or a benchmark's base and curves changed), its differences those of its
       configuration, else the fields of ``base`` (section name -> configuration) that differ
-      from the folder's ``config.toml``, else the two fingerprints.
+      from the folder's ``config.toml``, else the two fingerprints. A tuple of fingerprints
+      accepts any of them (the first is the current one; the others what folders recorded
+      under an earlier schema of the configuration have, :func:`~eqpdenet.app.benchmark.
+      benchmark_fingerprints`).
 
     Without this check a sweep would count such runs as done and report results that are not
     those of its configuration."""
     records = load_records(out_dir)
     fingerprints: dict[str, str | None] = {}
+    accepted = ((base_fingerprint,) if isinstance(base_fingerprint, str)
+                else tuple(base_fingerprint or ()))
     base_differences = None
     changed = {}
     for key in sorted(records):
@@ -271,13 +276,12 @@ def changed_runs(runs: dict[str, ExperimentConfig], out_dir: Path, *,
         if run is not None and record.get("config") is not None:
             differences += _config_differences(record["config"], run)
             differences += _data_differences(record, run, fingerprints)
-        if base_fingerprint is not None and record.get("base_fingerprint") != base_fingerprint \
-                and not differences:
+        if accepted and record.get("base_fingerprint") not in accepted and not differences:
             if base_differences is None:  # config.toml is read once, where needed
                 base_differences = _base_differences(out_dir, base or {})
             differences = base_differences or [
                 f"base configuration fingerprint {record.get('base_fingerprint')} recorded, "
-                f"{base_fingerprint} now"]
+                f"{accepted[0]} now"]
         if differences:
             changed[key] = differences
     return changed
