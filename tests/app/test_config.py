@@ -212,7 +212,7 @@ def test_a_configuration_never_records_a_horizon_that_would_not_run():
     """T = 0.25 with dt = 0.1 would run 2 steps (T = 0.2) while config.toml said 0.25: refused
     where the configuration is read, so no command starts with it."""
     for assignment in ("model.layer.T=0.25", "model.layer.T=0.05", "model.layer.dt=0.3"):
-        with pytest.raises(ConfigError, match=r"layer.T / layer.dt: T = [\d.]+ is (not a whole "
+        with pytest.raises(ConfigError, match=r"model.layer.T / model.layer.dt: T = [\d.]+ is (not a whole "
                                               r"multiple of|smaller than) dt"):
             apply_overrides(ExperimentConfig(), [assignment])
     paper = apply_overrides(ExperimentConfig(), ["model.layer.T=2.0"])
@@ -304,3 +304,22 @@ def test_a_benchmark_entry_that_cannot_name_a_run_file_is_refused_before_any_wri
     with pytest.raises(ValueError, match="run key 'with space-seed0' cannot name a file"):
         benchmark(config, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_nested_table_names_its_field_by_the_path_the_user_wrote():
+    """The nested configurations name their fields from themselves (``layer.sigma``, as a
+    library user of LayerConfig writes it); from a file or ``--set`` the error names the path
+    given (``model.layer.sigma``, ``base.model.lifted_pde.stage_orientations``)."""
+    from eqpdenet.app.config import ReproduceConfig
+
+    cases = [(ExperimentConfig, ["model.layer.sigma=-1"], "invalid config: model.layer.sigma: "),
+             (ExperimentConfig, ["model.lifted_pde.stage_orientations=[8, 3]"],
+              "invalid config: model.lifted_pde.stage_orientations: "),
+             (ReproduceConfig, ["base.model.layer.sigma=-1"],
+              "invalid config: base.model.layer.sigma: "),
+             (ExperimentConfig, ["model.layer.T=0.25"],
+              "invalid config: model.layer.T / model.layer.dt: ")]
+    for cls, overrides, start in cases:
+        with pytest.raises(ValueError) as info:
+            apply_overrides(cls(), overrides)
+        assert str(info.value).startswith(start), str(info.value)

@@ -160,7 +160,7 @@ def test_flags_are_honoured_exactly(monkeypatch, tmp_path):
     ("lr-inf", "train.lr: must be a finite number, got inf"),
     ("input-std-inf", "model.input_std: must be a finite number, got inf"),
     ("input-mean-nan", "model.input_mean: must be a finite number, got nan"),
-    ("steps", "layer.T / layer.dt: 1e+06 / 0.001 is about 1e+09 Euler steps per PDE, more than "
+    ("steps", "model.layer.T / model.layer.dt: 1e+06 / 0.001 is about 1e+09 Euler steps per PDE, more than "
               "the bound of 100,000"),
     ("memory", "training would need about"),
     ("memory-lifted", "or make its fields smaller (model.lifted_pde: channels, blocks, "

@@ -499,6 +499,15 @@ def from_dict(cls, data: dict, base=None, _path: str = ""):
         return cls(**kwargs)
     except TypeError as error:
         raise ConfigError(f"invalid config for {cls.__name__}: {error}") from None
+    except ConfigError as error:
+        # A nested configuration names its fields from itself ("layer.sigma", as a library
+        # user of LayerConfig writes it); from a file or --set the field is "model.layer.sigma".
+        own, text, lead = _path.rstrip(".").rpartition(".")[2], str(error), "invalid config: "
+        if own and _path != f"{own}." and text.startswith(f"{lead}{own}."):
+            fields, colon, rest = text[len(lead):].partition(": ")
+            fields = re.sub(rf"(^|/ ){re.escape(own)}\.", lambda m: m.group(1) + _path, fields)
+            raise ConfigError(f"{lead}{fields}{colon}{rest}") from None
+        raise
 
 
 def _toml_value(value) -> str:
