@@ -25,7 +25,7 @@ from eqpdenet.app.cli import main
 from eqpdenet.app.config import ExperimentConfig, apply_overrides, build_model, to_dict
 from eqpdenet.app.files import read_jsonl
 from eqpdenet.app.runstore import load_records, save_run
-from eqpdenet.errors import CheckpointError, ConfigError
+from eqpdenet.errors import CheckpointError
 
 
 def write_set(path, classes: int, seed: int = 0, n: int = 120, size: int = 12) -> str:
@@ -225,15 +225,13 @@ def test_an_intact_checkpoint_still_loads_without_a_warning(tmp_path):
                                                  loaded.state_dict().values(), strict=True))
 
 
-def test_check_results_folder_names_the_fields_that_differ(tmp_path):
+def test_runs_of_another_base_name_the_fields_that_differ(tmp_path):
     """Runs of another base configuration: the fields that differ from the folder's config.toml,
     where the caller gives its configuration, else the fingerprints."""
     config = ExperimentConfig()
     save_run(tmp_path, "k", {"key": "k", "base_fingerprint": "old", "status": "ok"})
     (tmp_path / "config.toml").write_text("[base.train]\nepochs = 3\n")
-    with pytest.raises(ConfigError, match=r"k \(base.train.epochs: 3 recorded, 20 now\); choose "
-                                          r"another output folder"):
-        sweeps.check_results_folder(tmp_path, "new", {"base": config})
-    with pytest.raises(ConfigError, match=r"k \(base configuration fingerprint old recorded, new "
-                                          r"now\)"):
-        sweeps.check_results_folder(tmp_path, "new")
+    assert sweeps.changed_runs({}, tmp_path, base_fingerprint="new", base={"base": config}) == {
+        "k": ["base.train.epochs: 3 recorded, 20 now"]}
+    assert sweeps.changed_runs({}, tmp_path, base_fingerprint="new") == {
+        "k": ["base configuration fingerprint old recorded, new now"]}

@@ -52,7 +52,7 @@ from .training import (
 )
 from .workers import worker_pool
 
-__all__ = ["SWEEP_FILES", "changed_runs", "check_before_writing", "check_results_folder", "grid",
+__all__ = ["SWEEP_FILES", "changed_runs", "check_before_writing", "grid",
            "reproduce", "run_key", "run_sweep"]
 
 
@@ -379,16 +379,6 @@ def _changed_message(out_dir: Path, changed: dict[str, list[str]]) -> str:
                       for diffs, keys in groups.items())
     return (f"{out_dir} holds {len(changed)} finished run(s) made with another configuration "
             f"(or data) than the one now given for the same key: {shown}")
-
-
-def check_results_folder(out_dir: Path, base_fingerprint: str, base: dict | None = None) -> None:
-    """Refuse a results folder that holds runs of another base configuration, naming the fields
-    of ``base`` (section name -> configuration) that differ from its ``config.toml`` (else the
-    fingerprints). :func:`check_before_writing` with ``base_fingerprint`` does this check and
-    can set such runs aside (``--rerun-changed``) instead."""
-    changed = changed_runs({}, out_dir, base_fingerprint=base_fingerprint, base=base)
-    if changed:
-        raise ConfigError(_changed_message(out_dir, changed) + "; choose another output folder")
 
 
 def reproduce(config: ReproduceConfig, out_dir: Path, *, jobs: int = 1,
