@@ -39,17 +39,6 @@ def _one_error(capsys) -> str:
     return lines[0]
 
 
-@pytest.fixture
-def no_data(monkeypatch):
-    """Loading data is a failure of the test: every refusal here comes before it."""
-    def loaded(*args, **kwargs):
-        raise AssertionError("data was loaded")
-
-    monkeypatch.setattr(training, "prepare_data", loaded)
-    monkeypatch.setattr(sweeps, "prepare_data", loaded)
-    sweeps._DATA_CACHE.clear()
-
-
 # ----------------------------------------------------------------------- batches of one image
 
 

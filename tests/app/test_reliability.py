@@ -32,16 +32,6 @@ TINY_TRAIN = ["--set", "data.train_subset=300", "--set", "data.test_subset=200",
               "--set", "model.layer.T=0.2", "--hidden", "8", "--epochs", "1", "--no-progress"]
 
 
-@pytest.fixture
-def no_data(monkeypatch):
-    """Loading data (or training) fails the test: the problem must be found before."""
-    def forbidden(*args, **kwargs):
-        raise AssertionError("data were loaded before the problem was found")
-
-    monkeypatch.setattr(training, "prepare_data", forbidden)
-    monkeypatch.setattr(sweeps, "_cached_data", forbidden)
-
-
 def error_line(capsys) -> str:
     err = capsys.readouterr().err
     assert "Traceback" not in err
