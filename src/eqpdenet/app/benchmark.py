@@ -28,12 +28,20 @@ from ..analysis.robustness import (
     scale_curve,
     shift_curve,
 )
-from ..errors import ConfigError
+from ..errors import ConfigError, DataFileError
 from .config import BenchmarkConfig, CurvesConfig, to_dict, to_toml
 from .distributed import Executor
 from .files import atomic_write, read_jsonl, save_figure
 from .locks import hold
-from .report import Report, check_records, incomplete_line
+from .report import (
+    SAME_RUN_FIELDS,
+    Report,
+    dataset_name,
+    deduplicate,
+    failed_note,
+    incomplete_line,
+    subset_note,
+)
 from .runfolder import check_claim, claim_folder
 from .runstore import run_file
 from .sweeps import SWEEP_FILES, check_before_writing, run_sweep
@@ -171,35 +179,69 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
-def summarise(records: list[dict]) -> dict[str, dict]:
-    """Per model: parameters, seeds, mean and std of every accuracy, training minutes, curves."""
+def benchmark_run_key(record: dict) -> str:
+    """The run key of a benchmark record: ``<entry>-seed<seed>`` (the model kind for a record
+    from before entries were recorded)."""
+    return f"{record.get('entry', record['model'])}-seed{record['seed']}"
+
+
+#: What two records of one benchmark run must agree on to be the same run: the paper's fields
+#: and the curves.
+SAME_BENCHMARK_RUN_FIELDS = (*SAME_RUN_FIELDS, "robustness")
+
+
+def _ordered_union(lists) -> list:
+    return list(dict.fromkeys(item for values in lists for item in values))
+
+
+def summarise(records: list[dict], source: str = "results") -> dict[str, dict]:
+    """Per entry: parameters, seeds, the failed runs (``failed``: their seeds), mean and std of
+    every accuracy over the runs that have it (``covered``: how many), training minutes, curves.
+    An entry whose runs all failed is kept, with no numbers. Curves of one entry recorded on
+    other axes (angles, scales, shifts) cannot be averaged point by point: a
+    :class:`~eqpdenet.errors.DataFileError` naming them (``source``: the file)."""
     by_entry: dict[str, list[dict]] = {}
     for record in records:
-        if record.get("status") == "ok":
-            by_entry.setdefault(record.get("entry", record["model"]), []).append(record)
+        by_entry.setdefault(record.get("entry", record["model"]), []).append(record)
     summary = {}
-    for entry, runs in by_entry.items():
-        runs.sort(key=lambda r: r["seed"])
-        scenarios = list(runs[0]["accuracy"])
-        item = {"params": runs[0]["params"], "seeds": [r["seed"] for r in runs],
+    for entry, found in by_entry.items():
+        runs = sorted((r for r in found if r.get("status") == "ok"), key=lambda r: r["seed"])
+        scenarios = _ordered_union(r["accuracy"] for r in runs)
+        item = {"params": runs[0]["params"] if runs else None, "seeds": [r["seed"] for r in runs],
+                "failed": sorted(r["seed"] for r in found if r.get("status") != "ok"),
                 "train_minutes": _mean_std([r["train_seconds"] / 60 for r in runs]),
                 "cpu": sorted({r.get("environment", {}).get("cpu_capability") or "–" for r in runs}),
-                "accuracy": {s: _mean_std([r["accuracy"][s] for r in runs]) for s in scenarios}}
-        if "validation_accuracy" in runs[0]:
-            item["validation"] = _mean_std([r["validation_accuracy"] for r in runs])
-        curves = [r["robustness"] for r in runs if "robustness" in r]
+                "accuracy": {s: _mean_std([r["accuracy"][s] for r in runs if s in r["accuracy"]])
+                             for s in scenarios},
+                "covered": {s: sum(s in r["accuracy"] for r in runs) for s in scenarios}}
+        validation = [r["validation_accuracy"] for r in runs if "validation_accuracy" in r]
+        if validation:
+            item["validation"] = _mean_std(validation)
+        with_curves = [r for r in runs if "robustness" in r]
+        curves = [r["robustness"] for r in with_curves]
         if curves:
             first = curves[0]
             for kind, axis in (("rotation", "angles"), ("scale", "scales"), ("shift", "shifts")):
+                other = next((r for r in with_curves if r["robustness"][axis] != first[axis]), None)
+                if other is not None:
+                    raise DataFileError(source, f"the runs of {entry} recorded their curves on "
+                                                f"other {axis}: {first[axis]} "
+                                                f"({benchmark_run_key(with_curves[0])}), "
+                                                f"{other['robustness'][axis]} "
+                                                f"({benchmark_run_key(other)}); they are not runs "
+                                                f"of one configuration: keep those of one")
                 item[kind] = (first[axis], [statistics.fmean(c[kind][i] for c in curves)
                                             for i in range(len(first[axis]))])
             item["logit_change"] = {a: _mean_std([c["logit_change"][a] for c in curves])
-                                    for a in first["logit_change"]}
+                                    for a in first["logit_change"]
+                                    if all(a in c["logit_change"] for c in curves)}
             if all("round_trip_change" in c for c in curves):
                 item["round_trip_change"] = {
                     a: _mean_std([c["round_trip_change"][a] for c in curves])
-                    for a in first["round_trip_change"]}
+                    for a in first["round_trip_change"]
+                    if all(a in c["round_trip_change"] for c in curves)}
             item["curve_images"] = first["images"]
+            item["curve_runs"] = len(curves)
         summary[entry] = item
     return summary
 
@@ -211,38 +253,51 @@ def _fmt(value: tuple[float, float], digits: int = 1) -> str:
     return f"{mean:.{digits}f}" + (f" ({std:.{digits}f})" if not math.isnan(std) else "")
 
 
+def _part(covered: int, runs: int) -> str:
+    """`` [k of n runs]`` where a number averages only some of an entry's runs."""
+    return f" [{covered} of {runs} runs]" if covered < runs else ""
+
+
 #: Column order of the scenarios in the table (others follow, alphabetically).
 SCENARIO_ORDER = ("test", "iso", "sca", "rot", "shift")
 
 
 def benchmark_table(summary: dict[str, dict]) -> str:
-    """Markdown: accuracy per scenario (mean (std) over seeds), curves' spread, invariance."""
-    found = list(next(iter(summary.values()))["accuracy"]) if summary else []
+    """Markdown: accuracy per scenario (mean (std) over seeds), curves' spread, invariance. The
+    columns are every scenario of any entry ("–" where an entry has none); the seeds column
+    counts an entry's failed runs as ``(+N failed)``, and an entry whose runs all failed has a
+    row of "–"."""
+    found = _ordered_union(item["accuracy"] for item in summary.values())
     scenarios = [s for s in SCENARIO_ORDER if s in found] + sorted(set(found) - set(SCENARIO_ORDER))
     lines = ["| model | params | seeds | " + " | ".join(scenarios)
              + " | angle curve: min–max | logit change rot90 | logit change 37° "
              "| 37° and back | train min | cpu |",
              "|---|---:|---:|" + "---:|" * len(scenarios) + "---:|---:|---:|---:|---:|---|"]
     for entry, item in summary.items():
-        cells = [entry, f"{item['params']:,}", str(len(item["seeds"]))]
-        cells += [_fmt(item["accuracy"][s]) for s in scenarios]
+        runs = len(item["seeds"])
+        failed = len(item.get("failed", []))
+        cells = [entry, "–" if item["params"] is None else f"{item['params']:,}",
+                 f"{runs}" + (f" (+{failed} failed)" if failed else "")]
+        cells += [_fmt(item["accuracy"][s]) + _part(item["covered"].get(s, runs), runs)
+                  if s in item["accuracy"] else "–" for s in scenarios]
         if "rotation" in item:
             curve = item["rotation"][1]
-            cells.append(f"{min(curve):.1f}–{max(curve):.1f}")
+            cells.append(f"{min(curve):.1f}–{max(curve):.1f}" + _part(item["curve_runs"], runs))
             changes = item["logit_change"]
             cells += [f"{changes[a][0]:.1e}" if a in changes else "–" for a in ("90", "37")]
             back = item.get("round_trip_change", {})
             cells.append(f"{back['37'][0]:.1e}" if "37" in back else "–")
         else:
             cells += ["–", "–", "–", "–"]
-        cells.append(f"{item['train_minutes'][0]:.1f}")
-        cells.append(", ".join(item["cpu"]))
+        cells.append("–" if not runs else f"{item['train_minutes'][0]:.1f}")
+        cells.append(", ".join(item["cpu"]) or "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plot_robustness(summary: dict[str, dict], path: Path) -> Path:
-    """PNG: accuracy against rotation angle, scale factor and shift (mean over seeds)."""
+def plot_robustness(summary: dict[str, dict], path: Path, data: str = "ROTMNIST") -> Path:
+    """PNG: accuracy against rotation angle, scale factor and shift (mean over seeds); ``data``,
+    the data set's name, in the title."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -259,10 +314,11 @@ def plot_robustness(summary: dict[str, dict], path: Path) -> Path:
         axis.set_xlabel(label)
         axis.set_ylabel("accuracy (%)")
         axis.grid(alpha=0.3)
-    if kind in next(iter(summary.values()), {}):
-        images = next(iter(summary.values()))["curve_images"]
-        fig.suptitle(f"Robustness on the first {images:,} ROTMNIST test digits "
-                     f"(mean over seeds)")
+    images = next((item["curve_images"] for item in summary.values() if "curve_images" in item),
+                  None)
+    if images is not None:
+        what = "digits" if data == "ROTMNIST" else "images"
+        fig.suptitle(f"Robustness on the first {images:,} {data} test {what} (mean over seeds)")
     axes[0].set_xticks(range(0, 361, 45))
     axes[0].legend(fontsize=8)
     fig.tight_layout()
@@ -308,13 +364,20 @@ def _cpu_hours(records: list[dict]) -> str:
 
 def write_benchmark_report(out_dir: Path) -> Report:
     """``table.md`` and ``robustness.png`` from ``out_dir/results.jsonl``; the table's first line
-    says so when runs of the folder's configuration have no result yet (``Report.missing``)."""
+    says so when runs of the folder's configuration have no result yet (``Report.missing``).
+    Each run (``<entry>-seed<seed>``) counts once (:func:`~eqpdenet.app.report.deduplicate`: a
+    run recorded with two outcomes is refused); failed runs are counted and named
+    (:func:`benchmark_table`)."""
     out_dir = Path(out_dir)
+    source = str(out_dir / "results.jsonl")
     records = read_jsonl(out_dir / "results.jsonl")
     if not records:
         raise FileNotFoundError(f"no results in {out_dir / 'results.jsonl'}")
-    # the records checked first: a line that is not a run record is named, not a crash here
-    summary = summarise(check_records(records, str(out_dir / "results.jsonl")))
+    # checked (a line that is not a run record is named, not a crash here), and each run
+    # counted once, as the paper's report does: a record written twice by two writers is one
+    # run, and a run recorded with two outcomes is refused rather than averaged
+    records = deduplicate(records, source, key=benchmark_run_key, fields=SAME_BENCHMARK_RUN_FIELDS)
+    summary = summarise(records, source)
     missing = missing_benchmark_runs(out_dir, records)
     subsets = {r.get("config", {}).get("data", {}).get("test_subset", 0) for r in records}
     images = {r.get("robustness", {}).get("images") for r in records} - {None}
@@ -324,14 +387,15 @@ def write_benchmark_report(out_dir: Path) -> Report:
     header = (f"Accuracy in percent, mean (sample std) over seeds; scenarios on {where}, curves "
               f"and logit changes (relative: ||l(g f) − l(f)|| / ||l(f)|| over the batch) on the "
               f"first {curves} test digits (see `config.toml`). From `results.jsonl` beside this "
-              f"file ({len(records)} runs{_cpu_hours(records)}). Train min: one run's training, "
-              f"mean over seeds, on the CPU of column cpu (PyTorch's vector capability there, as "
-              f"recorded; – where the run predates the record): one seed repeats its numbers on "
-              f"one kind of CPU only.\n\n")
+              f"file ({len(records)} runs{failed_note(records, benchmark_run_key)}"
+              f"{_cpu_hours(records)}).{subset_note(records, ['train_subset'])} Train min: one "
+              f"run's training, mean over seeds, on the CPU of column cpu (PyTorch's vector "
+              f"capability there, as recorded; – where the run predates the record): one seed "
+              f"repeats its numbers on one kind of CPU only.\n\n")
     if missing:
         header = (f"**Incomplete:** {incomplete_line(missing, len(records) + len(missing))}; "
                   f"rerun the benchmark's command to finish it.\n\n{header}")
     table = out_dir / "table.md"
     atomic_write(table, (header + benchmark_table(summary) + "\n").encode())
-    return Report(table, plot_robustness(summary, out_dir / "robustness.png"), len(records),
-                  missing)
+    return Report(table, plot_robustness(summary, out_dir / "robustness.png",
+                                         dataset_name(records)), len(records), missing)

@@ -10,7 +10,12 @@ A run counts once: records with the same run key (model, hidden size, seed) that
 run (:func:`deduplicate`); records of the same key that disagree are refused, since neither can
 be trusted to be the run the configuration describes. A record whose numbers are not finite (an
 accuracy of NaN) or not what a run writes is refused too (:func:`check_records`): a mean over it
-would be NaN or wrong, printed as if it were a result.
+would be NaN or wrong, printed as if it were a result. A run that failed (diverged) is counted,
+never dropped: ``(+N failed)`` in its cell's runs, and named in the header.
+
+EqPdeNet − FCNN is paired by seed on the seeds both cells have, saying so where they are fewer
+than a cell's (``[paired on 1 of 3 seeds]``), and of the means where none is shared
+(``(unpaired)``).
 
 A report says whether its sweep is complete: the runs the folder's ``config.toml`` describes that
 have no record are listed at the top of ``table.md`` (:func:`missing_runs`), and ``eqpdenet
@@ -30,8 +35,9 @@ from ..errors import ConfigError, DataFileError
 from .files import atomic_write, read_jsonl, save_figure
 from .locks import hold
 
-__all__ = ["Report", "aggregate", "check_records", "deduplicate", "missing_runs", "paper_table",
-           "plot_accuracy", "protocol_table", "rerun_advice", "write_report"]
+__all__ = ["Report", "aggregate", "check_records", "dataset_name", "deduplicate", "failed_note",
+           "missing_runs", "paper_run_key", "paper_table", "plot_accuracy", "protocol_table",
+           "rerun_advice", "subset_note", "write_report"]
 
 SCENARIOS = ("test", "iso", "sca")
 #: The paper's two models (Tables 1 and 2) and their printed names.
@@ -108,22 +114,70 @@ def check_records(records: list[dict], source: str = "results") -> list[dict]:
     return records
 
 
-def deduplicate(records: list[dict], source: str = "results") -> list[dict]:
-    """One record per run key (``model``, ``hidden``, ``seed``), in first-seen order; a
-    :class:`~eqpdenet.errors.DataFileError` if two records of one key disagree on any of
-    :data:`SAME_RUN_FIELDS` (contradictory duplicates)."""
-    first: dict[tuple, dict] = {}
+def paper_run_key(record: dict) -> str:
+    """The run key of a ``reproduce`` record: ``<model>-h<hidden>-seed<seed>``."""
+    return f"{record['model']}-h{int(record['hidden'])}-seed{record['seed']}"
+
+
+def deduplicate(records: list[dict], source: str = "results", *, key=paper_run_key,
+                fields: tuple[str, ...] = SAME_RUN_FIELDS) -> list[dict]:
+    """One record per run key (``key(record)``: by default model, hidden size and seed), in
+    first-seen order; a :class:`~eqpdenet.errors.DataFileError` if two records of one key
+    disagree on any of ``fields`` (contradictory duplicates)."""
+    first: dict[str, dict] = {}
     for number, record in enumerate(check_records(records, source), 1):
-        key = (record["model"], int(record["hidden"]), record["seed"])
-        if key not in first:
-            first[key] = record
+        name = key(record)
+        if name not in first:
+            first[name] = record
             continue
-        differ = [f for f in SAME_RUN_FIELDS if first[key].get(f) != record.get(f)]
+        differ = [f for f in fields if first[name].get(f) != record.get(f)]
         if differ:
-            raise DataFileError(source, f"run {key[0]}-h{key[1]}-seed{key[2]} is recorded twice "
-                                        f"with different {', '.join(differ)} (record {number}); "
-                                        f"keep one and rerun `eqpdenet report`")
+            raise DataFileError(source, f"run {name} is recorded twice with different "
+                                        f"{', '.join(differ)} (record {number}); keep one and "
+                                        f"rerun `eqpdenet report`")
     return list(first.values())
+
+
+def failed_note(records: list[dict], key=paper_run_key) -> str:
+    """``", F of them failed (key: status, ...)"`` for the runs of ``records`` that did not
+    finish with a result (a diverged run), else ``""``: a report counts them, never silently."""
+    failed = [f"{key(r)}: {r.get('status')}" for r in records if r.get("status") != "ok"]
+    if not failed:
+        return ""
+    shown = ", ".join(failed[:4]) + (", ..." if len(failed) > 4 else "")
+    return f", {len(failed)} of them failed ({shown})"
+
+
+def dataset_name(records: list[dict]) -> str:
+    """The data set the records were made on, as a reader knows it (``ROTMNIST``, a file's
+    name); several, joined with "and". A record without a configuration tells nothing; one
+    from before ``data.dataset`` existed was made on ROTMNIST."""
+    names = []
+    for record in records:
+        data = (record.get("config") or {}).get("data")
+        if not isinstance(data, dict):
+            continue
+        spec = data.get("dataset", "rotmnist")
+        name = {"rotmnist": "ROTMNIST", "mnist": "MNIST"}.get(spec, Path(str(spec)).name)
+        name = f"rotated {name}" if data.get("rotated") else name
+        if name not in names:
+            names.append(name)
+    return " and ".join(names) or "ROTMNIST"
+
+
+def subset_note(records: list[dict], fields=("train_subset", "test_subset")) -> str:
+    """A sentence naming ``data.train_subset`` and ``data.test_subset`` (those of ``fields``)
+    where the records used them (the numbers then come from part of the data), else ``""``."""
+    parts = []
+    for field, what in (("train_subset", "training"), ("test_subset", "test")):
+        if field not in fields:
+            continue
+        sizes = sorted({((r.get("config") or {}).get("data") or {}).get(field) or 0
+                        for r in records} - {0})
+        if sizes:
+            parts.append(f"the first {' or '.join(f'{n:,}' for n in sizes)} {what} images "
+                         f"(`data.{field}`)")
+    return f" Runs used only {' and '.join(parts)}." if parts else ""
 
 
 def aggregate(records: list[dict]) -> dict[tuple[str, int], dict]:
@@ -142,12 +196,13 @@ def aggregate(records: list[dict]) -> dict[tuple[str, int], dict]:
         runs = groups.get(key, [])
         entry = {"params": runs[0]["params"] if runs else None, "n": len(runs),
                  "failed": failures.get(key, 0), "seeds": sorted(r["seed"] for r in runs),
-                 "by_seed": {r["seed"]: r["accuracy"] for r in runs}}
+                 "by_seed": {r["seed"]: r["accuracy"] for r in runs}, "covered": {}}
         for scenario in SCENARIOS:
             values = np.array([r["accuracy"][scenario] for r in runs if scenario in r["accuracy"]])
             if len(values):
                 std = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
                 entry[scenario] = (float(values.mean()), std)
+                entry["covered"][scenario] = len(values)
         table[key] = entry
     return table
 
@@ -178,7 +233,7 @@ def protocol_table(ours: dict, paper: dict | None = None) -> str:
             cells = [str(hidden), str(mine["params"]), runs]
             for scenario in SCENARIOS:
                 ref, got = (theirs or {}).get(scenario), mine.get(scenario)
-                cells += [_cell(ref), _cell(got)]
+                cells += [_cell(ref), _cell(got) + _coverage(mine, scenario)]
                 if ref and got:
                     delta = got[0] - ref[0]
                     cells += [f"{delta:+.1f}", f"{delta / ref[1]:+.1f}" if ref[1] else "–"]
@@ -205,15 +260,31 @@ def protocol_table(ours: dict, paper: dict | None = None) -> str:
     return "\n".join(lines)
 
 
+def _coverage(cell: dict, scenario: str) -> str:
+    """`` [k of n runs]`` where only some of a cell's runs have ``scenario``."""
+    covered = cell.get("covered", {}).get(scenario, cell.get("n", 0))
+    return f" [{covered} of {cell['n']} runs]" if covered < cell.get("n", 0) else ""
+
+
 def _gap(a: dict, b: dict, scenario: str) -> str:
-    """EqPdeNet − FCNN: paired by seed where per-seed results exist, else of the means."""
+    """EqPdeNet − FCNN: paired on the seeds both models have (one is enough: the difference of
+    the means of cells with other seeds mixes seed-to-seed spread into it), saying so when they
+    are fewer than either cell's; of the means where no seed is shared, or no per-seed result
+    exists (the paper's)."""
     if scenario not in a or scenario not in b:
         return "–"
-    seeds = sorted(set(a.get("by_seed", {})) & set(b.get("by_seed", {})))
-    if len(seeds) > 1:
-        diffs = np.array([a["by_seed"][s][scenario] - b["by_seed"][s][scenario] for s in seeds])
-        return f"{diffs.mean():+.1f} ({diffs.std(ddof=1):.1f})"
-    return f"{a[scenario][0] - b[scenario][0]:+.1f}"
+    mine, theirs = a.get("by_seed"), b.get("by_seed")
+    if mine is None or theirs is None:  # the paper's table: means only
+        return f"{a[scenario][0] - b[scenario][0]:+.1f}"
+    seeds = sorted(s for s in set(mine) & set(theirs)
+                   if scenario in mine[s] and scenario in theirs[s])
+    if not seeds:
+        return f"{a[scenario][0] - b[scenario][0]:+.1f} (unpaired)"
+    diffs = np.array([mine[s][scenario] - theirs[s][scenario] for s in seeds])
+    cell = f"{diffs.mean():+.1f}" + (f" ({diffs.std(ddof=1):.1f})" if len(diffs) > 1 else "")
+    everyone = max(len([s for s in mine if scenario in mine[s]]),
+                   len([s for s in theirs if scenario in theirs[s]]))
+    return cell + (f" [paired on {len(seeds)} of {everyone} seeds]" if len(seeds) < everyone else "")
 
 
 def plot_accuracy(ours: dict, path: Path, paper: dict | None = None) -> Path:
@@ -312,10 +383,11 @@ def write_report(results_dir: Path) -> Report:
         ours = aggregate(records)
         table = protocol_table(ours)
         missing = missing_runs(results_dir, records)
-        header = (f"Accuracy in percent on ROTMNIST test, `iso` and `sca`: mean (sample std) over "
-                  f"the runs of each cell; paper = Lagrave & Riou 2021, Tables 1-2. Δ = ours − "
-                  f"paper; Δ/σ in units of the paper's std. From `results.jsonl` beside this file "
-                  f"({len(records)} runs; config in `config.toml`).\n\n")
+        header = (f"Accuracy in percent on {dataset_name(records)} test, `iso` and `sca`: mean "
+                  f"(sample std) over the runs of each cell; paper = Lagrave & Riou 2021, Tables "
+                  f"1-2. Δ = ours − paper; Δ/σ in units of the paper's std. From `results.jsonl` "
+                  f"beside this file ({len(records)} runs{failed_note(records)}; config in "
+                  f"`config.toml`).{subset_note(records)}\n\n")
         if missing:
             header = (f"**Incomplete:** {incomplete_line(missing, len(records) + len(missing))}; "
                       f"rerun the sweep's command to finish it.\n\n{header}")

@@ -3,22 +3,28 @@
 The paper leaves optimiser, schedule, epochs, initialisation, T, dt, the ratio regularisation
 and input normalisation open. This study chooses them **on the validation split only** (the last
 2,000 of the 12,000 ROTMNIST training digits; the models train on the first 10,000) and never
-evaluates on the test set (``scenarios = []``).
+evaluates on the test set (``scenarios = []``). It starts from the issue's prototype
+(:data:`PROTOTYPE`, every value written out), not from the package's defaults, which have since
+become the recipe the study chose.
 
-It is a greedy search over stages. Each stage tries a few candidates (override lists on top of
-the incumbent configuration); every candidate is trained for both models (EqPdeNet and FCNN) at
-the study's hidden sizes and seeds. A stage is either
+It is a greedy search over stages. Each stage names a few candidates (override lists that state
+the candidate's values); the incumbent configuration is always tried too, and every candidate that
+changes it is trained for both models (EqPdeNet and FCNN) at the study's hidden sizes and seeds. A
+stage is either
 
 * ``shared`` (the training recipe, applied identically to both models): scored by the mean
   validation accuracy of *both* models, so the recipe is not tuned for one of them; or
 * ``layer`` (the PDE layer only; FCNN is unaffected): scored by EqPdeNet's mean validation
-  accuracy.
+  accuracy; only EqPdeNet is trained, and the FCNN column shows the incumbent's FCNN runs.
 
-A candidate replaces the incumbent only if it beats it by more than ``margin`` percentage points
-(the incumbent is always candidate 0). Runs are stored by configuration under
-``out/runs/<fingerprint>/`` so a configuration met again (the incumbent of the next stage) is not
-retrained, and rerunning the command resumes where it stopped. The study is summarised in
-``out/study.md``.
+The incumbent's row is labelled with the name of the candidate whose values it already holds (a
+candidate that leaves it unchanged is not trained twice), else ``incumbent``. Of the candidates
+that beat the incumbent's score by more than ``margin`` percentage points the best replaces it,
+whatever order they are listed in; of two with the same score, the one whose name sorts first. A
+cell averages the runs of the study's grid (models x hidden sizes x seeds) only. Runs are stored
+by configuration under ``out/runs/<fingerprint>/`` so a configuration met again (the incumbent of
+the next stage) is not retrained, and rerunning the command resumes where it stopped. The study
+is summarised in ``out/study.md``.
 """
 
 from __future__ import annotations
@@ -29,7 +35,17 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ReproduceConfig, apply_overrides, from_dict, to_dict, to_toml
+from ..data.rotmnist import N_TRAIN
+from ..errors import ConfigError
+from .config import (
+    DataConfig,
+    ExperimentConfig,
+    ReproduceConfig,
+    apply_overrides,
+    from_dict,
+    to_dict,
+    to_toml,
+)
 from .distributed import Executor
 from .files import atomic_write, read_jsonl
 from .locks import hold
@@ -38,46 +54,55 @@ from .runfolder import check_claim, claim_folder
 from .sweeps import reproduce
 from .training import fingerprint
 
-__all__ = ["STAGES", "Stage", "run_study"]
+__all__ = ["PROTOTYPE", "REFINE_STAGES", "STAGES", "Stage", "run_study", "study_base"]
 
 
 @dataclass
 class Stage:
+    """One step of the greedy search. ``candidates``: name -> overrides that state the
+    candidate's values (the incumbent already holding them is that candidate). Names and
+    overrides may hold ``{epochs}``, the incumbent's number of epochs."""
+
     name: str
     kind: str  # "shared" or "layer"
     question: str
     candidates: dict[str, list[str]] = field(default_factory=dict)
 
 
-#: The study, in order. Candidate 0 of each stage is "keep the incumbent".
+#: The study, in order. The first candidate of each stage states the prototype's value.
 STAGES = [
     Stage("epochs", "shared",
           "How many epochs (the prototype's training loss reached zero: overfitting)?",
-          {"20-epochs": [], "10-epochs": ["base.train.epochs=10"]}),
+          {"{epochs}-epochs": ["base.train.epochs={epochs}"],
+           "10-epochs": ["base.train.epochs=10"]}),
     Stage("pde-lr", "layer",
           "How fast should the PDE coefficients move? (learning-rate multiplier of the PDE layer)",
-          {"pde-lr-x1": [], "pde-lr-x0.1": ["base.train.pde_lr_scale=0.1"],
+          {"pde-lr-x1": ["base.train.pde_lr_scale=1.0"],
+           "pde-lr-x0.1": ["base.train.pde_lr_scale=0.1"],
            "pde-lr-x0.01": ["base.train.pde_lr_scale=0.01"]}),
     Stage("init", "layer",
           "Initialise F at zero (identity flow), or break the symmetry between the two PDEs of "
           "each set with small noise, around zero or around a heat flow a (u_xx + u_yy)?",
-          {"zeros": [],
+          {"zeros": ["base.model.layer.init='zeros'", "base.model.layer.init_scale=0.0",
+                     "base.model.layer.init_noise=0.0"],
            "noise-0.01": ["base.model.layer.init_noise=0.01"],
            "heat-0.25+noise": ["base.model.layer.init='heat'", "base.model.layer.init_scale=0.25",
                                "base.model.layer.init_noise=0.01"]}),
     Stage("standardize", "shared",
           "Standardise the input pixels with MNIST's mean and std (0.1307, 0.3081)?",
-          {"raw-pixels": [],
+          {"raw-pixels": ["base.model.input_mean=0.0", "base.model.input_std=1.0"],
            "standardized": ["base.model.input_mean=0.1307", "base.model.input_std=0.3081"]}),
     Stage("weight-decay", "shared",
           "Decoupled weight decay (AdamW) on every parameter?",
-          {"none": [], "wd-0.05": ["base.train.weight_decay=0.05"]}),
+          {"none": ["base.train.weight_decay=0.0"], "wd-0.05": ["base.train.weight_decay=0.05"]}),
     Stage("ratio-eps", "layer",
           "Scale of the ratio regularisation a b / (b^2 + eps^2) of the scaling invariants?",
-          {"eps-0.1": [], "eps-1.0": ["base.model.layer.ratio_eps=1.0"]}),
+          {"eps-0.1": ["base.model.layer.ratio_eps=0.1"],
+           "eps-1.0": ["base.model.layer.ratio_eps=1.0"]}),
     Stage("stencil", "layer",
           "Central differences or the isotropic 3x3 stencils?",
-          {"central": [], "isotropic": ["base.model.layer.stencil='isotropic'"]}),
+          {"central": ["base.model.layer.stencil='central'"],
+           "isotropic": ["base.model.layer.stencil='isotropic'"]}),
 ]
 
 
@@ -86,31 +111,62 @@ STAGES = [
 REFINE_STAGES = [
     Stage("init-after-standardize", "layer",
           "Now that the input is standardised: noise around zero, or around a heat flow?",
-          {"noise-0.01": [],
+          {"noise-0.01": ["base.model.layer.init='zeros'", "base.model.layer.init_noise=0.01"],
            "heat-0.25+noise": ["base.model.layer.init='heat'", "base.model.layer.init_scale=0.25"],
            "heat-1.0+noise": ["base.model.layer.init='heat'", "base.model.layer.init_scale=1.0"]}),
     Stage("pde-lr-after-standardize", "layer",
           "Now that the input is standardised and the PDEs differ: how fast should they learn?",
-          {"pde-lr-x0.01": [], "pde-lr-x0.1": ["base.train.pde_lr_scale=0.1"],
+          {"pde-lr-x0.01": ["base.train.pde_lr_scale=0.01"],
+           "pde-lr-x0.1": ["base.train.pde_lr_scale=0.1"],
            "pde-lr-x0.001": ["base.train.pde_lr_scale=0.001"]}),
     Stage("horizon", "layer",
           "Time horizon T (dt = 0.1 fixed: 10 or 20 Euler steps)?",
-          {"T-1": [], "T-2": ["base.model.layer.T=2.0"]}),
+          {"T-1": ["base.model.layer.T=1.0"], "T-2": ["base.model.layer.T=2.0"]}),
 ]
 
 STAGE_SETS = {"main": STAGES, "refine": REFINE_STAGES}
 
 
+#: The prototype of the issue, every value written out (a base experiment): the package's
+#: defaults have since moved to the recipe this study chose (standardised input, PDE learning
+#: rate x0.01, noise on F), and a study built on them would start from its own answer, its
+#: candidates comparing a configuration with itself (fingerprint b6459b8a807b with 20 epochs,
+#: the first folder of results/study). Validation 10,000 / 2,000; no test scenario.
+PROTOTYPE: dict = {
+    "model": {
+        "kind": "eqpdenet", "hidden": 256, "image_size": 28, "in_channels": 1, "classes": 10,
+        "input_mean": 0.0, "input_std": 1.0, "standardize": "auto", "head": "perceptron",
+        "layer": {"invariants": ["se2", "se2", "scaling", "scaling"], "rhs": "linear",
+                  "degree": 1, "T": 1.0, "dt": 0.1, "stencil": "central", "spacing": 1.0,
+                  "boundary": "replicate", "sigma": None, "ratio_eps": 0.1,
+                  "ratio_regularisation": "absolute", "reduction": "linear", "init": "zeros",
+                  "init_scale": 0.0, "init_noise": 0.0, "check_finite": True, "backend": "auto",
+                  "recompute": False},
+    },
+    "data": {"dataset": "rotmnist", "rotated": False, "source": "auto",
+             "rotation_centre": "frame", "rotmnist_seed": 0, "validation": 2000,
+             "train_subset": 0, "test_subset": 0},
+    "train": {"optimizer": "adam", "lr": 1e-3, "lr_schedule": "constant", "weight_decay": 0.0,
+              "pde_lr_scale": 1.0, "batch_size": 128, "epochs": 20,
+              "select_on_validation": False, "grad_clip": 0.0, "seed": 0, "device": "cpu",
+              "compile": False, "weight_average": 0.0,
+              "augment": {"max_shift": 0.0, "max_angle_degrees": 0.0, "min_scale": 1.0,
+                          "max_scale": 1.0},
+              "blur_consistency": {"weight": 0.0, "max_sigma": 0.71, "fraction": 0.25}},
+    "scenarios": [],
+}
+
+
 def study_base(hidden_sizes=(256, 32), seeds=(0, 1), epochs: int = 20) -> ReproduceConfig:
-    """The prototype of the issue (zero-initialised linear F, central stencil, ratio eps 0.1,
-    10 steps of dt 0.1, Adam 1e-3, batch 128), with ``epochs`` (20 by default, not the
-    prototype's 30, to fit the study in the time we have); validation 10,000 / 2,000; no test."""
-    config = ReproduceConfig()
-    config.hidden_sizes, config.seeds = list(hidden_sizes), list(seeds)
-    config.base.data.validation = 2000
-    config.base.scenarios = []
-    config.base.train.epochs = epochs
-    return config
+    """The prototype of the issue (:data:`PROTOTYPE`: zero-initialised linear F, central
+    stencil, ratio eps 0.1, 10 steps of dt 0.1, raw pixels, Adam 1e-3 for every parameter,
+    batch 128), with ``epochs`` (20 by default, not the prototype's 30, to fit the study in the
+    time we have); validation 10,000 / 2,000; no test."""
+    prototype = copy.deepcopy(PROTOTYPE)
+    prototype["train"]["epochs"] = epochs
+    base = from_dict(ExperimentConfig, prototype)
+    return ReproduceConfig(base=base, models=list(PAPER_MODELS), hidden_sizes=list(hidden_sizes),
+                           seeds=list(seeds))
 
 
 def _apply(config: ReproduceConfig, overrides: list[str]) -> ReproduceConfig:
@@ -125,19 +181,70 @@ def _score(records: list[dict], kind: str) -> dict:
         if values:
             per_model[model] = statistics.fmean(values)
     failed = len(records) - len(ok)
-    if kind == "layer":
+    if kind == "layer":  # scored on EqPdeNet alone: only its failures void the score
         score = per_model.get("eqpdenet", float("-inf"))
+        voided = any(r["model"] == "eqpdenet" for r in records if r.get("status") != "ok")
     else:
         score = statistics.fmean(per_model.values()) if per_model else float("-inf")
-    return {"score": score if not failed else float("-inf"), "per_model": per_model,
+        voided = failed > 0
+    return {"score": float("-inf") if voided else score, "per_model": per_model,
             "failed": failed, "runs": len(records)}
+
+
+def _grid_records(folder: Path, config: ReproduceConfig, models) -> list[dict]:
+    """The records of ``folder`` that are runs of ``config``'s grid for ``models``: a folder is
+    named by the base configuration only, so a study run before with other hidden sizes or
+    seeds may have left runs there that this one must not average."""
+    grid = {(m, h, s) for m in models for h in config.hidden_sizes for s in config.seeds}
+    return [r for r in read_jsonl(folder / "results.jsonl")
+            if (r.get("model"), r.get("hidden"), r.get("seed")) in grid]
+
+
+def _check_study(config: ReproduceConfig) -> None:
+    """What would let the study train and then fail: it scores on the validation split."""
+    if config.base.data.validation <= 0:
+        raise ConfigError(f"invalid config: base.data.validation: the study scores every "
+                          f"candidate on the validation split, so it must hold images (> 0), "
+                          f"got {config.base.data.validation}")
+
+
+def _dataset_name(data: DataConfig) -> str:
+    name = {"rotmnist": "ROTMNIST", "mnist": "MNIST"}.get(data.dataset, Path(data.dataset).name)
+    return f"rotated {name}" if data.rotated else name
+
+
+def _protocol(config: ReproduceConfig, margin: float) -> str:
+    """The first paragraph of study.md, from the configuration the study ran."""
+    data, base = config.base.data, config.base
+    name = _dataset_name(data)
+    if data.dataset == "rotmnist" and not data.rotated:
+        kept = data.train_subset or N_TRAIN - data.validation
+        split = (f"train {kept:,} / validate {data.validation:,} of {name}'s {N_TRAIN:,} "
+                 f"training digits")
+    else:
+        kept = f"the first {data.train_subset:,} of the others" if data.train_subset else "the others"
+        split = f"validate on the last {data.validation:,} of {name}'s training images, train on {kept}"
+    if base.scenarios:
+        where = f"the first {data.test_subset:,} test images" if data.test_subset else "the test set"
+        test = (f"the scenarios {', '.join(base.scenarios)} are evaluated on {where} with every "
+                f"run, and play no part in the choice")
+    else:
+        test = "the test set is never used"
+    return (f"Greedy search on the validation split ({split}; {test}). Scores are mean validation "
+            f"accuracy in percent over seeds {config.seeds} and hidden sizes {config.hidden_sizes}, "
+            f"{base.train.epochs} epoch{'s' if base.train.epochs != 1 else ''}; `shared` stages "
+            f"score both models, `layer` stages EqPdeNet only. Of the candidates that beat the "
+            f"incumbent by more than {margin} points the best replaces it (equal scores: the name "
+            f"first in order).")
 
 
 def run_study(out: Path, *, base: ReproduceConfig | None = None, stages=STAGES, margin: float = 0.25,
               jobs: int = 1, executor: Executor | None = None, data_dir=None, cache_dir=None,
               progress: bool = True, echo=print) -> ReproduceConfig:
     """Run the greedy study; returns the chosen configuration (also in ``out/chosen.toml``).
-    ``out`` has one writer at a time (:func:`eqpdenet.app.locks.hold`)."""
+    ``out`` has one writer at a time (:func:`eqpdenet.app.locks.hold`). A base without a
+    validation split is refused before anything is written."""
+    _check_study(base or study_base())
     legacy = ("study.md", "chosen.toml", "runs")
     check_claim(out, "study", legacy)  # before the lock writes into it
     with hold(out, "study"):
@@ -147,52 +254,76 @@ def run_study(out: Path, *, base: ReproduceConfig | None = None, stages=STAGES, 
                           progress=progress, echo=echo)
 
 
+def _candidates(stage: Stage, incumbent: ReproduceConfig) -> tuple[str, dict[str, tuple]]:
+    """The incumbent's label and the stage's other candidates (name -> (overrides,
+    configuration)); a candidate that leaves the incumbent unchanged labels it instead."""
+    epochs = incumbent.base.train.epochs
+    own = fingerprint(incumbent.base)
+    label, others = None, {}
+    for name, overrides in stage.candidates.items():
+        name = name.format(epochs=epochs)
+        overrides = [o.format(epochs=epochs) for o in overrides]
+        config = _apply(incumbent, overrides)
+        if fingerprint(config.base) == own:
+            label = label or name
+        else:
+            others[name] = (overrides, config)
+    return label or "incumbent", others
+
+
+def _choose(scores: dict[str, float], incumbent: str, margin: float) -> str:
+    """The best candidate of those that beat the incumbent by more than ``margin``, else the
+    incumbent; equal scores go to the name that sorts first (the listing order never counts)."""
+    beat = [name for name in scores if name != incumbent
+            and scores[name] > scores[incumbent] + margin]
+    return min(beat, key=lambda name: (-scores[name], name)) if beat else incumbent
+
+
 def _run_study(out: Path, *, base, stages, margin, jobs, executor, data_dir, cache_dir, progress,
                echo) -> ReproduceConfig:
-    incumbent = base or study_base()
-    lines = [f"# Validation study ({len(stages)} stages)", "",
-             "Greedy search on the validation split (train 10,000 / validate 2,000 of ROTMNIST's "
-             "12,000 training digits; the test set is never used). Scores are mean validation "
-             "accuracy in percent over seeds "
-             f"{incumbent.seeds} and hidden sizes {incumbent.hidden_sizes}; `shared` stages score "
-             "both models, `layer` stages EqPdeNet only. A candidate must beat the incumbent by "
-             f"more than {margin} points to replace it.", ""]
+    incumbent = copy.deepcopy(base or study_base())
+    lines = [f"# Validation study ({len(stages)} stage{'s' if len(stages) != 1 else ''})", "",
+             _protocol(incumbent, margin), ""]
     trail = []
     for stage in stages:
-        results, folders = {}, {}
-        for name, overrides in stage.candidates.items():
-            config = _apply(incumbent, overrides)
-            if stage.kind == "layer" and overrides:
-                config.models = ["eqpdenet"]  # FCNN has no PDE layer: reuse the incumbent's
-            folder = folders[name] = out / "runs" / fingerprint(config.base)
+        label, others = _candidates(stage, incumbent)
+        first = out / "runs" / fingerprint(incumbent.base)
+        entries = {label: (None, incumbent, first)}
+        for name, (overrides, config) in others.items():
+            folder = out / "runs" / fingerprint(config.base)
+            if stage.kind == "layer":  # FCNN has no PDE layer: the incumbent's runs serve
+                config.models = ["eqpdenet"]
+                if any(r.get("model") != "eqpdenet" for r in read_jsonl(folder / "results.jsonl")):
+                    config.models = list(incumbent.models)  # its config.toml keeps listing them
+            entries[name] = (overrides, config, folder)
+        results = {}
+        for name, (overrides, config, folder) in entries.items():
             echo(f"study: {stage.name} / {name} -> {folder}")
             reproduce(config, folder, jobs=jobs, executor=executor, data_dir=data_dir,
                       cache_dir=cache_dir, progress=progress, echo=echo)
-            records = read_jsonl(folder / "results.jsonl")
-            if stage.kind == "layer" and overrides:
-                first = folders[next(iter(stage.candidates))]
-                records += [r for r in read_jsonl(first / "results.jsonl") if r["model"] == "fcnn"]
-            results[name] = (config, _score(records, stage.kind))
-        names = list(results)
-        best = names[0]
-        for name in names[1:]:
-            if results[name][1]["score"] > results[best][1]["score"] + margin:
-                best = name
-        incumbent = results[best][0]
+            if stage.kind == "layer" and overrides is not None:
+                records = (_grid_records(folder, config, ["eqpdenet"])
+                           + _grid_records(first, incumbent, [m for m in incumbent.models
+                                                              if m != "eqpdenet"]))
+            else:
+                records = _grid_records(folder, config, config.models)
+            results[name] = _score(records, stage.kind)
+        best = _choose({name: result["score"] for name, result in results.items()}, label, margin)
+        incumbent = copy.deepcopy(entries[best][1])
         incumbent.models = list(PAPER_MODELS)
         trail.append((stage, best))
         lines += [f"## {stage.name} ({stage.kind})", "", stage.question, "",
                   "| candidate | overrides | EqPdeNet | FCNN | score | runs | folder |",
                   "|---|---|---:|---:|---:|---:|---|"]
-        for name in names:
-            score = results[name][1]
+        for name, (overrides, _, folder) in entries.items():
+            score = results[name]
             cells = [f"**{name}**" if name == best else name,
-                     "<br>".join(f"`{o}`" for o in stage.candidates[name]) or "(incumbent)",
+                     "(incumbent)" if overrides is None else "<br>".join(f"`{o}`" for o in overrides),
                      f"{score['per_model'].get('eqpdenet', float('nan')):.2f}",
                      f"{score['per_model'].get('fcnn', float('nan')):.2f}",
                      f"{score['score']:.2f}",
                      f"{score['runs']}" + (f" ({score['failed']} failed)" if score["failed"] else ""),
-                     f"`{folders[name].relative_to(out)}`"]
+                     f"`{folder.relative_to(out)}`"]
             lines.append("| " + " | ".join(cells) + " |")
         lines += ["", f"Chosen: **{best}**.", ""]
         atomic_write(out / "study.md", ("\n".join(lines) + "\n").encode())
