@@ -36,13 +36,14 @@ def symbolic_table(groups: Sequence[str] | None = None, channels: int = 1,
     or :data:`JOINT_DEGREES` (``channels > 1``: orders 1 and 2); by default, with one channel,
     the groups of :data:`FRAME_ORDERS` after them (``max degree`` reads ``frame``: the moving
     frame, no search); ``on_row(line)`` is called with each line as soon as it is computed (the
-    header first)."""
+    header first). A group named more than once is listed once, where first named."""
     results = []
     header = ("| group | order | generators | dim J | orbit dim | expected | found | max degree | "
               "invariants found | seconds |\n|---|---|---|---|---|---|---|---|---|---|")
     lines = [header]
     default = list(DEFAULT_DEGREES) + (list(FRAME_ORDERS) if channels == 1 else [])
-    groups = list(groups or default)
+    # A group named twice is listed once (`eqpdenet symbolic se2 se2` printed its rows twice).
+    groups = list(dict.fromkeys(groups or default))
     for name in groups:
         get_group(name)  # an unknown name before any computation
     if on_row:

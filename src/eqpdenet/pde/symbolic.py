@@ -37,20 +37,32 @@ group containing the translations ``d_x, d_y`` (every ready group) an invariant 
 a group without translations the search still returns only ``x, y``-free invariants, while
 ``expected_count`` counts all of them; the result then carries a note.
 
-The generators are split in two. A generator is *diagonal* if its prolongation acts on every
-jet coordinate by ``phi^J = c_J u_J`` with constants ``c_J`` (translations, with ``c_J = 0``;
-scalings ``x d_x + y d_y``, ``c_J = -|J|``; ``x d_x``; intensity scaling ``u d_u``). Every
-monomial of the jet is then a weight vector of the diagonal generators, of weight
-``sum_J e_J c_J``. For each weight ``w`` the polynomials of that weight (degree ``<=
-max_degree``) annihilated by the other generators (rotation, shears, ``d_u``, ...) are found by an
-exact nullspace over the rationals. They are *relative invariants*: ``pr zeta(P) = w(zeta) P``.
-Those of weight 0 are absolute (polynomial) invariants; for ``w != 0`` the ratios ``P / P_w``
-over the simplest relative invariant ``P_w`` of that weight are rational invariants (all ratios
-within a weight follow from these). Every candidate satisfies the criterion exactly; candidates
-are taken simplest first (degree, then number of terms) and kept if they raise the Jacobian rank,
-until the predicted count is reached. This is sound, and complete for the ready groups at the
-degrees used in :data:`DEFAULT_DEGREES`; where it finds fewer than predicted it says so
-(``found_count < expected_count``), never more.
+The search works on the Lie algebra, not on the generators as given: :attr:`LieGroupAction.basis`
+is a basis of the span of the generators and their brackets, and everything below is linear in
+the element ``zeta`` of the algebra, so any basis of the same algebra gives the same invariants.
+The prolongation of ``zeta``, restricted to the ``u``-jet coordinates ``z``, is split into its
+*diagonal part* ``Δ(zeta) = sum_z c_z z d_z`` (``c_z`` the constant coefficient of ``z`` in
+``phi^z``) and the rest ``O(zeta)``. Elements with ``O = 0`` are *diagonal*: translations
+(``c = 0``), ``x d_x + y d_y`` (``c_J = -|J|``), ``x d_x``, ``u d_u``; rotations, shears and
+``d_u`` have ``Δ = 0``. Every jet monomial is an eigenvector of every ``Δ(zeta)``; monomials are
+grouped by these weights (a partition that does not depend on the basis), and in each class the
+polynomials (degree ``<= max_degree``) annihilated by every ``O(zeta)``, identically in ``x, y``,
+are found by an exact nullspace over the rationals. They are *relative invariants*:
+``pr zeta(P) = w(zeta) P``, ``w`` the weight of the class. Those of weight 0 are absolute
+(polynomial) invariants; for ``w != 0`` the ratios ``P / P_w`` over the simplest relative
+invariant ``P_w`` of that weight are rational invariants (all ratios within a class follow from
+these). Two further families are searched where this one can miss invariants: relative
+invariants across those classes, of the weights of the diagonal elements and annihilated by
+the elements whose diagonal part is orthogonal to theirs (:meth:`_JetAction.complement`; only
+when :meth:`_JetAction.mixed_elements_split` does not show them to lie in the classes), and
+relative invariants with the polynomial cofactors of products of jet coordinates that every
+element maps to multiples of themselves (``u_x`` under ``u d_x``: ``pr(u d_x)(u_x) = -u_x u_x``).
+Every candidate satisfies the criterion exactly; candidates are taken simplest first (degree,
+then number of terms) and kept if they raise the Jacobian rank, until the predicted count is
+reached. This is sound, and complete for the ready groups at the degrees used in
+:data:`DEFAULT_DEGREES`; where it finds fewer than predicted it says so (``found_count <
+expected_count``), never more, and its note says whether a higher ``max_degree`` can find more
+(only where that is not ruled out: docs/symbolic.md, "Sound, not always complete").
 
 Groups acting on M2: the moving frame
 -------------------------------------
@@ -74,7 +86,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from fractions import Fraction
 
 try:
@@ -85,6 +97,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         "eqpdenet.symbolic needs SymPy, an optional dependency: pip install eqpdenet[symbolic]"
     ) from exc
 
+from ..checks import require_int, require_positive
 from ..errors import ConfigError
 from ..registry import Registry
 from .invariants import Invariant, InvariantSet, register_invariant_set, safe_ratio
@@ -213,7 +226,10 @@ class JetSpace:
 
     def total_derivative(self, expr: sp.Expr, axis: int) -> sp.Expr:
         """``D_i expr`` along the independent variable ``independent[axis]`` (``D_x`` for 0,
-        ``D_y`` for 1), explicit dependence on it included; ``expr`` of order < ``order``."""
+        ``D_y`` for 1), explicit dependence on it included; ``expr`` of order < ``order``.
+        Jet coordinates in ``expr`` are matched by name (a plain ``sp.Symbol("u_x")`` is
+        ``u_x``)."""
+        expr = _by_name(expr)
         variable = self.independent[axis]
         out = sp.diff(expr, variable)
         for (c, *index), symbol in self._by_index.items():
@@ -280,6 +296,8 @@ class VectorField:
 
         def parse(value, field):
             value = sp.sympify(value, locals=local)
+            # 0.5 is exactly 1/2: keep the exact arithmetic of the search and the closure.
+            value = value.xreplace({f: _exact_float(f) for f in value.atoms(sp.Float)})
             # Accept plain sp.Symbol("x") too: symbols are matched by name.
             value = value.xreplace({s: local[s.name] for s in value.free_symbols
                                     if s.name in local})
@@ -324,6 +342,19 @@ class VectorField:
                 text = unicode_formula(coefficient)
                 terms.append(f"({text}) {basis}" if coefficient.is_Add else f"{text} {basis}")
         return " + ".join(terms).replace("+ -", "- ") or "0"
+
+
+#: A float coefficient is read exactly when it is a fraction with at most this denominator.
+_FLOAT_DENOMINATOR = 1024
+
+
+def _exact_float(value: sp.Float) -> sp.Expr:
+    """``value`` as an exact rational where the float is one with a small denominator (0.5, 1.25),
+    else unchanged (0.1 is not 1/10 in binary; the exact tests then ask for ``sp.Rational``)."""
+    fraction = Fraction(float(value))
+    if fraction.denominator <= _FLOAT_DENOMINATOR:
+        return sp.Rational(fraction.numerator, fraction.denominator)
+    return value
 
 
 def _merge_variables(*groups: Sequence[sp.Symbol]) -> tuple[sp.Symbol, ...]:
@@ -395,8 +426,12 @@ def criterion(expr: sp.Expr, field: VectorField, order: int | None = None,
     (``u_θ``: ``θ``). Where ``expr`` has ``cos v``, ``sin v`` of a variable (``A1u = cos θ u_x +
     sin θ u_y`` on M2), the result is reduced modulo ``cos² v + sin² v - 1``
     (:func:`reduce_on_the_circle`), so that it is zero exactly when the criterion holds.
+    Jet coordinates and variables in ``expr`` are matched by name (a plain ``sp.Symbol("u_x")``
+    is ``u_x``); any other symbol is a constant.
     """
-    expr = sp.sympify(expr)
+    if not isinstance(field, VectorField):
+        raise ConfigError(f"criterion needs a VectorField, got {type(field).__name__} {field!r}")
+    expr = _by_name(expr)
     order = _expr_order(expr) if order is None else order
     channels = _expr_channels(expr) if channels is None else channels
     independent = _merge_variables(field.variables, _expr_variables(expr))
@@ -417,22 +452,32 @@ def reduce_on_the_circle(expr: sp.Expr) -> sp.Expr:
     replaced by its remainder of degree <= 1 in ``s`` after division by ``s² + c² - 1``: ``a +
     b s`` with ``a, b`` free of ``s``. That vanishes on the whole circle only if ``a = b = 0``
     (``s`` takes both signs for every ``|c| < 1``), so the result is 0 exactly when ``expr``
-    is 0 for every value of ``v``. (``cos 2v`` and the like are first expanded by
-    ``expand_trig``.) Returned with ``cos v, sin v`` back in place.
+    is 0 for every value of ``v``. Rational multiples of ``v`` are written through ``w = v / L``
+    (``L`` their common denominator: ``cos(θ/2)``, ``cos 2θ`` become polynomials in ``cos w,
+    sin w``, ``w = θ / 2``), and other arguments (``cos(x + θ)``) are first expanded by
+    ``expand_trig``. Returned with ``cos, sin`` of ``v / L`` back in place.
     """
-    expr = sp.sympify(expr)
-    trig = expr.atoms(sp.cos, sp.sin)
-    if any(not f.args[0].is_Symbol for f in trig):
+    expr = _by_name(expr)
+    trig = _trig_atoms([expr])
+    if any(_angle_of(f) is None for f in trig):
         expr = sp.expand_trig(expr)
-        trig = expr.atoms(sp.cos, sp.sin)
-    angles = sorted({f.args[0] for f in trig if f.args[0].is_Symbol}, key=str)
-    if not angles:
+        trig = _trig_atoms([expr])
+    multiples: dict[sp.Symbol, list[tuple[sp.Expr, sp.Rational]]] = {}
+    for f in trig:
+        angle = _angle_of(f)
+        if angle is not None:
+            multiples.setdefault(angle[1], []).append((f, angle[0]))
+    if not multiples:
         return expr
     forward, back, circles = {}, {}, []
-    for angle in angles:
+    for angle in sorted(multiples, key=str):
+        common = math.lcm(*(int(m.q) for _, m in multiples[angle]))
+        w = sp.Dummy("w")
         c, s = sp.Dummy(f"cos_{angle.name}"), sp.Dummy(f"sin_{angle.name}")
-        forward.update({sp.cos(angle): c, sp.sin(angle): s})
-        back.update({c: sp.cos(angle), s: sp.sin(angle)})
+        for f, m in multiples[angle]:
+            value = sp.expand_trig(f.func(int(m * common) * w))
+            forward[f] = value.xreplace({sp.cos(w): c, sp.sin(w): s})
+        back.update({c: sp.cos(angle / common), s: sp.sin(angle / common)})
         circles.append((c, s))
     numerator, denominator = sp.fraction(sp.together(expr.xreplace(forward)))
     numerator = sp.expand(numerator)
@@ -446,13 +491,14 @@ def reduce_on_the_circle(expr: sp.Expr) -> sp.Expr:
 def is_invariant(expr: sp.Expr, group: LieGroupAction | str) -> bool:
     """True if ``pr zeta_i (expr) = 0`` identically for every generator of the group.
 
-    A rational ``expr = a / b`` (symbols other than jet coordinates are constants) is tested as
-    the polynomial identity ``b pr zeta(a) - a pr zeta(b) = 0`` (the quotient rule), exactly and
-    much faster than simplifying ``pr zeta(a / b)``; anything else (e.g. with ``cos θ``)
-    through :func:`criterion`.
+    A rational ``expr = a / b`` is tested as the polynomial identity ``b pr zeta(a) - a pr
+    zeta(b) = 0`` (the quotient rule), exactly and much faster than simplifying ``pr zeta(a /
+    b)``; anything else (e.g. with ``cos θ``) through :func:`criterion`. Jet coordinates and
+    variables are matched by name (a plain ``sp.Symbol("u_x")`` is ``u_x``); any other symbol is
+    a constant.
     """
     group = get_group(group)
-    expr = sp.sympify(expr)
+    expr = _by_name(expr)
     order, channels = _expr_order(expr), _expr_channels(expr)
     independent = _merge_variables(group.variables, _expr_variables(expr))
     space = JetSpace(order, channels, independent)
@@ -463,7 +509,7 @@ def is_invariant(expr: sp.Expr, group: LieGroupAction | str) -> bool:
         fields = [{symbol: sp.Poly(coefficient, *gens) for symbol, coefficient
                    in prolong(field, order, channels, independent).items() if coefficient != 0}
                   for field in group.fields]
-    except sp.PolynomialError:
+    except sp.polys.polyerrors.BasePolynomialError:
         return all(_apply_prolonged(expr, prolonged) == 0
                    for prolonged in group.prolonged(order, channels, independent))
 
@@ -475,6 +521,30 @@ def is_invariant(expr: sp.Expr, group: LieGroupAction | str) -> bool:
 
 #: A jet coordinate's name: ``u`` or ``u<channel>``, then ``_`` and one letter per derivative.
 _JET_NAME = re.compile(r"^u(\d*)(?:_([^\W\d_]+))?$")
+
+
+def _by_name(expr) -> sp.Expr:
+    """``expr`` (sympified) with every symbol named like a jet coordinate (``u``, ``u_x``,
+    ``u2_xθ``) or like ``x``, ``y``, ``θ`` replaced by this module's symbol of that name.
+
+    A jet coordinate is matched by its name, as :class:`VectorField` matches ``x, y, u``: a plain
+    ``sp.Symbol("u_x")`` (no ``real=True``) is ``u_x``, not a constant that every prolonged
+    field leaves alone."""
+    expr = sp.sympify(expr, locals={"u": u, **_KNOWN_VARIABLES})
+    replace = {}
+    for symbol in expr.free_symbols:
+        name = symbol.name
+        if isinstance(symbol, sp.Dummy):
+            continue  # this module's own placeholders (cos θ -> c), whatever their names
+        if name in _KNOWN_VARIABLES:
+            target = _KNOWN_VARIABLES[name]
+        elif _JET_NAME.match(name):
+            target = u if name == "u" else sp.Symbol(name, real=True)
+        else:
+            continue
+        if target is not symbol:
+            replace[symbol] = target
+    return expr.xreplace(replace) if replace else expr
 
 
 def _expr_order(expr: sp.Expr) -> int:
@@ -504,19 +574,36 @@ def _expr_variables(expr: sp.Expr) -> tuple[sp.Symbol, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class LieGroupAction:
-    """A Lie group acting on ``X x U``, given by the vector fields spanning its Lie algebra."""
+    """A Lie group acting on ``X x U``, given by the vector fields spanning its Lie algebra.
+
+    ``fields`` is a sequence of :class:`VectorField` (anything else is refused with a
+    ``ConfigError``); it may hold linearly dependent fields and need not be closed under the
+    bracket: :attr:`basis` is a basis of the Lie algebra the fields generate, which every count
+    and search uses, so any spanning set of the same algebra gives the same results.
+    """
 
     name: str
     fields: tuple[VectorField, ...]
     description: str = ""
 
     def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"a group's name must be a non-empty string, got {self.name!r}")
+        if isinstance(self.fields, (VectorField, str)) or not isinstance(self.fields, Iterable):
+            raise ConfigError(f"group {self.name!r}: fields must be a list of VectorField, got "
+                              f"{type(self.fields).__name__} {self.fields!r}")
         object.__setattr__(self, "fields", tuple(self.fields))
         if not self.fields:
             raise ConfigError(f"group {self.name!r} needs at least one generator")
+        for index, field in enumerate(self.fields):
+            if not isinstance(field, VectorField):
+                raise ConfigError(
+                    f"group {self.name!r}: generator {index} is a {type(field).__name__} "
+                    f"({field!r}), not a VectorField; write VectorField(xi_x, xi_y, phi_u)")
 
     @property
     def dimension(self) -> int:
+        """The number of generators given (:attr:`basis` has the algebra's dimension)."""
         return len(self.fields)
 
     @property
@@ -531,24 +618,41 @@ class LieGroupAction:
         return [prolong(field, order, channels, independent) for field in self.fields]
 
     @functools.cached_property
+    def _algebra(self) -> _Algebra:
+        return _Algebra(self.fields, self.name)
+
+    @property
     def brackets(self) -> tuple[VectorField, ...]:
         """Iterated Lie brackets of the generators that are not linear combinations (constant
         coefficients) of the generators and the brackets before them: empty when the fields
         span a Lie algebra. The generators, followed by these, span the Lie algebra of the group
         they generate (:func:`lie_algebra_closure`)."""
-        return lie_algebra_closure(self.fields, self.name)[len(self.fields):]
+        return self._algebra.closure[len(self.fields):]
+
+    @property
+    def basis(self) -> tuple[VectorField, ...]:
+        """A basis of the Lie algebra the generators generate: the generators and
+        :attr:`brackets` less those that are constant-coefficient combinations of the ones
+        before them; a generator whose coefficients share an irrational constant factor
+        (``√2 (-y ∂x + x ∂y)``) is divided by it (same span)."""
+        return self._algebra.basis
+
+    def contains(self, field: VectorField) -> bool:
+        """Whether ``field`` lies in the Lie algebra (the span of :attr:`basis`), tested exactly
+        at random rational points like the closure."""
+        return self._algebra.contains(field)
 
     def orbit_dimension(self, order: int, seed: int = 0, channels: int = 1) -> int:
         """Generic orbit dimension ``s`` on ``J^(n)`` (of ``channels`` channels): rank of the
         prolonged coefficients at a random rational point. The prolonged fields are those of the
-        whole Lie algebra the generators span, their brackets included (:attr:`brackets`): a
+        whole Lie algebra the generators span, their brackets included (:attr:`basis`): a
         function annihilated by the generators is annihilated by their brackets too, so these
         are the orbits of the group the generators generate."""
         jet = JetSpace(order, channels, self.variables)
-        prolonged = [prolong(field, order, channels, self.variables)
-                     for field in (*self.fields, *self.brackets)]
-        angles = _angles(value for p in prolonged for value in p.values())
-        point = _random_point(jet.coordinates, random.Random(seed), angles)
+        prolonged = [prolong(field, order, channels, self.variables) for field in self.basis]
+        values = [value for p in prolonged for value in p.values()]
+        point = _random_point(jet.coordinates, random.Random(seed), _angles(values),
+                              _trig_atoms(values))
         rows = [[_exact(p[c], point) for c in jet.coordinates] for p in prolonged]
         return _rank(rows)
 
@@ -584,6 +688,102 @@ def lie_bracket(a: VectorField, b: VectorField) -> VectorField:
 MAX_ALGEBRA_DIMENSION = 24
 
 
+def _field_components(field: VectorField, coordinates: Sequence[sp.Symbol]) -> list[sp.Expr]:
+    return [field.phi_u if v == u else field.xi(v) for v in coordinates]
+
+
+def _without_constant_factor(field: VectorField) -> VectorField:
+    """``field`` divided by an irrational constant common to all its coefficients
+    (``√2 (-y ∂x + x ∂y)`` -> ``-y ∂x + x ∂y``), which spans the same line; else ``field``."""
+    components = [field.xi_x, field.xi_y, field.phi_u, *(value for _, value in field.xi_other)]
+
+    def coefficients(expr):
+        expr = sp.expand(expr)
+        return [] if expr == 0 else list(sp.Poly(expr, *sorted(expr.free_symbols, key=str)
+                                                 or [u]).coeffs())
+
+    try:
+        numbers = [c for expr in components for c in coefficients(expr)]
+    except sp.polys.polyerrors.BasePolynomialError:
+        return field
+    if all(c.is_Rational for c in numbers) or not numbers or not numbers[0].is_number:
+        return field
+    factor = numbers[0].as_coeff_Mul()[1]  # its irrational part: -√2 -> √2
+    if not all((c / factor).is_Rational for c in numbers):
+        return field
+    scaled = [sp.expand(c / factor) for c in components]
+    return VectorField(scaled[0], scaled[1], scaled[2], field.name,
+                       tuple(zip((v for v, _ in field.xi_other), scaled[3:], strict=True)))
+
+
+class _Algebra:
+    """The Lie algebra that ``fields`` generate: ``closure`` (the fields, then the brackets that
+    are not constant-coefficient combinations of the fields before them), ``basis`` (the
+    linearly independent ones among them), and span membership (:meth:`contains`).
+
+    Linear dependence over the constants is tested exactly: every field's components at
+    ``MAX_ALGEBRA_DIMENSION + 1`` random rational points (random rational ``cos v, sin v`` for an
+    angle) form one row, and a field counts as independent when it raises the rank of these rows
+    (with probability ~1 exactly when it is independent)."""
+
+    def __init__(self, fields: Sequence[VectorField], name: str = "group", seed: int = 0):
+        fields = [_without_constant_factor(field) for field in fields]
+        self.name = name
+        self.variables = _merge_variables(*(field.variables for field in fields))
+        self.coordinates = (*self.variables, u)
+        values = [c for field in fields for c in _field_components(field, self.coordinates)]
+        rng = random.Random(seed)
+        angles, atoms = _angles(values), _trig_atoms(values)
+        self.points = [_random_point(self.coordinates, rng, angles, atoms)
+                       for _ in range(MAX_ALGEBRA_DIMENSION + 1)]
+        self.echelon = _Echelon()
+        independent = [self.echelon.add(self._row(field)) for field in fields]
+        pairs = [(i, j) for j in range(len(fields)) for i in range(j)]
+        while pairs:
+            i, j = pairs.pop(0)
+            bracket = lie_bracket(fields[i], fields[j])
+            if not self.echelon.add(self._row(bracket)):
+                continue
+            if len(self.echelon.rows) > MAX_ALGEBRA_DIMENSION:
+                raise ConfigError(
+                    f"{name}: the Lie brackets of the generators span more than "
+                    f"{MAX_ALGEBRA_DIMENSION} dimensions (the last one added: {bracket}); they "
+                    f"generate no finite-dimensional group this module handles")
+            pairs += [(k, len(fields)) for k in range(len(fields))]
+            fields.append(bracket)
+            independent.append(True)
+        self.closure = tuple(fields)
+        self.basis = tuple(f for f, keep in zip(fields, independent, strict=True) if keep)
+
+    def _row(self, field: VectorField) -> list[Fraction]:
+        components = _field_components(field, self.coordinates)
+        try:
+            return [_exact(c, point) for point in self.points for c in components]
+        except ZeroDivisionError:
+            atoms = set().union(*(sp.sympify(c).atoms(sp.Number, sp.NumberSymbol, sp.Pow)
+                                  for c in components))
+            if any(isinstance(a, sp.Float) for a in atoms):
+                hint = (f"write a float such as 0.1 as sp.Rational(1, 10) or sp.nsimplify(0.1) "
+                        f"(a float is read exactly only when it is a fraction with denominator "
+                        f"<= {_FLOAT_DENOMINATOR}, such as 0.5)")
+            elif any(a.is_number and not a.is_Rational for a in atoms):
+                hint = ("an irrational constant (√2, π) is accepted only as a factor common to "
+                        "all of a generator's coefficients, √2 (-y ∂x + x ∂y), which is divided "
+                        "out")
+            else:
+                hint = ("coefficients must be rational functions of the variables (and of cos, "
+                        "sin of an angle)")
+            raise ConfigError(
+                f"{self.name}: cannot test the brackets of the generators exactly: {field} is "
+                f"not rational at rational points; the exact tests need rational coefficients: "
+                f"{hint}") from None
+
+    def contains(self, field: VectorField) -> bool:
+        if set(field.variables) - set(self.variables):
+            return False
+        return not any(self.echelon.reduce(self._row(field)))
+
+
 def lie_algebra_closure(fields: Sequence[VectorField], name: str = "group",
                         seed: int = 0) -> tuple[VectorField, ...]:
     """``fields`` followed by the iterated Lie brackets that are not linear combinations (with
@@ -595,43 +795,10 @@ def lie_algebra_closure(fields: Sequence[VectorField], name: str = "group",
     angle) form one row, and a bracket is kept when it raises the rank of these rows (with
     probability ~1 exactly when it is independent). Raises ``ConfigError`` when the brackets span
     more than ``MAX_ALGEBRA_DIMENSION`` dimensions (e.g. ``d_x, x³ d_x`` generate all ``x^k d_x``:
-    no finite-dimensional group) or a component is not rational at rational points.
+    no finite-dimensional group) or a component is not rational at rational points. A field
+    whose coefficients share an irrational constant factor (``√2``) is returned divided by it.
     """
-    fields = list(fields)
-    variables = _merge_variables(*(field.variables for field in fields))
-    coordinates = (*variables, u)
-
-    def components(field):
-        return [field.phi_u if v == u else field.xi(v) for v in coordinates]
-
-    angles = _angles(c for field in fields for c in components(field))
-    rng = random.Random(seed)
-    points = [_random_point(coordinates, rng, angles) for _ in range(MAX_ALGEBRA_DIMENSION + 1)]
-
-    def row(field):
-        try:
-            return [_exact(c, point) for point in points for c in components(field)]
-        except ZeroDivisionError as exc:
-            raise ConfigError(f"{name}: cannot test the brackets of the generators exactly: "
-                              f"{field} is not rational at rational points ({exc})") from None
-
-    echelon = _Echelon()
-    for field in fields:
-        echelon.add(row(field))
-    pairs = [(i, j) for j in range(len(fields)) for i in range(j)]
-    while pairs:
-        i, j = pairs.pop(0)
-        bracket = lie_bracket(fields[i], fields[j])
-        if not echelon.add(row(bracket)):
-            continue
-        if len(echelon.rows) > MAX_ALGEBRA_DIMENSION:
-            raise ConfigError(
-                f"{name}: the Lie brackets of the generators span more than "
-                f"{MAX_ALGEBRA_DIMENSION} dimensions (the last one added: {bracket}); they "
-                f"generate no finite-dimensional group this module handles")
-        pairs += [(k, len(fields)) for k in range(len(fields))]
-        fields.append(bracket)
-    return tuple(fields)
+    return _Algebra(fields, name, seed).closure
 
 
 def _bracket_note(group: LieGroupAction) -> list[str]:
@@ -720,27 +887,65 @@ _KNOWN_NAMES = {
 # ----------------------------------------------------------------------------- exact linear algebra
 
 
-def _random_point(symbols, rng: random.Random, angles=()) -> dict[sp.Expr, Fraction]:
+def _random_point(symbols, rng: random.Random, angles=(), atoms=()) -> dict[sp.Expr, Fraction]:
     """A random rational point; nonzero, large spread, so that it is generic in practice.
 
     An angle ``v`` of ``angles`` gets no value itself but a random rational point of the circle,
-    ``cos v = (1 - t²) / (1 + t²)``, ``sin v = 2 t / (1 + t²)`` (keys ``cos(v)``, ``sin(v)``), so
-    that expressions in ``cos v, sin v`` stay exact.
+    ``cos w = (1 - t²) / (1 + t²)``, ``sin w = 2 t / (1 + t²)``, for ``v = L w``: ``L`` is the
+    least common denominator of the rational multiples ``m`` of ``v`` in the trigonometric
+    ``atoms`` (``cos(θ/2)``: ``L = 2``), and every ``cos(m v)``, ``sin(m v)`` of ``atoms`` (and
+    ``cos v``, ``sin v``) gets the exact value of ``(cos w + i sin w)^(m L)``, so that
+    expressions in them stay exact.
     """
+    multiples: dict[sp.Symbol, set] = {}
+    for atom in atoms:
+        angle = _angle_of(atom)
+        if angle is not None:
+            multiples.setdefault(angle[1], set()).add(angle[0])
     point: dict[sp.Expr, Fraction] = {}
     for s in symbols:
         if s in angles:
             t = Fraction(rng.choice((-1, 1)) * rng.randint(1, 97), rng.randint(1, 97))
-            point[sp.cos(s)], point[sp.sin(s)] = (1 - t * t) / (1 + t * t), 2 * t / (1 + t * t)
+            circle = ((1 - t * t) / (1 + t * t), 2 * t / (1 + t * t))
+            found = multiples.get(s, set()) | {sp.S.One}
+            denominator = math.lcm(*(int(m.q) for m in found))
+            for m in found:
+                c, si = _power_on_circle(circle, int(m * denominator))
+                point[sp.cos(m * s)], point[sp.sin(m * s)] = c, si
         else:
             point[s] = Fraction(rng.choice((-1, 1)) * rng.randint(1, 10**4), rng.randint(1, 97))
     return point
 
 
+def _power_on_circle(circle: tuple[Fraction, Fraction], k: int) -> tuple[Fraction, Fraction]:
+    """``(cos k w, sin k w)`` from ``(cos w, sin w)``, exactly (``(cos w + i sin w)^k``)."""
+    c, s = circle
+    if k < 0:
+        c, s, k = c, -s, -k
+    re, im = Fraction(1), Fraction(0)
+    for _ in range(k):
+        re, im = re * c - im * s, re * s + im * c
+    return re, im
+
+
+def _angle_of(atom: sp.Expr) -> tuple[sp.Rational, sp.Symbol] | None:
+    """``(m, v)`` for ``cos(m v)`` or ``sin(m v)``, ``m`` a nonzero rational and ``v`` a symbol;
+    None for any other argument."""
+    coefficient, rest = atom.args[0].as_coeff_Mul()
+    if rest.is_Symbol and coefficient.is_Rational and coefficient != 0:
+        return coefficient, rest
+    return None
+
+
+def _trig_atoms(exprs) -> set[sp.Expr]:
+    """The ``cos``, ``sin`` atoms of ``exprs``."""
+    return {f for e in exprs for f in sp.sympify(e).atoms(sp.cos, sp.sin)}
+
+
 def _angles(exprs) -> set[sp.Symbol]:
-    """The symbols ``v`` of which ``cos v`` or ``sin v`` occurs in ``exprs``."""
-    return {f.args[0] for e in exprs for f in sp.sympify(e).atoms(sp.cos, sp.sin)
-            if f.args[0].is_Symbol}
+    """The symbols ``v`` of which ``cos(m v)`` or ``sin(m v)`` (``m`` rational) occurs in
+    ``exprs``."""
+    return {angle[1] for f in _trig_atoms(exprs) if (angle := _angle_of(f)) is not None}
 
 
 def _exact(expr: sp.Expr, point: dict) -> Fraction:
@@ -841,29 +1046,33 @@ def jacobian_rank(exprs: Sequence[sp.Expr], variables: Sequence[sp.Symbol] | Non
     occurs as ``cos v, sin v`` is evaluated at a random rational point of the circle (see
     :func:`_random_point`); it may not occur otherwise.
     """
-    exprs = [sp.sympify(e) for e in exprs]
-    angles = _angles(exprs)
+    exprs = [_by_name(e) for e in exprs]
+    angles, atoms = _angles(exprs), _trig_atoms(exprs)
     if variables is None:
         independent = _merge_variables(*(_expr_variables(e) for e in exprs),
                                        sorted(angles - {x, y}, key=str))
         variables = JetSpace(max((_expr_order(e) for e in exprs), default=0),
                              max((_expr_channels(e) for e in exprs), default=1),
                              independent).coordinates
+    else:
+        variables = [_by_name(v) for v in variables]
     for angle in angles:
-        hidden = {f: sp.Dummy() for e in exprs for f in e.atoms(sp.cos, sp.sin)
-                  if f.args[0] == angle}
+        hidden = {f: sp.Dummy() for f in atoms if (a := _angle_of(f)) and a[1] == angle}
         if any(e.xreplace(hidden).has(angle) for e in exprs):
-            raise ConfigError(f"{angle} occurs outside cos({angle}), sin({angle}): the exact "
-                              f"rank test needs rational values of every term")
+            raise ConfigError(f"{angle} occurs outside cos, sin of rational multiples of it: "
+                              f"the exact rank test needs rational values of every term")
     rng = random.Random(seed)
     for _ in range(10):
-        point = _random_point(variables, rng, angles)
+        point = _random_point(variables, rng, angles, atoms)
         try:
             rows = [[_exact(sp.diff(e, v), point) for v in variables] for e in exprs]
         except ZeroDivisionError:
             continue  # hit a pole: draw another point
         return _rank(rows)
-    raise ConfigError("could not find a regular point for the Jacobian of the expressions")
+    raise ConfigError(
+        "could not evaluate the Jacobian of the expressions exactly at 10 random rational points: "
+        "a term is not rational there (an irrational constant such as √2 or π, or a function "
+        "other than cos, sin of a rational multiple of a variable)")
 
 
 def functionally_independent(exprs: Sequence[sp.Expr],
@@ -936,57 +1145,331 @@ class SymbolicInvariants:
         return "\n".join(lines)
 
 
-def _diagonal_weights(prolonged: dict, jet: JetSpace) -> list[Fraction] | None:
-    """``c_J`` if the prolonged field acts by ``phi^J = c_J u_J`` on every ``u_J``, else None."""
-    weights = []
-    for symbol in jet.derivatives:
-        coefficient = prolonged[symbol]
-        c = sp.cancel(coefficient / symbol) if coefficient != 0 else sp.S.Zero
-        if not c.is_Rational:
-            return None
-        weights.append(Fraction(int(c.p), int(c.q)))
-    return weights
+# Polynomials of the search are dicts {exponents: coefficient in QQ}; the exponents run over the
+# independent variables and then the u-jet coordinates (``_JetAction.gens``), or over the u-jet
+# coordinates only (a "jet polynomial": x, y-free).
 
 
-def _annihilated(basis: list[tuple[int, ...]], fields: list[dict], jet: JetSpace,
-                 gens: tuple) -> list[sp.Poly]:
-    """Polynomials in ``span(monomials basis)`` killed by every prolonged field (exact nullspace)."""
-    if not fields:
-        return [sp.Poly.from_dict({m: 1}, *gens, domain=sp.QQ) for m in basis]
-    all_gens = (*jet.independent, *gens)
-    base = (0,) * len(jet.independent)
-    rows: dict[tuple, dict[int, sp.Rational]] = {}
-    for f_index, prolonged in enumerate(fields):
-        for k, symbol in enumerate(gens):
-            try:
-                coefficient = sp.Poly(prolonged[symbol], *all_gens, domain=sp.QQ)
-            except sp.PolynomialError as exc:
-                raise ConfigError(f"the prolonged generator has a non-polynomial coefficient "
-                                 f"{prolonged[symbol]}; the polynomial search needs polynomial "
-                                 f"vector fields") from exc
-            coefficient_terms = coefficient.terms()
-            for column, monomial in enumerate(basis):
-                e = monomial[k]
-                if not e:
-                    continue
-                lowered = monomial[:k] + (e - 1,) + monomial[k + 1:]
-                for exponents, value in coefficient_terms:
-                    key = (f_index, tuple(a + b for a, b in zip(exponents, (*base, *lowered),
-                                                                strict=True)))
-                    row = rows.setdefault(key, {})
-                    row[column] = row.get(column, sp.QQ.zero) + sp.QQ(e) * value
-    matrix = {i: {j: v for j, v in row.items() if v}
-              for i, row in enumerate(rows.values())}
-    matrix = {i: row for i, row in matrix.items() if row}
-    if not matrix:
-        return [sp.Poly.from_dict({m: 1}, *gens, domain=sp.QQ) for m in basis]
-    matrix = {i: row for i, row in enumerate(matrix.values())}
-    kernel = DomainMatrix(matrix, (len(matrix), len(basis)), sp.QQ).nullspace().to_Matrix()
-    out = []
-    for r in range(kernel.rows):
-        coefficients = {basis[j]: kernel[r, j] for j in range(len(basis)) if kernel[r, j] != 0}
-        out.append(sp.Poly.from_dict(coefficients, *gens, domain=sp.QQ))
+def _padd(a: dict, b: dict, factor=1) -> dict:
+    out = dict(a)
+    for key, value in b.items():
+        total = out.get(key, sp.QQ.zero) + factor * value
+        if total:
+            out[key] = total
+        else:
+            out.pop(key, None)
     return out
+
+
+def _pmul(a: dict, b: dict) -> dict:
+    out: dict = {}
+    for ka, va in a.items():
+        for kb, vb in b.items():
+            key = tuple(i + j for i, j in zip(ka, kb, strict=True))
+            out[key] = out.get(key, sp.QQ.zero) + va * vb
+    return {k: v for k, v in out.items() if v}
+
+
+def _pdiff(a: dict, index: int) -> dict:
+    out = {}
+    for key, value in a.items():
+        if key[index]:
+            lowered = key[:index] + (key[index] - 1,) + key[index + 1:]
+            out[lowered] = value * key[index]
+    return out
+
+
+def _fraction(value) -> Fraction:
+    """A SymPy ``Rational`` or an element of ``QQ`` as a ``Fraction``."""
+    if isinstance(value, sp.Rational):
+        return Fraction(int(value.p), int(value.q))
+    return Fraction(int(value.numerator), int(value.denominator))
+
+
+def _pvalue(a: dict, point: Sequence[Fraction]) -> Fraction:
+    total = Fraction(0)
+    for key, value in a.items():
+        term = _fraction(value)
+        for v, e in zip(point, key, strict=True):
+            if e:
+                term *= v**e
+        total += term
+    return total
+
+
+def _key(poly: dict) -> tuple:
+    return tuple(sorted(poly.items()))
+
+
+class _JetAction:
+    """The prolonged Lie algebra acting on the u-jet, as exact polynomials.
+
+    ``fields[i][k]`` is the coefficient of ``d / d z_k`` (``z_k = gens[p + k]``, a u-jet
+    coordinate) in the prolongation of ``basis[i]``, a polynomial in ``x, y`` and the jet.
+    ``diagonal[i][k]`` is the constant coefficient of ``z_k`` itself there, so that ``Δ(ζ) =
+    Σ_k diagonal_k z_k d/dz_k`` is the *diagonal part* of the prolonged ``ζ`` and ``O(ζ)``, the
+    rest, its *off-diagonal part*; both are linear in ``ζ``, so every statement about them for
+    the basis holds for the whole algebra, whatever basis the generators gave.
+    ``scalings`` is a basis of the elements whose prolongation is diagonal (``O(ζ) = 0``: every
+    ``d / d z`` coefficient a constant times ``z``), with their weights ``λ_k``."""
+
+    def __init__(self, group: LieGroupAction, jet: JetSpace):
+        self.group, self.jet = group, jet
+        self.p, self.n = len(jet.independent), len(jet.derivatives)
+        self.gens = (*jet.independent, *jet.derivatives)
+        self.basis = group.basis
+        self.fields: list[dict[int, dict]] = []
+        for field in self.basis:
+            prolonged = prolong(field, jet.order, jet.channels, jet.independent)
+            polys = {}
+            for k, symbol in enumerate(jet.derivatives):
+                coefficient = prolonged[symbol]
+                if coefficient == 0:
+                    continue
+                try:
+                    poly = sp.Poly(coefficient, *self.gens, domain=sp.QQ)
+                except sp.polys.polyerrors.BasePolynomialError:
+                    raise ConfigError(
+                        f"{group.name}: the prolonged generator {field} has the coefficient "
+                        f"{coefficient}, which is not a polynomial in {', '.join(map(str, self.gens))} "
+                        f"with rational coefficients; the invariant search needs polynomial "
+                        f"vector fields with rational coefficients") from None
+                polys[k] = dict(poly.terms())
+            self.fields.append(polys)
+        self.diagonal = [[polys.get(k, {}).get(self._unit(k), sp.QQ.zero) for k in range(self.n)]
+                         for polys in self.fields]
+        self.off_diagonal = [
+            {k: rest for k, poly in polys.items()
+             if (rest := _padd(poly, {self._unit(k): self.diagonal[i][k]}, -1))}
+            for i, polys in enumerate(self.fields)]
+        self.scalings = self._diagonal_subalgebra()
+
+    def _unit(self, k: int, length: int | None = None) -> tuple[int, ...]:
+        """The exponents of the monomial ``z_k`` (over all gens, or the jet's with ``length``)."""
+        offset = self.p if length is None else 0
+        size = self.p + self.n if length is None else length
+        return tuple(int(i == offset + k) for i in range(size))
+
+    def _diagonal_subalgebra(self) -> list[tuple[list, list]]:
+        """``[(c, λ)]``: a basis ``Σ_i c_i basis_i`` of the elements acting diagonally, with
+        the weights ``λ_k`` of ``z_k`` (exact nullspace of ``Σ_i c_i φ_i^k - λ_k z_k = 0``)."""
+        k_fields = len(self.fields)
+        rows: dict[tuple, dict[int, object]] = {}
+        for i, polys in enumerate(self.fields):
+            for k, poly in polys.items():
+                for monomial, value in poly.items():
+                    rows.setdefault((k, monomial), {})[i] = value
+        for k in range(self.n):
+            rows.setdefault((k, self._unit(k)), {})[k_fields + k] = -sp.QQ.one
+        matrix = {r: row for r, row in enumerate(rows.values())}
+        columns = k_fields + self.n
+        kernel = DomainMatrix(matrix, (len(matrix), columns), sp.QQ).nullspace().to_Matrix()
+        return [([kernel[r, i] for i in range(k_fields)],
+                 [kernel[r, k_fields + k] for k in range(self.n)]) for r in range(kernel.rows)]
+
+    def weight(self, monomial: tuple[int, ...]) -> tuple:
+        """The weights of a jet monomial under the diagonal elements (:attr:`scalings`)."""
+        return tuple(sum((e * lam[k] for k, e in enumerate(monomial) if e), sp.S.Zero)
+                     for _, lam in self.scalings)
+
+    def diagonal_weight(self, monomial: tuple[int, ...]) -> tuple:
+        """The eigenvalues of a jet monomial under the diagonal parts ``Δ(basis_i)``."""
+        return tuple(sum((e * d[k] for k, e in enumerate(monomial) if e), sp.QQ.zero)
+                     for d in self.diagonal)
+
+    def kernel(self, columns: list[tuple[int, ...]], operators: list[tuple[dict, dict]]
+               ) -> list[dict]:
+        """The polynomials ``P`` in the span of the jet monomials ``columns`` with ``V(P) = q P``
+        for every operator ``(V, q)`` (``V`` a field ``{k: polynomial}``, ``q`` a polynomial
+        cofactor, ``{}`` for 0), identically in ``x, y`` and the jet (exact nullspace)."""
+        base = (0,) * self.p
+        rows: dict[tuple, dict[int, object]] = {}
+        for index, (field, cofactor) in enumerate(operators):
+            for column, monomial in enumerate(columns):
+                full = (*base, *monomial)
+                for k, e in enumerate(monomial):
+                    if not e or k not in field:
+                        continue
+                    lowered = full[:self.p + k] + (e - 1,) + full[self.p + k + 1:]
+                    for exponents, value in field[k].items():
+                        key = (index, tuple(a + b for a, b in zip(exponents, lowered, strict=True)))
+                        row = rows.setdefault(key, {})
+                        row[column] = row.get(column, sp.QQ.zero) + sp.QQ(e) * value
+                for exponents, value in cofactor.items():
+                    key = (index, tuple(a + b for a, b in zip(exponents, full, strict=True)))
+                    row = rows.setdefault(key, {})
+                    row[column] = row.get(column, sp.QQ.zero) - value
+        matrix = [{j: v for j, v in row.items() if v} for row in rows.values()]
+        matrix = {i: row for i, row in enumerate(r for r in matrix if r)}
+        if not matrix:
+            return [{m: sp.QQ.one} for m in columns]
+        kernel = DomainMatrix(matrix, (len(matrix), len(columns)), sp.QQ).nullspace().to_Matrix()
+        return [{columns[j]: kernel[r, j] for j in range(len(columns)) if kernel[r, j] != 0}
+                for r in range(kernel.rows)]
+
+    # ------------------------------------------------------------------ what the search covers
+
+    def coordinate_cofactors(self) -> dict[int, list[dict]]:
+        """``{k: [q_i]}`` for the jet coordinates ``z_k`` that every prolonged basis field maps
+        to a multiple ``q_i z_k`` (``z_k`` divides ``φ_i^k``), when some ``q_i`` is not constant
+        (``u`` under ``u² ∂u``: ``2u``; ``u_x`` under ``u ∂x``: ``-u_x``); empty otherwise."""
+        out, non_constant = {}, False
+        for k in range(self.n):
+            cofactors = []
+            for polys in self.fields:
+                poly = polys.get(k, {})
+                if any(not exponents[self.p + k] for exponents in poly):
+                    break
+                cofactors.append({exponents[:self.p + k] + (exponents[self.p + k] - 1,)
+                                  + exponents[self.p + k + 1:]: value
+                                  for exponents, value in poly.items()})
+            else:
+                out[k] = cofactors
+                non_constant |= any(any(exponents) for q in cofactors for exponents in q)
+        return out if non_constant else {}
+
+    def mixed_elements_split(self) -> bool:
+        """Whether the classes of the diagonal parts (family 1 of :func:`find_invariants`) hold
+        every relative invariant of family 2 (weights of the diagonal elements, annihilated by
+        :meth:`complement`), so that family 2 need not be searched.
+
+        True when the diagonal parts of the algebra are those of its diagonal elements and of
+        elements with zero diagonal part (``Δ(g) = Δ(scalings)``: every ready group; then the
+        complement is those elements), and also when each remaining element ``f`` (the spiral
+        ``(x/2 - y) ∂x + (x + y/2) ∂y``) has an off-diagonal part that is linear, commutes with
+        the diagonal parts of the others, and has purely imaginary eigenvalues (a rotation): then
+        ``(Δ(f) + O(f)) P = c P`` splits into ``(w(f) - c + O(f)) P_w = 0`` on each class ``w``,
+        and ``O(f)`` has no real nonzero eigenvalue on polynomials (its eigenvalues there are sums
+        of its own), so ``P`` lies in the one class with ``w(f) = c`` and ``O(f) P = 0``."""
+        echelon = _Echelon()
+        for c, _ in self.scalings:
+            echelon.add([sum((_fraction(ci) * _fraction(d[k])
+                              for ci, d in zip(c, self.diagonal, strict=True)), Fraction(0))
+                         for k in range(self.n)])
+        rest = [i for i in range(len(self.fields))
+                if echelon.add([_fraction(v) for v in self.diagonal[i]])]
+        for i in rest:
+            matrix = sp.zeros(self.n, self.n)
+            for k, poly in self.off_diagonal[i].items():
+                for exponents, value in poly.items():
+                    if any(exponents[:self.p]) or sum(exponents) != 1:
+                        return False  # depends on x, y or is not linear in the jet
+                    value = _fraction(value)
+                    matrix[k, exponents.index(1) - self.p] = sp.Rational(value.numerator,
+                                                                         value.denominator)
+            for j in rest:
+                d = self.diagonal[j]
+                if any(matrix[k, m] and d[k] != d[m] for k in range(self.n) for m in range(self.n)):
+                    return False
+            if not _imaginary_spectrum(matrix):
+                return False
+        return True
+
+    def complement(self) -> list[dict[int, dict]]:
+        """The prolonged fields of a basis of the elements whose diagonal part is orthogonal to
+        those of the diagonal elements (``Δ(ζ) · Δ(d) = 0`` for every diagonal ``d``, the dot
+        product of the weight vectors on the jet coordinates): a complement of the diagonal
+        elements that depends on the algebra alone, not on its basis (with the diagonal
+        elements it spans the algebra)."""
+        diagonal = [[_fraction(v) for v in d] for d in self.diagonal]
+        scalings = [[sum((_fraction(c) * diagonal[i][k] for i, c in enumerate(cs)), Fraction(0))
+                     for k in range(self.n)] for cs, _ in self.scalings]
+        rows = {r: {i: sp.QQ(int(value.numerator), int(value.denominator))
+                    for i in range(len(diagonal))
+                    if (value := sum((a * b for a, b in zip(diagonal[i], weights, strict=True)),
+                                     Fraction(0)))}
+                for r, weights in enumerate(scalings)}
+        rows = {r: row for r, row in enumerate(row for row in rows.values() if row)}
+        if rows:
+            kernel = DomainMatrix(rows, (len(rows), len(self.fields)), sp.QQ).nullspace()
+            combinations = kernel.to_Matrix().tolist()
+        else:
+            combinations = [[int(i == j) for j in range(len(self.fields))]
+                            for i in range(len(self.fields))]
+        out = []
+        for combination in combinations:
+            field: dict[int, dict] = {}
+            for c, polys in zip(combination, self.fields, strict=True):
+                if c:
+                    value = _fraction(sp.Rational(c))
+                    for k, poly in polys.items():
+                        field[k] = _padd(field.get(k, {}), poly,
+                                         sp.QQ(value.numerator, value.denominator))
+            if any(field.values()):
+                out.append({k: v for k, v in field.items() if v})
+        return out
+
+    def annihilator_rank(self, seed: int = 0) -> int:
+        """A lower bound of the generic rank, on the u-jet, of the Lie algebra generated by the
+        diagonal parts ``Δ(basis_i)`` and the coefficients of every monomial in ``x, y`` of the
+        off-diagonal parts ``O(basis_i)``: the rank at a random rational point of these fields and
+        their iterated brackets, added while the rank grows."""
+        pieces: list[dict[int, dict]] = []
+        for d in self.diagonal:
+            if any(d):
+                pieces.append({k: {self._unit(k, self.n): value} for k, value in enumerate(d)
+                               if value})
+        for field in self.off_diagonal:
+            split: dict[tuple, dict[int, dict]] = {}
+            for k, poly in field.items():
+                for exponents, value in poly.items():
+                    split.setdefault(exponents[:self.p], {}).setdefault(k, {})[
+                        exponents[self.p:]] = value
+            pieces += split.values()
+        rng = random.Random(seed)
+        point = [Fraction(rng.choice((-1, 1)) * rng.randint(1, 10**4), rng.randint(1, 97))
+                 for _ in range(self.n)]
+        echelon, kept = _Echelon(), []
+
+        def add(field) -> bool:
+            if echelon.add([_pvalue(field.get(k, {}), point) for k in range(self.n)]):
+                kept.append(field)
+                return True
+            return False
+
+        for piece in pieces:
+            add(piece)
+        grown = True
+        while grown and len(kept) < self.n:
+            grown = False
+            for a, b in itertools.combinations(list(kept), 2):
+                if len(kept) == self.n:
+                    break
+                grown |= add(_jet_bracket(a, b, self.n))
+        return len(kept)
+
+
+def _jet_bracket(a: dict[int, dict], b: dict[int, dict], n: int) -> dict[int, dict]:
+    """``[a, b]^k = a(b^k) - b(a^k)`` for fields ``{k: jet polynomial}`` on ``n`` coordinates."""
+    out = {}
+    for k in range(n):
+        value: dict = {}
+        for m in range(n):
+            if m in a and k in b:
+                value = _padd(value, _pmul(a[m], _pdiff(b[k], m)))
+            if m in b and k in a:
+                value = _padd(value, _pmul(b[m], _pdiff(a[k], m)), -1)
+        if value:
+            out[k] = value
+    return out
+
+
+def _imaginary_spectrum(matrix: sp.Matrix) -> bool:
+    """Whether every eigenvalue of the rational ``matrix`` has real part 0 (exactly: the roots of
+    the characteristic polynomial ``p`` are ``i s`` for the real roots ``s`` of ``gcd(Re p(i s),
+    Im p(i s))``, counted with multiplicity)."""
+    coefficients = matrix.charpoly().all_coeffs()[::-1]  # a_0, a_1, ...
+    s = sp.Dummy("s")
+    real = sp.Poly(sum(((-1) ** (k // 2) * a * s**k for k, a in enumerate(coefficients)
+                        if k % 2 == 0), sp.S.Zero), s, domain=sp.QQ)
+    imaginary = sp.Poly(sum(((-1) ** (k // 2) * a * s**k for k, a in enumerate(coefficients)
+                             if k % 2 == 1), sp.S.Zero), s, domain=sp.QQ)
+    common = sp.gcd(real, imaginary)
+    if common.degree() != len(coefficients) - 1:
+        return False
+    _, factors = common.sqf_list()
+    return sum(multiplicity * factor.count_roots() for factor, multiplicity in factors) \
+        == common.degree()
 
 
 def _normalise(poly: sp.Poly) -> sp.Poly:
@@ -994,6 +1477,13 @@ def _normalise(poly: sp.Poly) -> sp.Poly:
     _, primitive = poly.clear_denoms()
     primitive = primitive.primitive()[1]
     return -primitive if primitive.LC() < 0 else primitive
+
+
+#: What the search forms (family 1 of :func:`find_invariants`), as the notes say it.
+_SEARCHED_FORM = ("polynomial invariants and ratios of relative invariants P (pr ζ(P) = χ(ζ) P "
+                  "for every ζ of the Lie algebra) whose character χ(ζ) is the weight of P's "
+                  "monomials under the diagonal part of ζ (as for x ∂x + y ∂y, u ∂u), the rest "
+                  "of ζ (as rotations, shears, ∂u) annihilating P")
 
 
 def find_invariants(group: LieGroupAction | str, order: int, max_degree: int = 3,
@@ -1005,8 +1495,8 @@ def find_invariants(group: LieGroupAction | str, order: int, max_degree: int = 3
         group: a :class:`LieGroupAction` or the name of a ready one.
         order: jet order ``n``.
         max_degree: polynomials of total degree ``1 .. max_degree`` in ``u, u_x, ...`` are
-            searched (for ratios, numerator and denominator each).
-        rational: also form ratios of relative invariants of equal weight.
+            searched (for ratios, numerator and denominator each); an integer >= 1.
+        rational: also form ratios of relative invariants of equal character.
         seed: seed of the random point of the rank tests.
         channels: ``C`` dependent variables ``u1 ... uC`` transformed alike (see :func:`prolong`):
             the joint invariants of the channels.
@@ -1016,32 +1506,74 @@ def find_invariants(group: LieGroupAction | str, order: int, max_degree: int = 3
             ``"auto"`` (default): the frame for a group acting on more than ``x, y`` (on M2 the
             invariants depend on ``θ`` through ``cos θ, sin θ``, which the search does not
             form), the search otherwise.
+
+    The result does not depend on the basis the generators give of their Lie algebra: the
+    search works on the span (see the module doc). Where it finds fewer than expected, a note
+    says whether a higher ``max_degree`` can find more (docs/symbolic.md, "Sound, not always
+    complete").
     """
     start = time.perf_counter()
     group = get_group(group)
     if method not in ("auto", "search", "frame"):
         raise ConfigError(f"method must be 'auto', 'search' or 'frame', got {method!r}")
+    require_int(order, "order", 0)
+    require_int(channels, "channels", 1)
     if method == "frame" or (method == "auto" and len(group.variables) > 2):
         return left_invariant_derivatives(group, order, channels=channels, seed=seed)
+    require_int(max_degree, "max_degree", 1)
     jet = JetSpace(order, channels, group.variables)
     gens = jet.derivatives
-    prolonged = group.prolonged(order, channels)
-    diagonal, other = [], []
-    for p in prolonged:
-        weights = _diagonal_weights(p, jet)
-        (diagonal.append(weights) if weights is not None else other.append(p))
-    # Monomials of degree 1..max_degree in the u-jet, by weight under the diagonal generators.
+    action = _JetAction(group, jet)
+    monomials = [tuple(combo.count(k) for k in range(len(gens)))
+                 for degree in range(1, max_degree + 1)
+                 for combo in itertools.combinations_with_replacement(range(len(gens)), degree)]
+    # (kind, class) -> relative invariants of one character: ratios within a key are invariant.
+    families: dict[tuple, list[dict]] = {}
+    zero_keys = set()
+    # 1. Classes of the diagonal parts, annihilated by the off-diagonal parts.
     classes: dict[tuple, list[tuple[int, ...]]] = {}
-    for degree in range(1, max_degree + 1):
-        for combo in itertools.combinations_with_replacement(range(len(gens)), degree):
-            exponents = tuple(combo.count(k) for k in range(len(gens)))
-            weight = tuple(sum(e * c[k] for k, e in enumerate(exponents)) for c in diagonal)
-            classes.setdefault(weight, []).append(exponents)
-    candidates: list[_Rational] = []
-    for weight, basis in classes.items():
-        relative = sorted({_normalise(p) for p in _annihilated(basis, other, jet, gens)},
-                          key=lambda p: (p.total_degree(), len(p.terms()), str(p.as_expr())))
+    for monomial in monomials:
+        classes.setdefault(action.diagonal_weight(monomial), []).append(monomial)
+    for weight, columns in classes.items():
+        key = ("diagonal", weight)
+        families[key] = action.kernel(columns, [(f, {}) for f in action.off_diagonal if f])
         if not any(weight):
+            zero_keys.add(key)
+    # 2. Where those classes might miss some: relative invariants across them, of the weights
+    # of the diagonal elements and annihilated by a complement of those elements.
+    by_scaling: dict[tuple, list[tuple[int, ...]]] = {}
+    for monomial in monomials:
+        by_scaling.setdefault(action.weight(monomial), []).append(monomial)
+    split = action.mixed_elements_split()
+    if not split:
+        complement = [(f, {}) for f in action.complement()]
+        for weight, columns in by_scaling.items():
+            key = ("complement", weight)
+            families[key] = action.kernel(columns, complement)
+            if not any(weight):
+                zero_keys.add(key)
+    # 3. Relative invariants whose cofactors are those of products of jet coordinates.
+    cofactors = action.coordinate_cofactors()
+    if cofactors:
+        characters: dict[tuple, tuple] = {}
+        for monomial in monomials:
+            if all(k in cofactors for k, e in enumerate(monomial) if e):
+                character = [{} for _ in action.fields]
+                for k, e in enumerate(monomial):
+                    for i in range(len(action.fields)) if e else ():
+                        character[i] = _padd(character[i], cofactors[k][i], e)
+                if any(any(exponents) for q in character for exponents in q):
+                    key = ("cofactor", action.weight(monomial), tuple(map(_key, character)))
+                    characters.setdefault(key, tuple(character))
+        for key, character in characters.items():
+            families[key] = action.kernel(by_scaling[key[1]], [
+                (f, q) for f, q in zip(action.fields, character, strict=True)])
+    candidates: list[_Rational] = []
+    for key, solutions in families.items():
+        polys = [sp.Poly.from_dict(solution, *gens, domain=sp.QQ) for solution in solutions]
+        relative = sorted({_normalise(p) for p in polys},
+                          key=lambda p: (p.total_degree(), len(p.terms()), str(p.as_expr())))
+        if key in zero_keys:
             candidates += [_Rational(p) for p in relative]
         elif rational and len(relative) > 1:
             pivot = relative[0]
@@ -1072,16 +1604,52 @@ def find_invariants(group: LieGroupAction | str, order: int, max_degree: int = 3
         notes.append(f"found {len(kept)} of {expected}: only invariants free of {names} were "
                      f"searched; those that depend on {beyond} come from method='frame'")
     elif len(kept) < expected:
-        notes.append(f"found {len(kept)} of {expected}: raise max_degree (now {max_degree})"
-                     + ("" if rational else " or allow rational invariants"))
+        notes.append(_incomplete_note(action, len(kept), expected, max_degree, rational,
+                                      split and not cofactors, seed))
     return SymbolicInvariants(group, order, max_degree, kept, expected, jet.dimension,
                               expected_orbit, time.perf_counter() - start, notes, channels)
 
 
+def _incomplete_note(action: _JetAction, found: int, expected: int, max_degree: int,
+                     rational: bool, structured: bool, seed: int) -> str:
+    """Why ``found < expected``, and whether a higher ``max_degree`` can help.
+
+    Every invariant the search forms from the classes of the diagonal parts is annihilated by
+    those parts and by the coefficients of the off-diagonal parts, so at most ``dim - rank`` of
+    them are functionally independent (:meth:`_JetAction.annihilator_rank`). Where the search
+    forms nothing else (``structured``) and has found that many, no degree finds more of its form;
+    otherwise a higher degree may."""
+    head = f"found {found} of {expected}"
+    other_forms = ("such as ratios of relative invariants with other characters or with "
+                   "non-constant cofactors, or functions that are not rational")
+    if structured:
+        rank = action.annihilator_rank(seed)
+        bound = action.n - rank
+        if found >= bound:
+            return (f"{head}: the search forms {_SEARCHED_FORM}; the vector fields that annihilate "
+                    f"all of these have rank {rank} on the {action.n} coordinates of the u-jet, "
+                    f"so at most {bound} of them are functionally independent and no max_degree "
+                    f"finds more: {_plural(expected - found, 'invariant is', 'invariants are')} "
+                    f"of another form ({other_forms})")
+        return (f"{head}: raise max_degree (now {max_degree})"
+                + ("" if rational else " or allow rational invariants")
+                + f": up to {bound} functionally independent invariants of the searched form may "
+                  f"exist ({_SEARCHED_FORM})")
+    return (f"{head}: the search forms {_SEARCHED_FORM}, and for this group also relative "
+            f"invariants across those classes or with the cofactors of products of jet "
+            f"coordinates (as u_x under u ∂x); for such a group it is not proven whether a higher "
+            f"max_degree finds more" + ("" if rational else " (or rational=True)")
+            + f", and the missing invariants may be of another form ({other_forms})")
+
+
+def _plural(count: int, singular: str, plural: str) -> str:
+    return f"{count} {singular if count == 1 else plural}"
+
+
 def _has_translations(group: LieGroupAction) -> bool:
-    rows = [[field.xi_x, field.xi_y] for field in group.fields
-            if field.phi_u == 0 and field.xi_x.is_Number and field.xi_y.is_Number]
-    return sp.Matrix(rows).rank() == 2 if rows else False
+    """Whether ``∂x`` and ``∂y`` lie in the Lie algebra (the span of the generators and their
+    brackets, not only among the generators as given)."""
+    return all(group.contains(field) for field in _TRANSLATIONS)
 
 
 # ----------------------------------------------------------------------------- moving frame
@@ -1170,12 +1738,7 @@ def left_invariant_frame(group: LieGroupAction | str) -> MovingFrame:
     if any(field.phi_u != 0 for field in group.fields):
         raise ConfigError(f"{group.name}: the moving frame needs a group that does not change "
                           f"the values of u (phi_u = 0 for every generator)")
-    if group.dimension != p:
-        raise ConfigError(f"{group.name}: the moving frame needs a group acting freely and "
-                          f"transitively on its independent variables ({names}), "
-                          f"so {p} generators; it has {group.dimension}")
     origin = dict.fromkeys(variables, 0)
-    linear, offsets = [], []
     for field in group.fields:
         xi = [field.xi(v) for v in variables]
         jacobian = sp.Matrix([[sp.diff(c, v) for v in variables] for c in xi])
@@ -1183,14 +1746,26 @@ def left_invariant_frame(group: LieGroupAction | str) -> MovingFrame:
             raise ConfigError(f"{group.name}: the moving frame needs affine generators "
                               f"(coefficients of degree <= 1 in {names}), "
                               f"got {field}")
-        linear.append(jacobian)
-        offsets.append(sp.Matrix([c.xreplace(origin) for c in xi]))
     if group.brackets:
         bracket = group.brackets[0]
         raise ConfigError(f"{group.name}: the generators are not closed under the Lie bracket "
                           f"({bracket.name} = {bracket} is not a combination of them): they "
                           f"generate a group of more than {p} dimensions, which cannot act "
                           f"freely on {names}")
+    # A basis of the span: a generator that is a combination of the others adds nothing.
+    basis = group.basis
+    if len(basis) != p:
+        given = ("" if len(basis) == group.dimension else
+                 f" ({group.dimension} given, linearly dependent)")
+        raise ConfigError(f"{group.name}: the moving frame needs a group acting freely and "
+                          f"transitively on its independent variables ({names}), "
+                          f"so {p} linearly independent generators; they span "
+                          f"{len(basis)}{given}")
+    linear, offsets = [], []
+    for field in basis:
+        xi = [field.xi(v) for v in variables]
+        linear.append(sp.Matrix([[sp.diff(c, v) for v in variables] for c in xi]))
+        offsets.append(sp.Matrix([c.xreplace(origin) for c in xi]))
     if sp.Matrix.hstack(*offsets).rank() != p:
         raise ConfigError(f"{group.name}: the generators do not span every direction at the "
                           f"origin, so the action is not free and transitive there")
@@ -1299,12 +1874,19 @@ def _torch_polynomial(expr: sp.Expr) -> Callable:
     if isinstance(expr, (sp.cos, sp.sin)) and expr.args[0] == theta:
         attribute = "cos" if isinstance(expr, sp.cos) else "sin"
         return lambda d: getattr(d, attribute)
+    if expr.is_number:
+        # Any finite real constant is a coefficient (1/3, 0.5, π, √2): torch computes in floats.
+        try:
+            value = float(expr)
+        except TypeError:
+            raise ConfigError(f"cannot compile the constant {expr}: coefficients must be real "
+                              f"numbers") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"cannot compile the constant {expr}: coefficients must be finite")
+        return lambda d: value
     if expr.is_Symbol:
         name = expr.name
         return lambda d: getattr(d, name)
-    if expr.is_Number:
-        value = float(expr)
-        return lambda d: value
     if expr.is_Add or expr.is_Mul:
         parts = [_torch_polynomial(a) for a in expr.args]
         if expr.is_Add:
@@ -1326,7 +1908,8 @@ def _name_of(expr: sp.Expr) -> str | None:
 
 def compile_invariants(symbolic: SymbolicInvariants | Sequence[sp.Expr], name: str,
                        ratio_eps: float | None = None, group: str | None = None,
-                       order: int | None = None, register: bool = False) -> InvariantSet:
+                       order: int | None = None, register: bool = False,
+                       invariant_under: Sequence[str] | None = None) -> InvariantSet:
     """An :class:`~eqpdenet.invariants.InvariantSet` computing the expressions with torch.
 
     Each expression is split into numerator and denominator (``sympy.fraction`` of its
@@ -1338,11 +1921,29 @@ def compile_invariants(symbolic: SymbolicInvariants | Sequence[sp.Expr], name: s
     With ``register``, the set is also registered by ``name`` (see
     :func:`eqpdenet.invariants.register_invariant_set`).
 
+    Everything is checked here, before any use (a ``ConfigError`` naming the cause): ``name`` is
+    a non-empty string; the expressions use only jet coordinates (matched by name, so a plain
+    ``sp.Symbol("u_x")`` is ``u_x``) and numbers: any other symbol (a parameter ``a`` left
+    unsubstituted, the position ``x, y``, ``v_x``) is refused, naming every such symbol; a
+    coefficient may be any finite real number (``1/3``, ``0.5``, ``π``, ``√2``; torch evaluates
+    it as a float); ``order``, where given, is at least the highest derivative used (it defaults
+    to that).
+
+    ``invariant_under`` (plane only) declares the transformations (translations, rotations,
+    scalings) every invariant is invariant under, which ``EqPdeNet.quarter_turn_invariant`` and
+    the tests read (:attr:`~eqpdenet.invariants.InvariantSet.invariant_under`). It is verified
+    exactly, by the infinitesimal criterion (:func:`is_invariant` under ``se2``, ``scaling``), and
+    a claim that fails is refused; by default (None) it is derived the same way. A ratio with a
+    fixed ``ratio_eps`` divides with the absolute ``eps`` (``a b / (b² + eps²)``), which is not
+    scale invariant, so such a set is never declared invariant under scalings.
+
     Expressions in the jet of M2 (``u_θ``, ``u_xθ``, ``cos θ``, ``sin θ``: the moving frame's
     result for ``se2_m2``) give an :class:`~eqpdenet.pde.m2.M2InvariantSet`, called on an M2
     jet ``(..., 10, N, H, W)`` (:class:`~eqpdenet.pde.m2.M2Jet`); they must be polynomials in
     the jet and ``cos θ, sin θ`` of order <= 2.
     """
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"an invariant set's name must be a non-empty string, got {name!r}")
     names: tuple[str, ...] = ()
     if isinstance(symbolic, SymbolicInvariants):
         exprs, names = list(symbolic.expressions), symbolic.names
@@ -1352,8 +1953,20 @@ def compile_invariants(symbolic: SymbolicInvariants | Sequence[sp.Expr], name: s
                else f"degree <= {symbolic.max_degree}")
         equation = f"derived by eqpdenet.symbolic (order {symbolic.order}, {how})"
     else:
-        exprs = [sp.sympify(e) for e in symbolic]
+        if isinstance(symbolic, (str, sp.Basic)) or not isinstance(symbolic, Iterable):
+            raise ConfigError(f"compile_invariants takes a list of expressions or a "
+                              f"find_invariants result, got {type(symbolic).__name__}")
         equation = "compiled by eqpdenet.symbolic"
+        exprs = list(symbolic)
+    read = []
+    for e in exprs:
+        try:
+            read.append(_by_name(e))
+        except (sp.SympifyError, TypeError, SyntaxError):
+            raise ConfigError(f"compile_invariants: cannot read {e!r} as an expression") from None
+    exprs = read
+    if ratio_eps is not None:
+        require_positive(ratio_eps, "ratio_eps")
     if not exprs:
         raise ConfigError("no invariants to compile")
     if max(_expr_channels(e) for e in exprs) > 1:
@@ -1365,8 +1978,22 @@ def compile_invariants(symbolic: SymbolicInvariants | Sequence[sp.Expr], name: s
     on_m2 = variables != PLANE
     if on_m2:
         _check_m2_expressions(exprs, variables, angles)
-    order = max(max(_expr_order(e) for e in exprs), 0) if order is None else order
-    invariants, used = [], set()
+        if invariant_under is not None:
+            raise ConfigError("compile_invariants: invariant_under is derived and checked for "
+                              "sets of the plane only; an M2 set declares none")
+    else:
+        _check_jet_symbols(exprs, lambda symbol: _JET_NAME.match(symbol.name) is not None,
+                           "the plane", "u, u_x, u_y, u_xx, ...")
+    needed = max(max(_expr_order(e) for e in exprs), 0)
+    if order is None:
+        order = needed
+    else:
+        require_int(order, "order", 0)
+        if order < needed:
+            deepest = next(e for e in exprs if _expr_order(e) == needed)
+            raise ConfigError(f"compile_invariants: order={order}, but {deepest} uses "
+                              f"derivatives of order {needed}")
+    invariants, used, ratios = [], set(), False
     for index, expr in enumerate(exprs):
         numerator, denominator = sp.fraction(sp.together(expr))
         if on_m2:
@@ -1375,21 +2002,96 @@ def compile_invariants(symbolic: SymbolicInvariants | Sequence[sp.Expr], name: s
                                   f"and cos θ, sin θ are supported there")
             numerator, denominator = sp.expand(expr), sp.S.One
         numerator_f = _torch_polynomial(numerator)
-        if denominator == 1:
-            function = _polynomial_function(numerator_f)
+        if denominator.is_number:
+            constant = _torch_polynomial(denominator)(None)
+            if constant == 0:
+                raise ConfigError(f"cannot compile {expr}: it divides by zero")
+            function = _polynomial_function(_torch_polynomial(numerator / denominator)
+                                            if denominator != 1 else numerator_f)
         else:
             denominator_f = _torch_polynomial(denominator)
             function = _ratio_function(numerator_f, denominator_f, ratio_eps)
+            ratios = True
         label = (names[index] if names else _name_of(expr)) or f"{name}_{index}"
         if label in used:
             label = f"{name}_{index}"
         used.add(label)
         invariants.append(Invariant(label, unicode_formula(expr), sp.latex(expr), function))
-    invariant_set = (M2InvariantSet if on_m2 else InvariantSet)(name, group or name, order,
-                                                                invariants, equation)
+    if on_m2:
+        invariant_set = M2InvariantSet(name, group or name, order, invariants, equation)
+    else:
+        declared = _invariance(exprs, invariant_under, fixed_eps=ratio_eps is not None and ratios)
+        invariant_set = InvariantSet(name, group or name, order, invariants, equation,
+                                     invariant_under=declared)
     if register:
         register_invariant_set(invariant_set)
     return invariant_set
+
+
+#: The ready group that tests each transformation a planar set may declare.
+_TRANSFORMATION_GROUPS = {"translations": None, "rotations": "se2", "scalings": "scaling"}
+
+
+def _invariance(exprs: Sequence[sp.Expr], claimed: Sequence[str] | None,
+                fixed_eps: bool) -> tuple[str, ...]:
+    """The transformations every expression is invariant under (derived exactly), or ``claimed``
+    after checking each claim; ``fixed_eps``: ratios divide with an absolute ``eps``."""
+    if claimed is not None and (isinstance(claimed, str) or not isinstance(claimed, Sequence)
+                                or not all(isinstance(t, str) for t in claimed)):
+        raise ConfigError(f"invariant_under must be a list of names among "
+                          f"{', '.join(_TRANSFORMATION_GROUPS)}, got {claimed!r}")
+    unknown = sorted(set(claimed or ()) - set(_TRANSFORMATION_GROUPS))
+    if unknown:
+        raise ConfigError(f"invariant_under: unknown transformation(s) {unknown}; known: "
+                          f"{', '.join(_TRANSFORMATION_GROUPS)}")
+
+    def failure(transformation: str) -> str | None:
+        """Why the set is not invariant under ``transformation``, or None."""
+        group = _TRANSFORMATION_GROUPS[transformation]
+        if group is None:
+            return None  # functions of the jet alone (checked) do not see where they are
+        if transformation == "scalings" and fixed_eps:
+            return ("its ratios divide with the fixed ratio_eps, a b / (b² + eps²), which is not "
+                    "scale invariant")
+        for expr in exprs:
+            if not is_invariant(expr, group):
+                return f"{expr} is not (the infinitesimal criterion of the group {group} fails)"
+        return None
+
+    if claimed is None:
+        return tuple(t for t in _TRANSFORMATION_GROUPS if failure(t) is None)
+    for transformation in claimed:
+        reason = failure(transformation)
+        if reason is not None:
+            raise ConfigError(f"invariant_under: the set is not invariant under "
+                              f"{transformation}: {reason}")
+    return tuple(dict.fromkeys(claimed))
+
+
+def _check_jet_symbols(exprs: Sequence[sp.Expr], allowed: Callable[[sp.Symbol], bool],
+                       where: str, coordinates: str, hide: Sequence[sp.Expr] = ()) -> None:
+    """One ConfigError naming every symbol of ``exprs`` that ``allowed`` refuses (the jet of
+    ``where``, whose coordinates are listed in ``coordinates``), with the expressions using
+    them; the atoms ``hide`` (``cos θ``, ``sin θ``) are allowed whole."""
+    unknown: dict[str, list[sp.Expr]] = {}
+    hidden = {atom: sp.Dummy() for atom in hide}
+    for expr in exprs:
+        for symbol in sorted(expr.xreplace(hidden).free_symbols - set(hidden.values()), key=str):
+            if not allowed(symbol):
+                unknown.setdefault(symbol.name, []).append(expr)
+    if not unknown:
+        return
+    users = list(dict.fromkeys(e for used in unknown.values() for e in used))
+    position = sorted(set(unknown) & {"x", "y", "θ"})
+    hint = (f"; the position ({', '.join(position)}) is not a jet coordinate: an invariant of a "
+            f"PDE layer does not depend on where it is evaluated" if position else
+            "; substitute parameters by numbers")
+    one = len(unknown) == 1
+    raise ConfigError(
+        f"compile_invariants: the {'symbol' if one else 'symbols'} {', '.join(sorted(unknown))} "
+        f"in {', '.join(map(str, users[:3]))}{' ...' if len(users) > 3 else ''} "
+        f"{'is not a jet coordinate' if one else 'are not jet coordinates'} of {where} "
+        f"({coordinates}){hint}")
 
 
 def _check_m2_expressions(exprs: Sequence[sp.Expr], variables: tuple[sp.Symbol, ...],
@@ -1398,13 +2100,14 @@ def _check_m2_expressions(exprs: Sequence[sp.Expr], variables: tuple[sp.Symbol, 
     if not set(variables) <= set(M2) or not angles <= {theta}:
         raise ConfigError(f"compile_invariants compiles functions of the jet of the plane (x, y) "
                           f"or of M2 (x, y, θ), not of {', '.join(v.name for v in variables)}")
-    for expr in exprs:
-        trig = {sp.cos(theta): sp.Dummy(), sp.sin(theta): sp.Dummy()}
-        unknown = {s.name for s in expr.xreplace(trig).free_symbols - set(trig.values())}
-        unknown -= set(M2_DERIVATIVE_NAMES)
-        if unknown:
-            raise ConfigError(f"cannot compile {expr} on M2: it uses {sorted(unknown)}, not only "
-                              f"the 2-jet {', '.join(M2_DERIVATIVE_NAMES)} and cos θ, sin θ")
+    circle = {sp.cos(theta), sp.sin(theta)}
+    other = sorted(map(str, _trig_atoms(exprs) - circle))
+    if other:
+        raise ConfigError(f"compile_invariants: {', '.join(other)} is not compiled on M2: only "
+                          f"cos θ, sin θ (a function of the orientation θ on the circle; "
+                          f"cos(θ/2) is not one)")
+    _check_jet_symbols(exprs, lambda symbol: symbol.name in M2_DERIVATIVE_NAMES, "M2",
+                       f"the 2-jet {', '.join(M2_DERIVATIVE_NAMES)} and cos θ, sin θ", circle)
 
 
 def _polynomial_function(numerator: Callable) -> Callable:
