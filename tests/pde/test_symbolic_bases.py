@@ -383,3 +383,38 @@ def test_a_group_named_twice_is_listed_once(capsys):
     rows = [line.split(" | ")[0][2:] for line in capsys.readouterr().out.splitlines()
             if line.startswith("| se2 |") or line.startswith("| scaling |")]
     assert rows == ["se2"] * 3 + ["scaling"] * 3
+
+
+def test_a_layer_with_a_compiled_set_is_saved_whole_and_loads_the_same_set():
+    """README's layer of a derived set: torch.save(layer) failed ("Can't pickle local
+    object"), the compiled functions being closures; the set now pickles as the recipe that
+    compiles it again, so the loaded layer computes the same numbers with the same names."""
+    import io
+
+    import torch
+
+    from eqpdenet import PDELayer
+    from eqpdenet.pde.symbolic import compile_invariants, find_invariants
+
+    derived = compile_invariants(find_invariants("sim2", order=2), "sim2")
+    layer = PDELayer.build([derived, "se2"], backend="reference")
+    torch.nn.init.normal_(layer.pdes[0].step.rhs.F.weight, std=0.1)
+    images = torch.rand(2, 1, 12, 12, generator=torch.Generator().manual_seed(0))
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert torch.equal(loaded(images), layer(images))
+    again = loaded.pdes[0].step.rhs.invariant_set
+    assert again is not derived
+    assert (again.name, again.names, again.equation, again.invariant_under) == (
+        derived.name, derived.names, derived.equation, derived.invariant_under)
+
+
+@pytest.mark.parametrize("name", [None, ""])
+def test_an_invariant_set_needs_a_name(name):
+    from eqpdenet.errors import ConfigError
+    from eqpdenet.pde.invariants import InvariantSet, get_invariant_set
+
+    with pytest.raises(ConfigError, match="non-empty string"):
+        InvariantSet(name, "SE(2)", 1, get_invariant_set("se2").invariants)

@@ -257,6 +257,8 @@ class InvariantSet:
 
     def __init__(self, name: str, group: str, order: int, invariants, equation: str = "",
                  kernel: str | None = None, invariant_under=()):
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"an invariant set's name must be a non-empty string, got {name!r}")
         self.name, self.group, self.order, self.equation = name, group, order, equation
         self.kernel = kernel
         self.invariants: tuple[Invariant, ...] = tuple(invariants)
@@ -288,8 +290,13 @@ class InvariantSet:
         # its functions are mostly lambdas, which pickle cannot store, and a model that holds
         # the set (the PDE layers, the lifted model) could not be saved whole with torch.save.
         # Other sets pickle as any object does.
+        # A set compiled from SymPy expressions (eqpdenet.symbolic.compile_invariants) pickles
+        # as the recipe that compiles it again: its functions are closures too.
         if self.name in INVARIANT_SETS and INVARIANT_SETS.get(self.name) is self:
             return get_invariant_set, (self.name,)
+        recipe = getattr(self, "compiled_from", None)
+        if recipe is not None:
+            return recipe
         return super().__reduce_ex__(protocol)
 
     def __repr__(self) -> str:

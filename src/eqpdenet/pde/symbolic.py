@@ -2023,9 +2023,28 @@ def compile_invariants(symbolic: SymbolicInvariants | Sequence[sp.Expr], name: s
         declared = _invariance(exprs, invariant_under, fixed_eps=ratio_eps is not None and ratios)
         invariant_set = InvariantSet(name, group or name, order, invariants, equation,
                                      invariant_under=declared)
+    # What pickle (torch.save of a layer holding the set) stores instead of the closures.
+    invariant_set.compiled_from = (_compile_again, (
+        tuple(sp.srepr(e) for e in exprs), name, ratio_eps, group or name, order,
+        None if on_m2 else tuple(sorted(invariant_set.invariant_under)),
+        tuple(inv.name for inv in invariants), equation))
     if register:
         register_invariant_set(invariant_set)
     return invariant_set
+
+
+def _compile_again(exprs: tuple[str, ...], name: str, ratio_eps, group: str, order: int,
+                   invariant_under, labels: tuple[str, ...], equation: str) -> InvariantSet:
+    """The set :func:`compile_invariants` made, compiled again from its recorded expressions
+    (``sympy.srepr`` forms) and labels: how a compiled set is unpickled."""
+    compiled = compile_invariants([sp.sympify(e) for e in exprs], name, ratio_eps=ratio_eps,
+                                  group=group, order=order, invariant_under=invariant_under)
+    compiled.invariants = tuple(dataclasses.replace(inv, name=label)
+                                for inv, label in zip(compiled.invariants, labels, strict=True))
+    compiled.equation = equation
+    recipe, args = compiled.compiled_from
+    compiled.compiled_from = (recipe, args[:6] + (labels, equation))
+    return compiled
 
 
 #: The ready group that tests each transformation a planar set may declare.
