@@ -22,7 +22,7 @@ def _layer(device, **options) -> PDELayer:
 
 
 def _unavailable(device) -> str | None:
-    return cuda.unavailable_reason() if device.type == "cuda" else (
+    return cuda.unavailable_reason(device) if device.type == "cuda" else (
         None if cpu.is_available() else cpu.build_error())
 
 
@@ -40,6 +40,31 @@ def test_fused_layer_matches_the_reference_on_each_device(device):
         grads = torch.autograd.grad(out.square().sum(), [x, *layer.pdes.parameters()])
         results.append([out, *grads])
     for fused, reference in zip(results[1], results[0], strict=True):
+        scale = reference.abs().max().item()
+        torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5 * scale)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_fused_layer_runs_on_a_gpu_that_is_not_the_current_one():
+    # Triton launches on the current device: the launchers make the tensors' card current
+    # (a layer on cuda:1 got a Triton error or a launch on cuda:0 before).
+    device = torch.device("cuda", 1)
+    if _unavailable(device):
+        pytest.skip(_unavailable(device))
+    assert torch.cuda.current_device() == 0
+    layer = _layer(device)
+    u = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(1)).to(device)
+    results = []
+    for backend in ("reference", "fused"):
+        layer.backend = backend
+        x = u.clone().requires_grad_(True)
+        out = layer.evolve(x)
+        grads = torch.autograd.grad(out.square().sum(), [x, *layer.pdes.parameters()])
+        results.append([out, *grads])
+    torch.cuda.synchronize(device)
+    assert torch.cuda.current_device() == 0
+    for fused, reference in zip(results[1], results[0], strict=True):
+        assert fused.device == device
         scale = reference.abs().max().item()
         torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5 * scale)
 

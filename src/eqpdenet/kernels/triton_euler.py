@@ -53,17 +53,20 @@ the small settings tensors built by :func:`_settings`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import inspect
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from .op import host_copy
 
-__all__ = ["BOUNDARY_CODES", "KMAX", "N_INVARIANTS", "SET_CODES", "backward", "forward"]
+__all__ = ["BOUNDARY_CODES", "KMAX", "N_INVARIANTS", "SET_CODES", "backward", "device_guard",
+           "forward", "on_tensor_device"]
 
 #: Invariant sets these kernels implement (kernel name -> code) and their numbers of invariants.
 SET_CODES = {"se2": 0, "scaling": 1}
@@ -90,6 +93,10 @@ _NO_BAD = tl.constexpr(2147483647)  # "no non-finite step" while taking minima
 # _MASK_NOTE: masks combine blocks with conditions on scalars only after broadcasting the scalar
 # (``i * 0 + zeros``): Triton 3.9's interpreter rejects a mask made of a block and a scalar
 # condition ("mask has unsupported dtype"); compiled code is the same either way.
+# _INT64_NOTE: an index times the plane size HW is widened to int64 before the product. Scalars
+# (loop counters, settings) are int32, and ``step * HW`` wrapped once max steps x H x W reached
+# 2**31 (a 2048 x 2048 image and 512 steps): states stored and recomputed at wrong addresses.
+# Offsets within one plane (pixel indices, bounded by HW) stay int32.
 
 # ----------------------------------------------------------------------------- pointwise math
 
@@ -390,8 +397,10 @@ def _forward_kernel(u_ptr, out_ptr, states_ptr, first_bad_ptr, ws_ptr, weight_pt
             _copy(u_ptr + (b * C + c).to(tl.int64) * HW, ws, lanes, HW, BLOCK)
             tl.debug_barrier()
             for step in range(steps):
-                cur = ws + (step % 2) * HW
-                nxt = ws + ((step + 1) % 2) * HW
+                # Offsets of the form index x HW in int64 (_INT64_NOTE).
+                at = tl.cast(step, tl.int64) * HW
+                cur = ws + tl.cast(step % 2, tl.int64) * HW
+                nxt = ws + tl.cast((step + 1) % 2, tl.int64) * HW
                 for start in range(0, HW, BLOCK):
                     p = start + lanes
                     inside = p < HW
@@ -401,12 +410,12 @@ def _forward_kernel(u_ptr, out_ptr, states_ptr, first_bad_ptr, ws_ptr, weight_pt
                         w3, w4, w5, recipe, weight, nmono, tbuf, lanes, H, W, BLOCK, LINEAR)
                     tl.store(nxt + p, new, mask=inside)
                     if STORE:
-                        tl.store(states_ptr + (plane * SMAX + step * HW) + p, now, mask=inside)
+                        tl.store(states_ptr + (plane * SMAX + at) + p, now, mask=inside)
                     if CHECK:
                         bad = inside & ~(tl.abs(new) < float("inf"))
                         first_bad = tl.minimum(first_bad, tl.where(bad, step + 1, _NO_BAD))
                 tl.debug_barrier()
-            _copy(ws + (steps % 2) * HW, out_ptr + plane, lanes, HW, BLOCK)
+            _copy(ws + tl.cast(steps % 2, tl.int64) * HW, out_ptr + plane, lanes, HW, BLOCK)
             tl.debug_barrier()
         if CHECK:
             first = tl.min(first_bad, axis=0)
@@ -433,7 +442,7 @@ def _backward_kernel(grad_out_ptr, u_ptr, states_ptr, grad_ptr, partial_ptr, ws_
     if STORED:
         tbuf = traj
     else:  # the recomputation writes u_0 even where no step is taken
-        tbuf = traj + tl.maximum(SMAX, 1) * HW
+        tbuf = traj + tl.cast(tl.maximum(SMAX, 1), tl.int64) * HW  # _INT64_NOTE
     gtbuf = tbuf + MMAX * BLOCK
     abuf = gtbuf + MMAX * BLOCK
     for item in range(pid, n_items, tl.num_programs(0)):
@@ -494,20 +503,21 @@ def _backward_kernel(grad_out_ptr, u_ptr, states_ptr, grad_ptr, partial_ptr, ws_
                 _copy(u_ptr + (b * C + c).to(tl.int64) * HW, traj, lanes, HW, BLOCK)
                 tl.debug_barrier()
                 for step in range(steps - 1):
+                    at = tl.cast(step, tl.int64) * HW  # _INT64_NOTE
                     for start in range(0, HW, BLOCK):
                         p = start + lanes
                         inside = p < HW
                         now, new = _euler_update(
-                            traj + step * HW, p, inside, zeros, top, bottom, left, right, cu, ax0,
+                            traj + at, p, inside, zeros, top, bottom, left, right, cu, ax0,
                             ax1, ay0, ay1, b0, b1, b2, b3, cxy, e0, e1, e2, e3, set_code, eps2,
                             dt, bias, w0, w1, w2, w3, w4, w5, recipe, weight, nmono, tbuf, lanes,
                             H, W, BLOCK, LINEAR)
-                        tl.store(traj + (step + 1) * HW + p, new, mask=inside)
+                        tl.store(traj + (at + HW) + p, new, mask=inside)
                     tl.debug_barrier()
             _copy(grad_out_ptr + plane, gbuf, lanes, HW, BLOCK)
             tl.debug_barrier()
             for back in range(steps):
-                cur = states + (steps - 1 - back) * HW
+                cur = states + tl.cast(steps - 1 - back, tl.int64) * HW  # _INT64_NOTE
                 # (a) jet cotangents at every pixel, as nine adjoint taps; parameter gradients
                 for start in range(0, HW, BLOCK):
                     p = start + lanes
@@ -628,6 +638,28 @@ def _backward_kernel(grad_out_ptr, u_ptr, states_ptr, grad_ptr, partial_ptr, ws_
 # ----------------------------------------------------------------------------- launchers
 
 
+def device_guard(tensor: Tensor):
+    """A context in which ``tensor``'s CUDA device is the current one (nothing for other
+    devices)."""
+    if tensor.device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.cuda.device(tensor.device)
+
+
+def on_tensor_device(launcher):
+    """``launcher`` run under :func:`device_guard` of its first argument: Triton launches on
+    the current device and its stream, so a model on ``cuda:1`` would otherwise get a Triton
+    error or a launch on the wrong GPU."""
+    first = next(iter(inspect.signature(launcher).parameters))
+
+    @functools.wraps(launcher)
+    def launch(*args, **kwargs):
+        with device_guard(args[0] if args else kwargs[first]):
+            return launcher(*args, **kwargs)
+
+    return launch
+
+
 def _boundary_sources(boundary: str, n: int) -> tuple[int, int]:
     """Rows (or columns) that the padded row -1 and row n copy, as torch.nn.functional.pad
     does (zeros: unused)."""
@@ -712,6 +744,17 @@ def _absolute_only(invariant_sets, ratio_regularisations) -> None:
                               f"regularisation only, not {mode!r} ({name!r})")
 
 
+def _check_dtypes(what: str, **tensors: Tensor) -> None:
+    """The schema's float32 or float64, the same for ``u`` and every other floating-point
+    argument (a float16 or bfloat16 input used to run in its own precision, silently)."""
+    u = tensors["u"]
+    if u.dtype not in (torch.float32, torch.float64) or any(
+            t.dtype != u.dtype for t in tensors.values() if t.numel()):
+        got = ", ".join(f"{name} {t.dtype}" for name, t in tensors.items())
+        raise InputError(f"{what}: the tensors must all be float32 or all float64, got {got}")
+
+
+@on_tensor_device
 def forward(u: Tensor, weight: Tensor, bias: Tensor, monomials: Tensor, stencils: Tensor,
             invariant_sets, boundaries, dt, ratio_eps, steps, check_finite, store_states: bool,
             *, ratio_regularisations=None, programs: int | None = None, block: int | None = None,
@@ -719,8 +762,11 @@ def forward(u: Tensor, weight: Tensor, bias: Tensor, monomials: Tensor, stencils
     """``eqpdenet::euler_evolve``: ``(out (B, E, C, H, W), states, first_bad (B, E) int32)``.
 
     ``programs``, ``block`` and ``num_warps`` override the launch configuration (tests,
-    benchmarks); the results do not depend on them except through summation order.
+    benchmarks); the results do not depend on them except through summation order. Runs on
+    ``u``'s device; ``u``, ``weight`` and ``bias`` are all float32 or all float64
+    (:class:`~eqpdenet.errors.InputError` otherwise).
     """
+    _check_dtypes("euler_evolve", u=u, weight=weight, bias=bias)
     _absolute_only(invariant_sets, ratio_regularisations)
     batch, channels, height, width = u.shape
     pdes = len(steps)
@@ -749,13 +795,17 @@ def forward(u: Tensor, weight: Tensor, bias: Tensor, monomials: Tensor, stencils
     return out, states, first_bad
 
 
+@on_tensor_device
 def backward(grad_out: Tensor, u: Tensor, weight: Tensor, bias: Tensor, monomials: Tensor,
              stencils: Tensor, invariant_sets, boundaries, dt, ratio_eps, steps, states: Tensor,
              *, ratio_regularisations=None, programs: int | None = None,
              block: int | None = None, num_warps: int | None = None
              ) -> tuple[Tensor, Tensor, Tensor]:
     """``eqpdenet::euler_evolve_backward``: ``(grad_u, grad_weight, grad_bias)``, from the stored
-    ``states`` or, where it is empty, recomputing them in the workspace."""
+    ``states`` or, where it is empty, recomputing them in the workspace (same dtype rules as
+    :func:`forward`)."""
+    _check_dtypes("euler_evolve_backward", u=u, weight=weight, bias=bias, grad_out=grad_out,
+                  states=states)
     _absolute_only(invariant_sets, ratio_regularisations)
     batch, channels, height, width = u.shape
     pdes, mmax = weight.shape

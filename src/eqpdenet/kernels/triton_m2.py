@@ -84,6 +84,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..errors import ConfigError, InputError
+from .triton_euler import on_tensor_device
 
 __all__ = ["BLOCK", "BOUNDARY_CODES", "GRAD_BLOCK", "N_INVARIANTS", "OUT_BLOCK", "mix_backward",
            "mix_forward", "step_backward", "step_forward"]
@@ -153,7 +154,7 @@ def _x_pass(umap, k, kp, km, st, xws, i0, N: tl.constexpr, H: tl.constexpr, W: t
         y = i0 + r - R
         row, ok_row = _source(y, H, BOUNDARY)
         ok_row = ok_row & inside & (y < H + R)  # rows past the padded image: not needed
-        base = umap + kk * HW + row * W
+        base = umap + tl.cast(kk, tl.int64) * HW + row * W  # int64: N H W may pass 2**31
         a0 = tl.zeros([XBL], dtype)
         a1 = tl.zeros([XBL], dtype)
         a2 = tl.zeros([XBL], dtype)
@@ -558,9 +559,12 @@ def _mix_backward_kernel(gz_ptr, u_ptr, w_ptr, add_ptr, gu_ptr, partial_ptr, ste
             g9m = zero
             for o in range(n_out):  # W^T gz at k, and the four differences' at k +- 1
                 plane_o = tl.cast((b * n_out + o) * N, tl.int64) * HW + p
-                gzk = tl.load(gz_ptr + plane_o + k * HW, mask=inside, other=0.0)
-                gzp = tl.load(gz_ptr + plane_o + kp * HW, mask=inside, other=0.0)
-                gzm = tl.load(gz_ptr + plane_o + km * HW, mask=inside, other=0.0)
+                gzk = tl.load(gz_ptr + plane_o + tl.cast(k, tl.int64) * HW, mask=inside,
+                              other=0.0)
+                gzp = tl.load(gz_ptr + plane_o + tl.cast(kp, tl.int64) * HW, mask=inside,
+                              other=0.0)
+                gzm = tl.load(gz_ptr + plane_o + tl.cast(km, tl.int64) * HW, mask=inside,
+                              other=0.0)
                 w = w_ptr + (o * C + c) * 10  # uniform scalars: no per-thread weight vectors
                 g0 = tl.fma(tl.load(w), gzk, g0)
                 g1 = tl.fma(tl.load(w + 1), gzk, g1)
@@ -794,6 +798,10 @@ def _forward(u, w1, b1, w2, b2, stencils, frame, boundary, dt, step, programs, b
            else u.new_empty(batch, outputs, n, height, width))
     if items == 0 or (step and channels == 0):
         return out.copy_(u) if step else out
+    if step and outputs == 0:
+        # No hidden unit: F = b2. The kernel's loop over blocks of outputs, which also writes
+        # u_next, would not run at all and leave ``out`` uninitialised.
+        return torch.add(u, b2.view(1, channels, 1, 1, 1), alpha=float(dt))
     count = _programs(u.device, items, programs)
     stride = 9 * (rows + 2 * radius) * width
     workspace = u.new_empty(count * stride)
@@ -807,6 +815,7 @@ def _forward(u, w1, b1, w2, b2, stencils, frame, boundary, dt, step, programs, b
     return out
 
 
+@on_tensor_device
 def mix_forward(u: Tensor, weight: Tensor, stencils: Tensor, frame: Tensor, boundary: str, *,
                 programs: int | None = None, block: int | None = None,
                 band_rows: int | None = None, o_block: int | None = None) -> Tensor:
@@ -819,6 +828,7 @@ def mix_forward(u: Tensor, weight: Tensor, stencils: Tensor, frame: Tensor, boun
                     block, band_rows, o_block)
 
 
+@on_tensor_device
 def step_forward(u: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, stencils: Tensor,
                  frame: Tensor, boundary: str, dt: float, *, programs: int | None = None,
                  block: int | None = None, band_rows: int | None = None,
@@ -873,6 +883,7 @@ def _mix_backward(grad_z, u, weight, stencils, frame, boundary, add, programs, b
     return grad_u, partial
 
 
+@on_tensor_device
 def mix_backward(grad_z: Tensor, u: Tensor, weight: Tensor, stencils: Tensor, frame: Tensor,
                  boundary: str, *, programs: int | None = None, block: int | None = None,
                  o_block: int | None = None) -> tuple[Tensor, Tensor]:
@@ -883,6 +894,7 @@ def mix_backward(grad_z: Tensor, u: Tensor, weight: Tensor, stencils: Tensor, fr
     return grad_u, partial.sum(2).permute(0, 3, 1, 2).contiguous()
 
 
+@on_tensor_device
 def step_backward(grad_next: Tensor, u: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
                   stencils: Tensor, frame: Tensor, boundary: str, dt: float, *,
                   programs: int | None = None, block: int | None = None,
@@ -917,6 +929,10 @@ def step_backward(grad_next: Tensor, u: Tensor, w1: Tensor, b1: Tensor, w2: Tens
             num_warps=_warps(lanes), num_stages=1, enable_fp_fusion=True)
     else:
         grad_hidden.zero_()
+        if outputs == 0 and tail.numel():
+            # F = b2 without hidden units: its gradient is what the kernel (not launched, its
+            # loop over outputs would not run) adds for every band, sum_p dt g.
+            tail[:, 0] = (grad_next * float(dt)).sum(dim=(2, 3, 4), dtype=torch.float64)
     grad_u, partial = _mix_backward(grad_hidden, u, w1, stencils, frame, boundary,
                                     grad_next.contiguous(), programs, block,
                                     o_block)
