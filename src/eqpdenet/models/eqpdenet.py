@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..checks import require, require_int
 from ..errors import NonFiniteStateError
-from ..pde.integrators import input_range_hint
+from ..pde.integrators import input_checked, input_range_hint
 from ..pde.invariants import get_invariant_set
 from ..pde.layer import LayerConfig, PDELayer
 from ..pde.stencils import Jet
@@ -57,8 +57,10 @@ class EqPdeNet(nn.Module):
         if isinstance(layer, LayerConfig):
             layer = PDELayer.from_config(layer)
         require(head in ("perceptron", "invariant"), "head", "must be 'perceptron' or 'invariant'")
-        jets = [m for m in layer.modules() if isinstance(m, Jet)]
-        #: The smallest image side the PDE layer's stencils take with their boundary.
+        head_jet = _head_jet(layer) if head == "invariant" else None
+        jets = [m for m in layer.modules() if isinstance(m, Jet)] + ([head_jet] if head_jet else [])
+        #: The smallest image side the PDE layer's stencils (and the head's) take with their
+        #: boundary.
         self.min_image_size = max([jet.min_image_size for jet in jets] + [1])
         self.image_size = require_image_size(image_size, self.min_image_size,
                                              "the stencils of the PDE layer with their boundary")
@@ -69,9 +71,7 @@ class EqPdeNet(nn.Module):
         maps = layer.out_channels(in_channels)
         if head == "invariant":
             self.head_invariants = get_invariant_set("se2")
-            stencil = layer.pdes[0].step.rhs.jet if hasattr(layer.pdes[0].step, "rhs") else None
-            self.head_jet = Jet(2, stencil.stencil if stencil else "central",
-                                stencil.spacing if stencil else 1.0, "replicate")
+            self.head_jet = head_jet
             in_features = 2 * len(self.head_invariants) * maps
             # The pooled invariants differ in scale by orders of magnitude (u against |H|²):
             # normalised before the perceptron, as the deep model's invariants must be.
@@ -104,10 +104,22 @@ class EqPdeNet(nn.Module):
         return self.mlp(self.head_norm(pooled)).to(images.dtype)
 
     def _features(self, entered: ModelInput) -> Tensor:
+        # The layer called as a module (its hooks fire; it takes the reference path where a
+        # hook is registered inside it), without its entry checks: the model checked.
         try:
-            states = self.pde_layer._evolve(self.standardize(entered.images))
+            with input_checked(self.pde_layer):
+                return self.pde_layer(self.standardize(entered.images))
         except NonFiniteStateError as error:
             values = (entered.low, entered.high)
             hint = self.standardize.explain(*values) or input_range_hint(*values)
             raise error.with_hint(hint) from None
-        return self.pde_layer.reduction(states)
+
+
+def _head_jet(layer: PDELayer) -> Jet:
+    """The invariant head's jet: the first PDE's stencil family, spacing and scale, with the
+    replicate boundary (central differences where the first PDE has no jet)."""
+    jet = getattr(getattr(layer.pdes[0], "step", None), "rhs", None)
+    jet = getattr(jet, "jet", None)
+    if not isinstance(jet, Jet):
+        return Jet(2, "central", 1.0, "replicate")
+    return Jet(2, jet.stencil, jet.spacing, "replicate", jet.sigma)

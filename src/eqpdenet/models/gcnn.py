@@ -18,6 +18,7 @@ import copy
 import warnings
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 from ..checks import check_images, require, require_int, require_lists, require_positive
@@ -108,12 +109,11 @@ def _without_filter_caches(module, state_dict, prefix, local_metadata):
     return state_dict
 
 
-def _rebuild_filter_caches(module, incompatible_keys):
-    missing = incompatible_keys.missing_keys
-    missing[:] = [k for k in missing if not k.endswith(_CACHES)]
-    training = module.training
-    module.train(True)  # drops the caches; evaluation mode rebuilds them from the new weights
-    module.train(training)
+def _ignore_filter_caches(module, incompatible_keys):
+    # Our state dicts hold no cache (above), and a cache in someone else's is derived data: the
+    # filters are always expanded from the loaded weights (GCNN.train).
+    for keys in (incompatible_keys.missing_keys, incompatible_keys.unexpected_keys):
+        keys[:] = [k for k in keys if not k.endswith(_CACHES)]
 
 
 class GCNN(nn.Module):
@@ -150,13 +150,15 @@ class GCNN(nn.Module):
             layers.append(enn.GroupPooling(current))
             self.features = enn.SequentialModule(*layers)
         _unshare_basis_expansions(self.features)
-        self._enn = enn
+        # The classes, not the e2cnn module: a module object cannot be pickled, and
+        # copy.deepcopy (AveragedModel, weight averaging) pickles what it cannot copy otherwise.
+        self._geometric_tensor, self._r2conv = enn.GeometricTensor, enn.R2Conv
         self.classifier = nn.Linear(gcnn.channels[-1], require_int(classes, "classes", 1))
-        # e2cnn's R2Conv caches its expanded filter as a buffer in evaluation mode only, so its
-        # state dict would depend on the mode it was saved in: the cache is left out of ours and
-        # rebuilt from the loaded weights.
+        # The state dict holds no filter cache (see train; e2cnn's anti-aliased pooling keeps
+        # its fixed low-pass as a buffer named "filter" too, rebuilt by the constructor).
         self._register_state_dict_hook(_without_filter_caches)
-        self.register_load_state_dict_post_hook(_rebuild_filter_caches)
+        self.register_load_state_dict_post_hook(_ignore_filter_caches)
+        self.train(True)  # drops the zero filter buffers R2Conv registers at construction
 
     @property
     def quarter_turn_invariant(self) -> bool:
@@ -164,6 +166,33 @@ class GCNN(nn.Module):
         group C_N contains them (N divisible by 4) and every pooling halves an even size."""
         return (self.config.group_order % 4 == 0
                 and halvings_stay_even(self.image_size, len(self.config.pool_after)))
+
+    @property
+    def _enn(self):
+        """e2cnn's ``nn`` module, looked up when asked (a module object in the instance would
+        not deep-copy)."""
+        return _e2cnn()[1]
+
+    def _convs(self) -> list[nn.Module]:
+        return [m for m in self.features.modules() if isinstance(m, self._r2conv)]
+
+    def train(self, mode: bool = True) -> GCNN:
+        """Sets the mode of every module but the equivariant convolutions, which stay in
+        training mode: that mode only decides, in e2cnn 0.2.3, whether an ``R2Conv`` expands its
+        filter from its weights at every call or uses the filter it expanded when ``.eval()`` was
+        called. That cache, kept with its autograd graph, made evaluation mode compute from
+        stale filters (weights changed in place, ``torch.func.functional_call`` with other
+        parameters, a second backward pass through the freed graph) and made the model
+        impossible to deep-copy. Expanding at every call costs the five expansions, about 1 ms
+        per forward with the default configuration on one CPU core (one image: 5.3 -> 5.9 ms;
+        a batch of 100: within the noise of 110-120 ms; 2026-12-05, 2-core VM): a cache keyed
+        by the weights' identity and version would win that back for single images only, and
+        would be a second source of truth for the filters."""
+        with torch.no_grad():  # e2cnn's eval() expands once more; that cache is dropped below
+            super().train(mode)
+        for conv in self._convs():
+            conv.train(True)
+        return self
 
     def forward(self, images: Tensor) -> Tensor:
         x = check_model_input(self, images).images
@@ -174,7 +203,7 @@ class GCNN(nn.Module):
             # Empty features taken from the input, so that a backward pass reaches it.
             features = x.flatten(1)[:, :1].expand(-1, self.classifier.in_features)
             return self.classifier(features).to(images.dtype)
-        x = self._enn.GeometricTensor(self.standardize(x), self._input_type)
+        x = self._geometric_tensor(self.standardize(x), self._input_type)
         # The last module, e2cnn's GroupPooling, writes into a float32 tensor whatever the input's
         # dtype (e2cnn 0.2.3): the same maximum over each regular field's N channels is taken
         # here, in the fields' own dtype, by the same operator (torch.max over the field, whose
@@ -184,6 +213,8 @@ class GCNN(nn.Module):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for module in body:
+                if isinstance(module, self._r2conv) and not module.training:
+                    module.train(True)  # put in evaluation mode by itself (see train)
                 x = module(x)
         maps = x.tensor.unflatten(1, (-1, self.config.group_order)).max(2).values
         return self.classifier(_readout(maps, self.config.readout)).to(images.dtype)
@@ -194,7 +225,7 @@ class GCNN(nn.Module):
         its expanded filter, batch norms with their statistics), a copy of the current weights
         in evaluation mode; the standardisation and the classifier are shared."""
         training = self.training
-        self.eval()  # e2cnn exports the filters it expands in evaluation mode
+        self.eval()  # e2cnn's export() expands each filter from the current weights
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

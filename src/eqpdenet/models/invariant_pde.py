@@ -37,7 +37,7 @@ from ..checks import (
 )
 from ..errors import NonFiniteStateError
 from ..geometry import halvings_stay_even
-from ..pde.integrators import EulerStep, input_range_hint
+from ..pde.integrators import EulerStep, input_checked, input_range_hint
 from ..pde.invariants import DEFAULT_RATIO_EPS
 from ..pde.joint import DEFAULT_JET_FLOOR, JOINT_GROUPS
 from ..pde.rhs import InvariantSystemRHS, invariant_maps
@@ -131,6 +131,43 @@ def _sigma(config: InvariantPDEConfig) -> float | None:
     return config.sigma if stencil_has_scale(config.stencil) else None
 
 
+#: How each ``downsample`` option changes a map's side between stages: the rounding of the
+#: module the forward uses (``nn.AvgPool2d(2)`` rounds down, ``AntiAliasedDownsample`` up). The
+#: sizes of the stages and the smallest image are computed from these, never separately.
+HALVINGS = {"pool": lambda size: size // 2, "blur": downsampled_size, "none": lambda size: size}
+
+
+def stage_sizes(image_size: int, config: InvariantPDEConfig) -> list[int]:
+    """The side of the maps in each stage for images of side ``image_size``."""
+    halve, sizes = HALVINGS[config.downsample], [image_size]
+    for _ in config.channels[1:]:
+        sizes.append(halve(sizes[-1]))
+    return sizes
+
+
+def _smallest_before(halve, target: int) -> int:
+    """The smallest side ``s >= target`` with ``halve(s) >= target``: a bisection on
+    ``[target, 2 target]`` (every halving is monotone, at most the identity and
+    ``halve(2 target) >= target``), so a thousand stages cost a few thousand calls."""
+    low, high = target, 2 * target
+    while low < high:
+        middle = (low + high) // 2
+        if halve(middle) >= target:
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+def smallest_image(config: InvariantPDEConfig, stencil_size: int) -> int:
+    """The smallest image side whose every stage (:func:`stage_sizes`) is at least
+    ``stencil_size``, the jet's minimum with its boundary."""
+    halve, size = HALVINGS[config.downsample], stencil_size
+    for _ in config.channels[1:]:
+        size = _smallest_before(halve, size)
+    return size
+
+
 class _Lift(nn.Module):
     """``f (B, C_in, H, W) -> (B, C_0, H, W)``: a pointwise map of the input's invariants."""
 
@@ -168,15 +205,18 @@ class InvariantPDENet(nn.Module):
                  input_std: float = 1.0):
         super().__init__()
         self.config = config = invariant_pde or InvariantPDEConfig()
-        pools = len(config.channels) - 1 if config.downsample == "pool" else 0
+        halvings = len(config.channels) - 1 if config.downsample != "none" else 0
         stencil = Jet(2, config.stencil, 1.0, config.boundary, sigma=_sigma(config))
-        #: Each 2x2 pooling halves the image (rounding down); the jet of the last stage needs
-        #: ``stencil.min_image_size`` pixels a side there.
-        self.min_image_size = stencil.min_image_size * 2**pools
+        #: Every stage's jet needs ``stencil.min_image_size`` pixels a side, after the
+        #: downsamplings before it (:data:`HALVINGS`).
+        self.min_image_size = smallest_image(config, stencil.min_image_size)
+        how = {"pool": "2x2 average poolings (rounding down)",
+               "blur": "anti-aliased halvings (rounding up)"}.get(config.downsample)
         self.image_size = require_image_size(
             image_size, self.min_image_size,
-            f"{pools} poolings of 2x2 between its stages, then the {config.stencil!r} stencil with "
-            f"the {config.boundary!r} boundary")
+            (f"{halvings} {how} between its stages, then " if halvings else "")
+            + f"the {config.stencil!r} stencil with the {config.boundary!r} boundary in every "
+              f"stage")
         self.in_channels = require_int(in_channels, "in_channels", 1)
         self.standardize = Standardize(input_mean, input_std)
         self.lift = _Lift(in_channels, config.channels[0], config)
@@ -215,12 +255,7 @@ class InvariantPDENet(nn.Module):
         the estimate within 1 to 1.6 times the measurement.
         """
         config = self.config
-        size, sizes = self.image_size, []
-        for index in range(len(config.channels)):
-            if index:
-                size = {"pool": size // 2, "blur": downsampled_size(size), "none": size}[
-                    config.downsample]
-            sizes.append(size)
+        sizes = stage_sizes(self.image_size, config)
         factor = 4.0 if config.group == "se2" and config.joint == "channel" else 7.5
         per_map = batch_size * element_size
         total = 7 * config.channels[0] * per_map * sizes[0] ** 2
@@ -246,13 +281,14 @@ class InvariantPDENet(nn.Module):
     def _features(self, entered: ModelInput) -> Tensor:
         u = self.lift(self.standardize(entered.images))
         finite = []
-        for stage in self.stages:
-            for module in stage:
-                u = module(u)
-                if isinstance(module, EulerStep):  # on the device: one host read at the end
-                    finite.append(torch.isfinite(u).all())
+        blocks = [m for m in self.stages.modules() if isinstance(m, EulerStep)]
+        with input_checked(*blocks):  # checked on entry: no host read per block
+            for stage in self.stages:
+                for module in stage:
+                    u = module(u)
+                    if isinstance(module, EulerStep):  # on the device: one host read at the end
+                        finite.append(torch.isfinite(u).all())
         if finite:
-            blocks = [m for m in self.stages.modules() if isinstance(m, EulerStep)]
             try:  # the first block whose state was not finite, as "its Euler step 1"
                 report_non_finite([b.name for b in blocks], [b.dt for b in blocks],
                                   (~torch.stack(finite)).to(torch.int64))

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as module_hooks
 
 from .. import kernels
 from ..checks import (
@@ -38,7 +39,15 @@ from ..checks import (
 )
 from ..errors import NonFiniteStateError
 from ..registry import Registry
-from .integrators import MAX_STEPS, EulerFlow, EulerStep, input_range_hint, steps_for
+from .integrators import (
+    MAX_STEPS,
+    EulerFlow,
+    EulerStep,
+    call_checked,
+    input_checked,
+    input_range_hint,
+    steps_for,
+)
 from .invariants import (
     DEFAULT_RATIO_EPS,
     DEFAULT_RATIO_REGULARISATION,
@@ -171,8 +180,11 @@ class LayerConfig:
             others, which refuse one.
         ratio_eps: regularisation scale of ratio invariants (eq. (5)).
         ratio_regularisation: :data:`~eqpdenet.pde.invariants.RATIO_REGULARISATIONS`:
-            ``"covariant"`` (``a b / (b^2 + eps^2 a^2)``, invariant wherever ``a / b`` is) or
-            ``"absolute"`` (the paper's ``a b / (b^2 + eps^2)``, which fixes a length scale).
+            ``"covariant"`` (``a b / (b^2 + eps^2 R)`` with ``R = |H|^2 + |∇u|^4``, ``R^2``
+            where ``b = det H``, ``a^2`` for a set that names no reference: the regularisation
+            scales as ``b^2`` does, so the ratio is invariant wherever ``a / b`` is;
+            :mod:`~eqpdenet.pde.invariants`) or ``"absolute"`` (the paper's
+            ``a b / (b^2 + eps^2)``, which fixes a length scale).
         reduction: :data:`REDUCTIONS`: ``"linear"`` (the paper's), ``"mean"``, ``"max"``,
             ``"concat"``.
         init, init_scale: initial ``F_theta`` (:data:`INITS`: ``"zeros"``, ``"heat"``,
@@ -296,6 +308,15 @@ class PDELayer(nn.Module):
     ``forward``: ``(B, C, H, W) -> (B, C, H, W)`` (``(B, n_e C, H, W)`` for ``concat``).
     :meth:`evolve` gives the unreduced ``(B, n_e, C, H, W)``.
 
+    Hooks. The reference path calls every PDE's modules (``pdes[e]``, its ``step``,
+    ``step.rhs``, ``rhs.jet``, ``rhs.F``), so their hooks fire; the fused operator calls none.
+    So the layer takes the reference whenever one of them, or the process (global module
+    hooks), has a forward, forward pre-, backward or backward pre-hook registered (old-style
+    ``torch.nn.utils.weight_norm`` is a forward pre-hook): decided at every call, from the hook
+    dictionaries alone. Under ``torch.jit.trace`` it takes the reference as well: the trace
+    records the plain PyTorch operators, which give the same values to rounding, and the fused
+    operator's schema (lists of strings) cannot be traced.
+
     Example:
         >>> layer = PDELayer.paper()
         >>> layer(torch.rand(2, 1, 28, 28)).shape
@@ -311,6 +332,8 @@ class PDELayer(nn.Module):
         self.reduction_kind = reduction
         self.reduction = make_reduction(reduction, len(self.pdes))
         self.backend, self.recompute = backend, bool(recompute)
+
+    _input_checked = False  # see eqpdenet.pde.integrators.input_checked
 
     @property
     def n_pdes(self) -> int:
@@ -328,9 +351,13 @@ class PDELayer(nn.Module):
         x, values = self._enter(u)
         return self._evolve(x, values).to(u.dtype)
 
-    def _enter(self, u: Tensor) -> tuple[Tensor, tuple[float, float]]:
+    def _enter(self, u: Tensor) -> tuple[Tensor, tuple[float, float] | None]:
         """The checks of the public entry points (:mod:`eqpdenet.checks`): shape, finite values
-        (``(min, max)`` returned for error messages), ``u`` in the layer's dtype."""
+        (``(min, max)`` returned for error messages), ``u`` in the layer's dtype; none inside
+        :class:`~eqpdenet.pde.integrators.input_checked` (the caller checked, and explains a
+        non-finite state itself)."""
+        if self._input_checked:
+            return u, None
         check_images(u, "u")
         values = check_values(u, "u")
         return match_dtype(u, module_dtype(self), "u"), values
@@ -346,7 +373,8 @@ class PDELayer(nn.Module):
             raise error.with_hint(input_range_hint(*values)) from None
 
     def _evolve_unchecked(self, u: Tensor) -> Tensor:
-        if kernels.resolve_backend(self.backend) != "reference":
+        if (kernels.resolve_backend(self.backend) != "reference" and not torch.jit.is_tracing()
+                and not self._hooked()):
             specs = self.kernel_specs()
             reason = specs if isinstance(specs, str) else kernels.unsupported_reason(u, specs)
             if reason is None:
@@ -354,21 +382,35 @@ class PDELayer(nn.Module):
             kernels.warn_once(f"{reason}; using the reference PDE layer")
         return self._evolve_reference(u)
 
+    def _hooked(self) -> bool:
+        """Whether a hook is registered that only the reference path would run (see the class
+        doc): global module hooks, or hooks on any module of a PDE."""
+        if (module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks
+                or module_hooks._global_backward_hooks
+                or module_hooks._global_backward_pre_hooks):
+            return True
+        return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                   or m._backward_pre_hooks for pde in self.pdes for m in pde.modules())
+
     def evolve_reference(self, u: Tensor) -> Tensor:
         """:meth:`evolve` by the plain PyTorch reference (with ``recompute``, states recomputed)."""
         x, values = self._enter(u)
         try:
             return self._evolve_reference(x).to(u.dtype)
         except NonFiniteStateError as error:
+            if values is None:
+                raise
             raise error.with_hint(input_range_hint(*values)) from None
 
     def _evolve_reference(self, u: Tensor) -> Tensor:
+        # Each PDE called as a module, so that its hooks (and those of its parts) fire.
         if self.recompute and torch.is_grad_enabled():
             from torch.utils.checkpoint import checkpoint as recompute
 
-            return torch.stack([recompute(pde.integrate, u, use_reentrant=False)
+            return torch.stack([recompute(call_checked, pde, u, use_reentrant=False)
                                 for pde in self.pdes], dim=1)
-        return torch.stack([pde.integrate(u) for pde in self.pdes], dim=1)
+        with input_checked(*self.pdes):
+            return torch.stack([pde(u) for pde in self.pdes], dim=1)
 
     def kernel_specs(self) -> list[kernels.PDESpec] | str:
         """What the fused operator needs of each PDE, or why a PDE declares no such capability.

@@ -24,7 +24,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..checks import require, require_int, require_positive
+from ..checks import (
+    check_images,
+    check_values,
+    match_dtype,
+    module_dtype,
+    require,
+    require_int,
+    require_positive,
+)
 from ..errors import ConfigError
 from ..registry import Registry
 from .invariants import (
@@ -188,7 +196,9 @@ class InvariantRHS(nn.Module):
             or ``"absolute"`` (the paper's) (:data:`~eqpdenet.pde.invariants.RATIO_REGULARISATIONS`).
 
     ``forward``: ``(B, C, H, W) -> (B, C, H, W)``, each channel independently; the fixed stencils
-    are a non-persistent buffer, so ``state_dict`` holds only ``F``'s parameters.
+    are a non-persistent buffer, so ``state_dict`` holds only ``F``'s parameters. Called alone,
+    it checks ``u`` as a layer does (:meth:`enter`); inside an
+    :class:`~eqpdenet.pde.integrators.EulerStep` it is checked once by the outermost piece.
 
     Example:
         >>> rhs = InvariantRHS("se2")
@@ -208,12 +218,25 @@ class InvariantRHS(nn.Module):
         self.jet = Jet(self.invariant_set.order, stencil, spacing, boundary, sigma)
         self.F = make_rhs(rhs, len(self.invariant_set), degree)
 
+    _input_checked = False  # see eqpdenet.pde.integrators.input_checked
+
+    def enter(self, u: Tensor) -> Tensor:
+        """The entry checks (:mod:`eqpdenet.checks`): images ``(B, C, H, W)`` with finite
+        values, returned in this module's dtype (lower precision converted up, higher an
+        :class:`~eqpdenet.errors.InputTypeError`)."""
+        check_images(u, "u")
+        check_values(u, "u")
+        return match_dtype(u, module_dtype(self), "u")
+
     def invariants(self, u: Tensor) -> Tensor:
-        """``(B, C, H, W) -> (B, C, K, H, W)``: the invariants of ``u``."""
+        """``(B, C, H, W) -> (B, C, K, H, W)``: the invariants of ``u``, in its dtype (not
+        checked: an analysis of ``u`` as it is; :meth:`forward` checks)."""
         return self.invariant_set(self.jet(u), self.ratio_eps, self.ratio_regularisation)
 
     def forward(self, u: Tensor) -> Tensor:
-        return self.F(self.invariants(u))
+        x = u if self._input_checked else self.enter(u)
+        out = self.F(self.invariants(x))
+        return out if x is u else out.to(u.dtype)
 
     def diffusivity(self) -> float | None:
         """Coefficient of ``u_xx + u_yy`` in a linear ``F``, or None where there is none."""
@@ -258,7 +281,9 @@ class InvariantSystemRHS(nn.Module):
             a region as flat (:mod:`eqpdenet.pde.joint`).
         normalize_invariants: batch-normalise each invariant map before ``F_theta`` mixes them.
 
-    ``forward``: ``(B, C, H, W) -> (B, C, H, W)``.
+    ``forward``: ``(B, C, H, W) -> (B, C, H, W)``; called alone, it checks ``u`` as a layer
+    does (:meth:`enter`); inside an :class:`~eqpdenet.pde.integrators.EulerStep` or a model
+    it is checked once by the outermost piece.
 
     Example:
         >>> rhs = InvariantSystemRHS(4, "se2", hidden=8)
@@ -282,17 +307,29 @@ class InvariantSystemRHS(nn.Module):
             nn.Conv2d(maps, hidden, 1, bias=False),
             nn.BatchNorm2d(hidden), nn.ReLU(), nn.Conv2d(hidden, channels, 1))
 
+    _input_checked = False  # see eqpdenet.pde.integrators.input_checked
+
     @property
     def names(self) -> list[str]:
         """The invariant maps fed to ``F_theta``, in order."""
         return self.invariants_of.names
 
+    def enter(self, u: Tensor) -> Tensor:
+        """The entry checks (:mod:`eqpdenet.checks`): images ``(B, channels, H, W)`` with finite
+        values, returned in this module's dtype (lower precision converted up, higher an
+        :class:`~eqpdenet.errors.InputTypeError`)."""
+        check_images(u, "u", channels=self.channels)
+        check_values(u, "u")
+        return match_dtype(u, module_dtype(self), "u")
+
     def invariants(self, u: Tensor) -> Tensor:
-        """``(B, C, H, W) -> (B, K, H, W)``."""
+        """``(B, C, H, W) -> (B, K, H, W)`` (not checked: :meth:`forward` checks)."""
         return self.invariants_of(self.jet(u))
 
     def forward(self, u: Tensor) -> Tensor:
-        return self.F(self.invariants(u))
+        x = u if self._input_checked else self.enter(u)
+        out = self.F(self.invariants(x))
+        return out if x is u else out.to(u.dtype)
 
 
 class PerChannelInvariants(nn.Module):

@@ -69,7 +69,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import check_images, require, require_positive
+from ..checks import check_images, check_values, require, require_positive
 from ..errors import ConfigError, InputError
 from ..registry import Registry
 
@@ -422,7 +422,8 @@ def jet(
 
     Returns:
         ``(B, C, D, H, W)`` with ``D = (order + 1)(order + 2) / 2`` in the order of
-        :func:`derivative_names`.
+        :func:`derivative_names`, in the dtype of ``u``. A ``u`` with NaN or inf is an
+        :class:`~eqpdenet.errors.InputError` (:func:`~eqpdenet.checks.check_values`).
 
     Example:
         >>> u = torch.rand(8, 1, 28, 28)
@@ -432,6 +433,7 @@ def jet(
         torch.Size([8, 1, 6, 28, 28])
     """
     check_images(u, "u")
+    check_values(u, "u")  # a NaN would spread over the stencil's neighbourhood, silently
     return apply_jet_weight(u, jet_weight(order, stencil, spacing, u.dtype, u.device, sigma),
                             boundary)
 
