@@ -431,3 +431,26 @@ def test_euler_launchers_refuse_mixed_precision():
     with pytest.raises(InputError, match="got u torch.float32, weight torch.float64, bias "
                                          "torch.float32"):
         triton_euler.forward(**{**args, "weight": args["weight"].double()})
+
+
+def test_the_operators_ask_about_the_tensors_own_device(monkeypatch):
+    """The layers asked each device type's implementation about the current card only
+    (``IMPLEMENTATIONS.get("cuda")()``); they now pass the tensor's device, so a model on
+    cuda:1 is judged by cuda:1's capability."""
+    from eqpdenet import PDELayer
+    from eqpdenet.kernels import m2_op, op
+
+    asked = []
+
+    def recorder(device=None):
+        asked.append(device)
+        return None
+
+    monkeypatch.setattr(op.IMPLEMENTATIONS, "get", lambda kind: recorder)
+    monkeypatch.setattr(m2_op.M2_IMPLEMENTATIONS, "get", lambda kind: recorder)
+    u = torch.zeros(1, 1, 8, 8)
+    layer = PDELayer.build(["se2"])
+    assert op.unsupported_reason(u, layer.kernel_specs()) is None
+    field = torch.zeros(1, 2, 8, 8, 8)
+    assert m2_op.m2_unsupported_reason(field, torch.zeros(3, 2, 10), "replicate", 1) is None
+    assert asked == [u.device, field.device]

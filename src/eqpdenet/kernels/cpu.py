@@ -141,7 +141,9 @@ class _Extension:
                 raise KernelUnavailableError(self.error) from error
             return self.module
 
-    def unavailable(self) -> str | None:
+    def unavailable(self, device=None) -> str | None:
+        """Why the extension cannot run (``device``: the registry's signature, unused: one
+        build serves every CPU tensor), or None."""
         try:
             self.load()
         except KernelUnavailableError as error:

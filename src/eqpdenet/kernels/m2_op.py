@@ -73,7 +73,8 @@ __all__ = ["KERNEL_ORIENTATIONS", "M2_IMPLEMENTATIONS", "M2_UPDATE_IMPLEMENTATIO
 
 #: Numbers of orientations ``N`` the compiled kernels are built for.
 KERNEL_ORIENTATIONS = (4, 8, 12, 16)
-#: Device type -> ``available()`` returning None or why that device's implementation cannot run.
+#: Device type -> ``unavailable(device)``: None, or why that device's implementation cannot run
+#: on ``device`` (a ``torch.device``).
 M2_IMPLEMENTATIONS: Registry = Registry("M2 kernel implementation")
 #: The same for ``m2_update`` (a device may have the other operators first).
 M2_UPDATE_IMPLEMENTATIONS: Registry = Registry("M2 update kernel implementation")
@@ -211,7 +212,7 @@ def m2_unsupported_reason(u: Tensor, weight: Tensor, boundary: str,
                 f"orientations, not {u.shape[2] if u.dim() == 5 else '?'}")
     if 2 * radius + 1 > 63:
         return f"the fused M2 kernel supports stencils of at most 63 taps (radius {radius})"
-    return M2_IMPLEMENTATIONS.get(device)()
+    return M2_IMPLEMENTATIONS.get(device)(u.device)  # each card judged by its own capability
 
 
 def _refuse_transforms(operator: str, *tensors: Tensor) -> None:

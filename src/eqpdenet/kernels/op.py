@@ -107,8 +107,9 @@ KERNEL_INVARIANT_SETS = ("se2", "scaling", "sim2")
 KERNEL_RATIO_REGULARISATIONS = ("covariant", "absolute")
 KERNEL_BOUNDARIES = ("replicate", "zeros", "reflect", "circular")
 
-#: Device type -> ``available()`` returning None or why that device's implementation cannot run.
-IMPLEMENTATIONS: Registry[Callable[[], str | None]] = Registry("kernel implementation")
+#: Device type -> ``unavailable(device)``: None, or why that device's implementation cannot run
+#: on ``device`` (a ``torch.device``; several CUDA cards may differ in capability).
+IMPLEMENTATIONS: Registry[Callable[[torch.device], str | None]] = Registry("kernel implementation")
 #: Device type -> the invariant sets its implementation computes, where not all of
 #: :data:`KERNEL_INVARIANT_SETS` (a set added to one kernel first falls back on the others).
 DEVICE_INVARIANT_SETS: dict[str, tuple[str, ...]] = {}
@@ -280,7 +281,7 @@ def unsupported_reason(u: Tensor, specs: Sequence[PDESpec]) -> str | None:
             if parameter.dtype != u.dtype or parameter.device != u.device:
                 return (f"parameters ({parameter.dtype}, {parameter.device}) and input "
                         f"({u.dtype}, {u.device}) differ in dtype or device")
-    return IMPLEMENTATIONS.get(device)()
+    return IMPLEMENTATIONS.get(device)(u.device)  # each card judged by its own capability
 
 
 _warned: set[str] = set()
