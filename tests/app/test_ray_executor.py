@@ -15,7 +15,7 @@ from data_helpers import data_dir_or_skip
 from eqpdenet.app import training
 from eqpdenet.app.cli import main
 from eqpdenet.app.config import ExperimentConfig, apply_overrides
-from eqpdenet.app.distributed import Executor
+from eqpdenet.app.distributed import Executor, check_address
 from eqpdenet.app.files import read_jsonl
 from eqpdenet.app.runstore import RUNS_DIR
 from eqpdenet.app.sweeps import run_sweep
@@ -152,3 +152,9 @@ def test_benchmark_on_ray_gives_the_numbers_of_the_local_executor(ray_cluster, t
     assert ray["cnn-seed0"]["accuracy"] == local["cnn-seed0"]["accuracy"]
     assert ray["cnn-seed0"]["robustness"] == local["cnn-seed0"]["robustness"]
     assert (tmp_path / "ray" / "table.md").exists()
+
+
+def test_the_address_of_a_running_head_passes_the_check(ray_cluster):
+    """The check that refuses what is not a Ray head (``tests/app/test_distributed_faults.py``)
+    lets a head through: its gRPC greeting, and its GCS's answer to Ray's own first request."""
+    check_address(ray_cluster.get_runtime_context().gcs_address, timeout=60)

@@ -171,7 +171,15 @@ TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER
 def _train_distributed(args) -> int:
     """``torchrun --nproc-per-node N -m eqpdenet train --distributed ...``: one model trained by N
     processes (DistributedDataParallel: gloo on CPUs, NCCL on GPUs, one GPU per process). Rank 0
-    checks the folder, writes the checkpoint and the results; the other ranks write nothing."""
+    checks the folder, writes the checkpoint and the results; the other ranks write nothing.
+
+    Every rank must run the same command on the same data. Before anything is written or read,
+    the ranks compare their configurations (and the fingerprints of their data files); once the
+    data are loaded, the data (the splits' sizes and labels). A difference stops every rank with
+    one line naming it (:func:`_same_on_every_rank`), rather than training a model that no
+    rank's configuration describes, or waiting for ever in a collective that a rank with other
+    batches never joins. Each rank exits when its launcher is gone
+    (:func:`~eqpdenet.app.workers.die_with_parent`), and rank 0 then commits nothing."""
     import torch
     import torch.distributed as dist
 
@@ -180,11 +188,14 @@ def _train_distributed(args) -> int:
     from .preflight import preflight
     from .runfolder import RUN_FILES, check_replaceable, output_path, staged
     from .training import data_parallel_group, prepare_data, resolve_device, run_experiment, train_model
+    from .workers import die_with_parent
 
     missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
     if missing:
         raise ConfigError(f"--distributed runs under torchrun ({', '.join(missing)} not set): "
                           f"torchrun --nproc-per-node N -m eqpdenet train --distributed ...")
+    # An orphaned rank would train on for the whole run, and rank 0 would then write its result.
+    launcher = die_with_parent()
     config = _experiment_config(args)
     device = resolve_device(config.train.device)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
@@ -192,6 +203,7 @@ def _train_distributed(args) -> int:
         torch.cuda.set_device(local_rank)
     out = output_path(args.out)
     with data_parallel_group("nccl" if device.type == "cuda" else "gloo"):
+        _same_on_every_rank("configuration", _rank_configuration(config))
         with contextlib.ExitStack() as stack:
             problem, data = None, None
             if rank == 0:  # the checks and the data (ROTMNIST's cache) first, in rank 0 alone
@@ -209,7 +221,12 @@ def _train_distributed(args) -> int:
             if status[0] is not None:
                 raise ConfigError(f"rank 0 stopped: {status[0]}")
             if rank != 0:
-                data = prepare_data(config.data, args.data_dir, args.cache_dir)
+                try:
+                    data = prepare_data(config.data, args.data_dir, args.cache_dir)
+                except Exception as error:  # told to the others below, then raised
+                    data = error
+            _same_on_every_rank("data", data if isinstance(data, Exception) else _data_summary(data))
+            if rank != 0:
                 try:
                     train_model(config, data, progress=False)
                 except (NonFiniteStateError, FloatingPointError):
@@ -222,6 +239,11 @@ def _train_distributed(args) -> int:
             atomic_write(stage / "config.toml", to_toml(config).encode())
             atomic_write(stage / "result.json",
                          (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+            # Where a watchdog, not the kernel, ends an orphan (not Linux), the launcher may have
+            # died since it last looked: end as an interrupt does (the staging folder removed,
+            # the folder untouched) rather than commit a run that nobody awaits.
+            if os.getppid() != launcher:
+                raise KeyboardInterrupt
     if record["status"] != "ok":
         print(f"eqpdenet: training failed: {record['error']}", file=sys.stderr)
         return 1
@@ -230,6 +252,83 @@ def _train_distributed(args) -> int:
           f"({record['train_seconds']:.0f} s, {record['processes']} processes) -> "
           f"{out / 'model.pt'}")
     return 0
+
+
+def _rank_configuration(config: ExperimentConfig) -> dict:
+    """What every rank of ``train --distributed`` must share before it reads any data: the
+    configuration (every field), eqpdenet's version, and the fingerprint of the data file
+    (:func:`~eqpdenet.data.datasets.dataset_fingerprint`, the one records carry; None for a
+    registered data set), read, not loaded."""
+    from ..data.datasets import dataset_fingerprint
+
+    fields = _flat(to_dict(config))
+    fields["eqpdenet version"] = __version__
+    fields["fingerprint of the data file"] = dataset_fingerprint(config.data.dataset)
+    return fields
+
+
+def _data_summary(data) -> dict:
+    """What every rank's data must share: the splits' sizes, the image shape and classes, a hash
+    of each split's labels (cheap, and exact on any CPU, unlike the images of a generated
+    rotation), and where the data came from unless a file's fingerprint (compared before) says
+    it (a path may differ between machines: a registered set's source, e.g. ROTMNIST official or
+    generated, may not)."""
+    import hashlib
+
+    summary = {}
+    for name in ("train", "validation", "test"):
+        split = data[name]
+        summary[f"{name} images"] = len(split.labels)
+        labels = split.labels.detach().cpu().contiguous().numpy().tobytes()
+        summary[f"{name} labels (SHA-256)"] = hashlib.sha256(labels).hexdigest()[:12]
+    summary["image shape"] = list(data.image_shape)
+    summary["classes"] = data.classes
+    info = getattr(data, "info", None) or {}
+    if "fingerprint" not in info:
+        summary["source"] = info.get("source")
+    return summary
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """A nested dict as ``{"train.seed": 0, ...}``."""
+    flat = {}
+    for name, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{name}."))
+        else:
+            flat[f"{prefix}{name}"] = value
+    return flat
+
+
+def _same_on_every_rank(what: str, mine) -> None:
+    """Every rank of the process group sends ``mine`` (a dict of fields, or the exception that
+    stopped this rank) to every other: a rank's exception stops them all (its own raised again,
+    named by the others), and fields that differ between ranks are a :class:`ConfigError` on
+    every rank, naming them with each rank's value, so that all ranks stop together."""
+    import torch.distributed as dist
+
+    failed = isinstance(mine, BaseException)
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, f"{type(mine).__name__}: {mine}" if failed else mine)
+    if failed:
+        raise mine
+    for rank, theirs in enumerate(gathered):
+        if isinstance(theirs, str):
+            raise ConfigError(f"rank {rank} stopped: {theirs}")
+    differences = []
+    for field in sorted(set().union(*gathered)):
+        values: dict[str, list[int]] = {}  # a value (as shown) -> the ranks that have it
+        for rank, theirs in enumerate(gathered):
+            values.setdefault(repr(theirs.get(field)), []).append(rank)
+        if len(values) > 1:
+            differences.append(f"{field}: " + ", ".join(
+                f"{value} on rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}"
+                for value, ranks in values.items()))
+    if differences:
+        shown = "; ".join(differences[:5]) + (f"; ... ({len(differences)} fields in all)"
+                                               if len(differences) > 5 else "")
+        raise ConfigError(f"the ranks of --distributed disagree on the {what}: {shown}; every "
+                          f"rank must run the same command on the same data")
 
 
 def _evaluate(args) -> int:

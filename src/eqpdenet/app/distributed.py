@@ -15,48 +15,169 @@
   files, ``results.jsonl``, the checkpoints, which tasks return as bytes), so the workers need no
   access to the results folder.
 
+:func:`ray_session` keeps one Ray instance (and each data set's copy in the object store) for
+several sweeps: ``study`` runs all its stages in one, instead of starting Ray for each. While Ray
+runs, the driver keeps eqpdenet's SIGTERM/SIGHUP/SIGINT handlers (``ray.init`` installs its
+own, which crash the driver on SIGTERM; ``ray.shutdown`` leaves them in place): a SIGTERM ends
+the command like Ctrl-C, with the unfinished tasks cancelled.
+
 Ray is an optional dependency (``pip install 'eqpdenet[distributed]'``), imported only here and
 only when the Ray executor is used.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
 
-__all__ = ["CONNECT_SECONDS", "EXECUTORS", "Executor", "check_address", "import_ray", "run_on_ray"]
+__all__ = ["CONNECT_SECONDS", "EXECUTORS", "Executor", "check_address", "import_ray", "ray_session",
+           "run_on_ray"]
 
 EXECUTORS = ("local", "ray")
 
-#: How long a cluster's head may take to accept a connection before ``--address`` is refused
-#: (Ray itself would wait without end for a head that is not there).
+#: How long a cluster's head may take to answer before ``--address`` is refused (Ray itself
+#: would wait without end for a head that is not there, or for something else that listens at
+#: the address): an address where nothing listens, or something that is not a Ray head (an
+#: HTTP server, the dashboard's port), is refused in a second; one that never answers, in this.
 CONNECT_SECONDS = 10.0
 
 #: The port of a Ray head given without one (Ray's default).
 RAY_PORT = 6379
 
+#: The first bytes of an HTTP/2 connection (the client preface, then an empty SETTINGS frame):
+#: a Ray head (gRPC) answers with its own SETTINGS frame at once, an HTTP/1 server with a status
+#: line.
+_HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_SETTINGS_FRAME = 4
+
+#: Asks the GCS at ``argv[1]`` for its cluster id, as a driver does first, in a process of its
+#: own: Ray's client retries for longer than asked and logs every try to stderr, so the process
+#: is killed at the deadline and its output kept to itself. An authentication error is a Ray
+#: head's answer too (``ray.init`` then reads the token and says what is wrong); exit status 3:
+#: this Ray has no such client (another version), nothing could be checked.
+_GCS_PROBE = """
+import sys
+try:
+    from ray._raylet import InnerGcsClient
+    connect = InnerGcsClient.standalone
+except (ImportError, AttributeError):
+    sys.exit(3)
+try:
+    connect(sys.argv[1], None, int(sys.argv[2]))
+except Exception as error:
+    if type(error).__name__ == "AuthenticationError":
+        sys.exit(0)
+    print(type(error).__name__ + ": " + " ".join(str(error).split()))
+    sys.exit(1)
+"""
+
+
+def _tls() -> bool:
+    """Whether Ray talks TLS (``RAY_USE_TLS``): then no plain HTTP/2 greeting is answered."""
+    return os.environ.get("RAY_USE_TLS", "0").strip().lower() in ("1", "true", "yes")
+
+
+def _http2_answer(sock: socket.socket, deadline: float) -> str | None:
+    """None when the server on ``sock`` greets an HTTP/2 client as a gRPC server does, else what
+    it did instead."""
+    try:
+        sock.settimeout(max(0.1, deadline - time.monotonic()))
+        sock.sendall(_HTTP2_HELLO)
+        answer = b""
+        while len(answer) < 9:  # a frame header
+            chunk = sock.recv(512)
+            if not chunk:
+                break
+            answer += chunk
+    except TimeoutError:
+        return "something accepts connections there but does not answer as a Ray head does"
+    except OSError as error:
+        return f"something accepts connections there but {(error.strerror or str(error)).lower()}"
+    if len(answer) >= 9 and answer[3] == _SETTINGS_FRAME:
+        return None
+    if not answer:
+        return "something accepts connections there but closes them without answering"
+    line = answer.split(b"\n", 1)[0].decode("ascii", "replace").strip()
+    shown = "".join(c if c.isprintable() else "?" for c in line)[:60]
+    return (f"something listens there, but not a Ray head: it answered {shown!r}, where a head "
+            f"answers in gRPC; a web server, or the dashboard's port?")
+
+
+def _gcs_answer(address: str, deadline: float) -> str | None:
+    """None when a Ray head's GCS at ``address`` answers (or this Ray cannot ask), else why
+    not."""
+    left = max(1.0, deadline - time.monotonic())
+    try:
+        probe = subprocess.run([sys.executable, "-c", _GCS_PROBE, address, str(int(left * 1000))],
+                               capture_output=True, text=True, timeout=left,
+                               stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:  # (the probe is killed)
+        return f"a server answers there, but no Ray head's GCS within {left:.0f} s"
+    if probe.returncode in (0, 3):
+        return None
+    detail = (probe.stdout.strip().splitlines() or [f"exit status {probe.returncode}"])[-1]
+    return f"a server answers there, but not as a Ray head's GCS: {detail[:200]}"
+
+
+def _auto_address() -> str | None:
+    """The cluster ``--address auto`` joins, found as ``ray.init`` finds it (``RAY_ADDRESS``,
+    else the last ``ray start`` on this machine, else a head running here); a
+    :class:`ConfigError` when there is none; None where this version of Ray cannot say."""
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+    except ImportError:
+        return None
+    try:
+        return canonicalize_bootstrap_address("auto")
+    except ConnectionError as error:
+        raise ConfigError(f"--address auto: no Ray cluster to join ({' '.join(str(error).split())})"
+                          f"; start one with `ray start --head`, or leave out --address to start "
+                          f"Ray here") from None
+    except Exception:  # noqa: BLE001 - an address Ray parses otherwise: ray.init will say
+        return None
+
 
 def check_address(address: str | None, timeout: float = CONNECT_SECONDS) -> None:
-    """A :class:`ConfigError` within ``timeout`` seconds unless something accepts connections at
-    ``address`` (``HOST[:PORT]``, ``ray://HOST:PORT``); ``None``, ``"auto"`` and ``"local"`` are
-    not network addresses and pass."""
-    if address in (None, "auto", "local"):
+    """A :class:`ConfigError` within about ``timeout`` seconds unless a Ray head answers at
+    ``address`` (``HOST[:PORT]``, ``ray://HOST:PORT``, ``auto``: the cluster Ray would join):
+    something must accept connections there and greet an HTTP/2 client as gRPC does (not under
+    ``RAY_USE_TLS``), and for a head's address, its GCS must answer Ray's own first request
+    (from a process of its own, killed at the deadline, so Ray's retries and logs stay there). A
+    Ray client server (``ray://``) is checked up to the greeting. ``None`` and ``"local"`` (a new
+    instance here) pass."""
+    if address in (None, "local"):
         return
+    deadline = time.monotonic() + timeout
+    shown = address
+    if address == "auto":
+        found = _auto_address()
+        if found is None:
+            return
+        address, shown = found, f"auto ({found})"
     where = address.split("://", 1)[-1].rstrip("/")
     host, _, port = where.rpartition(":") if ":" in where else (where, "", str(RAY_PORT))
     try:
         port_number = int(port)
     except ValueError:
-        raise ConfigError(f"--address {address}: expected HOST:PORT (e.g. 10.0.0.5:6379)") \
+        raise ConfigError(f"--address {shown}: expected HOST:PORT (e.g. 10.0.0.5:6379)") \
             from None
+    reason = None
     try:
-        with socket.create_connection((host.strip("[]"), port_number), timeout=timeout):
-            return
+        with socket.create_connection((host.strip("[]"), port_number), timeout=timeout) as sock:
+            if not _tls():
+                reason = _http2_answer(sock, deadline)
     except socket.gaierror:
         reason = f"the host {host!r} is unknown"
     except TimeoutError:
@@ -65,7 +186,11 @@ def check_address(address: str | None, timeout: float = CONNECT_SECONDS) -> None
         reason = "connection refused: nothing listens on that port"
     except OSError as error:
         reason = (error.strerror or str(error)).lower()
-    raise ConfigError(f"--address {address}: no Ray cluster there ({reason}); start one with "
+    if reason is None and not address.startswith("ray://"):
+        reason = _gcs_answer(f"{host}:{port_number}", deadline)
+    if reason is None:
+        return
+    raise ConfigError(f"--address {shown}: no Ray cluster there ({reason}); start one with "
                       f"`ray start --head` on that machine, or leave out --address to start Ray "
                       f"here")
 
@@ -96,6 +221,13 @@ class Executor:
             raise ConfigError(f"cpus per run must be >= 1, got {self.cpus_per_run}")
         if self.max_retries < 0:
             raise ConfigError(f"max retries must be >= 0, got {self.max_retries}")
+        cpus = os.cpu_count()
+        if self.kind == "ray" and self.address is None and cpus and self.cpus_per_run > cpus:
+            # known now, not after Ray's start-up and the sweep's first files
+            raise ConfigError(f"--cpus-per-run {self.cpus_per_run}: this machine has {cpus} "
+                              f"CPUs, and the Ray instance started here for the sweep gets no "
+                              f"more, so no run could ever start; lower --cpus-per-run, or join "
+                              f"a larger cluster with --address")
 
 
 def import_ray():
@@ -168,71 +300,152 @@ def _gpus_for(device: str, cluster_gpus: float) -> float:
     return 1 if device == "auto" and cluster_gpus > 0 else 0
 
 
+#: The signals whose handlers stay eqpdenet's while Ray runs in this process.
+_KEPT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                      if hasattr(signal, name))
+
+
+def _handlers() -> dict:
+    """This process's Python handlers of :data:`_KEPT_SIGNALS` (none outside the main thread,
+    which alone may set them; none for a handler not set from Python)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {number: handler for number in _KEPT_SIGNALS
+            if (handler := signal.getsignal(number)) is not None}
+
+
+def _reinstall(handlers: dict) -> None:
+    """Set ``handlers`` again, in the C library too: ``ray.init`` replaces SIGTERM's handler in
+    Python and, under it, in C (Ray's core worker: "*** SIGTERM received", exit 1), and
+    ``ray.shutdown`` leaves Python's and resets C's to the default (death, with no clean-up)."""
+    for number, handler in handlers.items():
+        signal.signal(number, handler)
+
+
+@dataclass
+class _Session:
+    """The Ray of a :func:`ray_session`: started or joined on first use, with each data set put
+    in the object store once."""
+
+    executor: Executor
+    started: bool = False  # whether this session started Ray (and so stops it)
+    handlers: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)  # data key -> its object reference
+
+    def connect(self):
+        """The ``ray`` module, connected: to the Ray this process runs already, if any (left
+        running at the end), else to the cluster at ``executor.address``, or to a new instance
+        on this machine when it is None."""
+        ray = import_ray()
+        if ray.is_initialized():
+            return ray
+        check_address(self.executor.address)  # (Ray would wait without end)
+        self.data.clear()  # references into an object store that is gone
+        self.handlers = _handlers()
+        self.started = True  # before init: an interrupted start is stopped too
+        try:
+            # No address: a new instance on this machine ("local"), not whatever RAY_ADDRESS
+            # or a `ray start` here would join.
+            ray.init(address=self.executor.address or "local", include_dashboard=False,
+                     logging_level="WARNING", configure_logging=True)
+        except ConnectionError as error:
+            raise ConfigError(f"--address {self.executor.address}: no Ray cluster there "
+                              f"({' '.join(str(error).split())})") from None
+        finally:
+            _reinstall(self.handlers)
+        return ray
+
+    def close(self) -> None:
+        self.data.clear()
+        if self.started:
+            self.started = False
+            try:
+                import_ray().shutdown()
+            finally:
+                _reinstall(self.handlers)
+
+
+#: The session of the innermost :func:`ray_session` block, if any.
+_SESSION: _Session | None = None
+
+
+@contextlib.contextmanager
+def ray_session(executor: Executor) -> Iterator[_Session]:
+    """One Ray for every :func:`run_on_ray` inside the block (``study``: all its stages), started
+    (or joined) by the first that needs it, not before (a study with nothing left to run starts
+    none), and stopped at the end of the block if it started it; each data set goes into the
+    object store once. Inside another session's block, that session (and its executor)."""
+    global _SESSION
+    if _SESSION is not None:
+        yield _SESSION
+        return
+    session = _SESSION = _Session(executor)
+    try:
+        yield session
+    finally:
+        _SESSION = None
+        session.close()
+
+
 def run_on_ray(tasks: list[tuple[str, object, Path | None]], runner: Callable[..., dict],
                options: dict, executor: Executor, *, data_dir=None,
                cache_dir=None) -> Iterator[tuple[str, dict]]:
     """Run ``tasks`` (key, configuration, checkpoint path or None) as Ray tasks; yields (key,
     record) as they complete, after writing each wanted checkpoint (atomically) here.
 
-    Joins the cluster at ``executor.address``, or starts a local Ray instance when it is None and
-    none is running in this process; leaves (and stops what it started) at the end, or when the
-    caller stops iterating (Ctrl-C: unfinished tasks are cancelled).
+    Runs in the Ray of the enclosing :func:`ray_session`, else in its own: it joins the cluster
+    at ``executor.address``, or starts a local Ray instance when it is None and none is running
+    in this process, and leaves (and stops what it started) at the end, or when the caller stops
+    iterating (Ctrl-C, SIGTERM: unfinished tasks are cancelled).
     """
     import json
 
+    from ..data.datasets import dataset_fingerprint
     from .config import to_dict
     from .files import atomic_write
     from .training import prepare_data
 
-    ray = import_ray()
-    started = not ray.is_initialized()
-    if started:
-        check_address(executor.address)
+    with ray_session(executor) as session:
+        ray = session.connect()
+        pending: dict = {}
         try:
-            # No address: a new instance on this machine ("local"), not whatever RAY_ADDRESS
-            # or a `ray start` here would join.
-            ray.init(address=executor.address or "local", include_dashboard=False,
-                     logging_level="WARNING", configure_logging=True)
-        except ConnectionError as error:
-            raise ConfigError(f"--address {executor.address}: no Ray cluster there "
-                              f"({' '.join(str(error).split())})") from None
-    pending: dict = {}
-    try:
-        resources = ray.cluster_resources()
-        cluster_gpus = float(resources.get("GPU", 0))
-        if executor.cpus_per_run > float(resources.get("CPU", 0)):
-            raise ConfigError(f"--cpus-per-run {executor.cpus_per_run}: the Ray cluster has "
-                              f"{resources.get('CPU', 0):g} CPUs, so no run could ever start")
-        if cluster_gpus == 0 and any(run.train.device == "cuda" for _, run, _ in tasks):
-            raise ConfigError("train.device = 'cuda', but the Ray cluster has no GPU, so no run "
-                              "could ever start")
-        task = ray.remote(_ray_task)
-        data_refs: dict[str, object] = {}
-        for key, run, checkpoint in tasks:
-            data_key = json.dumps(to_dict(run.data), sort_keys=True)
-            if data_key not in data_refs:  # once per data set, in the driver
-                data_refs[data_key] = ray.put(_compact(prepare_data(run.data, data_dir,
-                                                                    cache_dir)))
-            ref = task.options(num_cpus=executor.cpus_per_run,
-                               num_gpus=_gpus_for(run.train.device, cluster_gpus),
-                               max_retries=executor.max_retries,
-                               name=f"eqpdenet {key}").remote(
-                runner, to_dict(run), [data_refs[data_key]], executor.cpus_per_run,
-                checkpoint is not None, options)
-            pending[ref] = (key, checkpoint)
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                key, checkpoint = pending.pop(ref)
-                record, model = ray.get(ref)
-                if checkpoint is not None and model is not None:
-                    atomic_write(checkpoint, model)
-                yield key, record
-    finally:
-        for ref in pending:  # interrupted, or a run failed: stop the others
-            try:
-                ray.cancel(ref, force=True)
-            except Exception:  # noqa: BLE001 - already finished or gone: nothing to stop
-                pass
-        if started:
-            ray.shutdown()
+            resources = ray.cluster_resources()
+            cluster_gpus = float(resources.get("GPU", 0))
+            if executor.cpus_per_run > float(resources.get("CPU", 0)):
+                raise ConfigError(f"--cpus-per-run {executor.cpus_per_run}: the Ray cluster has "
+                                  f"{resources.get('CPU', 0):g} CPUs, so no run could ever start")
+            if cluster_gpus == 0 and any(run.train.device == "cuda" for _, run, _ in tasks):
+                raise ConfigError("train.device = 'cuda', but the Ray cluster has no GPU, so no "
+                                  "run could ever start")
+            task = ray.remote(_ray_task)
+            keys: dict[str, str] = {}  # the data's configuration -> its key (hashed once a call)
+            for key, run, checkpoint in tasks:
+                config_key = json.dumps(to_dict(run.data), sort_keys=True)
+                if config_key not in keys:  # the same data: its configuration, folders, file
+                    keys[config_key] = json.dumps([config_key, str(data_dir), str(cache_dir),
+                                                   dataset_fingerprint(run.data.dataset)])
+                data_key = keys[config_key]
+                if data_key not in session.data:  # once per data set, in the driver
+                    session.data[data_key] = ray.put(_compact(prepare_data(run.data, data_dir,
+                                                                           cache_dir)))
+                ref = task.options(num_cpus=executor.cpus_per_run,
+                                   num_gpus=_gpus_for(run.train.device, cluster_gpus),
+                                   max_retries=executor.max_retries,
+                                   name=f"eqpdenet {key}").remote(
+                    runner, to_dict(run), [session.data[data_key]], executor.cpus_per_run,
+                    checkpoint is not None, options)
+                pending[ref] = (key, checkpoint)
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    key, checkpoint = pending.pop(ref)
+                    record, model = ray.get(ref)
+                    if checkpoint is not None and model is not None:
+                        atomic_write(checkpoint, model)
+                    yield key, record
+        finally:
+            for ref in pending:  # interrupted, or a run failed: stop the others
+                try:
+                    ray.cancel(ref, force=True)
+                except Exception:  # noqa: BLE001 - already finished or gone: nothing to stop
+                    pass

@@ -29,6 +29,7 @@ is summarised in ``out/study.md``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import statistics
@@ -46,7 +47,7 @@ from .config import (
     to_dict,
     to_toml,
 )
-from .distributed import Executor
+from .distributed import Executor, ray_session
 from .files import atomic_write, read_jsonl
 from .locks import hold
 from .report import PAPER_MODELS
@@ -243,11 +244,17 @@ def run_study(out: Path, *, base: ReproduceConfig | None = None, stages=STAGES, 
               progress: bool = True, echo=print) -> ReproduceConfig:
     """Run the greedy study; returns the chosen configuration (also in ``out/chosen.toml``).
     ``out`` has one writer at a time (:func:`eqpdenet.app.locks.hold`). A base without a
-    validation split is refused before anything is written."""
+    validation split is refused before anything is written. With the Ray executor, every stage
+    runs in one Ray (:func:`~eqpdenet.app.distributed.ray_session`), started when the first run
+    needs it and stopped at the end."""
     _check_study(base or study_base())
     legacy = ("study.md", "chosen.toml", "runs")
     check_claim(out, "study", legacy)  # before the lock writes into it
-    with hold(out, "study"):
+    # On Ray, one instance (and one copy of the data in its object store) for every stage, not
+    # one started and stopped per candidate (seconds each, and a session folder in /tmp/ray).
+    one_ray = ray_session(executor) if executor is not None and executor.kind == "ray" \
+        else contextlib.nullcontext()
+    with hold(out, "study"), one_ray:
         claim_folder(out, "study", legacy)
         return _run_study(Path(out), base=base, stages=stages, margin=margin, jobs=jobs,
                           executor=executor, data_dir=data_dir, cache_dir=cache_dir,

@@ -16,29 +16,38 @@ after PyTorch has started threads is unsafe) whose workers
   error in another run).
 
 The watchdog is plain Python (no ``prctl(PR_SET_PDEATHSIG)``, which Linux ties to the parent
-*thread* and other systems lack).
+*thread* and other systems lack). The ranks of ``train --distributed`` die with ``torchrun``
+through :func:`die_with_parent`, which does use that signal where it can: a rank waiting in a
+collective of gloo can keep the interpreter's lock, and so keep a watchdog thread from running
+(seen: a rank outlived its launcher by minutes), while ``torchrun`` starts its ranks from its main
+thread.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 
-__all__ = ["WATCH_SECONDS", "worker_pool"]
+__all__ = ["WATCH_SECONDS", "die_with_parent", "worker_pool"]
 
 #: How often a worker checks that its parent is alive, in seconds.
 WATCH_SECONDS = 0.5
 
 
 def _die() -> None:
-    with contextlib.suppress(OSError):
-        os.killpg(0, signal.SIGKILL)  # this worker's group: itself and what it started
+    # Its group (itself and what it started) only where it leads one: a process that shares its
+    # group with others (a shell's job, a launcher's processes) would take them with it.
+    if os.getpgid(0) == os.getpid():
+        with contextlib.suppress(OSError):
+            os.killpg(0, signal.SIGKILL)
     os._exit(1)
 
 
@@ -47,6 +56,40 @@ def _watch_parent(parent: int) -> None:
         if os.getppid() != parent:  # re-parented: the parent is gone
             _die()
         time.sleep(WATCH_SECONDS)
+
+
+#: ``prctl``'s option that has the kernel send a signal when the parent dies (linux/prctl.h).
+PR_SET_PDEATHSIG = 1
+
+
+def _killed_with_parent() -> bool:
+    """Have the kernel SIGKILL this process when its parent dies (Linux); whether it will."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def die_with_parent() -> int:
+    """End this process, as if killed (no clean-up), when its parent is gone: on Linux the
+    kernel kills it at once (``prctl(PR_SET_PDEATHSIG, SIGKILL)``, which no Python code, nor a
+    C++ call that keeps the interpreter's lock, can hold up), elsewhere the watchdog within
+    :data:`WATCH_SECONDS`, with its process group where it leads one. Linux ties the signal to
+    the parent's *thread* that started this process, so the parent must start it from a thread
+    that lives as long as it does (``torchrun`` and shells do). Returns the parent's pid, which
+    ``os.getppid()`` stops being once the parent has died (a last check before a result is
+    committed, where the watchdog may not have looked yet)."""
+    parent = os.getppid()
+    if _killed_with_parent():
+        if os.getppid() != parent:  # died before the kernel was told
+            _die()
+    else:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
+                         name="eqpdenet-parent-watchdog").start()
+    return parent
 
 
 def _start_worker(parent: int, initializer: Callable | None, initargs: tuple) -> None:
