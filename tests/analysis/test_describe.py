@@ -1,5 +1,9 @@
 """Formula text of learned PDEs and the evolution grid."""
 
+import warnings
+
+import numpy as np
+import pytest
 import torch
 
 from eqpdenet.analysis.describe import describe_layer, pde_formula, reduction_formula
@@ -197,3 +201,152 @@ def test_describe_out_of_a_model_without_evolution_images_says_so(tmp_path, caps
     assert "stage0.block0" in captured.out
     assert "evolution images are drawn of the paper's PDE layer" in captured.err
     assert "lifted_pde checkpoint" in captured.err and not (tmp_path / "d").exists()
+
+
+def test_leading_terms_without_invariant_normalisation_are_at_zero_per_raw_unit():
+    """Without the invariant batch norm the read-out is a linearisation at I = 0 per unit of
+    each raw invariant: no Ĩ, no "mean invariants" (F = 3 relu(2 Δu + 10) + 0.5 near I = 0)."""
+    from eqpdenet.analysis.describe import describe_system
+    from eqpdenet.pde.integrators import EulerStep
+    from eqpdenet.pde.rhs import InvariantSystemRHS
+
+    rhs = InvariantSystemRHS(1, "se2", hidden=1, normalize_invariants=False)
+    conv1, bn2, _, conv2 = rhs.F
+    with torch.no_grad():
+        conv1.weight.zero_()
+        conv1.weight[0, rhs.names.index("Δu1")] = 2.0
+        bn2.running_var.fill_(1.0 - bn2.eps)
+        bn2.bias.fill_(10.0)
+        conv2.weight.fill_(3.0)
+        conv2.bias.fill_(0.5)
+    text = describe_system(EulerStep(rhs, 0.25, name="block"), top=1)
+    assert text.splitlines() == [
+        "block: u <- u + 0.25 F(I(u)), 1 channels, 5 invariant maps; leading terms of F at "
+        "I = 0, per unit of each invariant:",
+        "  ∂t u1 ≈ 30.5 + 6 Δu1 + ..."]
+
+
+def test_describe_prints_how_ratios_are_regularised():
+    """Layers that differ only in the ratio regularisation (or its ε) compute different PDEs:
+    their descriptions differ, and say what each computes."""
+    torch.manual_seed(0)
+    absolute = PDELayer.build(["scaling"], init="normal", init_scale=0.05,
+                              ratio_regularisation="absolute")
+    covariant = PDELayer.build(["scaling"], init="normal", init_scale=0.05,
+                               ratio_regularisation="covariant", ratio_eps=1.0)
+    covariant.load_state_dict(absolute.state_dict())
+    lines = {layer: describe_layer(layer).splitlines()[4].strip()
+             for layer in (absolute, covariant)}
+    assert lines[absolute] == ("ratios (absolute, ε = 0.1): every a / b above is "
+                               "a b / (b² + ε²) (0 where b = 0)")
+    assert lines[covariant] == ("ratios (covariant, ε = 1): every a / b above is "
+                                "a b / (b² + ε² R) (0 where its denominator is 0); "
+                                "R = u_xx² + 2 u_xy² + u_yy² + (u_x² + u_y²)²")
+    sim2 = describe_layer(PDELayer.build(["sim2"], init_noise=0.0)).splitlines()[4].strip()
+    assert sim2 == ("ratios (covariant, ε = 0.1): a / b above is a b / (b² + ε² R) in "
+                    "grad_sq_over_laplacian; a b / (b² + ε² R²) in "
+                    "grad_sq_laplacian_over_hess_det, grad_hess_grad_over_hess_det "
+                    "(0 where its denominator is 0); R = u_xx² + 2 u_xy² + u_yy² + (u_x² + u_y²)²")
+    assert "ratios" not in describe_layer(PDELayer.build(["se2"], init_noise=0.0))
+
+
+def _check_line(layer: PDELayer) -> str:
+    return describe_layer(layer).splitlines()[3].split("; ", 1)[1]
+
+
+def test_stability_check_prints_both_bounds_and_the_value():
+    layer = layer_with({"laplacian": -0.03})
+    assert _check_line(layer) == "diffusion check 0 ≤ a·dt ≤ 0.25: a·dt = −0.003, UNSTABLE"
+    assert _check_line(layer_with({"laplacian": 2.0})) == (
+        "diffusion check 0 ≤ a·dt ≤ 0.25: a·dt = 0.2, stable")
+    assert _check_line(layer_with({}, invariants=("scaling",))) == (
+        "diffusion check 0 ≤ a·dt ≤ 0.25: n/a (no Laplacian coefficient)")
+
+
+@pytest.mark.parametrize(("stencil", "a", "bound"), [("central", 2.5, "0.25"),
+                                                     ("isotropic", 3.75, "0.375")])
+def test_stability_exactly_at_the_bound_is_stable(stencil, a, bound):
+    """a dt = 2 / lambda_max exactly (2 / (16 / 3) evaluates to 0.37499999999999994): stable,
+    no warning; the next float32 coefficient above is unstable and warns."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer = PDELayer.build(["se2"], stencil=stencil, dt=0.1, init="heat", init_scale=a,
+                               init_noise=0.0)
+    [report] = layer.stability()
+    assert report["a_dt"] == float(bound) and report["stable"] is True
+    assert _check_line(layer) == f"diffusion check 0 ≤ a·dt ≤ {bound}: a·dt = {bound}, stable"
+    above = float(np.nextafter(np.float32(a), np.float32(10)))
+    with pytest.warns(UserWarning, match="violates the explicit Euler bound"):
+        layer = PDELayer.build(["se2"], stencil=stencil, dt=0.1, init="heat",
+                               init_scale=above, init_noise=0.0)
+    assert layer.stability()[0]["stable"] is False
+
+
+def test_polynomial_F_gets_the_stability_check_and_the_warning():
+    """A polynomial F has the Laplacian coefficient of its linearisation at u = 0 (the weight of
+    its degree-1 Laplacian monomial: every se2 invariant vanishes at u = 0, so the degree-2
+    terms do not contribute); heat flow with a dt = 0.5 is unstable, as for the linear F."""
+    with pytest.warns(UserWarning, match=r"initial diffusivity 5 with dt=0.1 \(a dt = 0.5\) "
+                                         r"violates the explicit Euler bound"):
+        layer = PDELayer.build(["se2"], rhs="polynomial", degree=2, init="heat", init_scale=5.0,
+                               init_noise=0.0)
+    assert _check_line(layer) == ("diffusion check 0 ≤ a·dt ≤ 0.25: a·dt = 0.5 (a of F "
+                                  "linearised at u = 0), UNSTABLE")
+    F = layer.pdes[0].step.rhs.F
+    with torch.no_grad():
+        F.weight[F.monomials().index((0, 0, 2, 0, 0))] = 7.0   # (Δu)²
+        F.weight[F.monomials().index((1, 0, 1, 0, 0))] = -3.0  # u Δu
+        F.weight[F.monomials().index((0, 0, 1, 0, 0))] = 2.0
+    [report] = layer.stability()
+    assert report["diffusivity"] == 2.0 and report["stable"] is True
+    # the linearisation: F(I(eps v)) / eps -> 2 Δv (+ the u term) as eps -> 0
+    v = torch.randn(1, 1, 9, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    rhs = layer.pdes[0].step.rhs.double()
+    with torch.no_grad():
+        F.weight[F.monomials().index((1, 0, 0, 0, 0))] = 0.0
+        jet = rhs.jet(v)
+        linear = 2.0 * (jet[:, :, 3] + jet[:, :, 5])
+        torch.testing.assert_close(rhs(1e-6 * v) / 1e-6, linear, rtol=1e-4, atol=1e-4)
+
+
+def test_describe_out_of_a_pde_that_blows_up_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    """The learned PDE is not finite on the chosen images: describe prints the formulas, then
+    says so with describe's own explanation (not a training hint) and leaves no folder."""
+    from eqpdenet.app import cli
+    from eqpdenet.app.config import ExperimentConfig, build_model
+    from eqpdenet.app.training import save_checkpoint
+
+    config = ExperimentConfig()
+    model = build_model(config.model)
+    rhs = model.pde_layer.pdes[0].step.rhs
+    with torch.no_grad():
+        rhs.F.weight[rhs.invariant_set.names.index("grad_sq")] = 100.0  # u_t = 100 |∇u|²
+    save_checkpoint(tmp_path / "model.pt", model, config)
+    images = torch.zeros(2, 1, 28, 28)
+    images[:, :, 8:20, 12:16] = 1.0
+    monkeypatch.setattr(cli, "_describe_images",
+                        lambda *args: (images, ["MNIST test #0", "MNIST test #1"]))
+    out = tmp_path / "new" / "d"
+    assert cli.main(["describe", str(tmp_path / "model.pt"), "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "100 (u_x² + u_y²)" in captured.out
+    assert captured.err.startswith("eqpdenet: error: PDE 'pde0:se2' produced a non-finite state")
+    assert ("The checkpoint's learned PDE (printed above) blows up on MNIST test #0, MNIST test "
+            "#1 under its own explicit Euler scheme") in captured.err
+    assert f"nothing was written to {out}" in captured.err
+    assert "learning rate" not in captured.err
+    assert not (tmp_path / "new").exists()
+    with torch.no_grad():  # the same checkpoint, finite: the folder and its image
+        rhs.F.weight.zero_()
+    save_checkpoint(tmp_path / "model.pt", model, config)
+    assert cli.main(["describe", str(tmp_path / "model.pt"), "--out", str(out),
+                     "--frames", "1"]) == 0
+    assert (out / "evolution.png").is_file()
+
+
+def test_one_frame_is_u_T():
+    from eqpdenet.app.figures import frame_steps
+
+    assert frame_steps(10, 1) == [10]
+    assert frame_steps(10, 2) == [0, 10] and frame_steps(10, 6) == [0, 2, 4, 6, 8, 10]
+    assert frame_steps(3, 8) == [0, 1, 2, 3]

@@ -6,8 +6,10 @@ import sys
 from pathlib import Path
 
 import matplotlib.image
+import pytest
 import torch
 
+from eqpdenet.analysis.equivariance import central_disk
 from eqpdenet.analysis.references import heat_pde
 from eqpdenet.app.figures import diagram_arrays, figure_diagram
 
@@ -43,3 +45,24 @@ def test_cli_help_lists_new_commands():
                          text=True, check=True, env=env).stdout
     for command in ("equivariance", "describe", "figure"):
         assert command in out
+
+
+def test_g_fills_with_the_pde_background_and_the_max_is_on_the_disk():
+    """A PDE that standardises its input (blank value -0.42): the identity map commutes with g
+    exactly, also where g moves new corners into the frame; the printed maximum is on the disk."""
+    image = digit()
+
+    def standardised(u):
+        return (u - 0.1307) / 0.3081
+
+    panels = diagram_arrays(image, standardised, angle=30.0)
+    assert float(panels["background"]) == pytest.approx(-0.1307 / 0.3081)
+    assert float(panels["g_uT"][0, 0]) == pytest.approx(-0.1307 / 0.3081)
+    assert float(panels["difference"].abs().max()) < 1e-5
+    assert float(panels["max_difference"]) < 1e-5
+    image[0, 0, 10:18, 24:27] = 1.0  # a stroke that the shift moves out of the frame
+    heat = diagram_arrays(image, heat_pde(T=1.0), angle=30.0, shift=(3.0, 0.0))
+    assert float(heat["background"]) == 0.0
+    disk = central_disk(28, 28)
+    assert float(heat["max_difference"]) == float(heat["difference"][disk].abs().max())
+    assert float(heat["max_difference"]) < float(heat["difference"].abs().max())

@@ -7,21 +7,27 @@
 
 Terms are in the order of ``F.monomials()`` (the invariant set's order, then products for a
 polynomial ``F``); exactly zero coefficients are left out; coefficients are printed with
-``digits`` significant digits. :func:`describe_layer` adds ``T``, ``dt``, steps, the stencil,
-the stability check and the reduction (``eqpdenet describe`` also renders the trajectories, with
-:func:`eqpdenet.app.figures.evolution_grid`).
+``digits`` significant digits; an invariant is parenthesised where juxtaposition or a power
+would read otherwise (a sum, a ratio in Unicode, any non-symbol raised to a power:
+``(u_x u_y)²``). :func:`describe_layer` adds ``T``, ``dt``, steps, the stencil, the stability check
+``0 ≤ a·dt ≤ 2 / λ_max`` with the value of ``a·dt``, how the printed ratios are regularised
+(:func:`ratio_reading`) and the reduction (``eqpdenet describe`` also renders the trajectories,
+with :func:`eqpdenet.app.figures.evolution_grid`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..models import EqPdeNet
 from ..pde.integrators import EulerFlow, EulerStep
+from ..pde.invariants import Derivatives, RatioRegularisation, hessian_reference_sq
 from ..pde.layer import LinearCombination, PDELayer
 from ..pde.m2_rhs import (
     ConvectionTerm,
@@ -32,10 +38,10 @@ from ..pde.m2_rhs import (
     M2SystemRHS,
     NetworkTerm,
 )
-from ..pde.rhs import InvariantSystemRHS
+from ..pde.rhs import InvariantRHS, InvariantSystemRHS, LinearF
 
-__all__ = ["pde_formula", "reduction_formula", "describe_layer", "describe_model",
-           "leading_terms", "describe_system", "describe_m2_system"]
+__all__ = ["pde_formula", "ratio_reading", "reduction_formula", "describe_layer",
+           "describe_model", "leading_terms", "describe_system", "describe_m2_system"]
 
 _SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 
@@ -44,14 +50,48 @@ def _number(value: float, digits: int) -> str:
     return f"{value:.{digits}g}"
 
 
-def _needs_parentheses(text: str, latex: bool) -> bool:
+#: One symbol, which a power or a neighbouring factor cannot split: ``u``, ``u_xx``, ``A13u``
+#: (Unicode), ``u_{xx}``, ``u_x`` (LaTeX).
+_SYMBOL = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_SYMBOL_LATEX = re.compile(r"[A-Za-z][A-Za-z0-9]*(_(\{[A-Za-z0-9]+\}|[A-Za-z0-9]))?")
+
+
+def _one_fraction(text: str) -> bool:
+    """Whether a LaTeX formula is one ``\\frac{...}{...}`` (which groups itself)."""
+    if not text.startswith(r"\frac{"):
+        return False
+    depth, groups = 0, 0
+    for position, character in enumerate(text[len(r"\frac"):], len(r"\frac")):
+        if character == "{":
+            depth += 1
+        elif character == "}":
+            depth -= 1
+            if depth == 0:
+                groups += 1
+                if groups == 2:
+                    return position == len(text) - 1
+        elif depth == 0:
+            return False
+    return False
+
+
+def _needs_parentheses(text: str, power: int, latex: bool) -> bool:
+    """Whether an invariant's formula must be parenthesised as a factor of a monomial: raised to
+    a power, anything but a single symbol (``u_x u_y²`` is not ``(u_x u_y)²``, ``u_x²²`` is no
+    power, ``\\frac{a}{b}^{2}`` is ambiguous); always, a sum or difference, a formula that starts
+    with a number or a sign (``0.5 2 u_x`` reads as one number), and in Unicode a ratio
+    (``u u_x² / u_xx`` would hide what the regularised ratio divides: :func:`ratio_reading`)."""
+    if power > 1 and not (_SYMBOL_LATEX if latex else _SYMBOL).fullmatch(text):
+        return True
+    if text[:1].isdigit() or text[:1] in "+-−.":
+        return True
     if latex:
-        return any(op in text for op in ("+", "-"))
+        return not _one_fraction(text) and any(op in text for op in ("+", "-"))
     return any(op in text for op in ("+", " - ", "−", "/"))
 
 
 def _factor(text: str, power: int, latex: bool) -> str:
-    if _needs_parentheses(text, latex):
+    if _needs_parentheses(text, power, latex):
         text = rf"\left({text}\right)" if latex else f"({text})"
     if power > 1:
         text = f"{text}^{{{power}}}" if latex else text + str(power).translate(_SUPERSCRIPTS)
@@ -102,6 +142,114 @@ def pde_formula(pde: EulerStep | EulerFlow, style: str = "unicode", digits: int 
     return lhs + _terms_to_text(terms, digits, latex)
 
 
+#: ``R`` of the covariant ratio regularisation (:func:`eqpdenet.pde.invariants.hessian_reference_sq`).
+_R_TEXT = "u_xx² + 2 u_xy² + u_yy² + (u_x² + u_y²)²"
+
+#: How a covariant ``a / b`` is computed, by the reference its invariant passes.
+_COVARIANT_READINGS = {
+    "R": "a b / (b² + ε² R)",
+    "R²": "a b / (b² + ε² R²)",
+    "a²": "a b / (b² + ε² a²) = r / (1 + ε² r²) with r = a / b",
+    "own": "a b / (b² + ε² ref), ref the invariant's own reference (of the scaling weight of b²)",
+}
+
+
+@dataclass(frozen=True)
+class _RecordingRatio(RatioRegularisation):
+    """The layer's ratio regularisation, recording the reference each division passes."""
+
+    references: list = field(default_factory=list, compare=False, hash=False)
+
+    def __call__(self, a, b, reference_sq=None):
+        self.references.append(reference_sq)
+        return super().__call__(a, b, reference_sq)
+
+
+def _ratio_references(invariant_set, eps: float, mode: str) -> dict[str, list[str]]:
+    """Per invariant that divides with the layer's regularisation, the reference of each of its
+    divisions (a key of :data:`_COVARIANT_READINGS`): found by evaluating it on a random jet
+    (what the function passes is the only record of it; ``R`` is compared by value)."""
+    order = invariant_set.order
+    jet = torch.randn((order + 1) * (order + 2) // 2, 3, 3, dtype=torch.float64,
+                      generator=torch.Generator().manual_seed(0))
+    try:
+        R = hessian_reference_sq(Derivatives(jet))
+    except (InputError, AttributeError):  # a jet of order < 2 has no R
+        R = None
+    found = {}
+    for invariant in invariant_set.invariants:
+        ratio = _RecordingRatio(eps, mode)
+        invariant.function(Derivatives(jet), ratio)
+        kinds = []
+        for reference in ratio.references:
+            if reference is None:
+                kinds.append("a²")
+            elif R is not None and torch.allclose(torch.as_tensor(reference), R, rtol=1e-12):
+                kinds.append("R")
+            elif R is not None and torch.allclose(torch.as_tensor(reference), R**2, rtol=1e-12):
+                kinds.append("R²")
+            else:
+                kinds.append("own")
+        if kinds:
+            found[invariant.name] = kinds
+    return found
+
+
+def _fixed_ratio_eps(invariant_set) -> float | None:
+    """The ``ratio_eps`` a compiled set fixes for itself (its ratios are then absolute, whatever
+    the layer's regularisation), or None: read from the recipe that compiles it again
+    (:func:`eqpdenet.pde.symbolic.compile_invariants`)."""
+    recipe = getattr(invariant_set, "compiled_from", None)
+    return recipe[1][2] if recipe is not None else None
+
+
+def ratio_reading(rhs: InvariantRHS) -> str | None:
+    """How every ratio ``a / b`` printed in :func:`pde_formula` is computed, or None where no
+    invariant divides: the regularised forms of :mod:`eqpdenet.pde.invariants`, with the mode and
+    ``ε`` of this right-hand side. The printed ratios are the exact invariants; the model's
+    ``F`` is of these (``u_x² / u_xx`` of a digit is ``0 / 0`` on most of its background)."""
+    invariant_set = rhs.invariant_set
+    fixed = _fixed_ratio_eps(invariant_set)
+    if fixed is not None:
+        if not any("/" in inv.unicode for inv in invariant_set.invariants):
+            return None
+        return (f"ratios (absolute, ε = {fixed:g} fixed by the invariant set, not the layer's "
+                f"ratio_eps or regularisation): every a / b above is a b / (b² + ε²) "
+                f"(0 where b = 0)")
+    eps, mode = rhs.ratio_eps, rhs.ratio_regularisation
+    references = _ratio_references(invariant_set, eps, mode)
+    if not references:
+        return None
+    head = f"ratios ({mode}, ε = {eps:g}): "
+    if mode == "absolute":
+        return head + "every a / b above is a b / (b² + ε²) (0 where b = 0)"
+    groups: dict[str, list[str]] = {}
+    for name, kinds in references.items():
+        for kind in dict.fromkeys(kinds):
+            groups.setdefault(kind, []).append(name)
+    if len(groups) == 1:
+        text = f"every a / b above is {_COVARIANT_READINGS[next(iter(groups))]}"
+    else:
+        text = "a / b above is " + "; ".join(
+            f"{_COVARIANT_READINGS[kind]} in {', '.join(names)}" for kind, names in groups.items())
+    text += " (0 where its denominator is 0)"
+    if "R" in groups or "R²" in groups:
+        text += f"; R = {_R_TEXT}"
+    return head + text
+
+
+def _stability_text(step: EulerStep, digits: int) -> str:
+    """The explicit Euler diffusion check, with its bounds and the value it judges."""
+    report = step.stability()
+    check = f"diffusion check 0 ≤ a·dt ≤ {report['max_a_dt']:g}: "
+    if report["stable"] is None:
+        return check + "n/a (no Laplacian coefficient)"
+    value = _number(report["a_dt"], digits).replace("-", "−")
+    linearised = ("" if isinstance(getattr(step.rhs, "F", None), LinearF)
+                  else " (a of F linearised at u = 0)")
+    return check + f"a·dt = {value}{linearised}, {'stable' if report['stable'] else 'UNSTABLE'}"
+
+
 def reduction_formula(layer: PDELayer, style: str = "unicode", digits: int = 3) -> str:
     """``u_out = w_0 u_T⁽⁰⁾ + ... + b`` for a linear reduction (its kind otherwise)."""
     latex = style == "latex"
@@ -120,8 +268,7 @@ def describe_layer(layer: PDELayer, digits: int = 3) -> str:
     lines = []
     for index, pde in enumerate(layer.pdes):
         step, rhs = pde.step, pde.step.rhs
-        stability = step.stability()
-        stable = {True: "stable", False: "UNSTABLE", None: "n/a"}[stability["stable"]]
+        ratios = ratio_reading(rhs)
         lines += [
             f"PDE {index} ({pde.name}; invariants of {rhs.invariant_set.group}"
             + (f", {rhs.invariant_set.equation}" if rhs.invariant_set.equation else "") + ")",
@@ -131,7 +278,8 @@ def describe_layer(layer: PDELayer, digits: int = 3) -> str:
             f"{rhs.jet.stencil}"
             + ("" if rhs.jet.sigma is None else f" (σ = {rhs.jet.sigma:g})")
             + f", h = {rhs.jet.spacing:g}, boundary = {rhs.jet.boundary}; "
-            f"diffusion check a·dt <= {stability['max_a_dt']:g}: {stable}",
+            + _stability_text(step, digits),
+            *([f"  {ratios}"] if ratios else []),
             "  invariants: " + "; ".join(f"{inv.name} = {inv.unicode}"
                                          for inv in rhs.invariant_set.invariants),
         ]
@@ -185,15 +333,20 @@ def leading_terms(rhs: InvariantSystemRHS, top: int = 3
 
 def describe_system(step: EulerStep, top: int = 3, digits: int = 3) -> str:
     """One Euler step ``u <- u + dt F_theta(I(u))`` of a PDE system, each channel's ``F`` read
-    out as its leading terms (:func:`leading_terms`; ``Ĩ`` is an invariant standardised by its
-    running mean and standard deviation)."""
+    out as its leading terms (:func:`leading_terms`): where ``F`` normalises its invariants, at
+    their running mean, ``Ĩ`` an invariant standardised by its running mean and standard
+    deviation; otherwise at ``I = 0``, per unit of each (raw) invariant."""
     rhs = step.rhs
+    first = rhs.F[0]
+    # the same condition as leading_terms' linearisation point
+    normalised = isinstance(first, nn.BatchNorm2d) and first.running_mean is not None
+    where = ("the mean invariants (Ĩ = (I - mean) / std)" if normalised
+             else "I = 0, per unit of each invariant")
     lines = [f"{step.name}: u <- u + {step.dt:g} F(I(u)), {rhs.channels} channels, "
-             f"{rhs.invariants_of.out_channels} invariant maps; leading terms of F at the mean "
-             f"invariants (Ĩ = (I - mean) / std):"]
+             f"{rhs.invariants_of.out_channels} invariant maps; leading terms of F at {where}:"]
     for c, (constant, terms) in enumerate(leading_terms(rhs, top)):
-        body = _terms_to_text([(constant, ""), *((a, f"Ĩ[{name}]") for a, name in terms)],
-                              digits, latex=False)
+        body = _terms_to_text([(constant, ""), *((a, f"Ĩ[{name}]" if normalised else name)
+                                                 for a, name in terms)], digits, latex=False)
         lines.append(f"  ∂t u{c + 1} ≈ {body} + ...")
     return "\n".join(lines)
 

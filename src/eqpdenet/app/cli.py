@@ -613,15 +613,18 @@ def _load_digits(data_dir, samples: list[int]):
 def _describe(args) -> int:
     from ..analysis.describe import describe_model
     from ..models import EqPdeNet
-    from .figures import evolution_grid
-    from .runfolder import claim_folder, output_path
+    from .figures import evolution_grid, evolution_trajectories
+    from .runfolder import MARKER, check_claim, claim_folder, output_path
     from .training import load_checkpoint
 
     model, config, _ = load_checkpoint(args.checkpoint)
     evolves = args.out and isinstance(model, EqPdeNet)
-    # the images first: a missing data set is refused before --out is claimed or anything printed
+    # the images and --out first: a missing data set or a folder that is not describe's to write
+    # is refused before anything is printed
     images, labels = _describe_images(config, args.data_dir, args.samples) if evolves else (None, None)
-    out = claim_folder(output_path(args.out), "describe") if evolves else None
+    folder = output_path(args.out) if evolves else None
+    if folder is not None:
+        check_claim(folder, "describe")
     print(describe_model(model, digits=args.digits))
     if args.out and not evolves:  # said, rather than an --out that silently stays empty
         printed = ("its PDEs are printed above" if config.model.kind in _KINDS_WITH_PDES
@@ -629,12 +632,35 @@ def _describe(args) -> int:
         print(f"eqpdenet: --out: evolution images are drawn of the paper's PDE layer "
               f"(model.kind = 'eqpdenet') only; this {config.model.kind} checkpoint: {printed}; "
               f"nothing was written to {args.out}", file=sys.stderr)
-    if out is not None:
-        path = out / "evolution.png"
+    if folder is None:
+        return 0
+    # The evolutions before the folder is made and marked: a PDE that blows up on these digits
+    # leaves no folder behind (hold's clean-up removes a folder holding only its lock file, not
+    # one holding describe's marker).
+    try:
+        trajectories = evolution_trajectories(model.pde_layer, images, model.standardize)
+    except NonFiniteStateError as error:
+        raise error.with_hint(
+            f"The checkpoint's learned PDE (printed above) blows up on {', '.join(labels)} "
+            f"under its own explicit Euler scheme: that is the trained model's behaviour, which "
+            f"describe reports and does not change. No evolution image was drawn and nothing "
+            f"was written to {args.out}; other --samples may stay finite.") from None
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    out = claim_folder(folder, "describe")
+    path = out / "evolution.png"
+    try:
         evolution_grid(model.pde_layer, images, path, frames=args.frames, labels=labels,
-                       standardize=model.standardize,
-                       title=f"u(0) ... u(T) of each PDE of {args.checkpoint}")
-        print(f"wrote {path}")
+                       title=f"u(0) ... u(T) of each PDE of {args.checkpoint}",
+                       trajectories=trajectories)
+    except BaseException:
+        # a folder this call made, still holding only its marker: removed, as if never claimed
+        if created and [entry.name for entry in out.iterdir()] == [MARKER]:
+            (out / MARKER).unlink()
+            for made in created:  # deepest first
+                with contextlib.suppress(OSError):
+                    made.rmdir()
+        raise
+    print(f"wrote {path}")
     return 0
 
 
@@ -671,7 +697,7 @@ def _figure(args) -> int:
         pde = heat_pde(T=args.T, dt=args.dt, names=("--T", "--dt"))
         label = f"heat equation ∂t u = u_xx + u_yy, T={args.T:g}"
     else:
-        from ..analysis.describe import pde_formula
+        from ..analysis.describe import pde_formula, ratio_reading
         from .training import load_checkpoint
 
         if not args.checkpoint:
@@ -688,7 +714,9 @@ def _figure(args) -> int:
             raise ConfigError(f"--pde {index}: the checkpoint has {model.pde_layer.n_pdes} PDEs")
         chosen = model.pde_layer.pdes[index]
         pde = lambda u: chosen(model.standardize(u))  # noqa: E731
-        label = f"learned {chosen.name}, T={chosen.T:g}\n{pde_formula(chosen, digits=2)}"
+        ratios = ratio_reading(chosen.step.rhs)  # the printed a / b are regularised: say how
+        label = (f"learned {chosen.name}, T={chosen.T:g}\n{pde_formula(chosen, digits=2)}"
+                 + (f"\n{ratios}" if ratios else ""))
     image = _load_digits(args.data_dir, [args.sample])
     error = figure_diagram(image, pde, Path(args.out), angle=args.angle, factor=args.scale,
                            shift=tuple(args.shift), pde_label=label)

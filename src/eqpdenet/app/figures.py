@@ -10,7 +10,9 @@
 For any sample, any group element ``g: p -> λ R(θ) p + t`` (push-forward, conventions of
 :mod:`eqpdenet.geometry`) and any PDE (the heat equation ``u_t = u_xx + u_yy`` by default, or one
 of a checkpoint's learned PDEs). The difference is drawn on the same scale as the evolved images
-(so "commutes" looks like a blank panel) and its relative size on the central disk is printed.
+(so "commutes" looks like a blank panel) and its relative size and largest value on the central
+disk are printed. ``g`` fills the frame's new corners with the blank value of what it moves (for
+``u_T(I0)``, the PDE's evolved blank image: :func:`diagram_arrays`).
 """
 
 from __future__ import annotations
@@ -25,26 +27,40 @@ from ..analysis.equivariance import DISK_FRACTION, central_disk, similarity
 from ..pde.layer import PDELayer
 from .files import save_figure
 
-__all__ = ["diagram_arrays", "evolution_grid", "figure_diagram"]
+__all__ = ["diagram_arrays", "evolution_grid", "evolution_trajectories", "figure_diagram",
+           "frame_steps"]
 
 
 @torch.no_grad()
 def diagram_arrays(image: Tensor, pde: Callable[[Tensor], Tensor], angle: float = 30.0,
                    factor: float = 1.0, shift=(0.0, 0.0)) -> dict[str, Tensor]:
     """The six panels, each ``(H, W)``: ``I0, gI0, uT, uT_g, g_uT, difference``, plus
-    ``relative_error`` (on the central disk) as a 0-d tensor. ``image``: ``(1, 1, H, W)``."""
+    ``relative_error`` and ``max_difference`` (both on the central disk) as 0-d tensors and
+    ``background``, ``u_T`` of a blank image. ``image``: ``(1, 1, H, W)``, its blank value 0.
+
+    ``g`` fills what it moves into the frame with the blank value of the image it moves: 0 for
+    ``I0``, ``background`` for ``u_T(I0)``, the value the PDE gives the blank part of the frame
+    (``-mean / std`` and its evolution for a checkpoint's PDE, which standardises its input), so
+    ``g·u_T(I0)`` matches ``u_T(g·I0)`` where the frame is blank; a zero fill would show a
+    difference of ``|background|`` there even for the identity map. The background is the mean
+    of the evolved blank image (uniform for every PDE of the library with a replicating
+    boundary)."""
     g = lambda u: similarity(u, angle, factor, shift)  # noqa: E731
     moved = g(image)
     evolved, evolved_moved = pde(image), pde(moved)
-    moved_evolved = g(evolved)
+    background = pde(torch.zeros_like(image)).mean()
+    moved_evolved = g(evolved - background) + background
     difference = evolved_moved - moved_evolved
-    mask = central_disk(image.shape[-2], image.shape[-1]).to(image.dtype)
+    disk = central_disk(image.shape[-2], image.shape[-1])
+    mask = disk.to(image.dtype)
     relative = torch.linalg.vector_norm(difference * mask) / torch.linalg.vector_norm(
         evolved * mask)
     panels = {"I0": image, "gI0": moved, "uT": evolved, "uT_g": evolved_moved,
               "g_uT": moved_evolved, "difference": difference}
     out = {key: value[0, 0] for key, value in panels.items()}
     out["relative_error"] = relative
+    out["max_difference"] = difference[0, 0][disk].abs().max()
+    out["background"] = background
     return out
 
 
@@ -99,7 +115,7 @@ def figure_diagram(image: Tensor, pde: Callable[[Tensor], Tensor], path, *, angl
         f"PDE: {pde_label}\n{g_text}\n\nrelative difference on the\ndashed disk "
         f"(radius {DISK_FRACTION:g} × side):\n"
         f"‖u_T(g·I0) − g·u_T(I0)‖ / ‖u_T(I0)‖ = {error:.2e}\n\n"
-        f"max |difference| = {float(panels['difference'].abs().max()):.2e}\n"
+        f"max |difference| on the disk = {float(panels['max_difference']):.2e}\n"
         f"(difference on the scale of the evolved images)",
         fontsize=9.5, va="center", ha="left", transform=axes[0, 2].transAxes)
 
@@ -133,29 +149,54 @@ def _between(fig, a, b) -> tuple[float, float]:
 
 
 @torch.no_grad()
+def evolution_trajectories(layer: PDELayer, images: Tensor, standardize=None) -> list[Tensor]:
+    """Per PDE of ``layer``, ``u(0), u(dt), ..., u(T)`` of ``images`` ``(N, 1, H, W)``
+    (``standardize`` applied first): ``(steps + 1, N, 1, H, W)`` each. A PDE that is not finite
+    on them raises :class:`~eqpdenet.errors.NonFiniteStateError`."""
+    u0 = standardize(images) if standardize is not None else images
+    return [pde(u0, return_trajectory=True) for pde in layer.pdes]
+
+
+def frame_steps(steps: int, frames: int) -> list[int]:
+    """The Euler steps drawn as ``frames`` columns of a trajectory of ``steps`` steps: evenly
+    spaced from ``u(0)`` to ``u(T)``, both included; one frame is ``u(T)``, what the layer passes
+    on (as many columns as distinct steps, at most ``steps + 1``).
+
+    Example:
+        >>> frame_steps(10, 6), frame_steps(10, 1), frame_steps(2, 5)
+        ([0, 2, 4, 6, 8, 10], [10], [0, 1, 2])
+    """
+    if frames == 1:
+        return [steps]
+    return sorted({round(k * steps / (frames - 1)) for k in range(frames)})
+
+
+@torch.no_grad()
 def evolution_grid(layer: PDELayer, images: Tensor, path, *, frames: int = 6,
                    labels: Sequence[str] | None = None, standardize=None,
-                   title: str | None = None) -> None:
-    """PNG grid: one row per (sample, PDE), ``frames`` columns ``u(t)`` from ``t = 0`` to ``T``.
+                   title: str | None = None, trajectories: Sequence[Tensor] | None = None) -> None:
+    """PNG grid: one row per (sample, PDE), ``frames`` columns ``u(t)`` from ``t = 0`` to ``T``
+    (:func:`frame_steps`: one frame is ``u(T)``).
 
     Each row has its own grey scale, shared across its frames so the change in time shows: from
     the row's minimum to its 99.5th percentile (isolated spikes saturate); the row label gives
     the full range. ``images``: ``(N, 1, H, W)``; ``standardize`` is applied first.
+    ``trajectories``: those of :func:`evolution_trajectories`, computed already.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    u0 = standardize(images) if standardize is not None else images
-    trajectories = [pde(u0, return_trajectory=True) for pde in layer.pdes]  # (S+1, N, 1, H, W)
+    if trajectories is None:
+        trajectories = evolution_trajectories(layer, images, standardize)
     rows = [(n, e) for n in range(len(images)) for e in range(layer.n_pdes)]
     fig, axes = plt.subplots(len(rows), frames, figsize=(1.3 * frames + 1.6, 1.35 * len(rows)),
                              squeeze=False)
     for r, (n, e) in enumerate(rows):
         trajectory = trajectories[e]
         steps = trajectory.shape[0] - 1
-        picks = sorted({round(k * steps / max(frames - 1, 1)) for k in range(frames)})
+        picks = frame_steps(steps, frames)
         data = trajectory[:, n, 0]
         shown = data[picks].flatten()
         vmin, vmax = float(shown.min()), float(torch.quantile(shown, 0.995))

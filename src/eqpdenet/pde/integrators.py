@@ -11,15 +11,16 @@ aliases). ``dt`` and ``T`` are in the PDE's time unit; space is measured in unit
 spacing of ``F``'s jet.
 
 Stability. Explicit Euler with learned coefficients can blow up. For the diffusion part
-``a (u_xx + u_yy)`` of a linear ``F`` the scheme is stable only if ``0 <= a dt <= 2 / lambda_max``
-where ``lambda_max`` is the largest eigenvalue of the discrete ``-Laplacian`` (``8 / h^2`` for the
-``central`` stencil, i.e. ``a dt <= h^2 / 4``): :meth:`EulerStep.stability` reports it for the
-current coefficients. This bound is *checked and reported*, not enforced, because the coefficients
-are learned and the other (nonlinear) terms have no such simple bound. What is enforced: by
-default every state is checked, and a non-finite one raises
-:class:`~eqpdenet.errors.NonFiniteStateError` naming the PDE and the first bad step, never NaN or
-inf passed on silently. The check stays on the device during the steps (no host synchronisation
-per step) and is read once after the last one (:func:`~eqpdenet.checks.report_non_finite`).
+``a (u_xx + u_yy)`` of ``F`` (of its linearisation at ``u = 0`` for a polynomial ``F``) the scheme
+is stable only if ``0 <= a dt <= 2 / lambda_max`` where ``lambda_max`` is the largest eigenvalue
+of the discrete ``-Laplacian`` (``8 / h^2`` for the ``central`` stencil, i.e. ``a dt <= h^2 / 4``):
+:meth:`EulerStep.stability` reports it for the current coefficients. This bound is *checked and
+reported*, not enforced, because the coefficients are learned and the other (nonlinear) terms
+have no such simple bound. What is enforced: by default every state is checked, and a non-finite
+one raises :class:`~eqpdenet.errors.NonFiniteStateError` naming the PDE and the first bad step,
+never NaN or inf passed on silently. The check stays on the device during the steps (no host
+synchronisation per step) and is read once after the last one
+(:func:`~eqpdenet.checks.report_non_finite`).
 
 Entry checks. Every piece usable alone (:class:`EulerFlow`, :class:`EulerStep` of a right-hand
 side that declares its checks, :class:`~eqpdenet.pde.rhs.InvariantRHS`,
@@ -52,13 +53,20 @@ from ..checks import (
 )
 from ..errors import NonFiniteStateError
 
-__all__ = ["MAX_STEPS", "STEPS_RTOL", "ConvInt", "EulerConv", "EulerFlow", "EulerStep",
-           "input_checked", "input_range_hint", "steps_for"]
+__all__ = ["MAX_STEPS", "STABILITY_RTOL", "STEPS_RTOL", "ConvInt", "EulerConv", "EulerFlow",
+           "EulerStep", "input_checked", "input_range_hint", "steps_for"]
 
 #: The most Euler steps :func:`steps_for` accepts: a bound on work and memory found before any is
 #: spent (the paper's layer takes 10; the equivariance studies a few hundred), and by
 #: :class:`EulerFlow` for an explicit number of steps.
 MAX_STEPS = 100_000
+
+#: Relative tolerance of the upper stability bound ``a dt <= 2 / lambda_max``
+#: (:meth:`EulerStep.stability`): a few units in the last place of a float64, the rounding of
+#: ``lambda_max`` (computed from the stencil's symbol) and of ``2 / lambda_max``, so that ``a dt``
+#: exactly at the bound is not called unstable; far below any growth that could matter (a
+#: factor ``1 + 1e-15`` per step).
+STABILITY_RTOL = 4 * 2.0**-52
 
 #: How far ``T / dt`` may be from a whole number, relative to it, and still count as one: rounding
 #: only (``1 / 0.1``, ``0.3 / 0.1 = 2.9999999999999996``, a ``dt`` stored in float32).
@@ -184,14 +192,22 @@ class EulerStep(nn.Module):
     def stability(self) -> dict:
         """The linear diffusion stability check: ``0 <= a dt <= 2 / lambda_max``.
 
-        ``{"pde", "dt", "diffusivity", "max_a_dt", "stable"}``; ``stable`` is None where the
-        right-hand side has no diffusion coefficient to check.
+        ``{"pde", "dt", "diffusivity", "a_dt", "max_a_dt", "stable"}``; ``a_dt`` and ``stable``
+        are None where the right-hand side has no diffusion coefficient to check (for a
+        polynomial ``F``, ``a`` is that of its linearisation at ``u = 0``:
+        :meth:`~eqpdenet.pde.rhs.InvariantRHS.diffusivity`). The upper bound is met within
+        :data:`STABILITY_RTOL` (``2 / lambda_max`` is computed, not exact: ``a dt = 0.375``
+        exactly at the ``isotropic`` bound ``2 / (16 / 3)``, which evaluates to
+        ``0.37499999999999994``, counts as stable).
         """
         diffusivity = getattr(self.rhs, "diffusivity", lambda: None)()
         eigenvalue = getattr(self.rhs, "laplacian_max_eigenvalue", None)
         bound = 2.0 / eigenvalue() if eigenvalue is not None else math.nan
-        report = {"pde": self.name, "dt": self.dt, "diffusivity": diffusivity, "max_a_dt": bound}
-        report["stable"] = None if diffusivity is None else bool(0.0 <= diffusivity * self.dt <= bound)
+        a_dt = None if diffusivity is None else diffusivity * self.dt
+        report = {"pde": self.name, "dt": self.dt, "diffusivity": diffusivity, "a_dt": a_dt,
+                  "max_a_dt": bound}
+        report["stable"] = None if a_dt is None else bool(
+            0.0 <= a_dt <= bound * (1.0 + STABILITY_RTOL))
         return report
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):

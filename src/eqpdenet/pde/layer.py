@@ -495,8 +495,8 @@ class PDELayer(nn.Module):
             if report["stable"] is False and report["diffusivity"] > 0:
                 warnings.warn(
                     f"{report['pde']}: initial diffusivity {report['diffusivity']:g} with "
-                    f"dt={config.dt:g} violates the explicit Euler bound 0 <= a dt <= "
-                    f"{report['max_a_dt']:g}", stacklevel=3)
+                    f"dt={config.dt:g} (a dt = {report['a_dt']:g}) violates the explicit Euler "
+                    f"bound 0 <= a dt <= {report['max_a_dt']:g}", stacklevel=3)
         return layer
 
     @classmethod

@@ -239,10 +239,37 @@ class InvariantRHS(nn.Module):
         return out if x is u else out.to(u.dtype)
 
     def diffusivity(self) -> float | None:
-        """Coefficient of ``u_xx + u_yy`` in a linear ``F``, or None where there is none."""
-        if "laplacian" not in self.invariant_set.names or not isinstance(self.F, LinearF):
+        """Coefficient ``a`` of ``u_xx + u_yy`` in ``F`` linearised at ``u = 0``, or None where
+        the invariant set has no ``laplacian`` or ``F`` is not a :class:`MonomialF`.
+
+        ``a = dF/dI_laplacian`` at the invariants of the zero jet ``I(0)``: for a linear ``F``
+        its Laplacian weight; for a polynomial ``F`` of invariants that all vanish at ``u = 0``
+        (every registered set), the weight of the degree-1 monomial ``I_laplacian``, because
+        every monomial of degree >= 2 has a zero derivative there. The explicit Euler bound on
+        ``a dt`` is then the same as for a linear ``F`` with that weight: the linearisation's
+        heat term, which governs small ``u`` (the higher terms can still blow up large ``u``).
+        """
+        names = self.invariant_set.names
+        if "laplacian" not in names or not isinstance(self.F, MonomialF):
             return None
-        return float(self.F.weight.detach()[self.invariant_set.names.index("laplacian")])
+        k = names.index("laplacian")
+        weights = self.F.weight.detach().double().cpu()
+        if isinstance(self.F, LinearF):
+            return float(weights[k])
+        order = self.invariant_set.order
+        zero_jet = torch.zeros((order + 1) * (order + 2) // 2, 1, 1, dtype=torch.float64)
+        at_zero = self.invariant_set(zero_jet, self.ratio_eps,
+                                     self.ratio_regularisation).reshape(-1).tolist()
+        a = 0.0
+        for weight, exponents in zip(weights.tolist(), self.F.monomials(), strict=True):
+            if exponents[k] == 0:
+                continue
+            term = weight * exponents[k] * at_zero[k] ** (exponents[k] - 1)
+            for j, e in enumerate(exponents):
+                if j != k:
+                    term *= at_zero[j] ** e
+            a += term
+        return a
 
     def laplacian_max_eigenvalue(self) -> float:
         """Largest eigenvalue of the discrete ``-(u_xx + u_yy)`` of this right-hand side's jet."""
