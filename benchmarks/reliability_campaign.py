@@ -640,6 +640,20 @@ START_TIME = time.time()
 # ----------------------------------------------------------------------------- the cases
 
 
+def _ray_at_a_silent_listener(tmp: Path) -> Outcome:
+    """``--address`` where something accepts connections but is no Ray head (a web server, the
+    dashboard's port): ``ray.init`` waited for it without end."""
+    import socket
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        return R("--executor", "ray", "--address", f"127.0.0.1:{port}",
+                 fragment="does not answer as a Ray head does", timeout=120,
+                 after=_nothing_at("results"))(tmp)
+
+
 def T(*args, fragment, **kwargs):  # noqa: N802 - a short name for the long table below
     return cli("train", "--out", "{tmp}/run", "--data-dir", "{data}", "--cache-dir", "{tmp}/c",
                "--no-progress", *args, fragment=fragment, **kwargs)
@@ -1074,6 +1088,29 @@ CASES = [
     Case("kill-build", "fault", "SIGKILL during the C++ kernel's first build, then a new process",
          fault_kill_build, slow=True),
     Case("broken-pipe", "fault", "`eqpdenet info | head -1`", fault_broken_pipe),
+    # round 3 (outside-in probes of 2026-12-05, second session)
+    Case("study-validation-0", "config", "`study --set base.data.validation=0` (it scores on it)",
+         cli("study", "--out", "{tmp}/s", "--set", "base.data.validation=0",
+             fragment="base.data.validation: the study scores every candidate on the validation",
+             after=_nothing_at("s"))),
+    Case("refused-leaves-no-folder", "config",
+         "`train --model invariant_pde` with blur pooling too deep for 28x28 (nothing may be left)",
+         T("--model", "invariant_pde", "--set", "model.invariant_pde.downsample=blur",
+           "--set", "model.invariant_pde.boundary=reflect",
+           "--set", "model.invariant_pde.stencil=gaussian", "--set", "model.invariant_pde.sigma=2.0",
+           "--set", "model.invariant_pde.channels=[2,2,2]",
+           fragment="it needs images of at least 33x33", after=_nothing_at("run"))),
+    Case("ray-not-a-head", "config",
+         "`reproduce --executor ray --address` a port that accepts but is no Ray head",
+         _ray_at_a_silent_listener),
+    Case("gcnn-weight-average", "config",
+         "`train --model gcnn --set train.weight_average=0.9` (a 64-image smoke run that must "
+         "finish: it crashed deep-copying the G-CNN)",
+         T("--model", "gcnn", "--epochs", "1", "--set", "data.train_subset=64",
+           "--set", "data.test_subset=32", "--set", "train.weight_average=0.9",
+           "--set", "model.gcnn.channels=[2,2]", "--set", "model.gcnn.kernels=[3,3]",
+           "--set", "model.gcnn.group_order=4", "--set", "model.gcnn.pool_after=[1]",
+           fragment="test", expect="ok")),
 ]
 
 
