@@ -614,6 +614,7 @@ def _describe(args) -> int:
     from ..analysis.describe import describe_model
     from ..models import EqPdeNet
     from .figures import evolution_grid, evolution_trajectories
+    from .files import missing_folders, remove_if_only
     from .runfolder import MARKER, check_claim, claim_folder, output_path
     from .training import load_checkpoint
 
@@ -645,7 +646,7 @@ def _describe(args) -> int:
             f"under its own explicit Euler scheme: that is the trained model's behaviour, which "
             f"describe reports and does not change. No evolution image was drawn and nothing "
             f"was written to {args.out}; other --samples may stay finite.") from None
-    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    created = missing_folders(folder)
     out = claim_folder(folder, "describe")
     path = out / "evolution.png"
     try:
@@ -654,11 +655,8 @@ def _describe(args) -> int:
                        trajectories=trajectories)
     except BaseException:
         # a folder this call made, still holding only its marker: removed, as if never claimed
-        if created and [entry.name for entry in out.iterdir()] == [MARKER]:
-            (out / MARKER).unlink()
-            for made in created:  # deepest first
-                with contextlib.suppress(OSError):
-                    made.rmdir()
+        if created:
+            remove_if_only(out, MARKER, created)
         raise
     print(f"wrote {path}")
     return 0

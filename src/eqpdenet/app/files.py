@@ -47,6 +47,32 @@ def make_folder(folder: Path) -> Path:
     return folder
 
 
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first: what creating
+    it will make (for :func:`remove_if_only`)."""
+    folder = Path(folder)
+    return [p for p in (folder, *folder.parents) if not p.exists()]
+
+
+def remove_if_only(folder: Path, name: str, created: list[Path]) -> bool:
+    """Remove ``folder`` and the folders of ``created`` (:func:`missing_folders`, taken before
+    it was made) when it holds nothing but the file ``name`` (a lock, a claim marker): a command
+    refused or interrupted before it wrote anything leaves no empty folder behind. Returns
+    whether it did; a folder that holds anything else is left as it is."""
+    try:
+        if [entry.name for entry in os.scandir(folder)] != [name]:
+            return False
+        (Path(folder) / name).unlink()
+    except OSError:
+        return False
+    for path in created:  # deepest first; a parent someone else has written into stays
+        try:
+            path.rmdir()
+        except OSError:
+            break
+    return True
+
+
 def _reason(error: OSError) -> str:
     if error.errno == errno.ENOSPC:
         return "no space left on the device"

@@ -41,7 +41,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import FolderLockedError, OutputFolderError
-from .files import _reason, make_folder, remove_stale_temporaries
+from .files import _reason, make_folder, missing_folders, remove_if_only, remove_stale_temporaries
 
 __all__ = ["LOCK_NAME", "FolderLock", "hold", "holder", "make_folder", "replace_held_folder"]
 
@@ -163,7 +163,7 @@ def hold(folder: Path, command: str | None = None, *, create: bool = True) -> It
     """
     folder = Path(folder)
     # The folders this call creates: removed again if the block fails before writing anything.
-    missing = [p for p in (folder, *folder.parents) if not p.exists()] if create else []
+    missing = missing_folders(folder) if create else []
     if create:
         make_folder(folder)
     elif not folder.is_dir():
@@ -181,7 +181,11 @@ def hold(folder: Path, command: str | None = None, *, create: bool = True) -> It
         yield folder
     except BaseException:
         if missing and _held[key][1] == 1:
-            _remove_unused(folder, missing)
+            # Done while the lock is held, so a second writer that tries it meanwhile is refused
+            # (it is taken without waiting); only one that opened the file before the unlink and
+            # tries after the release could lock the removed file, which needs two commands
+            # started on the same new folder at the same instant.
+            remove_if_only(folder, LOCK_NAME, missing)
         raise
     finally:
         lock, count = _held[key]
@@ -213,26 +217,6 @@ def _exchange(a: Path, b: Path) -> bool:
     if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
         return False  # the file system cannot exchange
     raise OSError(code, os.strerror(code), str(a))
-
-
-def _remove_unused(folder: Path, created: list[Path]) -> None:
-    """Remove ``folder`` (and the parents this holder created with it) when it holds nothing but
-    its lock file: a command refused, or interrupted, before it wrote anything leaves no empty
-    folder behind. Done while the lock is still held, so a second writer that tries the lock
-    meanwhile is refused (it is taken without waiting); only one that opened the file before the
-    unlink and tries after the release could lock the removed file, which needs two commands
-    started on the same new folder at the same instant."""
-    try:
-        if [entry.name for entry in os.scandir(folder)] != [LOCK_NAME]:
-            return
-        (folder / LOCK_NAME).unlink()
-    except OSError:
-        return
-    for path in created:  # deepest first
-        try:
-            path.rmdir()
-        except OSError:
-            return
 
 
 def replace_held_folder(folder: Path, new: Path) -> None:
