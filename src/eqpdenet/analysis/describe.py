@@ -195,21 +195,13 @@ def _ratio_references(invariant_set, eps: float, mode: str) -> dict[str, list[st
     return found
 
 
-def _fixed_ratio_eps(invariant_set) -> float | None:
-    """The ``ratio_eps`` a compiled set fixes for itself (its ratios are then absolute, whatever
-    the layer's regularisation), or None: read from the recipe that compiles it again
-    (:func:`eqpdenet.pde.symbolic.compile_invariants`)."""
-    recipe = getattr(invariant_set, "compiled_from", None)
-    return recipe[1][2] if recipe is not None else None
-
-
 def ratio_reading(rhs: InvariantRHS) -> str | None:
     """How every ratio ``a / b`` printed in :func:`pde_formula` is computed, or None where no
     invariant divides: the regularised forms of :mod:`eqpdenet.pde.invariants`, with the mode and
     ``ε`` of this right-hand side. The printed ratios are the exact invariants; the model's
     ``F`` is of these (``u_x² / u_xx`` of a digit is ``0 / 0`` on most of its background)."""
     invariant_set = rhs.invariant_set
-    fixed = _fixed_ratio_eps(invariant_set)
+    fixed = invariant_set.fixed_ratio_eps
     if fixed is not None:
         if not any("/" in inv.unicode for inv in invariant_set.invariants):
             return None

@@ -254,6 +254,9 @@ class InvariantSet:
     """
 
     domain = "plane"
+    #: The ``eps`` every ratio of the set divides with whatever the layer passes (a set compiled
+    #: with ``compile_invariants(..., ratio_eps=...)``: absolute ratios), or None: the layer's.
+    fixed_ratio_eps: float | None = None
 
     def __init__(self, name: str, group: str, order: int, invariants, equation: str = "",
                  kernel: str | None = None, invariant_under=()):

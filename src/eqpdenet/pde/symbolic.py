@@ -2023,6 +2023,7 @@ def compile_invariants(symbolic: SymbolicInvariants | Sequence[sp.Expr], name: s
         declared = _invariance(exprs, invariant_under, fixed_eps=ratio_eps is not None and ratios)
         invariant_set = InvariantSet(name, group or name, order, invariants, equation,
                                      invariant_under=declared)
+    invariant_set.fixed_ratio_eps = ratio_eps
     # What pickle (torch.save of a layer holding the set) stores instead of the closures.
     invariant_set.compiled_from = (_compile_again, (
         tuple(sp.srepr(e) for e in exprs), name, ratio_eps, group or name, order,
