@@ -260,7 +260,7 @@ def test_stability_check_prints_both_bounds_and_the_value():
     assert _check_line(layer_with({"laplacian": 2.0})) == (
         "diffusion check 0 ≤ a·dt ≤ 0.25: a·dt = 0.2, stable")
     assert _check_line(layer_with({}, invariants=("scaling",))) == (
-        "diffusion check 0 ≤ a·dt ≤ 0.25: n/a (no Laplacian coefficient)")
+        "diffusion check 0 ≤ a·dt ≤ 0.25: n/a (no second-order term in F linearised at u = 0)")
 
 
 @pytest.mark.parametrize(("stencil", "a", "bound"), [("central", 2.5, "0.25"),
@@ -350,3 +350,21 @@ def test_one_frame_is_u_T():
     assert frame_steps(10, 1) == [10]
     assert frame_steps(10, 2) == [0, 10] and frame_steps(10, 6) == [0, 2, 4, 6, 8, 10]
     assert frame_steps(3, 8) == [0, 1, 2, 3]
+
+
+def test_anisotropic_second_order_part_gets_the_symbol_check():
+    """A compiled set holding u_xx, u_xy, u_yy apart: 3 u_xx + u_yy at dt = 0.1 decays at most
+    by 0.1 (4 * 3 + 4 * 1) = 1.6 per step (central stencil), stable; at dt = 0.15, 2.4."""
+    import sympy as sp
+
+    from eqpdenet.pde.symbolic import compile_invariants
+
+    u, uxx, uxy, uyy = sp.symbols("u u_xx u_xy u_yy")
+    invariants = compile_invariants([u, uxx, uxy, uyy], "plain_second_order")
+    for dt, rate, verdict in [(0.1, "1.6", "stable"), (0.15, "2.4", "UNSTABLE")]:
+        layer = PDELayer.build([invariants], T=dt, dt=dt, init_noise=0.0)
+        with torch.no_grad():
+            layer.pdes[0].step.rhs.F.weight.copy_(torch.tensor([0.0, 3.0, 0.0, 1.0]))
+        assert _check_line(layer) == (
+            f"diffusion check of 3 u_xx + 1 u_yy: elliptic and −dt·σ ≤ 2 at every frequency "
+            f"(σ its stencil's symbol): max −dt·σ = {rate}, {verdict}")

@@ -368,3 +368,81 @@ def test_sigma_is_checked_against_the_stencil():
         PDELayer.build(sigma=1.0)
     with pytest.raises(ValueError, match="layer.sigma: must be at least 0.5 pixels"):
         PDELayer.build(stencil="gaussian", sigma=0.2, spacing=0.5)
+
+
+def _translation_layer(weights, dt, stencil="central", boundary="replicate"):
+    """A layer whose invariants hold u_xx, u_xy, u_yy apart (a group without rotations), so that
+    F's second-order part is any quadratic form."""
+    import sympy as sp
+
+    from eqpdenet.pde.symbolic import compile_invariants
+
+    u, uxx, uxy, uyy = sp.symbols("u u_xx u_xy u_yy")
+    layer = PDELayer.build([compile_invariants([u, uxx, uxy, uyy], "plain_second_order")],
+                           T=40 * dt, dt=dt, stencil=stencil, boundary=boundary, init_noise=0.0)
+    with torch.no_grad():
+        layer.pdes[0].step.rhs.F.weight.copy_(torch.tensor(weights, dtype=torch.float32))
+    return layer
+
+
+@pytest.mark.parametrize("coefficients", [(1.0, 0.0, 1.0), (3.0, 0.0, 1.0), (1.0, 1.5, 2.0),
+                                          (0.5, -0.7, 0.25)])
+def test_second_order_symbol_range_is_the_central_stencils_symbol(coefficients):
+    """Central differences: sigma(a, b) = c_xx (2 cos a - 2) + c_yy (2 cos b - 2) - c_xy sin a
+    sin b (up to the sign convention of u_xy, which the range is symmetric in)."""
+    from eqpdenet.pde.stencils import second_order_symbol_range
+
+    c_xx, c_xy, c_yy = coefficients
+    a, b = np.meshgrid(np.linspace(-np.pi, np.pi, 257), np.linspace(-np.pi, np.pi, 257))
+    symbol = c_xx * (2 * np.cos(a) - 2) + c_yy * (2 * np.cos(b) - 2) - c_xy * np.sin(a) * np.sin(b)
+    low, high = second_order_symbol_range("central", 1.0, None, coefficients)
+    assert low == pytest.approx(symbol.min(), abs=1e-12)
+    assert high == pytest.approx(symbol.max(), abs=1e-12)
+    low2, _ = second_order_symbol_range("central", 0.5, None, coefficients)
+    assert low2 == pytest.approx(4 * low)  # 1 / h^2
+
+
+def test_anisotropic_diffusion_is_checked_and_the_verdict_is_the_schemes():
+    """F = c_xx u_xx + c_xy u_xy + c_yy u_yy of a compiled set: the check is on the symbol of
+    the stencil's operator, and what it calls unstable blows up on noise while what it calls
+    stable decays (circular boundary: the symbol is exactly the scheme's)."""
+    stable = _translation_layer([0.0, 3.0, 0.0, 1.0], dt=0.1, boundary="circular")
+    [report] = stable.stability()
+    assert report["diffusivity"] is None and report["second_order"] == (3.0, 0.0, 1.0)
+    assert report["max_rate_dt"] == pytest.approx(0.1 * (4 * 3.0 + 4 * 1.0))  # 1.6
+    assert report["max_dt"] == pytest.approx(2 / 16) and report["stable"] is True
+    too_fast = _translation_layer([0.0, 3.0, 0.0, 1.0], dt=0.15, boundary="circular")
+    assert too_fast.stability()[0]["stable"] is False  # -dt sigma reaches 2.4
+    not_elliptic = _translation_layer([0.0, 1.0, 5.0, 1.0], dt=0.01, boundary="circular")
+    assert not_elliptic.stability()[0]["stable"] is False  # 1 * 1 < 5^2 / 4: anti-diffusion
+    noise = torch.rand(1, 1, 16, 16, dtype=torch.float64,
+                       generator=torch.Generator().manual_seed(0)) - 0.5
+    for layer, verdict in [(stable, True), (too_fast, False), (not_elliptic, False)]:
+        flow = layer.pdes[0].double()
+        flow.check_finite = False
+        with torch.no_grad():
+            out = flow(noise)
+        grew = bool(out.abs().max() > noise.abs().max())
+        assert grew is not verdict
+
+
+def test_an_anisotropic_initial_F_above_the_bound_warns(monkeypatch):
+    import sympy as sp
+
+    from eqpdenet.pde import layer as layer_module
+    from eqpdenet.pde.symbolic import compile_invariants
+
+    def anisotropic(F, invariant_set, scale, generator):
+        F.weight.copy_(torch.tensor([0.0, 3.0, 0.0, 1.0]))
+
+    monkeypatch.setattr(layer_module.INITS, "get", lambda name: anisotropic)
+    u, uxx, uxy, uyy = sp.symbols("u u_xx u_xy u_yy")
+    invariants = compile_invariants([u, uxx, uxy, uyy], "plain_second_order")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PDELayer.build([invariants], dt=0.1, init="heat", init_noise=0.0)  # 1.6: stable
+    with pytest.warns(UserWarning, match=r"initial second-order coefficients \(c_xx, c_xy, c_yy\) "
+                                         r"= \(3.0, 0.0, 1.0\) with dt=0.25 violate the explicit "
+                                         r"Euler bound -dt sigma <= 2 at every frequency \(max -dt "
+                                         r"sigma = 4\); use dt <= 0.125"):
+        PDELayer.build([invariants], dt=0.25, T=0.5, init="heat", init_noise=0.0)

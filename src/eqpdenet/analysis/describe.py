@@ -233,13 +233,23 @@ def ratio_reading(rhs: InvariantRHS) -> str | None:
 def _stability_text(step: EulerStep, digits: int) -> str:
     """The explicit Euler diffusion check, with its bounds and the value it judges."""
     report = step.stability()
+    verdict = "stable" if report["stable"] else "UNSTABLE"
+    linearised = ("" if isinstance(getattr(step.rhs, "F", None), LinearF)
+                  else " (F linearised at u = 0)")
+    if report["stable"] is not None and report["diffusivity"] is None:
+        # Anisotropic: a compiled set holding u_xx, u_xy, u_yy apart.
+        names = ("u_xx", "u_xy", "u_yy")
+        form = _terms_to_text([(c, n) for c, n in zip(report["second_order"], names, strict=True)
+                               if c != 0.0], digits, False)
+        rate = _number(report["max_rate_dt"], digits).replace("-", "−")
+        return (f"diffusion check of {form}{linearised}: elliptic and −dt·σ ≤ 2 at every "
+                f"frequency (σ its stencil's symbol): max −dt·σ = {rate}, {verdict}")
     check = f"diffusion check 0 ≤ a·dt ≤ {report['max_a_dt']:g}: "
     if report["stable"] is None:
-        return check + "n/a (no Laplacian coefficient)"
+        return check + "n/a (no second-order term in F linearised at u = 0)"
     value = _number(report["a_dt"], digits).replace("-", "−")
-    linearised = ("" if isinstance(getattr(step.rhs, "F", None), LinearF)
-                  else " (a of F linearised at u = 0)")
-    return check + f"a·dt = {value}{linearised}, {'stable' if report['stable'] else 'UNSTABLE'}"
+    linearised = linearised.replace("(F linearised", "(a of F linearised")
+    return check + f"a·dt = {value}{linearised}, {verdict}"
 
 
 def reduction_formula(layer: PDELayer, style: str = "unicode", digits: int = 3) -> str:

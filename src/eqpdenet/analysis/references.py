@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..geometry import pixel_coordinates
-from ..pde.integrators import EulerFlow, EulerStep, steps_for
+from ..pde.integrators import EulerFlow, EulerStep, breaks_upper_bound, steps_for
 from ..pde.invariants import Invariant, InvariantSet
 from ..pde.rhs import InvariantRHS
 
@@ -59,12 +59,14 @@ def _require_stable(step: EulerStep, dt_name: str = "dt") -> None:
     breaks the explicit Euler bound ``a dt <= 2 / lambda_max``: the reference maps have fixed
     coefficients, so an unstable scheme would be drawn or measured as if it were the PDE."""
     report = step.stability()
-    if report["stable"] is False and report["diffusivity"] > 0:
+    if report["stable"] is False and breaks_upper_bound(report):
         a, bound = report["diffusivity"], report["max_a_dt"]
+        what = (f"(diffusivity {a:g}) is unstable with dt = {step.dt:g} (a dt = {a * step.dt:g} > "
+                f"{bound:g})" if a is not None else
+                f"is unstable with dt = {step.dt:g} (max -dt sigma = {report['max_rate_dt']:g} > 2)")
         raise ConfigError(
-            f"invalid config: {dt_name}: the explicit Euler scheme of {step.name} (diffusivity "
-            f"{a:g}) is unstable with dt = {step.dt:g} (a dt = {a * step.dt:g} > {bound:g}): its "
-            f"result would be the scheme's blow-up, not the PDE's; use dt <= {bound / a:g}")
+            f"invalid config: {dt_name}: the explicit Euler scheme of {step.name} {what}: its "
+            f"result would be the scheme's blow-up, not the PDE's; use dt <= {report['max_dt']:g}")
 
 
 def heat_pde(T: float = 1.0, dt: float = 0.1, stencil: str = "central", spacing: float = 1.0,

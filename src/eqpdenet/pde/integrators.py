@@ -54,7 +54,7 @@ from ..checks import (
 from ..errors import NonFiniteStateError
 
 __all__ = ["MAX_STEPS", "STABILITY_RTOL", "STEPS_RTOL", "ConvInt", "EulerConv", "EulerFlow",
-           "EulerStep", "input_checked", "input_range_hint", "steps_for"]
+           "EulerStep", "breaks_upper_bound", "input_checked", "input_range_hint", "steps_for"]
 
 #: The most Euler steps :func:`steps_for` accepts: a bound on work and memory found before any is
 #: spent (the paper's layer takes 10; the equivariance studies a few hundred), and by
@@ -152,6 +152,15 @@ def steps_for(T: float, dt: float, names: tuple[str, str] = ("T", "dt")) -> int:
     return int(steps)
 
 
+def breaks_upper_bound(report: dict) -> bool:
+    """Whether a :meth:`EulerStep.stability` report's ``dt`` is above the explicit Euler bound
+    (``a dt > 2 / lambda_max``, or ``-dt sigma > 2`` at some frequency), as opposed to failing
+    only its lower bound (a negative diffusivity, or non-elliptic coefficients: anti-diffusion,
+    which no ``dt`` mends)."""
+    rate = report.get("max_rate_dt")
+    return rate is not None and rate > 2.0 * (1.0 + STABILITY_RTOL)
+
+
 class EulerStep(nn.Module):
     """One explicit Euler step ``u <- u + dt F(u)`` (eq. (9); the paper's EulerConv, Fig. 4).
 
@@ -190,24 +199,50 @@ class EulerStep(nn.Module):
         return step if x is u else step.to(u.dtype)
 
     def stability(self) -> dict:
-        """The linear diffusion stability check: ``0 <= a dt <= 2 / lambda_max``.
+        """The linear diffusion stability check of the right-hand side linearised at ``u = 0``.
 
-        ``{"pde", "dt", "diffusivity", "a_dt", "max_a_dt", "stable"}``; ``a_dt`` and ``stable``
-        are None where the right-hand side has no diffusion coefficient to check (for a
-        polynomial ``F``, ``a`` is that of its linearisation at ``u = 0``:
-        :meth:`~eqpdenet.pde.rhs.InvariantRHS.diffusivity`). The upper bound is met within
-        :data:`STABILITY_RTOL` (``2 / lambda_max`` is computed, not exact: ``a dt = 0.375``
-        exactly at the ``isotropic`` bound ``2 / (16 / 3)``, which evaluates to
-        ``0.37499999999999994``, counts as stable).
+        ``{"pde", "dt", "diffusivity", "a_dt", "max_a_dt", "second_order", "max_rate_dt",
+        "max_dt", "stable"}``. ``second_order`` is ``(c_xx, c_xy, c_yy)``, the second-order part
+        of ``F`` linearised at ``u = 0``
+        (:meth:`~eqpdenet.pde.rhs.InvariantRHS.linearised_second_order`), or None where there is
+        none to check (then ``stable`` is None too).
+
+        * Isotropic (``c_xx = c_yy = a``, ``c_xy = 0``: every rotation-invariant set): ``a`` is
+          ``diffusivity`` and the check is ``0 <= a dt <= 2 / lambda_max`` (``max_a_dt``),
+          ``lambda_max`` the largest eigenvalue of the stencil's ``-(u_xx + u_yy)``.
+        * Anisotropic (a compiled set of a group without rotations, holding ``u_xx``, ``u_xy``,
+          ``u_yy`` apart): Euler multiplies the mode of frequency ``omega`` by
+          ``1 + dt sigma(omega)``, ``sigma`` the symbol of the stencil's
+          ``c_xx u_xx + c_xy u_xy + c_yy u_yy``; stable iff the coefficients are elliptic (the
+          matrix ``[[c_xx, c_xy / 2], [c_xy / 2, c_yy]]`` positive semi-definite: the
+          anisotropic ``0 <= a``) and ``-dt sigma <= 2`` at every frequency. ``max_rate_dt`` is
+          ``max(-dt sigma)`` (``a dt lambda_max`` in the isotropic case).
+
+        ``max_dt`` is the largest ``dt`` the upper bound allows (None where it allows any). The
+        upper bound is met within :data:`STABILITY_RTOL` (``2 / lambda_max`` is computed, not
+        exact: ``a dt = 0.375`` exactly at the ``isotropic`` bound ``2 / (16 / 3)``, which
+        evaluates to ``0.37499999999999994``, counts as stable).
         """
-        diffusivity = getattr(self.rhs, "diffusivity", lambda: None)()
+        linearise = getattr(self.rhs, "linearised_second_order", None)
+        second_order = None if linearise is None else linearise()
         eigenvalue = getattr(self.rhs, "laplacian_max_eigenvalue", None)
         bound = 2.0 / eigenvalue() if eigenvalue is not None else math.nan
-        a_dt = None if diffusivity is None else diffusivity * self.dt
-        report = {"pde": self.name, "dt": self.dt, "diffusivity": diffusivity, "a_dt": a_dt,
-                  "max_a_dt": bound}
-        report["stable"] = None if a_dt is None else bool(
-            0.0 <= a_dt <= bound * (1.0 + STABILITY_RTOL))
+        report = {"pde": self.name, "dt": self.dt, "diffusivity": None, "a_dt": None,
+                  "max_a_dt": bound, "second_order": second_order, "max_rate_dt": None,
+                  "max_dt": None, "stable": None}
+        if second_order is None:
+            return report
+        c_xx, c_xy, c_yy = second_order
+        if c_xy == 0.0 and c_xx == c_yy:
+            a = c_xx
+            report.update(diffusivity=a, a_dt=a * self.dt, max_rate_dt=2.0 * a * self.dt / bound,
+                          max_dt=bound / a if a > 0 else None,
+                          stable=bool(0.0 <= a * self.dt <= bound * (1.0 + STABILITY_RTOL)))
+            return report
+        lowest, _ = self.rhs.second_order_symbol_range(second_order)
+        elliptic = c_xx >= 0.0 and c_yy >= 0.0 and c_xx * c_yy >= c_xy * c_xy / 4.0
+        report.update(max_rate_dt=-lowest * self.dt, max_dt=2.0 / -lowest if lowest < 0 else None,
+                      stable=bool(elliptic and -lowest * self.dt <= 2.0 * (1.0 + STABILITY_RTOL)))
         return report
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):

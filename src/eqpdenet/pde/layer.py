@@ -43,6 +43,7 @@ from .integrators import (
     MAX_STEPS,
     EulerFlow,
     EulerStep,
+    breaks_upper_bound,
     call_checked,
     input_checked,
     input_range_hint,
@@ -492,11 +493,19 @@ class PDELayer(nn.Module):
         for report in layer.stability():
             # Only the upper bound warns here: a slightly negative diffusivity from init_noise
             # is anti-diffusion of growth exp(|a| lambda_max T), harmless for small |a|.
-            if report["stable"] is False and report["diffusivity"] > 0:
-                warnings.warn(
-                    f"{report['pde']}: initial diffusivity {report['diffusivity']:g} with "
-                    f"dt={config.dt:g} (a dt = {report['a_dt']:g}) violates the explicit Euler "
-                    f"bound 0 <= a dt <= {report['max_a_dt']:g}", stacklevel=3)
+            if report["stable"] is False and breaks_upper_bound(report):
+                if report["diffusivity"] is not None:
+                    what = (f"initial diffusivity {report['diffusivity']:g} with dt={config.dt:g} "
+                            f"(a dt = {report['a_dt']:g}) violates the explicit Euler bound "
+                            f"0 <= a dt <= {report['max_a_dt']:g}")
+                else:
+                    what = (f"initial second-order coefficients (c_xx, c_xy, c_yy) = "
+                            f"{tuple(round(c, 6) for c in report['second_order'])} with "
+                            f"dt={config.dt:g} violate the explicit Euler bound "
+                            f"-dt sigma <= 2 at every frequency "
+                            f"(max -dt sigma = {report['max_rate_dt']:g})")
+                warnings.warn(f"{report['pde']}: {what}; use dt <= {report['max_dt']:g}",
+                              stacklevel=3)
         return layer
 
     @classmethod

@@ -44,7 +44,7 @@ from .invariants import (
     require_planar,
 )
 from .joint import DEFAULT_JET_FLOOR, JointInvariants
-from .stencils import Jet, laplacian_max_eigenvalue
+from .stencils import Jet, derivative_index, laplacian_max_eigenvalue, second_order_symbol_range
 
 __all__ = [
     "RIGHT_HAND_SIDES",
@@ -238,42 +238,70 @@ class InvariantRHS(nn.Module):
         out = self.F(self.invariants(x))
         return out if x is u else out.to(u.dtype)
 
-    def diffusivity(self) -> float | None:
-        """Coefficient ``a`` of ``u_xx + u_yy`` in ``F`` linearised at ``u = 0``, or None where
-        the invariant set has no ``laplacian`` or ``F`` is not a :class:`MonomialF`.
+    def linearised_second_order(self) -> tuple[float, float, float] | None:
+        """``(c_xx, c_xy, c_yy)``: the second-order part of ``F`` linearised at ``u = 0``, in the
+        jet's coordinates, or None where ``F`` is not a :class:`MonomialF` or the set is of
+        first order.
 
-        ``a = dF/dI_laplacian`` at the invariants of the zero jet ``I(0)``: for a linear ``F``
-        its Laplacian weight; for a polynomial ``F`` of invariants that all vanish at ``u = 0``
-        (every registered set), the weight of the degree-1 monomial ``I_laplacian``, because
-        every monomial of degree >= 2 has a zero derivative there. The explicit Euler bound on
-        ``a dt`` is then the same as for a linear ``F`` with that weight: the linearisation's
-        heat term, which governs small ``u`` (the higher terms can still blow up large ``u``).
+        ``c = d F(I(jet)) / d jet`` at the zero jet, in float64 (autograd through the invariants
+        and ``F``): for a linear ``F`` of the paper's SE(2) set, ``c_xx = c_yy`` = the Laplacian's
+        weight and ``c_xy = 0``; for a compiled set holding ``u_xx``, ``u_xy``, ``u_yy`` apart
+        (a group without rotations), any quadratic form. Invariants of degree >= 2 in the jet,
+        and every monomial of ``F`` of degree >= 2 in invariants that vanish at ``u = 0``, have
+        no linear part there; the linearisation is the heat-like term that governs small ``u``.
         """
-        names = self.invariant_set.names
-        if "laplacian" not in names or not isinstance(self.F, MonomialF):
+        if not isinstance(self.F, MonomialF) or self.invariant_set.order < 2:
             return None
-        k = names.index("laplacian")
-        weights = self.F.weight.detach().double().cpu()
-        if isinstance(self.F, LinearF):
-            return float(weights[k])
         order = self.invariant_set.order
-        zero_jet = torch.zeros((order + 1) * (order + 2) // 2, 1, 1, dtype=torch.float64)
-        at_zero = self.invariant_set(zero_jet, self.ratio_eps,
-                                     self.ratio_regularisation).reshape(-1).tolist()
-        a = 0.0
-        for weight, exponents in zip(weights.tolist(), self.F.monomials(), strict=True):
-            if exponents[k] == 0:
-                continue
-            term = weight * exponents[k] * at_zero[k] ** (exponents[k] - 1)
-            for j, e in enumerate(exponents):
-                if j != k:
-                    term *= at_zero[j] ** e
-            a += term
-        return a
+        size = (order + 1) * (order + 2) // 2
+        second = [derivative_index(name) for name in ("u_xx", "u_xy", "u_yy")]
+
+        def invariants_of(jet: Tensor) -> Tensor:
+            return self.invariant_set(jet.reshape(size, 1, 1), self.ratio_eps,
+                                      self.ratio_regularisation).reshape(-1)
+
+        zero_jet = torch.zeros(size, dtype=torch.float64)
+        # The set's own linear part first: where no invariant has a second-order term there is
+        # no diffusion to check, whatever F's weights (a zero weight is a checked a = 0).
+        jacobian = torch.autograd.functional.jacobian(invariants_of, zero_jet)[:, second]
+        if not bool(jacobian.ne(0).any()):
+            return None
+        params = {name: p.detach().to("cpu", torch.float64) for name, p in self.F.named_parameters()}
+        at_zero = invariants_of(zero_jet).reshape(-1, 1, 1)
+        gradient = torch.autograd.functional.jacobian(
+            lambda i: torch.func.functional_call(self.F, params, (i,)).reshape(()), at_zero)
+        return tuple(float(c) for c in gradient.reshape(-1) @ jacobian)
+
+    def diffusivity(self) -> float | None:
+        """Coefficient ``a`` of ``u_xx + u_yy`` in ``F`` linearised at ``u = 0`` where that
+        linearisation's second-order part is isotropic (:meth:`linearised_second_order`:
+        ``c_xx = c_yy = a``, ``c_xy = 0``), else None (no second-order part, an anisotropic one,
+        or ``F`` not a :class:`MonomialF`).
+
+        For a linear ``F`` of the SE(2) set, its Laplacian weight; for a polynomial ``F`` of
+        invariants that all vanish at ``u = 0`` (every registered set), the weight of the
+        degree-1 monomial ``I_laplacian``. The explicit Euler bound on ``a dt`` is then the same
+        as for a linear ``F`` with that weight: the linearisation's heat term, which governs
+        small ``u`` (the higher terms can still blow up large ``u``).
+        """
+        coefficients = self.linearised_second_order()
+        if coefficients is None:
+            return None
+        c_xx, c_xy, c_yy = coefficients
+        if c_xy != 0.0 or c_xx != c_yy:
+            return None
+        return c_xx
 
     def laplacian_max_eigenvalue(self) -> float:
         """Largest eigenvalue of the discrete ``-(u_xx + u_yy)`` of this right-hand side's jet."""
         return laplacian_max_eigenvalue(self.jet.stencil, self.jet.spacing, self.jet.sigma)
+
+    def second_order_symbol_range(self, coefficients: tuple[float, float, float]
+                                  ) -> tuple[float, float]:
+        """``(min, max)`` of the symbol of this jet's discrete ``c_xx u_xx + c_xy u_xy +
+        c_yy u_yy`` (:func:`~eqpdenet.pde.stencils.second_order_symbol_range`)."""
+        return second_order_symbol_range(self.jet.stencil, self.jet.spacing, self.jet.sigma,
+                                         tuple(float(c) for c in coefficients))
 
     def extra_repr(self) -> str:
         return (f"invariants={self.invariant_set.name!r}, ratio_eps={self.ratio_eps}, "

@@ -91,6 +91,7 @@ __all__ = [
     "laplacian_max_eigenvalue",
     "register_stencil",
     "scale_normalised",
+    "second_order_symbol_range",
     "stencil_has_scale",
     "stencil_kernels",
     "boundary_min_size",
@@ -363,7 +364,8 @@ def stencil_kernels(name: str, order: int, sigma: float | None = None) -> np.nda
 
 
 # A replaced stencil family must not be served from the caches.
-STENCILS.on_change(lambda: (stencil_kernels.cache_clear(), laplacian_max_eigenvalue.cache_clear()))
+STENCILS.on_change(lambda: (stencil_kernels.cache_clear(), laplacian_max_eigenvalue.cache_clear(),
+                             second_order_symbol_range.cache_clear()))
 
 
 def jet_weight(
@@ -499,12 +501,32 @@ def laplacian_max_eigenvalue(stencil: str, spacing: float = 1.0,
     ``sigma = 2`` pixels (at most 6.9e-5: its moment correction), so there "stable" means a
     growth of at most ``1 + 6.9e-5 a dt`` per step (docs/symbolic.md).
     """
+    return -second_order_symbol_range(stencil, spacing, sigma, (1.0, 0.0, 1.0))[0]
+
+
+@functools.cache
+def second_order_symbol_range(stencil: str, spacing: float = 1.0, sigma: float | None = None,
+                              coefficients: tuple[float, float, float] = (1.0, 0.0, 1.0),
+                              ) -> tuple[float, float]:
+    """``(min, max)`` over all frequencies of the symbol of the discrete operator
+    ``c_xx u_xx + c_xy u_xy + c_yy u_yy`` (``coefficients = (c_xx, c_xy, c_yy)``) of a stencil,
+    on an infinite/periodic grid, in ``1 / unit of x^2``.
+
+    Forward Euler for ``u_t = c_xx u_xx + c_xy u_xy + c_yy u_yy`` multiplies the Fourier mode
+    of frequency ``omega`` by ``1 + dt sigma(omega)`` per step, so it is stable iff
+    ``-2 <= dt sigma(omega) <= 0`` at every frequency: the symbol's range decides. The symbol
+    is evaluated on a 257 x 257 grid of frequencies in ``[-pi, pi]^2`` (both ends included, so
+    the highest frequency, where central differences peak, is on it) and its real part is taken
+    (the kernels of every built-in stencil are point-symmetric, so their symbols are real).
+    """
     sigma = check_sigma(stencil, sigma, spacing)
     bank = stencil_kernels(stencil, 2, None if sigma is None else sigma / spacing)
-    kernel = bank[derivative_index("u_xx")] + bank[derivative_index("u_yy")]
+    c_xx, c_xy, c_yy = (float(c) for c in coefficients)
+    kernel = (c_xx * bank[derivative_index("u_xx")] + c_xy * bank[derivative_index("u_xy")]
+              + c_yy * bank[derivative_index("u_yy")])
     radius = kernel.shape[0] // 2
     offsets = np.arange(-radius, radius + 1)
     theta = np.linspace(-np.pi, np.pi, 257)
     phase_r = np.exp(1j * np.outer(theta, offsets))  # (frequency, offset)
     symbol = np.einsum("ar,rc,bc->ab", phase_r, kernel, phase_r).real
-    return float(-symbol.min()) / spacing**2
+    return float(symbol.min()) / spacing**2, float(symbol.max()) / spacing**2
