@@ -36,12 +36,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as module_hooks
 
 from .errors import ConfigError, InputError, InputTypeError, NonFiniteStateError
 
@@ -56,6 +57,7 @@ __all__ = [
     "export_mode",
     "exporting",
     "first_failed_step",
+    "hooks_registered",
     "report_non_finite",
     "vmapped",
     "require",
@@ -211,6 +213,21 @@ def match_dtype(u: Tensor, dtype: torch.dtype | None, what: str = "images") -> T
     raise InputTypeError(
         f"{what} is {u.dtype} but the module computes in {dtype}: convert the module "
         f"(module.to({u.dtype})) to compute in {u.dtype}, or the input ({what}.to({dtype}))")
+
+
+def hooks_registered(modules: Iterable[nn.Module]) -> bool:
+    """Whether a forward, forward pre-, backward or backward pre-hook is registered on any of
+    ``modules``, or globally (``torch.nn.modules.module``'s global hooks): decided from the hook
+    dictionaries alone, at no cost to speak of. A fused operator calls no modules, so a layer
+    that has one takes its reference path (which calls its modules, so that their hooks fire)
+    whenever this is True: :class:`~eqpdenet.pde.layer.PDELayer`, the lifted model's pieces
+    (old-style ``torch.nn.utils.weight_norm`` is a forward pre-hook that recomputes ``weight``:
+    read without it, the weight is a stale tensor of an earlier graph)."""
+    if (module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks
+            or module_hooks._global_backward_hooks or module_hooks._global_backward_pre_hooks):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+               or m._backward_pre_hooks for m in modules)
 
 
 # ----------------------------------------------------------------------------- exporting

@@ -46,7 +46,9 @@ at scale ``s + 1`` much as the original at ``s``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -56,18 +58,23 @@ from torch import Tensor, nn
 from .. import kernels
 from ..checks import (
     check_images,
+    exporting,
+    hooks_registered,
     match_dtype,
     module_dtype,
+    report_non_finite,
     require,
     require_int,
     require_lists,
     require_positive,
+    vmapped,
 )
+from ..errors import ConfigError, NonFiniteStateError
 from ..geometry import halvings_stay_even
 from ..kernels.m2_op import KERNEL_ORIENTATIONS
 from ..kernels.op import KERNEL_BOUNDARIES
-from ..pde.batch_norm import batch_norm_affine, batch_norm_affine_of
-from ..pde.integrators import EulerStep
+from ..pde.batch_norm import batch_norm_affine_of, batch_norm_at
+from ..pde.integrators import EulerStep, input_checked, input_range_hint
 from ..pde.m2 import (
     M2_SE2,
     check_orientations,
@@ -81,10 +88,10 @@ from ..pde.m2 import (
 from ..pde.m2_rhs import M2_TERMS, M2SystemRHS, Pointwise
 from ..pde.stencils import BOUNDARIES, MIN_GAUSSIAN_SIGMA
 from .centering import recenter
-from .inputs import check_model_input, require_image_size
-from .invariant_pde import MAX_BLOCKS
+from .inputs import ModelInput, check_model_input, require_image_size
+from .invariant_pde import MAX_BLOCKS, smallest_image
 from .perceptron import Standardize
-from .pooling import AntiAliasedDownsample, OrientationMaxPool, downsampled_size
+from .pooling import AntiAliasedDownsample, OrientationMaxPool, downsampled_size, lowpass_radius
 
 __all__ = ["LiftedPDEConfig", "LiftedPDENet", "M2Lift"]
 
@@ -230,15 +237,34 @@ class LiftedPDEConfig:
         return sizes
 
     def radius(self) -> int:
-        """Half-width in pixels of the widest Gaussian stencil (the largest scale level)."""
+        """Half-width in pixels of the widest Gaussian stencil (the largest scale level), in
+        closed form (:func:`~eqpdenet.pde.m2.gaussian_radius`)."""
         return gaussian_radius(scale_levels(self.sigma, self.scales)[-1])
 
     def min_image_size(self) -> int:
-        """The smallest image side whose every stage has maps larger than the stencils' radius."""
-        size = 1
-        while any(s <= self.radius() for s in self.stage_sizes(size)):
-            size += 1
-        return size
+        """The smallest image side whose every stage has maps larger than the stencils' radius
+        (the margin counted): from the last stage back through the downsamplings, a bisection
+        per stage (:func:`~eqpdenet.models.invariant_pde.smallest_image`, the same halvings as
+        :meth:`stage_sizes`), so that a huge ``sigma`` is refused at once rather than after
+        trying every size up to it."""
+        return max(1, smallest_image(self, self.radius() + 1) - 2 * self.margin)
+
+    def check_downsampling(self, image_size: int) -> None:
+        """A ConfigError naming ``lifted_pde.downsample_sigma`` where the ``blur`` low-pass
+        reaches as far as the map it filters, for images of ``image_size`` pixels: such a
+        low-pass only averages the map out (its cost grows with ``sigma``: minutes and then out
+        of memory from about 1e6), and ``reflect`` or ``circular`` padding would not be defined
+        (:class:`~eqpdenet.models.pooling.AntiAliasedDownsample`)."""
+        if self.downsample != "blur" or len(self.channels) < 2:
+            return
+        radius = lowpass_radius(self.downsample_sigma)
+        sizes = self.stage_sizes(image_size)
+        size = min(sizes[:-1])  # every stage but the last is downsampled
+        require(radius < size, "lifted_pde.downsample_sigma",
+                f"the low-pass of std {self.downsample_sigma:g} px reaches {radius} px either "
+                f"side, as far as the {size}x{size} maps it would filter (stage sizes "
+                f"{sizes} for images of {image_size} px); use at most {(size - 1) / 3:g} px, or "
+                f"larger images")
 
 
 class M2Lift(nn.Module):
@@ -273,19 +299,36 @@ class M2Lift(nn.Module):
         self.norm = nn.BatchNorm1d(features)
         self.mix = Pointwise(features, require_int(channels, "channels", 1), bias=False)
         self.out_norm = nn.BatchNorm1d(channels)
+        self.register_buffer("channel_identity", torch.eye(features // 6), persistent=False)
 
-    def check(self, f: Tensor) -> Tensor:
-        """Images this lift takes, ``(B, C_in, H, W)``, in its dtype (lower precision converted
-        up, higher an error: :func:`~eqpdenet.checks.match_dtype`): an
-        :class:`~eqpdenet.errors.InputError` naming the cause (else a shape or dtype error from
-        deep inside, on either backend)."""
-        f = check_images(f, "M2Lift's images", channels=self.mix.weight.shape[1] // 6)
+    _input_checked = False  # see eqpdenet.pde.integrators.input_checked
+
+    def enter(self, f: Tensor) -> Tensor:
+        """The entry checks: images this lift takes, ``(B, C_in, H, W)``, returned in its dtype
+        (lower precision converted up, higher an error: :func:`~eqpdenet.checks.match_dtype`):
+        an :class:`~eqpdenet.errors.InputError` naming the cause (else a shape or dtype error
+        from deep inside, on either backend). Skipped inside
+        :class:`~eqpdenet.pde.integrators.input_checked` (the model checked its images)."""
+        f = check_images(f, "M2Lift's images", channels=self.in_channels)
         return match_dtype(f, module_dtype(self), "M2Lift's images")
 
+    @property
+    def in_channels(self) -> int:
+        return self.norm.num_features // 6
+
     def forward(self, f: Tensor) -> Tensor:
-        f = self.check(f)
-        if self.backend == "reference":
-            return self._composed(f)
+        """Lower precision is computed in the module's dtype and returned in the input's."""
+        x = f if self._input_checked else self.enter(f)
+        # The reference also where a hook is registered: the lift by moments reads mix.weight
+        # and the batch norms without calling them.
+        if self.backend == "reference" or hooks_registered(self.modules()):
+            out = self._composed(x)
+        else:
+            out = self._by_moments(x)
+        return out if x is f else out.to(f.dtype)
+
+    def _by_moments(self, f: Tensor) -> Tensor:
+        """The lift by the moments of the Cartesian jet (``backend = "auto"``; class doc)."""
         n = self.orientations
         cos, sin = orientation_cos_sin(n, f.dtype, f.device)
         jets = [gaussian_jet(f, sigma, self.boundary) for sigma in self.sigmas]
@@ -300,7 +343,9 @@ class M2Lift(nn.Module):
         # bmm rather than einsum or matmul: these fold the batch into one product through
         # copies, about 1.6 (here) and 5.8 (below) times slower forward and backward on the CPU
         covariance = torch.bmm(centred, centred.transpose(1, 2)).sum(0) / (batch * jet.shape[2])
-        steering = torch.kron(torch.eye(features // 6, dtype=f.dtype, device=f.device)[None],
+        # The identity is a buffer: torch.eye in the graph is exported to ONNX as
+        # Range/Cast/Equal on uint8, which onnxruntime 1.18 cannot run.
+        steering = torch.kron(self.channel_identity.to(f.dtype)[None],
                               steering_matrices(cos, sin))           # (N, 6 C_in, 6 C_in)
         means = steering @ mean                                      # (N, 6 C_in)
         steered_mean = means.mean(dim=0)
@@ -338,15 +383,14 @@ class M2Lift(nn.Module):
         batch, _, _, _, height, width = x.shape
         x = x.transpose(2, 3).flatten(3).flatten(1, 2)        # (B, 6 C_in, N H W)
         if self.relative:
-            # Minus the lift of a blank image (a zero jet), with this batch's statistics: each
-            # batch norm as its affine map, so that its statistics are computed once for both.
-            # A zero jet normalises to `shift`. (The out norm's shift cancels; it stays in the
-            # graph, so that its gradient is zero rather than absent, as with the modules.)
-            scale, shift = batch_norm_affine(self.norm, x)
-            mixed = self.mix(torch.addcmul(shift[:, None], x, scale[:, None]))
-            out_scale, out_shift = batch_norm_affine(self.out_norm, mixed)
-            blank = self.mix(shift[None, :, None])[0] * out_scale[:, None] + out_shift[:, None]
-            out = torch.addcmul(out_shift[:, None], mixed, out_scale[:, None]) - blank
+            # Minus the lift of a blank image (a zero jet), with this batch's statistics
+            # (batch_norm_at). The modules are called, so that their hooks fire. (The out norm's
+            # shift cancels; it stays in the graph, so that its gradient is zero rather than
+            # absent, as without relative.)
+            mixed = self.mix(self.norm(x))
+            zero = batch_norm_at(self.norm, x, x.new_zeros(x.shape[1]))
+            blank = batch_norm_at(self.out_norm, mixed, self.mix(zero[None, :, None])[0, :, 0])
+            out = self.out_norm(mixed) - blank[:, None]
         else:
             out = self.out_norm(self.mix(self.norm(x)))
         return out.unflatten(2, (n, height, width))
@@ -377,9 +421,16 @@ class _OrientationProjection(nn.Module):
 class LiftedPDENet(nn.Module):
     """Invariant PDEs on M2 (see the module doc).
 
-    ``forward``: images ``(B, in_channels, image_size, image_size)`` -> logits ``(B, classes)``;
-    :meth:`features` the pooled, invariant features before the classifier, :meth:`fields` the
-    fields on M2 at the end of the last stage.
+    ``forward``: images ``(B, in_channels, image_size, image_size)`` -> logits ``(B, classes)``,
+    the images checked first (:func:`~eqpdenet.models.inputs.check_model_input`) and every
+    block's state after it (a :class:`~eqpdenet.errors.NonFiniteStateError` names the first
+    block whose state was not finite, never NaN logits; one host read per call, as
+    :class:`~eqpdenet.models.invariant_pde.InvariantPDENet`); :meth:`features` the pooled,
+    invariant features before the classifier, :meth:`fields` the fields on M2 at the end of the
+    last stage.
+
+    ``lifted_pde``: a :class:`LiftedPDEConfig`, or a mapping of its fields (an unknown field is
+    a ConfigError naming it).
 
     Example:
         >>> config = LiftedPDEConfig(channels=[4, 6], blocks=[1, 1])
@@ -392,13 +443,14 @@ class LiftedPDENet(nn.Module):
                  in_channels: int = 1, classes: int = 10, input_mean: float = 0.0,
                  input_std: float = 1.0):
         super().__init__()
-        self.config = config = lifted_pde or LiftedPDEConfig()
+        self.config = config = _config(lifted_pde)
         radius = config.radius()
         self.min_image_size = config.min_image_size()
         self.image_size = require_image_size(
             image_size, self.min_image_size,
             f"every stage's maps larger than the radius {radius} of its Gaussian stencils, "
             f"sigma {config.sigma:g} px, {config.scales} scale(s), {len(config.channels)} stages")
+        config.check_downsampling(self.image_size)
         self.in_channels = require_int(in_channels, "in_channels", 1)
         self.standardize = Standardize(input_mean, input_std)
         background = config.boundary == BACKGROUND
@@ -505,10 +557,10 @@ class LiftedPDENet(nn.Module):
         poolings = len(self.config.channels) - 1 if self.config.downsample == "pool" else 0
         return halvings_stay_even(self.image_size + 2 * self.config.margin, poolings)
 
-    def _lifted(self, images: Tensor) -> Tensor:
-        """The checked images, centred (``center``), framed by the margin of blank background,
-        lifted to M2."""
-        x = check_model_input(self, images).images
+    def _lifted(self, images: Tensor, entered: ModelInput | None = None) -> Tensor:
+        """The images (checked here, unless ``entered`` holds them checked), centred
+        (``center``), framed by the margin of blank background, lifted to M2."""
+        x = (entered or check_model_input(self, images)).images
         if self.config.center:
             x = recenter(x)
         if self.config.margin:
@@ -516,12 +568,45 @@ class LiftedPDENet(nn.Module):
             # makes the margin look like the rest of the background to every later layer.
             x = F.pad(x, (self.config.margin,) * 4)
         if self.config.boundary == BACKGROUND:  # the deviation from a blank (zero) image
-            return self.lift(self.standardize(x) - self.standardize(torch.zeros_like(x[:1])))
-        return self.lift(self.standardize(x))
+            x = self.standardize(x) - self.standardize(torch.zeros_like(x[:1]))
+        else:
+            x = self.standardize(x)
+        with input_checked(self.lift):  # checked on entry
+            return self.lift(x)
+
+    def _staged(self, images: Tensor, count: int) -> Tensor:
+        """The lift and the first ``count`` stages of the checked images; every block's state
+        checked for NaN and inf on the device, read once at the end (the first bad block raises
+        :class:`~eqpdenet.errors.NonFiniteStateError`, explained by the input's range)."""
+        entered = check_model_input(self, images)
+        u = self._lifted(images, entered)
+        stages = self.stages[:count]
+        blocks = [m for m in stages.modules() if isinstance(m, EulerStep)]
+        # an exported graph reports nothing; under vmap no value can be read; an empty batch
+        # has no extremes
+        check = not exporting() and not vmapped(u) and u.numel() > 0
+        finite = []
+        with input_checked(*blocks):  # checked on entry: no host read per block
+            for stage in stages:
+                for module in stage:
+                    u = module(u)
+                    if check and isinstance(module, EulerStep):  # on the device
+                        # NaN and inf show in the extremes: one pass, and no temporary the
+                        # size of the field (isfinite(u).all() writes one per block)
+                        finite.append(torch.stack(torch.aminmax(u.detach())).isfinite().all())
+        if finite:
+            try:  # the first block whose state was not finite, as "its Euler step 1"
+                report_non_finite([b.name for b in blocks], [b.dt for b in blocks],
+                                  (~torch.stack(finite)).to(torch.int64))
+            except NonFiniteStateError as error:
+                values = (entered.low, entered.high)
+                raise error.with_hint(self.standardize.explain(*values)
+                                      or input_range_hint(*values)) from None
+        return u
 
     def fields(self, images: Tensor) -> Tensor:
         """The fields ``(S B, C, N, h, w)`` after the last stage (``S`` scale copies)."""
-        return self.stages(self._lifted(images))
+        return self._staged(images, len(self.stages))
 
     def projected_fields(self, images: Tensor, stages: int | None = None) -> Tensor:
         """The fields after the lift and the first ``stages`` stages (default all), projected
@@ -530,9 +615,9 @@ class LiftedPDENet(nn.Module):
         count = len(self.stages) if stages is None else stages
         if not 0 <= count <= len(self.stages):
             raise ValueError(f"stages must be in 0..{len(self.stages)}, got {stages}")
-        u = self.projection(self.stages[:count](self._lifted(images)))
+        u = self.projection(self._staged(images, count))
         if self.config.scales > 1:                               # (S B, C, h, w) -> (B, C, h, w)
-            u = u.unflatten(0, (self.config.scales, u.shape[0] // self.config.scales)).amax(dim=0)
+            u = u.unflatten(0, (self.config.scales, -1)).amax(dim=0)
         return u
 
     def features(self, images: Tensor) -> Tensor:
@@ -544,6 +629,23 @@ class LiftedPDENet(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.classifier(self.features(images)).to(images.dtype)
+
+
+def _config(lifted_pde) -> LiftedPDEConfig:
+    """``lifted_pde`` as a :class:`LiftedPDEConfig` (None: the defaults; a mapping: its fields,
+    checked as the dataclass checks them), else a ConfigError naming what was given."""
+    if lifted_pde is None:
+        return LiftedPDEConfig()
+    if isinstance(lifted_pde, LiftedPDEConfig):
+        return lifted_pde
+    if isinstance(lifted_pde, Mapping):
+        known = {f.name for f in dataclasses.fields(LiftedPDEConfig)}
+        unknown = sorted(str(key) for key in lifted_pde if key not in known)
+        require(not unknown, "lifted_pde", f"unknown field(s) {', '.join(unknown)}; the fields "
+                f"are {', '.join(sorted(known))}")
+        return LiftedPDEConfig(**lifted_pde)
+    raise ConfigError(f"invalid config: lifted_pde: must be a LiftedPDEConfig or a mapping of "
+                      f"its fields, got {type(lifted_pde).__name__}")
 
 
 def _channel_maps_moved(module, state_dict, prefix, *args) -> None:

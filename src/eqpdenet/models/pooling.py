@@ -34,7 +34,8 @@ from torch import Tensor, nn
 from ..checks import require_positive
 from ..pde.stencils import BOUNDARIES
 
-__all__ = ["AntiAliasedDownsample", "OrientationMaxPool", "downsampled_size", "gaussian_lowpass_weights"]
+__all__ = ["AntiAliasedDownsample", "OrientationMaxPool", "downsampled_size", "gaussian_lowpass_weights",
+           "lowpass_radius"]
 
 #: Truncation radius of the low-pass Gaussian, in standard deviations.
 LOWPASS_TRUNCATE = 3.0
@@ -45,10 +46,16 @@ def downsampled_size(size: int) -> int:
     return (size + 1) // 2
 
 
+def lowpass_radius(sigma: float, truncate: float = LOWPASS_TRUNCATE) -> int:
+    """``R = max(1, ceil(truncate sigma))``, the half-width of :func:`gaussian_lowpass_weights`
+    in pixels, without building them (what a size check needs before any work)."""
+    return max(1, math.ceil(truncate * sigma))
+
+
 def gaussian_lowpass_weights(sigma: float, truncate: float = LOWPASS_TRUNCATE) -> Tensor:
-    """Sampled Gaussian of std ``sigma`` pixels on ``-R .. R``, ``R = ceil(truncate sigma)``,
+    """Sampled Gaussian of std ``sigma`` pixels on ``-R .. R``, ``R`` :func:`lowpass_radius`,
     normalised to sum 1 (so constants pass unchanged), float64, shape ``(2R + 1,)``."""
-    radius = max(1, math.ceil(truncate * sigma))
+    radius = lowpass_radius(sigma, truncate)
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     weights = torch.exp(-0.5 * (offsets / sigma) ** 2)
     return weights / weights.sum()
@@ -62,9 +69,16 @@ class AntiAliasedDownsample(nn.Module):
             the new Nyquist frequency ``pi / 2`` is ``exp(-pi^2 / 8) = 0.29``, against 0.71 for the
             2x2 average alone).
         boundary: a name of :data:`~eqpdenet.pde.stencils.BOUNDARIES` (default ``replicate``).
+            ``reflect`` and ``circular`` need a map larger than the low-pass's radius
+            (:func:`lowpass_radius`); on one no larger, that axis is padded by ``replicate``
+            instead (a blur of the map's own values, where the two would be undefined). The
+            models refuse such a low-pass when they are built
+            (:class:`~eqpdenet.models.lifted_pde.LiftedPDENet`: ``lifted_pde.downsample_sigma``).
 
     ``forward``: ``(..., H, W) -> (..., ceil(H / 2), ceil(W / 2))``; every leading dimension
-    (batch, channels, orientations) is filtered independently. No parameters.
+    (batch, channels, orientations) is filtered independently. No parameters. Its matrices cost
+    ``O(n (n + R))`` to build per map size ``n``: a ``sigma`` far wider than the map costs time
+    and memory for nothing (the low-pass of a map much narrower than it is nearly its mean).
 
     Example:
         >>> down = AntiAliasedDownsample()
@@ -116,7 +130,9 @@ class AntiAliasedDownsample(nn.Module):
 
 def _axis_matrix(size: int, weight: Tensor, boundary: str) -> Tensor:
     """Blur (``weight``, padded by ``boundary``) then one sample per cell along an axis of
-    ``size`` pixels, as a float64 ``(ceil(size / 2), size)`` matrix (applied to the identity)."""
+    ``size`` pixels, as a float64 ``(ceil(size / 2), size)`` matrix (applied to the identity).
+    ``reflect`` and ``circular`` on a ``size`` no larger than the radius pad by ``replicate``
+    (documented in :class:`AntiAliasedDownsample`)."""
     radius = weight.numel() // 2
     mode = BOUNDARIES.get(boundary)
     if mode != "constant" and size <= radius:

@@ -171,7 +171,8 @@ class EulerStep(nn.Module):
 
     ``forward``: ``(B, C, H, W) -> (B, C, H, W)``. Where ``rhs`` declares its entry checks
     (a method ``enter(u) -> u``: :class:`~eqpdenet.pde.rhs.InvariantRHS`,
-    :class:`~eqpdenet.pde.rhs.InvariantSystemRHS`), a step called alone checks ``u`` with it
+    :class:`~eqpdenet.pde.rhs.InvariantSystemRHS`,
+    :class:`~eqpdenet.pde.m2_rhs.M2SystemRHS`), a step called alone checks ``u`` with it
     (finite values, shape, dtype: lower precision computed in the module's dtype and returned
     in the input's), once; a step inside :class:`EulerFlow` or a model is not checked again.
     """
@@ -190,11 +191,12 @@ class EulerStep(nn.Module):
     def forward(self, u: Tensor) -> Tensor:
         enter = getattr(self.rhs, "enter", None)
         x = u if self._input_checked or enter is None else enter(u)
-        # A right-hand side that can take the whole step in one fused operator does so.
+        # A right-hand side that can take the whole step in one fused operator does so; either
+        # way x is checked already (by enter, or by the caller).
         fused = getattr(self.rhs, "euler_step", None)
-        step = fused(x, self.dt) if fused is not None else None
-        if step is None:
-            with input_checked(self.rhs):
+        with input_checked(self.rhs):
+            step = fused(x, self.dt) if fused is not None else None
+            if step is None:
                 step = x + self.dt * self.rhs(x)
         return step if x is u else step.to(u.dtype)
 

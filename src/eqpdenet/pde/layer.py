@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules import module as module_hooks
 
 from .. import kernels
 from ..checks import (
     check_images,
     check_values,
+    hooks_registered,
     match_dtype,
     module_dtype,
     require,
@@ -385,13 +385,9 @@ class PDELayer(nn.Module):
 
     def _hooked(self) -> bool:
         """Whether a hook is registered that only the reference path would run (see the class
-        doc): global module hooks, or hooks on any module of a PDE."""
-        if (module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks
-                or module_hooks._global_backward_hooks
-                or module_hooks._global_backward_pre_hooks):
-            return True
-        return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
-                   or m._backward_pre_hooks for pde in self.pdes for m in pde.modules())
+        doc): global module hooks, or hooks on any module of a PDE
+        (:func:`~eqpdenet.checks.hooks_registered`)."""
+        return hooks_registered(m for pde in self.pdes for m in pde.modules())
 
     def evolve_reference(self, u: Tensor) -> Tensor:
         """:meth:`evolve` by the plain PyTorch reference (with ``recompute``, states recomputed)."""

@@ -51,9 +51,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import require, require_int, require_positive
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from .invariants import Invariant, InvariantSet, register_invariant_set
-from .stencils import BOUNDARIES, MIN_GAUSSIAN_SIGMA, gaussian_derivative_weights
+from .stencils import (
+    BOUNDARIES,
+    GAUSSIAN_TRUNCATE,
+    MIN_GAUSSIAN_SIGMA,
+    gaussian_derivative_weights,
+)
 
 __all__ = [
     "M2_DERIVATIVE_NAMES",
@@ -124,8 +129,18 @@ def rotate_field(u: Tensor, quarter_turns: int = 1) -> Tensor:
 
 def gaussian_radius(sigma: float) -> int:
     """Half-width in pixels of the Gaussian-derivative stencils at ``sigma`` (the same for
-    every derivative up to order 2: :func:`~eqpdenet.pde.stencils.gaussian_derivative_weights`)."""
-    return gaussian_derivative_weights(0, sigma, 2).size // 2
+    every derivative up to order 2: :func:`~eqpdenet.pde.stencils.gaussian_derivative_weights`),
+    ``max(ceil(GAUSSIAN_TRUNCATE sigma), 2)``.
+
+    In closed form, by the stencils' own rule (radius ``max(ceil(truncate sigma), M // 2 + 1)``,
+    ``M = 3`` for order 2; tests/pde/test_lifted_sizes.py holds the two equal): building the
+    stencil to measure it costs time and memory in proportion to ``sigma``, and the size checks
+    that call this must refuse a huge ``sigma`` at once. A ``sigma`` below
+    :data:`~eqpdenet.pde.stencils.MIN_GAUSSIAN_SIGMA` (or not finite) is a ConfigError."""
+    if not MIN_GAUSSIAN_SIGMA <= sigma < math.inf:
+        raise ConfigError(f"the gaussian stencil needs a finite sigma >= {MIN_GAUSSIAN_SIGMA} "
+                          f"pixels, got {sigma!r}")
+    return max(math.ceil(GAUSSIAN_TRUNCATE * sigma), 3 // 2 + 1)
 
 
 @functools.lru_cache(maxsize=64)
@@ -242,7 +257,7 @@ class M2Jet(nn.Module):
 
     @property
     def radius(self) -> int:
-        """Half-width of the widest stencil, in pixels."""
+        """Half-width of the widest stencil, in pixels (in closed form: no stencil built)."""
         return gaussian_radius(self.sigmas[-1])
 
     def check(self, u: Tensor) -> None:
@@ -264,7 +279,10 @@ class M2Jet(nn.Module):
         if len(self.sigmas) == 1:
             return gaussian_jet(u, self.sigma, self.boundary, self.scale_normalised)
         self.check(u)
-        chunks = u.chunk(len(self.sigmas), dim=0)
+        # unflatten, not chunk: torch.export would fix the batch size at the one traced (chunk
+        # sizes are ceil(B S / S), a guard on B), and an exported multi-scale model could not run
+        # on any other batch
+        chunks = u.unflatten(0, (len(self.sigmas), -1)).unbind(0)
         return torch.cat([gaussian_jet(chunk, sigma, self.boundary, self.scale_normalised)
                           for chunk, sigma in zip(chunks, self.sigmas, strict=True)], dim=0)
 

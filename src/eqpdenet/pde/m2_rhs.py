@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import kernels
-from ..checks import match_dtype, module_dtype, require, require_int
+from ..checks import check_values, hooks_registered, match_dtype, module_dtype, require, require_int
 from ..errors import InputError, InputTypeError
 from ..kernels.m2_op import (
     M2_UPDATE_IMPLEMENTATIONS,
@@ -54,6 +54,7 @@ from ..kernels.m2_op import (
 )
 from ..registry import Registry
 from .batch_norm import batch_norm_affine, batch_norm_at
+from .integrators import input_checked
 from .m2 import M2_SE2, M2Jet, orientation_frame, separable_stencils
 
 __all__ = ["M2_TERMS", "M2SystemRHS", "PDE_GCNN_TERMS", "Pointwise"]
@@ -119,12 +120,14 @@ class NetworkTerm(nn.Module):
         maps = channels * len(M2_SE2)
         # F's input at a blank image's fields (relative systems): zero invariants, normalised
         blank = u.new_zeros(maps)
-        if isinstance(self.norm, nn.Identity):  # W1 I(u) in one fused pass where possible
-            x = system.mixed_invariants(u, self.mix.weight.view(-1, channels, len(M2_SE2)))
-            x = x.flatten(2)
+        if isinstance(self.norm, nn.Identity) and system.fused(
+                u, weight := self.mix.weight.view(-1, channels, len(M2_SE2))):
+            # W1 I(u) in one fused pass (never with a hook on mix: the fused operator reads its
+            # weight without calling it)
+            x = system.mixed_invariants(u, weight).flatten(2)
             if self.mix.bias is not None:
                 x = x + self.mix.bias[:, None]
-        else:
+        else:  # the modules called, so that their hooks fire
             invariants = system.invariants(u).reshape(batch, maps, n * height * width)
             x = self.mix(self.norm(invariants))
             if system.relative:
@@ -238,7 +241,7 @@ class M2SystemRHS(nn.Module):
     Args:
         channels: ``C``.
         terms: names of :data:`M2_TERMS` (default the general ``("network",)``;
-            :data:`PDE_GCNN_TERMS` is a PDE-G-CNN layer).
+            :data:`PDE_GCNN_TERMS` is a PDE-G-CNN layer), or one name.
         hidden: width of the ``network`` term's hidden layer (default ``C``).
         sigma, boundary, scales: the jet (:class:`~eqpdenet.pde.m2.M2Jet`; spatial derivatives
             scale-normalised).
@@ -253,10 +256,18 @@ class M2SystemRHS(nn.Module):
             ``normalize_invariants``), by the fused operator
             ``torch.ops.eqpdenet.m2_mix_invariants`` where the device has it, else by the
             plain-PyTorch reference (one warning per reason); ``"reference"`` always by the
-            reference.
+            reference. Either way the reference whenever a hook is registered on this module,
+            one of its parts or globally (:func:`~eqpdenet.checks.hooks_registered`): the fused
+            operators call no modules, and read ``mix.weight`` without the forward pre-hook of
+            an old-style ``torch.nn.utils.weight_norm``.
 
-    ``forward``: ``(B, C, N, H, W) -> (B, C, N, H, W)``; :meth:`invariants` gives the
-    ``(B, C, 10, N, H, W)`` invariants it is a function of.
+    ``forward``: ``(B, C, N, H, W) -> (B, C, N, H, W)``, ``N`` a positive multiple of 4 (as
+    ``lifted_pde.orientations``); :meth:`invariants` gives the ``(B, C, 10, N, H, W)`` invariants
+    it is a function of. Called alone (not inside
+    :class:`~eqpdenet.pde.integrators.input_checked`), :meth:`forward` and :meth:`euler_step`
+    check their input first (:meth:`enter`) and compute lower precision in the module's dtype,
+    returning the input's: the convention of the planar right-hand sides, which
+    :class:`~eqpdenet.pde.integrators.EulerStep` follows.
 
     Example:
         >>> rhs = M2SystemRHS(3, ("network", "diffusion"), hidden=6)
@@ -272,7 +283,8 @@ class M2SystemRHS(nn.Module):
         self.relative = bool(relative)
         self.channels = require_int(channels, "channels", 1)
         hidden = require_int(hidden if hidden is not None else channels, "hidden", 1)
-        terms = tuple(terms)
+        # one name is one term, not its letters
+        terms = (terms,) if isinstance(terms, str) else tuple(terms)
         require(len(terms) >= 1 and len(set(terms)) == len(terms), "terms",
                 f"must name each term of F once, at least one, got {list(terms)}")
         for index, term in enumerate(terms):
@@ -291,35 +303,55 @@ class M2SystemRHS(nn.Module):
         # (u changed in place since, or computed without autograd).
         self._cache: tuple | None = None
 
-    def _fused(self, u: Tensor, weight: Tensor) -> bool:
+    _input_checked = False  # see eqpdenet.pde.integrators.input_checked
+
+    def fused(self, u: Tensor, weight: Tensor) -> bool:
+        """Whether the invariants of ``u`` mixed by ``weight`` ``(O, C, 10)`` are computed by the
+        fused operator: the backend has it for these arguments (else one warning per reason)
+        and no hook is registered (:func:`~eqpdenet.checks.hooks_registered`, on this module,
+        its parts, or globally), which only the reference path, calling the modules, runs."""
         backend = kernels.resolve_backend(self.backend)
-        if backend == "reference":
+        if backend == "reference" or hooks_registered(self.modules()):
             return False
         reason = m2_unsupported_reason(u, weight, self.jet.boundary, self.jet.radius)
         if reason is not None:
             kernels.warn_once(f"{reason}; the M2 PDE uses the plain-PyTorch reference")
         return reason is None
 
-    def check(self, u: Tensor) -> Tensor:
-        """Fields this system takes, ``(B, C, N, H, W)`` of its channels, in its dtype (lower
-        precision converted up, higher an error: :func:`~eqpdenet.checks.match_dtype`), checked
-        once for every path: an :class:`~eqpdenet.errors.InputError` naming the cause, where
-        the fused kernels would fail deep inside (``weight must be (O, C, 10)``)."""
+    def enter(self, u: Tensor) -> Tensor:
+        """The entry checks (:mod:`eqpdenet.checks`), once for every path: fields
+        ``(B, C, N, H, W)`` of its channels with finite values, returned in this module's dtype
+        (lower precision converted up, higher an :class:`~eqpdenet.errors.InputTypeError`). An
+        :class:`~eqpdenet.errors.InputError` naming the cause, where the fused kernels would
+        fail deep inside (``weight must be (O, C, 10)``)."""
+        u = self._fields(u)
+        check_values(u, "u")
+        return u
+
+    def _fields(self, u: Tensor) -> Tensor:
+        """:meth:`enter` without the values (no host read): the shape, ``N`` a positive
+        multiple of 4 (the lifted model's rule: quarter turns exact; ``N = 0`` would divide by
+        zero in the orientation differences), the jet's needs, the dtype."""
         if not isinstance(u, Tensor) or u.dim() != 5 or u.shape[1] != self.channels:
             shape = tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__
             raise InputError(f"{type(self).__name__} takes fields (batch, {self.channels} "
                              f"channels, orientations, height, width), got {shape}")
         if not u.is_floating_point():
             raise InputTypeError(f"{type(self).__name__} takes floating-point fields, got {u.dtype}")
+        n = u.shape[2]
+        if n < 4 or n % 4:
+            raise InputError(f"{type(self).__name__} takes fields on a positive multiple of 4 "
+                             f"orientations (so that quarter turns map them onto themselves), "
+                             f"got {n} in shape {tuple(u.shape)}")
         self.jet.check(u)
         return match_dtype(u, module_dtype(self), "u")
 
     def mixed_invariants(self, u: Tensor, weight: Tensor) -> Tensor:
         """``sum_{c, j} weight[o, c, j] I_j(u^c)``: ``(B, C, N, H, W)``, ``(O, C, 10)`` ->
         ``(B, O, N, H, W)``."""
-        if self._cache is None:  # called from outside forward, which checks once
-            u = self.check(u)
-        if self._fused(u, weight):
+        if self._cache is None and not self._input_checked:  # from outside forward
+            u = self._fields(u)
+        if self.fused(u, weight):
             return m2_mix_invariants(u, weight, separable_stencils(self.jet.sigmas),
                                      orientation_frame(u.shape[2]), self.jet.boundary)
         invariants = self.invariants(u)                      # (B, C, 10, N, H, W)
@@ -335,10 +367,14 @@ class M2SystemRHS(nn.Module):
         cached = self._cache
         if cached and cached[0] is u:
             return cached[1]
-        if cached is None:  # called from outside forward, which checks once
-            u = self.check(u)
-        identity = torch.eye(self.channels * len(M2_SE2), dtype=u.dtype, device=u.device)
-        if u.dtype in (torch.float32, torch.float64) and self._fused(u, identity):
+        if cached is None and not self._input_checked:  # from outside forward
+            u = self._fields(u)
+        # the identity built only where the fused operator takes it: an exported graph (the
+        # reference) then holds no eye, which ONNX writes as operators onnxruntime lacks
+        identity = (torch.eye(self.channels * len(M2_SE2), dtype=u.dtype, device=u.device)
+                    if u.dtype in (torch.float32, torch.float64)
+                    and kernels.resolve_backend(self.backend) != "reference" else None)
+        if identity is not None and self.fused(u, identity):
             invariants = m2_mix_invariants(
                 u, identity.view(-1, self.channels, len(M2_SE2)),
                 separable_stencils(self.jet.sigmas), orientation_frame(u.shape[2]),
@@ -357,36 +393,40 @@ class M2SystemRHS(nn.Module):
         (``m2_update``), the batch norm passed to it as the per-channel affine map it applies
         (:func:`~eqpdenet.pde.batch_norm.batch_norm_affine`: the statistics are all it adds,
         and a relative system's ``F(0)`` comes from the same ``shift``). Else None
-        (the caller computes ``u + dt F(u)``)."""
-        u = self.check(u)
+        (the caller computes ``u + dt F(u)``; also where a hook is registered: :meth:`fused`).
+        Called alone, checks ``u`` (:meth:`enter`) and returns the step in its dtype."""
         network = self.terms["network"] if self.term_names == ("network",) else None
         if network is None or not isinstance(network.norm, nn.Identity):
             return None
+        x = u if self._input_checked else self.enter(u)
         w1 = network.mix.weight.view(-1, self.channels, len(M2_SE2))
-        if not self._fused(u, w1):
+        if not self.fused(x, w1):
             return None
         if isinstance(network.hidden_norm, nn.Identity):
-            return m2_euler_step(u, w1, network.mix.bias, network.out.weight,
+            step = m2_euler_step(x, w1, network.mix.bias, network.out.weight,
                                  network.fused_out_bias(self.relative),
                                  separable_stencils(self.jet.sigmas),
-                                 orientation_frame(u.shape[2]), self.jet.boundary, dt)
-        if u.device.type not in M2_UPDATE_IMPLEMENTATIONS or (
-                M2_UPDATE_IMPLEMENTATIONS.get(u.device.type)() is not None):
+                                 orientation_frame(x.shape[2]), self.jet.boundary, dt)
+        elif x.device.type not in M2_UPDATE_IMPLEMENTATIONS or (
+                M2_UPDATE_IMPLEMENTATIONS.get(x.device.type)() is not None):
             return None
-        z = self.mixed_invariants(u, w1)
-        scale, shift = batch_norm_affine(network.hidden_norm, z.flatten(2))
-        return m2_update(u, z, scale, shift, network.out.weight,
-                         network.fused_out_bias(self.relative, shift), dt)
+        else:
+            with input_checked(self):
+                z = self.mixed_invariants(x, w1)
+            scale, shift = batch_norm_affine(network.hidden_norm, z.flatten(2))
+            step = m2_update(x, z, scale, shift, network.out.weight,
+                             network.fused_out_bias(self.relative, shift), dt)
+        return step if x is u else step.to(u.dtype)
 
     def forward(self, u: Tensor) -> Tensor:
-        u = self.check(u)
+        x = u if self._input_checked else self.enter(u)
         self._cache = ()
         try:
             out = None
             for term in self.terms.values():
-                value = term(u, self)
+                value = term(x, self)
                 out = value if out is None else out + value
-            return out
+            return out if x is u else out.to(u.dtype)
         finally:
             self._cache = None
 
