@@ -8,8 +8,11 @@ A family registered in MODELS without an entry in :data:`TINY` fails here: every
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -29,12 +32,16 @@ from eqpdenet.errors import (
 from eqpdenet.export import (
     DEFAULT_TOLERANCE,
     FORMATS,
+    ONNX_OPSET,
+    STAGING_SUFFIX,
+    STALE_GRACE,
     ExportReport,
     _float32_noise,
     export_model,
     load_exported,
     trace,
 )
+from eqpdenet.files import _held, temporary_beside
 from eqpdenet.kernels.op import operator_arguments
 from eqpdenet.models import (
     FCNN,
@@ -47,6 +54,7 @@ from eqpdenet.models import (
     build_model,
 )
 from eqpdenet.pde import LayerConfig, PDELayer
+from process_helpers import poll
 
 #: family -> [(options of a tiny model, whether it claims quarter-turn invariance)]
 TINY = {
@@ -68,7 +76,10 @@ TINY = {
                    ({"lifted_pde": LiftedPDEConfig(orientations=4, channels=[3, 4], blocks=[1, 1],
                                                    boundary="background", center=True)}, True),
                    ({"lifted_pde": LiftedPDEConfig(stage_orientations=[8, 4], channels=[3, 4],
-                                                   blocks=[1, 1], boundary="background")}, True)],
+                                                   blocks=[1, 1], boundary="background")}, True),
+                   # scales > 1: chunking the batch by scale fixed the batch size in the graph
+                   ({"lifted_pde": LiftedPDEConfig(orientations=4, channels=[2, 3], blocks=[1, 1],
+                                                   scales=2)}, True)],
 }
 CASES = [(kind, index) for kind in MODELS.names() for index in range(len(TINY.get(kind, [0])))]
 
@@ -289,3 +300,170 @@ def test_bad_input_is_one_error_before_any_work(tmp_path, monkeypatch):
         export_model(model, tmp_path / "m.onnx", "onnx", images=images)
     assert isinstance(MissingDependencyError("x"), ImportError)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+# ----------------------------------------------------------------------------- faults of the files
+
+#: A child process that exports a small FCNN to ``argv[1]`` in ``argv[2]`` and, at the stage
+#: ``argv[3]`` ("writing": its temporary file just created, empty; "verifying": written in full),
+#: creates the marker ``argv[4]`` and blocks until it is killed.
+_KILLED_EXPORT = """
+import sys
+from pathlib import Path
+import torch
+from eqpdenet.export import export_model
+from eqpdenet.models import FCNN
+out, format, stage, marker = sys.argv[1:5]
+def log(line):
+    if line.startswith(stage):
+        Path(marker).touch()
+        sys.stdin.read()  # until the test's SIGKILL
+torch.manual_seed(0)
+export_model(FCNN(8), out, format, images=torch.rand(4, 1, 28, 28), log=log)
+raise SystemExit("the export ended: it was to be killed")
+"""
+
+
+def _kill_during(stage: str, out, format: str, marker) -> None:
+    """Run :data:`_KILLED_EXPORT` and SIGKILL it at ``stage``, the marker read (no timing)."""
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_EXPORT, str(out), format, stage,
+                              str(marker)], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert poll(lambda: marker.exists() or child.poll() is not None, 600), "no marker"
+        assert marker.exists(), child.communicate()[1][-800:]
+        staging = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+        # the live export's lock is held through writing and verifying (it was dropped at once)
+        assert len(staging) == 1 and _held(str(staging[0])) is True, staging
+        assert (staging[0].stat().st_size > 0) is (stage == "verifying")
+        os.kill(child.pid, signal.SIGKILL)
+        assert child.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        child.stdin.close()
+        child.stderr.close()
+    assert _held(str(staging[0])) is False  # the kernel released it; the file is still there
+
+
+@pytest.mark.parametrize("format, stage", [("onnx", "verifying"), ("exported-program", "writing")])
+def test_a_killed_exports_temporary_file_is_removed_by_the_next_export(format, stage, tmp_path):
+    """SIGKILL while writing (an empty temporary file) or verifying (a full, unverified one):
+    the file stays until the next export to the same path, which removes it once unlocked and
+    untouched for STALE_GRACE seconds; a live export's file (its lock held) is left alone."""
+    if format == "onnx":
+        pytest.importorskip("onnxruntime")
+    folder = tmp_path / "deploy"
+    folder.mkdir()
+    out = folder / f"model{FORMATS.get(format).suffix}"
+    _kill_during(stage, out, format, tmp_path / "marker")
+    (killed,) = folder.iterdir()
+    # "untouched for STALE_GRACE seconds", without waiting for it: the clock of the file set back
+    old = time.time() - STALE_GRACE - 5
+    os.utime(killed, (old, old))
+    handle, live = temporary_beside(out, STAGING_SUFFIX)  # another export, still running
+    try:
+        os.utime(live, (old, old))
+        report = export_model(FCNN(8), out, format, images=digits(8))
+        assert report.relative_difference <= DEFAULT_TOLERANCE
+        assert sorted(p.name for p in folder.iterdir()) == sorted([out.name, live.name])
+    finally:
+        os.close(handle)
+        live.unlink()
+
+
+def test_onnx_files_carry_the_lowest_ir_version_of_their_opset(tmp_path):
+    """onnxruntime < 1.18 refused the exporter's IR version 10 ("max supported IR version: 9");
+    opset 18 needs IR 8 (onnx 1.13), by onnx's own table. Older runtimes: docs/deployment.md."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+    import onnx.helper
+
+    lowest = min(row[1] for row in onnx.helper.VERSION_TABLE if row[2] >= ONNX_OPSET)
+    assert lowest == 8
+    model, _ = tiny_model("cnn", 0)
+    export_model(model, tmp_path / "m.onnx", "onnx", images=digits(8))  # verified as stamped
+    written = onnx.load(tmp_path / "m.onnx")
+    assert written.ir_version == 8 and not written.functions
+    assert [(o.domain, o.version) for o in written.opset_import] == [("", ONNX_OPSET)]
+    onnx.checker.check_model(written, full_check=True)
+
+
+@pytest.mark.parametrize("format", ["onnx", "exported-program"])
+def test_a_symbolic_link_at_out_is_followed_and_kept(format, tmp_path):
+    """``out`` a link (relative, through a second link; or dangling): the file it leads to is
+    written, the link stays a link (a rename onto it had replaced it with a regular file)."""
+    if format == "onnx":
+        pytest.importorskip("onnxruntime")
+    suffix = FORMATS.get(format).suffix
+    (tmp_path / "deploy").mkdir()
+    real = tmp_path / "deploy" / f"real{suffix}"
+    real.write_bytes(b"old")
+    os.symlink(f"deploy/real{suffix}", tmp_path / f"middle{suffix}")
+    os.symlink(f"middle{suffix}", tmp_path / f"current{suffix}")
+    os.symlink(f"deploy/new{suffix}", tmp_path / f"dangling{suffix}")
+    model = FCNN(8)
+    for link in (tmp_path / f"current{suffix}", tmp_path / f"dangling{suffix}"):
+        export_model(model, link, format, images=digits(4))
+        assert link.is_symlink()
+        logits = load_exported(link)(digits(4))
+        assert largest(logits - model(digits(4)).detach()) <= 1e-5 * largest(logits)
+    assert real.read_bytes() != b"old" and (tmp_path / "deploy" / f"new{suffix}").is_file()
+    assert sorted(p.name for p in (tmp_path / "deploy").iterdir()) == [f"new{suffix}",
+                                                                      f"real{suffix}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["deploy", f"middle{suffix}", f"current{suffix}", f"dangling{suffix}"])
+    os.symlink(f"loop{suffix}", tmp_path / f"loop{suffix}")
+    with pytest.raises(OutputFolderError, match="Too many levels of symbolic links"):
+        export_model(model, tmp_path / f"loop{suffix}", format, images=digits(4))
+
+
+@pytest.mark.parametrize("kind, dtype", [("fcnn", torch.float64), ("cnn", torch.float64),
+                                         ("fcnn", torch.float16)])
+def test_a_model_not_in_float32_is_one_error_before_any_work(kind, dtype, tmp_path, monkeypatch):
+    """A float64 FCNN gave a file with a float64 input, a float64 CNN an error after tracing
+    and writing (no float64 Conv in onnxruntime): the file's input is float32, so a model that
+    does not compute in float32 is refused first, naming its dtype."""
+    import eqpdenet.export
+
+    monkeypatch.setattr(eqpdenet.export, "trace", None)  # must not be reached
+    model = build_model(kind, **({"hidden": 8} if kind == "fcnn" else
+                                 {"cnn": CNNConfig(channels=3, layers=2)})).to(dtype)
+    name = str(dtype).removeprefix("torch.")
+    for format in ("onnx", "exported-program"):
+        out = tmp_path / f"m{FORMATS.get(format).suffix}"
+        with pytest.raises(ExportError, match=rf"^{type(model).__name__} cannot be exported: its "
+                                              rf"parameters are {name}, .* export model\.float\(\)$"):
+            export_model(model, out, format, images=digits(4).to(dtype))
+    assert not list(tmp_path.iterdir())
+
+
+def test_images_of_another_shape_are_the_models_input_error_not_an_export_failure(tmp_path):
+    """The family exports; the images do not fit it: the model's own InputError, as it is."""
+    with pytest.raises(InputError) as caught:
+        export_model(FCNN(8), tmp_path / "m.pt2", "exported-program",
+                     images=torch.rand(5, 1, 20, 20))
+    assert not isinstance(caught.value, ExportError)
+    assert str(caught.value) == "expected images of shape (batch, 1, 28, 28), got (2, 1, 20, 20)"
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_output_link_into_a_run_folder_is_judged_by_the_file_it_leads_to(tmp_path):
+    """--out mine.json -> run/result.json: written through the link, it would replace a run's
+    result; the check judges the link's file as well as the link."""
+    from eqpdenet.app.files import check_output_file
+    from eqpdenet.app.runfolder import check_output_keeps, claim_folder
+    from eqpdenet.errors import OutputFolderError
+
+    run = claim_folder(tmp_path / "run", "train")
+    (run / "result.json").write_text("{}")
+    link = tmp_path / "mine.json"
+    link.symlink_to(run / "result.json")
+    with pytest.raises(OutputFolderError, match=r"mine.json: would replace a result of .*run "
+                                                r"\(the file the link .*mine.json leads to"):
+        check_output_keeps(link, "--json")
+    other = tmp_path / "elsewhere"
+    dangling = tmp_path / "new.json"
+    dangling.symlink_to(other / "sub" / "new.json")
+    assert check_output_file(dangling) == dangling
+    assert (other / "sub").is_dir()  # the write test ran where the file will go

@@ -3,10 +3,11 @@
 Formats (:data:`FORMATS`):
 
 ``"onnx"``
-    An ONNX model (opset :data:`ONNX_OPSET`, input ``images`` ``(batch, C, H, W)`` float32,
-    output ``logits`` ``(batch, classes)``), written by PyTorch's ONNX exporter from the
-    :class:`torch.export.ExportedProgram` below and run by onnxruntime. Needs the optional
-    ``export`` extra: ``pip install 'eqpdenet[export]'`` (onnx, onnxscript, onnxruntime).
+    An ONNX model (opset :data:`ONNX_OPSET`, IR version 8: the lowest that carries it; input
+    ``images`` ``(batch, C, H, W)`` float32, output ``logits`` ``(batch, classes)``), written
+    by PyTorch's ONNX exporter from the :class:`torch.export.ExportedProgram` below and run by
+    onnxruntime (1.15.1 and newer read it: docs/deployment.md). Needs the optional ``export``
+    extra: ``pip install 'eqpdenet[export]'`` (onnx, onnxscript, onnxruntime).
 ``"exported-program"``
     The :class:`torch.export.ExportedProgram` itself (:func:`torch.export.save`, usually
     ``.pt2``), run by ``torch.export.load(path).module()``: PyTorch alone, no eqpdenet.
@@ -21,7 +22,12 @@ host, so the graph holds only standard PyTorch operators (the Euler steps unroll
 number of them); a graph that still calls a custom operator (``torch.ops.eqpdenet.*``, which
 no other runtime knows) is refused with an :class:`~eqpdenet.errors.ExportError`.
 
-Verification is part of :func:`export_model`: the file is written to a temporary sibling, loaded
+Only a float32 model is exported (its floating-point parameters; the file's input is float32):
+any other is refused before any work.
+
+Verification is part of :func:`export_model`: the file is written to a temporary sibling (locked
+by the export until it is renamed or deleted; one a killed export left is removed by the next
+export to the same path), loaded
 with the runtime it targets (:func:`load_exported`), run on the given images (in batches of
 :data:`VERIFY_BATCH`, and the first image alone) and compared with the model's own logits in
 PyTorch (its default backend: the C++ kernel where it applies); for a model that claims
@@ -31,7 +37,7 @@ logit of the batch: ``max |exported - pytorch| / max |pytorch|``. Only a file th
 (within ``tolerance``, default :data:`DEFAULT_TOLERANCE`, or within twice PyTorch's own float32
 rounding of the model: :func:`export_model`) replaces ``out``; otherwise the temporary file is
 deleted and an :class:`~eqpdenet.errors.ExportError` names the difference. ``out`` is never
-half-written.
+half-written; where it is a symbolic link, the file it leads to is replaced and the link kept.
 
 Example:
     >>> from eqpdenet.models import FCNN
@@ -51,7 +57,6 @@ import io
 import logging
 import math
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -62,8 +67,8 @@ import torch
 from torch import Tensor, nn
 
 from .checks import check_images, export_mode
-from .errors import ConfigError, ExportError, MissingDependencyError, OutputFolderError
-from .files import temporary_beside
+from .errors import ConfigError, ExportError, InputError, MissingDependencyError, OutputFolderError
+from .files import link_target, remove_stale_beside, temporary_beside
 from .registry import Registry
 
 __all__ = [
@@ -84,13 +89,27 @@ __all__ = [
 #: quarter-turn invariance of the exported model), the issue's target.
 DEFAULT_TOLERANCE = 1e-5
 #: The ONNX opset written: 18 is the oldest the PyTorch exporter writes, so the widest choice of
-#: runtimes (onnxruntime >= 1.14) can read the file.
+#: runtimes can read the file. The exporter stamps the IR version of the onnx package installed
+#: (10 with onnx >= 1.16), which onnxruntime < 1.18 refuses ("Unsupported model IR version: 10,
+#: max supported IR version: 9") although nothing in the file needs it; the file is stamped with
+#: the lowest IR version that carries opset 18 instead (8: :func:`_lowest_ir_version`), and the
+#: verification runs that file. Read by onnxruntime 1.15.1, 1.17.3 and 1.20.1 (docs/deployment.md).
 ONNX_OPSET = 18
 #: Images per call of the verification (the logits of a batch of any size are computed in
 #: chunks of this many: memory stays bounded for large models and 1,000 images).
 VERIFY_BATCH = 100
 #: The operator namespaces every runtime knows (PyTorch's own); any other is a custom operator.
 STANDARD_NAMESPACES = ("aten", "prims")
+#: Seconds after its last write that a temporary file beside ``out`` whose lock no writer holds
+#: is taken for a killed export's and removed (:func:`eqpdenet.files.remove_stale_beside`): a
+#: live export holds the lock from an instant after it creates the file until after its rename.
+STALE_GRACE = 10.0
+#: The ending of the temporary file an export writes and verifies beside ``out``
+#: (``.<name>.XXXXXXXX.tmp``).
+STAGING_SUFFIX = ".tmp"
+#: The same where the lock cannot be tested (a file system without locks): longer than any
+#: export writes and verifies.
+STALE_AGE = 24 * 3600.0
 
 Runner = Callable[[Tensor], Tensor]
 
@@ -145,6 +164,19 @@ def _evaluating(model: nn.Module) -> Iterator[None]:
         model.train(training)
 
 
+def _lowest_ir_version(model) -> int | None:
+    """The lowest ONNX IR version that carries the opsets ``model`` (an ``onnx_ir`` model)
+    imports, by onnx's own table of releases (``onnx.helper.VERSION_TABLE``); None where it
+    imports more than the standard domain or defines functions (then its stamp is kept)."""
+    import onnx.helper
+
+    opsets = dict(model.opset_imports)
+    if set(opsets) - {"", "ai.onnx"} or len(model.functions):
+        return None
+    opset = max(opsets.values(), default=ONNX_OPSET)
+    return min((row[1] for row in onnx.helper.VERSION_TABLE if row[2] >= opset), default=None)
+
+
 def _write_onnx(program: torch.export.ExportedProgram, path: Path) -> None:
     # optimize=False: onnxscript's optimizer (0.7) rewrites x + c as x for every |c| < 1e-8, so
     # it deletes the guard of the covariant ratio (2^-63 in float32) and 0 / 0 gives NaN on
@@ -158,6 +190,9 @@ def _write_onnx(program: torch.export.ExportedProgram, path: Path) -> None:
             # this machine) and FX dumps, three quarters of the file
             for key in [k for k in node.metadata_props if k != "namespace"]:
                 del node.metadata_props[key]
+        lowest = _lowest_ir_version(onnx_program.model)
+        if lowest is not None and lowest < onnx_program.model.ir_version:
+            onnx_program.model.ir_version = lowest
         onnx_program.save(path, external_data=False)
 
 
@@ -207,7 +242,8 @@ FORMATS.register("exported-program", ExportFormat(
 def check_export(format: str, out: str | os.PathLike) -> ExportFormat:
     """The format named ``format``, after the checks that need no model: the format is known,
     its optional dependencies are installed, ``out`` can be written (its folder exists and takes
-    a new file; ``out`` is not a folder). Raises :class:`~eqpdenet.errors.ConfigError`,
+    a new file; ``out`` is not a folder; where ``out`` is a symbolic link, the same of the file
+    it leads to). Raises :class:`~eqpdenet.errors.ConfigError`,
     :class:`~eqpdenet.errors.MissingDependencyError` or
     :class:`~eqpdenet.errors.OutputFolderError`, one line each; writes nothing."""
     if not isinstance(format, str) or format not in FORMATS:
@@ -228,14 +264,19 @@ def check_export(format: str, out: str | os.PathLike) -> ExportFormat:
         article = "an" if format[0] in "aeiou" else "a"
         raise ConfigError(f"--out {out}: {article} {format} file is named *{chosen.suffix} (it is "
                           f"read back by its suffix); e.g. {out.with_suffix(chosen.suffix)}")
-    folder = out.parent
+    try:
+        target = link_target(out)
+    except OSError as error:
+        raise OutputFolderError(f"cannot write {out}: {error.strerror or error}") from None
+    folder = target.parent
     if not folder.is_dir():
         raise OutputFolderError(f"cannot write {out}: the folder {folder} does not exist")
     try:  # the only sure test of writing is to write (permissions, read-only file systems)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{out.name}.", suffix=".probe"):
-            pass
+        handle, probe = temporary_beside(target, STAGING_SUFFIX)
     except OSError as error:
         raise OutputFolderError(f"cannot write {out}: {error.strerror or error}") from None
+    os.close(handle)
+    probe.unlink(missing_ok=True)
     return chosen
 
 
@@ -263,7 +304,8 @@ def trace(model: nn.Module, example: Tensor) -> torch.export.ExportedProgram:
     """``model`` as an :class:`~torch.export.ExportedProgram` of standard PyTorch operators, in
     evaluation mode, the batch axis of its input dynamic (``example``: a batch of at least two
     inputs of the right shape). Raises :class:`~eqpdenet.errors.ExportError` naming the family
-    and the cause where it cannot be traced or the graph calls a custom operator."""
+    and the cause where it cannot be traced or the graph calls a custom operator, and the
+    model's own :class:`~eqpdenet.errors.InputError` as it is where it refuses ``example``."""
     family = type(model).__name__
     check_images(example, "example")
     if len(example) < 2:  # a batch of 1 would be traced as a constant size
@@ -281,7 +323,9 @@ def trace(model: nn.Module, example: Tensor) -> torch.export.ExportedProgram:
             with export_mode(), _quiet():
                 program = torch.export.export(module, (example,),
                                               dynamic_shapes=({0: torch.export.Dim("batch")},))
-    except (ExportError, MissingDependencyError):
+    except (ExportError, MissingDependencyError, InputError):
+        # InputError: the model refused the example (images of another shape than it was built
+        # for): the user's input, named by the model's own check, not a family that cannot export
         raise
     except Exception as error:
         first = next((line for line in str(error).splitlines() if line.strip()), "")
@@ -388,6 +432,19 @@ def _float32_noise(model: nn.Module, images: Tensor, turns: bool) -> float | Non
         return None
 
 
+def _check_float32(model: nn.Module) -> None:
+    """Refuse a model whose floating-point parameters are not all float32, before any work:
+    the file's input is float32 (docs/deployment.md), and a float64 model traced as it is gave
+    a float64 input (FCNN) or a file onnxruntime cannot run (a float64 Conv), found only after
+    tracing and writing. Buffers are not checked: families keep float64 constants on purpose."""
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()
+                     if p.is_floating_point() and p.dtype != torch.float32})
+    if dtypes:
+        raise ExportError(f"{type(model).__name__} cannot be exported: its parameters are "
+                          f"{' and '.join(dtypes)}, and an exported file computes in float32 "
+                          f"(its input is float32 images); export model.float()")
+
+
 def export_model(model: nn.Module, out: str | os.PathLike, format: str = "onnx", *,
                  images: Tensor, tolerance: float = DEFAULT_TOLERANCE,
                  log: Callable[[str], None] | None = None) -> ExportReport:
@@ -403,9 +460,18 @@ def export_model(model: nn.Module, out: str | os.PathLike, format: str = "onnx",
     images): two float32 computations each that close to the exact logits can differ by twice
     that, and a deep model amplifies rounding (docs/deployment.md).
 
+    The model must compute in float32 (every floating-point parameter float32; ``images`` are
+    converted to float32): any other is refused with an :class:`~eqpdenet.errors.ExportError`
+    before any work. ``out`` a symbolic link: the file it leads to is replaced, the link kept.
+
     Raises :class:`~eqpdenet.errors.ExportError` where the model cannot be exported or the file
     fails the verification; nothing is written then (a failed file is deleted: it is not the
-    model, and rerunning the command re-creates it).
+    model, and rerunning the command re-creates it). The file is written and verified as a
+    temporary sibling ``.<name>.XXXXXXXX.tmp`` of ``out`` (of the link's target), locked
+    (:func:`eqpdenet.files.temporary_beside`) until it is renamed or deleted; those of exports
+    killed meanwhile (SIGKILL) are removed by the next export to the same ``out``
+    (:func:`eqpdenet.files.remove_stale_beside`, once unlocked and untouched for
+    :data:`STALE_GRACE` seconds).
     """
     chosen = check_export(format, out)
     out = Path(out)
@@ -416,17 +482,22 @@ def export_model(model: nn.Module, out: str | os.PathLike, format: str = "onnx",
         raise ConfigError("the verification needs at least one image")
     log = log or (lambda line: None)
     family = type(model).__name__
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), images.dtype)
-    images = images.detach().to("cpu", dtype).contiguous()
+    _check_float32(model)
+    images = images.detach().to("cpu", torch.float32).contiguous()
     seconds = {}
+    target = link_target(out)  # a symbolic link is kept: the file it leads to is replaced
+    # exports killed before their rename (SIGKILL) left their temporary files here
+    for written in dict.fromkeys((out, target)):
+        remove_stale_beside(written, STAGING_SUFFIX, age=STALE_AGE, grace=STALE_GRACE)
 
     start = time.perf_counter()
     log(f"tracing {family} (reference path, batch axis of any size)")
     program = trace(model, images[:2])
     seconds["trace"] = time.perf_counter() - start
 
-    handle, staging = temporary_beside(out, ".tmp")
-    os.close(handle)
+    # ``handle`` stays open until the end: its lock marks the file as a live export's, which
+    # the sweep above (of a concurrent export) leaves alone however long the verification takes
+    handle, staging = temporary_beside(target, STAGING_SUFFIX)
     try:
         start = time.perf_counter()
         log(f"writing {chosen.name}")
@@ -474,9 +545,10 @@ def export_model(model: nn.Module, out: str | os.PathLike, format: str = "onnx",
                 f"verification failed: the exported model changes its logits by "
                 f"{report.quarter_turn_error:.2e} relative under quarter turns ({where})")
         seconds["verify"] = time.perf_counter() - start
-        os.replace(staging, out)
+        os.replace(staging, target)
     finally:
         staging.unlink(missing_ok=True)
+        os.close(handle)
     return report
 
 

@@ -12,11 +12,16 @@ temporary file, up to the size of the file it was writing (196 MB for the ROTMNI
 the lock when the writer dies, however it dies), and a file is taken for a killed writer's only
 when nobody holds its lock and nothing has written to it for a while, or, where the lock cannot
 be tested, when nothing has written to it for longer than any live write can pause.
+
+A writer renames its temporary file onto :func:`link_target` of the path it was given, never onto
+the path itself: a symbolic link the user made stays a link, and the file it leads to is replaced
+(a rename onto the link would replace the link with a regular file and leave its target as it was).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import stat
@@ -30,7 +35,10 @@ try:
 except ImportError:  # not POSIX: no lock to tell a live writer by; the age rule alone applies
     fcntl = None
 
-__all__ = ["remove_stale_beside", "temporary_beside"]
+__all__ = ["link_target", "remove_stale_beside", "temporary_beside"]
+
+#: The most links :func:`link_target` follows, as Linux's path resolution (``ELOOP`` beyond).
+MAX_LINKS = 40
 
 _UMASK_LOCK = threading.Lock()
 
@@ -42,6 +50,21 @@ def _umask() -> int:
         umask = os.umask(0)
         os.umask(umask)
     return umask
+
+
+def link_target(path: str | os.PathLike) -> Path:
+    """The file that writing ``path`` writes: ``path`` itself, or, where it is a symbolic link,
+    the file at the end of its chain of links (a relative link read from the link's own folder,
+    as the operating system does; a dangling link's target is where the new file goes). Stage
+    beside this path and rename onto it, so that the link is kept. A loop of links raises
+    ``OSError`` ``ELOOP`` naming ``path``, as ``open`` would."""
+    path = current = Path(path)
+    for _ in range(MAX_LINKS + 1):
+        if not current.is_symlink():
+            return current
+        link = Path(os.readlink(current))
+        current = link if link.is_absolute() else current.parent / link
+    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path))
 
 
 def temporary_beside(path: str | os.PathLike, suffix: str) -> tuple[int, Path]:

@@ -95,3 +95,43 @@ def test_outputs_never_replace_the_input_checkpoint_or_a_runs_results(checkpoint
     check_output_keeps(run / "summary.json", "--json", [model])  # a new file: fine
     (run / "summary.json").write_text("earlier")
     check_output_keeps(run / "summary.json", "--json", [model])  # the user's earlier summary
+
+
+def test_export_and_every_atomic_write_follow_a_symbolic_link_and_keep_it(checkpoint, tmp_path,
+                                                                          capsys):
+    """``export --out`` and ``atomic_write`` (``evaluate --json``, run files, tables) onto a link
+    write the file it leads to, relative links read from the link's folder, a dangling link's
+    target created; they replaced the link with a regular file (docs/reliability.md: "Symbolic
+    links are followed, never replaced")."""
+    import os
+
+    from eqpdenet.app.files import atomic_write
+
+    data = data_dir_or_skip()
+    deploy = tmp_path / "deploy"
+    deploy.mkdir()
+    (deploy / "real.pt2").write_bytes(b"old")
+    os.symlink("deploy/real.pt2", tmp_path / "current.pt2")
+    status = main(["export", str(checkpoint), "--format", "exported-program", "--out",
+                   str(tmp_path / "current.pt2"), "--images", "20", "--data-dir", str(data)])
+    assert status == 0, capsys.readouterr().err
+    assert (tmp_path / "current.pt2").is_symlink()
+    assert (deploy / "real.pt2").read_bytes()[:2] == b"PK"  # a zip: torch.export.save's file
+    assert sorted(p.name for p in deploy.iterdir()) == ["real.pt2"]
+
+    (deploy / "summary.json").write_text("{}")
+    os.symlink("deploy/summary.json", tmp_path / "middle.json")
+    os.symlink("middle.json", tmp_path / "summary.json")
+    os.symlink(str(deploy / "new.json"), tmp_path / "dangling.json")
+    atomic_write(tmp_path / "summary.json", b'{"accuracy": 97.5}\n')
+    atomic_write(tmp_path / "dangling.json", b"[]\n")
+    assert (tmp_path / "summary.json").is_symlink() and (tmp_path / "middle.json").is_symlink()
+    assert (tmp_path / "dangling.json").is_symlink()
+    assert (deploy / "summary.json").read_text() == '{"accuracy": 97.5}\n'
+    assert (deploy / "new.json").read_text() == "[]\n"
+    assert sorted(p.name for p in deploy.iterdir()) == ["new.json", "real.pt2", "summary.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current.pt2", "dangling.json", "deploy",
+                                                          "middle.json", "summary.json"]
+    os.symlink("loop.json", tmp_path / "loop.json")
+    with pytest.raises(OSError, match=r"Too many levels of symbolic links: '.*loop\.json'"):
+        atomic_write(tmp_path / "loop.json", b"{}")

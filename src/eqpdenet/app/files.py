@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from ..errors import DataFileError, OutputFolderError
-from ..files import temporary_beside
+from ..files import link_target, temporary_beside
 
 __all__ = ["TEMPORARY_SUFFIX", "append_jsonl", "atomic_write", "check_output_file", "make_folder",
            "read_jsonl", "read_jsonl_lines", "remove_stale_temporaries", "save_figure"]
@@ -88,11 +88,15 @@ def check_output_file(path: Path, option: str = "--out") -> Path:
     path = Path(path)
     if path.is_dir():
         raise OutputFolderError(f"{option} {path}: a folder is in the way of the file")
-    make_folder(path.parent)
     try:
-        fd, probe = temporary_beside(path, TEMPORARY_SUFFIX)
+        target = link_target(path)  # a link is written through: its file's folder is tested
     except OSError as error:
-        raise OutputFolderError(f"{option} {path}: cannot write into {path.parent}: "
+        raise OutputFolderError(f"{option} {path}: {_reason(error)}") from None
+    make_folder(target.parent)
+    try:
+        fd, probe = temporary_beside(target, TEMPORARY_SUFFIX)
+    except OSError as error:
+        raise OutputFolderError(f"{option} {path}: cannot write into {target.parent}: "
                                 f"{_reason(error)}") from None
     os.close(fd)
     with contextlib.suppress(OSError):
@@ -102,7 +106,9 @@ def check_output_file(path: Path, option: str = "--out") -> Path:
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and a rename (a path
-    that is a device or pipe, like ``/dev/stdout``, is written in place)."""
+    that is a device or pipe, like ``/dev/stdout``, is written in place). A symbolic link is
+    followed, never replaced: the file it leads to is written (:func:`eqpdenet.files.link_target`:
+    the temporary file goes beside that file and is renamed onto it)."""
     path = Path(path)
     make_folder(path.parent)  # a file in the way is named, not "File exists"
     if path.is_dir():  # else the rename fails naming the temporary file
@@ -114,7 +120,8 @@ def atomic_write(path: Path, data: bytes) -> None:
             handle.write(data)
         return
     try:
-        fd, tmp = temporary_beside(path, TEMPORARY_SUFFIX)
+        target = link_target(path)
+        fd, tmp = temporary_beside(target, TEMPORARY_SUFFIX)
     except OSError as error:  # named by the file wanted, not by the temporary one
         raise _naming(error, path) from None
     try:
@@ -122,7 +129,7 @@ def atomic_write(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

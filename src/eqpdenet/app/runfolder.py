@@ -37,6 +37,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import OutputFolderError
+from ..files import link_target
 from .files import atomic_write
 from .locks import LOCK_NAME, make_folder, replace_held_folder
 
@@ -98,13 +99,20 @@ def check_output_keeps(path: Path, option: str, inputs: Iterable[Path | None] = 
         if same:
             raise OutputFolderError(f"{option} {path} is the command's own input ({source}): "
                                     f"writing it would destroy it; choose another file")
-    if path.name == MARKER:
-        raise OutputFolderError(f"{option} {path}: would replace eqpdenet's folder marker")
-    owner = next((folder for folder in list(path.parents)[:3] if folder_kind(folder)), None)
-    if owner is not None and (path.name in _RESULT_NAMES or path.suffix in _RESULT_SUFFIXES):
-        raise OutputFolderError(f"{option} {path}: would replace a result of {owner}, a folder "
-                                f"eqpdenet's {folder_kind(owner)} command wrote; choose a new "
-                                f"file name or another folder")
+    try:
+        # A link is written through (atomic_write, export): the file it leads to is judged too.
+        written = {path, link_target(path)}
+    except OSError:  # a loop of links: writing it says so
+        written = {path}
+    for target in written:
+        if target.name == MARKER:
+            raise OutputFolderError(f"{option} {path}: would replace eqpdenet's folder marker")
+        owner = next((folder for folder in list(target.parents)[:3] if folder_kind(folder)), None)
+        if owner is not None and (target.name in _RESULT_NAMES or target.suffix in _RESULT_SUFFIXES):
+            where = "" if target == path else f" (the file the link {path} leads to, {target})"
+            raise OutputFolderError(f"{option} {path}: would replace a result of {owner}{where}, a "
+                                    f"folder eqpdenet's {folder_kind(owner)} command wrote; choose "
+                                    f"a new file name or another folder")
 
 
 def _contents(folder: Path) -> list[str]:
