@@ -131,3 +131,114 @@ def test_invariant_orders_are_those_the_stencil_analysis_predicts():
         assert rotation_order("sim2", invariant, "isotropic5") == pytest.approx(4.0, abs=0.3)
     scaling = [r for r in rows if r.invariant_set == "scaling"]
     assert all(r.rotation_error[-1] > 0.1 and not r.rotation_invariant for r in scaling)
+
+
+# --- the fill of the resampling is never measured --------------------------------------------
+
+def test_filled_region_leaves_out_the_points_a_transform_moves_past_the_frame():
+    """Pixel centres of a 28-pixel frame run to ±13.5 px: a scaling by 0.67 reads g^-1 p = p / 0.67
+    past them beyond 0.67 x 13.5 = 9.045 px, one by 1.5 reads g p past them beyond 9 px (the
+    round trip); the 9.8-px disk reached both. Rotations keep the disk; a 1-px shift too."""
+    from eqpdenet.analysis.equivariance import filled_region
+    from eqpdenet.geometry import pixel_coordinates
+
+    x, y = pixel_coordinates(28, 28, dtype=torch.float64)
+    disk = central_disk(28)
+    for factor, reach in ((0.67, 0.67 * 13.5), (1.5, 13.5 / 1.5), (1 / 1.5, 13.5 / 1.5)):
+        region = filled_region(Transform.scale(factor), 28)
+        assert torch.equal(region, (x.abs() <= reach + 1e-9) & (y.abs() <= reach + 1e-9))
+        assert not torch.equal(disk & region, disk)  # the disk reached the fill
+    for transform in (Transform.rotation(30), Transform.rotation(90), Transform.scale(0.8),
+                      Transform.scale(1.25), Transform.translation(1.0, 0.0)):
+        assert torch.equal(disk & filled_region(transform, 28), disk)
+    assert bool(filled_region(Transform.rotation(90), 28).all())  # rot90: no fill at all
+    shifted = filled_region(Transform.translation(2.0, 0.0), 28)
+    assert int((~shifted).sum()) == 4 * 28  # two columns each side: g p and g^-1 p
+
+
+def test_a_map_with_a_non_zero_background_is_not_charged_for_the_fill():
+    """u -> u - 0.424 (the blank of a standardised input) commutes with every g on real pixels;
+    on the zero fill of g . Phi(f) it does not. The old disk measured the fill at λ = 0.67."""
+    background = lambda u: u - 0.424  # noqa: E731
+    images = smooth_inputs(4)
+    for transform in (Transform.scale(0.67), Transform.scale(1.5), Transform.rotation(30),
+                      Transform.translation(0.5, 0.0)):
+        assert equivariance_error(background, images, transform) < 1e-6, transform
+    # a plain callable has no known geometry: measured on the whole disk, fill included
+    moved = lambda u: Transform.scale(0.67)(u)  # noqa: E731
+    assert equivariance_error(background, images, moved) > 0.05
+
+
+def test_interpolation_floor_is_not_a_frame_artefact_at_large_scalings():
+    """The round trip at λ = 1.5 costs what it costs at 1.4 (0.0163 against 0.0165 on these
+    inputs); with the whole 9.8-px disk it read 0.055, zero fill past 9 px."""
+    images = smooth_inputs(16)
+    at_15 = interpolation_floor(images, Transform.scale(1.5))
+    at_14 = interpolation_floor(images, Transform.scale(1.4))
+    assert at_15 == pytest.approx(0.0163, abs=5e-4) and at_14 == pytest.approx(0.0165, abs=5e-4)
+
+
+def test_a_map_with_a_margin_is_measured_on_the_same_pixels():
+    """A map that returns a frame grown by a margin (a lifted model's ``margin``): measured on
+    the same disk, about the same centre; zero-padding is equivariant there (to the float32
+    rounding of the two grids' sample points)."""
+    import torch.nn.functional as F
+
+    images = smooth_inputs(3)
+    padded = lambda u: F.pad(u, (4, 4, 4, 4))  # noqa: E731
+    for transform in (Transform.rotation(30), Transform.rotation(90), Transform.scale(0.67),
+                      Transform.translation(0.5, 0.0)):
+        assert equivariance_error(padded, images, transform) < 1e-6
+    heat = heat_pde(T=0.5, dt=0.1)
+    on_margin = lambda u: heat(F.pad(u, (4, 4, 4, 4)))  # noqa: E731
+    error = equivariance_error(on_margin, images, Transform.rotation(45))
+    assert 0 < error < 0.02
+    with pytest.raises(ValueError, match=r"mask has shape \(28, 28\), but the measured maps are "
+                                         r"36x36"):
+        equivariance_error(padded, images, Transform.rotation(30), central_disk(28))
+
+
+# --- bad group elements, modes, non-square images ---------------------------------------------
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: Transform.rotation(float("nan")), "rotation: degrees must be a finite number, got nan"),
+    (lambda: Transform.rotation(float("inf")), "rotation: degrees must be a finite number, got inf"),
+    (lambda: Transform.scale(0.0), "scale: factor must be non-zero, got 0"),
+    (lambda: Transform.scale(float("nan")), "scale: factor must be a finite number, got nan"),
+    (lambda: Transform.translation(float("inf"), 0.0), "translation: t_x must be a finite"),
+    (lambda: Transform("rotation", float("nan")), "rotation: degrees must be a finite number"),
+    (lambda: Transform("shear", 1.0), "unknown transform kind 'shear'"),
+])
+def test_bad_group_elements_are_refused_when_made(make, message):
+    from eqpdenet.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        make()
+    assert message in str(caught.value)
+
+
+def test_model_invariance_restores_the_training_mode():
+    from torch import nn
+
+    from eqpdenet.analysis.equivariance import model_invariance
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.Dropout(0.5))
+    model.train()
+    result = model_invariance(model, smooth_inputs(4), Transform.rotation(90))
+    assert model.training  # as the caller left it
+    assert 0 < result["logit_change"] and result["unchanged"] <= 1  # measured in eval mode
+    again = model_invariance(model, smooth_inputs(4), Transform.rotation(90))
+    assert again == result  # no dropout: deterministic
+    model.eval()
+    model_invariance(model, smooth_inputs(4), Transform.rotation(90))
+    assert not model.training
+
+
+def test_turns_of_non_square_images_keep_their_shape():
+    images = torch.rand(2, 1, 20, 28)
+    half = Transform.rotation(180)(images)
+    assert torch.equal(half, torch.flip(images, (-2, -1)))  # exact on any frame
+    torch.testing.assert_close(half, rotate(images, math.pi), atol=1e-5, rtol=0)
+    quarter = Transform.rotation(90)(images)
+    assert quarter.shape == images.shape
+    torch.testing.assert_close(quarter, rotate(images, math.pi / 2), atol=0, rtol=0)

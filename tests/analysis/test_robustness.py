@@ -10,8 +10,13 @@ from eqpdenet.analysis.robustness import (
     AXIS_DIRECTIONS,
     axis_shift,
     axis_shift_curve,
+    logit_change,
+    rotation_curve,
     round_trip_change,
+    scale_curve,
+    shift_curve,
 )
+from eqpdenet.errors import ConfigError
 from eqpdenet.geometry import rotate, translate
 
 
@@ -72,3 +77,63 @@ def test_axis_shift_curve_moves_each_image_along_one_seeded_axis_for_every_dista
     assert axis_shift_curve(model, images, labels, [1], seed=5) != [100.0]  # position matters
     with pytest.raises(ValueError, match="whole pixels"):
         axis_shift_curve(model, images, labels, [0.5])
+
+
+# --- bad values are refused, naming the argument, before any image is moved ---------------------
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m, x, y: rotation_curve(m, x, y, [0.0, float("nan")]),
+     "angles[1] must be a finite number, got nan"),
+    (lambda m, x, y: rotation_curve(m, x, y, [float("inf")]),
+     "angles[0] must be a finite number, got inf"),
+    (lambda m, x, y: scale_curve(m, x, y, [1.0, float("nan")]),
+     "factors[1] must be a finite number, got nan"),
+    (lambda m, x, y: scale_curve(m, x, y, [1.0, 0.0]), "factors[1] must be non-zero, got 0"),
+    (lambda m, x, y: shift_curve(m, x, y, [0.5, float("-inf")]),
+     "shifts[1] must be a finite number, got -inf"),
+    (lambda m, x, y: shift_curve(m, x, y, [1.0, 28.0]),
+     "shifts[1] = 28 pixels moves the whole 28x28 image out of its frame; use shifts below 28"),
+    (lambda m, x, y: axis_shift_curve(m, x, y, [1, 40]),
+     "shifts[1] = 40 pixels moves the whole 28x28 image out of its frame"),
+    (lambda m, x, y: axis_shift_curve(m, x, y, [1, -28]), "shifts[1] = -28 pixels moves"),
+    (lambda m, x, y: axis_shift_curve(m, x, y, [1, float("nan")]),
+     "shifts[1] must be a finite number, got nan"),
+    (lambda m, x, y: axis_shift_curve(m, x, y, [1, 0.5]),
+     "shifts[1]: axis_shift_curve takes whole pixels; got a shift of 0.5"),
+    (lambda m, x, y: logit_change(m, x, float("nan")), "degrees must be a finite number, got nan"),
+    (lambda m, x, y: round_trip_change(m, x, float("inf")),
+     "degrees must be a finite number, got inf"),
+])
+def test_bad_angles_factors_and_shifts_are_refused_before_any_work(call, message):
+    images = torch.rand(3, 1, 28, 28)
+    model = Recorder()
+    with pytest.raises(ConfigError) as caught:
+        call(model, images, torch.zeros(3, dtype=torch.long))
+    assert str(caught.value) == message or str(caught.value).startswith(message), caught.value
+    assert model.seen == []  # refused before the first (good) value was measured
+
+
+def test_axis_shift_past_the_frame_is_a_blank_image():
+    images = torch.rand(2, 1, 6, 8)
+    for shift in [(8, 0), (-9, 0), (0, 6), (0, -40)]:
+        moved = axis_shift(images, shift)
+        assert moved.shape == images.shape and moved.abs().max() == 0
+    assert torch.equal(axis_shift(images, (7, 0))[..., 7:], images[..., :1])
+
+
+def test_rotations_of_non_square_images_keep_their_shape():
+    """A quarter turn of a 20x28 image is resampled (rot90 would return it 28x20, transposed:
+    its logits would be those of another image); a half turn is exact."""
+    images = torch.rand(3, 1, 20, 28, dtype=torch.float64)
+    model = Recorder().double()
+    change = logit_change(model, images, 90)
+    turned = model.seen[-1]
+    assert turned.shape == images.shape
+    torch.testing.assert_close(turned, rotate(images, math.pi / 2), atol=0, rtol=0)
+    assert change == pytest.approx(float((turned - images).norm() / images.norm()), rel=1e-12)
+    logit_change(model, images, 180)
+    assert torch.equal(model.seen[-1], torch.flip(images, (-2, -1)))
+    labels = model(images).argmax(1)
+    assert rotation_curve(model, images, labels, [0, 90, 360]) == [100.0, pytest.approx(
+        100.0 * float((model(rotate(images, math.pi / 2)).argmax(1) == labels).double().mean())),
+        100.0]

@@ -250,3 +250,60 @@ def test_invariant_orders_only_writes_its_file_and_keeps_the_others(tmp_path, ca
     assert status == 0
     assert (out / "invariant_orders.md").read_text() == ORDERS
     assert (out / "table.md").read_text() == "earlier\n"
+
+
+def test_a_lifted_checkpoint_with_a_margin_is_measured(tmp_path, monkeypatch):
+    """Its maps are 2 margins larger than its images (32x32 for 28x28 with margin 2): measured on
+    the same disk about the same centre, exact at the quarter turns; the study used to fail on
+    the mask's shape after the folder was made."""
+    monkeypatch.setenv("EQPDENET_DATA", str(tmp_path / "nowhere"))
+    path = _checkpoint(tmp_path / "margin" / "model.pt", [
+        "model.kind='lifted_pde'", "model.lifted_pde.margin=2", "model.lifted_pde.channels=[2, 2]",
+        "model.lifted_pde.blocks=[1, 1]"])
+    model, _, _ = equivariance_study.load_checkpoint(path)
+    assert model.eval().projected_fields(smooth_inputs(2), 0).shape[-2:] == (32, 32)
+    study = measure_equivariance(quick=True, checkpoints=[path], echo=lambda text: None)
+    lifted = [r for r in study.select(study="transforms") if r.map.startswith("lifted_pde")]
+    assert {r.map for r in lifted} == {"lifted_pde lift", "lifted_pde stage 1"}
+    assert len(lifted) == 2 * 6  # smooth inputs: 3 rotations, 2 scalings, 1 shift
+    assert max(r.error for r in lifted if r.param == 90 and r.transform == "rotation") < 1e-5
+    assert all(0 < r.error < 1 for r in lifted if not (r.param == 90 and r.transform == "rotation"))
+
+
+def test_a_horizon_at_which_a_reference_pde_blows_up_is_refused_before_the_folder(
+        tmp_path, capsys, monkeypatch):
+    """The seeded nonlinear 'scaling-random' grows without bound on sharp digits (MNIST's or
+    these strokes): by t = 9.6 it passes 4 times their largest value, and on MNIST it turns
+    non-finite before t = 10. That is the PDE, not the scheme: no dt bound sees it, so the
+    reference maps are integrated on the inputs before the folder is made."""
+    strokes = torch.zeros(4, 1, 28, 28)
+    for n in range(4):
+        strokes[n, 0, 6 + n:22, 12 + n:15 + n] = 1.0
+        strokes[n, 0, 8:11, 8:20 - n] = 1.0
+    monkeypatch.setattr(equivariance_study, "mnist_inputs", lambda count, data_dir=None: strokes)
+    out = tmp_path / "deep" / "eq"
+    status, err = run_cli(["equivariance", "--quick", "--out", out, "--T", "10"], capsys)
+    assert status == 2 and err.count("\n") == 1, err
+    assert ("error: --T = 10: the reference PDE 'scaling-random' (central stencil, dt = 0.1) "
+            "blows up on the mnist inputs: its state reaches 4.04, 4.04 times the inputs' "
+            "largest value 1 (the bound is 4 times) after Euler step 96 (t = 9.6 of 10); that is "
+            "the nonlinear PDE's own growth, not an unstable scheme, so a smaller dt does not "
+            "help; it stays within the bound to t = 9.5: use --T <= 9.5") in err, err
+    assert "learning rate" not in err
+    assert not (tmp_path / "deep").exists()
+    flow = equivariance_study.reference_pdes(9.5, 0.1)["scaling-random"]
+    assert equivariance_study._first_blow_up(flow, strokes) is None  # the bound it names holds
+
+
+def test_the_steps_study_names_its_option_when_its_horizon_blows_up(monkeypatch):
+    """The steps study integrates 20 steps of --dt whatever --T is: its horizon is --dt's."""
+    from eqpdenet.errors import ConfigError
+
+    monkeypatch.setattr(equivariance_study, "GROWTH_LIMIT", 1.0)  # heat never grows: se2-random
+    grid = equivariance_study.default_grid(quick=True)
+    with pytest.raises(ConfigError) as caught:
+        equivariance_study.check_reference_growth(0.1, 0.1, grid, {"smooth": smooth_inputs(4)})
+    message = str(caught.value)
+    assert message.startswith("--dt = 0.1 (the steps study integrates 10 steps of --dt): the "
+                              "reference PDE 'se2-random' (central stencil, dt = 0.1) blows up "
+                              "on the smooth inputs"), message

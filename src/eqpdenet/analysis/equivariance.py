@@ -9,9 +9,15 @@ Protocol (``docs/equivariance.md`` states it with the measured numbers):
       E(Phi, g) = || M (Phi(g . f) - g . Phi(f)) || / || M Phi(f) ||
 
   with the Euclidean norm taken over the whole batch (all images, channels and pixels together)
-  and ``M`` the indicator of a *central disk* (radius ``0.35 x`` the image side by default): the
-  corners of a rotated image leave the frame (``g . f`` is zero-filled there), so an unmasked
-  error would measure the frame, not the map.
+  and ``M`` the indicator of the points of a *central disk* (radius ``0.35 x`` the image side by
+  default) that the transform keeps on real pixels (:func:`filled_region`): where ``g`` or
+  ``g^{-1}`` moves a point past the frame's outermost pixel centres, one side of the comparison
+  is read from the zero fill of the resampling, not from the image or the map, so such points
+  are left out (the corners of a rotation; for a scaling by ``lambda < 1`` everything past
+  ``lambda x 13.5`` px of a 28-pixel image, for ``lambda > 1`` past ``13.5 / lambda`` px).
+  Masking the fill, rather than filling with the map's value on a blank image, also keeps maps
+  whose background is not 0 (a learned layer after its input standardisation) from being
+  charged for it.
 * **References.** The identity map has ``E = 0`` *exactly* for every ``g`` (both sides are the
   same resampling of ``f``), so it says nothing about interpolation. The *interpolation floor*
   is the round trip ``|| M (g^{-1} . (g . f) - f) || / || M f ||``: what one resampling forth and
@@ -45,6 +51,7 @@ __all__ = [
     "Transform",
     "central_disk",
     "equivariance_error",
+    "filled_region",
     "interpolation_floor",
     "layer_quarter_turn_report",
     "model_invariance",
@@ -59,57 +66,101 @@ DISK_FRACTION = 0.35
 # ----------------------------------------------------------------------------- group elements
 
 
+def _finite_number(value, name: str) -> float:
+    """``value`` as a float, or a :class:`~eqpdenet.errors.ConfigError` naming ``name``: a NaN or
+    infinite group element would come back as an error about the images it was applied to."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{name} must be a finite number, got {number:g}")
+    return number
+
+
 @dataclass(frozen=True)
 class Transform:
     """A group element ``p -> A p + t`` acting on images, with a printable name.
 
-    ``kind`` is ``"rotation"`` (``value`` in degrees), ``"scale"`` (``value`` = lambda),
-    ``"translation"`` (``value`` = ``(t_x, t_y)`` in pixels of the *original* grid; on an image
-    upsampled ``k`` times the shift is ``k`` times as many pixels) or ``"affine"``.
+    ``kind`` is ``"rotation"`` (``value`` in degrees), ``"scale"`` (``value`` = lambda, non-zero)
+    or ``"translation"`` (``value`` = ``(t_x, t_y)`` in pixels of the *original* grid; on an image
+    upsampled ``k`` times the shift is ``k`` times as many pixels). Every value must be finite
+    (and a scale non-zero): anything else is a :class:`~eqpdenet.errors.ConfigError` naming it,
+    when the transform is made.
     """
 
     kind: str
     value: float | tuple[float, float]
     label: str = ""
 
+    def __post_init__(self):
+        if self.kind == "rotation":
+            _finite_number(self.value, "rotation: degrees")
+        elif self.kind == "scale":
+            if _finite_number(self.value, "scale: factor") == 0:
+                raise ConfigError("scale: factor must be non-zero, got 0 (it maps every point "
+                                  "onto the centre and has no inverse)")
+        elif self.kind == "translation":
+            if not isinstance(self.value, tuple) or len(self.value) != 2:
+                raise ConfigError(f"translation: shift must be (t_x, t_y), got {self.value!r}")
+            _finite_number(self.value[0], "translation: t_x")
+            _finite_number(self.value[1], "translation: t_y")
+        else:
+            raise ConfigError(f"unknown transform kind {self.kind!r}: rotation, scale or "
+                              f"translation")
+
     @staticmethod
     def rotation(degrees: float) -> Transform:
-        return Transform("rotation", float(degrees), f"rot {degrees:g}°")
+        degrees = _finite_number(degrees, "rotation: degrees")
+        return Transform("rotation", degrees, f"rot {degrees:g}°")
 
     @staticmethod
     def scale(factor: float) -> Transform:
-        return Transform("scale", float(factor), f"scale {factor:g}")
+        factor = _finite_number(factor, "scale: factor")
+        return Transform("scale", factor, f"scale {factor:g}")
 
     @staticmethod
     def translation(tx: float, ty: float) -> Transform:
-        return Transform("translation", (float(tx), float(ty)), f"shift ({tx:g}, {ty:g})")
+        tx, ty = _finite_number(tx, "translation: t_x"), _finite_number(ty, "translation: t_y")
+        return Transform("translation", (tx, ty), f"shift ({tx:g}, {ty:g})")
 
     @property
     def is_quarter_turn(self) -> bool:
         return self.kind == "rotation" and float(self.value) % 90.0 == 0.0
 
     def __call__(self, images: Tensor, *, pixels_per_unit: float = 1.0) -> Tensor:
-        """Apply to ``(B, C, H, W)`` images; ``pixels_per_unit`` scales translations."""
+        """Apply to ``(B, C, H, W)`` images; ``pixels_per_unit`` scales translations.
+
+        A quarter turn of a square image and a half turn of any image map pixel centres onto
+        pixel centres and are applied exactly (:func:`torch.rot90`); a quarter turn of a
+        non-square image is resampled (:func:`eqpdenet.geometry.rotate`), which keeps its shape.
+        """
         if self.kind == "rotation":
-            if self.is_quarter_turn and images.shape[-1] == images.shape[-2]:
-                return torch.rot90(images, k=int(round(float(self.value) / 90.0)) % 4,
-                                   dims=(-2, -1))
+            turns = int(round(float(self.value) / 90.0)) % 4 if self.is_quarter_turn else None
+            if turns is not None and (turns % 2 == 0 or images.shape[-1] == images.shape[-2]):
+                return torch.rot90(images, k=turns, dims=(-2, -1))
             return rotate(images, math.radians(float(self.value)))
         if self.kind == "scale":
             return scale(images, float(self.value))
-        if self.kind == "translation":
-            shift = torch.tensor(self.value, dtype=images.dtype) * pixels_per_unit
-            return translate(images, shift)
-        raise ConfigError(f"unknown transform kind {self.kind!r}")
+        shift = torch.tensor(self.value, dtype=images.dtype) * pixels_per_unit
+        return translate(images, shift)
 
     def inverse(self) -> Transform:
         if self.kind == "rotation":
             return Transform.rotation(-float(self.value))
         if self.kind == "scale":
             return Transform.scale(1.0 / float(self.value))
-        if self.kind == "translation":
-            return Transform.translation(-self.value[0], -self.value[1])
-        raise ConfigError(f"unknown transform kind {self.kind!r}")
+        return Transform.translation(-self.value[0], -self.value[1])
+
+    def affine(self, pixels_per_unit: float = 1.0) -> tuple[Tensor, Tensor]:
+        """``(A, t)`` of ``p -> A p + t`` in float64, ``t`` in pixels (``(x, y)``, ``y`` up)."""
+        eye = torch.eye(2, dtype=torch.float64)
+        if self.kind == "rotation":
+            return rotation_matrix(math.radians(float(self.value)), dtype=torch.float64), \
+                torch.zeros(2, dtype=torch.float64)
+        if self.kind == "scale":
+            return float(self.value) * eye, torch.zeros(2, dtype=torch.float64)
+        return eye, torch.tensor(self.value, dtype=torch.float64) * pixels_per_unit
 
 
 def similarity(images: Tensor, angle_degrees: float = 0.0, factor: float = 1.0,
@@ -130,10 +181,57 @@ def central_disk(height: int, width: int | None = None,
     return x**2 + y**2 <= (radius_fraction * min(height, width)) ** 2
 
 
+#: Slack, in pixels, for a point that lands on the frame's outermost pixel centres up to rounding
+#: (a quarter turn computed with cos(pi/2) ~ 6e-17).
+_FRAME_SLACK = 1e-9
+
+
+def filled_region(transform: Transform, height: int, width: int | None = None,
+                  frame: tuple[int, int] | None = None, pixels_per_unit: float = 1.0) -> Tensor:
+    """Boolean ``(H, W)`` mask of the pixels ``p`` of an ``H x W`` grid (centred as in
+    :mod:`eqpdenet.geometry`) that ``transform`` keeps on real pixels both ways: ``g p`` and
+    ``g^{-1} p`` lie within the rectangle of the pixel centres of ``frame`` (``(h, w)``, on the
+    same centre and spacing; default ``(H, W)``), and so does ``p``.
+
+    Within that rectangle bilinear resampling reads four real pixels; past it, it reads the zero
+    fill. ``g . u`` at ``p`` reads ``u`` at ``g^{-1} p`` (the error's ``g . Phi(f)`` and the
+    ``g . f`` that ``Phi(g . f)`` sees), and the round trip ``g^{-1} . (g . f)`` at ``p`` reads
+    ``g . f`` at ``g p`` (the interpolation floor), so this is where both compare real values.
+    """
+    width = width or height
+    frame_h, frame_w = frame or (height, width)
+    half = torch.tensor([(min(width, frame_w) - 1) / 2, (min(height, frame_h) - 1) / 2],
+                        dtype=torch.float64) + _FRAME_SLACK
+    x, y = pixel_coordinates(height, width, dtype=torch.float64)
+    points = torch.stack([x, y], -1)                                     # (H, W, 2)
+    matrix, shift = transform.affine(pixels_per_unit)
+    forward = points @ matrix.T + shift
+    backward = (points - shift) @ torch.linalg.inv(matrix).T
+    inside = [(q.abs() <= half).all(-1) for q in (points, forward, backward)]
+    return inside[0] & inside[1] & inside[2]
+
+
 def _masked_norm(t: Tensor, mask: Tensor | None) -> Tensor:
     if mask is not None:
         t = t * mask.to(t.dtype)
     return torch.linalg.vector_norm(t.flatten())
+
+
+def _measurement_mask(mask: Tensor | None, transform, size: tuple[int, int],
+                      frame: tuple[int, int], **kwargs) -> Tensor:
+    """``mask`` (default: the central disk of radius ``DISK_FRACTION x`` the side of ``frame``,
+    the images' size, on a grid of ``size``, the output's), less the points that
+    :func:`filled_region` excludes where ``transform`` is a :class:`Transform`."""
+    height, width = size
+    if mask is None:
+        x, y = pixel_coordinates(height, width, dtype=torch.float64)
+        mask = x**2 + y**2 <= (DISK_FRACTION * min(frame)) ** 2
+    elif tuple(mask.shape) != (height, width):
+        raise ConfigError(f"mask has shape {tuple(mask.shape)}, but the measured maps are "
+                          f"{height}x{width}")
+    if isinstance(transform, Transform):
+        mask = mask.bool() & filled_region(transform, height, width, frame, **kwargs)
+    return mask
 
 
 @torch.no_grad()
@@ -143,17 +241,23 @@ def equivariance_error(phi: Callable[[Tensor], Tensor], images: Tensor,
     """``|| M (phi(g f) - g phi(f)) || / || M phi(f) ||`` over the whole batch (see module doc).
 
     Args:
-        phi: a map ``(B, C, H, W) -> (B, C', H, W)`` (a module or any callable).
+        phi: a map ``(B, C, H, W) -> (B, C', H', W')`` (a module or any callable) that keeps the
+            pixel spacing and the centre: ``H' = H`` and ``W' = W``, or a frame grown or cut by
+            as many pixels on each side (a lifted model's margin).
         images: ``(B, C, H, W)``.
         transform: the group action ``g`` on images (a :class:`Transform` or any callable); it
-            is applied to inputs and outputs alike.
-        mask: boolean ``(H, W)`` (default: :func:`central_disk`); ``None`` is not "no mask":
-            pass ``torch.ones(H, W, dtype=torch.bool)`` for the whole frame.
+            is applied to inputs and outputs alike, each about its own centre.
+        mask: boolean ``(H', W')``, the region measured (default: the disk of radius
+            :data:`DISK_FRACTION` ``x min(H, W)`` about the centre, the same pixels whatever
+            ``phi``'s margin); for a :class:`Transform` only its points that
+            :func:`filled_region` (with the images' frame) keeps count, so the zero fill of the
+            resampling is never compared with the map. ``torch.ones(H', W', dtype=torch.bool)``
+            measures the whole filled region. Any other callable ``transform`` is measured on
+            ``mask`` as given.
     """
-    if mask is None:
-        mask = central_disk(images.shape[-2], images.shape[-1])
     out = phi(images)
     difference = phi(transform(images)) - transform(out)
+    mask = _measurement_mask(mask, transform, tuple(out.shape[-2:]), tuple(images.shape[-2:]))
     denominator = _masked_norm(out, mask)
     if denominator == 0:
         return 0.0 if _masked_norm(difference, mask) == 0 else math.inf
@@ -163,9 +267,11 @@ def equivariance_error(phi: Callable[[Tensor], Tensor], images: Tensor,
 @torch.no_grad()
 def interpolation_floor(images: Tensor, transform: Transform, mask: Tensor | None = None,
                         **kwargs) -> float:
-    """``|| M (g^{-1} (g f) - f) || / || M f ||``: the cost of resampling forth and back."""
-    if mask is None:
-        mask = central_disk(images.shape[-2], images.shape[-1])
+    """``|| M (g^{-1} (g f) - f) || / || M f ||``: the cost of resampling forth and back, on the
+    points of :func:`equivariance_error`'s mask (the same default disk, less the points that
+    :func:`filled_region` excludes), so that the two compare. ``kwargs`` go to ``transform``."""
+    size = tuple(images.shape[-2:])
+    mask = _measurement_mask(mask, transform, size, size, **kwargs)
     back = transform.inverse()(transform(images, **kwargs), **kwargs)
     return float(_masked_norm(back - images, mask) / _masked_norm(images, mask))
 
@@ -183,9 +289,14 @@ def quarter_turn_check(phi: Callable[[Tensor], Tensor], images: Tensor,
 
 @torch.no_grad()
 def model_invariance(model: nn.Module, images: Tensor, transform: Transform) -> dict:
-    """Fraction of unchanged predictions and relative logit change ``||l(g f) - l(f)|| / ||l(f)||``."""
+    """Fraction of unchanged predictions and relative logit change ``||l(g f) - l(f)|| / ||l(f)||``,
+    in evaluation mode; the model's training mode is restored afterwards."""
+    was_training = model.training
     model.eval()
-    logits, moved = model(images), model(transform(images))
+    try:
+        logits, moved = model(images), model(transform(images))
+    finally:
+        model.train(was_training)
     unchanged = float((logits.argmax(1) == moved.argmax(1)).double().mean())
     change = float(torch.linalg.vector_norm(moved - logits) / torch.linalg.vector_norm(logits))
     return {"unchanged": unchanged, "logit_change": change}

@@ -2,7 +2,12 @@
 image, and how much its logits change under rotations.
 
 All transforms follow :mod:`eqpdenet.geometry` (about the image centre, push-forward, bilinear,
-zero fill). Rotations by multiples of 90 degrees are exact (:func:`torch.rot90`). A shift of
+zero fill) and are those of :class:`eqpdenet.analysis.equivariance.Transform`: rotations by
+multiples of 90 degrees of square images, and by multiples of 180 degrees of any image, are exact
+(:func:`torch.rot90`); a quarter turn of a non-square image is resampled, which keeps its shape.
+Every angle, factor and shift is checked before any image is moved: a NaN or infinite value, a
+scale factor of 0, or a shift of at least the image's side (nothing of the image would be left)
+is a :class:`~eqpdenet.errors.ConfigError` naming the argument. A shift of
 ``s`` pixels moves each image by ``s`` in a direction drawn uniformly per image from a generator
 seeded by ``seed`` (the same directions for every model); a sub-pixel direction means bilinear
 resampling. :func:`axis_shift_curve` moves by whole pixels along the axes instead (no
@@ -27,7 +32,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..geometry import rotate, scale, translate
+from ..errors import ConfigError
+from ..geometry import scale, translate
+from .equivariance import Transform, _finite_number
 
 __all__ = [
     "accuracy_under",
@@ -60,35 +67,66 @@ def accuracy_under(model: nn.Module, images: Tensor, labels: Tensor,
     return 100.0 * float((_logits(model, moved, batch_size).argmax(1) == labels).double().mean())
 
 
+def _finite(values: Sequence[float], name: str) -> list[float]:
+    """``values`` as floats, or a :class:`~eqpdenet.errors.ConfigError` naming ``name`` and the
+    first value that is not a finite number."""
+    numbers = []
+    for index, value in enumerate(values):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}[{index}] must be a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{name}[{index}] must be a finite number, got {number:g}")
+        numbers.append(number)
+    return numbers
+
+
+def _within_frame(shifts: Sequence[float], images: Tensor, name: str) -> None:
+    """A shift of at least the image's smaller side moves every pixel out of the frame: the
+    model would be scored on blank images, whatever the direction."""
+    side = min(images.shape[-2:])
+    for index, s in enumerate(shifts):
+        if abs(s) >= side:
+            raise ConfigError(f"{name}[{index}] = {s:g} pixels moves the whole {images.shape[-2]}x"
+                              f"{images.shape[-1]} image out of its frame; use shifts below {side}")
+
+
 def _rotation(degrees: float) -> Callable[[Tensor], Tensor]:
-    if degrees % 90 == 0:
-        return lambda x: torch.rot90(x, int(degrees // 90) % 4, (-2, -1))
-    return lambda x: rotate(x, math.radians(degrees))
+    return Transform.rotation(degrees)
 
 
 def rotation_curve(model: nn.Module, images: Tensor, labels: Tensor,
                    angles: Sequence[float]) -> list[float]:
     """Accuracy (percent) with every image rotated by each angle (degrees, counterclockwise)."""
+    angles = _finite(angles, "angles")
     return [accuracy_under(model, images, labels, _rotation(a)) for a in angles]
 
 
 def scale_curve(model: nn.Module, images: Tensor, labels: Tensor,
                 factors: Sequence[float]) -> list[float]:
-    """Accuracy (percent) with every image scaled by each factor about its centre."""
-    return [accuracy_under(model, images, labels, lambda x, f=f: scale(x, float(f)))
-            for f in factors]
+    """Accuracy (percent) with every image scaled by each factor about its centre (non-zero; a
+    negative factor is also a half turn)."""
+    factors = _finite(factors, "factors")
+    for index, f in enumerate(factors):
+        if f == 0:
+            raise ConfigError(f"factors[{index}] must be non-zero, got 0 (a scaling by 0 maps "
+                              f"every point onto the centre)")
+    return [accuracy_under(model, images, labels, lambda x, f=f: scale(x, f)) for f in factors]
 
 
 def shift_curve(model: nn.Module, images: Tensor, labels: Tensor, shifts: Sequence[float],
                 seed: int = 0) -> list[float]:
-    """Accuracy (percent) with every image shifted by each distance (pixels), in a direction
-    drawn per image (seeded, the same for every distance)."""
+    """Accuracy (percent) with every image shifted by each distance (pixels, below the image's
+    smaller side), in a direction drawn per image (seeded, the same for every distance)."""
+    shifts = _finite(shifts, "shifts")
+    _within_frame(shifts, images, "shifts")
     generator = torch.Generator().manual_seed(seed)
     theta = 2 * math.pi * torch.rand(len(images), generator=generator, dtype=torch.float64)
     direction = torch.stack([torch.cos(theta), torch.sin(theta)], 1).to(images.dtype)
     curve = []
     for s in shifts:
-        shifted = translate(images, float(s) * direction)
+        shifted = translate(images, s * direction)
         curve.append(accuracy_under(model, shifted, labels, lambda x: x))
     return curve
 
@@ -97,6 +135,7 @@ def logit_change(model: nn.Module, images: Tensor, degrees: float,
                  batch_size: int = 500) -> float:
     """Relative change of the logits under a rotation: ``||l(g f) - l(f)|| / ||l(f)||`` over the
     whole batch (0 for a rotation-invariant model)."""
+    degrees = _finite_number(degrees, "degrees")
     logits = _logits(model, images, batch_size)
     moved = _logits(model, _rotation(degrees)(images), batch_size)
     return float(torch.linalg.vector_norm(moved - logits) / torch.linalg.vector_norm(logits))
@@ -108,6 +147,7 @@ def round_trip_change(model: nn.Module, images: Tensor, degrees: float,
     ``||l(g^-1 (g f)) - l(f)|| / ||l(f)||`` over the whole batch. There is no net rotation, only
     two bilinear resamplings (none for multiples of 90 degrees), so this is the part of
     :func:`logit_change` that is resampling, not rotation."""
+    degrees = _finite_number(degrees, "degrees")
     logits = _logits(model, images, batch_size)
     back = _rotation(-degrees)(_rotation(degrees)(images))
     moved = _logits(model, back, batch_size)
@@ -116,8 +156,12 @@ def round_trip_change(model: nn.Module, images: Tensor, degrees: float,
 
 def axis_shift(images: Tensor, shift: tuple[int, int]) -> Tensor:
     """Images ``(..., H, W)`` moved by whole pixels ``shift = (t_x, t_y)`` (``t_y`` upwards, as in
-    :func:`eqpdenet.geometry.translate`), zero fill: exact, no resampling."""
+    :func:`eqpdenet.geometry.translate`), zero fill: exact, no resampling. A shift of the
+    image's side or more leaves a blank image."""
     t_x, t_y = (int(t) for t in shift)
+    height, width = images.shape[-2:]
+    if abs(t_x) >= width or abs(t_y) >= height:  # F.pad cannot crop more than the image
+        return torch.zeros_like(images)
     # F.pad's (left, right, top, bottom); a negative amount crops
     return torch.nn.functional.pad(images, (t_x, -t_x, -t_y, t_y))
 
@@ -130,13 +174,18 @@ def axis_shift_curve(model: nn.Module, images: Tensor, labels: Tensor, shifts: S
                      seed: int = 0) -> list[float]:
     """Accuracy (percent) with every image moved by each whole number of pixels along an axis
     direction (right, up, left or down, drawn per image from a generator seeded by ``seed``,
-    the same for every distance): translations without resampling (:func:`axis_shift`)."""
+    the same for every distance): translations without resampling (:func:`axis_shift`), each
+    below the image's smaller side."""
+    shifts = _finite(shifts, "shifts")
+    for index, s in enumerate(shifts):
+        if s != int(s):
+            raise ConfigError(f"shifts[{index}]: axis_shift_curve takes whole pixels; got a "
+                              f"shift of {s:g}")
+    _within_frame(shifts, images, "shifts")
     generator = torch.Generator().manual_seed(seed)
     which = torch.randint(len(AXIS_DIRECTIONS), (len(images),), generator=generator)
     curve = []
     for s in shifts:
-        if s != int(s):
-            raise ValueError(f"axis_shift_curve takes whole pixels; got a shift of {s}")
         moved = images.clone()
         for k, (d_x, d_y) in enumerate(AXIS_DIRECTIONS):
             chosen = which == k

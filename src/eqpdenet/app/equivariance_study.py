@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -37,8 +38,8 @@ from ..analysis.references import (
     upsample,
 )
 from ..data.mnist import load_mnist
-from ..errors import ConfigError, OutputFolderError
-from ..files import temporary_beside
+from ..errors import ConfigError, NonFiniteStateError, OutputFolderError
+from ..files import link_target, temporary_beside
 from ..models import EqPdeNet, LiftedPDENet
 from ..pde.integrators import EulerFlow
 from .files import TEMPORARY_SUFFIX, _reason, atomic_write, make_folder
@@ -196,6 +197,106 @@ def check_steps(T: float, dt: float, grid: dict) -> None:
                               f"{grid['dts']})") from None
 
 
+#: A reference PDE whose state grows past this many times its input's largest magnitude is
+#: blowing up (the seeded ``scaling-random`` on the first 64 MNIST digits with dt = 0.1: 1.1
+#: times at T = 1, 2.3 at T = 5, 19 at T = 8, inf before T = 10); below it the tables measure the
+#: PDE, above it its blow-up.
+GROWTH_LIMIT = 4.0
+
+
+#: The maps of :func:`~eqpdenet.analysis.references.reference_pdes`.
+REFERENCE_MAPS = ("heat", "se2-random", "scaling-random", "u_x (non-invariant)")
+
+
+def _reference_runs(T: float, dt: float, grid: dict) -> dict[tuple[str, str, float], tuple]:
+    """Every reference integration of the study at 1x, by ``(stencil, map, dt)``: the longest
+    horizon integrated with it and the option that sets that horizon, with the number of steps of
+    it the horizon is (``("--T", 1)``; the steps study: ``("--dt", 20)``). (A state after ``k``
+    steps is the same whatever the horizon, so the longest run covers the shorter ones.)"""
+    runs: dict[tuple[str, str, float], tuple] = {}
+
+    def need(stencil, name, step, horizon, why):
+        key = (stencil, name, step)
+        if key not in runs or horizon > runs[key][0]:
+            runs[key] = (horizon, why)
+
+    for stencil in grid["stencils"]:
+        for name in REFERENCE_MAPS:
+            need(stencil, name, dt, T, ("--T", 1))
+    for value in grid["dts"]:
+        for name in ("heat", "se2-random"):
+            need("central", name, value, T, ("--T", 1))
+    longest = max(grid["steps"])
+    for name in ("heat", "se2-random"):
+        need("central", name, dt, longest * dt, ("--dt", longest))
+    return runs
+
+
+def _first_blow_up(flow: EulerFlow, images: Tensor) -> tuple[int, float] | None:
+    """``(step, largest magnitude)`` of the first Euler step of ``flow`` from ``images`` whose
+    state is non-finite or larger than :data:`GROWTH_LIMIT` times the input's; None if none."""
+    bound = GROWTH_LIMIT * float(images.abs().max())
+    u = images
+    with torch.no_grad():
+        for step in range(1, flow.steps + 1):
+            u = flow.step(u)
+            peak = float(u.abs().max())
+            if not math.isfinite(peak) or peak > bound:
+                return step, peak
+    return None
+
+
+def check_reference_growth(T: float, dt: float, grid: dict, inputs: dict[str, Tensor]) -> None:
+    """Integrate every reference PDE of the study (1x, each stencil and step the study uses, to
+    the longest horizon it uses) on ``inputs`` before anything is written: a state that turns
+    non-finite or grows past :data:`GROWTH_LIMIT` times the input's largest magnitude is a
+    :class:`~eqpdenet.errors.ConfigError` naming the map, the inputs, the option that set the
+    horizon and the longest horizon that stays bounded. The stability bound of
+    :func:`check_steps` cannot see it: the seeded nonlinear PDEs (``scaling-random`` above all)
+    grow by their own nonlinear terms, with any ``dt``. The transformed inputs are not
+    integrated here: resampling smooths them, and on them the state grows less."""
+    for (stencil, name, step), (horizon, (option, times)) in _reference_runs(T, dt, grid).items():
+        flow = reference_pdes(horizon, step, stencil)[name]
+        for input_name, images in inputs.items():
+            found = _first_blow_up(flow, images)
+            if found is None:
+                continue
+            at, peak = found
+            size = float(images.abs().max())
+            state = ("turns non-finite" if not math.isfinite(peak) else
+                     f"reaches {peak:.3g}, {peak / size:.3g} times the inputs' largest value "
+                     f"{size:.3g} (the bound is {GROWTH_LIMIT:g} times)")
+            study = ("" if times == 1 else
+                     f" (the steps study integrates {times} steps of {option})")
+            if at > 1:
+                bounded = (f"it stays within the bound to t = {(at - 1) * step:g}: use {option} "
+                           f"<= {(at - 1) * step / times:g}")
+            else:
+                bounded = "not even its first step stays within the bound"
+            raise ConfigError(
+                f"{option} = {horizon / times:g}{study}: the reference PDE {name!r} ({stencil} "
+                f"stencil, dt = {step:g}) blows up on the {input_name} inputs: its state {state} "
+                f"after Euler step {at} (t = {at * step:g} of {horizon:g}); that is the "
+                f"nonlinear PDE's own growth, not an unstable scheme, so a smaller dt does not "
+                f"help; {bounded}")
+
+
+def _named(error: NonFiniteStateError, name: str, input_name: str, transform) -> Exception:
+    """``error`` with the study's map, inputs and transform as its cause (its own hint speaks of
+    training, which this command does not do)."""
+    return error.with_hint(f"The equivariance study's map {name!r} on the {input_name} inputs "
+                           f"({getattr(transform, 'label', transform)}) blew up: the PDE's own "
+                           f"growth over its horizon; lower --T (or, for a checkpoint's map, "
+                           f"that checkpoint does not integrate these inputs stably).")
+
+
+def _error_of(phi, name: str, input_name: str, images: Tensor, transform) -> float:
+    try:
+        return equivariance_error(phi, images, transform)
+    except NonFiniteStateError as error:
+        raise _named(error, name, input_name, transform) from None
+
+
 def _measure_transforms(study: Study, maps: dict[str, Callable], inputs: dict[str, Tensor],
                         transforms: list[Transform], stencil: str, dt: float) -> None:
     """Study 1 for ``maps`` on ``inputs``: every map, every transform (records of "transforms")."""
@@ -207,7 +308,7 @@ def _measure_transforms(study: Study, maps: dict[str, Callable], inputs: dict[st
                     continue
                 study.add(study="transforms", inputs=input_name, map=name,
                           transform=transform.kind, param=_transform_param(transform),
-                          error=equivariance_error(phi, images, transform), floor=floor,
+                          error=_error_of(phi, name, input_name, images, transform), floor=floor,
                           stencil=stencil if isinstance(phi, EulerFlow) else "", dt=dt,
                           steps=getattr(phi, "steps", 0))
 
@@ -240,7 +341,10 @@ def prepare_study(*, quick: bool = False, checkpoints: Sequence = (), data_dir=N
     every checkpoint (a missing or unreadable one is the error of
     :func:`~eqpdenet.app.training.load_checkpoint`), then the test images: MNIST's and those
     of the checkpoints of other shapes; images that cannot be read here are not an error (the
-    smooth inputs stand in for them, with a message)."""
+    smooth inputs stand in for them, with a message). Then the reference PDEs are integrated on
+    the inputs (:func:`check_reference_growth`: a horizon at which one blows up is a
+    :class:`~eqpdenet.errors.ConfigError`) and each checkpoint's maps measured once on two
+    images, so that the study itself has nothing left to refuse."""
     grid = default_grid(quick)
     check_steps(T, dt, grid)
     loaded = []
@@ -263,6 +367,14 @@ def prepare_study(*, quick: bool = False, checkpoints: Sequence = (), data_dir=N
     except Exception as error:  # noqa: BLE001 - measurement still useful on smooth inputs
         echo(f"MNIST unavailable ({error}); measuring on smooth inputs only"
              + (" (the logits of the checkpoints of MNIST's shape too)" if models else ""))
+    check_reference_growth(T, dt, grid, inputs)
+    # Each checkpoint's maps measured once on two images, so that a map the measurement cannot
+    # take stops the command here, before its folder is made, not in the middle of the study.
+    trials = [(ck_maps, inputs)] + [(maps, own_inputs) for maps, _, _, own_inputs, _ in own]
+    for maps, where in trials:
+        input_name, images = next(iter(where.items()))
+        for name, phi in maps.items():
+            _error_of(phi, name, input_name, images[:2], Transform.rotation(30))
     return StudyPlan(quick=quick, T=T, dt=dt, grid=grid, ck_maps=ck_maps, models=models,
                      own=own, inputs=inputs)
 
@@ -619,6 +731,12 @@ def _write_set(folder: Path, contents: dict[str, bytes], stale: Sequence[str]) -
         for name, data in contents.items():
             path = folder / name
             if path.is_dir():  # else the rename fails naming the temporary file
+                raise OutputFolderError(f"cannot write {path}: a folder is in the way of the file")
+            try:
+                path = link_target(path)  # a link is written through, never replaced
+            except OSError as error:
+                raise OutputFolderError(f"cannot write {folder / name}: {_reason(error)}") from None
+            if path.is_dir():
                 raise OutputFolderError(f"cannot write {path}: a folder is in the way of the file")
             try:
                 fd, tmp = temporary_beside(path, TEMPORARY_SUFFIX)
