@@ -257,3 +257,62 @@ def _with_handler(parser, handler):
         for sub in action.choices.values():
             sub.set_defaults(handler=handler)
     return parser
+
+
+def _npz_checkpoints(folder: Path, size: int = 16) -> Path:
+    """An FCNN and an EqPdeNet checkpoint of a data file of ``size`` x ``size`` images (built,
+    not trained), and the data file."""
+    import numpy as np
+
+    data = folder / "d.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, x_train=rng.integers(0, 256, (40, size, size), dtype=np.uint8),
+             y_train=np.arange(40) % 4, x_test=rng.integers(0, 256, (12, size, size), dtype=np.uint8),
+             y_test=np.arange(12) % 4)
+    for kind in ("fcnn", "eqpdenet"):
+        config = apply_overrides(ExperimentConfig(), [
+            f"model.kind='{kind}'", "model.hidden=4", f"data.dataset='{data}'",
+            f"model.image_size={size}", "model.classes=4"])
+        torch.manual_seed(0)
+        training.save_checkpoint(folder / f"{kind}.pt", build_model(config.model), config)
+    return data
+
+
+def test_export_says_the_data_no_longer_match_the_checkpoint(tmp_path, capsys):
+    """The checkpoint's data file replaced by one of other images: export said "FCNN cannot be
+    exported: torch.export failed with InputError: expected images of shape ..."; it says what
+    evaluate says, before any export, and so does describe --out."""
+    data = _npz_checkpoints(tmp_path)
+    (tmp_path / "other").mkdir()
+    _npz_checkpoints(tmp_path / "other", size=32).replace(data)
+    for kind, argv in (("fcnn", ["export", str(tmp_path / "fcnn.pt"), "--format",
+                                 "exported-program", "--out", str(tmp_path / "m.pt2")]),
+                       ("fcnn", ["evaluate", str(tmp_path / "fcnn.pt")]),
+                       # describe drew the evolutions of a 16x16 model on 32x32 images
+                       ("eqpdenet", ["describe", str(tmp_path / "eqpdenet.pt"), "--out",
+                                     str(tmp_path / "d")])):
+        status, err = run(argv, capsys)
+        assert_one_line(status, err, f"{data}: 4 classes of 1x32x32 images, but the model of "
+                                     f"{tmp_path / kind}.pt was trained on 4 classes of 1x16x16 "
+                                     f"images (channels x height x width): not the data set it "
+                                     f"was trained on")
+    assert not (tmp_path / "m.pt2").exists() and not (tmp_path / "d").exists()
+
+
+def test_a_checkpoints_data_file_moved_away_is_said_to_come_from_the_checkpoint(tmp_path, capsys):
+    data = _npz_checkpoints(tmp_path)
+    data.rename(tmp_path / "moved.npz")
+    fcnn, eqpdenet = tmp_path / "fcnn.pt", tmp_path / "eqpdenet.pt"
+    for checkpoint, argv in (
+            (fcnn, ["evaluate", str(fcnn)]),
+            (fcnn, ["export", str(fcnn), "--format", "exported-program", "--out",
+                    str(tmp_path / "m.pt2")]),
+            (eqpdenet, ["describe", str(eqpdenet), "--out", str(tmp_path / "d")])):
+        status, err = run(argv, capsys)
+        command = argv[0]
+        assert_one_line(status, err, (
+            f"{checkpoint} was trained on the data set '{data}' (the path its configuration recorded), "
+            f"which is no longer there (moved or deleted?); put the data back at that path, or a "
+            f"link to its new place there (ln -s NEW {data}): {command} reads the data set the "
+            f"checkpoint names and has no option to choose another"))
+    assert not (tmp_path / "m.pt2").exists() and not (tmp_path / "d").exists()

@@ -354,20 +354,20 @@ def test_rerun_changed_takes_effect_for_a_changed_base_and_never_mixes_bases(tmp
         "fcnn-h4-seed0": fingerprint(fewer.base)}
 
 
-def test_a_base_change_no_run_sees_is_named_from_the_folders_config(tmp_path, monkeypatch):
-    """base.model.hidden is replaced by each run's hidden size, yet it is part of the base: the
-    refusal names it from config.toml rather than listing fingerprints."""
+def test_a_base_change_is_named_from_the_folders_config(tmp_path, monkeypatch):
+    """A changed base field is named with both values rather than listing fingerprints; a base
+    field the grid replaces (base.model.hidden, which no run sees) is refused before anything is
+    compared."""
     from eqpdenet.app.config import ReproduceConfig, apply_overrides
 
     config = apply_overrides(ReproduceConfig(), ["models=['fcnn']", "hidden_sizes=[4]",
                                                  "seeds=[0]", "checkpoint_seeds=[]"])
     fake_reproduce(monkeypatch, tmp_path, config)
     hidden = config.base.model.hidden
-    changed = apply_overrides(config, [f"base.model.hidden={hidden + 1}"])
-    with pytest.raises(ConfigError, match=rf"fcnn-h4-seed0 \(base.model.hidden: {hidden} recorded, "
-                                          rf"{hidden + 1} now\); run again with --rerun-changed"):
-        fake_reproduce(monkeypatch, tmp_path, changed)
-    (tmp_path / "config.toml").unlink()  # nothing to name the fields from: the fingerprints
-    with pytest.raises(ConfigError, match=r"fcnn-h4-seed0 \(base configuration fingerprint \w+ "
-                                          r"recorded, \w+ now\)"):
+    with pytest.raises(ConfigError, match=r"base.model.hidden: .* is never used"):
+        apply_overrides(config, [f"base.model.hidden={hidden + 1}"])
+    lr = config.base.train.lr
+    changed = apply_overrides(config, [f"base.train.lr={2 * lr}"])
+    with pytest.raises(ConfigError, match=rf"fcnn-h4-seed0 \(train.lr: {lr} recorded, "
+                                          rf"{2 * lr} now\); run again with --rerun-changed"):
         fake_reproduce(monkeypatch, tmp_path, changed)

@@ -203,3 +203,72 @@ def test_a_data_set_read_from_a_path_records_its_contents_fingerprint(tmp_path):
     assert dataset_fingerprint("mnist") is None and dataset_fingerprint("rotmnist") is None
     assert dataset_fingerprint(str(tmp_path / "missing.npz")) is None  # loading says what's wrong
     assert dataset_fingerprint(str(tmp_path / "empty-folder")) is None
+
+
+def test_a_float_pixel_above_one_by_a_rounding_is_shown_with_its_digits(tmp_path):
+    """float32 1.0000001 was shown as "got [0, 1]" (``:g``), which reads as no fault at all. The
+    value is refused (a file divided by 255 stays within [0, 1]) and shown in its own precision."""
+    images = np.zeros((20, 12, 12), np.float32)
+    images[3, 4, 5] = np.nextafter(np.float32(1), np.float32(2))
+    write_npz(tmp_path / "eps.npz", x_train=images, y_train=np.arange(20) % 3)
+    with pytest.raises(DataFileError, match=r"x_train: float pixels must be in \[0, 1\] \(divide "
+                                            r"0\.\.255 images by 255\), got \[0\.0, 1\.0000001\] "
+                                            r"\(float32\)$"):
+        load_dataset(str(tmp_path / "eps.npz"))
+
+
+def test_an_array_of_no_accepted_layout_says_its_shape_and_the_layouts(tmp_path):
+    """(N, 20, 24, 5): neither square images nor 1, 3 or 4 channels on either side; it was read
+    as 20 channels of 24x5 images, and training said "the data set has 24x5"."""
+    from eqpdenet.data.datasets import dataset_shape
+
+    images = np.zeros((20, 20, 24, 5), np.uint8)
+    write_npz(tmp_path / "ch5.npz", x_train=images, y_train=np.arange(20) % 3, x_test=images[:4],
+              y_test=np.arange(4) % 3)
+    message = (r"x_train: array of shape \(20, 20, 24, 5\): neither square images \(N, C, H, H\) "
+               r"or \(N, H, H, C\) nor non-square images with 1, 3 or 4 channels first or last; "
+               r"the layouts accepted are \(N, H, W\), \(N, H, W, C\), \(N, C, H, W\)$")
+    with pytest.raises(DataFileError, match=message):
+        load_dataset(str(tmp_path / "ch5.npz"))
+    with pytest.raises(DataFileError, match=message):  # the preflight's reading says it too
+        dataset_shape(str(tmp_path / "ch5.npz"))
+    # non-square images with 3 channels, first or last, are still read
+    rgb = np.zeros((20, 20, 24, 3), np.uint8)
+    for name, x in (("last", rgb), ("first", np.moveaxis(rgb, -1, 1))):
+        write_npz(tmp_path / f"{name}.npz", x_train=x, y_train=np.arange(20) % 3, x_test=x[:4],
+                  y_test=np.arange(4) % 3)
+        assert load_dataset(str(tmp_path / f"{name}.npz")).image_shape == (3, 20, 24)
+        assert dataset_shape(str(tmp_path / f"{name}.npz")).image_shape == (3, 20, 24)
+
+
+@pytest.mark.parametrize("layout", ["hw", "hwc", "chw", "idx", "idx-gz"])
+def test_the_shape_read_from_the_headers_is_the_loaded_ones(tmp_path, layout):
+    """dataset_shape (the preflight's) reads the image shape from the headers, the classes from
+    the labels: what loading then finds."""
+    from eqpdenet.data.datasets import DatasetShape, dataset_shape
+
+    rng = np.random.default_rng(0)
+    if layout.startswith("idx"):
+        folder = tmp_path / "idx"
+        folder.mkdir()
+        suffix = ".gz" if layout == "idx-gz" else ""
+        opener = gzip.open if suffix else open
+        for name, array in (("train-images-idx3-ubyte", rng.integers(0, 256, (30, 9, 9))),
+                            ("train-labels-idx1-ubyte", np.arange(30) % 4),
+                            ("t10k-images-idx3-ubyte", rng.integers(0, 256, (7, 9, 9))),
+                            ("t10k-labels-idx1-ubyte", np.arange(7) % 4)):
+            with opener(folder / (name + suffix), "wb") as handle:
+                handle.write(idx_bytes(array))
+        spec, expected = str(folder), DatasetShape((1, 9, 9), 30, 7, 4)
+    else:
+        shape = {"hw": (9, 9), "hwc": (9, 9, 3), "chw": (3, 9, 9)}[layout]
+        write_npz(tmp_path / "set.npz", x_train=rng.random((30, *shape)), y_train=np.arange(30) % 4,
+                  x_test=rng.random((7, *shape)), y_test=np.arange(7) % 4)
+        spec = str(tmp_path / "set.npz")
+        expected = DatasetShape((1 if layout == "hw" else 3, 9, 9), 30, 7, 4)
+    assert dataset_shape(spec) == expected
+    data = load_dataset(spec)
+    assert (data.image_shape, len(data.train_images), len(data.test_images), data.classes) == (
+        expected.image_shape, expected.train, expected.test, expected.classes)
+    assert dataset_shape("mnist") == DatasetShape((1, 28, 28), 60000, 10000, 10)
+    assert dataset_shape(str(tmp_path / "nothing.npz")) is None  # loading says it is not there

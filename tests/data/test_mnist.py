@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import http.server
+import io
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -354,3 +356,89 @@ def test_parse_idx_never_returns_partial_arrays():
     for cut in (0, 3, 7, 8, 50, len(data) - 1):
         with pytest.raises(DataFileError):
             parse_idx(data[:cut], "x", shape=(100,))
+
+
+# ------------------------------------------------------------------ progress of a download
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_a_download_in_a_log_shows_plain_lines(server, tmp_path, capsys):
+    """stderr not a terminal (a log): a line saying what is fetched from where, then a line at
+    each tenth of the file (the 1.5 MiB test images: 10 lines), no carriage return or escape
+    sequence; before, nothing at all was shown for minutes."""
+    download_mnist(tmp_path, [f"{server}/good/"], keys=["test_images"])
+    err = capsys.readouterr().err
+    assert "\r" not in err and "\x1b" not in err
+    lines = err.splitlines()
+    assert lines[0] == (f"downloading {server}/good/t10k-images-idx3-ubyte.gz into "
+                        f"{tmp_path / 'mnist'}")
+    progress = lines[1:]
+    assert len(progress) == 10, err
+    assert all(line.startswith("t10k-images-idx3-ubyte.gz: ") for line in progress)
+    # a line when a tenth is passed, by less than one read of 64 KiB (4 % of the file)
+    percents = [int(line.split("(")[1].split("%")[0]) for line in progress]
+    assert all(10 * n <= p < 10 * n + 5 for n, p in enumerate(percents, 1)), percents
+    assert "1.5 MiB of 1.5 MiB (100%)" in progress[-1]
+
+
+def test_a_failed_mirror_is_said_before_the_next_is_tried(server, tmp_path, capsys):
+    download_mnist(tmp_path, [f"{server}/missing/", f"{server}/good/"], keys=["test_labels"])
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"downloading {server}/missing/t10k-labels-idx1-ubyte.gz into {tmp_path / 'mnist'}"
+    assert lines[1].startswith(f"failed: {server}/missing/t10k-labels-idx1-ubyte.gz: HTTPError: "
+                               f"HTTP Error 404") and lines[1].endswith("; trying the next mirror")
+    assert lines[2] == f"downloading {server}/good/t10k-labels-idx1-ubyte.gz into {tmp_path / 'mnist'}"
+    assert "(100%)" in lines[-1]
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_no_progress_reaches_the_download_of_load_mnist(server, tmp_path, monkeypatch, terminal):
+    """load_mnist (and the data sets that call it) downloaded with progress=True whatever the
+    caller said: --no-progress (download_progress(False)) still drew a bar on a terminal."""
+    import eqpdenet.data.mnist as mnist
+
+    stream = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    (tmp_path / "mnist").mkdir()
+    for key in ("train_images", "train_labels", "test_images"):
+        src = find_mnist_file(data_dir_or_skip(), key)
+        os.symlink(src, tmp_path / "mnist" / src.name)
+    with mnist.download_progress(False):
+        load_mnist(tmp_path, mirrors=[f"{server}/good/"])
+    assert stream.getvalue() == ""
+    os.unlink(tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz")
+    load_mnist(tmp_path, mirrors=[f"{server}/good/"])  # shown by default
+    assert "downloading" in stream.getvalue()
+
+
+def test_the_command_lines_no_progress_turns_download_progress_off(tmp_path, monkeypatch):
+    import eqpdenet.data.mnist as mnist
+    from eqpdenet.app import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_train", lambda args: seen.append(mnist._PROGRESS.get()) or 0)
+    assert cli.main(["train", "--out", str(tmp_path / "a"), "--no-progress"]) == 0
+    assert cli.main(["train", "--out", str(tmp_path / "b")]) == 0
+    assert seen == [False, True]
+    assert mnist._PROGRESS.get() is True  # restored after the command
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_a_sweep_worker_loads_its_data_under_the_commands_progress(monkeypatch, progress):
+    """A --jobs worker process starts with the default (progress shown): the sweep's setting
+    must be applied around its data loading, where a download would happen."""
+    import eqpdenet.data.mnist as mnist
+    from eqpdenet.app import sweeps
+    from eqpdenet.app.config import ExperimentConfig, to_dict
+
+    seen = []
+    monkeypatch.setattr(sweeps, "_cached_data",
+                        lambda *args: seen.append(mnist._PROGRESS.get()) or "data")
+    runner = lambda config, data, progress, checkpoint: {"data": data}  # noqa: E731
+    assert sweeps._worker((runner, "k", to_dict(ExperimentConfig()), None, None, 1, None, {},
+                           progress)) == {"data": "data"}
+    assert seen == [progress]

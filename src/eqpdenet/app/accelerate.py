@@ -26,6 +26,10 @@ compile kernels and fill caches) run on a side stream; the model's parameters an
 optimiser's state are then restored, so the warm-up leaves no trace in the training. Where the
 capture is not possible (another optimiser, a failed capture: one warning) or is switched off
 (``EQPDENET_CUDA_GRAPHS=0``), every step runs without the graph, still without per-step reads.
+With ``train.compile`` the step computes the logits through the compiled forward
+(:func:`~eqpdenet.app.training.compiled_for_training`, the ``forward`` argument): the warm-up
+steps compile it (static shapes: the capture meets no new shape), and the last, partial
+mini-batch compiles once more for its size, as in the loop on the CPU.
 On the CPU the runner is only used by tests (without graphs); ``train_model`` keeps its loop.
 """
 
@@ -72,6 +76,11 @@ class EpochRunner:
         loss_fn: ``loss_fn(logits, labels)``, the mean loss of a mini-batch.
         graphs: capture the step as a CUDA graph (default: on a GPU, unless
             ``EQPDENET_CUDA_GRAPHS=0``).
+        forward: what computes a mini-batch's logits (default: ``model`` itself); ``train_model``
+            passes the compiled forward of ``train.compile``
+            (:func:`~eqpdenet.app.training.compiled_for_training`) so that the runner trains
+            through it. It must compute with ``model``'s parameters, which the runner clips,
+            steps and restores.
 
     :meth:`run_epoch` ``(order, epoch)`` trains one epoch over ``order`` (a permutation of
     ``range(N)``) and returns ``(summed loss, correct predictions)`` as the CPU loop computes them.
@@ -80,8 +89,10 @@ class EpochRunner:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
                  images: Tensor, labels: Tensor, batch_size: int, grad_clip: float = 0.0,
                  loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
-                 graphs: bool | None = None):
+                 graphs: bool | None = None,
+                 forward: Callable[[Tensor], Tensor] | None = None):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.forward = model if forward is None else forward
         self.device = next(model.parameters()).device
         self.images = images.to(self.device)
         self.labels = labels.to(self.device)
@@ -106,7 +117,7 @@ class EpochRunner:
         x = self.images.index_select(0, index)
         y = self.labels.index_select(0, index)
         with deferred_state_checks() as reports:
-            logits = self.model(x)
+            logits = self.forward(x)
             loss = self.loss_fn(logits, y)
             if not capturing:
                 # (a captured backward assigns the graph's own gradient tensors; a step without

@@ -44,7 +44,13 @@ from .report import (
 )
 from .runfolder import check_claim, claim_folder
 from .runstore import run_file
-from .sweeps import SWEEP_FILES, check_before_writing, run_sweep
+from .sweeps import (
+    SWEEP_FILES,
+    check_before_writing,
+    check_checkpoints,
+    run_sweep,
+    set_aside_lacking,
+)
 from .training import (
     BENCHMARK_LATER_FROM,
     Data,
@@ -135,7 +141,8 @@ def benchmark(config: BenchmarkConfig, out_dir: Path, *, models: list[str] | Non
     ``models`` restricts the run to some of ``config.models`` (the others stay in the config).
     Runs finished under another configuration of the same entry and seed (a recipe changed) are
     refused, or with ``rerun_changed`` set aside and run again
-    (:func:`~eqpdenet.app.sweeps.check_before_writing`).
+    (:func:`~eqpdenet.app.sweeps.check_before_writing`), and so are the finished runs of
+    ``checkpoint_seeds`` without a checkpoint (:func:`~eqpdenet.app.sweeps.check_checkpoints`).
     """
     out_dir = Path(os.path.realpath(out_dir))
     chosen = models or list(config.models)
@@ -162,9 +169,11 @@ def benchmark(config: BenchmarkConfig, out_dir: Path, *, models: list[str] | Non
         # entries --models leaves out are checked too: config.toml describes their recipes.
         others = {f"{name}-seed{seed}": config.experiment(name, seed)
                   for name in config.models if name not in chosen for seed in config.seeds}
+        lacking = check_checkpoints(out_dir, keep, rerun_changed)
         check_before_writing(runs, out_dir, jobs, executor, keep, rerun_changed=rerun_changed,
                              echo=echo, base_fingerprint=benchmark_fingerprints(config),
                              base={"base": config.base, "curves": config.curves}, others=others)
+        set_aside_lacking(out_dir, lacking, echo)
         atomic_write(out_dir / "config.toml", to_toml(config).encode())
         run_sweep(f"benchmark {', '.join(chosen)}", runs, out_dir, base_fingerprint=base_print,
                   checkpoint_keys=keep, runner=_run, runner_options={"curves": to_dict(config.curves)},
@@ -282,7 +291,9 @@ def benchmark_table(summary: dict[str, dict]) -> str:
                   if s in item["accuracy"] else "–" for s in scenarios]
         if "rotation" in item:
             curve = item["rotation"][1]
-            cells.append(f"{min(curve):.1f}–{max(curve):.1f}" + _part(item["curve_runs"], runs))
+            # a run recorded with no angle (curves.angles = [] before it was refused) has none
+            cells.append(f"{min(curve):.1f}–{max(curve):.1f}" + _part(item["curve_runs"], runs)
+                         if curve else "–")
             changes = item["logit_change"]
             cells += [f"{changes[a][0]:.1e}" if a in changes else "–" for a in ("90", "37")]
             back = item.get("round_trip_change", {})

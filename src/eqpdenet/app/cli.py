@@ -46,7 +46,8 @@ __all__ = ["build_parser", "main"]
 
 def quick_profile(config: ReproduceConfig) -> ReproduceConfig:
     """The smoke profile: 2 sizes x 2 seeds x both models, 4,000 training digits for 5 epochs,
-    evaluated on the first 5,000 test digits (a shape check of the protocol, not its numbers)."""
+    evaluated on the first 5,000 test digits (a shape check of the protocol, not its numbers);
+    all the images of a smaller data set (:func:`_quick_subsets_within_data`)."""
     config.hidden_sizes = [16, 64]
     config.seeds = [0, 1]
     config.base.data.train_subset = 4000
@@ -95,10 +96,32 @@ def _sweep_config(args, cls, quick):
     config = load_toml(cls, args.config) if args.config else cls()
     if args.quick:
         config = quick(config)
-    config = apply_overrides(config, _with_layer(args, "base.model.layer"))
+    assignments = _with_layer(args, "base.model.layer")
+    config = apply_overrides(config, assignments)
+    if args.quick:
+        _quick_subsets_within_data(config, assignments)
     if args.device:
         config.base.train.device = args.device
     return from_dict(cls, to_dict(config))
+
+
+def _quick_subsets_within_data(config, assignments: list[str]) -> None:
+    """``--quick``'s training and test subsets are upper bounds: on a data set with fewer images
+    (a small file of the user's), the profile uses them all (``0``), rather than fail on a
+    setting the user never made. A subset set with ``--set`` is the user's and stays, checked
+    by the preflight like any other. The data set's size is read from its headers
+    (:func:`~eqpdenet.data.datasets.dataset_shape`); where it cannot be, loading says why."""
+    from ..data.datasets import dataset_shape
+
+    data = config.base.data
+    shape = dataset_shape(data.dataset)
+    if shape is None:
+        return
+    given = {assignment.partition("=")[0].strip() for assignment in assignments}
+    if "base.data.train_subset" not in given and data.train_subset > shape.train - data.validation:
+        data.train_subset = 0
+    if "base.data.test_subset" not in given and data.test_subset > shape.test:
+        data.test_subset = 0
 
 
 def _run_name(config: ExperimentConfig) -> str:
@@ -147,7 +170,7 @@ def _train(args) -> int:
     check_replaceable(out, RUN_FILES)  # before the lock writes into it
     with hold(out, "train"):  # one writer; the folder is creatable and writable
         check_replaceable(out, RUN_FILES)
-        preflight([config], out)
+        preflight([config], out, at_data=True)
         data = prepare_data(config.data, args.data_dir, args.cache_dir)
         with staged(out) as stage:  # the run replaces the folder as a unit
             record = run_experiment(config, data, progress=not args.no_progress,
@@ -210,7 +233,7 @@ def _train_distributed(args) -> int:
                 try:
                     stack.enter_context(hold(out, "train"))
                     check_replaceable(out, RUN_FILES)
-                    preflight([config], out)
+                    preflight([config], out, at_data=True)
                     data = prepare_data(config.data, args.data_dir, args.cache_dir)
                 except Exception as error:
                     problem = error
@@ -337,7 +360,7 @@ def _evaluate(args) -> int:
     from ..data.scenarios import SCENARIOS
     from .files import check_output_file
     from .runfolder import check_output_keeps
-    from .training import evaluate_scenarios, load_checkpoint, prepare_data
+    from .training import evaluate_scenarios, load_checkpoint
 
     model, config, payload = load_checkpoint(args.checkpoint, device=args.device or "cpu")
     scenarios = list(dict.fromkeys(args.scenarios or config.scenarios))  # each once, in order
@@ -346,7 +369,7 @@ def _evaluate(args) -> int:
     if args.json:
         check_output_keeps(Path(args.json), "--json", [args.checkpoint])
         check_output_file(Path(args.json), "--json")
-    data = prepare_data(config.data, args.data_dir, args.cache_dir)
+    data = _checkpoint_data(args.checkpoint, config, args.data_dir, args.cache_dir, "evaluate")
     _check_evaluation_data(args.checkpoint, config, payload, data)
     per_instance = [evaluate_scenarios(model, data["test"], scenarios, seed=seed)
                     for seed in range(args.instances)]
@@ -363,13 +386,38 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _check_evaluation_data(checkpoint, config: ExperimentConfig, payload: dict, data) -> None:
-    """The data set ``evaluate`` scores a checkpoint on (the one its configuration names, read
-    now) must be one its model takes: another number of classes or image shape (a data file
-    regenerated under the same name) is a :class:`~eqpdenet.errors.DataFileError`, since its
-    labels would be scored against classes the model never learned. The right shape with
-    another fingerprint than the checkpoint recorded (the file's content changed) is a warning.
-    Checkpoints saved before fingerprints, and registered data sets, have none to compare."""
+def _checkpoint_data(checkpoint, config: ExperimentConfig, data_dir, cache_dir, command: str):
+    """The data set a checkpoint's configuration names, loaded for ``command`` (``evaluate``,
+    ``export``, ``describe``). A data file or folder that is no longer at the path recorded when
+    the model was trained is a :class:`ConfigError` saying that the path came from the
+    checkpoint and how to make it found (these commands take no other data set: it must be the
+    one the model was trained on)."""
+    from ..data.datasets import DATASETS
+    from .training import prepare_data
+
+    spec = config.data.dataset
+    path = Path(spec).expanduser()
+    if spec not in DATASETS and not path.exists():
+        relative = (f"; a relative path, read from the current folder ({Path.cwd()}): run "
+                    f"{command} from the folder training ran in" if not path.is_absolute() else "")
+        raise ConfigError(f"{checkpoint} was trained on the data set {spec!r} (the path its "
+                          f"configuration recorded), which is no longer there (moved or "
+                          f"deleted?){relative}; put the data back at that path, or a link to "
+                          f"its new place there (ln -s NEW {spec}): {command} reads the data set "
+                          f"the checkpoint names and has no option to choose another")
+    return prepare_data(config.data, data_dir, cache_dir)
+
+
+def _check_evaluation_data(checkpoint, config: ExperimentConfig, payload: dict, data,
+                           use: str = "the scores are on the data as it is now") -> None:
+    """The data set ``evaluate`` scores a checkpoint on, or ``export`` verifies it on (the one
+    its configuration names, read now) must be one its model takes: another number of classes
+    or image shape (a data file regenerated under the same name) is a
+    :class:`~eqpdenet.errors.DataFileError`, since its labels would be scored against classes
+    the model never learned (and its images would not fit the model). The right shape with
+    another fingerprint than the checkpoint recorded (the file's content changed) is a warning
+    (``use``: what the command then does with the data). Checkpoints saved before fingerprints,
+    and registered data sets, have none to compare."""
     from ..errors import DataFileError
 
     model = config.model
@@ -387,18 +435,22 @@ def _check_evaluation_data(checkpoint, config: ExperimentConfig, payload: dict, 
     if recorded is not None and current is not None and recorded != current:
         warnings.warn(f"{config.data.dataset} is not the file {checkpoint} was trained on "
                       f"(fingerprint {current}, recorded {recorded}): its content changed since; "
-                      f"the scores are on the data as it is now", RuntimeWarning, stacklevel=2)
+                      f"{use}", RuntimeWarning, stacklevel=2)
 
 
 def _export(args) -> int:
     from ..export import check_export, export_model
     from .runfolder import check_output_keeps
-    from .training import load_checkpoint, prepare_data
+    from .training import load_checkpoint
 
     check_output_keeps(Path(args.out), "--out", [args.checkpoint])
     check_export(args.format, args.out)  # format, optional dependencies, output: before any work
-    model, config, _ = load_checkpoint(args.checkpoint)
-    data = prepare_data(config.data, args.data_dir, args.cache_dir)
+    model, config, payload = load_checkpoint(args.checkpoint)
+    data = _checkpoint_data(args.checkpoint, config, args.data_dir, args.cache_dir, "export")
+    # data of another shape than the model's (a file replaced since): said as evaluate says it,
+    # not as a failure of the export on images the model cannot take
+    _check_evaluation_data(args.checkpoint, config, payload, data,
+                           use="the export is verified on the data as it is now")
     images = data.test.images[:args.images]
     report = export_model(model, args.out, args.format, images=images, tolerance=args.tolerance,
                           log=lambda line: print(f"eqpdenet: {line}", file=sys.stderr))
@@ -442,7 +494,8 @@ def _reproduce(args) -> int:
 
 def quick_benchmark(config: BenchmarkConfig) -> BenchmarkConfig:
     """The smoke profile of the benchmark: one seed, 1,000 training digits for 1 epoch, 500 test
-    digits, coarse curves (a check that every model runs end to end, not its numbers)."""
+    digits (all the images of a smaller data set: :func:`_quick_subsets_within_data`), coarse
+    curves (a check that every model runs end to end, not its numbers)."""
     config.seeds = [0]
     config.base.data.train_subset, config.base.data.test_subset = 1000, 500
     config.base.train.epochs = 1
@@ -562,8 +615,9 @@ def _equivariance(args) -> int:
     import torch
 
     from .equivariance_study import prepare_study, run_study, write_invariant_orders, write_outputs
+    from .files import missing_folders, remove_if_only
     from .locks import hold
-    from .runfolder import check_claim, claim_folder, output_path
+    from .runfolder import MARKER, check_claim, claim_folder, output_path
 
     default = "runs/equivariance" + ("-quick" if args.quick else "")
     out = output_path(args.out or default)
@@ -588,10 +642,18 @@ def _equivariance(args) -> int:
                          data_dir=args.data_dir,
                          T=EQUIVARIANCE_T if args.T is None else args.T,
                          dt=EQUIVARIANCE_DT if args.dt is None else args.dt)
+    created = missing_folders(out)
     with hold(out, "equivariance"):  # one writer: two runs never mix their outputs
         claim_folder(out, "equivariance")
         torch.manual_seed(0)
-        written = write_outputs(run_study(plan), out)
+        try:
+            written = write_outputs(run_study(plan), out)
+        except BaseException:
+            # A failure the checks above did not foresee, or an interruption, before any output
+            # was written: a folder this call made, holding only its marker, goes.
+            if created:
+                remove_if_only(out, MARKER, created)
+            raise
     print(written[0].read_text())
     print(f"wrote {', '.join(str(p) for p in written)} in {time.perf_counter() - start:.0f} s "
           f"({torch.get_num_threads()} threads)")
@@ -618,11 +680,12 @@ def _describe(args) -> int:
     from .runfolder import MARKER, check_claim, claim_folder, output_path
     from .training import load_checkpoint
 
-    model, config, _ = load_checkpoint(args.checkpoint)
+    model, config, payload = load_checkpoint(args.checkpoint)
     evolves = args.out and isinstance(model, EqPdeNet)
     # the images and --out first: a missing data set or a folder that is not describe's to write
     # is refused before anything is printed
-    images, labels = _describe_images(config, args.data_dir, args.samples) if evolves else (None, None)
+    images, labels = (_describe_images(args.checkpoint, config, payload, args.data_dir,
+                                       args.samples) if evolves else (None, None))
     folder = output_path(args.out) if evolves else None
     if folder is not None:
         check_claim(folder, "describe")
@@ -666,15 +729,18 @@ def _describe(args) -> int:
 _KINDS_WITH_PDES = ("eqpdenet", "invariant_pde", "lifted_pde")
 
 
-def _describe_images(config, data_dir, samples: list[int]):
+def _describe_images(checkpoint, config, payload, data_dir, samples: list[int]):
     """The images ``describe --out`` evolves, and their labels: MNIST's test digits for a model
     of the MNIST family (ROTMNIST, MNIST: the upright digits, as the paper's figures), else the
     test images of the checkpoint's own data set, as training read them."""
-    from .training import MNIST_FAMILY, prepare_data
+    from .training import MNIST_FAMILY
 
     if config.data.dataset in MNIST_FAMILY:
         return _load_digits(data_dir, samples), [f"MNIST test #{n}" for n in samples]
-    test = prepare_data(config.data, data_dir=data_dir).test
+    data = _checkpoint_data(checkpoint, config, data_dir, None, "describe")
+    _check_evaluation_data(checkpoint, config, payload, data,
+                           use="the evolutions are drawn on the data as it is now")
+    test = data.test
     name = Path(config.data.dataset).name
     for n in samples:
         if not 0 <= n < len(test):
@@ -1022,9 +1088,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    from ..data.mnist import download_progress
+
     debug = bool(os.environ.get(DEBUG_VARIABLE))
     try:
-        with warnings.catch_warnings(), _terminate_as_interrupt():
+        # --no-progress reaches a download of MNIST however deep in the command it happens
+        with warnings.catch_warnings(), _terminate_as_interrupt(), \
+                download_progress(not getattr(args, "no_progress", False)):
             if not debug:  # one line per warning, no source line
                 warnings.showwarning = _show_warning
             return args.handler(args)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import math
 import re
 import tomllib
@@ -57,7 +58,9 @@ __all__ = [
     "CurvesConfig",
     "ReproduceConfig",
     "TrainConfig",
+    "PAPER_MODELS",
     "build_model",
+    "fields_without_effect",
     "from_dict",
     "load_toml",
     "to_dict",
@@ -94,6 +97,9 @@ class ModelConfig:
             (:meth:`LayerConfig.paper`).
         cnn, gcnn, invariant_pde, lifted_pde: the options of the model kind of the same name
             (each used only by that kind).
+
+    A field that ``kind`` does not use, set away from its default, is warned about, one line
+    per field, when the model trains (:func:`fields_without_effect`).
     """
 
     kind: str = "eqpdenet"
@@ -269,6 +275,11 @@ class DataConfig:
             if path.exists():
                 self.dataset = str(path.resolve())
         require(isinstance(self.rotated, bool), "data.rotated", "must be true or false")
+        # Decided here, before any data is made: ROTMNIST's generation (187 MB) and a sweep's
+        # folder used to come first.
+        require(not (self.rotated and self.dataset == "rotmnist"), "data.rotated",
+                "ROTMNIST is rotated already; rotated applies to another data set (e.g. "
+                "'mnist')")
         require(self.source in ("auto", "generated", "official"), "data.source", f"{self.source!r}")
         require(self.rotation_centre in ("frame", "mass"), "data.rotation_centre",
                 f"must be 'frame' or 'mass', got {self.rotation_centre!r}")
@@ -309,6 +320,12 @@ class ReproduceConfig:
     (training seeds; instance ``i`` uses seed ``seeds[i]`` for training and for its scenario
     draws) span the grid. Runs whose seed is in ``checkpoint_seeds`` also save their trained
     model to ``<out>/checkpoints/<model>-h<hidden>-seed<seed>.pt``.
+
+    ``models`` are kinds of :data:`PAPER_MODELS` only, the two the report tables (other kinds:
+    ``eqpdenet benchmark``); ``models`` and ``hidden_sizes`` are distinct. The fields of
+    ``base`` that the grid sets for every run (:data:`GRID_FIELDS`: ``base.model.kind``,
+    ``base.model.hidden``, ``base.train.seed``) must keep their defaults: a value there would
+    be recorded in ``config.toml`` and in the base fingerprint, yet no run would use it.
     """
 
     base: ExperimentConfig = field(default_factory=ExperimentConfig)
@@ -323,16 +340,46 @@ class ReproduceConfig:
             self.base = from_dict(ExperimentConfig, self.base)
         require(len(self.models) >= 1, "models", "must be a non-empty list of model kinds")
         for index, kind in enumerate(self.models):
-            MODELS.check(kind, f"models[{index}]")
+            # Another kind trained and was then left out of the report's tables (or, for a kind
+            # without a hidden size, trained the same run once per hidden size).
+            require(kind in PAPER_MODELS, f"models[{index}]",
+                    f"{kind!r} is not a model of the paper's tables; reproduce runs "
+                    f"{' and '.join(map(repr, PAPER_MODELS))} (compare other kinds with "
+                    f"`eqpdenet benchmark`)")
+        require(len(set(self.models)) == len(self.models), "models",
+                f"must be distinct, got {self.models}")
         require(len(self.hidden_sizes) >= 1, "hidden_sizes",
                 "must be a non-empty list of positive integers")
         for index, hidden in enumerate(self.hidden_sizes):
             require_int(hidden, f"hidden_sizes[{index}]", 1)
+        require(len(set(self.hidden_sizes)) == len(self.hidden_sizes), "hidden_sizes",
+                f"must be distinct, got {self.hidden_sizes}")
+        for path, spanned_by in GRID_FIELDS.items():
+            _require_default(self.base, path, f"the grid sets each run's {path[-1]} from "
+                                              f"{spanned_by}; set {spanned_by} instead")
         for name in ("seeds", "checkpoint_seeds"):
             for index, seed in enumerate(getattr(self, name)):
                 _require_seed(seed, f"{name}[{index}]")
         require(len(set(self.seeds)) == len(self.seeds) and self.seeds, "seeds",
                 "must be distinct and non-empty")
+
+
+#: The models of the paper's protocol (Tables 1 and 2): the kinds ``reproduce`` runs and
+#: :mod:`eqpdenet.app.report` tables.
+PAPER_MODELS = ("eqpdenet", "fcnn")
+
+#: Fields of ``reproduce``'s base that the grid sets in every run: path -> the list that spans it.
+GRID_FIELDS = {("model", "kind"): "models", ("model", "hidden"): "hidden_sizes",
+               ("train", "seed"): "seeds"}
+
+
+def _require_default(base: ExperimentConfig, path: tuple[str, ...], reason: str) -> None:
+    """``base``'s field at ``path`` at its default, else a ConfigError naming ``base.<path>``."""
+    section = getattr(base, path[0])
+    default = getattr(type(section), path[1])
+    value = getattr(section, path[1])
+    require(value == default, "base." + ".".join(path),
+            f"{value!r} is never used: {reason} (leave base.{'.'.join(path)} out)")
 
 
 def _require_seed(value, field: str) -> None:
@@ -372,7 +419,17 @@ class CurvesConfig:
                 isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
                 for v in values), f"curves.{name}", "must be a list of finite numbers")
             setattr(self, name, [float(v) for v in values])
+            # An empty curve trained and recorded its runs, then failed every report; a point
+            # measured twice weighs twice in nothing but makes a curve's axis ambiguous.
+            require(len(values) > 0, f"curves.{name}", "must hold at least one value")
+            repeated = sorted({v for v in getattr(self, name) if getattr(self, name).count(v) > 1})
+            require(not repeated, f"curves.{name}",
+                    f"must be distinct; {', '.join(f'{v:g}' for v in repeated)} appear(s) twice")
         require(all(v > 0 for v in self.scales), "curves.scales", "must be positive")
+        # A shift is a distance, in a random direction drawn per image: a negative one only
+        # reversed that direction, and read as a smaller shift on the curve's axis.
+        require(all(v >= 0 for v in self.shifts), "curves.shifts",
+                f"must be distances >= 0, got {[v for v in self.shifts if v < 0]}")
 
 
 #: The models of the robustness benchmark: name -> overrides of the base experiment (as --set).
@@ -414,6 +471,13 @@ class BenchmarkConfig:
         for name, overrides in self.models.items():
             require(isinstance(overrides, list) and all(isinstance(o, str) for o in overrides),
                     f"models.{name}", "must be a list of section.field=value overrides")
+            # experiment() sets train.seed after the entry's overrides: one there was recorded in
+            # config.toml and never used.
+            require(not any(o.split("=", 1)[0].strip() == "train.seed" for o in overrides),
+                    f"models.{name}", "sets train.seed, which the benchmark sets for each run "
+                    "from seeds; set seeds instead")
+        _require_default(self.base, ("train", "seed"),
+                         "the benchmark sets each run's seed from seeds; set seeds instead")
         require(len(set(self.seeds)) == len(self.seeds) and self.seeds, "seeds",
                 "must be distinct and non-empty")
 
@@ -614,6 +678,48 @@ def apply_overrides(config, assignments: list[str]):
             raise ConfigError(f"--set {path}: unknown field {keys[-1]!r}; known: {sorted(node)}")
         node[keys[-1]] = _parse_value(value.strip())
     return from_dict(type(config), data)
+
+
+#: The model kinds whose PDE layer trains at ``train.pde_lr_scale`` times the rate (a model with
+#: a ``pde_layer``).
+PDE_LR_KINDS = ("eqpdenet",)
+
+
+def _changed_leaves(value, default, path: str):
+    """``(path, value)`` of every field of ``value`` (a dataclass, walked field by field, or a
+    plain value) that differs from ``default``'s."""
+    if dataclasses.is_dataclass(value) and type(value) is type(default):
+        for spec in dataclasses.fields(value):
+            yield from _changed_leaves(getattr(value, spec.name), getattr(default, spec.name),
+                                       f"{path}.{spec.name}")
+    elif value != default:
+        yield path, value
+
+
+def fields_without_effect(config: ExperimentConfig) -> list[str]:
+    """One line per field of ``config`` that its model kind does not use, set away from its
+    default: a ``model`` field the kind's constructor does not take (``model.hidden`` for
+    ``cnn``, ``model.layer.*`` and ``model.head`` for all but ``eqpdenet``, another kind's
+    option table), and ``train.pde_lr_scale`` for a kind without the paper's PDE layer
+    (:data:`PDE_LR_KINDS`). Defaults are never named. :func:`~eqpdenet.app.training.train_model`
+    warns with each line."""
+    kind = config.model.kind
+    taken = inspect.signature(MODELS.get(kind)).parameters
+    defaults = ModelConfig()
+    lines = []
+    for spec in dataclasses.fields(ModelConfig):
+        if spec.name in ("kind", "standardize") or spec.name in taken:
+            continue  # standardize: resolved into input_mean and input_std, which all take
+        for path, value in _changed_leaves(getattr(config.model, spec.name),
+                                           getattr(defaults, spec.name), f"model.{spec.name}"):
+            lines.append(f"{path} = {value!r} has no effect on model.kind = {kind!r}, which "
+                         f"does not use it")
+    scale = config.train.pde_lr_scale
+    if kind not in PDE_LR_KINDS and scale != TrainConfig.pde_lr_scale:
+        lines.append(f"train.pde_lr_scale = {scale:g} has no effect on model.kind = {kind!r}: "
+                     f"only the paper's PDE layer (model.kind = 'eqpdenet') trains at its own "
+                     f"rate")
+    return lines
 
 
 def build_model(config: ModelConfig):

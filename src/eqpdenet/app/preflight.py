@@ -23,22 +23,30 @@ cause when
   loading, :func:`training_images`),
 * the output file system has not the space for the checkpoints and results.
 
+With ``at_data`` (a sweep's runs, ``train``'s run: configurations not yet resolved for their
+data) every check is made at each run's data set as it is: its image size, channels and classes,
+and its numbers of images, read from a file's headers without loading the data
+(:func:`~eqpdenet.data.datasets.dataset_shape`), so that a model too deep for a data set of small
+images, or a ``data.train_subset`` larger than the data set, is refused before any run trains.
+
 The folder being creatable and writable is checked by taking its lock
 (:func:`eqpdenet.app.locks.hold`), which writes into it.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
 from .. import kernels
+from ..data.datasets import DatasetShape, dataset_shape
 from ..data.mnist import MNIST_FILES
 from ..data.rotmnist import N_TRAIN as ROTMNIST_TRAIN
 from ..errors import ConfigError, OutputFolderError
@@ -46,8 +54,8 @@ from ..pde.layer import PDELayer
 from .config import ExperimentConfig, build_model, to_toml
 
 __all__ = ["FIXED_TRAINING_IMAGES", "PARAMETER_BYTES", "WORKER_BYTES", "allocation_failure",
-           "available_memory", "preflight", "resolve_device", "training_batches", "training_bytes",
-           "training_images"]
+           "at_data_size", "available_memory", "preflight", "resolve_device", "training_batches",
+           "training_bytes", "training_images"]
 
 #: Memory kept per Euler step during training, in units of one state (batch x PDEs x pixels x 4
 #: bytes), by backend and ``recompute``: the growth of the peak memory of one training step of the
@@ -267,27 +275,107 @@ def available_memory(device: torch.device) -> int | None:
         return None
 
 
-def preflight(runs: Sequence[ExperimentConfig], out: Path | None, *, jobs: int = 1,
-              checkpoints: int | None = None, images: int | None = None) -> None:
+def at_data_size(run: ExperimentConfig, shape: DatasetShape | None) -> ExperimentConfig:
+    """``run`` with the model's image size, channels and classes of the data set of ``shape``
+    (:func:`~eqpdenet.data.datasets.dataset_shape`), as
+    :func:`~eqpdenet.app.training.resolve_for_data` sets them from the loaded data; ``run`` as
+    it is where the shape is not known. Images that are not square are a :class:`ConfigError`,
+    as they are in training."""
+    if shape is None:
+        return run
+    channels, height, width = shape.image_shape
+    if height != width:
+        raise ConfigError(f"invalid config: data.dataset: the models take square images; "
+                          f"{run.data.dataset} has {height}x{width}")
+    run = copy.deepcopy(run)
+    run.model.image_size, run.model.in_channels = height, channels
+    if shape.classes is not None:
+        run.model.classes = shape.classes
+    return run
+
+
+def _data_images(run: ExperimentConfig, shape: DatasetShape) -> int:
+    """The number of training images of ``run`` on the data set of ``shape``, or the
+    :class:`ConfigError` that loading its data would raise (with the same message) where
+    ``data.validation``, ``data.train_subset`` or ``data.test_subset`` ask for more images than
+    it has."""
+    data, name = run.data, run.data.dataset
+    if data.validation >= shape.train:
+        raise ConfigError(f"invalid config: data.validation: {data.validation} is not below "
+                          f"the {shape.train} training images of {name}")
+    keep = shape.train - data.validation
+    held = f" ({data.validation} held out for validation)" if data.validation else ""
+    if data.train_subset > keep:
+        raise ConfigError(f"invalid config: data.train_subset: {data.train_subset} is more than "
+                          f"the {keep} training images of {name}{held}; use 0 for all")
+    if data.test_subset > shape.test:
+        raise ConfigError(f"invalid config: data.test_subset: {data.test_subset} is more than "
+                          f"the {shape.test} test images of {name}; use 0 for all")
+    return data.train_subset or keep
+
+
+def _which_run(key: str | None, side: int | None, run: ExperimentConfig) -> str:
+    """What starts the message of an error of ``run``: its key where the runs have keys, and the
+    image size of its data where it differs from the configured ``model.image_size`` (which the
+    user sees in the configuration, and is not the one refused); empty where neither."""
+    at = f"on the {side}x{side} images of {run.data.dataset}" if side is not None else ""
+    if key is not None:
+        return f"run {key}" + (f", {at}" if at else "") + ": "
+    return f"training {at}: " if at else ""
+
+
+def preflight(runs: Sequence[ExperimentConfig] | Mapping[str, ExperimentConfig], out: Path | None,
+              *, jobs: int = 1, checkpoints: int | None = None, images: int | None = None,
+              at_data: bool = False) -> None:
     """Check ``runs`` (to be done with ``jobs`` processes, writing into ``out``, ``checkpoints``
     of them saving a model; default all) before any data is loaded (module docstring).
     ``images``: the number of training images, where the caller knows it (after loading the
-    data); else what the configuration tells (:func:`training_images`)."""
+    data); else what the configuration tells (:func:`training_images`).
+
+    ``runs`` given by key (a sweep's): an error of one run starts with ``run <key>:``.
+    ``at_data``: each run is checked at the size of its data set (a configuration not yet
+    resolved for its data: a sweep's, ``train``'s), read without loading it
+    (:func:`~eqpdenet.data.datasets.dataset_shape`: the registered sets' fixed shapes, a file's
+    headers): its model built at the data's image size, channels and classes
+    (:func:`at_data_size`), its memory estimated at that size and on the data's number of
+    training images, and ``data.validation``, ``data.train_subset`` and ``data.test_subset``
+    checked against the data's sizes, so that a sweep never trains some runs before one that
+    cannot run on its data."""
     if not runs:
         return
-    largest_model, largest_run = 0, (0, 0, None, None)
-    for run in runs:
+    named = list(runs.items()) if isinstance(runs, Mapping) else [(None, run) for run in runs]
+    shapes: dict[str, DatasetShape | None] = {}
+    largest_model, largest_run = 0, (0, 0, None, None, (None, images, None))
+    for key, run in named:
         to_toml(run)
         device = resolve_device(run.train.device)
-        model = _model(run)
-        _check_batches(run, model, images)
+        known, side = images, None
+        try:
+            if at_data:
+                spec = run.data.dataset
+                if spec not in shapes:
+                    shapes[spec] = dataset_shape(spec)
+                shape = shapes[spec]
+                if shape is not None and images is None:
+                    known = _data_images(run, shape)
+                resized = at_data_size(run, shape)
+                if resized.model.image_size != run.model.image_size:
+                    side = resized.model.image_size
+                run = resized
+            model = _model(run)
+            _check_batches(run, model, known)
+        except ConfigError as error:
+            where = _which_run(key, side, run)
+            if not where:
+                raise
+            raise ConfigError(f"{where}{error}") from None
         params = sum(p.numel() for p in model.parameters())
         largest_model = max(largest_model, params)
-        states = training_bytes(run, model, images=images)
+        states = training_bytes(run, model, images=known)
         if states + params * PARAMETER_BYTES > sum(largest_run[:2]):
-            largest_run = (states, params * PARAMETER_BYTES, run, device)
+            largest_run = (states, params * PARAMETER_BYTES, run, device, (key, known, side))
     parallel = min(jobs, len(runs))
-    states, weights, run, device = largest_run
+    states, weights, run, device, (key, known, side) = largest_run
     if run is not None:
         need = states + weights
         available = available_memory(device)
@@ -300,7 +388,7 @@ def preflight(runs: Sequence[ExperimentConfig], out: Path | None, *, jobs: int =
             parts.append(f"{_gib(weights)} for {weights // PARAMETER_BYTES:,} parameters with "
                          f"their gradients and optimiser state")
             kind = run.model.kind
-            size, batch = run.train.batch_size, training_batches(run, images)[0]
+            size, batch = run.train.batch_size, training_batches(run, known)[0]
             lower = f"lower train.batch_size ({size}" + (
                 f": batches of {batch} images)" if batch != size else ")")
             if states <= weights:
@@ -314,10 +402,10 @@ def preflight(runs: Sequence[ExperimentConfig], out: Path | None, *, jobs: int =
             if parallel > 1:
                 remedies.append("lower --jobs")
             raise ConfigError(
-                f"invalid config: training would need about {_gib(need * parallel + workers)} of "
-                f"memory ({per}{', '.join(parts)}), more than the {_gib(available)} available "
-                f"on {device}: " + ", ".join(remedies[:-1]) + (", or " if len(remedies) > 1
-                                                               else "") + remedies[-1])
+                f"{_which_run(key, side, run)}invalid config: training would need about "
+                f"{_gib(need * parallel + workers)} of memory ({per}{', '.join(parts)}), more "
+                f"than the {_gib(available)} available on {device}: " + ", ".join(remedies[:-1])
+                + (", or " if len(remedies) > 1 else "") + remedies[-1])
     if out is None:
         return
     count = len(runs) if checkpoints is None else checkpoints

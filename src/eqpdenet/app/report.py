@@ -17,6 +17,10 @@ EqPdeNet − FCNN is paired by seed on the seeds both cells have, saying so wher
 than a cell's (``[paired on 1 of 3 seeds]``), and of the means where none is shared
 (``(unpaired)``).
 
+The tables hold the paper's two models only (``reproduce`` runs no other kind); runs of other
+kinds in a folder made before that was refused are named in the header, and a folder holding
+no run of the two is refused rather than reported as an empty table.
+
 A report says whether its sweep is complete: the runs the folder's ``config.toml`` describes that
 have no record are listed at the top of ``table.md`` (:func:`missing_runs`), and ``eqpdenet
 report`` then warns and exits with status 3.
@@ -37,10 +41,12 @@ from .locks import hold
 
 __all__ = ["Report", "aggregate", "check_records", "dataset_name", "deduplicate", "failed_note",
            "missing_runs", "paper_run_key", "paper_table", "plot_accuracy", "protocol_table",
-           "rerun_advice", "subset_note", "write_report"]
+           "rerun_advice", "subset_note", "untabled_note", "write_report"]
 
 SCENARIOS = ("test", "iso", "sca")
-#: The paper's two models (Tables 1 and 2) and their printed names.
+#: The paper's two models (Tables 1 and 2) and their printed names: the kinds
+#: :data:`eqpdenet.app.config.PAPER_MODELS` that ``reproduce`` runs (tests/app/test_config_reproduce.py
+#: keeps the two equal).
 MODEL_NAMES = {"eqpdenet": "EqPdeNet", "fcnn": "FCNN"}
 PAPER_MODELS = tuple(MODEL_NAMES)
 
@@ -178,6 +184,26 @@ def subset_note(records: list[dict], fields=("train_subset", "test_subset")) -> 
             parts.append(f"the first {' or '.join(f'{n:,}' for n in sizes)} {what} images "
                          f"(`data.{field}`)")
     return f" Runs used only {' and '.join(parts)}." if parts else ""
+
+
+def untabled_note(records: list[dict], source: str = "results") -> str:
+    """A sentence naming the runs of ``records`` of kinds other than :data:`PAPER_MODELS`,
+    which the tables leave out (a folder made before ``reproduce`` refused other kinds), else
+    ``""``; a :class:`~eqpdenet.errors.DataFileError` when no run is of the paper's models (the
+    report would be a table without a row)."""
+    others: dict[str, int] = {}
+    for record in records:
+        if record["model"] not in PAPER_MODELS:
+            others[record["model"]] = others.get(record["model"], 0) + 1
+    if not others:
+        return ""
+    kinds = ", ".join(f"{kind} ({count} runs)" for kind, count in sorted(others.items()))
+    if sum(others.values()) == len(records):
+        raise DataFileError(source, f"its runs are of {kinds}, none of the paper's models "
+                                    f"({', '.join(PAPER_MODELS)}), the only ones this report "
+                                    f"tables; compare other kinds with `eqpdenet benchmark`")
+    return (f" Runs of {kinds} are not in the tables, which hold the paper's models "
+            f"({', '.join(MODEL_NAMES.values())}) only.")
 
 
 def aggregate(records: list[dict]) -> dict[tuple[str, int], dict]:
@@ -380,6 +406,7 @@ def write_report(results_dir: Path) -> Report:
         raise FileNotFoundError(f"no results in {path}")
     with hold(results_dir, "report", create=False):
         records = deduplicate(read_jsonl(path), source=str(path))
+        untabled = untabled_note(records, str(path))
         ours = aggregate(records)
         table = protocol_table(ours)
         missing = missing_runs(results_dir, records)
@@ -387,7 +414,7 @@ def write_report(results_dir: Path) -> Report:
                   f"(sample std) over the runs of each cell; paper = Lagrave & Riou 2021, Tables "
                   f"1-2. Δ = ours − paper; Δ/σ in units of the paper's std. From `results.jsonl` "
                   f"beside this file ({len(records)} runs{failed_note(records)}; config in "
-                  f"`config.toml`).{subset_note(records)}\n\n")
+                  f"`config.toml`).{subset_note(records)}{untabled}\n\n")
         if missing:
             header = (f"**Incomplete:** {incomplete_line(missing, len(records) + len(missing))}; "
                       f"rerun the sweep's command to finish it.\n\n{header}")

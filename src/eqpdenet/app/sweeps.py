@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..data.datasets import dataset_fingerprint
+from ..data.mnist import download_progress
 from ..errors import ConfigError
 from .config import (
     KIND_OPTIONS,
@@ -52,8 +53,8 @@ from .training import (
 )
 from .workers import worker_pool
 
-__all__ = ["SWEEP_FILES", "changed_runs", "check_before_writing", "grid",
-           "reproduce", "run_key", "run_sweep"]
+__all__ = ["SWEEP_FILES", "changed_runs", "check_before_writing", "check_checkpoints", "grid",
+           "reproduce", "run_key", "run_sweep", "runs_without_checkpoints", "set_aside_lacking"]
 
 
 def run_key(kind: str, hidden: int, seed: int) -> str:
@@ -76,7 +77,9 @@ def _worker(args) -> dict:
     runner, key, config_dict, data_dir, cache_dir, threads, checkpoint, options, progress = args
     torch.set_num_threads(threads)
     config = from_dict(ExperimentConfig, config_dict)
-    data = _cached_data(config.data, data_dir, cache_dir)
+    # A worker starts afresh: the command line's --no-progress must reach its download too.
+    with download_progress(progress):
+        data = _cached_data(config.data, data_dir, cache_dir)
     with labelled(key):
         return runner(config, data, progress=progress, checkpoint=checkpoint, **options)
 
@@ -132,7 +135,7 @@ def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
     parallel = jobs if executor.kind == "local" else 1  # Ray's runs use the cluster's memory
-    preflight([run for _, run in todo], out_dir, jobs=parallel,
+    preflight(dict(todo), out_dir, jobs=parallel, at_data=True,
               checkpoints=sum(key in checkpoint_keys for key, _ in todo))
 
     finished = [len(runs) - len(todo)]
@@ -227,7 +230,7 @@ def check_before_writing(runs: dict[str, ExperimentConfig], out_dir: Path, jobs:
     done = set(load_records(out_dir))
     todo = {key: run for key, run in runs.items() if key not in done or key in changed}
     parallel = jobs if (executor or Executor()).kind == "local" else 1
-    preflight(list(todo.values()), out_dir, jobs=parallel,
+    preflight(todo, out_dir, jobs=parallel, at_data=True,
               checkpoints=sum(key in checkpoint_keys for key in todo))
     if changed:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -381,6 +384,54 @@ def _changed_message(out_dir: Path, changed: dict[str, list[str]]) -> str:
             f"(or data) than the one now given for the same key: {shown}")
 
 
+def runs_without_checkpoints(out_dir: Path, checkpoint_keys) -> list[str]:
+    """The finished, successful runs of ``out_dir`` among ``checkpoint_keys`` that were made
+    while their seed was not in the ``checkpoint_seeds`` of the folder's ``config.toml`` (so
+    they have no ``checkpoints/<key>.pt``), i.e. the runs a grown ``checkpoint_seeds`` would
+    describe as saved without their file.
+
+    A folder whose ``config.toml`` has no ``checkpoint_seeds`` to compare with (none, or one
+    written before the field) is not judged: its committed copies are kept without their
+    checkpoints (``results/study``), and resuming one must still find its runs done."""
+    try:
+        written = tomllib.loads((Path(out_dir) / "config.toml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return []
+    recorded = written.get("checkpoint_seeds")
+    if not isinstance(recorded, list):
+        return []
+    records = load_records(out_dir)
+    return sorted(key for key in checkpoint_keys
+                  if records.get(key, {}).get("status") == "ok"
+                  and records[key].get("seed") not in recorded
+                  and not (Path(out_dir) / "checkpoints" / f"{key}.pt").is_file())
+
+
+def check_checkpoints(out_dir: Path, checkpoint_keys, rerun_changed: bool) -> list[str]:
+    """Before a sweep writes its ``config.toml``, which says that the runs of
+    ``checkpoint_seeds`` have checkpoints: the finished runs that should have one and do not
+    (:func:`runs_without_checkpoints`) are refused, naming ``checkpoint_seeds`` (the sweep
+    counted them as done, and its ``config.toml`` described files that did not exist), unless
+    ``rerun_changed``; returns them, for :func:`set_aside_lacking` to run them again."""
+    lacking = runs_without_checkpoints(out_dir, checkpoint_keys)
+    if lacking and not rerun_changed:
+        raise ConfigError(f"invalid config: checkpoint_seeds: {out_dir} holds {len(lacking)} "
+                          f"finished run(s) of those seeds without a checkpoint ({_keys(lacking)}; "
+                          f"made before their seed was in checkpoint_seeds); run again with "
+                          f"--rerun-changed to set them aside and run them anew with their "
+                          f"checkpoints, or leave their seeds out of checkpoint_seeds")
+    return lacking
+
+
+def set_aside_lacking(out_dir: Path, lacking: list[str], echo: Callable[[str], None]) -> None:
+    """Set the runs of :func:`check_checkpoints` aside (``superseded/<date-time>/``), so that
+    the sweep runs them again and saves their checkpoints."""
+    if lacking:
+        aside = set_aside(out_dir, lacking, time.strftime("%Y%m%d-%H%M%S"))
+        echo(f"{len(lacking)} finished run(s) without the checkpoint checkpoint_seeds asks for "
+             f"({_keys(lacking)}): set aside in {aside}, to run again")
+
+
 def reproduce(config: ReproduceConfig, out_dir: Path, *, jobs: int = 1,
               executor: Executor | None = None, data_dir=None, cache_dir=None,
               progress: bool = True, echo: Callable[[str], None] = print,
@@ -390,8 +441,9 @@ def reproduce(config: ReproduceConfig, out_dir: Path, *, jobs: int = 1,
 
     The base configuration is written to ``out_dir/config.toml``; runs made with a different
     base configuration (or a changed data file) are refused, naming the fields, or with
-    ``rerun_changed`` set aside and run again (:func:`check_before_writing`). Returns the results
-    path.
+    ``rerun_changed`` set aside and run again (:func:`check_before_writing`), and so are the
+    finished runs of ``checkpoint_seeds`` without a checkpoint (:func:`check_checkpoints`).
+    Returns the results path.
     """
     out_dir = Path(os.path.realpath(out_dir))
     if jobs < 1:
@@ -404,9 +456,11 @@ def reproduce(config: ReproduceConfig, out_dir: Path, *, jobs: int = 1,
                 for run in grid(config)}
         checkpoints = {key for key, run in runs.items()
                        if run.train.seed in config.checkpoint_seeds}
+        lacking = check_checkpoints(out_dir, checkpoints, rerun_changed)
         check_before_writing(runs, out_dir, jobs, executor, checkpoints,
                              rerun_changed=rerun_changed, echo=echo, base_fingerprint=base_print,
                              base={"base": config.base})
+        set_aside_lacking(out_dir, lacking, echo)
         atomic_write(out_dir / "config.toml", to_toml(config).encode())
         return run_sweep("reproduce", runs, out_dir, base_fingerprint=base_print,
                          checkpoint_keys=checkpoints, jobs=jobs, executor=executor,

@@ -49,6 +49,7 @@ from .config import (
     ExperimentConfig,
     TrainConfig,
     build_model,
+    fields_without_effect,
     from_dict,
     to_dict,
 )
@@ -194,8 +195,7 @@ def _check_split_classes(config: DataConfig, dataset: ImageDataset, train: Split
 def _rotmnist(config: DataConfig, data_dir, cache_dir) -> ImageDataset:
     rot = load_rotmnist(data_dir=data_dir, cache_dir=cache_dir, seed=config.rotmnist_seed,
                         source=config.source, rotation_centre=config.rotation_centre)
-    if config.rotated:
-        raise ConfigError("invalid config: data.rotated: ROTMNIST is rotated already")
+    # data.rotated with ROTMNIST is refused by DataConfig, before any data is made
     return ImageDataset("rotmnist", rot.train_images, rot.train_labels, rot.test_images,
                         rot.test_labels, classes=10, info={"source": rot.source})
 
@@ -335,7 +335,9 @@ def train_model(
     validation accuracy where a validation split exists, seconds). With
     ``train.weight_average``, the weights are averaged after every step, the average's
     batch-norm statistics recomputed on the training images (:func:`_average_batch_norm`), and
-    the average is what is validated, selected and returned.
+    the average is what is validated, selected and returned. A field of ``config`` that its
+    model kind does not use, set away from its default, is a ``RuntimeWarning``, one per field
+    (:func:`~eqpdenet.app.config.fields_without_effect`).
 
     Under ``torchrun`` (:func:`data_parallel`), each process runs this with the same
     configuration and data: every epoch's permutation (the same in every process, from the seed)
@@ -361,7 +363,10 @@ def train_model(
     blur_stream = blur_generator(train.seed)
     blur = train.blur_consistency
     pde_layer = getattr(model, "pde_layer", None)
-    if pde_layer is None and train.pde_lr_scale != TrainConfig.pde_lr_scale:  # set, to no use
+    if resolved is not None:  # built from config: what its kind leaves unused, set to no use
+        for line in fields_without_effect(config):
+            warnings.warn(line, RuntimeWarning, stacklevel=2)
+    elif pde_layer is None and train.pde_lr_scale != TrainConfig.pde_lr_scale:  # a given model
         warnings.warn(f"train.pde_lr_scale = {train.pde_lr_scale:g} has no effect on "
                       f"{type(model).__name__}: only the paper's PDE layer (model.kind = "
                       f"'eqpdenet') trains at its own rate", RuntimeWarning, stacklevel=2)
@@ -391,12 +396,13 @@ def train_model(
     # Augmented batches are warped on the way in: the CUDA-graph runner replays fixed inputs, so
     # augmentation takes the plain loop (on the same device), as do the weights' average (an
     # update after every step, outside the graph) and the blur penalty (a second term and a
-    # batch of another size).
+    # batch of another size). The runner steps through `forward`, the compiled one with
+    # train.compile (given the model alone, it trained eagerly while the run recorded compile).
     average = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(train.weight_average))
                if train.weight_average else None)
     evaluated = model if average is None else average.module
     gpu = (accelerate.EpochRunner(model, optimizer, scheduler, images, labels, train.batch_size,
-                                  train.grad_clip)
+                                  train.grad_clip, forward=forward)
            if accelerate.applies_to(device) and parallel is None and train.augment.is_identity
            and average is None and blur.is_off
            else None)

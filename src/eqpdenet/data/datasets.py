@@ -31,6 +31,7 @@ them and its seed, its cache hash-checked).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import math
 import os
@@ -47,10 +48,12 @@ from ..errors import ConfigError, DataFileError
 from ..geometry import rotate, rotate_about_mass
 from ..registry import Registry
 from .mnist import load_mnist, read_idx
+from .rotmnist import N_TEST as ROTMNIST_TEST
+from .rotmnist import N_TRAIN as ROTMNIST_TRAIN
 from .rotmnist import check_rotation_centre, load_rotmnist
 
-__all__ = ["DATASETS", "ImageDataset", "data_fingerprint", "dataset_fingerprint", "load_dataset",
-           "register_dataset", "rotate_dataset"]
+__all__ = ["DATASETS", "DatasetShape", "ImageDataset", "data_fingerprint", "dataset_fingerprint",
+           "dataset_shape", "load_dataset", "register_dataset", "rotate_dataset"]
 
 IDX_NAMES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
              "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
@@ -141,30 +144,65 @@ register_dataset("rotmnist", _rotmnist)
 register_dataset("mnist", _mnist)
 
 
+#: The image layouts a data file may hold (:func:`_layout`), as its messages name them.
+LAYOUTS = ("(N, H, W)", "(N, H, W, C)", "(N, C, H, W)")
+
+
+def _layout(shape: tuple[int, ...], path, what: str) -> tuple[int, int, int]:
+    """Where the channels, rows and columns of images of array ``shape`` are: the axes
+    ``(C, H, W)`` (``C`` None for ``(N, H, W)``). A 4-D array is ``(N, C, H, W)`` or
+    ``(N, H, W, C)``: the one of square images, else (non-square) the one whose channel axis
+    holds 1, 3 or 4; any other shape is a :class:`DataFileError` showing it and the layouts
+    accepted (``(N, 20, 24, 5)`` must not be read as 24x5 images of 20 channels)."""
+    if len(shape) == 3:
+        return None, 1, 2
+    if len(shape) == 4:
+        _, a, b, c = shape
+        if a != b and b == c:
+            return 1, 2, 3  # (N, C, H, W) with square images
+        if a == b and b != c:
+            return 3, 1, 2  # (N, H, W, C) with square images
+        if c in (1, 3, 4) and a not in (1, 3, 4):
+            return 3, 1, 2  # non-square: the small axis at the end is channels
+        if a in (1, 3, 4) or a == b == c:
+            return 1, 2, 3  # non-square with 1, 3 or 4 channels first; (N, C, C, C) as before
+        raise DataFileError(path, f"{what}: array of shape {tuple(shape)}: neither square images "
+                            f"(N, C, H, H) or (N, H, H, C) nor non-square images with 1, 3 or 4 "
+                            f"channels first or last; the layouts accepted are "
+                            f"{', '.join(LAYOUTS)}")
+    raise DataFileError(path, f"{what}: expected images {', '.join(LAYOUTS[:-1])} or "
+                        f"{LAYOUTS[-1]}, got shape {tuple(shape)}")
+
+
+def _float_text(value) -> str:
+    """``value`` with the digits that tell it from its neighbours in its own precision (a float32
+    1.0000001 is not "1")."""
+    return str(value)  # NumPy's shortest text of a scalar in its own dtype
+
+
 def _as_images(array: np.ndarray, path, what: str) -> Tensor:
-    """``(N, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)`` integers 0..255 or floats 0..1 ->
-    ``(N, C, H, W)`` float32 in [0, 1]."""
-    if array.ndim == 3:
+    """``(N, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)`` (:func:`_layout`) integers 0..255 or
+    floats 0..1 -> ``(N, C, H, W)`` float32 in [0, 1]. Float pixels must lie in [0, 1] exactly:
+    a value above 1 by a float32 rounding is refused too, its value shown (a file scaled by
+    ``/ 255`` in float32 stays within [0, 1]; one that is not was made another way, which the
+    user should see, rather than have it clipped)."""
+    channels, _, _ = _layout(array.shape, path, what)
+    if channels is None:
         array = array[:, None]
-    elif array.ndim == 4 and array.shape[1] != array.shape[2] and array.shape[2] == array.shape[3]:
-        pass  # (N, C, H, W) with square images
-    elif array.ndim == 4 and array.shape[1] == array.shape[2] and array.shape[2] != array.shape[3]:
-        array = np.moveaxis(array, -1, 1)  # (N, H, W, C) with square images
-    elif array.ndim == 4 and array.shape[-1] in (1, 3, 4) and array.shape[1] not in (1, 3, 4):
-        array = np.moveaxis(array, -1, 1)  # non-square: the small axis at the end is channels
-    if array.ndim != 4:
-        raise DataFileError(path, f"{what}: expected images (N, H, W), (N, H, W, C) or (N, C, H, W), "
-                            f"got shape {array.shape}")
+    elif channels == 3:
+        array = np.moveaxis(array, -1, 1)
     if np.issubdtype(array.dtype, np.integer):
         if array.size and (array.min() < 0 or array.max() > 255):
-            raise DataFileError(path, f"{what}: integer pixels must be in 0..255")
+            raise DataFileError(path, f"{what}: integer pixels must be in 0..255, got "
+                                f"{int(array.min())}..{int(array.max())}")
         return torch.from_numpy(np.ascontiguousarray(array)).to(torch.float32).div_(255.0)
     if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
             raise DataFileError(path, f"{what}: non-finite pixel values")
         if array.size and (array.min() < 0 or array.max() > 1):
             raise DataFileError(path, f"{what}: float pixels must be in [0, 1] (divide 0..255 "
-                                f"images by 255), got [{array.min():g}, {array.max():g}]")
+                                f"images by 255), got [{_float_text(array.min())}, "
+                                f"{_float_text(array.max())}] ({array.dtype})")
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     raise DataFileError(path, f"{what}: pixels of dtype {array.dtype} are neither integers nor floats")
 
@@ -308,6 +346,107 @@ def dataset_fingerprint(spec: str) -> str | None:
         return data_fingerprint(Path(spec).expanduser())
     except (OSError, DataFileError):
         return None
+
+
+@dataclass(frozen=True)
+class DatasetShape:
+    """What a data set holds, as far as it can be told without loading it
+    (:func:`dataset_shape`).
+
+    Attributes:
+        image_shape: ``(C, H, W)`` of its images (as :attr:`ImageDataset.image_shape`).
+        train, test: the number of training and test images.
+        classes: the number of classes (the largest label + 1), None where the labels could not
+            be read cheaply or are not valid (loading says why).
+    """
+
+    image_shape: tuple[int, int, int]
+    train: int
+    test: int
+    classes: int | None
+
+
+#: The shapes of the registered data sets (their loaders check them: MNIST by its MD5s, ROTMNIST
+#: on loading).
+REGISTERED_SHAPES = {"mnist": DatasetShape((1, 28, 28), 60000, 10000, 10),
+                     "rotmnist": DatasetShape((1, 28, 28), ROTMNIST_TRAIN, ROTMNIST_TEST, 10)}
+
+
+def _images_shape(shape: tuple[int, ...], path, what: str) -> tuple[int, int, int]:
+    channels, height, width = _layout(shape, path, what)
+    return (1 if channels is None else int(shape[channels]), int(shape[height]),
+            int(shape[width]))
+
+
+def _npz_shape(path: Path) -> DatasetShape:
+    """The shape of the ``.npz`` data set at ``path`` from the headers of its image arrays (the
+    pixels are not read) and the labels (read: a byte or eight per image)."""
+    with np.load(path, allow_pickle=False) as archive:
+        shapes = {}
+        names = set(archive.zip.namelist())
+        for key in ("x_train", "x_test"):
+            with archive.zip.open(f"{key}.npy" if f"{key}.npy" in names else key) as member:
+                version = np.lib.format.read_magic(member)
+                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read(member)
+                if dtype.hasobject:  # not readable without pickle: loading says so
+                    raise ValueError(f"{key} holds objects")
+                shapes[key] = shape
+        labels = [archive[key] for key in ("y_train", "y_test")]
+    return _shape_of(path, shapes["x_train"], shapes["x_test"], labels, ("x_train", "x_test"))
+
+
+def _idx_header(path: Path) -> tuple[int, ...]:
+    """The dimensions an IDX file's header declares (gzip-compressed or raw)."""
+    with open(path, "rb") as handle:
+        start = handle.read(2)
+    opener = gzip.open if start == b"\x1f\x8b" else open
+    with opener(path, "rb") as handle:
+        head = handle.read(4)
+        if len(head) < 4 or head[:2] != b"\0\0":
+            raise ValueError("not an IDX file")
+        return tuple(int(d) for d in np.frombuffer(handle.read(4 * head[3]), dtype=">u4"))
+
+
+def _idx_shape(folder: Path) -> DatasetShape:
+    files = _idx_files(folder)
+    labels = [read_idx(files[key]) for key in ("train_labels", "test_labels")]
+    return _shape_of(folder, _idx_header(files["train_images"]), _idx_header(files["test_images"]),
+                     labels, (IDX_NAMES["train_images"], IDX_NAMES["test_images"]))
+
+
+def _shape_of(path, train: tuple[int, ...], test: tuple[int, ...], labels, names) -> DatasetShape:
+    image_shape = _images_shape(train, path, names[0])
+    _images_shape(test, path, names[1])
+    classes = None
+    if all(np.ndim(y) == 1 and np.issubdtype(np.asarray(y).dtype, np.integer) and len(y)
+           for y in labels):
+        classes = int(max(int(np.max(y)) for y in labels)) + 1
+    return DatasetShape(image_shape, int(train[0]), int(test[0]), classes)
+
+
+def dataset_shape(spec: str) -> DatasetShape | None:
+    """The image shape, sizes and classes of the data set ``spec`` names, read without loading
+    its images: the registered sets' fixed shapes (:data:`REGISTERED_SHAPES`), the headers of a
+    ``.npz`` file's image arrays or of an IDX folder's image files, and their labels. None for a
+    data set registered by the user, a path with nothing behind it, and data that cannot be read
+    this way (loading says what is wrong with them). What loading would refuse and is seen here
+    (images in a layout that cannot be told, :func:`_layout`; an IDX folder lacking a file or
+    with damaged labels) raises the :class:`DataFileError` loading would."""
+    if spec in DATASETS:
+        return REGISTERED_SHAPES.get(spec)
+    path = Path(spec).expanduser()
+    try:
+        if path.is_dir():
+            return _idx_shape(path)
+        if path.is_file() and (path.suffix.lower() == ".npz" or _is_zip(path)):
+            return _npz_shape(path)
+    except DataFileError:  # a ValueError, but loading's own message: said now
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, IndexError):
+        return None
+    return None
 
 
 def rotate_dataset(dataset: ImageDataset, seed: int = 0, batch_size: int = 8192,

@@ -12,11 +12,16 @@ trailing bytes), and the canonical MD5 of the *uncompressed* bytes. Any problem 
 :class:`DataFileError` whose message names the file and what is wrong; no partly read array is ever
 returned. Downloads (:func:`download_mnist`) go to a temporary file in the target directory, are
 verified the same way, and only then renamed into place, so an interrupted, truncated or corrupted
-download never leaves anything that looks like a valid file.
+download never leaves anything that looks like a valid file. A download says what it fetches
+from where, then shows its progress: a bar on a terminal, a few plain lines in a log
+(:func:`download_mnist`'s ``progress``; :func:`download_progress` turns it off for a block, as
+the command line's ``--no-progress`` does).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import gzip
 import hashlib
 import http.client
@@ -26,7 +31,7 @@ import sys
 import time
 import urllib.request
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +51,7 @@ __all__ = [
     "read_idx",
     "find_mnist_file",
     "download_mnist",
+    "download_progress",
     "load_mnist",
 ]
 
@@ -309,14 +315,79 @@ def _fetch_verified(url: str, target: Path, spec: IdxSpec, *, timeout: float, de
         raise
 
 
-def _progress_bar(total: int | None, name: str):
-    if not sys.stderr.isatty():  # a log: no bar redrawn with carriage returns
-        return None
+_PROGRESS: contextvars.ContextVar[bool] = contextvars.ContextVar("eqpdenet_download_progress",
+                                                                  default=True)
+
+
+@contextlib.contextmanager
+def download_progress(enabled: bool) -> Iterator[None]:
+    """Within the block, downloads that are not told otherwise (``progress=None``, as
+    :func:`load_mnist` and the loaders that call it pass) show their progress or not: the
+    command line's ``--no-progress`` reaches the download of a data set loaded deep inside a
+    command this way."""
+    token = _PROGRESS.set(bool(enabled))
     try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is optional: no bar, same download
-        return None
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, leave=False)
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def _size(count: float) -> str:
+    for unit, size in (("MiB", 2**20), ("KiB", 2**10)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{int(count)} B"
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # closed or not a file
+        return False
+
+
+#: Bytes between two plain progress lines of a download whose length is not announced.
+LINE_BYTES = 8 * 2**20
+
+
+class _LineProgress:
+    """A download's progress as plain lines on stderr, for a log (no bar redrawn with carriage
+    returns): a line at each tenth of an announced length (every :data:`LINE_BYTES` of an
+    unannounced one: at most six of the largest file), so that a log of the four files holds a
+    few dozen lines, each readable alone."""
+
+    def __init__(self, total: int | None, name: str):
+        self.total, self.name, self.received = total, name, 0
+        self.step = total / 10 if total else LINE_BYTES
+        self.next, self.start = self.step, time.monotonic()
+
+    def update(self, count: int) -> None:
+        self.received += count
+        if self.received < self.next and self.received != self.total:
+            return
+        while self.next <= self.received:
+            self.next += self.step
+        done = _size(self.received)
+        if self.total:
+            done += f" of {_size(self.total)} ({100 * self.received // self.total}%)"
+        print(f"{self.name}: {done}, {time.monotonic() - self.start:.1f} s", file=sys.stderr,
+              flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total: int | None, name: str):
+    """A tqdm bar on a terminal (where tqdm is installed), plain lines in a log
+    (:class:`_LineProgress`)."""
+    if _is_terminal(sys.stderr):
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # tqdm is optional: plain lines, same download
+            return _LineProgress(total, name)
+        return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
+                    leave=False)
+    return _LineProgress(total, name)
 
 
 def download_mnist(
@@ -327,7 +398,7 @@ def download_mnist(
     force: bool = False,
     timeout: float = 60.0,
     deadline: float = 1800.0,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> Path:
     """Download the missing MNIST files into ``<data_dir>/mnist/``, verified and atomically.
 
@@ -347,7 +418,12 @@ def download_mnist(
             byte now and then never meets ``timeout``). A response larger than the file can be
             is stopped too. Temporary files of earlier downloads of a file, untouched for
             ``deadline + timeout`` seconds (a killed download's), are removed.
-        progress: show a tqdm progress bar (when tqdm is installed).
+        progress: show the progress: a line ``downloading URL into FOLDER`` for each try
+            (and the failure of a mirror before the next is tried), then a tqdm bar on a
+            terminal (when tqdm is installed), or plain lines in a log (stderr not a terminal;
+            a line per tenth of the file, see :class:`_LineProgress`), all on stderr. None
+            (the default): as :func:`download_progress` says (shown unless a block of it turned
+            it off).
 
     Returns:
         The ``mnist/`` folder.
@@ -360,6 +436,7 @@ def download_mnist(
     mirrors = list(DEFAULT_MIRRORS if mirrors is None else mirrors)
     if not mirrors:
         raise ValueError("no mirrors given")
+    progress = _PROGRESS.get() if progress is None else bool(progress)
     for key in keys or list(MNIST_FILES):
         spec = MNIST_FILES[key]
         if not force and find_mnist_file(folder.parent, key) is not None:
@@ -368,8 +445,10 @@ def download_mnist(
         # a killed download's (a live one ends within its deadline)
         remove_stale_beside(target, ".part", age=deadline + timeout)
         failures = []
-        for mirror in mirrors:
+        for number, mirror in enumerate(mirrors, 1):
             url = mirror.rstrip("/") + "/" + spec.name + ".gz"
+            if progress:  # a sign of life in a log too, before a wait of up to ``timeout``
+                print(f"downloading {url} into {folder}", file=sys.stderr, flush=True)
             try:
                 _fetch_verified(url, target, spec, timeout=timeout, deadline=deadline,
                                 progress=progress)
@@ -378,6 +457,9 @@ def download_mnist(
                 failures.append(str(exc))
             except (OSError, http.client.HTTPException, ValueError) as exc:  # URLError is an OSError
                 failures.append(f"{url}: {type(exc).__name__}: {exc}")
+            if progress and number < len(mirrors):
+                print(f"failed: {failures[-1]}; trying the next mirror", file=sys.stderr,
+                      flush=True)
         else:
             raise DownloadError(
                 f"could not download a verified {spec.name}.gz into {folder}:\n  " + "\n  ".join(failures)
@@ -422,6 +504,7 @@ def load_mnist(
     *,
     mirrors: Sequence[str] | None = None,
     verify: bool = True,
+    progress: bool | None = None,
 ) -> MNIST:
     """Read (and if needed download) the four MNIST files from ``<data_dir>/mnist/``.
 
@@ -430,6 +513,7 @@ def load_mnist(
         download: download missing files (:func:`download_mnist`); else a missing file is an error.
         mirrors: passed to :func:`download_mnist`.
         verify: check the canonical MD5s (the shape checks always run).
+        progress: passed to :func:`download_mnist` (None: as :func:`download_progress` says).
 
     Raises:
         DataFileError: a file is missing (with ``download=False``) or invalid.
@@ -444,7 +528,7 @@ def load_mnist(
                 root / "mnist", f"missing MNIST file(s) {names}; set {DATA_ENV} or pass the data "
                 "directory (the folder containing mnist/), or allow download=True"
             )
-        download_mnist(root, mirrors, keys=missing)
+        download_mnist(root, mirrors, keys=missing, progress=progress)
     arrays = {}
     for key, spec in MNIST_FILES.items():
         path = find_mnist_file(root, key)
