@@ -165,3 +165,28 @@ def test_quick_benchmark_runs_on_a_small_data_set(tmp_path, capsys):
     record = json.loads((out / "runs" / "fcnn-seed0.json").read_text())
     assert record["status"] == "ok"
     assert (record["config"]["data"]["train_subset"], record["config"]["data"]["test_subset"]) == (0, 0)
+
+
+def test_the_header_reader_says_what_loading_says_about_the_labels(tmp_path):
+    """A stray label 2**32 - 1 is loading's 'the largest label is ...', not a model of four
+    billion classes refused for memory; an empty split is 'holds no labels', not a subset
+    error."""
+    import numpy as np
+
+    from eqpdenet.data.datasets import dataset_shape, load_dataset
+    from eqpdenet.errors import DataFileError
+
+    images = np.zeros((4, 8, 8), dtype=np.uint8)
+    stray = tmp_path / "stray.npz"
+    np.savez(stray, x_train=images, y_train=np.array([0, 1, 0, 2**32 - 1], dtype=np.int64),
+             x_test=images, y_test=np.array([0, 1, 0, 1]))
+    empty = tmp_path / "empty.npz"
+    np.savez(empty, x_train=images[:0], y_train=np.zeros(0, dtype=np.int64), x_test=images[:0],
+             y_test=np.zeros(0, dtype=np.int64))
+    for path, message in [(stray, r"the largest label is 4294967295"),
+                          (empty, r"a split holds no labels \(no images\)")]:
+        with pytest.raises(DataFileError, match=message) as from_headers:
+            dataset_shape(str(path))
+        with pytest.raises(DataFileError) as from_loading:
+            load_dataset(str(path))
+        assert str(from_headers.value) == str(from_loading.value)

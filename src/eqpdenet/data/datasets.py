@@ -394,7 +394,8 @@ def _npz_shape(path: Path) -> DatasetShape:
                     raise ValueError(f"{key} holds objects")
                 shapes[key] = shape
         labels = [archive[key] for key in ("y_train", "y_test")]
-    return _shape_of(path, shapes["x_train"], shapes["x_test"], labels, ("x_train", "x_test"))
+    return _shape_of(path, shapes["x_train"], shapes["x_test"], labels, ("x_train", "x_test"),
+                     ("y_train", "y_test"))
 
 
 def _idx_header(path: Path) -> tuple[int, ...]:
@@ -413,16 +414,19 @@ def _idx_shape(folder: Path) -> DatasetShape:
     files = _idx_files(folder)
     labels = [read_idx(files[key]) for key in ("train_labels", "test_labels")]
     return _shape_of(folder, _idx_header(files["train_images"]), _idx_header(files["test_images"]),
-                     labels, (IDX_NAMES["train_images"], IDX_NAMES["test_images"]))
+                     labels, (IDX_NAMES["train_images"], IDX_NAMES["test_images"]),
+                     (IDX_NAMES["train_labels"], IDX_NAMES["test_labels"]))
 
 
-def _shape_of(path, train: tuple[int, ...], test: tuple[int, ...], labels, names) -> DatasetShape:
+def _shape_of(path, train: tuple[int, ...], test: tuple[int, ...], labels, names,
+              label_names) -> DatasetShape:
     image_shape = _images_shape(train, path, names[0])
     _images_shape(test, path, names[1])
-    classes = None
-    if all(np.ndim(y) == 1 and np.issubdtype(np.asarray(y).dtype, np.integer) and len(y)
-           for y in labels):
-        classes = int(max(int(np.max(y)) for y in labels)) + 1
+    # The labels by loading's own rules, so that what loading would refuse (an empty split, a
+    # stray label 2**32 - 1, a class the training split lacks) is said in its words here, not
+    # found as a model of four billion classes that needs more memory than the machine has.
+    classes = _classes(path, *(_as_labels(y, path, what)
+                               for y, what in zip(labels, label_names, strict=True)))
     return DatasetShape(image_shape, int(train[0]), int(test[0]), classes)
 
 
