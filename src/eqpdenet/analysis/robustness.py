@@ -70,16 +70,7 @@ def accuracy_under(model: nn.Module, images: Tensor, labels: Tensor,
 def _finite(values: Sequence[float], name: str) -> list[float]:
     """``values`` as floats, or a :class:`~eqpdenet.errors.ConfigError` naming ``name`` and the
     first value that is not a finite number."""
-    numbers = []
-    for index, value in enumerate(values):
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name}[{index}] must be a number, got {value!r}") from None
-        if not math.isfinite(number):
-            raise ConfigError(f"{name}[{index}] must be a finite number, got {number:g}")
-        numbers.append(number)
-    return numbers
+    return [_finite_number(value, f"{name}[{index}]") for index, value in enumerate(values)]
 
 
 def _within_frame(shifts: Sequence[float], images: Tensor, name: str) -> None:

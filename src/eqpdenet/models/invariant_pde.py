@@ -28,12 +28,14 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import (
+    exporting,
     report_non_finite,
     require,
     require_int,
     require_lists,
     require_nonnegative,
     require_positive,
+    vmapped,
 )
 from ..errors import NonFiniteStateError
 from ..geometry import halvings_stay_even
@@ -279,26 +281,41 @@ class InvariantPDENet(nn.Module):
         return self._features(check_model_input(self, images)).to(images.dtype)
 
     def _features(self, entered: ModelInput) -> Tensor:
-        u = self.lift(self.standardize(entered.images))
-        finite = []
-        blocks = [m for m in self.stages.modules() if isinstance(m, EulerStep)]
-        with input_checked(*blocks):  # checked on entry: no host read per block
-            for stage in self.stages:
-                for module in stage:
-                    u = module(u)
-                    if isinstance(module, EulerStep):  # on the device: one host read at the end
-                        finite.append(torch.isfinite(u).all())
-        if finite:
-            try:  # the first block whose state was not finite, as "its Euler step 1"
-                report_non_finite([b.name for b in blocks], [b.dt for b in blocks],
-                                  (~torch.stack(finite)).to(torch.int64))
-            except NonFiniteStateError as error:
-                values = (entered.low, entered.high)
-                raise error.with_hint(self.standardize.explain(*values)
-                                      or input_range_hint(*values)) from None
+        u = run_stages(self.stages, self.lift(self.standardize(entered.images)), entered,
+                       self.standardize)
         pooled = {"max": lambda: u.amax(dim=(-2, -1)), "mean": lambda: u.mean(dim=(-2, -1)),
                   "meanmax": lambda: torch.cat([u.mean(dim=(-2, -1)), u.amax(dim=(-2, -1))], 1)}
         return self.norm(pooled[self.config.readout]())
 
     def forward(self, images: Tensor) -> Tensor:
         return self.classifier(self._features(check_model_input(self, images))).to(images.dtype)
+
+
+def run_stages(stages, u: Tensor, entered: ModelInput, standardize: Standardize) -> Tensor:
+    """``u`` through ``stages`` (sequences of modules, the Euler blocks among them), every
+    block's state checked for NaN and inf on the device and read once at the end: the first
+    block whose state was not finite raises :class:`~eqpdenet.errors.NonFiniteStateError` (as
+    "its Euler step 1"), explained by the range of the images ``entered`` (never NaN logits).
+    The blocks are not checked on entry (the model checked its images)."""
+    blocks = [m for stage in stages for m in stage.modules() if isinstance(m, EulerStep)]
+    # an exported graph reports nothing; under vmap no value can be read; an empty batch has
+    # no extremes
+    check = not exporting() and not vmapped(u) and u.numel() > 0
+    finite = []
+    with input_checked(*blocks):  # checked on entry: no host read per block
+        for stage in stages:
+            for module in stage:
+                u = module(u)
+                if check and isinstance(module, EulerStep):  # on the device
+                    # NaN and inf show in the extremes: one pass, and no temporary the size of
+                    # the field (isfinite(u).all() writes one per block)
+                    finite.append(torch.stack(torch.aminmax(u.detach())).isfinite().all())
+    if finite:
+        try:
+            report_non_finite([b.name for b in blocks], [b.dt for b in blocks],
+                              (~torch.stack(finite)).to(torch.int64))
+        except NonFiniteStateError as error:
+            values = (entered.low, entered.high)
+            raise error.with_hint(standardize.explain(*values)
+                                  or input_range_hint(*values)) from None
+    return u

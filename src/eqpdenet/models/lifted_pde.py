@@ -58,23 +58,20 @@ from torch import Tensor, nn
 from .. import kernels
 from ..checks import (
     check_images,
-    exporting,
     hooks_registered,
     match_dtype,
     module_dtype,
-    report_non_finite,
     require,
     require_int,
     require_lists,
     require_positive,
-    vmapped,
 )
-from ..errors import ConfigError, NonFiniteStateError
+from ..errors import ConfigError
 from ..geometry import halvings_stay_even
 from ..kernels.m2_op import KERNEL_ORIENTATIONS
 from ..kernels.op import KERNEL_BOUNDARIES
 from ..pde.batch_norm import batch_norm_affine_of, batch_norm_at
-from ..pde.integrators import EulerStep, input_checked, input_range_hint
+from ..pde.integrators import EulerStep, input_checked
 from ..pde.m2 import (
     M2_SE2,
     check_orientations,
@@ -89,7 +86,7 @@ from ..pde.m2_rhs import M2_TERMS, M2SystemRHS, Pointwise
 from ..pde.stencils import BOUNDARIES, MIN_GAUSSIAN_SIGMA
 from .centering import recenter
 from .inputs import ModelInput, check_model_input, require_image_size
-from .invariant_pde import MAX_BLOCKS, smallest_image
+from .invariant_pde import MAX_BLOCKS, run_stages, smallest_image
 from .perceptron import Standardize
 from .pooling import AntiAliasedDownsample, OrientationMaxPool, downsampled_size, lowpass_radius
 
@@ -580,29 +577,7 @@ class LiftedPDENet(nn.Module):
         :class:`~eqpdenet.errors.NonFiniteStateError`, explained by the input's range)."""
         entered = check_model_input(self, images)
         u = self._lifted(images, entered)
-        stages = self.stages[:count]
-        blocks = [m for m in stages.modules() if isinstance(m, EulerStep)]
-        # an exported graph reports nothing; under vmap no value can be read; an empty batch
-        # has no extremes
-        check = not exporting() and not vmapped(u) and u.numel() > 0
-        finite = []
-        with input_checked(*blocks):  # checked on entry: no host read per block
-            for stage in stages:
-                for module in stage:
-                    u = module(u)
-                    if check and isinstance(module, EulerStep):  # on the device
-                        # NaN and inf show in the extremes: one pass, and no temporary the
-                        # size of the field (isfinite(u).all() writes one per block)
-                        finite.append(torch.stack(torch.aminmax(u.detach())).isfinite().all())
-        if finite:
-            try:  # the first block whose state was not finite, as "its Euler step 1"
-                report_non_finite([b.name for b in blocks], [b.dt for b in blocks],
-                                  (~torch.stack(finite)).to(torch.int64))
-            except NonFiniteStateError as error:
-                values = (entered.low, entered.high)
-                raise error.with_hint(self.standardize.explain(*values)
-                                      or input_range_hint(*values)) from None
-        return u
+        return run_stages(self.stages[:count], u, entered, self.standardize)
 
     def fields(self, images: Tensor) -> Tensor:
         """The fields ``(S B, C, N, h, w)`` after the last stage (``S`` scale copies)."""
