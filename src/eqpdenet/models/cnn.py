@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from ..checks import require, require_int
-from .inputs import check_model_input, require_image_size
+from .inputs import check_model_input, family_options, require_image_size
 from .perceptron import Standardize
 
 __all__ = ["CNN", "CNNConfig"]
@@ -58,7 +58,7 @@ class CNN(nn.Module):
     def __init__(self, cnn: CNNConfig | None = None, image_size: int = 28, in_channels: int = 1,
                  classes: int = 10, input_mean: float = 0.0, input_std: float = 1.0):
         super().__init__()
-        self.config = cnn = cnn or CNNConfig()
+        self.config = cnn = family_options(cnn, CNNConfig, "cnn")
         pools = int(1 <= cnn.pool_after <= cnn.layers)
         #: A 2x2 max pooling needs at least 2 pixels a side.
         self.min_image_size = 2**pools

@@ -25,7 +25,7 @@ from ..checks import check_images, require, require_int, require_lists, require_
 from ..errors import MissingDependencyError
 from ..geometry import halvings_stay_even
 from .centering import recenter
-from .inputs import check_model_input, require_image_size
+from .inputs import check_model_input, family_options, require_image_size
 from .perceptron import Standardize
 
 __all__ = ["GCNN", "GCNNConfig"]
@@ -123,7 +123,7 @@ class GCNN(nn.Module):
                  classes: int = 10, input_mean: float = 0.0, input_std: float = 1.0):
         super().__init__()
         gspaces, enn = _e2cnn()
-        self.config = gcnn = gcnn or GCNNConfig()
+        self.config = gcnn = family_options(gcnn, GCNNConfig, "gcnn")
         #: Each 2x2 max pooling halves the image (rounding down): k of them need 2^k pixels.
         self.min_image_size = 2 ** len(set(gcnn.pool_after))
         self.image_size = require_image_size(

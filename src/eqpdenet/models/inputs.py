@@ -41,14 +41,17 @@ that skips this function fails there.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from typing import NamedTuple
 
 from torch import Tensor, nn
 
 from ..checks import check_images, check_values, match_dtype, module_dtype, require, require_int
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 
-__all__ = ["ModelInput", "check_model_input", "min_image_size", "require_image_size"]
+__all__ = ["ModelInput", "check_model_input", "family_options", "min_image_size",
+           "require_image_size"]
 
 
 class ModelInput(NamedTuple):
@@ -104,3 +107,23 @@ def check_model_input(model: nn.Module, images, what: str = "images") -> ModelIn
                 f"normalisation ({norm}), whose statistics need at least 2 images per batch; "
                 f"give 2 or more, or call model.eval() to use its running statistics")
     return ModelInput(match_dtype(images, module_dtype(model), what), low, high)
+
+
+def family_options(value, options_type: type, name: str):
+    """A family's options (``cnn``, ``gcnn``, ``invariant_pde``, ``lifted_pde``) as its dataclass
+    ``options_type``: None gives the defaults, an instance is taken as it is, a mapping of its
+    fields is checked as the dataclass checks them (an unknown field is a ConfigError naming it
+    and the fields there are); anything else is a ConfigError naming ``name`` and the type, not
+    an AttributeError from deep inside the constructor."""
+    if value is None:
+        return options_type()
+    if isinstance(value, options_type):
+        return value
+    if isinstance(value, Mapping):
+        known = {f.name for f in dataclasses.fields(options_type)}
+        unknown = sorted(str(key) for key in value if key not in known)
+        require(not unknown, name, f"unknown field(s) {', '.join(unknown)}; the fields are "
+                f"{', '.join(sorted(known))}")
+        return options_type(**value)
+    raise ConfigError(f"invalid config: {name}: must be a {options_type.__name__} or a mapping of "
+                      f"its fields, got {type(value).__name__}")

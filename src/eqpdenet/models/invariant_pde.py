@@ -44,7 +44,7 @@ from ..pde.invariants import DEFAULT_RATIO_EPS
 from ..pde.joint import DEFAULT_JET_FLOOR, JOINT_GROUPS
 from ..pde.rhs import InvariantSystemRHS, invariant_maps
 from ..pde.stencils import BOUNDARIES, STENCILS, Jet, stencil_has_scale
-from .inputs import ModelInput, check_model_input, require_image_size
+from .inputs import ModelInput, check_model_input, family_options, require_image_size
 from .perceptron import Standardize
 from .pooling import AntiAliasedDownsample, downsampled_size
 
@@ -206,7 +206,7 @@ class InvariantPDENet(nn.Module):
                  in_channels: int = 1, classes: int = 10, input_mean: float = 0.0,
                  input_std: float = 1.0):
         super().__init__()
-        self.config = config = invariant_pde or InvariantPDEConfig()
+        self.config = config = family_options(invariant_pde, InvariantPDEConfig, "invariant_pde")
         halvings = len(config.channels) - 1 if config.downsample != "none" else 0
         stencil = Jet(2, config.stencil, 1.0, config.boundary, sigma=_sigma(config))
         #: Every stage's jet needs ``stencil.min_image_size`` pixels a side, after the

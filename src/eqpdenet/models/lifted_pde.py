@@ -46,9 +46,7 @@ at scale ``s + 1`` much as the original at ``s``.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -66,7 +64,6 @@ from ..checks import (
     require_lists,
     require_positive,
 )
-from ..errors import ConfigError
 from ..geometry import halvings_stay_even
 from ..kernels.m2_op import KERNEL_ORIENTATIONS
 from ..kernels.op import KERNEL_BOUNDARIES
@@ -85,10 +82,15 @@ from ..pde.m2 import (
 from ..pde.m2_rhs import M2_TERMS, M2SystemRHS, Pointwise
 from ..pde.stencils import BOUNDARIES, MIN_GAUSSIAN_SIGMA
 from .centering import recenter
-from .inputs import ModelInput, check_model_input, require_image_size
+from .inputs import ModelInput, check_model_input, family_options, require_image_size
 from .invariant_pde import MAX_BLOCKS, run_stages, smallest_image
 from .perceptron import Standardize
-from .pooling import AntiAliasedDownsample, OrientationMaxPool, downsampled_size, lowpass_radius
+from .pooling import (
+    AntiAliasedDownsample,
+    OrientationMaxPool,
+    downsampled_size,
+    require_lowpass_fits,
+)
 
 __all__ = ["LiftedPDEConfig", "LiftedPDENet", "M2Lift"]
 
@@ -252,16 +254,9 @@ class LiftedPDEConfig:
         low-pass only averages the map out (its cost grows with ``sigma``: minutes and then out
         of memory from about 1e6), and ``reflect`` or ``circular`` padding would not be defined
         (:class:`~eqpdenet.models.pooling.AntiAliasedDownsample`)."""
-        if self.downsample != "blur" or len(self.channels) < 2:
-            return
-        radius = lowpass_radius(self.downsample_sigma)
-        sizes = self.stage_sizes(image_size)
-        size = min(sizes[:-1])  # every stage but the last is downsampled
-        require(radius < size, "lifted_pde.downsample_sigma",
-                f"the low-pass of std {self.downsample_sigma:g} px reaches {radius} px either "
-                f"side, as far as the {size}x{size} maps it would filter (stage sizes "
-                f"{sizes} for images of {image_size} px); use at most {(size - 1) / 3:g} px, or "
-                f"larger images")
+        if self.downsample == "blur":
+            require_lowpass_fits(self.downsample_sigma, self.stage_sizes(image_size),
+                                 "lifted_pde.downsample_sigma", image_size)
 
 
 class M2Lift(nn.Module):
@@ -440,7 +435,7 @@ class LiftedPDENet(nn.Module):
                  in_channels: int = 1, classes: int = 10, input_mean: float = 0.0,
                  input_std: float = 1.0):
         super().__init__()
-        self.config = config = _config(lifted_pde)
+        self.config = config = family_options(lifted_pde, LiftedPDEConfig, "lifted_pde")
         radius = config.radius()
         self.min_image_size = config.min_image_size()
         self.image_size = require_image_size(
@@ -604,23 +599,6 @@ class LiftedPDENet(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.classifier(self.features(images)).to(images.dtype)
-
-
-def _config(lifted_pde) -> LiftedPDEConfig:
-    """``lifted_pde`` as a :class:`LiftedPDEConfig` (None: the defaults; a mapping: its fields,
-    checked as the dataclass checks them), else a ConfigError naming what was given."""
-    if lifted_pde is None:
-        return LiftedPDEConfig()
-    if isinstance(lifted_pde, LiftedPDEConfig):
-        return lifted_pde
-    if isinstance(lifted_pde, Mapping):
-        known = {f.name for f in dataclasses.fields(LiftedPDEConfig)}
-        unknown = sorted(str(key) for key in lifted_pde if key not in known)
-        require(not unknown, "lifted_pde", f"unknown field(s) {', '.join(unknown)}; the fields "
-                f"are {', '.join(sorted(known))}")
-        return LiftedPDEConfig(**lifted_pde)
-    raise ConfigError(f"invalid config: lifted_pde: must be a LiftedPDEConfig or a mapping of "
-                      f"its fields, got {type(lifted_pde).__name__}")
 
 
 def _channel_maps_moved(module, state_dict, prefix, *args) -> None:

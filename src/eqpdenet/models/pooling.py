@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import require_positive
+from ..checks import require, require_positive
 from ..pde.stencils import BOUNDARIES
 
 __all__ = ["AntiAliasedDownsample", "OrientationMaxPool", "downsampled_size", "gaussian_lowpass_weights",
@@ -50,6 +50,22 @@ def lowpass_radius(sigma: float, truncate: float = LOWPASS_TRUNCATE) -> int:
     """``R = max(1, ceil(truncate sigma))``, the half-width of :func:`gaussian_lowpass_weights`
     in pixels, without building them (what a size check needs before any work)."""
     return max(1, math.ceil(truncate * sigma))
+
+
+def require_lowpass_fits(sigma: float, sizes: list[int], field: str, image_size: int) -> None:
+    """A ConfigError naming ``field`` where the ``blur`` low-pass of std ``sigma`` reaches as far
+    as the maps it filters (``sizes``: the side of each stage's maps for images of
+    ``image_size`` pixels, all but the last downsampled): such a low-pass only averages the map
+    out, its cost grows with ``sigma`` (minutes and then out of memory from about 1e6), and
+    ``reflect`` or ``circular`` padding would not be defined (:class:`AntiAliasedDownsample`)."""
+    if len(sizes) < 2:
+        return
+    radius, size = lowpass_radius(sigma), min(sizes[:-1])
+    require(radius < size, field,
+            f"the low-pass of std {sigma:g} px reaches {radius} px either side, as far as the "
+            f"{size}x{size} maps it would filter (stage sizes {sizes} for images of "
+            f"{image_size} px); use at most "
+            f"{(size - 1) / LOWPASS_TRUNCATE:g} px, or larger images")
 
 
 def gaussian_lowpass_weights(sigma: float, truncate: float = LOWPASS_TRUNCATE) -> Tensor:
