@@ -442,3 +442,19 @@ def test_a_sweep_worker_loads_its_data_under_the_commands_progress(monkeypatch, 
     assert sweeps._worker((runner, "k", to_dict(ExperimentConfig()), None, None, 1, None, {},
                            progress)) == {"data": "data"}
     assert seen == [progress]
+
+
+def test_a_download_onto_a_dangling_link_keeps_the_link(server, tmp_path):
+    """A data folder whose missing file is a link into a shared folder: the download goes where
+    the link points (it used to replace the link by a regular file)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (tmp_path / "mnist").mkdir()
+    for key in ("train_images", "train_labels", "test_images"):
+        src = find_mnist_file(data_dir_or_skip(), key)
+        os.symlink(src, tmp_path / "mnist" / src.name)
+    link = tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz"
+    link.symlink_to(shared / "t10k-labels-idx1-ubyte.gz")
+    load_mnist(tmp_path, mirrors=[f"{server}/good/"], progress=False)
+    assert link.is_symlink() and (shared / "t10k-labels-idx1-ubyte.gz").is_file()
+    assert not [p for p in tmp_path.rglob("*.part")]

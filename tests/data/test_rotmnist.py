@@ -179,6 +179,27 @@ def test_save_cache_is_atomic(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+
+def test_the_caches_write_through_a_symbolic_link_and_keep_it(tmp_path):
+    """A cache reached through a link (a shared data folder linked into the user's) is written
+    where the link leads, as every other writer of eqpdenet does; it used to replace the link."""
+    data = generate_rotmnist(mnist_or_skip(), seed=0, n_train=20, n_test=20)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    for name, write in [("c.npz", lambda p: save_cache(p, data)),
+                        ("t.amat", lambda p: write_amat(p, data.test_images, data.test_labels))]:
+        link = tmp_path / name
+        link.symlink_to(shared / name)  # dangling: the file goes where it points
+        write(link)
+        assert link.is_symlink() and (shared / name).is_file()
+        before = (shared / name).read_bytes()
+        write(link)  # and a second write replaces the file, not the link
+        assert link.is_symlink() and (shared / name).read_bytes() == before
+        assert not [p for p in tmp_path.rglob("*.part")]
+    assert load_cache(tmp_path / "c.npz", data.params).test_labels.tolist() == \
+        data.test_labels.tolist()
+
+
 # ------------------------------------------------------------------ official .amat files
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataFileError, DownloadError
-from ..files import remove_stale_beside, temporary_beside
+from ..files import link_target, remove_stale_beside, temporary_beside
 
 __all__ = [
     "DataFileError",
@@ -275,6 +275,7 @@ def _fetch_verified(url: str, target: Path, spec: IdxSpec, *, timeout: float, de
     a response that grows beyond any such file (:func:`_largest_download`) or takes longer than
     ``deadline`` seconds in all (a server that trickles bytes never meets the socket timeout)."""
     limit, start = _largest_download(spec), time.monotonic()
+    target = link_target(target)  # a symbolic link (a dangling one) is written through, kept
     fd, tmp = temporary_beside(target, ".part")
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:

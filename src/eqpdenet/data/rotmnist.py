@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, DataFileError
-from ..files import remove_stale_beside, temporary_beside
+from ..files import link_target, remove_stale_beside, temporary_beside
 from ..geometry import rotate, rotate_about_mass
 from .mnist import MNIST, MNIST_FILES, load_mnist, resolve_cache_dir, resolve_data_dir
 
@@ -208,7 +208,7 @@ def write_amat(path: str | os.PathLike, images: Tensor | np.ndarray, labels: Ten
     if images.shape[1] != IMAGE_SIZE * IMAGE_SIZE or labels.shape != (len(images),):
         raise ConfigError(f"expected (N, 784) pixels and (N,) labels, got {images.shape} and {labels.shape}")
     table = np.concatenate([images.astype(np.float64), labels.astype(np.float64)[:, None]], axis=1)
-    path = Path(path)
+    path = link_target(path)  # a symbolic link is written through, never replaced
     remove_stale_beside(path, ".part", age=PART_AGE, grace=PART_GRACE)  # killed writers' files
     fd, tmp = temporary_beside(path, ".part")
     try:
@@ -394,8 +394,9 @@ def cache_path(cache_dir: str | os.PathLike | None, params: dict) -> Path:
 
 def save_cache(path: str | os.PathLike, data: RotMNIST) -> Path:
     """Write ``data`` to ``path`` as ``.npz`` (atomically), with its params and content hash;
-    the temporary files of earlier writers of ``path`` that were killed are removed first."""
-    path = Path(path)
+    the temporary files of earlier writers of ``path`` that were killed are removed first. A
+    symbolic link at ``path`` is written through (the file it leads to), never replaced."""
+    path = link_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_beside(path, ".part", age=PART_AGE, grace=PART_GRACE)
     arrays = {key: getattr(data, key).numpy() for key in _ARRAY_KEYS if getattr(data, key) is not None}
