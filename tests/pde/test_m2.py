@@ -199,3 +199,15 @@ def test_the_image_pde_layer_refuses_the_m2_set_with_a_clear_error():
         LayerConfig(invariants=["se2", "m2"])
     with pytest.raises(ConfigError, match="lifted_pde"):
         InvariantRHS("m2")
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 6])
+def test_the_jet_alone_refuses_orientations_that_are_not_a_positive_multiple_of_4(n):
+    """N = 0 divided by zero in the orientation differences; 1, 2 and 6 were taken silently,
+    where the model and the right-hand sides refuse them."""
+    from eqpdenet.errors import InputError
+    from eqpdenet.pde.m2 import M2Jet
+
+    with pytest.raises(InputError, match=rf"positive multiple of 4 orientations .*got shape "
+                                         rf"\(1, 2, {n}, 9, 9\)"):
+        M2Jet(1.0)(torch.rand(1, 2, n, 9, 9))

@@ -287,6 +287,12 @@ class M2Jet(nn.Module):
                           for chunk, sigma in zip(chunks, self.sigmas, strict=True)], dim=0)
 
     def forward(self, u: Tensor) -> Tensor:
+        if u.dim() < 3 or u.shape[-3] < 4 or u.shape[-3] % 4:
+            # the lifted model's rule (quarter turns exact); N = 0 divided by zero in the
+            # orientation differences, and N = 1, 2, 6 were taken silently
+            raise InputError(f"M2Jet takes fields (..., orientations, height, width) on a "
+                             f"positive multiple of 4 orientations (so that quarter turns map "
+                             f"them onto themselves), got shape {tuple(u.shape)}")
         u0, ux, uy, uxx, uxy, uyy = self.spatial(u).unbind(-3)
         (gradient_t,) = orientation_derivatives(torch.stack([ux, uy], -4), dim=-3, order=1)
         ux_t, uy_t = gradient_t.unbind(-4)
