@@ -51,7 +51,7 @@ from ..data.mnist import MNIST_FILES
 from ..data.rotmnist import N_TRAIN as ROTMNIST_TRAIN
 from ..errors import ConfigError, OutputFolderError
 from ..pde.layer import PDELayer
-from .config import ExperimentConfig, build_model, to_toml
+from .config import DataConfig, ExperimentConfig, build_model, to_toml
 
 __all__ = ["FIXED_TRAINING_IMAGES", "PARAMETER_BYTES", "WORKER_BYTES", "allocation_failure",
            "at_data_size", "available_memory", "preflight", "resolve_device", "training_batches",
@@ -294,24 +294,25 @@ def at_data_size(run: ExperimentConfig, shape: DatasetShape | None) -> Experimen
     return run
 
 
-def _data_images(run: ExperimentConfig, shape: DatasetShape) -> int:
-    """The number of training images of ``run`` on the data set of ``shape``, or the
-    :class:`ConfigError` that loading its data would raise (with the same message) where
-    ``data.validation``, ``data.train_subset`` or ``data.test_subset`` ask for more images than
-    it has."""
-    data, name = run.data, run.data.dataset
-    if data.validation >= shape.train:
+def check_split_sizes(data: DataConfig, train: int, test: int, name: str) -> int:
+    """The training images that ``data`` keeps of a data set ``name`` with ``train`` training
+    and ``test`` test images (its ``validation`` held out), or the :class:`ConfigError` naming
+    the field where ``data.validation``, ``data.train_subset`` or ``data.test_subset`` asks for
+    more images than there are: one rule for the loaded data
+    (:func:`~eqpdenet.app.training.prepare_data`) and for the sizes read from a file's headers
+    before any run (:func:`preflight`)."""
+    if data.validation >= train:
         raise ConfigError(f"invalid config: data.validation: {data.validation} is not below "
-                          f"the {shape.train} training images of {name}")
-    keep = shape.train - data.validation
+                          f"the {train} training images of {name}")
+    keep = train - data.validation
     held = f" ({data.validation} held out for validation)" if data.validation else ""
     if data.train_subset > keep:
         raise ConfigError(f"invalid config: data.train_subset: {data.train_subset} is more than "
                           f"the {keep} training images of {name}{held}; use 0 for all")
-    if data.test_subset > shape.test:
+    if data.test_subset > test:
         raise ConfigError(f"invalid config: data.test_subset: {data.test_subset} is more than "
-                          f"the {shape.test} test images of {name}; use 0 for all")
-    return data.train_subset or keep
+                          f"the {test} test images of {name}; use 0 for all")
+    return keep
 
 
 def _which_run(key: str | None, side: int | None, run: ExperimentConfig) -> str:
@@ -357,7 +358,9 @@ def preflight(runs: Sequence[ExperimentConfig] | Mapping[str, ExperimentConfig],
                     shapes[spec] = dataset_shape(spec)
                 shape = shapes[spec]
                 if shape is not None and images is None:
-                    known = _data_images(run, shape)
+                    kept = check_split_sizes(run.data, shape.train, shape.test,
+                                             run.data.dataset)
+                    known = run.data.train_subset or kept
                 resized = at_data_size(run, shape)
                 if resized.model.image_size != run.model.image_size:
                     side = resized.model.image_size

@@ -55,7 +55,7 @@ from .config import (
 )
 from .files import atomic_write
 from .optim import LR_SCHEDULES, OPTIMIZERS
-from .preflight import preflight, resolve_device
+from .preflight import check_split_sizes, preflight, resolve_device
 from .progress import progress as progress_of
 
 __all__ = [
@@ -138,19 +138,9 @@ def prepare_data(config: DataConfig, data_dir=None, cache_dir=None) -> Data:
                            seed=config.rotmnist_seed, rotated=config.rotated,
                            rotation_centre=config.rotation_centre) \
         if config.dataset != "rotmnist" else _rotmnist(config, data_dir, cache_dir)
-    if config.validation >= len(dataset.train_images):
-        raise ConfigError(f"invalid config: data.validation: {config.validation} is not below "
-                          f"the {len(dataset.train_images)} training images of {dataset.name}")
     train_x, train_y = dataset.train_images, dataset.train_labels
-    keep = len(train_x) - config.validation
+    keep = check_split_sizes(config, len(train_x), len(dataset.test_images), dataset.name)
     held = f" ({config.validation} held out for validation)" if config.validation else ""
-    if config.train_subset > keep:
-        raise ConfigError(f"invalid config: data.train_subset: {config.train_subset} is more than "
-                          f"the {keep} training images of {dataset.name}{held}; use 0 for all")
-    if config.test_subset > len(dataset.test_images):
-        raise ConfigError(f"invalid config: data.test_subset: {config.test_subset} is more than "
-                          f"the {len(dataset.test_images)} test images of {dataset.name}; use 0 "
-                          f"for all")
     train = Split(train_x[:keep], train_y[:keep]).head(config.train_subset)
     test = Split(dataset.test_images, dataset.test_labels).head(config.test_subset)
     _check_split_classes(config, dataset, train, test, held)
