@@ -464,6 +464,17 @@ class Jet(nn.Module):
         """The smallest image side this jet takes (:func:`boundary_min_size`)."""
         return boundary_min_size(self.boundary, self.weight.shape[-1] // 2)
 
+    def _apply(self, fn, recurse=True):
+        # The buffer is not in state_dict, so a cast would be for good: a module once moved to
+        # float32 (``.float()``, ``.to(torch.float16)``) and back to float64 kept the rounded
+        # stencil. Rebuilt from its float64 definition at whatever dtype and device the move
+        # gave it, a float64 module's stencil is exact whatever its history.
+        super()._apply(fn, recurse)
+        moved = self.weight
+        self.weight = jet_weight(self.order, self.stencil, self.spacing, moved.dtype, moved.device,
+                                 self.sigma)
+        return self
+
     def forward(self, u: Tensor) -> Tensor:
         """``(B, C, H, W)`` -> ``(B, C, D, H, W)`` (``u`` is checked by the caller)."""
         return apply_jet_weight(u, self.weight, self.boundary)
