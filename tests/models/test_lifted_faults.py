@@ -181,6 +181,11 @@ def test_lifted_pieces_return_the_inputs_lower_precision(backend):
             torch.testing.assert_close(piece(u), piece(u.float()).half(), rtol=0, atol=0)
     fused = M2SystemRHS(3, backend=backend).euler_step(u, 1.0)
     assert fused is None or fused.dtype == torch.float16
+    rhs = M2SystemRHS(3, backend=backend)  # its readings, called alone: the same rule
+    weight = torch.randn(4, 3, 10)
+    torch.testing.assert_close(rhs.invariants(u), rhs.invariants(u.float()).half(), rtol=0, atol=0)
+    torch.testing.assert_close(rhs.mixed_invariants(u, weight),
+                               rhs.mixed_invariants(u.float(), weight).half(), rtol=0, atol=0)
 
 
 def test_an_m2_system_alone_checks_its_values_once():

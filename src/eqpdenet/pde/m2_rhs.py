@@ -349,17 +349,18 @@ class M2SystemRHS(nn.Module):
     def mixed_invariants(self, u: Tensor, weight: Tensor) -> Tensor:
         """``sum_{c, j} weight[o, c, j] I_j(u^c)``: ``(B, C, N, H, W)``, ``(O, C, 10)`` ->
         ``(B, O, N, H, W)``."""
+        given = u.dtype
         if self._cache is None and not self._input_checked:  # from outside forward
-            u = self._fields(u)
+            u = self._fields(u)  # in this module's dtype; the result in the input's (enter's rule)
         if self.fused(u, weight):
             return m2_mix_invariants(u, weight, separable_stencils(self.jet.sigmas),
-                                     orientation_frame(u.shape[2]), self.jet.boundary)
+                                     orientation_frame(u.shape[2]), self.jet.boundary).to(given)
         invariants = self.invariants(u)                      # (B, C, 10, N, H, W)
         batch, channels, count, n, height, width = invariants.shape
         # matmul, not einsum (onnxruntime's Einsum fails on an empty batch; see Pointwise)
         mixed = torch.matmul(weight.reshape(weight.shape[0], channels * count),
                              invariants.reshape(batch, channels * count, n * height * width))
-        return mixed.view(batch, weight.shape[0], n, height, width)
+        return mixed.view(batch, weight.shape[0], n, height, width).to(given)
 
     def invariants(self, u: Tensor) -> Tensor:
         """``(B, C, N, H, W) -> (B, C, 10, N, H, W)`` (computed once per call of forward and
@@ -367,8 +368,9 @@ class M2SystemRHS(nn.Module):
         cached = self._cache
         if cached and cached[0] is u:
             return cached[1]
+        given = u.dtype
         if cached is None and not self._input_checked:  # from outside forward
-            u = self._fields(u)
+            u = self._fields(u)  # in this module's dtype; the result in the input's (enter's rule)
         # the identity built only where the fused operator takes it: an exported graph (the
         # reference) then holds no eye, which ONNX writes as operators onnxruntime lacks
         identity = (torch.eye(self.channels * len(M2_SE2), dtype=u.dtype, device=u.device)
@@ -383,7 +385,7 @@ class M2SystemRHS(nn.Module):
             invariants = self.invariant_set(self.jet(u))
         if cached is not None:
             self._cache = (u, invariants)
-        return invariants
+        return invariants.to(given)
 
     def euler_step(self, u: Tensor, dt: float) -> Tensor | None:
         """``u + dt F(u)`` by fused operators where ``F`` is the ``network`` term alone with
