@@ -68,7 +68,7 @@ from torch import Tensor, nn
 
 from .checks import check_images, export_mode
 from .errors import ConfigError, ExportError, InputError, MissingDependencyError, OutputFolderError
-from .files import link_target, remove_stale_beside, temporary_beside
+from .files import STALE_AGE, STALE_GRACE, link_target, remove_stale_beside, temporary_beside
 from .registry import Registry
 
 __all__ = [
@@ -100,16 +100,11 @@ ONNX_OPSET = 18
 VERIFY_BATCH = 100
 #: The operator namespaces every runtime knows (PyTorch's own); any other is a custom operator.
 STANDARD_NAMESPACES = ("aten", "prims")
-#: Seconds after its last write that a temporary file beside ``out`` whose lock no writer holds
-#: is taken for a killed export's and removed (:func:`eqpdenet.files.remove_stale_beside`): a
-#: live export holds the lock from an instant after it creates the file until after its rename.
-STALE_GRACE = 10.0
 #: The ending of the temporary file an export writes and verifies beside ``out``
-#: (``.<name>.XXXXXXXX.tmp``).
+#: (``.<name>.XXXXXXXX.tmp``); one a killed export left is removed by the next, after
+#: :data:`~eqpdenet.files.STALE_GRACE` seconds untouched with its lock free
+#: (:data:`~eqpdenet.files.STALE_AGE` where locks cannot be tested).
 STAGING_SUFFIX = ".tmp"
-#: The same where the lock cannot be tested (a file system without locks): longer than any
-#: export writes and verifies.
-STALE_AGE = 24 * 3600.0
 
 Runner = Callable[[Tensor], Tensor]
 

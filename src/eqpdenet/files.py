@@ -35,7 +35,14 @@ try:
 except ImportError:  # not POSIX: no lock to tell a live writer by; the age rule alone applies
     fcntl = None
 
-__all__ = ["link_target", "remove_stale_beside", "temporary_beside"]
+__all__ = ["STALE_AGE", "STALE_GRACE", "link_target", "remove_stale_beside", "temporary_beside"]
+
+#: Seconds after its last write that a temporary file whose lock no writer holds is taken for a
+#: killed writer's (:func:`remove_stale_beside`'s ``grace``): a live writer holds the lock from an
+#: instant after it creates the file until after its rename.
+STALE_GRACE = 10.0
+#: The same where the lock cannot be tested (a file system without locks): longer than any write.
+STALE_AGE = 24 * 3600.0
 
 #: The most links :func:`link_target` follows, as Linux's path resolution (``ELOOP`` beyond).
 MAX_LINKS = 40

@@ -338,6 +338,34 @@ def test_atomic_write_writes_a_pipe_in_place_and_never_replaces_it(tmp_path):
         files.atomic_write(tmp_path, b"x")
 
 
+def test_atomic_write_removes_killed_writers_files_beside_its_target_wherever_it_is(tmp_path):
+    """A write through a link into another folder (or to a file in no marked folder) has no lock
+    holder to sweep a killed writer's temporary file there: the next write to the same file does,
+    and never a live writer's (its lock held)."""
+    import os
+    import time
+
+    from eqpdenet.files import STALE_GRACE, temporary_beside
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    link = tmp_path / "summary.json"
+    link.symlink_to(elsewhere / "summary.json")
+    killed, _ = temporary_beside(elsewhere / "summary.json", files.TEMPORARY_SUFFIX)
+    os.close(killed)  # its writer gone: the lock released, the file left
+    (stale,) = [p for p in elsewhere.iterdir()]
+    live, writing = temporary_beside(elsewhere / "summary.json", files.TEMPORARY_SUFFIX)
+    try:
+        old = time.time() - STALE_GRACE - 5  # "untouched for STALE_GRACE seconds", no waiting
+        for path in (stale, writing):
+            os.utime(path, (old, old))
+        files.atomic_write(link, b"{}\n")
+        assert link.is_symlink() and link.read_bytes() == b"{}\n"
+        assert sorted(p.name for p in elsewhere.iterdir()) == sorted(["summary.json", writing.name])
+    finally:
+        os.close(live)
+
+
 def test_the_splits_a_run_uses_must_hold_the_classes(tmp_path):
     """A file sorted by class: the first training images (train_subset) are one class, the last
     ones (validation) hold a class back, the first test images (test_subset) are one class.

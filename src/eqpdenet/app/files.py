@@ -6,6 +6,10 @@ then a rename), so a killed job never leaves a half-written file. A process kill
 ``.<name>.<random>.eqpdenet.tmp``; the writer lock of the folder removes such files when it is
 taken and when it is released (:func:`remove_stale_temporaries`, called by
 :func:`eqpdenet.app.locks.hold`), so none outlives the next command, nor an interrupted one.
+A file written outside such a folder (``evaluate --json``, a link's target in another folder) has
+no lock holder to sweep it: every write first removes the killed writers' files beside its own
+target (:func:`eqpdenet.files.remove_stale_beside`: unlocked and untouched for
+:data:`~eqpdenet.files.STALE_GRACE` seconds).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import os
 from pathlib import Path
 
 from ..errors import DataFileError, OutputFolderError
-from ..files import link_target, temporary_beside
+from ..files import STALE_AGE, STALE_GRACE, link_target, remove_stale_beside, temporary_beside
 
 __all__ = ["TEMPORARY_SUFFIX", "append_jsonl", "atomic_write", "check_output_file", "make_folder",
            "read_jsonl", "read_jsonl_lines", "remove_stale_temporaries", "save_figure"]
@@ -121,6 +125,7 @@ def atomic_write(path: Path, data: bytes) -> None:
         return
     try:
         target = link_target(path)
+        remove_stale_beside(target, TEMPORARY_SUFFIX, age=STALE_AGE, grace=STALE_GRACE)
         fd, tmp = temporary_beside(target, TEMPORARY_SUFFIX)
     except OSError as error:  # named by the file wanted, not by the temporary one
         raise _naming(error, path) from None
