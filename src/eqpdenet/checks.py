@@ -153,9 +153,7 @@ def check_images(u, what: str = "images", *, channels: int | None = None,
     return u
 
 
-# Outside torch.compile's tracing: dynamo cannot trace functorch's wrapper queries (it warned
-# and broke the graph here anyway); run eagerly, the answer is the same.
-@torch.compiler.disable
+
 def vmapped(tensor: Tensor) -> bool:
     """Whether ``tensor`` is batched by ``torch.func.vmap`` (at any level of nested
     ``torch.func`` transforms): its values cannot be read on the host."""

@@ -191,7 +191,6 @@ torch.library.register_autograd("eqpdenet::m2_update", _update_backward,
                                 setup_context=_update_setup_context, lib=_LIBRARY)
 
 
-@torch.compiler.disable  # host-side, outside tracing, as op.unsupported_reason
 def m2_unsupported_reason(u: Tensor, weight: Tensor, boundary: str,
                           radius: int) -> str | None:
     """Why :func:`m2_mix_invariants` cannot run on these arguments (None if it can)."""

@@ -122,11 +122,6 @@ DEVICE_RATIO_REGULARISATIONS: dict[str, tuple[str, ...]] = {}
 _LIBRARY = torch.library.Library("eqpdenet", "DEF")
 
 
-# The host-side choices below (transform_reason, unsupported_reason) run outside torch.compile's
-# tracing: traced, their loops over every PDE's parameters (1-D weights, 0-D biases) made dynamo
-# recompile the resumed frame once per tensor rank until its recompile limit, and walked into the
-# extension loader (hashing its source); their answer only chooses the path, it computes nothing.
-@torch.compiler.disable
 def transform_reason(*tensors: Tensor | None) -> str | None:
     """Why no fused operator may take these tensors, or None: they carry a forward-mode tangent
     (``torch.autograd.forward_ad``, ``torch.func.jvp``) or are wrapped by a ``torch.func``
@@ -256,7 +251,6 @@ def _has_supported_form(k: Tensor) -> bool:
     )
 
 
-@torch.compiler.disable
 def unsupported_reason(u: Tensor, specs: Sequence[PDESpec]) -> str | None:
     """Why the fused operator cannot evolve ``u`` under ``specs`` (None if it can)."""
     reason = transform_reason(u, *(p for s in specs for p in (s.weight, s.bias)))
