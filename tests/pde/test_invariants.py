@@ -331,7 +331,8 @@ def test_registered_sets_pickle_as_their_names_and_others_as_objects():
     # Registered sets hold lambdas, which pickle cannot store: they pickle (and deep-copy) as
     # the name they are registered under, so that models holding them save whole. A set that
     # is not the registered one of its name pickles by value (here its functions are
-    # module-level, which pickle can store).
+    # module-level, which pickle can store). A compiled set registered by another test pickles
+    # as its recipe (tests/pde/test_symbolic_faults.py) and is shared by deepcopy.
     import copy
     import pickle
 
@@ -339,7 +340,8 @@ def test_registered_sets_pickle_as_their_names_and_others_as_objects():
 
     for name in INVARIANT_SETS.names():
         registered = INVARIANT_SETS.get(name)
-        assert pickle.loads(pickle.dumps(registered)) is registered
+        if getattr(registered, "compiled_from", None) is None:
+            assert pickle.loads(pickle.dumps(registered)) is registered
         assert copy.deepcopy(registered) is registered
     own = InvariantSet("se2", "a copy under a taken name", 0,
                        [Invariant("u", "u", "u", _value_of_u)])

@@ -390,3 +390,34 @@ def test_devices(device):
     expected = module(jets)
     torch.testing.assert_close(module.to(device)(jets.to(device)).cpu(), expected,
                                rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- bounds
+
+
+@pytest.mark.parametrize("group", ["se2", "sim2"])
+@pytest.mark.parametrize("mixtures", [None, 1, 3])
+@pytest.mark.parametrize("channels", [1, 2, 5])
+def test_the_map_count_is_known_before_building(channels, group, mixtures):
+    from eqpdenet.pde.joint import joint_map_count
+
+    module = JointInvariants(channels, group, mixtures=mixtures)
+    assert joint_map_count(channels, group, mixtures) == module.out_channels
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    ((400,), r"invalid config: channels: joint='all' \(every pair and triple\) of 400 channels: "
+             r"32,321,000 invariant maps, more than the bound of 20,000"),
+    ((150,), r"channels: .* 1,732,875 invariant maps"),
+    ((33,), r"channels: .* 20,229 invariant maps"),
+    ((10, "se2", 40), r"mixtures: joint='mixtures' with mixtures=40 of 10 channels: 35,270"),
+])
+def test_joint_invariants_are_bounded_before_anything_is_built(arguments, message):
+    """JointInvariants(150) took more than 30 s to set up (400: 32 million maps)."""
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=message):
+        JointInvariants(*arguments)
+    assert time.perf_counter() - start < 0.1
+    assert JointInvariants(32).out_channels == 18_512  # the default model's widest stage

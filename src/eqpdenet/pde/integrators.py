@@ -14,7 +14,9 @@ Stability. Explicit Euler with learned coefficients can blow up. For the diffusi
 ``a (u_xx + u_yy)`` of ``F`` (of its linearisation at ``u = 0`` for a polynomial ``F``) the scheme
 is stable only if ``0 <= a dt <= 2 / lambda_max`` where ``lambda_max`` is the largest eigenvalue
 of the discrete ``-Laplacian`` (``8 / h^2`` for the ``central`` stencil, i.e. ``a dt <= h^2 / 4``):
-:meth:`EulerStep.stability` reports it for the current coefficients. This bound is *checked and
+:meth:`EulerStep.stability` reports it for the current coefficients, and for a linearisation
+with terms of other orders (a compiled set holding ``Δ²u`` or ``u_x``) the von Neumann condition
+``|1 + dt sigma| <= 1`` on the symbol ``sigma`` of all of them. This bound is *checked and
 reported*, not enforced, because the coefficients are learned and the other (nonlinear) terms
 have no such simple bound. What is enforced: by default every state is checked, and a non-finite
 one raises :class:`~eqpdenet.errors.NonFiniteStateError` naming the PDE and the first bad step,
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -201,50 +204,137 @@ class EulerStep(nn.Module):
         return step if x is u else step.to(u.dtype)
 
     def stability(self) -> dict:
-        """The linear diffusion stability check of the right-hand side linearised at ``u = 0``.
+        """The von Neumann stability check of the right-hand side linearised at ``u = 0``.
 
-        ``{"pde", "dt", "diffusivity", "a_dt", "max_a_dt", "second_order", "max_rate_dt",
-        "max_dt", "stable"}``. ``second_order`` is ``(c_xx, c_xy, c_yy)``, the second-order part
-        of ``F`` linearised at ``u = 0``
-        (:meth:`~eqpdenet.pde.rhs.InvariantRHS.linearised_second_order`), or None where there is
-        none to check (then ``stable`` is None too).
+        ``{"pde", "dt", "diffusivity", "a_dt", "max_a_dt", "second_order", "linear_part",
+        "max_rate_dt", "max_dt", "stable", "reason"}``. ``linear_part`` is ``{name: c_J}``, the
+        nonzero terms of ``F`` linearised at ``u = 0`` over every order of the jet
+        (:meth:`~eqpdenet.pde.rhs.InvariantRHS.linearisation`), ``second_order`` its
+        ``(c_xx, c_xy, c_yy)`` (:meth:`~eqpdenet.pde.rhs.InvariantRHS.linearised_second_order`);
+        None where there is nothing to check: ``F`` is not a
+        :class:`~eqpdenet.pde.rhs.MonomialF`, or no invariant of the set has a linear term of
+        order >= 1 (then ``stable`` is None too). ``reason`` says why a scheme is not stable,
+        or why nothing was checked.
 
-        * Isotropic (``c_xx = c_yy = a``, ``c_xy = 0``: every rotation-invariant set): ``a`` is
-          ``diffusivity`` and the check is ``0 <= a dt <= 2 / lambda_max`` (``max_a_dt``),
-          ``lambda_max`` the largest eigenvalue of the stencil's ``-(u_xx + u_yy)``.
-        * Anisotropic (a compiled set of a group without rotations, holding ``u_xx``, ``u_xy``,
-          ``u_yy`` apart): Euler multiplies the mode of frequency ``omega`` by
-          ``1 + dt sigma(omega)``, ``sigma`` the symbol of the stencil's
-          ``c_xx u_xx + c_xy u_xy + c_yy u_yy``; stable iff the coefficients are elliptic (the
-          matrix ``[[c_xx, c_xy / 2], [c_xy / 2, c_yy]]`` positive semi-definite: the
-          anisotropic ``0 <= a``) and ``-dt sigma <= 2`` at every frequency. ``max_rate_dt`` is
-          ``max(-dt sigma)`` (``a dt lambda_max`` in the isotropic case).
+        Euler multiplies the Fourier mode of frequency ``omega`` by ``g = 1 + dt sigma(omega)``
+        per step, ``sigma`` the symbol of the stencil's ``sum_J c_J u_J``; "stable" means
+        ``|g| <= 1`` at every frequency, or ``<= 1 + dt c_u`` where the reaction term ``c_u u``
+        has ``c_u > 0`` (the PDE's own growth, not the scheme's). A negative ``c_u`` counts in
+        full: ``dt c_u < -2`` alone blows up.
 
-        ``max_dt`` is the largest ``dt`` the upper bound allows (None where it allows any). The
-        upper bound is met within :data:`STABILITY_RTOL` (``2 / lambda_max`` is computed, not
-        exact: ``a dt = 0.375`` exactly at the ``isotropic`` bound ``2 / (16 / 3)``, which
+        * Isotropic (only ``u``, ``c_xx = c_yy = a``, ``c_xy = 0``: every rotation-invariant set
+          of order 2): ``a`` is ``diffusivity`` and the check is ``0 <= a dt <= 2 / lambda_max``
+          (``max_a_dt``), ``lambda_max`` the largest eigenvalue of the stencil's
+          ``-(u_xx + u_yy)``, with ``dt (a lambda_max - c_u) <= 2`` where ``c_u < 0``.
+        * Anisotropic (only ``u`` and second-order terms: a compiled set of a group without
+          rotations, holding ``u_xx``, ``u_xy``, ``u_yy`` apart): stable iff the coefficients are
+          elliptic (the matrix ``[[c_xx, c_xy / 2], [c_xy / 2, c_yy]]`` positive semi-definite:
+          the anisotropic ``0 <= a``) and ``-dt (sigma + min(c_u, 0)) <= 2`` at every frequency.
+        * Any other term (first order, order > 2: a compiled set such as ``u, Δu, Δ²u`` or one
+          holding ``u_x``): the modulus of ``g`` on a grid of
+          :data:`~eqpdenet.pde.rhs.SYMBOL_POINTS` squared frequencies. A frequency where
+          ``Re sigma > max(c_u, 0)``, or where ``Re sigma = max(c_u, 0)`` and ``sigma`` is not
+          (pure advection, ``u_t = u_x``, which central differences with Euler amplify for
+          every ``dt``), grows whatever ``dt``; elsewhere ``|g| <= 1 + dt max(c_u, 0)`` holds up
+          to ``dt = -2 (Re sigma - c+) / (|sigma|^2 - c+^2)``.
+
+        ``max_rate_dt`` is ``2 dt / max_dt`` (``a dt lambda_max`` in the isotropic case,
+        ``max(-dt sigma)`` in the anisotropic one, without a negative ``c_u``; where no ``dt``
+        is bounded, ``max(0, -dt Re sigma)``): above 2, ``dt`` breaks the upper bound
+        (:func:`breaks_upper_bound`). ``max_dt`` is the largest ``dt`` the upper bound allows
+        (None where it allows any, or where no ``dt`` is stable and no frequency bounds it).
+        The upper bound is met within :data:`STABILITY_RTOL` (``2 / lambda_max`` is computed,
+        not exact: ``a dt = 0.375`` exactly at the ``isotropic`` bound ``2 / (16 / 3)``, which
         evaluates to ``0.37499999999999994``, counts as stable).
         """
         linearise = getattr(self.rhs, "linearised_second_order", None)
         second_order = None if linearise is None else linearise()
+        linearisation = getattr(self.rhs, "linearisation", None)
+        linear = None if linearisation is None else linearisation()
         eigenvalue = getattr(self.rhs, "laplacian_max_eigenvalue", None)
         bound = 2.0 / eigenvalue() if eigenvalue is not None else math.nan
         report = {"pde": self.name, "dt": self.dt, "diffusivity": None, "a_dt": None,
-                  "max_a_dt": bound, "second_order": second_order, "max_rate_dt": None,
-                  "max_dt": None, "stable": None}
+                  "max_a_dt": bound, "second_order": second_order,
+                  "linear_part": None if linear is None else {n: c for n, c in linear.items() if c},
+                  "max_rate_dt": None, "max_dt": None, "stable": None, "reason": None}
+        reaction = 0.0 if linear is None else linear.get("u", 0.0)
+        other = {} if linear is None else {
+            name: c for name, c in linear.items()
+            if c and name not in ("u", "u_xx", "u_xy", "u_yy")}
+        if other:
+            report["second_order"] = tuple(linear.get(n, 0.0) for n in ("u_xx", "u_xy", "u_yy"))
+            return self._symbol_check(report, linear, reaction, other)
         if second_order is None:
+            report["reason"] = ("nothing to check: no linear term of order >= 1 in F linearised "
+                                "at u = 0" if linear is not None or linearise is not None else
+                                f"nothing to check: {type(self.rhs).__name__} has no linearisation")
+            report["linear_part"] = None
             return report
+        # A decaying reaction term c_u u (c_u < 0) adds to the fastest decay; a growing one is
+        # the PDE's own growth, which the check allows (leaving it out is conservative).
+        decay = min(reaction, 0.0)
         c_xx, c_xy, c_yy = second_order
+        tolerance = 2.0 * (1.0 + STABILITY_RTOL)
         if c_xy == 0.0 and c_xx == c_yy:
             a = c_xx
-            report.update(diffusivity=a, a_dt=a * self.dt, max_rate_dt=2.0 * a * self.dt / bound,
-                          max_dt=bound / a if a > 0 else None,
-                          stable=bool(0.0 <= a * self.dt <= bound * (1.0 + STABILITY_RTOL)))
+            rate = 2.0 * a * self.dt / bound - decay * self.dt
+            upper = a * self.dt <= bound * (1.0 + STABILITY_RTOL) and (
+                decay == 0.0 or rate <= tolerance)
+            fastest = 2.0 * a / bound - decay
+            report.update(diffusivity=a, a_dt=a * self.dt, max_rate_dt=rate,
+                          max_dt=(bound / a if decay == 0.0 else 2.0 / fastest)
+                          if fastest > 0 and a >= 0 else None,
+                          stable=bool(0.0 <= a * self.dt and upper))
+            if a < 0:
+                report["reason"] = f"negative diffusivity {a:g}: anti-diffusion, which no dt mends"
+            elif not upper:
+                report["reason"] = f"dt = {self.dt:g} is above the explicit Euler bound"
             return report
         lowest, _ = self.rhs.second_order_symbol_range(second_order)
+        lowest += decay
         elliptic = c_xx >= 0.0 and c_yy >= 0.0 and c_xx * c_yy >= c_xy * c_xy / 4.0
+        upper = -lowest * self.dt <= tolerance
         report.update(max_rate_dt=-lowest * self.dt, max_dt=2.0 / -lowest if lowest < 0 else None,
-                      stable=bool(elliptic and -lowest * self.dt <= 2.0 * (1.0 + STABILITY_RTOL)))
+                      stable=bool(elliptic and upper))
+        if not elliptic:
+            report["reason"] = ("the second-order coefficients are not elliptic: "
+                                "anti-diffusion in some direction, which no dt mends")
+        elif not upper:
+            report["reason"] = f"dt = {self.dt:g} is above the explicit Euler bound"
+        return report
+
+    def _symbol_check(self, report: dict, linear: dict[str, float], reaction: float,
+                      other: dict[str, float]) -> dict:
+        """The check of a linear part with terms of first order or of order > 2 (see
+        :meth:`stability`): ``|1 + dt sigma| <= 1 + dt max(c_u, 0)`` on the frequency grid."""
+        sigma = self.rhs.linear_symbol(linear)
+        # Rounding of the symbol: a few units in the last place of its largest possible size.
+        size = self.rhs.linear_symbol_bound(linear)
+        rounding = 64 * 2.0**-52 * size
+        allowed = max(reaction, 0.0)
+        excess = sigma.real - allowed                       # Re sigma - c+: <= 0 for any dt > 0
+        spread = np.abs(sigma) ** 2 - allowed**2            # |sigma|^2 - c+^2
+        grows = (excess > rounding) | ((excess >= -rounding) & (spread > rounding * size))
+        limited = (excess < -rounding) & (spread > rounding * size)
+        max_dt = float((-2.0 * excess[limited] / spread[limited]).min()) if limited.any() else None
+        terms = ", ".join(f"{name} {c:+.3g}" for name, c in other.items())
+        # 2 dt / max_dt (breaks_upper_bound: dt above max_dt); with no bound on dt, the largest
+        # decay rate, as in the anisotropic check (no frequency decays: at most 0).
+        rate = (2.0 * self.dt / max_dt if max_dt is not None
+                else max(0.0, float((-self.dt * sigma.real).max())))
+        report.update(max_dt=max_dt, max_rate_dt=rate)
+        if grows.any():
+            report.update(stable=False, reason=(
+                f"the linear part (with {terms}) amplifies some frequencies whatever dt: "
+                f"anti-diffusion, or a first- or third-order term that explicit Euler with these "
+                f"stencils amplifies (|1 + dt sigma| > 1 for every dt > 0)"))
+            return report
+        upper = max_dt is None or self.dt <= max_dt * (1.0 + STABILITY_RTOL)
+        report["stable"] = bool(upper)
+        if not upper:
+            report["reason"] = (f"dt = {self.dt:g} is above the explicit Euler bound of the "
+                                f"linear part (with {terms}): |1 + dt sigma| <= 1 needs "
+                                f"dt <= {max_dt:g}")
         return report
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):

@@ -80,6 +80,7 @@ jet is small (measured in ``docs/choices.md``); exactly flat regions give 0.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -209,6 +210,12 @@ class Derivatives:
     def __getattr__(self, name: str) -> Tensor:
         # only reached for names not set in __init__
         if name.startswith("u_") and not name.startswith("__"):
+            letters = name[2:]
+            if letters and set(letters) <= {"x", "y"} and letters != "".join(sorted(letters)):
+                # u_yx is no channel name: the jet holds each mixed derivative once, x first.
+                raise InputError(f"{name} is not a jet channel: the jet names each derivative "
+                                 f"with its x before its y (derivatives commute): write "
+                                 f"u_{''.join(sorted(letters))}")
             raise InputError(f"{name} needs a higher-order jet than the one given (order {self._order})")
         raise AttributeError(name)
 
@@ -251,6 +258,12 @@ class InvariantSet:
     Calling the set on a jet ``(..., D, H, W)`` returns ``(..., K, H, W)``, ``K = len(self)``.
     ``domain`` is ``"plane"``: the sets of this class are functions of images (the M2 sets of
     :mod:`eqpdenet.pde.m2` are of fields on position x orientation).
+
+    Pickling (``torch.save`` of a model holding the set): a set compiled by
+    :func:`eqpdenet.pde.symbolic.compile_invariants` pickles as the recipe that compiles it
+    again, registered or not, and loads as its own set whatever is registered under its name
+    where it is loaded; any other registered set pickles as its name (its functions are
+    lambdas); other sets pickle by value. ``copy.deepcopy`` shares a registered set.
     """
 
     domain = "plane"
@@ -288,19 +301,38 @@ class InvariantSet:
         ratio = RatioRegularisation(ratio_eps, ratio_regularisation)
         return torch.stack([inv.function(derivatives, ratio) for inv in self.invariants], dim=-3)
 
+    def _is_registered(self) -> bool:
+        return self.name in INVARIANT_SETS and INVARIANT_SETS.get(self.name) is self
+
     def __reduce_ex__(self, protocol):
-        # A registered set pickles (and deep-copies) as its name, looked up again on loading:
-        # its functions are mostly lambdas, which pickle cannot store, and a model that holds
-        # the set (the PDE layers, the lifted model) could not be saved whole with torch.save.
-        # Other sets pickle as any object does.
-        # A set compiled from SymPy expressions (eqpdenet.symbolic.compile_invariants) pickles
-        # as the recipe that compiles it again: its functions are closures too.
-        if self.name in INVARIANT_SETS and INVARIANT_SETS.get(self.name) is self:
-            return get_invariant_set, (self.name,)
+        # A set compiled from SymPy expressions (eqpdenet.pde.symbolic.compile_invariants)
+        # pickles as the recipe that compiles it again (its functions are closures), registered
+        # or not: by name, a process that registered another set under that name loaded it
+        # silently with other invariants, and one that registered none could not load it.
+        # The loaded set is its own, whatever is registered under its name there.
         recipe = getattr(self, "compiled_from", None)
         if recipe is not None:
             return recipe
+        # Any other registered set pickles as its name, looked up again on loading: its
+        # functions are mostly lambdas, which pickle cannot store, and a model that holds the
+        # set (the PDE layers, the lifted model) could not be saved whole with torch.save.
+        # Other sets pickle as any object does.
+        if self._is_registered():
+            return get_invariant_set, (self.name,)
         return super().__reduce_ex__(protocol)
+
+    def __deepcopy__(self, memo):
+        # A registered set is shared within the process, as it was when every registered set
+        # deep-copied by name (a model's deep copy does not compile its sets again). Any other
+        # set copies as it pickles: a compiled one by its recipe.
+        if self._is_registered():
+            return self
+        function, args, *state = self.__reduce_ex__(4)
+        copied = function(*copy.deepcopy(args, memo))
+        memo[id(self)] = copied
+        if state and state[0] is not None:
+            copied.__dict__.update(copy.deepcopy(state[0], memo))
+        return copied
 
     def __repr__(self) -> str:
         return f"InvariantSet({self.name!r}, group={self.group!r}, K={len(self)})"

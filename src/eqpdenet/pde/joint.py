@@ -85,13 +85,13 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
-from ..checks import require_int, require_nonnegative, require_positive
+from ..checks import require, require_int, require_nonnegative, require_positive
 from ..errors import InputError, InputTypeError
 from ..registry import Registry
 from .invariants import DEFAULT_RATIO_EPS, safe_ratio
 
-__all__ = ["DEFAULT_JET_FLOOR", "JOINT_GROUPS", "JointBlock", "JointInvariants", "JointTerm", "joint_terms",
-           "per_channel_terms"]
+__all__ = ["DEFAULT_JET_FLOOR", "JOINT_GROUPS", "MAX_JOINT_MAPS", "JointBlock", "JointInvariants",
+           "JointTerm", "joint_map_count", "joint_terms", "per_channel_terms", "require_joint_size"]
 
 #: Default of ``jet_floor`` (module doc): the size of a second derivative, in ``u`` per pixel²,
 #: below which the SIM(2) maps treat the jet as flat. Chosen on validation (docs/choices.md).
@@ -195,6 +195,49 @@ JOINT_GROUPS.register("sim2", _Group("sim2", "SIM(2): rotations, isotropic scali
                                              "translations", True))
 
 
+#: The most maps a :class:`JointInvariants` (or the invariants of one Euler block of a model)
+#: may have: all pairs of 32 channels are 18,512 (the widest stage of the default deep model);
+#: 400 channels would be 32 million, 150 channels took 30 s only to set up, and every map is a
+#: field of the batch's size in the forward pass (16 channels, 2,600 maps: 5.8 s per forward and
+#: backward of 8 images, docs/symbolic.md).
+MAX_JOINT_MAPS = 20_000
+
+
+def joint_map_count(channels: int, group: str = "se2", mixtures: int | None = None) -> int:
+    """The number of maps ``K`` of ``JointInvariants(channels, group, mixtures)``, in closed form
+    (module doc), computed before anything is built."""
+    scale_invariant = JOINT_GROUPS.get(group).scale_invariant
+    if mixtures is None:
+        return (channels**3 + 4 * channels**2 + 5 * channels) // 2 - int(scale_invariant)
+    per_channel = (4 if scale_invariant else 5) * channels
+    return per_channel + (mixtures**3 + 4 * mixtures**2 + mixtures) // 2 - int(scale_invariant)
+
+
+def require_joint_size(channels: int, group: str, joint: str, mixtures: int,
+                       fields: tuple[str, str] = ("channels", "mixtures")) -> int:
+    """The number of invariant maps of ``channels`` channels in the form ``joint`` (``"channel"``,
+    ``"mixtures"``, ``"all"``: :func:`~eqpdenet.pde.rhs.invariant_maps`), or a
+    :class:`~eqpdenet.errors.ConfigError` naming the channels (``fields[0]``) or the mixtures
+    (``fields[1]``, where they alone exceed it) when it is above :data:`MAX_JOINT_MAPS`."""
+    if joint == "channel":
+        maps, form = channels * joint_map_count(1, group), "the invariants of each channel"
+    elif joint == "mixtures":
+        maps = joint_map_count(channels, group, mixtures)
+        form = f"joint='mixtures' with mixtures={mixtures}"
+    else:
+        maps, form = joint_map_count(channels, group), "joint='all' (every pair and triple)"
+    if maps > MAX_JOINT_MAPS:
+        field = fields[1] if joint == "mixtures" and joint_map_count(
+            0, group, mixtures) > MAX_JOINT_MAPS else fields[0]
+        advice = ("use joint='mixtures' (k learned combinations of the channels: 5 C + (k³ + 4k² + "
+                  "k) / 2 maps) or fewer channels" if joint == "all" else
+                  "use fewer mixtures" if field == fields[1] else "use fewer channels")
+        require(False, field, f"{form} of {channels:,} channels: {maps:,} invariant maps, more "
+                              f"than the bound of {MAX_JOINT_MAPS:,} (all pairs of 32 channels: "
+                              f"18,512); {advice}")
+    return maps
+
+
 def _sim2_terms(terms: list[JointTerm], per_channel: bool) -> list[JointTerm]:
     """Leave out the ``|∇u^i|² / G`` that the others determine (all of them per channel)."""
     diagonal = [t for t in terms if t.kind == "grad_dot" and t.channels[0] == t.channels[1]]
@@ -257,6 +300,8 @@ class JointInvariants(nn.Module):
         self.ratio_eps = require_positive(ratio_eps, "ratio_eps")
         self.jet_floor = require_nonnegative(jet_floor, "jet_floor")
         self.scale_invariant = JOINT_GROUPS.get(group).scale_invariant
+        require_joint_size(self.channels, self.group,
+                           "all" if self.mixtures is None else "mixtures", self.mixtures)
         if self.mixtures is None:
             specs = [("input", False, joint_terms(self.channels))]
             self.mixing = None

@@ -21,6 +21,7 @@ import itertools
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -44,10 +45,19 @@ from .invariants import (
     require_planar,
 )
 from .joint import DEFAULT_JET_FLOOR, JointInvariants
-from .stencils import Jet, derivative_index, laplacian_max_eigenvalue, second_order_symbol_range
+from .stencils import (
+    Jet,
+    derivative_index,
+    derivative_multi_indices,
+    derivative_names,
+    laplacian_max_eigenvalue,
+    second_order_symbol_range,
+    stencil_kernels,
+)
 
 __all__ = [
     "RIGHT_HAND_SIDES",
+    "SYMBOL_POINTS",
     "InvariantRHS",
     "InvariantSystemRHS",
     "PerChannelInvariants",
@@ -171,6 +181,34 @@ class PolynomialF(MonomialF):
         ])
 
 
+#: Frequencies per axis on which :meth:`InvariantRHS.linear_symbol` is evaluated (both ends of
+#: ``[-pi, pi]`` included, so the highest frequency, where central differences peak, is on it;
+#: twice as fine as :func:`~eqpdenet.pde.stencils.second_order_symbol_range`'s 257).
+SYMBOL_POINTS = 513
+
+
+def _symbol(stencil: str, spacing: float, sigma: float | None, coefficients: dict[str, float],
+            points: int) -> tuple[np.ndarray, float]:
+    """The symbol of ``sum_J c_J u_J`` with this stencil family on a ``points``-per-axis grid
+    of frequencies, and ``sum_J |c_J| sum |kernel_J|``, a bound on its modulus."""
+    terms = {name: float(c) for name, c in coefficients.items() if c}
+    for name in terms:
+        derivative_index(name)  # a ConfigError for what names no derivative
+    order = max((len(name) - 2 for name in terms if name != "u"), default=0)
+    bank = stencil_kernels(stencil, order, None if sigma is None else sigma / spacing)
+    indices = derivative_multi_indices(order)
+    kernel, bound = np.zeros(bank.shape[1:]), 0.0
+    for name, c in terms.items():
+        index = derivative_index(name)
+        scaled = bank[index] * (c / spacing ** sum(indices[index]))
+        kernel += scaled
+        bound += float(np.abs(scaled).sum())
+    radius = kernel.shape[0] // 2
+    theta = np.linspace(-np.pi, np.pi, points)
+    phase = np.exp(1j * np.outer(theta, np.arange(-radius, radius + 1)))  # (frequency, offset)
+    return np.einsum("ar,rc,bc->ab", phase, kernel, phase), bound
+
+
 #: Forms of ``F_theta``: name -> ``builder(n_invariants, degree)``.
 RIGHT_HAND_SIDES: Registry = Registry("right-hand side")
 RIGHT_HAND_SIDES.register("linear", lambda n_invariants, degree=1: LinearF(n_invariants))
@@ -238,39 +276,90 @@ class InvariantRHS(nn.Module):
         out = self.F(self.invariants(x))
         return out if x is u else out.to(u.dtype)
 
-    def linearised_second_order(self) -> tuple[float, float, float] | None:
-        """``(c_xx, c_xy, c_yy)``: the second-order part of ``F`` linearised at ``u = 0``, in the
-        jet's coordinates, or None where ``F`` is not a :class:`MonomialF` or the set is of
-        first order.
-
-        ``c = d F(I(jet)) / d jet`` at the zero jet, in float64 (autograd through the invariants
-        and ``F``): for a linear ``F`` of the paper's SE(2) set, ``c_xx = c_yy`` = the Laplacian's
-        weight and ``c_xy = 0``; for a compiled set holding ``u_xx``, ``u_xy``, ``u_yy`` apart
-        (a group without rotations), any quadratic form. Invariants of degree >= 2 in the jet,
-        and every monomial of ``F`` of degree >= 2 in invariants that vanish at ``u = 0``, have
-        no linear part there; the linearisation is the heat-like term that governs small ``u``.
-        """
-        if not isinstance(self.F, MonomialF) or self.invariant_set.order < 2:
+    def _linear_parts(self) -> tuple[Tensor, Tensor] | None:
+        """``(jacobian, gradient)`` at ``u = 0``, float64: ``d I / d jet`` ``(K, D)`` of the set
+        and ``d F / d I`` ``(K,)``; None where ``F`` is not a :class:`MonomialF`."""
+        if not isinstance(self.F, MonomialF):
             return None
-        order = self.invariant_set.order
-        size = (order + 1) * (order + 2) // 2
-        second = [derivative_index(name) for name in ("u_xx", "u_xy", "u_yy")]
+        size = (self.invariant_set.order + 1) * (self.invariant_set.order + 2) // 2
 
         def invariants_of(jet: Tensor) -> Tensor:
             return self.invariant_set(jet.reshape(size, 1, 1), self.ratio_eps,
                                       self.ratio_regularisation).reshape(-1)
 
         zero_jet = torch.zeros(size, dtype=torch.float64)
-        # The set's own linear part first: where no invariant has a second-order term there is
-        # no diffusion to check, whatever F's weights (a zero weight is a checked a = 0).
-        jacobian = torch.autograd.functional.jacobian(invariants_of, zero_jet)[:, second]
-        if not bool(jacobian.ne(0).any()):
-            return None
+        jacobian = torch.autograd.functional.jacobian(invariants_of, zero_jet)
         params = {name: p.detach().to("cpu", torch.float64) for name, p in self.F.named_parameters()}
         at_zero = invariants_of(zero_jet).reshape(-1, 1, 1)
         gradient = torch.autograd.functional.jacobian(
             lambda i: torch.func.functional_call(self.F, params, (i,)).reshape(()), at_zero)
-        return tuple(float(c) for c in gradient.reshape(-1) @ jacobian)
+        return jacobian, gradient.reshape(-1)
+
+    def linearisation(self) -> dict[str, float] | None:
+        """``{name: c_J}`` for every coordinate of the jet (``"u"``, ``"u_x"``, ...,
+        :func:`~eqpdenet.pde.stencils.derivative_names`): ``F`` linearised at ``u = 0``,
+        ``F(I(jet)) ~ F(I(0)) + sum_J c_J u_J``, or None where ``F`` is not a :class:`MonomialF`.
+
+        ``c = d F(I(jet)) / d jet`` at the zero jet, in float64 (autograd through the invariants
+        and ``F``). The scheme's small-``u`` behaviour is that of the linear PDE
+        ``u_t = sum_J c_J u_J`` of every order the jet has: :meth:`linear_symbol` gives its
+        symbol, :meth:`~eqpdenet.pde.integrators.EulerStep.stability` checks it.
+
+        Example:
+            >>> rhs = InvariantRHS("se2")
+            >>> with torch.no_grad():
+            ...     _ = rhs.F.weight.copy_(torch.tensor([0.5, 0.0, 2.0, 0.0, 0.0]))
+            >>> {name: c for name, c in rhs.linearisation().items() if c}
+            {'u': 0.5, 'u_xx': 2.0, 'u_yy': 2.0}
+        """
+        parts = self._linear_parts()
+        if parts is None:
+            return None
+        jacobian, gradient = parts
+        names = derivative_names(self.invariant_set.order)
+        return dict(zip(names, (float(c) for c in gradient @ jacobian), strict=True))
+
+    def linearised_second_order(self) -> tuple[float, float, float] | None:
+        """``(c_xx, c_xy, c_yy)``: the second-order part of ``F`` linearised at ``u = 0``, in the
+        jet's coordinates, or None where ``F`` is not a :class:`MonomialF` or no invariant of
+        the set has a linear second-order term (the set is of first order, or its invariants
+        are all nonlinear there).
+
+        The second-order terms of :meth:`linearisation`: for a linear ``F`` of the paper's SE(2)
+        set, ``c_xx = c_yy`` = the Laplacian's weight and ``c_xy = 0``; for a compiled set
+        holding ``u_xx``, ``u_xy``, ``u_yy`` apart (a group without rotations), any quadratic
+        form. Invariants of degree >= 2 in the jet, and every monomial of ``F`` of degree >= 2 in
+        invariants that vanish at ``u = 0``, have no linear part there; the linearisation is the
+        heat-like term that governs small ``u`` (with the terms of other orders, which
+        :meth:`~eqpdenet.pde.integrators.EulerStep.stability` checks as well).
+        """
+        if self.invariant_set.order < 2:
+            return None
+        parts = self._linear_parts()
+        if parts is None:
+            return None
+        jacobian, gradient = parts
+        second = [derivative_index(name) for name in ("u_xx", "u_xy", "u_yy")]
+        # The set's own linear part first: where no invariant has a second-order term there is
+        # no diffusion to check, whatever F's weights (a zero weight is a checked a = 0).
+        if not bool(jacobian[:, second].ne(0).any()):
+            return None
+        return tuple(float(c) for c in gradient @ jacobian[:, second])
+
+    def linear_symbol(self, coefficients: dict[str, float], points: int = SYMBOL_POINTS
+                      ) -> np.ndarray:
+        """The symbol ``sigma(omega)`` of this jet's discrete operator ``sum_J c_J u_J``
+        (``coefficients = {name: c_J}``, e.g. :meth:`linearisation`), complex, on a
+        ``points x points`` grid of frequencies in ``[-pi, pi]^2`` (both ends included), on an
+        infinite/periodic grid: explicit Euler for ``u_t = sum_J c_J u_J`` multiplies the mode of
+        frequency ``omega`` by ``1 + dt sigma(omega)`` per step. Odd orders (``u_x``, ``u_xxx``)
+        give imaginary parts (their stencils are antisymmetric); in ``1 / unit of x^|J|``."""
+        return _symbol(self.jet.stencil, self.jet.spacing, self.jet.sigma, coefficients, points)[0]
+
+    def linear_symbol_bound(self, coefficients: dict[str, float]) -> float:
+        """``sum_J |c_J| sum |kernel_J|``: a bound on ``|sigma|`` at every frequency (the scale
+        that the rounding of :meth:`linear_symbol` is measured against)."""
+        return _symbol(self.jet.stencil, self.jet.spacing, self.jet.sigma, coefficients, 3)[1]
 
     def diffusivity(self) -> float | None:
         """Coefficient ``a`` of ``u_xx + u_yy`` in ``F`` linearised at ``u = 0`` where that

@@ -97,7 +97,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         "eqpdenet.symbolic needs SymPy, an optional dependency: pip install eqpdenet[symbolic]"
     ) from exc
 
-from ..checks import require_int, require_positive
+from ..checks import require, require_int, require_positive
 from ..errors import ConfigError
 from ..registry import Registry
 from .invariants import Invariant, InvariantSet, register_invariant_set, safe_ratio
@@ -111,6 +111,10 @@ __all__ = [
     "GROUPS",
     "JOINT_DEGREES",
     "M2",
+    "MAX_CHANNELS",
+    "MAX_FRAME_ORDER",
+    "MAX_ORDER",
+    "MAX_SEARCH_MONOMIALS",
     "PAPER_INVARIANTS",
     "PLANE",
     "JetSpace",
@@ -138,6 +142,23 @@ __all__ = [
     "x",
     "y",
 ]
+
+#: The most channels ``u1 ... uC`` :func:`find_invariants` and :func:`left_invariant_derivatives`
+#: take (also ``eqpdenet symbolic --channels``): the search grows with the number of jet
+#: coordinates (6 per channel at order 2) to the power of the degree; measured on the shared
+#: 2-core machine, ``se2`` at order 2, degree 3 takes 1.8 s for 3 channels, 6.4 s for 4.
+MAX_CHANNELS = 4
+#: The highest jet order of the search and of :func:`compile_invariants`: the ready groups use
+#: orders 1 to 3; ``se2`` takes 9.5 s at order 6, degree 3 (order 10, degree 2: 21 s; order 20
+#: ran for minutes), and a compiled set of order ``n`` computes ``(n + 1)(n + 2) / 2``
+#: derivatives with stencils of ``n + 1`` pixels (order 400 ran out of memory building them).
+MAX_ORDER = 6
+#: The highest order of the moving frame (:func:`left_invariant_derivatives`): its expressions
+#: grow fast (``se2_m2``: 2.3 s at order 4, 35 s at order 6; 19 s at order 4 with 4 channels).
+MAX_FRAME_ORDER = 4
+#: The most jet monomials (degrees 1 to ``max_degree`` in the jet coordinates) the search sets
+#: up: ``se2`` at order 2, degree 8 is 3,002 (4 s); degree 30 (1.9 million) did not finish.
+MAX_SEARCH_MONOMIALS = 5_000
 
 x, y, u = sp.symbols("x y u", real=True)
 #: The orientation of M2 = R² × S¹ (radians; the jet coordinates ``u_θ``, ``u_xθ``, ...).
@@ -228,8 +249,8 @@ class JetSpace:
         """``D_i expr`` along the independent variable ``independent[axis]`` (``D_x`` for 0,
         ``D_y`` for 1), explicit dependence on it included; ``expr`` of order < ``order``.
         Jet coordinates in ``expr`` are matched by name (a plain ``sp.Symbol("u_x")`` is
-        ``u_x``)."""
-        expr = _by_name(expr)
+        ``u_x``; ``u_yx`` is ``u_xy``), and must be coordinates of this space."""
+        expr = _in_space(_by_name(expr), self)
         variable = self.independent[axis]
         out = sp.diff(expr, variable)
         for (c, *index), symbol in self._by_index.items():
@@ -295,7 +316,13 @@ class VectorField:
         allowed = {u, *variables}
 
         def parse(value, field):
-            value = sp.sympify(value, locals=local)
+            value = _sympify(value, f"the vector field coefficient {field}", local,
+                             "'x**2 - y**2'")
+            # The group acts on real x, y, u: I (or sqrt(-1), 1j) would be read as a real
+            # parameter by the search and the criterion; oo, nan are no coefficients.
+            if value.has(sp.I, sp.oo, -sp.oo, sp.zoo, sp.nan):
+                raise ConfigError(f"vector field coefficient {field}={value}: coefficients must "
+                                  f"be real and finite")
             # 0.5 is exactly 1/2: keep the exact arithmetic of the search and the closure.
             value = value.xreplace({f: _exact_float(f) for f in value.atoms(sp.Float)})
             # Accept plain sp.Symbol("x") too: symbols are matched by name.
@@ -427,7 +454,7 @@ def criterion(expr: sp.Expr, field: VectorField, order: int | None = None,
     sin θ u_y`` on M2), the result is reduced modulo ``cos² v + sin² v - 1``
     (:func:`reduce_on_the_circle`), so that it is zero exactly when the criterion holds.
     Jet coordinates and variables in ``expr`` are matched by name (a plain ``sp.Symbol("u_x")``
-    is ``u_x``); any other symbol is a constant.
+    is ``u_x``, and ``u_yx`` is ``u_xy``: derivatives commute); any other symbol is a constant.
     """
     if not isinstance(field, VectorField):
         raise ConfigError(f"criterion needs a VectorField, got {type(field).__name__} {field!r}")
@@ -435,6 +462,7 @@ def criterion(expr: sp.Expr, field: VectorField, order: int | None = None,
     order = _expr_order(expr) if order is None else order
     channels = _expr_channels(expr) if channels is None else channels
     independent = _merge_variables(field.variables, _expr_variables(expr))
+    expr = _in_space(expr, JetSpace(order, channels, independent))
     return _apply_prolonged(expr, prolong(field, order, channels, independent))
 
 
@@ -494,14 +522,15 @@ def is_invariant(expr: sp.Expr, group: LieGroupAction | str) -> bool:
     A rational ``expr = a / b`` is tested as the polynomial identity ``b pr zeta(a) - a pr
     zeta(b) = 0`` (the quotient rule), exactly and much faster than simplifying ``pr zeta(a /
     b)``; anything else (e.g. with ``cos θ``) through :func:`criterion`. Jet coordinates and
-    variables are matched by name (a plain ``sp.Symbol("u_x")`` is ``u_x``); any other symbol is
-    a constant.
+    variables are matched by name (a plain ``sp.Symbol("u_x")`` is ``u_x``, and ``u_yx`` is
+    ``u_xy``: derivatives commute); any other symbol is a constant.
     """
     group = get_group(group)
     expr = _by_name(expr)
     order, channels = _expr_order(expr), _expr_channels(expr)
     independent = _merge_variables(group.variables, _expr_variables(expr))
     space = JetSpace(order, channels, independent)
+    expr = _in_space(expr, space)
     gens = (*space.coordinates, *sorted(expr.free_symbols - set(space.coordinates), key=str))
     numerator, denominator = sp.fraction(sp.together(expr))
     try:
@@ -521,6 +550,35 @@ def is_invariant(expr: sp.Expr, group: LieGroupAction | str) -> bool:
 
 #: A jet coordinate's name: ``u`` or ``u<channel>``, then ``_`` and one letter per derivative.
 _JET_NAME = re.compile(r"^u(\d*)(?:_([^\W\d_]+))?$")
+#: The order in which a jet coordinate's name lists the letters of the plane and of M2
+#: (:class:`JetSpace`: the order of the independent variables, ``x, y`` then ``θ``).
+_LETTER_ORDER = {"x": 0, "y": 1, "θ": 2}
+
+
+def _canonical_name(name: str) -> str:
+    """The jet coordinate ``name`` (:data:`_JET_NAME`) with its letters in the order
+    :class:`JetSpace` names them, where they are all among ``x, y, θ``: ``u_yx`` is ``u_xy``
+    (partial derivatives commute, and the jet has one coordinate for both); other names
+    unchanged (their order depends on the jet space: :func:`_in_space`)."""
+    match = _JET_NAME.match(name)
+    letters = match.group(2) if match else None
+    if not letters or not set(letters) <= _LETTER_ORDER.keys():
+        return name
+    return f"u{match.group(1)}_{''.join(sorted(letters, key=_LETTER_ORDER.__getitem__))}"
+
+
+def _sympify(value, what: str = "an expression", local: dict | None = None,
+             example: str = "'u_x**2 + u_y**2'") -> sp.Basic:
+    """``sympify(value)``, or one ConfigError line naming ``value`` (SymPy's parse errors span
+    several lines; ``None`` sympifies to ``None``, which no caller can use)."""
+    try:
+        out = sp.sympify(value, locals={"u": u, **_KNOWN_VARIABLES} if local is None else local)
+    except (sp.SympifyError, SyntaxError, TypeError, ValueError, AttributeError):
+        out = None
+    if not isinstance(out, sp.Basic):
+        raise ConfigError(f"cannot read {value!r} as {what} (a SymPy expression, a number or a "
+                          f"string such as {example})")
+    return out
 
 
 def _by_name(expr) -> sp.Expr:
@@ -529,8 +587,10 @@ def _by_name(expr) -> sp.Expr:
 
     A jet coordinate is matched by its name, as :class:`VectorField` matches ``x, y, u``: a plain
     ``sp.Symbol("u_x")`` (no ``real=True``) is ``u_x``, not a constant that every prolonged
-    field leaves alone."""
-    expr = sp.sympify(expr, locals={"u": u, **_KNOWN_VARIABLES})
+    field leaves alone. A mixed derivative named in another order is the same coordinate
+    (:func:`_canonical_name`: ``u_yx`` is ``u_xy``, ``u_θx`` is ``u_xθ``). Anything that is not
+    an expression (``None``, ``"x+"``) is a ConfigError naming it."""
+    expr = _sympify(expr)
     replace = {}
     for symbol in expr.free_symbols:
         name = symbol.name
@@ -539,11 +599,37 @@ def _by_name(expr) -> sp.Expr:
         if name in _KNOWN_VARIABLES:
             target = _KNOWN_VARIABLES[name]
         elif _JET_NAME.match(name):
+            name = _canonical_name(name)
             target = u if name == "u" else sp.Symbol(name, real=True)
         else:
             continue
         if target is not symbol:
             replace[symbol] = target
+    return expr.xreplace(replace) if replace else expr
+
+
+def _in_space(expr: sp.Expr, space: JetSpace) -> sp.Expr:
+    """``expr`` with every symbol named like a jet coordinate replaced by the coordinate of
+    ``space`` of the same channel and the same letters in any order (derivatives commute:
+    ``u_st`` is the ``u_ts`` of a space whose independent variables are ``x, y, t, s``); a
+    ConfigError for one that names no coordinate of ``space``."""
+    def key(match):
+        return match.group(1), "".join(sorted(match.group(2) or ""))
+
+    coordinates = space.__dict__.get("_by_letters")
+    if coordinates is None:
+        coordinates = {key(_JET_NAME.match(s.name)): s for s in space.derivatives}
+        space.__dict__["_by_letters"] = coordinates
+    replace = {}
+    for symbol in expr.free_symbols:
+        match = _JET_NAME.match(symbol.name)
+        if match is None or isinstance(symbol, sp.Dummy) or coordinates.get(key(match)) is symbol:
+            continue
+        target = coordinates.get(key(match))
+        if target is None:
+            raise ConfigError(f"{symbol.name} is not a jet coordinate of {space!r}: its "
+                              f"coordinates are {', '.join(s.name for s in space.derivatives)}")
+        replace[symbol] = target
     return expr.xreplace(replace) if replace else expr
 
 
@@ -1051,9 +1137,10 @@ def jacobian_rank(exprs: Sequence[sp.Expr], variables: Sequence[sp.Symbol] | Non
     if variables is None:
         independent = _merge_variables(*(_expr_variables(e) for e in exprs),
                                        sorted(angles - {x, y}, key=str))
-        variables = JetSpace(max((_expr_order(e) for e in exprs), default=0),
-                             max((_expr_channels(e) for e in exprs), default=1),
-                             independent).coordinates
+        space = JetSpace(max((_expr_order(e) for e in exprs), default=0),
+                         max((_expr_channels(e) for e in exprs), default=1), independent)
+        exprs = [_in_space(e, space) for e in exprs]
+        variables = space.coordinates
     else:
         variables = [_by_name(v) for v in variables]
     for angle in angles:
@@ -1399,6 +1486,43 @@ class _JetAction:
                 out.append({k: v for k, v in field.items() if v})
         return out
 
+    def confining_scalings(self) -> tuple[list[str], set[int]] | None:
+        """The off-diagonal parts' coefficients (of a monomial in ``x, y``) that scale the jet,
+        ``Σ_k w_k z_k d/dz_k`` with constant weights ``w_k`` all of one sign, named, and the jet
+        coordinates ``k`` that every such scaling leaves alone (``w_k = 0``); None if none does.
+
+        The classes of the diagonal parts (family 1 of :func:`find_invariants`) hold only
+        polynomials ``P`` annihilated by each such coefficient: every monomial of ``P`` has weight
+        ``Σ_k e_k w_k = 0``, which with ``e_k >= 0`` and weights of one sign means ``e_k = 0``
+        wherever ``w_k != 0``. So every invariant formed from them, at any degree, is a function
+        of the coordinates left alone. (The special conformal ``(x² - y²) ∂x + 2xy ∂y`` has the
+        coefficient of ``x`` ``-2 u_x ∂u_x - 2 u_y ∂u_y - 4 u_xx ∂u_xx - ...``: only ``u`` is
+        left.)"""
+        names, alone = [], set(range(self.n))
+        origin = (0,) * self.p
+        for field, pieces in zip(self.basis, self.off_diagonal, strict=True):
+            split: dict[tuple, dict[int, dict]] = {}
+            for k, poly in pieces.items():
+                for exponents, value in poly.items():
+                    split.setdefault(exponents[:self.p], {}).setdefault(k, {})[
+                        exponents[self.p:]] = value
+            for where, piece in split.items():
+                if where == origin:
+                    continue  # Δ(ζ) took the constant multiples of z_k: the rest mixes them
+                weights = {}
+                for k, poly in piece.items():
+                    if set(poly) != {self._unit(k, self.n)}:
+                        break
+                    weights[k] = poly[self._unit(k, self.n)]
+                else:
+                    signs = {w > 0 for w in weights.values()}
+                    if len(signs) == 1:
+                        monomial = sp.Mul(*(v**e for v, e in zip(self.gens[:self.p], where,
+                                                                  strict=True)))
+                        names.append(f"the coefficient of {monomial} in the prolonged {field}")
+                        alone -= set(weights)
+        return (names, alone) if names else None
+
     def annihilator_rank(self, seed: int = 0) -> int:
         """A lower bound of the generic rank, on the u-jet, of the Lie algebra generated by the
         diagonal parts ``Δ(basis_i)`` and the coefficients of every monomial in ``x, y`` of the
@@ -1493,13 +1617,15 @@ def find_invariants(group: LieGroupAction | str, order: int, max_degree: int = 3
 
     Args:
         group: a :class:`LieGroupAction` or the name of a ready one.
-        order: jet order ``n``.
+        order: jet order ``n``, at most :data:`MAX_ORDER` (:data:`MAX_FRAME_ORDER` for the
+            moving frame).
         max_degree: polynomials of total degree ``1 .. max_degree`` in ``u, u_x, ...`` are
-            searched (for ratios, numerator and denominator each); an integer >= 1.
+            searched (for ratios, numerator and denominator each); an integer >= 1, with at most
+            :data:`MAX_SEARCH_MONOMIALS` such monomials.
         rational: also form ratios of relative invariants of equal character.
         seed: seed of the random point of the rank tests.
         channels: ``C`` dependent variables ``u1 ... uC`` transformed alike (see :func:`prolong`):
-            the joint invariants of the channels.
+            the joint invariants of the channels; at most :data:`MAX_CHANNELS`.
         method: ``"search"``, the polynomial and rational search in the ``u``-jet (free of the
             independent variables); ``"frame"``, the moving frame
             (:func:`left_invariant_derivatives`; ``max_degree`` and ``rational`` unused);
@@ -1510,19 +1636,25 @@ def find_invariants(group: LieGroupAction | str, order: int, max_degree: int = 3
     The result does not depend on the basis the generators give of their Lie algebra: the
     search works on the span (see the module doc). Where it finds fewer than expected, a note
     says whether a higher ``max_degree`` can find more (docs/symbolic.md, "Sound, not always
-    complete").
+    complete"). Arguments beyond the bounds are a ConfigError naming them, before any
+    computation.
     """
     start = time.perf_counter()
     group = get_group(group)
     if method not in ("auto", "search", "frame"):
         raise ConfigError(f"method must be 'auto', 'search' or 'frame', got {method!r}")
-    require_int(order, "order", 0)
-    require_int(channels, "channels", 1)
     if method == "frame" or (method == "auto" and len(group.variables) > 2):
         return left_invariant_derivatives(group, order, channels=channels, seed=seed)
+    _require_search_size(order, channels, MAX_ORDER, "the search's")
     require_int(max_degree, "max_degree", 1)
     jet = JetSpace(order, channels, group.variables)
     gens = jet.derivatives
+    searched = math.comb(len(gens) + max_degree, max_degree) - 1
+    require(searched <= MAX_SEARCH_MONOMIALS, "max_degree",
+            f"max_degree={max_degree} on the {len(gens)} jet coordinates of order {order}"
+            f"{f' of {channels} channels' if channels > 1 else ''} is {searched:,} monomials to "
+            f"search, more than the bound of {MAX_SEARCH_MONOMIALS:,} (the search grows with "
+            f"them: 3,002 take 4 s); lower max_degree or the order")
     action = _JetAction(group, jet)
     monomials = [tuple(combo.count(k) for k in range(len(gens)))
                  for degree in range(1, max_degree + 1)
@@ -1610,6 +1742,19 @@ def find_invariants(group: LieGroupAction | str, order: int, max_degree: int = 3
                               expected_orbit, time.perf_counter() - start, notes, channels)
 
 
+def _require_search_size(order: int, channels: int, max_order: int, whose: str) -> None:
+    """ConfigErrors naming ``order`` or ``channels`` beyond the bounds (:data:`MAX_ORDER`,
+    :data:`MAX_FRAME_ORDER`, :data:`MAX_CHANNELS`), before any computation."""
+    require_int(order, "order", 0)
+    require_int(channels, "channels", 1)
+    require(order <= max_order, "order",
+            f"{order} is more than the bound of {max_order} ({whose} cost grows steeply with the "
+            f"order; the ready groups use orders 1 to 3)")
+    require(channels <= MAX_CHANNELS, "channels",
+            f"{channels} is more than the bound of {MAX_CHANNELS} ({whose} cost grows steeply "
+            f"with the channels: 4 take seconds at order 2, more take minutes to hours)")
+
+
 def _incomplete_note(action: _JetAction, found: int, expected: int, max_degree: int,
                      rational: bool, structured: bool, seed: int) -> str:
     """Why ``found < expected``, and whether a higher ``max_degree`` can help.
@@ -1618,11 +1763,27 @@ def _incomplete_note(action: _JetAction, found: int, expected: int, max_degree: 
     those parts and by the coefficients of the off-diagonal parts, so at most ``dim - rank`` of
     them are functionally independent (:meth:`_JetAction.annihilator_rank`). Where the search
     forms nothing else (``structured``) and has found that many, no degree finds more of its form;
-    otherwise a higher degree may."""
+    likewise where it has found as many as the coordinates that the off-diagonal parts' scalings
+    leave alone (:meth:`_JetAction.confining_scalings`); otherwise a higher degree may."""
     head = f"found {found} of {expected}"
     other_forms = ("such as ratios of relative invariants with other characters or with "
                    "non-constant cofactors, or functions that are not rational")
     if structured:
+        confining = action.confining_scalings()
+        if confining is not None and found >= len(confining[1]):
+            names, alone = confining
+            left = ", ".join(str(action.gens[action.p + k]) for k in sorted(alone)) or "none"
+            scales = "scales" if len(names) == 1 else "each scale"
+            return (f"{head}: the search forms {_SEARCHED_FORM}; {' and '.join(names)} {scales} "
+                    f"the jet coordinates with weights of one sign, so every such P is a "
+                    f"polynomial in the coordinates left alone ({left}), and at most "
+                    f"{_plural(len(alone), 'invariant', 'invariants')} of the searched form "
+                    f"{'is' if len(alone) == 1 else 'are'} functionally independent: no "
+                    f"max_degree finds more: "
+                    f"{_plural(expected - found, 'invariant is', 'invariants are')} of another "
+                    f"form (such as ratios of relative invariants whose cofactors depend on "
+                    f"{', '.join(v.name for v in action.jet.independent)}, as Δu / |∇u|² under "
+                    f"the conformal group, or functions that are not rational)")
         rank = action.annihilator_rank(seed)
         bound = action.n - rank
         if found >= bound:
@@ -1812,10 +1973,12 @@ def left_invariant_derivatives(group: LieGroupAction | str, order: int, channels
     p``, the expected count of a free action; the Jacobian rank of the set (at a random rational
     point with rational ``cos θ, sin θ``) is compared with it, and a note says if they differ.
     With ``channels = C`` every channel's derivatives are included (joint invariants), named
-    ``A13u2`` etc.
+    ``A13u2`` etc. ``order`` is at most :data:`MAX_FRAME_ORDER`, ``channels`` at most
+    :data:`MAX_CHANNELS` (a ConfigError before any computation).
     """
     start = time.perf_counter()
     group = get_group(group)
+    _require_search_size(order, channels, MAX_FRAME_ORDER, "the moving frame's")
     frame = left_invariant_frame(group)
     p = len(frame.variables)
     jet = JetSpace(order, channels, frame.variables)
@@ -1857,14 +2020,18 @@ def left_invariant_derivatives(group: LieGroupAction | str, order: int, channels
 # ----------------------------------------------------------------------------- compilation
 
 
-_SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+_SUPERSCRIPTS = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
 
 
 def unicode_formula(expr: sp.Expr) -> str:
-    """One-line unicode form: ``u_x² + u_y²``, ``(u_x² + u_y²)/(u_xx + u_yy)``."""
+    """One-line unicode form: ``u_x² + u_y²``, ``(u_x² + u_y²)/(u_xx + u_yy)``, ``u_x⁻²``; an
+    exponent that is not an integer keeps its form after ``^`` (``u_x^(1/3)``)."""
     text = sp.sstr(expr)
-    text = re.sub(r"\*\*(\d+)", lambda m: m.group(1).translate(_SUPERSCRIPTS), text)
-    return text.replace("*", " ")
+    # Integer exponents, ``**2`` and ``**(-2)``, as superscripts; any other power as ``^``
+    # (``*`` becomes a space below, so a ``**`` left over would read as a double space).
+    text = re.sub(r"\*\*(?:(\d+)|\((-\d+)\))(?![\d.])",
+                  lambda m: (m.group(1) or m.group(2)).translate(_SUPERSCRIPTS), text)
+    return text.replace("**", "^").replace("*", " ")
 
 
 def _torch_polynomial(expr: sp.Expr) -> Callable:
@@ -1919,7 +2086,10 @@ def compile_invariants(symbolic: SymbolicInvariants | Sequence[sp.Expr], name: s
     name (so ``PDELayer.build(init="heat")`` finds the Laplacian); others are ``{name}_{k}``,
     unless the result names them (the moving frame's ``A13u``).
     With ``register``, the set is also registered by ``name`` (see
-    :func:`eqpdenet.invariants.register_invariant_set`).
+    :func:`eqpdenet.invariants.register_invariant_set`). Either way the set pickles (``torch.save``
+    of a model holding it) as the recipe that compiles it again, never by name: loaded in another
+    process it computes the same invariants whatever that process registered under ``name``, and
+    it is not registered there.
 
     Everything is checked here, before any use (a ``ConfigError`` naming the cause): ``name`` is
     a non-empty string; the expressions use only jet coordinates (matched by name, so a plain
@@ -1927,7 +2097,8 @@ def compile_invariants(symbolic: SymbolicInvariants | Sequence[sp.Expr], name: s
     unsubstituted, the position ``x, y``, ``v_x``) is refused, naming every such symbol; a
     coefficient may be any finite real number (``1/3``, ``0.5``, ``π``, ``√2``; torch evaluates
     it as a float); ``order``, where given, is at least the highest derivative used (it defaults
-    to that).
+    to that), and at most :data:`MAX_ORDER` (as is the highest derivative used). A mixed
+    derivative may be named in any order (``u_yx`` is ``u_xy``).
 
     ``invariant_under`` (plane only) declares the transformations (translations, rotations,
     scalings) every invariant is invariant under, which ``EqPdeNet.quarter_turn_invariant`` and
@@ -1962,8 +2133,10 @@ def compile_invariants(symbolic: SymbolicInvariants | Sequence[sp.Expr], name: s
     for e in exprs:
         try:
             read.append(_by_name(e))
-        except (sp.SympifyError, TypeError, SyntaxError):
-            raise ConfigError(f"compile_invariants: cannot read {e!r} as an expression") from None
+        except ConfigError:
+            raise ConfigError(f"compile_invariants: cannot read {e!r} as an expression (a SymPy "
+                              f"expression, a number or a string such as 'u_x**2 + u_y**2')"
+                              ) from None
     exprs = read
     if ratio_eps is not None:
         require_positive(ratio_eps, "ratio_eps")
@@ -1985,14 +2158,21 @@ def compile_invariants(symbolic: SymbolicInvariants | Sequence[sp.Expr], name: s
         _check_jet_symbols(exprs, lambda symbol: _JET_NAME.match(symbol.name) is not None,
                            "the plane", "u, u_x, u_y, u_xx, ...")
     needed = max(max(_expr_order(e) for e in exprs), 0)
+    if order is not None:
+        require_int(order, "order", 0)
+    deepest = max(needed, order or 0)
+    require(deepest <= MAX_ORDER, "order",
+            f"{deepest} is more than the bound of {MAX_ORDER} for a compiled set (a jet of order n "
+            f"computes (n + 1)(n + 2) / 2 derivatives with stencils of n + 1 pixels)"
+            + ("" if order is not None else
+               f": {next(e for e in exprs if _expr_order(e) == needed)} uses derivatives of "
+               f"order {needed}"))
     if order is None:
         order = needed
-    else:
-        require_int(order, "order", 0)
-        if order < needed:
-            deepest = next(e for e in exprs if _expr_order(e) == needed)
-            raise ConfigError(f"compile_invariants: order={order}, but {deepest} uses "
-                              f"derivatives of order {needed}")
+    elif order < needed:
+        deepest = next(e for e in exprs if _expr_order(e) == needed)
+        raise ConfigError(f"compile_invariants: order={order}, but {deepest} uses "
+                          f"derivatives of order {needed}")
     invariants, used, ratios = [], set(), False
     for index, expr in enumerate(exprs):
         numerator, denominator = sp.fraction(sp.together(expr))
