@@ -67,6 +67,24 @@ def test_rejects_a_non_positive_sigma_and_an_unknown_boundary():
         AntiAliasedDownsample(1.0, "mirror")
 
 
+def test_a_low_pass_wider_than_any_map_is_refused_before_its_filter_is_built():
+    """sigma = 1e7 built a filter of 6e7 taps (seconds, then minutes and out of memory per map
+    size); every model names its own field."""
+    from eqpdenet.errors import ConfigError
+    from eqpdenet.models import LiftedPDEConfig
+    from eqpdenet.models.pooling import MAX_LOWPASS_SIGMA
+
+    with pytest.raises(ConfigError, match=r"downsample sigma: must be at most 10000 pixels.*1e\+07"):
+        AntiAliasedDownsample(1e7)
+    widest = AntiAliasedDownsample(MAX_LOWPASS_SIGMA)  # the bound itself is taken
+    ones = torch.ones(1, 1, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(widest(ones), torch.ones(1, 1, 3, 3, dtype=torch.float64))
+    for make, field in ((InvariantPDEConfig, "invariant_pde.downsample_sigma"),
+                        (LiftedPDEConfig, "lifted_pde.downsample_sigma")):
+        with pytest.raises(ConfigError, match=rf"{field}: must be at most 10000 pixels"):
+            make(downsample_sigma=2e4)
+
+
 def test_deep_model_with_blur_pooling_keeps_quarter_turn_invariance():
     torch.manual_seed(0)
     net = InvariantPDENet(InvariantPDEConfig(channels=[4, 6, 6], blocks=[1, 1, 1],

@@ -90,6 +90,7 @@ from .pooling import (
     OrientationMaxPool,
     downsampled_size,
     require_lowpass_fits,
+    require_lowpass_sigma,
 )
 
 __all__ = ["LiftedPDEConfig", "LiftedPDENet", "M2Lift"]
@@ -205,7 +206,7 @@ class LiftedPDEConfig:
             BOUNDARIES.check(self.boundary, "lifted_pde.boundary")
         require(self.downsample in ("blur", "pool", "none"), "lifted_pde.downsample",
                 f"must be 'blur', 'pool' or 'none', got {self.downsample!r}")
-        require_positive(self.downsample_sigma, "lifted_pde.downsample_sigma")
+        require_lowpass_sigma(self.downsample_sigma, "lifted_pde.downsample_sigma")
         require(self.projection in PROJECTIONS, "lifted_pde.projection",
                 f"must be one of {', '.join(PROJECTIONS)}, got {self.projection!r}")
         require(self.readout in ("max", "mean", "meanmax"), "lifted_pde.readout",

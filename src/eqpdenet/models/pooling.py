@@ -34,11 +34,25 @@ from torch import Tensor, nn
 from ..checks import require, require_positive
 from ..pde.stencils import BOUNDARIES
 
-__all__ = ["AntiAliasedDownsample", "OrientationMaxPool", "downsampled_size", "gaussian_lowpass_weights",
-           "lowpass_radius"]
+__all__ = ["MAX_LOWPASS_SIGMA", "AntiAliasedDownsample", "OrientationMaxPool", "downsampled_size",
+           "gaussian_lowpass_weights", "lowpass_radius", "require_lowpass_sigma"]
 
 #: Truncation radius of the low-pass Gaussian, in standard deviations.
 LOWPASS_TRUNCATE = 3.0
+#: The widest low-pass, in pixels: on any map it averages (wider only costs time and memory,
+#: ``O(sigma)`` per filter and ``O(n sigma)`` per map size ``n``: minutes and then out of memory
+#: from about 1e6).
+MAX_LOWPASS_SIGMA = 1e4
+
+
+def require_lowpass_sigma(sigma, field: str) -> float:
+    """``sigma`` as a float if it is a usable low-pass width (positive, at most
+    :data:`MAX_LOWPASS_SIGMA` pixels), else a ConfigError naming ``field``."""
+    sigma = require_positive(sigma, field)
+    require(sigma <= MAX_LOWPASS_SIGMA, field,
+            f"must be at most {MAX_LOWPASS_SIGMA:g} pixels (a low-pass that wide is a map's mean "
+            f"on any image; a wider one only costs time and memory), got {sigma:g}")
+    return sigma
 
 
 def downsampled_size(size: int) -> int:
@@ -107,7 +121,7 @@ class AntiAliasedDownsample(nn.Module):
 
     def __init__(self, sigma: float = 1.0, boundary: str = "replicate"):
         super().__init__()
-        self.sigma = require_positive(sigma, "downsample sigma")
+        self.sigma = require_lowpass_sigma(sigma, "downsample sigma")
         BOUNDARIES.check(boundary, "boundary")
         self.boundary = boundary
         self.register_buffer("weight", gaussian_lowpass_weights(self.sigma), persistent=False)
