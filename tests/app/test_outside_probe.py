@@ -23,7 +23,7 @@ from eqpdenet.app.cli import describe_error, main
 from eqpdenet.app.config import ExperimentConfig, apply_overrides, build_model
 from eqpdenet.app.files import check_output_file, read_jsonl
 from eqpdenet.app.report import check_records
-from eqpdenet.app.runstore import load_records, set_aside
+from eqpdenet.app.runstore import load_records, set_aside, write_aggregate
 from eqpdenet.app.sweeps import run_sweep
 from eqpdenet.errors import ConfigError, DataFileError, OutputFolderError
 
@@ -262,10 +262,15 @@ def test_the_advice_to_rerun_a_run_reruns_it(tmp_path, sweep_without_data):
 
     def runner(run, data, **kwargs):
         calls.append(run.train.seed)
-        return _record(run.train.seed, float("nan") if len(calls) == 2 else 70.0)
+        return _record(run.train.seed, 70.0)
 
     _sweep(out, [0, 1], runner)
     results, key = out / "results.jsonl", "fcnn-h4-seed1"
+    # a NaN accuracy as a sweep recorded it before such runs were recorded as failed
+    record = json.loads((out / "runs" / f"{key}.json").read_text())
+    record["accuracy"]["test"] = float("nan")
+    (out / "runs" / f"{key}.json").write_text(json.dumps(record) + "\n")
+    write_aggregate(out)
     with pytest.raises(DataFileError, match=rf"accuracy test is nan, not a finite percentage; a "
                                             rf"report cannot average it \(to rerun it, delete "
                                             rf"both runs/{key}.json \(if there is one\) and its "

@@ -273,9 +273,14 @@ def _record(entry, seed, *, model="fcnn", status="ok", accuracy=None, dataset="r
 
 
 def _benchmark_folder(path: Path, records: list[dict], entries=("fcnn", "eqp")) -> Path:
+    from eqpdenet.app.benchmark import benchmark_fingerprint
+
     path.mkdir(parents=True)
     config = BenchmarkConfig(models={name: ["model.hidden=16"] for name in entries}, seeds=[0, 1])
     (path / "config.toml").write_text(to_toml(config))
+    # runs of this configuration: the report tables no other (another base is refused)
+    records = [{**r, "base_fingerprint": benchmark_fingerprint(config)}
+               if r.get("base_fingerprint") == "f" * 12 else r for r in records]
     (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
 

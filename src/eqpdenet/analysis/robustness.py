@@ -125,11 +125,26 @@ def shift_curve(model: nn.Module, images: Tensor, labels: Tensor, shifts: Sequen
 def logit_change(model: nn.Module, images: Tensor, degrees: float,
                  batch_size: int = 500) -> float:
     """Relative change of the logits under a rotation: ``||l(g f) - l(f)|| / ||l(f)||`` over the
-    whole batch (0 for a rotation-invariant model)."""
+    whole batch (0 for a rotation-invariant model), in float64 (:func:`_relative_change`:
+    finite for any finite logits but all-zero ones that change)."""
     degrees = _finite_number(degrees, "degrees")
     logits = _logits(model, images, batch_size)
     moved = _logits(model, _rotation(degrees)(images), batch_size)
-    return float(torch.linalg.vector_norm(moved - logits) / torch.linalg.vector_norm(logits))
+    return _relative_change(moved, logits)
+
+
+def _relative_change(moved: Tensor, logits: Tensor) -> float:
+    """``||moved - logits|| / ||logits||``, computed in float64: the norm of float32 logits above
+    about 1e19 (a model trained with a huge learning rate) overflows float32, and the ratio of
+    two infinite norms was NaN, of an infinite and a finite one infinite. 0 where both are 0
+    (a model whose logits are all 0 does not change); NaN only where the logits themselves are
+    not finite, or are all 0 while the others are not (no relative change exists)."""
+    moved, logits = moved.double(), logits.double()
+    change = torch.linalg.vector_norm(moved - logits)
+    size = torch.linalg.vector_norm(logits)
+    if float(size) == 0.0:
+        return 0.0 if float(change) == 0.0 else math.nan
+    return float(change / size)
 
 
 def round_trip_change(model: nn.Module, images: Tensor, degrees: float,
@@ -142,7 +157,7 @@ def round_trip_change(model: nn.Module, images: Tensor, degrees: float,
     logits = _logits(model, images, batch_size)
     back = _rotation(-degrees)(_rotation(degrees)(images))
     moved = _logits(model, back, batch_size)
-    return float(torch.linalg.vector_norm(moved - logits) / torch.linalg.vector_norm(logits))
+    return _relative_change(moved, logits)
 
 
 def axis_shift(images: Tensor, shift: tuple[int, int]) -> Tensor:

@@ -29,21 +29,28 @@ from ..analysis.robustness import (
     shift_curve,
 )
 from ..errors import ConfigError, DataFileError
-from .config import BenchmarkConfig, CurvesConfig, to_dict, to_toml
+from .config import BenchmarkConfig, CurvesConfig, ExperimentConfig, to_dict, to_toml
 from .distributed import Executor
-from .files import atomic_write, read_jsonl, save_figure
+from .files import atomic_write, save_figure
 from .locks import hold
 from .report import (
     SAME_RUN_FIELDS,
+    Described,
     Report,
+    check_outputs,
     dataset_name,
     deduplicate,
     failed_note,
+    has_results,
     incomplete_line,
+    left_out_note,
+    nothing_described,
+    read_results,
     subset_note,
+    sweep_records,
 )
 from .runfolder import check_claim, claim_folder
-from .runstore import run_file
+from .runstore import load_records, run_file
 from .sweeps import (
     SWEEP_FILES,
     check_before_writing,
@@ -139,7 +146,8 @@ def benchmark(config: BenchmarkConfig, out_dir: Path, *, models: list[str] | Non
     their aggregate ``results.jsonl``) with ``executor`` (default: local, ``jobs`` processes).
 
     ``models`` restricts the run to some of ``config.models`` (the others stay in the config).
-    Runs finished under another configuration of the same entry and seed (a recipe changed) are
+    Runs finished under another configuration of the same entry and seed (a recipe changed),
+    those of an entry's seeds the configuration no longer lists included, are
     refused, or with ``rerun_changed`` set aside and run again
     (:func:`~eqpdenet.app.sweeps.check_before_writing`), and so are the finished runs of
     ``checkpoint_seeds`` without a checkpoint (:func:`~eqpdenet.app.sweeps.check_checkpoints`).
@@ -169,10 +177,15 @@ def benchmark(config: BenchmarkConfig, out_dir: Path, *, models: list[str] | Non
         # entries --models leaves out are checked too: config.toml describes their recipes.
         others = {f"{name}-seed{seed}": config.experiment(name, seed)
                   for name in config.models if name not in chosen for seed in config.seeds}
+        # So are the finished runs of an entry's seeds the configuration no longer lists: the
+        # entry's recipe describes them too (a recipe changed while its seeds shrank kept its
+        # old runs beside the new, to be averaged with them when the seed came back).
+        others |= _unlisted_seeds(config, load_records(out_dir), set(runs) | set(others))
         lacking = check_checkpoints(out_dir, keep, rerun_changed)
         check_before_writing(runs, out_dir, jobs, executor, keep, rerun_changed=rerun_changed,
                              echo=echo, base_fingerprint=benchmark_fingerprints(config),
-                             base={"base": config.base, "curves": config.curves}, others=others)
+                             base={"base": config.base, "curves": config.curves}, others=others,
+                             every_kind=True)
         set_aside_lacking(out_dir, lacking, echo)
         atomic_write(out_dir / "config.toml", to_toml(config).encode())
         run_sweep(f"benchmark {', '.join(chosen)}", runs, out_dir, base_fingerprint=base_print,
@@ -182,8 +195,24 @@ def benchmark(config: BenchmarkConfig, out_dir: Path, *, models: list[str] | Non
     return out_dir / "results.jsonl"
 
 
+def _unlisted_seeds(config: BenchmarkConfig, records: dict[str, dict],
+                    listed: set[str]) -> dict[str, ExperimentConfig]:
+    """Key -> configuration of the finished runs in ``records`` of an entry of ``config`` with a
+    seed it does not list (``listed``: the keys it does)."""
+    unlisted = {}
+    for key, record in records.items():
+        entry, seed = record.get("entry", record.get("model")), record.get("seed")
+        if (key not in listed and entry in config.models and isinstance(seed, int)
+                and not isinstance(seed, bool) and key == f"{entry}-seed{seed}"):
+            unlisted[key] = config.experiment(entry, seed)
+    return unlisted
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
-    if not values:
+    """Mean and sample std; NaN for both where a value is not finite (a report refuses such
+    records first, :func:`~eqpdenet.app.report.check_records`; statistics.stdev of NaN and inf
+    raised an AttributeError) or there is none, NaN std for one value."""
+    if not values or not all(math.isfinite(value) for value in values):
         return math.nan, math.nan
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
@@ -352,18 +381,28 @@ def is_benchmark_folder(folder: Path) -> bool:
     return True
 
 
-def missing_benchmark_runs(out_dir: Path, records: list[dict]) -> list[str] | None:
-    """The run keys (``<entry>-seed<seed>``) that the folder's ``config.toml`` lists and
-    ``records`` lack, in the configuration's order; None without a benchmark configuration."""
+def described_benchmark_runs(out_dir: Path) -> Described | None:
+    """The runs (``<entry>-seed<seed>``, in the configuration's order) and base fingerprints
+    (:func:`benchmark_fingerprints`) the folder's ``config.toml`` describes; None without a
+    benchmark configuration."""
     from .config import load_toml
 
     try:
         config = load_toml(BenchmarkConfig, Path(out_dir) / "config.toml")
     except (ConfigError, OSError, ValueError):
         return None
+    return Described([f"{name}-seed{seed}" for name in config.models for seed in config.seeds],
+                     benchmark_fingerprints(config))
+
+
+def missing_benchmark_runs(out_dir: Path, records: list[dict]) -> list[str] | None:
+    """The run keys (``<entry>-seed<seed>``) that the folder's ``config.toml`` lists and
+    ``records`` lack, in the configuration's order; None without a benchmark configuration."""
+    described = described_benchmark_runs(out_dir)
+    if described is None:
+        return None
     present = {r.get("key") for r in records}
-    return [f"{name}-seed{seed}" for name in config.models for seed in config.seeds
-            if f"{name}-seed{seed}" not in present]
+    return [key for key in described.keys if key not in present]
 
 
 def _cpu_hours(records: list[dict]) -> str:
@@ -374,39 +413,52 @@ def _cpu_hours(records: list[dict]) -> str:
 
 
 def write_benchmark_report(out_dir: Path) -> Report:
-    """``table.md`` and ``robustness.png`` from ``out_dir/results.jsonl``; the table's first line
-    says so when runs of the folder's configuration have no result yet (``Report.missing``).
+    """``table.md`` and ``robustness.png`` from ``out_dir/results.jsonl`` (regenerated from the
+    run files first: :func:`~eqpdenet.app.report.read_results`), under the folder's lock; the
+    table's first line says so when runs of the folder's configuration have no result yet
+    (``Report.missing``). The table holds exactly the runs the folder's ``config.toml``
+    describes (:func:`~eqpdenet.app.report.sweep_records`: runs of entries or seeds it no
+    longer lists are named in the header, runs of another base or curves refused).
     Each run (``<entry>-seed<seed>``) counts once (:func:`~eqpdenet.app.report.deduplicate`: a
-    run recorded with two outcomes is refused); failed runs are counted and named
-    (:func:`benchmark_table`)."""
+    run recorded with two outcomes, or with numbers that are not finite, is refused); failed
+    runs are counted and named (:func:`benchmark_table`). Both outputs are checked before
+    either is written."""
     out_dir = Path(out_dir)
     source = str(out_dir / "results.jsonl")
-    records = read_jsonl(out_dir / "results.jsonl")
-    if not records:
-        raise FileNotFoundError(f"no results in {out_dir / 'results.jsonl'}")
-    # checked (a line that is not a run record is named, not a crash here), and each run
-    # counted once, as the paper's report does: a record written twice by two writers is one
-    # run, and a run recorded with two outcomes is refused rather than averaged
-    records = deduplicate(records, source, key=benchmark_run_key, fields=SAME_BENCHMARK_RUN_FIELDS)
-    summary = summarise(records, source)
-    missing = missing_benchmark_runs(out_dir, records)
-    subsets = {r.get("config", {}).get("data", {}).get("test_subset", 0) for r in records}
-    images = {r.get("robustness", {}).get("images") for r in records} - {None}
-    where = ("the whole test set" if subsets == {0} else
-             "the first " + " or ".join(f"{n:,}" for n in sorted(subsets)) + " test digits")
-    curves = " or ".join(f"{n:,}" for n in sorted(images)) or "few"
-    header = (f"Accuracy in percent, mean (sample std) over seeds; scenarios on {where}, curves "
-              f"and logit changes (relative: ||l(g f) − l(f)|| / ||l(f)|| over the batch) on the "
-              f"first {curves} test digits (see `config.toml`). From `results.jsonl` beside this "
-              f"file ({len(records)} runs{failed_note(records, benchmark_run_key)}"
-              f"{_cpu_hours(records)}).{subset_note(records, ['train_subset'])} Train min: one "
-              f"run's training, mean over seeds, on the CPU of column cpu (PyTorch's vector "
-              f"capability there, as recorded; – where the run predates the record): one seed "
-              f"repeats its numbers on one kind of CPU only.\n\n")
-    if missing:
-        header = (f"**Incomplete:** {incomplete_line(missing, len(records) + len(missing))}; "
-                  f"rerun the benchmark's command to finish it.\n\n{header}")
-    table = out_dir / "table.md"
-    atomic_write(table, (header + benchmark_table(summary) + "\n").encode())
-    return Report(table, plot_robustness(summary, out_dir / "robustness.png",
-                                         dataset_name(records)), len(records), missing)
+    if not has_results(out_dir):
+        raise FileNotFoundError(f"no results in {source}")
+    table, plot = out_dir / "table.md", out_dir / "robustness.png"
+    with hold(out_dir, "report", create=False):
+        # checked (a line that is not a run record is named, not a crash here), and each run
+        # counted once, as the paper's report does: a record written twice by two writers is
+        # one run, and a run recorded with two outcomes is refused rather than averaged
+        records = deduplicate(read_results(out_dir), source, key=benchmark_run_key,
+                              fields=SAME_BENCHMARK_RUN_FIELDS)
+        described = described_benchmark_runs(out_dir)
+        records, left_out = sweep_records(records, described, source, key=benchmark_run_key,
+                                          command="benchmark", folder=out_dir)
+        if not records:
+            raise nothing_described(left_out, described, source)
+        summary = summarise(records, source)
+        missing = None if described is None else missing_benchmark_runs(out_dir, records)
+        check_outputs(table, plot)
+        subsets = {r.get("config", {}).get("data", {}).get("test_subset", 0) for r in records}
+        images = {r.get("robustness", {}).get("images") for r in records} - {None}
+        where = ("the whole test set" if subsets == {0} else
+                 "the first " + " or ".join(f"{n:,}" for n in sorted(subsets)) + " test digits")
+        curves = " or ".join(f"{n:,}" for n in sorted(images)) or "few"
+        header = (f"Accuracy in percent, mean (sample std) over seeds; scenarios on {where}, "
+                  f"curves and logit changes (relative: ||l(g f) − l(f)|| / ||l(f)|| over the "
+                  f"batch) on the first {curves} test digits (see `config.toml`). From "
+                  f"`results.jsonl` beside this file ({len(records)} runs"
+                  f"{failed_note(records, benchmark_run_key)}{_cpu_hours(records)})."
+                  f"{subset_note(records, ['train_subset'])} Train min: one run's training, "
+                  f"mean over seeds, on the CPU of column cpu (PyTorch's vector capability "
+                  f"there, as recorded; – where the run predates the record): one seed repeats "
+                  f"its numbers on one kind of CPU only.{left_out_note(left_out)}\n\n")
+        if missing:
+            header = (f"**Incomplete:** {incomplete_line(missing, len(records) + len(missing))}; "
+                      f"rerun the benchmark's command to finish it.\n\n{header}")
+        atomic_write(table, (header + benchmark_table(summary) + "\n").encode())
+        plot_robustness(summary, plot, dataset_name(records))
+    return Report(table, plot, len(records), missing, left_out)

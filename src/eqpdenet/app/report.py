@@ -23,7 +23,11 @@ no run of the two is refused rather than reported as an empty table.
 
 A report says whether its sweep is complete: the runs the folder's ``config.toml`` describes that
 have no record are listed at the top of ``table.md`` (:func:`missing_runs`), and ``eqpdenet
-report`` then warns and exits with status 3.
+report`` then warns and exits with status 3. A table holds exactly those runs
+(:func:`sweep_records`): runs the configuration no longer lists are left out and named, runs of
+another base configuration refused, as the sweep refuses them. The records are read from
+``results.jsonl`` after regenerating it from the run files (:func:`read_results`), and every output
+is checked before any is written (:func:`check_outputs`).
 """
 
 from __future__ import annotations
@@ -32,16 +36,20 @@ import csv
 import math
 from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from ..errors import ConfigError, DataFileError
-from .files import atomic_write, read_jsonl, save_figure
+from .files import atomic_write, check_output_file, read_jsonl, save_figure
 from .locks import hold
+from .runstore import non_finite_fields, write_aggregate
 
-__all__ = ["Report", "aggregate", "check_records", "dataset_name", "deduplicate", "failed_note",
-           "missing_runs", "paper_run_key", "paper_table", "plot_accuracy", "protocol_table",
-           "rerun_advice", "subset_note", "untabled_note", "write_report"]
+__all__ = ["Described", "Report", "aggregate", "check_outputs", "check_records", "dataset_name",
+           "deduplicate", "described_runs", "failed_note", "has_results", "left_out_note",
+           "missing_runs", "nothing_described", "paper_run_key", "paper_table", "plot_accuracy",
+           "protocol_table", "read_results", "rerun_advice", "subset_note", "sweep_records",
+           "untabled_note", "validation_table", "write_report"]
 
 SCENARIOS = ("test", "iso", "sca")
 #: The paper's two models (Tables 1 and 2) and their printed names: the kinds
@@ -117,6 +125,12 @@ def check_records(records: list[dict], source: str = "results") -> list[dict]:
         if not isinstance(params, int) or isinstance(params, bool) or params < 0:
             raise DataFileError(source, f"{where}: params is {params!r}, not a parameter count "
                                         f"({advice})")
+        # a benchmark's curves and logit changes are averaged too (statistics.stdev of NaN and
+        # inf crashed with "'float' object has no attribute 'numerator'")
+        bad = non_finite_fields(record.get("robustness"), "robustness")
+        if bad:
+            raise DataFileError(source, f"{where}: {bad[0]}, not a finite number; a report "
+                                        f"cannot average it ({advice})")
     return records
 
 
@@ -208,7 +222,8 @@ def untabled_note(records: list[dict], source: str = "results") -> str:
 
 def aggregate(records: list[dict]) -> dict[tuple[str, int], dict]:
     """Mean and sample std per (model, hidden) and scenario over the successful runs, each run
-    key counted once (:func:`deduplicate`)."""
+    key counted once (:func:`deduplicate`); ``validation`` likewise, of the runs that recorded a
+    validation accuracy."""
     groups: dict[tuple[str, int], list[dict]] = {}
     failures: dict[tuple[str, int], int] = {}
     for record in deduplicate(records):
@@ -223,8 +238,11 @@ def aggregate(records: list[dict]) -> dict[tuple[str, int], dict]:
         entry = {"params": runs[0]["params"] if runs else None, "n": len(runs),
                  "failed": failures.get(key, 0), "seeds": sorted(r["seed"] for r in runs),
                  "by_seed": {r["seed"]: r["accuracy"] for r in runs}, "covered": {}}
-        for scenario in SCENARIOS:
-            values = np.array([r["accuracy"][scenario] for r in runs if scenario in r["accuracy"]])
+        for scenario in (*SCENARIOS, "validation"):
+            values = np.array([r["validation_accuracy"] if scenario == "validation"
+                               else r["accuracy"][scenario] for r in runs
+                               if (scenario == "validation" and "validation_accuracy" in r)
+                               or scenario in r["accuracy"]])
             if len(values):
                 std = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
                 entry[scenario] = (float(values.mean()), std)
@@ -256,7 +274,7 @@ def protocol_table(ours: dict, paper: dict | None = None) -> str:
         for hidden in sizes:
             mine, theirs = ours[kind, hidden], paper.get((kind, hidden))
             runs = f"{mine['n']}" + (f" (+{mine['failed']} failed)" if mine.get("failed") else "")
-            cells = [str(hidden), str(mine["params"]), runs]
+            cells = [str(hidden), _params(mine), runs]
             for scenario in SCENARIOS:
                 ref, got = (theirs or {}).get(scenario), mine.get(scenario)
                 cells += [_cell(ref), _cell(got) + _coverage(mine, scenario)]
@@ -282,6 +300,31 @@ def protocol_table(ours: dict, paper: dict | None = None) -> str:
                     a, b = table.get(("eqpdenet", hidden), {}), table.get(("fcnn", hidden), {})
                     cells.append(_gap(a, b, scenario))
             lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _params(cell: dict) -> str:
+    """A cell's parameter count; "–" where none of its runs finished (none recorded one)."""
+    return "–" if cell.get("params") is None else str(cell["params"])
+
+
+def validation_table(ours: dict) -> str:
+    """Markdown: per model and hidden size, the validation accuracy (mean (std) over the runs),
+    for runs that evaluated no test scenario (the validation study's), which the paper's tables
+    cannot be compared with."""
+    lines = []
+    for kind in PAPER_MODELS:
+        sizes = sorted({h for k, h in ours if k == kind})
+        if not sizes:
+            continue
+        lines += [f"### {MODEL_NAMES[kind]} (validation split)", "",
+                  "| h | #params | runs | validation ours |", "|---:|---:|---:|---:|"]
+        for hidden in sizes:
+            mine = ours[kind, hidden]
+            runs = f"{mine['n']}" + (f" (+{mine['failed']} failed)" if mine.get("failed") else "")
+            lines.append(f"| {hidden} | {_params(mine)} | {runs} | "
+                         f"{_cell(mine.get('validation'))}{_coverage(mine, 'validation')} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -313,8 +356,10 @@ def _gap(a: dict, b: dict, scenario: str) -> str:
     return cell + (f" [paired on {len(seeds)} of {everyone} seeds]" if len(seeds) < everyone else "")
 
 
-def plot_accuracy(ours: dict, path: Path, paper: dict | None = None) -> Path:
-    """PNG: accuracy against #params for both models and the three scenarios, paper dashed."""
+def plot_accuracy(ours: dict, path: Path, paper: dict | None = None,
+                  scenarios: tuple[str, ...] = SCENARIOS) -> Path:
+    """PNG: accuracy against #params for both models and the three scenarios (or
+    ``scenarios``, e.g. ``("validation",)``), paper dashed where it has the scenario."""
     import matplotlib
     import matplotlib.ticker
 
@@ -322,9 +367,11 @@ def plot_accuracy(ours: dict, path: Path, paper: dict | None = None) -> Path:
     import matplotlib.pyplot as plt
 
     paper = paper_table() if paper is None else paper
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4), sharex=True)
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(max(13 * len(scenarios) / 3, 5), 4),
+                             sharex=True, squeeze=False)
+    axes = axes[0]
     colours = {"eqpdenet": "tab:blue", "fcnn": "tab:orange"}
-    for axis, scenario in zip(axes, SCENARIOS, strict=True):
+    for axis, scenario in zip(axes, scenarios, strict=True):
         for kind in PAPER_MODELS:
             for source, table, style in (("paper", paper, "--"), ("ours", ours, "-")):
                 keys = sorted((k for k in table if k[0] == kind and scenario in table[k]),
@@ -350,11 +397,21 @@ def plot_accuracy(ours: dict, path: Path, paper: dict | None = None) -> Path:
     return save_figure(fig, path, dpi=120)
 
 
-def missing_runs(results_dir: Path, records: list[dict]) -> list[str] | None:
-    """The run keys that the folder's ``config.toml`` (a reproduce sweep) describes and
-    ``records`` lack, in the sweep's order; None when there is no such configuration to tell."""
+class Described(NamedTuple):
+    """What a sweep folder's ``config.toml`` describes: ``keys``, its runs' keys in the sweep's
+    order, and ``fingerprints``, the base fingerprints its runs may have recorded (the first,
+    today's; a benchmark's earlier schemas too)."""
+
+    keys: list[str]
+    fingerprints: tuple[str, ...]
+
+
+def described_runs(results_dir: Path) -> Described | None:
+    """The runs the folder's ``config.toml`` (a ``reproduce`` sweep: models x hidden sizes x
+    seeds) describes; None where there is no such configuration to tell."""
     from .config import ReproduceConfig, load_toml
     from .sweeps import grid, run_key
+    from .training import fingerprint
 
     path = Path(results_dir) / "config.toml"
     if not path.is_file():
@@ -363,21 +420,119 @@ def missing_runs(results_dir: Path, records: list[dict]) -> list[str] | None:
         config = load_toml(ReproduceConfig, path)
     except ConfigError:
         return None
-    present = {(r["model"], int(r["hidden"]), r["seed"]) for r in records}
-    return [run_key(run.model.kind, run.model.hidden, run.train.seed) for run in grid(config)
-            if (run.model.kind, run.model.hidden, run.train.seed) not in present]
+    return Described([run_key(run.model.kind, run.model.hidden, run.train.seed)
+                      for run in grid(config)], (fingerprint(config.base),))
+
+
+def missing_runs(results_dir: Path, records: list[dict]) -> list[str] | None:
+    """The run keys that the folder's ``config.toml`` (a reproduce sweep) describes and
+    ``records`` lack, in the sweep's order; None when there is no such configuration to tell."""
+    described = described_runs(results_dir)
+    if described is None:
+        return None
+    present = {paper_run_key(r) for r in records}
+    return [key for key in described.keys if key not in present]
+
+
+def sweep_records(records: list[dict], described: Described | None, source: str = "results", *,
+                  key=paper_run_key, command: str = "reproduce",
+                  folder: Path | str = "<folder>") -> tuple[list[dict], list[str]]:
+    """The records a table is made of, and the keys of those it leaves out.
+
+    With ``described`` (what the folder's ``config.toml`` describes; None: every record is
+    tabled), exactly the runs it describes: a record of another key (a seed, hidden size or
+    benchmark entry the configuration no longer lists, whose run the sweep keeps: listed again,
+    it counts as done) is left out, and named (:func:`left_out_note`). A record whose base
+    fingerprint is not one of ``described.fingerprints``, whatever its key, was made under
+    another base configuration: a :class:`~eqpdenet.errors.DataFileError` naming the runs, as
+    the sweep's ``command`` refuses them (it sets them aside with ``--rerun-changed``; the
+    message gives its command line for ``folder``). A record
+    without a base fingerprint (written by hand, or before fingerprints) tells nothing to
+    compare and is judged by its key alone."""
+    if described is None:
+        return records, []
+    other_base = {}
+    for record in records:
+        recorded = record.get("base_fingerprint")
+        if recorded is not None and recorded not in described.fingerprints:
+            other_base.setdefault(recorded, []).append(key(record))
+    if other_base:
+        runs = sum(len(keys) for keys in other_base.values())
+        shown = "; ".join(f"{_shown(keys)} (base fingerprint {print_} recorded, "
+                          f"{described.fingerprints[0]} in config.toml)"
+                          for print_, keys in other_base.items())
+        raise DataFileError(source, f"{runs} run(s) were made under another base configuration "
+                                    f"than its config.toml describes: {shown}; a table of them "
+                                    f"is not config.toml's. `eqpdenet {command} --config "
+                                    f"{folder}/config.toml --out {folder} --rerun-changed` sets "
+                                    f"them aside and runs those config.toml lists anew")
+    wanted = set(described.keys)
+    return ([r for r in records if key(r) in wanted],
+            list(dict.fromkeys(key(r) for r in records if key(r) not in wanted)))
+
+
+def _shown(keys: list[str], count: int = 4) -> str:
+    return ", ".join(keys[:count]) + (f", ... ({len(keys)} runs)" if len(keys) > count else "")
+
+
+def left_out_note(left_out: list[str]) -> str:
+    """A sentence naming the runs :func:`sweep_records` left out of the table, else ``""``."""
+    if not left_out:
+        return ""
+    return (f" Not in the table: {len(left_out)} run(s) of the folder that its `config.toml` "
+            f"does not list (seeds, hidden sizes or entries since removed; kept, and counted "
+            f"as done if listed again): {_shown(left_out)}.")
+
+
+def nothing_described(left_out: list[str], described: Described, source: str) -> DataFileError:
+    """The error for a folder none of whose runs its ``config.toml`` describes."""
+    return DataFileError(source, f"none of its {len(left_out)} run(s) ({_shown(left_out)}) is "
+                                 f"one its config.toml lists ({_shown(described.keys)}): a table "
+                                 f"would have no row")
+
+
+def read_results(results_dir: Path) -> list[dict]:
+    """The records of ``results_dir/results.jsonl``, regenerated first from the run files
+    (:func:`~eqpdenet.app.runstore.write_aggregate`: ``runs/`` are the truth, and a sweep
+    stopped between a run file and the aggregate left it behind); a
+    :class:`FileNotFoundError` where there are none. The caller holds the folder's lock."""
+    path = Path(results_dir) / "results.jsonl"
+    write_aggregate(results_dir)
+    records = read_jsonl(path)
+    if not records:
+        raise FileNotFoundError(f"no results in {path}")
+    return records
+
+
+def has_results(results_dir: Path) -> bool:
+    """Whether ``results_dir`` holds results to report (``results.jsonl`` or run files): checked
+    before a report takes the folder's lock, which would leave its lock file in any folder."""
+    results_dir = Path(results_dir)
+    return (results_dir / "results.jsonl").is_file() or (results_dir / "runs").is_dir()
+
+
+def check_outputs(*paths: Path) -> None:
+    """Before a report writes anything: each of ``paths`` can be written (a folder in the way,
+    a folder that cannot be written into), so that it never writes its table and then fails on
+    its plot, leaving a table beside the plot of earlier results."""
+    for path in paths:
+        check_output_file(path, "the report's output")
 
 
 class Report(tuple):
-    """What :func:`write_report` wrote: ``(table, plot)`` paths; ``runs``, the runs recorded;
-    ``missing``, the runs of the sweep without a record (None: no ``config.toml`` to tell)."""
+    """What :func:`write_report` wrote: ``(table, plot)`` paths; ``runs``, the runs tabled;
+    ``missing``, the runs of the sweep without a record (None: no ``config.toml`` to tell);
+    ``left_out``, the keys of the folder's runs that its ``config.toml`` does not list
+    (:func:`sweep_records`), not tabled."""
 
     runs: int
     missing: list[str] | None
+    left_out: list[str]
 
-    def __new__(cls, table: Path, plot: Path, runs: int, missing: list[str] | None):
+    def __new__(cls, table: Path, plot: Path, runs: int, missing: list[str] | None,
+                left_out: list[str] = ()):
         report = super().__new__(cls, (table, plot))
-        report.runs, report.missing = runs, missing
+        report.runs, report.missing, report.left_out = runs, missing, list(left_out)
         return report
 
     @property
@@ -394,31 +549,71 @@ def incomplete_line(missing: list[str], total: int) -> str:
 
 
 def write_report(results_dir: Path) -> Report:
-    """``table.md`` and ``accuracy_vs_params.png`` from ``results_dir/results.jsonl``; says at the
-    top of the table when runs of the sweep are missing (:func:`missing_runs`)."""
+    """``table.md`` and ``accuracy_vs_params.png`` from ``results_dir/results.jsonl``
+    (regenerated from the run files first: :func:`read_results`).
+
+    The table holds exactly the runs the folder's ``config.toml`` describes
+    (:func:`sweep_records`: others are named in its header, runs of another base configuration
+    refused) and says at its top when some of them are missing (:func:`missing_runs`). Runs
+    that evaluated none of the paper's scenarios but recorded a validation accuracy (a
+    validation study's, ``scenarios = []``) are tabled by validation accuracy
+    (:func:`validation_table`), without the paper's numbers; runs with neither are refused, as
+    a table of dashes. Both outputs are checked before either is written."""
     results_dir = Path(results_dir)
     if results_dir.exists() and not results_dir.is_dir():
         raise DataFileError(results_dir, "a file, not a results folder (the folder that holds "
                                          "results.jsonl)")
     path = results_dir / "results.jsonl"
-    records = read_jsonl(path)
-    if not records:
+    if not has_results(results_dir):
         raise FileNotFoundError(f"no results in {path}")
+    table_path, plot_path = results_dir / "table.md", results_dir / "accuracy_vs_params.png"
     with hold(results_dir, "report", create=False):
-        records = deduplicate(read_jsonl(path), source=str(path))
+        records = deduplicate(read_results(results_dir), source=str(path))
+        described = described_runs(results_dir)
+        records, left_out = sweep_records(records, described, str(path), folder=results_dir)
+        if not records:
+            raise nothing_described(left_out, described, str(path))
         untabled = untabled_note(records, str(path))
         ours = aggregate(records)
-        table = protocol_table(ours)
-        missing = missing_runs(results_dir, records)
-        header = (f"Accuracy in percent on {dataset_name(records)} test, `iso` and `sca`: mean "
-                  f"(sample std) over the runs of each cell; paper = Lagrave & Riou 2021, Tables "
-                  f"1-2. Δ = ours − paper; Δ/σ in units of the paper's std. From `results.jsonl` "
-                  f"beside this file ({len(records)} runs{failed_note(records)}; config in "
-                  f"`config.toml`).{subset_note(records)}{untabled}\n\n")
+        scenarios = _scenarios_of(records, str(path))
+        missing = None if described is None else missing_runs(results_dir, records)
+        check_outputs(table_path, plot_path)
+        runs = (f"From `results.jsonl` beside this file ({len(records)} runs"
+                f"{failed_note(records)}; config in `config.toml`).{subset_note(records)}"
+                f"{untabled}{left_out_note(left_out)}\n\n")
+        if scenarios == ("validation",):
+            header = (f"Validation accuracy in percent on {dataset_name(records)}: mean (sample "
+                      f"std) over the runs of each cell. These runs evaluated none of the test "
+                      f"scenarios the paper's Tables 1-2 report (`scenarios = []` in "
+                      f"`config.toml`, as in a validation study, which never uses the test "
+                      f"set), so there is nothing of the paper's to compare. " + runs)
+            table = validation_table(ours)
+        else:
+            header = (f"Accuracy in percent on {dataset_name(records)} test, `iso` and `sca`: "
+                      f"mean (sample std) over the runs of each cell; paper = Lagrave & Riou "
+                      f"2021, Tables 1-2. Δ = ours − paper; Δ/σ in units of the paper's std. "
+                      + runs)
+            table = protocol_table(ours)
         if missing:
             header = (f"**Incomplete:** {incomplete_line(missing, len(records) + len(missing))}; "
                       f"rerun the sweep's command to finish it.\n\n{header}")
-        table_path = results_dir / "table.md"
         atomic_write(table_path, (header + table).encode())
-        plot_path = plot_accuracy(ours, results_dir / "accuracy_vs_params.png")
-    return Report(table_path, plot_path, len(records), missing)
+        plot_accuracy(ours, plot_path, scenarios=scenarios)
+    return Report(table_path, plot_path, len(records), missing, left_out)
+
+
+def _scenarios_of(records: list[dict], source: str) -> tuple[str, ...]:
+    """What the report tables: the paper's scenarios, or ``("validation",)`` where no
+    successful run evaluated any of them but some recorded a validation accuracy; a
+    :class:`~eqpdenet.errors.DataFileError` where successful runs have neither (a table of
+    dashes, said to be a result)."""
+    ok = [r for r in records if r.get("status") == "ok"]
+    if not ok or any(s in r["accuracy"] for r in ok for s in SCENARIOS):
+        return SCENARIOS
+    if any("validation_accuracy" in r for r in ok):
+        return ("validation",)
+    found = sorted({s for r in ok for s in r["accuracy"]})
+    raise DataFileError(source, f"its runs evaluated none of the scenarios the paper's tables "
+                                f"report ({', '.join(SCENARIOS)}; they have "
+                                f"{', '.join(found) or 'none'}) and recorded no validation "
+                                f"accuracy: there is nothing to table")

@@ -6,7 +6,10 @@ writes into (or, for ``train``, replaces) a folder only if it is new or empty, o
 marker of the same kind of command; a folder of the user's files is refused before any work,
 however its files are named (a ``model.pt`` or ``config.toml`` of the user's is not a run).
 Folders of sweeps written before the marker existed (``results/paper``: a ``results.jsonl`` and
-``runs/``) are recognised by what they hold (:func:`claim_folder`'s ``legacy``). The folder is
+``runs/``) are recognised by what they hold (:func:`claim_folder`'s ``legacy``). No command writes
+into the folders a sweep keeps its own files in (``runs/``, ``checkpoints/``, ``superseded/``:
+:func:`check_not_inside_a_sweep`, :func:`check_output_keeps`): a sweep reads every file there as
+one of its runs. The folder is
 the path's real folder: a symbolic link is followed, never replaced, and a path that is the
 current folder (or holds it) is never replaced.
 
@@ -41,8 +44,9 @@ from ..files import link_target
 from .files import atomic_write
 from .locks import LOCK_NAME, make_folder, replace_held_folder
 
-__all__ = ["MARKER", "RUN_FILES", "check_claim", "check_replaceable", "claim_folder", "folder_kind",
-           "output_path", "staged", "write_marker"]
+__all__ = ["MARKER", "RUN_FILES", "SWEEP_KINDS", "check_claim", "check_not_inside_a_sweep",
+           "check_output_keeps", "check_replaceable", "claim_folder", "folder_kind", "output_path",
+           "staged", "sweep_inside", "write_marker"]
 
 #: What ``eqpdenet train`` writes into its output folder (besides :data:`MARKER`).
 RUN_FILES = ("model.pt", "config.toml", "result.json")
@@ -74,21 +78,73 @@ def folder_kind(folder: Path) -> str | None:
 
 
 #: What a command's own output may not replace in a folder another command marked (or in its
-#: subfolders: a benchmark's checkpoints/, runs/): its results, models and configuration.
+#: subfolders): its results, models and configuration.
 _RESULT_NAMES = frozenset({*RUN_FILES, "results.jsonl", "table.md", "table.csv", "chosen.toml",
-                           "study.md"})
+                           "chosen.json", "study.md"})
 _RESULT_SUFFIXES = frozenset({".pt", ".pt2", ".onnx", ".jsonl"})
+
+#: The folders a sweep keeps inside its own: its run files, checkpoints and set-aside runs. Every
+#: file in them is the sweep's (a resume reads them all), and a study's ``runs/`` holds one
+#: sweep per configuration.
+SWEEP_KINDS = ("reproduce", "benchmark")
+_SWEEP_INSIDES = frozenset({"runs", "checkpoints", "superseded"})
+
+
+def _is_sweep(folder: Path) -> bool:
+    """Whether ``folder`` is a sweep's: marked by ``reproduce`` or ``benchmark``, one of a
+    study's ``runs/<configuration>/``, or, unmarked, holding a ``results.jsonl`` and a
+    ``config.toml`` (a sweep from before markers: ``results/paper``)."""
+    kind = folder_kind(folder)
+    if kind is not None:
+        return kind in SWEEP_KINDS
+    if folder.parent.name == "runs" and folder_kind(folder.parent.parent) == "study":
+        return True
+    return (folder / "results.jsonl").is_file() and (folder / "config.toml").is_file()
+
+
+def sweep_inside(path: Path) -> tuple[Path, Path] | None:
+    """``(sweep, inner folder)`` where ``path`` lies in one of the folders a sweep keeps inside
+    its own (``runs/``, ``checkpoints/``, ``superseded/``; :func:`_is_sweep`) or is a study's
+    ``runs/`` itself; else None. The path's real folders are judged (links followed)."""
+    path = Path(os.path.realpath(path))
+    for inner in [path, *path.parents]:
+        if inner.name not in _SWEEP_INSIDES or inner.parent == inner:
+            continue
+        owner = inner.parent
+        if _is_sweep(owner) or (inner.name == "runs" and folder_kind(owner) == "study"
+                                and inner == path):
+            return owner, inner
+    return None
+
+
+def check_not_inside_a_sweep(folder: Path, option: str = "--out") -> None:
+    """Refuse an output folder inside a sweep's own folders (:func:`sweep_inside`): the sweep
+    reads every ``runs/*.json`` as a run file (a folder ``runs/fcnn-seed7.json`` made it fail
+    with "Is a directory") and moves what is in ``checkpoints/``; an
+    :class:`OutputFolderError` naming the sweep."""
+    inside = sweep_inside(folder)
+    if inside is not None:
+        owner, inner = inside
+        raise OutputFolderError(f"{option} {folder} is inside {inner}, a folder the sweep {owner} "
+                                f"keeps its own files in; choose a folder outside it")
 
 
 def check_output_keeps(path: Path, option: str, inputs: Iterable[Path | None] = ()) -> None:
     """Refuse an output file ``path`` (``evaluate --json``, ``export --out``, ``figure --out``)
     that would replace one of the command's ``inputs`` (its checkpoint), eqpdenet's folder
-    marker, or a result in a folder a command marked as its own (a ``train`` run's ``model.pt``,
-    ``config.toml``, ``result.json``; a sweep's ``results.jsonl``, tables, checkpoints;
-    :data:`_RESULT_NAMES`, :data:`_RESULT_SUFFIXES`): an :class:`OutputFolderError` naming
-    ``option``. A new file in such a folder, or any other existing file (an earlier
-    ``--json`` summary, a figure), is written as asked."""
+    marker, or a result in a folder a command marked as its own, at any depth (a ``train``
+    run's ``model.pt``, ``config.toml``, ``result.json``; a sweep's ``results.jsonl``, tables,
+    checkpoints; a study's ``chosen.toml``, ``chosen.json``, ``study.md``;
+    :data:`_RESULT_NAMES`, :data:`_RESULT_SUFFIXES`), and any file, new or not, inside the
+    folders a sweep keeps its runs in (:func:`sweep_inside`: ``runs/``, ``checkpoints/``,
+    ``superseded/``, whose every ``.json`` a resume reads as a run): an
+    :class:`OutputFolderError` naming ``option``. A new file elsewhere in such a folder, or any
+    other existing file (an earlier ``--json`` summary, a figure), is written as asked."""
     path = Path(path)
+    inside = sweep_inside(path.parent)
+    if inside is not None:  # new or not: a sweep reads every file there as one of its runs
+        raise OutputFolderError(f"{option} {path}: is inside {inside[1]}, where the sweep "
+                                f"{inside[0]} keeps its runs; choose a file outside it")
     if not path.exists():
         return
     for source in inputs:
@@ -107,9 +163,15 @@ def check_output_keeps(path: Path, option: str, inputs: Iterable[Path | None] = 
     for target in written:
         if target.name == MARKER:
             raise OutputFolderError(f"{option} {path}: would replace eqpdenet's folder marker")
-        owner = next((folder for folder in list(target.parents)[:3] if folder_kind(folder)), None)
+        where = "" if target == path else f" (the file the link {path} leads to, {target})"
+        inside = sweep_inside(target.parent)
+        if inside is not None:  # a link leading into a sweep's runs
+            raise OutputFolderError(f"{option} {path}: would replace a file of {inside[1]}{where}, "
+                                    f"where the sweep {inside[0]} keeps its runs; choose a new "
+                                    f"file name or another folder")
+        # every folder above: a study's runs/<configuration>/ is a sweep three levels down
+        owner = next((folder for folder in target.parents if folder_kind(folder)), None)
         if owner is not None and (target.name in _RESULT_NAMES or target.suffix in _RESULT_SUFFIXES):
-            where = "" if target == path else f" (the file the link {path} leads to, {target})"
             raise OutputFolderError(f"{option} {path}: would replace a result of {owner}{where}, a "
                                     f"folder eqpdenet's {folder_kind(owner)} command wrote; choose "
                                     f"a new file name or another folder")
@@ -137,6 +199,7 @@ def check_replaceable(folder: Path, files: Iterable[str] = RUN_FILES) -> None:
     if _holds_the_current_folder(folder):
         raise OutputFolderError(f"{folder} is the current folder or holds it: a run replaces its "
                                 f"whole folder; give a new folder (e.g. runs/NAME)")
+    check_not_inside_a_sweep(folder)
     if not folder.is_dir():
         return  # missing (created by the run), or a file: the lock reports it
     names = _contents(folder)
@@ -163,6 +226,7 @@ def check_claim(folder: Path, kind: str, legacy: Iterable[str] = ()) -> bool:
     (it holds one of the names in ``legacy``); an :class:`OutputFolderError` otherwise. Writes
     nothing (call it before taking the folder's lock, so a refused folder is left untouched)."""
     folder = Path(folder)
+    check_not_inside_a_sweep(folder)
     if not folder.is_dir():
         return True
     names, marked = _contents(folder), folder_kind(folder)

@@ -3,8 +3,9 @@
 A sweep's folder holds ``runs/<key>.json``, one JSON record per finished run, each written once
 by :func:`~eqpdenet.app.files.atomic_write` (a temporary file in ``runs/``, then a rename). The
 run files are the truth; ``results.jsonl`` is derived from them (one line per key, sorted by
-key, so the same runs always give the same bytes) and regenerated after every run and at the end
-of a sweep.
+key, so the same runs always give the same bytes) and regenerated after every run, at the end
+of a sweep however it ends, and by a report before it reads it. A run file holds no NaN or
+infinity (:func:`with_finite_numbers`).
 
 Why per-run files: a rename of a distinct file per key is atomic on a POSIX file system, NFS
 included, so any number of writers (processes, machines on a shared file system) can add runs
@@ -23,14 +24,15 @@ rewritten unless a new run is added to it.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
 from ..errors import ConfigError, DataFileError
 from .files import atomic_write, read_jsonl_lines
 
-__all__ = ["RUNS_DIR", "SUPERSEDED_DIR", "load_records", "run_file", "save_run", "set_aside",
-           "write_aggregate"]
+__all__ = ["RUNS_DIR", "SUPERSEDED_DIR", "load_records", "non_finite_fields", "run_file", "save_run",
+           "set_aside", "with_finite_numbers", "write_aggregate"]
 
 #: The folder of the run files, inside a sweep's folder.
 RUNS_DIR = "runs"
@@ -51,10 +53,58 @@ def run_file(out_dir: Path, key: str) -> Path:
 
 
 def save_run(out_dir: Path, key: str, record: dict) -> Path:
-    """Write ``record`` as the run file of ``key``, atomically (never a half file)."""
+    """Write ``record`` as the run file of ``key``, atomically (never a half file). A record
+    holding a non-finite number is a ``ValueError`` naming it: JSON has no NaN or infinity (the
+    ``NaN`` token Python would write is not JSON), and nothing non-finite is scored
+    (:func:`with_finite_numbers` makes such a record a failed run first)."""
     path = run_file(out_dir, key)
-    atomic_write(path, (json.dumps(record, sort_keys=True) + "\n").encode())
+    bad = non_finite_fields(record)
+    if bad:
+        raise ValueError(f"the record of run {key} holds non-finite numbers ({', '.join(bad)}); "
+                         f"JSON cannot hold them")
+    atomic_write(path, (json.dumps(record, sort_keys=True, allow_nan=False) + "\n").encode())
     return path
+
+
+def non_finite_fields(value, prefix: str = "") -> list[str]:
+    """The dotted paths of the NaN or infinite numbers in ``value`` (a record: dicts, lists,
+    numbers), with their values (``robustness.logit_change.37 = nan``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{prefix or 'value'} = {value}"]
+    if isinstance(value, dict):
+        return [bad for name, item in value.items()
+                for bad in non_finite_fields(item, f"{prefix}.{name}" if prefix else str(name))]
+    if isinstance(value, list | tuple):
+        return [bad for index, item in enumerate(value)
+                for bad in non_finite_fields(item, f"{prefix}[{index}]")]
+    return []
+
+
+def with_finite_numbers(record: dict) -> dict:
+    """``record`` as a run file may hold it: where it has a NaN or infinite number (a
+    benchmark's logit change of a model whose logits overflow), the number becomes ``null`` and
+    a successful run becomes a failed one (``status`` ``"diverged"``, ``error`` naming the
+    numbers): nothing non-finite is scored, and JSON holds no NaN. Others are returned as they
+    are."""
+    bad = non_finite_fields(record)
+    if not bad:
+        return record
+
+    def finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {name: finite(item) for name, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [finite(item) for item in value]
+        return value
+
+    record = finite(record)
+    if record.get("status") == "ok":
+        shown = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+        record.update(status="diverged", error=f"its results are not all finite ({shown}): "
+                                               f"nothing non-finite is scored")
+    return record
 
 
 def _read_run(path: Path) -> dict:
@@ -96,20 +146,28 @@ def load_records(out_dir: Path) -> dict[str, dict]:
     if not (out_dir / RUNS_DIR).is_dir():
         return records
     for path in sorted((out_dir / RUNS_DIR).glob("*.json")):
-        records[path.stem] = _read_run(path)
+        # A run file is a file: a folder of that name (another command's output put there
+        # before such paths were refused) is no run, and reading it failed "Is a directory".
+        if path.is_file():
+            records[path.stem] = _read_run(path)
     return records
 
 
 def write_aggregate(out_dir: Path) -> Path:
     """Regenerate ``results.jsonl`` from the run files (and legacy lines), one line per key in
-    key order, atomically. A folder without run files is left as it is."""
+    key order, atomically (not at all where it holds those bytes already). A folder without run
+    files is left as it is. A sweep calls it after every run and however it ends (an
+    interrupt included), and a report before it reads ``results.jsonl``, so that a run whose
+    file was saved is never missing from what a report reads."""
     out_dir = Path(out_dir)
     results = out_dir / "results.jsonl"
     if not (out_dir / RUNS_DIR).is_dir():
         return results
     records = load_records(out_dir)
     text = "".join(json.dumps(records[key], sort_keys=True) + "\n" for key in sorted(records))
-    atomic_write(results, text.encode())
+    # Readers regenerate it too (a report): bytes already there are left untouched.
+    if not (results.is_file() and results.read_bytes() == text.encode()):
+        atomic_write(results, text.encode())
     return results
 
 

@@ -12,6 +12,7 @@ at a time (:mod:`eqpdenet.app.locks`); the runs to do are checked before any dat
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -41,7 +42,7 @@ from .locks import hold
 from .preflight import preflight
 from .progress import interactive, labelled
 from .runfolder import check_claim, claim_folder
-from .runstore import load_records, save_run, set_aside, write_aggregate
+from .runstore import load_records, save_run, set_aside, with_finite_numbers, write_aggregate
 from .training import (
     Data,
     _progress,
@@ -146,6 +147,7 @@ def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
         record.update(annotate(key) if annotate is not None else {})
         record["key"] = key
         record["base_fingerprint"] = base_fingerprint
+        record = with_finite_numbers(record)  # a NaN logit change: a failed run, valid JSON
         if record["status"] != "ok":  # no model for this result: none left from an earlier try
             (out_dir / "checkpoints" / f"{key}.pt").unlink(missing_ok=True)
         save_run(out_dir, key, record)
@@ -165,6 +167,27 @@ def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
     # the run's key (a run of the full benchmark trains for half an hour), and the line of each
     # finished run (finish, above).
     bar = _progress(range(len(todo)), progress and interactive(), desc=name, unit="run")
+    try:
+        _run_all(todo, finish, runner, options, checkpoint_for, bar, executor=executor, jobs=jobs,
+                 data_dir=data_dir, cache_dir=cache_dir, progress=progress)
+    except BaseException:
+        # An interrupt (Ctrl-C, SIGTERM) between a run file and the aggregate would leave
+        # results.jsonl without a run the interrupt message says is saved: regenerated here,
+        # and by whoever reads it next (a report, a resume) should this one fail too.
+        with contextlib.suppress(Exception):
+            write_aggregate(out_dir)
+        raise
+    finally:
+        if hasattr(bar, "close"):
+            bar.close()
+    write_aggregate(out_dir)
+    return results
+
+
+def _run_all(todo, finish, runner, options, checkpoint_for, bar, *, executor, jobs, data_dir,
+             cache_dir, progress) -> None:
+    """Run ``todo`` (key, configuration) where ``executor`` says, ``finish(key, record)`` for
+    each as it ends."""
     bar_update = getattr(bar, "update", lambda n: None)
     if executor.kind == "ray":
         from .distributed import run_on_ray
@@ -192,10 +215,6 @@ def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
             for future in as_completed(futures):
                 finish(futures[future], future.result())
                 bar_update(1)
-    if hasattr(bar, "close"):
-        bar.close()
-    write_aggregate(out_dir)
-    return results
 
 
 #: What a sweep's folder held before folders were marked (:func:`eqpdenet.app.runfolder.
@@ -209,7 +228,8 @@ def check_before_writing(runs: dict[str, ExperimentConfig], out_dir: Path, jobs:
                          echo: Callable[[str], None] = print,
                          base_fingerprint: str | tuple[str, ...] | None = None,
                          base: dict | None = None,
-                         others: dict[str, ExperimentConfig] | None = None) -> None:
+                         others: dict[str, ExperimentConfig] | None = None,
+                         every_kind: bool = False) -> None:
     """Before a sweep writes its ``config.toml``: the runs of ``out_dir`` finished under another
     configuration (:func:`changed_runs`: of the same key, on other data, or, with
     ``base_fingerprint``, under another base configuration, whatever their key) are refused,
@@ -219,11 +239,12 @@ def check_before_writing(runs: dict[str, ExperimentConfig], out_dir: Path, jobs:
     checked and set aside alike, run when a sweep includes them. Then the
     preflight (:func:`~eqpdenet.app.preflight.preflight`) of the runs not yet done. ``base``
     (section name -> the configuration the base fingerprint covers, e.g. ``{"base":
-    config.base}``) names the fields that differ from the folder's ``config.toml``. A sweep that
+    config.base}``) names the fields that differ from the folder's ``config.toml``
+    (``every_kind``: :func:`changed_runs`). A sweep that
     cannot run leaves nothing written but its folder and lock; a folder never holds runs of two
     base configurations."""
     changed = changed_runs({**(others or {}), **runs}, out_dir, base_fingerprint=base_fingerprint,
-                           base=base)
+                           base=base, every_kind=every_kind)
     if changed and not rerun_changed:
         raise ConfigError(_changed_message(out_dir, changed) + "; run again with --rerun-changed "
                           "to set them aside and run them anew, or choose another output folder")
@@ -243,7 +264,7 @@ def check_before_writing(runs: dict[str, ExperimentConfig], out_dir: Path, jobs:
 
 def changed_runs(runs: dict[str, ExperimentConfig], out_dir: Path, *,
                  base_fingerprint: str | tuple[str, ...] | None = None,
-                 base: dict | None = None) -> dict[str, list[str]]:
+                 base: dict | None = None, every_kind: bool = False) -> dict[str, list[str]]:
     """The keys of the finished runs of ``out_dir`` made under another configuration than the
     one given now, each with its differences (``"train.epochs: 11 recorded, 12 now"``):
 
@@ -260,7 +281,10 @@ def changed_runs(runs: dict[str, ExperimentConfig], out_dir: Path, *,
     * with ``base_fingerprint``, any key whose record has another base fingerprint (a
       ``reproduce`` base or a benchmark's base and curves changed), its differences those of its
       configuration, else the fields of ``base`` (section name -> configuration) that differ
-      from the folder's ``config.toml``, else the two fingerprints. A tuple of fingerprints
+      from the folder's ``config.toml``, else the two fingerprints (the fields of the base's
+      own model kind only, as :func:`~eqpdenet.app.training.fingerprint` reads it; with
+      ``every_kind``, every kind's option table, which the benchmark's fingerprint covers, its
+      entries choosing their kinds). A tuple of fingerprints
       accepts any of them (the first is the current one; the others what folders recorded
       under an earlier schema of the configuration have, :func:`~eqpdenet.app.benchmark.
       benchmark_fingerprints`).
@@ -281,7 +305,7 @@ def changed_runs(runs: dict[str, ExperimentConfig], out_dir: Path, *,
             differences += _data_differences(record, run, fingerprints)
         if accepted and record.get("base_fingerprint") not in accepted and not differences:
             if base_differences is None:  # config.toml is read once, where needed
-                base_differences = _base_differences(out_dir, base or {})
+                base_differences = _base_differences(out_dir, base or {}, every_kind)
             differences = base_differences or [
                 f"base configuration fingerprint {record.get('base_fingerprint')} recorded, "
                 f"{accepted[0]} now"]
@@ -320,10 +344,12 @@ def _data_differences(record: dict, run: ExperimentConfig, cache: dict) -> list[
     return [f"data file {spec}: fingerprint {recorded} recorded, {now} now"]
 
 
-def _base_differences(out_dir: Path, base: dict) -> list[str]:
+def _base_differences(out_dir: Path, base: dict, every_kind: bool = False) -> list[str]:
     """The fields of the sections of ``base`` (name -> configuration) that differ from those of
     the folder's ``config.toml`` (written by the sweep that made its runs); [] where there is
-    none to read."""
+    none to read. An experiment's option tables of other model kinds than its own count only
+    with ``every_kind`` (compared as the base fingerprint reads them: a benchmark's covers
+    every kind's, ``reproduce``'s its base's kind's)."""
     try:
         written = tomllib.loads((Path(out_dir) / "config.toml").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
@@ -334,7 +360,9 @@ def _base_differences(out_dir: Path, base: dict) -> list[str]:
         if not isinstance(recorded, dict):
             continue
         if isinstance(current, ExperimentConfig):
-            recorded, current = _own_kind(_as_run(recorded)), _own_kind(to_dict(current))
+            recorded, current = _as_run(recorded), to_dict(current)
+            if not every_kind:
+                recorded, current = _own_kind(recorded), _own_kind(current)
         else:
             try:
                 recorded = to_dict(from_dict(type(current), recorded))
