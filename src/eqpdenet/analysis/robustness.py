@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..geometry import scale, translate
 from .equivariance import Transform, _finite_number
+from .predictions import logits_by_image, predictions
 
 __all__ = [
     "accuracy_under",
@@ -48,23 +49,15 @@ __all__ = [
 ]
 
 
-@torch.no_grad()
-def _logits(model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = torch.cat([model(images[i:i + batch_size].to(device)).cpu()
-                     for i in range(0, len(images), batch_size)])
-    model.train(was_training)
-    return out
-
-
 def accuracy_under(model: nn.Module, images: Tensor, labels: Tensor,
                    transform: Callable[[Tensor], Tensor], batch_size: int = 500) -> float:
-    """Accuracy in percent of ``model`` on ``transform(images)`` ``(N, C, H, W)``."""
+    """Accuracy in percent of ``model`` on ``transform(images)`` ``(N, C, H, W)``; an image on
+    which the model's PDE blows up has no prediction and counts as an error
+    (:func:`~eqpdenet.analysis.predictions.predictions`)."""
     moved = torch.cat([transform(images[i:i + batch_size])
                        for i in range(0, len(images), batch_size)])
-    return 100.0 * float((_logits(model, moved, batch_size).argmax(1) == labels).double().mean())
+    predicted, _ = predictions(model, moved, batch_size)
+    return 100.0 * float((predicted == labels).double().mean())
 
 
 def _finite(values: Sequence[float], name: str) -> list[float]:
@@ -126,11 +119,21 @@ def logit_change(model: nn.Module, images: Tensor, degrees: float,
                  batch_size: int = 500) -> float:
     """Relative change of the logits under a rotation: ``||l(g f) - l(f)|| / ||l(f)||`` over the
     whole batch (0 for a rotation-invariant model), in float64 (:func:`_relative_change`:
-    finite for any finite logits but all-zero ones that change)."""
+    finite for any finite logits but all-zero ones that change), over the images on which the
+    model gives finite logits before and after (:func:`_logit_pairs`)."""
     degrees = _finite_number(degrees, "degrees")
-    logits = _logits(model, images, batch_size)
-    moved = _logits(model, _rotation(degrees)(images), batch_size)
-    return _relative_change(moved, logits)
+    return _relative_change(*_logit_pairs(model, images, _rotation(degrees)(images), batch_size))
+
+
+def _logit_pairs(model: nn.Module, images: Tensor, moved: Tensor,
+                 batch_size: int) -> tuple[Tensor, Tensor]:
+    """The logits of ``moved`` and of ``images``, of the images on which both are finite (an
+    image on which the model's PDE blows up has no logits to compare: it is left out of the
+    batch-wide change; the accuracies count it as an error)."""
+    logits, failed = logits_by_image(model, images, batch_size)
+    moved_logits, moved_failed = logits_by_image(model, moved, batch_size)
+    keep = ~(failed | moved_failed)
+    return moved_logits[keep], logits[keep]
 
 
 def _relative_change(moved: Tensor, logits: Tensor) -> float:
@@ -154,10 +157,8 @@ def round_trip_change(model: nn.Module, images: Tensor, degrees: float,
     two bilinear resamplings (none for multiples of 90 degrees), so this is the part of
     :func:`logit_change` that is resampling, not rotation."""
     degrees = _finite_number(degrees, "degrees")
-    logits = _logits(model, images, batch_size)
     back = _rotation(-degrees)(_rotation(degrees)(images))
-    moved = _logits(model, back, batch_size)
-    return _relative_change(moved, logits)
+    return _relative_change(*_logit_pairs(model, images, back, batch_size))
 
 
 def axis_shift(images: Tensor, shift: tuple[int, int]) -> Tensor:
