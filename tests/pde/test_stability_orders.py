@@ -94,3 +94,18 @@ def test_the_paper_sets_keep_their_reports():
     assert se2["linear_part"] == {"u_xx": 2.0, "u_yy": 2.0} and se2["reason"] is None
     assert scaling["stable"] is None and scaling["linear_part"] is None
     assert scaling["reason"].startswith("nothing to check")
+
+
+def test_the_build_warning_of_a_higher_order_f_gives_the_checks_reason():
+    """The warning named (c_xx, c_xy, c_yy) and "-dt sigma <= 2", which say nothing of a Δ²u
+    term: it gives the linear part's own verdict."""
+    invariants = compile_invariants(BILAPLACIAN, "orders")
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning) as caught:
+        layer = PDELayer.build([invariants], T=1.0, dt=1.0, init="normal", init_scale=1.0,
+                               init_noise=0.0, backend="reference")
+    (report,) = layer.stability()
+    assert report["stable"] is False and "u_xxxx" in " ".join(report["linear_part"])
+    message = str(caught[0].message)
+    assert "initial F: " in message and report["reason"] in message
+    assert "(c_xx, c_xy, c_yy)" not in message

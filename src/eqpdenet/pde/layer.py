@@ -490,10 +490,14 @@ class PDELayer(nn.Module):
             # Only the upper bound warns here: a slightly negative diffusivity from init_noise
             # is anti-diffusion of growth exp(|a| lambda_max T), harmless for small |a|.
             if report["stable"] is False and breaks_upper_bound(report):
+                second_order = {"u_xx", "u_xy", "u_yy", "u"}
                 if report["diffusivity"] is not None:
                     what = (f"initial diffusivity {report['diffusivity']:g} with dt={config.dt:g} "
                             f"(a dt = {report['a_dt']:g}) violates the explicit Euler bound "
                             f"0 <= a dt <= {report['max_a_dt']:g}")
+                elif not set(report["linear_part"] or ()) <= second_order:
+                    # terms of first order or of order > 2: the coefficients above say nothing
+                    what = f"initial F: {report['reason']}"
                 else:
                     what = (f"initial second-order coefficients (c_xx, c_xy, c_yy) = "
                             f"{tuple(round(c, 6) for c in report['second_order'])} with "
