@@ -13,6 +13,7 @@ from ..pde.symbolic import (
     DEFAULT_DEGREES,
     FRAME_ORDERS,
     JOINT_DEGREES,
+    MAX_CHANNELS,
     SymbolicInvariants,
     find_invariants,
     get_group,
@@ -21,12 +22,8 @@ from ..pde.symbolic import (
 
 __all__ = ["MAX_CHANNELS", "print_table", "symbolic_table"]
 
-
-#: The most channels ``eqpdenet symbolic --channels`` takes: the search grows with the number of
-#: jet coordinates (6 per channel at order 2) to the power of the degree; measured on the shared
-#: 2-core machine, ``se2`` and ``sim2`` take 8 s for 2 channels, 2 s for ``se2`` alone at 3, and
-#: 140 s at 4 (``--channels 6`` was still running after 5 minutes).
-MAX_CHANNELS = 4
+# MAX_CHANNELS (the library's bound on --channels) is eqpdenet.pde.symbolic's: one number for
+# the command and for find_invariants.
 
 
 def symbolic_table(groups: Sequence[str] | None = None, channels: int = 1,
