@@ -253,7 +253,8 @@ def _stability_text(step: EulerStep, digits: int) -> str:
 
 
 def reduction_formula(layer: PDELayer, style: str = "unicode", digits: int = 3) -> str:
-    """``u_out = w_0 u_T⁽⁰⁾ + ... + b`` for a linear reduction (its kind otherwise)."""
+    """``u_out = w_0 u_T⁽⁰⁾ + ... + b`` for a linear reduction (its kind in words otherwise, in
+    either style: :func:`describe_layer` prints no LaTeX line for it)."""
     latex = style == "latex"
     if not isinstance(layer.reduction, LinearCombination):
         return f"reduction: {layer.reduction_kind} of the {layer.n_pdes} evolved images"
@@ -285,8 +286,9 @@ def describe_layer(layer: PDELayer, digits: int = 3) -> str:
             "  invariants: " + "; ".join(f"{inv.name} = {inv.unicode}"
                                          for inv in rhs.invariant_set.invariants),
         ]
-    lines += ["Reduction", f"  {reduction_formula(layer, 'unicode', digits)}",
-              f"  LaTeX: {reduction_formula(layer, 'latex', digits)}"]
+    lines += ["Reduction", f"  {reduction_formula(layer, 'unicode', digits)}"]
+    if isinstance(layer.reduction, LinearCombination):  # the others are a word, not a formula
+        lines.append(f"  LaTeX: {reduction_formula(layer, 'latex', digits)}")
     return "\n".join(lines)
 
 
@@ -333,6 +335,12 @@ def leading_terms(rhs: InvariantSystemRHS, top: int = 3
     return out
 
 
+def _constant(value: float) -> list[tuple[float, str]]:
+    """A linearisation's constant term, left out where it is exactly 0 (a ``relative`` system's
+    ``F(I) - F(0)`` at ``I = 0``), as :func:`pde_formula` leaves out zero coefficients."""
+    return [(value, "")] if value != 0.0 else []
+
+
 def describe_system(step: EulerStep, top: int = 3, digits: int = 3) -> str:
     """One Euler step ``u <- u + dt F_theta(I(u))`` of a PDE system, each channel's ``F`` read
     out as its leading terms (:func:`leading_terms`): where ``F`` normalises its invariants, at
@@ -347,8 +355,8 @@ def describe_system(step: EulerStep, top: int = 3, digits: int = 3) -> str:
     lines = [f"{step.name}: u <- u + {step.dt:g} F(I(u)), {rhs.channels} channels, "
              f"{rhs.invariants_of.out_channels} invariant maps; leading terms of F at {where}:"]
     for c, (constant, terms) in enumerate(leading_terms(rhs, top)):
-        body = _terms_to_text([(constant, ""), *((a, f"Ĩ[{name}]" if normalised else name)
-                                                 for a, name in terms)], digits, latex=False)
+        body = _terms_to_text([*_constant(constant), *((a, f"Ĩ[{name}]" if normalised else name)
+                                                       for a, name in terms)], digits, latex=False)
         lines.append(f"  ∂t u{c + 1} ≈ {body} + ...")
     return "\n".join(lines)
 
@@ -413,8 +421,8 @@ def describe_m2_system(step: EulerStep, top: int = 3, digits: int = 3) -> str:
             for c, (constant, terms) in enumerate(_network_leading_terms(
                     term, rhs.channels, names, top, rhs.relative)):
                 symbol = "Ĩ" if isinstance(term.norm, nn.BatchNorm1d) else ""
-                body = _terms_to_text([(constant, ""), *((a, f"{symbol}[{n}]" if symbol else n)
-                                                         for a, n in terms)], digits, False)
+                body = _terms_to_text([*_constant(constant), *((a, f"{symbol}[{n}]" if symbol else n)
+                                                               for a, n in terms)], digits, False)
                 lines.append(f"    ∂t u{c + 1} ≈ {body} + ...")
         elif isinstance(term, ConvectionTerm | DiffusionTerm | DilationTerm | ErosionTerm):
             values = term.weight.detach() if isinstance(term, ConvectionTerm) else (
@@ -457,5 +465,18 @@ def describe_model(model: nn.Module, digits: int = 3) -> str:
     s = model.standardize
     head = (f"EqPdeNet: input u(0) = (image - {s.mean:g}) / {s.std:g}, "
             f"{model.pde_layer.n_pdes} PDEs, perceptron {model.mlp[0].in_features}-"
-            f"{model.mlp[0].out_features}-{model.mlp[2].out_features}-{model.mlp[4].out_features}")
+            f"{model.mlp[0].out_features}-{model.mlp[2].out_features}-{model.mlp[4].out_features}"
+            + _head_inputs(model))
     return head + "\n" + describe_layer(model.pde_layer, digits)
+
+
+def _head_inputs(model: EqPdeNet) -> str:
+    """What the inputs of an invariant head are (a perceptron head's are the output maps'
+    pixels, the paper's)."""
+    if getattr(model, "head", "perceptron") != "invariant":
+        return ""
+    invariants = model.head_invariants
+    maps = model.mlp[0].in_features // (2 * len(invariants))
+    return (f" on the mean and the maximum over the image of the {len(invariants)} "
+            f"{invariants.name} invariants ({', '.join(invariants.names)}) of each of the "
+            f"{maps} output map{'s' if maps != 1 else ''}, batch-normalised")

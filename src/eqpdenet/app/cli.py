@@ -552,10 +552,12 @@ def _study(args) -> int:
     if args.device:
         base.base.train.device = args.device
     executor = _executor(args)
-    out = output_path(args.out)
+    # Not results/study by default: no default output is a committed result (the committed
+    # studies are resumed with their recorded command, which names its --out).
+    out = output_path(args.out or ("runs/study" if args.stages == "main" else f"runs/study-{args.stages}"))
     chosen = run_study(out, base=base, stages=STAGE_SETS[args.stages], jobs=args.jobs,
                        executor=executor, data_dir=args.data_dir, cache_dir=args.cache_dir,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, rerun_changed=args.rerun_changed)
     print(to_toml(chosen))
     print(f"study written to {out / 'study.md'}")
     return 0
@@ -749,31 +751,47 @@ def _describe_images(checkpoint, config, payload, data_dir, samples: list[int]):
     return test.images[samples].float(), [f"{name} test #{n}" for n in samples]
 
 
+#: The heat equation's horizon and time step of ``figure`` when --T / --dt are not given.
+FIGURE_T, FIGURE_DT = 2.0, 0.1
+
+
 def _figure(args) -> int:
     from ..analysis.references import heat_pde
     from .figures import figure_diagram
     from .files import check_output_file
     from .runfolder import check_output_keeps
 
+    learned = args.pde != "heat"
+    # Refused rather than ignored: each names what the figure would then not draw.
+    if args.checkpoint and not learned:
+        raise ConfigError(f"--checkpoint {args.checkpoint}: the figure draws one of its learned "
+                          f"PDEs when --pde names its index (--pde 0, 1, ...); with --pde heat it "
+                          f"draws the heat equation and would not use the checkpoint: add --pde "
+                          f"INDEX, or leave --checkpoint out")
+    if learned and not args.checkpoint:
+        raise ConfigError("--pde INDEX needs --checkpoint")
+    given = [name for name, value in (("--T", args.T), ("--dt", args.dt)) if value is not None]
+    if learned and given:
+        raise ConfigError(f"{' and '.join(given)} set{'s' if len(given) == 1 else ''} the heat "
+                          f"equation's time; a learned PDE (--pde {args.pde}) is drawn with the T "
+                          f"and dt it was trained with: leave {' and '.join(given)} out")
     check_output_keeps(Path(args.out), "--out", [args.checkpoint])
     check_output_file(Path(args.out), "--out")  # before the work, not at the write
-    if args.pde == "heat":
-        pde = heat_pde(T=args.T, dt=args.dt, names=("--T", "--dt"))
-        label = f"heat equation ∂t u = u_xx + u_yy, T={args.T:g}"
+    if not learned:
+        T = FIGURE_T if args.T is None else args.T
+        dt = FIGURE_DT if args.dt is None else args.dt
+        pde = heat_pde(T=T, dt=dt, names=("--T", "--dt"))
+        label = f"heat equation ∂t u = u_xx + u_yy, T={T:g}"
     else:
         from ..analysis.describe import pde_formula, ratio_reading
         from .training import load_checkpoint
 
-        if not args.checkpoint:
-            raise ConfigError("--pde INDEX needs --checkpoint")
-        if not args.pde.isdigit():
-            raise ConfigError(f"--pde {args.pde!r}: 'heat' or the index of a learned PDE")
         model, _, _ = load_checkpoint(args.checkpoint)
         if not hasattr(model, "pde_layer"):
             raise ConfigError(f"--pde {args.pde}: {args.checkpoint} ({type(model).__name__}) has "
                               f"no PDE layer on the image plane to draw; figure --pde draws the "
                               f"paper's layer (model.kind = 'eqpdenet')")
-        index = int(args.pde)
+        index = args.pde
         if not 0 <= index < model.pde_layer.n_pdes:
             raise ConfigError(f"--pde {index}: the checkpoint has {model.pde_layer.n_pdes} PDEs")
         chosen = model.pde_layer.pdes[index]
@@ -782,8 +800,20 @@ def _figure(args) -> int:
         label = (f"learned {chosen.name}, T={chosen.T:g}\n{pde_formula(chosen, digits=2)}"
                  + (f"\n{ratios}" if ratios else ""))
     image = _load_digits(args.data_dir, [args.sample])
-    error = figure_diagram(image, pde, Path(args.out), angle=args.angle, factor=args.scale,
-                           shift=tuple(args.shift), pde_label=label)
+    try:
+        error = figure_diagram(image, pde, Path(args.out), angle=args.angle, factor=args.scale,
+                               shift=tuple(args.shift), pde_label=label)
+    except NonFiniteStateError as failure:
+        if not learned:  # the heat equation's dt is checked against its bound: not expected
+            raise
+        # describe's explanation, not the training advice (lower the learning rate): the
+        # checkpoint is what it is
+        raise failure.with_hint(
+            f"The checkpoint's learned PDE {index} ({chosen.name}) blows up on MNIST test "
+            f"#{args.sample} or on its copy moved by g, under its own explicit Euler scheme: "
+            f"that is the trained model's behaviour, which figure draws and does not change "
+            f"(eqpdenet describe {args.checkpoint} prints it). Nothing was written to {args.out}; "
+            f"another --sample may stay finite.") from None
     print(f"wrote {args.out} (relative difference on the disk: {error:.3e})")
     return 0
 
@@ -817,6 +847,19 @@ _figure_scale = _number(float, lambda v: math.isfinite(v) and 1e-3 <= v <= 1e3,
                         "a scale between 0.001 and 1000")
 _figure_shift = _number(float, lambda v: math.isfinite(v) and abs(v) <= 1e4,
                         "a shift in pixels within ±10000")
+
+
+def _figure_pde(text: str) -> str | int:
+    """``figure --pde``: ``heat``, or the index of a learned PDE (ASCII digits: ``str.isdigit``
+    takes ``²``, which ``int`` refuses)."""
+    if text == "heat":
+        return text
+    if text.isascii() and text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(f"{text!r} is not 'heat' or the index of a learned PDE "
+                                     f"(0, 1, ...)")
+
+
 #: Bounds of counts whose work grows with them: an evaluation per instance (about a minute on
 #: ROTMNIST's 50,000 test digits), a column of images per frame.
 MAX_INSTANCES, MAX_FRAMES = 1000, 64
@@ -827,12 +870,15 @@ _frames = _number(int, lambda v: 1 <= v <= MAX_FRAMES, f"a number of frames from
 _path = _number(str, lambda v: v.strip() != "", "a path (it is empty)")
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _add_common(parser: argparse.ArgumentParser, runs: str = "") -> None:
+    """The options of the commands that train; ``runs``: where their configuration holds the
+    runs' recipe (``base.`` for the sweeps), for --set's example."""
     parser.add_argument("--config", type=_path, help="TOML file with the configuration")
     parser.add_argument("--layer", metavar="PRESET",
                         help="start the PDE layer from a preset (paper, se2_sim2), before --set")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
-                        help="override one field, e.g. --set model.layer.dt=0.05 (repeatable)")
+                        help=f"override one field, e.g. --set {runs}model.layer.dt=0.05 "
+                             f"(repeatable)")
     parser.add_argument("--data-dir", type=_path, help="folder holding mnist/ (default: $EQPDENET_DATA)")
     parser.add_argument("--cache-dir", type=_path, help="where generated ROTMNIST is cached")
     parser.add_argument("--device", choices=["cpu", "cuda", "auto"])
@@ -906,7 +952,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(handler=_export)
 
     repro = commands.add_parser("reproduce", help="the paper's protocol (Tables 1 and 2)")
-    _add_common(repro)
+    _add_common(repro, runs="base.")
     repro.add_argument("--quick", action="store_true", help="smoke profile (< 3 min on 2 cores)")
     repro.add_argument("--jobs", type=_positive_int, default=1, help="runs in parallel processes")
     repro.add_argument("--out", type=_path, help="results folder (default results/paper, runs/quick)")
@@ -918,7 +964,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("benchmark", help="the robustness benchmark: every model x seed, "
                                 "scenarios, curves against angle/scale/shift, invariance errors")
-    _add_common(bench)
+    _add_common(bench, runs="base.")
     bench.add_argument("--out", type=_path, help="results folder (default results/benchmark)")
     bench.add_argument("--models", nargs="+", help="only these models of the configuration")
     bench.add_argument("--quick", action="store_true", help="smoke profile (one seed, 1 epoch)")
@@ -930,8 +976,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(handler=_benchmark)
 
     study = commands.add_parser("study", help="choose the recipe on the validation split")
-    _add_common(study)
-    study.add_argument("--out", type=_path, default="results/study", help="study folder")
+    _add_common(study, runs="base.")
+    study.add_argument("--out", type=_path, help="study folder (default runs/study, with "
+                       "--stages refine runs/study-refine)")
     study.add_argument("--hidden", type=int, nargs="+",
                        help="hidden sizes (default: --config's, else 256 32)")
     study.add_argument("--seeds", type=int, nargs="+",
@@ -942,6 +989,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="'main': the first round; 'refine': a second round (use --config "
                             "with the first round's chosen.toml)")
     _add_executor(study)
+    study.add_argument("--rerun-changed", action="store_true",
+                       help="where OUT holds a study of another configuration: set its study.md, "
+                       "chosen.toml and chosen.json aside (into OUT/superseded/) and run this one "
+                       "(without it such a folder is refused); finished runs whose configuration "
+                       "changed since are set aside and run again")
     study.set_defaults(handler=_study)
 
     symbolic = commands.add_parser("symbolic", help="differential invariants of the ready Lie "
@@ -987,7 +1039,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     figure = commands.add_parser("figure", help="figures of the paper")
     figure.add_argument("which", choices=["diagram"], help="diagram: Figure 2")
-    figure.add_argument("--checkpoint", type=_path, help="for --pde INDEX")
+    figure.add_argument("--checkpoint", type=_path, help="the checkpoint whose learned PDE "
+                        "--pde INDEX draws")
     figure.add_argument("--sample", type=_count, default=0, help="MNIST test digit")
     figure.add_argument("--angle", type=_figure_angle, default=30.0,
                         help="rotation of g, degrees (within ±1e6)")
@@ -995,9 +1048,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="scaling of g (0.001 to 1000)")
     figure.add_argument("--shift", type=_figure_shift, nargs=2, default=[0.0, 0.0],
                         metavar=("TX", "TY"), help="translation of g, pixels (y up; within ±10000)")
-    figure.add_argument("--pde", default="heat", help="'heat' or the index of a learned PDE")
-    figure.add_argument("--T", type=_positive, default=2.0, help="T of the heat equation")
-    figure.add_argument("--dt", type=_positive, default=0.1, help="dt of the heat equation")
+    figure.add_argument("--pde", type=_figure_pde, default="heat",
+                        help="'heat' or the index of a learned PDE of --checkpoint (0, 1, ...)")
+    figure.add_argument("--T", type=_positive, help=f"T of the heat equation (default {FIGURE_T:g})")
+    figure.add_argument("--dt", type=_positive,
+                        help=f"dt of the heat equation (default {FIGURE_DT:g})")
     figure.add_argument("--data-dir", type=_path)
     figure.add_argument("--out", type=_path, required=True, help="PNG file")
     figure.set_defaults(handler=_figure)

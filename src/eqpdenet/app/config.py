@@ -667,7 +667,8 @@ def apply_overrides(config, assignments: list[str]):
         node = data
         for key in keys[:-1]:
             if not isinstance(node.get(key), dict):
-                raise ConfigError(f"--set {path}: {key!r} is not a config section")
+                raise ConfigError(f"--set {path}: {key!r} is not a config section"
+                                  + _under_base(data, node, key, path, value))
             node = node[key]
         if keys[-1] == "preset" and set(node) == _LAYER_FIELDS:
             preset = LAYER_PRESETS.get(_parse_value(value.strip()))()
@@ -675,9 +676,23 @@ def apply_overrides(config, assignments: list[str]):
             node.update(to_dict(preset))
             continue
         if keys[-1] not in node:
-            raise ConfigError(f"--set {path}: unknown field {keys[-1]!r}; known: {sorted(node)}")
+            raise ConfigError(f"--set {path}: unknown field {keys[-1]!r}; known: {sorted(node)}"
+                              + _under_base(data, node, keys[-1], path, value))
         node[keys[-1]] = _parse_value(value.strip())
     return from_dict(type(config), data)
+
+
+def _under_base(data: dict, node: dict, key: str, path: str, value: str) -> str:
+    """A sweep's configuration holds its runs' recipe under ``base``, an experiment's does not:
+    the assignment meant (``base.model.layer.dt`` for ``model.layer.dt``, and back)."""
+    if node is not data:
+        return ""
+    if isinstance(data.get("base"), dict) and key in data["base"]:
+        return f"; the runs' experiment is under base: --set base.{path.strip()}={value.strip()}"
+    if key == "base" and "base" not in data and "." in path:
+        return (f"; this configuration is one experiment, without base: "
+                f"--set {path.strip().partition('.')[2]}={value.strip()}")
+    return ""
 
 
 #: The model kinds whose PDE layer trains at ``train.pde_lr_scale`` times the rate (a model with

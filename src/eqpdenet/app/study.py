@@ -24,7 +24,19 @@ whatever order they are listed in; of two with the same score, the one whose nam
 cell averages the runs of the study's grid (models x hidden sizes x seeds) only. Runs are stored
 by configuration under ``out/runs/<fingerprint>/`` so a configuration met again (the incumbent of
 the next stage) is not retrained, and rerunning the command resumes where it stopped. The study
-is summarised in ``out/study.md``.
+is summarised in ``out/study.md``, its choice in ``out/chosen.toml`` (and ``chosen.json``).
+
+``out/study.json`` records what the study was run with (:func:`study_record`: the starting
+configuration, its grid of models, hidden sizes and seeds, the stages and the margin). A study of
+another configuration is refused in that folder, naming the fields that differ, before anything
+is written: it would replace ``study.md`` and ``chosen.toml`` with its own. With
+``rerun_changed`` those files are set aside into ``out/superseded/<date-time>/`` and the new
+study runs (the runs of configurations both studies share are reused: they are stored by
+configuration). Folders written before ``study.json`` existed (``results/study``) are judged by
+what their ``study.md`` shows (:func:`_legacy_record`).
+
+``models`` may leave FCNN out (``models = ['eqpdenet']``): every stage then trains and scores
+EqPdeNet alone, throughout. It must hold EqPdeNet, which every ``layer`` stage scores.
 """
 
 from __future__ import annotations
@@ -32,13 +44,17 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import re
 import statistics
+import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data.rotmnist import N_TRAIN
 from ..errors import ConfigError
 from .config import (
+    KIND_OPTIONS,
     DataConfig,
     ExperimentConfig,
     ReproduceConfig,
@@ -52,10 +68,12 @@ from .files import atomic_write, read_jsonl
 from .locks import hold
 from .report import PAPER_MODELS
 from .runfolder import check_claim, claim_folder
+from .runstore import SUPERSEDED_DIR
 from .sweeps import reproduce
-from .training import fingerprint
+from .training import fingerprint, with_legacy_fields
 
-__all__ = ["PROTOTYPE", "REFINE_STAGES", "STAGES", "Stage", "run_study", "study_base"]
+__all__ = ["PROTOTYPE", "REFINE_STAGES", "STAGES", "Stage", "run_study", "study_base",
+           "study_record"]
 
 
 @dataclass
@@ -202,16 +220,24 @@ def _grid_records(folder: Path, config: ReproduceConfig, models) -> list[dict]:
 
 
 def _check_study(config: ReproduceConfig) -> None:
-    """What would let the study train and then fail: it scores on the validation split."""
+    """What would let the study train and then fail: it scores on the validation split, and its
+    ``layer`` stages score EqPdeNet."""
     if config.base.data.validation <= 0:
         raise ConfigError(f"invalid config: base.data.validation: the study scores every "
                           f"candidate on the validation split, so it must hold images (> 0), "
                           f"got {config.base.data.validation}")
+    if "eqpdenet" not in config.models:
+        raise ConfigError(f"invalid config: models: the study's layer stages choose the PDE "
+                          f"layer's settings by EqPdeNet's validation accuracy, so models must "
+                          f"include 'eqpdenet', got {config.models}")
 
 
 def _dataset_name(data: DataConfig) -> str:
     name = {"rotmnist": "ROTMNIST", "mnist": "MNIST"}.get(data.dataset, Path(data.dataset).name)
     return f"rotated {name}" if data.rotated else name
+
+
+_MODEL_NAMES = {"eqpdenet": "EqPdeNet", "fcnn": "FCNN"}
 
 
 def _protocol(config: ReproduceConfig, margin: float) -> str:
@@ -231,23 +257,32 @@ def _protocol(config: ReproduceConfig, margin: float) -> str:
                 f"run, and play no part in the choice")
     else:
         test = "the test set is never used"
+    shared = ("score both models" if set(config.models) >= set(PAPER_MODELS)
+              else f"score {' and '.join(_MODEL_NAMES.get(m, m) for m in config.models)} alone "
+                   f"(models = {config.models})")
     return (f"Greedy search on the validation split ({split}; {test}). Scores are mean validation "
             f"accuracy in percent over seeds {config.seeds} and hidden sizes {config.hidden_sizes}, "
             f"{base.train.epochs} epoch{'s' if base.train.epochs != 1 else ''}; `shared` stages "
-            f"score both models, `layer` stages EqPdeNet only. Of the candidates that beat the "
+            f"{shared}, `layer` stages EqPdeNet only. Of the candidates that beat the "
             f"incumbent by more than {margin} points the best replaces it (equal scores: the name "
             f"first in order).")
 
 
 def run_study(out: Path, *, base: ReproduceConfig | None = None, stages=STAGES, margin: float = 0.25,
               jobs: int = 1, executor: Executor | None = None, data_dir=None, cache_dir=None,
-              progress: bool = True, echo=print) -> ReproduceConfig:
+              progress: bool = True, echo=print, rerun_changed: bool = False) -> ReproduceConfig:
     """Run the greedy study; returns the chosen configuration (also in ``out/chosen.toml``).
     ``out`` has one writer at a time (:func:`eqpdenet.app.locks.hold`). A base without a
-    validation split is refused before anything is written. With the Ray executor, every stage
-    runs in one Ray (:func:`~eqpdenet.app.distributed.ray_session`), started when the first run
-    needs it and stopped at the end."""
-    _check_study(base or study_base())
+    validation split, or whose models leave out EqPdeNet, is refused before anything is
+    written, and so is a folder holding a study of another configuration (module docstring;
+    with ``rerun_changed`` its summary is set aside instead, and the finished runs of each
+    candidate's folder made under another configuration are set aside and run again, as
+    :func:`~eqpdenet.app.sweeps.reproduce` does). With the Ray executor, every stage runs in one
+    Ray (:func:`~eqpdenet.app.distributed.ray_session`), started when the first run needs it and
+    stopped at the end."""
+    base = copy.deepcopy(base or study_base())
+    _check_study(base)
+    record = study_record(base, stages, margin)
     legacy = ("study.md", "chosen.toml", "runs")
     check_claim(out, "study", legacy)  # before the lock writes into it
     # On Ray, one instance (and one copy of the data in its object store) for every stage, not
@@ -255,10 +290,165 @@ def run_study(out: Path, *, base: ReproduceConfig | None = None, stages=STAGES, 
     one_ray = ray_session(executor) if executor is not None and executor.kind == "ray" \
         else contextlib.nullcontext()
     with hold(out, "study"), one_ray:
+        out = Path(out)
         claim_folder(out, "study", legacy)
-        return _run_study(Path(out), base=base, stages=stages, margin=margin, jobs=jobs,
+        differences = _study_differences(out, record)
+        summary = ", ".join(SUMMARY[:-1]) + f" and {SUMMARY[-1]}"
+        if differences and not rerun_changed:
+            raise ConfigError(f"{_changed_study_message(out, differences)}: this study would "
+                              f"replace its {summary}; run again with --rerun-changed to set "
+                              f"them aside and run this study (the runs of configurations both "
+                              f"share are reused), or choose another --out")
+        if differences:
+            aside = _set_aside_summary(out)
+            echo(f"{_changed_study_message(out, differences)}: its {summary} set aside in {aside}")
+        atomic_write(out / RECORD, (json.dumps(record, indent=1) + "\n").encode())
+        return _run_study(out, base=base, stages=stages, margin=margin, jobs=jobs,
                           executor=executor, data_dir=data_dir, cache_dir=cache_dir,
-                          progress=progress, echo=echo)
+                          progress=progress, echo=echo, rerun_changed=rerun_changed)
+
+
+#: The file of a study's folder that records what it was run with (:func:`study_record`).
+RECORD = "study.json"
+
+#: The files of a study's folder that describe its outcome, which a study of another
+#: configuration would replace.
+SUMMARY = ("study.md", "chosen.toml", "chosen.json")
+
+
+def _stage_entry(stage: Stage) -> dict:
+    return {"name": stage.name, "kind": stage.kind,
+            "candidates": {name: list(overrides) for name, overrides in stage.candidates.items()}}
+
+
+def study_record(base: ReproduceConfig, stages, margin: float) -> dict:
+    """What a study is run with, as ``out/study.json`` records it: the starting configuration
+    (``start``, with its fingerprint), the stages (name, kind, candidates) and the margin. The
+    grid's ``checkpoint_seeds`` are left out: which runs keep a checkpoint changes no score."""
+    start = to_dict(base)
+    start.pop("checkpoint_seeds", None)
+    return {"start": start, "start_fingerprint": fingerprint(base.base),
+            "stages": [_stage_entry(stage) for stage in stages], "margin": margin}
+
+
+def _legacy_record(out: Path) -> dict | None:
+    """What a study folder from before ``study.json`` was run with, as far as its ``study.md``
+    shows it (the first stage's incumbent folder is the starting configuration's fingerprint;
+    the header names the seeds, hidden sizes and margin; its stages' headings, those done so
+    far); ``{}`` where it shows none of it, None where the folder holds no ``study.md`` (no
+    outcome that another study could replace)."""
+    try:
+        text = (out / "study.md").read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError):
+        return {}
+    record: dict = {"partial_stages": True}
+    folder = re.search(r"`runs/([0-9a-f]{12})`", text)
+    if folder:
+        record["start_fingerprint"] = folder.group(1)
+    grid = re.search(r"over seeds (\[[-0-9, ]*\]) and hidden sizes (\[[-0-9, ]*\])", text)
+    if grid:
+        record["start"] = {"seeds": json.loads(grid.group(1)), "hidden_sizes": json.loads(grid.group(2))}
+        if "`shared` stages score both models" in text:  # the only grid before study.json
+            record["start"]["models"] = list(PAPER_MODELS)
+    margin = re.search(r"beat the incumbent by more than ([0-9.]+) points", text)
+    if margin:
+        record["margin"] = float(margin.group(1))
+    record["stages"] = [{"name": name, "kind": kind} for name, kind in
+                        re.findall(r"^## (\S+) \((shared|layer)\)$", text, re.M)]
+    return record if len(record) > 2 or record["stages"] else {}
+
+
+def _base_fields(config: dict) -> dict:
+    """A base configuration as the study compares it: read as today's code reads it, without
+    the option tables of other model kinds (which its fingerprint ignores too)."""
+    try:
+        config = to_dict(from_dict(ExperimentConfig, with_legacy_fields(config)))
+    except (ConfigError, TypeError, ValueError):  # fields since renamed: compared as stored
+        pass
+    model = config.get("model", {})
+    return {**config, "model": {name: value for name, value in model.items()
+                                if name not in KIND_OPTIONS or name == model.get("kind")}}
+
+
+def _differences(recorded, current, prefix: str) -> list[str]:
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        return [line for name in sorted(set(recorded) | set(current))
+                for line in _differences(recorded.get(name), current.get(name), f"{prefix}{name}.")]
+    return [] if recorded == current else [f"{prefix[:-1]}: {recorded!r} recorded, {current!r} now"]
+
+
+def _recorded_base(out: Path, recorded: dict) -> dict | None:
+    """The recorded starting base: ``study.json``'s, else (a folder from before it) the one
+    written by the runs of its first incumbent (``runs/<fingerprint>/config.toml``)."""
+    base = recorded.get("start", {}).get("base")
+    if isinstance(base, dict):
+        return base
+    with contextlib.suppress(OSError, ValueError, ConfigError):
+        written = tomllib.loads((out / "runs" / recorded["start_fingerprint"] / "config.toml")
+                                .read_text(encoding="utf-8"))
+        return written.get("base") if isinstance(written.get("base"), dict) else None
+    return None
+
+
+def _study_differences(out: Path, record: dict) -> list[str]:
+    """What differs between the study ``record`` (:func:`study_record`) and the one ``out``
+    holds (its ``study.json``, else :func:`_legacy_record`); [] for a folder without a study."""
+    try:
+        recorded = json.loads((out / RECORD).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        recorded = _legacy_record(out)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        recorded = {}
+    if recorded is None:
+        return []
+    if not isinstance(recorded, dict) or not recorded:
+        return [f"the configuration of its study cannot be read from {out / RECORD} or "
+                f"{out / 'study.md'}"]
+    differences = []
+    if recorded.get("start_fingerprint", record["start_fingerprint"]) != record["start_fingerprint"]:
+        base = _recorded_base(out, recorded)
+        fields = _differences(_base_fields(base), _base_fields(record["start"]["base"]), "base.") \
+            if base is not None else []
+        differences += fields or [f"starting configuration fingerprint "
+                                  f"{recorded['start_fingerprint']} recorded, "
+                                  f"{record['start_fingerprint']} now"]
+    start = recorded.get("start", {})
+    for name in ("models", "hidden_sizes", "seeds"):
+        if name in start and start[name] != record["start"][name]:
+            differences.append(f"{name}: {start[name]!r} recorded, {record['start'][name]!r} now")
+    if "margin" in recorded and recorded["margin"] != record["margin"]:
+        differences.append(f"margin: {recorded['margin']!r} recorded, {record['margin']!r} now")
+    stages = recorded.get("stages", [])
+    current = record["stages"]
+    if recorded.get("partial_stages"):  # the headings of the stages done so far
+        current = [{"name": s["name"], "kind": s["kind"]} for s in current[:len(stages)]]
+    names = [s.get("name") for s in stages]
+    if names != [s["name"] for s in current]:
+        differences.append(f"stages: {', '.join(map(str, names))} recorded, "
+                           f"{', '.join(s['name'] for s in record['stages'])} now")
+    else:
+        differences += [f"stage {new['name']}: its kind or candidates changed"
+                        for old, new in zip(stages, current, strict=True) if old != new]
+    return differences
+
+
+def _changed_study_message(out: Path, differences: list[str]) -> str:
+    shown = "; ".join(differences[:5]) + (f"; ... ({len(differences)} in all)"
+                                           if len(differences) > 5 else "")
+    return f"{out} holds a study made with another configuration than the one now given ({shown})"
+
+
+def _set_aside_summary(out: Path) -> Path:
+    """Move the study's outcome and record into ``out/superseded/<date-time>/`` (nothing is
+    deleted); the record last, so that a kill in between leaves a folder still refused."""
+    aside = out / SUPERSEDED_DIR / time.strftime("%Y%m%d-%H%M%S")
+    aside.mkdir(parents=True, exist_ok=True)
+    for name in (*SUMMARY, RECORD):
+        if (out / name).exists():
+            (out / name).rename(aside / name)
+    return aside
 
 
 def _candidates(stage: Stage, incumbent: ReproduceConfig) -> tuple[str, dict[str, tuple]]:
@@ -287,8 +477,9 @@ def _choose(scores: dict[str, float], incumbent: str, margin: float) -> str:
 
 
 def _run_study(out: Path, *, base, stages, margin, jobs, executor, data_dir, cache_dir, progress,
-               echo) -> ReproduceConfig:
-    incumbent = copy.deepcopy(base or study_base())
+               echo, rerun_changed=False) -> ReproduceConfig:
+    incumbent = copy.deepcopy(base)
+    models = list(incumbent.models)  # the study's, kept by every stage's incumbent
     lines = [f"# Validation study ({len(stages)} stage{'s' if len(stages) != 1 else ''})", "",
              _protocol(incumbent, margin), ""]
     trail = []
@@ -307,7 +498,8 @@ def _run_study(out: Path, *, base, stages, margin, jobs, executor, data_dir, cac
         for name, (overrides, config, folder) in entries.items():
             echo(f"study: {stage.name} / {name} -> {folder}")
             reproduce(config, folder, jobs=jobs, executor=executor, data_dir=data_dir,
-                      cache_dir=cache_dir, progress=progress, echo=echo)
+                      cache_dir=cache_dir, progress=progress, echo=echo,
+                      rerun_changed=rerun_changed)
             if stage.kind == "layer" and overrides is not None:
                 records = (_grid_records(folder, config, ["eqpdenet"])
                            + _grid_records(first, incumbent, [m for m in incumbent.models
@@ -317,7 +509,7 @@ def _run_study(out: Path, *, base, stages, margin, jobs, executor, data_dir, cac
             results[name] = _score(records, stage.kind)
         best = _choose({name: result["score"] for name, result in results.items()}, label, margin)
         incumbent = copy.deepcopy(entries[best][1])
-        incumbent.models = list(PAPER_MODELS)
+        incumbent.models = list(models)  # a layer candidate trained EqPdeNet alone
         trail.append((stage, best))
         lines += [f"## {stage.name} ({stage.kind})", "", stage.question, "",
                   "| candidate | overrides | EqPdeNet | FCNN | score | runs | folder |",

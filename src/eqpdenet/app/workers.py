@@ -4,23 +4,36 @@
 after PyTorch has started threads is unsafe) whose workers
 
 * exit within :data:`WATCH_SECONDS` when the process that started them is gone, however it went
-  (SIGKILL included): a watchdog thread in each worker compares ``os.getppid()`` with the
-  parent's pid. A busy worker is not waiting on its task queue, so without the watchdog it would
-  train on, an orphan, until its run ends;
+  (SIGKILL included), from their first instruction on: a worker starts with this module's code,
+  run by its path (:func:`_start_worker`), before anything imports eqpdenet and PyTorch (seconds
+  of work, during which a worker started by a parent that then died used to live on). While it
+  starts (the imports that come with its first task), the kernel kills it the moment its parent
+  dies (Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)``); from its first task on, a watchdog thread
+  comparing ``os.getppid()`` with the parent's pid does (elsewhere: throughout). A busy worker
+  is not waiting on its task queue, so without them it would train on, an orphan, until its run
+  ends;
 * lead a process group of their own, which the watchdog kills whole (a ``ninja`` building the
   C++ kernel goes with its worker; the compiler processes ``ninja`` starts are in groups of their
   own and finish their file, a minute at most, on their own);
 * ignore SIGINT: Ctrl-C reaches the parent alone, which decides (it stops the pool and says how
   to resume), instead of every worker printing a ``KeyboardInterrupt`` traceback;
+* show warnings as the parent does (the one-line ``eqpdenet: warning: ...`` of the command line):
+  the parent's ``warnings.showwarning`` is installed in each worker;
 * are killed, not waited for, when the ``with`` block ends by an exception (an interrupt, an
   error in another run).
 
-The watchdog is plain Python (no ``prctl(PR_SET_PDEATHSIG)``, which Linux ties to the parent
-*thread* and other systems lack). The ranks of ``train --distributed`` die with ``torchrun``
-through :func:`die_with_parent`, which does use that signal where it can: a rank waiting in a
-collective of gloo can keep the interpreter's lock, and so keep a watchdog thread from running
+Linux ties ``PR_SET_PDEATHSIG`` to the parent *thread* that started the process, and a pool
+starts its workers in :meth:`~concurrent.futures.Executor.submit`: a pool is used from the
+thread that made it (the ``with`` block's, which outlives it), and a task submitted from another
+thread is refused. The signal is cleared when a task begins, so that the watchdog, which kills
+the worker's group too, has the last word. The ranks of ``train --distributed`` die with
+``torchrun`` through :func:`die_with_parent`, which keeps the signal for good: a rank waiting in
+a collective of gloo can keep the interpreter's lock, and so keep a watchdog thread from running
 (seen: a rank outlived its launcher by minutes), while ``torchrun`` starts its ranks from its main
 thread.
+
+This module imports the standard library only: a worker runs it by path before eqpdenet exists
+in the process.
 """
 
 from __future__ import annotations
@@ -29,12 +42,15 @@ import contextlib
 import ctypes
 import multiprocessing
 import os
+import pickle
+import runpy
 import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 
 __all__ = ["WATCH_SECONDS", "die_with_parent", "worker_pool"]
 
@@ -62,15 +78,21 @@ def _watch_parent(parent: int) -> None:
 PR_SET_PDEATHSIG = 1
 
 
-def _killed_with_parent() -> bool:
-    """Have the kernel SIGKILL this process when its parent dies (Linux); whether it will."""
+def _set_parent_death_signal(number: int) -> bool:
+    """Have the kernel send signal ``number`` to this process when its parent dies (Linux; 0:
+    none); whether it will."""
     if not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+        return libc.prctl(PR_SET_PDEATHSIG, number, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+def _killed_with_parent() -> bool:
+    """Have the kernel SIGKILL this process when its parent dies (Linux); whether it will."""
+    return _set_parent_death_signal(int(signal.SIGKILL))
 
 
 def die_with_parent() -> int:
@@ -92,25 +114,76 @@ def die_with_parent() -> int:
     return parent
 
 
-def _start_worker(parent: int, initializer: Callable | None, initargs: tuple) -> None:
+#: The name under which a worker runs this module by path (:func:`_start_worker`).
+_START_NAME = "__eqpdenet_worker_start__"
+
+
+def _start_worker(parent: int, then: bytes) -> None:
+    """A pool worker's first code, run from this module's file (:func:`runpy.run_path`, the
+    pool's initializer) before any module of eqpdenet is imported: SIGINT ignored, a process
+    group of its own, the kernel told to kill it with its parent and the watchdog started, and
+    only then ``then`` unpickled (the caller's initializer and its arguments, the parent's
+    ``warnings.showwarning``: unpickling them imports their modules, eqpdenet and PyTorch)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
-    if os.getppid() != parent:  # the parent died while this worker was starting
-        _die()
+    _killed_with_parent()
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
                      name="eqpdenet-parent-watchdog").start()
+    if os.getppid() != parent:  # the parent died before the kernel was told
+        _die()
+    initializer, initargs, show = pickle.loads(then)
+    if show is not None:
+        warnings.showwarning = show
     if initializer is not None:
         initializer(*initargs)
+
+
+def _run_task(fn: Callable, /, *args, **kwargs):
+    """A task of the pool: its modules are imported (unpickling it did that), so the watchdog,
+    which kills the worker's process group too, takes over from the kernel's signal."""
+    _set_parent_death_signal(0)
+    return fn(*args, **kwargs)
+
+
+def _parent_warning_display() -> Callable | None:
+    """This process's ``warnings.showwarning`` where it is not Python's own and a worker can
+    import it (a module's function): what a worker installs."""
+    show = warnings.showwarning
+    if show is getattr(warnings, "_showwarning_orig", None):
+        return None
+    try:
+        pickle.dumps(show)
+    except Exception:  # a lambda, a bound method of a local object: workers keep Python's
+        return None
+    return show
+
+
+class _Pool(ProcessPoolExecutor):
+    """Every task runs through :func:`_run_task`; submitted from the thread that made the pool
+    (which starts the workers: module docstring)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._owner = threading.current_thread()
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        if threading.current_thread() is not self._owner:
+            raise RuntimeError("worker_pool: submit from the thread that made the pool (it starts "
+                               "the workers, which Linux kills when the thread that started them "
+                               "ends)")
+        return super().submit(_run_task, fn, *args, **kwargs)
 
 
 @contextlib.contextmanager
 def worker_pool(jobs: int, initializer: Callable | None = None,
                 initargs: tuple = ()) -> Iterator[ProcessPoolExecutor]:
-    """A pool of ``jobs`` worker processes that die with this process (module docstring)."""
-    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_start_worker,
-                               initargs=(os.getpid(), initializer, initargs))
+    """A pool of ``jobs`` worker processes that die with this process and show warnings as it
+    does (module docstring); ``initializer(*initargs)`` runs in each worker once it has started."""
+    then = pickle.dumps((initializer, initargs, _parent_warning_display()))
+    pool = _Pool(jobs, mp_context=multiprocessing.get_context("spawn"),
+                 initializer=runpy.run_path,
+                 initargs=(os.path.abspath(__file__), {"_START": (os.getpid(), then)}, _START_NAME))
     try:
         yield pool
     except BaseException:
@@ -127,3 +200,7 @@ def worker_pool(jobs: int, initializer: Callable | None = None,
                 process.join(timeout=10)
         raise
     pool.shutdown(wait=True)
+
+
+if __name__ == _START_NAME:  # run by path as a pool worker's initializer (worker_pool)
+    _start_worker(*globals()["_START"])
