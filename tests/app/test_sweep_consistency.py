@@ -171,6 +171,20 @@ def test_a_report_reads_the_run_files_a_stopped_sweep_left_out_of_results_jsonl(
     assert read_jsonl(out / "results.jsonl")[1] == record
 
 
+def test_the_report_command_reads_a_benchmark_killed_before_its_first_aggregate(tmp_path, capsys):
+    """`eqpdenet report` refused a benchmark folder without results.jsonl ("no results in") before
+    the report could rebuild it from the run files."""
+    from eqpdenet.app import cli
+
+    out = tmp_path / "bench"
+    _run_benchmark(_benchmark_config([0]), out)
+    (out / "results.jsonl").unlink()  # as after a SIGKILL between the first run file and it
+    assert cli.main(["report", str(out)]) == 0
+    assert sorted(r["key"] for r in read_jsonl(out / "results.jsonl")) == ["fcnn-seed0",
+                                                                          "wide-seed0"]
+    assert "| fcnn |" in capsys.readouterr().out
+
+
 def test_an_interrupt_after_a_run_file_still_leaves_it_in_results_jsonl(tmp_path, monkeypatch):
     """SIGTERM (KeyboardInterrupt) right after runs/<key>.json was saved, before the aggregate:
     results.jsonl lacked the run while the message said finished runs were saved."""
@@ -385,12 +399,14 @@ def test_outputs_never_replace_a_sweeps_run_files_or_a_studys_choice(tmp_path):
     study = tmp_path / "sg"
     claim_folder(study, "study")
     (study / "chosen.json").write_text("{}")
+    (study / "study.json").write_text("{}")
     inner = study / "runs" / "abc123"
     claim_folder(inner, "reproduce")
     save_run(inner, "fcnn-h4-seed0", {"key": "fcnn-h4-seed0"})
     (inner / "config.toml").write_text("")
     for path in (sweep / "runs" / "fcnn-seed0.json", sweep / "runs" / "new.json",
                  sweep / "checkpoints" / "fcnn-seed0.json", study / "chosen.json",
+                 study / "study.json",
                  inner / "runs" / "fcnn-h4-seed0.json", inner / "config.toml"):
         with pytest.raises(OutputFolderError, match=f"--out {path}: "):
             check_output_keeps(path, "--out")

@@ -577,8 +577,7 @@ def _report(args) -> int:
 
     results = Path(args.results)
     if results.is_dir() and is_benchmark_folder(results):  # its own table, not the paper's
-        if not (results / "results.jsonl").is_file():
-            raise FileNotFoundError(f"no results in {results / 'results.jsonl'}")
+        # (from the run files: a sweep killed before its first aggregate has no results.jsonl)
         with hold(results, "report", create=False):
             report = write_benchmark_report(results)
     else:

@@ -80,7 +80,7 @@ def folder_kind(folder: Path) -> str | None:
 #: What a command's own output may not replace in a folder another command marked (or in its
 #: subfolders): its results, models and configuration.
 _RESULT_NAMES = frozenset({*RUN_FILES, "results.jsonl", "table.md", "table.csv", "chosen.toml",
-                           "chosen.json", "study.md"})
+                           "chosen.json", "study.md", "study.json"})
 _RESULT_SUFFIXES = frozenset({".pt", ".pt2", ".onnx", ".jsonl"})
 
 #: The folders a sweep keeps inside its own: its run files, checkpoints and set-aside runs. Every
