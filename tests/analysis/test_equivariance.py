@@ -242,3 +242,22 @@ def test_turns_of_non_square_images_keep_their_shape():
     quarter = Transform.rotation(90)(images)
     assert quarter.shape == images.shape
     torch.testing.assert_close(quarter, rotate(images, math.pi / 2), atol=0, rtol=0)
+
+
+def test_model_invariance_of_huge_finite_logits_is_finite():
+    """Logits of 1e30 (a model trained at a huge learning rate): their float32 norm overflowed,
+    and the relative change was NaN."""
+    from torch import nn
+
+    from eqpdenet.analysis.equivariance import model_invariance
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    with torch.no_grad():
+        model[1].weight.copy_(1e30 * torch.linspace(-1, 1, 192).reshape(3, 64))
+        model[1].bias.zero_()
+    images = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    result = model_invariance(model, images, Transform.rotation(90))
+    logits, moved = (model(x).double() for x in (images, torch.rot90(images, 1, (-2, -1))))
+    expected = float(torch.linalg.vector_norm(moved - logits) / torch.linalg.vector_norm(logits))
+    assert math.isfinite(result["logit_change"])
+    assert result["logit_change"] == pytest.approx(expected, rel=1e-5)

@@ -298,6 +298,9 @@ def model_invariance(model: nn.Module, images: Tensor, transform: Transform) -> 
     finally:
         model.train(was_training)
     unchanged = float((logits.argmax(1) == moved.argmax(1)).double().mean())
+    # in float64: the float32 norm of logits above about 1e19 overflowed (NaN or inf for finite
+    # logits), as the robustness measures' did
+    logits, moved = logits.double(), moved.double()
     change = float(torch.linalg.vector_norm(moved - logits) / torch.linalg.vector_norm(logits))
     return {"unchanged": unchanged, "logit_change": change}
 
