@@ -221,6 +221,49 @@ def test_an_empty_batch_gives_empty_outputs_and_zero_parameter_gradients():
     assert grad_u.shape == u.shape and per_image.shape == (0, 3 * 2 * 10 + 3 + 2 * 3 + 2)
 
 
+def test_maps_of_zero_pixels_give_empty_results_as_the_cpp_operator():
+    # the launchers divided by the width (ZeroDivisionError); the layers refuse such maps
+    w1, b1 = torch.randn(3, 2, 10, device=DEVICE), torch.randn(3, device=DEVICE)
+    w2, b2 = torch.randn(2, 3, device=DEVICE), torch.randn(2, device=DEVICE)
+    stencils, frame = tables(4, 1)
+    for size in ((0, 5), (5, 0)):
+        u = torch.zeros(1, 2, 4, *size, device=DEVICE)
+        assert triton_m2.mix_forward(u, w1, stencils, frame, "zeros").shape == (1, 3, 4, *size)
+        grad_u, per_image = triton_m2.mix_backward(u.new_zeros(1, 3, 4, *size), u, w1, stencils,
+                                                   frame, "zeros")
+        assert grad_u.shape == u.shape and not per_image.any()
+        assert triton_m2.step_forward(u, w1, b1, w2, b2, stencils, frame, "zeros", DT).shape == u.shape
+        grad_u, per_image = triton_m2.step_backward(torch.zeros_like(u), u, w1, b1, w2, b2,
+                                                    stencils, frame, "zeros", DT)
+        assert grad_u.shape == u.shape and per_image.shape == (1, 3 * 2 * 10 + 3 + 2 * 3 + 2)
+        assert not per_image.any()
+        with pytest.raises(InputError, match=r"maps of at least 1x1 pixels, got 0x5|got 5x0"):
+            M2SystemRHS(2, backend="reference")(u)
+
+
+def test_a_channels_last_or_transposed_field_gives_the_contiguous_results():
+    """The outputs were allocated with u's strides (empty_like) and written in contiguous order:
+    a channels-last u gave a scrambled step (error 4.7) and input gradient (6.3)."""
+    u = random_field((2, 3, 4, 5, 6), torch.float64, 0)
+    w1, b1 = random_field((4, 3, 10), torch.float64, 1), random_field((4,), torch.float64, 2)
+    w2, b2 = random_field((3, 4), torch.float64, 3), random_field((3,), torch.float64, 4)
+    grad = random_field((2, 3, 4, 5, 6), torch.float64, 5)
+    grad_z = random_field((2, 4, 4, 5, 6), torch.float64, 6)
+    stencils, frame = tables(4, 1)
+    expected = (triton_m2.step_forward(u, w1, b1, w2, b2, stencils, frame, "zeros", DT),
+                *triton_m2.step_backward(grad, u, w1, b1, w2, b2, stencils, frame, "zeros", DT),
+                *triton_m2.mix_backward(grad_z, u, w1, stencils, frame, "zeros"))
+    for strided in (u.to(memory_format=torch.channels_last_3d),
+                    u.transpose(1, 2).contiguous().transpose(1, 2)):
+        assert not strided.is_contiguous()
+        got = (triton_m2.step_forward(strided, w1, b1, w2, b2, stencils, frame, "zeros", DT),
+               *triton_m2.step_backward(grad, strided, w1, b1, w2, b2, stencils, frame, "zeros",
+                                        DT),
+               *triton_m2.mix_backward(grad_z, strided, w1, stencils, frame, "zeros"))
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
 def test_bad_arguments_are_one_line_errors():
     u = torch.zeros(1, 1, 4, 2, 2, device=DEVICE)
     weight = torch.zeros(1, 1, 10, device=DEVICE)
@@ -235,6 +278,9 @@ def test_bad_arguments_are_one_line_errors():
         triton_m2.mix_forward(u, weight.double(), stencils, frame, "zeros")
     with pytest.raises(InputError, match="2 equal scale chunks"):
         triton_m2.mix_forward(u, weight, stencils.repeat(2, 1, 1), frame, "zeros")
+    with pytest.raises(InputError, match=r"u must be \(B, C, N, H, W\) and w1 \(O, C, 10\)"):
+        triton_m2.step_forward(u.flatten(), weight, weight[:, 0, 0], weight[0], weight[0, 0],
+                               stencils, frame, "zeros", DT)  # an IndexError before
 
 
 def test_registered_for_cuda():

@@ -789,15 +789,17 @@ def _forward(u, w1, b1, w2, b2, stencils, frame, boundary, dt, step, programs, b
                                   "m2_euler_step" if step else "m2_mix_invariants")
     batch, channels, n, height, width = u.shape
     outputs = w1.shape[0]
+    # contiguous whatever u's strides: the kernels write in that order (empty_like kept a
+    # channels-last or transposed u's strides, and the results were scrambled)
+    out = (torch.empty_like(u, memory_format=torch.contiguous_format) if step
+           else u.new_empty(batch, outputs, n, height, width))
+    if out.numel() == 0 or (step and channels == 0):  # maps of 0 pixels too: as the C++ op
+        return out.copy_(u) if step else out
     rows, lanes = _bands(height, width, block, band_rows)
     ob = _out_block(outputs, lanes, OUT_BLOCK, o_block)
     bands = -(-height // rows)
     maps = batch * n * bands
     items = maps if step else maps * (-(-outputs // ob))
-    out = (torch.empty_like(u) if step
-           else u.new_empty(batch, outputs, n, height, width))
-    if items == 0 or (step and channels == 0):
-        return out.copy_(u) if step else out
     if step and outputs == 0:
         # No hidden unit: F = b2. The kernel's loop over blocks of outputs, which also writes
         # u_next, would not run at all and leave ``out`` uninitialised.
@@ -840,6 +842,9 @@ def step_forward(u: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, sten
 
 
 def _check_step(u, w1, b1, w2, b2) -> None:
+    if u.dim() != 5 or w1.dim() != 3:  # before their shapes are read
+        raise InputError(f"m2_euler_step: u must be (B, C, N, H, W) and w1 (O, C, 10), got "
+                         f"{tuple(u.shape)} and {tuple(w1.shape)}")
     outputs, channels = w1.shape[0], u.shape[1]
     shapes = ((b1, (outputs,), "b1"), (w2, (channels, outputs), "w2"), (b2, (channels,), "b2"))
     for t, shape, name in shapes:
@@ -861,9 +866,10 @@ def _mix_backward(grad_z, u, weight, stencils, frame, boundary, add, programs, b
     partial = torch.zeros(batch, channels, n, N_INVARIANTS, outputs, dtype=torch.float64,
                           device=u.device)
     items = batch * channels * n
-    if items == 0:
-        return (add.clone() if add is not None else torch.zeros_like(u)), partial
-    grad_u = torch.empty_like(u)
+    if items == 0 or not height or not width:
+        start = add if add is not None else torch.zeros_like(u)
+        return start.clone(memory_format=torch.contiguous_format), partial
+    grad_u = torch.empty_like(u, memory_format=torch.contiguous_format)  # as _forward's out
     lanes = min(triton.next_power_of_2(block or BLOCK),
                 triton.next_power_of_2(height * width))
     ob = _out_block(outputs, lanes, GRAD_BLOCK, o_block)
@@ -909,11 +915,15 @@ def step_backward(grad_next: Tensor, u: Tensor, w1: Tensor, b1: Tensor, w2: Tens
                          f"{tuple(u.shape)}, got {grad_next.dtype} {tuple(grad_next.shape)}")
     batch, channels, n, height, width = u.shape
     outputs = w1.shape[0]
+    width_tail = outputs + channels * outputs + channels
+    if not height or not width:  # maps of 0 pixels: nothing depends on anything
+        return (torch.zeros_like(u, memory_format=torch.contiguous_format),
+                torch.zeros(batch, outputs * channels * N_INVARIANTS + width_tail,
+                            dtype=torch.float64, device=u.device))
     rows, lanes = _bands(height, width, block, band_rows)
     ob = _out_block(outputs, lanes, OUT_BLOCK, o_block)
     bands = -(-height // rows)
     items = batch * n * bands
-    width_tail = outputs + channels * outputs + channels
     tail = torch.zeros(batch, n * bands, width_tail, dtype=torch.float64, device=u.device)
     grad_hidden = u.new_empty(batch, outputs, n, height, width)
     if items and channels and outputs:

@@ -262,9 +262,12 @@ class M2Jet(nn.Module):
 
     def check(self, u: Tensor) -> None:
         """What every path (the fused kernels' too) needs of the maps ``(B, ..., H, W)``, as one
-        :class:`~eqpdenet.errors.InputError` naming the sizes: maps larger than the stencil
-        radius for a reflecting or periodic boundary, a batch of whole scale copies."""
+        :class:`~eqpdenet.errors.InputError` naming the sizes: maps of at least one pixel, larger
+        than the stencil radius for a reflecting or periodic boundary, a batch of whole scale
+        copies."""
         height, width = u.shape[-2:]
+        if not height or not width:  # the reference's reshape failed deep inside on them
+            raise InputError(f"maps of at least 1x1 pixels, got {height}x{width}")
         if BOUNDARIES.get(self.boundary) in ("reflect", "circular") and min(height, width) <= self.radius:
             raise InputError(f"the {self.boundary!r} boundary needs maps larger than the stencil "
                              f"radius {self.radius} (sigma = {self.sigmas[-1]:g} pixels), got "
