@@ -1121,7 +1121,7 @@ CASES = [
          "`train --model lifted_pde --set model.lifted_pde.downsample_sigma=1e7` (minutes, then "
          "an out-of-memory error blaming the batch)",
          T("--model", "lifted_pde", "--set", "model.lifted_pde.downsample_sigma=1e7",
-           fragment="lifted_pde.downsample_sigma: the low-pass of std 1e+07 px",
+           fragment="lifted_pde.downsample_sigma: must be at most 10000 pixels",
            after=_nothing_at("run"))),
     Case("benchmark-empty-curve", "config",
          "`benchmark --set curves.angles=[]` (it trained, then crashed at every rerun)",
@@ -1148,6 +1148,26 @@ CASES = [
          "`train --rotated` on ROTMNIST (refused only after generating ROTMNIST)",
          T("--rotated", fragment="data.rotated: ROTMNIST is rotated already",
            after=_nothing_at("c"))),
+    # round 5 (outside-in probes of 2026-12-06)
+    Case("symbolic-mixed-name", "config",
+         "`is_invariant('u_yx', 'se2')` (u_yx, not a jet coordinate, was a constant: True)",
+         lib("[__import__('eqpdenet.pde.symbolic', fromlist=['s']).is_invariant(name, 'se2') "
+             "for name in ('u_yx', 'u_xy')]",
+             expect="ok", fragment="[False, False]")),
+    Case("joint-all-huge", "config",
+         "`train --model invariant_pde` with `joint='all'` on 400 channels (90 s, then an "
+         "out-of-memory error blaming the batch)",
+         T("--model", "invariant_pde", "--set", "model.invariant_pde.joint='all'",
+           "--set", "model.invariant_pde.channels=[400, 24, 32]",
+           fragment="invariant_pde.channels[0]: joint='all' (every pair and triple) of 400 "
+                    "channels: 32,321,000 invariant maps", after=_nothing_at("run"))),
+    Case("deep-huge-downsample-sigma", "config",
+         "`train --model invariant_pde --set model.invariant_pde.downsample_sigma=1e7` "
+         "(unbounded: seconds per map size, then out of memory)",
+         T("--model", "invariant_pde", "--set", "model.invariant_pde.downsample=blur",
+           "--set", "model.invariant_pde.downsample_sigma=1e7",
+           fragment="invariant_pde.downsample_sigma: must be at most 10000 pixels",
+           after=_nothing_at("run"))),
 ]
 
 

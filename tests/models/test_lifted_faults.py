@@ -61,12 +61,13 @@ def test_min_image_size_is_the_smallest_size_that_fits(downsample, margin, sigma
 
 def test_a_low_pass_wider_than_its_map_is_refused_when_the_model_is_built():
     """downsample_sigma = 1e6 was accepted, then took minutes and ran out of memory in the
-    first forward pass. The 16-pixel map before stage 1 takes a radius of at most 15 px."""
+    first forward pass (now above the bound of every low-pass, 1e4: tests/models/test_pooling.py).
+    The 16-pixel map before stage 1 takes a radius of at most 15 px."""
     with pytest.raises(ConfigError, match=r"lifted_pde.downsample_sigma: the low-pass of std "
-                                          r"1e\+06 px reaches 3000000 px either side, as far as "
+                                          r"1000 px reaches 3000 px either side, as far as "
                                           r"the 16x16 maps it would filter \(stage sizes \[16, 8\] "
                                           r"for images of 16 px\); use at most 5 px"):
-        LiftedPDENet(LiftedPDEConfig(channels=[3, 4], blocks=[1, 1], downsample_sigma=1e6),
+        LiftedPDENet(LiftedPDEConfig(channels=[3, 4], blocks=[1, 1], downsample_sigma=1000.0),
                      image_size=16)
     with pytest.raises(ConfigError, match="lifted_pde.downsample_sigma"):
         LiftedPDENet(LiftedPDEConfig(channels=[3, 4], blocks=[1, 1], downsample_sigma=5.01),
@@ -75,10 +76,10 @@ def test_a_low_pass_wider_than_its_map_is_refused_when_the_model_is_built():
         net = LiftedPDENet(LiftedPDEConfig(channels=[3, 4], blocks=[1, 1], downsample_sigma=5.0,
                                            boundary=boundary), image_size=16)
         assert net(torch.rand(2, 1, 16, 16)).shape == (2, 10)
-    # no downsampling, or none with a low-pass: any sigma
+    # no downsampling, or none with a low-pass: any sigma up to the bound of every low-pass
     LiftedPDENet(LiftedPDEConfig(channels=[3, 4], blocks=[1, 1], downsample="pool",
-                                 downsample_sigma=1e6), image_size=16)
-    LiftedPDENet(LiftedPDEConfig(channels=[3], blocks=[1], downsample_sigma=1e6), image_size=16)
+                                 downsample_sigma=1e4), image_size=16)
+    LiftedPDENet(LiftedPDEConfig(channels=[3], blocks=[1], downsample_sigma=1e4), image_size=16)
 
 
 # ----------------------------------------------------------------------------- hooks (fault 3)
