@@ -210,18 +210,26 @@ def _train_distributed(args) -> int:
     from .locks import hold
     from .preflight import preflight
     from .runfolder import RUN_FILES, check_replaceable, output_path, staged
-    from .training import data_parallel_group, prepare_data, resolve_device, run_experiment, train_model
+    from .training import (
+        data_parallel_group,
+        prepare_data,
+        resolve_device,
+        run_experiment,
+        torchrun_environment,
+        train_model,
+    )
     from .workers import die_with_parent
 
     missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
     if missing:
         raise ConfigError(f"--distributed runs under torchrun ({', '.join(missing)} not set): "
                           f"torchrun --nproc-per-node N -m eqpdenet train --distributed ...")
+    environment = torchrun_environment()  # each variable in range, named where it is not
     # An orphaned rank would train on for the whole run, and rank 0 would then write its result.
     launcher = die_with_parent()
     config = _experiment_config(args)
     device = resolve_device(config.train.device)
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    rank, local_rank = environment.rank, environment.local_rank
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)
     out = output_path(args.out)

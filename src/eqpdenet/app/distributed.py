@@ -64,9 +64,12 @@ _SETTINGS_FRAME = 4
 
 #: Asks the GCS at ``argv[1]`` for its cluster id, as a driver does first, in a process of its
 #: own: Ray's client retries for longer than asked and logs every try to stderr, so the process
-#: is killed at the deadline and its output kept to itself. An authentication error is a Ray
-#: head's answer too (``ray.init`` then reads the token and says what is wrong); exit status 3:
-#: this Ray has no such client (another version), nothing could be checked.
+#: is killed at the deadline and its output kept to itself. With ``argv[3] == "auto"`` it first
+#: turns token authentication on where a token exists, as ``ray.init(address="auto")`` does (an
+#: address given explicitly never does: Ray sends its token there only under
+#: ``RAY_AUTH_MODE=token``). Exit status 3: this Ray has no such client (another version),
+#: nothing could be checked; 4: the head requires a token and this process sends none; 5: it
+#: refused the token sent.
 _GCS_PROBE = """
 import sys
 try:
@@ -74,14 +77,29 @@ try:
     connect = InnerGcsClient.standalone
 except (ImportError, AttributeError):
     sys.exit(3)
+if sys.argv[3] == "auto":
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available)
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    except ImportError:
+        pass
 try:
     connect(sys.argv[1], None, int(sys.argv[2]))
 except Exception as error:
     if type(error).__name__ == "AuthenticationError":
-        sys.exit(0)
+        try:
+            from ray._raylet import AuthenticationMode, get_authentication_mode
+            sys.exit(5 if get_authentication_mode() == AuthenticationMode.TOKEN else 4)
+        except ImportError:
+            sys.exit(5)
     print(type(error).__name__ + ": " + " ".join(str(error).split()))
     sys.exit(1)
 """
+
+#: What to do about a head that requires token authentication (probe exit status 4 and 5).
+_TOKEN_ADVICE = ("`ray get-auth-token` on the head prints its token; put it in ~/.ray/auth_token "
+                 "or RAY_AUTH_TOKEN here")
 
 
 def _tls() -> bool:
@@ -115,18 +133,29 @@ def _http2_answer(sock: socket.socket, deadline: float) -> str | None:
             f"answers in gRPC; a web server, or the dashboard's port?")
 
 
-def _gcs_answer(address: str, deadline: float) -> str | None:
+def _gcs_answer(address: str, deadline: float, shown: str, auto: bool = False) -> str | None:
     """None when a Ray head's GCS at ``address`` answers (or this Ray cannot ask), else why
-    not."""
+    not; a :class:`ConfigError` when the head is there but refuses this process's
+    authentication (``auto``: the token rule of ``--address auto``)."""
     left = max(1.0, deadline - time.monotonic())
     try:
-        probe = subprocess.run([sys.executable, "-c", _GCS_PROBE, address, str(int(left * 1000))],
+        probe = subprocess.run([sys.executable, "-c", _GCS_PROBE, address, str(int(left * 1000)),
+                                "auto" if auto else "explicit"],
                                capture_output=True, text=True, timeout=left,
                                stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:  # (the probe is killed)
         return f"a server answers there, but no Ray head's GCS within {left:.0f} s"
     if probe.returncode in (0, 3):
         return None
+    if probe.returncode == 4:
+        raise ConfigError(f"--address {shown}: the Ray head there requires token authentication, "
+                          f"and Ray sends a token to an address given explicitly only under "
+                          f"RAY_AUTH_MODE=token: set RAY_AUTH_MODE=token ({_TOKEN_ADVICE}), or "
+                          f"use --address auto on a machine of the cluster")
+    if probe.returncode == 5:
+        raise ConfigError(f"--address {shown}: the Ray head there refused this machine's "
+                          f"authentication token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or "
+                          f"~/.ray/auth_token); {_TOKEN_ADVICE}")
     detail = (probe.stdout.strip().splitlines() or [f"exit status {probe.returncode}"])[-1]
     return f"a server answers there, but not as a Ray head's GCS: {detail[:200]}"
 
@@ -154,13 +183,17 @@ def check_address(address: str | None, timeout: float = CONNECT_SECONDS) -> None
     ``address`` (``HOST[:PORT]``, ``ray://HOST:PORT``, ``auto``: the cluster Ray would join):
     something must accept connections there and greet an HTTP/2 client as gRPC does (not under
     ``RAY_USE_TLS``), and for a head's address, its GCS must answer Ray's own first request
-    (from a process of its own, killed at the deadline, so Ray's retries and logs stay there). A
-    Ray client server (``ray://``) is checked up to the greeting. ``None`` and ``"local"`` (a new
-    instance here) pass."""
+    (from a process of its own, killed at the deadline, so Ray's retries and logs stay there),
+    with the authentication ``ray.init`` would send: a head that requires token authentication
+    is refused, naming what to set, where this process would send no token (an address given
+    explicitly without ``RAY_AUTH_MODE=token``, Ray's rule; ``ray.init`` logged a screen of
+    retries, after eqpdenet had written its files) or one the head refuses. A Ray client server
+    (``ray://``) is checked up to the greeting. ``None`` and ``"local"`` (a new instance here)
+    pass."""
     if address in (None, "local"):
         return
     deadline = time.monotonic() + timeout
-    shown = address
+    shown, auto = address, address == "auto"
     if address == "auto":
         found = _auto_address()
         if found is None:
@@ -187,7 +220,7 @@ def check_address(address: str | None, timeout: float = CONNECT_SECONDS) -> None
     except OSError as error:
         reason = (error.strerror or str(error)).lower()
     if reason is None and not address.startswith("ray://"):
-        reason = _gcs_answer(f"{host}:{port_number}", deadline)
+        reason = _gcs_answer(f"{host}:{port_number}", deadline, shown, auto)
     if reason is None:
         return
     raise ConfigError(f"--address {shown}: no Ray cluster there ({reason}); start one with "

@@ -69,6 +69,8 @@ __all__ = [
     "accuracy",
     "data_parallel",
     "data_parallel_group",
+    "join_timeout",
+    "torchrun_environment",
     "data_resolved_fields",
     "evaluate_scenarios",
     "load_checkpoint",
@@ -283,13 +285,214 @@ def data_parallel() -> tuple[int, int] | None:
     return None
 
 
+#: How long the ranks of :func:`data_parallel_group` wait for each other by default, in seconds
+#: (``EQPDENET_JOIN_TIMEOUT`` sets another): long enough for ranks started by hand on several
+#: machines, where torch's own 30 minutes looked like a hang.
+JOIN_SECONDS = 300.0
+
+#: The environment variable that sets how long the ranks wait for each other, in seconds.
+JOIN_VARIABLE = "EQPDENET_JOIN_TIMEOUT"
+
+#: How often a waiting rank looks again, in seconds; a signal (Ctrl-C, SIGTERM) is handled
+#: between two looks.
+_JOIN_POLL = 0.1
+
+#: The longest a single request to rank 0's store may take during the join: rank 0 stopped
+#: (SIGSTOP, a debugger) must not hold a rank deaf to signals for torch's 30 minutes.
+_JOIN_REQUEST_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class TorchrunEnvironment:
+    """What torchrun (or a person starting ranks by hand) tells each rank, checked."""
+
+    rank: int
+    local_rank: int | None  # None where LOCAL_RANK is not set (only a GPU per rank needs it)
+    world_size: int
+    master_addr: str
+    master_port: int
+
+    @property
+    def where(self) -> str:
+        return f"MASTER_ADDR:MASTER_PORT={self.master_addr}:{self.master_port}"
+
+
+def _integer_variable(environ, name: str, expected: str, low: int, high: int | None = None) -> int:
+    value = environ.get(name)
+    if value is None or not value.strip():
+        raise ConfigError(f"{name} is not set: torchrun sets it in every rank it starts (ranks "
+                          f"started by hand need RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and "
+                          f"MASTER_PORT)")
+    try:
+        number = int(value.strip())
+    except ValueError:
+        number = None
+    if number is None or number < low or (high is not None and number > high):
+        raise ConfigError(f"{name}={value!r}: expected {expected}")
+    return number
+
+
+def torchrun_environment(environ=None) -> TorchrunEnvironment:
+    """``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` of
+    ``environ`` (``os.environ`` by default), or a one-line :class:`ConfigError` naming the
+    variable that is missing or out of range (``0 <= RANK < WORLD_SIZE``, ``0 <= LOCAL_RANK <
+    WORLD_SIZE``, ``WORLD_SIZE >= 1``, a port from 1 to 65535). ``LOCAL_RANK`` may be unset
+    (None)."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    world_size = _integer_variable(environ, "WORLD_SIZE", "a positive integer, the number of "
+                                   "processes (ranks) of the job", 1)
+    last = world_size - 1
+    rank = _integer_variable(environ, "RANK", f"an integer from 0 to {last} (WORLD_SIZE="
+                             f"{world_size}): this process's rank, each started once", 0, last)
+    local_rank = None if environ.get("LOCAL_RANK") is None else _integer_variable(
+        environ, "LOCAL_RANK", f"an integer from 0 to {last} (WORLD_SIZE={world_size}): this "
+        f"process's rank on its machine", 0, last)
+    port = _integer_variable(environ, "MASTER_PORT", "a port number from 1 to 65535, where rank "
+                             "0 listens", 1, 65535)
+    addr = environ.get("MASTER_ADDR", "").strip()
+    if not addr:
+        raise ConfigError("MASTER_ADDR is not set: the host name or address of rank 0's machine "
+                          "(127.0.0.1 when every rank runs on this one)")
+    return TorchrunEnvironment(rank, local_rank, world_size, addr, port)
+
+
+def join_timeout(environ=None) -> float:
+    """Seconds the ranks wait for each other: ``EQPDENET_JOIN_TIMEOUT``, else
+    :data:`JOIN_SECONDS`; a :class:`ConfigError` for a value that is not a positive number."""
+    import math
+    import os
+
+    value = (os.environ if environ is None else environ).get(JOIN_VARIABLE, "").strip()
+    if not value:
+        return JOIN_SECONDS
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ConfigError(f"{JOIN_VARIABLE}={value!r}: expected a positive number of seconds "
+                          f"(how long the ranks of --distributed wait for each other)")
+    return seconds
+
+
+def _ranks_text(ranks: list[int]) -> str:
+    shown = ", ".join(map(str, ranks[:10])) + (f" and {len(ranks) - 10} more" if len(ranks) > 10
+                                                else "")
+    return f"rank {shown}" if len(ranks) == 1 else f"ranks {shown}"
+
+
+def _open_store(env: TorchrunEnvironment, deadline: float, seconds: float):
+    """This rank's connection to the job's store: rank 0 opens it (on ``MASTER_PORT``, at once)
+    unless torchrun's agent holds it; the others wait for it in short, silent steps (a plain
+    socket; torch's client would log every retry and block signals for its whole timeout)."""
+    import datetime
+    import os
+    import socket
+
+    from torch.distributed import DistError, TCPStore
+
+    request = datetime.timedelta(seconds=min(seconds, _JOIN_REQUEST_SECONDS))
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torch's own test
+    if env.rank == 0 and not agent:
+        try:
+            return TCPStore(env.master_addr, env.master_port, env.world_size, is_master=True,
+                            timeout=request, wait_for_workers=False)
+        except DistError as error:
+            text = " ".join(str(error).split())
+            if "EADDRINUSE" in text or "address already in use" in text:
+                raise ConfigError(f"MASTER_PORT={env.master_port}: the port is in use on this "
+                                  f"machine (another program, or the rank 0 of another job); "
+                                  f"choose a free port") from None
+            raise ConfigError(f"MASTER_PORT={env.master_port}: rank 0 cannot listen there "
+                              f"({text[:200]})") from None
+    while True:
+        try:
+            with socket.create_connection((env.master_addr, env.master_port),
+                                          timeout=max(0.05, min(1.0, deadline - time.monotonic()))):
+                break
+        except socket.gaierror:
+            raise ConfigError(f"MASTER_ADDR={env.master_addr!r}: no such host") from None
+        except OSError:  # not listening yet (refused), or no answer within the step
+            pass
+        if time.monotonic() >= deadline:
+            raise ConfigError(f"rank 0 did not open the job's store at {env.where} within "
+                              f"{seconds:g} s (rank {env.rank} waited): start rank 0 with the same "
+                              f"MASTER_ADDR and MASTER_PORT, or wait longer ({JOIN_VARIABLE})")
+        time.sleep(_JOIN_POLL)
+    try:
+        return TCPStore(env.master_addr, env.master_port, env.world_size, is_master=False,
+                        timeout=request)
+    except DistError as error:
+        raise ConfigError(f"{env.where}: something listens there, but not rank 0's store "
+                          f"({' '.join(str(error).split())[:200]})") from None
+
+
+def _join(store, env: TorchrunEnvironment, deadline: float, seconds: float) -> None:
+    """Return once every rank of ``env.world_size`` has joined ``store``; a :class:`ConfigError`
+    naming the ranks that did not join by ``deadline``, a rank started twice, or ranks that
+    disagree on ``WORLD_SIZE`` (which would leave them waiting in gloo's connection for torch's
+    30 minutes). It waits in short steps, between which signals are handled."""
+    import os
+
+    from torch.distributed import DistError
+
+    # Keys of this attempt only: torchrun's agent keeps its store across restarts.
+    prefix = f"eqpdenet/join/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+    problem_key = prefix + "problem"
+
+    def refuse(message: str):
+        with contextlib.suppress(DistError):
+            store.set(problem_key, message)  # so the ranks that wait stop too
+        raise ConfigError(message)
+
+    try:
+        sizes = store.compare_set(prefix + "world_size", "", str(env.world_size)).decode()
+        if sizes != str(env.world_size):
+            refuse(f"the ranks disagree on WORLD_SIZE: {env.world_size} on rank {env.rank}, "
+                   f"{sizes} on a rank started before it; start every rank with the same "
+                   f"WORLD_SIZE")
+        if store.add(prefix + f"rank/{env.rank}", 1) > 1:
+            refuse(f"two processes were started with RANK={env.rank}; start each rank from 0 to "
+                   f"WORLD_SIZE-1 = {env.world_size - 1} once")
+        store.add(prefix + "joined", 1)
+        while store.add(prefix + "joined", 0) < env.world_size:
+            if store.check([problem_key]):
+                raise ConfigError(store.get(problem_key).decode())
+            if time.monotonic() >= deadline:
+                missing = [r for r in range(env.world_size)
+                           if not store.check([prefix + f"rank/{r}"])]
+                raise ConfigError(f"{_ranks_text(missing)} of WORLD_SIZE={env.world_size} did "
+                                  f"not join within {seconds:g} s ({env.where}): start every "
+                                  f"rank with the same MASTER_ADDR, MASTER_PORT and WORLD_SIZE, "
+                                  f"or wait longer ({JOIN_VARIABLE})")
+            time.sleep(_JOIN_POLL)
+    except DistError as error:  # rank 0, and its store, gone
+        raise ConfigError(f"rank 0 stopped while the ranks joined ({env.where} answers no more: "
+                          f"{' '.join(str(error).split())[:120]}); see rank 0's error") from None
+
+
 @contextlib.contextmanager
-def data_parallel_group(backend: str, **init) -> Iterator[tuple[int, int]]:
+def data_parallel_group(backend: str, *, join_seconds: float | None = None,
+                        **init) -> Iterator[tuple[int, int]]:
     """The ``torch.distributed`` process group in which :func:`train_model` trains with
     DistributedDataParallel (``eqpdenet train --distributed`` under torchrun). Initialised on
-    entry (``init`` goes to ``init_process_group``: torchrun's environment when empty), yielding
-    ``(rank, world size)``; on exit the ranks meet at a barrier (when the body ended without an
-    exception: a peer that stopped would never arrive) and the group is destroyed.
+    entry, yielding ``(rank, world size)``; on exit the ranks meet at a barrier (when the body
+    ended without an exception: a peer that stopped would never arrive) and the group is
+    destroyed.
+
+    Without ``init_method`` or ``store`` in ``init`` (which, like the rest of ``init``, go to
+    ``init_process_group``), the ranks meet through torchrun's environment
+    (:func:`torchrun_environment`; ``rank`` and ``world_size`` in ``init`` take the place of
+    ``RANK`` and ``WORLD_SIZE``), checked first (a bad variable is a one-line
+    :class:`ConfigError` naming it), and wait for each other at most ``join_seconds``
+    (:func:`join_timeout`: ``EQPDENET_JOIN_TIMEOUT``, else :data:`JOIN_SECONDS`), in short steps
+    between which signals are handled (Ctrl-C; SIGTERM where its handler raises, as the command
+    line's does); a rank missing at the deadline, a busy
+    ``MASTER_PORT``, a rank started twice or ranks that disagree on ``WORLD_SIZE`` are a
+    one-line :class:`ConfigError`. (``init_process_group`` alone waited torch's 30 minutes,
+    deaf to signals, and gave raw C++ errors.)
 
     ``torch._dynamo`` is imported before the group exists: DistributedDataParallel imports it,
     and an import after ``init_process_group`` keeps references to the default group (torch
@@ -299,6 +502,20 @@ def data_parallel_group(backend: str, **init) -> Iterator[tuple[int, int]]:
     """
     import torch._dynamo  # noqa: F401
 
+    if "init_method" not in init and "store" not in init:
+        import os
+
+        given = {name: str(init.pop(key)) for key, name in (("rank", "RANK"),
+                                                             ("world_size", "WORLD_SIZE"))
+                 if key in init}
+        env = torchrun_environment({**os.environ, **given})
+        seconds = join_timeout() if join_seconds is None else join_seconds
+        deadline = time.monotonic() + seconds
+        store = _open_store(env, deadline, seconds)
+        _join(store, env, deadline, seconds)
+        # From here on the store serves the group: torch's timeout, as init_process_group sets it.
+        store.set_timeout(init.get("timeout") or torch.distributed.constants.default_pg_timeout)
+        init = dict(init, store=store, rank=env.rank, world_size=env.world_size)
     torch.distributed.init_process_group(backend, **init)
     try:
         yield torch.distributed.get_rank(), torch.distributed.get_world_size()

@@ -699,6 +699,12 @@ def _recipes(monomials: Tensor, sets) -> tuple[tuple[int, ...], bool]:
         n = 0
         while n < len(rows) and rows[n][1] >= 0:
             n += 1
+        known = N_INVARIANTS.get(sets[e])  # (an unknown set: _settings says so)
+        for m in range(n if known else 0):  # an earlier monomial times an invariant: other
+            if not (-1 <= rows[m][0] < m and rows[m][1] < known):  # indices read outside
+                raise InputError(f"euler_evolve: monomial {m} of a {sets[e]!r} PDE must be (an "
+                                 f"earlier monomial or -1, an invariant below {known}), got "
+                                 f"{tuple(rows[m])}")
         counts.append(n)
         linear &= n == N_INVARIANTS.get(sets[e], -1) and all(
             rows[m][0] == -1 and rows[m][1] == m for m in range(n))
@@ -721,11 +727,60 @@ def _launch_config(u: Tensor, n_items: int, per_sm: int, programs: int | None,
     return programs, block, num_warps
 
 
+def _check_arguments(what: str, u, weight, bias, monomials, stencils, invariant_sets, boundaries,
+                     dt, ratio_eps, steps, check_finite=(), grad_out=None, states=None) -> None:
+    """An :class:`~eqpdenet.errors.InputError` unless the operator's arguments fit each other:
+    the kernels read every tensor at the offsets these shapes give, so a tensor of another shape
+    or device was read out of bounds (an illegal access on a GPU; NaN or garbage under the
+    interpreter), not refused. The same rules as the C++ kernel's (``csrc/fused_euler.cpp``)."""
+    if u.dim() != 4:
+        raise InputError(f"{what}: u must be (B, C, H, W), got shape {tuple(u.shape)}")
+    batch, channels, height, width = u.shape
+    if weight.dim() != 2 or bias.shape != weight.shape[:1]:
+        raise InputError(f"{what}: weight must be (E, M) and bias (E,), got "
+                         f"{tuple(weight.shape)} and {tuple(bias.shape)}")
+    pdes, mmax = weight.shape
+    if monomials.shape != (pdes, mmax, 2) or monomials.dtype != torch.int64:
+        raise InputError(f"{what}: monomials must be (E, M, 2) = {(pdes, mmax, 2)} int64, got "
+                         f"{tuple(monomials.shape)} {monomials.dtype}")
+    if stencils.numel() != 54 * pdes:
+        raise InputError(f"{what}: stencils must be (E, 6, 3, 3) with E = {pdes}, got "
+                         f"{tuple(stencils.shape)}")
+    settings = dict(invariant_sets=invariant_sets, boundaries=boundaries, dt=dt,
+                    ratio_eps=ratio_eps, steps=steps)
+    if check_finite:
+        settings["check_finite"] = check_finite
+    for name, values in settings.items():
+        if len(values) != pdes:
+            raise InputError(f"{what}: {name} must hold one value per PDE ({pdes}), got "
+                             f"{len(values)}")
+    others = dict(weight=weight, bias=bias, monomials=monomials, stencils=stencils,
+                  grad_out=grad_out, states=states)
+    elsewhere = [name for name, t in others.items()
+                 if t is not None and t.numel() and t.device != u.device]
+    if elsewhere:
+        raise InputError(f"{what}: {', '.join(elsewhere)} not on u's device {u.device}")
+    for e, (boundary, count) in enumerate(zip(boundaries, steps, strict=True)):
+        if int(count) < 0:
+            raise InputError(f"{what}: steps must be >= 0, got {count} for PDE {e}")
+        # The padded row -1 copies row 1 and row H row H - 2: one row has neither.
+        if boundary == "reflect" and min(height, width) < 2:
+            raise InputError(f"{what}: a reflect boundary needs images of at least 2 x 2 pixels, "
+                             f"got {height} x {width}")
+    if grad_out is not None and tuple(grad_out.shape) != (batch, pdes, channels, height, width):
+        raise InputError(f"{what}: grad_out must be (B, E, C, H, W) = "
+                         f"{(batch, pdes, channels, height, width)} like the forward's output, "
+                         f"got {tuple(grad_out.shape)}")
+    smax = max((int(x) for x in steps), default=0)
+    if states is not None and states.numel() and tuple(states.shape) != (
+            batch, pdes, channels, smax, height, width):
+        raise InputError(f"{what}: states must be empty or (B, E, C, max(steps), H, W) = "
+                         f"{(batch, pdes, channels, smax, height, width)}, got "
+                         f"{tuple(states.shape)}")
+
+
 def _common(u, weight, monomials, stencils, invariant_sets, boundaries, dt, ratio_eps, steps,
             check_finite):
-    if u.dim() != 4 or weight.dim() != 2 or stencils.numel() != 54 * weight.shape[0]:
-        raise ConfigError("euler_evolve: expected u (B, C, H, W), weight (E, M), stencils "
-                          "(E, 6, 3, 3)")
     sets = tuple(invariant_sets)
     counts, linear = _recipes(monomials, sets)
     ipar, fpar = _settings(u.device, u.dtype, sets, tuple(boundaries),
@@ -766,6 +821,8 @@ def forward(u: Tensor, weight: Tensor, bias: Tensor, monomials: Tensor, stencils
     ``u``'s device; ``u``, ``weight`` and ``bias`` are all float32 or all float64
     (:class:`~eqpdenet.errors.InputError` otherwise).
     """
+    _check_arguments("euler_evolve", u, weight, bias, monomials, stencils, invariant_sets,
+                     boundaries, dt, ratio_eps, steps, check_finite)
     _check_dtypes("euler_evolve", u=u, weight=weight, bias=bias)
     _absolute_only(invariant_sets, ratio_regularisations)
     batch, channels, height, width = u.shape
@@ -804,6 +861,9 @@ def backward(grad_out: Tensor, u: Tensor, weight: Tensor, bias: Tensor, monomial
     """``eqpdenet::euler_evolve_backward``: ``(grad_u, grad_weight, grad_bias)``, from the stored
     ``states`` or, where it is empty, recomputing them in the workspace (same dtype rules as
     :func:`forward`)."""
+    _check_arguments("euler_evolve_backward", u, weight, bias, monomials, stencils,
+                     invariant_sets, boundaries, dt, ratio_eps, steps, grad_out=grad_out,
+                     states=states)
     _check_dtypes("euler_evolve_backward", u=u, weight=weight, bias=bias, grad_out=grad_out,
                   states=states)
     _absolute_only(invariant_sets, ratio_regularisations)

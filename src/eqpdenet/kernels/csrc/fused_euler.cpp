@@ -90,6 +90,13 @@ Pde<T> make_pde(const std::string& set, const std::string& boundary, double dt, 
   q.steps = static_cast<int>(steps);
   q.nmono = 0;
   while (q.nmono < mmax && recipe[2 * q.nmono + 1] >= 0) ++q.nmono;
+  // A monomial multiplies an earlier one by an invariant of the set: any other index would be
+  // read outside the per-pixel buffers.
+  for (int m = 0; m < q.nmono; ++m)
+    TORCH_CHECK(recipe[2 * m] >= -1 && recipe[2 * m] < m && recipe[2 * m + 1] < n_invariants_of(q.set),
+                "fused_euler: monomial ", m, " of a '", set, "' PDE must be (an earlier monomial or -1, "
+                "an invariant below ", n_invariants_of(q.set), "), got (", recipe[2 * m], ", ",
+                recipe[2 * m + 1], ")");
   q.linear = true;
   for (int m = 0; m < q.nmono; ++m) q.linear &= recipe[2 * m] == -1 && recipe[2 * m + 1] == m;
   q.linear &= q.nmono == n_invariants_of(q.set);
@@ -750,14 +757,16 @@ Settings check_common(const at::Tensor& u, const at::Tensor& weights, const at::
                       std::vector<double> dt, std::vector<double> eps,
                       std::vector<std::string> regularisations, std::vector<int64_t> steps,
                       std::vector<bool> check) {
-  TORCH_CHECK(u.device().is_cpu(), "fused_euler: CPU tensors only");
+  for (const auto* t : {&u, &weights, &bias, &monomials, &stencils})
+    TORCH_CHECK(t->device().is_cpu(), "fused_euler: CPU tensors only");
   TORCH_CHECK(u.dim() == 4 && u.is_contiguous(), "fused_euler: u must be contiguous (B, C, H, W)");
   TORCH_CHECK(weights.scalar_type() == u.scalar_type() && bias.scalar_type() == u.scalar_type(),
               "fused_euler: parameters must have the dtype of u");
   TORCH_CHECK(weights.is_contiguous() && bias.is_contiguous() && monomials.is_contiguous() &&
                   stencils.is_contiguous(), "fused_euler: contiguous tensors expected");
+  TORCH_CHECK(weights.dim() == 2 && bias.dim() == 1 && bias.size(0) == weights.size(0),
+              "fused_euler: weight must be (E, M) and bias (E,)");
   const int64_t E = weights.size(0);
-  TORCH_CHECK(weights.dim() == 2 && bias.dim() == 1 && bias.size(0) == E, "fused_euler: bad F");
   TORCH_CHECK(monomials.scalar_type() == at::kLong && monomials.dim() == 3 &&
                   monomials.size(0) == E && monomials.size(1) == weights.size(1) &&
                   monomials.size(2) == 2, "fused_euler: monomials must be (E, M, 2) int64");
@@ -769,6 +778,14 @@ Settings check_common(const at::Tensor& u, const at::Tensor& weights, const at::
                   static_cast<int64_t>(steps.size()) == E &&
                   (check.empty() || static_cast<int64_t>(check.size()) == E),
               "fused_euler: one setting per PDE expected");
+  for (int64_t e = 0; e < E; ++e) {
+    TORCH_CHECK(steps[e] >= 0, "fused_euler: steps must be >= 0, got ", steps[e], " for PDE ", e);
+    // The padded row -1 copies row 1 (and row H row H - 2): an image of one row or column has
+    // none, and the halo would be read from outside the image (the reference refuses it too).
+    TORCH_CHECK(boundaries[e] != "reflect" || (u.size(2) > 1 && u.size(3) > 1),
+                "fused_euler: a reflect boundary needs images of at least 2 x 2 pixels, got ",
+                u.size(2), " x ", u.size(3));
+  }
   if (check.empty()) check.assign(E, false);
   return Settings{std::move(sets), std::move(boundaries), std::move(regularisations),
                   std::move(dt), std::move(eps), std::move(steps), std::move(check)};
@@ -824,6 +841,17 @@ std::vector<at::Tensor> fused_backward(at::Tensor gout, at::Tensor u, at::Tensor
   TORCH_CHECK(gout.is_contiguous() && gout.scalar_type() == u.scalar_type(), "fused_euler: bad gradient");
   const int64_t B = u.size(0), E = weights.size(0), mmax = weights.size(1);
   const int smax = max_steps(s);
+  // Both are read at the offsets of these shapes.
+  const std::vector<int64_t> gshape{B, E, u.size(1), u.size(2), u.size(3)};
+  const std::vector<int64_t> sshape{B, E, u.size(1), smax, u.size(2), u.size(3)};
+  TORCH_CHECK(gout.device().is_cpu() && gout.sizes() == at::IntArrayRef(gshape),
+              "fused_euler: grad_out must be (B, E, C, H, W) = ", at::IntArrayRef(gshape),
+              " like the forward's output, got ", gout.sizes());
+  TORCH_CHECK(states.numel() == 0 ||
+                  (states.device().is_cpu() && states.is_contiguous() &&
+                   states.scalar_type() == u.scalar_type() && states.sizes() == at::IntArrayRef(sshape)),
+              "fused_euler: states must be empty or (B, E, C, max(steps), H, W) = ",
+              at::IntArrayRef(sshape), " of u's dtype, got ", states.sizes(), " ", states.scalar_type());
   auto gu = at::empty_like(u);
   auto gparams = at::zeros({B, E, mmax + 1}, u.options().dtype(at::kDouble));
   const bool stored = states.numel() > 0;

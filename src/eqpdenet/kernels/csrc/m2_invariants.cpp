@@ -1226,8 +1226,8 @@ void check_arguments(const torch::Tensor& u, const torch::Tensor& weight,
                      const torch::Tensor& stencils, const torch::Tensor& frame) {
   TORCH_CHECK(stencils.scalar_type() == torch::kFloat64 && frame.scalar_type() == torch::kFloat64,
               "m2_invariants: stencils and frame must be float64");
-  TORCH_CHECK(u.dim() == 5 && frame.dim() == 2 && frame.size(0) == u.size(2) &&
-                  frame.size(1) == 2,
+  TORCH_CHECK(u.dim() == 5, "m2_invariants: u must be (B, C, N, H, W), got ", u.sizes());
+  TORCH_CHECK(frame.dim() == 2 && frame.size(0) == u.size(2) && frame.size(1) == 2,
               "m2_invariants: frame must be (N, 2)");
   TORCH_CHECK(u.scalar_type() == weight.scalar_type(), "m2_invariants: u and weight dtypes differ");
   TORCH_CHECK(u.scalar_type() == torch::kFloat64 || u.scalar_type() == torch::kFloat32,
@@ -1259,6 +1259,13 @@ std::vector<torch::Tensor> m2_backward(torch::Tensor grad_z, torch::Tensor u,
                                        torch::Tensor frame, std::string boundary) {
   check_arguments(u, weight, stencils, frame);
   TORCH_CHECK(grad_z.scalar_type() == u.scalar_type(), "m2_invariants: grad dtype differs");
+  // Read at the offsets of the forward's output (B, O, N, H, W): another shape was read out of
+  // bounds.
+  TORCH_CHECK(weight.dim() == 3 && grad_z.is_contiguous() &&
+                  grad_z.sizes() == torch::IntArrayRef({u.size(0), weight.size(0), u.size(2),
+                                                        u.size(3), u.size(4)}),
+              "m2_invariants: grad_z must be contiguous (B, O, N, H, W) like the forward's output, got ",
+              grad_z.sizes());
   M2_DISPATCH(backward_typed, grad_z, u, weight, stencils, frame, boundary);
 }
 
@@ -1276,6 +1283,9 @@ std::vector<torch::Tensor> m2_step_backward(torch::Tensor g_next, torch::Tensor 
                                             double dt) {
   check_arguments(u, w1, stencils, frame);
   TORCH_CHECK(g_next.scalar_type() == u.scalar_type(), "m2_euler_step: grad dtype differs");
+  TORCH_CHECK(g_next.is_contiguous() && g_next.sizes() == u.sizes(),
+              "m2_euler_step: grad_next must be contiguous with the shape of u ", u.sizes(), ", got ",
+              g_next.sizes());
   M2_DISPATCH(step_backward_typed, g_next, u, w1, b1, w2, b2, stencils, frame, boundary, dt);
 }
 
