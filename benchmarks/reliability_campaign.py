@@ -1161,6 +1161,13 @@ CASES = [
            "--set", "model.invariant_pde.channels=[400, 24, 32]",
            fragment="invariant_pde.channels[0]: joint='all' (every pair and triple) of 400 "
                     "channels: 32,321,000 invariant maps", after=_nothing_at("run"))),
+    Case("evaluate-blow-up", "checkpoint",
+         "`evaluate` the committed `results/benchmark` invariant-pde checkpoint (its PDE "
+         "overflows on one ROTMNIST test digit: evaluation stopped there)",
+         cli("evaluate", str(ROOT / "results/benchmark/checkpoints/invariant-pde-seed0.pt"),
+             "--scenarios", "test",  # EQPDENET_DATA and the user's ROTMNIST cache, as a user
+             fragment="blew up (non-finite state) on 1 of the 5,000 test images",
+             expect="warning"), slow=True),
     Case("deep-huge-downsample-sigma", "config",
          "`train --model invariant_pde --set model.invariant_pde.downsample_sigma=1e7` "
          "(unbounded: seconds per map size, then out of memory)",

@@ -379,7 +379,9 @@ def _evaluate(args) -> int:
         check_output_file(Path(args.json), "--json")
     data = _checkpoint_data(args.checkpoint, config, args.data_dir, args.cache_dir, "evaluate")
     _check_evaluation_data(args.checkpoint, config, payload, data)
-    per_instance = [evaluate_scenarios(model, data["test"], scenarios, seed=seed)
+    non_finite = [{} for _ in range(args.instances)]
+    per_instance = [evaluate_scenarios(model, data["test"], scenarios, seed=seed,
+                                       non_finite=non_finite[seed])
                     for seed in range(args.instances)]
     summary = {}
     for name in scenarios:
@@ -387,11 +389,23 @@ def _evaluate(args) -> int:
         std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
         summary[name] = {"mean": float(values.mean()), "std": std, "values": values.tolist()}
         print(f"{name:>8}: {values.mean():6.2f}% ± {std:.2f} over {len(values)} instance(s)")
+        failed = [counts.get(name, 0) for counts in non_finite]
+        if any(failed):  # scored as errors (analysis.predictions), and said
+            summary[name]["non_finite_images"] = failed
+            print(f"eqpdenet: warning: {name}: the model's PDE blew up (non-finite state) on "
+                  f"{_count_phrase(failed)} of the {len(data['test']):,} test images; they are "
+                  f"counted as errors", file=sys.stderr)
     if args.json:
         from .files import atomic_write
 
         atomic_write(Path(args.json), (json.dumps(summary, indent=1) + "\n").encode())
     return 0
+
+
+def _count_phrase(counts: list[int]) -> str:
+    """``3`` for one instance or the same count in every one, else ``1-3 (per instance)``."""
+    low, high = min(counts), max(counts)
+    return f"{high:,}" if low == high else f"{low:,}-{high:,} (per instance)"
 
 
 def _checkpoint_data(checkpoint, config: ExperimentConfig, data_dir, cache_dir, command: str):

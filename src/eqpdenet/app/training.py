@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from .. import __version__
+from ..analysis.predictions import predictions
 from ..data.augment import augment_generator, blur_generator, relative_change
 from ..data.datasets import ImageDataset, load_dataset
 from ..data.rotmnist import load_rotmnist
@@ -252,21 +253,23 @@ def resolve_for_data(config: ExperimentConfig, data: Data | dict) -> ExperimentC
 
 @torch.no_grad()
 def predict(model: nn.Module, images: Tensor, batch_size: int = 1000) -> Tensor:
-    """Predicted classes ``(N,)`` for images ``(N, C, H, W)``, in evaluation mode."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = [model(images[i:i + batch_size].to(device)).argmax(1).cpu()
-           for i in range(0, len(images), batch_size)]
-    model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
+    """Predicted classes ``(N,)`` for images ``(N, C, H, W)``, in evaluation mode; ``-1``
+    (:data:`~eqpdenet.analysis.predictions.NO_PREDICTION`) for an image on which the model's PDE
+    blows up (:func:`~eqpdenet.analysis.predictions.predictions`: the others are scored, and
+    a model that blows up on every image raises its error)."""
+    return predictions(model, images, batch_size)[0]
 
 
-def accuracy(model: nn.Module, split: Split, batch_size: int = 1000) -> float:
-    """Fraction of correctly classified digits, in [0, 1]."""
+def accuracy(model: nn.Module, split: Split, batch_size: int = 1000,
+             failures: list | None = None) -> float:
+    """Fraction of correctly classified digits, in [0, 1]; an image without a prediction
+    (:func:`predict`) is an error, and their number is appended to ``failures`` if given."""
     if len(split) == 0:
         raise ValueError("cannot measure accuracy on an empty split")
-    return float((predict(model, split.images, batch_size) == split.labels).double().mean())
+    predicted, failed = predictions(model, split.images, batch_size)
+    if failures is not None:
+        failures.append(int(failed.sum()))
+    return float((predicted == split.labels).double().mean())
 
 
 def _progress(iterable, enabled: bool, **kwargs):
@@ -728,12 +731,19 @@ def _average_batch_norm(average: AveragedModel, images: Tensor, train: TrainConf
 
 
 def evaluate_scenarios(model: nn.Module, test: Split, scenarios: Iterable[str], seed: int,
-                       batch_size: int = 1000) -> dict[str, float]:
-    """Accuracy (in percent) on each scenario applied to ``test`` with draws seeded by ``seed``."""
+                       batch_size: int = 1000,
+                       non_finite: dict[str, int] | None = None) -> dict[str, float]:
+    """Accuracy (in percent) on each scenario applied to ``test`` with draws seeded by ``seed``.
+
+    An image on which the model's PDE blows up counts as an error; ``non_finite``, if given,
+    receives how many there were, per scenario that had any (:func:`predict`)."""
     results = {}
     for name in scenarios:
         images = apply_scenario(name, test.images, seed=seed)
-        results[name] = 100.0 * accuracy(model, Split(images, test.labels), batch_size)
+        failures: list[int] = []
+        results[name] = 100.0 * accuracy(model, Split(images, test.labels), batch_size, failures)
+        if non_finite is not None and failures[0]:
+            non_finite[name] = failures[0]
     return results
 
 
@@ -1021,14 +1031,17 @@ def run_experiment(config: ExperimentConfig, data: Data | dict[str, Split], *,
     # once), so that a long evaluation shows progress; the extra evaluation is the last step.
     steps = [*config.scenarios] + ([None] if extra_evaluation is not None else [])
     try:
-        record["accuracy"] = {}
+        record["accuracy"], non_finite = {}, {}
         for step in _progress(steps, progress, desc=f"evaluate {type(model).__name__} "
                               f"seed={config.train.seed}", unit="step", leave=False):
             if step is None:
                 record.update(extra_evaluation(model, data))
             else:
                 record["accuracy"].update(evaluate_scenarios(model, data["test"], [step],
-                                                             seed=config.train.seed))
+                                                             seed=config.train.seed,
+                                                             non_finite=non_finite))
+        if non_finite:  # scored as errors; said, so that no one reads them as misclassified
+            record["non_finite_images"] = non_finite
     except NonFiniteStateError as error:
         record.update(status="diverged", error=f"during evaluation: {error}")
         return record
