@@ -1168,6 +1168,16 @@ CASES = [
              "--scenarios", "test",  # EQPDENET_DATA and the user's ROTMNIST cache, as a user
              fragment="blew up (non-finite state) on 1 of the 5,000 test images",
              expect="warning"), slow=True),
+    Case("figure-checkpoint-without-pde", "config",
+         "`figure diagram --checkpoint C` without `--pde` (the checkpoint was ignored: heat drawn)",
+         cli("figure", "diagram", "--checkpoint", "{ckpt}", "--out", "{tmp}/f.png",
+             fragment="--pde", after=_nothing_at("f.png"))),
+    Case("distributed-rank-not-a-number", "config",
+         "`train --distributed` with `RANK=abc` (\"invalid literal for int()\", naming nothing)",
+         T("--distributed", "--model", "fcnn", "--hidden", "8",
+           env=_env(RANK="abc", LOCAL_RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                    MASTER_PORT="29517"),
+           fragment="RANK='abc': expected an integer from 0 to 1", after=_nothing_at("run"))),
     Case("deep-huge-downsample-sigma", "config",
          "`train --model invariant_pde --set model.invariant_pde.downsample_sigma=1e7` "
          "(unbounded: seconds per map size, then out of memory)",
