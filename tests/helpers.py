@@ -110,3 +110,19 @@ def framed_data(n: int = 70):
     labels = torch.arange(n) % 4
     empty = Split(images[:0], labels[:0])
     return Data(train=Split(images, labels), validation=empty, test=empty, classes=4)
+
+
+def save_blowing_up_checkpoint(path):
+    """An EqPdeNet checkpoint (the default configuration) whose first learned PDE is
+    ``u_t = 100 |∇u|²``: it blows up on a bright bar within its Euler steps (describe's and
+    figure's explanations of such a PDE). Returns ``(model, config)``."""
+    from eqpdenet.app.config import ExperimentConfig, build_model
+    from eqpdenet.app.training import save_checkpoint
+
+    config = ExperimentConfig()
+    model = build_model(config.model)
+    rhs = model.pde_layer.pdes[0].step.rhs
+    with torch.no_grad():
+        rhs.F.weight[rhs.invariant_set.names.index("grad_sq")] = 100.0
+    save_checkpoint(path, model, config)
+    return model, config

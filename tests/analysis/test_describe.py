@@ -313,15 +313,11 @@ def test_describe_out_of_a_pde_that_blows_up_leaves_no_folder(tmp_path, capsys, 
     """The learned PDE is not finite on the chosen images: describe prints the formulas, then
     says so with describe's own explanation (not a training hint) and leaves no folder."""
     from eqpdenet.app import cli
-    from eqpdenet.app.config import ExperimentConfig, build_model
     from eqpdenet.app.training import save_checkpoint
+    from helpers import save_blowing_up_checkpoint
 
-    config = ExperimentConfig()
-    model = build_model(config.model)
+    model, config = save_blowing_up_checkpoint(tmp_path / "model.pt")  # u_t = 100 |∇u|²
     rhs = model.pde_layer.pdes[0].step.rhs
-    with torch.no_grad():
-        rhs.F.weight[rhs.invariant_set.names.index("grad_sq")] = 100.0  # u_t = 100 |∇u|²
-    save_checkpoint(tmp_path / "model.pt", model, config)
     images = torch.zeros(2, 1, 28, 28)
     images[:, :, 8:20, 12:16] = 1.0
     monkeypatch.setattr(cli, "_describe_images",

@@ -10,10 +10,9 @@ import torch
 from eqpdenet.analysis.describe import describe_model
 from eqpdenet.app import cli
 from eqpdenet.app.cli import build_parser, main
-from eqpdenet.app.config import ExperimentConfig, build_model
-from eqpdenet.app.training import save_checkpoint
 from eqpdenet.models import EqPdeNet
 from eqpdenet.pde import LayerConfig
+from helpers import save_blowing_up_checkpoint
 
 
 def _run(argv, capsys) -> tuple[int, list[str]]:
@@ -69,12 +68,7 @@ def test_a_learned_pde_that_blows_up_gets_figures_own_explanation(tmp_path, caps
                                                                    monkeypatch):
     """It got the training advice ("... or lower the learning rate"), which describe, for the
     same checkpoint, does not give."""
-    config = ExperimentConfig()
-    model = build_model(config.model)
-    rhs = model.pde_layer.pdes[0].step.rhs
-    with torch.no_grad():
-        rhs.F.weight[rhs.invariant_set.names.index("grad_sq")] = 100.0  # u_t = 100 |∇u|²
-    save_checkpoint(tmp_path / "model.pt", model, config)
+    save_blowing_up_checkpoint(tmp_path / "model.pt")  # u_t = 100 |∇u|²
     image = torch.zeros(1, 1, 28, 28)
     image[:, :, 8:20, 12:16] = 1.0
     monkeypatch.setattr(cli, "_load_digits", lambda data_dir, samples: image)

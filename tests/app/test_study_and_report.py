@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from eqpdenet.app import study, sweeps
+from eqpdenet.app import sweeps
 from eqpdenet.app.cli import main
 from eqpdenet.app.config import (
     BenchmarkConfig,
@@ -23,6 +23,7 @@ from eqpdenet.app.files import read_jsonl
 from eqpdenet.app.study import STAGES, Stage, run_study, study_base
 from eqpdenet.app.training import fingerprint
 from eqpdenet.errors import DataFileError
+from study_helpers import fake_study_reproduce
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"
 
@@ -76,29 +77,6 @@ def test_every_committed_study_resumes_with_its_recorded_command(folder, command
         load_toml(ReproduceConfig, RESULTS / folder / "chosen.toml").base)
 
 
-def _fake_reproduce(monkeypatch, accuracy):
-    """``study.reproduce`` replaced: each run of the grid not yet in the folder gets a record
-    with ``accuracy(run)``; returns the list of the runs it 'trained' (folder, model, h, seed)."""
-    trained = []
-
-    def reproduce(config, folder, **kwargs):
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "results.jsonl"
-        have = {(r["model"], r["hidden"], r["seed"]) for r in read_jsonl(path)}
-        lines = []
-        for run in sweeps.grid(config):
-            key = (run.model.kind, run.model.hidden, run.train.seed)
-            if key not in have:
-                trained.append((folder.name, *key))
-                lines.append(json.dumps({"model": key[0], "hidden": key[1], "seed": key[2],
-                                         "status": "ok", "validation_accuracy": accuracy(run)}))
-        with path.open("a") as file:
-            file.write("".join(line + "\n" for line in lines))
-
-    monkeypatch.setattr(study, "reproduce", reproduce)
-    return trained
-
-
 def _small_base(**options):
     return study_base(hidden_sizes=(16,), seeds=(0,), **options)
 
@@ -116,7 +94,7 @@ def test_the_best_candidate_that_beats_the_incumbent_is_chosen_in_any_order(orde
     """Incumbent 80.0, candidates 80.3 and 80.5, margin 0.25: both beat the incumbent, and 80.5
     is chosen whatever the order. The candidate listed second was compared with the first one
     plus the margin (80.5 > 80.3 + 0.25 fails), so listing 0.1 first chose it."""
-    _fake_reproduce(monkeypatch, _by_pde_lr)
+    fake_study_reproduce(monkeypatch, _by_pde_lr)
     stage = Stage("pde-lr", "layer", "?", {"x1": ["base.train.pde_lr_scale=1.0"],
                                            **{f"x{v}": [f"base.train.pde_lr_scale={v}"]
                                               for v in order}})
@@ -129,7 +107,7 @@ def test_the_best_candidate_that_beats_the_incumbent_is_chosen_in_any_order(orde
 def test_equal_scores_go_to_the_name_that_sorts_first(order, tmp_path, monkeypatch):
     """Two candidates with the same score (80.5, both beating the incumbent): the choice is the
     name that sorts first, never the listing order."""
-    _fake_reproduce(monkeypatch, _by_pde_lr)
+    fake_study_reproduce(monkeypatch, _by_pde_lr)
     values = {"a": 0.02, "b": 0.05}
     stage = Stage("pde-lr", "layer", "?", {"x1": ["base.train.pde_lr_scale=1.0"],
                                            **{name: [f"base.train.pde_lr_scale={values[name]}"]
@@ -139,7 +117,7 @@ def test_equal_scores_go_to_the_name_that_sorts_first(order, tmp_path, monkeypat
 
 
 def test_a_candidate_within_the_margin_is_not_chosen(tmp_path, monkeypatch):
-    _fake_reproduce(monkeypatch, _by_pde_lr)
+    fake_study_reproduce(monkeypatch, _by_pde_lr)
     stage = Stage("pde-lr", "layer", "?", {"x1": ["base.train.pde_lr_scale=1.0"],
                                            "x0.1": ["base.train.pde_lr_scale=0.1"]})
     PDE_LR[0.1] = 80.25  # exactly the margin: not more than it
@@ -161,7 +139,7 @@ def test_a_layer_stage_counts_each_run_once_and_the_same_on_resume(tmp_path, mon
     """A layer candidate that was chosen becomes the next stage's incumbent, which runs FCNN in
     its folder too. Its row used to add the first folder's FCNN runs to the folder's own: 3 runs
     instead of 2 on a resume, and the FCNN column averaged twice."""
-    trained = _fake_reproduce(monkeypatch, _by_pde_lr)
+    trained = fake_study_reproduce(monkeypatch, _by_pde_lr)
     stages = [Stage("pde-lr", "layer", "?", {"x1": ["base.train.pde_lr_scale=1.0"],
                                              "x0.1": ["base.train.pde_lr_scale=0.1"]}),
               Stage("weight-decay", "shared", "?", {"none": ["base.train.weight_decay=0.0"],
@@ -185,7 +163,7 @@ def test_a_layer_stage_counts_each_run_once_and_the_same_on_resume(tmp_path, mon
 def test_the_epochs_candidate_is_labelled_with_the_epochs_it_trains(tmp_path, monkeypatch):
     """``--epochs 7``: the incumbent's row says 7-epochs (it said 20-epochs); with 10, the
     '10-epochs' candidate is the incumbent itself, one row, trained once."""
-    trained = _fake_reproduce(monkeypatch, lambda run: 50.0 + run.train.epochs)
+    trained = fake_study_reproduce(monkeypatch, lambda run: 50.0 + run.train.epochs)
     run_study(tmp_path / "a", base=_small_base(epochs=7), stages=[STAGES[0]], echo=lambda *a: None)
     rows = _rows((tmp_path / "a" / "study.md").read_text(), "epochs")
     assert [row.split(" | ")[:2] for row in rows] == [["| 7-epochs", "(incumbent)"],
@@ -201,7 +179,7 @@ def test_a_candidate_holding_the_incumbents_values_labels_it(tmp_path, monkeypat
     """From the chosen recipe (PDE learning rate x0.01): the pde-lr stage's incumbent is
     'pde-lr-x0.01' and x1 a real candidate; the label 'pde-lr-x1' no longer names a run of
     another learning rate."""
-    _fake_reproduce(monkeypatch, lambda run: 60.0)
+    fake_study_reproduce(monkeypatch, lambda run: 60.0)
     base = apply_overrides(_small_base(), ["base.train.pde_lr_scale=0.01"])
     run_study(tmp_path / "s", base=base, stages=[STAGES[1]], echo=lambda *a: None)
     rows = _rows((tmp_path / "s" / "study.md").read_text(), "pde-lr")
@@ -211,7 +189,7 @@ def test_a_candidate_holding_the_incumbents_values_labels_it(tmp_path, monkeypat
 
 
 def test_the_study_md_header_describes_the_configuration_it_ran(tmp_path, monkeypatch):
-    _fake_reproduce(monkeypatch, lambda run: 60.0)
+    fake_study_reproduce(monkeypatch, lambda run: 60.0)
     run_study(tmp_path / "a", base=_small_base(), stages=[STAGES[0]], echo=lambda *a: None)
     header = (tmp_path / "a" / "study.md").read_text().splitlines()[2]
     assert header.startswith("Greedy search on the validation split (train 10,000 / validate "

@@ -15,34 +15,11 @@ import pytest
 from eqpdenet.app import study, sweeps
 from eqpdenet.app.cli import build_parser, main
 from eqpdenet.app.config import apply_overrides
-from eqpdenet.app.files import read_jsonl
 from eqpdenet.app.study import REFINE_STAGES, STAGES, Stage, run_study, study_base
 from eqpdenet.errors import ConfigError
+from study_helpers import fake_study_reproduce
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"
-
-
-def _fake_reproduce(monkeypatch, accuracy=lambda run: 60.0):
-    """``study.reproduce`` replaced: each run of the grid not yet in the folder gets a record
-    with ``accuracy(run)``; returns the runs it 'trained' (folder, model, hidden, seed)."""
-    trained = []
-
-    def reproduce(config, folder, **kwargs):
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "results.jsonl"
-        have = {(r["model"], r["hidden"], r["seed"]) for r in read_jsonl(path)}
-        lines = []
-        for run in sweeps.grid(config):
-            key = (run.model.kind, run.model.hidden, run.train.seed)
-            if key not in have:
-                trained.append((folder.name, *key))
-                lines.append(json.dumps({"model": key[0], "hidden": key[1], "seed": key[2],
-                                         "status": "ok", "validation_accuracy": accuracy(run)}))
-        with path.open("a") as file:
-            file.write("".join(line + "\n" for line in lines))
-
-    monkeypatch.setattr(study, "reproduce", reproduce)
-    return trained
 
 
 def _quiet(*args):
@@ -60,7 +37,7 @@ def _outcome(out: Path) -> dict[str, bytes]:
 
 
 def test_a_study_of_another_configuration_is_refused_naming_the_fields(tmp_path, monkeypatch):
-    trained = _fake_reproduce(monkeypatch)
+    trained = fake_study_reproduce(monkeypatch)
     out = tmp_path / "s"
     run_study(out, base=study_base(hidden_sizes=(16,), seeds=(0,)), stages=[SHARED], echo=_quiet)
     before = _outcome(out)
@@ -94,7 +71,7 @@ def test_a_study_of_another_configuration_is_refused_naming_the_fields(tmp_path,
 
 
 def test_rerun_changed_sets_the_old_study_aside_and_reuses_shared_runs(tmp_path, monkeypatch):
-    trained = _fake_reproduce(monkeypatch)
+    trained = fake_study_reproduce(monkeypatch)
     out = tmp_path / "s"
     first = study_base(hidden_sizes=(16,), seeds=(0,))
     run_study(out, base=first, stages=[SHARED], echo=_quiet)
@@ -195,7 +172,7 @@ def test_the_default_folder_is_not_a_committed_result(stages, folder, tmp_path, 
 def test_models_are_kept_by_every_stage(tmp_path, monkeypatch):
     """``models = ['eqpdenet']`` held for the first stage only: the next incumbent got both
     models back, and FCNN was trained from the second stage on."""
-    trained = _fake_reproduce(monkeypatch)
+    trained = fake_study_reproduce(monkeypatch)
     base = apply_overrides(study_base(hidden_sizes=(16,), seeds=(0,)), ["models=['eqpdenet']"])
     chosen = run_study(tmp_path / "s", base=base, stages=[LAYER, SHARED, LAYER], echo=_quiet)
     assert trained and {model for _, model, *_ in trained} == {"eqpdenet"}
