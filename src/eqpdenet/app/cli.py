@@ -594,14 +594,13 @@ def _symbolic(args) -> int:
 
 def _report(args) -> int:
     from .benchmark import is_benchmark_folder, write_benchmark_report
-    from .locks import hold
     from .report import write_report
 
     results = Path(args.results)
     if results.is_dir() and is_benchmark_folder(results):  # its own table, not the paper's
-        # (from the run files: a sweep killed before its first aggregate has no results.jsonl)
-        with hold(results, "report", create=False):
-            report = write_benchmark_report(results)
+        # (under the folder's lock, from the run files: a sweep killed before its first
+        # aggregate has no results.jsonl)
+        report = write_benchmark_report(results)
     else:
         report = write_report(results)
     table, plot = report

@@ -69,7 +69,7 @@ from .locks import hold
 from .report import PAPER_MODELS
 from .runfolder import check_claim, claim_folder
 from .runstore import SUPERSEDED_DIR
-from .sweeps import reproduce
+from .sweeps import field_differences, reproduce
 from .training import fingerprint, with_legacy_fields
 
 __all__ = ["PROTOTYPE", "REFINE_STAGES", "STAGES", "Stage", "run_study", "study_base",
@@ -372,13 +372,6 @@ def _base_fields(config: dict) -> dict:
                                 if name not in KIND_OPTIONS or name == model.get("kind")}}
 
 
-def _differences(recorded, current, prefix: str) -> list[str]:
-    if isinstance(recorded, dict) and isinstance(current, dict):
-        return [line for name in sorted(set(recorded) | set(current))
-                for line in _differences(recorded.get(name), current.get(name), f"{prefix}{name}.")]
-    return [] if recorded == current else [f"{prefix[:-1]}: {recorded!r} recorded, {current!r} now"]
-
-
 def _recorded_base(out: Path, recorded: dict) -> dict | None:
     """The recorded starting base: ``study.json``'s, else (a folder from before it) the one
     written by the runs of its first incumbent (``runs/<fingerprint>/config.toml``)."""
@@ -409,7 +402,7 @@ def _study_differences(out: Path, record: dict) -> list[str]:
     differences = []
     if recorded.get("start_fingerprint", record["start_fingerprint"]) != record["start_fingerprint"]:
         base = _recorded_base(out, recorded)
-        fields = _differences(_base_fields(base), _base_fields(record["start"]["base"]), "base.") \
+        fields = field_differences(_base_fields(base), _base_fields(record["start"]["base"]), "base.") \
             if base is not None else []
         differences += fields or [f"starting configuration fingerprint "
                                   f"{recorded['start_fingerprint']} recorded, "

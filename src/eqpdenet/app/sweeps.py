@@ -54,8 +54,9 @@ from .training import (
 )
 from .workers import worker_pool
 
-__all__ = ["SWEEP_FILES", "changed_runs", "check_before_writing", "check_checkpoints", "grid",
-           "reproduce", "run_key", "run_sweep", "runs_without_checkpoints", "set_aside_lacking"]
+__all__ = ["SWEEP_FILES", "changed_runs", "check_before_writing", "check_checkpoints",
+           "field_differences", "grid", "reproduce", "run_key", "run_sweep",
+           "runs_without_checkpoints", "set_aside_lacking"]
 
 
 def run_key(kind: str, hidden: int, seed: int) -> str:
@@ -325,7 +326,7 @@ def _config_differences(recorded: dict, run: ExperimentConfig) -> list[str]:
             target[path[-1]] = source[path[-1]]
     if fingerprint(recorded) == fingerprint(current):
         return []
-    return _differences(_own_kind(recorded), _own_kind(current))
+    return field_differences(_own_kind(recorded), _own_kind(current))
 
 
 def _data_differences(record: dict, run: ExperimentConfig, cache: dict) -> list[str]:
@@ -369,7 +370,7 @@ def _base_differences(out_dir: Path, base: dict, every_kind: bool = False) -> li
             except (ConfigError, TypeError, ValueError):  # fields since renamed: as stored
                 pass
             current = to_dict(current)
-        differences += _differences(recorded, current, f"{section}.")
+        differences += field_differences(recorded, current, f"{section}.")
     return differences
 
 
@@ -387,12 +388,14 @@ def _as_run(recorded: dict) -> dict:
         return recorded
 
 
-def _differences(recorded: dict, current: dict, prefix: str = "") -> list[str]:
+def field_differences(recorded: dict, current: dict, prefix: str = "") -> list[str]:
+    """Every leaf field where two nested configurations differ, as ``prefix.a.b: x recorded,
+    y now`` lines (sorted by name)."""
     out = []
     for name in sorted(set(recorded) | set(current)):
         a, b = recorded.get(name), current.get(name)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{name}.")
+            out += field_differences(a, b, f"{prefix}{name}.")
         elif a != b:
             out.append(f"{prefix}{name}: {a!r} recorded, {b!r} now")
     return out

@@ -17,6 +17,8 @@ import copy
 import hashlib
 import io
 import json
+import math
+import os
 import platform
 import subprocess
 import time
@@ -341,7 +343,6 @@ def torchrun_environment(environ=None) -> TorchrunEnvironment:
     variable that is missing or out of range (``0 <= RANK < WORLD_SIZE``, ``0 <= LOCAL_RANK <
     WORLD_SIZE``, ``WORLD_SIZE >= 1``, a port from 1 to 65535). ``LOCAL_RANK`` may be unset
     (None)."""
-    import os
 
     environ = os.environ if environ is None else environ
     world_size = _integer_variable(environ, "WORLD_SIZE", "a positive integer, the number of "
@@ -364,8 +365,6 @@ def torchrun_environment(environ=None) -> TorchrunEnvironment:
 def join_timeout(environ=None) -> float:
     """Seconds the ranks wait for each other: ``EQPDENET_JOIN_TIMEOUT``, else
     :data:`JOIN_SECONDS`; a :class:`ConfigError` for a value that is not a positive number."""
-    import math
-    import os
 
     value = (os.environ if environ is None else environ).get(JOIN_VARIABLE, "").strip()
     if not value:
@@ -391,7 +390,6 @@ def _open_store(env: TorchrunEnvironment, deadline: float, seconds: float):
     unless torchrun's agent holds it; the others wait for it in short, silent steps (a plain
     socket; torch's client would log every retry and block signals for its whole timeout)."""
     import datetime
-    import os
     import socket
 
     from torch.distributed import DistError, TCPStore
@@ -437,7 +435,6 @@ def _join(store, env: TorchrunEnvironment, deadline: float, seconds: float) -> N
     naming the ranks that did not join by ``deadline``, a rank started twice, or ranks that
     disagree on ``WORLD_SIZE`` (which would leave them waiting in gloo's connection for torch's
     30 minutes). It waits in short steps, between which signals are handled."""
-    import os
 
     from torch.distributed import DistError
 
@@ -506,7 +503,6 @@ def data_parallel_group(backend: str, *, join_seconds: float | None = None,
     import torch._dynamo  # noqa: F401
 
     if "init_method" not in init and "store" not in init:
-        import os
 
         given = {name: str(init.pop(key)) for key, name in (("rank", "RANK"),
                                                              ("world_size", "WORLD_SIZE"))
