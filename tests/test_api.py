@@ -31,3 +31,16 @@ def test_every_error_is_an_eqpdenet_error_and_a_builtin_one():
              eqpdenet.CheckpointError: ValueError}
     for error, builtin in pairs.items():
         assert issubclass(error, eqpdenet.EqPdeNetError) and issubclass(error, builtin)
+
+
+def test_the_version_is_written_once():
+    # pyproject.toml reads it from eqpdenet.__version__: what pip reports, what --version prints
+    # and what every results record stores are then one number (they were 0.1.0 and 0.2.0).
+    import importlib.metadata
+    import pathlib
+    import tomllib
+
+    pyproject = tomllib.loads((pathlib.Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert "version" in pyproject["project"]["dynamic"] and "version" not in pyproject["project"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "eqpdenet.__version__"}
+    assert importlib.metadata.version("eqpdenet") == eqpdenet.__version__

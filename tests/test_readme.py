@@ -23,3 +23,15 @@ def test_readme_python_blocks_run():
     lifted_logits, turned_logits = namespace["lifted_logits"], namespace["turned_logits"]
     assert lifted_logits.shape == (4, 10)
     assert (turned_logits - lifted_logits).abs().max() <= 1e-5 * lifted_logits.abs().max()
+
+
+def test_readme_test_command_is_the_one_ci_runs():
+    # .ci/run runs README's test command; the two drifted once (README lacked the fixed
+    # hypothesis profile, so a user's run drew other examples than CI's).
+    commands = re.findall(r"```bash\n(.*?)```", README.read_text(), re.S)[0].splitlines()
+    tests = [line for line in commands if "python -m pytest" in line]
+    assert len(tests) == 1
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert "export HYPOTHESIS_PROFILE=ci" in ci and "HYPOTHESIS_PROFILE=ci " in tests[0]
+    assert "pip install torch==2.13.0 && pip install -e \".[dev]\"" in tests[0]
+    assert "python -m pip install -q torch==2.13.0" in ci and "pip install -q -e \".[dev]\"" in ci
