@@ -7,7 +7,7 @@ float32 in [0, 1], labels ``(N,)`` int64). :func:`load_dataset` takes
   generated, :mod:`eqpdenet.data.rotmnist`) and ``"mnist"`` (upright MNIST, 60,000 / 10,000); or
 * a path: a ``.npz`` file with arrays ``x_train, y_train, x_test, y_test`` (images ``(N, H, W)``
   or ``(N, H, W, C)`` or ``(N, C, H, W)``, integers in 0..255 or floats in [0, 1]; labels
-  integers ``0 .. classes - 1``), or a folder holding the four IDX files with the standard
+  integers ``0 .. classes - 1``; any byte order), or a folder holding the four IDX files with the standard
   names (``train-images-idx3-ubyte[.gz]``, ``train-labels-idx1-ubyte[.gz]``, ``t10k-...``; the
   layout of MNIST, Fashion-MNIST and KMNIST).
 
@@ -34,8 +34,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import math
+import numbers
 import os
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +49,7 @@ from torch import Tensor
 from ..errors import ConfigError, DataFileError
 from ..geometry import rotate, rotate_about_mass
 from ..registry import Registry
+from .mnist import _IDX_DTYPES as IDX_DTYPES
 from .mnist import load_mnist, read_idx
 from .rotmnist import N_TEST as ROTMNIST_TEST
 from .rotmnist import N_TRAIN as ROTMNIST_TRAIN
@@ -63,9 +66,17 @@ IDX_NAMES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-l
 class ImageDataset:
     """A classification data set: training and test images and labels.
 
+    Built by a registered loader (:func:`register_dataset`), it is checked as a file's content
+    is, in one pass over the pixels: images ``(N, C, H, W)`` of floats (finite; made float32) or
+    of integers 0..255 (made float32 in [0, 1], as a file's), labels ``(N,)`` integers
+    ``0 .. classes - 1`` (made int64), tensors or NumPy arrays of any byte order; anything else
+    is a :class:`DataFileError` naming the split and array (``train_images: non-finite pixel
+    values (1 NaN, 0 infinite; the first in image 299)``).
+
     Attributes:
         name: what it is (a registered name, or the file it was read from).
-        train_images, test_images: ``(N, C, H, W)`` float32 in [0, 1].
+        train_images, test_images: ``(N, C, H, W)`` float32 (in [0, 1] for the registered sets and
+            files; finite for every set).
         train_labels, test_labels: ``(N,)`` int64 in ``0 .. classes - 1``.
         classes: number of classes.
         info: how it was made (source, seed ...), stored with every result; for a data set read
@@ -81,29 +92,26 @@ class ImageDataset:
     info: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        # What a registered loader gives is checked as a file's content is (one pass over the
+        # pixels): integer pixels 0..255 become float32 in [0, 1] as a file's do, float pixels
+        # float32 and finite, labels int64 in 0 .. classes - 1; numpy arrays are taken too.
+        if isinstance(self.classes, bool) or not isinstance(self.classes, numbers.Integral):
+            raise DataFileError(self.name, f"classes must be an integer, got {self.classes!r}")
+        self.classes = int(self.classes)
         for split in ("train", "test"):
-            images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
-            if images.dim() != 4 or not images.is_floating_point():
-                raise DataFileError(self.name, f"{split} images must be (N, C, H, W) floats, got "
-                                    f"{tuple(images.shape)} {images.dtype}")
-            if len(images) == 0:
-                raise DataFileError(self.name, f"the {split} split holds no images")
-            if min(images.shape[1:]) == 0:
-                raise DataFileError(self.name, f"{split} images of shape "
-                                    f"{tuple(images.shape[1:])} (C, H, W) hold no pixels")
-            if len(labels) != len(images):
-                raise DataFileError(self.name, f"{len(images)} {split} images but {len(labels)} "
-                                    f"labels")
-            if int(labels.min()) < 0 or int(labels.max()) >= self.classes:
+            images = _dataset_images(getattr(self, f"{split}_images"), self.name, split)
+            labels = _dataset_labels(getattr(self, f"{split}_labels"), self.name, split)
+            _check_sizes(self.name, split, tuple(images.shape), len(labels))
+            low, high = (int(v) for v in torch.aminmax(labels))
+            if low < 0 or high >= self.classes:
                 raise DataFileError(self.name, f"{split} labels must be 0 ... {self.classes - 1}, "
-                                    f"got {int(labels.min())} ... {int(labels.max())}")
+                                    f"got {low} ... {high}")
+            setattr(self, f"{split}_images", images)
+            setattr(self, f"{split}_labels", labels)
         if self.classes < 2:
-            raise DataFileError(self.name, f"every label is {int(self.train_labels.max())}: a "
-                                f"classifier needs at least two classes (its accuracy would be "
-                                f"100 % whatever it learned)")
-        if self.train_images.shape[1:] != self.test_images.shape[1:]:
-            raise DataFileError(self.name, f"training images {tuple(self.train_images.shape[1:])} "
-                                f"and test images {tuple(self.test_images.shape[1:])} differ")
+            raise DataFileError(self.name, _one_class(int(self.train_labels.max())))
+        _check_same_shape(self.name, tuple(self.train_images.shape[1:]),
+                          tuple(self.test_images.shape[1:]))
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -114,6 +122,80 @@ class ImageDataset:
         """Mean and standard deviation of the training pixels (for standardisation)."""
         images = self.train_images.double()
         return float(images.mean()), float(images.std())
+
+
+def _one_class(label: int) -> str:
+    return (f"every label is {label}: a classifier needs at least two classes (its accuracy would "
+            f"be 100 % whatever it learned)")
+
+
+def _check_sizes(path, split: str, shape: tuple[int, ...], labels: int) -> None:
+    """The checks of a split's sizes, for loading and :func:`dataset_shape` alike: images
+    ``shape`` ``(N, C, H, W)`` and ``labels`` labels."""
+    if shape[0] == 0:
+        raise DataFileError(path, f"the {split} split holds no images")
+    if min(shape[1:]) == 0:
+        raise DataFileError(path, f"{split} images of shape {tuple(shape[1:])} (C, H, W) hold no "
+                            f"pixels")
+    if labels != shape[0]:
+        raise DataFileError(path, f"{shape[0]} {split} images but {labels} labels")
+
+
+def _check_same_shape(path, train: tuple[int, ...], test: tuple[int, ...]) -> None:
+    if train != test:
+        raise DataFileError(path, f"training images {train} and test images {test} differ")
+
+
+#: Unsigned torch integers few operations take (no ``aminmax``): read through NumPy.
+_WIDE_UNSIGNED = tuple(getattr(torch, name) for name in ("uint16", "uint32", "uint64")
+                       if hasattr(torch, name))
+
+
+def _dataset_images(images, name, split: str) -> Tensor:
+    """An :class:`ImageDataset`'s ``{split}_images`` as ``(N, C, H, W)`` float32 (numpy arrays
+    and integer pixels converted as a file's are), their values checked in one pass."""
+    what = f"{split}_images"
+    if isinstance(images, Tensor) and images.dtype in _WIDE_UNSIGNED:
+        images = images.cpu().numpy()
+    if not isinstance(images, np.ndarray | Tensor):
+        raise DataFileError(name, f"{what}: expected a torch.Tensor or a numpy array, got "
+                            f"{type(images).__name__}")
+    if images.ndim != 4:
+        raise DataFileError(name, f"{split} images must be (N, C, H, W), got "
+                            f"{tuple(images.shape)} {images.dtype}")
+    if isinstance(images, np.ndarray):
+        return _pixels(images, name, what, unit=False)
+    kind = _pixel_kind(images.dtype, name, what)
+    converted = images.to(torch.float32)
+    if images.numel():
+        low, high = torch.aminmax(images if kind == "int" else converted)
+        _check_pixel_values(kind, low.item(), high.item(), name, what, unit=False,
+                            dtype=images.dtype, nonfinite=lambda: _nonfinite_torch(converted))
+    return converted.div_(255.0) if kind == "int" else converted
+
+
+def _nonfinite_torch(images: Tensor) -> tuple[int, int, int]:
+    bad = ~torch.isfinite(images)
+    first = int(bad.flatten(1).any(1).nonzero()[0, 0])
+    return int(torch.isnan(images).sum()), int(torch.isinf(images).sum()), first
+
+
+def _dataset_labels(labels, name, split: str) -> Tensor:
+    """An :class:`ImageDataset`'s ``{split}_labels`` as ``(N,)`` int64 (numpy arrays taken, as
+    a file's labels)."""
+    what = f"{split}_labels"
+    if isinstance(labels, Tensor) and labels.dtype in _WIDE_UNSIGNED:
+        labels = labels.cpu().numpy()
+    if isinstance(labels, np.ndarray):
+        return _as_labels(labels, name, what)
+    if not isinstance(labels, Tensor):
+        raise DataFileError(name, f"{what}: expected a torch.Tensor or a numpy array, got "
+                            f"{type(labels).__name__}")
+    if (labels.dim() != 1 or labels.dtype == torch.bool or labels.is_floating_point()
+            or labels.is_complex()):
+        raise DataFileError(name, f"{what}: labels must be a 1-D integer array, got "
+                            f"{labels.dtype} {tuple(labels.shape)}")
+    return labels.to(torch.int64)
 
 
 #: Data sets by name: ``loader(data_dir, cache_dir, seed) -> ImageDataset``.
@@ -180,40 +262,91 @@ def _float_text(value) -> str:
     return str(value)  # NumPy's shortest text of a scalar in its own dtype
 
 
+def _pixel_kind(dtype, path, what: str) -> str:
+    """``"int"`` or ``"float"``: the kind of pixels of ``dtype`` (NumPy's or torch's); any other
+    dtype (bool, complex, text) is a :class:`DataFileError`."""
+    if isinstance(dtype, torch.dtype):
+        if dtype.is_floating_point:
+            return "float"
+        if dtype != torch.bool and not dtype.is_complex:
+            return "int"
+    elif np.dtype(dtype).kind in "iu":
+        return "int"
+    elif np.dtype(dtype).kind == "f":
+        return "float"
+    raise DataFileError(path, f"{what}: pixels of dtype {dtype} are neither integers nor floats")
+
+
+def _check_pixel_values(kind: str, low, high, path, what: str, *, unit: bool, dtype,
+                        nonfinite: Callable[[], tuple[int, int, int]]) -> None:
+    """The checks of pixel values from their smallest and largest (NaN where one is NaN), for
+    loading and :func:`dataset_shape` alike: integers in 0..255; floats finite (``nonfinite()``:
+    how many are NaN, how many infinite, the first image holding one), and with ``unit`` (a
+    file's) in [0, 1] exactly: a value above 1 by a float32 rounding is refused too, its value
+    shown (a file scaled by ``/ 255`` in float32 stays within [0, 1]; one that is not was made
+    another way, which the user should see, rather than have it clipped)."""
+    if kind == "int":
+        if low < 0 or high > 255:
+            raise DataFileError(path, f"{what}: integer pixels must be in 0..255, got "
+                                f"{int(low)}..{int(high)}")
+        return
+    if not (math.isfinite(low) and math.isfinite(high)):
+        nan, inf, first = nonfinite()
+        raise DataFileError(path, f"{what}: non-finite pixel values ({nan} NaN, {inf} infinite; "
+                            f"the first in image {first})")
+    if unit and (low < 0 or high > 1):
+        raise DataFileError(path, f"{what}: float pixels must be in [0, 1] (divide 0..255 "
+                            f"images by 255), got [{_float_text(low)}, {_float_text(high)}] "
+                            f"({dtype})")
+
+
+def _nonfinite_numpy(array: np.ndarray) -> tuple[int, int, int]:
+    first = int(np.nonzero(~np.isfinite(array))[0][0])  # C order: the smallest image index
+    return int(np.isnan(array).sum()), int(np.isinf(array).sum()), first
+
+
+def _pixels(array: np.ndarray, path, what: str, unit: bool = True) -> Tensor:
+    """``(N, C, H, W)`` pixels of any byte order, checked (:func:`_check_pixel_values`) ->
+    float32 in native byte order (integers divided by 255)."""
+    kind = _pixel_kind(array.dtype, path, what)
+    if array.size:
+        _check_pixel_values(kind, array.min(), array.max(), path, what, unit=unit,
+                            dtype=array.dtype, nonfinite=lambda: _nonfinite_numpy(array))
+    # float32 in native byte order whatever the file's (torch takes no other byte order)
+    images = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    return images.div_(255.0) if kind == "int" else images
+
+
 def _as_images(array: np.ndarray, path, what: str) -> Tensor:
     """``(N, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)`` (:func:`_layout`) integers 0..255 or
-    floats 0..1 -> ``(N, C, H, W)`` float32 in [0, 1]. Float pixels must lie in [0, 1] exactly:
-    a value above 1 by a float32 rounding is refused too, its value shown (a file scaled by
-    ``/ 255`` in float32 stays within [0, 1]; one that is not was made another way, which the
-    user should see, rather than have it clipped)."""
+    floats 0..1, of any byte order -> ``(N, C, H, W)`` float32 in [0, 1]
+    (:func:`_check_pixel_values`)."""
     channels, _, _ = _layout(array.shape, path, what)
     if channels is None:
         array = array[:, None]
     elif channels == 3:
         array = np.moveaxis(array, -1, 1)
-    if np.issubdtype(array.dtype, np.integer):
-        if array.size and (array.min() < 0 or array.max() > 255):
-            raise DataFileError(path, f"{what}: integer pixels must be in 0..255, got "
-                                f"{int(array.min())}..{int(array.max())}")
-        return torch.from_numpy(np.ascontiguousarray(array)).to(torch.float32).div_(255.0)
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all():
-            raise DataFileError(path, f"{what}: non-finite pixel values")
-        if array.size and (array.min() < 0 or array.max() > 1):
-            raise DataFileError(path, f"{what}: float pixels must be in [0, 1] (divide 0..255 "
-                                f"images by 255), got [{_float_text(array.min())}, "
-                                f"{_float_text(array.max())}] ({array.dtype})")
-        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-    raise DataFileError(path, f"{what}: pixels of dtype {array.dtype} are neither integers nor floats")
+    return _pixels(array, path, what)
+
+
+#: The largest label a file may hold: an int64 (beyond it, a label would wrap on conversion).
+MAX_LABEL = int(np.iinfo(np.int64).max)
 
 
 def _as_labels(array: np.ndarray, path, what: str) -> Tensor:
+    """1-D integer labels of any integer dtype and byte order -> int64, checked before the
+    conversion (a uint64 label 2**64 - 1 must not become -1)."""
     array = np.asarray(array)
     if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
         raise DataFileError(path, f"{what}: labels must be a 1-D integer array, got "
                             f"{array.dtype} {array.shape}")
-    if array.size and array.min() < 0:
-        raise DataFileError(path, f"{what}: negative label {int(array.min())}")
+    if array.size:
+        low, high = int(array.min()), int(array.max())
+        if low < 0:
+            raise DataFileError(path, f"{what}: negative label {low}")
+        if high > MAX_LABEL:
+            raise DataFileError(path, f"{what}: label {high} is out of range (labels are 0 .. "
+                                f"classes - 1, at most 2**63 - 1)")
     return torch.from_numpy(array.astype(np.int64))
 
 
@@ -236,6 +369,8 @@ def _classes(path, *labels: Tensor) -> int:
         shown = ", ".join(map(str, missing)) + (f", ... ({count} in all)" if count > 10 else "")
         raise DataFileError(path, f"labels 0..{classes - 1} expected (the largest label is "
                             f"{classes - 1}), the training split lacks {shown}")
+    if classes < 2:
+        raise DataFileError(path, _one_class(classes - 1))
     return classes
 
 
@@ -378,55 +513,123 @@ def _images_shape(shape: tuple[int, ...], path, what: str) -> tuple[int, int, in
             int(shape[width]))
 
 
+#: Bytes of pixels :func:`_scan_pixels` reads at a time.
+SCAN_BYTES = 8 << 20
+
+
+def _scan_pixels(read: Callable[[int], bytes], shape: tuple[int, ...], fortran: bool, dtype,
+                 path, what: str, shown_dtype=None) -> None:
+    """Check the pixels of an array of ``shape`` and ``dtype`` stored after a header, read in
+    pieces by ``read(bytes)``, as loading does (:func:`_check_pixel_values`), in constant
+    memory. A short read is a ``ValueError`` (the file is damaged: loading says how)."""
+    dtype = np.dtype(dtype)
+    kind = _pixel_kind(dtype, path, what)
+    count = math.prod(shape)
+    if count == 0:
+        return
+    images, per_image = shape[0], count // shape[0]
+    step = max(1, SCAN_BYTES // dtype.itemsize)
+    low = high = None
+    nan = inf = 0
+    first = None
+    done = 0
+    while done < count:
+        take = min(step, count - done)
+        raw = read(take * dtype.itemsize)
+        if len(raw) != take * dtype.itemsize:
+            raise ValueError(f"{what}: truncated")
+        chunk = np.frombuffer(raw, dtype=dtype)
+        chunk_low, chunk_high = chunk.min(), chunk.max()
+        low = chunk_low if low is None else np.minimum(low, chunk_low)  # NaN kept
+        high = chunk_high if high is None else np.maximum(high, chunk_high)
+        if kind == "float" and not (np.isfinite(chunk_low) and np.isfinite(chunk_high)):
+            nan, inf = nan + int(np.isnan(chunk).sum()), inf + int(np.isinf(chunk).sum())
+            index = np.flatnonzero(~np.isfinite(chunk)) + done
+            image = int((index % images if fortran else index // per_image).min())
+            first = image if first is None else min(first, image)
+        done += take
+    _check_pixel_values(kind, low, high, path, what, unit=True, dtype=shown_dtype or dtype,
+                        nonfinite=lambda: (nan, inf, first))
+
+
 def _npz_shape(path: Path) -> DatasetShape:
-    """The shape of the ``.npz`` data set at ``path`` from the headers of its image arrays (the
-    pixels are not read) and the labels (read: a byte or eight per image)."""
+    """The shape of the ``.npz`` data set at ``path`` from the headers of its image arrays, their
+    pixels checked as loading checks them (read in pieces, not kept), and the labels (read: a
+    byte or eight per image)."""
     with np.load(path, allow_pickle=False) as archive:
         shapes = {}
         names = set(archive.zip.namelist())
+        labels = [archive[key] for key in ("y_train", "y_test")]
+        for y, key in zip(labels, ("y_train", "y_test"), strict=True):
+            _as_labels(y, path, key)  # first, as loading does
         for key in ("x_train", "x_test"):
             with archive.zip.open(f"{key}.npy" if f"{key}.npy" in names else key) as member:
                 version = np.lib.format.read_magic(member)
                 read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                         else np.lib.format.read_array_header_2_0)
-                shape, _, dtype = read(member)
+                shape, fortran, dtype = read(member)
                 if dtype.hasobject:  # not readable without pickle: loading says so
                     raise ValueError(f"{key} holds objects")
+                _images_shape(shape, path, key)
+                _scan_pixels(member.read, shape, fortran, dtype, path, key)
                 shapes[key] = shape
-        labels = [archive[key] for key in ("y_train", "y_test")]
     return _shape_of(path, shapes["x_train"], shapes["x_test"], labels, ("x_train", "x_test"),
                      ("y_train", "y_test"))
 
 
-def _idx_header(path: Path) -> tuple[int, ...]:
-    """The dimensions an IDX file's header declares (gzip-compressed or raw)."""
+def _idx_images(path: Path, folder: Path, what: str) -> tuple[int, ...]:
+    """The dimensions of the IDX image file at ``path``, its pixels checked as loading checks
+    them (read in pieces, not kept). A damaged file (a bad header, truncated, trailing bytes, a
+    broken gzip stream) raises the :class:`DataFileError` loading would (:func:`read_idx`)."""
     with open(path, "rb") as handle:
         start = handle.read(2)
     opener = gzip.open if start == b"\x1f\x8b" else open
-    with opener(path, "rb") as handle:
-        head = handle.read(4)
-        if len(head) < 4 or head[:2] != b"\0\0":
-            raise ValueError("not an IDX file")
-        return tuple(int(d) for d in np.frombuffer(handle.read(4 * head[3]), dtype=">u4"))
+    try:
+        with opener(path, "rb") as handle:
+            head = handle.read(4)
+            if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in IDX_DTYPES or not head[3]:
+                raise ValueError("not an IDX file")
+            raw = handle.read(4 * head[3])
+            if len(raw) < 4 * head[3]:
+                raise ValueError("truncated header")
+            dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4"))
+            _images_shape(dims, folder, what)
+            dtype = IDX_DTYPES[head[2]]
+            _scan_pixels(handle.read, dims, False, dtype, folder, what,
+                         shown_dtype=dtype.newbyteorder("="))
+            if handle.read(1):
+                raise ValueError("trailing bytes")
+    except DataFileError:
+        raise
+    except (ValueError, EOFError, OSError, zlib.error):
+        read_idx(path)  # raises loading's own error for the damage
+        raise
+    return dims
 
 
 def _idx_shape(folder: Path) -> DatasetShape:
     files = _idx_files(folder)
+    train, test = (_idx_images(files[key], folder, IDX_NAMES[key])
+                   for key in ("train_images", "test_images"))
     labels = [read_idx(files[key]) for key in ("train_labels", "test_labels")]
-    return _shape_of(folder, _idx_header(files["train_images"]), _idx_header(files["test_images"]),
-                     labels, (IDX_NAMES["train_images"], IDX_NAMES["test_images"]),
+    return _shape_of(folder, train, test, labels,
+                     (IDX_NAMES["train_images"], IDX_NAMES["test_images"]),
                      (IDX_NAMES["train_labels"], IDX_NAMES["test_labels"]))
 
 
 def _shape_of(path, train: tuple[int, ...], test: tuple[int, ...], labels, names,
               label_names) -> DatasetShape:
     image_shape = _images_shape(train, path, names[0])
-    _images_shape(test, path, names[1])
+    test_shape = _images_shape(test, path, names[1])
     # The labels by loading's own rules, so that what loading would refuse (an empty split, a
     # stray label 2**32 - 1, a class the training split lacks) is said in its words here, not
     # found as a model of four billion classes that needs more memory than the machine has.
-    classes = _classes(path, *(_as_labels(y, path, what)
-                               for y, what in zip(labels, label_names, strict=True)))
+    labels = [_as_labels(y, path, what) for y, what in zip(labels, label_names, strict=True)]
+    classes = _classes(path, *labels)
+    for split, count, shape, split_labels in (("train", train[0], image_shape, labels[0]),
+                                              ("test", test[0], test_shape, labels[1])):
+        _check_sizes(path, split, (int(count), *shape), len(split_labels))
+    _check_same_shape(path, image_shape, test_shape)
     return DatasetShape(image_shape, int(train[0]), int(test[0]), classes)
 
 
@@ -435,9 +638,13 @@ def dataset_shape(spec: str) -> DatasetShape | None:
     its images: the registered sets' fixed shapes (:data:`REGISTERED_SHAPES`), the headers of a
     ``.npz`` file's image arrays or of an IDX folder's image files, and their labels. None for a
     data set registered by the user, a path with nothing behind it, and data that cannot be read
-    this way (loading says what is wrong with them). What loading would refuse and is seen here
-    (images in a layout that cannot be told, :func:`_layout`; an IDX folder lacking a file or
-    with damaged labels) raises the :class:`DataFileError` loading would."""
+    this way (loading says what is wrong with them). What loading would refuse raises the
+    :class:`DataFileError` loading would, in its words: images in a layout that cannot be told
+    (:func:`_layout`), pixels of another dtype than integers or floats or of values loading
+    refuses (read in pieces of :data:`SCAN_BYTES` and not kept: non-finite, integers beyond
+    0..255, floats beyond [0, 1]), labels loading refuses (:func:`_as_labels`, :func:`_classes`),
+    splits of other sizes than their labels or of other image shapes, an IDX folder lacking a
+    file or with a damaged one."""
     if spec in DATASETS:
         return REGISTERED_SHAPES.get(spec)
     path = Path(spec).expanduser()
