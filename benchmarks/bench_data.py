@@ -6,8 +6,11 @@ Usage: ``OMP_NUM_THREADS=1 EQPDENET_DATA=../shared/data python benchmarks/bench_
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
+
+from _args import run
 
 from eqpdenet.data.mnist import load_mnist, resolve_data_dir
 from eqpdenet.data.rotmnist import generate_rotmnist, load_rotmnist
@@ -22,6 +25,7 @@ def timed(label, fn):
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help
     data = resolve_data_dir()
     mnist = timed("load_mnist (read + verify MD5)", lambda: load_mnist(data, download=False))
     rot = timed("generate_rotmnist, 62,000 digits", lambda: generate_rotmnist(mnist, 0))
@@ -36,4 +40,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -39,6 +39,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from _args import existing_files, positive_int, run  # noqa: E402
+
 from eqpdenet.app.training import load_checkpoint  # noqa: E402
 from eqpdenet.export import export_model, load_exported  # noqa: E402
 
@@ -110,13 +112,14 @@ def measure(variants: dict, batch: int, rounds: int, min_seconds: float) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--rounds", type=positive_int, default=3)
     parser.add_argument("--min-seconds", type=float, default=0.3)
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64, 1024])
+    parser.add_argument("--batches", type=positive_int, nargs="+", default=[1, 64, 1024])
     parser.add_argument("--profile", action="store_true",
                         help="also onnxruntime's time per operator type at the largest batch")
     args = parser.parse_args()
+    existing_files(parser, [args.checkpoint])
     torch.set_num_threads(args.threads)
     began = time.perf_counter()
     import onnxruntime
@@ -168,4 +171,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -6,6 +6,10 @@ Markdown report and the raw numbers as JSON::
     python benchmarks/bench_gpu.py --out results/gpu            # on a CUDA GPU, about 5 minutes
     python benchmarks/bench_gpu.py --device cpu --smoke          # checks the script on the CPU
 
+A run on a CUDA GPU writes into ``results/gpu`` unless ``--out`` says otherwise; a ``--smoke``
+run or a run on the CPU writes no file unless ``--out`` is given (it prints its report): a check
+of the script never overwrites the committed GPU results.
+
 Measured (EqPdeNet h = 256 with the paper's layer: 2 se2 + 2 scaling PDEs, 10 Euler steps):
 
 1. agreement of the Triton kernel with the reference on the GPU (values, all gradients);
@@ -43,10 +47,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from _args import check_output, positive_int, run  # noqa: E402
+
 from eqpdenet import FCNN, EqPdeNet, PDELayer  # noqa: E402
 from eqpdenet.app.config import ExperimentConfig  # noqa: E402
 from eqpdenet.app.training import Split, train_model  # noqa: E402
 
+#: Where a full run on a CUDA GPU writes by default (a smoke or CPU run: nowhere).
+GPU_RESULTS = "results/gpu"
 TARGETS = {"forward": 1_000_000, "forward+backward": 300_000, "peak_mib": 1024,
            "epoch_128_s": 0.3}
 
@@ -283,16 +291,22 @@ def report(results: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    parser.add_argument("--out", default="results/gpu", help="folder for bench.md, bench.json")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default=None,
+                        help=f"folder for bench.md, bench.json (default: {GPU_RESULTS} for a full "
+                        "run on a CUDA GPU; a --smoke or --device cpu run writes no file unless "
+                        "--out is given)")
+    parser.add_argument("--rounds", type=positive_int, default=3)
     parser.add_argument("--min-seconds", type=float, default=0.5)
     parser.add_argument("--compile-all", action="store_true",
                         help="torch.compile the reference at every batch size, not only 8192")
     parser.add_argument("--sweep", action="store_true", help="launch configurations (Triton)")
-    parser.add_argument("--epochs", type=int, default=4, help="epochs per training variant")
+    parser.add_argument("--epochs", type=positive_int, default=4,
+                        help="epochs per training variant")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes and no torch.compile: checks that the script runs")
     args = parser.parse_args()
+    out = output_folder(args)
+    check_output(parser, "--out", out, folder=True)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: run with --device cpu --smoke to check the script")
@@ -312,13 +326,21 @@ def main() -> int:
     results["epochs"] = epochs(device, (128, 1024) if not args.smoke else (64,),
                                12_000 if not args.smoke else 256, 2 if args.smoke else args.epochs)
     results["seconds"] = time.perf_counter() - start
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(results, indent=1))
-    (out / "bench.md").write_text(report(results))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench.json").write_text(json.dumps(results, indent=1))
+        (out / "bench.md").write_text(report(results))
     print(report(results))
     return 0
 
 
+def output_folder(args) -> Path | None:
+    """``--out``, else :data:`GPU_RESULTS` for a full run on a CUDA GPU, else ``None`` (a smoke or
+    CPU run writes no file unless told where)."""
+    if args.out is not None:
+        return Path(args.out)
+    return None if args.smoke or args.device != "cuda" else Path(GPU_RESULTS)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

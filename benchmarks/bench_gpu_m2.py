@@ -8,6 +8,9 @@ time limit keeps what it measured::
     python benchmarks/bench_gpu_m2.py --out results/gpu --cpu     # on a CUDA GPU, ~2-3 minutes
     python benchmarks/bench_gpu_m2.py --device cpu --smoke         # checks the script on the CPU
 
+A run on a CUDA GPU writes into ``results/gpu`` unless ``--out`` says otherwise; a ``--smoke``
+run or a run on the CPU writes no file unless ``--out`` is given (it prints its report).
+
 Measured:
 
 1. agreement on the device, float32, at the first stage's shape (8 images, 8 channels, N = 8,
@@ -48,7 +51,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from bench_gpu import environment, measure, peak_mib, synchronize  # noqa: E402
+from _args import check_output, positive_int, run  # noqa: E402
+from bench_gpu import GPU_RESULTS, environment, measure, output_folder, peak_mib, synchronize  # noqa: E402
 
 from eqpdenet.models import LiftedPDEConfig, LiftedPDENet  # noqa: E402
 from eqpdenet.pde import EulerStep  # noqa: E402
@@ -217,8 +221,10 @@ def report(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save(results: dict, out: Path, start: float) -> None:
+def save(results: dict, out: Path | None, start: float) -> None:
     results["seconds"] = time.perf_counter() - start
+    if out is None:  # a smoke or CPU run without --out: the report is printed at the end
+        return
     out.mkdir(parents=True, exist_ok=True)
     (out / "m2.json").write_text(json.dumps(results, indent=1))
     (out / "m2.md").write_text(report(results))
@@ -227,9 +233,12 @@ def save(results: dict, out: Path, start: float) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    parser.add_argument("--out", default="results/gpu", help="folder for m2.md, m2.json")
-    parser.add_argument("--batches", type=int, nargs="+", default=[64, 1024])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default=None,
+                        help=f"folder for m2.md, m2.json (default: {GPU_RESULTS} for a full run "
+                        "on a CUDA GPU; a --smoke or --device cpu run writes no file unless "
+                        "--out is given)")
+    parser.add_argument("--batches", type=positive_int, nargs="+", default=[64, 1024])
+    parser.add_argument("--rounds", type=positive_int, default=3)
     parser.add_argument("--min-seconds", type=float, default=0.5)
     parser.add_argument("--cpu", action="store_true",
                         help="also the C++ kernel on the host's CPU at the smallest batch")
@@ -240,12 +249,13 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true",
                         help="tiny models and sizes: checks that the script runs")
     args = parser.parse_args()
+    out = output_folder(args)
+    check_output(parser, "--out", out, folder=True)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: run with --device cpu --smoke to check the script")
         return 2
     start = time.perf_counter()
-    out = Path(args.out)
     batches = [4, 8] if args.smoke else args.batches
     rounds, min_seconds = (1, 0.05) if args.smoke else (args.rounds, args.min_seconds)
     results = {"environment": environment(device)}
@@ -270,4 +280,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

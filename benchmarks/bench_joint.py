@@ -28,6 +28,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from _args import positive_int, run  # noqa: E402
+
 from eqpdenet.pde import jet  # noqa: E402
 from eqpdenet.pde.joint import JointInvariants  # noqa: E402
 
@@ -84,8 +86,9 @@ def jet_table(channel_counts, batch: int, rounds: int) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rounds", type=positive_int, default=None,
+                        help="interleaved rounds (default 7, with --quick 3)")
+    parser.add_argument("--batch", type=positive_int, default=8)
     args = parser.parse_args()
     rounds = args.rounds or (3 if args.quick else 7)
     start = time.perf_counter()
@@ -99,4 +102,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -18,6 +18,7 @@ import warnings
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+from _args import positive_int, run  # noqa: E402
 
 from eqpdenet.pde import LayerConfig, PDELayer  # noqa: E402
 
@@ -29,9 +30,9 @@ VARIANTS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--batch", type=int, default=128)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=positive_int, default=5)
+    parser.add_argument("--batch", type=positive_int, default=128)
     args = parser.parse_args()
     images = torch.rand(args.batch, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     steps = {}
@@ -66,4 +67,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -24,6 +24,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _args import positive_int, run
 from m2_kernel_versions import SHAPES, stage_fields
 from torch import nn
 
@@ -55,7 +56,7 @@ def step(variant: str, norm, u, z, w2):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=positive_int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
     generator = torch.Generator().manual_seed(0)
@@ -88,4 +89,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -25,8 +25,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _args import positive_int, run
 
 from eqpdenet.app.config import BenchmarkConfig, build_model, load_toml
+from eqpdenet.errors import ConfigError
 from eqpdenet.models import M2Lift
 
 BACKENDS = ("auto", "reference")
@@ -44,9 +46,19 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["lifted-centered"],
                         help="benchmark entries of --recipe")
     parser.add_argument("--recipe", type=Path, default=Path("configs/benchmark-full.toml"))
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=positive_int, default=64)
+    parser.add_argument("--repeats", type=positive_int, default=5)
     args = parser.parse_args()
+    if not args.recipe.is_file():
+        parser.error(f"--recipe {args.recipe}: no such file")
+    try:
+        config = load_toml(BenchmarkConfig, args.recipe)
+        experiments = {name: config.experiment(name, 0) for name in args.models}
+    except ConfigError as error:
+        parser.error(str(error))
+    without_lift = [name for name, e in experiments.items() if e.model.kind != "lifted_pde"]
+    if without_lift:
+        parser.error(f"--models {', '.join(without_lift)}: not lifted models (no M2 lift)")
     torch.set_num_threads(1)
     torch.manual_seed(0)
     images = torch.rand(args.batch, 1, 28, 28, requires_grad=True)
@@ -54,8 +66,7 @@ def main() -> None:
     lifts = {(relative, backend): M2Lift(1, 8, 8, 1.0, "zeros" if relative else "replicate",
                                          relative=relative, backend=backend)
              for relative in (False, True) for backend in BACKENDS}
-    config = load_toml(BenchmarkConfig, args.recipe)
-    models = {name: build_model(config.experiment(name, 0).model) for name in args.models}
+    models = {name: build_model(experiment.model) for name, experiment in experiments.items()}
     optimizers = {name: torch.optim.Adam(model.parameters()) for name, model in models.items()}
     labels = torch.randint(0, 10, (args.batch,))
     steps_images = torch.rand(args.batch, 1, 28, 28)
@@ -93,4 +104,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -37,8 +37,13 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from _args import positive_int, run  # noqa: E402
+
 from eqpdenet import FCNN, EqPdeNet, PDELayer, count_parameters  # noqa: E402
-from eqpdenet.kernels import cpu  # noqa: E402
+from eqpdenet.kernels import (
+    BACKENDS,  # noqa: E402
+    cpu,  # noqa: E402
+)
 
 HIDDEN_SIZES = (16, 32, 64, 128, 256)
 SEEDS, EPOCHS, TRAIN_IMAGES, EVAL_SCENARIOS, EVAL_IMAGES = 10, 30, 12_000, 3, 50_000
@@ -120,15 +125,25 @@ def peak_memory(variant: str, batch: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--rounds", type=positive_int, default=5)
     parser.add_argument("--min-seconds", type=float, default=0.3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--compile", action="store_true", help="also torch.compile (reference)")
-    parser.add_argument("--memory-probe", nargs=2, metavar=("VARIANT", "BATCH"))
+    parser.add_argument("--memory-probe", nargs=2, metavar=("VARIANT", "BATCH"),
+                        help="(internal) peak memory of one variant, BACKEND[:recompute]")
     args = parser.parse_args()
     if args.memory_probe:
-        memory_probe(args.memory_probe[0], int(args.memory_probe[1]))
+        variant, batch = args.memory_probe
+        backend, _, mode = variant.partition(":")
+        if backend not in BACKENDS.names() or mode not in ("", "recompute"):
+            parser.error(f"--memory-probe {variant}: a variant is BACKEND or BACKEND:recompute, "
+                         f"BACKEND one of {', '.join(BACKENDS.names())}")
+        try:
+            batch = positive_int(batch)
+        except argparse.ArgumentTypeError as error:
+            parser.error(f"--memory-probe BATCH: {error}")
+        memory_probe(variant, batch)
         return
     torch.set_num_threads(args.threads)
     print(f"# eqpdenet PDE layer benchmark  ({time.strftime('%Y-%m-%d %H:%M')})")
@@ -218,4 +233,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -11,14 +11,15 @@ weighs on both alike. ``--local`` also times the local executor (one process, on
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 
 import ray
 import torch
+from _args import positive_int, run
 
 from eqpdenet.app.config import ReproduceConfig, apply_overrides
 from eqpdenet.app.distributed import Executor
@@ -29,27 +30,26 @@ from eqpdenet.app.sweeps import reproduce
 # another process building) the C++ kernel, which on this shared machine made timings meaningless.
 SWEEP = ["base.data.dataset='mnist'", "base.data.train_subset=2000", "base.data.test_subset=1000",
          "base.train.epochs=1", "hidden_sizes=[16]", "base.model.layer.backend='reference'"]
-#: ``--seeds N``: the runs are EqPdeNet and FCNN with seeds 0 ... N-1 (default 4: 8 runs).
-SEEDS = int(sys.argv[sys.argv.index("--seeds") + 1]) if "--seeds" in sys.argv else 4
 
 
-def sweep(out: str, executor: Executor) -> float:
-    config = apply_overrides(ReproduceConfig(), [*SWEEP, f"seeds={list(range(SEEDS))}"])
+def sweep(out: str, executor: Executor, seeds: int) -> float:
+    """Seconds of the sweep: EqPdeNet and FCNN with seeds 0 ... ``seeds - 1``."""
+    config = apply_overrides(ReproduceConfig(), [*SWEEP, f"seeds={list(range(seeds))}"])
     start = time.perf_counter()
     reproduce(config, out, executor=executor, progress=False, echo=lambda line: None)
     seconds = time.perf_counter() - start
-    assert len(read_jsonl(os.path.join(out, "results.jsonl"))) == 2 * SEEDS
+    assert len(read_jsonl(os.path.join(out, "results.jsonl"))) == 2 * seeds
     return seconds
 
 
-def ray_sweep(folder: str, workers: int) -> tuple[float, float]:
+def ray_sweep(folder: str, workers: int, seeds: int) -> tuple[float, float]:
     """(seconds of the sweep, seconds to start Ray) with ``workers`` local Ray workers."""
     start = time.perf_counter()
     ray.init(address="local", num_cpus=workers, include_dashboard=False,
              _node_ip_address="127.0.0.1", logging_level="WARNING")
     started = time.perf_counter() - start
     try:
-        return sweep(folder, Executor("ray")), started
+        return sweep(folder, Executor("ray"), seeds), started
     finally:
         ray.shutdown()
 
@@ -59,15 +59,21 @@ def load() -> str:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=positive_int, default=4,
+                        help="the runs are EqPdeNet and FCNN with seeds 0 ... N-1 (default 4: 8 runs)")
+    parser.add_argument("--local", action="store_true",
+                        help="also time the local executor (one process, one thread) first")
+    args = parser.parse_args()
     print(f"{platform.node()}: {os.cpu_count()} CPUs, load average {load()}")
     torch.set_num_threads(1)
     times: dict[int, list[float]] = {1: [], 2: []}
     with tempfile.TemporaryDirectory() as folder:
-        if "--local" in sys.argv:
-            local = sweep(os.path.join(folder, "local"), Executor())
+        if args.local:
+            local = sweep(os.path.join(folder, "local"), Executor(), args.seeds)
             print(f"local executor, 1 process: {local:.1f} s")
         for number, workers in enumerate((1, 2, 2, 1)):
-            seconds, started = ray_sweep(os.path.join(folder, f"ray{number}"), workers)
+            seconds, started = ray_sweep(os.path.join(folder, f"ray{number}"), workers, args.seeds)
             times[workers].append(seconds)
             print(f"ray, {workers} worker(s): {seconds:.1f} s (+ {started:.1f} s to start Ray); "
                   f"load average {load()}")
@@ -76,4 +82,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _args import check_output, existing_files, nonnegative_int, positive_int, run
 
 from eqpdenet.analysis.robustness import axis_shift
 from eqpdenet.app.files import atomic_write
@@ -73,11 +74,13 @@ def canvas_changes(model) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", nargs="+", type=Path)
-    parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--frame", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--images", type=positive_int, default=2000)
+    parser.add_argument("--frame", type=nonnegative_int, default=4)
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--out", type=Path, help="write border.json and border.md here")
     args = parser.parse_args()
+    existing_files(parser, args.checkpoints)
+    check_output(parser, "--out", args.out, folder=True)
     torch.set_num_threads(args.threads)
     records = []
     for path in args.checkpoints:
@@ -115,4 +118,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _args import check_output, nonnegative_int, run
 
 from eqpdenet.app.files import atomic_write
 from eqpdenet.data.mnist import load_mnist
@@ -68,9 +69,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--seed", type=int, default=0, help="the ROTMNIST generator's seed")
+    parser.add_argument("--seed", type=nonnegative_int, default=0,
+                        help="the ROTMNIST generator's seed")
     parser.add_argument("--out", type=Path, help="write leak.json and leak.md here")
     args = parser.parse_args()
+    check_output(parser, "--out", args.out, folder=True)
     start = time.perf_counter()
     mnist = load_mnist(args.data_dir)
     stats = {"train": centre_of_mass_stats(mnist.train_images),
@@ -119,4 +122,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

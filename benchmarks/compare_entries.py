@@ -14,6 +14,8 @@ import argparse
 import statistics
 from pathlib import Path
 
+from _args import run
+
 from eqpdenet.app.runstore import load_records
 
 ROWS = [  # label, target, the value of one run
@@ -64,8 +66,10 @@ def main() -> None:
     parser.add_argument("folder", type=Path, help="a benchmark results folder")
     parser.add_argument("entries", nargs="+", help="benchmark entries, in the table's order")
     args = parser.parse_args()
+    if not args.folder.is_dir():
+        parser.error(f"no such folder: {args.folder}")
     print(table(args.folder, args.entries))
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

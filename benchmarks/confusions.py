@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -36,6 +37,10 @@ from eqpdenet.app.training import load_checkpoint, prepare_data
 from eqpdenet.data.scenarios import apply_scenario, get_scenario
 from eqpdenet.errors import ConfigError
 from eqpdenet.models.centering import recenter
+
+# benchmarks/ itself: the shared argument checks, also when this file is loaded by path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _args import check_output, existing_files, positive_int, run  # noqa: E402
 
 #: The pair a rotation-invariant model cannot tell apart by shape alone.
 AMBIGUOUS = {(6, 9), (9, 6)}
@@ -106,23 +111,20 @@ def _predict(model, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", nargs="+", type=Path)
-    parser.add_argument("--images", type=int, default=10000)
+    parser.add_argument("--images", type=positive_int, default=10000)
     parser.add_argument("--scenarios", nargs="+", default=["test", "iso"],
                         help="registered scenarios and probes (the module doc)")
     parser.add_argument("--seed", type=int, default=0, help="the scenarios' draws")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--out", type=Path, help="write confusions.json and confusions.md here")
     args = parser.parse_args()
-    if args.images < 1:
-        parser.error(f"--images must be at least 1, got {args.images}")
     for name in args.scenarios:  # a typo fails before any checkpoint is loaded
         try:
             check_name(name)
         except (ConfigError, ValueError) as error:
             parser.error(str(error))
-    missing = [str(p) for p in args.checkpoints if not p.is_file()]
-    if missing:
-        parser.error(f"no such checkpoint: {', '.join(missing)}")
+    existing_files(parser, args.checkpoints)
+    check_output(parser, "--out", args.out, folder=True)
     torch.set_num_threads(args.threads)
     records = []
     for path in args.checkpoints:
@@ -157,4 +159,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

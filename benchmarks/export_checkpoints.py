@@ -22,9 +22,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from _args import existing_files, positive_int, run  # noqa: E402
+
 from eqpdenet.app.training import load_checkpoint, prepare_data  # noqa: E402
 from eqpdenet.errors import ExportError  # noqa: E402
-from eqpdenet.export import export_model  # noqa: E402
+from eqpdenet.export import FORMATS, export_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = ["results/paper/checkpoints/eqpdenet-h256-seed0.pt",
@@ -34,10 +36,13 @@ CHECKPOINTS = ["results/paper/checkpoints/eqpdenet-h256-seed0.pt",
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=1000)
-    parser.add_argument("--formats", nargs="+", default=["onnx", "exported-program"])
-    parser.add_argument("checkpoints", nargs="*", default=CHECKPOINTS)
+    parser.add_argument("--images", type=positive_int, default=1000)
+    parser.add_argument("--formats", nargs="+", default=["onnx", "exported-program"],
+                        choices=FORMATS.names())
+    parser.add_argument("checkpoints", nargs="*", default=CHECKPOINTS,
+                        help="paths relative to the repository's root, or absolute")
     args = parser.parse_args()
+    existing_files(parser, [ROOT / c for c in args.checkpoints])
     folder = Path(tempfile.mkdtemp(prefix="export-checkpoints-"))
     began = time.perf_counter()
     print(f"# {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, load average "
@@ -68,4 +73,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

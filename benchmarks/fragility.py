@@ -39,10 +39,11 @@ import time
 from pathlib import Path
 
 import torch
+from _args import check_output, nonnegative_int, positive_int, run
 
+from eqpdenet.analysis.equivariance import Transform
+from eqpdenet.analysis.predictions import logits_by_image
 from eqpdenet.analysis.robustness import (
-    _logits,
-    _rotation,
     accuracy_under,
     axis_shift_curve,
     logit_change,
@@ -54,6 +55,7 @@ from eqpdenet.app.config import BenchmarkConfig, apply_overrides, load_toml
 from eqpdenet.app.files import append_jsonl, atomic_write, read_jsonl
 from eqpdenet.app.locks import hold
 from eqpdenet.app.training import fingerprint, load_checkpoint, prepare_data, run_experiment
+from eqpdenet.errors import ConfigError
 
 #: The factors and their two levels (the first is the benchmark model's).
 FACTORS = {"stencil": ("isotropic", "gaussian"), "downsample": ("pool", "blur"),
@@ -97,14 +99,24 @@ def basic(model, images, labels, seed: int) -> dict:
 def per_image(model, images, labels, seed: int) -> dict:
     """What the batch-wide relative change hides: the per-image logit norms (a few images whose
     logits explode dominate ``||l(g f) - l(f)|| / ||l(f)||``), the median over images of each
-    image's relative change under the round trip, and how many predictions it keeps."""
-    logits = _logits(model, images, 500)
-    back = _logits(model, _rotation(-ROUND_TRIP_DEGREES)(_rotation(ROUND_TRIP_DEGREES)(images)),
-                   500)
+    image's relative change under the round trip, and how many predictions it keeps.
+
+    An image on which the model's PDE blows up, before or after the round trip, has no logits
+    (:func:`eqpdenet.analysis.predictions.logits_by_image`): it is left out of the norms and
+    changes (as the benchmark's logit changes leave it out), counts as a prediction not kept,
+    and is counted in ``round_trip_37_no_prediction``."""
+    logits, failed = logits_by_image(model, images, 500)
+    back_images = Transform.rotation(-ROUND_TRIP_DEGREES)(
+        Transform.rotation(ROUND_TRIP_DEGREES)(images))
+    back, back_failed = logits_by_image(model, back_images, 500)
+    both = ~(failed | back_failed)
+    logits, kept_back = logits[both], back[both]
     norms = logits.norm(dim=1)
+    kept = int((kept_back.argmax(1) == logits.argmax(1)).sum())
     return {"logit_norm_median": float(norms.median()), "logit_norm_max": float(norms.max()),
-            "round_trip_37_median": float(((back - logits).norm(dim=1) / norms).median()),
-            "round_trip_37_kept": 100.0 * float((back.argmax(1) == logits.argmax(1)).double().mean())}
+            "round_trip_37_median": float(((kept_back - logits).norm(dim=1) / norms).median()),
+            "round_trip_37_kept": 100.0 * kept / len(images),
+            "round_trip_37_no_prediction": int((~both).sum())}
 
 
 #: Groups of measures, each with its keys: a logged run missing a group's key is measured again
@@ -252,19 +264,20 @@ def _product(signs: dict, factors: tuple) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("results/fragility"))
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--epochs", type=positive_int, default=6)
+    parser.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0])
     parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
     parser.add_argument("--recipe", type=Path, default=Path("configs/benchmark-cpu.toml"),
                         help="benchmark configuration whose invariant-pde recipe is used")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     parser.add_argument("--data-dir", default=os.environ.get("EQPDENET_DATA"))
     parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
                         help="further overrides of every cell (a smoke run: data.train_subset=200)")
     parser.add_argument("--table-only", action="store_true", help="rewrite table.md and stop")
     args = parser.parse_args()
-    if args.epochs < 1 or args.threads < 1:
-        parser.error("--epochs and --threads must be positive")
+    check_output(parser, "--out", args.out, folder=True)
+    if not args.recipe.is_file():
+        parser.error(f"--recipe {args.recipe}: no such file")
     torch.set_num_threads(args.threads)
     benchmark = load_toml(BenchmarkConfig, args.recipe)
     log = args.out / "log.jsonl"
@@ -273,7 +286,11 @@ def main() -> None:
             print(write_table(args.out, read_jsonl(log), args.epochs))
             return
         todo = [(c, s) for s in args.seeds for c in args.cells]
-        configs = {(c, s): cell_config(benchmark, CELLS[c], args.epochs, s, args.set) for c, s in todo}
+        try:
+            configs = {(c, s): cell_config(benchmark, CELLS[c], args.epochs, s, args.set)
+                       for c, s in todo}
+        except ConfigError as error:
+            parser.error(str(error))
         done = {(r["cell"], r["seed"]): r for r in read_jsonl(log) if r["epochs"] == args.epochs}
         for key, config in configs.items():
             if key in done and done[key]["fingerprint"] != fingerprint(config):
@@ -314,4 +331,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -23,9 +23,17 @@
 #   quick.txt    the quick reproduction (quick_results.jsonl: its runs)
 #   train_throughput_cuda.md, profile_cuda.txt   part 5
 # Each benchmark checks its kernels against the reference at production shapes before timing.
+# Without a CUDA GPU visible to torch it stops at once (one line, exit 2, nothing written). A part
+# that fails or is stopped at its time limit does not stop the others, but the session then ends
+# with "FAILED: <parts>" and exit 1 (a part skipped for want of budget says so and is no failure).
 set -uo pipefail
 OUT=${OUT:-results/gpu}
+if ! python3 -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    echo "gpu_session.sh: error: no CUDA GPU visible to torch (or torch does not import): nothing run" >&2
+    exit 2
+fi
 mkdir -p "$OUT"
+failed=()
 export PYTHONPATH=src PYTHONUNBUFFERED=1 TRITON_DEFAULT_FP_FUSION=1 OMP_WAIT_POLICY=PASSIVE
 start=$(date +%s)
 deadline=$(( start + ${BUDGET:-570} ))
@@ -42,23 +50,26 @@ part() {
     local rc=$? how="done"
     [ "$rc" -eq 124 ] && how="stopped at its limit" || { [ "$rc" -ne 0 ] && how="failed (exit $rc)"; }
     echo "$name $how after $(( $(date +%s) - start )) s (limit ${limit} s)" | tee -a "$OUT/gpu.txt"
+    return "$rc"
 }
+# Each call below ends with `|| failed+=(NAME)`: a part piped into tee runs in a subshell, so its
+# status comes back through pipefail, not through a variable set inside it.
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 } 2>&1 | tee "$OUT/gpu.txt"
 part 330 "PDE-layer benchmark" python3 benchmarks/bench_gpu.py --out "$OUT" --sweep \
-    2>&1 | tee "$OUT/bench.log"
+    2>&1 | tee "$OUT/bench.log" || failed+=("PDE-layer benchmark")
 part 240 "LiftedPDENet benchmark" python3 benchmarks/bench_gpu_m2.py --out "$OUT" --cpu \
-    2>&1 | tee "$OUT/m2.log"
+    2>&1 | tee "$OUT/m2.log" || failed+=("LiftedPDENet benchmark")
 part 240 "CUDA tests" python3 -m pytest -q -p no:cacheprovider -x \
     tests/kernels/test_triton_kernel.py tests/kernels/test_cuda_operator.py \
     tests/kernels/test_triton_m2_kernel.py tests/app/test_accelerate.py tests/models/test_devices.py \
     -k "(cuda or test_triton_kernel or depend_on_the_programs) and not compile_for_hopper" \
-    2>&1 | tee "$OUT/tests.txt"
+    2>&1 | tee "$OUT/tests.txt" || failed+=("CUDA tests")
 if [ -d "${EQPDENET_DATA:-/nonexistent}/mnist" ]; then
     part 90 "quick reproduction" bash -c "time python3 -m eqpdenet reproduce --quick \
         --device cuda --no-progress --out /tmp/eqpdenet-quick --cache-dir /tmp/eqpdenet-cache" \
-        > "$OUT/quick.txt" 2>&1
+        > "$OUT/quick.txt" 2>&1 || failed+=("quick reproduction")
     cp /tmp/eqpdenet-quick/results.jsonl "$OUT/quick_results.jsonl" 2>/dev/null
     tail -8 "$OUT/quick.txt"
 fi
@@ -70,7 +81,14 @@ models="lifted-centered invariant-pde"
 python3 -c "import e2cnn" 2>/dev/null && models="gcnn gcnn-centered $models"
 part 120 "training throughput" python3 benchmarks/train_throughput.py $models \
     --recipe configs/benchmark-full.toml --device cuda --threads 1 --batch 64 1024 --steps 10 \
-    --repeats 3 --json "$OUT/train_throughput_cuda.json" 2>&1 | tee "$OUT/train_throughput_cuda.md"
+    --repeats 3 --json "$OUT/train_throughput_cuda.json" 2>&1 | tee "$OUT/train_throughput_cuda.md" \
+    || failed+=("training throughput")
 part 60 "profile" python3 benchmarks/profile_train_step.py lifted-centered --device cuda \
-    --batch 64 1024 --rows 25 > "$OUT/profile_cuda.txt" 2>&1
+    --batch 64 1024 --rows 25 > "$OUT/profile_cuda.txt" 2>&1 || failed+=("profile")
+if [ "${#failed[@]}" -gt 0 ]; then
+    printf -v list '%s, ' "${failed[@]}"
+    echo "FAILED: ${list%, } (the other parts done or skipped; $(( $(date +%s) - start )) s)" \
+        | tee -a "$OUT/gpu.txt"
+    exit 1
+fi
 echo "all done after $(( $(date +%s) - start )) s" | tee -a "$OUT/gpu.txt"

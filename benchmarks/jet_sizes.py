@@ -12,12 +12,15 @@ boundary), float64; "near ink": within 2 pixels of a pixel above 0.1::
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from _args import run  # noqa: E402
 
 from eqpdenet.data.datasets import load_dataset  # noqa: E402
 from eqpdenet.pde import jet  # noqa: E402
@@ -26,6 +29,7 @@ FLOORS = (0.01, 0.1, 0.3, 1.0, 3.0, 10.0)
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help
     images = load_dataset("rotmnist").train_images[:500].double()
     u = (images - 0.1307) / 0.3081
     _, ux, uy, uxx, uxy, uyy = jet(u, stencil="isotropic", boundary="zeros")[:, 0].unbind(1)
@@ -41,4 +45,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

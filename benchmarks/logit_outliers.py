@@ -24,6 +24,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
+from _args import existing_files, positive_int, run  # noqa: E402
 
 from eqpdenet.app.training import load_checkpoint, prepare_data  # noqa: E402
 from eqpdenet.geometry import rotate  # noqa: E402
@@ -37,9 +38,10 @@ def logits_of(model: torch.nn.Module, images: torch.Tensor, batch: int = 250) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="+")
-    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--images", type=positive_int, default=2000)
     parser.add_argument("--degrees", type=float, default=37.0)
     args = parser.parse_args()
+    existing_files(parser, args.checkpoints)
     print("| checkpoint | logit norm: median | largest | batch-wide change | per-image change: "
           "median | 90th percentile | predictions kept |")
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -61,4 +63,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

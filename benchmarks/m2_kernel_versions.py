@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from _args import positive_int, run
 from torch.utils import cpp_extension
 
 from eqpdenet.kernels.cpu import CFLAGS, M2_SOURCE
@@ -54,15 +55,19 @@ def build(name: str, source: str, root: Path, cflags: list[str]):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("revision", help="git revision of the old kernel, e.g. HEAD~1")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--build", type=Path, default=Path("/tmp/eqpdenet-m2-versions"))
     parser.add_argument("--new-cflags", default="", help="extra compiler flags of the new build, "
                         "separated by spaces")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    relative = M2_SOURCE.resolve().relative_to(Path.cwd().resolve())
-    old_source = subprocess.run(["git", "show", f"{args.revision}:{relative}"], check=True,
-                                capture_output=True, text=True).stdout
+    root = M2_SOURCE.resolve().parents[0]
+    shown = subprocess.run(["git", "-C", str(root), "show", f"{args.revision}:./{M2_SOURCE.name}"],
+                           capture_output=True, text=True)
+    if shown.returncode != 0:
+        parser.error(f"revision {args.revision!r}: git show failed: "
+                     f"{(shown.stderr.strip().splitlines() or ['?'])[-1]}")
+    old_source = shown.stdout
     new_source = M2_SOURCE.read_text()
     new_flags = args.new_cflags.split()
     versions = {}
@@ -117,4 +122,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -15,6 +15,7 @@ import argparse
 import time
 
 import torch
+from _args import positive_int, run
 
 from eqpdenet.models.pooling import OrientationMaxPool
 from eqpdenet.pde.integrators import EulerStep
@@ -33,8 +34,8 @@ def forward_backward(module, u: torch.Tensor) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=positive_int, default=64)
+    parser.add_argument("--repeats", type=positive_int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -66,4 +67,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

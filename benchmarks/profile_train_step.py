@@ -22,26 +22,33 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _args import positive_int, run
 
 from eqpdenet.app.config import BenchmarkConfig, build_model, load_toml
+from eqpdenet.errors import ConfigError
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="a benchmark entry of --recipe")
     parser.add_argument("--recipe", type=Path, default=Path("configs/benchmark-full.toml"))
-    parser.add_argument("--batch", type=int, nargs="+", default=[64])
+    parser.add_argument("--batch", type=positive_int, nargs="+", default=[64])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--rows", type=int, default=20, help="operators to list")
+    parser.add_argument("--rows", type=positive_int, default=20, help="operators to list")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU is visible to torch")
     cuda = device.type == "cuda"
+    if not args.recipe.is_file():
+        parser.error(f"--recipe {args.recipe}: no such file")
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    config = load_toml(BenchmarkConfig, args.recipe).experiment(args.model, 0)
-    model = build_model(config.model).to(device)
+    try:
+        config = load_toml(BenchmarkConfig, args.recipe).experiment(args.model, 0)
+        model = build_model(config.model).to(device)
+    except ConfigError as error:
+        parser.error(str(error))
     optimizer = torch.optim.Adam(model.parameters())
     for batch in args.batch:
         images = torch.rand(batch, 1, 28, 28).to(device)
@@ -78,4 +85,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

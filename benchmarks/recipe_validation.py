@@ -4,10 +4,15 @@ the test set: how the benchmark's per-model recipes were chosen (docs/benchmark.
     python benchmarks/recipe_validation.py NAME EPOCHS [section.field=value ...] \
         --log results/benchmark-recipes/log.jsonl
 
-appends one JSON line (name, overrides, parameters, validation accuracy, seconds, torch threads,
-the history of (epoch, loss, validation accuracy, seconds)) to ``--log``. ``--scenarios iso sca
-shift`` also scores the trained model on those scenarios applied to the validation digits
-(draws seeded by the run's seed, as the benchmark seeds its test scenarios), and ``--round-trip
+``NAME`` is a free label of the run (the model and its recipe are the overrides); appends one
+JSON line (name, overrides, parameters, validation accuracy, seconds, torch threads, the history
+of (epoch, loss, validation accuracy, seconds)) to ``--log`` (default
+``results/benchmark-recipes/log.jsonl``: the committed log of the validation runs behind the
+benchmark's recipes, which the commands in docs/ extend; give another ``--log`` for a trial run
+that should not join it); the overrides, scenarios and
+``--log`` are checked before the data is read or anything trains. ``--scenarios iso sca shift``
+also scores the trained model on those scenarios applied to the validation digits (draws seeded
+by the run's seed, as the benchmark seeds its test scenarios), and ``--round-trip
 37`` measures the relative change of its logits when the validation digits are rotated by 37
 degrees and back (the benchmark's "37° and back", :func:`~eqpdenet.analysis.robustness.
 round_trip_change`, there on 2,000 test digits): how a recipe's robustness is judged without
@@ -15,7 +20,8 @@ the test set. ``--threads N`` sets
 torch's threads (default: as ``OMP_NUM_THREADS`` says, else torch's default). Example (the CNN's recipe)::
 
     python benchmarks/recipe_validation.py cnn-10k-b64-lr2e3 6 "model.kind='cnn'" \
-        "train.lr_schedule='cosine'" train.batch_size=64 train.lr=0.002
+        "train.lr_schedule='cosine'" train.batch_size=64 train.lr=0.002 \
+        --log results/benchmark-recipes/log.jsonl
 """
 
 from __future__ import annotations
@@ -26,37 +32,44 @@ import os
 from pathlib import Path
 
 import torch
+from _args import check_output, positive_int, run
 
 from eqpdenet.analysis.robustness import round_trip_change
 from eqpdenet.app.config import ExperimentConfig, apply_overrides
 from eqpdenet.app.files import append_jsonl
 from eqpdenet.app.training import evaluate_scenarios, prepare_data, run_experiment
 from eqpdenet.data.scenarios import get_scenario
+from eqpdenet.errors import ConfigError
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("name")
-    parser.add_argument("epochs", type=int)
+    parser.add_argument("name", help="a label of the run in the log (free text)")
+    parser.add_argument("epochs", type=positive_int)
     parser.add_argument("overrides", nargs="*", help="section.field=value")
-    parser.add_argument("--log", type=Path, default=Path("results/benchmark-recipes/log.jsonl"))
+    parser.add_argument("--log", type=Path, default=Path("results/benchmark-recipes/log.jsonl"),
+                        help="append the run's JSON line here (default: %(default)s, the "
+                        "committed log of the validation runs behind the recipes)")
     parser.add_argument("--data-dir", default=os.environ.get("EQPDENET_DATA"))
     parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads")
     parser.add_argument("--scenarios", nargs="*", default=[],
                         help="scenarios to apply to the validation digits (e.g. iso sca shift)")
     parser.add_argument("--round-trip", nargs="*", type=float, default=[], metavar="DEGREES",
                         help="angles of the rotate-and-back logit change on the validation "
                              "digits (e.g. 37)")
     args = parser.parse_args()
+    check_output(parser, "--log", args.log)
+    try:  # before the long work: a typo fails at once
+        config = apply_overrides(ExperimentConfig(), [
+            "data.validation=2000", "scenarios=[]", f"train.epochs={args.epochs}",
+            *args.overrides])
+        for name in args.scenarios:
+            get_scenario(name)
+    except ConfigError as error:
+        parser.error(str(error))
     if args.threads is not None:
-        if args.threads < 1:
-            parser.error(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    config = apply_overrides(ExperimentConfig(), ["data.validation=2000", "scenarios=[]",
-                                                  f"train.epochs={args.epochs}", *args.overrides])
-    for name in args.scenarios:  # before the long work: a typo fails at once
-        get_scenario(name)
     data = prepare_data(config.data, args.data_dir, args.cache_dir)
 
     def validation_extras(model, data) -> dict:
@@ -80,4 +93,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

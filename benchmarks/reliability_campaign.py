@@ -1217,6 +1217,12 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", help="case ids")
     parser.add_argument("--skip-slow", action="store_true")
     args = parser.parse_args()
+    unknown = sorted(set(args.only or ()) - {c.id for c in CASES})
+    if unknown:
+        parser.error(f"--only: no case {', '.join(unknown)} (the ids are the table's first column)")
+    if args.write and args.only:
+        # the table is the whole campaign's: a partial run would replace it with a few rows
+        parser.error("--write takes the whole campaign: leave out --only")
     data = os.environ.get("EQPDENET_DATA")
     if not data:
         sys.exit("set EQPDENET_DATA to the folder containing mnist/")

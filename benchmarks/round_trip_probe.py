@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -46,6 +47,10 @@ from eqpdenet.app.training import load_checkpoint, prepare_data
 from eqpdenet.geometry import rotate, translate
 from eqpdenet.models.centering import centering_shift, recenter
 from eqpdenet.models.pooling import gaussian_lowpass_weights
+
+# benchmarks/ itself: the shared argument checks, also when this file is loaded by path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _args import check_output, existing_files, positive_int, run  # noqa: E402
 
 
 def _logits(model, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
@@ -117,19 +122,16 @@ def probe(model, images: torch.Tensor, degrees: float, blur: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", nargs="+", type=Path)
-    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--images", type=positive_int, default=2000)
     parser.add_argument("--degrees", type=float, default=37.0)
     parser.add_argument("--blur", type=float, default=0.5, help="pixels")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=positive_int, default=1)
     parser.add_argument("--out", type=Path, help="write the records here, one JSON line each")
     args = parser.parse_args()
-    if args.images < 1:
-        parser.error(f"--images must be at least 1, got {args.images}")
     if not args.blur > 0:
         parser.error(f"--blur must be a positive number of pixels, got {args.blur}")
-    missing = [str(p) for p in args.checkpoints if not p.is_file()]
-    if missing:
-        parser.error(f"no such checkpoint: {', '.join(missing)}")
+    existing_files(parser, args.checkpoints)
+    check_output(parser, "--out", args.out)
     torch.set_num_threads(args.threads)
     records = []
     for path in args.checkpoints:
@@ -147,4 +149,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -18,6 +18,7 @@ noise, O(1), where the exact 0 gives 0.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import warnings
 from pathlib import Path
@@ -25,6 +26,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from _args import run  # noqa: E402
 
 from eqpdenet import LayerConfig  # noqa: E402
 from eqpdenet.models import (  # noqa: E402
@@ -63,6 +66,7 @@ def forward_backward(name: str, images: torch.Tensor):
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help
     generator = torch.Generator().manual_seed(1)
     images = torch.zeros(4, 1, 28, 28, dtype=torch.float64)
     images[:, :, 6:22, 8:20] = torch.rand(4, 1, 16, 12, generator=generator, dtype=torch.float64)
@@ -84,4 +88,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

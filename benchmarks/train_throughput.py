@@ -3,8 +3,9 @@
 
 Variants are interleaved in one process (model x thread count, ``--repeats`` rounds), so that a
 load that comes and goes on a shared machine hits them alike; the median of the rounds is
-reported, and the ratio of 2 threads to 1. Random 28x28 images (the speed does not depend on the
-pixel values)::
+reported, the ratio of 2 threads to 1, and each model's images/s relative to the first model
+listed (at each thread count, measured side by side in the same rounds). Random 28x28 images
+(the speed does not depend on the pixel values)::
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/train_throughput.py gcnn
     OMP_WAIT_POLICY=PASSIVE python benchmarks/train_throughput.py gcnn invariant-pde \
@@ -40,8 +41,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _args import check_output, positive_int, run
 
 from eqpdenet.app.config import BenchmarkConfig, apply_overrides, build_model, load_toml
+from eqpdenet.errors import ConfigError
 from eqpdenet.models import count_parameters
 
 
@@ -71,12 +74,13 @@ def main() -> None:
     parser.add_argument("--recipe", type=Path, default=Path("configs/benchmark-cpu.toml"))
     parser.add_argument("--set", nargs=2, action="append", default=[],
                         metavar=("MODEL", "OVERRIDE"), help="an extra override of one model")
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--batch", type=int, nargs="+", default=[64],
+    parser.add_argument("--threads", type=positive_int, nargs="+", default=[1, 2])
+    parser.add_argument("--batch", type=positive_int, nargs="+", default=[64],
                         help="batch sizes (each measured in every round)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=positive_int, default=10,
+                        help="timed steps per measurement")
+    parser.add_argument("--repeats", type=positive_int, default=5)
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="divide by wall-clock time or by the process's CPU time")
     parser.add_argument("--json", type=Path, help="also write the measurements here")
@@ -86,7 +90,18 @@ def main() -> None:
         parser.error("--device cuda: no CUDA GPU is visible to torch")
     if device.type == "cuda" and args.clock == "cpu":
         parser.error("--clock cpu does not count a GPU's time: use --clock wall with --device cuda")
-    benchmark = load_toml(BenchmarkConfig, args.recipe)
+    check_output(parser, "--json", args.json, create_parents=False)
+    labels = [label.partition(":")[0] for label in args.models]
+    unknown = sorted({m for m, _ in args.set if m not in labels})
+    if unknown:
+        parser.error(f"--set {', '.join(unknown)}: not among the models measured "
+                     f"({', '.join(labels)})")
+    if not args.recipe.is_file():
+        parser.error(f"--recipe {args.recipe}: no such file")
+    try:
+        benchmark = load_toml(BenchmarkConfig, args.recipe)
+    except ConfigError as error:
+        parser.error(f"--recipe {args.recipe}: {error}")
     generator = torch.Generator().manual_seed(0)
     batches = {}
     for batch in args.batch:
@@ -101,9 +116,12 @@ def main() -> None:
             parser.error(f"{entry!r} is not an entry of {args.recipe} "
                          f"(entries: {', '.join(benchmark.models)})")
         extra = [o for m, o in args.set if m == name]
-        config = apply_overrides(benchmark.experiment(entry, 0), extra)
-        torch.manual_seed(0)
-        model = build_model(config.model).train().to(device)
+        try:
+            config = apply_overrides(benchmark.experiment(entry, 0), extra)
+            torch.manual_seed(0)
+            model = build_model(config.model).train().to(device)
+        except ConfigError as error:
+            parser.error(f"{label}: {error}")
         built[name] = (model, torch.optim.Adam(model.parameters(), 1e-3), extra)
     rates = {(name, t, b): [] for name in built for t in args.threads for b in batches}
     for _ in range(args.repeats):
@@ -117,17 +135,23 @@ def main() -> None:
     where = "" if device.type == "cpu" else f" ({torch.cuda.get_device_name(device)})"
     print(f"device {device}{where}")
     out = []
+    first = next(iter(built))
+    several = len(args.threads) > 1
     for batch in batches:
         print(f"\nbatch {batch}\n")
         print("| model | params | " + " | ".join(f"{per}, {t} thread{'s' * (t > 1)}"
                                                    for t in args.threads)
-              + (f" | {args.threads[-1]} : {args.threads[0]} |" if len(args.threads) > 1 else " |"))
-        print("|---|---:|" + "---:|" * (len(args.threads) + (len(args.threads) > 1)))
+              + (f" | {args.threads[-1]} : {args.threads[0]}" if several else "")
+              + f" | : {first}" + (f" ({', '.join(map(str, args.threads))} threads)" if several
+                                   else "") + " |")
+        print("|---|---:|" + "---:|" * (len(args.threads) + several + 1))
+        base = [statistics.median(rates[(first, t, batch)]) for t in args.threads]
         for name, (model, _, extra) in built.items():
             medians = [statistics.median(rates[(name, t, batch)]) for t in args.threads]
-            ratio = f" | {medians[-1] / medians[0]:.2f} |" if len(medians) > 1 else " |"
+            ratio = f" | {medians[-1] / medians[0]:.2f}" if several else ""
+            relative = " / ".join(f"{m / b:.2f}" for m, b in zip(medians, base, strict=True))
             print(f"| {name} | {count_parameters(model):,} | "
-                  + " | ".join(f"{m:.0f}" for m in medians) + ratio)
+                  + " | ".join(f"{m:.0f}" for m in medians) + ratio + f" | {relative} |")
             out.append({"model": name, "overrides": extra, "clock": args.clock,
                         "device": str(device), "params": count_parameters(model),
                         "batch": batch, "images_per_second": {
@@ -137,4 +161,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

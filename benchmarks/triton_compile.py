@@ -32,6 +32,7 @@ if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
 
 import torch  # noqa: E402
 import triton  # noqa: E402
+from _args import positive_int, run  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
@@ -111,11 +112,11 @@ def main_m2(args) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", type=int, default=90, help="compute capability x 10")
+    parser.add_argument("--arch", type=positive_int, default=90, help="compute capability x 10")
     parser.add_argument("--quick", action="store_true",
                         help="linear F recomputed and polynomial F stored, float32 only")
-    parser.add_argument("--block", type=int, default=triton_euler.MAX_BLOCK)
-    parser.add_argument("--num-warps", type=int, default=4)
+    parser.add_argument("--block", type=positive_int, default=triton_euler.MAX_BLOCK)
+    parser.add_argument("--num-warps", type=positive_int, default=4)
     parser.add_argument("--m2", action="store_true", help="the M2 kernels instead")
     args = parser.parse_args()
     if args.m2:
@@ -140,4 +141,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

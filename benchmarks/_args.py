@@ -1,0 +1,107 @@
+"""Argument checks shared by the scripts of ``benchmarks/``: a bad argument is answered with one
+line (``SCRIPT: error: ...``, exit 2, as argparse answers) before any long work starts, never a
+traceback after minutes of measuring nor a table of ``inf``.
+
+* :func:`positive_int` (and :func:`nonnegative_int`): ``type=`` of every count (rounds, repeats,
+  steps, images, threads, batch sizes, seeds);
+* :func:`check_output`: an output file or folder that can be written (its nearest existing
+  folder is a writable folder; the parent must exist where the script does not create it),
+  checked before measuring;
+* :func:`existing_files`: checkpoints and other inputs that must exist;
+* :func:`run`: runs a script's ``main`` and turns the package's errors for bad input
+  (:class:`~eqpdenet.errors.ConfigError`, :class:`~eqpdenet.errors.InputError`, a missing or
+  unreadable file, ...) into one line and exit 2.
+
+The scripts import it as ``from _args import ...`` (``python benchmarks/X.py`` puts this folder
+on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from eqpdenet.errors import (
+    CheckpointError,
+    ConfigError,
+    DataFileError,
+    DownloadError,
+    FolderLockedError,
+    InputError,
+    MissingDependencyError,
+    OutputFolderError,
+)
+
+#: The errors that say the input (arguments, files, environment) is wrong, not the code.
+INPUT_ERRORS = (ConfigError, InputError, CheckpointError, DataFileError, DownloadError,
+                MissingDependencyError, OutputFolderError, FolderLockedError, FileNotFoundError)
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """``type=`` of a count that must be at least 1."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """``type=`` of a number that must be at least 0 (a seed, a frame width)."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def check_output(parser: argparse.ArgumentParser, option: str, path: Path | str | None, *,
+                 folder: bool = False, create_parents: bool = True) -> None:
+    """``parser.error`` unless ``path`` (``None``: nothing to check) can be written: a file
+    (``folder=False``) or a folder; missing folders above it may be created only where the
+    script creates them (``create_parents``), else the parent must exist."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.exists():
+        if folder and not path.is_dir():
+            parser.error(f"{option} {path}: not a folder")
+        if not folder and path.is_dir():
+            parser.error(f"{option} {path}: a folder, not a file")
+        if not os.access(path, os.W_OK):
+            parser.error(f"{option} {path}: not writable")
+        return
+    parent = path.absolute().parent
+    if not create_parents and not parent.is_dir():
+        parser.error(f"{option} {path}: no such folder {parent}")
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        parser.error(f"{option} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        parser.error(f"{option} {path}: folder {parent} is not writable")
+
+
+def existing_files(parser: argparse.ArgumentParser, paths, what: str = "checkpoint") -> None:
+    """``parser.error`` naming every path of ``paths`` that is not a file."""
+    missing = [str(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        parser.error(f"no such {what}: {', '.join(missing)}")
+
+
+def run(main: Callable[[], int | None]) -> None:
+    """``sys.exit(main())``, an error of :data:`INPUT_ERRORS` answered with one line, exit 2."""
+    try:
+        code = main()
+    except INPUT_ERRORS as error:
+        print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code)
