@@ -64,8 +64,17 @@ def pixel_coordinates(
 
 
 def rotation_matrix(angle: Tensor | float, *, dtype=None, device=None) -> Tensor:
-    """Counterclockwise rotation matrices, shape ``(*angle.shape, 2, 2)``; ``angle`` in radians."""
-    angle = torch.as_tensor(angle, dtype=dtype or torch.get_default_dtype(), device=device)
+    """Counterclockwise rotation matrices, shape ``(*angle.shape, 2, 2)``; ``angle`` in radians
+    (any real value: one beyond a full turn is reduced modulo 2π in float64 first, so that 37° +
+    10⁵ turns gives 37°'s matrix rather than float32's rounding of a 6e5-radian angle)."""
+    dtype = dtype or torch.get_default_dtype()
+    angle = (angle.to(device) if isinstance(angle, Tensor) and device is not None
+             else torch.as_tensor(angle, device=device) if isinstance(angle, Tensor)
+             else torch.as_tensor(angle, dtype=torch.float64, device=device))
+    if angle.device.type in ("cpu", "cuda"):  # float64 there; an angle within a turn is unchanged
+        wide = angle.to(torch.float64)
+        angle = torch.where(wide.abs() > 2 * math.pi, torch.remainder(wide, 2 * math.pi), wide)
+    angle = angle.to(dtype)
     c, s = torch.cos(angle), torch.sin(angle)
     return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
 
