@@ -17,6 +17,7 @@ with :func:`eqpdenet.app.figures.evolution_grid`).
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,14 @@ _SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 def _number(value: float, digits: int) -> str:
     return f"{value:.{digits}g}"
+
+
+def _check_digits(digits) -> None:
+    """A :class:`~eqpdenet.errors.ConfigError` unless ``digits`` (significant digits) is a whole
+    number >= 1 (-1 gave a bare "Format specifier missing precision"; 0 printed 1 digit)."""
+    if isinstance(digits, bool) or not isinstance(digits, numbers.Integral) or digits < 1:
+        raise ConfigError(f"digits must be a whole number >= 1 (significant digits), got "
+                          f"{digits!r}")
 
 
 #: One symbol, which a power or a neighbouring factor cannot split: ``u``, ``u_xx``, ``A13u``
@@ -129,6 +138,7 @@ def pde_formula(pde: EulerStep | EulerFlow, style: str = "unicode", digits: int 
     whose right-hand side is an :class:`~eqpdenet.pde.rhs.InvariantRHS`."""
     if style not in ("unicode", "latex"):
         raise ConfigError(f"style must be 'unicode' or 'latex', got {style!r}")
+    _check_digits(digits)
     rhs = (pde.step if isinstance(pde, EulerFlow) else pde).rhs
     latex = style == "latex"
     invariants = rhs.invariant_set.invariants
@@ -256,6 +266,7 @@ def reduction_formula(layer: PDELayer, style: str = "unicode", digits: int = 3) 
     """``u_out = w_0 u_T⁽⁰⁾ + ... + b`` for a linear reduction (its kind in words otherwise, in
     either style: :func:`describe_layer` prints no LaTeX line for it)."""
     latex = style == "latex"
+    _check_digits(digits)
     if not isinstance(layer.reduction, LinearCombination):
         return f"reduction: {layer.reduction_kind} of the {layer.n_pdes} evolved images"
     weights = layer.reduction.weight.detach().double().tolist()
@@ -268,6 +279,7 @@ def reduction_formula(layer: PDELayer, style: str = "unicode", digits: int = 3) 
 
 def describe_layer(layer: PDELayer, digits: int = 3) -> str:
     """Every PDE (Unicode and LaTeX formulas, invariants, T, dt, steps, stencil, stability)."""
+    _check_digits(digits)
     lines = []
     for index, pde in enumerate(layer.pdes):
         step, rhs = pde.step, pde.step.rhs
@@ -304,7 +316,9 @@ def leading_terms(rhs: InvariantSystemRHS, top: int = 3
     invariant maps first; ``mu = 0``, ``sigma = 1`` without it). ``a_ck`` is the change of
     ``du_c/dt`` per standard deviation of invariant ``k``, so the terms of invariants of very
     different scales compare. ``F`` has a ReLU: the linearisation holds near ``mu`` only.
+    ``top`` a whole number >= 1, else a :class:`~eqpdenet.errors.ConfigError`.
     """
+    _check_top(top)
     F = rhs.F
     first = F[0] if isinstance(F[0], nn.BatchNorm2d) else None
     maps = rhs.invariants_of.out_channels
@@ -335,6 +349,11 @@ def leading_terms(rhs: InvariantSystemRHS, top: int = 3
     return out
 
 
+def _check_top(top) -> None:
+    if isinstance(top, bool) or not isinstance(top, numbers.Integral) or top < 1:
+        raise ConfigError(f"top must be a whole number >= 1 (terms per channel), got {top!r}")
+
+
 def _constant(value: float) -> list[tuple[float, str]]:
     """A linearisation's constant term, left out where it is exactly 0 (a ``relative`` system's
     ``F(I) - F(0)`` at ``I = 0``), as :func:`pde_formula` leaves out zero coefficients."""
@@ -346,6 +365,8 @@ def describe_system(step: EulerStep, top: int = 3, digits: int = 3) -> str:
     out as its leading terms (:func:`leading_terms`): where ``F`` normalises its invariants, at
     their running mean, ``Ĩ`` an invariant standardised by its running mean and standard
     deviation; otherwise at ``I = 0``, per unit of each (raw) invariant."""
+    _check_digits(digits)
+    _check_top(top)
     rhs = step.rhs
     first = rhs.F[0]
     # the same condition as leading_terms' linearisation point
@@ -405,6 +426,8 @@ def describe_m2_system(step: EulerStep, top: int = 3, digits: int = 3) -> str:
     where ``F`` normalises its invariants), the PDE-G-CNN terms by their coefficients (per
     channel: convection velocity ``v``, diffusivities ``D``, dilation/erosion metric ``g``,
     along ``A1, A2, A3``)."""
+    _check_digits(digits)
+    _check_top(top)
     rhs: M2SystemRHS = step.rhs
     names = rhs.invariant_set.names
     if rhs.relative:  # the deviation V = U - U_0 from a blank image's fields U_0
@@ -442,6 +465,7 @@ def describe_model(model: nn.Module, digits: int = 3) -> str:
     """:func:`describe_layer` of an :class:`EqPdeNet`, with its input standardisation; for a
     model made of PDE systems (``InvariantPDENet``, ``LiftedPDENet`` on M2),
     :func:`describe_system` or :func:`describe_m2_system` of each block."""
+    _check_digits(digits)
     m2_systems = [m for m in model.modules()
                   if isinstance(m, EulerStep) and isinstance(m.rhs, M2SystemRHS)]
     if m2_systems:

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError, InputTypeError
 from ..geometry import affine_warp, pixel_coordinates, rotate, rotation_matrix, scale, translate
 
 __all__ = [
@@ -76,6 +76,41 @@ def _finite_number(value, name: str) -> float:
     if not math.isfinite(number):
         raise ConfigError(f"{name} must be a finite number, got {number:g}")
     return number
+
+
+def _radians(degrees: float) -> float:
+    """``degrees`` in radians, reduced modulo 360 first (:func:`math.fmod` is exact in float64):
+    :func:`eqpdenet.geometry.rotation_matrix` builds float32 matrices for float32 images, and
+    ``radians(37 + 360 * 1e5)`` cast to float32 lost the angle (0.013 off in the image)."""
+    return math.radians(math.fmod(degrees, 360.0))
+
+
+def _check_images(images, name: str = "images") -> None:
+    """An :class:`~eqpdenet.errors.InputError` unless ``images`` is a ``(B, C, H, W)`` tensor
+    with at least one image: a measurement over no image has no value (the resampling raised a
+    bare error about an output size of 0)."""
+    if not isinstance(images, Tensor):
+        raise InputTypeError(f"{name} must be a (B, C, H, W) tensor, got {type(images).__name__}")
+    if images.dim() != 4:
+        raise InputError(f"{name} must be (B, C, H, W), got shape {tuple(images.shape)}")
+    if len(images) == 0:
+        raise InputError(f"{name} holds no image (shape {tuple(images.shape)}): nothing to "
+                         f"measure")
+
+
+def _relative_change(moved: Tensor, reference: Tensor) -> float:
+    """``||moved - reference|| / ||reference||`` over all entries, in float64 (the float32 norm
+    of entries above about 1e19 overflowed: NaN or inf for finite values). Where
+    ``reference`` is all 0: 0 if ``moved`` is too (nothing changed), inf otherwise (any change
+    is infinitely large relative to nothing). NaN only where an input is not finite. The one
+    rule of :func:`model_invariance` and of the logit changes of
+    :mod:`eqpdenet.analysis.robustness`."""
+    moved, reference = moved.double(), reference.double()
+    change = float(torch.linalg.vector_norm(moved - reference))
+    size = float(torch.linalg.vector_norm(reference))
+    if size == 0.0:
+        return 0.0 if change == 0.0 else math.inf
+    return change / size
 
 
 @dataclass(frozen=True)
@@ -139,7 +174,7 @@ class Transform:
             turns = int(round(float(self.value) / 90.0)) % 4 if self.is_quarter_turn else None
             if turns is not None and (turns % 2 == 0 or images.shape[-1] == images.shape[-2]):
                 return torch.rot90(images, k=turns, dims=(-2, -1))
-            return rotate(images, math.radians(float(self.value)))
+            return rotate(images, _radians(float(self.value)))
         if self.kind == "scale":
             return scale(images, float(self.value))
         shift = torch.tensor(self.value, dtype=images.dtype) * pixels_per_unit
@@ -156,7 +191,7 @@ class Transform:
         """``(A, t)`` of ``p -> A p + t`` in float64, ``t`` in pixels (``(x, y)``, ``y`` up)."""
         eye = torch.eye(2, dtype=torch.float64)
         if self.kind == "rotation":
-            return rotation_matrix(math.radians(float(self.value)), dtype=torch.float64), \
+            return rotation_matrix(_radians(float(self.value)), dtype=torch.float64), \
                 torch.zeros(2, dtype=torch.float64)
         if self.kind == "scale":
             return float(self.value) * eye, torch.zeros(2, dtype=torch.float64)
@@ -166,7 +201,7 @@ class Transform:
 def similarity(images: Tensor, angle_degrees: float = 0.0, factor: float = 1.0,
                shift: Sequence[float] = (0.0, 0.0)) -> Tensor:
     """``p -> factor R(angle) p + shift`` by :func:`eqpdenet.geometry.affine_warp` (for figures)."""
-    matrix = factor * rotation_matrix(math.radians(angle_degrees), dtype=images.dtype)
+    matrix = factor * rotation_matrix(_radians(float(angle_degrees)), dtype=images.dtype)
     return affine_warp(images, matrix, torch.tensor(shift, dtype=images.dtype))
 
 
@@ -211,10 +246,28 @@ def filled_region(transform: Transform, height: int, width: int | None = None,
     return inside[0] & inside[1] & inside[2]
 
 
-def _masked_norm(t: Tensor, mask: Tensor | None) -> Tensor:
+def _masked_norm(t: Tensor, mask: Tensor | None) -> float:
+    """The norm of ``t`` on ``mask``, in float64 (a float32 norm of values above about 1e19
+    overflowed)."""
+    t = t.double()
     if mask is not None:
-        t = t * mask.to(t.dtype)
-    return torch.linalg.vector_norm(t.flatten())
+        t = t * mask.to(device=t.device, dtype=t.dtype)
+    return float(torch.linalg.vector_norm(t.flatten()))
+
+
+def _require_points(mask: Tensor, transform, size: tuple[int, int]) -> None:
+    """A :class:`~eqpdenet.errors.ConfigError` where the measurement region has no point: the
+    error would be ``0 / 0``, and was reported as 0 ("perfectly equivariant") for any map."""
+    if bool(mask.any()):
+        return
+    height, width = size
+    if isinstance(transform, Transform):
+        raise ConfigError(
+            f"{transform.label}: no point of the measured region of the {height}x{width} grid "
+            f"stays on real pixels both ways (p, g p and g^-1 p all within the frame): only the "
+            f"zero fill would be compared, nothing to measure; use a smaller shift or a scale "
+            f"factor nearer 1")
+    raise ConfigError(f"mask selects no point of the {height}x{width} grid: nothing to measure")
 
 
 def _measurement_mask(mask: Tensor | None, transform, size: tuple[int, int],
@@ -254,14 +307,31 @@ def equivariance_error(phi: Callable[[Tensor], Tensor], images: Tensor,
             resampling is never compared with the map. ``torch.ones(H', W', dtype=torch.bool)``
             measures the whole filled region. Any other callable ``transform`` is measured on
             ``mask`` as given.
+
+    Norms in float64. Refused, rather than given a number that means nothing:
+
+    * a region with no point (a shift past the frame, a scaling by 100 or by 1e-3 of a 28-pixel
+      image, an all-False ``mask``): :class:`~eqpdenet.errors.ConfigError` naming the
+      transform (the ratio would be 0 / 0, and read as "perfectly equivariant" for any map);
+    * ``phi(f)`` 0 at every measured point (blank images, or a map that sends them to 0):
+      :class:`~eqpdenet.errors.InputError`; the error has no scale to be relative to (0 / 0
+      for the map that keeps 0, inf for any other), so these inputs cannot tell an equivariant
+      map from another;
+    * ``images`` not ``(B, C, H, W)`` with ``B >= 1``: :class:`~eqpdenet.errors.InputError`.
     """
+    _check_images(images)
     out = phi(images)
-    difference = phi(transform(images)) - transform(out)
     mask = _measurement_mask(mask, transform, tuple(out.shape[-2:]), tuple(images.shape[-2:]))
+    _require_points(mask, transform, tuple(out.shape[-2:]))
     denominator = _masked_norm(out, mask)
     if denominator == 0:
-        return 0.0 if _masked_norm(difference, mask) == 0 else math.inf
-    return float(_masked_norm(difference, mask) / denominator)
+        raise InputError(
+            f"the map's output is 0 at every measured point ({int(mask.sum())} of the "
+            f"{out.shape[-2]}x{out.shape[-1]} grid): the relative equivariance error has no "
+            f"scale (blank images, or a map that sends these images to 0); measure on images "
+            f"the map does not send to 0")
+    difference = phi(transform(images)) - transform(out)
+    return _masked_norm(difference, mask) / denominator
 
 
 @torch.no_grad()
@@ -269,11 +339,23 @@ def interpolation_floor(images: Tensor, transform: Transform, mask: Tensor | Non
                         **kwargs) -> float:
     """``|| M (g^{-1} (g f) - f) || / || M f ||``: the cost of resampling forth and back, on the
     points of :func:`equivariance_error`'s mask (the same default disk, less the points that
-    :func:`filled_region` excludes), so that the two compare. ``kwargs`` go to ``transform``."""
+    :func:`filled_region` excludes), so that the two compare. ``kwargs`` go to ``transform``.
+
+    Refused as :func:`equivariance_error` refuses: a region with no point
+    (:class:`~eqpdenet.errors.ConfigError` naming the transform), images that are 0 at every
+    measured point (blank images: :class:`~eqpdenet.errors.InputError`; the floor was NaN), no
+    image."""
+    _check_images(images)
     size = tuple(images.shape[-2:])
     mask = _measurement_mask(mask, transform, size, size, **kwargs)
+    _require_points(mask, transform, size)
+    denominator = _masked_norm(images, mask)
+    if denominator == 0:
+        raise InputError(
+            f"the images are 0 at every measured point ({int(mask.sum())} of the "
+            f"{size[0]}x{size[1]} grid): the interpolation floor has no scale (blank images)")
     back = transform.inverse()(transform(images, **kwargs), **kwargs)
-    return float(_masked_norm(back - images, mask) / _masked_norm(images, mask))
+    return _masked_norm(back - images, mask) / denominator
 
 
 def quarter_turn_check(phi: Callable[[Tensor], Tensor], images: Tensor,
@@ -289,8 +371,11 @@ def quarter_turn_check(phi: Callable[[Tensor], Tensor], images: Tensor,
 
 @torch.no_grad()
 def model_invariance(model: nn.Module, images: Tensor, transform: Transform) -> dict:
-    """Fraction of unchanged predictions and relative logit change ``||l(g f) - l(f)|| / ||l(f)||``,
-    in evaluation mode; the model's training mode is restored afterwards."""
+    """Fraction of unchanged predictions and relative logit change ``||l(g f) - l(f)|| / ||l(f)||``
+    (:func:`_relative_change`, the rule of :func:`eqpdenet.analysis.robustness.logit_change`:
+    float64, 0 where the logits are all 0 before and after), in evaluation mode; the model's
+    training mode is restored afterwards. No image: :class:`~eqpdenet.errors.InputError`."""
+    _check_images(images)
     was_training = model.training
     model.eval()
     try:
@@ -298,11 +383,7 @@ def model_invariance(model: nn.Module, images: Tensor, transform: Transform) -> 
     finally:
         model.train(was_training)
     unchanged = float((logits.argmax(1) == moved.argmax(1)).double().mean())
-    # in float64: the float32 norm of logits above about 1e19 overflowed (NaN or inf for finite
-    # logits), as the robustness measures' did
-    logits, moved = logits.double(), moved.double()
-    change = float(torch.linalg.vector_norm(moved - logits) / torch.linalg.vector_norm(logits))
-    return {"unchanged": unchanged, "logit_change": change}
+    return {"unchanged": unchanged, "logit_change": _relative_change(moved, logits)}
 
 
 def layer_quarter_turn_report(layer: nn.Module, images: Tensor) -> list[dict]:

@@ -20,12 +20,14 @@ numbers are deterministic. Everything is in float64.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError
 from ..pde.invariants import available_invariant_sets, get_invariant_set
 from ..pde.stencils import available_stencils, derivative_multi_indices, jet, stencil_has_scale
 
@@ -112,14 +114,35 @@ def invariant_orders(sets: Sequence[str] | None = None, stencils: Sequence[str] 
     family (not those with a scale of their own, such as ``gaussian``, whose jet converges to the
     derivatives of the blurred function, not of ``f``). ``points`` points are drawn (seeded) in
     the disk of radius 0.8; the scale of each invariant is its largest exact magnitude over them.
+
+    ``None`` means every set or stencil; an empty list is a
+    :class:`~eqpdenet.errors.ConfigError` (it meant every one, silently), as are ``points``
+    below 1 and fewer than two ``spacings`` (an order compares two).
     """
+    sets = None if sets is None else list(sets)
+    stencils = None if stencils is None else list(stencils)
+    for name, given in (("sets", sets), ("stencils", stencils)):
+        if given is not None and not given:
+            raise ConfigError(f"{name} is empty: name at least one, or pass None for every one")
+    if isinstance(points, bool) or not isinstance(points, numbers.Integral) or points < 1:
+        raise ConfigError(f"points must be a whole number >= 1, got {points!r}")
+    if len(spacings) < 2:
+        raise ConfigError(f"spacings must hold at least two spacings (an order compares two), "
+                          f"got {tuple(spacings)}")
+    for index, h in enumerate(spacings):
+        if not (isinstance(h, numbers.Real) and math.isfinite(h) and h > 0):
+            raise ConfigError(f"spacings[{index}] must be a positive number, got {h!r}")
+    if sets is None:
+        sets = [n for n in available_invariant_sets("plane") if get_invariant_set(n).order == 2]
+    if stencils is None:
+        stencils = [s for s in available_stencils() if not stencil_has_scale(s)]
+    for name in sets:
+        get_invariant_set(name)  # an unknown name is refused before any jet is computed
     generator = torch.Generator().manual_seed(seed)
     radius = 0.8 * torch.sqrt(torch.rand(points, generator=generator, dtype=torch.float64))
     phase = 2 * math.pi * torch.rand(points, generator=generator, dtype=torch.float64)
     centres = torch.stack([radius * torch.cos(phase), radius * torch.sin(phase)], dim=1)
     exact_jet = analytic_jet(test_function, centres)[:, :, None, None]
-    sets = list(sets or [n for n in available_invariant_sets("plane") if get_invariant_set(n).order == 2])
-    stencils = list(stencils or [s for s in available_stencils() if not stencil_has_scale(s)])
     rows = []
     for stencil in stencils:
         jets = {h: _rotated_jets(test_function, centres, ANGLES, h, stencil) for h in spacings}
@@ -145,7 +168,10 @@ def invariant_orders(sets: Sequence[str] | None = None, stencils: Sequence[str] 
 
 def orders_table(rows: Sequence[InvariantOrder]) -> str:
     """Markdown: per set and invariant, each stencil's rotation error at the finest spacing and
-    its observed order (between the two finest spacings), then the same for the error."""
+    its observed order (between the two finest spacings), then the same for the error. No rows:
+    a :class:`~eqpdenet.errors.ConfigError`."""
+    if not rows:
+        raise ConfigError("orders_table: no rows to tabulate")
     stencils = list(dict.fromkeys(r.stencil for r in rows))
     h = rows[0].spacings
     lines = [f"Rotation error (spread over {len(ANGLES)} frames) at h = {h[-1]:g} and its order "

@@ -23,10 +23,13 @@ Example:
 
 from __future__ import annotations
 
+import itertools
+import numbers
+
 import torch
 from torch import Tensor, nn
 
-from ..errors import NonFiniteStateError
+from ..errors import ConfigError, NonFiniteStateError
 
 __all__ = ["NO_PREDICTION", "logits_by_image", "predictions"]
 
@@ -47,11 +50,27 @@ def _blocks(model: nn.Module, batch: Tensor, errors: list) -> list[Tensor | None
         return _blocks(model, batch[:half], errors) + _blocks(model, batch[half:], errors)
 
 
+def _check_batch_size(batch_size) -> None:
+    """A :class:`~eqpdenet.errors.ConfigError` unless ``batch_size`` is a whole number >= 1 (0
+    gave a bare error of ``range()``, a negative one no batch at all)."""
+    if (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
+            or batch_size < 1):
+        raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+
+
+def _device_of(model: nn.Module, images: Tensor) -> torch.device:
+    """Where ``model`` computes: the device of its first parameter or buffer; a model with
+    neither (``nn.Flatten()``, a fixed classifier) computes wherever its input is."""
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return images.device if tensor is None else tensor.device
+
+
 @torch.no_grad()
 def logits_by_image(model: nn.Module, images: Tensor,
                     batch_size: int = 1000) -> tuple[Tensor, Tensor]:
     """Logits ``(N, K)`` of ``model`` in evaluation mode on ``images`` ``(N, C, H, W)`` (moved
-    to the model's device, in batches; returned on the CPU) and a boolean mask ``(N,)`` of the
+    to the model's device: that of its first parameter or buffer, else the images' own; in
+    batches of ``batch_size >= 1``; returned on the CPU) and a boolean mask ``(N,)`` of the
     images whose logits are not finite: those on which the model raised
     :class:`~eqpdenet.errors.NonFiniteStateError` (their rows are NaN) or returned NaN or inf.
 
@@ -59,7 +78,8 @@ def logits_by_image(model: nn.Module, images: Tensor,
     image (there are then no logits, not even their number). The model's training mode is
     restored afterwards.
     """
-    device = next(model.parameters()).device
+    _check_batch_size(batch_size)
+    device = _device_of(model, images)
     was_training = model.training
     model.eval()
     errors: list[NonFiniteStateError] = []

@@ -7,6 +7,7 @@ Every map here is deterministic (seeded generators).
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -75,7 +76,15 @@ def heat_pde(T: float = 1.0, dt: float = 0.1, stencil: str = "central", spacing:
     :class:`~eqpdenet.pde.EulerFlow`; ``T`` a whole multiple of ``dt``
     (:func:`~eqpdenet.pde.integrators.steps_for`; ``names``: how the caller calls the two) and
     ``dt`` within the explicit scheme's stability bound, else a
-    :class:`~eqpdenet.errors.ConfigError`."""
+    :class:`~eqpdenet.errors.ConfigError`; so is a ``diffusivity`` that is negative or not
+    finite (``a < 0`` is the backward heat equation, ill-posed: every explicit scheme amplifies
+    its highest frequencies whatever ``dt``)."""
+    from .equivariance import _finite_number
+
+    if _finite_number(diffusivity, "diffusivity") < 0:
+        raise ConfigError(f"invalid config: diffusivity: must be >= 0, got {diffusivity:g} (the "
+                          f"backward heat equation is ill-posed: it amplifies the highest "
+                          f"frequencies, which no dt mends)")
     return _pde("se2", {"laplacian": diffusivity}, T=T, dt=dt, stencil=stencil, spacing=spacing,
                 names=names, name="the heat equation")
 
@@ -122,8 +131,12 @@ def smooth_inputs(count: int = 16, size: int = 28, seed: int = 0) -> Tensor:
     width ~2-4 pixels (of a 28-pixel image) placed within the central disk; values in ~[0, 1].
 
     Defined in units of the 28-pixel grid, so ``size=56`` samples the *same* functions twice as
-    finely (used by the resolution study).
+    finely (used by the resolution study). ``count`` and ``size`` whole numbers >= 1, else a
+    :class:`~eqpdenet.errors.ConfigError`.
     """
+    for name, value in (("count", count), ("size", size)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ConfigError(f"smooth_inputs: {name} must be a whole number >= 1, got {value!r}")
     generator = torch.Generator().manual_seed(seed)
     x, y = pixel_coordinates(size, size, 28.0 / size, dtype=torch.float64)
     images = []
@@ -142,7 +155,10 @@ def smooth_inputs(count: int = 16, size: int = 28, seed: int = 0) -> Tensor:
 
 def upsample(images: Tensor, factor: int) -> Tensor:
     """Bicubic upsampling by an integer factor (``align_corners=False``: the image centre and
-    extent are kept, so the coordinates of :mod:`eqpdenet.geometry` scale by ``1 / factor``)."""
+    extent are kept, so the coordinates of :mod:`eqpdenet.geometry` scale by ``1 / factor``);
+    ``factor`` a whole number >= 1, else a :class:`~eqpdenet.errors.ConfigError`."""
+    if isinstance(factor, bool) or not isinstance(factor, numbers.Integral) or factor < 1:
+        raise ConfigError(f"upsample: factor must be a whole number >= 1, got {factor!r}")
     if factor == 1:
         return images
     return F.interpolate(images, scale_factor=factor, mode="bicubic", align_corners=False)

@@ -7,7 +7,10 @@ multiples of 90 degrees of square images, and by multiples of 180 degrees of any
 (:func:`torch.rot90`); a quarter turn of a non-square image is resampled, which keeps its shape.
 Every angle, factor and shift is checked before any image is moved: a NaN or infinite value, a
 scale factor of 0, or a shift of at least the image's side (nothing of the image would be left)
-is a :class:`~eqpdenet.errors.ConfigError` naming the argument. A shift of
+is a :class:`~eqpdenet.errors.ConfigError` naming the argument; so is a ``batch_size`` below 1.
+``images`` must be ``(N, C, H, W)`` with ``N >= 1`` and ``labels`` one integer class per image,
+shape ``(N,)`` (anything else is an :class:`~eqpdenet.errors.InputError`: labels of shape
+``(N, 1)`` or ``(1,)`` were broadcast against the predictions and scored ``N x N`` pairs). A shift of
 ``s`` pixels moves each image by ``s`` in a direction drawn uniformly per image from a generator
 seeded by ``seed`` (the same directions for every model); a sub-pixel direction means bilinear
 resampling. :func:`axis_shift_curve` moves by whole pixels along the axes instead (no
@@ -27,15 +30,15 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError, InputTypeError
 from ..geometry import scale, translate
-from .equivariance import Transform, _finite_number
-from .predictions import logits_by_image, predictions
+from .equivariance import Transform, _check_images, _finite_number, _relative_change
+from .predictions import _check_batch_size, logits_by_image, predictions
 
 __all__ = [
     "accuracy_under",
@@ -49,11 +52,30 @@ __all__ = [
 ]
 
 
+def _check_labels(images: Tensor, labels) -> Tensor:
+    """``labels`` on the CPU, or an :class:`~eqpdenet.errors.InputError` unless they are one
+    integer class per image: shape ``(N,)`` for ``N`` images. ``predicted == labels`` broadcast
+    labels ``(N, 1)`` or ``(1,)`` to ``N x N`` comparisons, and a model right on every image
+    scored 100 / N percent."""
+    _check_images(images)
+    if not isinstance(labels, Tensor):
+        raise InputTypeError(f"labels must be a tensor of shape ({len(images)},), got "
+                             f"{type(labels).__name__}")
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise InputTypeError(f"labels must be integer classes, got {labels.dtype}")
+    if tuple(labels.shape) != (len(images),):
+        raise InputError(f"labels must have shape ({len(images)},), one class per image, got "
+                         f"{tuple(labels.shape)}")
+    return labels.cpu()
+
+
 def accuracy_under(model: nn.Module, images: Tensor, labels: Tensor,
                    transform: Callable[[Tensor], Tensor], batch_size: int = 500) -> float:
-    """Accuracy in percent of ``model`` on ``transform(images)`` ``(N, C, H, W)``; an image on
-    which the model's PDE blows up has no prediction and counts as an error
-    (:func:`~eqpdenet.analysis.predictions.predictions`)."""
+    """Accuracy in percent of ``model`` on ``transform(images)`` ``(N, C, H, W)``, ``N >= 1``,
+    against ``labels`` ``(N,)`` (integer); an image on which the model's PDE blows up has no
+    prediction and counts as an error (:func:`~eqpdenet.analysis.predictions.predictions`)."""
+    labels = _check_labels(images, labels)
+    _check_batch_size(batch_size)
     moved = torch.cat([transform(images[i:i + batch_size])
                        for i in range(0, len(images), batch_size)])
     predicted, _ = predictions(model, moved, batch_size)
@@ -63,6 +85,8 @@ def accuracy_under(model: nn.Module, images: Tensor, labels: Tensor,
 def _finite(values: Sequence[float], name: str) -> list[float]:
     """``values`` as floats, or a :class:`~eqpdenet.errors.ConfigError` naming ``name`` and the
     first value that is not a finite number."""
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise ConfigError(f"{name} must be a list of numbers, got {values!r}")
     return [_finite_number(value, f"{name}[{index}]") for index, value in enumerate(values)]
 
 
@@ -84,6 +108,7 @@ def rotation_curve(model: nn.Module, images: Tensor, labels: Tensor,
                    angles: Sequence[float]) -> list[float]:
     """Accuracy (percent) with every image rotated by each angle (degrees, counterclockwise)."""
     angles = _finite(angles, "angles")
+    _check_labels(images, labels)
     return [accuracy_under(model, images, labels, _rotation(a)) for a in angles]
 
 
@@ -96,6 +121,7 @@ def scale_curve(model: nn.Module, images: Tensor, labels: Tensor,
         if f == 0:
             raise ConfigError(f"factors[{index}] must be non-zero, got 0 (a scaling by 0 maps "
                               f"every point onto the centre)")
+    _check_labels(images, labels)
     return [accuracy_under(model, images, labels, lambda x, f=f: scale(x, f)) for f in factors]
 
 
@@ -104,6 +130,7 @@ def shift_curve(model: nn.Module, images: Tensor, labels: Tensor, shifts: Sequen
     """Accuracy (percent) with every image shifted by each distance (pixels, below the image's
     smaller side), in a direction drawn per image (seeded, the same for every distance)."""
     shifts = _finite(shifts, "shifts")
+    _check_labels(images, labels)
     _within_frame(shifts, images, "shifts")
     generator = torch.Generator().manual_seed(seed)
     theta = 2 * math.pi * torch.rand(len(images), generator=generator, dtype=torch.float64)
@@ -118,10 +145,15 @@ def shift_curve(model: nn.Module, images: Tensor, labels: Tensor, shifts: Sequen
 def logit_change(model: nn.Module, images: Tensor, degrees: float,
                  batch_size: int = 500) -> float:
     """Relative change of the logits under a rotation: ``||l(g f) - l(f)|| / ||l(f)||`` over the
-    whole batch (0 for a rotation-invariant model), in float64 (:func:`_relative_change`:
-    finite for any finite logits but all-zero ones that change), over the images on which the
-    model gives finite logits before and after (:func:`_logit_pairs`)."""
+    whole batch (0 for a rotation-invariant model), in float64
+    (:func:`~eqpdenet.analysis.equivariance._relative_change`, shared with
+    :func:`~eqpdenet.analysis.equivariance.model_invariance`: 0 where the logits are all 0 before
+    and after, inf where they are all 0 only before), over the images on which the model gives
+    finite logits before and after (:func:`_logit_pairs`). No image: an
+    :class:`~eqpdenet.errors.InputError`."""
     degrees = _finite_number(degrees, "degrees")
+    _check_images(images)
+    _check_batch_size(batch_size)
     return _relative_change(*_logit_pairs(model, images, _rotation(degrees)(images), batch_size))
 
 
@@ -136,20 +168,6 @@ def _logit_pairs(model: nn.Module, images: Tensor, moved: Tensor,
     return moved_logits[keep], logits[keep]
 
 
-def _relative_change(moved: Tensor, logits: Tensor) -> float:
-    """``||moved - logits|| / ||logits||``, computed in float64: the norm of float32 logits above
-    about 1e19 (a model trained with a huge learning rate) overflows float32, and the ratio of
-    two infinite norms was NaN, of an infinite and a finite one infinite. 0 where both are 0
-    (a model whose logits are all 0 does not change); NaN only where the logits themselves are
-    not finite, or are all 0 while the others are not (no relative change exists)."""
-    moved, logits = moved.double(), logits.double()
-    change = torch.linalg.vector_norm(moved - logits)
-    size = torch.linalg.vector_norm(logits)
-    if float(size) == 0.0:
-        return 0.0 if float(change) == 0.0 else math.nan
-    return float(change / size)
-
-
 def round_trip_change(model: nn.Module, images: Tensor, degrees: float,
                       batch_size: int = 500) -> float:
     """Relative change of the logits when every image is rotated by ``degrees`` and back:
@@ -157,6 +175,8 @@ def round_trip_change(model: nn.Module, images: Tensor, degrees: float,
     two bilinear resamplings (none for multiples of 90 degrees), so this is the part of
     :func:`logit_change` that is resampling, not rotation."""
     degrees = _finite_number(degrees, "degrees")
+    _check_images(images)
+    _check_batch_size(batch_size)
     back = _rotation(-degrees)(_rotation(degrees)(images))
     return _relative_change(*_logit_pairs(model, images, back, batch_size))
 
@@ -188,6 +208,7 @@ def axis_shift_curve(model: nn.Module, images: Tensor, labels: Tensor, shifts: S
         if s != int(s):
             raise ConfigError(f"shifts[{index}]: axis_shift_curve takes whole pixels; got a "
                               f"shift of {s:g}")
+    _check_labels(images, labels)
     _within_frame(shifts, images, "shifts")
     generator = torch.Generator().manual_seed(seed)
     which = torch.randint(len(AXIS_DIRECTIONS), (len(images),), generator=generator)
