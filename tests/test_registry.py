@@ -61,3 +61,15 @@ def test_checks_name_the_field_and_the_cause():
         check_images(torch.zeros(1, 1, 2, 2, dtype=torch.int64))
     with pytest.raises(InputError, match=r"expected images of shape \(batch, 1, 28, 28\)"):
         check_images(torch.zeros(2, 3, 28, 28), channels=1, size=(28, 28))
+
+
+def test_a_huge_integer_is_shown_short_in_its_message():
+    # a 301-digit model.invariant_pde.hidden filled the line; the message names it in 3 digits
+    from eqpdenet.checks import require_int
+    from eqpdenet.errors import ConfigError
+
+    for value, shown in ((10**25, "got 1e+25"), (-(10**300), "got -1e+300"),
+                         (10**400, "got an integer of 401 digits"), (2**63, "got 9223372036854775808")):
+        with pytest.raises(ConfigError) as caught:
+            require_int(value, "model.hidden")
+        assert str(caught.value).endswith(f"model.hidden: must be below 2**63, {shown}")

@@ -117,13 +117,27 @@ def require_nonnegative(value, field: str) -> float:
     return value
 
 
+def _shown_int(value) -> str:
+    """An integer as a message shows it: in full up to 20 digits, else like ``1.2e+300`` (a
+    Python integer has no size limit, and a 300-digit one hides the message)."""
+    text = repr(value)
+    digits = len(text.lstrip("-"))
+    if digits <= 20:
+        return text
+    try:
+        return f"{float(value):.3g}"
+    except OverflowError:  # beyond float's range (about 1.8e308)
+        return f"an integer of {digits} digits"
+
+
 def require_int(value, field: str, minimum: int | None = None,
                 maximum: int | None = None) -> int:
     """An integer (not a ``bool``) that fits in 64 bits, at least ``minimum`` and at most
     ``maximum`` where given."""
     require(isinstance(value, numbers.Integral) and not isinstance(value, bool), field,
             f"must be an integer, got {value!r}")
-    require(-(2**63) <= value < 2**63, field, f"must be below 2**63, got {value!r}")
+    require(-(2**63) <= value < 2**63, field,
+            f"must be below 2**63, got {_shown_int(value)}")
     if minimum is not None:
         require(value >= minimum, field, f"must be >= {minimum}, got {value!r}")
     if maximum is not None:

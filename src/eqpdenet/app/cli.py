@@ -1,5 +1,5 @@
-"""The ``eqpdenet`` command line: info, train, evaluate, export, reproduce, report,
-equivariance, describe, figure.
+"""The ``eqpdenet`` command line: info, train, evaluate, export, reproduce, benchmark, study,
+symbolic, report, equivariance, describe, figure.
 
 Configuration comes from the defaults (the paper's setup, ``eqpdenet.config``), then an optional
 TOML file (``--config``), then ``--quick``'s smoke profile where a command has one, then a layer
@@ -34,6 +34,7 @@ from .config import (
     apply_overrides,
     from_dict,
     load_toml,
+    require_scored,
     to_dict,
     to_toml,
 )
@@ -153,7 +154,9 @@ def _experiment_config(args) -> ExperimentConfig:
         config.data.dataset = args.dataset
     if getattr(args, "rotated", False):
         config.data.rotated = True
-    return from_dict(ExperimentConfig, to_dict(config))  # re-validate
+    config = from_dict(ExperimentConfig, to_dict(config))  # re-validate
+    require_scored(config)
+    return config
 
 
 def _train(args) -> int:
@@ -181,10 +184,17 @@ def _train(args) -> int:
     if record["status"] != "ok":
         print(f"eqpdenet: training failed: {record['error']}", file=sys.stderr)
         return 1
-    scores = "  ".join(f"{k} {v:.2f}%" for k, v in record["accuracy"].items())
-    print(f"{_run_name(config)} seed={config.train.seed}: {scores} "
+    print(f"{_run_name(config)} seed={config.train.seed}: {_scores(record)} "
           f"({record['train_seconds']:.0f} s) -> {out / 'model.pt'}")
     return 0
+
+
+def _scores(record: dict) -> str:
+    """The accuracies of a run's record, each scenario's and the validation accuracy."""
+    scores = [f"{k} {v:.2f}%" for k, v in record["accuracy"].items()]
+    if "validation_accuracy" in record:
+        scores.append(f"validation {record['validation_accuracy']:.2f}%")
+    return "  ".join(scores)
 
 
 #: What torchrun sets in each process it starts.
@@ -278,8 +288,7 @@ def _train_distributed(args) -> int:
     if record["status"] != "ok":
         print(f"eqpdenet: training failed: {record['error']}", file=sys.stderr)
         return 1
-    scores = "  ".join(f"{k} {v:.2f}%" for k, v in record["accuracy"].items())
-    print(f"{_run_name(config)} seed={config.train.seed}: {scores} "
+    print(f"{_run_name(config)} seed={config.train.seed}: {_scores(record)} "
           f"({record['train_seconds']:.0f} s, {record['processes']} processes) -> "
           f"{out / 'model.pt'}")
     return 0
@@ -372,6 +381,9 @@ def _evaluate(args) -> int:
 
     model, config, payload = load_checkpoint(args.checkpoint, device=args.device or "cpu")
     scenarios = list(dict.fromkeys(args.scenarios or config.scenarios))  # each once, in order
+    if not scenarios:  # (a run of a study: validation only) said, not an empty output
+        raise ConfigError(f"{args.checkpoint} was trained with no scenarios to evaluate "
+                          f"(scenarios = []); name them: --scenarios test iso sca")
     for name in scenarios:  # before loading data
         SCENARIOS.check(name, "--scenarios")
     if args.json:
@@ -492,6 +504,17 @@ def _executor(args):
     return executor
 
 
+#: The output folders of the sweeps without --out: command -> (default, with --quick (study:
+#: with --stages other than main; ``{stage}`` is its name)).
+DEFAULT_OUT = {"reproduce": ("results/paper", "runs/quick"),
+               "benchmark": ("results/benchmark", "runs/benchmark-quick"),
+               "study": ("runs/study", "runs/study-{stage}")}
+
+
+def _default_out(command: str, quick: bool, stage: str = "") -> str:
+    return DEFAULT_OUT[command][int(bool(quick))].format(stage=stage)
+
+
 def _reproduce(args) -> int:
     from .locks import hold
     from .report import write_report
@@ -499,8 +522,9 @@ def _reproduce(args) -> int:
     from .sweeps import SWEEP_FILES, reproduce
 
     config = _sweep_config(args, ReproduceConfig, quick_profile)
+    require_scored(config.base, "base.")
     executor = _executor(args)
-    out = output_path(args.out or ("runs/quick" if args.quick else "results/paper"))
+    out = output_path(args.out or _default_out("reproduce", args.quick))
     check_claim(out, "reproduce", SWEEP_FILES)  # before the lock writes into it
     start = time.perf_counter()
 
@@ -524,7 +548,10 @@ def quick_benchmark(config: BenchmarkConfig) -> BenchmarkConfig:
     config.curves.images = 200
     config.curves.angles, config.curves.scales = [0.0, 45.0, 90.0], [0.75, 1.0]
     config.curves.shifts = [0.0, 2.0]
-    config.models = {name: [*overrides, "train.epochs=1"]
+    # An entry's own epochs (of --config) give way to the profile's; appending train.epochs=1 to
+    # every entry instead overrode --set base.train.epochs too (applied after the profile, it
+    # must win), and config.toml recorded epochs no run trained.
+    config.models = {name: [o for o in overrides if o.partition("=")[0].strip() != "train.epochs"]
                      for name, overrides in config.models.items()}
     return config
 
@@ -537,7 +564,7 @@ def _benchmark(args) -> int:
 
     config = _sweep_config(args, BenchmarkConfig, quick_benchmark)
     executor = _executor(args)
-    out = output_path(args.out or ("runs/benchmark-quick" if args.quick else "results/benchmark"))
+    out = output_path(args.out or _default_out("benchmark", args.quick))
     check_claim(out, "benchmark", legacy=SWEEP_FILES)  # before the lock writes into it
     start = time.perf_counter()
     with hold(out, "benchmark"):  # the runs and the report: one writer throughout
@@ -558,25 +585,24 @@ def _study(args) -> int:
     from .runfolder import output_path
     from .study import STAGE_SETS, run_study, study_base
 
-    if args.config:  # e.g. the chosen.toml of a previous round: its values unless flags given
-        base = load_toml(ReproduceConfig, args.config)
-        if args.hidden is not None:
-            base.hidden_sizes = args.hidden
-        if args.seeds is not None:
-            base.seeds = args.seeds
-        if args.epochs is not None:
-            base.base.train.epochs = args.epochs
-    else:
-        base = study_base(**{name: value for name, value in (
-            ("hidden_sizes", args.hidden), ("seeds", args.seeds), ("epochs", args.epochs))
-            if value is not None})
+    # The defaults or --config (e.g. the chosen.toml of a previous round), then --layer and
+    # --set, then the dedicated flags (as every command: the flags came first, and --set
+    # base.train.epochs=3 overrode --epochs 1)
+    base = load_toml(ReproduceConfig, args.config) if args.config else study_base()
     base = apply_overrides(base, _with_layer(args, "base.model.layer"))
+    if args.hidden is not None:
+        base.hidden_sizes = args.hidden
+    if args.seeds is not None:
+        base.seeds = args.seeds
+    if args.epochs is not None:
+        base.base.train.epochs = args.epochs
     if args.device:
         base.base.train.device = args.device
+    base = from_dict(ReproduceConfig, to_dict(base))  # the flags' values validated
     executor = _executor(args)
     # Not results/study by default: no default output is a committed result (the committed
     # studies are resumed with their recorded command, which names its --out).
-    out = output_path(args.out or ("runs/study" if args.stages == "main" else f"runs/study-{args.stages}"))
+    out = output_path(args.out or _default_out("study", args.stages != "main", args.stages))
     chosen = run_study(out, base=base, stages=STAGE_SETS[args.stages], jobs=args.jobs,
                        executor=executor, data_dir=args.data_dir, cache_dir=args.cache_dir,
                        progress=not args.no_progress, rerun_changed=args.rerun_changed)
@@ -597,6 +623,9 @@ def _report(args) -> int:
     from .report import write_report
 
     results = Path(args.results)
+    if not results.exists():
+        raise ConfigError(f"no results in {results}: there is no such folder (give the --out "
+                          f"folder of reproduce, benchmark or study)")
     if results.is_dir() and is_benchmark_folder(results):  # its own table, not the paper's
         # (under the folder's lock, from the run files: a sweep killed before its first
         # aggregate has no results.jsonl)
@@ -975,7 +1004,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(repro, runs="base.")
     repro.add_argument("--quick", action="store_true", help="smoke profile (< 3 min on 2 cores)")
     repro.add_argument("--jobs", type=_positive_int, default=1, help="runs in parallel processes")
-    repro.add_argument("--out", type=_path, help="results folder (default results/paper, runs/quick)")
+    repro.add_argument("--out", type=_path, help=f"results folder (default "
+                       f"{_default_out('reproduce', False)}, with --quick "
+                       f"{_default_out('reproduce', True)})")
     _add_executor(repro)
     repro.add_argument("--rerun-changed", action="store_true",
                       help="set aside (into OUT/superseded/) the finished runs whose configuration "
@@ -985,7 +1016,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("benchmark", help="the robustness benchmark: every model x seed, "
                                 "scenarios, curves against angle/scale/shift, invariance errors")
     _add_common(bench, runs="base.")
-    bench.add_argument("--out", type=_path, help="results folder (default results/benchmark)")
+    bench.add_argument("--out", type=_path, help=f"results folder (default "
+                       f"{_default_out('benchmark', False)}, with --quick "
+                       f"{_default_out('benchmark', True)})")
     bench.add_argument("--models", nargs="+", help="only these models of the configuration")
     bench.add_argument("--quick", action="store_true", help="smoke profile (one seed, 1 epoch)")
     bench.add_argument("--jobs", type=_positive_int, default=1, help="runs in parallel processes")
@@ -997,8 +1030,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     study = commands.add_parser("study", help="choose the recipe on the validation split")
     _add_common(study, runs="base.")
-    study.add_argument("--out", type=_path, help="study folder (default runs/study, with "
-                       "--stages refine runs/study-refine)")
+    study.add_argument("--out", type=_path, help=f"study folder (default "
+                       f"{_default_out('study', False)}, with --stages refine "
+                       f"{_default_out('study', True, 'refine')})")
     study.add_argument("--hidden", type=int, nargs="+",
                        help="hidden sizes (default: --config's, else 256 32)")
     study.add_argument("--seeds", type=int, nargs="+",
@@ -1123,7 +1157,9 @@ def describe_error(error: BaseException) -> tuple[str, int]:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"eqpdenet: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+    # The library's own warnings start "eqpdenet: " (for its Python users): said once here.
+    text = " ".join(str(message).split()).removeprefix("eqpdenet: ")
+    print(f"eqpdenet: warning: {text}", file=file or sys.stderr)
 
 
 #: Signals that end a command like Ctrl-C: ``kill`` and job schedulers (SIGTERM), a closed

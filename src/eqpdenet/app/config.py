@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
 import inspect
 import math
 import re
@@ -60,6 +61,9 @@ __all__ = [
     "TrainConfig",
     "PAPER_MODELS",
     "build_model",
+    "check_augment_for_image",
+    "require_scored",
+    "fields_replaced_by_data",
     "fields_without_effect",
     "from_dict",
     "load_toml",
@@ -71,6 +75,11 @@ __all__ = [
 #: Option tables of ModelConfig used by one model kind each (kind -> options dataclass).
 KIND_OPTIONS = {"cnn": CNNConfig, "gcnn": GCNNConfig, "invariant_pde": InvariantPDEConfig,
                 "lifted_pde": LiftedPDEConfig}
+
+
+#: Bounds of ``model.input_mean`` and ``model.input_std``: images are read in [0, 1] (a data
+#: set's own statistics, ``standardize = "train"``, are well inside them).
+MAX_INPUT_MEAN, MIN_INPUT_STD, MAX_INPUT_STD = 1e6, 1e-6, 1e6
 
 
 @dataclass
@@ -131,8 +140,15 @@ class ModelConfig:
         require_int(self.image_size, "model.image_size", 1)
         require_int(self.in_channels, "model.in_channels", 1)
         require_int(self.classes, "model.classes", 1)
-        require_finite(self.input_mean, "model.input_mean")
-        require_positive(self.input_std, "model.input_std")
+        mean = require_finite(self.input_mean, "model.input_mean")
+        require(abs(mean) <= MAX_INPUT_MEAN, "model.input_mean",
+                f"{mean:.3g} is beyond ±{MAX_INPUT_MEAN:g}: images are read in [0, 1]")
+        std = require_positive(self.input_std, "model.input_std")
+        # 1e-30 made pixels of [0, 1] values up to 1e30: a warning, then a failed run
+        require(MIN_INPUT_STD <= std <= MAX_INPUT_STD, "model.input_std",
+                f"{std:.3g} is outside [{MIN_INPUT_STD:g}, {MAX_INPUT_STD:g}]: images are read in "
+                f"[0, 1], and (x - input_mean) / input_std would be up to "
+                f"{max(abs(mean), abs(1 - mean)) / std:.3g}")
         require(self.standardize in ("auto", "fixed", "train"), "model.standardize",
                 f"{self.standardize!r} is not 'auto', 'fixed' or 'train'")
 
@@ -148,6 +164,18 @@ def _duration(seconds: float) -> str:
             value = seconds / size
             return f"{value:,.0f} {unit}" if value >= 100 else f"{value:.3g} {unit}"
     return f"{seconds:.0f} s"
+
+
+#: The range of every learning-rate scalar the optimiser computes with (``train.lr``, times
+#: ``train.pde_lr_scale`` for the PDE layer, times ``train.weight_decay`` for the decay): float32
+#: scalars with room to spare (Adam's first step is ``10 lr``; lr = 1e38 overflowed there into
+#: "value cannot be converted to type float without overflow").
+MIN_LR, MAX_LR = 1e-30, 1e30
+
+#: Bounds of ``[train.augment]``: a scale factor outside [1/10, 10] or a shift of more than
+#: :data:`MAX_AUGMENT_SHIFT` pixels leaves blank frames (a shift of more than the image's side
+#: does too: :func:`check_augment_for_image`, once the data's image size is known).
+MIN_AUGMENT_SCALE, MAX_AUGMENT_SCALE, MAX_AUGMENT_SHIFT = 0.1, 10.0, 1024.0
 
 
 @dataclass
@@ -213,10 +241,19 @@ class TrainConfig:
 
     def __post_init__(self):
         OPTIMIZERS.check(self.optimizer, "train.optimizer")
-        require_positive(self.lr, "train.lr")
+        lr = require_positive(self.lr, "train.lr")
         LR_SCHEDULES.check(self.lr_schedule, "train.lr_schedule")
-        require_nonnegative(self.weight_decay, "train.weight_decay")
-        require_positive(self.pde_lr_scale, "train.pde_lr_scale")
+        decay = require_nonnegative(self.weight_decay, "train.weight_decay")
+        scale = require_positive(self.pde_lr_scale, "train.pde_lr_scale")
+        for value, field_name, what in (
+                (lr, "train.lr", ""),
+                (lr * scale, "train.pde_lr_scale", "the PDE layer's rate train.lr * train.pde_lr_scale = ")):
+            require(MIN_LR <= value <= MAX_LR, field_name,
+                    f"{what}{value:.3g} is outside [{MIN_LR:g}, {MAX_LR:g}] (float32 steps "
+                    f"would round to nothing or overflow)")
+        require(lr * max(scale, 1.0) * decay <= MAX_LR, "train.weight_decay",
+                f"train.lr * train.weight_decay = {lr * max(scale, 1.0) * decay:.3g} is more "
+                f"than {MAX_LR:g} (float32 steps would overflow)")
         require_int(self.batch_size, "train.batch_size", 1)
         require_int(self.epochs, "train.epochs", 1)
         require(self.epochs <= MAX_EPOCHS, "train.epochs",
@@ -231,6 +268,18 @@ class TrainConfig:
         require_nonnegative(self.weight_average, "train.weight_average")
         require(self.weight_average < 1, "train.weight_average",
                 f"{self.weight_average!r} is not below 1 (a decay of 1 would never move the average)")
+        augment = self.augment
+        if isinstance(augment, AffineAugmentation):
+            # 1e9 pixels or a factor of 1e30 trained on blank frames to chance accuracy, silently
+            require(augment.max_scale <= MAX_AUGMENT_SCALE, "train.augment.max_scale",
+                    f"{augment.max_scale:.3g} is more than {MAX_AUGMENT_SCALE:g}: the digits would "
+                    f"be mostly outside the frame")
+            require(augment.min_scale >= MIN_AUGMENT_SCALE, "train.augment.min_scale",
+                    f"{augment.min_scale:.3g} is less than {MIN_AUGMENT_SCALE:g}: the digits would "
+                    f"shrink to a few pixels")
+            require(augment.max_shift <= MAX_AUGMENT_SHIFT, "train.augment.max_shift",
+                    f"{augment.max_shift:.3g} pixels is more than {MAX_AUGMENT_SHIFT:g}: the "
+                    f"images would be moved out of their frames")
 
 
 @dataclass
@@ -305,11 +354,14 @@ class ExperimentConfig:
         require_lists(self, "")
         for name, cls in (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig)):
             if isinstance(getattr(self, name), dict):
-                setattr(self, name, from_dict(cls, getattr(self, name)))
+                setattr(self, name, from_dict(cls, getattr(self, name), _path=f"{name}."))
         require(not self.train.select_on_validation or self.data.validation > 0,
                 "train.select_on_validation", "needs data.validation > 0")
         for index, name in enumerate(self.scenarios):
             SCENARIOS.check(name, f"scenarios[{index}]")
+        repeated = sorted({name for name in self.scenarios if self.scenarios.count(name) > 1})
+        require(not repeated, "scenarios", f"must be distinct; {', '.join(repeated)} appear(s) "
+                                           f"twice")
 
 
 @dataclass
@@ -337,7 +389,7 @@ class ReproduceConfig:
     def __post_init__(self):
         require_lists(self, "")
         if isinstance(self.base, dict):
-            self.base = from_dict(ExperimentConfig, self.base)
+            self.base = from_dict(ExperimentConfig, self.base, _path="base.")
         require(len(self.models) >= 1, "models", "must be a non-empty list of model kinds")
         for index, kind in enumerate(self.models):
             # Another kind trained and was then left out of the report's tables (or, for a kind
@@ -357,16 +409,26 @@ class ReproduceConfig:
         for path, spanned_by in GRID_FIELDS.items():
             _require_default(self.base, path, f"the grid sets each run's {path[-1]} from "
                                               f"{spanned_by}; set {spanned_by} instead")
-        for name in ("seeds", "checkpoint_seeds"):
-            for index, seed in enumerate(getattr(self, name)):
-                _require_seed(seed, f"{name}[{index}]")
-        require(len(set(self.seeds)) == len(self.seeds) and self.seeds, "seeds",
-                "must be distinct and non-empty")
+        _require_seeds(self)
+        # Every run trained, then the report refused: "nothing to table". (No scenario at all is
+        # a study's base, which measures validation accuracy and says so itself where it has no
+        # validation split; `reproduce` refuses that too: require_scored.)
+        tabled = [name for name in self.base.scenarios if name in PAPER_SCENARIOS]
+        require(tabled or not self.base.scenarios or self.base.data.validation > 0,
+                "base.scenarios",
+                f"{self.base.scenarios} holds none of the scenarios the paper's tables report "
+                f"({', '.join(PAPER_SCENARIOS)}) and base.data.validation is 0: the runs would "
+                f"train and leave nothing to table; add one of them (other scenarios: "
+                f"`eqpdenet benchmark`)")
 
 
 #: The models of the paper's protocol (Tables 1 and 2): the kinds ``reproduce`` runs and
 #: :mod:`eqpdenet.app.report` tables.
 PAPER_MODELS = ("eqpdenet", "fcnn")
+
+#: The scenarios of the paper's tables (:data:`eqpdenet.app.report.SCENARIOS`): a ``reproduce``
+#: base must evaluate one of them, or measure validation accuracy.
+PAPER_SCENARIOS = ("test", "iso", "sca")
 
 #: Fields of ``reproduce``'s base that the grid sets in every run: path -> the list that spans it.
 GRID_FIELDS = {("model", "kind"): "models", ("model", "hidden"): "hidden_sizes",
@@ -385,6 +447,35 @@ def _require_default(base: ExperimentConfig, path: tuple[str, ...], reason: str)
 def _require_seed(value, field: str) -> None:
     """A seed torch and NumPy both accept: an integer in [0, 2**63)."""
     require(require_int(value, field, 0) < 2**63, field, f"must be < 2**63, got {value!r}")
+
+
+def require_scored(config: ExperimentConfig, path: str = "") -> None:
+    """A ConfigError unless a run of ``config`` is scored on something: a scenario, or the
+    validation split (``path``: where the experiment sits, ``"base."`` in a sweep). An empty
+    ``scenarios`` with ``data.validation = 0`` trained, then printed an empty accuracy line
+    (``train``) or left nothing to table (``reproduce``)."""
+    require(config.scenarios or config.data.validation > 0, f"{path}scenarios",
+            f"is empty and {path}data.validation is 0: the runs would be scored on nothing; name "
+            f"scenarios (of {', '.join(SCENARIOS.names())}) or hold out validation images")
+
+
+def _require_seeds(config) -> None:
+    """A sweep's ``seeds`` (distinct, non-empty) and ``checkpoint_seeds`` (distinct, each one of
+    ``seeds``: another would save no checkpoint), each a seed (:func:`_require_seed`)."""
+    for name in ("seeds", "checkpoint_seeds"):
+        values = getattr(config, name)
+        for index, seed in enumerate(values):
+            _require_seed(seed, f"{name}[{index}]")
+        require(len(set(values)) == len(values) and (values or name != "seeds"), name,
+                f"must be distinct{' and non-empty' if name == 'seeds' else ''}, got {values}")
+    # The default [0] with seeds that leave 0 out means "no checkpoint" (as [] does).
+    default = type(config).__dataclass_fields__["checkpoint_seeds"].default_factory()
+    if config.checkpoint_seeds != default:
+        outside = [seed for seed in config.checkpoint_seeds if seed not in config.seeds]
+        require(not outside, "checkpoint_seeds",
+                f"{outside} {'is' if len(outside) == 1 else 'are'} not among seeds "
+                f"{config.seeds}: no run has {'that seed' if len(outside) == 1 else 'those seeds'}, "
+                f"so no checkpoint would be saved")
 
 
 def _degrees(start: float, stop: float, step: float) -> list[float]:
@@ -463,9 +554,9 @@ class BenchmarkConfig:
     def __post_init__(self):
         require_lists(self, "")
         if isinstance(self.base, dict):
-            self.base = from_dict(ExperimentConfig, self.base)
+            self.base = from_dict(ExperimentConfig, self.base, _path="base.")
         if isinstance(self.curves, dict):
-            self.curves = from_dict(CurvesConfig, self.curves)
+            self.curves = from_dict(CurvesConfig, self.curves, _path="curves.")
         require(isinstance(self.models, dict) and len(self.models) >= 1, "models",
                 "must name at least one model")
         for name, overrides in self.models.items():
@@ -478,8 +569,15 @@ class BenchmarkConfig:
                     "from seeds; set seeds instead")
         _require_default(self.base, ("train", "seed"),
                          "the benchmark sets each run's seed from seeds; set seeds instead")
-        require(len(set(self.seeds)) == len(self.seeds) and self.seeds, "seeds",
-                "must be distinct and non-empty")
+        _require_seeds(self)
+        # Each entry's recipe, checked now: a bad one (or a seed out of range) failed inside the
+        # sweep, after its folder was claimed.
+        for name in self.models:
+            try:
+                self.experiment(name, self.seeds[0])
+            except ConfigError as error:
+                text = str(error).removeprefix("invalid config: ")
+                raise ConfigError(f"invalid config: models.{name}: {text}") from None
 
     def experiment(self, name: str, seed: int) -> ExperimentConfig:
         """The configuration of model ``name`` with ``seed``."""
@@ -507,7 +605,9 @@ def _check_type(value, hint, field: str):
     elif hint is float:
         require_finite(value, field)
     elif hint is str:
-        require(isinstance(value, str), field, f"must be a string, got {value!r}")
+        quote = (f' (TOML reads {value} as a {type(value).__name__}: quote it, "{value}")'
+                 if isinstance(value, datetime.date | datetime.time) else "")
+        require(isinstance(value, str), field, f"must be a string, got {value!r}{quote}")
     elif hint is list or typing.get_origin(hint) is list:
         require(isinstance(value, list), field, f"must be a list, got {value!r}")
         for index, item in enumerate(value):
@@ -566,12 +666,22 @@ def from_dict(cls, data: dict, base=None, _path: str = ""):
     except ConfigError as error:
         # A nested configuration names its fields from itself ("layer.sigma", as a library
         # user of LayerConfig writes it); from a file or --set the field is "model.layer.sigma".
+        # A configuration whose fields are named from its parent's table (a sweep's base names
+        # "scenarios", "train.select_on_validation") gets the whole path ("base.scenarios").
         own, text, lead = _path.rstrip(".").rpartition(".")[2], str(error), "invalid config: "
+        fields, colon, rest = text[len(lead):].partition(": ")
         if own and _path != f"{own}." and text.startswith(f"{lead}{own}."):
-            fields, colon, rest = text[len(lead):].partition(": ")
             fields = re.sub(rf"(^|/ ){re.escape(own)}\.", lambda m: m.group(1) + _path, fields)
             raise ConfigError(f"{lead}{fields}{colon}{rest}") from None
+        if (_path and text.startswith(lead) and colon and not fields.startswith(_path)
+                and not text.startswith(f"{lead}{own}.") and re.fullmatch(_FIELDS, fields)):
+            fields = re.sub(r"(^|/ )", lambda m: m.group(1) + _path, fields)
+            raise ConfigError(f"{lead}{fields}{colon}{rest}") from None
         raise
+
+
+#: The field names of a ConfigError's message (``a.b[0]``, or several as ``a / b``).
+_FIELDS = r"[A-Za-z_][\w.\[\]]*( / [A-Za-z_][\w.\[\]]*)*"
 
 
 def _toml_value(value) -> str:
@@ -644,9 +754,11 @@ def load_toml(cls, path: str | Path):
 
 def _parse_value(text: str):
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    # No field is a date or a time: --set data.dataset=2024-01-01 names a file, not a date.
+    return text if isinstance(value, datetime.date | datetime.time) else value
 
 
 _LAYER_FIELDS = frozenset(f.name for f in dataclasses.fields(LayerConfig))
@@ -735,6 +847,35 @@ def fields_without_effect(config: ExperimentConfig) -> list[str]:
                      f"only the paper's PDE layer (model.kind = 'eqpdenet') trains at its own "
                      f"rate")
     return lines
+
+
+#: The fields of ``model`` that training takes from the data (:func:`eqpdenet.app.training.
+#: resolve_for_data`), whatever the configuration says.
+DATA_FIELDS = ("image_size", "in_channels", "classes")
+
+
+def fields_replaced_by_data(given: ExperimentConfig, resolved: ExperimentConfig) -> list[str]:
+    """One line per field of :data:`DATA_FIELDS` that ``given`` sets away from its default and
+    training replaced by another value from the data (``resolved``: the configuration with the
+    data's values, :func:`eqpdenet.app.training.resolve_for_data`); defaults are never named.
+    Training warns with each line, as with :func:`fields_without_effect`."""
+    default = ModelConfig()
+    lines = []
+    for name in DATA_FIELDS:
+        mine, used = getattr(given.model, name), getattr(resolved.model, name)
+        if mine != getattr(default, name) and mine != used:
+            lines.append(f"model.{name} = {mine!r} has no effect: training takes it from the data "
+                         f"({used!r}), and the checkpoint records {used!r}")
+    return lines
+
+
+def check_augment_for_image(train: TrainConfig, image_size: int) -> None:
+    """``train.augment.max_shift`` below ``image_size`` (the data's side, in pixels): a larger
+    shift moves most images out of their frame, and the model trains on blank images."""
+    shift = train.augment.max_shift
+    require(shift < image_size, "train.augment.max_shift",
+            f"{shift:.3g} pixels is not less than the images' side ({image_size} pixels): most "
+            f"shifted images would be blank")
 
 
 def build_model(config: ModelConfig):

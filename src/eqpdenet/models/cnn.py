@@ -30,7 +30,8 @@ class CNNConfig:
     Attributes:
         channels: channels of every convolution.
         layers: number of 3x3 convolutions.
-        pool_after: a 2x2 max pooling after this many convolutions (0: none).
+        pool_after: a 2x2 max pooling after this many convolutions (0: none; at most
+            ``layers``).
         readout: global pooling over space: ``"max"`` or ``"mean"``.
     """
 
@@ -42,7 +43,11 @@ class CNNConfig:
     def __post_init__(self):
         require_int(self.channels, "cnn.channels", 1)
         require_int(self.layers, "cnn.layers", 1, maximum=MAX_LAYERS)
+        # Beyond the last layer it meant no pooling, silently (gcnn.pool_after is refused there)
         require_int(self.pool_after, "cnn.pool_after", 0)
+        require(self.pool_after <= self.layers, "cnn.pool_after",
+                f"{self.pool_after} is after the last of the {self.layers} layers; 0 for no "
+                f"pooling")
         require(self.readout in ("max", "mean"), "cnn.readout", "must be 'max' or 'mean'")
 
 

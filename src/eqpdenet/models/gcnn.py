@@ -35,6 +35,10 @@ __all__ = ["GCNN", "GCNNConfig"]
 #: the most layers a G-CNN may have (the baseline: C8, 5 layers).
 MAX_GROUP_ORDER, MAX_LAYERS = 64, 1000
 
+#: The widest anti-aliasing low-pass of ``pool = "antialiased"``, in pixels (its filter is
+#: ``8 sigma + 1`` pixels wide).
+MAX_POOL_SIGMA = 16.0
+
 
 @dataclass
 class GCNNConfig:
@@ -82,7 +86,10 @@ class GCNNConfig:
         require(all(isinstance(p, int) and 1 <= p <= len(self.channels) for p in self.pool_after),
                 "gcnn.pool_after", "must be layer numbers (1-based)")
         require(self.pool in ("max", "antialiased"), "gcnn.pool", "must be 'max' or 'antialiased'")
-        require_positive(self.pool_sigma, "gcnn.pool_sigma")
+        sigma = require_positive(self.pool_sigma, "gcnn.pool_sigma")
+        # e2cnn's low-pass is a dense (8 sigma + 1)^2 filter per channel: 1e300 failed in torch
+        require(sigma <= MAX_POOL_SIGMA, "gcnn.pool_sigma",
+                f"must be at most {MAX_POOL_SIGMA:g} pixels (e2cnn's default 0.6), got {sigma:.3g}")
         require(self.readout in ("max", "mean"), "gcnn.readout", "must be 'max' or 'mean'")
         require(isinstance(self.center, bool), "gcnn.center",
                 f"must be true or false, got {self.center!r}")

@@ -43,7 +43,7 @@ from ..pde.integrators import EulerStep, input_checked, input_range_hint
 from ..pde.invariants import DEFAULT_RATIO_EPS
 from ..pde.joint import DEFAULT_JET_FLOOR, JOINT_GROUPS, require_joint_size
 from ..pde.rhs import InvariantSystemRHS, invariant_maps
-from ..pde.stencils import BOUNDARIES, STENCILS, Jet, stencil_has_scale
+from ..pde.stencils import BOUNDARIES, STENCILS, Jet, check_sigma, stencil_has_scale
 from .inputs import ModelInput, check_model_input, family_options, require_image_size
 from .perceptron import Standardize
 from .pooling import AntiAliasedDownsample, downsampled_size, require_lowpass_sigma
@@ -53,6 +53,9 @@ __all__ = ["InvariantPDEConfig", "InvariantPDENet"]
 
 #: The most Euler-step blocks (each a module with its own F) an InvariantPDENet may have.
 MAX_BLOCKS = 1000
+
+#: The widest hidden layer of an ``F`` (``hidden`` times a stage's channels).
+MAX_HIDDEN_WIDTH = 65536
 
 
 @dataclass
@@ -111,7 +114,12 @@ class InvariantPDEConfig:
         require(sum(self.blocks) <= MAX_BLOCKS and len(self.channels) <= MAX_BLOCKS,
                 "invariant_pde.blocks", f"{sum(self.blocks):,} blocks in {len(self.channels)} "
                 f"stages, more than the bound of {MAX_BLOCKS:,} (the benchmark's model has 6)")
-        require_positive(self.hidden, "invariant_pde.hidden")
+        hidden = require_positive(self.hidden, "invariant_pde.hidden")
+        # 1e300 reached InvariantSystemRHS as a 301-digit width, named "hidden" without its table
+        widest = max(self.channels)
+        require(hidden * widest <= MAX_HIDDEN_WIDTH, "invariant_pde.hidden",
+                f"{hidden:.3g} times {widest} channels is a hidden layer of "
+                f"{hidden * widest:.3g} channels, more than the bound of {MAX_HIDDEN_WIDTH:,}")
         JOINT_GROUPS.check(self.group, "invariant_pde.group")
         require(self.joint in ("channel", "mixtures", "all"), "invariant_pde.joint",
                 "must be 'channel', 'mixtures' or 'all'")
@@ -124,6 +132,8 @@ class InvariantPDEConfig:
         require_positive(self.sigma, "invariant_pde.sigma")
         require_positive(self.dt, "invariant_pde.dt")
         STENCILS.check(self.stencil, "invariant_pde.stencil")
+        if stencil_has_scale(self.stencil):  # its bounds (1e300 failed in NumPy), in pixels
+            check_sigma(self.stencil, self.sigma, 1.0, "invariant_pde.sigma")
         BOUNDARIES.check(self.boundary, "invariant_pde.boundary")
         require_positive(self.ratio_eps, "invariant_pde.ratio_eps")
         require_nonnegative(self.jet_floor, "invariant_pde.jet_floor")

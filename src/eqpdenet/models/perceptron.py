@@ -54,7 +54,7 @@ class Standardize(nn.Module):
         return max(abs(low - self.mean), abs(high - self.mean)) / self.std
 
     def _describe(self, low: float, high: float) -> str:
-        return (f"input values in [{low:.4g}, {high:.4g}], up to {self.distance(low, high):.0f} "
+        return (f"input values in [{low:.4g}, {high:.4g}], up to {self.distance(low, high):.3g} "
                 f"standard deviations from the statistics the model was built for "
                 f"(input_mean={self.mean:g}, input_std={self.std:g})")
 

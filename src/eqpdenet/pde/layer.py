@@ -59,7 +59,7 @@ from .invariants import (
     require_planar,
 )
 from .rhs import RIGHT_HAND_SIDES, InvariantRHS, MonomialF, require_polynomial_size
-from .stencils import BOUNDARIES, STENCILS, check_sigma
+from .stencils import BOUNDARIES, STENCILS, check_sigma, check_spacing
 
 __all__ = [
     "INITS",
@@ -159,6 +159,10 @@ INITS.register("normal", _init_normal)
 #: The most PDEs a :class:`LayerConfig` accepts (the paper's layer has 4).
 MAX_PDES = 1024
 
+#: The largest ``init_scale`` and ``init_noise`` (in absolute value) a :class:`LayerConfig`
+#: accepts: weights of F far beyond any stable explicit scheme.
+MAX_INIT = 1e6
+
 @dataclass
 class LayerConfig:
     """Everything that defines a PDE layer.
@@ -234,7 +238,7 @@ class LayerConfig:
                 require_polynomial_size(len(get_invariant_set(spec)), self.degree, "layer.degree")
         require_positive(self.dt, "layer.dt")
         steps_for(self.T, self.dt, ("layer.T", "layer.dt"))
-        require_positive(self.spacing, "layer.spacing")
+        check_spacing(self.spacing, "layer.spacing")
         require_positive(self.ratio_eps, "layer.ratio_eps")
         RATIO_REGULARISATIONS.check(self.ratio_regularisation, "layer.ratio_regularisation")
         STENCILS.check(self.stencil, "layer.stencil")
@@ -242,7 +246,12 @@ class LayerConfig:
         BOUNDARIES.check(self.boundary, "layer.boundary")
         REDUCTIONS.check(self.reduction, "layer.reduction")
         INITS.check(self.init, "layer.init")
-        require_finite(self.init_scale, "layer.init_scale")
+        # F's initial weights are float32: 1e300 overflowed ("value cannot be converted to type
+        # float without overflow"), and far less blows up every PDE at its first step.
+        for name in ("init_scale", "init_noise"):
+            value = abs(require_finite(getattr(self, name), f"layer.{name}"))
+            require(value <= MAX_INIT, f"layer.{name}",
+                    f"{getattr(self, name):.3g} is beyond ±{MAX_INIT:g} (F's initial weights)")
         require_nonnegative(self.init_noise, "layer.init_noise")
         require(isinstance(self.check_finite, bool), "layer.check_finite", "must be true or false")
         kernels.BACKENDS.check(self.backend, "layer.backend")

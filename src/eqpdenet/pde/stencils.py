@@ -80,7 +80,11 @@ __all__ = [
     "STENCILS",
     "Jet",
     "available_stencils",
+    "MAX_GAUSSIAN_SIGMA",
+    "MAX_SPACING",
+    "MIN_SPACING",
     "check_sigma",
+    "check_spacing",
     "derivative_index",
     "derivative_multi_indices",
     "derivative_names",
@@ -230,6 +234,14 @@ GAUSSIAN_TRUNCATE = 4.0
 #: hardly more than one tap and its moment system is ill-conditioned.
 MIN_GAUSSIAN_SIGMA = 0.5
 
+#: Largest ``sigma`` of the ``gaussian`` family that :func:`check_sigma` accepts, in pixels: its
+#: kernels are ``8 sigma + 1`` pixels wide (1e4 asked for 48 GiB, 1e300 failed in NumPy).
+MAX_GAUSSIAN_SIGMA = 100.0
+
+#: The grid spacings ``h`` accepted (:func:`check_spacing`): the jet's weights scale by
+#: ``h^-(a+b)``, and 1e300 or 1e-300 overflowed there (an OverflowError, not a message).
+MIN_SPACING, MAX_SPACING = 1e-6, 1e6
+
 
 def _gaussian_moment(derivative: int, power: int, sigma: float) -> float:
     """``int (-1)^a G^(a)(t) t^m / m! dt`` for the unit-mass Gaussian ``G`` of std ``sigma``.
@@ -324,6 +336,7 @@ def check_sigma(stencil: str, sigma: float | None, spacing: float = 1.0,
                 field: str = "sigma") -> float | None:
     """``sigma`` for ``stencil``: required (positive, at least :data:`MIN_GAUSSIAN_SIGMA` pixels,
     i.e. ``spacing * MIN_GAUSSIAN_SIGMA``) for a family with a scale, ``None`` for the others."""
+    spacing = check_spacing(spacing, field.rpartition("sigma")[0] + "spacing")
     if not stencil_has_scale(stencil):
         require(sigma is None, field, f"the {stencil!r} stencil has no scale; leave sigma out "
                 f"(only {', '.join(n for n in available_stencils() if stencil_has_scale(n))} "
@@ -333,9 +346,22 @@ def check_sigma(stencil: str, sigma: float | None, spacing: float = 1.0,
             f"deviation of its Gaussian in the unit of x (like spacing)")
     sigma = require_positive(sigma, field)
     require(sigma / spacing >= MIN_GAUSSIAN_SIGMA, field,
-            f"must be at least {MIN_GAUSSIAN_SIGMA} pixels ({MIN_GAUSSIAN_SIGMA * spacing:g} "
-            f"at spacing {spacing:g}), got {sigma:g}")
+            f"must be at least {MIN_GAUSSIAN_SIGMA} pixels ({MIN_GAUSSIAN_SIGMA * spacing:.3g} "
+            f"at spacing {spacing:.3g}), got {sigma:.3g}")
+    require(sigma / spacing <= MAX_GAUSSIAN_SIGMA, field,
+            f"must be at most {MAX_GAUSSIAN_SIGMA:g} pixels ({MAX_GAUSSIAN_SIGMA * spacing:.3g} "
+            f"at spacing {spacing:.3g}; its kernels are 8 sigma + 1 pixels wide), got {sigma:.3g}")
     return sigma
+
+
+def check_spacing(spacing: float, field: str = "spacing") -> float:
+    """``spacing`` as a float if it is a grid spacing the jet's weights ``h^-(a+b)`` can take
+    (between :data:`MIN_SPACING` and :data:`MAX_SPACING`), else a ConfigError naming ``field``."""
+    spacing = require_positive(spacing, field)
+    require(MIN_SPACING <= spacing <= MAX_SPACING, field,
+            f"must be between {MIN_SPACING:g} and {MAX_SPACING:g} (the derivatives scale by "
+            f"spacing^-order), got {spacing:.3g}")
+    return spacing
 
 
 @functools.cache
@@ -376,8 +402,7 @@ def jet_weight(
 
     ``sigma`` (in the unit of ``x``) is the scale of a family that has one.
     """
-    require_positive(spacing, "spacing")
-    sigma = check_sigma(stencil, sigma, spacing)
+    sigma = check_sigma(stencil, sigma, spacing)  # and spacing (check_spacing)
     bank = stencil_kernels(stencil, order, None if sigma is None else sigma / spacing)
     scales = np.array([spacing ** -(a + b) for a, b in derivative_multi_indices(order)])
     weight = torch.tensor(bank * scales[:, None, None], dtype=dtype, device=device)
