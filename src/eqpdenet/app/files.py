@@ -80,6 +80,8 @@ def remove_if_only(folder: Path, name: str, created: list[Path]) -> bool:
 def _reason(error: OSError) -> str:
     if error.errno == errno.ENOSPC:
         return "no space left on the device"
+    if error.errno == errno.EFBIG:
+        return "the file would exceed this process's file size limit (ulimit -f)"
     return (error.strerror or str(error)).lower()
 
 

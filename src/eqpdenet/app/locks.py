@@ -238,7 +238,8 @@ def replace_held_folder(folder: Path, new: Path) -> None:
     new_lock.acquire(_command_of(old_lock))
     try:
         if not _exchange(new, folder):
-            aside = folder.with_name(f".{folder.name}.replaced-{os.getpid()}")
+            # a short name: the folder's own may already be near the system's 255-byte limit
+            aside = folder.with_name(f".eqpdenet.replaced-{os.getpid()}")
             os.rename(folder, aside)
             os.rename(new, folder)
             os.rename(aside, new)

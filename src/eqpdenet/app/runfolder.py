@@ -9,9 +9,11 @@ Folders of sweeps written before the marker existed (``results/paper``: a ``resu
 ``runs/``) are recognised by what they hold (:func:`claim_folder`'s ``legacy``). No command writes
 into the folders a sweep keeps its own files in (``runs/``, ``checkpoints/``, ``superseded/``:
 :func:`check_not_inside_a_sweep`, :func:`check_output_keeps`): a sweep reads every file there as
-one of its runs. The folder is
-the path's real folder: a symbolic link is followed, never replaced, and a path that is the
-current folder (or holds it) is never replaced.
+one of its runs. Nor into a ``train`` run's folder, finished or being written
+(:func:`check_not_inside_a_run`; a file only while the run is written,
+:func:`check_output_keeps`): the run replaces its whole folder when it ends and at every rerun.
+The folder is the path's real folder: a symbolic link is followed, never replaced, and a path
+that is the current folder (or holds it) is never replaced.
 
 **A run folder is written as a unit**: files go to a temporary sibling folder, which then replaces
 the run folder in one step, so the folder always holds one run's files (a result always matches
@@ -25,13 +27,18 @@ Used with the folder's writer lock (:mod:`eqpdenet.app.locks`)::
         with staged(out) as stage:            # write into stage; on success stage becomes out
             save(stage / "model.pt"); ...
 
-A process killed while writing leaves its staging folder (``.<name>.staging-<pid>``) beside the
-run folder, removed by the next writer.
+A process killed while writing leaves its staging folder (``.<name>.staging-<pid>``, a long name
+shortened) beside the run folder, removed by the next writer. A write that fails there names the
+run folder's file (``--out/model.pt``), never the staging folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import glob
+import hashlib
 import json
 import os
 import shutil
@@ -42,11 +49,12 @@ from .. import __version__
 from ..errors import OutputFolderError
 from ..files import link_target
 from .files import atomic_write
-from .locks import LOCK_NAME, make_folder, replace_held_folder
+from .locks import LOCK_NAME, holder, make_folder, replace_held_folder
 
-__all__ = ["MARKER", "RUN_FILES", "SWEEP_KINDS", "check_claim", "check_not_inside_a_sweep",
-           "check_output_keeps", "check_replaceable", "claim_folder", "folder_kind", "output_path",
-           "staged", "sweep_inside", "write_marker"]
+__all__ = ["MARKER", "RUN_FILES", "SWEEP_KINDS", "check_claim", "check_not_inside_a_run",
+           "check_not_inside_a_sweep", "check_output_keeps", "check_replaceable", "check_stageable",
+           "claim_folder", "folder_kind", "output_path", "run_around", "staged", "sweep_inside",
+           "write_marker"]
 
 #: What ``eqpdenet train`` writes into its output folder (besides :data:`MARKER`).
 RUN_FILES = ("model.pt", "config.toml", "result.json")
@@ -129,6 +137,60 @@ def check_not_inside_a_sweep(folder: Path, option: str = "--out") -> None:
                                 f"keeps its own files in; choose a folder outside it")
 
 
+def _train_writer(folder: Path) -> str | None:
+    """Who is writing ``folder`` as a ``train`` run now (its lock held by a ``train`` process,
+    or by one that has not recorded its command yet), in a few words; None if no one is. The
+    lock is tested with a shared ``flock`` taken without waiting and released at once."""
+    try:
+        fd = os.open(Path(folder) / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:  # no lock file: never written by a command
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None  # free (closing releases the shared lock)
+    except BlockingIOError:
+        pass
+    except OSError:  # a file system without flock: cannot tell
+        return None
+    finally:
+        os.close(fd)
+    info = holder(folder)
+    command = info.get("command") if info is not None else None
+    if command not in (None, "", "train"):
+        return None  # a sweep, study, report ...: they write files, never replace the folder
+    pid = f" (pid {info['pid']})" if info is not None and info.get("pid") else ""
+    return f"a folder that `eqpdenet train`{pid} is writing as a run now"
+
+
+def run_around(path: Path, *, itself: bool = False, marked: bool = True) -> tuple[Path, str] | None:
+    """``(folder, what it is)`` for the first folder above ``path`` (and ``path`` itself with
+    ``itself``) that is a ``train`` run's: marked by ``train`` (with ``marked``) or being
+    written by a ``train`` now (:func:`_train_writer`: a first run's folder holds only its lock
+    until the run is swapped in); None where there is none. A run replaces its whole folder
+    when it ends, and again at every rerun: what was written inside it is deleted."""
+    path = Path(os.path.realpath(path))
+    for folder in ([path] if itself else []) + list(path.parents):
+        if marked and folder_kind(folder) == "train":
+            return folder, "the folder of an `eqpdenet train` run"
+        writer = _train_writer(folder)
+        if writer is not None:
+            return folder, writer
+    return None
+
+
+def check_not_inside_a_run(folder: Path, option: str = "--out") -> None:
+    """Refuse an output folder inside a ``train`` run's folder (:func:`run_around`): that run,
+    still running or rerun, replaces its whole folder and deletes this one with it (a ``train
+    --out R/sub`` beside a running ``train --out R`` wrote its run, exit 0, and was gone when
+    R's run ended); an :class:`OutputFolderError` naming the run's folder."""
+    around = run_around(folder)
+    if around is not None:
+        owner, what = around
+        raise OutputFolderError(f"{option} {folder} is inside {owner}, {what}: a run replaces "
+                                f"its whole folder when it ends (and at every rerun), which "
+                                f"would delete this one; choose a folder outside it")
+
+
 def check_output_keeps(path: Path, option: str, inputs: Iterable[Path | None] = ()) -> None:
     """Refuse an output file ``path`` (``evaluate --json``, ``export --out``, ``figure --out``)
     that would replace one of the command's ``inputs`` (its checkpoint), eqpdenet's folder
@@ -139,12 +201,25 @@ def check_output_keeps(path: Path, option: str, inputs: Iterable[Path | None] = 
     folders a sweep keeps its runs in (:func:`sweep_inside`: ``runs/``, ``checkpoints/``,
     ``superseded/``, whose every ``.json`` a resume reads as a run): an
     :class:`OutputFolderError` naming ``option``. A new file elsewhere in such a folder, or any
-    other existing file (an earlier ``--json`` summary, a figure), is written as asked."""
+    other existing file (an earlier ``--json`` summary, a figure), is written as asked; but no
+    file at all inside a folder that ``train`` is writing now (:func:`run_around`, the lock
+    held): when that run ends it replaces its whole folder, and the file with it. (A file
+    written into a finished run's folder stays: a rerun of that run refuses to replace a
+    folder holding files that are not its own, :func:`check_replaceable`.)"""
     path = Path(path)
     inside = sweep_inside(path.parent)
     if inside is not None:  # new or not: a sweep reads every file there as one of its runs
         raise OutputFolderError(f"{option} {path}: is inside {inside[1]}, where the sweep "
                                 f"{inside[0]} keeps its runs; choose a file outside it")
+    folders = [path.parent]
+    with contextlib.suppress(OSError):  # a link is written through: where it leads counts too
+        folders.append(link_target(path).parent)
+    around = next((found for folder in folders
+                   if (found := run_around(folder, itself=True, marked=False)) is not None), None)
+    if around is not None:
+        raise OutputFolderError(f"{option} {path}: is inside {around[0]}, {around[1]}: when "
+                                f"the run ends it replaces its whole folder, which would "
+                                f"delete this file; choose a file outside it")
     if not path.exists():
         return
     for source in inputs:
@@ -200,6 +275,8 @@ def check_replaceable(folder: Path, files: Iterable[str] = RUN_FILES) -> None:
         raise OutputFolderError(f"{folder} is the current folder or holds it: a run replaces its "
                                 f"whole folder; give a new folder (e.g. runs/NAME)")
     check_not_inside_a_sweep(folder)
+    check_not_inside_a_run(folder)
+    check_stageable(folder)
     if not folder.is_dir():
         return  # missing (created by the run), or a file: the lock reports it
     names = _contents(folder)
@@ -214,6 +291,12 @@ def check_replaceable(folder: Path, files: Iterable[str] = RUN_FILES) -> None:
         raise OutputFolderError(f"{folder} is the folder of an `eqpdenet {kind}`, not of one "
                                 f"run; a run replaces its whole folder: choose another")
     foreign = [name for name in names if name not in set(files)]
+    runs = [name for name in foreign if run_around(folder / name, itself=True) is not None
+            and (folder / name).is_dir() and not (folder / name).is_symlink()]
+    if runs:  # a run inside this one (written before such runs were refused)
+        raise OutputFolderError(f"{folder} holds the folder of another eqpdenet run "
+                                f"({_shown(runs)}); a run replaces its whole folder, which would "
+                                f"delete that run: move it out, or choose a new or empty folder")
     if foreign:
         raise OutputFolderError(f"{folder} holds files that are not part of an eqpdenet run "
                                 f"({_shown(foreign)}); a run replaces its whole folder: move "
@@ -227,6 +310,7 @@ def check_claim(folder: Path, kind: str, legacy: Iterable[str] = ()) -> bool:
     nothing (call it before taking the folder's lock, so a refused folder is left untouched)."""
     folder = Path(folder)
     check_not_inside_a_sweep(folder)
+    check_not_inside_a_run(folder)
     if not folder.is_dir():
         return True
     names, marked = _contents(folder), folder_kind(folder)
@@ -254,8 +338,78 @@ def claim_folder(folder: Path, kind: str, legacy: Iterable[str] = ()) -> Path:
     return folder
 
 
+#: The longest part of a run folder's name that its staging folder's name repeats: the staging
+#: name stays within the file systems' 255 bytes whatever the folder's name.
+_STAGING_STEM = 40
+
+
+def _staging_prefix(folder: Path) -> str:
+    """``.<name>.staging-``, with a long ``name`` shortened to its first characters and a hash
+    of the whole (so that two long names that begin alike stage apart)."""
+    name = folder.name
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) > _STAGING_STEM:
+        name = raw[:_STAGING_STEM].decode("utf-8", "ignore") + "~" + \
+            hashlib.sha256(raw).hexdigest()[:8]
+    return f".{name}.staging-"
+
+
 def _staging_name(folder: Path, pid: int | str) -> str:
-    return f".{folder.name}.staging-{pid}"
+    return f"{_staging_prefix(folder)}{pid}"
+
+
+def _cause(error: OSError) -> str:
+    """What a failed write means: the system's words, and for a limit whose words do not say
+    which, the limit (``File too large``: the process's file size limit, not the disk)."""
+    text = error.strerror or str(error)
+    if error.errno == errno.EFBIG:
+        return f"{text} (beyond this process's file size limit: ulimit -f)"
+    if error.errno == errno.EDQUOT:
+        return f"{text} (the disk quota)"
+    return text
+
+
+def _names(error: OSError, stage: Path) -> bool:
+    """Whether ``error`` names ``stage`` or a file in it."""
+    named = [getattr(error, "filename", None), getattr(error, "filename2", None)]
+    return any(name is not None and (Path(str(name)) == stage or stage in Path(str(name)).parents)
+               for name in named) or str(stage) in str(error)
+
+
+def _as_asked(error: OSError, stage: Path, folder: Path) -> OutputFolderError:
+    """``error`` of a write into ``stage`` as an :class:`OutputFolderError` naming the file of
+    the run folder ``folder`` it stands for (``--out/model.pt``), never the staging folder."""
+    text = str(error.filename) if getattr(error, "filename", None) is not None else ""
+    asked = folder
+    with contextlib.suppress(ValueError):
+        asked = folder / Path(text).relative_to(stage) if text else folder
+    message = str(error) if isinstance(error, OutputFolderError) else _cause(error)
+    if isinstance(error, OutputFolderError):  # its text may name the staging folder
+        message = message.replace(str(stage), str(folder))
+        return OutputFolderError(f"cannot write the run into {folder}: {message}")
+    return OutputFolderError(f"cannot write {asked}: {message}")
+
+
+def check_stageable(folder: Path) -> None:
+    """Before any work: the folder that holds ``folder`` lets a run stage there (a run is
+    written into a sibling folder, :func:`staged`, which then replaces ``folder``): the staging
+    folder is created and removed again. An :class:`OutputFolderError` naming ``folder`` and the
+    cause otherwise (a parent folder without write permission, a full disk). Nothing is
+    checked where the parent does not exist yet (taking the folder's lock creates it)."""
+    folder = Path(os.path.realpath(folder))
+    if not folder.parent.is_dir():
+        return
+    stage = folder.parent / _staging_name(folder, os.getpid())
+    try:
+        stage.mkdir()
+    except FileExistsError:
+        return  # our own, left by an interrupted run of this process: staged() replaces it
+    except OSError as error:
+        raise OutputFolderError(f"--out {folder}: a run is written beside its folder, then "
+                                f"replaces it, but {folder.parent} does not allow that: "
+                                f"{_cause(error)}") from None
+    with contextlib.suppress(OSError):
+        stage.rmdir()
 
 
 @contextlib.contextmanager
@@ -263,9 +417,13 @@ def staged(folder: Path) -> Iterator[Path]:
     """A fresh sibling folder (marked as a ``train`` run) to write the run into; when the
     ``with`` block ends without an exception it replaces ``folder`` as a unit, else it is deleted
     and ``folder`` is untouched. The caller holds ``folder``'s lock
-    (:func:`eqpdenet.app.locks.hold`)."""
+    (:func:`eqpdenet.app.locks.hold`). A write that fails in the staging folder (a full disk, the
+    file size limit) is an :class:`OutputFolderError` naming the file of ``folder`` it stood for
+    (``--out/model.pt``), never the staging folder."""
     folder = Path(os.path.realpath(folder))  # a link to the folder stays a link to the new one
-    for stale in folder.parent.glob(_staging_name(folder, "*")):
+    # Escaped: a folder named "run[1]" is not a pattern (its stale folders were left).
+    pattern = os.path.join(glob.escape(str(folder.parent)), glob.escape(_staging_prefix(folder)))
+    for stale in map(Path, glob.glob(pattern + "*")):
         # Only the lock holder stages into this folder, and that is us: any other staging
         # folder was left by a killed writer.
         if stale.is_symlink() or not stale.is_dir():
@@ -273,10 +431,19 @@ def staged(folder: Path) -> Iterator[Path]:
         else:
             shutil.rmtree(stale, ignore_errors=True)
     stage = folder.parent / _staging_name(folder, os.getpid())
-    make_folder(stage)
-    write_marker(stage, "train")
+    try:
+        make_folder(stage)
+        write_marker(stage, "train")
+    except OSError as error:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise _as_asked(error, stage, folder) from None
     try:
         yield stage
+    except OSError as error:
+        shutil.rmtree(stage, ignore_errors=True)
+        if not _names(error, stage):
+            raise
+        raise _as_asked(error, stage, folder) from None
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

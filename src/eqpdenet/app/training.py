@@ -19,7 +19,9 @@ import io
 import json
 import math
 import os
+import pickle
 import platform
+import re
 import subprocess
 import time
 import warnings
@@ -52,6 +54,8 @@ from .config import (
     ExperimentConfig,
     TrainConfig,
     build_model,
+    check_augment_for_image,
+    fields_replaced_by_data,
     fields_without_effect,
     from_dict,
     to_dict,
@@ -538,7 +542,8 @@ def train_model(
     input size, classes and standardisation fit the data) after seeding with
     ``config.train.seed``; a given ``model`` is trained as it is (its initialisation is the
     caller's). ``history`` holds one dict per epoch (loss, training accuracy of the epoch,
-    validation accuracy where a validation split exists, seconds). With
+    validation accuracy where a validation split exists, both in percent as every accuracy of a
+    result, seconds). With
     ``train.weight_average``, the weights are averaged after every step, the average's
     batch-norm statistics recomputed on the training images (:func:`_average_batch_norm`), and
     the average is what is validated, selected and returned. A field of ``config`` that its
@@ -551,14 +556,19 @@ def train_model(
     (``tensor_split``: the parts differ by one image at most). Gradients are averaged by
     DistributedDataParallel with the loss scaled so that the update is the one of the whole
     batch; loss and training accuracy are summed over the processes. Raises
-    :class:`NonFiniteStateError` (or ``FloatingPointError`` for a non-finite loss) if training
-    diverges.
+    :class:`NonFiniteStateError` (or ``FloatingPointError`` for a non-finite loss, a parameter or
+    buffer not all finite at an epoch's end, or an optimiser step beyond float32) if training
+    diverges; the error's ``history`` holds the epochs done.
     """
     train: TrainConfig = config.train
     device = resolve_device(train.device)
     resolved = resolve_for_data(config, data) if model is None else None
     if resolved is not None:
-        preflight([resolved], None)  # the memory check again, at the data's image size
+        # The memory check again, at the data's image size and on its number of training images
+        # (without it, a batch of train.batch_size images was assumed: a set of 16 images of
+        # 512x512 was refused for 75 GiB where its one batch needs 9).
+        preflight([resolved], None, images=len(data["train"]))
+    check_augment_for_image(train, int(data["train"].images.shape[-1]))
     torch.manual_seed(train.seed)
     if resolved is not None:
         model = build_model(resolved.model)
@@ -570,7 +580,7 @@ def train_model(
     blur = train.blur_consistency
     pde_layer = getattr(model, "pde_layer", None)
     if resolved is not None:  # built from config: what its kind leaves unused, set to no use
-        for line in fields_without_effect(config):
+        for line in fields_without_effect(config) + fields_replaced_by_data(config, resolved):
             warnings.warn(line, RuntimeWarning, stacklevel=2)
     elif pde_layer is None and train.pde_lr_scale != TrainConfig.pde_lr_scale:  # a given model
         warnings.warn(f"train.pde_lr_scale = {train.pde_lr_scale:g} has no effect on "
@@ -615,89 +625,103 @@ def train_model(
     history, best = [], (-1.0, None, -1)
     epochs = _progress(range(train.epochs), progress, desc=f"train {type(model).__name__} "
                        f"seed={train.seed}", unit="epoch", leave=False)
-    for epoch in epochs:
-        start = time.perf_counter()
-        model.train()
-        order = torch.randperm(len(labels), generator=generator)
-        total_loss, total_penalty, pairs_seen, correct = 0.0, 0.0, 0, 0
-        for batch in mini_batches(len(order), train.batch_size, processes) if gpu is None else ():
-            index = order[batch]
-            x, y = images[index].to(device), labels[index].to(device)
-            # The whole batch is drawn in every process (the same stream), then shared out.
-            x = train.augment(x, augment_stream)
-            # Copies of the whole batch's first images, drawn in every process; each process
-            # keeps the copies of the images in its part.
-            blurred = blur(x, blur_stream)
-            pairs = len(blurred)
+    try:
+        for epoch in epochs:
+            start = time.perf_counter()
+            model.train()
+            order = torch.randperm(len(labels), generator=generator)
+            total_loss, total_penalty, pairs_seen, correct = 0.0, 0.0, 0, 0
+            for batch in mini_batches(len(order), train.batch_size, processes) if gpu is None else ():
+                index = order[batch]
+                x, y = images[index].to(device), labels[index].to(device)
+                # The whole batch is drawn in every process (the same stream), then shared out.
+                x = train.augment(x, augment_stream)
+                # Copies of the whole batch's first images, drawn in every process; each process
+                # keeps the copies of the images in its part.
+                blurred = blur(x, blur_stream)
+                pairs = len(blurred)
+                if parallel is not None:
+                    parts = torch.arange(len(x)).tensor_split(parallel[1])
+                    offset = sum(len(part) for part in parts[:parallel[0]])  # of this part in the batch
+                    x, y = x.tensor_split(parallel[1])[parallel[0]], y.tensor_split(parallel[1])[parallel[0]]
+                    blurred = blurred[offset:offset + len(x)]
+                # One forward pass for the batch and its copies: one set of batch-norm statistics.
+                logits = forward(torch.cat([x, blurred]) if len(blurred) else x)
+                logits, logits_blurred = logits[:len(x)], logits[len(x):]
+                penalty = (relative_change(logits[:len(blurred)], logits_blurred).sum()
+                           if pairs else None)
+                if parallel is None:
+                    loss = batch_loss = F.cross_entropy(logits, y)
+                    if penalty is not None:
+                        batch_penalty = penalty.detach() / pairs
+                        loss = loss + blur.weight * penalty / pairs
+                else:
+                    # DDP averages the processes' gradients; scaled so, the average is the gradient
+                    # of the whole batch's mean loss, even when the shares differ by one image.
+                    share = F.cross_entropy(logits, y, reduction="sum")
+                    loss = share * (parallel[1] / len(index))
+                    batch_loss = share.detach().clone()
+                    torch.distributed.all_reduce(batch_loss)  # every process sees the batch's loss
+                    batch_loss = batch_loss / len(index)
+                    if penalty is not None:  # likewise: the mean over the whole batch's pairs
+                        loss = loss + blur.weight * penalty * (parallel[1] / pairs)
+                        batch_penalty = penalty.detach().clone()
+                        torch.distributed.all_reduce(batch_penalty)
+                        batch_penalty = batch_penalty / pairs
+                if not torch.isfinite(batch_loss) or (pairs and not torch.isfinite(batch_penalty)):
+                    # in every process at once: none waits forever
+                    raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if train.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+                with _step_overflow(train, epoch, history):
+                    optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                if average is not None:
+                    average.update_parameters(model)
+                total_loss += float(batch_loss.detach()) * len(index)
+                if pairs:
+                    total_penalty += float(batch_penalty) * pairs
+                    pairs_seen += pairs
+                correct += int((logits.argmax(1) == y).sum())
             if parallel is not None:
-                parts = torch.arange(len(x)).tensor_split(parallel[1])
-                offset = sum(len(part) for part in parts[:parallel[0]])  # of this part in the batch
-                x, y = x.tensor_split(parallel[1])[parallel[0]], y.tensor_split(parallel[1])[parallel[0]]
-                blurred = blurred[offset:offset + len(x)]
-            # One forward pass for the batch and its copies: one set of batch-norm statistics.
-            logits = forward(torch.cat([x, blurred]) if len(blurred) else x)
-            logits, logits_blurred = logits[:len(x)], logits[len(x):]
-            penalty = (relative_change(logits[:len(blurred)], logits_blurred).sum()
-                       if pairs else None)
-            if parallel is None:
-                loss = batch_loss = F.cross_entropy(logits, y)
-                if penalty is not None:
-                    batch_penalty = penalty.detach() / pairs
-                    loss = loss + blur.weight * penalty / pairs
-            else:
-                # DDP averages the processes' gradients; scaled so, the average is the gradient
-                # of the whole batch's mean loss, even when the shares differ by one image.
-                share = F.cross_entropy(logits, y, reduction="sum")
-                loss = share * (parallel[1] / len(index))
-                batch_loss = share.detach().clone()
-                torch.distributed.all_reduce(batch_loss)  # every process sees the batch's loss
-                batch_loss = batch_loss / len(index)
-                if penalty is not None:  # likewise: the mean over the whole batch's pairs
-                    loss = loss + blur.weight * penalty * (parallel[1] / pairs)
-                    batch_penalty = penalty.detach().clone()
-                    torch.distributed.all_reduce(batch_penalty)
-                    batch_penalty = batch_penalty / pairs
-            if not torch.isfinite(batch_loss) or (pairs and not torch.isfinite(batch_penalty)):
-                # in every process at once: none waits forever
-                raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if train.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            if average is not None:
-                average.update_parameters(model)
-            total_loss += float(batch_loss.detach()) * len(index)
-            if pairs:
-                total_penalty += float(batch_penalty) * pairs
-                pairs_seen += pairs
-            correct += int((logits.argmax(1) == y).sum())
-        if parallel is not None:
-            counts = torch.tensor([correct], dtype=torch.int64, device=device)
-            torch.distributed.all_reduce(counts)
-            correct = int(counts)
-        if gpu is not None:
-            total_loss, correct = gpu.run_epoch(order, epoch)
-        record = {"epoch": epoch + 1, "loss": total_loss / len(labels),
-                  "train_accuracy": correct / len(labels),
-                  "seconds": time.perf_counter() - start}
-        if pairs_seen:
-            record["blur_consistency"] = total_penalty / pairs_seen
-        if has_validation:
-            if average is not None:
-                _average_batch_norm(average, images, train, device)
-            record["validation_accuracy"] = accuracy(evaluated, validation)
-            if train.select_on_validation and record["validation_accuracy"] > best[0]:
-                best = (record["validation_accuracy"], copy.deepcopy(evaluated.state_dict()),
-                        epoch + 1)
-        history.append(record)
-        if progress and hasattr(epochs, "set_postfix"):
-            epochs.set_postfix({k: round(v, 4) for k, v in record.items()
-                                if k in ("loss", "validation_accuracy")})
-        if log:
-            log(json.dumps(record))
+                counts = torch.tensor([correct], dtype=torch.int64, device=device)
+                torch.distributed.all_reduce(counts)
+                correct = int(counts)
+            if gpu is not None:
+                with _step_overflow(train, epoch, history):
+                    total_loss, correct = gpu.run_epoch(order, epoch)
+            # Accuracies in percent, as everywhere else in a result (its "accuracy" and
+            # "validation_accuracy"); records written before held fractions here, the same keys.
+            record = {"epoch": epoch + 1, "loss": total_loss / len(labels),
+                      "train_accuracy": 100.0 * correct / len(labels),
+                      "seconds": time.perf_counter() - start}
+            if pairs_seen:
+                record["blur_consistency"] = total_penalty / pairs_seen
+            # A finite loss can hide weights or buffers gone non-finite (a batch-norm running
+            # variance overflowed while the normalised batch still gave a finite loss): checked at
+            # every epoch's end, so that a diverged run stops at the epoch where it diverged.
+            _check_finite(model, epoch, history, record)
+            if has_validation:
+                if average is not None:
+                    _average_batch_norm(average, images, train, device)
+                    _check_finite(average.module, epoch, history, record, "the weights' average")
+                record["validation_accuracy"] = 100.0 * accuracy(evaluated, validation)
+                if train.select_on_validation and record["validation_accuracy"] > best[0]:
+                    best = (record["validation_accuracy"], copy.deepcopy(evaluated.state_dict()),
+                            epoch + 1)
+            history.append(record)
+            if progress and hasattr(epochs, "set_postfix"):
+                epochs.set_postfix({k: round(v, 4) for k, v in record.items()
+                                    if k in ("loss", "validation_accuracy")})
+            if log:
+                log(json.dumps(record))
+    except FloatingPointError as error:  # NonFiniteStateError too: the epochs done go with it
+        if getattr(error, "history", None) is None:
+            error.history = list(history)
+        raise
     if average is not None and not train.select_on_validation:
         if not has_validation:  # else done for the last epoch's validation
             _average_batch_norm(average, images, train, device)
@@ -706,6 +730,44 @@ def train_model(
         model.load_state_dict(best[1])
         history.append({"selected_epoch": best[2], "validation_accuracy": best[0]})
     return model, history
+
+
+def _check_finite(model: nn.Module, epoch: int, history: list[dict], record: dict,
+                  what: str = "the model's") -> None:
+    """A ``FloatingPointError`` (carrying ``history``, the epochs done, ``record`` the last)
+    when a parameter or buffer of ``model`` (batch-norm statistics included) is not all finite
+    after ``epoch`` (0-based), naming the first such tensor."""
+    bad = non_finite_tensors(model.state_dict())
+    if bad:
+        error = FloatingPointError(f"{what} parameters or buffers are not all finite after epoch "
+                                   f"{epoch + 1} ({describe_non_finite(bad)}); training diverged (a smaller "
+                                   f"train.lr, or train.grad_clip, may keep it finite)")
+        error.history = [*history, record]
+        raise error
+
+
+#: Fragments of PyTorch's messages for a Python number that does not fit the tensors' dtype
+#: (an optimiser's step ``lr * ...`` beyond float32's 3.4e38).
+_OVERFLOW_TEXTS = ("cannot be converted to type", "without overflow")
+
+
+@contextlib.contextmanager
+def _step_overflow(train: TrainConfig, epoch: int, history: list[dict]) -> Iterator[None]:
+    """An optimiser step whose numbers overflow float32 (``train.lr = 1e38`` with Adam, whose
+    step size is ``lr / (1 - beta1)``; 1e39 with SGD) is a divergence, a ``FloatingPointError``
+    naming ``train.lr``, not an unexpected ``RuntimeError``."""
+    try:
+        yield
+    except RuntimeError as error:
+        if not all(text in str(error) for text in _OVERFLOW_TEXTS):
+            raise
+        decay = f" (train.weight_decay = {train.weight_decay:g})" if train.weight_decay else ""
+        failure = FloatingPointError(
+            f"the {train.optimizer} step overflowed float32 at epoch {epoch + 1}: train.lr = "
+            f"{train.lr:g}{decay} makes steps beyond float32's largest number (3.4e38); "
+            f"training diverged: lower train.lr")
+        failure.history = list(history)
+        raise failure from None
 
 
 def _average_batch_norm(average: AveragedModel, images: Tensor, train: TrainConfig,
@@ -928,14 +990,7 @@ def load_checkpoint(path: Path, device: str = "cpu") -> tuple[nn.Module, Experim
     except CheckpointError:
         raise
     except Exception as error:  # torch raises several types for corrupt files
-        if not zipfile.is_zipfile(path):  # torch then reports a pickle detail ("101")
-            raise CheckpointError(f"{path} is not a readable eqpdenet checkpoint: not the zip "
-                                  f"archive torch.save writes (another kind of file, or a "
-                                  f"truncated one)") from None
-        # torch's first line; the rest advises weights_only=False, which a checkpoint of
-        # eqpdenet never needs and an untrusted file must not get
-        first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
-        raise CheckpointError(f"{path} is not a readable eqpdenet checkpoint: {first}") from None
+        raise CheckpointError(_unreadable(path, error)) from None
     formats = (CHECKPOINT_FORMAT, *_LEGACY_CHECKPOINT_FORMATS)
     tag = payload.get("format") if isinstance(payload, dict) else None
     if tag is None:
@@ -969,6 +1024,39 @@ def load_checkpoint(path: Path, device: str = "cpu") -> tuple[nn.Module, Experim
     return model.to(device), config, payload
 
 
+#: What a checkpoint eqpdenet reads is: written by ``eqpdenet train``, a sweep, or
+#: :func:`save_checkpoint` (a configuration and a ``state_dict``, loaded weights-only).
+_SAVE_WITH = ("eqpdenet reads checkpoints written by `eqpdenet train` or by "
+              "eqpdenet.app.training.save_checkpoint(path, model, config)")
+
+#: ANSI escape sequences and other control characters, never passed through from torch's text.
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|[\x00-\x1f\x7f-\x9f]")
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, in one line of our own: a file that is
+    not a zip archive, Python objects that weights-only loading refuses (a whole model saved with
+    ``torch.save(model)``), a zip archive that torch did not write. torch's own text is never
+    passed through whole: it advises ``weights_only=False``, which an eqpdenet checkpoint never
+    needs and an untrusted file must not get, and it carries terminal escape codes."""
+    if not zipfile.is_zipfile(path):  # torch then reports a pickle detail ("101")
+        return (f"{path} is not a readable eqpdenet checkpoint: not the zip archive torch.save "
+                f"writes (another kind of file, or a truncated one)")
+    if isinstance(error, pickle.UnpicklingError):
+        return (f"{path} is not a readable eqpdenet checkpoint: it holds pickled Python "
+                f"objects, which eqpdenet does not load (loading them could run any code), e.g. "
+                f"a whole model saved with torch.save(model). "
+                f"{_SAVE_WITH} (a model of your own: save it with save_checkpoint, or save its "
+                f"state_dict() and load that with load_state_dict)")
+    text = str(error)
+    if "inline_container" in text or "PytorchStreamReader" in text:
+        return (f"{path} is not a readable eqpdenet checkpoint: not a PyTorch checkpoint file "
+                f"(a zip archive, but not one torch.save writes). {_SAVE_WITH}")
+    first = _plain(next((line for line in text.splitlines() if line.strip()), ""))
+    first = first if len(first) <= 200 else first[:200] + " ..."
+    return f"{path} is not a readable eqpdenet checkpoint: {first or type(error).__name__}"
+
+
 def _damaged_member(path: Path) -> str | None:
     """What is damaged in the zip archive at ``path`` (``torch.save``'s format): the first
     member whose CRC-32 does not match its bytes, or None. Not a zip archive, or one without a
@@ -985,8 +1073,14 @@ def _damaged_member(path: Path) -> str | None:
         try:
             bad = archive.testzip()  # a member with a bad CRC or local header, by name
         except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as error:
-            return f"its zip archive cannot be read ({type(error).__name__}: {error})"
-    return None if bad is None else f"member {bad} of its zip archive fails its CRC check"
+            return f"its zip archive cannot be read ({type(error).__name__}: {_plain(error)})"
+    return None if bad is None else f"member {_plain(bad)} of its zip archive fails its CRC check"
+
+
+def _plain(text) -> str:
+    """``text`` on one line without control characters (a member's name in an archive is any
+    bytes: escape codes would drive the terminal the error is printed on)."""
+    return " ".join(_CONTROL.sub(" ", str(text)).split())
 
 
 # ----------------------------------------------------------------------------- runs
@@ -1011,17 +1105,18 @@ def run_experiment(config: ExperimentConfig, data: Data | dict[str, Split], *,
     try:
         model, history = train_model(config, data, progress=progress)
     except (NonFiniteStateError, FloatingPointError) as error:
-        record.update(status="diverged", error=str(error),
+        # the epochs done, as a finished run records them: where and how it diverged
+        record.update(status="diverged", error=str(error), history=getattr(error, "history", []),
                       train_seconds=time.perf_counter() - start)
         return record
     record["train_seconds"] = time.perf_counter() - start
+    record["history"] = history
     bad = non_finite_tensors(model.state_dict())
-    if bad:  # a last update can break the weights after the last finite loss
+    if bad:  # checked after every epoch; kept for a model whose selection or average broke it
         record.update(status="diverged", error=f"the weights are not all finite after training "
                                                 f"({describe_non_finite(bad)})")
         return record
     record["params"] = count_parameters(model)
-    record["history"] = history
     start = time.perf_counter()
     # One scenario at a time (each draws from its own seeded stream: the same numbers as all at
     # once), so that a long evaluation shows progress; the extra evaluation is the last step.
