@@ -310,14 +310,19 @@ def trace(model: nn.Module, example: Tensor) -> torch.export.ExportedProgram:
     try:
         with _evaluating(model):
             module = portable_module(model).eval()
-            with torch.no_grad():
-                # one eager pass first: constants a module computes once and caches (the
-                # anti-aliased downsampling's matrices) enter the graph as constants, not as
-                # the float64 operations that build them (onnxruntime has no float64 Conv)
-                module(example)
-            with export_mode(), _quiet():
-                program = torch.export.export(module, (example,),
-                                              dynamic_shapes=({0: torch.export.Dim("batch")},))
+            with export_mode():
+                with torch.no_grad():
+                    # one eager pass first, on the path the trace takes (the reference, inside
+                    # export_mode): constants a module computes once and caches (the anti-aliased
+                    # downsampling's matrices, the orientations' cos and sin of every stage) are
+                    # built here as real tensors and enter the graph as constants, not as the
+                    # float64 operations that build them (onnxruntime has no float64 Conv); the
+                    # fused path, outside export_mode, left those of the reference unbuilt, and
+                    # the trace built them as fake tensors
+                    module(example)
+                with _quiet():
+                    program = torch.export.export(module, (example,),
+                                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
     except (ExportError, MissingDependencyError, InputError):
         # InputError: the model refused the example (images of another shape than it was built
         # for): the user's input, named by the model's own check, not a family that cannot export

@@ -41,15 +41,24 @@ LIFTED = [
     ({"boundary": "background", "stage_orientations": [8, 4, 4]}, 1),
     ({"orientations": 16, "stage_orientations": [8, 8, 4]}, 1),
     ({"blocks": [0, 2, 2]}, 1),
+    # stencils wider than the fused kernel's 63 taps (radius 32 > 31): the blocks take the
+    # reference, and so must the estimate (it was 6 to 7 times too small); on 36 px, the least
+    # that fits them
+    ({"channels": [2], "blocks": [1], "sigma": 8.0}, 1, 36),
+    ({"channels": [2], "blocks": [1], "sigma": 4.0, "scales": 3}, 1, 36),
+    # the widest stencil the kernel takes (radius 31, 63 taps): still fused
+    ({"channels": [2], "blocks": [1], "sigma": 7.75}, 1, 36),
 ]
 
 
 @pytest.mark.parametrize("backend", ["auto", "reference"])
-@pytest.mark.parametrize(("options", "in_channels"), LIFTED, ids=lambda v: str(v))
-def test_lifted_estimate_bounds_what_autograd_keeps(backend, options, in_channels):
+@pytest.mark.parametrize("case", LIFTED, ids=lambda v: str(v))
+def test_lifted_estimate_bounds_what_autograd_keeps(backend, case):
+    options, in_channels, size = (*case, 28)[:3]
     torch.manual_seed(0)
-    model = LiftedPDENet(LiftedPDEConfig(backend=backend, **options), in_channels=in_channels)
-    measured = saved_bytes(model, torch.rand(BATCH, in_channels, 28, 28))
+    model = LiftedPDENet(LiftedPDEConfig(backend=backend, **options), in_channels=in_channels,
+                         image_size=size)
+    measured = saved_bytes(model, torch.rand(BATCH, in_channels, size, size))
     assert measured <= model.backward_bytes(BATCH) <= 1.6 * measured
     assert model.backward_bytes(2 * BATCH) == pytest.approx(2 * model.backward_bytes(BATCH), 1e-6)
 

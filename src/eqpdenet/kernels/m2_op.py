@@ -61,18 +61,28 @@ only when one runs), and ``m2_update`` has no implementation yet
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ..registry import Registry
 from .op import _LIBRARY, KERNEL_BOUNDARIES, require_first_order, transform_reason
 
-__all__ = ["KERNEL_ORIENTATIONS", "M2_IMPLEMENTATIONS", "M2_UPDATE_IMPLEMENTATIONS",
-           "m2_euler_step", "m2_mix_invariants", "m2_unsupported_reason", "m2_update"]
+__all__ = ["KERNEL_MAX_TAPS", "KERNEL_ORIENTATIONS", "M2_IMPLEMENTATIONS",
+           "M2_UPDATE_IMPLEMENTATIONS", "constant_cache", "m2_euler_step", "m2_kernel_reason",
+           "m2_mix_invariants", "m2_unsupported_reason", "m2_update", "real_constants"]
 
 #: Numbers of orientations ``N`` the compiled kernels are built for.
 KERNEL_ORIENTATIONS = (4, 8, 12, 16)
+#: The widest 1-D stencil (``2 R + 1`` taps, the largest scale level's) the kernels take.
+KERNEL_MAX_TAPS = 63
 #: Device type -> ``unavailable(device)``: None, or why that device's implementation cannot run
 #: on ``device`` (a ``torch.device``).
 M2_IMPLEMENTATIONS: Registry = Registry("M2 kernel implementation")
@@ -205,14 +215,29 @@ def m2_unsupported_reason(u: Tensor, weight: Tensor, boundary: str,
     if weight.dtype != u.dtype or weight.device != u.device:
         return (f"parameters ({weight.dtype}, {weight.device}) and input ({u.dtype}, {u.device}) "
                 f"differ in dtype or device")
+    if u.dim() != 5:
+        return f"the fused M2 kernel takes fields (B, C, N, H, W), not {u.dim()} dimensions"
+    reason = m2_kernel_reason(u.shape[2], boundary, radius)
+    if reason is not None:
+        return reason
+    return M2_IMPLEMENTATIONS.get(device)(u.device)  # each card judged by its own capability
+
+
+def m2_kernel_reason(orientations: int, boundary: str, radius: int) -> str | None:
+    """Why the fused M2 kernels cannot take fields on ``orientations`` orientations with this
+    ``boundary`` and widest stencil radius ``radius`` (pixels) on any device, or None: the part
+    of :func:`m2_unsupported_reason` that depends on the model's configuration alone (no tensor,
+    no device), so that what decides the dispatch also decides the memory estimates
+    (``LiftedPDENet.backward_bytes``: the reference it falls back to keeps many times more)."""
     if boundary not in KERNEL_BOUNDARIES:
         return f"the fused M2 kernel has no boundary {boundary!r}"
-    if u.dim() != 5 or u.shape[2] not in KERNEL_ORIENTATIONS:
+    if orientations not in KERNEL_ORIENTATIONS:
         return (f"the fused M2 kernel supports {', '.join(map(str, KERNEL_ORIENTATIONS))} "
-                f"orientations, not {u.shape[2] if u.dim() == 5 else '?'}")
-    if 2 * radius + 1 > 63:
-        return f"the fused M2 kernel supports stencils of at most 63 taps (radius {radius})"
-    return M2_IMPLEMENTATIONS.get(device)(u.device)  # each card judged by its own capability
+                f"orientations, not {orientations}")
+    if 2 * radius + 1 > KERNEL_MAX_TAPS:
+        return (f"the fused M2 kernel supports stencils of at most {KERNEL_MAX_TAPS} taps "
+                f"(radius {radius})")
+    return None
 
 
 def _refuse_transforms(operator: str, *tensors: Tensor) -> None:
@@ -224,6 +249,70 @@ def _refuse_transforms(operator: str, *tensors: Tensor) -> None:
                                   f"plain-PyTorch reference (eqpdenet.pde.m2)")
 
 
+# ----------------------------------------------------------------------------- constants
+
+
+@contextlib.contextmanager
+def real_constants() -> Iterator[None]:
+    """Build constants to keep across calls (module-level caches, a module's own tables) as real
+    tensors even while a model is being traced: every Python dispatch mode is set aside (the
+    fake-tensor and proxy modes of ``torch.export``, ``make_fx`` and ``FakeTensorMode``, under
+    which a factory gives a FakeTensor that a later call, traced or not, cannot use: the second
+    export of a model failed with "We found a fake tensor in the exported program constant's
+    list", and any eager model after it with ``GuardOnDataDependentSymNode``), and inference mode
+    (a model evaluated under ``torch.inference_mode()`` may train after). Under dynamo
+    (``torch.compile``) nothing is set aside: it traces the construction into its graph, and
+    :func:`constant_cache` does not store it. Build with an explicit device: a default device
+    set by the caller (``with torch.device("meta")``) is a function mode, not set aside."""
+    if torch.compiler.is_dynamo_compiling():
+        yield
+        return
+    with _disable_current_modes(), torch.inference_mode(False):
+        yield
+
+
+def _all_real(value) -> bool:
+    """Whether every tensor in ``value`` (a tensor or a tuple of them) is a plain tensor: not a
+    FakeTensor, a functorch wrapper or another subclass, that only the trace it came from knows."""
+    values = value if isinstance(value, tuple) else (value,)
+    return all(type(v) is Tensor for v in values if isinstance(v, Tensor))
+
+
+def constant_cache(maxsize: int | None = 64) -> Callable[[Callable], Callable]:
+    """``functools.lru_cache`` for functions that build read-only constant tensors: the value is
+    built inside :func:`real_constants` and stored only where every tensor in it is a plain
+    tensor; under dynamo the function is called as it is and nothing is read or stored (it traces
+    the construction; its fake values must not outlive the trace). ``cache_clear()`` empties it.
+    Arguments are the key (hashable, as for ``lru_cache``); ``maxsize`` None: unbounded."""
+
+    def decorate(build: Callable) -> Callable:
+        store: OrderedDict = OrderedDict()
+        lock = threading.Lock()
+
+        @functools.wraps(build)
+        def cached(*args, **kwargs):
+            if torch.compiler.is_dynamo_compiling():
+                return build(*args, **kwargs)
+            key = (args, tuple(sorted(kwargs.items())))
+            with lock:
+                if key in store:
+                    store.move_to_end(key)
+                    return store[key]
+            with real_constants():
+                value = build(*args, **kwargs)
+            if _all_real(value):
+                with lock:
+                    store[key] = value
+                    if maxsize is not None and len(store) > maxsize:
+                        store.popitem(last=False)
+            return value
+
+        cached.cache_clear = store.clear
+        return cached
+
+    return decorate
+
+
 # A small read-only table (stencils, frame) -> {device: (its version, its copy there)}.
 _DEVICE_COPIES = WeakIdKeyDictionary()
 
@@ -233,13 +322,20 @@ def _on_device(table: Tensor, device: torch.device) -> Tensor:
     copies nothing from the host (which a CUDA graph could not capture)."""
     if table.device == device:
         return table
+    if torch.compiler.is_dynamo_compiling():  # traced into the graph; nothing stored
+        return table.to(device)
     copies = _DEVICE_COPIES.get(table)
     if copies is None:
         copies = _DEVICE_COPIES[table] = {}
     cached = copies.get(device)
     if cached is None or cached[0] != table._version:
-        with torch.inference_mode(False):  # the copy may serve training later (see m2.py)
-            cached = copies[device] = (table._version, table.to(device))
+        # a real tensor even while tracing (a FakeTensor kept here broke every later call), and
+        # outside inference mode: the copy may serve training later (pde.m2.real_constants)
+        with real_constants():
+            cached = (table._version, table.to(device))
+        if type(cached[1]) is not Tensor:  # a table itself made by a trace: not kept
+            return cached[1]
+        copies[device] = cached
     return cached[1]
 
 

@@ -65,8 +65,7 @@ from ..checks import (
     require_positive,
 )
 from ..geometry import halvings_stay_even
-from ..kernels.m2_op import KERNEL_ORIENTATIONS
-from ..kernels.op import KERNEL_BOUNDARIES
+from ..kernels.m2_op import m2_kernel_reason
 from ..pde.batch_norm import batch_norm_affine_of, batch_norm_at
 from ..pde.integrators import EulerStep, input_checked
 from ..pde.m2 import (
@@ -86,6 +85,7 @@ from .inputs import ModelInput, check_model_input, family_options, require_image
 from .invariant_pde import MAX_BLOCKS, run_stages, smallest_image
 from .perceptron import Standardize
 from .pooling import (
+    MAX_LOWPASS_SIGMA,
     AntiAliasedDownsample,
     OrientationMaxPool,
     downsampled_size,
@@ -96,6 +96,18 @@ from .pooling import (
 __all__ = ["LiftedPDEConfig", "LiftedPDENet", "M2Lift"]
 
 PROJECTIONS = ("max", "mean", "softmax")
+#: The largest Gaussian scale, in pixels, of any scale level (``sigma 2^((scales - 1) / 2)``),
+#: the low-pass's bound (:data:`~eqpdenet.models.pooling.MAX_LOWPASS_SIGMA`): a stencil of radius
+#: 40,000 px, beyond any image one trains on (those up to it are refused by their size, naming
+#: the images of at least the size they need). The levels grow exponentially with ``scales``;
+#: without a bound, ``scales = 1000`` asked for images of a 151-digit size, ``scales = 3000`` and
+#: ``sigma = 1e308`` overflowed (an unexpected OverflowError).
+MAX_SCALE_SIGMA = MAX_LOWPASS_SIGMA
+#: The most halvings of the maps between stages (``len(channels) - 1`` with a ``downsample``):
+#: the smallest image doubles with each, 16 already need images of about 330,000 px a side.
+MAX_HALVINGS = 16
+#: The largest ``hidden`` (the ``network`` term's hidden width in multiples of the channels).
+MAX_HIDDEN = 1024.0
 #: ``lifted_pde.boundary``: the plane outside the frame holds the fields of a blank image.
 BACKGROUND = "background"
 
@@ -193,6 +205,9 @@ class LiftedPDEConfig:
                         f"({previous}), so that each new orientation is one of the old ones, got {n}")
                 previous = n
         require_positive(self.hidden, "lifted_pde.hidden")
+        require(self.hidden <= MAX_HIDDEN, "lifted_pde.hidden",
+                f"must be at most {MAX_HIDDEN:,g} (the network term's hidden width in multiples "
+                f"of the stage's channels; the default is 1), got {self.hidden:.3g}")
         require(len(self.terms) >= 1 and len(set(self.terms)) == len(self.terms), "lifted_pde.terms",
                 f"must name each term of F once, at least one, got {self.terms!r}")
         for index, term in enumerate(self.terms):
@@ -201,11 +216,25 @@ class LiftedPDEConfig:
         require_positive(self.sigma, "lifted_pde.sigma")
         require(self.sigma >= MIN_GAUSSIAN_SIGMA, "lifted_pde.sigma",
                 f"must be at least {MIN_GAUSSIAN_SIGMA} pixels, got {self.sigma:g}")
+        require(self.sigma <= MAX_SCALE_SIGMA, "lifted_pde.sigma",
+                f"must be at most {MAX_SCALE_SIGMA:,g} pixels (a stencil of radius "
+                f"{gaussian_radius(MAX_SCALE_SIGMA):,} px), got {self.sigma:.3g}")
         require_int(self.scales, "lifted_pde.scales", 1)
+        # in logarithms: the level itself overflows a float from scales ~ 2,000
+        most = 1 + math.floor(2 * (math.log2(MAX_SCALE_SIGMA) - math.log2(self.sigma)) + 1e-9)
+        require(self.scales <= most, "lifted_pde.scales",
+                f"must be at most {most:,} with sigma {self.sigma:g} px: the largest scale level, "
+                f"sigma 2^((scales - 1) / 2) px, must be at most {MAX_SCALE_SIGMA:,g} px (a "
+                f"stencil of radius {gaussian_radius(MAX_SCALE_SIGMA):,} px), got {self.scales:,}")
         if self.boundary != BACKGROUND:
             BOUNDARIES.check(self.boundary, "lifted_pde.boundary")
         require(self.downsample in ("blur", "pool", "none"), "lifted_pde.downsample",
                 f"must be 'blur', 'pool' or 'none', got {self.downsample!r}")
+        halvings = len(self.channels) - 1 if self.downsample != "none" else 0
+        require(halvings <= MAX_HALVINGS, "lifted_pde.channels",
+                f"{len(self.channels):,} stages halve the maps {halvings:,} times (downsample "
+                f"{self.downsample!r}), and each halving doubles the smallest image: at most "
+                f"{MAX_HALVINGS + 1} stages, or downsample 'none'")
         require_lowpass_sigma(self.downsample_sigma, "lifted_pde.downsample_sigma")
         require(self.projection in PROJECTIONS, "lifted_pde.projection",
                 f"must be one of {', '.join(PROJECTIONS)}, got {self.projection!r}")
@@ -240,6 +269,12 @@ class LiftedPDEConfig:
         """Half-width in pixels of the widest Gaussian stencil (the largest scale level), in
         closed form (:func:`~eqpdenet.pde.m2.gaussian_radius`)."""
         return gaussian_radius(scale_levels(self.sigma, self.scales)[-1])
+
+    def fused_kernel_reason(self, orientations: int) -> str | None:
+        """Why the fused M2 kernels cannot run a stage on ``orientations`` orientations of this
+        configuration (on any device), or None: :func:`~eqpdenet.kernels.m2_op.m2_kernel_reason`,
+        the rule the blocks' dispatch applies (the backend and the device aside)."""
+        return m2_kernel_reason(orientations, self.padding, self.radius())
 
     def min_image_size(self) -> int:
         """The smallest image side whose every stage has maps larger than the stencils' radius
@@ -490,9 +525,13 @@ class LiftedPDENet(nn.Module):
 
         In units of one stage's field, ``batch x scales x C_s x N x h_s^2 x element_size``,
         every Euler block keeps about ``1.3 + 1.2 hidden/C_s`` with the fused kernel (its input,
-        the hidden layer before and after batch normalisation); about ``21 + 3 hidden/C_s`` (+10
+        the hidden layer before and after batch normalisation); about ``18 + 3 hidden/C_s`` (+10
         with ``normalize_invariants``, +6 with other ``terms`` than ``network``) where the
-        invariants are written out (the reference, other ``terms``); the lift keeps its
+        invariants are written out (the reference, other ``terms``), and on the reference the
+        jet's padded maps besides, ``((h_s + 2 R)^2 - h_s^2) / h_s^2 + 6 R / h_s`` (``R`` the
+        widest stencil's radius); whether the fused kernel runs is decided by the rule the
+        blocks' dispatch applies (:meth:`LiftedPDEConfig.fused_kernel_reason`: orientations,
+        boundary, at most 63 taps); the lift keeps its
         Cartesian jet (``6 C_in`` maps), or with ``backend = "reference"`` about its steered jet
         twice and three fields; each channel map between stages its input, each orientation
         pooling 1.5 times its input, the projection 1.125 times the last field. Measured with
@@ -505,10 +544,9 @@ class LiftedPDENet(nn.Module):
         sizes = config.stage_sizes(self.image_size)
         per_image = batch_size * config.scales * element_size
         counts = config.orientations_of_stages()
-        kernel = (kernels.resolve_backend(config.backend) != "reference"
-                  and list(config.terms) == ["network"]
-                  and all(n in KERNEL_ORIENTATIONS for n in counts)
-                  and config.padding in KERNEL_BOUNDARIES)
+        backend = kernels.resolve_backend(config.backend) != "reference"
+        network = list(config.terms) == ["network"]
+        radius = config.radius()
         if config.backend == "reference":  # the steered jet and three fields, written out
             total = (per_image * config.orientations * sizes[0] ** 2
                      * (12 * self.in_channels + 3 * config.channels[0]))
@@ -528,13 +566,20 @@ class LiftedPDENet(nn.Module):
             per_point = per_image * n
             hidden = (max(1, round(config.hidden * channels)) / channels
                       if config.normalize_hidden else 0.0)
-            if kernel and not config.normalize_invariants:
+            # what the blocks' dispatch decides (M2SystemRHS.fused: m2_unsupported_reason), by
+            # the same rule: the orientations, the boundary, the widest stencil's taps
+            kernel = backend and config.fused_kernel_reason(n) is None
+            if kernel and network and not config.normalize_invariants:
                 factor = 1.3 + 1.2 * hidden
-            elif kernel:  # the invariants written out for their batch norm, then fused
+            elif kernel and network:  # the invariants written out for their batch norm, then fused
                 factor = 24 + 2 * hidden
-            else:
-                factor = 21 + 3 * hidden + (10 if config.normalize_invariants else 0) \
-                    + (6 if list(config.terms) != ["network"] else 0)
+            else:  # the invariants written out (by the kernel, else by the reference)
+                factor = 18 + 3 * hidden + (10 if config.normalize_invariants else 0) \
+                    + (0 if network else 6)
+                if not kernel:
+                    # the reference's jet keeps its padded input and the padded x pass (3 maps):
+                    # 7 more fields with sigma 4 at 28 px, 12 at radius 32 on 36 px
+                    factor += ((size + 2 * radius) ** 2 - size**2) / size**2 + 6 * radius / size
             total += blocks * factor * per_point * channels * size**2
         return int(total)
 

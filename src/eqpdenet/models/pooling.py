@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import require, require_positive
+from ..kernels.m2_op import real_constants
 from ..pde.stencils import BOUNDARIES
 
 __all__ = ["MAX_LOWPASS_SIGMA", "AntiAliasedDownsample", "OrientationMaxPool", "downsampled_size",
@@ -148,10 +149,13 @@ class AntiAliasedDownsample(nn.Module):
             # module to its device (a CUDA buffer beside the CPU identity fails); outside
             # inference mode, so that a model evaluated under torch.inference_mode() first can
             # train after (an inference tensor cannot be saved for backward).
-            with torch.inference_mode(False):
+            # real_constants: a trace (torch.export) building it first must not leave a
+            # FakeTensor here for every later call (the lifted model's caches did).
+            with real_constants():
                 weight = gaussian_lowpass_weights(self.sigma)
                 matrix = _axis_matrix(size, weight, self.boundary).to(dtype=dtype, device=device)
-            self._matrices[key] = matrix
+            if type(matrix) is Tensor and not torch.compiler.is_dynamo_compiling():
+                self._matrices[key] = matrix
         return matrix
 
     def extra_repr(self) -> str:

@@ -43,7 +43,6 @@ the ``O(dtheta^2)`` error of the orientation differences.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -52,6 +51,7 @@ from torch import Tensor, nn
 
 from ..checks import require, require_int, require_positive
 from ..errors import ConfigError, InputError
+from ..kernels.m2_op import constant_cache
 from .invariants import Invariant, InvariantSet, register_invariant_set
 from .stencils import (
     BOUNDARIES,
@@ -98,15 +98,15 @@ def orientations(n: int, dtype: torch.dtype = torch.float64, device=None) -> Ten
     return torch.arange(n, dtype=torch.float64, device=device).mul(2 * math.pi / n).to(dtype)
 
 
-@functools.lru_cache(maxsize=64)
-@torch.inference_mode(False)
+@constant_cache(maxsize=64)
 def orientation_cos_sin(n: int, dtype: torch.dtype, device) -> tuple[Tensor, Tensor]:
     """``cos(theta_k), sin(theta_k)`` as ``(N, 1, 1)``. For ``N`` a multiple of 4 the first
     quadrant is computed and the others built from it by ``(cos, sin) -> (-sin, cos)``, so that
     steering commutes with quarter turns exactly, not only to the rounding of ``cos``.
 
-    Cached per ``(n, dtype, device)`` (read-only; see :func:`_separable_weights` for why)."""
-    theta = orientations(n)
+    Cached per ``(n, dtype, device)`` (read-only; see :func:`_separable_weights` for why), never
+    a value made while tracing (:func:`~eqpdenet.kernels.m2_op.constant_cache`)."""
+    theta = orientations(n, device="cpu")
     if n % 4:
         cos, sin = torch.cos(theta), torch.sin(theta)
     else:
@@ -143,8 +143,7 @@ def gaussian_radius(sigma: float) -> int:
     return max(math.ceil(GAUSSIAN_TRUNCATE * sigma), 3 // 2 + 1)
 
 
-@functools.lru_cache(maxsize=64)
-@torch.inference_mode(False)
+@constant_cache(maxsize=64)
 def _separable_weights(sigma: float, dtype, device) -> tuple[Tensor, Tensor]:
     """x pass ``(3, 1, 1, k)``: ``G, G', G''`` along the columns; y pass ``(6, 3, k, 1)``: from
     those to ``u, u_x, u_y, u_xx, u_xy, u_yy`` (rows reversed: ``y`` points up).
@@ -152,18 +151,21 @@ def _separable_weights(sigma: float, dtype, device) -> tuple[Tensor, Tensor]:
     Cached per ``(sigma, dtype, device)``, read-only: built afresh, every forward pass would copy
     them from the host, which a CUDA graph cannot capture (the first GPU session found the lifted
     model's captured training step falling back to eager on such copies). Built outside
-    inference mode, so that a model evaluated under ``torch.inference_mode()`` can train after."""
+    inference mode, so that a model evaluated under ``torch.inference_mode()`` can train after;
+    never a value made while tracing (:func:`~eqpdenet.kernels.m2_op.constant_cache`:
+    ``torch.export`` of a model whose first pass it was left fake tensors here, which broke
+    every later call)."""
     one_d = [torch.from_numpy(gaussian_derivative_weights(a, sigma, 2)) for a in range(3)]
     k = one_d[0].numel()
     x_pass = torch.stack(one_d).view(3, 1, 1, k)
-    y_pass = torch.zeros(6, 3, k, 1, dtype=torch.float64)
+    y_pass = torch.zeros(6, 3, k, 1, dtype=torch.float64, device="cpu")
     # (output, x-derivative map, y-derivative order)
     for out, (x_map, y_order) in enumerate(((0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2))):
         y_pass[out, x_map, :, 0] = one_d[y_order].flip(0)
     return x_pass.to(dtype=dtype, device=device), y_pass.to(dtype=dtype, device=device)
 
 
-@functools.cache
+@constant_cache(maxsize=None)
 def separable_stencils(sigmas: tuple[float, ...], scale_normalised: bool = True) -> Tensor:
     """The 1-D stencils ``G, G', G''`` of each scale level, ``(S, 3, K)`` float64 (zero-padded
     to the widest ``K``), scale normalisation included: what the fused kernel
@@ -171,7 +173,7 @@ def separable_stencils(sigmas: tuple[float, ...], scale_normalised: bool = True)
     rows = [[gaussian_derivative_weights(a, sigma, 2) * (sigma**a if scale_normalised else 1.0)
              for a in range(3)] for sigma in sigmas]
     width = max(row[0].size for row in rows)
-    table = torch.zeros(len(sigmas), 3, width, dtype=torch.float64)
+    table = torch.zeros(len(sigmas), 3, width, dtype=torch.float64, device="cpu")
     for s, row in enumerate(rows):
         pad = (width - row[0].size) // 2
         for a in range(3):
@@ -179,11 +181,11 @@ def separable_stencils(sigmas: tuple[float, ...], scale_normalised: bool = True)
     return table
 
 
-@functools.cache
+@constant_cache(maxsize=None)
 def orientation_frame(n: int) -> Tensor:
     """``(cos theta_k, sin theta_k)`` as ``(N, 2)`` float64 (the values of
     :func:`orientation_cos_sin`)."""
-    cos, sin = orientation_cos_sin(n, torch.float64, None)
+    cos, sin = orientation_cos_sin(n, torch.float64, torch.device("cpu"))
     return torch.stack([cos.flatten(), sin.flatten()], 1)
 
 
