@@ -48,7 +48,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import OutputFolderError
 from ..files import link_target
-from .files import atomic_write
+from .files import _reason, atomic_write
 from .locks import LOCK_NAME, holder, make_folder, replace_held_folder
 
 __all__ = ["MARKER", "RUN_FILES", "SWEEP_KINDS", "check_claim", "check_not_inside_a_run",
@@ -405,9 +405,10 @@ def check_stageable(folder: Path) -> None:
     except FileExistsError:
         return  # our own, left by an interrupted run of this process: staged() replaces it
     except OSError as error:
-        raise OutputFolderError(f"--out {folder}: a run is written beside its folder, then "
-                                f"replaces it, but {folder.parent} does not allow that: "
-                                f"{_cause(error)}") from None
+        # the words of a folder that cannot be made (what a user asked for), then why here
+        raise OutputFolderError(f"--out {folder}: cannot create the folder: {_reason(error)} (a "
+                                f"run is written into a new folder beside it, in "
+                                f"{folder.parent}, then swapped in)") from None
     with contextlib.suppress(OSError):
         stage.rmdir()
 
