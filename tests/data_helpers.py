@@ -10,6 +10,7 @@ import functools
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from eqpdenet.data.mnist import MNIST, load_mnist
@@ -43,3 +44,16 @@ def mnist_or_skip() -> MNIST:
 def rotmnist_or_skip(seed: int = 0) -> RotMNIST:
     """The full generated ROTMNIST for ``seed`` (generated once per session)."""
     return _rotmnist(str(data_dir_or_skip()), seed)
+
+
+def write_npz(path, train=60, test=20, size=12, classes=3, seed=0, **overrides):
+    """A small ``.npz`` data set at ``path``: uint8 square images, labels cycling through
+    ``classes``; ``overrides`` replace arrays. Returns the arrays written."""
+    rng = np.random.default_rng(seed)
+    arrays = {"x_train": rng.integers(0, 256, (train, size, size), dtype=np.uint8),
+              "y_train": np.arange(train) % classes,
+              "x_test": rng.integers(0, 256, (test, size, size), dtype=np.uint8),
+              "y_test": np.arange(test) % classes}
+    arrays.update(overrides)
+    np.savez(path, **arrays)
+    return arrays

@@ -12,19 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from data_helpers import write_npz as write_data
 from eqpdenet import DataFileError
 from eqpdenet.data.datasets import DATASETS, ImageDataset, dataset_shape, load_dataset, register_dataset
 
 
 def write_npz(path, train=12, test=6, size=8, classes=3, **overrides):
-    rng = np.random.default_rng(0)
-    arrays = {"x_train": rng.integers(0, 256, (train, size, size), dtype=np.uint8),
-              "y_train": np.arange(train) % classes,
-              "x_test": rng.integers(0, 256, (test, size, size), dtype=np.uint8),
-              "y_test": np.arange(test) % classes}
-    arrays.update(overrides)
-    np.savez(path, **arrays)
-    return arrays
+    return write_data(path, train=train, test=test, size=size, classes=classes, **overrides)
 
 
 def idx_bytes(array: np.ndarray, code: int = 0x08, dtype=">u1") -> bytes:

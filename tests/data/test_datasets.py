@@ -6,19 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from data_helpers import write_npz
 from eqpdenet import ConfigError, DataFileError
 from eqpdenet.data.datasets import DATASETS, load_dataset, rotate_dataset
-
-
-def write_npz(path, train=60, test=20, size=12, classes=3, seed=0, **overrides):
-    rng = np.random.default_rng(seed)
-    arrays = {"x_train": rng.integers(0, 256, (train, size, size), dtype=np.uint8),
-              "y_train": np.arange(train) % classes,
-              "x_test": rng.integers(0, 256, (test, size, size), dtype=np.uint8),
-              "y_test": np.arange(test) % classes}
-    arrays.update(overrides)
-    np.savez(path, **arrays)
-    return arrays
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
