@@ -446,7 +446,13 @@ def describe_m2_system(step: EulerStep, top: int = 3, digits: int = 3) -> str:
                 symbol = "Ĩ" if isinstance(term.norm, nn.BatchNorm1d) else ""
                 body = _terms_to_text([*_constant(constant), *((a, f"{symbol}[{n}]" if symbol else n)
                                                                for a, n in terms)], digits, False)
-                lines.append(f"    ∂t u{c + 1} ≈ {body} + ...")
+                # Every first-order coefficient exactly 0: F is flat there (each hidden unit's
+                # ReLU inactive at that point, or a zero output layer), which an equation of a
+                # constant alone does not tell a reader from a print that lost its terms.
+                flat = "" if terms else (" (no first-order term: F's derivative in every "
+                                         "invariant is 0 at this point, each hidden unit inactive "
+                                         "there or the output weights 0)")
+                lines.append(f"    ∂t u{c + 1} ≈ {body} + ...{flat}")
         elif isinstance(term, ConvectionTerm | DiffusionTerm | DilationTerm | ErosionTerm):
             values = term.weight.detach() if isinstance(term, ConvectionTerm) else (
                 torch.nn.functional.softplus(term.weight.detach()))
