@@ -31,7 +31,15 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, NonFiniteStateError
 
-__all__ = ["NO_PREDICTION", "logits_by_image", "predictions"]
+__all__ = ["EVALUATION_BATCH", "NO_PREDICTION", "logits_by_image", "predictions"]
+
+#: Images per forward pass when a model is evaluated. Small on purpose: at 1,000 images the
+#: intermediate maps of the deep models are tens of MB each, allocated afresh by every operation
+#: and page-faulted in by the kernel (more system time than computing, for ``invariant_pde``). At
+#: 128 the same predictions took 0.21-0.66 of the CPU time, and the same logits bit for bit but
+#: for ``invariant_pde`` (3e-5 apart on random images), for the seed-0 checkpoints of
+#: ``results/benchmark-full`` (``benchmarks/evaluation_batch.py``, docs/performance.md).
+EVALUATION_BATCH = 128
 
 #: The prediction of an image whose logits are not finite (no class is ``-1``).
 NO_PREDICTION = -1
@@ -67,7 +75,7 @@ def _device_of(model: nn.Module, images: Tensor) -> torch.device:
 
 @torch.no_grad()
 def logits_by_image(model: nn.Module, images: Tensor,
-                    batch_size: int = 1000) -> tuple[Tensor, Tensor]:
+                    batch_size: int = EVALUATION_BATCH) -> tuple[Tensor, Tensor]:
     """Logits ``(N, K)`` of ``model`` in evaluation mode on ``images`` ``(N, C, H, W)`` (moved
     to the model's device: that of its first parameter or buffer, else the images' own; in
     batches of ``batch_size >= 1``; returned on the CPU) and a boolean mask ``(N,)`` of the
@@ -100,7 +108,8 @@ def logits_by_image(model: nn.Module, images: Tensor,
 
 
 @torch.no_grad()
-def predictions(model: nn.Module, images: Tensor, batch_size: int = 1000) -> tuple[Tensor, Tensor]:
+def predictions(model: nn.Module, images: Tensor,
+                batch_size: int = EVALUATION_BATCH) -> tuple[Tensor, Tensor]:
     """Predicted classes ``(N,)`` (int64) of ``model`` in evaluation mode on ``images``
     ``(N, C, H, W)``, and the mask ``(N,)`` of images without a prediction
     (:data:`NO_PREDICTION` there); errors as :func:`logits_by_image` (a model that blows up on

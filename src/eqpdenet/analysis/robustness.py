@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, InputError, InputTypeError
 from ..geometry import scale, translate
 from .equivariance import Transform, _check_images, _finite_number, _relative_change
-from .predictions import _check_batch_size, logits_by_image, predictions
+from .predictions import EVALUATION_BATCH, _check_batch_size, logits_by_image, predictions
 
 __all__ = [
     "accuracy_under",
@@ -70,7 +70,7 @@ def _check_labels(images: Tensor, labels) -> Tensor:
 
 
 def accuracy_under(model: nn.Module, images: Tensor, labels: Tensor,
-                   transform: Callable[[Tensor], Tensor], batch_size: int = 500) -> float:
+                   transform: Callable[[Tensor], Tensor], batch_size: int = EVALUATION_BATCH) -> float:
     """Accuracy in percent of ``model`` on ``transform(images)`` ``(N, C, H, W)``, ``N >= 1``,
     against ``labels`` ``(N,)`` (integer); an image on which the model's PDE blows up has no
     prediction and counts as an error (:func:`~eqpdenet.analysis.predictions.predictions`)."""
@@ -143,7 +143,7 @@ def shift_curve(model: nn.Module, images: Tensor, labels: Tensor, shifts: Sequen
 
 
 def logit_change(model: nn.Module, images: Tensor, degrees: float,
-                 batch_size: int = 500) -> float:
+                 batch_size: int = EVALUATION_BATCH) -> float:
     """Relative change of the logits under a rotation: ``||l(g f) - l(f)|| / ||l(f)||`` over the
     whole batch (0 for a rotation-invariant model), in float64
     (:func:`~eqpdenet.analysis.equivariance._relative_change`, shared with
@@ -169,7 +169,7 @@ def _logit_pairs(model: nn.Module, images: Tensor, moved: Tensor,
 
 
 def round_trip_change(model: nn.Module, images: Tensor, degrees: float,
-                      batch_size: int = 500) -> float:
+                      batch_size: int = EVALUATION_BATCH) -> float:
     """Relative change of the logits when every image is rotated by ``degrees`` and back:
     ``||l(g^-1 (g f)) - l(f)|| / ||l(f)||`` over the whole batch. There is no net rotation, only
     two bilinear resamplings (none for multiples of 90 degrees), so this is the part of

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from .. import __version__
-from ..analysis.predictions import predictions
+from ..analysis.predictions import EVALUATION_BATCH, predictions
 from ..data.augment import augment_generator, blur_generator, relative_change
 from ..data.datasets import ImageDataset, load_dataset
 from ..data.rotmnist import load_rotmnist
@@ -258,7 +258,7 @@ def resolve_for_data(config: ExperimentConfig, data: Data | dict) -> ExperimentC
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: Tensor, batch_size: int = 1000) -> Tensor:
+def predict(model: nn.Module, images: Tensor, batch_size: int = EVALUATION_BATCH) -> Tensor:
     """Predicted classes ``(N,)`` for images ``(N, C, H, W)``, in evaluation mode; ``-1``
     (:data:`~eqpdenet.analysis.predictions.NO_PREDICTION`) for an image on which the model's PDE
     blows up (:func:`~eqpdenet.analysis.predictions.predictions`: the others are scored, and
@@ -266,7 +266,7 @@ def predict(model: nn.Module, images: Tensor, batch_size: int = 1000) -> Tensor:
     return predictions(model, images, batch_size)[0]
 
 
-def accuracy(model: nn.Module, split: Split, batch_size: int = 1000,
+def accuracy(model: nn.Module, split: Split, batch_size: int = EVALUATION_BATCH,
              failures: list | None = None) -> float:
     """Fraction of correctly classified digits, in [0, 1]; an image without a prediction
     (:func:`predict`) is an error, and their number is appended to ``failures`` if given."""
@@ -789,7 +789,7 @@ def _average_batch_norm(average: AveragedModel, images: Tensor, train: TrainConf
 
 
 def evaluate_scenarios(model: nn.Module, test: Split, scenarios: Iterable[str], seed: int,
-                       batch_size: int = 1000,
+                       batch_size: int = EVALUATION_BATCH,
                        non_finite: dict[str, int] | None = None) -> dict[str, float]:
     """Accuracy (in percent) on each scenario applied to ``test`` with draws seeded by ``seed``.
 
