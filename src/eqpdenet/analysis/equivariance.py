@@ -79,9 +79,10 @@ def _finite_number(value, name: str) -> float:
 
 
 def _radians(degrees: float) -> float:
-    """``degrees`` in radians, reduced modulo 360 first (:func:`math.fmod` is exact in float64):
-    :func:`eqpdenet.geometry.rotation_matrix` builds float32 matrices for float32 images, and
-    ``radians(37 + 360 * 1e5)`` cast to float32 lost the angle (0.013 off in the image)."""
+    """``degrees`` in radians, reduced modulo 360 first. :func:`eqpdenet.geometry.rotation_matrix`
+    reduces an angle beyond a turn too, but in radians, where ``radians(37 + 360 k)`` is already
+    rounded; :func:`math.fmod` of the degrees is exact, so a transform by ``37 + 360 k`` degrees
+    is the one by 37, bit for bit."""
     return math.radians(math.fmod(degrees, 360.0))
 
 
