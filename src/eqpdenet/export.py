@@ -447,10 +447,14 @@ def _check_float32(model: nn.Module) -> None:
 
 def export_model(model: nn.Module, out: str | os.PathLike, format: str = "onnx", *,
                  images: Tensor, tolerance: float = DEFAULT_TOLERANCE,
-                 log: Callable[[str], None] | None = None) -> ExportReport:
+                 log: Callable[[str], None] | None = None,
+                 guard: Callable[[], contextlib.AbstractContextManager] | None = None,
+                 ) -> ExportReport:
     """Export ``model`` to ``out`` in ``format`` (:data:`FORMATS`) and verify the file on
     ``images`` ``(N, C, H, W)`` (real inputs: test images) before it replaces ``out``. ``log``
-    receives one line per stage.
+    receives one line per stage. ``guard``: a context manager factory entered around the
+    replacement of ``out`` alone (the command line's check, under a lock, that no run replaces
+    the folder meanwhile: :func:`eqpdenet.app.runfolder.writing_beside_runs`).
 
     The file passes where its logits are within ``tolerance`` of the model's (relative to the
     largest logit) and, for a model that claims quarter-turn invariance, the exported model
@@ -545,7 +549,8 @@ def export_model(model: nn.Module, out: str | os.PathLike, format: str = "onnx",
                 f"verification failed: the exported model changes its logits by "
                 f"{report.quarter_turn_error:.2e} relative under quarter turns ({where})")
         seconds["verify"] = time.perf_counter() - start
-        os.replace(staging, target)
+        with guard() if guard is not None else contextlib.nullcontext():
+            os.replace(staging, target)
     finally:
         staging.unlink(missing_ok=True)
         os.close(handle)

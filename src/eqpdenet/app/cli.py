@@ -376,7 +376,7 @@ def _evaluate(args) -> int:
 
     from ..data.scenarios import SCENARIOS
     from .files import check_output_file
-    from .runfolder import check_output_keeps
+    from .runfolder import check_output_keeps, writing_beside_runs
     from .training import evaluate_scenarios, load_checkpoint
 
     model, config, payload = load_checkpoint(args.checkpoint, device=args.device or "cpu")
@@ -410,7 +410,8 @@ def _evaluate(args) -> int:
     if args.json:
         from .files import atomic_write
 
-        atomic_write(Path(args.json), (json.dumps(summary, indent=1) + "\n").encode())
+        with writing_beside_runs(Path(args.json), "--json"):  # no run replaces its folder now
+            atomic_write(Path(args.json), (json.dumps(summary, indent=1) + "\n").encode())
     return 0
 
 
@@ -474,7 +475,7 @@ def _check_evaluation_data(checkpoint, config: ExperimentConfig, payload: dict, 
 
 def _export(args) -> int:
     from ..export import check_export, export_model
-    from .runfolder import check_output_keeps
+    from .runfolder import check_output_keeps, writing_beside_runs
     from .training import load_checkpoint
 
     check_output_keeps(Path(args.out), "--out", [args.checkpoint])
@@ -487,7 +488,8 @@ def _export(args) -> int:
                            use="the export is verified on the data as it is now")
     images = data.test.images[:args.images]
     report = export_model(model, args.out, args.format, images=images, tolerance=args.tolerance,
-                          log=lambda line: print(f"eqpdenet: {line}", file=sys.stderr))
+                          log=lambda line: print(f"eqpdenet: {line}", file=sys.stderr),
+                          guard=lambda: writing_beside_runs(Path(args.out), "--out"))
     print(report.summary())
     return 0
 
@@ -808,7 +810,7 @@ def _figure(args) -> int:
     from ..analysis.references import heat_pde
     from .figures import figure_diagram
     from .files import check_output_file
-    from .runfolder import check_output_keeps
+    from .runfolder import check_output_keeps, writing_beside_runs
 
     learned = args.pde != "heat"
     # Refused rather than ignored: each names what the figure would then not draw.
@@ -851,7 +853,8 @@ def _figure(args) -> int:
     image = _load_digits(args.data_dir, [args.sample])
     try:
         error = figure_diagram(image, pde, Path(args.out), angle=args.angle, factor=args.scale,
-                               shift=tuple(args.shift), pde_label=label)
+                               shift=tuple(args.shift), pde_label=label,
+                               guard=lambda: writing_beside_runs(Path(args.out), "--out"))
     except NonFiniteStateError as failure:
         if not learned:  # the heat equation's dt is checked against its bound: not expected
             raise

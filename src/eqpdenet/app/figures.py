@@ -66,8 +66,9 @@ def diagram_arrays(image: Tensor, pde: Callable[[Tensor], Tensor], angle: float 
 
 def figure_diagram(image: Tensor, pde: Callable[[Tensor], Tensor], path, *, angle: float = 30.0,
                    factor: float = 1.0, shift=(0.0, 0.0), pde_label: str = "heat equation",
-                   title: str | None = None) -> float:
-    """Write the diagram as PNG (1200 x 620 pixels at dpi 100); returns the relative error."""
+                   title: str | None = None, guard=None) -> float:
+    """Write the diagram as PNG (1200 x 620 pixels at dpi 100); returns the relative error.
+    ``guard``: a context manager factory held around the write (:func:`save_figure`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,7 +138,7 @@ def figure_diagram(image: Tensor, pde: Callable[[Tensor], Tensor], path, *, angl
     fig.text(*_between(fig, axes[1, 2], axes[1, 3]), "−", ha="center", va="center", fontsize=18)
     fig.suptitle(title or "Equivariance as a commutative diagram (Figure 2 of the paper)",
                  fontsize=12)
-    save_figure(fig, path)
+    save_figure(fig, path, guard=guard)
     return error if math.isfinite(error) else float("nan")
 
 

@@ -222,12 +222,15 @@ def append_jsonl(path: Path, record: dict) -> None:
     atomic_write(path, old + (json.dumps(record, sort_keys=True) + "\n").encode())
 
 
-def save_figure(fig, path: Path, dpi: int = 100) -> Path:
-    """A matplotlib figure as PNG, written atomically, then closed."""
+def save_figure(fig, path: Path, dpi: int = 100, guard=None) -> Path:
+    """A matplotlib figure as PNG, written atomically, then closed. ``guard``: a context manager
+    factory held around the write only, not the rendering
+    (:func:`eqpdenet.app.runfolder.writing_beside_runs`)."""
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
-    atomic_write(Path(path), buffer.getvalue())
+    with guard() if guard is not None else contextlib.nullcontext():
+        atomic_write(Path(path), buffer.getvalue())
     return Path(path)

@@ -15,6 +15,11 @@ two different files of the same name). Holding is re-entrant within a process (`
 its folder and calls ``reproduce``, which holds its own; the CLI holds the folder around a
 library call that holds it again).
 
+A command that writes one file beside runs (``evaluate --json``, ``export``, ``figure``) holds
+the locks of the folders above that file *shared* for the instant of its write
+(:func:`eqpdenet.app.runfolder.writing_beside_runs`): a writer then waits for the write, up to
+:data:`SHARED_WAIT` seconds, while no writer is recorded in the file.
+
 Taking and releasing the lock also removes the temporary files of writes that a killed writer
 left in the folder (:func:`eqpdenet.app.files.remove_stale_temporaries`).
 
@@ -43,7 +48,7 @@ from pathlib import Path
 from ..errors import FolderLockedError, OutputFolderError
 from .files import _reason, make_folder, missing_folders, remove_if_only, remove_stale_temporaries
 
-__all__ = ["LOCK_NAME", "FolderLock", "hold", "holder", "make_folder", "replace_held_folder"]
+__all__ = ["LOCK_NAME", "SHARED_WAIT", "FolderLock", "hold", "holder", "make_folder", "replace_held_folder"]
 
 LOCK_NAME = ".eqpdenet.lock"
 
@@ -68,7 +73,7 @@ class FolderLock:
             raise OutputFolderError(f"cannot write in the folder {self.folder}: "
                                     f"{_reason(error)}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _take(fd, self.folder)
         except BlockingIOError:
             os.close(fd)
             raise FolderLockedError(
@@ -95,6 +100,27 @@ class FolderLock:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)  # no holder any more
             os.close(fd)  # closing releases the flock
+
+
+#: Seconds a writer waits for a folder whose lock no writer has recorded holding: a command
+#: writing one file beside a run (``evaluate --json``, ``export``, ``figure``) holds it shared
+#: for that write (:func:`eqpdenet.app.runfolder.writing_beside_runs`), and a writer that has
+#: just taken it records itself within moments.
+SHARED_WAIT = 2.0
+
+
+def _take(fd: int, folder: Path) -> None:
+    """The exclusive ``flock`` on ``fd``: at once, or within :data:`SHARED_WAIT` seconds while
+    no live writer is recorded in the file; else ``BlockingIOError``."""
+    deadline = time.monotonic() + SHARED_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline or holder(folder, wait=0.0) is not None:
+                raise
+        time.sleep(0.02)
 
 
 def holder(folder: Path, wait: float = 1.0) -> dict | None:

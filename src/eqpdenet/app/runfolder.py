@@ -54,7 +54,7 @@ from .locks import LOCK_NAME, holder, make_folder, replace_held_folder
 __all__ = ["MARKER", "RUN_FILES", "SWEEP_KINDS", "check_claim", "check_not_inside_a_run",
            "check_not_inside_a_sweep", "check_output_keeps", "check_replaceable", "check_stageable",
            "claim_folder", "folder_kind", "output_path", "run_around", "staged", "sweep_inside",
-           "write_marker"]
+           "write_marker", "writing_beside_runs"]
 
 #: What ``eqpdenet train`` writes into its output folder (besides :data:`MARKER`).
 RUN_FILES = ("model.pt", "config.toml", "result.json")
@@ -137,23 +137,40 @@ def check_not_inside_a_sweep(folder: Path, option: str = "--out") -> None:
                                 f"keeps its own files in; choose a folder outside it")
 
 
+def _shared(folder: Path) -> tuple[int | None, bool]:
+    """``(fd, busy)``: a descriptor holding a shared ``flock`` on ``folder``'s writer lock, taken
+    without waiting (None where there is no lock file, where a writer holds it, or on a file
+    system without ``flock``), and whether a writer holds it now. A shared lock keeps any writer
+    from taking the folder (its lock is exclusive) until the descriptor is closed."""
+    try:
+        fd = os.open(Path(folder) / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:  # no lock file: never written by a command
+        return None, False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return fd, False
+    except BlockingIOError:
+        os.close(fd)
+        return None, True
+    except OSError:  # a file system without flock: cannot tell
+        os.close(fd)
+        return None, False
+
+
 def _train_writer(folder: Path) -> str | None:
     """Who is writing ``folder`` as a ``train`` run now (its lock held by a ``train`` process,
     or by one that has not recorded its command yet), in a few words; None if no one is. The
     lock is tested with a shared ``flock`` taken without waiting and released at once."""
-    try:
-        fd = os.open(Path(folder) / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:  # no lock file: never written by a command
+    fd, busy = _shared(folder)
+    if fd is not None:
+        os.close(fd)  # free (closing releases the shared lock)
+    if not busy:
         return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return None  # free (closing releases the shared lock)
-    except BlockingIOError:
-        pass
-    except OSError:  # a file system without flock: cannot tell
-        return None
-    finally:
-        os.close(fd)
+    return _writer_words(folder)
+
+
+def _writer_words(folder: Path) -> str | None:
+    """:func:`_train_writer`'s words for a ``folder`` whose lock a writer holds now."""
     info = holder(folder)
     command = info.get("command") if info is not None else None
     if command not in (None, "", "train"):
@@ -217,9 +234,7 @@ def check_output_keeps(path: Path, option: str, inputs: Iterable[Path | None] = 
     around = next((found for folder in folders
                    if (found := run_around(folder, itself=True, marked=False)) is not None), None)
     if around is not None:
-        raise OutputFolderError(f"{option} {path}: is inside {around[0]}, {around[1]}: when "
-                                f"the run ends it replaces its whole folder, which would "
-                                f"delete this file; choose a file outside it")
+        raise _inside_a_run(path, option, *around)
     if not path.exists():
         return
     for source in inputs:
@@ -250,6 +265,45 @@ def check_output_keeps(path: Path, option: str, inputs: Iterable[Path | None] = 
             raise OutputFolderError(f"{option} {path}: would replace a result of {owner}{where}, a "
                                     f"folder eqpdenet's {folder_kind(owner)} command wrote; choose "
                                     f"a new file name or another folder")
+
+
+def _inside_a_run(path: Path, option: str, owner: Path, what: str) -> OutputFolderError:
+    return OutputFolderError(f"{option} {path}: is inside {owner}, {what}: when the run ends it "
+                             f"replaces its whole folder, which would delete this file; choose a "
+                             f"file outside it")
+
+
+@contextlib.contextmanager
+def writing_beside_runs(path: Path, option: str) -> Iterator[None]:
+    """Hold, for the ``with`` block that writes the single file ``path`` (``evaluate --json``,
+    ``export --out``, ``figure --out``), a shared lock on the writer lock of every folder above
+    it (and above the file a link leads to): a ``train`` started meanwhile cannot take one of
+    them (it waits for the write, :data:`eqpdenet.app.locks.SHARED_WAIT`, then finds the file
+    and refuses to replace a folder holding it), so it cannot replace the folder, and the
+    file with it, after :func:`check_output_keeps` let the file be written. A ``train``
+    writing one of them now: the :class:`OutputFolderError` of :func:`check_output_keeps`.
+    Folders a sweep or study is writing are passed over: they never replace their folder."""
+    path = Path(path)
+    starts = [path]
+    with contextlib.suppress(OSError):  # a loop of links: writing it says so
+        starts.append(link_target(path))
+    folders: dict[str, Path] = {}
+    for start in starts:
+        real = Path(os.path.realpath(start.parent))
+        for folder in (real, *real.parents):
+            folders.setdefault(str(folder), folder)
+    held: list[int] = []
+    try:
+        for folder in folders.values():
+            fd, busy = _shared(folder)
+            if fd is not None:
+                held.append(fd)
+            elif busy and (what := _writer_words(folder)) is not None:
+                raise _inside_a_run(path, option, folder, what)
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
 
 
 def _contents(folder: Path) -> list[str]:
@@ -291,8 +345,9 @@ def check_replaceable(folder: Path, files: Iterable[str] = RUN_FILES) -> None:
         raise OutputFolderError(f"{folder} is the folder of an `eqpdenet {kind}`, not of one "
                                 f"run; a run replaces its whole folder: choose another")
     foreign = [name for name in names if name not in set(files)]
-    runs = [name for name in foreign if run_around(folder / name, itself=True) is not None
-            and (folder / name).is_dir() and not (folder / name).is_symlink()]
+    # the entry itself only: run_around would also find ``folder``, a run, above every entry
+    runs = [name for name in foreign if (folder / name).is_dir() and not (folder / name).is_symlink()
+            and (folder_kind(folder / name) == "train" or _train_writer(folder / name) is not None)]
     if runs:  # a run inside this one (written before such runs were refused)
         raise OutputFolderError(f"{folder} holds the folder of another eqpdenet run "
                                 f"({_shown(runs)}); a run replaces its whole folder, which would "
