@@ -27,6 +27,7 @@ import hashlib
 import os
 import platform
 import sys
+import sysconfig
 import threading
 import time
 from pathlib import Path
@@ -48,9 +49,16 @@ CFLAGS = ["-O3", "-march=native", "-fopenmp"]
 # ----------------------------------------------------------------------------- build
 
 
-def _extension_name(source: str, prefix: str = "eqpdenet_fused_") -> str:
+def _extension_name(source: str, prefix: str = "eqpdenet_fused_", path: str = "") -> str:
+    """The build's name: a hash of everything its compiler command and result depend on
+    (``source``: the text; ``path``: where it lies, which the command names). The torch and
+    Python headers are named by their folders, so two environments (two virtual environments
+    with the same torch version, two checkouts) get a build each: sharing one, each process
+    found the other's command in ninja's log and rebuilt, minutes each, while the others
+    waited."""
     key = "\n".join([source, " ".join(CFLAGS), torch.__version__, platform.machine(),
-                     platform.processor(), _cpu_model()])
+                     platform.processor(), _cpu_model(), os.path.dirname(torch.__file__),
+                     sysconfig.get_paths()["include"], os.environ.get("CXX", ""), path])
     return prefix + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -91,12 +99,32 @@ def _build_directory(name: str) -> str:
     return os.path.join(root, name)
 
 
+#: Seconds of waiting for another process's build before saying so on stderr (loading a
+#: built extension takes well under a second; a build, a minute or more).
+WAIT_NOTICE = 5.0
+
+
+def _wait_for(handle, build_dir: str) -> None:
+    """The exclusive ``flock`` of ``handle``, waiting as long as it takes; said once on stderr
+    after :data:`WAIT_NOTICE` seconds (a process waiting silently for minutes looks hung)."""
+    deadline = time.monotonic() + WAIT_NOTICE
+    while time.monotonic() < deadline:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            time.sleep(0.1)
+    print(f"eqpdenet: waiting for another process that builds or loads the C++ kernel in "
+          f"{build_dir}", file=sys.stderr, flush=True)
+    fcntl.flock(handle, fcntl.LOCK_EX)
+
+
 @contextlib.contextmanager
 def _build_lock(build_dir: str):
     """Hold the build folder's ``flock``; remove torch's ``lock`` file if a killed process left
     it (module docstring)."""
     with open(build_dir.rstrip(os.sep) + ".lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # waits while another process loads or builds
+        _wait_for(handle, build_dir)  # while another process loads or builds
         try:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(build_dir, "lock"))  # stale: its holder is gone
@@ -115,6 +143,13 @@ class _Extension:
         self.seconds: float | None = None
         self._lock = threading.Lock()
 
+    def name(self) -> str:
+        """The build's name (:func:`_extension_name`)."""
+        return _extension_name(self.source.read_text(), self.prefix, str(self.source))
+
+    def build_directory(self) -> str:
+        return _build_directory(self.name())
+
     def load(self):
         with self._lock:
             if self.module is not None:
@@ -124,11 +159,14 @@ class _Extension:
             try:
                 from torch.utils import cpp_extension
 
-                name = _extension_name(self.source.read_text(), self.prefix)
-                build_dir = _build_directory(name)
+                name, build_dir = self.name(), self.build_directory()
                 os.makedirs(build_dir, exist_ok=True)
                 start = time.perf_counter()
                 with _build_lock(build_dir):
+                    if sys.stderr.isatty() and not any(Path(build_dir).glob(f"{name}*.so")):
+                        print(f"eqpdenet: building the C++ kernel {self.source.name} (once per "
+                              f"CPU and environment, about a minute)", file=sys.stderr,
+                              flush=True)
                     self.module = cpp_extension.load(
                         name=name, sources=[str(self.source)], extra_cflags=CFLAGS,
                         extra_ldflags=["-fopenmp"], build_directory=build_dir, verbose=False,
