@@ -122,3 +122,22 @@ def test_a_plain_subfolder_of_a_run_is_named_as_a_users_folder_not_as_a_run(tmp_
     with pytest.raises(OutputFolderError, match=r"holds the folder of another eqpdenet run "
                                                 r"\(sub\)"):
         check_replaceable(run)
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, RuntimeError])
+def test_an_interrupted_equivariance_into_a_new_folder_leaves_no_folder(tmp_path, monkeypatch,
+                                                                       failure):
+    """The clean-up removed the new folder only when it held the marker alone; the writer lock
+    file is always there too, so the folder (marker and lock) stayed."""
+    from eqpdenet.app import equivariance_study
+
+    def interrupted(out):
+        raise failure("stopped while writing")
+
+    monkeypatch.setattr(equivariance_study, "write_invariant_orders", interrupted)
+    out = tmp_path / "new" / "eq"
+    try:
+        main(["equivariance", "--invariant-orders-only", "--out", str(out)])
+    except (KeyboardInterrupt, RuntimeError):
+        pass
+    assert not (tmp_path / "new").exists()

@@ -668,9 +668,7 @@ def _equivariance(args) -> int:
     import torch
 
     from .equivariance_study import prepare_study, run_study, write_invariant_orders, write_outputs
-    from .files import missing_folders, remove_if_only
-    from .locks import hold
-    from .runfolder import MARKER, check_claim, claim_folder, output_path
+    from .runfolder import check_claim, claiming, output_path
 
     default = "runs/equivariance" + ("-quick" if args.quick else "")
     out = output_path(args.out or default)
@@ -682,8 +680,8 @@ def _equivariance(args) -> int:
                               f"{'it' if len(unused) == 1 else 'them'} out, or drop "
                               f"--invariant-orders-only for the whole study")
         check_claim(out, "equivariance")
-        with hold(out, "equivariance"):
-            path = write_invariant_orders(claim_folder(out, "equivariance"))
+        with claiming(out, "equivariance"):
+            path = write_invariant_orders(out)
         print(path.read_text())
         print(f"wrote {path}")
         return 0
@@ -695,18 +693,11 @@ def _equivariance(args) -> int:
                          data_dir=args.data_dir,
                          T=EQUIVARIANCE_T if args.T is None else args.T,
                          dt=EQUIVARIANCE_DT if args.dt is None else args.dt)
-    created = missing_folders(out)
-    with hold(out, "equivariance"):  # one writer: two runs never mix their outputs
-        claim_folder(out, "equivariance")
+    # one writer: two runs never mix their outputs; a failure the checks above did not foresee,
+    # or an interruption, before any output was written: a folder this call made goes
+    with claiming(out, "equivariance"):
         torch.manual_seed(0)
-        try:
-            written = write_outputs(run_study(plan), out)
-        except BaseException:
-            # A failure the checks above did not foresee, or an interruption, before any output
-            # was written: a folder this call made, holding only its marker, goes.
-            if created:
-                remove_if_only(out, MARKER, created)
-            raise
+        written = write_outputs(run_study(plan), out)
     print(written[0].read_text())
     print(f"wrote {', '.join(str(p) for p in written)} in {time.perf_counter() - start:.0f} s "
           f"({torch.get_num_threads()} threads)")
@@ -729,8 +720,7 @@ def _describe(args) -> int:
     from ..analysis.describe import describe_model
     from ..models import EqPdeNet
     from .figures import evolution_grid, evolution_trajectories
-    from .files import missing_folders, remove_if_only
-    from .runfolder import MARKER, check_claim, claim_folder, output_path
+    from .runfolder import check_claim, claiming, output_path
     from .training import load_checkpoint
 
     model, config, payload = load_checkpoint(args.checkpoint)
@@ -762,18 +752,11 @@ def _describe(args) -> int:
             f"under its own explicit Euler scheme: that is the trained model's behaviour, which "
             f"describe reports and does not change. No evolution image was drawn and nothing "
             f"was written to {args.out}; other --samples may stay finite.") from None
-    created = missing_folders(folder)
-    out = claim_folder(folder, "describe")
-    path = out / "evolution.png"
-    try:
+    with claiming(folder, "describe") as out:  # one writer: no train swaps its run in over it
+        path = out / "evolution.png"
         evolution_grid(model.pde_layer, images, path, frames=args.frames, labels=labels,
                        title=f"u(0) ... u(T) of each PDE of {args.checkpoint}",
                        trajectories=trajectories)
-    except BaseException:
-        # a folder this call made, still holding only its marker: removed, as if never claimed
-        if created:
-            remove_if_only(out, MARKER, created)
-        raise
     print(f"wrote {path}")
     return 0
 
@@ -1146,8 +1129,9 @@ def describe_error(error: BaseException) -> tuple[str, int]:
     elif isinstance(error, MemoryError) or _allocation_failed(error):
         wanted = _allocation_failed(error)
         text, status = (f"out of memory{f' ({wanted})' if wanted else ''}; lower "
-                        f"train.batch_size, the model's size, the number of Euler steps or "
-                        f"--jobs"), 2
+                        f"train.batch_size, the model's width or depth (of a PDE model, its "
+                        f"Euler steps: model.layer.T / dt, or the blocks of invariant_pde and "
+                        f"lifted_pde) or --jobs"), 2
     elif isinstance(error, OSError) and not isinstance(error, EqPdeNetError) and error.strerror:
         where = f": {error.filename}" if error.filename else ""
         text, status = f"{error.strerror}{where}", 2

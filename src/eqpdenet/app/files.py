@@ -104,9 +104,11 @@ def check_output_file(path: Path, option: str = "--out") -> Path:
     except OSError as error:
         raise OutputFolderError(f"{option} {path}: cannot write into {target.parent}: "
                                 f"{_reason(error)}") from None
-    os.close(fd)
-    with contextlib.suppress(OSError):
-        os.unlink(probe)
+    try:
+        os.close(fd)
+    finally:  # an interrupt included: no probe is left
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
     return path
 
 

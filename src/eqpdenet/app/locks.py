@@ -1,7 +1,8 @@
 """One writer per output folder: a lock file that the operating system releases on any exit.
 
-Every command that writes results into a folder (``train``, ``reproduce``, ``study``, ``report``,
-and any new one) holds that folder's lock while it writes::
+Every command that writes results into a folder (``train``, ``reproduce``, ``benchmark``,
+``study``, ``report``, ``equivariance``, ``describe``, and any new one) holds that folder's lock
+while it writes::
 
     with hold(out, "reproduce"):
         ...
@@ -11,9 +12,12 @@ second writer stops at once with a :class:`~eqpdenet.errors.FolderLockedError` n
 that holds it (pid, host, command line, start time, which the holder writes into the file). The
 kernel releases the lock when the holder exits, however it exits (SIGKILL included), so there is
 never a stale lock to clean up; the file itself stays (removing it would let two processes lock
-two different files of the same name). Holding is re-entrant within a process (``study`` holds
-its folder and calls ``reproduce``, which holds its own; the CLI holds the folder around a
-library call that holds it again).
+two different files of the same name). A ``train`` that swaps its run in replaces the folder, and
+the lock file with it (:func:`replace_held_folder`): a lock is therefore taken on the file that is
+at the path once ``flock`` returns (its device and inode compared), else the file is opened again
+(:func:`same_file`); a lock of the replaced file would let two writers hold the folder at once.
+Holding is re-entrant within a process (``study`` holds its folder and calls ``reproduce``, which
+holds its own; the CLI holds the folder around a library call that holds it again).
 
 A command that writes one file beside runs (``evaluate --json``, ``export``, ``figure``) holds
 the locks of the folders above that file *shared* for the instant of its write
@@ -48,7 +52,8 @@ from pathlib import Path
 from ..errors import FolderLockedError, OutputFolderError
 from .files import _reason, make_folder, missing_folders, remove_if_only, remove_stale_temporaries
 
-__all__ = ["LOCK_NAME", "SHARED_WAIT", "FolderLock", "hold", "holder", "make_folder", "replace_held_folder"]
+__all__ = ["LOCK_NAME", "SHARED_WAIT", "FolderLock", "check_free", "hold", "holder", "make_folder",
+           "replace_held_folder", "same_file", "shared"]
 
 LOCK_NAME = ".eqpdenet.lock"
 
@@ -66,23 +71,34 @@ class FolderLock:
         return self._fd is not None
 
     def acquire(self, command: str | None = None) -> None:
-        """Take the lock now or raise :class:`FolderLockedError` naming the holder."""
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-        except OSError as error:
-            raise OutputFolderError(f"cannot write in the folder {self.folder}: "
-                                    f"{_reason(error)}") from None
-        try:
-            _take(fd, self.folder)
-        except BlockingIOError:
-            os.close(fd)
-            raise FolderLockedError(
-                f"{self.folder} is being written by another eqpdenet process "
-                f"({_describe(holder(self.folder))}); one writer per folder: wait for it to "
-                f"finish, or write to another folder") from None
-        except OSError as error:
-            os.close(fd)
-            raise OutputFolderError(f"cannot lock {self.path}: {_reason(error)}") from None
+        """Take the lock now or raise :class:`FolderLockedError` naming the holder. The lock is
+        taken on the file that is at the path once ``flock`` returns: a ``train`` that swapped its
+        run in between replaced the file (:func:`replace_held_folder`), and the lock of the
+        replaced file would let two writers hold the folder at once; it is opened again."""
+        for _ in range(_REOPENS):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            except OSError as error:
+                raise OutputFolderError(f"cannot write in the folder {self.folder}: "
+                                        f"{_reason(error)}") from None
+            try:
+                current = _take(fd, self.folder, self.path)
+            except BlockingIOError:
+                os.close(fd)
+                raise _locked(self.folder) from None
+            except OSError as error:
+                os.close(fd)
+                raise OutputFolderError(f"cannot lock {self.path}: {_reason(error)}") from None
+            except BaseException:
+                os.close(fd)
+                raise
+            if current:
+                break
+            os.close(fd)  # the lock of a file no longer at the path: take the one there now
+        else:
+            raise FolderLockedError(f"{self.folder}: its lock file was replaced {_REOPENS} times "
+                                    f"while this process took it; another eqpdenet process keeps "
+                                    f"swapping runs into it: write to another folder")
         info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command or "",
                 "argv": _command_line(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
         try:  # the write is the check that the folder can be written (space included)
@@ -109,17 +125,95 @@ class FolderLock:
 SHARED_WAIT = 2.0
 
 
-def _take(fd: int, folder: Path) -> None:
+#: How many times :meth:`FolderLock.acquire` opens the lock file again when the file it locked
+#: was replaced meanwhile (once per swap of a run into the folder: one is the rule).
+_REOPENS = 100
+
+
+def same_file(fd: int, path: Path) -> bool:
+    """Whether the open descriptor ``fd`` is the file now at ``path`` (False where nothing is
+    there): a lock taken on a file that a swap replaced (or unlinked) locks nothing any more."""
+    try:
+        there = os.stat(path)
+    except OSError:
+        return False
+    mine = os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _take(fd: int, folder: Path, path: Path | None = None) -> bool:
     """The exclusive ``flock`` on ``fd``: at once, or within :data:`SHARED_WAIT` seconds while
-    no live writer is recorded in the file; else ``BlockingIOError``."""
+    no live writer is recorded in the file; else ``BlockingIOError``. With ``path`` (the lock
+    file ``fd`` was opened as): False, the lock released, where ``fd`` is no longer the file at
+    ``path`` (a swap replaced it): the caller opens the file there now; True once held."""
     deadline = time.monotonic() + SHARED_WAIT
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
         except BlockingIOError:
+            if path is not None and not same_file(fd, path):
+                return False  # waiting on a replaced file: its holder has swapped a run in
             if time.monotonic() >= deadline or holder(folder, wait=0.0) is not None:
                 raise
+        else:
+            if path is None or same_file(fd, path):
+                return True
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        time.sleep(0.02)
+
+
+def shared(path: Path) -> tuple[int | None, bool]:
+    """``(fd, busy)``: a descriptor holding a shared ``flock`` on the lock file ``path``, taken
+    without waiting (None where there is no lock file, where a writer holds it, or on a file
+    system without ``flock``), and whether a writer holds it now. A shared lock keeps any writer
+    from taking the folder (its lock is exclusive) until the descriptor is closed. As for
+    :meth:`FolderLock.acquire`, the lock is of the file at ``path`` once taken (opened again
+    where a swap replaced it meanwhile)."""
+    for _ in range(_REOPENS):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:  # no lock file: never written by a command
+            return None, False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            held = True
+        except BlockingIOError:
+            held = False
+        except OSError:  # a file system without flock: cannot tell
+            os.close(fd)
+            return None, False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same_file(fd, path):
+            if held:
+                return fd, False
+            os.close(fd)
+            return None, True
+        os.close(fd)  # a replaced file: look at the one there now
+    return None, True
+
+
+def check_free(folder: Path) -> None:
+    """Before any work: a :class:`FolderLockedError` (the words of :meth:`FolderLock.acquire`)
+    where another process is writing ``folder`` now (its lock held), so that a command that
+    takes the lock only after long work (``describe``, ``equivariance``) is refused before it.
+    Nothing where this process holds it (:func:`hold` is re-entrant) or no lock file is there.
+    A lock that no writer has recorded holding (a write beside runs, a writer releasing it) is
+    waited for, as :func:`_take` does."""
+    folder = Path(folder)
+    if _key(folder) in _held:
+        return
+    deadline = time.monotonic() + SHARED_WAIT
+    while True:
+        fd, busy = shared(folder / LOCK_NAME)
+        if fd is not None:
+            os.close(fd)
+        if not busy:
+            return
+        if time.monotonic() >= deadline or holder(folder, wait=0.0) is not None:
+            raise _locked(folder)
         time.sleep(0.02)
 
 
@@ -136,6 +230,13 @@ def holder(folder: Path, wait: float = 1.0) -> dict | None:
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.05)
+
+
+def _locked(folder: Path) -> FolderLockedError:
+    """The error of a second writer: ``folder`` is being written, by whom."""
+    return FolderLockedError(f"{folder} is being written by another eqpdenet process "
+                             f"({_describe(holder(folder))}); one writer per folder: wait for it "
+                             f"to finish, or write to another folder")
 
 
 def _alive(pid, host) -> bool:
@@ -208,9 +309,9 @@ def hold(folder: Path, command: str | None = None, *, create: bool = True) -> It
     except BaseException:
         if missing and _held[key][1] == 1:
             # Done while the lock is held, so a second writer that tries it meanwhile is refused
-            # (it is taken without waiting); only one that opened the file before the unlink and
-            # tries after the release could lock the removed file, which needs two commands
-            # started on the same new folder at the same instant.
+            # (it is taken without waiting); one that opened the file before the unlink and
+            # locks it after the release finds that it is no longer the file at the path, and
+            # opens it again (FolderLock.acquire).
             remove_if_only(folder, LOCK_NAME, missing)
         raise
     finally:
@@ -267,8 +368,15 @@ def replace_held_folder(folder: Path, new: Path) -> None:
             # a short name: the folder's own may already be near the system's 255-byte limit
             aside = folder.with_name(f".eqpdenet.replaced-{os.getpid()}")
             os.rename(folder, aside)
-            os.rename(new, folder)
-            os.rename(aside, new)
+            try:
+                os.rename(new, folder)
+            except BaseException:
+                os.rename(aside, folder)  # the old folder back where it was, untouched
+                raise
+            try:
+                os.rename(aside, new)
+            except OSError:  # the old contents go all the same
+                shutil.rmtree(aside, ignore_errors=True)
     except BaseException:
         new_lock.release()
         raise

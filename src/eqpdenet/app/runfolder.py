@@ -36,25 +36,26 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import glob
 import hashlib
 import json
 import os
+import re
 import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .. import __version__
 from ..errors import OutputFolderError
 from ..files import link_target
-from .files import _reason, atomic_write
-from .locks import LOCK_NAME, holder, make_folder, replace_held_folder
+from .files import TEMPORARY_SUFFIX, _reason, atomic_write, missing_folders
+from .locks import LOCK_NAME, check_free, hold, holder, make_folder, replace_held_folder, shared
 
 __all__ = ["MARKER", "RUN_FILES", "SWEEP_KINDS", "check_claim", "check_not_inside_a_run",
            "check_not_inside_a_sweep", "check_output_keeps", "check_replaceable", "check_stageable",
-           "claim_folder", "folder_kind", "output_path", "run_around", "staged", "sweep_inside",
-           "write_marker", "writing_beside_runs"]
+           "claim_folder", "claiming", "folder_kind", "mount_point", "output_path", "run_around",
+           "staged", "sweep_inside", "write_marker", "writing_beside_runs"]
 
 #: What ``eqpdenet train`` writes into its output folder (besides :data:`MARKER`).
 RUN_FILES = ("model.pt", "config.toml", "result.json")
@@ -138,23 +139,10 @@ def check_not_inside_a_sweep(folder: Path, option: str = "--out") -> None:
 
 
 def _shared(folder: Path) -> tuple[int | None, bool]:
-    """``(fd, busy)``: a descriptor holding a shared ``flock`` on ``folder``'s writer lock, taken
-    without waiting (None where there is no lock file, where a writer holds it, or on a file
-    system without ``flock``), and whether a writer holds it now. A shared lock keeps any writer
-    from taking the folder (its lock is exclusive) until the descriptor is closed."""
-    try:
-        fd = os.open(Path(folder) / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:  # no lock file: never written by a command
-        return None, False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return fd, False
-    except BlockingIOError:
-        os.close(fd)
-        return None, True
-    except OSError:  # a file system without flock: cannot tell
-        os.close(fd)
-        return None, False
+    """``(fd, busy)`` of :func:`eqpdenet.app.locks.shared` for ``folder``'s writer lock: a
+    descriptor holding it shared (None where there is none to hold, or a writer holds it), and
+    whether a writer holds it now."""
+    return shared(Path(folder) / LOCK_NAME)
 
 
 def _train_writer(folder: Path) -> str | None:
@@ -361,12 +349,18 @@ def check_replaceable(folder: Path, files: Iterable[str] = RUN_FILES) -> None:
 def check_claim(folder: Path, kind: str, legacy: Iterable[str] = ()) -> bool:
     """Whether the ``kind`` command may write into ``folder`` (module docstring): True if it is
     new, empty or marked by ``kind``, False if it is a folder of that command from before markers
-    (it holds one of the names in ``legacy``); an :class:`OutputFolderError` otherwise. Writes
-    nothing (call it before taking the folder's lock, so a refused folder is left untouched)."""
+    (it holds one of the names in ``legacy``); an :class:`OutputFolderError` otherwise, and a
+    :class:`~eqpdenet.errors.FolderLockedError` where another process is writing the folder
+    now (:func:`eqpdenet.app.locks.check_free`: a first ``train`` run's folder holds only its
+    lock until the run is swapped in, and looks empty). Also the check, before any work, that
+    the folder can be created and written (:func:`_check_writable`). Leaves nothing behind (call
+    it before taking the folder's lock, so a refused folder is left untouched)."""
     folder = Path(folder)
     check_not_inside_a_sweep(folder)
     check_not_inside_a_run(folder)
+    check_free(folder)
     if not folder.is_dir():
+        _check_writable(folder)
         return True
     names, marked = _contents(folder), folder_kind(folder)
     if marked is not None and marked != kind:
@@ -378,8 +372,49 @@ def check_claim(folder: Path, kind: str, legacy: Iterable[str] = ()) -> bool:
                 f"{folder} holds files that eqpdenet did not write ({_shown(names)}; no "
                 f"{MARKER} marker): `eqpdenet {kind}` would overwrite some; choose a new or "
                 f"empty folder")
+        _check_writable(folder)
         return False
+    _check_writable(folder)
     return True
+
+
+def _check_writable(folder: Path) -> None:
+    """That ``folder`` can be created (where it is missing: a folder is made and removed again
+    in the nearest folder above it that exists) and a file written into it (one is made and
+    removed); an :class:`OutputFolderError` in the words of the lock, which would find it out
+    (a file in the way, a read-only file system, no permission, no room for an entry)."""
+    folder = Path(folder)
+    if folder.is_dir():
+        try:
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".eqpdenet-probe.",
+                                         suffix=TEMPORARY_SUFFIX)
+        except OSError as error:
+            raise OutputFolderError(f"cannot write in the folder {folder}: {_reason(error)}") from None
+        try:
+            os.close(fd)
+        finally:  # an interrupt included: no probe is left
+            with contextlib.suppress(OSError):
+                os.unlink(probe)
+        return
+    if folder.exists() or folder.is_symlink():
+        if folder.exists():
+            raise OutputFolderError(f"{folder} is a file, not a folder")
+        return  # a dangling link: creating the folder says what it meets
+    above = next((p for p in folder.parents if p.exists()), None)
+    if above is None:
+        return
+    if not above.is_dir():
+        raise OutputFolderError(f"cannot create the folder {folder}: {above} is a file, not a "
+                                f"folder")
+    made = None
+    try:
+        made = tempfile.mkdtemp(dir=above, prefix=".eqpdenet-probe.")
+    except OSError as error:
+        raise OutputFolderError(f"cannot create the folder {folder}: {_reason(error)}") from None
+    finally:  # an interrupt included: no probe is left
+        if made is not None:
+            with contextlib.suppress(OSError):
+                os.rmdir(made)
 
 
 def claim_folder(folder: Path, kind: str, legacy: Iterable[str] = ()) -> Path:
@@ -391,6 +426,30 @@ def claim_folder(folder: Path, kind: str, legacy: Iterable[str] = ()) -> Path:
         if folder_kind(folder) is None:
             write_marker(folder, kind)
     return folder
+
+
+@contextlib.contextmanager
+def claiming(folder: Path, kind: str, legacy: Iterable[str] = ()) -> Iterator[Path]:
+    """For the ``with`` block that writes the ``kind`` command's results into ``folder``: its
+    writer lock held (:func:`eqpdenet.app.locks.hold`: a ``train`` cannot take the folder, and
+    swap its run in over the results, meanwhile), and the folder claimed
+    (:func:`claim_folder`). A block that fails (an interrupt included) and leaves a folder this
+    call made holding only its marker and lock removes it, and the folders made above it, as if
+    it had never been claimed. Call :func:`check_claim` before the long work, as the first
+    check; this one is made again with the lock held."""
+    folder = Path(folder)
+    created = missing_folders(folder)
+    with hold(folder, kind):
+        claim_folder(folder, kind, legacy)
+        try:
+            yield folder
+        except BaseException:
+            if created:
+                with contextlib.suppress(OSError):
+                    if sorted(entry.name for entry in os.scandir(folder)) == sorted([LOCK_NAME,
+                                                                                       MARKER]):
+                        (folder / MARKER).unlink()  # then hold removes the lock and the folders
+            raise
 
 
 #: The longest part of a run folder's name that its staging folder's name repeats: the staging
@@ -445,13 +504,54 @@ def _as_asked(error: OSError, stage: Path, folder: Path) -> OutputFolderError:
     return OutputFolderError(f"cannot write {asked}: {message}")
 
 
-def check_stageable(folder: Path) -> None:
-    """Before any work: the folder that holds ``folder`` lets a run stage there (a run is
-    written into a sibling folder, :func:`staged`, which then replaces ``folder``): the staging
-    folder is created and removed again. An :class:`OutputFolderError` naming ``folder`` and the
-    cause otherwise (a parent folder without write permission, a full disk). Nothing is
-    checked where the parent does not exist yet (taking the folder's lock creates it)."""
+def mount_point(folder: Path) -> bool:
+    """Whether ``folder`` is a mount point: another file system than its parent folder's (the
+    usual test, ``st_dev``), or a folder of the same file system mounted there (a bind mount,
+    listed in ``/proc/self/mountinfo`` on Linux). Neither can be renamed, nor replaced (EBUSY),
+    and a folder cannot be renamed from one file system into another (EXDEV)."""
     folder = Path(os.path.realpath(folder))
+    try:
+        if os.path.ismount(folder):
+            return True
+    except OSError:
+        return False
+    return str(folder) in _mount_points()
+
+
+def _mount_points() -> set[str]:
+    """The mount points ``/proc/self/mountinfo`` lists (empty where there is none to read)."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return set()
+    points = set()
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) > 4:  # the 5th field, with space, tab, newline, backslash as \ooo
+            points.add(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]))
+    return points
+
+
+def _mount_refusal(folder: Path, option: str = "--out") -> OutputFolderError:
+    return OutputFolderError(f"{option} {folder} is a mount point (a file system of its own, a "
+                             f"volume or share mounted there): a run is written into a new folder "
+                             f"beside it, in {folder.parent}, and then swapped in, which a mount "
+                             f"point cannot be; give a folder inside it (e.g. {folder / 'run'})")
+
+
+def check_stageable(folder: Path) -> None:
+    """Before any work: ``folder`` can be replaced by a folder written beside it (a run is
+    written into a sibling folder, :func:`staged`, which then replaces ``folder``): it is not a
+    mount point (:func:`mount_point`: it could be neither renamed nor replaced, and only at the
+    end of the run would that show), and the staging folder is created and removed again. An
+    :class:`OutputFolderError` naming ``folder`` and the cause otherwise (a mount point, a
+    parent folder without write permission, a full disk). A link is followed: the folder it
+    leads to is checked. Nothing is checked where the parent does not exist yet (taking the
+    folder's lock creates it, on the parent's file system)."""
+    folder = Path(os.path.realpath(folder))
+    if folder.is_dir() and mount_point(folder):
+        raise _mount_refusal(folder)
     if not folder.parent.is_dir():
         return
     stage = folder.parent / _staging_name(folder, os.getpid())
@@ -464,18 +564,31 @@ def check_stageable(folder: Path) -> None:
         raise OutputFolderError(f"--out {folder}: cannot create the folder: {_reason(error)} (a "
                                 f"run is written into a new folder beside it, in "
                                 f"{folder.parent}, then swapped in)") from None
-    with contextlib.suppress(OSError):
-        stage.rmdir()
+    finally:
+        with contextlib.suppress(OSError):
+            stage.rmdir()
+
+
+def _swap_cause(error: OSError, folder: Path) -> str:
+    """Why the run's folder could not replace ``folder``, in words that say what to do."""
+    text = error.strerror or str(error)
+    if error.errno == errno.EBUSY:
+        return (f"{text}: {folder} is a mount point (or in use as one), which cannot be replaced; "
+                f"give a folder inside it (e.g. {folder / 'run'})")
+    if error.errno == errno.EXDEV:
+        return (f"{text}: {folder} is on another file system than {folder.parent}, where the run "
+                f"was written (a mount point); give a folder inside it (e.g. {folder / 'run'})")
+    return text
 
 
 @contextlib.contextmanager
 def staged(folder: Path) -> Iterator[Path]:
     """A fresh sibling folder (marked as a ``train`` run) to write the run into; when the
     ``with`` block ends without an exception it replaces ``folder`` as a unit, else it is deleted
-    and ``folder`` is untouched. The caller holds ``folder``'s lock
-    (:func:`eqpdenet.app.locks.hold`). A write that fails in the staging folder (a full disk, the
-    file size limit) is an :class:`OutputFolderError` naming the file of ``folder`` it stood for
-    (``--out/model.pt``), never the staging folder."""
+    and ``folder`` is untouched (an interrupt included, from the staging folder's creation on).
+    The caller holds ``folder``'s lock (:func:`eqpdenet.app.locks.hold`). A write that fails in
+    the staging folder (a full disk, the file size limit) is an :class:`OutputFolderError`
+    naming the file of ``folder`` it stood for (``--out/model.pt``), never the staging folder."""
     folder = Path(os.path.realpath(folder))  # a link to the folder stays a link to the new one
     # Escaped: a folder named "run[1]" is not a pattern (its stale folders were left).
     pattern = os.path.join(glob.escape(str(folder.parent)), glob.escape(_staging_prefix(folder)))
@@ -490,9 +603,11 @@ def staged(folder: Path) -> Iterator[Path]:
     try:
         make_folder(stage)
         write_marker(stage, "train")
-    except OSError as error:
+    except BaseException as error:  # Ctrl-C, SIGTERM (as KeyboardInterrupt) included
         shutil.rmtree(stage, ignore_errors=True)
-        raise _as_asked(error, stage, folder) from None
+        if isinstance(error, OSError):
+            raise _as_asked(error, stage, folder) from None
+        raise
     try:
         yield stage
     except OSError as error:
@@ -505,7 +620,10 @@ def staged(folder: Path) -> Iterator[Path]:
         raise
     try:
         replace_held_folder(folder, stage)
-    except OSError as error:
+    except BaseException as error:
+        # before the swap: the new run; after it: the old contents, which go anyway
         shutil.rmtree(stage, ignore_errors=True)
-        raise OutputFolderError(f"cannot replace {folder} by the new run: "
-                                f"{error.strerror or error}") from None
+        if isinstance(error, OSError) and not isinstance(error, OutputFolderError):
+            raise OutputFolderError(f"cannot replace {folder} by the new run: "
+                                    f"{_swap_cause(error, folder)}") from None
+        raise

@@ -23,13 +23,17 @@ rewritten unless a new run is added to it.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
+import os
 import re
+import shutil
 from pathlib import Path
 
-from ..errors import ConfigError, DataFileError
-from .files import atomic_write, read_jsonl_lines
+from ..errors import ConfigError, DataFileError, OutputFolderError
+from .files import TEMPORARY_SUFFIX, _reason, atomic_write, make_folder, read_jsonl_lines
 
 __all__ = ["RUNS_DIR", "SUPERSEDED_DIR", "load_records", "non_finite_fields", "run_file", "save_run",
            "set_aside", "with_finite_numbers", "write_aggregate"]
@@ -174,26 +178,104 @@ def write_aggregate(out_dir: Path) -> Path:
 def set_aside(out_dir: Path, keys, stamp: str) -> Path:
     """Move the finished runs ``keys`` out of the folder's results, into
     ``superseded/<stamp>/``: their run files (``runs/<key>.json``), checkpoints
-    (``checkpoints/<key>.pt``) and ``results.jsonl`` lines (``superseded/<stamp>/results.jsonl``),
-    so that a sweep runs them again. Nothing is deleted. ``results.jsonl`` is rewritten
-    atomically without them (before the run files move: a kill in between leaves run files that
-    the next regeneration puts back, never a line without its run). Returns the folder."""
+    (``checkpoints/<key>.pt``) and ``results.jsonl`` lines (``superseded/<stamp>/results.jsonl``,
+    written atomically, after what an earlier call of the same stamp put there), so that a sweep
+    runs them again. Returns the folder.
+
+    Nothing is deleted, and nothing is left half done: everything that moves is checked first,
+    and a file on another file system than ``superseded/`` (``checkpoints/`` a link to a bigger
+    disk) is copied there, whole, before anything else changes; only a failure there (no space)
+    is an :class:`~eqpdenet.errors.OutputFolderError`, with every copy removed and nothing
+    moved. Then ``results.jsonl`` is rewritten atomically without them (before the files move: a
+    kill in between leaves run files that the next regeneration puts back, never a line without
+    its run), the checkpoints move, and then the run files (a kill in between leaves a run
+    without its checkpoint, which a sweep sets aside in turn, never a checkpoint that the rerun
+    would overwrite). A name already taken in ``superseded/<stamp>/`` gets a number
+    (``<key>.2.json``)."""
     out_dir = Path(out_dir)
     keys = set(keys)
     results = out_dir / "results.jsonl"
     entries = _lines(results)  # a line that is not a run record: refused before anything moves
     aside = out_dir / SUPERSEDED_DIR / stamp
-    aside.mkdir(parents=True, exist_ok=True)
+    make_folder(aside)
     moved = {number for number, _, record in entries if record["key"] in keys}
+    sources = [*(out_dir / "checkpoints" / f"{key}.pt" for key in sorted(keys)),
+               *(run_file(out_dir, key) for key in sorted(keys))]
+    device = os.stat(aside).st_dev
+    plan, taken = [], set()  # (file, where it goes, whether on another file system)
+    for source in sources:
+        if source.exists() or source.is_symlink():
+            target = _free_name(aside, source.name, taken)
+            taken.add(target.name)
+            plan.append((source, target, os.lstat(source).st_dev != device))
+    copied: list[Path] = []
+    try:
+        for source, target, far in plan:
+            if far:  # a rename would fail (EXDEV): a copy now
+                _copy_whole(source, target)
+                copied.append(target)
+            elif not os.access(source.parent, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(source.parent))
+    except BaseException as error:
+        for target in copied:
+            with contextlib.suppress(OSError):
+                target.unlink()
+        if isinstance(error, OSError) and not isinstance(error, OutputFolderError):
+            where = " (another file system)" if far else ""
+            raise OutputFolderError(f"cannot set aside {source} in {aside}{where}: "
+                                    f"{_reason(error)}; nothing was moved") from None
+        raise
     if moved:
-        with open(aside / "results.jsonl", "a") as handle:
-            handle.writelines(line if line.endswith("\n") else line + "\n"
-                              for number, line, _ in entries if number in moved)
+        record = aside / "results.jsonl"
+        old = record.read_bytes() if record.exists() else b""
+        if old and not old.endswith(b"\n"):
+            old += b"\n"
+        atomic_write(record, old + "".join(line if line.endswith("\n") else line + "\n"
+                                            for number, line, _ in entries
+                                            if number in moved).encode())
         atomic_write(results, "".join(line if line.endswith("\n") else line + "\n"
                                       for number, line, _ in entries
                                       if number not in moved).encode())
-    for key in sorted(keys):
-        for path in (run_file(out_dir, key), out_dir / "checkpoints" / f"{key}.pt"):
-            if path.exists():
-                path.rename(aside / path.name)
+    for source, target, _ in plan:
+        try:
+            if target in copied:
+                source.unlink()
+            else:
+                source.rename(target)
+        except OSError as error:
+            raise OutputFolderError(f"cannot set aside {source} in {aside}: {_reason(error)} "
+                                    f"(it stays where it was; nothing was deleted)") from None
     return aside
+
+
+def _free_name(folder: Path, name: str, taken: set[str]) -> Path:
+    """``folder / name``, or where that is taken (on disk or in ``taken``), ``<stem>.<n><suffix>``
+    with the first free ``n`` from 2: a set-aside file never replaces another."""
+    stem, suffix = os.path.splitext(name)
+    candidate, number = name, 1
+    while candidate in taken or os.path.lexists(folder / candidate):
+        number += 1
+        candidate = f"{stem}.{number}{suffix}"
+    return folder / candidate
+
+
+def _copy_whole(source: Path, target: Path) -> None:
+    """Copy ``source`` (a file, or a link as a link) to ``target`` on another file system: into
+    a temporary file beside ``target``, flushed to the disk, then renamed, so that ``target`` is
+    never a partial copy. The temporary file is removed on any failure."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
+    try:
+        if source.is_symlink():
+            os.symlink(os.readlink(source), tmp)
+        else:
+            shutil.copy2(source, tmp)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.rename(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
