@@ -25,6 +25,11 @@ no other runtime knows) is refused with an :class:`~eqpdenet.errors.ExportError`
 Only a float32 model is exported (its floating-point parameters; the file's input is float32):
 any other is refused before any work.
 
+Running a file: :func:`load_exported` checks the file when it loads it and returns an
+:class:`ExportedModel`, which checks its images as the models do (a tensor, of the file's
+channels and size, finite) and runs them as float32 (float64 images converted, as
+:func:`export_model` converts those it verifies on); the verification runs the same runner.
+
 Verification is part of :func:`export_model`: the file is written to a temporary sibling (locked
 by the export until it is renamed or deleted; one a killed export left is removed by the next
 export to the same path), loaded
@@ -59,6 +64,7 @@ import math
 import os
 import time
 import warnings
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,8 +72,16 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .checks import check_images, export_mode
-from .errors import ConfigError, ExportError, InputError, MissingDependencyError, OutputFolderError
+from .checks import check_images, check_values, export_mode
+from .errors import (
+    ConfigError,
+    DataFileError,
+    ExportError,
+    InputError,
+    InputTypeError,
+    MissingDependencyError,
+    OutputFolderError,
+)
 from .files import STALE_AGE, STALE_GRACE, link_target, remove_stale_beside, temporary_beside
 from .registry import Registry
 
@@ -78,6 +92,7 @@ __all__ = [
     "VERIFY_BATCH",
     "ExportFormat",
     "ExportReport",
+    "ExportedModel",
     "check_export",
     "export_model",
     "load_exported",
@@ -107,6 +122,8 @@ STANDARD_NAMESPACES = ("aten", "prims")
 STAGING_SUFFIX = ".tmp"
 
 Runner = Callable[[Tensor], Tensor]
+#: ``(C, H, W)`` of an exported file's input, each None where the file leaves it free.
+InputShape = tuple[int | None, int | None, int | None]
 
 
 @dataclass(frozen=True)
@@ -119,7 +136,10 @@ class ExportFormat:
         runtime: what runs the file, in words.
         requires: modules that must be importable (optional dependencies), checked first.
         write: ``write(exported_program, path)``.
-        load: ``load(path) -> run``, ``run(images) -> logits`` (CPU tensors).
+        load: ``load(path) -> (run, input_shape)``: ``run(images) -> logits`` on float32 CPU
+            tensors, checked already (:class:`ExportedModel` wraps it), and the ``(C, H, W)`` of
+            the file's input (None where free); a file that is not of the format is a
+            :class:`~eqpdenet.errors.DataFileError` naming it.
     """
 
     name: str
@@ -127,7 +147,7 @@ class ExportFormat:
     runtime: str
     requires: tuple[str, ...]
     write: Callable[[torch.export.ExportedProgram, Path], None]
-    load: Callable[[Path], Runner]
+    load: Callable[[Path], tuple[Runner, InputShape]]
 
 
 @contextlib.contextmanager
@@ -191,18 +211,39 @@ def _write_onnx(program: torch.export.ExportedProgram, path: Path) -> None:
         onnx_program.save(path, external_data=False)
 
 
-def _load_onnx(path: Path) -> Runner:
+def _first_line(error: BaseException) -> str:
+    """The first non-empty line of ``error``'s message, after its type."""
+    first = next((line for line in str(error).splitlines() if line.strip()), "")
+    return f"{type(error).__name__}: {first.strip()}" if first else type(error).__name__
+
+
+def _known(dims) -> InputShape:
+    """``(C, H, W)`` of an input's ``(batch, C, H, W)``, each an int or None where not fixed."""
+    dims = list(dims)
+    if len(dims) != 4:
+        return (None, None, None)
+    return tuple(int(d) if isinstance(d, int) and not isinstance(d, bool) else None
+                 for d in dims[1:])
+
+
+def _load_onnx(path: Path) -> tuple[Runner, InputShape]:
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+    try:
+        session = onnxruntime.InferenceSession(str(path), options,
+                                               providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime's own classes (InvalidProtobuf, ...)
+        raise DataFileError(path, f"not an ONNX model onnxruntime can load "
+                                  f"({_first_line(error)})") from None
+    spec = session.get_inputs()[0]
+    name = spec.name
 
     def run(images: Tensor) -> Tensor:
-        return torch.from_numpy(session.run(None, {name: images.detach().cpu().numpy()})[0])
+        return torch.from_numpy(session.run(None, {name: images.numpy()})[0])
 
-    return run
+    return run, _known(spec.shape)
 
 
 def _write_program(program: torch.export.ExportedProgram, path: Path) -> None:
@@ -212,15 +253,64 @@ def _write_program(program: torch.export.ExportedProgram, path: Path) -> None:
         torch.export.save(program, path)
 
 
-def _load_program(path: Path) -> Runner:
-    with _quiet():
-        module = torch.export.load(path).module()
+def _load_program(path: Path) -> tuple[Runner, InputShape]:
+    if not zipfile.is_zipfile(path):
+        raise DataFileError(path, "not an exported program: a .pt2 file (torch.export.save) is a "
+                                  "zip archive and this one is not (an ONNX file is named .onnx)")
+    try:
+        with _quiet():
+            program = torch.export.load(path)
+    except Exception as error:
+        raise DataFileError(path, f"not an exported program torch.export.load can read "
+                                  f"({_first_line(error)})") from None
+    module = program.module()
+    inputs = [node for node in program.graph.nodes
+              if node.op == "placeholder" and node.name in program.graph_signature.user_inputs]
+    value = inputs[0].meta.get("val") if len(inputs) == 1 else None
+    shape = _known(value.shape) if value is not None else (None, None, None)
 
     def run(images: Tensor) -> Tensor:
         with torch.no_grad():
             return module(images)
 
-    return run
+    return run, shape
+
+
+class ExportedModel:
+    """An exported file, loaded: ``model(images) -> logits`` (:func:`load_exported`).
+
+    ``images`` go through the checks the models make at their entry, each one line naming
+    ``images``: a ``torch.Tensor`` (a NumPy array is refused: ``torch.from_numpy(array)``
+    converts it), floating-point, ``(batch, C, H, W)`` with the channels and size of the file's
+    input (:attr:`input_shape`), no NaN or inf (an exported graph has no value checks of its own:
+    docs/deployment.md). They are then run as float32 on the CPU: the file's input is float32, so
+    float64 images are converted to float32 as :func:`export_model` converts those it verifies
+    on (float16 and bfloat16 convert exactly). The logits are a float32 CPU tensor
+    ``(batch, classes)``, detached from any graph.
+
+    Attributes:
+        path: the file.
+        format: its format (:data:`FORMATS`).
+        input_shape: ``(C, H, W)`` of the file's input, each None where the file leaves it free.
+    """
+
+    def __init__(self, path: Path, format: str, run: Runner, input_shape: InputShape):
+        self.path, self.format, self._run, self.input_shape = path, format, run, input_shape
+
+    def __call__(self, images: Tensor) -> Tensor:
+        if not isinstance(images, Tensor):
+            hint = " (torch.from_numpy(images) converts a NumPy array)" \
+                if type(images).__module__ == "numpy" else ""
+            raise InputTypeError(f"images must be a torch.Tensor, got "
+                                 f"{type(images).__name__}{hint}")
+        channels, height, width = self.input_shape
+        check_images(images, "images", channels=channels,
+                     size=(height, width) if None not in (height, width) else None)
+        check_values(images, "images")
+        return self._run(images.detach().to("cpu", torch.float32).contiguous())
+
+    def __repr__(self) -> str:
+        return f"ExportedModel({str(self.path)!r}, format={self.format!r}, input_shape={self.input_shape})"
 
 
 #: Export formats: name -> :class:`ExportFormat`.
@@ -301,6 +391,7 @@ def trace(model: nn.Module, example: Tensor) -> torch.export.ExportedProgram:
     inputs of the right shape). Raises :class:`~eqpdenet.errors.ExportError` naming the family
     and the cause where it cannot be traced or the graph calls a custom operator, and the
     model's own :class:`~eqpdenet.errors.InputError` as it is where it refuses ``example``."""
+    _check_model(model)
     family = type(model).__name__
     check_images(example, "example")
     if len(example) < 2:  # a batch of 1 would be traced as a constant size
@@ -432,6 +523,16 @@ def _float32_noise(model: nn.Module, images: Tensor, turns: bool) -> float | Non
         return None
 
 
+def _check_model(model) -> None:
+    """A :class:`~eqpdenet.errors.ConfigError` unless ``model`` is an ``nn.Module`` (a family's
+    name, ``"fcnn"``, is not a model: ``build_model("fcnn")`` or a checkpoint builds one)."""
+    if not isinstance(model, nn.Module):
+        if isinstance(model, str):
+            raise ConfigError(f"model must be a torch.nn.Module, got the string {model!r}: "
+                              f"eqpdenet.models.build_model({model!r}) builds one of a family")
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+
+
 def _check_float32(model: nn.Module) -> None:
     """Refuse a model whose floating-point parameters are not all float32, before any work:
     the file's input is float32 (docs/deployment.md), and a float64 model traced as it is gave
@@ -477,13 +578,16 @@ def export_model(model: nn.Module, out: str | os.PathLike, format: str = "onnx",
     (:func:`eqpdenet.files.remove_stale_beside`, once unlocked and untouched for
     :data:`STALE_GRACE` seconds).
     """
+    _check_model(model)
     chosen = check_export(format, out)
     out = Path(out)
-    if not (isinstance(tolerance, float | int) and math.isfinite(tolerance) and tolerance > 0):
+    if not (isinstance(tolerance, float | int) and not isinstance(tolerance, bool)
+            and math.isfinite(tolerance) and tolerance > 0):
         raise ConfigError(f"tolerance must be a positive number, got {tolerance!r}")
     check_images(images, "images")
     if len(images) == 0:
         raise ConfigError("the verification needs at least one image")
+    check_values(images, "images")  # before tracing and writing, not at the model's first call
     log = log or (lambda line: None)
     family = type(model).__name__
     _check_float32(model)
@@ -518,7 +622,7 @@ def export_model(model: nn.Module, out: str | os.PathLike, format: str = "onnx",
         with _evaluating(model), torch.no_grad():
             expected = _chunked(model, images)
         try:
-            run = chosen.load(staging)
+            run = _open(chosen, staging)  # the checked runner load_exported gives
             exported = _chunked(run, images)
             single = run(images[:1])  # a batch of one through the dynamic axis
         except Exception as error:
@@ -557,9 +661,16 @@ def export_model(model: nn.Module, out: str | os.PathLike, format: str = "onnx",
     return report
 
 
-def load_exported(path: str | os.PathLike, format: str | None = None) -> Runner:
-    """``run(images) -> logits`` for an exported file, by the runtime its format targets
-    (``format`` default: from the suffix, ``.onnx`` or else ``exported-program``)."""
+def load_exported(path: str | os.PathLike, format: str | None = None) -> ExportedModel:
+    """An exported file, loaded by the runtime its format targets, as an :class:`ExportedModel`:
+    ``load_exported(path)(images) -> logits``, ``images`` checked as the models check theirs
+    (``format`` default: from the suffix, ``.onnx`` or else ``exported-program``).
+
+    Raises, one line each, before the runtime is involved where it can: a
+    :class:`~eqpdenet.errors.ConfigError` for an unknown format, a
+    :class:`~eqpdenet.errors.MissingDependencyError` for a runtime that is not installed, a
+    :class:`~eqpdenet.errors.DataFileError` naming ``path`` where it does not exist, is a folder
+    or is not a file of the format (an ONNX file named ``.pt2``, a truncated file)."""
     path = Path(path)
     if format is None:
         format = "onnx" if path.suffix == ".onnx" else "exported-program"
@@ -568,4 +679,16 @@ def load_exported(path: str | os.PathLike, format: str | None = None) -> Runner:
     if missing:
         raise MissingDependencyError(f"running {format} needs {', '.join(missing)}: "
                                      f"pip install 'eqpdenet[export]'")
-    return chosen.load(path)
+    return _open(chosen, path)
+
+
+def _open(chosen: ExportFormat, path: Path) -> ExportedModel:
+    """``path`` loaded by ``chosen``'s runtime, after the checks that need no runtime."""
+    if not path.exists():
+        raise DataFileError(path, "no such file (an exported model: eqpdenet export, or "
+                                  "eqpdenet.export.export_model)")
+    if not path.is_file():
+        raise DataFileError(path, f"not a file (a folder?): an exported model is one "
+                                  f"*{chosen.suffix} file")
+    run, input_shape = chosen.load(path)
+    return ExportedModel(path, chosen.name, run, input_shape)

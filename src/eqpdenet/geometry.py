@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .checks import check_images
+from .errors import InputError
 
 __all__ = [
     "halvings_stay_even",
@@ -40,6 +41,8 @@ __all__ = [
     "scale",
     "translate",
     "rotation_matrix",
+    "degrees",
+    "working_dtype",
 ]
 
 
@@ -98,23 +101,29 @@ def affine_warp(
             (``align_corners=False``).
 
     Returns:
-        ``(B, C, H, W)`` tensor of the same dtype and device.
+        ``(B, C, H, W)`` tensor of the same dtype and device. float16 and bfloat16 images are
+        warped in float32 (:func:`working_dtype`: the matrix inverse has no half-precision kernel,
+        and a sampling grid in float16 is off by up to 0.01 pixel) and returned in their dtype;
+        float32 and float64 images are warped in their own. The autograd graph is kept.
+
+    Raises :class:`~eqpdenet.errors.InputError` (a ``ValueError``) where ``matrix`` or
+    ``translation`` has another shape.
     """
     check_images(images)
     batch, _, height, width = images.shape
-    dtype, device = images.dtype, images.device
+    dtype, device = working_dtype(images.dtype), images.device
     matrix = torch.as_tensor(matrix, dtype=dtype, device=device)
     if matrix.shape == (2, 2):
         matrix = matrix.expand(batch, 2, 2)
     if matrix.shape != (batch, 2, 2):
-        raise ValueError(f"matrix must have shape (2, 2) or ({batch}, 2, 2), got {tuple(matrix.shape)}")
+        raise InputError(f"matrix must have shape (2, 2) or ({batch}, 2, 2), got {tuple(matrix.shape)}")
     if translation is None:
         translation = torch.zeros(batch, 2, dtype=dtype, device=device)
     translation = torch.as_tensor(translation, dtype=dtype, device=device)
     if translation.shape == (2,):
         translation = translation.expand(batch, 2)
     if translation.shape != (batch, 2):
-        raise ValueError(
+        raise InputError(
             f"translation must have shape (2,) or ({batch}, 2), got {tuple(translation.shape)}"
         )
     # Normalised grid coordinates of affine_grid (align_corners=False) are q = D p with
@@ -125,7 +134,20 @@ def affine_warp(
     theta_shift = -(d * (inverse @ translation[..., None])[..., 0])
     theta = torch.cat([theta_linear, theta_shift[..., None]], dim=-1)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode=mode, padding_mode=padding_mode, align_corners=False)
+    out = F.grid_sample(images.to(dtype), grid, mode=mode, padding_mode=padding_mode,
+                        align_corners=False)
+    return out.to(images.dtype)
+
+
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the warps compute in for images of ``dtype``: float32 for float16 and bfloat16,
+    else ``dtype`` itself.
+
+    Example:
+        >>> working_dtype(torch.float16), working_dtype(torch.float64)
+        (torch.float32, torch.float64)
+    """
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def rotate(images: Tensor, angle: Tensor | float, **kwargs) -> Tensor:
@@ -134,8 +156,8 @@ def rotate(images: Tensor, angle: Tensor | float, **kwargs) -> Tensor:
     ``angle`` is a float or a ``(B,)`` tensor (one angle per image).
     """
     check_images(images)
-    return affine_warp(images, rotation_matrix(angle, dtype=images.dtype, device=images.device),
-                       **kwargs)
+    return affine_warp(images, rotation_matrix(angle, dtype=working_dtype(images.dtype),
+                                               device=images.device), **kwargs)
 
 
 def center_of_mass(images: Tensor) -> Tensor:
@@ -161,9 +183,10 @@ def rotate_about_mass(images: Tensor, angle: Tensor | float, **kwargs) -> Tensor
     frame_centre = torch.full_like(rows_cols, (height - 1) / 2)
     frame_centre[:, 1] = (width - 1) / 2  # no host-to-device copy (see recenter)
     rows_cols = torch.where(torch.isfinite(rows_cols), rows_cols, frame_centre)
+    dtype = working_dtype(images.dtype)
     centre = torch.stack([rows_cols[:, 1] - (width - 1) / 2, (height - 1) / 2 - rows_cols[:, 0]],
-                         dim=1).to(images.dtype)                             # (x, y) about the centre
-    matrix = rotation_matrix(angle, dtype=images.dtype, device=images.device)
+                         dim=1).to(dtype)                                    # (x, y) about the centre
+    matrix = rotation_matrix(angle, dtype=dtype, device=images.device)
     matrix = matrix.expand(batch, 2, 2) if matrix.dim() == 2 else matrix
     translation = centre - (matrix @ centre[..., None])[..., 0]
     return affine_warp(images, matrix, translation, **kwargs)
@@ -172,15 +195,16 @@ def rotate_about_mass(images: Tensor, angle: Tensor | float, **kwargs) -> Tensor
 def scale(images: Tensor, factor: Tensor | float, **kwargs) -> Tensor:
     """Scale images about their centre, ``(x, y) -> (factor x, factor y)``; float or ``(B,)``."""
     check_images(images)
-    factor = torch.as_tensor(factor, dtype=images.dtype, device=images.device)
-    eye = torch.eye(2, dtype=images.dtype, device=images.device)
+    dtype = working_dtype(images.dtype)
+    factor = torch.as_tensor(factor, dtype=dtype, device=images.device)
+    eye = torch.eye(2, dtype=dtype, device=images.device)
     return affine_warp(images, factor[..., None, None] * eye, **kwargs)
 
 
 def translate(images: Tensor, shift: Tensor, **kwargs) -> Tensor:
     """Translate images by ``shift = (t_x, t_y)`` pixels (``(2,)`` or ``(B, 2)``; ``t_y`` upwards)."""
     check_images(images)
-    eye = torch.eye(2, dtype=images.dtype, device=images.device)
+    eye = torch.eye(2, dtype=working_dtype(images.dtype), device=images.device)
     return affine_warp(images, eye, shift, **kwargs)
 
 

@@ -3,8 +3,14 @@ reductions, initialisations, backends, scenarios, models, data sets, symbolic gr
 
 A :class:`Registry` maps names to objects. Registering a taken name is an error unless
 ``replace=True`` (one convention everywhere); looking up an unknown name raises
-:class:`~eqpdenet.errors.ConfigError` listing the names that exist, and configuration
-validation reads the registries instead of keeping its own tuples of allowed values.
+:class:`~eqpdenet.errors.ConfigError` listing the names that exist (a name that is not a string,
+e.g. arguments passed in the wrong order, says so instead of printing the object as a name), and
+configuration validation reads the registries instead of keeping its own tuples of allowed values.
+
+A registry holds one kind of object. Where every item registered so far is callable (builders,
+samplers, classes: stencils, scenarios, models, ...), a new item must be callable too: a
+non-callable is refused with a :class:`~eqpdenet.errors.ConfigError` when it is registered
+(``register_stencil("mine", 5)``), not met as ``'int' object is not callable`` at its first use.
 
 Example:
     >>> colours = Registry("colour")
@@ -46,20 +52,33 @@ class Registry(Generic[T]):
 
             return decorator
         if not isinstance(name, str) or not name:
-            raise ConfigError(f"a {self.kind} needs a non-empty string name, got {name!r}")
+            raise ConfigError(f"{_a(self.kind)} needs a non-empty string name, got {_shown(name)}")
+        self.check_item(item)
         if name in self._items and not replace:
-            raise ConfigError(f"a {self.kind} named {name!r} is already registered "
+            raise ConfigError(f"{_a(self.kind)} named {name!r} is already registered "
                               f"(pass replace=True to replace it)")
         self._items[name] = item
         for listener in self._listeners:
             listener()
         return item
 
+    def check_item(self, item) -> None:
+        """Raise a :class:`ConfigError` where ``item`` cannot join this registry: where every
+        registered item is callable, ``item`` must be callable too."""
+        items = list(self._items.values())
+        if items and all(callable(existing) for existing in items) and not callable(item):
+            raise ConfigError(f"{_a(self.kind)} must be callable, as the registered ones are "
+                              f"({', '.join(self.names())}), got {_shown(item)}")
+
     def get(self, name: str) -> T:
-        """The object registered as ``name``; an unknown name is a :class:`ConfigError`."""
+        """The object registered as ``name``; an unknown name is a :class:`ConfigError`, and so is
+        a name that is not a string (saying so: the arguments were probably swapped)."""
+        if not isinstance(name, str):
+            raise ConfigError(f"{_a(self.kind)} is named by a string, got {_shown(name)}; "
+                              f"available: {', '.join(self.names())}")
         try:
             return self._items[name]
-        except (KeyError, TypeError):
+        except KeyError:
             raise ConfigError(f"unknown {self.kind} {name!r}; available: "
                               f"{', '.join(self.names())}") from None
 
@@ -88,3 +107,19 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}: {', '.join(self.names())})"
+
+
+def _a(noun: str) -> str:
+    """``noun`` with its indefinite article (by its first letter: "an invariant set")."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
+def _shown(value, limit: int = 60) -> str:
+    """``value`` as a message shows it: its type and a short repr (a tensor's or an array's
+    repr runs over many lines; a name is never one)."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"{type(value).__name__} of shape {tuple(value.shape)}"
+    text = " ".join(repr(value).split())
+    if len(text) > limit:
+        text = text[:limit - 3] + "..."
+    return f"{type(value).__name__} {text}"

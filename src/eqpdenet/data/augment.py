@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..checks import check_images, require, require_nonnegative, require_positive
+from ..checks import check_images, require, require_int, require_nonnegative, require_positive
 from ..geometry import affine_warp, rotation_matrix
 from .scenarios import hashed_generator
 
@@ -46,14 +46,14 @@ __all__ = ["AffineAugmentation", "BlurConsistency", "augment_generator", "blur_g
 def augment_generator(seed: int) -> torch.Generator:
     """The augmentation's stream for training seed ``seed``: derived from it, independent of the
     stream that orders the batches (and of the scenarios')."""
-    return hashed_generator(f"eqpdenet.augment:{int(seed)}")
+    return hashed_generator(f"eqpdenet.augment:{require_int(seed, 'seed')}")
 
 
 def blur_generator(seed: int) -> torch.Generator:
     """The blur-consistency penalty's stream for training seed ``seed`` (:class:`BlurConsistency`):
     independent of the batch order's and the augmentation's, so turning the penalty on leaves
     both unchanged."""
-    return hashed_generator(f"eqpdenet.blur:{int(seed)}")
+    return hashed_generator(f"eqpdenet.blur:{require_int(seed, 'seed')}")
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..checks import require_int
 from ..errors import ConfigError, DataFileError
 from ..geometry import rotate, rotate_about_mass
 from ..registry import Registry
@@ -56,7 +57,8 @@ from .rotmnist import N_TRAIN as ROTMNIST_TRAIN
 from .rotmnist import check_rotation_centre, load_rotmnist
 
 __all__ = ["DATASETS", "DatasetShape", "ImageDataset", "data_fingerprint", "dataset_fingerprint",
-           "dataset_shape", "load_dataset", "register_dataset", "rotate_dataset"]
+           "dataset_shape", "load_dataset", "load_idx_folder", "load_npz", "register_dataset",
+           "rotate_dataset"]
 
 IDX_NAMES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
              "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
@@ -666,9 +668,11 @@ def rotate_dataset(dataset: ImageDataset, seed: int = 0, batch_size: int = 8192,
     centre (``rotation_centre="frame"``) or its own centre of mass (``"mass"``:
     :func:`eqpdenet.geometry.rotate_about_mass`; the image's place in its frame then says nothing
     about the angle)."""
+    seed = require_int(seed, "seed", minimum=0)
+    require_int(batch_size, "batch_size", minimum=1)
     check_rotation_centre(rotation_centre)
     turn = rotate if rotation_centre == "frame" else rotate_about_mass
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = torch.Generator().manual_seed(seed)
     out = {}
     for split in ("train", "test"):  # each from its own pool, angles drawn in this order
         images = getattr(dataset, f"{split}_images")

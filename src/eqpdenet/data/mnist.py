@@ -49,6 +49,8 @@ __all__ = [
     "resolve_data_dir",
     "resolve_cache_dir",
     "read_idx",
+    "parse_idx",
+    "IdxSpec",
     "find_mnist_file",
     "download_mnist",
     "download_progress",

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..checks import require, require_int
 from ..errors import ConfigError, DataFileError
 from ..files import link_target, remove_stale_beside, temporary_beside
 from ..geometry import rotate, rotate_about_mass
@@ -61,6 +62,9 @@ __all__ = [
     "load_official_rotmnist",
     "train_validation_split",
     "generation_params",
+    "check_generation_args",
+    "check_rotation_centre",
+    "MNIST_POOL",
     "ROTATION_CENTRES",
     "content_hash",
     "cache_path",
@@ -72,6 +76,8 @@ OFFICIAL_ZIP = "mnist_rotation_new.zip"
 OFFICIAL_TRAIN_FILE = "mnist_all_rotation_normalized_float_train_valid.amat"
 OFFICIAL_TEST_FILE = "mnist_all_rotation_normalized_float_test.amat"
 N_TRAIN, N_TEST, N_VALIDATION = 12000, 50000, 2000
+#: The digits a generated set draws from: MNIST's 60,000 training and 10,000 test digits.
+MNIST_POOL = 70_000
 #: What a generated digit turns about: the frame's centre (the default, as the data were first
 #: generated) or its own centre of mass.
 ROTATION_CENTRES = ("frame", "mass")
@@ -283,11 +289,27 @@ def check_rotation_centre(rotation_centre: str) -> None:
                           f"{' or '.join(map(repr, ROTATION_CENTRES))}, got {rotation_centre!r}")
 
 
+def check_generation_args(seed, n_train, n_test) -> None:
+    """A :class:`~eqpdenet.errors.ConfigError` naming the argument unless ``seed`` is an integer
+    ``>= 0`` (what ``numpy.random.default_rng`` takes), ``n_train`` and ``n_test`` integers
+    ``>= 0`` and ``n_train + n_test`` at most :data:`MNIST_POOL` (the digits there are to draw
+    from); ``bool`` is not an integer here. Made before any data is read."""
+    require_int(seed, "seed", minimum=0)
+    require_int(n_train, "n_train", minimum=0)
+    require_int(n_test, "n_test", minimum=0)
+    total = n_train + n_test
+    require(total <= MNIST_POOL, "n_train + n_test",
+            f"must be at most {MNIST_POOL:,} (the MNIST digits to draw from), got {n_train:,} + "
+            f"{n_test:,} = {total:,}")
+
+
 def generation_params(seed: int, n_train: int = N_TRAIN, n_test: int = N_TEST,
                       rotation_centre: str = "frame") -> dict:
     """Everything that determines a generated ROTMNIST (stored in, and checked against, the
     cache). With the default ``rotation_centre`` it is the dictionary of the first generator, so
-    that caches and recorded results stay valid."""
+    that caches and recorded results stay valid. The arguments are checked first
+    (:func:`check_generation_args`)."""
+    check_generation_args(seed, n_train, n_test)
     check_rotation_centre(rotation_centre)
     params = {
         "source": "generated",
@@ -340,8 +362,10 @@ def generate_rotmnist(
     params = generation_params(seed, n_train, n_test, rotation_centre)
     turn = rotate if rotation_centre == "frame" else rotate_about_mass
     pool_images, pool_labels = mnist.all_images(), mnist.all_labels()
-    if n_train < 0 or n_test < 0 or n_train + n_test > len(pool_images):
-        raise ConfigError(f"need 0 <= n_train + n_test <= {len(pool_images)}, got {n_train} + {n_test}")
+    if n_train + n_test > len(pool_images):  # each >= 0: generation_params checked them
+        raise ConfigError(f"invalid config: n_train + n_test: must be at most "
+                          f"{len(pool_images):,} (the MNIST digits to draw from), got {n_train:,} + "
+                          f"{n_test:,} = {n_train + n_test:,}")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(pool_images))[: n_train + n_test]
     angles = rng.uniform(0.0, 2 * math.pi, size=n_train + n_test)
@@ -474,6 +498,7 @@ def load_rotmnist(
         rotation_centre: of a generated set: ``"frame"`` or ``"mass"`` (the module doc); the
             official files are turned as they are, so ``"mass"`` with them is an error.
     """
+    check_generation_args(seed, n_train, n_test)  # before any file is read, for every source
     check_rotation_centre(rotation_centre)
     if source not in ("auto", "official", "generated"):
         raise ConfigError(f"source must be 'auto', 'official' or 'generated', got {source!r}")

@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..checks import check_images
+from ..checks import check_images, require_int
 from ..errors import ConfigError
 from ..geometry import affine_warp, rotation_matrix
-from ..registry import Registry
+from ..registry import Registry, _shown
 
 __all__ = [
     "SCENARIOS",
@@ -46,6 +46,15 @@ __all__ = [
     "scenario_defaults",
     "apply_scenario",
     "scenario_generator",
+    "hashed_generator",
+    "identity_scenario",
+    "iso_scenario",
+    "iso_corner_scenario",
+    "rot_scenario",
+    "sca_scenario",
+    "sca_corner_scenario",
+    "scale_up_scenario",
+    "shift_scenario",
 ]
 
 
@@ -113,7 +122,8 @@ def scenario_generator(name: str, seed: int) -> torch.Generator:
 
     Different scenarios with the same seed thus draw independent streams.
     """
-    return hashed_generator(f"eqpdenet.scenario:{name}:{int(seed)}")
+    seed = require_int(seed, "seed")  # 2.5 gave seed 2's draws, None a raw TypeError
+    return hashed_generator(f"eqpdenet.scenario:{name}:{seed}")
 
 
 def apply_scenario(
@@ -141,15 +151,31 @@ def apply_scenario(
         The perturbed images, same shape/dtype/device, or ``(images, draws)`` where ``draws`` maps
         each parameter name (e.g. ``angle`` in radians, ``shift_x``, ``shift_y`` in pixels with
         ``y`` up, ``scale``) and ``matrix`` ``(N, 2, 2)`` and ``translation`` ``(N, 2)`` to tensors.
+
+    The result keeps the autograd graph: where ``images`` require gradients, the perturbed images
+    are differentiable with respect to them (the warp is bilinear sampling; a consistency loss
+    through the scenario gets its gradient); otherwise nothing is recorded. The draws carry no
+    gradient. float16 and bfloat16 images are warped in float32 (the inverse of the affine maps
+    has no half-precision kernel, and a sampling grid in float16 would be off by 0.01 pixel) and
+    returned in their dtype.
+
+    Raises :class:`~eqpdenet.errors.ConfigError` (an unknown scenario, a ``name`` that is not a
+    string: the arguments in another order, a parameter the scenario does not take, a ``seed``
+    or ``batch_size`` that is not an integer) or :class:`~eqpdenet.errors.InputError` (images),
+    one line each, before any image is warped.
     """
+    if not isinstance(name, str):
+        raise ConfigError(f"name must be a scenario's name (a string; the order is "
+                          f"apply_scenario(name, images, seed)), got {_shown(name)}; available: "
+                          f"{', '.join(available_scenarios())}")
     sampler = get_scenario(name)
     check_images(images)
     accepted = list(inspect.signature(sampler).parameters)[2:]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ConfigError(f"scenario {name!r} has no parameter(s) {unknown}; it accepts {accepted}")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be positive, got {batch_size}")
+    require_int(batch_size, "batch_size", minimum=1)
+    require_int(seed, "seed")
     num = images.shape[0]
     if "image_size" in inspect.signature(sampler).parameters and "image_size" not in params:
         params = {**params, "image_size": tuple(images.shape[-2:])}
@@ -161,13 +187,14 @@ def apply_scenario(
     if torch.equal(draw.matrix, identity) and not draw.translation.any():
         out = images.clone()
     else:
+        # no torch.no_grad(): the graph is kept (docstring); without inputs that require
+        # gradients nothing is recorded, and the values are the same either way
         out = torch.empty_like(images)
-        with torch.no_grad():
-            for start in range(0, num, batch_size):
-                stop = min(start + batch_size, num)
-                matrix = draw.matrix[start:stop].to(images.device)
-                shift = draw.translation[start:stop].to(images.device)
-                out[start:stop] = affine_warp(images[start:stop], matrix, shift)
+        for start in range(0, num, batch_size):
+            stop = min(start + batch_size, num)
+            matrix = draw.matrix[start:stop].to(images.device)
+            shift = draw.translation[start:stop].to(images.device)
+            out[start:stop] = affine_warp(images[start:stop], matrix, shift)
     if not return_params:
         return out
     draws = dict(draw.params)

@@ -131,6 +131,8 @@ __all__ = [
     "is_invariant",
     "jacobian_rank",
     "joint_expressions",
+    "lie_algebra_closure",
+    "lie_bracket",
     "left_invariant_derivatives",
     "left_invariant_frame",
     "prolong",
@@ -700,6 +702,10 @@ class LieGroupAction:
 
     def prolonged(self, order: int, channels: int = 1,
                   independent: Sequence[sp.Symbol] | None = None) -> list[dict[sp.Symbol, sp.Expr]]:
+        """The generators prolonged to the jet space of order ``order`` (:func:`prolong`), one
+        ``{coordinate: coefficient}`` per generator, over ``independent`` (default: the group's
+        :attr:`variables`) and ``channels`` channels. The generators only, not their brackets
+        (:attr:`basis` has those)."""
         independent = self.variables if independent is None else independent
         return [prolong(field, order, channels, independent) for field in self.fields]
 
@@ -911,10 +917,18 @@ def register_group(group: LieGroupAction, *, replace: bool = False) -> LieGroupA
 
 
 def get_group(name: str | LieGroupAction) -> LieGroupAction:
+    """The group registered as ``name`` (:data:`GROUPS`; a :class:`LieGroupAction` is returned
+    as it is); an unknown name is a ``ConfigError`` listing the groups there are.
+
+    Example:
+        >>> get_group("se2").dimension
+        3
+    """
     return name if isinstance(name, LieGroupAction) else GROUPS.get(name)
 
 
 def available_groups() -> tuple[str, ...]:
+    """The names of the registered groups (:data:`GROUPS`), sorted."""
     return GROUPS.names()
 
 
@@ -1211,10 +1225,12 @@ class SymbolicInvariants:
 
     @property
     def found_count(self) -> int:
+        """How many invariants were found (``len(expressions)``)."""
         return len(self.expressions)
 
     @property
     def complete(self) -> bool:
+        """Whether as many were found as are functionally independent (``expected_count``)."""
         return self.found_count == self.expected_count
 
     def __str__(self) -> str:
@@ -1835,6 +1851,7 @@ class MovingFrame:
 
     @property
     def names(self) -> tuple[str, ...]:
+        """The operators' names, ``A1, A2, ...`` (one per field)."""
         return tuple(f"A{i + 1}" for i in range(len(self.fields)))
 
     def apply(self, i: int, expr: sp.Expr, jet: JetSpace) -> sp.Expr:
