@@ -327,3 +327,16 @@ def test_docs_symbolic_shows_the_warning_its_first_block_prints(monkeypatch):
     comments = " ".join(line.lstrip("# ").strip() for line in block.splitlines()
                         if line.startswith("#"))
     assert f"RuntimeWarning: {shown[0]}" in comments
+
+
+def test_export_into_a_path_through_a_file_names_the_file(tmp_path):
+    """It said "the folder afile does not exist" where afile is a file (probe round 6, F6)."""
+    from eqpdenet.errors import OutputFolderError
+    from eqpdenet.export import check_export
+
+    (tmp_path / "afile").write_text("x")
+    for out in (tmp_path / "afile" / "m.pt2", tmp_path / "afile" / "deeper" / "m.pt2"):
+        with pytest.raises(OutputFolderError, match=r"afile is a file, not a folder"):
+            check_export("exported-program", out)
+    with pytest.raises(OutputFolderError, match=r"the folder .*missing does not exist"):
+        check_export("exported-program", tmp_path / "missing" / "m.pt2")

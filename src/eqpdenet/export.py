@@ -355,6 +355,11 @@ def check_export(format: str, out: str | os.PathLike) -> ExportFormat:
         raise OutputFolderError(f"cannot write {out}: {error.strerror or error}") from None
     folder = target.parent
     if not folder.is_dir():
+        # the nearest path above that exists: a file there is the cause, not a missing folder
+        blocking = next((above for above in (folder, *folder.parents) if os.path.lexists(above)),
+                        None)
+        if blocking is not None and not blocking.is_dir():
+            raise OutputFolderError(f"cannot write {out}: {blocking} is a file, not a folder")
         raise OutputFolderError(f"cannot write {out}: the folder {folder} does not exist")
     try:  # the only sure test of writing is to write (permissions, read-only file systems)
         handle, probe = temporary_beside(target, STAGING_SUFFIX)
