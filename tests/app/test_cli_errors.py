@@ -109,7 +109,7 @@ CASES = [  # (id, argv with {root} for the files fixture, part of the message)
     ("export-out-no-folder", ["export", "{root}/model.pt", "--format", "exported-program",
                               "--out", "{root}/none/m.pt2"], "the folder {root}/none does not"),
     ("export-out-under-file", ["export", "{root}/model.pt", "--format", "exported-program",
-                               "--out", "{root}/file.txt/m.pt2"], "does not exist"),
+                               "--out", "{root}/file.txt/m.pt2"], "file.txt is a file, not a folder"),
     ("export-images-0", ["export", "{root}/model.pt", "--format", "onnx", "--out", "{root}/m",
                          "--images", "0"], "'0' is not a positive integer"),
     ("export-tolerance-nan", ["export", "{root}/model.pt", "--format", "onnx", "--out",

@@ -13,14 +13,17 @@ cause when
   one class, nothing a classifier can learn); the last batch of an epoch never holds one image
   alone (:func:`eqpdenet.app.batches.mini_batches` joins it to the batch before), so this is
   known from the configuration,
-* training would need more memory than the machine has: the states the Euler steps keep for the
-  backward pass (:func:`training_bytes`; ``T = 1e6, dt = 1e-3`` asks for petabytes, so does a
-  lifted model with ``margin = 1000``: the deep families estimate their own) and the
+* training would need more memory than the machine has: what a training step keeps for the
+  backward pass (:func:`training_bytes`: the states the Euler steps keep, by the backend the PDE
+  layer will really take; ``T = 1e6, dt = 1e-3`` asks for petabytes, so does a lifted model
+  with ``margin = 1000``: the deep families and the CNN baselines estimate their own), times the
+  measured ratio of a step's peak to it (:func:`peak_bytes`), the
   parameters with their gradients and optimiser state (:data:`PARAMETER_BYTES` each;
-  ``model.hidden = 1e8`` asks for 160 PB); the model is built on PyTorch's ``meta`` device to
-  count them, so nothing is allocated; the batch is the largest that training forms
-  (:func:`training_batches`: no larger than the training set where its size is known before
-  loading, :func:`training_images`),
+  ``model.hidden = 1e8`` asks for 160 PB), and, before the data are loaded, the data set itself
+  (:func:`data_bytes`: from the sizes its headers tell); the model is built on PyTorch's
+  ``meta`` device to count them, so nothing is allocated; the batch is the largest that
+  training forms (:func:`training_batches`: no larger than the training set where its size is
+  known before loading, :func:`training_images`),
 * the output file system has not the space for the checkpoints and results.
 
 With ``at_data`` (a sweep's runs, ``train``'s run: configurations not yet resolved for their
@@ -36,6 +39,7 @@ The folder being creatable and writable is checked by taking its lock
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import re
 import shutil
@@ -53,8 +57,9 @@ from ..errors import ConfigError, OutputFolderError
 from ..pde.layer import PDELayer
 from .config import DataConfig, ExperimentConfig, build_model, to_toml
 
-__all__ = ["FIXED_TRAINING_IMAGES", "PARAMETER_BYTES", "WORKER_BYTES", "allocation_failure",
-           "at_data_size", "available_memory", "preflight", "resolve_device", "training_batches",
+__all__ = ["BACKWARD_PEAK", "FIXED_TRAINING_IMAGES", "PARAMETER_BYTES", "STATE_PEAK",
+           "WORKER_BYTES", "allocation_failure", "at_data_size", "available_memory", "data_bytes",
+           "pde_layer_reason", "peak_bytes", "preflight", "resolve_device", "training_batches",
            "training_bytes", "training_images"]
 
 #: Memory kept per Euler step during training, in units of one state (batch x PDEs x pixels x 4
@@ -64,14 +69,31 @@ __all__ = ["FIXED_TRAINING_IMAGES", "PARAMETER_BYTES", "WORKER_BYTES", "allocati
 STATE_FACTORS = {("fused", False): 2.5, ("fused", True): 0.5,
                  ("reference", False): 40.0, ("reference", True): 15.0}
 
-#: The options that size the fields of the deep families, named when they do not fit in memory.
+#: The peak memory of a training step over what a model's ``backward_bytes`` says autograd saves
+#: (the deep families, the CNN baselines): the backward pass's gradients of the same fields and
+#: the optimiser's step come on top. Measured (peak RSS growth over two training steps, one
+#: thread; docs/performance.md "The memory estimate"): 1.1 to 2.1, the largest for the lifted
+#: model on the reference (2.0-2.1 over three runs), rounded up.
+BACKWARD_PEAK = 2.25
+
+#: The peak memory of a training step of the paper's layer over its Euler states
+#: (:data:`STATE_FACTORS`, the growth per added step): 1.04 to 1.22 measured (the reference, and
+#: the fused kernel at 64x64 pixels), rounded up. Not counted, in either: a step's own 15 to 60
+#: MB whatever its size (the allocator's pools, scratch buffers), which only matter where a
+#: step keeps little.
+STATE_PEAK = 1.25
+
+#: The options that size the fields of the families that estimate their own activations
+#: (``backward_bytes``), named when they do not fit in memory.
 DEEP_FIELDS = {"invariant_pde": "channels, blocks, hidden",
-               "lifted_pde": "channels, blocks, orientations, scales, margin"}
+               "lifted_pde": "channels, blocks, orientations, scales, margin",
+               "cnn": "channels, layers, pool_after", "gcnn": "channels, group_order, pool_after"}
 
 #: Bytes per parameter during training: the float32 weight, its gradient and Adam's two moments.
 PARAMETER_BYTES = 16
 
-#: Memory of one worker process of ``--jobs N`` besides its run (PyTorch, eqpdenet, the data).
+#: Memory of one worker process of ``--jobs N`` besides its run and its data set (PyTorch,
+#: eqpdenet, a compiled kernel; :func:`data_bytes` counts the data set apart).
 WORKER_BYTES = 600 * 2**20
 
 #: Bytes of a run's record in results.jsonl (its history and configuration), an upper bound.
@@ -218,32 +240,103 @@ def _processes() -> int:
     return 1
 
 
-def training_bytes(config: ExperimentConfig, model: torch.nn.Module | None = None, *,
-                   images: int | None = None) -> int:
-    """An estimate of the memory that training ``config`` keeps for the backward pass, dominated
-    by the Euler states: ``batch x PDEs x channels x steps x pixels x bytes x factor`` for every
-    PDE layer of the model (at the input's size; :data:`STATE_FACTORS`), and for the deep
-    families (``invariant_pde``, ``lifted_pde``) their own estimate of what their blocks keep
-    (their ``backward_bytes(batch_size)``). The batch is the largest that training forms on
-    ``images`` training images (default: :func:`training_images`; :func:`training_batches`),
-    with the blur penalty's copies."""
+def pde_layer_reason(layer: PDELayer, device: torch.device, channels: int,
+                     size: int) -> str | None:
+    """Why training ``layer`` on ``device``, on images of ``channels`` x ``size`` x ``size``,
+    takes the reference path rather than the fused kernel, or None where it takes the kernel:
+    the layer's own dispatch (:meth:`PDELayer._evolve_unchecked`): the backend it resolves to,
+    the capability it declares (:meth:`PDELayer.kernel_specs`) and the kernels' rule
+    (:func:`eqpdenet.kernels.unsupported_reason`: device, invariant sets, boundary, the stencil's
+    form, the kernel's availability, for which it is loaded, and built on first use, as training
+    would). A layer built on the ``meta`` device is judged by an empty copy on ``device``, whose
+    stencils are rebuilt from their definitions (:class:`~eqpdenet.pde.stencils.Jet`)."""
+    if kernels.resolve_backend(layer.backend) == "reference":
+        return "the reference backend"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        copy_on_device = copy.deepcopy(layer).to_empty(device=device)
+    specs = copy_on_device.kernel_specs()
+    if isinstance(specs, str):
+        return specs
+    dtype = next((p.dtype for p in copy_on_device.parameters()), torch.float32)
+    return kernels.unsupported_reason(
+        torch.empty(0, channels, size, size, dtype=dtype, device=device), specs)
+
+
+def _kept_bytes(config: ExperimentConfig, model: torch.nn.Module | None, images: int | None,
+                device: torch.device | None) -> tuple[int, int]:
+    """``(states, activations)``: the Euler states of the model's PDE layers and what its own
+    ``backward_bytes`` counts (:func:`training_bytes`)."""
     model = _model(config) if model is None else model
     channels = getattr(model, "in_channels", 1)
-    pixels = config.model.image_size ** 2
+    size = config.model.image_size
     own = getattr(model, "backward_bytes", None)
     # The blur penalty's copies go through the model in the same pass as the batch.
     batch = training_batches(config, images)[0]
     batch += config.train.blur_consistency.copies(batch)
-    total = int(own(batch)) if own is not None else 0
+    states = 0
     for layer in model.modules():
         if not isinstance(layer, PDELayer):
             continue
-        backend = kernels.resolve_backend(layer.backend)
-        backend = "reference" if backend == "reference" else "fused"
+        if device is None:
+            device = resolve_device(config.train.device)
+        backend = "fused" if pde_layer_reason(layer, device, channels, size) is None \
+            else "reference"
         steps = max(getattr(pde, "steps", 1) for pde in layer.pdes)
-        state = batch * channels * pixels * 4
-        total += int(layer.n_pdes * max(steps, 1) * state * STATE_FACTORS[backend, layer.recompute])
-    return total
+        state = batch * channels * size**2 * 4
+        states += int(layer.n_pdes * max(steps, 1) * state * STATE_FACTORS[backend, layer.recompute])
+    return states, int(own(batch)) if own is not None else 0
+
+
+def training_bytes(config: ExperimentConfig, model: torch.nn.Module | None = None, *,
+                   images: int | None = None, device: torch.device | None = None) -> int:
+    """An estimate of the memory that training ``config`` keeps for the backward pass: for every
+    PDE layer of the model its Euler states, ``batch x PDEs x channels x steps x pixels x bytes
+    x factor`` (at the input's size; :data:`STATE_FACTORS`, by the backend the layer will take
+    on ``device``, default ``train.device``: :func:`pde_layer_reason`), and for the families
+    that estimate their own (``invariant_pde``, ``lifted_pde``, ``cnn``, ``gcnn``) what autograd
+    saves of their fields and activations (``backward_bytes(batch_size)``). The batch is the
+    largest that training forms on ``images`` training images (default:
+    :func:`training_images`; :func:`training_batches`), with the blur penalty's copies. The
+    peak of a training step is larger: :func:`peak_bytes`."""
+    return sum(_kept_bytes(config, model, images, device))
+
+
+def peak_bytes(config: ExperimentConfig, model: torch.nn.Module | None = None, *,
+               images: int | None = None, device: torch.device | None = None) -> int:
+    """The peak memory of a training step of ``config`` beyond its parameters, as the memory
+    check counts it, written to err on the large side: what :func:`training_bytes` counts, the
+    Euler states times :data:`STATE_PEAK` and what ``backward_bytes`` counts times
+    :data:`BACKWARD_PEAK` (the backward pass's gradients and the optimiser's step come on top
+    of what is kept)."""
+    states, activations = _kept_bytes(config, model, images, device)
+    return int(STATE_PEAK * states + BACKWARD_PEAK * activations)
+
+
+def data_bytes(run: ExperimentConfig, shape: DatasetShape | None) -> tuple[int, int]:
+    """``(kept, passing)``: the bytes the data set of ``run`` takes in the process that trains
+    it, all run long (every image of the set in float32, as
+    :func:`~eqpdenet.app.training.prepare_data` keeps it: the test split, and the validation
+    images with the training images), and the most that loading it adds for a while before
+    training starts: the rotated copy of ``data.rotated``, and the float64 copy of the training
+    images from which the mean and std are taken where the model is standardised by them
+    (:func:`~eqpdenet.app.training.resolve_for_data`; ``model.standardize = "train"``, or
+    ``"auto"`` on a data set other than MNIST's). From the sizes ``shape`` tells
+    (:func:`~eqpdenet.data.datasets.dataset_shape`); ``(0, 0)`` where it is None. A file's own
+    arrays, read before their conversion to float32, are not counted (a file of float64 pixels
+    holds twice the float32 set for a moment)."""
+    if shape is None:
+        return 0, 0
+    from .training import data_resolved_fields  # training imports this module
+
+    channels, height, width = shape.image_shape
+    pixels = channels * height * width
+    kept = (shape.train + shape.test) * pixels * 4
+    passing = kept if run.data.rotated else 0
+    if ("model", "input_mean") in data_resolved_fields(run):
+        trained = run.data.train_subset or max(shape.train - run.data.validation, 0)
+        passing = max(passing, trained * pixels * 8)
+    return kept, passing
 
 
 def resolve_device(name: str) -> torch.device:
@@ -325,6 +418,125 @@ def _which_run(key: str | None, side: int | None, run: ExperimentConfig) -> str:
     return f"training {at}: " if at else ""
 
 
+@dataclasses.dataclass
+class _Need:
+    """What one run of :func:`preflight` needs, in bytes, for the message naming it."""
+
+    key: str | None
+    run: ExperimentConfig
+    device: torch.device
+    images: int | None  # training images, where known
+    side: int | None  # the data's image size, where it differs from the configured one
+    activations: int  # peak_bytes
+    weights: int
+    kept: int  # the data set, all run long
+    passing: int  # more while the data are loaded, before training
+    pde: bool  # the model has a PDE layer
+
+    @property
+    def step(self) -> int:
+        return self.activations + self.weights
+
+    @property
+    def on_device(self) -> int:
+        """On the training device, per process: the step, and on the CPU the data set too
+        (loading it comes before the first step)."""
+        if self.device.type == "cpu":
+            return self.kept + max(self.passing, self.step)
+        return self.step
+
+    @property
+    def on_host(self) -> int:
+        """In the host's memory, per process, where training runs on another device."""
+        return self.kept + self.passing
+
+    def data_parts(self) -> list[str]:
+        parts = []
+        if self.kept:
+            parts.append(f"{_gib(self.kept)} for the whole data set in float32, whatever "
+                         f"data.train_subset")
+        if self.passing:
+            what = ("the rotated copy of data.rotated" if self.passing == self.kept
+                    and self.run.data.rotated else "the float64 copy of the training images "
+                    "the standardisation takes its mean and std from")
+            parts.append(f"{_gib(self.passing)} more while it is loaded ({what})")
+        return parts
+
+    def data_remedies(self) -> list[str]:
+        remedies = ["train on a smaller data set (it is loaded whole)"]
+        if self.passing and not (self.run.data.rotated and self.passing == self.kept):
+            remedies.insert(0, "set model.standardize = 'fixed' with model.input_mean and "
+                               "model.input_std (no float64 copy)")
+        return remedies
+
+
+def _check_memory(need: _Need, parallel: int, workers: int) -> None:
+    """A :class:`ConfigError` where ``parallel`` runs as large as ``need`` (and ``workers`` bytes
+    of worker processes) do not fit in the memory available on its device."""
+    available = available_memory(need.device)
+    total = need.on_device * parallel + workers
+    if available is None or total <= available:
+        return
+    run, kind = need.run, need.run.model.kind
+    parts = []
+    if need.activations:
+        what = ("the states the Euler steps keep" if need.pde and kind not in DEEP_FIELDS else
+                "what the backward pass keeps of the fields" if kind.endswith("_pde") else
+                "what the backward pass keeps of the activations")
+        parts.append(f"{_gib(need.activations)} for {what}")
+    parts.append(f"{_gib(need.weights)} for {need.weights // PARAMETER_BYTES:,} parameters with "
+                 f"their gradients and optimiser state")
+    on_cpu = need.device.type == "cpu"
+    if on_cpu:
+        parts += need.data_parts()
+    layer = getattr(run.model, "layer", None)
+    steps = f" ({layer.steps} Euler steps)" if layer is not None and need.pde else ""
+    size, batch = run.train.batch_size, training_batches(run, need.images)[0]
+    lower = f"lower train.batch_size ({size}" + (
+        f": batches of {batch} images)" if batch != size else ")")
+    if on_cpu and need.kept + need.passing > need.step:
+        remedies = need.data_remedies()
+    elif need.activations <= need.weights:
+        remedies = [f"make the model smaller (model.hidden = {run.model.hidden}, or its "
+                    f"model.{kind} options)"]
+    elif kind in DEEP_FIELDS:
+        remedies = [lower, f"make its fields smaller (model.{kind}: {DEEP_FIELDS[kind]})"]
+    elif need.pde:
+        remedies = [f"raise model.layer.dt or lower model.layer.T{steps}", lower,
+                    "set model.layer.recompute = true"]
+    else:
+        remedies = [lower, f"make the model smaller (model.hidden = {run.model.hidden}, or its "
+                           f"model.{kind} options)"]
+    if parallel > 1:
+        remedies.append("lower --jobs")
+    per = f"{parallel} runs at once, each " if parallel > 1 else ""
+    raise ConfigError(
+        f"{_which_run(need.key, need.side, run)}invalid config: training would need about "
+        f"{_gib(total)} of memory ({per}{', '.join(parts)}), more than the {_gib(available)} "
+        f"available on {need.device}: " + ", ".join(remedies[:-1])
+        + (", or " if len(remedies) > 1 else "") + remedies[-1])
+
+
+def _check_host_memory(need: _Need, parallel: int, workers: int) -> None:
+    """A :class:`ConfigError` where the data sets of ``parallel`` runs as large as ``need``'s
+    (training on another device) and ``workers`` bytes of worker processes do not fit in the
+    host's memory."""
+    available = available_memory(torch.device("cpu"))
+    total = need.on_host * parallel + workers
+    if available is None or total <= available:
+        return
+    per = f"{parallel} runs at once, each " if parallel > 1 else ""
+    parts = need.data_parts()
+    if workers:
+        parts.append(f"{_gib(workers)} for the worker processes")
+    remedies = need.data_remedies() + (["lower --jobs"] if parallel > 1 else [])
+    raise ConfigError(
+        f"{_which_run(need.key, need.side, need.run)}invalid config: training on "
+        f"{need.device} would need about {_gib(total)} of the host's memory ({per}"
+        f"{', '.join(parts)}), more than the {_gib(available)} available: "
+        + ", ".join(remedies[:-1]) + (", or " if len(remedies) > 1 else "") + remedies[-1])
+
+
 def preflight(runs: Sequence[ExperimentConfig] | Mapping[str, ExperimentConfig], out: Path | None,
               *, jobs: int = 1, checkpoints: int | None = None, images: int | None = None,
               at_data: bool = False) -> None:
@@ -346,11 +558,11 @@ def preflight(runs: Sequence[ExperimentConfig] | Mapping[str, ExperimentConfig],
         return
     named = list(runs.items()) if isinstance(runs, Mapping) else [(None, run) for run in runs]
     shapes: dict[str, DatasetShape | None] = {}
-    largest_model, largest_run = 0, (0, 0, None, None, (None, images, None))
+    largest_model, largest, host = 0, None, None
     for key, run in named:
         to_toml(run)
         device = resolve_device(run.train.device)
-        known, side = images, None
+        known, side, shape = images, None, None
         try:
             if at_data:
                 spec = run.data.dataset
@@ -374,41 +586,23 @@ def preflight(runs: Sequence[ExperimentConfig] | Mapping[str, ExperimentConfig],
             raise ConfigError(f"{where}{error}") from None
         params = sum(p.numel() for p in model.parameters())
         largest_model = max(largest_model, params)
-        states = training_bytes(run, model, images=known)
-        if states + params * PARAMETER_BYTES > sum(largest_run[:2]):
-            largest_run = (states, params * PARAMETER_BYTES, run, device, (key, known, side))
+        # The data set counts where it is not loaded yet (``images`` given: it is, and the
+        # memory available has it).
+        kept, passing = data_bytes(run, shape) if images is None else (0, 0)
+        need = _Need(key, run, device, known, side, peak_bytes(run, model, images=known,
+                                                              device=device),
+                     params * PARAMETER_BYTES, kept, passing,
+                     any(isinstance(m, PDELayer) for m in model.modules()))
+        if largest is None or need.on_device > largest.on_device:
+            largest = need
+        if device.type != "cpu" and (host is None or need.on_host > host.on_host):
+            host = need
     parallel = min(jobs, len(runs))
-    states, weights, run, device, (key, known, side) = largest_run
-    if run is not None:
-        need = states + weights
-        available = available_memory(device)
-        workers = parallel * WORKER_BYTES if parallel > 1 else 0
-        if available is not None and need * parallel + workers > available:
-            layer = getattr(run.model, "layer", None)
-            steps = f" ({layer.steps} Euler steps)" if layer is not None and states else ""
-            per = f"{parallel} runs at once, each " if parallel > 1 else ""
-            parts = [f"{_gib(states)} for the states the Euler steps keep"] if states else []
-            parts.append(f"{_gib(weights)} for {weights // PARAMETER_BYTES:,} parameters with "
-                         f"their gradients and optimiser state")
-            kind = run.model.kind
-            size, batch = run.train.batch_size, training_batches(run, known)[0]
-            lower = f"lower train.batch_size ({size}" + (
-                f": batches of {batch} images)" if batch != size else ")")
-            if states <= weights:
-                remedies = [f"make the model smaller (model.hidden = {run.model.hidden}, or its "
-                            f"model.{kind} options)"]
-            elif kind in DEEP_FIELDS:
-                remedies = [lower, f"make its fields smaller (model.{kind}: {DEEP_FIELDS[kind]})"]
-            else:
-                remedies = [f"raise model.layer.dt or lower model.layer.T{steps}", lower,
-                            "set model.layer.recompute = true"]
-            if parallel > 1:
-                remedies.append("lower --jobs")
-            raise ConfigError(
-                f"{_which_run(key, side, run)}invalid config: training would need about "
-                f"{_gib(need * parallel + workers)} of memory ({per}{', '.join(parts)}), more "
-                f"than the {_gib(available)} available on {device}: " + ", ".join(remedies[:-1])
-                + (", or " if len(remedies) > 1 else "") + remedies[-1])
+    workers = parallel * WORKER_BYTES if parallel > 1 else 0
+    if largest is not None:
+        _check_memory(largest, parallel, workers if largest.device.type == "cpu" else 0)
+    if host is not None:
+        _check_host_memory(host, parallel, workers)
     if out is None:
         return
     count = len(runs) if checkpoints is None else checkpoints

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import json
 import os
 import time
@@ -26,7 +27,7 @@ import torch
 
 from ..data.datasets import dataset_fingerprint
 from ..data.mnist import download_progress
-from ..errors import ConfigError
+from ..errors import ConfigError, OutputFolderError
 from .config import (
     KIND_OPTIONS,
     DataConfig,
@@ -41,7 +42,7 @@ from .files import atomic_write
 from .locks import hold
 from .preflight import preflight
 from .progress import interactive, labelled
-from .runfolder import check_claim, claim_folder
+from .runfolder import _cause, check_claim, claim_folder
 from .runstore import load_records, save_run, set_aside, with_finite_numbers, write_aggregate
 from .training import (
     Data,
@@ -52,7 +53,7 @@ from .training import (
     run_experiment,
     with_legacy_fields,
 )
-from .workers import worker_pool
+from .workers import refuse_while_starting, worker_pool
 
 __all__ = ["SWEEP_FILES", "changed_runs", "check_before_writing", "check_checkpoints",
            "field_differences", "grid", "reproduce", "run_key", "run_sweep",
@@ -98,6 +99,24 @@ def _cached_data(config: DataConfig, data_dir, cache_dir) -> Data:
         _DATA_CACHE.clear()
         _DATA_CACHE[key] = prepare_data(config, data_dir, cache_dir)
     return _DATA_CACHE[key]
+
+
+@contextlib.contextmanager
+def _limits_named(out_dir: Path):
+    """A write into ``out_dir`` refused by a limit the system's words do not name (``File too
+    large``: the process's file size limit, ``ulimit -f``; ``Disk quota exceeded``) as an
+    :class:`~eqpdenet.errors.OutputFolderError` naming the file and the limit, as ``train``'s
+    writes say it (:mod:`eqpdenet.app.runfolder`)."""
+    try:
+        yield
+    except OutputFolderError:
+        raise
+    except OSError as error:
+        name = getattr(error, "filename", None)
+        if error.errno not in (errno.EFBIG, errno.EDQUOT) or name is None \
+                or Path(os.path.realpath(out_dir)) not in Path(os.path.realpath(name)).parents:
+            raise
+        raise OutputFolderError(f"cannot write {name}: {_cause(error)}") from None
 
 
 def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
@@ -168,20 +187,21 @@ def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
     # the run's key (a run of the full benchmark trains for half an hour), and the line of each
     # finished run (finish, above).
     bar = _progress(range(len(todo)), progress and interactive(), desc=name, unit="run")
-    try:
-        _run_all(todo, finish, runner, options, checkpoint_for, bar, executor=executor, jobs=jobs,
-                 data_dir=data_dir, cache_dir=cache_dir, progress=progress)
-    except BaseException:
-        # An interrupt (Ctrl-C, SIGTERM) between a run file and the aggregate would leave
-        # results.jsonl without a run the interrupt message says is saved: regenerated here,
-        # and by whoever reads it next (a report, a resume) should this one fail too.
-        with contextlib.suppress(Exception):
-            write_aggregate(out_dir)
-        raise
-    finally:
-        if hasattr(bar, "close"):
-            bar.close()
-    write_aggregate(out_dir)
+    with _limits_named(out_dir):
+        try:
+            _run_all(todo, finish, runner, options, checkpoint_for, bar, executor=executor,
+                     jobs=jobs, data_dir=data_dir, cache_dir=cache_dir, progress=progress)
+        except BaseException:
+            # An interrupt (Ctrl-C, SIGTERM) between a run file and the aggregate would leave
+            # results.jsonl without a run the interrupt message says is saved: regenerated here,
+            # and by whoever reads it next (a report, a resume) should this one fail too.
+            with contextlib.suppress(Exception):
+                write_aggregate(out_dir)
+            raise
+        finally:
+            if hasattr(bar, "close"):
+                bar.close()
+        write_aggregate(out_dir)
     return results
 
 
@@ -476,6 +496,7 @@ def reproduce(config: ReproduceConfig, out_dir: Path, *, jobs: int = 1,
     finished runs of ``checkpoint_seeds`` without a checkpoint (:func:`check_checkpoints`).
     Returns the results path.
     """
+    refuse_while_starting("reproduce")  # a script's call without a __main__ guard, in a worker
     out_dir = Path(os.path.realpath(out_dir))
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
@@ -492,7 +513,8 @@ def reproduce(config: ReproduceConfig, out_dir: Path, *, jobs: int = 1,
                              rerun_changed=rerun_changed, echo=echo, base_fingerprint=base_print,
                              base={"base": config.base})
         set_aside_lacking(out_dir, lacking, echo)
-        atomic_write(out_dir / "config.toml", to_toml(config).encode())
+        with _limits_named(out_dir):
+            atomic_write(out_dir / "config.toml", to_toml(config).encode())
         return run_sweep("reproduce", runs, out_dir, base_fingerprint=base_print,
                          checkpoint_keys=checkpoints, jobs=jobs, executor=executor,
                          data_dir=data_dir,

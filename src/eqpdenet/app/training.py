@@ -105,6 +105,25 @@ class Split:
         return self if not n or n >= len(self) else Split(self.images[:n], self.labels[:n])
 
 
+class _PixelStatistic:
+    """A field of :class:`Data` holding a statistic of the training split's pixels: the value
+    given, else (None, the default) computed when first read, in float64, and kept
+    (:meth:`Data._pixel_statistics`)."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, data, owner=None):
+        if data is None:
+            return None  # the dataclass's default: computed when read
+        if data.__dict__.get(self.name) is None:
+            data._pixel_statistics()
+        return data.__dict__[self.name]
+
+    def __set__(self, data, value) -> None:
+        data.__dict__[self.name] = None if value is None else float(value)
+
+
 @dataclass
 class Data:
     """The splits of one run (``data["train"]`` etc. also work) and facts about the data set.
@@ -113,7 +132,10 @@ class Data:
         train, validation, test: the splits (``validation`` may be empty).
         name: the data set (:attr:`eqpdenet.data.datasets.ImageDataset.name`).
         classes: number of classes.
-        pixel_mean, pixel_std: statistics of the training split's pixels (validation excluded).
+        pixel_mean, pixel_std: statistics of the training split's pixels (validation excluded),
+            computed in float64 when first read unless given (training does not read them:
+            the float64 copy of the training images they are computed from, twice the float32
+            set, is made only for a reader).
         info: how the data set was made.
     """
 
@@ -122,9 +144,17 @@ class Data:
     test: Split
     name: str = ""
     classes: int = 10
-    pixel_mean: float = 0.0
-    pixel_std: float = 1.0
+    pixel_mean: float = _PixelStatistic()
+    pixel_std: float = _PixelStatistic()
     info: dict = field(default_factory=dict)
+
+    def _pixel_statistics(self) -> None:
+        """Set the statistics not given: the mean and std of the training split's pixels, of
+        one float64 copy of them (the values :func:`prepare_data` computed at once before)."""
+        pixels = self.train.images.double()
+        for name, value in (("pixel_mean", pixels.mean()), ("pixel_std", pixels.std())):
+            if self.__dict__.get(name) is None:
+                self.__dict__[name] = float(value)
 
     def __getitem__(self, key: str) -> Split:
         if key not in ("train", "validation", "test"):
@@ -153,10 +183,10 @@ def prepare_data(config: DataConfig, data_dir=None, cache_dir=None) -> Data:
     train = Split(train_x[:keep], train_y[:keep]).head(config.train_subset)
     test = Split(dataset.test_images, dataset.test_labels).head(config.test_subset)
     _check_split_classes(config, dataset, train, test, held)
-    pixels = train.images.double()
+    # The pixel statistics are computed when read (Data.pixel_mean): their float64 copy of the
+    # training images took twice the float32 set, every time a data set was loaded.
     return Data(train=train, validation=Split(train_x[keep:], train_y[keep:]), test=test,
-                name=dataset.name, classes=dataset.classes, pixel_mean=float(pixels.mean()),
-                pixel_std=float(pixels.std()), info=dataset.info)
+                name=dataset.name, classes=dataset.classes, info=dataset.info)
 
 
 def _check_split_classes(config: DataConfig, dataset: ImageDataset, train: Split, test: Split,

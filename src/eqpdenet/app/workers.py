@@ -52,7 +52,14 @@ import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 
-__all__ = ["WATCH_SECONDS", "die_with_parent", "worker_pool"]
+__all__ = ["GUARD_ADVICE", "WATCH_SECONDS", "die_with_parent", "refuse_while_starting",
+           "worker_pool"]
+
+#: What a script that starts worker processes must do (``spawn`` runs the script again in every
+#: worker, as ``__mp_main__``, before the worker's first task).
+GUARD_ADVICE = ('a script that runs work with jobs > 1 must make that call under '
+                '`if __name__ == "__main__":` (each worker process runs the script again as it '
+                'starts: multiprocessing\'s spawn)')
 
 #: How often a worker checks that its parent is alive, in seconds.
 WATCH_SECONDS = 0.5
@@ -159,6 +166,16 @@ def _parent_warning_display() -> Callable | None:
     return show
 
 
+def refuse_while_starting(what: str) -> None:
+    """A :class:`RuntimeError` naming the fix where this process is a worker still starting,
+    running its parent's script again (multiprocessing's ``spawn``): ``what`` (``reproduce``)
+    was called from a script's top level without a ``__main__`` guard, and would otherwise
+    fail on the folder its parent holds, a traceback in every worker. The parent then learns
+    that its pool broke (:func:`worker_pool`)."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise RuntimeError(f"{what} was called in a worker process while it started: {GUARD_ADVICE}")
+
+
 class _Pool(ProcessPoolExecutor):
     """Every task runs through :func:`_run_task`; submitted from the thread that made the pool
     (which starts the workers: module docstring)."""
@@ -186,7 +203,10 @@ def worker_pool(jobs: int, initializer: Callable | None = None,
                  initargs=(os.path.abspath(__file__), {"_START": (os.getpid(), then)}, _START_NAME))
     try:
         yield pool
-    except BaseException:
+    except BaseException as error:
+        if type(error).__name__ == "BrokenProcessPool" and getattr(sys.modules.get("__main__"),
+                                                                   "__file__", None):
+            error.add_note(f"if a script of yours started this work: {GUARD_ADVICE}")
         processes = list((getattr(pool, "_processes", None) or {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:

@@ -180,6 +180,54 @@ class GCNN(nn.Module):
         not deep-copy)."""
         return _e2cnn()[1]
 
+    def backward_bytes(self, batch_size: int, element_size: int = 4) -> int:
+        """The bytes one training step on ``batch_size`` images keeps for its backward pass (what
+        the memory preflight of :mod:`eqpdenet.app.preflight` needs; the parameters aside).
+
+        Per image, in values of ``element_size`` bytes, for fields of ``F`` regular fields of
+        ``N`` channels (``group_order``): the first convolution's input; per layer the
+        convolution's output (kept by the batch norm) and the ReLU's output, ``2 F N`` maps at
+        the layer's size; a max pooling keeps the indices of its maxima (int64), ``F N`` maps at
+        its output's size, and its output where a convolution takes it; the anti-aliased pooling
+        keeps the indices and the output of its 2x2 maximum at stride 1 (``size - 1``), and its
+        low-pass's output where a convolution takes it; the group pooling keeps its indices
+        (``F`` maps), the ``max`` readout its input and maxima. Once per step whatever the
+        batch: every convolution's filter expanded from its basis (``F_out N x F_in N x k^2``)
+        and the batch norms' statistics. The pooled sizes are those of PyTorch's own operators
+        (run on the ``meta`` device). Counted with ``torch.autograd.graph.saved_tensors_hooks``:
+        tests/app/test_preflight_round6.py holds the estimate within 1 to 1.2 times what
+        autograd saves.
+        """
+        enn = self._enn
+        size = self.image_size
+        values, indices, fixed = self.in_channels * size**2, 0, 0
+        pooled_output = 0  # kept where a convolution takes it
+        *body, _ = self.features._modules.values()
+        for module in body:
+            if isinstance(module, enn.R2Conv):
+                fixed += module.out_type.size * module.in_type.size * module.kernel_size**2
+                values += pooled_output + module.out_type.size * size**2  # the batch norm's input
+                pooled_output = 0
+            elif isinstance(module, enn.InnerBatchNorm):
+                fixed += 2 * len(module.out_type)  # its statistics, per field
+            elif isinstance(module, enn.ReLU):
+                values += module.out_type.size * size**2  # its output
+            elif isinstance(module, enn.PointwiseMaxPool):
+                channels = module.out_type.size
+                antialiased = isinstance(module, enn.PointwiseMaxPoolAntialiased)
+                size = _pooled_size(size, module.kernel_size, 1 if antialiased else module.stride,
+                                    module.padding, module.dilation, module.ceil_mode)
+                indices += channels * size**2
+                if antialiased:  # the maximum, kept by the low-pass
+                    values += channels * size**2
+                    size = _low_passed_size(size, module.filter.shape[-1], module.stride,
+                                            module._pad)
+                pooled_output = channels * size**2
+        fields = self.config.channels[-1]
+        indices += fields * size**2  # the group pooling's
+        values += (fields * size**2 if self.config.readout == "max" else 0) + 2 * fields
+        return int(batch_size * (values * element_size + indices * 8) + fixed * element_size)
+
     def _convs(self) -> list[nn.Module]:
         return [m for m in self.features.modules() if isinstance(m, self._r2conv)]
 
@@ -251,6 +299,22 @@ def _unshare_basis_expansions(features: nn.Module) -> None:
         for name, child in list(parent._modules.items()):
             if type(child).__name__ == "SingleBlockBasisExpansion":
                 parent._modules[name] = copy.deepcopy(child)
+
+
+def _pooled_size(size: int, kernel, stride, padding, dilation, ceil_mode: bool) -> int:
+    """The side of a ``size x size`` map after ``max_pool2d`` with these arguments (PyTorch's
+    own arithmetic, on the ``meta`` device)."""
+    meta = torch.empty(1, 1, size, size, device="meta")
+    return int(nn.functional.max_pool2d(meta, kernel, stride, padding, dilation,
+                                        ceil_mode).shape[-1])
+
+
+def _low_passed_size(size: int, taps: int, stride, padding) -> int:
+    """The side of a ``size x size`` map after the anti-aliased pooling's low-pass (``conv2d``
+    with a ``taps x taps`` filter, on the ``meta`` device)."""
+    meta = torch.empty(1, 1, size, size, device="meta")
+    return int(nn.functional.conv2d(meta, torch.empty(1, 1, taps, taps, device="meta"),
+                                    stride=stride, padding=padding).shape[-1])
 
 
 def _readout(maps: Tensor, readout: str) -> Tensor:
