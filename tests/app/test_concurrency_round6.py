@@ -141,3 +141,22 @@ def test_an_interrupted_equivariance_into_a_new_folder_leaves_no_folder(tmp_path
     except (KeyboardInterrupt, RuntimeError):
         pass
     assert not (tmp_path / "new").exists()
+
+
+def test_benchmark_and_study_called_in_a_starting_worker_say_how_to_guard_the_script(
+        tmp_path, monkeypatch):
+    """As reproduce: without a ``__main__`` guard, each spawned worker re-ran the script and
+    failed on the folder its parent holds, a traceback in every worker."""
+    import multiprocessing
+
+    from eqpdenet.app.benchmark import benchmark
+    from eqpdenet.app.config import BenchmarkConfig
+    from eqpdenet.app.study import run_study
+
+    monkeypatch.setattr(multiprocessing.current_process(), "_inheriting", True, raising=False)
+    for call, what in ((lambda: benchmark(BenchmarkConfig(), tmp_path / "b", jobs=2), "benchmark"),
+                       (lambda: run_study(tmp_path / "s", jobs=2), "study")):
+        with pytest.raises(RuntimeError, match=rf'{what} was called in a worker process while '
+                                               rf'it started: .*`if __name__ == "__main__":`'):
+            call()
+    assert list(tmp_path.iterdir()) == []

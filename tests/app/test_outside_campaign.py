@@ -466,6 +466,8 @@ def test_train_into_a_log_writes_a_line_per_epoch_without_escapes(tmp_path, caps
      r"100,002 blocks in 3 stages, more than the bound of 1,000"),
     (["model.kind='cnn'", "model.cnn.layers=100000"], r"cnn.layers: must be <= 1,000"),
     (["model.kind='gcnn'", "model.gcnn.group_order=100000"], r"gcnn.group_order: must be <= 64"),
+    # e2cnn refused C_1 with a raw ValueError (probe round 6)
+    (["model.kind='gcnn'", "model.gcnn.group_order=1"], r"gcnn.group_order: must be >= 2, got 1"),
 ])
 def test_model_sizes_that_would_hang_the_build_are_refused_where_they_are_read(assignments,
                                                                               message):

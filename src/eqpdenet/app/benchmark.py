@@ -66,6 +66,7 @@ from .training import (
     without_inert_fields,
     without_later_fields,
 )
+from .workers import refuse_while_starting
 
 __all__ = ["benchmark", "robustness", "summarise", "write_benchmark_report"]
 
@@ -152,6 +153,7 @@ def benchmark(config: BenchmarkConfig, out_dir: Path, *, models: list[str] | Non
     (:func:`~eqpdenet.app.sweeps.check_before_writing`), and so are the finished runs of
     ``checkpoint_seeds`` without a checkpoint (:func:`~eqpdenet.app.sweeps.check_checkpoints`).
     """
+    refuse_while_starting("benchmark")  # a script's call without a __main__ guard, in a worker
     out_dir = Path(os.path.realpath(out_dir))
     chosen = models or list(config.models)
     for name in chosen:

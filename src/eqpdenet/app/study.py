@@ -71,6 +71,7 @@ from .runfolder import check_claim, claim_folder
 from .runstore import SUPERSEDED_DIR
 from .sweeps import field_differences, reproduce
 from .training import fingerprint, with_legacy_fields
+from .workers import refuse_while_starting
 
 __all__ = ["PROTOTYPE", "REFINE_STAGES", "STAGES", "Stage", "run_study", "study_base",
            "study_record"]
@@ -280,6 +281,7 @@ def run_study(out: Path, *, base: ReproduceConfig | None = None, stages=STAGES, 
     :func:`~eqpdenet.app.sweeps.reproduce` does). With the Ray executor, every stage runs in one
     Ray (:func:`~eqpdenet.app.distributed.ray_session`), started when the first run needs it and
     stopped at the end."""
+    refuse_while_starting("study")  # a script's call without a __main__ guard, in a worker
     base = copy.deepcopy(base or study_base())
     _check_study(base)
     record = study_record(base, stages, margin)

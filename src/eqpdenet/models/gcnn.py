@@ -73,7 +73,8 @@ class GCNNConfig:
 
     def __post_init__(self):
         require_lists(self, "gcnn.")
-        require_int(self.group_order, "gcnn.group_order", 1, maximum=MAX_GROUP_ORDER)
+        # C_1 is no rotation group: e2cnn refuses it (a plain CNN is model.kind = 'cnn')
+        require_int(self.group_order, "gcnn.group_order", 2, maximum=MAX_GROUP_ORDER)
         require(len(self.channels) <= MAX_LAYERS, "gcnn.channels",
                 f"{len(self.channels):,} layers, more than the bound of {MAX_LAYERS:,}")
         require(len(self.channels) == len(self.kernels) >= 1, "gcnn.kernels",
