@@ -285,7 +285,7 @@ def test_bad_input_is_one_error_before_any_work(tmp_path, monkeypatch):
     with pytest.raises(OutputFolderError, match="does not exist"):
         export_model(model, tmp_path / "none" / "m.onnx", "onnx", images=images)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(OutputFolderError, match="does not exist"):
+    with pytest.raises(OutputFolderError, match="file is a file, not a folder"):
         export_model(model, tmp_path / "file" / "m.onnx", "onnx", images=images)
     # read back by the suffix: an ONNX file named .pt2 would be taken for a program
     with pytest.raises(ConfigError, match=r"an onnx file is named \*\.onnx .* e\.g\. .*m\.onnx"):

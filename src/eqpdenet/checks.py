@@ -4,7 +4,8 @@ Images are checked by :func:`check_images` where they enter the library (a layer
 ``forward``, :func:`~eqpdenet.pde.stencils.jet`), not again at every internal call. Layers and
 models also check the values (:func:`check_values`: one pass over the input, one host
 synchronisation per call, an :class:`~eqpdenet.errors.InputError` for NaN or inf saying the input
-is at fault) and the dtype (:func:`match_dtype`). Numbers in constructors and configurations go
+is at fault), the device (:func:`check_device`: the module's, before any work) and the dtype
+(:func:`match_dtype`). Numbers in constructors and configurations go
 through :func:`require` and the helpers below, which raise :class:`~eqpdenet.errors.ConfigError`
 naming the field.
 
@@ -34,6 +35,7 @@ take their plain-PyTorch path (the fused operators have no batching rule).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import numbers
 from collections.abc import Iterable, Iterator, Sequence
@@ -48,9 +50,11 @@ from .errors import ConfigError, InputError, InputTypeError, NonFiniteStateError
 
 __all__ = [
     "StateReports",
+    "check_device",
     "check_images",
     "check_values",
     "match_dtype",
+    "module_device",
     "module_dtype",
     "deferred_state_checks",
     "deferring",
@@ -209,6 +213,29 @@ def module_dtype(module: nn.Module) -> torch.dtype | None:
         if tensor.is_floating_point():
             return tensor.dtype
     return None
+
+
+def module_device(module: nn.Module) -> torch.device | None:
+    """The device a module computes on: that of its first parameter or buffer (None if it has
+    none)."""
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        return tensor.device
+    return None
+
+
+def check_device(u: Tensor, module: nn.Module, what: str = "images") -> None:
+    """An :class:`~eqpdenet.errors.InputError` naming both devices unless ``u`` is on the device
+    of ``module``'s parameters and buffers (:func:`module_device`; a module without any takes
+    every device): checked where the input enters, before any work, rather than left to the
+    first operator that mixes the two (``Tensor on device cpu is not on the expected device
+    meta!``, in either order). No host read: shapes-only uses (the ``meta`` device, tracing,
+    ``torch.compile``, ``torch.export``) check it as well."""
+    device = module_device(module)
+    if device is None or u.device == device:
+        return
+    raise InputError(f"{what}: the input is on device {u.device} but {type(module).__name__}'s "
+                     f"parameters are on {device}: move the input (.to({str(device)!r})) or the "
+                     f"module (.to({str(u.device)!r})) so that both are on one device")
 
 
 def _finer(a: torch.dtype, b: torch.dtype) -> bool:

@@ -49,6 +49,8 @@ from ..pde.layer import LAYER_PRESETS, LayerConfig
 from .optim import LR_SCHEDULES, OPTIMIZERS
 
 __all__ = [
+    "MNIST_FAMILY",
+    "data_resolved_fields",
     "ConfigError",
     "apply_overrides",
     "DataConfig",
@@ -882,3 +884,19 @@ def build_model(config: ModelConfig):
     """The model a :class:`ModelConfig` describes (parameters initialised by torch's RNG)."""
     return _build_model(config.kind, **{f.name: getattr(config, f.name)
                                  for f in dataclasses.fields(config) if f.name != "kind"})
+
+
+#: Data sets whose pixel statistics are the configured defaults (MNIST's).
+MNIST_FAMILY = ("rotmnist", "mnist")
+
+
+def data_resolved_fields(config: ExperimentConfig) -> list[tuple[str, ...]]:
+    """The fields of ``config`` that :func:`eqpdenet.app.training.resolve_for_data` sets from
+    the data (so a recorded, resolved configuration differs from the one given in them alone,
+    for the same data)."""
+    fields = [("model", "image_size"), ("model", "in_channels"), ("model", "classes")]
+    standardize = config.model.standardize
+    if standardize == "train" or (standardize == "auto"
+                                  and config.data.dataset not in MNIST_FAMILY):
+        fields += [("model", "input_mean"), ("model", "input_std")]
+    return fields

@@ -55,7 +55,7 @@ from ..data.mnist import MNIST_FILES
 from ..data.rotmnist import N_TRAIN as ROTMNIST_TRAIN
 from ..errors import ConfigError, OutputFolderError
 from ..pde.layer import PDELayer
-from .config import DataConfig, ExperimentConfig, build_model, to_toml
+from .config import DataConfig, ExperimentConfig, build_model, data_resolved_fields, to_toml
 
 __all__ = ["BACKWARD_PEAK", "FIXED_TRAINING_IMAGES", "PARAMETER_BYTES", "STATE_PEAK",
            "WORKER_BYTES", "allocation_failure", "at_data_size", "available_memory", "data_bytes",
@@ -327,8 +327,6 @@ def data_bytes(run: ExperimentConfig, shape: DatasetShape | None) -> tuple[int, 
     holds twice the float32 set for a moment)."""
     if shape is None:
         return 0, 0
-    from .training import data_resolved_fields  # training imports this module
-
     channels, height, width = shape.image_shape
     pixels = channels * height * width
     kept = (shape.train + shape.test) * pixels * 4

@@ -50,11 +50,13 @@ from .batches import mini_batches
 from .checkpoints import describe_non_finite, non_finite_tensors
 from .config import (
     KIND_OPTIONS,
+    MNIST_FAMILY,
     DataConfig,
     ExperimentConfig,
     TrainConfig,
     build_model,
     check_augment_for_image,
+    data_resolved_fields,
     fields_replaced_by_data,
     fields_without_effect,
     from_dict,
@@ -246,21 +248,6 @@ def compiled_for_training(forward: Callable[[Tensor], Tensor]) -> Callable[[Tens
             return compiled(images)
 
     return step
-
-
-#: Data sets whose pixel statistics are the configured defaults (MNIST's).
-MNIST_FAMILY = ("rotmnist", "mnist")
-
-
-def data_resolved_fields(config: ExperimentConfig) -> list[tuple[str, ...]]:
-    """The fields of ``config`` that :func:`resolve_for_data` sets from the data (so a recorded,
-    resolved configuration differs from the one given in them alone, for the same data)."""
-    fields = [("model", "image_size"), ("model", "in_channels"), ("model", "classes")]
-    standardize = config.model.standardize
-    if standardize == "train" or (standardize == "auto"
-                                  and config.data.dataset not in MNIST_FAMILY):
-        fields += [("model", "input_mean"), ("model", "input_std")]
-    return fields
 
 
 def resolve_for_data(config: ExperimentConfig, data: Data | dict) -> ExperimentConfig:

@@ -7,15 +7,19 @@ the smallest image it takes (``min_image_size``, checked in its constructor by
 
 :data:`MODELS` maps a model kind (the configuration's ``model.kind``) to its class;
 :func:`build_model` builds one from keyword arguments, passing each class only the arguments its
-constructor takes (so one configuration table can describe every kind).
+constructor takes (so one configuration table can describe every kind); an argument that no kind
+takes is a ConfigError naming it.
 """
 
 from __future__ import annotations
 
+import difflib
 import inspect
 
 from torch import nn
 
+from ..checks import require
+from ..errors import ConfigError
 from ..registry import Registry
 from .cnn import CNN, CNNConfig
 from .eqpdenet import EqPdeNet
@@ -42,13 +46,51 @@ MODELS.register("invariant_pde", InvariantPDENet)
 MODELS.register("lifted_pde", LiftedPDENet)
 
 
-def build_model(kind: str, **options) -> nn.Module:
-    """A model of a registered ``kind``; options its constructor does not take are ignored.
+#: Options of the experiment configuration's model table that no constructor takes, and why:
+#: :func:`eqpdenet.app.config.build_model` passes the whole table.
+TABLE_ONLY_OPTIONS = {
+    "standardize": "where input_mean and input_std came from, resolved into them before the "
+                   "model is built",
+}
+
+
+def _constructor_options(cls: type) -> list[str]:
+    return [name for name, parameter in inspect.signature(cls).parameters.items()
+            if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)]
+
+
+def build_model(kind: str, /, **options) -> nn.Module:
+    """A model of a registered ``kind`` built from keyword ``options``.
+
+    One table of options can describe every kind: an option that only other registered kinds
+    take (``layer`` for ``fcnn``) is not passed to this one. An option that no registered kind
+    takes is a :class:`~eqpdenet.errors.ConfigError` naming it, with the nearest names (a
+    misspelt ``hiden=16`` would otherwise build the default model). ``standardize`` (the
+    configuration's record of where ``input_mean`` and ``input_std`` came from) is taken only
+    beside both of them, and not used.
 
     Example:
         >>> type(build_model("fcnn", hidden=16, layer=None)).__name__
         'FCNN'
+        >>> try:
+        ...     build_model("fcnn", hiden=16)
+        ... except ValueError as error:
+        ...     print(str(error).split(";")[0])
+        invalid config: build_model('fcnn'): unknown option 'hiden' (did you mean 'hidden'?)
     """
     cls = MODELS.get(kind)
-    accepted = inspect.signature(cls).parameters
+    accepted = _constructor_options(cls)
+    known = {name for other in MODELS for name in _constructor_options(MODELS.get(other))}
+    for name in options:
+        if name in known:
+            continue
+        if name in TABLE_ONLY_OPTIONS:
+            require(all(stat in options for stat in ("input_mean", "input_std")),
+                    f"build_model({kind!r})", f"{name!r} is {TABLE_ONLY_OPTIONS[name]}: give "
+                    f"input_mean and input_std themselves (it is not used)")
+            continue
+        close = difflib.get_close_matches(str(name), sorted(known), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"invalid config: build_model({kind!r}): unknown option {name!r}{hint}; "
+                          f"{kind} takes {', '.join(accepted)}")
     return cls(**{name: value for name, value in options.items() if name in accepted})

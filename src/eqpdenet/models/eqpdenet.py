@@ -7,14 +7,17 @@ combination): FCNN's ``784h + h + h^2 + h + 10h + 10`` plus 31 (2 x 6 + 2 x 7 + 
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor, nn
 
 from ..checks import require, require_int
-from ..errors import NonFiniteStateError
+from ..errors import ConfigError, NonFiniteStateError
 from ..pde.integrators import input_checked, input_range_hint
 from ..pde.invariants import get_invariant_set
-from ..pde.layer import LayerConfig, PDELayer
+from ..pde.layer import LAYER_PRESETS, LayerConfig, PDELayer
 from ..pde.stencils import Jet
 from .inputs import ModelInput, check_model_input, require_image_size
 from .perceptron import Standardize, perceptron
@@ -28,7 +31,11 @@ class EqPdeNet(nn.Module):
     Args:
         hidden: width of the two hidden layers.
         layer: a :class:`~eqpdenet.pde.PDELayer`, or a :class:`~eqpdenet.pde.LayerConfig` to
-            build one (its ``backend`` and ``recompute`` included); default the paper's layer
+            build one (its ``backend`` and ``recompute`` included), or a mapping of
+            ``LayerConfig``'s fields overriding the paper's layer (``{"T": 0.2}``, as the
+            configuration's ``model.layer`` table), or a preset's name
+            (:data:`~eqpdenet.pde.layer.LAYER_PRESETS`: ``"paper"``, ``"se2_sim2"``); anything
+            else is a ConfigError naming ``layer``. Default the paper's layer
             (:meth:`~eqpdenet.pde.LayerConfig.paper`, the paper's absolute ratio regularisation).
         image_size, in_channels, classes: input and output sizes.
         input_mean, input_std: fixed input standardisation (applied before the PDE layer).
@@ -52,10 +59,7 @@ class EqPdeNet(nn.Module):
                  image_size: int = 28, in_channels: int = 1, classes: int = 10,
                  input_mean: float = 0.0, input_std: float = 1.0, head: str = "perceptron"):
         super().__init__()
-        if layer is None:
-            layer = LayerConfig.paper()
-        if isinstance(layer, LayerConfig):
-            layer = PDELayer.from_config(layer)
+        layer = _pde_layer(layer)
         require(head in ("perceptron", "invariant"), "head", "must be 'perceptron' or 'invariant'")
         head_jet = _head_jet(layer) if head == "invariant" else None
         jets = [m for m in layer.modules() if isinstance(m, Jet)] + ([head_jet] if head_jet else [])
@@ -113,6 +117,29 @@ class EqPdeNet(nn.Module):
             values = (entered.low, entered.high)
             hint = self.standardize.explain(*values) or input_range_hint(*values)
             raise error.with_hint(hint) from None
+
+
+def _pde_layer(layer) -> PDELayer:
+    """EqPdeNet's ``layer`` argument as a :class:`PDELayer` (see the class doc); a ConfigError
+    naming ``layer`` for anything else (an AttributeError from deep inside before)."""
+    if isinstance(layer, PDELayer):
+        return layer
+    if layer is None:
+        layer = LayerConfig.paper()
+    elif isinstance(layer, str):
+        LAYER_PRESETS.check(layer, "layer")
+        layer = LayerConfig.preset(layer)
+    elif isinstance(layer, Mapping):
+        known = {spec.name for spec in dataclasses.fields(LayerConfig)}
+        unknown = sorted(str(key) for key in layer if key not in known)
+        require(not unknown, "layer", f"unknown field(s) {', '.join(unknown)}; the fields are "
+                f"{', '.join(sorted(known))}")
+        layer = LayerConfig.paper(**layer)
+    elif not isinstance(layer, LayerConfig):
+        raise ConfigError(f"invalid config: layer: must be a PDELayer, a LayerConfig, a mapping "
+                          f"of LayerConfig's fields or a preset's name "
+                          f"({', '.join(LAYER_PRESETS.names())}), got {type(layer).__name__}")
+    return PDELayer.from_config(layer)
 
 
 def _head_jet(layer: PDELayer) -> Jet:

@@ -25,6 +25,8 @@ minimum and why). What :func:`check_model_input` checks, in this order, each a o
 names the cause (:mod:`eqpdenet.checks`):
 
 * type and shape: a floating-point tensor ``(B, in_channels, image_size, image_size)``;
+* device: the model's (:func:`~eqpdenet.checks.check_device`: an
+  :class:`~eqpdenet.errors.InputError` naming both devices, before any work);
 * values: NaN or inf is an :class:`~eqpdenet.errors.InputError` saying the input is at fault; an
   input far from the model's ``input_mean`` / ``input_std`` warns once per model
   (:class:`~eqpdenet.errors.InputRangeWarning`);
@@ -47,7 +49,15 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
-from ..checks import check_images, check_values, match_dtype, module_dtype, require, require_int
+from ..checks import (
+    check_device,
+    check_images,
+    check_values,
+    match_dtype,
+    module_dtype,
+    require,
+    require_int,
+)
 from ..errors import ConfigError, InputError
 
 __all__ = ["ModelInput", "check_model_input", "family_options", "min_image_size",
@@ -95,6 +105,7 @@ def check_model_input(model: nn.Module, images, what: str = "images") -> ModelIn
     one device-to-host read; returns the images in the model's dtype and their range."""
     check_images(images, what, channels=model.in_channels,
                  size=(model.image_size, model.image_size))
+    check_device(images, model, what)
     low, high = check_values(images, what)
     standardize = getattr(model, "standardize", None)
     if standardize is not None:

@@ -47,6 +47,7 @@ at scale ``s + 1`` much as the original at ``s``.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -55,7 +56,9 @@ from torch import Tensor, nn
 
 from .. import kernels
 from ..checks import (
+    check_device,
     check_images,
+    check_values,
     hooks_registered,
     match_dtype,
     module_dtype,
@@ -64,6 +67,7 @@ from ..checks import (
     require_lists,
     require_positive,
 )
+from ..errors import ConfigError
 from ..geometry import halvings_stay_even
 from ..kernels.m2_op import m2_kernel_reason
 from ..pde.batch_norm import batch_norm_affine_of, batch_norm_at
@@ -319,7 +323,15 @@ class M2Lift(nn.Module):
         super().__init__()
         self.relative = bool(relative)
         self.orientations = check_orientations(orientations)
+        # checked here, as the other pieces check theirs (a ConfigError at the first call before)
+        require_positive(sigma, "sigma")
+        require(sigma >= MIN_GAUSSIAN_SIGMA, "sigma",
+                f"must be at least {MIN_GAUSSIAN_SIGMA} pixels, got {sigma:g}")
         self.sigmas = scale_levels(sigma, scales)
+        require(self.sigmas[-1] <= MAX_SCALE_SIGMA, "sigma",
+                f"the largest scale level, sigma 2^((scales - 1) / 2) = {self.sigmas[-1]:.3g} px, "
+                f"must be at most {MAX_SCALE_SIGMA:,g} px")
+        BOUNDARIES.check(boundary, "boundary")
         self.boundary = boundary
         kernels.BACKENDS.check(backend, "backend")
         self.backend = backend
@@ -332,12 +344,16 @@ class M2Lift(nn.Module):
     _input_checked = False  # see eqpdenet.pde.integrators.input_checked
 
     def enter(self, f: Tensor) -> Tensor:
-        """The entry checks: images this lift takes, ``(B, C_in, H, W)``, returned in its dtype
-        (lower precision converted up, higher an error: :func:`~eqpdenet.checks.match_dtype`):
-        an :class:`~eqpdenet.errors.InputError` naming the cause (else a shape or dtype error
-        from deep inside, on either backend). Skipped inside
+        """The entry checks: images this lift takes, ``(B, C_in, H, W)`` on its device, with
+        finite values, returned in its dtype (lower precision converted up, higher an error:
+        :func:`~eqpdenet.checks.match_dtype`): an :class:`~eqpdenet.errors.InputError` naming
+        the cause (else a shape or dtype error from deep inside, on either backend), before any
+        batch statistic is updated (one NaN pixel made every running statistic NaN, and every
+        later clean image an error). Skipped inside
         :class:`~eqpdenet.pde.integrators.input_checked` (the model checked its images)."""
         f = check_images(f, "M2Lift's images", channels=self.in_channels)
+        check_device(f, self, "M2Lift's images")
+        check_values(f, "M2Lift's images")
         return match_dtype(f, module_dtype(self), "M2Lift's images")
 
     @property
@@ -629,8 +645,10 @@ class LiftedPDENet(nn.Module):
         over orientations and maxed over scales: planar maps ``(B, C, h, w)`` that rotate with
         the image (exactly for quarter turns), what ``eqpdenet equivariance`` measures."""
         count = len(self.stages) if stages is None else stages
-        if not 0 <= count <= len(self.stages):
-            raise ValueError(f"stages must be in 0..{len(self.stages)}, got {stages}")
+        if not (isinstance(count, numbers.Integral) and not isinstance(count, bool)
+                and 0 <= count <= len(self.stages)):
+            raise ConfigError(f"invalid config: stages must be in 0..{len(self.stages)} (an "
+                              f"integer, or None for all), got {stages!r}")
         u = self.projection(self._staged(images, count))
         if self.config.scales > 1:                               # (S B, C, h, w) -> (B, C, h, w)
             u = u.unflatten(0, (self.config.scales, -1)).amax(dim=0)

@@ -12,7 +12,7 @@ import warnings
 from torch import Tensor, nn
 
 from ..checks import require_finite, require_int, require_positive
-from ..errors import InputRangeWarning
+from ..errors import InputRangeWarning, InputTypeError
 from .inputs import check_model_input
 
 __all__ = ["FCNN", "RANGE_WARNING_STDS", "Standardize", "count_parameters", "perceptron"]
@@ -23,7 +23,11 @@ RANGE_WARNING_STDS = 20.0
 
 
 def count_parameters(module: nn.Module) -> int:
-    """Number of trainable scalars."""
+    """Number of trainable scalars (an :class:`~eqpdenet.errors.InputTypeError` unless
+    ``module`` is an ``nn.Module``)."""
+    if not isinstance(module, nn.Module):
+        raise InputTypeError(f"count_parameters takes an nn.Module (a model or a layer), got "
+                             f"{type(module).__name__}")
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 

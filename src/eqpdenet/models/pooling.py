@@ -26,12 +26,14 @@ of 4.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import require, require_positive
+from ..checks import require, require_int, require_positive
+from ..errors import InputError, InputTypeError
 from ..kernels.m2_op import real_constants
 from ..pde.stencils import BOUNDARIES
 
@@ -133,6 +135,12 @@ class AntiAliasedDownsample(nn.Module):
         return self.weight.numel() // 2
 
     def forward(self, u: Tensor) -> Tensor:
+        if not isinstance(u, Tensor) or u.dim() < 2 or not u.is_floating_point():
+            what = (f"shape {tuple(u.shape)}, dtype {u.dtype}" if isinstance(u, Tensor)
+                    else type(u).__name__)
+            error = InputError if isinstance(u, Tensor) and u.dim() < 2 else InputTypeError
+            raise error(f"AntiAliasedDownsample takes floating-point maps (..., H, W) as a "
+                        f"torch.Tensor, got {what}")
         *lead, height, width = u.shape
         rows = self._matrix(height, u.dtype, u.device)      # (ceil(H / 2), H)
         cols = self._matrix(width, u.dtype, u.device)       # (ceil(W / 2), W)
@@ -193,8 +201,9 @@ class OrientationMaxPool(nn.Module):
     rotations are approximate, as the coarser grid is. No parameters.
 
     Args:
-        ratio: ``r``, a positive integer; ``N`` must be a multiple of it (else a ValueError
-            naming both). ``r = 1`` is the identity.
+        ratio: ``r``, a positive integer (else a ConfigError); the fields' ``N`` must be a
+            multiple of it (else an :class:`~eqpdenet.errors.InputError` naming both).
+            ``r = 1`` is the identity.
 
     Example:
         >>> pool = OrientationMaxPool(2)
@@ -205,25 +214,29 @@ class OrientationMaxPool(nn.Module):
 
     def __init__(self, ratio: int):
         super().__init__()
-        if isinstance(ratio, bool) or not isinstance(ratio, int) or ratio < 1:
-            raise ValueError(f"ratio must be a positive integer, got {ratio!r}")
-        self.ratio = ratio
+        require(isinstance(ratio, numbers.Integral) and not isinstance(ratio, bool)
+                and 1 <= ratio < 2**63, "ratio", f"must be a positive integer, got {ratio!r}")
+        self.ratio = int(ratio)
 
     def window(self, n: int) -> Tensor:
         """The old orientations pooled into each new one: ``(N / r, 2 floor(r / 2) + 1)``."""
-        if n % self.ratio:
-            raise ValueError(f"{n} orientations cannot be pooled by {self.ratio}: not a multiple")
+        require_int(n, "n", 1)
+        require(n % self.ratio == 0, "n", f"{n} orientations cannot be pooled by {self.ratio}: "
+                f"not a multiple")
         half = self.ratio // 2
         centres = torch.arange(0, n, self.ratio)
         return (centres[:, None] + torch.arange(-half, half + 1)[None, :]) % n
 
     def forward(self, u: Tensor) -> Tensor:
         r = self.ratio
+        if not isinstance(u, Tensor):
+            raise InputTypeError(f"OrientationMaxPool takes fields (B, C, N, H, W) as a "
+                                 f"torch.Tensor, got {type(u).__name__}")
         if r == 1:
             return u
         if u.dim() != 5 or u.shape[2] % r:
-            raise ValueError(f"expects fields (B, C, N, H, W) with N a multiple of {r}, got "
-                             f"shape {tuple(u.shape)}")
+            raise InputError(f"OrientationMaxPool({r}) takes fields (B, C, N, H, W) with N a "
+                             f"multiple of {r}, got shape {tuple(u.shape)}")
         if torch.is_grad_enabled() and u.requires_grad:
             return _OrientationMaxPool.apply(u, r)
         return _window_max(u, r)  # plain operators: what tracing and export see

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import (
+    check_device,
     check_images,
     check_values,
     exporting,
@@ -186,6 +187,11 @@ class EulerStep(nn.Module):
 
     def __init__(self, rhs: nn.Module, dt: float = 0.1, name: str | None = None):
         super().__init__()
+        require(isinstance(rhs, nn.Module), "rhs", f"must be the right-hand side F as an "
+                f"nn.Module ((B, C, H, W) -> (B, C, H, W), e.g. InvariantRHS('se2')), got "
+                f"{type(rhs).__name__}")
+        require(name is None or isinstance(name, str), "name",
+                f"must be a string or None, got {type(name).__name__}")
         self.rhs = rhs
         self.dt = require_positive(dt, "dt")
         invariant_set = getattr(rhs, "invariant_set", None)
@@ -365,6 +371,12 @@ class EulerFlow(nn.Module):
 
     def __init__(self, step: EulerStep, steps: int, check_finite: bool = True):
         super().__init__()
+        # A right-hand side where the step is due failed at the first call (and in repr) with
+        # "'EulerFlow' object has no attribute 'name'".
+        require(isinstance(step, nn.Module) and hasattr(step, "dt") and hasattr(step, "name"),
+                "step", f"must be an Euler step (an EulerStep, or a module with dt and name), got "
+                f"{type(step).__name__}" + ("; wrap a right-hand side: EulerFlow(EulerStep(rhs, "
+                                            "dt), steps)" if isinstance(step, nn.Module) else ""))
         self.step = step
         self.steps = require_int(steps, "steps", 0, maximum=MAX_STEPS)
         self.check_finite = bool(check_finite)
@@ -386,6 +398,7 @@ class EulerFlow(nn.Module):
         if self._input_checked:
             return self.integrate(u, return_trajectory)
         check_images(u, "u")
+        check_device(u, self, "u")
         values = check_values(u, "u")
         x = match_dtype(u, module_dtype(self), "u")
         try:

@@ -82,13 +82,14 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, InputTypeError
 from ..registry import Registry
 from .stencils import derivative_names, jet_order
 
@@ -141,6 +142,7 @@ def safe_ratio(a: Tensor, b: Tensor, eps=DEFAULT_RATIO_EPS,
         >>> safe_ratio(a, b, 0.1, reference_sq=a * a)  # r / (1 + 0.01 r^2), r = 4
         tensor([3.4483, 0.0000])
     """
+    _check_ratio_operands(a, b, reference_sq)
     if isinstance(eps, RatioRegularisation):
         return eps(a, b, reference_sq)
     if not eps > 0:
@@ -149,6 +151,32 @@ def safe_ratio(a: Tensor, b: Tensor, eps=DEFAULT_RATIO_EPS,
         return a * b / (b * b + eps * eps)
     denominator = b * b + eps * eps * reference_sq
     return a * b / (denominator + ratio_guard(denominator.dtype))
+
+
+def _check_ratio_operands(a, b, reference_sq) -> None:
+    """The operands of :func:`safe_ratio`: tensors (or plain numbers, as a compiled invariant's
+    constant numerator is) of shapes that broadcast together, else an
+    :class:`~eqpdenet.errors.InputError` naming them (shapes only, no host read; a raw
+    TypeError or broadcast RuntimeError from inside before)."""
+    operands = {"a": a, "b": b}
+    if reference_sq is not None:
+        operands["reference_sq"] = reference_sq
+    for name, value in operands.items():
+        if not (isinstance(value, Tensor)
+                or (isinstance(value, numbers.Real) and not isinstance(value, bool))):
+            raise InputTypeError(f"safe_ratio: {name} must be a torch.Tensor (or a number), got "
+                                 f"{type(value).__name__}")
+    if torch.compiler.is_compiling():  # symbolic shapes (unhashable); the tracer checks them
+        return
+    tensors = {name: tuple(value.shape) for name, value in operands.items()
+               if isinstance(value, Tensor)}
+    if len(set(tensors.values())) > 1:
+        try:
+            torch.broadcast_shapes(*tensors.values())
+        except RuntimeError:
+            raise InputError("safe_ratio: the shapes of " + ", ".join(
+                f"{name} {shape}" for name, shape in tensors.items())
+                + " do not broadcast together") from None
 
 
 def _covariant(a: Tensor, b: Tensor, eps: float, reference_sq: Tensor | None) -> Tensor:
@@ -354,6 +382,11 @@ INVARIANT_SETS: Registry[InvariantSet] = Registry("invariant set")
 
 def register_invariant_set(invariant_set: InvariantSet, *, replace: bool = False) -> InvariantSet:
     """Make a set available by name to the PDE layer and the configuration files."""
+    if not isinstance(invariant_set, InvariantSet):
+        hint = (": register the InvariantSet object itself (get_invariant_set looks one up by "
+                "name)" if isinstance(invariant_set, str) else "")
+        raise ConfigError(f"invalid config: invariant_set: must be an InvariantSet, got "
+                          f"{type(invariant_set).__name__}{hint}")
     return INVARIANT_SETS.register(invariant_set.name, invariant_set, replace=replace)
 
 

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from .. import kernels
 from ..checks import (
+    check_device,
     check_images,
     check_values,
     hooks_registered,
@@ -176,7 +177,8 @@ class LayerConfig:
         invariants: one invariant set (registered name or :class:`InvariantSet`) per PDE
             (``n_e = len(invariants)``).
         rhs: form of ``F_theta`` (:data:`~eqpdenet.pde.rhs.RIGHT_HAND_SIDES`: ``"linear"``,
-            ``"polynomial"``); ``degree`` for the polynomial.
+            ``"polynomial"``); ``degree`` for the polynomial (with ``"linear"`` it must stay 1:
+            a ConfigError rather than a degree ignored).
         T, dt: time horizon and Euler step; ``steps = T / dt``, a whole number between 1 and
             :data:`MAX_STEPS` (:func:`~eqpdenet.pde.integrators.steps_for`).
         stencil, spacing, boundary: how derivatives are computed.
@@ -233,6 +235,11 @@ class LayerConfig:
             require_planar(get_invariant_set(name), f"layer.invariants[{index}]")
         RIGHT_HAND_SIDES.check(self.rhs, "layer.rhs")
         require_int(self.degree, "layer.degree", 1)
+        # (a degree with the linear form was ignored without a word)
+        require(self.rhs != "linear" or self.degree == 1, "layer.degree",
+                f"{self.degree} has no effect on rhs = 'linear' (F is linear in the invariants): "
+                f"leave degree at 1, or set rhs = 'polynomial' for a polynomial of degree "
+                f"{self.degree}")
         if self.rhs == "polynomial":  # before any monomial is enumerated
             for spec in self.invariants:
                 require_polynomial_size(len(get_invariant_set(spec)), self.degree, "layer.degree")
@@ -369,6 +376,7 @@ class PDELayer(nn.Module):
         if self._input_checked:
             return u, None
         check_images(u, "u")
+        check_device(u, self, "u")
         values = check_values(u, "u")
         return match_dtype(u, module_dtype(self), "u"), values
 

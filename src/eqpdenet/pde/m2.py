@@ -49,8 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import require, require_int, require_positive
-from ..errors import ConfigError, InputError
+from ..checks import check_values, require, require_int, require_positive
+from ..errors import ConfigError, InputError, InputTypeError
 from ..kernels.m2_op import constant_cache
 from .invariants import Invariant, InvariantSet, register_invariant_set
 from .stencils import (
@@ -291,13 +291,27 @@ class M2Jet(nn.Module):
         return torch.cat([gaussian_jet(chunk, sigma, self.boundary, self.scale_normalised)
                           for chunk, sigma in zip(chunks, self.sigmas, strict=True)], dim=0)
 
+    _input_checked = False  # see eqpdenet.pde.integrators.input_checked
+
     def forward(self, u: Tensor) -> Tensor:
+        """Called alone (not inside :class:`~eqpdenet.pde.integrators.input_checked`, as
+        :class:`~eqpdenet.pde.m2_rhs.M2SystemRHS` calls it), checks ``u`` first: a
+        floating-point tensor with finite values (:func:`~eqpdenet.checks.check_values`: NaN
+        or inf is an :class:`~eqpdenet.errors.InputError` saying the input is at fault; the
+        Gaussian stencils would smear one NaN over its neighbourhood, silently)."""
+        if not isinstance(u, Tensor):
+            raise InputTypeError(f"M2Jet takes fields as a torch.Tensor (..., orientations, "
+                                 f"height, width), got {type(u).__name__}")
+        if not u.is_floating_point():
+            raise InputTypeError(f"M2Jet takes floating-point fields, got dtype {u.dtype}")
         if u.dim() < 3 or u.shape[-3] < 4 or u.shape[-3] % 4:
             # the lifted model's rule (quarter turns exact); N = 0 divided by zero in the
             # orientation differences, and N = 1, 2, 6 were taken silently
             raise InputError(f"M2Jet takes fields (..., orientations, height, width) on a "
                              f"positive multiple of 4 orientations (so that quarter turns map "
                              f"them onto themselves), got shape {tuple(u.shape)}")
+        if not self._input_checked:
+            check_values(u, "M2Jet's fields")
         u0, ux, uy, uxx, uxy, uyy = self.spatial(u).unbind(-3)
         (gradient_t,) = orientation_derivatives(torch.stack([ux, uy], -4), dim=-3, order=1)
         ux_t, uy_t = gradient_t.unbind(-4)

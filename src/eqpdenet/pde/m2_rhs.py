@@ -43,7 +43,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import kernels
-from ..checks import check_values, hooks_registered, match_dtype, module_dtype, require, require_int
+from ..checks import (
+    check_device,
+    check_values,
+    hooks_registered,
+    match_dtype,
+    module_dtype,
+    require,
+    require_int,
+)
 from ..errors import InputError, InputTypeError
 from ..kernels.m2_op import (
     M2_UPDATE_IMPLEMENTATIONS,
@@ -344,6 +352,7 @@ class M2SystemRHS(nn.Module):
                              f"orientations (so that quarter turns map them onto themselves), "
                              f"got {n} in shape {tuple(u.shape)}")
         self.jet.check(u)
+        check_device(u, self, "u")
         return match_dtype(u, module_dtype(self), "u")
 
     def mixed_invariants(self, u: Tensor, weight: Tensor) -> Tensor:
@@ -382,7 +391,8 @@ class M2SystemRHS(nn.Module):
                 separable_stencils(self.jet.sigmas), orientation_frame(u.shape[2]),
                 self.jet.boundary).view(u.shape[0], self.channels, len(M2_SE2), *u.shape[2:])
         else:
-            invariants = self.invariant_set(self.jet(u))
+            with input_checked(self.jet):  # checked by enter, or an analysis of u as it is
+                invariants = self.invariant_set(self.jet(u))
         if cached is not None:
             self._cache = (u, invariants)
         return invariants.to(given)

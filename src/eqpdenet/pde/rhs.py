@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import (
+    check_device,
     check_images,
     check_values,
     match_dtype,
@@ -34,7 +35,7 @@ from ..checks import (
     require_int,
     require_positive,
 )
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError, InputTypeError
 from ..registry import Registry
 from .invariants import (
     DEFAULT_RATIO_EPS,
@@ -115,6 +116,22 @@ class MonomialF(nn.Module):
     def degree(self) -> int:
         return max(sum(m) for m in self._monomials)
 
+    @property
+    def n_invariants(self) -> int:
+        """``K``, the invariants ``F`` is a function of."""
+        return len(self._monomials[0]) if self._monomials else 0
+
+    def _check(self, invariants) -> None:
+        """An :class:`~eqpdenet.errors.InputError` naming the shape unless ``invariants`` is a
+        tensor ``(..., K, H, W)`` of this ``F``'s ``K`` (shape only: no host read)."""
+        if not isinstance(invariants, Tensor):
+            raise InputTypeError(f"{type(self).__name__} takes invariant maps as a torch.Tensor "
+                                 f"(..., {self.n_invariants}, H, W), got {type(invariants).__name__}")
+        if invariants.dim() < 3 or invariants.shape[-3] != self.n_invariants:
+            raise InputError(f"{type(self).__name__} is a function of {self.n_invariants} "
+                             f"invariants: it takes maps (..., {self.n_invariants}, H, W), got "
+                             f"shape {tuple(invariants.shape)}")
+
     def monomials(self) -> list[tuple[int, ...]]:
         """Exponent tuples of the terms multiplying ``self.weight``."""
         return list(self._monomials)
@@ -124,6 +141,7 @@ class MonomialF(nn.Module):
         return list(self._recipe)
 
     def forward(self, invariants: Tensor) -> Tensor:
+        self._check(invariants)
         terms: list[Tensor] = []
         for lower, k in self._recipe:
             base = invariants[..., k, :, :]
@@ -140,6 +158,7 @@ class LinearF(MonomialF):
                           for j in range(n_invariants)])
 
     def forward(self, invariants: Tensor) -> Tensor:
+        self._check(invariants)
         return torch.einsum("...khw,k->...hw", invariants, self.weight) + self.bias
 
 
@@ -211,7 +230,16 @@ def _symbol(stencil: str, spacing: float, sigma: float | None, coefficients: dic
 
 #: Forms of ``F_theta``: name -> ``builder(n_invariants, degree)``.
 RIGHT_HAND_SIDES: Registry = Registry("right-hand side")
-RIGHT_HAND_SIDES.register("linear", lambda n_invariants, degree=1: LinearF(n_invariants))
+def _linear(n_invariants: int, degree: int = 1) -> LinearF:
+    # a degree other than 1 with the linear form was ignored without a word
+    degree = require_int(degree, "degree", 1)
+    require(degree == 1, "degree", f"{degree} has no effect on the 'linear' right-hand side (F "
+            f"is linear in the invariants): leave degree at 1, or set rhs = 'polynomial' for a "
+            f"polynomial of degree {degree}")
+    return LinearF(n_invariants)
+
+
+RIGHT_HAND_SIDES.register("linear", _linear)
 RIGHT_HAND_SIDES.register("polynomial", PolynomialF)
 
 
@@ -263,6 +291,7 @@ class InvariantRHS(nn.Module):
         values, returned in this module's dtype (lower precision converted up, higher an
         :class:`~eqpdenet.errors.InputTypeError`)."""
         check_images(u, "u")
+        check_device(u, self, "u")
         check_values(u, "u")
         return match_dtype(u, module_dtype(self), "u")
 
@@ -463,6 +492,7 @@ class InvariantSystemRHS(nn.Module):
         values, returned in this module's dtype (lower precision converted up, higher an
         :class:`~eqpdenet.errors.InputTypeError`)."""
         check_images(u, "u", channels=self.channels)
+        check_device(u, self, "u")
         check_values(u, "u")
         return match_dtype(u, module_dtype(self), "u")
 

@@ -62,6 +62,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import numbers
 from collections.abc import Callable
 
 import numpy as np
@@ -80,7 +81,9 @@ __all__ = [
     "STENCILS",
     "Jet",
     "available_stencils",
+    "check_order",
     "MAX_GAUSSIAN_SIGMA",
+    "MAX_ORDER",
     "MAX_SPACING",
     "MIN_SPACING",
     "check_sigma",
@@ -116,14 +119,34 @@ def boundary_min_size(boundary: str, radius: int) -> int:
     return {"reflect": radius + 1, "circular": max(radius, 1)}.get(mode, 1)
 
 
-@functools.cache
+#: The highest jet order :func:`check_order` accepts: ``(n + 1)(n + 2) / 2`` stencils of width
+#: ``n + 1`` or more each (the paper's jets have order 2, compiled invariant sets up to 4).
+MAX_ORDER = 64
+
+
+def check_order(order, field: str = "order") -> int:
+    """``order`` as an int if it is a jet order (an integer, not a ``bool``, in ``0 ..``
+    :data:`MAX_ORDER`), else a :class:`~eqpdenet.errors.ConfigError` naming ``field``, before
+    any stencil is built (a stencil's name passed where the order goes, ``jet(u, "central")``,
+    failed inside the stencil builder; ``True`` was order 1)."""
+    hint = (f" ({order!r} is a stencil: pass it as stencil={order!r})"
+            if isinstance(order, str) and order in STENCILS else "")
+    require(isinstance(order, numbers.Integral) and not isinstance(order, bool)
+            and 0 <= order <= MAX_ORDER, field,
+            f"the jet order must be an integer in 0..{MAX_ORDER}, got {order!r}{hint}")
+    return int(order)
+
+
 def derivative_multi_indices(order: int) -> tuple[tuple[int, int], ...]:
     """Multi-indices ``(a, b)`` (``a`` x-derivatives, ``b`` y-derivatives) with ``a + b <= order``.
 
     Ordered by total order, then by ``b``: ``((0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2), ...)``.
     """
-    if not isinstance(order, int) or order < 0:
-        raise ConfigError(f"jet order must be a non-negative integer, got {order!r}")
+    return _multi_indices(check_order(order))
+
+
+@functools.cache
+def _multi_indices(order: int) -> tuple[tuple[int, int], ...]:
     return tuple((n - b, b) for n in range(order + 1) for b in range(n + 1))
 
 
@@ -319,6 +342,8 @@ def register_stencil(name: str, builder: Callable[..., dict[tuple[int, int], np.
     family with a scale takes it as a second argument named ``sigma`` (in pixels):
     ``builder(order, sigma)``.
     """
+    require(callable(builder), "builder", f"a stencil family is registered with its builder, a "
+            f"function builder(order) -> {{(a, b): kernel}}, got {type(builder).__name__}")
     return STENCILS.register(name, builder, replace=replace)
 
 
@@ -364,12 +389,17 @@ def check_spacing(spacing: float, field: str = "spacing") -> float:
     return spacing
 
 
-@functools.cache
 def stencil_kernels(name: str, order: int, sigma: float | None = None) -> np.ndarray:
     """Kernels of a stencil family at unit spacing, shape ``(D, k, k)`` in jet order (read-only).
 
     ``sigma`` (in pixels) is the scale of a family that has one (:func:`stencil_has_scale`).
     """
+    # checked before the cache, which takes True for 1
+    return _stencil_kernels(name, check_order(order), sigma)
+
+
+@functools.cache
+def _stencil_kernels(name: str, order: int, sigma: float | None = None) -> np.ndarray:
     sigma = check_sigma(name, sigma)
     builder = STENCILS.get(name)
     table = builder(order) if sigma is None else builder(order, sigma)
@@ -390,7 +420,7 @@ def stencil_kernels(name: str, order: int, sigma: float | None = None) -> np.nda
 
 
 # A replaced stencil family must not be served from the caches.
-STENCILS.on_change(lambda: (stencil_kernels.cache_clear(), laplacian_max_eigenvalue.cache_clear(),
+STENCILS.on_change(lambda: (_stencil_kernels.cache_clear(), laplacian_max_eigenvalue.cache_clear(),
                              second_order_symbol_range.cache_clear()))
 
 
@@ -402,6 +432,7 @@ def jet_weight(
 
     ``sigma`` (in the unit of ``x``) is the scale of a family that has one.
     """
+    order = check_order(order)
     sigma = check_sigma(stencil, sigma, spacing)  # and spacing (check_spacing)
     bank = stencil_kernels(stencil, order, None if sigma is None else sigma / spacing)
     scales = np.array([spacing ** -(a + b) for a, b in derivative_multi_indices(order)])
