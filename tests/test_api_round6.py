@@ -340,3 +340,13 @@ def test_export_into_a_path_through_a_file_names_the_file(tmp_path):
             check_export("exported-program", out)
     with pytest.raises(OutputFolderError, match=r"the folder .*missing does not exist"):
         check_export("exported-program", tmp_path / "missing" / "m.pt2")
+
+
+def test_register_group_of_a_name_is_one_config_error():
+    """``register_group("se2")`` raised AttributeError: 'str' object has no attribute 'name'."""
+    from eqpdenet.errors import ConfigError
+    from eqpdenet.pde.symbolic import register_group
+
+    with pytest.raises(ConfigError, match=r"group: must be a LieGroupAction, got str: register "
+                                          r"the LieGroupAction object itself"):
+        register_group("se2")

@@ -913,6 +913,11 @@ GROUPS: Registry[LieGroupAction] = Registry("group")
 
 def register_group(group: LieGroupAction, *, replace: bool = False) -> LieGroupAction:
     """Make a group available by name (to :func:`get_group` and ``eqpdenet symbolic``)."""
+    if not isinstance(group, LieGroupAction):
+        hint = (": register the LieGroupAction object itself (get_group looks one up by name)"
+                if isinstance(group, str) else "")
+        raise ConfigError(f"invalid config: group: must be a LieGroupAction, got "
+                          f"{type(group).__name__}{hint}")
     return GROUPS.register(group.name, group, replace=replace)
 
 
