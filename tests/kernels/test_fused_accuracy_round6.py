@@ -31,9 +31,13 @@ import statistics
 import pytest
 import torch
 
-from eqpdenet.errors import KernelUnavailableError
-from eqpdenet.kernels import cpu
-from kernels.test_cpu_kernel import NEW_CONFIGS, _layer, uses_kernel, waves
+from kernels.test_cpu_kernel import (  # noqa: F401 - extension: the kernel's autouse fixture
+    NEW_CONFIGS,
+    _layer,
+    extension,
+    uses_kernel,
+    waves,
+)
 
 if shutil.which(os.environ.get("CXX", "c++")) is None:
     pytest.skip("no C++ compiler: the fused kernel cannot be built here", allow_module_level=True)
@@ -46,12 +50,6 @@ F64_SHAPES = {"28x28": (5, 2, 28, 28), "17x5": (3, 2, 17, 5)}
 PERTURBATIONS = 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def extension():
-    try:
-        return cpu.load_extension()
-    except KernelUnavailableError as error:
-        pytest.fail(f"a C++ compiler exists but the fused kernel did not build: {error}")
 
 
 def _nudged(u: torch.Tensor, k: int, ulps: float) -> torch.Tensor:
