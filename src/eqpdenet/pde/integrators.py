@@ -206,8 +206,19 @@ class EulerStep(nn.Module):
         with input_checked(self.rhs):
             step = fused(x, self.dt) if fused is not None else None
             if step is None:
-                step = x + self.dt * self.rhs(x)
+                step = x + self.dt * self._rate(x)
         return step if x is u else step.to(u.dtype)
+
+    def _rate(self, x: Tensor) -> Tensor:
+        """``F(x)``, refused unless it has ``x``'s shape: ``x + dt F(x)`` would broadcast an
+        ``F`` of another shape (``nn.Linear`` over the rows, a channel too few) silently."""
+        rate = self.rhs(x)
+        if not isinstance(rate, Tensor) or rate.shape != x.shape:
+            got = (f"shape {tuple(rate.shape)}" if isinstance(rate, Tensor)
+                   else type(rate).__name__)
+            require(False, "rhs", f"{type(self.rhs).__name__} of EulerStep {self.name!r} must "
+                    f"return du/dt of the state's shape {tuple(x.shape)}, got {got}")
+        return rate
 
     def stability(self) -> dict:
         """The von Neumann stability check of the right-hand side linearised at ``u = 0``.
