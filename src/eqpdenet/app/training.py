@@ -66,6 +66,7 @@ from .files import atomic_write
 from .optim import LR_SCHEDULES, OPTIMIZERS
 from .preflight import check_split_sizes, preflight, resolve_device
 from .progress import progress as progress_of
+from .progress import within
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -648,7 +649,8 @@ def train_model(
             model.train()
             order = torch.randperm(len(labels), generator=generator)
             total_loss, total_penalty, pairs_seen, correct = 0.0, 0.0, 0, 0
-            for batch in mini_batches(len(order), train.batch_size, processes) if gpu is None else ():
+            batches = mini_batches(len(order), train.batch_size, processes) if gpu is None else []
+            for done, batch in enumerate(batches, 1):
                 index = order[batch]
                 x, y = images[index].to(device), labels[index].to(device)
                 # The whole batch is drawn in every process (the same stream), then shared out.
@@ -703,6 +705,8 @@ def train_model(
                     total_penalty += float(batch_penalty) * pairs
                     pairs_seen += pairs
                 correct += int((logits.argmax(1) == y).sum())
+                if progress:
+                    within(epochs, done, len(batches))
             if parallel is not None:
                 counts = torch.tensor([correct], dtype=torch.int64, device=device)
                 torch.distributed.all_reduce(counts)
