@@ -132,15 +132,18 @@ def test_every_family_exports_and_the_file_computes_its_logits(kind, index, form
         assert logits.shape == (len(batch), 10)
         scale = largest(expected)
         assert largest(logits - model(batch).detach()) <= DEFAULT_TOLERANCE * scale
-    # an empty batch too; in a process of its own, since onnxruntime's Einsum died of SIGFPE
-    # there (the lifted model's reference path used einsum), killing whoever ran it
-    script = ("import sys, torch\n"
-              "from eqpdenet.export import load_exported\n"
-              "print(tuple(load_exported(sys.argv[1])(torch.zeros(0, 1, 28, 28)).shape))")
-    empty = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True,
-                           timeout=300)
-    assert empty.returncode == 0 and empty.stdout.strip() == "(0, 10)", (empty.returncode,
-                                                                         empty.stderr[-500:])
+    # an empty batch too; an ONNX file in a process of its own, since onnxruntime's Einsum died
+    # of SIGFPE there (the lifted model's reference path used einsum), killing whoever ran it
+    if format == "onnx":
+        script = ("import sys, torch\n"
+                  "from eqpdenet.export import load_exported\n"
+                  "print(tuple(load_exported(sys.argv[1])(torch.zeros(0, 1, 28, 28)).shape))")
+        empty = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True,
+                               text=True, timeout=300)
+        assert empty.returncode == 0 and empty.stdout.strip() == "(0, 10)", (
+            empty.returncode, empty.stderr[-500:])
+    else:
+        assert run(torch.zeros(0, 1, 28, 28)).shape == (0, 10)
 
     assert getattr(model, "quarter_turn_invariant", False) is claim
     logits = run(images)
