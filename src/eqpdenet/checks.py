@@ -52,8 +52,10 @@ __all__ = [
     "StateReports",
     "check_device",
     "check_images",
+    "batched",
     "check_values",
     "match_dtype",
+    "non_finite_hint",
     "module_device",
     "module_dtype",
     "deferred_state_checks",
@@ -63,6 +65,9 @@ __all__ = [
     "first_failed_step",
     "hooks_registered",
     "report_non_finite",
+    "transformed",
+    "untrained_batch_norms",
+    "untrained_statistics_hint",
     "vmapped",
     "require",
     "require_finite",
@@ -172,15 +177,60 @@ def check_images(u, what: str = "images", *, channels: int | None = None,
 
 
 
+def transformed(tensor: Tensor) -> bool:
+    """Whether ``tensor`` is wrapped by a ``torch.func`` transform (``vmap``, ``grad``, ``jvp``,
+    ``jacrev``, ...): the fused operators, which have no batching rule and no forward-mode
+    derivative, must not take it (:func:`eqpdenet.kernels.op.transform_reason`).
+
+    While Dynamo traces (``torch.compile``, ``torch.export``) the answer is whether a transform
+    is active at all (:func:`_compiled_transform`), not whether this tensor is wrapped."""
+    if torch.compiler.is_compiling():
+        return _compiled_transform()
+    return torch._C._functorch.is_functorch_wrapped_tensor(tensor)
+
+
 def vmapped(tensor: Tensor) -> bool:
     """Whether ``tensor`` is batched by ``torch.func.vmap`` (at any level of nested
-    ``torch.func`` transforms): its values cannot be read on the host."""
+    ``torch.func`` transforms): its values cannot be read on the host.
+
+    While Dynamo traces, True inside any ``torch.func`` transform (:func:`_compiled_transform`):
+    no value can be read on the host there."""
+    if torch.compiler.is_compiling():
+        return _compiled_transform()
     functorch = torch._C._functorch
     while functorch.is_functorch_wrapped_tensor(tensor):
         if functorch.is_batchedtensor(tensor):
             return True
         tensor = functorch.get_unwrapped(tensor)
     return False
+
+
+def batched(tensor: Tensor | None) -> bool:
+    """Whether ``tensor`` is wrapped by a ``torch.func`` transform or batched by the vmap that
+    ``torch.autograd.grad(..., is_grads_batched=True)`` and ``jacobian(..., vectorize=True)``
+    use (a "legacy" batched tensor): a backward that updates a tensor in place cannot take it.
+    While Dynamo traces (``torch.compile``), whether a ``torch.func`` transform is active at all
+    (the functorch predicates are builtins it cannot trace; legacy batching does not reach it)."""
+    if tensor is None:
+        return False
+    if torch.compiler.is_compiling():
+        return _compiled_transform()
+    functorch = torch._C._functorch
+    return functorch.is_functorch_wrapped_tensor(tensor) or functorch.is_legacy_batchedtensor(tensor)
+
+
+def _compiled_transform() -> bool:
+    """Whether Dynamo traces inside a ``torch.func`` transform (one in the compiled function, or
+    one around the compiled call), asked of the transform stack.
+
+    ``torch._C._functorch.is_functorch_wrapped_tensor`` is a builtin Dynamo cannot trace: it broke
+    the graph at every call, with Dynamo's warning of many lines, and under a transform a graph
+    break is an error. ``torch._C._are_functorch_transforms_active`` is folded into a constant
+    and guarded. The tensors Dynamo traces are fake tensors, wrapped only by a transform on that
+    stack; a tensor a transform does not wrap (a buffer under ``vmap``) counts as wrapped here:
+    it takes the plain-PyTorch path, which every transform supports, and is not read on the host,
+    which inside a transform Dynamo cannot do (it would break the graph)."""
+    return torch._C._are_functorch_transforms_active()
 
 
 def check_values(u: Tensor, what: str = "images") -> tuple[float, float]:
@@ -269,6 +319,67 @@ def hooks_registered(modules: Iterable[nn.Module]) -> bool:
         return True
     return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
                or m._backward_pre_hooks for m in modules)
+
+
+# ----------------------------------------------------------------------------- batch norms
+
+
+def untrained_batch_norms(model: nn.Module,
+                          within: Iterable[nn.Module | None] | None = None) -> list[str]:
+    """The names (in ``model``) of its batch norms that normalise by running statistics that
+    were never learned: in evaluation mode, with running statistics, never updated
+    (``num_batches_tracked`` 0, or absent) and still at their initial values (mean 0, variance
+    1; a checkpoint of PyTorch before 0.4.1, without ``num_batches_tracked``, loads it as 0 with
+    trained statistics). Such a batch norm normalises nothing: it passes its input on, scaled by
+    its weight. Where ``within`` is given, only the batch norms inside those modules (the ones
+    a state went through). Reads the statistics on the host: for error paths."""
+    inside = None if within is None else {
+        id(sub) for part in within if part is not None for sub in part.modules()}
+    names = []
+    for name, norm in model.named_modules():
+        if not isinstance(norm, nn.modules.batchnorm._BatchNorm) or norm.training:
+            continue
+        if inside is not None and id(norm) not in inside:
+            continue
+        mean, var, count = norm.running_mean, norm.running_var, norm.num_batches_tracked
+        if (mean is None or var is None or mean.is_meta or var.is_meta
+                or isinstance(mean, nn.parameter.UninitializedBuffer)):
+            continue  # batch statistics in evaluation mode too, or no values to judge
+        if count is not None and not count.is_meta and int(count) != 0:
+            continue
+        with torch.no_grad():
+            if bool((mean == 0).all()) and bool((var == 1).all()):
+                names.append(name or type(norm).__name__)
+    return names
+
+
+def untrained_statistics_hint(model: nn.Module,
+                              within: Iterable[nn.Module | None] | None = None) -> str | None:
+    """The first explanation of a :class:`~eqpdenet.errors.NonFiniteStateError` raised by
+    ``model`` when batch norms it applied before the failing state are
+    :func:`untrained_batch_norms` (None when there are none): in evaluation mode they normalise
+    nothing, so a model that was never trained (or whose statistics were never learned) feeds its
+    PDEs states of a size they were not made for, whatever ``dt`` and the learning rate."""
+    names = untrained_batch_norms(model, within)
+    if not names:
+        return None
+    shown = ", ".join(names[:3]) + (f", ... ({len(names)} in all)" if len(names) > 3 else "")
+    return (f"The model's batch-norm statistics are untrained: {shown} "
+            f"{'is' if len(names) == 1 else 'are'} in evaluation mode with the running "
+            f"statistics {type(model).__name__} was built with (mean 0, variance 1, never "
+            f"updated), so {'it normalises' if len(names) == 1 else 'they normalise'} nothing; "
+            f"evaluate a trained model, or call it in training mode first (model.train()) so "
+            f"that the batch norms learn the data's statistics. Otherwise:")
+
+
+def non_finite_hint(model: nn.Module, hint: str,
+                    within: Iterable[nn.Module | None] | None = None) -> str:
+    """The explanation a model gives to a :class:`~eqpdenet.errors.NonFiniteStateError` of its
+    PDEs: ``hint`` (the input's range, the scheme), preceded by
+    :func:`untrained_statistics_hint` where that applies. Every model family that raises the
+    error explains it through this."""
+    untrained = untrained_statistics_hint(model, within)
+    return f"{untrained} {hint}" if untrained else hint
 
 
 # ----------------------------------------------------------------------------- exporting

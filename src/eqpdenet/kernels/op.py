@@ -81,7 +81,7 @@ import torch.autograd.forward_ad as forward_ad
 from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ..checks import deferring, report_non_finite
+from ..checks import deferring, report_non_finite, transformed
 from ..registry import Registry
 
 __all__ = [
@@ -132,7 +132,7 @@ def transform_reason(*tensors: Tensor | None) -> str | None:
     for tensor in tensors:
         if tensor is None:
             continue
-        if torch._C._functorch.is_functorch_wrapped_tensor(tensor):
+        if transformed(tensor):  # also while torch.compile traces (checks.transformed)
             return ("the fused kernels have no batching rule and no forward-mode derivative "
                     "(a torch.func transform: vmap, jvp, grad, jacrev, ...)")
         if forward_ad.unpack_dual(tensor).tangent is not None:

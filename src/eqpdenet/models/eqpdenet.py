@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from ..checks import require, require_int
+from ..checks import non_finite_hint, require, require_int
 from ..errors import ConfigError, NonFiniteStateError
 from ..pde.integrators import input_checked, input_range_hint
 from ..pde.invariants import get_invariant_set
@@ -116,7 +116,8 @@ class EqPdeNet(nn.Module):
         except NonFiniteStateError as error:
             values = (entered.low, entered.high)
             hint = self.standardize.explain(*values) or input_range_hint(*values)
-            raise error.with_hint(hint) from None
+            # only batch norms the PDE's input went through (none in the paper's layer)
+            raise error.with_hint(non_finite_hint(self, hint, within=(self.pde_layer,))) from None
 
 
 def _pde_layer(layer) -> PDELayer:

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from ..checks import (
     exporting,
+    non_finite_hint,
     report_non_finite,
     require,
     require_int,
@@ -297,7 +298,7 @@ class InvariantPDENet(nn.Module):
 
     def _features(self, entered: ModelInput) -> Tensor:
         u = run_stages(self.stages, self.lift(self.standardize(entered.images)), entered,
-                       self.standardize)
+                       self.standardize, model=self)
         pooled = {"max": lambda: u.amax(dim=(-2, -1)), "mean": lambda: u.mean(dim=(-2, -1)),
                   "meanmax": lambda: torch.cat([u.mean(dim=(-2, -1)), u.amax(dim=(-2, -1))], 1)}
         return self.norm(pooled[self.config.readout]())
@@ -306,11 +307,14 @@ class InvariantPDENet(nn.Module):
         return self.classifier(self._features(check_model_input(self, images))).to(images.dtype)
 
 
-def run_stages(stages, u: Tensor, entered: ModelInput, standardize: Standardize) -> Tensor:
+def run_stages(stages, u: Tensor, entered: ModelInput, standardize: Standardize,
+               model: nn.Module | None = None) -> Tensor:
     """``u`` through ``stages`` (sequences of modules, the Euler blocks among them), every
     block's state checked for NaN and inf on the device and read once at the end: the first
     block whose state was not finite raises :class:`~eqpdenet.errors.NonFiniteStateError` (as
-    "its Euler step 1"), explained by the range of the images ``entered`` (never NaN logits).
+    "its Euler step 1"), explained by the range of the images ``entered`` (never NaN logits),
+    and first, where ``model`` is given, by batch norms of its ``lift`` or of ``stages`` that
+    are in evaluation mode with untrained statistics (:func:`~eqpdenet.checks.non_finite_hint`).
     The blocks are not checked on entry (the model checked its images)."""
     blocks = [m for stage in stages for m in stage.modules() if isinstance(m, EulerStep)]
     # an exported graph reports nothing; under vmap no value can be read; an empty batch has
@@ -331,6 +335,8 @@ def run_stages(stages, u: Tensor, entered: ModelInput, standardize: Standardize)
                               (~torch.stack(finite)).to(torch.int64))
         except NonFiniteStateError as error:
             values = (entered.low, entered.high)
-            raise error.with_hint(standardize.explain(*values)
-                                  or input_range_hint(*values)) from None
+            hint = standardize.explain(*values) or input_range_hint(*values)
+            if model is not None:  # the batch norms the states went through
+                hint = non_finite_hint(model, hint, within=(getattr(model, "lift", None), stages))
+            raise error.with_hint(hint) from None
     return u

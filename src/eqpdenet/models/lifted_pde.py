@@ -83,7 +83,7 @@ from ..pde.m2 import (
     steering_matrices,
 )
 from ..pde.m2_rhs import M2_TERMS, M2SystemRHS, Pointwise
-from ..pde.stencils import BOUNDARIES, MIN_GAUSSIAN_SIGMA
+from ..pde.stencils import BOUNDARIES, MIN_GAUSSIAN_SIGMA, ConstantBuffers
 from .centering import recenter
 from .inputs import ModelInput, check_model_input, family_options, require_image_size
 from .invariant_pde import MAX_BLOCKS, run_stages, smallest_image
@@ -299,7 +299,7 @@ class LiftedPDEConfig:
                                  "lifted_pde.downsample_sigma", image_size)
 
 
-class M2Lift(nn.Module):
+class M2Lift(ConstantBuffers):
     """Images ``(B, C_in, H, W)`` -> fields ``(B, C, N, H, W)``: the steered Gaussian 2-jet of
     each input channel at each orientation (6 ``C_in`` maps), batch-normalised, mixed pointwise.
 
@@ -340,6 +340,12 @@ class M2Lift(nn.Module):
         self.mix = Pointwise(features, require_int(channels, "channels", 1), bias=False)
         self.out_norm = nn.BatchNorm1d(channels)
         self.register_buffer("channel_identity", torch.eye(features // 6), persistent=False)
+
+    def _constant(self, name: str, dtype: torch.dtype, device) -> Tensor | None:
+        # computed again after a move (ConstantBuffers: to_empty leaves it uninitialised)
+        if name != "channel_identity":
+            return None
+        return torch.eye(self.in_channels, dtype=dtype, device=device)
 
     _input_checked = False  # see eqpdenet.pde.integrators.input_checked
 
@@ -634,7 +640,7 @@ class LiftedPDENet(nn.Module):
         :class:`~eqpdenet.errors.NonFiniteStateError`, explained by the input's range)."""
         entered = check_model_input(self, images)
         u = self._lifted(images, entered)
-        return run_stages(self.stages[:count], u, entered, self.standardize)
+        return run_stages(self.stages[:count], u, entered, self.standardize, model=self)
 
     def fields(self, images: Tensor) -> Tensor:
         """The fields ``(S B, C, N, h, w)`` after the last stage (``S`` scale copies)."""

@@ -32,10 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import require, require_int, require_positive
+from ..checks import batched, require, require_int, require_positive
 from ..errors import InputError, InputTypeError
 from ..kernels.m2_op import real_constants
-from ..pde.stencils import BOUNDARIES
+from ..kernels.op import transform_reason
+from ..pde.stencils import BOUNDARIES, ConstantBuffers
 
 __all__ = ["MAX_LOWPASS_SIGMA", "AntiAliasedDownsample", "OrientationMaxPool", "downsampled_size",
            "gaussian_lowpass_weights", "lowpass_radius", "require_lowpass_sigma"]
@@ -94,7 +95,7 @@ def gaussian_lowpass_weights(sigma: float, truncate: float = LOWPASS_TRUNCATE) -
     return weights / weights.sum()
 
 
-class AntiAliasedDownsample(nn.Module):
+class AntiAliasedDownsample(ConstantBuffers):
     """Gaussian low-pass, then one sample per 2x2 cell (see the module doc).
 
     Args:
@@ -129,6 +130,14 @@ class AntiAliasedDownsample(nn.Module):
         self.boundary = boundary
         self.register_buffer("weight", gaussian_lowpass_weights(self.sigma), persistent=False)
         self._matrices: dict = {}
+
+    def _constant(self, name: str, dtype: torch.dtype, device) -> Tensor | None:
+        if name != "weight":
+            return None
+        # as at construction: float64 on the CPU (whatever default device is set), then cast
+        with torch.device("cpu"):
+            weight = gaussian_lowpass_weights(self.sigma)
+        return weight.to(dtype=dtype, device=device)
 
     @property
     def radius(self) -> int:
@@ -237,9 +246,12 @@ class OrientationMaxPool(nn.Module):
         if u.dim() != 5 or u.shape[2] % r:
             raise InputError(f"OrientationMaxPool({r}) takes fields (B, C, N, H, W) with N a "
                              f"multiple of {r}, got shape {tuple(u.shape)}")
-        if torch.is_grad_enabled() and u.requires_grad:
+        # Plain operators under a torch.func transform or forward-mode AD (the Function has
+        # no forward-mode derivative; every transform supports them), and where no gradient is
+        # recorded (what tracing and export see).
+        if torch.is_grad_enabled() and u.requires_grad and transform_reason(u) is None:
             return _OrientationMaxPool.apply(u, r)
-        return _window_max(u, r)  # plain operators: what tracing and export see
+        return _window_max(u, r)
 
     def extra_repr(self) -> str:
         return f"ratio={self.ratio}"
@@ -269,7 +281,16 @@ class _OrientationMaxPool(torch.autograd.Function):
     maximiser (the first on ties): one zero-filled tensor and a select per window member.
     Autograd's composition (slices, rolls, pairwise maxima) allocates and fills a full-size
     gradient for every slice and splits ties: slower backwards (benchmarks/m2_orientation_costs.py
-    times this one)."""
+    times this one).
+
+    The backward also runs batched (``torch.autograd.grad(..., is_grads_batched=True)``,
+    ``torch.autograd.functional.jacobian(..., vectorize=True)``, and ``vmap`` over the Function
+    itself: ``generate_vmap_rule``): a batched or ``torch.func``-wrapped gradient is routed out
+    of place (:func:`_route_out_of_place`), since an in-place add of a batched gradient into an
+    unbatched zero tensor is what vmap cannot do; the same values, but for the sign of zeros.
+    (:class:`OrientationMaxPool` takes plain operators under ``torch.func`` transforms.)"""
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(u: Tensor, ratio: int) -> Tensor:
@@ -287,6 +308,8 @@ class _OrientationMaxPool(torch.autograd.Function):
         # its own derivative is the same routing of the gradient (a gradient penalty).
         u, output = ctx.saved_tensors
         ratio = ctx.ratio
+        if batched(grad) or batched(u):
+            return _route_out_of_place(grad, u, output, ratio), None
         batch, channels, n, height, width = u.shape
         grad_u = torch.zeros_like(u)
         blocks = grad_u.view(batch, channels, n // ratio, ratio, height, width)
@@ -300,3 +323,20 @@ class _OrientationMaxPool(torch.autograd.Function):
             else:
                 blocks[:, :, :, ratio + d] += part.roll(-1, dims=2)
         return grad_u, None
+
+
+def _route_out_of_place(grad: Tensor, u: Tensor, output: Tensor, ratio: int) -> Tensor:
+    """:class:`_OrientationMaxPool`'s backward without in-place writes (for ``torch.func``):
+    each output's gradient to its first maximiser, the ``r`` members of each block stacked."""
+    slots: list[Tensor | None] = [None] * ratio
+    unclaimed = torch.ones_like(output, dtype=torch.bool)
+    for d, value in _window_members(u, ratio):
+        chosen = unclaimed & (value == output)
+        unclaimed = unclaimed & ~chosen
+        part = grad * chosen
+        if d < 0:
+            part = part.roll(-1, dims=2)
+        slot = d % ratio
+        slots[slot] = part if slots[slot] is None else slots[slot] + part
+    # every slot has a member (offsets -r/2 .. r/2 cover 0 .. r - 1); (B, C, N / r, r, H, W)
+    return torch.stack(slots, dim=3).reshape(u.shape)

@@ -16,19 +16,31 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..checks import vmapped
+from ..checks import batched, vmapped
 from ..errors import InputError
+from ..kernels.op import transform_reason
 
 __all__ = ["batch_norm_affine", "batch_norm_affine_of", "batch_norm_at", "batch_statistics"]
 
 
 class _BatchStatistics(torch.autograd.Function):
+    """:func:`batch_statistics`'s mean and biased variance with a one-pass backward. A new-style
+    Function (``setup_context``), with a generated vmap rule: ``torch.func`` transforms take it
+    (``vmap`` computes the statistics of each sample's batch), and so does a batched gradient
+    (``is_grads_batched``), through an out-of-place backward."""
+
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x: Tensor):
+    def forward(x: Tensor):
         mean = x.mean(dim=(0, 2))
-        var = (x - mean[:, None]).square_().mean(dim=(0, 2))
-        ctx.save_for_backward(x, mean)
+        # pow_(2), which square_ is, has a batching rule (square_ has none: a slow fallback)
+        var = (x - mean[:, None]).pow_(2).mean(dim=(0, 2))
         return mean, var
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], output[0])
 
     @staticmethod
     def backward(ctx, grad_mean: Tensor | None, grad_var: Tensor | None):
@@ -39,22 +51,34 @@ class _BatchStatistics(torch.autograd.Function):
         grad = (grad_mean / count)[:, None].expand_as(x) if grad_mean is not None else None
         if grad_var is None:
             return grad
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or any(batched(t) for t in (x, mean, grad_mean, grad_var)):
             # create_graph=True: the same formula out of place, so that autograd differentiates
             # it (a gradient penalty); mean is this function's output, so its dependence on x
-            # enters the second derivative through it.
+            # enters the second derivative through it. Batched (vmap, is_grads_batched): an
+            # in-place update of an unbatched tensor by a batched one is what vmap cannot do.
             deviation = (x - mean[:, None]) * ((2.0 / count) * grad_var[:, None])
             return deviation if grad is None else deviation + grad
         deviation = (x - mean[:, None]).mul_((2.0 / count) * grad_var[:, None])
         return deviation if grad is None else deviation.add_(grad)
 
 
+def _plain_batch_statistics(x: Tensor) -> tuple[Tensor, Tensor]:
+    """The same two passes in plain operators, differentiated by autograd: what a forward-mode
+    derivative (``torch.func.jvp``, dual tensors) and higher derivatives under ``torch.func``
+    go through."""
+    mean = x.mean(dim=(0, 2))
+    return mean, (x - mean[:, None]).square().mean(dim=(0, 2))
+
+
 def batch_statistics(x: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and biased variance of every channel of ``x`` ``(B, C, L)`` over its ``B L``
     values: ``(C,)`` and ``(C,)``, differentiable in ``x`` (what a training-mode batch norm
-    normalises by; equal to ``torch.var_mean(x, dim=(0, 2), correction=0)`` to rounding)."""
+    normalises by; equal to ``torch.var_mean(x, dim=(0, 2), correction=0)`` to rounding). Under
+    ``torch.func`` transforms and forward-mode AD, the same values through plain operators."""
     if x.dim() != 3:
         raise ValueError(f"batch_statistics needs a (B, C, L) tensor, got shape {tuple(x.shape)}")
+    if transform_reason(x) is not None:
+        return _plain_batch_statistics(x)
     return _BatchStatistics.apply(x)
 
 

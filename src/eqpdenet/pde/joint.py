@@ -81,6 +81,7 @@ The mixtures pay off once all pairs cost more: for ``k = 4`` from ``C = 5`` on (
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 from torch import Tensor, nn
@@ -89,6 +90,7 @@ from ..checks import require, require_int, require_nonnegative, require_positive
 from ..errors import InputError, InputTypeError
 from ..registry import Registry
 from .invariants import DEFAULT_RATIO_EPS, safe_ratio
+from .stencils import ConstantBuffers
 
 __all__ = ["DEFAULT_JET_FLOOR", "JOINT_GROUPS", "MAX_JOINT_MAPS", "JointBlock", "JointInvariants",
            "JointTerm", "joint_map_count", "joint_terms", "per_channel_terms", "require_joint_size"]
@@ -245,7 +247,7 @@ def _sim2_terms(terms: list[JointTerm], per_channel: bool) -> list[JointTerm]:
     return [t for t in terms if t not in dropped]
 
 
-class JointInvariants(nn.Module):
+class JointInvariants(ConstantBuffers):
     """Joint SE(2) or SIM(2) differential invariants of ``C`` channels (see the module doc).
 
     Args:
@@ -316,7 +318,8 @@ class JointInvariants(nn.Module):
             for source, per_channel, terms in specs)
         self.names = [self._name(block, term) for block in self.blocks for term in block.terms]
         self.out_channels = len(self.names)
-        # Channel indices of every kind, as buffers (they follow the module to its device).
+        # Channel indices of every kind, as buffers (they follow the module to its device),
+        # computed again after a move (ConstantBuffers: to_empty leaves them uninitialised).
         self._buffers_of: list[dict[str, str]] = []
         for b, block in enumerate(self.blocks):
             names = {}
@@ -324,6 +327,14 @@ class JointInvariants(nn.Module):
                 names[kind] = f"_index_{b}_{kind}"
                 self.register_buffer(names[kind], index, persistent=False)
             self._buffers_of.append(names)
+
+    def _constant(self, name: str, dtype: torch.dtype, device) -> Tensor | None:
+        for b, names in enumerate(self._buffers_of):
+            for kind, buffer in names.items():
+                if buffer == name:
+                    index = _index_lists(tuple(self.blocks[b].terms))[kind]
+                    return torch.tensor(index, dtype=dtype, device=device)
+        return None
 
     def _name(self, block: JointBlock, term: JointTerm) -> str:
         symbol = "u" if block.source == "input" else "v"
@@ -466,17 +477,27 @@ def _hessian_dot(a: Tensor, b: Tensor) -> Tensor:
     return a[:, :, 0] * b[:, :, 0] + 2 * a[:, :, 1] * b[:, :, 1] + a[:, :, 2] * b[:, :, 2]
 
 
-def _index_tables(terms) -> dict[str, Tensor]:
+def _index_tables(terms, device=None) -> dict[str, Tensor]:
     """Channel indices per kind ``(maps, arity)``; for ``grad_hess_grad`` also the distinct
-    ``(k, j)`` pairs and, per map, the position of its pair."""
-    tables = {}
+    ``(k, j)`` pairs and, per map, the position of its pair. Worked out in Python lists (nothing
+    read back from a tensor: a default device set by ``with torch.device("meta")`` has no
+    data), made tensors on ``device`` (None: the default device)."""
+    return {kind: torch.tensor(index, dtype=torch.long, device=device)
+            for kind, index in _index_lists(tuple(terms)).items()}
+
+
+@functools.lru_cache(maxsize=64)
+def _index_lists(terms: tuple[JointTerm, ...]) -> dict[str, list]:
+    """:func:`_index_tables` as lists (cached: every move of the module computes them again;
+    read only)."""
+    lists = {}
     for kind in _KINDS:
-        index = [t.channels for t in terms if t.kind == kind]
+        index = [list(t.channels) for t in terms if t.kind == kind]
         if index:
-            tables[kind] = torch.tensor(index, dtype=torch.long)
-    if "grad_hess_grad" in tables:
-        pairs = sorted({(k, j) for _, k, j in tables["grad_hess_grad"].tolist()})
-        tables["grad_hess_grad_pairs"] = torch.tensor(pairs, dtype=torch.long)
-        tables["grad_hess_grad_position"] = torch.tensor(
-            [pairs.index((k, j)) for _, k, j in tables["grad_hess_grad"].tolist()])
-    return tables
+            lists[kind] = index
+    if "grad_hess_grad" in lists:
+        pairs = sorted({(k, j) for _, k, j in lists["grad_hess_grad"]})
+        lists["grad_hess_grad_pairs"] = [list(pair) for pair in pairs]
+        lists["grad_hess_grad_position"] = [pairs.index((k, j))
+                                            for _, k, j in lists["grad_hess_grad"]]
+    return lists

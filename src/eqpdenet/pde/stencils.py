@@ -76,6 +76,7 @@ from ..registry import Registry
 
 __all__ = [
     "BOUNDARIES",
+    "ConstantBuffers",
     "GAUSSIAN_TRUNCATE",
     "MIN_GAUSSIAN_SIGMA",
     "STENCILS",
@@ -496,12 +497,56 @@ def jet(
                             boundary)
 
 
-class Jet(nn.Module):
+class ConstantBuffers(nn.Module):
+    """Base of the modules that keep constants (stencils, index tables, an identity matrix) as
+    non-persistent buffers: they follow the module to its device and dtype, and are not in
+    ``state_dict`` (checkpoints hold what training changes; their keys do not change).
+
+    Nothing loads such a buffer, so a subclass computes its values itself,
+    :meth:`_constant`, exactly as at construction, and they are computed again after every move
+    (``_apply``: ``.to``, ``.double()``, ``.cuda()``, ``to_empty``) at the buffer's new dtype and
+    device, and copied in again by ``load_state_dict``. A module built on the ``meta`` device and
+    materialised by ``to_empty`` (PyTorch's deferred initialisation) had uninitialised memory in
+    them, and wrong outputs without an error; a cast was for good (a float64 module once moved
+    to float32 and back kept the rounded values).
+    """
+
+    def _constant(self, name: str, dtype: torch.dtype, device) -> Tensor | None:
+        """The constant buffer ``name``, computed as at construction, in ``dtype`` on ``device``
+        (None: the default device, at construction); None for a buffer that is not one of this
+        class's constants (a subclass's own is left as it is)."""
+        raise NotImplementedError
+
+    def _constants(self):
+        """``(name, buffer, value)`` of every constant buffer, the value at the buffer's dtype
+        and device."""
+        for name in sorted(self._non_persistent_buffers_set):
+            buffer = self._buffers.get(name)
+            value = None if buffer is None else self._constant(name, buffer.dtype, buffer.device)
+            if value is not None:
+                yield name, buffer, value
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        for name, _, value in list(self._constants()):
+            self._buffers[name] = value
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
+        with torch.no_grad():  # in place, as the loaded buffers (inference mode may be on)
+            for _, buffer, value in self._constants():
+                buffer.copy_(value)
+
+
+class Jet(ConstantBuffers):
     """Module form of :func:`jet`; its stencils are a non-persistent buffer (not in state_dict).
 
     The buffer is built in float64 and cast to the input's dtype at each call, so a module moved
     to float64 (``.double()``) keeps stencils exact to float64 (the ``gaussian`` and
-    ``isotropic`` weights are not representable in float32).
+    ``isotropic`` weights are not representable in float32). They are rebuilt from their float64
+    definition at whatever dtype and device a move gives them (:class:`ConstantBuffers`), so that
+    a float64 module's stencil is exact whatever its history.
     """
 
     def __init__(self, order: int = 2, stencil: str = "central", spacing: float = 1.0,
@@ -510,26 +555,18 @@ class Jet(nn.Module):
         BOUNDARIES.get(boundary)
         self.order, self.stencil, self.spacing, self.boundary = order, stencil, spacing, boundary
         self.sigma = sigma
-        self.register_buffer(
-            "weight", jet_weight(order, stencil, spacing, torch.float64, sigma=sigma),
-            persistent=False,
-        )
+        self.register_buffer("weight", self._constant("weight", torch.float64, None),
+                             persistent=False)
+
+    def _constant(self, name: str, dtype: torch.dtype, device) -> Tensor | None:
+        if name != "weight":
+            return None
+        return jet_weight(self.order, self.stencil, self.spacing, dtype, device, self.sigma)
 
     @property
     def min_image_size(self) -> int:
         """The smallest image side this jet takes (:func:`boundary_min_size`)."""
         return boundary_min_size(self.boundary, self.weight.shape[-1] // 2)
-
-    def _apply(self, fn, recurse=True):
-        # The buffer is not in state_dict, so a cast would be for good: a module once moved to
-        # float32 (``.float()``, ``.to(torch.float16)``) and back to float64 kept the rounded
-        # stencil. Rebuilt from its float64 definition at whatever dtype and device the move
-        # gave it, a float64 module's stencil is exact whatever its history.
-        super()._apply(fn, recurse)
-        moved = self.weight
-        self.weight = jet_weight(self.order, self.stencil, self.spacing, moved.dtype, moved.device,
-                                 self.sigma)
-        return self
 
     def forward(self, u: Tensor) -> Tensor:
         """``(B, C, H, W)`` -> ``(B, C, D, H, W)`` (``u`` is checked by the caller)."""
