@@ -46,6 +46,7 @@ from ..errors import ConfigError
 from ..models import MODELS, CNNConfig, GCNNConfig, InvariantPDEConfig, LiftedPDEConfig
 from ..models import build_model as _build_model
 from ..pde.layer import LAYER_PRESETS, LayerConfig
+from ..pde.stencils import stencil_has_scale
 from .optim import LR_SCHEDULES, OPTIMIZERS
 
 __all__ = [
@@ -67,6 +68,8 @@ __all__ = [
     "require_scored",
     "fields_replaced_by_data",
     "fields_without_effect",
+    "INERT_FIELDS",
+    "InertField",
     "from_dict",
     "load_toml",
     "to_dict",
@@ -109,8 +112,9 @@ class ModelConfig:
         cnn, gcnn, invariant_pde, lifted_pde: the options of the model kind of the same name
             (each used only by that kind).
 
-    A field that ``kind`` does not use, set away from its default, is warned about, one line
-    per field, when the model trains (:func:`fields_without_effect`).
+    A field that ``kind`` does not use, or that the value of another field makes inert
+    (:data:`INERT_FIELDS`), set away from its default, is warned about, one line per field,
+    when the model trains (:func:`fields_without_effect`).
     """
 
     kind: str = "eqpdenet"
@@ -825,20 +829,99 @@ def _changed_leaves(value, default, path: str):
         yield path, value
 
 
+@dataclass(frozen=True)
+class InertField:
+    """A field that changes nothing unless another field of the same configuration has a value
+    for which ``acts`` is true: ``path`` and ``condition`` are dotted paths in an
+    :class:`ExperimentConfig` (``"model.lifted_pde.downsample_sigma"``), ``why`` ends the
+    warning (:func:`fields_without_effect`)."""
+
+    path: str
+    condition: str
+    acts: typing.Callable[[typing.Any], bool]
+    why: str
+
+
+def _several_stages(channels) -> bool:
+    return len(channels) > 1
+
+
+def _uses_network(terms) -> bool:
+    return "network" in terms
+
+
+_ONE_STAGE = "one stage: nothing is downsampled between stages"
+_NO_NETWORK = "only the 'network' term of F has a hidden layer"
+
+#: The fields that have no effect under some value of another field of the same configuration,
+#: each checked: the model's logits (train and eval mode) are bitwise the same with and
+#: without the field changed (tests/app/test_config_checks_round7.py). The first entry of a
+#: field whose condition holds is the one said. Fingerprints are not affected: those leave out
+#: only :data:`eqpdenet.app.training.CONDITIONAL_FIELDS`, whose entries are here too.
+INERT_FIELDS: tuple[InertField, ...] = (
+    InertField("model.lifted_pde.downsample_sigma", "model.lifted_pde.downsample",
+               lambda value: value == "blur", "only the 'blur' downsampling has a low-pass"),
+    InertField("model.lifted_pde.downsample", "model.lifted_pde.channels", _several_stages,
+               _ONE_STAGE),
+    InertField("model.lifted_pde.downsample_sigma", "model.lifted_pde.channels",
+               _several_stages, _ONE_STAGE),
+    InertField("model.lifted_pde.hidden", "model.lifted_pde.terms", _uses_network, _NO_NETWORK),
+    InertField("model.lifted_pde.normalize_hidden", "model.lifted_pde.terms", _uses_network,
+               _NO_NETWORK),
+    InertField("model.lifted_pde.normalize_invariants", "model.lifted_pde.terms", _uses_network,
+               "only the 'network' term of F mixes the invariant maps"),
+    InertField("model.gcnn.pool_sigma", "model.gcnn.pool", lambda value: value == "antialiased",
+               "only the 'antialiased' pooling has a low-pass"),
+    InertField("model.gcnn.pool", "model.gcnn.pool_after", bool, "no layer is pooled"),
+    InertField("model.gcnn.pool_sigma", "model.gcnn.pool_after", bool, "no layer is pooled"),
+    InertField("model.invariant_pde.jet_floor", "model.invariant_pde.group",
+               lambda value: value == "sim2", "only the SIM(2) invariants have a floor"),
+    InertField("model.invariant_pde.ratio_eps", "model.invariant_pde.group",
+               lambda value: value == "sim2", "only the SIM(2) invariants are ratios"),
+    InertField("model.invariant_pde.mixtures", "model.invariant_pde.joint",
+               lambda value: value == "mixtures", "only joint = 'mixtures' mixes channels"),
+    InertField("model.invariant_pde.sigma", "model.invariant_pde.stencil", stencil_has_scale,
+               "only a stencil with a scale (gaussian) takes sigma"),
+    InertField("model.invariant_pde.downsample_sigma", "model.invariant_pde.downsample",
+               lambda value: value == "blur", "only the 'blur' downsampling has a low-pass"),
+    InertField("model.invariant_pde.downsample", "model.invariant_pde.channels",
+               _several_stages, _ONE_STAGE),
+    InertField("model.invariant_pde.downsample_sigma", "model.invariant_pde.channels",
+               _several_stages, _ONE_STAGE),
+    InertField("model.layer.init_scale", "model.layer.init", lambda value: value != "zeros",
+               "F starts at zero"),
+    InertField("train.blur_consistency.max_sigma", "train.blur_consistency.weight", bool,
+               "the blur penalty is off"),
+    InertField("train.blur_consistency.fraction", "train.blur_consistency.weight", bool,
+               "the blur penalty is off"),
+    InertField("data.source", "data.dataset", lambda value: value == "rotmnist",
+               "only ROTMNIST has a source to choose"),
+)
+
+
+def _at_path(config, path: str):
+    for name in path.split("."):
+        config = getattr(config, name)
+    return config
+
+
 def fields_without_effect(config: ExperimentConfig) -> list[str]:
-    """One line per field of ``config`` that its model kind does not use, set away from its
-    default: a ``model`` field the kind's constructor does not take (``model.hidden`` for
-    ``cnn``, ``model.layer.*`` and ``model.head`` for all but ``eqpdenet``, another kind's
-    option table), and ``train.pde_lr_scale`` for a kind without the paper's PDE layer
-    (:data:`PDE_LR_KINDS`). Defaults are never named. :func:`~eqpdenet.app.training.train_model`
-    warns with each line."""
+    """One line per field of ``config`` that has no effect, set away from its default: a
+    ``model`` field the kind's constructor does not take (``model.hidden`` for ``cnn``,
+    ``model.layer.*`` and ``model.head`` for all but ``eqpdenet``, another kind's option
+    table), ``train.pde_lr_scale`` for a kind without the paper's PDE layer
+    (:data:`PDE_LR_KINDS`), and a field that the chosen value of another field of the same
+    configuration makes inert (:data:`INERT_FIELDS`: ``model.lifted_pde.downsample_sigma`` with
+    ``model.lifted_pde.downsample = 'none'``), once per field. Defaults are never named.
+    :func:`~eqpdenet.app.training.train_model` warns with each line."""
     kind = config.model.kind
     taken = inspect.signature(MODELS.get(kind)).parameters
     defaults = ModelConfig()
-    lines = []
+    lines, unused = [], set()
     for spec in dataclasses.fields(ModelConfig):
         if spec.name in ("kind", "standardize") or spec.name in taken:
             continue  # standardize: resolved into input_mean and input_std, which all take
+        unused.add(f"model.{spec.name}")
         for path, value in _changed_leaves(getattr(config.model, spec.name),
                                            getattr(defaults, spec.name), f"model.{spec.name}"):
             lines.append(f"{path} = {value!r} has no effect on model.kind = {kind!r}, which "
@@ -848,6 +931,15 @@ def fields_without_effect(config: ExperimentConfig) -> list[str]:
         lines.append(f"train.pde_lr_scale = {scale:g} has no effect on model.kind = {kind!r}: "
                      f"only the paper's PDE layer (model.kind = 'eqpdenet') trains at its own "
                      f"rate")
+    default, said = ExperimentConfig(), set()
+    for inert in INERT_FIELDS:
+        if inert.path in said or any(inert.path.startswith(f"{table}.") for table in unused):
+            continue  # said already, or its whole table is unused by the kind (above)
+        value, condition = _at_path(config, inert.path), _at_path(config, inert.condition)
+        if value != _at_path(default, inert.path) and not inert.acts(condition):
+            said.add(inert.path)
+            lines.append(f"{inert.path} = {value!r} has no effect with {inert.condition} = "
+                         f"{condition!r}: {inert.why}")
     return lines
 
 

@@ -24,6 +24,10 @@ cause when
   ``meta`` device to count them, so nothing is allocated; the batch is the largest that
   training forms (:func:`training_batches`: no larger than the training set where its size is
   known before loading, :func:`training_images`),
+* a check of the configuration against the data's image size fails
+  (:func:`check_for_images`: ``train.augment.max_shift`` not below the images' side; the
+  model's own, its stencils, poolings, margin and downsampling against the image size, fail
+  as it is built, above),
 * the output file system has not the space for the checkpoints and results.
 
 With ``at_data`` (a sweep's runs, ``train``'s run: configurations not yet resolved for their
@@ -55,12 +59,19 @@ from ..data.mnist import MNIST_FILES
 from ..data.rotmnist import N_TRAIN as ROTMNIST_TRAIN
 from ..errors import ConfigError, OutputFolderError
 from ..pde.layer import PDELayer
-from .config import DataConfig, ExperimentConfig, build_model, data_resolved_fields, to_toml
+from .config import (
+    DataConfig,
+    ExperimentConfig,
+    build_model,
+    check_augment_for_image,
+    data_resolved_fields,
+    to_toml,
+)
 
 __all__ = ["BACKWARD_PEAK", "FIXED_TRAINING_IMAGES", "PARAMETER_BYTES", "STATE_PEAK",
-           "WORKER_BYTES", "allocation_failure", "at_data_size", "available_memory", "data_bytes",
-           "pde_layer_reason", "peak_bytes", "preflight", "resolve_device", "training_batches",
-           "training_bytes", "training_images"]
+           "WORKER_BYTES", "allocation_failure", "at_data_size", "available_memory",
+           "check_for_images", "data_bytes", "pde_layer_reason", "peak_bytes", "preflight",
+           "resolve_device", "training_batches", "training_bytes", "training_images"]
 
 #: Memory kept per Euler step during training, in units of one state (batch x PDEs x pixels x 4
 #: bytes), by backend and ``recompute``: the growth of the peak memory of one training step of the
@@ -385,6 +396,15 @@ def at_data_size(run: ExperimentConfig, shape: DatasetShape | None) -> Experimen
     return run
 
 
+def check_for_images(run: ExperimentConfig) -> None:
+    """The checks of ``run`` that need its data's image size (``run.model.image_size``, as
+    :func:`at_data_size` or :func:`~eqpdenet.app.training.resolve_for_data` set it) besides
+    the model's own (built by :func:`preflight` at that size): ``train.augment.max_shift``
+    below the images' side (:func:`~eqpdenet.app.config.check_augment_for_image`). Training
+    made it only after loading the data, and in a sweep after the runs before it had trained."""
+    check_augment_for_image(run.train, run.model.image_size)
+
+
 def check_split_sizes(data: DataConfig, train: int, test: int, name: str) -> int:
     """The training images that ``data`` keeps of a data set ``name`` with ``train`` training
     and ``test`` test images (its ``validation`` held out), or the :class:`ConfigError` naming
@@ -575,6 +595,8 @@ def preflight(runs: Sequence[ExperimentConfig] | Mapping[str, ExperimentConfig],
                 if resized.model.image_size != run.model.image_size:
                     side = resized.model.image_size
                 run = resized
+            if shape is not None or not at_data:  # the image size is the data's
+                check_for_images(run)
             model = _model(run)
             _check_batches(run, model, known)
         except ConfigError as error:

@@ -185,19 +185,28 @@ def prepare_data(config: DataConfig, data_dir=None, cache_dir=None) -> Data:
     held = f" ({config.validation} held out for validation)" if config.validation else ""
     train = Split(train_x[:keep], train_y[:keep]).head(config.train_subset)
     test = Split(dataset.test_images, dataset.test_labels).head(config.test_subset)
-    _check_split_classes(config, dataset, train, test, held)
+    validation = Split(train_x[keep:], train_y[keep:])
+    _check_split_classes(config, dataset, train, test, held, validation)
     # The pixel statistics are computed when read (Data.pixel_mean): their float64 copy of the
     # training images took twice the float32 set, every time a data set was loaded.
-    return Data(train=train, validation=Split(train_x[keep:], train_y[keep:]), test=test,
+    return Data(train=train, validation=validation, test=test,
                 name=dataset.name, classes=dataset.classes, info=dataset.info)
 
 
+#: A validation split of fewer images is warned about (:func:`_check_split_classes`): its
+#: accuracy moves in steps of 10 points or more, so epochs (and a study's candidates) tie, and
+#: choosing by it is chance.
+MIN_VALIDATION_IMAGES = 10
+
+
 def _check_split_classes(config: DataConfig, dataset: ImageDataset, train: Split, test: Split,
-                         held: str) -> None:
+                         held: str, validation: Split | None = None) -> None:
     """The splits a run uses, not only the file, must hold the classes: ``train_subset``,
     ``validation`` and ``test_subset`` take the first (last) images, which in a file sorted by
     class are one class. One class to train on is refused (it trains to "100 %"); classes
-    missing from the training split, or a test split of one class, are warned about."""
+    missing from the training split, a test split of one class, and a validation split of one
+    class or of fewer than :data:`MIN_VALIDATION_IMAGES` images (selecting on it,
+    ``train.select_on_validation`` or a study's choice, is meaningless) are warned about."""
     hint = "is the file sorted by class? shuffle it"
     name = dataset.name
     present = torch.unique(train.labels).tolist()
@@ -222,6 +231,29 @@ def _check_split_classes(config: DataConfig, dataset: ImageDataset, train: Split
                    else f"the test split of {name} holds")
         warnings.warn(f"{subject} class {tested[0]} only: accuracies measure that class alone "
                       f"({hint})", RuntimeWarning, stacklevel=3)
+    if validation is not None and config.validation:
+        _check_validation_split(validation, name, hint)
+
+
+def _check_validation_split(validation: Split, name: str, hint: str) -> None:
+    """A ``RuntimeWarning`` where the validation split (the last ``data.validation`` training
+    images of ``name``) holds one class, or fewer than :data:`MIN_VALIDATION_IMAGES` images:
+    its accuracy is that class's alone, or moves in steps of 10 points or more, and selecting an
+    epoch (``train.select_on_validation``) or a study's candidate on it is meaningless."""
+    count, held = len(validation), torch.unique(validation.labels).tolist()
+    if count >= MIN_VALIDATION_IMAGES and len(held) >= 2:
+        return
+    if count < MIN_VALIDATION_IMAGES:
+        what = f"{count} image{'s' if count != 1 else ''} only" + (
+            f", of class {held[0]}" if len(held) == 1 else "")
+        why = f"its accuracy moves in steps of {100 / count:.3g} points"
+        remedy = f"hold out {MIN_VALIDATION_IMAGES} images or more"
+    else:
+        what, why, remedy = (f"class {held[0]} only", "its accuracy measures that class alone",
+                             f"{hint}, or change data.validation")
+    warnings.warn(f"the validation split of {name} (data.validation = {count}) holds {what}: "
+                  f"{why}, and selecting on it (train.select_on_validation, a study's choice) is "
+                  f"meaningless ({remedy})", RuntimeWarning, stacklevel=4)
 
 
 def _rotmnist(config: DataConfig, data_dir, cache_dir) -> ImageDataset:
