@@ -29,7 +29,14 @@ from ..analysis.robustness import (
     shift_curve,
 )
 from ..errors import ConfigError, DataFileError
-from .config import BenchmarkConfig, CurvesConfig, ExperimentConfig, to_dict, to_toml
+from .config import (
+    MNIST_FAMILY,
+    BenchmarkConfig,
+    CurvesConfig,
+    ExperimentConfig,
+    to_dict,
+    to_toml,
+)
 from .distributed import Executor
 from .files import atomic_write, save_figure
 from .locks import hold
@@ -49,7 +56,7 @@ from .report import (
     subset_note,
     sweep_records,
 )
-from .runfolder import check_claim, claim_folder
+from .runfolder import check_claim, claiming
 from .runstore import load_records, run_file
 from .sweeps import (
     SWEEP_FILES,
@@ -68,7 +75,8 @@ from .training import (
 )
 from .workers import refuse_while_starting
 
-__all__ = ["benchmark", "robustness", "summarise", "write_benchmark_report"]
+__all__ = ["benchmark", "check_curves_for_data", "robustness", "summarise",
+           "write_benchmark_report"]
 
 
 def robustness(model: nn.Module, data: Data, curves: CurvesConfig, seed: int) -> dict:
@@ -162,9 +170,12 @@ def benchmark(config: BenchmarkConfig, out_dir: Path, *, models: list[str] | Non
             run_file(Path(out_dir), f"{name}-seed{seed}")
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
+    check_curves_for_data(config, [config.experiment(name, seed) for name in chosen
+                                   for seed in config.seeds])
     check_claim(out_dir, "benchmark", legacy=SWEEP_FILES)  # before the lock writes into it
-    with hold(out_dir, "benchmark"):  # one writer per results folder
-        claim_folder(out_dir, "benchmark", legacy=SWEEP_FILES)
+    # one writer per results folder; a benchmark refused (its preflight, its data) leaves no
+    # folder it made behind it
+    with claiming(out_dir, "benchmark", legacy=SWEEP_FILES):
         base_print = benchmark_fingerprint(config)
         # One sweep over every (model, seed): with --jobs N the pool stays full across models
         # (per model, 3 seeds on 2 processes would leave one idle for a whole run).
@@ -195,6 +206,39 @@ def benchmark(config: BenchmarkConfig, out_dir: Path, *, models: list[str] | Non
                   jobs=jobs, executor=executor, data_dir=data_dir, cache_dir=cache_dir,
                   progress=progress, echo=echo, annotate=lambda key: {"entry": entry_of[key]})
     return out_dir / "results.jsonl"
+
+
+def check_curves_for_data(config: BenchmarkConfig, runs: list[ExperimentConfig]) -> None:
+    """Before any run: ``config.curves`` against the data of ``runs``, read without loading it
+    (:func:`~eqpdenet.data.datasets.dataset_shape`; a data set it cannot read is checked when it
+    is loaded). A shift of at least the images' smaller side (nothing of the image would be
+    left: :func:`~eqpdenet.analysis.robustness.shift_curve` refuses it) and a data set whose
+    test split keeps no image (the curves and logit changes are measured on test images) are a
+    :class:`ConfigError` naming the field. They were found only when the first run had trained,
+    and that run was lost. (The other curves' parameters do not depend on the data: any angle,
+    any positive scale factor; ``curves.images`` beyond the test images measures them all, and
+    the records and the table say how many.)"""
+    from ..data.datasets import dataset_shape
+
+    checked = set()
+    for run in runs:
+        data = run.data
+        if (data.dataset, data.test_subset) in checked:
+            continue
+        checked.add((data.dataset, data.test_subset))
+        shape = dataset_shape(data.dataset)
+        if shape is None:
+            continue
+        _, height, width = shape.image_shape
+        side = min(height, width)
+        for index, shift in enumerate(config.curves.shifts):
+            if abs(shift) >= side:
+                raise ConfigError(f"invalid config: curves.shifts[{index}] = {shift:g} pixels "
+                                  f"moves the whole {height}x{width} image of {data.dataset} out "
+                                  f"of its frame; use shifts below {side}")
+        if (data.test_subset or shape.test) < 1:
+            raise ConfigError(f"invalid config: curves: {data.dataset} has no test image to "
+                              f"measure the curves and logit changes on")
 
 
 def _unlisted_seeds(config: BenchmarkConfig, records: dict[str, dict],
@@ -302,11 +346,14 @@ def _part(covered: int, runs: int) -> str:
 SCENARIO_ORDER = ("test", "iso", "sca", "rot", "shift")
 
 
-def benchmark_table(summary: dict[str, dict]) -> str:
+def benchmark_table(summary: dict[str, dict], noted: set[str] | frozenset = frozenset()) -> str:
     """Markdown: accuracy per scenario (mean (std) over seeds), curves' spread, invariance. The
     columns are every scenario of any entry ("–" where an entry has none); the seeds column
     counts an entry's failed runs as ``(+N failed)``, and an entry whose runs all failed has a
-    row of "–"."""
+    row of "–". The rot90 logit change of the entries in ``noted`` is marked ``[k]``, the k-th
+    of them, for a footnote (:func:`_quarter_turn_notes`)."""
+    marks = {entry: f" [{k}]" for k, entry in enumerate(
+        (entry for entry in summary if entry in noted), start=1)}
     found = _ordered_union(item["accuracy"] for item in summary.values())
     scenarios = [s for s in SCENARIO_ORDER if s in found] + sorted(set(found) - set(SCENARIO_ORDER))
     lines = ["| model | params | seeds | " + " | ".join(scenarios)
@@ -326,7 +373,8 @@ def benchmark_table(summary: dict[str, dict]) -> str:
             cells.append(f"{min(curve):.1f}–{max(curve):.1f}" + _part(item["curve_runs"], runs)
                          if curve else "–")
             changes = item["logit_change"]
-            cells += [f"{changes[a][0]:.1e}" if a in changes else "–" for a in ("90", "37")]
+            cells += [f"{changes[a][0]:.1e}" + (marks.get(entry, "") if a == "90" else "")
+                      if a in changes else "–" for a in ("90", "37")]
             back = item.get("round_trip_change", {})
             cells.append(f"{back['37'][0]:.1e}" if "37" in back else "–")
         else:
@@ -407,6 +455,47 @@ def missing_benchmark_runs(out_dir: Path, records: list[dict]) -> list[str] | No
     return [key for key in described.keys if key not in present]
 
 
+def _image_word(records: list[dict]) -> str:
+    """What a table calls the test images: digits on MNIST's family, else images."""
+    specs = {((r.get("config") or {}).get("data") or {}).get("dataset", "rotmnist")
+             for r in records}
+    return "digits" if specs <= set(MNIST_FAMILY) else "images"
+
+
+def _quarter_turn_notes(summary: dict[str, dict], records: list[dict]) -> dict[str, str]:
+    """Entry -> a footnote for each entry whose rot90 logit change the table shows, built to
+    be invariant under quarter turns (:attr:`quarter_turn_invariant` at a size that every
+    pooling halves evenly) but not at the size it ran on (a 2x2 pooling meets an odd size: a
+    G-CNN on 25x25 images): its rot90 column is then a real change, not rounding."""
+    from .config import ModelConfig, build_model, from_dict
+
+    notes = {}
+    for entry, item in summary.items():
+        if "90" not in item.get("logit_change", {}):
+            continue
+        found = next((r for r in records if r.get("entry", r.get("model")) == entry
+                      and r.get("status") == "ok" and isinstance((r.get("config") or {})
+                                                                 .get("model"), dict)), None)
+        if found is None:
+            continue
+        try:
+            config = from_dict(ModelConfig, found["config"]["model"])
+            size = config.image_size
+            if getattr(build_model(config), "quarter_turn_invariant", False):
+                continue
+            config.image_size = 64  # halved evenly by up to 6 poolings
+            if not getattr(build_model(config), "quarter_turn_invariant", False):
+                continue  # never invariant (a CNN, a perceptron): nothing to say
+        except Exception:  # noqa: BLE001 - a model that cannot be built here: nothing said
+            continue
+        notes[entry] = (f"[{len(notes) + 1}] {entry}: not invariant under quarter turns at "
+                        f"{size}x{size} (`quarter_turn_invariant` is False there: a 2x2 pooling "
+                        f"meets a map of odd size, and a quarter turn moves the row and column "
+                        f"it drops), so its rot90 logit change is the model's own, not "
+                        f"rounding.")
+    return notes
+
+
 def _cpu_hours(records: list[dict]) -> str:
     seconds = sum(r.get("train_seconds", 0.0) + r.get("eval_seconds", 0.0) for r in records
                   if r.get("status") == "ok")
@@ -446,12 +535,16 @@ def write_benchmark_report(out_dir: Path) -> Report:
         check_outputs(table, plot)
         subsets = {r.get("config", {}).get("data", {}).get("test_subset", 0) for r in records}
         images = {r.get("robustness", {}).get("images") for r in records} - {None}
-        where = ("the whole test set" if subsets == {0} else
-                 "the first " + " or ".join(f"{n:,}" for n in sorted(subsets)) + " test digits")
+        name = dataset_name(records)
+        # ROTMNIST's tables (the committed ones) as they were: their data set goes unnamed
+        of, what = ("", "digits") if name == "ROTMNIST" else (f" of {name}", _image_word(records))
+        where = (f"the whole test set{of}" if subsets == {0} else
+                 "the first " + " or ".join(f"{n:,}" for n in sorted(subsets))
+                 + f" test {what}{of}")
         curves = " or ".join(f"{n:,}" for n in sorted(images)) or "few"
         header = (f"Accuracy in percent, mean (sample std) over seeds; scenarios on {where}, "
                   f"curves and logit changes (relative: ||l(g f) − l(f)|| / ||l(f)|| over the "
-                  f"batch) on the first {curves} test digits (see `config.toml`). From "
+                  f"batch) on the first {curves} test {what} (see `config.toml`). From "
                   f"`results.jsonl` beside this file ({len(records)} runs"
                   f"{failed_note(records, benchmark_run_key)}{_cpu_hours(records)})."
                   f"{subset_note(records, ['train_subset'])} Train min: one run's training, "
@@ -461,6 +554,8 @@ def write_benchmark_report(out_dir: Path) -> Report:
         if missing:
             header = (f"**Incomplete:** {incomplete_line(missing, len(records) + len(missing))}; "
                       f"rerun the benchmark's command to finish it.\n\n{header}")
-        atomic_write(table, (header + benchmark_table(summary) + "\n").encode())
+        notes = _quarter_turn_notes(summary, records)
+        atomic_write(table, (header + benchmark_table(summary, set(notes)) + "\n"
+                             + "".join(f"\n{line}\n" for line in notes.values())).encode())
         plot_robustness(summary, plot, dataset_name(records))
     return Report(table, plot, len(records), missing, left_out)

@@ -518,9 +518,8 @@ def _default_out(command: str, quick: bool, stage: str = "") -> str:
 
 
 def _reproduce(args) -> int:
-    from .locks import hold
     from .report import write_report
-    from .runfolder import check_claim, output_path
+    from .runfolder import check_claim, claiming, output_path
     from .sweeps import SWEEP_FILES, reproduce
 
     config = _sweep_config(args, ReproduceConfig, quick_profile)
@@ -530,7 +529,9 @@ def _reproduce(args) -> int:
     check_claim(out, "reproduce", SWEEP_FILES)  # before the lock writes into it
     start = time.perf_counter()
 
-    with hold(out, "reproduce"):  # the runs and the report: one writer throughout
+    # the runs and the report: one writer throughout; a sweep refused (its preflight, its data)
+    # leaves no folder it made, as if never run
+    with claiming(out, "reproduce", SWEEP_FILES):
         reproduce(config, out, jobs=args.jobs, executor=executor, data_dir=args.data_dir,
                   cache_dir=args.cache_dir, progress=not args.no_progress,
                   rerun_changed=args.rerun_changed)
@@ -560,8 +561,7 @@ def quick_benchmark(config: BenchmarkConfig) -> BenchmarkConfig:
 
 def _benchmark(args) -> int:
     from .benchmark import benchmark, write_benchmark_report
-    from .locks import hold
-    from .runfolder import check_claim, output_path
+    from .runfolder import check_claim, claiming, output_path
     from .sweeps import SWEEP_FILES
 
     config = _sweep_config(args, BenchmarkConfig, quick_benchmark)
@@ -569,7 +569,8 @@ def _benchmark(args) -> int:
     out = output_path(args.out or _default_out("benchmark", args.quick))
     check_claim(out, "benchmark", legacy=SWEEP_FILES)  # before the lock writes into it
     start = time.perf_counter()
-    with hold(out, "benchmark"):  # the runs and the report: one writer throughout
+    # the runs and the report: one writer throughout; a sweep refused leaves no folder it made
+    with claiming(out, "benchmark", SWEEP_FILES):
         benchmark(config, out, models=args.models, jobs=args.jobs, executor=executor,
                   data_dir=args.data_dir, cache_dir=args.cache_dir,
                   progress=not args.no_progress, rerun_changed=args.rerun_changed)
@@ -620,6 +621,36 @@ def _symbolic(args) -> int:
     return 0
 
 
+def _refuse_study_folder(folder: Path) -> None:
+    """``report`` of a study's ``--out``: a :class:`ConfigError` saying what to give instead.
+    A study's report is its ``study.md``, which the study writes (its folder holds no
+    ``results.jsonl``: each configuration's runs are a sweep of their own, under
+    ``runs/<fingerprint>/``, which ``report`` tables like reproduce's)."""
+    from .runfolder import folder_kind
+    from .study import RECORD
+
+    if not folder.is_dir() or (folder / "results.jsonl").exists() or not (
+            folder_kind(folder) == "study" or (folder / RECORD).is_file()
+            or ((folder / "study.md").is_file() and (folder / "runs").is_dir())):
+        return
+    runs = folder / "runs"
+    chosen = None
+    try:
+        config = load_toml(ReproduceConfig, folder / "chosen.toml")
+        from .training import fingerprint
+
+        chosen = runs / fingerprint(config.base)
+    except (ConfigError, OSError, ValueError):
+        pass
+    which = (f"the chosen configuration's: eqpdenet report {chosen}" if chosen is not None
+             and chosen.is_dir() else f"one of {runs}/<fingerprint>, the folders its study.md "
+                                      f"names")
+    raise ConfigError(f"{folder} is the folder of a study: its report is {folder / 'study.md'}, "
+                      f"which the study writes (run the study's command again to rewrite it: "
+                      f"the runs done are reused); report tables one configuration's runs: give "
+                      f"its folder, {which}")
+
+
 def _report(args) -> int:
     from .benchmark import is_benchmark_folder, write_benchmark_report
     from .report import write_report
@@ -627,7 +658,9 @@ def _report(args) -> int:
     results = Path(args.results)
     if not results.exists():
         raise ConfigError(f"no results in {results}: there is no such folder (give the --out "
-                          f"folder of reproduce, benchmark or study)")
+                          f"folder of reproduce or benchmark, or one configuration's folder of a "
+                          f"study, its runs/<fingerprint>)")
+    _refuse_study_folder(results)
     if results.is_dir() and is_benchmark_folder(results):  # its own table, not the paper's
         # (under the folder's lock, from the run files: a sweep killed before its first
         # aggregate has no results.jsonl)
@@ -765,22 +798,24 @@ def _describe(args) -> int:
 _KINDS_WITH_PDES = ("eqpdenet", "invariant_pde", "lifted_pde")
 
 
-def _describe_images(checkpoint, config, payload, data_dir, samples: list[int]):
-    """The images ``describe --out`` evolves, and their labels: MNIST's test digits for a model
-    of the MNIST family (ROTMNIST, MNIST: the upright digits, as the paper's figures), else the
-    test images of the checkpoint's own data set, as training read them."""
+def _describe_images(checkpoint, config, payload, data_dir, samples: list[int], *,
+                     command: str = "describe", option: str = "--samples",
+                     use: str = "the evolutions are drawn on the data as it is now"):
+    """The images ``describe --out`` evolves (and ``figure --checkpoint`` draws), and their
+    labels: MNIST's test digits for a model of the MNIST family (ROTMNIST, MNIST: the upright
+    digits, as the paper's figures), else the test images of the checkpoint's own data set, as
+    training read them (``option``: the command's option naming them, for its errors)."""
     from .training import MNIST_FAMILY
 
     if config.data.dataset in MNIST_FAMILY:
         return _load_digits(data_dir, samples), [f"MNIST test #{n}" for n in samples]
-    data = _checkpoint_data(checkpoint, config, data_dir, None, "describe")
-    _check_evaluation_data(checkpoint, config, payload, data,
-                           use="the evolutions are drawn on the data as it is now")
+    data = _checkpoint_data(checkpoint, config, data_dir, None, command)
+    _check_evaluation_data(checkpoint, config, payload, data, use=use)
     test = data.test
     name = Path(config.data.dataset).name
     for n in samples:
         if not 0 <= n < len(test):
-            raise ConfigError(f"--samples {n}: the test split of {name} has images 0 ... "
+            raise ConfigError(f"{option} {n}: the test split of {name} has images 0 ... "
                               f"{len(test) - 1}")
     return test.images[samples].float(), [f"{name} test #{n}" for n in samples]
 
@@ -820,7 +855,7 @@ def _figure(args) -> int:
         from ..analysis.describe import pde_formula, ratio_reading
         from .training import load_checkpoint
 
-        model, _, _ = load_checkpoint(args.checkpoint)
+        model, config, payload = load_checkpoint(args.checkpoint)
         if not hasattr(model, "pde_layer"):
             raise ConfigError(f"--pde {args.pde}: {args.checkpoint} ({type(model).__name__}) has "
                               f"no PDE layer on the image plane to draw; figure --pde draws the "
@@ -833,10 +868,15 @@ def _figure(args) -> int:
         ratios = ratio_reading(chosen.step.rhs)  # the printed a / b are regularised: say how
         label = (f"learned {chosen.name}, T={chosen.T:g}\n{pde_formula(chosen, digits=2)}"
                  + (f"\n{ratios}" if ratios else ""))
-    image = _load_digits(args.data_dir, [args.sample])
+    if learned:  # the checkpoint's own test images (MNIST's for its family), as describe's
+        image, (name,) = _describe_images(args.checkpoint, config, payload, args.data_dir,
+                                          [args.sample], command="figure", option="--sample",
+                                          use="the figure is drawn on the data as it is now")
+    else:
+        image, name = _load_digits(args.data_dir, [args.sample]), f"MNIST test #{args.sample}"
     try:
         error = figure_diagram(image, pde, Path(args.out), angle=args.angle, factor=args.scale,
-                               shift=tuple(args.shift), pde_label=label,
+                               shift=tuple(args.shift), pde_label=label, image_label=name,
                                guard=lambda: writing_beside_runs(Path(args.out), "--out"))
     except NonFiniteStateError as failure:
         if not learned:  # the heat equation's dt is checked against its bound: not expected
@@ -844,8 +884,8 @@ def _figure(args) -> int:
         # describe's explanation, not the training advice (lower the learning rate): the
         # checkpoint is what it is
         raise failure.with_hint(
-            f"The checkpoint's learned PDE {index} ({chosen.name}) blows up on MNIST test "
-            f"#{args.sample} or on its copy moved by g, under its own explicit Euler scheme: "
+            f"The checkpoint's learned PDE {index} ({chosen.name}) blows up on {name} "
+            f"or on its copy moved by g, under its own explicit Euler scheme: "
             f"that is the trained model's behaviour, which figure draws and does not change "
             f"(eqpdenet describe {args.checkpoint} prints it). Nothing was written to {args.out}; "
             f"another --sample may stay finite.") from None
@@ -1069,7 +1109,8 @@ def build_parser() -> argparse.ArgumentParser:
     describe = commands.add_parser("describe", help="print the learned PDEs; evolution images")
     describe.add_argument("checkpoint", type=_path)
     describe.add_argument("--samples", type=_count, nargs="+", default=[0, 1, 2],
-                          help="MNIST test digits to evolve")
+                          help="test images to evolve (indices): MNIST's digits for a checkpoint "
+                               "of MNIST's family, else its own data set's")
     describe.add_argument("--out", type=_path, help="folder for evolution.png (none: print only)")
     describe.add_argument("--frames", type=_frames, default=6,
                           help=f"images per evolution (1 ... {MAX_FRAMES})")
@@ -1081,7 +1122,9 @@ def build_parser() -> argparse.ArgumentParser:
     figure.add_argument("which", choices=["diagram"], help="diagram: Figure 2")
     figure.add_argument("--checkpoint", type=_path, help="the checkpoint whose learned PDE "
                         "--pde INDEX draws")
-    figure.add_argument("--sample", type=_count, default=0, help="MNIST test digit")
+    figure.add_argument("--sample", type=_count, default=0,
+                        help="test image (index): MNIST's for the heat equation and for a "
+                             "checkpoint of MNIST's family, else the checkpoint's own data set's")
     figure.add_argument("--angle", type=_figure_angle, default=30.0,
                         help="rotation of g, degrees (within ±1e6)")
     figure.add_argument("--scale", type=_figure_scale, default=1.0,

@@ -409,12 +409,13 @@ def run_study(plan: StudyPlan, echo: Callable[[str], None] = print) -> Study:
         _measure_transforms(study, maps, own_inputs, transforms, "central", dt)
 
     # 2. Resolution: the same continuous PDE on images upsampled k times (h = 1/k, dt / k^2).
+    # MNIST's rows only where MNIST was read: its rows held the smooth inputs upsampled,
+    # labelled "mnist", when it was not.
     angle = Transform.rotation(45 if quick else 30)
-    source = inputs.get("mnist", inputs["smooth"])
     for stencil in grid["stencils"]:
         for factor in grid["factors"]:
-            images = {"mnist": upsample(source, factor),
-                      "smooth": smooth_inputs(len(inputs["smooth"]), 28 * factor)}
+            images = {"mnist": upsample(inputs["mnist"], factor)} if "mnist" in inputs else {}
+            images["smooth"] = smooth_inputs(len(inputs["smooth"]), 28 * factor)
             fine_dt = dt / factor**2
             pdes = reference_pdes(T, fine_dt, stencil, spacing=1.0 / factor)
             for input_name, x in images.items():

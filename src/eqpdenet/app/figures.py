@@ -35,8 +35,9 @@ __all__ = ["diagram_arrays", "evolution_grid", "evolution_trajectories", "figure
 def diagram_arrays(image: Tensor, pde: Callable[[Tensor], Tensor], angle: float = 30.0,
                    factor: float = 1.0, shift=(0.0, 0.0)) -> dict[str, Tensor]:
     """The six panels, each ``(H, W)``: ``I0, gI0, uT, uT_g, g_uT, difference``, plus
-    ``relative_error`` and ``max_difference`` (both on the central disk) as 0-d tensors and
-    ``background``, ``u_T`` of a blank image. ``image``: ``(1, 1, H, W)``, its blank value 0.
+    ``relative_error`` and ``max_difference`` (both on the central disk, over every channel) as
+    0-d tensors and ``background``, ``u_T`` of a blank image. ``image``: ``(1, C, H, W)``, its
+    blank value 0; the panels are its first channel (a checkpoint's image of several channels).
 
     ``g`` fills what it moves into the frame with the blank value of the image it moves: 0 for
     ``I0``, ``background`` for ``u_T(I0)``, the value the PDE gives the blank part of the frame
@@ -59,16 +60,18 @@ def diagram_arrays(image: Tensor, pde: Callable[[Tensor], Tensor], angle: float 
               "g_uT": moved_evolved, "difference": difference}
     out = {key: value[0, 0] for key, value in panels.items()}
     out["relative_error"] = relative
-    out["max_difference"] = difference[0, 0][disk].abs().max()
+    out["max_difference"] = difference[0][:, disk].abs().max()
     out["background"] = background
     return out
 
 
 def figure_diagram(image: Tensor, pde: Callable[[Tensor], Tensor], path, *, angle: float = 30.0,
                    factor: float = 1.0, shift=(0.0, 0.0), pde_label: str = "heat equation",
-                   title: str | None = None, guard=None) -> float:
+                   title: str | None = None, guard=None, image_label: str | None = None) -> float:
     """Write the diagram as PNG (1200 x 620 pixels at dpi 100); returns the relative error.
-    ``guard``: a context manager factory held around the write (:func:`save_figure`)."""
+    ``guard``: a context manager factory held around the write (:func:`save_figure`).
+    ``image_label``: what ``image`` is (``"MNIST test #0"``), shown with the PDE; an image of
+    several channels is drawn by its first, and measured on all (said in the figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,6 +85,11 @@ def figure_diagram(image: Tensor, pde: Callable[[Tensor], Tensor], path, *, angl
                           for line in pde_label.splitlines())
     g_text = f"g: rotation {angle:g}°" + (f", scale {factor:g}" if factor != 1 else "") + (
         f", shift ({shift[0]:g}, {shift[1]:g}) px" if any(shift) else "")
+    channels = image.shape[1]
+    if image_label is not None or channels > 1:
+        g_text = (f"I0: {image_label or 'the image'}"
+                  + (f" (channel 0 of {channels} drawn; measured on all)" if channels > 1 else "")
+                  + f"\n{g_text}")
     fig, axes = plt.subplots(2, 4, figsize=(12, 6.2))
     inputs_range = (float(min(panels["I0"].min(), panels["gI0"].min())),
                     float(max(panels["I0"].max(), panels["gI0"].max())))

@@ -4,7 +4,9 @@ The paper's numbers (``paper_tables.csv``, copied from Lagrave & Riou 2021, CC B
 accuracies in percent, mean and standard deviation over 10 instances. Ours are aggregated from a
 ``results.jsonl`` written by :func:`eqpdenet.experiments.reproduce`: mean and sample standard
 deviation (``ddof = 1``) over the seeds of each (model, hidden size). The difference is reported
-in percentage points and in units of the paper's standard deviation.
+in percentage points and in units of the paper's standard deviation. The paper's numbers are
+ROTMNIST's: runs on any other data set (:func:`on_paper_data`) are tabled and plotted without
+them, and the table's header says so.
 
 A run counts once: records with the same run key (model, hidden size, seed) that agree are one
 run (:func:`deduplicate`); records of the same key that disagree are refused, since neither can
@@ -47,8 +49,8 @@ from .runstore import non_finite_fields, write_aggregate
 
 __all__ = ["Described", "Report", "aggregate", "check_outputs", "check_records", "dataset_name",
            "deduplicate", "described_runs", "failed_note", "has_results", "left_out_note",
-           "missing_runs", "nothing_described", "paper_run_key", "paper_table", "plot_accuracy",
-           "protocol_table", "read_results", "rerun_advice", "subset_note", "sweep_records",
+           "missing_runs", "nothing_described", "on_paper_data", "paper_run_key", "paper_table",
+           "plot_accuracy", "protocol_table", "read_results", "rerun_advice", "subset_note", "sweep_records",
            "untabled_note", "validation_table", "write_report"]
 
 SCENARIOS = ("test", "iso", "sca")
@@ -185,6 +187,21 @@ def dataset_name(records: list[dict]) -> str:
     return " and ".join(names) or "ROTMNIST"
 
 
+def on_paper_data(records: list[dict]) -> bool:
+    """Whether every record was made on the paper's data: ROTMNIST as the paper generates it
+    (``data.dataset = 'rotmnist'``, not rotated again, digits rotated about the frame's
+    centre); a record without a configuration, or from before those fields existed, was. The
+    paper's numbers are set against no other data set's (:func:`write_report`)."""
+    for record in records:
+        data = (record.get("config") or {}).get("data")
+        if not isinstance(data, dict):
+            continue
+        if (data.get("dataset", "rotmnist") != "rotmnist" or data.get("rotated")
+                or data.get("rotation_centre", "frame") != "frame"):
+            return False
+    return True
+
+
 def subset_note(records: list[dict], fields=("train_subset", "test_subset")) -> str:
     """A sentence naming ``data.train_subset`` and ``data.test_subset`` (those of ``fields``)
     where the records used them (the numbers then come from part of the data), else ``""``."""
@@ -258,25 +275,35 @@ def _cell(value: tuple[float, float] | None) -> str:
     return f"{mean:.1f} ({std:.1f})" if math.isfinite(std) else f"{mean:.1f}"
 
 
-def protocol_table(ours: dict, paper: dict | None = None) -> str:
-    """Markdown: per model and hidden size, paper | ours | difference | difference / sigma_paper."""
-    paper = paper_table() if paper is None else paper
+def protocol_table(ours: dict, paper: dict | None = None, *, compare: bool = True) -> str:
+    """Markdown: per model and hidden size, paper | ours | difference | difference / sigma_paper;
+    with ``compare=False`` (runs on another data set than the paper's: :func:`on_paper_data`)
+    ours alone, without the paper's columns."""
+    paper = (paper_table() if paper is None else paper) if compare else {}
     lines = []
     for kind in PAPER_MODELS:
         sizes = sorted({h for k, h in ours if k == kind})
         if not sizes:
             continue
         title = "Table 1" if kind == "eqpdenet" else "Table 2"
-        lines += [f"### {MODEL_NAMES[kind]} ({title} of the paper)", "",
-                  "| h | #params | runs | " + " | ".join(
-                      f"{s} paper | {s} ours | Δ | Δ/σ" for s in SCENARIOS) + " |",
-                  "|---:|---:|---:|" + "---:|" * (4 * len(SCENARIOS))]
+        if compare:
+            lines += [f"### {MODEL_NAMES[kind]} ({title} of the paper)", "",
+                      "| h | #params | runs | " + " | ".join(
+                          f"{s} paper | {s} ours | Δ | Δ/σ" for s in SCENARIOS) + " |",
+                      "|---:|---:|---:|" + "---:|" * (4 * len(SCENARIOS))]
+        else:
+            lines += [f"### {MODEL_NAMES[kind]}", "",
+                      "| h | #params | runs | " + " | ".join(SCENARIOS) + " |",
+                      "|---:|---:|---:|" + "---:|" * len(SCENARIOS)]
         for hidden in sizes:
             mine, theirs = ours[kind, hidden], paper.get((kind, hidden))
             runs = f"{mine['n']}" + (f" (+{mine['failed']} failed)" if mine.get("failed") else "")
             cells = [str(hidden), _params(mine), runs]
             for scenario in SCENARIOS:
                 ref, got = (theirs or {}).get(scenario), mine.get(scenario)
+                if not compare:
+                    cells.append(_cell(got) + _coverage(mine, scenario))
+                    continue
                 cells += [_cell(ref), _cell(got) + _coverage(mine, scenario)]
                 if ref and got:
                     delta = got[0] - ref[0]
@@ -288,15 +315,17 @@ def protocol_table(ours: dict, paper: dict | None = None) -> str:
     # The paper's claim: EqPdeNet beats FCNN at every size. Show the gap, paper vs ours.
     sizes = sorted({h for k, h in ours if k == "eqpdenet"} & {h for k, h in ours if k == "fcnn"})
     if sizes:
+        sources = (paper, ours) if compare else (ours,)
         lines += ["### EqPdeNet − FCNN (percentage points)", "",
                   "Ours: mean (std) of the difference between the two models trained with the "
                   "same seed (same perceptron initialisation, batch order and scenario draws).", "",
-                  "| h | " + " | ".join(f"{s} paper | {s} ours" for s in SCENARIOS) + " |",
-                  "|---:|" + "---:|" * (2 * len(SCENARIOS))]
+                  "| h | " + " | ".join(f"{s} paper | {s} ours" if compare else f"{s} ours"
+                                        for s in SCENARIOS) + " |",
+                  "|---:|" + "---:|" * (len(sources) * len(SCENARIOS))]
         for hidden in sizes:
             cells = [str(hidden)]
             for scenario in SCENARIOS:
-                for table in (paper, ours):
+                for table in sources:
                     a, b = table.get(("eqpdenet", hidden), {}), table.get(("fcnn", hidden), {})
                     cells.append(_gap(a, b, scenario))
             lines.append("| " + " | ".join(cells) + " |")
@@ -574,6 +603,7 @@ def write_report(results_dir: Path) -> Report:
         if not records:
             raise nothing_described(left_out, described, str(path))
         untabled = untabled_note(records, str(path))
+        paper = None  # the paper's numbers, drawn beside ours (None: paper_table())
         ours = aggregate(records)
         scenarios = _scenarios_of(records, str(path))
         missing = None if described is None else missing_runs(results_dir, records)
@@ -588,17 +618,25 @@ def write_report(results_dir: Path) -> Report:
                       f"`config.toml`, as in a validation study, which never uses the test "
                       f"set), so there is nothing of the paper's to compare. " + runs)
             table = validation_table(ours)
-        else:
+        elif on_paper_data(records):
             header = (f"Accuracy in percent on {dataset_name(records)} test, `iso` and `sca`: "
                       f"mean (sample std) over the runs of each cell; paper = Lagrave & Riou "
                       f"2021, Tables 1-2. Δ = ours − paper; Δ/σ in units of the paper's std. "
                       + runs)
             table = protocol_table(ours)
+        else:  # the paper's numbers are ROTMNIST's: set against another data set's, meaningless
+            header = (f"Accuracy in percent on {dataset_name(records)} test, `iso` and `sca`: "
+                      f"mean (sample std) over the runs of each cell. The paper's columns "
+                      f"(Lagrave & Riou 2021, Tables 1-2, on ROTMNIST) are left out: these runs "
+                      f"were made on another data set, which the paper's numbers do not "
+                      f"describe. " + runs)
+            table = protocol_table(ours, compare=False)
+            paper = {}
         if missing:
             header = (f"**Incomplete:** {incomplete_line(missing, len(records) + len(missing))}; "
                       f"rerun the sweep's command to finish it.\n\n{header}")
         atomic_write(table_path, (header + table).encode())
-        plot_accuracy(ours, plot_path, scenarios=scenarios)
+        plot_accuracy(ours, plot_path, paper=paper, scenarios=scenarios)
     return Report(table_path, plot_path, len(records), missing, left_out)
 
 

@@ -35,6 +35,13 @@ study runs (the runs of configurations both studies share are reused: they are s
 configuration). Folders written before ``study.json`` existed (``results/study``) are judged by
 what their ``study.md`` shows (:func:`_legacy_record`).
 
+On a data set outside MNIST's family the ``standardize`` stage cannot use MNIST's mean and std,
+and ``model.standardize = 'auto'`` means the training split's own statistics there, which
+override ``input_mean, input_std``: its candidates then state ``model.standardize``
+(:data:`OWN_DATA_STANDARDIZE`: raw pixels against the training split's own mean and std), and the
+starting configuration's ``'auto'`` is written out as ``'train'`` (:func:`base_for_data`). A
+candidate that sets a field training takes from the data is refused before any work.
+
 ``models`` may leave FCNN out (``models = ['eqpdenet']``): every stage then trains and scores
 EqPdeNet alone, throughout. It must hold EqPdeNet, which every ``layer`` stage scores.
 """
@@ -55,21 +62,23 @@ from ..data.rotmnist import N_TRAIN
 from ..errors import ConfigError
 from .config import (
     KIND_OPTIONS,
+    MNIST_FAMILY,
     DataConfig,
     ExperimentConfig,
     ReproduceConfig,
     apply_overrides,
+    data_resolved_fields,
     from_dict,
     to_dict,
     to_toml,
 )
 from .distributed import Executor, ray_session
 from .files import atomic_write, read_jsonl
-from .locks import hold
+from .preflight import preflight
 from .report import PAPER_MODELS
-from .runfolder import check_claim, claim_folder
+from .runfolder import check_claim, claiming
 from .runstore import SUPERSEDED_DIR
-from .sweeps import field_differences, reproduce
+from .sweeps import field_differences, grid, reproduce, run_key
 from .training import fingerprint, with_legacy_fields
 from .workers import refuse_while_starting
 
@@ -145,6 +154,42 @@ REFINE_STAGES = [
 ]
 
 STAGE_SETS = {"main": STAGES, "refine": REFINE_STAGES}
+
+#: The ``standardize`` stage on a data set other than MNIST's family: MNIST's mean and std are
+#: not its pixels' statistics, and ``model.standardize = 'auto'`` computes the training split's
+#: own there, overriding ``input_mean, input_std`` (:func:`~eqpdenet.app.training.
+#: resolve_for_data`): each candidate states ``standardize``, so that raw pixels are raw.
+OWN_DATA_STANDARDIZE = Stage(
+    "standardize", "shared",
+    "Standardise the input pixels with the training split's own mean and std (not MNIST's, "
+    "which are not this data set's)?",
+    {"raw-pixels": ["base.model.standardize='fixed'", "base.model.input_mean=0.0",
+                    "base.model.input_std=1.0"],
+     "standardized": ["base.model.standardize='train'"]})
+
+
+def stages_for_data(stages, data: DataConfig) -> list[Stage]:
+    """``stages`` as they run on ``data``: on a data set outside the MNIST family
+    (:data:`~eqpdenet.app.config.MNIST_FAMILY`), the ``standardize`` stage of :data:`STAGES`
+    becomes :data:`OWN_DATA_STANDARDIZE` (raw pixels against the training split's own
+    statistics); on MNIST the stages are unchanged."""
+    if data.dataset in MNIST_FAMILY:
+        return list(stages)
+    mnist = next(stage for stage in STAGES if stage.name == "standardize")
+    return [OWN_DATA_STANDARDIZE if stage == mnist else stage for stage in stages]
+
+
+def base_for_data(base: ReproduceConfig) -> ReproduceConfig:
+    """``base`` with ``model.standardize = 'auto'`` resolved to what it does on its data set
+    outside the MNIST family (``'train'``: the training split's own mean and std, whatever
+    ``input_mean, input_std`` say), so that the standardize stage's ``standardized`` candidate
+    is the incumbent it describes (a copy; MNIST's family keeps ``'auto'``, and its
+    fingerprints)."""
+    base = copy.deepcopy(base)
+    model = base.base.model
+    if base.base.data.dataset not in MNIST_FAMILY and model.standardize == "auto":
+        model.standardize = "train"
+    return base
 
 
 #: The prototype of the issue, every value written out (a base experiment): the package's
@@ -233,6 +278,65 @@ def _check_study(config: ReproduceConfig) -> None:
                           f"include 'eqpdenet', got {config.models}")
 
 
+def _field_words(path: tuple[str, ...]) -> str:
+    if path[-1] in ("input_mean", "input_std"):
+        return ("model.standardize computes them from the training split there ('train', or "
+                "'auto' on a data set outside MNIST's family)")
+    return "training takes it from the data"
+
+
+def _check_candidates(base: ReproduceConfig, stages) -> list[tuple[str, ReproduceConfig]]:
+    """Every candidate of ``stages`` applied to ``base`` (``(label, configuration)``, the base
+    first), or the :class:`ConfigError` of a candidate that sets a field training takes from
+    the data (:func:`~eqpdenet.app.config.data_resolved_fields`: ``model.image_size``, and
+    ``model.input_mean, input_std`` where ``model.standardize`` computes them): its runs would
+    be the incumbent's, a configuration compared with itself."""
+    configs = [("the starting configuration", base)]
+    epochs = base.base.train.epochs
+    for stage in stages:
+        for name, overrides in stage.candidates.items():
+            name = name.format(epochs=epochs)
+            overrides = [o.format(epochs=epochs) for o in overrides]
+            config = _apply(base, overrides)
+            resolved = set(data_resolved_fields(config.base))
+            for override in overrides:
+                path = tuple(override.partition("=")[0].strip().split("."))
+                if path[0] == "base" and path[1:] in resolved:
+                    raise ConfigError(
+                        f"invalid config: stage {stage.name}, candidate {name}: {override} has "
+                        f"no effect on {config.base.data.dataset}: "
+                        f"{_field_words(path)}, so the candidate would compare a configuration "
+                        f"with itself")
+            configs.append((f"stage {stage.name}, candidate {name}", config))
+    return configs
+
+
+def _check_runs(base: ReproduceConfig, stages, jobs: int, executor: Executor | None) -> None:
+    """Before anything is written: the runs of the starting configuration and of every
+    candidate (each applied to it) pass the preflight on their data
+    (:func:`~eqpdenet.app.preflight.preflight` with ``at_data``: ``data.validation`` below the
+    data's training images, labels the data loader takes, memory), so that a study that cannot
+    run is refused before it claims its folder and writes ``study.json`` (which then refused
+    the corrected command as a study of another configuration)."""
+    parallel = jobs if (executor or Executor()).kind == "local" else 1
+    seen = set()
+    for label, config in _check_candidates(base, stages):
+        own = fingerprint(config.base)
+        if own in seen:
+            continue
+        seen.add(own)
+        one_seed = copy.deepcopy(config)
+        one_seed.seeds = config.seeds[:1]  # the seed changes nothing the preflight checks
+        runs = {run_key(run.model.kind, run.model.hidden, run.train.seed): run
+                for run in grid(one_seed)}
+        try:
+            preflight(runs, None, jobs=parallel, at_data=True)
+        except ConfigError as error:
+            if label == "the starting configuration":
+                raise
+            raise ConfigError(f"{label}: {error}") from None
+
+
 def _dataset_name(data: DataConfig) -> str:
     name = {"rotmnist": "ROTMNIST", "mnist": "MNIST"}.get(data.dataset, Path(data.dataset).name)
     return f"rotated {name}" if data.rotated else name
@@ -258,6 +362,19 @@ def _protocol(config: ReproduceConfig, margin: float) -> str:
                 f"run, and play no part in the choice")
     else:
         test = "the test set is never used"
+    if data.dataset not in MNIST_FAMILY:  # (MNIST's study.md says nothing of it: unchanged)
+        model = base.model
+        if model.standardize != "fixed":
+            words = ("standardised with the training split's own pixel mean and std "
+                     "(`model.standardize = 'train'`)")
+        elif (model.input_mean, model.input_std) == (0.0, 1.0):
+            words = "as raw pixels (`model.standardize = 'fixed'`, mean 0, std 1)"
+        else:
+            words = (f"standardised as `(x − {model.input_mean:g}) / {model.input_std:g}` "
+                     f"(`model.standardize = 'fixed'`)")
+        start = f" The input starts {words}."
+    else:
+        start = ""
     shared = ("score both models" if set(config.models) >= set(PAPER_MODELS)
               else f"score {' and '.join(_MODEL_NAMES.get(m, m) for m in config.models)} alone "
                    f"(models = {config.models})")
@@ -266,7 +383,7 @@ def _protocol(config: ReproduceConfig, margin: float) -> str:
             f"{base.train.epochs} epoch{'s' if base.train.epochs != 1 else ''}; `shared` stages "
             f"{shared}, `layer` stages EqPdeNet only. Of the candidates that beat the "
             f"incumbent by more than {margin} points the best replaces it (equal scores: the name "
-            f"first in order).")
+            f"first in order).{start}")
 
 
 def run_study(out: Path, *, base: ReproduceConfig | None = None, stages=STAGES, margin: float = 0.25,
@@ -275,25 +392,34 @@ def run_study(out: Path, *, base: ReproduceConfig | None = None, stages=STAGES, 
     """Run the greedy study; returns the chosen configuration (also in ``out/chosen.toml``).
     ``out`` has one writer at a time (:func:`eqpdenet.app.locks.hold`). A base without a
     validation split, or whose models leave out EqPdeNet, is refused before anything is
-    written, and so is a folder holding a study of another configuration (module docstring;
+    written, and so are runs that cannot run on their data (:func:`_check_runs`: the preflight
+    of the starting configuration and of every candidate, e.g. a validation split as large as
+    the data's training split, labels the loader refuses) and a candidate that sets a field
+    training takes from the data (:func:`_check_candidates`): a refused study leaves no
+    folder, no ``study.json`` that would refuse the corrected command. On a data set outside
+    MNIST's family, ``model.standardize = 'auto'`` is resolved to ``'train'``
+    (:func:`base_for_data`) and the standardize stage compares raw pixels with the training
+    split's own statistics (:func:`stages_for_data`). So is a folder holding a study of
+    another configuration (module docstring;
     with ``rerun_changed`` its summary is set aside instead, and the finished runs of each
     candidate's folder made under another configuration are set aside and run again, as
     :func:`~eqpdenet.app.sweeps.reproduce` does). With the Ray executor, every stage runs in one
     Ray (:func:`~eqpdenet.app.distributed.ray_session`), started when the first run needs it and
     stopped at the end."""
     refuse_while_starting("study")  # a script's call without a __main__ guard, in a worker
-    base = copy.deepcopy(base or study_base())
+    base = base_for_data(base or study_base())
+    stages = stages_for_data(stages, base.base.data)
     _check_study(base)
     record = study_record(base, stages, margin)
     legacy = ("study.md", "chosen.toml", "runs")
     check_claim(out, "study", legacy)  # before the lock writes into it
+    _check_runs(base, stages, jobs, executor)  # and before anything is written
     # On Ray, one instance (and one copy of the data in its object store) for every stage, not
     # one started and stopped per candidate (seconds each, and a session folder in /tmp/ray).
     one_ray = ray_session(executor) if executor is not None and executor.kind == "ray" \
         else contextlib.nullcontext()
-    with hold(out, "study"), one_ray:
+    with claiming(out, "study", legacy), one_ray:
         out = Path(out)
-        claim_folder(out, "study", legacy)
         differences = _study_differences(out, record)
         summary = ", ".join(SUMMARY[:-1]) + f" and {SUMMARY[-1]}"
         if differences and not rerun_changed:

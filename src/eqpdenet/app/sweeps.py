@@ -39,10 +39,9 @@ from .config import (
 )
 from .distributed import Executor
 from .files import atomic_write
-from .locks import hold
 from .preflight import preflight
 from .progress import interactive, labelled
-from .runfolder import _cause, check_claim, claim_folder
+from .runfolder import _cause, check_claim, claiming
 from .runstore import load_records, save_run, set_aside, with_finite_numbers, write_aggregate
 from .training import (
     Data,
@@ -262,8 +261,9 @@ def check_before_writing(runs: dict[str, ExperimentConfig], out_dir: Path, jobs:
     (section name -> the configuration the base fingerprint covers, e.g. ``{"base":
     config.base}``) names the fields that differ from the folder's ``config.toml``
     (``every_kind``: :func:`changed_runs`). A sweep that
-    cannot run leaves nothing written but its folder and lock; a folder never holds runs of two
-    base configurations."""
+    cannot run writes nothing (a folder its command made for it is removed again:
+    :func:`~eqpdenet.app.runfolder.claiming`); a folder never holds runs of two base
+    configurations."""
     changed = changed_runs({**(others or {}), **runs}, out_dir, base_fingerprint=base_fingerprint,
                            base=base, every_kind=every_kind)
     if changed and not rerun_changed:
@@ -501,8 +501,8 @@ def reproduce(config: ReproduceConfig, out_dir: Path, *, jobs: int = 1,
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
     check_claim(out_dir, "reproduce", legacy=SWEEP_FILES)  # before the lock writes into it
-    with hold(out_dir, "reproduce"):
-        claim_folder(out_dir, "reproduce", legacy=SWEEP_FILES)
+    # a refusal below leaves no folder holding only the claim (runfolder.claiming)
+    with claiming(out_dir, "reproduce", legacy=SWEEP_FILES):
         base_print = fingerprint(config.base)
         runs = {run_key(run.model.kind, run.model.hidden, run.train.seed): run
                 for run in grid(config)}
