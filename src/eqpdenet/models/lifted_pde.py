@@ -339,10 +339,13 @@ class M2Lift(ConstantBuffers):
         self.norm = nn.BatchNorm1d(features)
         self.mix = Pointwise(features, require_int(channels, "channels", 1), bias=False)
         self.out_norm = nn.BatchNorm1d(channels)
-        self.register_buffer("channel_identity", torch.eye(features // 6), persistent=False)
+        self.register_buffer("channel_identity",
+                             self._constant("channel_identity", torch.get_default_dtype(), None),
+                             persistent=False)
 
     def _constant(self, name: str, dtype: torch.dtype, device) -> Tensor | None:
-        # computed again after a move (ConstantBuffers: to_empty leaves it uninitialised)
+        # at construction, and again after a move (ConstantBuffers: to_empty leaves it
+        # uninitialised)
         if name != "channel_identity":
             return None
         return torch.eye(self.in_channels, dtype=dtype, device=device)
