@@ -12,6 +12,7 @@ the same examples on every run (``derandomize=True``), so CI cannot fail at rand
 from __future__ import annotations
 
 import os
+import signal
 
 # MKL (torch's BLAS here) may pick its kernels by the alignment of each buffer, so two runs of
 # the same training in one process can differ in the last bits. The tests that compare such runs
@@ -20,6 +21,14 @@ import os
 # conditional reproducibility, set before MKL starts, makes MKL's results independent of
 # alignment for a fixed thread count.
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
+# A test run started in the background by a shell without job control (`pytest &` in a script)
+# has SIGINT ignored, and an ignored signal stays ignored across exec: every command a test
+# interrupts would run on, and the tests of what an interrupt does failed (exit 0, not 130).
+# Python's own handler is what a terminal gives; the commands' children then start with the
+# default disposition, as a user's do.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

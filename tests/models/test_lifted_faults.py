@@ -199,24 +199,7 @@ def test_an_m2_system_alone_checks_its_values_once():
 
 
 # ----------------------------------------------------------------------------- export (6, 7)
-
-
-def test_the_lift_exports_to_onnx_without_an_equal_node(tmp_path):
-    """torch.eye in M2Lift.forward became Range/Cast/Equal on uint8 in the ONNX graph, which
-    onnxruntime 1.18 cannot run ("Could not find an implementation for Equal(13)")."""
-    onnx = pytest.importorskip("onnx")
-    pytest.importorskip("onnxruntime")
-    from eqpdenet.export import export_model
-
-    for scales in (1, 2):
-        torch.manual_seed(0)
-        net = LiftedPDENet(LiftedPDEConfig(orientations=4, channels=[3, 4], blocks=[1, 1],
-                                           scales=scales), image_size=16).eval()
-        out = tmp_path / f"lifted{scales}.onnx"
-        report = export_model(net, out, "onnx", images=torch.rand(6, 1, 16, 16))
-        assert report.relative_difference <= 1e-5
-        operators = {node.op_type for node in onnx.load(out).graph.node}
-        assert "Equal" not in operators and "EyeLike" not in operators
+# (The lift's ONNX graph without an Equal node: tests/test_export.py, every family.)
 
 
 def test_the_lift_keeps_its_identity_out_of_the_state_dict():
