@@ -1,7 +1,8 @@
 """Image classification data sets by name or by file, and their rotated versions.
 
 An :class:`ImageDataset` holds a training and a test split as tensors (images ``(N, C, H, W)``
-float32 in [0, 1], labels ``(N,)`` int64). :func:`load_dataset` takes
+float32, in [0, 1] for the built-in sets and files, finite for a set a user registers; labels
+``(N,)`` int64). :func:`load_dataset` takes
 
 * a registered name (:data:`DATASETS`): ``"rotmnist"`` (the paper's ROTMNIST, official or
   generated, :mod:`eqpdenet.data.rotmnist`) and ``"mnist"`` (upright MNIST, 60,000 / 10,000); or
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import inspect
 import math
 import numbers
 import os
@@ -49,16 +51,16 @@ from torch import Tensor
 from ..checks import require_int
 from ..errors import ConfigError, DataFileError
 from ..geometry import rotate, rotate_about_mass
-from ..registry import Registry
+from ..registry import Registry, _shown
 from .mnist import _IDX_DTYPES as IDX_DTYPES
 from .mnist import load_mnist, read_idx
 from .rotmnist import N_TEST as ROTMNIST_TEST
 from .rotmnist import N_TRAIN as ROTMNIST_TRAIN
 from .rotmnist import check_rotation_centre, load_rotmnist
 
-__all__ = ["DATASETS", "DatasetShape", "ImageDataset", "data_fingerprint", "dataset_fingerprint",
-           "dataset_shape", "load_dataset", "load_idx_folder", "load_npz", "register_dataset",
-           "rotate_dataset"]
+__all__ = ["DATASETS", "DatasetShape", "ImageDataset", "check_dataset_name", "check_loader",
+           "data_fingerprint", "dataset_fingerprint", "dataset_shape", "load_dataset",
+           "load_idx_folder", "load_npz", "register_dataset", "rotate_dataset"]
 
 IDX_NAMES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
              "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
@@ -77,7 +79,7 @@ class ImageDataset:
 
     Attributes:
         name: what it is (a registered name, or the file it was read from).
-        train_images, test_images: ``(N, C, H, W)`` float32 (in [0, 1] for the registered sets and
+        train_images, test_images: ``(N, C, H, W)`` float32 (in [0, 1] for the built-in sets and
             files; finite for every set).
         train_labels, test_labels: ``(N,)`` int64 in ``0 .. classes - 1``.
         classes: number of classes.
@@ -200,13 +202,77 @@ def _dataset_labels(labels, name, split: str) -> Tensor:
     return labels.to(torch.int64)
 
 
+#: The keywords :func:`load_dataset` calls a registered loader with.
+LOADER_KEYWORDS = {"data_dir": None, "cache_dir": None, "seed": 0}
+#: Endings of a registered data set's name that read as a data file's (:func:`check_dataset_name`).
+FILE_SUFFIXES = (".npz", ".npy", ".zip", ".gz", ".amat")
+
+
+def check_dataset_name(name: str) -> None:
+    """Raise a :class:`ConfigError` where ``name`` cannot name a registered data set: a name that
+    reads as a path (holding ``/`` or ``\\``, ``.``, ``..``, starting with ``~``, or ending in a
+    data file's suffix, :data:`FILE_SUFFIXES`), which :func:`load_dataset` would take instead of
+    the file or folder of that path, or holding ``=``, which separates a field from its value in
+    ``--set`` assignments and a sweep's overrides."""
+    path_like = ("/" in name or "\\" in name or name in (".", "..") or name.startswith("~")
+                 or name.lower().endswith(FILE_SUFFIXES))
+    if path_like:
+        raise ConfigError(f"data set name {name!r} reads as a path: data.dataset takes a path for a "
+                          f"file or IDX folder, and a registered name would hide it; register the "
+                          f"set under a plain name (no '/', '\\', leading '~' or "
+                          f"{'/'.join(FILE_SUFFIXES)} ending)")
+    if "=" in name:
+        raise ConfigError(f"data set name {name!r} holds '=', which separates a field from its "
+                          f"value in --set assignments and a sweep's overrides; register the set "
+                          f"under a name without it")
+
+
+def check_loader(name: str, loader) -> None:
+    """Raise a :class:`ConfigError` naming data set ``name`` unless ``loader`` can be called as
+    :func:`load_dataset` calls it: ``loader(data_dir=..., cache_dir=..., seed=...)``
+    (:data:`LOADER_KEYWORDS`; ``inspect.signature(loader).bind``)."""
+    if not callable(loader):
+        raise ConfigError(f"data set {name!r}: the loader must be callable, got {_shown(loader)}")
+    shown = getattr(loader, "__qualname__", None) or type(loader).__name__
+    try:
+        signature = inspect.signature(loader)
+    except (TypeError, ValueError):
+        raise ConfigError(f"data set {name!r}: the signature of its loader {shown} cannot be read; "
+                          f"give a function loader(data_dir=None, cache_dir=None, seed=0) "
+                          f"(a def wrapping it)") from None
+    try:
+        signature.bind(**LOADER_KEYWORDS)
+    except TypeError as error:
+        raise ConfigError(f"data set {name!r}: its loader {shown}{signature} cannot be called as "
+                          f"loader(data_dir=..., cache_dir=..., seed=...), the keywords "
+                          f"load_dataset passes ({error})") from None
+
+
+class _DatasetRegistry(Registry):
+    """The data sets: a name and a loader are checked (:func:`check_dataset_name`,
+    :func:`check_loader`) whichever way they are registered (:func:`register_dataset` or
+    ``DATASETS.register``)."""
+
+    def register(self, name, item=None, *, replace: bool = False):
+        if isinstance(name, str) and name:
+            check_dataset_name(name)
+            if item is not None and (replace or name not in self):
+                check_loader(name, item)
+        return super().register(name, item, replace=replace)
+
+
 #: Data sets by name: ``loader(data_dir, cache_dir, seed) -> ImageDataset``.
-DATASETS: Registry[Callable[..., ImageDataset]] = Registry("data set")
+DATASETS: Registry[Callable[..., ImageDataset]] = _DatasetRegistry("data set")
 
 
 def register_dataset(name: str, loader: Callable[..., ImageDataset], *,
                      replace: bool = False) -> Callable[..., ImageDataset]:
-    """Make ``loader(data_dir, cache_dir, seed) -> ImageDataset`` available by ``name``."""
+    """Make ``loader(data_dir, cache_dir, seed) -> ImageDataset`` available by ``name``.
+
+    Checked now, each a :class:`ConfigError` of one line: a ``name`` that reads as a path or holds
+    ``=`` (:func:`check_dataset_name`), a ``loader`` that cannot be called with the keywords
+    :func:`load_dataset` passes (:func:`check_loader`). What the loader returns is checked when
+    it is loaded (an :class:`ImageDataset`, whose content is checked as a file's)."""
     return DATASETS.register(name, loader, replace=replace)
 
 
@@ -662,17 +728,37 @@ def dataset_shape(spec: str) -> DatasetShape | None:
     return None
 
 
+def _pixel_range(dataset: ImageDataset) -> tuple[float, float]:
+    """The smallest and largest pixel of ``dataset``'s two splits."""
+    ranges = [torch.aminmax(images) for images in (dataset.train_images, dataset.test_images)
+              if images.numel()]
+    if not ranges:
+        return 0.0, 1.0
+    return min(float(r.min) for r in ranges), max(float(r.max) for r in ranges)
+
+
 def rotate_dataset(dataset: ImageDataset, seed: int = 0, batch_size: int = 8192,
                    rotation_centre: str = "frame") -> ImageDataset:
     """Every image rotated by an angle ~ U[0, 2 pi) (seeded; see module doc) about the frame's
     centre (``rotation_centre="frame"``) or its own centre of mass (``"mass"``:
     :func:`eqpdenet.geometry.rotate_about_mass`; the image's place in its frame then says nothing
-    about the angle)."""
+    about the angle).
+
+    The rotated pixels keep the set's range: they are clamped to ``[0, 1]`` widened to the
+    set's own smallest and largest pixel (bilinear interpolation with zero fill leaves that range
+    only by float rounding), so a set in ``[0, 1]`` stays in it and a registered set of, say,
+    standardised pixels in ``[-1, 1]`` is not clipped."""
     seed = require_int(seed, "seed", minimum=0)
     require_int(batch_size, "batch_size", minimum=1)
     check_rotation_centre(rotation_centre)
     turn = rotate if rotation_centre == "frame" else rotate_about_mass
     generator = torch.Generator().manual_seed(seed)
+    # Bilinear interpolation with zero fill stays within [min(0, low), max(0, high)] of the
+    # pixels but for float rounding, which the clamp removes: to [0, 1] for a set within it (MNIST,
+    # files: the same bits as ever), widened to the set's own range for one beyond it (a
+    # registered set of standardised pixels in [-1, 1] is not clipped to [0, 1]).
+    low, high = _pixel_range(dataset)
+    low, high = min(0.0, low), max(1.0, high)
     out = {}
     for split in ("train", "test"):  # each from its own pool, angles drawn in this order
         images = getattr(dataset, f"{split}_images")
@@ -681,7 +767,7 @@ def rotate_dataset(dataset: ImageDataset, seed: int = 0, batch_size: int = 8192,
         with torch.no_grad():
             for start in range(0, len(images), batch_size):
                 stop = min(start + batch_size, len(images))
-                rotated[start:stop] = turn(images[start:stop], angles[start:stop]).clamp_(0, 1)
+                rotated[start:stop] = turn(images[start:stop], angles[start:stop]).clamp_(low, high)
         out[split] = rotated
     return ImageDataset(f"{dataset.name}-rotated", out["train"], dataset.train_labels, out["test"],
                         dataset.test_labels, dataset.classes,
@@ -709,6 +795,12 @@ def load_dataset(spec: str, data_dir=None, cache_dir=None, seed: int = 0,
     """
     if spec in DATASETS:
         dataset = DATASETS.get(spec)(data_dir=data_dir, cache_dir=cache_dir, seed=seed)
+        if not isinstance(dataset, ImageDataset):
+            got = (f"a {type(dataset).__name__} of {len(dataset)} items"
+                   if isinstance(dataset, tuple | list) else _shown(dataset))
+            raise ConfigError(f"data set {spec!r}: its loader returned {got}, not an ImageDataset "
+                              f"(name, train_images, train_labels, test_images, test_labels, "
+                              f"classes)")
     else:
         path = Path(spec).expanduser()
         if path.is_dir():

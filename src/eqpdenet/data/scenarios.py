@@ -18,7 +18,10 @@ per-image affine maps (independently per image) from a :class:`torch.Generator`.
 :func:`apply_scenario` seeds that generator from ``(name, seed)``, draws all ``N`` maps at once (so
 the result does not depend on ``batch_size``) and warps the images in batches. The same
 ``(name, seed, params)`` and images give bit-identical results. New scenarios are added with
-:func:`register_scenario`.
+:func:`register_scenario`, which checks the sampler's signature and makes one trial draw from a
+generator of its own (:func:`check_sampler`), so that a sampler's mistakes are one
+:class:`~eqpdenet.errors.ConfigError` naming the scenario when it is registered, not an exception
+after training; :func:`apply_scenario` checks the draw it uses the same way (:func:`check_draw`).
 """
 
 from __future__ import annotations
@@ -33,13 +36,15 @@ import torch
 from torch import Tensor
 
 from ..checks import check_images, require_int
-from ..errors import ConfigError
-from ..geometry import affine_warp, rotation_matrix
+from ..errors import ConfigError, EqPdeNetError
+from ..geometry import affine_warp, rotation_matrix, working_dtype
 from ..registry import Registry, _shown
 
 __all__ = [
     "SCENARIOS",
     "AffineDraw",
+    "check_draw",
+    "check_sampler",
     "register_scenario",
     "available_scenarios",
     "get_scenario",
@@ -74,8 +79,149 @@ class AffineDraw:
 
 
 Sampler = Callable[..., AffineDraw]
+
+#: The parameter :func:`apply_scenario` fills with the images' ``(H, W)`` where a sampler takes it
+#: and the call does not give it (the only parameter that may lack a default).
+IMAGE_SIZE = "image_size"
+#: The number of images and the image size of the trial draw :func:`check_sampler` makes.
+TRIAL_IMAGES, TRIAL_IMAGE_SIZE = 2, (28, 28)
+#: The seed of the trial draw's own generator (no stream an evaluation uses is touched).
+TRIAL_SEED = 0
+
+
+def _sampler_name(sampler) -> str:
+    return getattr(sampler, "__qualname__", None) or type(sampler).__name__
+
+
+def _sampler_signature(name: str, sampler) -> inspect.Signature:
+    """``sampler``'s signature, checked: ``(num, generator, <ranges with defaults>)``."""
+    if not callable(sampler):
+        raise ConfigError(f"scenario {name!r}: the sampler must be callable, got {_shown(sampler)}")
+    try:
+        signature = inspect.signature(sampler)
+    except (TypeError, ValueError):
+        raise ConfigError(f"scenario {name!r}: the signature of its sampler {_sampler_name(sampler)} "
+                          f"cannot be read; give a function sampler(num, generator, **ranges) "
+                          f"(a def wrapping it)") from None
+    parameters = list(signature.parameters.values())
+    expected = "sampler(num, generator, <ranges with defaults>) -> AffineDraw"
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if len(parameters) < 2 or any(p.kind not in positional for p in parameters[:2]):
+        raise ConfigError(f"scenario {name!r}: its sampler {_sampler_name(sampler)}{signature} does not "
+                          f"take (num, generator) as its first two positional parameters; a "
+                          f"sampler is {expected}")
+    for parameter in parameters[2:]:
+        if parameter.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            raise ConfigError(f"scenario {name!r}: its sampler {_sampler_name(sampler)}{signature} takes "
+                              f"{parameter}; its ranges must be named parameters with defaults "
+                              f"(apply_scenario and scenario_defaults read them from the signature)")
+        if parameter.kind == inspect.Parameter.POSITIONAL_ONLY or (
+                parameter.default is inspect.Parameter.empty and parameter.name != IMAGE_SIZE):
+            raise ConfigError(f"scenario {name!r}: its sampler's range {parameter.name!r} has no "
+                              f"default; every range needs one (apply_scenario(name, images, seed) "
+                              f"and scenario_defaults use it): {expected}")
+    return signature
+
+
+def check_draw(name: str, draw, num: int, context: str = "") -> AffineDraw:
+    """Raise a :class:`ConfigError` naming scenario ``name`` unless ``draw`` is an
+    :class:`AffineDraw` of ``num`` maps that can be applied: ``matrix`` ``(num, 2, 2)`` and
+    ``translation`` ``(num, 2)`` real floating-point tensors, finite, every matrix invertible
+    (in float64), ``params`` a dict of ``(num,)`` tensors by string names other than ``matrix``
+    and ``translation``. ``context`` says which draw (``" (seed 3, 100 images)"``). Returns
+    ``draw``."""
+    where = f"scenario {name!r}{context}"
+    if not isinstance(draw, AffineDraw):
+        got = (f"a {type(draw).__name__} of {len(draw)} items" if isinstance(draw, tuple | list)
+               else _shown(draw))
+        raise ConfigError(f"{where}: its sampler returned {got}, not an "
+                          f"AffineDraw(matrix, translation, params)")
+    for field_name, shape in (("matrix", (num, 2, 2)), ("translation", (num, 2))):
+        value = getattr(draw, field_name)
+        if not isinstance(value, Tensor):
+            raise ConfigError(f"{where}: its draw's {field_name} must be a torch.Tensor {shape}, "
+                              f"got {_shown(value)}")
+        if not value.is_floating_point():
+            raise ConfigError(f"{where}: its draw's {field_name} must be a floating-point tensor "
+                              f"(float64, as the built-in scenarios draw), got {value.dtype}")
+        if tuple(value.shape) != shape:
+            raise ConfigError(f"{where}: its draw's {field_name} has shape {tuple(value.shape)}, "
+                              f"expected {shape} (one per image)")
+        finite = torch.isfinite(value).flatten(1).all(1)
+        if not bool(finite.all()):
+            first = int((~finite).nonzero()[0, 0])
+            raise ConfigError(f"{where}: its draw's {field_name} holds non-finite values for "
+                              f"{int((~finite).sum())} of {num} images (the first: image {first})")
+    inverse, info = torch.linalg.inv_ex(draw.matrix.detach().to(torch.float64))
+    singular = (info != 0) | ~torch.isfinite(inverse).flatten(1).all(1)
+    if bool(singular.any()):
+        first = int(singular.nonzero()[0, 0])
+        raise ConfigError(f"{where}: its draw's matrix is not invertible for "
+                          f"{int(singular.sum())} of {num} images (the first: image {first}, "
+                          f"{draw.matrix[first].tolist()}); the warp needs its inverse")
+    if not isinstance(draw.params, dict):
+        raise ConfigError(f"{where}: its draw's params must be a dict of (N,) tensors, got "
+                          f"{_shown(draw.params)}")
+    for key, value in draw.params.items():
+        if not isinstance(key, str) or key in ("matrix", "translation"):
+            raise ConfigError(f"{where}: its draw's params are named by strings other than "
+                              f"'matrix' and 'translation' (return_params gives those), got "
+                              f"{key!r}")
+        if not isinstance(value, Tensor) or tuple(value.shape) != (num,):
+            raise ConfigError(f"{where}: its draw's params[{key!r}] must be a ({num},) tensor "
+                              f"(one value per image), got {_shown(value)}")
+    return draw
+
+
+def check_sampler(name: str, sampler) -> None:
+    """Raise a :class:`ConfigError` naming scenario ``name`` unless ``sampler`` is one: callable as
+    ``sampler(num, generator, **ranges)`` with a default for every range (``image_size`` may
+    lack one: :func:`apply_scenario` gives the images'), and, drawing :data:`TRIAL_IMAGES` maps
+    with its default ranges from a generator of its own (seeded :data:`TRIAL_SEED`), it returns
+    a valid draw (:func:`check_draw`), the same one twice (it draws from ``generator`` only).
+
+    The trial touches no stream an evaluation uses: not the scenarios' generators, and not
+    torch's global generator, whose state is restored (:func:`torch.random.fork_rng`)."""
+    signature = _sampler_signature(name, sampler)
+    params = {}
+    if IMAGE_SIZE in list(signature.parameters)[2:] and (
+            signature.parameters[IMAGE_SIZE].default is inspect.Parameter.empty):
+        params[IMAGE_SIZE] = TRIAL_IMAGE_SIZE
+    context = f" (a trial draw of {TRIAL_IMAGES} images with its default ranges)"
+    draws = []
+    with torch.random.fork_rng(devices=[]):
+        for _ in range(2):
+            generator = torch.Generator(device="cpu").manual_seed(TRIAL_SEED)
+            try:
+                draw = sampler(TRIAL_IMAGES, generator, **params)
+            except Exception as error:
+                raise ConfigError(f"scenario {name!r}{context}: its sampler raised "
+                                  f"{type(error).__name__}: {' '.join(str(error).split())}") from error
+            draws.append(check_draw(name, draw, TRIAL_IMAGES, context))
+    first, second = draws
+    same = (torch.equal(first.matrix, second.matrix)
+            and torch.equal(first.translation, second.translation)
+            and first.params.keys() == second.params.keys()
+            and all(torch.equal(first.params[k], second.params[k]) for k in first.params))
+    if not same:
+        raise ConfigError(f"scenario {name!r}{context}: two draws from generators of the same seed "
+                          f"differ; a sampler must draw from its generator argument only (not "
+                          f"torch's global generator, NumPy or random), or its results are not "
+                          f"reproducible per seed")
+
+
+class _ScenarioRegistry(Registry):
+    """The scenarios: a sampler is checked (:func:`check_sampler`) whichever way it is
+    registered (:func:`register_scenario` or ``SCENARIOS.register``)."""
+
+    def register(self, name, item=None, *, replace: bool = False):
+        if item is not None and isinstance(name, str) and name and (replace or name not in self):
+            check_sampler(name, item)
+        return super().register(name, item, replace=replace)
+
+
 #: Scenarios by name: ``sampler(num, generator, **params) -> AffineDraw``.
-SCENARIOS: Registry[Sampler] = Registry("scenario")
+SCENARIOS: Registry[Sampler] = _ScenarioRegistry("scenario")
 
 
 def register_scenario(name: str, sampler: Sampler, *, replace: bool = False) -> Sampler:
@@ -83,9 +229,13 @@ def register_scenario(name: str, sampler: Sampler, *, replace: bool = False) -> 
 
     The sampler's keyword arguments (with defaults) are the scenario's parameter ranges; it must
     draw from ``generator`` only, independently per image. Returns ``sampler``.
+
+    The sampler is checked first (:func:`check_sampler`: its signature, and a trial draw from a
+    generator of its own with its default ranges): a sampler that does not take
+    ``(num, generator)``, a range without a default, a draw that is not an :class:`AffineDraw` of
+    finite, invertible maps of the right shapes, or draws that are not a function of the
+    generator are one :class:`ConfigError` naming the scenario, now rather than after training.
     """
-    if not callable(sampler):
-        raise ConfigError(f"sampler must be callable, got {type(sampler).__name__}")
     return SCENARIOS.register(name, sampler, replace=replace)
 
 
@@ -161,8 +311,10 @@ def apply_scenario(
 
     Raises :class:`~eqpdenet.errors.ConfigError` (an unknown scenario, a ``name`` that is not a
     string: the arguments in another order, a parameter the scenario does not take, a ``seed``
-    or ``batch_size`` that is not an integer) or :class:`~eqpdenet.errors.InputError` (images),
-    one line each, before any image is warped.
+    or ``batch_size`` that is not an integer; a sampler that raises another exception, or whose
+    draw is not an :class:`AffineDraw` of finite, invertible maps of the right shapes:
+    :func:`check_draw`, the scenario, seed and ranges named) or
+    :class:`~eqpdenet.errors.InputError` (images), one line each, before any image is warped.
     """
     if not isinstance(name, str):
         raise ConfigError(f"name must be a scenario's name (a string; the order is "
@@ -179,10 +331,17 @@ def apply_scenario(
     num = images.shape[0]
     if "image_size" in inspect.signature(sampler).parameters and "image_size" not in params:
         params = {**params, "image_size": tuple(images.shape[-2:])}
-    draw = sampler(num, scenario_generator(name, seed), **params)
-    if draw.matrix.shape != (num, 2, 2) or draw.translation.shape != (num, 2):
-        raise ConfigError(f"scenario {name!r} returned matrix {tuple(draw.matrix.shape)} and translation "
-                         f"{tuple(draw.translation.shape)}, expected ({num}, 2, 2) and ({num}, 2)")
+    shown = {k: v for k, v in params.items() if k != IMAGE_SIZE}
+    context = (f" (seed {seed}, {num} images"
+               + (f", {', '.join(f'{k}={v!r}' for k, v in shown.items())})" if shown else ")"))
+    try:
+        draw = sampler(num, scenario_generator(name, seed), **params)
+    except EqPdeNetError:  # the built-ins' own checks of their ranges name the range
+        raise
+    except Exception as error:
+        raise ConfigError(f"scenario {name!r}{context}: its sampler raised {type(error).__name__}: "
+                          f"{' '.join(str(error).split())}") from error
+    check_draw(name, draw, num, context)
     identity = torch.eye(2, dtype=draw.matrix.dtype).expand(num, 2, 2)
     if torch.equal(draw.matrix, identity) and not draw.translation.any():
         out = images.clone()
@@ -194,7 +353,12 @@ def apply_scenario(
             stop = min(start + batch_size, num)
             matrix = draw.matrix[start:stop].to(images.device)
             shift = draw.translation[start:stop].to(images.device)
-            out[start:stop] = affine_warp(images[start:stop], matrix, shift)
+            try:
+                out[start:stop] = affine_warp(images[start:stop], matrix, shift)
+            except torch.linalg.LinAlgError as error:  # invertible in float64, not in the images'
+                raise ConfigError(f"scenario {name!r} (seed {seed}): a matrix of its draw cannot be "
+                                  f"inverted in {working_dtype(images.dtype)}, the images' working "
+                                  f"dtype ({' '.join(str(error).split())})") from None
     if not return_params:
         return out
     draws = dict(draw.params)
