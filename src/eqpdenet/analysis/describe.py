@@ -420,12 +420,31 @@ def _network_leading_terms(term: NetworkTerm, channels: int, names: Sequence[str
     return out
 
 
+#: The units of the PDE-G-CNN terms' coefficients (every derivative is taken of ``G_sigma * U``,
+#: the spatial ones scale-normalised by ``sigma^n``; ``A3 = d/dtheta`` in radians), as
+#: docs/lifted.md ("Units, and what the PDE-G-CNN terms compute") states and
+#: tests/pde/test_gaussian_accuracy_round8.py measures.
+_M2_TERM_UNITS = {
+    "v": "units: v1, v2 in σ per unit time (a centroid moves v σ px per unit time), v3 in rad per unit time",
+    "D": ("units: D1, D2 in σ² per unit time (the variance grows 2 D σ² px² per unit time), D3 in "
+          "rad² per unit time (2 D3 rad²)"),
+    "g": ("units: g weights the squared derivatives, |∇u|_g² = g1 (σ A1u)² + g2 (σ A2u)² + "
+          "g3 (A3u)² (a dual metric)"),
+}
+
+
+def _sigma_text(sigmas: tuple[float, ...]) -> str:
+    if len(sigmas) == 1:
+        return f"σ = {sigmas[0]:.3g} px"
+    return f"σ = {', '.join(f'{s:.3g}' for s in sigmas)} px at the {len(sigmas)} scale levels"
+
+
 def describe_m2_system(step: EulerStep, top: int = 3, digits: int = 3) -> str:
     """One Euler step ``U <- U + dt F(I(U))`` of a PDE system on M2: the ``network`` term as its
     leading terms in the left-invariant derivatives ``A1u1, A13u2, ...`` (``Ĩ`` standardised
     where ``F`` normalises its invariants), the PDE-G-CNN terms by their coefficients (per
     channel: convection velocity ``v``, diffusivities ``D``, dilation/erosion metric ``g``,
-    along ``A1, A2, A3``)."""
+    along ``A1, A2, A3``), each followed by its units (:data:`_M2_TERM_UNITS`)."""
     _check_digits(digits)
     _check_top(top)
     rhs: M2SystemRHS = step.rhs
@@ -460,6 +479,8 @@ def describe_m2_system(step: EulerStep, top: int = 3, digits: int = 3) -> str:
             rows = ", ".join(f"u{c + 1}: ({', '.join(_number(float(x), digits) for x in row)})"
                              for c, row in enumerate(values.cpu()))
             lines.append(f"  {name}, {label} along (A1, A2, A3): {rows}")
+            lines.append(f"    ({_M2_TERM_UNITS[label]}; {_sigma_text(rhs.jet.sigmas)}; "
+                         f"derivatives of the smoothed G_σ * U, docs/lifted.md)")
         elif isinstance(term, LinearTerm):
             norm = float(term.map.weight.detach().norm())
             bias = " + b" if term.map.bias is not None else ""
