@@ -16,6 +16,7 @@ import copy
 import functools
 import math
 import os
+import re
 import statistics
 from pathlib import Path
 
@@ -434,15 +435,43 @@ def is_benchmark_folder(folder: Path) -> bool:
 def described_benchmark_runs(out_dir: Path) -> Described | None:
     """The runs (``<entry>-seed<seed>``, in the configuration's order) and base fingerprints
     (:func:`benchmark_fingerprints`) the folder's ``config.toml`` describes; None without a
-    benchmark configuration."""
-    from .config import load_toml
-
-    try:
-        config = load_toml(BenchmarkConfig, Path(out_dir) / "config.toml")
-    except (ConfigError, OSError, ValueError):
+    benchmark configuration (:func:`benchmark_config_problem` says why)."""
+    config, _ = _benchmark_config(out_dir)
+    if config is None:
         return None
     return Described([f"{name}-seed{seed}" for name in config.models for seed in config.seeds],
                      benchmark_fingerprints(config))
+
+
+def benchmark_config_problem(out_dir: Path) -> str | None:
+    """Why the folder's ``config.toml`` describes no benchmark's runs, in one line naming the
+    file (missing; or the :class:`~eqpdenet.errors.ConfigError` reading it gives, e.g. a model
+    kind, data set or scenario that a plugin registers and this process has not imported, with
+    that hint); None where it describes them."""
+    return _benchmark_config(out_dir)[1]
+
+
+def _benchmark_config(out_dir: Path) -> tuple[BenchmarkConfig | None, str | None]:
+    from .config import load_toml
+
+    path = Path(out_dir) / "config.toml"
+    if not path.is_file():
+        return None, f"{path} is missing"
+    try:
+        return load_toml(BenchmarkConfig, path), None
+    except (ConfigError, OSError, ValueError) as error:
+        return None, (f"{path} cannot be read as a benchmark configuration: "
+                      f"{unregistered_hint(error)}")
+
+
+def unregistered_hint(error: Exception) -> str:
+    """``error``'s text, and where it is an unknown registered name (``unknown model 'mynet'``),
+    the likely cause: a plugin that registers it, not imported in this process."""
+    text = " ".join(str(error).split())
+    if re.search(r"\bunknown [\w ]+ '", text):
+        text += (" (registered by a plugin? this process has not imported it: import the module "
+                 "that registers it, then run eqpdenet.app.cli.main([...]) from Python)")
+    return text
 
 
 def missing_benchmark_runs(out_dir: Path, records: list[dict]) -> list[str] | None:

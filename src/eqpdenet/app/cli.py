@@ -652,7 +652,7 @@ def _refuse_study_folder(folder: Path) -> None:
 
 
 def _report(args) -> int:
-    from .benchmark import is_benchmark_folder, write_benchmark_report
+    from .benchmark import benchmark_config_problem, is_benchmark_folder, write_benchmark_report
     from .report import write_report
 
     results = Path(args.results)
@@ -661,7 +661,8 @@ def _report(args) -> int:
                           f"folder of reproduce or benchmark, or one configuration's folder of a "
                           f"study, its runs/<fingerprint>)")
     _refuse_study_folder(results)
-    if results.is_dir() and is_benchmark_folder(results):  # its own table, not the paper's
+    benchmark = results.is_dir() and is_benchmark_folder(results)
+    if benchmark:  # its own table, not the paper's
         # (under the folder's lock, from the run files: a sweep killed before its first
         # aggregate has no results.jsonl)
         report = write_benchmark_report(results)
@@ -674,11 +675,29 @@ def _report(args) -> int:
         print(f"eqpdenet: warning: {report.incomplete}; rerun the sweep's command to finish it",
               file=sys.stderr)
         return INCOMPLETE
-    if report.missing is None:
-        print(f"eqpdenet: warning: {Path(args.results) / 'config.toml'} is missing or not a "
-              f"reproduce configuration: whether every run of the sweep is here cannot be told",
-              file=sys.stderr)
+    if report.missing is None:  # why, in the folder's kind's words (the file exists and names
+        # a model kind of a plugin this process has not imported: that, not "missing")
+        problem = (benchmark_config_problem(results) if benchmark
+                   else _reproduce_config_problem(results))
+        print(f"eqpdenet: warning: {problem}: whether every run of the sweep is here cannot be "
+              f"told", file=sys.stderr)
     return 0
+
+
+def _reproduce_config_problem(folder: Path) -> str:
+    """Why ``folder``'s ``config.toml`` does not tell a reproduce sweep's runs, one line naming
+    the file (missing, or the error reading it gives, with a plugin's hint)."""
+    from .benchmark import unregistered_hint
+    from .config import ReproduceConfig, load_toml
+
+    path = folder / "config.toml"
+    if not path.is_file():
+        return f"{path} is missing"
+    try:
+        load_toml(ReproduceConfig, path)
+    except (ConfigError, OSError, ValueError) as error:
+        return f"{path} cannot be read as a reproduce configuration: {unregistered_hint(error)}"
+    return f"{path} does not describe the runs of a reproduce sweep"
 
 
 #: The exit status of ``report`` when the table was written but runs of the sweep are missing.

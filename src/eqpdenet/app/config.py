@@ -45,6 +45,7 @@ from ..data.scenarios import SCENARIOS
 from ..errors import ConfigError
 from ..models import MODELS, CNNConfig, GCNNConfig, InvariantPDEConfig, LiftedPDEConfig
 from ..models import build_model as _build_model
+from ..pde.invariants import INVARIANT_SETS, InvariantSet
 from ..pde.layer import LAYER_PRESETS, LayerConfig
 from ..pde.stencils import stencil_has_scale
 from .optim import LR_SCHEDULES, OPTIMIZERS
@@ -690,22 +691,41 @@ def from_dict(cls, data: dict, base=None, _path: str = ""):
 _FIELDS = r"[A-Za-z_][\w.\[\]]*( / [A-Za-z_][\w.\[\]]*)*"
 
 
-def _toml_value(value) -> str:
+def _toml_value(value, field: str = "the value") -> str:
+    """``value`` as TOML; what TOML cannot hold is a :class:`ConfigError` naming ``field`` (the
+    field's path, e.g. ``model.layer.invariants[0]``) and, for an object given where a name is
+    recorded (an :class:`~eqpdenet.pde.invariants.InvariantSet`), how to name it."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise ConfigError(f"cannot write non-finite float {value} to TOML")
+            raise ConfigError(f"cannot write {field} to TOML: it is the non-finite float {value}")
         return repr(value)
     if isinstance(value, str):
         return _toml_string(value)
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(_toml_value(v, f"{field}[{i}]") for i, v in enumerate(value)) + "]"
     if value is None:
-        raise ConfigError("TOML has no null: leave the field out instead")
-    raise ConfigError(f"cannot write {type(value).__name__} to TOML")
+        raise ConfigError(f"cannot write {field} to TOML: TOML has no null (leave the field out "
+                          f"instead)")
+    if isinstance(value, InvariantSet):
+        taken = value.name in INVARIANT_SETS
+        if taken and INVARIANT_SETS.get(value.name) is value:
+            how = f"give its registered name, {value.name!r}"
+        else:
+            how = ("register the set (compile_invariants(..., register=True), or "
+                   "register_invariant_set(set)) and give its name"
+                   + (f" ({value.name!r} is another set's: name this one otherwise)" if taken
+                      else f", {value.name!r}")
+                   + ": a configuration records names, which a later process resolves by "
+                     "importing what registers them")
+        raise ConfigError(f"cannot write {field} to TOML: it is an InvariantSet object "
+                          f"({value.name!r}) where a configuration records a registered set's "
+                          f"name; {how}")
+    raise ConfigError(f"cannot write {field} to TOML: it is a {type(value).__name__}, which TOML "
+                      f"cannot hold (a configuration records names, numbers, strings and lists)")
 
 
 def _toml_string(text: str) -> str:
@@ -733,7 +753,8 @@ def to_toml(config, _prefix: str = "") -> str:
     data = to_dict(config) if dataclasses.is_dataclass(config) else config
     scalars = {k: v for k, v in data.items() if not isinstance(v, dict) and v is not None}
     tables = {k: v for k, v in data.items() if isinstance(v, dict)}
-    lines = [f"{_toml_key(key)} = {_toml_value(value)}" for key, value in scalars.items()]
+    lines = [f"{_toml_key(key)} = {_toml_value(value, _prefix + _toml_key(key))}"
+             for key, value in scalars.items()]
     for key, value in tables.items():
         name = f"{_prefix}{_toml_key(key)}"
         lines += ["", f"[{name}]", to_toml(value, name + ".").rstrip("\n")]

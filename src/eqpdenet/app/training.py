@@ -61,6 +61,7 @@ from .config import (
     fields_without_effect,
     from_dict,
     to_dict,
+    to_toml,
 )
 from .files import atomic_write
 from .optim import LR_SCHEDULES, OPTIMIZERS
@@ -1001,12 +1002,40 @@ _LEGACY_CHECKPOINT_FORMATS = ("eqpdenet-checkpoint-1",)
 def save_checkpoint(path: Path, model: nn.Module, config: ExperimentConfig, **extra) -> None:
     """``state_dict`` + full config + provenance + ``extra`` (:func:`run_experiment` adds
     ``history``, ``accuracy`` and ``dataset``, the data set's info with its fingerprint), written
-    atomically; a :class:`~eqpdenet.errors.CheckpointError` for weights that are not all finite
-    (such a model is never saved to be scored)."""
+    atomically.
+
+    A :class:`~eqpdenet.errors.CheckpointError`, before anything is written, for weights that are
+    not all finite (such a model is never saved to be scored), a configuration that cannot be
+    recorded (an object where a name belongs, such as an unregistered ``InvariantSet``: the
+    field named, :func:`~eqpdenet.app.config.to_toml`), and for a model that
+    ``build_model(config.model)`` does not rebuild (:func:`~eqpdenet.app.checkpoints.
+    rebuild_problem`: another type, other parameters, or other outputs on a probe input, e.g.
+    a family's own options, which no configuration records): :func:`load_checkpoint` would load
+    another model. The rebuild costs one model construction and two small forward passes (on
+    the paper's model 0.07 to 0.15 s, most of it the layer's stability check at construction; a
+    G-CNN's construction 0.3 s); torch's random state is
+    left as it was. A model wrapped for training (``DistributedDataParallel``, ``DataParallel``,
+    ``torch.compile``) is saved as the model it wraps."""
+    from .checkpoints import rebuild_problem, unwrapped
+
+    model = unwrapped(model)
     bad = non_finite_tensors(model.state_dict())
     if bad:
         raise CheckpointError(f"not saving {path}: the model's weights are not all finite "
                               f"({describe_non_finite(bad)})")
+    try:  # what the checkpoint records must be a configuration (names, not objects)
+        to_toml(config)
+    except ConfigError as error:
+        raise CheckpointError(f"not saving {path}: its configuration cannot be recorded: "
+                              f"{error}") from None
+    problem = rebuild_problem(model, config.model)
+    if problem is not None:
+        raise CheckpointError(
+            f"not saving {path}: its configuration does not describe the model, so loading it "
+            f"would build another one (build_model(config.model): {problem}); save the model "
+            f"with the configuration it was built from (a trained one's: resolve_for_data(config, "
+            f"data)); a model family of one's own must take its options from ModelConfig's "
+            f"fields or keep its defaults (no configuration records options of its own)")
     buffer = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, "config": to_dict(config),
                 "state_dict": model.state_dict(), "environment": environment(), **extra}, buffer)
