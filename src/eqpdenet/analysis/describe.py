@@ -39,7 +39,7 @@ from ..pde.m2_rhs import (
     M2SystemRHS,
     NetworkTerm,
 )
-from ..pde.rhs import InvariantRHS, InvariantSystemRHS, LinearF
+from ..pde.rhs import InvariantRHS, InvariantSystemRHS, LinearF, MonomialF
 
 __all__ = ["pde_formula", "ratio_reading", "reduction_formula", "describe_layer",
            "describe_model", "leading_terms", "describe_system", "describe_m2_system"]
@@ -135,20 +135,26 @@ def _terms_to_text(terms: list[tuple[float, str]], digits: int, latex: bool) -> 
 
 def pde_formula(pde: EulerStep | EulerFlow, style: str = "unicode", digits: int = 3) -> str:
     """``∂t u = ...`` (``style="unicode"``) or ``\\partial_t u = ...`` (``style="latex"``) of a PDE
-    whose right-hand side is an :class:`~eqpdenet.pde.rhs.InvariantRHS`."""
+    whose right-hand side is an :class:`~eqpdenet.pde.rhs.InvariantRHS`: the sum of its
+    monomials for a polynomial ``F`` (:class:`~eqpdenet.pde.rhs.MonomialF`); an ``F`` of one's
+    own is written as its class applied to the invariants (``∂t u = MLPF(u, ...)``)."""
     if style not in ("unicode", "latex"):
         raise ConfigError(f"style must be 'unicode' or 'latex', got {style!r}")
     _check_digits(digits)
     rhs = (pde.step if isinstance(pde, EulerFlow) else pde).rhs
     latex = style == "latex"
     invariants = rhs.invariant_set.invariants
+    lhs = r"\partial_t u = " if latex else "∂t u = "
+    if not isinstance(rhs.F, MonomialF):
+        # an F of one's own (RIGHT_HAND_SIDES) is no sum of monomials: named, with its arguments
+        names = [inv.latex if latex else inv.unicode for inv in invariants]
+        return f"{lhs}{type(rhs.F).__name__}({', '.join(names)})"
     weights = rhs.F.weight.detach().double().tolist()
     terms = [(w, _monomial(m, invariants, latex))
              for w, m in zip(weights, rhs.F.monomials(), strict=True) if w != 0.0]
     bias = float(rhs.F.bias.detach())
     if bias != 0.0:
         terms.append((bias, ""))
-    lhs = r"\partial_t u = " if latex else "∂t u = "
     return lhs + _terms_to_text(terms, digits, latex)
 
 

@@ -228,8 +228,9 @@ class EulerStep(nn.Module):
         nonzero terms of ``F`` linearised at ``u = 0`` over every order of the jet
         (:meth:`~eqpdenet.pde.rhs.InvariantRHS.linearisation`), ``second_order`` its
         ``(c_xx, c_xy, c_yy)`` (:meth:`~eqpdenet.pde.rhs.InvariantRHS.linearised_second_order`);
-        None where there is nothing to check: ``F`` is not a
-        :class:`~eqpdenet.pde.rhs.MonomialF`, or no invariant of the set has a linear term of
+        None where nothing is checked: ``F`` cannot be linearised (it is not a
+        :class:`~eqpdenet.pde.rhs.MonomialF`: the reason says so and names its type, the
+        stability being unknown, not shown), or no invariant of the set has a linear term of
         order >= 1 (then ``stable`` is None too). ``reason`` says why a scheme is not stable,
         or why nothing was checked.
 
@@ -282,9 +283,20 @@ class EulerStep(nn.Module):
             report["second_order"] = tuple(linear.get(n, 0.0) for n in ("u_xx", "u_xy", "u_yy"))
             return self._symbol_check(report, linear, reaction, other)
         if second_order is None:
-            report["reason"] = ("nothing to check: no linear term of order >= 1 in F linearised "
-                                "at u = 0" if linear is not None or linearise is not None else
-                                f"nothing to check: {type(self.rhs).__name__} has no linearisation")
+            if linear is None and linearisation is not None:
+                # It has a linearisation but cannot compute it for this F (InvariantRHS of an F
+                # that is not a MonomialF): "no linear term" was false, nothing is known.
+                F = getattr(self.rhs, "F", None)
+                what = "its F" if F is None else f"its F ({type(F).__name__})"
+                report["reason"] = (f"cannot check: {type(self.rhs).__name__} cannot linearise "
+                                    f"{what} at u = 0 (only a MonomialF is linearised), so "
+                                    f"the scheme's stability is unknown")
+            elif linear is not None or linearise is not None:
+                report["reason"] = ("nothing to check: no linear term of order >= 1 in F "
+                                    "linearised at u = 0")
+            else:
+                report["reason"] = (f"nothing to check: {type(self.rhs).__name__} has no "
+                                    f"linearisation")
             report["linear_part"] = None
             return report
         # A decaying reaction term c_u u (c_u < 0) adds to the fastest decay; a growing one is

@@ -81,8 +81,10 @@ jet is small (measured in ``docs/choices.md``); exactly flat regions give 0.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import numbers
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -90,10 +92,11 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, InputError, InputTypeError
-from ..registry import Registry
-from .stencils import derivative_names, jet_order
+from ..registry import Registry, _a, _shown
+from .stencils import check_order, derivative_names, jet_order
 
 __all__ = [
+    "CallRegistry",
     "DEFAULT_RATIO_EPS",
     "DEFAULT_RATIO_REGULARISATION",
     "INVARIANT_SETS",
@@ -116,6 +119,42 @@ DEFAULT_RATIO_EPS = 0.1
 DEFAULT_RATIO_REGULARISATION = "covariant"
 #: What a set may declare itself invariant under (:attr:`InvariantSet.invariant_under`).
 TRANSFORMATIONS = ("translations", "rotations", "scalings")
+
+
+class CallRegistry(Registry):
+    """A :class:`~eqpdenet.registry.Registry` of callables that the library calls one way,
+    ``item(*args, **kwargs)`` (``call`` spells it for messages): an item whose signature cannot
+    take that call is refused when it is registered, in one :class:`~eqpdenet.errors.ConfigError`
+    naming it, not met as a raw ``TypeError`` at its first use. A callable whose signature
+    Python cannot read (some built-ins) is accepted unchecked.
+
+    Example:
+        >>> builders = CallRegistry("builder", "builder(n)", 1)
+        >>> _ = builders.register("one", lambda n: n)
+        >>> try:
+        ...     builders.register("none", lambda: 0)
+        ... except ConfigError as error:
+        ...     print(error)
+        a builder 'none' cannot be called as builder(n): too many positional arguments
+    """
+
+    def __init__(self, kind: str, call: str, *args, **kwargs):
+        super().__init__(kind)
+        self.call, self._args, self._kwargs = call, args, kwargs
+
+    def register(self, name: str, item=None, *, replace: bool = False):
+        if item is not None and isinstance(name, str) and callable(item):
+            try:
+                signature = inspect.signature(item)
+            except (TypeError, ValueError):  # no signature to read: accepted unchecked
+                signature = None
+            if signature is not None:
+                try:
+                    signature.bind(*self._args, **self._kwargs)
+                except TypeError as error:
+                    raise ConfigError(f"{_a(self.kind)} {name!r} cannot be called as {self.call}: "
+                                      f"{error}") from None
+        return super().register(name, item, replace=replace)
 
 
 def ratio_guard(dtype: torch.dtype) -> float:
@@ -187,8 +226,10 @@ def _absolute(a: Tensor, b: Tensor, eps: float, reference_sq: Tensor | None) -> 
     return safe_ratio(a, b, eps)
 
 
-#: Modes of the ratio regularisation: name -> ``ratio(a, b, eps, reference_sq)``.
-RATIO_REGULARISATIONS: Registry[Callable] = Registry("ratio regularisation")
+#: Modes of the ratio regularisation: name -> ``ratio(a, b, eps, reference_sq)`` (a mode whose
+#: signature cannot take these four arguments is refused when registered).
+RATIO_REGULARISATIONS: Registry[Callable] = CallRegistry(
+    "ratio regularisation", "ratio(a, b, eps, reference_sq)", 1.0, 1.0, 0.1, None)
 RATIO_REGULARISATIONS.register("covariant", _covariant)
 RATIO_REGULARISATIONS.register("absolute", _absolute)
 
@@ -266,6 +307,29 @@ class Invariant:
     latex: str
     function: Callable[[Derivatives, RatioRegularisation], Tensor]
 
+    def __post_init__(self):
+        # A function of the wrong form failed at the first forward, with a raw TypeError.
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"an invariant's name must be a non-empty string, got "
+                              f"{_shown(self.name)}")
+        for field in ("unicode", "latex"):
+            if not isinstance(getattr(self, field), str):
+                raise ConfigError(f"invariant {self.name!r}: {field} must be a string, got "
+                                  f"{_shown(getattr(self, field))}")
+        if not callable(self.function):
+            raise ConfigError(f"invariant {self.name!r}: function must be callable as "
+                              f"function(d, ratio), got {_shown(self.function)}")
+        try:
+            signature = inspect.signature(self.function)
+        except (TypeError, ValueError):  # no signature to read (some built-ins): unchecked
+            return
+        try:
+            signature.bind(None, None)
+        except TypeError as error:
+            raise ConfigError(f"invariant {self.name!r}: function must be callable as "
+                              f"function(d, ratio) (d the derivatives by name, ratio the "
+                              f"layer's RatioRegularisation): {error}") from None
+
 
 class InvariantSet:
     """A named, ordered set of differential invariants of one group action.
@@ -287,11 +351,26 @@ class InvariantSet:
     ``domain`` is ``"plane"``: the sets of this class are functions of images (the M2 sets of
     :mod:`eqpdenet.pde.m2` are of fields on position x orientation).
 
+    Checks. The arguments are checked when the set is made (one
+    :class:`~eqpdenet.errors.ConfigError` naming the set and the argument or invariant): ``name``,
+    ``group`` and ``equation`` strings, ``kernel`` a string or None, ``order`` an integer in
+    ``0 ..`` :data:`~eqpdenet.pde.stencils.MAX_ORDER` (0 is a set of functions of ``u`` alone,
+    as :func:`eqpdenet.pde.symbolic.compile_invariants` makes of ``u``; not a ``bool`` or a
+    string), ``invariants`` a non-empty sequence of :class:`Invariant`. A set of the plane is
+    then evaluated once on the zero jet of its ``order`` (1 x 1 maps, float64, no randomness):
+    an invariant that reads a derivative beyond ``order``, fails there, or does not return one
+    map of the jet's shape is refused then, not at the first forward. Every call checks each
+    invariant's result against the jet (a tensor ``jet.shape[:-3] + jet.shape[-2:]``: one
+    map; a shape comparison, no host read) and names the set and the invariant where it is not.
+
     Pickling (``torch.save`` of a model holding the set): a set compiled by
     :func:`eqpdenet.pde.symbolic.compile_invariants` pickles as the recipe that compiles it
     again, registered or not, and loads as its own set whatever is registered under its name
     where it is loaded; any other registered set pickles as its name (its functions are
-    lambdas); other sets pickle by value. ``copy.deepcopy`` shares a registered set.
+    lambdas); other sets pickle by value, and one of them whose functions pickle cannot store
+    (lambdas, closures: a set never registered, or replaced under its name since a model took
+    it) is a :class:`~eqpdenet.errors.ConfigError` naming the set and the invariant.
+    ``copy.deepcopy`` and ``copy.copy`` share a registered set.
     """
 
     domain = "plane"
@@ -303,16 +382,66 @@ class InvariantSet:
                  kernel: str | None = None, invariant_under=()):
         if not isinstance(name, str) or not name:
             raise ConfigError(f"an invariant set's name must be a non-empty string, got {name!r}")
+        where = f"invariant set {name!r}"
+        for field, value in (("group", group), ("equation", equation)):
+            if not isinstance(value, str):
+                raise ConfigError(f"{where}: {field} must be a string, got {_shown(value)}")
+        if kernel is not None and not isinstance(kernel, str):
+            raise ConfigError(f"{where}: kernel must be a kernel's name or None, got "
+                              f"{_shown(kernel)}")
+        order = check_order(order, f"{where}: order")
         self.name, self.group, self.order, self.equation = name, group, order, equation
         self.kernel = kernel
+        if isinstance(invariants, Invariant | str) or not hasattr(invariants, "__iter__"):
+            raise ConfigError(f"{where}: invariants must be a sequence of Invariant, got "
+                              f"{_shown(invariants)}")
         self.invariants: tuple[Invariant, ...] = tuple(invariants)
         if not self.invariants:
-            raise ConfigError(f"invariant set {name!r} is empty")
-        unknown = sorted(set(invariant_under) - set(TRANSFORMATIONS))
+            raise ConfigError(f"{where} is empty")
+        for index, invariant in enumerate(self.invariants):
+            if not isinstance(invariant, Invariant):
+                raise ConfigError(f"{where}: invariants[{index}] must be an Invariant(name, "
+                                  f"unicode, latex, function), got {_shown(invariant)}")
+        if isinstance(invariant_under, str):
+            raise ConfigError(f"{where}: invariant_under must be a sequence of transformations "
+                              f"(e.g. ({invariant_under!r},)), got the string {invariant_under!r}")
+        unknown = sorted(set(invariant_under) - set(TRANSFORMATIONS), key=repr)
         if unknown:
-            raise ConfigError(f"invariant set {name!r}: unknown transformation(s) {unknown}; "
+            raise ConfigError(f"{where}: unknown transformation(s) {unknown}; "
                               f"known: {', '.join(TRANSFORMATIONS)}")
         self.invariant_under: frozenset[str] = frozenset(invariant_under)
+        if self.domain == "plane":
+            self._try_on_zero_jet()
+
+    def _try_on_zero_jet(self) -> None:
+        """Each invariant on the zero jet of the set's order (1 x 1 maps, float64): a
+        :class:`~eqpdenet.errors.ConfigError` naming the set and the invariant where one reads a
+        derivative beyond the order, fails, or returns anything but one map (see the class
+        doc)."""
+        jet = torch.zeros((self.order + 1) * (self.order + 2) // 2, 1, 1, dtype=torch.float64)
+        derivatives, ratio = Derivatives(jet), RatioRegularisation()
+        for invariant in self.invariants:
+            try:
+                with torch.no_grad():
+                    value = invariant.function(derivatives, ratio)
+            except Exception as error:  # noqa: BLE001 - the user's function: named, cause kept
+                raise ConfigError(
+                    f"invariant set {self.name!r}: invariant {invariant.name!r} fails on the "
+                    f"zero jet of the set's order {self.order}: {type(error).__name__}: {error}"
+                    + (" (raise the set's order)" if "higher-order jet" in str(error) else "")
+                ) from error
+            self._check_map(invariant, value, jet)
+
+    def _check_map(self, invariant: Invariant, value, jet: Tensor) -> None:
+        """A :class:`~eqpdenet.errors.ConfigError` naming the set and the invariant unless
+        ``value`` is one map of ``jet``: a tensor ``jet.shape[:-3] + jet.shape[-2:]``."""
+        expected = jet.shape[:-3] + jet.shape[-2:]
+        if isinstance(value, Tensor) and value.shape == expected:
+            return
+        got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else _shown(value)
+        raise ConfigError(f"invariant set {self.name!r}: invariant {invariant.name!r} must "
+                          f"return one map of the jet's shape, {tuple(expected)} for a jet "
+                          f"{tuple(jet.shape)}, got {got}")
 
     def __len__(self) -> int:
         return len(self.invariants)
@@ -327,12 +456,41 @@ class InvariantSet:
             raise InputError(f"expected a jet of shape (..., D, H, W), got {tuple(jet.shape)}")
         derivatives = Derivatives(jet)
         ratio = RatioRegularisation(ratio_eps, ratio_regularisation)
-        return torch.stack([inv.function(derivatives, ratio) for inv in self.invariants], dim=-3)
+        maps = [inv.function(derivatives, ratio) for inv in self.invariants]
+        if not torch.compiler.is_compiling():  # symbolic shapes: the tracer checks them
+            expected = jet.shape[:-3] + jet.shape[-2:]
+            for invariant, value in zip(self.invariants, maps, strict=True):
+                if not isinstance(value, Tensor) or value.shape != expected:
+                    self._check_map(invariant, value, jet)
+        return torch.stack(maps, dim=-3)
 
     def _is_registered(self) -> bool:
         return self.name in INVARIANT_SETS and INVARIANT_SETS.get(self.name) is self
 
     def __reduce_ex__(self, protocol):
+        reduction = self._reduction(protocol)
+        if reduction[0] is not get_invariant_set and getattr(self, "compiled_from", None) is None:
+            self._require_picklable(protocol)
+        return reduction
+
+    def _require_picklable(self, protocol) -> None:
+        """A set pickled by value (not registered under its name, not compiled): a
+        :class:`~eqpdenet.errors.ConfigError` naming it and the invariant whose function pickle
+        cannot store (a lambda or a closure), rather than a raw ``PicklingError`` from inside
+        ``torch.save``."""
+        for invariant in self.invariants:
+            try:
+                pickle.dumps(invariant.function, protocol)
+            except (pickle.PicklingError, AttributeError, TypeError) as error:
+                raise ConfigError(
+                    f"invariant set {self.name!r} cannot be pickled (torch.save): it is not the "
+                    f"set registered under its name (never registered, or replaced since), so "
+                    f"it is stored by value, and the function of its invariant "
+                    f"{invariant.name!r} cannot be ({error}); register the set "
+                    f"(register_invariant_set) or define its functions at module level") from None
+
+    def _reduction(self, protocol):
+        """What :meth:`__reduce_ex__` returns, without its check (for copies)."""
         # A set compiled from SymPy expressions (eqpdenet.pde.symbolic.compile_invariants)
         # pickles as the recipe that compiles it again (its functions are closures), registered
         # or not: by name, a process that registered another set under that name loaded it
@@ -349,13 +507,22 @@ class InvariantSet:
             return get_invariant_set, (self.name,)
         return super().__reduce_ex__(protocol)
 
+    def __copy__(self):
+        # copy.copy used __reduce_ex__, which now checks what only pickle needs: a registered
+        # set is itself, any other a new set sharing its attributes (its invariants are frozen).
+        if self._is_registered():
+            return self
+        copied = object.__new__(type(self))
+        copied.__dict__.update(self.__dict__)
+        return copied
+
     def __deepcopy__(self, memo):
         # A registered set is shared within the process, as it was when every registered set
         # deep-copied by name (a model's deep copy does not compile its sets again). Any other
         # set copies as it pickles: a compiled one by its recipe.
         if self._is_registered():
             return self
-        function, args, *state = self.__reduce_ex__(4)
+        function, args, *state = self._reduction(4)
         copied = function(*copy.deepcopy(args, memo))
         memo[id(self)] = copied
         if state and state[0] is not None:
@@ -376,18 +543,31 @@ class InvariantSet:
         return r"\left\{ " + ",\\; ".join(inv.latex for inv in self.invariants) + r" \right\}"
 
 
-#: The invariant sets known by name (to :class:`~eqpdenet.pde.PDELayer` and configurations).
-INVARIANT_SETS: Registry[InvariantSet] = Registry("invariant set")
+class _InvariantSetRegistry(Registry):
+    """Invariant sets only: ``INVARIANT_SETS.register(name, function)`` was accepted (a function
+    is callable, as the sets are) and failed at the first use."""
+
+    def check_item(self, item) -> None:
+        _require_invariant_set(item)
+
+
+#: The invariant sets known by name (to :class:`~eqpdenet.pde.PDELayer` and configurations);
+#: only :class:`InvariantSet` objects are registered (:func:`register_invariant_set`).
+INVARIANT_SETS: Registry[InvariantSet] = _InvariantSetRegistry("invariant set")
 
 
 def register_invariant_set(invariant_set: InvariantSet, *, replace: bool = False) -> InvariantSet:
     """Make a set available by name to the PDE layer and the configuration files."""
+    _require_invariant_set(invariant_set)
+    return INVARIANT_SETS.register(invariant_set.name, invariant_set, replace=replace)
+
+
+def _require_invariant_set(invariant_set) -> None:
     if not isinstance(invariant_set, InvariantSet):
         hint = (": register the InvariantSet object itself (get_invariant_set looks one up by "
                 "name)" if isinstance(invariant_set, str) else "")
         raise ConfigError(f"invalid config: invariant_set: must be an InvariantSet, got "
                           f"{type(invariant_set).__name__}{hint}")
-    return INVARIANT_SETS.register(invariant_set.name, invariant_set, replace=replace)
 
 
 def get_invariant_set(name: str | InvariantSet) -> InvariantSet:

@@ -55,11 +55,19 @@ from .invariants import (
     DEFAULT_RATIO_REGULARISATION,
     INVARIANT_SETS,
     RATIO_REGULARISATIONS,
+    CallRegistry,
     InvariantSet,
     get_invariant_set,
     require_planar,
 )
-from .rhs import RIGHT_HAND_SIDES, InvariantRHS, MonomialF, require_polynomial_size
+from .rhs import (
+    RIGHT_HAND_SIDES,
+    InvariantRHS,
+    MonomialF,
+    PolynomialF,
+    _linear,
+    require_polynomial_size,
+)
 from .stencils import BOUNDARIES, STENCILS, check_sigma, check_spacing
 
 __all__ = [
@@ -116,8 +124,11 @@ class Concat(nn.Module):
         return states.flatten(1, 2)
 
 
-#: Reductions over the PDE axis: name -> ``factory(n_pdes)``.
-REDUCTIONS: Registry[Callable[[int], nn.Module]] = Registry("reduction")
+#: Reductions over the PDE axis: name -> ``factory(n_pdes)`` returning an ``nn.Module``
+#: ``(B, n_e, C, H, W) -> (B, C, H, W)`` (a :class:`Concat`, or a subclass of it, gives
+#: ``(B, n_e C, H, W)``: :meth:`PDELayer.out_channels` reads the type, not the name); a factory
+#: that cannot be called with ``n_pdes`` is refused when registered.
+REDUCTIONS: Registry[Callable[[int], nn.Module]] = CallRegistry("reduction", "factory(n_pdes)", 1)
 REDUCTIONS.register("linear", LinearCombination)
 REDUCTIONS.register("mean", lambda n_pdes: Mean())
 REDUCTIONS.register("max", lambda n_pdes: Max())
@@ -125,15 +136,20 @@ REDUCTIONS.register("concat", lambda n_pdes: Concat())
 
 
 def make_reduction(kind: str, n_pdes: int) -> nn.Module:
-    """The reduction registered as ``kind`` for ``n_pdes`` PDEs."""
-    return REDUCTIONS.get(kind)(n_pdes)
+    """The reduction registered as ``kind`` for ``n_pdes`` PDEs (a ConfigError naming it where
+    its factory returns anything but an ``nn.Module``)."""
+    reduction = REDUCTIONS.get(kind)(n_pdes)
+    require(isinstance(reduction, nn.Module), "reduction", f"the reduction {kind!r} must be "
+            f"built as an nn.Module, its factory returned {type(reduction).__name__}")
+    return reduction
 
 
 # ----------------------------------------------------------------------------- initialisation
 
 
-def _init_zeros(F: MonomialF, invariant_set: InvariantSet, scale: float, generator) -> None:
-    """Every PDE is the identity map at first."""
+def _init_zeros(F: nn.Module, invariant_set: InvariantSet, scale: float, generator) -> None:
+    """F as built: every PDE of a :class:`MonomialF` (which starts at zero) is the identity map
+    at first; an F of another form keeps its own initialisation."""
 
 
 def _init_heat(F: MonomialF, invariant_set: InvariantSet, scale: float, generator) -> None:
@@ -148,8 +164,17 @@ def _init_normal(F: MonomialF, invariant_set: InvariantSet, scale: float, genera
     F.weight.copy_(scale * torch.randn(F.weight.shape, generator=generator))
 
 
-#: Initial ``F_theta``: name -> ``init(F, invariant_set, scale, generator)`` (F starts at zero).
-INITS: Registry[Callable] = Registry("initialisation")
+# The inits that set a MonomialF's weights declare it (see INITS).
+_init_heat.f_type = _init_normal.f_type = MonomialF
+
+#: Initial ``F_theta``: name -> ``init(F, invariant_set, scale, generator)``, called with the four
+#: by position (an init that cannot take them is refused when registered) on F as its form built
+#: it (a :class:`MonomialF` starts at zero). An init that works only on some forms of F declares
+#: it as the attribute ``f_type`` (a class; ``"heat"`` and ``"normal"`` set a MonomialF's
+#: weights): a layer whose F is not an instance is refused when it is configured (forms
+#: registered as a class) or built (:func:`check_init`), not met as an AttributeError.
+INITS: Registry[Callable] = CallRegistry("initialisation", "init(F, invariant_set, scale, generator)",
+                                         None, None, 0.0, None)
 INITS.register("zeros", _init_zeros)
 INITS.register("heat", _init_heat)
 INITS.register("normal", _init_normal)
@@ -163,6 +188,33 @@ MAX_PDES = 1024
 #: The largest ``init_scale`` and ``init_noise`` (in absolute value) a :class:`LayerConfig`
 #: accepts: weights of F far beyond any stable explicit scheme.
 MAX_INIT = 1e6
+
+#: :attr:`LayerConfig.init_noise`'s default.
+DEFAULT_INIT_NOISE = 0.01
+
+
+def check_init(config: LayerConfig, f_type: type) -> None:
+    """A :class:`~eqpdenet.errors.ConfigError` naming the field and F where ``config``'s
+    initialisation cannot apply to an F of class ``f_type`` (F of ``config.rhs``).
+
+    The rule for an F that is not a :class:`MonomialF` (a user's form in
+    :data:`~eqpdenet.pde.rhs.RIGHT_HAND_SIDES`): it keeps its own initialisation. ``init`` must
+    then be one that takes it (``"zeros"``, the default: F as built; an init that declares an
+    ``f_type`` it is not an instance of is refused), and ``init_noise``, noise on a MonomialF's
+    weights, must be 0 or its default (:data:`DEFAULT_INIT_NOISE`, which is not applied to such
+    an F): another value is refused rather than ignored. ``init_scale`` is what the init makes
+    of it (``"zeros"`` ignores it, whatever F)."""
+    init = INITS.get(config.init)
+    needs = getattr(init, "f_type", None)
+    form = f"F of rhs = {config.rhs!r} ({f_type.__name__}) is not one"
+    if isinstance(needs, type) and not issubclass(f_type, needs):
+        require(False, "layer.init", f"{config.init!r} sets the weights of a {needs.__name__}; "
+                f"{form} and keeps its own initialisation: use init = 'zeros'")
+    if not issubclass(f_type, MonomialF) and config.init_noise not in (0.0, DEFAULT_INIT_NOISE):
+        require(False, "layer.init_noise", f"{config.init_noise:g} is noise on the weights of a "
+                f"MonomialF; {form} and keeps its own initialisation: set init_noise = 0 "
+                f"(its default, {DEFAULT_INIT_NOISE:g}, is not applied to such an F)")
+
 
 @dataclass
 class LayerConfig:
@@ -197,7 +249,10 @@ class LayerConfig:
         init, init_scale: initial ``F_theta`` (:data:`INITS`: ``"zeros"``, ``"heat"``,
             ``"normal"``).
         init_noise: std of Gaussian noise added to F's initial weights; breaks the symmetry
-            between PDEs of the same set (see :meth:`PDELayer.build`).
+            between PDEs of the same set (see :meth:`PDELayer.build`). For an F that is not a
+            :class:`MonomialF` (a user's form of ``rhs``), F keeps its own initialisation: the
+            init must be ``"zeros"`` and the noise 0 or its default (not applied):
+            :func:`check_init`.
         check_finite: raise on a non-finite PDE state.
         backend: :data:`~eqpdenet.kernels.BACKENDS` (``"auto"``, ``"reference"``, ``"fused"``).
         recompute: during training, keep no intermediate states and recompute them in the
@@ -218,7 +273,7 @@ class LayerConfig:
     reduction: str = "linear"
     init: str = "zeros"
     init_scale: float = 0.0
-    init_noise: float = 0.01
+    init_noise: float = DEFAULT_INIT_NOISE
     check_finite: bool = True
     backend: str = "auto"
     recompute: bool = False
@@ -235,12 +290,14 @@ class LayerConfig:
             require_planar(get_invariant_set(name), f"layer.invariants[{index}]")
         RIGHT_HAND_SIDES.check(self.rhs, "layer.rhs")
         require_int(self.degree, "layer.degree", 1)
-        # (a degree with the linear form was ignored without a word)
-        require(self.rhs != "linear" or self.degree == 1, "layer.degree",
-                f"{self.degree} has no effect on rhs = 'linear' (F is linear in the invariants): "
-                f"leave degree at 1, or set rhs = 'polynomial' for a polynomial of degree "
-                f"{self.degree}")
-        if self.rhs == "polynomial":  # before any monomial is enumerated
+        # (a degree with the linear form was ignored without a word). By the builder, not the
+        # name: a form registered over "linear" or "polynomial" (replace=True) has its own rules.
+        builder = RIGHT_HAND_SIDES.get(self.rhs)
+        require(builder is not _linear or self.degree == 1, "layer.degree",
+                f"{self.degree} has no effect on rhs = {self.rhs!r} (F is linear in the "
+                f"invariants): leave degree at 1, or set rhs = 'polynomial' for a polynomial of "
+                f"degree {self.degree}")
+        if builder is PolynomialF:  # before any monomial is enumerated
             for spec in self.invariants:
                 require_polynomial_size(len(get_invariant_set(spec)), self.degree, "layer.degree")
         require_positive(self.dt, "layer.dt")
@@ -260,6 +317,8 @@ class LayerConfig:
             require(value <= MAX_INIT, f"layer.{name}",
                     f"{getattr(self, name):.3g} is beyond ±{MAX_INIT:g} (F's initial weights)")
         require_nonnegative(self.init_noise, "layer.init_noise")
+        if isinstance(builder, type):  # F's class known before it is built (else: from_config)
+            check_init(self, builder)
         require(isinstance(self.check_finite, bool), "layer.check_finite", "must be true or false")
         kernels.BACKENDS.check(self.backend, "layer.backend")
         require(isinstance(self.recompute, bool), "layer.recompute", "must be true or false")
@@ -285,7 +344,10 @@ class LayerConfig:
             ['se2', 'se2', 'sim2', 'sim2']
         """
         _check_options(options, f"layer preset {name!r}")
-        return LAYER_PRESETS.get(name)(**options)
+        config = LAYER_PRESETS.get(name)(**options)
+        require(isinstance(config, LayerConfig), f"layer preset {name!r}",
+                f"its factory must return a LayerConfig, got {type(config).__name__}")
+        return config
 
 
 def _check_options(options: dict, where: str) -> None:
@@ -301,8 +363,12 @@ def _se2_sim2(**options) -> LayerConfig:
 
 #: Named layers: name -> ``factory(**options) -> LayerConfig``; ``"paper"`` is the paper's layer,
 #: ``"se2_sim2"`` two SE(2) and two SIM(2) PDEs (rotation- *and* scale-equivariant) with the
-#: covariant ratio regularisation, everything else as the paper's.
-LAYER_PRESETS: Registry[Callable[..., LayerConfig]] = Registry("layer preset")
+#: covariant ratio regularisation, everything else as the paper's. ``options`` override fields of
+#: the LayerConfig, so a factory must take every field of LayerConfig as a keyword (``**options``
+#: does): one that cannot is refused when registered.
+LAYER_PRESETS: Registry[Callable[..., LayerConfig]] = CallRegistry(
+    "layer preset", "factory(**options), options any fields of LayerConfig",
+    **{spec.name: None for spec in dataclasses.fields(LayerConfig)})
 LAYER_PRESETS.register("paper", LayerConfig.paper)
 LAYER_PRESETS.register("se2_sim2", _se2_sim2)
 
@@ -357,7 +423,10 @@ class PDELayer(nn.Module):
         return len(self.pdes)
 
     def out_channels(self, in_channels: int) -> int:
-        return in_channels * (self.n_pdes if self.reduction_kind == "concat" else 1)
+        """Channels out for ``in_channels`` in: ``n_e`` times as many where the reduction is a
+        :class:`Concat` (by its type: a reduction registered under another name, or over
+        ``"concat"``, is what it is)."""
+        return in_channels * (self.n_pdes if isinstance(self.reduction, Concat) else 1)
 
     def forward(self, u: Tensor) -> Tensor:
         x, values = self._enter(u)
@@ -469,7 +538,8 @@ class PDELayer(nn.Module):
         for ever, so the paper's 2 + 2 PDEs would be 1 + 1. The noise (and ``"normal"``) is
         drawn from a generator seeded by ``torch.initial_seed()``, so it does not shift the
         global random stream (EqPdeNet's perceptron is initialised exactly like FCNN's for the
-        same seed).
+        same seed). An F that is not a :class:`MonomialF` (a user's form of ``rhs``) keeps its
+        own initialisation and gets no noise (:func:`check_init`).
 
         Example:
             >>> layer = PDELayer.build(["se2", "scaling"], T=0.5, dt=0.1, init_noise=0.0)
@@ -493,9 +563,10 @@ class PDELayer(nn.Module):
             rhs = InvariantRHS(invariant_set, config.rhs, config.degree, config.stencil,
                                config.spacing, config.boundary, config.ratio_eps,
                                config.sigma, config.ratio_regularisation)
+            check_init(config, type(rhs.F))  # before init touches F (see check_init)
             with torch.no_grad():
                 init(rhs.F, invariant_set, config.init_scale, generator)
-                if config.init_noise:
+                if config.init_noise and isinstance(rhs.F, MonomialF):
                     rhs.F.weight.add_(config.init_noise * torch.randn(rhs.F.weight.shape,
                                                                       generator=generator))
             step = EulerStep(rhs, config.dt, name=f"pde{index}:{invariant_set.name}")

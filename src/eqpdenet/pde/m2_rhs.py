@@ -9,9 +9,12 @@ the grid: exactly under quarter turns). The terms:
     A pointwise network of the ``10 C`` invariant maps (batch-normalised, as their scales differ),
     ``10 C -> hidden -> C`` with batch norm and ReLU: the general ``F``.
 ``convection``
-    ``-(v1 A1 + v2 A2 + v3 A3) u^c``, a learned left-invariant velocity per channel: transport
-    along the frame (Smets et al., *PDE-based group equivariant convolutional neural networks*,
-    2023, the convection PDE).
+    ``-(v1 A1 + v2 A2 + v3 A3) u^c``, a learned left-invariant velocity per channel, modelled on
+    the convection PDE of Smets et al. (*PDE-based group equivariant convolutional neural
+    networks*, 2023). Like every invariant here, ``A_i u^c`` are those of the smoothed field
+    ``G_sigma * U``, the spatial ones scale-normalised (``sigma A1``, ``sigma A2``): a centroid
+    moves ``v1 sigma`` pixels per unit time along ``e_theta``, but structures near ``sigma`` are
+    not transported unchanged (docs/lifted.md, "Units, and what the PDE-G-CNN terms compute").
 ``diffusion``
     ``D1 A11 u^c + D2 A22 u^c + D3 A33 u^c`` with ``D_i >= 0`` (softplus of a parameter): the
     left-invariant diffusion (Smets' diffusion with a diagonal metric).
@@ -29,13 +32,15 @@ from those of a blank image, ``U_0`` (constant over ``x`` and ``theta``, so its 
 statistics of the batch norms of the same pass. Zero padding of ``V`` is then padding of ``U``
 by the blank image's own fields: the frame extended by background, whatever ``U_0`` is.
 
-``("convection", "diffusion", "dilation", "erosion", "linear")`` is a PDE-G-CNN layer as one
-explicit Euler step of the sum (where Smets et al. solve the four PDEs one after the other, each
-by its exact kernel; the sum is the first-order splitting of the same evolution).
+``("convection", "diffusion", "dilation", "erosion", "linear")`` is a PDE-G-CNN-like layer as one
+explicit Euler step of the sum. Smets et al. solve the four PDEs for ``U`` one after the other,
+each by its exact kernel; these terms act on ``G_sigma * U``, so the sum shares that evolution's
+moments (exactly) but not the shapes of structures near ``sigma``: it is not a splitting of it.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -52,7 +57,7 @@ from ..checks import (
     require,
     require_int,
 )
-from ..errors import InputError, InputTypeError
+from ..errors import ConfigError, InputError, InputTypeError
 from ..kernels.m2_op import (
     M2_UPDATE_IMPLEMENTATIONS,
     m2_euler_step,
@@ -63,6 +68,7 @@ from ..kernels.m2_op import (
 from ..registry import Registry
 from .batch_norm import batch_norm_affine, batch_norm_at
 from .integrators import input_checked
+from .invariants import CallRegistry
 from .m2 import M2_SE2, M2Jet, orientation_frame, separable_stencils
 
 __all__ = ["M2_TERMS", "M2SystemRHS", "PDE_GCNN_TERMS", "Pointwise"]
@@ -232,8 +238,14 @@ class LinearTerm(nn.Module):
 
 #: Terms of ``F`` on M2 by name: builders ``term(channels, hidden, normalize_invariants,
 #: normalize_hidden, *, relative)`` (the per-channel terms use ``channels`` only, ``linear``
-#: ``relative`` too).
-M2_TERMS: Registry = Registry("M2 right-hand-side term")
+#: ``relative`` too), returning an ``nn.Module`` called as ``term(u, system)`` (``system`` the
+#: :class:`M2SystemRHS`) that gives ``(B, C, N, H, W)``. A builder that cannot be called so is
+#: refused when registered, a result that is no such module when the system is built; each in
+#: one :class:`~eqpdenet.errors.ConfigError` naming the term.
+M2_TERMS: Registry = CallRegistry(
+    "M2 right-hand-side term",
+    "term(channels, hidden, normalize_invariants, normalize_hidden, *, relative)",
+    1, 1, False, True, relative=False)
 M2_TERMS.register("network", NetworkTerm)
 for _name, _term in (("convection", ConvectionTerm), ("diffusion", DiffusionTerm),
                      ("dilation", DilationTerm), ("erosion", ErosionTerm)):
@@ -241,6 +253,28 @@ for _name, _term in (("convection", ConvectionTerm), ("diffusion", DiffusionTerm
                       _term(channels))
 M2_TERMS.register("linear", lambda channels, *options, relative=False:
                   LinearTerm(channels, bias=not relative))
+
+
+def _build_term(name: str, channels: int, hidden: int, normalize_invariants: bool,
+                normalize_hidden: bool, relative: bool) -> nn.Module:
+    """The term ``name`` of :data:`M2_TERMS`, a :class:`~eqpdenet.errors.ConfigError` naming it
+    where its builder returns anything but an ``nn.Module`` whose forward takes ``(u, system)``
+    (a raw TypeError from inside ``nn.ModuleDict``, or at the first forward, before)."""
+    term = M2_TERMS.get(name)(channels, hidden, normalize_invariants, normalize_hidden,
+                              relative=relative)
+    if not isinstance(term, nn.Module):
+        raise ConfigError(f"the M2 right-hand-side term {name!r} must be built as an nn.Module, "
+                          f"its builder returned {type(term).__name__}")
+    try:
+        signature = inspect.signature(term.forward)
+    except (TypeError, ValueError):  # no signature to read: unchecked
+        return term
+    try:
+        signature.bind(None, None)
+    except TypeError as error:
+        raise ConfigError(f"the M2 right-hand-side term {name!r} ({type(term).__name__}) must "
+                          f"be called as term(u, system): {error}") from None
+    return term
 
 
 class M2SystemRHS(nn.Module):
@@ -302,9 +336,9 @@ class M2SystemRHS(nn.Module):
         self.invariant_set = M2_SE2
         self.jet = M2Jet(sigma, boundary, scales=scales)
         self.term_names = terms
-        self.terms = nn.ModuleDict({name: M2_TERMS.get(name)(self.channels, hidden,
-                                                             normalize_invariants, normalize_hidden,
-                                                             relative=self.relative)
+        self.terms = nn.ModuleDict({name: _build_term(name, self.channels, hidden,
+                                                      normalize_invariants, normalize_hidden,
+                                                      self.relative)
                                     for name in terms})
         # (u, its invariants) shared by the terms within one call of forward; None outside it,
         # so that a call of invariants() from outside never serves another call's tensors
@@ -398,8 +432,10 @@ class M2SystemRHS(nn.Module):
         return invariants.to(given)
 
     def euler_step(self, u: Tensor, dt: float) -> Tensor | None:
-        """``u + dt F(u)`` by fused operators where ``F`` is the ``network`` term alone with
-        unnormalised invariants and the device has the kernels: without a hidden batch norm the
+        """``u + dt F(u)`` by fused operators where ``F`` is one :class:`NetworkTerm` alone (by
+        its type, whatever its name: a term registered over ``"network"`` with ``replace=True``
+        takes the general path) with unnormalised invariants and the device has the kernels:
+        without a hidden batch norm the
         whole step in one (``torch.ops.eqpdenet.m2_euler_step``); with it the mixed invariants
         (``m2_mix_invariants``), then the rest of ``F`` with the update in one more
         (``m2_update``), the batch norm passed to it as the per-channel affine map it applies
@@ -407,8 +443,9 @@ class M2SystemRHS(nn.Module):
         and a relative system's ``F(0)`` comes from the same ``shift``). Else None
         (the caller computes ``u + dt F(u)``; also where a hook is registered: :meth:`fused`).
         Called alone, checks ``u`` (:meth:`enter`) and returns the step in its dtype."""
-        network = self.terms["network"] if self.term_names == ("network",) else None
-        if network is None or not isinstance(network.norm, nn.Identity):
+        network = next(iter(self.terms.values())) if len(self.terms) == 1 else None
+        # exactly NetworkTerm: the fused operators compute its forward, which a subclass may not
+        if type(network) is not NetworkTerm or not isinstance(network.norm, nn.Identity):
             return None
         x = u if self._input_checked else self.enter(u)
         w1 = network.mix.weight.view(-1, self.channels, len(M2_SE2))

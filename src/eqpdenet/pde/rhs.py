@@ -41,6 +41,7 @@ from .invariants import (
     DEFAULT_RATIO_EPS,
     DEFAULT_RATIO_REGULARISATION,
     RATIO_REGULARISATIONS,
+    CallRegistry,
     InvariantSet,
     get_invariant_set,
     require_planar,
@@ -228,8 +229,16 @@ def _symbol(stencil: str, spacing: float, sigma: float | None, coefficients: dic
     return np.einsum("ar,rc,bc->ab", phase, kernel, phase), bound
 
 
-#: Forms of ``F_theta``: name -> ``builder(n_invariants, degree)``.
-RIGHT_HAND_SIDES: Registry = Registry("right-hand side")
+#: Forms of ``F_theta``: name -> ``builder(n_invariants, degree)``, called with both arguments
+#: by position (a builder that cannot take them is refused when registered), returning ``F``: an
+#: ``nn.Module`` ``(..., K, H, W) -> (..., H, W)``, pointwise. A :class:`MonomialF` is what the
+#: compiled kernels, the weight-based initialisations (:data:`~eqpdenet.pde.layer.INITS`
+#: ``"heat"``, ``"normal"``, ``init_noise``) and the stability check
+#: (:meth:`InvariantRHS.linearisation`) read; any other module runs on the reference path with
+#: its own initialisation, and its stability is not checked.
+RIGHT_HAND_SIDES: Registry = CallRegistry("right-hand side", "builder(n_invariants, degree)", 1, 1)
+
+
 def _linear(n_invariants: int, degree: int = 1) -> LinearF:
     # a degree other than 1 with the linear form was ignored without a word
     degree = require_int(degree, "degree", 1)
@@ -244,8 +253,13 @@ RIGHT_HAND_SIDES.register("polynomial", PolynomialF)
 
 
 def make_rhs(kind: str, n_invariants: int, degree: int = 1) -> nn.Module:
-    """``F_theta`` of a registered form: ``"linear"`` or ``"polynomial"`` (of ``degree``)."""
-    return RIGHT_HAND_SIDES.get(kind)(n_invariants, degree)
+    """``F_theta`` of a registered form: ``"linear"`` or ``"polynomial"`` (of ``degree``); a
+    :class:`~eqpdenet.errors.ConfigError` naming the form where its builder returns anything
+    but an ``nn.Module``."""
+    F = RIGHT_HAND_SIDES.get(kind)(n_invariants, degree)
+    require(isinstance(F, nn.Module), "rhs", f"the right-hand side {kind!r} must build F as an "
+            f"nn.Module (..., K, H, W) -> (..., H, W), its builder returned {type(F).__name__}")
+    return F
 
 
 class InvariantRHS(nn.Module):
