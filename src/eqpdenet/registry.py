@@ -25,12 +25,13 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 from .errors import ConfigError
 
-__all__ = ["Registry"]
+__all__ = ["CallRegistry", "Registry"]
 
 T = TypeVar("T")
 
@@ -107,6 +108,42 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}: {', '.join(self.names())})"
+
+
+class CallRegistry(Registry):
+    """A :class:`~eqpdenet.registry.Registry` of callables that the library calls one way,
+    ``item(*args, **kwargs)`` (``call`` spells it for messages): an item whose signature cannot
+    take that call is refused when it is registered, in one :class:`~eqpdenet.errors.ConfigError`
+    naming it, not met as a raw ``TypeError`` at its first use. A callable whose signature
+    Python cannot read (some built-ins) is accepted unchecked.
+
+    Example:
+        >>> builders = CallRegistry("builder", "builder(n)", 1)
+        >>> _ = builders.register("one", lambda n: n)
+        >>> try:
+        ...     builders.register("none", lambda: 0)
+        ... except ConfigError as error:
+        ...     print(error)
+        a builder 'none' cannot be called as builder(n): too many positional arguments
+    """
+
+    def __init__(self, kind: str, call: str, *args, **kwargs):
+        super().__init__(kind)
+        self.call, self._args, self._kwargs = call, args, kwargs
+
+    def register(self, name: str, item=None, *, replace: bool = False):
+        if item is not None and isinstance(name, str) and callable(item):
+            try:
+                signature = inspect.signature(item)
+            except (TypeError, ValueError):  # no signature to read: accepted unchecked
+                signature = None
+            if signature is not None:
+                try:
+                    signature.bind(*self._args, **self._kwargs)
+                except TypeError as error:
+                    raise ConfigError(f"{_a(self.kind)} {name!r} cannot be called as {self.call}: "
+                                      f"{error}") from None
+        return super().register(name, item, replace=replace)
 
 
 def _a(noun: str) -> str:

@@ -92,11 +92,10 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, InputError, InputTypeError
-from ..registry import Registry, _a, _shown
+from ..registry import CallRegistry, Registry, _shown
 from .stencils import check_order, derivative_names, jet_order
 
 __all__ = [
-    "CallRegistry",
     "DEFAULT_RATIO_EPS",
     "DEFAULT_RATIO_REGULARISATION",
     "INVARIANT_SETS",
@@ -119,42 +118,6 @@ DEFAULT_RATIO_EPS = 0.1
 DEFAULT_RATIO_REGULARISATION = "covariant"
 #: What a set may declare itself invariant under (:attr:`InvariantSet.invariant_under`).
 TRANSFORMATIONS = ("translations", "rotations", "scalings")
-
-
-class CallRegistry(Registry):
-    """A :class:`~eqpdenet.registry.Registry` of callables that the library calls one way,
-    ``item(*args, **kwargs)`` (``call`` spells it for messages): an item whose signature cannot
-    take that call is refused when it is registered, in one :class:`~eqpdenet.errors.ConfigError`
-    naming it, not met as a raw ``TypeError`` at its first use. A callable whose signature
-    Python cannot read (some built-ins) is accepted unchecked.
-
-    Example:
-        >>> builders = CallRegistry("builder", "builder(n)", 1)
-        >>> _ = builders.register("one", lambda n: n)
-        >>> try:
-        ...     builders.register("none", lambda: 0)
-        ... except ConfigError as error:
-        ...     print(error)
-        a builder 'none' cannot be called as builder(n): too many positional arguments
-    """
-
-    def __init__(self, kind: str, call: str, *args, **kwargs):
-        super().__init__(kind)
-        self.call, self._args, self._kwargs = call, args, kwargs
-
-    def register(self, name: str, item=None, *, replace: bool = False):
-        if item is not None and isinstance(name, str) and callable(item):
-            try:
-                signature = inspect.signature(item)
-            except (TypeError, ValueError):  # no signature to read: accepted unchecked
-                signature = None
-            if signature is not None:
-                try:
-                    signature.bind(*self._args, **self._kwargs)
-                except TypeError as error:
-                    raise ConfigError(f"{_a(self.kind)} {name!r} cannot be called as {self.call}: "
-                                      f"{error}") from None
-        return super().register(name, item, replace=replace)
 
 
 def ratio_guard(dtype: torch.dtype) -> float:

@@ -39,7 +39,7 @@ from ..checks import (
     require_positive,
 )
 from ..errors import NonFiniteStateError
-from ..registry import Registry
+from ..registry import CallRegistry, Registry
 from .integrators import (
     MAX_STEPS,
     EulerFlow,
@@ -55,7 +55,6 @@ from .invariants import (
     DEFAULT_RATIO_REGULARISATION,
     INVARIANT_SETS,
     RATIO_REGULARISATIONS,
-    CallRegistry,
     InvariantSet,
     get_invariant_set,
     require_planar,

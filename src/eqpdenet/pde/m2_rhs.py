@@ -65,10 +65,9 @@ from ..kernels.m2_op import (
     m2_unsupported_reason,
     m2_update,
 )
-from ..registry import Registry
+from ..registry import CallRegistry, Registry
 from .batch_norm import batch_norm_affine, batch_norm_at
 from .integrators import input_checked
-from .invariants import CallRegistry
 from .m2 import M2_SE2, M2Jet, orientation_frame, separable_stencils
 
 __all__ = ["M2_TERMS", "M2SystemRHS", "PDE_GCNN_TERMS", "Pointwise"]

@@ -36,12 +36,11 @@ from ..checks import (
     require_positive,
 )
 from ..errors import ConfigError, InputError, InputTypeError
-from ..registry import Registry
+from ..registry import CallRegistry, Registry
 from .invariants import (
     DEFAULT_RATIO_EPS,
     DEFAULT_RATIO_REGULARISATION,
     RATIO_REGULARISATIONS,
-    CallRegistry,
     InvariantSet,
     get_invariant_set,
     require_planar,
