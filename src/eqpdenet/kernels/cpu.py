@@ -238,7 +238,8 @@ def _evolve_backward_cpu(grad_out, u, weight, bias, monomials, stencils, invaria
     grad_u, per_image = load_extension().backward(
         grad_out.contiguous(), u.contiguous(), weight.contiguous(), bias.contiguous(),
         monomials.contiguous(), stencils.contiguous(), list(invariant_sets), list(boundaries),
-        list(dt), list(ratio_eps), list(ratio_regularisations), list(steps), states)
+        list(dt), list(ratio_eps), list(ratio_regularisations), list(steps),
+        states.contiguous())
     # Per-image partial sums (float64) reduced here: no two threads add into one parameter.
     grads = per_image.sum(0).to(u.dtype)  # (E, M + 1), the bias last
     return grad_u, grads[:, :-1].contiguous(), grads[:, -1].contiguous()

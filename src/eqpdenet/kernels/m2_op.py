@@ -41,16 +41,18 @@
 
 ``torch.ops.eqpdenet.m2_update(u, z, scale, shift, w2, b2, dt) -> u_next``
     The rest of a ``network`` term with a batch-normalised hidden layer, and the update:
-    ``u + dt (w2 relu(scale z + shift) + b2)``, ``z`` ``(B, O, N, H, W)`` from
-    ``m2_mix_invariants``, ``scale, shift`` ``(O,)`` the batch norm's affine map (computed by the
-    caller from the batch statistics, so that autograd carries their dependence on ``z``), ``w2``
-    ``(C, O)``, ``b2`` ``(C,)``: one pass over the points instead of the five or six of batch norm,
-    ReLU, a matrix product, a bias and an addition. Backward ``m2_update_backward(grad_next, z,
-    scale, shift, w2, b2, dt) -> (grad_z, per_image)`` (``per_image`` ``(B, 2 O + C O + C)``
-    float64: scale, shift, w2, b2); the gradient of ``u`` is ``grad_next``.
+    ``u + dt (w2 relu(scale z + shift) + b2)``, ``u`` ``(B, C, N, H, W)``, ``z`` ``(B, O, N, H,
+    W)`` from ``m2_mix_invariants``, ``scale, shift`` ``(O,)`` the batch norm's affine map
+    (computed by the caller from the batch statistics, so that autograd carries their dependence
+    on ``z``), ``w2`` ``(C, O)``, ``b2`` ``(C,)``, all of ``u``'s dtype: one pass over the points
+    instead of the five or six of batch norm, ReLU, a matrix product, a bias and an addition.
+    Backward ``m2_update_backward(grad_next, z, scale, shift, w2, b2, dt) -> (grad_z,
+    per_image)`` (``grad_next`` of ``u``'s shape; ``per_image`` ``(B, 2 O + C O + C)`` float64:
+    scale, shift, w2, b2); the gradient of ``u`` is ``grad_next``.
 
-Autograd is registered here once; the ``cpu`` implementation is the C++ kernel
-(``csrc/m2_invariants.cpp``, registered in :mod:`eqpdenet.kernels.cpu`); on ``cuda``,
+Every output of these operators is contiguous, whatever the inputs' strides (their fake
+implementations say so too). Autograd is registered here once; the ``cpu`` implementation is the
+C++ kernel (``csrc/m2_invariants.cpp``, registered in :mod:`eqpdenet.kernels.cpu`); on ``cuda``,
 ``m2_mix_invariants`` and ``m2_euler_step`` are the Triton kernels of
 :mod:`eqpdenet.kernels.triton_m2` (registered in :mod:`eqpdenet.kernels.cuda`; Triton is imported
 only when one runs), and ``m2_update`` has no implementation yet
@@ -103,7 +105,8 @@ def _fake(u, weight, stencils, frame, boundary):
 
 @torch.library.register_fake("eqpdenet::m2_mix_invariants_backward", lib=_LIBRARY)
 def _backward_fake(grad_z, u, weight, stencils, frame, boundary):
-    return torch.empty_like(u), u.new_empty(u.shape[0], *weight.shape, dtype=torch.float64)
+    # contiguous, as the kernels' outputs (op.py: the fakes; empty_like kept u's strides)
+    return u.new_empty(u.shape), u.new_empty(u.shape[0], *weight.shape, dtype=torch.float64)
 
 
 def _setup_context(ctx, inputs, output):
@@ -134,13 +137,13 @@ _LIBRARY.define("m2_euler_step_backward(Tensor grad_next, Tensor u, Tensor w1, T
 
 @torch.library.register_fake("eqpdenet::m2_euler_step", lib=_LIBRARY)
 def _step_fake(u, w1, b1, w2, b2, stencils, frame, boundary, dt):
-    return torch.empty_like(u)
+    return u.new_empty(u.shape)
 
 
 @torch.library.register_fake("eqpdenet::m2_euler_step_backward", lib=_LIBRARY)
 def _step_backward_fake(grad_next, u, w1, b1, w2, b2, stencils, frame, boundary, dt):
     width = w1.numel() + b1.numel() + w2.numel() + b2.numel()
-    return torch.empty_like(u), u.new_empty(u.shape[0], width, dtype=torch.float64)
+    return u.new_empty(u.shape), u.new_empty(u.shape[0], width, dtype=torch.float64)
 
 
 def _step_setup_context(ctx, inputs, output):
@@ -171,13 +174,13 @@ _LIBRARY.define("m2_update_backward(Tensor grad_next, Tensor z, Tensor scale, Te
 
 @torch.library.register_fake("eqpdenet::m2_update", lib=_LIBRARY)
 def _update_fake(u, z, scale, shift, w2, b2, dt):
-    return torch.empty_like(u)
+    return u.new_empty(u.shape)
 
 
 @torch.library.register_fake("eqpdenet::m2_update_backward", lib=_LIBRARY)
 def _update_backward_fake(grad_next, z, scale, shift, w2, b2, dt):
     width = 2 * scale.numel() + w2.numel() + b2.numel()
-    return torch.empty_like(z), z.new_empty(z.shape[0], width, dtype=torch.float64)
+    return z.new_empty(z.shape), z.new_empty(z.shape[0], width, dtype=torch.float64)
 
 
 def _update_setup_context(ctx, inputs, output):

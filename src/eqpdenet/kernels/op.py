@@ -33,8 +33,11 @@ boundaries, dt, ratio_eps, ratio_regularisations, steps, check_finite, store_sta
     ===================== ===================== ==========================================
 
     Returns ``out`` ``(B, E, C, H, W)`` (the states at ``T``), ``states``
-    ``(B, E, C, max(steps), H, W)`` (empty unless ``store_states``) and ``first_bad`` ``(B, E)``
-    int32, the first Euler step whose state was not finite (0: none, or not checked).
+    ``(B, E, C, max(steps), H, W)`` (empty unless ``store_states``: ``states[:, e, :, l]`` is the
+    state ``u_l`` of PDE ``e`` before its step ``l + 1``, for ``l < steps[e]``, and zero for
+    ``steps[e] <= l < max(steps)``) and ``first_bad`` ``(B, E)`` int32, the first Euler step whose
+    state was not finite (0: none, or not checked). Every output is contiguous, whatever the
+    inputs' strides. ``steps`` must lie in ``[0, 2**31 - 1]`` (the kernels count in a C ``int``).
 
     The invariant sets (:data:`KERNEL_INVARIANT_SETS`), with ``ratio(a, b)`` the regularised
     ratio of the PDE's mode (:mod:`eqpdenet.pde.invariants`): ``a b / (b² + eps² ref + guard)``
@@ -53,7 +56,9 @@ boundaries, dt, ratio_eps, ratio_regularisations, steps, check_finite, store_sta
 ``torch.ops.eqpdenet.euler_evolve_backward(grad_out, u, ..., states) -> (grad_u, grad_weight,
 grad_bias)``
     The exact adjoint of the same discrete scheme (boundary padding included), from the stored
-    ``states`` or, where ``states`` is empty, recomputing them image by image.
+    ``states`` or, where ``states`` is empty, recomputing them image by image. ``grad_out``
+    ``(B, E, C, H, W)`` has the dtype of ``u``; the outputs are contiguous, shaped as ``u``,
+    ``weight`` and ``bias``, in ``u``'s dtype.
 
 Autograd is registered once, here, for every device; each device registers its implementation
 of both operators (the C++ kernel for ``cpu`` in :mod:`eqpdenet.kernels.cpu`, the Triton kernels
@@ -161,21 +166,41 @@ _LIBRARY.define(f"euler_evolve_backward(Tensor grad_out, Tensor u, {_COMMON}, Te
                 "-> (Tensor, Tensor, Tensor)")
 
 
+#: The most Euler steps one call takes: the kernels count steps in a C ``int``.
+MAX_STEPS = 2**31 - 1
+
+
+def _check_steps(steps: Sequence[int]) -> None:
+    """The C++ kernel's check of ``steps`` (``csrc/fused_euler.cpp``), in the fake
+    implementations too: ``torch.compile`` and the meta device learn the shapes from them, and
+    ``max(steps)`` sizes the ``states`` output."""
+    for e, count in enumerate(steps):
+        if count < 0:
+            raise RuntimeError(f"fused_euler: steps must be >= 0, got {count} for PDE {e}")
+        if count > MAX_STEPS:
+            raise RuntimeError(f"fused_euler: steps must be <= {MAX_STEPS}, got {count} for PDE {e}")
+
+
+# The fake (shape) implementations give contiguous outputs, as every kernel returns them: one
+# given a transposed input kept its strides (torch.empty_like), and opcheck and Inductor's stride
+# assertions failed.
 @torch.library.register_fake("eqpdenet::euler_evolve", lib=_LIBRARY)
 def _evolve_fake(u, weight, bias, monomials, stencils, invariant_sets, boundaries, dt, ratio_eps,
                  ratio_regularisations, steps, check_finite, store_states):
+    _check_steps(steps)
     batch, channels, height, width = u.shape
     pdes = len(steps)
     out = u.new_empty(batch, pdes, channels, height, width)
-    states = (u.new_empty(batch, pdes, channels, max(steps), height, width) if store_states
-              else u.new_empty(0))
+    states = (u.new_empty(batch, pdes, channels, max(steps, default=0), height, width)
+              if store_states else u.new_empty(0))
     return out, states, u.new_empty(batch, pdes, dtype=torch.int32)
 
 
 @torch.library.register_fake("eqpdenet::euler_evolve_backward", lib=_LIBRARY)
 def _backward_fake(grad_out, u, weight, bias, monomials, stencils, invariant_sets, boundaries,
                    dt, ratio_eps, ratio_regularisations, steps, states):
-    return torch.empty_like(u), torch.empty_like(weight), torch.empty_like(bias)
+    _check_steps(steps)
+    return u.new_empty(u.shape), u.new_empty(weight.shape), u.new_empty(bias.shape)
 
 
 def _setup_context(ctx, inputs, output):

@@ -24,6 +24,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -757,29 +758,48 @@ Settings check_common(const at::Tensor& u, const at::Tensor& weights, const at::
                       std::vector<double> dt, std::vector<double> eps,
                       std::vector<std::string> regularisations, std::vector<int64_t> steps,
                       std::vector<bool> check) {
-  for (const auto* t : {&u, &weights, &bias, &monomials, &stencils})
-    TORCH_CHECK(t->device().is_cpu(), "fused_euler: CPU tensors only");
-  TORCH_CHECK(u.dim() == 4 && u.is_contiguous(), "fused_euler: u must be contiguous (B, C, H, W)");
+  const std::pair<const char*, const at::Tensor*> named[] = {
+      {"u", &u}, {"weight", &weights}, {"bias", &bias}, {"monomials", &monomials}, {"stencils", &stencils}};
+  for (const auto& [name, t] : named)
+    TORCH_CHECK(t->device().is_cpu(), "fused_euler: ", name, " must be a CPU tensor, got one on ",
+                t->device());
+  TORCH_CHECK(u.dim() == 4 && u.is_contiguous(), "fused_euler: u must be contiguous (B, C, H, W), got ",
+              u.sizes());
+  TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble,
+              "fused_euler: u must be float32 or float64, got ", u.scalar_type());
   TORCH_CHECK(weights.scalar_type() == u.scalar_type() && bias.scalar_type() == u.scalar_type(),
-              "fused_euler: parameters must have the dtype of u");
-  TORCH_CHECK(weights.is_contiguous() && bias.is_contiguous() && monomials.is_contiguous() &&
-                  stencils.is_contiguous(), "fused_euler: contiguous tensors expected");
+              "fused_euler: parameters must have the dtype of u (", u.scalar_type(), "), got weight ",
+              weights.scalar_type(), " and bias ", bias.scalar_type());
+  for (const auto& [name, t] : named)
+    TORCH_CHECK(t->is_contiguous(), "fused_euler: ", name, " must be contiguous");
   TORCH_CHECK(weights.dim() == 2 && bias.dim() == 1 && bias.size(0) == weights.size(0),
-              "fused_euler: weight must be (E, M) and bias (E,)");
+              "fused_euler: weight must be (E, M) and bias (E,), got ", weights.sizes(), " and ",
+              bias.sizes());
   const int64_t E = weights.size(0);
   TORCH_CHECK(monomials.scalar_type() == at::kLong && monomials.dim() == 3 &&
                   monomials.size(0) == E && monomials.size(1) == weights.size(1) &&
-                  monomials.size(2) == 2, "fused_euler: monomials must be (E, M, 2) int64");
-  TORCH_CHECK(stencils.scalar_type() == at::kDouble && stencils.numel() == E * 54,
-              "fused_euler: stencils must be (E, 6, 3, 3) float64");
-  TORCH_CHECK(static_cast<int64_t>(sets.size()) == E && static_cast<int64_t>(boundaries.size()) == E &&
-                  static_cast<int64_t>(dt.size()) == E && static_cast<int64_t>(eps.size()) == E &&
-                  static_cast<int64_t>(regularisations.size()) == E &&
-                  static_cast<int64_t>(steps.size()) == E &&
-                  (check.empty() || static_cast<int64_t>(check.size()) == E),
-              "fused_euler: one setting per PDE expected");
+                  monomials.size(2) == 2,
+              "fused_euler: monomials must be (E, M, 2) = [", E, ", ", weights.size(1), ", 2] int64, got ",
+              monomials.sizes(), " ", monomials.scalar_type());
+  // Read as E blocks of (6, 3, 3): the same number of values in another layout, (E, 3, 3, 6) or
+  // flat, was read in this order and gave another PDE, silently.
+  TORCH_CHECK(stencils.scalar_type() == at::kDouble && stencils.dim() == 4 && stencils.size(0) == E &&
+                  stencils.size(1) == 6 && stencils.size(2) == 3 && stencils.size(3) == 3,
+              "fused_euler: stencils must be (E, 6, 3, 3) = [", E, ", 6, 3, 3] float64, got ",
+              stencils.sizes(), " ", stencils.scalar_type());
+  const std::pair<const char*, size_t> lengths[] = {
+      {"invariant_sets", sets.size()}, {"boundaries", boundaries.size()}, {"dt", dt.size()},
+      {"ratio_eps", eps.size()}, {"ratio_regularisations", regularisations.size()},
+      {"steps", steps.size()}, {"check_finite", check.empty() ? static_cast<size_t>(E) : check.size()}};
+  for (const auto& [name, n] : lengths)
+    TORCH_CHECK(static_cast<int64_t>(n) == E, "fused_euler: ", name, " must hold one value per PDE (",
+                E, "), got ", n);
   for (int64_t e = 0; e < E; ++e) {
     TORCH_CHECK(steps[e] >= 0, "fused_euler: steps must be >= 0, got ", steps[e], " for PDE ", e);
+    // The kernels count steps in a C int: more were taken modulo 2^32 (2^32 + 1 steps gave the
+    // 1-step result, 2^32 returned u itself).
+    TORCH_CHECK(steps[e] <= std::numeric_limits<int>::max(), "fused_euler: steps must be <= ",
+                std::numeric_limits<int>::max(), ", got ", steps[e], " for PDE ", e);
     // The padded row -1 copies row 1 (and row H row H - 2): an image of one row or column has
     // none, and the halo would be read from outside the image (the reference refuses it too).
     TORCH_CHECK(boundaries[e] != "reflect" || (u.size(2) > 1 && u.size(3) > 1),
@@ -817,6 +837,11 @@ std::vector<at::Tensor> fused_forward(at::Tensor u, at::Tensor weights, at::Tens
   const int smax = max_steps(s);
   auto out = at::empty({B, E, C, H, W}, u.options());
   auto states = store_states ? at::empty({B, E, C, smax, H, W}, u.options()) : at::empty({0}, u.options());
+  // The slots past a PDE's own steps (PDEs of fewer steps than max(steps)) are zero: never
+  // written, they held whatever the allocator gave (two equal calls differed).
+  if (store_states)
+    for (int64_t e = 0; e < E; ++e)
+      if (s.steps[e] < smax) states.select(1, e).narrow(2, s.steps[e], smax - s.steps[e]).zero_();
   auto bad = at::zeros({B, E}, u.options().dtype(at::kInt));
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "fused_forward", [&] {
     auto pdes = make_pdes<scalar_t>(weights, bias, monomials, stencils, s);
@@ -838,7 +863,9 @@ std::vector<at::Tensor> fused_backward(at::Tensor gout, at::Tensor u, at::Tensor
   const Settings s = check_common(u, weights, bias, monomials, stencils, std::move(sets),
                                   std::move(boundaries), std::move(dt), std::move(eps),
                                   std::move(regularisations), std::move(steps), {});
-  TORCH_CHECK(gout.is_contiguous() && gout.scalar_type() == u.scalar_type(), "fused_euler: bad gradient");
+  TORCH_CHECK(gout.scalar_type() == u.scalar_type(), "fused_euler: grad_out must have the dtype of u (",
+              u.scalar_type(), "), got ", gout.scalar_type());
+  TORCH_CHECK(gout.is_contiguous(), "fused_euler: grad_out must be contiguous");
   const int64_t B = u.size(0), E = weights.size(0), mmax = weights.size(1);
   const int smax = max_steps(s);
   // Both are read at the offsets of these shapes.
@@ -848,10 +875,12 @@ std::vector<at::Tensor> fused_backward(at::Tensor gout, at::Tensor u, at::Tensor
               "fused_euler: grad_out must be (B, E, C, H, W) = ", at::IntArrayRef(gshape),
               " like the forward's output, got ", gout.sizes());
   TORCH_CHECK(states.numel() == 0 ||
-                  (states.device().is_cpu() && states.is_contiguous() &&
-                   states.scalar_type() == u.scalar_type() && states.sizes() == at::IntArrayRef(sshape)),
+                  (states.device().is_cpu() && states.scalar_type() == u.scalar_type() &&
+                   states.sizes() == at::IntArrayRef(sshape)),
               "fused_euler: states must be empty or (B, E, C, max(steps), H, W) = ",
-              at::IntArrayRef(sshape), " of u's dtype, got ", states.sizes(), " ", states.scalar_type());
+              at::IntArrayRef(sshape), " of u's dtype, got ", states.sizes(), " ", states.scalar_type(),
+              " on ", states.device());
+  TORCH_CHECK(states.numel() == 0 || states.is_contiguous(), "fused_euler: states must be contiguous");
   auto gu = at::empty_like(u);
   auto gparams = at::zeros({B, E, mmax + 1}, u.options().dtype(at::kDouble));
   const bool stored = states.numel() > 0;

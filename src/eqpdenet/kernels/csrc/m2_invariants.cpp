@@ -128,15 +128,17 @@ struct Setup {
 
 template <typename T>
 Setup<T> setup(const torch::Tensor& u, const torch::Tensor& weight, const torch::Tensor& stencils,
-               const std::string& boundary) {
-  TORCH_CHECK(u.dim() == 5, "m2_invariants: u must be (B, C, N, H, W)");
+               const std::string& boundary, const char* weight_name = "weight") {
+  TORCH_CHECK(u.dim() == 5, "m2_invariants: u must be (B, C, N, H, W), got ", u.sizes());
   TORCH_CHECK(weight.dim() == 3 && weight.size(1) == u.size(1) && weight.size(2) == NJ,
-              "m2_invariants: weight must be (O, C, 10)");
+              "m2_invariants: ", weight_name, " must be (O, C, 10) with C = ", u.size(1),
+              " (u's channels), got ", weight.sizes());
   TORCH_CHECK(stencils.dim() == 3 && stencils.size(1) == 3 && stencils.size(2) % 2 == 1 &&
                   stencils.size(2) <= MAX_TAPS,
-              "m2_invariants: stencils must be (S, 3, K) with odd K <= 63");
+              "m2_invariants: stencils must be (S, 3, K) with odd K <= 63, got ", stencils.sizes());
   TORCH_CHECK(stencils.size(0) >= 1 && u.size(0) % stencils.size(0) == 0,
-              "m2_invariants: the batch must hold S equal scale chunks");
+              "m2_invariants: the batch of ", u.size(0), " must hold S = ", stencils.size(0),
+              " equal scale chunks (stencils (S, 3, K))");
   Setup<T> s;
   s.C = u.size(1);
   s.N = u.size(2);
@@ -900,11 +902,16 @@ template <typename T>
 void check_step(const torch::Tensor& u, const torch::Tensor& w1, const torch::Tensor& b1,
                 const torch::Tensor& w2, const torch::Tensor& b2) {
   const int64_t O = w1.size(0), C = u.size(1);
-  TORCH_CHECK(b1.dim() == 1 && b1.size(0) == O, "m2_euler_step: b1 must be (O,)");
-  TORCH_CHECK(w2.dim() == 2 && w2.size(0) == C && w2.size(1) == O, "m2_euler_step: w2 must be (C, O)");
-  TORCH_CHECK(b2.dim() == 1 && b2.size(0) == C, "m2_euler_step: b2 must be (C,)");
-  for (const auto* t : {&b1, &w2, &b2})
-    TORCH_CHECK(t->scalar_type() == u.scalar_type(), "m2_euler_step: parameter dtypes differ");
+  TORCH_CHECK(b1.dim() == 1 && b1.size(0) == O, "m2_euler_step: b1 must be (O,) = [", O,
+              "] (w1's outputs), got ", b1.sizes());
+  TORCH_CHECK(w2.dim() == 2 && w2.size(0) == C && w2.size(1) == O, "m2_euler_step: w2 must be (C, O) = [",
+              C, ", ", O, "], got ", w2.sizes());
+  TORCH_CHECK(b2.dim() == 1 && b2.size(0) == C, "m2_euler_step: b2 must be (C,) = [", C,
+              "] (u's channels), got ", b2.sizes());
+  const std::pair<const char*, const torch::Tensor*> named[] = {{"b1", &b1}, {"w2", &w2}, {"b2", &b2}};
+  for (const auto& [name, t] : named)
+    TORCH_CHECK(t->scalar_type() == u.scalar_type(), "m2_euler_step: ", name, " must have the dtype of u (",
+                u.scalar_type(), "), got ", t->scalar_type());
 }
 
 template <typename T, int N>
@@ -913,7 +920,7 @@ torch::Tensor step_forward_typed(const torch::Tensor& u, const torch::Tensor& w1
                                  const torch::Tensor& b2, const torch::Tensor& stencils,
                                  const torch::Tensor& frame, const std::string& boundary,
                                  double dt) {
-  const auto s = setup<T>(u, w1, stencils, boundary);
+  const auto s = setup<T>(u, w1, stencils, boundary, "w1");
   check_step<T>(u, w1, b1, w2, b2);
   const int64_t B = u.size(0), per_scale = B / stencils.size(0), L = s.W * N;
   torch::Tensor out = torch::empty_like(u);
@@ -952,7 +959,7 @@ std::vector<torch::Tensor> step_backward_typed(const torch::Tensor& g_next, cons
                                                const torch::Tensor& stencils,
                                                const torch::Tensor& frame,
                                                const std::string& boundary, double dt) {
-  const auto s = setup<T>(u, w1, stencils, boundary);
+  const auto s = setup<T>(u, w1, stencils, boundary, "w1");
   check_step<T>(u, w1, b1, w2, b2);
   const int64_t B = u.size(0), per_scale = B / stencils.size(0), L = s.W * N;
   const int64_t CJ = s.C * NJ, width = s.O * CJ + s.O + s.C * s.O + s.C;
@@ -1223,15 +1230,19 @@ std::vector<torch::Tensor> backward_typed(const torch::Tensor& grad_z, const tor
 }
 
 void check_arguments(const torch::Tensor& u, const torch::Tensor& weight,
-                     const torch::Tensor& stencils, const torch::Tensor& frame) {
+                     const torch::Tensor& stencils, const torch::Tensor& frame,
+                     const char* weight_name = "weight") {
   TORCH_CHECK(stencils.scalar_type() == torch::kFloat64 && frame.scalar_type() == torch::kFloat64,
-              "m2_invariants: stencils and frame must be float64");
+              "m2_invariants: stencils and frame must be float64, got ", stencils.scalar_type(), " and ",
+              frame.scalar_type());
   TORCH_CHECK(u.dim() == 5, "m2_invariants: u must be (B, C, N, H, W), got ", u.sizes());
   TORCH_CHECK(frame.dim() == 2 && frame.size(0) == u.size(2) && frame.size(1) == 2,
-              "m2_invariants: frame must be (N, 2)");
-  TORCH_CHECK(u.scalar_type() == weight.scalar_type(), "m2_invariants: u and weight dtypes differ");
+              "m2_invariants: frame must be (N, 2) with N = ", u.size(2), " (u's orientations), got ",
+              frame.sizes());
+  TORCH_CHECK(u.scalar_type() == weight.scalar_type(), "m2_invariants: ", weight_name,
+              " must have the dtype of u (", u.scalar_type(), "), got ", weight.scalar_type());
   TORCH_CHECK(u.scalar_type() == torch::kFloat64 || u.scalar_type() == torch::kFloat32,
-              "m2_invariants: float32 or float64 only");
+              "m2_invariants: u must be float32 or float64, got ", u.scalar_type());
 }
 
 // Dispatch on the dtype and on N (a compile-time vector length over the orientations).
@@ -1258,7 +1269,8 @@ std::vector<torch::Tensor> m2_backward(torch::Tensor grad_z, torch::Tensor u,
                                        torch::Tensor weight, torch::Tensor stencils,
                                        torch::Tensor frame, std::string boundary) {
   check_arguments(u, weight, stencils, frame);
-  TORCH_CHECK(grad_z.scalar_type() == u.scalar_type(), "m2_invariants: grad dtype differs");
+  TORCH_CHECK(grad_z.scalar_type() == u.scalar_type(), "m2_invariants: grad_z must have the dtype of u (",
+              u.scalar_type(), "), got ", grad_z.scalar_type());
   // Read at the offsets of the forward's output (B, O, N, H, W): another shape was read out of
   // bounds.
   TORCH_CHECK(weight.dim() == 3 && grad_z.is_contiguous() &&
@@ -1272,7 +1284,7 @@ std::vector<torch::Tensor> m2_backward(torch::Tensor grad_z, torch::Tensor u,
 torch::Tensor m2_step_forward(torch::Tensor u, torch::Tensor w1, torch::Tensor b1,
                               torch::Tensor w2, torch::Tensor b2, torch::Tensor stencils,
                               torch::Tensor frame, std::string boundary, double dt) {
-  check_arguments(u, w1, stencils, frame);
+  check_arguments(u, w1, stencils, frame, "w1");
   M2_DISPATCH(step_forward_typed, u, w1, b1, w2, b2, stencils, frame, boundary, dt);
 }
 
@@ -1281,34 +1293,47 @@ std::vector<torch::Tensor> m2_step_backward(torch::Tensor g_next, torch::Tensor 
                                             torch::Tensor b2, torch::Tensor stencils,
                                             torch::Tensor frame, std::string boundary,
                                             double dt) {
-  check_arguments(u, w1, stencils, frame);
-  TORCH_CHECK(g_next.scalar_type() == u.scalar_type(), "m2_euler_step: grad dtype differs");
+  check_arguments(u, w1, stencils, frame, "w1");
+  TORCH_CHECK(g_next.scalar_type() == u.scalar_type(), "m2_euler_step: grad_next must have the dtype of u (",
+              u.scalar_type(), "), got ", g_next.scalar_type());
   TORCH_CHECK(g_next.is_contiguous() && g_next.sizes() == u.sizes(),
               "m2_euler_step: grad_next must be contiguous with the shape of u ", u.sizes(), ", got ",
               g_next.sizes());
   M2_DISPATCH(step_backward_typed, g_next, u, w1, b1, w2, b2, stencils, frame, boundary, dt);
 }
 
-void check_tail(const torch::Tensor& u, const torch::Tensor& z, const torch::Tensor& scale,
-                const torch::Tensor& shift, const torch::Tensor& w2, const torch::Tensor& b2) {
-  TORCH_CHECK(u.dim() >= 2 && z.dim() == u.dim() && z.size(0) == u.size(0) &&
-                  points_per_channel(z) == points_per_channel(u),
-              "m2_update: z must be (B, O, ...) with the points of u (B, C, ...)");
-  const int64_t O = z.size(1), C = u.size(1);
-  TORCH_CHECK(scale.numel() == O && shift.numel() == O && w2.dim() == 2 && w2.size(0) == C &&
-                  w2.size(1) == O && b2.numel() == C,
-              "m2_update: scale, shift (O), w2 (C, O), b2 (C)");
-  for (const auto* t : {&z, &scale, &shift, &w2, &b2})
-    TORCH_CHECK(t->scalar_type() == u.scalar_type() && t->is_contiguous(),
-                "m2_update: contiguous tensors of one dtype");
-  TORCH_CHECK(u.is_contiguous(), "m2_update: u must be contiguous");
-  TORCH_CHECK(u.scalar_type() == torch::kFloat32 || u.scalar_type() == torch::kFloat64,
-              "m2_update: float32 or float64 only");
+// op: the operator named in the messages; first: the name of x, the tensor of C channels (u of
+// m2_update, grad_next of m2_update_backward), both (B, C, N, H, W).
+void check_tail(const char* op, const char* first, const torch::Tensor& x, const torch::Tensor& z,
+                const torch::Tensor& scale, const torch::Tensor& shift, const torch::Tensor& w2,
+                const torch::Tensor& b2) {
+  TORCH_CHECK(x.dim() == 5, op, ": ", first, " must be (B, C, N, H, W), got ", x.sizes());
+  TORCH_CHECK(z.dim() == 5 && z.size(0) == x.size(0) && z.sizes().slice(2) == x.sizes().slice(2),
+              op, ": z must be (B, O, N, H, W) with the B, N, H, W of ", first, " ", x.sizes(), ", got ",
+              z.sizes());
+  const int64_t O = z.size(1), C = x.size(1);
+  TORCH_CHECK(scale.dim() == 1 && scale.size(0) == O && shift.dim() == 1 && shift.size(0) == O,
+              op, ": scale and shift must be (O,) = [", O, "] (z's channels), got ", scale.sizes(), " and ",
+              shift.sizes());
+  TORCH_CHECK(w2.dim() == 2 && w2.size(1) == O, op, ": w2 must be (C, O) with O = ", O,
+              " (z's channels), got ", w2.sizes());
+  TORCH_CHECK(w2.size(0) == C, op, ": ", first, " ", x.sizes(), " must have C = ", w2.size(0),
+              " channels (w2 (C, O) ", w2.sizes(), "), got ", C);
+  TORCH_CHECK(b2.dim() == 1 && b2.size(0) == C, op, ": b2 must be (C,) = [", C, "], got ", b2.sizes());
+  TORCH_CHECK(x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kFloat64,
+              op, ": ", first, " must be float32 or float64, got ", x.scalar_type());
+  const std::pair<const char*, const torch::Tensor*> named[] = {
+      {first, &x}, {"z", &z}, {"scale", &scale}, {"shift", &shift}, {"w2", &w2}, {"b2", &b2}};
+  for (const auto& [name, t] : named) {
+    TORCH_CHECK(t->scalar_type() == x.scalar_type(), op, ": ", name, " must have the dtype of ", first,
+                " (", x.scalar_type(), "), got ", t->scalar_type());
+    TORCH_CHECK(t->is_contiguous(), op, ": ", name, " must be contiguous");
+  }
 }
 
 torch::Tensor m2_tail_forward(torch::Tensor u, torch::Tensor z, torch::Tensor scale,
                               torch::Tensor shift, torch::Tensor w2, torch::Tensor b2, double dt) {
-  check_tail(u, z, scale, shift, w2, b2);
+  check_tail("m2_update", "u", u, z, scale, shift, w2, b2);
   if (u.scalar_type() == torch::kFloat64)
     return tail_forward_typed<double>(u, z, scale, shift, w2, b2, dt);
   return tail_forward_typed<float>(u, z, scale, shift, w2, b2, dt);
@@ -1317,7 +1342,7 @@ torch::Tensor m2_tail_forward(torch::Tensor u, torch::Tensor z, torch::Tensor sc
 std::vector<torch::Tensor> m2_tail_backward(torch::Tensor g, torch::Tensor z, torch::Tensor scale,
                                             torch::Tensor shift, torch::Tensor w2,
                                             torch::Tensor b2, double dt) {
-  check_tail(g, z, scale, shift, w2, b2);
+  check_tail("m2_update_backward", "grad_next", g, z, scale, shift, w2, b2);
   if (g.scalar_type() == torch::kFloat64)
     return tail_backward_typed<double>(g, z, scale, shift, w2, dt);
   return tail_backward_typed<float>(g, z, scale, shift, w2, dt);
