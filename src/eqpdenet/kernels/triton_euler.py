@@ -89,6 +89,8 @@ CPU_PROGRAMS = 4
 # Columns of the per-PDE integer settings (ipar) and floating-point settings (fpar).
 _IPAR = ("set", "steps", "check", "nmono", "zeros", "top", "bottom", "left", "right")
 _FPAR = ("dt", "eps2")
+#: The most steps of one PDE: the settings the kernels read are int32 (as the C++ kernel's C int).
+MAX_STEPS = 2**31 - 1
 _NO_BAD = tl.constexpr(2147483647)  # "no non-finite step" while taking minima
 # _MASK_NOTE: masks combine blocks with conditions on scalars only after broadcasting the scalar
 # (``i * 0 + zeros``): Triton 3.9's interpreter rejects a mask made of a block and a scalar
@@ -743,8 +745,9 @@ def _check_arguments(what: str, u, weight, bias, monomials, stencils, invariant_
     if monomials.shape != (pdes, mmax, 2) or monomials.dtype != torch.int64:
         raise InputError(f"{what}: monomials must be (E, M, 2) = {(pdes, mmax, 2)} int64, got "
                          f"{tuple(monomials.shape)} {monomials.dtype}")
-    if stencils.numel() != 54 * pdes:
-        raise InputError(f"{what}: stencils must be (E, 6, 3, 3) with E = {pdes}, got "
+    # read as E blocks of (6, 3, 3): the same values in another layout gave another PDE
+    if tuple(stencils.shape) != (pdes, 6, 3, 3):
+        raise InputError(f"{what}: stencils must be (E, 6, 3, 3) = {(pdes, 6, 3, 3)}, got "
                          f"{tuple(stencils.shape)}")
     settings = dict(invariant_sets=invariant_sets, boundaries=boundaries, dt=dt,
                     ratio_eps=ratio_eps, steps=steps)
@@ -763,6 +766,8 @@ def _check_arguments(what: str, u, weight, bias, monomials, stencils, invariant_
     for e, (boundary, count) in enumerate(zip(boundaries, steps, strict=True)):
         if int(count) < 0:
             raise InputError(f"{what}: steps must be >= 0, got {count} for PDE {e}")
+        if int(count) > MAX_STEPS:  # the settings are int32: more steps were taken modulo 2**32
+            raise InputError(f"{what}: steps must be <= {MAX_STEPS}, got {count} for PDE {e}")
         # The padded row -1 copies row 1 and row H row H - 2: one row has neither.
         if boundary == "reflect" and min(height, width) < 2:
             raise InputError(f"{what}: a reflect boundary needs images of at least 2 x 2 pixels, "
@@ -832,6 +837,9 @@ def forward(u: Tensor, weight: Tensor, bias: Tensor, monomials: Tensor, stencils
     out = u.new_empty(batch, pdes, channels, height, width)
     states = (u.new_empty(batch, pdes, channels, smax, height, width) if store_states
               else u.new_empty(0))
+    for e, count in enumerate(steps):  # past a PDE's own steps: zeros, as the C++ kernel's
+        if store_states and int(count) < smax:
+            states[:, e, :, int(count):].zero_()
     first_bad = torch.zeros(batch, pdes, dtype=torch.int32, device=u.device)
     n_items = batch * pdes
     if n_items == 0:
@@ -872,7 +880,8 @@ def backward(grad_out: Tensor, u: Tensor, weight: Tensor, bias: Tensor, monomial
     smax = max(steps) if pdes else 0
     n_items = batch * pdes
     if n_items == 0:
-        return torch.zeros_like(u), torch.zeros_like(weight), torch.zeros_like(bias)
+        # contiguous whatever u's strides, as the kernels' results
+        return u.new_zeros(u.shape), weight.new_zeros(weight.shape), bias.new_zeros(bias.shape)
     ipar, fpar, linear = _common(u, weight, monomials, stencils, invariant_sets, boundaries, dt,
                                  ratio_eps, steps, [False] * pdes)
     programs, block, num_warps = _launch_config(u, n_items, BACKWARD_PROGRAMS_PER_SM, programs,

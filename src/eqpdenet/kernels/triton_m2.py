@@ -803,7 +803,7 @@ def _forward(u, w1, b1, w2, b2, stencils, frame, boundary, dt, step, programs, b
     if step and outputs == 0:
         # No hidden unit: F = b2. The kernel's loop over blocks of outputs, which also writes
         # u_next, would not run at all and leave ``out`` uninitialised.
-        return torch.add(u, b2.view(1, channels, 1, 1, 1), alpha=float(dt))
+        return torch.add(u, b2.view(1, channels, 1, 1, 1), alpha=float(dt)).contiguous()
     count = _programs(u.device, items, programs)
     stride = 9 * (rows + 2 * radius) * width
     workspace = u.new_empty(count * stride)
