@@ -38,6 +38,7 @@ from .config import (
     to_dict,
     to_toml,
 )
+from .plugins import import_plugins
 
 __all__ = ["build_parser", "main"]
 
@@ -1242,7 +1243,17 @@ def _terminate_as_interrupt():
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (see the module docstring)."""
+    """Run the command line; returns the exit status (see the module docstring). The modules
+    named in ``EQPDENET_PLUGINS`` are imported first (:mod:`eqpdenet.app.plugins`), so that what
+    they register (a model family, a data set, a scenario, ...) is known to the arguments."""
+    try:
+        import_plugins()
+    except ConfigError as error:
+        if os.environ.get(DEBUG_VARIABLE):
+            raise
+        text, status = describe_error(error)
+        print(f"eqpdenet: error: {text} ({DEBUG_VARIABLE}=1 shows the traceback)", file=sys.stderr)
+        return status
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):

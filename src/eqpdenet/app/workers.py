@@ -128,9 +128,11 @@ _START_NAME = "__eqpdenet_worker_start__"
 def _start_worker(parent: int, then: bytes) -> None:
     """A pool worker's first code, run from this module's file (:func:`runpy.run_path`, the
     pool's initializer) before any module of eqpdenet is imported: SIGINT ignored, a process
-    group of its own, the kernel told to kill it with its parent and the watchdog started, and
-    only then ``then`` unpickled (the caller's initializer and its arguments, the parent's
-    ``warnings.showwarning``: unpickling them imports their modules, eqpdenet and PyTorch)."""
+    group of its own, the kernel told to kill it with its parent and the watchdog started, the
+    modules named in ``EQPDENET_PLUGINS`` imported (:mod:`eqpdenet.app.plugins`: the work may
+    name what they register), and only then ``then`` unpickled (the caller's initializer and
+    its arguments, the parent's ``warnings.showwarning``: unpickling them imports their modules,
+    eqpdenet and PyTorch)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
@@ -139,6 +141,10 @@ def _start_worker(parent: int, then: bytes) -> None:
                      name="eqpdenet-parent-watchdog").start()
     if os.getppid() != parent:  # the parent died before the kernel was told
         _die()
+    if os.environ.get("EQPDENET_PLUGINS"):  # what they register, before the work names it
+        from eqpdenet.app.plugins import import_plugins
+
+        import_plugins()
     initializer, initargs, show = pickle.loads(then)
     if show is not None:
         warnings.showwarning = show
