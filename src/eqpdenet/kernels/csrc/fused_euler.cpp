@@ -668,7 +668,9 @@ void forward_impl(const at::Tensor& u, const std::vector<Pde<T>>& pdes, at::Tens
   for (const auto& q : pdes) fns.push_back(pick_integrate(q));
 #pragma omp parallel num_threads(nthreads)
   {
-    Work<T> w(geo, mmax, smax);
+    // No trajectory buffer: the forward stores states in the caller's tensor, never in w.traj
+    // (max(steps) x H x W per thread was allocated for nothing: 313 MB each at 100,000 steps).
+    Work<T> w(geo, mmax, 0);
 #pragma omp for schedule(dynamic, 1) collapse(2)
     for (int64_t b = 0; b < B; ++b) {
       for (int64_t e = 0; e < E; ++e) {
