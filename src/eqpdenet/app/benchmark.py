@@ -469,8 +469,8 @@ def unregistered_hint(error: Exception) -> str:
     the likely cause: a plugin that registers it, not imported in this process."""
     text = " ".join(str(error).split())
     if re.search(r"\bunknown [\w ]+ '", text):
-        text += (" (registered by a plugin? this process has not imported it: import the module "
-                 "that registers it, then run eqpdenet.app.cli.main([...]) from Python)")
+        text += (" (registered by a plugin? this process has not imported it: name the module "
+                 "that registers it in EQPDENET_PLUGINS)")
     return text
 
 
