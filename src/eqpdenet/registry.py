@@ -31,7 +31,7 @@ from typing import Generic, TypeVar
 
 from .errors import ConfigError
 
-__all__ = ["CallRegistry", "Registry"]
+__all__ = ["CallRegistry", "Registry", "checked_signature"]
 
 T = TypeVar("T")
 
@@ -108,6 +108,21 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}: {', '.join(self.names())})"
+
+
+def checked_signature(item, where: str, role: str, form: str) -> inspect.Signature:
+    """``item``'s signature, for the checks an item of a registry gets when it is registered:
+    a :class:`~eqpdenet.errors.ConfigError` beginning ``where`` for an item that is not callable
+    or whose signature Python cannot read (``form`` says what to give instead: ``role`` is what
+    the item is, a ``"loader"``, a ``"sampler"``)."""
+    if not callable(item):
+        raise ConfigError(f"{where}: the {role} must be callable, got {_shown(item)}")
+    try:
+        return inspect.signature(item)
+    except (TypeError, ValueError):
+        shown = getattr(item, "__qualname__", None) or type(item).__name__
+        raise ConfigError(f"{where}: the signature of its {role} {shown} cannot be read; give a "
+                          f"function {form} (a def wrapping it)") from None
 
 
 class CallRegistry(Registry):

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import inspect
 import math
 import numbers
 import os
@@ -51,7 +50,7 @@ from torch import Tensor
 from ..checks import require_int
 from ..errors import ConfigError, DataFileError
 from ..geometry import rotate, rotate_about_mass
-from ..registry import Registry, _shown
+from ..registry import Registry, _shown, checked_signature
 from .mnist import _IDX_DTYPES as IDX_DTYPES
 from .mnist import load_mnist, read_idx
 from .rotmnist import N_TEST as ROTMNIST_TEST
@@ -231,15 +230,9 @@ def check_loader(name: str, loader) -> None:
     """Raise a :class:`ConfigError` naming data set ``name`` unless ``loader`` can be called as
     :func:`load_dataset` calls it: ``loader(data_dir=..., cache_dir=..., seed=...)``
     (:data:`LOADER_KEYWORDS`; ``inspect.signature(loader).bind``)."""
-    if not callable(loader):
-        raise ConfigError(f"data set {name!r}: the loader must be callable, got {_shown(loader)}")
+    signature = checked_signature(loader, f"data set {name!r}", "loader",
+                                  "loader(data_dir=None, cache_dir=None, seed=0)")
     shown = getattr(loader, "__qualname__", None) or type(loader).__name__
-    try:
-        signature = inspect.signature(loader)
-    except (TypeError, ValueError):
-        raise ConfigError(f"data set {name!r}: the signature of its loader {shown} cannot be read; "
-                          f"give a function loader(data_dir=None, cache_dir=None, seed=0) "
-                          f"(a def wrapping it)") from None
     try:
         signature.bind(**LOADER_KEYWORDS)
     except TypeError as error:

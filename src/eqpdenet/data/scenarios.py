@@ -38,7 +38,7 @@ from torch import Tensor
 from ..checks import check_images, require_int
 from ..errors import ConfigError, EqPdeNetError
 from ..geometry import affine_warp, rotation_matrix, working_dtype
-from ..registry import Registry, _shown
+from ..registry import Registry, _shown, checked_signature
 
 __all__ = [
     "SCENARIOS",
@@ -95,14 +95,8 @@ def _sampler_name(sampler) -> str:
 
 def _sampler_signature(name: str, sampler) -> inspect.Signature:
     """``sampler``'s signature, checked: ``(num, generator, <ranges with defaults>)``."""
-    if not callable(sampler):
-        raise ConfigError(f"scenario {name!r}: the sampler must be callable, got {_shown(sampler)}")
-    try:
-        signature = inspect.signature(sampler)
-    except (TypeError, ValueError):
-        raise ConfigError(f"scenario {name!r}: the signature of its sampler {_sampler_name(sampler)} "
-                          f"cannot be read; give a function sampler(num, generator, **ranges) "
-                          f"(a def wrapping it)") from None
+    signature = checked_signature(sampler, f"scenario {name!r}", "sampler",
+                                  "sampler(num, generator, **ranges)")
     parameters = list(signature.parameters.values())
     expected = "sampler(num, generator, <ranges with defaults>) -> AffineDraw"
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
