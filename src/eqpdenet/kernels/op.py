@@ -166,8 +166,9 @@ _LIBRARY.define(f"euler_evolve_backward(Tensor grad_out, Tensor u, {_COMMON}, Te
                 "-> (Tensor, Tensor, Tensor)")
 
 
-#: The most Euler steps one call takes: the kernels count steps in a C ``int``.
-MAX_STEPS = 2**31 - 1
+#: The most Euler steps one operator call takes: the kernels count steps in a C ``int`` (the
+#: layers' own, far lower cap is :data:`eqpdenet.pde.integrators.MAX_STEPS`).
+KERNEL_MAX_STEPS = 2**31 - 1
 
 
 def _check_steps(steps: Sequence[int]) -> None:
@@ -177,8 +178,8 @@ def _check_steps(steps: Sequence[int]) -> None:
     for e, count in enumerate(steps):
         if count < 0:
             raise RuntimeError(f"fused_euler: steps must be >= 0, got {count} for PDE {e}")
-        if count > MAX_STEPS:
-            raise RuntimeError(f"fused_euler: steps must be <= {MAX_STEPS}, got {count} for PDE {e}")
+        if count > KERNEL_MAX_STEPS:
+            raise RuntimeError(f"fused_euler: steps must be <= {KERNEL_MAX_STEPS}, got {count} for PDE {e}")
 
 
 # The fake (shape) implementations give contiguous outputs, as every kernel returns them: one

@@ -63,7 +63,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..errors import ConfigError, InputError
-from .op import host_copy
+from .op import KERNEL_MAX_STEPS, host_copy
 
 __all__ = ["BOUNDARY_CODES", "KMAX", "N_INVARIANTS", "SET_CODES", "backward", "device_guard",
            "forward", "on_tensor_device"]
@@ -89,8 +89,6 @@ CPU_PROGRAMS = 4
 # Columns of the per-PDE integer settings (ipar) and floating-point settings (fpar).
 _IPAR = ("set", "steps", "check", "nmono", "zeros", "top", "bottom", "left", "right")
 _FPAR = ("dt", "eps2")
-#: The most steps of one PDE: the settings the kernels read are int32 (as the C++ kernel's C int).
-MAX_STEPS = 2**31 - 1
 _NO_BAD = tl.constexpr(2147483647)  # "no non-finite step" while taking minima
 # _MASK_NOTE: masks combine blocks with conditions on scalars only after broadcasting the scalar
 # (``i * 0 + zeros``): Triton 3.9's interpreter rejects a mask made of a block and a scalar
@@ -766,8 +764,8 @@ def _check_arguments(what: str, u, weight, bias, monomials, stencils, invariant_
     for e, (boundary, count) in enumerate(zip(boundaries, steps, strict=True)):
         if int(count) < 0:
             raise InputError(f"{what}: steps must be >= 0, got {count} for PDE {e}")
-        if int(count) > MAX_STEPS:  # the settings are int32: more steps were taken modulo 2**32
-            raise InputError(f"{what}: steps must be <= {MAX_STEPS}, got {count} for PDE {e}")
+        if int(count) > KERNEL_MAX_STEPS:  # the settings are int32: more were taken mod 2**32
+            raise InputError(f"{what}: steps must be <= {KERNEL_MAX_STEPS}, got {count} for PDE {e}")
         # The padded row -1 copies row 1 and row H row H - 2: one row has neither.
         if boundary == "reflect" and min(height, width) < 2:
             raise InputError(f"{what}: a reflect boundary needs images of at least 2 x 2 pixels, "
