@@ -47,6 +47,7 @@ from ..models import MODELS, CNNConfig, GCNNConfig, InvariantPDEConfig, LiftedPD
 from ..models import build_model as _build_model
 from ..pde.invariants import INVARIANT_SETS, InvariantSet
 from ..pde.layer import LAYER_PRESETS, LayerConfig
+from ..pde.m2_rhs import term_uses_options
 from ..pde.stencils import stencil_has_scale
 from .optim import LR_SCHEDULES, OPTIMIZERS
 
@@ -868,7 +869,8 @@ def _several_stages(channels) -> bool:
 
 
 def _uses_network(terms) -> bool:
-    return "network" in terms
+    # by the builders registered, not the names: a term of one's own is given these options
+    return any(term_uses_options(term) for term in terms)
 
 
 _ONE_STAGE = "one stage: nothing is downsampled between stages"

@@ -82,7 +82,7 @@ from ..pde.m2 import (
     steered_jet,
     steering_matrices,
 )
-from ..pde.m2_rhs import M2_TERMS, M2SystemRHS, Pointwise
+from ..pde.m2_rhs import M2_TERMS, M2SystemRHS, Pointwise, is_network_term
 from ..pde.stencils import BOUNDARIES, MIN_GAUSSIAN_SIGMA, ConstantBuffers
 from .centering import recenter
 from .inputs import ModelInput, check_model_input, family_options, require_image_size
@@ -570,7 +570,7 @@ class LiftedPDENet(nn.Module):
         per_image = batch_size * config.scales * element_size
         counts = config.orientations_of_stages()
         backend = kernels.resolve_backend(config.backend) != "reference"
-        network = list(config.terms) == ["network"]
+        network = len(config.terms) == 1 and is_network_term(config.terms[0])
         radius = config.radius()
         if config.backend == "reference":  # the steered jet and three fields, written out
             total = (per_image * config.orientations * sizes[0] ** 2

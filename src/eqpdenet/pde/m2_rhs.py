@@ -252,6 +252,25 @@ for _name, _term in (("convection", ConvectionTerm), ("diffusion", DiffusionTerm
                       _term(channels))
 M2_TERMS.register("linear", lambda channels, *options, relative=False:
                   LinearTerm(channels, bias=not relative))
+# The built-in builders that ignore hidden, normalize_invariants and normalize_hidden; a term of
+# one's own may use them (its builder is given them), so it is never in this set.
+_OPTIONLESS_BUILDERS = frozenset(M2_TERMS.get(name) for name in
+                                 ("convection", "diffusion", "dilation", "erosion", "linear"))
+
+
+def term_uses_options(name: str) -> bool:
+    """Whether the term registered as ``name`` may use ``hidden``, ``normalize_invariants`` and
+    ``normalize_hidden``: decided by the builder registered now, not by the name (a term
+    registered over ``"convection"`` with ``replace=True`` may use them). True for a name not
+    registered: nothing is known of it (the configuration check names it)."""
+    return name not in M2_TERMS or M2_TERMS.get(name) not in _OPTIONLESS_BUILDERS
+
+
+def is_network_term(name: str) -> bool:
+    """Whether the term registered as ``name`` builds exactly :class:`NetworkTerm`, the one term
+    the fused operators compute (:meth:`M2SystemRHS.euler_step` decides by the built module's
+    type; this is the same rule before anything is built)."""
+    return name in M2_TERMS and M2_TERMS.get(name) is NetworkTerm
 
 
 def _build_term(name: str, channels: int, hidden: int, normalize_invariants: bool,

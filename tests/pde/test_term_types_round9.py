@@ -1,0 +1,80 @@
+"""The configuration checks and the memory estimate read an M2 term's builder, not its name
+(round 9: both read the name ``"network"``, while the fused dispatch reads the built type)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from eqpdenet.app.config import ExperimentConfig, apply_overrides, fields_without_effect
+from eqpdenet.models.lifted_pde import LiftedPDEConfig, LiftedPDENet
+from eqpdenet.pde.m2_rhs import M2_TERMS, NetworkTerm, is_network_term, term_uses_options
+
+
+@contextlib.contextmanager
+def registered(name, item, replace=False):
+    previous = M2_TERMS._items.get(name)
+    M2_TERMS.register(name, item, replace=replace)
+    try:
+        yield item
+    finally:
+        if previous is None:
+            M2_TERMS._items.pop(name, None)
+        else:
+            M2_TERMS._items[name] = previous
+
+
+class HiddenTerm(nn.Module):
+    """A term of one's own whose width is ``hidden``: that option acts on it."""
+
+    def __init__(self, channels, hidden, normalize_invariants, normalize_hidden, *,
+                 relative=False):
+        super().__init__()
+        self.mix = nn.Linear(channels, hidden)
+        self.out = nn.Linear(hidden, channels)
+
+    def forward(self, u, system):
+        return self.out(torch.tanh(self.mix(u.movedim(1, -1)))).movedim(-1, 1)
+
+
+def _hidden_lines(terms):
+    config = apply_overrides(ExperimentConfig(), [
+        "model.kind='lifted_pde'", f"model.lifted_pde.terms={terms!r}",
+        "model.lifted_pde.hidden=3.0"])
+    return [line for line in fields_without_effect(config) if "lifted_pde.hidden" in line]
+
+
+def test_the_builtin_terms_are_classified_by_their_builders():
+    assert is_network_term("network") and term_uses_options("network")
+    for name in ("convection", "diffusion", "dilation", "erosion", "linear"):
+        assert not is_network_term(name) and not term_uses_options(name)
+    assert term_uses_options("no-such-term") and not is_network_term("no-such-term")
+
+
+def test_hidden_is_inert_only_where_no_term_can_use_it():
+    assert len(_hidden_lines(["diffusion"])) == 1
+    assert _hidden_lines(["network", "diffusion"]) == []
+    # a term of one's own is given hidden: never called inert, whatever its name
+    with registered("r9_hidden", HiddenTerm):
+        assert _hidden_lines(["r9_hidden"]) == []
+    with registered("diffusion", HiddenTerm, replace=True):
+        assert _hidden_lines(["diffusion"]) == []
+        assert not is_network_term("diffusion") and term_uses_options("diffusion")
+    assert len(_hidden_lines(["diffusion"])) == 1  # the built-in back
+
+
+def test_the_memory_estimate_takes_the_fused_factor_only_for_the_network_term_type():
+    config = LiftedPDEConfig(channels=[4], blocks=[1], terms=["network"])
+    fused = LiftedPDENet(config, classes=3, image_size=12).backward_bytes(8)
+    with registered("network", HiddenTerm, replace=True):
+        replaced = LiftedPDENet(config, classes=3, image_size=12).backward_bytes(8)
+    with registered("r9_net", NetworkTerm):
+        renamed = LiftedPDENet(LiftedPDEConfig(channels=[4], blocks=[1], terms=["r9_net"]),
+                               classes=3, image_size=12).backward_bytes(8)
+    # another term under the name "network" writes the invariants out: not the fused factor
+    assert replaced > 5 * fused
+    # the network term under another name is fused like the built-in one
+    assert renamed == fused
+    assert M2_TERMS.get("network") is NetworkTerm
