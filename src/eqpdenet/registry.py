@@ -43,6 +43,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self._items: dict[str, T] = {}
         self._listeners: list[Callable[[], None]] = []
+        self._sealed: str | None = None
 
     def register(self, name: str, item: T | None = None, *, replace: bool = False):
         """Register ``item`` under ``name`` and return it; without ``item``, a decorator."""
@@ -52,6 +53,9 @@ class Registry(Generic[T]):
                 return obj
 
             return decorator
+        if self._sealed is not None:
+            raise ConfigError(f"no {self.kind} can be registered (asked for {_shown(name)}): "
+                              f"{self._sealed}")
         if not isinstance(name, str) or not name:
             raise ConfigError(f"{_a(self.kind)} needs a non-empty string name, got {_shown(name)}")
         self.check_item(item)
@@ -92,6 +96,12 @@ class Registry(Generic[T]):
     def names(self) -> tuple[str, ...]:
         """The registered names, sorted."""
         return tuple(sorted(self._items))
+
+    def seal(self, why: str) -> None:
+        """Refuse every later registration with a :class:`ConfigError` ending in ``why``: for a
+        registry whose items the code behind it handles one by one (a new item would be used
+        without its mathematics)."""
+        self._sealed = why
 
     def on_change(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` after every registration (e.g. to clear a cache)."""

@@ -1,15 +1,19 @@
 """The configuration checks and the memory estimate read an M2 term's builder, not its name
-(round 9: both read the name ``"network"``, while the fused dispatch reads the built type)."""
+(round 9: both read the name ``"network"``, while the fused dispatch reads the built type); the
+groups of joint invariants are sealed."""
 
 from __future__ import annotations
 
 import contextlib
 
+import pytest
 import torch
 from torch import nn
 
 from eqpdenet.app.config import ExperimentConfig, apply_overrides, fields_without_effect
+from eqpdenet.errors import ConfigError
 from eqpdenet.models.lifted_pde import LiftedPDEConfig, LiftedPDENet
+from eqpdenet.pde.joint import JOINT_GROUPS
 from eqpdenet.pde.m2_rhs import M2_TERMS, NetworkTerm, is_network_term, term_uses_options
 
 
@@ -78,3 +82,13 @@ def test_the_memory_estimate_takes_the_fused_factor_only_for_the_network_term_ty
     # the network term under another name is fused like the built-in one
     assert renamed == fused
     assert M2_TERMS.get("network") is NetworkTerm
+
+
+def test_the_joint_groups_refuse_a_group_they_have_no_invariants_for():
+    with pytest.raises(ConfigError, match=r"joint invariants are derived for SE\(2\) and SIM\(2\) "
+                                          r"only; for another group register an InvariantSet"):
+        JOINT_GROUPS.register("affine", object())
+    with pytest.raises(ConfigError, match="no joint invariant group can be registered"):
+        JOINT_GROUPS.register("se2", JOINT_GROUPS.get("sim2"), replace=True)
+    assert JOINT_GROUPS.names() == ("se2", "sim2")
+    assert JOINT_GROUPS.get("se2").scale_invariant is False

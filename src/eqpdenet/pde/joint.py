@@ -195,6 +195,11 @@ JOINT_GROUPS: Registry[_Group] = Registry("joint invariant group")
 JOINT_GROUPS.register("se2", _Group("se2", "SE(2): rotations and translations", False))
 JOINT_GROUPS.register("sim2", _Group("sim2", "SIM(2): rotations, isotropic scalings and "
                                              "translations", True))
+# The joint invariants below are derived for these two groups; a group registered here would be
+# given SE(2)'s or SIM(2)'s maps under its own name.
+JOINT_GROUPS.seal("the joint invariants are derived for SE(2) and SIM(2) only; for another "
+                  "group register an InvariantSet (eqpdenet.pde.INVARIANT_SETS), e.g. from "
+                  "its generators (eqpdenet.pde.symbolic)")
 
 
 #: The most maps a :class:`JointInvariants` (or the invariants of one Euler block of a model)
