@@ -1246,14 +1246,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (see the module docstring). The modules
     named in ``EQPDENET_PLUGINS`` are imported first (:mod:`eqpdenet.app.plugins`), so that what
     they register (a model family, a data set, a scenario, ...) is known to the arguments."""
+    debug = bool(os.environ.get(DEBUG_VARIABLE))
     try:
         import_plugins()
     except ConfigError as error:
-        if os.environ.get(DEBUG_VARIABLE):
+        if debug:
             raise
-        text, status = describe_error(error)
-        print(f"eqpdenet: error: {text} ({DEBUG_VARIABLE}=1 shows the traceback)", file=sys.stderr)
-        return status
+        return _said(error)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
@@ -1261,7 +1260,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from ..data.mnist import download_progress
 
-    debug = bool(os.environ.get(DEBUG_VARIABLE))
     try:
         # --no-progress reaches a download of MNIST however deep in the command it happens
         with warnings.catch_warnings(), _terminate_as_interrupt(), \
@@ -1284,9 +1282,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:
         if debug:
             raise
-        text, status = describe_error(error)
-        print(f"eqpdenet: error: {text} ({DEBUG_VARIABLE}=1 shows the traceback)", file=sys.stderr)
-        return status
+        return _said(error)
+
+
+def _said(error: BaseException) -> int:
+    """``error`` in one line on stderr (:func:`describe_error`); returns its exit status."""
+    text, status = describe_error(error)
+    print(f"eqpdenet: error: {text} ({DEBUG_VARIABLE}=1 shows the traceback)", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":
