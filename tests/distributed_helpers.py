@@ -21,6 +21,13 @@ def dies_on_first_try(config, data, *, progress, checkpoint, markers: str, victi
     return run_experiment(config, data, progress=progress, checkpoint=checkpoint)
 
 
+def registered_models(config, data, *, progress, checkpoint):
+    """The model kind of ``config`` and the model families this worker knows."""
+    from eqpdenet.models import MODELS
+
+    return {"kind": config.model.kind, "models": list(MODELS.names())}
+
+
 # ----------------------------------------------------------------------------- data parallel
 
 

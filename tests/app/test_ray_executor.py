@@ -158,3 +158,33 @@ def test_the_address_of_a_running_head_passes_the_check(ray_cluster):
     """The check that refuses what is not a Ray head (``tests/app/test_distributed_faults.py``)
     lets a head through: its gRPC greeting, and its GCS's answer to Ray's own first request."""
     check_address(ray_cluster.get_runtime_context().gcs_address, timeout=60)
+
+
+def test_a_ray_task_imports_the_drivers_plugins_before_its_run(ray_cluster, tmp_path):
+    """A model family of one's own reaches a Ray worker: the task imports the modules named in
+    the driver's EQPDENET_PLUGINS (an argument: the worker does not read the variable) before it
+    reads its configuration, which names the family. This process never imports the module."""
+    from distributed_helpers import registered_models
+    from eqpdenet.app.config import to_dict
+    from eqpdenet.app.distributed import _ray_task
+    from eqpdenet.models import MODELS
+
+    (tmp_path / "r9plugin.py").write_text(
+        "from torch import nn\nfrom eqpdenet.models import MODELS\n"
+        "MODELS.register('r9net', lambda **options: nn.Flatten())\n")
+    config = to_dict(ExperimentConfig())
+    config["model"]["kind"] = "r9net"
+    paths = [str(tmp_path), str(ROOT / "src"), str(ROOT / "tests")]
+    task = ray_cluster.remote(_ray_task).options(
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}})
+    data = [ray_cluster.put(None)]
+    record, checkpoint = ray_cluster.get(
+        task.remote(registered_models, config, data, 1, False, {}, ("r9plugin",)), timeout=300)
+    assert record["kind"] == "r9net" and "r9net" in record["models"] and checkpoint is None
+    assert "r9net" not in MODELS
+    # without the plugins, in a worker of its own (another environment: the first worker has
+    # imported the module), the kind is unknown
+    fresh = ray_cluster.remote(_ray_task).options(runtime_env={"env_vars": {
+        "PYTHONPATH": os.pathsep.join(paths), "EQPDENET_R9": "fresh"}})
+    with pytest.raises(Exception, match="model.kind: unknown model 'r9net'"):
+        ray_cluster.get(fresh.remote(registered_models, config, data, 1, False, {}), timeout=300)

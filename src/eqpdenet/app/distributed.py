@@ -11,6 +11,9 @@
 * the data are prepared once, by the driver, and put in Ray's object store (one copy per node,
   shared by that node's workers); each worker process keeps the last data it read, so a worker
   that runs several runs reads them once;
+* each task imports the driver's ``EQPDENET_PLUGINS`` modules first (passed as an argument: a
+  worker does not read the driver's environment), so that a model family, data set or scenario
+  of one's own is known there; each module must be importable on every node;
 * the driver collects results as tasks complete (``ray.wait``) and writes them itself (the run
   files, ``results.jsonl``, the checkpoints, which tasks return as bytes), so the workers need no
   access to the results folder.
@@ -41,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
+from .plugins import plugin_names
 
 __all__ = ["CONNECT_SECONDS", "EXECUTORS", "Executor", "check_address", "import_ray", "ray_session",
            "run_on_ray"]
@@ -293,12 +297,17 @@ def _data_of(boxed: list):
 
 
 def _ray_task(runner: Callable[..., dict], config_dict: dict, boxed: list, threads: int,
-              want_checkpoint: bool, options: dict) -> tuple[dict, bytes | None]:
-    """One run in a Ray worker: its record, and its checkpoint's bytes when one is wanted."""
+              want_checkpoint: bool, options: dict,
+              plugins: tuple[str, ...] = ()) -> tuple[dict, bytes | None]:
+    """One run in a Ray worker: its record, and its checkpoint's bytes when one is wanted.
+    ``plugins``: the driver's ``EQPDENET_PLUGINS`` modules, imported first (a worker does not
+    read the driver's environment variable; each module must be importable on its node)."""
     import torch
 
     from .config import ExperimentConfig, from_dict
+    from .plugins import import_plugins
 
+    import_plugins(",".join(plugins))
     torch.set_num_threads(threads)
     config = from_dict(ExperimentConfig, config_dict)
     data = _data_of(boxed)
@@ -451,6 +460,7 @@ def run_on_ray(tasks: list[tuple[str, object, Path | None]], runner: Callable[..
                 raise ConfigError("train.device = 'cuda', but the Ray cluster has no GPU, so no "
                                   "run could ever start")
             task = ray.remote(_ray_task)
+            plugins = tuple(plugin_names())
             keys: dict[str, str] = {}  # the data's configuration -> its key (hashed once a call)
             for key, run, checkpoint in tasks:
                 config_key = json.dumps(to_dict(run.data), sort_keys=True)
@@ -466,7 +476,7 @@ def run_on_ray(tasks: list[tuple[str, object, Path | None]], runner: Callable[..
                                    max_retries=executor.max_retries,
                                    name=f"eqpdenet {key}").remote(
                     runner, to_dict(run), [session.data[data_key]], executor.cpus_per_run,
-                    checkpoint is not None, options)
+                    checkpoint is not None, options, plugins)
                 pending[ref] = (key, checkpoint)
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)

@@ -11,9 +11,9 @@ line cannot know the module, so it imports the ones named in the environment var
 The modules are imported as ``import`` would (``sys.path``: the current folder for ``python -m``,
 installed packages, ``PYTHONPATH``). The variable reaches every process the command starts on
 this machine: the workers of ``--jobs`` import the same modules before they unpickle their work
-(:mod:`eqpdenet.app.workers`), and every ``torchrun`` rank runs the command line. Ray workers
-on other machines are not covered: a module must be importable there, and Ray's workers do not
-read the variable (``docs/architecture.md``).
+(:mod:`eqpdenet.app.workers`), and every ``torchrun`` rank runs the command line. Each Ray
+task is given the driver's module names and imports them before its run
+(:mod:`eqpdenet.app.distributed`): a module must be importable on every node of the cluster.
 
 A name that is not a dotted module name, a module that cannot be found, or one that raises while
 it is imported is one :class:`~eqpdenet.errors.ConfigError` naming the variable and the module,
