@@ -73,6 +73,21 @@ def assert_equivariant(module, images: torch.Tensor, *, invariant: bool = False,
 
 
 @contextlib.contextmanager
+def registered(registry, name, item, replace=False):
+    """``item`` registered as ``name`` in ``registry`` for the block; the previous entry (if
+    any) restored, so that a test's registrations do not reach the tests after it."""
+    previous = registry._items.get(name)
+    registry.register(name, item, replace=replace)
+    try:
+        yield item
+    finally:
+        if previous is None:
+            registry._items.pop(name, None)
+        else:
+            registry._items[name] = previous
+
+
+@contextlib.contextmanager
 def torch_threads(count: int):
     """Run the block with ``count`` torch threads (the reduction order of the run it is compared
     with, e.g. one Ray task or one torchrun process), then restore the previous count."""

@@ -3,8 +3,6 @@ other registries of eqpdenet.pde, refused in one line naming the piece where the
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 from torch import nn
@@ -22,20 +20,7 @@ from eqpdenet.pde.invariants import (
 from eqpdenet.pde.layer import Concat, LayerConfig, Mean, PDELayer, make_reduction
 from eqpdenet.pde.m2_rhs import M2SystemRHS, NetworkTerm
 from eqpdenet.pde.rhs import InvariantRHS, PolynomialF, _linear, make_rhs
-
-
-@contextlib.contextmanager
-def registered(registry, name, item, replace=False):
-    """``item`` registered as ``name`` for the block; the previous entry (if any) restored."""
-    previous = registry._items.get(name)
-    registry.register(name, item, replace=replace)
-    try:
-        yield item
-    finally:
-        if previous is None:
-            registry._items.pop(name, None)
-        else:
-            registry._items[name] = previous
+from helpers import registered
 
 
 class MLPF(nn.Module):

@@ -4,8 +4,6 @@ groups of joint invariants are sealed."""
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 from torch import nn
@@ -15,19 +13,7 @@ from eqpdenet.errors import ConfigError
 from eqpdenet.models.lifted_pde import LiftedPDEConfig, LiftedPDENet
 from eqpdenet.pde.joint import JOINT_GROUPS
 from eqpdenet.pde.m2_rhs import M2_TERMS, NetworkTerm, is_network_term, term_uses_options
-
-
-@contextlib.contextmanager
-def registered(name, item, replace=False):
-    previous = M2_TERMS._items.get(name)
-    M2_TERMS.register(name, item, replace=replace)
-    try:
-        yield item
-    finally:
-        if previous is None:
-            M2_TERMS._items.pop(name, None)
-        else:
-            M2_TERMS._items[name] = previous
+from helpers import registered
 
 
 class HiddenTerm(nn.Module):
@@ -61,9 +47,9 @@ def test_hidden_is_inert_only_where_no_term_can_use_it():
     assert len(_hidden_lines(["diffusion"])) == 1
     assert _hidden_lines(["network", "diffusion"]) == []
     # a term of one's own is given hidden: never called inert, whatever its name
-    with registered("r9_hidden", HiddenTerm):
+    with registered(M2_TERMS, "r9_hidden", HiddenTerm):
         assert _hidden_lines(["r9_hidden"]) == []
-    with registered("diffusion", HiddenTerm, replace=True):
+    with registered(M2_TERMS, "diffusion", HiddenTerm, replace=True):
         assert _hidden_lines(["diffusion"]) == []
         assert not is_network_term("diffusion") and term_uses_options("diffusion")
     assert len(_hidden_lines(["diffusion"])) == 1  # the built-in back
@@ -72,9 +58,9 @@ def test_hidden_is_inert_only_where_no_term_can_use_it():
 def test_the_memory_estimate_takes_the_fused_factor_only_for_the_network_term_type():
     config = LiftedPDEConfig(channels=[4], blocks=[1], terms=["network"])
     fused = LiftedPDENet(config, classes=3, image_size=12).backward_bytes(8)
-    with registered("network", HiddenTerm, replace=True):
+    with registered(M2_TERMS, "network", HiddenTerm, replace=True):
         replaced = LiftedPDENet(config, classes=3, image_size=12).backward_bytes(8)
-    with registered("r9_net", NetworkTerm):
+    with registered(M2_TERMS, "r9_net", NetworkTerm):
         renamed = LiftedPDENet(LiftedPDEConfig(channels=[4], blocks=[1], terms=["r9_net"]),
                                classes=3, image_size=12).backward_bytes(8)
     # another term under the name "network" writes the invariants out: not the fused factor
