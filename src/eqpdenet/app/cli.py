@@ -399,9 +399,12 @@ def _evaluate(args) -> int:
     summary = {}
     for name in scenarios:
         values = np.array([r[name] for r in per_instance])
-        std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        # one instance has no spread: null in the JSON and none printed (not a spread of 0)
+        std = float(values.std(ddof=1)) if len(values) > 1 else None
         summary[name] = {"mean": float(values.mean()), "std": std, "values": values.tolist()}
-        print(f"{name:>8}: {values.mean():6.2f}% ± {std:.2f} over {len(values)} instance(s)")
+        spread = f"± {std:.2f} over {len(values)} instances" if std is not None else \
+            "on 1 instance (no spread: --instances 2 or more gives one)"
+        print(f"{name:>8}: {values.mean():6.2f}% {spread}")
         failed = [counts.get(name, 0) for counts in non_finite]
         if any(failed):  # scored as errors (analysis.predictions), and said
             summary[name]["non_finite_images"] = failed
