@@ -35,8 +35,9 @@ ROWS = [  # label, target, the value of one run
 
 
 def mean_std(values: list[float], digits: int) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.{digits}f} ({std:.{digits}f})"
+    if len(values) < 2:  # one seed has no spread: none shown (not a spread of 0)
+        return f"{statistics.fmean(values):.{digits}f} (–)"
+    return f"{statistics.fmean(values):.{digits}f} ({statistics.stdev(values):.{digits}f})"
 
 
 def table(folder: Path, entries: list[str]) -> str:
