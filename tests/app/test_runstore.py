@@ -88,13 +88,17 @@ def test_a_failed_write_leaves_no_half_file(tmp_path, monkeypatch):
 def test_a_folder_with_results_jsonl_only_keeps_working(tmp_path):
     """Folders written before run files (results/paper): their lines are finished runs, the file
     is left alone while there is nothing to do, and a new run joins them in key order."""
+    # a key twice, the same run (two writers): one run, the last line kept (a key twice with
+    # different outcomes is refused: tests/app/test_report_integrity_round9.py)
     old = [{"key": "fcnn-h4-seed1", "accuracy": {"test": 1.0}, "status": "ok"},
-           {"key": "fcnn-h4-seed0", "accuracy": {"test": 0.5}, "status": "ok"},
-           {"key": "fcnn-h4-seed0", "accuracy": {"test": 2.0}, "status": "ok"}]  # duplicate key
+           {"key": "fcnn-h4-seed0", "accuracy": {"test": 2.0}, "status": "ok", "train_seconds": 1},
+           {"key": "fcnn-h4-seed0", "accuracy": {"test": 2.0}, "status": "ok", "train_seconds": 2}]
     text = "".join(json.dumps(r) + "\n" for r in old)
     (tmp_path / "results.jsonl").write_text(text)
-    assert {k: r["accuracy"]["test"] for k, r in load_records(tmp_path).items()} == {
-        "fcnn-h4-seed1": 1.0, "fcnn-h4-seed0": 2.0}  # the last line of a key wins
+    loaded = load_records(tmp_path)
+    assert {k: r["accuracy"]["test"] for k, r in loaded.items()} == {
+        "fcnn-h4-seed1": 1.0, "fcnn-h4-seed0": 2.0}
+    assert loaded["fcnn-h4-seed0"]["train_seconds"] == 2
     ran = []
 
     def runner(run, data, **kwargs):

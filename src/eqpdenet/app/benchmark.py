@@ -46,12 +46,15 @@ from .report import (
     Described,
     Report,
     check_outputs,
+    common_params,
     dataset_name,
     deduplicate,
     failed_note,
+    format_number,
     has_results,
     incomplete_line,
     left_out_note,
+    mean_std,
     nothing_described,
     read_results,
     subset_note,
@@ -255,15 +258,6 @@ def _unlisted_seeds(config: BenchmarkConfig, records: dict[str, dict],
     return unlisted
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample std; NaN for both where a value is not finite (a report refuses such
-    records first, :func:`~eqpdenet.app.report.check_records`; statistics.stdev of NaN and inf
-    raised an AttributeError) or there is none, NaN std for one value."""
-    if not values or not all(math.isfinite(value) for value in values):
-        return math.nan, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
-
-
 def benchmark_run_key(record: dict) -> str:
     """The run key of a benchmark record: ``<entry>-seed<seed>`` (the model kind for a record
     from before entries were recorded)."""
@@ -281,10 +275,13 @@ def _ordered_union(lists) -> list:
 
 def summarise(records: list[dict], source: str = "results") -> dict[str, dict]:
     """Per entry: parameters, seeds, the failed runs (``failed``: their seeds), mean and std of
-    every accuracy over the runs that have it (``covered``: how many), training minutes, curves.
+    every accuracy over the runs that have it (``covered``: how many), training minutes, curves,
+    averaged as the paper's report averages (:func:`~eqpdenet.app.report.mean_std`).
     An entry whose runs all failed is kept, with no numbers. Curves of one entry recorded on
-    other axes (angles, scales, shifts) cannot be averaged point by point: a
-    :class:`~eqpdenet.errors.DataFileError` naming them (``source``: the file)."""
+    other axes (angles, scales, shifts) cannot be averaged point by point, and runs of one
+    entry that disagree on ``params`` are not runs of one model
+    (:func:`~eqpdenet.app.report.common_params`): a :class:`~eqpdenet.errors.DataFileError`
+    naming them (``source``: the file)."""
     by_entry: dict[str, list[dict]] = {}
     for record in records:
         by_entry.setdefault(record.get("entry", record["model"]), []).append(record)
@@ -292,16 +289,17 @@ def summarise(records: list[dict], source: str = "results") -> dict[str, dict]:
     for entry, found in by_entry.items():
         runs = sorted((r for r in found if r.get("status") == "ok"), key=lambda r: r["seed"])
         scenarios = _ordered_union(r["accuracy"] for r in runs)
-        item = {"params": runs[0]["params"] if runs else None, "seeds": [r["seed"] for r in runs],
+        item = {"params": common_params(runs, entry, source, key=benchmark_run_key),
+                "seeds": [r["seed"] for r in runs],
                 "failed": sorted(r["seed"] for r in found if r.get("status") != "ok"),
-                "train_minutes": _mean_std([r["train_seconds"] / 60 for r in runs]),
+                "train_minutes": mean_std([r["train_seconds"] / 60 for r in runs]),
                 "cpu": sorted({r.get("environment", {}).get("cpu_capability") or "–" for r in runs}),
-                "accuracy": {s: _mean_std([r["accuracy"][s] for r in runs if s in r["accuracy"]])
+                "accuracy": {s: mean_std([r["accuracy"][s] for r in runs if s in r["accuracy"]])
                              for s in scenarios},
                 "covered": {s: sum(s in r["accuracy"] for r in runs) for s in scenarios}}
         validation = [r["validation_accuracy"] for r in runs if "validation_accuracy" in r]
         if validation:
-            item["validation"] = _mean_std(validation)
+            item["validation"] = mean_std(validation)
         with_curves = [r for r in runs if "robustness" in r]
         curves = [r["robustness"] for r in with_curves]
         if curves:
@@ -317,12 +315,12 @@ def summarise(records: list[dict], source: str = "results") -> dict[str, dict]:
                                                 f"of one configuration: keep those of one")
                 item[kind] = (first[axis], [statistics.fmean(c[kind][i] for c in curves)
                                             for i in range(len(first[axis]))])
-            item["logit_change"] = {a: _mean_std([c["logit_change"][a] for c in curves])
+            item["logit_change"] = {a: mean_std([c["logit_change"][a] for c in curves])
                                     for a in first["logit_change"]
                                     if all(a in c["logit_change"] for c in curves)}
             if all("round_trip_change" in c for c in curves):
                 item["round_trip_change"] = {
-                    a: _mean_std([c["round_trip_change"][a] for c in curves])
+                    a: mean_std([c["round_trip_change"][a] for c in curves])
                     for a in first["round_trip_change"]
                     if all(a in c["round_trip_change"] for c in curves)}
             item["curve_images"] = first["images"]
@@ -332,10 +330,14 @@ def summarise(records: list[dict], source: str = "results") -> dict[str, dict]:
 
 
 def _fmt(value: tuple[float, float], digits: int = 1) -> str:
+    """``mean (std)`` as the paper's report writes a cell
+    (:func:`~eqpdenet.app.report.format_number`: a tie rounded half away from zero)."""
     mean, std = value
     if math.isnan(mean):
         return "–"
-    return f"{mean:.{digits}f}" + (f" ({std:.{digits}f})" if not math.isnan(std) else "")
+    spec = f".{digits}f"
+    return format_number(mean, spec) + (f" ({format_number(std, spec)})"
+                                        if not math.isnan(std) else "")
 
 
 def _part(covered: int, runs: int) -> str:
@@ -371,16 +373,17 @@ def benchmark_table(summary: dict[str, dict], noted: set[str] | frozenset = froz
         if "rotation" in item:
             curve = item["rotation"][1]
             # a run recorded with no angle (curves.angles = [] before it was refused) has none
-            cells.append(f"{min(curve):.1f}–{max(curve):.1f}" + _part(item["curve_runs"], runs)
-                         if curve else "–")
+            cells.append(f"{format_number(min(curve))}–{format_number(max(curve))}"
+                         + _part(item["curve_runs"], runs) if curve else "–")
             changes = item["logit_change"]
-            cells += [f"{changes[a][0]:.1e}" + (marks.get(entry, "") if a == "90" else "")
+            cells += [format_number(changes[a][0], ".1e") + (marks.get(entry, "") if a == "90"
+                                                              else "")
                       if a in changes else "–" for a in ("90", "37")]
             back = item.get("round_trip_change", {})
-            cells.append(f"{back['37'][0]:.1e}" if "37" in back else "–")
+            cells.append(format_number(back["37"][0], ".1e") if "37" in back else "–")
         else:
             cells += ["–", "–", "–", "–"]
-        cells.append("–" if not runs else f"{item['train_minutes'][0]:.1f}")
+        cells.append("–" if not runs else format_number(item["train_minutes"][0]))
         cells.append(", ".join(item["cpu"]) or "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -433,14 +436,17 @@ def is_benchmark_folder(folder: Path) -> bool:
 
 
 def described_benchmark_runs(out_dir: Path) -> Described | None:
-    """The runs (``<entry>-seed<seed>``, in the configuration's order) and base fingerprints
-    (:func:`benchmark_fingerprints`) the folder's ``config.toml`` describes; None without a
-    benchmark configuration (:func:`benchmark_config_problem` says why)."""
+    """The runs (``<entry>-seed<seed>``, in the configuration's order), base fingerprints
+    (:func:`benchmark_fingerprints`) and each run's configuration (``config.experiment(entry,
+    seed)``: the entry's recipe, which the base fingerprint does not cover) the folder's
+    ``config.toml`` describes; None without a benchmark configuration
+    (:func:`benchmark_config_problem` says why)."""
     config, _ = _benchmark_config(out_dir)
     if config is None:
         return None
-    return Described([f"{name}-seed{seed}" for name in config.models for seed in config.seeds],
-                     benchmark_fingerprints(config))
+    runs = {f"{name}-seed{seed}": config.experiment(name, seed)
+            for name in config.models for seed in config.seeds}
+    return Described(list(runs), benchmark_fingerprints(config), runs)
 
 
 def benchmark_config_problem(out_dir: Path) -> str | None:
@@ -528,8 +534,8 @@ def _quarter_turn_notes(summary: dict[str, dict], records: list[dict]) -> dict[s
 def _cpu_hours(records: list[dict]) -> str:
     seconds = sum(r.get("train_seconds", 0.0) + r.get("eval_seconds", 0.0) for r in records
                   if r.get("status") == "ok")
-    return f"; training and evaluation {seconds / 3600:.1f} hours, the runs' times summed" \
-        if seconds else ""
+    return f"; training and evaluation {format_number(seconds / 3600)} hours, the runs' times " \
+           f"summed" if seconds else ""
 
 
 def write_benchmark_report(out_dir: Path) -> Report:

@@ -13,7 +13,13 @@ run (:func:`deduplicate`); records of the same key that disagree are refused, si
 be trusted to be the run the configuration describes. A record whose numbers are not finite (an
 accuracy of NaN) or not what a run writes is refused too (:func:`check_records`): a mean over it
 would be NaN or wrong, printed as if it were a result. A run that failed (diverged) is counted,
-never dropped: ``(+N failed)`` in its cell's runs, and named in the header.
+never dropped: ``(+N failed)`` in its cell's runs, and named in the header. The runs of one
+cell are of one model: runs that disagree on ``params`` are refused (:func:`common_params`).
+
+Both reports (this one and the benchmark's) average with one function, :func:`mean_std` (the
+mean ``math.fsum``-based, :func:`statistics.fmean`), and print their numbers through one,
+:func:`format_number`, which rounds a tie half away from zero as a reader does (96.25 and 96.35
+print 96.3 and 96.4; ``format`` gave 96.2 and 96.3, of the binary values).
 
 EqPdeNet − FCNN is paired by seed on the seeds both cells have, saying so where they are fewer
 than a cell's (``[paired on 1 of 3 seeds]``), and of the means where none is shared
@@ -27,7 +33,9 @@ A report says whether its sweep is complete: the runs the folder's ``config.toml
 have no record are listed at the top of ``table.md`` (:func:`missing_runs`), and ``eqpdenet
 report`` then warns and exits with status 3. A table holds exactly those runs
 (:func:`sweep_records`): runs the configuration no longer lists are left out and named, runs of
-another base configuration refused, as the sweep refuses them. The records are read from
+another base configuration, or whose own configuration is not the one ``config.toml`` gives
+their key (a benchmark entry's recipe edited since), refused, as the sweep refuses them. The
+records are read from
 ``results.jsonl`` after regenerating it from the run files (:func:`read_results`), and every output
 is checked before any is written (:func:`check_outputs`).
 """
@@ -35,7 +43,9 @@ is checked before any is written (:func:`check_outputs`).
 from __future__ import annotations
 
 import csv
+import decimal
 import math
+import statistics
 from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
@@ -45,13 +55,15 @@ import numpy as np
 from ..errors import ConfigError, DataFileError
 from .files import atomic_write, check_output_file, read_jsonl, save_figure
 from .locks import hold
-from .runstore import non_finite_fields, write_aggregate
+from .runstore import SAME_RUN_FIELDS, non_finite_fields, write_aggregate
 
-__all__ = ["Described", "Report", "aggregate", "check_outputs", "check_records", "dataset_name",
-           "deduplicate", "described_runs", "failed_note", "has_results", "left_out_note",
+__all__ = ["SAME_RUN_FIELDS", "Described", "Report", "aggregate", "check_outputs",
+           "check_records", "common_params", "dataset_name", "deduplicate", "described_runs",
+           "failed_note", "format_number", "has_results", "left_out_note", "mean_std",
            "missing_runs", "nothing_described", "on_paper_data", "paper_run_key", "paper_table",
-           "plot_accuracy", "protocol_table", "read_results", "rerun_advice", "subset_note", "sweep_records",
-           "untabled_note", "validation_table", "write_report"]
+           "plot_accuracy", "protocol_table", "read_results", "recipe_differences",
+           "rerun_advice", "subset_note", "sweep_records", "untabled_note", "validation_table",
+           "write_report"]
 
 SCENARIOS = ("test", "iso", "sca")
 #: The paper's two models (Tables 1 and 2) and their printed names: the kinds
@@ -74,8 +86,55 @@ def paper_table() -> dict[tuple[str, int], dict]:
     return table
 
 
-#: What two records of one run key must agree on to be the same run.
-SAME_RUN_FIELDS = ("status", "accuracy", "params", "validation_accuracy", "base_fingerprint")
+def mean_std(values) -> tuple[float, float]:
+    """Mean (:func:`statistics.fmean`, a ``math.fsum``: the same values give the same mean in
+    any order) and sample std (``ddof = 1``) of ``values``: the one averaging of both reports.
+    NaN for both where a value is not finite (the reports refuse such records first,
+    :func:`check_records`; :func:`statistics.stdev` of NaN and inf raised an AttributeError) or
+    there is none, NaN std for one value. (The paper's report took ``numpy.mean``, the
+    benchmark's ``fmean``: the same three runs printed 95.9 in one and 96.0 in the other.)"""
+    values = [float(value) for value in values]
+    if not values or not all(math.isfinite(value) for value in values):
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def format_number(value: float, spec: str = ".1f") -> str:
+    """``value`` as ``format(value, spec)`` writes it (``spec`` a fixed-point ``f`` or exponent
+    ``e`` format, a sign allowed: ``"+.1f"``, ``".1e"``), but rounded half away from zero as a
+    reader rounds the number he sees: the decimal number rounded is the shortest that reads
+    back as ``value`` (its ``repr``, as ``results.jsonl`` holds it). ``format`` rounds the
+    binary value, an exact tie half to even (96.25 -> 96.2) and 96.35, held as 96.3499..., down
+    (96.3); here they are 96.3 and 96.4. Every rounded number of both reports' tables is written
+    by it.
+    """
+    value = float(value)
+    if not math.isfinite(value):
+        return format(value, spec)
+    with decimal.localcontext() as context:
+        context.rounding = decimal.ROUND_HALF_UP
+        text = format(decimal.Decimal(repr(value)), spec)
+    # Decimal writes an exponent with as few digits as it needs (1.3e-5), float with two or more
+    return format(float(text), spec) if spec.endswith(("e", "E")) else text
+
+
+def common_params(runs: list[dict], name: str, source: str = "results", *,
+                  key=None) -> int | None:
+    """The parameter count the successful ``runs`` of one table row (``name``: a benchmark
+    entry, a model and hidden size) share, None where there is none; a
+    :class:`~eqpdenet.errors.DataFileError` naming the runs where they disagree: they are not
+    runs of one model, and a row of them would average two models under the first one's count."""
+    key = key or paper_run_key
+    counts: dict[int, list[str]] = {}
+    for record in runs:
+        counts.setdefault(record["params"], []).append(key(record))
+    if len(counts) > 1:
+        shown = "; ".join(f"{count:,} ({_shown(keys)})" for count, keys in counts.items())
+        raise DataFileError(source, f"the runs of {name} disagree on params: {shown}; they are "
+                                    f"not runs of one model, and a row would average them "
+                                    f"under one count. Keep the runs of one configuration "
+                                    f"({rerun_advice('<key>')})")
+    return next(iter(counts), None)
 
 
 def _finite_number(value) -> bool:
@@ -237,13 +296,14 @@ def untabled_note(records: list[dict], source: str = "results") -> str:
             f"({', '.join(MODEL_NAMES.values())}) only.")
 
 
-def aggregate(records: list[dict]) -> dict[tuple[str, int], dict]:
-    """Mean and sample std per (model, hidden) and scenario over the successful runs, each run
-    key counted once (:func:`deduplicate`); ``validation`` likewise, of the runs that recorded a
-    validation accuracy."""
+def aggregate(records: list[dict], source: str = "results") -> dict[tuple[str, int], dict]:
+    """Mean and sample std (:func:`mean_std`) per (model, hidden) and scenario over the
+    successful runs, each run key counted once (:func:`deduplicate`); ``validation`` likewise,
+    of the runs that recorded a validation accuracy. The runs of a cell that disagree on
+    ``params`` are refused (:func:`common_params`)."""
     groups: dict[tuple[str, int], list[dict]] = {}
     failures: dict[tuple[str, int], int] = {}
-    for record in deduplicate(records):
+    for record in deduplicate(records, source):
         key = (record["model"], int(record["hidden"]))
         if record.get("status") == "ok":
             groups.setdefault(key, []).append(record)
@@ -252,17 +312,17 @@ def aggregate(records: list[dict]) -> dict[tuple[str, int], dict]:
     table = {}
     for key in sorted(set(groups) | set(failures)):
         runs = groups.get(key, [])
-        entry = {"params": runs[0]["params"] if runs else None, "n": len(runs),
+        params = common_params(runs, f"{MODEL_NAMES.get(key[0], key[0])} h = {key[1]}", source)
+        entry = {"params": params, "n": len(runs),
                  "failed": failures.get(key, 0), "seeds": sorted(r["seed"] for r in runs),
                  "by_seed": {r["seed"]: r["accuracy"] for r in runs}, "covered": {}}
         for scenario in (*SCENARIOS, "validation"):
-            values = np.array([r["validation_accuracy"] if scenario == "validation"
-                               else r["accuracy"][scenario] for r in runs
-                               if (scenario == "validation" and "validation_accuracy" in r)
-                               or scenario in r["accuracy"]])
-            if len(values):
-                std = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
-                entry[scenario] = (float(values.mean()), std)
+            values = [r["validation_accuracy"] if scenario == "validation"
+                      else r["accuracy"][scenario] for r in runs
+                      if (scenario == "validation" and "validation_accuracy" in r)
+                      or scenario in r["accuracy"]]
+            if values:
+                entry[scenario] = mean_std(values)
                 entry["covered"][scenario] = len(values)
         table[key] = entry
     return table
@@ -272,7 +332,8 @@ def _cell(value: tuple[float, float] | None) -> str:
     if value is None:
         return "–"
     mean, std = value
-    return f"{mean:.1f} ({std:.1f})" if math.isfinite(std) else f"{mean:.1f}"
+    return (f"{format_number(mean)} ({format_number(std)})" if math.isfinite(std)
+            else format_number(mean))
 
 
 def protocol_table(ours: dict, paper: dict | None = None, *, compare: bool = True) -> str:
@@ -307,7 +368,8 @@ def protocol_table(ours: dict, paper: dict | None = None, *, compare: bool = Tru
                 cells += [_cell(ref), _cell(got) + _coverage(mine, scenario)]
                 if ref and got:
                     delta = got[0] - ref[0]
-                    cells += [f"{delta:+.1f}", f"{delta / ref[1]:+.1f}" if ref[1] else "–"]
+                    cells += [format_number(delta, "+.1f"),
+                              format_number(delta / ref[1], "+.1f") if ref[1] else "–"]
                 else:
                     cells += ["–", "–"]
             lines.append("| " + " | ".join(cells) + " |")
@@ -373,13 +435,13 @@ def _gap(a: dict, b: dict, scenario: str) -> str:
         return "–"
     mine, theirs = a.get("by_seed"), b.get("by_seed")
     if mine is None or theirs is None:  # the paper's table: means only
-        return f"{a[scenario][0] - b[scenario][0]:+.1f}"
+        return format_number(a[scenario][0] - b[scenario][0], "+.1f")
     seeds = sorted(s for s in set(mine) & set(theirs)
                    if scenario in mine[s] and scenario in theirs[s])
     if not seeds:
-        return f"{a[scenario][0] - b[scenario][0]:+.1f} (unpaired)"
-    diffs = np.array([mine[s][scenario] - theirs[s][scenario] for s in seeds])
-    cell = f"{diffs.mean():+.1f}" + (f" ({diffs.std(ddof=1):.1f})" if len(diffs) > 1 else "")
+        return format_number(a[scenario][0] - b[scenario][0], "+.1f") + " (unpaired)"
+    mean, std = mean_std(mine[s][scenario] - theirs[s][scenario] for s in seeds)
+    cell = format_number(mean, "+.1f") + (f" ({format_number(std)})" if len(seeds) > 1 else "")
     everyone = max(len([s for s in mine if scenario in mine[s]]),
                    len([s for s in theirs if scenario in theirs[s]]))
     return cell + (f" [paired on {len(seeds)} of {everyone} seeds]" if len(seeds) < everyone else "")
@@ -428,11 +490,15 @@ def plot_accuracy(ours: dict, path: Path, paper: dict | None = None,
 
 class Described(NamedTuple):
     """What a sweep folder's ``config.toml`` describes: ``keys``, its runs' keys in the sweep's
-    order, and ``fingerprints``, the base fingerprints its runs may have recorded (the first,
-    today's; a benchmark's earlier schemas too)."""
+    order, ``fingerprints``, the base fingerprints its runs may have recorded (the first,
+    today's; a benchmark's earlier schemas too), and ``runs``, key -> the configuration it gives
+    that run (:class:`~eqpdenet.app.config.ExperimentConfig`; a benchmark's
+    ``config.experiment(entry, seed)``), which each run's recorded one must be
+    (:func:`sweep_records`); None: not compared."""
 
     keys: list[str]
     fingerprints: tuple[str, ...]
+    runs: dict | None = None
 
 
 def described_runs(results_dir: Path) -> Described | None:
@@ -449,8 +515,9 @@ def described_runs(results_dir: Path) -> Described | None:
         config = load_toml(ReproduceConfig, path)
     except ConfigError:
         return None
-    return Described([run_key(run.model.kind, run.model.hidden, run.train.seed)
-                      for run in grid(config)], (fingerprint(config.base),))
+    runs = {run_key(run.model.kind, run.model.hidden, run.train.seed): run
+            for run in grid(config)}
+    return Described(list(runs), (fingerprint(config.base),), runs)
 
 
 def missing_runs(results_dir: Path, records: list[dict]) -> list[str] | None:
@@ -477,7 +544,15 @@ def sweep_records(records: list[dict], described: Described | None, source: str 
     the sweep's ``command`` refuses them (it sets them aside with ``--rerun-changed``; the
     message gives its command line for ``folder``). A record
     without a base fingerprint (written by hand, or before fingerprints) tells nothing to
-    compare and is judged by its key alone."""
+    compare and is judged by its key alone.
+
+    So is a record of a listed key whose own configuration is not the one ``config.toml`` gives
+    that key (``described.runs``; :func:`recipe_differences`, the sweep's comparison): a
+    benchmark entry's overrides, which the base fingerprint does not cover, edited since its
+    runs were made (the table printed the old runs' numbers under the new recipe), or a run
+    file of another recipe put among them. The error names the runs, the first field that
+    differs and the two ways out: the sweep's command with ``--rerun-changed``, or
+    ``config.toml`` restored."""
     if described is None:
         return records, []
     other_base = {}
@@ -496,8 +571,39 @@ def sweep_records(records: list[dict], described: Described | None, source: str 
                                     f"{folder}/config.toml --out {folder} --rerun-changed` sets "
                                     f"them aside and runs those config.toml lists anew")
     wanted = set(described.keys)
+    changed: dict[str, list[str]] = {}
+    for record in records:
+        run = (described.runs or {}).get(key(record))
+        differences = [] if run is None else recipe_differences(record.get("config"), run)
+        if differences:
+            changed.setdefault(differences[0], []).append(key(record))
+    if changed:
+        runs = sum(len(keys) for keys in changed.values())
+        shown = "; ".join(f"{_shown(keys)} ({first})" for first, keys in changed.items())
+        raise DataFileError(source, f"{runs} run(s) were made with another configuration than "
+                                    f"its config.toml gives them: {shown}; a table of them is "
+                                    f"not config.toml's. `eqpdenet {command} --config "
+                                    f"{folder}/config.toml --out {folder} --rerun-changed` sets "
+                                    f"them aside and runs them as config.toml says, or restore "
+                                    f"in config.toml the configuration they were made with")
     return ([r for r in records if key(r) in wanted],
             list(dict.fromkeys(key(r) for r in records if key(r) not in wanted)))
+
+
+def recipe_differences(recorded, run) -> list[str]:
+    """The fields (``"train.epochs: 6 recorded, 12 now"``) where a record's configuration
+    ``recorded`` is not ``run`` (an :class:`~eqpdenet.app.config.ExperimentConfig`), compared as
+    the sweep compares them (:func:`eqpdenet.app.sweeps.changed_runs`: fields added since at
+    their earlier behaviour, those taken from the data through the data's own). [] where the
+    record holds no run's whole configuration (its ``model``, ``data`` and ``train`` tables:
+    one written by hand, or before records held it), which tells nothing to compare. The data
+    file itself is not hashed here (a report reads no data)."""
+    from .sweeps import _config_differences
+
+    if not isinstance(recorded, dict) or not all(isinstance(recorded.get(section), dict)
+                                                 for section in ("model", "data", "train")):
+        return []
+    return _config_differences(recorded, run)
 
 
 def _shown(keys: list[str], count: int = 4) -> str:
@@ -604,7 +710,7 @@ def write_report(results_dir: Path) -> Report:
             raise nothing_described(left_out, described, str(path))
         untabled = untabled_note(records, str(path))
         paper = None  # the paper's numbers, drawn beside ours (None: paper_table())
-        ours = aggregate(records)
+        ours = aggregate(records, str(path))
         scenarios = _scenarios_of(records, str(path))
         missing = None if described is None else missing_runs(results_dir, records)
         check_outputs(table_path, plot_path)

@@ -18,7 +18,10 @@ files.
 
 Folders written before this layout hold ``results.jsonl`` only (``results/paper``): their lines
 count as finished runs, a run file with the same key takes precedence, and such a folder is never
-rewritten unless a new run is added to it.
+rewritten unless a new run is added to it. Two lines of one key without a run file are one run
+where they agree (:data:`SAME_RUN_FIELDS`: two writers of one run), and refused where they do not
+(:func:`load_records`), before anything is rewritten: the last line won, and regenerating
+``results.jsonl`` deleted the other, though neither can be told to be the run.
 """
 
 from __future__ import annotations
@@ -35,14 +38,22 @@ from pathlib import Path
 from ..errors import ConfigError, DataFileError, OutputFolderError
 from .files import TEMPORARY_SUFFIX, _reason, atomic_write, make_folder, read_jsonl_lines
 
-__all__ = ["RUNS_DIR", "SUPERSEDED_DIR", "load_records", "non_finite_fields", "run_file", "save_run",
-           "set_aside", "with_finite_numbers", "write_aggregate"]
+__all__ = ["RUNS_DIR", "SAME_RUN_FIELDS", "SUPERSEDED_DIR", "load_records", "non_finite_fields",
+           "run_file", "save_run", "set_aside", "with_finite_numbers", "write_aggregate"]
 
 #: The folder of the run files, inside a sweep's folder.
 RUNS_DIR = "runs"
 
 #: Where :func:`set_aside` moves the runs that a changed configuration replaces.
 SUPERSEDED_DIR = "superseded"
+
+#: What two records of one run key must agree on to be the same run (a report's
+#: :func:`~eqpdenet.app.report.deduplicate`; a benchmark's adds its curves, ``robustness``).
+SAME_RUN_FIELDS = ("status", "accuracy", "params", "validation_accuracy", "base_fingerprint")
+
+#: What two lines of one key in ``results.jsonl`` must agree on to be one run
+#: (:func:`load_records`): :data:`SAME_RUN_FIELDS` and a benchmark's curves.
+_SAME_LINE_FIELDS = (*SAME_RUN_FIELDS, "robustness")
 
 #: Keys become file names: letters, digits, ``.``, ``_``, ``-`` (no separators, no hidden files).
 _KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
@@ -137,23 +148,50 @@ def _lines(results: Path) -> list[tuple[int, str, dict]]:
 
 def load_records(out_dir: Path) -> dict[str, dict]:
     """Every finished run of a folder, by key: the lines of a ``results.jsonl`` written before
-    run files existed (the last line of a key wins), then the run files, which take precedence.
-    A line or run file that is not a run record is a :class:`~eqpdenet.errors.DataFileError`
-    naming the file and the line (a ``ValueError`` for a run file).
+    run files existed, then the run files, which take precedence (a line is their copy, or the
+    copy of a run file since replaced: a run file renamed over by another writer of its key,
+    whose regeneration has not come yet). A line or run file that is not a run record is a
+    :class:`~eqpdenet.errors.DataFileError` naming the file and the line (a ``ValueError`` for
+    a run file).
+
+    Lines of one key without a run file are one run where they agree on
+    :data:`SAME_RUN_FIELDS` and the curves (two writers of one run; the last line is kept), and
+    a :class:`~eqpdenet.errors.DataFileError` naming the file, the keys, their lines and the
+    fields where they do not: neither can be told to be the run (no sweep writes a key twice),
+    and taking the last one, as was done, let the next regeneration of ``results.jsonl`` (a
+    report's, a sweep's) delete the other without a word.
     """
     out_dir = Path(out_dir)
+    results = out_dir / "results.jsonl"
     records: dict[str, dict] = {}
+    first: dict[str, tuple[int, dict]] = {}
+    conflicts: dict[str, tuple[int, int, list[str]]] = {}
     # In a folder without run files (an old one), results.jsonl is all there is; else lines of
     # keys without a run file are legacy runs (or a run file's copy, replaced below).
-    for _, _, record in _lines(out_dir / "results.jsonl"):
-        records[record["key"]] = record
-    if not (out_dir / RUNS_DIR).is_dir():
-        return records
-    for path in sorted((out_dir / RUNS_DIR).glob("*.json")):
-        # A run file is a file: a folder of that name (another command's output put there
-        # before such paths were refused) is no run, and reading it failed "Is a directory".
-        if path.is_file():
-            records[path.stem] = _read_run(path)
+    for number, _, record in _lines(results):
+        key = record["key"]
+        if key not in first:
+            first[key] = (number, record)
+        elif key not in conflicts:
+            differ = [f for f in _SAME_LINE_FIELDS if first[key][1].get(f) != record.get(f)]
+            if differ:
+                conflicts[key] = (first[key][0], number, differ)
+        records[key] = record
+    if (out_dir / RUNS_DIR).is_dir():
+        for path in sorted((out_dir / RUNS_DIR).glob("*.json")):
+            # A run file is a file: a folder of that name (another command's output put there
+            # before such paths were refused) is no run, and reading it failed "Is a directory".
+            if path.is_file():
+                records[path.stem] = _read_run(path)
+                conflicts.pop(path.stem, None)  # the run file is the run
+    if conflicts:
+        shown = "; ".join(f"{key} on lines {a} and {b} (different {', '.join(differ)})"
+                          for key, (a, b, differ) in list(conflicts.items())[:4])
+        more = f", ... ({len(conflicts)} runs)" if len(conflicts) > 4 else ""
+        raise DataFileError(str(results), f"{len(conflicts)} run(s) recorded twice with different "
+                                          f"outcomes and no run file to tell which is the run: "
+                                          f"{shown}{more}; delete the line that is not the run, "
+                                          f"or both to run it again, then rerun the command")
     return records
 
 
