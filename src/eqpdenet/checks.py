@@ -50,6 +50,8 @@ from .errors import ConfigError, InputError, InputTypeError, NonFiniteStateError
 
 __all__ = [
     "StateReports",
+    "input_checked",
+    "is_input_checked",
     "check_device",
     "check_images",
     "batched",
@@ -380,6 +382,62 @@ def non_finite_hint(model: nn.Module, hint: str,
     error explains it through this."""
     untrained = untrained_statistics_hint(model, within)
     return f"{untrained} {hint}" if untrained else hint
+
+
+# ----------------------------------------------------------------------------- checked inputs
+
+# The modules whose input the caller has checked, per thread (a ContextVar: each thread, and each
+# asyncio task, sees its own; set and reset, never mutated, so a copied context is not shared).
+_checked_modules: ContextVar[frozenset[int] | None] = ContextVar("eqpdenet_checked_modules",
+                                                                 default=None)
+
+
+class input_checked:
+    """``with input_checked(*modules):`` the caller has checked what it passes to ``modules``
+    (shape, finite values, the modules' dtype): their entry checks are skipped for the block, in
+    this thread only (:func:`is_input_checked`).
+
+    Eagerly, the modules' ids are held in a context variable, set on entry and reset on exit
+    (nesting and exceptions are safe): a module called from another thread meanwhile, or from
+    elsewhere after the block, is still checked, and nothing is stored on the module (a copy or a
+    pickle of it carries nothing). The flag was an attribute of each module, saved and restored:
+    two threads calling one model interleaved their saves and left it set for good (round 9).
+    While ``torch.compile`` or ``torch.export`` traces, the attribute ``_input_checked`` is used
+    instead, which Dynamo traces without a graph break. Modules without entry checks ignore it.
+    """
+
+    def __init__(self, *modules: nn.Module):
+        self.modules = modules
+        self.previous: list[bool] = []
+        self.token = None
+
+    # object.__setattr__: what nn.Module.__setattr__ does for a plain attribute, without its
+    # look-ups (this runs twice per Euler step).
+    def __enter__(self) -> None:
+        if torch.compiler.is_compiling():
+            self.previous = [getattr(m, "_input_checked", False) for m in self.modules]
+            for module in self.modules:
+                object.__setattr__(module, "_input_checked", True)
+        else:
+            held = _checked_modules.get()
+            ids = frozenset(id(module) for module in self.modules)
+            self.token = _checked_modules.set(ids if held is None else held | ids)
+
+    def __exit__(self, *exc) -> None:
+        if self.token is not None:
+            token, self.token = self.token, None
+            _checked_modules.reset(token)
+        else:
+            for module, previous in zip(self.modules, self.previous, strict=True):
+                object.__setattr__(module, "_input_checked", previous)
+
+
+def is_input_checked(module: nn.Module) -> bool:
+    """Whether ``module`` is called inside :class:`input_checked` naming it, in this thread."""
+    if torch.compiler.is_compiling():
+        return getattr(module, "_input_checked", False)
+    held = _checked_modules.get()
+    return held is not None and id(module) in held
 
 
 # ----------------------------------------------------------------------------- exporting

@@ -270,13 +270,15 @@ class GCNN(nn.Module):
         # here, in the fields' own dtype, by the same operator (torch.max over the field, whose
         # backward picks the same one of tied channels): in float32 the forward and the backward
         # are bitwise e2cnn's. The module stays in `features` for the state dict and the export.
+        # No warnings.catch_warnings here: e2cnn's forward warns of nothing (its uint8-mask
+        # warning comes at construction), and catch_warnings saves and restores the process's
+        # filters, which two threads running the model interleaved, leaving every warning of the
+        # process ignored (round 9).
         *body, _ = self.features._modules.values()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for module in body:
-                if isinstance(module, self._r2conv) and not module.training:
-                    module.train(True)  # put in evaluation mode by itself (see train)
-                x = module(x)
+        for module in body:
+            if isinstance(module, self._r2conv) and not module.training:
+                module.train(True)  # put in evaluation mode by itself (see train)
+            x = module(x)
         maps = x.tensor.unflatten(1, (-1, self.config.group_order)).max(2).values
         return self.classifier(_readout(maps, self.config.readout)).to(images.dtype)
 

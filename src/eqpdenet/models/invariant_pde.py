@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from ..checks import (
     exporting,
+    hooks_registered,
     non_finite_hint,
     report_non_finite,
     require,
@@ -315,24 +316,44 @@ def run_stages(stages, u: Tensor, entered: ModelInput, standardize: Standardize,
     "its Euler step 1"), explained by the range of the images ``entered`` (never NaN logits),
     and first, where ``model`` is given, by batch norms of its ``lift`` or of ``stages`` that
     are in evaluation mode with untrained statistics (:func:`~eqpdenet.checks.non_finite_hint`).
-    The blocks are not checked on entry (the model checked its images)."""
+    The blocks are not checked on entry (the model checked its images). A stage (or ``stages``
+    itself) with a hook is called as a module, so that its hooks fire, and its state checked at
+    its end only (the report names its first and last block); without one the stage's modules
+    are called one by one, each block's state checked."""
     blocks = [m for stage in stages for m in stage.modules() if isinstance(m, EulerStep)]
     # an exported graph reports nothing; under vmap no value can be read; an empty batch has
     # no extremes
     check = not exporting() and not vmapped(u) and u.numel() > 0
-    finite = []
+    finite, names, dts = [], [], []
+
+    def checked(state: Tensor, group: list[EulerStep]) -> None:
+        if check and group:  # on the device; NaN and inf show in the extremes: one pass, and
+            # no temporary the size of the field (isfinite(u).all() writes one per block)
+            finite.append(torch.stack(torch.aminmax(state.detach())).isfinite().all())
+            names.append(group[0].name if len(group) == 1 else
+                         f"{group[0].name} .. {group[-1].name} (hooked: checked at the end)")
+            dts.append(group[0].dt)
+
+    def steps_of(module: nn.Module) -> list[EulerStep]:
+        return [m for m in module.modules() if isinstance(m, EulerStep)]
+
     with input_checked(*blocks):  # checked on entry: no host read per block
-        for stage in stages:
-            for module in stage:
-                u = module(u)
-                if check and isinstance(module, EulerStep):  # on the device
-                    # NaN and inf show in the extremes: one pass, and no temporary the size of
-                    # the field (isfinite(u).all() writes one per block)
-                    finite.append(torch.stack(torch.aminmax(u.detach())).isfinite().all())
+        if isinstance(stages, nn.Module) and hooks_registered([stages]):
+            u = stages(u)  # called as a module, so that its hooks fire: checked as a whole
+            checked(u, blocks)
+        else:
+            for stage in stages:
+                if hooks_registered([stage]):  # the same for one stage
+                    u = stage(u)
+                    checked(u, steps_of(stage))
+                    continue
+                for module in stage:
+                    u = module(u)
+                    if isinstance(module, EulerStep):
+                        checked(u, [module])
     if finite:
         try:
-            report_non_finite([b.name for b in blocks], [b.dt for b in blocks],
-                              (~torch.stack(finite)).to(torch.int64))
+            report_non_finite(names, dts, (~torch.stack(finite)).to(torch.int64))
         except NonFiniteStateError as error:
             values = (entered.low, entered.high)
             hint = standardize.explain(*values) or input_range_hint(*values)

@@ -60,6 +60,7 @@ from ..checks import (
     check_images,
     check_values,
     hooks_registered,
+    is_input_checked,
     match_dtype,
     module_dtype,
     require,
@@ -350,7 +351,7 @@ class M2Lift(ConstantBuffers):
             return None
         return torch.eye(self.in_channels, dtype=dtype, device=device)
 
-    _input_checked = False  # see eqpdenet.pde.integrators.input_checked
+    _input_checked = False  # while compiling only: see eqpdenet.checks.input_checked
 
     def enter(self, f: Tensor) -> Tensor:
         """The entry checks: images this lift takes, ``(B, C_in, H, W)`` on its device, with
@@ -371,7 +372,7 @@ class M2Lift(ConstantBuffers):
 
     def forward(self, f: Tensor) -> Tensor:
         """Lower precision is computed in the module's dtype and returned in the input's."""
-        x = f if self._input_checked else self.enter(f)
+        x = f if is_input_checked(self) else self.enter(f)
         # The reference also where a hook is registered: the lift by moments reads mix.weight
         # and the batch norms without calling them.
         if self.backend == "reference" or hooks_registered(self.modules()):
@@ -643,7 +644,9 @@ class LiftedPDENet(nn.Module):
         :class:`~eqpdenet.errors.NonFiniteStateError`, explained by the input's range)."""
         entered = check_model_input(self, images)
         u = self._lifted(images, entered)
-        return run_stages(self.stages[:count], u, entered, self.standardize, model=self)
+        # all stages: the container itself, so that a hook on it fires (a slice is another one)
+        stages = self.stages if count == len(self.stages) else self.stages[:count]
+        return run_stages(stages, u, entered, self.standardize, model=self)
 
     def fields(self, images: Tensor) -> Tensor:
         """The fields ``(S B, C, N, h, w)`` after the last stage (``S`` scale copies)."""

@@ -47,6 +47,8 @@ from ..checks import (
     check_values,
     exporting,
     first_failed_step,
+    input_checked,
+    is_input_checked,
     match_dtype,
     module_dtype,
     report_non_finite,
@@ -75,32 +77,6 @@ STABILITY_RTOL = 4 * 2.0**-52
 #: How far ``T / dt`` may be from a whole number, relative to it, and still count as one: rounding
 #: only (``1 / 0.1``, ``0.3 / 0.1 = 2.9999999999999996``, a ``dt`` stored in float32).
 STEPS_RTOL = 1e-6
-
-
-class input_checked:
-    """``with input_checked(*modules):`` the caller has checked what it passes to ``modules``
-    (shape, finite values, the modules' dtype): their entry checks are skipped for the block.
-
-    A flag on each module (its attribute ``_input_checked``, restored on exit, so nesting and
-    exceptions are safe), not a global: a module called from elsewhere meanwhile is still
-    checked, and ``torch.compile`` traces an attribute without a graph break. Modules that have
-    no entry checks ignore it.
-    """
-
-    def __init__(self, *modules: nn.Module):
-        self.modules = modules
-        self.previous: list[bool] = []
-
-    # object.__setattr__: what nn.Module.__setattr__ does for a plain attribute, without its
-    # look-ups (this runs twice per Euler step: 0.2 against 5 microseconds).
-    def __enter__(self) -> None:
-        self.previous = [getattr(m, "_input_checked", False) for m in self.modules]
-        for module in self.modules:
-            object.__setattr__(module, "_input_checked", True)
-
-    def __exit__(self, *exc) -> None:
-        for module, previous in zip(self.modules, self.previous, strict=True):
-            object.__setattr__(module, "_input_checked", previous)
 
 
 def call_checked(module: nn.Module, *args):
@@ -183,7 +159,7 @@ class EulerStep(nn.Module):
 
     # Version 2 moved F into ``rhs`` (keys ``F.*`` became ``rhs.F.*``); older state dicts load.
     _version = 2
-    _input_checked = False  # see input_checked
+    _input_checked = False  # while compiling only: see eqpdenet.checks.input_checked
 
     def __init__(self, rhs: nn.Module, dt: float = 0.1, name: str | None = None):
         super().__init__()
@@ -199,7 +175,7 @@ class EulerStep(nn.Module):
 
     def forward(self, u: Tensor) -> Tensor:
         enter = getattr(self.rhs, "enter", None)
-        x = u if self._input_checked or enter is None else enter(u)
+        x = u if is_input_checked(self) or enter is None else enter(u)
         # A right-hand side that can take the whole step in one fused operator does so; either
         # way x is checked already (by enter, or by the caller).
         fused = getattr(self.rhs, "euler_step", None)
@@ -390,7 +366,7 @@ class EulerFlow(nn.Module):
     ``forward``: ``(B, C, H, W) -> (B, C, H, W)``, the state at ``T``.
     """
 
-    _input_checked = False  # see input_checked
+    _input_checked = False  # while compiling only: see eqpdenet.checks.input_checked
 
     def __init__(self, step: EulerStep, steps: int, check_finite: bool = True):
         super().__init__()
@@ -418,7 +394,7 @@ class EulerFlow(nn.Module):
         Checks ``u`` (:mod:`eqpdenet.checks`: finite values, dtype) once (not inside
         :class:`input_checked`).
         """
-        if self._input_checked:
+        if is_input_checked(self):
             return self.integrate(u, return_trajectory)
         check_images(u, "u")
         check_device(u, self, "u")

@@ -29,6 +29,7 @@ from ..checks import (
     check_images,
     check_values,
     hooks_registered,
+    is_input_checked,
     match_dtype,
     module_dtype,
     require,
@@ -415,7 +416,7 @@ class PDELayer(nn.Module):
         self.reduction = make_reduction(reduction, len(self.pdes))
         self.backend, self.recompute = backend, bool(recompute)
 
-    _input_checked = False  # see eqpdenet.pde.integrators.input_checked
+    _input_checked = False  # while compiling only: see eqpdenet.checks.input_checked
 
     @property
     def n_pdes(self) -> int:
@@ -441,7 +442,7 @@ class PDELayer(nn.Module):
         (``(min, max)`` returned for error messages), ``u`` in the layer's dtype; none inside
         :class:`~eqpdenet.pde.integrators.input_checked` (the caller checked, and explains a
         non-finite state itself)."""
-        if self._input_checked:
+        if is_input_checked(self):
             return u, None
         check_images(u, "u")
         check_device(u, self, "u")

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import check_values, require, require_int, require_positive
+from ..checks import check_values, is_input_checked, require, require_int, require_positive
 from ..errors import ConfigError, InputError, InputTypeError
 from ..kernels.m2_op import constant_cache
 from .invariants import Invariant, InvariantSet, register_invariant_set
@@ -291,7 +291,7 @@ class M2Jet(nn.Module):
         return torch.cat([gaussian_jet(chunk, sigma, self.boundary, self.scale_normalised)
                           for chunk, sigma in zip(chunks, self.sigmas, strict=True)], dim=0)
 
-    _input_checked = False  # see eqpdenet.pde.integrators.input_checked
+    _input_checked = False  # while compiling only: see eqpdenet.checks.input_checked
 
     def forward(self, u: Tensor) -> Tensor:
         """Called alone (not inside :class:`~eqpdenet.pde.integrators.input_checked`, as
@@ -310,7 +310,7 @@ class M2Jet(nn.Module):
             raise InputError(f"M2Jet takes fields (..., orientations, height, width) on a "
                              f"positive multiple of 4 orientations (so that quarter turns map "
                              f"them onto themselves), got shape {tuple(u.shape)}")
-        if not self._input_checked:
+        if not is_input_checked(self):
             check_values(u, "M2Jet's fields")
         u0, ux, uy, uxx, uxy, uyy = self.spatial(u).unbind(-3)
         (gradient_t,) = orientation_derivatives(torch.stack([ux, uy], -4), dim=-3, order=1)

@@ -52,6 +52,7 @@ from ..checks import (
     check_device,
     check_values,
     hooks_registered,
+    is_input_checked,
     match_dtype,
     module_dtype,
     require,
@@ -363,7 +364,7 @@ class M2SystemRHS(nn.Module):
         # (u changed in place since, or computed without autograd).
         self._cache: tuple | None = None
 
-    _input_checked = False  # see eqpdenet.pde.integrators.input_checked
+    _input_checked = False  # while compiling only: see eqpdenet.checks.input_checked
 
     def fused(self, u: Tensor, weight: Tensor) -> bool:
         """Whether the invariants of ``u`` mixed by ``weight`` ``(O, C, 10)`` are computed by the
@@ -411,7 +412,7 @@ class M2SystemRHS(nn.Module):
         """``sum_{c, j} weight[o, c, j] I_j(u^c)``: ``(B, C, N, H, W)``, ``(O, C, 10)`` ->
         ``(B, O, N, H, W)``."""
         given = u.dtype
-        if self._cache is None and not self._input_checked:  # from outside forward
+        if self._cache is None and not is_input_checked(self):  # from outside forward
             u = self._fields(u)  # in this module's dtype; the result in the input's (enter's rule)
         if self.fused(u, weight):
             return m2_mix_invariants(u, weight, separable_stencils(self.jet.sigmas),
@@ -430,7 +431,7 @@ class M2SystemRHS(nn.Module):
         if cached and cached[0] is u:
             return cached[1]
         given = u.dtype
-        if cached is None and not self._input_checked:  # from outside forward
+        if cached is None and not is_input_checked(self):  # from outside forward
             u = self._fields(u)  # in this module's dtype; the result in the input's (enter's rule)
         # the identity built only where the fused operator takes it: an exported graph (the
         # reference) then holds no eye, which ONNX writes as operators onnxruntime lacks
@@ -465,7 +466,7 @@ class M2SystemRHS(nn.Module):
         # exactly NetworkTerm: the fused operators compute its forward, which a subclass may not
         if type(network) is not NetworkTerm or not isinstance(network.norm, nn.Identity):
             return None
-        x = u if self._input_checked else self.enter(u)
+        x = u if is_input_checked(self) else self.enter(u)
         w1 = network.mix.weight.view(-1, self.channels, len(M2_SE2))
         if not self.fused(x, w1):
             return None
@@ -486,7 +487,7 @@ class M2SystemRHS(nn.Module):
         return step if x is u else step.to(u.dtype)
 
     def forward(self, u: Tensor) -> Tensor:
-        x = u if self._input_checked else self.enter(u)
+        x = u if is_input_checked(self) else self.enter(u)
         self._cache = ()
         try:
             out = None

@@ -29,6 +29,8 @@ from ..checks import (
     check_device,
     check_images,
     check_values,
+    hooks_registered,
+    is_input_checked,
     match_dtype,
     module_dtype,
     require,
@@ -297,7 +299,7 @@ class InvariantRHS(nn.Module):
         self.jet = Jet(self.invariant_set.order, stencil, spacing, boundary, sigma)
         self.F = make_rhs(rhs, len(self.invariant_set), degree)
 
-    _input_checked = False  # see eqpdenet.pde.integrators.input_checked
+    _input_checked = False  # while compiling only: see eqpdenet.checks.input_checked
 
     def enter(self, u: Tensor) -> Tensor:
         """The entry checks (:mod:`eqpdenet.checks`): images ``(B, C, H, W)`` with finite
@@ -314,7 +316,7 @@ class InvariantRHS(nn.Module):
         return self.invariant_set(self.jet(u), self.ratio_eps, self.ratio_regularisation)
 
     def forward(self, u: Tensor) -> Tensor:
-        x = u if self._input_checked else self.enter(u)
+        x = u if is_input_checked(self) else self.enter(u)
         out = self.F(self.invariants(x))
         return out if x is u else out.to(u.dtype)
 
@@ -493,7 +495,7 @@ class InvariantSystemRHS(nn.Module):
             nn.Conv2d(maps, hidden, 1, bias=False),
             nn.BatchNorm2d(hidden), nn.ReLU(), nn.Conv2d(hidden, channels, 1))
 
-    _input_checked = False  # see eqpdenet.pde.integrators.input_checked
+    _input_checked = False  # while compiling only: see eqpdenet.checks.input_checked
 
     @property
     def names(self) -> list[str]:
@@ -514,7 +516,7 @@ class InvariantSystemRHS(nn.Module):
         return self.invariants_of(self.jet(u))
 
     def forward(self, u: Tensor) -> Tensor:
-        x = u if self._input_checked else self.enter(u)
+        x = u if is_input_checked(self) else self.enter(u)
         out = self.F(self.invariants(x))
         return out if x is u else out.to(u.dtype)
 
@@ -534,7 +536,8 @@ class PerChannelInvariants(nn.Module):
 
     def forward(self, jet: Tensor) -> Tensor:
         batch, channels = jet.shape[:2]
-        if not self.one.scale_invariant and jet.shape[2] == 6:
+        # the shortcut calls no module: not where a hook on `one` expects to be called
+        if not self.one.scale_invariant and jet.shape[2] == 6 and not hooks_registered([self.one]):
             return _se2_per_channel(jet).flatten(1, 2)
         maps = self.one(jet.reshape(batch * channels, 1, *jet.shape[2:]))
         return maps.reshape(batch, channels * maps.shape[1], *maps.shape[2:])
