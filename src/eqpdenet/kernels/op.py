@@ -76,6 +76,7 @@ anything from the host: it can be captured in a CUDA graph.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -353,6 +354,9 @@ def _upload(t: Tensor, device: torch.device) -> Tensor:
 
 _METADATA: OrderedDict = OrderedDict()
 _METADATA_SIZE = 64
+# Threads sharing a model look up and evict entries at once (an entry evicted between another
+# thread's look-up and its read raised KeyError); m2_op.constant_cache holds a lock the same way.
+_METADATA_LOCK = threading.Lock()
 
 
 def _metadata(specs: Sequence[PDESpec], device: torch.device) -> tuple[Tensor, Tensor]:
@@ -362,9 +366,10 @@ def _metadata(specs: Sequence[PDESpec], device: torch.device) -> tuple[Tensor, T
     hosts = [host_copy(spec.stencil) for spec in specs]
     # The stencils by identity and version: the entry keeps them alive, so no id is reused.
     key = (str(device), recipes, tuple((id(h), h._version) for h in hosts))
-    if key in _METADATA:
-        _METADATA.move_to_end(key)
-        return _METADATA[key][:2]
+    with _METADATA_LOCK:
+        if key in _METADATA:
+            _METADATA.move_to_end(key)
+            return _METADATA[key][:2]
     # Outside inference mode: the operator saves them for backward, also in a training step
     # after an evaluation under torch.inference_mode() made this entry.
     with torch.inference_mode(False):
@@ -373,10 +378,12 @@ def _metadata(specs: Sequence[PDESpec], device: torch.device) -> tuple[Tensor, T
         monomials = torch.full((len(specs), mmax, 2), -1, dtype=torch.int64)
         for e, recipe in enumerate(recipes):
             monomials[e, :len(recipe)] = torch.tensor(recipe, dtype=torch.int64)
-        _METADATA[key] = (_upload(monomials, device), _upload(stencils, device), hosts)
-    if len(_METADATA) > _METADATA_SIZE:
-        _METADATA.popitem(last=False)
-    return _METADATA[key][:2]
+        entry = (_upload(monomials, device), _upload(stencils, device), hosts)
+    with _METADATA_LOCK:
+        _METADATA[key] = entry
+        if len(_METADATA) > _METADATA_SIZE:
+            _METADATA.popitem(last=False)
+    return entry[:2]
 
 
 # ----------------------------------------------------------------------------- the entry point
