@@ -383,7 +383,7 @@ def test_import_eqpdenet_does_not_import_sympy_and_guard_message():
         "try:\n"
         "    import eqpdenet.pde.symbolic\n"
         "except ImportError as exc:\n"
-        "    assert 'pip install eqpdenet[symbolic]' in str(exc), exc\n"
+        "    assert \"pip install 'eqpdenet[symbolic]'\" in str(exc), exc\n"
         "else:\n"
         "    raise AssertionError('no ImportError without sympy')\n"
     )

@@ -39,7 +39,7 @@ from .config import (
     to_toml,
 )
 from .distributed import Executor
-from .files import atomic_write, save_figure
+from .files import atomic_write, import_pyplot, save_figure
 from .locks import hold
 from .report import (
     SAME_RUN_FIELDS,
@@ -392,11 +392,7 @@ def benchmark_table(summary: dict[str, dict], noted: set[str] | frozenset = froz
 def plot_robustness(summary: dict[str, dict], path: Path, data: str = "ROTMNIST") -> Path:
     """PNG: accuracy against rotation angle, scale factor and shift (mean over seeds); ``data``,
     the data set's name, in the title."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = import_pyplot("plot_robustness")
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     panels = (("rotation", "rotation angle (degrees)"), ("scale", "scale factor"),
               ("shift", "shift (pixels)"))
@@ -548,11 +544,13 @@ def write_benchmark_report(out_dir: Path) -> Report:
     Each run (``<entry>-seed<seed>``) counts once (:func:`~eqpdenet.app.report.deduplicate`: a
     run recorded with two outcomes, or with numbers that are not finite, is refused); failed
     runs are counted and named (:func:`benchmark_table`). Both outputs are checked before
-    either is written."""
+    either is written, and matplotlib is imported first
+    (:func:`~eqpdenet.app.files.import_pyplot`): without it nothing is written."""
     out_dir = Path(out_dir)
     source = str(out_dir / "results.jsonl")
     if not has_results(out_dir):
         raise FileNotFoundError(f"no results in {source}")
+    import_pyplot("the benchmark's plot (robustness.png)")  # or no table without its plot
     table, plot = out_dir / "table.md", out_dir / "robustness.png"
     with hold(out_dir, "report", create=False):
         # checked (a line that is not a run record is named, not a crash here), and each run

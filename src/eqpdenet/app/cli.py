@@ -14,6 +14,7 @@ Errors are one line on stderr naming the problem (exit status 2; 1 for an unexpe
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import json
 import math
@@ -521,11 +522,22 @@ def _default_out(command: str, quick: bool, stage: str = "") -> str:
     return DEFAULT_OUT[command][int(bool(quick))].format(stage=stage)
 
 
+def _needs_plots(use: str) -> None:
+    """Before any work of a command that will draw (training, a study, a table written without
+    its plot): matplotlib can be imported, else a one-line
+    :class:`~eqpdenet.errors.MissingDependencyError` naming ``use`` and the install line of the
+    ``experiments`` extra (exit status 2), rather than a failure after the work."""
+    from .files import import_pyplot
+
+    import_pyplot(use)
+
+
 def _reproduce(args) -> int:
     from .report import write_report
     from .runfolder import check_claim, claiming, output_path
     from .sweeps import SWEEP_FILES, reproduce
 
+    _needs_plots("eqpdenet reproduce (its plot, accuracy_vs_params.png)")
     config = _sweep_config(args, ReproduceConfig, quick_profile)
     require_scored(config.base, "base.")
     executor = _executor(args)
@@ -541,7 +553,7 @@ def _reproduce(args) -> int:
                   rerun_changed=args.rerun_changed)
         table, plot = write_report(out)
     print(f"reproduce finished in {time.perf_counter() - start:.0f} s: {table}, {plot}")
-    print(table.read_text())
+    print(table.read_text(encoding="utf-8"))
     return 0
 
 
@@ -568,6 +580,7 @@ def _benchmark(args) -> int:
     from .runfolder import check_claim, claiming, output_path
     from .sweeps import SWEEP_FILES
 
+    _needs_plots("eqpdenet benchmark (its plot, robustness.png)")
     config = _sweep_config(args, BenchmarkConfig, quick_benchmark)
     executor = _executor(args)
     out = output_path(args.out or _default_out("benchmark", args.quick))
@@ -581,7 +594,7 @@ def _benchmark(args) -> int:
         report = write_benchmark_report(out)
     table, plot = report
     print(f"benchmark finished in {time.perf_counter() - start:.0f} s: {table}, {plot}")
-    print(table.read_text())
+    print(table.read_text(encoding="utf-8"))
     if report.incomplete:  # --models ran a part of the configuration: say what is left
         print(f"eqpdenet: warning: {report.incomplete}; run the benchmark without --models "
               f"to finish it", file=sys.stderr)
@@ -657,7 +670,7 @@ def _refuse_study_folder(folder: Path) -> None:
 
 def _report(args) -> int:
     from .benchmark import benchmark_config_problem, is_benchmark_folder, write_benchmark_report
-    from .report import write_report
+    from .report import has_results, write_report
 
     results = Path(args.results)
     if not results.exists():
@@ -666,6 +679,10 @@ def _report(args) -> int:
                           f"study, its runs/<fingerprint>)")
     _refuse_study_folder(results)
     benchmark = results.is_dir() and is_benchmark_folder(results)
+    if has_results(results):  # (else "no results" is what to say) the table is not written
+        # without its plot: refused before anything is read or written
+        _needs_plots(f"eqpdenet report (its plot, "
+                     f"{'robustness.png' if benchmark else 'accuracy_vs_params.png'})")
     if benchmark:  # its own table, not the paper's
         # (under the folder's lock, from the run files: a sweep killed before its first
         # aggregate has no results.jsonl)
@@ -673,7 +690,7 @@ def _report(args) -> int:
     else:
         report = write_report(results)
     table, plot = report
-    print(table.read_text())
+    print(table.read_text(encoding="utf-8"))
     print(f"wrote {table} and {plot}")
     if report.incomplete:
         print(f"eqpdenet: warning: {report.incomplete}; rerun the sweep's command to finish it",
@@ -738,11 +755,12 @@ def _equivariance(args) -> int:
         check_claim(out, "equivariance")
         with claiming(out, "equivariance"):
             path = write_invariant_orders(out)
-        print(path.read_text())
+        print(path.read_text(encoding="utf-8"))
         print(f"wrote {path}")
         return 0
     # Every input is checked (and the checkpoints loaded) before the folder is created or
-    # marked, so bad input leaves nothing behind.
+    # marked, so bad input leaves nothing behind; matplotlib first (the study's plots).
+    _needs_plots("eqpdenet equivariance (its plots; --invariant-orders-only draws none)")
     check_claim(out, "equivariance")
     start = time.perf_counter()
     plan = prepare_study(quick=args.quick, checkpoints=args.checkpoint or [],
@@ -754,7 +772,7 @@ def _equivariance(args) -> int:
     with claiming(out, "equivariance"):
         torch.manual_seed(0)
         written = write_outputs(run_study(plan), out)
-    print(written[0].read_text())
+    print(written[0].read_text(encoding="utf-8"))
     print(f"wrote {', '.join(str(p) for p in written)} in {time.perf_counter() - start:.0f} s "
           f"({torch.get_num_threads()} threads)")
     return 0
@@ -781,6 +799,8 @@ def _describe(args) -> int:
 
     model, config, payload = load_checkpoint(args.checkpoint)
     evolves = args.out and isinstance(model, EqPdeNet)
+    if evolves:  # before anything is loaded or printed
+        _needs_plots("eqpdenet describe --out (evolution.png; without --out it only prints)")
     # the images and --out first: a missing data set or a folder that is not describe's to write
     # is refused before anything is printed
     images, labels = (_describe_images(args.checkpoint, config, payload, args.data_dir,
@@ -853,6 +873,7 @@ def _figure(args) -> int:
     from .files import check_output_file
     from .runfolder import check_output_keeps, writing_beside_runs
 
+    _needs_plots("eqpdenet figure")
     learned = args.pde != "heat"
     # Refused rather than ignored: each names what the figure would then not draw.
     if args.checkpoint and not learned:
@@ -1181,9 +1202,26 @@ def _allocation_failed(error: BaseException) -> str | None:
     return allocation_failure(error)
 
 
+#: The top-level modules of the optional dependencies, and the extra of pyproject.toml that
+#: installs each (a module of eqpdenet's own that is missing is a bug, said as one).
+OPTIONAL_MODULES = {"matplotlib": "experiments", "tqdm": "experiments", "sympy": "symbolic",
+                    "e2cnn": "gcnn", "triton": "gpu", "ray": "distributed", "onnx": "export",
+                    "onnxscript": "export", "onnxruntime": "export"}
+
+
+def _missing_extra(error: BaseException) -> tuple[str, str] | None:
+    """``(module, extra)`` where ``error`` is the ImportError of an optional dependency."""
+    if not isinstance(error, ImportError):
+        return None
+    module = (getattr(error, "name", None) or "").partition(".")[0]
+    return (module, OPTIONAL_MODULES[module]) if module in OPTIONAL_MODULES else None
+
+
 def describe_error(error: BaseException) -> tuple[str, int]:
-    """One line naming the problem, and the exit status: 2 for bad input, configuration, files
-    or a run that cannot go on (our errors, ValueError, OSError), 1 for anything unexpected."""
+    """One line naming the problem, and the exit status: 2 for bad input, configuration, files,
+    a missing optional dependency (its install line named; the commands check theirs before any
+    work, this catches the others) or a run that cannot go on (our errors, ValueError,
+    OSError), 1 for anything unexpected."""
     from concurrent.futures.process import BrokenProcessPool
 
     if isinstance(error, BrokenProcessPool):
@@ -1203,6 +1241,10 @@ def describe_error(error: BaseException) -> tuple[str, int]:
         text, status = f"{error.strerror}{where}", 2
     elif isinstance(error, EqPdeNetError | ValueError | OSError):
         text, status = str(error), 2
+    elif extra := _missing_extra(error):
+        module, name = extra
+        text, status = (f"this command needs {module}, an optional dependency, which cannot be "
+                        f"imported ({error}): pip install 'eqpdenet[{name}]'"), 2
     else:
         text, status = (f"unexpected {type(error).__name__}: {error} (a bug in eqpdenet? please "
                         f"report it with the traceback)"), 1
@@ -1245,10 +1287,44 @@ def _terminate_as_interrupt():
             signal.signal(number, handler)
 
 
+@contextlib.contextmanager
+def _output_that_cannot_fail():
+    """Within the block, stdout and stderr write a character their encoding lacks (², ∂, θ in
+    an ASCII locale: ``LC_ALL=C`` with ``PYTHONUTF8=0``) as a backslash escape (``\\u2202``)
+    rather than fail on it; a stream in a UTF-8 (or UTF-16/32) encoding is left as it is, so
+    output there is unchanged. Each stream's error handler is restored after."""
+    changed = []
+    for stream in (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None)
+        try:
+            unicode = codecs.lookup(encoding).name.startswith("utf") if encoding else True
+        except LookupError:
+            unicode = False
+        if unicode or getattr(stream, "errors", None) == "backslashreplace":
+            continue
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            previous = stream.errors
+            stream.reconfigure(errors="backslashreplace")
+            changed.append((stream, previous))
+    try:
+        yield
+    finally:
+        for stream, previous in changed:
+            with contextlib.suppress(AttributeError, ValueError, OSError):  # a closed pipe
+                stream.reconfigure(errors=previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (see the module docstring). The modules
     named in ``EQPDENET_PLUGINS`` are imported first (:mod:`eqpdenet.app.plugins`), so that what
-    they register (a model family, a data set, a scenario, ...) is known to the arguments."""
+    they register (a model family, a data set, a scenario, ...) is known to the arguments.
+    Output never fails on a character the locale's encoding lacks
+    (:func:`_output_that_cannot_fail`)."""
+    with _output_that_cannot_fail():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     debug = bool(os.environ.get(DEBUG_VARIABLE))
     try:
         import_plugins()
@@ -1278,7 +1354,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # stdout closed early (`eqpdenet report ... | head`): not an error
         try:
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - flushing at exit must not fail
+            sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - flushing at exit must not fail
         except OSError:
             pass
         return 0

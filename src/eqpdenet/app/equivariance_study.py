@@ -42,7 +42,7 @@ from ..errors import ConfigError, NonFiniteStateError, OutputFolderError
 from ..files import link_target, temporary_beside
 from ..models import EqPdeNet, LiftedPDENet
 from ..pde.integrators import EulerFlow
-from .files import TEMPORARY_SUFFIX, _reason, atomic_write, make_folder
+from .files import TEMPORARY_SUFFIX, _reason, atomic_write, import_pyplot, make_folder
 from .training import load_checkpoint
 
 __all__ = ["OUTPUT_FILES", "Record", "Study", "StudyPlan", "equivariance_table",
@@ -587,10 +587,7 @@ def _png(fig, dpi: int = 100) -> bytes:
 
 
 def plot_transforms(study: Study) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = import_pyplot("plot_transforms")
 
     inputs = list(dict.fromkeys(r.inputs for r in study.select(study="transforms")))
     kinds = ("rotation", "scale", "translation")
@@ -625,10 +622,7 @@ def plot_transforms(study: Study) -> bytes:
 
 
 def plot_convergence(study: Study) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = import_pyplot("plot_convergence")
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     panels = (("resolution", lambda r: r.factor, "upsampling factor k (h = 1/k, dt ∝ h²)"),
@@ -673,10 +667,7 @@ def plot_models(study: Study) -> bytes | None:
     records = study.select(study="model", transform="rotation")
     if not records:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = import_pyplot("plot_models")
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for tag, inputs in dict.fromkeys((r.map, r.inputs) for r in records):
@@ -710,7 +701,9 @@ def write_outputs(study: Study, out_dir) -> list[Path]:
     are renamed into place, one rename after the other; a failure or a kill before the renames
     (while rendering or writing, the seconds of the write) leaves the previous set whole, and
     its temporaries are removed (by this process, else by the folder's next writer lock).
-    Other files of the folder are left alone."""
+    Other files of the folder are left alone. Without matplotlib, nothing is written (a
+    :class:`~eqpdenet.errors.MissingDependencyError` first)."""
+    import_pyplot("the equivariance study's plots")
     out = make_folder(Path(out_dir))
     contents = {"table.md": (equivariance_table(study) + "\n").encode(),
                 "table.csv": csv_table(study).encode(),

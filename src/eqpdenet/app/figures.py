@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..analysis.equivariance import DISK_FRACTION, central_disk, similarity
 from ..pde.layer import PDELayer
-from .files import save_figure
+from .files import import_pyplot, save_figure
 
 __all__ = ["diagram_arrays", "evolution_grid", "evolution_trajectories", "figure_diagram",
            "frame_steps"]
@@ -72,12 +72,9 @@ def figure_diagram(image: Tensor, pde: Callable[[Tensor], Tensor], path, *, angl
     ``guard``: a context manager factory held around the write (:func:`save_figure`).
     ``image_label``: what ``image`` is (``"MNIST test #0"``), shown with the PDE; an image of
     several channels is drawn by its first, and measured on all (said in the figure)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import textwrap
 
-    import matplotlib.pyplot as plt
+    plt = import_pyplot("figure_diagram")
     from matplotlib.patches import Circle, ConnectionPatch
 
     panels = diagram_arrays(image, pde, angle, factor, shift)
@@ -192,11 +189,7 @@ def evolution_grid(layer: PDELayer, images: Tensor, path, *, frames: int = 6,
     the full range. ``images``: ``(N, 1, H, W)``; ``standardize`` is applied first.
     ``trajectories``: those of :func:`evolution_trajectories`, computed already.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = import_pyplot("evolution_grid")
     if trajectories is None:
         trajectories = evolution_trajectories(layer, images, standardize)
     rows = [(n, e) for n in range(len(images)) for e in range(layer.n_pdes)]

@@ -21,11 +21,12 @@ import json
 import os
 from pathlib import Path
 
-from ..errors import DataFileError, OutputFolderError
+from ..errors import DataFileError, MissingDependencyError, OutputFolderError
 from ..files import STALE_AGE, STALE_GRACE, link_target, remove_stale_beside, temporary_beside
 
-__all__ = ["TEMPORARY_SUFFIX", "append_jsonl", "atomic_write", "check_output_file", "make_folder",
-           "read_jsonl", "read_jsonl_lines", "remove_stale_temporaries", "save_figure"]
+__all__ = ["EXPERIMENTS_INSTALL", "TEMPORARY_SUFFIX", "append_jsonl", "atomic_write",
+           "check_output_file", "import_pyplot", "make_folder", "read_jsonl", "read_jsonl_lines",
+           "remove_stale_temporaries", "save_figure"]
 
 #: The suffix of :func:`atomic_write`'s temporary files.
 TEMPORARY_SUFFIX = ".eqpdenet.tmp"
@@ -222,6 +223,30 @@ def append_jsonl(path: Path, record: dict) -> None:
     if old and not old.endswith(b"\n"):
         old += b"\n"
     atomic_write(path, old + (json.dumps(record, sort_keys=True) + "\n").encode())
+
+
+#: How the optional dependencies of the experiments' plots are installed (quoted: zsh reads the
+#: brackets of an unquoted ``eqpdenet[experiments]`` as a pattern).
+EXPERIMENTS_INSTALL = "pip install 'eqpdenet[experiments]'"
+
+
+def import_pyplot(use: str = "drawing a figure"):
+    """``matplotlib.pyplot`` on the Agg backend (files, no display), or a one-line
+    :class:`~eqpdenet.errors.MissingDependencyError` saying that ``use`` (what draws: ``"eqpdenet
+    report (accuracy_vs_params.png)"``) needs matplotlib and how to install it, where it is not
+    installed or cannot be imported. Every function that draws imports matplotlib through it,
+    and every command that will draw calls it among its argument checks, before any work
+    (training, a study, a table written without its plot)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise MissingDependencyError(
+            f"{use} needs matplotlib, an optional dependency, which cannot be imported "
+            f"({error}): {EXPERIMENTS_INSTALL}") from error
+    return plt
 
 
 def save_figure(fig, path: Path, dpi: int = 100, guard=None) -> Path:

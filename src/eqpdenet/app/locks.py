@@ -224,7 +224,7 @@ def holder(folder: Path, wait: float = 1.0) -> dict | None:
     deadline = time.monotonic() + wait
     while True:
         with contextlib.suppress(OSError, ValueError):
-            info = json.loads(path.read_text())
+            info = json.loads(path.read_text(encoding="utf-8"))
             if isinstance(info, dict) and _alive(info.get("pid"), info.get("host")):
                 return info
         if time.monotonic() >= deadline:
@@ -388,5 +388,5 @@ def replace_held_folder(folder: Path, new: Path) -> None:
 
 def _command_of(lock: FolderLock) -> str | None:
     with contextlib.suppress(OSError, ValueError):
-        return json.loads(lock.path.read_text()).get("command")
+        return json.loads(lock.path.read_text(encoding="utf-8")).get("command")
     return None

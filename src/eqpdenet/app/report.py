@@ -53,7 +53,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import ConfigError, DataFileError
-from .files import atomic_write, check_output_file, read_jsonl, save_figure
+from .files import atomic_write, check_output_file, import_pyplot, read_jsonl, save_figure
 from .locks import hold
 from .runstore import SAME_RUN_FIELDS, non_finite_fields, write_aggregate
 
@@ -75,7 +75,7 @@ PAPER_MODELS = tuple(MODEL_NAMES)
 
 def paper_table() -> dict[tuple[str, int], dict]:
     """``{(model, hidden): {"params": int, "test": (mean, std), "iso": ..., "sca": ...}}``."""
-    text = resources.files("eqpdenet.app").joinpath("paper_tables.csv").read_text()
+    text = resources.files("eqpdenet.app").joinpath("paper_tables.csv").read_text(encoding="utf-8")
     table = {}
     for row in csv.DictReader(text.splitlines()):
         kind = row["model"].lower()
@@ -451,11 +451,8 @@ def plot_accuracy(ours: dict, path: Path, paper: dict | None = None,
                   scenarios: tuple[str, ...] = SCENARIOS) -> Path:
     """PNG: accuracy against #params for both models and the three scenarios (or
     ``scenarios``, e.g. ``("validation",)``), paper dashed where it has the scenario."""
-    import matplotlib
+    plt = import_pyplot("plot_accuracy")
     import matplotlib.ticker
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     paper = paper_table() if paper is None else paper
     fig, axes = plt.subplots(1, len(scenarios), figsize=(max(13 * len(scenarios) / 3, 5), 4),
@@ -693,7 +690,8 @@ def write_report(results_dir: Path) -> Report:
     that evaluated none of the paper's scenarios but recorded a validation accuracy (a
     validation study's, ``scenarios = []``) are tabled by validation accuracy
     (:func:`validation_table`), without the paper's numbers; runs with neither are refused, as
-    a table of dashes. Both outputs are checked before either is written."""
+    a table of dashes. Both outputs are checked before either is written, and matplotlib is
+    imported first (:func:`~eqpdenet.app.files.import_pyplot`): without it nothing is written."""
     results_dir = Path(results_dir)
     if results_dir.exists() and not results_dir.is_dir():
         raise DataFileError(results_dir, "a file, not a results folder (the folder that holds "
@@ -701,6 +699,7 @@ def write_report(results_dir: Path) -> Report:
     path = results_dir / "results.jsonl"
     if not has_results(results_dir):
         raise FileNotFoundError(f"no results in {path}")
+    import_pyplot("the report's plot (accuracy_vs_params.png)")  # or no table without its plot
     table_path, plot_path = results_dir / "table.md", results_dir / "accuracy_vs_params.png"
     with hold(results_dir, "report", create=False):
         records = deduplicate(read_results(results_dir), source=str(path))

@@ -82,7 +82,7 @@ def write_marker(folder: Path, kind: str) -> None:
 def folder_kind(folder: Path) -> str | None:
     """The kind of command whose marker ``folder`` carries, None if it carries none."""
     with contextlib.suppress(OSError, ValueError, AttributeError):
-        return json.loads((Path(folder) / MARKER).read_text()).get("kind")
+        return json.loads((Path(folder) / MARKER).read_text(encoding="utf-8")).get("kind")
     return None
 
 

@@ -124,7 +124,7 @@ def with_finite_numbers(record: dict) -> dict:
 
 def _read_run(path: Path) -> dict:
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: not a JSON run record ({error})") from None
     if not isinstance(record, dict) or record.get("key") != path.stem:

@@ -193,8 +193,8 @@ def read_amat(path: str | os.PathLike) -> tuple[Tensor, Tensor]:
     """
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as exc:
+        text = path.read_text(encoding="utf-8")  # numbers in ASCII; the same in any locale
+    except (OSError, UnicodeDecodeError) as exc:
         raise DataFileError(path, f"cannot read: {exc}") from None
     images, labels = _parse_amat_text(text, str(path))
     return torch.from_numpy(images), torch.from_numpy(labels)
@@ -218,7 +218,7 @@ def write_amat(path: str | os.PathLike, images: Tensor | np.ndarray, labels: Ten
     remove_stale_beside(path, ".part", age=PART_AGE, grace=PART_GRACE)  # killed writers' files
     fd, tmp = temporary_beside(path, ".part")
     try:
-        with os.fdopen(fd, "w") as out:
+        with os.fdopen(fd, "w", encoding="ascii") as out:
             np.savetxt(out, table, fmt="%.9g", delimiter=" ")
         os.replace(tmp, path)
     except BaseException:

@@ -89,16 +89,19 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from fractions import Fraction
 
+from ..errors import ConfigError, MissingDependencyError
+
 try:
     import sympy as sp
     from sympy.polys.matrices import DomainMatrix
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
-    raise ImportError(
-        "eqpdenet.symbolic needs SymPy, an optional dependency: pip install eqpdenet[symbolic]"
-    ) from exc
+    # an ImportError still (MissingDependencyError derives from it), said in one line by the
+    # command line (exit status 2), with the install line quoted for zsh
+    raise MissingDependencyError(
+        f"eqpdenet.pde.symbolic (and eqpdenet symbolic) needs SymPy, an optional dependency, "
+        f"which cannot be imported ({exc}): pip install 'eqpdenet[symbolic]'") from exc
 
 from ..checks import require, require_int, require_positive
-from ..errors import ConfigError
 from ..registry import Registry
 from .invariants import Invariant, InvariantSet, register_invariant_set, safe_ratio
 from .joint import JointInvariants, JointTerm
