@@ -39,6 +39,24 @@ settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True
 settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
+def pytest_sessionstart(session):
+    """Build (or load) both C++ kernels before any test, as ``.ci/run`` does: a first build says
+    so on stderr (1-4 minutes), and a test that runs a command and asserts its one line of
+    stderr must not be the one that meets it. A failed build is left to the tests that check the
+    fallback and its message."""
+    import warnings
+
+    from eqpdenet.kernels import cpu
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for load in (cpu.load_extension, cpu.load_m2_extension):
+            try:
+                load()
+            except Exception:  # noqa: BLE001 - see the docstring
+                pass
+
+
 #: Relative tolerance of results that agree "to rounding", per dtype.
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 

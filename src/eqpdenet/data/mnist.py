@@ -85,6 +85,9 @@ MNIST_FILES: dict[str, IdxSpec] = {
     "test_labels": IdxSpec("t10k-labels-idx1-ubyte", (10000,), "27ae3e4e09519cfbb04c329615203637"),
 }
 
+#: The four files as a download's failure names them.
+_MNIST_NAMES = ", ".join(f"{spec.name}.gz" for spec in MNIST_FILES.values())
+
 # IDX type codes -> numpy big-endian dtypes.
 _IDX_DTYPES = {
     0x08: np.dtype(">u1"),
@@ -118,6 +121,25 @@ def resolve_data_dir(flag: str | os.PathLike | None = None) -> Path:
     if env:
         return Path(env).expanduser()
     return _user_cache_root() / "data"
+
+
+def _refuse_mistyped_data_dir(flag: str | os.PathLike | None, root: Path) -> None:
+    """Refuse a data folder given explicitly (``flag``: ``--data-dir`` or the ``data_dir``
+    argument; else ``EQPDENET_DATA``) whose parent folder does not exist either: a mistyped path,
+    which a download would otherwise create, folder by folder, and fill (or fail to, offline, far
+    from the typo). A new data folder inside an existing folder stays allowed (a download into a
+    fresh ``./data``); the per-user default is created with its parents."""
+    if flag is not None and str(flag) != "":
+        given = "--data-dir / data_dir"
+    elif os.environ.get(DATA_ENV):
+        given = DATA_ENV
+    else:
+        return
+    if root.exists() or root.parent.exists():
+        return
+    raise DataFileError(root, f"the data folder given by {given} does not exist, nor does its parent "
+                              f"{root.parent}: a mistyped path? Point {given} at the folder holding "
+                              f"mnist/ (a download creates the data folder only inside an existing one)")
 
 
 def resolve_cache_dir(flag: str | os.PathLike | None = None) -> Path:
@@ -411,7 +433,9 @@ def download_mnist(
     on any failure the temporary file is deleted and the next mirror is tried.
 
     Args:
-        data_dir: the data directory (see :func:`resolve_data_dir`); created if needed.
+        data_dir: the data directory (see :func:`resolve_data_dir`); created if needed, but a
+            folder given explicitly (``data_dir``, ``EQPDENET_DATA``) only inside an existing
+            folder: one whose parent does not exist either is refused as a mistyped path.
         mirrors: base URLs (default :data:`DEFAULT_MIRRORS`), e.g. ``["http://127.0.0.1:8000/"]``.
         keys: which files (:data:`MNIST_FILES` keys); default all four.
         force: download even if a file already exists.
@@ -432,9 +456,13 @@ def download_mnist(
         The ``mnist/`` folder.
 
     Raises:
-        DownloadError: when every mirror failed for some file (each failure is listed).
+        DownloadError: when every mirror failed for some file (each failure is listed, then how to
+            supply the files by hand).
+        DataFileError: an explicitly given data folder whose parent does not exist.
     """
-    folder = resolve_data_dir(data_dir) / "mnist"
+    root = resolve_data_dir(data_dir)
+    _refuse_mistyped_data_dir(data_dir, root)
+    folder = root / "mnist"
     folder.mkdir(parents=True, exist_ok=True)
     mirrors = list(DEFAULT_MIRRORS if mirrors is None else mirrors)
     if not mirrors:
@@ -466,6 +494,8 @@ def download_mnist(
         else:
             raise DownloadError(
                 f"could not download a verified {spec.name}.gz into {folder}:\n  " + "\n  ".join(failures)
+                + f"\nTo supply MNIST yourself, put the four files {_MNIST_NAMES} in {folder}, or point "
+                f"{DATA_ENV} / --data-dir at a folder holding mnist/ with them"
             )
     return folder
 
@@ -531,7 +561,9 @@ def load_mnist(
                 root / "mnist", f"missing MNIST file(s) {names}; set {DATA_ENV} or pass the data "
                 "directory (the folder containing mnist/), or allow download=True"
             )
-        download_mnist(root, mirrors, keys=missing, progress=progress)
+        # data_dir as given, not root: where the folder came from decides whether a new one
+        # may be made (_refuse_mistyped_data_dir)
+        download_mnist(data_dir, mirrors, keys=missing, progress=progress)
     arrays = {}
     for key, spec in MNIST_FILES.items():
         path = find_mnist_file(root, key)

@@ -1,15 +1,20 @@
 """The CPU implementation of the fused PDE evolution: a C++/OpenMP kernel (``csrc/fused_euler.cpp``).
 
 It implements the operators declared in :mod:`eqpdenet.kernels.op` for ``cpu`` tensors. The
-extension is built with :func:`torch.utils.cpp_extension.load` the first time it is needed (about
-a minute) and cached: in ``$EQPDENET_BUILD_DIR`` if set, else under torch's extension directory
+extension is built with :func:`torch.utils.cpp_extension.load` the first time it is needed (1-4
+minutes) and cached: in ``$EQPDENET_BUILD_DIR`` if set, else under torch's extension directory
 (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) in ``eqpdenet-py<version>/``.
 
 Processes load the extension one at a time under an ``flock`` of ``<build folder>.lock``, which
 the kernel releases however a process ends. torch's own lock (a file ``lock`` in the build
 folder that its holder deletes) is left behind by a process killed while loading, and every
 later process would wait for it for ever; under the ``flock`` no other process can be loading,
-so such a file is stale and is removed. The kernel runs one OpenMP
+so such a file is stale and is removed. A build folder that cannot be written (a read-only
+mount of a prepared cache) is not locked: a finished build of exactly this source and these flags
+(its name hashes them) is loaded from it directly; without one, the message names
+``EQPDENET_BUILD_DIR``. A real build says so on stderr when it starts (it takes minutes); a build
+that fails says why in a few lines (no compiler, or the compiler's error lines), the whole output
+with ``EQPDENET_DEBUG=1``, and the layers take the reference. The kernel runs one OpenMP
 task per image of the batch (and PDE), each doing all Euler steps in cache-resident buffers: jet
 (3x3 stencil with the boundary padding), invariants, ``F_theta`` and the update in one pass per
 step. Its backward is the exact discrete adjoint, either from the states stored by the forward or,
@@ -24,8 +29,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib.util
+import logging
 import os
 import platform
+import re
+import shlex
+import shutil
 import sys
 import sysconfig
 import threading
@@ -45,6 +55,15 @@ ENV_BUILD_DIR = "EQPDENET_BUILD_DIR"
 SOURCE = Path(__file__).parent / "csrc" / "fused_euler.cpp"
 M2_SOURCE = Path(__file__).parent / "csrc" / "m2_invariants.cpp"
 CFLAGS = ["-O3", "-march=native", "-fopenmp"]
+#: Set (not empty), a failed build prints its whole output on stderr (the command line's
+#: traceback switch too).
+ENV_DEBUG = "EQPDENET_DEBUG"
+#: Said on stderr when a real build starts (not when a finished build is loaded), terminal or not:
+#: a script, notebook or logged run would otherwise sit silent for minutes.
+BUILD_NOTICE = ("eqpdenet: building the fused C++ kernel {source} (first use in this environment; "
+                "1-4 minutes)")
+#: The longest reason a failed build gives (its compiler's error lines, shortened).
+MAX_REASON = 500
 
 # ----------------------------------------------------------------------------- build
 
@@ -119,11 +138,26 @@ def _wait_for(handle, build_dir: str) -> None:
     fcntl.flock(handle, fcntl.LOCK_EX)
 
 
+class _Unavailable(Exception):
+    """Why the extension cannot be built, said as it is."""
+
+
+class _NotWritable(Exception):
+    """The build folder (or its lock file beside it) cannot be written."""
+
+
+def _open_lock(build_dir: str):
+    try:
+        return open(build_dir.rstrip(os.sep) + ".lock", "a")
+    except OSError as error:
+        raise _NotWritable(error.strerror or str(error)) from error
+
+
 @contextlib.contextmanager
 def _build_lock(build_dir: str):
     """Hold the build folder's ``flock``; remove torch's ``lock`` file if a killed process left
-    it (module docstring)."""
-    with open(build_dir.rstrip(os.sep) + ".lock", "a") as handle:
+    it (module docstring). :class:`_NotWritable` if the lock file cannot be opened."""
+    with _open_lock(build_dir) as handle:
         _wait_for(handle, build_dir)  # while another process loads or builds
         try:
             with contextlib.suppress(FileNotFoundError):
@@ -131,6 +165,130 @@ def _build_lock(build_dir: str):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _compiler() -> str:
+    """The compiler torch's build runs (``$CXX``, else ``c++``)."""
+    return os.environ.get("CXX", "c++")
+
+
+def _compiler_missing() -> str | None:
+    """Why there is no C++ compiler to build with, or None."""
+    compiler = _compiler()
+    try:
+        program = shlex.split(compiler)[0] if compiler.strip() else ""
+    except ValueError:
+        program = compiler
+    if program and shutil.which(program) is not None:
+        return None
+    named = f"CXX={compiler!r} is not found" if "CXX" in os.environ else "c++ is not on PATH"
+    return f"no C++ compiler found: {named}; install g++ or set CXX"
+
+
+def _find_ninja() -> bool:
+    """Whether torch's build finds ``ninja`` (it runs ``ninja`` from ``PATH``). The ``ninja``
+    package (a dependency) puts it beside the environment's Python, which is not on ``PATH`` when
+    the environment is used without activating it (``.venv/bin/python``, a notebook's kernel):
+    that folder is then added at the end of this process's ``PATH``."""
+    if shutil.which("ninja") is not None:
+        return True
+    folders = [os.path.dirname(sys.executable)]
+    with contextlib.suppress(Exception):  # any problem of the package: as if it were absent
+        import ninja
+
+        folders.insert(0, str(ninja.BIN_DIR))
+    for folder in folders:
+        if shutil.which("ninja", path=folder) is not None:
+            os.environ["PATH"] = os.environ.get("PATH", "") + os.pathsep + folder
+            return True
+    return False
+
+
+def _missing_build_tool() -> str | None:
+    """Why no build can start here (no compiler, no ``ninja``), or None."""
+    missing = _compiler_missing()
+    if missing is None and not _find_ninja():
+        missing = "ninja is not installed; pip install ninja"
+    return missing
+
+
+_COMMAND = re.compile(r"\[\d+/\d+\] ")
+_CAUSE = re.compile(r"error|not found|undefined reference|cannot find|no such file", re.IGNORECASE)
+
+
+def _build_failure(text: str, source: Path) -> str:
+    """The cause of a failed build in a few lines, from torch's ``Error building extension
+    '<name>': <ninja's output>``: the lines that name an error (``error``, ``not found``, ...),
+    else the last lines before ``ninja: build stopped``; never the compiler commands ninja echoes
+    (700 characters each; one of them is the output's first line, all the reason said before).
+    Paths of ``source`` are shortened to its name; the whole is at most :data:`MAX_REASON`
+    characters."""
+    text = re.sub(r"^Error building extension '[^']*':\s*", "", text.strip())
+    lines = [line.rstrip() for line in text.splitlines()]
+    commands = {_COMMAND.sub("", line, count=1) for line in lines if _COMMAND.match(line)}
+    body = []
+    for line in lines:
+        if line.startswith("ninja: build stopped"):
+            break
+        if (line.strip() and not _COMMAND.match(line) and line not in commands
+                and not line.startswith(("FAILED:", "ninja: ")) and "-DTORCH_EXTENSION_NAME" not in line):
+            body.append(line.strip().replace(str(source.parent) + os.sep, ""))
+    picked = [line for line in body if _CAUSE.search(line)][:3] or body[-3:]
+    picked = [line if len(line) <= 200 else line[:197] + "..." for line in picked]
+    reason = " | ".join(picked) or (lines[0] if lines else "")
+    return reason if len(reason) <= MAX_REASON else reason[:MAX_REASON - 3] + "..."
+
+
+def _failure_reason(error: Exception, source: Path) -> str:
+    """What a failed load or build says, in one bounded line."""
+    text = str(error).strip()
+    if isinstance(error, RuntimeError) and text.startswith("Error building extension"):
+        missing = _compiler_missing()  # the build found a finished one out of date
+        if missing:
+            return missing
+        return (f"the build failed: {_build_failure(text, source)} "
+                f"({ENV_DEBUG}=1 prints the whole build output)")
+    first = text.splitlines()[0] if text else ""
+    first = first if len(first) <= 300 else first[:297] + "..."
+    return f"{type(error).__name__}: {first}"
+
+
+def _debug() -> bool:
+    return bool(os.environ.get(ENV_DEBUG))  # as the command line reads it
+
+
+class _NoCompilerBanner(logging.Filter):
+    """Drops torch's warnings about the compiler while there is none: its banner ("Your compiler
+    (c++) is not compatible with the compiler Pytorch was built with ...", 900 characters) says
+    nothing true of a compiler that does not exist. A compiler that exists keeps the banner."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "compiler" not in str(record.msg).lower()
+
+
+@contextlib.contextmanager
+def _quiet_if_no_compiler():
+    if _compiler_missing() is None:
+        yield
+        return
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    banner = _NoCompilerBanner()
+    logger.addFilter(banner)
+    try:
+        yield
+    finally:
+        logger.removeFilter(banner)
+
+
+def _load_built(name: str, path: Path):
+    """Import a finished build directly (as torch's loader does after its up-to-date check, which
+    needs ``ninja`` and writes into the build folder)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class _Extension:
@@ -145,7 +303,7 @@ class _Extension:
 
     def name(self) -> str:
         """The build's name (:func:`_extension_name`)."""
-        return _extension_name(self.source.read_text(), self.prefix, str(self.source))
+        return _extension_name(self.source.read_text(encoding="utf-8"), self.prefix, str(self.source))
 
     def build_directory(self) -> str:
         return _build_directory(self.name())
@@ -156,28 +314,59 @@ class _Extension:
                 return self.module
             if self.error is not None:
                 raise KernelUnavailableError(self.error)
+            start = time.perf_counter()
             try:
+                self.module = self._load()
+            except _Unavailable as error:
+                self.error = f"could not build the C++ extension {self.source.name} ({error})"
+                raise KernelUnavailableError(self.error) from error
+            except Exception as error:  # noqa: BLE001 - any failure means "use the reference"
+                reason = _failure_reason(error, self.source)
+                if _debug():
+                    print(f"eqpdenet: the failed build of {self.source.name}:\n{error}",
+                          file=sys.stderr, flush=True)
+                self.error = f"could not build the C++ extension {self.source.name} ({reason})"
+                raise KernelUnavailableError(self.error) from error
+            self.seconds = time.perf_counter() - start
+            return self.module
+
+    def _load(self):
+        name, build_dir = self.name(), self.build_directory()
+        built = Path(build_dir) / f"{name}.so"
+        problem = "no write access"
+        try:
+            os.makedirs(build_dir, exist_ok=True)
+        except OSError as error:  # not writable: said below
+            problem = error.strerror or str(error)
+        if not os.access(build_dir, os.W_OK):
+            if built.is_file():  # a prepared cache: nobody writes it, no lock
+                return _load_built(name, built)
+            raise _Unavailable(self._not_writable(build_dir, problem))
+        try:
+            with _build_lock(build_dir):
+                if not built.is_file():
+                    missing = _missing_build_tool()
+                    if missing:
+                        raise _Unavailable(missing)
+                    print(BUILD_NOTICE.format(source=self.source.name), file=sys.stderr,
+                          flush=True)
+                elif not _find_ninja():  # torch's loader needs it even for a finished build
+                    return _load_built(name, built)
                 from torch.utils import cpp_extension
 
-                name, build_dir = self.name(), self.build_directory()
-                os.makedirs(build_dir, exist_ok=True)
-                start = time.perf_counter()
-                with _build_lock(build_dir):
-                    if sys.stderr.isatty() and not any(Path(build_dir).glob(f"{name}*.so")):
-                        print(f"eqpdenet: building the C++ kernel {self.source.name} (once per "
-                              f"CPU and environment, about a minute)", file=sys.stderr,
-                              flush=True)
-                    self.module = cpp_extension.load(
+                with _quiet_if_no_compiler():
+                    return cpp_extension.load(
                         name=name, sources=[str(self.source)], extra_cflags=CFLAGS,
                         extra_ldflags=["-fopenmp"], build_directory=build_dir, verbose=False,
                     )
-                self.seconds = time.perf_counter() - start
-            except Exception as error:  # noqa: BLE001 - any failure means "use the reference"
-                message = str(error).strip().splitlines()
-                self.error = (f"could not build the C++ extension {self.source.name} "
-                              f"({type(error).__name__}: {message[0] if message else ''})")
-                raise KernelUnavailableError(self.error) from error
-            return self.module
+        except _NotWritable as error:
+            if built.is_file():
+                return _load_built(name, built)
+            raise _Unavailable(self._not_writable(build_dir, str(error))) from error
+
+    def _not_writable(self, build_dir: str, problem: str) -> str:
+        return (f"its build folder {build_dir} is not writable ({problem}) and holds no finished "
+                f"build; set {ENV_BUILD_DIR} to a writable folder")
 
     def unavailable(self, device=None) -> str | None:
         """Why the extension cannot run (``device``: the registry's signature, unused: one
