@@ -50,6 +50,7 @@ from .errors import ConfigError, InputError, InputTypeError, NonFiniteStateError
 
 __all__ = [
     "StateReports",
+    "evaluation_mode",
     "input_checked",
     "is_input_checked",
     "check_device",
@@ -430,6 +431,30 @@ class input_checked:
         else:
             for module, previous in zip(self.modules, self.previous, strict=True):
                 object.__setattr__(module, "_input_checked", previous)
+
+
+@contextmanager
+def evaluation_mode(model) -> Iterator[None]:
+    """The block with ``model`` in evaluation mode (``model.eval()``), and afterwards every
+    submodule in the mode it had, each by its own flag: ``model.train(was_training)`` set every
+    submodule to the top module's mode, which made a batch norm frozen (``.eval()``) inside a
+    model in training mode trainable again, and a classifier in evaluation mode wrapped in a
+    module in training mode come back in training mode (its dropout on). Anything that is not an
+    ``nn.Module`` (a function) is called as it is."""
+    if not isinstance(model, nn.Module):
+        yield
+        return
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        # parents first (modules() is in that order): a module's train() sets its whole subtree,
+        # so each module's own flag is set last by itself; only where it changed (a module's own
+        # train() may do work: e2cnn's expands its filters)
+        for module, training in modes:
+            if module.training != training:
+                module.train(training)
 
 
 def is_input_checked(module: nn.Module) -> bool:

@@ -72,7 +72,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .checks import check_images, check_values, export_mode
+from .checks import check_images, check_values, evaluation_mode, export_mode
 from .errors import (
     ConfigError,
     DataFileError,
@@ -166,17 +166,6 @@ def _quiet() -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
-
-
-@contextlib.contextmanager
-def _evaluating(model: nn.Module) -> Iterator[None]:
-    """``model`` in evaluation mode for the block, its own mode restored after."""
-    training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(training)
 
 
 def _lowest_ir_version(model) -> int | None:
@@ -404,7 +393,7 @@ def trace(model: nn.Module, example: Tensor) -> torch.export.ExportedProgram:
     # a copy: the program keeps its example, and a view would keep the whole batch it is cut from
     example = example.detach().clone(memory_format=torch.contiguous_format)
     try:
-        with _evaluating(model):
+        with evaluation_mode(model):
             module = portable_module(model).eval()
             with export_mode():
                 with torch.no_grad():
@@ -517,7 +506,7 @@ def _float32_noise(model: nn.Module, images: Tensor, turns: bool) -> float | Non
     try:
         exact_model = copy.deepcopy(model).double().eval()
         noise = 0.0
-        with _evaluating(model), torch.no_grad():
+        with evaluation_mode(model), torch.no_grad():
             for k in (0, 1, 2, 3) if turns else (0,):
                 turned = torch.rot90(images, k, (-2, -1)).contiguous()
                 exact = _chunked(exact_model, turned.double())
@@ -624,7 +613,7 @@ def export_model(model: nn.Module, out: str | os.PathLike, format: str = "onnx",
 
         start = time.perf_counter()
         log(f"verifying with {chosen.runtime} on {len(images)} images")
-        with _evaluating(model), torch.no_grad():
+        with evaluation_mode(model), torch.no_grad():
             expected = _chunked(model, images)
         try:
             run = _open(chosen, staging)  # the checked runner load_exported gives

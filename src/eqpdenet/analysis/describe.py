@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, InputError
-from ..models import EqPdeNet
+from ..models import EqPdeNet, InvariantPDENet, LiftedPDENet
 from ..pde.integrators import EulerFlow, EulerStep
 from ..pde.invariants import Derivatives, RatioRegularisation, hessian_reference_sq
 from ..pde.layer import LinearCombination, PDELayer
@@ -40,6 +40,7 @@ from ..pde.m2_rhs import (
     NetworkTerm,
 )
 from ..pde.rhs import InvariantRHS, InvariantSystemRHS, LinearF, MonomialF
+from .predictions import evaluation_mode
 
 __all__ = ["pde_formula", "ratio_reading", "reduction_formula", "describe_layer",
            "describe_model", "leading_terms", "describe_system", "describe_m2_system"]
@@ -335,17 +336,12 @@ def leading_terms(rhs: InvariantSystemRHS, top: int = 3
         std = (first.running_var.detach().to(**options) + first.eps).sqrt()
     else:
         mean, std = torch.zeros(maps, **options), torch.ones(maps, **options)
-    was_training = F.training
-    F.eval()
-    try:
-        def field(i: torch.Tensor) -> torch.Tensor:
-            return F(i.reshape(1, maps, 1, 1)).reshape(-1)
+    def field(i: torch.Tensor) -> torch.Tensor:
+        return F(i.reshape(1, maps, 1, 1)).reshape(-1)
 
-        with torch.enable_grad():
-            constant = field(mean).detach()
-            jacobian = torch.autograd.functional.jacobian(field, mean)  # (C, K)
-    finally:
-        F.train(was_training)
+    with evaluation_mode(F), torch.enable_grad():  # each submodule's own mode restored
+        constant = field(mean).detach()
+        jacobian = torch.autograd.functional.jacobian(field, mean)  # (C, K)
     scaled = (jacobian * std).cpu()
     names = rhs.names
     out = []
@@ -402,20 +398,15 @@ def _network_leading_terms(term: NetworkTerm, channels: int, names: Sequence[str
         std = (term.norm.running_var.detach().to(**options) + term.norm.eps).sqrt()
     else:
         mean, std = torch.zeros(maps, **options), torch.ones(maps, **options)
-    was_training = term.training
-    term.eval()
-    try:
-        def field(i: torch.Tensor) -> torch.Tensor:
-            x = term.mix(term.norm(i.reshape(1, maps, 1)))
-            return term.out(torch.relu(term.hidden_norm(x))).reshape(-1)
+    def field(i: torch.Tensor) -> torch.Tensor:
+        x = term.mix(term.norm(i.reshape(1, maps, 1)))
+        return term.out(torch.relu(term.hidden_norm(x))).reshape(-1)
 
-        with torch.enable_grad():
-            constant = field(mean).detach()
-            if relative:
-                constant = constant - field(torch.zeros_like(mean)).detach()
-            jacobian = torch.autograd.functional.jacobian(field, mean)  # (C, 10 C)
-    finally:
-        term.train(was_training)
+    with evaluation_mode(term), torch.enable_grad():  # each submodule's own mode restored
+        constant = field(mean).detach()
+        if relative:
+            constant = constant - field(torch.zeros_like(mean)).detach()
+        jacobian = torch.autograd.functional.jacobian(field, mean)  # (C, 10 C)
     scaled = (jacobian * std).cpu()
     labels = [name.replace("u", f"u{c + 1}") for c in range(channels) for name in names]
     out = []
@@ -495,10 +486,62 @@ def describe_m2_system(step: EulerStep, top: int = 3, digits: int = 3) -> str:
 
 
 def describe_model(model: nn.Module, digits: int = 3) -> str:
-    """:func:`describe_layer` of an :class:`EqPdeNet`, with its input standardisation; for a
-    model made of PDE systems (``InvariantPDENet``, ``LiftedPDENet`` on M2),
-    :func:`describe_system` or :func:`describe_m2_system` of each block."""
+    """:func:`describe_layer` of an :class:`EqPdeNet`, with its input standardisation and its
+    head; for a model made of PDE systems (``InvariantPDENet``, ``LiftedPDENet`` on M2),
+    :func:`describe_system` or :func:`describe_m2_system` of each block.
+
+    A model wrapped by ``torch.compile`` (``_orig_mod``), ``AveragedModel``, ``DataParallel`` or
+    ``DistributedDataParallel`` (``module``) is described as the model it wraps. Any other module
+    is searched: each :class:`EqPdeNet`, :class:`~eqpdenet.pde.layer.PDELayer`,
+    ``InvariantPDENet`` and ``LiftedPDENet`` inside it (README's
+    ``nn.Sequential(PDELayer, nn.Flatten(), nn.Linear(...))``, a model wrapped in a
+    ``Sequential``) is described under its name in the module, and otherwise every Euler step of
+    PDE systems it holds; only a module with none of these has "no PDE layer to describe"."""
     _check_digits(digits)
+    model = _unwrapped(model)
+    own = _describe_one(model, digits)
+    if own is not None:
+        return own
+    found, inside = [], set()
+    for name, module in model.named_modules():
+        if module is model or id(module) in inside:
+            continue
+        text = _describe_one(_unwrapped(module), digits)
+        if text is not None:
+            found.append(f"{type(model).__name__}, module {name!r}: {text}")
+            inside.update(id(m) for m in module.modules())
+    if found:
+        return "\n".join(found)
+    return _systems_text(model, digits) or f"{type(model).__name__}: no PDE layer to describe"
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The model that ``torch.compile`` (``_orig_mod``), ``AveragedModel``, ``DataParallel`` or
+    ``DistributedDataParallel`` (``module``, their only child) wraps, unwrapped as often as
+    wrapped."""
+    while True:
+        inner = model._modules.get("_orig_mod")
+        if inner is None and list(model._modules) == ["module"]:
+            inner = model._modules["module"]
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def _describe_one(module: nn.Module, digits: int) -> str | None:
+    """The description of a model or layer the library describes, else None."""
+    if isinstance(module, EqPdeNet):
+        return _describe_eqpdenet(module, digits)
+    if isinstance(module, InvariantPDENet | LiftedPDENet):
+        return _systems_text(module, digits)
+    if isinstance(module, PDELayer):
+        return (f"PDELayer: {module.n_pdes} PDEs, reduction {module.reduction_kind}\n"
+                + describe_layer(module, digits))
+    return None
+
+
+def _systems_text(model: nn.Module, digits: int) -> str | None:
+    """Each Euler step of PDE systems in ``model`` (on M2 first), or None where it has none."""
     m2_systems = [m for m in model.modules()
                   if isinstance(m, EulerStep) and isinstance(m.rhs, M2SystemRHS)]
     if m2_systems:
@@ -514,17 +557,31 @@ def describe_model(model: nn.Module, digits: int = 3) -> str:
                           *(describe_m2_system(step, digits=digits) for step in m2_systems)])
     systems = [m for m in model.modules()
                if isinstance(m, EulerStep) and isinstance(m.rhs, InvariantSystemRHS)]
-    if not isinstance(model, EqPdeNet) and systems:
+    if systems:
         return "\n".join([f"{type(model).__name__}: {len(systems)} Euler steps of PDE systems",
                           *(describe_system(step, digits=digits) for step in systems)])
-    if not isinstance(model, EqPdeNet):
-        return f"{type(model).__name__}: no PDE layer to describe"
+    return None
+
+
+def _describe_eqpdenet(model: EqPdeNet, digits: int) -> str:
+    """The standardisation, the number of PDEs, the head (its perceptron's widths read from its
+    ``nn.Linear`` modules, whatever else the head holds: an ``mlp`` of one's own), then
+    :func:`describe_layer`."""
     s = model.standardize
     head = (f"EqPdeNet: input u(0) = (image - {s.mean:g}) / {s.std:g}, "
-            f"{model.pde_layer.n_pdes} PDEs, perceptron {model.mlp[0].in_features}-"
-            f"{model.mlp[0].out_features}-{model.mlp[2].out_features}-{model.mlp[4].out_features}"
+            f"{model.pde_layer.n_pdes} PDEs, {_perceptron_text(model.mlp)}"
             + _head_inputs(model))
     return head + "\n" + describe_layer(model.pde_layer, digits)
+
+
+def _perceptron_text(mlp: nn.Module) -> str:
+    """``perceptron 784-16-16-10``: the input width of the first ``nn.Linear`` and the output
+    width of each; a head without one is named by its class."""
+    linears = [m for m in mlp.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        return f"head {type(mlp).__name__}"
+    widths = [linears[0].in_features] + [linear.out_features for linear in linears]
+    return "perceptron " + "-".join(map(str, widths))
 
 
 def _head_inputs(model: EqPdeNet) -> str:
@@ -533,7 +590,7 @@ def _head_inputs(model: EqPdeNet) -> str:
     if getattr(model, "head", "perceptron") != "invariant":
         return ""
     invariants = model.head_invariants
-    maps = model.mlp[0].in_features // (2 * len(invariants))
+    maps = model.pde_layer.out_channels(model.in_channels)
     return (f" on the mean and the maximum over the image of the {len(invariants)} "
             f"{invariants.name} invariants ({', '.join(invariants.names)}) of each of the "
             f"{maps} output map{'s' if maps != 1 else ''}, batch-normalised")

@@ -30,6 +30,13 @@ Protocol (``docs/equivariance.md`` states it with the measured numbers):
   :func:`eqpdenet.geometry.rotate` there; at those angles no interpolation is involved, so an
   equivariant map must give ``E ~ 1e-7`` (float32 round-off) and a non-equivariant one cannot
   hide behind interpolation error: :func:`quarter_turn_check` uses that to flag maps.
+* **Modes.** A map or model that is an ``nn.Module`` is measured in evaluation mode, every
+  submodule's own mode restored afterwards
+  (:func:`~eqpdenet.analysis.predictions.evaluation_mode`): in training mode a batch norm
+  normalises by the batch's statistics (which a transform changes) and a dropout draws from the
+  global random generator, so a freshly built ``conv, BatchNorm2d, ReLU, Dropout2d`` scored 0.60
+  (not equivariant) against 7e-8 after ``.eval()``, and the measurement moved its running
+  statistics.
 
 Everything here is deterministic (seeded generators, no data augmentation).
 """
@@ -45,6 +52,14 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, InputError, InputTypeError
 from ..geometry import affine_warp, pixel_coordinates, rotate, rotation_matrix, scale, translate
+from .predictions import (
+    EVALUATION_BATCH,
+    _check_batch_size,
+    _logit_pairs,
+    _shape,
+    check_images,
+    evaluation_mode,
+)
 
 __all__ = [
     "DISK_FRACTION",
@@ -86,26 +101,16 @@ def _radians(degrees: float) -> float:
     return math.radians(math.fmod(degrees, 360.0))
 
 
-def _check_images(images, name: str = "images") -> None:
-    """An :class:`~eqpdenet.errors.InputError` unless ``images`` is a ``(B, C, H, W)`` tensor
-    with at least one image: a measurement over no image has no value (the resampling raised a
-    bare error about an output size of 0)."""
-    if not isinstance(images, Tensor):
-        raise InputTypeError(f"{name} must be a (B, C, H, W) tensor, got {type(images).__name__}")
-    if images.dim() != 4:
-        raise InputError(f"{name} must be (B, C, H, W), got shape {tuple(images.shape)}")
-    if len(images) == 0:
-        raise InputError(f"{name} holds no image (shape {tuple(images.shape)}): nothing to "
-                         f"measure")
-
-
 def _relative_change(moved: Tensor, reference: Tensor) -> float:
     """``||moved - reference|| / ||reference||`` over all entries, in float64 (the float32 norm
     of entries above about 1e19 overflowed: NaN or inf for finite values). Where
     ``reference`` is all 0: 0 if ``moved`` is too (nothing changed), inf otherwise (any change
-    is infinitely large relative to nothing). NaN only where an input is not finite. The one
-    rule of :func:`model_invariance` and of the logit changes of
+    is infinitely large relative to nothing). NaN only where an input is not finite, or where
+    there is no entry (no image with finite logits before and after: nothing was compared; it
+    read 0, "invariant"). The one rule of :func:`model_invariance` and of the logit changes of
     :mod:`eqpdenet.analysis.robustness`."""
+    if reference.numel() == 0:
+        return math.nan
     moved, reference = moved.double(), reference.double()
     change = float(torch.linalg.vector_norm(moved - reference))
     size = float(torch.linalg.vector_norm(reference))
@@ -288,6 +293,55 @@ def _measurement_mask(mask: Tensor | None, transform, size: tuple[int, int],
     return mask
 
 
+def _check_output_grid(phi: Callable[[Tensor], Tensor], images: Tensor, out) -> None:
+    """An error unless ``out = phi(images)`` holds maps ``(B, ..., H', W')`` on the images' pixel
+    grid: the same spacing and centre, ``H' x W'`` the images' ``H x W`` or a frame grown or cut
+    by a margin, a fixed number of pixels on each side.
+
+    A margin is told from a change of spacing by the map itself where it takes smaller images:
+    on one image one pixel smaller on every side, a margin returns maps one pixel smaller on
+    every side (a valid convolution, a padding), a change of spacing does not (an ``AvgPool2d(2)``
+    returns 13x13 for 26x26 as 14x14 for 28x28, an ``Upsample(scale_factor=2)`` 52x52 as
+    56x56). A map that takes only its own size (a model that checks its input's shape) is held
+    to the margin's sizes alone: as many pixels on top and bottom as on the left and right, which
+    a change of spacing of a non-square image is not. Measured at the input's spacing, a map of
+    another resolution compares pixels that are not the same points: a shift by (2, 0) through an
+    ``AvgPool2d(2)``, exact, read 0.82."""
+    if not isinstance(out, Tensor):
+        raise InputTypeError(f"the map returned {_shape(out)} for images of shape "
+                             f"{tuple(images.shape)}; expected a tensor of maps "
+                             f"({len(images)}, C', H', W')")
+    if out.dim() < 3 or out.shape[0] != len(images):
+        raise InputError(f"the map returned a tensor of shape {tuple(out.shape)} for images of "
+                         f"shape {tuple(images.shape)}; expected maps ({len(images)}, C', H', W'), "
+                         f"one per image, whose last two dimensions are the pixel grid")
+    (height, width), (out_h, out_w) = images.shape[-2:], out.shape[-2:]
+    if (out_h, out_w) == (height, width):
+        return
+    where = f"the map returns {out_h}x{out_w} maps for {height}x{width} images"
+    advice = ("; equivariance_error compares maps at the images' pixel spacing, so this map's "
+              "output is on another grid (a pooling, a stride or an upsampling changes the "
+              "spacing, and the group then acts on it at another scale): measure the map up to "
+              "the change of resolution, or resample its output to the input's grid first")
+    if min(height, width) >= 3:
+        try:
+            smaller = phi(images[:1, ..., 1:-1, 1:-1])
+        except Exception:  # a map that takes only its own size: held to the sizes below
+            smaller = None
+        if isinstance(smaller, Tensor) and smaller.dim() >= 3:
+            got = tuple(smaller.shape[-2:])
+            if got == (out_h - 2, out_w - 2):
+                return
+            raise InputError(
+                f"{where}, and {got[0]}x{got[1]} for {height - 2}x{width - 2} images (one pixel "
+                f"less on every side), not the {out_h - 2}x{out_w - 2} of a margin of a fixed "
+                f"number of pixels{advice}")
+    if out_h - height != out_w - width:
+        raise InputError(
+            f"{where}: not a margin of as many pixels on each side ({out_h - height:+d} rows, "
+            f"{out_w - width:+d} columns){advice}")
+
+
 @torch.no_grad()
 def equivariance_error(phi: Callable[[Tensor], Tensor], images: Tensor,
                        transform: Callable[[Tensor], Tensor],
@@ -297,7 +351,9 @@ def equivariance_error(phi: Callable[[Tensor], Tensor], images: Tensor,
     Args:
         phi: a map ``(B, C, H, W) -> (B, C', H', W')`` (a module or any callable) that keeps the
             pixel spacing and the centre: ``H' = H`` and ``W' = W``, or a frame grown or cut by
-            as many pixels on each side (a lifted model's margin).
+            as many pixels on each side (a lifted model's margin). A module is measured in
+            evaluation mode, every submodule's own mode restored afterwards
+            (:func:`~eqpdenet.analysis.predictions.evaluation_mode`).
         images: ``(B, C, H, W)``.
         transform: the group action ``g`` on images (a :class:`Transform` or any callable); it
             is applied to inputs and outputs alike, each about its own centre.
@@ -318,20 +374,26 @@ def equivariance_error(phi: Callable[[Tensor], Tensor], images: Tensor,
       :class:`~eqpdenet.errors.InputError`; the error has no scale to be relative to (0 / 0
       for the map that keeps 0, inf for any other), so these inputs cannot tell an equivariant
       map from another;
-    * ``images`` not ``(B, C, H, W)`` with ``B >= 1``: :class:`~eqpdenet.errors.InputError`.
+    * ``images`` not ``(B, C, H, W)`` with ``B >= 1``: :class:`~eqpdenet.errors.InputError`;
+    * an output that is not maps ``(B, ..., H', W')`` on the images' pixel grid (a tuple, a
+      classifier's ``(B, K)``, a pooling's or an upsampling's grid of another spacing):
+      :class:`~eqpdenet.errors.InputError` naming the sizes (:func:`_check_output_grid`).
     """
-    _check_images(images)
-    out = phi(images)
-    mask = _measurement_mask(mask, transform, tuple(out.shape[-2:]), tuple(images.shape[-2:]))
-    _require_points(mask, transform, tuple(out.shape[-2:]))
-    denominator = _masked_norm(out, mask)
-    if denominator == 0:
-        raise InputError(
-            f"the map's output is 0 at every measured point ({int(mask.sum())} of the "
-            f"{out.shape[-2]}x{out.shape[-1]} grid): the relative equivariance error has no "
-            f"scale (blank images, or a map that sends these images to 0); measure on images "
-            f"the map does not send to 0")
-    difference = phi(transform(images)) - transform(out)
+    check_images(images)
+    with evaluation_mode(phi):
+        out = phi(images)
+        _check_output_grid(phi, images, out)
+        mask = _measurement_mask(mask, transform, tuple(out.shape[-2:]),
+                                 tuple(images.shape[-2:]))
+        _require_points(mask, transform, tuple(out.shape[-2:]))
+        denominator = _masked_norm(out, mask)
+        if denominator == 0:
+            raise InputError(
+                f"the map's output is 0 at every measured point ({int(mask.sum())} of the "
+                f"{out.shape[-2]}x{out.shape[-1]} grid): the relative equivariance error has no "
+                f"scale (blank images, or a map that sends these images to 0); measure on "
+                f"images the map does not send to 0")
+        difference = phi(transform(images)) - transform(out)
     return _masked_norm(difference, mask) / denominator
 
 
@@ -346,7 +408,7 @@ def interpolation_floor(images: Tensor, transform: Transform, mask: Tensor | Non
     (:class:`~eqpdenet.errors.ConfigError` naming the transform), images that are 0 at every
     measured point (blank images: :class:`~eqpdenet.errors.InputError`; the floor was NaN), no
     image."""
-    _check_images(images)
+    check_images(images)
     size = tuple(images.shape[-2:])
     mask = _measurement_mask(mask, transform, size, size, **kwargs)
     _require_points(mask, transform, size)
@@ -364,26 +426,29 @@ def quarter_turn_check(phi: Callable[[Tensor], Tensor], images: Tensor,
     """Flag non-equivariant maps: ``E`` at the exact rotations by 90, 180, 270 degrees.
 
     No interpolation is involved, so a rotation-equivariant map (on the pixel grid) has
-    ``E ~ 1e-7``; returns ``{"error": max E, "equivariant": error <= tolerance}``.
+    ``E ~ 1e-7``; returns ``{"error": max E, "equivariant": error <= tolerance}``. A module is
+    measured in evaluation mode, as :func:`equivariance_error` measures it.
     """
     errors = [equivariance_error(phi, images, Transform.rotation(a)) for a in (90, 180, 270)]
     return {"error": max(errors), "equivariant": max(errors) <= tolerance}
 
 
 @torch.no_grad()
-def model_invariance(model: nn.Module, images: Tensor, transform: Transform) -> dict:
+def model_invariance(model: nn.Module, images: Tensor, transform: Transform,
+                     batch_size: int = EVALUATION_BATCH) -> dict:
     """Fraction of unchanged predictions and relative logit change ``||l(g f) - l(f)|| / ||l(f)||``
-    (:func:`_relative_change`, the rule of :func:`eqpdenet.analysis.robustness.logit_change`:
-    float64, 0 where the logits are all 0 before and after), in evaluation mode; the model's
-    training mode is restored afterwards. No image: :class:`~eqpdenet.errors.InputError`."""
-    _check_images(images)
-    was_training = model.training
-    model.eval()
-    try:
-        logits, moved = model(images), model(transform(images))
-    finally:
-        model.train(was_training)
-    unchanged = float((logits.argmax(1) == moved.argmax(1)).double().mean())
+    (:func:`_relative_change`), both over the images on which the model gives finite logits
+    before and after: the measure of :func:`eqpdenet.analysis.robustness.logit_change`, on the
+    same logits (:func:`~eqpdenet.analysis.predictions.logits_by_image`: evaluation mode with
+    every submodule's mode restored, in batches of ``batch_size`` on the model's device, logits
+    checked to be ``(n, K)``). One image with NaN logits made the change NaN and its NaN row's
+    argmax counted in ``unchanged``; no image with finite logits on both sides: NaN for both. No
+    image: :class:`~eqpdenet.errors.InputError`."""
+    check_images(images)
+    _check_batch_size(batch_size)
+    moved, logits = _logit_pairs(model, images, transform(images), batch_size)
+    unchanged = (float((logits.argmax(1) == moved.argmax(1)).double().mean()) if len(logits)
+                 else math.nan)
     return {"unchanged": unchanged, "logit_change": _relative_change(moved, logits)}
 
 

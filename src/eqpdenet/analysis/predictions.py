@@ -12,6 +12,23 @@ how many (``evaluate``, ``train`` and the sweeps record ``non_finite_images``). 
 NaN or infinite without an error (a model without PDEs whose weights grew huge) are treated the
 same way.
 
+What is measured, and what is refused rather than scored (each an
+:class:`~eqpdenet.errors.InputError` naming what was found and what was expected):
+
+* the model, in evaluation mode (:func:`evaluation_mode`: every submodule's own mode restored
+  afterwards, a frozen batch norm inside a model in training mode included), on the images moved
+  to its device and, floating-point images of lower precision than the model's, converted up to
+  its dtype (as the library's layers do); a model on the ``meta`` device (no values) is refused
+  before any work;
+* the model must return, for a batch of ``n`` images, one tensor of logits of shape ``(n, K)``,
+  ``K >= 1`` the same for every batch: a tuple or dict, a 1-D output (a model that squeezes a
+  one-image batch), or extra dimensions (``(n, K, 1, 1)`` of a pooling without a flatten) were
+  broadcast against the labels and scored ``n x n`` pairs;
+* labels (:func:`correct_predictions`) must be one integer class per image, shape ``(N,)``
+  (:func:`check_labels`), each in ``0 ... K - 1``: a label outside was an image that no
+  prediction could match (``-1`` matched :data:`NO_PREDICTION`: a model without a single finite
+  logit scored 100 % on such labels). An image without a prediction is never correct.
+
 Example:
     >>> import torch
     >>> from torch import nn
@@ -29,9 +46,11 @@ import numbers
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, NonFiniteStateError
+from ..checks import _finer, evaluation_mode, module_dtype
+from ..errors import ConfigError, InputError, InputTypeError, NonFiniteStateError
 
-__all__ = ["EVALUATION_BATCH", "NO_PREDICTION", "logits_by_image", "predictions"]
+__all__ = ["EVALUATION_BATCH", "NO_PREDICTION", "check_labels", "correct_predictions",
+           "evaluation_mode", "logits_by_image", "predictions"]
 
 #: Images per forward pass when a model is evaluated. Small on purpose: at 1,000 images the
 #: intermediate maps of the deep models are tens of MB each, allocated afresh by every operation
@@ -45,11 +64,46 @@ EVALUATION_BATCH = 128
 NO_PREDICTION = -1
 
 
+def _shape(value) -> str:
+    """What a model returned, in words, for an error message."""
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    if isinstance(value, dict):
+        return f"a {type(value).__name__} with keys {list(value)[:6]}"
+    if isinstance(value, tuple | list):
+        return f"a {type(value).__name__} of {len(value)} items"
+    return f"a {type(value).__name__}"
+
+
+def _check_logits(logits, count: int) -> Tensor:
+    """``logits`` if they are a tensor of shape ``(count, K)``, ``K >= 1``: one row of class
+    scores per image of a batch of ``count``; anything else is an
+    :class:`~eqpdenet.errors.InputError` naming what the model returned and what was expected.
+    Logits ``(N, K, 1, 1)`` were broadcast against the labels ``(N,)``: ``N x N`` pairs, a model
+    right on 96.5 % of the images scored 10.8 %."""
+    expected = f"expected logits of shape ({count}, K): one row of K class scores per image"
+    if not isinstance(logits, Tensor):
+        raise InputTypeError(
+            f"the model returned {_shape(logits)} for a batch of {count} image(s), not a tensor "
+            f"of logits; {expected} (wrap the model in a module that returns the logits alone)")
+    if logits.dim() == 2 and logits.shape[0] == count and logits.shape[1] >= 1:
+        return logits
+    hint = ""
+    if logits.dim() == 1 and count == 1:
+        hint = (" (a model that squeezes its output drops the batch dimension of a batch of one "
+                "image, as the last batch can be: use .flatten(1), not .squeeze())")
+    elif logits.dim() > 2 and logits.shape[0] == count:
+        hint = (" (flatten the dimensions after the first into the classes, .flatten(1), as "
+                "after a global pooling)")
+    raise InputError(f"the model returned logits of shape {tuple(logits.shape)} for a batch of "
+                     f"{count} image(s); {expected}{hint}")
+
+
 def _blocks(model: nn.Module, batch: Tensor, errors: list) -> list[Tensor | None]:
-    """Logits of ``batch`` as consecutive blocks, ``None`` for each single image on which the
-    model raised :class:`NonFiniteStateError` (the errors appended to ``errors``)."""
+    """Logits ``(n, K)`` of ``batch`` as consecutive blocks, ``None`` for each single image on
+    which the model raised :class:`NonFiniteStateError` (the errors appended to ``errors``)."""
     try:
-        return [model(batch)]
+        return [_check_logits(model(batch), len(batch))]
     except NonFiniteStateError as error:
         if len(batch) == 1:
             errors.append(error)
@@ -68,9 +122,27 @@ def _check_batch_size(batch_size) -> None:
 
 def _device_of(model: nn.Module, images: Tensor) -> torch.device:
     """Where ``model`` computes: the device of its first parameter or buffer; a model with
-    neither (``nn.Flatten()``, a fixed classifier) computes wherever its input is."""
+    neither (``nn.Flatten()``, a fixed classifier) computes wherever its input is. A model on
+    the ``meta`` device has no values: an :class:`~eqpdenet.errors.InputError` before any work
+    (its forward pass ran, then "Cannot copy out of meta tensor")."""
     tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
-    return images.device if tensor is None else tensor.device
+    device = images.device if tensor is None else tensor.device
+    if device.type == "meta":
+        raise InputError(f"{type(model).__name__}'s parameters are on the meta device: they hold "
+                         f"no values to compute logits with; materialise them first "
+                         f"(model.to_empty(device='cpu') and load a state dict)")
+    return device
+
+
+def _as_model_input(batch: Tensor, device: torch.device, dtype: torch.dtype | None) -> Tensor:
+    """``batch`` on ``device``; floating-point images of lower precision than the model's
+    ``dtype`` converted up to it (float32 images into a float64 model), as the library's layers
+    do; anything else as it is (the model decides)."""
+    batch = batch.to(device)
+    if (dtype is not None and batch.is_floating_point() and batch.dtype != dtype
+            and _finer(dtype, batch.dtype)):
+        batch = batch.to(dtype)
+    return batch
 
 
 @torch.no_grad()
@@ -83,24 +155,29 @@ def logits_by_image(model: nn.Module, images: Tensor,
     :class:`~eqpdenet.errors.NonFiniteStateError` (their rows are NaN) or returned NaN or inf.
 
     Raises the model's :class:`~eqpdenet.errors.NonFiniteStateError` if it blew up on every
-    image (there are then no logits, not even their number). The model's training mode is
-    restored afterwards.
+    image (there are then no logits, not even their number). Every submodule's mode is restored
+    afterwards (:func:`evaluation_mode`). Logits not ``(n, K)`` for a batch of ``n``, or of
+    another ``K`` in another batch, a model on the meta device: an
+    :class:`~eqpdenet.errors.InputError` (module doc).
     """
     _check_batch_size(batch_size)
+    if not len(images):
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.bool)
     device = _device_of(model, images)
-    was_training = model.training
-    model.eval()
+    dtype = module_dtype(model)
     errors: list[NonFiniteStateError] = []
-    try:
+    with evaluation_mode(model):
         blocks = [block for i in range(0, len(images), batch_size)
-                  for block in _blocks(model, images[i:i + batch_size].to(device), errors)]
-    finally:
-        model.train(was_training)
+                  for block in _blocks(model, _as_model_input(images[i:i + batch_size], device,
+                                                              dtype), errors)]
     computed = [b for b in blocks if b is not None]
     if errors and not computed:
         raise errors[0]
-    if not computed:
-        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.bool)
+    widths = sorted({b.shape[1] for b in computed})
+    if len(widths) > 1:
+        raise InputError(f"the model returned logits of {widths[0]} and of {widths[-1]} classes "
+                         f"for different batches of these images; expected the same number K of "
+                         f"class scores for every image")
     width, dtype = computed[0].shape[1], computed[0].dtype
     nan = torch.full((1, width), float("nan"), dtype=dtype)
     logits = torch.cat([nan if b is None else b.cpu() for b in blocks])
@@ -118,3 +195,72 @@ def predictions(model: nn.Module, images: Tensor,
     if not len(images):
         return torch.zeros(0, dtype=torch.int64), failed
     return torch.where(failed, NO_PREDICTION, logits.argmax(1)), failed
+
+
+def check_images(images, name: str = "images") -> None:
+    """An :class:`~eqpdenet.errors.InputError` unless ``images`` is a ``(B, C, H, W)`` tensor
+    with at least one image: a measurement over no image has no value (the resampling raised a
+    bare error about an output size of 0)."""
+    if not isinstance(images, Tensor):
+        raise InputTypeError(f"{name} must be a (B, C, H, W) tensor, got {type(images).__name__}")
+    if images.dim() != 4:
+        raise InputError(f"{name} must be (B, C, H, W), got shape {tuple(images.shape)}")
+    if len(images) == 0:
+        raise InputError(f"{name} holds no image (shape {tuple(images.shape)}): nothing to "
+                         f"measure")
+
+
+def check_labels(images: Tensor, labels) -> Tensor:
+    """``labels`` on the CPU, or an :class:`~eqpdenet.errors.InputError` unless ``images`` are
+    ``(N, C, H, W)``, ``N >= 1`` (:func:`check_images`), and ``labels`` one integer class per
+    image: shape ``(N,)``. ``predicted == labels`` broadcast labels ``(N, 1)`` or ``(1,)`` to
+    ``N x N`` comparisons, and a model right on every image scored 100 / N percent. The one rule
+    of the accuracies here, of :mod:`eqpdenet.analysis.robustness` and of
+    :func:`eqpdenet.app.training.accuracy`."""
+    check_images(images)
+    if not isinstance(labels, Tensor):
+        raise InputTypeError(f"labels must be a tensor of shape ({len(images)},), got "
+                             f"{type(labels).__name__}")
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise InputTypeError(f"labels must be integer classes, got {labels.dtype}")
+    if tuple(labels.shape) != (len(images),):
+        raise InputError(f"labels must have shape ({len(images)},), one class per image, got "
+                         f"{tuple(labels.shape)}")
+    return labels.cpu()
+
+
+def _check_classes(labels: Tensor, classes: int) -> None:
+    """An :class:`~eqpdenet.errors.InputError` naming the first label outside ``0 ... classes -
+    1``: no prediction can match it (a 3-class model on labels 0 ... 9 scored 10 % silently)."""
+    outside = (labels < 0) | (labels >= classes)
+    if bool(outside.any()):
+        index = int(outside.nonzero()[0, 0])
+        raise InputError(f"labels[{index}] = {int(labels[index])} is not a class of the model, "
+                         f"which returns {classes} logits per image (classes 0 ... "
+                         f"{classes - 1}); the labels and the model's classes must agree")
+
+
+@torch.no_grad()
+def correct_predictions(model: nn.Module, images: Tensor, labels: Tensor,
+                        batch_size: int = EVALUATION_BATCH) -> tuple[Tensor, Tensor]:
+    """Whether ``model`` classifies each image right, ``(N,)`` boolean, and the mask ``(N,)`` of
+    images without a prediction (never right), for ``images`` ``(N, C, H, W)`` and ``labels``
+    ``(N,)`` (:func:`check_labels`), each a class of the model: ``0 ... K - 1`` for logits
+    ``(N, K)``; errors as :func:`logits_by_image`. What every accuracy here counts."""
+    labels = check_labels(images, labels)
+    logits, failed = logits_by_image(model, images, batch_size)
+    _check_classes(labels, logits.shape[1])
+    return (logits.argmax(1) == labels) & ~failed, failed
+
+
+def _logit_pairs(model: nn.Module, images: Tensor, moved: Tensor,
+                 batch_size: int) -> tuple[Tensor, Tensor]:
+    """The logits of ``moved`` and of ``images``, of the images on which both are finite (an
+    image on which the model's PDE blows up has no logits to compare: it is left out of the
+    batch-wide change; the accuracies count it as an error). What
+    :func:`~eqpdenet.analysis.robustness.logit_change` and
+    :func:`~eqpdenet.analysis.equivariance.model_invariance` compare."""
+    logits, failed = logits_by_image(model, images, batch_size)
+    moved_logits, moved_failed = logits_by_image(model, moved, batch_size)
+    keep = ~(failed | moved_failed)
+    return moved_logits[keep], logits[keep]

@@ -9,8 +9,13 @@ Every angle, factor and shift is checked before any image is moved: a NaN or inf
 scale factor of 0, or a shift of at least the image's side (nothing of the image would be left)
 is a :class:`~eqpdenet.errors.ConfigError` naming the argument; so is a ``batch_size`` below 1.
 ``images`` must be ``(N, C, H, W)`` with ``N >= 1`` and ``labels`` one integer class per image,
-shape ``(N,)`` (anything else is an :class:`~eqpdenet.errors.InputError`: labels of shape
-``(N, 1)`` or ``(1,)`` were broadcast against the predictions and scored ``N x N`` pairs). A shift of
+shape ``(N,)``, each a class of the model (``0 ... K - 1`` for its logits ``(N, K)``), and the
+model must return logits ``(n, K)`` for a batch of ``n`` (anything else is an
+:class:`~eqpdenet.errors.InputError`: labels of shape ``(N, 1)`` or ``(1,)``, and logits
+``(N, K, 1, 1)``, were broadcast against the predictions and scored ``N x N`` pairs;
+:func:`~eqpdenet.analysis.predictions.correct_predictions`). Models are measured in evaluation
+mode, every submodule's own mode restored afterwards
+(:func:`~eqpdenet.analysis.predictions.evaluation_mode`). A shift of
 ``s`` pixels moves each image by ``s`` in a direction drawn uniformly per image from a generator
 seeded by ``seed`` (the same directions for every model); a sub-pixel direction means bilinear
 resampling. :func:`axis_shift_curve` moves by whole pixels along the axes instead (no
@@ -35,10 +40,17 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, InputError, InputTypeError
+from ..errors import ConfigError
 from ..geometry import scale, translate
-from .equivariance import Transform, _check_images, _finite_number, _relative_change
-from .predictions import EVALUATION_BATCH, _check_batch_size, logits_by_image, predictions
+from .equivariance import Transform, _finite_number, _relative_change
+from .predictions import (
+    EVALUATION_BATCH,
+    _check_batch_size,
+    _logit_pairs,
+    check_images,
+    check_labels,
+    correct_predictions,
+)
 
 __all__ = [
     "accuracy_under",
@@ -52,34 +64,18 @@ __all__ = [
 ]
 
 
-def _check_labels(images: Tensor, labels) -> Tensor:
-    """``labels`` on the CPU, or an :class:`~eqpdenet.errors.InputError` unless they are one
-    integer class per image: shape ``(N,)`` for ``N`` images. ``predicted == labels`` broadcast
-    labels ``(N, 1)`` or ``(1,)`` to ``N x N`` comparisons, and a model right on every image
-    scored 100 / N percent."""
-    _check_images(images)
-    if not isinstance(labels, Tensor):
-        raise InputTypeError(f"labels must be a tensor of shape ({len(images)},), got "
-                             f"{type(labels).__name__}")
-    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
-        raise InputTypeError(f"labels must be integer classes, got {labels.dtype}")
-    if tuple(labels.shape) != (len(images),):
-        raise InputError(f"labels must have shape ({len(images)},), one class per image, got "
-                         f"{tuple(labels.shape)}")
-    return labels.cpu()
-
-
 def accuracy_under(model: nn.Module, images: Tensor, labels: Tensor,
                    transform: Callable[[Tensor], Tensor], batch_size: int = EVALUATION_BATCH) -> float:
     """Accuracy in percent of ``model`` on ``transform(images)`` ``(N, C, H, W)``, ``N >= 1``,
-    against ``labels`` ``(N,)`` (integer); an image on which the model's PDE blows up has no
-    prediction and counts as an error (:func:`~eqpdenet.analysis.predictions.predictions`)."""
-    labels = _check_labels(images, labels)
+    against ``labels`` ``(N,)`` (integer classes of the model); an image on which the model's
+    PDE blows up has no prediction and counts as an error
+    (:func:`~eqpdenet.analysis.predictions.correct_predictions`)."""
+    check_labels(images, labels)
     _check_batch_size(batch_size)
     moved = torch.cat([transform(images[i:i + batch_size])
                        for i in range(0, len(images), batch_size)])
-    predicted, _ = predictions(model, moved, batch_size)
-    return 100.0 * float((predicted == labels).double().mean())
+    correct, _ = correct_predictions(model, moved, labels, batch_size)
+    return 100.0 * float(correct.double().mean())
 
 
 def _finite(values: Sequence[float], name: str) -> list[float]:
@@ -108,7 +104,7 @@ def rotation_curve(model: nn.Module, images: Tensor, labels: Tensor,
                    angles: Sequence[float]) -> list[float]:
     """Accuracy (percent) with every image rotated by each angle (degrees, counterclockwise)."""
     angles = _finite(angles, "angles")
-    _check_labels(images, labels)
+    check_labels(images, labels)
     return [accuracy_under(model, images, labels, _rotation(a)) for a in angles]
 
 
@@ -121,7 +117,7 @@ def scale_curve(model: nn.Module, images: Tensor, labels: Tensor,
         if f == 0:
             raise ConfigError(f"factors[{index}] must be non-zero, got 0 (a scaling by 0 maps "
                               f"every point onto the centre)")
-    _check_labels(images, labels)
+    check_labels(images, labels)
     return [accuracy_under(model, images, labels, lambda x, f=f: scale(x, f)) for f in factors]
 
 
@@ -130,7 +126,7 @@ def shift_curve(model: nn.Module, images: Tensor, labels: Tensor, shifts: Sequen
     """Accuracy (percent) with every image shifted by each distance (pixels, below the image's
     smaller side), in a direction drawn per image (seeded, the same for every distance)."""
     shifts = _finite(shifts, "shifts")
-    _check_labels(images, labels)
+    check_labels(images, labels)
     _within_frame(shifts, images, "shifts")
     generator = torch.Generator().manual_seed(seed)
     theta = 2 * math.pi * torch.rand(len(images), generator=generator, dtype=torch.float64)
@@ -149,23 +145,13 @@ def logit_change(model: nn.Module, images: Tensor, degrees: float,
     (:func:`~eqpdenet.analysis.equivariance._relative_change`, shared with
     :func:`~eqpdenet.analysis.equivariance.model_invariance`: 0 where the logits are all 0 before
     and after, inf where they are all 0 only before), over the images on which the model gives
-    finite logits before and after (:func:`_logit_pairs`). No image: an
+    finite logits before and after (:func:`~eqpdenet.analysis.predictions._logit_pairs`; NaN
+    where there is none: nothing was compared). No image: an
     :class:`~eqpdenet.errors.InputError`."""
     degrees = _finite_number(degrees, "degrees")
-    _check_images(images)
+    check_images(images)
     _check_batch_size(batch_size)
     return _relative_change(*_logit_pairs(model, images, _rotation(degrees)(images), batch_size))
-
-
-def _logit_pairs(model: nn.Module, images: Tensor, moved: Tensor,
-                 batch_size: int) -> tuple[Tensor, Tensor]:
-    """The logits of ``moved`` and of ``images``, of the images on which both are finite (an
-    image on which the model's PDE blows up has no logits to compare: it is left out of the
-    batch-wide change; the accuracies count it as an error)."""
-    logits, failed = logits_by_image(model, images, batch_size)
-    moved_logits, moved_failed = logits_by_image(model, moved, batch_size)
-    keep = ~(failed | moved_failed)
-    return moved_logits[keep], logits[keep]
 
 
 def round_trip_change(model: nn.Module, images: Tensor, degrees: float,
@@ -175,7 +161,7 @@ def round_trip_change(model: nn.Module, images: Tensor, degrees: float,
     two bilinear resamplings (none for multiples of 90 degrees), so this is the part of
     :func:`logit_change` that is resampling, not rotation."""
     degrees = _finite_number(degrees, "degrees")
-    _check_images(images)
+    check_images(images)
     _check_batch_size(batch_size)
     back = _rotation(-degrees)(_rotation(degrees)(images))
     return _relative_change(*_logit_pairs(model, images, back, batch_size))
@@ -208,7 +194,7 @@ def axis_shift_curve(model: nn.Module, images: Tensor, labels: Tensor, shifts: S
         if s != int(s):
             raise ConfigError(f"shifts[{index}]: axis_shift_curve takes whole pixels; got a "
                               f"shift of {s:g}")
-    _check_labels(images, labels)
+    check_labels(images, labels)
     _within_frame(shifts, images, "shifts")
     generator = torch.Generator().manual_seed(seed)
     which = torch.randint(len(AXIS_DIRECTIONS), (len(images),), generator=generator)

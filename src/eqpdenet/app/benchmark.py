@@ -202,7 +202,7 @@ def benchmark(config: BenchmarkConfig, out_dir: Path, *, models: list[str] | Non
         check_before_writing(runs, out_dir, jobs, executor, keep, rerun_changed=rerun_changed,
                              echo=echo, base_fingerprint=benchmark_fingerprints(config),
                              base={"base": config.base, "curves": config.curves}, others=others,
-                             every_kind=True)
+                             every_kind=True, data_dir=data_dir)
         set_aside_lacking(out_dir, lacking, echo)
         atomic_write(out_dir / "config.toml", to_toml(config).encode())
         run_sweep(f"benchmark {', '.join(chosen)}", runs, out_dir, base_fingerprint=base_print,

@@ -106,7 +106,9 @@ class ModelConfig:
         standardize: where ``input_mean, input_std`` come from: ``"fixed"`` (as configured),
             ``"train"`` (the training split's pixel mean and std, computed before training and
             recorded in the run's configuration) or ``"auto"`` (default: ``"fixed"`` for the MNIST
-            family, whose statistics the defaults are, ``"train"`` for any other data set).
+            family, whose statistics the defaults are, ``"train"`` for any other data set). Where
+            it resolves to ``"train"``, an ``input_mean, input_std`` set away from its default is
+            replaced, with a warning (:func:`fields_replaced_by_data`).
         head: ``eqpdenet`` only: ``"perceptron"`` (the paper's) or ``"invariant"``
             (:class:`eqpdenet.models.EqPdeNet`).
         layer: the PDE layer (``eqpdenet`` only); default the paper's
@@ -974,8 +976,10 @@ DATA_FIELDS = ("image_size", "in_channels", "classes")
 def fields_replaced_by_data(given: ExperimentConfig, resolved: ExperimentConfig) -> list[str]:
     """One line per field of :data:`DATA_FIELDS` that ``given`` sets away from its default and
     training replaced by another value from the data (``resolved``: the configuration with the
-    data's values, :func:`eqpdenet.app.training.resolve_for_data`); defaults are never named.
-    Training warns with each line, as with :func:`fields_without_effect`."""
+    data's values, :func:`eqpdenet.app.training.resolve_for_data`), and likewise for
+    ``model.input_mean, input_std`` where ``model.standardize`` resolves to ``'train'`` (the
+    training split's own statistics replace them; :func:`data_resolved_fields`); defaults are
+    never named. Training warns with each line, as with :func:`fields_without_effect`."""
     default = ModelConfig()
     lines = []
     for name in DATA_FIELDS:
@@ -983,6 +987,20 @@ def fields_replaced_by_data(given: ExperimentConfig, resolved: ExperimentConfig)
         if mine != getattr(default, name) and mine != used:
             lines.append(f"model.{name} = {mine!r} has no effect: training takes it from the data "
                          f"({used!r}), and the checkpoint records {used!r}")
+    standardize = given.model.standardize
+    for path in data_resolved_fields(given):
+        name = path[-1]
+        if name not in ("input_mean", "input_std"):
+            continue
+        mine, used = getattr(given.model, name), getattr(resolved.model, name)
+        if mine != getattr(default, name) and mine != used:
+            how = "" if standardize == "train" else " (the training split's statistics outside " \
+                                                    "MNIST's family)"
+            lines.append(f"model.{name} = {mine!r} has no effect with model.standardize = "
+                         f"{standardize!r}{how}: training standardises with the training split's "
+                         f"own {name.removeprefix('input_')} ({used:.4g}), which the run's result "
+                         f"and checkpoint record (set model.standardize = 'fixed' to use "
+                         f"{mine!r})")
     return lines
 
 

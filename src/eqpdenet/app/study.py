@@ -267,7 +267,8 @@ def _grid_records(folder: Path, config: ReproduceConfig, models) -> list[dict]:
 
 def _check_study(config: ReproduceConfig) -> None:
     """What would let the study train and then fail: it scores on the validation split, and its
-    ``layer`` stages score EqPdeNet."""
+    ``layer`` stages score EqPdeNet; and what would bias its scores: selecting each run's epoch
+    on the split it scores on (``train.select_on_validation``)."""
     if config.base.data.validation <= 0:
         raise ConfigError(f"invalid config: base.data.validation: the study scores every "
                           f"candidate on the validation split, so it must hold images (> 0), "
@@ -276,6 +277,12 @@ def _check_study(config: ReproduceConfig) -> None:
         raise ConfigError(f"invalid config: models: the study's layer stages choose the PDE "
                           f"layer's settings by EqPdeNet's validation accuracy, so models must "
                           f"include 'eqpdenet', got {config.models}")
+    if config.base.train.select_on_validation:
+        raise ConfigError("invalid config: base.train.select_on_validation: the study scores "
+                          "every candidate on the validation split, and selecting each run's "
+                          "best epoch on that same split would score the candidates by their "
+                          "best epoch there (a candidate with more epochs could never lose); "
+                          "set it to false")
 
 
 def _field_words(path: tuple[str, ...]) -> str:
@@ -290,7 +297,8 @@ def _check_candidates(base: ReproduceConfig, stages) -> list[tuple[str, Reproduc
     first), or the :class:`ConfigError` of a candidate that sets a field training takes from
     the data (:func:`~eqpdenet.app.config.data_resolved_fields`: ``model.image_size``, and
     ``model.input_mean, input_std`` where ``model.standardize`` computes them): its runs would
-    be the incumbent's, a configuration compared with itself."""
+    be the incumbent's, a configuration compared with itself; or one that turns on
+    ``train.select_on_validation`` (:func:`_check_study`)."""
     configs = [("the starting configuration", base)]
     epochs = base.base.train.epochs
     for stage in stages:
@@ -307,6 +315,10 @@ def _check_candidates(base: ReproduceConfig, stages) -> list[tuple[str, Reproduc
                         f"no effect on {config.base.data.dataset}: "
                         f"{_field_words(path)}, so the candidate would compare a configuration "
                         f"with itself")
+            if config.base.train.select_on_validation:  # as _check_study refuses in the base
+                raise ConfigError(f"invalid config: stage {stage.name}, candidate {name}: "
+                                  f"base.train.select_on_validation: the study scores on the "
+                                  f"validation split that it would select each run's epoch on")
             configs.append((f"stage {stage.name}, candidate {name}", config))
     return configs
 
@@ -391,9 +403,11 @@ def run_study(out: Path, *, base: ReproduceConfig | None = None, stages=STAGES, 
               progress: bool = True, echo=print, rerun_changed: bool = False) -> ReproduceConfig:
     """Run the greedy study; returns the chosen configuration (also in ``out/chosen.toml``).
     ``out`` has one writer at a time (:func:`eqpdenet.app.locks.hold`). A base without a
-    validation split, or whose models leave out EqPdeNet, is refused before anything is
-    written, and so are runs that cannot run on their data (:func:`_check_runs`: the preflight
-    of the starting configuration and of every candidate, e.g. a validation split as large as
+    validation split, or whose models leave out EqPdeNet, or that selects each run's epoch on
+    the validation split it is scored on (``train.select_on_validation``: a candidate with more
+    epochs could never lose), is refused before anything is written, and so are runs that
+    cannot run on their data (:func:`_check_runs`: the preflight of the starting configuration
+    and of every candidate, e.g. a validation split as large as
     the data's training split, labels the loader refuses) and a candidate that sets a field
     training takes from the data (:func:`_check_candidates`): a refused study leaves no
     folder, no ``study.json`` that would refuse the corrected command. On a data set outside

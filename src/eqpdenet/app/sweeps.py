@@ -27,6 +27,7 @@ import torch
 
 from ..data.datasets import dataset_fingerprint
 from ..data.mnist import download_progress
+from ..data.rotmnist import find_official_rotmnist
 from ..errors import ConfigError, OutputFolderError
 from .config import (
     KIND_OPTIONS,
@@ -140,7 +141,7 @@ def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
     out_dir = Path(out_dir)
     executor = executor or Executor()
     results = out_dir / "results.jsonl"
-    changed = changed_runs(runs, out_dir)
+    changed = changed_runs(runs, out_dir, data_dir=data_dir)
     if changed:  # check_before_writing sets them aside when asked; never count them as done
         raise ConfigError(_changed_message(out_dir, changed))
     done = set(load_records(out_dir))
@@ -249,7 +250,7 @@ def check_before_writing(runs: dict[str, ExperimentConfig], out_dir: Path, jobs:
                          base_fingerprint: str | tuple[str, ...] | None = None,
                          base: dict | None = None,
                          others: dict[str, ExperimentConfig] | None = None,
-                         every_kind: bool = False) -> None:
+                         every_kind: bool = False, data_dir=None) -> None:
     """Before a sweep writes its ``config.toml``: the runs of ``out_dir`` finished under another
     configuration (:func:`changed_runs`: of the same key, on other data, or, with
     ``base_fingerprint``, under another base configuration, whatever their key) are refused,
@@ -260,12 +261,12 @@ def check_before_writing(runs: dict[str, ExperimentConfig], out_dir: Path, jobs:
     preflight (:func:`~eqpdenet.app.preflight.preflight`) of the runs not yet done. ``base``
     (section name -> the configuration the base fingerprint covers, e.g. ``{"base":
     config.base}``) names the fields that differ from the folder's ``config.toml``
-    (``every_kind``: :func:`changed_runs`). A sweep that
+    (``every_kind``, ``data_dir``: :func:`changed_runs`). A sweep that
     cannot run writes nothing (a folder its command made for it is removed again:
     :func:`~eqpdenet.app.runfolder.claiming`); a folder never holds runs of two base
     configurations."""
     changed = changed_runs({**(others or {}), **runs}, out_dir, base_fingerprint=base_fingerprint,
-                           base=base, every_kind=every_kind)
+                           base=base, every_kind=every_kind, data_dir=data_dir)
     if changed and not rerun_changed:
         raise ConfigError(_changed_message(out_dir, changed) + "; run again with --rerun-changed "
                           "to set them aside and run them anew, or choose another output folder")
@@ -285,7 +286,8 @@ def check_before_writing(runs: dict[str, ExperimentConfig], out_dir: Path, jobs:
 
 def changed_runs(runs: dict[str, ExperimentConfig], out_dir: Path, *,
                  base_fingerprint: str | tuple[str, ...] | None = None,
-                 base: dict | None = None, every_kind: bool = False) -> dict[str, list[str]]:
+                 base: dict | None = None, every_kind: bool = False,
+                 data_dir=None) -> dict[str, list[str]]:
     """The keys of the finished runs of ``out_dir`` made under another configuration than the
     one given now, each with its differences (``"train.epochs: 11 recorded, 12 now"``):
 
@@ -299,6 +301,12 @@ def changed_runs(runs: dict[str, ExperimentConfig], out_dir: Path, *,
       recorded fingerprint (:func:`~eqpdenet.data.datasets.data_fingerprint`) differs from that
       of the data now at the path (hashed, not loaded, once per path per call). Records without a
       fingerprint (registered data sets; runs from before fingerprints) are not compared;
+    * a ROTMNIST key of ``runs`` whose recorded source (``dataset.source``: ``'official'`` or
+      ``'generated'``, what ``data.source = 'auto'`` resolved to when it ran) is not the one its
+      data configuration resolves to now, in ``data_dir`` (``None``: ``EQPDENET_DATA`` or the
+      default, as loading resolves it): the official files added to or removed from the data
+      folder since, which would mix the official and the generated set in one folder. Records
+      without a source (runs from before it was recorded) are not compared;
     * with ``base_fingerprint``, any key whose record has another base fingerprint (a
       ``reproduce`` base or a benchmark's base and curves changed), its differences those of its
       configuration, else the fields of ``base`` (section name -> configuration) that differ
@@ -324,6 +332,7 @@ def changed_runs(runs: dict[str, ExperimentConfig], out_dir: Path, *,
         if run is not None and record.get("config") is not None:
             differences += _config_differences(record["config"], run)
             differences += _data_differences(record, run, fingerprints)
+            differences += _source_differences(record, run, data_dir, fingerprints)
         if accepted and record.get("base_fingerprint") not in accepted and not differences:
             if base_differences is None:  # config.toml is read once, where needed
                 base_differences = _base_differences(out_dir, base or {}, every_kind)
@@ -363,6 +372,26 @@ def _data_differences(record: dict, run: ExperimentConfig, cache: dict) -> list[
     if now is None or now == recorded:  # no data there now: loading it says so
         return []
     return [f"data file {spec}: fingerprint {recorded} recorded, {now} now"]
+
+
+def _source_differences(record: dict, run: ExperimentConfig, data_dir, cache: dict) -> list[str]:
+    """The ROTMNIST source ``record`` was made on (``dataset.source``) when ``run``'s data
+    configuration resolves to the other one now (``data.source = 'auto'``: official where
+    ``data_dir`` holds the official files, else generated; looked up once per call)."""
+    dataset = record.get("dataset")
+    recorded = dataset.get("source") if isinstance(dataset, dict) else None
+    if run.data.dataset != "rotmnist" or recorded not in ("official", "generated"):
+        return []  # another data set, or a run from before the source was recorded
+    now = run.data.source
+    if now == "auto":
+        if ("rotmnist source", data_dir) not in cache:
+            cache["rotmnist source", data_dir] = (
+                "official" if find_official_rotmnist(data_dir) is not None else "generated")
+        now = cache["rotmnist source", data_dir]
+    if now == recorded:
+        return []
+    return [f"data.source {run.data.source!r}: the {recorded} ROTMNIST recorded, the {now} "
+            f"one now"]
 
 
 def _base_differences(out_dir: Path, base: dict, every_kind: bool = False) -> list[str]:
@@ -511,7 +540,7 @@ def reproduce(config: ReproduceConfig, out_dir: Path, *, jobs: int = 1,
         lacking = check_checkpoints(out_dir, checkpoints, rerun_changed)
         check_before_writing(runs, out_dir, jobs, executor, checkpoints,
                              rerun_changed=rerun_changed, echo=echo, base_fingerprint=base_print,
-                             base={"base": config.base})
+                             base={"base": config.base}, data_dir=data_dir)
         set_aside_lacking(out_dir, lacking, echo)
         with _limits_named(out_dir):
             atomic_write(out_dir / "config.toml", to_toml(config).encode())

@@ -288,9 +288,13 @@ def resolve_for_data(config: ExperimentConfig, data: Data | dict) -> ExperimentC
     """``config`` with the model's input size, channels and classes taken from the data, and its
     standardisation resolved (``model.standardize``: ``"train"`` writes the training split's
     pixel mean and std into ``input_mean, input_std``); the result is what a checkpoint stores.
-    The fields it sets: :func:`data_resolved_fields`.
+    The fields it sets: :func:`data_resolved_fields`; those ``config`` sets away from their
+    defaults and this replaces are a ``RuntimeWarning`` each, here, where the configuration as
+    given is still known (:func:`~eqpdenet.app.config.fields_replaced_by_data`:
+    :func:`run_experiment` resolves before it trains, so that :func:`train_model` sees the
+    resolved configuration only).
     """
-    config = copy.deepcopy(config)
+    given, config = config, copy.deepcopy(config)
     model = config.model
     channels, height, width = data["train"].images.shape[1:]
     if height != width:
@@ -305,6 +309,8 @@ def resolve_for_data(config: ExperimentConfig, data: Data | dict) -> ExperimentC
         pixels = data["train"].images.double()
         model.input_mean = float(pixels.mean())
         model.input_std = float(pixels.std()) or 1.0
+    for line in fields_replaced_by_data(given, config):
+        warnings.warn(line, RuntimeWarning, stacklevel=2)
     return config
 
 
@@ -320,13 +326,23 @@ def predict(model: nn.Module, images: Tensor, batch_size: int = EVALUATION_BATCH
 def accuracy(model: nn.Module, split: Split, batch_size: int = EVALUATION_BATCH,
              failures: list | None = None) -> float:
     """Fraction of correctly classified digits, in [0, 1]; an image without a prediction
-    (:func:`predict`) is an error, and their number is appended to ``failures`` if given."""
-    if len(split) == 0:
+    (:func:`predict`) is an error, and their number is appended to ``failures`` if given.
+
+    Counted by :func:`~eqpdenet.analysis.predictions.correct_predictions`, the rule of every
+    accuracy of :mod:`eqpdenet.analysis`: labels one integer class per image, shape ``(N,)``
+    for images ``(N, C, H, W)``, each a class of the model (``0 ... K - 1`` for its logits
+    ``(N, K)``), and logits ``(n, K)`` for a batch of ``n``; anything else is an
+    :class:`~eqpdenet.errors.InputError` (labels ``(N, 1)`` or ``(1,)``, logits
+    ``(N, K, 1, 1)`` were broadcast into ``N x N`` comparisons). The model is evaluated in
+    evaluation mode, every submodule's own mode restored afterwards."""
+    from ..analysis.predictions import correct_predictions
+
+    if len(split.images) == 0 and len(split.labels) == 0:
         raise ValueError("cannot measure accuracy on an empty split")
-    predicted, failed = predictions(model, split.images, batch_size)
+    correct, failed = correct_predictions(model, split.images, split.labels, batch_size)
     if failures is not None:
         failures.append(int(failed.sum()))
-    return float((predicted == split.labels).double().mean())
+    return float(correct.double().mean())
 
 
 def _progress(iterable, enabled: bool, **kwargs):
@@ -597,9 +613,13 @@ def train_model(
     result, seconds). With
     ``train.weight_average``, the weights are averaged after every step, the average's
     batch-norm statistics recomputed on the training images (:func:`_average_batch_norm`), and
-    the average is what is validated, selected and returned. A field of ``config`` that its
+    the average is what is validated, selected and returned; a decay whose span
+    ``1 / (1 - d)`` exceeds the run's optimiser steps (an average still close to the first
+    steps' weights) is a ``RuntimeWarning``. A field of ``config`` that its
     model kind does not use, set away from its default, is a ``RuntimeWarning``, one per field
-    (:func:`~eqpdenet.app.config.fields_without_effect`).
+    (:func:`~eqpdenet.app.config.fields_without_effect`), and so is one the data replaces
+    (:func:`resolve_for_data`: ``model.image_size``, or ``model.input_mean, input_std``
+    where ``model.standardize`` resolves to ``'train'``).
 
     Under ``torchrun`` (:func:`data_parallel`), each process runs this with the same
     configuration and data: every epoch's permutation (the same in every process, from the seed)
@@ -631,7 +651,7 @@ def train_model(
     blur = train.blur_consistency
     pde_layer = getattr(model, "pde_layer", None)
     if resolved is not None:  # built from config: what its kind leaves unused, set to no use
-        for line in fields_without_effect(config) + fields_replaced_by_data(config, resolved):
+        for line in fields_without_effect(config):  # the replaced: resolve_for_data, above
             warnings.warn(line, RuntimeWarning, stacklevel=2)
     elif pde_layer is None and train.pde_lr_scale != TrainConfig.pde_lr_scale:  # a given model
         warnings.warn(f"train.pde_lr_scale = {train.pde_lr_scale:g} has no effect on "
@@ -646,6 +666,15 @@ def train_model(
     processes = parallel[1] if parallel is not None else 1  # each needs two images of a batch
     steps_per_epoch = len(mini_batches(len(data["train"]), train.batch_size, processes))
     scheduler = LR_SCHEDULES.get(train.lr_schedule)(optimizer, train.epochs * steps_per_epoch)
+    steps = train.epochs * steps_per_epoch
+    span = 1 / (1 - train.weight_average)  # of the average, in steps (rounding: 0.9 spans 10)
+    if train.weight_average and span > steps * (1 + 1e-9):
+        warnings.warn(f"train.weight_average = {train.weight_average:g} averages over about "
+                      f"{span:.0f} steps (1 / (1 - d)), more than the "
+                      f"run's {steps} optimiser steps ({train.epochs} epochs of "
+                      f"{steps_per_epoch}): the average stays close to the first steps' weights; "
+                      f"choose a smaller d (at most 1 - 1/{steps} = {1 - 1 / steps:.4g})",
+                      RuntimeWarning, stacklevel=2)
     validation = data.get("validation")
     has_validation = validation is not None and len(validation) > 0
     if train.select_on_validation and not has_validation:
@@ -848,7 +877,22 @@ def evaluate_scenarios(model: nn.Module, test: Split, scenarios: Iterable[str], 
     """Accuracy (in percent) on each scenario applied to ``test`` with draws seeded by ``seed``.
 
     An image on which the model's PDE blows up counts as an error; ``non_finite``, if given,
-    receives how many there were, per scenario that had any (:func:`predict`)."""
+    receives how many there were, per scenario that had any (:func:`predict`). ``scenarios`` is
+    a list of names (a bare string is a :class:`~eqpdenet.errors.ConfigError`: ``"iso"`` was
+    read as the scenarios ``'i'``, ``'s'``, ``'o'``); every name and ``test``'s labels
+    (:func:`accuracy`'s rule) are checked before any scenario is evaluated."""
+    from ..analysis.predictions import check_labels
+    from ..data.scenarios import get_scenario
+
+    if isinstance(scenarios, str | bytes):
+        raise ConfigError(f"scenarios must be a list of scenario names, got the string "
+                          f"{scenarios!r}; for one scenario write [{scenarios!r}]")
+    scenarios = list(scenarios)
+    for name in scenarios:
+        if isinstance(name, str):
+            get_scenario(name)  # an unknown name: the registry's ConfigError, listing them
+    if len(test.images) or len(test.labels):
+        check_labels(test.images, test.labels)
     results = {}
     for name in scenarios:
         images = apply_scenario(name, test.images, seed=seed)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..checks import check_images, require, require_int, require_lists, require_positive
+from ..checks import check_images, evaluation_mode, require, require_int, require_lists, require_positive
 from ..errors import MissingDependencyError
 from ..geometry import halvings_stay_even
 from .centering import recenter
@@ -287,14 +287,11 @@ class GCNN(nn.Module):
         e2cnn's own ``export()`` of the equivariant layers (each ``R2Conv`` a ``Conv2d`` with
         its expanded filter, batch norms with their statistics), a copy of the current weights
         in evaluation mode; the standardisation and the classifier are shared."""
-        training = self.training
-        self.eval()  # e2cnn's export() expands each filter from the current weights
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                features = self.features.export()
-        finally:
-            self.train(training)
+        # in evaluation mode: e2cnn's export() expands each filter from the current weights;
+        # each submodule's own mode restored after (a frozen batch norm stays frozen)
+        with evaluation_mode(self), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            features = self.features.export()
         return _PlainGCNN(self, features.eval())
 
 
