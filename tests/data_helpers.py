@@ -57,3 +57,28 @@ def write_npz(path, train=60, test=20, size=12, classes=3, seed=0, **overrides):
     arrays.update(overrides)
     np.savez(path, **arrays)
     return arrays
+
+
+def tiny_data(n_train: int = 64, side: int = 12):
+    """A small fixed synthetic data set (``Data``: train, validation of 16, test of 16; 10
+    classes), the same in every process."""
+    import torch
+
+    from eqpdenet.app.training import Data, Split
+
+    generator = torch.Generator().manual_seed(0)
+    n = n_train + 32
+    images = torch.rand(n, 1, side, side, generator=generator)
+    labels = torch.arange(n) % 10
+    return Data(train=Split(images[:n_train], labels[:n_train]),
+                validation=Split(images[n_train:n_train + 16], labels[n_train:n_train + 16]),
+                test=Split(images[-16:], labels[-16:]), name="synthetic", classes=10)
+
+
+def tiny_config(*overrides: str):
+    """An ``ExperimentConfig`` of a tiny FCNN trained one epoch, scored on ``test``."""
+    from eqpdenet.app.config import ExperimentConfig, apply_overrides
+
+    return apply_overrides(ExperimentConfig(), ["model.kind='fcnn'", "model.hidden=4",
+                                                "train.epochs=1", "train.batch_size=16",
+                                                "scenarios=['test']", *overrides])

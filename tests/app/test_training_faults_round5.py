@@ -26,10 +26,11 @@ import zipfile
 import pytest
 import torch
 
+from data_helpers import tiny_config, tiny_data
 from eqpdenet.app import preflight as preflight_module
 from eqpdenet.app import training
 from eqpdenet.app.cli import main
-from eqpdenet.app.config import ExperimentConfig, apply_overrides, build_model
+from eqpdenet.app.config import build_model
 from eqpdenet.app.locks import LOCK_NAME, hold
 from eqpdenet.app.runfolder import (
     RUN_FILES,
@@ -39,24 +40,8 @@ from eqpdenet.app.runfolder import (
     staged,
     write_marker,
 )
-from eqpdenet.app.training import Data, Split, load_checkpoint, run_experiment, train_model
+from eqpdenet.app.training import load_checkpoint, run_experiment, train_model
 from eqpdenet.errors import CheckpointError, ConfigError, OutputFolderError
-
-
-def tiny_data(n_train: int = 64, side: int = 12) -> Data:
-    generator = torch.Generator().manual_seed(0)
-    n = n_train + 32
-    images = torch.rand(n, 1, side, side, generator=generator)
-    labels = torch.arange(n) % 10
-    return Data(train=Split(images[:n_train], labels[:n_train]),
-                validation=Split(images[n_train:n_train + 16], labels[n_train:n_train + 16]),
-                test=Split(images[-16:], labels[-16:]), name="synthetic", classes=10)
-
-
-def tiny_config(*overrides: str) -> ExperimentConfig:
-    return apply_overrides(ExperimentConfig(), ["model.kind='fcnn'", "model.hidden=4",
-                                                "train.epochs=1", "train.batch_size=16",
-                                                "scenarios=['test']", *overrides])
 
 
 def finished_run(folder):

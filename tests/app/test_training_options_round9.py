@@ -10,14 +10,13 @@ import warnings
 import pytest
 import torch
 
+from data_helpers import tiny_config, tiny_data
 from eqpdenet.app import sweeps
 from eqpdenet.app.cli import main
-from eqpdenet.app.config import ExperimentConfig, ReproduceConfig, apply_overrides, to_dict
+from eqpdenet.app.config import ReproduceConfig, apply_overrides, to_dict
 from eqpdenet.app.runstore import save_run
 from eqpdenet.app.study import Stage, run_study, study_base
 from eqpdenet.app.training import (
-    Data,
-    Split,
     fingerprint,
     resolve_for_data,
     run_experiment,
@@ -25,22 +24,6 @@ from eqpdenet.app.training import (
 )
 from eqpdenet.data.rotmnist import OFFICIAL_TEST_FILE, OFFICIAL_TRAIN_FILE
 from eqpdenet.errors import ConfigError
-
-
-def tiny_data(n_train: int = 64, side: int = 12) -> Data:
-    generator = torch.Generator().manual_seed(0)
-    n = n_train + 32
-    images = torch.rand(n, 1, side, side, generator=generator)
-    labels = torch.arange(n) % 10
-    return Data(train=Split(images[:n_train], labels[:n_train]),
-                validation=Split(images[n_train:n_train + 16], labels[n_train:n_train + 16]),
-                test=Split(images[-16:], labels[-16:]), name="synthetic", classes=10)
-
-
-def tiny_config(*overrides: str) -> ExperimentConfig:
-    return apply_overrides(ExperimentConfig(), ["model.kind='fcnn'", "model.hidden=4",
-                                                "train.epochs=1", "train.batch_size=16",
-                                                "scenarios=['test']", *overrides])
 
 
 def said(call, *args, **kwargs) -> list[str]:
