@@ -433,6 +433,14 @@ class input_checked:
                 object.__setattr__(module, "_input_checked", previous)
 
 
+def is_input_checked(module: nn.Module) -> bool:
+    """Whether ``module`` is called inside :class:`input_checked` naming it, in this thread."""
+    if torch.compiler.is_compiling():
+        return getattr(module, "_input_checked", False)
+    held = _checked_modules.get()
+    return held is not None and id(module) in held
+
+
 @contextmanager
 def evaluation_mode(model) -> Iterator[None]:
     """The block with ``model`` in evaluation mode (``model.eval()``), and afterwards every
@@ -455,14 +463,6 @@ def evaluation_mode(model) -> Iterator[None]:
         for module, training in modes:
             if module.training != training:
                 module.train(training)
-
-
-def is_input_checked(module: nn.Module) -> bool:
-    """Whether ``module`` is called inside :class:`input_checked` naming it, in this thread."""
-    if torch.compiler.is_compiling():
-        return getattr(module, "_input_checked", False)
-    held = _checked_modules.get()
-    return held is not None and id(module) in held
 
 
 # ----------------------------------------------------------------------------- exporting

@@ -320,7 +320,10 @@ def run_stages(stages, u: Tensor, entered: ModelInput, standardize: Standardize,
     itself) with a hook is called as a module, so that its hooks fire, and its state checked at
     its end only (the report names its first and last block); without one the stage's modules
     are called one by one, each block's state checked."""
-    blocks = [m for stage in stages for m in stage.modules() if isinstance(m, EulerStep)]
+    def steps_of(module: nn.Module) -> list[EulerStep]:
+        return [m for m in module.modules() if isinstance(m, EulerStep)]
+
+    blocks = [block for stage in stages for block in steps_of(stage)]
     # an exported graph reports nothing; under vmap no value can be read; an empty batch has
     # no extremes
     check = not exporting() and not vmapped(u) and u.numel() > 0
@@ -333,9 +336,6 @@ def run_stages(stages, u: Tensor, entered: ModelInput, standardize: Standardize,
             names.append(group[0].name if len(group) == 1 else
                          f"{group[0].name} .. {group[-1].name} (hooked: checked at the end)")
             dts.append(group[0].dt)
-
-    def steps_of(module: nn.Module) -> list[EulerStep]:
-        return [m for m in module.modules() if isinstance(m, EulerStep)]
 
     with input_checked(*blocks):  # checked on entry: no host read per block
         if isinstance(stages, nn.Module) and hooks_registered([stages]):
