@@ -11,11 +11,11 @@ Reads the run files (``runs/<entry>-seed<seed>.json``) of finished runs only.
 from __future__ import annotations
 
 import argparse
-import statistics
 from pathlib import Path
 
 from _args import run
 
+from eqpdenet.app.report import format_number, mean_std
 from eqpdenet.app.runstore import load_records
 
 ROWS = [  # label, target, the value of one run
@@ -34,10 +34,11 @@ ROWS = [  # label, target, the value of one run
 ]
 
 
-def mean_std(values: list[float], digits: int) -> str:
-    if len(values) < 2:  # one seed has no spread: none shown (not a spread of 0)
-        return f"{statistics.fmean(values):.{digits}f} (–)"
-    return f"{statistics.fmean(values):.{digits}f} ({statistics.stdev(values):.{digits}f})"
+def cell(values: list[float], digits: int) -> str:
+    """Mean (std) as the reports compute and round them; one seed has no spread: none shown."""
+    mean, std = mean_std(values)
+    spec = f".{digits}f"
+    return f"{format_number(mean, spec)} ({format_number(std, spec) if len(values) > 1 else '–'})"
 
 
 def table(folder: Path, entries: list[str]) -> str:
@@ -51,7 +52,7 @@ def table(folder: Path, entries: list[str]) -> str:
     head = " | ".join(f"{e} ({runs[e][0]['params']:,}); {len(runs[e])} seeds" for e in entries)
     lines = [f"| | target | {head} |", "|---|---|" + "---:|" * len(entries)]
     for label, target, value, digits in ROWS:
-        cells = " | ".join(mean_std([value(r) for r in runs[e]], digits) for e in entries)
+        cells = " | ".join(cell([value(r) for r in runs[e]], digits) for e in entries)
         lines.append(f"| {label} | {target} | {cells} |")
     rot90 = " | ".join(f"{max(r['robustness']['logit_change']['90'] for r in runs[e]):.1e}"
                        for e in entries)
