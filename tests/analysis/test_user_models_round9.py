@@ -7,6 +7,7 @@ built from the model's own predictions so that the true accuracy is known.
 """
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -122,7 +123,9 @@ def test_evaluate_scenarios_and_accuracy_check_the_labels(labels):
     model = _classifier()
     images = _images()
     right = _labels_at(model, images, right=20)
-    split = Split(images, labels(right))
+    with pytest.raises(InputError, match=r"labels must have shape \(20,\), one class per image"):
+        Split(images, labels(right))  # refused where it is made
+    split = SimpleNamespace(images=images, labels=labels(right))  # a split of one's own
     with pytest.raises(InputError, match=r"labels must have shape \(20,\), one class per image"):
         evaluate_scenarios(model, split, ["test"], seed=0)
     with pytest.raises(InputError, match=r"labels must have shape \(20,\)"):

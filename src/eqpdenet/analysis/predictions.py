@@ -229,7 +229,7 @@ def check_labels(images: Tensor, labels) -> Tensor:
     return labels.cpu()
 
 
-def _check_classes(labels: Tensor, classes: int) -> None:
+def check_classes(labels: Tensor, classes: int) -> None:
     """An :class:`~eqpdenet.errors.InputError` naming the first label outside ``0 ... classes -
     1``: no prediction can match it (a 3-class model on labels 0 ... 9 scored 10 % silently)."""
     outside = (labels < 0) | (labels >= classes)
@@ -249,7 +249,7 @@ def correct_predictions(model: nn.Module, images: Tensor, labels: Tensor,
     ``(N, K)``; errors as :func:`logits_by_image`. What every accuracy here counts."""
     labels = check_labels(images, labels)
     logits, failed = logits_by_image(model, images, batch_size)
-    _check_classes(labels, logits.shape[1])
+    check_classes(labels, logits.shape[1])
     return (logits.argmax(1) == labels) & ~failed, failed
 
 

@@ -37,12 +37,12 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from .. import __version__
-from ..analysis.predictions import EVALUATION_BATCH, predictions
+from ..analysis.predictions import EVALUATION_BATCH, check_classes, predictions
 from ..data.augment import augment_generator, blur_generator, relative_change
 from ..data.datasets import ImageDataset, load_dataset
 from ..data.rotmnist import load_rotmnist
 from ..data.scenarios import apply_scenario
-from ..errors import CheckpointError, ConfigError, NonFiniteStateError
+from ..errors import CheckpointError, ConfigError, InputError, InputTypeError, NonFiniteStateError
 from ..kernels.cpu import cpu_name
 from ..models import count_parameters
 from . import accelerate
@@ -97,10 +97,34 @@ __all__ = [
 
 @dataclass
 class Split:
-    """Images ``(N, C, H, W)`` float32 in [0, 1] and labels ``(N,)`` int64."""
+    """Images ``(N, C, H, W)`` float32 in [0, 1] and labels ``(N,)`` int64.
+
+    Shapes and kinds are checked when a split is made (an
+    :class:`~eqpdenet.errors.InputError` naming the field): labels ``(N, 1)`` or fewer labels
+    than images otherwise trained on without a word (``cross_entropy`` and the count of images
+    read the labels alone) or failed deep in the loss. Values (finite images, labels within a
+    model's classes) are checked where a split is used: :func:`train_model`."""
 
     images: Tensor
     labels: Tensor
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.images, Tensor) or not isinstance(self.labels, Tensor):
+            raise InputTypeError(f"a split's images and labels must be tensors, got "
+                                 f"{type(self.images).__name__} and {type(self.labels).__name__}")
+        if self.images.dim() != 4:
+            raise InputError(f"a split's images must be (N, C, H, W), got shape "
+                             f"{tuple(self.images.shape)}")
+        if not self.images.is_floating_point():
+            raise InputTypeError(f"a split's images must be floating point in [0, 1], got "
+                                 f"{self.images.dtype} (uint8 pixels: images.float() / 255)")
+        if (self.labels.dtype == torch.bool or self.labels.is_floating_point()
+                or self.labels.is_complex()):
+            raise InputTypeError(f"a split's labels must be integer classes, got "
+                                 f"{self.labels.dtype}")
+        if tuple(self.labels.shape) != (len(self.images),):
+            raise InputError(f"a split's labels must have shape ({len(self.images)},), one class "
+                             f"per image, got {tuple(self.labels.shape)}")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -680,6 +704,7 @@ def train_model(
     if train.select_on_validation and not has_validation:
         raise ConfigError("invalid config: train.select_on_validation needs data.validation > 0")
     images, labels = data["train"].images, data["train"].labels
+    _check_training_splits(data, getattr(resolved.model, "classes", None) if resolved else None)
     forward = model
     if parallel is not None:  # torchrun: this process trains on its share of each batch
         from torch.nn.parallel import DistributedDataParallel
@@ -729,6 +754,9 @@ def train_model(
                 # One forward pass for the batch and its copies: one set of batch-norm statistics.
                 logits = forward(torch.cat([x, blurred]) if len(blurred) else x)
                 logits, logits_blurred = logits[:len(x)], logits[len(x):]
+                if epoch == 0 and done == 1 and resolved is None:  # a given model's classes
+                    for split in ("train", "validation") if has_validation else ("train",):
+                        check_classes(data[split].labels, logits.shape[1])
                 penalty = (relative_change(logits[:len(blurred)], logits_blurred).sum()
                            if pairs else None)
                 if parallel is None:
@@ -813,6 +841,29 @@ def train_model(
         model.load_state_dict(best[1])
         history.append({"selected_epoch": best[2], "validation_accuracy": best[0]})
     return model, history
+
+
+def _check_training_splits(data, classes: int | None) -> None:
+    """An :class:`~eqpdenet.errors.InputError` before any step unless the training (and
+    validation) split's images are finite and agree in ``(C, H, W)`` and, where ``classes`` is
+    known, every label is one of ``0 ... classes - 1`` (a label of 10 for 10 classes failed deep
+    in the loss; -1 likewise)."""
+    train = data["train"]
+    if len(train) == 0:
+        raise InputError("the training split holds no image")
+    validation = data.get("validation")
+    for name, split in (("train", train), ("validation", validation)):
+        if split is None or len(split) == 0:
+            continue
+        if tuple(split.images.shape[1:]) != tuple(train.images.shape[1:]):
+            raise InputError(f"the {name} split's images are {tuple(split.images.shape[1:])} "
+                             f"(C, H, W), the training split's {tuple(train.images.shape[1:])}")
+        bad = ~torch.isfinite(split.images)
+        if bool(bad.any()):
+            raise InputError(f"the {name} split's images hold {int(bad.sum())} non-finite "
+                             f"values (NaN or inf): the data is at fault; check how it was made")
+        if classes is not None:
+            check_classes(split.labels, classes)
 
 
 def _check_finite(model: nn.Module, epoch: int, history: list[dict], record: dict,
