@@ -43,7 +43,8 @@ from ..pde.rhs import InvariantRHS, InvariantSystemRHS, LinearF, MonomialF
 from .predictions import evaluation_mode
 
 __all__ = ["pde_formula", "ratio_reading", "reduction_formula", "describe_layer",
-           "describe_model", "leading_terms", "describe_system", "describe_m2_system"]
+           "describe_model", "describes_pdes", "leading_terms", "describe_system",
+           "describe_m2_system"]
 
 _SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 
@@ -499,6 +500,18 @@ def describe_model(model: nn.Module, digits: int = 3) -> str:
     PDE systems it holds; only a module with none of these has "no PDE layer to describe"."""
     _check_digits(digits)
     model = _unwrapped(model)
+    return _found_text(model, digits) or f"{type(model).__name__}: no PDE layer to describe"
+
+
+def describes_pdes(model: nn.Module) -> bool:
+    """Whether :func:`describe_model` finds a PDE in ``model`` (else it says "no PDE layer to
+    describe"): decided by the modules found, never by a model kind's name (a family of one's
+    own holds PDEs too)."""
+    return _found_text(_unwrapped(model), 3) is not None
+
+
+def _found_text(model: nn.Module, digits: int) -> str | None:
+    """:func:`describe_model`'s text of an unwrapped ``model``, or None where it holds no PDE."""
     own = _describe_one(model, digits)
     if own is not None:
         return own
@@ -512,7 +525,7 @@ def describe_model(model: nn.Module, digits: int = 3) -> str:
             inside.update(id(m) for m in module.modules())
     if found:
         return "\n".join(found)
-    return _systems_text(model, digits) or f"{type(model).__name__}: no PDE layer to describe"
+    return _systems_text(model, digits)
 
 
 def _unwrapped(model: nn.Module) -> nn.Module:

@@ -791,7 +791,7 @@ def _load_digits(data_dir, samples: list[int]):
 
 
 def _describe(args) -> int:
-    from ..analysis.describe import describe_model
+    from ..analysis.describe import describe_model, describes_pdes
     from ..models import EqPdeNet
     from .figures import evolution_grid, evolution_trajectories
     from .runfolder import check_claim, claiming, output_path
@@ -810,8 +810,7 @@ def _describe(args) -> int:
         check_claim(folder, "describe")
     print(describe_model(model, digits=args.digits))
     if args.out and not evolves:  # said, rather than an --out that silently stays empty
-        printed = ("its PDEs are printed above" if config.model.kind in _KINDS_WITH_PDES
-                   else "it has no PDEs")
+        printed = "its PDEs are printed above" if describes_pdes(model) else "it has no PDEs"
         print(f"eqpdenet: --out: evolution images are drawn of the paper's PDE layer "
               f"(model.kind = 'eqpdenet') only; this {config.model.kind} checkpoint: {printed}; "
               f"nothing was written to {args.out}", file=sys.stderr)
@@ -835,10 +834,6 @@ def _describe(args) -> int:
                        trajectories=trajectories)
     print(f"wrote {path}")
     return 0
-
-
-#: Model kinds whose learned PDEs ``describe`` prints (the others are networks without any).
-_KINDS_WITH_PDES = ("eqpdenet", "invariant_pde", "lifted_pde")
 
 
 def _describe_images(checkpoint, config, payload, data_dir, samples: list[int], *,
