@@ -82,7 +82,14 @@ from .errors import (
     MissingDependencyError,
     OutputFolderError,
 )
-from .files import STALE_AGE, STALE_GRACE, link_target, remove_stale_beside, temporary_beside
+from .files import (
+    STALE_AGE,
+    STALE_GRACE,
+    link_target,
+    remove_stale_beside,
+    temporary_beside,
+    write_cause,
+)
 from .registry import Registry
 
 __all__ = [
@@ -238,8 +245,13 @@ def _load_onnx(path: Path) -> tuple[Runner, InputShape]:
 def _write_program(program: torch.export.ExportedProgram, path: Path) -> None:
     for node in program.graph.nodes:  # stack traces name paths of this machine
         node.meta.pop("stack_trace", None)
+    # Into memory, then one ordinary write: torch's zip writer, failing on a full disk or past
+    # the file size limit, raised and then threw again from its destructor, which aborted the
+    # process (exit 134, a C++ stack dump, no word of the disk).
+    buffer = io.BytesIO()
     with _quiet():
-        torch.export.save(program, path)
+        torch.export.save(program, buffer)
+    Path(path).write_bytes(buffer.getbuffer())
 
 
 def _load_program(path: Path) -> tuple[Runner, InputShape]:
@@ -605,6 +617,9 @@ def export_model(model: nn.Module, out: str | os.PathLike, format: str = "onnx",
         log(f"writing {chosen.name}")
         try:
             chosen.write(program, staging)
+        except OSError as error:  # the disk, not the model: no space, ulimit -f, read-only
+            raise ExportError(f"cannot write {out}: {write_cause(error)}; the file there, if "
+                              f"any, is unchanged") from None
         except Exception as error:
             first = next((line for line in str(error).splitlines() if line.strip()), "")
             raise ExportError(f"{family} cannot be written as {chosen.name}: "

@@ -35,7 +35,8 @@ try:
 except ImportError:  # not POSIX: no lock to tell a live writer by; the age rule alone applies
     fcntl = None
 
-__all__ = ["STALE_AGE", "STALE_GRACE", "link_target", "remove_stale_beside", "temporary_beside"]
+__all__ = ["STALE_AGE", "STALE_GRACE", "link_target", "remove_stale_beside", "temporary_beside",
+           "write_cause", "is_storage_limit"]
 
 #: Seconds after its last write that a temporary file whose lock no writer holds is taken for a
 #: killed writer's (:func:`remove_stale_beside`'s ``grace``): a live writer holds the lock from an
@@ -155,3 +156,26 @@ def remove_stale_beside(path: str | os.PathLike, suffix: str, *, age: float,
             os.unlink(entry.path)
             removed.append(Path(entry.path))
     return removed
+
+
+#: The ``errno`` values of a write that failed for want of room, not for anything about the data
+#: or the place written: the disk, the process's file size limit (``ulimit -f``), the quota, a
+#: read-only file system. Trying elsewhere in the same folder (another mirror, another file)
+#: cannot help.
+STORAGE_LIMITS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS})
+
+
+def is_storage_limit(error: BaseException) -> bool:
+    """Whether ``error`` is an ``OSError`` of :data:`STORAGE_LIMITS`."""
+    return isinstance(error, OSError) and error.errno in STORAGE_LIMITS
+
+
+def write_cause(error: OSError) -> str:
+    """What a failed write means: the system's words, and for a limit whose words do not say
+    which, the limit (``File too large``: the process's file size limit, not the disk)."""
+    text = error.strerror or str(error)
+    if error.errno == errno.EFBIG:
+        return f"{text} (beyond this process's file size limit: ulimit -f)"
+    if error.errno == errno.EDQUOT:
+        return f"{text} (the disk quota)"
+    return text

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import ConfigError, EqPdeNetError, NonFiniteStateError
+from ..files import write_cause
 from ..models import MODELS
 from .config import (
     BenchmarkConfig,
@@ -1233,7 +1234,7 @@ def describe_error(error: BaseException) -> tuple[str, int]:
                         f"lifted_pde) or --jobs"), 2
     elif isinstance(error, OSError) and not isinstance(error, EqPdeNetError) and error.strerror:
         where = f": {error.filename}" if error.filename else ""
-        text, status = f"{error.strerror}{where}", 2
+        text, status = f"{write_cause(error)}{where}", 2
     elif isinstance(error, EqPdeNetError | ValueError | OSError):
         text, status = str(error), 2
     elif extra := _missing_extra(error):

@@ -48,7 +48,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import OutputFolderError
-from ..files import link_target
+from ..files import link_target, write_cause
 from .files import TEMPORARY_SUFFIX, _reason, atomic_write, missing_folders
 from .locks import LOCK_NAME, check_free, hold, holder, make_folder, replace_held_folder, shared
 
@@ -472,17 +472,6 @@ def _staging_name(folder: Path, pid: int | str) -> str:
     return f"{_staging_prefix(folder)}{pid}"
 
 
-def _cause(error: OSError) -> str:
-    """What a failed write means: the system's words, and for a limit whose words do not say
-    which, the limit (``File too large``: the process's file size limit, not the disk)."""
-    text = error.strerror or str(error)
-    if error.errno == errno.EFBIG:
-        return f"{text} (beyond this process's file size limit: ulimit -f)"
-    if error.errno == errno.EDQUOT:
-        return f"{text} (the disk quota)"
-    return text
-
-
 def _names(error: OSError, stage: Path) -> bool:
     """Whether ``error`` names ``stage`` or a file in it."""
     named = [getattr(error, "filename", None), getattr(error, "filename2", None)]
@@ -497,7 +486,7 @@ def _as_asked(error: OSError, stage: Path, folder: Path) -> OutputFolderError:
     asked = folder
     with contextlib.suppress(ValueError):
         asked = folder / Path(text).relative_to(stage) if text else folder
-    message = str(error) if isinstance(error, OutputFolderError) else _cause(error)
+    message = str(error) if isinstance(error, OutputFolderError) else write_cause(error)
     if isinstance(error, OutputFolderError):  # its text may name the staging folder
         message = message.replace(str(stage), str(folder))
         return OutputFolderError(f"cannot write the run into {folder}: {message}")

@@ -29,6 +29,7 @@ from ..data.datasets import dataset_fingerprint
 from ..data.mnist import download_progress
 from ..data.rotmnist import find_official_rotmnist
 from ..errors import ConfigError, OutputFolderError
+from ..files import write_cause
 from .config import (
     KIND_OPTIONS,
     DataConfig,
@@ -42,7 +43,7 @@ from .distributed import Executor
 from .files import atomic_write
 from .preflight import preflight
 from .progress import interactive, labelled
-from .runfolder import _cause, check_claim, claiming
+from .runfolder import check_claim, claiming
 from .runstore import load_records, save_run, set_aside, with_finite_numbers, write_aggregate
 from .training import (
     Data,
@@ -116,7 +117,7 @@ def _limits_named(out_dir: Path):
         if error.errno not in (errno.EFBIG, errno.EDQUOT) or name is None \
                 or Path(os.path.realpath(out_dir)) not in Path(os.path.realpath(name)).parents:
             raise
-        raise OutputFolderError(f"cannot write {name}: {_cause(error)}") from None
+        raise OutputFolderError(f"cannot write {name}: {write_cause(error)}") from None
 
 
 def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,

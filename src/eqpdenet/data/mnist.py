@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataFileError, DownloadError
-from ..files import link_target, remove_stale_beside, temporary_beside
+from ..files import is_storage_limit, link_target, remove_stale_beside, temporary_beside, write_cause
 
 __all__ = [
     "DataFileError",
@@ -486,7 +486,14 @@ def download_mnist(
                 break
             except DataFileError as exc:
                 failures.append(str(exc))
-            except (OSError, http.client.HTTPException, ValueError) as exc:  # URLError is an OSError
+            except OSError as exc:
+                if is_storage_limit(exc):  # the folder's disk or limit: every mirror would fail
+                    raise DownloadError(
+                        f"cannot write {spec.name}.gz into {folder}: {write_cause(exc)}; no other "
+                        f"mirror can help: make room there, or point {DATA_ENV} / --data-dir at "
+                        f"another folder") from None
+                failures.append(f"{url}: {type(exc).__name__}: {exc}")  # URLError is an OSError
+            except (http.client.HTTPException, ValueError) as exc:
                 failures.append(f"{url}: {type(exc).__name__}: {exc}")
             if progress and number < len(mirrors):
                 print(f"failed: {failures[-1]}; trying the next mirror", file=sys.stderr,
