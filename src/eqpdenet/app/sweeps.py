@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.datasets import dataset_fingerprint
+from ..data.datasets import DATASETS, dataset_fingerprint
 from ..data.mnist import download_progress
 from ..data.rotmnist import find_official_rotmnist
 from ..errors import ConfigError, OutputFolderError
@@ -89,6 +89,10 @@ def _worker(args) -> dict:
 
 
 _DATA_CACHE: dict = {}
+# A registered data set is keyed by its name alone (dataset_fingerprint: None): a loader
+# registered anew under that name (a notebook's edited cell, replace=True) was served from the
+# cache, and the next sweep trained on the old loader's data without a word.
+DATASETS.on_change(_DATA_CACHE.clear)
 
 
 def _cached_data(config: DataConfig, data_dir, cache_dir) -> Data:
