@@ -119,3 +119,24 @@ class OutputFolderError(EqPdeNetError, OSError):
 class InputRangeWarning(UserWarning):
     """Inputs far outside the range a model was built for (e.g. pixels at 0-255 into a model
     standardised for 0-1); warned once per model."""
+
+
+def warn_at_caller(message: str, category: type[Warning] = RuntimeWarning) -> None:
+    """``warnings.warn(message, category)`` attributed to the first frame outside eqpdenet and
+    torch: the user's line that called the library (``model(x)``, ``train_model(...)``). A fixed
+    ``stacklevel`` named ``torch/nn/modules/module.py`` or a library file whenever the warning
+    was reached through another depth of calls (a module's ``__call__``, a wrapper), and a filter
+    on the user's module (``warnings.filterwarnings(..., module=...)``) never matched."""
+    import os
+    import sys
+    import warnings
+
+    inside = [os.path.dirname(os.path.abspath(__file__)) + os.sep]
+    torch = sys.modules.get("torch")
+    if torch is not None and getattr(torch, "__file__", None):
+        inside.append(os.path.dirname(os.path.abspath(torch.__file__)) + os.sep)
+    frame, level = sys._getframe(1), 2  # stacklevel 2: warn_at_caller's caller
+    while frame is not None and (frame.f_code.co_filename.startswith(tuple(inside))
+                                 or frame.f_code.co_filename.startswith("<frozen")):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level if frame is not None else 2)

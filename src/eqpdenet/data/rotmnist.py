@@ -34,7 +34,6 @@ import hashlib
 import json
 import math
 import os
-import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +43,7 @@ import torch
 from torch import Tensor
 
 from ..checks import require, require_int
-from ..errors import ConfigError, DataFileError
+from ..errors import ConfigError, DataFileError, warn_at_caller
 from ..files import link_target, remove_stale_beside, temporary_beside
 from ..geometry import rotate, rotate_about_mass
 from .mnist import MNIST, MNIST_FILES, load_mnist, resolve_cache_dir, resolve_data_dir
@@ -524,7 +523,7 @@ def load_rotmnist(
         try:
             return load_cache(path, params)
         except DataFileError as exc:
-            warnings.warn(f"rebuilding the ROTMNIST cache: {exc}", stacklevel=2)
+            warn_at_caller(f"rebuilding the ROTMNIST cache: {exc}", UserWarning)
     if source == "official":
         data = load_official_rotmnist(data_dir)
         data.params = params
@@ -536,7 +535,7 @@ def load_rotmnist(
         try:
             save_cache(path, data)
         except OSError as exc:
-            warnings.warn(f"could not write the ROTMNIST cache {path}: {exc}", stacklevel=2)
+            warn_at_caller(f"could not write the ROTMNIST cache {path}: {exc}", UserWarning)
     return data
 
 

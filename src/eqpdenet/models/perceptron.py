@@ -7,12 +7,10 @@ for h = 16 ... 256).
 
 from __future__ import annotations
 
-import warnings
-
 from torch import Tensor, nn
 
 from ..checks import require_finite, require_int, require_positive
-from ..errors import InputRangeWarning, InputTypeError
+from ..errors import InputRangeWarning, InputTypeError, warn_at_caller
 from .inputs import check_model_input
 
 __all__ = ["FCNN", "RANGE_WARNING_STDS", "Standardize", "count_parameters", "perceptron"]
@@ -75,9 +73,9 @@ class Standardize(nn.Module):
         """Warn once if inputs in ``[low, high]`` are far from ``mean`` and ``std``."""
         if not self._range_warned and self.distance(low, high) > RANGE_WARNING_STDS:
             self._range_warned = True
-            warnings.warn(InputRangeWarning(
-                f"eqpdenet: {self._describe(low, high)}: {self._likely_cause(low, high)} "
-                f"(warned once per model)"), stacklevel=4)
+            warn_at_caller(f"eqpdenet: {self._describe(low, high)}: "
+                           f"{self._likely_cause(low, high)} (warned once per model)",
+                           InputRangeWarning)
 
     def explain(self, low: float, high: float) -> str | None:
         """The cause of a non-finite PDE state if it is the input's range, else None."""

@@ -16,7 +16,6 @@ same PDE.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -39,7 +38,7 @@ from ..checks import (
     require_nonnegative,
     require_positive,
 )
-from ..errors import NonFiniteStateError
+from ..errors import NonFiniteStateError, warn_at_caller
 from ..registry import CallRegistry, Registry
 from .integrators import (
     MAX_STEPS,
@@ -592,8 +591,8 @@ class PDELayer(nn.Module):
                             f"dt={config.dt:g} violate the explicit Euler bound "
                             f"-dt sigma <= 2 at every frequency "
                             f"(max -dt sigma = {report['max_rate_dt']:g})")
-                warnings.warn(f"{report['pde']}: {what}; use dt <= {report['max_dt']:g}",
-                              stacklevel=3)
+                warn_at_caller(f"{report['pde']}: {what}; use dt <= {report['max_dt']:g}",
+                               UserWarning)
         return layer
 
     @classmethod
