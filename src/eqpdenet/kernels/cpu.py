@@ -22,6 +22,11 @@ when they were not stored (``recompute``), recomputing them per image from the i
 
 The plain PyTorch code in :mod:`eqpdenet.pde` is the reference and defines the semantics; the
 kernel agrees with it to rounding (``tests/kernels/``).
+
+The implementations are registered once per process: ``importlib.reload`` of this module raises
+an ``ImportError`` saying to restart the process (the notebook's kernel), and leaves it as it was
+(:func:`~eqpdenet.kernels.op.refuse_reload`); it said "a kernel implementation named 'cpu' is
+already registered (pass replace=True to replace it)", which no caller can do.
 """
 
 from __future__ import annotations
@@ -46,7 +51,9 @@ import torch
 
 from ..errors import KernelUnavailableError
 from .m2_op import M2_IMPLEMENTATIONS, M2_UPDATE_IMPLEMENTATIONS
-from .op import _LIBRARY, IMPLEMENTATIONS
+from .op import _LIBRARY, IMPLEMENTATIONS, refuse_reload
+
+refuse_reload(globals())  # it registers implementations: it cannot be reloaded (module doc)
 
 __all__ = ["build_error", "build_seconds", "cpu_name", "is_available", "load_extension",
            "load_m2_extension"]
@@ -280,6 +287,28 @@ def _quiet_if_no_compiler():
         logger.removeFilter(banner)
 
 
+@contextlib.contextmanager
+def _standard_streams():
+    """``sys.stdout`` and ``sys.stderr`` are files for the block: Python sets them to None in a
+    process started with the descriptor closed (``2>&-``, ``pythonw``, some daemons), and
+    torch's loader calls ``sys.stderr.flush()`` even for a finished build, so that the kernel
+    "could not be built" (``'NoneType' object has no attribute 'flush'``) and every layer took
+    the reference, 14x slower. A missing one is ``os.devnull`` for the block."""
+    saved, opened = (sys.stdout, sys.stderr), []
+    try:
+        if sys.stdout is None:
+            sys.stdout = open(os.devnull, "w", encoding="utf-8")
+            opened.append(sys.stdout)
+        if sys.stderr is None:
+            sys.stderr = open(os.devnull, "w", encoding="utf-8")
+            opened.append(sys.stderr)
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+        for stream in opened:
+            stream.close()
+
+
 def _load_built(name: str, path: Path):
     """Import a finished build directly (as torch's loader does after its up-to-date check, which
     needs ``ninja`` and writes into the build folder)."""
@@ -348,13 +377,14 @@ class _Extension:
                     missing = _missing_build_tool()
                     if missing:
                         raise _Unavailable(missing)
-                    print(BUILD_NOTICE.format(source=self.source.name), file=sys.stderr,
-                          flush=True)
+                    if sys.stderr is not None:  # None: started with 2>&- (print would go to stdout)
+                        print(BUILD_NOTICE.format(source=self.source.name), file=sys.stderr,
+                              flush=True)
                 elif not _find_ninja():  # torch's loader needs it even for a finished build
                     return _load_built(name, built)
                 from torch.utils import cpp_extension
 
-                with _quiet_if_no_compiler():
+                with _standard_streams(), _quiet_if_no_compiler():
                     return cpp_extension.load(
                         name=name, sources=[str(self.source)], extra_cflags=CFLAGS,
                         extra_ldflags=["-fopenmp"], build_directory=build_dir, verbose=False,

@@ -38,8 +38,11 @@ from .op import (
     DEVICE_INVARIANT_SETS,
     DEVICE_RATIO_REGULARISATIONS,
     IMPLEMENTATIONS,
+    refuse_reload,
     warn_once,
 )
+
+refuse_reload(globals())  # it registers implementations: it cannot be reloaded (op's doc)
 
 __all__ = ["INVARIANT_SETS", "MIN_CAPABILITY", "MIN_TRITON", "RATIO_REGULARISATIONS",
            "clear_caches", "m2_unavailable_reason", "unavailable_reason"]

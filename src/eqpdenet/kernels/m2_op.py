@@ -59,6 +59,10 @@ only when one runs), and ``m2_update`` has no implementation yet
 (:data:`M2_UPDATE_IMPLEMENTATIONS`). Other devices have no implementation:
 :func:`m2_unsupported_reason` says so, and the caller uses the plain-PyTorch reference
 (:mod:`eqpdenet.pde.m2`), which defines the semantics.
+
+The operators are defined once per process: ``importlib.reload`` of this module raises an
+``ImportError`` saying to restart the process, and leaves it as it was
+(:func:`~eqpdenet.kernels.op.refuse_reload`).
 """
 
 from __future__ import annotations
@@ -75,7 +79,9 @@ from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ..registry import Registry
-from .op import _LIBRARY, KERNEL_BOUNDARIES, require_first_order, transform_reason
+from .op import _LIBRARY, KERNEL_BOUNDARIES, refuse_reload, require_first_order, transform_reason
+
+refuse_reload(globals())  # it defines operators: it cannot be reloaded (module doc)
 
 __all__ = ["KERNEL_MAX_TAPS", "KERNEL_ORIENTATIONS", "M2_IMPLEMENTATIONS",
            "M2_UPDATE_IMPLEMENTATIONS", "constant_cache", "m2_euler_step", "m2_kernel_reason",
@@ -281,12 +287,18 @@ def _all_real(value) -> bool:
     return all(type(v) is Tensor for v in values if isinstance(v, Tensor))
 
 
-def constant_cache(maxsize: int | None = 64) -> Callable[[Callable], Callable]:
+def constant_cache(maxsize: int = 64) -> Callable[[Callable], Callable]:
     """``functools.lru_cache`` for functions that build read-only constant tensors: the value is
     built inside :func:`real_constants` and stored only where every tensor in it is a plain
     tensor; under dynamo the function is called as it is and nothing is read or stored (it traces
-    the construction; its fake values must not outlive the trace). ``cache_clear()`` empties it.
-    Arguments are the key (hashable, as for ``lru_cache``); ``maxsize`` None: unbounded."""
+    the construction; its fake values must not outlive the trace). ``cache_clear()`` empties it,
+    ``cache_size()`` counts its entries. Arguments are the key (hashable, as for ``lru_cache``);
+    at most ``maxsize`` entries are kept, the least recently used evicted first. There is no
+    unbounded form: keyed by a continuous value (a Gaussian scale in a hyper-parameter search),
+    such a cache grew by every value tried."""
+    if not isinstance(maxsize, int) or isinstance(maxsize, bool) or maxsize < 1:
+        raise ValueError(f"constant_cache keeps at most maxsize entries, a positive integer; "
+                         f"got {maxsize!r}")
 
     def decorate(build: Callable) -> Callable:
         store: OrderedDict = OrderedDict()
@@ -306,11 +318,12 @@ def constant_cache(maxsize: int | None = 64) -> Callable[[Callable], Callable]:
             if _all_real(value):
                 with lock:
                     store[key] = value
-                    if maxsize is not None and len(store) > maxsize:
+                    if len(store) > maxsize:
                         store.popitem(last=False)
             return value
 
         cached.cache_clear = store.clear
+        cached.cache_size = store.__len__
         return cached
 
     return decorate

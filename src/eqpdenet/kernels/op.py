@@ -63,7 +63,10 @@ grad_bias)``
 Autograd is registered once, here, for every device; each device registers its implementation
 of both operators (the C++ kernel for ``cpu`` in :mod:`eqpdenet.kernels.cpu`, the Triton kernels
 for ``cuda`` in :mod:`eqpdenet.kernels.cuda`). ``torch.compile`` sees the operators through their
-fake (shape) implementations.
+fake (shape) implementations. PyTorch takes these registrations once per process, so this
+module, :mod:`~eqpdenet.kernels.m2_op` and :mod:`~eqpdenet.kernels.cpu` cannot be reloaded:
+``importlib.reload`` of one raises an ``ImportError`` saying to restart the process (the
+notebook's kernel), and leaves the loaded module as it was (:func:`refuse_reload`).
 
 :func:`fused_evolve` is the entry point for the PDE layer: it takes one :class:`PDESpec` per PDE,
 calls the operator (:func:`operator_arguments` are its arguments), and reports ``first_bad``
@@ -77,7 +80,6 @@ anything from the host: it can be captured in a CUDA graph.
 from __future__ import annotations
 
 import threading
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -88,7 +90,31 @@ from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ..checks import deferring, report_non_finite, transformed
+from ..errors import warn_at_caller
 from ..registry import Registry
+
+
+def refuse_reload(namespace: dict) -> None:
+    """Called first (after its imports) by each module that registers operators or their
+    implementations with PyTorch (this one, :mod:`~eqpdenet.kernels.m2_op`,
+    :mod:`~eqpdenet.kernels.cpu`), with its ``globals()``: the first time it marks them; run
+    again in the same namespace (``importlib.reload``, IPython's ``%autoreload``) it raises an
+    ``ImportError`` before anything of the module is defined again, so the loaded module is left
+    as it was and keeps working. PyTorch takes each operator's definition once per process (a
+    second raised its raw "Only a single TORCH_LIBRARY ..." or "register an operator ... multiple
+    times" error, and the reloaded module was left half run: its empty registry of
+    implementations sent every layer to the reference)."""
+    if namespace.get("_OPERATORS_REGISTERED"):
+        module = namespace.get("__name__", "this module")
+        raise ImportError(
+            f"{module} cannot be reloaded: it registers eqpdenet's operators or their "
+            f"implementations with PyTorch, which takes them once per process. Restart the "
+            f"Python process (in a notebook, restart the kernel) to use changed code; the loaded "
+            f"{module} is unchanged and still works")
+    namespace["_OPERATORS_REGISTERED"] = True
+
+
+refuse_reload(globals())
 
 __all__ = [
     "IMPLEMENTATIONS",
@@ -315,10 +341,12 @@ _warned: set[str] = set()
 
 
 def warn_once(reason: str) -> None:
-    """One warning per reason and process."""
+    """One warning per reason and process, at the user's line (:func:`warn_at_caller`: a fixed
+    ``stacklevel`` named ``pde/layer.py``). Counted once it is out: under a filter that turns it
+    into an error, every call raises (it was counted first, and a retry ran silently)."""
     if reason not in _warned:
+        warn_at_caller(f"eqpdenet: {reason}", RuntimeWarning)
         _warned.add(reason)
-        warnings.warn(f"eqpdenet: {reason}", RuntimeWarning, stacklevel=4)
 
 
 # ----------------------------------------------------------------------------- host copies

@@ -165,11 +165,15 @@ def _separable_weights(sigma: float, dtype, device) -> tuple[Tensor, Tensor]:
     return x_pass.to(dtype=dtype, device=device), y_pass.to(dtype=dtype, device=device)
 
 
-@constant_cache(maxsize=None)
+@constant_cache(maxsize=64)
 def separable_stencils(sigmas: tuple[float, ...], scale_normalised: bool = True) -> Tensor:
     """The 1-D stencils ``G, G', G''`` of each scale level, ``(S, 3, K)`` float64 (zero-padded
     to the widest ``K``), scale normalisation included: what the fused kernel
-    (:mod:`eqpdenet.kernels.m2_op`) convolves with. Read-only."""
+    (:mod:`eqpdenet.kernels.m2_op`) convolves with. Read-only.
+
+    Cached per ``(sigmas, scale_normalised)``, the 64 latest (a hyper-parameter search over a
+    continuous ``sigma`` grew an unbounded cache by every value; an evicted table is built again,
+    to the same bits)."""
     rows = [[gaussian_derivative_weights(a, sigma, 2) * (sigma**a if scale_normalised else 1.0)
              for a in range(3)] for sigma in sigmas]
     width = max(row[0].size for row in rows)
@@ -181,10 +185,10 @@ def separable_stencils(sigmas: tuple[float, ...], scale_normalised: bool = True)
     return table
 
 
-@constant_cache(maxsize=None)
+@constant_cache(maxsize=64)
 def orientation_frame(n: int) -> Tensor:
     """``(cos theta_k, sin theta_k)`` as ``(N, 2)`` float64 (the values of
-    :func:`orientation_cos_sin`)."""
+    :func:`orientation_cos_sin`). Cached per ``N``, the 64 latest."""
     cos, sin = orientation_cos_sin(n, torch.float64, torch.device("cpu"))
     return torch.stack([cos.flatten(), sin.flatten()], 1)
 

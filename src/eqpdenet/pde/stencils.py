@@ -146,7 +146,7 @@ def derivative_multi_indices(order: int) -> tuple[tuple[int, int], ...]:
     return _multi_indices(check_order(order))
 
 
-@functools.cache
+@functools.cache  # bounded by check_order: at most MAX_ORDER + 1 entries
 def _multi_indices(order: int) -> tuple[tuple[int, int], ...]:
     return tuple((n - b, b) for n in range(order + 1) for b in range(n + 1))
 
@@ -394,12 +394,20 @@ def stencil_kernels(name: str, order: int, sigma: float | None = None) -> np.nda
     """Kernels of a stencil family at unit spacing, shape ``(D, k, k)`` in jet order (read-only).
 
     ``sigma`` (in pixels) is the scale of a family that has one (:func:`stencil_has_scale`).
+    The family is looked up by name now: a module built with it keeps the kernels it got
+    (:class:`Jet`), whatever is registered under the name later.
     """
     # checked before the cache, which takes True for 1
     return _stencil_kernels(name, check_order(order), sigma)
 
 
-@functools.cache
+# Entries of each module-level cache of this module (stencil banks, symbol ranges): keyed by a
+# continuous ``sigma``, an unbounded cache grew by every value a hyper-parameter search tried
+# (+550 MB per 1,000 Gaussian scales). An evicted entry is computed again, to the same bits.
+_CACHE_SIZE = 64
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def _stencil_kernels(name: str, order: int, sigma: float | None = None) -> np.ndarray:
     sigma = check_sigma(name, sigma)
     builder = STENCILS.get(name)
@@ -433,9 +441,19 @@ def jet_weight(
 
     ``sigma`` (in the unit of ``x``) is the scale of a family that has one.
     """
+    return _scaled_weight(_unit_bank(order, stencil, spacing, sigma), spacing, dtype, device)
+
+
+def _unit_bank(order: int, stencil: str, spacing: float, sigma: float | None) -> np.ndarray:
+    """The checked arguments' stencils at unit spacing, ``(D, k, k)`` float64, read-only."""
     order = check_order(order)
     sigma = check_sigma(stencil, sigma, spacing)  # and spacing (check_spacing)
-    bank = stencil_kernels(stencil, order, None if sigma is None else sigma / spacing)
+    return stencil_kernels(stencil, order, None if sigma is None else sigma / spacing)
+
+
+def _scaled_weight(bank: np.ndarray, spacing: float, dtype: torch.dtype, device) -> Tensor:
+    """The jet's weight ``(D, 1, k, k)`` from its stencils at unit spacing ``bank``."""
+    order = jet_order(bank.shape[0])
     scales = np.array([spacing ** -(a + b) for a, b in derivative_multi_indices(order)])
     weight = torch.tensor(bank * scales[:, None, None], dtype=dtype, device=device)
     return weight[:, None]
@@ -509,6 +527,12 @@ class ConstantBuffers(nn.Module):
     materialised by ``to_empty`` (PyTorch's deferred initialisation) had uninitialised memory in
     them, and wrong outputs without an error; a cast was for good (a float64 module once moved
     to float32 and back kept the rounded values).
+
+    :meth:`_constant` computes from what the module kept when it was built, never from a
+    registry looked up by name at that moment (:class:`Jet` keeps its float64 stencils): a
+    stencil re-registered under the module's name (``register_stencil(name, ...,
+    replace=True)``) changed a built model's outputs at its next ``.cpu()``, ``.to()``,
+    ``.double()`` or ``load_state_dict``, with the same weights.
     """
 
     def _constant(self, name: str, dtype: torch.dtype, device) -> Tensor | None:
@@ -547,6 +571,10 @@ class Jet(ConstantBuffers):
     ``isotropic`` weights are not representable in float32). They are rebuilt from their float64
     definition at whatever dtype and device a move gives them (:class:`ConstantBuffers`), so that
     a float64 module's stencil is exact whatever its history.
+
+    That definition is the stencil family's kernels as they were when the module was built
+    (:attr:`bank`): a family re-registered under its name later (``replace=True``) reaches the
+    modules built after, never this one.
     """
 
     def __init__(self, order: int = 2, stencil: str = "central", spacing: float = 1.0,
@@ -555,13 +583,24 @@ class Jet(ConstantBuffers):
         BOUNDARIES.get(boundary)
         self.order, self.stencil, self.spacing, self.boundary = order, stencil, spacing, boundary
         self.sigma = sigma
+        self._bank = _unit_bank(order, stencil, spacing, sigma)
         self.register_buffer("weight", self._constant("weight", torch.float64, None),
                              persistent=False)
+
+    @property
+    def bank(self) -> np.ndarray:
+        """The stencils this jet was built with, at unit spacing: ``(D, k, k)`` float64,
+        read-only (:func:`stencil_kernels` at construction); its weight is this bank divided by
+        the spacing powers."""
+        bank = self.__dict__.get("_bank")
+        if bank is None:  # a Jet pickled whole before it kept its stencils: they are now kept
+            bank = self._bank = _unit_bank(self.order, self.stencil, self.spacing, self.sigma)
+        return bank
 
     def _constant(self, name: str, dtype: torch.dtype, device) -> Tensor | None:
         if name != "weight":
             return None
-        return jet_weight(self.order, self.stencil, self.spacing, dtype, device, self.sigma)
+        return _scaled_weight(self.bank, self.spacing, dtype, device)
 
     @property
     def min_image_size(self) -> int:
@@ -593,7 +632,7 @@ def scale_normalised(jet: Tensor, sigma: float) -> Tensor:
                       for n in range(order + 1)], dim=-3)
 
 
-@functools.cache
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def laplacian_max_eigenvalue(stencil: str, spacing: float = 1.0,
                              sigma: float | None = None) -> float:
     """Largest eigenvalue of ``-(u_xx + u_yy)`` for a stencil on an infinite/periodic grid.
@@ -608,7 +647,7 @@ def laplacian_max_eigenvalue(stencil: str, spacing: float = 1.0,
     return -second_order_symbol_range(stencil, spacing, sigma, (1.0, 0.0, 1.0))[0]
 
 
-@functools.cache
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def second_order_symbol_range(stencil: str, spacing: float = 1.0, sigma: float | None = None,
                               coefficients: tuple[float, float, float] = (1.0, 0.0, 1.0),
                               ) -> tuple[float, float]:
