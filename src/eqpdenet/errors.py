@@ -27,6 +27,7 @@ __all__ = [
     "InputRangeWarning",
     "InputTypeError",
     "KernelUnavailableError",
+    "MainGuardError",
     "MissingDependencyError",
     "NonFiniteStateError",
     "OutputFolderError",
@@ -110,6 +111,12 @@ class CheckpointError(EqPdeNetError, ValueError):
 
 class FolderLockedError(EqPdeNetError, RuntimeError):
     """Another process is writing to the same output folder (one writer per folder)."""
+
+
+class MainGuardError(EqPdeNetError, RuntimeError):
+    """Work with worker processes (``jobs > 1``) was started by a script's top-level code without
+    an ``if __name__ == "__main__":`` guard: each worker runs the script again as it starts
+    (multiprocessing's ``spawn``), and the call is refused there; the message names the fix."""
 
 
 class OutputFolderError(EqPdeNetError, OSError):

@@ -9,6 +9,12 @@ Data: ``--data-dir`` > ``EQPDENET_DATA`` > a per-user cache folder (see ``eqpden
 Errors are one line on stderr naming the problem (exit status 2; 1 for an unexpected failure,
 130 after Ctrl-C or SIGTERM; 3 when ``report`` wrote the table of an incomplete sweep);
 ``EQPDENET_DEBUG=1`` shows the traceback instead.
+
+stdout carries the results, stderr the diagnostics (progress, warnings, errors). A reader of
+either that is gone (``| head``, ``2>&1 | head``, a dead ``tee`` or log collector) ends nothing:
+what would have been printed there is dropped, the work goes on and writes its files, and the
+exit status is the work's (:func:`_standard_streams`). A standard stream closed when the command
+starts (``2>&-``) is :data:`os.devnull`, so nothing meant for it lands on another.
 """
 
 from __future__ import annotations
@@ -1310,13 +1316,62 @@ def _output_that_cannot_fail():
                 stream.reconfigure(errors=previous)
 
 
+#: The standard streams: file descriptor, ``sys`` attribute, how :data:`os.devnull` is opened.
+STANDARD_STREAMS = ((0, "stdin", os.O_RDONLY, "r"), (1, "stdout", os.O_WRONLY, "w"),
+                    (2, "stderr", os.O_WRONLY, "w"))
+
+
+def _open_closed_standard_streams() -> None:
+    """A standard stream closed when the command started (``2>&-``: Python makes it ``None``)
+    becomes :data:`os.devnull`, its file descriptor too. Else ``print(file=sys.stderr)`` wrote to
+    stdout, PyTorch's ``sys.stderr.flush()`` failed the C++ kernel's build (the slow path, with a
+    wrong reason), and the next file opened took descriptor 2 (C code's messages and those of
+    processes started later would land in it)."""
+    for descriptor, name, flags, mode in STANDARD_STREAMS:
+        try:
+            os.fstat(descriptor)
+        except OSError:
+            with contextlib.suppress(OSError):
+                null = os.open(os.devnull, flags)  # the lowest free descriptor: this one
+                if null != descriptor:
+                    os.dup2(null, descriptor)
+                    os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, mode, encoding="utf-8"))  # noqa: SIM115 - the process's stream
+
+
+@contextlib.contextmanager
+def _standard_streams():
+    """Within the block, stdout and stderr outlive their readers
+    (:class:`~eqpdenet.app.workers.SurvivingStream`, as worker processes' do): a ``| head`` that
+    has exited or a log collector that died ends neither the work nor the command (what was
+    written to it is dropped, the exit status is the work's); the streams are flushed at its
+    end, so that output still held finds a reader gone there, not at the interpreter's exit
+    (exit status 120). Closed streams are :data:`os.devnull` first
+    (:func:`_open_closed_standard_streams`). The streams it wrapped are put back after (one
+    whose reader went now writes to :data:`os.devnull`)."""
+    from .workers import survive_gone_readers
+
+    _open_closed_standard_streams()
+    wrapped = survive_gone_readers()
+    try:
+        yield
+    finally:
+        for stream in wrapped:
+            with contextlib.suppress(OSError, ValueError):  # closed; a full disk: _main said it
+                stream.flush()
+            name = "stdout" if sys.stdout is stream else "stderr" if sys.stderr is stream else None
+            if name:
+                setattr(sys, name, stream.stream)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (see the module docstring). The modules
     named in ``EQPDENET_PLUGINS`` are imported first (:mod:`eqpdenet.app.plugins`), so that what
     they register (a model family, a data set, a scenario, ...) is known to the arguments.
     Output never fails on a character the locale's encoding lacks
-    (:func:`_output_that_cannot_fail`)."""
-    with _output_that_cannot_fail():
+    (:func:`_output_that_cannot_fail`), nor on a reader that is gone (:func:`_standard_streams`)."""
+    with _standard_streams(), _output_that_cannot_fail():
         return _main(argv)
 
 
@@ -1341,19 +1396,15 @@ def _main(argv: list[str] | None) -> int:
                 download_progress(not getattr(args, "no_progress", False)):
             if not debug:  # one line per warning, no source line
                 warnings.showwarning = _show_warning
-            return args.handler(args)
+            status = args.handler(args)
+            sys.stdout.flush()  # a write that fails (a full disk) is said; a gone reader is not
+            return status
     except KeyboardInterrupt:
         resumable = args.handler in (_reproduce, _benchmark, _study)
         print("eqpdenet: interrupted: " + ("finished runs are saved; rerun the same command to "
                                            "resume" if resumable else "no result was written"),
               file=sys.stderr)
         return 130
-    except BrokenPipeError:  # stdout closed early (`eqpdenet report ... | head`): not an error
-        try:
-            sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - flushing at exit must not fail
-        except OSError:
-            pass
-        return 0
     except Exception as error:
         if debug:
             raise

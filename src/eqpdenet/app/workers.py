@@ -19,6 +19,10 @@ after PyTorch has started threads is unsafe) whose workers
   to resume), instead of every worker printing a ``KeyboardInterrupt`` traceback;
 * show warnings as the parent does (the one-line ``eqpdenet: warning: ...`` of the command line):
   the parent's ``warnings.showwarning`` is installed in each worker;
+* outlive the reader of their stdout and stderr, as the command line does
+  (:class:`SurvivingStream`, from their start-up code on): a worker shares its parent's
+  streams, and a progress line written after ``| head`` or a log collector has gone must not
+  fail its run (the parent would end on the ``BrokenPipeError`` its task raised);
 * are killed, not waited for, when the ``with`` block ends by an exception (an interrupt, an
   error in another run).
 
@@ -49,11 +53,12 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from typing import TextIO
 
-__all__ = ["GUARD_ADVICE", "WATCH_SECONDS", "die_with_parent", "refuse_while_starting",
-           "worker_pool"]
+__all__ = ["GUARD_ADVICE", "WATCH_SECONDS", "SurvivingStream", "die_with_parent",
+           "refuse_while_starting", "survive_gone_readers", "worker_pool"]
 
 #: What a script that starts worker processes must do (``spawn`` runs the script again in every
 #: worker, as ``__mp_main__``, before the worker's first task).
@@ -121,6 +126,66 @@ def die_with_parent() -> int:
     return parent
 
 
+class SurvivingStream:
+    """A standard stream (stdout, stderr) that outlives its reader: the first write or flush
+    that finds the reader gone (``BrokenPipeError``: ``| head`` has exited, a log collector
+    died) points the stream's file descriptor at :data:`os.devnull`, so that this and everything
+    written after it, by Python or by C code and processes started later on that descriptor, is
+    dropped without an error; a stream without a descriptor is replaced by one on
+    :data:`os.devnull`. ``broken`` says whether that happened. Everything else is the wrapped
+    stream's (``isatty``, ``fileno``, ``encoding``, ``reconfigure``, ...)."""
+
+    def __init__(self, stream: TextIO):
+        self.stream, self.broken = stream, False
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            self._reader_gone()
+            return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        self.broken = True
+        try:
+            descriptor = self.stream.fileno()
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, descriptor)
+            finally:
+                os.close(null)
+        except (AttributeError, OSError, ValueError):  # no descriptor (io.UnsupportedOperation)
+            self.stream = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the stream
+            return
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.flush()  # what the stream still held goes to os.devnull
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+def survive_gone_readers() -> list[SurvivingStream]:
+    """``sys.stdout`` and ``sys.stderr`` made :class:`SurvivingStream` (each one that is not
+    yet, nor ``None``); returns the streams it wrapped, ``[]`` where there were none."""
+    wrapped = []
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, SurvivingStream):
+            setattr(sys, name, SurvivingStream(stream))
+            wrapped.append(getattr(sys, name))
+    return wrapped
+
+
 #: The name under which a worker runs this module by path (:func:`_start_worker`).
 _START_NAME = "__eqpdenet_worker_start__"
 
@@ -128,7 +193,8 @@ _START_NAME = "__eqpdenet_worker_start__"
 def _start_worker(parent: int, then: bytes) -> None:
     """A pool worker's first code, run from this module's file (:func:`runpy.run_path`, the
     pool's initializer) before any module of eqpdenet is imported: SIGINT ignored, a process
-    group of its own, the kernel told to kill it with its parent and the watchdog started, the
+    group of its own, the kernel told to kill it with its parent and the watchdog started, its
+    stdout and stderr made to outlive their reader (:func:`survive_gone_readers`), the
     modules named in ``EQPDENET_PLUGINS`` imported (:mod:`eqpdenet.app.plugins`: the work may
     name what they register), and only then ``then`` unpickled (the caller's initializer and
     its arguments, the parent's ``warnings.showwarning``: unpickling them imports their modules,
@@ -141,6 +207,7 @@ def _start_worker(parent: int, then: bytes) -> None:
                      name="eqpdenet-parent-watchdog").start()
     if os.getppid() != parent:  # the parent died before the kernel was told
         _die()
+    survive_gone_readers()
     if os.environ.get("EQPDENET_PLUGINS"):  # what they register, before the work names it
         from eqpdenet.app.plugins import import_plugins
 
@@ -173,13 +240,17 @@ def _parent_warning_display() -> Callable | None:
 
 
 def refuse_while_starting(what: str) -> None:
-    """A :class:`RuntimeError` naming the fix where this process is a worker still starting,
+    """A :class:`~eqpdenet.errors.MainGuardError` (a :class:`RuntimeError`; the command line's
+    exit status 2, not a bug's 1) naming the fix where this process is a worker still starting,
     running its parent's script again (multiprocessing's ``spawn``): ``what`` (``reproduce``)
     was called from a script's top level without a ``__main__`` guard, and would otherwise
     fail on the folder its parent holds, a traceback in every worker. The parent then learns
     that its pool broke (:func:`worker_pool`)."""
     if getattr(multiprocessing.current_process(), "_inheriting", False):
-        raise RuntimeError(f"{what} was called in a worker process while it started: {GUARD_ADVICE}")
+        from eqpdenet.errors import MainGuardError  # (a worker has imported eqpdenet by now)
+
+        raise MainGuardError(f"{what} was called in a worker process while it started: "
+                             f"{GUARD_ADVICE}")
 
 
 class _Pool(ProcessPoolExecutor):
