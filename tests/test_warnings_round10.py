@@ -48,3 +48,13 @@ def test_the_stability_warning_names_the_line_building_the_layer():
 def test_warn_at_caller_skips_every_library_frame():
     caught = _caught(lambda: warn_at_caller("x", UserWarning))  # from a test: this line
     assert caught[0].filename == __file__ and caught[0].category is UserWarning
+
+
+def test_a_warning_of_run_experiment_names_the_line_calling_it():
+    from data_helpers import tiny_config, tiny_data
+    from eqpdenet.app.training import run_experiment
+
+    config = tiny_config("model.layer.dt=0.2")  # a field fcnn does not use
+    caught = _caught(lambda: run_experiment(config, tiny_data(), progress=False))  # the run
+    [warning] = [w for w in caught if "model.layer.dt" in str(w.message)]
+    assert (warning.filename, warning.lineno) == (__file__, _line_of("# the run"))

@@ -245,10 +245,23 @@ def check_values(u: Tensor, what: str = "images") -> tuple[float, float]:
     :mod:`eqpdenet.app.accelerate`), :func:`exporting` (a graph for another runtime has no
     host reads), on the ``meta`` device (shapes without values, for shape inference) or inside
     ``torch.func.vmap`` (:func:`vmapped`).
+
+    Under ``torch.compile`` the read and the check run outside the traced graph (a function of
+    ``torch.compiler.disable``, a graph break): traced, the resumed frame branched on the two
+    Python floats read, so Dynamo guarded on them (``___stack1[0] == 0.000297...``) and
+    recompiled for every batch of another minimum or maximum, until ``recompile_limit`` left the
+    frame to eager. The error on NaN or inf is the same there.
     """
     if (u.numel() == 0 or u.is_meta or (u.is_cuda and torch.cuda.is_current_stream_capturing())
             or exporting() or vmapped(u)):
         return 0.0, 0.0
+    if torch.compiler.is_compiling():
+        return _extremes_outside_graph(u, what)
+    return _extremes(u, what)
+
+
+def _extremes(u: Tensor, what: str) -> tuple[float, float]:
+    """:func:`check_values` past its exemptions: the one pass, the one read, the error."""
     with torch.no_grad():
         low, high = torch.stack(torch.aminmax(u.detach())).tolist()  # NaN propagates into both
     if math.isfinite(low) and math.isfinite(high):
@@ -258,6 +271,20 @@ def check_values(u: Tensor, what: str = "images") -> tuple[float, float]:
         inf = int(torch.isinf(u).sum())
     raise InputError(f"{what} contains non-finite values ({nan} NaN, {inf} inf of {u.numel()}): "
                      f"the input is at fault, not the PDE scheme; check how it was produced")
+
+
+#: :func:`_extremes` through ``torch.compiler.disable``, made at the first compilation that
+#: reaches it (``torch.compiler.disable`` loads the compiler, which ``import eqpdenet`` must not);
+#: one function for the process, so that Dynamo's guard on it holds after that.
+_EXTREMES_OUTSIDE_GRAPH: list = []
+
+
+def _extremes_outside_graph(u: Tensor, what: str) -> tuple[float, float]:
+    """:func:`_extremes` where Dynamo traces: run eagerly, at a graph break, so that the floats
+    it reads are never constants of a traced frame."""
+    if not _EXTREMES_OUTSIDE_GRAPH:
+        _EXTREMES_OUTSIDE_GRAPH.append(torch.compiler.disable(_extremes))
+    return _EXTREMES_OUTSIDE_GRAPH[0](u, what)
 
 
 def module_dtype(module: nn.Module) -> torch.dtype | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import inspect
 import io
 import json
 import math
@@ -24,7 +25,6 @@ import platform
 import re
 import subprocess
 import time
-import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -42,7 +42,14 @@ from ..data.augment import augment_generator, blur_generator, relative_change
 from ..data.datasets import ImageDataset, load_dataset
 from ..data.rotmnist import load_rotmnist
 from ..data.scenarios import apply_scenario
-from ..errors import CheckpointError, ConfigError, InputError, InputTypeError, NonFiniteStateError
+from ..errors import (
+    CheckpointError,
+    ConfigError,
+    InputError,
+    InputTypeError,
+    NonFiniteStateError,
+    warn_at_caller,
+)
 from ..kernels.cpu import cpu_name
 from ..models import count_parameters
 from . import accelerate
@@ -248,14 +255,14 @@ def _check_split_classes(config: DataConfig, dataset: ImageDataset, train: Split
     if len(present) < dataset.classes:
         lacking = sorted(set(range(dataset.classes)) - set(present))
         shown = ", ".join(map(str, lacking[:10])) + (", ..." if len(lacking) > 10 else "")
-        warnings.warn(f"{subject} lack{s} class(es) {shown} of its {dataset.classes}: the model "
-                      f"will not learn them ({hint})", RuntimeWarning, stacklevel=3)
+        warn_at_caller(f"{subject} lack{s} class(es) {shown} of its {dataset.classes}: the model "
+                       f"will not learn them ({hint})", RuntimeWarning)
     tested = torch.unique(test.labels).tolist()
     if len(tested) < 2:
         subject = (f"the first {len(test)} test images of {name} hold" if config.test_subset
                    else f"the test split of {name} holds")
-        warnings.warn(f"{subject} class {tested[0]} only: accuracies measure that class alone "
-                      f"({hint})", RuntimeWarning, stacklevel=3)
+        warn_at_caller(f"{subject} class {tested[0]} only: accuracies measure that class alone "
+                       f"({hint})", RuntimeWarning)
     if validation is not None and config.validation:
         _check_validation_split(validation, name, hint)
 
@@ -276,9 +283,9 @@ def _check_validation_split(validation: Split, name: str, hint: str) -> None:
     else:
         what, why, remedy = (f"class {held[0]} only", "its accuracy measures that class alone",
                              f"{hint}, or change data.validation")
-    warnings.warn(f"the validation split of {name} (data.validation = {count}) holds {what}: "
-                  f"{why}, and selecting on it (train.select_on_validation, a study's choice) is "
-                  f"meaningless ({remedy})", RuntimeWarning, stacklevel=4)
+    warn_at_caller(f"the validation split of {name} (data.validation = {count}) holds {what}: "
+                   f"{why}, and selecting on it (train.select_on_validation, a study's choice) is "
+                   f"meaningless ({remedy})", RuntimeWarning)
 
 
 def _rotmnist(config: DataConfig, data_dir, cache_dir) -> ImageDataset:
@@ -298,14 +305,132 @@ def compiled_for_training(forward: Callable[[Tensor], Tensor]) -> Callable[[Tens
     determine truth value of Relational" while ordering the strides of a view saved for the
     backward pass (pytorch/pytorch#185510, open). With static shapes it compiles once per size
     met: the batch size and the last, shorter batch, at each stage's map size.
+
+    Each call compiles for itself, in a recompilation region of its own (``torch.compile``'s
+    ``isolate_recompiles``, where torch has it). Dynamo keeps what it compiled on the code
+    objects (``FCNN.forward``, ``check_model_input``, the frames resumed after a graph break),
+    which every model of a kind shares, and counts ``recompile_limit`` (8) per code object: the
+    runs of one process (``run_sweep``, ``reproduce --jobs 1``) filled it, and from about the
+    fourth run on every frame trained eagerly while the record said ``compile``, with one log
+    line. A region's limit counts its own compilations only, and its lookups use its own code and
+    that of plain ``torch.compile`` calls, never another run's (a run of the same shapes as an
+    earlier one traces again; Inductor's cache serves its code). ``torch._dynamo.reset()`` would
+    have done it too, but it drops every compiled function of the process, the user's own
+    included, and the CUDA-graph trees. The step returned reports the frames that fell back to
+    eager nonetheless (:meth:`_CompiledStep.fallbacks`: ``train_model`` warns and records them)
+    and releases the run's compiled code (:meth:`_CompiledStep.release`).
     """
-    compiled = torch.compile(forward, dynamic=False)
+    return _CompiledStep(forward)
 
-    def step(images: Tensor) -> Tensor:
+
+#: ``torch.compile`` takes ``isolate_recompiles`` (torch 2.13; without it, every run shares one
+#: recompilation limit per code object, and a run past it is warned about, not prevented).
+_ISOLATES = "isolate_recompiles" in inspect.signature(torch.compile).parameters
+
+
+class _CompiledStep:
+    """The training forward of :func:`compiled_for_training`: called as ``forward(images)``."""
+
+    def __init__(self, forward: Callable[[Tensor], Tensor]):
+        options = {"isolate_recompiles": True} if _ISOLATES else {}
+        self.compiled = torch.compile(forward, dynamic=False, **options)
+        # the region's number: on the function compiled, or on a compiled module's forward
+        region = getattr(self.compiled, "_isolate_recompiles_id", None)
+        if region is None:
+            region = getattr(getattr(self.compiled, "forward", None), "_isolate_recompiles_id", -1)
+        self.region = region if _ISOLATES and isinstance(region, int) else -1
+        self._reported = _dynamo_counts("unimplemented")
+
+    def __call__(self, images: Tensor) -> Tensor:
         with torch._dynamo.config.patch(automatic_dynamic_shapes=False):
-            return compiled(images)
+            return self.compiled(images)
 
-    return step
+    def fallbacks(self) -> list[str]:
+        """The causes, one line each, of the frames that Dynamo left to eager PyTorch for good
+        since the last call (since the step was made, at first): a frame that reached
+        ``recompile_limit`` (or ``accumulated_recompile_limit``) runs uncompiled for every input
+        its compiled code does not fit, and Dynamo says so in one log line. It counts each in
+        ``counters["unimplemented"]`` (the counters of every compiled function of the process),
+        among the messages of what it cannot trace, where it breaks the graph or does not inline
+        a call and compiles the rest: the frames of the PDE models have several such, in every
+        run, and those are not counted here."""
+        counts = _dynamo_counts("unimplemented")
+        causes = [_fallback_cause(message) for message, count in counts.items()
+                  if _LIMIT_HIT.search(message)
+                  for _ in range(count - self._reported.get(message, 0))]
+        self._reported = counts
+        return causes
+
+    def release(self) -> None:
+        """Drop the code compiled in this step's region, where nothing else is cached on the same
+        code object (a user's own compiled function sharing it keeps its code, and this run's
+        with it): the region is never called again, and Dynamo's accumulated limit
+        (``accumulated_recompile_limit``, 256 entries of a code object over all regions) and
+        the memory of a long sweep in one process stay those of one run."""
+        if self.region < 0:
+            return
+        try:
+            from torch._dynamo import convert_frame, eval_frame
+            seen = list(convert_frame.input_codes.seen)
+            ours = eval_frame._get_cache_entries_for_region
+            total = eval_frame._get_total_cache_entry_count
+        except (ImportError, AttributeError):  # a torch without these: kept, as before
+            return
+        with convert_frame.compile_lock:
+            for reference in seen:
+                code = reference()
+                if code is None:
+                    continue
+                count = len(ours(code, self.region))
+                if count and count == total(code):
+                    torch._dynamo.reset_code(code)
+
+
+#: Dynamo's message for a frame past its recompilation limit ("Dynamo recompile limit exceeded";
+#: "cache_size_limit" in the torch releases before the limit was renamed).
+_LIMIT_HIT = re.compile(r"recompile[ _]limit|cache[ _]size[ _]limit", re.IGNORECASE)
+
+
+def _dynamo_counts(category: str) -> dict[str, int]:
+    """A copy of ``torch._dynamo.utils.counters[category]``."""
+    from torch._dynamo.utils import counters
+
+    return dict(counters[category])
+
+
+def _fallback_cause(message: str) -> str:
+    """The first line of Dynamo's message for a frame past its limit, with the limit it names."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    cause = lines[0] if lines else "unknown cause"
+    limit = re.search(r"exceeding the (\w+) cache size limit \(currently set to (\d+)\)", message)
+    if limit:
+        cause += f" (torch._dynamo.config.{limit.group(1)} = {limit.group(2)})"
+    return cause
+
+
+def _warn_compile_fallbacks(forward, record: dict, epoch: int) -> None:
+    """``train.compile``: a ``RuntimeWarning`` and ``record["compile_fallbacks"]`` (``"<n>
+    frame(s): <cause>"`` for each cause) where frames of the compiled forward fell back to eager
+    PyTorch during ``epoch`` (0-based): the run trains on, more slowly, but not wholly compiled
+    as its record's ``compile`` says (:meth:`_CompiledStep.fallbacks`)."""
+    fallbacks = getattr(forward, "fallbacks", None)
+    causes = fallbacks() if fallbacks is not None else []
+    if not causes:
+        return
+    record["compile_fallbacks"] = [f"{causes.count(cause)} frame(s): {cause}"
+                                   for cause in dict.fromkeys(causes)]
+    warn_at_caller(f"train.compile: {len(causes)} frame(s) of the compiled forward fell back to "
+                   f"eager PyTorch in epoch {epoch + 1}: {'; '.join(dict.fromkeys(causes))}. The "
+                   f"run trains on, but not wholly compiled as train.compile = true says "
+                   f"(TORCH_LOGS=recompiles names the frames); its history records it under "
+                   f"'compile_fallbacks'", RuntimeWarning)
+
+
+def _release_compiled(forward) -> None:
+    """The run's compiled code dropped (:meth:`_CompiledStep.release`), where it has any."""
+    release = getattr(forward, "release", None)
+    if release is not None:
+        release()
 
 
 def resolve_for_data(config: ExperimentConfig, data: Data | dict) -> ExperimentConfig:
@@ -334,7 +459,7 @@ def resolve_for_data(config: ExperimentConfig, data: Data | dict) -> ExperimentC
         model.input_mean = float(pixels.mean())
         model.input_std = float(pixels.std()) or 1.0
     for line in fields_replaced_by_data(given, config):
-        warnings.warn(line, RuntimeWarning, stacklevel=2)
+        warn_at_caller(line, RuntimeWarning)
     return config
 
 
@@ -676,11 +801,11 @@ def train_model(
     pde_layer = getattr(model, "pde_layer", None)
     if resolved is not None:  # built from config: what its kind leaves unused, set to no use
         for line in fields_without_effect(config):  # the replaced: resolve_for_data, above
-            warnings.warn(line, RuntimeWarning, stacklevel=2)
+            warn_at_caller(line, RuntimeWarning)
     elif pde_layer is None and train.pde_lr_scale != TrainConfig.pde_lr_scale:  # a given model
-        warnings.warn(f"train.pde_lr_scale = {train.pde_lr_scale:g} has no effect on "
-                      f"{type(model).__name__}: only the paper's PDE layer (model.kind = "
-                      f"'eqpdenet') trains at its own rate", RuntimeWarning, stacklevel=2)
+        warn_at_caller(f"train.pde_lr_scale = {train.pde_lr_scale:g} has no effect on "
+                       f"{type(model).__name__}: only the paper's PDE layer (model.kind = "
+                       f"'eqpdenet') trains at its own rate", RuntimeWarning)
     pde_ids = {id(p) for p in pde_layer.parameters()} if pde_layer is not None else set()
     groups = [{"params": [p for p in model.parameters() if id(p) not in pde_ids]}]
     if pde_ids:
@@ -693,12 +818,12 @@ def train_model(
     steps = train.epochs * steps_per_epoch
     span = 1 / (1 - train.weight_average)  # of the average, in steps (rounding: 0.9 spans 10)
     if train.weight_average and span > steps * (1 + 1e-9):
-        warnings.warn(f"train.weight_average = {train.weight_average:g} averages over about "
-                      f"{span:.0f} steps (1 / (1 - d)), more than the "
-                      f"run's {steps} optimiser steps ({train.epochs} epochs of "
-                      f"{steps_per_epoch}): the average stays close to the first steps' weights; "
-                      f"choose a smaller d (at most 1 - 1/{steps} = {1 - 1 / steps:.4g})",
-                      RuntimeWarning, stacklevel=2)
+        warn_at_caller(f"train.weight_average = {train.weight_average:g} averages over about "
+                       f"{span:.0f} steps (1 / (1 - d)), more than the "
+                       f"run's {steps} optimiser steps ({train.epochs} epochs of "
+                       f"{steps_per_epoch}): the average stays close to the first steps' weights; "
+                       f"choose a smaller d (at most 1 - 1/{steps} = {1 - 1 / steps:.4g})",
+                       RuntimeWarning)
     validation = data.get("validation")
     has_validation = validation is not None and len(validation) > 0
     if train.select_on_validation and not has_validation:
@@ -811,6 +936,8 @@ def train_model(
                       "seconds": time.perf_counter() - start}
             if pairs_seen:
                 record["blur_consistency"] = total_penalty / pairs_seen
+            if train.compile:
+                _warn_compile_fallbacks(forward, record, epoch)
             # A finite loss can hide weights or buffers gone non-finite (a batch-norm running
             # variance overflowed while the normalised batch still gave a finite loss): checked at
             # every epoch's end, so that a diverged run stops at the epoch where it diverged.
@@ -833,6 +960,9 @@ def train_model(
         if getattr(error, "history", None) is None:
             error.history = list(history)
         raise
+    finally:
+        if train.compile:
+            _release_compiled(forward)
     if average is not None and not train.select_on_validation:
         if not has_validation:  # else done for the last epoch's validation
             _average_batch_norm(average, images, train, device)
