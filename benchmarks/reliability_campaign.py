@@ -210,6 +210,7 @@ def prepare(root: Path, data: str) -> None:
     (root / "not-a-record").mkdir()
     (root / "not-a-record" / "results.jsonl").write_text(_record(0, 70.0) + '\n"x"\n')
     (root / "folder").mkdir()
+    (root / "folder.png").mkdir()  # a folder named as the file figure would write
     (root / "file.txt").write_text("a file, not a folder, not a checkpoint, not TOML = [")
     (root / "binary.toml").write_bytes(b"\xff\xfe\x00\x01binary")
     (root / "empty-data" / "mnist").mkdir(parents=True)
@@ -772,8 +773,8 @@ CASES = [
     Case("figure-pde-index", "config", "`figure diagram --pde 9 --checkpoint <4 PDEs>`",
          cli("figure", "diagram", "--pde", "9", "--checkpoint", "{ckpt}", "--data-dir", "{data}",
              "--out", "{tmp}/f.png", fragment="--pde 9: the checkpoint has 4 PDEs")),
-    Case("figure-out-folder", "config", "`figure diagram --out <a folder>`",
-         cli("figure", "diagram", "--out", "{root}/folder", "--data-dir", "{data}",
+    Case("figure-out-folder", "config", "`figure diagram --out <a folder named .png>`",
+         cli("figure", "diagram", "--out", "{root}/folder.png", "--data-dir", "{data}",
              fragment="a folder is in the way of the file")),
     Case("describe-samples", "config", "`describe --samples 10000 --out d`",
          cli("describe", "{ckpt}", "--samples", "10000", "--out", "{tmp}/d", "--data-dir",

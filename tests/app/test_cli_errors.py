@@ -52,6 +52,7 @@ def files(tmp_path_factory):
     payload["config"]["model"]["hidden"] = 32
     torch.save(payload, root / "edited.pt")
     (root / "folder").mkdir()
+    (root / "folder.png").mkdir()  # a folder named as the file figure would write
     (root / "file.txt").write_text("not a folder, not a checkpoint, not TOML = [")
     (root / "results").mkdir()
     (root / "results" / "results.jsonl").write_text('{"model": "fcnn"}\n{"model": \n')
@@ -168,7 +169,7 @@ DATA_CASES = [
                           "--out", "{root}/f.png"], "--pde 7: the checkpoint has 4 PDEs"),
     ("figure-pde-text", ["figure", "diagram", "--pde", "wave", "--checkpoint",
                          "{root}/model.pt", "--out", "{root}/f.png"], "'heat' or the index"),
-    ("figure-out-is-folder", ["figure", "diagram", "--out", "{root}/folder"],
+    ("figure-out-is-folder", ["figure", "diagram", "--out", "{root}/folder.png"],
      "a folder is in the way of the file"),
     ("describe-samples", ["describe", "{root}/model.pt", "--out", "{root}/d", "--samples",
                           "10000"], "sample 10000: MNIST's test set has digits 0 ... 9999"),

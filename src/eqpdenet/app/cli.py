@@ -890,8 +890,9 @@ def _figure(args) -> int:
         raise ConfigError(f"{' and '.join(given)} set{'s' if len(given) == 1 else ''} the heat "
                           f"equation's time; a learned PDE (--pde {args.pde}) is drawn with the T "
                           f"and dt it was trained with: leave {' and '.join(given)} out")
+    if Path(args.out).suffix.lower() != ".png":  # savefig wrote PNG bytes under any name
+        raise ConfigError(f"--out {args.out}: figure writes a PNG image; name the file .png")
     check_output_keeps(Path(args.out), "--out", [args.checkpoint])
-    check_output_file(Path(args.out), "--out")  # before the work, not at the write
     if not learned:
         T = FIGURE_T if args.T is None else args.T
         dt = FIGURE_DT if args.dt is None else args.dt
@@ -920,6 +921,9 @@ def _figure(args) -> int:
                                           use="the figure is drawn on the data as it is now")
     else:
         image, name = _load_digits(args.data_dir, [args.sample]), f"MNIST test #{args.sample}"
+    # After the checkpoint, --pde and --sample are checked (it makes --out's folders: a refused
+    # command left them behind) and before the drawing, not at the write.
+    check_output_file(Path(args.out), "--out")
     try:
         error = figure_diagram(image, pde, Path(args.out), angle=args.angle, factor=args.scale,
                                shift=tuple(args.shift), pde_label=label, image_label=name,

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ..analysis.equivariance import DISK_FRACTION, central_disk, similarity
+from ..errors import ConfigError, InputError
 from ..pde.layer import PDELayer
 from .files import import_pyplot, save_figure
 
@@ -46,16 +47,24 @@ def diagram_arrays(image: Tensor, pde: Callable[[Tensor], Tensor], angle: float 
     difference of ``|background|`` there even for the identity map. The background is the mean
     of the evolved blank image (uniform for every PDE of the library with a replicating
     boundary)."""
+    _check_one_image(image)
+    disk = central_disk(image.shape[-2], image.shape[-1])
+    if not bool(disk.any()):
+        raise InputError(f"the image is {image.shape[-2]}x{image.shape[-1]} pixels: its central "
+                         f"disk (radius {DISK_FRACTION:g} x the shorter side) holds no pixel to "
+                         f"measure on")
     g = lambda u: similarity(u, angle, factor, shift)  # noqa: E731
     moved = g(image)
     evolved, evolved_moved = pde(image), pde(moved)
     background = pde(torch.zeros_like(image)).mean()
     moved_evolved = g(evolved - background) + background
     difference = evolved_moved - moved_evolved
-    disk = central_disk(image.shape[-2], image.shape[-1])
     mask = disk.to(image.dtype)
-    relative = torch.linalg.vector_norm(difference * mask) / torch.linalg.vector_norm(
-        evolved * mask)
+    reference = torch.linalg.vector_norm(evolved * mask)
+    if not reference > 0:  # 0 / 0 was a silent NaN, printed "= nan"
+        raise InputError("u_T(I0) is 0 on the central disk (a blank image?): the relative "
+                         "difference is undefined; draw another image")
+    relative = torch.linalg.vector_norm(difference * mask) / reference
     panels = {"I0": image, "gI0": moved, "uT": evolved, "uT_g": evolved_moved,
               "g_uT": moved_evolved, "difference": difference}
     out = {key: value[0, 0] for key, value in panels.items()}
@@ -63,6 +72,14 @@ def diagram_arrays(image: Tensor, pde: Callable[[Tensor], Tensor], angle: float 
     out["max_difference"] = difference[0][:, disk].abs().max()
     out["background"] = background
     return out
+
+
+def _check_one_image(image) -> None:
+    """An :class:`~eqpdenet.errors.InputError` unless ``image`` is one image ``(1, C, H, W)``:
+    a batch of two was measured over both and drawn of the first, without a word."""
+    if not isinstance(image, Tensor) or image.dim() != 4 or len(image) != 1:
+        shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+        raise InputError(f"the diagram is of one image (1, C, H, W), got {shape}")
 
 
 def figure_diagram(image: Tensor, pde: Callable[[Tensor], Tensor], path, *, angle: float = 30.0,
@@ -110,8 +127,10 @@ def figure_diagram(image: Tensor, pde: Callable[[Tensor], Tensor], path, *, angl
         ax.set_title(label, fontsize=11)
         if key == "difference":
             fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
-            size = panels[key].shape[-1]
-            ax.add_patch(Circle(((size - 1) / 2, (size - 1) / 2), DISK_FRACTION * size,
+            # central_disk's: centred in the frame, radius DISK_FRACTION x the shorter side
+            height, width = panels[key].shape[-2:]
+            ax.add_patch(Circle(((width - 1) / 2, (height - 1) / 2),
+                                DISK_FRACTION * min(height, width),
                                 fill=False, ls="--", lw=0.8, color="k"))
     axes[0, 2].axis("off")
     axes[0, 3].axis("off")
@@ -119,7 +138,7 @@ def figure_diagram(image: Tensor, pde: Callable[[Tensor], Tensor], path, *, angl
     axes[0, 2].text(
         0.35, 0.62,
         f"PDE: {pde_label}\n{g_text}\n\nrelative difference on the\ndashed disk "
-        f"(radius {DISK_FRACTION:g} × side):\n"
+        f"(radius {DISK_FRACTION:g} × shorter side):\n"
         f"‖u_T(g·I0) − g·u_T(I0)‖ / ‖u_T(I0)‖ = {error:.2e}\n\n"
         f"max |difference| on the disk = {float(panels['max_difference']):.2e}\n"
         f"(difference on the scale of the evolved images)",
@@ -172,6 +191,9 @@ def frame_steps(steps: int, frames: int) -> list[int]:
         >>> frame_steps(10, 6), frame_steps(10, 1), frame_steps(2, 5)
         ([0, 2, 4, 6, 8, 10], [10], [0, 1, 2])
     """
+    if not (isinstance(steps, int) and steps >= 0 and isinstance(frames, int) and frames >= 1):
+        raise ConfigError(f"frames: at least 1 of a trajectory of 0 or more steps, got "
+                          f"frames={frames!r}, steps={steps!r}")
     if frames == 1:
         return [steps]
     return sorted({round(k * steps / (frames - 1)) for k in range(frames)})
@@ -189,6 +211,12 @@ def evolution_grid(layer: PDELayer, images: Tensor, path, *, frames: int = 6,
     the full range. ``images``: ``(N, 1, H, W)``; ``standardize`` is applied first.
     ``trajectories``: those of :func:`evolution_trajectories`, computed already.
     """
+    frame_steps(0, frames)  # frames >= 1, before any work
+    if not isinstance(images, Tensor) or images.dim() != 4 or len(images) == 0:
+        raise InputError(f"images must be (N, 1, H, W) with N >= 1, got "
+                         f"{tuple(images.shape) if isinstance(images, Tensor) else images!r}")
+    if labels is not None and len(labels) != len(images):
+        raise InputError(f"labels: one per image, got {len(labels)} for {len(images)} images")
     plt = import_pyplot("evolution_grid")
     if trajectories is None:
         trajectories = evolution_trajectories(layer, images, standardize)
