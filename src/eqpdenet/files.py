@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import re
 import stat
@@ -35,8 +36,8 @@ try:
 except ImportError:  # not POSIX: no lock to tell a live writer by; the age rule alone applies
     fcntl = None
 
-__all__ = ["STALE_AGE", "STALE_GRACE", "link_target", "remove_stale_beside", "temporary_beside",
-           "write_cause", "is_storage_limit"]
+__all__ = ["NAME_MAX", "STALE_AGE", "STALE_GRACE", "link_target", "remove_stale_beside",
+           "temporary_beside", "temporary_prefix", "write_cause", "is_storage_limit"]
 
 #: Seconds after its last write that a temporary file whose lock no writer holds is taken for a
 #: killed writer's (:func:`remove_stale_beside`'s ``grace``): a live writer holds the lock from an
@@ -75,13 +76,41 @@ def link_target(path: str | os.PathLike) -> Path:
     raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path))
 
 
+#: The longest file name, in bytes, of the usual file systems (ext4, XFS, Btrfs, tmpfs, NFS):
+#: a temporary name that would be longer is shortened (:func:`temporary_prefix`).
+NAME_MAX = 255
+
+#: The random characters ``tempfile.mkstemp`` puts between its prefix and suffix.
+_RANDOM_CHARACTERS = 8
+
+#: The bytes of a long name that a shortened temporary name keeps (:func:`temporary_prefix`).
+_SHORT_STEM = 40
+
+
+def temporary_prefix(name: str, suffix: str, extra: int = _RANDOM_CHARACTERS) -> str:
+    """The start of the name of a temporary file for the file ``name``: ``.<name>.``, so that a
+    temporary file (``.<name>.<extra characters><suffix>``) says whose it is; where that would
+    exceed :data:`NAME_MAX` bytes (a legal name of 233 bytes or more), ``.<stem>~<hash>.``: the
+    name's first bytes and 16 hexadecimal digits of its SHA-256, so that the temporary name
+    stays within the limit whatever the name's length (``open`` takes a name of 255 bytes; its
+    temporary file must not refuse it) and two long names that begin alike stay apart. The same
+    name always gives the same prefix (:func:`remove_stale_beside` finds the files by it)."""
+    raw = os.fsencode(name)
+    if 2 + len(raw) + extra + len(os.fsencode(suffix)) <= NAME_MAX:
+        return f".{name}."
+    stem = raw[:_SHORT_STEM].decode("utf-8", "ignore")  # a character cut in two is left out
+    return f".{stem}~{hashlib.sha256(raw).hexdigest()[:16]}."
+
+
 def temporary_beside(path: str | os.PathLike, suffix: str) -> tuple[int, Path]:
-    """``(fd, temporary path)`` of a new file in ``path``'s folder, named ``.<name>.XXXX<suffix>``,
-    with the mode a plain ``open`` would give (``0666 & ~umask``), for writing and then renaming
-    to ``path`` (``os.replace``). The file is ``flock``-ed through ``fd`` until ``fd`` is closed,
-    so that :func:`remove_stale_beside` leaves it alone while its writer lives."""
+    """``(fd, temporary path)`` of a new file in ``path``'s folder, named ``.<name>.XXXX<suffix>``
+    (a long name shortened: :func:`temporary_prefix`), with the mode a plain ``open`` would give
+    (``0666 & ~umask``), for writing and then renaming to ``path`` (``os.replace``). The file is
+    ``flock``-ed through ``fd`` until ``fd`` is closed, so that :func:`remove_stale_beside` leaves
+    it alone while its writer lives."""
     path = Path(path)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path.name, suffix),
+                                suffix=suffix)
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         if fcntl is not None:
@@ -120,7 +149,8 @@ def _held(path: str) -> bool | None:
 def remove_stale_beside(path: str | os.PathLike, suffix: str, *, age: float,
                         grace: float | None = None) -> list[Path]:
     """Remove the temporary files that :func:`temporary_beside` made for ``path``
-    (``.<name>.<random><suffix>`` in its folder) and whose writers were killed; returns them.
+    (``.<name>.<random><suffix>`` in its folder, a long name shortened as
+    :func:`temporary_prefix` shortens it) and whose writers were killed; returns them.
 
     A file whose lock a writer holds is never removed, however old (a writer stopped with
     Ctrl-Z keeps its file). Any other is removed once nothing has written to it for ``age``
@@ -131,7 +161,10 @@ def remove_stale_beside(path: str | os.PathLike, suffix: str, *, age: float,
     moment after it is released, before the rename). Files that cannot be read or removed are
     left as they are."""
     path = Path(path)
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.[A-Za-z0-9_]+{re.escape(suffix)}")
+    # mkstemp's random part: 8 of "a-z0-9_" (never a dot: the name of another file that begins
+    # with this one's, "<name>.x", cannot match)
+    pattern = re.compile(rf"{re.escape(temporary_prefix(path.name, suffix))}[a-z0-9_]"
+                         rf"{{{_RANDOM_CHARACTERS}}}{re.escape(suffix)}")
     try:
         entries = list(os.scandir(path.parent))
     except OSError:

@@ -349,13 +349,13 @@ def test_curves_on_other_axes_are_refused_not_indexed(tmp_path, capsys):
 def test_the_robustness_plot_names_the_data_set(tmp_path, monkeypatch):
     from eqpdenet.app import benchmark
 
-    titles, save = [], benchmark.save_figure
+    titles, render = [], benchmark.figure_bytes
 
-    def keep_title(fig, path, **kwargs):
+    def keep_title(fig, *args, **kwargs):
         titles.append(fig._suptitle.get_text())
-        return save(fig, path, **kwargs)
+        return render(fig, *args, **kwargs)
 
-    monkeypatch.setattr(benchmark, "save_figure", keep_title)
+    monkeypatch.setattr(benchmark, "figure_bytes", keep_title)
     npz = [_record("fcnn", s, dataset="/data/gray_36.npz") for s in (0, 1)]
     benchmark.write_benchmark_report(_benchmark_folder(tmp_path / "npz", npz, entries=("fcnn",)))
     rot = [_record("fcnn", s) for s in (0, 1)]

@@ -39,7 +39,7 @@ from .config import (
     to_toml,
 )
 from .distributed import Executor
-from .files import atomic_write, import_pyplot, save_figure
+from .files import atomic_write, figure_bytes, import_pyplot, write_set
 from .locks import hold
 from .report import (
     SAME_RUN_FIELDS,
@@ -391,7 +391,14 @@ def benchmark_table(summary: dict[str, dict], noted: set[str] | frozenset = froz
 
 def plot_robustness(summary: dict[str, dict], path: Path, data: str = "ROTMNIST") -> Path:
     """PNG: accuracy against rotation angle, scale factor and shift (mean over seeds); ``data``,
-    the data set's name, in the title."""
+    the data set's name, in the title (:func:`robustness_figure`), written atomically to
+    ``path``."""
+    atomic_write(Path(path), robustness_figure(summary, data))
+    return Path(path)
+
+
+def robustness_figure(summary: dict[str, dict], data: str = "ROTMNIST") -> bytes:
+    """The bytes of :func:`plot_robustness`'s PNG (for the report's set of files)."""
     plt = import_pyplot("plot_robustness")
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     panels = (("rotation", "rotation angle (degrees)"), ("scale", "scale factor"),
@@ -412,7 +419,7 @@ def plot_robustness(summary: dict[str, dict], path: Path, data: str = "ROTMNIST"
     axes[0].set_xticks(range(0, 361, 45))
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return figure_bytes(fig)
 
 
 def is_benchmark_folder(folder: Path) -> bool:
@@ -545,7 +552,9 @@ def write_benchmark_report(out_dir: Path) -> Report:
     run recorded with two outcomes, or with numbers that are not finite, is refused); failed
     runs are counted and named (:func:`benchmark_table`). Both outputs are checked before
     either is written, and matplotlib is imported first
-    (:func:`~eqpdenet.app.files.import_pyplot`): without it nothing is written."""
+    (:func:`~eqpdenet.app.files.import_pyplot`): without it nothing is written. The table and
+    the plot are rendered, then written as one set (:func:`~eqpdenet.app.files.write_set`):
+    a plot that cannot be written leaves the previous table and plot as they were."""
     out_dir = Path(out_dir)
     source = str(out_dir / "results.jsonl")
     if not has_results(out_dir):
@@ -588,7 +597,8 @@ def write_benchmark_report(out_dir: Path) -> Report:
             header = (f"**Incomplete:** {incomplete_line(missing, len(records) + len(missing))}; "
                       f"rerun the benchmark's command to finish it.\n\n{header}")
         notes = _quarter_turn_notes(summary, records)
-        atomic_write(table, (header + benchmark_table(summary, set(notes)) + "\n"
-                             + "".join(f"\n{line}\n" for line in notes.values())).encode())
-        plot_robustness(summary, plot, dataset_name(records))
+        write_set(out_dir, {table.name: (header + benchmark_table(summary, set(notes)) + "\n"
+                                         + "".join(f"\n{line}\n"
+                                                   for line in notes.values())).encode(),
+                            plot.name: robustness_figure(summary, dataset_name(records))})
     return Report(table, plot, len(records), missing, left_out)

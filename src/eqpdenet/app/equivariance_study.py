@@ -9,10 +9,8 @@ The metric and its protocol are in :mod:`eqpdenet.analysis.equivariance`; the re
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,11 +36,10 @@ from ..analysis.references import (
     upsample,
 )
 from ..data.mnist import load_mnist
-from ..errors import ConfigError, NonFiniteStateError, OutputFolderError
-from ..files import link_target, temporary_beside
+from ..errors import ConfigError, NonFiniteStateError
 from ..models import EqPdeNet, LiftedPDENet
 from ..pde.integrators import EulerFlow
-from .files import TEMPORARY_SUFFIX, _reason, atomic_write, import_pyplot, make_folder
+from .files import atomic_write, import_pyplot, write_set
 from .training import load_checkpoint
 
 __all__ = ["OUTPUT_FILES", "Record", "Study", "StudyPlan", "equivariance_table",
@@ -695,16 +692,18 @@ def write_outputs(study: Study, out_dir) -> list[Path]:
     ``table.md``, ``table.csv``, ``transforms.png``, ``convergence.png``, ``models.png`` (only
     when the study measured models) and ``invariant_orders.md``; returns their paths.
 
-    The folder never holds outputs of two runs: every file is rendered first and written to a
-    temporary file beside it, then any output of :data:`OUTPUT_FILES` that this run does not
-    write (a ``models.png`` of an earlier run with checkpoints) is removed and the temporaries
-    are renamed into place, one rename after the other; a failure or a kill before the renames
+    The folder never holds outputs of two runs: every file is rendered first, then they are
+    written as one set (:func:`~eqpdenet.app.files.write_set`), and any output of
+    :data:`OUTPUT_FILES` that this run does not write (a ``models.png`` of an earlier run with
+    checkpoints) is removed with the set's older files; a failure or a kill before the commit
     (while rendering or writing, the seconds of the write) leaves the previous set whole, and
     its temporaries are removed (by this process, else by the folder's next writer lock).
-    Other files of the folder are left alone. Without matplotlib, nothing is written (a
-    :class:`~eqpdenet.errors.MissingDependencyError` first)."""
+    Other files of the folder are left alone. A folder the command holds that was moved or
+    deleted meanwhile is not made anew (:class:`~eqpdenet.app.files.FolderMovedError`).
+    Without matplotlib, nothing is written (a :class:`~eqpdenet.errors.MissingDependencyError`
+    first)."""
     import_pyplot("the equivariance study's plots")
-    out = make_folder(Path(out_dir))
+    out = Path(out_dir)
     contents = {"table.md": (equivariance_table(study) + "\n").encode(),
                 "table.csv": csv_table(study).encode(),
                 "transforms.png": plot_transforms(study),
@@ -713,43 +712,4 @@ def write_outputs(study: Study, out_dir) -> list[Path]:
     if models is not None:
         contents["models.png"] = models
     contents["invariant_orders.md"] = invariant_orders_text().encode()
-    _write_set(out, contents, [name for name in OUTPUT_FILES if name not in contents])
-    return [out / name for name in contents]
-
-
-def _write_set(folder: Path, contents: dict[str, bytes], stale: Sequence[str]) -> None:
-    """Write ``contents`` (file name: bytes) into ``folder`` and remove the files ``stale``, with
-    every file written in full before the first one changes (see :func:`write_outputs`)."""
-    temporaries: list[tuple[Path, Path]] = []
-    try:
-        for name, data in contents.items():
-            path = folder / name
-            if path.is_dir():  # else the rename fails naming the temporary file
-                raise OutputFolderError(f"cannot write {path}: a folder is in the way of the file")
-            try:
-                path = link_target(path)  # a link is written through, never replaced
-            except OSError as error:
-                raise OutputFolderError(f"cannot write {folder / name}: {_reason(error)}") from None
-            if path.is_dir():
-                raise OutputFolderError(f"cannot write {path}: a folder is in the way of the file")
-            try:
-                fd, tmp = temporary_beside(path, TEMPORARY_SUFFIX)
-                temporaries.append((tmp, path))
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-            except OSError as error:
-                raise OutputFolderError(f"cannot write {path}: {_reason(error)}") from None
-        for name in stale:
-            path = folder / name
-            if path.is_file() or path.is_symlink():
-                path.unlink()
-        while temporaries:
-            tmp, path = temporaries[0]
-            os.replace(tmp, path)
-            temporaries.pop(0)
-    finally:
-        for tmp, _ in temporaries:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)  # not renamed: the previous set stays whole
+    return write_set(out, contents, [name for name in OUTPUT_FILES if name not in contents])

@@ -27,6 +27,11 @@ the locks of the folders above that file *shared* for the instant of its write
 Taking and releasing the lock also removes the temporary files of writes that a killed writer
 left in the folder (:func:`eqpdenet.app.files.remove_stale_temporaries`).
 
+A held folder is recorded with its identity (:func:`eqpdenet.app.files.keep_folder`): a folder
+moved or deleted while its holder runs (``mv OUT OUT-old``) is never made anew at its path by
+a later write of the holder, which stops with a :class:`~eqpdenet.app.files.FolderMovedError`
+saying where the folder went (:meth:`FolderLock.where`, the path of the lock file it holds open).
+
 Creating the folder and writing the holder into the lock file is also the check, made before any
 data is loaded, that the folder can be created and written: a file in the way, a missing
 permission or a full disk is an :class:`~eqpdenet.errors.OutputFolderError` that says so.
@@ -50,7 +55,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import FolderLockedError, OutputFolderError
-from .files import _reason, make_folder, missing_folders, remove_if_only, remove_stale_temporaries
+from .files import (
+    _reason,
+    check_folder_kept,
+    folder_kept,
+    forget_folder,
+    keep_folder,
+    make_folder,
+    missing_folders,
+    remove_if_only,
+    remove_stale_temporaries,
+)
 
 __all__ = ["LOCK_NAME", "SHARED_WAIT", "FolderLock", "check_free", "hold", "holder", "make_folder",
            "replace_held_folder", "same_file", "shared"]
@@ -109,6 +124,21 @@ class FolderLock:
             raise OutputFolderError(f"cannot write in the folder {self.folder}: "
                                     f"{_reason(error)}") from None
         self._fd = fd
+
+    def where(self) -> Path | str | None:
+        """Where the folder is now, told by the lock file this process holds open (Linux's
+        ``/proc/self/fd``): its folder's path (moved: another path than :attr:`folder`),
+        ``"deleted"`` where the file was deleted (with its folder), None where it cannot be told
+        (not held, no ``/proc``)."""
+        if self._fd is None:
+            return None
+        try:
+            link = os.readlink(f"/proc/self/fd/{self._fd}")
+        except OSError:
+            return None
+        if link.endswith(" (deleted)"):
+            return "deleted"
+        return Path(link).parent if os.path.isabs(link) else None
 
     def release(self) -> None:
         if self._fd is not None:
@@ -286,16 +316,22 @@ def hold(folder: Path, command: str | None = None, *, create: bool = True) -> It
 
     ``create``: make the folder (and parents) first; otherwise a missing folder is an
     :class:`OutputFolderError`. ``command`` (what is writing: ``"reproduce"``) is recorded with
-    this process's command line for the error a second writer gets.
+    this process's command line for the error a second writer gets. While held, the folder is
+    kept (:func:`eqpdenet.app.files.keep_folder`): a write into it after it was moved or deleted
+    is a :class:`~eqpdenet.app.files.FolderMovedError`, and so is holding it again (or a folder
+    inside it) then, rather than a new folder at its path.
     """
     folder = Path(folder)
+    key = _key(folder)
+    if key in _held:  # held already: it must still be the folder taken
+        check_folder_kept(folder)
     # The folders this call creates: removed again if the block fails before writing anything.
     missing = missing_folders(folder) if create else []
     if create:
-        make_folder(folder)
+        make_folder(folder)  # never a held folder (or one inside it) that has gone
     elif not folder.is_dir():
+        check_folder_kept(folder)
         raise OutputFolderError(f"{folder} is not a folder")
-    key = _key(folder)
     if key in _held:
         lock, count = _held[key]
         _held[key] = (lock, count + 1)
@@ -303,15 +339,22 @@ def hold(folder: Path, command: str | None = None, *, create: bool = True) -> It
         lock = FolderLock(folder)
         lock.acquire(command)
         _held[key] = (lock, 1)
+        try:
+            keep_folder(folder, command, where=lock.where)
+        except OSError as error:  # gone between the lock and now
+            del _held[key]
+            lock.release()
+            raise OutputFolderError(f"cannot write in the folder {folder}: "
+                                    f"{_reason(error)}") from None
         remove_stale_temporaries(folder)  # a killed writer's: no other writer can be at work
     try:
         yield folder
     except BaseException:
-        if missing and _held[key][1] == 1:
+        if missing and _held[key][1] == 1 and folder_kept(folder):
             # Done while the lock is held, so a second writer that tries it meanwhile is refused
             # (it is taken without waiting); one that opened the file before the unlink and
             # locks it after the release finds that it is no longer the file at the path, and
-            # opens it again (FolderLock.acquire).
+            # opens it again (FolderLock.acquire). Never in a folder that is no longer ours.
             remove_if_only(folder, LOCK_NAME, missing)
         raise
     finally:
@@ -321,8 +364,12 @@ def hold(folder: Path, command: str | None = None, *, create: bool = True) -> It
         else:
             del _held[key]
             try:  # an interrupted command's own: its workers are stopped by now
-                remove_stale_temporaries(lock.folder)
+                if folder_kept(lock.folder):
+                    remove_stale_temporaries(lock.folder)
+                elif isinstance(lock.where(), Path):  # moved: where it is now, not the path
+                    remove_stale_temporaries(lock.where())
             finally:
+                forget_folder(lock.folder)
                 lock.release()
 
 
@@ -361,6 +408,7 @@ def replace_held_folder(folder: Path, new: Path) -> None:
     if key not in _held:
         raise RuntimeError(f"replace_held_folder: {folder} is not held by this process")
     old_lock, count = _held[key]
+    check_folder_kept(folder)  # moved or deleted meanwhile: no run is swapped in at its path
     new_lock = FolderLock(new)
     new_lock.acquire(_command_of(old_lock))
     try:
@@ -383,6 +431,8 @@ def replace_held_folder(folder: Path, new: Path) -> None:
     new_lock.folder, new_lock.path = folder, folder / LOCK_NAME
     old_lock.release()
     _held[key] = (new_lock, count)
+    with contextlib.suppress(OSError):  # the folder at the path is the new one now
+        keep_folder(folder, _command_of(new_lock), where=new_lock.where)
     shutil.rmtree(new, ignore_errors=True)  # the old contents, now at the staging path
 
 

@@ -28,7 +28,14 @@ cause when
   (:func:`check_for_images`: ``train.augment.max_shift`` not below the images' side; the
   model's own, its stencils, poolings, margin and downsampling against the image size, fail
   as it is built, above),
-* the output file system has not the space for the checkpoints and results.
+* the output file systems have not the space for the checkpoints and results: each destination
+  is measured on its own file system, links followed (``OUT/checkpoints`` a link to a bigger
+  disk, as docs/reliability.md describes: its file system, not OUT's, must hold the
+  checkpoints; :func:`check_output_space`),
+* the largest file to be written (a checkpoint, a sweep's ``results.jsonl``) is larger than
+  this process may write to one file (``ulimit -f``, ``RLIMIT_FSIZE``:
+  :func:`~eqpdenet.app.files.check_file_size`): the write would fail with "File too large"
+  once the runs are trained.
 
 With ``at_data`` (a sweep's runs, ``train``'s run: configurations not yet resolved for their
 data) every check is made at each run's data set as it is: its image size, channels and classes,
@@ -67,6 +74,7 @@ from .config import (
     data_resolved_fields,
     to_toml,
 )
+from .files import check_file_size
 
 __all__ = ["BACKWARD_PEAK", "FIXED_TRAINING_IMAGES", "PARAMETER_BYTES", "STATE_PEAK",
            "WORKER_BYTES", "allocation_failure", "at_data_size", "available_memory",
@@ -109,6 +117,15 @@ WORKER_BYTES = 600 * 2**20
 
 #: Bytes of a run's record in results.jsonl (its history and configuration), an upper bound.
 RECORD_BYTES = 64 * 2**10
+
+#: Bytes of a run's record at the least (its configuration alone is about 2 KiB): what the file
+#: size limit is compared with (:func:`check_output_space`), which must refuse only a file that
+#: cannot fit.
+RECORD_MIN_BYTES = 2**10
+
+#: Bytes of a checkpoint besides its float32 weights at the least (the configuration, the
+#: archive's entries: 5 to 6 KiB measured on the smallest models).
+CHECKPOINT_MIN_EXTRA = 4 * 2**10
 
 #: The training images (validation included) of the registered data sets whose size is fixed:
 #: ROTMNIST (official or generated, checked on loading) and MNIST (checked by its MD5).
@@ -626,11 +643,75 @@ def preflight(runs: Sequence[ExperimentConfig] | Mapping[str, ExperimentConfig],
     if out is None:
         return
     count = len(runs) if checkpoints is None else checkpoints
-    checkpoint_bytes = count * (4 * largest_model + RECORD_BYTES) + len(runs) * RECORD_BYTES
-    folder = Path(out)
+    check_output_space(out, runs=len(runs), checkpoints=count, parameters=largest_model,
+                       sweep=isinstance(runs, Mapping))
+
+
+def _destination(path: Path) -> Path:
+    """The folder that writing at ``path`` writes into: its links followed (``OUT/checkpoints``
+    a link to another disk), else, where it does not exist yet, the nearest folder above it that
+    does (it will be made there)."""
+    folder = Path(os.path.realpath(path))
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
-    free = shutil.disk_usage(folder).free
-    if checkpoint_bytes > free:
-        raise OutputFolderError(f"not enough space for the results in {out}: about "
-                                f"{_gib(checkpoint_bytes)} to write, {_gib(free)} free")
+    return folder
+
+
+def _file_system(folder: Path) -> int:
+    """The file system ``folder`` is on (its device number)."""
+    return os.stat(folder).st_dev
+
+
+def check_output_space(out: Path, *, runs: int, checkpoints: int, parameters: int,
+                       sweep: bool = True) -> None:
+    """Before any work: room for ``runs`` runs writing into ``out`` (``checkpoints`` of them
+    saving a model of up to ``parameters`` parameters); an :class:`OutputFolderError` naming
+    the place, the bytes and the cause otherwise.
+
+    * The free space of each destination's own file system: the checkpoints go to
+      ``out/checkpoints``, the records to ``out/runs`` and ``out``, links followed
+      (:func:`_destination`); destinations on one file system are counted together (a
+      ``train``'s ``out`` has neither folder: all goes to ``out``'s). The estimate errs on the
+      large side (:data:`RECORD_BYTES` per record, and per checkpoint besides its weights).
+    * The largest file against this process's file size limit (``ulimit -f``:
+      :func:`~eqpdenet.app.files.check_file_size`): a checkpoint (its float32 weights and
+      :data:`CHECKPOINT_MIN_EXTRA`), a sweep's ``results.jsonl`` (the one there, and
+      :data:`RECORD_MIN_BYTES` per run to add); these err on the small side, so that only a
+      file that cannot fit is refused."""
+    out = Path(out)
+    if checkpoints:
+        check_file_size(4 * parameters + CHECKPOINT_MIN_EXTRA,
+                        f"a checkpoint in {out} (a model of {parameters:,} parameters)")
+    if sweep:
+        aggregate = out / "results.jsonl"
+        try:
+            written = aggregate.stat().st_size if aggregate.is_file() else 0
+        except OSError:
+            written = 0
+        check_file_size(written + runs * RECORD_MIN_BYTES,
+                        f"{aggregate} (with the records of {runs} more run(s))", "at least")
+    needs = [(out / "runs", runs * RECORD_BYTES, "the results"),
+             (out / "checkpoints", checkpoints * (4 * parameters + RECORD_BYTES),
+              "the checkpoints")]
+    own = _destination(out)
+    groups: dict[int, list] = {}  # file system -> [where, bytes, what, path]
+    for path, size, what in needs:
+        folder = _destination(path)
+        try:
+            device = _file_system(folder)
+        except OSError:
+            continue
+        if device in groups:
+            groups[device][1] += size
+        else:
+            groups[device] = [folder, size, what, path]
+    for folder, size, what, path in groups.values():
+        free = shutil.disk_usage(folder).free
+        if size <= free:
+            continue
+        if folder == own or folder in own.parents or own in folder.parents:
+            raise OutputFolderError(f"not enough space for the results in {out}: about "
+                                    f"{_gib(size)} to write, {_gib(free)} free")
+        raise OutputFolderError(f"not enough space for {what} in {path}, a link to {folder} on "
+                                f"another file system than {out}: about {_gib(size)} to "
+                                f"write, {_gib(free)} free")

@@ -53,7 +53,14 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import ConfigError, DataFileError
-from .files import atomic_write, check_output_file, import_pyplot, read_jsonl, save_figure
+from .files import (
+    atomic_write,
+    check_output_file,
+    figure_bytes,
+    import_pyplot,
+    read_jsonl,
+    write_set,
+)
 from .locks import hold
 from .runstore import SAME_RUN_FIELDS, non_finite_fields, write_aggregate
 
@@ -61,7 +68,7 @@ __all__ = ["SAME_RUN_FIELDS", "Described", "Report", "aggregate", "check_outputs
            "check_records", "common_params", "dataset_name", "deduplicate", "described_runs",
            "failed_note", "format_number", "has_results", "left_out_note", "mean_std",
            "missing_runs", "nothing_described", "on_paper_data", "paper_run_key", "paper_table",
-           "plot_accuracy", "protocol_table", "read_results", "recipe_differences",
+           "accuracy_figure", "plot_accuracy", "protocol_table", "read_results", "recipe_differences",
            "rerun_advice", "subset_note", "sweep_records", "untabled_note", "validation_table",
            "write_report"]
 
@@ -450,7 +457,15 @@ def _gap(a: dict, b: dict, scenario: str) -> str:
 def plot_accuracy(ours: dict, path: Path, paper: dict | None = None,
                   scenarios: tuple[str, ...] = SCENARIOS) -> Path:
     """PNG: accuracy against #params for both models and the three scenarios (or
-    ``scenarios``, e.g. ``("validation",)``), paper dashed where it has the scenario."""
+    ``scenarios``, e.g. ``("validation",)``), paper dashed where it has the scenario
+    (:func:`accuracy_figure`), written atomically to ``path``."""
+    atomic_write(Path(path), accuracy_figure(ours, paper, scenarios))
+    return Path(path)
+
+
+def accuracy_figure(ours: dict, paper: dict | None = None,
+                    scenarios: tuple[str, ...] = SCENARIOS) -> bytes:
+    """The bytes of :func:`plot_accuracy`'s PNG (for a report's set of files)."""
     plt = import_pyplot("plot_accuracy")
     import matplotlib.ticker
 
@@ -482,7 +497,7 @@ def plot_accuracy(ours: dict, path: Path, paper: dict | None = None,
     axes[0].set_ylabel("accuracy (%)")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    return save_figure(fig, path, dpi=120)
+    return figure_bytes(fig, dpi=120)
 
 
 class Described(NamedTuple):
@@ -691,7 +706,11 @@ def write_report(results_dir: Path) -> Report:
     validation study's, ``scenarios = []``) are tabled by validation accuracy
     (:func:`validation_table`), without the paper's numbers; runs with neither are refused, as
     a table of dashes. Both outputs are checked before either is written, and matplotlib is
-    imported first (:func:`~eqpdenet.app.files.import_pyplot`): without it nothing is written."""
+    imported first (:func:`~eqpdenet.app.files.import_pyplot`): without it nothing is written.
+    The table and the plot are rendered, then written as one set
+    (:func:`~eqpdenet.app.files.write_set`): a plot that cannot be written (a full disk, the
+    file size limit) leaves the previous table and plot as they were, never a new table beside
+    the plot of other runs."""
     results_dir = Path(results_dir)
     if results_dir.exists() and not results_dir.is_dir():
         raise DataFileError(results_dir, "a file, not a results folder (the folder that holds "
@@ -740,8 +759,9 @@ def write_report(results_dir: Path) -> Report:
         if missing:
             header = (f"**Incomplete:** {incomplete_line(missing, len(records) + len(missing))}; "
                       f"rerun the sweep's command to finish it.\n\n{header}")
-        atomic_write(table_path, (header + table).encode())
-        plot_accuracy(ours, plot_path, paper=paper, scenarios=scenarios)
+        write_set(results_dir, {table_path.name: (header + table).encode(),
+                                plot_path.name: accuracy_figure(ours, paper=paper,
+                                                                scenarios=scenarios)})
     return Report(table_path, plot_path, len(records), missing, left_out)
 
 

@@ -49,7 +49,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import OutputFolderError
 from ..files import link_target, write_cause
-from .files import TEMPORARY_SUFFIX, _reason, atomic_write, missing_folders
+from .files import TEMPORARY_SUFFIX, _reason, atomic_write, folder_kept, missing_folders
 from .locks import LOCK_NAME, check_free, hold, holder, make_folder, replace_held_folder, shared
 
 __all__ = ["MARKER", "RUN_FILES", "SWEEP_KINDS", "check_claim", "check_not_inside_a_run",
@@ -444,7 +444,7 @@ def claiming(folder: Path, kind: str, legacy: Iterable[str] = ()) -> Iterator[Pa
         try:
             yield folder
         except BaseException:
-            if created:
+            if created and folder_kept(folder):  # never a folder put at its path since
                 with contextlib.suppress(OSError):
                     if sorted(entry.name for entry in os.scandir(folder)) == sorted([LOCK_NAME,
                                                                                        MARKER]):

@@ -36,6 +36,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import ConfigError, DataFileError, OutputFolderError
+from ..files import temporary_prefix
 from .files import TEMPORARY_SUFFIX, _reason, atomic_write, make_folder, read_jsonl_lines
 
 __all__ = ["RUNS_DIR", "SAME_RUN_FIELDS", "SUPERSEDED_DIR", "load_records", "non_finite_fields",
@@ -301,7 +302,9 @@ def _copy_whole(source: Path, target: Path) -> None:
     """Copy ``source`` (a file, or a link as a link) to ``target`` on another file system: into
     a temporary file beside ``target``, flushed to the disk, then renamed, so that ``target`` is
     never a partial copy. The temporary file is removed on any failure."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
+    pid = str(os.getpid())  # a long name shortened, as atomic_write's temporary files are
+    tmp = target.with_name(f"{temporary_prefix(target.name, TEMPORARY_SUFFIX, len(pid))}{pid}"
+                           f"{TEMPORARY_SUFFIX}")
     try:
         if source.is_symlink():
             os.symlink(os.readlink(source), tmp)

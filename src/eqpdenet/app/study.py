@@ -24,7 +24,9 @@ whatever order they are listed in; of two with the same score, the one whose nam
 cell averages the runs of the study's grid (models x hidden sizes x seeds) only. Runs are stored
 by configuration under ``out/runs/<fingerprint>/`` so a configuration met again (the incumbent of
 the next stage) is not retrained, and rerunning the command resumes where it stopped. The study
-is summarised in ``out/study.md``, its choice in ``out/chosen.toml`` (and ``chosen.json``).
+is summarised in ``out/study.md``, its choice in ``out/chosen.toml`` (and ``chosen.json``),
+the three written at its end as one set (:func:`~eqpdenet.app.files.write_set`: all or none);
+``study.md`` is also rewritten after each stage, with the stages done so far.
 
 ``out/study.json`` records what the study was run with (:func:`study_record`: the starting
 configuration, its grid of models, hidden sizes and seeds, the stages and the margin). A study of
@@ -73,7 +75,7 @@ from .config import (
     to_toml,
 )
 from .distributed import Executor, ray_session
-from .files import atomic_write, read_jsonl
+from .files import atomic_write, make_folder, read_jsonl, write_set
 from .preflight import preflight
 from .report import PAPER_MODELS
 from .runfolder import check_claim, claiming
@@ -323,13 +325,17 @@ def _check_candidates(base: ReproduceConfig, stages) -> list[tuple[str, Reproduc
     return configs
 
 
-def _check_runs(base: ReproduceConfig, stages, jobs: int, executor: Executor | None) -> None:
+def _check_runs(base: ReproduceConfig, stages, jobs: int, executor: Executor | None,
+                out: Path | None = None) -> None:
     """Before anything is written: the runs of the starting configuration and of every
     candidate (each applied to it) pass the preflight on their data
     (:func:`~eqpdenet.app.preflight.preflight` with ``at_data``: ``data.validation`` below the
-    data's training images, labels the data loader takes, memory), so that a study that cannot
-    run is refused before it claims its folder and writes ``study.json`` (which then refused
-    the corrected command as a study of another configuration)."""
+    data's training images, labels the data loader takes, memory, and with ``out`` the room in
+    the candidate's folder ``out/runs/<fingerprint>`` for its runs of one seed and the
+    checkpoints its ``checkpoint_seeds`` save, within the file size limit too), so that a study
+    that cannot run is refused before it claims its folder and writes ``study.json`` (which
+    then refused the corrected command as a study of another configuration), and not after
+    the stages before the one whose checkpoint cannot be written."""
     parallel = jobs if (executor or Executor()).kind == "local" else 1
     seen = set()
     for label, config in _check_candidates(base, stages):
@@ -341,8 +347,10 @@ def _check_runs(base: ReproduceConfig, stages, jobs: int, executor: Executor | N
         one_seed.seeds = config.seeds[:1]  # the seed changes nothing the preflight checks
         runs = {run_key(run.model.kind, run.model.hidden, run.train.seed): run
                 for run in grid(one_seed)}
+        saving = any(seed in config.checkpoint_seeds for seed in config.seeds)
         try:
-            preflight(runs, None, jobs=parallel, at_data=True)
+            preflight(runs, None if out is None else Path(out) / "runs" / own, jobs=parallel,
+                      at_data=True, checkpoints=len(runs) if saving else 0)
         except ConfigError as error:
             if label == "the starting configuration":
                 raise
@@ -427,7 +435,7 @@ def run_study(out: Path, *, base: ReproduceConfig | None = None, stages=STAGES, 
     record = study_record(base, stages, margin)
     legacy = ("study.md", "chosen.toml", "runs")
     check_claim(out, "study", legacy)  # before the lock writes into it
-    _check_runs(base, stages, jobs, executor)  # and before anything is written
+    _check_runs(base, stages, jobs, executor, out)  # and before anything is written
     # On Ray, one instance (and one copy of the data in its object store) for every stage, not
     # one started and stopped per candidate (seconds each, and a session folder in /tmp/ray).
     one_ray = ray_session(executor) if executor is not None and executor.kind == "ray" \
@@ -578,8 +586,7 @@ def _changed_study_message(out: Path, differences: list[str]) -> str:
 def _set_aside_summary(out: Path) -> Path:
     """Move the study's outcome and record into ``out/superseded/<date-time>/`` (nothing is
     deleted); the record last, so that a kill in between leaves a folder still refused."""
-    aside = out / SUPERSEDED_DIR / time.strftime("%Y%m%d-%H%M%S")
-    aside.mkdir(parents=True, exist_ok=True)
+    aside = make_folder(out / SUPERSEDED_DIR / time.strftime("%Y%m%d-%H%M%S"))  # never `out` anew
     for name in (*SUMMARY, RECORD):
         if (out / name).exists():
             (out / name).rename(aside / name)
@@ -663,7 +670,9 @@ def _run_study(out: Path, *, base, stages, margin, jobs, executor, data_dir, cac
         atomic_write(out / "study.md", ("\n".join(lines) + "\n").encode())
     lines += ["## Chosen configuration", "", "```toml", to_toml(incumbent).rstrip(), "```", "",
               "Choices: " + ", ".join(f"{s.name} = {b}" for s, b in trail), ""]
-    atomic_write(out / "study.md", ("\n".join(lines) + "\n").encode())
-    atomic_write(out / "chosen.toml", to_toml(incumbent).encode())
-    atomic_write(out / "chosen.json", json.dumps(to_dict(incumbent), indent=1).encode())
+    # One set (all or none): a failed write (a full disk) never leaves the new summary beside
+    # the choice of an earlier study, or the reverse.
+    write_set(out, {"study.md": ("\n".join(lines) + "\n").encode(),
+                    "chosen.toml": to_toml(incumbent).encode(),
+                    "chosen.json": json.dumps(to_dict(incumbent), indent=1).encode()})
     return from_dict(ReproduceConfig, to_dict(incumbent))

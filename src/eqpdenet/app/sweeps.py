@@ -29,7 +29,7 @@ from ..data.datasets import DATASETS, dataset_fingerprint
 from ..data.mnist import download_progress
 from ..data.rotmnist import find_official_rotmnist
 from ..errors import ConfigError, OutputFolderError
-from ..files import write_cause
+from ..files import is_storage_limit, write_cause
 from .config import (
     KIND_OPTIONS,
     DataConfig,
@@ -40,7 +40,14 @@ from .config import (
     to_toml,
 )
 from .distributed import Executor
-from .files import atomic_write
+from .files import (
+    FolderMovedError,
+    atomic_write,
+    check_folder_kept,
+    forget_folder,
+    keep_folder,
+    kept_holding,
+)
 from .preflight import preflight
 from .progress import interactive, labelled
 from .runfolder import check_claim, claiming
@@ -78,14 +85,25 @@ def grid(config: ReproduceConfig) -> list[ExperimentConfig]:
 
 
 def _worker(args) -> dict:
-    runner, key, config_dict, data_dir, cache_dir, threads, checkpoint, options, progress = args
+    runner, key, config_dict, data_dir, cache_dir, threads, checkpoint, options, progress, \
+        *held = args
+    kept = held[0] if held else None  # (folder, identity, command) of the sweep's holder
     torch.set_num_threads(threads)
     config = from_dict(ExperimentConfig, config_dict)
     # A worker starts afresh: the command line's --no-progress must reach its download too.
     with download_progress(progress):
         data = _cached_data(config.data, data_dir, cache_dir)
-    with labelled(key):
-        return runner(config, data, progress=progress, checkpoint=checkpoint, **options)
+    # The sweep's folder, as its holder took it: a checkpoint is never written into a new folder
+    # at its path after it was moved (the worker holds no lock to tell it by).
+    if kept is not None:
+        folder, identity, command = kept
+        keep_folder(folder, command, identity=identity)
+    try:
+        with labelled(key):
+            return runner(config, data, progress=progress, checkpoint=checkpoint, **options)
+    finally:
+        if kept is not None:
+            forget_folder(kept[0])
 
 
 _DATA_CACHE: dict = {}
@@ -106,22 +124,46 @@ def _cached_data(config: DataConfig, data_dir, cache_dir) -> Data:
     return _DATA_CACHE[key]
 
 
+#: What a sweep stopped by a full disk or a limit says after the cause (as an interrupt's message
+#: says it): the runs it finished are kept, and its rerun resumes.
+RESUME_HINT = ("finished runs are saved: make room (or raise the limit), then rerun the same "
+               "command to resume")
+
+
 @contextlib.contextmanager
-def _limits_named(out_dir: Path):
+def _limits_named(out_dir: Path, resumable: bool = False):
     """A write into ``out_dir`` refused by a limit the system's words do not name (``File too
     large``: the process's file size limit, ``ulimit -f``; ``Disk quota exceeded``) as an
     :class:`~eqpdenet.errors.OutputFolderError` naming the file and the limit, as ``train``'s
-    writes say it (:mod:`eqpdenet.app.runfolder`)."""
+    writes say it (:mod:`eqpdenet.app.runfolder`). ``resumable`` (the runs of a sweep): any
+    write refused for want of room (:func:`eqpdenet.files.is_storage_limit`: a full disk, the
+    file size limit, the quota, a read-only file system), wherever it was, says too that the
+    finished runs are saved and that the same command resumes (:data:`RESUME_HINT`)."""
     try:
         yield
-    except OutputFolderError:
+    except FolderMovedError:
         raise
     except OSError as error:
-        name = getattr(error, "filename", None)
-        if error.errno not in (errno.EFBIG, errno.EDQUOT) or name is None \
-                or Path(os.path.realpath(out_dir)) not in Path(os.path.realpath(name)).parents:
-            raise
-        raise OutputFolderError(f"cannot write {name}: {write_cause(error)}") from None
+        if isinstance(error, OutputFolderError):
+            if not (resumable and is_storage_limit(error)):
+                raise
+            text = str(error)
+        else:
+            name = getattr(error, "filename", None)
+            named = name is not None and \
+                Path(os.path.realpath(out_dir)) in Path(os.path.realpath(name)).parents
+            if resumable and is_storage_limit(error):
+                text = f"cannot write {name}: {write_cause(error)}" if name is not None \
+                    else write_cause(error)
+            elif error.errno in (errno.EFBIG, errno.EDQUOT) and named:
+                text = f"cannot write {name}: {write_cause(error)}"
+            else:
+                raise
+        if resumable:
+            text = f"{text}; {RESUME_HINT}"
+        named_error = OutputFolderError(text)
+        named_error.errno = error.errno
+        raise named_error from None
 
 
 def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
@@ -192,16 +234,24 @@ def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
     # the run's key (a run of the full benchmark trains for half an hour), and the line of each
     # finished run (finish, above).
     bar = _progress(range(len(todo)), progress and interactive(), desc=name, unit="run")
-    with _limits_named(out_dir):
+    # The folder as this sweep's holder took it (None: not held), for the worker processes.
+    kept = kept_holding(out_dir)
+    with _limits_named(out_dir, resumable=True):
         try:
             _run_all(todo, finish, runner, options, checkpoint_for, bar, executor=executor,
-                     jobs=jobs, data_dir=data_dir, cache_dir=cache_dir, progress=progress)
-        except BaseException:
+                     jobs=jobs, data_dir=data_dir, cache_dir=cache_dir, progress=progress,
+                     out_dir=out_dir, kept=kept)
+        except BaseException as error:
             # An interrupt (Ctrl-C, SIGTERM) between a run file and the aggregate would leave
             # results.jsonl without a run the interrupt message says is saved: regenerated here,
             # and by whoever reads it next (a report, a resume) should this one fail too.
             with contextlib.suppress(Exception):
                 write_aggregate(out_dir)
+            if isinstance(error, Exception):
+                try:  # the folder moved away is the cause, whatever failed (a worker's write),
+                    check_folder_kept(out_dir)  # said by the holder, who can tell where it went
+                except FolderMovedError as moved:
+                    raise moved from None
             raise
         finally:
             if hasattr(bar, "close"):
@@ -211,9 +261,11 @@ def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
 
 
 def _run_all(todo, finish, runner, options, checkpoint_for, bar, *, executor, jobs, data_dir,
-             cache_dir, progress) -> None:
+             cache_dir, progress, out_dir=None, kept=None) -> None:
     """Run ``todo`` (key, configuration) where ``executor`` says, ``finish(key, record)`` for
-    each as it ends."""
+    each as it ends. One at a time, each run starts only while ``out_dir`` is still the folder
+    the sweep took (:func:`~eqpdenet.app.files.check_folder_kept`: moved away, no run trains for
+    nothing); ``kept`` (the folder, its identity, the command) goes to the worker processes."""
     bar_update = getattr(bar, "update", lambda n: None)
     if executor.kind == "ray":
         from .distributed import run_on_ray
@@ -225,6 +277,8 @@ def _run_all(todo, finish, runner, options, checkpoint_for, bar, *, executor, jo
             bar_update(1)
     elif jobs <= 1:
         for key, run in todo:
+            if out_dir is not None:
+                check_folder_kept(out_dir)
             data = _cached_data(run.data, data_dir, cache_dir)
             with labelled(key):
                 record = runner(run, data, progress=progress, checkpoint=checkpoint_for(key),
@@ -236,7 +290,8 @@ def _run_all(todo, finish, runner, options, checkpoint_for, bar, *, executor, jo
         with worker_pool(min(jobs, len(todo))) as pool:
             epoch_lines = progress and not interactive()
             futures = {pool.submit(_worker, (runner, key, to_dict(run), data_dir, cache_dir,
-                                             threads, checkpoint_for(key), options, epoch_lines)): key
+                                             threads, checkpoint_for(key), options, epoch_lines,
+                                             kept)): key
                        for key, run in todo}
             for future in as_completed(futures):
                 finish(futures[future], future.result())
