@@ -870,10 +870,8 @@ FIGURE_T, FIGURE_DT = 2.0, 0.1
 
 
 def _figure(args) -> int:
-    from ..analysis.references import heat_pde
-    from .figures import figure_diagram
-    from .files import check_output_file
-    from .runfolder import check_output_keeps, writing_beside_runs
+    from .files import check_output_file, missing_folders
+    from .runfolder import check_output_keeps
 
     _needs_plots("eqpdenet figure")
     learned = args.pde != "heat"
@@ -890,9 +888,27 @@ def _figure(args) -> int:
         raise ConfigError(f"{' and '.join(given)} set{'s' if len(given) == 1 else ''} the heat "
                           f"equation's time; a learned PDE (--pde {args.pde}) is drawn with the T "
                           f"and dt it was trained with: leave {' and '.join(given)} out")
+    check_output_keeps(Path(args.out), "--out", [args.checkpoint])
     if Path(args.out).suffix.lower() != ".png":  # savefig wrote PNG bytes under any name
         raise ConfigError(f"--out {args.out}: figure writes a PNG image; name the file .png")
-    check_output_keeps(Path(args.out), "--out", [args.checkpoint])
+    created = missing_folders(Path(args.out).parent)
+    check_output_file(Path(args.out), "--out")  # before the work, not at the write
+    try:
+        return _draw_figure(args, learned)
+    except BaseException:  # a refused --pde, --sample, a PDE that blows up: no folder left
+        for folder in created:  # deepest first; one someone has written into stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _draw_figure(args, learned: bool) -> int:
+    from ..analysis.references import heat_pde
+    from .figures import figure_diagram
+    from .runfolder import writing_beside_runs
+
     if not learned:
         T = FIGURE_T if args.T is None else args.T
         dt = FIGURE_DT if args.dt is None else args.dt
@@ -921,9 +937,6 @@ def _figure(args) -> int:
                                           use="the figure is drawn on the data as it is now")
     else:
         image, name = _load_digits(args.data_dir, [args.sample]), f"MNIST test #{args.sample}"
-    # After the checkpoint, --pde and --sample are checked (it makes --out's folders: a refused
-    # command left them behind) and before the drawing, not at the write.
-    check_output_file(Path(args.out), "--out")
     try:
         error = figure_diagram(image, pde, Path(args.out), angle=args.angle, factor=args.scale,
                                shift=tuple(args.shift), pde_label=label, image_label=name,
