@@ -319,10 +319,10 @@ def test_download_files_follow_the_umask_and_stale_parts_are_removed(server, tmp
     killed download's temporary file, untouched for longer than a download may take, goes."""
     folder = tmp_path / "mnist"
     folder.mkdir()
-    stale = folder / ".t10k-labels-idx1-ubyte.gz.abc123.part"
+    stale = folder / ".t10k-labels-idx1-ubyte.gz.abc12345.part"
     stale.write_bytes(b"half a file")
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
-    live = folder / ".t10k-labels-idx1-ubyte.gz.def456.part"  # another process's, just written
+    live = folder / ".t10k-labels-idx1-ubyte.gz.def45678.part"  # another process's, just written
     live.write_bytes(b"under way")
     previous = os.umask(0o022)
     try:
