@@ -50,12 +50,13 @@ from .invariants import (
 from .joint import DEFAULT_JET_FLOOR, JointInvariants
 from .stencils import (
     Jet,
+    bank_second_order_symbol_range,
     derivative_index,
     derivative_multi_indices,
     derivative_names,
-    laplacian_max_eigenvalue,
+    jet_order,
+    kernel_symbol,
     second_order_symbol_range,
-    stencil_kernels,
 )
 
 __all__ = [
@@ -208,26 +209,26 @@ class PolynomialF(MonomialF):
 SYMBOL_POINTS = 513
 
 
-def _symbol(stencil: str, spacing: float, sigma: float | None, coefficients: dict[str, float],
+def _symbol(bank: np.ndarray, spacing: float, coefficients: dict[str, float],
             points: int) -> tuple[np.ndarray, float]:
-    """The symbol of ``sum_J c_J u_J`` with this stencil family on a ``points``-per-axis grid
-    of frequencies, and ``sum_J |c_J| sum |kernel_J|``, a bound on its modulus."""
+    """The symbol of ``sum_J c_J u_J`` computed with the stencils ``bank`` (a jet's ``(D, k, k)``
+    at unit spacing, :attr:`~eqpdenet.pde.stencils.Jet.bank`) on a ``points``-per-axis grid of
+    frequencies, and ``sum_J |c_J| sum |kernel_J|``, a bound on its modulus."""
     terms = {name: float(c) for name, c in coefficients.items() if c}
     for name in terms:
         derivative_index(name)  # a ConfigError for what names no derivative
     order = max((len(name) - 2 for name in terms if name != "u"), default=0)
-    bank = stencil_kernels(stencil, order, None if sigma is None else sigma / spacing)
-    indices = derivative_multi_indices(order)
+    if order > jet_order(bank.shape[0]):
+        raise ConfigError("coefficients", f"{sorted(terms)} has a derivative of order {order}, "
+                          f"above the jet's order {jet_order(bank.shape[0])}")
+    indices = derivative_multi_indices(jet_order(bank.shape[0]))
     kernel, bound = np.zeros(bank.shape[1:]), 0.0
     for name, c in terms.items():
         index = derivative_index(name)
         scaled = bank[index] * (c / spacing ** sum(indices[index]))
         kernel += scaled
         bound += float(np.abs(scaled).sum())
-    radius = kernel.shape[0] // 2
-    theta = np.linspace(-np.pi, np.pi, points)
-    phase = np.exp(1j * np.outer(theta, np.arange(-radius, radius + 1)))  # (frequency, offset)
-    return np.einsum("ar,rc,bc->ab", phase, kernel, phase), bound
+    return kernel_symbol(kernel, points), bound
 
 
 #: Forms of ``F_theta``: name -> ``builder(n_invariants, degree)``, called with both arguments
@@ -398,12 +399,12 @@ class InvariantRHS(nn.Module):
         infinite/periodic grid: explicit Euler for ``u_t = sum_J c_J u_J`` multiplies the mode of
         frequency ``omega`` by ``1 + dt sigma(omega)`` per step. Odd orders (``u_x``, ``u_xxx``)
         give imaginary parts (their stencils are antisymmetric); in ``1 / unit of x^|J|``."""
-        return _symbol(self.jet.stencil, self.jet.spacing, self.jet.sigma, coefficients, points)[0]
+        return _symbol(self.jet.bank, self.jet.spacing, coefficients, points)[0]
 
     def linear_symbol_bound(self, coefficients: dict[str, float]) -> float:
         """``sum_J |c_J| sum |kernel_J|``: a bound on ``|sigma|`` at every frequency (the scale
         that the rounding of :meth:`linear_symbol` is measured against)."""
-        return _symbol(self.jet.stencil, self.jet.spacing, self.jet.sigma, coefficients, 3)[1]
+        return _symbol(self.jet.bank, self.jet.spacing, coefficients, 3)[1]
 
     def diffusivity(self) -> float | None:
         """Coefficient ``a`` of ``u_xx + u_yy`` in ``F`` linearised at ``u = 0`` where that
@@ -426,15 +427,20 @@ class InvariantRHS(nn.Module):
         return c_xx
 
     def laplacian_max_eigenvalue(self) -> float:
-        """Largest eigenvalue of the discrete ``-(u_xx + u_yy)`` of this right-hand side's jet."""
-        return laplacian_max_eigenvalue(self.jet.stencil, self.jet.spacing, self.jet.sigma)
+        """Largest eigenvalue of the discrete ``-(u_xx + u_yy)`` of this right-hand side's jet
+        (its stencils as built, :attr:`~eqpdenet.pde.stencils.Jet.bank`; a jet of order 1,
+        which computes no ``u_xx``, by its stencil family's order-2 kernels)."""
+        return -self.second_order_symbol_range((1.0, 0.0, 1.0))[0]
 
     def second_order_symbol_range(self, coefficients: tuple[float, float, float]
                                   ) -> tuple[float, float]:
         """``(min, max)`` of the symbol of this jet's discrete ``c_xx u_xx + c_xy u_xy +
         c_yy u_yy`` (:func:`~eqpdenet.pde.stencils.second_order_symbol_range`)."""
-        return second_order_symbol_range(self.jet.stencil, self.jet.spacing, self.jet.sigma,
-                                         tuple(float(c) for c in coefficients))
+        coefficients = tuple(float(c) for c in coefficients)
+        if self.jet.order < 2:
+            return second_order_symbol_range(self.jet.stencil, self.jet.spacing, self.jet.sigma,
+                                             coefficients)
+        return bank_second_order_symbol_range(self.jet.bank, self.jet.spacing, coefficients)
 
     def extra_repr(self) -> str:
         return (f"invariants={self.invariant_set.name!r}, ratio_eps={self.ratio_eps}, "

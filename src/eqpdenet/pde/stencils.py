@@ -75,6 +75,7 @@ from ..errors import ConfigError, InputError
 from ..registry import Registry
 
 __all__ = [
+    "bank_second_order_symbol_range",
     "BOUNDARIES",
     "ConstantBuffers",
     "GAUSSIAN_TRUNCATE",
@@ -96,6 +97,7 @@ __all__ = [
     "gaussian_derivative_weights",
     "jet",
     "jet_order",
+    "kernel_symbol",
     "laplacian_max_eigenvalue",
     "register_stencil",
     "scale_normalised",
@@ -664,12 +666,32 @@ def second_order_symbol_range(stencil: str, spacing: float = 1.0, sigma: float |
     """
     sigma = check_sigma(stencil, sigma, spacing)
     bank = stencil_kernels(stencil, 2, None if sigma is None else sigma / spacing)
+    return bank_second_order_symbol_range(bank, spacing, coefficients)
+
+
+def bank_second_order_symbol_range(bank: np.ndarray, spacing: float,
+                                   coefficients: tuple[float, float, float] = (1.0, 0.0, 1.0),
+                                   ) -> tuple[float, float]:
+    """:func:`second_order_symbol_range` of the stencils ``bank`` (``(D, k, k)`` at unit spacing,
+    order >= 2, e.g. a :class:`Jet`'s :attr:`~Jet.bank`) rather than of a family looked up by
+    name: what a built module computes, whatever is registered under its stencil's name now."""
+    if bank.shape[0] < 6:
+        raise ValueError(f"a stencil bank of order >= 2 (6 kernels or more) is needed for the "
+                         f"second-order symbol, got {bank.shape[0]} kernels")
     c_xx, c_xy, c_yy = (float(c) for c in coefficients)
     kernel = (c_xx * bank[derivative_index("u_xx")] + c_xy * bank[derivative_index("u_xy")]
               + c_yy * bank[derivative_index("u_yy")])
-    radius = kernel.shape[0] // 2
-    offsets = np.arange(-radius, radius + 1)
-    theta = np.linspace(-np.pi, np.pi, 257)
-    phase_r = np.exp(1j * np.outer(theta, offsets))  # (frequency, offset)
-    symbol = np.einsum("ar,rc,bc->ab", phase_r, kernel, phase_r).real
+    symbol = kernel_symbol(kernel, 257).real
     return float(symbol.min()) / spacing**2, float(symbol.max()) / spacing**2
+
+
+def kernel_symbol(kernel: np.ndarray, points: int) -> np.ndarray:
+    """The symbol ``sum_(r, c) kernel[r, c] exp(i (theta_a r + theta_b c))`` of a ``(k, k)``
+    kernel (offsets ``-k // 2 .. k // 2``) on a ``points x points`` grid of frequencies in
+    ``[-pi, pi]^2`` (both ends included), complex ``(points, points)``."""
+    radius = kernel.shape[0] // 2
+    theta = np.linspace(-np.pi, np.pi, points)
+    phase = np.exp(1j * np.outer(theta, np.arange(-radius, radius + 1)))  # (frequency, offset)
+    # two products rather than one einsum, which loops over all four indices (a 25 x 25
+    # Gaussian kernel: 4e7 terms per call)
+    return phase @ kernel @ phase.T
