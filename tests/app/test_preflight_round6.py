@@ -8,6 +8,8 @@ import errno
 import multiprocessing
 import os
 import re
+import sys
+import types
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -352,8 +354,18 @@ def test_reproduce_in_a_starting_worker_names_the_main_guard(tmp_path, monkeypat
     assert not (tmp_path / "out").exists()
 
 
-def test_a_broken_pool_says_how_a_script_must_start_workers():
+@pytest.mark.parametrize("script", [True, False])
+def test_a_broken_pool_says_how_a_script_must_start_workers(script, tmp_path, monkeypatch):
+    """The advice is for a script (a ``__main__`` with a file, which spawn runs again in each
+    worker); an interactive session or a ``python -c`` (pytest-xdist's workers) has no script to
+    guard, so it gets none."""
+    main = types.ModuleType("__main__")
+    if script:
+        main.__file__ = str(tmp_path / "script.py")
+        Path(main.__file__).write_text("SCRIPT = True\n")
+    monkeypatch.setitem(sys.modules, "__main__", main)
     with pytest.raises(BrokenProcessPool) as caught, worker_pool(1) as pool:
         pool.submit(os._exit, 1).result()
-    assert any('if __name__ == "__main__":' in note
-               for note in getattr(caught.value, "__notes__", []))
+    advised = any('if __name__ == "__main__":' in note
+                  for note in getattr(caught.value, "__notes__", []))
+    assert advised is script
