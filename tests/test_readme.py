@@ -35,3 +35,9 @@ def test_readme_test_command_is_the_one_ci_runs():
     assert "export HYPOTHESIS_PROFILE=ci" in ci and "HYPOTHESIS_PROFILE=ci " in tests[0]
     assert "pip install torch==2.13.0 && pip install -e \".[dev]\"" in tests[0]
     assert "python -m pip install -q torch==2.13.0" in ci and "pip install -q -e \".[dev]\"" in ci
+    # and the same pytest arguments (two xdist workers, whole files), so a user's run is CI's
+    readme_arguments = tests[0].split("python -m pytest", 1)[1].split()
+    ci_line = next(line for line in ci.splitlines()
+                   if "python -m pytest" in line and not line.lstrip().startswith("#"))
+    assert ci_line.split("python -m pytest", 1)[1].split() == readme_arguments
+    assert readme_arguments == ["-n", "2", "--dist", "loadfile"]
