@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from eqpdenet.errors import ConfigError
 from eqpdenet.pde import stencils
 from eqpdenet.pde.rhs import InvariantRHS
 from eqpdenet.pde.stencils import (
@@ -83,3 +84,10 @@ def test_kernel_symbol_of_known_kernels():
 def test_a_bank_below_order_two_is_refused_with_its_reason():
     with pytest.raises(ValueError, match="order >= 2"):
         bank_second_order_symbol_range(stencil_kernels("central", 1), 1.0)
+
+
+def test_a_symbol_of_a_derivative_the_jet_does_not_compute_is_refused_naming_it():
+    rhs = InvariantRHS("se2", degree=1)  # an order-2 jet
+    with pytest.raises(ConfigError, match=r"coefficients \['u_xxx'\]: a derivative of order 3, "
+                                          r"above the jet's order 2"):
+        rhs.linear_symbol({"u_xxx": 1.0})

@@ -219,8 +219,8 @@ def _symbol(bank: np.ndarray, spacing: float, coefficients: dict[str, float],
         derivative_index(name)  # a ConfigError for what names no derivative
     order = max((len(name) - 2 for name in terms if name != "u"), default=0)
     if order > jet_order(bank.shape[0]):
-        raise ConfigError("coefficients", f"{sorted(terms)} has a derivative of order {order}, "
-                          f"above the jet's order {jet_order(bank.shape[0])}")
+        raise ConfigError(f"coefficients {sorted(terms)}: a derivative of order {order}, above "
+                          f"the jet's order {jet_order(bank.shape[0])}, which it does not compute")
     indices = derivative_multi_indices(jet_order(bank.shape[0]))
     kernel, bound = np.zeros(bank.shape[1:]), 0.0
     for name, c in terms.items():
