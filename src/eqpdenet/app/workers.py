@@ -133,10 +133,16 @@ class SurvivingStream:
     written after it, by Python or by C code and processes started later on that descriptor, is
     dropped without an error; a stream without a descriptor is replaced by one on
     :data:`os.devnull`. ``broken`` says whether that happened. Everything else is the wrapped
-    stream's (``isatty``, ``fileno``, ``encoding``, ``reconfigure``, ...)."""
+    stream's (``isatty``, ``fileno``, ``encoding``, ``reconfigure``, ...).
 
-    def __init__(self, stream: TextIO):
-        self.stream, self.broken = stream, False
+    ``diagnostics`` (stderr) treats a storage limit the same way (``2> log`` on a full disk,
+    ``ENOSPC``, ``EDQUOT``, ``EFBIG``): progress and warnings that cannot be kept are dropped
+    rather than stopping the work, whose own files say for themselves whether they were
+    written; ``full`` says that happened. Output that is the work's result (stdout) still fails
+    on a storage limit, so that a truncated result never ends with exit status 0."""
+
+    def __init__(self, stream: TextIO, diagnostics: bool = False):
+        self.stream, self.broken, self.full, self.diagnostics = stream, False, False, diagnostics
 
     def write(self, text: str) -> int:
         try:
@@ -144,6 +150,21 @@ class SurvivingStream:
         except BrokenPipeError:
             self._reader_gone()
             return len(text)
+        except OSError as error:
+            if not self._storage_limit(error):
+                raise
+            return len(text)
+
+    def _storage_limit(self, error: OSError) -> bool:
+        """Whether ``error`` is a storage limit this stream drops its output on (then it has
+        been pointed at :data:`os.devnull`)."""
+        from ..files import is_storage_limit  # at the failure only: workers start light
+
+        if not (self.diagnostics and is_storage_limit(error)):
+            return False
+        self.full = True
+        self._reader_gone()
+        return True
 
     def writelines(self, lines: Iterable[str]) -> None:
         for line in lines:
@@ -154,6 +175,9 @@ class SurvivingStream:
             self.stream.flush()
         except BrokenPipeError:
             self._reader_gone()
+        except OSError as error:
+            if not self._storage_limit(error):
+                raise
 
     def _reader_gone(self) -> None:
         self.broken = True
@@ -176,12 +200,13 @@ class SurvivingStream:
 
 def survive_gone_readers() -> list[SurvivingStream]:
     """``sys.stdout`` and ``sys.stderr`` made :class:`SurvivingStream` (each one that is not
-    yet, nor ``None``); returns the streams it wrapped, ``[]`` where there were none."""
+    yet, nor ``None``; stderr as ``diagnostics``); returns the streams it wrapped, ``[]`` where
+    there were none."""
     wrapped = []
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         if stream is not None and not isinstance(stream, SurvivingStream):
-            setattr(sys, name, SurvivingStream(stream))
+            setattr(sys, name, SurvivingStream(stream, diagnostics=name == "stderr"))
             wrapped.append(getattr(sys, name))
     return wrapped
 
