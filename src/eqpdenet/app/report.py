@@ -465,7 +465,20 @@ def plot_accuracy(ours: dict, path: Path, paper: dict | None = None,
 
 def accuracy_figure(ours: dict, paper: dict | None = None,
                     scenarios: tuple[str, ...] = SCENARIOS) -> bytes:
-    """The bytes of :func:`plot_accuracy`'s PNG (for a report's set of files)."""
+    """The bytes of :func:`plot_accuracy`'s PNG (for a report's set of files). ``ours`` must
+    hold an accuracy of one of the paper's models on one of ``scenarios`` (a ConfigError
+    before anything is drawn: a figure of the paper's lines alone would pass for a result)."""
+    scenarios = tuple(scenarios)
+    if not scenarios:
+        raise ConfigError("plot_accuracy: scenarios is empty; give one or more of "
+                          f"{', '.join(SCENARIOS)} (or 'validation')")
+    if not any(isinstance(key, tuple) and key and key[0] in PAPER_MODELS
+               and isinstance(cell, dict) and any(s in cell for s in scenarios)
+               for key, cell in ours.items()):
+        raise ConfigError(f"plot_accuracy: ours holds no accuracy of the paper's models "
+                          f"({', '.join(PAPER_MODELS)}) on {', '.join(scenarios)}, so there is "
+                          f"nothing of ours to draw (ours is an aggregate of runs: "
+                          f"eqpdenet.app.report.aggregate)")
     plt = import_pyplot("plot_accuracy")
     import matplotlib.ticker
 
