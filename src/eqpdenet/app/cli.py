@@ -539,6 +539,29 @@ def _needs_plots(use: str) -> None:
     import_pyplot(use)
 
 
+@contextlib.contextmanager
+def _runs_saved(out: Path):
+    """The report written after a sweep's runs: a write refused for want of room (a full disk,
+    a limit: :func:`eqpdenet.files.is_storage_limit`) says, after its cause, that every run is
+    saved and how to get the report once there is room, as a stop during the runs says that
+    the finished ones are (:data:`eqpdenet.app.sweeps.RESUME_HINT`)."""
+    from ..errors import OutputFolderError
+    from ..files import is_storage_limit
+
+    try:
+        yield
+    except OSError as error:
+        if not is_storage_limit(error):
+            raise
+        text = str(error) if isinstance(error, OutputFolderError) else (
+            f"cannot write the report into {out}: {write_cause(error)}")
+        named = OutputFolderError(f"{text}; every run is saved: make room (or raise the "
+                                  f"limit), then `eqpdenet report {out}` writes the report (or "
+                                  f"rerun the same command)")
+        named.errno = error.errno
+        raise named from None
+
+
 def _reproduce(args) -> int:
     from .report import write_report
     from .runfolder import check_claim, claiming, output_path
@@ -558,7 +581,8 @@ def _reproduce(args) -> int:
         reproduce(config, out, jobs=args.jobs, executor=executor, data_dir=args.data_dir,
                   cache_dir=args.cache_dir, progress=not args.no_progress,
                   rerun_changed=args.rerun_changed)
-        table, plot = write_report(out)
+        with _runs_saved(out):
+            table, plot = write_report(out)
     print(f"reproduce finished in {time.perf_counter() - start:.0f} s: {table}, {plot}")
     print(table.read_text(encoding="utf-8"))
     return 0
@@ -598,7 +622,8 @@ def _benchmark(args) -> int:
         benchmark(config, out, models=args.models, jobs=args.jobs, executor=executor,
                   data_dir=args.data_dir, cache_dir=args.cache_dir,
                   progress=not args.no_progress, rerun_changed=args.rerun_changed)
-        report = write_benchmark_report(out)
+        with _runs_saved(out):
+            report = write_benchmark_report(out)
     table, plot = report
     print(f"benchmark finished in {time.perf_counter() - start:.0f} s: {table}, {plot}")
     print(table.read_text(encoding="utf-8"))
