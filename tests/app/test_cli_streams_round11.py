@@ -48,8 +48,9 @@ def test_a_stdout_on_a_full_disk_fails_the_command_and_says_so(tmp_path):
     with open(FULL, "w") as full, open(tmp_path / "err.txt", "w") as err:
         status = run(["info"], tmp_path, stdout=full, stderr=err)
     said = (tmp_path / "err.txt").read_text()
-    assert status != 0
-    assert "No space left on device" in said, said
+    assert status == 2
+    assert said.startswith("eqpdenet: error: cannot write the standard output: No space left "
+                           "on device"), said
 
 
 class _Full(io.StringIO):
@@ -77,7 +78,7 @@ def test_results_and_other_errors_still_fail():
     import errno
 
     result = SurvivingStream(_Full(OSError(errno.ENOSPC, "No space left on device")))
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match="cannot write the standard output: No space left"):
         result.write("42\n")
     assert not result.full
     other = SurvivingStream(_Full(OSError(errno.EIO, "Input/output error")), diagnostics=True)

@@ -160,8 +160,11 @@ class SurvivingStream:
         been pointed at :data:`os.devnull`)."""
         from ..files import is_storage_limit  # at the failure only: workers start light
 
-        if not (self.diagnostics and is_storage_limit(error)):
+        if not is_storage_limit(error):
             return False
+        if not self.diagnostics:  # the result: fails, naming the stream (not only "no space")
+            named = OSError(error.errno, f"cannot write the standard output: {error.strerror}")
+            raise named from error
         self.full = True
         self._reader_gone()
         return True
