@@ -137,6 +137,13 @@ class GCNN(nn.Module):
         super().__init__()
         gspaces, enn = _e2cnn()
         self.config = gcnn = family_options(gcnn, GCNNConfig, "gcnn")
+        if torch.get_default_device().type == "meta":
+            # e2cnn samples its filter bases on the host while it builds: on the meta device it
+            # failed with "Cannot copy out of meta tensor" from inside e2cnn
+            raise NotImplementedError(
+                "the G-CNN cannot be built on the meta device: e2cnn computes its filter bases "
+                "from tensor values while it builds; build it on the CPU (its parameters are "
+                "small), then move it with .to(device)")
         #: Each 2x2 max pooling halves the image (rounding down): k of them need 2^k pixels.
         self.min_image_size = 2 ** len(set(gcnn.pool_after))
         self.image_size = require_image_size(

@@ -561,8 +561,18 @@ class ConstantBuffers(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
         with torch.no_grad():  # in place, as the loaded buffers (inference mode may be on)
-            for _, buffer, value in self._constants():
-                buffer.copy_(value)
+            for name, buffer, value in list(self._constants()):
+                if buffer.is_meta and local_metadata.get("assign_to_params_buffers", False):
+                    # load_state_dict(..., assign=True) into a module built on the meta device
+                    # assigns the loaded tensors, but a constant is in no state_dict: computed
+                    # on the device of the loaded tensors (the default device where this module
+                    # has none), as to_empty would.
+                    device = next((t.device for t in state_dict.values()
+                                   if isinstance(t, Tensor) and not t.is_meta),
+                                  torch.get_default_device())
+                    self._buffers[name] = self._constant(name, buffer.dtype, device)
+                else:
+                    buffer.copy_(value)
 
 
 class Jet(ConstantBuffers):
