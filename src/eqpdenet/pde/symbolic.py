@@ -86,6 +86,7 @@ import math
 import random
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from fractions import Fraction
 
@@ -103,7 +104,13 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 
 from ..checks import require, require_int, require_positive
 from ..registry import Registry
-from .invariants import Invariant, InvariantSet, register_invariant_set, safe_ratio
+from .invariants import (
+    INVARIANT_SETS,
+    Invariant,
+    InvariantSet,
+    register_invariant_set,
+    safe_ratio,
+)
 from .joint import JointInvariants, JointTerm
 from .m2 import M2_DERIVATIVE_NAMES, M2InvariantSet
 from .stencils import derivative_multi_indices, derivative_names
@@ -575,12 +582,17 @@ def _canonical_name(name: str) -> str:
 def _sympify(value, what: str = "an expression", local: dict | None = None,
              example: str = "'u_x**2 + u_y**2'") -> sp.Basic:
     """``sympify(value)``, or one ConfigError line naming ``value`` (SymPy's parse errors span
-    several lines; ``None`` sympifies to ``None``, which no caller can use)."""
+    several lines; ``None`` sympifies to ``None``, which no caller can use). Only an expression
+    passes: a relation (``'u_x > 0'``, ``Eq(u_x, 0)``), a truth value or a tuple sympifies to
+    another SymPy object, which the algebra later failed on with a raw ``TypeError``."""
     try:
-        out = sp.sympify(value, locals={"u": u, **_KNOWN_VARIABLES} if local is None else local)
+        with warnings.catch_warnings():  # SymPy warns of non-expression arguments (a tuple)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            out = sp.sympify(value, locals={"u": u, **_KNOWN_VARIABLES} if local is None
+                             else local)
     except (sp.SympifyError, SyntaxError, TypeError, ValueError, AttributeError):
         out = None
-    if not isinstance(out, sp.Basic):
+    if not isinstance(out, sp.Expr):
         raise ConfigError(f"cannot read {value!r} as {what} (a SymPy expression, a number or a "
                           f"string such as {example})")
     return out
@@ -782,6 +794,23 @@ def lie_bracket(a: VectorField, b: VectorField) -> VectorField:
 #: The most fields :func:`lie_algebra_closure` adds before it calls the algebra too large.
 MAX_ALGEBRA_DIMENSION = 24
 
+#: The longest a bracket of :func:`lie_algebra_closure` may be written (characters of its
+#: ``str``) before the closure stops: brackets of fields that generate no finite-dimensional
+#: group (``1/(1 + x^2 + y^2) d_x`` with the translations) grow at each step, and reaching
+#: :data:`MAX_ALGEBRA_DIMENSION` with them took 40 s. The largest bracket of every group in
+#: docs/symbolic.md is under 100 characters.
+MAX_BRACKET_LENGTH = 2000
+
+
+def _shown(value, limit: int = 120) -> str:
+    """``str(value)``, its middle cut where it is longer than ``limit`` characters (a message
+    stays one readable line)."""
+    text = str(value)
+    if len(text) <= limit:
+        return text
+    keep = (limit - 5) // 2
+    return f"{text[:keep]} ... {text[-keep:]} ({len(text)} characters)"
+
 
 def _field_components(field: VectorField, coordinates: Sequence[sp.Symbol]) -> list[sp.Expr]:
     return [field.phi_u if v == u else field.xi(v) for v in coordinates]
@@ -833,19 +862,30 @@ class _Algebra:
                        for _ in range(MAX_ALGEBRA_DIMENSION + 1)]
         self.echelon = _Echelon()
         independent = [self.echelon.add(self._row(field)) for field in fields]
+        labels = [f"g{index}" for index in range(1, len(fields) + 1)]  # the generators, 1-based
         pairs = [(i, j) for j in range(len(fields)) for i in range(j)]
         while pairs:
             i, j = pairs.pop(0)
             bracket = lie_bracket(fields[i], fields[j])
+            label = f"[{labels[i]}, {labels[j]}]"
+            if len(str(bracket)) > MAX_BRACKET_LENGTH:
+                raise ConfigError(
+                    f"{name}: the Lie bracket {label} of the generators is "
+                    f"{len(str(bracket))} characters long ({_shown(bracket)}): its brackets "
+                    f"grow at each step, as those of fields that generate no "
+                    f"finite-dimensional group do; this module handles finite-dimensional "
+                    f"groups (at most {MAX_ALGEBRA_DIMENSION} dimensions)")
             if not self.echelon.add(self._row(bracket)):
                 continue
             if len(self.echelon.rows) > MAX_ALGEBRA_DIMENSION:
                 raise ConfigError(
                     f"{name}: the Lie brackets of the generators span more than "
-                    f"{MAX_ALGEBRA_DIMENSION} dimensions (the last one added: {bracket}); they "
-                    f"generate no finite-dimensional group this module handles")
+                    f"{MAX_ALGEBRA_DIMENSION} dimensions (the last one added: {label} = "
+                    f"{_shown(bracket)}); they generate no finite-dimensional group this "
+                    f"module handles")
             pairs += [(k, len(fields)) for k in range(len(fields))]
             fields.append(bracket)
+            labels.append(label)
             independent.append(True)
         self.closure = tuple(fields)
         self.basis = tuple(f for f, keep in zip(fields, independent, strict=True) if keep)
@@ -2071,10 +2111,15 @@ def _torch_polynomial(expr: sp.Expr) -> Callable:
         try:
             value = float(expr)
         except TypeError:
-            raise ConfigError(f"cannot compile the constant {expr}: coefficients must be real "
-                              f"numbers") from None
+            raise ConfigError(f"cannot compile the constant {_shown(expr)}: coefficients must "
+                              f"be real numbers") from None
         if not math.isfinite(value):
-            raise ConfigError(f"cannot compile the constant {expr}: coefficients must be finite")
+            # a number SymPy holds exactly (1e400) may still be beyond float64: say which
+            exact = expr.is_finite and expr.is_real
+            shown = _shown(sp.N(expr, 4) if exact else expr)
+            raise ConfigError(f"cannot compile the constant {shown}: " + (
+                "it is beyond float64 (at most 1.8e+308), in which torch computes it" if exact
+                else "coefficients must be finite"))
         return lambda d: value
     if expr.is_Symbol:
         name = expr.name
@@ -2101,7 +2146,8 @@ def _name_of(expr: sp.Expr) -> str | None:
 def compile_invariants(symbolic: SymbolicInvariants | Sequence[sp.Expr], name: str,
                        ratio_eps: float | None = None, group: str | None = None,
                        order: int | None = None, register: bool = False,
-                       invariant_under: Sequence[str] | None = None) -> InvariantSet:
+                       invariant_under: Sequence[str] | None = None,
+                       replace: bool = False) -> InvariantSet:
     """An :class:`~eqpdenet.invariants.InvariantSet` computing the expressions with torch.
 
     Each expression is split into numerator and denominator (``sympy.fraction`` of its
@@ -2111,10 +2157,11 @@ def compile_invariants(symbolic: SymbolicInvariants | Sequence[sp.Expr], name: s
     name (so ``PDELayer.build(init="heat")`` finds the Laplacian); others are ``{name}_{k}``,
     unless the result names them (the moving frame's ``A13u``).
     With ``register``, the set is also registered by ``name`` (see
-    :func:`eqpdenet.invariants.register_invariant_set`). Either way the set pickles (``torch.save``
-    of a model holding it) as the recipe that compiles it again, never by name: loaded in another
-    process it computes the same invariants whatever that process registered under ``name``, and
-    it is not registered there.
+    :func:`eqpdenet.invariants.register_invariant_set`; a name already registered is refused
+    before any work unless ``replace``, which only ``register`` takes). Either way the set
+    pickles (``torch.save`` of a model holding it) as the recipe that compiles it again, never
+    by name: loaded in another process it computes the same invariants whatever that process
+    registered under ``name``, and it is not registered there.
 
     Everything is checked here, before any use (a ``ConfigError`` naming the cause): ``name`` is
     a non-empty string; the expressions use only jet coordinates (matched by name, so a plain
@@ -2140,6 +2187,15 @@ def compile_invariants(symbolic: SymbolicInvariants | Sequence[sp.Expr], name: s
     """
     if not isinstance(name, str) or not name:
         raise ConfigError(f"an invariant set's name must be a non-empty string, got {name!r}")
+    for flag, value in (("register", register), ("replace", replace)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"compile_invariants: {flag} must be True or False, got {value!r}")
+    if replace and not register:
+        raise ConfigError("compile_invariants: replace=True replaces a registered set, so it "
+                          "needs register=True")
+    if register and not replace and name in INVARIANT_SETS:
+        raise ConfigError(f"compile_invariants: an invariant set named {name!r} is already "
+                          f"registered (pass replace=True, with register=True, to replace it)")
     names: tuple[str, ...] = ()
     if isinstance(symbolic, SymbolicInvariants):
         exprs, names = list(symbolic.expressions), symbolic.names
@@ -2235,7 +2291,7 @@ def compile_invariants(symbolic: SymbolicInvariants | Sequence[sp.Expr], name: s
         None if on_m2 else tuple(sorted(invariant_set.invariant_under)),
         tuple(inv.name for inv in invariants), equation))
     if register:
-        register_invariant_set(invariant_set)
+        register_invariant_set(invariant_set, replace=replace)
     return invariant_set
 
 
