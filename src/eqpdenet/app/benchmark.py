@@ -175,7 +175,7 @@ def benchmark(config: BenchmarkConfig, out_dir: Path, *, models: list[str] | Non
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
     check_curves_for_data(config, [config.experiment(name, seed) for name in chosen
-                                   for seed in config.seeds])
+                                   for seed in config.seeds], data_dir, cache_dir)
     check_claim(out_dir, "benchmark", legacy=SWEEP_FILES)  # before the lock writes into it
     # one writer per results folder; a benchmark refused (its preflight, its data) leaves no
     # folder it made behind it
@@ -202,7 +202,7 @@ def benchmark(config: BenchmarkConfig, out_dir: Path, *, models: list[str] | Non
         check_before_writing(runs, out_dir, jobs, executor, keep, rerun_changed=rerun_changed,
                              echo=echo, base_fingerprint=benchmark_fingerprints(config),
                              base={"base": config.base, "curves": config.curves}, others=others,
-                             every_kind=True, data_dir=data_dir)
+                             every_kind=True, data_dir=data_dir, cache_dir=cache_dir)
         set_aside_lacking(out_dir, lacking, echo)
         atomic_write(out_dir / "config.toml", to_toml(config).encode())
         run_sweep(f"benchmark {', '.join(chosen)}", runs, out_dir, base_fingerprint=base_print,
@@ -212,7 +212,8 @@ def benchmark(config: BenchmarkConfig, out_dir: Path, *, models: list[str] | Non
     return out_dir / "results.jsonl"
 
 
-def check_curves_for_data(config: BenchmarkConfig, runs: list[ExperimentConfig]) -> None:
+def check_curves_for_data(config: BenchmarkConfig, runs: list[ExperimentConfig],
+                          data_dir=None, cache_dir=None) -> None:
     """Before any run: ``config.curves`` against the data of ``runs``, read without loading it
     (:func:`~eqpdenet.data.datasets.dataset_shape`; a data set it cannot read is checked when it
     is loaded). A shift of at least the images' smaller side (nothing of the image would be
@@ -230,7 +231,7 @@ def check_curves_for_data(config: BenchmarkConfig, runs: list[ExperimentConfig])
         if (data.dataset, data.test_subset) in checked:
             continue
         checked.add((data.dataset, data.test_subset))
-        shape = dataset_shape(data.dataset)
+        shape = dataset_shape(data.dataset, data_dir, cache_dir)
         if shape is None:
             continue
         _, height, width = shape.image_shape

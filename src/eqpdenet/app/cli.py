@@ -109,13 +109,15 @@ def _sweep_config(args, cls, quick):
     assignments = _with_layer(args, "base.model.layer")
     config = apply_overrides(config, assignments)
     if args.quick:
-        _quick_subsets_within_data(config, assignments)
+        _quick_subsets_within_data(config, assignments, getattr(args, "data_dir", None),
+                                   getattr(args, "cache_dir", None))
     if args.device:
         config.base.train.device = args.device
     return from_dict(cls, to_dict(config))
 
 
-def _quick_subsets_within_data(config, assignments: list[str]) -> None:
+def _quick_subsets_within_data(config, assignments: list[str], data_dir=None,
+                               cache_dir=None) -> None:
     """``--quick``'s training and test subsets are upper bounds: on a data set with fewer images
     (a small file of the user's), the profile uses them all (``0``), rather than fail on a
     setting the user never made. A subset set with ``--set`` is the user's and stays, checked
@@ -124,7 +126,7 @@ def _quick_subsets_within_data(config, assignments: list[str]) -> None:
     from ..data.datasets import dataset_shape
 
     data = config.base.data
-    shape = dataset_shape(data.dataset)
+    shape = dataset_shape(data.dataset, data_dir, cache_dir)
     if shape is None:
         return
     given = {assignment.partition("=")[0].strip() for assignment in assignments}
@@ -182,7 +184,7 @@ def _train(args) -> int:
     check_replaceable(out, RUN_FILES)  # before the lock writes into it
     with hold(out, "train"):  # one writer; the folder is creatable and writable
         check_replaceable(out, RUN_FILES)
-        preflight([config], out, at_data=True)
+        preflight([config], out, at_data=True, data_dir=args.data_dir, cache_dir=args.cache_dir)
         data = prepare_data(config.data, args.data_dir, args.cache_dir)
         with staged(out) as stage:  # the run replaces the folder as a unit
             record = run_experiment(config, data, progress=not args.no_progress,
@@ -260,7 +262,8 @@ def _train_distributed(args) -> int:
                 try:
                     stack.enter_context(hold(out, "train"))
                     check_replaceable(out, RUN_FILES)
-                    preflight([config], out, at_data=True)
+                    preflight([config], out, at_data=True, data_dir=args.data_dir,
+                              cache_dir=args.cache_dir)
                     data = prepare_data(config.data, args.data_dir, args.cache_dir)
                 except Exception as error:
                     problem = error
@@ -439,12 +442,24 @@ def _checkpoint_data(checkpoint, config: ExperimentConfig, data_dir, cache_dir, 
     the model was trained is a :class:`ConfigError` saying that the path came from the
     checkpoint and how to make it found (these commands take no other data set: it must be the
     one the model was trained on)."""
-    from ..data.datasets import DATASETS
+    from ..data.datasets import DATASETS, check_dataset_name
     from .training import prepare_data
 
     spec = config.data.dataset
     path = Path(spec).expanduser()
     if spec not in DATASETS and not path.exists():
+        try:
+            check_dataset_name(spec)
+        except ConfigError:  # a path: the file or folder is gone
+            pass
+        else:  # a plain name: far likelier a set a plugin registers than a file named so
+            raise ConfigError(
+                f"{checkpoint} was trained on the data set {spec!r}, which is not registered in "
+                f"this process (registered: {', '.join(DATASETS.names())}) nor a file or folder "
+                f"in the current folder ({Path.cwd()}): if a plugin registers it, name its "
+                f"module in EQPDENET_PLUGINS; if it was a file or folder there, put it back: "
+                f"{command} reads the data set the checkpoint names and has no option to choose "
+                f"another")
         relative = (f"; a relative path, read from the current folder ({Path.cwd()}): run "
                     f"{command} from the folder training ran in" if not path.is_absolute() else "")
         raise ConfigError(f"{checkpoint} was trained on the data set {spec!r} (the path its "

@@ -106,7 +106,9 @@ class ModelConfig:
         standardize: where ``input_mean, input_std`` come from: ``"fixed"`` (as configured),
             ``"train"`` (the training split's pixel mean and std, computed before training and
             recorded in the run's configuration) or ``"auto"`` (default: ``"fixed"`` for the MNIST
-            family, whose statistics the defaults are, ``"train"`` for any other data set). Where
+            family, whose statistics the defaults are, ``"train"`` for any other data set; the
+            data set is the one the data given to training names, ``Data.name``, where it names
+            one, else ``data.dataset``). Where
             it resolves to ``"train"``, an ``input_mean, input_std`` set away from its default is
             replaced, with a warning (:func:`fields_replaced_by_data`).
         head: ``eqpdenet`` only: ``"perceptron"`` (the paper's) or ``"invariant"``

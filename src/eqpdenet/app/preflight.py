@@ -574,13 +574,15 @@ def _check_host_memory(need: _Need, parallel: int, workers: int) -> None:
 
 def preflight(runs: Sequence[ExperimentConfig] | Mapping[str, ExperimentConfig], out: Path | None,
               *, jobs: int = 1, checkpoints: int | None = None, images: int | None = None,
-              at_data: bool = False) -> None:
+              at_data: bool = False, data_dir=None, cache_dir=None) -> None:
     """Check ``runs`` (to be done with ``jobs`` processes, writing into ``out``, ``checkpoints``
     of them saving a model; default all) before any data is loaded (module docstring).
     ``images``: the number of training images, where the caller knows it (after loading the
     data); else what the configuration tells (:func:`training_images`).
 
     ``runs`` given by key (a sweep's): an error of one run starts with ``run <key>:``.
+    ``data_dir``, ``cache_dir``: where the runs' data are loaded from (a data set registered by
+    the user is loaded once to learn its shape: :func:`~eqpdenet.data.datasets.dataset_shape`).
     ``at_data``: each run is checked at the size of its data set (a configuration not yet
     resolved for its data: a sweep's, ``train``'s), read without loading it
     (:func:`~eqpdenet.data.datasets.dataset_shape`: the registered sets' fixed shapes, a file's
@@ -602,7 +604,7 @@ def preflight(runs: Sequence[ExperimentConfig] | Mapping[str, ExperimentConfig],
             if at_data:
                 spec = run.data.dataset
                 if spec not in shapes:
-                    shapes[spec] = dataset_shape(spec)
+                    shapes[spec] = dataset_shape(spec, data_dir, cache_dir)
                 shape = shapes[spec]
                 if shape is not None and images is None:
                     kept = check_split_sizes(run.data, shape.train, shape.test,

@@ -191,6 +191,10 @@ def base_for_data(base: ReproduceConfig) -> ReproduceConfig:
     model = base.base.model
     if base.base.data.dataset not in MNIST_FAMILY and model.standardize == "auto":
         model.standardize = "train"
+        # the prototype's 0 and 1, which 'train' replaces: left, they were warned about as
+        # fields of no effect at every run, fields the user never set
+        defaults = type(model)()
+        model.input_mean, model.input_std = defaults.input_mean, defaults.input_std
     return base
 
 
@@ -326,7 +330,7 @@ def _check_candidates(base: ReproduceConfig, stages) -> list[tuple[str, Reproduc
 
 
 def _check_runs(base: ReproduceConfig, stages, jobs: int, executor: Executor | None,
-                out: Path | None = None) -> None:
+                out: Path | None = None, data_dir=None, cache_dir=None) -> None:
     """Before anything is written: the runs of the starting configuration and of every
     candidate (each applied to it) pass the preflight on their data
     (:func:`~eqpdenet.app.preflight.preflight` with ``at_data``: ``data.validation`` below the
@@ -350,7 +354,8 @@ def _check_runs(base: ReproduceConfig, stages, jobs: int, executor: Executor | N
         saving = any(seed in config.checkpoint_seeds for seed in config.seeds)
         try:
             preflight(runs, None if out is None else Path(out) / "runs" / own, jobs=parallel,
-                      at_data=True, checkpoints=len(runs) if saving else 0)
+                      at_data=True, checkpoints=len(runs) if saving else 0,
+                      data_dir=data_dir, cache_dir=cache_dir)
         except ConfigError as error:
             if label == "the starting configuration":
                 raise
@@ -435,7 +440,8 @@ def run_study(out: Path, *, base: ReproduceConfig | None = None, stages=STAGES, 
     record = study_record(base, stages, margin)
     legacy = ("study.md", "chosen.toml", "runs")
     check_claim(out, "study", legacy)  # before the lock writes into it
-    _check_runs(base, stages, jobs, executor, out)  # and before anything is written
+    # and before anything is written
+    _check_runs(base, stages, jobs, executor, out, data_dir, cache_dir)
     # On Ray, one instance (and one copy of the data in its object store) for every stage, not
     # one started and stopped per candidate (seconds each, and a session folder in /tmp/ray).
     one_ray = ray_session(executor) if executor is not None and executor.kind == "ray" \

@@ -204,7 +204,8 @@ def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
     parallel = jobs if executor.kind == "local" else 1  # Ray's runs use the cluster's memory
     preflight(dict(todo), out_dir, jobs=parallel, at_data=True,
-              checkpoints=sum(key in checkpoint_keys for key, _ in todo))
+              checkpoints=sum(key in checkpoint_keys for key, _ in todo), data_dir=data_dir,
+              cache_dir=cache_dir)
 
     finished = [len(runs) - len(todo)]
 
@@ -310,7 +311,7 @@ def check_before_writing(runs: dict[str, ExperimentConfig], out_dir: Path, jobs:
                          base_fingerprint: str | tuple[str, ...] | None = None,
                          base: dict | None = None,
                          others: dict[str, ExperimentConfig] | None = None,
-                         every_kind: bool = False, data_dir=None) -> None:
+                         every_kind: bool = False, data_dir=None, cache_dir=None) -> None:
     """Before a sweep writes its ``config.toml``: the runs of ``out_dir`` finished under another
     configuration (:func:`changed_runs`: of the same key, on other data, or, with
     ``base_fingerprint``, under another base configuration, whatever their key) are refused,
@@ -334,7 +335,8 @@ def check_before_writing(runs: dict[str, ExperimentConfig], out_dir: Path, jobs:
     todo = {key: run for key, run in runs.items() if key not in done or key in changed}
     parallel = jobs if (executor or Executor()).kind == "local" else 1
     preflight(todo, out_dir, jobs=parallel, at_data=True,
-              checkpoints=sum(key in checkpoint_keys for key in todo))
+              checkpoints=sum(key in checkpoint_keys for key in todo), data_dir=data_dir,
+              cache_dir=cache_dir)
     if changed:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         aside = set_aside(out_dir, changed, stamp)
@@ -600,7 +602,8 @@ def reproduce(config: ReproduceConfig, out_dir: Path, *, jobs: int = 1,
         lacking = check_checkpoints(out_dir, checkpoints, rerun_changed)
         check_before_writing(runs, out_dir, jobs, executor, checkpoints,
                              rerun_changed=rerun_changed, echo=echo, base_fingerprint=base_print,
-                             base={"base": config.base}, data_dir=data_dir)
+                             base={"base": config.base}, data_dir=data_dir,
+                             cache_dir=cache_dir)
         set_aside_lacking(out_dir, lacking, echo)
         with _limits_named(out_dir):
             atomic_write(out_dir / "config.toml", to_toml(config).encode())

@@ -445,6 +445,9 @@ def resolve_for_data(config: ExperimentConfig, data: Data | dict) -> ExperimentC
     """
     given, config = config, copy.deepcopy(config)
     model = config.model
+    # before the statistics are computed from them: inf pixels gave an inf mean, refused as a
+    # TOML value, not as the data's fault
+    _check_training_splits(data, None)
     channels, height, width = data["train"].images.shape[1:]
     if height != width:
         raise ConfigError(f"the models take square images; the data set has {height}x{width}")
@@ -453,7 +456,12 @@ def resolve_for_data(config: ExperimentConfig, data: Data | dict) -> ExperimentC
     model.classes = int(getattr(data, "classes", int(labels.max()) + 1 if len(labels) else 1))
     standardize = model.standardize
     if standardize == "auto":
-        standardize = "fixed" if config.data.dataset in MNIST_FAMILY else "train"
+        # Decided by the data given where it names itself (a Data of one's own passed with a
+        # default configuration, whose data.dataset is 'rotmnist', was standardised with
+        # MNIST's mean and std), else by the configuration's data set.
+        name = getattr(data, "name", "") or config.data.dataset
+        family = name.removesuffix("-rotated") in MNIST_FAMILY
+        standardize = "fixed" if family else "train"
     if standardize == "train":
         pixels = data["train"].images.double()
         model.input_mean = float(pixels.mean())
@@ -973,16 +981,18 @@ def train_model(
     return model, history
 
 
-def _check_training_splits(data, classes: int | None) -> None:
+def _check_training_splits(data, classes: int | None,
+                           splits: tuple[str, ...] = ("train", "validation")) -> None:
     """An :class:`~eqpdenet.errors.InputError` before any step unless the training (and
     validation) split's images are finite and agree in ``(C, H, W)`` and, where ``classes`` is
     known, every label is one of ``0 ... classes - 1`` (a label of 10 for 10 classes failed deep
-    in the loss; -1 likewise)."""
+    in the loss; -1 likewise). ``splits``: the splits checked so (:func:`run_experiment` adds
+    ``test``, which it scores after training: a NaN there was found only then)."""
     train = data["train"]
     if len(train) == 0:
         raise InputError("the training split holds no image")
-    validation = data.get("validation")
-    for name, split in (("train", train), ("validation", validation)):
+    for name in splits:
+        split = data.get(name) if hasattr(data, "get") else None
         if split is None or len(split) == 0:
             continue
         if tuple(split.images.shape[1:]) != tuple(train.images.shape[1:]):
@@ -1403,6 +1413,7 @@ def run_experiment(config: ExperimentConfig, data: Data | dict[str, Split], *,
     evaluation).
     """
     config = resolve_for_data(config, data)
+    _check_training_splits(data, config.model.classes, ("train", "validation", "test"))
     record = {"model": config.model.kind, "hidden": config.model.hidden, "seed": config.train.seed,
               "config": to_dict(config), "environment": environment()}
     dataset = copy.deepcopy(getattr(data, "info", None) or {})

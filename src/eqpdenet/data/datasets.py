@@ -285,6 +285,10 @@ def _mnist(data_dir=None, cache_dir=None, seed: int = 0) -> ImageDataset:
 
 register_dataset("rotmnist", _rotmnist)
 register_dataset("mnist", _mnist)
+#: The loaders of the built-in sets, whose shapes are known (:data:`REGISTERED_SHAPES`); a
+#: name registered anew with ``replace=True`` is the user's, and its shape is loaded.
+_BUILT_IN_LOADERS = {"rotmnist": _rotmnist, "mnist": _mnist}
+DATASETS.on_change(lambda: _LOADED_SHAPES.clear())
 
 
 #: The image layouts a data file may hold (:func:`_layout`), as its messages name them.
@@ -694,12 +698,23 @@ def _shape_of(path, train: tuple[int, ...], test: tuple[int, ...], labels, names
     return DatasetShape(image_shape, int(train[0]), int(test[0]), classes)
 
 
-def dataset_shape(spec: str) -> DatasetShape | None:
+#: The shapes of the data sets registered by the user that :func:`dataset_shape` loaded, by
+#: ``(name, data_dir, cache_dir)``; emptied whenever a data set is registered.
+_LOADED_SHAPES: dict[tuple, DatasetShape] = {}
+
+
+def dataset_shape(spec: str, data_dir=None, cache_dir=None) -> DatasetShape | None:
     """The image shape, sizes and classes of the data set ``spec`` names, read without loading
-    its images: the registered sets' fixed shapes (:data:`REGISTERED_SHAPES`), the headers of a
-    ``.npz`` file's image arrays or of an IDX folder's image files, and their labels. None for a
-    data set registered by the user, a path with nothing behind it, and data that cannot be read
-    this way (loading says what is wrong with them). What loading would refuse raises the
+    its images where that can be done: the built-in sets' fixed shapes
+    (:data:`REGISTERED_SHAPES`), the headers of a ``.npz`` file's image arrays or of an IDX
+    folder's image files, and their labels. A data set registered by the user has no header:
+    its loader is called once (with ``data_dir``, ``cache_dir`` and seed 0, as
+    :func:`load_dataset` calls it) and the shape of what it returns is kept for the process, so
+    that a sweep's checks see its images' size before any run trains (they checked every model
+    at 28 pixels, and a model too deep for 13-pixel images stopped the sweep after the runs
+    before it had trained). None for a path with nothing behind it, a registered set whose
+    loader fails (loading it again says why), and data that cannot be read this way (loading
+    says what is wrong with them). What loading would refuse raises the
     :class:`DataFileError` loading would, in its words: images in a layout that cannot be told
     (:func:`_layout`), pixels of another dtype than integers or floats or of values loading
     refuses (read in pieces of :data:`SCAN_BYTES` and not kept: non-finite, integers beyond
@@ -707,7 +722,9 @@ def dataset_shape(spec: str) -> DatasetShape | None:
     splits of other sizes than their labels or of other image shapes, an IDX folder lacking a
     file or with a damaged one."""
     if spec in DATASETS:
-        return REGISTERED_SHAPES.get(spec)
+        if spec in REGISTERED_SHAPES and DATASETS.get(spec) is _BUILT_IN_LOADERS.get(spec):
+            return REGISTERED_SHAPES[spec]
+        return _loaded_shape(spec, data_dir, cache_dir)
     path = Path(spec).expanduser()
     try:
         if path.is_dir():
@@ -719,6 +736,21 @@ def dataset_shape(spec: str) -> DatasetShape | None:
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, IndexError):
         return None
     return None
+
+
+def _loaded_shape(spec: str, data_dir, cache_dir) -> DatasetShape | None:
+    """:func:`dataset_shape` of a data set registered by the user: its loader's result's."""
+    key = (spec, None if data_dir is None else str(data_dir),
+           None if cache_dir is None else str(cache_dir))
+    if key not in _LOADED_SHAPES:
+        try:
+            dataset = load_dataset(spec, data_dir=data_dir, cache_dir=cache_dir, seed=0)
+        except Exception:  # noqa: BLE001 - loading it for the run says why, in its own words
+            return None
+        _LOADED_SHAPES[key] = DatasetShape(tuple(int(n) for n in dataset.image_shape),
+                                           len(dataset.train_images), len(dataset.test_images),
+                                           int(dataset.classes))
+    return _LOADED_SHAPES[key]
 
 
 def _pixel_range(dataset: ImageDataset) -> tuple[float, float]:
