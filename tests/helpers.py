@@ -141,3 +141,37 @@ def save_blowing_up_checkpoint(path):
         rhs.F.weight[rhs.invariant_set.names.index("grad_sq")] = 100.0
     save_checkpoint(path, model, config)
     return model, config
+
+
+def central_stencil(order: int = 2) -> dict:
+    """The 3x3 central differences up to order 2, as a stencil builder returns them
+    (``{(a, b): kernel}``, ``y`` up: ``u_y`` is the upper row minus the lower), for registering
+    a family of one's own."""
+    import numpy as np
+
+    return {(0, 0): np.array([[0, 0, 0], [0, 1.0, 0], [0, 0, 0]]),
+            (1, 0): np.array([[0, 0, 0], [-0.5, 0, 0.5], [0, 0, 0]]),
+            (0, 1): np.array([[0, 0.5, 0], [0, 0, 0], [0, -0.5, 0]]),
+            (2, 0): np.array([[0, 0, 0], [1.0, -2, 1], [0, 0, 0]]),
+            (1, 1): np.array([[-0.25, 0, 0.25], [0, 0, 0], [0.25, 0, -0.25]]),
+            (0, 2): np.array([[0, 1.0, 0], [0, -2, 0], [0, 1, 0]])}
+
+
+def full_disk_for(monkeypatch, name: str, code: int | None = None) -> None:
+    """Writing a file called ``name`` (through :mod:`eqpdenet.app.files`) fails as on a full
+    disk, ``ENOSPC`` (or the errno ``code``): its temporary file cannot be made."""
+    import errno
+    import os
+    from pathlib import Path
+
+    from eqpdenet.app import files
+
+    code = errno.ENOSPC if code is None else code
+    real = files.temporary_beside
+
+    def full(path, suffix):
+        if Path(path).name == name:
+            raise OSError(code, os.strerror(code), str(path))
+        return real(path, suffix)
+
+    monkeypatch.setattr(files, "temporary_beside", full)

@@ -1,4 +1,4 @@
-"""A stand-in for the sweeps a study runs, shared by the study tests."""
+"""Stand-ins for the runs of a sweep and the sweeps a study runs, shared by the tests."""
 
 from __future__ import annotations
 
@@ -29,3 +29,24 @@ def fake_study_reproduce(monkeypatch, accuracy=lambda run: 60.0):
 
     monkeypatch.setattr(study, "reproduce", reproduce)
     return trained
+
+
+def fake_record(run, score: float = 50.0) -> dict:
+    """The record of a run of configuration ``run`` that trained nothing: test accuracy
+    ``score + seed``, 100 parameters."""
+    from eqpdenet.app.config import to_dict
+
+    return {"model": run.model.kind, "hidden": run.model.hidden, "seed": run.train.seed,
+            "status": "ok", "params": 100, "accuracy": {"test": score + run.train.seed},
+            "train_seconds": 1.0, "eval_seconds": 1.0, "config": to_dict(run)}
+
+
+def fake_sweep_runs(monkeypatch) -> None:
+    """No data, no training in ``reproduce`` and ``benchmark``: a run's record is
+    :func:`fake_record` of its configuration."""
+    from eqpdenet.app import benchmark, sweeps
+
+    monkeypatch.setattr(sweeps, "_cached_data", lambda *args: {})
+    monkeypatch.setattr(sweeps, "run_experiment", lambda run, data, **options: fake_record(run))
+    monkeypatch.setattr(benchmark, "run_experiment",
+                        lambda run, data, **options: fake_record(run))

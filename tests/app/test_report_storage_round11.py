@@ -6,40 +6,21 @@ the report once there is room. (Runs are faked: no training; the full disk is si
 from __future__ import annotations
 
 import errno
-import os
-from pathlib import Path
 
 import pytest
 
-from eqpdenet.app import benchmark as benchmark_module
-from eqpdenet.app import files, sweeps
+from eqpdenet.app import sweeps
 from eqpdenet.app.cli import main
-from eqpdenet.app.config import to_dict
-
-
-def _record(run) -> dict:
-    return {"model": run.model.kind, "hidden": run.model.hidden, "seed": run.train.seed,
-            "status": "ok", "params": 100, "accuracy": {"test": 50.0 + run.train.seed},
-            "train_seconds": 1.0, "eval_seconds": 1.0, "config": to_dict(run)}
+from helpers import full_disk_for
+from study_helpers import fake_sweep_runs
 
 
 @pytest.fixture
 def fake_runs(monkeypatch):
-    monkeypatch.setattr(sweeps, "_cached_data", lambda *args: {})
-    monkeypatch.setattr(sweeps, "run_experiment", lambda run, data, **options: _record(run))
-    monkeypatch.setattr(benchmark_module, "run_experiment",
-                        lambda run, data, **options: _record(run))
+    fake_sweep_runs(monkeypatch)
 
 
-def _full_for(monkeypatch, name: str, code: int) -> None:
-    real = files.temporary_beside
-
-    def full(path, suffix):
-        if Path(path).name == name:
-            raise OSError(code, os.strerror(code), str(path))
-        return real(path, suffix)
-
-    monkeypatch.setattr(files, "temporary_beside", full)
+_full_for = full_disk_for
 
 
 ARGUMENTS = {

@@ -23,7 +23,6 @@ import pytest
 import torch
 
 from data_helpers import write_npz
-from eqpdenet.app import benchmark as benchmark_module
 from eqpdenet.app import files, preflight, sweeps
 from eqpdenet.app.benchmark import benchmark, write_benchmark_report
 from eqpdenet.app.config import (
@@ -41,24 +40,19 @@ from eqpdenet.app.study import Stage, run_study, study_base
 from eqpdenet.app.sweeps import reproduce, run_sweep
 from eqpdenet.errors import OutputFolderError
 from eqpdenet.files import remove_stale_beside, temporary_beside
-from study_helpers import fake_study_reproduce
+from helpers import full_disk_for
+from study_helpers import fake_record, fake_study_reproduce, fake_sweep_runs
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _record(run, score: float = 50.0) -> dict:
-    return {"model": run.model.kind, "hidden": run.model.hidden, "seed": run.train.seed,
-            "status": "ok", "params": 100, "accuracy": {"test": score + run.train.seed},
-            "train_seconds": 1.0, "eval_seconds": 1.0, "config": to_dict(run)}
+_record = fake_record
 
 
 @pytest.fixture
 def fake_runs(monkeypatch):
-    """No data, no training: a run's record is :func:`_record` of its configuration."""
-    monkeypatch.setattr(sweeps, "_cached_data", lambda *args: {})
-    monkeypatch.setattr(sweeps, "run_experiment", lambda run, data, **options: _record(run))
-    monkeypatch.setattr(benchmark_module, "run_experiment",
-                        lambda run, data, **options: _record(run))
+    """No data, no training: a run's record is :func:`fake_record` of its configuration."""
+    fake_sweep_runs(monkeypatch)
 
 
 @pytest.fixture
@@ -94,16 +88,7 @@ def _quiet(*args):
     pass
 
 
-def _full_for(monkeypatch, name: str, code: int = errno.ENOSPC) -> None:
-    """Writing the file ``name`` fails as on a full disk (its temporary file cannot be made)."""
-    real = files.temporary_beside
-
-    def full(path, suffix):
-        if Path(path).name == name:
-            raise OSError(code, os.strerror(code), str(path))
-        return real(path, suffix)
-
-    monkeypatch.setattr(files, "temporary_beside", full)
+_full_for = full_disk_for
 
 
 def _contents(folder: Path, names) -> dict[str, bytes | None]:

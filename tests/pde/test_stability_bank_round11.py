@@ -21,17 +21,12 @@ from eqpdenet.pde.stencils import (
     second_order_symbol_range,
     stencil_kernels,
 )
+from helpers import central_stencil
 
 NAME = "round11-central"
 
 
-def _central(order):
-    return {(0, 0): np.array([[0, 0, 0], [0, 1.0, 0], [0, 0, 0]]),
-            (1, 0): np.array([[0, 0, 0], [-0.5, 0, 0.5], [0, 0, 0]]),
-            (0, 1): np.array([[0, 0.5, 0], [0, 0, 0], [0, -0.5, 0]]),
-            (2, 0): np.array([[0, 0, 0], [1.0, -2, 1], [0, 0, 0]]),
-            (1, 1): np.array([[-0.25, 0, 0.25], [0, 0, 0], [0.25, 0, -0.25]]),
-            (0, 2): np.array([[0, 1.0, 0], [0, -2, 0], [0, 1, 0]])}
+_central = central_stencil
 
 
 def _doubled(order):
