@@ -10,9 +10,11 @@ import time
 
 import pytest
 import sympy as sp
+import torch
 
 from eqpdenet.errors import ConfigError
 from eqpdenet.pde.invariants import INVARIANT_SETS
+from eqpdenet.pde.stencils import jet
 from eqpdenet.pde.symbolic import (
     MAX_BRACKET_LENGTH,
     LieGroupAction,
@@ -98,3 +100,13 @@ def test_a_constant_beyond_float64_is_named_in_a_few_digits():
     with pytest.raises(ConfigError, match=r"cannot compile the constant oo: coefficients must be "
                                           r"finite"):
         compile_invariants(["oo*u"], "c")
+
+
+def test_a_long_constant_is_labelled_in_a_few_digits_and_computed_exactly():
+    invariant_set = compile_invariants(["1e300*u**2", "u_x/3"], "c")
+    big, third = invariant_set.invariants
+    assert big.unicode == "1.0e+300 u²" and "10^{300}" in big.latex
+    assert third.unicode == "u_x/3"  # short numbers as they were
+    u = torch.full((1, 1, 6, 6), 1e-150, dtype=torch.float64)
+    values = invariant_set(jet(u, 2, "central"))
+    torch.testing.assert_close(values[:, :, 0], torch.ones_like(u), rtol=1e-12, atol=0)

@@ -2088,10 +2088,19 @@ def left_invariant_derivatives(group: LieGroupAction | str, order: int, channels
 _SUPERSCRIPTS = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
 
 
+def _readable_numbers(expr: sp.Expr) -> sp.Expr:
+    """``expr`` with every number written in more than 16 characters (``1e300`` read as a
+    301-digit integer) as a float of 4 significant digits, for labels only: what is computed
+    keeps the exact value."""
+    long = {n: sp.Float(n, 4) for n in expr.atoms(sp.Number) if len(str(n)) > 16}
+    return expr.xreplace(long) if long else expr
+
+
 def unicode_formula(expr: sp.Expr) -> str:
     """One-line unicode form: ``u_x² + u_y²``, ``(u_x² + u_y²)/(u_xx + u_yy)``, ``u_x⁻²``; an
-    exponent that is not an integer keeps its form after ``^`` (``u_x^(1/3)``)."""
-    text = sp.sstr(expr)
+    exponent that is not an integer keeps its form after ``^`` (``u_x^(1/3)``); a number of more
+    than 16 characters in 4 significant digits (``1.000e+300``)."""
+    text = sp.sstr(_readable_numbers(expr))
     # Integer exponents, ``**2`` and ``**(-2)``, as superscripts; any other power as ``^``
     # (``*`` becomes a space below, so a ``**`` left over would read as a double space).
     text = re.sub(r"\*\*(?:(\d+)|\((-\d+)\))(?![\d.])",
@@ -2277,7 +2286,8 @@ def compile_invariants(symbolic: SymbolicInvariants | Sequence[sp.Expr], name: s
         if label in used:
             label = f"{name}_{index}"
         used.add(label)
-        invariants.append(Invariant(label, unicode_formula(expr), sp.latex(expr), function))
+        invariants.append(Invariant(label, unicode_formula(expr),
+                                    sp.latex(_readable_numbers(expr)), function))
     if on_m2:
         invariant_set = M2InvariantSet(name, group or name, order, invariants, equation)
     else:
