@@ -554,27 +554,14 @@ def _needs_plots(use: str) -> None:
     import_pyplot(use)
 
 
-@contextlib.contextmanager
 def _runs_saved(out: Path):
-    """The report written after a sweep's runs: a write refused for want of room (a full disk,
-    a limit: :func:`eqpdenet.files.is_storage_limit`) says, after its cause, that every run is
-    saved and how to get the report once there is room, as a stop during the runs says that
-    the finished ones are (:data:`eqpdenet.app.sweeps.RESUME_HINT`)."""
-    from ..errors import OutputFolderError
-    from ..files import is_storage_limit
+    """The report written after a sweep's runs: a write refused for want of room says, after
+    its cause, that every run is saved and how to get the report once there is room
+    (:func:`eqpdenet.app.sweeps.report_hint`), as a stop during the runs says that the finished
+    ones are."""
+    from .sweeps import _limits_named, report_hint
 
-    try:
-        yield
-    except OSError as error:
-        if not is_storage_limit(error):
-            raise
-        text = str(error) if isinstance(error, OutputFolderError) else (
-            f"cannot write the report into {out}: {write_cause(error)}")
-        named = OutputFolderError(f"{text}; every run is saved: make room (or raise the "
-                                  f"limit), then `eqpdenet report {out}` writes the report (or "
-                                  f"rerun the same command)")
-        named.errno = error.errno
-        raise named from None
+    return _limits_named(out, resumable=True, hint=report_hint(out))
 
 
 def _reproduce(args) -> int:

@@ -130,15 +130,23 @@ RESUME_HINT = ("finished runs are saved: make room (or raise the limit), then re
                "command to resume")
 
 
+def report_hint(out_dir: Path) -> str:
+    """What a sweep's report stopped by a full disk or a limit says after the cause: every run
+    is saved, and ``eqpdenet report`` writes the report once there is room."""
+    return (f"every run is saved: make room (or raise the limit), then `eqpdenet report "
+            f"{out_dir}` writes the report (or rerun the same command)")
+
+
 @contextlib.contextmanager
-def _limits_named(out_dir: Path, resumable: bool = False):
+def _limits_named(out_dir: Path, resumable: bool = False, hint: str = RESUME_HINT):
     """A write into ``out_dir`` refused by a limit the system's words do not name (``File too
     large``: the process's file size limit, ``ulimit -f``; ``Disk quota exceeded``) as an
     :class:`~eqpdenet.errors.OutputFolderError` naming the file and the limit, as ``train``'s
     writes say it (:mod:`eqpdenet.app.runfolder`). ``resumable`` (the runs of a sweep): any
     write refused for want of room (:func:`eqpdenet.files.is_storage_limit`: a full disk, the
     file size limit, the quota, a read-only file system), wherever it was, says too that the
-    finished runs are saved and that the same command resumes (:data:`RESUME_HINT`)."""
+    finished runs are saved and that the same command resumes (``hint``: :data:`RESUME_HINT`;
+    after every run, :func:`report_hint`)."""
     try:
         yield
     except FolderMovedError:
@@ -160,7 +168,7 @@ def _limits_named(out_dir: Path, resumable: bool = False):
             else:
                 raise
         if resumable:
-            text = f"{text}; {RESUME_HINT}"
+            text = f"{text}; {hint}"
         named_error = OutputFolderError(text)
         named_error.errno = error.errno
         raise named_error from None
