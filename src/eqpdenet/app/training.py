@@ -445,9 +445,6 @@ def resolve_for_data(config: ExperimentConfig, data: Data | dict) -> ExperimentC
     """
     given, config = config, copy.deepcopy(config)
     model = config.model
-    # before the statistics are computed from them: inf pixels gave an inf mean, refused as a
-    # TOML value, not as the data's fault
-    _check_training_splits(data, None)
     channels, height, width = data["train"].images.shape[1:]
     if height != width:
         raise ConfigError(f"the models take square images; the data set has {height}x{width}")
@@ -463,6 +460,9 @@ def resolve_for_data(config: ExperimentConfig, data: Data | dict) -> ExperimentC
         family = name.removesuffix("-rotated") in MNIST_FAMILY
         standardize = "fixed" if family else "train"
     if standardize == "train":
+        # before the statistics are computed from them: inf pixels gave an inf mean, refused
+        # as a TOML value, not as the data's fault
+        _check_training_splits(data, None, ("train",))
         pixels = data["train"].images.double()
         model.input_mean = float(pixels.mean())
         model.input_std = float(pixels.std()) or 1.0
@@ -986,8 +986,9 @@ def _check_training_splits(data, classes: int | None,
     """An :class:`~eqpdenet.errors.InputError` before any step unless the training (and
     validation) split's images are finite and agree in ``(C, H, W)`` and, where ``classes`` is
     known, every label is one of ``0 ... classes - 1`` (a label of 10 for 10 classes failed deep
-    in the loss; -1 likewise). ``splits``: the splits checked so (:func:`run_experiment` adds
-    ``test``, which it scores after training: a NaN there was found only then)."""
+    in the loss; -1 likewise). ``splits``: the splits checked so (:func:`run_experiment` checks
+    ``test``, which it scores after training, before it trains: a NaN there was found only
+    then)."""
     train = data["train"]
     if len(train) == 0:
         raise InputError("the training split holds no image")
@@ -1413,7 +1414,9 @@ def run_experiment(config: ExperimentConfig, data: Data | dict[str, Split], *,
     evaluation).
     """
     config = resolve_for_data(config, data)
-    _check_training_splits(data, config.model.classes, ("train", "validation", "test"))
+    # the test split, scored after training (train_model checks the other two before its
+    # first step)
+    _check_training_splits(data, config.model.classes, ("test",))
     record = {"model": config.model.kind, "hidden": config.model.hidden, "seed": config.train.seed,
               "config": to_dict(config), "environment": environment()}
     dataset = copy.deepcopy(getattr(data, "info", None) or {})
