@@ -867,11 +867,11 @@ class _Algebra:
         while pairs:
             i, j = pairs.pop(0)
             bracket = lie_bracket(fields[i], fields[j])
-            label = f"[{labels[i]}, {labels[j]}]"
-            if len(str(bracket)) > MAX_BRACKET_LENGTH:
+            label, written = f"[{labels[i]}, {labels[j]}]", str(bracket)
+            if len(written) > MAX_BRACKET_LENGTH:
                 raise ConfigError(
                     f"{name}: the Lie bracket {label} of the generators is "
-                    f"{len(str(bracket))} characters long ({_shown(bracket)}): its brackets "
+                    f"{len(written)} characters long ({_shown(written)}): its brackets "
                     f"grow at each step, as those of fields that generate no "
                     f"finite-dimensional group do; this module handles finite-dimensional "
                     f"groups (at most {MAX_ALGEBRA_DIMENSION} dimensions)")
