@@ -29,7 +29,9 @@ gradients of 1e8 against 10 for the product after 3 Euler steps on binary patter
 ``scaling``) scales like ``u``.
 
 Each set declares the transformations it is invariant under
-(:attr:`InvariantSet.invariant_under`); the tests hold every set to its declaration.
+(:attr:`InvariantSet.invariant_under`). A planar set's declared rotations and scalings are
+checked when it is made, on random jets transformed exactly (:func:`transformed_jet`); the tests
+also hold every built-in set to its declaration on sampled images.
 
 Regularised ratios
 ------------------
@@ -93,7 +95,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, InputError, InputTypeError
 from ..registry import CallRegistry, Registry, _shown
-from .stencils import check_order, derivative_names, jet_order
+from .stencils import check_order, derivative_multi_indices, derivative_names, jet_order
 
 __all__ = [
     "DEFAULT_RATIO_EPS",
@@ -195,6 +197,43 @@ RATIO_REGULARISATIONS: Registry[Callable] = CallRegistry(
     "ratio regularisation", "ratio(a, b, eps, reference_sq)", 1.0, 1.0, 0.1, None)
 RATIO_REGULARISATIONS.register("covariant", _covariant)
 RATIO_REGULARISATIONS.register("absolute", _absolute)
+
+
+def transformed_jet(jet: Tensor, transformation: str, parameter: float) -> Tensor:
+    """The exact jet of the transformed function, by the chain rule (no grid, no stencil).
+
+    ``jet`` ``(..., D, H, W)`` holds the derivatives of ``u`` (in :func:`derivative_names`
+    order); the result holds those of ``u(R^T p)`` for ``transformation = "rotations"``
+    (``R`` the rotation by ``parameter`` radians: the gradient becomes ``R ∇u``, the Hessian
+    ``R H R^T``, each order-``k`` derivative tensor ``R ⊗ ... ⊗ R`` applied to it), or of
+    ``u(p / λ)`` for ``"scalings"`` (``λ = parameter > 0``: order ``k`` times ``λ^-k``).
+    The same shape and dtype. A quarter turn's coefficients are exact (0 and ±1)."""
+    order = jet_order(jet.shape[-3])
+    indices = derivative_multi_indices(order)
+    if transformation == "scalings":
+        factors = torch.tensor([float(parameter) ** -(a + b) for a, b in indices],
+                               dtype=jet.dtype, device=jet.device)
+        return jet * factors[:, None, None]
+    if transformation != "rotations":
+        raise ConfigError(f"transformed_jet: transformation must be 'rotations' or 'scalings', "
+                          f"got {transformation!r}")
+    c, s = math.cos(parameter), math.sin(parameter)
+    c, s = (0.0 if abs(c) < 1e-15 else c), (0.0 if abs(s) < 1e-15 else s)
+    position = {index: k for k, index in enumerate(indices)}
+    matrix = torch.zeros(len(indices), len(indices), dtype=torch.float64)
+    for row, (a, b) in enumerate(indices):
+        # Each x of the new derivative is c ∂x - s ∂y of u, each y is s ∂x + c ∂y: the
+        # coefficient of t^p in (c t - s)^a (s t + c)^b is the weight of u's derivative with
+        # p x's (t counts the x's).
+        polynomial = [1.0]
+        for t_weight, one_weight in [(c, -s)] * a + [(s, c)] * b:
+            polynomial = [(t_weight * polynomial[p - 1] if p else 0.0)
+                          + (one_weight * polynomial[p] if p < len(polynomial) else 0.0)
+                          for p in range(len(polynomial) + 1)]
+        for p, weight in enumerate(polynomial):
+            if weight:
+                matrix[row, position[(p, a + b - p)]] = weight
+    return torch.einsum("ij,...jhw->...ihw", matrix.to(jet.dtype).to(jet.device), jet)
 
 
 @dataclass(frozen=True)
@@ -308,7 +347,7 @@ class InvariantSet:
             A declared capability: set it only for a set that computes what that kernel does.
         invariant_under: the transformations of the plane (:data:`TRANSFORMATIONS`) under which
             every invariant of the set is invariant (with the ``covariant`` ratio
-            regularisation); a declaration the tests check. Default: none declared.
+            regularisation). Default: none declared. Checked when a planar set is made (below).
 
     Calling the set on a jet ``(..., D, H, W)`` returns ``(..., K, H, W)``, ``K = len(self)``.
     ``domain`` is ``"plane"``: the sets of this class are functions of images (the M2 sets of
@@ -322,7 +361,9 @@ class InvariantSet:
     string), ``invariants`` a non-empty sequence of :class:`Invariant`. A set of the plane is
     then evaluated once on the zero jet of its ``order`` (1 x 1 maps, float64, no randomness):
     an invariant that reads a derivative beyond ``order``, fails there, or does not return one
-    map of the jet's shape is refused then, not at the first forward. Every call checks each
+    map of the jet's shape is refused then, not at the first forward. A declared ``rotations`` or
+    ``scalings`` is then checked on random jets (:meth:`_check_declared_invariance`): a false
+    declaration is refused, naming the invariant that changes. Every call checks each
     invariant's result against the jet (a tensor ``jet.shape[:-3] + jet.shape[-2:]``: one
     map; a shape comparison, no host read) and names the set and the invariant where it is not.
 
@@ -375,6 +416,7 @@ class InvariantSet:
         self.invariant_under: frozenset[str] = frozenset(invariant_under)
         if self.domain == "plane":
             self._try_on_zero_jet()
+            self._check_declared_invariance()
 
     def _try_on_zero_jet(self) -> None:
         """Each invariant on the zero jet of the set's order (1 x 1 maps, float64): a
@@ -394,6 +436,59 @@ class InvariantSet:
                     + (" (raise the set's order)" if "higher-order jet" in str(error) else "")
                 ) from error
             self._check_map(invariant, value, jet)
+
+    def _check_declared_invariance(self) -> None:
+        """Each declared rotation or scaling invariance, on two seeded random jets of the set's
+        order, at two angles (a quarter turn above order 12) or factors: the jet of
+        ``u(R^T p)`` or ``u(p / λ)`` at the origin, exact by the chain rule
+        (:func:`transformed_jet`), must give the same values to 1e-8
+        relative (float64, ratios ``"covariant"``; exact invariants agree to rounding, about
+        1e-14). A false declaration is a :class:`~eqpdenet.errors.ConfigError` naming the set,
+        the invariant and the transformation, at the set's creation: the declaration decides
+        which models call themselves exact under quarter turns (export checks them, the
+        benchmark reports them). Translations need no check: an invariant is a function of the
+        jet at a point and cannot see where the point is."""
+        checked = [t for t in ("rotations", "scalings") if t in self.invariant_under]
+        if not checked:
+            return
+        generator = torch.Generator().manual_seed(0)
+        size = (self.order + 1) * (self.order + 2) // 2
+        jet = torch.randn(size, 1, 2, generator=generator, dtype=torch.float64)
+        ratio = RatioRegularisation(DEFAULT_RATIO_EPS, "covariant")
+        before = self._values(jet, ratio)
+        for transformation in checked:
+            # Above order 12 a general angle's coefficients (up to 2^order) cancel beyond
+            # float64's precision: only a quarter turn (exact coefficients) is checked there.
+            parameters = ((0.6, 1.7) if transformation == "scalings" else
+                          (0.61, 2.3) if self.order <= 12 else (math.pi / 2,))
+            for parameter in parameters:
+                after = self._values(transformed_jet(jet, transformation, parameter), ratio)
+                for invariant, a, b in zip(self.invariants, before, after, strict=True):
+                    error = float((a - b).abs().max())
+                    scale = float(torch.maximum(a.abs(), b.abs()).max())
+                    if not error <= 1e-8 * scale + 1e-12:  # NaN included
+                        shown = (f"rotation by {parameter:.4g} rad" if transformation == "rotations"
+                                 else f"scaling by {parameter}")
+                        raise ConfigError(
+                            f"invariant set {self.name!r} declares invariant_under "
+                            f"{transformation!r}, but invariant {invariant.name!r} changes "
+                            f"under a {shown} of a random jet (from {float(a.flatten()[0]):.6g} "
+                            f"to {float(b.flatten()[0]):.6g}; largest difference {error:.3g}): "
+                            f"leave {transformation!r} out of invariant_under, or correct the "
+                            f"invariant")
+
+    def _values(self, jet: Tensor, ratio: RatioRegularisation) -> list[Tensor]:
+        """Each invariant's map on ``jet`` (no grad); a failure names the set and invariant."""
+        derivatives, values = Derivatives(jet), []
+        for invariant in self.invariants:
+            try:
+                with torch.no_grad():
+                    values.append(invariant.function(derivatives, ratio))
+            except Exception as error:  # noqa: BLE001 - the user's function: named, cause kept
+                raise ConfigError(f"invariant set {self.name!r}: invariant {invariant.name!r} "
+                                  f"fails on a random jet of order {self.order}: "
+                                  f"{type(error).__name__}: {error}") from error
+        return values
 
     def _check_map(self, invariant: Invariant, value, jet: Tensor) -> None:
         """A :class:`~eqpdenet.errors.ConfigError` naming the set and the invariant unless
