@@ -357,7 +357,8 @@ def _size(n: int) -> str:
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and a rename (a path
-    that is a device or pipe, like ``/dev/stdout``, is written in place). A symbolic link is
+    that is a device or pipe, like ``/dev/stdout``, is written in place, and so is a file that
+    is a mount point, which no rename can replace: ``EBUSY``). A symbolic link is
     followed, never replaced: the file it leads to is written (:func:`eqpdenet.files.link_target`:
     the temporary file goes beside that file and is renamed onto it). The folder is made where
     it is missing (:func:`make_folder`), but never a folder a command holds that has gone
@@ -385,7 +386,20 @@ def atomic_write(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError as error:
+            if error.errno != errno.EBUSY:
+                raise
+            # The target is a mount point (a file bind-mounted into a container: `docker run
+            # -v result.json:/out/result.json`), which no rename can replace: written in place,
+            # as for a device. A reader may then see it half-written, which the mount's owner
+            # chose; the data went to the temporary file first, so a full disk failed there.
+            with open(target, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.unlink(tmp)
     except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
