@@ -101,3 +101,12 @@ def test_the_built_in_sets_pass_their_own_check():
                                invariant_set.invariants,
                                invariant_under=invariant_set.invariant_under)
         assert {"rotations", "scalings"} & rebuilt.invariant_under
+
+
+def test_a_value_undefined_at_a_jet_and_at_its_transform_is_no_change():
+    """sqrt(det H) is NaN where det H < 0, at the jet and at its rotation alike: invariant."""
+    root = _set("root", 2, lambda d, r: (d.u_xx * d.u_yy - d.u_xy ** 2).sqrt() + d.u_x * 0,
+                ["rotations"])
+    assert "rotations" in root.invariant_under
+    with pytest.raises(ConfigError, match="invariant 'i' changes under a rotation"):
+        _set("root", 2, lambda d, r: (d.u_xx * d.u_yy - d.u_xy ** 2).sqrt() + d.u_x, ["rotations"])
