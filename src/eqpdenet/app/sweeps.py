@@ -30,6 +30,7 @@ from ..data.mnist import download_progress
 from ..data.rotmnist import find_official_rotmnist
 from ..errors import ConfigError, OutputFolderError
 from ..files import is_storage_limit, write_cause
+from ..kernels import ENV_BACKEND
 from .config import (
     KIND_OPTIONS,
     DataConfig,
@@ -57,6 +58,7 @@ from .training import (
     _progress,
     data_resolved_fields,
     fingerprint,
+    pde_backend,
     prepare_data,
     run_experiment,
     with_legacy_fields,
@@ -295,7 +297,7 @@ def _run_all(todo, finish, runner, options, checkpoint_for, bar, *, executor, jo
             finish(key, record)
             bar_update(1)
     else:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
+        threads = threads_per_job(jobs)
         with worker_pool(min(jobs, len(todo))) as pool:
             epoch_lines = progress and not interactive()
             futures = {pool.submit(_worker, (runner, key, to_dict(run), data_dir, cache_dir,
@@ -354,6 +356,24 @@ def check_before_writing(runs: dict[str, ExperimentConfig], out_dir: Path, jobs:
         echo(f"{_changed_message(out_dir, changed)}: set aside in {aside}, {when}")
 
 
+def threads_per_job(jobs: int) -> int:
+    """Threads of each of ``jobs`` parallel worker processes: the CPUs this process may run on
+    (its affinity: a container's or ``taskset``'s set; else ``os.cpu_count()``) shared out, at
+    least 1, and never more than ``OMP_NUM_THREADS`` where it is a positive whole number, which
+    ``--jobs 1`` (PyTorch in this process) honours too. The thread count changes a run's last
+    digits, so a documented ``OMP_NUM_THREADS=1 ... --jobs 2`` must mean one thread per run on
+    any machine (each run records what it used: ``environment.threads``)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cpus = os.cpu_count() or 1
+    threads = max(1, cpus // max(1, jobs))
+    limit = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if limit.isdigit() and int(limit) >= 1:
+        threads = min(threads, int(limit))
+    return threads
+
+
 def changed_runs(runs: dict[str, ExperimentConfig], out_dir: Path, *,
                  base_fingerprint: str | tuple[str, ...] | None = None,
                  base: dict | None = None, every_kind: bool = False,
@@ -377,6 +397,9 @@ def changed_runs(runs: dict[str, ExperimentConfig], out_dir: Path, *,
       default, as loading resolves it): the official files added to or removed from the data
       folder since, which would mix the official and the generated set in one folder. Records
       without a source (runs from before it was recorded) are not compared;
+    * a key of ``runs`` whose PDE layers resolved their ``backend = "auto"`` to another backend
+      than they would now (``environment.pde_backend``: ``EQPDENET_BACKEND`` set or unset since;
+      :func:`~eqpdenet.app.training.pde_backend`). Records without it are not compared;
     * with ``base_fingerprint``, any key whose record has another base fingerprint (a
       ``reproduce`` base or a benchmark's base and curves changed), its differences those of its
       configuration, else the fields of ``base`` (section name -> configuration) that differ
@@ -403,6 +426,7 @@ def changed_runs(runs: dict[str, ExperimentConfig], out_dir: Path, *,
             differences += _config_differences(record["config"], run)
             differences += _data_differences(record, run, fingerprints)
             differences += _source_differences(record, run, data_dir, fingerprints)
+            differences += _backend_differences(record, run)
         if accepted and record.get("base_fingerprint") not in accepted and not differences:
             if base_differences is None:  # config.toml is read once, where needed
                 base_differences = _base_differences(out_dir, base or {}, every_kind)
@@ -462,6 +486,21 @@ def _source_differences(record: dict, run: ExperimentConfig, data_dir, cache: di
         return []
     return [f"data.source {run.data.source!r}: the {recorded} ROTMNIST recorded, the {now} "
             f"one now"]
+
+
+def _backend_differences(record: dict, run: ExperimentConfig) -> list[str]:
+    """The backend ``record``'s PDE layers resolved ``"auto"`` to (``environment.pde_backend``)
+    when ``run``'s resolve it to another now (``EQPDENET_BACKEND`` set or unset since): the
+    fused operators and the reference differ in their last digits. Records without it (runs
+    from before it was recorded, models without a backend at ``"auto"``) are not compared."""
+    environment = record.get("environment")
+    recorded = environment.get("pde_backend") if isinstance(environment, dict) else None
+    now = pde_backend(run)
+    if recorded is None or now is None or recorded == now:
+        return []
+    return [f"the PDE backend: {recorded!r} recorded, {now!r} now ({ENV_BACKEND} "
+            f"{'unset' if now == 'auto' else repr(now)}); the fused operators and the "
+            f"reference round differently"]
 
 
 def _base_differences(out_dir: Path, base: dict, every_kind: bool = False) -> list[str]:

@@ -50,8 +50,9 @@ from ..errors import (
     NonFiniteStateError,
     warn_at_caller,
 )
+from ..kernels import resolve_backend
 from ..kernels.cpu import cpu_name
-from ..models import count_parameters
+from ..models import MODELS, _constructor_options, count_parameters
 from . import accelerate
 from .batches import mini_batches
 from .checkpoints import describe_non_finite, non_finite_tensors
@@ -1220,13 +1221,39 @@ def fingerprint(config) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def environment() -> dict:
+def pde_backend(config) -> str | None:
+    """What a run's PDE layers resolve their ``backend = "auto"`` to in this process
+    (:func:`~eqpdenet.kernels.resolve_backend`: ``"auto"``, or what ``EQPDENET_BACKEND``
+    overrides it with, ``"reference"`` or ``"fused"``), or None where the run's model has no
+    backend option at ``"auto"`` (the families without PDE kernels; a backend set in the
+    configuration is recorded there). The fused operators and the reference round differently,
+    so a run's numbers depend on it (module doc). ``config``: an :class:`ExperimentConfig` or
+    its dict."""
+    model = (to_dict(config) if not isinstance(config, dict) else config).get("model", {})
+    try:
+        options = _constructor_options(MODELS.get(model.get("kind")))
+    except (ConfigError, TypeError):
+        return None
+    if any(isinstance(model.get(name), dict) and model[name].get("backend") == "auto"
+           for name in options):
+        return resolve_backend("auto")
+    return None
+
+
+def environment(config=None) -> dict:
     """Provenance saved beside every result: versions, the commit, the CPU and the vector
-    instruction set PyTorch's kernels use on it (``torch.backends.cpu.get_cpu_capability``)."""
-    return {"eqpdenet": __version__, "torch": str(torch.__version__), "python": platform.python_version(),
-            "machine": platform.machine(), "cpu": cpu_name(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "threads": torch.get_num_threads(), "git": git_commit()}
+    instruction set PyTorch's kernels use on it (``torch.backends.cpu.get_cpu_capability``),
+    and, given the run's ``config`` and where its model follows it, ``pde_backend``
+    (:func:`pde_backend`: a sweep resumed under another ``EQPDENET_BACKEND`` would otherwise
+    mix backends unseen, :func:`eqpdenet.app.sweeps.changed_runs`)."""
+    record = {"eqpdenet": __version__, "torch": str(torch.__version__),
+              "python": platform.python_version(), "machine": platform.machine(),
+              "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+              "threads": torch.get_num_threads(), "git": git_commit()}
+    backend = None if config is None else pde_backend(config)
+    if backend is not None:
+        record["pde_backend"] = backend
+    return record
 
 
 #: The format tag written by :func:`save_checkpoint`. Format 2 (ratio_regularisation in the
@@ -1274,7 +1301,8 @@ def save_checkpoint(path: Path, model: nn.Module, config: ExperimentConfig, **ex
             f"fields or keep its defaults (no configuration records options of its own)")
     buffer = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, "config": to_dict(config),
-                "state_dict": model.state_dict(), "environment": environment(), **extra}, buffer)
+                "state_dict": model.state_dict(), "environment": environment(config), **extra},
+               buffer)
     atomic_write(Path(path), buffer.getvalue())
 
 
@@ -1418,7 +1446,7 @@ def run_experiment(config: ExperimentConfig, data: Data | dict[str, Split], *,
     # first step)
     _check_training_splits(data, config.model.classes, ("test",))
     record = {"model": config.model.kind, "hidden": config.model.hidden, "seed": config.train.seed,
-              "config": to_dict(config), "environment": environment()}
+              "config": to_dict(config), "environment": environment(config)}
     dataset = copy.deepcopy(getattr(data, "info", None) or {})
     if dataset:  # which data: its source and, for a file, its fingerprint (sweeps.changed_runs)
         record["dataset"] = dataset
