@@ -18,13 +18,16 @@ so 60 and 75 degrees of the benchmark's angle curve are -30 and -15), and the re
 under 37 degrees and under 37 degrees and back (resampling alone), all from
 :mod:`eqpdenet.analysis.robustness`. Main effects and interactions of the factors are tabulated::
 
-    OMP_NUM_THREADS=1 EQPDENET_DATA=/work/shared/data python benchmarks/fragility.py
-    python benchmarks/fragility.py --cells isotropic-pool-zeros --seeds 1   # a seed replicate
+    OMP_NUM_THREADS=1 EQPDENET_DATA=/work/shared/data python benchmarks/fragility.py --out results/fragility
+    python benchmarks/fragility.py --out results/fragility --cells isotropic-pool-zeros --seeds 1
 
-writes ``results/fragility/log.jsonl`` (one line per cell and seed, appended atomically),
-``table.md`` (rewritten from the log after every cell) and the checkpoints. Resumable: a killed
-run is restarted by the same command and trains only the cells missing from the log (the cell
-that was training when killed starts again from its first epoch).
+writes ``OUT/log.jsonl`` (one line per cell and seed, appended atomically), ``table.md``
+(rewritten from the log after every cell) and the checkpoints (``checkpoints/CELL-seedS.pt``).
+Resumable: a killed run is restarted by the same command and trains only the cells missing from
+the log (the cell that was training when killed starts again from its first epoch). ``--out``
+has no default, so that a trial run never lands in the committed ``results/fragility``; and a
+folder holds one number of epochs (its checkpoints are named by cell and seed): another
+``--epochs`` there, training or ``--table-only``, is refused.
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ import itertools
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -254,6 +256,10 @@ def write_table(out: Path, records: list[dict], epochs: int) -> Path:
     return path
 
 
+def _listed(values) -> str:
+    return ", ".join(str(v) for v in values)
+
+
 def _product(signs: dict, factors: tuple) -> int:
     value = 1
     for f in factors:
@@ -263,7 +269,8 @@ def _product(signs: dict, factors: tuple) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("results/fragility"))
+    parser.add_argument("--out", type=Path, required=True,
+                        help="the experiment's folder (results/fragility resumes the committed one)")
     parser.add_argument("--epochs", type=positive_int, default=6)
     parser.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0])
     parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
@@ -282,8 +289,16 @@ def main() -> None:
     benchmark = load_toml(BenchmarkConfig, args.recipe)
     log = args.out / "log.jsonl"
     with hold(args.out, "fragility"):
+        records = read_jsonl(log)
+        other = sorted({r["epochs"] for r in records} - {args.epochs})
+        if other:
+            parser.error(f"--epochs {args.epochs}: {log} holds runs of {_listed(other)} epochs, "
+                         f"whose checkpoints the new runs would replace (they are named by cell "
+                         f"and seed): give another --out")
         if args.table_only:
-            print(write_table(args.out, read_jsonl(log), args.epochs))
+            if not records:
+                parser.error(f"--table-only: no runs in {log} to tabulate")
+            print(write_table(args.out, records, args.epochs))
             return
         todo = [(c, s) for s in args.seeds for c in args.cells]
         try:
@@ -291,11 +306,11 @@ def main() -> None:
                        for c, s in todo}
         except ConfigError as error:
             parser.error(str(error))
-        done = {(r["cell"], r["seed"]): r for r in read_jsonl(log) if r["epochs"] == args.epochs}
+        done = {(r["cell"], r["seed"]): r for r in records}
         for key, config in configs.items():
             if key in done and done[key]["fingerprint"] != fingerprint(config):
-                sys.exit(f"{log} holds {key[0]} seed {key[1]} with another configuration; "
-                         "give another --out")
+                parser.error(f"{log} holds {key[0]} seed {key[1]} with another configuration; "
+                             "give another --out")
         todo = [key for key in todo if key not in done]
         stale = [r for r in done.values() if r.get("status") == "ok" and missing(r)]
         print(f"fragility: {len(done)} runs in {log}, {len(todo)} to train, {len(stale)} to "
