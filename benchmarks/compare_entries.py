@@ -17,6 +17,7 @@ from _args import run
 
 from eqpdenet.app.report import format_number, mean_std
 from eqpdenet.app.runstore import load_records
+from eqpdenet.errors import InputError
 
 ROWS = [  # label, target, the value of one run
     ("test", "≥ 98.3", lambda r: r["accuracy"]["test"], 2),
@@ -34,11 +35,27 @@ ROWS = [  # label, target, the value of one run
 ]
 
 
-def cell(values: list[float], digits: int) -> str:
-    """Mean (std) as the reports compute and round them; one seed has no spread: none shown."""
+def _recorded(run: dict, value) -> float | None:
+    """``value(run)``, or None where the run file does not hold it (a folder recorded before
+    that measure existed: ``results/benchmark`` has no round-trip change)."""
+    try:
+        return value(run)
+    except (KeyError, TypeError, IndexError):
+        return None
+
+
+def cell(values: list[float | None], digits: int) -> str:
+    """Mean (std) as the reports compute and round them; one seed has no spread: none shown. A
+    measure some run did not record: ``not recorded``, never a mean of the others."""
+    if any(v is None for v in values):
+        return "not recorded"
     mean, std = mean_std(values)
     spec = f".{digits}f"
     return f"{format_number(mean, spec)} ({format_number(std, spec) if len(values) > 1 else '–'})"
+
+
+def _largest(values: list[float | None]) -> str:
+    return "not recorded" if any(v is None for v in values) else f"{max(values):.1e}"
 
 
 def table(folder: Path, entries: list[str]) -> str:
@@ -48,14 +65,15 @@ def table(folder: Path, entries: list[str]) -> str:
             for entry in entries}
     missing = [entry for entry, found in runs.items() if not found]
     if missing:
-        raise SystemExit(f"{folder}: no finished run of {', '.join(missing)}")
+        # An entry named wrongly is a bad argument: one line, exit 2, by _args.run.
+        raise InputError(f"{folder}: no finished run of {', '.join(missing)}")
     head = " | ".join(f"{e} ({runs[e][0]['params']:,}); {len(runs[e])} seeds" for e in entries)
     lines = [f"| | target | {head} |", "|---|---|" + "---:|" * len(entries)]
     for label, target, value, digits in ROWS:
-        cells = " | ".join(cell([value(r) for r in runs[e]], digits) for e in entries)
+        cells = " | ".join(cell([_recorded(r, value) for r in runs[e]], digits) for e in entries)
         lines.append(f"| {label} | {target} | {cells} |")
-    rot90 = " | ".join(f"{max(r['robustness']['logit_change']['90'] for r in runs[e]):.1e}"
-                       for e in entries)
+    rot90 = " | ".join(_largest([_recorded(r, lambda r: r["robustness"]["logit_change"]["90"])
+                                 for r in runs[e]]) for e in entries)
     lines.insert(-3, f"| logit change, rot90 (largest) | < 1e-5 | {rot90} |")
     seeds = "; ".join(f"{e}: " + ", ".join(
         f"{r['accuracy']['test']:.2f} / {r['accuracy']['iso']:.2f} / {r['accuracy']['sca']:.2f}"

@@ -19,6 +19,11 @@ filled, no resampling) and ``turn180`` (a half turn about the frame's centre, ex
 grid); a name followed by ``+center`` is that scenario's digits moved by whole pixels so that
 their centre of mass sits at the frame's centre (:mod:`eqpdenet.models.centering`) before the
 model sees them: whether a model depends on where MNIST placed its digits.
+
+A digit on which the model's PDE blows up in any of the scenarios has no prediction there
+(:func:`~eqpdenet.analysis.predictions.predictions`): it is left out of every scenario's counts,
+so that the scenarios are compared on the same digits; ``images_without_logits`` (per scenario)
+and ``left_out`` (the digits left out) say how many, and the Markdown table notes them.
 """
 
 from __future__ import annotations
@@ -31,11 +36,12 @@ from pathlib import Path
 
 import torch
 
+from eqpdenet.analysis.predictions import predictions
 from eqpdenet.analysis.robustness import axis_shift
 from eqpdenet.app.files import atomic_write
 from eqpdenet.app.training import load_checkpoint, prepare_data
 from eqpdenet.data.scenarios import apply_scenario, get_scenario
-from eqpdenet.errors import ConfigError
+from eqpdenet.errors import ConfigError, NonFiniteStateError
 from eqpdenet.models.centering import recenter
 
 # benchmarks/ itself: the shared argument checks, also when this file is loaded by path
@@ -60,7 +66,9 @@ def summarize(matrix: torch.Tensor, top: int = 5) -> dict:
     pairs = sorted(((int(errors[t, p]), t, p) for t in range(len(matrix))
                     for p in range(len(matrix)) if errors[t, p] > 0), reverse=True)
     ambiguous = sum(int(errors[t, p]) for t, p in AMBIGUOUS)
-    return {"images": total, "accuracy": 100.0 * float(matrix.diagonal().sum()) / total,
+    # No image left to count (the model blew up on every one): no accuracy, not a division by 0.
+    accuracy = 100.0 * float(matrix.diagonal().sum()) / total if total else float("nan")
+    return {"images": total, "accuracy": accuracy,
             "errors": int(errors.sum()), "errors_6_9": ambiguous,
             "top_pairs": [[t, p, n] for n, t, p in pairs[:top]]}
 
@@ -102,10 +110,28 @@ def check_name(name: str) -> None:
         get_scenario(base)
 
 
-def _predict(model, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([model(images[i:i + batch]).argmax(1)
-                          for i in range(0, len(images), batch)])
+def _predict(model, images: torch.Tensor, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted classes ``(N,)`` and the mask ``(N,)`` of the images without a prediction (the
+    model's PDE blew up: :func:`~eqpdenet.analysis.predictions.predictions`), every image masked
+    where it blew up on all of them."""
+    try:
+        return predictions(model, images, batch)
+    except NonFiniteStateError:
+        return torch.zeros(len(images), dtype=torch.int64), torch.ones(len(images), dtype=torch.bool)
+
+
+def scenario_summaries(model, images: torch.Tensor, labels: torch.Tensor, names: list[str],
+                       seed: int) -> dict:
+    """Each scenario's :func:`summarize` over the digits predicted in every scenario,
+    ``images_without_logits`` per scenario and ``left_out``: the digits left out of all."""
+    predicted, failed = {}, {}
+    for name in names:
+        predicted[name], failed[name] = _predict(model, transform(name, images, seed))
+    keep = ~torch.stack(list(failed.values())).any(0)
+    out = {name: summarize(confusion(predicted[name][keep], labels[keep])) for name in names}
+    out["images_without_logits"] = {name: int(failed[name].sum()) for name in names}
+    out["left_out"] = int((~keep).sum())
+    return out
 
 
 def main() -> None:
@@ -134,9 +160,7 @@ def main() -> None:
         test = prepare_data(config.data)["test"]
         images, labels = test.images[:args.images], test.labels[:args.images]
         record = {"checkpoint": str(path), "model": config.model.kind, "seed": args.seed}
-        for name in args.scenarios:
-            moved = transform(name, images, args.seed)
-            record[name] = summarize(confusion(_predict(model, moved), labels))
+        record.update(scenario_summaries(model, images, labels, args.scenarios, args.seed))
         record["seconds"] = round(time.perf_counter() - start, 1)
         records.append(record)
         print(json.dumps(record), flush=True)
@@ -152,9 +176,14 @@ def main() -> None:
             for name in args.scenarios:
                 s = r[name]
                 pairs = ", ".join(f"{t}->{p}: {n}" for t, p, n in s["top_pairs"])
-                fixed = 100.0 * (s["images"] - s["errors"] + s["errors_6_9"]) / s["images"]
+                fixed = (100.0 * (s["images"] - s["errors"] + s["errors_6_9"]) / s["images"]
+                         if s["images"] else float("nan"))
                 lines.append(f"| {Path(r['checkpoint']).stem} | {name} | {s['accuracy']:.2f} | "
                              f"{s['errors']} | {s['errors_6_9']} | {fixed:.2f} | {pairs} |")
+        lost = [f"{Path(r['checkpoint']).stem}: {r['left_out']}" for r in records if r["left_out"]]
+        if lost:
+            lines += ["", "Digits left out of every scenario (the model's PDE blew up on them in "
+                      "at least one): " + ", ".join(lost) + "."]
         atomic_write(args.out / "confusions.md", ("\n".join(lines) + "\n").encode())
 
 

@@ -8,7 +8,11 @@ Run by hand (not in CI; under a minute a checkpoint on one thread)::
 
 For each checkpoint, on the first ``--images`` digits of its own test split: the median and
 largest logit norm, the batch-wide relative change (the benchmark's ``round_trip_change``), the
-per-image relative change (median and 90th percentile), and the predictions kept.
+per-image relative change (median and 90th percentile), and the predictions kept. An image on
+which the model's PDE blows up, before or after the round trip, has no logits
+(:func:`~eqpdenet.analysis.predictions.logits_by_image`): it is left out of every column (as the
+benchmark's logit changes leave it out), and the last cell says how many were left out; a
+checkpoint without a single image to compare gets ``–`` in every cell.
 """
 
 from __future__ import annotations
@@ -26,20 +30,55 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 from _args import existing_files, positive_int, run  # noqa: E402
 
+from eqpdenet.analysis.predictions import logits_by_image  # noqa: E402
 from eqpdenet.app.training import load_checkpoint, prepare_data  # noqa: E402
+from eqpdenet.errors import NonFiniteStateError  # noqa: E402
 from eqpdenet.geometry import rotate  # noqa: E402
 
 
-def logits_of(model: torch.nn.Module, images: torch.Tensor, batch: int = 250) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([model(images[i:i + batch]) for i in range(0, len(images), batch)])
+def logits_of(model: torch.nn.Module, images: torch.Tensor,
+              batch: int = 250) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``(N, K)`` and the mask ``(N,)`` of the images without logits
+    (:func:`~eqpdenet.analysis.predictions.logits_by_image`); a model that blows up on every
+    image has no logits at all: ``(N, 0)``, every image masked."""
+    try:
+        return logits_by_image(model, images, batch)
+    except NonFiniteStateError:
+        return torch.zeros(len(images), 0), torch.ones(len(images), dtype=torch.bool)
+
+
+def finite_degrees(text: str) -> float:
+    """``type=`` of ``--degrees``: an angle of inf or NaN turns every image into NaN."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number of degrees, got {text!r}")
+    return value
+
+
+def row(path: str, logits: torch.Tensor, moved: torch.Tensor, left_out: int) -> str:
+    """The table's row of ``path``: the columns over the images compared (``logits`` and
+    ``moved`` both finite), ``left_out`` the images without logits before or after."""
+    lost = f" ({left_out} images without logits, left out)" if left_out else ""
+    if not len(logits):
+        return f"| {path} | – | – | – | – | – | –{lost} |"
+    norms = logits.norm(dim=1)
+    per_image = (moved - logits).norm(dim=1) / norms
+    # the benchmark's round_trip_change, from the logits already computed
+    batch_wide = ((moved - logits).norm() / logits.norm()).item()
+    kept = (moved.argmax(1) == logits.argmax(1)).double().mean().item()
+    return (f"| {path} | {norms.median().item():.3g} | {norms.max().item():.3g} | "
+            f"{batch_wide:.3g} | {per_image.median().item():.3g} | "
+            f"{per_image.quantile(0.9).item():.3g} | {100 * kept:.1f} %{lost} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="+")
     parser.add_argument("--images", type=positive_int, default=2000)
-    parser.add_argument("--degrees", type=float, default=37.0)
+    parser.add_argument("--degrees", type=finite_degrees, default=37.0)
     args = parser.parse_args()
     existing_files(parser, args.checkpoints)
     print("| checkpoint | logit norm: median | largest | batch-wide change | per-image change: "
@@ -51,15 +90,9 @@ def main() -> None:
         images = prepare_data(config.data).test.images[:args.images]
         angle = math.radians(args.degrees)
         back = rotate(rotate(images, angle), -angle)
-        logits, moved = logits_of(model, images), logits_of(model, back)
-        norms = logits.norm(dim=1)
-        per_image = (moved - logits).norm(dim=1) / norms
-        # the benchmark's round_trip_change, from the logits already computed
-        batch_wide = ((moved - logits).norm() / logits.norm()).item()
-        kept = (moved.argmax(1) == logits.argmax(1)).double().mean().item()
-        print(f"| {path} | {norms.median().item():.3g} | {norms.max().item():.3g} | "
-              f"{batch_wide:.3g} | {per_image.median().item():.3g} | "
-              f"{per_image.quantile(0.9).item():.3g} | {100 * kept:.1f} % |")
+        (logits, failed), (moved, moved_failed) = logits_of(model, images), logits_of(model, back)
+        both = ~(failed | moved_failed)
+        print(row(path, logits[both], moved[both], int((~both).sum())), flush=True)
 
 
 if __name__ == "__main__":

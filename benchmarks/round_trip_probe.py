@@ -22,6 +22,11 @@ fixed grid) answers with a larger change. This splits the change into:
   ``blur_SIGMA``: the change under a Gaussian blur of ``SIGMA`` pixels (``--blur``): how much
   each model's logits hang on the finest detail, which every resampling attenuates.
 
+An image on which the model's PDE blows up in any of these passes has no logits there
+(:func:`~eqpdenet.analysis.predictions.logits_by_image`): it is left out of every measure, so
+that all of them compare the same images, and ``images_without_logits`` says how many (every
+measure NaN where no image is left).
+
 A diagnostic of trained models on the first ``--images`` test digits; nothing is chosen on
 them::
 
@@ -41,9 +46,11 @@ from pathlib import Path
 
 import torch
 
+from eqpdenet.analysis.predictions import logits_by_image
 from eqpdenet.analysis.robustness import axis_shift
 from eqpdenet.app.files import atomic_write
 from eqpdenet.app.training import load_checkpoint, prepare_data
+from eqpdenet.errors import NonFiniteStateError
 from eqpdenet.geometry import rotate, translate
 from eqpdenet.models.centering import centering_shift, recenter
 from eqpdenet.models.pooling import gaussian_lowpass_weights
@@ -53,12 +60,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _args import check_output, existing_files, positive_int, run  # noqa: E402
 
 
-def _logits(model, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([model(images[i:i + batch]).double() for i in range(0, len(images), batch)])
+def _logits(model, images: torch.Tensor, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``(N, K)`` in float64 and the mask ``(N,)`` of the images without logits
+    (:func:`~eqpdenet.analysis.predictions.logits_by_image`); every image masked where the
+    model blew up on all of them."""
+    try:
+        logits, failed = logits_by_image(model, images, batch)
+    except NonFiniteStateError:
+        return torch.zeros(len(images), 0, dtype=torch.float64), torch.ones(len(images), dtype=torch.bool)
+    return logits.double(), failed
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    if not b.numel():  # no image compared: no change measured, not 0/0 read as a number
+        return math.nan
     return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
 
 
@@ -80,23 +95,13 @@ def blurred(images: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def probe(model, images: torch.Tensor, degrees: float, blur: float) -> dict:
-    """The module doc's split of the round-trip change of ``model`` on ``images``."""
+    """The module doc's split of the round-trip change of ``model`` on ``images``, over the images
+    with logits in every pass (``images_without_logits``: how many had none in some pass)."""
     back = rotate(rotate(images, math.radians(degrees)), math.radians(-degrees))
-    logits, logits_back = _logits(model, images), _logits(model, back)
-    squares = (logits_back - logits).pow(2).sum(1)
-    record = {"round_trip": _relative(logits_back, logits),
-              # The measure is relative: the same change of logits half as large counts double.
-              "logit_rms": float(logits.pow(2).sum(1).mean().sqrt()),
-              "change_rms": float(squares.mean().sqrt())}
+    passes = {"logits": _logits(model, images), "back": _logits(model, back)}
     config = getattr(model, "config", None)
     centred = bool(getattr(config, "center", False))
     shift, shift_back = centering_shift(images), centering_shift(back)
-    changed = (shift != shift_back).any(1)
-    record["changed_images"] = int(changed.sum())
-    record["changed_share_of_square"] = float(squares[changed].sum() / squares.sum())
-    record["round_trip_unchanged_only"] = _relative(logits_back[~changed], logits[~changed])
-    record["round_trip_changed_only"] = (_relative(logits_back[changed], logits[changed])
-                                         if changed.any() else 0.0)
     # One pixel right (even images) or down (odd ones), after the centring where there is one.
     step = torch.zeros_like(shift)
     step[0::2, 1] = 1
@@ -104,18 +109,41 @@ def probe(model, images: torch.Tensor, degrees: float, blur: float) -> dict:
     if centred:
         config.center = False
         try:
-            plain = _logits(model, recenter(images))
-            pinned = _logits(model, moved_by(back, shift))
-            record["pinned"] = _relative(pinned, plain)
-            record["moved_1px"] = _relative(_logits(model, moved_by(recenter(images), step)), plain)
+            passes["plain"] = _logits(model, recenter(images))
+            passes["pinned"] = _logits(model, moved_by(back, shift))
+            passes["moved_1px"] = _logits(model, moved_by(recenter(images), step))
         finally:
             config.center = True
     else:
-        record["moved_1px"] = _relative(_logits(model, moved_by(images, step)), logits)
+        passes["moved_1px"] = _logits(model, moved_by(images, step))
     half = torch.full((len(images), 2), 0.5, dtype=images.dtype)
-    record["half_px_and_back"] = _relative(_logits(model, translate(translate(images, half), -half)),
-                                           logits)
-    record[f"blur_{blur:g}"] = _relative(_logits(model, blurred(images, blur)), logits)
+    passes["half_px_and_back"] = _logits(model, translate(translate(images, half), -half))
+    passes["blur"] = _logits(model, blurred(images, blur))
+    # Every measure over the same images: one left out of one pass is left out of all.
+    keep = ~torch.stack([failed for _, failed in passes.values()]).any(0)
+    # A pass that blew up on every image has logits of no class: nothing kept, of any width.
+    width = max(logits.shape[1] for logits, _ in passes.values())
+    kept = {name: logits[keep] if logits.shape[1] == width
+            else torch.zeros(0, width, dtype=torch.float64) for name, (logits, _) in passes.items()}
+    logits, logits_back = kept["logits"], kept["back"]
+    squares = (logits_back - logits).pow(2).sum(1)
+    record = {"round_trip": _relative(logits_back, logits),
+              # The measure is relative: the same change of logits half as large counts double.
+              "logit_rms": float(logits.pow(2).sum(1).mean().sqrt()),
+              "change_rms": float(squares.mean().sqrt())}
+    changed = (shift != shift_back).any(1)[keep]
+    record["changed_images"] = int(changed.sum())
+    record["changed_share_of_square"] = float(squares[changed].sum() / squares.sum())
+    record["round_trip_unchanged_only"] = _relative(logits_back[~changed], logits[~changed])
+    record["round_trip_changed_only"] = (_relative(logits_back[changed], logits[changed])
+                                         if changed.any() else 0.0)
+    plain = kept["plain"] if centred else logits
+    if centred:
+        record["pinned"] = _relative(kept["pinned"], plain)
+    record["moved_1px"] = _relative(kept["moved_1px"], plain)
+    record["half_px_and_back"] = _relative(kept["half_px_and_back"], logits)
+    record[f"blur_{blur:g}"] = _relative(kept["blur"], logits)
+    record["images_without_logits"] = int((~keep).sum())
     return record
 
 
@@ -128,8 +156,10 @@ def main() -> None:
     parser.add_argument("--threads", type=positive_int, default=1)
     parser.add_argument("--out", type=Path, help="write the records here, one JSON line each")
     args = parser.parse_args()
-    if not args.blur > 0:
-        parser.error(f"--blur must be a positive number of pixels, got {args.blur}")
+    if not args.blur > 0 or not math.isfinite(args.blur):  # inf: a kernel of infinite radius
+        parser.error(f"--blur must be a finite positive number of pixels, got {args.blur}")
+    if not math.isfinite(args.degrees):  # inf or NaN: every rotated image NaN
+        parser.error(f"--degrees must be a finite number, got {args.degrees}")
     existing_files(parser, args.checkpoints)
     check_output(parser, "--out", args.out)
     torch.set_num_threads(args.threads)
