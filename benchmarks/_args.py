@@ -4,6 +4,13 @@ traceback after minutes of measuring nor a table of ``inf``.
 
 * :func:`positive_int` (and :func:`nonnegative_int`): ``type=`` of every count (rounds, repeats,
   steps, images, threads, batch sizes, seeds);
+* :func:`nonnegative_float` (and :func:`positive_float`): ``type=`` of every real number that
+  must be finite (``nan`` and ``inf`` parse as floats: a timing loop waiting for
+  ``elapsed >= nan`` never ends);
+* :func:`power_of_two`: ``type=`` of a Triton block or warp count (``tl.arange`` and the
+  launcher take powers of 2 only);
+* :func:`available_device`: ``type=`` of ``--device``: what ``torch.device`` accepts, on a
+  device this process can use;
 * :func:`check_output`: an output file or folder that can be written (its nearest existing
   folder is a writable folder; the parent must exist where the script does not create it),
   checked before measuring;
@@ -19,6 +26,7 @@ on ``sys.path``).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -61,6 +69,68 @@ def nonnegative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
     return value
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """``type=`` of a finite number that must be at least 0 (a minimum time per measurement)."""
+    value = _float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """``type=`` of a finite number that must be above 0."""
+    value = _float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def power_of_two(low: int = 1, high: int | None = None) -> Callable[[str], int]:
+    """``type=`` of a whole number that must be a power of 2 from ``low`` to ``high``."""
+    def check(text: str) -> int:
+        value = _int(text)
+        if value < 1 or value & (value - 1) or value < low or (high is not None and value > high):
+            span = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be a power of 2 {span}, got {value}")
+        return value
+    return check
+
+
+def available_device(text: str):
+    """``type=`` of ``--device``: a ``torch.device`` (``cpu``, ``cuda``, ``cuda:1``, ...) that
+    this process can use; returns the device."""
+    import torch  # here, not at the top: most scripts set OMP_WAIT_POLICY before torch loads
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise argparse.ArgumentTypeError(f"not a device: {text!r} (cpu, cuda, cuda:N, ...)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: no CUDA GPU is visible to torch")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(
+                f"{text}: torch sees {torch.cuda.device_count()} CUDA GPU(s) only")
+        return device
+    if device.type == "meta":  # tensors without data: nothing to measure
+        raise argparse.ArgumentTypeError(f"{text}: holds no data, nothing can be run on it")
+    try:
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError, AttributeError):  # a backend torch was built without
+        raise argparse.ArgumentTypeError(f"{text}: not available in this torch") from None
+    return device
 
 
 def check_output(parser: argparse.ArgumentParser, option: str, path: Path | str | None, *,

@@ -11,14 +11,20 @@ each; ratios between medians, so load from other processes affects every variant
 
 * ``eager, C++ kernel``: the model as trained (``backend="auto"``: the fused C++ kernel where
   the layer declares it; for a family without a PDE layer, plain eager PyTorch);
-* ``eager, reference``: the same model with the plain PyTorch reference path;
+* ``eager, reference``: the same model with the plain PyTorch reference path on every part
+  that has a fused one (the PDE layer; a lifted model's lift and M2 right-hand sides), checked
+  to run no fused operator (``eqpdenet::*``) before timing;
 * ``exported program``: ``torch.export.load`` of the ``exported-program`` file;
 * ``onnxruntime``: the ``onnx`` file in an onnxruntime session (CPU, ``--threads`` intra-op
   threads, like torch).
 
 Both files are written by :func:`eqpdenet.export.export_model` (so verified, on the benchmark's
-batch of 64 images) into a temporary folder. Inputs are uniform random images: speed does not
-depend on the pixels. ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` (docs/performance.md).
+batch of 64 images) into a temporary folder, removed at the end (also on an error). Prints a
+header (versions, load, the export reports, the fused operators each eager row runs), then one
+table row per batch and variant: images/s and the ratio to ``eager, C++ kernel``; with
+``--profile``, onnxruntime's share of time per operator type. Inputs are uniform random
+images: speed does not depend on the pixels. ``OMP_WAIT_POLICY`` defaults to ``PASSIVE``
+(docs/performance.md).
 """
 
 from __future__ import annotations
@@ -39,10 +45,11 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from _args import existing_files, positive_int, run  # noqa: E402
+from _args import existing_files, nonnegative_float, positive_int, run  # noqa: E402
 
 from eqpdenet.app.training import load_checkpoint  # noqa: E402
 from eqpdenet.export import export_model, load_exported  # noqa: E402
+from eqpdenet.kernels import BACKENDS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = ROOT / "results/paper/checkpoints/eqpdenet-h256-seed0.pt"
@@ -109,12 +116,41 @@ def measure(variants: dict, batch: int, rounds: int, min_seconds: float) -> dict
     return {name: statistics.median(v) for name, v in results.items()}
 
 
+def reference_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` on the plain-PyTorch reference path: every part with a kernel
+    ``backend`` (a PDE layer; a lifted model's ``M2Lift`` and ``M2SystemRHS`` blocks, which the
+    model itself does not expose) switched to ``"reference"``. The parts read ``backend`` at
+    each call, so switching a built model is enough."""
+    reference = copy.deepcopy(model)
+    for module in reference.modules():
+        if isinstance(getattr(module, "backend", None), str) and module.backend in BACKENDS:
+            module.backend = "reference"
+    return reference
+
+
+def fused_operators(module: torch.nn.Module, x: torch.Tensor) -> list[str]:
+    """The package's fused operators (``eqpdenet::*``) that one forward of ``module`` runs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = set()
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "eqpdenet":
+                seen.add(f"eqpdenet::{func._opname}")
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), Record():
+        module(x)
+    return sorted(seen)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--rounds", type=positive_int, default=3)
-    parser.add_argument("--min-seconds", type=float, default=0.3)
+    parser.add_argument("--min-seconds", type=nonnegative_float, default=0.3)
     parser.add_argument("--batches", type=positive_int, nargs="+", default=[1, 64, 1024])
     parser.add_argument("--profile", action="store_true",
                         help="also onnxruntime's time per operator type at the largest batch")
@@ -132,10 +168,20 @@ def main() -> None:
     print(f"# load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     model, _, _ = load_checkpoint(args.checkpoint)
     model.eval()
-    reference = copy.deepcopy(model)
-    if hasattr(reference, "pde_layer"):
-        reference.pde_layer.backend = "reference"
-    folder = Path(tempfile.mkdtemp(prefix="bench-export-"))
+    reference = reference_copy(model)
+    for name, module in (("eager, C++ kernel", model), ("eager, reference", reference)):
+        fused = fused_operators(module, images(2))
+        print(f"# {name}: fused operators run: {', '.join(fused) or 'none'}")
+        if module is reference and fused:  # the row would time the kernel under the wrong name
+            raise RuntimeError(f"the reference copy still runs {', '.join(fused)}")
+    # removed also when an export or a measurement fails; --profile reads the ONNX file first
+    with tempfile.TemporaryDirectory(prefix="bench-export-") as name:
+        measure_exports(args, model, reference, Path(name), began)
+
+
+def measure_exports(args, model, reference, folder: Path, began: float) -> None:
+    """Export ``model`` into ``folder``, time the four variants, print the table (and the
+    profile)."""
     seconds = {}
     for format, name in (("exported-program", "model.pt2"), ("onnx", "model.onnx")):
         start = time.perf_counter()
@@ -168,7 +214,6 @@ def main() -> None:
             print(f"| {batch} | {name} | {value:,.0f} | {value / base:.2f} |")
     if args.profile:
         profile_onnx(folder / "model.onnx", args.threads, max(args.batches))
-
 
 if __name__ == "__main__":
     run(main)

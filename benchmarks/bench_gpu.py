@@ -19,7 +19,8 @@ Measured (EqPdeNet h = 256 with the paper's layer: 2 se2 + 2 scaling PDEs, 10 Eu
    eager reference, the reference under ``torch.compile`` (batch 8192 only unless
    ``--compile-all``: each shape compiles for 25-76 s), the Triton kernel storing the states and
    recomputing them (``recompute=True``);
-3. the Triton kernel alone at batch 8192 for a few launch configurations (``--sweep``);
+3. the Triton kernel alone at batch 8192 for a few launch configurations (``--sweep``, on a
+   CUDA GPU only);
 4. the training epoch (12,000 random 28x28 digits, Adam, the training loop of
    ``eqpdenet.app.training.train_model``) at batch 128 and 1024: FCNN, EqPdeNet with the Triton
    kernel and the CUDA graph, the same without the graph (``EQPDENET_CUDA_GRAPHS=0``); the
@@ -47,7 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from _args import check_output, positive_int, run  # noqa: E402
+from _args import available_device, check_output, nonnegative_float, positive_int, run  # noqa: E402
 
 from eqpdenet import FCNN, EqPdeNet, PDELayer  # noqa: E402
 from eqpdenet.app.config import ExperimentConfig  # noqa: E402
@@ -290,13 +291,14 @@ def report(results: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--device", default="cuda", type=available_device,
+                        help="cuda (cuda:N) or cpu (with --smoke: checks the script without a GPU)")
     parser.add_argument("--out", default=None,
                         help=f"folder for bench.md, bench.json (default: {GPU_RESULTS} for a full "
                         "run on a CUDA GPU; a --smoke or --device cpu run writes no file unless "
                         "--out is given)")
     parser.add_argument("--rounds", type=positive_int, default=3)
-    parser.add_argument("--min-seconds", type=float, default=0.5)
+    parser.add_argument("--min-seconds", type=nonnegative_float, default=0.5)
     parser.add_argument("--compile-all", action="store_true",
                         help="torch.compile the reference at every batch size, not only 8192")
     parser.add_argument("--sweep", action="store_true", help="launch configurations (Triton)")
@@ -307,10 +309,12 @@ def main() -> int:
     args = parser.parse_args()
     out = output_folder(args)
     check_output(parser, "--out", out, folder=True)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("no CUDA device: run with --device cpu --smoke to check the script")
-        return 2
+    device = args.device
+    if device.type not in ("cuda", "cpu"):
+        parser.error(f"--device {device}: cuda or cpu")
+    if args.sweep and device.type != "cuda":
+        # off CUDA the sweep would time the C++ kernel and print its noise as Triton's effects
+        parser.error("--sweep: the Triton launch configurations need --device cuda")
     start = time.perf_counter()
     results = {"environment": environment(device)}
     print(json.dumps(results["environment"]), flush=True)
@@ -321,7 +325,7 @@ def main() -> int:
         print(json.dumps({"agreement": results["agreement"]}), flush=True)
     results["throughput"] = throughput(device, batches, rounds, min_seconds, args.compile_all,
                                        args.smoke)
-    if args.sweep and device.type == "cuda":
+    if args.sweep:
         results["sweep"] = sweep(device, max(batches))
     results["epochs"] = epochs(device, (128, 1024) if not args.smoke else (64,),
                                12_000 if not args.smoke else 256, 2 if args.smoke else args.epochs)
@@ -339,7 +343,7 @@ def output_folder(args) -> Path | None:
     CPU run writes no file unless told where)."""
     if args.out is not None:
         return Path(args.out)
-    return None if args.smoke or args.device != "cuda" else Path(GPU_RESULTS)
+    return None if args.smoke or torch.device(args.device).type != "cuda" else Path(GPU_RESULTS)
 
 
 if __name__ == "__main__":

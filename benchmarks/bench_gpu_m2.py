@@ -26,7 +26,7 @@ Measured:
    forward+backward (``torch.cuda.max_memory_allocated`` over what was allocated before);
 3. with ``--cpu``: the same two models at batch 64 on the host's CPU (all its cores) with the
    C++ kernel (built on first use, about a minute): the Triton/C++ comparison;
-4. with ``--sweep``: the launch configuration of the Triton kernels
+4. with ``--sweep`` (on a CUDA GPU only): the launch configuration of the Triton kernels
    (:mod:`eqpdenet.kernels.triton_m2`'s ``PROGRAMS_PER_SM``, ``BLOCK``, ``OUT_BLOCK``,
    ``GRAD_BLOCK``, one changed at a time from the defaults), the default model's
    forward+backward images/s at each batch, interleaved with the defaults, and its logits' max
@@ -51,7 +51,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from _args import check_output, positive_int, run  # noqa: E402
+from _args import available_device, check_output, nonnegative_float, positive_int, run  # noqa: E402
 from bench_gpu import GPU_RESULTS, environment, measure, output_folder, peak_mib, synchronize  # noqa: E402
 
 from eqpdenet.models import LiftedPDEConfig, LiftedPDENet  # noqa: E402
@@ -232,14 +232,15 @@ def save(results: dict, out: Path | None, start: float) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--device", default="cuda", type=available_device,
+                        help="cuda (cuda:N) or cpu (with --smoke: checks the script without a GPU)")
     parser.add_argument("--out", default=None,
                         help=f"folder for m2.md, m2.json (default: {GPU_RESULTS} for a full run "
                         "on a CUDA GPU; a --smoke or --device cpu run writes no file unless "
                         "--out is given)")
     parser.add_argument("--batches", type=positive_int, nargs="+", default=[64, 1024])
     parser.add_argument("--rounds", type=positive_int, default=3)
-    parser.add_argument("--min-seconds", type=float, default=0.5)
+    parser.add_argument("--min-seconds", type=nonnegative_float, default=0.5)
     parser.add_argument("--cpu", action="store_true",
                         help="also the C++ kernel on the host's CPU at the smallest batch")
     parser.add_argument("--sweep", action="store_true",
@@ -251,10 +252,12 @@ def main() -> int:
     args = parser.parse_args()
     out = output_folder(args)
     check_output(parser, "--out", out, folder=True)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("no CUDA device: run with --device cpu --smoke to check the script")
-        return 2
+    device = args.device
+    if device.type not in ("cuda", "cpu"):
+        parser.error(f"--device {device}: cuda or cpu")
+    if args.sweep and device.type != "cuda":
+        # off CUDA the sweep would time the C++ kernel and print its noise as Triton's effects
+        parser.error("--sweep: the Triton launch configurations need --device cuda")
     start = time.perf_counter()
     batches = [4, 8] if args.smoke else args.batches
     rounds, min_seconds = (1, 0.05) if args.smoke else (args.rounds, args.min_seconds)

@@ -3,7 +3,8 @@ moments (``backend="auto"``: the batch norms' statistics from the mean and covar
 Cartesian jet, then one matrix per orientation) and as its modules composed (``"reference"``:
 the steered jet written out, batch norm, pointwise mix, batch norm).
 
-Two measurements, interleaved, one thread, CPU time, best of ``--repeats``:
+Two measurements, interleaved, one thread, CPU time, best of ``--repeats`` after one untimed
+call of each:
 
 * the lift alone, forward and backward, batch 64, 28x28 images, at the benchmark models'
   options (8 orientations, 8 channels; plain, and relative as with ``boundary = "background"``);
@@ -81,7 +82,11 @@ def main() -> None:
         optimizer.step()
         return time.process_time() - start
 
-    for name in models:  # warm-up: the kernels' first build and call
+    # untimed: the kernels' first build and call, and every lift's first-call costs (allocations,
+    # lazy initialisation), which made ratios of up to 100 with one repeat
+    for lift in lifts.values():
+        lift_seconds(lift, images, probe)
+    for name in models:
         for backend in BACKENDS:
             train_step(name, backend)
     times: dict = {}

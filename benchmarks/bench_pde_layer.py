@@ -37,7 +37,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from _args import positive_int, run  # noqa: E402
+from _args import nonnegative_float, positive_int, run  # noqa: E402
 
 from eqpdenet import FCNN, EqPdeNet, PDELayer, count_parameters  # noqa: E402
 from eqpdenet.kernels import (
@@ -127,7 +127,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--rounds", type=positive_int, default=5)
-    parser.add_argument("--min-seconds", type=float, default=0.3)
+    parser.add_argument("--min-seconds", type=nonnegative_float, default=0.3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--compile", action="store_true", help="also torch.compile (reference)")
     parser.add_argument("--memory-probe", nargs=2, metavar=("VARIANT", "BATCH"),

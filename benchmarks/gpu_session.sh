@@ -14,7 +14,8 @@
 #      lifted model's training step, at most 120 + 60 s (left for a later call when the budget
 #      is spent: run the two commands alone)
 # Run from the repository root on a machine with a CUDA GPU, torch and Triton (the device
-# machine's python3, nothing to install); writes into $OUT (default results/gpu):
+# machine's python3, nothing to install); takes no argument but -h/--help (prints this and exits);
+# writes into $OUT (default results/gpu):
 #   gpu.txt      the card, driver, torch and triton, and when each part ended
 #   bench.md     PDE layer: throughput, peak memory, launch configurations, epoch times (bench.json)
 #   m2.md        LiftedPDENet: agreement, fwd+bwd images/s and peak memory at batch 64 and 1024,
@@ -27,6 +28,22 @@
 # that fails or is stopped at its time limit does not stop the others, but the session then ends
 # with "FAILED: <parts>" and exit 1 (a part skipped for want of budget says so and is no failure).
 set -uo pipefail
+usage() {
+    echo "usage: benchmarks/gpu_session.sh [-h | --help]"
+    echo "  environment: OUT (default results/gpu), BUDGET (seconds, default 570), EQPDENET_DATA"
+    echo
+    # the header above, without its first line and the comment marks
+    sed -n '2,/^set -uo pipefail$/{/^#/s/^# \{0,1\}//p}' "$0"
+}
+# checked before the GPU is: on a GPU machine, an argument taken for a request to run (--help)
+# would start the whole session and write into $OUT
+for arg in "$@"; do
+    case "$arg" in
+        -h|--help) usage; exit 0 ;;
+        *) echo "gpu_session.sh: error: unknown argument: $arg (it takes none; see --help)" >&2
+           exit 2 ;;
+    esac
+done
 OUT=${OUT:-results/gpu}
 if ! python3 -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
     echo "gpu_session.sh: error: no CUDA GPU visible to torch (or torch does not import): nothing run" >&2

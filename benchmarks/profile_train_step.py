@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _args import positive_int, run
+from _args import available_device, positive_int, run
 
 from eqpdenet.app.config import BenchmarkConfig, build_model, load_toml
 from eqpdenet.errors import ConfigError
@@ -33,12 +33,10 @@ def main() -> None:
     parser.add_argument("model", help="a benchmark entry of --recipe")
     parser.add_argument("--recipe", type=Path, default=Path("configs/benchmark-full.toml"))
     parser.add_argument("--batch", type=positive_int, nargs="+", default=[64])
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--device", default="cpu", type=available_device, help="cpu or cuda (cuda:N)")
     parser.add_argument("--rows", type=positive_int, default=20, help="operators to list")
     args = parser.parse_args()
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA GPU is visible to torch")
+    device = args.device
     cuda = device.type == "cuda"
     if not args.recipe.is_file():
         parser.error(f"--recipe {args.recipe}: no such file")

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _args import check_output, positive_int, run
+from _args import available_device, check_output, positive_int, run
 
 from eqpdenet.app.config import BenchmarkConfig, apply_overrides, build_model, load_toml
 from eqpdenet.errors import ConfigError
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--threads", type=positive_int, nargs="+", default=[1, 2])
     parser.add_argument("--batch", type=positive_int, nargs="+", default=[64],
                         help="batch sizes (each measured in every round)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--device", default="cpu", type=available_device, help="cpu or cuda (cuda:N)")
     parser.add_argument("--steps", type=positive_int, default=10,
                         help="timed steps per measurement")
     parser.add_argument("--repeats", type=positive_int, default=5)
@@ -85,13 +85,15 @@ def main() -> None:
                         help="divide by wall-clock time or by the process's CPU time")
     parser.add_argument("--json", type=Path, help="also write the measurements here")
     args = parser.parse_args()
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA GPU is visible to torch")
+    device = args.device
     if device.type == "cuda" and args.clock == "cpu":
         parser.error("--clock cpu does not count a GPU's time: use --clock wall with --device cuda")
     check_output(parser, "--json", args.json, create_parents=False)
     labels = [label.partition(":")[0] for label in args.models]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:  # the models are kept by label: a second one would silently replace the first
+        parser.error(f"model label {', '.join(repeated)} given twice: name each one "
+                     f"(LABEL:ENTRY, e.g. {repeated[0]}-2:{repeated[0]})")
     unknown = sorted({m for m, _ in args.set if m not in labels})
     if unknown:
         parser.error(f"--set {', '.join(unknown)}: not among the models measured "
