@@ -4,7 +4,7 @@ traceback after minutes of measuring nor a table of ``inf``.
 
 * :func:`positive_int` (and :func:`nonnegative_int`): ``type=`` of every count (rounds, repeats,
   steps, images, threads, batch sizes, seeds);
-* :func:`nonnegative_float` (and :func:`positive_float`): ``type=`` of every real number that
+* :func:`finite_float`, :func:`nonnegative_float`, :func:`positive_float`: ``type=`` of every real number that
   must be finite (``nan`` and ``inf`` parse as floats: a timing loop waiting for
   ``elapsed >= nan`` never ends);
 * :func:`power_of_two`: ``type=`` of a Triton block or warp count (``tl.arange`` and the
@@ -71,7 +71,8 @@ def nonnegative_int(text: str) -> int:
     return value
 
 
-def _float(text: str) -> float:
+def finite_float(text: str) -> float:
+    """``type=`` of a finite number of either sign (an angle in degrees)."""
     try:
         value = float(text)
     except ValueError:
@@ -83,7 +84,7 @@ def _float(text: str) -> float:
 
 def nonnegative_float(text: str) -> float:
     """``type=`` of a finite number that must be at least 0 (a minimum time per measurement)."""
-    value = _float(text)
+    value = finite_float(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
     return value
@@ -91,7 +92,7 @@ def nonnegative_float(text: str) -> float:
 
 def positive_float(text: str) -> float:
     """``type=`` of a finite number that must be above 0."""
-    value = _float(text)
+    value = finite_float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
     return value

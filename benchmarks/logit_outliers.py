@@ -28,7 +28,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
-from _args import existing_files, positive_int, run  # noqa: E402
+from _args import existing_files, finite_float, positive_int, run  # noqa: E402
 
 from eqpdenet.analysis.predictions import logits_by_image  # noqa: E402
 from eqpdenet.app.training import load_checkpoint, prepare_data  # noqa: E402
@@ -45,17 +45,6 @@ def logits_of(model: torch.nn.Module, images: torch.Tensor,
         return logits_by_image(model, images, batch)
     except NonFiniteStateError:
         return torch.zeros(len(images), 0), torch.ones(len(images), dtype=torch.bool)
-
-
-def finite_degrees(text: str) -> float:
-    """``type=`` of ``--degrees``: an angle of inf or NaN turns every image into NaN."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number of degrees, got {text!r}")
-    return value
 
 
 def row(path: str, logits: torch.Tensor, moved: torch.Tensor, left_out: int) -> str:
@@ -78,7 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="+")
     parser.add_argument("--images", type=positive_int, default=2000)
-    parser.add_argument("--degrees", type=finite_degrees, default=37.0)
+    parser.add_argument("--degrees", type=finite_float, default=37.0)
     args = parser.parse_args()
     existing_files(parser, args.checkpoints)
     print("| checkpoint | logit norm: median | largest | batch-wide change | per-image change: "

@@ -57,7 +57,7 @@ from eqpdenet.models.pooling import gaussian_lowpass_weights
 
 # benchmarks/ itself: the shared argument checks, also when this file is loaded by path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _args import check_output, existing_files, positive_int, run  # noqa: E402
+from _args import check_output, existing_files, finite_float, positive_float, positive_int, run  # noqa: E402
 
 
 def _logits(model, images: torch.Tensor, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,15 +151,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", nargs="+", type=Path)
     parser.add_argument("--images", type=positive_int, default=2000)
-    parser.add_argument("--degrees", type=float, default=37.0)
-    parser.add_argument("--blur", type=float, default=0.5, help="pixels")
+    parser.add_argument("--degrees", type=finite_float, default=37.0)
+    # a blur of inf pixels is a kernel of infinite radius
+    parser.add_argument("--blur", type=positive_float, default=0.5, help="pixels")
     parser.add_argument("--threads", type=positive_int, default=1)
     parser.add_argument("--out", type=Path, help="write the records here, one JSON line each")
     args = parser.parse_args()
-    if not args.blur > 0 or not math.isfinite(args.blur):  # inf: a kernel of infinite radius
-        parser.error(f"--blur must be a finite positive number of pixels, got {args.blur}")
-    if not math.isfinite(args.degrees):  # inf or NaN: every rotated image NaN
-        parser.error(f"--degrees must be a finite number, got {args.degrees}")
     existing_files(parser, args.checkpoints)
     check_output(parser, "--out", args.out)
     torch.set_num_threads(args.threads)
