@@ -709,6 +709,15 @@ def _toml_value(value, field: str = "the value") -> str:
             raise ConfigError(f"cannot write {field} to TOML: it is the non-finite float {value}")
         return repr(value)
     if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            # A file name in another encoding reaches Python as lone surrogates
+            # (os.fsdecode): a TOML file is UTF-8, so the run's configuration could not be
+            # saved, found only after training.
+            raise ConfigError(f"cannot write {field} to TOML: {value!r} is not UTF-8 text (a "
+                              f"file name in another encoding?); rename the file, or reach it "
+                              f"through a symbolic link with a UTF-8 name") from None
         return _toml_string(value)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v, f"{field}[{i}]") for i, v in enumerate(value)) + "]"
