@@ -1186,6 +1186,24 @@ CASES = [
            "--set", "model.invariant_pde.downsample_sigma=1e7",
            fragment="invariant_pde.downsample_sigma: must be at most 10000 pixels",
            after=_nothing_at("run"))),
+    # round 12 (outside-in probes of 2026-12-07)
+    Case("invariant-set-false-claim", "library",
+         "`InvariantSet(..., [u_xx² + u_yy²], invariant_under=['rotations'])` (unchanged by "
+         "quarter turns only; the claim was trusted)",
+         lib("__import__('eqpdenet.pde.invariants', fromlist=['x']).InvariantSet('claimed', "
+             "'by hand', 2, [__import__('eqpdenet.pde.invariants', fromlist=['x']).Invariant("
+             "'q', 'q', 'q', lambda d, r: d.u_xx ** 2 + d.u_yy ** 2)], "
+             "invariant_under=['rotations'])",
+             expect="ConfigError",
+             fragment="declares invariant_under 'rotations', but invariant 'q' changes under a "
+                      "rotation")),
+    Case("dataset-not-utf8", "config",
+         "`train --dataset` a file named in another encoding (trained, then failed saving its "
+         "configuration, naming neither)",
+         T("--model", "fcnn", "--hidden", "8", "--epochs", "1",
+           "--dataset", os.fsdecode(b"{tmp}/bad\xff.npz"),
+           setup=lambda tmp: _npz(Path(os.fsdecode(os.fsencode(str(tmp)) + b"/bad\xff.npz"))),
+           fragment="is not UTF-8 text", after=_nothing_at("run"))),
 ]
 
 
