@@ -110,3 +110,14 @@ def test_a_value_undefined_at_a_jet_and_at_its_transform_is_no_change():
     assert "rotations" in root.invariant_under
     with pytest.raises(ConfigError, match="invariant 'i' changes under a rotation"):
         _set("root", 2, lambda d, r: (d.u_xx * d.u_yy - d.u_xy ** 2).sqrt() + d.u_x, ["rotations"])
+
+
+@pytest.mark.parametrize("transformation, parameter, message", [
+    ("scalings", 0.0, "a scaling's factor must be positive"),
+    ("scalings", -2.0, "a scaling's factor must be positive"),
+    ("rotations", math.inf, "parameter must be a finite number"),
+    ("shears", 0.5, "transformation must be 'rotations' or 'scalings'"),
+])
+def test_transformed_jet_refuses_what_is_no_such_transformation(transformation, parameter, message):
+    with pytest.raises(ConfigError, match=message):
+        transformed_jet(torch.zeros(6, 1, 1), transformation, parameter)

@@ -112,6 +112,7 @@ __all__ = [
     "ratio_guard",
     "register_invariant_set",
     "safe_ratio",
+    "transformed_jet",
 ]
 
 #: Default regularisation scale of :func:`safe_ratio` (see the module doc for its unit per mode).
@@ -210,6 +211,12 @@ def transformed_jet(jet: Tensor, transformation: str, parameter: float) -> Tenso
     The same shape and dtype. A quarter turn's coefficients are exact (0 and ±1)."""
     order = jet_order(jet.shape[-3])
     indices = derivative_multi_indices(order)
+    if not (isinstance(parameter, numbers.Real) and math.isfinite(parameter)):
+        raise ConfigError(f"transformed_jet: parameter must be a finite number, got "
+                          f"{parameter!r}")
+    if transformation == "scalings" and parameter <= 0:
+        raise ConfigError(f"transformed_jet: a scaling's factor must be positive, got "
+                          f"{parameter!r}")
     if transformation == "scalings":
         factors = torch.tensor([float(parameter) ** -(a + b) for a, b in indices],
                                dtype=jet.dtype, device=jet.device)
