@@ -63,7 +63,6 @@ import logging
 import math
 import os
 import time
-import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -90,6 +89,7 @@ from .files import (
     temporary_beside,
     write_cause,
 )
+from .process_state import EXPORT_LOCK, quiet_warnings
 from .registry import Registry
 
 __all__ = [
@@ -159,20 +159,27 @@ class ExportFormat:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence the exporters' progress lines and their warnings about optional packages this
-    project does not use (torchvision): the command reports what it does itself."""
+    """A call into torch's exporters (``torch.export``, ``torch.onnx``): one at a time in the
+    process (:data:`~eqpdenet.process_state.EXPORT_LOCK`: they are not thread-safe, two at once
+    failed with "Trying to pop empty mode stack"), their log lines below errors and their
+    warnings (about optional packages this project does not use: torchvision) not shown: the
+    command reports what it does itself. ``sys.stdout`` is left alone (``verbose=False`` keeps
+    the ONNX exporter's progress lines off it): a redirection would swallow every other
+    thread's prints meanwhile. Logger levels and warning filters belong to the process; under
+    the lock the changes of two exports nest, and they are restored after."""
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export",
                                                     "torch.fx.experimental.symbolic_shapes")]
-    levels = [logger.level for logger in loggers]
-    try:
-        for logger in loggers:
-            logger.setLevel(logging.ERROR)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
+    with EXPORT_LOCK:
+        levels = [logger.level for logger in loggers]
+        try:
+            for logger in loggers:
+                logger.setLevel(logging.ERROR)
+            # every category: which warnings an exporter gives changes with each torch release
+            with quiet_warnings():
+                yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
 
 
 def _lowest_ir_version(model) -> int | None:

@@ -106,6 +106,11 @@ def test_the_join_timeout_comes_from_its_variable():
         with pytest.raises(ConfigError, match=f"EQPDENET_JOIN_TIMEOUT='{bad}': expected a positive "
                                               f"number of seconds"):
             join_timeout({"EQPDENET_JOIN_TIMEOUT": bad})
+    assert join_timeout({"EQPDENET_JOIN_TIMEOUT": "0.1"}) == 0.1
+    for short in ("1e-300", "0.001", "0.09"):  # ended before rank 0 listened: "the port's fault"
+        with pytest.raises(ConfigError, match=f"EQPDENET_JOIN_TIMEOUT='{short}': expected at "
+                                              f"least 0.1 seconds"):
+            join_timeout({"EQPDENET_JOIN_TIMEOUT": short})
 
 
 @pytest.mark.parametrize("variables, message", [

@@ -35,7 +35,6 @@ On the CPU the runner is only used by tests (without graphs); ``train_model`` ke
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Callable
 
@@ -45,6 +44,7 @@ from torch import Tensor, nn
 
 from ..checks import deferred_state_checks
 from ..errors import NonFiniteStateError
+from ..process_state import env_flag
 from .batches import mini_batches
 
 __all__ = ["ENV_CUDA_GRAPHS", "EpochRunner", "applies_to", "graphs_enabled"]
@@ -61,7 +61,7 @@ def applies_to(device: torch.device) -> bool:
 
 def graphs_enabled() -> bool:
     """Whether :class:`EpochRunner` may capture CUDA graphs (``EQPDENET_CUDA_GRAPHS``, default on)."""
-    return os.environ.get(ENV_CUDA_GRAPHS, "1").strip().lower() not in ("0", "false", "no", "off")
+    return env_flag(ENV_CUDA_GRAPHS, True)
 
 
 class EpochRunner:

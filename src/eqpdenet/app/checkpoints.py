@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import re
 import sys
-import warnings
 
 import torch
 from torch import nn
+
+from ..process_state import GLOBAL_RNG_LOCK, quiet_warnings
 
 __all__ = ["REBUILD_TOLERANCE", "SHAPE_FIELDS", "describe_non_finite", "mismatch",
            "non_finite_tensors", "rebuild_problem", "unwrapped"]
@@ -148,7 +149,8 @@ def rebuild_problem(model: nn.Module, model_config) -> str | None:
     or a layer's ``T``). Where both fail on the probe alike (an untrained model whose batch-norm
     statistics let its PDE blow up), the outputs cannot be compared and the structure alone
     decides. Nothing is disturbed: torch's random state (the rebuild draws its initial weights
-    under :func:`torch.random.fork_rng`), ``model``'s training mode (each submodule's) and its
+    under :func:`torch.random.fork_rng`, holding
+    :data:`~eqpdenet.process_state.GLOBAL_RNG_LOCK`), ``model``'s training mode (each submodule's) and its
     warned-once flags are as they were; warnings of the rebuild and of the probe are not shown
     (they would speak of the probe, not of the user's data)."""
     from .config import build_model  # config imports nothing of this module
@@ -160,8 +162,9 @@ def rebuild_problem(model: nn.Module, model_config) -> str | None:
     dtype = floats[0].dtype if floats else torch.get_default_dtype()
     forked = ([device.index if device.index is not None else torch.cuda.current_device()]
               if device.type == "cuda" else [])
-    with torch.random.fork_rng(devices=forked), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    # the lock: restoring the generator's state while another thread's training has seeded it
+    # and is drawing would undo that seed
+    with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=forked), quiet_warnings():
         try:
             rebuilt = build_model(model_config)
         except Exception as error:  # whatever a family's constructor raises, said in one line

@@ -8,7 +8,8 @@ Data: ``--data-dir`` > ``EQPDENET_DATA`` > a per-user cache folder (see ``eqpden
 
 Errors are one line on stderr naming the problem (exit status 2; 1 for an unexpected failure,
 130 after Ctrl-C or SIGTERM; 3 when ``report`` wrote the table of an incomplete sweep);
-``EQPDENET_DEBUG=1`` shows the traceback instead.
+``EQPDENET_DEBUG=1`` shows the traceback instead (``0``, ``false``, ``no``, ``off`` or unset: not;
+:func:`eqpdenet.process_state.env_flag`).
 
 stdout carries the results, stderr the diagnostics (progress, warnings, errors). A reader of
 either that is gone (``| head``, ``2>&1 | head``, a dead ``tee`` or log collector) ends nothing:
@@ -27,6 +28,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -35,6 +37,7 @@ from .. import __version__
 from ..errors import ConfigError, EqPdeNetError, NonFiniteStateError
 from ..files import write_cause
 from ..models import MODELS
+from ..process_state import env_flag, path_problem
 from .config import (
     BenchmarkConfig,
     ExperimentConfig,
@@ -1032,7 +1035,20 @@ _instances = _number(int, lambda v: 1 <= v <= MAX_INSTANCES,
                      f"a number of instances from 1 to {MAX_INSTANCES}")
 _frames = _number(int, lambda v: 1 <= v <= MAX_FRAMES, f"a number of frames from 1 to {MAX_FRAMES}")
 #: A file or folder name: an empty one (an unset shell variable) is an error, not "here".
-_path = _number(str, lambda v: v.strip() != "", "a path (it is empty)")
+def _path(text: str) -> str:
+    """``type=`` of a path argument: the rule of the path variables
+    (:func:`~eqpdenet.process_state.path_problem`: a carriage return from a script written on
+    Windows, whitespace at an end, a control character would name another, new file whose name
+    prints like the intended one)."""
+    if text.strip() == "":
+        raise argparse.ArgumentTypeError(f"{text!r} is not a path (it is empty)")
+    problem = path_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a usable path: {problem}")
+    return text
+
+
+_path.__name__ = "a path"
 
 
 def _add_common(parser: argparse.ArgumentParser, runs: str = "") -> None:
@@ -1303,6 +1319,24 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"eqpdenet: warning: {text}", file=file or sys.stderr)
 
 
+@contextlib.contextmanager
+def _warnings_as_lines(debug: bool):
+    """Within the block, each warning is one line on stderr, ``eqpdenet: warning: ...`` without
+    its source line (:func:`_show_warning`; Python's format with ``debug``), and the warning
+    filters are restored after. Only where :func:`main` runs in the main thread (the command):
+    ``warnings.showwarning`` and the filters belong to the process, and two calls of ``main``
+    from threads of a host program saved and restored them out of order, which left the CLI's
+    formatter installed for every later warning of the host (round 12). A call from another
+    thread changes neither: its warnings keep the host's format."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.showwarning = _show_warning
+        yield
+
+
 #: Signals that end a command like Ctrl-C: ``kill`` and job schedulers (SIGTERM), a closed
 #: terminal or SSH session (SIGHUP).
 INTERRUPTING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP")
@@ -1420,7 +1454,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    debug = bool(os.environ.get(DEBUG_VARIABLE))
+    debug = env_flag(DEBUG_VARIABLE, False)  # EQPDENET_DEBUG=0 (or false, no, off): off
     try:
         import_plugins()
     except ConfigError as error:
@@ -1436,10 +1470,8 @@ def _main(argv: list[str] | None) -> int:
 
     try:
         # --no-progress reaches a download of MNIST however deep in the command it happens
-        with warnings.catch_warnings(), _terminate_as_interrupt(), \
+        with _warnings_as_lines(debug), _terminate_as_interrupt(), \
                 download_progress(not getattr(args, "no_progress", False)):
-            if not debug:  # one line per warning, no source line
-                warnings.showwarning = _show_warning
             status = args.handler(args)
             sys.stdout.flush()  # a write that fails (a full disk) is said; a gone reader is not
             return status

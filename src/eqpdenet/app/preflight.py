@@ -54,7 +54,6 @@ import dataclasses
 import os
 import re
 import shutil
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -66,6 +65,7 @@ from ..data.mnist import MNIST_FILES
 from ..data.rotmnist import N_TRAIN as ROTMNIST_TRAIN
 from ..errors import ConfigError, OutputFolderError
 from ..pde.layer import PDELayer
+from ..process_state import GLOBAL_RNG_LOCK, quiet_warnings
 from .config import (
     DataConfig,
     ExperimentConfig,
@@ -142,9 +142,10 @@ def _gib(n: float) -> str:
 def _model(config: ExperimentConfig) -> torch.nn.Module:
     """The model, built without touching the global random stream or warning: on the ``meta``
     device (shapes without memory) where the family allows it, else for real; an allocation
-    that fails is a :class:`ConfigError`."""
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    that fails is a :class:`ConfigError`. Its warnings are not shown (the real build gives them);
+    the fork holds :data:`~eqpdenet.process_state.GLOBAL_RNG_LOCK` (restoring the generator's
+    state while another thread's training seeds it and draws would undo that seed)."""
+    with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]), quiet_warnings():
         try:
             with torch.device("meta"):
                 return build_model(config.model)
@@ -280,8 +281,7 @@ def pde_layer_reason(layer: PDELayer, device: torch.device, channels: int,
     stencils are rebuilt from their definitions (:class:`~eqpdenet.pde.stencils.Jet`)."""
     if kernels.resolve_backend(layer.backend) == "reference":
         return "the reference backend"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet_warnings():  # a throwaway copy: what it would say, the layer itself says
         copy_on_device = copy.deepcopy(layer).to_empty(device=device)
     specs = copy_on_device.kernel_specs()
     if isinstance(specs, str):

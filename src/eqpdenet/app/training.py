@@ -5,9 +5,11 @@ seed on ROTMNIST and evaluates it on scenarios (``test``, ``iso``, ``sca``), the
 seeded by the same seed (:func:`run_experiment`). Sweeps of runs are in
 :mod:`eqpdenet.app.sweeps`.
 
-Determinism: the seed fixes parameter initialisation (``torch.manual_seed``), the mini-batch order
-(a dedicated ``torch.Generator``) and the scenario draws; with the same thread count and backend
-the same command gives the same numbers.
+Determinism: the seed fixes parameter initialisation (``torch.manual_seed``, the seeding and the
+draws of the model's construction under :data:`~eqpdenet.process_state.GLOBAL_RNG_LOCK`, so that
+runs in threads of one process each get their seed's weights), the mini-batch order (a dedicated
+``torch.Generator``) and the scenario draws; with the same thread count and backend the same
+command gives the same numbers.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from ..errors import (
 from ..kernels import resolve_backend
 from ..kernels.cpu import cpu_name
 from ..models import MODELS, _constructor_options, count_parameters
+from ..process_state import GLOBAL_RNG_LOCK
 from . import accelerate
 from .batches import mini_batches
 from .checkpoints import describe_non_finite, non_finite_tensors
@@ -593,7 +596,9 @@ def torchrun_environment(environ=None) -> TorchrunEnvironment:
 
 def join_timeout(environ=None) -> float:
     """Seconds the ranks wait for each other: ``EQPDENET_JOIN_TIMEOUT``, else
-    :data:`JOIN_SECONDS`; a :class:`ConfigError` for a value that is not a positive number."""
+    :data:`JOIN_SECONDS`; a :class:`ConfigError` for a value that is not a finite number of at
+    least one look of the join (:data:`_JOIN_POLL`, 0.1 s): a shorter wait ended before rank 0
+    could listen, and was then said to be the port's fault."""
 
     value = (os.environ if environ is None else environ).get(JOIN_VARIABLE, "").strip()
     if not value:
@@ -605,6 +610,10 @@ def join_timeout(environ=None) -> float:
     if not (seconds > 0 and math.isfinite(seconds)):
         raise ConfigError(f"{JOIN_VARIABLE}={value!r}: expected a positive number of seconds "
                           f"(how long the ranks of --distributed wait for each other)")
+    if seconds < _JOIN_POLL:
+        raise ConfigError(f"{JOIN_VARIABLE}={value!r}: expected at least {_JOIN_POLL} seconds "
+                          f"(how long the ranks of --distributed wait for each other; a shorter "
+                          f"wait ends before one look for the others)")
     return seconds
 
 
@@ -798,9 +807,13 @@ def train_model(
         # 512x512 was refused for 75 GiB where its one batch needs 9).
         preflight([resolved], None, images=len(data["train"]))
     check_augment_for_image(train, int(data["train"].images.shape[-1]))
-    torch.manual_seed(train.seed)
-    if resolved is not None:
-        model = build_model(resolved.model)
+    # Seeding and the draws of the initial weights as one step (the lock of every user of the
+    # global generator in eqpdenet): another thread's training, or a fork_rng restoring its saved
+    # state, in between gave weights of neither seed (round 12). The generator is left as before.
+    with GLOBAL_RNG_LOCK:
+        torch.manual_seed(train.seed)
+        if resolved is not None:
+            model = build_model(resolved.model)
     model = model.to(device)
     generator = torch.Generator().manual_seed(train.seed)
     # Its own stream, so that augmenting leaves the batch order of the seed unchanged.

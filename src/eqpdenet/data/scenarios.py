@@ -38,6 +38,7 @@ from torch import Tensor
 from ..checks import check_images, require_int
 from ..errors import ConfigError, EqPdeNetError
 from ..geometry import affine_warp, rotation_matrix, working_dtype
+from ..process_state import GLOBAL_RNG_LOCK
 from ..registry import Registry, _shown, checked_signature
 
 __all__ = [
@@ -183,7 +184,9 @@ def check_sampler(name: str, sampler) -> None:
         params[IMAGE_SIZE] = TRIAL_IMAGE_SIZE
     context = f" (a trial draw of {TRIAL_IMAGES} images with its default ranges)"
     draws = []
-    with torch.random.fork_rng(devices=[]):
+    # a user's sampler may draw from the global generator: forked under the library's lock, so
+    # that the restore cannot land in the middle of another thread's seeded draws
+    with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
         for _ in range(2):
             generator = torch.Generator(device="cpu").manual_seed(TRIAL_SEED)
             try:

@@ -15,7 +15,6 @@ emits a deprecation warning about uint8 masks, silenced here): ``pip install eqp
 from __future__ import annotations
 
 import copy
-import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -24,6 +23,7 @@ from torch import Tensor, nn
 from ..checks import check_images, evaluation_mode, require, require_int, require_lists, require_positive
 from ..errors import MissingDependencyError
 from ..geometry import halvings_stay_even
+from ..process_state import Silenced, quiet_warnings
 from .centering import recenter
 from .inputs import check_model_input, family_options, require_image_size
 from .perceptron import Standardize
@@ -101,10 +101,16 @@ class GCNNConfig:
                 f"must be true or false, got {self.center!r}")
 
 
+#: Warnings raised from e2cnn's own code (its modules): what it says of its internals (a
+#: deprecated torch idiom it uses) is not the user's to act on.
+E2CNN_WARNINGS = Silenced(module=r"e2cnn(\.|$)")
+#: e2cnn samples its filter bases with uint8 masks, which torch warns of (from e2cnn's code).
+_UINT8_MASK = Silenced(UserWarning, r"indexing with dtype torch\.uint8 is now deprecated")
+
+
 def _e2cnn():
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_warnings(E2CNN_WARNINGS):
             from e2cnn import gspaces
             from e2cnn import nn as enn
     except ImportError as error:
@@ -154,8 +160,7 @@ class GCNN(nn.Module):
         space = gspaces.Rot2dOnR2(N=gcnn.group_order)
         self._input_type = enn.FieldType(space, in_channels * [space.trivial_repr])
         layers, current = [], self._input_type
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e2cnn's uint8-mask deprecation warning
+        with quiet_warnings(_UINT8_MASK, E2CNN_WARNINGS):
             for index, (fields, kernel) in enumerate(zip(gcnn.channels, gcnn.kernels,
                                                          strict=True), 1):
                 out = enn.FieldType(space, fields * [space.regular_repr])
@@ -296,8 +301,7 @@ class GCNN(nn.Module):
         in evaluation mode; the standardisation and the classifier are shared."""
         # in evaluation mode: e2cnn's export() expands each filter from the current weights;
         # each submodule's own mode restored after (a frozen batch norm stays frozen)
-        with evaluation_mode(self), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with evaluation_mode(self), quiet_warnings(E2CNN_WARNINGS):
             features = self.features.export()
         return _PlainGCNN(self, features.eval())
 

@@ -86,11 +86,11 @@ import math
 import random
 import re
 import time
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from fractions import Fraction
 
 from ..errors import ConfigError, MissingDependencyError
+from ..process_state import Silenced, quiet_warnings
 
 try:
     import sympy as sp
@@ -586,8 +586,8 @@ def _sympify(value, what: str = "an expression", local: dict | None = None,
     passes: a relation (``'u_x > 0'``, ``Eq(u_x, 0)``), a truth value or a tuple sympifies to
     another SymPy object, which the algebra later failed on with a raw ``TypeError``."""
     try:
-        with warnings.catch_warnings():  # SymPy warns of non-expression arguments (a tuple)
-            warnings.simplefilter("ignore", DeprecationWarning)
+        # SymPy warns of non-expression arguments (a tuple)
+        with quiet_warnings(Silenced(DeprecationWarning)):
             out = sp.sympify(value, locals={"u": u, **_KNOWN_VARIABLES} if local is None
                              else local)
     except (sp.SympifyError, SyntaxError, TypeError, ValueError, AttributeError):
