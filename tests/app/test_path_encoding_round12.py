@@ -35,3 +35,19 @@ def test_train_on_a_file_named_in_another_encoding_stops_before_training(tmp_pat
     (line,) = [line for line in err.splitlines() if line.startswith("eqpdenet:")]
     assert "data.dataset" in line and "is not UTF-8 text" in line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("value, problem", [
+    ("run\r", "it holds the control character '\\r' (a line end of a file written on Windows?)"),
+    ("run ", "it begins or ends with whitespace"),
+    ("r\nun", "it holds the control character '\\n'"),
+])
+def test_a_path_argument_follows_the_rule_of_the_path_variables(tmp_path, monkeypatch, capsys,
+                                                                  value, problem):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--model", "fcnn", "--out", value])
+    assert stop.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == f"eqpdenet train: error: argument --out: {value!r} is not a usable path: {problem}"
+    assert list(tmp_path.iterdir()) == []

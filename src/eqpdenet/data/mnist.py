@@ -39,6 +39,7 @@ import numpy as np
 
 from ..errors import DataFileError, DownloadError
 from ..files import is_storage_limit, link_target, remove_stale_beside, temporary_beside, write_cause
+from ..process_state import path_variable
 
 __all__ = [
     "DataFileError",
@@ -48,6 +49,7 @@ __all__ = [
     "DEFAULT_MIRRORS",
     "resolve_data_dir",
     "resolve_cache_dir",
+    "check_cache_dir",
     "read_idx",
     "parse_idx",
     "IdxSpec",
@@ -103,9 +105,22 @@ _IDX_DTYPES = {
 # Directories
 
 
+#: What a data folder given by the flag or argument is called in messages.
+DATA_FLAG = "--data-dir / data_dir"
+#: The same for a cache folder.
+CACHE_FLAG = "--cache-dir / cache_dir"
+
+
 def _user_cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    # The XDG Base Directory spec: a relative path in XDG_CACHE_HOME is invalid and ignored.
+    base = path_variable("XDG_CACHE_HOME")
+    if base is None or not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "eqpdenet"
+
+
+def _given(flag: str | os.PathLike | None) -> bool:
+    return flag is not None and str(flag) != ""
 
 
 def resolve_data_dir(flag: str | os.PathLike | None = None) -> Path:
@@ -113,48 +128,123 @@ def resolve_data_dir(flag: str | os.PathLike | None = None) -> Path:
 
     Precedence: ``flag`` (e.g. a ``--data-dir`` command-line option) > the ``EQPDENET_DATA``
     environment variable > the per-user directory ``$XDG_CACHE_HOME/eqpdenet/data``
-    (``~/.cache/eqpdenet/data``). The directory is not created here.
+    (``~/.cache/eqpdenet/data``; a relative ``XDG_CACHE_HOME`` is ignored, as the XDG Base
+    Directory spec says). The directory is not created here. An empty variable counts as unset;
+    a value with whitespace at an end or a control character is refused
+    (:func:`~eqpdenet.process_state.path_variable`).
     """
-    if flag is not None and str(flag) != "":
+    if _given(flag):
         return Path(flag).expanduser()
-    env = os.environ.get(DATA_ENV)
-    if env:
+    env = path_variable(DATA_ENV)
+    if env is not None:
         return Path(env).expanduser()
     return _user_cache_root() / "data"
+
+
+def data_dir_source(flag: str | os.PathLike | None) -> str | None:
+    """Where the data folder came from, as messages name it: :data:`DATA_FLAG`, ``EQPDENET_DATA``
+    or None (the per-user default)."""
+    if _given(flag):
+        return DATA_FLAG
+    return DATA_ENV if path_variable(DATA_ENV) is not None else None
+
+
+def _refuse_unusable_folder(root: Path, given: str, what: str, advice: str, typo_note: str = "",
+                            below: Path | None = None) -> None:
+    """Refuse, before anything is made, a folder given explicitly (by ``given``) that would
+    have to be made with more than its last part (its parent does not exist either: a mistyped
+    path, which would otherwise be created folder by folder and filled, or fail far from the
+    typo), or whose path (or ``below``, the subfolder to be made in it) runs into something that
+    is not a folder. ``advice`` ends each message, ``typo_note`` follows it for a mistyped path."""
+    for path in (below, root, root.parent):
+        if path is None or not os.path.lexists(path):
+            continue
+        if path.is_dir():
+            return
+        kind = ("a file" if path.is_file() else
+                "a symbolic link to nothing" if path.is_symlink() else "not a folder")
+        if path == root:
+            raise DataFileError(path, f"the {what} given by {given} is {kind}, not a folder: "
+                                      f"{advice}")
+        raise DataFileError(path, f"{kind}, where the {what} given by {given} ({root}) needs a "
+                                  f"folder: {advice}")
+    raise DataFileError(root, f"the {what} given by {given} does not exist, nor does its parent "
+                              f"{root.parent}: a mistyped path? {advice}{typo_note}")
 
 
 def _refuse_mistyped_data_dir(flag: str | os.PathLike | None, root: Path) -> None:
     """Refuse a data folder given explicitly (``flag``: ``--data-dir`` or the ``data_dir``
     argument; else ``EQPDENET_DATA``) whose parent folder does not exist either: a mistyped path,
     which a download would otherwise create, folder by folder, and fill (or fail to, offline, far
-    from the typo). A new data folder inside an existing folder stays allowed (a download into a
-    fresh ``./data``); the per-user default is created with its parents."""
-    if flag is not None and str(flag) != "":
-        given = "--data-dir / data_dir"
-    elif os.environ.get(DATA_ENV):
-        given = DATA_ENV
+    from the typo); or that is, or would be made in, a file. A new data folder inside an existing
+    folder stays allowed (a download into a fresh ``./data``); the per-user default is created
+    with its parents."""
+    given = data_dir_source(flag)
+    if given is None:
+        return
+    _refuse_unusable_folder(root, given, "data folder", f"Point {given} at the folder holding mnist/",
+                            " (a download creates the data folder only inside an existing one)",
+                            below=root / "mnist")
+
+
+def _mnist_names(folder: Path) -> list[str]:
+    """The names :func:`find_mnist_file` looks for that are files in ``folder``."""
+    names = [name for spec in MNIST_FILES.values() for name in (f"{spec.name}.gz", spec.name)]
+    return [name for name in names if (folder / name).is_file()]
+
+
+def _refuse_mnist_folder_as_data_dir(flag: str | os.PathLike | None, root: Path) -> None:
+    """Refuse a data folder that holds MNIST's files itself while its ``mnist/`` holds none: it
+    was pointed at the ``mnist/`` folder (or the files were put beside it), and a download would
+    make ``mnist/mnist/`` and fetch them again. Refused, not taken as meant: a guess would read
+    other files than the path says, and a later run that guesses otherwise would download."""
+    found = _mnist_names(root)
+    if not found or _mnist_names(root / "mnist"):
+        return
+    given = data_dir_source(flag)
+    where = f", given by {given}," if given else ""
+    if given and root.name == "mnist":
+        advice = f"point {given} at its parent {root.parent}, the folder holding mnist/"
     else:
-        return
-    if root.exists() or root.parent.exists():
-        return
-    raise DataFileError(root, f"the data folder given by {given} does not exist, nor does its parent "
-                              f"{root.parent}: a mistyped path? Point {given} at the folder holding "
-                              f"mnist/ (a download creates the data folder only inside an existing one)")
+        advice = f"move them into {root / 'mnist'} (the data folder holds MNIST in mnist/)"
+    raise DataFileError(root, f"this data folder{where} holds MNIST's files itself "
+                              f"({', '.join(found)}), not in a mnist/ subfolder: {advice}")
 
 
 def resolve_cache_dir(flag: str | os.PathLike | None = None) -> Path:
     """The writable directory for generated files (e.g. the ROTMNIST cache).
 
     Precedence: ``flag`` > the ``EQPDENET_CACHE`` environment variable > the per-user directory
-    ``$XDG_CACHE_HOME/eqpdenet`` (``~/.cache/eqpdenet``). Kept separate from the data directory,
-    which may be read-only (it is in CI).
+    ``$XDG_CACHE_HOME/eqpdenet`` (``~/.cache/eqpdenet``; a relative ``XDG_CACHE_HOME`` is
+    ignored). Kept separate from the data directory, which may be read-only (it is in CI). An
+    empty variable counts as unset; a value with whitespace at an end or a control character is
+    refused (:func:`~eqpdenet.process_state.path_variable`).
     """
-    if flag is not None and str(flag) != "":
+    if _given(flag):
         return Path(flag).expanduser()
-    env = os.environ.get(CACHE_ENV)
-    if env:
+    env = path_variable(CACHE_ENV)
+    if env is not None:
         return Path(env).expanduser()
     return _user_cache_root()
+
+
+def check_cache_dir(flag: str | os.PathLike | None = None) -> Path:
+    """:func:`resolve_cache_dir`, refusing (a :class:`DataFileError` of one line naming the flag
+    or ``EQPDENET_CACHE``) a folder given explicitly whose parent does not exist either (a
+    mistyped path: a cache written there would make the whole chain and fill it unseen) or that
+    is, or lies in, a file. Called before the work whose result would be cached; the per-user
+    default is made with its parents."""
+    root = resolve_cache_dir(flag)
+    if _given(flag):
+        given = CACHE_FLAG
+    elif path_variable(CACHE_ENV) is not None:
+        given = CACHE_ENV
+    else:
+        return root
+    _refuse_unusable_folder(root, given, "cache folder",
+                            f"Point {given} at an existing folder, or at a new one inside an "
+                            f"existing folder")
+    return root
 
 
 # --------------------------------------------------------------------------------------------
@@ -458,10 +548,14 @@ def download_mnist(
     Raises:
         DownloadError: when every mirror failed for some file (each failure is listed, then how to
             supply the files by hand).
-        DataFileError: an explicitly given data folder whose parent does not exist.
+        DataFileError: an explicitly given data folder whose parent does not exist, or that is
+            (or whose ``mnist/`` is) a file; a data folder that holds MNIST's files itself and
+            none in ``mnist/`` (pointed at ``mnist/``, not its parent): each before anything
+            is made.
     """
     root = resolve_data_dir(data_dir)
     _refuse_mistyped_data_dir(data_dir, root)
+    _refuse_mnist_folder_as_data_dir(data_dir, root)
     folder = root / "mnist"
     folder.mkdir(parents=True, exist_ok=True)
     mirrors = list(DEFAULT_MIRRORS if mirrors is None else mirrors)
@@ -556,12 +650,17 @@ def load_mnist(
         progress: passed to :func:`download_mnist` (None: as :func:`download_progress` says).
 
     Raises:
-        DataFileError: a file is missing (with ``download=False``) or invalid.
+        DataFileError: a file is missing (with ``download=False``) or invalid; a data folder
+            that holds MNIST's files itself and none in ``mnist/`` (pointed at ``mnist/``,
+            not at its parent), refused before anything is made, as :func:`download_mnist`
+            refuses its folders.
+        ConfigError: ``EQPDENET_DATA`` is not a usable path (:func:`~eqpdenet.process_state.path_variable`).
         DownloadError: a missing file could not be downloaded.
     """
     root = resolve_data_dir(data_dir)
     missing = [key for key in MNIST_FILES if find_mnist_file(root, key) is None]
     if missing:
+        _refuse_mnist_folder_as_data_dir(data_dir, root)
         if not download:
             names = ", ".join(MNIST_FILES[k].name + "[.gz]" for k in missing)
             raise DataFileError(

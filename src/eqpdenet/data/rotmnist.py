@@ -46,7 +46,16 @@ from ..checks import require, require_int
 from ..errors import ConfigError, DataFileError, warn_at_caller
 from ..files import link_target, remove_stale_beside, temporary_beside
 from ..geometry import rotate, rotate_about_mass
-from .mnist import MNIST, MNIST_FILES, load_mnist, resolve_cache_dir, resolve_data_dir
+from .mnist import (
+    MNIST,
+    MNIST_FILES,
+    check_cache_dir,
+    data_dir_source,
+    find_mnist_file,
+    load_mnist,
+    resolve_cache_dir,
+    resolve_data_dir,
+)
 
 __all__ = [
     "RotMNIST",
@@ -235,6 +244,27 @@ def find_official_rotmnist(data_dir: str | os.PathLike | None = None) -> Path | 
     return None
 
 
+def _refuse_rotmnist_folder_as_data_dir(data_dir: str | os.PathLike | None) -> None:
+    """Refuse a data folder that holds the official ROTMNIST files itself while its
+    ``rotmnist/`` holds neither form: it was pointed at the ``rotmnist/`` folder, and ROTMNIST
+    would be generated (or MNIST downloaded into it) instead of the files it holds being read.
+    Refused, not taken as meant, as MNIST's folder is
+    (:func:`eqpdenet.data.mnist.load_mnist`)."""
+    root = resolve_data_dir(data_dir)
+    found = [name for name in (OFFICIAL_TRAIN_FILE, OFFICIAL_TEST_FILE, OFFICIAL_ZIP)
+             if (root / name).is_file()]
+    if not found or find_official_rotmnist(data_dir) is not None:
+        return
+    given = data_dir_source(data_dir)
+    where = f", given by {given}," if given else ""
+    if given and root.name == "rotmnist":
+        advice = f"point {given} at its parent {root.parent}, the folder holding rotmnist/"
+    else:
+        advice = f"move them into {root / 'rotmnist'} (the data folder holds them in rotmnist/)"
+    raise DataFileError(root, f"this data folder{where} holds official ROTMNIST files itself "
+                              f"({', '.join(found)}), not in a rotmnist/ subfolder: {advice}")
+
+
 def load_official_rotmnist(data_dir: str | os.PathLike | None = None) -> RotMNIST:
     """Read the official files from ``<data_dir>/rotmnist/`` (extracted ``.amat`` files or the zip).
 
@@ -243,6 +273,7 @@ def load_official_rotmnist(data_dir: str | os.PathLike | None = None) -> RotMNIS
     """
     folder = find_official_rotmnist(data_dir)
     if folder is None:
+        _refuse_rotmnist_folder_as_data_dir(data_dir)
         raise DataFileError(
             resolve_data_dir(data_dir) / "rotmnist",
             f"official ROTMNIST not found (need {OFFICIAL_TRAIN_FILE} and {OFFICIAL_TEST_FILE}, "
@@ -487,7 +518,11 @@ def load_rotmnist(
         data_dir: the data directory (:func:`eqpdenet.mnist.resolve_data_dir`); official files are
             looked for in ``<data_dir>/rotmnist/``, MNIST in ``<data_dir>/mnist/``.
         cache_dir: writable cache directory (:func:`eqpdenet.mnist.resolve_cache_dir`:
-            flag > ``EQPDENET_CACHE`` > ``~/.cache/eqpdenet``).
+            flag > ``EQPDENET_CACHE`` > ``~/.cache/eqpdenet``). One given by the argument or the
+            variable must exist or be a new folder inside an existing one (else a
+            :class:`DataFileError` naming where it came from, before any data is read:
+            :func:`eqpdenet.mnist.check_cache_dir`); the per-user default is made with its
+            parents.
         seed: generation seed (ignored for the official files).
         source: ``"auto"`` (official if present, else generated), ``"official"`` or ``"generated"``.
         download: passed to :func:`~eqpdenet.mnist.load_mnist` when MNIST is missing.
@@ -501,6 +536,13 @@ def load_rotmnist(
     check_rotation_centre(rotation_centre)
     if source not in ("auto", "official", "generated"):
         raise ConfigError(f"source must be 'auto', 'official' or 'generated', got {source!r}")
+    if use_cache:  # a mistyped cache folder is said now, not after minutes of generation
+        check_cache_dir(cache_dir)
+    if source != "generated" or any(find_mnist_file(resolve_data_dir(data_dir), key) is None
+                                    for key in MNIST_FILES):
+        # pointed at rotmnist/: its files would go unread, MNIST downloaded into it (a
+        # generated set from MNIST that is there does not need the folder to be right)
+        _refuse_rotmnist_folder_as_data_dir(data_dir)
     if source == "auto":
         source = "official" if find_official_rotmnist(data_dir) is not None else "generated"
     if source == "official" and rotation_centre != "frame":
@@ -514,12 +556,12 @@ def load_rotmnist(
         params = {"source": "official", "folder": str(folder.resolve()), "files": _file_stamps(folder)}
     else:
         params = generation_params(seed, n_train, n_test, rotation_centre)
-    path = cache_path(cache_dir, params)
+    path = cache_path(cache_dir, params) if use_cache else None
     if use_cache:
         # A killed writer's temporary file (up to 196 MB): once the cache exists, no later save
         # comes to remove it.
         remove_stale_beside(path, ".part", age=PART_AGE, grace=PART_GRACE)
-    if use_cache and path.exists():
+    if path is not None and path.exists():
         try:
             return load_cache(path, params)
         except DataFileError as exc:
@@ -531,7 +573,7 @@ def load_rotmnist(
         mnist = load_mnist(data_dir, download=download)
         data = generate_rotmnist(mnist, seed, n_train=n_train, n_test=n_test,
                                  rotation_centre=rotation_centre)
-    if use_cache:
+    if path is not None:
         try:
             save_cache(path, data)
         except OSError as exc:

@@ -50,6 +50,7 @@ from pathlib import Path
 import torch
 
 from ..errors import KernelUnavailableError
+from ..process_state import env_flag, path_variable
 from .m2_op import M2_IMPLEMENTATIONS, M2_UPDATE_IMPLEMENTATIONS
 from .op import _LIBRARY, IMPLEMENTATIONS, refuse_reload
 
@@ -116,8 +117,15 @@ def cpu_name() -> str:
 
 
 def _build_directory(name: str) -> str:
-    root = os.environ.get(ENV_BUILD_DIR)
-    if not root:
+    """The build folder of extension ``name``. An ``EQPDENET_BUILD_DIR`` that is not a usable
+    path (whitespace at an end, a control character: :func:`eqpdenet.process_state.path_variable`)
+    is :class:`_Unavailable`, said as a build folder that cannot be written is: the layers take
+    the reference, and nothing is made at the path as written."""
+    try:
+        root = path_variable(ENV_BUILD_DIR)
+    except ValueError as error:
+        raise _Unavailable(str(error)) from None
+    if root is None:
         from torch.utils import cpp_extension
 
         base = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
@@ -261,7 +269,7 @@ def _failure_reason(error: Exception, source: Path) -> str:
 
 
 def _debug() -> bool:
-    return bool(os.environ.get(ENV_DEBUG))  # as the command line reads it
+    return env_flag(ENV_DEBUG, False)  # as the command line reads it: 0, false, no, off are off
 
 
 class _NoCompilerBanner(logging.Filter):
