@@ -1204,6 +1204,31 @@ CASES = [
            "--dataset", os.fsdecode(b"{tmp}/bad\xff.npz"),
            setup=lambda tmp: _npz(Path(os.fsdecode(os.fsencode(str(tmp)) + b"/bad\xff.npz"))),
            fragment="is not UTF-8 text", after=_nothing_at("run"))),
+    Case("data-dir-is-mnist", "data",
+         "`train --data-dir DATA/mnist` (the folder holding the files, not its parent: made "
+         "mnist/mnist/ and advised putting the files there)",
+         cli("train", "--out", "{tmp}/run", "--data-dir", "{data}/mnist", "--cache-dir",
+             "{tmp}/c", "--no-progress", "--model", "fcnn", "--epochs", "1",
+             fragment="holds MNIST's files itself", after=_nothing_at("run"))),
+    Case("cache-dir-typo", "config",
+         "`train --cache-dir` a path whose parent does not exist (made the whole chain and "
+         "wrote the 196 MB cache there)",
+         cli("train", "--out", "{tmp}/run", "--data-dir", "{data}", "--cache-dir",
+             "{tmp}/no/such/cache", "--no-progress", "--model", "fcnn", "--epochs", "1",
+             fragment="does not exist, nor does its parent", after=_nothing_at("no"))),
+    Case("data-variable-crlf", "config",
+         "`EQPDENET_DATA` ending in a carriage return (a `.env` file with Windows line ends: "
+         "made a folder `data\\r` beside the data)",
+         cli("train", "--out", "{tmp}/run", "--cache-dir", "{tmp}/c", "--no-progress",
+             "--model", "fcnn", "--epochs", "1",
+             env=_env(EQPDENET_DATA=os.environ.get("EQPDENET_DATA", "data") + "\r"),
+             fragment="is not a usable path: it holds the control character '\\r'",
+             after=_nothing_at("run"))),
+    Case("debug-off", "config",
+         "`EQPDENET_DEBUG=0` with a bad flag (any value turned the tracebacks on)",
+         cli("train", "--out", "{tmp}/run", "--epochs", "0", "--no-progress",
+             env={**_env(), "EQPDENET_DEBUG": "0"}, fragment="train.epochs: must be >= 1",
+             after=_nothing_at("run"))),
 ]
 
 
