@@ -235,10 +235,16 @@ def _setup_context(ctx, inputs, output):
     u, weight, bias, monomials, stencils, sets, boundaries, dt, eps, modes, steps, _, _ = inputs
     ctx.settings = (sets, boundaries, dt, eps, modes, steps)
     ctx.save_for_backward(u, weight, bias, monomials, stencils, output[1])
+    # The stored states (and the first-bad-step table) are outputs no loss uses: autograd would
+    # otherwise fill a zero gradient as large as all the states for the backward to ignore
+    # (the backward's peak held the states twice).
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_out, grad_states, grad_first_bad):
     require_first_order("euler_evolve")
+    if grad_out is None:  # only the states reached the loss: they carry no gradient
+        return (None,) * 13
     u, weight, bias, monomials, stencils, states = ctx.saved_tensors
     grad_u, grad_weight, grad_bias = torch.ops.eqpdenet.euler_evolve_backward(
         grad_out.contiguous(), u, weight, bias, monomials, stencils, *ctx.settings, states)

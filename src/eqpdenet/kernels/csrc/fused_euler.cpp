@@ -19,13 +19,39 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <new>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
+
+// Per-thread buffers are allocated inside the OpenMP regions. std::bad_alloc cannot leave such a
+// region (the runtime calls std::terminate: the whole Python process died, exit 134, where the
+// same shortage elsewhere is PyTorch's catchable "can't allocate memory"). Each thread allocates
+// through `allocate`, which catches it; a thread without its buffers skips its iterations, and
+// `check`, after the region, raises the failure as a RuntimeError (results discarded).
+struct OutOfMemory {
+  std::atomic<bool> failed{false};
+  template <typename F>
+  bool allocate(F&& make) {
+    try {
+      make();
+      return true;
+    } catch (const std::bad_alloc&) {
+      failed.store(true);
+      return false;
+    }
+  }
+  void check(const char* kernel) const {
+    TORCH_CHECK(!failed.load(), kernel, ": cannot allocate the per-thread working memory (the "
+                "images are too large for this machine's memory; use smaller images or batches)");
+  }
+};
 
 namespace {
 
@@ -666,14 +692,18 @@ void forward_impl(const at::Tensor& u, const std::vector<Pde<T>>& pdes, at::Tens
   int32_t* bad_ptr = bad.data_ptr<int32_t>();
   std::vector<IntegrateFn<T>> fns;
   for (const auto& q : pdes) fns.push_back(pick_integrate(q));
+  OutOfMemory oom;
 #pragma omp parallel num_threads(nthreads)
   {
     // No trajectory buffer: the forward stores states in the caller's tensor, never in w.traj
     // (max(steps) x H x W per thread was allocated for nothing: 313 MB each at 100,000 steps).
-    Work<T> w(geo, mmax, 0);
+    std::optional<Work<T>> work;
+    const bool ok = oom.allocate([&] { work.emplace(geo, mmax, 0); });
 #pragma omp for schedule(dynamic, 1) collapse(2)
     for (int64_t b = 0; b < B; ++b) {
       for (int64_t e = 0; e < E; ++e) {
+        if (!ok) continue;
+        Work<T>& w = *work;
         const Pde<T>& q = pdes[e];
         int first_bad = 0;
         for (int64_t c = 0; c < C; ++c) {
@@ -692,6 +722,7 @@ void forward_impl(const at::Tensor& u, const std::vector<Pde<T>>& pdes, at::Tens
       }
     }
   }
+  oom.check("euler_evolve");
 }
 
 template <typename T>
@@ -709,11 +740,17 @@ void backward_impl(const at::Tensor& gout, const at::Tensor& u, const std::vecto
   std::vector<IntegrateFn<T>> fns;
   std::vector<BackwardFn<T>> bfns;
   for (const auto& q : pdes) { fns.push_back(pick_integrate(q)); bfns.push_back(pick_backward(q)); }
+  OutOfMemory oom;
 #pragma omp parallel num_threads(nthreads)
   {
-    Work<T> w(geo, mmax, smax);
+    // The trajectory buffer only where the states are recomputed (w.traj); with the states
+    // stored (traj) it went unused: max(steps) x H x W per thread.
+    std::optional<Work<T>> work;
+    const bool ok = oom.allocate([&] { work.emplace(geo, mmax, traj ? 0 : smax); });
 #pragma omp for schedule(dynamic, 1)
     for (int64_t b = 0; b < B; ++b) {
+      if (!ok) continue;
+      Work<T>& w = *work;
       for (int64_t c = 0; c < C; ++c) std::fill(gu_ptr + (b * C + c) * HW, gu_ptr + (b * C + c + 1) * HW, T(0));
       for (int64_t e = 0; e < E; ++e) {
         const Pde<T>& q = pdes[e];
@@ -752,6 +789,7 @@ void backward_impl(const at::Tensor& gout, const at::Tensor& u, const std::vecto
       }
     }
   }
+  oom.check("euler_evolve (backward)");
 }
 
 Settings check_common(const at::Tensor& u, const at::Tensor& weights, const at::Tensor& bias,

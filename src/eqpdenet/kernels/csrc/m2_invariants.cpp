@@ -28,12 +28,37 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <new>
 #include <cstdint>
 #include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+// Per-thread buffers are allocated inside the OpenMP regions. std::bad_alloc cannot leave such a
+// region (the runtime calls std::terminate: the whole Python process died, exit 134, where the
+// same shortage elsewhere is PyTorch's catchable "can't allocate memory"). Each thread allocates
+// through `allocate`, which catches it; a thread without its buffers skips its iterations, and
+// `check`, after the region, raises the failure as a RuntimeError (results discarded).
+struct OutOfMemory {
+  std::atomic<bool> failed{false};
+  template <typename F>
+  bool allocate(F&& make) {
+    try {
+      make();
+      return true;
+    } catch (const std::bad_alloc&) {
+      failed.store(true);
+      return false;
+    }
+  }
+  void check(const char* kernel) const {
+    TORCH_CHECK(!failed.load(), kernel, ": cannot allocate the per-thread working memory (the "
+                "images are too large for this machine's memory; use smaller images or batches)");
+  }
+};
 
 namespace {
 
@@ -937,18 +962,28 @@ torch::Tensor step_forward_typed(const torch::Tensor& u, const torch::Tensor& w1
     cs[k] = static_cast<T>(F[2 * k]);
     sn[k] = static_cast<T>(F[2 * k + 1]);
   }
+  OutOfMemory oom;
 #pragma omp parallel
   {
-    std::vector<T> P(s.Hp * s.Wp * s.M), X(3 * s.Hp * s.W * s.M), J(6 * s.W * s.M),
-        Irow(s.C * NJ * L), Hrow(s.O * L), Frow(s.C * L);
+    std::vector<T> P, X, J, Irow, Hrow, Frow;
+    const bool ok = oom.allocate([&] {
+      P.resize(s.Hp * s.Wp * s.M);
+      X.resize(3 * s.Hp * s.W * s.M);
+      J.resize(6 * s.W * s.M);
+      Irow.resize(s.C * NJ * L);
+      Hrow.resize(s.O * L);
+      Frow.resize(s.C * L);
+    });
 #pragma omp for schedule(dynamic, 1)
     for (int64_t b = 0; b < B; ++b) {
+      if (!ok) continue;
       const Taps<T> taps(G + (b / per_scale) * 3 * s.K, s.K);
       euler_forward_image<T, N>(U + b * s.M * s.HW, W1, B1, W2, B2, static_cast<T>(dt), taps, cs,
                                 sn, s, P.data(), X.data(), J.data(), Irow.data(), Hrow.data(),
                                 Frow.data(), OUT + b * s.M * s.HW);
     }
   }
+  oom.check("m2_euler_step");
   return out;
 }
 
@@ -979,14 +1014,26 @@ std::vector<torch::Tensor> step_backward_typed(const torch::Tensor& g_next, cons
     cs[k] = static_cast<T>(F[2 * k]);
     sn[k] = static_cast<T>(F[2 * k + 1]);
   }
+  OutOfMemory oom;
 #pragma omp parallel
   {
-    std::vector<T> P(s.Hp * s.Wp * s.M), X(3 * s.Hp * s.W * s.M), J(6 * s.W * s.M),
-        Irow(CJ * L), Hrow(s.O * L), gFrow(s.C * L), gHrow(s.O * L), gIrow(CJ * L),
-        gJ(6 * s.HW * s.M), lanes1(s.O * CJ * FULL_LANES<T>, T(0)),
-        lanes2(s.C * s.O * FULL_LANES<T>, T(0));
+    std::vector<T> P, X, J, Irow, Hrow, gFrow, gHrow, gIrow, gJ, lanes1, lanes2;
+    const bool ok = oom.allocate([&] {
+      P.resize(s.Hp * s.Wp * s.M);
+      X.resize(3 * s.Hp * s.W * s.M);
+      J.resize(6 * s.W * s.M);
+      Irow.resize(CJ * L);
+      Hrow.resize(s.O * L);
+      gFrow.resize(s.C * L);
+      gHrow.resize(s.O * L);
+      gIrow.resize(CJ * L);
+      gJ.resize(6 * s.HW * s.M);
+      lanes1.resize(s.O * CJ * FULL_LANES<T>, T(0));
+      lanes2.resize(s.C * s.O * FULL_LANES<T>, T(0));
+    });
 #pragma omp for schedule(dynamic, 1)
     for (int64_t b = 0; b < B; ++b) {
+      if (!ok) continue;
       const Taps<T> taps(G + (b / per_scale) * 3 * s.K, s.K);
       euler_backward_image<T, N>(GN + b * s.M * s.HW, U + b * s.M * s.HW, W1, B1, W2,
                                  static_cast<T>(dt), taps, cs, sn, s, P.data(), X.data(),
@@ -995,6 +1042,7 @@ std::vector<torch::Tensor> step_backward_typed(const torch::Tensor& g_next, cons
                                  GU + b * s.M * s.HW, GR + b * width);
     }
   }
+  oom.check("m2_euler_step (backward)");
   return {grad_u, per_image};
 }
 
@@ -1176,17 +1224,26 @@ torch::Tensor forward_typed(const torch::Tensor& u, const torch::Tensor& weight,
     cs[k] = static_cast<T>(F[2 * k]);
     sn[k] = static_cast<T>(F[2 * k + 1]);
   }
+  OutOfMemory oom;
 #pragma omp parallel
   {
-    std::vector<T> P(s.Hp * s.Wp * s.M), X(3 * s.Hp * s.W * s.M), J(6 * s.W * s.M),
-        Irow(s.C * NJ * s.W * N), Zrow(s.O * s.W * N);
+    std::vector<T> P, X, J, Irow, Zrow;
+    const bool ok = oom.allocate([&] {
+      P.resize(s.Hp * s.Wp * s.M);
+      X.resize(3 * s.Hp * s.W * s.M);
+      J.resize(6 * s.W * s.M);
+      Irow.resize(s.C * NJ * s.W * N);
+      Zrow.resize(s.O * s.W * N);
+    });
 #pragma omp for schedule(dynamic, 1)
     for (int64_t b = 0; b < B; ++b) {
+      if (!ok) continue;
       const Taps<T> taps(G + (b / per_scale) * 3 * s.K, s.K);
       forward_image<T, N>(U + b * s.M * s.HW, Wt, taps, cs, sn, s, P.data(), X.data(), J.data(),
                           Irow.data(), Zrow.data(), Z + b * s.O * N * s.HW);
     }
   }
+  oom.check("m2_mix_invariants");
   return z;
 }
 
@@ -1212,13 +1269,23 @@ std::vector<torch::Tensor> backward_typed(const torch::Tensor& grad_z, const tor
     cs[k] = static_cast<T>(F[2 * k]);
     sn[k] = static_cast<T>(F[2 * k + 1]);
   }
+  OutOfMemory oom;
 #pragma omp parallel
   {
-    std::vector<T> P(s.Hp * s.Wp * s.M), X(3 * s.Hp * s.W * s.M), J(6 * s.W * s.M),
-        Irow(CJ * s.W * N), gIrow(CJ * s.W * N), gZrow(s.O * s.W * N), gJ(6 * s.HW * s.M),
-        lanes(s.O * CJ * FULL_LANES<T>, T(0));
+    std::vector<T> P, X, J, Irow, gIrow, gZrow, gJ, lanes;
+    const bool ok = oom.allocate([&] {
+      P.resize(s.Hp * s.Wp * s.M);
+      X.resize(3 * s.Hp * s.W * s.M);
+      J.resize(6 * s.W * s.M);
+      Irow.resize(CJ * s.W * N);
+      gIrow.resize(CJ * s.W * N);
+      gZrow.resize(s.O * s.W * N);
+      gJ.resize(6 * s.HW * s.M);
+      lanes.resize(s.O * CJ * FULL_LANES<T>, T(0));
+    });
 #pragma omp for schedule(dynamic, 1)
     for (int64_t b = 0; b < B; ++b) {
+      if (!ok) continue;
       const Taps<T> taps(G + (b / per_scale) * 3 * s.K, s.K);
       backward_image<T, N>(GZ + b * s.O * N * s.HW, U + b * s.M * s.HW, Wt, taps, cs, sn, s,
                            P.data(), X.data(), J.data(), Irow.data(), gIrow.data(),
@@ -1226,6 +1293,7 @@ std::vector<torch::Tensor> backward_typed(const torch::Tensor& grad_z, const tor
                            GW + b * s.O * CJ);
     }
   }
+  oom.check("m2_mix_invariants (backward)");
   return {grad_u, per_image};
 }
 
