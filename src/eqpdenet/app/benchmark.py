@@ -221,8 +221,8 @@ def check_curves_for_data(config: BenchmarkConfig, runs: list[ExperimentConfig],
     test split keeps no image (the curves and logit changes are measured on test images) are a
     :class:`ConfigError` naming the field. They were found only when the first run had trained,
     and that run was lost. (The other curves' parameters do not depend on the data: any angle,
-    any positive scale factor; ``curves.images`` beyond the test images measures them all, and
-    the records and the table say how many.)"""
+    any scale factor ``curves.scales`` allows (1e-6 to 1e6); ``curves.images`` beyond the test
+    images measures them all, and the records and the table say how many.)"""
     from ..data.datasets import dataset_shape
 
     checked = set()
@@ -360,9 +360,10 @@ def benchmark_table(summary: dict[str, dict], noted: set[str] | frozenset = froz
         (entry for entry in summary if entry in noted), start=1)}
     found = _ordered_union(item["accuracy"] for item in summary.values())
     scenarios = [s for s in SCENARIO_ORDER if s in found] + sorted(set(found) - set(SCENARIO_ORDER))
-    lines = ["| model | params | seeds | " + " | ".join(scenarios)
-             + " | angle curve: min–max | logit change rot90 | logit change 37° "
-             "| 37° and back | train min | cpu |",
+    # cells as one list: with no scenario, a join of none left an empty header cell
+    header = ["model", "params", "seeds", *scenarios, "angle curve: min–max",
+              "logit change rot90", "logit change 37°", "37° and back", "train min", "cpu"]
+    lines = ["| " + " | ".join(header) + " |",
              "|---|---:|---:|" + "---:|" * len(scenarios) + "---:|---:|---:|---:|---:|---|"]
     for entry, item in summary.items():
         runs = len(item["seeds"])
@@ -408,7 +409,10 @@ def robustness_figure(summary: dict[str, dict], data: str = "ROTMNIST") -> bytes
         for entry, item in summary.items():
             if kind in item:
                 x, y = item[kind]
-                axis.plot(x, y, "o-", ms=3, lw=1.2, label=entry)
+                # matplotlib leaves a label starting with "_" out of the legend: a zero-width
+                # space before it keeps an entry named so (a valid run key) in it
+                axis.plot(x, y, "o-", ms=3, lw=1.2,
+                          label="\u200b" + entry if entry.startswith("_") else entry)
         axis.set_xlabel(label)
         axis.set_ylabel("accuracy (%)")
         axis.grid(alpha=0.3)

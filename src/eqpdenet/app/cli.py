@@ -57,12 +57,20 @@ __all__ = ["build_parser", "main"]
 # ----------------------------------------------------------------------------- quick profile
 
 
+def _kept_checkpoint_seeds(config) -> list[int]:
+    """The configuration's ``checkpoint_seeds`` that are among the seeds a quick profile set
+    (a configuration of seeds ``[1, 2]`` checkpointing ``[1]`` was refused under ``--quick``,
+    naming seeds the user never wrote)."""
+    return [seed for seed in config.checkpoint_seeds if seed in config.seeds]
+
+
 def quick_profile(config: ReproduceConfig) -> ReproduceConfig:
     """The smoke profile: 2 sizes x 2 seeds x both models, 4,000 training digits for 5 epochs,
     evaluated on the first 5,000 test digits (a shape check of the protocol, not its numbers);
     all the images of a smaller data set (:func:`_quick_subsets_within_data`)."""
     config.hidden_sizes = [16, 64]
     config.seeds = [0, 1]
+    config.checkpoint_seeds = _kept_checkpoint_seeds(config)
     config.base.data.train_subset = 4000
     config.base.data.test_subset = 5000
     config.base.train.epochs = 5
@@ -598,6 +606,7 @@ def quick_benchmark(config: BenchmarkConfig) -> BenchmarkConfig:
     digits (all the images of a smaller data set: :func:`_quick_subsets_within_data`), coarse
     curves (a check that every model runs end to end, not its numbers)."""
     config.seeds = [0]
+    config.checkpoint_seeds = _kept_checkpoint_seeds(config)
     config.base.data.train_subset, config.base.data.test_subset = 1000, 500
     config.base.train.epochs = 1
     config.curves.images = 200

@@ -494,6 +494,10 @@ def _degrees(start: float, stop: float, step: float) -> list[float]:
     return [float(start + step * k) for k in range(int(round((stop - start) / step)) + 1)]
 
 
+#: The range of ``curves.scales`` (:class:`CurvesConfig`).
+MIN_CURVE_SCALE, MAX_CURVE_SCALE = 1e-6, 1e6
+
+
 @dataclass
 class CurvesConfig:
     """What the robustness benchmark measures beyond the scenarios, on the first ``images``
@@ -502,7 +506,7 @@ class CurvesConfig:
     Attributes:
         images: test images used for the curves and the invariance errors.
         angles: rotations (degrees) of the accuracy-against-angle curve.
-        scales: scale factors of the accuracy-against-scale curve.
+        scales: scale factors of the accuracy-against-scale curve (from 1e-6 to 1e6).
         shifts: shift distances (pixels) of the accuracy-against-shift curve.
         invariance_angles: rotations (degrees) at which the logits' relative change is measured.
     """
@@ -529,6 +533,12 @@ class CurvesConfig:
             require(not repeated, f"curves.{name}",
                     f"must be distinct; {', '.join(f'{v:g}' for v in repeated)} appear(s) twice")
         require(all(v > 0 for v in self.scales), "curves.scales", "must be positive")
+        # A factor outside [1e-6, 1e6] measures nothing (a digit under a millionth of a pixel,
+        # or one pixel over a million frames), and beyond float32 its sampling matrix was
+        # singular or infinite: found only after training ("linalg.inv ... singular").
+        require(all(MIN_CURVE_SCALE <= v <= MAX_CURVE_SCALE for v in self.scales),
+                "curves.scales", f"must be from {MIN_CURVE_SCALE:g} to {MAX_CURVE_SCALE:g}, got "
+                f"{[v for v in self.scales if not MIN_CURVE_SCALE <= v <= MAX_CURVE_SCALE]}")
         # A shift is a distance, in a random direction drawn per image: a negative one only
         # reversed that direction, and read as a smaller shift on the curve's axis.
         require(all(v >= 0 for v in self.shifts), "curves.shifts",

@@ -60,11 +60,22 @@ _SAME_LINE_FIELDS = (*SAME_RUN_FIELDS, "robustness")
 _KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 
+#: The longest run key: its files (``<key>.json``, ``<key>.pt``) and their temporary copies
+#: (``.<key>.json.<random>.eqpdenet.tmp``) must stay within the 255 bytes most file systems allow
+#: a name (a 246-character entry trained, then failed saving: "File name too long").
+MAX_KEY_LENGTH = 200
+
+
 def run_file(out_dir: Path, key: str) -> Path:
     """The path of the run file of ``key`` (a :class:`ConfigError` for a key that is not a safe
-    file name)."""
+    file name: other characters than letters, digits, ``.``, ``_``, ``-``, or longer than
+    :data:`MAX_KEY_LENGTH`)."""
     if not _KEY.fullmatch(key):
         raise ConfigError(f"run key {key!r} cannot name a file: use letters, digits, '.', '_', '-'")
+    if len(key) > MAX_KEY_LENGTH:
+        raise ConfigError(f"run key {key[:40]}... ({len(key)} characters) cannot name a file: at "
+                          f"most {MAX_KEY_LENGTH} characters (its files' names, with their "
+                          f"temporary copies', must fit the 255 bytes of a file name)")
     return Path(out_dir) / RUNS_DIR / f"{key}.json"
 
 
