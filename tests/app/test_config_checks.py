@@ -62,12 +62,14 @@ def test_an_empty_curve_is_refused(name):
 
 @pytest.mark.parametrize("name, values, repeated", [
     ("angles", "[0, 90, 0.0]", "0"), ("scales", "[1.0, 0.5, 1, 0.5]", "0.5, 1"),
-    ("shifts", "[2, 2]", "2"), ("invariance_angles", "[37, 90, 37]", "37")])
+    ("shifts", "[2, 2]", "2"), ("invariance_angles", "[37, 90, 37]", "37"),
+    # one key in the records (f"{v:g}"): one measurement replaced the other (round 12)
+    ("invariance_angles", "[37.0, 37.0000001]", "37")])
 def test_a_value_twice_in_a_curve_is_refused(name, values, repeated):
     with pytest.raises(ConfigError) as refusal:
         apply_overrides(BenchmarkConfig(), [f"curves.{name}={values}"])
-    assert str(refusal.value) == (f"invalid config: curves.{name}: must be distinct; {repeated} "
-                                  f"appear(s) twice")
+    assert str(refusal.value) == (f"invalid config: curves.{name}: must be distinct to 6 digits "
+                                  f"(the records name each value so); {repeated} appear(s) twice")
 
 
 def test_negative_shifts_are_refused_and_negative_angles_kept():

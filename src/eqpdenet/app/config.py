@@ -529,9 +529,13 @@ class CurvesConfig:
             # An empty curve trained and recorded its runs, then failed every report; a point
             # measured twice weighs twice in nothing but makes a curve's axis ambiguous.
             require(len(values) > 0, f"curves.{name}", "must hold at least one value")
-            repeated = sorted({v for v in getattr(self, name) if getattr(self, name).count(v) > 1})
+            # Distinct as the records name them (f"{v:g}", six digits): 37.0 and 37.0000001
+            # were one key, one measurement silently replacing the other.
+            keys = [f"{v:g}" for v in getattr(self, name)]
+            repeated = sorted({k for k in keys if keys.count(k) > 1}, key=float)
             require(not repeated, f"curves.{name}",
-                    f"must be distinct; {', '.join(f'{v:g}' for v in repeated)} appear(s) twice")
+                    f"must be distinct to 6 digits (the records name each value so); "
+                    f"{', '.join(repeated)} appear(s) twice")
         require(all(v > 0 for v in self.scales), "curves.scales", "must be positive")
         # A factor outside [1e-6, 1e6] measures nothing (a digit under a millionth of a pixel,
         # or one pixel over a million frames), and beyond float32 its sampling matrix was
