@@ -1229,7 +1229,29 @@ CASES = [
          cli("train", "--out", "{tmp}/run", "--epochs", "0", "--no-progress",
              env={**_env(), "EQPDENET_DEBUG": "0"}, fragment="train.epochs: must be >= 1",
              after=_nothing_at("run"))),
+    Case("benchmark-entry-too-long", "config",
+         "`benchmark --config` with an entry name of 246 characters (trained, then failed "
+         "saving: \"File name too long\", every rerun the same)",
+         cli("benchmark", "--config", "{tmp}/b.toml", "--out", "{tmp}/out", "--no-progress",
+             setup=lambda tmp: _benchmark_file(tmp, "c" * 246),
+             fragment="cannot name a file: at most 200 characters", after=_nothing_at("out"))),
+    Case("curves-scale-underflow", "config",
+         "`benchmark --config` with `curves.scales = [1e-50]` (after training: \"linalg.inv ... "
+         "singular (a bug in eqpdenet?)\")",
+         cli("benchmark", "--config", "{tmp}/b.toml", "--out", "{tmp}/out", "--no-progress",
+             setup=lambda tmp: _benchmark_file(tmp, "tiny", scales="[1e-50]"),
+             fragment="curves.scales: must be from 1e-06 to 1e+06", after=_nothing_at("out"))),
 ]
+
+
+def _benchmark_file(tmp: Path, entry: str, scales: str = "[1.0]") -> None:
+    """A tiny benchmark configuration at ``tmp/b.toml``: one fcnn entry on 60 8x8 images."""
+    _npz(tmp / "tiny.npz")
+    (tmp / "b.toml").write_text(
+        f"seeds = [0]\ncheckpoint_seeds = []\n[base]\nscenarios = [\"test\"]\n[base.data]\n"
+        f"dataset = \"{tmp / 'tiny.npz'}\"\n[base.train]\nepochs = 1\n[models]\n"
+        f"{entry} = [\"model.kind='fcnn'\", \"model.hidden=4\"]\n[curves]\nimages = 10\n"
+        f"angles = [0.0]\nscales = {scales}\nshifts = [0.0]\n")
 
 
 def table(results: list[tuple[Case, Outcome]]) -> str:
