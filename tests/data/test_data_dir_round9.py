@@ -9,8 +9,6 @@ failed download ends with how to supply the files by hand.
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from eqpdenet.data.mnist import (
@@ -21,15 +19,6 @@ from eqpdenet.data.mnist import (
     download_mnist,
     load_mnist,
 )
-
-
-@pytest.fixture
-def refused() -> str:
-    """A mirror that refuses every connection at once (a port nothing listens on)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}/"
 
 
 def test_a_mistyped_data_folder_from_the_variable_is_refused_before_anything_is_made(

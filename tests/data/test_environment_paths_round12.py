@@ -19,7 +19,6 @@ listens on.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -46,15 +45,6 @@ FOUND = ", ".join(MNIST_NAMES)
 #: The end of every line the command line prints for an error.
 DEBUG_HINT = f" ({cli.DEBUG_VARIABLE}=1 shows the traceback)"
 TRAIN = ["train", "--model", "fcnn", "--hidden", "4", "--epochs", "1", "--no-progress"]
-
-
-@pytest.fixture
-def refused() -> str:
-    """A mirror that refuses every connection at once (a port nothing listens on)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}/"
 
 
 @pytest.fixture(autouse=True)

@@ -199,16 +199,25 @@ def _refuse_mnist_folder_as_data_dir(flag: str | os.PathLike | None, root: Path)
     make ``mnist/mnist/`` and fetch them again. Refused, not taken as meant: a guess would read
     other files than the path says, and a later run that guesses otherwise would download."""
     found = _mnist_names(root)
-    if not found or _mnist_names(root / "mnist"):
-        return
+    if found and not _mnist_names(root / "mnist"):
+        refuse_files_beside_their_folder(flag, root, found, "mnist", "MNIST's files", "MNIST")
+
+
+def refuse_files_beside_their_folder(flag: str | os.PathLike | None, root: Path, found: list[str],
+                                     subfolder: str, files: str, held: str) -> None:
+    """The :class:`DataFileError` of a data folder ``root`` holding ``found`` (``files``, e.g.
+    "MNIST's files") itself instead of in its ``subfolder``: the advice to point the flag or
+    variable (:func:`data_dir_source`) at the parent where ``root`` is that subfolder, else to
+    move them there. The rule of MNIST's and ROTMNIST's folders alike."""
     given = data_dir_source(flag)
     where = f", given by {given}," if given else ""
-    if given and root.name == "mnist":
-        advice = f"point {given} at its parent {root.parent}, the folder holding mnist/"
+    if given and root.name == subfolder:
+        advice = f"point {given} at its parent {root.parent}, the folder holding {subfolder}/"
     else:
-        advice = f"move them into {root / 'mnist'} (the data folder holds MNIST in mnist/)"
-    raise DataFileError(root, f"this data folder{where} holds MNIST's files itself "
-                              f"({', '.join(found)}), not in a mnist/ subfolder: {advice}")
+        advice = (f"move them into {root / subfolder} (the data folder holds {held} in "
+                  f"{subfolder}/)")
+    raise DataFileError(root, f"this data folder{where} holds {files} itself "
+                              f"({', '.join(found)}), not in a {subfolder}/ subfolder: {advice}")
 
 
 def resolve_cache_dir(flag: str | os.PathLike | None = None) -> Path:

@@ -50,9 +50,9 @@ from .mnist import (
     MNIST,
     MNIST_FILES,
     check_cache_dir,
-    data_dir_source,
     find_mnist_file,
     load_mnist,
+    refuse_files_beside_their_folder,
     resolve_cache_dir,
     resolve_data_dir,
 )
@@ -253,16 +253,9 @@ def _refuse_rotmnist_folder_as_data_dir(data_dir: str | os.PathLike | None) -> N
     root = resolve_data_dir(data_dir)
     found = [name for name in (OFFICIAL_TRAIN_FILE, OFFICIAL_TEST_FILE, OFFICIAL_ZIP)
              if (root / name).is_file()]
-    if not found or find_official_rotmnist(data_dir) is not None:
-        return
-    given = data_dir_source(data_dir)
-    where = f", given by {given}," if given else ""
-    if given and root.name == "rotmnist":
-        advice = f"point {given} at its parent {root.parent}, the folder holding rotmnist/"
-    else:
-        advice = f"move them into {root / 'rotmnist'} (the data folder holds them in rotmnist/)"
-    raise DataFileError(root, f"this data folder{where} holds official ROTMNIST files itself "
-                              f"({', '.join(found)}), not in a rotmnist/ subfolder: {advice}")
+    if found and find_official_rotmnist(data_dir) is None:
+        refuse_files_beside_their_folder(data_dir, root, found, "rotmnist",
+                                         "official ROTMNIST files", "them")
 
 
 def load_official_rotmnist(data_dir: str | os.PathLike | None = None) -> RotMNIST:
