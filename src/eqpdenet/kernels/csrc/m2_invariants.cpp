@@ -1170,15 +1170,20 @@ torch::Tensor tail_forward_typed(const torch::Tensor& u, const torch::Tensor& z,
   const T* U = u.data_ptr<T>();
   const T* Z = z.data_ptr<T>();
   T* OUT = out.data_ptr<T>();
+  OutOfMemory oom;
 #pragma omp parallel
   {
-    std::vector<T> h(O * TAIL_V);
+    std::vector<T> h;
+    const bool ok = oom.allocate([&] { h.resize(O * TAIL_V); });
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t b = 0; b < B; ++b)
+    for (int64_t b = 0; b < B; ++b) {
+      if (!ok) continue;
       tail_forward_image<T>(U + b * C * P, Z + b * O * P, scale.data_ptr<T>(),
                             shift.data_ptr<T>(), w2.data_ptr<T>(), b2.data_ptr<T>(),
                             static_cast<T>(dt), C, O, P, h.data(), OUT + b * C * P);
+    }
   }
+  oom.check("m2_update");
   return out;
 }
 
@@ -1195,15 +1200,23 @@ std::vector<torch::Tensor> tail_backward_typed(const torch::Tensor& g, const tor
   const T* Z = z.data_ptr<T>();
   T* GZ = grad_z.data_ptr<T>();
   double* GR = per_image.data_ptr<double>();
+  OutOfMemory oom;
 #pragma omp parallel
   {
-    std::vector<T> h(O * TAIL_V), gh(O * TAIL_V);
+    std::vector<T> h, gh;
+    const bool ok = oom.allocate([&] {
+      h.resize(O * TAIL_V);
+      gh.resize(O * TAIL_V);
+    });
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t b = 0; b < B; ++b)
+    for (int64_t b = 0; b < B; ++b) {
+      if (!ok) continue;
       tail_backward_image<T>(G + b * C * P, Z + b * O * P, scale.data_ptr<T>(),
                              shift.data_ptr<T>(), w2.data_ptr<T>(), static_cast<T>(dt), C, O, P,
                              h.data(), gh.data(), GZ + b * O * P, GR + b * width);
+    }
   }
+  oom.check("m2_update");
   return {grad_z, per_image};
 }
 
