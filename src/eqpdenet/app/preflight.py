@@ -217,22 +217,32 @@ def _batch_norm(model: torch.nn.Module) -> str | None:
     return None
 
 
+def _field_of_few_images(config: ExperimentConfig, images: int | None) -> tuple[str, str]:
+    """The field that leaves ``config`` ``images`` training images, and what it does: the
+    training subset where one is set, else the validation split held out of the data set's
+    training images (of a fixed count, or of a user's file: ``images`` plus those held out)
+    where it takes more than the subset leaves, else the data set itself."""
+    data = config.data
+    if data.train_subset and (images is None or images >= data.train_subset):
+        return "data.train_subset", f"{images} training image{'s' * (images != 1)}"
+    if data.validation:
+        fixed = FIXED_TRAINING_IMAGES.get(data.dataset)
+        total = fixed if fixed is not None else None if images is None else images + data.validation
+        source = "the" + (f" {total}" if total is not None else "") + " training images"
+        source += f" of {data.dataset}" if fixed is not None else ""  # a file: named before
+        return "data.validation", f"{data.validation} held out of {source} leave {images} to train on"
+    return "data.dataset", f"{images} training image{'s' * (images != 1)}"
+
+
 def _check_batches(config: ExperimentConfig, model: torch.nn.Module, images: int | None) -> None:
     """A :class:`ConfigError` naming the field when training ``config`` would see one image in
     all, or would pass one image alone through ``model`` in training mode while it has batch
     normalisation (a batch of one without the blur penalty's copy of it, or the weight
     average's pass over the batches to recompute the statistics)."""
-    train, data = config.train, config.data
+    train = config.train
     images = training_images(config) if images is None else images
     if images == 1:
-        if data.train_subset == 1:
-            field, what = "data.train_subset", "1 training image"
-        elif data.dataset in FIXED_TRAINING_IMAGES and not data.train_subset:
-            field = "data.validation"
-            what = (f"{data.validation} held out of the {FIXED_TRAINING_IMAGES[data.dataset]} "
-                    f"training images of {data.dataset} leave 1 to train on")
-        else:
-            field, what = "data.dataset", "1 training image"
+        field, what = _field_of_few_images(config, images)
         raise ConfigError(f"invalid config: {field}: {what}: one class, nothing a classifier can "
                           f"learn (and batch statistics need 2 images); train on 2 or more")
     smallest = training_batches(config, images)[1]
@@ -251,8 +261,7 @@ def _check_batches(config: ExperimentConfig, model: torch.nn.Module, images: int
     if norm is not None:
         field, remedy = "train.batch_size", f"set train.batch_size to {2 * processes} or more"
         if whole < train.batch_size:
-            field = ("data.train_subset" if data.train_subset else "data.validation"
-                     if data.dataset in FIXED_TRAINING_IMAGES else "data.dataset")
+            field = _field_of_few_images(config, images)[0]
             remedy = f"train on {2 * processes} images or more"
         raise ConfigError(f"invalid config: {field}: batches of {whole} images shared among "
                           f"{processes} processes leave a process 1 image or none, but the "

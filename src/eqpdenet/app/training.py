@@ -453,8 +453,14 @@ def resolve_for_data(config: ExperimentConfig, data: Data | dict) -> ExperimentC
     if height != width:
         raise ConfigError(f"the models take square images; the data set has {height}x{width}")
     model.image_size, model.in_channels = int(height), int(channels)
-    labels = torch.cat([data["train"].labels, data["test"].labels])
-    model.classes = int(getattr(data, "classes", int(labels.max()) + 1 if len(labels) else 1))
+    classes = getattr(data, "classes", None)
+    if classes is None:
+        # the largest label of the splits a model learns from: the test split must not shape
+        # the model (its labels would change the training), and a dict may have none
+        labels = torch.cat([data[name].labels for name in ("train", "validation")
+                            if name in data and data[name] is not None])
+        classes = int(labels.max()) + 1 if len(labels) else 1
+    model.classes = int(classes)
     standardize = model.standardize
     if standardize == "auto":
         # Decided by the data given where it names itself (a Data of one's own passed with a

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 
 from ..checks import require_int
-from ..errors import ConfigError, DataFileError
+from ..errors import ConfigError, DataFileError, warn_at_caller
 from ..geometry import rotate, rotate_about_mass
 from ..registry import Registry, _shown, checked_signature
 from .mnist import _IDX_DTYPES as IDX_DTYPES
@@ -440,7 +440,9 @@ def _classes(path, *labels: Tensor) -> int:
 
 
 def load_npz(path: str | os.PathLike) -> ImageDataset:
-    """A data set from a ``.npz`` file with ``x_train, y_train, x_test, y_test``."""
+    """A data set from a ``.npz`` file with ``x_train, y_train, x_test, y_test``; any other array
+    in it is a ``RuntimeWarning`` naming it (a file's ``x_val, y_val`` are not read: the
+    validation split is the last ``data.validation`` images of ``x_train``)."""
     path = Path(path)
     try:
         fingerprint = _digest([path])
@@ -460,12 +462,20 @@ def load_npz(path: str | os.PathLike) -> ImageDataset:
                 raise DataFileError(path, f"missing array(s) {missing}; a data set file holds "
                                     "x_train, y_train, x_test, y_test")
             arrays = {key: archive[key] for key in ("x_train", "y_train", "x_test", "y_test")}
+            unused = sorted(set(archive.files) - set(arrays))
     except DataFileError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         # truncated or damaged archives (a bad CRC, no data), and what is no archive at all
         raise DataFileError(path, f"not a readable .npz file ({type(error).__name__}: "
                             f"{error})") from None
+    if unused:
+        # a file's own validation arrays (x_val, y_val) are the likely ones: the validation
+        # split is always carved from x_train, so they would be ignored unseen
+        shown = ", ".join(unused[:5]) + (f", ... ({len(unused)} in all)" if len(unused) > 5 else "")
+        warn_at_caller(f"{path}: array(s) {shown} not used: a data set file is read as x_train, "
+                       f"y_train, x_test, y_test, and the validation split is the last "
+                       f"data.validation images of x_train", RuntimeWarning)
     train_labels = _as_labels(arrays["y_train"], path, "y_train")
     test_labels = _as_labels(arrays["y_test"], path, "y_test")
     return ImageDataset(str(path), _as_images(arrays["x_train"], path, "x_train"), train_labels,
