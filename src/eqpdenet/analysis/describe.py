@@ -1,7 +1,7 @@
 """Reading a learned PDE layer: each PDE as a formula, and its evolution ``u(0) ... u(T)`` as images.
 
 :func:`pde_formula` prints ``du/dt = F_theta(invariants)`` with the invariants' own notation
-(:class:`eqpdenet.invariants.Invariant` ``.unicode`` / ``.latex``), e.g.::
+(:class:`eqpdenet.pde.invariants.Invariant` ``.unicode`` / ``.latex``), e.g.::
 
     ∂t u = 0.12 (u_xx + u_yy) − 0.03 (u_x² + u_y²) + 0.5
 

@@ -1,10 +1,10 @@
 """The ``eqpdenet`` command line: info, train, evaluate, export, reproduce, benchmark, study,
 symbolic, report, equivariance, describe, figure.
 
-Configuration comes from the defaults (the paper's setup, ``eqpdenet.config``), then an optional
+Configuration comes from the defaults (the paper's setup, ``eqpdenet.app.config``), then an optional
 TOML file (``--config``), then ``--quick``'s smoke profile where a command has one, then a layer
 preset (``--layer``), then ``--set section.field=value`` overrides, then the dedicated flags.
-Data: ``--data-dir`` > ``EQPDENET_DATA`` > a per-user cache folder (see ``eqpdenet.mnist``).
+Data: ``--data-dir`` > ``EQPDENET_DATA`` > a per-user cache folder (see ``eqpdenet.data.mnist``).
 
 Errors are one line on stderr naming the problem (exit status 2; 1 for an unexpected failure,
 130 after Ctrl-C or SIGTERM; 3 when ``report`` wrote the table of an incomplete sweep);

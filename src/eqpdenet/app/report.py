@@ -2,7 +2,7 @@
 
 The paper's numbers (``paper_tables.csv``, copied from Lagrave & Riou 2021, CC BY 4.0) are
 accuracies in percent, mean and standard deviation over 10 instances. Ours are aggregated from a
-``results.jsonl`` written by :func:`eqpdenet.experiments.reproduce`: mean and sample standard
+``results.jsonl`` written by :func:`eqpdenet.app.sweeps.reproduce`: mean and sample standard
 deviation (``ddof = 1``) over the seeds of each (model, hidden size). The difference is reported
 in percentage points and in units of the paper's standard deviation. The paper's numbers are
 ROTMNIST's: runs on any other data set (:func:`on_paper_data`) are tabled and plotted without

@@ -370,7 +370,7 @@ def generate_rotmnist(
     """Rebuild ROTMNIST from MNIST (see the module docstring for the exact protocol).
 
     Args:
-        mnist: the 70,000 MNIST digits (:func:`eqpdenet.mnist.load_mnist`).
+        mnist: the 70,000 MNIST digits (:func:`eqpdenet.data.mnist.load_mnist`).
         seed: seeds ``numpy.random.default_rng``, which draws the digits and the angles.
         n_train, n_test: sizes (12,000 and 50,000 for ROTMNIST; smaller for quick tests); the two
             sets are disjoint, ``n_train + n_test <= 70000``.
@@ -508,17 +508,17 @@ def load_rotmnist(
     """ROTMNIST, official if available, else generated from MNIST; cached.
 
     Args:
-        data_dir: the data directory (:func:`eqpdenet.mnist.resolve_data_dir`); official files are
+        data_dir: the data directory (:func:`eqpdenet.data.mnist.resolve_data_dir`); official files are
             looked for in ``<data_dir>/rotmnist/``, MNIST in ``<data_dir>/mnist/``.
-        cache_dir: writable cache directory (:func:`eqpdenet.mnist.resolve_cache_dir`:
+        cache_dir: writable cache directory (:func:`eqpdenet.data.mnist.resolve_cache_dir`:
             flag > ``EQPDENET_CACHE`` > ``~/.cache/eqpdenet``). One given by the argument or the
             variable must exist or be a new folder inside an existing one (else a
             :class:`DataFileError` naming where it came from, before any data is read:
-            :func:`eqpdenet.mnist.check_cache_dir`); the per-user default is made with its
+            :func:`eqpdenet.data.mnist.check_cache_dir`); the per-user default is made with its
             parents.
         seed: generation seed (ignored for the official files).
         source: ``"auto"`` (official if present, else generated), ``"official"`` or ``"generated"``.
-        download: passed to :func:`~eqpdenet.mnist.load_mnist` when MNIST is missing.
+        download: passed to :func:`~eqpdenet.data.mnist.load_mnist` when MNIST is missing.
         use_cache: read and write the cache; a stale or corrupt cache is rebuilt (with a warning).
             Temporary files of the cache left by killed writers are removed (the module doc).
         n_train, n_test: sizes of a generated set (defaults: ROTMNIST's; smaller for quick tests).

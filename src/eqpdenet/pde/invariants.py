@@ -1,6 +1,6 @@
 """Differential invariants: named, printable functions of the jet, grouped in sets per Lie group.
 
-An :class:`InvariantSet` maps a jet ``(..., D, H, W)`` (see :mod:`eqpdenet.stencils`) to its
+An :class:`InvariantSet` maps a jet ``(..., D, H, W)`` (see :mod:`eqpdenet.pde.stencils`) to its
 invariants ``(..., K, H, W)``. Three sets come registered:
 
 ``se2`` (eq. (4)), invariant under rotations and translations of the plane::

@@ -25,9 +25,9 @@ and their invariants come from the moving frame (see the end of this docstring).
    ``dim J^(n) - s`` with ``dim J^(n) = 2 + C binom(n + 2, 2)`` (``C`` channels) and ``s`` the
    generic orbit dimension of the prolonged action (rank of the prolonged fields' coefficients
    at a random point).
-4. :func:`compile_invariants` turns the expressions into an :class:`~eqpdenet.invariants.
+4. :func:`compile_invariants` turns the expressions into an :class:`~eqpdenet.pde.invariants.
    InvariantSet` (torch operations on the jet, every division through
-   :func:`~eqpdenet.invariants.safe_ratio`) usable by :class:`~eqpdenet.pde.PDELayer`.
+   :func:`~eqpdenet.pde.invariants.safe_ratio`) usable by :class:`~eqpdenet.pde.PDELayer`.
 
 How invariants are searched
 ---------------------------
@@ -189,7 +189,7 @@ class JetSpace:
     channels.
 
     ``JetSpace(2).derivatives`` is ``(u, u_x, u_y, u_xx, u_xy, u_yy)`` (same order as
-    :func:`eqpdenet.stencils.derivative_names`); ``coordinates`` prepends ``x, y``.
+    :func:`eqpdenet.pde.stencils.derivative_names`); ``coordinates`` prepends ``x, y``.
 
     With ``channels = C > 1`` (a vector-valued ``u = (u1, ..., uC)``) every channel has its own
     jet coordinates, channel by channel: ``JetSpace(1, channels=2).derivatives`` is
@@ -2157,7 +2157,7 @@ def compile_invariants(symbolic: SymbolicInvariants | Sequence[sp.Expr], name: s
                        order: int | None = None, register: bool = False,
                        invariant_under: Sequence[str] | None = None,
                        replace: bool = False) -> InvariantSet:
-    """An :class:`~eqpdenet.invariants.InvariantSet` computing the expressions with torch.
+    """An :class:`~eqpdenet.pde.invariants.InvariantSet` computing the expressions with torch.
 
     Each expression is split into numerator and denominator (``sympy.fraction`` of its
     ``together`` form); a ratio is evaluated as ``safe_ratio(numerator, denominator, eps)``.
@@ -2166,7 +2166,7 @@ def compile_invariants(symbolic: SymbolicInvariants | Sequence[sp.Expr], name: s
     name (so ``PDELayer.build(init="heat")`` finds the Laplacian); others are ``{name}_{k}``,
     unless the result names them (the moving frame's ``A13u``).
     With ``register``, the set is also registered by ``name`` (see
-    :func:`eqpdenet.invariants.register_invariant_set`; a name already registered is refused
+    :func:`eqpdenet.pde.invariants.register_invariant_set`; a name already registered is refused
     before any work unless ``replace``, which only ``register`` takes). Either way the set
     pickles (``torch.save`` of a model holding it) as the recipe that compiles it again, never
     by name: loaded in another process it computes the same invariants whatever that process
@@ -2183,7 +2183,7 @@ def compile_invariants(symbolic: SymbolicInvariants | Sequence[sp.Expr], name: s
 
     ``invariant_under`` (plane only) declares the transformations (translations, rotations,
     scalings) every invariant is invariant under, which ``EqPdeNet.quarter_turn_invariant`` and
-    the tests read (:attr:`~eqpdenet.invariants.InvariantSet.invariant_under`). It is verified
+    the tests read (:attr:`~eqpdenet.pde.invariants.InvariantSet.invariant_under`). It is verified
     exactly, by the infinitesimal criterion (:func:`is_invariant` under ``se2``, ``scaling``), and
     a claim that fails is refused; by default (None) it is derived the same way. A ratio with a
     fixed ``ratio_eps`` divides with the absolute ``eps`` (``a b / (b² + eps²)``), which is not
