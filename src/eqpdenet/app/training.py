@@ -53,7 +53,7 @@ from ..errors import (
     warn_at_caller,
 )
 from ..kernels import resolve_backend
-from ..kernels.cpu import cpu_name
+from ..kernels.cpu import cpu_name, extension_states
 from ..models import MODELS, _constructor_options, count_parameters
 from ..process_state import GLOBAL_RNG_LOCK
 from . import accelerate
@@ -1264,7 +1264,9 @@ def environment(config=None) -> dict:
     instruction set PyTorch's kernels use on it (``torch.backends.cpu.get_cpu_capability``),
     and, given the run's ``config`` and where its model follows it, ``pde_backend``
     (:func:`pde_backend`: a sweep resumed under another ``EQPDENET_BACKEND`` would otherwise
-    mix backends unseen, :func:`eqpdenet.app.sweeps.changed_runs`)."""
+    mix backends unseen, :func:`eqpdenet.app.sweeps.changed_runs`) with ``pde_kernels``, what
+    the C++ extensions this process tried came to (:func:`~eqpdenet.kernels.cpu.
+    extension_states`: ``"auto"`` ran the reference where one did not build)."""
     record = {"eqpdenet": __version__, "torch": str(torch.__version__),
               "python": platform.python_version(), "machine": platform.machine(),
               "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -1272,6 +1274,9 @@ def environment(config=None) -> dict:
     backend = None if config is None else pde_backend(config)
     if backend is not None:
         record["pde_backend"] = backend
+        kernels = extension_states()
+        if kernels:  # "auto" ran the reference where a kernel did not build: say which
+            record["pde_kernels"] = kernels
     return record
 
 
@@ -1474,10 +1479,12 @@ def run_experiment(config: ExperimentConfig, data: Data | dict[str, Split], *,
         model, history = train_model(config, data, progress=progress)
     except (NonFiniteStateError, FloatingPointError) as error:
         # the epochs done, as a finished run records them: where and how it diverged
+        record["environment"] = environment(config)  # with the kernels training built
         record.update(status="diverged", error=str(error), history=getattr(error, "history", []),
                       train_seconds=time.perf_counter() - start)
         return record
     record["train_seconds"] = time.perf_counter() - start
+    record["environment"] = environment(config)  # with the kernels training built
     record["history"] = history
     bad = non_finite_tensors(model.state_dict())
     if bad:  # checked after every epoch; kept for a model whose selection or average broke it

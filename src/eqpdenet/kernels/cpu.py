@@ -56,7 +56,8 @@ from .op import _LIBRARY, IMPLEMENTATIONS, refuse_reload
 
 refuse_reload(globals())  # it registers implementations: it cannot be reloaded (module doc)
 
-__all__ = ["build_error", "build_seconds", "cpu_name", "is_available", "load_extension",
+__all__ = ["build_error", "build_seconds", "cpu_name", "extension_states", "is_available",
+           "load_extension",
            "load_m2_extension"]
 
 ENV_BUILD_DIR = "EQPDENET_BUILD_DIR"
@@ -434,6 +435,20 @@ def load_m2_extension():
 def is_available() -> bool:
     """Whether the fused kernel builds (or is already built) on this machine."""
     return _FUSED.unavailable() is None
+
+
+def extension_states() -> dict[str, str]:
+    """What each C++ extension this process tried to use came to, by source file: ``"built"``
+    (built or loaded), or why not (the layers at ``backend = "auto"`` then ran the plain PyTorch
+    reference, which rounds differently); extensions not tried are absent. Recorded beside a
+    run's results (``environment.pde_kernels``)."""
+    states = {}
+    for extension in (_FUSED, _M2):
+        if extension.module is not None:
+            states[extension.source.name] = "built"
+        elif extension.error is not None:
+            states[extension.source.name] = extension.error
+    return states
 
 
 def build_error() -> str | None:
