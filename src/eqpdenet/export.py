@@ -105,6 +105,7 @@ __all__ = [
     "load_exported",
     "portable_module",
     "trace",
+    "unwrapped",
 ]
 
 #: The largest accepted ``max |exported - pytorch| / max |pytorch|`` (and the same for the
@@ -141,7 +142,8 @@ class ExportFormat:
         name: the format's name (``--format``).
         suffix: the file name's usual ending.
         runtime: what runs the file, in words.
-        requires: modules that must be importable (optional dependencies), checked first.
+        requires: modules that must be importable to write the file (optional dependencies),
+            checked first.
         write: ``write(exported_program, path)``.
         load: ``load(path) -> (run, input_shape)``: ``run(images) -> logits`` on float32 CPU
             tensors, checked already (:class:`ExportedModel` wraps it), and the ``(C, H, W)`` of
@@ -155,6 +157,8 @@ class ExportFormat:
     requires: tuple[str, ...]
     write: Callable[[torch.export.ExportedProgram, Path], None]
     load: Callable[[Path], tuple[Runner, InputShape]]
+    #: modules that must be importable to run the file (None: ``requires``)
+    runs_with: tuple[str, ...] | None = None
 
 
 @contextlib.contextmanager
@@ -324,7 +328,8 @@ class ExportedModel:
 #: Export formats: name -> :class:`ExportFormat`.
 FORMATS: Registry[ExportFormat] = Registry("export format")
 FORMATS.register("onnx", ExportFormat("onnx", ".onnx", "onnxruntime",
-                                      ("onnx", "onnxscript", "onnxruntime"), _write_onnx, _load_onnx))
+                                      ("onnx", "onnxscript", "onnxruntime"), _write_onnx, _load_onnx,
+                                      runs_with=("onnxruntime",)))
 FORMATS.register("exported-program", ExportFormat(
     "exported-program", ".pt2", "torch.export.load", (), _write_program, _load_program))
 
@@ -381,6 +386,22 @@ def check_export(format: str, out: str | os.PathLike) -> ExportFormat:
 # ----------------------------------------------------------------------------- tracing
 
 
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside ``torch.compile``'s and the data-parallel wrappers (``_orig_mod``,
+    ``module``), which compute its logits: a wrapper's ``forward(*args)`` did not take the
+    trace's dynamic batch axis (a torch-internal "mismatch between the structure of inputs and
+    dynamic_shapes")."""
+    parallel = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+    while True:
+        if isinstance(model, parallel):
+            model = model.module
+        elif type(model).__name__ == "OptimizedModule" and isinstance(
+                getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
 def portable_module(model: nn.Module) -> nn.Module:
     """The module an exporter traces for ``model``: ``model.export_module()`` where its family
     defines one (plain PyTorch modules computing the same logits), else ``model``."""
@@ -405,6 +426,7 @@ def trace(model: nn.Module, example: Tensor) -> torch.export.ExportedProgram:
     and the cause where it cannot be traced or the graph calls a custom operator, and the
     model's own :class:`~eqpdenet.errors.InputError` as it is where it refuses ``example``."""
     _check_model(model)
+    model = unwrapped(model)
     family = type(model).__name__
     check_images(example, "example")
     if len(example) < 2:  # a batch of 1 would be traced as a constant size
@@ -503,7 +525,10 @@ def _relative(difference: float, scale: float) -> float:
 
 
 def _largest(*differences: Tensor) -> float:
-    return max(float(d.abs().max()) for d in differences)
+    """The largest ``|difference|``; inf where any is NaN (Python's ``max`` drops a NaN that does
+    not come first: a runtime's NaN logits at a batch of one passed as a difference of 0)."""
+    values = [float(d.abs().max()) for d in differences]
+    return math.inf if any(math.isnan(value) for value in values) else max(values)
 
 
 def _chunked(run: Runner, images: Tensor) -> Tensor:
@@ -515,7 +540,7 @@ def _chunked(run: Runner, images: Tensor) -> Tensor:
 def _turn_error(run: Runner, images: Tensor, logits: Tensor) -> float:
     scale = float(logits.abs().max())
     return max(_relative(_largest(_chunked(run, torch.rot90(images, k, (-2, -1))) - logits),
-                         scale) for k in (1, 2, 3))
+                         scale) for k in (1, 2, 3))  # never NaN: _largest makes one inf
 
 
 def _float32_noise(model: nn.Module, images: Tensor, turns: bool) -> float | None:
@@ -592,6 +617,7 @@ def export_model(model: nn.Module, out: str | os.PathLike, format: str = "onnx",
     :data:`STALE_GRACE` seconds).
     """
     _check_model(model)
+    model = unwrapped(model)  # the model a compiled or data-parallel wrapper computes with
     chosen = check_export(format, out)
     out = Path(out)
     if not (isinstance(tolerance, float | int) and not isinstance(tolerance, bool)
@@ -646,6 +672,12 @@ def export_model(model: nn.Module, out: str | os.PathLike, format: str = "onnx",
             raise ExportError(f"verification failed: {chosen.runtime} cannot run {family} as "
                               f"{chosen.name}: {type(error).__name__}: {first.strip()}; no "
                               f"file written") from None
+        bad = int((~torch.isfinite(exported)).any(1).sum()) + int(not torch.isfinite(single).all())
+        if bad and bool(torch.isfinite(expected).all()):
+            raise ExportError(f"verification failed: {chosen.runtime} gives non-finite logits "
+                              f"(NaN or inf) for {family} as {chosen.name} on {bad} of the "
+                              f"{len(images) + 1} images run (the batch of one included), where "
+                              f"PyTorch's are finite; no file written")
         difference = _largest(exported - expected, single - expected[:1])
         relative = _relative(difference, float(expected.abs().max()))
         report = ExportReport(out, chosen.name, family, len(images), difference, relative, None,
@@ -691,10 +723,11 @@ def load_exported(path: str | os.PathLike, format: str | None = None) -> Exporte
     if format is None:
         format = "onnx" if path.suffix == ".onnx" else "exported-program"
     chosen = FORMATS.get(format)
-    missing = [name for name in chosen.requires if importlib.util.find_spec(name) is None]
+    needs = chosen.requires if chosen.runs_with is None else chosen.runs_with
+    missing = [name for name in needs if importlib.util.find_spec(name) is None]
     if missing:
         raise MissingDependencyError(f"running {format} needs {', '.join(missing)}: "
-                                     f"pip install 'eqpdenet[export]'")
+                                     f"pip install {' '.join(missing)}")
     return _open(chosen, path)
 
 
