@@ -172,6 +172,22 @@ def _refuse_unusable_folder(root: Path, given: str, what: str, advice: str, typo
                               f"{root.parent}: a mistyped path? {advice}{typo_note}")
 
 
+def _refuse_blocked_default(root: Path, what: str, variable: str) -> None:
+    """Refuse, before anything is made, a per-user default folder ``root`` that cannot be made:
+    the nearest existing path at or above it is not a folder (``~/.cache/eqpdenet`` a file). The
+    default is made with its parents, and ``mkdir`` said only ``[Errno 17] File exists`` (or
+    ``Not a directory``) after the work that needed it."""
+    for path in (root, *root.parents):
+        if not os.path.lexists(path):
+            continue
+        if path.is_dir():
+            return
+        kind = ("a file" if path.is_file() else
+                "a symbolic link to nothing" if path.is_symlink() else "not a folder")
+        raise DataFileError(path, f"{kind}, where the per-user {what} {root} needs a folder: "
+                                  f"remove it, or set {variable} to a folder")
+
+
 def _refuse_mistyped_data_dir(flag: str | os.PathLike | None, root: Path) -> None:
     """Refuse a data folder given explicitly (``flag``: ``--data-dir`` or the ``data_dir``
     argument; else ``EQPDENET_DATA``) whose parent folder does not exist either: a mistyped path,
@@ -181,6 +197,7 @@ def _refuse_mistyped_data_dir(flag: str | os.PathLike | None, root: Path) -> Non
     with its parents."""
     given = data_dir_source(flag)
     if given is None:
+        _refuse_blocked_default(root / "mnist", "data folder", DATA_ENV)
         return
     _refuse_unusable_folder(root, given, "data folder", f"Point {given} at the folder holding mnist/",
                             " (a download creates the data folder only inside an existing one)",
@@ -242,13 +259,14 @@ def check_cache_dir(flag: str | os.PathLike | None = None) -> Path:
     or ``EQPDENET_CACHE``) a folder given explicitly whose parent does not exist either (a
     mistyped path: a cache written there would make the whole chain and fill it unseen) or that
     is, or lies in, a file. Called before the work whose result would be cached; the per-user
-    default is made with its parents."""
+    default is made with its parents, and refused where a file stands in its way."""
     root = resolve_cache_dir(flag)
     if _given(flag):
         given = CACHE_FLAG
     elif path_variable(CACHE_ENV) is not None:
         given = CACHE_ENV
     else:
+        _refuse_blocked_default(root, "cache folder", CACHE_ENV)
         return root
     _refuse_unusable_folder(root, given, "cache folder",
                             f"Point {given} at an existing folder, or at a new one inside an "
