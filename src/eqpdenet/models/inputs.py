@@ -43,6 +43,7 @@ that skips this function fails there.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -61,7 +62,7 @@ from ..checks import (
 from ..errors import ConfigError, InputError
 
 __all__ = ["ModelInput", "check_model_input", "family_options", "min_image_size",
-           "require_image_size"]
+           "require_bools", "require_image_size"]
 
 
 class ModelInput(NamedTuple):
@@ -120,21 +121,49 @@ def check_model_input(model: nn.Module, images, what: str = "images") -> ModelIn
     return ModelInput(match_dtype(images, module_dtype(model), what), low, high)
 
 
+def require_bools(config, prefix: str = "") -> None:
+    """Every field of the dataclass ``config`` declared ``bool`` holds ``True`` or ``False``,
+    else a :class:`~eqpdenet.errors.ConfigError` naming it (``prefix + name``): read by a truth
+    test, the string ``"false"`` or the integer 1 would switch the option on without a word."""
+    for spec in dataclasses.fields(config):
+        if spec.type in (bool, "bool"):  # "bool" under ``from __future__ import annotations``
+            value = getattr(config, spec.name)
+            require(isinstance(value, bool), prefix + spec.name,
+                    f"must be true or false, got {value!r}")
+
+
+def _checked_copy(value):
+    """A copy of the dataclass instance ``value`` built through its constructor, so that its
+    ``__post_init__`` checks it again; its fields deep-copied, so that neither later changes to
+    ``value`` reach the copy nor the checks' normalisations reach ``value``."""
+    return dataclasses.replace(value, **{spec.name: copy.deepcopy(getattr(value, spec.name))
+                                         for spec in dataclasses.fields(value) if spec.init})
+
+
 def family_options(value, options_type: type, name: str):
     """A family's options (``cnn``, ``gcnn``, ``invariant_pde``, ``lifted_pde``) as its dataclass
-    ``options_type``: None gives the defaults, an instance is taken as it is, a mapping of its
-    fields is checked as the dataclass checks them (an unknown field is a ConfigError naming it
-    and the fields there are); anything else is a ConfigError naming ``name`` and the type, not
-    an AttributeError from deep inside the constructor."""
+    ``options_type``: None gives the defaults; an instance is checked again, as the dataclass
+    checked it when it was made, and a checked copy returned (the instance itself is left as it
+    is: a field set after construction, ``config.margin = -2``, skipped those checks, and was
+    built into a model that cropped its images or failed deep inside); a mapping of its fields
+    is checked as the dataclass checks them (an unknown field is a ConfigError naming it and the
+    fields there are); anything else is a ConfigError naming ``name`` and the type, not an
+    AttributeError from deep inside the constructor. In every case each field declared ``bool``
+    must be ``True`` or ``False`` (:func:`require_bools`, a ConfigError naming
+    ``name.field``)."""
     if value is None:
         return options_type()
     if isinstance(value, options_type):
-        return value
-    if isinstance(value, Mapping):
+        options = _checked_copy(value) if dataclasses.is_dataclass(value) else value
+    elif isinstance(value, Mapping):
         known = {f.name for f in dataclasses.fields(options_type)}
         unknown = sorted(str(key) for key in value if key not in known)
         require(not unknown, name, f"unknown field(s) {', '.join(unknown)}; the fields are "
                 f"{', '.join(sorted(known))}")
-        return options_type(**value)
-    raise ConfigError(f"invalid config: {name}: must be a {options_type.__name__} or a mapping of "
-                      f"its fields, got {type(value).__name__}")
+        options = options_type(**value)
+    else:
+        raise ConfigError(f"invalid config: {name}: must be a {options_type.__name__} or a "
+                          f"mapping of its fields, got {type(value).__name__}")
+    if dataclasses.is_dataclass(options):
+        require_bools(options, f"{name}.")
+    return options

@@ -46,7 +46,13 @@ from ..pde.invariants import DEFAULT_RATIO_EPS
 from ..pde.joint import DEFAULT_JET_FLOOR, JOINT_GROUPS, require_joint_size
 from ..pde.rhs import InvariantSystemRHS, invariant_maps
 from ..pde.stencils import BOUNDARIES, STENCILS, Jet, check_sigma, stencil_has_scale
-from .inputs import ModelInput, check_model_input, family_options, require_image_size
+from .inputs import (
+    ModelInput,
+    check_model_input,
+    family_options,
+    require_bools,
+    require_image_size,
+)
 from .perceptron import Standardize
 from .pooling import AntiAliasedDownsample, downsampled_size, require_lowpass_sigma
 
@@ -133,6 +139,7 @@ class InvariantPDEConfig:
                                (f"invariant_pde.channels[{index}]", "invariant_pde.mixtures"))
         require_positive(self.sigma, "invariant_pde.sigma")
         require_positive(self.dt, "invariant_pde.dt")
+        require_bools(self, "invariant_pde.")  # "false" read by a truth test was true
         STENCILS.check(self.stencil, "invariant_pde.stencil")
         if stencil_has_scale(self.stencil):  # its bounds (1e300 failed in NumPy), in pixels
             check_sigma(self.stencil, self.sigma, 1.0, "invariant_pde.sigma")

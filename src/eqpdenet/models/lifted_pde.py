@@ -86,7 +86,13 @@ from ..pde.m2 import (
 from ..pde.m2_rhs import M2_TERMS, M2SystemRHS, Pointwise, is_network_term
 from ..pde.stencils import BOUNDARIES, MIN_GAUSSIAN_SIGMA, ConstantBuffers
 from .centering import recenter
-from .inputs import ModelInput, check_model_input, family_options, require_image_size
+from .inputs import (
+    ModelInput,
+    check_model_input,
+    family_options,
+    require_bools,
+    require_image_size,
+)
 from .invariant_pde import MAX_BLOCKS, run_stages, smallest_image
 from .perceptron import Standardize
 from .pooling import (
@@ -147,11 +153,16 @@ class LiftedPDEConfig:
         downsample_sigma: the low-pass's standard deviation, in pixels.
         projection: over orientations: ``"max"``, ``"mean"`` or ``"softmax"`` (``tau log mean
             exp(u / tau)`` with a learned temperature ``tau > 0`` per channel, between the two).
+            The temperatures belong to the last stage's channels: the fields of earlier stages
+            (:meth:`LiftedPDENet.projected_fields` with ``stages`` below the last) are projected
+            by the max over orientations.
         readout: global pooling over space: ``"max"``, ``"mean"`` or ``"meanmax"``.
         normalize_invariants: batch-normalise the invariant maps before ``F`` mixes them
             (without, the ``network`` term's first layer runs fused with the invariants).
         normalize_hidden: batch-normalise the ``network`` term's hidden layer (else a bias, and
             its output layer starts at zero: every Euler step starts as the identity).
+            This, ``normalize_invariants`` and ``center`` must be ``True`` or ``False`` (a
+            string ``"false"`` or an integer is a ConfigError naming the field).
         backend: :data:`~eqpdenet.kernels.BACKENDS`: ``"auto"`` (the fused C++ operator on the
             CPU where it applies) or ``"reference"`` (plain PyTorch).
         margin: pixels of blank background (zeros of the raw input) added on every side of the
@@ -247,8 +258,9 @@ class LiftedPDEConfig:
                 f"must be 'max', 'mean' or 'meanmax', got {self.readout!r}")
         kernels.BACKENDS.check(self.backend, "lifted_pde.backend")
         require_int(self.margin, "lifted_pde.margin", 0)
-        require(isinstance(self.center, bool), "lifted_pde.center",
-                f"must be true or false, got {self.center!r}")
+        # every field declared bool (center, normalize_invariants, normalize_hidden): a truth
+        # test took the string "false" or 1 as true and built a batch norm no one asked for
+        require_bools(self, "lifted_pde.")
 
     @property
     def padding(self) -> str:
@@ -451,13 +463,20 @@ class M2Lift(ConstantBuffers):
 
 
 class _OrientationProjection(nn.Module):
-    """``(B, C, N, H, W) -> (B, C, H, W)``: max, mean or soft maximum over orientations."""
+    """``(B, C, N, H, W) -> (B, C, H, W)``: max, mean or soft maximum over orientations; the
+    soft maximum has a temperature per channel, so it takes fields of ``channels`` channels
+    only."""
 
     def __init__(self, kind: str, channels: int):
         super().__init__()
         self.kind = kind
         if kind == "softmax":  # tau = softplus(raw), initially 1
             self.raw_temperature = nn.Parameter(torch.full((channels,), 0.5413))
+
+    @property
+    def learned(self) -> bool:
+        """Whether it has parameters (the soft maximum's temperatures, one per channel)."""
+        return self.kind == "softmax"
 
     def forward(self, u: Tensor) -> Tensor:
         if self.kind == "max":
@@ -655,13 +674,27 @@ class LiftedPDENet(nn.Module):
     def projected_fields(self, images: Tensor, stages: int | None = None) -> Tensor:
         """The fields after the lift and the first ``stages`` stages (default all), projected
         over orientations and maxed over scales: planar maps ``(B, C, h, w)`` that rotate with
-        the image (exactly for quarter turns), what ``eqpdenet equivariance`` measures."""
+        the image (exactly for quarter turns), what ``eqpdenet equivariance`` measures.
+
+        The fields of the last stage (``stages`` None or ``len(self.stages)``) are projected as
+        :meth:`features` projects them (``projection``). Those of an earlier stage (0: the
+        lift) are projected by ``projection`` where it has no parameters (``max``, ``mean``),
+        and by the max over orientations where it is ``softmax``: its learned temperatures are
+        one per channel of the last stage, and no other stage has any (so ``eqpdenet
+        equivariance`` measures the lift and the first stage of a ``softmax`` model through the
+        max)."""
         count = len(self.stages) if stages is None else stages
         if not (isinstance(count, numbers.Integral) and not isinstance(count, bool)
                 and 0 <= count <= len(self.stages)):
             raise ConfigError(f"invalid config: stages must be in 0..{len(self.stages)} (an "
                               f"integer, or None for all), got {stages!r}")
-        u = self.projection(self._staged(images, count))
+        fields = self._staged(images, count)
+        if count == len(self.stages) or not self.projection.learned:
+            u = self.projection(fields)
+        else:
+            # The soft maximum's temperatures are the last stage's (one per channel of it):
+            # applied here they were another stage's, or a size mismatch where the counts differ.
+            u = fields.amax(dim=2)
         if self.config.scales > 1:                               # (S B, C, h, w) -> (B, C, h, w)
             u = u.unflatten(0, (self.config.scales, -1)).amax(dim=0)
         return u
