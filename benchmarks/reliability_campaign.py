@@ -95,7 +95,9 @@ def cli(*args: str, fragment: str, expect: str = "error", timeout: float = 600,
             setup(tmp)
         argv = [a.format(**PLACES, tmp=tmp) for a in args]
         where = cwd.format(**PLACES, tmp=tmp) if cwd else None
-        done, seconds = _run([sys.executable, "-m", "eqpdenet", *argv], timeout, env, cwd=where)
+        here = None if env is None else {key: value.replace("{tmp}", str(tmp))
+                                         for key, value in env.items()}
+        done, seconds = _run([sys.executable, "-m", "eqpdenet", *argv], timeout, here, cwd=where)
         traceback = "Traceback" in done.stderr
         message = _message(done.stderr) if expect != "ok" else (done.stdout.strip().splitlines()
                                                                  or [""])[-1]
@@ -1242,7 +1244,49 @@ CASES = [
          cli("benchmark", "--config", "{tmp}/b.toml", "--out", "{tmp}/out", "--no-progress",
              setup=lambda tmp: _benchmark_file(tmp, "tiny", scales="[1e-50]"),
              fragment="curves.scales: must be from 1e-06 to 1e+06", after=_nothing_at("out"))),
+    # round 13 (outside-in probes of 2026-12-07, second session)
+    Case("default-cache-is-a-file", "data",
+         "`train` on ROTMNIST with the per-user cache folder (`$XDG_CACHE_HOME/eqpdenet`) a file "
+         "(made after the work, \"File exists\")",
+         cli("train", "--out", "{tmp}/run", "--data-dir", "{data}", "--no-progress", "--model",
+             "fcnn", "--epochs", "1",
+             env={key: value for key, value in _env(XDG_CACHE_HOME="{tmp}").items()
+                  if key != "EQPDENET_CACHE"},
+             setup=lambda tmp: (tmp / "eqpdenet").write_text("a file"),
+             fragment="where the per-user cache folder", after=_nothing_at("run"))),
+    Case("npz-validation-leaves-one", "config",
+         "`train --dataset` a 60-image file with `data.validation=59` (named `data.dataset`)",
+         T("--model", "fcnn", "--hidden", "4", "--epochs", "1", "--dataset", "{tmp}/d.npz",
+           "--set", "data.validation=59", setup=lambda tmp: _npz(tmp / "d.npz"),
+           fragment="data.validation: 59 held out of the 60 training images leave 1",
+           after=_nothing_at("run"))),
+    Case("npz-unread-arrays", "data",
+         "`train --dataset` a file with its own `x_val, y_val` (silently not read)",
+         T("--model", "fcnn", "--hidden", "4", "--epochs", "1", "--dataset", "{tmp}/v.npz",
+           setup=lambda tmp: _npz_with_validation(tmp / "v.npz"), expect="warning",
+           fragment="array(s) x_val, y_val not used")),
+    Case("lifted-bool-string", "library",
+         "`LiftedPDEConfig(normalize_hidden='false')` (a truth test built the batch norm)",
+         lib("models.LiftedPDEConfig(normalize_hidden='false')", expect="ConfigError",
+             fragment="lifted_pde.normalize_hidden: must be true or false, got 'false'")),
+    Case("lifted-config-changed", "library",
+         "a `LiftedPDEConfig` whose margin is set to -2 after construction (built, and cropped "
+         "the images)",
+         lib("(lambda c: (setattr(c, 'margin', -2), models.LiftedPDENet(c)))"
+             "(models.LiftedPDEConfig(channels=[2], blocks=[1]))", expect="ConfigError",
+             fragment="lifted_pde.margin: must be >= 0")),
 ]
+
+
+def _npz_with_validation(path: Path) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    with open(path, "wb") as handle:
+        np.savez(handle, x_train=rng.integers(0, 256, (60, 8, 8), dtype=np.uint8),
+                 y_train=np.arange(60) % 3, x_test=rng.integers(0, 256, (20, 8, 8), dtype=np.uint8),
+                 y_test=np.arange(20) % 3, x_val=rng.integers(0, 256, (10, 8, 8), dtype=np.uint8),
+                 y_val=np.arange(10) % 3)
 
 
 def _benchmark_file(tmp: Path, entry: str, scales: str = "[1.0]") -> None:
