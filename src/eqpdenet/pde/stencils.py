@@ -289,8 +289,9 @@ def gaussian_derivative_weights(derivative: int, sigma: float, order: int | None
 
     Used by cross-correlation, ``sum_k w_k f(k)``. The weights are the sampled
     ``(-1)^a G^(a)(k) = sigma^-a He_a(k / sigma) G(k)`` (``He`` the Hermite polynomials),
-    truncated at ``R = max(ceil(truncate sigma), M // 2 + 1)``, times the polynomial ``p`` of
-    degree ``M = max(order, derivative) + 1`` that makes the discrete moments exact:
+    truncated at ``R = max(ceil(truncate sigma), M // 2 + 1)``, times the even polynomial ``p``
+    (of degree at most ``M = max(order, derivative) + 1``: ``w`` keeps the parity of ``G^(a)``)
+    that makes the discrete moments exact:
     ``sum_k w_k k^m / m! = int (-1)^a G^(a)(t) t^m / m! dt`` for ``m = 0 .. M`` (1 for
     ``m = a``: the derivative of ``x^a / a!`` is 1; 0 below). So the stencil is exact on
     polynomials of degree ``<= M``: it gives the derivative of the blurred polynomial, which for
@@ -307,18 +308,33 @@ def gaussian_derivative_weights(derivative: int, sigma: float, order: int | None
     z = k / sigma
     hermite = np.polynomial.hermite_e.hermeval(z, [0.0] * derivative + [1.0])
     shape = hermite * np.exp(-0.5 * z**2) / (math.sqrt(2 * math.pi) * sigma**(derivative + 1))
-    powers = np.arange(degree + 1)
-    factorials = np.array([math.factorial(int(m)) for m in powers], dtype=np.float64)
+    # The weights keep the parity of G^(a) (even or odd in k), so p has even powers only, and
+    # the moments of the other parity vanish by symmetry: only those of parity a are solved for,
+    # as many as there are (m = a mod 2, ..., <= M), in as many even powers of z. The whole
+    # system in every power z^0 .. z^M was singular for an odd a and an even M (an odd jet
+    # order): solve returned an arbitrary member of its solutions, with exact moments but a
+    # kernel far from the derivative (u_x of the wrong sign at order 1; round 13).
+    rows = np.arange(derivative % 2, degree + 1, 2)
+    even = np.arange(0, 2 * len(rows), 2)
+    factorial = np.array([math.factorial(int(m)) for m in rows], dtype=np.float64)
     # A[m, j] = sum_k shape_k z_k^j k^m / m!; solve A c = moments for p(k) = sum_j c_j z_k^j.
-    basis = z[None, :] ** powers[:, None]
-    moments_of = (k[None, :] ** powers[:, None]) / factorials[:, None]
-    system = (moments_of * shape[None, :]) @ basis.T
-    target = np.array([_gaussian_moment(derivative, int(m), sigma) for m in powers])
+    basis = z[None, :] ** even[:, None]
+    system = ((k[None, :] ** rows[:, None]) / factorial[:, None] * shape[None, :]) @ basis.T
+    target = np.array([_gaussian_moment(derivative, int(m), sigma) for m in rows])
     coefficients = np.linalg.solve(system, target)
     weights = shape * (coefficients @ basis)
-    residual = np.abs(moments_of @ weights - target).max()
-    if residual > 1e-9 * max(1.0, sigma**degree):  # pragma: no cover - a bug, not a user error
-        raise AssertionError(f"gaussian stencil moments off by {residual:g}")
+    powers = np.arange(degree + 1)  # every moment up to M, both parities, checked
+    moments_of = (k[None, :] ** powers[:, None]) / np.array(
+        [math.factorial(int(m)) for m in powers], dtype=np.float64)[:, None]
+    wanted = np.array([_gaussian_moment(derivative, int(m), sigma) for m in powers])
+    residual = np.abs(moments_of @ weights - wanted).max()
+    if not residual <= 1e-9 * max(1.0, sigma**degree):
+        # high orders at a small sigma: the moment system is too ill-conditioned in float64
+        # (order 6 at sigma 0.5, order 8 below 0.65); an AssertionError said "a bug" before
+        raise ConfigError(f"the gaussian stencil's kernel of derivative order {derivative} for a "
+                          f"jet of order {degree - 1} cannot be made exact at sigma = {sigma:g} "
+                          f"pixels (its moments are off by {residual:.2g}); use a larger sigma "
+                          f"or a lower order")
     return weights
 
 
