@@ -249,22 +249,43 @@ def ratio_reading(rhs: InvariantRHS) -> str | None:
 
 
 def _stability_text(step: EulerStep, digits: int) -> str:
-    """The explicit Euler diffusion check, with its bounds and the value it judges."""
+    """The explicit Euler check of :meth:`EulerStep.stability`, with its bounds and the value it
+    judges: the diffusion check where ``F`` linearised at 0 is ``c_u u`` plus second-order terms,
+    a reaction check where it is ``c_u u`` alone, the check of the whole linear part where it
+    has other terms (first order, order > 2), and the report's reason where nothing could be
+    checked or the verdict is UNSTABLE for a reason the numbers do not show."""
     report = step.stability()
     verdict = "stable" if report["stable"] else "UNSTABLE"
     linearised = ("" if isinstance(getattr(step.rhs, "F", None), LinearF)
                   else " (F linearised at u = 0)")
-    if report["stable"] is not None and report["diffusivity"] is None:
+    part = report["linear_part"] or {}
+    second = ("u_xx", "u_xy", "u_yy")
+    others = {name: c for name, c in part.items() if name != "u" and name not in second}
+    if others:
+        # first-order or higher terms: the diffusion wording ("diffusion check of 0") was false
+        form = _terms_to_text([(c, name) for name, c in part.items()], digits, False)
+        reason = f" ({report['reason']})" if report["reason"] else ""
+        return f"stability check of {form}{linearised}: {verdict}{reason}"
+    if report["stable"] is not None and report["diffusivity"] is None and any(
+            part.get(name) for name in second):
         # Anisotropic: a compiled set holding u_xx, u_xy, u_yy apart.
-        names = ("u_xx", "u_xy", "u_yy")
-        form = _terms_to_text([(c, n) for c, n in zip(report["second_order"], names, strict=True)
+        form = _terms_to_text([(c, n) for c, n in zip(report["second_order"], second, strict=True)
                                if c != 0.0], digits, False)
         rate = _number(report["max_rate_dt"], digits).replace("-", "−")
         return (f"diffusion check of {form}{linearised}: elliptic and −dt·σ ≤ 2 at every "
                 f"frequency (σ its stencil's symbol): max −dt·σ = {rate}, {verdict}")
     check = f"diffusion check 0 ≤ a·dt ≤ {report['max_a_dt']:g}: "
     if report["stable"] is None:
+        reason = report["reason"] or ""
+        if reason.startswith("cannot check"):  # an F that is not linearised: nothing is known
+            return check + f"n/a ({reason})"
         return check + "n/a (no second-order term in F linearised at u = 0)"
+    if report["diffusivity"] is None:
+        # c_u u alone (a set whose derivatives enter through ratios, such as sim2)
+        value = _number(report["dt"] * part.get("u", 0.0), digits).replace("-", "−")
+        return (check + f"n/a (no second-order term in F linearised at u = 0); reaction check "
+                f"dt·c_u ≥ −2: dt·c_u = {value}{linearised.replace('(F', '(c_u of F')}, "
+                f"{verdict}")
     value = _number(report["a_dt"], digits).replace("-", "−")
     linearised = linearised.replace("(F linearised", "(a of F linearised")
     return check + f"a·dt = {value}{linearised}, {verdict}"

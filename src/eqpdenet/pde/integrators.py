@@ -154,7 +154,10 @@ class EulerStep(nn.Module):
     :class:`~eqpdenet.pde.rhs.InvariantSystemRHS`,
     :class:`~eqpdenet.pde.m2_rhs.M2SystemRHS`), a step called alone checks ``u`` with it
     (finite values, shape, dtype: lower precision computed in the module's dtype and returned
-    in the input's), once; a step inside :class:`EulerFlow` or a model is not checked again.
+    in the input's), once, and its result too: a non-finite state raises
+    :class:`~eqpdenet.errors.NonFiniteStateError` naming the step, as :class:`EulerFlow` does
+    (one host read per call; before, a step called alone passed NaN or inf on). A step inside
+    :class:`EulerFlow` or a model is not checked again.
     """
 
     # Version 2 moved F into ``rhs`` (keys ``F.*`` became ``rhs.F.*``); older state dicts load.
@@ -183,6 +186,11 @@ class EulerStep(nn.Module):
             step = fused(x, self.dt) if fused is not None else None
             if step is None:
                 step = x + self.dt * self._rate(x)
+        if enter is not None and not is_input_checked(self) and not exporting() \
+                and not vmapped(step):
+            # checked on entry here, so its result too (a caller that checks calls the step
+            # inside input_checked: EulerFlow, the models)
+            report_non_finite([self.name], [self.dt], first_failed_step([torch.isfinite(step).all()]))
         return step if x is u else step.to(u.dtype)
 
     def _rate(self, x: Tensor) -> Tensor:
@@ -207,8 +215,9 @@ class EulerStep(nn.Module):
         None where nothing is checked: ``F`` cannot be linearised (it is not a
         :class:`~eqpdenet.pde.rhs.MonomialF`: the reason says so and names its type, the
         stability being unknown, not shown), or no invariant of the set has a linear term of
-        order >= 1 (then ``stable`` is None too). ``reason`` says why a scheme is not stable,
-        or why nothing was checked.
+        order >= 1 and none of order 0 either (then ``stable`` is None too; a reaction term
+        ``c_u u`` alone is checked: ``dt c_u >= -2``). ``reason`` says why a scheme is not
+        stable, or why nothing was checked.
 
         Euler multiplies the Fourier mode of frequency ``omega`` by ``g = 1 + dt sigma(omega)``
         per step, ``sigma`` the symbol of the stencil's ``sum_J c_J u_J``; "stable" means
@@ -258,6 +267,8 @@ class EulerStep(nn.Module):
         if other:
             report["second_order"] = tuple(linear.get(n, 0.0) for n in ("u_xx", "u_xy", "u_yy"))
             return self._symbol_check(report, linear, reaction, other)
+        if second_order is None and linear is not None and reaction != 0.0:
+            return self._reaction_check(report, reaction)
         if second_order is None:
             if linear is None and linearisation is not None:
                 # It has a linearisation but cannot compute it for this F (InvariantRHS of an F
@@ -306,6 +317,22 @@ class EulerStep(nn.Module):
                                 "anti-diffusion in some direction, which no dt mends")
         elif not upper:
             report["reason"] = f"dt = {self.dt:g} is above the explicit Euler bound"
+        return report
+
+    def _reaction_check(self, report: dict, reaction: float) -> dict:
+        """The check of ``F`` linearised to ``c_u u`` alone (no term of order >= 1: a set whose
+        derivatives enter through ratios, such as ``sim2``): Euler multiplies every mode by
+        ``1 + dt c_u``, stable where ``dt c_u >= -2``; a growing ``c_u > 0`` is the PDE's own
+        growth. This case said "nothing to check" before, while the same equation under ``se2``
+        was found unstable."""
+        rate = -reaction * self.dt if reaction < 0 else 0.0
+        stable = rate <= 2.0 * (1.0 + STABILITY_RTOL)
+        report.update(max_rate_dt=rate, max_dt=-2.0 / reaction if reaction < 0 else None,
+                      stable=bool(stable))
+        if not stable:
+            report["reason"] = (f"dt = {self.dt:g} is above the explicit Euler bound of the "
+                                f"reaction term {reaction:g} u: 1 + dt c_u = "
+                                f"{1.0 + self.dt * reaction:g} (dt <= {-2.0 / reaction:g})")
         return report
 
     def _symbol_check(self, report: dict, linear: dict[str, float], reaction: float,

@@ -669,8 +669,8 @@ def laplacian_max_eigenvalue(stencil: str, spacing: float = 1.0,
     ``0 <= a dt <= 2 / lambda_max``; for ``central`` ``lambda_max = 8 / h^2`` (``dt <= h^2 / 4a``),
     for ``isotropic`` ``16 / (3 h^2)``. ``sigma`` (unit of ``x``) for a family with a scale.
     The ``gaussian`` Laplacian's symbol is slightly positive at the highest frequencies from
-    ``sigma = 2`` pixels (at most 6.9e-5: its moment correction), so there "stable" means a
-    growth of at most ``1 + 6.9e-5 a dt`` per step (docs/symbolic.md).
+    about ``sigma = 1.7`` pixels (at most 6.9e-5, at 2: its moment correction), so there
+    "stable" means a growth of at most ``1 + 6.9e-5 a dt`` per step (docs/symbolic.md).
     """
     return -second_order_symbol_range(stencil, spacing, sigma, (1.0, 0.0, 1.0))[0]
 
