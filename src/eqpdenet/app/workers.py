@@ -249,9 +249,18 @@ def _start_worker(parent: int, then: bytes) -> None:
 
 def _run_task(fn: Callable, /, *args, **kwargs):
     """A task of the pool: its modules are imported (unpickling it did that), so the watchdog,
-    which kills the worker's process group too, takes over from the kernel's signal."""
+    which kills the worker's process group too (a compiler the task started), takes over from
+    the kernel's signal while it runs. After it, the kernel's signal again: between tasks and
+    while the worker exits (the interpreter's finalisation, seconds with torch loaded), the
+    daemon watchdog no longer runs, and a parent killed then left its workers 2.7 s (round 13)."""
+    parent = os.getppid()
     _set_parent_death_signal(0)
-    return fn(*args, **kwargs)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _killed_with_parent()
+        if os.getppid() != parent:  # the parent died before the kernel was told again
+            _die()
 
 
 def _parent_warning_display() -> Callable | None:
