@@ -18,18 +18,30 @@ Conventions (every module follows these; ``tests/test_geometry.py`` pins them do
   interpolation and zero fill by default. With ``align_corners=False`` the normalised point
   ``(0, 0)`` is the pixel-grid centre ``((W - 1) / 2, (H - 1) / 2)``, which is the centre above,
   so rotations by multiples of ``pi/2`` of square images map pixel centres onto pixel centres.
+
+Every public function checks its group parameters once, where it is called: an angle, a factor, a
+shift, a matrix or a translation of another shape than its docstring states, one that is not
+finite (NaN or inf, also one that overflows the images' working dtype), a zero scale factor or a
+singular matrix is an :class:`~eqpdenet.errors.InputError` naming the argument as the caller
+passed it (:class:`~eqpdenet.errors.InputTypeError` for a value that is not a number). Without
+the checks such a value gave an all-NaN image, or a raw ``torch.linalg`` error. The checks read the
+values on the host; where no value can be read (inside ``torch.func.vmap``, ``torch.compile`` or
+an export, while a CUDA graph is captured) they are skipped, as
+:func:`~eqpdenet.checks.check_values`'s are, and the warps compute as unchecked.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .checks import check_images
-from .errors import InputError
+from .checks import check_images, exporting, vmapped
+from .errors import InputError, InputTypeError
 
 __all__ = [
     "halvings_stay_even",
@@ -46,6 +58,80 @@ __all__ = [
 ]
 
 
+def _readable(tensor: Tensor) -> bool:
+    """Whether the values of ``tensor`` can be read on the host now (see the module docstring)."""
+    return not (tensor.is_meta or (tensor.is_cuda and torch.cuda.is_current_stream_capturing())
+                or exporting() or torch.compiler.is_compiling() or vmapped(tensor))
+
+
+def _not_finite(name: str, values: Tensor, shape: tuple | None) -> str | None:
+    """The message for ``values`` if any is not finite, else None. ``shape``: that of one value
+    shared by every image (``values`` of a longer shape holds one per image, and the message names
+    the first image at fault); None for any shape (the message names the first entry)."""
+    bad = ~torch.isfinite(values.detach())
+    if not bool(bad.any()):
+        return None
+    if values.dim() == (0 if shape is None else len(shape)):
+        return f"{name} must be finite, got {values.detach().tolist()}"
+    if shape is not None:
+        bad = bad.reshape(len(bad), -1).any(1)
+        first = int(bad.nonzero()[0, 0])
+        return (f"{name} must be finite, got {values[first].detach().tolist()} for image "
+                f"{first} ({int(bad.sum())} of {len(bad)} images)")
+    first = tuple(int(i) for i in bad.nonzero()[0])
+    return (f"{name} must be finite, got {values[first].item()} at index {first} "
+            f"({int(bad.sum())} of {bad.numel()} values)")
+
+
+def _in_working(value, dtype, fine) -> str:
+    """A note for the message on ``value`` where only its copy in the working ``dtype`` is at fault
+    (``fine`` of it read in float64 holds): one beyond float32's range, one that rounds to 0 or to
+    a singular matrix. Without it the message showed a value other than the one passed."""
+    if dtype != torch.float32:
+        return ""
+    wide = (value.detach() if isinstance(value, Tensor)
+            else torch.as_tensor(value, dtype=torch.float64)).to(device="cpu", dtype=torch.float64)
+    return " (in float32, the images' working dtype)" if bool(fine(wide)) else ""
+
+
+def _parameter(value, name: str, batch: int | None, shape: tuple | None, *, dtype=None,
+               device=None) -> Tensor:
+    """``value`` as a tensor, checked: real numbers of shape ``shape`` (one for every image) or
+    ``(batch, *shape)`` (one per image), or of any shape where ``shape`` is None; finite. Converted
+    as :func:`torch.as_tensor` converts, to ``dtype`` where given (a number without one is read in
+    float64, as :func:`rotation_matrix` reads it), so that a value that overflows ``dtype`` is
+    refused as well."""
+    try:
+        kind = value.dtype if isinstance(value, Tensor) else torch.as_tensor(value).dtype
+        if dtype is None and not isinstance(value, Tensor) and kind.is_floating_point:
+            dtype = torch.float64
+        tensor = torch.as_tensor(value, dtype=dtype, device=device)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise InputTypeError(f"{name} must be a number or a tensor of numbers, got "
+                             f"{repr(value)[:100]}") from None
+    if kind == torch.bool or kind.is_complex:
+        raise InputTypeError(f"{name} must hold real numbers, got dtype {kind}")
+    if shape is not None and tuple(tensor.shape) not in (shape, (batch, *shape)):
+        raise InputError(f"{name} must have shape {shape} or {(batch, *shape)}, got "
+                         f"{tuple(tensor.shape)}")
+    if _readable(tensor):
+        message = _not_finite(name, tensor, shape)
+        if message:
+            raise InputError(message + _in_working(value, dtype, lambda v: v.isfinite().all()))
+    return tensor
+
+
+def _size(value, name: str) -> int:
+    """``value`` as an integer ``>= 0`` (anything :func:`operator.index` takes, not a ``bool``)."""
+    try:
+        size = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        size = None
+    if size is None or size < 0:
+        raise InputError(f"{name} must be an integer >= 0, got {value!r}")
+    return size
+
+
 def pixel_coordinates(
     height: int,
     width: int,
@@ -58,7 +144,15 @@ def pixel_coordinates(
 
     ``x`` grows along columns (to the right), ``y`` grows against the row index (upwards); both
     are zero at the image centre and measured in units of ``spacing`` per pixel.
+
+    ``height`` and ``width`` are integers ``>= 0``, ``spacing`` a finite number ``> 0``; anything
+    else is an :class:`~eqpdenet.errors.InputError` naming it (a size of 4.5 gave 5 pixels, a NaN
+    spacing NaN coordinates).
     """
+    height, width = _size(height, "height"), _size(width, "width")
+    if isinstance(spacing, bool) or not isinstance(spacing, numbers.Real) or not (
+            math.isfinite(spacing) and spacing > 0):
+        raise InputError(f"spacing must be a finite number > 0, got {spacing!r}")
     dtype = dtype or torch.get_default_dtype()
     cols = (torch.arange(width, dtype=dtype, device=device) - (width - 1) / 2) * spacing
     rows = ((height - 1) / 2 - torch.arange(height, dtype=dtype, device=device)) * spacing
@@ -69,7 +163,16 @@ def pixel_coordinates(
 def rotation_matrix(angle: Tensor | float, *, dtype=None, device=None) -> Tensor:
     """Counterclockwise rotation matrices, shape ``(*angle.shape, 2, 2)``; ``angle`` in radians
     (any real value: one beyond a full turn is reduced modulo 2π in float64 first, so that 37° +
-    10⁵ turns gives 37°'s matrix rather than float32's rounding of a 6e5-radian angle)."""
+    10⁵ turns gives 37°'s matrix rather than float32's rounding of a 6e5-radian angle).
+
+    A non-finite ``angle`` (NaN, inf) is an :class:`~eqpdenet.errors.InputError`: its matrix
+    would be NaN."""
+    _parameter(angle, "angle", None, None)
+    return _rotation_matrix(angle, dtype=dtype, device=device)
+
+
+def _rotation_matrix(angle: Tensor | float, *, dtype=None, device=None) -> Tensor:
+    """:func:`rotation_matrix` of an ``angle`` already checked."""
     dtype = dtype or torch.get_default_dtype()
     angle = (angle.to(device) if isinstance(angle, Tensor) and device is not None
              else torch.as_tensor(angle, device=device) if isinstance(angle, Tensor)
@@ -107,29 +210,35 @@ def affine_warp(
         float32 and float64 images are warped in their own. The autograd graph is kept.
 
     Raises :class:`~eqpdenet.errors.InputError` (a ``ValueError``) where ``matrix`` or
-    ``translation`` has another shape.
+    ``translation`` has another shape or is not finite in the working dtype, or where ``matrix``
+    is singular there (:class:`~eqpdenet.errors.InputTypeError` where one is not numbers).
     """
     check_images(images)
     batch, _, height, width = images.shape
     dtype, device = working_dtype(images.dtype), images.device
-    matrix = torch.as_tensor(matrix, dtype=dtype, device=device)
-    if matrix.shape == (2, 2):
-        matrix = matrix.expand(batch, 2, 2)
-    if matrix.shape != (batch, 2, 2):
-        raise InputError(f"matrix must have shape (2, 2) or ({batch}, 2, 2), got {tuple(matrix.shape)}")
+    given = matrix
+    shared = _parameter(matrix, "matrix", batch, (2, 2), dtype=dtype, device=device)
+    matrix = shared.expand(batch, 2, 2)
     if translation is None:
         translation = torch.zeros(batch, 2, dtype=dtype, device=device)
-    translation = torch.as_tensor(translation, dtype=dtype, device=device)
-    if translation.shape == (2,):
-        translation = translation.expand(batch, 2)
-    if translation.shape != (batch, 2):
-        raise InputError(
-            f"translation must have shape (2,) or ({batch}, 2), got {tuple(translation.shape)}"
-        )
+    translation = _parameter(translation, "translation", batch, (2,), dtype=dtype,
+                             device=device).expand(batch, 2)
     # Normalised grid coordinates of affine_grid (align_corners=False) are q = D p with
     # D = diag(2/W, -2/H): x/W-scaled to the right, and the sign flip because rows grow downwards.
     d = torch.tensor([2.0 / width, -2.0 / height], dtype=dtype, device=device)
-    inverse = torch.linalg.inv(matrix)
+    if _readable(matrix):
+        # inv_ex: the same inverse as linalg.inv, but a singular matrix is ours to name
+        inverse, info = torch.linalg.inv_ex(matrix)
+        singular = (info != 0) | ~torch.isfinite(inverse).flatten(1).all(1)
+        if bool(singular.any()):
+            first = int(singular.nonzero()[0, 0])
+            got = (f"{shared.tolist()}" if shared.dim() == 2 else f"{shared[first].tolist()} for "
+                   f"image {first} ({int(singular.sum())} of {batch} images)")
+            note = _in_working(given, dtype, lambda m: (torch.linalg.inv_ex(m)[1] == 0).all())
+            raise InputError(f"matrix must be invertible (the warp samples the input at "
+                             f"A^-1 (p - t)), got {got}{note}")
+    else:
+        inverse = torch.linalg.inv(matrix)
     theta_linear = d[:, None] * inverse / d[None, :]
     theta_shift = -(d * (inverse @ translation[..., None])[..., 0])
     theta = torch.cat([theta_linear, theta_shift[..., None]], dim=-1)
@@ -153,17 +262,22 @@ def working_dtype(dtype: torch.dtype) -> torch.dtype:
 def rotate(images: Tensor, angle: Tensor | float, **kwargs) -> Tensor:
     """Rotate images counterclockwise (as displayed) by ``angle`` radians about their centre.
 
-    ``angle`` is a float or a ``(B,)`` tensor (one angle per image).
+    ``angle`` is a float or a ``(B,)`` tensor (one angle per image), finite; anything else is an
+    :class:`~eqpdenet.errors.InputError` naming ``angle``. ``kwargs`` go to :func:`affine_warp`.
     """
     check_images(images)
-    return affine_warp(images, rotation_matrix(angle, dtype=working_dtype(images.dtype),
-                                               device=images.device), **kwargs)
+    _parameter(angle, "angle", images.shape[0], ())
+    return affine_warp(images, _rotation_matrix(angle, dtype=working_dtype(images.dtype),
+                                                device=images.device), **kwargs)
 
 
 def center_of_mass(images: Tensor) -> Tensor:
     """``(B, 2)`` float64: the (row, column) of each image's centre of mass, of the weights
     ``sum_c max(f_c, 0)`` (zero is the blank value), rows and columns numbered from 0; NaN for an
     image without weight. ``images``: ``(B, C, H, W)``. The sums run in float64."""
+    if not isinstance(images, Tensor) or images.dim() != 4:  # a 3-D tensor summed the wrong axes
+        raise InputError(f"images must be a (B, C, H, W) tensor, got "
+                         f"{tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__}")
     weights = images.detach().to(torch.float64).clamp_min(0).sum(1)          # (B, H, W)
     rows = torch.arange(images.shape[-2], dtype=torch.float64, device=images.device)
     cols = torch.arange(images.shape[-1], dtype=torch.float64, device=images.device)
@@ -176,9 +290,12 @@ def rotate_about_mass(images: Tensor, angle: Tensor | float, **kwargs) -> Tensor
     """Rotate images counterclockwise by ``angle`` radians, each about its own centre of mass
     (:func:`center_of_mass`; the image centre for an image without weight): ``p -> R (p - c) +
     c``, so the centre of mass stays where it was (up to the resampling) and the image's place in
-    its frame says nothing about the angle."""
+    its frame says nothing about the angle.
+
+    ``angle`` is a float or a ``(B,)`` tensor, finite, as for :func:`rotate`."""
     check_images(images)
     batch, _, height, width = images.shape
+    _parameter(angle, "angle", batch, ())
     rows_cols = center_of_mass(images)
     frame_centre = torch.full_like(rows_cols, (height - 1) / 2)
     frame_centre[:, 1] = (width - 1) / 2  # no host-to-device copy (see recenter)
@@ -186,25 +303,44 @@ def rotate_about_mass(images: Tensor, angle: Tensor | float, **kwargs) -> Tensor
     dtype = working_dtype(images.dtype)
     centre = torch.stack([rows_cols[:, 1] - (width - 1) / 2, (height - 1) / 2 - rows_cols[:, 0]],
                          dim=1).to(dtype)                                    # (x, y) about the centre
-    matrix = rotation_matrix(angle, dtype=dtype, device=images.device)
+    matrix = _rotation_matrix(angle, dtype=dtype, device=images.device)
     matrix = matrix.expand(batch, 2, 2) if matrix.dim() == 2 else matrix
     translation = centre - (matrix @ centre[..., None])[..., 0]
     return affine_warp(images, matrix, translation, **kwargs)
 
 
 def scale(images: Tensor, factor: Tensor | float, **kwargs) -> Tensor:
-    """Scale images about their centre, ``(x, y) -> (factor x, factor y)``; float or ``(B,)``."""
+    """Scale images about their centre, ``(x, y) -> (factor x, factor y)``; float or ``(B,)``.
+
+    ``factor`` must be finite and non-zero (in the images' working dtype); anything else is an
+    :class:`~eqpdenet.errors.InputError` naming ``factor`` (0 maps every point onto the centre and
+    has no inverse). A negative factor is allowed: ``-I`` is the rotation by ``pi`` in the plane
+    (not a reflection), so ``scale(u, -s)`` is ``scale(u, s)`` turned by a half turn, as
+    :class:`eqpdenet.analysis.Transform` and :func:`eqpdenet.analysis.robustness.scale_curve`
+    use it. ``kwargs`` go to :func:`affine_warp`."""
     check_images(images)
     dtype = working_dtype(images.dtype)
-    factor = torch.as_tensor(factor, dtype=dtype, device=images.device)
+    given = factor
+    factor = _parameter(factor, "factor", images.shape[0], (), dtype=dtype, device=images.device)
+    if _readable(factor) and not bool(factor.all()):
+        zero = (factor == 0).nonzero()
+        where = "" if factor.dim() == 0 else f" for image {int(zero[0, 0])}"
+        note = _in_working(given, dtype, lambda f: f.all())
+        raise InputError(f"factor must be non-zero (a scaling by 0 maps every point onto the centre "
+                         f"and has no inverse), got 0{where}{note}")
     eye = torch.eye(2, dtype=dtype, device=images.device)
     return affine_warp(images, factor[..., None, None] * eye, **kwargs)
 
 
 def translate(images: Tensor, shift: Tensor, **kwargs) -> Tensor:
-    """Translate images by ``shift = (t_x, t_y)`` pixels (``(2,)`` or ``(B, 2)``; ``t_y`` upwards)."""
+    """Translate images by ``shift = (t_x, t_y)`` pixels (``(2,)`` or ``(B, 2)``; ``t_y`` upwards).
+
+    ``shift`` of another shape, or not finite, is an :class:`~eqpdenet.errors.InputError` naming
+    ``shift``. ``kwargs`` go to :func:`affine_warp`."""
     check_images(images)
-    eye = torch.eye(2, dtype=working_dtype(images.dtype), device=images.device)
+    dtype = working_dtype(images.dtype)
+    shift = _parameter(shift, "shift", images.shape[0], (2,), dtype=dtype, device=images.device)
+    eye = torch.eye(2, dtype=dtype, device=images.device)
     return affine_warp(images, eye, shift, **kwargs)
 
 

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ..checks import check_images, require_int
-from ..errors import ConfigError, EqPdeNetError
+from ..errors import ConfigError, EqPdeNetError, InputError
 from ..geometry import affine_warp, rotation_matrix, working_dtype
 from ..process_state import GLOBAL_RNG_LOCK
 from ..registry import Registry, _shown, checked_signature
@@ -247,11 +247,16 @@ def get_scenario(name: str) -> Sampler:
 
 
 def scenario_defaults(name: str) -> dict:
-    """The parameters of scenario ``name`` with their default values."""
+    """The parameter ranges of scenario ``name`` with their default values, as
+    :func:`apply_scenario` uses them.
+
+    ``image_size`` is not among them, whatever default a sampler's signature gives it (the corner
+    scenarios' ``(28, 28)``): :func:`apply_scenario` always passes the images' own ``(H, W)``
+    unless the call gives one, so that default is never what a scenario is applied with."""
     signature = inspect.signature(get_scenario(name))
     return {
         key: p.default for key, p in list(signature.parameters.items())[2:]
-        if p.default is not inspect.Parameter.empty
+        if p.default is not inspect.Parameter.empty and key != IMAGE_SIZE
     }
 
 
@@ -352,10 +357,14 @@ def apply_scenario(
             shift = draw.translation[start:stop].to(images.device)
             try:
                 out[start:stop] = affine_warp(images[start:stop], matrix, shift)
-            except torch.linalg.LinAlgError as error:  # invertible in float64, not in the images'
-                raise ConfigError(f"scenario {name!r} (seed {seed}): a matrix of its draw cannot be "
-                                  f"inverted in {working_dtype(images.dtype)}, the images' working "
-                                  f"dtype ({' '.join(str(error).split())})") from None
+            except InputError as error:  # finite and invertible in float64 (check_draw), not in
+                # the images' working dtype: float32 overflows or rounds to a singular matrix
+                problem = ("a matrix of its draw cannot be inverted"
+                           if str(error).startswith("matrix must be invertible")
+                           else "its draw is not finite")
+                raise ConfigError(f"scenario {name!r} (seed {seed}): {problem} in "
+                                  f"{working_dtype(images.dtype)}, the images' working dtype "
+                                  f"({' '.join(str(error).split())})") from None
     if not return_params:
         return out
     draws = dict(draw.params)
@@ -453,13 +462,17 @@ def _about_corner(draw: AffineDraw, image_size) -> AffineDraw:
 def iso_corner_scenario(num: int, generator: torch.Generator, max_shift: float = 2.0,
                         max_angle_degrees: float = 30.0, image_size=(28, 28)) -> AffineDraw:
     """``iso-corner``: drawn as ``iso``, the rotation about the array origin (top-left pixel)
-    instead of the image centre: another reading of the paper's unstated convention."""
+    instead of the image centre: another reading of the paper's unstated convention.
+    ``image_size``: the images' ``(H, W)``, which :func:`apply_scenario` passes unless the call
+    gives one; the default serves a direct call of the sampler only (it is no range, and
+    :func:`scenario_defaults` leaves it out)."""
     return _about_corner(iso_scenario(num, generator, max_shift, max_angle_degrees), image_size)
 
 
 def sca_corner_scenario(num: int, generator: torch.Generator, min_scale: float = 2.0 / 3.0,
                         max_scale: float = 1.0, image_size=(28, 28)) -> AffineDraw:
-    """``sca-corner``: drawn as ``sca``, scaling about the array origin (top-left pixel)."""
+    """``sca-corner``: drawn as ``sca``, scaling about the array origin (top-left pixel);
+    ``image_size`` as for :func:`iso_corner_scenario`."""
     return _about_corner(sca_scenario(num, generator, min_scale, max_scale), image_size)
 
 
