@@ -1275,6 +1275,23 @@ CASES = [
          lib("(lambda c: (setattr(c, 'margin', -2), models.LiftedPDENet(c)))"
              "(models.LiftedPDEConfig(channels=[2], blocks=[1]))", expect="ConfigError",
              fragment="lifted_pde.margin: must be >= 0")),
+    Case("gaussian-jet-order-1", "library",
+         "`jet(blob, order=1, stencil='gaussian')`: u_x of a blob at x > 0 (the kernel's "
+         "singular moment system gave the wrong sign)",
+         lib("float(jet(torch.exp(-((torch.arange(41.) - 20)[None, :] ** 2 + (torch.arange(41.) "
+             "- 20)[:, None] ** 2) / 50)[None, None].double(), order=1, stencil='gaussian', "
+             "sigma=2.0)[0, 0, 1, 20, 25]) < 0", expect="ok", fragment="True")),
+    Case("sim2-reaction-stability", "library",
+         "`stability()` of a sim2 layer whose F is u_t = -25 u at dt = 0.1 (\"nothing to check\" "
+         "while it grew 57x)",
+         lib("(lambda layer: (layer.pdes[0].step.rhs.F.weight.data.__setitem__(0, -25.0), "
+             "layer.stability()[0]['stable'])[1])(PDELayer.build(['sim2'], init_noise=0.0, "
+             "init='zeros'))", expect="ok", fragment="False")),
+    Case("euler-step-alone-overflow", "library",
+         "an `EulerStep` called alone whose state overflows (returned inf without a word)",
+         lib("(lambda rhs: (rhs.F.weight.data.fill_(1e38), EulerStep(rhs, 1.0)("
+             "torch.rand(1, 1, 6, 6) * 100))[1])(InvariantRHS('se2'))",
+             expect="NonFiniteStateError", fragment="produced a non-finite state")),
 ]
 
 
