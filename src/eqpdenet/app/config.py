@@ -401,7 +401,10 @@ class ReproduceConfig:
     def __post_init__(self):
         require_lists(self, "")
         if isinstance(self.base, dict):
-            self.base = from_dict(ExperimentConfig, self.base, _path="base.")
+            # missing fields from this class's own default base, as from_dict of a file fills
+            # them (the benchmark's has five scenarios; ExperimentConfig's three were taken)
+            self.base = from_dict(ExperimentConfig, self.base, _path="base.",
+                                  base=_field_default(_fields_by_name(type(self))["base"]))
         require(len(self.models) >= 1, "models", "must be a non-empty list of model kinds")
         for index, kind in enumerate(self.models):
             # Another kind trained and was then left out of the report's tables (or, for a kind
@@ -580,7 +583,10 @@ class BenchmarkConfig:
     def __post_init__(self):
         require_lists(self, "")
         if isinstance(self.base, dict):
-            self.base = from_dict(ExperimentConfig, self.base, _path="base.")
+            # missing fields from this class's own default base, as from_dict of a file fills
+            # them (the benchmark's has five scenarios; ExperimentConfig's three were taken)
+            self.base = from_dict(ExperimentConfig, self.base, _path="base.",
+                                  base=_field_default(_fields_by_name(type(self))["base"]))
         if isinstance(self.curves, dict):
             self.curves = from_dict(CurvesConfig, self.curves, _path="curves.")
         require(isinstance(self.models, dict) and len(self.models) >= 1, "models",
@@ -641,6 +647,10 @@ def _check_type(value, hint, field: str):
                 _check_type(item, inner, f"{field}[{index}]")
 
 
+def _fields_by_name(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
 def _field_default(f: dataclasses.Field):
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
@@ -665,7 +675,9 @@ def from_dict(cls, data: dict, base=None, _path: str = ""):
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ConfigError(f"invalid config: unknown field(s) {unknown} for {cls.__name__}; "
+        # named by their paths (train.learning_rate), as every other field error names its field
+        raise ConfigError(f"invalid config: unknown field(s) {[_path + n for n in unknown]} for "
+                          f"{cls.__name__}; "
                           f"known: {sorted(names)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}

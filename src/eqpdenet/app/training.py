@@ -1236,8 +1236,20 @@ def fingerprint(config) -> str:
             model.pop(kind, None)
     data = without_inert_fields(data)
     data = without_later_fields(data)
-    text = json.dumps(data, sort_keys=True)
+    text = json.dumps(_without_negative_zeros(data), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _without_negative_zeros(value):
+    """``value`` with every ``-0.0`` made ``0.0``: equal configurations (``-0.0 == 0.0``), which
+    ``json.dumps`` writes apart; a sweep refused to resume on them naming no field."""
+    if isinstance(value, float):
+        return value + 0.0
+    if isinstance(value, dict):
+        return {key: _without_negative_zeros(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_negative_zeros(item) for item in value]
+    return value
 
 
 def pde_backend(config) -> str | None:
