@@ -33,6 +33,7 @@ import errno
 import io
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -626,6 +627,16 @@ def import_pyplot(use: str = "drawing a figure"):
         raise MissingDependencyError(
             f"{use} needs matplotlib, an optional dependency, which cannot be imported "
             f"({error}): {EXPERIMENTS_INSTALL}") from error
+    if matplotlib.rcParams["text.usetex"]:
+        # A matplotlibrc's text.usetex: every label goes through LaTeX, and without it savefig
+        # failed at the end of the work ("latex could not be found", said as a bug in eqpdenet)
+        missing = [tool for tool in ("latex", "dvipng") if shutil.which(tool) is None]
+        if missing:
+            raise MissingDependencyError(
+                f"{use}: matplotlib's text.usetex is on (set in {matplotlib.matplotlib_fname()}), "
+                f"which draws every label with LaTeX, but {' and '.join(missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} not installed; install them, or turn "
+                f"text.usetex off")
     return plt
 
 

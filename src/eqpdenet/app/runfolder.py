@@ -52,7 +52,7 @@ from ..files import link_target, write_cause
 from .files import TEMPORARY_SUFFIX, _reason, atomic_write, folder_kept, missing_folders
 from .locks import LOCK_NAME, check_free, hold, holder, make_folder, replace_held_folder, shared
 
-__all__ = ["MARKER", "RUN_FILES", "SWEEP_KINDS", "check_claim", "check_not_inside_a_run",
+__all__ = ["COMMAND_PLOTS", "MARKER", "RUN_FILES", "SWEEP_KINDS", "check_claim", "check_not_inside_a_run",
            "check_not_inside_a_sweep", "check_output_keeps", "check_replaceable", "check_stageable",
            "claim_folder", "claiming", "folder_kind", "mount_point", "output_path", "run_around",
            "staged", "sweep_inside", "write_marker", "writing_beside_runs"]
@@ -86,10 +86,18 @@ def folder_kind(folder: Path) -> str | None:
     return None
 
 
+#: The plots and reports a command writes into the folder it marks: ``reproduce``'s and
+#: ``report``'s, ``benchmark``'s, ``describe --out``'s, ``equivariance``'s
+#: (``tests/app/test_output_names_round13.py`` checks each command's names are here).
+COMMAND_PLOTS = frozenset({"accuracy_vs_params.png", "robustness.png", "evolution.png",
+                           "transforms.png", "convergence.png", "models.png",
+                           "invariant_orders.md"})
+
 #: What a command's own output may not replace in a folder another command marked (or in its
-#: subfolders): its results, models and configuration.
+#: subfolders): its results, models, configuration, and the plots that go with its tables
+#: (``figure --out`` and ``evaluate --json`` replaced a sweep's plot, exit 0).
 _RESULT_NAMES = frozenset({*RUN_FILES, "results.jsonl", "table.md", "table.csv", "chosen.toml",
-                           "chosen.json", "study.md", "study.json"})
+                           "chosen.json", "study.md", "study.json", *COMMAND_PLOTS})
 _RESULT_SUFFIXES = frozenset({".pt", ".pt2", ".onnx", ".jsonl"})
 
 #: The folders a sweep keeps inside its own: its run files, checkpoints and set-aside runs. Every
@@ -201,9 +209,9 @@ def check_output_keeps(path: Path, option: str, inputs: Iterable[Path | None] = 
     that would replace one of the command's ``inputs`` (its checkpoint), eqpdenet's folder
     marker, or a result in a folder a command marked as its own, at any depth (a ``train``
     run's ``model.pt``, ``config.toml``, ``result.json``; a sweep's ``results.jsonl``, tables,
-    checkpoints; a study's ``chosen.toml``, ``chosen.json``, ``study.md``;
-    :data:`_RESULT_NAMES`, :data:`_RESULT_SUFFIXES`), and any file, new or not, inside the
-    folders a sweep keeps its runs in (:func:`sweep_inside`: ``runs/``, ``checkpoints/``,
+    checkpoints and plots; a study's ``chosen.toml``, ``chosen.json``, ``study.md``;
+    :data:`_RESULT_NAMES`, :data:`COMMAND_PLOTS`, :data:`_RESULT_SUFFIXES`), and any file, new or
+    not, inside the folders a sweep keeps its runs in (:func:`sweep_inside`: ``runs/``, ``checkpoints/``,
     ``superseded/``, whose every ``.json`` a resume reads as a run): an
     :class:`OutputFolderError` naming ``option``. A new file elsewhere in such a folder, or any
     other existing file (an earlier ``--json`` summary, a figure), is written as asked; but no
