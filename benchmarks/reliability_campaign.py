@@ -670,6 +670,25 @@ def R(*args, fragment, **kwargs):  # noqa: N802
 MODEL = "EqPdeNet(8, input_mean=0.1307, input_std=0.3081)"
 X = "torch.rand(2, 1, 28, 28)"
 
+def _marked_sweep_with_plot(tmp: Path) -> None:
+    (tmp / "S").mkdir()
+    (tmp / "S" / ".eqpdenet-folder").write_text('{"kind": "reproduce"}\n')
+    (tmp / "S" / "accuracy_vs_params.png").write_bytes(b"the sweep's plot")
+
+
+def _plot_kept(tmp: Path, done) -> str | None:
+    kept = (tmp / "S" / "accuracy_vs_params.png").read_bytes() == b"the sweep's plot"
+    return None if kept else "the sweep's plot was replaced"
+
+
+_plot_kept.says = "the sweep's plot kept"
+
+
+def _usetex_rc(tmp: Path) -> None:
+    (tmp / "rc").mkdir()
+    (tmp / "rc" / "matplotlibrc").write_text("text.usetex: True\n")
+
+
 CASES = [
     # configuration and flags: refused before any data is loaded
     Case("epochs-0", "config", "`train --epochs 0`", T("--epochs", "0", fragment="train.epochs")),
@@ -1292,6 +1311,17 @@ CASES = [
          lib("(lambda rhs: (rhs.F.weight.data.fill_(1e38), EulerStep(rhs, 1.0)("
              "torch.rand(1, 1, 6, 6) * 100))[1])(InvariantRHS('se2'))",
              expect="NonFiniteStateError", fragment="produced a non-finite state")),
+    Case("figure-onto-sweep-plot", "output",
+         "`figure diagram --out` a sweep's `accuracy_vs_params.png` (replaced it, exit 0)",
+         cli("figure", "diagram", "--data-dir", "{data}", "--out", "{tmp}/S/accuracy_vs_params.png",
+             setup=_marked_sweep_with_plot, fragment="would replace a result of",
+             after=_plot_kept)),
+    Case("usetex-without-latex", "config",
+         "`figure diagram` under a matplotlibrc with `text.usetex: True` and no LaTeX (failed "
+         "after the work, said as a bug)",
+         cli("figure", "diagram", "--data-dir", "{data}", "--out", "{tmp}/f.png",
+             env=_env(MATPLOTLIBRC="{tmp}/rc"), setup=_usetex_rc,
+             fragment="matplotlib's text.usetex is on", after=_nothing_at("f.png"))),
 ]
 
 
