@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -44,8 +45,11 @@ _LIMITED = textwrap.dedent("""
 
 
 def test_m2_update_buffers_that_cannot_be_allocated_are_a_runtime_error():
+    source = str(Path(__file__).resolve().parents[2] / "src")  # this checkout's package
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": source + os.pathsep + os.environ.get("PYTHONPATH", "")}
     done = subprocess.run([sys.executable, "-c", _LIMITED], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          timeout=600, env=env)
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     assert "terminate called" not in done.stderr
     lines = done.stdout.strip().splitlines()
