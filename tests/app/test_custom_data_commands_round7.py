@@ -214,7 +214,8 @@ def test_a_report_on_another_data_set_leaves_the_papers_columns_out(tmp_path):
         "Accuracy in percent on rgb25.npz test, `iso` and `sca`: mean (sample std) over the "
         "runs of each cell. The paper's columns (Lagrave & Riou 2021, Tables 1-2, on ROTMNIST) "
         "are left out: these runs were made on another data set, which the paper's numbers do "
-        "not describe. From `results.jsonl` beside this file (4 runs; config in `config.toml`).")
+        "not describe. From `results.jsonl` beside this file (4 runs; no `config.toml`: each "
+        "run's configuration is in its record).")
     assert "paper" not in text.split("\n", 1)[1] and "Δ" not in text
     assert "| 16 | 100 | 2 | 70.5 (0.7) | 60.5 (0.7) | 50.5 (0.7) |" in text
     assert "| h | test ours | iso ours | sca ours |" in text

@@ -244,7 +244,8 @@ def _record(entry, seed, *, model="fcnn", status="ok", accuracy=None, dataset="r
     accuracy = {k: v + seed for k, v in accuracy.items()}
     return {**record, "accuracy": accuracy, "params": 13002, "train_seconds": 60.0 * (1 + seed),
             "eval_seconds": 1.0, "environment": {"cpu_capability": "AVX2"},
-            "robustness": {"images": 100, "angles": list(angles), "rotation": [50.0, 40.0][:len(angles)],
+            "robustness": {"images": 100, "angles": list(angles),
+                           "rotation": [50.0, 40.0, 45.0][:len(angles)],
                            "scales": [1.0], "scale": [50.0], "shifts": [0.0], "shift": [50.0],
                            "logit_change": {"90": 0.5, "37": 0.4},
                            "round_trip_change": {"90": 0.0, "37": 0.1}}}
@@ -414,7 +415,8 @@ def test_the_paper_report_header_names_the_data_subsets_and_failures(tmp_path):
     write_report(folder)
     header = (folder / "table.md").read_text().splitlines()[0]
     assert header.startswith("Accuracy in percent on gray_36.npz test, `iso` and `sca`:")
-    assert header.endswith("(3 runs, 1 of them failed (fcnn-h16-seed1: diverged); config in "
-                           "`config.toml`). Runs used only the first 300 training images "
+    assert header.endswith("(3 runs, 1 of them failed (fcnn-h16-seed1: diverged); no "
+                           "`config.toml`: each run's configuration is in its record). Runs used "
+                           "only the first 300 training images "
                            "(`data.train_subset`) and the first 500 test images "
                            "(`data.test_subset`).")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import math
 import os
 import re
@@ -39,13 +40,15 @@ from .config import (
     to_toml,
 )
 from .distributed import Executor
-from .files import atomic_write, figure_bytes, import_pyplot, write_set
+from .files import atomic_write, figure_bytes, import_pyplot, read_jsonl_lines, write_set
 from .locks import hold
 from .report import (
     SAME_RUN_FIELDS,
     Described,
     Report,
+    benchmark_records,
     check_outputs,
+    check_records,
     common_params,
     dataset_name,
     deduplicate,
@@ -57,6 +60,7 @@ from .report import (
     mean_std,
     nothing_described,
     read_results,
+    rerun_advice,
     subset_note,
     sweep_records,
 )
@@ -79,8 +83,8 @@ from .training import (
 )
 from .workers import refuse_while_starting
 
-__all__ = ["benchmark", "check_curves_for_data", "robustness", "summarise",
-           "write_benchmark_report"]
+__all__ = ["benchmark", "check_benchmark_records", "check_curves_for_data", "robustness",
+           "summarise", "write_benchmark_report"]
 
 
 def robustness(model: nn.Module, data: Data, curves: CurvesConfig, seed: int) -> dict:
@@ -428,19 +432,43 @@ def robustness_figure(summary: dict[str, dict], data: str = "ROTMNIST") -> bytes
 
 
 def is_benchmark_folder(folder: Path) -> bool:
-    """Whether ``folder`` was written by ``eqpdenet benchmark`` (its marker, or a
-    ``config.toml`` that is a benchmark configuration)."""
+    """Whether ``folder`` was written by ``eqpdenet benchmark``: its marker; else (a folder made
+    before markers, as the committed results/benchmark*) a record carrying a field only a
+    benchmark's carry (:func:`~eqpdenet.app.report.benchmark_records`); else a ``config.toml``
+    that is a benchmark configuration. The records come before the configuration, which may not
+    be readable here (a plugin's model kind not imported): taken for a paper sweep's, such a
+    benchmark's runs were refused under a wrong cause or tabled against the paper's."""
     from .config import load_toml
     from .runfolder import folder_kind
 
     folder = Path(folder)
     if folder_kind(folder) == "benchmark":
         return True
+    if _has_benchmark_record(folder):
+        return True
     try:
         load_toml(BenchmarkConfig, folder / "config.toml")
     except (ConfigError, OSError, ValueError):
         return False
     return True
+
+
+def _has_benchmark_record(folder: Path) -> bool:
+    """Whether a run file or a line of ``results.jsonl`` of ``folder`` is a benchmark's record,
+    read without the folder's lock (recognition only: the report reads them again under it); a
+    file that cannot be read tells nothing (the report names it)."""
+    runs = folder / "runs"
+    for path in sorted(runs.glob("*.json")) if runs.is_dir() else []:
+        try:
+            if benchmark_records([json.loads(path.read_text(encoding="utf-8"))]):
+                return True
+        except (OSError, ValueError):
+            continue
+    try:
+        return bool(benchmark_records(value for _, _, value in
+                                      read_jsonl_lines(folder / "results.jsonl")))
+    except (OSError, ValueError):
+        return False
 
 
 def described_benchmark_runs(out_dir: Path) -> Described | None:
@@ -539,6 +567,124 @@ def _quarter_turn_notes(summary: dict[str, dict], records: list[dict]) -> dict[s
     return notes
 
 
+def _finite(value, *, integer: bool = False) -> bool:
+    """Whether ``value`` is a finite number (an ``int`` where ``integer``) as JSON holds one:
+    not a bool, not a string of digits."""
+    kinds = int if integer else int | float
+    return isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _number(value, *, integer: bool = False) -> bool:
+    """Whether ``value`` is a :func:`_finite` number >= 0."""
+    return _finite(value, integer=integer) and value >= 0
+
+
+def _value(table: dict, field: str) -> str:
+    """``table[field]`` as a message shows it, ``missing`` where there is none."""
+    return repr(table[field]) if field in table else "missing"
+
+
+def _record_problem(record: dict) -> str | None:
+    """The first field of a benchmark record that :func:`write_benchmark_report` reads and that
+    is not what a benchmark run writes (``"train_seconds is '12', not a number of seconds"``),
+    None where every one is. Beyond :func:`~eqpdenet.app.report.check_records`'s fields: the
+    entry, the configuration's data (subsets, data set), and a successful run's times, CPU
+    record and curves (each curve as long as its axis, every number finite)."""
+    entry = record.get("entry")
+    if "entry" in record and not isinstance(entry, str):
+        return f"entry is {entry!r}, not an entry's name"
+    config = record.get("config")
+    if "config" in record and not isinstance(config, dict):
+        return f"config is {config!r}, not a run's configuration (a table)"
+    data = (config or {}).get("data")
+    if data is not None and not isinstance(data, dict):
+        return f"config.data is {data!r}, not a table"
+    for field in ("train_subset", "test_subset"):
+        value = (data or {}).get(field)
+        if value is not None and not _number(value, integer=True):
+            return f"config.data.{field} is {value!r}, not a number of images"
+    if not isinstance((data or {}).get("dataset", ""), str):
+        return f"config.data.dataset is {data['dataset']!r}, not a data set's name"
+    if record["status"] != "ok":
+        return None
+    for field in ("train_seconds", "eval_seconds"):
+        if (field in record or field == "train_seconds") and not _number(record.get(field)):
+            return f"{field} is {_value(record, field)}, not a finite number of seconds"
+    environment = record.get("environment", {})
+    if not isinstance(environment, dict) or not isinstance(
+            environment.get("cpu_capability", ""), str | None):
+        return f"environment is {environment!r}, not a table with a cpu_capability text"
+    return None if "robustness" not in record else _curves_problem(record["robustness"])
+
+
+def _curves_problem(curves) -> str | None:
+    """:func:`_record_problem` of a run's ``robustness`` (what :func:`robustness` writes)."""
+    if not isinstance(curves, dict):
+        return f"robustness is {curves!r}, not a table of curves"
+    if not _number(curves.get("images"), integer=True):
+        return f"robustness.images is {_value(curves, 'images')}, not a number of images"
+    for kind, axis in (("rotation", "angles"), ("scale", "scales"), ("shift", "shifts")):
+        for field in (axis, kind):
+            values = curves.get(field)
+            if not isinstance(values, list) or not all(_finite(v) for v in values):
+                return (f"robustness.{field} is {_value(curves, field)}, not a list of finite "
+                        f"numbers")
+        if len(curves[kind]) != len(curves[axis]):
+            return (f"robustness.{kind} has {len(curves[kind])} points for the "
+                    f"{len(curves[axis])} of robustness.{axis}")
+    for field in ("logit_change", "round_trip_change"):
+        if field not in curves and field == "round_trip_change":  # older records lack it
+            continue
+        values = curves.get(field)
+        if not isinstance(values, dict) or not all(_finite(v) for v in values.values()):
+            return (f"robustness.{field} is {_value(curves, field)}, not a table of finite "
+                    f"changes by angle")
+    return None
+
+
+def check_benchmark_records(records: list[dict], out_dir: Path) -> list[dict]:
+    """``records`` (of ``out_dir/results.jsonl``, as :func:`~eqpdenet.app.report.read_results`
+    returns them) if each is a run record the benchmark's report can use
+    (:func:`~eqpdenet.app.report.check_records`, then every further field the report reads:
+    :func:`_record_problem`), else a :class:`~eqpdenet.errors.DataFileError` in one line naming
+    the file (the run's ``runs/<key>.json``, or the line of ``results.jsonl`` of a run without
+    one) and the field, with how to rerun the run. A missing ``train_seconds``, a ``"config":
+    null``, a curve shorter than its axis ended in a KeyError, AttributeError or IndexError; a NaN
+    time printed "nan" in the table."""
+    out_dir = Path(out_dir)
+    source = out_dir / "results.jsonl"
+    check_records(records, str(source))
+    lines = [number for number, _, _ in read_jsonl_lines(source)]
+    for number, record in zip(lines, records, strict=False):
+        problem = _record_problem(record)
+        if problem is None:
+            continue
+        key = record.get("key") if isinstance(record.get("key"), str) else None
+        try:
+            path = run_file(out_dir, key) if key else None
+        except ConfigError:  # a key that names no file has no run file
+            path = None
+        where = path if path is not None and path.is_file() else f"{source}:{number}"
+        raise DataFileError(where, f"{problem}; the report cannot table it "
+                                   f"({rerun_advice(key or benchmark_run_key(record))})")
+    return records
+
+
+def _by_entry(pairs, describe) -> str:
+    """``describe(value)`` of the one value of the ``(entry, value)`` pairs; where entries
+    differ, each value's, naming its entries (``the whole test set (a) or the first 10 test
+    digits (b)``); ``""`` for no pair."""
+    groups: dict = {}
+    for entry, value in pairs:
+        entries = groups.setdefault(value, [])
+        if entry not in entries:
+            entries.append(entry)
+    if len(groups) == 1:
+        return describe(next(iter(groups)))
+    return " or ".join(f"{describe(value)} ({', '.join(entries)})"
+                       for value, entries in sorted(groups.items()))
+
+
 def _cpu_hours(records: list[dict]) -> str:
     seconds = sum(r.get("train_seconds", 0.0) + r.get("eval_seconds", 0.0) for r in records
                   if r.get("status") == "ok")
@@ -570,8 +716,8 @@ def write_benchmark_report(out_dir: Path) -> Report:
         # checked (a line that is not a run record is named, not a crash here), and each run
         # counted once, as the paper's report does: a record written twice by two writers is
         # one run, and a run recorded with two outcomes is refused rather than averaged
-        records = deduplicate(read_results(out_dir), source, key=benchmark_run_key,
-                              fields=SAME_BENCHMARK_RUN_FIELDS)
+        records = deduplicate(check_benchmark_records(read_results(out_dir), out_dir), source,
+                              key=benchmark_run_key, fields=SAME_BENCHMARK_RUN_FIELDS)
         described = described_benchmark_runs(out_dir)
         records, left_out = sweep_records(records, described, source, key=benchmark_run_key,
                                           command="benchmark", folder=out_dir)
@@ -580,18 +726,23 @@ def write_benchmark_report(out_dir: Path) -> Report:
         summary = summarise(records, source)
         missing = None if described is None else missing_benchmark_runs(out_dir, records)
         check_outputs(table, plot)
-        subsets = {r.get("config", {}).get("data", {}).get("test_subset", 0) for r in records}
-        images = {r.get("robustness", {}).get("images") for r in records} - {None}
         name = dataset_name(records)
         # ROTMNIST's tables (the committed ones) as they were: their data set goes unnamed
         of, what = ("", "digits") if name == "ROTMNIST" else (f" of {name}", _image_word(records))
-        where = (f"the whole test set{of}" if subsets == {0} else
-                 "the first " + " or ".join(f"{n:,}" for n in sorted(subsets))
-                 + f" test {what}{of}")
-        curves = " or ".join(f"{n:,}" for n in sorted(images)) or "few"
+        # data.test_subset 0 is the whole test set (subset_note's reading), not "the first 0"
+        where = _by_entry(((r.get("entry", r["model"]),
+                            ((r.get("config") or {}).get("data") or {}).get("test_subset") or 0)
+                           for r in records),
+                          lambda n: f"the first {n:,} test {what}{of}" if n
+                          else f"the whole test set{of}")
+        curves = _by_entry(((r.get("entry", r["model"]), r["robustness"]["images"])
+                            for r in records if r["status"] == "ok" and "robustness" in r),
+                           lambda n: f"the first {n:,} test {what}") or f"the first few test {what}"
+        cited = ("see `config.toml`" if (out_dir / "config.toml").is_file()
+                 else "no `config.toml`: each run's configuration is in its record")
         header = (f"Accuracy in percent, mean (sample std) over seeds; scenarios on {where}, "
                   f"curves and logit changes (relative: ||l(g f) − l(f)|| / ||l(f)|| over the "
-                  f"batch) on the first {curves} test {what} (see `config.toml`). From "
+                  f"batch) on {curves} ({cited}). From "
                   f"`results.jsonl` beside this file ({len(records)} runs"
                   f"{failed_note(records, benchmark_run_key)}{_cpu_hours(records)})."
                   f"{subset_note(records, ['train_subset'])} Train min: one run's training, "

@@ -13,7 +13,9 @@ run (:func:`deduplicate`); records of the same key that disagree are refused, si
 be trusted to be the run the configuration describes. A record whose numbers are not finite (an
 accuracy of NaN) or not what a run writes is refused too (:func:`check_records`): a mean over it
 would be NaN or wrong, printed as if it were a result. A run that failed (diverged) is counted,
-never dropped: ``(+N failed)`` in its cell's runs, and named in the header. The runs of one
+never dropped: ``(+N failed)`` in its cell's runs, and named in the header; a folder whose runs
+all failed is tabled too, a row of "–" per cell, and its plot draws the paper's lines with a note
+that none of ours finished (:func:`accuracy_figure`). The runs of one
 cell are of one model: runs that disagree on ``params`` are refused (:func:`common_params`).
 
 Both reports (this one and the benchmark's) average with one function, :func:`mean_std` (the
@@ -34,8 +36,10 @@ have no record are listed at the top of ``table.md`` (:func:`missing_runs`), and
 report`` then warns and exits with status 3. A table holds exactly those runs
 (:func:`sweep_records`): runs the configuration no longer lists are left out and named, runs of
 another base configuration, or whose own configuration is not the one ``config.toml`` gives
-their key (a benchmark entry's recipe edited since), refused, as the sweep refuses them. The
-records are read from
+their key (a benchmark entry's recipe edited since), refused, as the sweep refuses them. Without
+a ``config.toml`` it can read, a folder's runs are tabled if they share one base configuration,
+and refused if they do not (a cell would average two). A benchmark's runs (:func:`benchmark_records`)
+are refused too: they have a report of their own. The records are read from
 ``results.jsonl`` after regenerating it from the run files (:func:`read_results`), and every output
 is checked before any is written (:func:`check_outputs`).
 """
@@ -65,8 +69,8 @@ from .locks import hold
 from .runstore import SAME_RUN_FIELDS, non_finite_fields, write_aggregate
 
 __all__ = ["SAME_RUN_FIELDS", "Described", "Report", "aggregate", "check_outputs",
-           "check_records", "common_params", "dataset_name", "deduplicate", "described_runs",
-           "failed_note", "format_number", "has_results", "left_out_note", "mean_std",
+           "benchmark_records", "check_records", "common_params", "dataset_name", "deduplicate",
+           "described_runs", "failed_note", "format_number", "has_results", "left_out_note", "mean_std",
            "missing_runs", "nothing_described", "on_paper_data", "paper_run_key", "paper_table",
            "accuracy_figure", "plot_accuracy", "protocol_table", "read_results", "recipe_differences",
            "rerun_advice", "subset_note", "sweep_records", "untabled_note", "validation_table",
@@ -205,6 +209,17 @@ def check_records(records: list[dict], source: str = "results") -> list[dict]:
 def paper_run_key(record: dict) -> str:
     """The run key of a ``reproduce`` record: ``<model>-h<hidden>-seed<seed>``."""
     return f"{record['model']}-h{int(record['hidden'])}-seed{record['seed']}"
+
+
+#: The fields only a benchmark's records carry (its entry's name, its curves): what tells a
+#: benchmark's runs from a paper sweep's where no marker or readable config.toml does.
+BENCHMARK_FIELDS = ("entry", "robustness")
+
+
+def benchmark_records(records) -> list[dict]:
+    """The records of ``records`` that carry a field only a benchmark's do
+    (:data:`BENCHMARK_FIELDS`)."""
+    return [r for r in records if isinstance(r, dict) and any(f in r for f in BENCHMARK_FIELDS)]
 
 
 def deduplicate(records: list[dict], source: str = "results", *, key=paper_run_key,
@@ -467,14 +482,20 @@ def accuracy_figure(ours: dict, paper: dict | None = None,
                     scenarios: tuple[str, ...] = SCENARIOS) -> bytes:
     """The bytes of :func:`plot_accuracy`'s PNG (for a report's set of files). ``ours`` must
     hold an accuracy of one of the paper's models on one of ``scenarios`` (a ConfigError
-    before anything is drawn: a figure of the paper's lines alone would pass for a result)."""
+    before anything is drawn: a figure of the paper's lines alone would pass for a result),
+    or be cells of the paper's models whose runs all failed (``n`` 0, ``failed`` > 0): the
+    figure then draws the paper's lines, and says on each panel that none of our runs
+    finished."""
     scenarios = tuple(scenarios)
     if not scenarios:
         raise ConfigError("plot_accuracy: scenarios is empty; give one or more of "
                           f"{', '.join(SCENARIOS)} (or 'validation')")
-    if not any(isinstance(key, tuple) and key and key[0] in PAPER_MODELS
-               and isinstance(cell, dict) and any(s in cell for s in scenarios)
-               for key, cell in ours.items()):
+    ours_cells = [cell for key, cell in ours.items() if isinstance(key, tuple) and key
+                  and key[0] in PAPER_MODELS and isinstance(cell, dict)]
+    # every run failed: the report tables them (counted, never dropped), so the plot is drawn
+    failed = sum(cell.get("failed", 0) for cell in ours_cells) if ours_cells and all(
+        cell.get("n") == 0 and cell.get("failed") for cell in ours_cells) else 0
+    if not failed and not any(s in cell for cell in ours_cells for s in scenarios):
         raise ConfigError(f"plot_accuracy: ours holds no accuracy of the paper's models "
                           f"({', '.join(PAPER_MODELS)}) on {', '.join(scenarios)}, so there is "
                           f"nothing of ours to draw (ours is an aggregate of runs: "
@@ -500,15 +521,22 @@ def accuracy_figure(ours: dict, paper: dict | None = None,
                 axis.errorbar(x, mean, yerr=std, fmt="o" + style, color=colours[kind], capsize=3,
                               alpha=0.6 if source == "paper" else 1.0,
                               label=f"{MODEL_NAMES[kind]} ({source})")
+        if failed:
+            axis.text(0.5, 0.5, f"none of our {failed} runs finished\n(all failed): nothing of "
+                                f"ours to draw", transform=axis.transAxes, ha="center",
+                      va="center", color="tab:red", bbox={"facecolor": "white", "alpha": 0.8})
         axis.set_xscale("log")
         ticks = sorted({table[k]["params"] for table in (ours,) for k in table if table[k]["params"]})
+        if failed:  # ours has no count: the paper's lines are the ones to read
+            ticks = sorted({paper[k]["params"] for k in paper if k[0] in PAPER_MODELS})
         axis.set_xticks(ticks, [f"{t / 1000:.0f}k" for t in ticks])
         axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axis.set_title(scenario)
         axis.set_xlabel("#params")
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy (%)")
-    axes[0].legend(fontsize=8)
+    if axes[0].get_legend_handles_labels()[0]:  # (none: all failed, off the paper's data)
+        axes[0].legend(fontsize=8)
     fig.tight_layout()
     return figure_bytes(fig, dpi=120)
 
@@ -577,8 +605,26 @@ def sweep_records(records: list[dict], described: Described | None, source: str 
     runs were made (the table printed the old runs' numbers under the new recipe), or a run
     file of another recipe put among them. The error names the runs, the first field that
     differs and the two ways out: the sweep's command with ``--rerun-changed``, or
-    ``config.toml`` restored."""
+    ``config.toml`` restored.
+
+    Without ``described`` (no ``config.toml``, or one that cannot be read), records of more than
+    one base fingerprint are a :class:`~eqpdenet.errors.DataFileError` naming the runs of each:
+    nothing tells which configuration is the sweep's, and a cell averaged runs of two."""
     if described is None:
+        prints: dict[str, list[str]] = {}
+        for record in records:
+            recorded = record.get("base_fingerprint")
+            if recorded is not None:
+                prints.setdefault(str(recorded), []).append(key(record))
+        if len(prints) > 1:
+            shown = "; ".join(f"base fingerprint {print_}: {_shown(keys)}"
+                              for print_, keys in prints.items())
+            raise DataFileError(source, f"its runs were made under {len(prints)} base "
+                                        f"configurations ({shown}) and no config.toml it can "
+                                        f"read says which is the sweep's; a table would average "
+                                        f"runs of different configurations. Move the runs of all "
+                                        f"but one configuration (their runs/<key>.json and "
+                                        f"results.jsonl lines) to another folder")
         return records, []
     other_base = {}
     for record in records:
@@ -734,7 +780,16 @@ def write_report(results_dir: Path) -> Report:
     import_pyplot("the report's plot (accuracy_vs_params.png)")  # or no table without its plot
     table_path, plot_path = results_dir / "table.md", results_dir / "accuracy_vs_params.png"
     with hold(results_dir, "report", create=False):
-        records = deduplicate(read_results(results_dir), source=str(path))
+        records = read_results(results_dir)
+        bench = benchmark_records(records)
+        if bench:  # its entries' keys read as paper keys: two entries of one model "collided"
+            field = next(f for f in BENCHMARK_FIELDS if f in bench[0])
+            raise DataFileError(path, f"its runs are a benchmark's (run {bench[0].get('key')!r} "
+                                      f"records {field}, as only a benchmark's runs do), not a "
+                                      f"paper sweep's: their table is the benchmark's "
+                                      f"(eqpdenet.app.benchmark.write_benchmark_report, which "
+                                      f"`eqpdenet report` writes for such a folder)")
+        records = deduplicate(records, source=str(path))
         described = described_runs(results_dir)
         records, left_out = sweep_records(records, described, str(path), folder=results_dir)
         if not records:
@@ -745,8 +800,11 @@ def write_report(results_dir: Path) -> Report:
         scenarios = _scenarios_of(records, str(path))
         missing = None if described is None else missing_runs(results_dir, records)
         check_outputs(table_path, plot_path)
+        # a folder without config.toml (made by hand, or copied without it) cites none
+        config = ("config in `config.toml`" if (results_dir / "config.toml").is_file()
+                  else "no `config.toml`: each run's configuration is in its record")
         runs = (f"From `results.jsonl` beside this file ({len(records)} runs"
-                f"{failed_note(records)}; config in `config.toml`).{subset_note(records)}"
+                f"{failed_note(records)}; {config}).{subset_note(records)}"
                 f"{untabled}{left_out_note(left_out)}\n\n")
         if scenarios == ("validation",):
             header = (f"Validation accuracy in percent on {dataset_name(records)}: mean (sample "
