@@ -59,7 +59,13 @@ def native_threads() -> list[str] | None:
     tasks = Path("/proc/self/task")
     if not tasks.is_dir():
         return None
-    return sorted((task / "comm").read_text().strip() for task in tasks.iterdir())
+    names = []
+    for task in tasks.iterdir():
+        try:
+            names.append((task / "comm").read_text().strip())
+        except (FileNotFoundError, ProcessLookupError):  # a thread that ended since the listing
+            continue
+    return sorted(names)
 
 
 def data_parallel_worker(rank: int, world: int, port: int, out: str,
