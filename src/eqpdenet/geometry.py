@@ -95,12 +95,13 @@ def _in_working(value, dtype, fine) -> str:
 
 
 def _parameter(value, name: str, batch: int | None, shape: tuple | None, *, dtype=None,
-               device=None) -> Tensor:
+               device=None, finite: bool = True) -> Tensor:
     """``value`` as a tensor, checked: real numbers of shape ``shape`` (one for every image) or
     ``(batch, *shape)`` (one per image), or of any shape where ``shape`` is None; finite. Converted
     as :func:`torch.as_tensor` converts, to ``dtype`` where given (a number without one is read in
     float64, as :func:`rotation_matrix` reads it), so that a value that overflows ``dtype`` is
-    refused as well."""
+    refused as well. ``finite=False``: the shape and type only (a caller that reads finiteness
+    together with its own check, in one host read)."""
     try:
         kind = value.dtype if isinstance(value, Tensor) else torch.as_tensor(value).dtype
         if dtype is None and not isinstance(value, Tensor) and kind.is_floating_point:
@@ -114,7 +115,7 @@ def _parameter(value, name: str, batch: int | None, shape: tuple | None, *, dtyp
     if shape is not None and tuple(tensor.shape) not in (shape, (batch, *shape)):
         raise InputError(f"{name} must have shape {shape} or {(batch, *shape)}, got "
                          f"{tuple(tensor.shape)}")
-    if _readable(tensor):
+    if finite and _readable(tensor):
         message = _not_finite(name, tensor, shape)
         if message:
             raise InputError(message + _in_working(value, dtype, lambda v: v.isfinite().all()))
@@ -216,21 +217,28 @@ def affine_warp(
     check_images(images)
     batch, _, height, width = images.shape
     dtype, device = working_dtype(images.dtype), images.device
-    given = matrix
-    shared = _parameter(matrix, "matrix", batch, (2, 2), dtype=dtype, device=device)
+    given, given_translation = matrix, translation
+    shared = _parameter(matrix, "matrix", batch, (2, 2), dtype=dtype, device=device, finite=False)
     matrix = shared.expand(batch, 2, 2)
     if translation is None:
         translation = torch.zeros(batch, 2, dtype=dtype, device=device)
     translation = _parameter(translation, "translation", batch, (2,), dtype=dtype,
-                             device=device).expand(batch, 2)
+                             device=device, finite=False).expand(batch, 2)
     # Normalised grid coordinates of affine_grid (align_corners=False) are q = D p with
     # D = diag(2/W, -2/H): x/W-scaled to the right, and the sign flip because rows grow downwards.
     d = torch.tensor([2.0 / width, -2.0 / height], dtype=dtype, device=device)
     if _readable(matrix):
-        # inv_ex: the same inverse as linalg.inv, but a singular matrix is ours to name
+        # inv_ex: the same inverse as linalg.inv, but a singular matrix is ours to name. One host
+        # read for the whole check (one synchronisation per warp on a GPU, as linalg.inv's own);
+        # the messages are worked out only where it fails.
         inverse, info = torch.linalg.inv_ex(matrix)
         singular = (info != 0) | ~torch.isfinite(inverse).flatten(1).all(1)
-        if bool(singular.any()):
+        if not bool(torch.isfinite(shared).all() & torch.isfinite(translation).all()
+                    & ~singular.any()):
+            _parameter(given, "matrix", batch, (2, 2), dtype=dtype, device=device)
+            if given_translation is not None:
+                _parameter(given_translation, "translation", batch, (2,), dtype=dtype,
+                           device=device)
             first = int(singular.nonzero()[0, 0])
             got = (f"{shared.tolist()}" if shared.dim() == 2 else f"{shared[first].tolist()} for "
                    f"image {first} ({int(singular.sum())} of {batch} images)")
