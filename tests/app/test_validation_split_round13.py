@@ -49,19 +49,20 @@ def test_the_test_labels_do_not_shape_the_model_or_its_training():
     assert runs[0][0] == (1, 3)
 
 
-def _cli(argv, capsys) -> tuple[int, str]:
+def _train_on_a_file(tmp_path, capsys, setting: str) -> tuple[int, str]:
+    """``train`` on a 40-image file with ``--set setting``: the exit status and stderr."""
+    write_npz(tmp_path / "d.npz", train=40, test=10)
     try:
-        status = main([str(a) for a in argv])
+        status = main(["train", "--out", str(tmp_path / "run"), "--model", "fcnn", "--hidden",
+                       "4", "--dataset", str(tmp_path / "d.npz"), "--set", "train.epochs=1",
+                       "--set", setting])
     except SystemExit as exit_:
         status = exit_.code
     return status, " ".join(capsys.readouterr().err.split())
 
 
 def test_a_validation_split_leaving_one_image_of_a_file_names_data_validation(tmp_path, capsys):
-    write_npz(tmp_path / "d.npz", train=40, test=10)
-    status, err = _cli(["train", "--out", tmp_path / "run", "--model", "fcnn", "--hidden", "4",
-                        "--dataset", tmp_path / "d.npz", "--set", "train.epochs=1",
-                        "--set", "data.validation=39"], capsys)
+    status, err = _train_on_a_file(tmp_path, capsys, "data.validation=39")
     assert status == 2
     assert ("invalid config: data.validation: 39 held out of the 40 training images leave 1 to "
             "train on") in err, err
@@ -70,10 +71,7 @@ def test_a_validation_split_leaving_one_image_of_a_file_names_data_validation(tm
 
 
 def test_a_training_subset_of_one_still_names_data_train_subset(tmp_path, capsys):
-    write_npz(tmp_path / "d.npz", train=40, test=10)
-    status, err = _cli(["train", "--out", tmp_path / "run", "--model", "fcnn", "--hidden", "4",
-                        "--dataset", tmp_path / "d.npz", "--set", "train.epochs=1",
-                        "--set", "data.train_subset=1"], capsys)
+    status, err = _train_on_a_file(tmp_path, capsys, "data.train_subset=1")
     assert status == 2
     assert "invalid config: data.train_subset: 1 training image:" in err, err
 
