@@ -53,6 +53,7 @@ from .report import (
     dataset_name,
     deduplicate,
     failed_note,
+    finite_number,
     format_number,
     has_results,
     incomplete_line,
@@ -570,8 +571,7 @@ def _quarter_turn_notes(summary: dict[str, dict], records: list[dict]) -> dict[s
 def _finite(value, *, integer: bool = False) -> bool:
     """Whether ``value`` is a finite number (an ``int`` where ``integer``) as JSON holds one:
     not a bool, not a string of digits."""
-    kinds = int if integer else int | float
-    return isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
+    return finite_number(value) and (not integer or isinstance(value, int))
 
 
 def _number(value, *, integer: bool = False) -> bool:

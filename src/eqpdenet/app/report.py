@@ -70,7 +70,8 @@ from .runstore import SAME_RUN_FIELDS, non_finite_fields, write_aggregate
 
 __all__ = ["SAME_RUN_FIELDS", "Described", "Report", "aggregate", "check_outputs",
            "benchmark_records", "check_records", "common_params", "dataset_name", "deduplicate",
-           "described_runs", "failed_note", "format_number", "has_results", "left_out_note", "mean_std",
+           "described_runs", "failed_note", "finite_number", "format_number", "has_results",
+           "left_out_note", "mean_std",
            "missing_runs", "nothing_described", "on_paper_data", "paper_run_key", "paper_table",
            "accuracy_figure", "plot_accuracy", "protocol_table", "read_results", "recipe_differences",
            "rerun_advice", "subset_note", "sweep_records", "untabled_note", "validation_table",
@@ -148,7 +149,8 @@ def common_params(runs: list[dict], name: str, source: str = "results", *,
     return next(iter(counts), None)
 
 
-def _finite_number(value) -> bool:
+def finite_number(value) -> bool:
+    """Whether ``value`` is a finite number as JSON holds one: not a bool, not a string."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -190,7 +192,7 @@ def check_records(records: list[dict], source: str = "results") -> list[dict]:
         if "validation_accuracy" in record:
             numbers.append(("validation_accuracy", record["validation_accuracy"]))
         for name, value in numbers:
-            if not _finite_number(value) or not 0 <= value <= 100:
+            if not finite_number(value) or not 0 <= value <= 100:
                 raise DataFileError(source, f"{where}: {name} is {value!r}, not a finite "
                                             f"percentage; a report cannot average it ({advice})")
         params = record.get("params")
