@@ -19,7 +19,7 @@ import torch
 
 import eqpdenet.data.scenarios as sc
 from eqpdenet.data.scenarios import AffineDraw, apply_scenario, register_scenario, scenario_defaults
-from eqpdenet.errors import ConfigError, InputError, InputTypeError
+from eqpdenet.errors import ConfigError, InputError, InputTypeError, SingularMapError
 from eqpdenet.geometry import (
     affine_warp,
     center_of_mass,
@@ -46,10 +46,10 @@ REFUSED = [
     (lambda: translate(images(), torch.tensor([NAN, 0.0])), InputError,
      "shift must be finite, got [nan, 0.0]"),
     # raw torch._C._LinAlgError
-    (lambda: scale(images(), 0.0), InputError,
+    (lambda: scale(images(), 0.0), SingularMapError,
      "factor must be non-zero (a scaling by 0 maps every point onto the centre and has no "
      "inverse), got 0"),
-    (lambda: affine_warp(images(), torch.zeros(2, 2)), InputError,
+    (lambda: affine_warp(images(), torch.zeros(2, 2)), SingularMapError,
      "matrix must be invertible (the warp samples the input at A^-1 (p - t)), got "
      "[[0.0, 0.0], [0.0, 0.0]]"),
     # the argument the caller passed, not `matrix`
@@ -64,7 +64,7 @@ REFUSED = [
     (lambda: rotate(images(), torch.tensor([0.1, NAN])), InputError,
      "angle must be finite, got nan for image 1 (1 of 2 images)"),
     (lambda: rotate_about_mass(images(), NAN), InputError, "angle must be finite, got nan"),
-    (lambda: scale(images(), torch.tensor([1.0, 0.0])), InputError,
+    (lambda: scale(images(), torch.tensor([1.0, 0.0])), SingularMapError,
      "factor must be non-zero (a scaling by 0 maps every point onto the centre and has no "
      "inverse), got 0 for image 1"),
     (lambda: translate(images(), torch.tensor([[0.0, 0.0], [INF, 1.0]])), InputError,
@@ -73,7 +73,7 @@ REFUSED = [
      "shift must have shape (2,) or (2, 2), got (3,)"),
     (lambda: affine_warp(images(), torch.tensor([[NAN, 0.0], [0.0, 1.0]])), InputError,
      "matrix must be finite, got [[nan, 0.0], [0.0, 1.0]]"),
-    (lambda: affine_warp(images(), torch.stack([torch.eye(2), torch.zeros(2, 2)])), InputError,
+    (lambda: affine_warp(images(), torch.stack([torch.eye(2), torch.zeros(2, 2)])), SingularMapError,
      "matrix must be invertible (the warp samples the input at A^-1 (p - t)), got "
      "[[0.0, 0.0], [0.0, 0.0]] for image 1 (1 of 2 images)"),
     (lambda: affine_warp(images(), torch.eye(2), torch.tensor([NAN, 0.0])), InputError,
@@ -84,7 +84,7 @@ REFUSED = [
     # finite as passed, not in float32 (the working dtype of float32 images): said so
     (lambda: scale(images(), 1e39), InputError,
      "factor must be finite, got inf (in float32, the images' working dtype)"),
-    (lambda: scale(images(), 1e-50), InputError,
+    (lambda: scale(images(), 1e-50), SingularMapError,
      "factor must be non-zero (a scaling by 0 maps every point onto the centre and has no "
      "inverse), got 0 (in float32, the images' working dtype)"),
     # not numbers

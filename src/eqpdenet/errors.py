@@ -31,6 +31,7 @@ __all__ = [
     "MissingDependencyError",
     "NonFiniteStateError",
     "OutputFolderError",
+    "SingularMapError",
 ]
 
 
@@ -48,6 +49,11 @@ class InputError(EqPdeNetError, ValueError):
 
 class InputTypeError(InputError, TypeError):
     """An input of the wrong type or dtype (not a floating-point tensor, ...)."""
+
+
+class SingularMapError(InputError):
+    """A warp's linear map has no inverse in the dtype it is computed in (a singular matrix, a
+    scaling by 0, or one that rounds to either): the warp samples its input at the inverse map."""
 
 
 class NonFiniteStateError(EqPdeNetError, FloatingPointError):

@@ -23,11 +23,13 @@ Every public function checks its group parameters once, where it is called: an a
 shift, a matrix or a translation of another shape than its docstring states, one that is not
 finite (NaN or inf, also one that overflows the images' working dtype), a zero scale factor or a
 singular matrix is an :class:`~eqpdenet.errors.InputError` naming the argument as the caller
-passed it (:class:`~eqpdenet.errors.InputTypeError` for a value that is not a number). Without
-the checks such a value gave an all-NaN image, or a raw ``torch.linalg`` error. The checks read the
-values on the host; where no value can be read (inside ``torch.func.vmap``, ``torch.compile`` or
-an export, while a CUDA graph is captured) they are skipped, as
-:func:`~eqpdenet.checks.check_values`'s are, and the warps compute as unchecked.
+passed it (:class:`~eqpdenet.errors.InputTypeError` for a value that is not a number,
+:class:`~eqpdenet.errors.SingularMapError` for a map without an inverse). Without the checks
+such a value gave an all-NaN image, or a raw ``torch.linalg`` error. The checks read the values
+on the host once per call (one synchronisation on a GPU, as ``torch.linalg.inv``'s own); where
+no value can be read (inside ``torch.func.vmap``, ``torch.compile`` or an export, while a CUDA
+graph is captured) they are skipped, as :func:`~eqpdenet.checks.check_values`'s are, and the
+warps compute as unchecked.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .checks import check_images, exporting, vmapped
-from .errors import InputError, InputTypeError
+from .errors import InputError, InputTypeError, SingularMapError
 
 __all__ = [
     "halvings_stay_even",
@@ -215,6 +217,17 @@ def affine_warp(
     is singular there (:class:`~eqpdenet.errors.InputTypeError` where one is not numbers).
     """
     check_images(images)
+    return _affine_warp(images, matrix, translation, mode=mode, padding_mode=padding_mode)
+
+
+def _affine_warp(images: Tensor, matrix, translation, *, mode: str = "bilinear",
+                 padding_mode: str = "zeros", explain=None) -> Tensor:
+    """:func:`affine_warp` of checked ``images``. ``explain``: where the warp's one host read
+    finds a matrix that is not finite or not invertible, or a translation that is not finite, a
+    function that raises the error naming the caller's own parameter (``angle``, ``factor``,
+    ``shift``) where that parameter is at fault; called before the errors naming ``matrix`` and
+    ``translation``. So a public warp reads the host once per call, its parameter's checks
+    included, and works out its messages only where it fails."""
     batch, _, height, width = images.shape
     dtype, device = working_dtype(images.dtype), images.device
     given, given_translation = matrix, translation
@@ -235,6 +248,8 @@ def affine_warp(
         singular = (info != 0) | ~torch.isfinite(inverse).flatten(1).all(1)
         if not bool(torch.isfinite(shared).all() & torch.isfinite(translation).all()
                     & ~singular.any()):
+            if explain is not None:
+                explain()
             _parameter(given, "matrix", batch, (2, 2), dtype=dtype, device=device)
             if given_translation is not None:
                 _parameter(given_translation, "translation", batch, (2,), dtype=dtype,
@@ -243,7 +258,7 @@ def affine_warp(
             got = (f"{shared.tolist()}" if shared.dim() == 2 else f"{shared[first].tolist()} for "
                    f"image {first} ({int(singular.sum())} of {batch} images)")
             note = _in_working(given, dtype, lambda m: (torch.linalg.inv_ex(m)[1] == 0).all())
-            raise InputError(f"matrix must be invertible (the warp samples the input at "
+            raise SingularMapError(f"matrix must be invertible (the warp samples the input at "
                              f"A^-1 (p - t)), got {got}{note}")
     else:
         inverse = torch.linalg.inv(matrix)
@@ -274,9 +289,11 @@ def rotate(images: Tensor, angle: Tensor | float, **kwargs) -> Tensor:
     :class:`~eqpdenet.errors.InputError` naming ``angle``. ``kwargs`` go to :func:`affine_warp`.
     """
     check_images(images)
-    _parameter(angle, "angle", images.shape[0], ())
-    return affine_warp(images, _rotation_matrix(angle, dtype=working_dtype(images.dtype),
-                                                device=images.device), **kwargs)
+    batch = images.shape[0]
+    _parameter(angle, "angle", batch, (), finite=False)
+    return _affine_warp(images, _rotation_matrix(angle, dtype=working_dtype(images.dtype),
+                                                 device=images.device),
+                        None, explain=lambda: _parameter(angle, "angle", batch, ()), **kwargs)
 
 
 def center_of_mass(images: Tensor) -> Tensor:
@@ -303,7 +320,7 @@ def rotate_about_mass(images: Tensor, angle: Tensor | float, **kwargs) -> Tensor
     ``angle`` is a float or a ``(B,)`` tensor, finite, as for :func:`rotate`."""
     check_images(images)
     batch, _, height, width = images.shape
-    _parameter(angle, "angle", batch, ())
+    _parameter(angle, "angle", batch, (), finite=False)
     rows_cols = center_of_mass(images)
     frame_centre = torch.full_like(rows_cols, (height - 1) / 2)
     frame_centre[:, 1] = (width - 1) / 2  # no host-to-device copy (see recenter)
@@ -314,7 +331,8 @@ def rotate_about_mass(images: Tensor, angle: Tensor | float, **kwargs) -> Tensor
     matrix = _rotation_matrix(angle, dtype=dtype, device=images.device)
     matrix = matrix.expand(batch, 2, 2) if matrix.dim() == 2 else matrix
     translation = centre - (matrix @ centre[..., None])[..., 0]
-    return affine_warp(images, matrix, translation, **kwargs)
+    return _affine_warp(images, matrix, translation,
+                        explain=lambda: _parameter(angle, "angle", batch, ()), **kwargs)
 
 
 def scale(images: Tensor, factor: Tensor | float, **kwargs) -> Tensor:
@@ -328,16 +346,21 @@ def scale(images: Tensor, factor: Tensor | float, **kwargs) -> Tensor:
     use it. ``kwargs`` go to :func:`affine_warp`."""
     check_images(images)
     dtype = working_dtype(images.dtype)
-    given = factor
-    factor = _parameter(factor, "factor", images.shape[0], (), dtype=dtype, device=images.device)
-    if _readable(factor) and not bool(factor.all()):
-        zero = (factor == 0).nonzero()
-        where = "" if factor.dim() == 0 else f" for image {int(zero[0, 0])}"
-        note = _in_working(given, dtype, lambda f: f.all())
-        raise InputError(f"factor must be non-zero (a scaling by 0 maps every point onto the centre "
-                         f"and has no inverse), got 0{where}{note}")
+    given, batch = factor, images.shape[0]
+    factor = _parameter(factor, "factor", batch, (), dtype=dtype, device=images.device,
+                        finite=False)
+
+    def explain():
+        _parameter(given, "factor", batch, (), dtype=dtype, device=images.device)
+        if not bool(factor.all()):
+            zero = (factor == 0).nonzero()
+            where = "" if factor.dim() == 0 else f" for image {int(zero[0, 0])}"
+            note = _in_working(given, dtype, lambda f: f.all())
+            raise SingularMapError(f"factor must be non-zero (a scaling by 0 maps every point "
+                                   f"onto the centre and has no inverse), got 0{where}{note}")
+
     eye = torch.eye(2, dtype=dtype, device=images.device)
-    return affine_warp(images, factor[..., None, None] * eye, **kwargs)
+    return _affine_warp(images, factor[..., None, None] * eye, None, explain=explain, **kwargs)
 
 
 def translate(images: Tensor, shift: Tensor, **kwargs) -> Tensor:
@@ -347,9 +370,12 @@ def translate(images: Tensor, shift: Tensor, **kwargs) -> Tensor:
     ``shift``. ``kwargs`` go to :func:`affine_warp`."""
     check_images(images)
     dtype = working_dtype(images.dtype)
-    shift = _parameter(shift, "shift", images.shape[0], (2,), dtype=dtype, device=images.device)
+    given, batch = shift, images.shape[0]
+    shift = _parameter(shift, "shift", batch, (2,), dtype=dtype, device=images.device,
+                       finite=False)
     eye = torch.eye(2, dtype=dtype, device=images.device)
-    return affine_warp(images, eye, shift, **kwargs)
+    return _affine_warp(images, eye, shift, explain=lambda: _parameter(
+        given, "shift", batch, (2,), dtype=dtype, device=images.device), **kwargs)
 
 
 def degrees(angle_radians: float) -> float:

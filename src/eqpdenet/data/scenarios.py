@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ..checks import check_images, require_int
-from ..errors import ConfigError, EqPdeNetError, InputError
+from ..errors import ConfigError, EqPdeNetError, InputError, SingularMapError
 from ..geometry import affine_warp, rotation_matrix, working_dtype
 from ..process_state import GLOBAL_RNG_LOCK
 from ..registry import Registry, _shown, checked_signature
@@ -360,8 +360,7 @@ def apply_scenario(
             except InputError as error:  # finite and invertible in float64 (check_draw), not in
                 # the images' working dtype: float32 overflows or rounds to a singular matrix
                 problem = ("a matrix of its draw cannot be inverted"
-                           if str(error).startswith("matrix must be invertible")
-                           else "its draw is not finite")
+                           if isinstance(error, SingularMapError) else "its draw is not finite")
                 raise ConfigError(f"scenario {name!r} (seed {seed}): {problem} in "
                                   f"{working_dtype(images.dtype)}, the images' working dtype "
                                   f"({' '.join(str(error).split())})") from None
