@@ -12,7 +12,9 @@ Printed, in float64 (a few seconds):
    model's jet) on the 2-D blob;
 2. the scale-normalisation promise: the normalised ``sigma^2 u_xx`` of the blob at ``sigma = 1``
    against that of its copy magnified by ``lambda`` at ``sigma = lambda`` (the same continuous
-   value), largest difference over the largest value, at both truncations;
+   value), largest difference over the largest value, at both truncations; then the same at
+   ``lambda = 2`` from ``sigma`` below one pixel (0.5, 0.71: the multi-scale option's first
+   level), where the sampled stencils alias;
 3. what widening the cut would cost: the 1-D stencil's taps ``2 R + 1``, ``R = ceil(t sigma)``,
    at ``t = 4`` and ``t = 6`` (the separable jet costs ``9 (2 R + 1)`` multiply-adds per pixel),
    and the largest sigma the fused M2 kernels (``KERNEL_MAX_TAPS``) then take.
@@ -77,13 +79,16 @@ def jet_uxx_error(sigma: float, width: float) -> float:
     return float((uxx - exact).abs().max() / exact.abs().max())
 
 
-def magnified_difference(scale: float, truncate: float, width: float = 2.0) -> float:
-    """``sigma^2 u_xx`` of the blob of width ``s`` at ``sigma = 1`` (points ``k``) against its
-    copy magnified by ``scale`` at ``sigma = scale`` (points ``scale k``)."""
+def magnified_difference(scale: float, truncate: float, width: float = 2.0,
+                         sigma: float = 1.0) -> float:
+    """``sigma^2 u_xx`` of the blob of width ``s`` at ``sigma`` (points ``k``) against its copy
+    magnified by ``scale`` at ``scale sigma`` (points ``scale k``)."""
     x = np.arange(-math.ceil(8 * width), math.ceil(8 * width) + 1.0)
-    small = stencil_uxx(gaussian_derivative_weights(2, 1.0, 2, truncate=truncate), x, width)
-    big = scale**2 * stencil_uxx(gaussian_derivative_weights(2, scale, 2, truncate=truncate),
-                                 scale * x, scale * width)
+    small = sigma**2 * stencil_uxx(gaussian_derivative_weights(2, sigma, 2, truncate=truncate),
+                                   x, width)
+    big = (scale * sigma)**2 * stencil_uxx(
+        gaussian_derivative_weights(2, scale * sigma, 2, truncate=truncate), scale * x,
+        scale * width)
     return float(np.abs(big - small).max() / np.abs(small).max())
 
 
@@ -111,6 +116,11 @@ def main() -> None:
     for scale in (2.0, 4.0, 8.0):
         print(f"| {scale:g} | {magnified_difference(scale, GAUSSIAN_TRUNCATE):.1e} | "
               f"{magnified_difference(scale, WIDER):.1e} |")
+
+    print("\n   below one pixel the sampled stencils alias: a blob of width 2 sigma at sigma "
+          "against its copy magnified by 2 at 2 sigma, cut 4 sigma: "
+          + ", ".join(f"sigma {s:g}: {magnified_difference(2.0, GAUSSIAN_TRUNCATE, 2 * s, s):.1e}"
+                      for s in (0.5, 0.71, 1.0, 1.5)))
 
     print(f"\n3. 1-D stencil taps (2 R + 1) at cut {GAUSSIAN_TRUNCATE:g} and {WIDER:g} sigma")
     print(f"| sigma | cut {GAUSSIAN_TRUNCATE:g} | cut {WIDER:g} | ratio |")

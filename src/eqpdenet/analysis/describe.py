@@ -504,6 +504,15 @@ def describe_m2_system(step: EulerStep, top: int = 3, digits: int = 3) -> str:
             norm = float(term.map.weight.detach().norm())
             bias = " + b" if term.map.bias is not None else ""
             lines.append(f"  linear: W u{bias}, |W| = {_number(norm, digits)}")
+    report = step.stability()   # M2SystemRHS.euler_stability
+    if report["stable"]:
+        bound = ("" if report["max_dt"] is None
+                 else f" (dt ≤ {_number(report['max_dt'], digits)})")
+        lines.append(f"  explicit Euler check, F linearised at U = 0: stable{bound}")
+    elif report["stable"] is False:
+        lines.append(f"  explicit Euler check, F linearised at U = 0: UNSTABLE ({report['reason']})")
+    else:
+        lines.append(f"  explicit Euler check, F linearised at U = 0: n/a ({report['reason']})")
     return "\n".join(lines)
 
 

@@ -211,7 +211,9 @@ class EulerStep(nn.Module):
         "max_rate_dt", "max_dt", "stable", "reason"}``. ``linear_part`` is ``{name: c_J}``, the
         nonzero terms of ``F`` linearised at ``u = 0`` over every order of the jet
         (:meth:`~eqpdenet.pde.rhs.InvariantRHS.linearisation`), ``second_order`` its
-        ``(c_xx, c_xy, c_yy)`` (:meth:`~eqpdenet.pde.rhs.InvariantRHS.linearised_second_order`);
+        ``(c_xx, c_xy, c_yy)`` (:meth:`~eqpdenet.pde.rhs.InvariantRHS.linearised_second_order`).
+        A right-hand side with a method ``euler_stability(dt)`` checks itself (on M2:
+        :meth:`~eqpdenet.pde.m2_rhs.M2SystemRHS.euler_stability`, whose keys replace these);
         None where nothing is checked: ``F`` cannot be linearised (it is not a
         :class:`~eqpdenet.pde.rhs.MonomialF`: the reason says so and names its type, the
         stability being unknown, not shown), or no invariant of the set has a linear term of
@@ -250,6 +252,10 @@ class EulerStep(nn.Module):
         not exact: ``a dt = 0.375`` exactly at the ``isotropic`` bound ``2 / (16 / 3)``, which
         evaluates to ``0.37499999999999994``, counts as stable).
         """
+        own = getattr(self.rhs, "euler_stability", None)
+        if own is not None:  # a right-hand side with its own check (M2SystemRHS on M2)
+            return {"pde": self.name, "dt": self.dt, "diffusivity": None, "a_dt": None,
+                    "max_a_dt": math.nan, "second_order": None, **own(self.dt)}
         linearise = getattr(self.rhs, "linearised_second_order", None)
         second_order = None if linearise is None else linearise()
         linearisation = getattr(self.rhs, "linearisation", None)

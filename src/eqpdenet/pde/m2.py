@@ -34,7 +34,9 @@ independent and equal to this set (``tests/pde/test_symbolic_m2.py``).
 On the grid. Spatial derivatives are Gaussian derivatives at scale ``sigma`` pixels
 (:func:`gaussian_jet`: separable, exact on polynomials of degree <= 3), by default
 scale-normalised (``sigma^n d^n``: dimensionless, and the same for an image and its copy
-magnified by ``lambda`` at scale ``lambda sigma``). ``d_theta`` is a periodic central difference
+magnified by ``lambda`` at scale ``lambda sigma``, to about 1e-3 relative for ``sigma >= 1``;
+below one pixel the sampled stencils alias: 2e-2 at 0.71, docs/lifted.md). ``d_theta`` is a
+periodic central difference
 over the ``N`` orientations (:func:`orientation_derivatives`); it commutes with the spatial
 derivatives exactly. Steering ``(d_x, d_y) -> (A1, A2)`` is exact arithmetic on the jet, so
 quarter turns commute with the whole jet to rounding; other rotations only up to the grid and

@@ -312,6 +312,8 @@ class M2SystemRHS(nn.Module):
         normalize_hidden: batch-normalise its hidden layer (else a bias, and ``W2`` starts at 0).
         relative: the system of the deviation from a blank image's fields, ``F(I) - F(0)`` (the
             module doc); meant with ``boundary="zeros"``: the frame extended by background.
+        orientations: ``N``, where known, for :meth:`euler_stability` (the bound of ``A33``
+            depends on the step ``2 pi / N``); None: the check says it cannot be made.
         backend: :data:`~eqpdenet.kernels.BACKENDS`: ``"auto"`` computes the invariants, or
             directly their mixing by the ``network`` term's first layer (without
             ``normalize_invariants``), by the fused operator
@@ -339,9 +341,13 @@ class M2SystemRHS(nn.Module):
     def __init__(self, channels: int, terms=("network",), hidden: int | None = None, *,
                  sigma: float = 1.0, boundary: str = "replicate", scales: int = 1,
                  normalize_invariants: bool = False, normalize_hidden: bool = True,
-                 relative: bool = False, backend: str = "auto"):
+                 relative: bool = False, backend: str = "auto", orientations: int | None = None):
         super().__init__()
         self.relative = bool(relative)
+        #: The number of orientations the system runs on, where its owner knows it (the lifted
+        #: model passes each stage's): what :meth:`euler_stability` needs for ``A33``'s step.
+        self.orientations = (None if orientations is None
+                             else require_int(orientations, "orientations", 4))
         self.channels = require_int(channels, "channels", 1)
         hidden = require_int(hidden if hidden is not None else channels, "hidden", 1)
         # one name is one term, not its letters
@@ -365,6 +371,121 @@ class M2SystemRHS(nn.Module):
         self._cache: tuple | None = None
 
     _input_checked = False  # while compiling only: see eqpdenet.checks.input_checked
+
+    def euler_stability(self, dt: float) -> dict:
+        """The von Neumann check of one explicit Euler step ``U + dt F(I(U))``, ``F`` linearised
+        at ``U = 0`` (the frame's boundary left out, as in the planar check of
+        :meth:`~eqpdenet.pde.integrators.EulerStep.stability`, which returns this).
+
+        ``{"linear_part", "max_rate_dt", "max_dt", "stable", "diffusion_stable", "reason"}``
+        (``diffusion_stable``: the same verdict for the ``diffusion`` term alone, None without
+        one; it decides where another term is not linearised): ``linear_part``
+        ``{"D1", "D2", "D3", "v1", "v2", "v3"}`` of the channel that bounds ``dt`` most (None
+        where nothing is checked); ``max_dt`` the largest ``dt`` that is certainly stable;
+        ``max_rate_dt`` ``dt`` times the smallest possible largest decay rate (above 2, ``dt``
+        certainly breaks the bound); ``stable`` True (certainly stable), False (certainly not)
+        or None (not known: between the two bounds, or a term that is not linearised here).
+
+        The linear part at ``U = 0``: ``diffusion`` ``L = D1 A11 + D2 A22 + D3 A33`` per channel
+        (negative semi-definite: Euler is stable iff ``dt lambda_max(-L) <= 2``); ``convection``
+        with a velocity ``v != 0``, which explicit Euler amplifies whatever ``dt`` (its symbol is
+        imaginary); ``dilation``/``erosion``: none (``|grad u|_g`` has no linear part at 0);
+        ``network`` and ``linear`` none while their output weights are 0 (as built), else not
+        checked (they couple the channels; ``stable`` None). ``lambda_max(-L)`` lies between
+        ``max(4 D3 / dtheta^2, S + 2 D3 / dtheta^2)`` and ``S + 4 D3 / dtheta^2``: ``dtheta =
+        2 pi / N``, ``4 / dtheta^2`` the largest eigenvalue of the periodic second difference
+        (a checkerboard over the orientations, constant in space), ``S`` the largest symbol of
+        ``-(D1 A11 + D2 A22)`` at the ``N`` orientations (computed from the jet's stencils; about
+        ``2 max(D1, D2) / e`` for these scale-normalised Gaussian derivatives). With the default
+        ``D = 0.05`` and ``dt = 1`` the ``theta`` part alone breaks the bound from ``N = 20``.
+        """
+        report = {"linear_part": None, "max_rate_dt": None, "max_dt": None, "stable": None,
+                  "diffusion_stable": None, "reason": None}
+        unknown = []
+        for name, term in self.terms.items():
+            if isinstance(term, DiffusionTerm | DilationTerm | ErosionTerm):
+                continue
+            weight = (term.weight if isinstance(term, ConvectionTerm)
+                      else term.out.weight if isinstance(term, NetworkTerm)
+                      else term.map.weight if isinstance(term, LinearTerm) else None)
+            if weight is None or bool(weight.detach().any()):
+                if isinstance(term, ConvectionTerm):
+                    v = term.weight.detach().double().abs().amax(0).tolist()
+                    report.update(stable=False, linear_part=dict(zip(("v1", "v2", "v3"), v,
+                                                                     strict=True)),
+                                  reason="the convection term's velocity is not 0: explicit "
+                                         "Euler amplifies transport whatever dt (an imaginary "
+                                         "symbol, |1 + dt sigma| > 1)")
+                    return report
+                unknown.append(name)
+        if unknown:
+            report["reason"] = (f"cannot check: F's {' and '.join(unknown)} term"
+                                f"{'s are' if len(unknown) > 1 else ' is'} not linearised here "
+                                f"(only diffusion, and terms whose output weights are 0)")
+        if "diffusion" not in self.terms:
+            if not unknown:
+                report.update(stable=True, max_rate_dt=0.0,
+                              reason="nothing to check: F has no linear part at U = 0")
+            return report
+        if self.orientations is None:
+            report["reason"] = ("cannot check: the number of orientations is not known "
+                                "(M2SystemRHS(orientations=N))")
+            return report
+        d = F.softplus(self.terms["diffusion"].weight.detach().double().cpu())   # (C, 3)
+        n = self.orientations
+        theta = 4.0 / (2.0 * math.pi / n) ** 2                # lambda_max of -A33
+        spatial = self._diffusion_symbol_max(d[:, 0], d[:, 1], n)               # (C,)
+        lower = torch.maximum(theta * d[:, 2], spatial + theta / 2 * d[:, 2])
+        upper = spatial + theta * d[:, 2]
+        worst = int(upper.argmax())
+        tolerance = 2.0 * (1.0 + 1e-12)
+        certain_rate = float(lower.max()) * dt
+        report.update(linear_part=dict(zip(("D1", "D2", "D3"), d[worst].tolist(), strict=True)),
+                      max_rate_dt=certain_rate,
+                      max_dt=2.0 / float(upper.max()) if float(upper.max()) > 0 else None)
+        if certain_rate > tolerance:
+            channel = int(lower.argmax())
+            part = "along theta " if theta * float(d[channel, 2]) * dt > tolerance else ""
+            broken = (f"dt = {dt:g} is above the explicit Euler bound of the diffusion term "
+                      f"{part}at {n} orientations (channel {channel + 1}: D = "
+                      f"({', '.join(f'{x:.3g}' for x in d[channel].tolist())}), dt lambda_max >= "
+                      f"{certain_rate:.3g} > 2); it is stable for dt <= {report['max_dt']:.3g}")
+            report["diffusion_stable"] = False
+            if unknown:  # another term's linear part might, in principle, offset it
+                report["reason"] += f"; the diffusion term alone breaks the bound: {broken}"
+            else:
+                report.update(stable=False, reason=broken)
+        elif float(upper.max()) * dt <= tolerance:
+            report["diffusion_stable"] = True
+            report["stable"] = None if unknown else True
+        elif not unknown:
+            report["reason"] = (f"not known: dt = {dt:g} lies between the certain bound "
+                                f"{report['max_dt']:.3g} and the certain instability "
+                                f"{2.0 * dt / certain_rate:.3g}")
+        return report
+
+    def _diffusion_symbol_max(self, d1: Tensor, d2: Tensor, n: int, points: int = 129) -> Tensor:
+        """Per channel, the largest symbol of ``-(D1 A11 + D2 A22)`` over the ``n`` orientations
+        and a ``points x points`` grid of spatial frequencies in ``[-pi, pi]^2``, from the jet's
+        scale-normalised stencils (each scale level; the largest over them)."""
+        freq = torch.linspace(-math.pi, math.pi, points, dtype=torch.float64)
+        table = separable_stencils(self.jet.sigmas)                  # (S, 3, width)
+        offsets = torch.arange(table.shape[-1], dtype=torch.float64) - table.shape[-1] // 2
+        phase = torch.exp(-1j * freq[:, None] * offsets[None, :])    # (points, width)
+        symbols = table.to(torch.complex128) @ phase.T               # (S, 3, points)
+        g0, g1, g2 = symbols[:, 0], symbols[:, 1], symbols[:, 2]
+        k_xx = (g2[:, :, None] * g0[:, None, :]).real                # (S, kx, ky)
+        k_yy = (g0[:, :, None] * g2[:, None, :]).real
+        k_xy = (g1[:, :, None] * g1[:, None, :]).real
+        frame = orientation_frame(n)
+        best = torch.zeros_like(d1)
+        for cos, sin in frame.tolist():
+            a11 = cos * cos * k_xx + 2 * cos * sin * k_xy + sin * sin * k_yy
+            a22 = sin * sin * k_xx - 2 * cos * sin * k_xy + cos * cos * k_yy
+            for s in range(table.shape[0]):
+                value = -(d1[:, None, None] * a11[s] + d2[:, None, None] * a22[s])
+                best = torch.maximum(best, value.flatten(1).amax(1))
+        return best
 
     def fused(self, u: Tensor, weight: Tensor) -> bool:
         """Whether the invariants of ``u`` mixed by ``weight`` ``(O, C, 10)`` are computed by the
