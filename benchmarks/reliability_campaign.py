@@ -1322,6 +1322,19 @@ CASES = [
          cli("figure", "diagram", "--data-dir", "{data}", "--out", "{tmp}/f.png",
              env=_env(MATPLOTLIBRC="{tmp}/rc"), setup=_usetex_rc,
              fragment="matplotlib's text.usetex is on", after=_nothing_at("f.png"))),
+    # round 14 (outside-in probes of 2026-12-07, third session)
+    Case("lifted-diffusion-unstable", "config",
+         "`train --model lifted_pde` with the diffusion term at 24 orientations and dt = 1 "
+         "(explicit Euler unstable along theta: garbage, finite, without a word)",
+         T("--model", "lifted_pde", "--set", "model.lifted_pde.orientations=24", "--set",
+           "model.lifted_pde.terms=['diffusion']",
+           fragment="stage0.block0 would be unstable from its first step",
+           after=_nothing_at("run"))),
+    Case("warp-zero-factor", "library",
+         "`geometry.scale(images, 0)`: a map without inverse, its own error type (told apart "
+         "from an overflow by the message's text)",
+         lib("eqpdenet.geometry.scale(torch.rand(1, 1, 8, 8), 0.0)", expect="SingularMapError",
+             fragment="factor must be non-zero")),
 ]
 
 
