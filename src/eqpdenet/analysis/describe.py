@@ -463,7 +463,8 @@ def describe_m2_system(step: EulerStep, top: int = 3, digits: int = 3) -> str:
     leading terms in the left-invariant derivatives ``A1u1, A13u2, ...`` (``Ĩ`` standardised
     where ``F`` normalises its invariants), the PDE-G-CNN terms by their coefficients (per
     channel: convection velocity ``v``, diffusivities ``D``, dilation/erosion metric ``g``,
-    along ``A1, A2, A3``), each followed by its units (:data:`_M2_TERM_UNITS`)."""
+    along ``A1, A2, A3``), each followed by its units (:data:`_M2_TERM_UNITS`); a term of one's
+    own by one line naming it, saying that its coefficients are not read out."""
     _check_digits(digits)
     _check_top(top)
     rhs: M2SystemRHS = step.rhs
@@ -504,6 +505,9 @@ def describe_m2_system(step: EulerStep, top: int = 3, digits: int = 3) -> str:
             norm = float(term.map.weight.detach().norm())
             bias = " + b" if term.map.bias is not None else ""
             lines.append(f"  linear: W u{bias}, |W| = {_number(norm, digits)}")
+        else:  # a term of one's own (M2_TERMS.register): its form is not known here
+            lines.append(f"  {name}: a term of one's own ({type(term).__name__}); its "
+                         f"coefficients are not read out")
     report = step.stability()   # M2SystemRHS.euler_stability
     if report["stable"]:
         bound = ("" if report["max_dt"] is None

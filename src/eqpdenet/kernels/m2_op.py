@@ -210,10 +210,14 @@ torch.library.register_autograd("eqpdenet::m2_update", _update_backward,
                                 setup_context=_update_setup_context, lib=_LIBRARY)
 
 
-def m2_unsupported_reason(u: Tensor, weight: Tensor, boundary: str,
-                          radius: int) -> str | None:
-    """Why :func:`m2_mix_invariants` cannot run on these arguments (None if it can)."""
-    reason = transform_reason(u, weight)
+def m2_unsupported_reason(u: Tensor, weight: Tensor, boundary: str, radius: int,
+                          others: tuple[Tensor | None, ...] = ()) -> str | None:
+    """Why :func:`m2_mix_invariants` cannot run on these arguments (None if it can).
+    ``others``: the further tensors the fused operator to be called takes (:func:`m2_euler_step`
+    and :func:`m2_update` take biases, output weights and a batch norm's affine map), checked
+    for a ``torch.func`` transform or a forward-mode tangent as ``u`` and ``weight`` are: any
+    one of them makes the fused operators refuse the call."""
+    reason = transform_reason(u, weight, *others)
     if reason is not None:
         return reason
     device = u.device.type
@@ -255,7 +259,9 @@ def _refuse_transforms(operator: str, *tensors: Tensor) -> None:
     reason = transform_reason(*tensors)
     if reason is not None:
         raise NotImplementedError(f"eqpdenet::{operator}: {reason}; compute through the "
-                                  f"plain-PyTorch reference (eqpdenet.pde.m2)")
+                                  f"plain-PyTorch reference: backend='reference' "
+                                  f"(lifted_pde.backend, M2SystemRHS(backend=...)) or "
+                                  f"EQPDENET_BACKEND=reference")
 
 
 # ----------------------------------------------------------------------------- constants

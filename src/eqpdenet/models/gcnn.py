@@ -20,7 +20,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..checks import check_images, evaluation_mode, require, require_int, require_lists, require_positive
+from ..checks import (
+    check_images,
+    evaluation_mode,
+    hooks_registered,
+    require,
+    require_int,
+    require_lists,
+    require_positive,
+)
 from ..errors import MissingDependencyError
 from ..geometry import halvings_stay_even
 from ..process_state import Silenced, quiet_warnings
@@ -136,7 +144,10 @@ def _ignore_filter_caches(module, incompatible_keys):
 
 
 class GCNN(nn.Module):
-    """Images ``(B, in_channels, image_size, image_size)`` -> logits ``(B, classes)``."""
+    """Images ``(B, in_channels, image_size, image_size)`` -> logits ``(B, classes)``.
+
+    Hooks registered on ``features`` or on its last module (the group pooling) fire: the
+    model then calls ``features`` as a module (and gives the same logits)."""
 
     def __init__(self, gcnn: GCNNConfig | None = None, image_size: int = 28, in_channels: int = 1,
                  classes: int = 10, input_mean: float = 0.0, input_std: float = 1.0):
@@ -286,13 +297,41 @@ class GCNN(nn.Module):
         # warning comes at construction), and catch_warnings saves and restores the process's
         # filters, which two threads running the model interleaved, leaving every warning of the
         # process ignored (round 9).
-        *body, _ = self.features._modules.values()
-        for module in body:
-            if isinstance(module, self._r2conv) and not module.training:
-                module.train(True)  # put in evaluation mode by itself (see train)
-            x = module(x)
-        maps = x.tensor.unflatten(1, (-1, self.config.group_order)).max(2).values
+        *body, last = self.features._modules.values()
+        if hooks_registered((self.features, last)):
+            maps = self._features_called(x, last)
+        else:
+            for module in body:
+                if isinstance(module, self._r2conv) and not module.training:
+                    module.train(True)  # put in evaluation mode by itself (see train)
+                x = module(x)
+            maps = self._group_pool(x.tensor)
         return self.classifier(_readout(maps, self.config.readout)).to(images.dtype)
+
+    def _group_pool(self, fields: Tensor) -> Tensor:
+        """The maximum over each regular field's ``N`` channels, in the fields' dtype."""
+        return fields.unflatten(1, (-1, self.config.group_order)).max(2).values
+
+    def _features_called(self, x, pooling: nn.Module) -> Tensor:
+        """``features`` called as a module, and the group pooling in it (forward's result, to
+        the bit): taken where a hook is registered on either (round 14: they never fired), the
+        modules being called one by one otherwise. e2cnn's group pooling computes in float32;
+        a forward hook put first on it for this call replaces its output by :meth:`_group_pool`
+        of its input, so that the hooks registered on it after (and on ``features``) see the
+        output forward uses. Global forward hooks run before it and see e2cnn's."""
+        for conv in self._convs():
+            if not conv.training:
+                conv.train(True)  # put in evaluation mode by itself (see train)
+        geometric = self._geometric_tensor
+
+        def exact(module, inputs, output):
+            return geometric(self._group_pool(inputs[0].tensor), output.type)
+
+        handle = pooling.register_forward_hook(exact, prepend=True)
+        try:
+            return self.features(x).tensor
+        finally:
+            handle.remove()
 
     def export_module(self) -> nn.Module:
         """The same map from plain PyTorch modules, for exporters (:mod:`eqpdenet.export`):
@@ -310,11 +349,23 @@ def _unshare_basis_expansions(features: nn.Module) -> None:
     """Give ``features`` its own copies of e2cnn's basis-expansion modules: e2cnn 0.2.3 shares one
     module (the sampled basis, a buffer) between every convolution of the same shape in the
     process, so moving or casting one model (``.to("cuda")``, ``.double()``) would move or cast
-    it under every other model too (found when one G-CNN was cast to float64 beside another)."""
-    for parent in list(features.modules()):
+    it under every other model too (found when one G-CNN was cast to float64 beside another).
+    Each copy is put in its convolution's ``weights``' dtype and on their device: the shared
+    module keeps the dtype of the model it was first built for, so a G-CNN built under another
+    default dtype (``torch.set_default_dtype``) than an earlier one got float32 bases with
+    float64 weights, or the reverse, and failed at its first filter expansion (round 14)."""
+    def unshare(parent: nn.Module, weights: Tensor | None) -> None:
+        own = getattr(parent, "weights", None)  # an R2Conv's; its expansions are below it
+        weights = own if isinstance(own, Tensor) else weights
         for name, child in list(parent._modules.items()):
             if type(child).__name__ == "SingleBlockBasisExpansion":
-                parent._modules[name] = copy.deepcopy(child)
+                child = copy.deepcopy(child)
+                parent._modules[name] = (child if weights is None
+                                         else child.to(weights.device, weights.dtype))
+            elif child is not None:
+                unshare(child, weights)
+
+    unshare(features, None)
 
 
 def _pooled_size(size: int, kernel, stride, padding, dilation, ceil_mode: bool) -> int:

@@ -382,6 +382,14 @@ class M2Lift(ConstantBuffers):
     def in_channels(self) -> int:
         return self.norm.num_features // 6
 
+    def extra_repr(self) -> str:
+        return (f"in_channels={self.in_channels}, channels={self.mix.weight.shape[0]}, "
+                f"orientations={self.orientations}, sigma={self.sigmas[0]}, "
+                f"boundary={self.boundary!r}"
+                + (f", scales={len(self.sigmas)}" if len(self.sigmas) > 1 else "")
+                + (", relative=True" if self.relative else "")
+                + f", backend={self.backend!r}")
+
     def forward(self, f: Tensor) -> Tensor:
         """Lower precision is computed in the module's dtype and returned in the input's."""
         x = f if is_input_checked(self) else self.enter(f)
@@ -637,10 +645,15 @@ class LiftedPDENet(nn.Module):
     @property
     def quarter_turn_invariant(self) -> bool:
         """Whether the logits are invariant under quarter turns of the input (to rounding):
-        always (N is a multiple of 4), but where a plain 2x2 average between stages meets a map
-        of odd size (the anti-aliased downsampling is exact on every size)."""
+        where every term of ``F`` is known to commute with them (the built-in terms; a term of
+        one's own only where it declares ``quarter_turn_equivariant = True``:
+        :func:`~eqpdenet.pde.m2_rhs.commutes_with_quarter_turns`), N being a multiple of 4, but
+        where a plain 2x2 average between stages meets a map of odd size (the anti-aliased
+        downsampling is exact on every size)."""
         poolings = len(self.config.channels) - 1 if self.config.downsample == "pool" else 0
-        return halvings_stay_even(self.image_size + 2 * self.config.margin, poolings)
+        return halvings_stay_even(self.image_size + 2 * self.config.margin, poolings) and all(
+            rhs.quarter_turn_equivariant for rhs in self.modules()
+            if isinstance(rhs, M2SystemRHS))
 
     def _lifted(self, images: Tensor, entered: ModelInput | None = None) -> Tensor:
         """The images (checked here, unless ``entered`` holds them checked), centred

@@ -366,13 +366,15 @@ class InvariantSet:
     ``0 ..`` :data:`~eqpdenet.pde.stencils.MAX_ORDER` (0 is a set of functions of ``u`` alone,
     as :func:`eqpdenet.pde.symbolic.compile_invariants` makes of ``u``; not a ``bool`` or a
     string), ``invariants`` a non-empty sequence of :class:`Invariant`. A set of the plane is
-    then evaluated once on the zero jet of its ``order`` (1 x 1 maps, float64, no randomness):
-    an invariant that reads a derivative beyond ``order``, fails there, or does not return one
-    map of the jet's shape is refused then, not at the first forward. A declared ``rotations`` or
-    ``scalings`` is then checked on random jets (:meth:`_check_declared_invariance`): a false
-    declaration is refused, naming the invariant that changes. Every call checks each
-    invariant's result against the jet (a tensor ``jet.shape[:-3] + jet.shape[-2:]``: one
-    map; a shape comparison, no host read) and names the set and the invariant where it is not.
+    then evaluated on the zero jet of its ``order`` (1 x 1 maps, float64 and float32, no
+    randomness): an invariant that reads a derivative beyond ``order``, fails there, or does not
+    return one map of the jet's shape and dtype is refused then, not at the first forward. A
+    declared ``rotations`` or ``scalings`` is then checked on random jets
+    (:meth:`_check_declared_invariance`): a false declaration is refused, naming the invariant
+    that changes. Every call checks each
+    invariant's result against the jet (a tensor ``jet.shape[:-3] + jet.shape[-2:]`` in the
+    jet's dtype: one map; a comparison of shapes and dtypes, no host read) and names the set and
+    the invariant where it is not.
 
     Pickling (``torch.save`` of a model holding the set): a set compiled by
     :func:`eqpdenet.pde.symbolic.compile_invariants` pickles as the recipe that compiles it
@@ -426,23 +428,27 @@ class InvariantSet:
             self._check_declared_invariance()
 
     def _try_on_zero_jet(self) -> None:
-        """Each invariant on the zero jet of the set's order (1 x 1 maps, float64): a
-        :class:`~eqpdenet.errors.ConfigError` naming the set and the invariant where one reads a
-        derivative beyond the order, fails, or returns anything but one map (see the class
-        doc)."""
-        jet = torch.zeros((self.order + 1) * (self.order + 2) // 2, 1, 1, dtype=torch.float64)
-        derivatives, ratio = Derivatives(jet), RatioRegularisation()
-        for invariant in self.invariants:
-            try:
-                with torch.no_grad():
-                    value = invariant.function(derivatives, ratio)
-            except Exception as error:  # noqa: BLE001 - the user's function: named, cause kept
-                raise ConfigError(
-                    f"invariant set {self.name!r}: invariant {invariant.name!r} fails on the "
-                    f"zero jet of the set's order {self.order}: {type(error).__name__}: {error}"
-                    + (" (raise the set's order)" if "higher-order jet" in str(error) else "")
-                ) from error
-            self._check_map(invariant, value, jet)
+        """Each invariant on the zero jet of the set's order (1 x 1 maps, float64, then float32):
+        a :class:`~eqpdenet.errors.ConfigError` naming the set and the invariant where one reads
+        a derivative beyond the order, fails, or returns anything but one map in the jet's dtype
+        (see the class doc; float32 too, the models' dtype: a map computed in float64 "for
+        precision" passes a float64 jet)."""
+        size = (self.order + 1) * (self.order + 2) // 2
+        for dtype in (torch.float64, torch.float32):
+            jet = torch.zeros(size, 1, 1, dtype=dtype)
+            derivatives, ratio = Derivatives(jet), RatioRegularisation()
+            for invariant in self.invariants:
+                try:
+                    with torch.no_grad():
+                        value = invariant.function(derivatives, ratio)
+                except Exception as error:  # noqa: BLE001 - the user's function: named, cause kept
+                    raise ConfigError(
+                        f"invariant set {self.name!r}: invariant {invariant.name!r} fails on the "
+                        f"zero jet of the set's order {self.order}: {type(error).__name__}: "
+                        f"{error}"
+                        + (" (raise the set's order)" if "higher-order jet" in str(error) else "")
+                    ) from error
+                self._check_map(invariant, value, jet)
 
     def _check_declared_invariance(self) -> None:
         """Each declared rotation or scaling invariance, on eight seeded random jets of the set's
@@ -502,10 +508,18 @@ class InvariantSet:
 
     def _check_map(self, invariant: Invariant, value, jet: Tensor) -> None:
         """A :class:`~eqpdenet.errors.ConfigError` naming the set and the invariant unless
-        ``value`` is one map of ``jet``: a tensor ``jet.shape[:-3] + jet.shape[-2:]``."""
+        ``value`` is one map of ``jet``: a tensor ``jet.shape[:-3] + jet.shape[-2:]`` in the
+        jet's dtype (another dtype, a map computed in float64 "for precision", complex, integer
+        or bool, was promoted by the stack of the maps and failed later with a raw torch error,
+        or carried no gradient)."""
         expected = jet.shape[:-3] + jet.shape[-2:]
-        if isinstance(value, Tensor) and value.shape == expected:
+        if isinstance(value, Tensor) and value.shape == expected and value.dtype == jet.dtype:
             return
+        if isinstance(value, Tensor) and value.shape == expected:
+            raise ConfigError(f"invariant set {self.name!r}: invariant {invariant.name!r} must "
+                              f"return its map in the jet's dtype, {jet.dtype} for this jet, "
+                              f"got {value.dtype} (compute in the jet's dtype, or cast the "
+                              f"result back to it)")
         got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else _shown(value)
         raise ConfigError(f"invariant set {self.name!r}: invariant {invariant.name!r} must "
                           f"return one map of the jet's shape, {tuple(expected)} for a jet "
@@ -525,11 +539,14 @@ class InvariantSet:
         derivatives = Derivatives(jet)
         ratio = RatioRegularisation(ratio_eps, ratio_regularisation)
         maps = [inv.function(derivatives, ratio) for inv in self.invariants]
-        if not torch.compiler.is_compiling():  # symbolic shapes: the tracer checks them
-            expected = jet.shape[:-3] + jet.shape[-2:]
-            for invariant, value in zip(self.invariants, maps, strict=True):
-                if not isinstance(value, Tensor) or value.shape != expected:
-                    self._check_map(invariant, value, jet)
+        # the dtypes always (static, also while tracing); the shapes not while compiling
+        # (symbolic shapes: the tracer checks them)
+        shapes = not torch.compiler.is_compiling()
+        expected = jet.shape[:-3] + jet.shape[-2:]
+        for invariant, value in zip(self.invariants, maps, strict=True):
+            if not isinstance(value, Tensor) or value.dtype != jet.dtype or (
+                    shapes and value.shape != expected):
+                self._check_map(invariant, value, jet)
         return torch.stack(maps, dim=-3)
 
     def _is_registered(self) -> bool:

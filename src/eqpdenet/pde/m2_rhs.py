@@ -240,8 +240,11 @@ class LinearTerm(nn.Module):
 #: normalize_hidden, *, relative)`` (the per-channel terms use ``channels`` only, ``linear``
 #: ``relative`` too), returning an ``nn.Module`` called as ``term(u, system)`` (``system`` the
 #: :class:`M2SystemRHS`) that gives ``(B, C, N, H, W)``. A builder that cannot be called so is
-#: refused when registered, a result that is no such module when the system is built; each in
-#: one :class:`~eqpdenet.errors.ConfigError` naming the term.
+#: refused when registered, a result that is no such module when the system is built, a value
+#: of another shape at every call (:meth:`M2SystemRHS.forward`); each in one
+#: :class:`~eqpdenet.errors.ConfigError` naming the term. A term of one's own is taken to commute
+#: with quarter turns only where it declares ``quarter_turn_equivariant = True``
+#: (:func:`commutes_with_quarter_turns`).
 M2_TERMS: Registry = CallRegistry(
     "M2 right-hand-side term",
     "term(channels, hidden, normalize_invariants, normalize_hidden, *, relative)",
@@ -253,6 +256,10 @@ for _name, _term in (("convection", ConvectionTerm), ("diffusion", DiffusionTerm
                       _term(channels))
 M2_TERMS.register("linear", lambda channels, *options, relative=False:
                   LinearTerm(channels, bias=not relative))
+# The built-in term classes: each a function of the invariants, or of the left-invariant
+# derivatives A1, A2, A3, which commute with quarter turns exactly (docs/lifted.md).
+_QUARTER_TURN_TERMS = frozenset((NetworkTerm, ConvectionTerm, DiffusionTerm, DilationTerm,
+                                 ErosionTerm, LinearTerm))
 # The built-in builders that ignore hidden, normalize_invariants and normalize_hidden; a term of
 # one's own may use them (its builder is given them), so it is never in this set.
 _OPTIONLESS_BUILDERS = frozenset(M2_TERMS.get(name) for name in
@@ -265,6 +272,19 @@ def term_uses_options(name: str) -> bool:
     registered over ``"convection"`` with ``replace=True`` may use them). True for a name not
     registered: nothing is known of it (the configuration check names it)."""
     return name not in M2_TERMS or M2_TERMS.get(name) not in _OPTIONLESS_BUILDERS
+
+
+def commutes_with_quarter_turns(term: nn.Module) -> bool:
+    """Whether the term ``term`` (a built module of :class:`M2SystemRHS`) is known to commute
+    with quarter turns of the fields (spatial ``rot90`` with the orientations shifted by
+    ``N / 4``): exactly one of the built-in term classes (a subclass may change ``forward``),
+    or a term of one's own that declares it with a class or instance attribute
+    ``quarter_turn_equivariant = True``. Nothing else is known (a plugin term may read a fixed
+    direction of the grid), so the lifted model claims invariance only where every term is
+    (:attr:`~eqpdenet.models.lifted_pde.LiftedPDENet.quarter_turn_invariant`)."""
+    if type(term) in _QUARTER_TURN_TERMS:
+        return True
+    return getattr(term, "quarter_turn_equivariant", False) is True
 
 
 def is_network_term(name: str) -> bool:
@@ -401,6 +421,11 @@ class M2SystemRHS(nn.Module):
         """
         report = {"linear_part": None, "max_rate_dt": None, "max_dt": None, "stable": None,
                   "diffusion_stable": None, "reason": None}
+        if any(p.is_meta for p in self.terms.parameters()):
+            # built under torch.device("meta") (then to_empty, load_state_dict): no values to
+            # read yet; reading them was a raw "Tensor.item() cannot be called on meta tensors"
+            report["reason"] = "cannot check: the coefficients are on the meta device (no values)"
+            return report
         unknown = []
         for name, term in self.terms.items():
             if isinstance(term, DiffusionTerm | DilationTerm | ErosionTerm):
@@ -487,15 +512,18 @@ class M2SystemRHS(nn.Module):
                 best = torch.maximum(best, value.flatten(1).amax(1))
         return best
 
-    def fused(self, u: Tensor, weight: Tensor) -> bool:
+    def fused(self, u: Tensor, weight: Tensor, others: tuple[Tensor | None, ...] = ()) -> bool:
         """Whether the invariants of ``u`` mixed by ``weight`` ``(O, C, 10)`` are computed by the
         fused operator: the backend has it for these arguments (else one warning per reason)
         and no hook is registered (:func:`~eqpdenet.checks.hooks_registered`, on this module,
-        its parts, or globally), which only the reference path, calling the modules, runs."""
+        its parts, or globally), which only the reference path, calling the modules, runs.
+        ``others``: the further tensors the fused operator takes (:meth:`euler_step`'s biases,
+        output weights and batch norm), none under a ``torch.func`` transform or carrying a
+        forward-mode tangent (:func:`~eqpdenet.kernels.m2_op.m2_unsupported_reason`)."""
         backend = kernels.resolve_backend(self.backend)
         if backend == "reference" or hooks_registered(self.modules()):
             return False
-        reason = m2_unsupported_reason(u, weight, self.jet.boundary, self.jet.radius)
+        reason = m2_unsupported_reason(u, weight, self.jet.boundary, self.jet.radius, others)
         if reason is not None:
             kernels.warn_once(f"{reason}; the M2 PDE uses the plain-PyTorch reference")
         return reason is None
@@ -589,7 +617,15 @@ class M2SystemRHS(nn.Module):
             return None
         x = u if is_input_checked(self) else self.enter(u)
         w1 = network.mix.weight.view(-1, self.channels, len(M2_SE2))
-        if not self.fused(x, w1):
+        # Every tensor the fused step reads, not only W1: a forward-mode tangent or a vmap over
+        # b1, W2, b2 or the hidden batch norm (functional_call with dual or batched parameters)
+        # took the fused path, which then refused it. Read through the modules' attributes, so
+        # that a parametrization's value is the one checked.
+        norm = network.hidden_norm
+        others = (network.mix.bias, network.out.weight, network.out.bias,
+                  *(getattr(norm, name, None) for name in ("weight", "bias", "running_mean",
+                                                           "running_var")))
+        if not self.fused(x, w1, others):
             return None
         if isinstance(network.hidden_norm, nn.Identity):
             step = m2_euler_step(x, w1, network.mix.bias, network.out.weight,
@@ -612,12 +648,27 @@ class M2SystemRHS(nn.Module):
         self._cache = ()
         try:
             out = None
-            for term in self.terms.values():
+            for name, term in self.terms.items():
                 value = term(x, self)
+                # Each term, not only the sum (EulerStep checks that): beside another term a
+                # wrong shape broadcast silently ((B, 1, N, H, W), a 0-d tensor) or failed in
+                # the addition with a raw error. Shapes only: no host read.
+                if not isinstance(value, Tensor) or value.shape != x.shape:
+                    got = (f"shape {tuple(value.shape)}" if isinstance(value, Tensor)
+                           else type(value).__name__)
+                    raise ConfigError(f"the M2 right-hand-side term {name!r} "
+                                      f"({type(term).__name__}) must return its part of du/dt "
+                                      f"in the fields' shape {tuple(x.shape)}, got {got}")
                 out = value if out is None else out + value
             return out if x is u else out.to(u.dtype)
         finally:
             self._cache = None
+
+    @property
+    def quarter_turn_equivariant(self) -> bool:
+        """Whether every term is known to commute with quarter turns
+        (:func:`commutes_with_quarter_turns`)."""
+        return all(commutes_with_quarter_turns(term) for term in self.terms.values())
 
     def extra_repr(self) -> str:
         relative = ", relative=True" if self.relative else ""
