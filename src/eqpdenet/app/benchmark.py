@@ -17,7 +17,6 @@ import functools
 import json
 import math
 import os
-import re
 import statistics
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from .config import (
 from .distributed import Executor
 from .files import atomic_write, figure_bytes, import_pyplot, read_jsonl_lines, write_set
 from .locks import hold
+from .plugins import unregistered_hint
 from .report import (
     SAME_RUN_FIELDS,
     Described,
@@ -505,16 +505,6 @@ def _benchmark_config(out_dir: Path) -> tuple[BenchmarkConfig | None, str | None
     except (ConfigError, OSError, ValueError) as error:
         return None, (f"{path} cannot be read as a benchmark configuration: "
                       f"{unregistered_hint(error)}")
-
-
-def unregistered_hint(error: Exception) -> str:
-    """``error``'s text, and where it is an unknown registered name (``unknown model 'mynet'``),
-    the likely cause: a plugin that registers it, not imported in this process."""
-    text = " ".join(str(error).split())
-    if re.search(r"\bunknown [\w ]+ '", text):
-        text += (" (registered by a plugin? this process has not imported it: name the module "
-                 "that registers it in EQPDENET_PLUGINS)")
-    return text
 
 
 def missing_benchmark_runs(out_dir: Path, records: list[dict]) -> list[str] | None:

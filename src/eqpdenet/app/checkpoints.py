@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..process_state import GLOBAL_RNG_LOCK, quiet_warnings
+from .plugins import PLUGIN_HINT, is_unregistered
 
 __all__ = ["REBUILD_TOLERANCE", "SHAPE_FIELDS", "describe_non_finite", "mismatch",
            "non_finite_tensors", "rebuild_problem", "unwrapped"]
@@ -168,7 +169,8 @@ def rebuild_problem(model: nn.Module, model_config) -> str | None:
         try:
             rebuilt = build_model(model_config)
         except Exception as error:  # whatever a family's constructor raises, said in one line
-            return f"the configuration builds no model ({_one_line(error)})"
+            hint = f" {PLUGIN_HINT}" if is_unregistered(str(error)) else ""
+            return f"the configuration builds no model ({_one_line(error)}{hint})"
         if type(rebuilt) is not type(model):
             return (f"model.kind {model_config.kind!r} builds {type(rebuilt).__name__}, not the "
                     f"model's type, {type(model).__name__}")

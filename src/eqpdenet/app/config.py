@@ -190,6 +190,38 @@ MIN_LR, MAX_LR = 1e-30, 1e30
 MIN_AUGMENT_SCALE, MAX_AUGMENT_SCALE, MAX_AUGMENT_SHIFT = 0.1, 10.0, 1024.0
 
 
+#: Per optimiser, the bound on ``rate * train.weight_decay`` (``rate``: a parameter group's
+#: learning rate) below which the decay alone shrinks the weights, and what happens at or above
+#: it. AdamW multiplies each weight by ``1 - rate * weight_decay`` every step: 1 zeroes the
+#: weights, more flips their sign and grows them (1e6 at lr 1e-3: a factor of -999, a "loss" of
+#: 8e7 recorded as an ordinary run). SGD (momentum 0.9) adds ``weight_decay * w`` to the
+#: gradient: on that term alone the heavy-ball step is stable only for ``rate * weight_decay <
+#: 2 (1 + momentum)``. Optimisers registered by others are not bounded here.
+DECAY_BOUNDS = {
+    "adam": (1.0, "AdamW multiplies each weight by 1 - lr * weight_decay every step, so the "
+                  "weights are zeroed or flip sign and grow instead of decaying"),
+    "sgd": (2 * (1 + 0.9), "SGD with momentum 0.9 adds weight_decay * w to the gradient, and "
+                           "the step on that term alone grows the weights without bound when "
+                           "lr * weight_decay >= 2 (1 + momentum) = 3.8"),
+}
+
+
+def _require_decay_shrinks(optimizer: str, lr: float, scale: float, decay: float) -> None:
+    """A :class:`~eqpdenet.errors.ConfigError` naming ``train.weight_decay`` where the decay of
+    ``optimizer`` at ``lr`` (and at the PDE layer's ``lr * scale``, where that is larger) would
+    amplify the weights instead of shrinking them (:data:`DECAY_BOUNDS`)."""
+    if optimizer not in DECAY_BOUNDS or not decay:
+        return
+    bound, why = DECAY_BOUNDS[optimizer]
+    rate, rate_name = lr, "train.lr"
+    if scale > 1.0:  # the PDE layer's group (model.kind = 'eqpdenet') steps at lr * scale
+        rate, rate_name = lr * scale, "the PDE layer's rate train.lr * train.pde_lr_scale"
+    require(rate * decay < bound, "train.weight_decay",
+            f"{decay:g} with {rate_name} = {rate:.3g} gives lr * weight_decay = "
+            f"{rate * decay:.3g}, not below {bound:g}: {why}; lower train.weight_decay below "
+            f"{bound / rate:.3g}")
+
+
 @dataclass
 class TrainConfig:
     """How a model is trained (the same recipe for EqPdeNet and FCNN).
@@ -201,7 +233,9 @@ class TrainConfig:
             step shrinking a parameter by ``lr * weight_decay`` of its group's ``lr`` (so the
             PDE layer's parameters, at ``lr * pde_lr_scale``, decay ``pde_lr_scale`` times
             more slowly); L2 added to the gradient before momentum with ``sgd``
-            (``torch.optim.SGD``'s ``weight_decay``).
+            (``torch.optim.SGD``'s ``weight_decay``). A decay that would amplify the weights
+            instead (``lr * weight_decay >= 1`` with ``adam``, ``>= 3.8`` with ``sgd``, at the
+            larger of ``lr`` and the PDE layer's rate) is refused (:data:`DECAY_BOUNDS`).
         pde_lr_scale: learning-rate multiplier for the paper's PDE layer's parameters (F and the
             reduction; ``model.kind = "eqpdenet"``, the only kind with a ``pde_layer``; other
             kinds train every parameter at ``lr``, and a value other than the default there
@@ -266,6 +300,7 @@ class TrainConfig:
         require(lr * max(scale, 1.0) * decay <= MAX_LR, "train.weight_decay",
                 f"train.lr * train.weight_decay = {lr * max(scale, 1.0) * decay:.3g} is more "
                 f"than {MAX_LR:g} (float32 steps would overflow)")
+        _require_decay_shrinks(self.optimizer, lr, scale, decay)
         require_int(self.batch_size, "train.batch_size", 1)
         require_int(self.epochs, "train.epochs", 1)
         require(self.epochs <= MAX_EPOCHS, "train.epochs",
@@ -802,7 +837,9 @@ def to_toml(config, _prefix: str = "") -> str:
 
 
 def load_toml(cls, path: str | Path):
-    """Read ``cls`` from a TOML file; missing fields take their defaults."""
+    """Read ``cls`` from a TOML file; missing fields take their defaults. A registered name the
+    process does not know (a plugin's, not imported) is a :class:`ConfigError` with that hint
+    (:func:`~eqpdenet.app.plugins.unregistered_hint`)."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -816,7 +853,16 @@ def load_toml(cls, path: str | Path):
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
     except OSError as error:
         raise ConfigError(f"config file {path} cannot be read: {error.strerror}") from None
-    return from_dict(cls, data)
+    try:
+        return from_dict(cls, data)
+    except ConfigError as error:
+        # a file that names a plugin's model kind, data set or scenario (a sweep's config.toml
+        # read to resume it) without the plugin imported: the likely cause, as a report says
+        from .plugins import is_unregistered, unregistered_hint
+
+        if is_unregistered(str(error)):
+            raise ConfigError(unregistered_hint(error)) from None
+        raise
 
 
 def _parse_value(text: str):

@@ -17,9 +17,12 @@ cause when
   backward pass (:func:`training_bytes`: the states the Euler steps keep, by the backend the PDE
   layer will really take; ``T = 1e6, dt = 1e-3`` asks for petabytes, so does a lifted model
   with ``margin = 1000``: the deep families and the CNN baselines estimate their own), times the
-  measured ratio of a step's peak to it (:func:`peak_bytes`), the
+  measured ratio of a step's peak to it (:func:`peak_bytes`), or, where larger, what an
+  evaluation pass of up to 128 images needs whatever ``train.batch_size``
+  (:func:`evaluation_bytes`; a refusal for it names evaluation), the
   parameters with their gradients and optimiser state (:data:`PARAMETER_BYTES` each;
-  ``model.hidden = 1e8`` asks for 160 PB), and, before the data are loaded, the data set itself
+  ``model.hidden = 1e8`` asks for 160 PB; a family of one's own without ``backward_bytes`` is
+  counted by these alone, with a warning), and, before the data are loaded, the data set itself
   (:func:`data_bytes`: from the sizes its headers tell); the model is built on PyTorch's
   ``meta`` device to count them, so nothing is allocated; the batch is the largest that
   training forms (:func:`training_batches`: no larger than the training set where its size is
@@ -54,12 +57,14 @@ import dataclasses
 import os
 import re
 import shutil
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
 from .. import kernels
+from ..analysis.predictions import EVALUATION_BATCH
 from ..data.datasets import DatasetShape, dataset_shape
 from ..data.mnist import MNIST_FILES
 from ..data.rotmnist import N_TRAIN as ROTMNIST_TRAIN
@@ -76,10 +81,11 @@ from .config import (
 )
 from .files import check_file_size
 
-__all__ = ["BACKWARD_PEAK", "FIXED_TRAINING_IMAGES", "PARAMETER_BYTES", "STATE_PEAK",
-           "WORKER_BYTES", "allocation_failure", "at_data_size", "available_memory",
-           "check_for_images", "data_bytes", "pde_layer_reason", "peak_bytes", "preflight",
-           "resolve_device", "training_batches", "training_bytes", "training_images"]
+__all__ = ["BACKWARD_PEAK", "EVALUATION_PEAK", "EVALUATION_STATE_PEAK", "FIXED_TRAINING_IMAGES",
+           "PARAMETER_BYTES", "PROCESS_WORDS", "STATE_PEAK", "WORKER_BYTES", "allocation_failure",
+           "at_data_size", "available_memory", "check_for_images", "data_bytes", "evaluation_batch",
+           "evaluation_bytes", "pde_layer_reason", "peak_bytes", "preflight", "resolve_device", "saved_bytes",
+           "training_batches", "training_bytes", "training_images"]
 
 #: Memory kept per Euler step during training, in units of one state (batch x PDEs x pixels x 4
 #: bytes), by backend and ``recompute``: the growth of the peak memory of one training step of the
@@ -101,6 +107,20 @@ BACKWARD_PEAK = 2.25
 #: MB whatever its size (the allocator's pools, scratch buffers), which only matter where a
 #: step keeps little.
 STATE_PEAK = 1.25
+
+#: The peak memory of evaluating a model (a forward pass without gradients of
+#: :data:`~eqpdenet.analysis.predictions.EVALUATION_BATCH` images, whatever
+#: ``train.batch_size``) over what its ``backward_bytes`` says a training step on as many images
+#: keeps: the operations free their inputs as they go, but a deep model's widest fields are
+#: held a few at a time. Measured (peak RSS growth of one ``predict`` of 128 images, one thread,
+#: at 28x28 and 64x64; ``benchmarks/evaluation_memory.py``): 0.23 (invariant_pde) to 0.67 (cnn
+#: at 28x28), rounded up.
+EVALUATION_PEAK = 0.8
+
+#: The same for the Euler states of a PDE layer (:data:`STATE_FACTORS` at the evaluation batch):
+#: the paper's model (fused kernel) adds nothing measurable there (the same script); a
+#: generous allowance, the reference's states being counted by their training factor.
+EVALUATION_STATE_PEAK = 0.25
 
 #: The options that size the fields of the families that estimate their own activations
 #: (``backward_bytes``), named when they do not fit in memory.
@@ -300,17 +320,40 @@ def pde_layer_reason(layer: PDELayer, device: torch.device, channels: int,
         torch.empty(0, channels, size, size, dtype=dtype, device=device), specs)
 
 
+#: The model classes already warned about by :func:`_unestimated` (once per class and process).
+_UNESTIMATED_WARNED: set[type] = set()
+
+
+def _unestimated(model: torch.nn.Module) -> None:
+    """Warn once per class where ``model`` is of a family of one's own (not eqpdenet's) without a
+    ``backward_bytes``: its activations are not in the memory estimate, which then counts its
+    parameters (and the Euler states of any PDE layer) alone."""
+    cls = type(model)
+    if cls in _UNESTIMATED_WARNED or cls.__module__.split(".")[0] == "eqpdenet":
+        return
+    _UNESTIMATED_WARNED.add(cls)
+    warnings.warn(f"the memory check cannot estimate the activations of {cls.__qualname__} "
+                  f"({cls.__module__}): it has no backward_bytes(batch_size) method, so only its "
+                  f"parameters are counted and a run too large for this machine is not refused "
+                  f"before it starts (docs/architecture.md, \"A family of one's own\")",
+                  RuntimeWarning, stacklevel=2)
+
+
 def _kept_bytes(config: ExperimentConfig, model: torch.nn.Module | None, images: int | None,
-                device: torch.device | None) -> tuple[int, int]:
+                device: torch.device | None, batch: int | None = None) -> tuple[int, int]:
     """``(states, activations)``: the Euler states of the model's PDE layers and what its own
-    ``backward_bytes`` counts (:func:`training_bytes`)."""
+    ``backward_bytes`` counts (:func:`training_bytes`), for batches of ``batch`` images (default:
+    the largest training batch, with the blur penalty's copies)."""
     model = _model(config) if model is None else model
     channels = getattr(model, "in_channels", 1)
     size = config.model.image_size
     own = getattr(model, "backward_bytes", None)
-    # The blur penalty's copies go through the model in the same pass as the batch.
-    batch = training_batches(config, images)[0]
-    batch += config.train.blur_consistency.copies(batch)
+    if own is None:
+        _unestimated(model)
+    if batch is None:
+        # The blur penalty's copies go through the model in the same pass as the batch.
+        batch = training_batches(config, images)[0]
+        batch += config.train.blur_consistency.copies(batch)
     states = 0
     for layer in model.modules():
         if not isinstance(layer, PDELayer):
@@ -348,6 +391,30 @@ def peak_bytes(config: ExperimentConfig, model: torch.nn.Module | None = None, *
     of what is kept)."""
     states, activations = _kept_bytes(config, model, images, device)
     return int(STATE_PEAK * states + BACKWARD_PEAK * activations)
+
+
+def evaluation_batch(config: ExperimentConfig, tests: int | None = None) -> int:
+    """The most images one forward pass of evaluating ``config`` takes:
+    :data:`~eqpdenet.analysis.predictions.EVALUATION_BATCH` (whatever ``train.batch_size``),
+    or fewer where every split evaluated is smaller: the test split (``data.test_subset``, else
+    ``tests``, its size where known) and the validation split (``data.validation``)."""
+    tests = config.data.test_subset or tests
+    if tests is None:
+        return EVALUATION_BATCH
+    return max(1, min(EVALUATION_BATCH, max(tests, config.data.validation)))
+
+
+def evaluation_bytes(config: ExperimentConfig, model: torch.nn.Module | None = None, *,
+                     tests: int | None = None, device: torch.device | None = None) -> int:
+    """The peak memory of evaluating ``config`` beyond its parameters, written to err on the
+    large side: a forward pass without gradients of :func:`evaluation_batch` images (128 at the
+    most, whatever ``train.batch_size``, so that at a small training batch evaluation can need
+    several times a training step): what ``backward_bytes`` counts at that batch times
+    :data:`EVALUATION_PEAK`, and the Euler states (:func:`training_bytes`'s) times
+    :data:`EVALUATION_STATE_PEAK`. ``tests``: the number of test images, where known."""
+    states, activations = _kept_bytes(config, model, None, device,
+                                      batch=evaluation_batch(config, tests))
+    return int(EVALUATION_STATE_PEAK * states + EVALUATION_PEAK * activations)
 
 
 def data_bytes(run: ExperimentConfig, shape: DatasetShape | None) -> tuple[int, int]:
@@ -476,10 +543,19 @@ class _Need:
     kept: int  # the data set, all run long
     passing: int  # more while the data are loaded, before training
     pde: bool  # the model has a PDE layer
+    evaluation: int = 0  # evaluation_bytes
+    evaluated: int = EVALUATION_BATCH  # images per evaluation pass
+
+    @property
+    def evaluating(self) -> bool:
+        """Whether evaluation needs more than a training step (their weights are the same)."""
+        return self.evaluation > self.activations
 
     @property
     def step(self) -> int:
-        return self.activations + self.weights
+        """A training step's peak, or an evaluation pass's where it is larger (the trained
+        parameters, their gradients and optimiser state are still held when it runs)."""
+        return max(self.activations, self.evaluation) + self.weights
 
     @property
     def on_device(self) -> int:
@@ -494,16 +570,17 @@ class _Need:
         """In the host's memory, per process, where training runs on another device."""
         return self.kept + self.passing
 
-    def data_parts(self) -> list[str]:
+    def data_parts(self) -> list[tuple[int, str]]:
+        """The data set's parts of the memory, ``(bytes, words)`` each."""
         parts = []
         if self.kept:
-            parts.append(f"{_gib(self.kept)} for the whole data set in float32, whatever "
-                         f"data.train_subset")
+            parts.append((self.kept, f"{_gib(self.kept)} for the whole data set in float32, "
+                                     f"whatever data.train_subset"))
         if self.passing:
             what = ("the rotated copy of data.rotated" if self.passing == self.kept
                     and self.run.data.rotated else "the float64 copy of the training images "
                     "the standardisation takes its mean and std from")
-            parts.append(f"{_gib(self.passing)} more while it is loaded ({what})")
+            parts.append((self.passing, f"{_gib(self.passing)} more while it is loaded ({what})"))
         return parts
 
     def data_remedies(self) -> list[str]:
@@ -514,7 +591,36 @@ class _Need:
         return remedies
 
 
-def _check_memory(need: _Need, parallel: int, workers: int) -> None:
+#: How the parallel processes of a check are named in its refusal, by what starts them:
+#: ``(runs at once, their processes, the remedy)``; ``"jobs"`` the workers of ``--jobs``,
+#: ``"ranks"`` the ranks of ``train --distributed`` on one machine (torchrun's).
+PROCESS_WORDS = {
+    "jobs": ("runs at once", "worker processes", "lower --jobs"),
+    "ranks": ("ranks on this machine", "ranks' processes",
+              "start fewer ranks on this machine (torchrun --nproc-per-node)"),
+}
+
+
+def _listed(parts: list[tuple[int, str]], parallel: int, workers: int,
+            processes: str = "jobs") -> str:
+    """The parts of a memory estimate in words, so that they add up to its total: one run's
+    ``parts`` (``(bytes, words)``, in the order given: what the run computes with, then its
+    data; ``parallel`` runs at once, each of them), and the ``workers`` bytes of the worker
+    processes of ``--jobs``, before the runs where larger than all of them together (it is,
+    at 600 MiB each, for most runs), else after them."""
+    at_once, named, _ = PROCESS_WORDS[processes]
+    words = ", ".join(text for _, text in parts)
+    if parallel > 1:
+        words = f"{parallel} {at_once}, each {words}"
+    if not workers:
+        return words
+    held = f"{_gib(workers)} for the {parallel} {named}"
+    if workers > parallel * sum(size for size, _ in parts):
+        return f"{held}; {words}"
+    return f"{words}; {held}"
+
+
+def _check_memory(need: _Need, parallel: int, workers: int, processes: str = "jobs") -> None:
     """A :class:`ConfigError` where ``parallel`` runs as large as ``need`` (and ``workers`` bytes
     of worker processes) do not fit in the memory available on its device."""
     available = available_memory(need.device)
@@ -523,13 +629,19 @@ def _check_memory(need: _Need, parallel: int, workers: int) -> None:
         return
     run, kind = need.run, need.run.model.kind
     parts = []
-    if need.activations:
+    evaluating = need.evaluating
+    activations = need.evaluation if evaluating else need.activations
+    if evaluating:
+        what = (f"the fields a forward pass of {need.evaluated} images holds (evaluation "
+                f"passes take {EVALUATION_BATCH} images at most, whatever train.batch_size)")
+        parts.append((activations, f"{_gib(activations)} for {what}"))
+    elif need.activations:
         what = ("the states the Euler steps keep" if need.pde and kind not in DEEP_FIELDS else
                 "what the backward pass keeps of the fields" if kind.endswith("_pde") else
                 "what the backward pass keeps of the activations")
-        parts.append(f"{_gib(need.activations)} for {what}")
-    parts.append(f"{_gib(need.weights)} for {need.weights // PARAMETER_BYTES:,} parameters with "
-                 f"their gradients and optimiser state")
+        parts.append((need.activations, f"{_gib(need.activations)} for {what}"))
+    parts.append((need.weights, f"{_gib(need.weights)} for {need.weights // PARAMETER_BYTES:,} "
+                                f"parameters with their gradients and optimiser state"))
     on_cpu = need.device.type == "cpu"
     if on_cpu:
         parts += need.data_parts()
@@ -540,9 +652,15 @@ def _check_memory(need: _Need, parallel: int, workers: int) -> None:
         f": batches of {batch} images)" if batch != size else ")")
     if on_cpu and need.kept + need.passing > need.step:
         remedies = need.data_remedies()
-    elif need.activations <= need.weights:
+    elif activations <= need.weights:
         remedies = [f"make the model smaller (model.hidden = {run.model.hidden}, or its "
                     f"model.{kind} options)"]
+    elif evaluating:  # the training batch plays no part in it
+        remedies = ([f"make its fields smaller (model.{kind}: {DEEP_FIELDS[kind]})"]
+                    if kind in DEEP_FIELDS else
+                    [f"raise model.layer.dt or lower model.layer.T{steps}"] if need.pde else
+                    [f"make the model smaller (model.hidden = {run.model.hidden}, or its "
+                     f"model.{kind} options)"])
     elif kind in DEEP_FIELDS:
         remedies = [lower, f"make its fields smaller (model.{kind}: {DEEP_FIELDS[kind]})"]
     elif need.pde:
@@ -552,16 +670,18 @@ def _check_memory(need: _Need, parallel: int, workers: int) -> None:
         remedies = [lower, f"make the model smaller (model.hidden = {run.model.hidden}, or its "
                            f"model.{kind} options)"]
     if parallel > 1:
-        remedies.append("lower --jobs")
-    per = f"{parallel} runs at once, each " if parallel > 1 else ""
+        remedies.append(PROCESS_WORDS[processes][2])
+    doing = "evaluating the trained model" if evaluating else "training"
     raise ConfigError(
-        f"{_which_run(need.key, need.side, run)}invalid config: training would need about "
-        f"{_gib(total)} of memory ({per}{', '.join(parts)}), more than the {_gib(available)} "
+        f"{_which_run(need.key, need.side, run)}invalid config: {doing} would need about "
+        f"{_gib(total)} of memory ({_listed(parts, parallel, workers, processes)}), more than the "
+        f"{_gib(available)} "
         f"available on {need.device}: " + ", ".join(remedies[:-1])
         + (", or " if len(remedies) > 1 else "") + remedies[-1])
 
 
-def _check_host_memory(need: _Need, parallel: int, workers: int) -> None:
+def _check_host_memory(need: _Need, parallel: int, workers: int,
+                       processes: str = "jobs") -> None:
     """A :class:`ConfigError` where the data sets of ``parallel`` runs as large as ``need``'s
     (training on another device) and ``workers`` bytes of worker processes do not fit in the
     host's memory."""
@@ -569,25 +689,28 @@ def _check_host_memory(need: _Need, parallel: int, workers: int) -> None:
     total = need.on_host * parallel + workers
     if available is None or total <= available:
         return
-    per = f"{parallel} runs at once, each " if parallel > 1 else ""
-    parts = need.data_parts()
-    if workers:
-        parts.append(f"{_gib(workers)} for the worker processes")
-    remedies = need.data_remedies() + (["lower --jobs"] if parallel > 1 else [])
+    remedies = need.data_remedies() + ([PROCESS_WORDS[processes][2]] if parallel > 1 else [])
     raise ConfigError(
         f"{_which_run(need.key, need.side, need.run)}invalid config: training on "
-        f"{need.device} would need about {_gib(total)} of the host's memory ({per}"
-        f"{', '.join(parts)}), more than the {_gib(available)} available: "
+        f"{need.device} would need about {_gib(total)} of the host's memory "
+        f"({_listed(need.data_parts(), parallel, workers, processes)}), more than the {_gib(available)} "
+        f"available: "
         + ", ".join(remedies[:-1]) + (", or " if len(remedies) > 1 else "") + remedies[-1])
 
 
 def preflight(runs: Sequence[ExperimentConfig] | Mapping[str, ExperimentConfig], out: Path | None,
               *, jobs: int = 1, checkpoints: int | None = None, images: int | None = None,
-              at_data: bool = False, data_dir=None, cache_dir=None) -> None:
+              tests: int | None = None, at_data: bool = False, data_dir=None,
+              cache_dir=None, processes: str = "jobs") -> None:
     """Check ``runs`` (to be done with ``jobs`` processes, writing into ``out``, ``checkpoints``
     of them saving a model; default all) before any data is loaded (module docstring).
     ``images``: the number of training images, where the caller knows it (after loading the
-    data); else what the configuration tells (:func:`training_images`).
+    data); else what the configuration tells (:func:`training_images`). ``tests``: the images
+    of the largest split evaluated (test, validation), where the caller knows it; else the data
+    set's test images where ``at_data`` reads them, else 128 (:func:`evaluation_batch`).
+
+    ``processes``: what starts the ``jobs`` processes, for the words of a refusal
+    (:data:`PROCESS_WORDS`: ``"jobs"``, ``"ranks"``).
 
     ``runs`` given by key (a sweep's): an error of one run starts with ``run <key>:``.
     ``data_dir``, ``cache_dir``: where the runs' data are loaded from (a data set registered by
@@ -604,7 +727,7 @@ def preflight(runs: Sequence[ExperimentConfig] | Mapping[str, ExperimentConfig],
         return
     named = list(runs.items()) if isinstance(runs, Mapping) else [(None, run) for run in runs]
     shapes: dict[str, DatasetShape | None] = {}
-    largest_model, largest, host = 0, None, None
+    largest_model, largest_saved, largest, host = 0, 0, None, None
     for key, run in named:
         to_toml(run)
         device = resolve_device(run.train.device)
@@ -634,13 +757,17 @@ def preflight(runs: Sequence[ExperimentConfig] | Mapping[str, ExperimentConfig],
             raise ConfigError(f"{where}{error}") from None
         params = sum(p.numel() for p in model.parameters())
         largest_model = max(largest_model, params)
+        largest_saved = max(largest_saved, saved_bytes(model))
         # The data set counts where it is not loaded yet (``images`` given: it is, and the
         # memory available has it).
         kept, passing = data_bytes(run, shape) if images is None else (0, 0)
+        evaluated = tests if tests is not None else shape.test if shape is not None else None
         need = _Need(key, run, device, known, side, peak_bytes(run, model, images=known,
                                                               device=device),
                      params * PARAMETER_BYTES, kept, passing,
-                     any(isinstance(m, PDELayer) for m in model.modules()))
+                     any(isinstance(m, PDELayer) for m in model.modules()),
+                     evaluation_bytes(run, model, tests=evaluated, device=device),
+                     evaluation_batch(run, evaluated))
         if largest is None or need.on_device > largest.on_device:
             largest = need
         if device.type != "cpu" and (host is None or need.on_host > host.on_host):
@@ -648,14 +775,24 @@ def preflight(runs: Sequence[ExperimentConfig] | Mapping[str, ExperimentConfig],
     parallel = min(jobs, len(runs))
     workers = parallel * WORKER_BYTES if parallel > 1 else 0
     if largest is not None:
-        _check_memory(largest, parallel, workers if largest.device.type == "cpu" else 0)
+        _check_memory(largest, parallel, workers if largest.device.type == "cpu" else 0,
+                      processes)
     if host is not None:
-        _check_host_memory(host, parallel, workers)
+        _check_host_memory(host, parallel, workers, processes)
     if out is None:
         return
     count = len(runs) if checkpoints is None else checkpoints
     check_output_space(out, runs=len(runs), checkpoints=count, parameters=largest_model,
-                       sweep=isinstance(runs, Mapping))
+                       sweep=isinstance(runs, Mapping), state_bytes=largest_saved)
+
+
+def saved_bytes(model: torch.nn.Module) -> int:
+    """The bytes of the tensors ``model``'s checkpoint holds: every entry of its ``state_dict``,
+    the persistent buffers with the parameters (e2cnn's sampled bases make a G-CNN's checkpoint
+    3 to 13 times its parameters' bytes). Read from the shapes and dtypes alone: a model built
+    on the ``meta`` device will do."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values()
+               if isinstance(t, torch.Tensor))
 
 
 def _destination(path: Path) -> Path:
@@ -674,18 +811,21 @@ def _file_system(folder: Path) -> int:
 
 
 def check_output_space(out: Path, *, runs: int, checkpoints: int, parameters: int,
-                       sweep: bool = True) -> None:
+                       sweep: bool = True, state_bytes: int = 0) -> None:
     """Before any work: room for ``runs`` runs writing into ``out`` (``checkpoints`` of them
-    saving a model of up to ``parameters`` parameters); an :class:`OutputFolderError` naming
-    the place, the bytes and the cause otherwise.
+    saving a model of up to ``parameters`` parameters, whose ``state_dict`` holds up to
+    ``state_bytes`` bytes of tensors, buffers included: :func:`saved_bytes`; at least the
+    parameters' float32 bytes are counted); an :class:`OutputFolderError` naming the place, the
+    bytes and the cause otherwise.
 
     * The free space of each destination's own file system: the checkpoints go to
       ``out/checkpoints``, the records to ``out/runs`` and ``out``, links followed
       (:func:`_destination`); destinations on one file system are counted together (a
       ``train``'s ``out`` has neither folder: all goes to ``out``'s). The estimate errs on the
-      large side (:data:`RECORD_BYTES` per record, and per checkpoint besides its weights).
+      large side (:data:`RECORD_BYTES` per record, and per checkpoint besides its tensors).
     * The largest file against this process's file size limit (``ulimit -f``:
-      :func:`~eqpdenet.app.files.check_file_size`): a checkpoint (its float32 weights and
+      :func:`~eqpdenet.app.files.check_file_size`): a checkpoint (its parameters' float32
+      bytes, though its buffers may add more, and
       :data:`CHECKPOINT_MIN_EXTRA`), a sweep's ``results.jsonl`` (the one there, and
       :data:`RECORD_MIN_BYTES` per run to add); these err on the small side, so that only a
       file that cannot fit is refused."""
@@ -702,7 +842,8 @@ def check_output_space(out: Path, *, runs: int, checkpoints: int, parameters: in
         check_file_size(written + runs * RECORD_MIN_BYTES,
                         f"{aggregate} (with the records of {runs} more run(s))", "at least")
     needs = [(out / "runs", runs * RECORD_BYTES, "the results"),
-             (out / "checkpoints", checkpoints * (4 * parameters + RECORD_BYTES),
+             (out / "checkpoints",
+              checkpoints * (max(4 * parameters, state_bytes) + RECORD_BYTES),
               "the checkpoints")]
     own = _destination(out)
     groups: dict[int, list] = {}  # file system -> [where, bytes, what, path]

@@ -61,6 +61,9 @@ from .batches import mini_batches
 from .checkpoints import describe_non_finite, non_finite_tensors
 from .config import (
     KIND_OPTIONS,
+    MAX_INPUT_MEAN,
+    MAX_INPUT_STD,
+    MIN_INPUT_STD,
     MNIST_FAMILY,
     DataConfig,
     ExperimentConfig,
@@ -76,6 +79,7 @@ from .config import (
 )
 from .files import atomic_write
 from .optim import LR_SCHEDULES, OPTIMIZERS
+from .plugins import is_unregistered, unregistered_hint
 from .preflight import check_split_sizes, preflight, resolve_device
 from .progress import progress as progress_of
 from .progress import within
@@ -113,8 +117,11 @@ class Split:
     Shapes and kinds are checked when a split is made (an
     :class:`~eqpdenet.errors.InputError` naming the field): labels ``(N, 1)`` or fewer labels
     than images otherwise trained on without a word (``cross_entropy`` and the count of images
-    read the labels alone) or failed deep in the loss. Values (finite images, labels within a
-    model's classes) are checked where a split is used: :func:`train_model`."""
+    read the labels alone) or failed deep in the loss; images need at least one channel and one
+    pixel. Integer labels of another dtype (``int32``, ``int16``, ``uint8``) are converted to
+    ``int64``, as a data set's are when it is loaded (``cross_entropy`` took ``int32`` labels for
+    a raw error). Values (finite images, labels within a model's classes, two classes or more
+    to train on) are checked where a split is used: :func:`train_model`."""
 
     images: Tensor
     labels: Tensor
@@ -136,6 +143,13 @@ class Split:
         if tuple(self.labels.shape) != (len(self.images),):
             raise InputError(f"a split's labels must have shape ({len(self.images)},), one class "
                              f"per image, got {tuple(self.labels.shape)}")
+        if min(self.images.shape[1:]) < 1:
+            # a (C, H, W) of zero size became model.in_channels or image_size 0, which the
+            # checkpoint's configuration could not be read back with
+            raise InputError(f"a split's images must have at least one channel and one pixel, "
+                             f"got shape {tuple(self.images.shape)} (N, C, H, W)")
+        if self.labels.dtype != torch.int64:
+            self.labels = self.labels.long()  # the one dtype cross_entropy takes for classes
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -223,6 +237,7 @@ def prepare_data(config: DataConfig, data_dir=None, cache_dir=None) -> Data:
     test = Split(dataset.test_images, dataset.test_labels).head(config.test_subset)
     validation = Split(train_x[keep:], train_y[keep:])
     _check_split_classes(config, dataset, train, test, held, validation)
+    train._classes_checked = True  # the checks of splits given through the API: done
     # The pixel statistics are computed when read (Data.pixel_mean): their float64 copy of the
     # training images took twice the float32 set, every time a data set was loaded.
     return Data(train=train, validation=validation, test=test,
@@ -271,11 +286,51 @@ def _check_split_classes(config: DataConfig, dataset: ImageDataset, train: Split
         _check_validation_split(validation, name, hint)
 
 
-def _check_validation_split(validation: Split, name: str, hint: str) -> None:
+def _check_given_classes(data, classes: int | None) -> None:
+    """:func:`_check_split_classes` for splits given through the API (:func:`train_model`,
+    :func:`run_experiment`, :func:`resolve_for_data` with a dict or a :class:`Data` of one's
+    own; those of :func:`prepare_data` were checked there, and are not again): a training split
+    of one class is an :class:`~eqpdenet.errors.InputError` (it trained to "100 %"); classes of
+    ``classes`` (None: not known yet, a given model's) missing from the training split, a test
+    split of one class and a validation split of one class or of fewer than
+    :data:`MIN_VALIDATION_IMAGES` images are a ``RuntimeWarning`` each. Done once per training
+    split (:func:`run_experiment` resolves, then trains)."""
+    train = data["train"]
+    if getattr(train, "_classes_checked", False) or len(train) == 0:
+        return  # an empty training split: _check_training_splits names it
+    name = getattr(data, "name", "") or "the data given"
+    hint = "is the data sorted by class? shuffle it"
+    present = torch.unique(train.labels).tolist()
+    if len(present) < 2:
+        raise InputError(f"the training split of {name} holds class {present[0]} only, and a "
+                         f"classifier needs two ({hint})")
+    if classes is not None and len(present) < classes:
+        lacking = sorted(set(range(classes)) - set(present))
+        shown = ", ".join(map(str, lacking[:10])) + (", ..." if len(lacking) > 10 else "")
+        given = getattr(data, "classes", None) is not None
+        why = ("" if given else "; without Data.classes the model's classes are the largest "
+               "label + 1: number the classes 0 ... K - 1")
+        warn_at_caller(f"the training split of {name} lacks class(es) {shown} of its {classes}: "
+                       f"the model will not learn them ({hint}{why})", RuntimeWarning)
+    test = data.get("test") if hasattr(data, "get") else None
+    if test is not None and len(test):
+        tested = torch.unique(test.labels).tolist()
+        if len(tested) < 2:
+            warn_at_caller(f"the test split of {name} holds class {tested[0]} only: accuracies "
+                           f"measure that class alone ({hint})", RuntimeWarning)
+    validation = data.get("validation") if hasattr(data, "get") else None
+    if validation is not None and len(validation):
+        _check_validation_split(validation, name, hint, given=True)
+    if isinstance(train, Split):
+        train._classes_checked = True
+
+
+def _check_validation_split(validation: Split, name: str, hint: str, given: bool = False) -> None:
     """A ``RuntimeWarning`` where the validation split (the last ``data.validation`` training
-    images of ``name``) holds one class, or fewer than :data:`MIN_VALIDATION_IMAGES` images:
-    its accuracy is that class's alone, or moves in steps of 10 points or more, and selecting an
-    epoch (``train.select_on_validation``) or a study's candidate on it is meaningless."""
+    images of ``name``; ``given``: a split given through the API) holds one class, or fewer
+    than :data:`MIN_VALIDATION_IMAGES` images: its accuracy is that class's alone, or moves in
+    steps of 10 points or more, and selecting an epoch (``train.select_on_validation``) or a
+    study's candidate on it is meaningless."""
     count, held = len(validation), torch.unique(validation.labels).tolist()
     if count >= MIN_VALIDATION_IMAGES and len(held) >= 2:
         return
@@ -286,8 +341,9 @@ def _check_validation_split(validation: Split, name: str, hint: str) -> None:
         remedy = f"hold out {MIN_VALIDATION_IMAGES} images or more"
     else:
         what, why, remedy = (f"class {held[0]} only", "its accuracy measures that class alone",
-                             f"{hint}, or change data.validation")
-    warn_at_caller(f"the validation split of {name} (data.validation = {count}) holds {what}: "
+                             hint if given else f"{hint}, or change data.validation")
+    size = "" if given else f" (data.validation = {count})"
+    warn_at_caller(f"the validation split of {name}{size} holds {what}: "
                    f"{why}, and selecting on it (train.select_on_validation, a study's choice) is "
                    f"meaningless ({remedy})", RuntimeWarning)
 
@@ -461,6 +517,13 @@ def resolve_for_data(config: ExperimentConfig, data: Data | dict) -> ExperimentC
                             if name in data and data[name] is not None])
         classes = int(labels.max()) + 1 if len(labels) else 1
     model.classes = int(classes)
+    # what a model learns from: labels within the classes (a negative label made the classes
+    # of a dict 0), and two classes or more (one trained to "100 %" without a word)
+    for name in ("train", "validation"):
+        split = data.get(name) if hasattr(data, "get") else None
+        if split is not None and len(split):
+            check_classes(split.labels, model.classes)
+    _check_given_classes(data, model.classes)
     standardize = model.standardize
     if standardize == "auto":
         # Decided by the data given where it names itself (a Data of one's own passed with a
@@ -474,11 +537,47 @@ def resolve_for_data(config: ExperimentConfig, data: Data | dict) -> ExperimentC
         # as a TOML value, not as the data's fault
         _check_training_splits(data, None, ("train",))
         pixels = data["train"].images.double()
-        model.input_mean = float(pixels.mean())
-        model.input_std = float(pixels.std()) or 1.0
+        mean = float(pixels.mean())
+        # a configuration that holds the fallback already (run_experiment resolves, then
+        # train_model again) was warned about when it was resolved
+        warned = (given.model.input_mean, given.model.input_std) == (mean, 1.0)
+        model.input_mean, model.input_std = _training_statistics(
+            data, mean, float(pixels.std()), warn=not warned)
+    try:  # what load_checkpoint checks: every checkpoint written from this can be read back
+        model.__post_init__()
+    except ConfigError as error:
+        raise InputError(f"{getattr(data, 'name', '') or 'the data given'} gives a model "
+                         f"configuration that a checkpoint could not be read back with: "
+                         f"{error}") from None
     for line in fields_replaced_by_data(given, config):
         warn_at_caller(line, RuntimeWarning)
     return config
+
+
+def _training_statistics(data, mean: float, std: float,
+                         warn: bool = True) -> tuple[float, float]:
+    """``model.input_mean, input_std`` from the training pixels' ``mean`` and ``std``, within
+    the bounds a configuration takes (:data:`~eqpdenet.app.config.MIN_INPUT_STD` ...): a std
+    below ``MIN_INPUT_STD`` (nearly constant images; 0 for constant ones) is 1, so that the
+    pixels are only shifted, with a ``RuntimeWarning`` where it is not 0 (a std of 1.5e-9
+    trained, then its checkpoint could not be read back); a mean or std beyond the bounds
+    (pixels far outside [0, 1]) is an :class:`~eqpdenet.errors.InputError` naming the data.
+    ``warn``: False where the fallback was warned about already."""
+    name = getattr(data, "name", "") or "the data given"
+    if abs(mean) > MAX_INPUT_MEAN or std > MAX_INPUT_STD:
+        raise InputError(f"the training images of {name} have pixel mean {mean:.3g} and std "
+                         f"{std:.3g}, beyond what model.input_mean and input_std take "
+                         f"(±{MAX_INPUT_MEAN:g}, at most {MAX_INPUT_STD:g}): rescale them "
+                         f"(eqpdenet reads images in [0, 1]; uint8 pixels: images.float() / 255)")
+    if std < MIN_INPUT_STD:
+        if std > 0 and warn:
+            warn_at_caller(f"the training images of {name} are nearly constant (pixel std "
+                           f"{std:.3g}, below the {MIN_INPUT_STD:g} model.input_std takes): "
+                           f"standardised with input_std = 1, as constant images are (the "
+                           f"pixels shifted by their mean only); they carry almost nothing to "
+                           f"learn from", RuntimeWarning)
+        std = 1.0
+    return mean, std
 
 
 @torch.no_grad()
@@ -722,9 +821,13 @@ def data_parallel_group(backend: str, *, join_seconds: float | None = None,
                         **init) -> Iterator[tuple[int, int]]:
     """The ``torch.distributed`` process group in which :func:`train_model` trains with
     DistributedDataParallel (``eqpdenet train --distributed`` under torchrun). Initialised on
-    entry, yielding ``(rank, world size)``; on exit the ranks meet at a barrier (when the body
-    ended without an exception: a peer that stopped would never arrive) and the group is
-    destroyed.
+    entry, yielding ``(rank, world size)``; on exit the ranks meet (when the body ended without
+    an exception: a peer that stopped would never arrive) and the group is destroyed. They meet
+    through the job's store, with no deadline, between whose looks signals are handled
+    (:class:`~eqpdenet.app.ranks.RankWaits`: rank 0 may evaluate alone for longer than
+    torch's 30-minute collective timeout); a body's exception is told to the ranks that wait
+    there, which then stop with ``rank R stopped: ...``. Inside the block,
+    :func:`~eqpdenet.app.ranks.current_rank_waits` waits for work of one rank alone.
 
     Without ``init_method`` or ``store`` in ``init`` (which, like the rest of ``init``, go to
     ``init_process_group``), the ranks meet through torchrun's environment
@@ -759,10 +862,16 @@ def data_parallel_group(backend: str, *, join_seconds: float | None = None,
         # From here on the store serves the group: torch's timeout, as init_process_group sets it.
         store.set_timeout(init.get("timeout") or torch.distributed.constants.default_pg_timeout)
         init = dict(init, store=store, rank=env.rank, world_size=env.world_size)
+    from .ranks import rank_waits
+
     torch.distributed.init_process_group(backend, **init)
     try:
-        yield torch.distributed.get_rank(), torch.distributed.get_world_size()
-        torch.distributed.barrier()
+        # Leaving, the ranks wait for each other through the store, without a deadline: the
+        # others wait there while rank 0 evaluates alone, which can take longer than the
+        # barrier's timeout (torch's 30 minutes), and that ended the run.
+        with rank_waits():
+            yield torch.distributed.get_rank(), torch.distributed.get_world_size()
+        torch.distributed.barrier()  # every rank is there: at once
     finally:
         torch.distributed.destroy_process_group()
 
@@ -807,11 +916,16 @@ def train_model(
     train: TrainConfig = config.train
     device = resolve_device(train.device)
     resolved = resolve_for_data(config, data) if model is None else None
+    if resolved is None:  # a given model: its classes are known at the first batch
+        _check_given_classes(data, None)
     if resolved is not None:
         # The memory check again, at the data's image size and on its number of training images
         # (without it, a batch of train.batch_size images was assumed: a set of 16 images of
         # 512x512 was refused for 75 GiB where its one batch needs 9).
-        preflight([resolved], None, images=len(data["train"]))
+        # Evaluation's passes: at most as many images as its largest split (else 128).
+        splits = [data.get(s) for s in ("test", "validation")] if hasattr(data, "get") else []
+        preflight([resolved], None, images=len(data["train"]),
+                  tests=max((len(s) for s in splits if s is not None), default=None))
     check_augment_for_image(train, int(data["train"].images.shape[-1]))
     # Seeding and the draws of the initial weights as one step (the lock of every user of the
     # global generator in eqpdenet): another thread's training, or a fork_rng restoring its saved
@@ -875,8 +989,10 @@ def train_model(
     average = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(train.weight_average))
                if train.weight_average else None)
     evaluated = model if average is None else average.module
+    splits = ("train", "validation") if has_validation else ("train",)
     gpu = (accelerate.EpochRunner(model, optimizer, scheduler, images, labels, train.batch_size,
-                                  train.grad_clip, forward=forward)
+                                  train.grad_clip, forward=forward,
+                                  loss_fn=_first_batch_checked(data, splits))
            if accelerate.applies_to(device) and parallel is None and train.augment.is_identity
            and average is None and blur.is_off
            else None)
@@ -906,10 +1022,9 @@ def train_model(
                     blurred = blurred[offset:offset + len(x)]
                 # One forward pass for the batch and its copies: one set of batch-norm statistics.
                 logits = forward(torch.cat([x, blurred]) if len(blurred) else x)
+                if epoch == 0 and done == 1:  # every model's, a family of one's own included
+                    _check_first_logits(logits, len(x) + len(blurred), data, splits)
                 logits, logits_blurred = logits[:len(x)], logits[len(x):]
-                if epoch == 0 and done == 1 and resolved is None:  # a given model's classes
-                    for split in ("train", "validation") if has_validation else ("train",):
-                        check_classes(data[split].labels, logits.shape[1])
                 penalty = (relative_change(logits[:len(blurred)], logits_blurred).sum()
                            if pairs else None)
                 if parallel is None:
@@ -932,7 +1047,8 @@ def train_model(
                         batch_penalty = batch_penalty / pairs
                 if not torch.isfinite(batch_loss) or (pairs and not torch.isfinite(batch_penalty)):
                     # in every process at once: none waits forever
-                    raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}")
+                    raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}; "
+                                             f"{_divergence_remedy(train)}")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if train.grad_clip:
@@ -969,11 +1085,12 @@ def train_model(
             # A finite loss can hide weights or buffers gone non-finite (a batch-norm running
             # variance overflowed while the normalised batch still gave a finite loss): checked at
             # every epoch's end, so that a diverged run stops at the epoch where it diverged.
-            _check_finite(model, epoch, history, record)
+            _check_finite(model, epoch, history, record, remedy=_divergence_remedy(train))
             if has_validation:
                 if average is not None:
                     _average_batch_norm(average, images, train, device)
-                    _check_finite(average.module, epoch, history, record, "the weights' average")
+                    _check_finite(average.module, epoch, history, record, "the weights' average",
+                                  _divergence_remedy(train))
                 record["validation_accuracy"] = 100.0 * accuracy(evaluated, validation)
                 if train.select_on_validation and record["validation_accuracy"] > best[0]:
                     best = (record["validation_accuracy"], copy.deepcopy(evaluated.state_dict()),
@@ -999,6 +1116,34 @@ def train_model(
         model.load_state_dict(best[1])
         history.append({"selected_epoch": best[2], "validation_accuracy": best[0]})
     return model, history
+
+
+def _check_first_logits(logits, count: int, data, splits: tuple[str, ...]) -> None:
+    """The first batch's ``logits`` for ``count`` images checked as evaluation checks them
+    (:func:`~eqpdenet.analysis.predictions._check_logits`: a tensor ``(count, K)``), then every
+    label of ``splits`` against the ``K`` classes: an :class:`~eqpdenet.errors.InputError`
+    naming what the model returned. A model of one's own returning ``(B, K, 1, 1)``, a tuple,
+    ``(B,)`` or too few logits failed in the loss with a raw error read as eqpdenet's bug."""
+    from ..analysis.predictions import _check_logits
+
+    _check_logits(logits, count)
+    for split in splits:
+        check_classes(data[split].labels, logits.shape[1])
+
+
+def _first_batch_checked(data, splits: tuple[str, ...]) -> Callable[[Tensor, Tensor], Tensor]:
+    """``F.cross_entropy`` that checks the logits of its first call (:func:`_check_first_logits`):
+    the loss of the GPU epochs (:class:`~eqpdenet.app.accelerate.EpochRunner`), which compute
+    the logits where the CPU loop cannot see them. Shapes only: no host read in later steps."""
+    checked = []
+
+    def loss(logits, labels: Tensor) -> Tensor:
+        if not checked:
+            _check_first_logits(logits, len(labels), data, splits)
+            checked.append(True)
+        return F.cross_entropy(logits, labels)
+
+    return loss
 
 
 def _check_training_splits(data, classes: int | None,
@@ -1027,16 +1172,26 @@ def _check_training_splits(data, classes: int | None,
             check_classes(split.labels, classes)
 
 
+def _divergence_remedy(train: TrainConfig) -> str:
+    """What may keep a diverging run finite, in words: a smaller ``train.lr`` or a
+    ``train.grad_clip``, and where ``train.weight_decay`` is on, a smaller decay (with SGD it
+    adds ``weight_decay * w`` to every gradient; :data:`~eqpdenet.app.config.DECAY_BOUNDS`)."""
+    decay = (f", or a smaller train.weight_decay (now {train.weight_decay:g}, at train.lr = "
+             f"{train.lr:g})" if train.weight_decay else "")
+    return f"training diverged (a smaller train.lr, or train.grad_clip{decay}, may keep it finite)"
+
+
 def _check_finite(model: nn.Module, epoch: int, history: list[dict], record: dict,
-                  what: str = "the model's") -> None:
+                  what: str = "the model's",
+                  remedy: str = "training diverged (a smaller train.lr, or train.grad_clip, may "
+                                "keep it finite)") -> None:
     """A ``FloatingPointError`` (carrying ``history``, the epochs done, ``record`` the last)
     when a parameter or buffer of ``model`` (batch-norm statistics included) is not all finite
     after ``epoch`` (0-based), naming the first such tensor."""
     bad = non_finite_tensors(model.state_dict())
     if bad:
         error = FloatingPointError(f"{what} parameters or buffers are not all finite after epoch "
-                                   f"{epoch + 1} ({describe_non_finite(bad)}); training diverged (a smaller "
-                                   f"train.lr, or train.grad_clip, may keep it finite)")
+                                   f"{epoch + 1} ({describe_non_finite(bad)}); {remedy}")
         error.history = [*history, record]
         raise error
 
@@ -1395,6 +1550,9 @@ def load_checkpoint(path: Path, device: str = "cpu") -> tuple[nn.Module, Experim
     try:
         config = from_dict(ExperimentConfig, payload["config"])
     except ConfigError as error:
+        if is_unregistered(str(error)):  # a plugin's name: the configuration may be sound
+            raise CheckpointError(f"{path}: the saved configuration names what this process "
+                                  f"does not know: {unregistered_hint(error)}") from None
         raise CheckpointError(f"{path}: the saved configuration is invalid: {error}") from None
     model = build_model(config.model)
     try:  # loading migrates older layouts (EulerStep._load_from_state_dict): try it first

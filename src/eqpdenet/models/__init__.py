@@ -8,7 +8,8 @@ the smallest image it takes (``min_image_size``, checked in its constructor by
 :data:`MODELS` maps a model kind (the configuration's ``model.kind``) to its class;
 :func:`build_model` builds one from keyword arguments, passing each class only the arguments its
 constructor takes (so one configuration table can describe every kind); an argument that no kind
-takes is a ConfigError naming it.
+takes is a ConfigError naming it. A family is checked when it is registered
+(:class:`ModelRegistry`): a class or a factory, every parameter of which has a default.
 """
 
 from __future__ import annotations
@@ -30,14 +31,57 @@ from .lifted_pde import LiftedPDEConfig, LiftedPDENet, M2Lift
 from .perceptron import FCNN, Standardize, count_parameters, perceptron
 from .pooling import AntiAliasedDownsample, OrientationMaxPool
 
-__all__ = ["CNN", "FCNN", "GCNN", "MODELS", "AntiAliasedDownsample", "CNNConfig", "EqPdeNet",
+__all__ = ["CNN", "FCNN", "GCNN", "MODELS", "AntiAliasedDownsample", "ModelRegistry", "CNNConfig", "EqPdeNet",
            "GCNNConfig", "InvariantPDEConfig", "InvariantPDENet", "LiftedPDEConfig", "LiftedPDENet",
            "M2Lift", "ModelInput", "OrientationMaxPool", "Standardize", "build_model",
            "check_model_input", "count_parameters", "min_image_size", "perceptron",
            "require_image_size"]
 
+class ModelRegistry(Registry):
+    """The registry of model families: each item is what :func:`build_model` calls with the
+    options its constructor names, ``item(**options)`` (a class or a factory function). Refused
+    when registered, in one :class:`~eqpdenet.errors.ConfigError` naming the family (not met as
+    a raw ``TypeError`` when a run builds it): an ``nn.Module`` instance (register its class),
+    and a parameter without a default (a configuration passes only the options of its model
+    table that the constructor names, and ``build_model(kind)`` none, so such a parameter could
+    be missing from every call; a family of one's own keeps its defaults), or a positional-only
+    one (never passed). A callable whose signature Python cannot read is accepted unchecked."""
+
+    def register(self, name: str, item=None, *, replace: bool = False):
+        if item is not None and isinstance(name, str):
+            _check_family(name, item)
+        return super().register(name, item, replace=replace)
+
+
+def _check_family(name: str, item) -> None:
+    """The checks of :class:`ModelRegistry` of ``item`` registered as ``name``."""
+    where = f"a model {name!r}"
+    if isinstance(item, nn.Module):
+        raise ConfigError(f"{where} must be a class or a factory that build_model calls with the "
+                          f"options, got an instance of {type(item).__qualname__}: register the "
+                          f"class ({type(item).__qualname__}) itself")
+    if not callable(item):  # the registry's own check names it (Registry.check_item)
+        return
+    try:
+        parameters = inspect.signature(item).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: accepted unchecked
+        return
+    shown = getattr(item, "__qualname__", None) or type(item).__name__
+    for parameter in parameters:
+        if parameter.kind == parameter.POSITIONAL_ONLY:
+            raise ConfigError(f"{where} ({shown}): its parameter {parameter.name!r} is "
+                              f"positional-only; build_model passes the options by name")
+        if parameter.default is parameter.empty and parameter.kind in (
+                parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+            raise ConfigError(f"{where} ({shown}): its parameter {parameter.name!r} has no "
+                              f"default; build_model passes only the options of the "
+                              f"configuration's model table that the constructor names (none "
+                              f"to build_model(kind)), so give it a default "
+                              f"({parameter.name}=...)")
+
+
 #: Model kinds: name -> class (``kind(**options)`` builds one).
-MODELS: Registry[type[nn.Module]] = Registry("model")
+MODELS: Registry[type[nn.Module]] = ModelRegistry("model")
 MODELS.register("eqpdenet", EqPdeNet)
 MODELS.register("fcnn", FCNN)
 MODELS.register("cnn", CNN)

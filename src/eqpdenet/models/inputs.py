@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import numbers
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -150,7 +151,12 @@ def family_options(value, options_type: type, name: str):
     fields there are); anything else is a ConfigError naming ``name`` and the type, not an
     AttributeError from deep inside the constructor. In every case each field declared ``bool``
     must be ``True`` or ``False`` (:func:`require_bools`, a ConfigError naming
-    ``name.field``)."""
+    ``name.field``), each declared ``int`` an integer, ``float`` a real number and ``str`` a
+    string (the same error: a mapping's ``{"width": "8"}`` would otherwise reach the family as
+    a string); and a field without a default that the mapping (or None) does not give is a
+    ConfigError naming it, not a ``TypeError`` from the dataclass's constructor."""
+    if value is None or isinstance(value, Mapping):
+        _require_given(value or {}, options_type, name)
     if value is None:
         return options_type()
     if isinstance(value, options_type):
@@ -166,4 +172,42 @@ def family_options(value, options_type: type, name: str):
                           f"mapping of its fields, got {type(value).__name__}")
     if dataclasses.is_dataclass(options):
         require_bools(options, f"{name}.")
+        _require_scalar_types(options, f"{name}.")
     return options
+
+
+def _require_given(value: Mapping, options_type: type, name: str) -> None:
+    """A ConfigError naming the fields of the dataclass ``options_type`` that have no default
+    and that ``value`` does not give."""
+    if not dataclasses.is_dataclass(options_type):
+        return
+    missing = [spec.name for spec in dataclasses.fields(options_type)
+               if spec.init and spec.name not in value
+               and spec.default is dataclasses.MISSING
+               and spec.default_factory is dataclasses.MISSING]
+    many = len(missing) > 1
+    require(not missing, name, f"{options_type.__name__}'s field{'s' * many} "
+            f"{', '.join(missing)} {'have' if many else 'has'} no default: give "
+            f"{'them' if many else 'it'} ("
+            + ", ".join(f"{field} = ..." for field in missing) + ")")
+
+
+#: The scalar field types :func:`_require_scalar_types` checks: declared type (the class or its
+#: name, under ``from __future__ import annotations``) -> (accepted types, words).
+_SCALAR_TYPES = {"int": ((numbers.Integral,), "an integer"),
+                 "float": ((numbers.Real,), "a number"),
+                 "str": ((str,), "a string")}
+
+
+def _require_scalar_types(config, prefix: str) -> None:
+    """Every field of the dataclass ``config`` declared ``int``, ``float`` or ``str`` holds one
+    (``bool`` is not a number here), else a ConfigError naming ``prefix + name``."""
+    for spec in dataclasses.fields(config):
+        declared = spec.type if isinstance(spec.type, str) else getattr(spec.type, "__name__", "")
+        if declared not in _SCALAR_TYPES:
+            continue
+        accepted, words = _SCALAR_TYPES[declared]
+        value = getattr(config, spec.name)
+        numeric = declared != "str"
+        require(isinstance(value, accepted) and not (numeric and isinstance(value, bool)),
+                prefix + spec.name, f"must be {words}, got {type(value).__name__} {value!r}")

@@ -60,12 +60,24 @@ class Standardize(nn.Module):
                 f"standard deviations from the statistics the model was built for "
                 f"(input_mean={self.mean:g}, input_std={self.std:g})")
 
-    @staticmethod
-    def _likely_cause(low: float, high: float) -> str:
+    def _likely_cause(self, low: float, high: float) -> str:
         # Only values outside [0, 1] point at the scale; inside it, the statistics are what
-        # does not fit (data sets other than MNIST with the MNIST defaults, or sparse images).
+        # does not fit. MNIST's defaults cannot be 20 stds from a pixel in [0, 1] (2.8 at
+        # most), so a mean within [0, 1] and a std below 0.5 are the statistics of nearly
+        # constant or sparse images: often the training split's own (model.standardize =
+        # 'train', or 'auto' on a data set other than MNIST's), where recommending 'train'
+        # named the setting already in force. Only a mean outside [0, 1] or a std above 0.5,
+        # which no image in [0, 1] has, are certainly not the images' statistics.
         if high > 1.5 or low < -0.5:
             return "images at 0-255 instead of 0-1?"
+        if 0.0 <= self.mean <= 1.0 and self.std < 0.5:
+            return (f"the images lie in [0, 1] and input_std = {self.std:g} is small: the "
+                    f"statistics of nearly constant or sparse images (most pixels at one value), "
+                    f"as the training split's own are for such data (model.standardize = "
+                    f"'train', or 'auto' on a data set other than MNIST's), put the rarer "
+                    f"pixels that far out, which is expected of such data; statistics set by "
+                    f"hand (model.standardize = 'fixed') that do not describe the images: "
+                    f"model.standardize = 'train' takes the training split's")
         return ("the images lie in [0, 1] but input_mean/input_std do not describe them: "
                 "model.standardize = 'train' takes the training split's")
 
