@@ -241,6 +241,7 @@ def _train_distributed(args) -> int:
     from .files import atomic_write
     from .locks import hold
     from .preflight import preflight
+    from .ranks import collective_failure, current_rank_waits, lost_rank_text
     from .runfolder import RUN_FILES, check_replaceable, output_path, staged
     from .training import (
         data_parallel_group,
@@ -265,49 +266,63 @@ def _train_distributed(args) -> int:
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)
     out = output_path(args.out)
-    with data_parallel_group("nccl" if device.type == "cuda" else "gloo"):
-        _same_on_every_rank("configuration", _rank_configuration(config))
-        with contextlib.ExitStack() as stack:
-            problem, data = None, None
-            if rank == 0:  # the checks and the data (ROTMNIST's cache) first, in rank 0 alone
-                try:
-                    stack.enter_context(hold(out, "train"))
-                    check_replaceable(out, RUN_FILES)
-                    preflight([config], out, at_data=True, data_dir=args.data_dir,
-                              cache_dir=args.cache_dir)
-                    data = prepare_data(config.data, args.data_dir, args.cache_dir)
-                except Exception as error:
-                    problem = error
-            status = [None if problem is None else f"{type(problem).__name__}: {problem}"]
-            dist.broadcast_object_list(status, src=0)  # so no rank waits for one that stopped
-            if problem is not None:
-                raise problem
-            if status[0] is not None:
-                raise ConfigError(f"rank 0 stopped: {status[0]}")
-            if rank != 0:
-                try:
-                    data = prepare_data(config.data, args.data_dir, args.cache_dir)
-                except Exception as error:  # told to the others below, then raised
-                    data = error
-            _same_on_every_rank("data", data if isinstance(data, Exception) else _data_summary(data))
-            if rank != 0:
-                try:
-                    train_model(config, data, progress=False)
-                except (NonFiniteStateError, FloatingPointError):
-                    pass  # rank 0 (the same loss, the same parameters) records the divergence
-                return 0  # leaving the group waits for rank 0's files
-            stage = stack.enter_context(staged(out))  # the run replaces the folder as a unit
-            record = run_experiment(config, data, progress=not args.no_progress,
-                                    checkpoint=stage / "model.pt")
-            record["processes"] = dist.get_world_size()
-            atomic_write(stage / "config.toml", to_toml(config).encode())
-            atomic_write(stage / "result.json",
-                         (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
-            # Where a watchdog, not the kernel, ends an orphan (not Linux), the launcher may have
-            # died since it last looked: end as an interrupt does (the staging folder removed,
-            # the folder untouched) rather than commit a run that nobody awaits.
-            if os.getppid() != launcher:
-                raise KeyboardInterrupt
+    # All the ranks on this machine load the whole data set: on CPUs they share its memory (on
+    # GPUs each has its own device; their host memory is left to the check of one rank).
+    ranks_here = _local_ranks() if device.type == "cpu" else 1
+    finished = False  # this rank's part done (rank 0: the result written)
+    try:
+        with data_parallel_group("nccl" if device.type == "cuda" else "gloo"):
+            waits = current_rank_waits()
+            _same_on_every_rank("configuration", _rank_configuration(config))
+            with contextlib.ExitStack() as stack:
+                data = None
+                if rank == 0:  # the checks and the data (ROTMNIST's cache) first, in rank 0 alone
+                    try:
+                        stack.enter_context(hold(out, "train"))
+                        check_replaceable(out, RUN_FILES)
+                        _preflight_ranks(preflight, config, out, ranks_here, args)
+                        data = prepare_data(config.data, args.data_dir, args.cache_dir)
+                    except Exception as error:
+                        waits.done("checked", f"{type(error).__name__}: {error}")
+                        raise
+                    waits.done("checked")
+                else:  # for as long as rank 0 takes (a generated ROTMNIST), no deadline
+                    waits.wait_for("checked")
+                    try:
+                        data = prepare_data(config.data, args.data_dir, args.cache_dir)
+                    except Exception as error:  # told to the others below, then raised
+                        data = error
+                _same_on_every_rank("data", data if isinstance(data, Exception)
+                                    else _data_summary(data))
+                if rank != 0:
+                    try:
+                        train_model(config, data, progress=False)
+                    except (NonFiniteStateError, FloatingPointError):
+                        pass  # rank 0 (the same loss, the same parameters) records the divergence
+                    finished = True
+                    return 0  # leaving the group waits for rank 0's files, without a deadline
+                stage = stack.enter_context(staged(out))  # the run replaces the folder as a unit
+                record = run_experiment(config, data, progress=not args.no_progress,
+                                        checkpoint=stage / "model.pt")
+                record["processes"] = dist.get_world_size()
+                atomic_write(stage / "config.toml", to_toml(config).encode())
+                atomic_write(stage / "result.json",
+                             (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+                # Where a watchdog, not the kernel, ends an orphan (not Linux), the launcher may
+                # have died since it last looked: end as an interrupt does (the staging folder
+                # removed, the folder untouched) rather than commit a run that nobody awaits.
+                if os.getppid() != launcher:
+                    raise KeyboardInterrupt
+            finished = True
+    except Exception as error:
+        if not collective_failure(error):
+            raise
+        # gloo's own text ("Connection reset by peer ... GLHF!") read as a bug of eqpdenet
+        after = ("after this rank's part was done (rank 0 writes the result: see its line)"
+                 if rank != 0 else f"after the result was written to {out}")
+        raise ConfigError(f"rank {rank}: another rank of --distributed stopped or was lost "
+                          f"({lost_rank_text(error)}); "
+                          + (after if finished else "no result was written")) from None
     if record["status"] != "ok":
         print(f"eqpdenet: training failed: {record['error']}", file=sys.stderr)
         return 1
@@ -315,6 +330,31 @@ def _train_distributed(args) -> int:
           f"({record['train_seconds']:.0f} s, {record['processes']} processes) -> "
           f"{out / 'model.pt'}")
     return 0
+
+
+def _local_ranks() -> int:
+    """The ranks of the job on this machine: torchrun's ``LOCAL_WORLD_SIZE``, else 1 (ranks
+    started by hand, each counted where it runs)."""
+    value = os.environ.get("LOCAL_WORLD_SIZE", "").strip()
+    if not value:
+        return 1
+    try:
+        ranks = int(value)
+    except ValueError:
+        ranks = 0
+    if ranks < 1:
+        raise ConfigError(f"LOCAL_WORLD_SIZE={value!r}: expected a positive integer, the ranks of "
+                          f"the job on this machine (torchrun sets it)")
+    return ranks
+
+
+def _preflight_ranks(preflight, config: ExperimentConfig, out: Path, ranks: int, args) -> None:
+    """The preflight of ``train --distributed`` in rank 0: for ``ranks`` processes on this
+    machine, each loading the whole data set and holding PyTorch (the memory of ``--jobs
+    ranks`` workers; each trains on its share of a batch, so the step is counted high), one
+    checkpoint written; a refusal names the ranks and torchrun's remedy."""
+    preflight([config] * ranks, out, jobs=ranks, checkpoints=1, at_data=True,
+              data_dir=args.data_dir, cache_dir=args.cache_dir, processes="ranks")
 
 
 def _rank_configuration(config: ExperimentConfig) -> dict:
@@ -536,8 +576,17 @@ def _executor(args):
     """The executor of ``--executor``/``--address``/``--cpus-per-run``; Ray's absence and a
     cluster address where no head answers are found here, before any work."""
     from .distributed import Executor, check_address, import_ray
+    from .sweeps import check_jobs
 
-    executor = Executor(args.executor, args.address, args.cpus_per_run)
+    # An option of the other executor would be ignored without a word: refused, as --address is.
+    # (--cpus-per-run defaults to None so that a typed value is told from the default.)
+    if args.cpus_per_run is not None and args.executor != "ray":
+        raise ConfigError(f"--cpus-per-run {args.cpus_per_run} is for --executor ray (the local "
+                          f"executor gives each of --jobs processes an equal share of this "
+                          f"machine's CPUs)")
+    executor = Executor(args.executor, args.address,
+                        1 if args.cpus_per_run is None else args.cpus_per_run)
+    check_jobs(args.jobs, executor)  # --jobs > 1 with --executor ray
     if executor.kind == "ray":
         import_ray()
         check_address(executor.address)  # a head that is not there: refused in seconds
@@ -754,8 +803,8 @@ def _report(args) -> int:
 def _reproduce_config_problem(folder: Path) -> str:
     """Why ``folder``'s ``config.toml`` does not tell a reproduce sweep's runs, one line naming
     the file (missing, or the error reading it gives, with a plugin's hint)."""
-    from .benchmark import unregistered_hint
     from .config import ReproduceConfig, load_toml
+    from .plugins import unregistered_hint
 
     path = folder / "config.toml"
     if not path.is_file():
@@ -1082,8 +1131,9 @@ def _add_executor(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", metavar="HOST:PORT|auto",
                         help="with --executor ray: the cluster's head ('auto': the cluster this "
                              "machine is in; default: a Ray instance started here)")
-    parser.add_argument("--cpus-per-run", type=_positive_int, default=1,
-                        help="with --executor ray: CPUs (torch threads) each run declares")
+    parser.add_argument("--cpus-per-run", type=_positive_int,
+                        help="with --executor ray: CPUs (torch threads) each run declares "
+                             "(default 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1265,6 +1315,30 @@ RAY_LOSSES = ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError", "Object
               "OwnerDiedError", "RaySystemError")
 
 
+#: The module whose batches of EVALUATION_BATCH images evaluation and validation predict.
+_PREDICTIONS_MODULE = os.path.join("eqpdenet", "analysis", "predictions.py")
+
+
+def _memory_phase(error: BaseException) -> str | None:
+    """Where an allocation failed: ``"evaluation"`` in a prediction (the run's evaluation, or
+    an epoch's validation: batches of EVALUATION_BATCH images, whatever train.batch_size),
+    ``"training"`` elsewhere, None where the frames are unknown (a ``--jobs`` worker's and a
+    Ray task's are read from the remote traceback they carry)."""
+    import traceback
+
+    frames = [frame.f_code.co_filename for frame, _ in traceback.walk_tb(error.__traceback__)]
+    # a --jobs worker's (concurrent.futures) or a Ray task's (distributed.RemoteTraceback)
+    remote = error.__cause__ if type(error.__cause__).__name__ in (
+        "_RemoteTraceback", "RemoteTraceback") else None
+    if any(name.endswith(_PREDICTIONS_MODULE) for name in frames) or (
+            remote is not None and _PREDICTIONS_MODULE in str(remote)):
+        return "evaluation"
+    if remote is not None or any(os.path.join("eqpdenet", "app", "training.py") in name
+                                 for name in frames):
+        return "training"
+    return None
+
+
 def _allocation_failed(error: BaseException) -> str | None:
     if not isinstance(error, RuntimeError):
         return None
@@ -1302,11 +1376,23 @@ def describe_error(error: BaseException) -> tuple[str, int]:
         text, status = (f"a Ray worker or node was lost more often than a run is retried "
                         f"({type(error).__name__}); rerun the command to resume"), 2
     elif isinstance(error, MemoryError) or _allocation_failed(error):
+        from ..analysis.predictions import EVALUATION_BATCH
+
         wanted = _allocation_failed(error)
-        text, status = (f"out of memory{f' ({wanted})' if wanted else ''}; lower "
-                        f"train.batch_size, the model's width or depth (of a PDE model, its "
-                        f"Euler steps: model.layer.T / dt, or the blocks of invariant_pde and "
-                        f"lifted_pde) or --jobs"), 2
+        model = ("the model's width or depth (of a PDE model, its Euler steps: model.layer.T / "
+                 "dt, or the blocks of invariant_pde and lifted_pde)")
+        phase = _memory_phase(error)
+        if phase == "evaluation":
+            remedy = (f"in evaluation, which predicts batches of {EVALUATION_BATCH} images "
+                      f"whatever train.batch_size (lowering it does not help): lower {model} "
+                      f"or --jobs")
+        elif phase == "training":
+            remedy = f"lower train.batch_size, {model} or --jobs"
+        else:  # an error without its frames: either
+            remedy = (f"lower train.batch_size, {model} or --jobs (train.batch_size does not "
+                      f"help where it failed in evaluation or validation, which predict "
+                      f"batches of {EVALUATION_BATCH} images whatever it)")
+        text, status = f"out of memory{f' ({wanted})' if wanted else ''}; {remedy}", 2
     elif isinstance(error, OSError) and not isinstance(error, EqPdeNetError) and error.strerror:
         where = f": {error.filename}" if error.filename else ""
         text, status = f"{write_cause(error)}{where}", 2

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -47,7 +48,7 @@ from ..errors import ConfigError
 from .plugins import plugin_names
 
 __all__ = ["CONNECT_SECONDS", "EXECUTORS", "Executor", "check_address", "import_ray", "ray_session",
-           "run_on_ray"]
+           "run_on_ray", "task_failure"]
 
 EXECUTORS = ("local", "ray")
 
@@ -240,7 +241,8 @@ class Executor:
         kind: ``"local"`` (this machine; ``jobs`` processes) or ``"ray"``.
         address: the Ray cluster: ``None`` starts a Ray instance on this machine for the sweep,
             ``"auto"`` joins the cluster this machine belongs to, ``"HOST:PORT"`` a given head.
-        cpus_per_run: CPUs each Ray task declares, and its torch threads.
+        cpus_per_run: CPUs each Ray task declares, and its torch threads (the local executor
+            takes 1 only: another value is a :class:`ConfigError`, not ignored).
         max_retries: how often Ray reruns a task whose worker died.
     """
 
@@ -256,6 +258,10 @@ class Executor:
             raise ConfigError("--address is for --executor ray")
         if self.cpus_per_run < 1:
             raise ConfigError(f"cpus per run must be >= 1, got {self.cpus_per_run}")
+        if self.cpus_per_run != 1 and self.kind != "ray":  # the local pool would ignore it
+            raise ConfigError(f"--cpus-per-run {self.cpus_per_run} is for --executor ray (the "
+                              f"local executor gives each of --jobs processes an equal share "
+                              f"of this machine's CPUs)")
         if self.max_retries < 0:
             raise ConfigError(f"max retries must be >= 0, got {self.max_retries}")
         cpus = os.cpu_count()
@@ -429,6 +435,53 @@ def ray_session(executor: Executor) -> Iterator[_Session]:
         session.close()
 
 
+class RemoteTraceback(Exception):
+    """The traceback of a Ray task's exception, as text (Ray's, without its terminal colour
+    codes): the cause :func:`run_on_ray` gives the exception it raises, as
+    ``concurrent.futures`` gives a worker's, so that ``EQPDENET_DEBUG=1`` shows where the task
+    failed (and the command line can tell an allocation failure in evaluation from one in
+    training)."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(re.sub(r"\x1b\[[0-9;]*m", "", str(error)))
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.args[0].rstrip()}\n"""'
+
+
+def task_failure(error, key: str) -> BaseException:
+    """The exception that a run's Ray task raised (``error``: Ray's ``RayTaskError``), as the
+    local executor would have raised it, so that the command prints the same one line: Ray's
+    own ``str()`` is the remote traceback, with terminal colour codes, and ``describe_error``
+    flattened it into one line of some 1,500 characters. An eqpdenet error (bad configuration,
+    a plugin that its node cannot import) gets the run's key and the node's address in its
+    message, which can differ between the nodes of a cluster; any other exception (a bug of a
+    model, say) is the task's own, its run named in a note that only its traceback shows
+    (``EQPDENET_DEBUG``). A cause that Ray could not bring back (not serialisable) leaves
+    ``error`` itself."""
+    from ..errors import EqPdeNetError
+
+    cause = getattr(error, "cause", None)
+    if not isinstance(cause, BaseException):
+        return error
+    # The instance ray.get raises (RayTaskError and the cause's class) has no ``ip``; its text
+    # starts "ray::NAME() (pid=7, ip=10.0.0.5)".
+    ip = getattr(error, "ip", None)
+    if not ip:
+        found = re.search(r"\(pid=\d+, ip=([^\s)]+)\)", str(error))
+        ip = found.group(1) if found else None
+    where = f"run {key}" + (f", Ray node {ip}" if ip else "")
+    if isinstance(cause, EqPdeNetError) and len(cause.args) == 1 and isinstance(cause.args[0], str):
+        try:  # the same class (so the same exit status), the message with where it happened
+            named = type(cause)(f"{cause.args[0]} ({where})")
+        except TypeError:  # a class whose constructor takes other arguments
+            named = None
+        if named is not None and str(named) == f"{cause} ({where})":
+            return named
+    cause.add_note(f"(raised in the Ray task of {where})")
+    return cause
+
+
 def run_on_ray(tasks: list[tuple[str, object, Path | None]], runner: Callable[..., dict],
                options: dict, executor: Executor, *, data_dir=None,
                cache_dir=None) -> Iterator[tuple[str, dict]]:
@@ -482,7 +535,10 @@ def run_on_ray(tasks: list[tuple[str, object, Path | None]], runner: Callable[..
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
                     key, checkpoint = pending.pop(ref)
-                    record, model = ray.get(ref)
+                    try:
+                        record, model = ray.get(ref)
+                    except ray.exceptions.RayTaskError as error:
+                        raise task_failure(error, key) from RemoteTraceback(error)
                     if checkpoint is not None and model is not None:
                         atomic_write(checkpoint, model)
                     yield key, record

@@ -65,7 +65,7 @@ from .training import (
 )
 from .workers import refuse_while_starting, worker_pool
 
-__all__ = ["SWEEP_FILES", "changed_runs", "check_before_writing", "check_checkpoints",
+__all__ = ["SWEEP_FILES", "changed_runs", "check_before_writing", "check_checkpoints", "check_jobs",
            "field_differences", "grid", "reproduce", "run_key", "run_sweep",
            "runs_without_checkpoints", "set_aside_lacking"]
 
@@ -210,8 +210,7 @@ def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
     options = runner_options or {}
     runner = runner or run_experiment
 
-    if jobs < 1:
-        raise ConfigError(f"jobs must be >= 1, got {jobs}")
+    check_jobs(jobs, executor)
     parallel = jobs if executor.kind == "local" else 1  # Ray's runs use the cluster's memory
     preflight(dict(todo), out_dir, jobs=parallel, at_data=True,
               checkpoints=sum(key in checkpoint_keys for key, _ in todo), data_dir=data_dir,
@@ -314,6 +313,18 @@ def _run_all(todo, finish, runner, options, checkpoint_for, bar, *, executor, jo
 SWEEP_FILES = ("results.jsonl", "runs")
 
 
+def check_jobs(jobs: int, executor: Executor | None) -> None:
+    """``jobs``, the local pool's size, for ``executor`` (None: the local one): at least 1, and
+    1 with the Ray executor, which places the runs itself (``cpus_per_run`` each), so that a
+    larger number is refused rather than ignored without a word."""
+    if jobs < 1:
+        raise ConfigError(f"jobs must be >= 1, got {jobs}")
+    if jobs > 1 and executor is not None and executor.kind != "local":
+        raise ConfigError(f"--jobs {jobs} is for --executor local (with --executor "
+                          f"{executor.kind}, Ray runs as many runs at once as the cluster's CPUs "
+                          f"hold: --cpus-per-run each)")
+
+
 def check_before_writing(runs: dict[str, ExperimentConfig], out_dir: Path, jobs: int,
                          executor: Executor | None, checkpoint_keys, *,
                          rerun_changed: bool = False,
@@ -336,6 +347,7 @@ def check_before_writing(runs: dict[str, ExperimentConfig], out_dir: Path, jobs:
     cannot run writes nothing (a folder its command made for it is removed again:
     :func:`~eqpdenet.app.runfolder.claiming`); a folder never holds runs of two base
     configurations."""
+    check_jobs(jobs, executor)
     changed = changed_runs({**(others or {}), **runs}, out_dir, base_fingerprint=base_fingerprint,
                            base=base, every_kind=every_kind, data_dir=data_dir)
     if changed and not rerun_changed:
@@ -636,8 +648,7 @@ def reproduce(config: ReproduceConfig, out_dir: Path, *, jobs: int = 1,
     """
     refuse_while_starting("reproduce")  # a script's call without a __main__ guard, in a worker
     out_dir = Path(os.path.realpath(out_dir))
-    if jobs < 1:
-        raise ConfigError(f"jobs must be >= 1, got {jobs}")
+    check_jobs(jobs, executor)
     check_claim(out_dir, "reproduce", legacy=SWEEP_FILES)  # before the lock writes into it
     # a refusal below leaves no folder holding only the claim (runfolder.claiming)
     with claiming(out_dir, "reproduce", legacy=SWEEP_FILES):
