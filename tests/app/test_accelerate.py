@@ -84,8 +84,18 @@ def _runner(kind: str, device: str, **options):
 def test_a_non_finite_loss_is_reported_after_the_epoch():
     _, runner = _runner("fcnn", "cpu", loss_fn=lambda logits, y: F.cross_entropy(logits, y)
                         * float("nan"))
-    with pytest.raises(FloatingPointError, match="non-finite training loss at epoch 3"):
+    with pytest.raises(FloatingPointError, match="^non-finite training loss at epoch 3$"):
         runner.run_epoch(torch.randperm(150, generator=torch.Generator().manual_seed(0)), 2)
+
+
+def test_a_non_finite_loss_says_the_remedy_train_model_gives():
+    # round 14: the CPU loop's message named weight decay among the remedies, this one nothing
+    _, runner = _runner("fcnn", "cpu", loss_fn=lambda logits, y: F.cross_entropy(logits, y)
+                        * float("nan"), remedy="training diverged (a smaller train.lr ...)")
+    with pytest.raises(FloatingPointError, match=r"^non-finite training loss at epoch 1; "
+                                                 r"training diverged \(a smaller train\.lr "
+                                                 r"\.\.\.\)$"):
+        runner.run_epoch(torch.randperm(150, generator=torch.Generator().manual_seed(0)), 0)
 
 
 @pytest.mark.parametrize("kind", ["fcnn", "eqpdenet"])

@@ -81,6 +81,8 @@ class EpochRunner:
             (:func:`~eqpdenet.app.training.compiled_for_training`) so that the runner trains
             through it. It must compute with ``model``'s parameters, which the runner clips,
             steps and restores.
+        remedy: words added to the error of a non-finite training loss (``train_model``
+            passes what may keep the run finite, as its CPU loop says it).
 
     :meth:`run_epoch` ``(order, epoch)`` trains one epoch over ``order`` (a permutation of
     ``range(N)``) and returns ``(summed loss, correct predictions)`` as the CPU loop computes them.
@@ -90,8 +92,11 @@ class EpochRunner:
                  images: Tensor, labels: Tensor, batch_size: int, grad_clip: float = 0.0,
                  loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
                  graphs: bool | None = None,
-                 forward: Callable[[Tensor], Tensor] | None = None):
+                 forward: Callable[[Tensor], Tensor] | None = None, remedy: str = ""):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        #: Said after "non-finite training loss at epoch E" (what may keep the run finite: the
+        #: CPU loop's words, train.lr, grad_clip, weight_decay).
+        self.remedy = remedy
         self.forward = model if forward is None else forward
         self.device = next(model.parameters()).device
         self.images = images.to(self.device)
@@ -241,5 +246,6 @@ class EpochRunner:
             if value == 0:
                 continue
             if position == len(failures) - 1:
-                raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}")
+                raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}"
+                                         + (f"; {self.remedy}" if self.remedy else ""))
             raise NonFiniteStateError(self.names[position], int(value), self.dts[position])

@@ -992,7 +992,8 @@ def train_model(
     splits = ("train", "validation") if has_validation else ("train",)
     gpu = (accelerate.EpochRunner(model, optimizer, scheduler, images, labels, train.batch_size,
                                   train.grad_clip, forward=forward,
-                                  loss_fn=_first_batch_checked(data, splits))
+                                  loss_fn=_first_batch_checked(data, splits),
+                                  remedy=_divergence_remedy(train))
            if accelerate.applies_to(device) and parallel is None and train.augment.is_identity
            and average is None and blur.is_off
            else None)

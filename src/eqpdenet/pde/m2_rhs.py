@@ -659,6 +659,14 @@ class M2SystemRHS(nn.Module):
                     raise ConfigError(f"the M2 right-hand-side term {name!r} "
                                       f"({type(term).__name__}) must return its part of du/dt "
                                       f"in the fields' shape {tuple(x.shape)}, got {got}")
+                # and in their dtype, or a lower precision (autocast's), which the sum promotes
+                # back: a float64 or complex term turned the fields' dtype without a word
+                if (not value.is_floating_point()
+                        or torch.promote_types(x.dtype, value.dtype) != x.dtype):
+                    raise ConfigError(f"the M2 right-hand-side term {name!r} "
+                                      f"({type(term).__name__}) must return its part of du/dt "
+                                      f"in the fields' dtype {x.dtype} (or a lower "
+                                      f"floating-point precision), got {value.dtype}")
                 out = value if out is None else out + value
             return out if x is u else out.to(u.dtype)
         finally:
