@@ -1335,6 +1335,47 @@ CASES = [
          "from an overflow by the message's text)",
          lib("eqpdenet.geometry.scale(torch.rand(1, 1, 8, 8), 0.0)", expect="SingularMapError",
              fragment="factor must be non-zero")),
+    Case("plugin-exits-at-import", "config",
+         "`EQPDENET_PLUGINS` naming a script that calls `sys.exit()` at import (exit 0, nothing "
+         "done)",
+         cli("info", env={**_env(EQPDENET_PLUGINS="exiting_plugin"),
+                          "PYTHONPATH": "{tmp}" + os.pathsep + _env()["PYTHONPATH"]},
+             setup=lambda tmp: (tmp / "exiting_plugin.py").write_text(
+                 "import sys\nsys.exit(0)\n"),
+             fragment="importing 'exiting_plugin' exited", status=2)),
+    Case("weight-decay-amplifies", "config",
+         "`train --set train.weight_decay=1e6` at lr 1e-3 (AdamW multiplied each weight by -999 "
+         "per step; recorded as an ordinary run)",
+         T("--set", "train.weight_decay=1e6", fragment="train.weight_decay",
+           after=_nothing_at("run"))),
+    Case("cpus-per-run-local", "config",
+         "`reproduce --quick --cpus-per-run 2` with the local executor (ignored without a word)",
+         R("--quick", "--cpus-per-run", "2", fragment="--cpus-per-run 2 is for --executor ray",
+           after=_nothing_at("results"))),
+    Case("api-one-class", "library",
+         "`run_experiment` on splits of one class given in Python (trained to \"100 %\")",
+         lib("(lambda tr, cf: tr.run_experiment(cf.ExperimentConfig(model=cf.ModelConfig("
+             "kind='fcnn', hidden=4)), {'train': tr.Split(torch.rand(8, 1, 8, 8), torch.zeros("
+             "8, dtype=torch.long)), 'test': tr.Split(torch.rand(4, 1, 8, 8), torch.zeros(4, "
+             "dtype=torch.long))}))(__import__('eqpdenet.app.training', fromlist=['Split']), "
+             "__import__('eqpdenet.app.config', fromlist=['ModelConfig']))", expect="InputError",
+             fragment="a classifier needs two")),
+    Case("api-int32-labels", "library",
+         "a `Split` with int32 labels (a raw `cross_entropy` error when trained on)",
+         lib("__import__('eqpdenet.app.training', fromlist=['Split']).Split(torch.rand(4, 1, 8, "
+             "8), torch.tensor([0, 1, 0, 1], dtype=torch.int32)).labels.dtype", expect="ok",
+             fragment="torch.int64")),
+    Case("model-registered-instance", "library",
+         "`MODELS.register` of a model instance (a raw TypeError, read as eqpdenet's bug, when a "
+         "run built it)",
+         lib("models.MODELS.register('campaign_instance', models.FCNN(hidden=8))",
+             expect="ConfigError", fragment="register the class")),
+    Case("rate-of-another-dtype", "library",
+         "an `EulerStep` whose right-hand side computes in float64 (a float32 state turned "
+         "float64 without a word)",
+         lib("EulerStep(type('F64', (torch.nn.Module,), {'forward': lambda self, u: -u.double()})"
+             "(), 0.1)(torch.rand(1, 1, 5, 5))", expect="ConfigError",
+             fragment="must return du/dt in the state's dtype torch.float32")),
 ]
 
 
