@@ -4,6 +4,7 @@ them by name (the tests put this folder on the workers' PYTHONPATH)."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 from eqpdenet.app.training import run_experiment
@@ -88,3 +89,21 @@ def data_parallel_worker(rank: int, world: int, port: int, out: str,
             torch.save({"state": model.state_dict(), "history": history}, out)
     left = [name for name in native_threads() or [] if "gloo" in name]
     assert not left, f"rank {rank}: gloo threads outlive the process group: {left}"
+
+
+def finish_ranks(ranks: list[subprocess.Popen], timeout: float = 180) -> list[tuple[int, str, str]]:
+    """Each rank's ``(exit status, stdout, stderr)``; a rank still running at the deadline (a
+    hang) is killed and the test fails."""
+    results = []
+    try:
+        for rank in ranks:
+            out, err = rank.communicate(timeout=timeout)
+            results.append((rank.returncode, out, err))
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"a rank still ran after {timeout:.0f} s: the ranks hang") from None
+    finally:
+        for rank in ranks:
+            if rank.poll() is None:
+                rank.kill()
+                rank.wait()
+    return results

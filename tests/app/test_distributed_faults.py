@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from distributed_helpers import finish_ranks
 from eqpdenet.app.cli import _terminate_as_interrupt, main
 from eqpdenet.app.distributed import Executor, check_address
 from eqpdenet.app.files import read_jsonl
@@ -94,21 +95,8 @@ def start_ranks(out: Path, per_rank: list[list[str]], cwds: list[Path]) -> list[
 
 
 def finish(ranks: list[subprocess.Popen], timeout: float = 180) -> list[tuple[int, str]]:
-    """Each rank's exit status and stderr; a rank still running at the deadline (a hang) is
-    killed and the test fails."""
-    results = []
-    try:
-        for rank in ranks:
-            _, err = rank.communicate(timeout=timeout)
-            results.append((rank.returncode, err))
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"a rank still ran after {timeout:.0f} s: the ranks hang") from None
-    finally:
-        for rank in ranks:
-            if rank.poll() is None:
-                rank.kill()
-                rank.wait()
-    return results
+    """Each rank's exit status and stderr (:func:`finish_ranks`)."""
+    return [(status, err) for status, _, err in finish_ranks(ranks, timeout)]
 
 
 @pytest.mark.parametrize("options, difference", [

@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 from torch.distributed import DistStoreError, TCPStore
 
+from distributed_helpers import finish_ranks
 from eqpdenet.app import cli, distributed, ranks
 from eqpdenet.app.cli import describe_error, main
 from eqpdenet.app.distributed import Executor, RemoteTraceback, run_on_ray, task_failure
@@ -232,27 +233,11 @@ def start_ranks(tmp_path: Path, **extra: str) -> list[subprocess.Popen]:
     return ranks
 
 
-def finish(ranks: list[subprocess.Popen], timeout: float = 180) -> list[tuple[int, str, str]]:
-    results = []
-    try:
-        for rank in ranks:
-            out, err = rank.communicate(timeout=timeout)
-            results.append((rank.returncode, out, err))
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"a rank still ran after {timeout:.0f} s: the ranks hang") from None
-    finally:
-        for rank in ranks:
-            if rank.poll() is None:
-                rank.kill()
-                rank.wait()
-    return results
-
-
 @pytest.mark.slow
 def test_an_evaluation_longer_than_the_collective_timeout_keeps_the_run(tmp_path):
     """The probe's t4.sh with gloo's timeout at 2 s and rank 0's evaluation taking 5 s longer:
     rank 1 waited in the exit barrier and timed out, the run was lost."""
-    (zero, out0, err0), (one, _, err1) = finish(start_ranks(tmp_path, PG_TIMEOUT_S="2",
+    (zero, out0, err0), (one, _, err1) = finish_ranks(start_ranks(tmp_path, PG_TIMEOUT_S="2",
                                                             EVAL_SECONDS="5"))
     assert (zero, one) == (0, 0), err0[-2000:] + err1[-2000:]
     assert "2 processes" in out0
@@ -262,7 +247,7 @@ def test_an_evaluation_longer_than_the_collective_timeout_keeps_the_run(tmp_path
 
 @pytest.mark.slow
 def test_a_rank_lost_in_training_is_one_line_exit_2_nothing_written(tmp_path):
-    (zero, _, err0), (one, _, _) = finish(start_ranks(tmp_path, DIE_IN_TRAINING="1"))
+    (zero, _, err0), (one, _, _) = finish_ranks(start_ranks(tmp_path, DIE_IN_TRAINING="1"))
     assert one == 3
     assert zero == 2, err0[-3000:]
     assert one_line(err0) == ("eqpdenet: error: rank 0: another rank of --distributed stopped "
