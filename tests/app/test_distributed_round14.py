@@ -88,7 +88,7 @@ def test_the_ranks_leave_together_however_long_rank_zero_evaluates(store, monkey
     clock = Clock(monkeypatch, {90: rank0.leave})  # rank 0 arrives after 90 minutes
     rank1.leave()
     assert clock.minutes == 90
-    assert store.add("t/left", 0) == 2
+    rank0.leave()  # rank 0 does not wait on the store: the caller's barrier meets the others
 
 
 def test_a_rank_zero_that_stops_stops_the_waiting_ranks_with_its_error(store, monkeypatch):
@@ -490,3 +490,54 @@ def test_an_oom_without_frames_names_both_phases():
                          "evaluation or validation, which predict batches of 128 images "
                          "whatever it)")
 
+
+#: A rank of ``data_parallel_group`` started by hand (round 14, review of this round's waits):
+#: ``GROUPS`` groups one after the other, each an all-reduce; ``DIE`` makes rank 1 exit inside
+#: the block without a word (a kill -9, the OOM killer).
+GROUP_RANK = textwrap.dedent("""
+    import os, sys, torch
+    rank, port, groups = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank),
+                      WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2")
+    from eqpdenet.app.training import data_parallel_group
+    for group in range(groups):
+        with data_parallel_group("gloo", join_seconds=60) as (r, w):
+            total = torch.ones(1)
+            torch.distributed.all_reduce(total)
+            if r == 1 and os.environ.get("DIE"):
+                os._exit(3)
+        print(f"group {group + 1}: {int(total)}", flush=True)
+""")
+
+
+def group_rank(tmp_path: Path, rank: int, port: int, groups: int, **extra: str):
+    script = tmp_path / "group_rank.py"
+    script.write_text(GROUP_RANK)
+    env = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1", **extra)
+    return subprocess.Popen([sys.executable, str(script), str(rank), str(port), str(groups)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_a_rank_started_afresh_meets_a_rank_zero_on_its_second_group(tmp_path):
+    """Each process counted its own groups for the keys of the waits: a rank 1 started afresh
+    beside a rank 0 on its second group waited on other keys, and both waited forever."""
+    port = free_port()
+    zero = group_rank(tmp_path, 0, port, 2)
+    for _ in range(2):  # rank 1: a new process for each group
+        [(status, out, err)] = finish_ranks([group_rank(tmp_path, 1, port, 1)], timeout=90)
+        assert (status, out) == (0, "group 1: 2\n"), err
+    [(status, out, err)] = finish_ranks([zero], timeout=90)
+    assert (status, out) == (0, "group 1: 2\ngroup 2: 2\n"), err
+
+
+@pytest.mark.slow
+def test_a_rank_that_dies_without_a_word_ends_rank_zero_s_exit_in_seconds(tmp_path):
+    """Rank 0 waited on the store, which it holds itself, for a rank that had died: forever.
+    It now meets the others at the barrier, which gloo ends when a peer is gone."""
+    port = free_port()
+    one = group_rank(tmp_path, 1, port, 1, DIE="1")
+    zero = group_rank(tmp_path, 0, port, 1, DIE="1")
+    (status0, out0, err0), (status1, _, _) = finish_ranks([zero, one], timeout=90)
+    assert status1 == 3 and status0 != 0 and out0 == ""
+    assert "Connection closed by peer" in err0 or "Connection reset by peer" in err0, err0

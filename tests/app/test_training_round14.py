@@ -300,3 +300,20 @@ def test_a_sweep_configuration_naming_an_unknown_scenario_gives_the_hint_once(tm
                                         "'r14_plugin_rot'; available: ")
     assert str(caught.value).endswith(PLUGIN_HINT)
     assert benchmark_config_problem(tmp_path).count("registered by a plugin?") == 1
+
+
+def test_a_training_split_checked_once_is_checked_again_with_other_splits():
+    """Round 14 (review): a flag on the training split, set by a first call, hid the warnings
+    of a later call with another test split."""
+    config = from_dict(ExperimentConfig, {"model": {"kind": "fcnn"}})
+    generator = torch.Generator().manual_seed(0)
+    train = Split(torch.rand(40, 1, 8, 8, generator=generator), torch.arange(40) % 10)
+    good = Split(torch.rand(20, 1, 8, 8, generator=generator), torch.arange(20) % 10)
+    one_class = Split(torch.rand(20, 1, 8, 8, generator=generator),
+                      torch.zeros(20, dtype=torch.long))
+    resolve_for_data(config, {"train": train, "test": good})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resolve_for_data(config, {"train": train, "test": one_class})
+    assert any("the test split of the data given holds class 0 only" in str(w.message)
+               for w in caught)

@@ -19,7 +19,7 @@ import torch
 
 from eqpdenet.analysis.describe import describe_m2_system
 from eqpdenet.errors import ConfigError
-from eqpdenet.models.lifted_pde import LiftedPDEConfig, LiftedPDENet
+from eqpdenet.models.lifted_pde import LiftedPDEConfig, LiftedPDENet, refuse_unstable_steps
 from eqpdenet.pde.integrators import EulerStep
 from eqpdenet.pde.m2_rhs import M2SystemRHS
 
@@ -95,18 +95,41 @@ def test_convection_with_a_velocity_is_unstable_whatever_dt():
     assert report["stable"] is False and "whatever dt" in report["reason"]
 
 
-def test_a_lifted_model_unstable_from_its_first_step_is_refused():
+def test_a_lifted_model_unstable_from_its_first_step_is_refused_before_training():
     config = dict(channels=[2], blocks=[1], terms=["diffusion"])
     with pytest.raises(ConfigError, match=r"^invalid config: lifted_pde\.dt / "
                                           r"lifted_pde\.orientations: stage0\.block0 would be "
                                           r"unstable from its first step \(dt = 1 is above"):
-        LiftedPDENet(LiftedPDEConfig(orientations=24, **config), image_size=16)
-    # the same at a dt within the bound, or at 16 orientations, builds
-    LiftedPDENet(LiftedPDEConfig(orientations=24, dt=0.5, **config), image_size=16)
-    LiftedPDENet(LiftedPDEConfig(orientations=16, **config), image_size=16)
+        refuse_unstable_steps(LiftedPDENet(LiftedPDEConfig(orientations=24, **config),
+                                           image_size=16))
+    # the same at a dt within the bound, or at 16 orientations, passes
+    refuse_unstable_steps(LiftedPDENet(LiftedPDEConfig(orientations=24, dt=0.5, **config),
+                                       image_size=16))
+    refuse_unstable_steps(LiftedPDENet(LiftedPDEConfig(orientations=16, **config), image_size=16))
     # a stage's blocks run on its own orientations (after the pooling), not the lift's 24
-    LiftedPDENet(LiftedPDEConfig(orientations=24, stage_orientations=[12], **config),
-                 image_size=16)
+    refuse_unstable_steps(LiftedPDENet(LiftedPDEConfig(orientations=24, stage_orientations=[12],
+                                                       **config), image_size=16))
+
+
+def test_a_checkpoint_with_stable_trained_coefficients_loads(tmp_path):
+    """Round 14 (review): the check ran when the model was built, so a checkpoint whose trained
+    D was stable could not be loaded (it is built with the initial D first). It now runs where
+    training starts, on the coefficients held then."""
+    from eqpdenet.app.config import ExperimentConfig, build_model
+    from eqpdenet.app.training import load_checkpoint, save_checkpoint
+
+    config = ExperimentConfig()
+    config.model.kind = "lifted_pde"
+    config.model.lifted_pde = LiftedPDEConfig(orientations=24, channels=[2], blocks=[1],
+                                              terms=["network", "diffusion"])
+    model = build_model(config.model)
+    with torch.no_grad():  # trained to a stable D3
+        model.stages[0][0].rhs.terms["diffusion"].weight.fill_(-6.0)   # softplus: 0.0025
+    refuse_unstable_steps(model)
+    save_checkpoint(tmp_path / "model.pt", model, config)
+    loaded = load_checkpoint(tmp_path / "model.pt")[0]
+    assert torch.equal(loaded.stages[0][0].rhs.terms["diffusion"].weight,
+                       model.stages[0][0].rhs.terms["diffusion"].weight)
 
 
 def test_describe_prints_the_check():
@@ -114,3 +137,26 @@ def test_describe_prints_the_check():
                                         1.0, name="s0"))
     assert text.splitlines()[-1] == ("  explicit Euler check, F linearised at U = 0: stable "
                                      "(dt ≤ 5.54)")
+
+
+def test_the_preflight_refuses_it_before_any_run_of_a_sweep_trains():
+    """Round 14 (review): the preflight's models are on the meta device, where the check said
+    "cannot check", so a sweep trained its earlier runs before the lifted one was refused. A
+    model there holds its initial coefficients, which are known."""
+    from eqpdenet.app.config import ExperimentConfig
+    from eqpdenet.app.preflight import preflight
+
+    config = ExperimentConfig()
+    config.model.kind = "lifted_pde"
+    config.model.lifted_pde = LiftedPDEConfig(orientations=24, channels=[2], blocks=[1],
+                                              terms=["diffusion"])
+    with pytest.raises(ConfigError, match=r"^run lifted: invalid config: lifted_pde\.dt / "
+                                          r"lifted_pde\.orientations: stage0\.block0 would be "
+                                          r"unstable"):
+        preflight({"lifted": config}, None)
+    config.model.lifted_pde.dt = 0.5
+    preflight({"lifted": config}, None)
+    with torch.device("meta"):  # the initial coefficients, as built
+        report = EulerStep(M2SystemRHS(2, ("network", "diffusion"), orientations=8,
+                                       normalize_hidden=False), 1.0).stability()
+    assert report["stable"] is True and report["linear_part"]["D3"] == pytest.approx(D0)

@@ -69,6 +69,7 @@ from ..data.datasets import DatasetShape, dataset_shape
 from ..data.mnist import MNIST_FILES
 from ..data.rotmnist import N_TRAIN as ROTMNIST_TRAIN
 from ..errors import ConfigError, OutputFolderError
+from ..models.lifted_pde import refuse_unstable_steps
 from ..pde.layer import PDELayer
 from ..process_state import GLOBAL_RNG_LOCK, quiet_warnings
 from .config import (
@@ -750,6 +751,7 @@ def preflight(runs: Sequence[ExperimentConfig] | Mapping[str, ExperimentConfig],
                 check_for_images(run)
             model = _model(run)
             _check_batches(run, model, known)
+            refuse_unstable_steps(model)  # at its initial coefficients (on the meta device)
         except ConfigError as error:
             where = _which_run(key, side, run)
             if not where:

@@ -22,11 +22,6 @@ __all__ = ["WAIT_POLL", "RankWaits", "collective_failure", "current_rank_waits",
 #: again, in seconds; a signal (Ctrl-C, SIGTERM) is handled between two looks.
 WAIT_POLL = 0.1
 
-#: The groups this process has opened (:func:`rank_waits`): each rank of a job opens the same
-#: sequence, so the number names the same group's keys in every rank (torchrun's agent keeps its
-#: store across the groups of a script and across restarts).
-_GROUPS = [0]
-
 #: The :class:`RankWaits` of the process group open now, if any.
 _WAITS: RankWaits | None = None
 
@@ -91,11 +86,16 @@ class RankWaits:
             raise ConfigError(f"rank {rank} stopped: {value[1:]}")
 
     def leave(self) -> None:
-        """Return once every rank has called this (the group's last meeting, where the others
-        wait for rank 0 to evaluate and write), however long that takes."""
-        key = self.prefix + "left"
-        self.store.add(key, 1)
-        self._wait(lambda: self.store.add(key, 0) >= self.world_size, 0)
+        """The group's last meeting, where the other ranks wait for rank 0 to evaluate and
+        write: they return once rank 0 has called this, however long that takes; rank 0 returns
+        at once, and the caller's barrier then meets them (a collective: a rank that died
+        without a word ends it with gloo's "closed by peer" in seconds, where waiting on the
+        store, which rank 0 holds, would never notice it)."""
+        key = self.prefix + "done/leave"
+        if self.rank == 0:
+            self.store.set(key, "")
+        else:
+            self._wait(lambda: self.store.check([key]), 0)
 
     def stopped(self, error: BaseException) -> None:
         """Tell the waiting ranks that this one stopped, with ``error`` (best effort: the store
@@ -130,15 +130,26 @@ def rank_waits() -> Iterator[RankWaits]:
     """The :class:`RankWaits` of the process group just initialised (``data_parallel_group``),
     for the block; :func:`current_rank_waits` returns it meanwhile. The block's exception is
     told to the waiting ranks (:meth:`RankWaits.stopped`); a block that ends without one ends
-    with :meth:`RankWaits.leave`: the ranks leave together, with no deadline."""
+    with :meth:`RankWaits.leave`: the other ranks wait for rank 0 without a deadline (the
+    caller's barrier follows)."""
     global _WAITS
+    import torch
     import torch.distributed as dist
     from torch.distributed.distributed_c10d import _get_default_store
 
-    _GROUPS[0] += 1
+    # The keys of this group: a number rank 0 draws from the store and sends to every rank (a
+    # collective as the group starts, when every rank is there). A count kept by each process
+    # named different keys in a rank started afresh beside a rank 0 on its second group, and
+    # both waited forever (round 14); torchrun's agent keeps its store across groups and
+    # restarts, so the number is never reused within a job.
+    store = _get_default_store()
+    generation = torch.zeros(1, dtype=torch.int64)
+    if dist.get_rank() == 0:
+        generation += store.add("eqpdenet/waits/generation", 1)
+    dist.broadcast(generation, 0)
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    waits = RankWaits(_get_default_store(), dist.get_rank(), dist.get_world_size(),
-                      f"eqpdenet/waits/{restart}/{_GROUPS[0]}/")
+    waits = RankWaits(store, dist.get_rank(), dist.get_world_size(),
+                      f"eqpdenet/waits/{restart}/{int(generation)}/")
     outer, _WAITS = _WAITS, waits
     try:
         try:

@@ -55,6 +55,7 @@ from ..errors import (
 from ..kernels import resolve_backend
 from ..kernels.cpu import cpu_name, extension_states
 from ..models import MODELS, _constructor_options, count_parameters
+from ..models.lifted_pde import refuse_unstable_steps
 from ..process_state import GLOBAL_RNG_LOCK
 from . import accelerate
 from .batches import mini_batches
@@ -237,7 +238,7 @@ def prepare_data(config: DataConfig, data_dir=None, cache_dir=None) -> Data:
     test = Split(dataset.test_images, dataset.test_labels).head(config.test_subset)
     validation = Split(train_x[keep:], train_y[keep:])
     _check_split_classes(config, dataset, train, test, held, validation)
-    train._classes_checked = True  # the checks of splits given through the API: done
+    train._classes_checked = True  # checked above, with its splits: not again as API splits
     # The pixel statistics are computed when read (Data.pixel_mean): their float64 copy of the
     # training images took twice the float32 set, every time a data set was loaded.
     return Data(train=train, validation=validation, test=test,
@@ -296,7 +297,13 @@ def _check_given_classes(data, classes: int | None) -> None:
     :data:`MIN_VALIDATION_IMAGES` images are a ``RuntimeWarning`` each. Done once per training
     split (:func:`run_experiment` resolves, then trains)."""
     train = data["train"]
-    if getattr(train, "_classes_checked", False) or len(train) == 0:
+    # Once per training split and what it is checked with (the other splits, the classes):
+    # run_experiment resolves, then trains, with the same; a later call with another test
+    # split or class count is checked again (round 14, review: a flag hid its warnings).
+    checked = getattr(train, "_classes_checked", None)
+    key = (id(data.get("test") if hasattr(data, "get") else None),
+           id(data.get("validation") if hasattr(data, "get") else None), classes)
+    if checked is True or checked == key or len(train) == 0:
         return  # an empty training split: _check_training_splits names it
     name = getattr(data, "name", "") or "the data given"
     hint = "is the data sorted by class? shuffle it"
@@ -322,7 +329,7 @@ def _check_given_classes(data, classes: int | None) -> None:
     if validation is not None and len(validation):
         _check_validation_split(validation, name, hint, given=True)
     if isinstance(train, Split):
-        train._classes_checked = True
+        train._classes_checked = key
 
 
 def _check_validation_split(validation: Split, name: str, hint: str, given: bool = False) -> None:
@@ -934,6 +941,7 @@ def train_model(
         torch.manual_seed(train.seed)
         if resolved is not None:
             model = build_model(resolved.model)
+    refuse_unstable_steps(model)  # before any step: an Euler step on M2 unstable as it starts
     model = model.to(device)
     generator = torch.Generator().manual_seed(train.seed)
     # Its own stream, so that augmenting leaves the batch order of the seed unchanged.

@@ -563,9 +563,7 @@ class LiftedPDENet(nn.Module):
                                   normalize_invariants=config.normalize_invariants,
                                   normalize_hidden=config.normalize_hidden,
                                   backend=config.backend, orientations=counts[index + 1])
-                step = EulerStep(rhs, config.dt, name=f"stage{index}.block{block}")
-                _check_initial_stability(step, config)
-                modules.append(step)
+                modules.append(EulerStep(rhs, config.dt, name=f"stage{index}.block{block}"))
             stages.append(nn.Sequential(*modules))
         self.stages = nn.Sequential(*stages)
         self.projection = _OrientationProjection(config.projection, config.channels[-1])
@@ -725,18 +723,26 @@ class LiftedPDENet(nn.Module):
         return self.classifier(self.features(images)).to(images.dtype)
 
 
-def _check_initial_stability(step: EulerStep, config: LiftedPDEConfig) -> None:
-    """A :class:`~eqpdenet.errors.ConfigError` where ``step`` is unstable under explicit Euler at
-    its initial coefficients (:meth:`~eqpdenet.pde.m2_rhs.M2SystemRHS.euler_stability`: the
-    ``diffusion`` term along ``theta`` at many orientations, ``D3 dt > (2 pi / N)^2 / 2``; the
-    diffusion term alone decides where the ``network`` term, not linearised, is there too), which
-    would amplify the rounding of every pass from the first step on, finite for many steps
-    (so no :class:`~eqpdenet.errors.NonFiniteStateError`) and silently wrong."""
-    report = step.stability()
-    if report["stable"] is False or report.get("diffusion_stable") is False:
-        raise ConfigError(f"invalid config: lifted_pde.dt / lifted_pde.orientations: "
-                          f"{step.name} would be unstable from its first step ({report['reason']}"
-                          f"); lower dt, or use fewer orientations")
+def refuse_unstable_steps(model: nn.Module) -> None:
+    """A :class:`~eqpdenet.errors.ConfigError` where an Euler step on M2 of ``model`` is unstable
+    under explicit Euler at the coefficients it holds now
+    (:meth:`~eqpdenet.pde.m2_rhs.M2SystemRHS.euler_stability`: the ``diffusion`` term along
+    ``theta`` at many orientations, ``D3 dt > (2 pi / N)^2 / 2``; the diffusion term alone
+    decides where the ``network`` term, not linearised, is there too). Such a step amplifies the
+    rounding of every pass from its first, finite for many steps (so no
+    :class:`~eqpdenet.errors.NonFiniteStateError`) and silently wrong. Called by the preflight
+    (a model on the meta device: its initial coefficients, before any run of a sweep trains) and
+    where training starts (:func:`~eqpdenet.app.training.train_model`), not when a model is
+    built: a checkpoint whose trained coefficients are stable is built with the initial ones
+    first, and loads."""
+    for step in model.modules():
+        if not (isinstance(step, EulerStep) and isinstance(step.rhs, M2SystemRHS)):
+            continue
+        report = step.stability()
+        if report["stable"] is False or report.get("diffusion_stable") is False:
+            raise ConfigError(f"invalid config: lifted_pde.dt / lifted_pde.orientations: "
+                              f"{step.name} would be unstable from its first step "
+                              f"({report['reason']}); lower dt, or use fewer orientations")
 
 
 def _channel_maps_moved(module, state_dict, prefix, *args) -> None:

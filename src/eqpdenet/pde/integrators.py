@@ -196,17 +196,20 @@ class EulerStep(nn.Module):
     def _rate(self, x: Tensor) -> Tensor:
         """``F(x)``, refused unless it has ``x``'s shape: ``x + dt F(x)`` would broadcast an
         ``F`` of another shape (``nn.Linear`` over the rows, a channel too few) silently; and
-        unless ``x + dt F(x)`` keeps ``x``'s dtype (a real floating-point ``F`` of at most its
-        precision: one computed in float64 "for precision" turned a float32 state into
-        float64, a complex one into a complex state, without a word; a lower precision, as
-        under autocast, is promoted back)."""
+        unless ``F`` is real floating-point, of at most ``x``'s precision outside autocast (one
+        computed in float64 "for precision" turned a float32 state into float64, a complex one
+        into a complex state, without a word; a lower precision is promoted back). Under
+        autocast the state may be in the low precision while some of ``F``'s operations run
+        in float32 (autocast's own choice): allowed."""
         rate = self.rhs(x)
         if not isinstance(rate, Tensor) or rate.shape != x.shape:
             got = (f"shape {tuple(rate.shape)}" if isinstance(rate, Tensor)
                    else type(rate).__name__)
             require(False, "rhs", f"{type(self.rhs).__name__} of EulerStep {self.name!r} must "
                     f"return du/dt of the state's shape {tuple(x.shape)}, got {got}")
-        if not rate.is_floating_point() or torch.promote_types(x.dtype, rate.dtype) != x.dtype:
+        if not rate.is_floating_point() or (
+                torch.promote_types(x.dtype, rate.dtype) != x.dtype
+                and not torch.is_autocast_enabled(x.device.type)):
             require(False, "rhs", f"{type(self.rhs).__name__} of EulerStep {self.name!r} must "
                     f"return du/dt in the state's dtype {x.dtype} (or a lower floating-point "
                     f"precision), got {rate.dtype}")

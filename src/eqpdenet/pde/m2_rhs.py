@@ -184,11 +184,16 @@ class ConvectionTerm(_PerChannel):
                  + v[:, 2] * invariants[:, :, _A3])
 
 
+#: The diffusion term's initial coefficients ``D`` (every channel and axis).
+DIFFUSION_START = 0.05
+
+
 class DiffusionTerm(_PerChannel):
-    """``D1 A11 u + D2 A22 u + D3 A33 u``, ``D = softplus(weight)`` (initially 0.05)."""
+    """``D1 A11 u + D2 A22 u + D3 A33 u``, ``D = softplus(weight)`` (initially
+    :data:`DIFFUSION_START`)."""
 
     def __init__(self, channels: int):
-        super().__init__(channels, _inverse_softplus(0.05))
+        super().__init__(channels, _inverse_softplus(DIFFUSION_START))
 
     def forward(self, u: Tensor, system: M2SystemRHS) -> Tensor:
         d, invariants = F.softplus(self.coefficients()), system.invariants(u)
@@ -272,6 +277,18 @@ def term_uses_options(name: str) -> bool:
     registered over ``"convection"`` with ``replace=True`` may use them). True for a name not
     registered: nothing is known of it (the configuration check names it)."""
     return name not in M2_TERMS or M2_TERMS.get(name) not in _OPTIONLESS_BUILDERS
+
+
+def _starts_nonzero(term: nn.Module) -> bool:
+    """Whether ``term``'s linear part at ``U = 0`` is nonzero as built (its weights on the meta
+    device hold no values): the convection velocity and the linear map start at 0, the network's
+    output layer at 0 without ``normalize_hidden`` (else random); a term of one's own: not
+    known, counted as nonzero."""
+    if isinstance(term, ConvectionTerm | LinearTerm):
+        return False
+    if isinstance(term, NetworkTerm):
+        return not isinstance(term.hidden_norm, nn.Identity)
+    return True
 
 
 def commutes_with_quarter_turns(term: nn.Module) -> bool:
@@ -421,11 +438,10 @@ class M2SystemRHS(nn.Module):
         """
         report = {"linear_part": None, "max_rate_dt": None, "max_dt": None, "stable": None,
                   "diffusion_stable": None, "reason": None}
-        if any(p.is_meta for p in self.terms.parameters()):
-            # built under torch.device("meta") (then to_empty, load_state_dict): no values to
-            # read yet; reading them was a raw "Tensor.item() cannot be called on meta tensors"
-            report["reason"] = "cannot check: the coefficients are on the meta device (no values)"
-            return report
+        # Built on the meta device (the preflight's models, or before to_empty): no values, but
+        # a model there was never loaded, so it holds its initial coefficients, which are known
+        # (reading the meta weights was a raw "cannot be called on meta tensors").
+        meta = any(p.is_meta for p in self.terms.parameters())
         unknown = []
         for name, term in self.terms.items():
             if isinstance(term, DiffusionTerm | DilationTerm | ErosionTerm):
@@ -433,7 +449,7 @@ class M2SystemRHS(nn.Module):
             weight = (term.weight if isinstance(term, ConvectionTerm)
                       else term.out.weight if isinstance(term, NetworkTerm)
                       else term.map.weight if isinstance(term, LinearTerm) else None)
-            if weight is None or bool(weight.detach().any()):
+            if weight is None or (_starts_nonzero(term) if meta else bool(weight.detach().any())):
                 if isinstance(term, ConvectionTerm):
                     v = term.weight.detach().double().abs().amax(0).tolist()
                     report.update(stable=False, linear_part=dict(zip(("v1", "v2", "v3"), v,
@@ -456,7 +472,9 @@ class M2SystemRHS(nn.Module):
             report["reason"] = ("cannot check: the number of orientations is not known "
                                 "(M2SystemRHS(orientations=N))")
             return report
-        d = F.softplus(self.terms["diffusion"].weight.detach().double().cpu())   # (C, 3)
+        weight = self.terms["diffusion"].weight
+        d = (torch.full(tuple(weight.shape), DIFFUSION_START, dtype=torch.float64, device="cpu") if meta
+             else F.softplus(weight.detach().double().cpu()))   # (C, 3)
         n = self.orientations
         theta = 4.0 / (2.0 * math.pi / n) ** 2                # lambda_max of -A33
         spatial = self._diffusion_symbol_max(d[:, 0], d[:, 1], n)               # (C,)
@@ -493,9 +511,10 @@ class M2SystemRHS(nn.Module):
         """Per channel, the largest symbol of ``-(D1 A11 + D2 A22)`` over the ``n`` orientations
         and a ``points x points`` grid of spatial frequencies in ``[-pi, pi]^2``, from the jet's
         scale-normalised stencils (each scale level; the largest over them)."""
-        freq = torch.linspace(-math.pi, math.pi, points, dtype=torch.float64)
+        freq = torch.linspace(-math.pi, math.pi, points, dtype=torch.float64, device="cpu")
         table = separable_stencils(self.jet.sigmas)                  # (S, 3, width)
-        offsets = torch.arange(table.shape[-1], dtype=torch.float64) - table.shape[-1] // 2
+        offsets = (torch.arange(table.shape[-1], dtype=torch.float64, device="cpu")
+                   - table.shape[-1] // 2)
         phase = torch.exp(-1j * freq[:, None] * offsets[None, :])    # (points, width)
         symbols = table.to(torch.complex128) @ phase.T               # (S, 3, points)
         g0, g1, g2 = symbols[:, 0], symbols[:, 1], symbols[:, 2]
@@ -659,10 +678,13 @@ class M2SystemRHS(nn.Module):
                     raise ConfigError(f"the M2 right-hand-side term {name!r} "
                                       f"({type(term).__name__}) must return its part of du/dt "
                                       f"in the fields' shape {tuple(x.shape)}, got {got}")
-                # and in their dtype, or a lower precision (autocast's), which the sum promotes
-                # back: a float64 or complex term turned the fields' dtype without a word
-                if (not value.is_floating_point()
-                        or torch.promote_types(x.dtype, value.dtype) != x.dtype):
+                # and in their dtype, or a lower precision, which the sum promotes back: a
+                # float64 or complex term turned the fields' dtype without a word. Under
+                # autocast the fields may be bfloat16 while autocast runs some of a term's
+                # operations in float32: its own choice, allowed.
+                if not value.is_floating_point() or (
+                        torch.promote_types(x.dtype, value.dtype) != x.dtype
+                        and not torch.is_autocast_enabled(x.device.type)):
                     raise ConfigError(f"the M2 right-hand-side term {name!r} "
                                       f"({type(term).__name__}) must return its part of du/dt "
                                       f"in the fields' dtype {x.dtype} (or a lower "
