@@ -273,8 +273,7 @@ def _check_split_classes(config: DataConfig, dataset: ImageDataset, train: Split
         raise ConfigError(f"invalid config: {named}: {subject} hold{s} class {present[0]} only, "
                           f"and a classifier needs two ({hint}, or change {named})")
     if len(present) < dataset.classes:
-        lacking = sorted(set(range(dataset.classes)) - set(present))
-        shown = ", ".join(map(str, lacking[:10])) + (", ..." if len(lacking) > 10 else "")
+        shown = _lacking(present, dataset.classes)
         warn_at_caller(f"{subject} lack{s} class(es) {shown} of its {dataset.classes}: the model "
                        f"will not learn them ({hint})", RuntimeWarning)
     tested = torch.unique(test.labels).tolist()
@@ -285,6 +284,12 @@ def _check_split_classes(config: DataConfig, dataset: ImageDataset, train: Split
                        f"({hint})", RuntimeWarning)
     if validation is not None and config.validation:
         _check_validation_split(validation, name, hint)
+
+
+def _lacking(present: list[int], classes: int) -> str:
+    """The classes of ``range(classes)`` not in ``present``, the first ten, in words."""
+    lacking = sorted(set(range(classes)) - set(present))
+    return ", ".join(map(str, lacking[:10])) + (", ..." if len(lacking) > 10 else "")
 
 
 def _check_given_classes(data, classes: int | None) -> None:
@@ -312,8 +317,7 @@ def _check_given_classes(data, classes: int | None) -> None:
         raise InputError(f"the training split of {name} holds class {present[0]} only, and a "
                          f"classifier needs two ({hint})")
     if classes is not None and len(present) < classes:
-        lacking = sorted(set(range(classes)) - set(present))
-        shown = ", ".join(map(str, lacking[:10])) + (", ..." if len(lacking) > 10 else "")
+        shown = _lacking(present, classes)
         given = getattr(data, "classes", None) is not None
         why = ("" if given else "; without Data.classes the model's classes are the largest "
                "label + 1: number the classes 0 ... K - 1")

@@ -60,7 +60,8 @@ from ..checks import (
 from ..errors import NonFiniteStateError
 
 __all__ = ["MAX_STEPS", "STABILITY_RTOL", "STEPS_RTOL", "ConvInt", "EulerConv", "EulerFlow",
-           "EulerStep", "breaks_upper_bound", "input_checked", "input_range_hint", "steps_for"]
+           "EulerStep", "breaks_upper_bound", "input_checked", "input_range_hint",
+           "keeps_state_dtype", "steps_for"]
 
 #: The most Euler steps :func:`steps_for` accepts: a bound on work and memory found before any is
 #: spent (the paper's layer takes 10; the equivariance studies a few hundred), and by
@@ -141,6 +142,17 @@ def breaks_upper_bound(report: dict) -> bool:
     return rate is not None and rate > 2.0 * (1.0 + STABILITY_RTOL)
 
 
+def keeps_state_dtype(state: Tensor, rate: Tensor) -> bool:
+    """Whether ``state + dt rate`` keeps ``state``'s dtype as the caller meant: ``rate`` real
+    floating-point, of at most ``state``'s precision (a lower one is promoted back), or of a
+    higher one under autocast (which runs some operations in float32 while the state is in the
+    low precision: its own choice). A float64 rate "for precision" turned a float32 state into
+    float64, a complex one into a complex state, without a word (round 14)."""
+    return rate.is_floating_point() and (
+        torch.promote_types(state.dtype, rate.dtype) == state.dtype
+        or torch.is_autocast_enabled(state.device.type))
+
+
 class EulerStep(nn.Module):
     """One explicit Euler step ``u <- u + dt F(u)`` (eq. (9); the paper's EulerConv, Fig. 4).
 
@@ -196,20 +208,14 @@ class EulerStep(nn.Module):
     def _rate(self, x: Tensor) -> Tensor:
         """``F(x)``, refused unless it has ``x``'s shape: ``x + dt F(x)`` would broadcast an
         ``F`` of another shape (``nn.Linear`` over the rows, a channel too few) silently; and
-        unless ``F`` is real floating-point, of at most ``x``'s precision outside autocast (one
-        computed in float64 "for precision" turned a float32 state into float64, a complex one
-        into a complex state, without a word; a lower precision is promoted back). Under
-        autocast the state may be in the low precision while some of ``F``'s operations run
-        in float32 (autocast's own choice): allowed."""
+        unless it keeps the state's dtype (:func:`keeps_state_dtype`)."""
         rate = self.rhs(x)
         if not isinstance(rate, Tensor) or rate.shape != x.shape:
             got = (f"shape {tuple(rate.shape)}" if isinstance(rate, Tensor)
                    else type(rate).__name__)
             require(False, "rhs", f"{type(self.rhs).__name__} of EulerStep {self.name!r} must "
                     f"return du/dt of the state's shape {tuple(x.shape)}, got {got}")
-        if not rate.is_floating_point() or (
-                torch.promote_types(x.dtype, rate.dtype) != x.dtype
-                and not torch.is_autocast_enabled(x.device.type)):
+        if not keeps_state_dtype(x, rate):
             require(False, "rhs", f"{type(self.rhs).__name__} of EulerStep {self.name!r} must "
                     f"return du/dt in the state's dtype {x.dtype} (or a lower floating-point "
                     f"precision), got {rate.dtype}")

@@ -68,7 +68,7 @@ from ..kernels.m2_op import (
 )
 from ..registry import CallRegistry, Registry
 from .batch_norm import batch_norm_affine, batch_norm_at
-from .integrators import input_checked
+from .integrators import input_checked, keeps_state_dtype
 from .m2 import M2_SE2, M2Jet, orientation_frame, separable_stencils
 
 __all__ = ["M2_TERMS", "M2SystemRHS", "PDE_GCNN_TERMS", "Pointwise"]
@@ -678,13 +678,8 @@ class M2SystemRHS(nn.Module):
                     raise ConfigError(f"the M2 right-hand-side term {name!r} "
                                       f"({type(term).__name__}) must return its part of du/dt "
                                       f"in the fields' shape {tuple(x.shape)}, got {got}")
-                # and in their dtype, or a lower precision, which the sum promotes back: a
-                # float64 or complex term turned the fields' dtype without a word. Under
-                # autocast the fields may be bfloat16 while autocast runs some of a term's
-                # operations in float32: its own choice, allowed.
-                if not value.is_floating_point() or (
-                        torch.promote_types(x.dtype, value.dtype) != x.dtype
-                        and not torch.is_autocast_enabled(x.device.type)):
+                # and in their dtype (a float64 or complex term changed it without a word)
+                if not keeps_state_dtype(x, value):
                     raise ConfigError(f"the M2 right-hand-side term {name!r} "
                                       f"({type(term).__name__}) must return its part of du/dt "
                                       f"in the fields' dtype {x.dtype} (or a lower "
