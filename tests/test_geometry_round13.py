@@ -87,6 +87,14 @@ REFUSED = [
     (lambda: scale(images(), 1e-50), SingularMapError,
      "factor must be non-zero (a scaling by 0 maps every point onto the centre and has no "
      "inverse), got 0 (in float32, the images' working dtype)"),
+    # non-zero in float32 but subnormal: its reciprocal overflows, and the message named
+    # `matrix`, which the caller never passed
+    (lambda: scale(images(), 1e-40), SingularMapError,
+     "factor must have a finite reciprocal (the warp samples the input at p / factor), got "
+     "9.99995e-41 (in float32, the images' working dtype)"),
+    (lambda: scale(images(), torch.tensor([1.0, 1e-40])), SingularMapError,
+     "factor must have a finite reciprocal (the warp samples the input at p / factor), got "
+     "9.99995e-41 for image 1 (in float32, the images' working dtype)"),
     # not numbers
     (lambda: rotate(images(), "0.5"), InputTypeError,
      "angle must be a number or a tensor of numbers, got '0.5'"),

@@ -338,9 +338,10 @@ def rotate_about_mass(images: Tensor, angle: Tensor | float, **kwargs) -> Tensor
 def scale(images: Tensor, factor: Tensor | float, **kwargs) -> Tensor:
     """Scale images about their centre, ``(x, y) -> (factor x, factor y)``; float or ``(B,)``.
 
-    ``factor`` must be finite and non-zero (in the images' working dtype); anything else is an
-    :class:`~eqpdenet.errors.InputError` naming ``factor`` (0 maps every point onto the centre and
-    has no inverse). A negative factor is allowed: ``-I`` is the rotation by ``pi`` in the plane
+    ``factor`` must be finite and non-zero, with a finite reciprocal (in the images' working
+    dtype); anything else is an :class:`~eqpdenet.errors.InputError` naming ``factor`` (0 maps
+    every point onto the centre and has no inverse; a subnormal float32 factor has none the warp
+    can compute). A negative factor is allowed: ``-I`` is the rotation by ``pi`` in the plane
     (not a reflection), so ``scale(u, -s)`` is ``scale(u, s)`` turned by a half turn, as
     :class:`eqpdenet.analysis.Transform` and :func:`eqpdenet.analysis.robustness.scale_curve`
     use it. ``kwargs`` go to :func:`affine_warp`."""
@@ -358,6 +359,17 @@ def scale(images: Tensor, factor: Tensor | float, **kwargs) -> Tensor:
             note = _in_working(given, dtype, lambda f: f.all())
             raise SingularMapError(f"factor must be non-zero (a scaling by 0 maps every point "
                                    f"onto the centre and has no inverse), got 0{where}{note}")
+        # A factor so small that 1/factor overflows (a subnormal float32) has no inverse the
+        # warp can compute either; the message names `factor`, which the caller passed, rather
+        # than the `matrix` built from it.
+        overflowing = ~torch.isfinite(1 / factor)
+        if bool(overflowing.any()):
+            first = () if factor.dim() == 0 else (int(overflowing.nonzero()[0, 0]),)
+            where = "" if factor.dim() == 0 else f" for image {first[0]}"
+            note = _in_working(given, dtype, lambda f: torch.isfinite(1 / f).all())
+            raise SingularMapError(f"factor must have a finite reciprocal (the warp samples the "
+                                   f"input at p / factor), got {factor[first].item():g}{where}"
+                                   f"{note}")
 
     eye = torch.eye(2, dtype=dtype, device=images.device)
     return _affine_warp(images, factor[..., None, None] * eye, None, explain=explain, **kwargs)
