@@ -255,7 +255,9 @@ class LayerConfig:
         check_finite: raise on a non-finite PDE state.
         backend: :data:`~eqpdenet.kernels.BACKENDS` (``"auto"``, ``"reference"``, ``"fused"``).
         recompute: during training, keep no intermediate states and recompute them in the
-            backward pass (less memory, about one more forward of work).
+            backward pass (less memory, about one more forward of work; the same gradients).
+            For a parameter changed in place between forward and backward, see
+            :class:`PDELayer`.
     """
 
     invariants: list = field(default_factory=lambda: ["se2", "se2", "scaling", "scaling"])
@@ -375,6 +377,31 @@ LAYER_PRESETS.register("se2_sim2", _se2_sim2)
 # ----------------------------------------------------------------------------- the layer
 
 
+class _SavedVersions(torch.autograd.Function):
+    """``_SavedVersions.apply(out, *tensors)``: ``out`` (a view, the same values), its gradient
+    passed through unchanged, with ``tensors`` saved for the backward pass. Their versions are
+    checked there, before the backward of whatever computed ``out``: a tensor changed in place
+    since (a parameter, by an optimizer step or under ``torch.no_grad()``) raises PyTorch's
+    "modified by an inplace operation" :class:`RuntimeError` instead of letting a recomputation
+    (``torch.utils.checkpoint``) differentiate the new values against the old output's gradient.
+    Only this check: no gradient flows to ``tensors`` through it."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(out: Tensor, *tensors: Tensor) -> Tensor:
+        return out.view_as(out)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[1:])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        saved = ctx.saved_tensors  # unpacking them is the version check
+        return (grad, *(None for _ in saved))
+
+
 class PDELayer(nn.Module):
     """``n_e`` PDEs evolved from the same input, then reduced (Fig. 3, eq. (7)).
 
@@ -385,7 +412,15 @@ class PDELayer(nn.Module):
             ``"reference"`` or ``"fused"``. Results agree to rounding; an unusable fast path
             falls back to the reference with one warning, never an error.
         recompute: during training, keep no intermediate states and recompute them in the
-            backward pass (less memory, about one more forward of work).
+            backward pass (less memory, about one more forward of work; the same gradients).
+            A PDE parameter changed in place between forward and backward (``optimizer.step()``
+            or ``with torch.no_grad(): w.add_(1)`` before ``backward()``): the reference raises
+            PyTorch's "modified by an inplace operation" :class:`RuntimeError` in the backward
+            pass (without ``recompute`` for a parameter an operation saved, such as F's weight;
+            with it for every parameter, a bias included, since the states would be recomputed
+            from the new values); the fused operator, with or without ``recompute``,
+            differentiates the copy of the weights its forward used (no error, the exact
+            gradient of that forward).
 
     ``forward``: ``(B, C, H, W) -> (B, C, H, W)`` (``(B, n_e C, H, W)`` for ``concat``).
     :meth:`evolve` gives the unreduced ``(B, n_e, C, H, W)``.
@@ -489,8 +524,11 @@ class PDELayer(nn.Module):
         if self.recompute and torch.is_grad_enabled():
             from torch.utils.checkpoint import checkpoint as recompute
 
-            return torch.stack([recompute(call_checked, pde, u, use_reentrant=False)
-                                for pde in self.pdes], dim=1)
+            # checkpoint saves (and version-checks) only its arguments; the PDE reads its
+            # parameters as attributes, so each PDE's output also saves them (_SavedVersions).
+            return torch.stack([_SavedVersions.apply(
+                recompute(call_checked, pde, u, use_reentrant=False), *pde.parameters())
+                for pde in self.pdes], dim=1)
         with input_checked(*self.pdes):
             return torch.stack([pde(u) for pde in self.pdes], dim=1)
 
