@@ -762,6 +762,6 @@ SIM2 = register_invariant_set(InvariantSet(
                   rf"\frac{{{_GRAD_HESS_GRAD_TEXT[1]}}}{{{_HESS_DET_TEXT[1]}}}",
                   lambda d, ratio: ratio(_grad_hess_grad(d), _hess_det(d),
                                          hessian_reference_sq(d) ** 2)),
-    ], equation="from eqpdenet.symbolic's find_invariants('sim2', order=2)", kernel="sim2",
+    ], equation="from eqpdenet.pde.symbolic's find_invariants('sim2', order=2)", kernel="sim2",
     invariant_under=("translations", "rotations", "scalings"),
 ))

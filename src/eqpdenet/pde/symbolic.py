@@ -94,6 +94,7 @@ from ..process_state import Silenced, quiet_warnings
 
 try:
     import sympy as sp
+    from sympy.core.function import AppliedUndef
     from sympy.polys.matrices import DomainMatrix
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     # an ImportError still (MissingDependencyError derives from it), said in one line by the
@@ -467,6 +468,8 @@ def criterion(expr: sp.Expr, field: VectorField, order: int | None = None,
     (:func:`reduce_on_the_circle`), so that it is zero exactly when the criterion holds.
     Jet coordinates and variables in ``expr`` are matched by name (a plain ``sp.Symbol("u_x")``
     is ``u_x``, and ``u_yx`` is ``u_xy``: derivatives commute); any other symbol is a constant.
+    SymPy's notation for derivatives of ``u`` (``Derivative(u, x)``, ``u(x, y)``) is refused, a
+    ConfigError saying to write ``u_x``, ``u``.
     """
     if not isinstance(field, VectorField):
         raise ConfigError(f"criterion needs a VectorField, got {type(field).__name__} {field!r}")
@@ -535,7 +538,9 @@ def is_invariant(expr: sp.Expr, group: LieGroupAction | str) -> bool:
     zeta(b) = 0`` (the quotient rule), exactly and much faster than simplifying ``pr zeta(a /
     b)``; anything else (e.g. with ``cos θ``) through :func:`criterion`. Jet coordinates and
     variables are matched by name (a plain ``sp.Symbol("u_x")`` is ``u_x``, and ``u_yx`` is
-    ``u_xy``: derivatives commute); any other symbol is a constant.
+    ``u_xy``: derivatives commute); any other symbol is a constant. SymPy's notation for
+    derivatives of ``u`` (``Derivative(u, x)``, ``u(x, y)``) is refused, a ConfigError saying to
+    write ``u_x``, ``u``.
     """
     group = get_group(group)
     expr = _by_name(expr)
@@ -580,11 +585,13 @@ def _canonical_name(name: str) -> str:
 
 
 def _sympify(value, what: str = "an expression", local: dict | None = None,
-             example: str = "'u_x**2 + u_y**2'") -> sp.Basic:
+             example: str = "'u_x**2 + u_y**2'", calculus: bool = True) -> sp.Basic:
     """``sympify(value)``, or one ConfigError line naming ``value`` (SymPy's parse errors span
     several lines; ``None`` sympifies to ``None``, which no caller can use). Only an expression
     passes: a relation (``'u_x > 0'``, ``Eq(u_x, 0)``), a truth value or a tuple sympifies to
-    another SymPy object, which the algebra later failed on with a raw ``TypeError``."""
+    another SymPy object, which the algebra later failed on with a raw ``TypeError``. With
+    ``calculus``, ``Derivative(u, x)`` and ``u(x, y)`` are refused too (:func:`_refuse_calculus`).
+    """
     try:
         # SymPy warns of non-expression arguments (a tuple)
         with quiet_warnings(Silenced(DeprecationWarning)):
@@ -595,7 +602,46 @@ def _sympify(value, what: str = "an expression", local: dict | None = None,
     if not isinstance(out, sp.Expr):
         raise ConfigError(f"cannot read {value!r} as {what} (a SymPy expression, a number or a "
                           f"string such as {example})")
+    if calculus:
+        _refuse_calculus(out, what)
     return out
+
+
+def _jet_named(name: str) -> bool:
+    return _JET_NAME.match(name) is not None
+
+
+def _refuse_calculus(expr: sp.Expr, what: str) -> None:
+    """One ConfigError line where ``expr`` writes a derivative of the dependent variable in
+    SymPy's calculus notation instead of a jet coordinate: an undefined function named like a
+    jet coordinate (``u(x, y)``), or an unevaluated ``Derivative`` or ``Integral`` of something
+    that involves a jet coordinate, taken along a variable that is not one
+    (``Derivative(u, x)``, ``Derivative(u(x, y), x)``). This module reads ``u, u_x, ...`` as
+    coordinates of the jet space, independent of ``x, y``: ``Derivative(u, x)`` would be 0 (u_x
+    declared invariant under se2) and ``u(x, y)`` a function that no prolonged field moves
+    (``u`` declared not invariant). Calculus that reads the same either way is left alone:
+    ``f(u_x**2 + u_y**2)``, ``f(x)`` (a generic function; :func:`prolong` takes ``f(x) ∂x``),
+    ``Derivative(f(u_x), u_x)``."""
+    for node in sp.preorder_traversal(expr):
+        if isinstance(node, AppliedUndef) and _jet_named(node.func.__name__):
+            kind = "an undefined function (SymPy's Function)"
+        elif isinstance(node, (sp.Derivative, sp.Integral)):
+            inner = node.args[0]
+            along = [v for v in node.variables if not _jet_named(getattr(v, "name", ""))]
+            if not along or not (
+                    any(_jet_named(s.name) for s in inner.free_symbols)
+                    or any(_jet_named(f.func.__name__) for f in inner.atoms(AppliedUndef))):
+                continue
+            kind = (f"SymPy's {type(node).__name__} along "
+                    f"{', '.join(sorted(map(str, set(along))))}")
+        else:
+            continue
+        where = "" if node == expr else f" in {_shown(expr)}"
+        whose = "" if what == "an expression" else f"{what}: "
+        raise ConfigError(
+            f"{whose}{_shown(node)}{where} is {kind}, not a jet coordinate "
+            f"(u, u_x, u_xy are coordinates of the jet space, not functions of x, y): write "
+            f"u_x for Derivative(u(x, y), x), u_xy for Derivative(u(x, y), x, y), u for u(x, y)")
 
 
 def _by_name(expr) -> sp.Expr:
@@ -606,7 +652,9 @@ def _by_name(expr) -> sp.Expr:
     ``sp.Symbol("u_x")`` (no ``real=True``) is ``u_x``, not a constant that every prolonged
     field leaves alone. A mixed derivative named in another order is the same coordinate
     (:func:`_canonical_name`: ``u_yx`` is ``u_xy``, ``u_θx`` is ``u_xθ``). Anything that is not
-    an expression (``None``, ``"x+"``) is a ConfigError naming it."""
+    an expression (``None``, ``"x+"``) is a ConfigError naming it, and so is a derivative of
+    ``u`` in SymPy's notation, ``Derivative(u, x)`` or ``u(x, y)`` (:func:`_refuse_calculus`),
+    which would otherwise be misread."""
     expr = _sympify(expr)
     replace = {}
     for symbol in expr.free_symbols:
@@ -1043,15 +1091,30 @@ def _random_point(symbols, rng: random.Random, angles=(), atoms=()) -> dict[sp.E
     least common denominator of the rational multiples ``m`` of ``v`` in the trigonometric
     ``atoms`` (``cos(θ/2)``: ``L = 2``), and every ``cos(m v)``, ``sin(m v)`` of ``atoms`` (and
     ``cos v``, ``sin v``) gets the exact value of ``(cos w + i sin w)^(m L)``, so that
-    expressions in them stay exact.
+    expressions in them stay exact. Likewise a symbol ``v`` of which ``atoms`` hold
+    ``exp(m v)`` (``m`` rational) gets no value itself: ``exp(v / L)`` is a random positive
+    rational ``e`` and every ``exp(m v)`` of ``atoms`` is ``e^(m L)`` (the moving frame of
+    ``∂x, ∂y, x ∂x + y ∂y + ∂θ`` is ``exp(θ) ∂x, exp(θ) ∂y, ∂θ``).
     """
     multiples: dict[sp.Symbol, set] = {}
+    growths: dict[sp.Symbol, set] = {}
     for atom in atoms:
         angle = _angle_of(atom)
         if angle is not None:
-            multiples.setdefault(angle[1], set()).add(angle[0])
+            (growths if isinstance(atom, sp.exp) else multiples).setdefault(
+                angle[1], set()).add(angle[0])
     point: dict[sp.Expr, Fraction] = {}
     for s in symbols:
+        if s in growths:
+            # exp(m v) for v = L w: exp(w) a random positive rational e, exp(m v) = e^(m L)
+            # exactly. With cos, sin of v too, the values are those of no one real v, but
+            # (exp v, cos v, sin v) is Zariski-dense in R+ x circle (exp v is transcendental
+            # over cos v, sin v), so a Jacobian minor, a rational function of them, vanishes
+            # at such a point generically only where it vanishes identically.
+            e = Fraction(rng.randint(2, 97), rng.randint(1, 97))
+            denominator = math.lcm(*(int(m.q) for m in growths[s]))
+            for m in growths[s]:
+                point[sp.exp(m * s)] = e ** int(m * denominator)
         if s in angles:
             t = Fraction(rng.choice((-1, 1)) * rng.randint(1, 97), rng.randint(1, 97))
             circle = ((1 - t * t) / (1 + t * t), 2 * t / (1 + t * t))
@@ -1060,7 +1123,7 @@ def _random_point(symbols, rng: random.Random, angles=(), atoms=()) -> dict[sp.E
             for m in found:
                 c, si = _power_on_circle(circle, int(m * denominator))
                 point[sp.cos(m * s)], point[sp.sin(m * s)] = c, si
-        else:
+        elif s not in growths:
             point[s] = Fraction(rng.choice((-1, 1)) * rng.randint(1, 10**4), rng.randint(1, 97))
     return point
 
@@ -1077,8 +1140,8 @@ def _power_on_circle(circle: tuple[Fraction, Fraction], k: int) -> tuple[Fractio
 
 
 def _angle_of(atom: sp.Expr) -> tuple[sp.Rational, sp.Symbol] | None:
-    """``(m, v)`` for ``cos(m v)`` or ``sin(m v)``, ``m`` a nonzero rational and ``v`` a symbol;
-    None for any other argument."""
+    """``(m, v)`` for ``cos(m v)`` or ``sin(m v)`` (or ``exp(m v)``), ``m`` a nonzero rational
+    and ``v`` a symbol; None for any other argument."""
     coefficient, rest = atom.args[0].as_coeff_Mul()
     if rest.is_Symbol and coefficient.is_Rational and coefficient != 0:
         return coefficient, rest
@@ -1094,6 +1157,11 @@ def _angles(exprs) -> set[sp.Symbol]:
     """The symbols ``v`` of which ``cos(m v)`` or ``sin(m v)`` (``m`` rational) occurs in
     ``exprs``."""
     return {angle[1] for f in _trig_atoms(exprs) if (angle := _angle_of(f)) is not None}
+
+
+def _exp_atoms(exprs) -> set[sp.Expr]:
+    """The ``exp(m v)`` atoms of ``exprs`` (``m`` a nonzero rational, ``v`` a symbol)."""
+    return {f for e in exprs for f in sp.sympify(e).atoms(sp.exp) if _angle_of(f) is not None}
 
 
 def _exact(expr: sp.Expr, point: dict) -> Fraction:
@@ -1191,25 +1259,27 @@ def jacobian_rank(exprs: Sequence[sp.Expr], variables: Sequence[sp.Symbol] | Non
     ``variables`` default to the jet coordinates the expressions use (on M2, with ``θ``, when
     they name ``θ``-derivatives or contain ``cos θ, sin θ``). Equal to the number of
     functionally independent expressions among them (with probability ~1). A variable that
-    occurs as ``cos v, sin v`` is evaluated at a random rational point of the circle (see
-    :func:`_random_point`); it may not occur otherwise.
+    occurs as ``cos v, sin v`` is evaluated at a random rational point of the circle, one that
+    occurs as ``exp(v)`` at a random positive rational ``exp(v)`` (both of rational multiples
+    of ``v``; see :func:`_random_point`); it may not occur otherwise.
     """
     exprs = [_by_name(e) for e in exprs]
-    angles, atoms = _angles(exprs), _trig_atoms(exprs)
+    angles, atoms = _angles(exprs), _trig_atoms(exprs) | _exp_atoms(exprs)
+    growths = {_angle_of(f)[1] for f in atoms if isinstance(f, sp.exp)}
     if variables is None:
         independent = _merge_variables(*(_expr_variables(e) for e in exprs),
-                                       sorted(angles - {x, y}, key=str))
+                                       sorted((angles | growths) - {x, y}, key=str))
         space = JetSpace(max((_expr_order(e) for e in exprs), default=0),
                          max((_expr_channels(e) for e in exprs), default=1), independent)
         exprs = [_in_space(e, space) for e in exprs]
         variables = space.coordinates
     else:
         variables = [_by_name(v) for v in variables]
-    for angle in angles:
+    for angle in angles | growths:
         hidden = {f: sp.Dummy() for f in atoms if (a := _angle_of(f)) and a[1] == angle}
         if any(e.xreplace(hidden).has(angle) for e in exprs):
-            raise ConfigError(f"{angle} occurs outside cos, sin of rational multiples of it: "
-                              f"the exact rank test needs rational values of every term")
+            raise ConfigError(f"{angle} occurs outside cos, sin, exp of rational multiples of "
+                              f"it: the exact rank test needs rational values of every term")
     rng = random.Random(seed)
     for _ in range(10):
         point = _random_point(variables, rng, angles, atoms)
@@ -1221,7 +1291,7 @@ def jacobian_rank(exprs: Sequence[sp.Expr], variables: Sequence[sp.Symbol] | Non
     raise ConfigError(
         "could not evaluate the Jacobian of the expressions exactly at 10 random rational points: "
         "a term is not rational there (an irrational constant such as √2 or π, or a function "
-        "other than cos, sin of a rational multiple of a variable)")
+        "other than cos, sin, exp of a rational multiple of a variable)")
 
 
 def functionally_independent(exprs: Sequence[sp.Expr],
@@ -1828,8 +1898,19 @@ def _incomplete_note(action: _JetAction, found: int, expected: int, max_degree: 
     them are functionally independent (:meth:`_JetAction.annihilator_rank`). Where the search
     forms nothing else (``structured``) and has found that many, no degree finds more of its form;
     likewise where it has found as many as the coordinates that the off-diagonal parts' scalings
-    leave alone (:meth:`_JetAction.confining_scalings`); otherwise a higher degree may."""
+    leave alone (:meth:`_JetAction.confining_scalings`); otherwise a higher degree may, and the
+    note says so, but never advises a ``max_degree`` that :data:`MAX_SEARCH_MONOMIALS` refuses
+    (it says that bound is reached instead). Where every diagonal part is zero the search forms
+    polynomials only (no ratio), and the note says that the missing invariants may be rational,
+    which no degree finds."""
     head = f"found {found} of {expected}"
+    # A higher degree is advised only where MAX_SEARCH_MONOMIALS lets find_invariants take it.
+    searched = math.comb(action.n + max_degree + 1, max_degree + 1) - 1
+    at_bound = searched > MAX_SEARCH_MONOMIALS
+    largest = (f"max_degree={max_degree} is the largest that the bound of "
+               f"{MAX_SEARCH_MONOMIALS:,} searched monomials allows on the {action.n} "
+               f"coordinates of the u-jet ({max_degree + 1} would search {searched:,}), so no "
+               f"allowed max_degree searches further")
     other_forms = ("such as ratios of relative invariants with other characters or with "
                    "non-constant cofactors, or functions that are not rational")
     if structured:
@@ -1856,6 +1937,26 @@ def _incomplete_note(action: _JetAction, found: int, expected: int, max_degree: 
                     f"so at most {bound} of them are functionally independent and no max_degree "
                     f"finds more: {_plural(expected - found, 'invariant is', 'invariants are')} "
                     f"of another form ({other_forms})")
+        if not any(any(d) for d in action.diagonal):
+            # One class, of weight 0: no ratio is formed, rational=True or not, so the bound
+            # (which counts rational invariants too) says nothing about polynomial ones.
+            only = ("every diagonal part is zero here, so the search forms polynomial "
+                    "invariants only, no ratios")
+            rational_ones = ("the missing ones may be rational (ratios of relative invariants "
+                             "with non-constant cofactors, as the curvature of the level lines "
+                             "under the rotation and u ∂x), which no max_degree forms: write "
+                             "them down and check them with is_invariant")
+            if at_bound:
+                return (f"{head}: up to {bound} functionally independent invariants may exist, "
+                        f"but {only}; {largest}; {rational_ones}")
+            return (f"{head}: raise max_degree (now {max_degree}): up to {bound} functionally "
+                    f"independent invariants may exist, but {only}: a higher max_degree finds "
+                    f"more only where they are polynomials; {rational_ones}")
+        if at_bound:
+            return (f"{head}: up to {bound} functionally independent invariants of the searched "
+                    f"form may exist ({_SEARCHED_FORM}), but {largest}"
+                    + ("; allow rational invariants (rational=True)" if not rational else
+                       "; write the missing ones down and check them with is_invariant"))
         return (f"{head}: raise max_degree (now {max_degree})"
                 + ("" if rational else " or allow rational invariants")
                 + f": up to {bound} functionally independent invariants of the searched form may "
@@ -1864,6 +1965,7 @@ def _incomplete_note(action: _JetAction, found: int, expected: int, max_degree: 
             f"invariants across those classes or with the cofactors of products of jet "
             f"coordinates (as u_x under u ∂x); for such a group it is not proven whether a higher "
             f"max_degree finds more" + ("" if rational else " (or rational=True)")
+            + (f" ({largest})" if at_bound else "")
             + f", and the missing invariants may be of another form ({other_forms})")
 
 
@@ -2212,21 +2314,23 @@ def compile_invariants(symbolic: SymbolicInvariants | Sequence[sp.Expr], name: s
         order = symbolic.order if order is None else order
         how = ("moving frame" if symbolic.max_degree is None
                else f"degree <= {symbolic.max_degree}")
-        equation = f"derived by eqpdenet.symbolic (order {symbolic.order}, {how})"
+        equation = f"derived by eqpdenet.pde.symbolic (order {symbolic.order}, {how})"
     else:
         if isinstance(symbolic, (str, sp.Basic)) or not isinstance(symbolic, Iterable):
             raise ConfigError(f"compile_invariants takes a list of expressions or a "
                               f"find_invariants result, got {type(symbolic).__name__}")
-        equation = "compiled by eqpdenet.symbolic"
+        equation = "compiled by eqpdenet.pde.symbolic"
         exprs = list(symbolic)
     read = []
     for e in exprs:
         try:
-            read.append(_by_name(e))
+            e = _sympify(e, calculus=False)
         except ConfigError:
             raise ConfigError(f"compile_invariants: cannot read {e!r} as an expression (a SymPy "
                               f"expression, a number or a string such as 'u_x**2 + u_y**2')"
                               ) from None
+        # Derivative(u, x), u(x, y): the one message of every entry taking expressions
+        read.append(_by_name(e))
     exprs = read
     if ratio_eps is not None:
         require_positive(ratio_eps, "ratio_eps")
@@ -2235,7 +2339,10 @@ def compile_invariants(symbolic: SymbolicInvariants | Sequence[sp.Expr], name: s
     if max(_expr_channels(e) for e in exprs) > 1:
         raise ConfigError("compile_invariants compiles invariants of one channel u; for joint "
                           "invariants of several channels use eqpdenet.pde.joint.JointInvariants")
-    angles = _angles(exprs)
+    # Only the orientation θ of M2 is an angle here: cos(u_x) is not a function on M2 but a
+    # function of the jet that is not rational (the message of _torch_polynomial), and cos(a) of
+    # a parameter a is a symbol to substitute (_check_jet_symbols).
+    angles = _angles(exprs) & {theta}
     variables = _merge_variables(*(_expr_variables(e) for e in exprs),
                                  sorted(angles - {x, y}, key=str))
     on_m2 = variables != PLANE
@@ -2392,11 +2499,15 @@ def _check_m2_expressions(exprs: Sequence[sp.Expr], variables: tuple[sp.Symbol, 
         raise ConfigError(f"compile_invariants compiles functions of the jet of the plane (x, y) "
                           f"or of M2 (x, y, θ), not of {', '.join(v.name for v in variables)}")
     circle = {sp.cos(theta), sp.sin(theta)}
-    other = sorted(map(str, _trig_atoms(exprs) - circle))
+    # exp(θ): the moving frame of a scaling turned with θ (x ∂x + y ∂y + ∂θ) has exp(θ) ∂x
+    # of θ only: cos(u_x), exp(u_x) get the message of any function that is not rational
+    other = sorted(str(f) for f in (_trig_atoms(exprs) | _exp_atoms(exprs)) - circle
+                   if f.has(theta))
     if other:
         raise ConfigError(f"compile_invariants: {', '.join(other)} is not compiled on M2: only "
                           f"cos θ, sin θ (a function of the orientation θ on the circle; "
-                          f"cos(θ/2) is not one)")
+                          f"{'exp(θ)' if any('exp' in o for o in other) else 'cos(θ/2)'} "
+                          f"is not one)")
     _check_jet_symbols(exprs, lambda symbol: symbol.name in M2_DERIVATIVE_NAMES, "M2",
                        f"the 2-jet {', '.join(M2_DERIVATIVE_NAMES)} and cos θ, sin θ", circle)
 
