@@ -938,15 +938,21 @@ def _changed_leaves(value, default, path: str):
 
 @dataclass(frozen=True)
 class InertField:
-    """A field that changes nothing unless another field of the same configuration has a value
+    """A field that changes nothing unless other fields of the same configuration have values
     for which ``acts`` is true: ``path`` and ``condition`` are dotted paths in an
-    :class:`ExperimentConfig` (``"model.lifted_pde.downsample_sigma"``), ``why`` ends the
+    :class:`ExperimentConfig` (``"model.lifted_pde.downsample_sigma"``), ``condition`` one path
+    or a tuple of them (``acts`` then takes their values in that order), ``why`` ends the
     warning (:func:`fields_without_effect`)."""
 
     path: str
-    condition: str
-    acts: typing.Callable[[typing.Any], bool]
+    condition: str | tuple[str, ...]
+    acts: typing.Callable[..., bool]
     why: str
+
+    @property
+    def conditions(self) -> tuple[str, ...]:
+        """The condition's paths, as a tuple."""
+        return (self.condition,) if isinstance(self.condition, str) else tuple(self.condition)
 
 
 def _several_stages(channels) -> bool:
@@ -964,8 +970,10 @@ _NO_NETWORK = "only the 'network' term of F has a hidden layer"
 #: The fields that have no effect under some value of another field of the same configuration,
 #: each checked: the model's logits (train and eval mode) are bitwise the same with and
 #: without the field changed (tests/app/test_config_checks_round7.py). The first entry of a
-#: field whose condition holds is the one said. Fingerprints are not affected: those leave out
-#: only :data:`eqpdenet.app.training.CONDITIONAL_FIELDS`, whose entries are here too.
+#: field whose condition holds is the one said. A fingerprint reads a field at its default
+#: where it is inert (:func:`eqpdenet.app.training.without_inert_fields`), so that changing it
+#: there does not stop a sweep from resuming; :data:`eqpdenet.app.training.CONDITIONAL_FIELDS`,
+#: whose entries are here too, are left out instead.
 INERT_FIELDS: tuple[InertField, ...] = (
     InertField("model.lifted_pde.downsample_sigma", "model.lifted_pde.downsample",
                lambda value: value == "blur", "only the 'blur' downsampling has a low-pass"),
@@ -1004,6 +1012,9 @@ INERT_FIELDS: tuple[InertField, ...] = (
                "the blur penalty is off"),
     InertField("data.source", "data.dataset", lambda value: value == "rotmnist",
                "only ROTMNIST has a source to choose"),
+    InertField("data.rotmnist_seed", ("data.dataset", "data.rotated"),
+               lambda dataset, rotated: dataset == "rotmnist" or bool(rotated),
+               "the seed draws ROTMNIST's digits and angles, or a rotated data set's angles"),
 )
 
 
@@ -1043,11 +1054,13 @@ def fields_without_effect(config: ExperimentConfig) -> list[str]:
     for inert in INERT_FIELDS:
         if inert.path in said or any(inert.path.startswith(f"{table}.") for table in unused):
             continue  # said already, or its whole table is unused by the kind (above)
-        value, condition = _at_path(config, inert.path), _at_path(config, inert.condition)
-        if value != _at_path(default, inert.path) and not inert.acts(condition):
+        value = _at_path(config, inert.path)
+        conditions = [_at_path(config, path) for path in inert.conditions]
+        if value != _at_path(default, inert.path) and not inert.acts(*conditions):
             said.add(inert.path)
-            lines.append(f"{inert.path} = {value!r} has no effect with {inert.condition} = "
-                         f"{condition!r}: {inert.why}")
+            given = " and ".join(f"{path} = {condition!r}"
+                                 for path, condition in zip(inert.conditions, conditions, strict=True))
+            lines.append(f"{inert.path} = {value!r} has no effect with {given}: {inert.why}")
     return lines
 
 
