@@ -53,7 +53,7 @@ from ..files import (
 
 __all__ = ["EXPERIMENTS_INSTALL", "OUTPUT_ROOM", "TEMPORARY_SUFFIX", "FolderMovedError",
            "append_jsonl", "atomic_write", "check_file_size", "check_folder_kept",
-           "check_output_file", "figure_bytes", "file_size_limit", "folder_identity",
+           "check_output_file", "check_output_folder", "figure_bytes", "file_size_limit", "folder_identity",
            "folder_kept", "forget_folder", "import_pyplot", "interrupts_deferred", "keep_folder",
            "kept_holding", "make_folder", "read_jsonl", "read_jsonl_lines",
            "remove_stale_temporaries", "save_figure", "write_set"]
@@ -301,10 +301,31 @@ def check_output_file(path: Path, option: str = "--out", room: int = OUTPUT_ROOM
     except OSError as error:
         raise OutputFolderError(f"{option} {path}: {_reason(error)}") from None
     make_folder(target.parent)
+    _write_probe(target, f"{option} {path}", room)
+    return path
+
+
+def check_output_folder(folder: Path, what: str, room: int = OUTPUT_ROOM) -> Path:
+    """Before any work: the existing ``folder`` (a sweep's ``runs`` or ``checkpoints``) is a
+    folder and a file of ``room`` bytes can be written into it, as :func:`check_output_file`
+    tries it; an :class:`OutputFolderError` naming ``what``, the folder and the cause otherwise.
+    A folder that does not exist yet is not made: its parent's check covers it."""
+    folder = Path(folder)
+    if not folder.exists():
+        return folder
+    if not folder.is_dir():
+        raise OutputFolderError(f"{what} {folder} is a file, not a folder")
+    _write_probe(folder / "probe", f"{what} {folder}", room)
+    return folder
+
+
+def _write_probe(target: Path, label: str, room: int) -> None:
+    """Write ``room`` bytes into a temporary file beside ``target`` and remove it; an
+    :class:`OutputFolderError` starting with ``label`` where that fails."""
     try:
         fd, probe = temporary_beside(target, TEMPORARY_SUFFIX)
     except OSError as error:
-        raise _with_errno(OutputFolderError(f"{option} {path}: cannot write into "
+        raise _with_errno(OutputFolderError(f"{label}: cannot write into "
                                             f"{target.parent}: {_reason(error)}"), error) from None
     try:
         data = memoryview(bytes(room))
@@ -313,13 +334,12 @@ def check_output_file(path: Path, option: str = "--out", room: int = OUTPUT_ROOM
         os.fsync(fd)  # a file system that allocates late (NFS, delayed allocation) says it now
     except OSError as error:
         raise _with_errno(OutputFolderError(
-            f"{option} {path}: cannot write into {target.parent}: {_reason(error)} (a file of "
+            f"{label}: cannot write into {target.parent}: {_reason(error)} (a file of "
             f"{_size(room)} could not be written there)"), error) from None
     finally:  # an interrupt included: no probe is left
         os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(probe)
-    return path
 
 
 def file_size_limit() -> int | None:

@@ -80,7 +80,7 @@ from .config import (
     data_resolved_fields,
     to_toml,
 )
-from .files import check_file_size
+from .files import check_file_size, check_output_folder
 
 __all__ = ["BACKWARD_PEAK", "EVALUATION_PEAK", "EVALUATION_STATE_PEAK", "FIXED_TRAINING_IMAGES",
            "PARAMETER_BYTES", "PROCESS_WORDS", "STATE_PEAK", "WORKER_BYTES", "allocation_failure",
@@ -832,6 +832,10 @@ def check_output_space(out: Path, *, runs: int, checkpoints: int, parameters: in
       :data:`RECORD_MIN_BYTES` per run to add); these err on the small side, so that only a
       file that cannot fit is refused."""
     out = Path(out)
+    if sweep:  # a resumed sweep's folders: a file or a read-only mount there failed after a run
+        for name, due in (("runs", runs), ("checkpoints", checkpoints)):
+            if due:
+                check_output_folder(out / name, f"the sweep's {name} folder")
     if checkpoints:
         check_file_size(4 * parameters + CHECKPOINT_MIN_EXTRA,
                         f"a checkpoint in {out} (a model of {parameters:,} parameters)")

@@ -130,6 +130,7 @@ def _cached_data(config: DataConfig, data_dir, cache_dir) -> Data:
 #: says it): the runs it finished are kept, and its rerun resumes.
 RESUME_HINT = ("finished runs are saved: make room (or raise the limit), then rerun the same "
                "command to resume")
+_ROOM, _WRITABLE = "make room (or raise the limit)", "make the folder writable"
 
 
 def report_hint(out_dir: Path) -> str:
@@ -170,7 +171,9 @@ def _limits_named(out_dir: Path, resumable: bool = False, hint: str = RESUME_HIN
             else:
                 raise
         if resumable:
-            text = f"{text}; {hint}"
+            # a read-only folder or file system is not a lack of room: say what to do about it
+            text = f"{text}; " + (hint.replace(_ROOM, _WRITABLE) if error.errno == errno.EROFS
+                                  else hint)
         named_error = OutputFolderError(text)
         named_error.errno = error.errno
         raise named_error from None
