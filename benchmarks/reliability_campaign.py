@@ -689,6 +689,33 @@ def _usetex_rc(tmp: Path) -> None:
     (tmp / "rc" / "matplotlibrc").write_text("text.usetex: True\n")
 
 
+ROUND15_SWEEP = sweep_args(TINY_SWEEP + ["seeds=[0, 1]", "models=['fcnn']",
+                                         "checkpoint_seeds=[0]"])
+
+
+def _resumable_sweep_without_checkpoints_folder(tmp: Path) -> None:
+    """A finished tiny sweep whose seed-0 run (which keeps a checkpoint) is to be done again,
+    and a file where its ``checkpoints`` folder was."""
+    out = tmp / "S"
+    done, _ = _run(_eqpdenet("reproduce", "--out", str(out), "--data-dir", PLACES["data"],
+                             "--cache-dir", str(tmp / "c"), "--no-progress", *ROUND15_SWEEP), 900)
+    assert done.returncode == 0, done.stderr[-500:]
+    (out / "runs" / "fcnn-h8-seed0.json").unlink()
+    lines = (out / "results.jsonl").read_text().splitlines()
+    (out / "results.jsonl").write_text("".join(line + "\n" for line in lines
+                                               if '"fcnn-h8-seed0"' not in line))
+    shutil.rmtree(out / "checkpoints")
+    (out / "checkpoints").write_text("a file in the way")
+
+
+def _no_run_redone(tmp: Path, done) -> str | None:
+    return ("the seed-0 run was trained again" if (tmp / "S" / "runs" / "fcnn-h8-seed0.json")
+            .exists() else None)
+
+
+_no_run_redone.says = "no run trained"
+
+
 CASES = [
     # configuration and flags: refused before any data is loaded
     Case("epochs-0", "config", "`train --epochs 0`", T("--epochs", "0", fragment="train.epochs")),
@@ -1376,6 +1403,39 @@ CASES = [
          lib("EulerStep(type('F64', (torch.nn.Module,), {'forward': lambda self, u: -u.double()})"
              "(), 0.1)(torch.rand(1, 1, 5, 5))", expect="ConfigError",
              fragment="must return du/dt in the state's dtype torch.float32")),
+    # round 15 (outside-in probes of 2026-12-07, fourth session)
+    Case("recompute-inplace-weight", "library",
+         "a PDE parameter changed in place between forward and backward with `recompute=True` "
+         "(the reference recomputed the states from the new values: a wrong gradient, no error)",
+         lib("(lambda layer, x: (lambda out: (next(layer.pdes[0].parameters()).detach()"
+             ".add_(1.0), out.sum().backward())[1])(layer(x)))(PDELayer.build(['se2'], "
+             "recompute=True, backend='reference', init_noise=0.01), torch.rand(2, 1, 8, 8, "
+             "requires_grad=True))", expect="RuntimeError",
+             fragment="modified by an inplace operation")),
+    Case("symbolic-derivative-notation", "library",
+         "`is_invariant('Derivative(u, x)', 'se2')` in SymPy's calculus notation (True: u_x "
+         "read as a constant)",
+         lib("__import__('eqpdenet.pde.symbolic', fromlist=['is_invariant']).is_invariant("
+             "'Derivative(u, x)', 'se2')", expect="ConfigError", fragment="write u_x for")),
+    Case("warp-subnormal-factor", "library",
+         "`geometry.scale(images, 1e-40)`: non-zero, but its reciprocal overflows float32 (the "
+         "message named `matrix`, which the caller never passed)",
+         lib("eqpdenet.geometry.scale(torch.rand(1, 1, 8, 8), 1e-40)", expect="SingularMapError",
+             fragment="factor must have a finite reciprocal")),
+    Case("rotmnist-seed-on-mnist", "config",
+         "`train --dataset mnist --set data.rotmnist_seed=3` (no effect, said nothing, and a "
+         "sweep refused to resume over it)",
+         T("--dataset", "mnist", "--set", "data.rotmnist_seed=3", "--set",
+           "data.train_subset=300", "--set", "data.test_subset=200", "--model", "fcnn",
+           "--hidden", "8", "--epochs", "1", expect="warning",
+           fragment="data.rotmnist_seed = 3 has no effect with data.dataset = 'mnist'")),
+    Case("sweep-checkpoints-file", "output",
+         "a resumed sweep whose `checkpoints` folder is a file (trained the missing run to its "
+         "end, then failed)",
+         cli("reproduce", "--out", "{tmp}/S", "--data-dir", "{data}", "--cache-dir", "{tmp}/c",
+             "--no-progress", *ROUND15_SWEEP,
+             setup=_resumable_sweep_without_checkpoints_folder,
+             fragment="the sweep's checkpoints folder", after=_no_run_redone)),
 ]
 
 
