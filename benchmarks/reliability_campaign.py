@@ -1423,8 +1423,7 @@ CASES = [
          lib("eqpdenet.geometry.scale(torch.rand(1, 1, 8, 8), 1e-40)", expect="SingularMapError",
              fragment="factor must have a finite reciprocal")),
     Case("rotmnist-seed-on-mnist", "config",
-         "`train --dataset mnist --set data.rotmnist_seed=3` (no effect, said nothing, and a "
-         "sweep refused to resume over it)",
+         "`train --dataset mnist --set data.rotmnist_seed=3` (no effect, and said nothing)",
          T("--dataset", "mnist", "--set", "data.rotmnist_seed=3", "--set",
            "data.train_subset=300", "--set", "data.test_subset=200", "--model", "fcnn",
            "--hidden", "8", "--epochs", "1", expect="warning",

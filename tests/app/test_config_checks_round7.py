@@ -28,7 +28,6 @@ from eqpdenet.app.config import (
     apply_overrides,
     build_model,
     fields_without_effect,
-    to_dict,
 )
 from eqpdenet.app.preflight import preflight
 from eqpdenet.app.training import (
@@ -38,7 +37,6 @@ from eqpdenet.app.training import (
     fingerprint,
     prepare_data,
     train_model,
-    without_inert_fields,
 )
 from eqpdenet.errors import ConfigError
 
@@ -146,7 +144,8 @@ def lines(*overrides: str) -> list[str]:
     # a field made inert by two others together (round 15: the seed was recorded silently)
     (["data.dataset='mnist'", "data.rotmnist_seed=3"],
      ["data.rotmnist_seed = 3 has no effect with data.dataset = 'mnist' and data.rotated = "
-      "False: the seed draws ROTMNIST's digits and angles, or a rotated data set's angles"]),
+      "False: the seed draws ROTMNIST's digits and angles, a rotated data set's angles, or "
+      "goes to a registered data set's own loader"]),
     (["data.dataset='mnist'", "data.rotated=true", "data.rotmnist_seed=3"], []),
     (["data.rotmnist_seed=3"], []),
     # a table the kind does not use is said once, as unused by the kind
@@ -172,35 +171,29 @@ def test_the_fingerprints_conditional_fields_are_among_the_inert_ones():
         inert = [f for f in INERT_FIELDS if f.path == ".".join(path)
                  and f.condition == ".".join(condition)]
         assert len(inert) == 1 and all(inert[0].acts(v) for v in values), path
-    # the field still counts where it acts
-    acting = apply_overrides(ExperimentConfig(), ["model.kind='lifted_pde'"])
-    assert fingerprint(apply_overrides(acting, ["model.lifted_pde.downsample_sigma=2.0"])) \
-        != fingerprint(acting)
+    # the warning leaves the fingerprint as it was: the field still counts (a folder made
+    # before recorded it so)
+    plain = apply_overrides(ExperimentConfig(), ["model.kind='lifted_pde'",
+                                                 "model.lifted_pde.downsample='none'"])
+    assert fingerprint(apply_overrides(plain, ["model.lifted_pde.downsample_sigma=2.0"])) \
+        != fingerprint(plain)
 
 
-@pytest.mark.parametrize("context, option", [
-    (["model.kind='lifted_pde'", "model.lifted_pde.downsample='none'"],
-     "model.lifted_pde.downsample_sigma=2.0"),
-    (["data.dataset='mnist'"], "data.rotmnist_seed=3"),
-    (["data.dataset='mnist'"], "data.source='official'"),
-    (["model.kind='fcnn'"], "train.blur_consistency.max_sigma=0.5"),
-])
-def test_an_inert_field_leaves_the_fingerprint_as_at_its_default(context, option):
-    """Round 15: an inert field set away from its default changed the fingerprint, so a sweep
-    refused to resume its finished runs over a field that changes nothing."""
-    plain = apply_overrides(ExperimentConfig(), context)
-    changed = apply_overrides(plain, [option])
-    assert fields_without_effect(changed) and fingerprint(changed) == fingerprint(plain)
-    # the field is read at its default, not dropped: a record holding the default is unchanged
-    assert without_inert_fields(to_dict(changed)) == without_inert_fields(to_dict(plain))
+def test_the_seed_reaches_a_registered_loader_and_is_not_called_inert(monkeypatch):
+    """Round 15 review: every registered loader is given data.rotmnist_seed; only the built-in
+    MNIST loader ignores it (and MNIST replaced by one's own loader does not)."""
+    from eqpdenet.data import datasets
 
+    def toy(data_dir=None, cache_dir=None, seed=0):
+        raise AssertionError("not loaded by the check")
 
-def test_a_seed_that_acts_on_a_rotated_data_set_changes_the_fingerprint():
-    rotated = apply_overrides(ExperimentConfig(), ["data.dataset='mnist'", "data.rotated=true"])
-    assert fingerprint(apply_overrides(rotated, ["data.rotmnist_seed=3"])) != fingerprint(rotated)
-    rotmnist = ExperimentConfig()
-    assert fingerprint(apply_overrides(rotmnist, ["data.rotmnist_seed=3"])) \
-        != fingerprint(rotmnist)
+    monkeypatch.setattr(datasets.DATASETS, "_items", dict(datasets.DATASETS._items))
+    datasets.register_dataset("campaign_toy", toy)
+    assert fields_without_effect(apply_overrides(
+        ExperimentConfig(), ["data.dataset='campaign_toy'", "data.rotmnist_seed=1"])) == []
+    datasets.register_dataset("mnist", toy, replace=True)
+    assert fields_without_effect(apply_overrides(
+        ExperimentConfig(), ["data.dataset='mnist'", "data.rotmnist_seed=1"])) == []
 
 
 SMALL = {"lifted_pde": ["model.lifted_pde.channels=[3, 3]", "model.lifted_pde.blocks=[1, 1]"],

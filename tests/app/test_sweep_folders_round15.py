@@ -66,3 +66,12 @@ def test_a_read_only_folder_is_told_to_be_made_writable_not_to_make_room(tmp_pat
     with pytest.raises(OutputFolderError) as caught, _limits_named(tmp_path, resumable=True):
         raise OSError(code, "system words", str(target))
     assert str(caught.value) == f"cannot write {target}: system words; {hint}"
+
+
+def test_a_link_to_nothing_in_place_of_a_sweep_folder_is_refused_naming_its_target(tmp_path):
+    (tmp_path / "runs").symlink_to(tmp_path / "gone")
+    with pytest.raises(OutputFolderError) as caught:
+        check_output_space(tmp_path, runs=1, checkpoints=0, parameters=10)
+    assert str(caught.value) == (f"the sweep's runs folder {tmp_path / 'runs'} is a link to "
+                                 f"{tmp_path / 'gone'}, which does not exist: make its target, "
+                                 f"or remove the link")

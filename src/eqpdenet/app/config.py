@@ -40,7 +40,7 @@ from ..checks import (
     require_positive,
 )
 from ..data.augment import AffineAugmentation, BlurConsistency
-from ..data.datasets import DATASETS
+from ..data.datasets import DATASETS, seed_reaches_loader
 from ..data.scenarios import SCENARIOS
 from ..errors import ConfigError
 from ..models import MODELS, CNNConfig, GCNNConfig, InvariantPDEConfig, LiftedPDEConfig
@@ -964,16 +964,20 @@ def _uses_network(terms) -> bool:
     return any(term_uses_options(term) for term in terms)
 
 
+def _seed_reaches_data(dataset, rotated) -> bool:
+    return bool(rotated) or seed_reaches_loader(dataset)
+
+
 _ONE_STAGE = "one stage: nothing is downsampled between stages"
 _NO_NETWORK = "only the 'network' term of F has a hidden layer"
 
 #: The fields that have no effect under some value of another field of the same configuration,
 #: each checked: the model's logits (train and eval mode) are bitwise the same with and
 #: without the field changed (tests/app/test_config_checks_round7.py). The first entry of a
-#: field whose condition holds is the one said. A fingerprint reads a field at its default
-#: where it is inert (:func:`eqpdenet.app.training.without_inert_fields`), so that changing it
-#: there does not stop a sweep from resuming; :data:`eqpdenet.app.training.CONDITIONAL_FIELDS`,
-#: whose entries are here too, are left out instead.
+#: field whose condition holds is the one said. Fingerprints are not affected: those leave out
+#: only :data:`eqpdenet.app.training.CONDITIONAL_FIELDS`, whose entries are here too (a change
+#: of any other inert field still stops a sweep from resuming, naming the field: reading it at
+#: its default would change the fingerprints that folders made before have recorded).
 INERT_FIELDS: tuple[InertField, ...] = (
     InertField("model.lifted_pde.downsample_sigma", "model.lifted_pde.downsample",
                lambda value: value == "blur", "only the 'blur' downsampling has a low-pass"),
@@ -1012,9 +1016,9 @@ INERT_FIELDS: tuple[InertField, ...] = (
                "the blur penalty is off"),
     InertField("data.source", "data.dataset", lambda value: value == "rotmnist",
                "only ROTMNIST has a source to choose"),
-    InertField("data.rotmnist_seed", ("data.dataset", "data.rotated"),
-               lambda dataset, rotated: dataset == "rotmnist" or bool(rotated),
-               "the seed draws ROTMNIST's digits and angles, or a rotated data set's angles"),
+    InertField("data.rotmnist_seed", ("data.dataset", "data.rotated"), _seed_reaches_data,
+               "the seed draws ROTMNIST's digits and angles, a rotated data set's angles, or "
+               "goes to a registered data set's own loader"),
 )
 
 

@@ -309,8 +309,12 @@ def check_output_folder(folder: Path, what: str, room: int = OUTPUT_ROOM) -> Pat
     """Before any work: the existing ``folder`` (a sweep's ``runs`` or ``checkpoints``) is a
     folder and a file of ``room`` bytes can be written into it, as :func:`check_output_file`
     tries it; an :class:`OutputFolderError` naming ``what``, the folder and the cause otherwise.
-    A folder that does not exist yet is not made: its parent's check covers it."""
+    A folder that does not exist yet is not made (its parent is the sweep's folder, which the
+    lock was taken in); a link to nothing is refused, naming its target."""
     folder = Path(folder)
+    if folder.is_symlink() and not folder.exists():
+        raise OutputFolderError(f"{what} {folder} is a link to {os.readlink(folder)}, which does "
+                                f"not exist: make its target, or remove the link")
     if not folder.exists():
         return folder
     if not folder.is_dir():

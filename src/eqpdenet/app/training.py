@@ -61,7 +61,6 @@ from . import accelerate
 from .batches import mini_batches
 from .checkpoints import describe_non_finite, non_finite_tensors
 from .config import (
-    INERT_FIELDS,
     KIND_OPTIONS,
     MAX_INPUT_MEAN,
     MAX_INPUT_STD,
@@ -1383,33 +1382,10 @@ def without_later_fields(config: dict, since: tuple[str, ...] | None = None) -> 
     return data
 
 
-def _may_act(inert, conditions) -> bool:
-    """``inert.acts(*conditions)``, True where that cannot be decided (a recorded name of a
-    plugin's stencil or term, not registered in this process): the field then counts."""
-    try:
-        return bool(inert.acts(*conditions))
-    except Exception:  # noqa: BLE001 - any failure to decide keeps the field, as before
-        return True
-
-
 def without_inert_fields(config: dict) -> dict:
     """An experiment configuration dict without the :data:`CONDITIONAL_FIELDS` that cannot
-    change its runs, and with every other field that cannot
-    (:data:`~eqpdenet.app.config.INERT_FIELDS`) at its default value (a copy). Defaults rather
-    than removal: a configuration recorded with an inert field at its default keeps its
-    fingerprint, and one that set it keeps resuming beside a run that did not."""
+    change its runs (a copy)."""
     data = copy.deepcopy(config)
-    defaults = None
-    for inert in INERT_FIELDS:
-        path = tuple(inert.path.split("."))
-        parent = _lookup(data, path[:-1])
-        conditions = [_lookup(data, tuple(c.split("."))) for c in inert.conditions]
-        if not isinstance(parent, dict) or path[-1] not in parent \
-                or any(value is None for value in conditions) or _may_act(inert, conditions):
-            continue
-        if defaults is None:
-            defaults = to_dict(ExperimentConfig())
-        parent[path[-1]] = copy.deepcopy(_lookup(defaults, path))
     for path, (condition, values) in CONDITIONAL_FIELDS.items():
         if _lookup(data, condition) not in values:
             parent = _lookup(data, path[:-1])

@@ -59,7 +59,8 @@ from .rotmnist import check_rotation_centre, load_rotmnist
 
 __all__ = ["DATASETS", "DatasetShape", "ImageDataset", "check_dataset_name", "check_loader",
            "data_fingerprint", "dataset_fingerprint", "dataset_shape", "load_dataset",
-           "load_idx_folder", "load_npz", "register_dataset", "rotate_dataset"]
+           "load_idx_folder", "load_npz", "register_dataset", "rotate_dataset",
+           "seed_reaches_loader"]
 
 IDX_NAMES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
              "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
@@ -289,6 +290,13 @@ register_dataset("mnist", _mnist)
 #: name registered anew with ``replace=True`` is the user's, and its shape is loaded.
 _BUILT_IN_LOADERS = {"rotmnist": _rotmnist, "mnist": _mnist}
 DATASETS.on_change(lambda: _LOADED_SHAPES.clear())
+
+
+def seed_reaches_loader(spec: str) -> bool:
+    """Whether the data set ``spec`` depends on the ``seed`` :func:`load_dataset` passes its
+    loader: every registered loader is given it, and only the built-in MNIST loader ignores it
+    (a data file has no loader). A ``rotated`` set's angles depend on it in every case."""
+    return spec in DATASETS and DATASETS.get(spec) is not _BUILT_IN_LOADERS["mnist"]
 
 
 #: The image layouts a data file may hold (:func:`_layout`), as its messages name them.

@@ -621,7 +621,10 @@ def _refuse_calculus(expr: sp.Expr, what: str) -> None:
     declared invariant under se2) and ``u(x, y)`` a function that no prolonged field moves
     (``u`` declared not invariant). Calculus that reads the same either way is left alone:
     ``f(u_x**2 + u_y**2)``, ``f(x)`` (a generic function; :func:`prolong` takes ``f(x) ∂x``),
-    ``Derivative(f(u_x), u_x)``."""
+    ``Derivative(f(u_x), u_x)``. Calculus along a parameter or a dummy (``Integral(t u_x, (t,
+    0, 1))``, ``Derivative(a u_x, a)``) is refused as well: a user's group may act on an
+    independent variable of any one-letter name, which this check cannot tell from a parameter,
+    and refusing with the way to write it is safer than a misread answer."""
     for node in sp.preorder_traversal(expr):
         if isinstance(node, AppliedUndef) and _jet_named(node.func.__name__):
             kind = "an undefined function (SymPy's Function)"
