@@ -28,6 +28,7 @@ import math
 import os
 import signal
 import sys
+import textwrap
 import threading
 import time
 import warnings
@@ -200,7 +201,7 @@ def _train(args) -> int:
         with staged(out) as stage:  # the run replaces the folder as a unit
             record = run_experiment(config, data, progress=not args.no_progress,
                                     checkpoint=stage / "model.pt")
-            atomic_write(stage / "config.toml", to_toml(config).encode())
+            atomic_write(stage / "config.toml", _run_config_text(config, record))
             atomic_write(stage / "result.json",
                          (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
     if record["status"] != "ok":
@@ -209,6 +210,26 @@ def _train(args) -> int:
     print(f"{_run_name(config)} seed={config.train.seed}: {_scores(record)} "
           f"({record['train_seconds']:.0f} s) -> {out / 'model.pt'}")
     return 0
+
+
+def _run_config_text(config, record: dict) -> bytes:
+    """The ``config.toml`` of a ``train`` folder: the configuration as given (what the same
+    command reruns from), after a comment naming the values training took from the data instead
+    (``model.image_size``, ``in_channels``, ``classes``, the standardisation's ``input_mean`` and
+    ``input_std``; :func:`~eqpdenet.app.training.resolve_for_data`), which ``model.pt`` and
+    ``result.json`` record: read alone, the file showed MNIST's 28x28, 1 channel and 10 classes
+    for a model trained on other data."""
+    used = record.get("config", {}).get("model", {})
+    given = to_dict(config)["model"]
+    taken = [f"model.{name} = {used[name]!r}" for name in
+             ("image_size", "in_channels", "classes", "input_mean", "input_std")
+             if name in used and used[name] != given.get(name)]
+    header = ""
+    if taken:
+        lines = textwrap.wrap(f"The configuration as given. Training took from the data (as "
+                              f"model.pt and result.json record): {', '.join(taken)}.", 96)
+        header = "".join(f"# {line}\n" for line in lines) + "\n"
+    return (header + to_toml(config)).encode()
 
 
 def _scores(record: dict) -> str:
@@ -305,7 +326,7 @@ def _train_distributed(args) -> int:
                 record = run_experiment(config, data, progress=not args.no_progress,
                                         checkpoint=stage / "model.pt")
                 record["processes"] = dist.get_world_size()
-                atomic_write(stage / "config.toml", to_toml(config).encode())
+                atomic_write(stage / "config.toml", _run_config_text(config, record))
                 atomic_write(stage / "result.json",
                              (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
                 # Where a watchdog, not the kernel, ends an orphan (not Linux), the launcher may
