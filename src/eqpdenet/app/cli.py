@@ -44,6 +44,7 @@ from .config import (
     ExperimentConfig,
     ReproduceConfig,
     apply_overrides,
+    assigned_fields,
     from_dict,
     load_toml,
     require_scored,
@@ -141,7 +142,7 @@ def _quick_subsets_within_data(config, assignments: list[str], data_dir=None,
     shape = dataset_shape(data.dataset, data_dir, cache_dir)
     if shape is None:
         return
-    given = {assignment.partition("=")[0].strip() for assignment in assignments}
+    given = {field for assignment in assignments for field in assigned_fields(assignment)}
     if "base.data.train_subset" not in given and data.train_subset > shape.train - data.validation:
         data.train_subset = 0
     if "base.data.test_subset" not in given and data.test_subset > shape.test:
@@ -684,8 +685,11 @@ def quick_benchmark(config: BenchmarkConfig) -> BenchmarkConfig:
     config.curves.shifts = [0.0, 2.0]
     # An entry's own epochs (of --config) give way to the profile's; appending train.epochs=1 to
     # every entry instead overrode --set base.train.epochs too (applied after the profile, it
-    # must win), and config.toml recorded epochs no run trained.
-    config.models = {name: [o for o in overrides if o.partition("=")[0].strip() != "train.epochs"]
+    # must win), and config.toml recorded epochs no run trained. By the fields set, not the
+    # key's text: "train={epochs=5, lr=0.01}" kept its 5 epochs (it becomes train.lr=0.01).
+    from .config import without_field
+
+    config.models = {name: without_field(overrides, "train.epochs")
                      for name, overrides in config.models.items()}
     return config
 

@@ -6,7 +6,9 @@ back (:func:`from_dict`, :func:`load_toml`), is validated on construction (an in
 its missing fields from the field's default (so ``[model.layer] T = 2.0`` is the paper's layer
 with ``T = 2``), and a layer table may start from a preset (``preset = "se2_sim2"``, see
 :data:`eqpdenet.pde.LAYER_PRESETS`; also ``--set model.layer.preset=se2_sim2``), the table's
-other fields overriding it.
+other fields overriding it. A table given whole through ``--set`` (``"train={lr=0.01}"``:
+:func:`apply_overrides`) is merged instead into the table as it stands, keeping the fields it
+does not name.
 
 The application's default layer is the paper's (:meth:`LayerConfig.paper`, the absolute ratio
 regularisation), so the default configuration reproduces the paper; the library's own default
@@ -23,6 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
+import difflib
 import inspect
 import math
 import re
@@ -46,7 +49,7 @@ from ..errors import ConfigError
 from ..models import MODELS, CNNConfig, GCNNConfig, InvariantPDEConfig, LiftedPDEConfig
 from ..models import build_model as _build_model
 from ..pde.invariants import INVARIANT_SETS, InvariantSet
-from ..pde.layer import LAYER_PRESETS, LayerConfig
+from ..pde.layer import LayerConfig
 from ..pde.m2_rhs import term_uses_options
 from ..pde.stencils import stencil_has_scale
 from .optim import LR_SCHEDULES, OPTIMIZERS
@@ -56,6 +59,7 @@ __all__ = [
     "data_resolved_fields",
     "ConfigError",
     "apply_overrides",
+    "assigned_fields",
     "DataConfig",
     "ExperimentConfig",
     "LayerConfig",
@@ -76,6 +80,7 @@ __all__ = [
     "load_toml",
     "to_dict",
     "to_toml",
+    "without_field",
 ]
 
 
@@ -310,7 +315,8 @@ class TrainConfig:
         require(isinstance(self.select_on_validation, bool), "train.select_on_validation",
                 "must be true or false")
         _require_seed(self.seed, "train.seed")
-        require(self.device in ("cpu", "cuda", "auto"), "train.device", f"{self.device!r}")
+        require(self.device in ("cpu", "cuda", "auto"), "train.device",
+                f"{self.device!r} is not 'cpu', 'cuda' or 'auto'")
         require(isinstance(self.compile, bool), "train.compile", "must be true or false")
         require_nonnegative(self.weight_average, "train.weight_average")
         require(self.weight_average < 1, "train.weight_average",
@@ -376,7 +382,8 @@ class DataConfig:
         require(not (self.rotated and self.dataset == "rotmnist"), "data.rotated",
                 "ROTMNIST is rotated already; rotated applies to another data set (e.g. "
                 "'mnist')")
-        require(self.source in ("auto", "generated", "official"), "data.source", f"{self.source!r}")
+        require(self.source in ("auto", "generated", "official"), "data.source",
+                f"{self.source!r} is not 'auto', 'generated' or 'official'")
         require(self.rotation_centre in ("frame", "mass"), "data.rotation_centre",
                 f"must be 'frame' or 'mass', got {self.rotation_centre!r}")
         require(self.rotation_centre == "frame" or self.dataset == "rotmnist" or self.rotated,
@@ -630,8 +637,9 @@ class BenchmarkConfig:
             require(isinstance(overrides, list) and all(isinstance(o, str) for o in overrides),
                     f"models.{name}", "must be a list of section.field=value overrides")
             # experiment() sets train.seed after the entry's overrides: one there was recorded in
-            # config.toml and never used.
-            require(not any(o.split("=", 1)[0].strip() == "train.seed" for o in overrides),
+            # config.toml and never used. By the fields set, not the key's text: "train={seed=5}"
+            # passed a check of the text.
+            require(not any("train.seed" in assigned_fields(o) for o in overrides),
                     f"models.{name}", "sets train.seed, which the benchmark sets for each run "
                     "from seeds; set seeds instead")
         _require_default(self.base, ("train", "seed"),
@@ -672,14 +680,30 @@ def _check_type(value, hint, field: str):
     elif hint is float:
         require_finite(value, field)
     elif hint is str:
-        quote = (f' (TOML reads {value} as a {type(value).__name__}: quote it, "{value}")'
-                 if isinstance(value, datetime.date | datetime.time) else "")
-        require(isinstance(value, str), field, f"must be a string, got {value!r}{quote}")
+        require(isinstance(value, str), field, f"must be a string, got {value!r}"
+                                               f"{_quote_hint(value, field)}")
     elif hint is list or typing.get_origin(hint) is list:
         require(isinstance(value, list), field, f"must be a list, got {value!r}")
         for index, item in enumerate(value):
             for inner in typing.get_args(hint):
                 _check_type(item, inner, f"{field}[{index}]")
+
+
+def _quote_hint(value, field: str) -> str:
+    """Where TOML read an unquoted value as a date, time, number or bool that was meant as a
+    string (``--set data.dataset=123``), how to quote it; else ``""``."""
+    if isinstance(value, datetime.date | datetime.time):
+        return f' (TOML reads {value} as a {type(value).__name__}: quote it, "{value}")'
+    if isinstance(value, bool | int):
+        # as written: TOML spells a bool in lower case, an int as Python prints it
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        kind = "a bool" if isinstance(value, bool) else "an integer"
+        return (f" (TOML reads an unquoted {text} as {kind}: quote it, '{text}', as in "
+                f"--set \"{field}='{text}'\")")
+    if isinstance(value, float):  # 1e3 is read as 1000.0: the text written is not known here
+        return (f" (TOML reads the unquoted value as a number: quote it as written, as in "
+                f"--set \"{field}='...'\")")
+    return ""
 
 
 def _fields_by_name(cls) -> dict[str, dataclasses.Field]:
@@ -706,15 +730,19 @@ def from_dict(cls, data: dict, base=None, _path: str = ""):
                           f"got {data!r}")
     if cls is LayerConfig and "preset" in data:
         data = dict(data)
-        base = LayerConfig.preset(data.pop("preset"))
+        base = _layer_preset(data.pop("preset"), f"{_path}preset")
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(names))
+    hints = typing.get_type_hints(cls)
     if unknown:
         # named by their paths (train.learning_rate), as every other field error names its field
+        tables = {name: [f.name for f in dataclasses.fields(hint)]
+                  if dataclasses.is_dataclass(hint) else None for name, hint in hints.items()
+                  if name in names}
+        meant = {n: _did_you_mean(n, tables, _path) for n in unknown}
         raise ConfigError(f"invalid config: unknown field(s) {[_path + n for n in unknown]} for "
-                          f"{cls.__name__}; "
+                          f"{cls.__name__}{_meant_text(meant)}; "
                           f"known: {sorted(names)}")
-    hints = typing.get_type_hints(cls)
     kwargs = {}
     if base is not None:
         kwargs = {name: copy.deepcopy(getattr(base, name)) for name in names if name not in data}
@@ -751,6 +779,45 @@ def from_dict(cls, data: dict, base=None, _path: str = ""):
             fields = re.sub(r"(^|/ )", lambda m: m.group(1) + _path, fields)
             raise ConfigError(f"{lead}{fields}{colon}{rest}") from None
         raise
+
+
+def _layer_preset(name, field: str) -> LayerConfig:
+    """The layer preset ``name`` (:meth:`LayerConfig.preset`), its error naming ``field`` (the
+    preset key's path, ``base.model.layer.preset``) as every other field's does."""
+    try:
+        return LayerConfig.preset(name)
+    except ConfigError as error:
+        text = str(error).removeprefix("invalid config: ")
+        raise ConfigError(f"invalid config: {field}: {text}") from None
+
+
+def _did_you_mean(name: str, tables: dict, prefix: str) -> list[str]:
+    """The fields meant by the unknown ``name`` of a table whose fields are ``tables`` (field
+    name -> the names of its own fields where it is a table, else ``None``), as paths under
+    ``prefix``: the nested tables that have the name (``T`` in ``[model]``: ``model.layer.T``;
+    ``model`` in a sweep's file: ``base.model``), else the closest field name (``lrr``:
+    ``lr``); ``[]`` where nothing is close."""
+    inner = [f"{prefix}{table}.{name}" for table, fields in tables.items()
+             if fields is not None and name in fields]
+    if inner:  # before a close name: [model] in a sweep's file means base.model, not models
+        return inner
+    # cutoff 0.65, not difflib's 0.6: that offered 'train' for 'extra' (and still takes 'T'
+    # for 'TT', 0.67)
+    return [prefix + close
+            for close in difflib.get_close_matches(name, list(tables), n=1, cutoff=0.65)]
+
+
+def _meant_text(meant: dict[str, list[str]]) -> str:
+    """`` (did you mean 'train.lr'?)`` for the suggestions of :func:`_did_you_mean` (unknown
+    name -> paths), each named by its unknown field where there are several; ``""`` where
+    none."""
+    found = {name: " or ".join(map(repr, paths)) for name, paths in meant.items() if paths}
+    if not found:
+        return ""
+    if len(meant) == 1:
+        return f" (did you mean {next(iter(found.values()))}?)"
+    return " (did you mean " + ", ".join(f"{paths} for {name!r}"
+                                         for name, paths in found.items()) + "?)"
 
 
 #: The field names of a ConfigError's message (``a.b[0]``, or several as ``a / b``).
@@ -842,7 +909,9 @@ def load_toml(cls, path: str | Path):
     (:func:`~eqpdenet.app.plugins.unregistered_hint`)."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig skips a leading byte-order mark (Windows editors and PowerShell write one):
+        # read as "utf-8", such a file was "Invalid statement (at line 1, column 1)"
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except IsADirectoryError:
@@ -865,11 +934,33 @@ def load_toml(cls, path: str | Path):
         raise
 
 
-def _parse_value(text: str):
+def _parse_value(text: str, field: str = "the value"):
+    """``--set``'s value ``text`` as TOML, else the string itself (``model.kind=fcnn``). Text that
+    starts as a TOML list, table or quoted string (``[``, ``{``, a quote) but is not valid TOML
+    is a :class:`ConfigError` naming ``field`` and TOML's reason: taken as a string, it was
+    reported as the wrong type (``scenarios: must be a list, got '[test,iso]'``), hiding the
+    likely cause, strings left unquoted."""
     try:
         value = tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
+    except tomllib.TOMLDecodeError as error:
+        if not text.startswith(("[", "{", '"', "'")):
+            return text
+        # tomllib counts columns in "v = <text>": said as a character of the value instead
+        reason = re.sub(r" \(at line 1, column (\d+)\)$",
+                        lambda m: f" at character {int(m.group(1)) - 4} of the value", str(error))
+        reason = reason.replace("(at end of document)", "at the end of the value")
+        if text[0] == '"' or text[0] == "'":
+            hint = ("; a quoted string must end with its opening quote (in double quotes a "
+                    "backslash starts an escape: use single quotes for a Windows path)")
+        elif reason.startswith("Invalid value"):  # most often a string left unquoted
+            example = "['a', 'b']" if text[0] == "[" else "{name = 'a'}"
+            hint = (f"; strings in a {'list' if text[0] == '[' else 'table'} need quotes, which "
+                    f"the shell keeps where the whole assignment is quoted: "
+                    f"--set \"{field}={example}\"")
+        else:
+            hint = ""
+        raise ConfigError(f"invalid config: {field}: {text} is not valid TOML ({reason})"
+                          f"{hint}") from None
     # No field is a date or a time: --set data.dataset=2024-01-01 names a file, not a date.
     return text if isinstance(value, datetime.date | datetime.time) else value
 
@@ -881,7 +972,13 @@ def apply_overrides(config, assignments: list[str]):
     """Apply ``a.b.c=value`` assignments (values parsed as TOML, else strings) to a dataclass.
 
     ``...layer.preset=NAME`` replaces a whole layer table by the preset's (later assignments
-    still apply on top of it).
+    still apply on top of it). A table given whole (``train={lr=0.01}``,
+    ``model.layer={T=2.0}``) is merged into the table as it stands: each of its keys is set as
+    ``train.lr=0.01`` would set it (a ``preset`` key first), and the table's other fields are
+    kept, so ``--set train.epochs=3 --set "train={lr=0.01}"`` trains 3 epochs. (A partial
+    table in a TOML *file* takes its missing fields from the defaults instead:
+    :func:`from_dict`.) A field whose value is a mapping but not a table of fields (a
+    benchmark's ``models``) is replaced whole.
     """
     data = to_dict(config)
     for assignment in assignments or []:
@@ -889,22 +986,89 @@ def apply_overrides(config, assignments: list[str]):
             raise ConfigError(f"--set expects section.field=value, got {assignment!r}")
         path, value = assignment.split("=", 1)
         keys = path.strip().split(".")
-        node = data
+        node, section = data, config
         for key in keys[:-1]:
             if not isinstance(node.get(key), dict):
                 raise ConfigError(f"--set {path}: {key!r} is not a config section"
                                   + _under_base(data, node, key, path, value))
             node = node[key]
-        if keys[-1] == "preset" and set(node) == _LAYER_FIELDS:
-            preset = LAYER_PRESETS.get(_parse_value(value.strip()))()
-            node.clear()
-            node.update(to_dict(preset))
-            continue
-        if keys[-1] not in node:
-            raise ConfigError(f"--set {path}: unknown field {keys[-1]!r}; known: {sorted(node)}"
-                              + _under_base(data, node, keys[-1], path, value))
-        node[keys[-1]] = _parse_value(value.strip())
+            section = getattr(section, key, None) if dataclasses.is_dataclass(section) else None
+        # an unknown field is said first, whatever its value
+        known = keys[-1] in node or (keys[-1] == "preset" and set(node) == _LAYER_FIELDS)
+        _assign(node, section, keys[-1], _parse_value(value.strip(), path.strip()) if known
+                else None, path.strip(), _under_base(data, node, keys[-1], path, value))
     return from_dict(type(config), data)
+
+
+def _assign(node: dict, section, key: str, value, path: str, under_base: str = "") -> None:
+    """``node[key] = value`` for :func:`apply_overrides` (``node``: the dict of the dataclass
+    ``section``, or of no dataclass where ``section`` is ``None``; ``path``: the field's dotted
+    path, for messages): a preset replaces a layer table, a table given whole is merged key by
+    key into a field that is a table of fields, and an unknown key is a :class:`ConfigError`
+    naming the field meant where one is close (``under_base``: the hint of
+    :func:`_under_base`, which replaces that guess)."""
+    if key == "preset" and set(node) == _LAYER_FIELDS:
+        node.clear()
+        node.update(to_dict(_layer_preset(value, path)))
+        return
+    if key not in node:
+        tables = {name: list(inner) if isinstance(inner, dict) else None
+                  for name, inner in node.items()}
+        prefix = path.rpartition(".")[0] + "." if "." in path else ""
+        meant = "" if under_base else _meant_text({key: _did_you_mean(key, tables, prefix)})
+        raise ConfigError(f"--set {path}: unknown field {key!r}{meant}; known: {sorted(node)}"
+                          + under_base)
+    inner = getattr(section, key, None) if dataclasses.is_dataclass(section) else None
+    if isinstance(value, dict) and isinstance(node[key], dict) and dataclasses.is_dataclass(inner):
+        # merged, not rebuilt from the defaults: "train={lr=0.01}" reset an earlier
+        # train.epochs=3 to 20, and "model.layer={T=2.0}" dropped the layer's preset
+        for name, item in sorted(value.items(), key=lambda pair: pair[0] != "preset"):
+            _assign(node[key], inner, name, item, f"{path}.{name}")
+        return
+    node[key] = value
+
+
+def _leaves(path: str, value):
+    """``(path, value)`` of every field an assignment of ``value`` to ``path`` sets: a table
+    given whole sets each of its keys (a ``preset`` first), as :func:`apply_overrides` merges
+    it."""
+    if isinstance(value, dict):
+        for name, item in sorted(value.items(), key=lambda pair: pair[0] != "preset"):
+            yield from _leaves(f"{path}.{name}", item)
+    else:
+        yield path, value
+
+
+def assigned_fields(assignment: str) -> list[str]:
+    """The dotted paths of the fields an ``a.b=value`` assignment sets: ``["train.seed"]`` for
+    ``train.seed=5`` and for ``train={seed=5}`` alike (``["train.seed", "train.lr"]`` for
+    ``train={seed=5, lr=0.01}``), so that a check on a field is not passed by writing its
+    table whole. A value that is not valid TOML gives the assignment's own path
+    (:func:`apply_overrides` says what is wrong with it)."""
+    path, _, value = assignment.partition("=")
+    try:
+        parsed = _parse_value(value.strip(), path.strip())
+    except ConfigError:
+        return [path.strip()]
+    return [leaf for leaf, _ in _leaves(path.strip(), parsed)]
+
+
+def without_field(assignments: list[str], field: str) -> list[str]:
+    """``assignments`` without any that sets ``field`` (a dotted path): ``field=...`` is left
+    out, and a table given whole that sets it among other keys (``train={epochs=5, lr=0.01}``
+    for ``train.epochs``) is replaced by the assignments of its other keys (``train.lr=0.01``,
+    the same configuration under :func:`apply_overrides`); the others are kept as they are."""
+    kept = []
+    for assignment in assignments:
+        path, _, value = assignment.partition("=")
+        if path.strip() == field:
+            continue
+        if field not in assigned_fields(assignment):
+            kept.append(assignment)
+            continue
+        leaves = _leaves(path.strip(), _parse_value(value.strip(), path.strip()))
+        kept += [f"{leaf}={_toml_value(item, leaf)}" for leaf, item in leaves if leaf != field]
+    return kept
 
 
 def _under_base(data: dict, node: dict, key: str, path: str, value: str) -> str:

@@ -525,7 +525,7 @@ def _base_differences(out_dir: Path, base: dict, every_kind: bool = False) -> li
     with ``every_kind`` (compared as the base fingerprint reads them: a benchmark's covers
     every kind's, ``reproduce``'s its base's kind's)."""
     try:
-        written = tomllib.loads((Path(out_dir) / "config.toml").read_text(encoding="utf-8"))
+        written = tomllib.loads((Path(out_dir) / "config.toml").read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return []
     differences = []
@@ -598,7 +598,7 @@ def runs_without_checkpoints(out_dir: Path, checkpoint_keys) -> list[str]:
     written before the field) is not judged: its committed copies are kept without their
     checkpoints (``results/study``), and resuming one must still find its runs done."""
     try:
-        written = tomllib.loads((Path(out_dir) / "config.toml").read_text(encoding="utf-8"))
+        written = tomllib.loads((Path(out_dir) / "config.toml").read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return []
     recorded = written.get("checkpoint_seeds")
