@@ -84,7 +84,7 @@ def test_the_standardize_stage_compares_raw_pixels_with_the_data_sets_own_statis
     assert sorted(trained_with.values()) == [("fixed", 0.0, 1.0), ("train", 0.1307, 0.3081)]
     assert len(fake) == 4  # both models, both rows
     assert text.splitlines()[2].endswith(
-        "(equal scores: the name first in order). The input starts standardised with the "
+        "(equal scores: the name that sorts first). The input starts standardised with the "
         "training split's own pixel mean and std (`model.standardize = 'train'`).")
 
     run_study(tmp_path / "m", base=study_base(hidden_sizes=(16,), seeds=(0,)),

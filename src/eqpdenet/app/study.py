@@ -20,7 +20,9 @@ stage is either
 The incumbent's row is labelled with the name of the candidate whose values it already holds (a
 candidate that leaves it unchanged is not trained twice), else ``incumbent``. Of the candidates
 that beat the incumbent's score by more than ``margin`` percentage points the best replaces it,
-whatever order they are listed in; of two with the same score, the one whose name sorts first. A
+whatever order they are listed in; of two with the same score, the one whose name sorts first
+(scores compared exactly, as fractions of correctly classified validation images, not as
+floats with their rounding: :func:`_score`). A
 cell averages the runs of the study's grid (models x hidden sizes x seeds) only. Runs are stored
 by configuration under ``out/runs/<fingerprint>/`` so a configuration met again (the incumbent of
 the next stage) is not retrained, and rerunning the command resumes where it stopped. The study
@@ -53,11 +55,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
+import numbers
 import re
 import statistics
 import time
 import tomllib
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 from ..data.rotmnist import N_TRAIN
@@ -69,6 +74,7 @@ from .config import (
     ExperimentConfig,
     ReproduceConfig,
     apply_overrides,
+    assigned_fields,
     data_resolved_fields,
     from_dict,
     to_dict,
@@ -92,12 +98,35 @@ __all__ = ["PROTOTYPE", "REFINE_STAGES", "STAGES", "Stage", "run_study", "study_
 class Stage:
     """One step of the greedy search. ``candidates``: name -> overrides that state the
     candidate's values (the incumbent already holding them is that candidate). Names and
-    overrides may hold ``{epochs}``, the incumbent's number of epochs."""
+    overrides may hold ``{epochs}``, the incumbent's number of epochs (the only text replaced in
+    them: other braces, a TOML inline table, stay as written). ``kind`` is one of
+    :data:`STAGE_KINDS`, else a :class:`ConfigError`."""
 
     name: str
     kind: str  # "shared" or "layer"
     question: str
     candidates: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        _check_kind(self)
+
+
+#: A stage's kinds: ``shared`` is scored on every model of the study, ``layer`` on EqPdeNet.
+STAGE_KINDS = ("shared", "layer")
+
+
+def _check_kind(stage: Stage) -> None:
+    # anything else ("Layer", "layers") was scored as shared, on both models, without a word
+    if stage.kind not in STAGE_KINDS:
+        raise ConfigError(f"invalid config: stage {stage.name}: kind {stage.kind!r} is not one "
+                          f"of 'shared' (the training recipe, scored on both models) and 'layer' "
+                          f"(the PDE layer, scored on EqPdeNet)")
+
+
+def _with_epochs(text: str, epochs: int) -> str:
+    """A candidate's name or override with ``{epochs}`` replaced by ``epochs``: replaced, not
+    formatted, as other braces (``base.train.augment={max_shift=1.0}``) are the override's own."""
+    return text.replace("{epochs}", str(epochs))
 
 
 #: The study, in order. The first candidate of each stage states the prototype's value.
@@ -138,10 +167,15 @@ STAGES = [
 
 
 #: A second round, from the configuration chosen by STAGES (``results/study/chosen.toml``): the
-#: layer choices re-examined once the input is standardised, and a longer horizon.
+#: layer choices re-examined once the input is standardised, and a longer horizon. Its two
+#: ``heat-...+noise`` candidates do not state ``init_noise``: they keep the incumbent's, 0.01 in
+#: that file, and from a configuration of noise 0 they have none.
 REFINE_STAGES = [
     Stage("init-after-standardize", "layer",
           "Now that the input is standardised: noise around zero, or around a heat flow?",
+          # (stating init_noise=0.01 in the heat candidates would leave their runs' folders as
+          # they are, but change the overrides results/study-refine/study.md shows for them, which
+          # its recorded command must rewrite as committed)
           {"noise-0.01": ["base.model.layer.init='zeros'", "base.model.layer.init_noise=0.01"],
            "heat-0.25+noise": ["base.model.layer.init='heat'", "base.model.layer.init_scale=0.25"],
            "heat-1.0+noise": ["base.model.layer.init='heat'", "base.model.layer.init_scale=1.0"]}),
@@ -244,21 +278,44 @@ def _apply(config: ReproduceConfig, overrides: list[str]) -> ReproduceConfig:
     return apply_overrides(copy.deepcopy(config), overrides)
 
 
+#: The largest validation split whose accuracies :func:`_exact_accuracy` recovers exactly.
+EXACT_IMAGES = 10**7
+
+
+def _exact_accuracy(value: float) -> Fraction:
+    """A run's validation accuracy (``100.0 * correct / n``, in percent) as the exact
+    ``100 * correct / n``: the float is within a few units in the last place of it, and every
+    other fraction of a denominator up to :data:`EXACT_IMAGES` is farther (at least
+    ``1 / (n * EXACT_IMAGES)``), so for ``n`` up to that the nearest one is it."""
+    return 100 * (Fraction(value) / 100).limit_denominator(EXACT_IMAGES)
+
+
 def _score(records: list[dict], kind: str) -> dict:
+    """A candidate's score: ``score``, exact (a :class:`~fractions.Fraction` of the runs'
+    accuracies, :func:`_exact_accuracy`; ``-inf`` where a run it counts failed), which the margin
+    and the tie rule compare (:func:`_choose`); ``shown`` and ``per_model``, the same means in
+    floats, as study.md shows them."""
     ok = [r for r in records if r.get("status") == "ok"]
-    per_model = {}
+    per_model, exact = {}, {}
     for model in PAPER_MODELS:
         values = [r["validation_accuracy"] for r in ok if r["model"] == model]
         if values:
             per_model[model] = statistics.fmean(values)
+            # Float means carry rounding (79.55000000000001 - 79.3 > 0.25): compared as floats,
+            # a candidate exactly the margin better was chosen, and equal scores were decided
+            # by the rounding, not by name.
+            exact[model] = sum(map(_exact_accuracy, values)) / len(values)
     failed = len(records) - len(ok)
     if kind == "layer":  # scored on EqPdeNet alone: only its failures void the score
-        score = per_model.get("eqpdenet", float("-inf"))
+        shown = per_model.get("eqpdenet", float("-inf"))
+        score = exact.get("eqpdenet", float("-inf"))
         voided = any(r["model"] == "eqpdenet" for r in records if r.get("status") != "ok")
     else:
-        score = statistics.fmean(per_model.values()) if per_model else float("-inf")
+        shown = statistics.fmean(per_model.values()) if per_model else float("-inf")
+        score = sum(exact.values()) / len(exact) if exact else float("-inf")
         voided = failed > 0
-    return {"score": float("-inf") if voided else score, "per_model": per_model,
+    return {"score": float("-inf") if voided else score,
+            "shown": float("-inf") if voided else shown, "per_model": per_model,
             "failed": failed, "runs": len(records)}
 
 
@@ -298,34 +355,91 @@ def _field_words(path: tuple[str, ...]) -> str:
     return "training takes it from the data"
 
 
+def _apply_candidate(stage: Stage, name: str, config: ReproduceConfig,
+                     overrides: list[str]) -> ReproduceConfig:
+    """``overrides`` applied to ``config``; an override that is not ``base.field=value`` (the
+    grid, ``models``, ``hidden_sizes``, ``seeds``, is the study's, the same for every
+    candidate: a candidate changing only it was taken for the incumbent, its base unchanged) or
+    that the configuration refuses is a :class:`ConfigError` naming the stage and candidate."""
+    where = f"invalid config: stage {stage.name}, candidate {name}"
+    for override in overrides:
+        path, equals, _ = override.partition("=")
+        if not equals:
+            raise ConfigError(f"{where}: an override is base.section.field=value, got {override!r}")
+        if not path.strip().startswith("base."):
+            raise ConfigError(f"{where}: {override}: a candidate sets fields of base only; "
+                              f"models, hidden_sizes and seeds are the study's grid, the same "
+                              f"for every candidate")
+    try:
+        return _apply(config, overrides)
+    except ConfigError as error:  # apply_overrides speaks of --set, which was not given
+        words = str(error).removeprefix("invalid config: ").removeprefix("--set ")
+        raise ConfigError(f"{where}: {words}") from None
+
+
+def _candidate_names(stage: Stage, epochs: int) -> dict[str, list[str]]:
+    """The stage's candidates with ``epochs`` filled in (name -> overrides), or a
+    :class:`ConfigError` where two of them take the same name with other values, or one takes
+    the incumbent's label ``incumbent``: each would replace the other's row (the incumbent's
+    too, never compared with it)."""
+    named, raw = {}, {}
+    for original, overrides in stage.candidates.items():
+        name = _with_epochs(original, epochs)
+        overrides = [_with_epochs(o, epochs) for o in overrides]
+        if name == "incumbent":
+            raise ConfigError(f"invalid config: stage {stage.name}, candidate {original}: the "
+                              f"name 'incumbent' labels the incumbent's row (where no candidate "
+                              f"holds its values): name the candidate otherwise")
+        if name in named and named[name] != overrides:
+            raise ConfigError(f"invalid config: stage {stage.name}: candidates {raw[name]} and "
+                              f"{original} are both named {name} with {{epochs}} = {epochs}, "
+                              f"with other overrides: name them apart")
+        named[name], raw[name] = overrides, original
+    return named
+
+
 def _check_candidates(base: ReproduceConfig, stages) -> list[tuple[str, ReproduceConfig]]:
     """Every candidate of ``stages`` applied to ``base`` (``(label, configuration)``, the base
-    first), or the :class:`ConfigError` of a candidate that sets a field training takes from
+    first), or the :class:`ConfigError` of a stage of another kind than :data:`STAGE_KINDS`,
+    of two candidates taking one name or one named ``incumbent`` (:func:`_candidate_names`,
+    with ``{epochs}`` the starting configuration's or one an earlier stage's candidate sets), of
+    an override outside ``base.`` or that the configuration refuses (:func:`_apply_candidate`),
+    of a candidate that sets a field training takes from
     the data (:func:`~eqpdenet.app.config.data_resolved_fields`: ``model.image_size``, and
     ``model.input_mean, input_std`` where ``model.standardize`` computes them): its runs would
     be the incumbent's, a configuration compared with itself; or one that turns on
     ``train.select_on_validation`` (:func:`_check_study`)."""
     configs = [("the starting configuration", base)]
     epochs = base.base.train.epochs
+    reachable = [epochs]  # the epochs an incumbent may have when a stage names its candidates
     for stage in stages:
-        for name, overrides in stage.candidates.items():
-            name = name.format(epochs=epochs)
-            overrides = [o.format(epochs=epochs) for o in overrides]
-            config = _apply(base, overrides)
+        _check_kind(stage)
+        for other in reachable[1:]:
+            _candidate_names(stage, other)
+        found = []
+        for name, overrides in _candidate_names(stage, epochs).items():
+            config = _apply_candidate(stage, name, base, overrides)
+            found.append(config.base.train.epochs)
             resolved = set(data_resolved_fields(config.base))
             for override in overrides:
-                path = tuple(override.partition("=")[0].strip().split("."))
-                if path[0] == "base" and path[1:] in resolved:
-                    raise ConfigError(
-                        f"invalid config: stage {stage.name}, candidate {name}: {override} has "
-                        f"no effect on {config.base.data.dataset}: "
-                        f"{_field_words(path)}, so the candidate would compare a configuration "
-                        f"with itself")
+                # a table given whole (base.model={input_mean=0.5}) sets the fields it holds
+                for assigned in assigned_fields(override):
+                    path = tuple(assigned.split("."))
+                    if path[0] == "base" and path[1:] in resolved:
+                        break
+                else:
+                    continue
+                raise ConfigError(
+                    f"invalid config: stage {stage.name}, candidate {name}: {override} has "
+                    f"no effect on {config.base.data.dataset}: "
+                    f"{_field_words(path)}, so the candidate would compare a configuration "
+                    f"with itself")
             if config.base.train.select_on_validation:  # as _check_study refuses in the base
                 raise ConfigError(f"invalid config: stage {stage.name}, candidate {name}: "
                                   f"base.train.select_on_validation: the study scores on the "
                                   f"validation split that it would select each run's epoch on")
             configs.append((f"stage {stage.name}, candidate {name}", config))
+        reachable += [value for value in found if value not in reachable]
     return configs
 
 
@@ -408,7 +522,7 @@ def _protocol(config: ReproduceConfig, margin: float) -> str:
             f"{base.train.epochs} epoch{'s' if base.train.epochs != 1 else ''}; `shared` stages "
             f"{shared}, `layer` stages EqPdeNet only. Of the candidates that beat the "
             f"incumbent by more than {margin} points the best replaces it (equal scores: the name "
-            f"first in order).{start}")
+            f"that sorts first).{start}")
 
 
 def run_study(out: Path, *, base: ReproduceConfig | None = None, stages=STAGES, margin: float = 0.25,
@@ -421,7 +535,11 @@ def run_study(out: Path, *, base: ReproduceConfig | None = None, stages=STAGES, 
     epochs could never lose), is refused before anything is written, and so are runs that
     cannot run on their data (:func:`_check_runs`: the preflight of the starting configuration
     and of every candidate, e.g. a validation split as large as
-    the data's training split, labels the loader refuses) and a candidate that sets a field
+    the data's training split, labels the loader refuses), a ``margin`` that is not a finite
+    number >= 0 (:func:`_check_margin`), a stage of a kind other than ``shared`` and
+    ``layer``, two candidates of one stage that take one name (or one the name
+    ``incumbent``), an override outside ``base.`` or one the configuration refuses, and a
+    candidate that sets a field
     training takes from the data (:func:`_check_candidates`): a refused study leaves no
     folder, no ``study.json`` that would refuse the corrected command. On a data set outside
     MNIST's family, ``model.standardize = 'auto'`` is resolved to ``'train'``
@@ -434,6 +552,7 @@ def run_study(out: Path, *, base: ReproduceConfig | None = None, stages=STAGES, 
     Ray (:func:`~eqpdenet.app.distributed.ray_session`), started when the first run needs it and
     stopped at the end."""
     refuse_while_starting("study")  # a script's call without a __main__ guard, in a worker
+    margin = _check_margin(margin)
     base = base_for_data(base or study_base())
     stages = stages_for_data(stages, base.base.data)
     _check_study(base)
@@ -462,6 +581,18 @@ def run_study(out: Path, *, base: ReproduceConfig | None = None, stages=STAGES, 
         return _run_study(out, base=base, stages=stages, margin=margin, jobs=jobs,
                           executor=executor, data_dir=data_dir, cache_dir=cache_dir,
                           progress=progress, echo=echo, rerun_changed=rerun_changed)
+
+
+def _check_margin(margin):
+    """``margin`` if it is a finite number of points >= 0 (a number type JSON cannot write, as
+    a float), else a :class:`ConfigError`: NaN chose nothing and wrote ``NaN`` into
+    study.json, invalid JSON that refused the same command ever after (NaN != NaN), and a
+    negative margin chose candidates worse than the incumbent."""
+    if not isinstance(margin, numbers.Real) or isinstance(margin, bool) \
+            or not math.isfinite(margin) or margin < 0:
+        raise ConfigError(f"invalid margin: the points a candidate must beat the incumbent by "
+                          f"must be a finite number >= 0, got {margin!r}")
+    return margin if isinstance(margin, int | float) else float(margin)
 
 
 #: The file of a study's folder that records what it was run with (:func:`study_record`).
@@ -536,7 +667,7 @@ def _recorded_base(out: Path, recorded: dict) -> dict | None:
         return base
     with contextlib.suppress(OSError, ValueError, ConfigError):
         written = tomllib.loads((out / "runs" / recorded["start_fingerprint"] / "config.toml")
-                                .read_text(encoding="utf-8"))
+                                .read_text(encoding="utf-8-sig"))
         return written.get("base") if isinstance(written.get("base"), dict) else None
     return None
 
@@ -602,13 +733,10 @@ def _set_aside_summary(out: Path) -> Path:
 def _candidates(stage: Stage, incumbent: ReproduceConfig) -> tuple[str, dict[str, tuple]]:
     """The incumbent's label and the stage's other candidates (name -> (overrides,
     configuration)); a candidate that leaves the incumbent unchanged labels it instead."""
-    epochs = incumbent.base.train.epochs
     own = fingerprint(incumbent.base)
     label, others = None, {}
-    for name, overrides in stage.candidates.items():
-        name = name.format(epochs=epochs)
-        overrides = [o.format(epochs=epochs) for o in overrides]
-        config = _apply(incumbent, overrides)
+    for name, overrides in _candidate_names(stage, incumbent.base.train.epochs).items():
+        config = _apply_candidate(stage, name, incumbent, overrides)
         if fingerprint(config.base) == own:
             label = label or name
         else:
@@ -616,9 +744,18 @@ def _candidates(stage: Stage, incumbent: ReproduceConfig) -> tuple[str, dict[str
     return label or "incumbent", others
 
 
-def _choose(scores: dict[str, float], incumbent: str, margin: float) -> str:
+def _exact_margin(margin: float) -> Fraction:
+    """``margin`` as the number written (0.1 is 1/10, not the binary float just above it)."""
+    if isinstance(margin, numbers.Rational):
+        return Fraction(margin)
+    return Fraction(repr(float(margin)))
+
+
+def _choose(scores: dict, incumbent: str, margin: float) -> str:
     """The best candidate of those that beat the incumbent by more than ``margin``, else the
-    incumbent; equal scores go to the name that sorts first (the listing order never counts)."""
+    incumbent; equal scores go to the name that sorts first (the listing order never counts).
+    ``scores`` are compared as given: exact ones (:func:`_score`) make both rules exact."""
+    margin = _exact_margin(margin)
     beat = [name for name in scores if name != incumbent
             and scores[name] > scores[incumbent] + margin]
     return min(beat, key=lambda name: (-scores[name], name)) if beat else incumbent
@@ -668,7 +805,7 @@ def _run_study(out: Path, *, base, stages, margin, jobs, executor, data_dir, cac
                      "(incumbent)" if overrides is None else "<br>".join(f"`{o}`" for o in overrides),
                      f"{score['per_model'].get('eqpdenet', float('nan')):.2f}",
                      f"{score['per_model'].get('fcnn', float('nan')):.2f}",
-                     f"{score['score']:.2f}",
+                     f"{score['shown']:.2f}",
                      f"{score['runs']}" + (f" ({score['failed']} failed)" if score["failed"] else ""),
                      f"`{folder.relative_to(out)}`"]
             lines.append("| " + " | ".join(cells) + " |")
