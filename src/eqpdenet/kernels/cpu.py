@@ -52,7 +52,7 @@ import torch
 from ..errors import KernelUnavailableError
 from ..process_state import env_flag, path_variable
 from .m2_op import M2_IMPLEMENTATIONS, M2_UPDATE_IMPLEMENTATIONS
-from .op import _LIBRARY, IMPLEMENTATIONS, refuse_reload
+from .op import _LIBRARY, IMPLEMENTATIONS, check_stencil_form, refuse_reload
 
 refuse_reload(globals())  # it registers implementations: it cannot be reloaded (module doc)
 
@@ -467,6 +467,7 @@ def build_seconds() -> float | None:
 @torch.library.register_kernel("eqpdenet::euler_evolve", "cpu", lib=_LIBRARY)
 def _evolve_cpu(u, weight, bias, monomials, stencils, invariant_sets, boundaries, dt, ratio_eps,
                 ratio_regularisations, steps, check_finite, store_states):
+    check_stencil_form("euler_evolve", stencils)  # the C++ kernel reads only that form's taps
     out, states, first_bad = load_extension().forward(
         u.contiguous(), weight.contiguous(), bias.contiguous(), monomials.contiguous(),
         stencils.contiguous(), list(invariant_sets), list(boundaries), list(dt), list(ratio_eps),
@@ -477,6 +478,7 @@ def _evolve_cpu(u, weight, bias, monomials, stencils, invariant_sets, boundaries
 @torch.library.register_kernel("eqpdenet::euler_evolve_backward", "cpu", lib=_LIBRARY)
 def _evolve_backward_cpu(grad_out, u, weight, bias, monomials, stencils, invariant_sets,
                          boundaries, dt, ratio_eps, ratio_regularisations, steps, states):
+    check_stencil_form("euler_evolve_backward", stencils)
     grad_u, per_image = load_extension().backward(
         grad_out.contiguous(), u.contiguous(), weight.contiguous(), bias.contiguous(),
         monomials.contiguous(), stencils.contiguous(), list(invariant_sets), list(boundaries),

@@ -20,7 +20,10 @@ boundaries, dt, ratio_eps, ratio_regularisations, steps, check_finite, store_sta
                                                 invariant); rows (-1, -1) pad a shorter F
     stencils              (E, 6, 3, 3) float64  the jet's convolution weights (u, u_x, u_y,
                                                 u_xx, u_xy, u_yy; divided by the spacing
-                                                powers)
+                                                powers), of the form
+                                                :func:`stencil_is_supported` takes (the
+                                                kernels read only its coefficients; any other
+                                                is refused: :func:`check_stencil_form`)
     invariant_sets        str[E]                kernel names (:data:`KERNEL_INVARIANT_SETS`)
     boundaries            str[E]                replicate, zeros, reflect or circular
     dt                    float[E]              time steps
@@ -90,7 +93,7 @@ from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ..checks import deferring, report_non_finite, transformed
-from ..errors import warn_at_caller
+from ..errors import InputError, warn_at_caller
 from ..registry import Registry
 
 
@@ -123,6 +126,7 @@ __all__ = [
     "RATIO_INVARIANT_SETS",
     "DEVICE_RATIO_REGULARISATIONS",
     "PDESpec",
+    "check_stencil_form",
     "fused_evolve",
     "host_copy",
     "operator_arguments",
@@ -310,6 +314,45 @@ def _has_supported_form(k: Tensor) -> bool:
     )
 
 
+#: The jet stencils the kernels compute with, said in the refusal of any other.
+SUPPORTED_STENCIL_FORM = (
+    "u the centre tap only; u_x and u_y odd along their axis and even across it; u_xx and u_yy "
+    "even both ways; u_xy a multiple of [[-1, 0, 1], [0, 0, 0], [1, 0, -1]] (the central and "
+    "isotropic stencils)")
+
+
+def check_stencil_form(what: str, stencils: Tensor) -> None:
+    """An :class:`~eqpdenet.errors.InputError` naming the first PDE ``e`` whose jet weights
+    ``stencils[e]`` (of ``(E, 6, 3, 3)`` float64) are not of the form the kernels implement
+    (:func:`stencil_is_supported`). Called by every device's implementation of
+    ``eqpdenet::euler_evolve`` and its backward before anything runs: the kernels read only the
+    14 coefficients of that form, so any other tap (a centre tap on ``u_x``, a corner tap on
+    ``u``) was ignored, silently (the layers check the form first and take the reference).
+    Stencils of another shape or dtype are left to the kernels' own checks, which name them.
+
+    Judged once per stencils tensor while it is unchanged (its identity and version counter):
+    a call with the stencils :func:`operator_arguments` made reads nothing from the device
+    (:func:`host_copy`); other stencils on a device are read once, and again after an in-place
+    change. Inference tensors have no version counter: theirs are judged at every call."""
+    if (stencils.dim() != 4 or tuple(stencils.shape[1:]) != (6, 3, 3)
+            or stencils.dtype != torch.float64):
+        return
+    versioned = not stencils.is_inference()
+    if versioned and _form_checked.get(stencils) == stencils._version:
+        return
+    host = host_copy(stencils) if versioned else stencils.detach().cpu()
+    for e in range(host.shape[0]):
+        if not bool(host[e].isfinite().all()):  # (no form holds: said as it is)
+            raise InputError(f"{what}: stencils[{e}] holds a non-finite value")
+        if not _has_supported_form(host[e]):
+            raise InputError(
+                f"{what}: stencils[{e}] is not of the form the fused kernels compute with "
+                f"({SUPPORTED_STENCIL_FORM}); its other taps would be ignored. Other stencils "
+                f"run on the reference PDE layer (backend='reference')")
+    if versioned:
+        _form_checked[stencils] = stencils._version
+
+
 def unsupported_reason(u: Tensor, specs: Sequence[PDESpec]) -> str | None:
     """Why the fused operator cannot evolve ``u`` under ``specs`` (None if it can)."""
     reason = transform_reason(u, *(p for s in specs for p in (s.weight, s.bias)))
@@ -362,6 +405,8 @@ def warn_once(reason: str) -> None:
 _host_copies = WeakIdKeyDictionary()
 # Stencil tensor -> (its version, whether stencil_is_supported).
 _supported = WeakIdKeyDictionary()
+# The operators' (E, 6, 3, 3) stencils -> the version check_stencil_form accepted.
+_form_checked = WeakIdKeyDictionary()
 
 
 def host_copy(t: Tensor) -> Tensor:

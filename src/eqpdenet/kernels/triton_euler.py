@@ -7,7 +7,8 @@ operators' arguments. They run on CUDA tensors, or on CPU tensors under Triton's
 (``TRITON_INTERPRET=1``, which Triton reads when this module is imported: the tests set it in
 ``conftest.py`` where no GPU exists). The semantics are those of the plain PyTorch reference
 (:mod:`eqpdenet.pde`) and of the C++ kernel (``csrc/fused_euler.cpp``): 3x3 stencils of the
-structured form of :func:`~eqpdenet.kernels.op.stencil_is_supported`, the four boundaries as
+structured form of :func:`~eqpdenet.kernels.op.stencil_is_supported` (any other refused:
+:func:`~eqpdenet.kernels.op.check_stencil_form`), the four boundaries as
 :func:`torch.nn.functional.pad` pads, the invariant sets of :data:`SET_CODES`, any ``MonomialF``
 through its monomial recipe, and the exact adjoint of the discrete scheme.
 
@@ -63,7 +64,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..errors import ConfigError, InputError
-from .op import KERNEL_MAX_STEPS, host_copy
+from .op import KERNEL_MAX_STEPS, KERNEL_RATIO_REGULARISATIONS, check_stencil_form, host_copy
 
 __all__ = ["BOUNDARY_CODES", "KMAX", "N_INVARIANTS", "SET_CODES", "backward", "device_guard",
            "forward", "on_tensor_device"]
@@ -728,11 +729,14 @@ def _launch_config(u: Tensor, n_items: int, per_sm: int, programs: int | None,
 
 
 def _check_arguments(what: str, u, weight, bias, monomials, stencils, invariant_sets, boundaries,
-                     dt, ratio_eps, steps, check_finite=(), grad_out=None, states=None) -> None:
+                     dt, ratio_eps, steps, check_finite=(), grad_out=None, states=None,
+                     ratio_regularisations=None) -> None:
     """An :class:`~eqpdenet.errors.InputError` unless the operator's arguments fit each other:
     the kernels read every tensor at the offsets these shapes give, so a tensor of another shape
     or device was read out of bounds (an illegal access on a GPU; NaN or garbage under the
-    interpreter), not refused. The same rules as the C++ kernel's (``csrc/fused_euler.cpp``)."""
+    interpreter), not refused. The same rules as the C++ kernel's (``csrc/fused_euler.cpp``):
+    ``stencils`` float64, and every per-PDE list (``ratio_regularisations`` where given, not
+    None) one value per PDE."""
     if u.dim() != 4:
         raise InputError(f"{what}: u must be (B, C, H, W), got shape {tuple(u.shape)}")
     batch, channels, height, width = u.shape
@@ -747,8 +751,13 @@ def _check_arguments(what: str, u, weight, bias, monomials, stencils, invariant_
     if tuple(stencils.shape) != (pdes, 6, 3, 3):
         raise InputError(f"{what}: stencils must be (E, 6, 3, 3) = {(pdes, 6, 3, 3)}, got "
                          f"{tuple(stencils.shape)}")
+    if stencils.dtype != torch.float64:  # the schema's: float32 ones were taken, and rounded
+        raise InputError(f"{what}: stencils must be float64, got {stencils.dtype}")
     settings = dict(invariant_sets=invariant_sets, boundaries=boundaries, dt=dt,
-                    ratio_eps=ratio_eps, steps=steps)
+                    ratio_eps=ratio_eps)
+    if ratio_regularisations is not None:  # a short list ran the missing PDEs as absolute
+        settings["ratio_regularisations"] = ratio_regularisations
+    settings["steps"] = steps
     if check_finite:
         settings["check_finite"] = check_finite
     for name, values in settings.items():
@@ -793,10 +802,19 @@ def _common(u, weight, monomials, stencils, invariant_sets, boundaries, dt, rati
     return ipar, fpar, linear
 
 
-def _absolute_only(invariant_sets, ratio_regularisations) -> None:
+def _absolute_only(what: str, invariant_sets, ratio_regularisations) -> None:
     """The kernels divide with the absolute ``eps`` (``n d / (d² + eps²)``) only: a ratio set
-    asked for with another regularisation is refused, never computed differently."""
-    for name, mode in zip(invariant_sets, ratio_regularisations or (), strict=False):
+    asked for with another regularisation is refused, never computed differently. Every PDE's
+    value (an ``se2`` PDE's too) must be one the C++ kernel knows
+    (:data:`~eqpdenet.kernels.op.KERNEL_RATIO_REGULARISATIONS`), as there. None (the launchers'
+    default for direct calls): absolute for every PDE. :func:`_check_arguments` has checked
+    the lengths."""
+    if ratio_regularisations is None:
+        return
+    for mode in ratio_regularisations:
+        if mode not in KERNEL_RATIO_REGULARISATIONS:
+            raise ConfigError(f"{what}: unknown ratio regularisation {mode!r}")
+    for name, mode in zip(invariant_sets, ratio_regularisations, strict=True):
         if name != "se2" and mode != "absolute":
             raise ConfigError(f"the Triton kernels compute ratio invariants with the absolute "
                               f"regularisation only, not {mode!r} ({name!r})")
@@ -822,12 +840,17 @@ def forward(u: Tensor, weight: Tensor, bias: Tensor, monomials: Tensor, stencils
     ``programs``, ``block`` and ``num_warps`` override the launch configuration (tests,
     benchmarks); the results do not depend on them except through summation order. Runs on
     ``u``'s device; ``u``, ``weight`` and ``bias`` are all float32 or all float64
-    (:class:`~eqpdenet.errors.InputError` otherwise).
+    (:class:`~eqpdenet.errors.InputError` otherwise). ``ratio_regularisations`` is the schema's:
+    one value per PDE (an ``InputError`` otherwise), each ``covariant`` or ``absolute``, and
+    ``absolute`` for the ratio sets (a :class:`~eqpdenet.errors.ConfigError` otherwise); None
+    computes every PDE as absolute.
     """
     _check_arguments("euler_evolve", u, weight, bias, monomials, stencils, invariant_sets,
-                     boundaries, dt, ratio_eps, steps, check_finite)
+                     boundaries, dt, ratio_eps, steps, check_finite,
+                     ratio_regularisations=ratio_regularisations)
     _check_dtypes("euler_evolve", u=u, weight=weight, bias=bias)
-    _absolute_only(invariant_sets, ratio_regularisations)
+    _absolute_only("euler_evolve", invariant_sets, ratio_regularisations)
+    check_stencil_form("euler_evolve", stencils)
     batch, channels, height, width = u.shape
     pdes = len(steps)
     check_finite = list(check_finite) or [False] * pdes
@@ -869,10 +892,11 @@ def backward(grad_out: Tensor, u: Tensor, weight: Tensor, bias: Tensor, monomial
     :func:`forward`)."""
     _check_arguments("euler_evolve_backward", u, weight, bias, monomials, stencils,
                      invariant_sets, boundaries, dt, ratio_eps, steps, grad_out=grad_out,
-                     states=states)
+                     states=states, ratio_regularisations=ratio_regularisations)
     _check_dtypes("euler_evolve_backward", u=u, weight=weight, bias=bias, grad_out=grad_out,
                   states=states)
-    _absolute_only(invariant_sets, ratio_regularisations)
+    _absolute_only("euler_evolve_backward", invariant_sets, ratio_regularisations)
+    check_stencil_form("euler_evolve_backward", stencils)
     batch, channels, height, width = u.shape
     pdes, mmax = weight.shape
     smax = max(steps) if pdes else 0

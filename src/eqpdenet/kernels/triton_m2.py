@@ -84,6 +84,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..errors import ConfigError, InputError
+from .m2_op import KERNEL_ORIENTATIONS
 from .triton_euler import on_tensor_device
 
 __all__ = ["BLOCK", "BOUNDARY_CODES", "GRAD_BLOCK", "N_INVARIANTS", "OUT_BLOCK", "mix_backward",
@@ -692,7 +693,9 @@ def _mix_backward_kernel(gz_ptr, u_ptr, w_ptr, add_ptr, gu_ptr, partial_ptr, ste
 
 def _check(u: Tensor, weight: Tensor, stencils: Tensor, frame: Tensor, boundary: str,
            what: str) -> tuple[int, int, int]:
-    """Shapes and dtypes as the schema says (one-line errors); returns (S, K, radius)."""
+    """Shapes and dtypes as the schema says, and the C++ kernel's numbers of orientations
+    :data:`~eqpdenet.kernels.m2_op.KERNEL_ORIENTATIONS` (one-line errors); returns
+    (S, K, radius)."""
     if u.dim() != 5:
         raise InputError(f"{what}: u must be (B, C, N, H, W), got {tuple(u.shape)}")
     if u.dtype not in (torch.float32, torch.float64) or weight.dtype != u.dtype:
@@ -711,6 +714,9 @@ def _check(u: Tensor, weight: Tensor, stencils: Tensor, frame: Tensor, boundary:
     if frame.dtype != torch.float64 or tuple(frame.shape) != (u.shape[2], 2):
         raise InputError(f"{what}: frame must be float64 (N, 2) with N = {u.shape[2]}, got "
                          f"{frame.dtype} {tuple(frame.shape)}")
+    if u.shape[2] not in KERNEL_ORIENTATIONS:  # as the C++ kernel (built for these N only)
+        *most, last = map(str, KERNEL_ORIENTATIONS)
+        raise InputError(f"{what}: N must be {', '.join(most)} or {last}, got {u.shape[2]}")
     if boundary not in BOUNDARY_CODES:
         raise ConfigError(f"{what}: unknown boundary {boundary!r} (known: "
                           f"{', '.join(BOUNDARY_CODES)})")
