@@ -69,9 +69,19 @@ class NonFiniteStateError(EqPdeNetError, FloatingPointError):
     SCHEME_HINT = ("The explicit scheme is probably unstable: lower dt, bound the coefficients "
                    "(see EulerStep.stability()) or lower the learning rate.")
 
+    #: Added to a message that blames the scheme when the state was non-finite after the first
+    #: step: there it may never have been finite to integrate (a sim2 PDE at grid spacing 1e-5
+    #: in float32 overflowed in its invariants, and lowering dt could not help).
+    FIRST_STEP_NOTE = ("At step 1 the cause may instead be the right-hand side itself: a term "
+                       "of the PDE (an invariant, a ratio) that is not finite on this finite "
+                       "state, e.g. one that overflows in the dtype; lowering dt does not cure "
+                       "that (evaluate the PDE's invariants on the input to tell).")
+
     def __init__(self, pde: str, step: int, dt: float, hint: str | None = None):
         self.pde, self.step, self.dt, self.hint = pde, step, dt, hint
         hint = hint or self.SCHEME_HINT
+        if step == 1 and self.SCHEME_HINT in hint:
+            hint = f"{hint} {self.FIRST_STEP_NOTE}"
         super().__init__(f"PDE {pde!r} produced a non-finite state (NaN or inf) at Euler step "
                          f"{step} (dt={dt}). {hint}")
 

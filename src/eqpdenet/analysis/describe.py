@@ -194,6 +194,13 @@ def _ratio_references(invariant_set, eps: float, mode: str) -> dict[str, list[st
         R = hessian_reference_sq(Derivatives(jet))
     except (InputError, AttributeError):  # a jet of order < 2 has no R
         R = None
+    if R is not None:
+        # The jet of the same function on a grid 2^k times coarser, with R in [1, 16) at every
+        # point: there the built-in covariant sets divide with the jet as it is (they rescale
+        # it so: invariants._ratio_operands), so the references they pass compare with R.
+        scale = torch.exp2(-torch.floor(torch.log2(R) / 4))
+        jet = jet * torch.stack([scale**k for k in range(order + 1) for _ in range(k + 1)])
+        R = hessian_reference_sq(Derivatives(jet))
     found = {}
     for invariant in invariant_set.invariants:
         ratio = _RecordingRatio(eps, mode)

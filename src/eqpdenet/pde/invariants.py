@@ -48,7 +48,14 @@ MNIST digit's background). Every division goes through :func:`safe_ratio`, in on
     ``ref = R = |H|^2 + |∇u|^4`` (:func:`hessian_reference_sq`, ``|H|^2 = u_xx^2 + 2 u_xy^2 +
     u_yy^2``), for ``det H`` ``ref = R^2``. Under ``p -> lambda p`` every term of the
     denominator scales like ``b^2``, so the same samples differentiated with grid spacing ``h``
-    or ``h / lambda`` give the same values, to rounding, for every set declared scale invariant;
+    or ``h / lambda`` give the same values, to rounding, for every set declared scale invariant
+    (the built-in ``scaling`` and ``sim2`` in float32 too, at every accepted spacing, 1e-6 to
+    1e6: they form their ratios from the jet rescaled per pixel by an exact power of two that
+    brings ``R`` to order 1, so that the det-H ratios, products of degree 8 in the second
+    derivatives, neither overflow nor underflow; the quotient is the unscaled one to the last
+    bit wherever that one neither overflowed nor felt the guard; :func:`_ratio_operands`. This
+    is the reference: the fused CPU kernel of :mod:`eqpdenet.kernels` still forms them unscaled,
+    so a float32 ``sim2`` layer there gives NaN at spacing 1e-5);
     ``R`` is rotation invariant, so the ``sim2`` set stays rotation invariant. The ratio is
     bounded: ``|a b| / (b^2 + eps^2 ref) <= |a| / (2 eps sqrt(ref))``, and ``sqrt(R) >= |∇u|^2``,
     ``R >= |H|^2 >= (Δu)^2 / 2`` and ``|∇u|^2 |H| <= R / 2`` make that ``<= 1 / (2 eps)`` for
@@ -62,7 +69,12 @@ MNIST digit's background). Every division goes through :func:`safe_ratio`, in on
     jet into 0, and keeps the ratio's derivatives (which divide by the denominator twice)
     finite there, whatever the gradient arriving from above. It changes the denominator by more
     than a rounding unit only where the denominator is below ``guard / machine eps`` (2e-12 in
-    float32, i.e. second derivatives below ~1e-6, the rounding level of data of size 1).
+    float32). For the built-in ``scaling`` and ``sim2`` sets, whose rescaled denominators are
+    at least about ``eps^2`` wherever ``R != 0``, that is only at an exactly flat jet. For a ratio
+    of another set it is where the denominator's jet is small: in float32 second derivatives
+    below ~1e-6 for a second-order ``b`` with ``ref = R`` (the rounding level of data of size 1
+    at unit spacing), but below ~1e-3 for ``det H`` with ``ref = R^2`` (degree 8), and it moves
+    with the grid spacing (``u_xx ~ h^-2``).
     A ratio given no ``ref`` (user-defined sets, ``eqpdenet.pde.symbolic``) uses ``ref = a^2``:
     ``r / (1 + eps^2 r^2)`` with ``r = a / b``, a function of the exact ratio, so invariant
     wherever ``r`` is, but with large gradients wherever ``a`` and ``b`` both vanish.
@@ -679,6 +691,49 @@ def require_planar(invariant_set: InvariantSet, field: str) -> InvariantSet:
 # ----------------------------------------------------------------------------- the sets
 
 
+class _RescaledJet:
+    """The first and second derivatives of a jet times ``sigma`` and ``sigma^2`` (``u`` as is),
+    by name like :class:`Derivatives`: the jet, at the same point, of the same function on a
+    grid ``sigma`` times coarser (``p -> p / sigma``)."""
+
+    def __init__(self, d: Derivatives, sigma: Tensor):
+        sigma_sq = sigma * sigma
+        self.u = d.u
+        self.u_x, self.u_y = d.u_x * sigma, d.u_y * sigma
+        self.u_xx, self.u_xy, self.u_yy = d.u_xx * sigma_sq, d.u_xy * sigma_sq, d.u_yy * sigma_sq
+
+
+def _ratio_operands(d: Derivatives, ratio):
+    """The derivatives the built-in ``scaling`` and ``sim2`` ratios are formed from: ``d``
+    itself, or with the ``covariant`` mode ``d`` rescaled per pixel (:class:`_RescaledJet`) by
+    the power of two ``sigma = 2^-k``, ``k = floor(log2(R) / 4)`` (``R`` of
+    :func:`hessian_reference_sq`; ``sigma = 1`` where ``R`` is 0 or not finite), which brings
+    the rescaled ``R = sigma^4 R`` into ``[1, 16)`` (give or take the rounding of ``log2``).
+
+    Why: these ratios are scale invariant, so the rescaled jet gives the same quotient; every
+    covariant ratio's numerator ``a b`` and each term of its denominator scale by the same power
+    of ``sigma``, and a power of two multiplies exactly, so the
+    quotient is the same to the last bit wherever the unscaled one neither overflowed nor
+    underflowed nor felt the guard. Unscaled, the det-H ratios (products of degree 8 in the
+    second derivatives) overflowed in float32 at spacing 1e-5 (u_xx ~ 1e10: inf / inf = NaN)
+    and fell to the guard at spacing 30 and above (denominator ~ u_xx^8 against 2^-63), the
+    second-order ratios at spacing 1e3 and above; rescaled, every denominator is at least
+    about ``eps^2`` wherever ``R != 0``. ``sigma`` is computed without a gradient (it is
+    piecewise constant and the quotient does not depend on it). The ``absolute`` mode (whose
+    ``eps`` has a unit) and user modes get ``d`` unchanged."""
+    if not (isinstance(ratio, RatioRegularisation) and ratio.mode == "covariant"):
+        return d
+    cached = d.__dict__.get("_rescaled_for_covariant_ratios")
+    if cached is None:
+        reference = hessian_reference_sq(d).detach()
+        usable = (reference > 0) & torch.isfinite(reference)
+        exponent = torch.floor(torch.log2(torch.where(usable, reference, 1.0)) / 4)
+        # exp2 of an integer is exact (checked by tests/pde/test_sim2_float32_round15.py)
+        cached = _RescaledJet(d, torch.exp2(-exponent))
+        d.__dict__["_rescaled_for_covariant_ratios"] = cached
+    return cached
+
+
 def _grad_sq(d: Derivatives) -> Tensor:
     return d.u_x**2 + d.u_y**2
 
@@ -727,9 +782,13 @@ def _ratio(numerator: str, denominator: str) -> Invariant:
     return Invariant(
         f"{numerator}2_over_{denominator}", f"{numerator}² / {denominator}",
         rf"\frac{{u_{n}^2}}{{u_{{{m}}}}}",
-        lambda d, ratio: ratio(getattr(d, numerator) ** 2, getattr(d, denominator),
-                               hessian_reference_sq(d)),
+        lambda d, ratio: _scaling_ratio(_ratio_operands(d, ratio), ratio, numerator,
+                                        denominator),
     )
+
+
+def _scaling_ratio(d, ratio, numerator: str, denominator: str) -> Tensor:
+    return ratio(getattr(d, numerator) ** 2, getattr(d, denominator), hessian_reference_sq(d))
 
 
 SCALING = register_invariant_set(InvariantSet(
@@ -744,24 +803,31 @@ _HESS_DET_TEXT = ("u_xx u_yy − u_xy²", "u_{xx} u_{yy} - u_{xy}^2")
 _GRAD_HESS_GRAD_TEXT = ("u_x² u_xx + 2 u_x u_y u_xy + u_y² u_yy",
                         "u_x^2 u_{xx} + 2 u_x u_y u_{xy} + u_y^2 u_{yy}")
 
+
+def _sim2_ratio(d, ratio, index: int) -> Tensor:
+    """The ratio invariant ``index`` (1, 2 or 3) of ``sim2``."""
+    if index == 1:
+        return ratio(_grad_sq(d), _laplacian(d), hessian_reference_sq(d))
+    numerator = _grad_sq(d) * _laplacian(d) if index == 2 else _grad_hess_grad(d)
+    return ratio(numerator, _hess_det(d), hessian_reference_sq(d) ** 2)
+
+
 SIM2 = register_invariant_set(InvariantSet(
     "sim2", "SIM(2), rotations, scalings and translations of the plane", 2, [
         Invariant("u", "u", "u", lambda d, ratio: d.u),
         Invariant("grad_sq_over_laplacian",
                   f"({_GRAD_SQ_TEXT[0]}) / ({_LAPLACIAN_TEXT[0]})",
                   rf"\frac{{{_GRAD_SQ_TEXT[1]}}}{{{_LAPLACIAN_TEXT[1]}}}",
-                  lambda d, ratio: ratio(_grad_sq(d), _laplacian(d), hessian_reference_sq(d))),
+                  lambda d, ratio: _sim2_ratio(_ratio_operands(d, ratio), ratio, 1)),
         Invariant("grad_sq_laplacian_over_hess_det",
                   f"({_GRAD_SQ_TEXT[0]}) ({_LAPLACIAN_TEXT[0]}) / ({_HESS_DET_TEXT[0]})",
                   rf"\frac{{\left({_GRAD_SQ_TEXT[1]}\right)\left({_LAPLACIAN_TEXT[1]}\right)}}"
                   rf"{{{_HESS_DET_TEXT[1]}}}",
-                  lambda d, ratio: ratio(_grad_sq(d) * _laplacian(d), _hess_det(d),
-                                         hessian_reference_sq(d) ** 2)),
+                  lambda d, ratio: _sim2_ratio(_ratio_operands(d, ratio), ratio, 2)),
         Invariant("grad_hess_grad_over_hess_det",
                   f"({_GRAD_HESS_GRAD_TEXT[0]}) / ({_HESS_DET_TEXT[0]})",
                   rf"\frac{{{_GRAD_HESS_GRAD_TEXT[1]}}}{{{_HESS_DET_TEXT[1]}}}",
-                  lambda d, ratio: ratio(_grad_hess_grad(d), _hess_det(d),
-                                         hessian_reference_sq(d) ** 2)),
+                  lambda d, ratio: _sim2_ratio(_ratio_operands(d, ratio), ratio, 3)),
     ], equation="from eqpdenet.pde.symbolic's find_invariants('sim2', order=2)", kernel="sim2",
     invariant_under=("translations", "rotations", "scalings"),
 ))
