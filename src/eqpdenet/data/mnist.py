@@ -22,12 +22,17 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import errno
+import functools
 import gzip
 import hashlib
 import http.client
 import math
+import numbers
 import os
+import socket
 import sys
+import threading
 import time
 import urllib.request
 import zlib
@@ -37,8 +42,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataFileError, DownloadError
-from ..files import is_storage_limit, link_target, remove_stale_beside, temporary_beside, write_cause
+from ..errors import ConfigError, DataFileError, DownloadError
+from ..files import (
+    STALE_GRACE,
+    is_storage_limit,
+    link_target,
+    remove_stale_beside,
+    temporary_beside,
+    write_cause,
+)
 from ..process_state import path_variable
 
 __all__ = [
@@ -410,23 +422,133 @@ def _largest_download(spec: IdxSpec) -> int:
     return 4 + 4 * len(spec.shape) + math.prod(spec.shape) + (1 << 20)
 
 
-def _fetch_verified(url: str, target: Path, spec: IdxSpec, *, timeout: float, deadline: float,
-                    progress: bool) -> None:
-    """Download ``url`` to a temporary file beside ``target``, verify it, then rename it. Stops
-    a response that grows beyond any such file (:func:`_largest_download`) or takes longer than
-    ``deadline`` seconds in all (a server that trickles bytes never meets the socket timeout)."""
-    limit, start = _largest_download(spec), time.monotonic()
-    target = link_target(target)  # a symbolic link (a dangling one) is written through, kept
-    fd, tmp = temporary_beside(target, ".part")
+class _Deadline:
+    """The deadline of one try at one file: ``seconds`` from its start, every connection the try
+    opened (redirects and proxies included) is shut down, wherever the download waits: for the
+    connection, the TLS handshake, the status line and headers, or the body. A server that
+    sends a byte now and then, each within the socket timeout, held a download for as long as
+    it liked while its headers came (the deadline was looked at only between body reads).
+
+    Each connection's socket is watched through a duplicate of its descriptor, so that the
+    shutdown reaches the connection whatever object (a TLS wrapper) holds it by then, and can
+    never hit another file that reused a closed descriptor's number. The wait for a name
+    server (``getaddrinfo``) cannot be cut short: it is the system's."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+        self.expired = False
+        self._closed = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def passed(self) -> bool:
+        """Whether the deadline has come (the timer may lag the clock by a moment)."""
+        return self.expired or time.monotonic() >= self.end
+
+    def _expire(self) -> None:
+        with self._lock:  # never a shutdown of a duplicate that close() is closing
+            if self._closed:
+                return
+            self.expired = True
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def _watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            duplicate = sock.dup()
+            self._sockets.append(duplicate)
+            if self.expired:
+                with contextlib.suppress(OSError):
+                    duplicate.shutdown(socket.SHUT_RDWR)
+
+    def connection(self, http_class, host, **kwargs):
+        """``http_class(host, **kwargs)`` (an ``http.client`` connection), its socket watched
+        from the moment it is connected; its connection attempt waits at most until the
+        deadline."""
+        connection = http_class(host, **kwargs)
+        create = connection._create_connection  # socket.create_connection, an attribute
+
+        def create_connection(address, timeout, *args, **kw):
+            left = self.end - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the deadline passed before connecting")
+            sock = create(address, min(timeout, left), *args, **kw)
+            sock.settimeout(timeout)  # the reads wait up to ``timeout``; the timer does the rest
+            self._watch(sock)
+            return sock
+
+        connection._create_connection = create_connection
+        return connection
+
+    def close(self) -> None:
+        """Stop the timer and let go of the duplicates (the connections close with their last
+        descriptor)."""
+        self._timer.cancel()
+        with self._lock:
+            self._closed = True
+            for sock in self._sockets:
+                sock.close()
+            self._sockets.clear()
+
+
+class _WatchedHandler:
+    """An ``urllib`` HTTP(S) handler whose connections a :class:`_Deadline` watches."""
+
+    def __init__(self, deadline: _Deadline):
+        super().__init__()
+        self._deadline = deadline
+
+    def do_open(self, http_class, req, **kwargs):
+        return super().do_open(functools.partial(self._deadline.connection, http_class), req,
+                               **kwargs)
+
+
+class _WatchedHTTPHandler(_WatchedHandler, urllib.request.HTTPHandler):
+    pass
+
+
+_WATCHED_HANDLERS: tuple[type, ...] = (_WatchedHTTPHandler,)
+if hasattr(urllib.request, "HTTPSHandler"):  # Python built with ssl
+
+    class _WatchedHTTPSHandler(_WatchedHandler, urllib.request.HTTPSHandler):
+        pass
+
+    _WATCHED_HANDLERS += (_WatchedHTTPSHandler,)
+
+
+def _deadline_error(url: str, received: int | None, deadline: float) -> DataFileError:
+    if received is None:
+        return DataFileError(url, f"no complete response (status line and headers) in "
+                             f"{deadline:g} s, the deadline of one file (download_mnist's "
+                             "deadline)")
+    return DataFileError(url, f"{received} bytes in {deadline:g} s, the deadline of one file "
+                         f"(download_mnist's deadline)")
+
+
+def _download_into(out, url: str, spec: IdxSpec, *, timeout: float, deadline: float,
+                   progress: bool, name: str) -> None:
+    """Stream ``url``'s body into the file ``out``, all of it within ``deadline`` seconds
+    (:class:`_Deadline`) and no more than :func:`_largest_download` bytes."""
+    limit = _largest_download(spec)
+    watch = _Deadline(deadline)
+    received = None  # None until the status line and headers are in
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+        opener = urllib.request.build_opener(*(handler(watch) for handler in _WATCHED_HANDLERS))
+        with opener.open(url, timeout=timeout) as response:
+            if watch.expired:  # the headers were cut off at the deadline, not complete
+                raise _deadline_error(url, None, deadline)
+            received = 0
             length = response.headers.get("Content-Length")
             total = int(length) if length is not None and length.isdigit() else None
             if total is not None and total > limit:
                 raise DataFileError(url, f"the server announces {total} bytes, more than "
                                     f"{spec.name}.gz can hold ({limit}): not that file")
-            bar = _progress_bar(total, target.name) if progress else None
-            received = 0
+            bar = _progress_bar(total, name) if progress else None
             try:
                 while True:
                     chunk = response.read1(1 << 16)  # what has arrived: the deadline is checked
@@ -437,16 +559,41 @@ def _fetch_verified(url: str, target: Path, spec: IdxSpec, *, timeout: float, de
                     if received > limit:
                         raise DataFileError(url, f"more than {limit} bytes, more than "
                                             f"{spec.name}.gz can hold: not that file")
-                    if time.monotonic() - start > deadline:
-                        raise DataFileError(url, f"{received} bytes in {deadline:g} s, the "
-                                            f"deadline of one file (download_mnist's deadline)")
+                    if watch.passed():
+                        raise _deadline_error(url, received, deadline)
                     if bar is not None:
                         bar.update(len(chunk))
             finally:
                 if bar is not None:
                     bar.close()
+            if watch.expired and received != total:  # the deadline shut the connection
+                raise _deadline_error(url, received, deadline)
             if total is not None and received != total:
                 raise DataFileError(url, f"truncated response: {received} of {total} bytes")
+    except DataFileError:
+        raise
+    except Exception as exc:
+        # whatever the connection's end at the deadline looked like (an empty status line, an
+        # incomplete chunk, a TLS error, a socket timeout at the same moment): the deadline
+        if watch.passed():
+            raise _deadline_error(url, received, deadline) from exc
+        raise
+    finally:
+        watch.close()
+
+
+def _fetch_verified(url: str, target: Path, spec: IdxSpec, *, timeout: float, deadline: float,
+                    progress: bool) -> None:
+    """Download ``url`` to a temporary file beside ``target``, verify it, then rename it. Stops
+    a response that grows beyond any such file (:func:`_largest_download`) or takes longer than
+    ``deadline`` seconds in all, from the connection to the body's last byte (a server that
+    trickles bytes, headers included, never meets the socket timeout)."""
+    target = link_target(target)  # a symbolic link (a dangling one) is written through, kept
+    fd, tmp = temporary_beside(target, ".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            _download_into(out, url, spec, timeout=timeout, deadline=deadline,
+                           progress=progress, name=target.name)
             out.flush()
             os.fsync(out.fileno())
         data = _decompress_if_gzip(url, tmp.read_bytes())
@@ -532,6 +679,89 @@ def _progress_bar(total: int | None, name: str):
     return _LineProgress(total, name)
 
 
+def _seconds_argument(name: str, value) -> None:
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not math.isfinite(value) or value <= 0):
+        raise ConfigError(f"download_mnist: {name} must be a finite number of seconds > 0, "
+                          f"got {value!r}")
+
+
+def _download_arguments(mirrors, keys, timeout, deadline) -> tuple[list[str], list[str]]:
+    """:func:`download_mnist`'s ``mirrors`` and ``keys`` as lists, checked with ``timeout`` and
+    ``deadline`` before anything is made: a str was read one character at a time (a mirror
+    ``h``, a key ``t``), an unknown key was a bare ``KeyError``, a timeout of 0 or less a
+    failure of every mirror, a NaN deadline no deadline at all."""
+    checked = {}
+    for name, value, default in (("mirrors", mirrors, DEFAULT_MIRRORS),
+                                 ("keys", keys, tuple(MNIST_FILES))):
+        if value is None:
+            value = default
+        if isinstance(value, str | bytes | os.PathLike):
+            example = ["https://example.org/mnist/"] if name == "mirrors" else ["test_labels"]
+            raise ConfigError(f"download_mnist: {name} must be a list of "
+                              f"{'base URLs' if name == 'mirrors' else 'MNIST_FILES keys'} (e.g. "
+                              f"{example!r}), not the {type(value).__name__} {value!r}")
+        try:
+            checked[name] = list(value)
+        except TypeError:
+            raise ConfigError(f"download_mnist: {name} must be a list, got "
+                              f"{type(value).__name__} {value!r}") from None
+    mirrors, keys = checked["mirrors"], checked["keys"]
+    if not mirrors:
+        raise ConfigError("download_mnist: mirrors: no mirrors given")
+    for number, mirror in enumerate(mirrors):
+        if not isinstance(mirror, str) or not mirror.strip():
+            raise ConfigError(f"download_mnist: mirrors[{number}] must be a base URL (a "
+                              f"non-empty str), got {mirror!r}")
+    for key in keys:
+        if not isinstance(key, str) or key not in MNIST_FILES:
+            raise ConfigError(f"download_mnist: keys: unknown MNIST file {key!r}; the keys are "
+                              + ", ".join(map(repr, MNIST_FILES)))
+    _seconds_argument("timeout", timeout)
+    _seconds_argument("deadline", deadline)
+    return mirrors, keys
+
+
+def _write_advice(error: OSError, folder: Path) -> str:
+    """What to do about a data folder that cannot be written, for the cause ``error`` gives."""
+    elsewhere = f"point {DATA_ENV} / --data-dir at another folder"
+    if error.errno == errno.EROFS:
+        return f"the file system is read-only: {elsewhere}, on a writable one"
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return f"make {folder} writable for this user, or {elsewhere}"
+    if error.errno == errno.EFBIG:
+        return f"raise the limit, or {elsewhere}"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"make room there, or {elsewhere}"
+    return elsewhere
+
+
+def _remove_killed_downloads(target: Path, *, age: float) -> None:
+    """Remove the temporary files of killed downloads of ``target`` (beside the file a link
+    leads to, where they are written): lock free and untouched for :data:`STALE_GRACE` seconds,
+    or, where the lock cannot be tested, for ``age`` (longer than a download may take)."""
+    try:
+        written = link_target(target)
+    except OSError:  # a loop of links: the download, if one is needed, says so
+        return
+    remove_stale_beside(written, ".part", age=age, grace=STALE_GRACE)
+
+
+def _check_writable(target: Path, spec: IdxSpec) -> None:
+    """Make and delete a temporary file where ``target``'s download will be written: a folder
+    that cannot be written is one :class:`DownloadError` naming it and the cause, before any
+    mirror is tried (each mirror was tried, each failing the same way)."""
+    written = target
+    try:
+        written = link_target(target)
+        fd, tmp = temporary_beside(written, ".part")
+        os.close(fd)
+        tmp.unlink()
+    except OSError as exc:
+        raise DownloadError(f"cannot write {spec.name}.gz into {written.parent}: "
+                            f"{write_cause(exc)}; {_write_advice(exc, written.parent)}") from None
+
+
 def download_mnist(
     data_dir: str | os.PathLike | None = None,
     mirrors: Sequence[str] | None = None,
@@ -554,14 +784,19 @@ def download_mnist(
             folder given explicitly (``data_dir``, ``EQPDENET_DATA``) only inside an existing
             folder: one whose parent does not exist either is refused as a mistyped path.
         mirrors: base URLs (default :data:`DEFAULT_MIRRORS`), e.g. ``["http://127.0.0.1:8000/"]``.
-        keys: which files (:data:`MNIST_FILES` keys); default all four.
+        keys: which files (a list of :data:`MNIST_FILES` keys); default (None) all four; an
+            empty list downloads nothing (the data folder is still checked and ``mnist/`` made).
         force: download even if a file already exists.
-        timeout: socket timeout in seconds: the longest wait for the connection or for the
-            next bytes of a response.
-        deadline: the most seconds one file's download may take in all (a server that sends a
-            byte now and then never meets ``timeout``). A response larger than the file can be
-            is stopped too. Temporary files of earlier downloads of a file, untouched for
-            ``deadline + timeout`` seconds (a killed download's), are removed.
+        timeout: socket timeout in seconds (finite, > 0): the longest wait for the connection
+            or for the next bytes of a response.
+        deadline: the most seconds (finite, > 0) one try at one file may take in all, from the
+            connection to the body's last byte, status line and headers included (a server
+            that sends a byte now and then never meets ``timeout``): at the deadline its
+            connection is shut (only a name server's lookup is not cut short). A response
+            larger than the file can be is stopped too. Temporary files of earlier downloads
+            of a file whose writer is gone (a killed download's) are removed at each call, the
+            file present or not: once untouched for :data:`~eqpdenet.files.STALE_GRACE`
+            seconds, or, where their lock cannot be tested, ``deadline + timeout`` seconds.
         progress: show the progress: a line ``downloading URL into FOLDER`` for each try
             (and the failure of a mirror before the next is tried), then a tqdm bar on a
             terminal (when tqdm is installed), or plain lines in a log (stderr not a terminal;
@@ -573,29 +808,40 @@ def download_mnist(
         The ``mnist/`` folder.
 
     Raises:
+        ConfigError: (a ``ValueError``) ``mirrors`` or ``keys`` a str or not a list, empty
+            ``mirrors``, a mirror not a non-empty str, an unknown key, a ``timeout`` or
+            ``deadline`` not a finite number > 0; before anything is made.
         DownloadError: when every mirror failed for some file (each failure is listed, then how to
-            supply the files by hand).
+            supply the files by hand); when ``mnist/`` cannot be made, or a file cannot be
+            written into it (no permission, a read-only file system, no room: checked once per
+            file before any mirror is tried), in one line naming the folder, the cause and
+            what to do.
         DataFileError: an explicitly given data folder whose parent does not exist, or that is
             (or whose ``mnist/`` is) a file; a data folder that holds MNIST's files itself and
             none in ``mnist/`` (pointed at ``mnist/``, not its parent): each before anything
             is made.
     """
+    mirrors, keys = _download_arguments(mirrors, keys, timeout, deadline)
     root = resolve_data_dir(data_dir)
     _refuse_mistyped_data_dir(data_dir, root)
     _refuse_mnist_folder_as_data_dir(data_dir, root)
     folder = root / "mnist"
-    folder.mkdir(parents=True, exist_ok=True)
-    mirrors = list(DEFAULT_MIRRORS if mirrors is None else mirrors)
-    if not mirrors:
-        raise ValueError("no mirrors given")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only data folder, no permission: no mirror can help
+        made_in = Path(exc.filename).parent if exc.filename else folder.parent
+        raise DownloadError(f"cannot create {folder}: {write_cause(exc)}; "
+                            f"{_write_advice(exc, made_in)}") from None
     progress = _PROGRESS.get() if progress is None else bool(progress)
-    for key in keys or list(MNIST_FILES):
+    for key in keys:
         spec = MNIST_FILES[key]
+        target = folder / f"{spec.name}.gz"
+        # a killed download's, before the file is found present: the next run fetches nothing,
+        # and its file would stay for ever (a live download holds its file's lock)
+        _remove_killed_downloads(target, age=deadline + timeout)
         if not force and find_mnist_file(folder.parent, key) is not None:
             continue
-        target = folder / f"{spec.name}.gz"
-        # a killed download's (a live one ends within its deadline)
-        remove_stale_beside(target, ".part", age=deadline + timeout)
+        _check_writable(target, spec)
         failures = []
         for number, mirror in enumerate(mirrors, 1):
             url = mirror.rstrip("/") + "/" + spec.name + ".gz"
@@ -611,8 +857,7 @@ def download_mnist(
                 if is_storage_limit(exc):  # the folder's disk or limit: every mirror would fail
                     raise DownloadError(
                         f"cannot write {spec.name}.gz into {folder}: {write_cause(exc)}; no other "
-                        f"mirror can help: make room there, or point {DATA_ENV} / --data-dir at "
-                        f"another folder") from None
+                        f"mirror can help: {_write_advice(exc, folder)}") from None
                 failures.append(f"{url}: {type(exc).__name__}: {exc}")  # URLError is an OSError
             except (http.client.HTTPException, ValueError) as exc:
                 failures.append(f"{url}: {type(exc).__name__}: {exc}")
