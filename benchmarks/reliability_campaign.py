@@ -1435,6 +1435,34 @@ CASES = [
              "--no-progress", *ROUND15_SWEEP,
              setup=_resumable_sweep_without_checkpoints_folder,
              fragment="the sweep's checkpoints folder", after=_no_run_redone)),
+    Case("set-unquoted-list", "config",
+         "`train --set scenarios=[test,iso]` (strings unquoted: said to be 'must be a list')",
+         T("--set", "scenarios=[test,iso]", fragment="is not valid TOML",
+           after=_nothing_at("run"))),
+    Case("set-table-whole", "config",
+         "`--set train.epochs=3 --set \"train={lr=0.01}\"` (the table rebuilt from defaults: 20 "
+         "epochs)",
+         lib("(lambda c: c.apply_overrides(c.ExperimentConfig(), ['train.epochs=3', "
+             "'train={lr=0.01}']).train.epochs)(__import__('eqpdenet.app.config', "
+             "fromlist=['apply_overrides']))", expect="ok", fragment="3")),
+    Case("study-margin-nan", "config",
+         "`run_study(out, margin=nan)` (chose nothing, wrote NaN into study.json, and the folder "
+         "could never be resumed)",
+         lib("__import__('eqpdenet.app.study', fromlist=['run_study']).run_study("
+             "__import__('pathlib').Path('S'), margin=float('nan'))", expect="ConfigError",
+             fragment="margin")),
+    Case("sim2-float32-fine-grid", "library",
+         "the `sim2` invariants of float32 images differentiated at spacing 1e-5 (degree-8 "
+         "products overflowed: NaN)",
+         lib("bool(torch.isfinite(__import__('eqpdenet.pde.invariants', fromlist=['x'])"
+             ".get_invariant_set('sim2')(__import__('eqpdenet.pde.stencils', fromlist=['x'])"
+             ".jet(torch.rand(1, 1, 16, 16), 2, 'central', 1e-5))).all())", expect="ok",
+             fragment="True")),
+    Case("download-mirrors-string", "library",
+         "`download_mnist(folder, mirrors='http://...')`, a string for the list (tried one "
+         "character at a time)",
+         lib("__import__('eqpdenet.data.mnist', fromlist=['download_mnist']).download_mnist("
+             "'D', mirrors='http://127.0.0.1:9/')", expect="ConfigError", fragment="mirrors")),
 ]
 
 
