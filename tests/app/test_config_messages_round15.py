@@ -260,3 +260,17 @@ def test_a_number_or_bool_for_a_string_field_is_told_to_quote_it(assignment, mes
     assert _message(ExperimentConfig(), [assignment]) == message
     # as the hint says: quoted, it is the string
     assert apply_overrides(ExperimentConfig(), ["data.dataset='123'"]).data.dataset == "123"
+
+
+@pytest.mark.parametrize("name", ["[v2] digits.npz", "{x}.npz", "[2024] digits.npz"])
+def test_a_string_field_takes_text_that_only_looks_like_toml_as_it_is(name, tmp_path,
+                                                                       monkeypatch):
+    """Round 15 review: a file name starting with [ or { was refused as broken TOML (and told to
+    become a list); a string field takes the text as written, as before."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / name).write_bytes(b"")
+    config = apply_overrides(ExperimentConfig(), [f"data.dataset={name}"])
+    assert config.data.dataset == str(tmp_path / name)
+    # a list field still says what is wrong with its text
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        apply_overrides(ExperimentConfig(), [f"scenarios={name}"])

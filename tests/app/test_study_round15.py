@@ -225,3 +225,12 @@ def test_the_protocol_says_equal_scores_go_to_the_name_that_sorts_first(tmp_path
     header = (tmp_path / "s" / "study.md").read_text().splitlines()[2]
     assert header.endswith("Of the candidates that beat the incumbent by more than 0.25 points "
                            "the best replaces it (equal scores: the name that sorts first).")
+
+
+def test_a_candidate_writing_base_as_one_table_is_taken_by_the_fields_it_sets():
+    """Round 15 review: base={train={lr=0.01}} sets base.train.lr only; it was refused as
+    setting the grid (the key's text was read, not the fields set)."""
+    from eqpdenet.app.study import Stage, _check_candidates
+    checked = _check_candidates(_base(), [Stage("x", "shared", "q",
+                                                {"a": ["base={train={lr=0.01}}"]})])
+    assert [config.base.train.lr for _, config in checked][1:] == [0.01]

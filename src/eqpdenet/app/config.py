@@ -934,7 +934,7 @@ def load_toml(cls, path: str | Path):
         raise
 
 
-def _parse_value(text: str, field: str = "the value"):
+def _parse_value(text: str, field: str = "the value", text_field: bool = False):
     """``--set``'s value ``text`` as TOML, else the string itself (``model.kind=fcnn``). Text that
     starts as a TOML list, table or quoted string (``[``, ``{``, a quote) but is not valid TOML
     is a :class:`ConfigError` naming ``field`` and TOML's reason: taken as a string, it was
@@ -943,7 +943,8 @@ def _parse_value(text: str, field: str = "the value"):
     try:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError as error:
-        if not text.startswith(("[", "{", '"', "'")):
+        # ``text_field``: the field is a string (data.dataset): "[v2] digits.npz" names a file
+        if not text.startswith(("[", "{", '"', "'")) or (text_field and text[0] in "[{"):
             return text
         # tomllib counts columns in "v = <text>": said as a character of the value instead
         reason = re.sub(r" \(at line 1, column (\d+)\)$",
@@ -995,8 +996,11 @@ def apply_overrides(config, assignments: list[str]):
             section = getattr(section, key, None) if dataclasses.is_dataclass(section) else None
         # an unknown field is said first, whatever its value
         known = keys[-1] in node or (keys[-1] == "preset" and set(node) == _LAYER_FIELDS)
-        _assign(node, section, keys[-1], _parse_value(value.strip(), path.strip()) if known
-                else None, path.strip(), _under_base(data, node, keys[-1], path, value))
+        text_field = dataclasses.is_dataclass(section) and keys[-1] in _fields_by_name(
+            type(section)) and typing.get_type_hints(type(section)).get(keys[-1]) is str
+        parsed = _parse_value(value.strip(), path.strip(), text_field) if known else None
+        _assign(node, section, keys[-1], parsed, path.strip(),
+                _under_base(data, node, keys[-1], path, value))
     return from_dict(type(config), data)
 
 

@@ -366,7 +366,8 @@ def _apply_candidate(stage: Stage, name: str, config: ReproduceConfig,
         path, equals, _ = override.partition("=")
         if not equals:
             raise ConfigError(f"{where}: an override is base.section.field=value, got {override!r}")
-        if not path.strip().startswith("base."):
+        # by the fields it sets: base={train={lr=0.01}} sets base.train.lr only
+        if not all(f.startswith("base.") for f in assigned_fields(override)):
             raise ConfigError(f"{where}: {override}: a candidate sets fields of base only; "
                               f"models, hidden_sizes and seeds are the study's grid, the same "
                               f"for every candidate")
