@@ -28,11 +28,11 @@ def test_a_train_folders_config_names_what_the_data_set(tmp_path):
                  "--set", "scenarios=['test']"]) == 0
     text = (out / "config.toml").read_text()
     used = json.loads((out / "result.json").read_text())["config"]["model"]
-    comment = " ".join(line[2:] for line in text.splitlines() if line.startswith("# "))
-    assert comment.startswith("The configuration as given. Training took from the data")
-    for name, value in (("image_size", 10), ("in_channels", 3), ("classes", 4)):
-        assert used[name] == value and f"model.{name} = {value}," in comment
-    assert f"model.input_mean = {used['input_mean']!r}" in comment
+    comment = [line[2:] for line in text.splitlines() if line.startswith("# ")]
+    assert comment[0].startswith("The configuration as given. Training took from the data")
+    assert comment[1:] == [f"  model.{name} = {used[name]!r}" for name in
+                           ("image_size", "in_channels", "classes", "input_mean", "input_std")]
+    assert (used["image_size"], used["in_channels"], used["classes"]) == (10, 3, 4)
     # the file itself is the configuration as given: MNIST's defaults, rerun as given
     given = from_dict(ExperimentConfig, tomllib.loads(text))
     assert (given.model.image_size, given.model.in_channels, given.model.classes) == (28, 1, 10)

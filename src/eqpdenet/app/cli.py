@@ -28,7 +28,6 @@ import math
 import os
 import signal
 import sys
-import textwrap
 import threading
 import time
 import warnings
@@ -227,9 +226,8 @@ def _run_config_text(config, record: dict) -> bytes:
              if name in used and used[name] != given.get(name)]
     header = ""
     if taken:
-        lines = textwrap.wrap(f"The configuration as given. Training took from the data (as "
-                              f"model.pt and result.json record): {', '.join(taken)}.", 96)
-        header = "".join(f"# {line}\n" for line in lines) + "\n"
+        header = ("# The configuration as given. Training took from the data (as model.pt and "
+                  "result.json record):\n" + "".join(f"#   {line}\n" for line in taken) + "\n")
     return (header + to_toml(config)).encode()
 
 
