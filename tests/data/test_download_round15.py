@@ -72,14 +72,13 @@ def test_the_deadline_covers_a_server_that_trickles_its_headers(serve, tmp_path)
             time.sleep(0.02)
 
     url = serve(trickle)
-    start = time.monotonic()
     with pytest.raises(DownloadError) as info:
         mnist.download_mnist(tmp_path, [url], keys=["test_labels"], progress=False, timeout=5,
                              deadline=0.3)
+    # said as the deadline: read to its end (2 s), the headers were "truncated: 0 bytes"
     assert str(info.value).splitlines()[1] == (
         f"  {url}{LABELS}: no complete response (status line and headers) in 0.3 s, the "
         "deadline of one file (download_mnist's deadline)")
-    assert time.monotonic() - start < 1.9  # before the server's 2 s of headers end
     assert os.listdir(tmp_path / "mnist") == []
 
 
@@ -101,9 +100,10 @@ def test_the_deadline_hangs_up_on_a_body_that_pauses_within_the_timeout(serve, t
     with pytest.raises(DownloadError) as info:
         mnist.download_mnist(tmp_path, [url], keys=["test_labels"], progress=False, timeout=5,
                              deadline=0.3)
-    assert str(info.value).splitlines()[1] == (
-        f"  {url}{LABELS}: 100 bytes in 0.3 s, the deadline of one file (download_mnist's "
-        "deadline)")
+    # how many of the 100 bytes arrived before the deadline depends on the machine's load
+    assert re.fullmatch(rf"  {re.escape(url + LABELS)}: \d+ bytes in 0\.3 s, the deadline "
+                        rf"of one file \(download_mnist's deadline\)",
+                        str(info.value).splitlines()[1])
     for _ in range(300):  # the server's thread records what it saw
         if "read" in seen:
             break
