@@ -19,7 +19,8 @@ Round 6 (probe p2, finding 2) found the kernel outside the tests' own rules ther
   some covariant configurations, within the averaged 4x rule below at 3.5x). The exact order
   costs nothing (measured 0.98-1.02) but changes the last bits of every training with the paper
   layer, and the paper's reproduction must stay exactly reproducible by its recorded command:
-  it is kept on the branch ``fused-exact-second-differences`` (docs/performance.md).
+  it is described, not landed, in docs/performance.md (the branch that held it is not in
+  this repository).
 """
 
 from __future__ import annotations
