@@ -28,7 +28,12 @@ from torch import nn
 from ..errors import ConfigError, InputError
 from ..models import EqPdeNet, InvariantPDENet, LiftedPDENet
 from ..pde.integrators import EulerFlow, EulerStep
-from ..pde.invariants import Derivatives, RatioRegularisation, hessian_reference_sq
+from ..pde.invariants import (
+    Derivatives,
+    RatioRegularisation,
+    hessian_reference_sq,
+    ratio_rescaling,
+)
 from ..pde.layer import LinearCombination, PDELayer
 from ..pde.m2_rhs import (
     ConvectionTerm,
@@ -197,8 +202,8 @@ def _ratio_references(invariant_set, eps: float, mode: str) -> dict[str, list[st
     if R is not None:
         # The jet of the same function on a grid 2^k times coarser, with R in [1, 16) at every
         # point: there the built-in covariant sets divide with the jet as it is (they rescale
-        # it so: invariants._ratio_operands), so the references they pass compare with R.
-        scale = torch.exp2(-torch.floor(torch.log2(R) / 4))
+        # it so: invariants.ratio_rescaling), so the references they pass compare with R.
+        scale = ratio_rescaling(R)
         jet = jet * torch.stack([scale**k for k in range(order + 1) for _ in range(k + 1)])
         R = hessian_reference_sq(Derivatives(jet))
     found = {}

@@ -292,11 +292,21 @@ def stencil_is_supported(weight: Tensor) -> bool:
     and ``isotropic`` families have this form)."""
     if weight.numel() != 54 or weight.shape[0] != 6 or tuple(weight.shape[-2:]) != (3, 3):
         return False
-    cached = _supported.get(weight)  # asked at every forward: answered once per stencil tensor
-    if cached is not None and cached[0] == weight._version:
+    # asked at every forward: answered once per stencil tensor
+    return _judged(_supported, weight, lambda: _has_supported_form(
+        host_copy(weight).to(dtype=torch.float64).reshape(6, 3, 3)))
+
+
+def _judged(cache: WeakIdKeyDictionary, tensor: Tensor, judge):
+    """``judge()``, remembered in ``cache`` for ``tensor`` while its version counter is
+    unchanged (an inference tensor has none: judged every time)."""
+    if tensor.is_inference():
+        return judge()
+    cached = cache.get(tensor)
+    if cached is not None and cached[0] == tensor._version:
         return cached[1]
-    answer = _has_supported_form(host_copy(weight).to(dtype=torch.float64).reshape(6, 3, 3))
-    _supported[weight] = (weight._version, answer)
+    answer = judge()
+    cache[tensor] = (tensor._version, answer)
     return answer
 
 
@@ -337,20 +347,20 @@ def check_stencil_form(what: str, stencils: Tensor) -> None:
     if (stencils.dim() != 4 or tuple(stencils.shape[1:]) != (6, 3, 3)
             or stencils.dtype != torch.float64):
         return
-    versioned = not stencils.is_inference()
-    if versioned and _form_checked.get(stencils) == stencils._version:
-        return
-    host = host_copy(stencils) if versioned else stencils.detach().cpu()
-    for e in range(host.shape[0]):
-        if not bool(host[e].isfinite().all()):  # (no form holds: said as it is)
-            raise InputError(f"{what}: stencils[{e}] holds a non-finite value")
-        if not _has_supported_form(host[e]):
-            raise InputError(
-                f"{what}: stencils[{e}] is not of the form the fused kernels compute with "
-                f"({SUPPORTED_STENCIL_FORM}); its other taps would be ignored. Other stencils "
-                f"run on the reference PDE layer (backend='reference')")
-    if versioned:
-        _form_checked[stencils] = stencils._version
+    def first_fault() -> str | None:
+        host = stencils.detach().cpu() if stencils.is_inference() else host_copy(stencils)
+        for e in range(host.shape[0]):
+            if not bool(host[e].isfinite().all()):  # (no form holds: said as it is)
+                return f"stencils[{e}] holds a non-finite value"
+            if not _has_supported_form(host[e]):
+                return (f"stencils[{e}] is not of the form the fused kernels compute with "
+                        f"({SUPPORTED_STENCIL_FORM}); its other taps would be ignored. Other "
+                        f"stencils run on the reference PDE layer (backend='reference')")
+        return None
+
+    fault = _judged(_form_checked, stencils, first_fault)
+    if fault is not None:
+        raise InputError(f"{what}: {fault}")
 
 
 def unsupported_reason(u: Tensor, specs: Sequence[PDESpec]) -> str | None:
@@ -405,7 +415,7 @@ def warn_once(reason: str) -> None:
 _host_copies = WeakIdKeyDictionary()
 # Stencil tensor -> (its version, whether stencil_is_supported).
 _supported = WeakIdKeyDictionary()
-# The operators' (E, 6, 3, 3) stencils -> the version check_stencil_form accepted.
+# The operators' (E, 6, 3, 3) stencils -> (their version, check_stencil_form's fault or None).
 _form_checked = WeakIdKeyDictionary()
 
 

@@ -121,6 +121,7 @@ __all__ = [
     "available_invariant_sets",
     "get_invariant_set",
     "hessian_reference_sq",
+    "ratio_rescaling",
     "ratio_guard",
     "register_invariant_set",
     "safe_ratio",
@@ -725,13 +726,19 @@ def _ratio_operands(d: Derivatives, ratio):
         return d
     cached = d.__dict__.get("_rescaled_for_covariant_ratios")
     if cached is None:
-        reference = hessian_reference_sq(d).detach()
-        usable = (reference > 0) & torch.isfinite(reference)
-        exponent = torch.floor(torch.log2(torch.where(usable, reference, 1.0)) / 4)
-        # exp2 of an integer is exact (checked by tests/pde/test_sim2_float32_round15.py)
-        cached = _RescaledJet(d, torch.exp2(-exponent))
+        cached = _RescaledJet(d, ratio_rescaling(hessian_reference_sq(d).detach()))
         d.__dict__["_rescaled_for_covariant_ratios"] = cached
     return cached
+
+
+def ratio_rescaling(reference: Tensor) -> Tensor:
+    """The power of two ``sigma = 2^-floor(log2(R) / 4)`` per point of ``R`` (``reference``, of
+    :func:`hessian_reference_sq`), 1 where ``R`` is 0 or not finite: first derivatives times
+    ``sigma`` and second times ``sigma^2`` bring ``R`` into ``[1, 16)``
+    (:func:`_ratio_operands`)."""
+    usable = (reference > 0) & torch.isfinite(reference)
+    exponent = torch.floor(torch.log2(torch.where(usable, reference, 1.0)) / 4)
+    return torch.exp2(-exponent)  # exact for an integer (tests/pde/test_sim2_float32_round15.py)
 
 
 def _grad_sq(d: Derivatives) -> Tensor:
