@@ -8,7 +8,13 @@ exactly 0 or of order 1, like a digit). Variants: the registered sets in both mo
 that were tried and replaced (``scaling/a²``: the covariant ratio with the numerator's square as
 reference, ``sim2/(Δu)²``: ``find_invariants``' ``(Δu)² / det H`` instead of
 ``|∇u|² Δu / det H``). Last, the rounding noise each stencil leaves on a flat background (a
-family with a scale of its own, such as ``gaussian``, at ``sigma = 1`` pixel).
+family with a scale of its own, such as ``gaussian``, at ``sigma = 1`` pixel). Then the same
+float32 error for the covariant ``scaling`` and ``sim2`` per backend (the reference and the fused
+C++ kernel, :mod:`eqpdenet.kernels`) at grid spacings 1e-5 to 1e6 (the float64 truth is the
+reference at the same spacing; "not finite" where the float32 gradient is NaN or inf), and on
+MNIST's first 32 test digits (``[0, 1]``, unit spacing) for a ``se2, sim2`` and a ``scaling``
+layer of ``LayerConfig`` defaults but ``init_noise`` 0.05 and T = 0.3 (the data folder as the CLI
+finds it: ``--data-dir`` > ``EQPDENET_DATA``; skipped where it holds no MNIST).
 
     python benchmarks/ratio_conditioning.py      # seconds, one thread is enough
 """
@@ -20,6 +26,8 @@ import warnings
 
 import torch
 
+from eqpdenet.data.mnist import MNIST_FILES, find_mnist_file, read_idx, resolve_data_dir
+from eqpdenet.errors import NonFiniteStateError
 from eqpdenet.pde import PDELayer, available_stencils, jet
 from eqpdenet.pde.invariants import (
     Invariant,
@@ -27,6 +35,7 @@ from eqpdenet.pde.invariants import (
     get_invariant_set,
     hessian_reference_sq,
 )
+from eqpdenet.pde.layer import LayerConfig
 from eqpdenet.pde.stencils import stencil_has_scale
 
 
@@ -48,12 +57,13 @@ def _variants() -> dict[str, InvariantSet]:
     }
 
 
-def _layer(invariants, mode: str, steps: int, dtype: torch.dtype) -> PDELayer:
+def _layer(invariants, mode: str, steps: int, dtype: torch.dtype, backend: str = "reference",
+           spacing: float = 1.0) -> PDELayer:
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         layer = PDELayer.build(invariants, T=steps * 0.1, dt=0.1, init="normal", init_scale=0.05,
-                               ratio_regularisation=mode, backend="reference")
+                               ratio_regularisation=mode, backend=backend, spacing=spacing)
     with torch.no_grad():
         for pde in layer.pdes:
             pde.step.rhs.F.bias.normal_(0.0, 0.05)
@@ -69,23 +79,61 @@ def _inputs(name: str) -> torch.Tensor:
     return u
 
 
-def measure(invariants, mode: str, steps: int, inputs: str) -> tuple[float, float]:
-    """(largest float64 input gradient, float32 reference's distance to it / that maximum)."""
+def measure(invariants, mode: str, steps: int, inputs: str, backend: str = "reference",
+            spacing: float = 1.0) -> tuple[float, float]:
+    """(largest float64 input gradient of the reference, the float32 ``backend``'s distance to
+    it / that maximum; inf where the float32 gradient is not finite)."""
     u64 = _inputs(inputs)
     cotangent = torch.randn(u64.shape[0], len(invariants), *u64.shape[1:], dtype=torch.float64,
                             generator=torch.Generator().manual_seed(2))
     grads = []
-    for dtype in (torch.float64, torch.float32):
-        layer = _layer(invariants, mode, steps, dtype)
+    for dtype, used in ((torch.float64, "reference"), (torch.float32, backend)):
+        layer = _layer(invariants, mode, steps, dtype, used, spacing)
         u = u64.to(dtype).requires_grad_(True)
-        (grad,) = torch.autograd.grad((layer.evolve(u) * cotangent.to(dtype)).sum(), u)
+        try:
+            (grad,) = torch.autograd.grad((layer.evolve(u) * cotangent.to(dtype)).sum(), u)
+        except NonFiniteStateError:
+            grad = torch.full_like(u, float("nan"))
         grads.append(grad.double())
     scale = grads[0].abs().max().item()
+    if not bool(torch.isfinite(grads[1]).all()):
+        return scale, float("inf")
     return scale, (grads[1] - grads[0]).abs().max().item() / scale
 
 
+def digit_gradient_errors(data_dir: str | None) -> dict[str, dict[str, float]] | None:
+    """Per layer and float32 backend, the largest input-gradient error against the float64
+    reference on MNIST's first 32 test digits, and that gradient's largest entry (``"scale"``);
+    ``None`` without MNIST."""
+    path = find_mnist_file(resolve_data_dir(data_dir), "test_images")
+    if path is None:
+        return None
+    digits = torch.from_numpy(read_idx(path, spec=MNIST_FILES["test_images"])[:32].copy())
+    x = digits.unsqueeze(1).double() / 255
+    out = {}
+    for label, invariants in (("se2, sim2", ["se2", "sim2"]), ("scaling", ["scaling"])):
+        grads = {}
+        for dtype, backend in ((torch.float64, "reference"), (torch.float32, "reference"),
+                               (torch.float32, "fused")):
+            torch.manual_seed(0)
+            layer = PDELayer.from_config(LayerConfig(
+                invariants=invariants, ratio_regularisation="covariant", init_noise=0.05,
+                backend=backend, T=0.3, dt=0.1)).to(dtype)
+            u = x.to(dtype).requires_grad_(True)
+            y = layer(u)
+            weights = torch.linspace(-1, 1, y.numel(), dtype=dtype).view_as(y)
+            (grad,) = torch.autograd.grad((y * weights).sum(), u)
+            grads[f"{dtype}".removeprefix("torch.") + " " + backend] = grad.double()
+        truth = grads.pop("float64 reference")
+        out[label] = {"scale": truth.abs().max().item(),
+                      **{k: (g - truth).abs().max().item() for k, g in grads.items()}}
+    return out
+
+
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", default=None, help="the folder holding mnist/")
+    args = parser.parse_args()
     variants = _variants()
     cases = [
         ("paper's 4 PDEs", ["se2", "se2", "scaling", "scaling"], ("absolute", "covariant")),
@@ -106,6 +154,26 @@ def main() -> None:
     print("\nLargest |derivative| of a constant image (MNIST's standardised background), float32:")
     for label, noise in background_noise().items():
         print(f"  {label}: {noise:.2g}")
+    print("\nCovariant ratios in float32 per backend (noise inputs, 3 steps; error as above):\n")
+    spacings = (1e-5, 1.0, 100.0, 1e6)
+    print("| layer | backend | " + " | ".join(f"spacing {h:g}" for h in spacings) + " |")
+    print("|---|---|" + "---:|" * len(spacings))
+    for label in ("scaling", "sim2"):
+        for backend in ("reference", "fused"):
+            errors = [measure([label], "covariant", 3, "noise", backend, h)[1] for h in spacings]
+            print(f"| {label} | {backend} | "
+                  + " | ".join("not finite" if e == float("inf") else f"{e:.1e}" for e in errors)
+                  + " |")
+    errors = digit_gradient_errors(args.data_dir)
+    if errors is None:
+        print("\n(no MNIST in the data folder: the digits' table is skipped)")
+        return
+    print("\nInput gradient on 32 MNIST test digits, largest error against the float64 reference:\n")
+    print("| layer | largest gradient | float32 reference | float32 fused |")
+    print("|---|---:|---:|---:|")
+    for label, row in errors.items():
+        print(f"| {label} | {row['scale']:.2g} | {row['float32 reference']:.2g} | "
+              f"{row['float32 fused']:.2g} |")
 
 
 def background_noise() -> dict[str, float]:

@@ -50,12 +50,11 @@ MNIST digit's background). Every division goes through :func:`safe_ratio`, in on
     denominator scales like ``b^2``, so the same samples differentiated with grid spacing ``h``
     or ``h / lambda`` give the same values, to rounding, for every set declared scale invariant
     (the built-in ``scaling`` and ``sim2`` in float32 too, at every accepted spacing, 1e-6 to
-    1e6: they form their ratios from the jet rescaled per pixel by an exact power of two that
-    brings ``R`` to order 1, so that the det-H ratios, products of degree 8 in the second
-    derivatives, neither overflow nor underflow; the quotient is the unscaled one to the last
-    bit wherever that one neither overflowed nor felt the guard; :func:`_ratio_operands`. This
-    is the reference: the fused CPU kernel of :mod:`eqpdenet.kernels` still forms them unscaled,
-    so a float32 ``sim2`` layer there gives NaN at spacing 1e-5);
+    1e6: they form their ratios from the jet rescaled by one exact power of two per image plane
+    that brings the plane's largest ``R`` to order 1, so that the det-H ratios, products of
+    degree 8 in the second derivatives, neither overflow nor underflow; the quotient is the
+    unscaled one to the last bit wherever that one neither overflowed nor felt the guard;
+    :func:`_ratio_operands`; the fused CPU kernel of :mod:`eqpdenet.kernels` does the same);
     ``R`` is rotation invariant, so the ``sim2`` set stays rotation invariant. The ratio is
     bounded: ``|a b| / (b^2 + eps^2 ref) <= |a| / (2 eps sqrt(ref))``, and ``sqrt(R) >= |∇u|^2``,
     ``R >= |H|^2 >= (Δu)^2 / 2`` and ``|∇u|^2 |H| <= R / 2`` make that ``<= 1 / (2 eps)`` for
@@ -706,36 +705,43 @@ class _RescaledJet:
 
 def _ratio_operands(d: Derivatives, ratio):
     """The derivatives the built-in ``scaling`` and ``sim2`` ratios are formed from: ``d``
-    itself, or with the ``covariant`` mode ``d`` rescaled per pixel (:class:`_RescaledJet`) by
-    the power of two ``sigma = 2^-k``, ``k = floor(log2(R) / 4)`` (``R`` of
-    :func:`hessian_reference_sq`; ``sigma = 1`` where ``R`` is 0 or not finite), which brings
-    the rescaled ``R = sigma^4 R`` into ``[1, 16)`` (give or take the rounding of ``log2``).
+    itself, or with the ``covariant`` mode ``d`` rescaled (:class:`_RescaledJet`) by one power
+    of two per image plane (the last two dimensions), ``sigma = 2^-k``,
+    ``k = floor(log2(R_max) / 4)`` (``R_max`` the plane's largest ``R`` of
+    :func:`hessian_reference_sq`; ``sigma = 1`` where it is 0 or not finite), which brings
+    ``R_max`` into ``[1, 16)`` (give or take the rounding of ``log2``).
 
     Why: these ratios are scale invariant, so the rescaled jet gives the same quotient; every
     covariant ratio's numerator ``a b`` and each term of its denominator scale by the same power
-    of ``sigma``, and a power of two multiplies exactly, so the
-    quotient is the same to the last bit wherever the unscaled one neither overflowed nor
-    underflowed nor felt the guard. Unscaled, the det-H ratios (products of degree 8 in the
-    second derivatives) overflowed in float32 at spacing 1e-5 (u_xx ~ 1e10: inf / inf = NaN)
-    and fell to the guard at spacing 30 and above (denominator ~ u_xx^8 against 2^-63), the
-    second-order ratios at spacing 1e3 and above; rescaled, every denominator is at least
-    about ``eps^2`` wherever ``R != 0``. ``sigma`` is computed without a gradient (it is
-    piecewise constant and the quotient does not depend on it). The ``absolute`` mode (whose
-    ``eps`` has a unit) and user modes get ``d`` unchanged."""
+    of ``sigma``, and a power of two multiplies exactly, so the quotient is the same to the last
+    bit wherever the unscaled one neither overflowed nor underflowed nor felt the guard.
+    Unscaled, the det-H ratios (products of degree 8 in the second derivatives) overflowed in
+    float32 at spacing 1e-5 (u_xx ~ 1e10: inf / inf = NaN) and fell to the guard at spacing 30
+    and above (denominator ~ u_xx^8 against 2^-63), the second-order ratios at spacing 1e3 and
+    above. Why one factor per plane and not per pixel (round 15 had one per pixel): the
+    ratios' derivatives grow like 1 / |jet| where the jet is small, and a per-pixel factor lifts
+    every small jet to order 1, float32 rounding noise included (a plateau a few ulps uneven, as
+    Euler steps leave beside a digit): the guard no longer bounded those derivatives, and a
+    float32 ``sim2`` layer's gradients reached 1e14 on MNIST (10 steps, against 100 in float64;
+    tests/kernels/test_fused_ratio_rescaling_round16.py). Against the plane's largest jet such
+    jets stay small, where the guard bounds them as at unit spacing. ``sigma`` is computed
+    without a gradient (it is piecewise constant and the quotient does not depend on it). The
+    ``absolute`` mode (whose ``eps`` has a unit) and user modes get ``d`` unchanged."""
     if not (isinstance(ratio, RatioRegularisation) and ratio.mode == "covariant"):
         return d
     cached = d.__dict__.get("_rescaled_for_covariant_ratios")
     if cached is None:
-        cached = _RescaledJet(d, ratio_rescaling(hessian_reference_sq(d).detach()))
+        largest = hessian_reference_sq(d).detach().amax(dim=(-2, -1), keepdim=True)
+        cached = _RescaledJet(d, ratio_rescaling(largest))
         d.__dict__["_rescaled_for_covariant_ratios"] = cached
     return cached
 
 
 def ratio_rescaling(reference: Tensor) -> Tensor:
-    """The power of two ``sigma = 2^-floor(log2(R) / 4)`` per point of ``R`` (``reference``, of
-    :func:`hessian_reference_sq`), 1 where ``R`` is 0 or not finite: first derivatives times
-    ``sigma`` and second times ``sigma^2`` bring ``R`` into ``[1, 16)``
-    (:func:`_ratio_operands`)."""
+    """The power of two ``sigma = 2^-floor(log2(R) / 4)`` per entry of ``R`` (``reference``, of
+    :func:`hessian_reference_sq`; :func:`_ratio_operands` passes each plane's largest), 1 where
+    ``R`` is 0 or not finite: first derivatives times ``sigma`` and second times ``sigma^2``
+    bring ``R`` into ``[1, 16)``."""
     usable = (reference > 0) & torch.isfinite(reference)
     exponent = torch.floor(torch.log2(torch.where(usable, reference, 1.0)) / 4)
     return torch.exp2(-exponent)  # exact for an integer (tests/pde/test_sim2_float32_round15.py)

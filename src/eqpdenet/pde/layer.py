@@ -410,9 +410,10 @@ class PDELayer(nn.Module):
         reduction: a name from :data:`REDUCTIONS` (default ``"linear"``).
         backend: how :meth:`evolve` integrates (:mod:`eqpdenet.kernels`): ``"auto"`` (default),
             ``"reference"`` or ``"fused"``. Results agree to rounding (one exception: in
-            float32 the covariant ``scaling`` and ``sim2`` ratios, whose gradients the fused
-            kernel, forming them unscaled, gets less accurately: docs/performance.md); an
-            unusable fast path falls back to the reference with one warning, never an error.
+            float32, the input gradients of the covariant ``scaling`` and ``sim2`` ratios where
+            the jet is of the size of rounding noise, which the two round differently: both
+            bounded, docs/performance.md); an unusable fast path falls back to the reference
+            with one warning, never an error.
         recompute: during training, keep no intermediate states and recompute them in the
             backward pass (less memory, about one more forward of work; the same gradients).
             A PDE parameter changed in place between forward and backward (``optimizer.step()``

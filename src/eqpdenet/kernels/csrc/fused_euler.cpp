@@ -314,8 +314,60 @@ EQ_INLINE void add_reference_cotangent(T ux, T uy, T uxx, T uxy, T uyy, T gR, T*
   G[5] += T(2) * uyy * gR;
 }
 
+// The covariant ratios are scale invariant, so they are formed from the jet rescaled by the power
+// of two sigma = 2^-k, k = floor(log2(R_max) / 4), R_max the largest R of the state's plane
+// (one image, PDE and channel at one Euler step), which brings R_max into [1, 16): as the
+// reference (eqpdenet.pde.invariants._ratio_operands). Unscaled, the det-H ratios (degree 8 in
+// the second derivatives) overflowed in float32 at grid spacing 1e-5 and fell to the guard at
+// spacing 100 and above. A power of two multiplies exactly, so the quotient is the unscaled one
+// to the last bit wherever that one neither overflowed nor underflowed nor felt the guard; and
+// the guard still bounds the ratios' derivatives on jets that are small against the plane's
+// largest (float32 rounding noise: a factor per pixel would undo that, and gave gradients of
+// 1e14). sigma is piecewise constant (the reference detaches it), so the jet cotangents are the
+// rescaled jet's times sigma (first order) and sigma^2 (second). sigma = 1 where R_max is 0 or
+// not finite.
+template <typename T>
+void ratio_rescaling(T largest, T& sigma, T& sigma_sq) {
+  sigma = sigma_sq = T(1);
+  if (!(largest > T(0)) || !std::isfinite(largest)) return;
+  const int e = std::ilogb(largest);  // floor(log2), exact (subnormals included)
+  const int k = e >= 0 ? e / 4 : -((3 - e) / 4);  // floor(e / 4)
+  sigma = std::ldexp(T(1), -k);
+  sigma_sq = std::ldexp(T(1), -2 * k);
+}
+
+template <typename T, bool FULL>
+void plane_rescaling(const T* __restrict U, const Geo& geo, const Pde<T>& q, T& sigma,
+                     T& sigma_sq) {
+  T largest = T(0), poison = T(0);  // poison: NaN once any R is NaN or infinite
+  for (int i = 0; i < geo.H; ++i) {
+    const int64_t first = geo.at(i, 0), last = first + geo.W;
+    T row_max = T(0), row_poison = T(0);
+    #pragma GCC ivdep
+    for (int64_t p = first; p < last; ++p) {
+      T u, ux, uy, uxx, uxy, uyy;
+      jet_at<T, FULL>(U, p, geo.Wp, q, u, ux, uy, uxx, uxy, uyy);
+      const T R = reference_sq(ux, uy, uxx, uxy, uyy);
+      row_max = R > row_max ? R : row_max;
+      row_poison += R * T(0);
+    }
+    largest = std::max(largest, row_max);
+    poison += row_poison;
+  }
+  ratio_rescaling(poison == T(0) ? largest : std::numeric_limits<T>::quiet_NaN(), sigma,
+                  sigma_sq);
+}
+
+template <int SET>
+constexpr bool covariant_ratios() { return SET == SCALING_COV || SET == SIM2_COV; }
+
 template <typename T, int SET>
-EQ_INLINE void invariants_at(T u, T ux, T uy, T uxx, T uxy, T uyy, T eps2, T tiny, T* I) {
+EQ_INLINE void invariants_at(T u, T ux, T uy, T uxx, T uxy, T uyy, T eps2, T tiny, T sigma,
+                             T sigma_sq, T* I) {
+  if (covariant_ratios<SET>()) {
+    ux *= sigma; uy *= sigma;
+    uxx *= sigma_sq; uxy *= sigma_sq; uyy *= sigma_sq;
+  }
   if (SET == SE2) {
     I[0] = u;
     I[1] = ux * ux + uy * uy;
@@ -346,7 +398,12 @@ EQ_INLINE void invariants_at(T u, T ux, T uy, T uxx, T uxy, T uyy, T eps2, T tin
 
 // Jet cotangents G_d = sum_k gF_k dI_k/d(jet_d), times gd.
 template <typename T, int SET>
-EQ_INLINE void djet_at(T ux, T uy, T uxx, T uxy, T uyy, T eps2, T tiny, const T* gF, T gd, T* G) {
+EQ_INLINE void djet_at(T ux, T uy, T uxx, T uxy, T uyy, T eps2, T tiny, T sigma, T sigma_sq,
+                       const T* gF, T gd, T* G) {
+  if (covariant_ratios<SET>()) {
+    ux *= sigma; uy *= sigma;
+    uxx *= sigma_sq; uxy *= sigma_sq; uyy *= sigma_sq;
+  }
   if (SET == SE2) {
     G[0] = gd * gF[0];
     G[1] = gd * (T(2) * ux * gF[1] + T(2) * (ux * uxx + uy * uxy) * gF[3]);
@@ -402,6 +459,10 @@ EQ_INLINE void djet_at(T ux, T uy, T uxx, T uxy, T uyy, T eps2, T tiny, const T*
       add_reference_cotangent(ux, uy, uxx, uxy, uyy, gR, G);
     }
   }
+  if (covariant_ratios<SET>()) {  // back to the unscaled jet (sigma a constant)
+    G[1] *= sigma; G[2] *= sigma;
+    G[3] *= sigma_sq; G[4] *= sigma_sq; G[5] *= sigma_sq;
+  }
 }
 
 // ------------------------------------------------------------------ per-thread work space
@@ -434,6 +495,8 @@ void euler_step(const T* __restrict U, T* __restrict V, Work<T>& w, const Geo& g
   constexpr int K = n_invariants<SET>();
   const int64_t Wp = geo.Wp, N = w.NS;
   const T dt = q.dt, eps2 = q.eps2, tiny = q.tiny, bias = q.bias;
+  T sigma = T(1), sigma_sq = T(1);
+  if (covariant_ratios<SET>()) plane_rescaling<T, FULL>(U, geo, q, sigma, sigma_sq);
   if (LINEAR) {
     T wk[6] = {0, 0, 0, 0, 0, 0};
     for (int k = 0; k < K; ++k) wk[k] = q.w[k];
@@ -441,7 +504,7 @@ void euler_step(const T* __restrict U, T* __restrict V, Work<T>& w, const Geo& g
     for (int64_t p = geo.lo; p < geo.hi; ++p) {
       T u, ux, uy, uxx, uxy, uyy, I[6];
       jet_at<T, FULL>(U, p, Wp, q, u, ux, uy, uxx, uxy, uyy);
-      invariants_at<T, SET>(u, ux, uy, uxx, uxy, uyy, eps2, tiny, I);
+      invariants_at<T, SET>(u, ux, uy, uxx, uxy, uyy, eps2, tiny, sigma, sigma_sq, I);
       T F = wk[0] * I[0];
       for (int k = 1; k < K; ++k) F += wk[k] * I[k];
       V[p] = U[p] + dt * (F + bias);
@@ -454,7 +517,7 @@ void euler_step(const T* __restrict U, T* __restrict V, Work<T>& w, const Geo& g
     for (int64_t p = geo.lo; p < geo.hi; ++p) {
       T u, ux, uy, uxx, uxy, uyy, I[6];
       jet_at<T, FULL>(U, p, Wp, q, u, ux, uy, uxx, uxy, uyy);
-      invariants_at<T, SET>(u, ux, uy, uxx, uxy, uyy, eps2, tiny, I);
+      invariants_at<T, SET>(u, ux, uy, uxx, uxy, uyy, eps2, tiny, sigma, sigma_sq, I);
       for (int k = 0; k < K; ++k) Ib[k * N + p] = I[k];
       Fb[p] = T(0);
     }
@@ -515,6 +578,8 @@ void euler_step_backward(const T* __restrict U, T* __restrict g, Work<T>& w, con
   constexpr int K = n_invariants<SET>();
   const int64_t Wp = geo.Wp, N = w.NS;
   const T dt = q.dt, eps2 = q.eps2, tiny = q.tiny;
+  T sigma = T(1), sigma_sq = T(1);
+  if (covariant_ratios<SET>()) plane_rescaling<T, FULL>(U, geo, q, sigma, sigma_sq);
   T* __restrict G = w.G;
   T* __restrict acc = w.acc;
   const int M = LINEAR ? K : q.nmono;
@@ -525,11 +590,11 @@ void euler_step_backward(const T* __restrict U, T* __restrict g, Work<T>& w, con
     for (int64_t p = geo.lo; p < geo.hi; ++p) {
       T u, ux, uy, uxx, uxy, uyy, I[6], Gd[6];
       jet_at<T, FULL>(U, p, Wp, q, u, ux, uy, uxx, uxy, uyy);
-      invariants_at<T, SET>(u, ux, uy, uxx, uxy, uyy, eps2, tiny, I);
+      invariants_at<T, SET>(u, ux, uy, uxx, uxy, uyy, eps2, tiny, sigma, sigma_sq, I);
       const T gd = dt * g[p];
       for (int k = 0; k < K; ++k) acc[k * N + p] += gd * I[k];
       acc[M * N + p] += gd;
-      djet_at<T, SET>(ux, uy, uxx, uxy, uyy, eps2, tiny, gF, gd, Gd);
+      djet_at<T, SET>(ux, uy, uxx, uxy, uyy, eps2, tiny, sigma, sigma_sq, gF, gd, Gd);
       for (int d = 0; d < 6; ++d) G[d * N + p] = Gd[d];
     }
   } else {
@@ -542,7 +607,7 @@ void euler_step_backward(const T* __restrict U, T* __restrict g, Work<T>& w, con
     for (int64_t p = geo.lo; p < geo.hi; ++p) {
       T u, ux, uy, uxx, uxy, uyy, I[6];
       jet_at<T, FULL>(U, p, Wp, q, u, ux, uy, uxx, uxy, uyy);
-      invariants_at<T, SET>(u, ux, uy, uxx, uxy, uyy, eps2, tiny, I);
+      invariants_at<T, SET>(u, ux, uy, uxx, uxy, uyy, eps2, tiny, sigma, sigma_sq, I);
       for (int k = 0; k < K; ++k) { Ib[k * N + p] = I[k]; gIb[k * N + p] = T(0); }
       gdv[p] = dt * g[p];
       acc[M * N + p] += gdv[p];
@@ -588,7 +653,7 @@ void euler_step_backward(const T* __restrict U, T* __restrict g, Work<T>& w, con
       T u, ux, uy, uxx, uxy, uyy, gF[6], Gd[6];
       jet_at<T, FULL>(U, p, Wp, q, u, ux, uy, uxx, uxy, uyy);
       for (int k = 0; k < K; ++k) gF[k] = gIb[k * N + p];
-      djet_at<T, SET>(ux, uy, uxx, uxy, uyy, eps2, tiny, gF, gdv[p], Gd);
+      djet_at<T, SET>(ux, uy, uxx, uxy, uyy, eps2, tiny, sigma, sigma_sq, gF, gdv[p], Gd);
       for (int d = 0; d < 6; ++d) G[d * N + p] = Gd[d];
     }
   }
