@@ -12,9 +12,8 @@ family with a scale of its own, such as ``gaussian``, at ``sigma = 1`` pixel). T
 float32 error for the covariant ``scaling`` and ``sim2`` per backend (the reference and the fused
 C++ kernel, :mod:`eqpdenet.kernels`) at grid spacings 1e-5 to 1e6 (the float64 truth is the
 reference at the same spacing; "not finite" where the float32 gradient is NaN or inf), and on
-MNIST's first 32 test digits (``[0, 1]``, unit spacing) for a ``se2, sim2`` and a ``scaling``
-layer of ``LayerConfig`` defaults but ``init_noise`` 0.05 and T = 0.3 (the data folder as the CLI
-finds it: ``--data-dir`` > ``EQPDENET_DATA``; skipped where it holds no MNIST).
+MNIST's first 32 test digits at unit spacing for the layers of :data:`DIGIT_CASES` (the data
+folder as the CLI finds it: ``--data-dir`` > ``EQPDENET_DATA``; skipped where it holds no MNIST).
 
     python benchmarks/ratio_conditioning.py      # seconds, one thread is enough
 """
@@ -101,32 +100,49 @@ def measure(invariants, mode: str, steps: int, inputs: str, backend: str = "refe
     return scale, (grads[1] - grads[0]).abs().max().item() / scale
 
 
+#: The layers measured on digits: (label, invariants, standardised inputs, T, init_noise).
+DIGIT_CASES = [
+    ("se2, sim2; [0, 1]; T 0.3; noise 0.05", ["se2", "sim2"], False, 0.3, 0.05),
+    ("scaling; [0, 1]; T 0.3; noise 0.05", ["scaling"], False, 0.3, 0.05),
+    ("se2_sim2 preset; standardised; T 1; noise 0.01", ["se2", "se2", "sim2", "sim2"], True, 1.0,
+     0.01),
+]
+
+
 def digit_gradient_errors(data_dir: str | None) -> dict[str, dict[str, float]] | None:
-    """Per layer and float32 backend, the largest input-gradient error against the float64
-    reference on MNIST's first 32 test digits, and that gradient's largest entry (``"scale"``);
-    ``None`` without MNIST."""
+    """Per case of :data:`DIGIT_CASES` and float32 backend, on MNIST's first 32 test digits
+    (covariant ratios, a fixed cotangent): the largest input-gradient entry in float64
+    (``"scale"``), each backend's largest input-gradient error against it (``"<backend>"``) and
+    its largest F-gradient error relative to the largest float64 F gradient
+    (``"<backend> F"``); ``None`` without MNIST."""
     path = find_mnist_file(resolve_data_dir(data_dir), "test_images")
     if path is None:
         return None
     digits = torch.from_numpy(read_idx(path, spec=MNIST_FILES["test_images"])[:32].copy())
-    x = digits.unsqueeze(1).double() / 255
+    unit = digits.unsqueeze(1).double() / 255
     out = {}
-    for label, invariants in (("se2, sim2", ["se2", "sim2"]), ("scaling", ["scaling"])):
+    for label, invariants, standardised, horizon, noise in DIGIT_CASES:
+        x = (unit - 0.1307) / 0.3081 if standardised else unit
         grads = {}
         for dtype, backend in ((torch.float64, "reference"), (torch.float32, "reference"),
                                (torch.float32, "fused")):
             torch.manual_seed(0)
             layer = PDELayer.from_config(LayerConfig(
-                invariants=invariants, ratio_regularisation="covariant", init_noise=0.05,
-                backend=backend, T=0.3, dt=0.1)).to(dtype)
+                invariants=invariants, ratio_regularisation="covariant", init_noise=noise,
+                backend=backend, T=horizon, dt=0.1)).to(dtype)
             u = x.to(dtype).requires_grad_(True)
             y = layer(u)
             weights = torch.linspace(-1, 1, y.numel(), dtype=dtype).view_as(y)
-            (grad,) = torch.autograd.grad((y * weights).sum(), u)
-            grads[f"{dtype}".removeprefix("torch.") + " " + backend] = grad.double()
-        truth = grads.pop("float64 reference")
-        out[label] = {"scale": truth.abs().max().item(),
-                      **{k: (g - truth).abs().max().item() for k, g in grads.items()}}
+            grad, *theta = torch.autograd.grad((y * weights).sum(), [u, *layer.parameters()])
+            grads[backend if dtype == torch.float32 else "truth"] = (
+                grad.double(), torch.cat([g.double().flatten() for g in theta]))
+        truth, theta_truth = grads.pop("truth")
+        row = {"scale": truth.abs().max().item()}
+        for backend, (grad, theta) in grads.items():
+            row[backend] = (grad - truth).abs().max().item()
+            row[backend + " F"] = ((theta - theta_truth).abs().max().item()
+                                   / theta_truth.abs().max().item())
+        out[label] = row
     return out
 
 
@@ -168,12 +184,14 @@ def main() -> None:
     if errors is None:
         print("\n(no MNIST in the data folder: the digits' table is skipped)")
         return
-    print("\nInput gradient on 32 MNIST test digits, largest error against the float64 reference:\n")
-    print("| layer | largest gradient | float32 reference | float32 fused |")
-    print("|---|---:|---:|---:|")
+    print("\nGradients on 32 MNIST test digits, float32 against the float64 reference (input: "
+          "largest error; F: largest error / largest F gradient):\n")
+    print("| layer | largest input gradient | input: reference | input: fused | F: reference "
+          "| F: fused |")
+    print("|---|---:|---:|---:|---:|---:|")
     for label, row in errors.items():
-        print(f"| {label} | {row['scale']:.2g} | {row['float32 reference']:.2g} | "
-              f"{row['float32 fused']:.2g} |")
+        print(f"| {label} | {row['scale']:.2g} | {row['reference']:.2g} | {row['fused']:.2g} | "
+              f"{row['reference F']:.1e} | {row['fused F']:.1e} |")
 
 
 def background_noise() -> dict[str, float]:

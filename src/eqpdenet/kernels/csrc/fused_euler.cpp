@@ -336,26 +336,45 @@ void ratio_rescaling(T largest, T& sigma, T& sigma_sq) {
   sigma_sq = std::ldexp(T(1), -2 * k);
 }
 
+template <typename T> struct FloatBits;
+template <> struct FloatBits<float> {
+  using Bits = uint32_t;
+  static constexpr Bits inf = 0x7f800000u;
+};
+template <> struct FloatBits<double> {
+  using Bits = uint64_t;
+  static constexpr Bits inf = 0x7ff0000000000000ull;
+};
+
+// The plane's largest R, as the largest bit pattern: R >= +0 (a sum of squares), and the bit
+// patterns of non-negative floats order as their values, with +inf and NaN (of either sign)
+// above every finite one; an integer max vectorises where a float max with NaN does not.
 template <typename T, bool FULL>
 void plane_rescaling(const T* __restrict U, const Geo& geo, const Pde<T>& q, T& sigma,
                      T& sigma_sq) {
-  T largest = T(0), poison = T(0);  // poison: NaN once any R is NaN or infinite
+  using Bits = typename FloatBits<T>::Bits;
+  Bits largest = 0;
   for (int i = 0; i < geo.H; ++i) {
     const int64_t first = geo.at(i, 0), last = first + geo.W;
-    T row_max = T(0), row_poison = T(0);
+    Bits row_max = 0;
     #pragma GCC ivdep
     for (int64_t p = first; p < last; ++p) {
       T u, ux, uy, uxx, uxy, uyy;
       jet_at<T, FULL>(U, p, geo.Wp, q, u, ux, uy, uxx, uxy, uyy);
       const T R = reference_sq(ux, uy, uxx, uxy, uyy);
-      row_max = R > row_max ? R : row_max;
-      row_poison += R * T(0);
+      Bits bits;
+      std::memcpy(&bits, &R, sizeof(T));
+      row_max = bits > row_max ? bits : row_max;
     }
     largest = std::max(largest, row_max);
-    poison += row_poison;
   }
-  ratio_rescaling(poison == T(0) ? largest : std::numeric_limits<T>::quiet_NaN(), sigma,
-                  sigma_sq);
+  if (largest >= FloatBits<T>::inf) {  // R not finite somewhere: as the reference, no rescaling
+    sigma = sigma_sq = T(1);
+    return;
+  }
+  T value;
+  std::memcpy(&value, &largest, sizeof(T));
+  ratio_rescaling(value, sigma, sigma_sq);
 }
 
 template <int SET>
