@@ -46,8 +46,10 @@ boundaries, dt, ratio_eps, ratio_regularisations, steps, check_finite, store_sta
     ratio of the PDE's mode (:mod:`eqpdenet.pde.invariants`): ``a b / (b² + eps² ref + guard)``
     (``covariant``; ``ref = R = u_xx² + 2 u_xy² + u_yy² + (u_x² + u_y²)²`` for the second-order
     denominators, ``R²`` for ``det H``; ``guard`` the square root of the smallest positive normal
-    number of the dtype, :func:`~eqpdenet.pde.invariants.ratio_guard`) or ``a b / (b² + eps²)``
-    (``absolute``):
+    number of the dtype, :func:`~eqpdenet.pde.invariants.ratio_guard`; formed from the jet
+    rescaled by the power of two that brings the plane's largest ``R`` into ``[1, 16)``, one per
+    image, PDE, channel and step, as the reference does: ``_ratio_operands`` there) or
+    ``a b / (b² + eps²)`` (``absolute``):
 
     * ``se2`` (5): ``u, u_x² + u_y², u_xx + u_yy, u_x² u_xx + 2 u_x u_y u_xy + u_y² u_yy,
       u_xx² + 2 u_xy² + u_yy²``;
