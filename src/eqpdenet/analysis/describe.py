@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import ConfigError, InputError
 from ..models import EqPdeNet, InvariantPDENet, LiftedPDENet
-from ..pde.integrators import EulerFlow, EulerStep
+from ..pde.integrators import EulerFlow, EulerStep, breaks_upper_bound
 from ..pde.invariants import (
     Derivatives,
     RatioRegularisation,
@@ -201,8 +201,9 @@ def _ratio_references(invariant_set, eps: float, mode: str) -> dict[str, list[st
         R = None
     if R is not None:
         # The jet of the same function on a grid 2^k times coarser, with R in [1, 16) at every
-        # point: there the built-in covariant sets divide with the jet as it is (they rescale
-        # it so: invariants.ratio_rescaling), so the references they pass compare with R.
+        # point, so the plane's largest too: there the built-in covariant sets divide with the
+        # jet as it is (their per-plane factor, invariants._ratio_operands, is 1), so the
+        # references they pass compare with R.
         scale = ratio_rescaling(R)
         jet = jet * torch.stack([scale**k for k in range(order + 1) for _ in range(k + 1)])
         R = hessian_reference_sq(Derivatives(jet))
@@ -265,7 +266,9 @@ def _stability_text(step: EulerStep, digits: int) -> str:
     judges: the diffusion check where ``F`` linearised at 0 is ``c_u u`` plus second-order terms,
     a reaction check where it is ``c_u u`` alone, the check of the whole linear part where it
     has other terms (first order, order > 2), and the report's reason where nothing could be
-    checked or the verdict is UNSTABLE for a reason the numbers do not show."""
+    checked or the verdict is UNSTABLE for a reason the numbers do not show. Where a decaying
+    reaction term ``c_u u`` (``c_u < 0``) joins second-order terms, the check printed is the one
+    with it, ``dt (a lambda_max - c_u) <= 2`` (isotropic) or ``-dt (sigma + c_u) <= 2``."""
     report = step.stability()
     verdict = "stable" if report["stable"] else "UNSTABLE"
     linearised = ("" if isinstance(getattr(step.rhs, "F", None), LinearF)
@@ -278,14 +281,24 @@ def _stability_text(step: EulerStep, digits: int) -> str:
         form = _terms_to_text([(c, name) for name, c in part.items()], digits, False)
         reason = f" ({report['reason']})" if report["reason"] else ""
         return f"stability check of {form}{linearised}: {verdict}{reason}"
+    # A decaying reaction term c_u u adds to the fastest decay (EulerStep.stability): where
+    # there is one, the check printed is the one with it, else a·dt = 0.05 inside its bound
+    # printed "UNSTABLE" with no word of why (round 16).
+    decay = min(part.get("u", 0.0), 0.0)
+    decay_text = _number(decay, digits).replace("-", "−")
     if report["stable"] is not None and report["diffusivity"] is None and any(
             part.get(name) for name in second):
         # Anisotropic: a compiled set holding u_xx, u_xy, u_yy apart.
         form = _terms_to_text([(c, n) for c, n in zip(report["second_order"], second, strict=True)
                                if c != 0.0], digits, False)
         rate = _number(report["max_rate_dt"], digits).replace("-", "−")
-        return (f"diffusion check of {form}{linearised}: elliptic and −dt·σ ≤ 2 at every "
-                f"frequency (σ its stencil's symbol): max −dt·σ = {rate}, {verdict}")
+        sigma = "−dt·(σ + c_u)" if decay else "−dt·σ"
+        symbol = f"σ its stencil's symbol, c_u = {decay_text}" if decay else "σ its stencil's symbol"
+        text = (f"diffusion check of {form}{linearised}: elliptic and {sigma} ≤ 2 at every "
+                f"frequency ({symbol}): max {sigma} = {rate}, {verdict}")
+        if not report["stable"] and not breaks_upper_bound(report):
+            text += f" ({report['reason']})"   # not elliptic, which the numbers do not show
+        return text
     check = f"diffusion check 0 ≤ a·dt ≤ {report['max_a_dt']:g}: "
     if report["stable"] is None:
         reason = report["reason"] or ""
@@ -299,8 +312,20 @@ def _stability_text(step: EulerStep, digits: int) -> str:
                 f"dt·c_u ≥ −2: dt·c_u = {value}{linearised.replace('(F', '(c_u of F')}, "
                 f"{verdict}")
     value = _number(report["a_dt"], digits).replace("-", "−")
-    linearised = linearised.replace("(F linearised", "(a of F linearised")
-    return check + f"a·dt = {value}{linearised}, {verdict}"
+    if decay:
+        lam = _number(2.0 / report["max_a_dt"], digits)
+        rate = _number(report["max_rate_dt"], digits).replace("-", "−")
+        linearised = linearised.replace("(F linearised", "(a and c_u of F linearised")
+        text = (f"diffusion check 0 ≤ a·dt and dt·(a·λmax − c_u) ≤ 2 (λmax = {lam}, c_u = "
+                f"{decay_text}): a·dt = {value}, dt·(a·λmax − c_u) = {rate}{linearised}, "
+                f"{verdict}")
+    else:
+        linearised = linearised.replace("(F linearised", "(a of F linearised")
+        text = check + f"a·dt = {value}{linearised}, {verdict}"
+    shown = report["a_dt"] < 0 or breaks_upper_bound(report)
+    if not report["stable"] and not shown and report["reason"]:
+        text += f" ({report['reason']})"      # a failure the numbers printed do not show
+    return text
 
 
 def reduction_formula(layer: PDELayer, style: str = "unicode", digits: int = 3) -> str:

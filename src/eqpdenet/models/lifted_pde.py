@@ -152,7 +152,9 @@ class LiftedPDEConfig:
             pixels, then one sample per 2x2 cell), ``"pool"`` (2x2 average) or ``"none"``.
         downsample_sigma: the low-pass's standard deviation, in pixels.
         projection: over orientations: ``"max"``, ``"mean"`` or ``"softmax"`` (``tau log mean
-            exp(u / tau)`` with a learned temperature ``tau > 0`` per channel, between the two).
+            exp(u / tau)`` with a learned temperature ``tau > 0`` per channel, between the two;
+            ``tau`` floored at ``sqrt(finfo(float32).tiny)`` (float64's in float64), where it is
+            the max, never NaN; computed in float32 for float16 and bfloat16 fields).
             The temperatures belong to the last stage's channels: the fields of earlier stages
             (:meth:`LiftedPDENet.projected_fields` with ``stages`` below the last) are projected
             by the max over orientations.
@@ -473,7 +475,9 @@ class M2Lift(ConstantBuffers):
 class _OrientationProjection(nn.Module):
     """``(B, C, N, H, W) -> (B, C, H, W)``: max, mean or soft maximum over orientations; the
     soft maximum has a temperature per channel, so it takes fields of ``channels`` channels
-    only."""
+    only, ``tau = softplus(raw_temperature)`` floored at ``sqrt(finfo(dtype).tiny)`` (about
+    1e-19 in float32), so that a learned or loaded temperature that underflows gives the
+    maximum, never NaN (float16 and bfloat16 fields: computed in float32, returned in theirs)."""
 
     def __init__(self, kind: str, channels: int):
         super().__init__()
@@ -491,9 +495,18 @@ class _OrientationProjection(nn.Module):
             return u.amax(dim=2)
         if self.kind == "mean":
             return u.mean(dim=2)
-        tau = F.softplus(self.raw_temperature).view(1, -1, 1, 1, 1)
-        return (tau * (torch.logsumexp(u / tau, dim=2, keepdim=True)
-                       - math.log(u.shape[2]))).squeeze(2)
+        # Floored at sqrt(tiny): softplus is exactly 0 below raw = -104 in float32 (-745 in
+        # float64), and u / 0 made the logits NaN with no word (round 16). At the floor the soft
+        # maximum is the maximum to rounding (logsumexp shifts by it), and u / tau stays finite
+        # for |u| < 1 / sqrt(tiny); above it nothing changes, bit for bit. float16 and bfloat16
+        # compute it in float32: float16's sqrt(tiny), 8e-3, is an ordinary temperature (a floor
+        # there changed learned ones), and u / tau overflows float16 long before.
+        dtype = u.dtype
+        work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        tau = F.softplus(self.raw_temperature.to(work))
+        tau = tau.clamp_min(torch.finfo(work).tiny ** 0.5).view(1, -1, 1, 1, 1)
+        return (tau * (torch.logsumexp(u.to(work) / tau, dim=2, keepdim=True)
+                       - math.log(u.shape[2]))).squeeze(2).to(dtype)
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}"
@@ -742,7 +755,8 @@ def refuse_unstable_steps(model: nn.Module) -> None:
         if report["stable"] is False or report.get("diffusion_stable") is False:
             raise ConfigError(f"invalid config: lifted_pde.dt / lifted_pde.orientations: "
                               f"{step.name} would be unstable from its first step "
-                              f"({report['reason']}); lower dt, or use fewer orientations")
+                              f"({report['reason'] or 'its linearised step grows'}); lower "
+                              f"dt, or use fewer orientations")
 
 
 def _channel_maps_moved(module, state_dict, prefix, *args) -> None:

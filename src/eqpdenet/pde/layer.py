@@ -37,6 +37,7 @@ from ..checks import (
     require_lists,
     require_nonnegative,
     require_positive,
+    warn_low_precision,
 )
 from ..errors import NonFiniteStateError, warn_at_caller
 from ..registry import CallRegistry, Registry
@@ -55,7 +56,9 @@ from .invariants import (
     DEFAULT_RATIO_REGULARISATION,
     INVARIANT_SETS,
     RATIO_REGULARISATIONS,
+    Derivatives,
     InvariantSet,
+    RatioRegularisation,
     get_invariant_set,
     require_planar,
 )
@@ -190,6 +193,40 @@ MAX_INIT = 1e6
 
 #: :attr:`LayerConfig.init_noise`'s default.
 DEFAULT_INIT_NOISE = 0.01
+
+#: What float16 / bfloat16 cost the layer, as :func:`~eqpdenet.checks.warn_low_precision` says
+#: (round 16, a layer of se2, sim2 and scaling against float64 with the same weights and input).
+_LOW_PRECISION_COST = ("its ratio invariants (the scaling and sim2 sets, any set that divides) "
+                       "came out 10-15 % off float64 at this precision, where se2 keeps to the "
+                       "precision's own rounding")
+
+
+def _divides(invariant_set: InvariantSet) -> bool:
+    """Whether an invariant of ``invariant_set`` divides (calls or reads its ratio
+    regularisation), found by evaluating it on a small random jet: only the function knows."""
+    calls = []
+
+    @dataclasses.dataclass(frozen=True)
+    class _Noting(RatioRegularisation):
+        def __call__(self, a, b, reference_sq=None):
+            calls.append(1)
+            return super().__call__(a, b, reference_sq)
+
+        def __float__(self):
+            calls.append(1)
+            return super().__float__()
+
+    order = invariant_set.order
+    jet = torch.randn((order + 1) * (order + 2) // 2, 3, 3, dtype=torch.float64,
+                      generator=torch.Generator().manual_seed(0))
+    for invariant in invariant_set.invariants:
+        try:
+            invariant.function(Derivatives(jet), _Noting())
+        except Exception:  # noqa: BLE001 - a function that cannot run here: assume it divides
+            return True
+        if calls:
+            return True
+    return False
 
 
 def check_init(config: LayerConfig, f_type: type) -> None:
@@ -478,7 +515,10 @@ class PDELayer(nn.Module):
         """The checks of the public entry points (:mod:`eqpdenet.checks`): shape, finite values
         (``(min, max)`` returned for error messages), ``u`` in the layer's dtype; none inside
         :class:`~eqpdenet.pde.integrators.input_checked` (the caller checked, and explains a
-        non-finite state itself)."""
+        non-finite state itself). A layer cast to float16 or bfloat16 warns once per dtype
+        (:func:`~eqpdenet.checks.warn_low_precision`), inside a model too."""
+        warn_low_precision(self, _LOW_PRECISION_COST, applies=lambda: any(
+            _divides(pde.step.rhs.invariant_set) for pde in self.pdes))
         if is_input_checked(self):
             return u, None
         check_images(u, "u")
