@@ -163,7 +163,8 @@ def benchmark(config: BenchmarkConfig, out_dir: Path, *, models: list[str] | Non
     """Run every missing (model, seed) of the benchmark into ``out_dir`` (``runs/<key>.json`` and
     their aggregate ``results.jsonl``) with ``executor`` (default: local, ``jobs`` processes).
 
-    ``models`` restricts the run to some of ``config.models`` (the others stay in the config).
+    ``models`` restricts the run to some of ``config.models`` (the others stay in the config);
+    a name given twice is run, and named, once.
     Runs finished under another configuration of the same entry and seed (a recipe changed),
     those of an entry's seeds the configuration no longer lists included, are
     refused, or with ``rerun_changed`` set aside and run again
@@ -172,7 +173,7 @@ def benchmark(config: BenchmarkConfig, out_dir: Path, *, models: list[str] | Non
     """
     refuse_while_starting("benchmark")  # a script's call without a __main__ guard, in a worker
     out_dir = Path(os.path.realpath(out_dir))
-    chosen = models or list(config.models)
+    chosen = list(dict.fromkeys(models or config.models))  # each once, in order (as --scenarios)
     for name in chosen:
         config.experiment(name, 0)  # unknown names and bad overrides fail before any work
         for seed in config.seeds:  # and entry names that cannot name a run file

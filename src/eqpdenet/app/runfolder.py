@@ -206,19 +206,22 @@ def check_not_inside_a_run(folder: Path, option: str = "--out") -> None:
 
 def check_output_keeps(path: Path, option: str, inputs: Iterable[Path | None] = ()) -> None:
     """Refuse an output file ``path`` (``evaluate --json``, ``export --out``, ``figure --out``)
-    that would replace one of the command's ``inputs`` (its checkpoint), eqpdenet's folder
-    marker, or a result in a folder a command marked as its own, at any depth (a ``train``
-    run's ``model.pt``, ``config.toml``, ``result.json``; a sweep's ``results.jsonl``, tables,
-    checkpoints and plots; a study's ``chosen.toml``, ``chosen.json``, ``study.md``;
-    :data:`_RESULT_NAMES`, :data:`COMMAND_PLOTS`, :data:`_RESULT_SUFFIXES`), and any file, new or
-    not, inside the folders a sweep keeps its runs in (:func:`sweep_inside`: ``runs/``, ``checkpoints/``,
-    ``superseded/``, whose every ``.json`` a resume reads as a run): an
-    :class:`OutputFolderError` naming ``option``. A new file elsewhere in such a folder, or any
-    other existing file (an earlier ``--json`` summary, a figure), is written as asked; but no
-    file at all inside a folder that ``train`` is writing now (:func:`run_around`, the lock
-    held): when that run ends it replaces its whole folder, and the file with it. (A file
-    written into a finished run's folder stays: a rerun of that run refuses to replace a
-    folder holding files that are not its own, :func:`check_replaceable`.)"""
+    that would replace one of the command's ``inputs`` (its checkpoint), or a result in a folder
+    a command marked as its own, at any depth (a ``train`` run's ``model.pt``, ``config.toml``,
+    ``result.json``; a sweep's ``results.jsonl``, tables, checkpoints and plots; a study's
+    ``chosen.toml``, ``chosen.json``, ``study.md``; :data:`_RESULT_NAMES`,
+    :data:`COMMAND_PLOTS`, :data:`_RESULT_SUFFIXES`), and any file, new or not, inside the
+    folders a sweep keeps its runs in (:func:`sweep_inside`: ``runs/``, ``checkpoints/``,
+    ``superseded/``, whose every ``.json`` a resume reads as a run), and a file, new or not, of
+    the name of eqpdenet's folder marker (:data:`MARKER`) or of a folder's writer lock
+    (:data:`~eqpdenet.app.locks.LOCK_NAME`: a file renamed over the lock a sweep holds let a
+    second writer lock the new file): an :class:`OutputFolderError` naming ``option``. A new
+    file elsewhere in such a folder, or any other existing file (an earlier ``--json`` summary,
+    a figure), is written as asked; but no file at all inside a folder that ``train`` is writing
+    now (:func:`run_around`, the lock held): when that run ends it replaces its whole folder,
+    and the file with it. (A file written into a finished run's folder stays: a rerun of that
+    run refuses to replace a folder holding files that are not its own,
+    :func:`check_replaceable`.)"""
     path = Path(path)
     inside = sweep_inside(path.parent)
     if inside is not None:  # new or not: a sweep reads every file there as one of its runs
@@ -231,6 +234,21 @@ def check_output_keeps(path: Path, option: str, inputs: Iterable[Path | None] = 
                    if (found := run_around(folder, itself=True, marked=False)) is not None), None)
     if around is not None:
         raise _inside_a_run(path, option, *around)
+    try:
+        # A link is written through (atomic_write, export): the file it leads to is judged too.
+        written = {path, link_target(path)}
+    except OSError:  # a loop of links: writing it says so
+        written = {path}
+    for target in written:  # new or not: a file of these names is eqpdenet's own
+        # a new one too: a sweep may make the lock between this check and the write
+        verb = "would replace" if os.path.lexists(target) else "would write a file named as"
+        if target.name == MARKER:
+            raise OutputFolderError(f"{option} {path}: {verb} eqpdenet's folder marker")
+        if target.name == LOCK_NAME:
+            # a file renamed over the lock leaves its holder's flock on the old, unlinked one:
+            # a second writer locks the new file and both write the folder
+            raise OutputFolderError(f"{option} {path}: {verb} eqpdenet's writer lock of "
+                                    f"{target.parent}")
     if not path.exists():
         return
     for source in inputs:
@@ -241,14 +259,7 @@ def check_output_keeps(path: Path, option: str, inputs: Iterable[Path | None] = 
         if same:
             raise OutputFolderError(f"{option} {path} is the command's own input ({source}): "
                                     f"writing it would destroy it; choose another file")
-    try:
-        # A link is written through (atomic_write, export): the file it leads to is judged too.
-        written = {path, link_target(path)}
-    except OSError:  # a loop of links: writing it says so
-        written = {path}
     for target in written:
-        if target.name == MARKER:
-            raise OutputFolderError(f"{option} {path}: would replace eqpdenet's folder marker")
         where = "" if target == path else f" (the file the link {path} leads to, {target})"
         inside = sweep_inside(target.parent)
         if inside is not None:  # a link leading into a sweep's runs

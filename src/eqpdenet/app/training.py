@@ -41,7 +41,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 from .. import __version__
 from ..analysis.predictions import EVALUATION_BATCH, check_classes, predictions
 from ..data.augment import augment_generator, blur_generator, relative_change
-from ..data.datasets import ImageDataset, load_dataset
+from ..data.datasets import DATASETS, ImageDataset, load_dataset
 from ..data.rotmnist import load_rotmnist
 from ..data.scenarios import apply_scenario
 from ..errors import (
@@ -115,14 +115,18 @@ __all__ = [
 class Split:
     """Images ``(N, C, H, W)`` float32 in [0, 1] and labels ``(N,)`` int64.
 
-    Shapes and kinds are checked when a split is made (an
-    :class:`~eqpdenet.errors.InputError` naming the field): labels ``(N, 1)`` or fewer labels
-    than images otherwise trained on without a word (``cross_entropy`` and the count of images
-    read the labels alone) or failed deep in the loss; images need at least one channel and one
-    pixel. Integer labels of another dtype (``int32``, ``int16``, ``uint8``) are converted to
-    ``int64``, as a data set's are when it is loaded (``cross_entropy`` took ``int32`` labels for
-    a raw error). Values (finite images, labels within a model's classes, two classes or more
-    to train on) are checked where a split is used: :func:`train_model`."""
+    Shapes and kinds are checked when a split is made (an :class:`~eqpdenet.errors.InputError`
+    naming the field): labels ``(N, 1)`` or fewer labels than images otherwise trained on
+    without a word (``cross_entropy`` and the count of images read the labels alone) or failed
+    deep in the loss; images need at least one channel and one pixel. Integer labels of another
+    dtype (``int32``, ``int16``, ``uint8``) are converted to ``int64``, as a data set's are when
+    it is loaded (``cross_entropy`` took ``int32`` labels for a raw error), and floating images
+    of another dtype (``float64``, ``float16``, ``bfloat16``) to ``float32``, as a data file's
+    float pixels are (float64 images stopped :func:`run_experiment` at the first forward,
+    advising a conversion of a model it builds itself); ``float32`` images are kept as they are,
+    the same tensor (a float64 model of one's own given to :func:`train_model` takes them
+    converted up, float32 values). Values (finite images, labels within a model's classes, two
+    classes or more to train on) are checked where a split is used: :func:`train_model`."""
 
     images: Tensor
     labels: Tensor
@@ -151,6 +155,10 @@ class Split:
                              f"got shape {tuple(self.images.shape)} (N, C, H, W)")
         if self.labels.dtype != torch.int64:
             self.labels = self.labels.long()  # the one dtype cross_entropy takes for classes
+        if self.images.dtype != torch.float32:
+            # the dtype every model built here computes in, and a file's float pixels are read
+            # in: float64 images reached the first forward and were refused there
+            self.images = self.images.to(torch.float32)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -258,8 +266,12 @@ def _check_split_classes(config: DataConfig, dataset: ImageDataset, train: Split
     class are one class. One class to train on is refused (it trains to "100 %"); classes
     missing from the training split, a test split of one class, and a validation split of one
     class or of fewer than :data:`MIN_VALIDATION_IMAGES` images (selecting on it,
-    ``train.select_on_validation`` or a study's choice, is meaningless) are warned about."""
-    hint = "is the file sorted by class? shuffle it"
+    ``train.select_on_validation`` or a study's choice, is meaningless) are warned about. The
+    rule is the same for a file, an IDX folder and a registered set (a file whose labels leave a
+    class held by no split is refused when it is read, ``datasets._classes``)."""
+    # a registered set is no file (it may be made in memory): its hint says "data set"
+    source = "data set" if config.dataset in DATASETS else "file"
+    hint = f"is the {source} sorted by class? shuffle it"
     name = dataset.name
     present = torch.unique(train.labels).tolist()
     if config.train_subset:
@@ -274,8 +286,15 @@ def _check_split_classes(config: DataConfig, dataset: ImageDataset, train: Split
                           f"and a classifier needs two ({hint}, or change {named})")
     if len(present) < dataset.classes:
         shown = _lacking(present, dataset.classes)
+        lacking = set(range(dataset.classes)) - set(present)
+        if not lacking & set(torch.unique(dataset.train_labels).tolist()):
+            # the data set's own training images hold none of them: no order of its images,
+            # and no other subset or validation size, would give the model any to learn from
+            why = f"the {source}'s training images hold none of them: add some to train on them"
+        else:
+            why = hint
         warn_at_caller(f"{subject} lack{s} class(es) {shown} of its {dataset.classes}: the model "
-                       f"will not learn them ({hint})", RuntimeWarning)
+                       f"will not learn them ({why})", RuntimeWarning)
     tested = torch.unique(test.labels).tolist()
     if len(tested) < 2:
         subject = (f"the first {len(test)} test images of {name} hold" if config.test_subset

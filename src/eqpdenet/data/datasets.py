@@ -423,27 +423,49 @@ def _as_labels(array: np.ndarray, path, what: str) -> Tensor:
     return torch.from_numpy(array.astype(np.int64))
 
 
-def _classes(path, *labels: Tensor) -> int:
-    if not all(len(t) for t in labels):
+def _classes(path, train: Tensor, test: Tensor) -> int:
+    """The class count of a data set read from a path: its largest label + 1. Refused, each a
+    :class:`DataFileError`: an empty split; labels that leave a class of ``0 .. classes - 1``
+    held by no split (labels 1..K, a gap: the count is not the data's), a test label above every
+    training label among them named with its index; a training split of one class. A class the
+    test split holds but the training split lacks is not refused here: the run's splits are
+    warned about where they are made (``eqpdenet.app.training.prepare_data``), as a registered
+    set's and the API's are."""
+    if not (len(train) and len(test)):
         raise DataFileError(path, "a split holds no labels (no images): a data set needs "
                             "training and test images")
-    classes = int(max(int(t.max()) for t in labels)) + 1
-    train = torch.unique(labels[0]).tolist()
-    if len(train) < classes:
+    top, test_top = int(train.max()), int(test.max())
+    classes = max(top, test_top) + 1
+    held = torch.unique(torch.cat([train, test])).tolist()
+    if len(held) < classes:
         # the first few missing labels only: one stray label 2**32 - 1 must not list (or build)
         # four billion of them
-        present, missing = set(train), []
+        present, missing = set(held), []
         for label in range(classes):
             if label not in present:
                 missing.append(label)
                 if len(missing) == 10:
                     break
-        count = classes - len(train)
+        count = classes - len(held)
         shown = ", ".join(map(str, missing)) + (f", ... ({count} in all)" if count > 10 else "")
+        if test_top > top:
+            # the largest label is the test split's alone: name it where it is, not the gaps
+            # below it the training split would then have
+            index = int((test == test_top).nonzero()[0, 0])
+            above = int((test > top).sum())
+            others = f"; {above} test labels are above {top} in all" if above > 1 else ""
+            raise DataFileError(path, f"the test split holds label {test_top} (test image "
+                                f"{index}), above every training label (the largest is {top}"
+                                f"{others}): labels 0..{test_top} would leave {shown} held by no "
+                                f"split; labels are 0 .. classes - 1")
         raise DataFileError(path, f"labels 0..{classes - 1} expected (the largest label is "
-                            f"{classes - 1}), the training split lacks {shown}")
+                            f"{classes - 1}); in both splits together the data set lacks {shown}")
     if classes < 2:
         raise DataFileError(path, _one_class(classes - 1))
+    trained = torch.unique(train).tolist()
+    if len(trained) < 2:
+        raise DataFileError(path, f"the training split holds class {trained[0]} only, and a "
+                            f"classifier needs two")
     return classes
 
 
