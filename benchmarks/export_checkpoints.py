@@ -62,7 +62,8 @@ def export_all(args, folder: Path) -> None:
         images = prepare_data(config.data).test.images[:args.images]
         for format in args.formats:
             start = time.perf_counter()
-            name = f"{Path(checkpoint).stem}.{format}"
+            # named with the format's suffix (.onnx, .pt2), as the export command requires
+            name = f"{Path(checkpoint).stem}{FORMATS.get(format).suffix}"
             try:
                 r = export_model(model, folder / name, format, images=images)
             except ExportError as error:
@@ -70,7 +71,8 @@ def export_all(args, folder: Path) -> None:
                       f"{error} | | | {time.perf_counter() - start:.0f} |")
                 continue
             turn = "-" if r.quarter_turn_error is None else f"{r.quarter_turn_error:.1e}"
-            bound = (f"{r.bound:.1e} (2ε)" if r.float32_noise is not None
+            bound = (f"{r.bound:.1e} ({'ceiling' if r.bound < 2 * r.float32_noise else '2ε'})"
+                     if r.float32_noise is not None and r.bound > r.tolerance
                      else f"{r.tolerance:g}")
             print(f"| {Path(checkpoint).name} | {r.family} | {format} | "
                   f"{r.relative_difference:.1e} | {turn} | {bound} | "
