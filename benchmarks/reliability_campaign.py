@@ -716,6 +716,18 @@ def _no_run_redone(tmp: Path, done) -> str | None:
 _no_run_redone.says = "no run trained"
 
 
+def _class_only_in_test(tmp: Path) -> None:
+    """t.npz: 3 classes, class 2 in the test split only."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    with open(tmp / "t.npz", "wb") as handle:
+        np.savez(handle, x_train=rng.integers(0, 256, (60, 8, 8), dtype=np.uint8),
+                 y_train=np.arange(60) % 2,
+                 x_test=rng.integers(0, 256, (30, 8, 8), dtype=np.uint8),
+                 y_test=np.arange(30) % 3)
+
+
 CASES = [
     # configuration and flags: refused before any data is loaded
     Case("epochs-0", "config", "`train --epochs 0`", T("--epochs", "0", fragment="train.epochs")),
@@ -1463,6 +1475,44 @@ CASES = [
          "character at a time)",
          lib("__import__('eqpdenet.data.mnist', fromlist=['download_mnist']).download_mnist("
              "'D', mirrors='http://127.0.0.1:9/')", expect="ConfigError", fragment="mirrors")),
+    # round 16 (outside-in probes of 2026-12-07, fifth session)
+    Case("sim2-fused-fine-grid", "library",
+         "a `sim2` layer on the fused C++ kernel in float32 at spacing 1e-5 (its unscaled det-H "
+         "products overflowed: NonFiniteStateError at step 1)",
+         lib("bool(torch.isfinite(PDELayer.build(['sim2'], spacing=1e-5, backend='fused', "
+             "init_noise=0.05)(torch.rand(2, 1, 12, 12))).all())", expect="ok",
+             fragment="True")),
+    Case("lifted-softmax-underflow", "library",
+         "a lifted model's softmax projection whose temperature underflows (raw -120: NaN "
+         "logits, no word)",
+         lib("(lambda m: (m.projection.raw_temperature.data.fill_(-120.0), bool(torch.isfinite("
+             "m(torch.rand(2, 1, 14, 14))).all()))[1])(models.LiftedPDENet(models.LiftedPDEConfig("
+             "channels=[3, 4], blocks=[1, 1], projection='softmax'), image_size=14).eval())",
+             expect="ok", fragment="True")),
+    Case("m2-convection-diffusion", "library",
+         "the stability of an M2 step with convection beside diffusion (called UNSTABLE "
+         "whatever the diffusion)",
+         lib("(lambda rhs: (rhs.terms['convection'].weight.data.fill_(0.02), __import__("
+             "'eqpdenet.pde.integrators', fromlist=['x']).EulerStep(rhs, 0.5).stability()"
+             "['stable'])[1])(__import__('eqpdenet.pde.m2_rhs', fromlist=['x']).M2SystemRHS(2, "
+             "('convection', 'diffusion'), orientations=8))", expect="ok", fragment="True")),
+    Case("export-nan-logits", "library",
+         "`export_model` of a model whose own float32 logits are not finite (kept, 'raised to "
+         "inf')",
+         lib("(lambda m, x: (m.eval(), [p.data.mul_(1e30) for p in m.parameters() if p.dim() > 1]"
+             ", __import__('eqpdenet.export', fromlist=['x']).export_model(m, 'm.onnx', images=x)"
+             ")[2])(models.FCNN(hidden=8, image_size=6), torch.rand(4, 1, 6, 6))",
+             expect="ExportError", fragment="PyTorch's own logits of FCNN are not finite")),
+    Case("json-onto-writer-lock", "output",
+         "`evaluate --json S/.eqpdenet.lock` (renamed a file over a running sweep's lock: a "
+         "second writer got in)",
+         cli("evaluate", "{ckpt}", "--data-dir", "{data}", "--json", "{tmp}/.eqpdenet.lock",
+             fragment="writer lock", after=_nothing_at(".eqpdenet.lock"))),
+    Case("class-only-in-test", "data",
+         "a data file whose class 2 only the test split holds (refused, where a registered set "
+         "or API splits were warned about)",
+         T("--model", "fcnn", "--hidden", "4", "--epochs", "1", "--dataset", "{tmp}/t.npz",
+           setup=_class_only_in_test, expect="warning", fragment="lacks class(es) 2 of its 3")),
 ]
 
 
