@@ -221,7 +221,9 @@ def test_resume_with_a_line_that_is_not_a_run_record_is_one_line(tmp_path, capsy
         _sweep(out, [0, 1], lambda run, data, **kwargs: _record(run.train.seed))
     assert describe_error(caught.value) == (
         f"{out / 'results.jsonl'}:2: not a run record (\"x\": not a JSON object with a string "
-        f"\"key\"); delete or repair that line", 2)
+        f"\"key\"); delete or repair that line (where its run has a file in runs/, the line "
+        f"is regenerated from it; without one, the line was the run's only record and the run is "
+        f"done again)", 2)
 
 
 def test_bytes_that_are_not_utf8_are_named_with_file_and_line(tmp_path, capsys):

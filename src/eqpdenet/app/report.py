@@ -66,7 +66,7 @@ from .files import (
     write_set,
 )
 from .locks import hold
-from .runstore import SAME_RUN_FIELDS, non_finite_fields, write_aggregate
+from .runstore import SAME_RUN_FIELDS, mend_advice, non_finite_fields, write_aggregate
 
 __all__ = ["SAME_RUN_FIELDS", "Described", "Report", "aggregate", "check_outputs",
            "benchmark_records", "check_records", "common_params", "dataset_name", "deduplicate",
@@ -706,7 +706,10 @@ def read_results(results_dir: Path) -> list[dict]:
     :class:`FileNotFoundError` where there are none. The caller holds the folder's lock."""
     path = Path(results_dir) / "results.jsonl"
     write_aggregate(results_dir)
-    records = read_jsonl(path)
+    try:
+        records = read_jsonl(path)
+    except DataFileError as error:  # a line not UTF-8 or not JSON: named, and how to mend it
+        raise DataFileError(error.path, f"{error.problem}; {mend_advice(path)}") from None
     if not records:
         raise FileNotFoundError(f"no results in {path}")
     return records

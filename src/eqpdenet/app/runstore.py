@@ -40,6 +40,7 @@ from ..files import temporary_prefix
 from .files import TEMPORARY_SUFFIX, _reason, atomic_write, make_folder, read_jsonl_lines
 
 __all__ = ["RUNS_DIR", "SAME_RUN_FIELDS", "SUPERSEDED_DIR", "load_records", "non_finite_fields",
+           "mend_advice", "read_result_lines",
            "run_file", "save_run", "set_aside", "with_finite_numbers", "write_aggregate"]
 
 #: The folder of the run files, inside a sweep's folder.
@@ -144,17 +145,35 @@ def _read_run(path: Path) -> dict:
     return record
 
 
-def _lines(results: Path) -> list[tuple[int, str, dict]]:
+def mend_advice(results: Path) -> str:
+    """How to mend a line of ``results`` (a ``results.jsonl``) that is not a run record: a
+    line whose run has its file in ``runs/`` is regenerated from it; without one, it was the
+    run's only record (a folder written before run files existed)."""
+    return "delete or repair that line" + (
+        " (where its run has a file in runs/, the line is regenerated from it; without one, the "
+        "line was the run's only record and the run is done again)"
+        if (Path(results).parent / RUNS_DIR).is_dir() else "")
+
+
+def read_result_lines(results: Path) -> list[tuple[int, str, dict]]:
     """``(line number, line, record)`` of ``results``; a line that is not a run record (a JSON
-    object with a string ``key``) is a :class:`~eqpdenet.errors.DataFileError` naming the file
-    and the line."""
-    entries = read_jsonl_lines(results)
+    object with a string ``key``, or not JSON at all: a line cut short by a full disk or a
+    killed editor) is a :class:`~eqpdenet.errors.DataFileError` naming the file and the line,
+    and saying how to mend it: a line whose run has its file in ``runs/`` is a copy, and
+    ``results.jsonl`` is regenerated from the run files (:func:`load_records`), so deleting it
+    loses nothing; a line without one (a folder written before run files existed) is the run's
+    only record."""
+    mend = mend_advice(results)
+    try:
+        entries = read_jsonl_lines(results)
+    except DataFileError as error:  # not UTF-8 or not JSON (a truncated last line)
+        raise DataFileError(error.path, f"{error.problem}; {mend}") from None
     for number, line, record in entries:
         if not isinstance(record, dict) or not isinstance(record.get("key"), str):
             line = " ".join(line.split())
             shown = line if len(line) <= 60 else line[:57] + "..."
             raise DataFileError(f"{results}:{number}", f"not a run record ({shown}: not a JSON "
-                                f"object with a string \"key\"); delete or repair that line")
+                                f"object with a string \"key\"); {mend}")
     return entries
 
 
@@ -180,7 +199,7 @@ def load_records(out_dir: Path) -> dict[str, dict]:
     conflicts: dict[str, tuple[int, int, list[str]]] = {}
     # In a folder without run files (an old one), results.jsonl is all there is; else lines of
     # keys without a run file are legacy runs (or a run file's copy, replaced below).
-    for number, _, record in _lines(results):
+    for number, _, record in read_result_lines(results):
         key = record["key"]
         if key not in first:
             first[key] = (number, record)
@@ -245,7 +264,7 @@ def set_aside(out_dir: Path, keys, stamp: str) -> Path:
     out_dir = Path(out_dir)
     keys = set(keys)
     results = out_dir / "results.jsonl"
-    entries = _lines(results)  # a line that is not a run record: refused before anything moves
+    entries = read_result_lines(results)  # a line not a run record: refused before anything moves
     aside = out_dir / SUPERSEDED_DIR / stamp
     make_folder(aside)
     moved = {number for number, _, record in entries if record["key"] in keys}
