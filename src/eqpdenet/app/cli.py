@@ -1464,8 +1464,19 @@ INTERRUPTING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGH
 @contextlib.contextmanager
 def _terminate_as_interrupt():
     """SIGTERM and SIGHUP end the command like Ctrl-C: through the same clean-up (staging folders
-    and temporary files removed, worker processes stopped, the lock released)."""
+    and temporary files removed, worker processes stopped, the lock released). The first one
+    is enough: from then on the process ignores both, and keeps ignoring them after the block,
+    while it ends with status 130 (a second SIGTERM, a scheduler's repeat or ``kill`` twice, cut
+    the clean-up short, or, once the handlers were restored, ended the process with 143; round
+    16). SIGKILL still ends it."""
+    interrupted = []
+
     def interrupt(signum, frame):
+        if interrupted:  # a signal already queued when the handlers changed
+            return
+        interrupted.append(signum)
+        for number in previous:
+            signal.signal(number, signal.SIG_IGN)
         raise KeyboardInterrupt
 
     previous = {}
@@ -1481,8 +1492,9 @@ def _terminate_as_interrupt():
     try:
         yield
     finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+        if not interrupted:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
 
 
 @contextlib.contextmanager
