@@ -243,7 +243,8 @@ def _compiled_transform() -> bool:
 
 
 def check_values(u: Tensor, what: str = "images") -> tuple[float, float]:
-    """``(min, max)`` of ``u``; :class:`~eqpdenet.errors.InputError` if ``u`` holds NaN or inf.
+    """``(min, max)`` of ``u``; :class:`~eqpdenet.errors.InputError` if ``u`` holds NaN or inf
+    (their counts, and the index of the first in ``u``'s order).
 
     One pass over ``u`` and one device-to-host read (both extremes together); ``(0.0, 0.0)`` for
     an empty tensor, and, unchecked, while a CUDA graph is being captured (no host read is
@@ -272,11 +273,15 @@ def _extremes(u: Tensor, what: str) -> tuple[float, float]:
         low, high = torch.stack(torch.aminmax(u.detach())).tolist()  # NaN propagates into both
     if math.isfinite(low) and math.isfinite(high):
         return low, high
-    with torch.no_grad():  # the error path only: count what is wrong
+    with torch.no_grad():  # the error path only: count what is wrong, and where it starts
+        bad = ~torch.isfinite(u.detach())
         nan = int(torch.isnan(u).sum())
-        inf = int(torch.isinf(u).sum())
+        inf = int(bad.sum()) - nan
+        first = [int(i) for i in torch.nonzero(bad)[0].tolist()]
+        value = float(u.detach()[tuple(first)])
     raise InputError(f"{what} contains non-finite values ({nan} NaN, {inf} inf of {u.numel()}): "
-                     f"the input is at fault, not the PDE scheme; check how it was produced")
+                     f"the input is at fault, not the PDE scheme; check how it was produced "
+                     f"(the first at index {first}: {value})")
 
 
 #: :func:`_extremes` through ``torch.compiler.disable``, made at the first compilation that
