@@ -106,6 +106,8 @@ DIGIT_CASES = [
     ("scaling; [0, 1]; T 0.3; noise 0.05", ["scaling"], False, 0.3, 0.05),
     ("se2_sim2 preset; standardised; T 1; noise 0.01", ["se2", "se2", "sim2", "sim2"], True, 1.0,
      0.01),
+    ("4 sim2; standardised; T 1; noise 0.05", ["sim2"] * 4, True, 1.0, 0.05),
+    ("2 scaling; standardised; T 1; noise 0.05", ["scaling"] * 2, True, 1.0, 0.05),
 ]
 
 
@@ -114,7 +116,8 @@ def digit_gradient_errors(data_dir: str | None) -> dict[str, dict[str, float]] |
     (covariant ratios, a fixed cotangent): the largest input-gradient entry in float64
     (``"scale"``), each backend's largest input-gradient error against it (``"<backend>"``) and
     its largest F-gradient error relative to the largest float64 F gradient
-    (``"<backend> F"``); ``None`` without MNIST."""
+    (``"<backend> F"``), and the float64 fused kernel's largest input-gradient difference to
+    the float64 reference (``"fused float64"``); ``None`` without MNIST."""
     path = find_mnist_file(resolve_data_dir(data_dir), "test_images")
     if path is None:
         return None
@@ -125,7 +128,7 @@ def digit_gradient_errors(data_dir: str | None) -> dict[str, dict[str, float]] |
         x = (unit - 0.1307) / 0.3081 if standardised else unit
         grads = {}
         for dtype, backend in ((torch.float64, "reference"), (torch.float32, "reference"),
-                               (torch.float32, "fused")):
+                               (torch.float32, "fused"), (torch.float64, "fused")):
             torch.manual_seed(0)
             layer = PDELayer.from_config(LayerConfig(
                 invariants=invariants, ratio_regularisation="covariant", init_noise=noise,
@@ -134,10 +137,12 @@ def digit_gradient_errors(data_dir: str | None) -> dict[str, dict[str, float]] |
             y = layer(u)
             weights = torch.linspace(-1, 1, y.numel(), dtype=dtype).view_as(y)
             grad, *theta = torch.autograd.grad((y * weights).sum(), [u, *layer.parameters()])
-            grads[backend if dtype == torch.float32 else "truth"] = (
-                grad.double(), torch.cat([g.double().flatten() for g in theta]))
+            name = (backend if dtype == torch.float32 else
+                    "truth" if backend == "reference" else "fused float64")
+            grads[name] = (grad.double(), torch.cat([g.double().flatten() for g in theta]))
         truth, theta_truth = grads.pop("truth")
-        row = {"scale": truth.abs().max().item()}
+        row = {"scale": truth.abs().max().item(),
+               "fused float64": (grads.pop("fused float64")[0] - truth).abs().max().item()}
         for backend, (grad, theta) in grads.items():
             row[backend] = (grad - truth).abs().max().item()
             row[backend + " F"] = ((theta - theta_truth).abs().max().item()
@@ -185,13 +190,14 @@ def main() -> None:
         print("\n(no MNIST in the data folder: the digits' table is skipped)")
         return
     print("\nGradients on 32 MNIST test digits, float32 against the float64 reference (input: "
-          "largest error; F: largest error / largest F gradient):\n")
+          "largest error; F: largest error / largest F gradient; last column: the fused kernel "
+          "in float64 against the reference in float64):\n")
     print("| layer | largest input gradient | input: reference | input: fused | F: reference "
-          "| F: fused |")
-    print("|---|---:|---:|---:|---:|---:|")
+          "| F: fused | input: fused in float64 |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for label, row in errors.items():
         print(f"| {label} | {row['scale']:.2g} | {row['reference']:.2g} | {row['fused']:.2g} | "
-              f"{row['reference F']:.1e} | {row['fused F']:.1e} |")
+              f"{row['reference F']:.1e} | {row['fused F']:.1e} | {row['fused float64']:.2g} |")
 
 
 def background_noise() -> dict[str, float]:

@@ -12,15 +12,16 @@ Round 6 (probe p2, finding 2) found the kernel outside the tests' own rules ther
   errors are averaged (geometrically) over inputs 1 ulp apart: the largest entry's error of one
   input depends on which few pixels round unluckily, and the reference's varies 50x from one
   such input to the next (a single draw once made it look 5x worse than the reference's).
-* A float32 loss, found and not landed: the kernel sums a second difference as ``b0 (L + R) +
-  b1 C``; ``L + R`` (about ``2|u|``) is rounded before ``2C`` cancels it, where the reference's
-  conv2d sums ``(L - 2C) + R``, exact where the image is smooth. The ratios amplify it where a
-  denominator nearly vanishes (median float32 input-gradient error 3x-17x the reference's for
-  some covariant configurations, within the averaged 4x rule below at 3.5x). The exact order
-  costs nothing (measured 0.98-1.02) but changes the last bits of every training with the paper
-  layer, and the paper's reproduction must stay exactly reproducible by its recorded command:
-  it is described, not landed, in docs/performance.md (the branch that held it is not in
-  this repository).
+* A float32 loss: the kernel summed a second difference as ``b0 (L + R) + b1 C``; ``L + R``
+  (about ``2|u|``) is rounded before ``2C`` cancels it, where the reference's conv2d sums
+  ``(L - 2C) + R``, exact where the image is smooth. The ratios amplify it where a denominator
+  nearly vanishes (median float32 input-gradient error 3x-17x the reference's for some
+  covariant configurations, within the averaged 4x rule below at 3.5x). Since round 16 the
+  covariant sets' instances sum in conv2d's order (in float64 the old order made their
+  gradients wrong by up to 1e97 on standardised digits:
+  ``tests/kernels/test_fused_ratio_rescaling_round16.py``); the paper's layer (absolute, se2)
+  keeps the old order, so that its reproduction stays exactly reproducible by its recorded
+  command (docs/performance.md).
 """
 
 from __future__ import annotations

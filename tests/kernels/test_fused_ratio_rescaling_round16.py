@@ -77,17 +77,22 @@ def test_a_tiny_jet_is_rescaled_too(amplitude, dtype):
     # The kernel computes the power of two with ilogb, the reference with log2. On an image of
     # amplitude 1e-18 (float32: R ~ 1e-36, the unscaled det-H ratios' products of degree 8 far
     # below the guard), 1e-20 (R ~ 1e-40, below float32's smallest normal) and 1e-150
-    # (float64), both give the same states and gradients. No bias, so the state stays small.
+    # (float64), both give states and gradients as close to float64's as the reference's (the
+    # float64 reference at the same amplitude is the truth). No bias, so the state stays small.
     u64 = waves((2, 1, 11, 9), torch.float64) * amplitude
-    layer = _layer(("sim2", "scaling"), dtype, ratio_regularisation="covariant")
-    with torch.no_grad():
-        for pde in layer.pdes:
-            pde.step.rhs.F.bias.zero_()
-    reference = _run(layer, u64, dtype, fused=False)
-    fused = _run(layer, u64, dtype, fused=True)
-    assert all(bool(torch.isfinite(t).all()) for t in fused)
-    errors = _relative_errors(fused, reference)
-    assert max(errors) <= 1e-4, errors
+    layers = {}
+    for each in (dtype, torch.float64):
+        layers[each] = _layer(("sim2", "scaling"), each, ratio_regularisation="covariant")
+        with torch.no_grad():
+            for pde in layers[each].pdes:
+                pde.step.rhs.F.bias.zero_()
+    truth = _run(layers[torch.float64], u64, torch.float64, fused=False)
+    reference = _relative_errors(_run(layers[dtype], u64, dtype, fused=False), truth)
+    fused_run = _run(layers[dtype], u64, dtype, fused=True)
+    assert all(bool(torch.isfinite(t).all()) for t in fused_run)
+    fused = _relative_errors(fused_run, truth)
+    for f, r in zip(fused, reference, strict=True):
+        assert f <= max(3 * r, 1e-5), (fused, reference)
 
 
 @pytest.mark.parametrize("backend", ["reference", "fused"])
@@ -117,3 +122,31 @@ def test_float32_gradients_on_digits_stay_near_float64(backend):
     # derivatives differ (both bounded); the largest stays of float64's size
     assert input32.abs().max().item() <= 2 * input64.abs().max().item(), (
         input32.abs().max().item(), input64.abs().max().item())
+
+
+@pytest.mark.parametrize("invariants, noise, bound", [
+    (["scaling"] * 2, 0.05, 1e-9),
+    (["se2", "se2", "sim2", "sim2"], 0.01, 2e-2),
+    (["sim2"] * 4, 0.05, 2e-2),
+], ids=["2 scaling", "se2_sim2", "4 sim2"])
+def test_float64_fused_gradients_on_digits_agree_with_the_reference(invariants, noise, bound):
+    # The kernel summed second differences as b0 (L + R) + b1 C: on the plateaus beside a
+    # standardised digit that left jets of rounding noise where the reference's are exactly 0,
+    # and the covariant ratios' derivatives, ~1 / |jet| there, made the float64 input gradient
+    # wrong by 1e65 to 1e98 (docs/performance.md). The covariant instances now sum
+    # (b0 L + b1 C) + b0 R, as the reference's convolution does. (With sim2 a difference of
+    # up to 0.7 % is left where sim2 is, not found.)
+    digits = torch.from_numpy(mnist_or_skip().test_images[:8].copy()).unsqueeze(1)
+    x = (digits.double() / 255 - 0.1307) / 0.3081
+    gradients = {}
+    for backend in ("reference", "fused"):
+        torch.manual_seed(0)
+        layer = PDELayer.from_config(LayerConfig(
+            invariants=invariants, ratio_regularisation="covariant", init="normal",
+            init_scale=noise, init_noise=noise, backend=backend, T=1.0, dt=0.1)).double()
+        u = x.clone().requires_grad_(True)
+        layer(u).sum().backward()
+        gradients[backend] = u.grad
+    scale = gradients["reference"].abs().max().item()
+    error = (gradients["fused"] - gradients["reference"]).abs().max().item() / scale
+    assert error <= bound, error

@@ -235,7 +235,7 @@ bool all_finite(const T* x, int64_t n) {
 
 // ------------------------------------------------------------------ pointwise pieces
 
-template <typename T, bool FULL>
+template <typename T, bool FULL, bool EXACT = false>
 EQ_INLINE void jet_at(const T* __restrict U, int64_t p, int64_t Wp, const Pde<T>& q, T& u, T& ux,
                    T& uy, T& uxx, T& uxy, T& uyy) {
   const T C = U[p], L = U[p - 1], R = U[p + 1], Tp = U[p - Wp], Bt = U[p + Wp];
@@ -243,9 +243,17 @@ EQ_INLINE void jet_at(const T* __restrict U, int64_t p, int64_t Wp, const Pde<T>
   u = q.cu * C;
   ux = q.ax0 * (R - L);
   uy = q.ay0 * (Tp - Bt);
-  uxx = q.b0 * (L + R) + q.b1 * C;
+  if (EXACT) {
+    // b0 ((L - C) + (R - C)) + (b1 + 2 b0) C: near-equal neighbours differ exactly (Sterbenz),
+    // so a plateau a few ulps uneven gives its true second difference, not the rounding of
+    // L + R (b1 + 2 b0 is 0 for the central stencils, so the last term is then exactly 0)
+    uxx = q.b0 * ((L - C) + (R - C)) + (q.b1 + T(2) * q.b0) * C;
+    uyy = q.e0 * ((Tp - C) + (Bt - C)) + (q.e1 + T(2) * q.e0) * C;
+  } else {
+    uxx = q.b0 * (L + R) + q.b1 * C;
+    uyy = q.e0 * (Tp + Bt) + q.e1 * C;
+  }
   uxy = q.c * ((TR - TL) + (BL - BR));
-  uyy = q.e0 * (Tp + Bt) + q.e1 * C;
   if (FULL) {
     const T corners = (TL + TR) + (BL + BR);
     ux += q.ax1 * ((TR - TL) + (BR - BL));
@@ -360,7 +368,7 @@ void plane_rescaling(const T* __restrict U, const Geo& geo, const Pde<T>& q, T& 
     #pragma GCC ivdep
     for (int64_t p = first; p < last; ++p) {
       T u, ux, uy, uxx, uxy, uyy;
-      jet_at<T, FULL>(U, p, geo.Wp, q, u, ux, uy, uxx, uxy, uyy);
+      jet_at<T, FULL, true>(U, p, geo.Wp, q, u, ux, uy, uxx, uxy, uyy);
       const T R = reference_sq(ux, uy, uxx, uxy, uyy);
       Bits bits;
       std::memcpy(&bits, &R, sizeof(T));
@@ -522,7 +530,7 @@ void euler_step(const T* __restrict U, T* __restrict V, Work<T>& w, const Geo& g
     #pragma GCC ivdep
     for (int64_t p = geo.lo; p < geo.hi; ++p) {
       T u, ux, uy, uxx, uxy, uyy, I[6];
-      jet_at<T, FULL>(U, p, Wp, q, u, ux, uy, uxx, uxy, uyy);
+      jet_at<T, FULL, covariant_ratios<SET>()>(U, p, Wp, q, u, ux, uy, uxx, uxy, uyy);
       invariants_at<T, SET>(u, ux, uy, uxx, uxy, uyy, eps2, tiny, sigma, sigma_sq, I);
       T F = wk[0] * I[0];
       for (int k = 1; k < K; ++k) F += wk[k] * I[k];
@@ -535,7 +543,7 @@ void euler_step(const T* __restrict U, T* __restrict V, Work<T>& w, const Geo& g
     #pragma GCC ivdep
     for (int64_t p = geo.lo; p < geo.hi; ++p) {
       T u, ux, uy, uxx, uxy, uyy, I[6];
-      jet_at<T, FULL>(U, p, Wp, q, u, ux, uy, uxx, uxy, uyy);
+      jet_at<T, FULL, covariant_ratios<SET>()>(U, p, Wp, q, u, ux, uy, uxx, uxy, uyy);
       invariants_at<T, SET>(u, ux, uy, uxx, uxy, uyy, eps2, tiny, sigma, sigma_sq, I);
       for (int k = 0; k < K; ++k) Ib[k * N + p] = I[k];
       Fb[p] = T(0);
@@ -608,7 +616,7 @@ void euler_step_backward(const T* __restrict U, T* __restrict g, Work<T>& w, con
     #pragma GCC ivdep
     for (int64_t p = geo.lo; p < geo.hi; ++p) {
       T u, ux, uy, uxx, uxy, uyy, I[6], Gd[6];
-      jet_at<T, FULL>(U, p, Wp, q, u, ux, uy, uxx, uxy, uyy);
+      jet_at<T, FULL, covariant_ratios<SET>()>(U, p, Wp, q, u, ux, uy, uxx, uxy, uyy);
       invariants_at<T, SET>(u, ux, uy, uxx, uxy, uyy, eps2, tiny, sigma, sigma_sq, I);
       const T gd = dt * g[p];
       for (int k = 0; k < K; ++k) acc[k * N + p] += gd * I[k];
@@ -625,7 +633,7 @@ void euler_step_backward(const T* __restrict U, T* __restrict g, Work<T>& w, con
     #pragma GCC ivdep
     for (int64_t p = geo.lo; p < geo.hi; ++p) {
       T u, ux, uy, uxx, uxy, uyy, I[6];
-      jet_at<T, FULL>(U, p, Wp, q, u, ux, uy, uxx, uxy, uyy);
+      jet_at<T, FULL, covariant_ratios<SET>()>(U, p, Wp, q, u, ux, uy, uxx, uxy, uyy);
       invariants_at<T, SET>(u, ux, uy, uxx, uxy, uyy, eps2, tiny, sigma, sigma_sq, I);
       for (int k = 0; k < K; ++k) { Ib[k * N + p] = I[k]; gIb[k * N + p] = T(0); }
       gdv[p] = dt * g[p];
@@ -670,7 +678,7 @@ void euler_step_backward(const T* __restrict U, T* __restrict g, Work<T>& w, con
     #pragma GCC ivdep
     for (int64_t p = geo.lo; p < geo.hi; ++p) {
       T u, ux, uy, uxx, uxy, uyy, gF[6], Gd[6];
-      jet_at<T, FULL>(U, p, Wp, q, u, ux, uy, uxx, uxy, uyy);
+      jet_at<T, FULL, covariant_ratios<SET>()>(U, p, Wp, q, u, ux, uy, uxx, uxy, uyy);
       for (int k = 0; k < K; ++k) gF[k] = gIb[k * N + p];
       djet_at<T, SET>(ux, uy, uxx, uxy, uyy, eps2, tiny, sigma, sigma_sq, gF, gdv[p], Gd);
       for (int d = 0; d < 6; ++d) G[d * N + p] = Gd[d];
