@@ -95,7 +95,7 @@ from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ..checks import deferring, report_non_finite, transformed
-from ..errors import InputError, warn_at_caller
+from ..errors import ConfigError, InputError, InputTypeError, warn_at_caller
 from ..registry import Registry
 
 
@@ -291,7 +291,11 @@ def stencil_is_supported(weight: Tensor) -> bool:
     """Whether a jet weight ``(6, 1, 3, 3)`` has the form the kernels implement: ``u`` the centre
     tap, ``u_x`` and ``u_y`` odd along their axis and even across it, ``u_xx`` and ``u_yy`` even
     both ways, ``u_xy`` a multiple of ``[[-1, 0, 1], [0, 0, 0], [1, 0, -1]]`` (the ``central``
-    and ``isotropic`` families have this form)."""
+    and ``isotropic`` families have this form). Anything but a tensor is an
+    :class:`~eqpdenet.errors.InputTypeError` (not an answer: a stencil was not given)."""
+    if not isinstance(weight, Tensor):
+        raise InputTypeError(f"stencil_is_supported: weight must be a torch.Tensor (a jet's "
+                             f"stencils (6, 1, 3, 3)), got {type(weight).__name__}")
     if weight.numel() != 54 or weight.shape[0] != 6 or tuple(weight.shape[-2:]) != (3, 3):
         return False
     # asked at every forward: answered once per stencil tensor
@@ -365,8 +369,41 @@ def check_stencil_form(what: str, stencils: Tensor) -> None:
         raise InputError(f"{what}: {fault}")
 
 
+#: Why no operator runs on an empty ``specs``.
+_NO_PDE = "specs is empty: the fused operator evolves at least one PDE (one PDESpec per PDE)"
+
+
+def _check_arguments(what: str, u: Tensor, specs: Sequence[PDESpec]) -> None:
+    """``u`` a tensor and ``specs`` a sequence of :class:`PDESpec`, else an
+    :class:`~eqpdenet.errors.InputTypeError` naming the argument (raw AttributeErrors from
+    inside before)."""
+    if not isinstance(u, Tensor):
+        raise InputTypeError(f"{what}: u must be a torch.Tensor, got {type(u).__name__}")
+    if isinstance(specs, str | bytes) or not isinstance(specs, Sequence):
+        raise InputTypeError(f"{what}: specs must be a sequence of PDESpec (one per PDE), got "
+                             f"{type(specs).__name__}")
+    for index, spec in enumerate(specs):
+        if not isinstance(spec, PDESpec):
+            raise InputTypeError(f"{what}: specs[{index}] must be a PDESpec, got "
+                                 f"{type(spec).__name__}")
+
+
+def _require_specs(what: str, u: Tensor, specs: Sequence[PDESpec]) -> None:
+    """:func:`_check_arguments`, and at least one PDE: else a
+    :class:`~eqpdenet.errors.ConfigError` (``max()`` of an empty sequence, raw, before), what
+    :func:`unsupported_reason` gives as its reason."""
+    _check_arguments(what, u, specs)
+    if not specs:
+        raise ConfigError(f"{what}: {_NO_PDE}")
+
+
 def unsupported_reason(u: Tensor, specs: Sequence[PDESpec]) -> str | None:
-    """Why the fused operator cannot evolve ``u`` under ``specs`` (None if it can)."""
+    """Why the fused operator cannot evolve ``u`` under ``specs`` (None if it can): an empty
+    ``specs`` too (the operator needs one PDE). ``u`` not a tensor, or an entry of ``specs`` not
+    a :class:`PDESpec`, is an :class:`~eqpdenet.errors.InputTypeError`."""
+    _check_arguments("unsupported_reason", u, specs)
+    if not specs:
+        return _NO_PDE
     reason = transform_reason(u, *(p for s in specs for p in (s.weight, s.bias)))
     if reason is not None:
         return reason
@@ -482,7 +519,9 @@ def _metadata(specs: Sequence[PDESpec], device: torch.device) -> tuple[Tensor, T
 
 def operator_arguments(u: Tensor, specs: Sequence[PDESpec], store_states: bool) -> dict:
     """The named arguments of ``torch.ops.eqpdenet.euler_evolve`` for ``specs`` (weights
-    zero-padded to the longest ``F``); differentiable in ``u`` and the specs' parameters."""
+    zero-padded to the longest ``F``); differentiable in ``u`` and the specs' parameters. At
+    least one spec (else a :class:`~eqpdenet.errors.ConfigError`)."""
+    _require_specs("operator_arguments", u, specs)
     mmax = max(len(spec.monomials) for spec in specs)
     weight = torch.stack([torch.nn.functional.pad(spec.weight, (0, mmax - spec.weight.numel()))
                           for spec in specs])
@@ -513,8 +552,11 @@ def fused_evolve(u: Tensor, specs: Sequence[PDESpec], recompute: bool = False) -
     them). Raises :class:`~eqpdenet.errors.NonFiniteStateError` for the PDE (among those with
     ``check_finite``) whose state first became non-finite, after one device-to-host read (or
     records it, see :func:`~eqpdenet.checks.deferred_state_checks`). The caller checks
-    :func:`unsupported_reason` first.
+    :func:`unsupported_reason` first; ``specs`` empty is a :class:`~eqpdenet.errors.ConfigError`
+    (its reason there), ``u`` not a tensor or an entry not a :class:`PDESpec` an
+    :class:`~eqpdenet.errors.InputTypeError`.
     """
+    _require_specs("fused_evolve", u, specs)
     reason = transform_reason(u, *(p for s in specs for p in (s.weight, s.bias)))
     if reason is not None:  # the layer checks first; a direct caller learns it here
         raise NotImplementedError(f"eqpdenet::euler_evolve: {reason}; use the reference PDE "

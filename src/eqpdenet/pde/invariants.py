@@ -152,6 +152,9 @@ def safe_ratio(a: Tensor, b: Tensor, eps=DEFAULT_RATIO_EPS,
     * ``eps`` a :class:`RatioRegularisation` (what an invariant function receives): that
       regularisation's mode and ``eps``.
 
+    A plain ``eps`` must be positive and finite (as ``InvariantRHS``'s ``ratio_eps``: an
+    infinite one made every ratio 0), else a :class:`~eqpdenet.errors.ConfigError`.
+
     Example:
         >>> a, b = torch.tensor([2.0, 2.0]), torch.tensor([0.5, 0.0])
         >>> safe_ratio(a, b, 0.1)  # 2 * 0.5 / (0.25 + 0.01); 0 where b = 0
@@ -162,8 +165,10 @@ def safe_ratio(a: Tensor, b: Tensor, eps=DEFAULT_RATIO_EPS,
     _check_ratio_operands(a, b, reference_sq)
     if isinstance(eps, RatioRegularisation):
         return eps(a, b, reference_sq)
-    if not eps > 0:
-        raise ConfigError(f"ratio regularisation eps must be positive, got {eps!r}")
+    # finite as well, as InvariantRHS's ratio_eps: an infinite eps made every ratio 0 silently
+    if not 0 < eps < math.inf:
+        raise ConfigError(f"ratio regularisation eps must be positive and finite, got "
+                          f"{eps!r}")
     if reference_sq is None:
         return a * b / (b * b + eps * eps)
     denominator = b * b + eps * eps * reference_sq
@@ -278,8 +283,11 @@ class RatioRegularisation:
     mode: str = DEFAULT_RATIO_REGULARISATION
 
     def __post_init__(self):
-        if not (isinstance(self.eps, int | float) and self.eps > 0):
-            raise ConfigError(f"ratio regularisation eps must be positive, got {self.eps!r}")
+        # finite as well, as InvariantRHS's ratio_eps (inf made every ratio 0); not a bool
+        if not (isinstance(self.eps, int | float) and not isinstance(self.eps, bool)
+                and 0 < self.eps < math.inf):
+            raise ConfigError(f"ratio regularisation eps must be positive and finite, got "
+                              f"{self.eps!r}")
         RATIO_REGULARISATIONS.get(self.mode)
 
     def __call__(self, a: Tensor, b: Tensor, reference_sq: Tensor | None = None) -> Tensor:
@@ -672,11 +680,23 @@ def get_invariant_set(name: str | InvariantSet) -> InvariantSet:
     return name if isinstance(name, InvariantSet) else INVARIANT_SETS.get(name)
 
 
+#: The domains of the invariant sets eqpdenet defines (:attr:`InvariantSet.domain`).
+DOMAINS = ("plane", "m2")
+
+
 def available_invariant_sets(domain: str | None = None) -> tuple[str, ...]:
     """Names of the registered sets; with ``domain``, only those of that domain (``"plane"``:
-    functions of images, for the PDE layer; ``"m2"``: of fields on position x orientation)."""
-    return tuple(name for name in INVARIANT_SETS.names()
-                 if domain is None or INVARIANT_SETS.get(name).domain == domain)
+    functions of images, for the PDE layer; ``"m2"``: of fields on position x orientation; or
+    the domain of a registered set); another ``domain`` is a
+    :class:`~eqpdenet.errors.ConfigError` naming the known ones (a mistyped one returned none)."""
+    if domain is None:
+        return INVARIANT_SETS.names()
+    sets = {name: INVARIANT_SETS.get(name) for name in INVARIANT_SETS.names()}
+    known = tuple(dict.fromkeys((*DOMAINS, *(s.domain for s in sets.values()))))
+    if not isinstance(domain, str) or domain not in known:
+        raise ConfigError(f"available_invariant_sets: unknown domain {domain!r}; known: "
+                          f"{', '.join(repr(d) for d in known)}")
+    return tuple(name for name, s in sets.items() if s.domain == domain)
 
 
 def require_planar(invariant_set: InvariantSet, field: str) -> InvariantSet:

@@ -16,7 +16,7 @@ same PDE.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -93,11 +93,13 @@ __all__ = [
 class LinearCombination(nn.Module):
     """``sum_e w_e u_e + b`` over the PDE axis: ``(B, n_e, C, H, W) -> (B, C, H, W)``.
 
-    ``n_e + 1`` parameters, initialised to the mean (``w_e = 1 / n_e``, ``b = 0``).
+    ``n_e + 1`` parameters, initialised to the mean (``w_e = 1 / n_e``, ``b = 0``); ``n_pdes``
+    an integer ``>= 1`` (else a :class:`~eqpdenet.errors.ConfigError` naming it).
     """
 
     def __init__(self, n_pdes: int):
         super().__init__()
+        n_pdes = require_int(n_pdes, "n_pdes", 1)  # 0 divided by zero below
         self.weight = nn.Parameter(torch.full((n_pdes,), 1.0 / n_pdes))
         self.bias = nn.Parameter(torch.zeros(()))
 
@@ -138,9 +140,13 @@ REDUCTIONS.register("concat", lambda n_pdes: Concat())
 
 
 def make_reduction(kind: str, n_pdes: int) -> nn.Module:
-    """The reduction registered as ``kind`` for ``n_pdes`` PDEs (a ConfigError naming it where
-    its factory returns anything but an ``nn.Module``)."""
-    reduction = REDUCTIONS.get(kind)(n_pdes)
+    """The reduction registered as ``kind`` for ``n_pdes`` PDEs, an integer ``>= 1`` (a
+    ConfigError naming ``n_pdes`` otherwise, for every reduction, also one that ignores it; and
+    one naming the reduction where its factory returns anything but an ``nn.Module``)."""
+    factory = REDUCTIONS.get(kind)
+    # checked here, not by each factory: the parameter-free ones ignored a count of -1
+    n_pdes = require_int(n_pdes, "n_pdes", 1)
+    reduction = factory(n_pdes)
     require(isinstance(reduction, nn.Module), "reduction", f"the reduction {kind!r} must be "
             f"built as an nn.Module, its factory returned {type(reduction).__name__}")
     return reduction
@@ -627,7 +633,11 @@ class PDELayer(nn.Module):
             [5, 5]
         """
         if invariants is not None:
-            options["invariants"] = list(invariants)
+            # A string, one InvariantSet or anything not iterable is left as it is, for
+            # LayerConfig to refuse as not a list ('se2' was split into the sets 's', 'e', '2').
+            options["invariants"] = (
+                invariants if isinstance(invariants, str | bytes | InvariantSet)
+                or not isinstance(invariants, Iterable) else list(invariants))
         _check_options(options, "PDELayer.build")
         return cls.from_config(LayerConfig(**options))
 

@@ -69,7 +69,7 @@ from ..kernels.m2_op import (
 from ..registry import CallRegistry, Registry
 from .batch_norm import batch_norm_affine, batch_norm_at
 from .integrators import input_checked, keeps_state_dtype
-from .m2 import M2_SE2, M2Jet, orientation_frame, separable_stencils
+from .m2 import M2_SE2, M2Jet, check_orientations, orientation_frame, separable_stencils
 
 __all__ = ["M2_TERMS", "M2SystemRHS", "PDE_GCNN_TERMS", "Pointwise"]
 
@@ -406,7 +406,10 @@ class M2SystemRHS(nn.Module):
         relative: the system of the deviation from a blank image's fields, ``F(I) - F(0)`` (the
             module doc); meant with ``boundary="zeros"``: the frame extended by background.
         orientations: ``N``, where known, for :meth:`euler_stability` (the bound of ``A33``
-            depends on the step ``2 pi / N``); None: the check says it cannot be made.
+            depends on the step ``2 pi / N``): a positive multiple of 4, as the fields must
+            have, and then the only ``N`` the system runs on (fields on another ``N`` are an
+            :class:`~eqpdenet.errors.InputError`: the check would judge another system);
+            None: any ``N`` runs, and the check says it cannot be made.
         backend: :data:`~eqpdenet.kernels.BACKENDS`: ``"auto"`` computes the invariants, or
             directly their mixing by the ``network`` term's first layer (without
             ``normalize_invariants``), by the fused operator
@@ -439,8 +442,10 @@ class M2SystemRHS(nn.Module):
         self.relative = bool(relative)
         #: The number of orientations the system runs on, where its owner knows it (the lifted
         #: model passes each stage's): what :meth:`euler_stability` needs for ``A33``'s step.
+        # A multiple of 4, as forward requires of the fields (5 was accepted here, and then no
+        # field could run).
         self.orientations = (None if orientations is None
-                             else require_int(orientations, "orientations", 4))
+                             else check_orientations(orientations, "orientations"))
         self.channels = require_int(channels, "channels", 1)
         hidden = require_int(hidden if hidden is not None else channels, "hidden", 1)
         # one name is one term, not its letters
@@ -708,7 +713,8 @@ class M2SystemRHS(nn.Module):
     def _fields(self, u: Tensor) -> Tensor:
         """:meth:`enter` without the values (no host read): the shape, ``N`` a positive
         multiple of 4 (the lifted model's rule: quarter turns exact; ``N = 0`` would divide by
-        zero in the orientation differences), the jet's needs, the dtype."""
+        zero in the orientation differences) and the declared ``orientations`` where given, the
+        jet's needs, the dtype."""
         if not isinstance(u, Tensor) or u.dim() != 5 or u.shape[1] != self.channels:
             shape = tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__
             raise InputError(f"{type(self).__name__} takes fields (batch, {self.channels} "
@@ -720,6 +726,12 @@ class M2SystemRHS(nn.Module):
             raise InputError(f"{type(self).__name__} takes fields on a positive multiple of 4 "
                              f"orientations (so that quarter turns map them onto themselves), "
                              f"got {n} in shape {tuple(u.shape)}")
+        if self.orientations is not None and n != self.orientations:
+            # euler_stability judges the declared N (A33's step 2 pi / N): on fields of another
+            # N it called an unstable system stable
+            raise InputError(f"{type(self).__name__} was declared with orientations="
+                             f"{self.orientations}, got fields on {n} orientations in shape "
+                             f"{tuple(u.shape)}")
         self.jet.check(u)
         check_device(u, self, "u")
         return match_dtype(u, module_dtype(self), "u")

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -74,18 +75,65 @@ __all__ = [
 ]
 
 
+def _exponent_table(monomials: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
+    """``monomials`` as a list of exponent tuples, checked: a non-empty collection of sequences
+    of integers (not ``bool``), every one as long as the first (one exponent per invariant),
+    every exponent ``>= 0``, every monomial of degree ``>= 1`` (the constant term is ``F``'s
+    bias) and listed once; else a :class:`~eqpdenet.errors.ConfigError` naming the monomial
+    (these were raw errors from deep inside, or a ragged table accepted)."""
+    if isinstance(monomials, str | bytes) or not isinstance(monomials, Iterable):
+        raise ConfigError(f"monomials: must be a sequence of exponent tuples, got "
+                          f"{type(monomials).__name__} {monomials!r}")
+    monomials = list(monomials)
+    if not monomials:
+        # F would be its bias alone, and its degree and number of invariants undefined
+        raise ConfigError("monomials: the exponent table is empty; F needs at least one "
+                          "monomial of degree >= 1")
+    table: list[tuple[int, ...]] = []
+    positions: dict[tuple[int, ...], int] = {}
+    for position, m in enumerate(monomials):
+        where = f"monomials[{position}]"
+        if isinstance(m, str | bytes) or not isinstance(m, Iterable):
+            raise ConfigError(f"{where}: monomial {m!r} must be a sequence of integer exponents, "
+                              f"one per invariant")
+        m = tuple(m)
+        if not all(isinstance(e, numbers.Integral) and not isinstance(e, bool) for e in m):
+            raise ConfigError(f"{where}: monomial {m!r} must be a sequence of integer exponents, "
+                              f"one per invariant")
+        m = tuple(int(e) for e in m)
+        if table and len(m) != len(table[0]):
+            raise ConfigError(f"{where}: monomial {m} has {len(m)} exponent"
+                              f"{'s' * (len(m) != 1)}, monomials[0] {table[0]} has "
+                              f"{len(table[0])}: every monomial needs one exponent per invariant")
+        if any(e < 0 for e in m):
+            raise ConfigError(f"{where}: monomial {m} has a negative exponent: F is a "
+                              f"polynomial in the invariants (exponents >= 0)")
+        if sum(m) < 1:
+            raise ConfigError(f"{where}: monomial {m} is of degree 0, a constant: that term is "
+                              f"F's bias; every monomial must be of degree >= 1")
+        if m in positions:
+            raise ConfigError(f"{where}: monomial {m} is listed twice (first as monomials"
+                              f"[{positions[m]}]): each monomial has one weight")
+        positions[m] = position
+        table.append(m)
+    return table
+
+
 def monomial_recipe(monomials: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
     """How to build each monomial from a lower one: ``(index of lower monomial or -1, invariant)``.
 
     A monomial of degree 1 is an invariant itself (``(-1, k)``); one of degree ``d > 1`` is the
     earlier monomial with one factor ``I_k`` fewer, times ``I_k`` (``k`` its first invariant).
-    The table must be closed under this lowering and list lower monomials first.
+    The table must be closed under this lowering and list lower monomials first; it is checked
+    first (non-empty, one integer exponent ``>= 0`` per invariant in every monomial, each of
+    degree ``>= 1`` and listed once): one :class:`~eqpdenet.errors.ConfigError` naming the
+    monomial.
 
     Example:
         >>> monomial_recipe([(1, 0), (0, 1), (2, 0), (1, 1)])
         [(-1, 0), (-1, 1), (0, 0), (1, 0)]
     """
-    monomials = [tuple(int(e) for e in m) for m in monomials]
+    monomials = _exponent_table(monomials)
     index = {m: i for i, m in enumerate(monomials)}
     recipe = []
     for position, m in enumerate(monomials):
@@ -105,12 +153,15 @@ class MonomialF(nn.Module):
 
     Subclasses define the exponent table (:meth:`monomials`, lower degrees first); ``weight``
     holds one coefficient per monomial and ``bias`` is ``b``. The compiled kernels evaluate any
-    ``MonomialF`` from this table, so a subclass must compute exactly this sum.
+    ``MonomialF`` from this table, so a subclass must compute exactly this sum. The table is
+    checked when ``F`` is made (:func:`monomial_recipe`: non-empty, one integer exponent ``>= 0``
+    per invariant in every monomial, each of degree ``>= 1`` and listed once, lower monomials
+    first), a :class:`~eqpdenet.errors.ConfigError` naming the monomial.
     """
 
     def __init__(self, monomials: Sequence[Sequence[int]]):
         super().__init__()
-        self._monomials = [tuple(int(e) for e in m) for m in monomials]
+        self._monomials = _exponent_table(monomials)
         self._recipe = monomial_recipe(self._monomials)
         self.weight = nn.Parameter(torch.zeros(len(self._monomials)))
         self.bias = nn.Parameter(torch.zeros(()))
