@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, InputTypeError
 from ..models import EqPdeNet, InvariantPDENet, LiftedPDENet
 from ..pde.integrators import EulerFlow, EulerStep, breaks_upper_bound
 from ..pde.invariants import (
@@ -127,6 +127,61 @@ def _monomial(exponents: Sequence[int], invariants, latex: bool) -> str:
     return joined
 
 
+def _rhs_of(value) -> nn.Module | None:
+    """The right-hand side of an :class:`EulerStep` or :class:`EulerFlow`, else None."""
+    if isinstance(value, EulerFlow):
+        value = value.step
+    return value.rhs if isinstance(value, EulerStep) else None
+
+
+def _given(value) -> str:
+    """What a describing function was given, as its refusal names it: an Euler step or flow by
+    its right-hand side's class too (``EulerStep of M2SystemRHS``)."""
+    rhs = _rhs_of(value)
+    if rhs is not None:
+        return f"{type(value).__name__} of {type(rhs).__name__}"
+    return type(value).__name__
+
+
+def _reader(value) -> tuple[str, str] | None:
+    """``(function, hint)``: the function here that describes ``value`` (or the object holding
+    it), and the hint naming it; None where none does."""
+    rhs = _rhs_of(value)
+    kind = value if rhs is None else rhs
+    if isinstance(kind, M2SystemRHS):
+        return "describe_m2_system", "describe_m2_system(step) describes a PDE system on M2"
+    if isinstance(kind, InvariantSystemRHS):
+        return "describe_system", "describe_system(step) describes a PDE system"
+    if isinstance(kind, InvariantRHS):
+        return "pde_formula", "pde_formula(pde) writes a scalar PDE"
+    if isinstance(value, PDELayer):
+        return "describe_layer", "describe_layer(layer) describes a PDE layer"
+    if isinstance(getattr(value, "pde_layer", None), PDELayer):
+        return "", "its PDE layer is model.pde_layer (its PDEs model.pde_layer.pdes[i])"
+    return None
+
+
+def _refusal(function: str, accepted: str, value, fix: str | None = None) -> InputTypeError:
+    """The :class:`~eqpdenet.errors.InputTypeError` of ``function`` given ``value``, which it
+    does not describe: what it takes, what it got, ``fix`` (how to pass the same object in the
+    form it takes), the function that describes ``value`` where another does, and
+    :func:`describe_model`, which describes any module. The attribute ``function`` reads first
+    was missing instead (``'EqPdeNet' object has no attribute 'pdes'``)."""
+    hints = [fix] if fix else []
+    reader = _reader(value)
+    if reader is not None and reader[0] != function:
+        hints.append(reader[1])
+    hints.append("describe_model(model) describes a whole model (or any module), finding the "
+                 "PDEs in it")
+    return InputTypeError(f"{function} takes {accepted}, got {_given(value)}: "
+                          + "; ".join(hints))
+
+
+#: What :func:`pde_formula` takes, as its refusal says it.
+_SCALAR_PDE = ("an EulerStep or EulerFlow of a scalar PDE, whose right-hand side is an "
+               "InvariantRHS (a PDE layer's layer.pdes[i])")
+
+
 def _terms_to_text(terms: list[tuple[float, str]], digits: int, latex: bool) -> str:
     minus = "-" if latex else "−"
     out = ""
@@ -144,11 +199,21 @@ def pde_formula(pde: EulerStep | EulerFlow, style: str = "unicode", digits: int 
     """``∂t u = ...`` (``style="unicode"``) or ``\\partial_t u = ...`` (``style="latex"``) of a PDE
     whose right-hand side is an :class:`~eqpdenet.pde.rhs.InvariantRHS`: the sum of its
     monomials for a polynomial ``F`` (:class:`~eqpdenet.pde.rhs.MonomialF`); an ``F`` of one's
-    own is written as its class applied to the invariants (``∂t u = MLPF(u, ...)``)."""
+    own is written as its class applied to the invariants (``∂t u = MLPF(u, ...)``).
+
+    Anything else (a layer, a model, a PDE system: an Euler step of an
+    :class:`~eqpdenet.pde.rhs.InvariantSystemRHS` or an
+    :class:`~eqpdenet.pde.m2_rhs.M2SystemRHS`) is an :class:`~eqpdenet.errors.InputTypeError`
+    saying what is taken and which function describes what was given (:func:`describe_model`
+    any model)."""
+    rhs = _rhs_of(pde)
+    if not isinstance(rhs, InvariantRHS):
+        fix = ("pass the EulerStep or EulerFlow that holds it" if isinstance(pde, InvariantRHS)
+               else None)
+        raise _refusal("pde_formula", _SCALAR_PDE, pde, fix)
     if style not in ("unicode", "latex"):
         raise ConfigError(f"style must be 'unicode' or 'latex', got {style!r}")
     _check_digits(digits)
-    rhs = (pde.step if isinstance(pde, EulerFlow) else pde).rhs
     latex = style == "latex"
     invariants = rhs.invariant_set.invariants
     lhs = r"\partial_t u = " if latex else "∂t u = "
@@ -230,7 +295,13 @@ def ratio_reading(rhs: InvariantRHS) -> str | None:
     """How every ratio ``a / b`` printed in :func:`pde_formula` is computed, or None where no
     invariant divides: the regularised forms of :mod:`eqpdenet.pde.invariants`, with the mode and
     ``ε`` of this right-hand side. The printed ratios are the exact invariants; the model's
-    ``F`` is of these (``u_x² / u_xx`` of a digit is ``0 / 0`` on most of its background)."""
+    ``F`` is of these (``u_x² / u_xx`` of a digit is ``0 / 0`` on most of its background).
+    ``rhs`` an :class:`~eqpdenet.pde.rhs.InvariantRHS`, else an
+    :class:`~eqpdenet.errors.InputTypeError`."""
+    if not isinstance(rhs, InvariantRHS):
+        fix = ("pass its right-hand side, pde.step.rhs" if isinstance(_rhs_of(rhs), InvariantRHS)
+               else None)
+        raise _refusal("ratio_reading", "an InvariantRHS (a scalar PDE's pde.step.rhs)", rhs, fix)
     invariant_set = rhs.invariant_set
     fixed = invariant_set.fixed_ratio_eps
     if fixed is not None:
@@ -330,7 +401,14 @@ def _stability_text(step: EulerStep, digits: int) -> str:
 
 def reduction_formula(layer: PDELayer, style: str = "unicode", digits: int = 3) -> str:
     """``u_out = w_0 u_T⁽⁰⁾ + ... + b`` for a linear reduction (its kind in words otherwise, in
-    either style: :func:`describe_layer` prints no LaTeX line for it)."""
+    either style: :func:`describe_layer` prints no LaTeX line for it). ``layer`` a
+    :class:`~eqpdenet.pde.layer.PDELayer` (else an :class:`~eqpdenet.errors.InputTypeError`),
+    ``style`` ``"unicode"`` or ``"latex"`` (else a :class:`~eqpdenet.errors.ConfigError`, as
+    :func:`pde_formula`'s; another word printed Unicode)."""
+    if not isinstance(layer, PDELayer):
+        raise _refusal("reduction_formula", "a PDELayer", layer)
+    if style not in ("unicode", "latex"):
+        raise ConfigError(f"style must be 'unicode' or 'latex', got {style!r}")
     latex = style == "latex"
     _check_digits(digits)
     if not isinstance(layer.reduction, LinearCombination):
@@ -344,7 +422,13 @@ def reduction_formula(layer: PDELayer, style: str = "unicode", digits: int = 3) 
 
 
 def describe_layer(layer: PDELayer, digits: int = 3) -> str:
-    """Every PDE (Unicode and LaTeX formulas, invariants, T, dt, steps, stencil, stability)."""
+    """Every PDE (Unicode and LaTeX formulas, invariants, T, dt, steps, stencil, stability).
+
+    ``layer`` a :class:`~eqpdenet.pde.layer.PDELayer`; a model or anything else is an
+    :class:`~eqpdenet.errors.InputTypeError` pointing to :func:`describe_model`, which
+    describes a model (an :class:`EqPdeNet` with its layer)."""
+    if not isinstance(layer, PDELayer):
+        raise _refusal("describe_layer", "a PDELayer", layer)
     _check_digits(digits)
     lines = []
     for index, pde in enumerate(layer.pdes):
@@ -382,8 +466,15 @@ def leading_terms(rhs: InvariantSystemRHS, top: int = 3
     invariant maps first; ``mu = 0``, ``sigma = 1`` without it). ``a_ck`` is the change of
     ``du_c/dt`` per standard deviation of invariant ``k``, so the terms of invariants of very
     different scales compare. ``F`` has a ReLU: the linearisation holds near ``mu`` only.
-    ``top`` a whole number >= 1, else a :class:`~eqpdenet.errors.ConfigError`.
+    ``top`` a whole number >= 1, else a :class:`~eqpdenet.errors.ConfigError`; ``rhs`` an
+    :class:`~eqpdenet.pde.rhs.InvariantSystemRHS`, else an
+    :class:`~eqpdenet.errors.InputTypeError`.
     """
+    if not isinstance(rhs, InvariantSystemRHS):
+        fix = ("pass its right-hand side, step.rhs"
+               if isinstance(_rhs_of(rhs), InvariantSystemRHS) else None)
+        raise _refusal("leading_terms", "an InvariantSystemRHS (a PDE system's step.rhs)", rhs,
+                       fix)
     _check_top(top)
     F = rhs.F
     first = F[0] if isinstance(F[0], nn.BatchNorm2d) else None
@@ -425,7 +516,10 @@ def describe_system(step: EulerStep, top: int = 3, digits: int = 3) -> str:
     """One Euler step ``u <- u + dt F_theta(I(u))`` of a PDE system, each channel's ``F`` read
     out as its leading terms (:func:`leading_terms`): where ``F`` normalises its invariants, at
     their running mean, ``Ĩ`` an invariant standardised by its running mean and standard
-    deviation; otherwise at ``I = 0``, per unit of each (raw) invariant."""
+    deviation; otherwise at ``I = 0``, per unit of each (raw) invariant. ``step`` an
+    :class:`EulerStep` of an :class:`~eqpdenet.pde.rhs.InvariantSystemRHS`, else an
+    :class:`~eqpdenet.errors.InputTypeError`."""
+    _check_step(step, "describe_system", InvariantSystemRHS)
     _check_digits(digits)
     _check_top(top)
     rhs = step.rhs
@@ -441,6 +535,20 @@ def describe_system(step: EulerStep, top: int = 3, digits: int = 3) -> str:
                                                        for a, name in terms)], digits, latex=False)
         lines.append(f"  ∂t u{c + 1} ≈ {body} + ...")
     return "\n".join(lines)
+
+
+def _check_step(step, function: str, kind: type) -> None:
+    """The :func:`_refusal` of ``function`` unless ``step`` is an :class:`EulerStep` whose
+    right-hand side is a ``kind``."""
+    if isinstance(step, EulerStep) and isinstance(step.rhs, kind):
+        return
+    fix = None
+    if isinstance(step, kind):
+        fix = "pass the EulerStep that holds it"
+    elif isinstance(step, EulerFlow) and isinstance(step.step.rhs, kind):
+        fix = "pass its step, flow.step"
+    raise _refusal(function, f"an EulerStep whose right-hand side is an {kind.__name__}", step,
+                   fix)
 
 
 def _network_leading_terms(term: NetworkTerm, channels: int, names: Sequence[str], top: int,
@@ -501,7 +609,10 @@ def describe_m2_system(step: EulerStep, top: int = 3, digits: int = 3) -> str:
     where ``F`` normalises its invariants), the PDE-G-CNN terms by their coefficients (per
     channel: convection velocity ``v``, diffusivities ``D``, dilation/erosion metric ``g``,
     along ``A1, A2, A3``), each followed by its units (:data:`_M2_TERM_UNITS`); a term of one's
-    own by one line naming it, saying that its coefficients are not read out."""
+    own by one line naming it, saying that its coefficients are not read out. ``step`` an
+    :class:`EulerStep` of an :class:`~eqpdenet.pde.m2_rhs.M2SystemRHS`, else an
+    :class:`~eqpdenet.errors.InputTypeError`."""
+    _check_step(step, "describe_m2_system", M2SystemRHS)
     _check_digits(digits)
     _check_top(top)
     rhs: M2SystemRHS = step.rhs
@@ -568,7 +679,9 @@ def describe_model(model: nn.Module, digits: int = 3) -> str:
     ``InvariantPDENet`` and ``LiftedPDENet`` inside it (README's
     ``nn.Sequential(PDELayer, nn.Flatten(), nn.Linear(...))``, a model wrapped in a
     ``Sequential``) is described under its name in the module, and otherwise every Euler step of
-    PDE systems it holds; only a module with none of these has "no PDE layer to describe"."""
+    PDE systems it holds; only a module with none of these has "no PDE layer to describe".
+    ``model`` an ``nn.Module``, else an :class:`~eqpdenet.errors.InputTypeError`."""
+    _check_module(model, "describe_model")
     _check_digits(digits)
     model = _unwrapped(model)
     return _found_text(model, digits) or f"{type(model).__name__}: no PDE layer to describe"
@@ -577,8 +690,16 @@ def describe_model(model: nn.Module, digits: int = 3) -> str:
 def describes_pdes(model: nn.Module) -> bool:
     """Whether :func:`describe_model` finds a PDE in ``model`` (else it says "no PDE layer to
     describe"): decided by the modules found, never by a model kind's name (a family of one's
-    own holds PDEs too)."""
+    own holds PDEs too). ``model`` an ``nn.Module``, else an
+    :class:`~eqpdenet.errors.InputTypeError`."""
+    _check_module(model, "describes_pdes")
     return _found_text(_unwrapped(model), 3) is not None
+
+
+def _check_module(model, function: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise InputTypeError(f"{function} takes an nn.Module (a model, a layer, or any module "
+                             f"holding PDEs), got {type(model).__name__}")
 
 
 def _found_text(model: nn.Module, digits: int) -> str | None:

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_values, require_int, require_nonnegative
 from ..errors import ConfigError, InputError, InputTypeError
 from ..geometry import affine_warp, pixel_coordinates, rotate, rotation_matrix, scale, translate
 from .predictions import (
@@ -216,8 +217,15 @@ def similarity(images: Tensor, angle_degrees: float = 0.0, factor: float = 1.0,
 
 def central_disk(height: int, width: int | None = None,
                  radius_fraction: float = DISK_FRACTION) -> Tensor:
-    """Boolean ``(H, W)`` mask of the pixels within ``radius_fraction * min(H, W)`` of the centre."""
-    width = width or height
+    """Boolean ``(H, W)`` mask of the pixels within ``radius_fraction * min(H, W)`` of the centre.
+
+    ``height`` and ``width`` (default: ``height``) whole numbers >= 1, ``radius_fraction`` a
+    finite number >= 0; anything else is a :class:`~eqpdenet.errors.ConfigError` naming it (a
+    negative radius was squared into a positive one, a NaN gave an empty mask, and a width of 0
+    was read as "not given")."""
+    height = require_int(height, "height", 1)
+    width = height if width is None else require_int(width, "width", 1)
+    radius_fraction = require_nonnegative(radius_fraction, "radius_fraction")
     x, y = pixel_coordinates(height, width, dtype=torch.float64)
     return x**2 + y**2 <= (radius_fraction * min(height, width)) ** 2
 
@@ -238,8 +246,10 @@ def filled_region(transform: Transform, height: int, width: int | None = None,
     fill. ``g . u`` at ``p`` reads ``u`` at ``g^{-1} p`` (the error's ``g . Phi(f)`` and the
     ``g . f`` that ``Phi(g . f)`` sees), and the round trip ``g^{-1} . (g . f)`` at ``p`` reads
     ``g . f`` at ``g p`` (the interpolation floor), so this is where both compare real values.
+    ``width`` defaults to ``height`` (only where not given: a width of 0 is an empty grid, as a
+    height of 0 is).
     """
-    width = width or height
+    width = height if width is None else width
     frame_h, frame_w = frame or (height, width)
     half = torch.tensor([(min(width, frame_w) - 1) / 2, (min(height, frame_h) - 1) / 2],
                         dtype=torch.float64) + _FRAME_SLACK
@@ -374,12 +384,15 @@ def equivariance_error(phi: Callable[[Tensor], Tensor], images: Tensor,
       :class:`~eqpdenet.errors.InputError`; the error has no scale to be relative to (0 / 0
       for the map that keeps 0, inf for any other), so these inputs cannot tell an equivariant
       map from another;
-    * ``images`` not ``(B, C, H, W)`` with ``B >= 1``: :class:`~eqpdenet.errors.InputError`;
+    * ``images`` not ``(B, C, H, W)`` with ``B >= 1``, or holding NaN or inf:
+      :class:`~eqpdenet.errors.InputError` (:func:`~eqpdenet.checks.check_values`: the first
+      non-finite value's index; the error was NaN, which says nothing of the map);
     * an output that is not maps ``(B, ..., H', W')`` on the images' pixel grid (a tuple, a
       classifier's ``(B, K)``, a pooling's or an upsampling's grid of another spacing):
       :class:`~eqpdenet.errors.InputError` naming the sizes (:func:`_check_output_grid`).
     """
     check_images(images)
+    check_values(images)
     with evaluation_mode(phi):
         out = phi(images)
         _check_output_grid(phi, images, out)
@@ -407,8 +420,9 @@ def interpolation_floor(images: Tensor, transform: Transform, mask: Tensor | Non
     Refused as :func:`equivariance_error` refuses: a region with no point
     (:class:`~eqpdenet.errors.ConfigError` naming the transform), images that are 0 at every
     measured point (blank images: :class:`~eqpdenet.errors.InputError`; the floor was NaN), no
-    image."""
+    image, images holding NaN or inf (:class:`~eqpdenet.errors.InputError`)."""
     check_images(images)
+    check_values(images)
     size = tuple(images.shape[-2:])
     mask = _measurement_mask(mask, transform, size, size, **kwargs)
     _require_points(mask, transform, size)
@@ -427,8 +441,12 @@ def quarter_turn_check(phi: Callable[[Tensor], Tensor], images: Tensor,
 
     No interpolation is involved, so a rotation-equivariant map (on the pixel grid) has
     ``E ~ 1e-7``; returns ``{"error": max E, "equivariant": error <= tolerance}``. A module is
-    measured in evaluation mode, as :func:`equivariance_error` measures it.
+    measured in evaluation mode, as :func:`equivariance_error` measures it, and refused as it
+    refuses. ``tolerance`` a finite number >= 0, else a :class:`~eqpdenet.errors.ConfigError`
+    before anything is measured (a negative or NaN one called an exactly equivariant map not
+    equivariant).
     """
+    tolerance = require_nonnegative(tolerance, "tolerance")
     errors = [equivariance_error(phi, images, Transform.rotation(a)) for a in (90, 180, 270)]
     return {"error": max(errors), "equivariant": max(errors) <= tolerance}
 
@@ -453,7 +471,18 @@ def model_invariance(model: nn.Module, images: Tensor, transform: Transform,
 
 
 def layer_quarter_turn_report(layer: nn.Module, images: Tensor) -> list[dict]:
-    """:func:`quarter_turn_check` of each PDE of a layer and of the layer."""
+    """:func:`quarter_turn_check` of each PDE of a layer and of the layer.
+
+    ``layer`` a PDE layer (:class:`~eqpdenet.pde.layer.PDELayer`, whose ``pdes`` are measured one
+    by one), else an :class:`~eqpdenet.errors.InputTypeError` saying what is accepted (for a
+    model, its PDE layer ``model.pde_layer``; :func:`model_invariance` measures a model's
+    predictions)."""
+    if getattr(layer, "pdes", None) is None:
+        hint = (": for a model, pass its PDE layer (model.pde_layer); model_invariance measures "
+                "a model's predictions" if isinstance(getattr(layer, "pde_layer", None), nn.Module)
+                else "")
+        raise InputTypeError(f"layer_quarter_turn_report takes a PDE layer (PDELayer: its PDEs "
+                             f"are measured one by one), got {type(layer).__name__}{hint}")
     rows = [{"map": pde.name, **quarter_turn_check(pde, images)} for pde in layer.pdes]
     rows.append({"map": "layer", **quarter_turn_check(layer, images)})
     return rows

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..checks import check_images, require_int
+from ..checks import check_images, check_values, require_int
 from ..errors import ConfigError, EqPdeNetError, InputError, SingularMapError
 from ..geometry import affine_warp, rotation_matrix, working_dtype
 from ..process_state import GLOBAL_RNG_LOCK
@@ -316,7 +316,13 @@ def apply_scenario(
     or ``batch_size`` that is not an integer; a sampler that raises another exception, or whose
     draw is not an :class:`AffineDraw` of finite, invertible maps of the right shapes:
     :func:`check_draw`, the scenario, seed and ranges named) or
-    :class:`~eqpdenet.errors.InputError` (images), one line each, before any image is warped.
+    :class:`~eqpdenet.errors.InputError` (images that are not ``(N, C, H, W)`` floating point,
+    or that hold NaN or inf, which were warped on into the result: the count and the index of
+    the first, :func:`~eqpdenet.checks.check_values`), one line each, before any image is
+    warped. The values are checked as a layer checks its input: one pass over the images and
+    one host read per call (one synchronisation on a GPU, however many batches are warped),
+    none where :func:`~eqpdenet.checks.check_values` reads nothing (a CUDA graph being
+    captured, an export, ``torch.func.vmap``, the ``meta`` device).
     """
     if not isinstance(name, str):
         raise ConfigError(f"name must be a scenario's name (a string; the order is "
@@ -330,6 +336,7 @@ def apply_scenario(
         raise ConfigError(f"scenario {name!r} has no parameter(s) {unknown}; it accepts {accepted}")
     require_int(batch_size, "batch_size", minimum=1)
     require_int(seed, "seed")
+    check_values(images)  # after the checks that cost nothing: this one reads every pixel
     num = images.shape[0]
     if "image_size" in inspect.signature(sampler).parameters and "image_size" not in params:
         params = {**params, "image_size": tuple(images.shape[-2:])}

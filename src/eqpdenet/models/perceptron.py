@@ -30,7 +30,14 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def perceptron(in_features: int, hidden: int, classes: int = 10) -> nn.Sequential:
-    """``in-h-h-classes`` with biases and ReLU (the paper's fully connected part)."""
+    """``in-h-h-classes`` with biases and ReLU (the paper's fully connected part).
+
+    Each width a whole number >= 1, else a :class:`~eqpdenet.errors.ConfigError` naming it, as
+    :class:`FCNN` refuses them (a width of 0 built layers of no units, whose logits are the last
+    bias whatever the input)."""
+    in_features = require_int(in_features, "in_features", 1)
+    hidden = require_int(hidden, "hidden", 1)
+    classes = require_int(classes, "classes", 1)
     return nn.Sequential(
         nn.Linear(in_features, hidden), nn.ReLU(),
         nn.Linear(hidden, hidden), nn.ReLU(),
