@@ -92,6 +92,17 @@ _MODE_GROWTH = 1e-3
 _LOW_FREQUENCIES = (math.pi / 256, math.pi / 128, math.pi / 64)
 
 
+def _report_break(report: dict, unknown: list[str], what: str, broken: str) -> None:
+    """Record in :meth:`M2SystemRHS.euler_stability`'s ``report`` that ``what`` ("the diffusion
+    term alone breaks") the explicit Euler bound (``broken`` says how): unstable, or, beside a
+    term that is not linearised (``unknown``), a note to the reason, since that term's linear
+    part might, in principle, offset it."""
+    if unknown:
+        report["reason"] += f"; {what} the bound: {broken}"
+    else:
+        report.update(stable=False, reason=broken)
+
+
 def _inverse_softplus(value: float) -> float:
     return math.log(math.expm1(value))
 
@@ -585,10 +596,7 @@ class M2SystemRHS(nn.Module):
                       f"{part}at {n} orientations (channel {channel + 1}: D = "
                       f"({', '.join(f'{x:.3g}' for x in d[channel].tolist())}), dt lambda_max >= "
                       f"{certain_rate:.6g} > 2); it is stable for dt <= {report['max_dt']:.3g}")
-            if unknown:  # another term's linear part might, in principle, offset it
-                report["reason"] += f"; the diffusion term alone breaks the bound: {broken}"
-            else:
-                report.update(stable=False, reason=broken)
+            _report_break(report, unknown, "the diffusion term alone breaks", broken)
         elif float(upper.max()) * dt <= tolerance:
             report["stable"] = None if unknown else True
         elif not unknown:
@@ -620,10 +628,7 @@ class M2SystemRHS(nn.Module):
                   f"({', '.join(f'{x:.3g}' for x in velocity[channel].tolist())}): a mode of "
                   f"their symbol grows by more than {_MODE_GROWTH:g} per step, |1 + dt sigma| "
                   f"> {1 + _MODE_GROWTH:g}, above dt = {bound:.3g})")
-        if unknown:  # another term's linear part might, in principle, offset it
-            report["reason"] += f"; the convection and diffusion terms alone break the bound: {broken}"
-        else:
-            report.update(stable=False, reason=broken)
+        _report_break(report, unknown, "the convection and diffusion terms alone break", broken)
         return report
 
     def _convection_diffusion_check(self, d: Tensor, velocity: Tensor, n: int,
