@@ -20,7 +20,6 @@ from __future__ import annotations
 import numbers
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -30,9 +29,10 @@ from ..models import EqPdeNet, InvariantPDENet, LiftedPDENet
 from ..pde.integrators import EulerFlow, EulerStep, breaks_upper_bound
 from ..pde.invariants import (
     Derivatives,
-    RatioRegularisation,
+    RecordingRatio,
     hessian_reference_sq,
     ratio_rescaling,
+    sample_jet,
 )
 from ..pde.layer import LinearCombination, PDELayer
 from ..pde.m2_rhs import (
@@ -242,24 +242,12 @@ _COVARIANT_READINGS = {
 }
 
 
-@dataclass(frozen=True)
-class _RecordingRatio(RatioRegularisation):
-    """The layer's ratio regularisation, recording the reference each division passes."""
-
-    references: list = field(default_factory=list, compare=False, hash=False)
-
-    def __call__(self, a, b, reference_sq=None):
-        self.references.append(reference_sq)
-        return super().__call__(a, b, reference_sq)
-
-
 def _ratio_references(invariant_set, eps: float, mode: str) -> dict[str, list[str]]:
     """Per invariant that divides with the layer's regularisation, the reference of each of its
     divisions (a key of :data:`_COVARIANT_READINGS`): found by evaluating it on a random jet
     (what the function passes is the only record of it; ``R`` is compared by value)."""
     order = invariant_set.order
-    jet = torch.randn((order + 1) * (order + 2) // 2, 3, 3, dtype=torch.float64,
-                      generator=torch.Generator().manual_seed(0))
+    jet = sample_jet(order)
     try:
         R = hessian_reference_sq(Derivatives(jet))
     except (InputError, AttributeError):  # a jet of order < 2 has no R
@@ -274,7 +262,7 @@ def _ratio_references(invariant_set, eps: float, mode: str) -> dict[str, list[st
         R = hessian_reference_sq(Derivatives(jet))
     found = {}
     for invariant in invariant_set.invariants:
-        ratio = _RecordingRatio(eps, mode)
+        ratio = RecordingRatio(eps, mode)
         invariant.function(Derivatives(jet), ratio)
         kinds = []
         for reference in ratio.references:

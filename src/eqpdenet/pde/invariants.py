@@ -100,6 +100,7 @@ import numbers
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 
 import torch
 from torch import Tensor
@@ -117,6 +118,7 @@ __all__ = [
     "Invariant",
     "InvariantSet",
     "RatioRegularisation",
+    "RecordingRatio",
     "available_invariant_sets",
     "get_invariant_set",
     "hessian_reference_sq",
@@ -295,6 +297,34 @@ class RatioRegularisation:
 
     def __float__(self) -> float:
         return float(self.eps)
+
+
+@dataclass(frozen=True)
+class RecordingRatio(RatioRegularisation):
+    """A :class:`RatioRegularisation` that records how an invariant function uses it: the
+    reference each division passes (``references``; None for a division without one) and how
+    often ``float(ratio)`` is read (``floats``, as ``safe_ratio(a, b, eps)`` does). What an
+    invariant divides by is known only to its function: evaluate it on :func:`sample_jet` with
+    one of these (``eqpdenet.analysis.describe`` reads the references, the PDE layer whether it
+    divides at all)."""
+
+    references: list = dataclass_field(default_factory=list, compare=False, hash=False)
+    floats: list = dataclass_field(default_factory=list, compare=False, hash=False)
+
+    def __call__(self, a, b, reference_sq=None):
+        self.references.append(reference_sq)
+        return super().__call__(a, b, reference_sq)
+
+    def __float__(self) -> float:
+        self.floats.append(1)
+        return super().__float__()
+
+
+def sample_jet(order: int) -> Tensor:
+    """A seeded random jet ``(D, 3, 3)`` float64 of ``order``, to evaluate invariant functions on
+    (:class:`RecordingRatio`)."""
+    return torch.randn((order + 1) * (order + 2) // 2, 3, 3, dtype=torch.float64,
+                       generator=torch.Generator().manual_seed(0))
 
 
 class Derivatives:

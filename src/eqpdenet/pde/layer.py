@@ -58,9 +58,10 @@ from .invariants import (
     RATIO_REGULARISATIONS,
     Derivatives,
     InvariantSet,
-    RatioRegularisation,
+    RecordingRatio,
     get_invariant_set,
     require_planar,
+    sample_jet,
 )
 from .rhs import (
     RIGHT_HAND_SIDES,
@@ -209,28 +210,14 @@ _LOW_PRECISION_COST = ("its ratio invariants (the scaling and sim2 sets, any set
 
 def _divides(invariant_set: InvariantSet) -> bool:
     """Whether an invariant of ``invariant_set`` divides (calls or reads its ratio
-    regularisation), found by evaluating it on a small random jet: only the function knows."""
-    calls = []
-
-    @dataclasses.dataclass(frozen=True)
-    class _Noting(RatioRegularisation):
-        def __call__(self, a, b, reference_sq=None):
-            calls.append(1)
-            return super().__call__(a, b, reference_sq)
-
-        def __float__(self):
-            calls.append(1)
-            return super().__float__()
-
-    order = invariant_set.order
-    jet = torch.randn((order + 1) * (order + 2) // 2, 3, 3, dtype=torch.float64,
-                      generator=torch.Generator().manual_seed(0))
+    regularisation), found by evaluating it on :func:`sample_jet`: only the function knows."""
     for invariant in invariant_set.invariants:
+        ratio = RecordingRatio()
         try:
-            invariant.function(Derivatives(jet), _Noting())
+            invariant.function(Derivatives(sample_jet(invariant_set.order)), ratio)
         except Exception:  # noqa: BLE001 - a function that cannot run here: assume it divides
             return True
-        if calls:
+        if ratio.references or ratio.floats:
             return True
     return False
 
