@@ -300,7 +300,7 @@ def _extremes_outside_graph(u: Tensor, what: str) -> tuple[float, float]:
 
 def module_dtype(module: nn.Module) -> torch.dtype | None:
     """The dtype a module computes in: that of its first floating-point parameter or buffer."""
-    for tensor in (*module.parameters(), *module.buffers()):
+    for tensor in itertools.chain(module.parameters(), module.buffers()):  # stops at the first
         if tensor.is_floating_point():
             return tensor.dtype
     return None

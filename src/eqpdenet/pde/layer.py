@@ -510,14 +510,16 @@ class PDELayer(nn.Module):
         :class:`~eqpdenet.pde.integrators.input_checked` (the caller checked, and explains a
         non-finite state itself). A layer cast to float16 or bfloat16 warns once per dtype
         (:func:`~eqpdenet.checks.warn_low_precision`), inside a model too."""
-        warn_low_precision(self, _LOW_PRECISION_COST, applies=lambda: any(
-            _divides(pde.step.rhs.invariant_set) for pde in self.pdes))
+        dtype = module_dtype(self)  # once per call: the warning and the dtype check read it
+        if dtype in (torch.float16, torch.bfloat16):
+            warn_low_precision(self, _LOW_PRECISION_COST, applies=lambda: any(
+                _divides(pde.step.rhs.invariant_set) for pde in self.pdes))
         if is_input_checked(self):
             return u, None
         check_images(u, "u")
         check_device(u, self, "u")
         values = check_values(u, "u")
-        return match_dtype(u, module_dtype(self), "u"), values
+        return match_dtype(u, dtype, "u"), values
 
     def _evolve(self, u: Tensor, values: tuple[float, float] | None = None) -> Tensor:
         """:meth:`evolve` without checks; ``values`` (the input's min and max) explain a
