@@ -134,7 +134,7 @@ def test_float64_fused_gradients_on_digits_agree_with_the_reference(invariants, 
     # standardised digit that left jets of rounding noise where the reference's are exactly 0,
     # and the covariant ratios' derivatives, ~1 / |jet| there, made the float64 input gradient
     # wrong by 1e65 to 1e98 (docs/performance.md). The covariant instances now sum
-    # (b0 L + b1 C) + b0 R, as the reference's convolution does. (With sim2 a difference of
+    # b0 ((L - C) + (R - C)) + (b1 + 2 b0) C, exact on near-equal neighbours. (With sim2 a difference of
     # up to 0.7 % is left where sim2 is, not found.)
     digits = torch.from_numpy(mnist_or_skip().test_images[:8].copy()).unsqueeze(1)
     x = (digits.double() / 255 - 0.1307) / 0.3081

@@ -758,8 +758,9 @@ def _ratio_operands(d: Derivatives, ratio):
     itself, or with the ``covariant`` mode ``d`` rescaled (:class:`_RescaledJet`) by one power
     of two per image plane (the last two dimensions), ``sigma = 2^-k``,
     ``k = floor(log2(R_max) / 4)`` (``R_max`` the plane's largest ``R`` of
-    :func:`hessian_reference_sq`; ``sigma = 1`` where it is 0 or not finite), which brings
-    ``R_max`` into ``[1, 16)`` (give or take the rounding of ``log2``).
+    :func:`hessian_reference_sq`), which brings ``R_max`` into ``[1, 16)`` (give or take the
+    rounding of ``log2``); where ``R_max`` overflowed or underflowed to 0, from the plane's
+    largest derivatives instead (:func:`plane_ratio_rescaling`).
 
     Why: these ratios are scale invariant, so the rescaled jet gives the same quotient; every
     covariant ratio's numerator ``a b`` and each term of its denominator scale by the same power
@@ -781,10 +782,56 @@ def _ratio_operands(d: Derivatives, ratio):
         return d
     cached = d.__dict__.get("_rescaled_for_covariant_ratios")
     if cached is None:
-        largest = hessian_reference_sq(d).detach().amax(dim=(-2, -1), keepdim=True)
-        cached = _RescaledJet(d, ratio_rescaling(largest))
+        cached = _RescaledJet(d, plane_ratio_rescaling(d))
         d.__dict__["_rescaled_for_covariant_ratios"] = cached
     return cached
+
+
+def plane_ratio_rescaling(d: Derivatives) -> Tensor:
+    """The covariant ratios' power of two per image plane, shape ``(..., 1, 1)``:
+    :func:`ratio_rescaling` of the plane's largest ``R`` (:func:`hessian_reference_sq`) where
+    that is positive and finite; where ``R`` overflowed (float32: ``|∇u|`` above about 4e9, or
+    ``|H|`` above about 1.8e19) or underflowed to 0 while the jet did not vanish,
+    :func:`component_rescaling` of the plane's largest first and second derivatives, which
+    cannot overflow; 1 where the jet is 0 or not finite. Computed without a gradient, and
+    without a host read (both rules are evaluated and one is selected per plane)."""
+    # detach, not no_grad: torch.export records a no_grad block as an operator ONNX lacks
+    largest = hessian_reference_sq(d).detach().amax(dim=(-2, -1), keepdim=True)
+    first = torch.maximum(d.u_x.detach().abs(), d.u_y.detach().abs())
+    first = first.amax(dim=(-2, -1), keepdim=True)
+    second = torch.maximum(torch.maximum(d.u_xx.detach().abs(), d.u_xy.detach().abs()),
+                           d.u_yy.detach().abs()).amax(dim=(-2, -1), keepdim=True)
+    by_reference = (largest > 0) & torch.isfinite(largest)
+    return torch.where(by_reference, ratio_rescaling(largest), component_rescaling(first, second))
+
+
+def _floor_log2(x: Tensor) -> Tensor:
+    """``floor(log2(x))`` for positive finite ``x``, exact: the rounding of ``log2`` near a power
+    of two is corrected against ``exp2`` (exact for an integer). ``torch.frexp`` would be exact
+    too, but ONNX has no operator for it."""
+    e = torch.floor(torch.log2(x))
+    e = torch.where(torch.exp2(e) > x, e - 1, e)
+    return torch.where(torch.exp2(e + 1) <= x, e + 1, e)
+
+
+def component_rescaling(first: Tensor, second: Tensor) -> Tensor:
+    """The power of two ``sigma = 2^-k`` that brings the larger of ``first`` (the largest
+    ``|u_x|``, ``|u_y|``) times ``sigma`` and ``sqrt(second)`` (the largest ``|u_xx|``,
+    ``|u_xy|``, ``|u_yy|``) times ``sigma`` into ``[1, 2)``, so that ``R`` of the rescaled jet lies
+    in ``[1, 80)``: ``k = max(floor(log2 first), floor(floor(log2 second) / 2))``, of the entries
+    that are positive. ``k`` is capped at ``±floor(-log2(tiny) / 2)`` (63 in float32) so that
+    ``sigma^2`` and ``sigma^-2`` are normal numbers. 1 where both are 0 or either is not
+    finite (the state is then not finite, which the layer reports)."""
+    usable = torch.isfinite(first) & torch.isfinite(second) & ((first > 0) | (second > 0))
+    one = torch.ones_like(first)
+    k_first = torch.where(first > 0, _floor_log2(torch.where(first > 0, first, one)),
+                          torch.full_like(first, -float("inf")))
+    k_second = torch.where(second > 0,
+                           torch.floor(_floor_log2(torch.where(second > 0, second, one)) / 2),
+                           torch.full_like(second, -float("inf")))
+    bound = math.floor(-math.log2(torch.finfo(first.dtype).tiny) / 2)
+    k = torch.clamp(torch.maximum(k_first, k_second), -bound, bound)
+    return torch.where(usable, torch.exp2(-torch.where(usable, k, torch.zeros_like(k))), one)
 
 
 def ratio_rescaling(reference: Tensor) -> Tensor:

@@ -354,6 +354,42 @@ template <> struct FloatBits<double> {
   static constexpr Bits inf = 0x7ff0000000000000ull;
 };
 
+// Where the plane's largest R overflowed (float32: |grad u| above about 4e9) or underflowed to
+// 0 while the jet did not vanish: sigma = 2^-k from the plane's largest first derivative m1 and
+// second derivative m2, k = max(floor(log2 m1), floor(floor(log2 m2) / 2)) of those that are
+// positive, which cannot overflow; k capped so that sigma^2 and sigma^-2 are normal; sigma = 1
+// where the jet is 0 or not finite. As the reference (invariants.component_rescaling).
+template <typename T, bool FULL>
+void component_rescaling(const T* __restrict U, const Geo& geo, const Pde<T>& q, T& sigma,
+                         T& sigma_sq) {
+  sigma = sigma_sq = T(1);
+  T first = T(0), second = T(0);
+  bool finite = true;
+  for (int i = 0; i < geo.H; ++i) {
+    for (int64_t p = geo.at(i, 0), last = p + geo.W; p < last; ++p) {
+      T u, ux, uy, uxx, uxy, uyy;
+      jet_at<T, FULL, true>(U, p, geo.Wp, q, u, ux, uy, uxx, uxy, uyy);
+      const T a = std::max(std::fabs(ux), std::fabs(uy));
+      const T b = std::max(std::max(std::fabs(uxx), std::fabs(uxy)), std::fabs(uyy));
+      finite = finite && std::isfinite(a) && std::isfinite(b);
+      first = std::max(first, a);
+      second = std::max(second, b);
+    }
+  }
+  if (!finite || !(first > T(0) || second > T(0))) return;
+  const int none = std::numeric_limits<int>::min();
+  const int k_first = first > T(0) ? std::ilogb(first) : none;
+  int k_second = none;
+  if (second > T(0)) {
+    const int e = std::ilogb(second);
+    k_second = e >= 0 ? e / 2 : -((1 - e) / 2);  // floor(e / 2)
+  }
+  const int bound = -std::ilogb(std::numeric_limits<T>::min()) / 2;  // 63 in float32
+  const int k = std::min(bound, std::max(-bound, std::max(k_first, k_second)));
+  sigma = std::ldexp(T(1), -k);
+  sigma_sq = std::ldexp(T(1), -2 * k);
+}
+
 // The plane's largest R, as the largest bit pattern: R >= +0 (a sum of squares), and the bit
 // patterns of non-negative floats order as their values, with +inf and NaN (of either sign)
 // above every finite one; an integer max vectorises where a float max with NaN does not.
@@ -376,13 +412,13 @@ void plane_rescaling(const T* __restrict U, const Geo& geo, const Pde<T>& q, T& 
     }
     largest = std::max(largest, row_max);
   }
-  if (largest >= FloatBits<T>::inf) {  // R not finite somewhere: as the reference, no rescaling
-    sigma = sigma_sq = T(1);
+  if (largest > 0 && largest < FloatBits<T>::inf) {
+    T value;
+    std::memcpy(&value, &largest, sizeof(T));
+    ratio_rescaling(value, sigma, sigma_sq);
     return;
   }
-  T value;
-  std::memcpy(&value, &largest, sizeof(T));
-  ratio_rescaling(value, sigma, sigma_sq);
+  component_rescaling<T, FULL>(U, geo, q, sigma, sigma_sq);
 }
 
 template <int SET>
