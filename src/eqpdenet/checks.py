@@ -440,6 +440,15 @@ def untrained_statistics_hint(model: nn.Module,
             f"that the batch norms learn the data's statistics. Otherwise:")
 
 
+def non_finite_parameters(module: nn.Module) -> list[str]:
+    """The names of ``module``'s parameters that hold a NaN or an inf (meta parameters, which
+    hold no values, are not read). A stability check reports these instead of analysing them:
+    every Euler step with such a coefficient gives a non-finite state, and LAPACK's
+    eigenvalue routines crash the process on a NaN matrix (MKL's ``zgebal``)."""
+    return [name for name, p in module.named_parameters()
+            if not p.is_meta and not bool(torch.isfinite(p.detach()).all())]
+
+
 def non_finite_hint(model: nn.Module, hint: str,
                     within: Iterable[nn.Module | None] | None = None) -> str:
     """The explanation a model gives to a :class:`~eqpdenet.errors.NonFiniteStateError` of its

@@ -51,6 +51,7 @@ from ..checks import (
     is_input_checked,
     match_dtype,
     module_dtype,
+    non_finite_parameters,
     report_non_finite,
     require,
     require_int,
@@ -151,6 +152,13 @@ def keeps_state_dtype(state: Tensor, rate: Tensor) -> bool:
     return rate.is_floating_point() and (
         torch.promote_types(state.dtype, rate.dtype) == state.dtype
         or torch.is_autocast_enabled(state.device.type))
+
+
+def non_finite_coefficients_reason(names: list[str]) -> str:
+    """The stability checks' reason where coefficients of ``F`` are NaN or inf (``names``, of
+    :func:`~eqpdenet.checks.non_finite_parameters`)."""
+    return (f"F has coefficients that are not finite (NaN or inf, in {', '.join(names)}): every "
+            f"Euler step gives a non-finite state")
 
 
 class EulerStep(nn.Module):
@@ -273,6 +281,12 @@ class EulerStep(nn.Module):
         if own is not None:  # a right-hand side with its own check (M2SystemRHS on M2)
             return {"pde": self.name, "dt": self.dt, "diffusivity": None, "a_dt": None,
                     "max_a_dt": math.nan, "second_order": None, **own(self.dt)}
+        bad = non_finite_parameters(self.rhs)
+        if bad:  # the linearisation of NaN coefficients is NaN, whose comparisons said stable
+            return {"pde": self.name, "dt": self.dt, "diffusivity": None, "a_dt": None,
+                    "max_a_dt": math.nan, "second_order": None, "linear_part": None,
+                    "max_rate_dt": None, "max_dt": None, "stable": False,
+                    "reason": non_finite_coefficients_reason(bad)}
         linearise = getattr(self.rhs, "linearised_second_order", None)
         second_order = None if linearise is None else linearise()
         linearisation = getattr(self.rhs, "linearisation", None)

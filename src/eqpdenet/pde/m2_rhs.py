@@ -55,6 +55,7 @@ from ..checks import (
     is_input_checked,
     match_dtype,
     module_dtype,
+    non_finite_parameters,
     require,
     require_int,
 )
@@ -68,7 +69,7 @@ from ..kernels.m2_op import (
 )
 from ..registry import CallRegistry, Registry
 from .batch_norm import batch_norm_affine, batch_norm_at
-from .integrators import input_checked, keeps_state_dtype
+from .integrators import input_checked, keeps_state_dtype, non_finite_coefficients_reason
 from .m2 import M2_SE2, M2Jet, check_orientations, orientation_frame, separable_stencils
 
 __all__ = ["M2_TERMS", "M2SystemRHS", "PDE_GCNN_TERMS", "Pointwise"]
@@ -490,12 +491,15 @@ class M2SystemRHS(nn.Module):
         (``diffusion_stable``: the same verdict for the ``diffusion`` term alone, None without
         one; it decides where another term is not linearised): ``linear_part``
         ``{"D1", "D2", "D3", "v1", "v2", "v3"}`` of the channel that bounds ``dt`` most (None
-        where nothing is checked); ``max_dt`` the largest ``dt`` that is certainly stable;
+        where nothing is checked); ``max_dt`` the largest ``dt`` that is certainly stable (beside
+        a convection velocity: at which no mode grows by more than :data:`_MODE_GROWTH` per
+        step);
         ``max_rate_dt`` ``dt`` times the smallest possible largest decay rate (above 2, ``dt``
         certainly breaks the bound; with a convection velocity beside diffusion ``2 dt /
-        max_dt``, above 2 where ``dt`` breaks it); ``stable`` True (certainly stable), False
-        (certainly not) or None (not known: between the two bounds, or a term that is not
-        linearised here).
+        max_dt``, above 2 where ``dt`` breaks it); ``stable`` True (certainly stable; beside a
+        convection velocity, within :data:`_MODE_GROWTH` per step), False (certainly not, or a
+        coefficient is NaN or inf) or None (not known: between the two bounds, or a term that is
+        not linearised here).
 
         The linear part at ``U = 0``: ``diffusion`` ``L = D1 A11 + D2 A22 + D3 A33`` per channel
         (negative semi-definite: Euler is stable iff ``dt lambda_max(-L) <= 2``); ``convection``
@@ -527,6 +531,11 @@ class M2SystemRHS(nn.Module):
         # a model there was never loaded, so it holds its initial coefficients, which are known
         # (reading the meta weights was a raw "cannot be called on meta tensors").
         meta = any(p.is_meta for p in self.terms.parameters())
+        bad = non_finite_parameters(self.terms)
+        if bad:  # a NaN velocity reached eigvals, where MKL's LAPACK crashed the process
+            report["stable"] = False
+            report["reason"] = non_finite_coefficients_reason(bad)
+            return report
         unknown = []
         velocity = None   # (C, 3) float64: the convection term's, where it is not 0
         for name, term in self.terms.items():
