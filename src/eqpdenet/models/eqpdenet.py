@@ -115,7 +115,8 @@ class EqPdeNet(nn.Module):
                 return self.pde_layer(self.standardize(entered.images))
         except NonFiniteStateError as error:
             values = (entered.low, entered.high)
-            hint = self.standardize.explain(*values) or input_range_hint(*values)
+            hint = self.standardize.explain(*values) or input_range_hint(
+                *values, self.pde_layer, (self.standardize.mean, self.standardize.std))
             # only batch norms the PDE's input went through (none in the paper's layer)
             raise error.with_hint(non_finite_hint(self, hint, within=(self.pde_layer,))) from None
 

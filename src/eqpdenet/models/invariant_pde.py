@@ -363,7 +363,8 @@ def run_stages(stages, u: Tensor, entered: ModelInput, standardize: Standardize,
             report_non_finite(names, dts, (~torch.stack(finite)).to(torch.int64))
         except NonFiniteStateError as error:
             values = (entered.low, entered.high)
-            hint = standardize.explain(*values) or input_range_hint(*values)
+            hint = standardize.explain(*values) or input_range_hint(
+                *values, model, (standardize.mean, standardize.std))
             if model is not None:  # the batch norms the states went through
                 hint = non_finite_hint(model, hint, within=(getattr(model, "lift", None), stages))
             raise error.with_hint(hint) from None

@@ -529,7 +529,7 @@ class PDELayer(nn.Module):
         except NonFiniteStateError as error:
             if values is None:
                 raise
-            raise error.with_hint(input_range_hint(*values)) from None
+            raise error.with_hint(input_range_hint(*values, self)) from None
 
     def _evolve_unchecked(self, u: Tensor) -> Tensor:
         if (kernels.resolve_backend(self.backend) != "reference" and not torch.jit.is_tracing()
@@ -555,7 +555,7 @@ class PDELayer(nn.Module):
         except NonFiniteStateError as error:
             if values is None:
                 raise
-            raise error.with_hint(input_range_hint(*values)) from None
+            raise error.with_hint(input_range_hint(*values, self)) from None
 
     def _evolve_reference(self, u: Tensor) -> Tensor:
         # Each PDE called as a module, so that its hooks (and those of its parts) fire.
