@@ -284,8 +284,10 @@ class LayerConfig:
             :func:`check_init`.
         check_finite: raise on a non-finite PDE state.
         backend: :data:`~eqpdenet.kernels.BACKENDS` (``"auto"``, ``"reference"``, ``"fused"``).
-        recompute: during training, keep no intermediate states and recompute them in the
-            backward pass (less memory, about one more forward of work; the same gradients).
+        recompute: while gradients are recorded (training or not), keep no intermediate
+            states and recompute them in the backward pass (less memory, about one more forward
+            of work; the same gradients; not under a ``torch.func`` transform or forward-mode
+            AD, which compute without it).
             For a parameter changed in place between forward and backward, see
             :class:`PDELayer`.
     """
@@ -444,8 +446,10 @@ class PDELayer(nn.Module):
             the jet is of the size of rounding noise, which the two round differently: both
             bounded, docs/performance.md); an unusable fast path falls back to the reference
             with one warning, never an error.
-        recompute: during training, keep no intermediate states and recompute them in the
-            backward pass (less memory, about one more forward of work; the same gradients).
+        recompute: while gradients are recorded (training or not), keep no intermediate
+            states and recompute them in the backward pass (less memory, about one more forward
+            of work; the same gradients; not under a ``torch.func`` transform or forward-mode
+            AD, which compute without it).
             A PDE parameter changed in place between forward and backward (``optimizer.step()``
             or ``with torch.no_grad(): w.add_(1)`` before ``backward()``): the reference raises
             PyTorch's "modified by an inplace operation" :class:`RuntimeError` in the backward
@@ -559,7 +563,11 @@ class PDELayer(nn.Module):
 
     def _evolve_reference(self, u: Tensor) -> Tensor:
         # Each PDE called as a module, so that its hooks (and those of its parts) fire.
-        if self.recompute and torch.is_grad_enabled():
+        # Not under a torch.func transform or with a dual tensor: torch.func's grad/jacrev refuse
+        # checkpoint's saved-tensor hooks and forward AD _SavedVersions (no jvp), so recompute
+        # made them fail with raw errors; recompute only saves memory, the values are the same.
+        if (self.recompute and torch.is_grad_enabled()
+                and kernels.op.transform_reason(u, *self.parameters()) is None):
             from torch.utils.checkpoint import checkpoint as recompute
 
             # checkpoint saves (and version-checks) only its arguments; the PDE reads its
