@@ -39,6 +39,7 @@ Measured:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -52,7 +53,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from _args import available_device, check_output, nonnegative_float, positive_int, run  # noqa: E402
-from bench_gpu import GPU_RESULTS, environment, measure, output_folder, peak_mib, synchronize  # noqa: E402
+from bench_gpu import (  # noqa: E402
+    GPU_RESULTS,
+    agreement_failures,
+    environment,
+    fallbacks_recorded,
+    measure,
+    output_folder,
+    peak_mib,
+    synchronize,
+)
 
 from eqpdenet.models import LiftedPDEConfig, LiftedPDENet  # noqa: E402
 from eqpdenet.pde import EulerStep  # noqa: E402
@@ -79,9 +89,11 @@ def forward_backward(model, x):
     return run
 
 
-def agreement(device, smoke: bool) -> dict:
-    """Max relative difference, fused vs reference, of one Euler step and every gradient."""
+def agreement(device, smoke: bool) -> tuple[dict, list[str]]:
+    """Max relative difference, fused vs reference, of one Euler step and every gradient, and
+    :func:`bench_gpu.agreement_failures`."""
     results = {}
+    fallbacks: list[str] = []
     size, channels = (10, 2) if smoke else (28, 8)
     generator = torch.Generator().manual_seed(1)
     u = torch.randn(8, channels, 8, size, size, generator=generator).to(device)
@@ -98,14 +110,15 @@ def agreement(device, smoke: bool) -> dict:
         outputs = []
         for rhs in (fused, reference):
             x = u.clone().requires_grad_(True)
-            out = EulerStep(rhs, 0.5)(x)
-            grads = torch.autograd.grad((out * probe).sum(), [x, *rhs.parameters()])
+            with fallbacks_recorded(fallbacks) if rhs is fused else contextlib.nullcontext():
+                out = EulerStep(rhs, 0.5)(x)
+                grads = torch.autograd.grad((out * probe).sum(), [x, *rhs.parameters()])
             outputs.append([out.detach(), *grads])
         names = ["u_next", "grad u"] + [f"grad {n}" for n, _ in fused.named_parameters()]
         for what, a, b in zip(names, *outputs, strict=True):
             results[f"{name}: {what}"] = float((a - b).abs().max()
                                               / b.abs().max().clamp_min(1e-30))
-    return results
+    return results, agreement_failures(results, fallbacks)
 
 
 def throughput(device, batches, rounds, min_seconds, smoke, backends) -> list[dict]:
@@ -196,6 +209,9 @@ def report(results: dict) -> str:
     if results.get("agreement"):
         lines += ["## fused vs reference on the device, float32 (max relative difference)", ""]
         lines += [f"- {k}: {v:.2e}" for k, v in results["agreement"].items()] + [""]
+    if results.get("agreement_failures"):
+        lines += ["**FAILED: the fused kernels were not timed**:", ""]
+        lines += [f"- {failure}" for failure in results["agreement_failures"]] + [""]
     measured = results.get("throughput", []) + results.get("cpu", [])
     if measured:
         lines += ["## forward+backward images per second (median of interleaved rounds)", "",
@@ -263,9 +279,12 @@ def main() -> int:
     rounds, min_seconds = (1, 0.05) if args.smoke else (args.rounds, args.min_seconds)
     results = {"environment": environment(device)}
     print(json.dumps(results["environment"]), flush=True)
-    results["agreement"] = agreement(device, args.smoke)
+    results["agreement"], results["agreement_failures"] = agreement(device, args.smoke)
     print(json.dumps({"agreement": results["agreement"]}), flush=True)
     save(results, out, start)
+    if results["agreement_failures"]:
+        print(report(results))
+        return 1
     if not args.skip_throughput:
         results["throughput"] = throughput(device, batches, rounds, min_seconds, args.smoke,
                                            ("auto", "reference"))

@@ -23,7 +23,9 @@
 #   tests.txt    the CUDA tests
 #   quick.txt    the quick reproduction (quick_results.jsonl: its runs)
 #   train_throughput_cuda.md, profile_cuda.txt   part 5
-# Each benchmark checks its kernels against the reference at production shapes before timing.
+# Each benchmark checks its kernels against the reference at production shapes before timing:
+# a relative difference above 1e-4 or a fallback from the fused path (a kernel that did not load
+# or compile) fails that part before any timing, naming the cause in its report.
 # Without a CUDA GPU visible to torch it stops at once (one line, exit 2, nothing written). A part
 # that fails or is stopped at its time limit does not stop the others, but the session then ends
 # with "FAILED: <parts>" and exit 1 (a part skipped for want of budget says so and is no failure).
