@@ -163,3 +163,13 @@ def warn_at_caller(message: str, category: type[Warning] = RuntimeWarning) -> No
                                  or frame.f_code.co_filename.startswith("<frozen")):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level if frame is not None else 2)
+
+
+def is_allocation_failure(error: BaseException) -> bool:
+    """Whether ``error`` is PyTorch's report of a memory allocation that failed (its CPU
+    allocator's "can't allocate memory", CUDA's ``OutOfMemoryError``): the one test of the
+    command line's advice on memory (``app.preflight.allocation_failure``) and of what a user's
+    plugin code may raise unchanged (``registry.call_own_code``)."""
+    text = str(error)
+    return (type(error).__name__ == "OutOfMemoryError" or "can't allocate memory" in text
+            or "out of memory" in text.lower())

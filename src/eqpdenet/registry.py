@@ -29,9 +29,9 @@ import inspect
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from .errors import ConfigError
+from .errors import ConfigError, EqPdeNetError, is_allocation_failure
 
-__all__ = ["CallRegistry", "Registry", "checked_signature"]
+__all__ = ["CallRegistry", "Registry", "call_own_code", "checked_signature", "own_code_name"]
 
 T = TypeVar("T")
 
@@ -133,6 +133,38 @@ def checked_signature(item, where: str, role: str, form: str) -> inspect.Signatu
         shown = getattr(item, "__qualname__", None) or type(item).__name__
         raise ConfigError(f"{where}: the signature of its {role} {shown} cannot be read; give a "
                           f"function {form} (a def wrapping it)") from None
+
+
+def own_code_name(item) -> str:
+    """``item`` as an error names a registered item of the user's: its qualified name and the
+    module that defines it (``_rt, module dataplug2``)."""
+    shown = getattr(item, "__qualname__", None) or type(item).__qualname__
+    module = getattr(item, "__module__", None) or type(item).__module__
+    return f"{shown}, module {module}" if module else shown
+
+
+def call_own_code(item, where: str, role: str, /, **keywords):
+    """``item(**keywords)`` for a registered item of the user's (a plugin's data set loader, a
+    model family's constructor): an exception its own code raises is re-raised as one
+    :class:`~eqpdenet.errors.ConfigError` beginning ``where`` (``data set 'toy'``), naming the
+    ``role`` (``loader``) and the item with its module (:func:`own_code_name`), and giving the
+    original type and message, the original chained as its cause. It reached the command line
+    as "unexpected RuntimeError ... (a bug in eqpdenet?)", exit 1, naming neither the item nor
+    its module. Passed through unchanged: eqpdenet's own errors (raised by what the item calls,
+    e.g. the checks of the ``ImageDataset`` a loader builds: they name their cause already),
+    failed memory allocations (Python's, and :func:`~eqpdenet.errors.is_allocation_failure`: the
+    command line advises on memory), and
+    what is not an ``Exception`` (``KeyboardInterrupt``, ``SystemExit``)."""
+    try:
+        return item(**keywords)
+    except EqPdeNetError:
+        raise
+    except Exception as error:
+        if isinstance(error, MemoryError) or is_allocation_failure(error):
+            raise
+        text = " ".join(str(error).split())
+        raise ConfigError(f"{where}: its {role} ({own_code_name(item)}) raised "
+                          f"{type(error).__name__}{f': {text}' if text else ''}") from error
 
 
 class CallRegistry(Registry):

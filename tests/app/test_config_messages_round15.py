@@ -127,8 +127,8 @@ def test_a_preset_in_a_file_names_its_field(tmp_path):
     path.write_text('[base.model.layer]\npreset = 3\n')
     with pytest.raises(ConfigError) as error:
         load_toml(ReproduceConfig, path)
-    assert str(error.value) == ("invalid config: base.model.layer.preset: a layer preset is "
-                                f"named by a string, got int 3; {AVAILABLE}")
+    assert str(error.value) == (f"config file {path}: invalid config: base.model.layer.preset: "
+                                f"a layer preset is named by a string, got int 3; {AVAILABLE}")
     with pytest.raises(ConfigError) as error:
         from_dict(ReproduceConfig, {"base": {"model": {"layer": {"preset": "nope"}}}})
     assert str(error.value) == ("invalid config: base.model.layer.preset: unknown layer preset "
@@ -228,13 +228,15 @@ def test_an_unknown_field_in_a_file_gets_the_field_meant(tmp_path):
     path.write_text("[model]\nT = 2.0\n")
     with pytest.raises(ConfigError) as error:
         load_toml(ExperimentConfig, path)
-    assert str(error.value) == ("invalid config: unknown field(s) ['model.T'] for ModelConfig "
-                                f"(did you mean 'model.layer.T'?); known: {MODEL_FIELDS}")
+    assert str(error.value) == (f"config file {path}: invalid config: unknown field(s) "
+                                f"['model.T'] for ModelConfig (did you mean 'model.layer.T'?); "
+                                f"known: {MODEL_FIELDS}")
     # an experiment's file given to a sweep: its tables belong under [base]
     path.write_text("scenarios = ['iso']\n[train]\nepochs = 2\n[model]\nhidden = 16\n")
     with pytest.raises(ConfigError) as error:
         load_toml(ReproduceConfig, path)
     assert str(error.value) == (
+        f"config file {path}: "
         "invalid config: unknown field(s) ['model', 'scenarios', 'train'] for ReproduceConfig "
         "(did you mean 'base.model' for 'model', 'base.scenarios' for 'scenarios', 'base.train' "
         "for 'train'?); known: ['base', 'checkpoint_seeds', 'hidden_sizes', 'models', 'seeds']")

@@ -117,7 +117,8 @@ def test_a_config_toml_with_a_grid_field_set_is_refused_naming_it(tmp_path):
     data["base"]["train"]["seed"] = 5
     path = tmp_path / "config.toml"
     path.write_text(to_toml(data))
-    with pytest.raises(ConfigError, match=r"^invalid config: base.train.seed: 5 is never used"):
+    with pytest.raises(ConfigError, match=r"^config file .*config.toml: invalid config: "
+                                          r"base.train.seed: 5 is never used"):
         load_toml(ReproduceConfig, path)
     # the defaults written out, as every reproduce folder's config.toml has them, load
     path.write_text(to_toml(ReproduceConfig()))

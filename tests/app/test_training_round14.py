@@ -296,8 +296,8 @@ def test_a_sweep_configuration_naming_an_unknown_scenario_gives_the_hint_once(tm
     path.write_text('[base]\nscenarios = ["test", "r14_plugin_rot"]\n', encoding="utf-8")
     with pytest.raises(ConfigError) as caught:
         load_toml(BenchmarkConfig, path)
-    assert str(caught.value).startswith("invalid config: base.scenarios[1]: unknown scenario "
-                                        "'r14_plugin_rot'; available: ")
+    assert str(caught.value).startswith(f"config file {path}: invalid config: base.scenarios[1]: "
+                                        f"unknown scenario 'r14_plugin_rot'; available: ")
     assert str(caught.value).endswith(PLUGIN_HINT)
     assert benchmark_config_problem(tmp_path).count("registered by a plugin?") == 1
 

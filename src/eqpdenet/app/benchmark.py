@@ -496,7 +496,7 @@ def benchmark_config_problem(out_dir: Path) -> str | None:
 
 
 def _benchmark_config(out_dir: Path) -> tuple[BenchmarkConfig | None, str | None]:
-    from .config import load_toml
+    from .config import file_prefix, load_toml
 
     path = Path(out_dir) / "config.toml"
     if not path.is_file():
@@ -505,7 +505,7 @@ def _benchmark_config(out_dir: Path) -> tuple[BenchmarkConfig | None, str | None
         return load_toml(BenchmarkConfig, path), None
     except (ConfigError, OSError, ValueError) as error:
         return None, (f"{path} cannot be read as a benchmark configuration: "
-                      f"{unregistered_hint(error)}")
+                      f"{unregistered_hint(error).removeprefix(file_prefix(path))}")
 
 
 def missing_benchmark_runs(out_dir: Path, records: list[dict]) -> list[str] | None:

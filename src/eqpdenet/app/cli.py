@@ -3,7 +3,10 @@ symbolic, report, equivariance, describe, figure.
 
 Configuration comes from the defaults (the paper's setup, ``eqpdenet.app.config``), then an optional
 TOML file (``--config``), then ``--quick``'s smoke profile where a command has one, then a layer
-preset (``--layer``), then ``--set section.field=value`` overrides, then the dedicated flags.
+preset (``--layer``; with ``--config``, the preset the file's layer table starts from, its own
+fields applying over it), then ``--set section.field=value`` overrides, then the dedicated flags.
+In a benchmark, what ``--set base.…``, ``--layer`` and ``--device`` name wins over the model
+entries that set it too.
 Data: ``--data-dir`` > ``EQPDENET_DATA`` > a per-user cache folder (see ``eqpdenet.data.mnist``).
 
 Errors are one line on stderr naming the problem (exit status 2; 1 for an unexpected failure,
@@ -44,6 +47,7 @@ from .config import (
     ReproduceConfig,
     apply_overrides,
     assigned_fields,
+    entries_yield,
     from_dict,
     load_toml,
     require_scored,
@@ -106,16 +110,32 @@ def _info(args) -> int:
 
 
 def _with_layer(args, path: str) -> list[str]:
-    """The ``--set`` assignments, preceded by ``--layer``'s preset (so ``--set`` refines it)."""
-    preset = [f"{path}.preset={args.layer}"] if getattr(args, "layer", None) else []
-    return preset + list(args.set or [])
+    """The ``--set`` assignments, preceded by ``--layer``'s preset (so ``--set`` refines it)
+    where no ``--config`` file took it (:func:`_config_file`: there, the file's own layer fields
+    apply over it)."""
+    given = getattr(args, "layer", None) and not getattr(args, "config", None)
+    return ([f"{path}.preset={args.layer}"] if given else []) + list(args.set or [])
+
+
+def _config_file(cls, args, layer: str, base=None):
+    """``--config``'s file as ``cls`` (its missing fields from ``base``, else the defaults),
+    with ``--layer``'s preset as the ``preset`` key of its layer table (``layer``, a dotted
+    path): the preset is where the table starts, the file's own layer fields apply over it, as
+    ``preset = "..."`` written in the file would (``--layer`` after the file, as a ``--set``
+    of the preset, replaced the whole table: ``[model.layer] T = 2.0`` was dropped unsaid).
+    ``--set ...layer.preset=NAME`` still replaces the table, the way to drop fields the file
+    set (``sigma``, which ``--set`` cannot unset)."""
+    presets = {layer: args.layer} if getattr(args, "layer", None) else None
+    return load_toml(cls, args.config, base=base, presets=presets)
 
 
 def _sweep_config(args, cls, quick):
-    """A sweep's configuration (``reproduce``, ``benchmark``): the defaults or ``--config``, then
-    ``--quick`` (the ``quick`` profile), then ``--layer`` and ``--set`` on its base experiment
-    (what a user names explicitly wins over the profile), then ``--device``; validated whole."""
-    config = load_toml(cls, args.config) if args.config else cls()
+    """A sweep's configuration (``reproduce``, ``benchmark``): the defaults or ``--config`` (with
+    ``--layer``: :func:`_config_file`), then ``--quick`` (the ``quick`` profile), then
+    ``--layer`` and ``--set`` on its base experiment (what a user names explicitly wins over the
+    profile), then ``--device``; validated whole. What the command line sets on the base wins
+    over a benchmark's model entries too (:func:`_command_line_over_entries`)."""
+    config = _config_file(cls, args, "base.model.layer") if args.config else cls()
     if args.quick:
         config = quick(config)
     assignments = _with_layer(args, "base.model.layer")
@@ -125,7 +145,32 @@ def _sweep_config(args, cls, quick):
                                    getattr(args, "cache_dir", None))
     if args.device:
         config.base.train.device = args.device
+    if isinstance(config, BenchmarkConfig):
+        _command_line_over_entries(config, args)
     return from_dict(cls, to_dict(config))
+
+
+def _command_line_over_entries(config: BenchmarkConfig, args) -> None:
+    """The fields that ``--set base.…``, ``--layer`` and ``--device`` name win over the model
+    entries that set them too (:func:`~eqpdenet.app.config.entries_yield`, as ``--quick``'s
+    epochs do: :func:`quick_benchmark`): applied to the base only, they were overridden by
+    every entry setting the field (``--set base.train.epochs=1`` trained the CNN's 6 epochs),
+    without a word. The saved ``config.toml`` holds the entries without them, so it reruns
+    the same runs; a warning names the entries whose value gave way."""
+    named = {}  # field -> the option that names it (the last one, as applied last)
+    if getattr(args, "layer", None):
+        named["model.layer.preset"] = "--layer"
+    for assignment in args.set or []:
+        for leaf in assigned_fields(assignment):
+            if leaf.startswith("base."):
+                named[leaf.removeprefix("base.")] = f"--set {leaf}"
+    if args.device:
+        named["train.device"] = "--device"
+    for path, entries in entries_yield(config, list(named)).items():
+        warnings.warn(f"{named.get(path, f'--set base.{path}')} replaces the {path} that the "
+                      f"benchmark's model entries {', '.join(entries)} set (the command line "
+                      f"wins over the entries; config.toml records them without it)",
+                      UserWarning, stacklevel=2)
 
 
 def _quick_subsets_within_data(config, assignments: list[str], data_dir=None,
@@ -160,7 +205,8 @@ def _run_name(config: ExperimentConfig) -> str:
 
 
 def _experiment_config(args) -> ExperimentConfig:
-    config = load_toml(ExperimentConfig, args.config) if args.config else ExperimentConfig()
+    config = (_config_file(ExperimentConfig, args, "model.layer") if args.config
+              else ExperimentConfig())
     config = apply_overrides(config, _with_layer(args, "model.layer"))
     # "is not None": --epochs 0 and --hidden 0 must reach validation, not fall back to defaults
     if getattr(args, "model", None) is not None:
@@ -460,7 +506,7 @@ def _evaluate(args) -> int:
     from ..data.scenarios import SCENARIOS
     from .files import check_output_file
     from .runfolder import check_output_keeps, writing_beside_runs
-    from .training import evaluate_scenarios, load_checkpoint
+    from .training import check_evaluated_classes, evaluate_scenarios, load_checkpoint
 
     model, config, payload = load_checkpoint(args.checkpoint, device=args.device or "cpu")
     scenarios = list(dict.fromkeys(args.scenarios or config.scenarios))  # each once, in order
@@ -474,6 +520,7 @@ def _evaluate(args) -> int:
         check_output_file(Path(args.json), "--json")
     data = _checkpoint_data(args.checkpoint, config, args.data_dir, args.cache_dir, "evaluate")
     _check_evaluation_data(args.checkpoint, config, payload, data)
+    check_evaluated_classes(model, config, data["test"].images)  # before scoring them all
     non_finite = [{} for _ in range(args.instances)]
     per_instance = [evaluate_scenarios(model, data["test"], scenarios, seed=seed,
                                        non_finite=non_finite[seed])
@@ -725,8 +772,12 @@ def _study(args) -> int:
 
     # The defaults or --config (e.g. the chosen.toml of a previous round), then --layer and
     # --set, then the dedicated flags (as every command: the flags came first, and --set
-    # base.train.epochs=3 overrode --epochs 1)
-    base = load_toml(ReproduceConfig, args.config) if args.config else study_base()
+    # base.train.epochs=3 overrode --epochs 1). A partial file is completed from the study's
+    # own base, as its --help says (it took reproduce's defaults: 5 sizes x 10 seeds of the
+    # recipe the study chose, not the prototype it starts from); a whole file (chosen.toml)
+    # gives the same configuration either way.
+    base = (_config_file(ReproduceConfig, args, "base.model.layer", base=study_base())
+            if args.config else study_base())
     base = apply_overrides(base, _with_layer(args, "base.model.layer"))
     if args.hidden is not None:
         base.hidden_sizes = args.hidden
@@ -826,7 +877,7 @@ def _report(args) -> int:
 def _reproduce_config_problem(folder: Path) -> str:
     """Why ``folder``'s ``config.toml`` does not tell a reproduce sweep's runs, one line naming
     the file (missing, or the error reading it gives, with a plugin's hint)."""
-    from .config import ReproduceConfig, load_toml
+    from .config import ReproduceConfig, file_prefix, load_toml
     from .plugins import unregistered_hint
 
     path = folder / "config.toml"
@@ -835,7 +886,9 @@ def _reproduce_config_problem(folder: Path) -> str:
     try:
         load_toml(ReproduceConfig, path)
     except (ConfigError, OSError, ValueError) as error:
-        return f"{path} cannot be read as a reproduce configuration: {unregistered_hint(error)}"
+        # named once: load_toml's error starts with the file too
+        text = unregistered_hint(error).removeprefix(file_prefix(path))
+        return f"{path} cannot be read as a reproduce configuration: {text}"
     return f"{path} does not describe the runs of a reproduce sweep"
 
 
@@ -961,9 +1014,9 @@ def _describe_images(checkpoint, config, payload, data_dir, samples: list[int], 
     labels: MNIST's test digits for a model of the MNIST family (ROTMNIST, MNIST: the upright
     digits, as the paper's figures), else the test images of the checkpoint's own data set, as
     training read them (``option``: the command's option naming them, for its errors)."""
-    from .training import MNIST_FAMILY
+    from ..data.datasets import mnist_family
 
-    if config.data.dataset in MNIST_FAMILY:
+    if mnist_family(config.data.dataset):  # 'mnist' replaced by a plugin is the user's set
         return _load_digits(data_dir, samples), [f"MNIST test #{n}" for n in samples]
     data = _checkpoint_data(checkpoint, config, data_dir, None, command)
     _check_evaluation_data(checkpoint, config, payload, data, use=use)
@@ -1137,7 +1190,8 @@ def _add_common(parser: argparse.ArgumentParser, runs: str = "") -> None:
     runs' recipe (``base.`` for the sweeps), for --set's example."""
     parser.add_argument("--config", type=_path, help="TOML file with the configuration")
     parser.add_argument("--layer", metavar="PRESET",
-                        help="start the PDE layer from a preset (paper, se2_sim2), before --set")
+                        help="start the PDE layer from a preset (paper, se2_sim2), before --set; "
+                             "the --config file's layer fields apply over it")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help=f"override one field, e.g. --set {runs}model.layer.dt=0.05 "
                              f"(repeatable)")
@@ -1160,6 +1214,8 @@ def _add_executor(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..data.datasets import DATASETS  # the registered sets, a plugin's included
+
     parser = argparse.ArgumentParser(prog="eqpdenet", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"eqpdenet {__version__}")
@@ -1174,8 +1230,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--hidden", type=int)
     train.add_argument("--seed", type=int)
     train.add_argument("--epochs", type=int)  # 0, negative: the config's validation says why
-    train.add_argument("--dataset", help="a data set name (rotmnist, mnist) or the path of a .npz "
-                       "file (x_train, y_train, x_test, y_test) or of a folder of IDX files")
+    train.add_argument("--dataset", help=f"a data set name ({', '.join(DATASETS.names())}) or "
+                       "the path of a .npz file (x_train, y_train, x_test, y_test) or of a "
+                       "folder of IDX files")
     train.add_argument("--rotated", action="store_true",
                        help="train and test on the rotated version of the data set")
     train.add_argument("--out", type=_path, required=True, help="output folder (model.pt, config.toml, ...)")

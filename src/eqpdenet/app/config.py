@@ -43,13 +43,13 @@ from ..checks import (
     require_positive,
 )
 from ..data.augment import AffineAugmentation, BlurConsistency
-from ..data.datasets import DATASETS, seed_reaches_loader
+from ..data.datasets import DATASETS, mnist_family, seed_reaches_loader
 from ..data.scenarios import SCENARIOS
 from ..errors import ConfigError
 from ..models import MODELS, CNNConfig, GCNNConfig, InvariantPDEConfig, LiftedPDEConfig
 from ..models import build_model as _build_model
 from ..pde.invariants import INVARIANT_SETS, InvariantSet
-from ..pde.layer import LayerConfig
+from ..pde.layer import LAYER_PRESETS, LayerConfig
 from ..pde.m2_rhs import term_uses_options
 from ..pde.stencils import stencil_has_scale
 from .optim import LR_SCHEDULES, OPTIMIZERS
@@ -670,9 +670,11 @@ def to_dict(config) -> dict:
     return dataclasses.asdict(config)
 
 
-def _check_type(value, hint, field: str):
+def _check_type(value, hint, field: str, in_file: bool = False, listed=None):
     """``value`` has the type the dataclass field declares (``bool`` is no number here); the
-    range and meaning are the dataclass's own ``__post_init__`` checks."""
+    range and meaning are the dataclass's own ``__post_init__`` checks. ``in_file``: the value
+    was read from a TOML file (a quoting hint then says to quote it there, not with ``--set``);
+    ``listed``: ``(path, items)`` of the list ``value`` is an element of."""
     if hint is bool:
         require(isinstance(value, bool), field, f"must be true or false, got {value!r}")
     elif hint is int:
@@ -681,29 +683,55 @@ def _check_type(value, hint, field: str):
         require_finite(value, field)
     elif hint is str:
         require(isinstance(value, str), field, f"must be a string, got {value!r}"
-                                               f"{_quote_hint(value, field)}")
+                                               f"{_quote_hint(value, field, in_file, listed)}")
     elif hint is list or typing.get_origin(hint) is list:
         require(isinstance(value, list), field, f"must be a list, got {value!r}")
         for index, item in enumerate(value):
             for inner in typing.get_args(hint):
-                _check_type(item, inner, f"{field}[{index}]")
+                _check_type(item, inner, f"{field}[{index}]", in_file, (field, value))
 
 
-def _quote_hint(value, field: str) -> str:
+def _quote_hint(value, field: str, in_file: bool = False, listed=None) -> str:
     """Where TOML read an unquoted value as a date, time, number or bool that was meant as a
-    string (``--set data.dataset=123``), how to quote it; else ``""``."""
+    string (``--set data.dataset=123``), how to quote it; else ``""``. The ``--set`` example
+    assigns the field as ``--set`` takes it: an element of a list (``listed``: the list's path
+    and items) by the whole list with its strings quoted (``--set "scenarios=['1']"``;
+    ``--set "scenarios[0]='1'"`` was suggested, which ``--set`` refuses: no field is named so).
+    Read from a file (``in_file``), the hint says to quote it there, without ``--set``."""
     if isinstance(value, datetime.date | datetime.time):
         return f' (TOML reads {value} as a {type(value).__name__}: quote it, "{value}")'
+    if not isinstance(value, bool | int | float):
+        return ""
     if isinstance(value, bool | int):
         # as written: TOML spells a bool in lower case, an int as Python prints it
         text = str(value).lower() if isinstance(value, bool) else str(value)
         kind = "a bool" if isinstance(value, bool) else "an integer"
-        return (f" (TOML reads an unquoted {text} as {kind}: quote it, '{text}', as in "
-                f"--set \"{field}='{text}'\")")
-    if isinstance(value, float):  # 1e3 is read as 1000.0: the text written is not known here
-        return (f" (TOML reads the unquoted value as a number: quote it as written, as in "
-                f"--set \"{field}='...'\")")
-    return ""
+        lead = f" (TOML reads an unquoted {text} as {kind}: quote it, '{text}'"
+    else:  # 1e3 is read as 1000.0: the text written is not known here
+        text, lead = "...", " (TOML reads the unquoted value as a number: quote it as written"
+    if in_file:
+        return lead + ")"
+    if listed is not None:
+        path, items = listed
+        return f"{lead}, as in --set \"{path}=[{', '.join(map(_quoted_item, items))}]\")"
+    return f"{lead}, as in --set \"{field}='{text}'\")"
+
+
+def _quoted_item(item) -> str:
+    """An element of a list of strings as :func:`_quote_hint`'s example writes it: quoted in
+    single quotes (a TOML literal string, which the shell's double quotes keep), a number or
+    bool as written (``'1'``, ``'true'``), ``'...'`` where the text is not known (a float) or
+    cannot be written so (a quote, a character the shell expands inside double quotes, or a
+    control character in it)."""
+    if isinstance(item, bool):
+        text = str(item).lower()
+    elif isinstance(item, int | str):
+        text = str(item)
+    else:
+        text = "..."
+    if any(char in "'\"$`\\" or ord(char) < 0x20 or ord(char) == 0x7F for char in text):
+        text = "..."
+    return f"'{text}'"
 
 
 def _fields_by_name(cls) -> dict[str, dataclasses.Field]:
@@ -716,13 +744,14 @@ def _field_default(f: dataclasses.Field):
     return None if f.default is dataclasses.MISSING else f.default
 
 
-def from_dict(cls, data: dict, base=None, _path: str = ""):
+def from_dict(cls, data: dict, base=None, _path: str = "", _in_file: bool = False):
     """Build dataclass ``cls`` from a (possibly partial) dict; unknown keys are an error, and so
     is a value of the wrong type (the error names the field, e.g. ``model.hidden``).
 
     Missing fields come from ``base`` (an instance of ``cls``) if given, else from the field
     defaults; a nested table is completed from the enclosing field's default (or ``base``'s
     value). A layer table's ``preset`` key names the :data:`LAYER_PRESETS` entry it starts from.
+    ``_in_file``: ``data`` was read from a TOML file (:func:`load_toml`), for the quoting hint.
     """
     if not isinstance(data, dict):
         where = _path.rstrip(".") or cls.__name__
@@ -752,11 +781,11 @@ def from_dict(cls, data: dict, base=None, _path: str = ""):
             if not isinstance(value, hint):
                 nested = getattr(base, key) if base is not None else _field_default(names[key])
                 value = from_dict(hint, value, base=nested if isinstance(nested, hint) else None,
-                                  _path=f"{_path}{key}.")
+                                  _path=f"{_path}{key}.", _in_file=_in_file)
         else:
             if typing.get_origin(hint) is list and isinstance(value, tuple):
                 value = list(value)
-            _check_type(value, hint, f"{_path}{key}")
+            _check_type(value, hint, f"{_path}{key}", _in_file)
             if hint is float:
                 value = float(value)
         kwargs[key] = value
@@ -903,9 +932,15 @@ def to_toml(config, _prefix: str = "") -> str:
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
-def load_toml(cls, path: str | Path):
-    """Read ``cls`` from a TOML file; missing fields take their defaults. A registered name the
-    process does not know (a plugin's, not imported) is a :class:`ConfigError` with that hint
+def load_toml(cls, path: str | Path, *, base=None, presets: dict[str, str] | None = None):
+    """Read ``cls`` from a TOML file; missing fields take ``base``'s values (an instance of
+    ``cls``: ``study --config`` completes a partial file from the study's own starting point),
+    else their defaults. ``presets`` (a layer table's dotted path -> a preset name) starts those
+    layer tables from a preset as a ``preset = "..."`` key written in the file's table would
+    (replacing the file's own ``preset``): the table's other fields in the file apply over it
+    (``--layer``). An error in the file's content names the file (``config file PATH: invalid
+    config: train.epochs: ...``), as one in its syntax does; a registered name the process
+    does not know (a plugin's, not imported) has that hint
     (:func:`~eqpdenet.app.plugins.unregistered_hint`)."""
     path = Path(path)
     try:
@@ -922,16 +957,38 @@ def load_toml(cls, path: str | Path):
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
     except OSError as error:
         raise ConfigError(f"config file {path} cannot be read: {error.strerror}") from None
+    for table, name in (presets or {}).items():
+        # checked first: an unknown preset is the command line's, not the file's
+        _layer_preset(name, f"{table}.preset")
+        _with_preset(data, table.split("."), name)
     try:
-        return from_dict(cls, data)
+        return from_dict(cls, data, base=base, _in_file=True)
     except ConfigError as error:
         # a file that names a plugin's model kind, data set or scenario (a sweep's config.toml
         # read to resume it) without the plugin imported: the likely cause, as a report says
         from .plugins import is_unregistered, unregistered_hint
 
-        if is_unregistered(str(error)):
-            raise ConfigError(unregistered_hint(error)) from None
-        raise
+        text = unregistered_hint(error) if is_unregistered(str(error)) else str(error)
+        raise ConfigError(f"{file_prefix(path)}{text}") from None
+
+
+def file_prefix(path: str | Path) -> str:
+    """What :func:`load_toml` puts before an error in the content of the file ``path``
+    (``config file PATH: ``): a caller whose own message names the file takes it off."""
+    return f"config file {path}: "
+
+
+def _with_preset(data: dict, keys: list[str], name: str) -> None:
+    """``data`` (a file's tables) with ``preset = name`` in the table at ``keys``, made where
+    the file has none; where a key on the way holds no table, ``data`` is left for
+    :func:`from_dict` to say what is wrong with it."""
+    node = data
+    for key in keys:
+        inner = node.setdefault(key, {})
+        if not isinstance(inner, dict):
+            return
+        node = inner
+    node["preset"] = name
 
 
 def _parse_value(text: str, field: str = "the value", text_field: bool = False):
@@ -973,7 +1030,9 @@ def apply_overrides(config, assignments: list[str]):
     """Apply ``a.b.c=value`` assignments (values parsed as TOML, else strings) to a dataclass.
 
     ``...layer.preset=NAME`` replaces a whole layer table by the preset's (later assignments
-    still apply on top of it). A table given whole (``train={lr=0.01}``,
+    still apply on top of it): the way to drop fields set before it (a file's ``sigma``, which
+    no assignment can unset; ``--layer`` instead starts the file's layer table from the preset,
+    :func:`load_toml`). A table given whole (``train={lr=0.01}``,
     ``model.layer={T=2.0}``) is merged into the table as it stands: each of its keys is set as
     ``train.lr=0.01`` would set it (a ``preset`` key first), and the table's other fields are
     kept, so ``--set train.epochs=3 --set "train={lr=0.01}"`` trains 3 epochs. (A partial
@@ -1001,7 +1060,28 @@ def apply_overrides(config, assignments: list[str]):
         parsed = _parse_value(value.strip(), path.strip(), text_field) if known else None
         _assign(node, section, keys[-1], parsed, path.strip(),
                 _under_base(data, node, keys[-1], path, value))
-    return from_dict(type(config), data)
+    try:
+        return from_dict(type(config), data)
+    except ConfigError as error:
+        hint = _unset_hint(str(error))
+        if not hint:
+            raise
+        raise ConfigError(f"{error}{hint}") from None
+
+
+def _unset_hint(text: str) -> str:
+    """For :func:`apply_overrides`'s error ``text`` about a ``sigma`` that a stencil without a
+    scale needs left out (a file's ``sigma = 1.0`` under ``--set model.layer.stencil=central``),
+    the way to leave it out there, else ``""``: an assignment cannot unset a field (TOML has no
+    null), so the error's "leave sigma out" alone named nothing ``--set`` can do."""
+    match = re.match(r"invalid config: ((?:[\w-]+\.)*)sigma: the '[^']*' stencil has no scale",
+                     text)
+    if match is None:
+        return ""
+    table = match.group(1)
+    return (f"; --set cannot unset it: take it out of the file, or start the layer table again "
+            f"from a preset with --set {table}preset=NAME ({', '.join(LAYER_PRESETS.names())}; "
+            f"sigma unset) and set the table's other fields after it")
 
 
 def _assign(node: dict, section, key: str, value, path: str, under_base: str = "") -> None:
@@ -1073,6 +1153,36 @@ def without_field(assignments: list[str], field: str) -> list[str]:
         leaves = _leaves(path.strip(), _parse_value(value.strip(), path.strip()))
         kept += [f"{leaf}={_toml_value(item, leaf)}" for leaf, item in leaves if leaf != field]
     return kept
+
+
+def entries_yield(config: BenchmarkConfig, fields: list[str]) -> dict[str, list[str]]:
+    """``config``'s model entries made to leave ``fields`` (dotted paths in an experiment:
+    ``train.epochs``, which the command line set on ``base``) to the base, in place: an entry's
+    assignment of such a field is left out (:func:`without_field`; the entry's other fields
+    stay), and where an entry starts a layer table from a preset (which resets the whole table),
+    the base's values of the named fields in that table are set again after it. So every run
+    uses what the command line named, and ``config.models`` (saved in ``config.toml``) says so.
+    Returns field -> the entries whose own value gave way, in the configuration's order."""
+    yielded: dict[str, list[str]] = {}
+    models = {}
+    for name, overrides in config.models.items():
+        kept = list(overrides)
+        for path in fields:
+            if any(path in assigned_fields(assignment) for assignment in kept):
+                kept = without_field(kept, path)
+                yielded.setdefault(path, []).append(name)
+        tables = {leaf.removesuffix(".preset") for assignment in kept
+                  for leaf in assigned_fields(assignment) if leaf.endswith(".preset")}
+        for path in fields:
+            if path.rpartition(".")[0] in tables and not path.endswith(".preset"):
+                value = config.base
+                for key in path.split("."):
+                    value = getattr(value, key)
+                kept.append(f"{path}={_toml_value(value, path)}")
+                yielded.setdefault(path, []).append(name)
+        models[name] = kept
+    config.models = models
+    return yielded
 
 
 def _under_base(data: dict, node: dict, key: str, path: str, value: str) -> str:
@@ -1298,6 +1408,6 @@ def data_resolved_fields(config: ExperimentConfig) -> list[tuple[str, ...]]:
     fields = [("model", "image_size"), ("model", "in_channels"), ("model", "classes")]
     standardize = config.model.standardize
     if standardize == "train" or (standardize == "auto"
-                                  and config.data.dataset not in MNIST_FAMILY):
+                                  and not mnist_family(config.data.dataset)):
         fields += [("model", "input_mean"), ("model", "input_std")]
     return fields

@@ -68,7 +68,7 @@ from ..analysis.predictions import EVALUATION_BATCH
 from ..data.datasets import DatasetShape, dataset_shape
 from ..data.mnist import MNIST_FILES
 from ..data.rotmnist import N_TRAIN as ROTMNIST_TRAIN
-from ..errors import ConfigError, OutputFolderError
+from ..errors import ConfigError, OutputFolderError, is_allocation_failure
 from ..models.lifted_pde import refuse_unstable_steps
 from ..pde.layer import PDELayer
 from ..process_state import GLOBAL_RNG_LOCK, quiet_warnings
@@ -187,10 +187,9 @@ def _model(config: ExperimentConfig) -> torch.nn.Module:
 def allocation_failure(error: BaseException) -> str | None:
     """For an error of a memory allocation that failed (PyTorch's CPU allocator, CUDA's out of
     memory), what was asked for (``"tried to allocate 292 GiB"``); None for any other error."""
-    text = str(error)
-    if type(error).__name__ != "OutOfMemoryError" and "can't allocate memory" not in text \
-            and "out of memory" not in text.lower():
+    if not is_allocation_failure(error):
         return None
+    text = str(error)
     found = re.search(r"allocate (\d+) bytes", text)
     if found:
         return f"tried to allocate {_gib(int(found.group(1)))}"

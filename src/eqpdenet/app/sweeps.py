@@ -60,6 +60,7 @@ from .training import (
     fingerprint,
     pde_backend,
     prepare_data,
+    resolved_device_type,
     run_experiment,
     with_legacy_fields,
 )
@@ -201,7 +202,8 @@ def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
     out_dir = Path(out_dir)
     executor = executor or Executor()
     results = out_dir / "results.jsonl"
-    changed = changed_runs(runs, out_dir, data_dir=data_dir)
+    changed = changed_runs(runs, out_dir, data_dir=data_dir,
+                           device_here=executor.kind == "local")
     if changed:  # check_before_writing sets them aside when asked; never count them as done
         raise ConfigError(_changed_message(out_dir, changed))
     done = set(load_records(out_dir))
@@ -352,7 +354,8 @@ def check_before_writing(runs: dict[str, ExperimentConfig], out_dir: Path, jobs:
     configurations."""
     check_jobs(jobs, executor)
     changed = changed_runs({**(others or {}), **runs}, out_dir, base_fingerprint=base_fingerprint,
-                           base=base, every_kind=every_kind, data_dir=data_dir)
+                           base=base, every_kind=every_kind, data_dir=data_dir,
+                           device_here=(executor or Executor()).kind == "local")
     if changed and not rerun_changed:
         raise ConfigError(_changed_message(out_dir, changed) + "; run again with --rerun-changed "
                           "to set them aside and run them anew, or choose another output folder")
@@ -392,7 +395,7 @@ def threads_per_job(jobs: int) -> int:
 def changed_runs(runs: dict[str, ExperimentConfig], out_dir: Path, *,
                  base_fingerprint: str | tuple[str, ...] | None = None,
                  base: dict | None = None, every_kind: bool = False,
-                 data_dir=None) -> dict[str, list[str]]:
+                 data_dir=None, device_here: bool = True) -> dict[str, list[str]]:
     """The keys of the finished runs of ``out_dir`` made under another configuration than the
     one given now, each with its differences (``"train.epochs: 11 recorded, 12 now"``):
 
@@ -415,6 +418,12 @@ def changed_runs(runs: dict[str, ExperimentConfig], out_dir: Path, *,
     * a key of ``runs`` whose PDE layers resolved their ``backend = "auto"`` to another backend
       than they would now (``environment.pde_backend``: ``EQPDENET_BACKEND`` set or unset since;
       :func:`~eqpdenet.app.training.pde_backend`). Records without it are not compared;
+    * with ``device_here`` (the runs run in this process's machine: the local executor), a key
+      of ``runs`` at ``train.device = "auto"`` whose record ran on another kind of device
+      (``environment.device``, ``"cpu"`` or ``"cuda"``) than ``"auto"`` resolves to here now: a
+      sweep resumed on a machine with(out) a GPU would mix CPU and GPU runs, which round
+      differently. Records without it (runs from before it was recorded) are not compared, nor
+      are runs placed by Ray (its workers, not this process, resolve ``"auto"``);
     * with ``base_fingerprint``, any key whose record has another base fingerprint (a
       ``reproduce`` base or a benchmark's base and curves changed), its differences those of its
       configuration, else the fields of ``base`` (section name -> configuration) that differ
@@ -442,6 +451,8 @@ def changed_runs(runs: dict[str, ExperimentConfig], out_dir: Path, *,
             differences += _data_differences(record, run, fingerprints)
             differences += _source_differences(record, run, data_dir, fingerprints)
             differences += _backend_differences(record, run)
+            if device_here:
+                differences += _device_differences(record, run)
         if accepted and record.get("base_fingerprint") not in accepted and not differences:
             if base_differences is None:  # config.toml is read once, where needed
                 base_differences = _base_differences(out_dir, base or {}, every_kind)
@@ -516,6 +527,21 @@ def _backend_differences(record: dict, run: ExperimentConfig) -> list[str]:
     return [f"the PDE backend: {recorded!r} recorded, {now!r} now ({ENV_BACKEND} "
             f"{'unset' if now == 'auto' else repr(now)}); the fused operators and the "
             f"reference round differently"]
+
+
+def _device_differences(record: dict, run: ExperimentConfig) -> list[str]:
+    """The kind of device ``record`` ran on (``environment.device``) when ``run``'s
+    ``train.device = "auto"`` resolves to another here now (another device named in the
+    configuration is a difference of the configuration, said as such)."""
+    environment = record.get("environment")
+    recorded = environment.get("device") if isinstance(environment, dict) else None
+    if recorded is None or run.train.device != "auto":
+        return []
+    now = resolved_device_type("auto")
+    if recorded == now:
+        return []
+    return [f"the device: train.device 'auto' ran on {recorded!r} (recorded), resolves to "
+            f"{now!r} here now; CPU and GPU runs round differently"]
 
 
 def _base_differences(out_dir: Path, base: dict, every_kind: bool = False) -> list[str]:

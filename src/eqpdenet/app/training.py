@@ -41,12 +41,13 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 from .. import __version__
 from ..analysis.predictions import EVALUATION_BATCH, check_classes, predictions
 from ..data.augment import augment_generator, blur_generator, relative_change
-from ..data.datasets import DATASETS, ImageDataset, load_dataset
+from ..data.datasets import DATASETS, ImageDataset, load_dataset, mnist_family
 from ..data.rotmnist import load_rotmnist
 from ..data.scenarios import apply_scenario
 from ..errors import (
     CheckpointError,
     ConfigError,
+    EqPdeNetError,
     InputError,
     InputTypeError,
     NonFiniteStateError,
@@ -65,7 +66,6 @@ from .config import (
     MAX_INPUT_MEAN,
     MAX_INPUT_STD,
     MIN_INPUT_STD,
-    MNIST_FAMILY,
     DataConfig,
     ExperimentConfig,
     TrainConfig,
@@ -558,9 +558,10 @@ def resolve_for_data(config: ExperimentConfig, data: Data | dict) -> ExperimentC
     if standardize == "auto":
         # Decided by the data given where it names itself (a Data of one's own passed with a
         # default configuration, whose data.dataset is 'rotmnist', was standardised with
-        # MNIST's mean and std), else by the configuration's data set.
+        # MNIST's mean and std), else by the configuration's data set; by the rule
+        # data_resolved_fields follows (a built-in name replaced by a plugin is the user's).
         name = getattr(data, "name", "") or config.data.dataset
-        family = name.removesuffix("-rotated") in MNIST_FAMILY
+        family = mnist_family(name.removesuffix("-rotated"))
         standardize = "fixed" if family else "train"
     if standardize == "train":
         # before the statistics are computed from them: inf pixels gave an inf mean, refused
@@ -1021,9 +1022,10 @@ def train_model(
                if train.weight_average else None)
     evaluated = model if average is None else average.module
     splits = ("train", "validation") if has_validation else ("train",)
+    expected = _expected_of(resolved, model)
     gpu = (accelerate.EpochRunner(model, optimizer, scheduler, images, labels, train.batch_size,
                                   train.grad_clip, forward=forward,
-                                  loss_fn=_first_batch_checked(data, splits),
+                                  loss_fn=_first_batch_checked(data, splits, expected),
                                   remedy=_divergence_remedy(train))
            if accelerate.applies_to(device) and parallel is None and train.augment.is_identity
            and average is None and blur.is_off
@@ -1053,9 +1055,12 @@ def train_model(
                     x, y = x.tensor_split(parallel[1])[parallel[0]], y.tensor_split(parallel[1])[parallel[0]]
                     blurred = blurred[offset:offset + len(x)]
                 # One forward pass for the batch and its copies: one set of batch-norm statistics.
-                logits = forward(torch.cat([x, blurred]) if len(blurred) else x)
+                inputs = torch.cat([x, blurred]) if len(blurred) else x
                 if epoch == 0 and done == 1:  # every model's, a family of one's own included
-                    _check_first_logits(logits, len(x) + len(blurred), data, splits)
+                    logits = _first_forward(forward, inputs, expected)
+                    _check_first_logits(logits, len(x) + len(blurred), data, splits, expected)
+                else:
+                    logits = forward(inputs)
                 logits, logits_blurred = logits[:len(x)], logits[len(x):]
                 penalty = (relative_change(logits[:len(blurred)], logits_blurred).sum()
                            if pairs else None)
@@ -1150,20 +1155,119 @@ def train_model(
     return model, history
 
 
-def _check_first_logits(logits, count: int, data, splits: tuple[str, ...]) -> None:
+@dataclass(frozen=True)
+class _Expected:
+    """What a model's logits must number, and how its errors name it: ``classes`` (the resolved
+    ``model.classes``; None for a model given to :func:`train_model`, whose data need not declare
+    its classes: ``Data.classes`` defaults to 10), ``model`` (``model 'tenout'``, or a given
+    model's class name) and ``own`` (the family's class and module where it is the user's code,
+    else None: its errors on the first batch are then named, :func:`_first_forward`)."""
+
+    classes: int | None = None
+    model: str = "the model"
+    own: str | None = None
+
+
+def _expected_of(resolved: ExperimentConfig | None, model: nn.Module) -> _Expected:
+    """The :class:`_Expected` of :func:`train_model`'s ``model``: built from ``resolved``, or
+    given (``resolved`` None)."""
+    if resolved is None:
+        return _Expected(None, type(model).__name__)
+    from ..models import BUILT_IN_FAMILIES
+    from ..registry import own_code_name
+
+    family = MODELS.get(resolved.model.kind)
+    return _Expected(resolved.model.classes, f"model {resolved.model.kind!r}",
+                     None if family in BUILT_IN_FAMILIES else own_code_name(family))
+
+
+def _first_forward(forward: Callable[[Tensor], Tensor], images: Tensor,
+                   expected: _Expected) -> Tensor:
+    """``forward(images)``, the first training batch's; where the family is the user's code
+    (``expected.own``), an exception its forward pass raises is one
+    :class:`~eqpdenet.errors.InputError` naming the model kind, its class and module, the
+    batch's shape and the sizes the data gave it, with the original type and message (cause
+    chained): a family that ignores ``image_size`` failed with torch's "mat1 and mat2 shapes
+    cannot be multiplied", read as eqpdenet's bug. eqpdenet's own errors and failed memory
+    allocations pass unchanged (:func:`~eqpdenet.app.preflight.allocation_failure`: the
+    command line advises on memory)."""
+    if expected.own is None:
+        return forward(images)
+    from .preflight import allocation_failure
+
+    try:
+        return forward(images)
+    except EqPdeNetError:
+        raise
+    except Exception as error:
+        if isinstance(error, MemoryError) or allocation_failure(error):
+            raise
+        text = " ".join(str(error).split())
+        channels, size = images.shape[1], images.shape[-1]
+        raise InputError(f"{expected.model} ({expected.own}) failed on the first training batch, "
+                         f"images of shape {tuple(images.shape)}: {type(error).__name__}"
+                         f"{f': {text}' if text else ''} (it is built with model.image_size = "
+                         f"{size} and model.in_channels = {channels}, from the data: a family "
+                         f"of one's own must take images of that size)") from error
+
+
+def _check_first_logits(logits, count: int, data, splits: tuple[str, ...],
+                        expected: _Expected = _Expected()) -> None:
     """The first batch's ``logits`` for ``count`` images checked as evaluation checks them
     (:func:`~eqpdenet.analysis.predictions._check_logits`: a tensor ``(count, K)``), then every
-    label of ``splits`` against the ``K`` classes: an :class:`~eqpdenet.errors.InputError`
-    naming what the model returned. A model of one's own returning ``(B, K, 1, 1)``, a tuple,
-    ``(B,)`` or too few logits failed in the loss with a raw error read as eqpdenet's bug."""
+    label of ``splits`` against the ``K`` classes, then ``K`` against the classes the model
+    should have (``expected.classes``, where known; :func:`check_logit_count`): an
+    :class:`~eqpdenet.errors.InputError` naming what the model returned. A model of one's own
+    returning ``(B, K, 1, 1)``, a tuple, ``(B,)`` or too few logits failed in the loss with a
+    raw error read as eqpdenet's bug; one returning more logits than the data's classes (a
+    family written for MNIST's 10 on a set of 3) trained and was scored silently, its argmax
+    free to pick classes no image has."""
     from ..analysis.predictions import _check_logits
 
     _check_logits(logits, count)
     for split in splits:
         check_classes(data[split].labels, logits.shape[1])
+    name = getattr(data, "name", "") or "the data given"
+    check_logit_count(int(logits.shape[1]), expected.classes, expected.model, name)
 
 
-def _first_batch_checked(data, splits: tuple[str, ...]) -> Callable[[Tensor, Tensor], Tensor]:
+def check_logit_count(width: int, classes: int | None, model: str, data: str) -> None:
+    """An :class:`~eqpdenet.errors.InputError` unless a model's ``width`` logits per image are
+    the ``classes`` of the data (None: not known, nothing checked); ``model`` and ``data`` name
+    them (``model 'tenout'``, ``toy12``). Every built-in family returns ``model.classes``
+    logits, the data's classes."""
+    if classes is None or width == classes:
+        return
+    extra = (f"its predictions could be classes {classes} ... {width - 1}, which no image has"
+             if width > classes else f"classes {width} ... {classes - 1} could never be "
+                                     f"predicted")
+    raise InputError(f"{model} returns {width} logits per image, but {data} has {classes} "
+                     f"classes (model.classes = {classes}): {extra}; a model family must return "
+                     f"model.classes logits (a family of one's own: take a 'classes' option, "
+                     f"which build_model sets from the data)")
+
+
+def check_evaluated_classes(model: nn.Module, config: ExperimentConfig, images: Tensor) -> None:
+    """An :class:`~eqpdenet.errors.InputError` naming the model kind unless ``model`` returns
+    ``config.model.classes`` logits per image (:func:`check_logit_count`), checked on the first
+    of ``images`` (one forward pass of one image, in evaluation mode) before an evaluation
+    scores them all: a checkpoint of a family returning more logits than its data's classes
+    (trained before training checked it) was scored with predictions no label can match. An
+    image on which the model's PDE blows up tells nothing: the evaluation counts it."""
+    from ..analysis.predictions import logits_by_image
+
+    if not len(images):
+        return
+    try:
+        logits, _ = logits_by_image(model, images[:1])
+    except NonFiniteStateError:
+        return
+    check_logit_count(int(logits.shape[1]), config.model.classes,
+                      f"model {config.model.kind!r}", Path(config.data.dataset).name)
+
+
+def _first_batch_checked(data, splits: tuple[str, ...],
+                         expected: _Expected = _Expected()) -> Callable[[Tensor, Tensor], Tensor]:
     """``F.cross_entropy`` that checks the logits of its first call (:func:`_check_first_logits`):
     the loss of the GPU epochs (:class:`~eqpdenet.app.accelerate.EpochRunner`), which compute
     the logits where the CPU loop cannot see them. Shapes only: no host read in later steps."""
@@ -1171,7 +1275,7 @@ def _first_batch_checked(data, splits: tuple[str, ...]) -> Callable[[Tensor, Ten
 
     def loss(logits, labels: Tensor) -> Tensor:
         if not checked:
-            _check_first_logits(logits, len(labels), data, splits)
+            _check_first_logits(logits, len(labels), data, splits, expected)
             checked.append(True)
         return F.cross_entropy(logits, labels)
 
@@ -1458,6 +1562,15 @@ def pde_backend(config) -> str | None:
     return None
 
 
+def resolved_device_type(name: str) -> str:
+    """The kind of device (``"cpu"``, ``"cuda"``) that ``train.device`` ``name`` runs on here:
+    :func:`~eqpdenet.app.preflight.resolve_device`'s, without its error for a ``"cuda"`` that
+    is not here (said where the run starts)."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name).type
+
+
 def environment(config=None) -> dict:
     """Provenance saved beside every result: versions, the commit, the CPU and the vector
     instruction set PyTorch's kernels use on it (``torch.backends.cpu.get_cpu_capability``),
@@ -1465,11 +1578,18 @@ def environment(config=None) -> dict:
     (:func:`pde_backend`: a sweep resumed under another ``EQPDENET_BACKEND`` would otherwise
     mix backends unseen, :func:`eqpdenet.app.sweeps.changed_runs`) with ``pde_kernels``, what
     the C++ extensions this process tried came to (:func:`~eqpdenet.kernels.cpu.
-    extension_states`: ``"auto"`` ran the reference where one did not build)."""
+    extension_states`: ``"auto"`` ran the reference where one did not build), and ``device``,
+    the kind of device its ``train.device`` resolves to here (``"cpu"`` or ``"cuda"``; ``"auto"``
+    is either, and a sweep resumed where it resolves to the other would mix CPU and GPU runs
+    unseen: :func:`eqpdenet.app.sweeps.changed_runs`), with ``gpu``, the GPU's name, on a GPU."""
     record = {"eqpdenet": __version__, "torch": str(torch.__version__),
               "python": platform.python_version(), "machine": platform.machine(),
               "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
               "threads": torch.get_num_threads(), "git": git_commit()}
+    if config is not None:
+        record["device"] = resolved_device_type(config.train.device)
+        if record["device"] == "cuda":
+            record["gpu"] = torch.cuda.get_device_name()
     backend = None if config is None else pde_backend(config)
     if backend is not None:
         record["pde_backend"] = backend

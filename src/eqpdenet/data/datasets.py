@@ -50,7 +50,7 @@ from torch import Tensor
 from ..checks import require_int
 from ..errors import ConfigError, DataFileError, warn_at_caller
 from ..geometry import rotate, rotate_about_mass
-from ..registry import Registry, _shown, checked_signature
+from ..registry import Registry, _shown, call_own_code, checked_signature
 from .mnist import _IDX_DTYPES as IDX_DTYPES
 from .mnist import load_mnist, read_idx
 from .rotmnist import N_TEST as ROTMNIST_TEST
@@ -58,9 +58,9 @@ from .rotmnist import N_TRAIN as ROTMNIST_TRAIN
 from .rotmnist import check_rotation_centre, load_rotmnist
 
 __all__ = ["DATASETS", "DatasetShape", "ImageDataset", "check_dataset_name", "check_loader",
-           "data_fingerprint", "dataset_fingerprint", "dataset_shape", "load_dataset",
-           "load_idx_folder", "load_npz", "register_dataset", "rotate_dataset",
-           "seed_reaches_loader"]
+           "data_fingerprint", "dataset_fingerprint", "dataset_shape", "is_built_in",
+           "load_dataset", "load_idx_folder", "load_npz", "mnist_family", "register_dataset",
+           "rotate_dataset", "seed_reaches_loader"]
 
 IDX_NAMES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
              "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
@@ -290,6 +290,28 @@ register_dataset("mnist", _mnist)
 #: name registered anew with ``replace=True`` is the user's, and its shape is loaded.
 _BUILT_IN_LOADERS = {"rotmnist": _rotmnist, "mnist": _mnist}
 DATASETS.on_change(lambda: _LOADED_SHAPES.clear())
+
+
+def is_built_in(spec: str) -> bool:
+    """Whether ``spec`` names a built-in data set (``"rotmnist"``, ``"mnist"``) that is still
+    registered with its built-in loader. A built-in name registered anew with ``replace=True``
+    is the user's data set: its shape is loaded (:func:`dataset_shape`), its loader's errors
+    name it (:func:`load_dataset`), and it is not of MNIST's family (:func:`mnist_family`)."""
+    return (spec in _BUILT_IN_LOADERS and spec in DATASETS
+            and DATASETS.get(spec) is _BUILT_IN_LOADERS[spec])
+
+
+def mnist_family(spec: str) -> bool:
+    """Whether the data set ``spec`` is of MNIST's family, whose pixel statistics are a
+    configuration's defaults (``model.standardize = "auto"`` keeps them, ``"fixed"``; any other
+    set is standardised with its training split's own, ``"train"``): ``"rotmnist"`` or
+    ``"mnist"`` while its built-in loader is registered under it (:func:`is_built_in`). The one
+    rule of the training's resolution (``app.training.resolve_for_data``, from the data's name)
+    and of what a recorded configuration may differ in (``app.config.data_resolved_fields``,
+    from ``data.dataset``): ``mnist`` replaced by a plugin's set was standardised as the user's
+    data by the one and compared as MNIST by the other, and a benchmark refused its own runs
+    after training them, at every rerun."""
+    return is_built_in(spec)  # both built-in sets are MNIST's digits
 
 
 def seed_reaches_loader(spec: str) -> bool:
@@ -762,7 +784,7 @@ def dataset_shape(spec: str, data_dir=None, cache_dir=None) -> DatasetShape | No
     splits of other sizes than their labels or of other image shapes, an IDX folder lacking a
     file or with a damaged one."""
     if spec in DATASETS:
-        if spec in REGISTERED_SHAPES and DATASETS.get(spec) is _BUILT_IN_LOADERS.get(spec):
+        if spec in REGISTERED_SHAPES and is_built_in(spec):
             return REGISTERED_SHAPES[spec]
         return _loaded_shape(spec, data_dir, cache_dir)
     path = Path(spec).expanduser()
@@ -851,15 +873,36 @@ def _is_zip(path: Path) -> bool:
         return False
 
 
+def _plugin_hint(spec: str) -> str:
+    """What an unknown data set's error adds where ``spec`` could name a registered set (a name
+    that does not read as a path, :func:`check_dataset_name`): the module registering it may
+    not be imported (on the command line, the plugins the checkpoint paths name the same way,
+    ``app.plugins.PLUGIN_HINT``)."""
+    try:
+        check_dataset_name(spec)
+    except ConfigError:  # a path: a file or folder that is not there
+        return ""
+    return ("; registered by a plugin? this process has not imported it: name the module that "
+            "registers it in EQPDENET_PLUGINS (in Python, import it first)")
+
+
 def load_dataset(spec: str, data_dir=None, cache_dir=None, seed: int = 0,
                  rotated: bool = False, rotation_centre: str = "frame") -> ImageDataset:
     """A data set by registered name or by path (``.npz`` file or IDX folder); see module doc.
 
     ``seed`` is passed to the loader (ROTMNIST's generation) and, with ``rotated``, seeds the
-    rotation angles.
+    rotation angles. An exception raised by the code of a loader of the user's (any but the
+    built-in ones, :func:`is_built_in`) is one :class:`ConfigError` naming the data set, the
+    loader and its module, with the original type and message
+    (:func:`~eqpdenet.registry.call_own_code`; eqpdenet's own errors, such as the checks of the
+    ``ImageDataset`` it returns, pass unchanged).
     """
     if spec in DATASETS:
-        dataset = DATASETS.get(spec)(data_dir=data_dir, cache_dir=cache_dir, seed=seed)
+        loader = DATASETS.get(spec)
+        keywords = {"data_dir": data_dir, "cache_dir": cache_dir, "seed": seed}
+        # the built-in loaders' errors are eqpdenet's own, in their words (tests assert them)
+        dataset = (loader(**keywords) if loader in _BUILT_IN_LOADERS.values() else
+                   call_own_code(loader, f"data set {spec!r}", "loader", **keywords))
         if not isinstance(dataset, ImageDataset):
             got = (f"a {type(dataset).__name__} of {len(dataset)} items"
                    if isinstance(dataset, tuple | list) else _shown(dataset))
@@ -880,5 +923,5 @@ def load_dataset(spec: str, data_dir=None, cache_dir=None, seed: int = 0,
                      if not path.is_absolute() else "")
             raise ConfigError(f"unknown data set {spec!r}: not a registered name "
                               f"({', '.join(DATASETS.names())}) nor an existing .npz file or "
-                              f"IDX folder{where}")
+                              f"IDX folder{where}{_plugin_hint(spec)}")
     return rotate_dataset(dataset, seed, rotation_centre=rotation_centre) if rotated else dataset

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..checks import require
 from ..errors import ConfigError
-from ..registry import Registry
+from ..registry import Registry, call_own_code
 from .cnn import CNN, CNNConfig
 from .eqpdenet import EqPdeNet
 from .gcnn import GCNN, GCNNConfig
@@ -88,6 +88,9 @@ MODELS.register("cnn", CNN)
 MODELS.register("gcnn", GCNN)  # needs the optional e2cnn when built
 MODELS.register("invariant_pde", InvariantPDENet)
 MODELS.register("lifted_pde", LiftedPDENet)
+#: The built-in families: their constructors' errors are eqpdenet's own, said as they are
+#: (:func:`build_model`); any other family's are named as the user's code.
+BUILT_IN_FAMILIES = (EqPdeNet, FCNN, CNN, GCNN, InvariantPDENet, LiftedPDENet)
 
 
 #: Options of the experiment configuration's model table that no constructor takes, and why:
@@ -111,7 +114,10 @@ def build_model(kind: str, /, **options) -> nn.Module:
     takes is a :class:`~eqpdenet.errors.ConfigError` naming it, with the nearest names (a
     misspelt ``hiden=16`` would otherwise build the default model). ``standardize`` (the
     configuration's record of where ``input_mean`` and ``input_std`` came from) is taken only
-    beside both of them, and not used.
+    beside both of them, and not used. An exception raised by the constructor of a family of
+    the user's (any but :data:`BUILT_IN_FAMILIES`) is one ConfigError naming the kind, the
+    class or factory and its module, with the original type and message
+    (:func:`~eqpdenet.registry.call_own_code`; eqpdenet's own errors pass unchanged).
 
     Example:
         >>> type(build_model("fcnn", hidden=16, layer=None)).__name__
@@ -137,4 +143,8 @@ def build_model(kind: str, /, **options) -> nn.Module:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"invalid config: build_model({kind!r}): unknown option {name!r}{hint}; "
                           f"{kind} takes {', '.join(accepted)}")
-    return cls(**{name: value for name, value in options.items() if name in accepted})
+    taken = {name: value for name, value in options.items() if name in accepted}
+    if cls in BUILT_IN_FAMILIES:  # their errors are eqpdenet's, in their words (tests assert them)
+        return cls(**taken)
+    return call_own_code(cls, f"model {kind!r}", "class" if inspect.isclass(cls) else "factory",
+                         **taken)
