@@ -728,6 +728,58 @@ def _class_only_in_test(tmp: Path) -> None:
                  y_test=np.arange(30) % 3)
 
 
+_TEN_LOGITS_PLUGIN = """
+from torch import nn
+from eqpdenet.models import MODELS
+
+class TenOut(nn.Module):
+    def __init__(self, image_size: int = 28, in_channels: int = 1):
+        super().__init__()
+        self.linear = nn.Linear(in_channels * image_size * image_size, 10)
+
+    def forward(self, images):
+        return self.linear(images.flatten(1))
+
+MODELS.register("tenout", TenOut)
+"""
+
+_FAILING_LOADER_PLUGIN = """
+from eqpdenet.data.datasets import register_dataset
+
+def _down(data_dir=None, cache_dir=None, seed=0):
+    raise RuntimeError("download server said 503")
+
+register_dataset("flaky", _down)
+"""
+
+
+def _plugin(name: str, text: str, with_data: bool = False) -> Callable[[Path], None]:
+    """setup: the module ``name`` (``text``) in the case's folder, and with ``with_data`` a
+    3-class t.npz (:func:`_three_classes`)."""
+    def setup(tmp: Path) -> None:
+        (tmp / f"{name}.py").write_text(text)
+        if with_data:
+            _three_classes(tmp)
+    return setup
+
+
+def _three_classes(tmp: Path) -> None:
+    """t.npz: 3 classes in both splits, 8x8 images."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    with open(tmp / "t.npz", "wb") as handle:
+        np.savez(handle, x_train=rng.integers(0, 256, (60, 8, 8), dtype=np.uint8),
+                 y_train=np.arange(60) % 3,
+                 x_test=rng.integers(0, 256, (30, 8, 8), dtype=np.uint8),
+                 y_test=np.arange(30) % 3)
+
+
+def _plugin_env(name: str) -> dict:
+    return {**_env(EQPDENET_PLUGINS=name),
+            "PYTHONPATH": "{tmp}" + os.pathsep + _env()["PYTHONPATH"]}
+
+
 CASES = [
     # configuration and flags: refused before any data is loaded
     Case("epochs-0", "config", "`train --epochs 0`", T("--epochs", "0", fragment="train.epochs")),
@@ -1513,6 +1565,41 @@ CASES = [
          "or API splits were warned about)",
          T("--model", "fcnn", "--hidden", "4", "--epochs", "1", "--dataset", "{tmp}/t.npz",
            setup=_class_only_in_test, expect="warning", fragment="lacks class(es) 2 of its 3")),
+    # round 17 (outside-in probes of 2026-12-07, sixth session)
+    Case("m2-nan-velocity", "library",
+         "the stability of an M2 step whose convection velocity is NaN beside diffusion (LAPACK's "
+         "eigvals crashed the process: segmentation fault)",
+         lib("(lambda rhs: (rhs.terms['convection'].weight.data.fill_(float('nan')), __import__("
+             "'eqpdenet.pde.integrators', fromlist=['x']).EulerStep(rhs, 0.5).stability()"
+             "['reason'])[1])(__import__('eqpdenet.pde.m2_rhs', fromlist=['x']).M2SystemRHS(2, "
+             "('convection', 'diffusion'), orientations=8))", expect="ok",
+             fragment="not finite (NaN or inf, in convection.weight)")),
+    Case("covariant-amplitude-1e10", "library",
+         "input gradients of a covariant `scaling` layer on the fused kernel in float32 at "
+         "amplitude 1e10 (R overflowed, the rescaling was off: NaN gradients, no word)",
+         lib("(lambda x: (PDELayer.build(['scaling'], ratio_regularisation='covariant', "
+             "backend='fused', init_noise=0.05)(x).sum().backward(), bool(torch.isfinite(x.grad)"
+             ".all()))[1])((torch.rand(2, 1, 12, 12) * 1e10).requires_grad_())", expect="ok",
+             fragment="True")),
+    Case("recompute-jacrev", "library",
+         "`torch.func.jacrev` of a layer built with `recompute=True` (raw 'don't yet support "
+         "saved tensor hooks')",
+         lib("tuple(torch.func.jacrev(PDELayer.paper(recompute=True))(torch.rand(1, 1, 6, 6))"
+             ".shape)", expect="ok", fragment="(1, 1, 6, 6, 1, 1, 6, 6)")),
+    Case("plugin-more-logits", "config",
+         "`train` a plugin family that returns 10 logits on a data file of 3 classes (trained and "
+         "scored silently, its argmax free to pick classes no image has)",
+         T("--model", "tenout", "--epochs", "1", "--dataset", "{tmp}/t.npz",
+           env=_plugin_env("tenout_plugin"), setup=_plugin("tenout_plugin", _TEN_LOGITS_PLUGIN,
+                                                            with_data=True),
+           fragment="returns 10 logits per image, but", status=2)),
+    Case("plugin-loader-raises", "config",
+         "`train --dataset flaky`, a plugin loader that raises RuntimeError ('unexpected "
+         "RuntimeError ... a bug in eqpdenet?', exit 1)",
+         T("--model", "fcnn", "--hidden", "4", "--epochs", "1", "--dataset", "flaky",
+           env=_plugin_env("flaky_plugin"), setup=_plugin("flaky_plugin", _FAILING_LOADER_PLUGIN),
+           fragment="data set 'flaky': its loader (_down, module flaky_plugin) raised "
+                    "RuntimeError: download server said 503", status=2)),
 ]
 
 
