@@ -368,26 +368,26 @@ def main() -> int:
         results["agreement"], results["agreement_failures"] = agreement(device)
         print(json.dumps({"agreement": results["agreement"]}), flush=True)
         if results["agreement_failures"]:
-            results["seconds"] = time.perf_counter() - start
-            if out is not None:
-                out.mkdir(parents=True, exist_ok=True)
-                (out / "bench.json").write_text(json.dumps(results, indent=1))
-                (out / "bench.md").write_text(report(results))
-            print(report(results))
-            return 1
+            return finish(results, out, start, status=1)
     results["throughput"] = throughput(device, batches, rounds, min_seconds, args.compile_all,
                                        args.smoke)
     if args.sweep:
         results["sweep"] = sweep(device, max(batches))
     results["epochs"] = epochs(device, (128, 1024) if not args.smoke else (64,),
                                12_000 if not args.smoke else 256, 2 if args.smoke else args.epochs)
+    return finish(results, out, start, status=0)
+
+
+def finish(results: dict, out: Path | None, start: float, status: int) -> int:
+    """Writes ``bench.json`` and ``bench.md`` into ``out`` (where given), prints the report,
+    and returns ``status``."""
     results["seconds"] = time.perf_counter() - start
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "bench.json").write_text(json.dumps(results, indent=1))
         (out / "bench.md").write_text(report(results))
     print(report(results))
-    return 0
+    return status
 
 
 def output_folder(args) -> Path | None:

@@ -716,16 +716,22 @@ def _no_run_redone(tmp: Path, done) -> str | None:
 _no_run_redone.says = "no run trained"
 
 
-def _class_only_in_test(tmp: Path) -> None:
-    """t.npz: 3 classes, class 2 in the test split only."""
+def _small_npz(tmp: Path, train_classes: int, test_classes: int) -> None:
+    """t.npz: 60 training and 30 test images, 8x8 random pixels, labels cycling through
+    ``train_classes`` and ``test_classes`` classes."""
     import numpy as np
 
     rng = np.random.default_rng(0)
     with open(tmp / "t.npz", "wb") as handle:
         np.savez(handle, x_train=rng.integers(0, 256, (60, 8, 8), dtype=np.uint8),
-                 y_train=np.arange(60) % 2,
+                 y_train=np.arange(60) % train_classes,
                  x_test=rng.integers(0, 256, (30, 8, 8), dtype=np.uint8),
-                 y_test=np.arange(30) % 3)
+                 y_test=np.arange(30) % test_classes)
+
+
+def _class_only_in_test(tmp: Path) -> None:
+    """t.npz: 3 classes, class 2 in the test split only."""
+    _small_npz(tmp, 2, 3)
 
 
 _TEN_LOGITS_PLUGIN = """
@@ -755,24 +761,12 @@ register_dataset("flaky", _down)
 
 def _plugin(name: str, text: str, with_data: bool = False) -> Callable[[Path], None]:
     """setup: the module ``name`` (``text``) in the case's folder, and with ``with_data`` a
-    3-class t.npz (:func:`_three_classes`)."""
+    t.npz of 3 classes in both splits (:func:`_small_npz`)."""
     def setup(tmp: Path) -> None:
         (tmp / f"{name}.py").write_text(text)
         if with_data:
-            _three_classes(tmp)
+            _small_npz(tmp, 3, 3)
     return setup
-
-
-def _three_classes(tmp: Path) -> None:
-    """t.npz: 3 classes in both splits, 8x8 images."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    with open(tmp / "t.npz", "wb") as handle:
-        np.savez(handle, x_train=rng.integers(0, 256, (60, 8, 8), dtype=np.uint8),
-                 y_train=np.arange(60) % 3,
-                 x_test=rng.integers(0, 256, (30, 8, 8), dtype=np.uint8),
-                 y_test=np.arange(30) % 3)
 
 
 def _plugin_env(name: str) -> dict:
