@@ -134,8 +134,9 @@ def test_float64_fused_gradients_on_digits_agree_with_the_reference(invariants, 
     # standardised digit that left jets of rounding noise where the reference's are exactly 0,
     # and the covariant ratios' derivatives, ~1 / |jet| there, made the float64 input gradient
     # wrong by 1e65 to 1e98 (docs/performance.md). The covariant instances now sum
-    # b0 ((L - C) + (R - C)) + (b1 + 2 b0) C, exact on near-equal neighbours. (With sim2 a difference of
-    # up to 0.7 % is left where sim2 is, not found.)
+    # b0 ((L - C) + (R - C)) + (b1 + 2 b0) C, exact on near-equal neighbours. (With sim2 up to
+    # 0.7 % is left: at background pixels the digit reaches in the last steps, whose float64 jet
+    # is rounding noise, rounded differently by the two; the ratios' derivatives follow it.)
     digits = torch.from_numpy(mnist_or_skip().test_images[:8].copy()).unsqueeze(1)
     x = (digits.double() / 255 - 0.1307) / 0.3081
     gradients = {}
