@@ -29,9 +29,9 @@ from ..analysis.robustness import (
     scale_curve,
     shift_curve,
 )
+from ..data.datasets import mnist_family
 from ..errors import ConfigError, DataFileError
 from .config import (
-    MNIST_FAMILY,
     BenchmarkConfig,
     CurvesConfig,
     ExperimentConfig,
@@ -519,10 +519,12 @@ def missing_benchmark_runs(out_dir: Path, records: list[dict]) -> list[str] | No
 
 
 def _image_word(records: list[dict]) -> str:
-    """What a table calls the test images: digits on MNIST's family, else images."""
+    """What a table calls the test images: digits on MNIST's family
+    (:func:`~eqpdenet.data.datasets.mnist_family`: not a built-in name a plugin registered
+    anew), else images."""
     specs = {((r.get("config") or {}).get("data") or {}).get("dataset", "rotmnist")
              for r in records}
-    return "digits" if specs <= set(MNIST_FAMILY) else "images"
+    return "digits" if all(mnist_family(spec) for spec in specs) else "images"
 
 
 def _quarter_turn_notes(summary: dict[str, dict], records: list[dict]) -> dict[str, str]:

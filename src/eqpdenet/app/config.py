@@ -43,7 +43,7 @@ from ..checks import (
     require_positive,
 )
 from ..data.augment import AffineAugmentation, BlurConsistency
-from ..data.datasets import DATASETS, mnist_family, seed_reaches_loader
+from ..data.datasets import DATASETS, is_built_in, mnist_family, seed_reaches_loader
 from ..data.scenarios import SCENARIOS
 from ..errors import ConfigError
 from ..models import MODELS, CNNConfig, GCNNConfig, InvariantPDEConfig, LiftedPDEConfig
@@ -346,8 +346,10 @@ class DataConfig:
             configuration recorded beside a run (a checkpoint's) finds its data from any folder.
         rotated: use the rotated version of the data set (each image rotated by an angle
             ~ U[0, 2 pi), training images from the training pool and test images from the test
-            pool; :func:`eqpdenet.data.datasets.rotate_dataset`). ROTMNIST is rotated already.
-        source: ROTMNIST only: ``"auto"``, ``"generated"`` or ``"official"``.
+            pool; :func:`eqpdenet.data.datasets.rotate_dataset`). ROTMNIST is rotated already
+            (refused with the built-in one; ``"rotmnist"`` registered anew by a plugin is the
+            user's set, :func:`eqpdenet.data.datasets.is_built_in`).
+        source: the built-in ROTMNIST only: ``"auto"``, ``"generated"`` or ``"official"``.
         rotation_centre: what each image of generated ROTMNIST (or of a ``rotated`` data set)
             turns about: ``"frame"`` (the frame's centre; how the data were first generated, the
             default) or ``"mass"`` (its own centre of mass, so that where a digit sits in the
@@ -378,17 +380,21 @@ class DataConfig:
                 self.dataset = str(path.resolve())
         require(isinstance(self.rotated, bool), "data.rotated", "must be true or false")
         # Decided here, before any data is made: ROTMNIST's generation (187 MB) and a sweep's
-        # folder used to come first.
-        require(not (self.rotated and self.dataset == "rotmnist"), "data.rotated",
+        # folder used to come first. The built-in ROTMNIST only: 'rotmnist' registered anew by
+        # a plugin is the user's set, rotated or not as any other (datasets.is_built_in).
+        rotmnist = self.dataset == "rotmnist" and is_built_in(self.dataset)
+        require(not (self.rotated and rotmnist), "data.rotated",
                 "ROTMNIST is rotated already; rotated applies to another data set (e.g. "
                 "'mnist')")
         require(self.source in ("auto", "generated", "official"), "data.source",
                 f"{self.source!r} is not 'auto', 'generated' or 'official'")
         require(self.rotation_centre in ("frame", "mass"), "data.rotation_centre",
                 f"must be 'frame' or 'mass', got {self.rotation_centre!r}")
-        require(self.rotation_centre == "frame" or self.dataset == "rotmnist" or self.rotated,
+        replaced = (" ('rotmnist' is registered anew here, by a plugin: that data set is not "
+                    "ROTMNIST)" if self.dataset == "rotmnist" and not rotmnist else "")
+        require(self.rotation_centre == "frame" or rotmnist or self.rotated,
                 "data.rotation_centre", f"{self.rotation_centre!r} applies to rotated data: "
-                "data.dataset = 'rotmnist' or data.rotated = true")
+                f"data.dataset = 'rotmnist' or data.rotated = true{replaced}")
         _require_seed(self.rotmnist_seed, "data.rotmnist_seed")
         require_int(self.validation, "data.validation", 0)  # its bound: the data set's size
         require_int(self.train_subset, "data.train_subset", 0)
@@ -1292,7 +1298,9 @@ INERT_FIELDS: tuple[InertField, ...] = (
                "the blur penalty is off"),
     InertField("train.blur_consistency.fraction", "train.blur_consistency.weight", bool,
                "the blur penalty is off"),
-    InertField("data.source", "data.dataset", lambda value: value == "rotmnist",
+    # the built-in ROTMNIST's: a plugin's 'rotmnist' loader is not given data.source
+    InertField("data.source", "data.dataset",
+               lambda value: value == "rotmnist" and is_built_in(value),
                "only ROTMNIST has a source to choose"),
     InertField("data.rotmnist_seed", ("data.dataset", "data.rotated"), _seed_reaches_data,
                "the seed draws ROTMNIST's digits and angles, a rotated data set's angles, or "
@@ -1397,7 +1405,9 @@ def build_model(config: ModelConfig):
                                  for f in dataclasses.fields(config) if f.name != "kind"})
 
 
-#: Data sets whose pixel statistics are the configured defaults (MNIST's).
+#: The names of the data sets whose pixel statistics are the configured defaults (MNIST's),
+#: while their built-in loaders are registered under them: decide by
+#: :func:`~eqpdenet.data.datasets.mnist_family`, which knows a name a plugin registered anew.
 MNIST_FAMILY = ("rotmnist", "mnist")
 
 

@@ -65,7 +65,7 @@ import torch
 
 from .. import kernels
 from ..analysis.predictions import EVALUATION_BATCH
-from ..data.datasets import DatasetShape, dataset_shape
+from ..data.datasets import DatasetShape, dataset_shape, is_built_in
 from ..data.mnist import MNIST_FILES
 from ..data.rotmnist import N_TRAIN as ROTMNIST_TRAIN
 from ..errors import ConfigError, OutputFolderError, is_allocation_failure
@@ -85,7 +85,8 @@ from .files import check_file_size, check_output_folder
 __all__ = ["BACKWARD_PEAK", "EVALUATION_PEAK", "EVALUATION_STATE_PEAK", "FIXED_TRAINING_IMAGES",
            "PARAMETER_BYTES", "PROCESS_WORDS", "STATE_PEAK", "WORKER_BYTES", "allocation_failure",
            "at_data_size", "available_memory", "check_for_images", "data_bytes", "evaluation_batch",
-           "evaluation_bytes", "pde_layer_reason", "peak_bytes", "preflight", "resolve_device", "saved_bytes",
+           "evaluation_bytes", "fixed_training_images", "pde_layer_reason", "peak_bytes",
+           "preflight", "resolve_device", "saved_bytes",
            "training_batches", "training_bytes", "training_images"]
 
 #: Memory kept per Euler step during training, in units of one state (batch x PDEs x pixels x 4
@@ -149,8 +150,17 @@ RECORD_MIN_BYTES = 2**10
 CHECKPOINT_MIN_EXTRA = 4 * 2**10
 
 #: The training images (validation included) of the registered data sets whose size is fixed:
-#: ROTMNIST (official or generated, checked on loading) and MNIST (checked by its MD5).
+#: ROTMNIST (official or generated, checked on loading) and MNIST (checked by its MD5), while
+#: their built-in loaders are registered under these names (:func:`fixed_training_images`).
 FIXED_TRAINING_IMAGES = {"rotmnist": ROTMNIST_TRAIN, "mnist": MNIST_FILES["train_images"].shape[0]}
+
+
+def fixed_training_images(spec: str) -> int | None:
+    """The training images of the data set ``spec`` where its size is fixed
+    (:data:`FIXED_TRAINING_IMAGES`), else None: a file's, or a built-in name registered anew by
+    a plugin (:func:`~eqpdenet.data.datasets.is_built_in`), which is the user's set of any
+    size (a plugin's 'mnist' of 600 images was counted as MNIST's 60,000)."""
+    return FIXED_TRAINING_IMAGES.get(spec) if is_built_in(spec) else None
 
 
 def _gib(n: float) -> str:
@@ -200,11 +210,12 @@ def allocation_failure(error: BaseException) -> str | None:
 def training_images(config: ExperimentConfig) -> int | None:
     """The number of images ``config`` trains on, where it is known before the data are loaded:
     ``data.train_subset``, no more than the images of a data set of fixed size
-    (:data:`FIXED_TRAINING_IMAGES`) less ``data.validation``; None for a data set read from a
-    file without ``train_subset``. (A ``train_subset`` or ``validation`` larger than the data set
+    (:func:`fixed_training_images`) less ``data.validation``; None for a data set read from a
+    file or registered by the user (a built-in name registered anew included) without
+    ``train_subset``. (A ``train_subset`` or ``validation`` larger than the data set
     is refused when it is loaded.)"""
     data = config.data
-    total = FIXED_TRAINING_IMAGES.get(data.dataset)
+    total = fixed_training_images(data.dataset)
     left = total - data.validation if total is not None and data.validation < total else None
     if data.train_subset:
         return data.train_subset if left is None else min(data.train_subset, left)
@@ -246,7 +257,7 @@ def _field_of_few_images(config: ExperimentConfig, images: int | None) -> tuple[
     if data.train_subset and (images is None or images >= data.train_subset):
         return "data.train_subset", f"{images} training image{'s' * (images != 1)}"
     if data.validation:
-        fixed = FIXED_TRAINING_IMAGES.get(data.dataset)
+        fixed = fixed_training_images(data.dataset)
         total = fixed if fixed is not None else None if images is None else images + data.validation
         source = "the" + (f" {total}" if total is not None else "") + " training images"
         source += f" of {data.dataset}" if fixed is not None else ""  # a file: named before

@@ -56,6 +56,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..data.datasets import is_built_in
 from ..errors import ConfigError, DataFileError
 from .files import (
     atomic_write,
@@ -256,14 +257,19 @@ def failed_note(records: list[dict], key=paper_run_key) -> str:
 def dataset_name(records: list[dict]) -> str:
     """The data set the records were made on, as a reader knows it (``ROTMNIST``, a file's
     name); several, joined with "and". A record without a configuration tells nothing; one
-    from before ``data.dataset`` existed was made on ROTMNIST."""
+    from before ``data.dataset`` existed was made on ROTMNIST. A built-in name that a plugin
+    of this process registers anew (:func:`~eqpdenet.data.datasets.is_built_in`) is the user's
+    set, named as the configuration names it (``mnist``), as a registered name of one's own."""
     names = []
     for record in records:
         data = (record.get("config") or {}).get("data")
         if not isinstance(data, dict):
             continue
         spec = data.get("dataset", "rotmnist")
-        name = {"rotmnist": "ROTMNIST", "mnist": "MNIST"}.get(spec, Path(str(spec)).name)
+        # a replaced 'mnist' was called MNIST: "the whole test set of MNIST" of a plugin's set
+        known = ({"rotmnist": "ROTMNIST", "mnist": "MNIST"}
+                 if isinstance(spec, str) and is_built_in(spec) else {})
+        name = known.get(spec, Path(str(spec)).name)
         name = f"rotated {name}" if data.get("rotated") else name
         if name not in names:
             names.append(name)
@@ -272,14 +278,17 @@ def dataset_name(records: list[dict]) -> str:
 
 def on_paper_data(records: list[dict]) -> bool:
     """Whether every record was made on the paper's data: ROTMNIST as the paper generates it
-    (``data.dataset = 'rotmnist'``, not rotated again, digits rotated about the frame's
-    centre); a record without a configuration, or from before those fields existed, was. The
-    paper's numbers are set against no other data set's (:func:`write_report`)."""
+    (``data.dataset = 'rotmnist'`` with its built-in loader, not a plugin's set registered anew
+    under the name; not rotated again, digits rotated about the frame's centre); a record
+    without a configuration, or from before those fields existed, was. The paper's numbers are
+    set against no other data set's (:func:`write_report`)."""
     for record in records:
         data = (record.get("config") or {}).get("data")
         if not isinstance(data, dict):
             continue
-        if (data.get("dataset", "rotmnist") != "rotmnist" or data.get("rotated")
+        spec = data.get("dataset", "rotmnist")
+        # a plugin's 'rotmnist' is the user's data: its table was set against the paper's
+        if (spec != "rotmnist" or not is_built_in(spec) or data.get("rotated")
                 or data.get("rotation_centre", "frame") != "frame"):
             return False
     return True

@@ -65,11 +65,11 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
+from ..data.datasets import is_built_in, mnist_family
 from ..data.rotmnist import N_TRAIN
 from ..errors import ConfigError
 from .config import (
     KIND_OPTIONS,
-    MNIST_FAMILY,
     DataConfig,
     ExperimentConfig,
     ReproduceConfig,
@@ -206,10 +206,11 @@ OWN_DATA_STANDARDIZE = Stage(
 
 def stages_for_data(stages, data: DataConfig) -> list[Stage]:
     """``stages`` as they run on ``data``: on a data set outside the MNIST family
-    (:data:`~eqpdenet.app.config.MNIST_FAMILY`), the ``standardize`` stage of :data:`STAGES`
-    becomes :data:`OWN_DATA_STANDARDIZE` (raw pixels against the training split's own
-    statistics); on MNIST the stages are unchanged."""
-    if data.dataset in MNIST_FAMILY:
+    (:func:`~eqpdenet.data.datasets.mnist_family`: ``mnist`` or ``rotmnist`` registered anew by
+    a plugin is outside it), the ``standardize`` stage of :data:`STAGES` becomes
+    :data:`OWN_DATA_STANDARDIZE` (raw pixels against the training split's own statistics); on
+    MNIST the stages are unchanged."""
+    if mnist_family(data.dataset):
         return list(stages)
     mnist = next(stage for stage in STAGES if stage.name == "standardize")
     return [OWN_DATA_STANDARDIZE if stage == mnist else stage for stage in stages]
@@ -220,10 +221,10 @@ def base_for_data(base: ReproduceConfig) -> ReproduceConfig:
     outside the MNIST family (``'train'``: the training split's own mean and std, whatever
     ``input_mean, input_std`` say), so that the standardize stage's ``standardized`` candidate
     is the incumbent it describes (a copy; MNIST's family keeps ``'auto'``, and its
-    fingerprints)."""
+    fingerprints; the family as :func:`~eqpdenet.data.datasets.mnist_family` decides it)."""
     base = copy.deepcopy(base)
     model = base.base.model
-    if base.base.data.dataset not in MNIST_FAMILY and model.standardize == "auto":
+    if not mnist_family(base.base.data.dataset) and model.standardize == "auto":
         model.standardize = "train"
         # the prototype's 0 and 1, which 'train' replaces: left, they were warned about as
         # fields of no effect at every run, fields the user never set
@@ -478,7 +479,9 @@ def _check_runs(base: ReproduceConfig, stages, jobs: int, executor: Executor | N
 
 
 def _dataset_name(data: DataConfig) -> str:
-    name = {"rotmnist": "ROTMNIST", "mnist": "MNIST"}.get(data.dataset, Path(data.dataset).name)
+    # a built-in name registered anew by a plugin is the user's set: named as the user named it
+    known = {"rotmnist": "ROTMNIST", "mnist": "MNIST"} if is_built_in(data.dataset) else {}
+    name = known.get(data.dataset, Path(data.dataset).name)
     return f"rotated {name}" if data.rotated else name
 
 
@@ -489,7 +492,7 @@ def _protocol(config: ReproduceConfig, margin: float) -> str:
     """The first paragraph of study.md, from the configuration the study ran."""
     data, base = config.base.data, config.base
     name = _dataset_name(data)
-    if data.dataset == "rotmnist" and not data.rotated:
+    if data.dataset == "rotmnist" and is_built_in(data.dataset) and not data.rotated:
         kept = data.train_subset or N_TRAIN - data.validation
         split = (f"train {kept:,} / validate {data.validation:,} of {name}'s {N_TRAIN:,} "
                  f"training digits")
@@ -502,7 +505,7 @@ def _protocol(config: ReproduceConfig, margin: float) -> str:
                 f"run, and play no part in the choice")
     else:
         test = "the test set is never used"
-    if data.dataset not in MNIST_FAMILY:  # (MNIST's study.md says nothing of it: unchanged)
+    if not mnist_family(data.dataset):  # (MNIST's study.md says nothing of it: unchanged)
         model = base.model
         if model.standardize != "fixed":
             words = ("standardised with the training split's own pixel mean and std "

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.datasets import DATASETS, dataset_fingerprint
+from ..data.datasets import DATASETS, dataset_fingerprint, is_built_in
 from ..data.mnist import download_progress
 from ..data.rotmnist import find_official_rotmnist
 from ..errors import ConfigError, OutputFolderError
@@ -409,12 +409,13 @@ def changed_runs(runs: dict[str, ExperimentConfig], out_dir: Path, *,
       recorded fingerprint (:func:`~eqpdenet.data.datasets.data_fingerprint`) differs from that
       of the data now at the path (hashed, not loaded, once per path per call). Records without a
       fingerprint (registered data sets; runs from before fingerprints) are not compared;
-    * a ROTMNIST key of ``runs`` whose recorded source (``dataset.source``: ``'official'`` or
-      ``'generated'``, what ``data.source = 'auto'`` resolved to when it ran) is not the one its
-      data configuration resolves to now, in ``data_dir`` (``None``: ``EQPDENET_DATA`` or the
-      default, as loading resolves it): the official files added to or removed from the data
-      folder since, which would mix the official and the generated set in one folder. Records
-      without a source (runs from before it was recorded) are not compared;
+    * a key of ``runs`` on the built-in ROTMNIST (not a plugin's ``rotmnist``,
+      :func:`~eqpdenet.data.datasets.is_built_in`) whose recorded source (``dataset.source``:
+      ``'official'`` or ``'generated'``, what ``data.source = 'auto'`` resolved to when it ran)
+      is not the one its data configuration resolves to now, in ``data_dir`` (``None``:
+      ``EQPDENET_DATA`` or the default, as loading resolves it): the official files added to or
+      removed from the data folder since, which would mix the official and the generated set in
+      one folder. Records without a source (runs from before it was recorded) are not compared;
     * a key of ``runs`` whose PDE layers resolved their ``backend = "auto"`` to another backend
       than they would now (``environment.pde_backend``: ``EQPDENET_BACKEND`` set or unset since;
       :func:`~eqpdenet.app.training.pde_backend`). Records without it are not compared;
@@ -497,10 +498,13 @@ def _data_differences(record: dict, run: ExperimentConfig, cache: dict) -> list[
 def _source_differences(record: dict, run: ExperimentConfig, data_dir, cache: dict) -> list[str]:
     """The ROTMNIST source ``record`` was made on (``dataset.source``) when ``run``'s data
     configuration resolves to the other one now (``data.source = 'auto'``: official where
-    ``data_dir`` holds the official files, else generated; looked up once per call)."""
+    ``data_dir`` holds the official files, else generated; looked up once per call). The
+    built-in ROTMNIST only: ``rotmnist`` registered anew by a plugin is the user's set, whose
+    loader takes no source (its ``info`` may say ``source`` of its own)."""
     dataset = record.get("dataset")
     recorded = dataset.get("source") if isinstance(dataset, dict) else None
-    if run.data.dataset != "rotmnist" or recorded not in ("official", "generated"):
+    if (run.data.dataset != "rotmnist" or not is_built_in(run.data.dataset)
+            or recorded not in ("official", "generated")):
         return []  # another data set, or a run from before the source was recorded
     now = run.data.source
     if now == "auto":
