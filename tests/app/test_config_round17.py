@@ -131,35 +131,36 @@ def test_a_layer_field_outlives_an_entry_that_starts_the_layer_from_a_preset(tmp
 
 # ------------------------------------------------------------------ F2: --layer and the file
 
-def test_layer_starts_the_files_layer_table_from_the_preset(tmp_path):
+def test_layer_replaces_the_files_layer_table_and_names_what_it_drops(tmp_path):
+    # --layer is the preset's table, as before round 17 (a full file of eqpdenet's own, written
+    # by every run, would otherwise keep its invariants under --layer se2_sim2: a review
+    # probe); the file's fields the preset does not set and it gave other values are named
     path = _write(tmp_path / "t.toml", "[model.layer]\nT = 2.0\ninit_noise = 0.05\n")
-    layer = _train("--config", str(path), "--layer", "se2_sim2").model.layer
-    assert layer == LayerConfig.preset("se2_sim2", T=2.0, init_noise=0.05)
-    # the same as the preset written in the file
-    written = _write(tmp_path / "w.toml", '[model.layer]\npreset = "se2_sim2"\nT = 2.0\n'
-                                          'init_noise = 0.05\n')
-    assert load_toml(ExperimentConfig, written).model.layer == layer
-    # --layer replaces a preset the file names; --set refines the result
-    layer = _train("--config", str(written), "--layer", "paper", "--set",
-                   "model.layer.dt=0.05").model.layer
-    assert layer == LayerConfig.preset("paper", T=2.0, init_noise=0.05, dt=0.05)
-
-
-def test_set_preset_still_replaces_the_whole_layer_table(tmp_path):
-    path = _write(tmp_path / "t.toml", "[model.layer]\nT = 2.0\ninit_noise = 0.05\n")
-    layer = _train("--config", str(path), "--set", "model.layer.preset=se2_sim2").model.layer
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        layer = _train("--config", str(path), "--layer", "se2_sim2").model.layer
     assert layer == LayerConfig.preset("se2_sim2")
-    # without --config, --layer is the preset's table, as before
-    assert _train("--layer", "se2_sim2").model.layer == LayerConfig.preset("se2_sim2")
+    assert [str(w.message) for w in caught] == [
+        f"--layer se2_sim2 replaces the layer table of {path}, whose T = 2.0, init_noise = 0.05 "
+        f"the preset does not keep (set them again after it: --set model.layer.FIELD=VALUE)"]
+    # set again after it, as the warning says
+    layer = _train("--config", str(path), "--layer", "se2_sim2", "--set", "model.layer.T=2.0",
+                   "--set", "model.layer.init_noise=0.05").model.layer
+    assert layer == LayerConfig.preset("se2_sim2", T=2.0, init_noise=0.05)
 
 
-def test_layer_reaches_a_sweeps_file_layer_table(tmp_path):
-    path = _write(tmp_path / "r.toml", "[base.model.layer]\nT = 2.0\n")
-    config, _ = _benchmark("--config", str(path), "--layer", "se2_sim2")
-    assert config.base.model.layer == LayerConfig.preset("se2_sim2", T=2.0)
-    reproduce = cli._sweep_config(_args("reproduce", "--config", str(path), "--layer",
-                                        "se2_sim2"), ReproduceConfig, cli.quick_profile)
-    assert reproduce.base.model.layer == LayerConfig.preset("se2_sim2", T=2.0)
+def test_layer_over_a_full_file_is_the_preset_without_a_word(tmp_path):
+    # the paper's recorded configuration (every field written) under --layer se2_sim2: the
+    # preset's invariants and ratios, what --layer is for; nothing else differs, nothing said
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config = cli._sweep_config(_args("reproduce", "--config",
+                                         str(ROOT / "results" / "paper" / "config.toml"),
+                                         "--layer", "se2_sim2"), ReproduceConfig,
+                                   cli.quick_profile)
+    assert config.base.model.layer == LayerConfig.preset("se2_sim2")
+    assert config.base.model.layer.invariants == ["se2", "se2", "sim2", "sim2"]
+    assert not [w for w in caught if "--layer" in str(w.message)]
 
 
 def test_an_unknown_layer_preset_is_the_command_lines_not_the_files(tmp_path):

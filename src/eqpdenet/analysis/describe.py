@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..checks import non_finite_parameters
 from ..errors import ConfigError, InputError, InputTypeError
 from ..models import EqPdeNet, InvariantPDENet, LiftedPDENet
 from ..pde.integrators import EulerFlow, EulerStep, breaks_upper_bound
@@ -330,6 +331,9 @@ def _stability_text(step: EulerStep, digits: int) -> str:
     with it, ``dt (a lambda_max - c_u) <= 2`` (isotropic) or ``-dt (sigma + c_u) <= 2``."""
     report = step.stability()
     verdict = "stable" if report["stable"] else "UNSTABLE"
+    if non_finite_parameters(step.rhs):
+        # no linear part to print: the reaction-check wording said "dt·c_u = 0" (round 17)
+        return f"stability check: {verdict} ({report['reason']})"
     linearised = ("" if isinstance(getattr(step.rhs, "F", None), LinearF)
                   else " (F linearised at u = 0)")
     part = report["linear_part"] or {}

@@ -938,13 +938,10 @@ def to_toml(config, _prefix: str = "") -> str:
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
-def load_toml(cls, path: str | Path, *, base=None, presets: dict[str, str] | None = None):
+def load_toml(cls, path: str | Path, *, base=None):
     """Read ``cls`` from a TOML file; missing fields take ``base``'s values (an instance of
     ``cls``: ``study --config`` completes a partial file from the study's own starting point),
-    else their defaults. ``presets`` (a layer table's dotted path -> a preset name) starts those
-    layer tables from a preset as a ``preset = "..."`` key written in the file's table would
-    (replacing the file's own ``preset``): the table's other fields in the file apply over it
-    (``--layer``). An error in the file's content names the file (``config file PATH: invalid
+    else their defaults. An error in the file's content names the file (``config file PATH: invalid
     config: train.epochs: ...``), as one in its syntax does; a registered name the process
     does not know (a plugin's, not imported) has that hint
     (:func:`~eqpdenet.app.plugins.unregistered_hint`)."""
@@ -963,10 +960,6 @@ def load_toml(cls, path: str | Path, *, base=None, presets: dict[str, str] | Non
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
     except OSError as error:
         raise ConfigError(f"config file {path} cannot be read: {error.strerror}") from None
-    for table, name in (presets or {}).items():
-        # checked first: an unknown preset is the command line's, not the file's
-        _layer_preset(name, f"{table}.preset")
-        _with_preset(data, table.split("."), name)
     try:
         return from_dict(cls, data, base=base, _in_file=True)
     except ConfigError as error:
@@ -982,19 +975,6 @@ def file_prefix(path: str | Path) -> str:
     """What :func:`load_toml` puts before an error in the content of the file ``path``
     (``config file PATH: ``): a caller whose own message names the file takes it off."""
     return f"config file {path}: "
-
-
-def _with_preset(data: dict, keys: list[str], name: str) -> None:
-    """``data`` (a file's tables) with ``preset = name`` in the table at ``keys``, made where
-    the file has none; where a key on the way holds no table, ``data`` is left for
-    :func:`from_dict` to say what is wrong with it."""
-    node = data
-    for key in keys:
-        inner = node.setdefault(key, {})
-        if not isinstance(inner, dict):
-            return
-        node = inner
-    node["preset"] = name
 
 
 def _parse_value(text: str, field: str = "the value", text_field: bool = False):
@@ -1037,8 +1017,7 @@ def apply_overrides(config, assignments: list[str]):
 
     ``...layer.preset=NAME`` replaces a whole layer table by the preset's (later assignments
     still apply on top of it): the way to drop fields set before it (a file's ``sigma``, which
-    no assignment can unset; ``--layer`` instead starts the file's layer table from the preset,
-    :func:`load_toml`). A table given whole (``train={lr=0.01}``,
+    no assignment can unset). A table given whole (``train={lr=0.01}``,
     ``model.layer={T=2.0}``) is merged into the table as it stands: each of its keys is set as
     ``train.lr=0.01`` would set it (a ``preset`` key first), and the table's other fields are
     kept, so ``--set train.epochs=3 --set "train={lr=0.01}"`` trains 3 epochs. (A partial
@@ -1069,22 +1048,27 @@ def apply_overrides(config, assignments: list[str]):
     try:
         return from_dict(type(config), data)
     except ConfigError as error:
-        hint = _unset_hint(str(error))
+        hint = _unset_hint(str(error), assignments)
         if not hint:
             raise
         raise ConfigError(f"{error}{hint}") from None
 
 
-def _unset_hint(text: str) -> str:
+def _unset_hint(text: str, assignments: list[str]) -> str:
     """For :func:`apply_overrides`'s error ``text`` about a ``sigma`` that a stencil without a
     scale needs left out (a file's ``sigma = 1.0`` under ``--set model.layer.stencil=central``),
     the way to leave it out there, else ``""``: an assignment cannot unset a field (TOML has no
-    null), so the error's "leave sigma out" alone named nothing ``--set`` can do."""
+    null), so the error's "leave sigma out" alone named nothing ``--set`` can do. Where one of
+    ``assignments`` set that sigma itself, the way is to drop it (the hint said "take it out of
+    the file" where there was none)."""
     match = re.match(r"invalid config: ((?:[\w-]+\.)*)sigma: the '[^']*' stencil has no scale",
                      text)
     if match is None:
         return ""
     table = match.group(1)
+    own = [a.strip() for a in assignments if f"{table}sigma" in assigned_fields(a)]
+    if own:
+        return f"; drop --set {own[-1]}"
     return (f"; --set cannot unset it: take it out of the file, or start the layer table again "
             f"from a preset with --set {table}preset=NAME ({', '.join(LAYER_PRESETS.names())}; "
             f"sigma unset) and set the table's other fields after it")
@@ -1168,7 +1152,9 @@ def entries_yield(config: BenchmarkConfig, fields: list[str]) -> dict[str, list[
     stay), and where an entry starts a layer table from a preset (which resets the whole table),
     the base's values of the named fields in that table are set again after it. So every run
     uses what the command line named, and ``config.models`` (saved in ``config.toml``) says so.
-    Returns field -> the entries whose own value gave way, in the configuration's order."""
+    Returns field -> the entries whose own value gave way (an entry once, ``"NAME (its layer
+    preset)"`` where it is the entry's preset that would have reset the field), in the
+    configuration's order."""
     yielded: dict[str, list[str]] = {}
     models = {}
     for name, overrides in config.models.items():
@@ -1185,7 +1171,8 @@ def entries_yield(config: BenchmarkConfig, fields: list[str]) -> dict[str, list[
                 for key in path.split("."):
                     value = getattr(value, key)
                 kept.append(f"{path}={_toml_value(value, path)}")
-                yielded.setdefault(path, []).append(name)
+                if name not in yielded.get(path, []):
+                    yielded.setdefault(path, []).append(f"{name} (its layer preset)")
         models[name] = kept
     config.models = models
     return yielded

@@ -1,0 +1,53 @@
+"""Round 17's review of the day's configuration changes: the benchmark's warning named an entry
+twice and called an entry whose layer preset would have reset a field one that "set" it; the
+sigma hint said "take it out of the file" where the sigma came from the user's own ``--set``."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+from eqpdenet.app import cli
+from eqpdenet.app.config import BenchmarkConfig
+from eqpdenet.errors import ConfigError
+
+
+def test_entries_giving_way_are_named_once_and_a_presets_reset_as_such(tmp_path):
+    path = tmp_path / "b.toml"
+    path.write_text('seeds = [0]\n[base.model.layer]\nT = 2.0\n[models]\n'
+                    'a = ["model.layer.preset=\'se2_sim2\'", "train.epochs=4"]\n'
+                    'b = ["model={kind=\'cnn\', hidden=8}"]\n'
+                    'd = ["model.layer.preset=\'paper\'", "model.layer.T=3.0"]\n')
+    args = cli.build_parser().parse_args(["benchmark", "--config", str(path), "--set",
+                                          "base.model.layer.T=1.5"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config = cli._sweep_config(args, BenchmarkConfig, cli.quick_benchmark)
+    assert [config.experiment(name, 0).model.layer.T for name in ("a", "d")] == [1.5, 1.5]
+    assert [str(w.message) for w in caught] == [
+        "--set base.model.layer.T replaces the model.layer.T that the benchmark's model entries "
+        "a (its layer preset), d set (the command line wins over the entries; config.toml "
+        "records them without it)"]
+
+
+def test_a_sigma_the_command_line_set_is_dropped_from_the_command_line():
+    args = cli.build_parser().parse_args([
+        "train", "--out", "unused", "--set", "model.layer.stencil=gaussian", "--set",
+        "model.layer.sigma=1.0", "--set", "model.layer.stencil=central"])
+    with pytest.raises(ConfigError) as error:
+        cli._experiment_config(args)
+    assert str(error.value).endswith("leave sigma out (only gaussian take one); drop --set "
+                                     "model.layer.sigma=1.0")
+
+
+def test_a_sigma_from_the_file_names_the_file_and_the_preset(tmp_path: Path):
+    path = tmp_path / "g.toml"
+    path.write_text('[model.layer]\nstencil = "gaussian"\nsigma = 1.0\n')
+    args = cli.build_parser().parse_args(["train", "--out", "unused", "--config", str(path),
+                                          "--set", "model.layer.stencil=central"])
+    with pytest.raises(ConfigError) as error:
+        cli._experiment_config(args)
+    assert "--set cannot unset it: take it out of the file, or start the layer table again " \
+           "from a preset with --set model.layer.preset=NAME" in str(error.value)
