@@ -80,7 +80,7 @@ def test_set_base_wins_over_every_entry_that_sets_the_field():
     assert said == [
         f"--set base.train.{field} replaces the train.{field} that the benchmark's model entries "
         f"cnn, gcnn, invariant-pde set (the command line wins over the entries; config.toml "
-        f"records them without it)" for field in ("epochs", "lr")]
+        f"records the entries as they run)" for field in ("epochs", "lr")]
     # the saved configuration reruns the same runs, without a warning
     saved = from_dict(BenchmarkConfig, tomllib.loads(to_toml(config)))
     assert all(saved.experiment(name, 0) == config.experiment(name, 0) for name in config.models)
@@ -107,8 +107,8 @@ def test_device_wins_over_an_entry_that_sets_it(tmp_path):
     assert [config.experiment(name, 0).train.device for name in config.models] == ["auto", "auto"]
     assert config.models["fcnn"] == ["model.kind='fcnn'"]
     assert said == ["--device replaces the train.device that the benchmark's model entries fcnn "
-                    "set (the command line wins over the entries; config.toml records them "
-                    "without it)"]
+                    "set (the command line wins over the entries; config.toml records the "
+                    "entries as they run)"]
 
 
 def test_a_layer_field_outlives_an_entry_that_starts_the_layer_from_a_preset(tmp_path):
@@ -125,8 +125,8 @@ def test_a_layer_field_outlives_an_entry_that_starts_the_layer_from_a_preset(tmp
     assert config.experiment("sim", 0).model.layer == LayerConfig.preset(
         "paper", reduction="concat")
     assert said == ["--layer replaces the model.layer.preset that the benchmark's model entries "
-                    "sim set (the command line wins over the entries; config.toml records them "
-                    "without it)"]
+                    "sim set (the command line wins over the entries; config.toml records the "
+                    "entries as they run)"]
 
 
 # ------------------------------------------------------------------ F2: --layer and the file

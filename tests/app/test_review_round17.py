@@ -28,8 +28,8 @@ def test_entries_giving_way_are_named_once_and_a_presets_reset_as_such(tmp_path)
     assert [config.experiment(name, 0).model.layer.T for name in ("a", "d")] == [1.5, 1.5]
     assert [str(w.message) for w in caught] == [
         "--set base.model.layer.T replaces the model.layer.T that the benchmark's model entries "
-        "a (its layer preset), d set (the command line wins over the entries; config.toml "
-        "records them without it)"]
+        "a (its layer preset: set again after it), d set (the command line wins over the "
+        "entries; config.toml records the entries as they run)"]
 
 
 def test_a_sigma_the_command_line_set_is_dropped_from_the_command_line():
@@ -51,3 +51,32 @@ def test_a_sigma_from_the_file_names_the_file_and_the_preset(tmp_path: Path):
         cli._experiment_config(args)
     assert "--set cannot unset it: take it out of the file, or start the layer table again " \
            "from a preset with --set model.layer.preset=NAME" in str(error.value)
+
+
+def test_a_preset_giving_the_base_value_gives_nothing_way(tmp_path):
+    # se2_sim2's T is 1.0, the base's: the entry stays as written, no warning (a regression
+    # probe: "replaces ... (its layer preset)" where nothing changed)
+    path = tmp_path / "b.toml"
+    path.write_text('seeds = [0]\n[models]\nsim2 = ["model.layer.preset=\'se2_sim2\'"]\n')
+    args = cli.build_parser().parse_args(["benchmark", "--config", str(path), "--set",
+                                          "base.model.layer.T=1.0"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config = cli._sweep_config(args, BenchmarkConfig, cli.quick_benchmark)
+    assert config.models["sim2"] == ["model.layer.preset='se2_sim2'"]
+    assert not [w for w in caught if "replaces" in str(w.message)]
+
+
+def test_the_environment_of_a_gpu_configuration_on_a_cpu_machine(monkeypatch):
+    # save_checkpoint of a configuration trained on a GPU, on a machine without CUDA: the GPU's
+    # name was read unconditionally (raw AssertionError "Torch not compiled with CUDA enabled")
+    import torch
+
+    from eqpdenet.app.config import ExperimentConfig
+    from eqpdenet.app.training import environment
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = ExperimentConfig()
+    config.train.device = "cuda"
+    record = environment(config)
+    assert record["device"] == "cuda" and "gpu" not in record

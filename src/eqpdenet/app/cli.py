@@ -197,7 +197,7 @@ def _command_line_over_entries(config: BenchmarkConfig, args) -> None:
     for path, entries in entries_yield(config, list(named)).items():
         warnings.warn(f"{named.get(path, f'--set base.{path}')} replaces the {path} that the "
                       f"benchmark's model entries {', '.join(entries)} set (the command line "
-                      f"wins over the entries; config.toml records them without it)",
+                      f"wins over the entries; config.toml records the entries as they run)",
                       UserWarning, stacklevel=2)
 
 

@@ -1165,14 +1165,19 @@ def entries_yield(config: BenchmarkConfig, fields: list[str]) -> dict[str, list[
                 yielded.setdefault(path, []).append(name)
         tables = {leaf.removesuffix(".preset") for assignment in kept
                   for leaf in assigned_fields(assignment) if leaf.endswith(".preset")}
-        for path in fields:
-            if path.rpartition(".")[0] in tables and not path.endswith(".preset"):
-                value = config.base
-                for key in path.split("."):
-                    value = getattr(value, key)
-                kept.append(f"{path}={_toml_value(value, path)}")
-                if name not in yielded.get(path, []):
-                    yielded.setdefault(path, []).append(f"{name} (its layer preset)")
+        reset = [path for path in fields
+                 if path.rpartition(".")[0] in tables and not path.endswith(".preset")]
+        ran = apply_overrides(config.base, kept) if reset else None
+        for path in reset:
+            value, got = config.base, ran
+            for key in path.split("."):
+                value, got = getattr(value, key), getattr(got, key)
+            if got == value:  # the preset gives the base's value: nothing gives way
+                continue
+            kept.append(f"{path}={_toml_value(value, path)}")
+            if name not in yielded.get(path, []):
+                yielded.setdefault(path, []).append(f"{name} (its layer preset: set again "
+                                                    f"after it)")
         models[name] = kept
     config.models = models
     return yielded

@@ -1595,7 +1595,9 @@ def environment(config=None) -> dict:
               "threads": torch.get_num_threads(), "git": git_commit()}
     if config is not None:
         record["device"] = resolved_device_type(config.train.device)
-        if record["device"] == "cuda":
+        # only where a GPU is here: a GPU run's configuration saved on a CPU machine
+        # (save_checkpoint) raised "Torch not compiled with CUDA enabled"
+        if record["device"] == "cuda" and torch.cuda.is_available():
             record["gpu"] = torch.cuda.get_device_name()
     backend = None if config is None else pde_backend(config)
     if backend is not None:
