@@ -31,7 +31,8 @@ from typing import Generic, TypeVar
 
 from .errors import ConfigError, EqPdeNetError, is_allocation_failure
 
-__all__ = ["CallRegistry", "Registry", "call_own_code", "checked_signature", "own_code_name"]
+__all__ = ["CallRegistry", "Registry", "call_own_code", "checked_signature", "own_code_error",
+           "own_code_name"]
 
 T = TypeVar("T")
 
@@ -157,14 +158,21 @@ def call_own_code(item, where: str, role: str, /, **keywords):
     what is not an ``Exception`` (``KeyboardInterrupt``, ``SystemExit``)."""
     try:
         return item(**keywords)
-    except EqPdeNetError:
-        raise
     except Exception as error:
-        if isinstance(error, MemoryError) or is_allocation_failure(error):
+        said = own_code_error(error)
+        if said is None:
             raise
-        text = " ".join(str(error).split())
-        raise ConfigError(f"{where}: its {role} ({own_code_name(item)}) raised "
-                          f"{type(error).__name__}{f': {text}' if text else ''}") from error
+        raise ConfigError(f"{where}: its {role} ({own_code_name(item)}) raised {said}") from error
+
+
+def own_code_error(error: Exception) -> str | None:
+    """``error`` as one line (``RuntimeError: text``) where it is the user's code's own, to be
+    named as such (:func:`call_own_code`, a family's first forward pass in training); None for
+    eqpdenet's own errors and failed memory allocations, which pass unchanged."""
+    if isinstance(error, EqPdeNetError | MemoryError) or is_allocation_failure(error):
+        return None
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}{f': {text}' if text else ''}"
 
 
 class CallRegistry(Registry):

@@ -47,7 +47,6 @@ from ..data.scenarios import apply_scenario
 from ..errors import (
     CheckpointError,
     ConfigError,
-    EqPdeNetError,
     InputError,
     InputTypeError,
     NonFiniteStateError,
@@ -1196,26 +1195,24 @@ def _first_forward(forward: Callable[[Tensor], Tensor], images: Tensor,
     batch's shape and the sizes the data gave it, with the original type and message (cause
     chained): a family that ignores ``image_size`` failed with torch's "mat1 and mat2 shapes
     cannot be multiplied", read as eqpdenet's bug. eqpdenet's own errors and failed memory
-    allocations pass unchanged (:func:`~eqpdenet.app.preflight.allocation_failure`: the
+    allocations pass unchanged (:func:`~eqpdenet.registry.own_code_error`: the
     command line advises on memory)."""
     if expected.own is None:
         return forward(images)
-    from .preflight import allocation_failure
+    from ..registry import own_code_error
 
     try:
         return forward(images)
-    except EqPdeNetError:
-        raise
     except Exception as error:
-        if isinstance(error, MemoryError) or allocation_failure(error):
+        said = own_code_error(error)
+        if said is None:
             raise
-        text = " ".join(str(error).split())
         channels, size = images.shape[1], images.shape[-1]
         raise InputError(f"{expected.model} ({expected.own}) failed on the first training batch, "
-                         f"images of shape {tuple(images.shape)}: {type(error).__name__}"
-                         f"{f': {text}' if text else ''} (it is built with model.image_size = "
-                         f"{size} and model.in_channels = {channels}, from the data: a family "
-                         f"of one's own must take images of that size)") from error
+                         f"images of shape {tuple(images.shape)}: {said} (it is built with "
+                         f"model.image_size = {size} and model.in_channels = {channels}, from "
+                         f"the data: a family of one's own must take images of that size)"
+                         ) from error
 
 
 def _check_first_logits(logits, count: int, data, splits: tuple[str, ...],
