@@ -176,8 +176,9 @@ def test_a_data_class_count_the_config_refuses_is_refused_before_training():
      "SGD with momentum 0.9"),
 ])
 def test_a_decay_that_amplifies_is_refused(train, message):
+    # the PDE layer's rate is checked with the model kind, which has the layer (round 17)
     with pytest.raises(ConfigError) as caught:
-        TrainConfig(**train)
+        ExperimentConfig(train=TrainConfig(**train))
     assert str(caught.value).startswith(f"invalid config: {message}")
 
 

@@ -211,7 +211,13 @@ DECAY_BOUNDS = {
 }
 
 
-def _require_decay_shrinks(optimizer: str, lr: float, scale: float, decay: float) -> None:
+#: The built-in model kinds whose PDE layer trains at ``train.lr * train.pde_lr_scale``
+#: (``pde_layer``, its own parameter group in :func:`~eqpdenet.app.training.train_model`, which
+#: checks any other model that has one when it starts).
+PDE_RATE_KINDS = ("eqpdenet",)
+
+
+def require_decay_shrinks(optimizer: str, lr: float, scale: float, decay: float) -> None:
     """A :class:`~eqpdenet.errors.ConfigError` naming ``train.weight_decay`` where the decay of
     ``optimizer`` at ``lr`` (and at the PDE layer's ``lr * scale``, where that is larger) would
     amplify the weights instead of shrinking them (:data:`DECAY_BOUNDS`)."""
@@ -305,7 +311,8 @@ class TrainConfig:
         require(lr * max(scale, 1.0) * decay <= MAX_LR, "train.weight_decay",
                 f"train.lr * train.weight_decay = {lr * max(scale, 1.0) * decay:.3g} is more "
                 f"than {MAX_LR:g} (float32 steps would overflow)")
-        _require_decay_shrinks(self.optimizer, lr, scale, decay)
+        # at the PDE layer's rate where the model has one: ExperimentConfig, train_model
+        require_decay_shrinks(self.optimizer, lr, 1.0, decay)
         require_int(self.batch_size, "train.batch_size", 1)
         require_int(self.epochs, "train.epochs", 1)
         require(self.epochs <= MAX_EPOCHS, "train.epochs",
@@ -417,6 +424,11 @@ class ExperimentConfig:
                 setattr(self, name, from_dict(cls, getattr(self, name), _path=f"{name}."))
         require(not self.train.select_on_validation or self.data.validation > 0,
                 "train.select_on_validation", "needs data.validation > 0")
+        if self.model.kind in PDE_RATE_KINDS:
+            # the PDE layer's group steps at lr * pde_lr_scale; other kinds have no such group
+            # (an fcnn at lr 0.1 with pde_lr_scale 20 and decay 0.6 was refused for it)
+            require_decay_shrinks(self.train.optimizer, self.train.lr, self.train.pde_lr_scale,
+                                   self.train.weight_decay)
         for index, name in enumerate(self.scenarios):
             SCENARIOS.check(name, f"scenarios[{index}]")
         repeated = sorted({name for name in self.scenarios if self.scenarios.count(name) > 1})

@@ -65,6 +65,7 @@ from .config import (
     MAX_INPUT_MEAN,
     MAX_INPUT_STD,
     MIN_INPUT_STD,
+    PDE_RATE_KINDS,
     DataConfig,
     ExperimentConfig,
     TrainConfig,
@@ -74,6 +75,7 @@ from .config import (
     fields_replaced_by_data,
     fields_without_effect,
     from_dict,
+    require_decay_shrinks,
     to_dict,
     to_toml,
 )
@@ -986,6 +988,10 @@ def train_model(
         warn_at_caller(f"train.pde_lr_scale = {train.pde_lr_scale:g} has no effect on "
                        f"{type(model).__name__}: only the paper's PDE layer (model.kind = "
                        f"'eqpdenet') trains at its own rate", RuntimeWarning)
+    if pde_layer is not None and config.model.kind not in PDE_RATE_KINDS:
+        # a given model or a family of one's own with a PDE layer: its group's decay, which
+        # the configuration could not check without the model
+        require_decay_shrinks(train.optimizer, train.lr, train.pde_lr_scale, train.weight_decay)
     pde_ids = {id(p) for p in pde_layer.parameters()} if pde_layer is not None else set()
     groups = [{"params": [p for p in model.parameters() if id(p) not in pde_ids]}]
     if pde_ids:
@@ -1007,6 +1013,12 @@ def train_model(
     validation = data.get("validation")
     has_validation = validation is not None and len(validation) > 0
     if train.select_on_validation and not has_validation:
+        if config.data.validation > 0:  # the configuration asks for one; the data given lack it
+            raise ConfigError(f"invalid config: train.select_on_validation: the data given hold "
+                              f"no validation split (data['validation'] is "
+                              f"{'missing' if validation is None else 'empty'}), though "
+                              f"data.validation = {config.data.validation}: pass one, or let "
+                              f"prepare_data split it")
         raise ConfigError("invalid config: train.select_on_validation needs data.validation > 0")
     images, labels = data["train"].images, data["train"].labels
     _check_training_splits(data, getattr(resolved.model, "classes", None) if resolved else None)
@@ -1315,10 +1327,14 @@ def _check_training_splits(data, classes: int | None,
 def _divergence_remedy(train: TrainConfig) -> str:
     """What may keep a diverging run finite, in words: a smaller ``train.lr`` or a
     ``train.grad_clip``, and where ``train.weight_decay`` is on, a smaller decay (with SGD it
-    adds ``weight_decay * w`` to every gradient; :data:`~eqpdenet.app.config.DECAY_BOUNDS`)."""
+    adds ``weight_decay * w`` to every gradient; :data:`~eqpdenet.app.config.DECAY_BOUNDS`),
+    and where the blur-consistency penalty is on, a smaller weight for it."""
     decay = (f", or a smaller train.weight_decay (now {train.weight_decay:g}, at train.lr = "
              f"{train.lr:g})" if train.weight_decay else "")
-    return f"training diverged (a smaller train.lr, or train.grad_clip{decay}, may keep it finite)"
+    blur = (f", or a smaller train.blur_consistency.weight (now "
+            f"{train.blur_consistency.weight:g})" if not train.blur_consistency.is_off else "")
+    return (f"training diverged (a smaller train.lr, or train.grad_clip{decay}{blur}, may keep "
+            f"it finite)")
 
 
 def _check_finite(model: nn.Module, epoch: int, history: list[dict], record: dict,

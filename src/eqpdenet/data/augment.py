@@ -173,7 +173,8 @@ class BlurConsistency:
     draws unchanged. A training step costs about ``1 + fraction`` times as much.
 
     Attributes:
-        weight: ``weight`` above (``>= 0``); 0, the default, turns the penalty off and draws nothing.
+        weight: ``weight`` above (``0 <= weight <= 1e30``); 0, the default, turns the penalty
+            off and draws nothing.
         max_sigma: the largest blur, in pixels (``0 < max_sigma <= 5``); the default, 0.71, is the
             strongest blur a bilinear round trip applies (half a pixel there and back:
             ``[1/4, 1/2, 1/4]`` along each axis, variance 1/2).
@@ -185,7 +186,11 @@ class BlurConsistency:
     fraction: float = 0.25
 
     def __post_init__(self):
-        require_nonnegative(self.weight, "train.blur_consistency.weight")
+        weight = require_nonnegative(self.weight, "train.blur_consistency.weight")
+        # as train.lr's bound (app.config.MAX_LR): 1e39 is inf in float32, and the loss it
+        # made inf was reported as a divergence that a smaller lr would cure (round 17)
+        require(weight <= 1e30, "train.blur_consistency.weight",
+                f"must be at most 1e30 (the penalty's weight in a float32 loss), got {weight:g}")
         sigma = require_positive(self.max_sigma, "train.blur_consistency.max_sigma")
         # Beyond a few pixels the "blurred copy" of a 28-pixel digit is no longer the same digit.
         require(sigma <= 5, "train.blur_consistency.max_sigma",
