@@ -11,6 +11,7 @@ from eqpdenet.pde.layer import PDELayer
 
 
 def test_a_nan_coefficient_is_described_with_the_reports_reason():
+    torch.manual_seed(0)
     layer = PDELayer.paper()
     with torch.no_grad():
         layer.pdes[0].step.rhs.F.weight.view(-1)[0] = float("nan")
