@@ -513,7 +513,10 @@ def load_npz(path: str | os.PathLike) -> ImageDataset:
             if missing:
                 raise DataFileError(path, f"missing array(s) {missing}; a data set file holds "
                                     "x_train, y_train, x_test, y_test")
-            arrays = {key: archive[key] for key in ("x_train", "y_train", "x_test", "y_test")}
+            arrays = {}
+            for key in ("x_train", "y_train", "x_test", "y_test"):
+                _check_npy_size(archive.zip, key, path)  # before numpy allocates the array
+                arrays[key] = archive[key]
             unused = sorted(set(archive.files) - set(arrays))
     except DataFileError:
         raise
@@ -534,6 +537,53 @@ def load_npz(path: str | os.PathLike) -> ImageDataset:
                         _as_images(arrays["x_test"], path, "x_test"), test_labels,
                         classes=_classes(path, train_labels, test_labels),
                         info={"source": str(path.resolve()), "fingerprint": fingerprint})
+
+
+def _npy_member(archive: zipfile.ZipFile, key: str) -> str:
+    """The member of a .npz archive that ``NpzFile[key]`` reads: ``key`` itself, else
+    ``key.npy``."""
+    return key if key in archive.namelist() else f"{key}.npy"
+
+
+def _npy_header(member, info: zipfile.ZipInfo, path, key: str):
+    """The shape, Fortran order and dtype in the .npy header at the start of the open zip
+    member ``member`` (``info``; array ``key`` of the .npz file ``path``), read as numpy reads
+    it (a bad header is numpy's ``ValueError``), or None where numpy would not read it as an
+    array: no .npy magic (numpy returns its bytes), an unknown format version (numpy refuses
+    it). Raises :class:`DataFileError` naming the file and the member where the array the
+    header declares is larger than the member can hold: numpy allocates it before reading a
+    byte (a header of a petabyte in a file of a few hundred bytes was a bare ``MemoryError``,
+    which the command line took for a batch too large for the machine)."""
+    if member.read(len(np.lib.format.MAGIC_PREFIX)) != np.lib.format.MAGIC_PREFIX:
+        return None
+    member.seek(0)
+    version = np.lib.format.read_magic(member)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
+    elif version in ((2, 0), (3, 0)):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
+    else:
+        return None
+    if not dtype.hasobject:  # an object array is pickled: numpy refuses it without pickle
+        # exact integers: a product of declared sizes overflows 64 bits; a stored member
+        # yields no more than its stored bytes, whatever its size in the directory says
+        size = (min(info.file_size, info.compress_size) if info.compress_type == zipfile.ZIP_STORED
+                else info.file_size)
+        held = max(0, size - member.tell())
+        declared = math.prod(shape) * dtype.itemsize
+        if declared > held:
+            raise DataFileError(path, f"{key}: its .npy header declares {declared} bytes (shape "
+                                f"{shape}, {dtype}), more than the {held} bytes after the header "
+                                f"in the archive's member {info.filename}")
+    return shape, fortran, dtype
+
+
+def _check_npy_size(archive: zipfile.ZipFile, key: str, path) -> None:
+    """:func:`_npy_header`'s check of the member that ``NpzFile[key]`` reads (``KeyError``
+    where there is none, as ``NpzFile`` raises)."""
+    info = archive.getinfo(_npy_member(archive, key))
+    with archive.open(info) as member:
+        _npy_header(member, info, path, key)
 
 
 def load_idx_folder(folder: str | os.PathLike) -> ImageDataset:
@@ -685,16 +735,18 @@ def _npz_shape(path: Path) -> DatasetShape:
     byte or eight per image)."""
     with np.load(path, allow_pickle=False) as archive:
         shapes = {}
-        names = set(archive.zip.namelist())
+        for key in ("x_train", "y_train", "x_test", "y_test"):  # as loading does, in its order
+            _check_npy_size(archive.zip, key, path)  # before numpy allocates an array
         labels = [archive[key] for key in ("y_train", "y_test")]
         for y, key in zip(labels, ("y_train", "y_test"), strict=True):
             _as_labels(y, path, key)  # first, as loading does
         for key in ("x_train", "x_test"):
-            with archive.zip.open(f"{key}.npy" if f"{key}.npy" in names else key) as member:
-                version = np.lib.format.read_magic(member)
-                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                        else np.lib.format.read_array_header_2_0)
-                shape, fortran, dtype = read(member)
+            info = archive.zip.getinfo(_npy_member(archive.zip, key))
+            with archive.zip.open(info) as member:
+                header = _npy_header(member, info, path, key)
+                if header is None:  # not an array: loading says what it is
+                    raise ValueError(f"{key} is not a .npy array")
+                shape, fortran, dtype = header
                 if dtype.hasobject:  # not readable without pickle: loading says so
                     raise ValueError(f"{key} holds objects")
                 _images_shape(shape, path, key)

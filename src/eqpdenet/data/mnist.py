@@ -24,13 +24,13 @@ import contextlib
 import contextvars
 import errno
 import functools
-import gzip
 import hashlib
 import http.client
 import math
 import numbers
 import os
 import socket
+import stat
 import sys
 import threading
 import time
@@ -290,39 +290,98 @@ def check_cache_dir(flag: str | os.PathLike | None = None) -> Path:
 # Reading
 
 
-def _decompress_if_gzip(path: str | os.PathLike, raw: bytes) -> bytes:
-    if raw[:2] != b"\x1f\x8b":
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except EOFError as exc:
-        raise DataFileError(path, f"truncated gzip stream ({len(raw)} compressed bytes): {exc}") from None
-    except (OSError, zlib.error) as exc:  # BadGzipFile is an OSError; CRC / length errors too
-        raise DataFileError(path, f"corrupted gzip stream: {exc}") from None
+#: The first bytes of a gzip stream.
+_GZIP_MAGIC = b"\x1f\x8b"
+
+#: What a gzip stream that ends early is said as (``gzip.decompress``'s words).
+_GZIP_EOF = "Compressed file ended before the end-of-stream marker was reached"
 
 
-def parse_idx(
-    data: bytes,
-    path: str | os.PathLike = "<bytes>",
-    *,
-    shape: Sequence[int] | None = None,
-    md5: str | None = None,
-) -> np.ndarray:
-    """Parse the (uncompressed) bytes of an IDX file and verify them.
+class _Gunzip:
+    """The uncompressed bytes of the gzip data ``raw``, read in pieces of a size the caller
+    bounds (:meth:`read`), by ``gzip.decompress``'s rules: members one after another, zero bytes
+    between and after them ignored. A stream that ends early, is damaged or fails its CRC or
+    length check raises :class:`DataFileError` naming ``path``. Nothing beyond what is read is
+    decompressed: ``gzip.decompress`` inflated a small file of zeros to any size before its
+    length could be checked (400 MiB from 400 KB). The compressed bytes are given to zlib
+    ``step`` at a time (all at once by default: one read is then one piece of output, never
+    copied again)."""
 
-    Args:
-        data: the uncompressed file content.
-        path: used only in error messages.
-        shape: if given, the exact array shape required (items first).
-        md5: if given, the required MD5 hex digest of ``data``.
+    def __init__(self, path: str | os.PathLike, raw: bytes, step: int | None = None):
+        self.path, self._size = path, len(raw)
+        self._raw, self._fed = memoryview(raw), 0  # compressed bytes, how many given to zlib
+        self._step = max(1, step or len(raw))
+        self._tail = b""  # given, not yet used (the last read's output was full)
+        self._stream = zlib.decompressobj(wbits=31)  # gzip header and trailer (CRC, length)
 
-    Returns:
-        The array, in native byte order (``uint8`` for MNIST).
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` uncompressed bytes, fewer only where the data ends."""
+        parts = []
+        try:
+            while size > 0:
+                if self._stream.eof:  # a member ended: zero padding, another member, or the end
+                    rest = (self._stream.unused_data + self._raw[self._fed:]).lstrip(b"\x00")
+                    if not rest:
+                        break
+                    if rest[:2] != _GZIP_MAGIC:
+                        raise DataFileError(self.path, f"corrupted gzip stream: Not a gzipped "
+                                                       f"file ({rest[:2]!r})")
+                    self._stream = zlib.decompressobj(wbits=31)
+                    self._raw, self._fed, self._tail = memoryview(rest), 0, b""
+                given = self._tail
+                if not given:
+                    given = self._raw[self._fed:self._fed + self._step]
+                    self._fed += len(given)
+                # at most sys.maxsize at once: the size a header declares may be any integer
+                chunk = self._stream.decompress(given, min(size, sys.maxsize))
+                self._tail = self._stream.unconsumed_tail
+                if (not chunk and not self._stream.eof and not self._tail
+                        and self._fed == len(self._raw)):  # all used, and no end marker
+                    raise DataFileError(self.path, f"truncated gzip stream ({self._size} "
+                                                   f"compressed bytes): {_GZIP_EOF}")
+                parts.append(chunk)
+                size -= len(chunk)
+        except zlib.error as exc:  # a damaged stream, a CRC or length mismatch
+            raise DataFileError(self.path, f"corrupted gzip stream: {exc}") from None
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    Raises:
-        DataFileError: naming ``path`` and the first problem found (structure is checked before
-        the checksum, so truncation is reported as truncation, not as a checksum mismatch).
-    """
+
+#: Compressed bytes given to zlib at a time while an IDX header is read (:func:`_gunzip_idx`).
+_HEADER_STEP = 1 << 16
+
+
+def _gunzip_idx(path: str | os.PathLike, raw: bytes, shape: Sequence[int] | None) -> bytes:
+    """The uncompressed bytes of the gzip-compressed IDX file ``raw``, decompressed no further
+    than its header says: the header first (checked as :func:`parse_idx` checks it, ``shape``
+    included), then, from the start again, at most the declared length and one byte more, a
+    byte more being refused as trailing bytes. A stream holding less is returned as it is
+    (:func:`parse_idx` says it is truncated)."""
+    stream = _Gunzip(path, raw, _HEADER_STEP)
+    head = stream.read(4)
+    if len(head) == 4:
+        head += stream.read(4 * head[3])
+    _dtype, dims, _header_len, expected_len = _idx_header(head, path, shape)
+    # again from the start, the whole file in one piece of output (a header and a body joined
+    # were a copy of the body: 47 MB for the training images)
+    data = _Gunzip(path, raw).read(expected_len + 1)
+    if len(data) > expected_len:
+        raise DataFileError(path, f"unexpected trailing bytes after the {dims} array: the gzip "
+                                  f"stream holds more than the {expected_len} bytes its header "
+                                  f"declares")
+    return data
+
+
+def _idx_content(path: str | os.PathLike, raw: bytes, shape: Sequence[int] | None) -> bytes:
+    """The IDX bytes of the file content ``raw``: decompressed (:func:`_gunzip_idx`) where it
+    starts like gzip, else ``raw`` itself."""
+    return _gunzip_idx(path, raw, shape) if raw[:2] == _GZIP_MAGIC else raw
+
+
+def _idx_header(data: bytes, path: str | os.PathLike, shape: Sequence[int] | None
+                ) -> tuple[np.dtype, tuple[int, ...], int, int]:
+    """The data type, dimensions, header length and whole length in bytes (exact integers: a
+    product of four-byte dimensions overflows 64 bits) that the IDX header at the start of
+    ``data`` declares, checked as :func:`parse_idx` says (``shape``: the shape required)."""
     if len(data) < 4:
         raise DataFileError(path, f"truncated: {len(data)} bytes, too short for an IDX header")
     zero, type_code, ndim = data[0:2], data[2], data[3]
@@ -350,7 +409,32 @@ def parse_idx(
             raise DataFileError(path, f"wrong item count: header says {dims[0]}, expected {shape[0]}")
         if dims[1:] != shape[1:]:
             raise DataFileError(path, f"wrong item size: header says {dims[1:]}, expected {shape[1:]}")
-    expected_len = header_len + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    return dtype, dims, header_len, header_len + math.prod(dims) * dtype.itemsize
+
+
+def parse_idx(
+    data: bytes,
+    path: str | os.PathLike = "<bytes>",
+    *,
+    shape: Sequence[int] | None = None,
+    md5: str | None = None,
+) -> np.ndarray:
+    """Parse the (uncompressed) bytes of an IDX file and verify them.
+
+    Args:
+        data: the uncompressed file content.
+        path: used only in error messages.
+        shape: if given, the exact array shape required (items first).
+        md5: if given, the required MD5 hex digest of ``data``.
+
+    Returns:
+        The array, in native byte order (``uint8`` for MNIST).
+
+    Raises:
+        DataFileError: naming ``path`` and the first problem found (structure is checked before
+        the checksum, so truncation is reported as truncation, not as a checksum mismatch).
+    """
+    dtype, dims, header_len, expected_len = _idx_header(data, path, shape)
     if len(data) < expected_len:
         raise DataFileError(
             path, f"truncated: {len(data)} bytes, expected {expected_len} for dimensions {dims}"
@@ -366,7 +450,11 @@ def parse_idx(
                 path, f"MD5 mismatch of the uncompressed content: got {digest}, expected {md5} "
                 "(corrupted file or not the canonical MNIST)"
             )
-    array = np.frombuffer(data, dtype=dtype, offset=header_len).reshape(dims)
+    try:
+        array = np.frombuffer(data, dtype=dtype, offset=header_len).reshape(dims)
+    except ValueError as exc:  # no items, but more dimensions or a size NumPy cannot hold
+        raise DataFileError(path, f"dimensions {dims} cannot be held by a NumPy array: "
+                                  f"{exc}") from None
     return array.astype(dtype.newbyteorder("="), copy=True)
 
 
@@ -380,6 +468,11 @@ def read_idx(path: str | os.PathLike, *, spec: IdxSpec | None = None,
     skips only the MD5). The file name plays no part: Fashion-MNIST or KMNIST files carry
     MNIST's names and are read without MNIST's checksums.
 
+    The header is checked first, and no more is read or decompressed than it declares and one
+    byte: a file larger than that (on disk, or inflated from its gzip stream) is refused as
+    trailing bytes, so that a small file cannot take memory beyond its declared array's size
+    (a gzip file's excess is not counted; a raw file's is, from its size).
+
     Returns:
         The array, e.g. ``(60000, 28, 28) uint8`` for the MNIST training images.
 
@@ -387,16 +480,59 @@ def read_idx(path: str | os.PathLike, *, spec: IdxSpec | None = None,
         DataFileError: on a missing, truncated, corrupted or mismatching file; the message names it.
     """
     path = Path(path)
+    shape = None if spec is None else spec.shape
     try:
-        raw = path.read_bytes()
+        # unbuffered: the whole file is read in one piece (a buffer's bytes joined to the
+        # rest were a copy of the file)
+        with open(path, "rb", buffering=0) as handle:
+            start = _read_up_to(handle, 2)
+            if start == _GZIP_MAGIC:
+                data = _gunzip_idx(path, _read_all(handle, start), shape)
+            else:
+                data = _read_raw_idx(path, handle, start, shape)
     except FileNotFoundError:
         raise DataFileError(path, "file not found") from None
     except OSError as exc:
         raise DataFileError(path, f"cannot read: {exc}") from None
-    data = _decompress_if_gzip(path, raw)
     if spec is None:
         return parse_idx(data, path)
     return parse_idx(data, path, shape=spec.shape, md5=spec.md5 if verify else None)
+
+
+def _read_up_to(handle, size: int) -> bytes:
+    """``size`` bytes from the unbuffered file ``handle``, fewer only at its end (a pipe's
+    read may return fewer)."""
+    data = b""
+    while len(data) < size:
+        piece = handle.read(size - len(data))
+        if not piece:
+            break
+        data += piece
+    return data
+
+
+def _read_all(handle, start: bytes) -> bytes:
+    """All of the unbuffered file ``handle``, of which ``start`` is read: read again from its
+    beginning in one piece where it can be (a regular file), else ``start`` and the rest."""
+    if not handle.seekable():
+        return start + handle.readall()
+    handle.seek(0)
+    return handle.readall()
+
+
+def _read_raw_idx(path: Path, handle, start: bytes, shape: Sequence[int] | None) -> bytes:
+    """The bytes of the uncompressed IDX file open as ``handle`` (unbuffered), of which
+    ``start`` is read: its header, checked, then all of it, unless the file is larger than the
+    header declares (trailing bytes, refused with their number without reading them)."""
+    data = start + _read_up_to(handle, 4 - len(start))
+    if len(data) == 4:
+        data += _read_up_to(handle, 4 * data[3])
+    _dtype, dims, _header_len, expected_len = _idx_header(data, path, shape)
+    size = os.fstat(handle.fileno()).st_size  # 0 for a pipe: read to its end
+    if size > expected_len:
+        raise DataFileError(path, f"{size - expected_len} unexpected trailing bytes after the "
+                                  f"{dims} array")
+    return _read_all(handle, data)
 
 
 def find_mnist_file(data_dir: str | os.PathLike, key: str) -> Path | None:
@@ -596,7 +732,8 @@ def _fetch_verified(url: str, target: Path, spec: IdxSpec, *, timeout: float, de
                            progress=progress, name=target.name)
             out.flush()
             os.fsync(out.fileno())
-        data = _decompress_if_gzip(url, tmp.read_bytes())
+        # inflated no further than the file's length: a small reply could inflate to gigabytes
+        data = _idx_content(url, tmp.read_bytes(), spec.shape)
         parse_idx(data, url, shape=spec.shape, md5=spec.md5)
         os.replace(tmp, target)
     except BaseException:
@@ -749,11 +886,20 @@ def _remove_killed_downloads(target: Path, *, age: float) -> None:
 
 def _check_writable(target: Path, spec: IdxSpec) -> None:
     """Make and delete a temporary file where ``target``'s download will be written: a folder
-    that cannot be written is one :class:`DownloadError` naming it and the cause, before any
-    mirror is tried (each mirror was tried, each failing the same way)."""
+    that cannot be written, or a ``target`` (the file a link leads to) that exists and is not a
+    regular file (a folder ``<name>.gz``, which the finished download cannot replace), is one
+    :class:`DownloadError` naming it and the cause, before any mirror is tried (each mirror
+    was tried, each downloading the whole file, then failing the same way)."""
     written = target
     try:
         written = link_target(target)
+        with contextlib.suppress(FileNotFoundError):
+            mode = os.stat(written).st_mode
+            if not stat.S_ISREG(mode):
+                kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+                raise DownloadError(f"cannot write {spec.name}.gz into {written.parent}: "
+                                    f"{written} is {kind}, where the download is to be put: "
+                                    f"remove or rename it")
         fd, tmp = temporary_beside(written, ".part")
         os.close(fd)
         tmp.unlink()
@@ -762,14 +908,19 @@ def _check_writable(target: Path, spec: IdxSpec) -> None:
                             f"{write_cause(exc)}; {_write_advice(exc, written.parent)}") from None
 
 
+#: :func:`download_mnist`'s default ``timeout`` and ``deadline``, in seconds.
+DOWNLOAD_TIMEOUT = 60.0
+DOWNLOAD_DEADLINE = 1800.0
+
+
 def download_mnist(
     data_dir: str | os.PathLike | None = None,
     mirrors: Sequence[str] | None = None,
     *,
     keys: Sequence[str] | None = None,
     force: bool = False,
-    timeout: float = 60.0,
-    deadline: float = 1800.0,
+    timeout: float = DOWNLOAD_TIMEOUT,
+    deadline: float = DOWNLOAD_DEADLINE,
     progress: bool | None = None,
 ) -> Path:
     """Download the missing MNIST files into ``<data_dir>/mnist/``, verified and atomically.
@@ -914,6 +1065,10 @@ def load_mnist(
 ) -> MNIST:
     """Read (and if needed download) the four MNIST files from ``<data_dir>/mnist/``.
 
+    Killed downloads' temporary files are removed first, the files present or not, as
+    :func:`download_mnist` removes them (with its default ``deadline + timeout`` as their age
+    where their lock cannot be tested).
+
     Args:
         data_dir: see :func:`resolve_data_dir` (flag > ``EQPDENET_DATA`` > per-user directory).
         download: download missing files (:func:`download_mnist`); else a missing file is an error.
@@ -930,6 +1085,11 @@ def load_mnist(
         DownloadError: a missing file could not be downloaded.
     """
     root = resolve_data_dir(data_dir)
+    for spec in MNIST_FILES.values():
+        # a killed download's, as download_mnist removes them: with all four files present it
+        # is never called, and the file (up to 48 MB) stayed for ever
+        _remove_killed_downloads(root / "mnist" / f"{spec.name}.gz",
+                                 age=DOWNLOAD_DEADLINE + DOWNLOAD_TIMEOUT)
     missing = [key for key in MNIST_FILES if find_mnist_file(root, key) is None]
     if missing:
         _refuse_mnist_folder_as_data_dir(data_dir, root)
