@@ -25,11 +25,13 @@ Protocol (``docs/equivariance.md`` states it with the measured numbers):
   convolution (:mod:`eqpdenet.analysis.references`). A layer is as equivariant as the grid
   allows when its ``E`` is of the order of the interpolation floor and far below the random
   convolution's.
-* **Exact group elements.** Rotations by multiples of 90 degrees (of square images) map pixel
-  centres onto pixel centres and are applied with :func:`torch.rot90`, which is exactly
-  :func:`eqpdenet.geometry.rotate` there; at those angles no interpolation is involved, so an
-  equivariant map must give ``E ~ 1e-7`` (float32 round-off) and a non-equivariant one cannot
-  hide behind interpolation error: :func:`quarter_turn_check` uses that to flag maps.
+* **Exact group elements.** Rotations by multiples of 90 degrees (of square images; of any
+  image, the half turn) map pixel centres onto pixel centres and are applied with
+  :func:`torch.rot90`, which is exactly :func:`eqpdenet.geometry.rotate` there; at those angles
+  no interpolation is involved, so an equivariant map must give ``E ~ 1e-7`` (float32
+  round-off) and a non-equivariant one cannot hide behind interpolation error:
+  :func:`quarter_turn_check` uses that to flag maps (a quarter turn of a non-square image is
+  resampled, and flags only on images blank near the frame).
 * **Modes.** A map or model that is an ``nn.Module`` is measured in evaluation mode, every
   submodule's own mode restored afterwards
   (:func:`~eqpdenet.analysis.predictions.evaluation_mode`): in training mode a batch norm
@@ -64,6 +66,7 @@ from .predictions import (
 
 __all__ = [
     "DISK_FRACTION",
+    "Similarity",
     "Transform",
     "central_disk",
     "equivariance_error",
@@ -95,11 +98,20 @@ def _finite_number(value, name: str) -> float:
 
 
 def _radians(degrees: float) -> float:
-    """``degrees`` in radians, reduced modulo 360 first. :func:`eqpdenet.geometry.rotation_matrix`
-    reduces an angle beyond a turn too, but in radians, where ``radians(37 + 360 k)`` is already
-    rounded; :func:`math.fmod` of the degrees is exact, so a transform by ``37 + 360 k`` degrees
-    is the one by 37, bit for bit."""
-    return math.radians(math.fmod(degrees, 360.0))
+    """``degrees`` in radians, reduced to ``(-180, 180]`` first.
+    :func:`eqpdenet.geometry.rotation_matrix` reduces an angle beyond a turn too, but in radians,
+    where ``radians(37 + 360 k)`` is already rounded. Here no step rounds: :func:`math.fmod` of
+    the degrees is exact, and moving its ``(-360, 360)`` into ``(-180, 180]`` by one turn
+    subtracts numbers within a factor 2 of each other (exact, Sterbenz); so two angles that
+    differ by whole turns (``37 + 360 k`` for every integer ``k``, and ``-323``) give one
+    rotation, bit for bit, and an angle within ``(-180, 180]`` is used as it is (``fmod`` alone
+    left ``-323``, whose radians round otherwise than 37's). A zero comes out as ``+0.0``."""
+    reduced = math.fmod(degrees, 360.0)
+    if reduced > 180.0:
+        reduced -= 360.0
+    elif reduced <= -180.0:
+        reduced += 360.0
+    return math.radians(reduced + 0.0)  # + 0.0: -0.0 (fmod(-360, 360)) as 0.0, as 360's
 
 
 def _relative_change(moved: Tensor, reference: Tensor) -> float:
@@ -212,6 +224,39 @@ def similarity(images: Tensor, angle_degrees: float = 0.0, factor: float = 1.0,
     return affine_warp(images, matrix, torch.tensor(shift, dtype=images.dtype))
 
 
+@dataclass(frozen=True)
+class Similarity:
+    """The group element ``p -> factor R(angle) p + shift`` of :func:`similarity` (a figure's
+    ``g``: rotation, scaling and shift at once), with what :func:`filled_region` and the
+    measurement's refusal need of a :class:`Transform`: its :meth:`affine` map and a printable
+    :attr:`label`. Calling it is :func:`similarity`; its values are checked there."""
+
+    angle: float = 0.0
+    factor: float = 1.0
+    shift: tuple[float, float] = (0.0, 0.0)
+
+    @property
+    def description(self) -> str:
+        """``"rotation 30°, scale 2, shift (1, 0) px"`` (scale and shift where they act)."""
+        return (f"rotation {self.angle:g}°" + (f", scale {self.factor:g}" if self.factor != 1
+                                               else "")
+                + (f", shift ({self.shift[0]:g}, {self.shift[1]:g}) px" if any(self.shift)
+                   else ""))
+
+    @property
+    def label(self) -> str:
+        return f"g = {self.description}"
+
+    def __call__(self, images: Tensor) -> Tensor:
+        return similarity(images, self.angle, self.factor, self.shift)
+
+    def affine(self, pixels_per_unit: float = 1.0) -> tuple[Tensor, Tensor]:
+        """``(A, t)`` of ``p -> A p + t`` in float64, ``t`` in pixels (``(x, y)``, ``y`` up)."""
+        matrix = float(self.factor) * rotation_matrix(_radians(float(self.angle)),
+                                                      dtype=torch.float64)
+        return matrix, torch.tensor(self.shift, dtype=torch.float64) * pixels_per_unit
+
+
 # ----------------------------------------------------------------------------- the measurement
 
 
@@ -235,12 +280,13 @@ def central_disk(height: int, width: int | None = None,
 _FRAME_SLACK = 1e-9
 
 
-def filled_region(transform: Transform, height: int, width: int | None = None,
+def filled_region(transform: Transform | Similarity, height: int, width: int | None = None,
                   frame: tuple[int, int] | None = None, pixels_per_unit: float = 1.0) -> Tensor:
     """Boolean ``(H, W)`` mask of the pixels ``p`` of an ``H x W`` grid (centred as in
-    :mod:`eqpdenet.geometry`) that ``transform`` keeps on real pixels both ways: ``g p`` and
-    ``g^{-1} p`` lie within the rectangle of the pixel centres of ``frame`` (``(h, w)``, on the
-    same centre and spacing; default ``(H, W)``), and so does ``p``.
+    :mod:`eqpdenet.geometry`) that ``transform`` (a :class:`Transform`, or a figure's
+    :class:`Similarity`) keeps on real pixels both ways: ``g p`` and ``g^{-1} p`` lie within the
+    rectangle of the pixel centres of ``frame`` (``(h, w)``, on the same centre and spacing;
+    default ``(H, W)``), and so does ``p``.
 
     Within that rectangle bilinear resampling reads four real pixels; past it, it reads the zero
     fill. ``g . u`` at ``p`` reads ``u`` at ``g^{-1} p`` (the error's ``g . Phi(f)`` and the
@@ -272,12 +318,15 @@ def _masked_norm(t: Tensor, mask: Tensor | None) -> float:
 
 
 def _require_points(mask: Tensor, transform, size: tuple[int, int]) -> None:
-    """A :class:`~eqpdenet.errors.ConfigError` where the measurement region has no point: the
-    error would be ``0 / 0``, and was reported as 0 ("perfectly equivariant") for any map."""
+    """A :class:`~eqpdenet.errors.ConfigError` where the measurement region has no point, naming
+    ``transform`` where it is a :class:`Transform` or a :class:`Similarity`: the error would be
+    ``0 / 0``, and was reported as 0 ("perfectly equivariant") for any map. The one rule of
+    :func:`equivariance_error`, :func:`interpolation_floor` and the figure's
+    :func:`~eqpdenet.app.figures.diagram_arrays`."""
     if bool(mask.any()):
         return
     height, width = size
-    if isinstance(transform, Transform):
+    if isinstance(transform, Transform | Similarity):
         raise ConfigError(
             f"{transform.label}: no point of the measured region of the {height}x{width} grid "
             f"stays on real pixels both ways (p, g p and g^-1 p all within the frame): only the "
@@ -437,10 +486,16 @@ def interpolation_floor(images: Tensor, transform: Transform, mask: Tensor | Non
 
 def quarter_turn_check(phi: Callable[[Tensor], Tensor], images: Tensor,
                        tolerance: float = 1e-4) -> dict:
-    """Flag non-equivariant maps: ``E`` at the exact rotations by 90, 180, 270 degrees.
+    """Flag non-equivariant maps: ``E`` at the rotations by 90, 180, 270 degrees.
 
-    No interpolation is involved, so a rotation-equivariant map (on the pixel grid) has
-    ``E ~ 1e-7``; returns ``{"error": max E, "equivariant": error <= tolerance}``. A module is
+    On square images these map pixel centres onto pixel centres (:meth:`Transform.__call__`:
+    :func:`torch.rot90`) and no interpolation is involved, so a rotation-equivariant map (on the
+    pixel grid) has ``E ~ 1e-7``. On a non-square image only the half turn is exact: the quarter
+    turns are resampled into the same ``H x W`` frame, and an equivariant map is charged for that
+    interpolation wherever the image has content near the frame (the heat equation on 20x30
+    uniform noise: ``E = 2e-3``, flagged; on a 20x30 blob blank at the frame: ``2e-6``); there
+    the flag holds only for images blank near the frame. Returns
+    ``{"error": max E, "equivariant": error <= tolerance}``. A module is
     measured in evaluation mode, as :func:`equivariance_error` measures it, and refused as it
     refuses. ``tolerance`` a finite number >= 0, else a :class:`~eqpdenet.errors.ConfigError`
     before anything is measured (a negative or NaN one called an exactly equivariant map not

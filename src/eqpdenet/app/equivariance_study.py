@@ -38,7 +38,7 @@ from ..analysis.references import (
 from ..data.mnist import load_mnist
 from ..errors import ConfigError, NonFiniteStateError
 from ..models import EqPdeNet, LiftedPDENet
-from ..pde.integrators import EulerFlow
+from ..pde.integrators import EulerFlow, EulerStep
 from .files import atomic_write, import_pyplot, write_set
 from .training import load_checkpoint
 
@@ -56,7 +56,10 @@ def mnist_inputs(count: int = 64, data_dir=None) -> Tensor:
 
 @dataclass
 class Record:
-    """One measurement (one row of ``table.csv``)."""
+    """One measurement (one row of ``table.csv``). ``dt`` and ``steps`` are the map's own
+    explicit Euler scheme (a reference PDE's, a learned PDE's as trained); NaN and None for a
+    map without one (the identity, the random convolution, a lift, a model's logits), written
+    as empty cells."""
 
     study: str
     inputs: str
@@ -68,7 +71,7 @@ class Record:
     stencil: str = ""
     factor: int = 1
     dt: float = float("nan")
-    steps: int = 0
+    steps: int | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -135,10 +138,46 @@ def checkpoint_inputs(model: nn.Module, config, count: int, data_dir=None,
     return inputs, name
 
 
+@dataclass(frozen=True)
+class LearnedMap:
+    """A checkpoint's map with its own explicit Euler scheme, which ``table.csv`` records:
+    ``dt`` and ``steps`` of its PDE (of every PDE of a layer that shares them), NaN and None
+    where it has none (a lift) or no one (a layer of PDEs of different schemes)."""
+
+    function: Callable[[Tensor], Tensor]
+    dt: float = float("nan")
+    steps: int | None = None
+
+    def __call__(self, images: Tensor) -> Tensor:
+        return self.function(images)
+
+
+def _scheme(euler_steps: Sequence, steps: int | None = None) -> tuple[float, int | None]:
+    """``(dt, steps)`` of a chain of Euler steps (``steps``: how many, default one of each of
+    ``euler_steps``) where they share one ``dt``; ``(nan, None)`` without any, or where their
+    ``dt`` differ (no one scheme to record)."""
+    dts = {float(step.dt) for step in euler_steps}
+    if len(dts) != 1:
+        return float("nan"), None
+    return dts.pop(), len(euler_steps) if steps is None else steps
+
+
+def map_scheme(phi) -> tuple[float, int | None]:
+    """``(dt, steps)`` of a map of the study: an :class:`~eqpdenet.pde.integrators.EulerFlow`'s
+    (a reference PDE), a :class:`LearnedMap`'s, else ``(nan, None)``."""
+    if isinstance(phi, EulerFlow):
+        return float(phi.step.dt), phi.steps
+    if isinstance(phi, LearnedMap):
+        return phi.dt, phi.steps
+    return float("nan"), None
+
+
 def checkpoint_maps(path, taken=()) -> tuple[dict[str, Callable], nn.Module, str, object]:
     """From a checkpoint: each PDE ``u -> u_T`` and the whole layer (after the model's input
     standardisation, as the model applies them); for a lifted model the lift and its first stage,
     projected over orientations; other families give no maps (their logits are measured).
+    Each map is a :class:`LearnedMap` with its own Euler scheme (a learned PDE's ``dt`` and
+    steps; the first stage's blocks, each one step; none for the lift).
     Returns the maps, the model, its tag (its kind; with its file where ``taken`` has the kind
     already) and its configuration."""
     model, config, _ = load_checkpoint(path)
@@ -153,15 +192,22 @@ def checkpoint_maps(path, taken=()) -> tuple[dict[str, Callable], nn.Module, str
     if isinstance(model, LiftedPDENet):
         # Full resolution only (the lift and the first stage): the transforms act on the
         # 28x28 grid, and a downsampled map would need their action at another spacing.
-        maps = {f"{tag} lift": lambda u: model.projected_fields(u, 0),
-                f"{tag} stage 1": lambda u: model.projected_fields(u, 1)}
+        stage = [m for m in model.stages[0].modules() if isinstance(m, EulerStep)]
+        maps = {f"{tag} lift": LearnedMap(lambda u: model.projected_fields(u, 0)),
+                f"{tag} stage 1": LearnedMap(lambda u: model.projected_fields(u, 1),
+                                             *_scheme(stage))}
         return maps, model, tag, config
     if not isinstance(model, EqPdeNet):
         return {}, model, tag, config
     maps: dict[str, Callable] = {}
-    for pde in model.pde_layer.pdes:
-        maps[f"{tag} {pde.name}"] = (lambda u, p=pde: p(model.standardize(u)))
-    maps[f"{tag} layer"] = lambda u: model.features(u)
+    pdes = list(model.pde_layer.pdes)
+    for pde in pdes:
+        maps[f"{tag} {pde.name}"] = LearnedMap(lambda u, p=pde: p(model.standardize(u)),
+                                               *_scheme([pde.step], pde.steps))
+    schemes = {_scheme([pde.step], pde.steps) for pde in pdes}
+    maps[f"{tag} layer"] = LearnedMap(lambda u: model.features(u),
+                                      *(schemes.pop() if len(schemes) == 1
+                                        else (float("nan"), None)))
     return maps, model, tag, config
 
 
@@ -295,19 +341,21 @@ def _error_of(phi, name: str, input_name: str, images: Tensor, transform) -> flo
 
 
 def _measure_transforms(study: Study, maps: dict[str, Callable], inputs: dict[str, Tensor],
-                        transforms: list[Transform], stencil: str, dt: float) -> None:
-    """Study 1 for ``maps`` on ``inputs``: every map, every transform (records of "transforms")."""
+                        transforms: list[Transform], stencil: str) -> None:
+    """Study 1 for ``maps`` on ``inputs``: every map, every transform (records of "transforms"),
+    each with its own Euler scheme (:func:`map_scheme`)."""
     for input_name, images in inputs.items():
         for transform in transforms:
             floor = interpolation_floor(images, transform)
             for name, phi in maps.items():
                 if stencil != "central" and name in ("identity", "random conv3x3"):
                     continue
+                own_dt, steps = map_scheme(phi)  # a checkpoint's own: not the study's dt
                 study.add(study="transforms", inputs=input_name, map=name,
                           transform=transform.kind, param=_transform_param(transform),
                           error=_error_of(phi, name, input_name, images, transform), floor=floor,
-                          stencil=stencil if isinstance(phi, EulerFlow) else "", dt=dt,
-                          steps=getattr(phi, "steps", 0))
+                          stencil=stencil if isinstance(phi, EulerFlow) else "", dt=own_dt,
+                          steps=steps)
 
 
 @dataclass
@@ -341,11 +389,20 @@ def prepare_study(*, quick: bool = False, checkpoints: Sequence = (), data_dir=N
     smooth inputs stand in for them, with a message). Then the reference PDEs are integrated on
     the inputs (:func:`check_reference_growth`: a horizon at which one blows up is a
     :class:`~eqpdenet.errors.ConfigError`) and each checkpoint's maps measured once on two
-    images, so that the study itself has nothing left to refuse."""
+    images, so that the study itself has nothing left to refuse. A checkpoint given more than
+    once (the same file, by its resolved path) is measured once, where first given, with a
+    message (it was measured twice, under two names that suggested two models)."""
     grid = default_grid(quick)
     check_steps(T, dt, grid)
     loaded = []
-    for path in checkpoints:  # all of them before any data set is read
+    given: dict[Path, object] = {}
+    for path in checkpoints:
+        resolved = Path(path).resolve()
+        if resolved in given:
+            echo(f"--checkpoint {path}: given already (as {given[resolved]}); measured once")
+            continue
+        given[resolved] = path
+    for path in given.values():  # all of them before any data set is read
         maps, model, tag, config = checkpoint_maps(path, [entry[2] for entry in loaded])
         loaded.append((path, maps, tag, model, config))
     ck_maps: dict[str, Callable] = {}
@@ -400,10 +457,10 @@ def run_study(plan: StudyPlan, echo: Callable[[str], None] = print) -> Study:
     # 1. Every map, every transform, both inputs, at 1x.
     for stencil in grid["stencils"]:
         maps = _maps(T, dt, stencil, plan.ck_maps if stencil == "central" else {})
-        _measure_transforms(study, maps, inputs, transforms, stencil, dt)
+        _measure_transforms(study, maps, inputs, transforms, stencil)
         echo(f"transforms ({stencil}): {time.perf_counter() - start:.0f} s")
     for maps, _, _, own_inputs, _ in plan.own:
-        _measure_transforms(study, maps, own_inputs, transforms, "central", dt)
+        _measure_transforms(study, maps, own_inputs, transforms, "central")
 
     # 2. Resolution: the same continuous PDE on images upsampled k times (h = 1/k, dt / k^2).
     # MNIST's rows only where MNIST was read: its rows held the smooth inputs upsampled,
@@ -568,7 +625,8 @@ def csv_table(study: Study) -> str:
                      "steps", "error", "interpolation_floor", "unchanged_predictions"])
     for r in study.records:
         writer.writerow([r.study, r.inputs, r.map, r.stencil, r.transform, f"{r.param:g}",
-                         r.factor, f"{r.dt:g}", r.steps, f"{r.error:.6e}", f"{r.floor:.6e}",
+                         r.factor, "" if math.isnan(r.dt) else f"{r.dt:g}",
+                         "" if r.steps is None else r.steps, f"{r.error:.6e}", f"{r.floor:.6e}",
                          r.extra.get("unchanged", "")])
     return buffer.getvalue()
 

@@ -12,7 +12,8 @@ For any sample, any group element ``g: p -> λ R(θ) p + t`` (push-forward, conv
 of a checkpoint's learned PDEs). The difference is drawn on the same scale as the evolved images
 (so "commutes" looks like a blank panel) and its relative size and largest value on the central
 disk are printed. ``g`` fills the frame's new corners with the blank value of what it moves (for
-``u_T(I0)``, the PDE's evolved blank image: :func:`diagram_arrays`).
+``u_T(I0)``, the PDE's evolved blank image: :func:`diagram_arrays`). A ``g`` that leaves no point
+of the disk on real pixels is refused, by the equivariance study's rule.
 """
 
 from __future__ import annotations
@@ -23,13 +24,19 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ..analysis.equivariance import DISK_FRACTION, central_disk, similarity
+from ..analysis.equivariance import (
+    DISK_FRACTION,
+    Similarity,
+    _require_points,
+    central_disk,
+    filled_region,
+)
 from ..errors import ConfigError, InputError
 from ..pde.layer import PDELayer
 from .files import import_pyplot, save_figure
 
 __all__ = ["diagram_arrays", "evolution_grid", "evolution_trajectories", "figure_diagram",
-           "frame_steps"]
+           "frame_steps", "grey_range"]
 
 
 @torch.no_grad()
@@ -45,18 +52,28 @@ def diagram_arrays(image: Tensor, pde: Callable[[Tensor], Tensor], angle: float 
     (``-mean / std`` and its evolution for a checkpoint's PDE, which standardises its input), so
     ``g·u_T(I0)`` matches ``u_T(g·I0)`` where the frame is blank; a zero fill would show a
     difference of ``|background|`` there even for the identity map. The background is the mean
-    of the evolved blank image (uniform for every PDE of the library with a replicating
-    boundary)."""
+    of the evolved blank image, taken in float64 and cast back to the image's dtype: exactly its
+    value where it is uniform (as for every PDE of the library with a replicating boundary; the
+    float32 mean was one rounding off it, and drew as a frame of another shade).
+
+    Refused before any PDE runs: a ``g`` that keeps no point of the disk on real pixels both
+    ways (a shift past the frame, a scaling by 0.001): the equivariance study's rule
+    (:func:`~eqpdenet.analysis.equivariance.filled_region`), a
+    :class:`~eqpdenet.errors.ConfigError` naming ``g`` (every panel but ``I0`` was the zero fill,
+    and the difference read 0, "exactly equivariant"). Within that rule the difference is
+    measured on the whole disk, where ``g`` fills with each image's blank value."""
     _check_one_image(image)
-    disk = central_disk(image.shape[-2], image.shape[-1])
+    height, width = image.shape[-2:]
+    disk = central_disk(height, width)
     if not bool(disk.any()):
-        raise InputError(f"the image is {image.shape[-2]}x{image.shape[-1]} pixels: its central "
+        raise InputError(f"the image is {height}x{width} pixels: its central "
                          f"disk (radius {DISK_FRACTION:g} x the shorter side) holds no pixel to "
                          f"measure on")
-    g = lambda u: similarity(u, angle, factor, shift)  # noqa: E731
-    moved = g(image)
+    g = Similarity(angle, factor, shift)
+    moved = g(image)  # checks g's values (finite, invertible) first
+    _require_points(disk & filled_region(g, height, width), g, (height, width))
     evolved, evolved_moved = pde(image), pde(moved)
-    background = pde(torch.zeros_like(image)).mean()
+    background = pde(torch.zeros_like(image)).double().mean().to(image.dtype)
     moved_evolved = g(evolved - background) + background
     difference = evolved_moved - moved_evolved
     mask = disk.to(image.dtype)
@@ -97,18 +114,17 @@ def figure_diagram(image: Tensor, pde: Callable[[Tensor], Tensor], path, *, angl
     panels = diagram_arrays(image, pde, angle, factor, shift)
     pde_label = "\n".join(textwrap.fill(line, 62, subsequent_indent="    ")
                           for line in pde_label.splitlines())
-    g_text = f"g: rotation {angle:g}°" + (f", scale {factor:g}" if factor != 1 else "") + (
-        f", shift ({shift[0]:g}, {shift[1]:g}) px" if any(shift) else "")
+    g_text = f"g: {Similarity(angle, factor, shift).description}"
     channels = image.shape[1]
     if image_label is not None or channels > 1:
         g_text = (f"I0: {image_label or 'the image'}"
                   + (f" (channel 0 of {channels} drawn; measured on all)" if channels > 1 else "")
                   + f"\n{g_text}")
     fig, axes = plt.subplots(2, 4, figsize=(12, 6.2))
-    inputs_range = (float(min(panels["I0"].min(), panels["gI0"].min())),
-                    float(max(panels["I0"].max(), panels["gI0"].max())))
+    inputs_range = grey_range(float(min(panels["I0"].min(), panels["gI0"].min())),
+                              float(max(panels["I0"].max(), panels["gI0"].max())))
     evolved = torch.stack([panels["uT"], panels["uT_g"], panels["g_uT"]])
-    evolved_range = (float(evolved.min()), float(evolved.max()))
+    evolved_range = grey_range(float(evolved.min()), float(evolved.max()))
     bound = max(abs(evolved_range[0]), abs(evolved_range[1]), 1e-12)
     layout = {
         (0, 0): ("I0", "$I_0$", inputs_range, "gray"),
@@ -166,6 +182,20 @@ def figure_diagram(image: Tensor, pde: Callable[[Tensor], Tensor], path, *, angl
     return error if math.isfinite(error) else float("nan")
 
 
+#: The narrowest grey scale, relative to the magnitude of its values (at least 1): float32
+#: round-off of a constant image (a few units of 1.2e-7 relative) then stays under one of the 256
+#: grey levels; a scale one rounding wide drew it as black and white blocks.
+MIN_GREY_RANGE = 1e-4
+
+
+def grey_range(low: float, high: float) -> tuple[float, float]:
+    """``(vmin, vmax)`` of a grey scale for values from ``low`` to ``high``: those, widened
+    upwards to :data:`MIN_GREY_RANGE` ``x max(1, |low|, |high|)`` where narrower (a constant
+    panel is drawn in the scale's lowest grey, and its rounding noise does not show)."""
+    width = MIN_GREY_RANGE * max(1.0, abs(low), abs(high))
+    return low, (high if high - low >= width else low + width)
+
+
 def _between(fig, a, b) -> tuple[float, float]:
     inverse = fig.transFigure.inverted()
     xa, ya = inverse.transform(a.transAxes.transform((1.0, 0.5)))
@@ -204,11 +234,13 @@ def evolution_grid(layer: PDELayer, images: Tensor, path, *, frames: int = 6,
                    labels: Sequence[str] | None = None, standardize=None,
                    title: str | None = None, trajectories: Sequence[Tensor] | None = None) -> None:
     """PNG grid: one row per (sample, PDE), ``frames`` columns ``u(t)`` from ``t = 0`` to ``T``
-    (:func:`frame_steps`: one frame is ``u(T)``).
+    (:func:`frame_steps`: one frame is ``u(T)``); fewer where no PDE has that many distinct
+    steps (at most ``steps + 1`` columns), a row of fewer steps ending in blank cells.
 
     Each row has its own grey scale, shared across its frames so the change in time shows: from
-    the row's minimum to its 99.5th percentile (isolated spikes saturate); the row label gives
-    the full range. ``images``: ``(N, 1, H, W)``; ``standardize`` is applied first.
+    the row's minimum to its 99.5th percentile (isolated spikes saturate; at least
+    :func:`grey_range`'s width); the row label gives the full range. ``images``:
+    ``(N, 1, H, W)``; ``standardize`` is applied first.
     ``trajectories``: those of :func:`evolution_trajectories`, computed already.
     """
     frame_steps(0, frames)  # frames >= 1, before any work
@@ -221,18 +253,20 @@ def evolution_grid(layer: PDELayer, images: Tensor, path, *, frames: int = 6,
     if trajectories is None:
         trajectories = evolution_trajectories(layer, images, standardize)
     rows = [(n, e) for n in range(len(images)) for e in range(layer.n_pdes)]
-    fig, axes = plt.subplots(len(rows), frames, figsize=(1.3 * frames + 1.6, 1.35 * len(rows)),
-                             squeeze=False)
+    # As many columns as the most distinct steps drawn of a PDE: frames beyond its steps + 1
+    # repeat none (50 frames of 10 steps drew 11 images and 39 blank columns).
+    columns = max(len(frame_steps(t.shape[0] - 1, frames)) for t in trajectories)
+    fig, axes = plt.subplots(len(rows), columns,
+                             figsize=(1.3 * columns + 1.6, 1.35 * len(rows)), squeeze=False)
     for r, (n, e) in enumerate(rows):
         trajectory = trajectories[e]
         steps = trajectory.shape[0] - 1
         picks = frame_steps(steps, frames)
         data = trajectory[:, n, 0]
         shown = data[picks].flatten()
-        vmin, vmax = float(shown.min()), float(torch.quantile(shown, 0.995))
-        vmax = vmax if vmax > vmin else vmin + 1e-6
+        vmin, vmax = grey_range(float(shown.min()), float(torch.quantile(shown, 0.995)))
         dt = layer.pdes[e].step.dt
-        for c in range(frames):
+        for c in range(columns):
             ax = axes[r, c]
             ax.set_xticks([])
             ax.set_yticks([])
