@@ -65,7 +65,6 @@ from .config import (
     MAX_INPUT_MEAN,
     MAX_INPUT_STD,
     MIN_INPUT_STD,
-    PDE_RATE_KINDS,
     DataConfig,
     ExperimentConfig,
     TrainConfig,
@@ -988,9 +987,10 @@ def train_model(
         warn_at_caller(f"train.pde_lr_scale = {train.pde_lr_scale:g} has no effect on "
                        f"{type(model).__name__}: only the paper's PDE layer (model.kind = "
                        f"'eqpdenet') trains at its own rate", RuntimeWarning)
-    if pde_layer is not None and config.model.kind not in PDE_RATE_KINDS:
-        # a given model or a family of one's own with a PDE layer: its group's decay, which
-        # the configuration could not check without the model
+    if pde_layer is not None:
+        # its group's decay at lr * pde_lr_scale, whatever the kind: a given model, a family of
+        # one's own, or a configuration changed after it was built (ExperimentConfig checks
+        # the kinds it knows as it is built)
         require_decay_shrinks(train.optimizer, train.lr, train.pde_lr_scale, train.weight_decay)
     pde_ids = {id(p) for p in pde_layer.parameters()} if pde_layer is not None else set()
     groups = [{"params": [p for p in model.parameters() if id(p) not in pde_ids]}]

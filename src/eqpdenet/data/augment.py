@@ -190,7 +190,7 @@ class BlurConsistency:
         # as train.lr's bound (app.config.MAX_LR): 1e39 is inf in float32, and the loss it
         # made inf was reported as a divergence that a smaller lr would cure (round 17)
         require(weight <= 1e30, "train.blur_consistency.weight",
-                f"must be at most 1e30 (the penalty's weight in a float32 loss), got {weight:g}")
+                f"must be at most 1e30 (the penalty's weight in a float32 loss), got {weight!r}")
         sigma = require_positive(self.max_sigma, "train.blur_consistency.max_sigma")
         # Beyond a few pixels the "blurred copy" of a 28-pixel digit is no longer the same digit.
         require(sigma <= 5, "train.blur_consistency.max_sigma",

@@ -517,6 +517,11 @@ def load_npz(path: str | os.PathLike) -> ImageDataset:
             for key in ("x_train", "y_train", "x_test", "y_test"):
                 _check_npy_size(archive.zip, key, path)  # before numpy allocates the array
                 arrays[key] = archive[key]
+                if not isinstance(arrays[key], np.ndarray):
+                    # a member without a .npy header: numpy gives its bytes, which reached
+                    # the image checks as a raw AttributeError (round 17)
+                    raise DataFileError(path, f"{key} is not a NumPy array (its member holds "
+                                        f"no .npy header)")
             unused = sorted(set(archive.files) - set(arrays))
     except DataFileError:
         raise
@@ -564,6 +569,11 @@ def _npy_header(member, info: zipfile.ZipInfo, path, key: str):
         shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
     else:
         return None
+    if any(dimension < 0 for dimension in shape):
+        # numpy refuses it when it reads the array; the shape check would pass it on, and a
+        # negative size passed the size check below (a raw TypeError in dataset_shape)
+        raise DataFileError(path, f"{key}: its .npy header declares a negative dimension, shape "
+                            f"{shape}, in the archive's member {info.filename}")
     if not dtype.hasobject:  # an object array is pickled: numpy refuses it without pickle
         # exact integers: a product of declared sizes overflows 64 bits; a stored member
         # yields no more than its stored bytes, whatever its size in the directory says
