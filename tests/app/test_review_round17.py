@@ -80,3 +80,20 @@ def test_the_environment_of_a_gpu_configuration_on_a_cpu_machine(monkeypatch):
     config.train.device = "cuda"
     record = environment(config)
     assert record["device"] == "cuda" and "gpu" not in record
+
+
+def test_an_unknown_model_kind_on_the_command_line_hints_at_a_plugin(capsys):
+    # as an unknown kind read from a file or a checkpoint does (argparse's "invalid choice"
+    # named no plugin); other choices stay argparse's own
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["train", "--out", "unused", "--model", "mynet"])
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "eqpdenet train: error: argument --model: invalid choice: 'mynet' (choose from 'cnn', "
+        "'eqpdenet', 'fcnn', 'gcnn', 'invariant_pde', 'lifted_pde') (registered by a plugin? "
+        "this process has not imported it: name the module that registers it in "
+        "EQPDENET_PLUGINS)")
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["study", "--out", "unused", "--stages", "all"])
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "eqpdenet study: error: argument --stages: invalid choice: 'all' (choose from 'main', "
+        "'refine')")

@@ -54,7 +54,7 @@ from .config import (
     to_dict,
     to_toml,
 )
-from .plugins import import_plugins
+from .plugins import PLUGIN_HINT, import_plugins
 
 __all__ = ["build_parser", "main"]
 
@@ -1241,11 +1241,22 @@ def _add_executor(parser: argparse.ArgumentParser) -> None:
                              "(default 1)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser (its subcommands' too), whose "invalid choice" of a model kind adds
+    the plugin hint (:data:`~eqpdenet.app.plugins.PLUGIN_HINT`), as an unknown kind read from a
+    file or a checkpoint does: ``train --model mynet`` without the plugin named none."""
+
+    def error(self, message: str):
+        if message.startswith("argument --model: invalid choice"):
+            message = f"{message} {PLUGIN_HINT}"
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ..data.datasets import DATASETS  # the registered sets, a plugin's included
 
-    parser = argparse.ArgumentParser(prog="eqpdenet", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="eqpdenet", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"eqpdenet {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
