@@ -183,8 +183,8 @@ def _command_line_over_entries(config: BenchmarkConfig, args) -> None:
     entries that set them too (:func:`~eqpdenet.app.config.entries_yield`, as ``--quick``'s
     epochs do: :func:`quick_benchmark`): applied to the base only, they were overridden by
     every entry setting the field (``--set base.train.epochs=1`` trained the CNN's 6 epochs),
-    without a word. The saved ``config.toml`` holds the entries without them, so it reruns
-    the same runs; a warning names the entries whose value gave way."""
+    without a word. The saved ``config.toml`` holds the entries as they run, so it reruns the
+    same runs; a warning names the entries whose value gave way."""
     named = {}  # field -> the option that names it (the last one, as applied last)
     if getattr(args, "layer", None):
         named["model.layer.preset"] = "--layer"
