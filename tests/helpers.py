@@ -175,3 +175,20 @@ def full_disk_for(monkeypatch, name: str, code: int | None = None) -> None:
         return real(path, suffix)
 
     monkeypatch.setattr(files, "temporary_beside", full)
+
+
+def banded_loader(name: str, size: int = 8, classes: int = 3):
+    """A data set loader (``loader(data_dir, cache_dir, seed)``) of 60 training and 30 test
+    images of ``size`` x ``size`` pixels in ``classes`` classes (a bright band per class), named
+    ``name`` whatever name it is registered under."""
+    from eqpdenet.data.datasets import ImageDataset
+
+    def load(data_dir=None, cache_dir=None, seed=0):
+        labels = torch.arange(90) % classes
+        images = torch.rand(90, 1, size, size, generator=torch.Generator().manual_seed(0)) * 0.5
+        for index, label in enumerate(labels.tolist()):
+            images[index, 0, 2 * label:2 * label + 2] += 0.5
+        return ImageDataset(name, images[:60], labels[:60], images[60:], labels[60:],
+                            classes=classes)
+
+    return load

@@ -30,7 +30,7 @@ from eqpdenet.app.training import (
 from eqpdenet.data.datasets import DATASETS, ImageDataset, load_dataset
 from eqpdenet.errors import ConfigError, DataFileError, InputError
 from eqpdenet.models import MODELS, build_model
-from helpers import registered
+from helpers import banded_loader, registered
 
 SIZE, CLASSES = 8, 3
 
@@ -39,15 +39,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore:the memory check cannot estimat
               pytest.mark.filterwarnings("ignore:.* has no effect on model.kind:RuntimeWarning")]
 
 
-def _toy(data_dir=None, cache_dir=None, seed=0):
-    """60 training and 30 test images of 8x8 pixels, 3 classes (a bright band per class), named
-    ``r17toy`` whatever name it is registered under."""
-    labels = torch.arange(90) % CLASSES
-    images = torch.rand(90, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 0.5
-    for index, label in enumerate(labels.tolist()):
-        images[index, 0, 2 * label:2 * label + 2] += 0.5
-    return ImageDataset("r17toy", images[:60], labels[:60], images[60:], labels[60:],
-                        classes=CLASSES)
+_toy = banded_loader("r17toy", SIZE, CLASSES)  # 60 + 30 images of 8x8, 3 classes
 
 
 class Wide(nn.Module):

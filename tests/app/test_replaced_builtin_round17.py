@@ -23,22 +23,14 @@ from eqpdenet.app.config import (
     apply_overrides,
     fields_without_effect,
 )
-from eqpdenet.data.datasets import DATASETS, ImageDataset
+from eqpdenet.data.datasets import DATASETS
 from eqpdenet.errors import ConfigError
-from helpers import registered
+from helpers import banded_loader, registered
 
 SIZE, CLASSES = 8, 3
 
 
-def _own(data_dir=None, cache_dir=None, seed=0):
-    """60 training and 30 test images of 8x8 pixels, 3 classes (a bright band per class), named
-    ``r17own`` whatever name it is registered under."""
-    labels = torch.arange(90) % CLASSES
-    images = torch.rand(90, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 0.5
-    for index, label in enumerate(labels.tolist()):
-        images[index, 0, 2 * label:2 * label + 2] += 0.5
-    return ImageDataset("r17own", images[:60], labels[:60], images[60:], labels[60:],
-                        classes=CLASSES)
+_own = banded_loader("r17own", SIZE, CLASSES)  # 60 + 30 images of 8x8, 3 classes
 
 
 @pytest.fixture
