@@ -110,7 +110,10 @@ class AntiAliasedDownsample(ConstantBuffers):
             (:class:`~eqpdenet.models.lifted_pde.LiftedPDENet`: ``lifted_pde.downsample_sigma``).
 
     ``forward``: ``(..., H, W) -> (..., ceil(H / 2), ceil(W / 2))``; every leading dimension
-    (batch, channels, orientations) is filtered independently. No parameters. Its matrices cost
+    (batch, channels, orientations) is filtered independently, and may be 0; ``H`` or ``W`` 0
+    is an :class:`~eqpdenet.errors.InputError` (as for the jets: a map without pixels has
+    nothing to blur). A tensor that is not floating point is an
+    :class:`~eqpdenet.errors.InputTypeError`. No parameters. Its matrices cost
     ``O(n (n + R))`` to build per map size ``n``: a ``sigma`` far wider than the map costs time
     and memory for nothing (the low-pass of a map much narrower than it is nearly its mean).
 
@@ -151,6 +154,11 @@ class AntiAliasedDownsample(ConstantBuffers):
             raise error(f"AntiAliasedDownsample takes floating-point maps (..., H, W) as a "
                         f"torch.Tensor, got {what}")
         *lead, height, width = u.shape
+        if height == 0 or width == 0:
+            # as the jets (stencils.check_jet_image_size): F.pad failed inside _axis_matrix with a
+            # raw torch error (round 18); an empty batch or channel axis is fine
+            raise InputError(f"AntiAliasedDownsample needs maps of at least 1x1 pixels, got "
+                             f"shape {tuple(u.shape)} ({height}x{width})")
         rows = self._matrix(height, u.dtype, u.device)      # (ceil(H / 2), H)
         cols = self._matrix(width, u.dtype, u.device)       # (ceil(W / 2), W)
         out = torch.matmul(torch.matmul(rows, u.reshape(-1, height, width)), cols.T)

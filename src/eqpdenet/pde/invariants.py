@@ -421,7 +421,9 @@ class InvariantSet:
     return one map of the jet's shape and dtype is refused then, not at the first forward. A
     declared ``rotations`` or ``scalings`` is then checked on random jets
     (:meth:`_check_declared_invariance`): a false declaration is refused, naming the invariant
-    that changes. Every call checks each
+    that changes. Every call first checks the jet (:func:`check_jet`: a floating-point
+    ``torch.Tensor`` ``(..., D, H, W)``, else an :class:`~eqpdenet.errors.InputTypeError` or
+    :class:`~eqpdenet.errors.InputError` naming the jet), then each
     invariant's result against the jet (a tensor ``jet.shape[:-3] + jet.shape[-2:]`` in the
     jet's dtype: one map; a comparison of shapes and dtypes, no host read) and names the set and
     the invariant where it is not.
@@ -584,8 +586,7 @@ class InvariantSet:
 
     def __call__(self, jet: Tensor, ratio_eps: float = DEFAULT_RATIO_EPS,
                  ratio_regularisation: str = DEFAULT_RATIO_REGULARISATION) -> Tensor:
-        if jet.dim() < 3:
-            raise InputError(f"expected a jet of shape (..., D, H, W), got {tuple(jet.shape)}")
+        check_jet(jet)
         derivatives = Derivatives(jet)
         ratio = RatioRegularisation(ratio_eps, ratio_regularisation)
         maps = [inv.function(derivatives, ratio) for inv in self.invariants]
@@ -676,6 +677,23 @@ class InvariantSet:
     def latex(self) -> str:
         """The set as a LaTeX ``\\left\\{ ... \\right\\}`` list."""
         return r"\left\{ " + ",\\; ".join(inv.latex for inv in self.invariants) + r" \right\}"
+
+
+def check_jet(jet) -> None:
+    """The checks of a jet where it enters an invariant set (:meth:`InvariantSet.__call__`),
+    before any invariant is evaluated: a ``torch.Tensor`` (else an
+    :class:`~eqpdenet.errors.InputTypeError`), of at least 3 dimensions ``(..., D, H, W)`` (else
+    an :class:`~eqpdenet.errors.InputError`), floating point (else an ``InputTypeError``); a
+    comparison of type, shape and dtype, no host read. An integer or bool jet gave integer
+    invariants silently, a raw torch error from inside an invariant, or a message blaming the
+    set's invariant for the map it returned in another dtype (round 18)."""
+    if not isinstance(jet, Tensor):
+        raise InputTypeError(f"jet must be a torch.Tensor (..., D, H, W), got "
+                             f"{type(jet).__name__}")
+    if jet.dim() < 3:
+        raise InputError(f"expected a jet of shape (..., D, H, W), got {tuple(jet.shape)}")
+    if not jet.is_floating_point():
+        raise InputTypeError(f"jet must be a floating-point tensor, got dtype {jet.dtype}")
 
 
 class _InvariantSetRegistry(Registry):

@@ -93,7 +93,8 @@ from .invariants import DEFAULT_RATIO_EPS, safe_ratio
 from .stencils import ConstantBuffers
 
 __all__ = ["DEFAULT_JET_FLOOR", "JOINT_GROUPS", "MAX_JOINT_MAPS", "JointBlock", "JointInvariants",
-           "JointTerm", "joint_map_count", "joint_terms", "per_channel_terms", "require_joint_size"]
+           "JointTerm", "check_channel_jet", "joint_map_count", "joint_terms", "per_channel_terms",
+           "require_joint_size"]
 
 #: Default of ``jet_floor`` (module doc): the size of a second derivative, in ``u`` per pixel²,
 #: below which the SIM(2) maps treat the jet as flat. Chosen on validation (docs/choices.md).
@@ -250,6 +251,22 @@ def _sim2_terms(terms: list[JointTerm], per_channel: bool) -> list[JointTerm]:
     diagonal = [t for t in terms if t.kind == "grad_dot" and t.channels[0] == t.channels[1]]
     dropped = set(diagonal if per_channel else diagonal[-1:])
     return [t for t in terms if t not in dropped]
+
+
+def check_channel_jet(jet, channels: int) -> None:
+    """The checks of a jet of ``channels`` channels where it enters :class:`JointInvariants` or
+    :class:`~eqpdenet.pde.rhs.PerChannelInvariants` (type, shape, channels, floating point; no
+    host read): an :class:`~eqpdenet.errors.InputTypeError` or
+    :class:`~eqpdenet.errors.InputError` naming what is wrong."""
+    if not isinstance(jet, Tensor):
+        raise InputTypeError(f"jet must be a torch.Tensor, got {type(jet).__name__}")
+    if jet.dim() != 5 or jet.shape[2] < 6:
+        raise InputError(f"expected an order-2 jet of shape (batch, channels, 6, height, "
+                         f"width), got {tuple(jet.shape)}")
+    if jet.shape[1] != channels:
+        raise InputError(f"expected a jet of {channels} channels, got {jet.shape[1]}")
+    if not jet.is_floating_point():
+        raise InputTypeError(f"jet must be floating-point, got {jet.dtype}")
 
 
 class JointInvariants(ConstantBuffers):
@@ -424,15 +441,7 @@ class JointInvariants(ConstantBuffers):
         return out
 
     def _check(self, jet: Tensor) -> None:
-        if not isinstance(jet, Tensor):
-            raise InputTypeError(f"jet must be a torch.Tensor, got {type(jet).__name__}")
-        if jet.dim() != 5 or jet.shape[2] < 6:
-            raise InputError(f"expected an order-2 jet of shape (batch, channels, 6, height, "
-                             f"width), got {tuple(jet.shape)}")
-        if jet.shape[1] != self.channels:
-            raise InputError(f"expected a jet of {self.channels} channels, got {jet.shape[1]}")
-        if not jet.is_floating_point():
-            raise InputTypeError(f"jet must be floating-point, got {jet.dtype}")
+        check_channel_jet(jet, self.channels)
         if self.mixing is not None and self.mixing.dtype != jet.dtype:
             raise InputTypeError(f"jet is {jet.dtype} but the mixing weights are "
                                  f"{self.mixing.dtype}: move the module with .to({jet.dtype})")

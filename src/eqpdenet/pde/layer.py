@@ -71,7 +71,7 @@ from .rhs import (
     _linear,
     require_polynomial_size,
 )
-from .stencils import BOUNDARIES, STENCILS, check_sigma, check_spacing
+from .stencils import BOUNDARIES, STENCILS, check_jet_image_size, check_sigma, check_spacing
 
 __all__ = [
     "INITS",
@@ -541,6 +541,11 @@ class PDELayer(nn.Module):
             specs = self.kernel_specs()
             reason = specs if isinstance(specs, str) else kernels.unsupported_reason(u, specs)
             if reason is None:
+                # The reference's size rule first, with its error (each PDE's jet, in order): the
+                # fused kernel returned an empty result for a 0 x W image the reference refuses.
+                for spec in specs:
+                    check_jet_image_size(u.shape[-2], u.shape[-1], spec.boundary,
+                                         spec.stencil.shape[-1] // 2)
                 return kernels.fused_evolve(u, specs, recompute=self.recompute)
             kernels.warn_once(f"{reason}; using the reference PDE layer")
         return self._evolve_reference(u)

@@ -54,7 +54,7 @@ from torch import Tensor, nn
 from ..checks import check_values, is_input_checked, require, require_int, require_positive
 from ..errors import ConfigError, InputError, InputTypeError
 from ..kernels.m2_op import constant_cache
-from .invariants import Invariant, InvariantSet, register_invariant_set
+from .invariants import Invariant, InvariantSet, check_jet, register_invariant_set
 from .stencils import (
     BOUNDARIES,
     GAUSSIAN_TRUNCATE,
@@ -413,6 +413,7 @@ class M2InvariantSet(InvariantSet):
 
     def __call__(self, jet: Tensor, ratio_eps: float = 0.0,
                  ratio_regularisation: str = "covariant") -> Tensor:
+        check_jet(jet)  # as the planar sets: an integer jet gave float maps silently (round 18)
         d = M2Derivatives(jet)
         return torch.stack([inv.function(d, None) for inv in self.invariants], dim=-4)
 

@@ -48,7 +48,7 @@ from .invariants import (
     get_invariant_set,
     require_planar,
 )
-from .joint import DEFAULT_JET_FLOOR, JointInvariants
+from .joint import DEFAULT_JET_FLOOR, JointInvariants, check_channel_jet
 from .stencils import (
     Jet,
     bank_second_order_symbol_range,
@@ -175,9 +175,13 @@ class MonomialF(nn.Module):
         """``K``, the invariants ``F`` is a function of."""
         return len(self._monomials[0]) if self._monomials else 0
 
-    def _check(self, invariants) -> None:
-        """An :class:`~eqpdenet.errors.InputError` naming the shape unless ``invariants`` is a
-        tensor ``(..., K, H, W)`` of this ``F``'s ``K`` (shape only: no host read)."""
+    def _check(self, invariants) -> Tensor:
+        """``invariants`` in this ``F``'s dtype, checked (type, shape, dtype, device: no host
+        read): an :class:`~eqpdenet.errors.InputTypeError` unless it is a floating-point tensor,
+        an :class:`~eqpdenet.errors.InputError` naming the shape unless it is ``(..., K, H, W)``
+        of this ``F``'s ``K``, or naming both devices unless it is on this ``F``'s; a lower
+        precision than ``F``'s is converted up, a higher one is an ``InputTypeError`` naming
+        both dtypes (:func:`~eqpdenet.checks.match_dtype`, the library's dtype policy)."""
         if not isinstance(invariants, Tensor):
             raise InputTypeError(f"{type(self).__name__} takes invariant maps as a torch.Tensor "
                                  f"(..., {self.n_invariants}, H, W), got {type(invariants).__name__}")
@@ -185,6 +189,13 @@ class MonomialF(nn.Module):
             raise InputError(f"{type(self).__name__} is a function of {self.n_invariants} "
                              f"invariants: it takes maps (..., {self.n_invariants}, H, W), got "
                              f"shape {tuple(invariants.shape)}")
+        # Another dtype reached einsum, a raw "expected scalar type Float but found Double"
+        # (round 18); InvariantRHS converts before it calls F, so there this is a no-op.
+        if not invariants.is_floating_point():
+            raise InputTypeError(f"invariants must be a floating-point tensor, got dtype "
+                                 f"{invariants.dtype}")
+        check_device(invariants, self, "invariants")
+        return match_dtype(invariants, self.weight.dtype, "invariants")
 
     def monomials(self) -> list[tuple[int, ...]]:
         """Exponent tuples of the terms multiplying ``self.weight``."""
@@ -195,12 +206,15 @@ class MonomialF(nn.Module):
         return list(self._recipe)
 
     def forward(self, invariants: Tensor) -> Tensor:
-        self._check(invariants)
+        """``(..., K, H, W) -> (..., H, W)``, computed in this ``F``'s dtype and returned in the
+        input's (checked by :meth:`_check`)."""
+        x = self._check(invariants)
         terms: list[Tensor] = []
         for lower, k in self._recipe:
-            base = invariants[..., k, :, :]
+            base = x[..., k, :, :]
             terms.append(base if lower < 0 else terms[lower] * base)
-        return torch.einsum("...mhw,m->...hw", torch.stack(terms, dim=-3), self.weight) + self.bias
+        out = torch.einsum("...mhw,m->...hw", torch.stack(terms, dim=-3), self.weight) + self.bias
+        return out if x is invariants else out.to(invariants.dtype)
 
 
 class LinearF(MonomialF):
@@ -212,8 +226,9 @@ class LinearF(MonomialF):
                           for j in range(n_invariants)])
 
     def forward(self, invariants: Tensor) -> Tensor:
-        self._check(invariants)
-        return torch.einsum("...khw,k->...hw", invariants, self.weight) + self.bias
+        x = self._check(invariants)
+        out = torch.einsum("...khw,k->...hw", x, self.weight) + self.bias
+        return out if x is invariants else out.to(invariants.dtype)
 
 
 #: The most terms (monomials) a polynomial ``F`` may have: ``C(K + degree, degree) - 1`` grows
@@ -592,6 +607,12 @@ class PerChannelInvariants(nn.Module):
                       for name in self.one.names]
 
     def forward(self, jet: Tensor) -> Tensor:
+        """``(B, C, D, H, W) -> (B, C K_1, H, W)``, ``D >= 6`` (an order-2 jet or higher), checked
+        as :class:`~eqpdenet.pde.joint.JointInvariants` checks its jet
+        (:func:`~eqpdenet.pde.joint.check_channel_jet`: type, shape, channels, floating point; no
+        host read)."""
+        # The SE(2) shortcut skipped the check of `one`: an integer jet gave integer maps.
+        check_channel_jet(jet, self.channels)
         batch, channels = jet.shape[:2]
         # the shortcut calls no module: not where a hook on `one` expects to be called
         if not self.one.scale_invariant and jet.shape[2] == 6 and not hooks_registered([self.one]):

@@ -477,6 +477,18 @@ def _scaled_weight(bank: np.ndarray, spacing: float, dtype: torch.dtype, device)
     return weight[:, None]
 
 
+def check_jet_image_size(height: int, width: int, boundary: str, radius: int) -> None:
+    """An :class:`~eqpdenet.errors.InputError` naming the boundary, the radius and the size
+    unless images of ``height x width`` pixels are at least :func:`boundary_min_size` on each
+    side (1 x 1 for every boundary: an image without pixels has no jet). The one size rule of
+    the jets, applied by :func:`apply_jet_weight` and, before its fused kernel, by the PDE layer
+    (whose kernel returned an empty result for a 0 x W image where the reference refused it)."""
+    smallest = boundary_min_size(boundary, radius)
+    if min(height, width) < smallest:
+        raise InputError(f"the {boundary!r} boundary of a stencil of radius {radius} needs images "
+                         f"of at least {smallest}x{smallest} pixels, got {height}x{width}")
+
+
 def apply_jet_weight(u: Tensor, weight: Tensor, boundary: str) -> Tensor:
     """Jet of ``u`` ``(B, C, H, W)`` with a prepared weight ``(D, 1, k, k)``: ``(B, C, D, H, W)``.
 
@@ -485,10 +497,7 @@ def apply_jet_weight(u: Tensor, weight: Tensor, boundary: str) -> Tensor:
     mode = BOUNDARIES.get(boundary)
     batch, channels, height, width = u.shape
     radius = weight.shape[-1] // 2
-    smallest = boundary_min_size(boundary, radius)
-    if min(height, width) < smallest:
-        raise InputError(f"the {boundary!r} boundary of a stencil of radius {radius} needs images "
-                         f"of at least {smallest}x{smallest} pixels, got {height}x{width}")
+    check_jet_image_size(height, width, boundary, radius)
     flat = u.reshape(batch * channels, 1, height, width)
     if radius:
         flat = F.pad(flat, (radius,) * 4, mode=mode)
@@ -636,7 +645,17 @@ class Jet(ConstantBuffers):
         return boundary_min_size(self.boundary, self.weight.shape[-1] // 2)
 
     def forward(self, u: Tensor) -> Tensor:
-        """``(B, C, H, W)`` -> ``(B, C, D, H, W)`` (``u`` is checked by the caller)."""
+        """``(B, C, H, W)`` -> ``(B, C, D, H, W)``, in the dtype of ``u``.
+
+        ``u`` is checked as :func:`jet` checks it, with the same errors: a ``torch.Tensor``
+        (else an :class:`~eqpdenet.errors.InputTypeError`), of shape ``(B, C, H, W)`` (else an
+        :class:`~eqpdenet.errors.InputError`), floating point (else an ``InputTypeError``), and
+        at least :attr:`min_image_size` on each side. Its values are not read (no host read:
+        this module runs at every Euler step of a layer, which checked them once where ``u``
+        entered; :func:`jet` alone checks for NaN and inf)."""
+        # An integer u cast the stencil to its dtype: the weights +-0.5 became 0, a wrong jet
+        # without an error (round 18).
+        check_images(u, "u")
         return apply_jet_weight(u, self.weight, self.boundary)
 
     def extra_repr(self) -> str:
