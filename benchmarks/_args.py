@@ -26,6 +26,7 @@ on ``sys.path``).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import os
 import sys
@@ -166,6 +167,18 @@ def existing_files(parser: argparse.ArgumentParser, paths, what: str = "checkpoi
     missing = [str(p) for p in paths if not Path(p).is_file()]
     if missing:
         parser.error(f"no such {what}: {', '.join(missing)}")
+
+
+def checkpoint_fields(path) -> dict:
+    """``{"checkpoint": path, "checkpoint_sha256": the file's SHA-256}``: the fields a script's
+    record names its checkpoint by. A benchmark rerun (``--rerun-changed``) writes a new model
+    under the same path and sets the old file aside, so the path alone cannot tell which model a
+    record measured; the digest can (``sha256sum`` of the file, set aside or not)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return {"checkpoint": str(path), "checkpoint_sha256": digest.hexdigest()}
 
 
 def run(main: Callable[[], int | None]) -> None:

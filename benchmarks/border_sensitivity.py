@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _args import check_output, existing_files, nonnegative_int, positive_int, run
+from _args import check_output, checkpoint_fields, existing_files, nonnegative_int, positive_int, run
 
 from eqpdenet.analysis.predictions import logits_by_image
 from eqpdenet.analysis.robustness import axis_shift
@@ -152,7 +152,7 @@ def main() -> None:
         images, labels = data["test"].images[:args.images], data["test"].labels[:args.images]
         (accuracy, framed), left_out = shift_accuracies(model, images, labels, [0, args.frame])
         changes, canvas_left_out = canvas_changes(model)
-        record = {"checkpoint": str(path), "model": config.model.kind, "images": len(images),
+        record = {**checkpoint_fields(path), "model": config.model.kind, "images": len(images),
                   "shifts": SHIFTS, "frame": args.frame, "accuracy": accuracy,
                   "accuracy_framed": framed, "images_without_logits": left_out,
                   "canvas_shifts": CANVAS_SHIFTS, "canvas_logit_change": changes,

@@ -46,7 +46,7 @@ from eqpdenet.models.centering import recenter
 
 # benchmarks/ itself: the shared argument checks, also when this file is loaded by path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _args import check_output, existing_files, positive_int, run  # noqa: E402
+from _args import check_output, checkpoint_fields, existing_files, positive_int, run  # noqa: E402
 
 #: The pair a rotation-invariant model cannot tell apart by shape alone.
 AMBIGUOUS = {(6, 9), (9, 6)}
@@ -159,7 +159,7 @@ def main() -> None:
         model.eval()
         test = prepare_data(config.data)["test"]
         images, labels = test.images[:args.images], test.labels[:args.images]
-        record = {"checkpoint": str(path), "model": config.model.kind, "seed": args.seed}
+        record = {**checkpoint_fields(path), "model": config.model.kind, "seed": args.seed}
         record.update(scenario_summaries(model, images, labels, args.scenarios, args.seed))
         record["seconds"] = round(time.perf_counter() - start, 1)
         records.append(record)

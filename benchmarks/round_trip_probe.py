@@ -57,7 +57,15 @@ from eqpdenet.models.pooling import gaussian_lowpass_weights
 
 # benchmarks/ itself: the shared argument checks, also when this file is loaded by path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _args import check_output, existing_files, finite_float, positive_float, positive_int, run  # noqa: E402
+from _args import (  # noqa: E402
+    check_output,
+    checkpoint_fields,
+    existing_files,
+    finite_float,
+    positive_float,
+    positive_int,
+    run,
+)
 
 
 def _logits(model, images: torch.Tensor, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,7 +174,7 @@ def main() -> None:
         model, config, _ = load_checkpoint(path)
         model.eval()
         images = prepare_data(config.data)["test"].images[:args.images]
-        record = {"checkpoint": str(path), **probe(model, images, args.degrees, args.blur)}
+        record = {**checkpoint_fields(path), **probe(model, images, args.degrees, args.blur)}
         record["seconds"] = round(time.perf_counter() - start, 1)
         records.append(record)
         print(json.dumps(record), flush=True)

@@ -34,3 +34,18 @@ def test_move_is_a_zero_filled_whole_pixel_shift():
 def test_unknown_probe_fails_before_any_work():
     with pytest.raises(ValueError, match="move:DY,DX"):
         confusions.check_name("move:1")
+
+
+def test_records_name_their_checkpoint_by_digest(tmp_path):
+    """A rerun writes a new model under the same path: the digest tells the two apart."""
+    import hashlib
+    import sys
+    sys.path.insert(0, str(_PATH.parent))
+    from _args import checkpoint_fields
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"first model" * 100_000)  # over one read block
+    first = checkpoint_fields(path)
+    assert first == {"checkpoint": str(path),
+                     "checkpoint_sha256": hashlib.sha256(b"first model" * 100_000).hexdigest()}
+    path.write_bytes(b"second model")
+    assert checkpoint_fields(path)["checkpoint_sha256"] != first["checkpoint_sha256"]
