@@ -128,8 +128,8 @@ SMALLEST = [  # (downsample, boundary, stencil, smallest image of 3 stages), cou
     ("pool", "reflect", "gaussian", 20),    # the gaussian's radius 4 mirrored: 5 pixels
     ("blur", "reflect", "isotropic", 5),    # ceil: 5 -> 3 -> 2 (4 -> 2 -> 1 is too small)
     ("blur", "reflect", "gaussian", 17),    # 17 -> 9 -> 5
-    ("blur", "zeros", "isotropic", 1),      # ceil(1/2) = 1: any size
-    ("blur", "circular", "central", 1),
+    # (a blur of 1x1 maps, with zeros or circular, is refused since round 18, naming
+    # invariant_pde.downsample_sigma: tests/models/test_models_round18.py)
     ("none", "reflect", "gaussian", 5),
     ("none", "zeros", "central", 1),
 ]
@@ -138,8 +138,9 @@ SMALLEST = [  # (downsample, boundary, stencil, smallest image of 3 stages), cou
 @pytest.mark.parametrize(("downsample", "boundary", "stencil", "smallest"), SMALLEST)
 def test_every_downsampling_declares_its_true_smallest_image(downsample, boundary, stencil,
                                                             smallest):
+    # a low-pass of radius 1: the stencils, not the blur's low-pass, decide the smallest image
     config = InvariantPDEConfig(channels=[2, 2, 2], blocks=[1, 1, 1], downsample=downsample,
-                                boundary=boundary, stencil=stencil)
+                                boundary=boundary, stencil=stencil, downsample_sigma=1 / 3)
     torch.manual_seed(0)
     model = InvariantPDENet(config, image_size=smallest)
     assert model.min_image_size == smallest

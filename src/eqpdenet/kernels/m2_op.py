@@ -248,7 +248,10 @@ def m2_kernel_reason(orientations: int, boundary: str, radius: int) -> str | Non
         return (f"the fused M2 kernel supports {', '.join(map(str, KERNEL_ORIENTATIONS))} "
                 f"orientations, not {orientations}")
     if 2 * radius + 1 > KERNEL_MAX_TAPS:
+        # the kernel's limit and these stencils' size, each with its own radius (the limit
+        # once read "63 taps (radius 32)", the 32 being the stencils')
         return (f"the fused M2 kernel supports stencils of at most {KERNEL_MAX_TAPS} taps "
+                f"(radius {KERNEL_MAX_TAPS // 2}); the widest stencil here has {2 * radius + 1} "
                 f"(radius {radius})")
     return None
 

@@ -54,7 +54,12 @@ from .inputs import (
     require_image_size,
 )
 from .perceptron import Standardize
-from .pooling import AntiAliasedDownsample, downsampled_size, require_lowpass_sigma
+from .pooling import (
+    AntiAliasedDownsample,
+    downsampled_size,
+    require_lowpass_fits,
+    require_lowpass_sigma,
+)
 
 __all__ = ["InvariantPDEConfig", "InvariantPDENet"]
 
@@ -88,7 +93,9 @@ class InvariantPDEConfig:
         downsample: between stages: ``"pool"`` (2x2 average pooling), ``"blur"`` (a Gaussian
             low-pass of std ``downsample_sigma`` pixels first: anti-aliased,
             :class:`~eqpdenet.models.pooling.AntiAliasedDownsample`) or ``"none"``.
-        downsample_sigma: the low-pass's standard deviation, in pixels, for ``"blur"``.
+        downsample_sigma: the low-pass's standard deviation, in pixels, for ``"blur"``. The
+            model refuses, when built, one that reaches as far as the maps it would filter
+            (:func:`~eqpdenet.models.pooling.require_lowpass_fits`, as ``lifted_pde`` does).
         readout: global pooling over space: ``"max"``, ``"mean"`` or ``"meanmax"`` (both,
             concatenated).
         normalize_invariants: batch-normalise each invariant map before ``F`` mixes them.
@@ -234,7 +241,10 @@ class InvariantPDENet(nn.Module):
         halvings = len(config.channels) - 1 if config.downsample != "none" else 0
         stencil = Jet(2, config.stencil, 1.0, config.boundary, sigma=_sigma(config))
         #: Every stage's jet needs ``stencil.min_image_size`` pixels a side, after the
-        #: downsamplings before it (:data:`HALVINGS`).
+        #: downsamplings before it (:data:`HALVINGS`). With ``downsample = "blur"`` the
+        #: low-pass may need larger maps still: refused next, naming
+        #: ``invariant_pde.downsample_sigma``, as :class:`~eqpdenet.models.lifted_pde.LiftedPDENet`
+        #: refuses it after its own smallest image.
         self.min_image_size = smallest_image(config, stencil.min_image_size)
         how = {"pool": "2x2 average poolings (rounding down)",
                "blur": "anti-aliased halvings (rounding up)"}.get(config.downsample)
@@ -243,6 +253,13 @@ class InvariantPDENet(nn.Module):
             (f"{halvings} {how} between its stages, then " if halvings else "")
             + f"the {config.stencil!r} stencil with the {config.boundary!r} boundary in every "
               f"stage")
+        if config.downsample == "blur":
+            # The rule LiftedPDENet applies (LiftedPDEConfig.check_downsampling): a low-pass
+            # reaching as far as its map only averages it out, and AntiAliasedDownsample pads
+            # that map by replicate whatever the configured boundary (reflect and circular are
+            # not defined there), which the model would otherwise do without a word.
+            require_lowpass_fits(config.downsample_sigma, stage_sizes(self.image_size, config),
+                                 "invariant_pde.downsample_sigma", self.image_size)
         self.in_channels = require_int(in_channels, "in_channels", 1)
         self.standardize = Standardize(input_mean, input_std)
         self.lift = _Lift(in_channels, config.channels[0], config)

@@ -694,13 +694,16 @@ class LiftedPDENet(nn.Module):
         return run_stages(stages, u, entered, self.standardize, model=self)
 
     def fields(self, images: Tensor) -> Tensor:
-        """The fields ``(S B, C, N, h, w)`` after the last stage (``S`` scale copies)."""
-        return self._staged(images, len(self.stages))
+        """The fields ``(S B, C, N, h, w)`` after the last stage (``S`` scale copies), in the
+        images' dtype: images of lower precision than the model (float16, bfloat16) are
+        computed in the model's dtype, as :meth:`forward` computes them, then converted."""
+        return self._staged(images, len(self.stages)).to(images.dtype)
 
     def projected_fields(self, images: Tensor, stages: int | None = None) -> Tensor:
         """The fields after the lift and the first ``stages`` stages (default all), projected
         over orientations and maxed over scales: planar maps ``(B, C, h, w)`` that rotate with
-        the image (exactly for quarter turns), what ``eqpdenet equivariance`` measures.
+        the image (exactly for quarter turns), what ``eqpdenet equivariance`` measures; in the
+        images' dtype (computed as :meth:`fields`).
 
         The fields of the last stage (``stages`` None or ``len(self.stages)``) are projected as
         :meth:`features` projects them (``projection``). Those of an earlier stage (0: the
@@ -709,6 +712,11 @@ class LiftedPDENet(nn.Module):
         one per channel of the last stage, and no other stage has any (so ``eqpdenet
         equivariance`` measures the lift and the first stage of a ``softmax`` model through the
         max)."""
+        return self._projected(images, stages).to(images.dtype)
+
+    def _projected(self, images: Tensor, stages: int | None = None) -> Tensor:
+        """:meth:`projected_fields` in the model's dtype: what :meth:`features` and
+        :meth:`forward` pool, normalise and classify in it, as every family does."""
         count = len(self.stages) if stages is None else stages
         if not (isinstance(count, numbers.Integral) and not isinstance(count, bool)
                 and 0 <= count <= len(self.stages)):
@@ -726,14 +734,18 @@ class LiftedPDENet(nn.Module):
         return u
 
     def features(self, images: Tensor) -> Tensor:
-        """Pooled features ``(B, F)``: invariant under quarter turns (to rounding)."""
-        u = self.projected_fields(images)                       # (B, C, h, w)
+        """Pooled features ``(B, F)``: invariant under quarter turns (to rounding); in the
+        images' dtype (computed as :meth:`fields`)."""
+        return self._features(images).to(images.dtype)
+
+    def _features(self, images: Tensor) -> Tensor:
+        u = self._projected(images)                             # (B, C, h, w)
         pooled = {"max": lambda: u.amax(dim=(-2, -1)), "mean": lambda: u.mean(dim=(-2, -1)),
                   "meanmax": lambda: torch.cat([u.mean(dim=(-2, -1)), u.amax(dim=(-2, -1))], 1)}
         return self.norm(pooled[self.config.readout]())
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.classifier(self.features(images)).to(images.dtype)
+        return self.classifier(self._features(images)).to(images.dtype)
 
 
 def refuse_unstable_steps(model: nn.Module) -> None:

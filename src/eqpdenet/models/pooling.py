@@ -79,11 +79,13 @@ def require_lowpass_fits(sigma: float, sizes: list[int], field: str, image_size:
     if len(sizes) < 2:
         return
     radius, size = lowpass_radius(sigma), min(sizes[:-1])
+    # a 1x1 map (invariant_pde's stencils take one) has no std to suggest: "at most 0 px"
+    fix = (f"use at most {(size - 1) / LOWPASS_TRUNCATE:g} px, or larger images" if size > 1
+           else "no low-pass fits a 1x1 map (its radius is at least 1 px): use larger images")
     require(radius < size, field,
             f"the low-pass of std {sigma:g} px reaches {radius} px either side, as far as the "
             f"{size}x{size} maps it would filter (stage sizes {sizes} for images of "
-            f"{image_size} px); use at most "
-            f"{(size - 1) / LOWPASS_TRUNCATE:g} px, or larger images")
+            f"{image_size} px); {fix}")
 
 
 def gaussian_lowpass_weights(sigma: float, truncate: float = LOWPASS_TRUNCATE) -> Tensor:
@@ -107,7 +109,9 @@ class AntiAliasedDownsample(ConstantBuffers):
             (:func:`lowpass_radius`); on one no larger, that axis is padded by ``replicate``
             instead (a blur of the map's own values, where the two would be undefined). The
             models refuse such a low-pass when they are built
-            (:class:`~eqpdenet.models.lifted_pde.LiftedPDENet`: ``lifted_pde.downsample_sigma``).
+            (:class:`~eqpdenet.models.lifted_pde.LiftedPDENet`: ``lifted_pde.downsample_sigma``,
+            :class:`~eqpdenet.models.invariant_pde.InvariantPDENet`:
+            ``invariant_pde.downsample_sigma``).
 
     ``forward``: ``(..., H, W) -> (..., ceil(H / 2), ceil(W / 2))``; every leading dimension
     (batch, channels, orientations) is filtered independently, and may be 0; ``H`` or ``W`` 0
