@@ -26,13 +26,15 @@ Example:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator
+import traceback
+import types
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 from .errors import ConfigError, EqPdeNetError, is_allocation_failure
 
 __all__ = ["CallRegistry", "Registry", "call_own_code", "checked_signature", "own_code_error",
-           "own_code_name"]
+           "own_code_frame", "own_code_name"]
 
 T = TypeVar("T")
 
@@ -167,12 +169,37 @@ def call_own_code(item, where: str, role: str, /, **keywords):
 
 def own_code_error(error: Exception) -> str | None:
     """``error`` as one line (``RuntimeError: text``) where it is the user's code's own, to be
-    named as such (:func:`call_own_code`, a family's first forward pass in training); None for
-    eqpdenet's own errors and failed memory allocations, which pass unchanged."""
+    named as such (:func:`call_own_code`; a forward pass, where :func:`own_code_frame` finds the
+    user's frame: ``analysis.predictions.own_code_culprit``); None for eqpdenet's own errors and
+    failed memory allocations, which pass unchanged."""
     if isinstance(error, EqPdeNetError | MemoryError) or is_allocation_failure(error):
         return None
     text = " ".join(str(error).split())
     return f"{type(error).__name__}{f': {text}' if text else ''}"
+
+
+def own_code_frame(error: BaseException, modules: Iterable[str]) -> types.FrameType | None:
+    """The frame of the user's code that raised ``error``, or None where eqpdenet's code raised
+    it. ``modules``: the modules of the user's items that the failed call ran (a plugin's model
+    family, its invariant functions); each stands for its whole top-level package
+    (``mylab.models`` for ``mylab.layers`` too), eqpdenet's own are left out.
+
+    The rule (docs/architecture.md, "A family of one's own"): ``error``'s traceback is read from the
+    innermost frame outward, and the first frame whose module is eqpdenet's or one of
+    ``modules``' decides. Frames of other code (torch, numpy, the standard library) are passed
+    over: they ran on behalf of whichever of the two called them (a family's ``nn.Linear`` fed
+    the wrong size raises inside torch, and the family's ``forward`` called it). Nothing of
+    either (an empty traceback): None. It reads the traceback only, where an exception is
+    already raised: no cost on the path that raises none."""
+    packages = {(module or "").partition(".")[0] for module in modules} - {"", "eqpdenet"}
+    frames = [frame for frame, _ in traceback.walk_tb(error.__traceback__)]
+    for frame in reversed(frames):
+        package = str(frame.f_globals.get("__name__") or "").partition(".")[0]
+        if package == "eqpdenet":
+            return None
+        if package in packages:
+            return frame
+    return None
 
 
 class CallRegistry(Registry):

@@ -237,10 +237,10 @@ class _Returns(nn.Module):
 
 
 @pytest.mark.parametrize("kind, message", [
-    ("spatial", r"^the model returned logits of shape \(6, 3, 1, 1\) for a batch of 6 image\(s\)"),
-    ("tuple", r"^the model returned a tuple of 2 items for a batch of 6 image\(s\), not a tensor"),
-    ("flat", r"^the model returned logits of shape \(6,\) for a batch of 6 image\(s\)"),
-    ("few", r"^labels\[2\] = 2 is not a class of the model, which returns 2 logits per image"),
+    ("spatial", r"^model 'fcnn' returned logits of shape \(6, 3, 1, 1\) for a batch of 6 image"),
+    ("tuple", r"^model 'fcnn' returned a tuple of 2 items for a batch of 6 image\(s\), not a"),
+    ("flat", r"^model 'fcnn' returned logits of shape \(6,\) for a batch of 6 image\(s\)"),
+    ("few", r"^model 'fcnn' returns 2 logits per image, but the data given has 3 classes"),
 ])
 def test_logits_of_a_config_built_model_are_checked(monkeypatch, kind, message):
     monkeypatch.setattr(training, "build_model", lambda config: _Returns(kind))

@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import itertools
 import numbers
+import traceback
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -49,8 +51,8 @@ from torch import Tensor, nn
 from ..checks import _finer, evaluation_mode, module_dtype
 from ..errors import ConfigError, InputError, InputTypeError, NonFiniteStateError
 
-__all__ = ["EVALUATION_BATCH", "NO_PREDICTION", "check_labels", "correct_predictions",
-           "evaluation_mode", "logits_by_image", "predictions"]
+__all__ = ["EVALUATION_BATCH", "NO_PREDICTION", "Culprit", "check_labels", "correct_predictions",
+           "evaluation_mode", "logits_by_image", "own_code_culprit", "predictions"]
 
 #: Images per forward pass when a model is evaluated. Small on purpose: at 1,000 images the
 #: intermediate maps of the deep models are tens of MB each, allocated afresh by every operation
@@ -75,16 +77,17 @@ def _shape(value) -> str:
     return f"a {type(value).__name__}"
 
 
-def _check_logits(logits, count: int) -> Tensor:
+def _check_logits(logits, count: int, model: str = "the model") -> Tensor:
     """``logits`` if they are a tensor of shape ``(count, K)``, ``K >= 1``: one row of class
     scores per image of a batch of ``count``; anything else is an
-    :class:`~eqpdenet.errors.InputError` naming what the model returned and what was expected.
-    Logits ``(N, K, 1, 1)`` were broadcast against the labels ``(N,)``: ``N x N`` pairs, a model
-    right on 96.5 % of the images scored 10.8 %."""
+    :class:`~eqpdenet.errors.InputError` naming what the model returned and what was expected,
+    the model named as ``model`` says (training names the kind: ``model 'mine' (Mine, module
+    mylab)``). Logits ``(N, K, 1, 1)`` were broadcast against the labels ``(N,)``: ``N x N``
+    pairs, a model right on 96.5 % of the images scored 10.8 %."""
     expected = f"expected logits of shape ({count}, K): one row of K class scores per image"
     if not isinstance(logits, Tensor):
         raise InputTypeError(
-            f"the model returned {_shape(logits)} for a batch of {count} image(s), not a tensor "
+            f"{model} returned {_shape(logits)} for a batch of {count} image(s), not a tensor "
             f"of logits; {expected} (wrap the model in a module that returns the logits alone)")
     if logits.dim() == 2 and logits.shape[0] == count and logits.shape[1] >= 1:
         return logits
@@ -95,13 +98,132 @@ def _check_logits(logits, count: int) -> Tensor:
     elif logits.dim() > 2 and logits.shape[0] == count:
         hint = (" (flatten the dimensions after the first into the classes, .flatten(1), as "
                 "after a global pooling)")
-    raise InputError(f"the model returned logits of shape {tuple(logits.shape)} for a batch of "
+    raise InputError(f"{model} returned logits of shape {tuple(logits.shape)} for a batch of "
                      f"{count} image(s); {expected}{hint}")
+
+
+class Culprit(NamedTuple):
+    """Who, of the user's code, raised an exception in a forward pass
+    (:func:`own_code_culprit`): ``who`` names it (``model 'mine' (Mine, module mylab)``,
+    ``invariant set 'mine' (its invariant 'x': ratio, module mylab)``), ``said`` is the
+    exception in one line (``RuntimeError: text``), ``family`` whether it is the model family
+    itself (else an invariant set the model runs)."""
+
+    who: str
+    said: str
+    family: bool
+
+
+class _Owner(NamedTuple):
+    """An item of the user's that a forward pass may run: how it is named, its functions'
+    modules, and its invariants' names by their functions' code objects (an invariant set's)."""
+
+    who: str
+    modules: frozenset
+    invariants: dict
+    family: bool
+
+
+def _own_items(model: nn.Module, kind: str | None) -> list[_Owner]:
+    """The user's items that ``model``'s forward pass runs: its family where a plugin registered
+    it (``kind``, where known; else the registered family whose class one of ``model``'s modules
+    is), then every invariant set that one of its modules holds whose functions are not
+    eqpdenet's (a plugin's set, run by a built-in family too)."""
+    from ..models import BUILT_IN_FAMILIES, MODELS
+    from ..pde.invariants import InvariantSet
+    from ..registry import own_code_name
+
+    modules = list(model.modules())
+    owners = []
+    if kind is not None and kind in MODELS:
+        found = [(kind, MODELS.get(kind), type(model))]
+    else:  # the first module of a registered class (by identity: an item need not hash)
+        items = [(name, MODELS.get(name)) for name in MODELS.names()]
+        found = [(name, item, item) for module in modules for name, item in items
+                 if item is type(module) and item not in BUILT_IN_FAMILIES][:1]
+    for name, item, cls in found:
+        if item not in BUILT_IN_FAMILIES:
+            owners.append(_Owner(f"model {name!r} ({own_code_name(item)})",
+                                 frozenset({_module_of(item), cls.__module__}), {}, True))
+    sets = {}
+    for module in modules:
+        for value in vars(module).values():
+            for held in (value if isinstance(value, list | tuple) else (value,)):
+                if isinstance(held, InvariantSet):
+                    sets.setdefault(id(held), held)
+    for invariant_set in sets.values():
+        functions = [(invariant.name, getattr(invariant, "function", None))
+                     for invariant in invariant_set.invariants]
+        functions = [(name, function) for name, function in functions
+                     if function is not None and _module_of(function).partition(".")[0]
+                     not in ("", "eqpdenet")]
+        if functions:
+            codes = {function.__code__: (name, own_code_name(function))
+                     for name, function in functions if hasattr(function, "__code__")}
+            owners.append(_Owner(f"invariant set {invariant_set.name!r}",
+                                 frozenset(_module_of(function) for _, function in functions),
+                                 codes, False))
+    return owners
+
+
+def _module_of(item) -> str:
+    """The module that defines ``item`` (a function's, a class's; a callable object's class's)."""
+    return str(getattr(item, "__module__", None) or type(item).__module__ or "")
+
+
+def own_code_culprit(error: Exception, model: nn.Module, kind: str | None = None
+                     ) -> Culprit | None:
+    """Who raised ``error``, an exception of ``model``'s forward pass, where it is the user's
+    code: a model family registered by a plugin (``kind`` names it where the caller knows it,
+    else the registered class of one of ``model``'s modules), or a plugin's invariant set that
+    one of ``model``'s modules holds (run by a built-in family too). The innermost frame of
+    the traceback that is eqpdenet's or one of theirs decides
+    (:func:`~eqpdenet.registry.own_code_frame`): None where it is eqpdenet's, where the model
+    runs no code of a plugin's (a model given to the Python API raises as it did), and for
+    eqpdenet's own errors and failed memory allocations
+    (:func:`~eqpdenet.registry.own_code_error`). Called only once an exception is raised."""
+    from ..registry import own_code_error
+
+    said = own_code_error(error)
+    if said is None:
+        return None
+    try:
+        return _culprit(error, model, kind, said)
+    except Exception:  # naming the culprit must never hide the error: it is raised as it was
+        return None
+
+
+def _culprit(error: Exception, model: nn.Module, kind: str | None, said: str) -> Culprit | None:
+    """:func:`own_code_culprit` once ``error`` is known not to be eqpdenet's own error."""
+    from ..registry import own_code_frame
+
+    owners = _own_items(model, kind)
+    frame = own_code_frame(error, [module for owner in owners for module in owner.modules])
+    if frame is None:
+        return None
+    codes = [entry.f_code for entry, _ in traceback.walk_tb(error.__traceback__)]
+    for owner in owners:  # the invariant whose function is on the way to the error
+        for code in reversed(codes):
+            if code in owner.invariants:
+                name, function = owner.invariants[code]
+                return Culprit(f"{owner.who} (its invariant {name!r}: {function})", said, False)
+    module = str(frame.f_globals.get("__name__"))
+    for same in (lambda other: other == module,
+                 lambda other: other.partition(".")[0] == module.partition(".")[0]):
+        for owner in owners:
+            if any(same(other) for other in owner.modules):
+                where = ("" if owner.family else
+                         f" (module {', '.join(sorted(owner.modules))})")
+                return Culprit(f"{owner.who}{where}", said, owner.family)
+    return None
 
 
 def _blocks(model: nn.Module, batch: Tensor, errors: list) -> list[Tensor | None]:
     """Logits ``(n, K)`` of ``batch`` as consecutive blocks, ``None`` for each single image on
-    which the model raised :class:`NonFiniteStateError` (the errors appended to ``errors``)."""
+    which the model raised :class:`NonFiniteStateError` (the errors appended to ``errors``). An
+    exception that the user's code raised in the forward pass (a plugin's family or invariant
+    set, :func:`own_code_culprit`) is one :class:`~eqpdenet.errors.InputError` naming it, the
+    original chained; eqpdenet's own pass unchanged."""
     try:
         return [_check_logits(model(batch), len(batch))]
     except NonFiniteStateError as error:
@@ -110,6 +232,12 @@ def _blocks(model: nn.Module, batch: Tensor, errors: list) -> list[Tensor | None
             return [None]
         half = len(batch) // 2
         return _blocks(model, batch[:half], errors) + _blocks(model, batch[half:], errors)
+    except Exception as error:
+        culprit = own_code_culprit(error, model)
+        if culprit is None:
+            raise
+        raise InputError(f"{culprit.who} failed in evaluation mode, on images of shape "
+                         f"{tuple(batch.shape)}: {culprit.said}") from error
 
 
 def _check_batch_size(batch_size) -> None:

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from .. import __version__
-from ..analysis.predictions import EVALUATION_BATCH, check_classes, predictions
+from ..analysis.predictions import EVALUATION_BATCH, check_classes, own_code_culprit, predictions
 from ..data.augment import augment_generator, blur_generator, relative_change
 from ..data.datasets import DATASETS, ImageDataset, is_built_in, load_dataset, mnist_family
 from ..data.rotmnist import load_rotmnist
@@ -1075,10 +1075,14 @@ def train_model(
                 # One forward pass for the batch and its copies: one set of batch-norm statistics.
                 inputs = torch.cat([x, blurred]) if len(blurred) else x
                 if epoch == 0 and done == 1:  # every model's, a family of one's own included
-                    logits = _first_forward(forward, inputs, expected)
+                    logits = _first_forward(forward, inputs, expected, model)
                     _check_first_logits(logits, len(x) + len(blurred), data, splits, expected)
                 else:
-                    logits = forward(inputs)
+                    try:  # free where nothing is raised: read only once raised
+                        logits = forward(inputs)
+                    except Exception as error:
+                        _raise_if_own(error, model, expected, epoch)
+                        raise
                 logits, logits_blurred = logits[:len(x)], logits[len(x):]
                 penalty = (relative_change(logits[:len(blurred)], logits_blurred).sum()
                            if pairs else None)
@@ -1105,7 +1109,11 @@ def train_model(
                     raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}; "
                                              f"{_divergence_remedy(train)}")
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                try:  # a plugin's autograd Function's backward
+                    loss.backward()
+                except Exception as error:
+                    _raise_if_own(error, model, expected, epoch)
+                    raise
                 if train.grad_clip:
                     nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
                 with _step_overflow(train, epoch, history):
@@ -1127,7 +1135,11 @@ def train_model(
                 correct = int(counts)
             if gpu is not None:
                 with _step_overflow(train, epoch, history):
-                    total_loss, correct = gpu.run_epoch(order, epoch)
+                    try:  # its forward and backward passes, the first batch's included
+                        total_loss, correct = gpu.run_epoch(order, epoch)
+                    except Exception as error:
+                        _raise_if_own(error, model, expected, epoch)
+                        raise
             # Accuracies in percent, as everywhere else in a result (its "accuracy" and
             # "validation_accuracy"); records written before held fractions here, the same keys.
             record = {"epoch": epoch + 1, "loss": total_loss / len(labels),
@@ -1184,6 +1196,15 @@ class _Expected:
     classes: int | None = None
     model: str = "the model"
     own: str | None = None
+    kind: str | None = None
+
+    @property
+    def who(self) -> str:
+        """The model as the checks of its logits name it: ``model 'mine' (Mine, module
+        mylab)``, ``model 'cnn'``; "the model" for a model given to :func:`train_model`."""
+        if self.kind is None:
+            return "the model"
+        return f"{self.model} ({self.own})" if self.own else self.model
 
 
 def _expected_of(resolved: ExperimentConfig | None, model: nn.Module) -> _Expected:
@@ -1196,55 +1217,73 @@ def _expected_of(resolved: ExperimentConfig | None, model: nn.Module) -> _Expect
 
     family = MODELS.get(resolved.model.kind)
     return _Expected(resolved.model.classes, f"model {resolved.model.kind!r}",
-                     None if family in BUILT_IN_FAMILIES else own_code_name(family))
+                     None if family in BUILT_IN_FAMILIES else own_code_name(family),
+                     resolved.model.kind)
 
 
 def _first_forward(forward: Callable[[Tensor], Tensor], images: Tensor,
-                   expected: _Expected) -> Tensor:
-    """``forward(images)``, the first training batch's; where the family is the user's code
-    (``expected.own``), an exception its forward pass raises is one
-    :class:`~eqpdenet.errors.InputError` naming the model kind, its class and module, the
-    batch's shape and the sizes the data gave it, with the original type and message (cause
-    chained): a family that ignores ``image_size`` failed with torch's "mat1 and mat2 shapes
-    cannot be multiplied", read as eqpdenet's bug. eqpdenet's own errors and failed memory
-    allocations pass unchanged (:func:`~eqpdenet.registry.own_code_error`: the
-    command line advises on memory)."""
-    if expected.own is None:
-        return forward(images)
-    from ..registry import own_code_error
-
+                   expected: _Expected, model: nn.Module | None = None) -> Tensor:
+    """``forward(images)``, the first training batch's. An exception that the user's code
+    raised in it (:func:`~eqpdenet.analysis.predictions.own_code_culprit`: the innermost of
+    its frames that is eqpdenet's or a plugin's decides) is one
+    :class:`~eqpdenet.errors.InputError` with the original type and message (cause chained):
+    for the family itself, naming the model kind, its class and module, the batch's shape and
+    the sizes the data gave it (a family that ignores ``image_size`` failed with torch's "mat1
+    and mat2 shapes cannot be multiplied", read as eqpdenet's bug); for a plugin's invariant set
+    that the model runs, naming the set, its invariant and module. eqpdenet's own errors, what
+    eqpdenet's code raised and failed memory allocations pass unchanged (the command line
+    advises on memory). ``model``: the model ``forward`` runs (``forward`` itself if None)."""
     try:
         return forward(images)
     except Exception as error:
-        said = own_code_error(error)
-        if said is None:
+        culprit = own_code_culprit(error, forward if model is None else model, expected.kind)
+        if culprit is None:
             raise
+        if not culprit.family:
+            raise InputError(f"{culprit.who} failed on the first training batch, images of "
+                             f"shape {tuple(images.shape)}: {culprit.said}") from error
         channels, size = images.shape[1], images.shape[-1]
-        raise InputError(f"{expected.model} ({expected.own}) failed on the first training batch, "
-                         f"images of shape {tuple(images.shape)}: {said} (it is built with "
-                         f"model.image_size = {size} and model.in_channels = {channels}, from "
-                         f"the data: a family of one's own must take images of that size)"
+        raise InputError(f"{culprit.who} failed on the first training batch, "
+                         f"images of shape {tuple(images.shape)}: {culprit.said} (it is built "
+                         f"with model.image_size = {size} and model.in_channels = {channels}, "
+                         f"from the data: a family of one's own must take images of that size)"
                          ) from error
+
+
+def _raise_if_own(error: Exception, model: nn.Module, expected: _Expected, epoch: int) -> None:
+    """An :class:`~eqpdenet.errors.InputError` naming the plugin's family or invariant set, its
+    module and the ``epoch`` (0-based) where ``error``, raised in a training step after the
+    first batch's forward pass, is the user's code's
+    (:func:`~eqpdenet.analysis.predictions.own_code_culprit`); else nothing: the caller
+    re-raises ``error`` (eqpdenet's own, and every error of a model given to the Python API
+    that runs no plugin code, unchanged)."""
+    culprit = own_code_culprit(error, model, expected.kind)
+    if culprit is not None:
+        raise InputError(f"{culprit.who} failed in training, epoch {epoch + 1}: "
+                         f"{culprit.said}") from error
 
 
 def _check_first_logits(logits, count: int, data, splits: tuple[str, ...],
                         expected: _Expected = _Expected()) -> None:
     """The first batch's ``logits`` for ``count`` images checked as evaluation checks them
-    (:func:`~eqpdenet.analysis.predictions._check_logits`: a tensor ``(count, K)``), then every
-    label of ``splits`` against the ``K`` classes, then ``K`` against the classes the model
-    should have (``expected.classes``, where known; :func:`check_logit_count`): an
-    :class:`~eqpdenet.errors.InputError` naming what the model returned. A model of one's own
-    returning ``(B, K, 1, 1)``, a tuple, ``(B,)`` or too few logits failed in the loss with a
-    raw error read as eqpdenet's bug; one returning more logits than the data's classes (a
-    family written for MNIST's 10 on a set of 3) trained and was scored silently, its argmax
-    free to pick classes no image has."""
+    (:func:`~eqpdenet.analysis.predictions._check_logits`: a tensor ``(count, K)``), then ``K``
+    against the classes the model should have (``expected.classes``, where known;
+    :func:`check_logit_count`), then every label of ``splits`` against the ``K`` classes: an
+    :class:`~eqpdenet.errors.InputError` naming what the model returned and, for a model built
+    from the configuration, its kind (a wrong shape also a family of one's own's class and
+    module: ``expected.who``). A model of one's own returning ``(B, K, 1, 1)``, a tuple,
+    ``(B,)`` or too few logits failed in the loss with a raw error read as eqpdenet's bug; one
+    returning more logits than the data's classes (a family written for MNIST's 10 on a set of
+    3) trained and was scored silently, its argmax free to pick classes no image has. The count
+    goes before the labels: too few logits left a label without a class, and the label's
+    message, which names no model, hid the count's."""
     from ..analysis.predictions import _check_logits
 
-    _check_logits(logits, count)
-    for split in splits:
-        check_classes(data[split].labels, logits.shape[1])
+    _check_logits(logits, count, expected.who)
     name = getattr(data, "name", "") or "the data given"
     check_logit_count(int(logits.shape[1]), expected.classes, expected.model, name)
+    for split in splits:
+        check_classes(data[split].labels, logits.shape[1])
 
 
 def check_logit_count(width: int, classes: int | None, model: str, data: str) -> None:
@@ -1254,9 +1293,10 @@ def check_logit_count(width: int, classes: int | None, model: str, data: str) ->
     logits, the data's classes."""
     if classes is None or width == classes:
         return
+    missing = (f"class {width}" if width == classes - 1 else  # "classes 2 ... 2" read oddly
+               f"classes {width} ... {classes - 1}")
     extra = (f"its predictions could be classes {classes} ... {width - 1}, which no image has"
-             if width > classes else f"classes {width} ... {classes - 1} could never be "
-                                     f"predicted")
+             if width > classes else f"{missing} could never be predicted")
     raise InputError(f"{model} returns {width} logits per image, but {data} has {classes} "
                      f"classes (model.classes = {classes}): {extra}; a model family must return "
                      f"model.classes logits (a family of one's own: take a 'classes' option, "
