@@ -90,7 +90,7 @@ def test_a_report_names_the_runs_it_leaves_out_of_its_tables(tmp_path):
     text = (folder / "table.md").read_text()
     assert ("Runs of cnn (1 runs) are not in the tables, which hold the paper's models "
             "(EqPdeNet, FCNN) only.") in text.split("\n\n")[0]
-    assert "| 16 | 100 | 2 | " in text  # the EqPdeNet row, of its two runs
+    assert "| 16 | 100 [paper: 13033] | 2 | " in text  # the EqPdeNet row, of its two runs
 
 
 # ----------------------------------------------------------------------------- grid fields

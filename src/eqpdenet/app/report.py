@@ -6,7 +6,10 @@ accuracies in percent, mean and standard deviation over 10 instances. Ours are a
 deviation (``ddof = 1``) over the seeds of each (model, hidden size). The difference is reported
 in percentage points and in units of the paper's standard deviation. The paper's numbers are
 ROTMNIST's: runs on any other data set (:func:`on_paper_data`) are tabled and plotted without
-them, and the table's header says so.
+them, and the table's header says so. A cell whose parameter count is not the paper's for its
+model and hidden size is of another architecture than the paper's row: it shows the paper's
+count beside ours (``[paper: 13033]``), leaves out Δ and Δ/σ, and the header names it
+(:func:`other_models_note`).
 
 A run counts once: records with the same run key (model, hidden size, seed) that agree are one
 run (:func:`deduplicate`); records of the same key that disagree are refused, since neither can
@@ -38,7 +41,9 @@ report`` then warns and exits with status 3. A table holds exactly those runs
 another base configuration, or whose own configuration is not the one ``config.toml`` gives
 their key (a benchmark entry's recipe edited since), refused, as the sweep refuses them. Without
 a ``config.toml`` it can read, a folder's runs are tabled if they share one base configuration,
-and refused if they do not (a cell would average two). A benchmark's runs (:func:`benchmark_records`)
+and refused if they do not (a cell would average two). With or without one, a run whose own
+configuration contradicts its key (model kind, hidden size, seed: :func:`key_differences`) is
+refused: a cell would count it as a run it is not. A benchmark's runs (:func:`benchmark_records`)
 are refused too: they have a report of their own. The records are read from
 ``results.jsonl`` after regenerating it from the run files (:func:`read_results`), and every output
 is checked before any is written (:func:`check_outputs`).
@@ -72,7 +77,7 @@ from .runstore import SAME_RUN_FIELDS, mend_advice, non_finite_fields, write_agg
 __all__ = ["SAME_RUN_FIELDS", "Described", "Report", "aggregate", "check_outputs",
            "benchmark_records", "check_records", "common_params", "dataset_name", "deduplicate",
            "described_runs", "failed_note", "finite_number", "format_number", "has_results",
-           "left_out_note", "mean_std",
+           "key_differences", "left_out_note", "mean_std", "other_models_note",
            "missing_runs", "nothing_described", "on_paper_data", "paper_run_key", "paper_table",
            "accuracy_figure", "plot_accuracy", "protocol_table", "read_results", "recipe_differences",
            "rerun_advice", "subset_note", "sweep_records", "untabled_note", "validation_table",
@@ -372,7 +377,9 @@ def _cell(value: tuple[float, float] | None) -> str:
 def protocol_table(ours: dict, paper: dict | None = None, *, compare: bool = True) -> str:
     """Markdown: per model and hidden size, paper | ours | difference | difference / sigma_paper;
     with ``compare=False`` (runs on another data set than the paper's: :func:`on_paper_data`)
-    ours alone, without the paper's columns."""
+    ours alone, without the paper's columns. A cell whose parameter count is not the paper's
+    row's (another architecture: :func:`other_models_note`) shows both counts (``50660 [paper:
+    13033]``) and "–" for its Δ and Δ/σ."""
     paper = (paper_table() if paper is None else paper) if compare else {}
     lines = []
     for kind in PAPER_MODELS:
@@ -392,14 +399,17 @@ def protocol_table(ours: dict, paper: dict | None = None, *, compare: bool = Tru
         for hidden in sizes:
             mine, theirs = ours[kind, hidden], paper.get((kind, hidden))
             runs = f"{mine['n']}" + (f" (+{mine['failed']} failed)" if mine.get("failed") else "")
-            cells = [str(hidden), _params(mine), runs]
+            other = _paper_params(mine, theirs)
+            cells = [str(hidden), _params(mine) + (f" [paper: {other}]" if other else ""), runs]
             for scenario in SCENARIOS:
                 ref, got = (theirs or {}).get(scenario), mine.get(scenario)
                 if not compare:
                     cells.append(_cell(got) + _coverage(mine, scenario))
                     continue
                 cells += [_cell(ref), _cell(got) + _coverage(mine, scenario)]
-                if ref and got:
+                # another model than the paper's row: a difference of two models is no
+                # reproduction result, and Δ/σ would read as one
+                if ref and got and not other:
                     delta = got[0] - ref[0]
                     cells += [format_number(delta, "+.1f"),
                               format_number(delta / ref[1], "+.1f") if ref[1] else "–"]
@@ -431,6 +441,41 @@ def protocol_table(ours: dict, paper: dict | None = None, *, compare: bool = Tru
 def _params(cell: dict) -> str:
     """A cell's parameter count; "–" where none of its runs finished (none recorded one)."""
     return "–" if cell.get("params") is None else str(cell["params"])
+
+
+def _paper_params(mine: dict, theirs: dict | None) -> int | None:
+    """The paper's parameter count of the row ``theirs`` where it is not our cell ``mine``'s
+    (our runs are of another model than the paper's of that model and hidden size: another
+    layer reduction, other invariants), else None; None too where either has no count (a cell
+    whose runs all failed, a paper row without one)."""
+    count = (theirs or {}).get("params")
+    return count if mine.get("params") is not None and count is not None \
+        and mine["params"] != count else None
+
+
+def other_models_note(ours: dict, paper: dict | None = None) -> str:
+    """A sentence naming the cells of ``ours`` whose parameter count is not the paper's for
+    their model and hidden size (:func:`paper_table`, or ``paper``), with both counts, and
+    saying that their Δ and Δ/σ are left out (:func:`protocol_table`) and, where the
+    EqPdeNet − FCNN section has their size, that the paper's gap there is other models', else
+    ``""``: the paper's accuracy beside theirs is that of another model."""
+    paper = paper_table() if paper is None else paper
+    cells, sizes = [], []
+    for kind in PAPER_MODELS:
+        for hidden in sorted(h for k, h in ours if k == kind):
+            count = _paper_params(ours[kind, hidden], paper.get((kind, hidden)))
+            if count:
+                cells.append(f"{MODEL_NAMES[kind]} h = {hidden} ({ours[kind, hidden]['params']:,} "
+                             f"parameters, the paper's {count:,})")
+                sizes.append(hidden)
+    if not cells:
+        return ""
+    both = sorted({h for h in sizes if ("eqpdenet", h) in ours and ("fcnn", h) in ours})
+    gap = (f", and the paper's EqPdeNet − FCNN gap at h = {', '.join(map(str, both))} is that "
+           f"of other models than ours" if both else "")
+    return (f" Not the paper's models: {'; '.join(cells)}. Their rows (`[paper: N]` beside "
+            f"#params) set the paper's accuracy beside another architecture's: their Δ and Δ/σ "
+            f"are left out{gap}.")
 
 
 def validation_table(ours: dict) -> str:
@@ -620,7 +665,14 @@ def sweep_records(records: list[dict], described: Described | None, source: str 
 
     Without ``described`` (no ``config.toml``, or one that cannot be read), records of more than
     one base fingerprint are a :class:`~eqpdenet.errors.DataFileError` naming the runs of each:
-    nothing tells which configuration is the sweep's, and a cell averaged runs of two."""
+    nothing tells which configuration is the sweep's, and a cell averaged runs of two.
+
+    With or without ``described``, a tabled record whose own configuration contradicts a field
+    its key is made of (``config.model.kind``, ``config.model.hidden``, ``config.train.seed``
+    against its ``model``, ``hidden`` and ``seed``: all three of a paper sweep's key, the seed
+    of a benchmark's), or whose stored ``key`` is not its run key (:func:`key_differences`), is
+    a :class:`~eqpdenet.errors.DataFileError` naming the runs and the first such field: a cell
+    averaged it as a run it is not (without ``config.toml``, that went unsaid)."""
     if described is None:
         prints: dict[str, list[str]] = {}
         for record in records:
@@ -636,6 +688,7 @@ def sweep_records(records: list[dict], described: Described | None, source: str 
                                         f"runs of different configurations. Move the runs of all "
                                         f"but one configuration (their runs/<key>.json and "
                                         f"results.jsonl lines) to another folder")
+        _refuse_mislabelled(records, source, key)
         return records, []
     other_base = {}
     for record in records:
@@ -668,8 +721,59 @@ def sweep_records(records: list[dict], described: Described | None, source: str 
                                     f"{folder}/config.toml --out {folder} --rerun-changed` sets "
                                     f"them aside and runs them as config.toml says, or restore "
                                     f"in config.toml the configuration they were made with")
+    # a record of a listed key whose configuration is no whole run's (recipe_differences
+    # compares none) may still contradict its key
+    _refuse_mislabelled([r for r in records if key(r) in wanted], source, key)
     return ([r for r in records if key(r) in wanted],
             list(dict.fromkeys(key(r) for r in records if key(r) not in wanted)))
+
+
+#: The fields of a run record that a run key may be made of, and where its own configuration
+#: holds each (``run_experiment`` writes one from the other): (record field, section, field).
+KEY_FIELDS = (("model", "model", "kind"), ("hidden", "model", "hidden"), ("seed", "train", "seed"))
+
+
+def key_differences(record: dict, key=paper_run_key) -> list[str]:
+    """Where ``record``'s own configuration (``config``) contradicts a field of :data:`KEY_FIELDS`
+    that its run key ``key(record)`` is made of (``"model.kind: 'eqpdenet' recorded, 'fcnn' as
+    its model"``; a paper sweep's key is made of all three, a benchmark's,
+    ``<entry>-seed<seed>``, of the seed), and where its stored ``key`` (its run file's name, by
+    which a sweep counts it done) is not ``key(record)`` (by which a report tables it): every
+    such field, [] where none. A field the configuration does not hold (a record written by
+    hand) tells nothing and is not compared."""
+    config = record.get("config")
+    out = []
+    for name, section, field in KEY_FIELDS:
+        table = config.get(section) if isinstance(config, dict) else None
+        if not isinstance(table, dict) or field not in table or table[field] == record.get(name):
+            continue
+        if key({**record, name: table[field]}) != key(record):  # a field of its key
+            out.append(f"{section}.{field}: {table[field]!r} recorded, {record.get(name)!r} as "
+                       f"its {name}")
+    stored = record.get("key")
+    if isinstance(stored, str) and stored != key(record):
+        out.append(f"key: {stored!r} recorded, {key(record)!r} of its fields")
+    return out
+
+
+def _refuse_mislabelled(records: list[dict], source: str, key=paper_run_key) -> None:
+    """A :class:`~eqpdenet.errors.DataFileError` naming the runs of ``records`` whose key
+    contradicts their own configuration or stored key (:func:`key_differences`), as
+    :func:`sweep_records` names runs of another configuration than ``config.toml``'s: a table
+    would count each in a cell (a model, a hidden size, a seed) that is not its run's."""
+    wrong: dict[str, list[str]] = {}
+    for record in records:
+        differences = key_differences(record, key)
+        if differences:
+            wrong.setdefault(differences[0], []).append(key(record))
+    if wrong:
+        runs = sum(len(keys) for keys in wrong.values())
+        shown = "; ".join(f"{_shown(keys)} ({first})" for first, keys in wrong.items())
+        raise DataFileError(source, f"{runs} run(s) were made with another configuration than "
+                                    f"their record's key gives them: {shown}; a table would "
+                                    f"count them as runs they are not. Move them to another "
+                                    f"folder (their runs/<key>.json and results.jsonl lines), "
+                                    f"or run them anew ({rerun_advice('<key>')})")
 
 
 def recipe_differences(recorded, run) -> list[str]:
@@ -819,26 +923,26 @@ def write_report(results_dir: Path) -> Report:
                   else "no `config.toml`: each run's configuration is in its record")
         runs = (f"From `results.jsonl` beside this file ({len(records)} runs"
                 f"{failed_note(records)}; {config}).{subset_note(records)}"
-                f"{untabled}{left_out_note(left_out)}\n\n")
+                f"{untabled}{left_out_note(left_out)}")
         if scenarios == ("validation",):
             header = (f"Validation accuracy in percent on {dataset_name(records)}: mean (sample "
                       f"std) over the runs of each cell. These runs evaluated none of the test "
                       f"scenarios the paper's Tables 1-2 report (`scenarios = []` in "
                       f"`config.toml`, as in a validation study, which never uses the test "
-                      f"set), so there is nothing of the paper's to compare. " + runs)
+                      f"set), so there is nothing of the paper's to compare. " + runs + "\n\n")
             table = validation_table(ours)
         elif on_paper_data(records):
             header = (f"Accuracy in percent on {dataset_name(records)} test, `iso` and `sca`: "
                       f"mean (sample std) over the runs of each cell; paper = Lagrave & Riou "
                       f"2021, Tables 1-2. Δ = ours − paper; Δ/σ in units of the paper's std. "
-                      + runs)
+                      + runs + other_models_note(ours) + "\n\n")
             table = protocol_table(ours)
         else:  # the paper's numbers are ROTMNIST's: set against another data set's, meaningless
             header = (f"Accuracy in percent on {dataset_name(records)} test, `iso` and `sca`: "
                       f"mean (sample std) over the runs of each cell. The paper's columns "
                       f"(Lagrave & Riou 2021, Tables 1-2, on ROTMNIST) are left out: these runs "
                       f"were made on another data set, which the paper's numbers do not "
-                      f"describe. " + runs)
+                      f"describe. " + runs + "\n\n")
             table = protocol_table(ours, compare=False)
             paper = {}
         if missing:
