@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from data_helpers import write_npz
 from eqpdenet.app import sweeps
 from eqpdenet.app.cli import main
 from eqpdenet.app.config import (
@@ -196,8 +197,10 @@ def test_the_study_md_header_describes_the_configuration_it_ran(tmp_path, monkey
                              "2,000 of ROTMNIST's 12,000 training digits; the test set is never "
                              "used). Scores are mean validation accuracy in percent over seeds [0] "
                              "and hidden sizes [16], 20 epochs;")
+    data = tmp_path / "gray_36.npz"  # a file that is there: the preflight refuses one that is not
+    write_npz(data, train=800, test=200, size=8)
     base = apply_overrides(_small_base(), [
-        "base.data.dataset='/nowhere/gray_36.npz'", "base.data.validation=500",
+        f"base.data.dataset='{data}'", "base.data.validation=500",
         "base.data.train_subset=300", "base.scenarios=['test', 'iso']",
         "base.data.test_subset=200"])
     run_study(tmp_path / "b", base=base, stages=[STAGES[0]], echo=lambda *a: None)

@@ -261,4 +261,6 @@ def test_the_shape_read_from_the_headers_is_the_loaded_ones(tmp_path, layout):
     assert (data.image_shape, len(data.train_images), len(data.test_images), data.classes) == (
         expected.image_shape, expected.train, expected.test, expected.classes)
     assert dataset_shape("mnist") == DatasetShape((1, 28, 28), 60000, 10000, 10)
-    assert dataset_shape(str(tmp_path / "nothing.npz")) is None  # loading says it is not there
+    # loading's refusal, now (round 18: None let a sweep claim its folder before loading said it)
+    with pytest.raises(ConfigError, match=r"^unknown data set '.*nothing\.npz': not a registered"):
+        dataset_shape(str(tmp_path / "nothing.npz"))

@@ -184,7 +184,10 @@ def _command_line_over_entries(config: BenchmarkConfig, args) -> None:
     epochs do: :func:`quick_benchmark`): applied to the base only, they were overridden by
     every entry setting the field (``--set base.train.epochs=1`` trained the CNN's 6 epochs),
     without a word. The saved ``config.toml`` holds the entries as they run, so it reruns the
-    same runs; a warning names the entries whose value gave way."""
+    same runs; a warning names the entries whose value gave way among those that run now (all
+    of them, or those ``--models`` names: an entry left out trains nothing now, and naming it
+    was noise)."""
+    import copy
     named = {}  # field -> the option that names it (the last one, as applied last)
     if getattr(args, "layer", None):
         named["model.layer.preset"] = "--layer"
@@ -194,7 +197,11 @@ def _command_line_over_entries(config: BenchmarkConfig, args) -> None:
                 named[leaf.removeprefix("base.")] = f"--set {leaf}"
     if args.device:
         named["train.device"] = "--device"
-    for path, entries in entries_yield(config, list(named)).items():
+    running = set(getattr(args, "models", None) or config.models)
+    shown = copy.copy(config)  # shallow: entries_yield replaces its models, not config's
+    shown.models = {name: entry for name, entry in config.models.items() if name in running}
+    entries_yield(config, list(named))  # every entry, as config.toml records them
+    for path, entries in entries_yield(shown, list(named)).items():
         warnings.warn(f"{named.get(path, f'--set base.{path}')} replaces the {path} that the "
                       f"benchmark's model entries {', '.join(entries)} set (the command line "
                       f"wins over the entries; config.toml records the entries as they run)",

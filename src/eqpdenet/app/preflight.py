@@ -743,12 +743,12 @@ def preflight(runs: Sequence[ExperimentConfig] | Mapping[str, ExperimentConfig],
         to_toml(run)
         device = resolve_device(run.train.device)
         known, side, shape = images, None, None
+        if at_data and run.data.dataset not in shapes:
+            # outside the run's words below: what loading refuses is the data set's, not this run's
+            shapes[run.data.dataset] = dataset_shape(run.data.dataset, data_dir, cache_dir)
         try:
             if at_data:
-                spec = run.data.dataset
-                if spec not in shapes:
-                    shapes[spec] = dataset_shape(spec, data_dir, cache_dir)
-                shape = shapes[spec]
+                shape = shapes[run.data.dataset]
                 if shape is not None and images is None:
                     kept = check_split_sizes(run.data, shape.train, shape.test,
                                              run.data.dataset)

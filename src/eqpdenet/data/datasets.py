@@ -37,6 +37,7 @@ import hashlib
 import math
 import numbers
 import os
+import warnings
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -516,12 +517,7 @@ def load_npz(path: str | os.PathLike) -> ImageDataset:
             arrays = {}
             for key in ("x_train", "y_train", "x_test", "y_test"):
                 _check_npy_size(archive.zip, key, path)  # before numpy allocates the array
-                arrays[key] = archive[key]
-                if not isinstance(arrays[key], np.ndarray):
-                    # a member without a .npy header: numpy gives its bytes, which reached
-                    # the image checks as a raw AttributeError (round 17)
-                    raise DataFileError(path, f"{key} is not a NumPy array (its member holds "
-                                        f"no .npy header)")
+                arrays[key] = _npz_array(archive, key, path)
             unused = sorted(set(archive.files) - set(arrays))
     except DataFileError:
         raise
@@ -542,6 +538,19 @@ def load_npz(path: str | os.PathLike) -> ImageDataset:
                         _as_images(arrays["x_test"], path, "x_test"), test_labels,
                         classes=_classes(path, train_labels, test_labels),
                         info={"source": str(path.resolve()), "fingerprint": fingerprint})
+
+
+def _npz_array(archive: np.lib.npyio.NpzFile, key: str, path) -> np.ndarray:
+    """The array ``key`` of the open .npz ``archive`` (of the file ``path``), as loading and
+    :func:`dataset_shape` read it: a member without a .npy header is a :class:`DataFileError`
+    naming it. numpy gives such a member's bytes, which reached the image checks as a raw
+    AttributeError (round 17), and the label checks as "labels must be a 1-D integer array, got
+    |S11 ()" (round 18: ``dataset_shape`` read the labels without this check)."""
+    array = archive[key]
+    if not isinstance(array, np.ndarray):
+        raise DataFileError(path, f"{key} is not a NumPy array (its member holds no .npy "
+                            f"header)")
+    return array
 
 
 def _npy_member(archive: zipfile.ZipFile, key: str) -> str:
@@ -747,7 +756,7 @@ def _npz_shape(path: Path) -> DatasetShape:
         shapes = {}
         for key in ("x_train", "y_train", "x_test", "y_test"):  # as loading does, in its order
             _check_npy_size(archive.zip, key, path)  # before numpy allocates an array
-        labels = [archive[key] for key in ("y_train", "y_test")]
+        labels = [_npz_array(archive, key, path) for key in ("y_train", "y_test")]
         for y, key in zip(labels, ("y_train", "y_test"), strict=True):
             _as_labels(y, path, key)  # first, as loading does
         for key in ("x_train", "x_test"):
@@ -827,7 +836,7 @@ def _shape_of(path, train: tuple[int, ...], test: tuple[int, ...], labels, names
 _LOADED_SHAPES: dict[tuple, DatasetShape] = {}
 
 
-def dataset_shape(spec: str, data_dir=None, cache_dir=None) -> DatasetShape | None:
+def dataset_shape(spec: str, data_dir=None, cache_dir=None) -> DatasetShape:
     """The image shape, sizes and classes of the data set ``spec`` names, read without loading
     its images where that can be done: the built-in sets' fixed shapes
     (:data:`REGISTERED_SHAPES`), the headers of a ``.npz`` file's image arrays or of an IDX
@@ -836,15 +845,18 @@ def dataset_shape(spec: str, data_dir=None, cache_dir=None) -> DatasetShape | No
     :func:`load_dataset` calls it) and the shape of what it returns is kept for the process, so
     that a sweep's checks see its images' size before any run trains (they checked every model
     at 28 pixels, and a model too deep for 13-pixel images stopped the sweep after the runs
-    before it had trained). None for a path with nothing behind it, a registered set whose
-    loader fails (loading it again says why), and data that cannot be read this way (loading
-    says what is wrong with them). What loading would refuse raises the
-    :class:`DataFileError` loading would, in its words: images in a layout that cannot be told
-    (:func:`_layout`), pixels of another dtype than integers or floats or of values loading
-    refuses (read in pieces of :data:`SCAN_BYTES` and not kept: non-finite, integers beyond
-    0..255, floats beyond [0, 1]), labels loading refuses (:func:`_as_labels`, :func:`_classes`),
-    splits of other sizes than their labels or of other image shapes, an IDX folder lacking a
-    file or with a damaged one."""
+    before it had trained). What loading would refuse raises what loading raises, in its words,
+    so that a command refuses it before it claims its folder (a study left ``study.json``,
+    which then refused the corrected command): a registered set's loader's error
+    (:func:`load_dataset`: its own code's error as a :class:`ConfigError` naming it), a path
+    with no data set behind it (the ``ConfigError`` naming it), and the :class:`DataFileError`
+    of a file: images in a layout that cannot be told (:func:`_layout`), pixels of another
+    dtype than integers or floats or of values loading refuses (read in pieces of
+    :data:`SCAN_BYTES` and not kept: non-finite, integers beyond 0..255, floats beyond [0, 1]),
+    labels loading refuses (:func:`_as_labels`, :func:`_classes`), splits of other sizes than
+    their labels or of other image shapes, an IDX folder lacking a file or with a damaged one,
+    and a file these headers cannot be read from (a damaged archive, a missing array): such a
+    file is loaded, which refuses it or, where it reads it after all, gives its shape."""
     if spec in DATASETS:
         if spec in REGISTERED_SHAPES and is_built_in(spec):
             return REGISTERED_SHAPES[spec]
@@ -858,22 +870,33 @@ def dataset_shape(spec: str, data_dir=None, cache_dir=None) -> DatasetShape | No
     except DataFileError:  # a ValueError, but loading's own message: said now
         raise
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, IndexError):
-        return None
-    return None
+        pass  # not told from its headers: loaded below, which says what is wrong
+    # A path with nothing behind it, a file that is no data set, data the headers cannot be read
+    # from: loading refuses them now, in its words. These were None, "loading says why", and
+    # loading said it only after a sweep had claimed its folder. Its warnings (arrays not
+    # used) are said when the run loads it, once.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _shape_of_dataset(load_dataset(spec))
 
 
-def _loaded_shape(spec: str, data_dir, cache_dir) -> DatasetShape | None:
-    """:func:`dataset_shape` of a data set registered by the user: its loader's result's."""
+def _shape_of_dataset(dataset: ImageDataset) -> DatasetShape:
+    """The :class:`DatasetShape` of a loaded data set."""
+    return DatasetShape(tuple(int(n) for n in dataset.image_shape), len(dataset.train_images),
+                        len(dataset.test_images), int(dataset.classes))
+
+
+def _loaded_shape(spec: str, data_dir, cache_dir) -> DatasetShape:
+    """:func:`dataset_shape` of a data set registered by the user: its loader's result's. Its
+    loader's error is raised (:func:`load_dataset`'s: its own code's as a :class:`ConfigError`
+    naming the set, the loader and its module), before any run: it was taken for an unknown
+    shape, and the sweep claimed its folder (a study wrote ``study.json``, which then refused
+    the corrected command) before loading the set for its first run said it."""
     key = (spec, None if data_dir is None else str(data_dir),
            None if cache_dir is None else str(cache_dir))
     if key not in _LOADED_SHAPES:
-        try:
-            dataset = load_dataset(spec, data_dir=data_dir, cache_dir=cache_dir, seed=0)
-        except Exception:  # noqa: BLE001 - loading it for the run says why, in its own words
-            return None
-        _LOADED_SHAPES[key] = DatasetShape(tuple(int(n) for n in dataset.image_shape),
-                                           len(dataset.train_images), len(dataset.test_images),
-                                           int(dataset.classes))
+        dataset = load_dataset(spec, data_dir=data_dir, cache_dir=cache_dir, seed=0)
+        _LOADED_SHAPES[key] = _shape_of_dataset(dataset)
     return _LOADED_SHAPES[key]
 
 
