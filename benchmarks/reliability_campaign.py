@@ -749,6 +749,23 @@ class TenOut(nn.Module):
 MODELS.register("tenout", TenOut)
 """
 
+_EVAL_FAILING_PLUGIN = """
+from torch import nn
+from eqpdenet.models import MODELS
+
+class TrainOnly(nn.Module):
+    def __init__(self, image_size: int = 28, in_channels: int = 1, classes: int = 10):
+        super().__init__()
+        self.linear = nn.Linear(in_channels * image_size * image_size, classes)
+
+    def forward(self, images):
+        if not self.training:
+            raise RuntimeError("eval mode broke")
+        return self.linear(images.flatten(1))
+
+MODELS.register("trainonly", TrainOnly)
+"""
+
 _FAILING_LOADER_PLUGIN = """
 from eqpdenet.data.datasets import register_dataset
 
@@ -1594,6 +1611,26 @@ CASES = [
            env=_plugin_env("flaky_plugin"), setup=_plugin("flaky_plugin", _FAILING_LOADER_PLUGIN),
            fragment="data set 'flaky': its loader (_down, module flaky_plugin) raised "
                     "RuntimeError: download server said 503", status=2)),
+    # round 18 (outside-in probes of 2026-12-07, seventh session)
+    Case("jet-module-integer", "library",
+         "the `Jet` module given an integer image (its ±0.5 weights cast to 0: a wrong jet, no "
+         "word)",
+         lib("eqpdenet.pde.stencils.Jet(2, 'central', 1.0, 'replicate')(torch.ones(1, 1, 5, 5, "
+             "dtype=torch.int64))", expect="InputTypeError", fragment="must be a floating-point")),
+    Case("plugin-fails-in-eval", "config",
+         "`train` a plugin family whose forward raises in evaluation mode only ('unexpected "
+         "RuntimeError ... a bug in eqpdenet?', exit 1)",
+         T("--model", "trainonly", "--epochs", "1", "--dataset", "{tmp}/t.npz", "--set",
+           "data.validation=0", env=_plugin_env("trainonly_plugin"),
+           setup=_plugin("trainonly_plugin", _EVAL_FAILING_PLUGIN, with_data=True),
+           fragment="failed in evaluation mode", status=2)),
+    Case("study-loader-raises", "config",
+         "`study` on a plugin data set whose loader raises (the study wrote study.json first, "
+         "then refused the corrected command as another configuration)",
+         cli("study", "--out", "{tmp}/s", "--set", "base.data.dataset=\"flaky\"", "--hidden",
+             "4", "--seeds", "0", "--epochs", "1", "--no-progress",
+             env=_plugin_env("flaky_plugin"), setup=_plugin("flaky_plugin", _FAILING_LOADER_PLUGIN),
+             fragment="download server said 503", status=2, after=_nothing_at("s"))),
 ]
 
 
