@@ -17,7 +17,10 @@ pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX sig
 
 @pytest.fixture
 def restore_handlers():
-    saved = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGHUP)}
+    # SIGINT too: the first interrupt makes the process ignore it as well (round 18), and a
+    # test process left ignoring it starts every later test's commands ignoring Ctrl-C
+    saved = {number: signal.getsignal(number)
+             for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     yield
     for number, handler in saved.items():
         signal.signal(number, handler)

@@ -1567,11 +1567,14 @@ INTERRUPTING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGH
 @contextlib.contextmanager
 def _terminate_as_interrupt():
     """SIGTERM and SIGHUP end the command like Ctrl-C: through the same clean-up (staging folders
-    and temporary files removed, worker processes stopped, the lock released). The first one
-    is enough: from then on the process ignores both, and keeps ignoring them after the block,
-    while it ends with status 130 (a second SIGTERM, a scheduler's repeat or ``kill`` twice, cut
-    the clean-up short, or, once the handlers were restored, ended the process with 143; round
-    16). SIGKILL still ends it."""
+    and temporary files removed, worker processes stopped, the lock released). The first of
+    these or of Ctrl-C (SIGINT) is enough: from then on the process ignores all three, and keeps
+    ignoring them after the block, while it ends with status 130 (a second SIGTERM, a
+    scheduler's repeat or ``kill`` twice, cut the clean-up short, or, once the handlers were
+    restored, ended the process with 143, round 16; a second Ctrl-C, or Ctrl-C after SIGTERM,
+    cut it short too, or, as the process exited, ended it by SIGINT, a raw wait status of -2,
+    round 18). SIGKILL still ends it. A signal ignored when the block starts (nohup's SIGHUP, a
+    background job's SIGINT) stays ignored."""
     interrupted = []
 
     def interrupt(signum, frame):
@@ -1584,8 +1587,10 @@ def _terminate_as_interrupt():
 
     previous = {}
     try:
-        for number in INTERRUPTING_SIGNALS:
-            if signal.getsignal(number) != signal.SIG_IGN:  # nohup's SIGHUP stays ignored
+        for number in (signal.SIGINT, *INTERRUPTING_SIGNALS):
+            # nohup's SIGHUP and a background job's SIGINT stay ignored; a handler set
+            # outside Python (None) could not be put back
+            if signal.getsignal(number) not in (signal.SIG_IGN, None):
                 previous[number] = signal.signal(number, interrupt)
     except ValueError:  # not the main thread: leave signals alone
         for number, handler in previous.items():

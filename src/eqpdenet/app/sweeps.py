@@ -19,6 +19,7 @@ import json
 import os
 import time
 import tomllib
+import warnings
 from collections.abc import Callable
 from concurrent.futures import as_completed
 from pathlib import Path
@@ -67,7 +68,7 @@ from .training import (
 from .workers import refuse_while_starting, worker_pool
 
 __all__ = ["SWEEP_FILES", "changed_runs", "check_before_writing", "check_checkpoints", "check_jobs",
-           "field_differences", "grid", "reproduce", "run_key", "run_sweep",
+           "field_differences", "grid", "other_thread_counts", "reproduce", "run_key", "run_sweep",
            "runs_without_checkpoints", "set_aside_lacking"]
 
 
@@ -197,7 +198,8 @@ def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
     ``checkpoint_keys`` save their trained model to ``out_dir/checkpoints/<key>.pt``.
     ``executor`` (default: the local one) says where runs execute; ``jobs`` is the local pool's
     size. ``annotate(key)`` returns fields added to a run's record when it finishes (in this
-    process: it need not be picklable).
+    process: it need not be picklable). Finished runs made with another thread count than the
+    runs to go get are named in a warning before they start (:func:`other_thread_counts`).
     """
     out_dir = Path(out_dir)
     executor = executor or Executor()
@@ -220,6 +222,7 @@ def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
     preflight(dict(todo), out_dir, jobs=parallel, at_data=True,
               checkpoints=sum(key in checkpoint_keys for key, _ in todo), data_dir=data_dir,
               cache_dir=cache_dir)
+    _warn_other_threads(out_dir, _threads_now(jobs, executor), len(todo))
 
     finished = [len(runs) - len(todo)]
 
@@ -392,6 +395,50 @@ def threads_per_job(jobs: int) -> int:
     return threads
 
 
+def _threads_now(jobs: int, executor: Executor) -> int:
+    """The torch threads each run of a sweep started now gets (what its record's
+    ``environment.threads`` will say): ``cpus_per_run`` on Ray, :func:`threads_per_job` in the
+    local pool's workers, this process's own with ``jobs == 1``."""
+    if executor.kind != "local":
+        return executor.cpus_per_run
+    return threads_per_job(jobs) if jobs > 1 else torch.get_num_threads()
+
+
+def other_thread_counts(out_dir: Path, threads: int) -> dict[int, list[str]]:
+    """The finished runs of ``out_dir`` whose record says they ran with another thread count
+    than ``threads`` (``environment.threads``), grouped by that count (count -> sorted keys).
+    Records without it (runs from before it was recorded) are not compared."""
+    other: dict[int, list[str]] = {}
+    for key, record in sorted(load_records(out_dir).items()):
+        environment = record.get("environment")
+        recorded = environment.get("threads") if isinstance(environment, dict) else None
+        if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded != threads:
+            other.setdefault(recorded, []).append(key)
+    return dict(sorted(other.items()))
+
+
+def _warn_other_threads(out_dir: Path, threads: int, todo: int) -> None:
+    """Warn, before a sweep runs its ``todo`` runs with ``threads`` threads each, of the
+    finished runs of ``out_dir`` made with another count (:func:`other_thread_counts`).
+
+    A warning, where another PDE backend or device is refused as a changed configuration
+    (:func:`changed_runs`): those compute with other operators, whereas the thread count changes
+    only the order in which the same operators sum (the last digits), and it follows ``--jobs``
+    and ``OMP_NUM_THREADS``, which a resume may change. The runs are valid; a table mixing two
+    counts is just not the numbers of one uninterrupted command, which the warning says."""
+    other = other_thread_counts(out_dir, threads)
+    if not other:
+        return
+    made = "; ".join(f"{_keys(keys)} with {count}" for count, keys in other.items())
+    count = sum(len(keys) for keys in other.values())
+    warnings.warn(f"{out_dir}: {count} finished run(s) ran with another thread count than the "
+                  f"{threads} that each of the {todo} run(s) to go gets now (environment.threads: "
+                  f"{made}); PyTorch's sums depend on it, so the table will mix numbers that may "
+                  f"differ in their last digits from those of one uninterrupted command; for "
+                  f"those, resume with the count the finished runs had (OMP_NUM_THREADS and "
+                  f"--jobs as then)", RuntimeWarning, stacklevel=3)
+
+
 def changed_runs(runs: dict[str, ExperimentConfig], out_dir: Path, *,
                  base_fingerprint: str | tuple[str, ...] | None = None,
                  base: dict | None = None, every_kind: bool = False,
@@ -425,6 +472,8 @@ def changed_runs(runs: dict[str, ExperimentConfig], out_dir: Path, *,
       sweep resumed on a machine with(out) a GPU would mix CPU and GPU runs, which round
       differently. Records without it (runs from before it was recorded) are not compared, nor
       are runs placed by Ray (its workers, not this process, resolve ``"auto"``);
+      the thread count (``environment.threads``) is not compared here: :func:`run_sweep` names
+      the runs of another count in a warning (:func:`_warn_other_threads` says why);
     * with ``base_fingerprint``, any key whose record has another base fingerprint (a
       ``reproduce`` base or a benchmark's base and curves changed), its differences those of its
       configuration, else the fields of ``base`` (section name -> configuration) that differ
