@@ -26,7 +26,7 @@ from eqpdenet.app.cli import _terminate_as_interrupt
 from eqpdenet.app.config import ReproduceConfig, apply_overrides, to_dict
 from eqpdenet.app.distributed import Executor
 from eqpdenet.app.runstore import load_records, save_run
-from eqpdenet.app.sweeps import other_thread_counts, reproduce, threads_per_job
+from eqpdenet.app.sweeps import other_environment_values, reproduce, threads_per_job
 
 POSIX = pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX signals")
 SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
@@ -207,8 +207,8 @@ def test_a_sweep_resumed_under_another_thread_count_names_the_runs_and_both_coun
         f"{out}: 2 finished run(s) ran with another thread count than the {now} that each of "
         f"the 1 run(s) to go gets now (environment.threads: fcnn-h4-seed0, fcnn-h4-seed1 with "
         f"{now + 1}); PyTorch's sums depend on it, so the table will mix numbers that may differ "
-        f"in their last digits from those of one uninterrupted command; for those, resume with "
-        f"the count the finished runs had (OMP_NUM_THREADS and --jobs as then)"]
+        f"in their last digits from those of one uninterrupted command; for those, resume as "
+        f"the finished runs ran (OMP_NUM_THREADS and --jobs as then)"]
     # valid runs, not refused nor set aside: all three done, each with its count
     assert {key: record["environment"]["threads"] for key, record in
             load_records(out).items()} == {"fcnn-h4-seed0": now + 1, "fcnn-h4-seed1": now + 1,
@@ -242,11 +242,40 @@ def test_other_thread_counts_groups_the_runs_by_their_count(tmp_path):
         if environment is not None:
             record["environment"] = environment
         save_run(tmp_path, key, record)
-    assert other_thread_counts(tmp_path, 4) == {1: ["a", "c"], 2: ["b"]}
-    assert other_thread_counts(tmp_path, 1) == {2: ["b"], 4: ["d"]}
+    assert other_environment_values(tmp_path, "threads", 4) == {1: ["a", "c"], 2: ["b"]}
+    assert other_environment_values(tmp_path, "threads", 1) == {2: ["b"], 4: ["d"]}
 
 
-def test_the_count_now_is_what_each_executor_gives_a_run():
-    assert sweeps._threads_now(1, Executor()) == torch.get_num_threads()
-    assert sweeps._threads_now(2, Executor()) == threads_per_job(2)
-    assert sweeps._threads_now(1, Executor("ray", address="auto", cpus_per_run=3)) == 3
+def test_the_environment_now_is_what_each_executor_gives_a_run():
+    here = {"torch": str(torch.__version__),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    assert sweeps._environment_now(1, Executor()) == {"threads": torch.get_num_threads(), **here}
+    assert sweeps._environment_now(2, Executor()) == {"threads": threads_per_job(2), **here}
+    # Ray's machines are not this one: their PyTorch and CPU are not compared
+    assert sweeps._environment_now(1, Executor("ray", address="auto", cpus_per_run=3)) == {
+        "threads": 3}
+
+
+def test_runs_of_another_torch_or_cpu_capability_are_named_too(tmp_path):
+    """The sibling of the thread count: the same sums by other kernels (round 18 review)."""
+    config = _reproduce_config([0])
+    for key, environment in [("a", {"torch": "2.12.0", "cpu_capability": "AVX2"}),
+                             ("b", {"torch": "2.13.0", "cpu_capability": "AVX512"}),
+                             ("c", {"cpu_capability": "AVX2"})]:
+        save_run(tmp_path, key, {**_record(config.base), "key": key, "environment": environment})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sweeps._warn_other_environment(
+            tmp_path, {"threads": 1, "torch": "2.13.0", "cpu_capability": "AVX512"}, 4)
+    assert [str(w.message) for w in caught] == [
+        f"{tmp_path}: 1 finished run(s) ran with another PyTorch version than the 4 run(s) to "
+        f"go get now (2.13.0) (environment.torch: a with 2.12.0); PyTorch's sums depend on it, "
+        f"so the table will mix numbers that may differ in their last digits from those of one "
+        f"uninterrupted command; for those, resume as the finished runs ran (the same PyTorch "
+        f"version)",
+        f"{tmp_path}: 2 finished run(s) ran with another CPU capability than the 4 run(s) to go "
+        f"get now (AVX512) (environment.cpu_capability: a, c with AVX2); PyTorch's sums depend "
+        f"on it, so the table will mix numbers that may differ in their last digits from those "
+        f"of one uninterrupted command; for those, resume as the finished runs ran (a machine "
+        f"whose CPU has the same vector instructions)"]
+    assert other_environment_values(tmp_path, "torch", "2.13.0") == {"2.12.0": ["a"]}

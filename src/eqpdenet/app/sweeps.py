@@ -67,8 +67,9 @@ from .training import (
 )
 from .workers import refuse_while_starting, worker_pool
 
-__all__ = ["SWEEP_FILES", "changed_runs", "check_before_writing", "check_checkpoints", "check_jobs",
-           "field_differences", "grid", "other_thread_counts", "reproduce", "run_key", "run_sweep",
+__all__ = ["DIGIT_FIELDS", "SWEEP_FILES", "changed_runs", "check_before_writing",
+           "check_checkpoints", "check_jobs", "field_differences", "grid",
+           "other_environment_values", "reproduce", "run_key", "run_sweep",
            "runs_without_checkpoints", "set_aside_lacking"]
 
 
@@ -199,7 +200,8 @@ def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
     ``executor`` (default: the local one) says where runs execute; ``jobs`` is the local pool's
     size. ``annotate(key)`` returns fields added to a run's record when it finishes (in this
     process: it need not be picklable). Finished runs made with another thread count than the
-    runs to go get are named in a warning before they start (:func:`other_thread_counts`).
+    runs to go get, or another PyTorch version or CPU capability, are named in a warning
+    before they start (:func:`_warn_other_environment`).
     """
     out_dir = Path(out_dir)
     executor = executor or Executor()
@@ -222,7 +224,7 @@ def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
     preflight(dict(todo), out_dir, jobs=parallel, at_data=True,
               checkpoints=sum(key in checkpoint_keys for key, _ in todo), data_dir=data_dir,
               cache_dir=cache_dir)
-    _warn_other_threads(out_dir, _threads_now(jobs, executor), len(todo))
+    _warn_other_environment(out_dir, _environment_now(jobs, executor), len(todo))
 
     finished = [len(runs) - len(todo)]
 
@@ -395,48 +397,72 @@ def threads_per_job(jobs: int) -> int:
     return threads
 
 
-def _threads_now(jobs: int, executor: Executor) -> int:
-    """The torch threads each run of a sweep started now gets (what its record's
-    ``environment.threads`` will say): ``cpus_per_run`` on Ray, :func:`threads_per_job` in the
-    local pool's workers, this process's own with ``jobs == 1``."""
+def _environment_now(jobs: int, executor: Executor) -> dict:
+    """What the :data:`DIGIT_FIELDS` of each run of a sweep started now will say
+    (``environment.threads``, ``.torch``, ``.cpu_capability``): the threads ``cpus_per_run`` on
+    Ray, :func:`threads_per_job` in the local pool's workers, this process's own with ``jobs ==
+    1``; this process's PyTorch and CPU for the local executor (Ray's machines are not known
+    here: not compared)."""
     if executor.kind != "local":
-        return executor.cpus_per_run
-    return threads_per_job(jobs) if jobs > 1 else torch.get_num_threads()
+        return {"threads": executor.cpus_per_run}
+    return {"threads": threads_per_job(jobs) if jobs > 1 else torch.get_num_threads(),
+            "torch": str(torch.__version__),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
-def other_thread_counts(out_dir: Path, threads: int) -> dict[int, list[str]]:
-    """The finished runs of ``out_dir`` whose record says they ran with another thread count
-    than ``threads`` (``environment.threads``), grouped by that count (count -> sorted keys).
-    Records without it (runs from before it was recorded) are not compared."""
-    other: dict[int, list[str]] = {}
+def other_environment_values(out_dir: Path, field: str, now) -> dict[object, list[str]]:
+    """The finished runs of ``out_dir`` whose record says they ran with another value of
+    ``environment.<field>`` than ``now`` (``threads``, ``torch``, ``cpu_capability``), grouped by
+    that value (value -> sorted keys). Records without it (runs from before it was recorded) are
+    not compared, nor are values of another type than ``now``'s (a bool is no thread count)."""
+    other: dict[object, list[str]] = {}
     for key, record in sorted(load_records(out_dir).items()):
         environment = record.get("environment")
-        recorded = environment.get("threads") if isinstance(environment, dict) else None
-        if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded != threads:
+        recorded = environment.get(field) if isinstance(environment, dict) else None
+        if type(recorded) is type(now) and recorded != now:
             other.setdefault(recorded, []).append(key)
-    return dict(sorted(other.items()))
+    return dict(sorted(other.items(), key=lambda item: str(item[0])))
 
 
-def _warn_other_threads(out_dir: Path, threads: int, todo: int) -> None:
-    """Warn, before a sweep runs its ``todo`` runs with ``threads`` threads each, of the
-    finished runs of ``out_dir`` made with another count (:func:`other_thread_counts`).
+#: The fields of a run's ``environment`` that change its numbers in their last digits only
+#: (the order or the kernels of the same sums), each with how to match it on resume:
+#: :func:`_warn_other_environment` names them; a changed backend or device is refused instead.
+DIGIT_FIELDS = {"threads": "OMP_NUM_THREADS and --jobs as then",
+                "torch": "the same PyTorch version",
+                "cpu_capability": "a machine whose CPU has the same vector instructions"}
+
+
+def _warn_other_environment(out_dir: Path, now: dict, todo: int) -> None:
+    """Warn, before a sweep runs its ``todo`` runs, of the finished runs of ``out_dir`` made
+    with another value of a :data:`DIGIT_FIELDS` field than ``now`` gives the runs to go
+    (:func:`other_environment_values`; a field ``now`` lacks is not compared: the runs of a Ray
+    cluster run on its machines, whose PyTorch and CPU this process does not know).
 
     A warning, where another PDE backend or device is refused as a changed configuration
-    (:func:`changed_runs`): those compute with other operators, whereas the thread count changes
-    only the order in which the same operators sum (the last digits), and it follows ``--jobs``
-    and ``OMP_NUM_THREADS``, which a resume may change. The runs are valid; a table mixing two
-    counts is just not the numbers of one uninterrupted command, which the warning says."""
-    other = other_thread_counts(out_dir, threads)
-    if not other:
-        return
-    made = "; ".join(f"{_keys(keys)} with {count}" for count, keys in other.items())
-    count = sum(len(keys) for keys in other.values())
-    warnings.warn(f"{out_dir}: {count} finished run(s) ran with another thread count than the "
-                  f"{threads} that each of the {todo} run(s) to go gets now (environment.threads: "
-                  f"{made}); PyTorch's sums depend on it, so the table will mix numbers that may "
-                  f"differ in their last digits from those of one uninterrupted command; for "
-                  f"those, resume with the count the finished runs had (OMP_NUM_THREADS and "
-                  f"--jobs as then)", RuntimeWarning, stacklevel=3)
+    (:func:`changed_runs`): those compute with other operators, whereas the thread count, the
+    PyTorch version and the CPU's vector instructions change the order or kernels of the same
+    sums (the last digits), and the thread count follows ``--jobs`` and ``OMP_NUM_THREADS``,
+    which a resume may change. The runs are valid; a table mixing them is just not the numbers
+    of one uninterrupted command, which the warning says."""
+    for field, advice in DIGIT_FIELDS.items():
+        if field not in now:
+            continue
+        other = other_environment_values(out_dir, field, now[field])
+        if not other:
+            continue
+        made = "; ".join(f"{_keys(keys)} with {value}" for value, keys in other.items())
+        count = sum(len(keys) for keys in other.values())
+        if field == "threads":
+            ran = (f"another thread count than the {now[field]} that each of the {todo} run(s) "
+                   f"to go gets now")
+        else:
+            what = {"torch": "PyTorch version", "cpu_capability": "CPU capability"}[field]
+            ran = f"another {what} than the {todo} run(s) to go get now ({now[field]})"
+        warnings.warn(f"{out_dir}: {count} finished run(s) ran with {ran} (environment.{field}: "
+                      f"{made}); PyTorch's sums depend on it, so the table will mix numbers that "
+                      f"may differ in their last digits from those of one uninterrupted command; "
+                      f"for those, resume as the finished runs ran ({advice})", RuntimeWarning,
+                      stacklevel=3)
 
 
 def changed_runs(runs: dict[str, ExperimentConfig], out_dir: Path, *,
@@ -472,8 +498,9 @@ def changed_runs(runs: dict[str, ExperimentConfig], out_dir: Path, *,
       sweep resumed on a machine with(out) a GPU would mix CPU and GPU runs, which round
       differently. Records without it (runs from before it was recorded) are not compared, nor
       are runs placed by Ray (its workers, not this process, resolve ``"auto"``);
-      the thread count (``environment.threads``) is not compared here: :func:`run_sweep` names
-      the runs of another count in a warning (:func:`_warn_other_threads` says why);
+      the thread count, PyTorch version and CPU capability (:data:`DIGIT_FIELDS`) are not
+      compared here: :func:`run_sweep` names the runs of another in a warning
+      (:func:`_warn_other_environment` says why);
     * with ``base_fingerprint``, any key whose record has another base fingerprint (a
       ``reproduce`` base or a benchmark's base and curves changed), its differences those of its
       configuration, else the fields of ``base`` (section name -> configuration) that differ
