@@ -59,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line (``argv``, default ``sys.argv[1:]``); returns its exit status, 130
     when it was interrupted before the command line could answer the interrupt itself."""
     starting = _install(_leave, (signal.SIGINT, *INTERRUPTING_SIGNALS))
+    from eqpdenet.app import cli
     from eqpdenet.app.cli import main as command_line
+
+    cli.ENDS_THE_PROCESS = True  # this process ends with the command: signals stay ignored
 
     # Imported: until the command line takes the signals over, an interrupt is a
     # KeyboardInterrupt again (Ctrl-C) or becomes one (SIGTERM, SIGHUP).

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eqpdenet.app import sweeps
+from eqpdenet.app import cli, sweeps
 from eqpdenet.app.cli import _terminate_as_interrupt
 from eqpdenet.app.config import ReproduceConfig, apply_overrides, to_dict
 from eqpdenet.app.distributed import Executor
@@ -46,7 +46,9 @@ def restore_handlers():
 
 
 @POSIX
-def test_after_a_first_ctrl_c_later_signals_are_ignored_to_the_end(restore_handlers):
+def test_after_a_first_ctrl_c_later_signals_are_ignored_to_the_end(restore_handlers,
+                                                                   monkeypatch):
+    monkeypatch.setattr(cli, "ENDS_THE_PROCESS", True)  # the console's process
     signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal gives it
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
@@ -60,6 +62,26 @@ def test_after_a_first_ctrl_c_later_signals_are_ignored_to_the_end(restore_handl
     assert cleaned == [True]
     # after the block (main returns 130, the process exits): all three still ignored
     assert [signal.getsignal(number) for number in SIGNALS] == [signal.SIG_IGN] * 3
+
+
+@POSIX
+def test_a_caller_in_its_own_process_gets_its_handlers_back_after_an_interrupt(
+        restore_handlers):
+    """main() called in-process (a notebook): Ctrl-C ignored for good after the first one
+    left the next command uninterruptible (round 18 review)."""
+    assert cli.ENDS_THE_PROCESS is False
+    handlers = [signal.default_int_handler, signal.SIG_DFL, signal.SIG_DFL]
+    for number, handler in zip(SIGNALS, handlers, strict=True):
+        signal.signal(number, handler)
+    cleaned = []
+    with pytest.raises(KeyboardInterrupt), _terminate_as_interrupt():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler raises here
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)  # during the clean-up: still ignored
+            cleaned.append(True)
+    assert cleaned == [True]
+    assert [signal.getsignal(number) for number in SIGNALS] == handlers
 
 
 @POSIX
@@ -111,7 +133,8 @@ PROGRAM = textwrap.dedent("""
 
     parser = cli.build_parser
     cli.build_parser = lambda: with_handler(parser())
-    status = cli.main(["symbolic", "se2"])
+    from _eqpdenet_launch import main  # the console entry point: the process ends with it
+    status = main(["symbolic", "se2"])
     try:
         os.kill(workers[0], 0)
         print("worker left", flush=True)

@@ -26,7 +26,11 @@ def restore_handlers():
         signal.signal(number, handler)
 
 
-def test_after_the_first_sigterm_later_ones_are_ignored_to_the_end(restore_handlers):
+def test_after_the_first_sigterm_later_ones_are_ignored_to_the_end(restore_handlers,
+                                                                    monkeypatch):
+    from eqpdenet.app import cli
+
+    monkeypatch.setattr(cli, "ENDS_THE_PROCESS", True)  # the console's process (round 18)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
     cleaned = []

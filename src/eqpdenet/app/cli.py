@@ -1563,6 +1563,13 @@ def _warnings_as_lines(debug: bool):
 INTERRUPTING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP")
                              if hasattr(signal, name))
 
+#: True where the process ends when :func:`main` returns (the console entry point
+#: ``_eqpdenet_launch.main`` and ``python -m eqpdenet.app.cli`` set it): after a first interrupt
+#: the signals then stay ignored to the exit (:func:`_terminate_as_interrupt`). False for a
+#: caller of :func:`main` in its own process (a notebook, a script), which gets its handlers back
+#: when ``main`` returns, interrupted or not: it kept Ctrl-C ignored for good (round 18 review).
+ENDS_THE_PROCESS = False
+
 
 @contextlib.contextmanager
 def _terminate_as_interrupt():
@@ -1574,7 +1581,8 @@ def _terminate_as_interrupt():
     restored, ended the process with 143, round 16; a second Ctrl-C, or Ctrl-C after SIGTERM,
     cut it short too, or, as the process exited, ended it by SIGINT, a raw wait status of -2,
     round 18). SIGKILL still ends it. A signal ignored when the block starts (nohup's SIGHUP, a
-    background job's SIGINT) stays ignored."""
+    background job's SIGINT) stays ignored. Where :func:`main` was called in-process
+    (:data:`ENDS_THE_PROCESS` False), the handlers come back after the block in every case."""
     interrupted = []
 
     def interrupt(signum, frame):
@@ -1600,7 +1608,7 @@ def _terminate_as_interrupt():
     try:
         yield
     finally:
-        if not interrupted:
+        if not (interrupted and ENDS_THE_PROCESS):
             for number, handler in previous.items():
                 signal.signal(number, handler)
 
@@ -1733,4 +1741,5 @@ def _said(error: BaseException) -> int:
 
 
 if __name__ == "__main__":
+    ENDS_THE_PROCESS = True
     sys.exit(main())
