@@ -164,6 +164,46 @@ def test_a_model_given_to_the_python_api_raises_as_it_did():
     assert type(raised.value) is RuntimeError
 
 
+class _HoldsASet(nn.Module):
+    """A model of this module holding an invariant set it never calls; its forward raises."""
+
+    def __init__(self, invariant_set: InvariantSet):
+        super().__init__()
+        self.invariants = invariant_set
+        self.linear = nn.Linear(SIZE * SIZE, CLASSES)
+
+    def forward(self, images):
+        raise ValueError("the model's own bug, not the set's")
+
+
+_SET_OF_THIS_MODULE = InvariantSet("r18held", "rotations", 1,
+                                   [Invariant("u", "u", "u", lambda d, r: d.u)])
+
+
+@pytest.mark.parametrize("register", [False, True])
+def test_a_set_held_but_not_on_the_way_to_the_error_is_not_blamed(register):
+    """Round 18 review: a set whose module raised (by module, not by its functions) was blamed,
+    and a Python-API model's own ValueError became an InputError naming a set never called."""
+    model = _HoldsASet(_SET_OF_THIS_MODULE)
+    if register:
+        with registered(INVARIANT_SETS, "r18held", _SET_OF_THIS_MODULE), \
+                pytest.raises(ValueError, match="^the model's own bug, not the set's$") as raised:
+            logits_by_image(model, _images())
+    else:
+        with pytest.raises(ValueError, match="^the model's own bug, not the set's$") as raised:
+            logits_by_image(model, _images())
+    assert type(raised.value) is ValueError
+
+
+def test_an_unregistered_set_of_a_python_api_model_raises_as_it_did():
+    """A set the user's model builds for itself is the model's code, not a plugin's."""
+    failing = InvariantSet("r18own", "rotations", 1, [Invariant("x", "x", "x", _raising)])
+    model = build_model("eqpdenet", image_size=SIZE, in_channels=1, classes=CLASSES,
+                        layer={"invariants": [failing, failing]})
+    with pytest.raises(ZeroDivisionError, match="^inv broke on big maps$"):
+        logits_by_image(model, _images())
+
+
 def test_the_deciding_frame_is_the_innermost_of_eqpdenet_or_the_plugin():
     from eqpdenet.registry import own_code_frame
 

@@ -127,8 +127,8 @@ class _Owner(NamedTuple):
 def _own_items(model: nn.Module, kind: str | None) -> list[_Owner]:
     """The user's items that ``model``'s forward pass runs: its family where a plugin registered
     it (``kind``, where known; else the registered family whose class one of ``model``'s modules
-    is), then every invariant set that one of its modules holds whose functions are not
-    eqpdenet's (a plugin's set, run by a built-in family too)."""
+    is), then every registered invariant set that one of its modules holds whose functions are
+    not eqpdenet's (a plugin's set, run by a built-in family too)."""
     from ..models import BUILT_IN_FAMILIES, MODELS
     from ..pde.invariants import InvariantSet
     from ..registry import own_code_name
@@ -149,7 +149,9 @@ def _own_items(model: nn.Module, kind: str | None) -> list[_Owner]:
     for module in modules:
         for value in vars(module).values():
             for held in (value if isinstance(value, list | tuple) else (value,)):
-                if isinstance(held, InvariantSet):
+                # registered ones only: a set a Python-API model builds for itself is its
+                # code, not a plugin's (its errors raise as they did; round 18 review)
+                if isinstance(held, InvariantSet) and held._is_registered():
                     sets.setdefault(id(held), held)
     for invariant_set in sets.values():
         functions = [(invariant.name, getattr(invariant, "function", None))
@@ -207,14 +209,15 @@ def _culprit(error: Exception, model: nn.Module, kind: str | None, said: str) ->
             if code in owner.invariants:
                 name, function = owner.invariants[code]
                 return Culprit(f"{owner.who} (its invariant {name!r}: {function})", said, False)
+    # By module, the family alone: a set is blamed only where one of its invariants' functions
+    # is on the way to the error (above); by module, a set held but never called was blamed for
+    # its module's other code (round 18 review)
     module = str(frame.f_globals.get("__name__"))
     for same in (lambda other: other == module,
                  lambda other: other.partition(".")[0] == module.partition(".")[0]):
         for owner in owners:
-            if any(same(other) for other in owner.modules):
-                where = ("" if owner.family else
-                         f" (module {', '.join(sorted(owner.modules))})")
-                return Culprit(f"{owner.who}{where}", said, owner.family)
+            if owner.family and any(same(other) for other in owner.modules):
+                return Culprit(owner.who, said, True)
     return None
 
 
