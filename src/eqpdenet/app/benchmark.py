@@ -221,9 +221,10 @@ def benchmark(config: BenchmarkConfig, out_dir: Path, *, models: list[str] | Non
 def check_curves_for_data(config: BenchmarkConfig, runs: list[ExperimentConfig],
                           data_dir=None, cache_dir=None) -> None:
     """Before any run: ``config.curves`` against the data of ``runs``, read without loading it
-    (:func:`~eqpdenet.data.datasets.dataset_shape`; a data set it cannot read is checked when it
-    is loaded). A shift of at least the images' smaller side (nothing of the image would be
-    left: :func:`~eqpdenet.analysis.robustness.shift_curve` refuses it) and a data set whose
+    (:func:`~eqpdenet.data.datasets.dataset_shape`, which refuses what loading would refuse,
+    in its words, and loads what its headers cannot tell). A shift of at least the images'
+    smaller side (nothing of the image would be left:
+    :func:`~eqpdenet.analysis.robustness.shift_curve` refuses it) and a data set whose
     test split keeps no image (the curves and logit changes are measured on test images) are a
     :class:`ConfigError` naming the field. They were found only when the first run had trained,
     and that run was lost. (The other curves' parameters do not depend on the data: any angle,
@@ -238,8 +239,6 @@ def check_curves_for_data(config: BenchmarkConfig, runs: list[ExperimentConfig],
             continue
         checked.add((data.dataset, data.test_subset))
         shape = dataset_shape(data.dataset, data_dir, cache_dir)
-        if shape is None:
-            continue
         _, height, width = shape.image_shape
         side = min(height, width)
         for index, shift in enumerate(config.curves.shifts):

@@ -214,13 +214,12 @@ def _quick_subsets_within_data(config, assignments: list[str], data_dir=None,
     (a small file of the user's), the profile uses them all (``0``), rather than fail on a
     setting the user never made. A subset set with ``--set`` is the user's and stays, checked
     by the preflight like any other. The data set's size is read from its headers
-    (:func:`~eqpdenet.data.datasets.dataset_shape`); where it cannot be, loading says why."""
+    (:func:`~eqpdenet.data.datasets.dataset_shape`; what loading would refuse is refused
+    there, in loading's words)."""
     from ..data.datasets import dataset_shape
 
     data = config.base.data
     shape = dataset_shape(data.dataset, data_dir, cache_dir)
-    if shape is None:
-        return
     given = {field for assignment in assignments for field in assigned_fields(assignment)}
     if "base.data.train_subset" not in given and data.train_subset > shape.train - data.validation:
         data.train_subset = 0

@@ -737,7 +737,7 @@ def preflight(runs: Sequence[ExperimentConfig] | Mapping[str, ExperimentConfig],
     if not runs:
         return
     named = list(runs.items()) if isinstance(runs, Mapping) else [(None, run) for run in runs]
-    shapes: dict[str, DatasetShape | None] = {}
+    shapes: dict[str, DatasetShape] = {}
     largest_model, largest_saved, largest, host = 0, 0, None, None
     for key, run in named:
         to_toml(run)
