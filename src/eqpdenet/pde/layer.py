@@ -249,10 +249,11 @@ def check_init(config: LayerConfig, f_type: type) -> None:
 class LayerConfig:
     """Everything that defines a PDE layer.
 
-    The defaults are the paper's layer (2 ``se2`` + 2 ``scaling`` PDEs, linear F, 10 Euler steps
-    of 0.1, central differences, linear reduction) except for the ratio regularisation, which is
+    The defaults are the paper's layer (its architecture: 2 ``se2`` + 2 ``scaling`` PDEs, linear
+    F, linear reduction; with our choices where the paper gives none: 10 Euler steps of 0.1,
+    central differences, docs/choices.md) except for the ratio regularisation, which is
     ``"covariant"`` so that the ``scaling`` invariants are scale invariant;
-    :meth:`LayerConfig.paper` is the paper's layer exactly (``"absolute"``).
+    :meth:`LayerConfig.paper` is the paper's layer (``"absolute"``, the same choices).
 
     Attributes:
         invariants: one invariant set (registered name or :class:`InvariantSet`) per PDE
