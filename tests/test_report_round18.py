@@ -177,3 +177,12 @@ def test_a_benchmark_record_is_judged_by_the_fields_of_its_own_key():
     with pytest.raises(DataFileError, match=r"small-seed3 \(train.seed: 2 recorded, 3 as its "
                                             r"seed\)"):
         sweep_records([record], None, key=benchmark_run_key)
+
+
+@pytest.mark.parametrize("value", [None, "sixteen", float("inf")])
+def test_a_configuration_value_that_makes_no_key_is_a_contradiction(value):
+    """Round 18 review: a null, a word or inf in config.model.hidden reached int() in the key
+    (a raw TypeError or OverflowError, 'a bug in eqpdenet?'; the table was written before)."""
+    record = _record("fcnn", 16, 0, 13002, 60.0, config=_config())
+    record["config"]["model"]["hidden"] = value
+    assert key_differences(record) == [f"model.hidden: {value!r} recorded, 16 as its hidden"]

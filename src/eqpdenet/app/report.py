@@ -747,7 +747,11 @@ def key_differences(record: dict, key=paper_run_key) -> list[str]:
         table = config.get(section) if isinstance(config, dict) else None
         if not isinstance(table, dict) or field not in table or table[field] == record.get(name):
             continue
-        if key({**record, name: table[field]}) != key(record):  # a field of its key
+        try:
+            differs = key({**record, name: table[field]}) != key(record)  # a field of its key
+        except (TypeError, ValueError, OverflowError):  # null, a word, inf: no key at all
+            differs = True
+        if differs:
             out.append(f"{section}.{field}: {table[field]!r} recorded, {record.get(name)!r} as "
                        f"its {name}")
     stored = record.get("key")
