@@ -706,15 +706,13 @@ def sweep_records(records: list[dict], described: Described | None, source: str 
                                     f"{folder}/config.toml --out {folder} --rerun-changed` sets "
                                     f"them aside and runs those config.toml lists anew")
     wanted = set(described.keys)
-    changed: dict[str, list[str]] = {}
-    for record in records:
+    def differences(record: dict) -> list[str]:
         run = (described.runs or {}).get(key(record))
-        differences = [] if run is None else recipe_differences(record.get("config"), run)
-        if differences:
-            changed.setdefault(differences[0], []).append(key(record))
+        return [] if run is None else recipe_differences(record.get("config"), run)
+
+    changed = _runs_by_first_difference(records, differences, key)
     if changed:
-        runs = sum(len(keys) for keys in changed.values())
-        shown = "; ".join(f"{_shown(keys)} ({first})" for first, keys in changed.items())
+        runs, shown = changed
         raise DataFileError(source, f"{runs} run(s) were made with another configuration than "
                                     f"its config.toml gives them: {shown}; a table of them is "
                                     f"not config.toml's. `eqpdenet {command} --config "
@@ -765,19 +763,29 @@ def _refuse_mislabelled(records: list[dict], source: str, key=paper_run_key) -> 
     contradicts their own configuration or stored key (:func:`key_differences`), as
     :func:`sweep_records` names runs of another configuration than ``config.toml``'s: a table
     would count each in a cell (a model, a hidden size, a seed) that is not its run's."""
-    wrong: dict[str, list[str]] = {}
-    for record in records:
-        differences = key_differences(record, key)
-        if differences:
-            wrong.setdefault(differences[0], []).append(key(record))
+    wrong = _runs_by_first_difference(records, lambda record: key_differences(record, key), key)
     if wrong:
-        runs = sum(len(keys) for keys in wrong.values())
-        shown = "; ".join(f"{_shown(keys)} ({first})" for first, keys in wrong.items())
+        runs, shown = wrong
         raise DataFileError(source, f"{runs} run(s) were made with another configuration than "
                                     f"their record's key gives them: {shown}; a table would "
                                     f"count them as runs they are not. Move them to another "
                                     f"folder (their runs/<key>.json and results.jsonl lines), "
                                     f"or run them anew ({rerun_advice('<key>')})")
+
+
+def _runs_by_first_difference(records: list[dict], differences, key) -> tuple[int, str] | None:
+    """``(runs, shown)`` for the records whose ``differences(record)`` is not empty: how many,
+    and their keys grouped by their first difference (``"a-seed0, a-seed1 (train.epochs: 6
+    recorded, 12 now)"``); None where there is none."""
+    groups: dict[str, list[str]] = {}
+    for record in records:
+        found = differences(record)
+        if found:
+            groups.setdefault(found[0], []).append(key(record))
+    if not groups:
+        return None
+    return (sum(len(keys) for keys in groups.values()),
+            "; ".join(f"{_shown(keys)} ({first})" for first, keys in groups.items()))
 
 
 def recipe_differences(recorded, run) -> list[str]:
