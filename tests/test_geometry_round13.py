@@ -166,7 +166,8 @@ def test_corner_scenarios_report_only_the_defaults_they_use():
     for name in ("iso-corner", "sca-corner"):
         out = apply_scenario(name, u, 3)
         assert torch.equal(out, apply_scenario(name, u, 3, image_size=(12, 12)))
-        assert not torch.equal(out, apply_scenario(name, u, 3, image_size=(28, 28)))
+        with pytest.raises(ConfigError, match=r"image_size must be the images' own"):
+            apply_scenario(name, u, 3, image_size=(28, 28))  # another size: refused (round 18)
 
 
 def test_a_draw_that_overflows_float32_is_a_config_error_naming_the_scenario(monkeypatch):

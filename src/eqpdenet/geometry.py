@@ -207,7 +207,8 @@ def affine_warp(
             (``align_corners=False``).
 
     Returns:
-        ``(B, C, H, W)`` tensor of the same dtype and device. float16 and bfloat16 images are
+        ``(B, C, H, W)`` tensor of the same dtype and device (an empty one for ``B = 0``, its
+        ``matrix`` and ``translation`` checked all the same). float16 and bfloat16 images are
         warped in float32 (:func:`working_dtype`: the matrix inverse has no half-precision kernel,
         and a sampling grid in float16 is off by up to 0.01 pixel) and returned in their dtype;
         float32 and float64 images are warped in their own. The autograd graph is kept.
@@ -235,8 +236,9 @@ def _affine_warp(images: Tensor, matrix, translation, *, mode: str = "bilinear",
     matrix = shared.expand(batch, 2, 2)
     if translation is None:
         translation = torch.zeros(batch, 2, dtype=dtype, device=device)
-    translation = _parameter(translation, "translation", batch, (2,), dtype=dtype,
-                             device=device, finite=False).expand(batch, 2)
+    own_translation = _parameter(translation, "translation", batch, (2,), dtype=dtype,
+                                 device=device, finite=False)
+    translation = own_translation.expand(batch, 2)
     # Normalised grid coordinates of affine_grid (align_corners=False) are q = D p with
     # D = diag(2/W, -2/H): x/W-scaled to the right, and the sign flip because rows grow downwards.
     d = torch.tensor([2.0 / width, -2.0 / height], dtype=dtype, device=device)
@@ -244,9 +246,11 @@ def _affine_warp(images: Tensor, matrix, translation, *, mode: str = "bilinear",
         # inv_ex: the same inverse as linalg.inv, but a singular matrix is ours to name. One host
         # read for the whole check (one synchronisation per warp on a GPU, as linalg.inv's own);
         # the messages are worked out only where it fails.
-        inverse, info = torch.linalg.inv_ex(matrix)
+        # An empty batch expands a shared matrix to none: its own is checked instead, so that a
+        # singular one is refused there too (as are non-finite ones: the values as given).
+        inverse, info = torch.linalg.inv_ex(matrix if batch else shared.reshape(-1, 2, 2))
         singular = (info != 0) | ~torch.isfinite(inverse).flatten(1).all(1)
-        if not bool(torch.isfinite(shared).all() & torch.isfinite(translation).all()
+        if not bool(torch.isfinite(shared).all() & torch.isfinite(own_translation).all()
                     & ~singular.any()):
             if explain is not None:
                 explain()
@@ -262,6 +266,9 @@ def _affine_warp(images: Tensor, matrix, translation, *, mode: str = "bilinear",
                              f"A^-1 (p - t)), got {got}{note}")
     else:
         inverse = torch.linalg.inv(matrix)
+    if batch == 0:  # nothing to warp; F.affine_grid refuses an empty output size (a raw
+        # ValueError), where apply_scenario and BlurConsistency return the empty batch
+        return images.clone()
     theta_linear = d[:, None] * inverse / d[None, :]
     theta_shift = -(d * (inverse @ translation[..., None])[..., 0])
     theta = torch.cat([theta_linear, theta_shift[..., None]], dim=-1)

@@ -7,7 +7,8 @@ multiples of 90 degrees of square images, and by multiples of 180 degrees of any
 (:func:`torch.rot90`); a quarter turn of a non-square image is resampled, which keeps its shape.
 Every angle, factor and shift is checked before any image is moved: a NaN or infinite value, a
 scale factor of 0, or a shift of at least the image's side (nothing of the image would be left)
-is a :class:`~eqpdenet.errors.ConfigError` naming the argument; so is a ``batch_size`` below 1.
+is a :class:`~eqpdenet.errors.ConfigError` naming the argument; so is a ``batch_size`` below 1,
+a ``seed`` that is not an integer, and a shift of :func:`axis_shift` that is not whole pixels.
 ``images`` must be ``(N, C, H, W)`` with ``N >= 1`` and ``labels`` one integer class per image,
 shape ``(N,)``, each a class of the model (``0 ... K - 1`` for its logits ``(N, K)``), and the
 model must return logits ``(n, K)`` for a batch of ``n`` (anything else is an
@@ -40,6 +41,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..checks import require_int
 from ..errors import ConfigError
 from ..geometry import scale, translate
 from .equivariance import Transform, _finite_number, _relative_change
@@ -124,7 +126,11 @@ def scale_curve(model: nn.Module, images: Tensor, labels: Tensor,
 def shift_curve(model: nn.Module, images: Tensor, labels: Tensor, shifts: Sequence[float],
                 seed: int = 0) -> list[float]:
     """Accuracy (percent) with every image shifted by each distance (pixels, below the image's
-    smaller side), in a direction drawn per image (seeded, the same for every distance)."""
+    smaller side), in a direction drawn per image (seeded, the same for every distance).
+    ``seed`` is an integer, ``-2**63 <= seed < 2**63``, as for
+    :func:`~eqpdenet.data.scenarios.apply_scenario` (a :class:`~eqpdenet.errors.ConfigError`
+    naming it otherwise)."""
+    seed = require_int(seed, "seed")  # 2.5, None and True reached manual_seed: a raw RuntimeError
     shifts = _finite(shifts, "shifts")
     check_labels(images, labels)
     _within_frame(shifts, images, "shifts")
@@ -167,11 +173,32 @@ def round_trip_change(model: nn.Module, images: Tensor, degrees: float,
     return _relative_change(*_logit_pairs(model, images, back, batch_size))
 
 
+def _whole_pixels(shift, name: str) -> tuple[int, int]:
+    """``shift`` as two Python integers, or a :class:`~eqpdenet.errors.ConfigError` naming
+    ``name`` (and the entry at fault) unless it is a pair of finite whole numbers."""
+    try:
+        values = None if isinstance(shift, str | bytes) else list(shift)
+    except TypeError:  # not iterable: a single number
+        values = None
+    if values is None or len(values) != 2:
+        raise ConfigError(f"{name} must be a pair of whole pixels (t_x, t_y), got {shift!r}")
+    for index, value in enumerate(values):
+        number = _finite_number(value, f"{name}[{index}]")
+        if number != int(number):
+            raise ConfigError(f"{name}[{index}]: axis_shift takes whole pixels; got a shift of "
+                              f"{number:g}")
+    return int(values[0]), int(values[1])
+
+
 def axis_shift(images: Tensor, shift: tuple[int, int]) -> Tensor:
     """Images ``(..., H, W)`` moved by whole pixels ``shift = (t_x, t_y)`` (``t_y`` upwards, as in
     :func:`eqpdenet.geometry.translate`), zero fill: exact, no resampling. A shift of the
-    image's side or more leaves a blank image."""
-    t_x, t_y = (int(t) for t in shift)
+    image's side or more leaves a blank image.
+
+    ``shift`` is a pair of whole numbers (``2`` or ``2.0``); anything else (``1.5``, NaN, inf, not
+    a pair) is a :class:`~eqpdenet.errors.ConfigError` naming ``shift``: :func:`int` had cut
+    1.5 to 1 pixel silently, and NaN was a raw ``ValueError``."""
+    t_x, t_y = _whole_pixels(shift, "shift")
     height, width = images.shape[-2:]
     if abs(t_x) >= width or abs(t_y) >= height:  # F.pad cannot crop more than the image
         return torch.zeros_like(images)
@@ -188,7 +215,8 @@ def axis_shift_curve(model: nn.Module, images: Tensor, labels: Tensor, shifts: S
     """Accuracy (percent) with every image moved by each whole number of pixels along an axis
     direction (right, up, left or down, drawn per image from a generator seeded by ``seed``,
     the same for every distance): translations without resampling (:func:`axis_shift`), each
-    below the image's smaller side."""
+    below the image's smaller side. ``seed`` as for :func:`shift_curve`."""
+    seed = require_int(seed, "seed")  # 2.5, None and True reached manual_seed: a raw RuntimeError
     shifts = _finite(shifts, "shifts")
     for index, s in enumerate(shifts):
         if s != int(s):

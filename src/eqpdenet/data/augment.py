@@ -99,8 +99,8 @@ class AffineAugmentation:
         return factor[:, None, None] * rotation_matrix(angle, dtype=torch.float64), shift
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        """The batch ``(B, C, H, W)``, each image warped by its own draw; the identity
-        augmentation returns ``images`` itself and consumes no draw."""
+        """The batch ``(B, C, H, W)``, each image warped by its own draw (``B = 0``: an empty
+        batch); the identity augmentation returns ``images`` itself and consumes no draw."""
         if self.is_identity:
             return images
         check_images(images)
@@ -117,7 +117,8 @@ def gaussian_blur(images: Tensor, sigma: Tensor) -> Tensor:
     The kernels are sampled Gaussians on ``-R .. R``, ``R = ceil(4 max(sigma))`` (what is cut
     off carries 6e-5 of the largest one's mass), normalised to sum 1, so a constant image away
     from the border is unchanged and the blur keeps each image's mass and centre of mass (up to
-    what falls off the frame). Differentiable in ``images``.
+    what falls off the frame). Differentiable in ``images``. An empty batch (``B = 0``,
+    ``sigma`` of shape ``(0,)``) gives an empty result of the same shape and dtype.
 
     Example (a point blurred at ``sigma = 1``: the peak is ``1 / (2 pi)`` to 5 digits, because
     the sampled Gaussian's sum is ``sqrt(2 pi)`` to 9):
@@ -132,6 +133,8 @@ def gaussian_blur(images: Tensor, sigma: Tensor) -> Tensor:
     require(bool((sigma > 0).all()) and bool(torch.isfinite(sigma).all()), "sigma",
             "every standard deviation must be a finite number of pixels > 0")
     batch, channels, height, width = images.shape
+    if batch == 0:  # no sigma to take the largest of (sigma.max() of nothing is a raw error)
+        return images.clone()
     radius = max(1, math.ceil(4.0 * float(sigma.max())))
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64, device=sigma.device)
     weights = torch.exp(-0.5 * (offsets / sigma.to(torch.float64)[:, None]) ** 2)

@@ -82,7 +82,8 @@ class AffineDraw:
 Sampler = Callable[..., AffineDraw]
 
 #: The parameter :func:`apply_scenario` fills with the images' ``(H, W)`` where a sampler takes it
-#: and the call does not give it (the only parameter that may lack a default).
+#: and the call does not give it (the only parameter that may lack a default); a call may give
+#: only the images' own.
 IMAGE_SIZE = "image_size"
 #: The number of images and the image size of the trial draw :func:`check_sampler` makes.
 TRIAL_IMAGES, TRIAL_IMAGE_SIZE = 2, (28, 28)
@@ -252,7 +253,7 @@ def scenario_defaults(name: str) -> dict:
 
     ``image_size`` is not among them, whatever default a sampler's signature gives it (the corner
     scenarios' ``(28, 28)``): :func:`apply_scenario` always passes the images' own ``(H, W)``
-    unless the call gives one, so that default is never what a scenario is applied with."""
+    (a call may give only that one), so that default is never what a scenario is applied with."""
     signature = inspect.signature(get_scenario(name))
     return {
         key: p.default for key, p in list(signature.parameters.items())[2:]
@@ -278,6 +279,17 @@ def scenario_generator(name: str, seed: int) -> torch.Generator:
     return hashed_generator(f"eqpdenet.scenario:{name}:{seed}")
 
 
+def _is_size(value, size: tuple[int, int]) -> bool:
+    """Whether ``value`` is the pair ``size`` (a tuple, list, :class:`torch.Size` or tensor of
+    the same two numbers; ``28.0`` is 28, ``True`` is no size)."""
+    try:
+        return len(value) == 2 and all(
+            not isinstance(given, bool) and bool(given == wanted)
+            for given, wanted in zip(value, size, strict=True))
+    except (TypeError, ValueError, RuntimeError):  # no length, or entries that do not compare
+        return False
+
+
 def apply_scenario(
     name: str,
     images: Tensor,
@@ -297,7 +309,8 @@ def apply_scenario(
         batch_size: images warped per call (memory only; results do not depend on it).
         return_params: also return the draws.
         **params: the scenario's parameter ranges, e.g. ``max_shift=2.0, max_angle_degrees=30.0``
-            for ``iso`` (see :func:`scenario_defaults`).
+            for ``iso`` (see :func:`scenario_defaults`). ``image_size``, which the corner
+            scenarios take, is the images' ``(H, W)`` whether given or not (another is refused).
 
     Returns:
         The perturbed images, same shape/dtype/device, or ``(images, draws)`` where ``draws`` maps
@@ -313,7 +326,8 @@ def apply_scenario(
 
     Raises :class:`~eqpdenet.errors.ConfigError` (an unknown scenario, a ``name`` that is not a
     string: the arguments in another order, a parameter the scenario does not take, a ``seed``
-    or ``batch_size`` that is not an integer; a sampler that raises another exception, or whose
+    or ``batch_size`` that is not an integer, an ``image_size`` other than the images' own
+    ``(H, W)``; a sampler that raises another exception, or whose
     draw is not an :class:`AffineDraw` of finite, invertible maps of the right shapes:
     :func:`check_draw`, the scenario, seed and ranges named) or
     :class:`~eqpdenet.errors.InputError` (images that are not ``(N, C, H, W)`` floating point,
@@ -336,10 +350,17 @@ def apply_scenario(
         raise ConfigError(f"scenario {name!r} has no parameter(s) {unknown}; it accepts {accepted}")
     require_int(batch_size, "batch_size", minimum=1)
     require_int(seed, "seed")
+    size = tuple(images.shape[-2:])
+    if IMAGE_SIZE in params and not _is_size(params[IMAGE_SIZE], size):
+        # its one meaning is the images' (H, W): another size warped about a point that is not
+        # the corner (a 28x28 image scaled about (20, 20)'s "corner", or wiped out by (100, 3))
+        raise ConfigError(f"scenario {name!r}: {IMAGE_SIZE} must be the images' own (H, W) = "
+                          f"{size}, got {_shown(params[IMAGE_SIZE])}; leave it out and "
+                          f"apply_scenario passes the images' own")
     check_values(images)  # after the checks that cost nothing: this one reads every pixel
     num = images.shape[0]
-    if "image_size" in inspect.signature(sampler).parameters and "image_size" not in params:
-        params = {**params, "image_size": tuple(images.shape[-2:])}
+    if IMAGE_SIZE in inspect.signature(sampler).parameters and IMAGE_SIZE not in params:
+        params = {**params, IMAGE_SIZE: size}
     shown = {k: v for k, v in params.items() if k != IMAGE_SIZE}
     context = (f" (seed {seed}, {num} images"
                + (f", {', '.join(f'{k}={v!r}' for k, v in shown.items())})" if shown else ")"))
@@ -469,8 +490,9 @@ def iso_corner_scenario(num: int, generator: torch.Generator, max_shift: float =
                         max_angle_degrees: float = 30.0, image_size=(28, 28)) -> AffineDraw:
     """``iso-corner``: drawn as ``iso``, the rotation about the array origin (top-left pixel)
     instead of the image centre: another reading of the paper's unstated convention.
-    ``image_size``: the images' ``(H, W)``, which :func:`apply_scenario` passes unless the call
-    gives one; the default serves a direct call of the sampler only (it is no range, and
+    ``image_size``: the images' ``(H, W)``, which :func:`apply_scenario` passes (and refuses
+    another one from the call: the maps would be about another point than the top-left pixel);
+    the default serves a direct call of the sampler only (it is no range, and
     :func:`scenario_defaults` leaves it out)."""
     return _about_corner(iso_scenario(num, generator, max_shift, max_angle_degrees), image_size)
 
