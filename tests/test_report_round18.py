@@ -179,10 +179,27 @@ def test_a_benchmark_record_is_judged_by_the_fields_of_its_own_key():
         sweep_records([record], None, key=benchmark_run_key)
 
 
-@pytest.mark.parametrize("value", [None, "sixteen", float("inf")])
+@pytest.mark.parametrize("value", [None, "sixteen", float("inf"), "16", 16.5])
 def test_a_configuration_value_that_makes_no_key_is_a_contradiction(value):
     """Round 18 review: a null, a word or inf in config.model.hidden reached int() in the key
     (a raw TypeError or OverflowError, 'a bug in eqpdenet?'; the table was written before)."""
     record = _record("fcnn", 16, 0, 13002, 60.0, config=_config())
     record["config"]["model"]["hidden"] = value
     assert key_differences(record) == [f"model.hidden: {value!r} recorded, 16 as its hidden"]
+
+
+def test_a_record_stored_under_a_wanted_key_whose_fields_give_another_is_refused():
+    """Round 18 review: its fields' key was not wanted, so it was neither checked nor tabled,
+    while the sweep counted it done by its stored key: "incomplete, rerun" at every report."""
+    record = _record("fcnn", 16, 0, 13002, 60.0, config=_config(hidden=8))
+    record["key"] = "fcnn-h8-seed0"  # run file and configuration say 8, the field says 16
+    described = Described(["fcnn-h8-seed0"], ("fp",), None)
+    with pytest.raises(DataFileError, match=r"fcnn-h16-seed0 \(model.hidden: 8 recorded, 16 as "
+                                            r"its hidden\)"):
+        sweep_records([record], described)
+
+
+def test_a_whole_float_equal_to_the_records_value_is_no_contradiction():
+    record = _record("fcnn", 16, 0, 13002, 60.0, config=_config())
+    record["config"]["model"]["hidden"] = 16.0
+    assert key_differences(record) == []
