@@ -16,6 +16,8 @@ Everything is registered in this process for the test only (``helpers.registered
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from torch import nn
@@ -227,6 +229,47 @@ def test_a_plugin_invariant_set_run_by_a_built_in_family_is_named_in_evaluation(
     assert str(raised.value) == (f"invariant set 'r18invraise' (its invariant 'x': _raising, "
                                  f"module {__name__}) failed in evaluation mode, on images of "
                                  f"shape (4, 1, 8, 8): ZeroDivisionError: inv broke on big maps")
+
+
+class _CallableRaising:
+    """An invariant as a callable object (no __code__ of its own)."""
+
+    def __call__(self, d, ratio):
+        return _raising(d, ratio)
+
+
+class _InheritsCall(_CallableRaising):
+    pass
+
+
+def _scaled_raising(d, ratio, k):
+    if d.u.shape[-1] > 1:
+        raise ZeroDivisionError("inv broke on big maps")
+    return k * d.u
+
+
+@pytest.mark.parametrize(("function", "shown"), [
+    (_CallableRaising(), "_CallableRaising"),
+    (_InheritsCall(), "_InheritsCall"),
+    (functools.partial(_scaled_raising, k=2.0), "partial"),
+])
+def test_a_plugin_sets_callable_object_or_partial_is_named(function, shown):
+    """Round 18 review: only functions with a __code__ were looked for on the traceback, and
+    a set whose invariant is a callable object or a partial was not named ('a bug in
+    eqpdenet?', as before round 18)."""
+    invariant_set = InvariantSet("r18callable", "test", 1,
+                                 [Invariant("u", "u", "u", lambda d, r: d.u),
+                                  Invariant("x", "x", "x", function)])
+    with registered(INVARIANT_SETS, "r18callable", invariant_set):
+        model = build_model("eqpdenet", image_size=SIZE, in_channels=1, classes=CLASSES,
+                            layer={"invariants": ["r18callable", "r18callable"]})
+        with pytest.raises(InputError) as raised:
+            logits_by_image(model, _images())
+    message = str(raised.value)
+    assert message.startswith("invariant set 'r18callable' (its invariant 'x': ")
+    assert shown in message.split("(its invariant 'x': ", 1)[1].split(")", 1)[0]
+    assert message.endswith("failed in evaluation mode, on images of shape (4, 1, 8, 8): "
+                            "ZeroDivisionError: inv broke on big maps")
 
 
 # ----------------------------------------------------------------------------- F1: training

@@ -40,6 +40,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import numbers
 import traceback
@@ -156,16 +157,38 @@ def _own_items(model: nn.Module, kind: str | None) -> list[_Owner]:
     for invariant_set in sets.values():
         functions = [(invariant.name, getattr(invariant, "function", None))
                      for invariant in invariant_set.invariants]
-        functions = [(name, function) for name, function in functions
-                     if function is not None and _module_of(function).partition(".")[0]
-                     not in ("", "eqpdenet")]
+        functions = [(name, function, _underlying(function)) for name, function in functions
+                     if function is not None]
+        functions = [(name, function, plain) for name, function, plain in functions
+                     if _module_of(plain).partition(".")[0] not in ("", "eqpdenet")]
         if functions:
-            codes = {function.__code__: (name, own_code_name(function))
-                     for name, function in functions if hasattr(function, "__code__")}
+            codes = {plain.__code__: (name, own_code_name(function))
+                     for name, function, plain in functions if hasattr(plain, "__code__")}
             owners.append(_Owner(f"invariant set {invariant_set.name!r}",
-                                 frozenset(_module_of(function) for _, function in functions),
+                                 frozenset(_module_of(plain) for _, _, plain in functions),
                                  codes, False))
     return owners
+
+
+def _underlying(function):
+    """The Python function whose code runs when the invariant ``function`` is called, to find
+    it on a traceback: through ``functools.partial`` (``.func``) and wrappers (``__wrapped__``),
+    and a callable object's class's ``__call__``; ``function`` itself where there is none (a
+    built-in). A partial or a callable object has no ``__code__``, and its set was not named
+    (round 18 review)."""
+    for _ in range(32):  # a cycle of wrappers ends somewhere
+        if isinstance(function, functools.partial):
+            function = function.func
+        elif getattr(function, "__wrapped__", None) is not None:
+            function = function.__wrapped__
+        else:
+            break
+    if not hasattr(function, "__code__") and callable(function):
+        call = next((vars(cls)["__call__"] for cls in type(function).__mro__
+                     if "__call__" in vars(cls)), None)  # its class's, or a base's
+        if hasattr(call, "__code__"):
+            return call
+    return function
 
 
 def _module_of(item) -> str:
