@@ -267,6 +267,8 @@ def test_other_thread_counts_groups_the_runs_by_their_count(tmp_path):
         save_run(tmp_path, key, record)
     assert other_environment_values(tmp_path, "threads", 4) == {1: ["a", "c"], 2: ["b"]}
     assert other_environment_values(tmp_path, "threads", 1) == {2: ["b"], 4: ["d"]}
+    save_run(tmp_path, "h", {**_record(run), "key": "h", "environment": {"threads": 10}})
+    assert list(other_environment_values(tmp_path, "threads", 4)) == [1, 2, 10]  # not as text
 
 
 def test_the_environment_now_is_what_each_executor_gives_a_run():
