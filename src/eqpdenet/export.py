@@ -27,8 +27,10 @@ any other is refused before any work.
 
 Running a file: :func:`load_exported` checks the file when it loads it and returns an
 :class:`ExportedModel`, which checks its images as the models do (a tensor, of the file's
-channels and size, finite) and runs them as float32 (float64 images converted, as
-:func:`export_model` converts those it verifies on); the verification runs the same runner.
+channels and size, finite as float32), runs them as float32 (float64 images converted, as
+:func:`export_model` converts those it verifies on) and checks the logits (non-finite ones are
+an :class:`~eqpdenet.errors.InputError`: the graph has no value checks); the verification runs
+the same runner and judges the logits itself.
 
 Verification is part of :func:`export_model`: the file is written to a temporary sibling (locked
 by the export until it is renamed or deleted; one a killed export left is removed by the next
@@ -64,6 +66,7 @@ import io
 import logging
 import math
 import os
+import stat
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -79,9 +82,11 @@ from .errors import (
     DataFileError,
     ExportError,
     InputError,
+    InputRangeWarning,
     InputTypeError,
     MissingDependencyError,
     OutputFolderError,
+    warn_at_caller,
 )
 from .files import (
     STALE_AGE,
@@ -140,6 +145,12 @@ STANDARD_NAMESPACES = ("aten", "prims")
 #: :data:`~eqpdenet.files.STALE_GRACE` seconds untouched with its lock free
 #: (:data:`~eqpdenet.files.STALE_AGE` where locks cannot be tested).
 STAGING_SUFFIX = ".tmp"
+#: ``(low, high)``: images of an exported model with values beyond these warn once
+#: (:class:`~eqpdenet.errors.InputRangeWarning`): eqpdenet trains on pixels in [0, 1] (its data
+#: sets and files), and values that far outside are the 0-255 pixels of a missing ``x / 255`` (the
+#: models' own warning names that cause from the same bounds). A file does not record the range
+#: its model was trained on, so this is a fixed guess, not the model's standardisation.
+PIXEL_RANGE_SLACK = (-0.5, 1.5)
 
 Runner = Callable[[Tensor], Tensor]
 #: ``(C, H, W)`` of an exported file's input, each None where the file leaves it free.
@@ -277,16 +288,65 @@ def _write_program(program: torch.export.ExportedProgram, path: Path) -> None:
     Path(path).write_bytes(buffer.getbuffer())
 
 
+@contextlib.contextmanager
+def _logged_errors(name: str, into: list[BaseException]) -> Iterator[None]:
+    """The exceptions logger ``name`` logs (``exc_info``) at warnings and above appended to
+    ``into``, and its records dropped (a filter on the logger: torch's loggers have stream
+    handlers of their own); its level lowered to warnings for that, which its child loggers
+    inherit, so the handlers the records reach show errors only meanwhile, as :func:`_quiet`
+    does. Inside :func:`_quiet` (under its lock: loggers belong to the process); restored
+    after."""
+    logger = logging.getLogger(name)
+
+    def keep(record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            into.append(record.exc_info[1])
+        return False
+
+    def errors_only(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+    handlers, current = [], logger
+    while current is not None:  # where a child's records go: up the loggers they propagate to
+        handlers += current.handlers
+        current = current.parent if current.propagate else None
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    logger.addFilter(keep)
+    for handler in handlers:
+        handler.addFilter(errors_only)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(errors_only)
+        logger.removeFilter(keep)
+        logger.setLevel(level)
+
+
+def _first_sentence(error: BaseException) -> str:
+    """:func:`_first_line` of ``error`` up to the end of its first sentence (torch's reader
+    follows the cause with a paragraph of advice)."""
+    line = _first_line(error)
+    end = line.find(". ")
+    return line if end < 0 else line[:end]
+
+
 def _load_program(path: Path) -> tuple[Runner, InputShape]:
     if not zipfile.is_zipfile(path):
         raise DataFileError(path, "not an exported program: a .pt2 file (torch.export.save) is a "
                                   "zip archive and this one is not (an ONNX file is named .onnx)")
+    causes: list[BaseException] = []
     try:
-        with _quiet():
+        with _quiet(), _logged_errors("torch.export", causes):
             program = torch.export.load(path)
     except Exception as error:
-        raise DataFileError(path, f"not an exported program torch.export.load can read "
-                                  f"({_first_line(error)})") from None
+        # torch logs the real cause as a warning ("Ran into the following error when
+        # deserializing", hidden by _quiet) and raises "Please check the warnings above"
+        cause = _first_sentence(causes[-1] if causes else error)
+        raise DataFileError(path, f"not an exported program torch.export.load can read: "
+                                  f"damaged, or not written by torch.export.save ({cause})"
+                            ) from None
     module = program.module()
     inputs = [node for node in program.graph.nodes
               if node.op == "placeholder" and node.name in program.graph_signature.user_inputs]
@@ -300,17 +360,42 @@ def _load_program(path: Path) -> tuple[Runner, InputShape]:
     return run, shape
 
 
+def _as_float32(images: Tensor) -> tuple[Tensor, tuple[float, float]]:
+    """``images`` as an exported file takes them (float32, contiguous, on the CPU, detached),
+    with their ``(min, max)``; an :class:`~eqpdenet.errors.InputError` where they hold NaN or
+    inf, checked after the conversion: float64 values beyond float32's range (finite in float64)
+    become inf in it, and before round 18 passed the check made before converting."""
+    converted = images.detach().to("cpu", torch.float32).contiguous()
+    try:
+        return converted, check_values(converted, "images")
+    except InputError:
+        if images.dtype == torch.float32 or not bool(torch.isfinite(images).all()):
+            raise
+    largest = float(images.detach().abs().max())
+    overflowed = int((~torch.isfinite(converted)).sum())
+    raise InputError(f"images contains {overflowed} of {images.numel()} values beyond float32's "
+                     f"range (the largest magnitude {largest:.4g}; float32's largest is "
+                     f"{torch.finfo(torch.float32).max:.4g}), which become inf in the float32 an "
+                     f"exported file computes in: the input is at fault; check how it was "
+                     f"produced")
+
+
 class ExportedModel:
     """An exported file, loaded: ``model(images) -> logits`` (:func:`load_exported`).
 
     ``images`` go through the checks the models make at their entry, each one line naming
     ``images``: a ``torch.Tensor`` (a NumPy array is refused: ``torch.from_numpy(array)``
     converts it), floating-point, ``(batch, C, H, W)`` with the channels and size of the file's
-    input (:attr:`input_shape`), no NaN or inf (an exported graph has no value checks of its own:
-    docs/deployment.md). They are then run as float32 on the CPU: the file's input is float32, so
-    float64 images are converted to float32 as :func:`export_model` converts those it verifies
-    on (float16 and bfloat16 convert exactly). The logits are a float32 CPU tensor
-    ``(batch, classes)``, detached from any graph.
+    input (:attr:`input_shape`), no NaN or inf in float32 (an exported graph has no value checks
+    of its own: docs/deployment.md). They are then run as float32 on the CPU: the file's input is
+    float32, so float64 images are converted to float32 as :func:`export_model` converts those
+    it verifies on (float16 and bfloat16 convert exactly), before the check (float64 values
+    beyond float32's range are refused). Images with values beyond :data:`PIXEL_RANGE_SLACK`
+    warn once per loaded file (:class:`~eqpdenet.errors.InputRangeWarning`: 0-255 pixels?).
+    The logits are a float32 CPU tensor ``(batch, classes)``, detached from any graph, and
+    finite: where any image's are NaN or inf (a state of the model that overflowed, where the
+    model in eqpdenet raises :class:`~eqpdenet.errors.NonFiniteStateError`), an
+    :class:`~eqpdenet.errors.InputError` names how many and the images' range.
 
     Attributes:
         path: the file.
@@ -320,8 +405,35 @@ class ExportedModel:
 
     def __init__(self, path: Path, format: str, run: Runner, input_shape: InputShape):
         self.path, self.format, self._run, self.input_shape = path, format, run, input_shape
+        self._range_warned = False
 
     def __call__(self, images: Tensor) -> Tensor:
+        images, (low, high) = self._checked(images)
+        if not self._range_warned and (high > PIXEL_RANGE_SLACK[1] or low < PIXEL_RANGE_SLACK[0]):
+            self._range_warned = True
+            cause = ("images at 0-255 instead of 0-1?" if high > PIXEL_RANGE_SLACK[1] else
+                     "images standardised already? the file standardises them itself")
+            warn_at_caller(f"eqpdenet: images with values in [{low:.4g}, {high:.4g}] given to the "
+                           f"exported model {self.path}: eqpdenet trains on pixels in [0, 1] "
+                           f"(x / 255; the file does not record its own range): {cause} (warned "
+                           f"once per loaded file)", InputRangeWarning)
+        logits = self._run(images)
+        bad = ~torch.isfinite(logits)
+        if bool(bad.any()):
+            # the graph has no value checks (a state of a PDE overflowing is the model's
+            # NonFiniteStateError in eqpdenet): NaN logits argmax to class 0 without a word
+            rows = int(bad.flatten(1).any(1).sum())
+            raise InputError(f"the exported model {self.path} gave non-finite logits (NaN or inf) "
+                             f"on {rows} of {len(images)} images, finite ones with values in "
+                             f"[{low:.4g}, {high:.4g}]: the likely cause is their range (the "
+                             f"file's verification gave finite logits on test images; eqpdenet's "
+                             f"models train on pixels in [0, 1], x / 255, and the file does not "
+                             f"record its own range)")
+        return logits
+
+    def _checked(self, images: Tensor) -> tuple[Tensor, tuple[float, float]]:
+        """``images`` checked (type, shape, finite as float32) and as the file's input: a float32
+        contiguous CPU tensor, detached; with its ``(min, max)``."""
         if not isinstance(images, Tensor):
             hint = " (torch.from_numpy(images) converts a NumPy array)" \
                 if type(images).__module__ == "numpy" else ""
@@ -330,8 +442,12 @@ class ExportedModel:
         channels, height, width = self.input_shape
         check_images(images, "images", channels=channels,
                      size=(height, width) if None not in (height, width) else None)
-        check_values(images, "images")
-        return self._run(images.detach().to("cpu", torch.float32).contiguous())
+        return _as_float32(images)
+
+    def _unchecked_logits(self, images: Tensor) -> Tensor:
+        """The logits of ``images`` (checked as by ``__call__``), whatever their values: the
+        verification of :func:`export_model` names a file giving non-finite logits itself."""
+        return self._run(self._checked(images)[0])
 
     def __repr__(self) -> str:
         return f"ExportedModel({str(self.path)!r}, format={self.format!r}, input_shape={self.input_shape})"
@@ -349,11 +465,33 @@ FORMATS.register("exported-program", ExportFormat(
 # ----------------------------------------------------------------------------- before any work
 
 
+def _article(word: str) -> str:
+    """``"an"`` before a vowel, else ``"a"``."""
+    return "an" if word[:1] in tuple("aeiou") else "a"
+
+
+def _not_a_file(path: Path) -> str | None:
+    """What ``path`` is in words where it exists and is neither a regular file nor a folder
+    (a FIFO, a device, a socket); None otherwise (a folder is refused with its own message)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # missing (a new file), or unreadable: the write probe names that
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    for test, words in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return words
+    return "a special file"
+
+
 def check_export(format: str, out: str | os.PathLike) -> ExportFormat:
     """The format named ``format``, after the checks that need no model: the format is known,
     its optional dependencies are installed, ``out`` can be written (its folder exists and takes
-    a new file; ``out`` is not a folder; where ``out`` is a symbolic link, the same of the file
-    it leads to). Raises :class:`~eqpdenet.errors.ConfigError`,
+    a new file; ``out`` is not a folder, nor an existing FIFO, device or socket; where ``out`` is
+    a symbolic link, the same of the file it leads to, whose suffix is the format's too).
+    Raises :class:`~eqpdenet.errors.ConfigError`,
     :class:`~eqpdenet.errors.MissingDependencyError` or
     :class:`~eqpdenet.errors.OutputFolderError`, one line each; writes nothing."""
     if not isinstance(format, str) or format not in FORMATS:
@@ -371,13 +509,25 @@ def check_export(format: str, out: str | os.PathLike) -> ExportFormat:
     if out.suffix != chosen.suffix:
         # load_exported and the runtimes go by the suffix: an ONNX file named .pt2 would be
         # read as an exported program and fail ("BadZipFile"), a program without .pt2 warns
-        article = "an" if format[0] in "aeiou" else "a"
-        raise ConfigError(f"--out {out}: {article} {format} file is named *{chosen.suffix} (it is "
+        raise ConfigError(f"--out {out}: {_article(format)} {format} file is named *{chosen.suffix} (it is "
                           f"read back by its suffix); e.g. {out.with_suffix(chosen.suffix)}")
     try:
         target = link_target(out)
     except OSError as error:
         raise OutputFolderError(f"cannot write {out}: {error.strerror or error}") from None
+    if target.suffix != chosen.suffix:
+        # the file written is the target, read back by its own name (round 18: an ONNX file
+        # was written into the .pt2 a link named .onnx led to)
+        raise ConfigError(f"--out {out} is a symbolic link to {target}, the file that would be "
+                          f"written, and {_article(format)} {format} file is named "
+                          f"*{chosen.suffix} (it is read back by its suffix)")
+    kind = _not_a_file(target)
+    if kind is not None:
+        # replacing it would put a file where a pipe or a device was (a probe's link to
+        # /dev/full replaced the device node)
+        what = "it" if target == out else f"{target}, the file the link leads to,"
+        raise OutputFolderError(f"cannot write {out}: {what} is {kind}, not a file; give the "
+                                f"path of a file")
     folder = target.parent
     if not folder.is_dir():
         # the nearest path above that exists: a file there is the cause, not a missing folder
@@ -686,8 +836,10 @@ def export_model(model: nn.Module, out: str | os.PathLike, format: str = "onnx",
     compute in float64 has no ties.
 
     The model must compute in float32 (every floating-point parameter float32; ``images`` are
-    converted to float32): any other is refused with an :class:`~eqpdenet.errors.ExportError`
-    before any work. ``out`` a symbolic link: the file it leads to is replaced, the link kept.
+    converted to float32 and must be finite there): any other is refused with an
+    :class:`~eqpdenet.errors.ExportError` before any work (images with NaN or inf an
+    :class:`~eqpdenet.errors.InputError`). ``out`` a symbolic link: the file it leads to is
+    replaced, the link kept.
 
     Raises :class:`~eqpdenet.errors.ExportError` where the model cannot be exported or the file
     fails the verification; nothing is written then (a failed file is deleted: it is not the
@@ -708,11 +860,11 @@ def export_model(model: nn.Module, out: str | os.PathLike, format: str = "onnx",
     check_images(images, "images")
     if len(images) == 0:
         raise ConfigError("the verification needs at least one image")
-    check_values(images, "images")  # before tracing and writing, not at the model's first call
+    # before tracing and writing, not at the model's first call; in float32, as verified
+    images, _ = _as_float32(images)
     log = log or (lambda line: None)
     family = type(model).__name__
     _check_float32(model)
-    images = images.detach().to("cpu", torch.float32).contiguous()
     seconds = {}
     target = link_target(out)  # a symbolic link is kept: the file it leads to is replaced
     # exports killed before their rename (SIGKILL) left their temporary files here
@@ -755,7 +907,8 @@ def export_model(model: nn.Module, out: str | os.PathLike, format: str = "onnx",
                               f"its range?), so the exported file cannot be checked against "
                               f"them; no file written")
         try:
-            run = _open(chosen, staging)  # the checked runner load_exported gives
+            # the runner load_exported gives, its images checked; its logits are compared here
+            run = _open(chosen, staging)._unchecked_logits
             exported = _chunked(run, images)
             single = run(images[:1])  # a batch of one through the dynamic axis
         except Exception as error:
