@@ -224,6 +224,21 @@ def test_a_damaged_pt2_is_named_with_the_cause_torch_logs(tmp_path, capfd):
     assert (logger.level, logger.filters) == (level, filters)
 
 
+def test_a_cause_after_a_cpp_checks_location_is_kept(tmp_path):
+    """Round 18 review: an empty zip named .pt2 said only "[enforce fail at ...] " (the ". "
+    after the C++ location was taken for the end of the first sentence)."""
+    import zipfile
+
+    path = tmp_path / "empty.pt2"
+    with zipfile.ZipFile(path, "w"):
+        pass
+    with pytest.raises(DataFileError) as caught:
+        load_exported(path)
+    assert str(caught.value).endswith(". archive does not contain any files)")
+    assert export._first_sentence(RuntimeError("[enforce fail at a.cc:1] . cause. advice")) == (
+        "RuntimeError: [enforce fail at a.cc:1] . cause")
+
+
 # ----------------------------------------------------------------------------- F5: the doc script
 
 

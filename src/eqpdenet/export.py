@@ -326,9 +326,12 @@ def _logged_errors(name: str, into: list[BaseException]) -> Iterator[None]:
 
 def _first_sentence(error: BaseException) -> str:
     """:func:`_first_line` of ``error`` up to the end of its first sentence (torch's reader
-    follows the cause with a paragraph of advice)."""
+    follows the cause with a paragraph of advice), a C++ check's location kept with its cause
+    (``[enforce fail at inline_container.cc:171] . archive does not contain any files``: the
+    ``". "`` after the location ends no sentence, and cutting there lost the cause)."""
     line = _first_line(error)
-    end = line.find(". ")
+    located = line.find("] . ") if "[enforce fail at " in line else -1
+    end = line.find(". ", located + 4 if located >= 0 else 0)
     return line if end < 0 else line[:end]
 
 
