@@ -275,11 +275,17 @@ def test_a_plugin_sets_callable_object_or_partial_is_named(function, shown):
 # ----------------------------------------------------------------------------- F1: training
 
 
-def test_a_plugin_family_failing_on_a_later_training_batch_is_named():
-    with registered(DATASETS, "r18toy", _toy), registered(MODELS, "r18second", SecondBatch), \
+def _training_error(kind: str, family) -> pytest.ExceptionInfo:
+    """The InputError of training the family ``family``, registered as ``kind``, on r18toy."""
+    with registered(DATASETS, "r18toy", _toy), registered(MODELS, kind, family), \
             pytest.raises(InputError) as raised:
-        config = _config("r18second")
+        config = _config(kind)
         train_model(config, prepare_data(config.data), progress=False)
+    return raised
+
+
+def test_a_plugin_family_failing_on_a_later_training_batch_is_named():
+    raised = _training_error("r18second", SecondBatch)
     assert str(raised.value) == (f"model 'r18second' (SecondBatch, module {__name__}) failed in "
                                  f"training, epoch 1: KeyError: 'batch two'")
     assert type(raised.value.__cause__) is KeyError
@@ -292,10 +298,7 @@ def test_the_epochs_of_the_gpu_runner_name_a_plugin_familys_failure(monkeypatch)
 
     monkeypatch.setattr(accelerate, "applies_to", lambda device: True)
     monkeypatch.setenv(accelerate.ENV_CUDA_GRAPHS, "0")
-    with registered(DATASETS, "r18toy", _toy), registered(MODELS, "r18second", SecondBatch), \
-            pytest.raises(InputError) as raised:
-        config = _config("r18second")
-        train_model(config, prepare_data(config.data), progress=False)
+    raised = _training_error("r18second", SecondBatch)
     assert str(raised.value) == (f"model 'r18second' (SecondBatch, module {__name__}) failed in "
                                  f"training, epoch 1: KeyError: 'batch two'")
 
@@ -332,10 +335,7 @@ def test_the_command_line_says_a_later_plugin_failure_in_one_line_with_status_2(
 
 
 def test_too_few_logits_of_a_plugin_family_name_its_kind():
-    with registered(DATASETS, "r18toy", _toy), registered(MODELS, "r18fewer", Fewer), \
-            pytest.raises(InputError) as raised:
-        config = _config("r18fewer")
-        train_model(config, prepare_data(config.data), progress=False)
+    raised = _training_error("r18fewer", Fewer)
     assert str(raised.value) == (
         "model 'r18fewer' returns 2 logits per image, but r18toy has 3 classes (model.classes = "
         "3): class 2 could never be predicted; a model family must return model.classes logits "
@@ -343,10 +343,7 @@ def test_too_few_logits_of_a_plugin_family_name_its_kind():
 
 
 def test_logits_of_a_wrong_shape_name_the_plugin_familys_kind_class_and_module():
-    with registered(DATASETS, "r18toy", _toy), registered(MODELS, "r18threed", ThreeD), \
-            pytest.raises(InputError) as raised:
-        config = _config("r18threed")
-        train_model(config, prepare_data(config.data), progress=False)
+    raised = _training_error("r18threed", ThreeD)
     assert str(raised.value) == (
         f"model 'r18threed' (ThreeD, module {__name__}) returned logits of shape (16, 3, 1) for "
         f"a batch of 16 image(s); expected logits of shape (16, K): one row of K class scores "

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import contextlib
+import copy
 import json
 import math
 import os
@@ -187,7 +188,6 @@ def _command_line_over_entries(config: BenchmarkConfig, args) -> None:
     same runs; a warning names the entries whose value gave way among those that run now (all
     of them, or those ``--models`` names: an entry left out trains nothing now, and naming it
     was noise)."""
-    import copy
     named = {}  # field -> the option that names it (the last one, as applied last)
     if getattr(args, "layer", None):
         named["model.layer.preset"] = "--layer"
