@@ -116,8 +116,8 @@ PROGRAM = textwrap.dedent("""
     def handler(args):
         with worker_pool(1) as pool:
             workers.append(pool.submit(os.getpid).result())
-            print("working", flush=True)
-            try:
+            try:  # "working" said inside: a signal right after it is raised in the try
+                print("working", flush=True)
                 sys.stdin.readline()  # the first signal interrupts this
             finally:
                 print("cleaning", flush=True)
