@@ -15,9 +15,12 @@ a 2x2 average pooling (a coarser scale). The readout pools every channel globall
 Why it is invariant: the jet commutes with rotations by multiples of 90 degrees exactly (and
 with other rotations up to its discretisation error), the invariants are rotation and
 translation invariant functions of the jet, everything else is pointwise (1x1 convolutions,
-batch norm, ReLU) or commutes with the group (pooling of even-sized maps, global pooling). So
-``rot90`` of the input leaves the logits unchanged up to rounding, and translations change them
-only through the image border.
+batch norm, ReLU) or commutes with quarter turns (pooling of even-sized maps, global pooling).
+So ``rot90`` of the input leaves the logits unchanged up to rounding. Translations by whole
+pixels change them through the image border, and, where stages downsample (``pool`` or
+``blur``), also through the 2x2 grid: a stride-2 map commutes only with shifts by multiples of
+``2**k`` pixels (``k`` halvings), so a one-pixel shift changes the logits even with a
+``circular`` boundary (``downsample = "none"`` keeps every whole-pixel shift exact there).
 """
 
 from __future__ import annotations
