@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.datasets import DATASETS, dataset_fingerprint, is_built_in
+from ..data.datasets import DATASETS, dataset_fingerprint, is_built_in, loader_name
 from ..data.mnist import download_progress
 from ..data.rotmnist import find_official_rotmnist
 from ..errors import ConfigError, OutputFolderError
@@ -489,6 +489,11 @@ def changed_runs(runs: dict[str, ExperimentConfig], out_dir: Path, *,
       ``EQPDENET_DATA`` or the default, as loading resolves it): the official files added to or
       removed from the data folder since, which would mix the official and the generated set in
       one folder. Records without a source (runs from before it was recorded) are not compared;
+    * a key of ``runs`` on a registered data set whose recorded loader (``dataset.loader``:
+      :func:`~eqpdenet.data.datasets.loader_name`, eqpdenet's built-in one or a plugin's
+      ``module.qualname``) is not the one registered under its name now: a plugin imported,
+      changed or removed since would mix two data sets' runs under one name. Records without
+      it (data files; runs from before it was recorded) are not compared;
     * a key of ``runs`` whose PDE layers resolved their ``backend = "auto"`` to another backend
       than they would now (``environment.pde_backend``: ``EQPDENET_BACKEND`` set or unset since;
       :func:`~eqpdenet.app.training.pde_backend`). Records without it are not compared;
@@ -527,6 +532,7 @@ def changed_runs(runs: dict[str, ExperimentConfig], out_dir: Path, *,
             differences += _config_differences(record["config"], run)
             differences += _data_differences(record, run, fingerprints)
             differences += _source_differences(record, run, data_dir, fingerprints)
+            differences += _loader_differences(record, run)
             differences += _backend_differences(record, run)
             if device_here:
                 differences += _device_differences(record, run)
@@ -592,6 +598,25 @@ def _source_differences(record: dict, run: ExperimentConfig, data_dir, cache: di
         return []
     return [f"data.source {run.data.source!r}: the {recorded} ROTMNIST recorded, the {now} "
             f"one now"]
+
+
+def _loader_differences(record: dict, run: ExperimentConfig) -> list[str]:
+    """The loader ``record``'s registered data set was loaded by (``dataset.loader``: eqpdenet's
+    built-in one or a plugin's) when another is registered under the name now (a plugin
+    imported, changed or removed since). Records without it (data files; runs from before it
+    was recorded) and a name registered by no loader now (loading it says so) are not
+    compared."""
+    dataset = record.get("dataset")
+    recorded = dataset.get("loader") if isinstance(dataset, dict) else None
+    now = loader_name(run.data.dataset)
+    if not isinstance(recorded, str) or now is None or now == recorded:
+        return []
+    return [f"data set {run.data.dataset!r}: loaded by {_loader_words(recorded)} recorded, by "
+            f"{_loader_words(now)} now"]
+
+
+def _loader_words(name: str) -> str:
+    return "eqpdenet's built-in loader" if name == "built-in" else name
 
 
 def _backend_differences(record: dict, run: ExperimentConfig) -> list[str]:

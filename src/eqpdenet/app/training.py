@@ -41,7 +41,14 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 from .. import __version__
 from ..analysis.predictions import EVALUATION_BATCH, check_classes, own_code_culprit, predictions
 from ..data.augment import augment_generator, blur_generator, relative_change
-from ..data.datasets import DATASETS, ImageDataset, is_built_in, load_dataset, mnist_family
+from ..data.datasets import (
+    DATASETS,
+    ImageDataset,
+    is_built_in,
+    load_dataset,
+    loader_name,
+    mnist_family,
+)
 from ..data.rotmnist import load_rotmnist
 from ..data.scenarios import apply_scenario
 from ..errors import (
@@ -256,8 +263,11 @@ def prepare_data(config: DataConfig, data_dir=None, cache_dir=None) -> Data:
     train._classes_checked = True  # checked above, with its splits: not again as API splits
     # The pixel statistics are computed when read (Data.pixel_mean): their float64 copy of the
     # training images took twice the float32 set, every time a data set was loaded.
+    info = dict(dataset.info)
+    if (loader := loader_name(config.dataset)) is not None:
+        info["loader"] = loader  # sweeps.changed_runs: another loader under the name since
     return Data(train=train, validation=validation, test=test,
-                name=dataset.name, classes=dataset.classes, info=dataset.info)
+                name=dataset.name, classes=dataset.classes, info=info)
 
 
 #: A validation split of fewer images is warned about (:func:`_check_split_classes`): its

@@ -60,8 +60,8 @@ from .rotmnist import check_rotation_centre, load_rotmnist
 
 __all__ = ["DATASETS", "DatasetShape", "ImageDataset", "check_dataset_name", "check_loader",
            "data_fingerprint", "dataset_fingerprint", "dataset_shape", "is_built_in",
-           "load_dataset", "load_idx_folder", "load_npz", "mnist_family", "register_dataset",
-           "rotate_dataset", "seed_reaches_loader"]
+           "load_dataset", "load_idx_folder", "load_npz", "loader_name", "mnist_family",
+           "register_dataset", "rotate_dataset", "seed_reaches_loader"]
 
 IDX_NAMES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
              "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
@@ -300,6 +300,24 @@ def is_built_in(spec: str) -> bool:
     name it (:func:`load_dataset`), and it is not of MNIST's family (:func:`mnist_family`)."""
     return (spec in _BUILT_IN_LOADERS and spec in DATASETS
             and DATASETS.get(spec) is _BUILT_IN_LOADERS[spec])
+
+
+def loader_name(spec: str) -> str | None:
+    """Which loader the registered data set ``spec`` is loaded by now: ``"built-in"`` for
+    eqpdenet's own (:func:`is_built_in`), else the loader's ``module.qualname`` (a
+    ``functools.partial``'s function, a callable object's class); None for a name not registered
+    (a data file). Recorded with every run (``dataset.loader``), so that a sweep resumed after a
+    plugin registers another loader under the name, or removes it, does not count the other
+    data's runs as its own (:func:`eqpdenet.app.sweeps.changed_runs`)."""
+    if spec not in DATASETS:
+        return None
+    if is_built_in(spec):
+        return "built-in"
+    loader = DATASETS.get(spec)
+    while isinstance(getattr(loader, "func", None), Callable):  # functools.partial
+        loader = loader.func
+    named = loader if hasattr(loader, "__qualname__") else type(loader)
+    return f"{getattr(named, '__module__', '?')}.{named.__qualname__}"
 
 
 def mnist_family(spec: str) -> bool:
