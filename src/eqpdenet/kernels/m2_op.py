@@ -79,7 +79,15 @@ from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ..registry import Registry
-from .op import _LIBRARY, KERNEL_BOUNDARIES, refuse_reload, require_first_order, transform_reason
+from .op import (
+    _LIBRARY,
+    KERNEL_BOUNDARIES,
+    _fingerprint,
+    _unchanged,
+    refuse_reload,
+    require_first_order,
+    transform_reason,
+)
 
 refuse_reload(globals())  # it defines operators: it cannot be reloaded (module doc)
 
@@ -338,29 +346,33 @@ def constant_cache(maxsize: int = 64) -> Callable[[Callable], Callable]:
     return decorate
 
 
-# A small read-only table (stencils, frame) -> {device: (its version, its copy there)}.
+# A small read-only table (stencils, frame) -> {device: (its fingerprint, its copy there)}: the
+# copy is made again when the table changes (op._unchanged; its version alone missed `.data =`
+# and numpy edits).
 _DEVICE_COPIES = WeakIdKeyDictionary()
 
 
 def _on_device(table: Tensor, device: torch.device) -> Tensor:
-    """``table`` on ``device``, copied there once per device and version: a call on a GPU then
-    copies nothing from the host (which a CUDA graph could not capture)."""
+    """``table`` on ``device``, copied there once per device, and again when the table changes
+    (its values: it is on the CPU; :func:`~eqpdenet.kernels.op._fingerprint`): a call on a GPU
+    then copies nothing from the host (which a CUDA graph could not capture)."""
     if table.device == device:
         return table
     if torch.compiler.is_dynamo_compiling():  # traced into the graph; nothing stored
         return table.to(device)
+    if type(table) is not Tensor:  # a table itself made by a trace (no storage): not kept
+        with real_constants():
+            return table.to(device)
     copies = _DEVICE_COPIES.get(table)
     if copies is None:
         copies = _DEVICE_COPIES[table] = {}
     cached = copies.get(device)
-    if cached is None or cached[0] != table._version:
-        # a real tensor even while tracing (a FakeTensor kept here broke every later call), and
-        # outside inference mode: the copy may serve training later (pde.m2.real_constants)
-        with real_constants():
-            cached = (table._version, table.to(device))
-        if type(cached[1]) is not Tensor:  # a table itself made by a trace: not kept
-            return cached[1]
-        copies[device] = cached
+    # A real tensor even while tracing (a FakeTensor kept here broke every later call), and
+    # outside inference mode: the copy may serve training later (pde.m2.real_constants); the
+    # table's values compared outside any dispatch mode too.
+    with real_constants():
+        if cached is None or not _unchanged(table, cached[0]):
+            cached = copies[device] = (_fingerprint(table), table.to(device))
     return cached[1]
 
 

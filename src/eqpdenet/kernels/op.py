@@ -18,6 +18,9 @@ boundaries, dt, ratio_eps, ratio_regularisations, steps, check_finite, store_sta
     bias                  (E,)                  F's constant terms
     monomials             (E, M, 2) int64       per monomial (lower monomial or -1,
                                                 invariant); rows (-1, -1) pad a shorter F
+                                                (F ends at its first row of a negative
+                                                invariant: every row from it on must be
+                                                (-1, -1), else refused)
     stencils              (E, 6, 3, 3) float64  the jet's convolution weights (u, u_x, u_y,
                                                 u_xx, u_xy, u_yy; divided by the spacing
                                                 powers), of the form
@@ -28,6 +31,7 @@ boundaries, dt, ratio_eps, ratio_regularisations, steps, check_finite, store_sta
     boundaries            str[E]                replicate, zeros, reflect or circular
     dt                    float[E]              time steps
     ratio_eps             float[E]              regularisation scale of the ratio invariants
+                                                (positive and finite, as the reference's)
     ratio_regularisations str[E]                ``covariant`` or ``absolute``
                                                 (:data:`KERNEL_RATIO_REGULARISATIONS`)
     steps                 int[E]                numbers of Euler steps
@@ -84,6 +88,7 @@ anything from the host: it can be captured in a CUDA graph.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -304,16 +309,40 @@ def stencil_is_supported(weight: Tensor) -> bool:
 
 
 def _judged(cache: WeakIdKeyDictionary, tensor: Tensor, judge):
-    """``judge()``, remembered in ``cache`` for ``tensor`` while its version counter is
-    unchanged (an inference tensor has none: judged every time)."""
+    """``judge()``, remembered in ``cache`` for ``tensor`` while it is unchanged
+    (:func:`_unchanged`; an inference tensor has no version counter: judged every time)."""
     if tensor.is_inference():
         return judge()
     cached = cache.get(tensor)
-    if cached is not None and cached[0] == tensor._version:
+    if cached is not None and _unchanged(tensor, cached[0]):
         return cached[1]
     answer = judge()
-    cache[tensor] = (tensor._version, answer)
+    cache[tensor] = (_fingerprint(tensor), answer)
     return answer
+
+
+def _fingerprint(t: Tensor) -> tuple:
+    """What a cache keeps of a small tensor ``t`` (a stencil, a recipe) to tell, before it reuses
+    an entry made from ``t``, that ``t`` still holds the same values (:func:`_unchanged`): its
+    version counter (in-place ops), its device, storage, offset, shape, strides and dtype (a
+    ``.data =`` assignment swaps them and keeps the version; the storage is held, so its
+    address cannot be reused by another while the entry lives) and, on the CPU, a copy of its
+    values (an edit through ``.data`` or numpy keeps the version and the storage). On another
+    device the values are not compared, as that would wait for the device: an edit there that
+    bypasses autograd's version counter (``t.data.mul_(2)``) is not seen."""
+    # (an inference tensor has no version counter: its values alone tell, on the CPU)
+    version = None if t.is_inference() else t._version
+    values = t.detach().clone() if t.device.type == "cpu" else None
+    return (version, t.untyped_storage(), t.device, t.data_ptr(), t.shape, t.stride(), t.dtype,
+            values)
+
+
+def _unchanged(t: Tensor, fingerprint: tuple) -> bool:
+    """Whether ``t`` is as :func:`_fingerprint` saw it (see there for what is compared)."""
+    version, _, device, address, shape, strides, dtype, values = fingerprint
+    return (version == (None if t.is_inference() else t._version) and device == t.device
+            and address == t.data_ptr() and shape == t.shape and strides == t.stride()
+            and dtype == t.dtype and (values is None or bool(torch.equal(values, t))))
 
 
 def _has_supported_form(k: Tensor) -> bool:
@@ -346,10 +375,12 @@ def check_stencil_form(what: str, stencils: Tensor) -> None:
     ``u``) was ignored, silently (the layers check the form first and take the reference).
     Stencils of another shape or dtype are left to the kernels' own checks, which name them.
 
-    Judged once per stencils tensor while it is unchanged (its identity and version counter):
-    a call with the stencils :func:`operator_arguments` made reads nothing from the device
-    (:func:`host_copy`); other stencils on a device are read once, and again after an in-place
-    change. Inference tensors have no version counter: theirs are judged at every call."""
+    Judged once per stencils tensor while it is unchanged (:func:`_fingerprint`: on the CPU its
+    values are compared; on a device its version counter and storage, so an edit there that
+    bypasses the version counter is not seen): a call with the stencils
+    :func:`operator_arguments` made reads nothing from the device (:func:`host_copy`); other
+    stencils on a device are read once, and again after an in-place change or a ``.data =``
+    assignment. Inference tensors have no version counter: theirs are judged at every call."""
     if (stencils.dim() != 4 or tuple(stencils.shape[1:]) != (6, 3, 3)
             or stencils.dtype != torch.float64):
         return
@@ -426,8 +457,9 @@ def unsupported_reason(u: Tensor, specs: Sequence[PDESpec]) -> str | None:
             return f"the fused kernel has no boundary {spec.boundary!r}"
         if not stencil_is_supported(spec.stencil):
             return "the fused kernel supports 3x3 stencils of the central/isotropic form only"
-        if spec.boundary == "reflect" and min(u.shape[-2:]) <= 1:
-            return "reflect boundary on images of 1 pixel"
+        if spec.boundary == "reflect" and min(u.shape[-2:]) <= 1:  # (the layer refuses it first)
+            return (f"the reflect boundary needs images of at least 2x2 pixels, got "
+                    f"{u.shape[-2]}x{u.shape[-1]}")
         for parameter in (spec.weight, spec.bias):
             if parameter.dtype != u.dtype or parameter.device != u.device:
                 return (f"parameters ({parameter.dtype}, {parameter.device}) and input "
@@ -449,26 +481,30 @@ def warn_once(reason: str) -> None:
 
 # ----------------------------------------------------------------------------- host copies
 
-# Device tensor -> (its version, a CPU copy). Small metadata tensors are read on the host (which
-# kernel variant to launch, whether a stencil is supported) without waiting for the device.
+# Each cache below keeps, per entry, the _fingerprint of the tensor it was made from and reuses
+# the entry only while _unchanged: keyed on identity and version alone, a `.data =` assignment or
+# an edit through numpy went unseen, and the fused layer kept computing with the old stencil.
+# Device tensor -> (its fingerprint, a CPU copy). Small metadata tensors are read on the host
+# (which kernel variant to launch, whether a stencil is supported) without waiting for the device.
 _host_copies = WeakIdKeyDictionary()
-# Stencil tensor -> (its version, whether stencil_is_supported).
+# Stencil tensor -> (its fingerprint, whether stencil_is_supported).
 _supported = WeakIdKeyDictionary()
-# The operators' (E, 6, 3, 3) stencils -> (their version, check_stencil_form's fault or None).
+# The operators' (E, 6, 3, 3) stencils -> (their fingerprint, check_stencil_form's fault or None).
 _form_checked = WeakIdKeyDictionary()
 
 
 def host_copy(t: Tensor) -> Tensor:
     """A CPU copy of a small tensor (to read, not to write): ``t`` itself on the CPU; for a device
     tensor the copy it was uploaded from (:func:`operator_arguments`), else one device-to-host
-    read, kept while ``t`` is unchanged (its version counter)."""
+    read, kept while ``t`` is unchanged: its version counter and storage (:func:`_fingerprint`;
+    an edit on the device that bypasses the version counter is not seen)."""
     if t.device.type == "cpu":
         return t
     cached = _host_copies.get(t)
-    if cached is not None and cached[0] == t._version:
+    if cached is not None and _unchanged(t, cached[0]):
         return cached[1]
     copy = t.detach().cpu()
-    _host_copies[t] = (t._version, copy)
+    _host_copies[t] = (_fingerprint(t), copy)
     return copy
 
 
@@ -476,7 +512,7 @@ def _upload(t: Tensor, device: torch.device) -> Tensor:
     if device.type == "cpu":
         return t
     on_device = t.to(device)
-    _host_copies[on_device] = (on_device._version, t)
+    _host_copies[on_device] = (_fingerprint(on_device), t)
     return on_device
 
 
@@ -489,15 +525,20 @@ _METADATA_LOCK = threading.Lock()
 
 def _metadata(specs: Sequence[PDESpec], device: torch.device) -> tuple[Tensor, Tensor]:
     """``monomials`` ``(E, M, 2)`` int64 and ``stencils`` ``(E, 6, 3, 3)`` float64 on ``device``,
-    uploaded once per configuration."""
+    uploaded once per configuration, and again when a stencil's values change: on the CPU any
+    change (its values are compared), on a device an in-place change or a ``.data =``
+    assignment (:func:`host_copy`; an edit there that bypasses the version counter is not seen).
+    """
     recipes = tuple(tuple(spec.monomials) for spec in specs)
     hosts = [host_copy(spec.stencil) for spec in specs]
-    # The stencils by identity and version: the entry keeps them alive, so no id is reused.
-    key = (str(device), recipes, tuple((id(h), h._version) for h in hosts))
+    # The stencils by identity (the entry keeps them alive, so no id is reused), and reused only
+    # while each is unchanged (_unchanged: identity and version missed `.data =` and numpy edits).
+    key = (str(device), recipes, tuple(id(h) for h in hosts))
     with _METADATA_LOCK:
-        if key in _METADATA:
+        entry = _METADATA.get(key)
+        if entry is not None and all(map(_unchanged, hosts, entry[3])):
             _METADATA.move_to_end(key)
-            return _METADATA[key][:2]
+            return entry[:2]
     # Outside inference mode: the operator saves them for backward, also in a training step
     # after an evaluation under torch.inference_mode() made this entry.
     with torch.inference_mode(False):
@@ -506,7 +547,8 @@ def _metadata(specs: Sequence[PDESpec], device: torch.device) -> tuple[Tensor, T
         monomials = torch.full((len(specs), mmax, 2), -1, dtype=torch.int64)
         for e, recipe in enumerate(recipes):
             monomials[e, :len(recipe)] = torch.tensor(recipe, dtype=torch.int64)
-        entry = (_upload(monomials, device), _upload(stencils, device), hosts)
+        entry = (_upload(monomials, device), _upload(stencils, device), hosts,
+                 [_fingerprint(h) for h in hosts])
     with _METADATA_LOCK:
         _METADATA[key] = entry
         if len(_METADATA) > _METADATA_SIZE:
@@ -517,11 +559,38 @@ def _metadata(specs: Sequence[PDESpec], device: torch.device) -> tuple[Tensor, T
 # ----------------------------------------------------------------------------- the entry point
 
 
+def _check_settings(what: str, specs: Sequence[PDESpec]) -> None:
+    """Each spec's ``ratio_eps`` positive and finite, else the reference's
+    :class:`~eqpdenet.errors.ConfigError` (:class:`~eqpdenet.pde.invariants.RatioRegularisation`
+    refuses it for every invariant set: the kernels gave NaN on flat images for 0, took a
+    negative one as its absolute value and made every ratio 0 for inf); and each recipe ending
+    at its first row with a negative invariant index, that row and every later one the padding
+    ``(-1, -1)``, else an :class:`~eqpdenet.errors.InputError` (the kernels stop at that row:
+    a real monomial after it was dropped, silently)."""
+    for spec in specs:
+        eps = spec.ratio_eps
+        if not (isinstance(eps, int | float) and not isinstance(eps, bool)
+                and 0 < eps < math.inf):
+            raise ConfigError(f"ratio regularisation eps must be positive and finite, got "
+                              f"{eps!r}")
+        rows = [tuple(row) for row in spec.monomials]
+        end = next((m for m, row in enumerate(rows) if row[1] < 0), len(rows))
+        for m in range(end, len(rows)):
+            if rows[m] != (-1, -1):
+                raise InputError(f"{what}: monomial {m} of PDE {spec.name!r} must be the padding "
+                                 f"(-1, -1), as every row from F's first padding row on, got "
+                                 f"{rows[m]}")
+
+
 def operator_arguments(u: Tensor, specs: Sequence[PDESpec], store_states: bool) -> dict:
     """The named arguments of ``torch.ops.eqpdenet.euler_evolve`` for ``specs`` (weights
     zero-padded to the longest ``F``); differentiable in ``u`` and the specs' parameters. At
-    least one spec (else a :class:`~eqpdenet.errors.ConfigError`)."""
+    least one spec (else a :class:`~eqpdenet.errors.ConfigError`); a ``ratio_eps`` not positive
+    and finite is the reference's :class:`~eqpdenet.errors.ConfigError`, a real monomial after a
+    padding row ``(-1, -1)`` of a recipe an :class:`~eqpdenet.errors.InputError`
+    (:func:`_check_settings`), both before anything runs."""
     _require_specs("operator_arguments", u, specs)
+    _check_settings("operator_arguments", specs)
     mmax = max(len(spec.monomials) for spec in specs)
     weight = torch.stack([torch.nn.functional.pad(spec.weight, (0, mmax - spec.weight.numel()))
                           for spec in specs])

@@ -57,6 +57,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import math
 
 import torch
 import triton
@@ -693,13 +694,22 @@ def _settings(device: torch.device, dtype: torch.dtype, sets: tuple, boundaries:
 
 
 def _recipes(monomials: Tensor, sets) -> tuple[tuple[int, ...], bool]:
-    """Monomials per PDE, and whether every F is the linear one (``T_k = I_k``, k < K)."""
+    """Monomials per PDE, and whether every F is the linear one (``T_k = I_k``, k < K). F ends
+    at its first row with a negative invariant index; that row and every later one must be the
+    padding ``(-1, -1)`` (else an :class:`~eqpdenet.errors.InputError`, as the C++ kernel)."""
     table = host_copy(monomials).tolist()
     counts, linear = [], True
     for e, rows in enumerate(table):
         n = 0
         while n < len(rows) and rows[n][1] >= 0:
             n += 1
+        # F ends at its first row with a negative invariant index; the rows from there on only
+        # pad (the schema's (-1, -1)): a real row after a padding row was dropped, silently.
+        for m in range(n, len(rows)):
+            if rows[m] != [-1, -1]:
+                raise InputError(f"euler_evolve: monomial {m} of a {sets[e]!r} PDE must be the "
+                                 f"padding (-1, -1), as every row from F's first padding row on, "
+                                 f"got {tuple(rows[m])}")
         known = N_INVARIANTS.get(sets[e])  # (an unknown set: _settings says so)
         for m in range(n if known else 0):  # an earlier monomial times an invariant: other
             if not (-1 <= rows[m][0] < m and rows[m][1] < known):  # indices read outside
@@ -736,7 +746,8 @@ def _check_arguments(what: str, u, weight, bias, monomials, stencils, invariant_
     or device was read out of bounds (an illegal access on a GPU; NaN or garbage under the
     interpreter), not refused. The same rules as the C++ kernel's (``csrc/fused_euler.cpp``):
     ``stencils`` float64, and every per-PDE list (``ratio_regularisations`` where given, not
-    None) one value per PDE."""
+    None) one value per PDE. A ``ratio_eps`` not positive and finite is a
+    :class:`~eqpdenet.errors.ConfigError`, as in the reference (for every invariant set)."""
     if u.dim() != 4:
         raise InputError(f"{what}: u must be (B, C, H, W), got shape {tuple(u.shape)}")
     batch, channels, height, width = u.shape
@@ -770,7 +781,12 @@ def _check_arguments(what: str, u, weight, bias, monomials, stencils, invariant_
                  if t is not None and t.numel() and t.device != u.device]
     if elsewhere:
         raise InputError(f"{what}: {', '.join(elsewhere)} not on u's device {u.device}")
-    for e, (boundary, count) in enumerate(zip(boundaries, steps, strict=True)):
+    for e, (boundary, count, eps) in enumerate(zip(boundaries, steps, ratio_eps, strict=True)):
+        # as the reference (eqpdenet.pde.invariants.RatioRegularisation), for every set: eps 0
+        # gave NaN on flat images, a negative one acted as its absolute value, inf zero ratios
+        if not 0 < float(eps) < math.inf:
+            raise ConfigError(f"{what}: ratio regularisation eps must be positive and finite, "
+                              f"got {eps!r} for PDE {e}")
         if int(count) < 0:
             raise InputError(f"{what}: steps must be >= 0, got {count} for PDE {e}")
         if int(count) > KERNEL_MAX_STEPS:  # the settings are int32: more were taken mod 2**32

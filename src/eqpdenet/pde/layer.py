@@ -540,13 +540,16 @@ class PDELayer(nn.Module):
         if (kernels.resolve_backend(self.backend) != "reference" and not torch.jit.is_tracing()
                 and not self._hooked()):
             specs = self.kernel_specs()
-            reason = specs if isinstance(specs, str) else kernels.unsupported_reason(u, specs)
-            if reason is None:
-                # The reference's size rule first, with its error (each PDE's jet, in order): the
-                # fused kernel returned an empty result for a 0 x W image the reference refuses.
+            if not isinstance(specs, str):
+                # The reference's size rule first, with its error (each PDE's jet, in order),
+                # before a backend is chosen: the fused kernel returned an empty result for a
+                # 0 x W image the reference refuses, and a reflect image of one row warned that
+                # it took the reference, which then refused it.
                 for spec in specs:
                     check_jet_image_size(u.shape[-2], u.shape[-1], spec.boundary,
                                          spec.stencil.shape[-1] // 2)
+            reason = specs if isinstance(specs, str) else kernels.unsupported_reason(u, specs)
+            if reason is None:
                 return kernels.fused_evolve(u, specs, recompute=self.recompute)
             kernels.warn_once(f"{reason}; using the reference PDE layer")
         return self._evolve_reference(u)

@@ -117,6 +117,12 @@ Pde<T> make_pde(const std::string& set, const std::string& boundary, double dt, 
   q.steps = static_cast<int>(steps);
   q.nmono = 0;
   while (q.nmono < mmax && recipe[2 * q.nmono + 1] >= 0) ++q.nmono;
+  // F ends at its first row with a negative invariant index; the rows from there on only pad
+  // (the schema's (-1, -1)). A real row after a padding row was dropped, silently.
+  for (int64_t m = q.nmono; m < mmax; ++m)
+    TORCH_CHECK(recipe[2 * m] == -1 && recipe[2 * m + 1] == -1, "fused_euler: monomial ", m,
+                " of a '", set, "' PDE must be the padding (-1, -1), as every row from F's first "
+                "padding row on, got (", recipe[2 * m], ", ", recipe[2 * m + 1], ")");
   // A monomial multiplies an earlier one by an invariant of the set: any other index would be
   // read outside the per-pixel buffers.
   for (int m = 0; m < q.nmono; ++m)
@@ -968,6 +974,11 @@ Settings check_common(const at::Tensor& u, const at::Tensor& weights, const at::
     // 1-step result, 2^32 returned u itself).
     TORCH_CHECK(steps[e] <= std::numeric_limits<int>::max(), "fused_euler: steps must be <= ",
                 std::numeric_limits<int>::max(), ", got ", steps[e], " for PDE ", e);
+    // As the reference (eqpdenet.pde.invariants.RatioRegularisation), for every set: eps 0 gave
+    // NaN on flat images, a negative one acted as its absolute value, inf made every ratio 0.
+    TORCH_CHECK(eps[e] > 0 && eps[e] < std::numeric_limits<double>::infinity(),
+                "fused_euler: ratio regularisation eps must be positive and finite, got ", eps[e],
+                " for PDE ", e);
     // The padded row -1 copies row 1 (and row H row H - 2): an image of one row or column has
     // none, and the halo would be read from outside the image (the reference refuses it too).
     TORCH_CHECK(boundaries[e] != "reflect" || (u.size(2) > 1 && u.size(3) > 1),
