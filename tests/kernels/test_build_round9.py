@@ -273,6 +273,6 @@ def test_ninja_of_the_environment_is_found_when_the_environment_is_not_activated
     (tmp_path / "bin").mkdir()
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     assert cpu._find_ninja()
-    assert os.environ["PATH"].split(os.pathsep) == [str(tmp_path / "bin"), folder]
-    assert cpu._find_ninja()  # found now: PATH stays as it is
-    assert os.environ["PATH"].split(os.pathsep) == [str(tmp_path / "bin"), folder]
+    # a build's PATH: the package's first (round 19); this process's own PATH is left as it is
+    assert cpu._ninja_path().split(os.pathsep) == [folder, str(tmp_path / "bin")]
+    assert os.environ["PATH"] == str(tmp_path / "bin")

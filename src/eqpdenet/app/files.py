@@ -300,7 +300,10 @@ def check_output_file(path: Path, option: str = "--out", room: int = OUTPUT_ROOM
         target = link_target(path)  # a link is written through: its file's folder is tested
     except OSError as error:
         raise OutputFolderError(f"{option} {path}: {_reason(error)}") from None
-    make_folder(target.parent)
+    try:
+        make_folder(target.parent)
+    except OutputFolderError as error:  # named by the option and path, as the others below
+        raise _labelled(error, f"{option} {path}") from None
     _write_probe(target, f"{option} {path}", room)
     return path
 
@@ -321,6 +324,13 @@ def check_output_folder(folder: Path, what: str, room: int = OUTPUT_ROOM) -> Pat
         raise OutputFolderError(f"{what} {folder} is a file, not a folder")
     _write_probe(folder / "probe", f"{what} {folder}", room)
     return folder
+
+
+def _labelled(error: OutputFolderError, label: str) -> OutputFolderError:
+    """``error`` (its type and ``errno`` kept) with its message after ``label: ``."""
+    labelled = type(error)(f"{label}: {error}")
+    labelled.errno = error.errno
+    return labelled
 
 
 def _write_probe(target: Path, label: str, room: int) -> None:

@@ -836,19 +836,25 @@ def check_output_space(out: Path, *, runs: int, checkpoints: int, parameters: in
       ``train``'s ``out`` has neither folder: all goes to ``out``'s). The estimate errs on the
       large side (:data:`RECORD_BYTES` per record, and per checkpoint besides its tensors).
     * The largest file against this process's file size limit (``ulimit -f``:
-      :func:`~eqpdenet.app.files.check_file_size`): a checkpoint (its parameters' float32
-      bytes, though its buffers may add more, and
+      :func:`~eqpdenet.app.files.check_file_size`): a checkpoint (its tensors' bytes, buffers
+      included: the larger of ``state_bytes`` and the parameters' float32 bytes, and
       :data:`CHECKPOINT_MIN_EXTRA`), a sweep's ``results.jsonl`` (the one there, and
-      :data:`RECORD_MIN_BYTES` per run to add); these err on the small side, so that only a
-      file that cannot fit is refused."""
+      :data:`RECORD_MIN_BYTES` per run to add); these err on the small side (a checkpoint holds
+      at least its tensors' bytes), so that only a file that cannot fit is refused."""
     out = Path(out)
     if sweep:  # a resumed sweep's folders: a file or a read-only mount there failed after a run
         for name, due in (("runs", runs), ("checkpoints", checkpoints)):
             if due:
                 check_output_folder(out / name, f"the sweep's {name} folder")
+    # A checkpoint's tensors, buffers included: e2cnn's sampled bases make a G-CNN's 3 to 13
+    # times its parameters' bytes, and counting the parameters alone let one train in full and
+    # then fail writing its checkpoint.
+    tensors = max(4 * parameters, state_bytes)
     if checkpoints:
-        check_file_size(4 * parameters + CHECKPOINT_MIN_EXTRA,
-                        f"a checkpoint in {out} (a model of {parameters:,} parameters)")
+        check_file_size(tensors + CHECKPOINT_MIN_EXTRA,
+                        f"a checkpoint in {out} (a model of {parameters:,} parameters"
+                        + (f", {tensors:,} bytes of tensors, its buffers included)"
+                           if tensors > 4 * parameters else ")"))
     if sweep:
         aggregate = out / "results.jsonl"
         try:
@@ -859,7 +865,7 @@ def check_output_space(out: Path, *, runs: int, checkpoints: int, parameters: in
                         f"{aggregate} (with the records of {runs} more run(s))", "at least")
     needs = [(out / "runs", runs * RECORD_BYTES, "the results"),
              (out / "checkpoints",
-              checkpoints * (max(4 * parameters, state_bytes) + RECORD_BYTES),
+              checkpoints * (tensors + RECORD_BYTES),
               "the checkpoints")]
     own = _destination(out)
     groups: dict[int, list] = {}  # file system -> [where, bytes, what, path]

@@ -1481,7 +1481,9 @@ def evaluate_scenarios(model: nn.Module, test: Split, scenarios: Iterable[str], 
 
 def git_commit(package: Path | None = None) -> str:
     """The commit of the source tree, with ``-dirty`` when the package's own files (``eqpdenet/``,
-    or the folder ``package``) differ from it, or ``unknown``.
+    or the folder ``package``) differ from it, or ``unknown``: also where the package lies inside
+    a git repository that does not track its files (installed, not editable, into a virtual
+    environment inside a user's own repository, which ignores it).
 
     Only the package counts: a sweep rewrites its tracked results (``results.jsonl``, tables)
     while it runs, and docs may be edited beside it; neither changes the code that computed a
@@ -1489,6 +1491,10 @@ def git_commit(package: Path | None = None) -> str:
     """
     package = package if package is not None else Path(__file__).resolve().parents[1]
     try:
+        # The enclosing repository's HEAD is the package's commit only where it tracks the
+        # package: else it is the user's project's, recorded as if it had computed the numbers.
+        subprocess.run(["git", "ls-files", "--error-unmatch", "--", "."], cwd=package,
+                       capture_output=True, timeout=10, check=True)
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=package, capture_output=True,
                                 text=True, timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."],

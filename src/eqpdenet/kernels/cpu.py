@@ -6,19 +6,30 @@ minutes) and cached: in ``$EQPDENET_BUILD_DIR`` if set, else under torch's exten
 (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) in ``eqpdenet-py<version>/``.
 
 Processes load the extension one at a time under an ``flock`` of ``<build folder>.lock``, which
-the kernel releases however a process ends. torch's own lock (a file ``lock`` in the build
-folder that its holder deletes) is left behind by a process killed while loading, and every
-later process would wait for it for ever; under the ``flock`` no other process can be loading,
-so such a file is stale and is removed. A build folder that cannot be written (a read-only
-mount of a prepared cache) is not locked: a finished build of exactly this source and these flags
-(its name hashes them) is loaded from it directly; without one, the message names
-``EQPDENET_BUILD_DIR``. A real build says so on stderr when it starts (it takes minutes); a build
-that fails says why in a few lines (no compiler, or the compiler's error lines), the whole output
-with ``EQPDENET_DEBUG=1``, and the layers take the reference. The kernel runs one OpenMP
-task per image of the batch (and PDE), each doing all Euler steps in cache-resident buffers: jet
-(3x3 stencil with the boundary padding), invariants, ``F_theta`` and the update in one pass per
-step. Its backward is the exact discrete adjoint, either from the states stored by the forward or,
-when they were not stored (``recompute``), recomputing them per image from the input.
+the kernel releases however a process ends. A build that finished and was imported once leaves
+``<name>.so.complete`` beside its ``<name>.so`` (the file's size and modification time, written
+under the ``flock`` after the import succeeded); while they agree the file is imported directly,
+without ninja: the build's name hashes everything the build depends on, and ninja's up-to-date
+check rebuilt a finished build silently, minutes, whenever another ninja was first on ``PATH``
+(the ``ninja`` package's 1.13 and a system's 1.11 record a command in ``.ninja_log``
+differently, and each found the other's build out of date). A ``.so`` without that file (being
+written by a killed build, or built before the file existed) goes through torch's loader and
+ninja's check as before. A build runs the ``ninja`` package's ``ninja`` (put first on ``PATH``
+for the build), else the one on ``PATH``, so that one environment always builds with one ninja.
+
+torch's own lock (a file ``lock`` in the build folder that its holder deletes) is left behind by
+a process killed while loading, and every later process would wait for it for ever; under the
+``flock`` no other process can be loading, so such a file is stale and is removed. A build
+folder that cannot be written (a read-only mount of a prepared cache) is not locked: a finished
+build of exactly this source and these flags (its name hashes them) is loaded from it directly;
+without one, the message names ``EQPDENET_BUILD_DIR``. A real build says so on stderr when it
+starts (it takes minutes); a build that fails says why in a few lines (no compiler, or the
+compiler's error lines), the whole output with ``EQPDENET_DEBUG=1``, and the layers take the
+reference. The kernel runs one OpenMP task per image of the batch (and PDE), each doing all
+Euler steps in cache-resident buffers: jet (3x3 stencil with the boundary padding), invariants,
+``F_theta`` and the update in one pass per step. Its backward is the exact discrete adjoint,
+either from the states stored by the forward or, when they were not stored (``recompute``),
+recomputing them per image from the input.
 
 The plain PyTorch code in :mod:`eqpdenet.pde` is the reference and defines the semantics; the
 kernel agrees with it to rounding (``tests/kernels/``).
@@ -201,23 +212,68 @@ def _compiler_missing() -> str | None:
     return f"no C++ compiler found: {named}; install g++ or set CXX"
 
 
-def _find_ninja() -> bool:
-    """Whether torch's build finds ``ninja`` (it runs ``ninja`` from ``PATH``). The ``ninja``
-    package (a dependency) puts it beside the environment's Python, which is not on ``PATH`` when
-    the environment is used without activating it (``.venv/bin/python``, a notebook's kernel):
-    that folder is then added at the end of this process's ``PATH``."""
-    if shutil.which("ninja") is not None:
-        return True
-    folders = [os.path.dirname(sys.executable)]
+def _package_ninja() -> str | None:
+    """The folder of the ``ninja`` package's ``ninja`` (a dependency: the environment's scripts
+    folder, beside its Python), or None where the package or its program is missing."""
     with contextlib.suppress(Exception):  # any problem of the package: as if it were absent
         import ninja
 
-        folders.insert(0, str(ninja.BIN_DIR))
-    for folder in folders:
-        if shutil.which("ninja", path=folder) is not None:
-            os.environ["PATH"] = os.environ.get("PATH", "") + os.pathsep + folder
-            return True
-    return False
+        folder = str(ninja.BIN_DIR or "")
+        if folder and shutil.which("ninja", path=folder) is not None:
+            return folder
+    return None
+
+
+def _ninja_path() -> str | None:
+    """The ``PATH`` a build runs with (torch's build runs ``ninja`` from ``PATH``), or None where
+    no ``ninja`` is found. The ``ninja`` package's folder comes first unless the first ``ninja``
+    on ``PATH`` is already its program (as activating the environment puts it; it is not on
+    ``PATH`` when the environment is used without activating it: ``.venv/bin/python``, a
+    notebook's kernel, cron): one environment thus always builds with one ninja, where two
+    versions (the package's 1.13, a system's 1.11) record a command in ``.ninja_log``
+    differently and each rebuilt what the other had built. Without the package, the ``ninja``
+    on ``PATH``, else one beside the environment's Python (added at the end)."""
+    path = os.environ.get("PATH", "")
+    on_path, package = shutil.which("ninja"), _package_ninja()
+    if package is not None:
+        if on_path is not None and (os.path.realpath(on_path)
+                                    == os.path.realpath(shutil.which("ninja", path=package))):
+            return path
+        return package + (os.pathsep + path if path else "")
+    if on_path is not None:
+        return path
+    beside = os.path.dirname(sys.executable)
+    if shutil.which("ninja", path=beside) is not None:
+        return (path + os.pathsep if path else "") + beside
+    return None
+
+
+def _find_ninja() -> bool:
+    """Whether a build finds a ``ninja`` (:func:`_ninja_path`)."""
+    return _ninja_path() is not None
+
+
+#: Held while a build runs with :func:`_ninja_first`'s ``PATH``: two threads loading the two
+#: extensions would otherwise each restore the other's ``PATH``.
+_PATH_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _ninja_first():
+    """``PATH`` as :func:`_ninja_path` makes it for the block, as it was afterwards."""
+    with _PATH_LOCK:
+        path, saved = _ninja_path(), os.environ.get("PATH")
+        if path is None or path == saved:
+            yield
+            return
+        os.environ["PATH"] = path
+        try:
+            yield
+        finally:
+            if saved is None:
+                os.environ.pop("PATH", None)
+            else:
+                os.environ["PATH"] = saved
 
 
 def _missing_build_tool() -> str | None:
@@ -318,6 +374,47 @@ def _standard_streams():
             stream.close()
 
 
+#: Beside a build's ``<name>.so``: its size and modification time, written once it was built and
+#: imported (module docstring: such a build is imported directly, without ninja).
+COMPLETE_SUFFIX = ".complete"
+
+
+def _stamp(path: Path) -> str | None:
+    """``path``'s size and modification time (ns), or None where it cannot be read."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return f"{info.st_size} {info.st_mtime_ns}\n"
+
+
+def _is_complete(built: Path) -> bool:
+    """Whether ``built`` is the file a finished build wrote and imported
+    (:func:`_mark_complete`): its ``.complete`` file names its size and modification time."""
+    stamp = _stamp(built)
+    try:
+        return stamp is not None and Path(str(built) + COMPLETE_SUFFIX).read_text() == stamp
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _mark_complete(built: Path) -> None:
+    """Record ``built`` as finished (:func:`_is_complete`), after it was imported; written
+    through a temporary file and a rename, so that it is whole or absent. A folder that cannot
+    take it loses only the shortcut (ninja checks the build, as before)."""
+    stamp = _stamp(built)
+    if stamp is None:
+        return
+    marker = Path(str(built) + COMPLETE_SUFFIX)
+    temporary = marker.with_name(marker.name + ".tmp")
+    try:
+        temporary.write_text(stamp)
+        os.replace(temporary, marker)
+    except OSError:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+
+
 def _load_built(name: str, path: Path):
     """Import a finished build directly (as torch's loader does after its up-to-date check, which
     needs ``ninja`` and writes into the build folder)."""
@@ -382,6 +479,8 @@ class _Extension:
             raise _Unavailable(self._not_writable(build_dir, problem))
         try:
             with _build_lock(build_dir):
+                if _is_complete(built):  # built and imported before: no ninja (module doc)
+                    return _load_built(name, built)
                 if not built.is_file():
                     missing = _missing_build_tool()
                     if missing:
@@ -393,11 +492,13 @@ class _Extension:
                     return _load_built(name, built)
                 from torch.utils import cpp_extension
 
-                with _standard_streams(), _quiet_if_no_compiler():
-                    return cpp_extension.load(
+                with _standard_streams(), _quiet_if_no_compiler(), _ninja_first():
+                    module = cpp_extension.load(
                         name=name, sources=[str(self.source)], extra_cflags=CFLAGS,
                         extra_ldflags=["-fopenmp"], build_directory=build_dir, verbose=False,
                     )
+                _mark_complete(built)  # imported: whole (still under the lock)
+                return module
         except _NotWritable as error:
             if built.is_file():
                 return _load_built(name, built)
