@@ -19,10 +19,18 @@
   access to the results folder.
 
 :func:`ray_session` keeps one Ray instance (and each data set's copy in the object store) for
-several sweeps: ``study`` runs all its stages in one, instead of starting Ray for each. While Ray
-runs, the driver keeps eqpdenet's SIGTERM/SIGHUP/SIGINT handlers (``ray.init`` installs its
-own, which crash the driver on SIGTERM; ``ray.shutdown`` leaves them in place): a SIGTERM ends
-the command like Ctrl-C, with the unfinished tasks cancelled.
+several sweeps: ``study`` runs all its stages in one, instead of starting Ray for each. From
+before Ray starts to after it stops, the driver keeps eqpdenet's SIGTERM/SIGHUP/SIGINT handlers
+(:func:`_ray_leaves_signals_alone`: ``ray.init`` installed its own, which ended the driver on
+SIGTERM with exit 15, or aborted it, and ``ray.shutdown`` left SIGTERM's default, death, in place
+while it stopped Ray's processes): a SIGTERM ends the command like Ctrl-C, with the unfinished
+tasks cancelled; one that comes while Ray stops is held until it has stopped
+(:func:`_signals_held`).
+
+A task trains a run that wants a checkpoint in a folder of its own, ``eqpdenet-run-PID-*`` in the
+temporary directory, removed after the run; one left by a worker that was killed is removed by a
+later task on that machine (:func:`_sweep_run_folders`). A warning in a task is shown as the
+driver shows its own (the command line: one line, ``eqpdenet: warning: ...``).
 
 Ray is an optional dependency (``pip install 'eqpdenet[distributed]'``), imported only here and
 only when the Ray executor is used.
@@ -32,7 +40,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -40,6 +50,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -302,27 +313,89 @@ def _data_of(boxed: list):
     return _WORKER_DATA[1]
 
 
+#: The name of a task's checkpoint folder, in the temporary directory: ``eqpdenet-run-PID-*``,
+#: PID the worker process's (:func:`_sweep_run_folders`).
+_RUN_FOLDER = "eqpdenet-run-"
+_OWNED_RUN_FOLDER = re.compile(re.escape(_RUN_FOLDER) + r"(\d+)-")
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists here (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: another user's; anything else: not known dead
+        return True
+    return True
+
+
+def _sweep_run_folders(root: Path) -> None:
+    """Remove the checkpoint folders under ``root`` (``eqpdenet-run-PID-*``) of this user whose
+    worker process ``PID`` has died: a worker killed (SIGKILL, out of memory, a forced
+    ``ray.cancel``) never ran the clean-up of its run's folder, which then stayed, empty or with
+    a half-written ``model.pt``. A folder whose process lives is never touched (nor this
+    process's, nor one named otherwise, such as those of earlier versions, which recorded no
+    owner); a PID that a live process has taken again keeps its folder until that one ends."""
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return
+    own = os.getpid()
+    for entry in entries:
+        found = _OWNED_RUN_FOLDER.match(entry.name)
+        if not found or int(found.group(1)) == own:
+            continue
+        try:
+            # another user's folder is theirs to sweep (a PID may name another namespace's
+            # process where /tmp is shared)
+            if not entry.is_dir(follow_symlinks=False) or entry.stat().st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        if not _process_alive(int(found.group(1))):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
 def _ray_task(runner: Callable[..., dict], config_dict: dict, boxed: list, threads: int,
               want_checkpoint: bool, options: dict,
-              plugins: tuple[str, ...] = ()) -> tuple[dict, bytes | None]:
+              plugins: tuple[str, ...] = (), display: bytes | None = None,
+              ) -> tuple[dict, bytes | None]:
     """One run in a Ray worker: its record, and its checkpoint's bytes when one is wanted.
     ``plugins``: the driver's ``EQPDENET_PLUGINS`` modules, imported first (a worker does not
-    read the driver's environment variable; each module must be importable on its node)."""
+    read the driver's environment variable; each module must be importable on its node).
+    ``display``: the driver's ``warnings.showwarning``, pickled (the command line's one-line
+    format), shown the run's warnings with; unpickled after the plugins, as a ``--jobs`` worker
+    does it, and put back after the run (the worker process runs other tasks). A checkpoint is
+    written in a folder ``eqpdenet-run-PID-*`` of the temporary directory, removed after the run
+    and, where the worker is killed first, by a later task (:func:`_sweep_run_folders`)."""
     import torch
 
     from .config import ExperimentConfig, from_dict
     from .plugins import import_plugins
 
-    import_plugins(",".join(plugins))
-    torch.set_num_threads(threads)
-    config = from_dict(ExperimentConfig, config_dict)
-    data = _data_of(boxed)
-    if not want_checkpoint:
-        return runner(config, data, progress=False, checkpoint=None, **options), None
-    with tempfile.TemporaryDirectory(prefix="eqpdenet-run-") as folder:
-        path = Path(folder) / "model.pt"
-        record = runner(config, data, progress=False, checkpoint=path, **options)
-        return record, (path.read_bytes() if path.exists() else None)
+    shown = warnings.showwarning
+    try:
+        import_plugins(",".join(plugins))
+        if display is not None:
+            try:
+                warnings.showwarning = pickle.loads(display)
+            except Exception:  # noqa: BLE001 - a display this node cannot import: Ray's stays
+                pass
+        torch.set_num_threads(threads)
+        config = from_dict(ExperimentConfig, config_dict)
+        data = _data_of(boxed)
+        if not want_checkpoint:
+            return runner(config, data, progress=False, checkpoint=None, **options), None
+        root = Path(tempfile.gettempdir())
+        _sweep_run_folders(root)
+        with tempfile.TemporaryDirectory(prefix=f"{_RUN_FOLDER}{os.getpid()}-",
+                                         dir=root) as folder:
+            path = Path(folder) / "model.pt"
+            record = runner(config, data, progress=False, checkpoint=path, **options)
+            return record, (path.read_bytes() if path.exists() else None)
+    finally:
+        warnings.showwarning = shown
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -363,11 +436,78 @@ def _handlers() -> dict:
 
 
 def _reinstall(handlers: dict) -> None:
-    """Set ``handlers`` again, in the C library too: ``ray.init`` replaces SIGTERM's handler in
-    Python and, under it, in C (Ray's core worker: "*** SIGTERM received", exit 1), and
-    ``ray.shutdown`` leaves Python's and resets C's to the default (death, with no clean-up)."""
+    """Set ``handlers`` again (in Python, and so in the C library too)."""
     for number, handler in handlers.items():
         signal.signal(number, handler)
+
+
+@contextlib.contextmanager
+def _ray_leaves_signals_alone(ray) -> Iterator[None]:
+    """Within the block, ``ray.init`` installs no signal handler in this process, so that the
+    driver's (eqpdenet's: a SIGTERM ends the command like Ctrl-C, exit 130) stay in place while
+    Ray starts, runs and stops. Ray would install three: in Python, its driver's
+    ``sys.exit(15)`` and its local node's clean-up that exits 1 (both through
+    ``ray._private.utils.set_sigterm_handler``, made a no-op here), and in C, under Python's,
+    its core worker's "failure signal handler" (SIGTERM among the fatal signals: "*** SIGTERM
+    received", then the process aborted), which ``ray.shutdown`` then removes by setting
+    SIGTERM's default, death, for the seconds it spends stopping Ray's processes. The C one is
+    turned off for this process's core worker through the constant behind
+    ``RAY_DISABLE_FAILURE_SIGNAL_HANDLER`` (read when the core worker starts; Ray's worker
+    processes keep theirs). What it gave, a stack trace where the driver's C++ crashes, is
+    lost; a handler that runs at a moment no one chooses and ends the command with the wrong
+    status is worse. Putting the handlers back
+    after ``ray.init`` (:func:`_reinstall`, still done) cannot close the windows: during
+    ``ray.init`` and ``ray.shutdown`` Ray's handler or the default action held. Both names are
+    Ray's internals: one a version lacks is left alone. Both are put back after the block."""
+    private = getattr(ray, "_private", None)
+    utils = getattr(private, "utils", None)
+    constants = getattr(private, "ray_constants", None)
+    saved = []
+    if hasattr(utils, "set_sigterm_handler"):
+        saved.append((utils, "set_sigterm_handler", utils.set_sigterm_handler))
+        utils.set_sigterm_handler = lambda handler: None
+    if hasattr(constants, "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"):
+        saved.append((constants, "RAY_DISABLE_FAILURE_SIGNAL_HANDLER",
+                      constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER))
+        constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
+    try:
+        yield
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Within the block, a SIGINT, SIGTERM or SIGHUP is held, and given to the handler it had
+    before the block once the block ends (each signal that came, once, in the order they came):
+    ``ray.shutdown`` stopped part-way by eqpdenet's handler (a KeyboardInterrupt) would leave
+    Ray's processes running. A signal ignored (``SIG_IGN``) stays ignored; outside the main
+    thread, which alone may set handlers, nothing changes.
+
+    Why handlers that take note rather than ``signal.pthread_sigmask``: a mask holds a signal
+    for the thread that sets it only, and Ray's threads in this process (some twenty: gRPC,
+    its core worker's) leave these signals unblocked; the kernel gives a signal sent to the
+    process to any thread that does not block it, and Python's C handler, whichever thread it
+    runs in, has the main thread run the Python handler at once, inside ``ray.shutdown``. A
+    handler that only takes note holds the signal whichever thread receives it, provided the C
+    handler stays Python's, which :func:`_ray_leaves_signals_alone` sees to."""
+    current = {number: handler for number, handler in _handlers().items()
+               if handler is not signal.SIG_IGN}
+    came: list[int] = []
+
+    def hold(signum, frame):
+        if signum not in came:
+            came.append(signum)
+
+    try:
+        for number in current:
+            signal.signal(number, hold)
+        yield
+    finally:
+        _reinstall(current)
+        for number in came:  # the handler's exception (KeyboardInterrupt) ends the loop
+            signal.raise_signal(number)
 
 
 @dataclass
@@ -383,7 +523,9 @@ class _Session:
     def connect(self):
         """The ``ray`` module, connected: to the Ray this process runs already, if any (left
         running at the end), else to the cluster at ``executor.address``, or to a new instance
-        on this machine when it is None."""
+        on this machine when it is None. Ray installs no signal handler of its own meanwhile
+        (:func:`_ray_leaves_signals_alone`): a SIGTERM while it starts ends the command as
+        Ctrl-C does, and this session then stops what had started."""
         ray = import_ray()
         if ray.is_initialized():
             return ray
@@ -393,24 +535,27 @@ class _Session:
         self.started = True  # before init: an interrupted start is stopped too
         try:
             # No address: a new instance on this machine ("local"), not whatever RAY_ADDRESS
-            # or a `ray start` here would join.
-            ray.init(address=self.executor.address or "local", include_dashboard=False,
-                     logging_level="WARNING", configure_logging=True)
+            # or a `ray start` here would join. A signal while Ray starts is not held, as it is
+            # while Ray stops: the start can take long (a cluster's), Ctrl-C always stopped it
+            # at once, and close() stops what had started.
+            with _ray_leaves_signals_alone(ray):
+                ray.init(address=self.executor.address or "local", include_dashboard=False,
+                         logging_level="WARNING", configure_logging=True)
         except ConnectionError as error:
             raise ConfigError(f"--address {self.executor.address}: no Ray cluster there "
                               f"({' '.join(str(error).split())})") from None
         finally:
-            _reinstall(self.handlers)
+            _reinstall(self.handlers)  # (a Ray whose internals differ from those named there)
         return ray
 
     def close(self) -> None:
+        """Stop the Ray this session started, if any, with the interrupting signals held
+        meanwhile (:func:`_signals_held`): one that came is handled once Ray has stopped."""
         self.data.clear()
         if self.started:
             self.started = False
-            try:
+            with _signals_held():
                 import_ray().shutdown()
-            finally:
-                _reinstall(self.handlers)
 
 
 #: The session of the innermost :func:`ray_session` block, if any.
@@ -491,7 +636,8 @@ def run_on_ray(tasks: list[tuple[str, object, Path | None]], runner: Callable[..
     Runs in the Ray of the enclosing :func:`ray_session`, else in its own: it joins the cluster
     at ``executor.address``, or starts a local Ray instance when it is None and none is running
     in this process, and leaves (and stops what it started) at the end, or when the caller stops
-    iterating (Ctrl-C, SIGTERM: unfinished tasks are cancelled).
+    iterating (Ctrl-C, SIGTERM: unfinished tasks are cancelled). The tasks show their warnings
+    with this process's ``warnings.showwarning`` (the command line's: one line each).
     """
     import json
 
@@ -499,6 +645,7 @@ def run_on_ray(tasks: list[tuple[str, object, Path | None]], runner: Callable[..
     from .config import to_dict
     from .files import atomic_write
     from .training import prepare_data
+    from .workers import _parent_warning_display
 
     with ray_session(executor) as session:
         ray = session.connect()
@@ -514,6 +661,9 @@ def run_on_ray(tasks: list[tuple[str, object, Path | None]], runner: Callable[..
                                   "run could ever start")
             task = ray.remote(_ray_task)
             plugins = tuple(plugin_names())
+            # the tasks show warnings as this process does (a --jobs worker does the same)
+            display = _parent_warning_display()
+            display = pickle.dumps(display) if display is not None else None
             keys: dict[str, str] = {}  # the data's configuration -> its key (hashed once a call)
             for key, run, checkpoint in tasks:
                 config_key = json.dumps(to_dict(run.data), sort_keys=True)
@@ -529,7 +679,7 @@ def run_on_ray(tasks: list[tuple[str, object, Path | None]], runner: Callable[..
                                    max_retries=executor.max_retries,
                                    name=f"eqpdenet {key}").remote(
                     runner, to_dict(run), [session.data[data_key]], executor.cpus_per_run,
-                    checkpoint is not None, options, plugins)
+                    checkpoint is not None, options, plugins, display)
                 pending[ref] = (key, checkpoint)
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
