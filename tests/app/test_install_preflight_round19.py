@@ -120,6 +120,17 @@ def test_a_file_where_the_folder_should_be_is_named_with_the_option_and_path(tmp
     assert blocker.read_text() == "hi\n" and os.listdir(tmp_path) == ["afile"]
 
 
+def test_a_link_to_nothing_where_the_folder_should_be_is_said_to_be_one(tmp_path):
+    """A dangling symbolic link in the way was called "a file" (a review's find)."""
+    link = tmp_path / "gone"
+    link.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(OutputFolderError) as caught:
+        check_output_file(link / "s.json", "--json")
+    assert str(caught.value) == (f"--json {link / 's.json'}: {link} is a symbolic link to "
+                                 f"nothing ({tmp_path / 'nowhere'}), not a folder")
+    assert os.listdir(tmp_path) == ["gone"]
+
+
 def test_a_folder_that_cannot_be_made_keeps_its_error_type_and_errno(tmp_path, monkeypatch):
     def full(folder):
         error = FolderMovedError(f"cannot create the folder {folder}: no space left on the device")

@@ -177,24 +177,30 @@ def dead_pid() -> int:
 
 
 def test_run_folders_of_dead_workers_are_swept_and_no_others(tmp_path):
-    dead, live = dead_pid(), os.getppid()
-    for name in (f"eqpdenet-run-{dead}-abc", f"eqpdenet-run-{live}-abc",
-                 f"eqpdenet-run-{os.getpid()}-abc", "eqpdenet-run-abc_123", f"other-{dead}-abc"):
+    """Only this machine's folders of dead processes go: not a live process's, this one's,
+    another machine's (a shared temporary directory: its process ids are not ours), a number
+    that is no process id (it raised a raw OverflowError), nor names of another form."""
+    dead, live, host = dead_pid(), os.getppid(), distributed._host_tag()
+    other_host = "0" * 8 if host != "0" * 8 else "1" * 8
+    kept = [f"eqpdenet-run-{host}-{live}-abc", f"eqpdenet-run-{host}-{os.getpid()}-abc",
+            f"eqpdenet-run-{other_host}-{dead}-abc", f"eqpdenet-run-{host}-{2 ** 70}-abc",
+            f"eqpdenet-run-{host}-{2 ** 32}-abc", f"eqpdenet-run-{dead}-abc",
+            "eqpdenet-run-abc_123", f"other-{dead}-abc"]
+    for name in (f"eqpdenet-run-{host}-{dead}-abc", *kept):
         (tmp_path / name).mkdir()
         (tmp_path / name / "model.pt").write_bytes(b"half")
-    (tmp_path / f"eqpdenet-run-{dead}-file").write_text("not a folder")
+    (tmp_path / f"eqpdenet-run-{host}-{dead}-file").write_text("not a folder")
     _sweep_run_folders(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([
-        f"eqpdenet-run-{live}-abc", f"eqpdenet-run-{os.getpid()}-abc", "eqpdenet-run-abc_123",
-        f"other-{dead}-abc", f"eqpdenet-run-{dead}-file"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [*kept, f"eqpdenet-run-{host}-{dead}-file"])
 
 
 def test_a_ray_task_sweeps_stale_folders_and_names_its_own_by_its_process(monkeypatch, tmp_path):
-    """A worker killed mid-run left its folder (``eqpdenet-run-PID-*``); the next task on the
+    """A worker killed mid-run left its folder (``eqpdenet-run-HOST-PID-*``); the next task on the
     machine removes it, and its own folder, named by its process, goes after its run."""
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     monkeypatch.setattr(distributed, "_data_of", lambda boxed: "data")
-    stale = tmp_path / f"eqpdenet-run-{dead_pid()}-x1"
+    stale = tmp_path / f"eqpdenet-run-{distributed._host_tag()}-{dead_pid()}-x1"
     stale.mkdir()
     (stale / "model.pt").write_bytes(b"half-written")
     seen = []
@@ -207,7 +213,7 @@ def test_a_ray_task_sweeps_stale_folders_and_names_its_own_by_its_process(monkey
     record, model = _ray_task(runner, {}, [None], 1, True, {})
     assert (record, model) == ({"key": "k"}, b"weights")
     [(folder, present)] = seen
-    assert re.fullmatch(rf"eqpdenet-run-{os.getpid()}-\w+", folder)
+    assert re.fullmatch(rf"eqpdenet-run-{distributed._host_tag()}-{os.getpid()}-\w+", folder)
     assert present == [folder]  # the stale one was gone before the run
     assert list(tmp_path.iterdir()) == []
 

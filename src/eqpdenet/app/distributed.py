@@ -27,7 +27,7 @@ while it stopped Ray's processes): a SIGTERM ends the command like Ctrl-C, with 
 tasks cancelled; one that comes while Ray stops is held until it has stopped
 (:func:`_signals_held`).
 
-A task trains a run that wants a checkpoint in a folder of its own, ``eqpdenet-run-PID-*`` in the
+A task trains a run that wants a checkpoint in a folder of its own, ``eqpdenet-run-HOST-PID-*`` in the
 temporary directory, removed after the run; one left by a worker that was killed is removed by a
 later task on that machine (:func:`_sweep_run_folders`). A warning in a task is shown as the
 driver shows its own (the command line: one line, ``eqpdenet: warning: ...``).
@@ -39,6 +39,7 @@ only when the Ray executor is used.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pickle
 import re
@@ -313,38 +314,48 @@ def _data_of(boxed: list):
     return _WORKER_DATA[1]
 
 
-#: The name of a task's checkpoint folder, in the temporary directory: ``eqpdenet-run-PID-*``,
-#: PID the worker process's (:func:`_sweep_run_folders`).
+#: The name of a task's checkpoint folder, in the temporary directory:
+#: ``eqpdenet-run-HOST-PID-*``, HOST the first 8 hex digits of the SHA-256 of the machine's host
+#: name and PID the worker process's (:func:`_sweep_run_folders`).
 _RUN_FOLDER = "eqpdenet-run-"
-_OWNED_RUN_FOLDER = re.compile(re.escape(_RUN_FOLDER) + r"(\d+)-")
+_OWNED_RUN_FOLDER = re.compile(re.escape(_RUN_FOLDER) + r"([0-9a-f]{8})-(\d+)-")
+
+
+def _host_tag() -> str:
+    """This machine's part of a run folder's name (a host name may hold any character)."""
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
 
 
 def _process_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists here (one of another user's counts)."""
+    """Whether a process ``pid`` may exist here: False only where the system says there is
+    none (one of another user's counts; a number no process id can be is not known dead)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:  # PermissionError: another user's; anything else: not known dead
+    except (OSError, OverflowError, ValueError):  # another user's; or not a process id at all
         return True
     return True
 
 
 def _sweep_run_folders(root: Path) -> None:
-    """Remove the checkpoint folders under ``root`` (``eqpdenet-run-PID-*``) of this user whose
-    worker process ``PID`` has died: a worker killed (SIGKILL, out of memory, a forced
-    ``ray.cancel``) never ran the clean-up of its run's folder, which then stayed, empty or with
-    a half-written ``model.pt``. A folder whose process lives is never touched (nor this
-    process's, nor one named otherwise, such as those of earlier versions, which recorded no
-    owner); a PID that a live process has taken again keeps its folder until that one ends."""
+    """Remove the checkpoint folders under ``root`` (``eqpdenet-run-HOST-PID-*``) of this user
+    and this machine (``HOST``, :func:`_host_tag`) whose worker process ``PID`` has died: a
+    worker killed (SIGKILL, out of memory, a forced ``ray.cancel``) never ran the clean-up of its
+    run's folder, which then stayed, empty or with a half-written ``model.pt``. A folder whose
+    process lives is never touched, nor this process's, nor another machine's (a temporary
+    directory shared by nodes or containers: their process ids are not this machine's), nor one
+    named otherwise, such as those of earlier versions, which recorded no owner; a PID that a
+    live process has taken again keeps its folder until that one ends. Containers that share
+    both a host name and a temporary directory but not their process ids are not told apart."""
     try:
         entries = list(os.scandir(root))
     except OSError:
         return
-    own = os.getpid()
+    own, host = os.getpid(), _host_tag()
     for entry in entries:
         found = _OWNED_RUN_FOLDER.match(entry.name)
-        if not found or int(found.group(1)) == own:
+        if not found or found.group(1) != host or int(found.group(2)) == own:
             continue
         try:
             # another user's folder is theirs to sweep (a PID may name another namespace's
@@ -353,7 +364,7 @@ def _sweep_run_folders(root: Path) -> None:
                 continue
         except OSError:
             continue
-        if not _process_alive(int(found.group(1))):
+        if not _process_alive(int(found.group(2))):
             shutil.rmtree(entry.path, ignore_errors=True)
 
 
@@ -367,7 +378,7 @@ def _ray_task(runner: Callable[..., dict], config_dict: dict, boxed: list, threa
     ``display``: the driver's ``warnings.showwarning``, pickled (the command line's one-line
     format), shown the run's warnings with; unpickled after the plugins, as a ``--jobs`` worker
     does it, and put back after the run (the worker process runs other tasks). A checkpoint is
-    written in a folder ``eqpdenet-run-PID-*`` of the temporary directory, removed after the run
+    written in a folder ``eqpdenet-run-HOST-PID-*`` of the temporary directory, removed after the run
     and, where the worker is killed first, by a later task (:func:`_sweep_run_folders`)."""
     import torch
 
@@ -389,7 +400,7 @@ def _ray_task(runner: Callable[..., dict], config_dict: dict, boxed: list, threa
             return runner(config, data, progress=False, checkpoint=None, **options), None
         root = Path(tempfile.gettempdir())
         _sweep_run_folders(root)
-        with tempfile.TemporaryDirectory(prefix=f"{_RUN_FOLDER}{os.getpid()}-",
+        with tempfile.TemporaryDirectory(prefix=f"{_RUN_FOLDER}{_host_tag()}-{os.getpid()}-",
                                          dir=root) as folder:
             path = Path(folder) / "model.pt"
             record = runner(config, data, progress=False, checkpoint=path, **options)

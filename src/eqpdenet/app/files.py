@@ -216,6 +216,9 @@ def make_folder(folder: Path) -> Path:
     except FolderMovedError:
         raise
     except FileExistsError:
+        if folder.is_symlink() and not folder.exists():
+            raise OutputFolderError(f"{folder} is a symbolic link to nothing "
+                                    f"({os.readlink(folder)}), not a folder") from None
         if folder.exists() or folder.is_symlink():
             raise OutputFolderError(f"{folder} is a file, not a folder") from None
         blocker = next((p for p in folder.parents if p.exists() and not p.is_dir()),
