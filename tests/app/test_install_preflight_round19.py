@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import stat
@@ -185,9 +186,9 @@ def test_a_build_that_finished_is_imported_without_torchs_loader(tmp_path, monke
     assert capsys.readouterr().err.startswith("eqpdenet: building the fused C++ kernel")
     name = extension.name()
     built = Path(extension.build_directory()) / f"{name}.so"
-    stamp = built.stat()
-    assert (Path(f"{built}.complete").read_text()
-            == f"{stamp.st_size} {stamp.st_mtime_ns}\n")  # written after torch imported it
+    content = built.read_bytes()
+    assert (Path(f"{built}.complete").read_text()  # written after torch imported it
+            == f"{len(content)} {hashlib.sha256(content).hexdigest()}\n")
 
     # the next process: imported directly, whichever ninja is on PATH (none here), no notice
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
@@ -212,6 +213,10 @@ def test_a_so_other_than_the_one_imported_goes_through_torchs_loader(tmp_path, m
     built.parent.mkdir(parents=True)
     built.write_bytes(b"whole")
     cpu._mark_complete(built)
+    os.utime(built, ns=(1, 1))  # copied without its times (cp -r): the same file, still whole
+    with monkeypatch.context() as patched:
+        patched.setattr(cpu, "_load_built", lambda name, path: "imported")
+        assert _fresh(monkeypatch, tmp_path / "build").load() == "imported"
     with open(built, "ab") as handle:  # rewritten since (a build killed while it linked)
         handle.write(b" and more")
     assert _fresh(monkeypatch, tmp_path / "build").load() == "checked"

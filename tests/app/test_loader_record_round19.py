@@ -93,3 +93,28 @@ def test_a_built_in_sets_runs_are_not_a_plugins(tmp_path):
     # records from before the loader was recorded, and data files, are not compared
     assert _loader_differences({"dataset": {"source": "x"}}, config) == []
     assert _loader_differences({}, config) == []
+
+
+def test_evaluate_warns_when_another_loader_holds_the_name(tmp_path, capsys):
+    """``evaluate`` (and ``export``, through the same check) of a checkpoint trained on a
+    registered set that another loader holds now says so, naming both (it scored the other
+    data without a word; a review's find)."""
+    from eqpdenet.app.cli import main
+
+    checkpoint = str(tmp_path / "run" / "model.pt")
+    with registered(DATASETS, "r19data", _load):
+        assert main(["train", "--no-progress", "--model", "fcnn", "--hidden", "4", "--epochs",
+                     "1", "--dataset", "r19data", "--set", "scenarios=['test']",
+                     "--set", "data.validation=0", "--out", str(tmp_path / "run")]) == 0
+        capsys.readouterr()
+        assert main(["evaluate", checkpoint]) == 0
+        assert [line for line in capsys.readouterr().err.splitlines()
+                if line.startswith("eqpdenet:")] == []  # the same loader: no word
+    with registered(DATASETS, "r19data", _load_other):
+        assert main(["evaluate", checkpoint]) == 0
+    captured = capsys.readouterr()
+    assert "test:" in captured.out and "Traceback" not in captured.err
+    assert [line for line in captured.err.splitlines() if line.startswith("eqpdenet:")] == [
+        f"eqpdenet: warning: data set 'r19data' is not the one {checkpoint} was trained on: "
+        f"loaded by {__name__}._load_other now, by {__name__}._load when it was trained (a "
+        f"plugin registered or removed since); the scores are on the data as it is now"]

@@ -631,7 +631,10 @@ def _check_evaluation_data(checkpoint, config: ExperimentConfig, payload: dict, 
     the model never learned (and its images would not fit the model). The right shape with
     another fingerprint than the checkpoint recorded (the file's content changed) is a warning
     (``use``: what the command then does with the data). Checkpoints saved before fingerprints,
-    and registered data sets, have none to compare."""
+    and registered data sets, have none to compare. A registered data set whose recorded loader
+    (``dataset.loader``) is not the one registered under its name now (a plugin imported or
+    removed since: another data set under one name) is a warning too; checkpoints saved before
+    loaders were recorded have none."""
     from ..errors import DataFileError
 
     model = config.model
@@ -650,6 +653,15 @@ def _check_evaluation_data(checkpoint, config: ExperimentConfig, payload: dict, 
         warnings.warn(f"{config.data.dataset} is not the file {checkpoint} was trained on "
                       f"(fingerprint {current}, recorded {recorded}): its content changed since; "
                       f"{use}", RuntimeWarning, stacklevel=2)
+    loader = dataset.get("loader") if isinstance(dataset, dict) else None
+    current = data.info.get("loader")
+    if isinstance(loader, str) and current is not None and loader != current:
+        said = lambda name: (  # noqa: E731
+            "eqpdenet's built-in loader" if name == "built-in" else name)
+        warnings.warn(f"data set {config.data.dataset!r} is not the one {checkpoint} was trained "
+                      f"on: loaded by {said(current)} now, by {said(loader)} when it was trained "
+                      f"(a plugin registered or removed since); {use}", RuntimeWarning,
+                      stacklevel=2)
 
 
 def _export(args) -> int:

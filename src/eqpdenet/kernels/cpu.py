@@ -7,7 +7,7 @@ minutes) and cached: in ``$EQPDENET_BUILD_DIR`` if set, else under torch's exten
 
 Processes load the extension one at a time under an ``flock`` of ``<build folder>.lock``, which
 the kernel releases however a process ends. A build that finished and was imported once leaves
-``<name>.so.complete`` beside its ``<name>.so`` (the file's size and modification time, written
+``<name>.so.complete`` beside its ``<name>.so`` (the file's size and SHA-256, written
 under the ``flock`` after the import succeeded); while they agree the file is imported directly,
 without ninja: the build's name hashes everything the build depends on, and ninja's up-to-date
 check rebuilt a finished build silently, minutes, whenever another ninja was first on ``PATH``
@@ -374,23 +374,26 @@ def _standard_streams():
             stream.close()
 
 
-#: Beside a build's ``<name>.so``: its size and modification time, written once it was built and
+#: Beside a build's ``<name>.so``: its size and SHA-256, written once it was built and
 #: imported (module docstring: such a build is imported directly, without ninja).
 COMPLETE_SUFFIX = ".complete"
 
 
 def _stamp(path: Path) -> str | None:
-    """``path``'s size and modification time (ns), or None where it cannot be read."""
+    """``path``'s size and SHA-256, or None where it cannot be read. Its content, not its
+    modification time: a build folder copied without keeping times (``cp -r``, ``scp``) had its
+    finished build compiled again, minutes without a word, or thrown away where no compiler was
+    found (about a millisecond per load for the ~1 MB file)."""
     try:
-        info = path.stat()
+        data = path.read_bytes()
     except OSError:
         return None
-    return f"{info.st_size} {info.st_mtime_ns}\n"
+    return f"{len(data)} {hashlib.sha256(data).hexdigest()}\n"
 
 
 def _is_complete(built: Path) -> bool:
     """Whether ``built`` is the file a finished build wrote and imported
-    (:func:`_mark_complete`): its ``.complete`` file names its size and modification time."""
+    (:func:`_mark_complete`): its ``.complete`` file names its size and SHA-256."""
     stamp = _stamp(built)
     try:
         return stamp is not None and Path(str(built) + COMPLETE_SUFFIX).read_text() == stamp
