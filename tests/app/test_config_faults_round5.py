@@ -159,8 +159,10 @@ def test_benchmark_refuses_a_negative_seed_before_its_folder(tmp_path, capsys, n
     ({"lr": 1e20, "weight_decay": 1e20}, "train.weight_decay"),
 ])
 def test_learning_rates_float32_cannot_take_are_refused(overrides, field):
+    # the PDE layer's rate is the paper's model's (the default kind): checked with the model
+    # kind since round 19, TrainConfig alone checking lr
     with pytest.raises(ConfigError, match=rf"^invalid config: {field}: .* is outside|more than"):
-        TrainConfig(**overrides)
+        ExperimentConfig(train=TrainConfig(**overrides))
 
 
 def test_the_largest_learning_rate_accepted_trains_without_an_unexpected_error():

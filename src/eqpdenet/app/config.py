@@ -233,6 +233,25 @@ def require_decay_shrinks(optimizer: str, lr: float, scale: float, decay: float)
             f"{bound / rate:.3g}")
 
 
+def require_rates_in_range(lr: float, scale: float, decay: float) -> None:
+    """``lr`` and, with a PDE layer's group (``scale`` not 1), its rate ``lr * scale`` within
+    [MIN_LR, MAX_LR], and each rate times ``decay`` at most MAX_LR: float32 steps would round to
+    nothing or overflow. Checked by :class:`TrainConfig` at ``scale = 1`` and by
+    :class:`ExperimentConfig` at ``train.pde_lr_scale`` for a kind with that group
+    (:data:`PDE_RATE_KINDS`); the messages name the field to change."""
+    checks = [(lr, "train.lr", "")]
+    if scale != 1.0:
+        checks.append((lr * scale, "train.pde_lr_scale",
+                       "the PDE layer's rate train.lr * train.pde_lr_scale = "))
+    for value, field_name, what in checks:
+        require(MIN_LR <= value <= MAX_LR, field_name,
+                f"{what}{value:.3g} is outside [{MIN_LR:g}, {MAX_LR:g}] (float32 steps "
+                f"would round to nothing or overflow)")
+    require(lr * max(scale, 1.0) * decay <= MAX_LR, "train.weight_decay",
+            f"train.lr * train.weight_decay = {lr * max(scale, 1.0) * decay:.3g} is more "
+            f"than {MAX_LR:g} (float32 steps would overflow)")
+
+
 @dataclass
 class TrainConfig:
     """How a model is trained (the same recipe for EqPdeNet and FCNN).
@@ -301,17 +320,10 @@ class TrainConfig:
         lr = require_positive(self.lr, "train.lr")
         LR_SCHEDULES.check(self.lr_schedule, "train.lr_schedule")
         decay = require_nonnegative(self.weight_decay, "train.weight_decay")
-        scale = require_positive(self.pde_lr_scale, "train.pde_lr_scale")
-        for value, field_name, what in (
-                (lr, "train.lr", ""),
-                (lr * scale, "train.pde_lr_scale", "the PDE layer's rate train.lr * train.pde_lr_scale = ")):
-            require(MIN_LR <= value <= MAX_LR, field_name,
-                    f"{what}{value:.3g} is outside [{MIN_LR:g}, {MAX_LR:g}] (float32 steps "
-                    f"would round to nothing or overflow)")
-        require(lr * max(scale, 1.0) * decay <= MAX_LR, "train.weight_decay",
-                f"train.lr * train.weight_decay = {lr * max(scale, 1.0) * decay:.3g} is more "
-                f"than {MAX_LR:g} (float32 steps would overflow)")
-        # at the PDE layer's rate where the model has one: ExperimentConfig, train_model
+        require_positive(self.pde_lr_scale, "train.pde_lr_scale")
+        # the PDE layer's rate, lr * pde_lr_scale, where the model has one: ExperimentConfig
+        # (an fcnn at lr 1e-29 was refused for a PDE rate it does not have)
+        require_rates_in_range(lr, 1.0, decay)
         require_decay_shrinks(self.optimizer, lr, 1.0, decay)
         require_int(self.batch_size, "train.batch_size", 1)
         require_int(self.epochs, "train.epochs", 1)
@@ -427,6 +439,8 @@ class ExperimentConfig:
         if self.model.kind in PDE_RATE_KINDS:
             # the PDE layer's group steps at lr * pde_lr_scale; other kinds have no such group
             # (an fcnn at lr 0.1 with pde_lr_scale 20 and decay 0.6 was refused for it)
+            require_rates_in_range(self.train.lr, self.train.pde_lr_scale,
+                                   self.train.weight_decay)
             require_decay_shrinks(self.train.optimizer, self.train.lr, self.train.pde_lr_scale,
                                    self.train.weight_decay)
         for index, name in enumerate(self.scenarios):
