@@ -34,6 +34,14 @@ REGISTERED_DEGREES: list[tuple[int, int]] = [(1, 2), (2, 3), (3, 3)]
 # the command and for find_invariants.
 
 
+def _cell(text: str) -> str:
+    """``text`` as one cell of a markdown table: ``|`` escaped as ``\\|`` (inside a code span
+    too, as GitHub's tables read it) and a line break as a space, so that a group's name or an
+    expression of a user's group (``register_group``) cannot split or end the row (a name
+    ``pipe|name`` added a column)."""
+    return " ".join(text.replace("|", "\\|").splitlines())
+
+
 def symbolic_table(groups: Sequence[str] | None = None, channels: int = 1,
                    on_row: Callable[[str], None] | None = None,
                    ) -> tuple[str, list[SymbolicInvariants]]:
@@ -71,13 +79,15 @@ def symbolic_table(groups: Sequence[str] | None = None, channels: int = 1,
         for order, degree in orders:
             result = find_invariants(group, order, degree or 3, channels=channels)
             results.append(result)
-            generators = ", ".join(str(f) for f in group.fields)
+            # Every cell written from a user's text (the name, the generators, the invariants
+            # and their names) goes through _cell; the numbers are the table's own.
+            generators = _cell(", ".join(str(f) for f in group.fields))
             names = result.names or ("",) * result.found_count
-            found = "; ".join(f"`{name + ' = ' if name and name != str(e) else ''}"
-                              f"{unicode_formula(e)}`"
-                              for name, e in zip(names, result.expressions, strict=True))
+            found = "; ".join(_cell(f"`{label + ' = ' if label and label != str(e) else ''}"
+                                    f"{unicode_formula(e)}`")
+                              for label, e in zip(names, result.expressions, strict=True))
             degree_text = "frame" if result.method == "frame" else degree
-            lines.append(f"| {name} | {order} | {generators} | {result.jet_dimension} | "
+            lines.append(f"| {_cell(name)} | {order} | {generators} | {result.jet_dimension} | "
                          f"{result.orbit_dimension} | {result.expected_count} | "
                          f"{result.found_count} | {degree_text} | {found} | "
                          f"{result.seconds:.2f} |")
