@@ -196,7 +196,8 @@ def test_the_study_md_header_describes_the_configuration_it_ran(tmp_path, monkey
     assert header.startswith("Greedy search on the validation split (train 10,000 / validate "
                              "2,000 of ROTMNIST's 12,000 training digits; the test set is never "
                              "used). Scores are mean validation accuracy in percent over seeds [0] "
-                             "and hidden sizes [16], 20 epochs;")
+                             "and hidden sizes [16], starting from 20 epochs (the epochs stage "
+                             "may change them);")
     data = tmp_path / "gray_36.npz"  # a file that is there: the preflight refuses one that is not
     write_npz(data, train=800, test=200, size=8)
     base = apply_overrides(_small_base(), [

@@ -857,30 +857,68 @@ def _refuse_study_folder(folder: Path) -> None:
     """``report`` of a study's ``--out``: a :class:`ConfigError` saying what to give instead.
     A study's report is its ``study.md``, which the study writes (its folder holds no
     ``results.jsonl``: each configuration's runs are a sweep of their own, under
-    ``runs/<fingerprint>/``, which ``report`` tables like reproduce's)."""
+    ``runs/<fingerprint>/``, which ``report`` tables like reproduce's). The folder of a study's
+    summary set aside by ``--rerun-changed`` (``superseded/<date-time>/``: study.md, chosen.*,
+    study.json) is said to be one, with its study's ``runs/``; a study stopped before its first
+    stage ended has no ``study.md`` yet; a study's ``runs/`` holds one folder per configuration.
+    Only folders and files that exist are named."""
     from .runfolder import folder_kind
+    from .runstore import SUPERSEDED_DIR
     from .study import RECORD
 
-    if not folder.is_dir() or (folder / "results.jsonl").exists() or not (
-            folder_kind(folder) == "study" or (folder / RECORD).is_file()
-            or ((folder / "study.md").is_file() and (folder / "runs").is_dir())):
+    def is_study(path: Path) -> bool:
+        return folder_kind(path) == "study" or (path / RECORD).is_file() or (
+            (path / "study.md").is_file() and (path / "runs").is_dir())
+
+    if not folder.is_dir() or (folder / "results.jsonl").exists():
         return
-    runs = folder / "runs"
+    aside = folder.parent.name == SUPERSEDED_DIR and is_study(folder.parent.parent)
+    if folder.name == "runs" and is_study(folder.parent):
+        study, runs = folder.parent, folder
+    elif aside:
+        study, runs = folder.parent.parent, folder.parent.parent / "runs"
+    elif is_study(folder):
+        study, runs = folder, folder / "runs"
+    else:
+        return
     chosen = None
     try:
-        config = load_toml(ReproduceConfig, folder / "chosen.toml")
+        config = load_toml(ReproduceConfig, (folder if aside else study) / "chosen.toml")
         from .training import fingerprint
 
         chosen = runs / fingerprint(config.base)
     except (ConfigError, OSError, ValueError):
         pass
-    which = (f"the chosen configuration's: eqpdenet report {chosen}" if chosen is not None
-             and chosen.is_dir() else f"one of {runs}/<fingerprint>, the folders its study.md "
-                                      f"names")
-    raise ConfigError(f"{folder} is the folder of a study: its report is {folder / 'study.md'}, "
-                      f"which the study writes (run the study's command again to rewrite it: "
-                      f"the runs done are reused); report tables one configuration's runs: give "
-                      f"its folder, {which}")
+    # (a killed study's runs/ may hold folders whose first run never ended: not named)
+    done = sorted(path for path in runs.glob("*/results.jsonl")) if runs.is_dir() else []
+    shown = ", ".join(str(path.parent) for path in done[:3]) + (
+        f", ... ({len(done)} in all)" if len(done) > 3 else "")
+    if chosen is not None and chosen.is_dir():
+        which = f"the chosen configuration's: eqpdenet report {chosen}"
+    elif not done:
+        which = f"none has finished a run yet (in {runs})"
+    elif ((folder if aside else study) / "study.md").is_file():
+        which = f"one of {runs}/<fingerprint>, the folders its study.md names ({shown})"
+    else:
+        which = f"one of {shown}"
+    give = f"report tables one configuration's runs: give its folder, {which}"
+    if aside:
+        report = (f"its report is {folder / 'study.md'}" if (folder / "study.md").is_file()
+                  else "it holds no report (study.md)")
+        raise ConfigError(f"{folder} holds the summary of a study that --rerun-changed set aside "
+                          f"({', '.join(sorted(p.name for p in folder.iterdir()))}), not its "
+                          f"runs: {report}; its runs are in {runs}, among those of the study "
+                          f"that replaced it; {give}")
+    if folder == runs:
+        raise ConfigError(f"{folder} holds the runs of a study, one folder per configuration "
+                          f"(runs/<fingerprint>), and no results of its own; {give}")
+    if (study / "study.md").is_file():
+        report = (f"its report is {study / 'study.md'}, which the study writes (run the study's "
+                  f"command again to rewrite it: the runs done are reused)")
+    else:
+        report = ("its report, study.md, is written when its first stage ends, and it has none "
+                  "yet (run the study's command again to resume it: the runs done are reused)")
+    raise ConfigError(f"{folder} is the folder of a study: {report}; {give}")
 
 
 def _report(args) -> int:

@@ -44,7 +44,9 @@ and ``model.standardize = 'auto'`` means the training split's own statistics the
 override ``input_mean, input_std``: its candidates then state ``model.standardize``
 (:data:`OWN_DATA_STANDARDIZE`: raw pixels against the training split's own mean and std), and the
 starting configuration's ``'auto'`` is written out as ``'train'`` (:func:`base_for_data`). A
-candidate that sets a field training takes from the data is refused before any work.
+candidate that sets a field training takes from the data is refused before any work, and so is
+one that changes the data set or its validation split (any field of ``base.data`` but
+``train_subset`` and ``test_subset``): every candidate is scored on the same validation images.
 
 ``models`` may leave FCNN out (``models = ['eqpdenet']``): every stage then trains and scores
 EqPdeNet alone, throughout. It must hold EqPdeNet, which every ``layer`` stage scores.
@@ -54,6 +56,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import numbers
@@ -400,6 +403,60 @@ def _candidate_names(stage: Stage, epochs: int) -> dict[str, list[str]]:
     return named
 
 
+#: The fields of ``base.data`` a candidate may change: neither changes the validation split
+#: that scores every candidate (its last ``data.validation`` training images, whatever the first
+#: ``train_subset`` of the others; the test set, which a study never scores).
+FREE_DATA_FIELDS = ("train_subset", "test_subset")
+
+
+def _changed_data(config: ReproduceConfig, incumbent: ReproduceConfig) -> list[str]:
+    """The fields of ``config.base.data`` that differ from ``incumbent``'s, outside
+    :data:`FREE_DATA_FIELDS`, each as ``base.data.<field> = <value> (the incumbent's <value>)``."""
+    new, old = config.base.data, incumbent.base.data
+    return [f"base.data.{spec.name} = {getattr(new, spec.name)!r} (the incumbent's "
+            f"{getattr(old, spec.name)!r})" for spec in dataclasses.fields(DataConfig)
+            if spec.name not in FREE_DATA_FIELDS
+            and getattr(new, spec.name) != getattr(old, spec.name)]
+
+
+def _check_stage(stage: Stage, incumbent: ReproduceConfig) -> list[tuple[str, list[str],
+                                                                          ReproduceConfig]]:
+    """The stage's candidates applied to ``incumbent`` (``(name, overrides, configuration)``),
+    or the :class:`ConfigError`, naming the stage and candidate, of what :func:`_check_candidates`
+    refuses in one stage."""
+    _check_kind(stage)
+    checked = []
+    for name, overrides in _candidate_names(stage, incumbent.base.train.epochs).items():
+        config = _apply_candidate(stage, name, incumbent, overrides)
+        where = f"invalid config: stage {stage.name}, candidate {name}"
+        resolved = set(data_resolved_fields(config.base))
+        for override in overrides:
+            # a table given whole (base.model={input_mean=0.5}) sets the fields it holds
+            for assigned in assigned_fields(override):
+                path = tuple(assigned.split("."))
+                if path[0] == "base" and path[1:] in resolved:
+                    break
+            else:
+                continue
+            raise ConfigError(
+                f"{where}: {override} has no effect on {config.base.data.dataset}: "
+                f"{_field_words(path)}, so the candidate would compare a configuration "
+                f"with itself")
+        if config.base.train.select_on_validation:  # as _check_study refuses in the base
+            raise ConfigError(f"{where}: base.train.select_on_validation: the study scores on "
+                              f"the validation split that it would select each run's epoch on")
+        changed = _changed_data(config, incumbent)
+        if changed:
+            # scored on other images (or another data set), a candidate was chosen for them
+            raise ConfigError(
+                f"{where}: {'; '.join(changed)}: every candidate is scored on the same "
+                f"validation split, the last data.validation training images of the same data, "
+                f"so a candidate may change only base.data.{' and base.data.'.join(FREE_DATA_FIELDS)} "
+                f"of base.data")
+        checked.append((name, overrides, config))
+    return checked
+
+
 def _check_candidates(base: ReproduceConfig, stages) -> list[tuple[str, ReproduceConfig]]:
     """Every candidate of ``stages`` applied to ``base`` (``(label, configuration)``, the base
     first), or the :class:`ConfigError` of a stage of another kind than :data:`STAGE_KINDS`,
@@ -409,8 +466,13 @@ def _check_candidates(base: ReproduceConfig, stages) -> list[tuple[str, Reproduc
     of a candidate that sets a field training takes from
     the data (:func:`~eqpdenet.app.config.data_resolved_fields`: ``model.image_size``, and
     ``model.input_mean, input_std`` where ``model.standardize`` computes them): its runs would
-    be the incumbent's, a configuration compared with itself; or one that turns on
-    ``train.select_on_validation`` (:func:`_check_study`)."""
+    be the incumbent's, a configuration compared with itself; of one that turns on
+    ``train.select_on_validation`` (:func:`_check_study`); or of one that changes a field of
+    ``base.data`` other than :data:`FREE_DATA_FIELDS` (the data set, the validation split, the
+    images' rotation or generation): it would be scored on other images than the incumbent.
+    These are the checks of a stage's candidates applied to the starting configuration;
+    :func:`_run_study` repeats them (:func:`_check_stage`) on the incumbent an earlier stage
+    chose, before the stage trains anything."""
     configs = [("the starting configuration", base)]
     epochs = base.base.train.epochs
     reachable = [epochs]  # the epochs an incumbent may have when a stage names its candidates
@@ -419,27 +481,8 @@ def _check_candidates(base: ReproduceConfig, stages) -> list[tuple[str, Reproduc
         for other in reachable[1:]:
             _candidate_names(stage, other)
         found = []
-        for name, overrides in _candidate_names(stage, epochs).items():
-            config = _apply_candidate(stage, name, base, overrides)
+        for name, _, config in _check_stage(stage, base):
             found.append(config.base.train.epochs)
-            resolved = set(data_resolved_fields(config.base))
-            for override in overrides:
-                # a table given whole (base.model={input_mean=0.5}) sets the fields it holds
-                for assigned in assigned_fields(override):
-                    path = tuple(assigned.split("."))
-                    if path[0] == "base" and path[1:] in resolved:
-                        break
-                else:
-                    continue
-                raise ConfigError(
-                    f"invalid config: stage {stage.name}, candidate {name}: {override} has "
-                    f"no effect on {config.base.data.dataset}: "
-                    f"{_field_words(path)}, so the candidate would compare a configuration "
-                    f"with itself")
-            if config.base.train.select_on_validation:  # as _check_study refuses in the base
-                raise ConfigError(f"invalid config: stage {stage.name}, candidate {name}: "
-                                  f"base.train.select_on_validation: the study scores on the "
-                                  f"validation split that it would select each run's epoch on")
             configs.append((f"stage {stage.name}, candidate {name}", config))
         reachable += [value for value in found if value not in reachable]
     return configs
@@ -456,9 +499,17 @@ def _check_runs(base: ReproduceConfig, stages, jobs: int, executor: Executor | N
     that cannot run is refused before it claims its folder and writes ``study.json`` (which
     then refused the corrected command as a study of another configuration), and not after
     the stages before the one whose checkpoint cannot be written."""
+    _preflight(_check_candidates(base, stages), jobs, executor, out, data_dir, cache_dir)
+
+
+def _preflight(configs, jobs: int, executor: Executor | None, out: Path | None, data_dir,
+               cache_dir) -> None:
+    """The preflight of :func:`_check_runs` for ``configs`` (``(label, configuration)``: a
+    refusal of one not labelled ``the starting configuration`` is prefixed with its label),
+    once per fingerprint."""
     parallel = jobs if (executor or Executor()).kind == "local" else 1
     seen = set()
-    for label, config in _check_candidates(base, stages):
+    for label, config in configs:
         own = fingerprint(config.base)
         if own in seen:
             continue
@@ -488,8 +539,25 @@ def _dataset_name(data: DataConfig) -> str:
 _MODEL_NAMES = {"eqpdenet": "EqPdeNet", "fcnn": "FCNN"}
 
 
-def _protocol(config: ReproduceConfig, margin: float) -> str:
-    """The first paragraph of study.md, from the configuration the study ran."""
+def _epochs_words(epochs: int, stages) -> str:
+    """The epochs of study.md's first paragraph: ``starting from`` them, naming the stages
+    whose candidates set ``base.train.epochs``, where there are such stages (the paragraph is
+    written before any stage chose: a study run with 1 epoch whose epochs stage chose 10 said
+    "1 epoch" of six stages scored on 10)."""
+    words = f"{epochs} epoch{'s' if epochs != 1 else ''}"
+    setting = [stage.name for stage in stages
+               if any("base.train.epochs" in assigned_fields(_with_epochs(override, epochs))
+                      for overrides in stage.candidates.values() for override in overrides)]
+    if not setting:
+        return words
+    return (f"starting from {words} (the {', '.join(setting)} stage{'s' if len(setting) > 1 else ''}"
+            f" may change them)")
+
+
+def _protocol(config: ReproduceConfig, margin: float, stages=()) -> str:
+    """The first paragraph of study.md, from the configuration the study ran and its
+    ``stages`` (the epochs are the starting configuration's, said to be where a stage may
+    change them: :func:`_epochs_words`)."""
     data, base = config.base.data, config.base
     name = _dataset_name(data)
     if data.dataset == "rotmnist" and is_built_in(data.dataset) and not data.rotated:
@@ -523,7 +591,7 @@ def _protocol(config: ReproduceConfig, margin: float) -> str:
                    f"(models = {config.models})")
     return (f"Greedy search on the validation split ({split}; {test}). Scores are mean validation "
             f"accuracy in percent over seeds {config.seeds} and hidden sizes {config.hidden_sizes}, "
-            f"{base.train.epochs} epoch{'s' if base.train.epochs != 1 else ''}; `shared` stages "
+            f"{_epochs_words(base.train.epochs, stages)}; `shared` stages "
             f"{shared}, `layer` stages EqPdeNet only. Of the candidates that beat the "
             f"incumbent by more than {margin} points the best replaces it (equal scores: the name "
             f"that sorts first).{start}")
@@ -542,10 +610,15 @@ def run_study(out: Path, *, base: ReproduceConfig | None = None, stages=STAGES, 
     the data's training split, labels the loader refuses), a ``margin`` that is not a finite
     number >= 0 (:func:`_check_margin`), a stage of a kind other than ``shared`` and
     ``layer``, two candidates of one stage that take one name (or one the name
-    ``incumbent``), an override outside ``base.`` or one the configuration refuses, and a
+    ``incumbent``), an override outside ``base.`` or one the configuration refuses, a
     candidate that sets a field
-    training takes from the data (:func:`_check_candidates`): a refused study leaves no
-    folder, no ``study.json`` that would refuse the corrected command. On a data set outside
+    training takes from the data, and one that changes ``base.data`` other than
+    ``train_subset, test_subset`` (:func:`_check_candidates`): a refused study leaves no
+    folder, no ``study.json`` that would refuse the corrected command. These check each
+    candidate applied to the starting configuration; a stage whose incumbent an earlier stage
+    changed checks its candidates again on it, and preflights their runs, before it trains
+    anything (:func:`_checked_candidates`: a refusal there leaves the stages done). On a data
+    set outside
     MNIST's family, ``model.standardize = 'auto'`` is resolved to ``'train'``
     (:func:`base_for_data`) and the standardize stage compares raw pixels with the training
     split's own statistics (:func:`stages_for_data`). So is a folder holding a study of
@@ -736,16 +809,42 @@ def _set_aside_summary(out: Path) -> Path:
 
 def _candidates(stage: Stage, incumbent: ReproduceConfig) -> tuple[str, dict[str, tuple]]:
     """The incumbent's label and the stage's other candidates (name -> (overrides,
-    configuration)); a candidate that leaves the incumbent unchanged labels it instead."""
+    configuration)); a candidate that leaves the incumbent unchanged labels it instead. Each
+    candidate is checked on ``incumbent`` (:func:`_check_stage`)."""
     own = fingerprint(incumbent.base)
     label, others = None, {}
-    for name, overrides in _candidate_names(stage, incumbent.base.train.epochs).items():
-        config = _apply_candidate(stage, name, incumbent, overrides)
+    for name, overrides, config in _check_stage(stage, incumbent):
         if fingerprint(config.base) == own:
             label = label or name
         else:
             others[name] = (overrides, config)
     return label or "incumbent", others
+
+
+def _checked_candidates(stage: Stage, incumbent: ReproduceConfig, trail, out: Path, *, jobs,
+                        executor, data_dir, cache_dir) -> tuple[str, dict[str, tuple]]:
+    """:func:`_candidates` of a stage whose incumbent an earlier stage chose (``trail``: the
+    stages done, with their choices), with the preflight of its candidates' runs
+    (:func:`_preflight`), before the stage trains anything: :func:`run_study` checked every
+    candidate before any work, but on the starting configuration, where one may be valid
+    (weight decay 150 at lr 1e-3) and not with the incumbent (lr 0.01). Only the
+    configuration's own checks ran again on the incumbent, not the study's
+    (:func:`_check_stage`: a field the data gives, the data's validation split) nor the
+    preflight. A :class:`ConfigError` names the stage, the candidate and the earlier choices,
+    and says how to go on: the earlier stages have trained and written study.json."""
+    try:
+        label, others = _candidates(stage, incumbent)
+        _preflight([(f"stage {stage.name}, candidate {name}", config)
+                    for name, (_, config) in others.items()],
+                   jobs, executor, out, data_dir, cache_dir)
+    except ConfigError as error:
+        chosen = ", ".join(f"{done.name} = {best}" for done, best in trail)
+        raise ConfigError(f"{error} (checked before the stage trained anything, on the "
+                          f"configuration the stages before it chose: {chosen}; those stages' "
+                          f"runs and study.md stay in {out}: correct the stage and run the "
+                          f"study again with --rerun-changed, which sets their summary aside "
+                          f"and reuses the runs)") from None
+    return label, others
 
 
 def _exact_margin(margin: float) -> Fraction:
@@ -770,10 +869,16 @@ def _run_study(out: Path, *, base, stages, margin, jobs, executor, data_dir, cac
     incumbent = copy.deepcopy(base)
     models = list(incumbent.models)  # the study's, kept by every stage's incumbent
     lines = [f"# Validation study ({len(stages)} stage{'s' if len(stages) != 1 else ''})", "",
-             _protocol(incumbent, margin), ""]
+             _protocol(incumbent, margin, stages), ""]
     trail = []
+    start = fingerprint(base.base)
     for stage in stages:
-        label, others = _candidates(stage, incumbent)
+        if fingerprint(incumbent.base) == start:  # its candidates checked before any work
+            label, others = _candidates(stage, incumbent)
+        else:
+            label, others = _checked_candidates(stage, incumbent, trail, out, jobs=jobs,
+                                                executor=executor, data_dir=data_dir,
+                                                cache_dir=cache_dir)
         first = out / "runs" / fingerprint(incumbent.base)
         entries = {label: (None, incumbent, first)}
         for name, (overrides, config) in others.items():
