@@ -329,7 +329,11 @@ def _fingerprint(t: Tensor) -> tuple:
     address cannot be reused by another while the entry lives) and, on the CPU, a copy of its
     values (an edit through ``.data`` or numpy keeps the version and the storage). On another
     device the values are not compared, as that would wait for the device: an edit there that
-    bypasses autograd's version counter (``t.data.mul_(2)``) is not seen."""
+    bypasses autograd's version counter (``t.data.mul_(2)``) is not seen. None for a tensor
+    without data of its own (a fake or functional tensor of ``torch.export``/``torch.compile``'s
+    tracing): its entry is never reused."""
+    if not _has_data(t):
+        return None
     # (an inference tensor has no version counter: its values alone tell, on the CPU)
     version = None if t.is_inference() else t._version
     values = t.detach().clone() if t.device.type == "cpu" else None
@@ -337,8 +341,22 @@ def _fingerprint(t: Tensor) -> tuple:
             values)
 
 
-def _unchanged(t: Tensor, fingerprint: tuple) -> bool:
-    """Whether ``t`` is as :func:`_fingerprint` saw it (see there for what is compared)."""
+def _has_data(t: Tensor) -> bool:
+    """Whether ``t`` has data whose address can be read: a tracer's fake tensor has none
+    (``data_ptr`` raises; the fingerprint then failed ``torch.export`` of a graph calling the
+    fused operator, instead of its own message)."""
+    try:
+        t.data_ptr()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _unchanged(t: Tensor, fingerprint: tuple | None) -> bool:
+    """Whether ``t`` is as :func:`_fingerprint` saw it (see there for what is compared); never
+    for a fingerprint or a tensor without data (a tracer's)."""
+    if fingerprint is None or not _has_data(t):
+        return False
     version, _, device, address, shape, strides, dtype, values = fingerprint
     return (version == (None if t.is_inference() else t._version) and device == t.device
             and address == t.data_ptr() and shape == t.shape and strides == t.stride()
