@@ -90,13 +90,10 @@ def _by_lr(run):
     return 70.0 if run.train.lr == 0.01 else 60.0
 
 
-def test_a_candidate_refused_with_an_earlier_stages_choice_is_refused_before_its_stage_trains(
-        tmp_path, monkeypatch):
-    """Weight decay 150 is valid at the start's lr 1e-3 (1e-3 * 150 < 1) and not at the 0.01
-    the lr stage chooses: it was refused after the wd stage had trained its incumbent."""
+def _log_training_and_preflights(monkeypatch) -> list[tuple]:
+    """The study's trainings and preflights, in order, each with its (lr, weight decay)."""
     from eqpdenet.app import study
 
-    trained = fake_study_reproduce(monkeypatch, _by_lr)
     events, reproduce, preflight = [], study.reproduce, study.preflight
 
     def logged_reproduce(config, folder, **kwargs):
@@ -110,6 +107,16 @@ def test_a_candidate_refused_with_an_earlier_stages_choice_is_refused_before_its
 
     monkeypatch.setattr(study, "reproduce", logged_reproduce)
     monkeypatch.setattr(study, "preflight", logged_preflight)
+    return events
+
+
+def test_a_candidate_refused_with_an_earlier_stages_choice_is_refused_before_its_stage_trains(
+        tmp_path, monkeypatch):
+    """Weight decay 150 is valid at the start's lr 1e-3 (1e-3 * 150 < 1) and not at the 0.01
+    the lr stage chooses: it was refused after the wd stage had trained its incumbent."""
+
+    trained = fake_study_reproduce(monkeypatch, _by_lr)
+    events = _log_training_and_preflights(monkeypatch)
     out = tmp_path / "s"
     stages = [Stage("lr", "shared", "?", {"lr-1e-3": ["base.train.lr=0.001"],
                                           "lr-0.01": ["base.train.lr=0.01"]}),
@@ -137,22 +144,9 @@ def test_a_candidate_refused_with_an_earlier_stages_choice_is_refused_before_its
 def test_each_later_stage_preflights_its_candidates_on_the_incumbent_before_training(
         tmp_path, monkeypatch):
     """One preflight per stage whose incumbent moved, of the candidates applied to it."""
-    from eqpdenet.app import study
 
     fake_study_reproduce(monkeypatch, _by_lr)
-    events, reproduce, preflight = [], study.reproduce, study.preflight
-
-    def logged_reproduce(config, folder, **kwargs):
-        events.append(("train", config.base.train.lr, config.base.train.weight_decay))
-        reproduce(config, folder, **kwargs)
-
-    def logged_preflight(runs, *args, **kwargs):
-        run = next(iter(runs.values()))
-        events.append(("preflight", run.train.lr, run.train.weight_decay))
-        return preflight(runs, *args, **kwargs)
-
-    monkeypatch.setattr(study, "reproduce", logged_reproduce)
-    monkeypatch.setattr(study, "preflight", logged_preflight)
+    events = _log_training_and_preflights(monkeypatch)
     stages = [Stage("lr", "shared", "?", {"lr-0.01": ["base.train.lr=0.01"]}),
               Stage("wd", "shared", "?", {"wd-0.05": ["base.train.weight_decay=0.05"]})]
     chosen = run_study(tmp_path / "s", base=_base(), stages=stages, echo=_quiet)
