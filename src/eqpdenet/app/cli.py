@@ -656,12 +656,12 @@ def _check_evaluation_data(checkpoint, config: ExperimentConfig, payload: dict, 
     loader = dataset.get("loader") if isinstance(dataset, dict) else None
     current = data.info.get("loader")
     if isinstance(loader, str) and current is not None and loader != current:
-        said = lambda name: (  # noqa: E731
-            "eqpdenet's built-in loader" if name == "built-in" else name)
+        from ..data.datasets import loader_words
+
         warnings.warn(f"data set {config.data.dataset!r} is not the one {checkpoint} was trained "
-                      f"on: loaded by {said(current)} now, by {said(loader)} when it was trained "
-                      f"(a plugin registered or removed since); {use}", RuntimeWarning,
-                      stacklevel=2)
+                      f"on: loaded by {loader_words(current)} now, by {loader_words(loader)} when "
+                      f"it was trained (a plugin registered or removed since); {use}",
+                      RuntimeWarning, stacklevel=2)
 
 
 def _export(args) -> int:

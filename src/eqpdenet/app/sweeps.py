@@ -26,7 +26,13 @@ from pathlib import Path
 
 import torch
 
-from ..data.datasets import DATASETS, dataset_fingerprint, is_built_in, loader_name
+from ..data.datasets import (
+    DATASETS,
+    dataset_fingerprint,
+    is_built_in,
+    loader_name,
+    loader_words,
+)
 from ..data.mnist import download_progress
 from ..data.rotmnist import find_official_rotmnist
 from ..errors import ConfigError, OutputFolderError
@@ -611,12 +617,8 @@ def _loader_differences(record: dict, run: ExperimentConfig) -> list[str]:
     now = loader_name(run.data.dataset)
     if not isinstance(recorded, str) or now is None or now == recorded:
         return []
-    return [f"data set {run.data.dataset!r}: loaded by {_loader_words(recorded)} recorded, by "
-            f"{_loader_words(now)} now"]
-
-
-def _loader_words(name: str) -> str:
-    return "eqpdenet's built-in loader" if name == "built-in" else name
+    return [f"data set {run.data.dataset!r}: loaded by {loader_words(recorded)} recorded, by "
+            f"{loader_words(now)} now"]
 
 
 def _backend_differences(record: dict, run: ExperimentConfig) -> list[str]:

@@ -932,13 +932,10 @@ def _check_changed_config(config: ExperimentConfig) -> None:
     ordinary run), ``epochs = 0`` or ``batch_size = 0`` raised raw errors. The same
     :class:`~eqpdenet.errors.ConfigError` as building it; no copy is kept."""
     train = config.train
-    if isinstance(train, TrainConfig):
-        for part in (train.augment, train.blur_consistency):
-            if dataclasses.is_dataclass(part) and hasattr(part, "__post_init__"):
-                dataclasses.replace(part)
-        dataclasses.replace(train)
-    if isinstance(config, ExperimentConfig):
-        dataclasses.replace(config)  # the checks across sections (select_on_validation ...)
+    # the parts first, so that each refusal is the part's own; then the checks across sections
+    for part in (train.augment, train.blur_consistency, train, config):
+        if dataclasses.is_dataclass(part):
+            dataclasses.replace(part)
 
 
 def train_model(

@@ -60,7 +60,7 @@ from .rotmnist import check_rotation_centre, load_rotmnist
 
 __all__ = ["DATASETS", "DatasetShape", "ImageDataset", "check_dataset_name", "check_loader",
            "data_fingerprint", "dataset_fingerprint", "dataset_shape", "is_built_in",
-           "load_dataset", "load_idx_folder", "load_npz", "loader_name", "mnist_family",
+           "load_dataset", "load_idx_folder", "load_npz", "loader_name", "loader_words", "mnist_family",
            "register_dataset", "rotate_dataset", "seed_reaches_loader"]
 
 IDX_NAMES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
@@ -318,6 +318,11 @@ def loader_name(spec: str) -> str | None:
         loader = loader.func
     named = loader if hasattr(loader, "__qualname__") else type(loader)
     return f"{getattr(named, '__module__', '?')}.{named.__qualname__}"
+
+
+def loader_words(name: str) -> str:
+    """A recorded loader (:func:`loader_name`) as messages say it."""
+    return "eqpdenet's built-in loader" if name == "built-in" else name
 
 
 def mnist_family(spec: str) -> bool:
