@@ -68,7 +68,7 @@ from ..checks import (
     require_lists,
     require_positive,
 )
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..geometry import halvings_stay_even
 from ..kernels.m2_op import m2_kernel_reason
 from ..pde.batch_norm import batch_norm_affine_of, batch_norm_at
@@ -369,13 +369,17 @@ class M2Lift(ConstantBuffers):
 
     def enter(self, f: Tensor) -> Tensor:
         """The entry checks: images this lift takes, ``(B, C_in, H, W)`` on its device, with
-        finite values, returned in its dtype (lower precision converted up, higher an error:
-        :func:`~eqpdenet.checks.match_dtype`): an :class:`~eqpdenet.errors.InputError` naming
-        the cause (else a shape or dtype error from deep inside, on either backend), before any
-        batch statistic is updated (one NaN pixel made every running statistic NaN, and every
-        later clean image an error). Skipped inside
+        finite values and at least 1x1 pixels, returned in its dtype (lower precision converted
+        up, higher an error: :func:`~eqpdenet.checks.match_dtype`): an
+        :class:`~eqpdenet.errors.InputError` naming the cause (else a shape or dtype error from
+        deep inside, on either backend), before any batch statistic is updated (one NaN pixel
+        made every running statistic NaN, and every later clean image an error). Skipped inside
         :class:`~eqpdenet.pde.integrators.input_checked` (the model checked its images)."""
         f = check_images(f, "M2Lift's images", channels=self.in_channels)
+        height, width = f.shape[-2:]
+        if not height or not width:  # as the other pieces; gaussian_jet refuses them too
+            raise InputError(f"M2Lift needs images of at least 1x1 pixels, got {height}x{width} "
+                             f"(shape {tuple(f.shape)})")
         check_device(f, self, "M2Lift's images")
         check_values(f, "M2Lift's images")
         return match_dtype(f, module_dtype(self), "M2Lift's images")

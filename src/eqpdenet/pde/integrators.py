@@ -446,7 +446,10 @@ class EulerFlow(nn.Module):
         check_finite: raise :class:`~eqpdenet.errors.NonFiniteStateError` naming the first
             non-finite state (after the last step: the states are checked on the device).
 
-    ``forward``: ``(B, C, H, W) -> (B, C, H, W)``, the state at ``T``.
+    ``forward``: ``(B, C, H, W) -> (B, C, H, W)``, the state at ``T``; where the step's
+    right-hand side declares its entry checks (``step.rhs.enter``, as :class:`EulerStep` reads
+    them), the fields it takes, e.g. ``(B, C, N, H, W)`` of an
+    :class:`~eqpdenet.pde.m2_rhs.M2SystemRHS` on M2.
     """
 
     _input_checked = False  # while compiling only: see eqpdenet.checks.input_checked
@@ -472,20 +475,32 @@ class EulerFlow(nn.Module):
         return self.step.name
 
     def forward(self, u: Tensor, return_trajectory: bool = False) -> Tensor:
-        """``(B, C, H, W) -> u(T)``; with ``return_trajectory``, ``(steps + 1, B, C, H, W)``.
+        """``u -> u(T)``; with ``return_trajectory``, ``(steps + 1, *u.shape)``.
 
-        Checks ``u`` (:mod:`eqpdenet.checks`: finite values, dtype) once (not inside
-        :class:`input_checked`).
+        Checks ``u`` (:mod:`eqpdenet.checks`: shape, device, finite values, dtype) once (not
+        inside :class:`input_checked`): by the step's right-hand side's own entry check where it
+        has one (``step.rhs.enter``: the fields it takes, as :class:`EulerStep` checks them),
+        else as images ``(B, C, H, W)``.
         """
         if is_input_checked(self):
             return self.integrate(u, return_trajectory)
-        check_images(u, "u")
-        check_device(u, self, "u")
-        values = check_values(u, "u")
-        x = match_dtype(u, module_dtype(self), "u")
+        # The step's own check, as EulerStep.forward reads it: the 4-D image check alone refused
+        # the (B, C, N, H, W) fields of an M2 step, blaming their shape (round 20).
+        enter = getattr(getattr(self.step, "rhs", None), "enter", None)
+        if enter is None:
+            check_images(u, "u")
+            check_device(u, self, "u")
+            values = check_values(u, "u")
+            x = match_dtype(u, module_dtype(self), "u")
+        else:
+            if isinstance(u, Tensor):
+                check_device(u, self, "u")  # naming the flow, as above, before the step's check
+            values, x = None, enter(u)
         try:
             return self.integrate(x, return_trajectory).to(u.dtype)
         except NonFiniteStateError as error:
+            if values is None:  # the range of the finite input: read only on this failure
+                values = check_values(u, "u")
             raise error.with_hint(input_range_hint(*values, self)) from None
 
     def integrate(self, u: Tensor, return_trajectory: bool = False) -> Tensor:

@@ -203,9 +203,14 @@ def gaussian_jet(u: Tensor, sigma: float, boundary: str = "replicate",
     The same values as ``jet(u, 2, "gaussian", sigma=sigma)`` (its stencils are outer products
     of 1-D ones), by two 1-D passes: ``9 (2 R + 1)`` multiply-adds per pixel instead of
     ``6 (2 R + 1)^2``. ``sigma`` in pixels; with ``scale_normalised`` the derivatives of order
-    ``n`` are multiplied by ``sigma^n`` (lengths measured in units of ``sigma``).
+    ``n`` are multiplied by ``sigma^n`` (lengths measured in units of ``sigma``). Maps without
+    a pixel (``H`` or ``W`` 0), or for a reflecting or periodic boundary not larger than the
+    stencil radius, are an :class:`~eqpdenet.errors.InputError` naming the size.
     """
     *lead, height, width = u.shape
+    if not height or not width:  # before the reshape, which failed on them with a raw error
+        raise InputError(f"the Gaussian jet needs maps of at least 1x1 pixels, got "
+                         f"{height}x{width}")
     x_pass, y_pass = _separable_weights(sigma, u.dtype, u.device)
     radius = x_pass.shape[-1] // 2
     mode = BOUNDARIES.get(boundary)
@@ -248,6 +253,10 @@ class M2Jet(nn.Module):
             ``sigma 2^(s/2)`` (so that one right-hand side, its batch norms included, serves
             every scale in one call).
 
+    ``sigma``, ``sigmas`` and ``scale_normalised`` are read-only (setting one is a
+    :class:`~eqpdenet.errors.ConfigError`): every path, the reference and the fused kernels
+    (:attr:`stencils`), reads them from one record, fixed when the jet is built.
+
     Example:
         >>> M2Jet(1.0)(torch.rand(2, 3, 8, 12, 12)).shape
         torch.Size([2, 3, 10, 8, 12, 12])
@@ -256,12 +265,65 @@ class M2Jet(nn.Module):
     def __init__(self, sigma: float = 1.0, boundary: str = "replicate",
                  scale_normalised: bool = True, scales: int = 1):
         super().__init__()
-        self.sigma = require_positive(sigma, "sigma")
-        require(self.sigma >= MIN_GAUSSIAN_SIGMA, "sigma",
+        sigma = require_positive(sigma, "sigma")
+        require(sigma >= MIN_GAUSSIAN_SIGMA, "sigma",
                 f"must be at least {MIN_GAUSSIAN_SIGMA} pixels, got {sigma:g}")
         BOUNDARIES.check(boundary, "boundary")
-        self.boundary, self.scale_normalised = boundary, bool(scale_normalised)
-        self.sigmas = scale_levels(self.sigma, scales)
+        self.boundary = boundary
+        # The one record of the scales: sigma, scale_normalised and the fused kernels' stencils
+        # are read from these two. Before round 20 sigma, scale_normalised and sigmas were three
+        # attributes, the reference reading the first two, the fused path the third (always
+        # scale-normalised): setting one after building made the two paths differ silently.
+        self._sigmas = scale_levels(sigma, scales)
+        self._scale_normalised = bool(scale_normalised)
+
+    def __setstate__(self, state: dict) -> None:
+        # a jet pickled before round 20 (torch.save of a whole module) held the three apart
+        if "sigmas" in state:
+            state = dict(state)
+            state["_sigmas"] = tuple(state.pop("sigmas"))
+            state["_scale_normalised"] = bool(state.pop("scale_normalised"))
+            state.pop("sigma", None)
+        super().__setstate__(state)
+
+    def _fixed(self, name: str):
+        raise ConfigError(f"M2Jet.{name} is fixed when the jet is built (the reference and the "
+                          f"fused kernels both derive their stencils from the scales): build a "
+                          f"new M2Jet(sigma, boundary, scale_normalised, scales) instead")
+
+    @property
+    def sigmas(self) -> tuple[float, ...]:
+        """The scale levels :func:`scale_levels` ``(sigma, scales)``, in pixels (read-only)."""
+        return self._sigmas
+
+    @sigmas.setter
+    def sigmas(self, value) -> None:
+        self._fixed("sigmas")
+
+    @property
+    def sigma(self) -> float:
+        """The scale of the first level, ``sigmas[0]``, in pixels (read-only)."""
+        return self._sigmas[0]
+
+    @sigma.setter
+    def sigma(self, value) -> None:
+        self._fixed("sigma")
+
+    @property
+    def scale_normalised(self) -> bool:
+        """Whether spatial derivatives of order ``n`` are multiplied by ``sigma^n`` (read-only)."""
+        return self._scale_normalised
+
+    @scale_normalised.setter
+    def scale_normalised(self, value) -> None:
+        self._fixed("scale_normalised")
+
+    @property
+    def stencils(self) -> Tensor:
+        """:func:`separable_stencils` of :attr:`sigmas`, scale-normalised as the jet is: what
+        the fused kernels convolve with, the values the reference's :func:`gaussian_jet`
+        applies (read-only, cached)."""
+        return separable_stencils(self._sigmas, self._scale_normalised)
 
     @property
     def radius(self) -> int:

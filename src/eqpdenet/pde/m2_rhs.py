@@ -70,7 +70,7 @@ from ..kernels.m2_op import (
 from ..registry import CallRegistry, Registry
 from .batch_norm import batch_norm_affine, batch_norm_at
 from .integrators import input_checked, keeps_state_dtype, non_finite_coefficients_reason
-from .m2 import M2_SE2, M2Jet, check_orientations, orientation_frame, separable_stencils
+from .m2 import M2_SE2, M2Jet, check_orientations, orientation_frame
 
 __all__ = ["M2_TERMS", "M2SystemRHS", "PDE_GCNN_TERMS", "Pointwise"]
 
@@ -508,13 +508,19 @@ class M2SystemRHS(nn.Module):
         is not linearised, whose decay might damp it); ``dilation``/``erosion``: none (``|grad u|_g`` has
         no linear part at 0); ``network`` and ``linear`` none while their output weights are 0
         (as built), else not checked (they couple the channels; ``stable`` None). ``lambda_max(-L)``
-        lies between ``max(4 D3 / dtheta^2, S + 2 D3 / dtheta^2)`` and ``S + 4 D3 / dtheta^2``:
-        ``dtheta = 2 pi / N``, ``4 / dtheta^2`` the largest eigenvalue of the periodic second
-        difference (a checkerboard over the orientations, constant in space), ``S`` the largest
-        symbol of ``-(D1 A11 + D2 A22)`` at the ``N`` orientations (computed from the jet's
-        stencils; about ``2 max(D1, D2) / e`` for these scale-normalised Gaussian derivatives).
-        With the default ``D = 0.05`` and ``dt = 1`` the ``theta`` part alone breaks the bound
-        from ``N = 20``.
+        is at least the largest eigenvalue of the symbol of ``-L`` over a grid of spatial
+        frequencies (:meth:`_diffusion_eigenvalue_max`, per frequency an ``N x N`` symmetric
+        matrix over the orientations, and at ``k = 0`` exactly ``4 D3 / dtheta^2``), and at most
+        ``S + 4 D3 / dtheta^2``: ``dtheta = 2 pi / N``, ``4 / dtheta^2`` the largest eigenvalue
+        of the periodic second difference (a checkerboard over the orientations, constant in
+        space), ``S`` the largest symbol of ``-(D1 A11 + D2 A22)`` at the ``N`` orientations
+        (computed from the jet's stencils; about ``2 max(D1, D2) / e`` for these
+        scale-normalised Gaussian derivatives). The two parts do not simply add: ``A33`` acts
+        on ``G_sigma * U``, so at frequency ``k`` the ``theta`` part is damped by the
+        smoothing's symbol ``G(k) <= 1``, well below 1 where ``S`` peaks (before round 20 the
+        lower bound was ``S + 2 D3 / dtheta^2``, which does not hold: ``D = (1.9, 1.9, 0.2)``
+        at ``N = 8``, ``dt = 1``, stable, was called unstable). With the default ``D = 0.05`` and
+        ``dt = 1`` the ``theta`` part alone breaks the bound from ``N = 20``.
 
         Convection beside diffusion: the diffusion damps the transport, so the verdict comes
         from the symbol of the two together, per channel and spatial frequency ``k`` an ``N x N``
@@ -581,7 +587,11 @@ class M2SystemRHS(nn.Module):
         n = self.orientations
         theta = 4.0 / (2.0 * math.pi / n) ** 2                # lambda_max of -A33
         spatial = self._diffusion_symbol_max(d[:, 0], d[:, 1], n)               # (C,)
-        lower = torch.maximum(theta * d[:, 2], spatial + theta / 2 * d[:, 2])
+        # The lower bound from the symbol itself: A33 acts on G_sigma * U, so at spatial
+        # frequency k the theta part is G(k) D3 (second difference), damped where S peaks
+        # (G ~ e^-1 there at sigma = 1); S + 2 D3 / dtheta^2, taken before round 20, did not
+        # hold and called stable steps unstable. theta D3 is the k = 0 value, exactly.
+        lower = torch.maximum(theta * d[:, 2], self._diffusion_eigenvalue_max(d, n))
         upper = spatial + theta * d[:, 2]
         worst = int(upper.argmax())
         tolerance = 2.0 * (1.0 + 1e-12)
@@ -660,7 +670,7 @@ class M2SystemRHS(nn.Module):
                           torch.linspace(0.0, math.pi, points, dtype=torch.float64)])
         growth = 2.0 * _MODE_GROWTH + _MODE_GROWTH**2                 # (1 + g)^2 - 1
         max_dt = torch.full((d.shape[0],), math.inf, dtype=torch.float64, device="cpu")
-        for stencils in separable_stencils(self.jet.sigmas).unbind(0):
+        for stencils in self.jet.stencils.unbind(0):
             symbols = _stencil_symbols(stencils, freq)
             for c in range(d.shape[0]):
                 m = _m2_linear_symbol(symbols, symbols, d[c].tolist(), velocity[c].tolist(), n)
@@ -674,12 +684,34 @@ class M2SystemRHS(nn.Module):
                 max_dt[c] = min(float(max_dt[c]), float(bound.min()))
         return max_dt
 
+    def _diffusion_eigenvalue_max(self, d: Tensor, n: int, points: int = 33) -> Tensor:
+        """Per channel (``d`` ``(C, 3)``, float64), the largest eigenvalue of ``-M(k)``, ``M(k)``
+        the symbol of ``D1 A11 + D2 A22 + D3 A33`` (:func:`_m2_linear_symbol` without a
+        velocity: real symmetric ``N x N``), over every spatial frequency ``k`` of a ``points x
+        points`` grid of ``[0, pi]^2`` (``k = 0`` included; a quarter turn of ``k`` shifts the
+        orientations, so the quadrant gives every value, as in
+        :meth:`_convection_diffusion_check`), at every scale level of the jet: the decay rate
+        of a mode the step has, so a lower bound of ``lambda_max(-L)`` (its largest over all
+        frequencies is at least the grid's). Channels with equal coefficients (every channel as built)
+        are computed once."""
+        freq = torch.linspace(0.0, math.pi, points, dtype=torch.float64, device="cpu")
+        distinct, index = torch.unique(d, dim=0, return_inverse=True)
+        best = torch.zeros(distinct.shape[0], dtype=torch.float64, device="cpu")
+        for stencils in self.jet.stencils.unbind(0):
+            symbols = _stencil_symbols(stencils, freq)
+            for c in range(distinct.shape[0]):
+                m = _m2_linear_symbol(symbols, symbols, distinct[c].tolist(), [0.0, 0.0, 0.0], n)
+                # real up to the rounding of the odd stencil G' (its symbol is imaginary, that
+                # of u_xy the product of two): the real part is the symbol, and symmetric
+                best[c] = torch.maximum(best[c], torch.linalg.eigvalsh(-m.real).amax())
+        return best[index]
+
     def _diffusion_symbol_max(self, d1: Tensor, d2: Tensor, n: int, points: int = 129) -> Tensor:
         """Per channel, the largest symbol of ``-(D1 A11 + D2 A22)`` over the ``n`` orientations
         and a ``points x points`` grid of spatial frequencies in ``[-pi, pi]^2``, from the jet's
-        scale-normalised stencils (each scale level; the largest over them)."""
+        stencils (scale-normalised as built; each scale level, the largest over them)."""
         freq = torch.linspace(-math.pi, math.pi, points, dtype=torch.float64, device="cpu")
-        table = separable_stencils(self.jet.sigmas)                  # (S, 3, width)
+        table = self.jet.stencils                                    # (S, 3, width)
         offsets = (torch.arange(table.shape[-1], dtype=torch.float64, device="cpu")
                    - table.shape[-1] // 2)
         phase = torch.exp(-1j * freq[:, None] * offsets[None, :])    # (points, width)
@@ -757,7 +789,7 @@ class M2SystemRHS(nn.Module):
         if self._cache is None and not is_input_checked(self):  # from outside forward
             u = self._fields(u)  # in this module's dtype; the result in the input's (enter's rule)
         if self.fused(u, weight):
-            return m2_mix_invariants(u, weight, separable_stencils(self.jet.sigmas),
+            return m2_mix_invariants(u, weight, self.jet.stencils,
                                      orientation_frame(u.shape[2]), self.jet.boundary).to(given)
         invariants = self.invariants(u)                      # (B, C, 10, N, H, W)
         batch, channels, count, n, height, width = invariants.shape
@@ -783,7 +815,7 @@ class M2SystemRHS(nn.Module):
         if identity is not None and self.fused(u, identity):
             invariants = m2_mix_invariants(
                 u, identity.view(-1, self.channels, len(M2_SE2)),
-                separable_stencils(self.jet.sigmas), orientation_frame(u.shape[2]),
+                self.jet.stencils, orientation_frame(u.shape[2]),
                 self.jet.boundary).view(u.shape[0], self.channels, len(M2_SE2), *u.shape[2:])
         else:
             with input_checked(self.jet):  # checked by enter, or an analysis of u as it is
@@ -823,7 +855,7 @@ class M2SystemRHS(nn.Module):
         if isinstance(network.hidden_norm, nn.Identity):
             step = m2_euler_step(x, w1, network.mix.bias, network.out.weight,
                                  network.fused_out_bias(self.relative),
-                                 separable_stencils(self.jet.sigmas),
+                                 self.jet.stencils,
                                  orientation_frame(x.shape[2]), self.jet.boundary, dt)
         elif x.device.type not in M2_UPDATE_IMPLEMENTATIONS or (
                 M2_UPDATE_IMPLEMENTATIONS.get(x.device.type)() is not None):
