@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numbers
 import re
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 
 import torch
 from torch import nn
@@ -424,26 +424,36 @@ def describe_layer(layer: PDELayer, digits: int = 3) -> str:
     _check_digits(digits)
     lines = []
     for index, pde in enumerate(layer.pdes):
-        step, rhs = pde.step, pde.step.rhs
-        ratios = ratio_reading(rhs)
-        lines += [
-            f"PDE {index} ({pde.name}; invariants of {rhs.invariant_set.group}"
-            + (f", {rhs.invariant_set.equation}" if rhs.invariant_set.equation else "") + ")",
-            f"  {pde_formula(pde, 'unicode', digits)}",
-            f"  LaTeX: {pde_formula(pde, 'latex', digits)}",
-            f"  T = {pde.T:g}, dt = {step.dt:g}, steps = {pde.steps}, stencil = "
-            f"{rhs.jet.stencil}"
-            + ("" if rhs.jet.sigma is None else f" (σ = {rhs.jet.sigma:g})")
-            + f", h = {rhs.jet.spacing:g}, boundary = {rhs.jet.boundary}; "
-            + _stability_text(step, digits),
-            *([f"  {ratios}"] if ratios else []),
-            "  invariants: " + "; ".join(f"{inv.name} = {inv.unicode}"
-                                         for inv in rhs.invariant_set.invariants),
-        ]
+        lines += _scalar_pde_lines(pde, f"PDE {index}", digits)
     lines += ["Reduction", f"  {reduction_formula(layer, 'unicode', digits)}"]
     if isinstance(layer.reduction, LinearCombination):  # the others are a word, not a formula
         lines.append(f"  LaTeX: {reduction_formula(layer, 'latex', digits)}")
     return "\n".join(lines)
+
+
+def _scalar_pde_lines(pde: EulerStep | EulerFlow, title: str, digits: int) -> list[str]:
+    """The lines of one scalar PDE (an Euler step or flow of an
+    :class:`~eqpdenet.pde.rhs.InvariantRHS`) under ``title``: its formulas, ``T``, ``dt`` and
+    steps (one step for an :class:`EulerStep`), the stencil, the stability check, the ratios'
+    reading and the invariants."""
+    step = pde.step if isinstance(pde, EulerFlow) else pde
+    rhs = step.rhs
+    ratios = ratio_reading(rhs)
+    time = (f"T = {pde.T:g}, dt = {step.dt:g}, steps = {pde.steps}"
+            if isinstance(pde, EulerFlow) else f"one Euler step, dt = {step.dt:g}")
+    return [
+        f"{title} ({pde.name}; invariants of {rhs.invariant_set.group}"
+        + (f", {rhs.invariant_set.equation}" if rhs.invariant_set.equation else "") + ")",
+        f"  {pde_formula(pde, 'unicode', digits)}",
+        f"  LaTeX: {pde_formula(pde, 'latex', digits)}",
+        f"  {time}, stencil = {rhs.jet.stencil}"
+        + ("" if rhs.jet.sigma is None else f" (σ = {rhs.jet.sigma:g})")
+        + f", h = {rhs.jet.spacing:g}, boundary = {rhs.jet.boundary}; "
+        + _stability_text(step, digits),
+        *([f"  {ratios}"] if ratios else []),
+        "  invariants: " + "; ".join(f"{inv.name} = {inv.unicode}"
+                                     for inv in rhs.invariant_set.invariants),
+    ]
 
 
 def leading_terms(rhs: InvariantSystemRHS, top: int = 3
@@ -670,9 +680,15 @@ def describe_model(model: nn.Module, digits: int = 3) -> str:
     is searched: each :class:`EqPdeNet`, :class:`~eqpdenet.pde.layer.PDELayer`,
     ``InvariantPDENet`` and ``LiftedPDENet`` inside it (README's
     ``nn.Sequential(PDELayer, nn.Flatten(), nn.Linear(...))``, a model wrapped in a
-    ``Sequential``) is described under its name in the module, and otherwise every Euler step of
-    PDE systems it holds; only a module with none of these has "no PDE layer to describe".
-    ``model`` an ``nn.Module``, else an :class:`~eqpdenet.errors.InputTypeError`."""
+    ``Sequential``) is described under its name in the module, and so is each
+    :class:`~eqpdenet.pde.integrators.EulerFlow` or
+    :class:`~eqpdenet.pde.integrators.EulerStep` of a scalar PDE (an
+    :class:`~eqpdenet.pde.rhs.InvariantRHS`) outside those, as :func:`describe_layer` describes a
+    layer's PDE (formulas, ``T``, ``dt``, steps, stencil, stability); a bare flow or step is
+    described itself. Every Euler step of PDE systems outside those is described after them
+    (:func:`describe_system`, :func:`describe_m2_system`); only a module with none of these has
+    "no PDE layer to describe". ``model`` an ``nn.Module``, else an
+    :class:`~eqpdenet.errors.InputTypeError`."""
     _check_module(model, "describe_model")
     _check_digits(digits)
     model = _unwrapped(model)
@@ -700,16 +716,19 @@ def _found_text(model: nn.Module, digits: int) -> str | None:
     if own is not None:
         return own
     found, inside = [], set()
-    for name, module in model.named_modules():
+    for name, module in model.named_modules():  # parents first: a layer before its flows
         if module is model or id(module) in inside:
             continue
         text = _describe_one(_unwrapped(module), digits)
         if text is not None:
             found.append(f"{type(model).__name__}, module {name!r}: {text}")
             inside.update(id(m) for m in module.modules())
-    if found:
-        return "\n".join(found)
-    return _systems_text(model, digits)
+    # The Euler steps of PDE systems outside what was described: with a PDELayer or a bare
+    # scalar flow beside them they went unsaid.
+    systems = _systems_text(model, digits, inside)
+    if systems is not None:
+        found.append(systems)
+    return "\n".join(found) if found else None
 
 
 def _unwrapped(model: nn.Module) -> nn.Module:
@@ -734,13 +753,18 @@ def _describe_one(module: nn.Module, digits: int) -> str | None:
     if isinstance(module, PDELayer):
         return (f"PDELayer: {module.n_pdes} PDEs, reduction {module.reduction_kind}\n"
                 + describe_layer(module, digits))
+    if isinstance(_rhs_of(module), InvariantRHS):
+        # a scalar PDE outside a PDELayer (README: EulerStep, EulerFlow are usable alone): said
+        # "no PDE layer to describe" while pde_formula wrote it
+        return "\n".join(_scalar_pde_lines(module, type(module).__name__, digits))
     return None
 
 
-def _systems_text(model: nn.Module, digits: int) -> str | None:
-    """Each Euler step of PDE systems in ``model`` (on M2 first), or None where it has none."""
-    m2_systems = [m for m in model.modules()
-                  if isinstance(m, EulerStep) and isinstance(m.rhs, M2SystemRHS)]
+def _systems_text(model: nn.Module, digits: int, skip: Set[int] = frozenset()) -> str | None:
+    """Each Euler step of PDE systems in ``model`` (on M2 first) but those whose ``id`` is in
+    ``skip`` (described already), or None where it has none."""
+    m2_systems = [m for m in model.modules() if id(m) not in skip
+                  and isinstance(m, EulerStep) and isinstance(m.rhs, M2SystemRHS)]
     if m2_systems:
         config = getattr(model, "config", None)
         centred = ("; each image first moved by whole pixels to put its centre of mass at the "
@@ -752,8 +776,8 @@ def _systems_text(model: nn.Module, digits: int) -> str | None:
         return "\n".join([f"{type(model).__name__}: {len(m2_systems)} Euler steps of PDE "
                           f"systems on M2 (position x orientation){centred}{counts}",
                           *(describe_m2_system(step, digits=digits) for step in m2_systems)])
-    systems = [m for m in model.modules()
-               if isinstance(m, EulerStep) and isinstance(m.rhs, InvariantSystemRHS)]
+    systems = [m for m in model.modules() if id(m) not in skip
+               and isinstance(m, EulerStep) and isinstance(m.rhs, InvariantSystemRHS)]
     if systems:
         return "\n".join([f"{type(model).__name__}: {len(systems)} Euler steps of PDE systems",
                           *(describe_system(step, digits=digits) for step in systems)])

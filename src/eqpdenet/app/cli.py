@@ -1045,6 +1045,11 @@ def _load_digits(data_dir, samples: list[int]):
     return torch.as_tensor(digits[samples], dtype=torch.float32)[:, None] / 255.0
 
 
+#: The test images ``describe --out`` evolves and the frames it draws of each, when --samples /
+#: --frames are not given (None there: given without --out, they are refused).
+DESCRIBE_SAMPLES, DESCRIBE_FRAMES = [0, 1, 2], 6
+
+
 def _describe(args) -> int:
     from ..analysis.describe import describe_model, describes_pdes
     from ..models import EqPdeNet
@@ -1052,6 +1057,20 @@ def _describe(args) -> int:
     from .runfolder import check_claim, claiming, output_path
     from .training import load_checkpoint
 
+    if not args.out:
+        # Refused rather than ignored (as figure refuses what it would not use): these only
+        # choose the evolution images, and an invalid --samples 99999 passed without a word.
+        given = [name for name, value in (("--samples", args.samples), ("--frames", args.frames),
+                                          ("--data-dir", args.data_dir)) if value is not None]
+        if given:
+            names = " and ".join([", ".join(given[:-1]), given[-1]] if len(given) > 1 else given)
+            raise ConfigError(f"{names} {'are' if len(given) > 1 else 'is'} for the evolution "
+                              f"images that describe draws with --out FOLDER; without --out it "
+                              f"only prints the PDEs and would not use "
+                              f"{'them' if len(given) > 1 else 'it'}: add --out FOLDER, or "
+                              f"leave {names} out")
+    samples = DESCRIBE_SAMPLES if args.samples is None else args.samples
+    frames = DESCRIBE_FRAMES if args.frames is None else args.frames
     model, config, payload = load_checkpoint(args.checkpoint)
     evolves = args.out and isinstance(model, EqPdeNet)
     if evolves:  # before anything is loaded or printed
@@ -1059,7 +1078,7 @@ def _describe(args) -> int:
     # the images and --out first: a missing data set or a folder that is not describe's to write
     # is refused before anything is printed
     images, labels = (_describe_images(args.checkpoint, config, payload, args.data_dir,
-                                       args.samples) if evolves else (None, None))
+                                       samples) if evolves else (None, None))
     folder = output_path(args.out) if evolves else None
     if folder is not None:
         check_claim(folder, "describe")
@@ -1084,7 +1103,7 @@ def _describe(args) -> int:
             f"was written to {args.out}; other --samples may stay finite.") from None
     with claiming(folder, "describe") as out:  # one writer: no train swaps its run in over it
         path = out / "evolution.png"
-        evolution_grid(model.pde_layer, images, path, frames=args.frames, labels=labels,
+        evolution_grid(model.pde_layer, images, path, frames=frames, labels=labels,
                        title=f"u(0) ... u(T) of each PDE of {args.checkpoint}",
                        trajectories=trajectories)
     print(f"wrote {path}")
@@ -1448,14 +1467,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     describe = commands.add_parser("describe", help="print the learned PDEs; evolution images")
     describe.add_argument("checkpoint", type=_path)
-    describe.add_argument("--samples", type=_count, nargs="+", default=[0, 1, 2],
+    describe.add_argument("--samples", type=_count, nargs="+",
                           help="test images to evolve (indices): MNIST's digits for a checkpoint "
-                               "of MNIST's family, else its own data set's")
+                               "of MNIST's family, else its own data set's (with --out; default "
+                               f"{' '.join(map(str, DESCRIBE_SAMPLES))})")
     describe.add_argument("--out", type=_path, help="folder for evolution.png (none: print only)")
-    describe.add_argument("--frames", type=_frames, default=6,
-                          help=f"images per evolution (1 ... {MAX_FRAMES})")
+    describe.add_argument("--frames", type=_frames,
+                          help=f"images per evolution (1 ... {MAX_FRAMES}; with --out; default "
+                               f"{DESCRIBE_FRAMES})")
     describe.add_argument("--digits", type=_positive_int, default=3, help="significant digits")
-    describe.add_argument("--data-dir", type=_path)
+    describe.add_argument("--data-dir", type=_path,
+                          help="folder holding mnist/ (default: $EQPDENET_DATA), for the "
+                               "evolution images (with --out)")
     describe.set_defaults(handler=_describe)
 
     figure = commands.add_parser("figure", help="figures of the paper")

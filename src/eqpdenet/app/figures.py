@@ -13,7 +13,9 @@ of a checkpoint's learned PDEs). The difference is drawn on the same scale as th
 (so "commutes" looks like a blank panel) and its relative size and largest value on the central
 disk are printed. ``g`` fills the frame's new corners with the blank value of what it moves (for
 ``u_T(I0)``, the PDE's evolved blank image: :func:`diagram_arrays`). A ``g`` that leaves no point
-of the disk on real pixels is refused, by the equivariance study's rule.
+of the disk on real pixels is refused, by the equivariance study's rule. A PDE that is an
+``nn.Module`` is run in evaluation mode, as :func:`~eqpdenet.analysis.equivariance.equivariance_error`
+runs it (every submodule's own mode restored afterwards).
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from ..analysis.equivariance import (
     central_disk,
     filled_region,
 )
-from ..errors import ConfigError, InputError
+from ..analysis.predictions import evaluation_mode
+from ..errors import ConfigError, InputError, InputTypeError
+from ..pde.integrators import EulerFlow, EulerStep
 from ..pde.layer import PDELayer
 from .files import import_pyplot, save_figure
 
@@ -61,8 +65,23 @@ def diagram_arrays(image: Tensor, pde: Callable[[Tensor], Tensor], angle: float 
     (:func:`~eqpdenet.analysis.equivariance.filled_region`), a
     :class:`~eqpdenet.errors.ConfigError` naming ``g`` (every panel but ``I0`` was the zero fill,
     and the difference read 0, "exactly equivariant"). Within that rule the difference is
-    measured on the whole disk, where ``g`` fills with each image's blank value."""
+    measured on the whole disk, where ``g`` fills with each image's blank value.
+
+    A ``pde`` that is an ``nn.Module`` is called in evaluation mode and every submodule is left
+    in the mode it had (:func:`~eqpdenet.analysis.predictions.evaluation_mode`, as
+    :func:`~eqpdenet.analysis.equivariance.equivariance_error`): in training mode a batch norm
+    normalised by each call's own statistics (and moved its running ones) and a dropout drew
+    new masks, so a map of error 0.019 was drawn with 0.57. Each of its outputs must be one
+    tensor of maps ``(1, C', H, W)`` on the image's grid, else an
+    :class:`~eqpdenet.errors.InputTypeError` (not a tensor: a tuple) or
+    :class:`~eqpdenet.errors.InputError` (another shape: a frame cut or grown, a classifier's
+    logits) naming the PDE's output, after that one call; a ``pde`` that cannot be called is an
+    :class:`~eqpdenet.errors.InputTypeError` before any work."""
     _check_one_image(image)
+    if not callable(pde):  # "'str' object is not callable", after the checks of g
+        raise InputTypeError(f"pde must be a callable that evolves an image (1, C, H, W) into "
+                             f"maps of its size (a flow such as heat_pde(...), a module, a "
+                             f"function), got {type(pde).__name__}")
     height, width = image.shape[-2:]
     disk = central_disk(height, width)
     if not bool(disk.any()):
@@ -72,8 +91,11 @@ def diagram_arrays(image: Tensor, pde: Callable[[Tensor], Tensor], angle: float 
     g = Similarity(angle, factor, shift)
     moved = g(image)  # checks g's values (finite, invertible) first
     _require_points(disk & filled_region(g, height, width), g, (height, width))
-    evolved, evolved_moved = pde(image), pde(moved)
-    background = pde(torch.zeros_like(image)).double().mean().to(image.dtype)
+    with evaluation_mode(pde):  # a module's own modes restored after
+        evolved = _check_pde_output(pde(image), image, pde)
+        evolved_moved = _check_pde_output(pde(moved), image, pde)
+        blank = _check_pde_output(pde(torch.zeros_like(image)), image, pde)
+    background = blank.double().mean().to(image.dtype)
     moved_evolved = g(evolved - background) + background
     difference = evolved_moved - moved_evolved
     mask = disk.to(image.dtype)
@@ -99,13 +121,44 @@ def _check_one_image(image) -> None:
         raise InputError(f"the diagram is of one image (1, C, H, W), got {shape}")
 
 
+def _check_pde_output(out, image: Tensor, pde) -> Tensor:
+    """``out``, what ``pde`` returned for an image of ``image``'s shape, if it is maps
+    ``(1, C', H, W)`` on the image's grid; else an :class:`~eqpdenet.errors.InputTypeError` (not
+    a tensor) or :class:`~eqpdenet.errors.InputError` (another shape) naming the PDE's output
+    (a tuple had no attribute 'double'; a cut frame was a bare size mismatch of two tensors;
+    a model's logits were blamed on "images")."""
+    height, width = image.shape[-2:]
+    expected = (f"expected maps (1, C', {height}, {width}), an image's evolution on its own "
+                f"pixel grid")
+    if not isinstance(out, Tensor):
+        raise InputTypeError(f"the PDE's output is {_returned(out)} for an image of shape "
+                             f"{tuple(image.shape)}; {expected}")
+    if out.dim() != 4 or out.shape[0] != 1 or tuple(out.shape[-2:]) != (height, width):
+        hint = ""
+        if isinstance(getattr(pde, "pde_layer", None), PDELayer):
+            hint = ("; pde is a model: pass its PDE (e.g. lambda u: "
+                    "model.pde_layer.pdes[i](model.standardize(u)), as figure --pde i draws)")
+        raise InputError(f"the PDE's output has shape {tuple(out.shape)} for an image of "
+                         f"shape {tuple(image.shape)}; {expected}{hint}")
+    return out
+
+
+def _returned(value) -> str:
+    if isinstance(value, tuple | list):
+        return (f"a {type(value).__name__} of {len(value)} "
+                f"item{'' if len(value) == 1 else 's'}")
+    return f"a {type(value).__name__}"
+
+
 def figure_diagram(image: Tensor, pde: Callable[[Tensor], Tensor], path, *, angle: float = 30.0,
                    factor: float = 1.0, shift=(0.0, 0.0), pde_label: str = "heat equation",
                    title: str | None = None, guard=None, image_label: str | None = None) -> float:
     """Write the diagram as PNG (1200 x 620 pixels at dpi 100); returns the relative error.
     ``guard``: a context manager factory held around the write (:func:`save_figure`).
     ``image_label``: what ``image`` is (``"MNIST test #0"``), shown with the PDE; an image of
-    several channels is drawn by its first, and measured on all (said in the figure)."""
+    several channels is drawn by its first, and measured on all (said in the figure). A ``pde``
+    that is an ``nn.Module`` runs in evaluation mode, its modes restored, and its outputs are
+    checked (:func:`diagram_arrays`)."""
     import textwrap
 
     plt = import_pyplot("figure_diagram")
@@ -203,13 +256,40 @@ def _between(fig, a, b) -> tuple[float, float]:
     return (xa + xb) / 2, ya
 
 
+def _check_layer(layer, function: str) -> None:
+    """An :class:`~eqpdenet.errors.InputTypeError` of ``function`` unless ``layer`` is a
+    :class:`~eqpdenet.pde.layer.PDELayer`, saying how to pass what was given (a model's
+    ``model.pde_layer``, a flow wrapped in a layer) in describe's refusal style; the first
+    attribute read was missing instead (``'EqPdeNet' object has no attribute 'pdes'``)."""
+    if isinstance(layer, PDELayer):
+        return
+    given = type(layer).__name__
+    if isinstance(getattr(layer, "pde_layer", None), PDELayer):
+        fix = ("its PDE layer is model.pde_layer (with standardize=model.standardize, the "
+               "model's input standardisation)")
+    elif isinstance(layer, EulerFlow | EulerStep):
+        rhs = (layer.step if isinstance(layer, EulerFlow) else layer).rhs
+        given += f" of {type(rhs).__name__}"
+        fix = ("pass a layer of its flow, PDELayer([flow])"
+               + (" (one of EulerFlow(step, steps))" if isinstance(layer, EulerStep) else ""))
+    else:
+        fix = "a PDELayer's evolutions are drawn (PDELayer.build(...), or model.pde_layer)"
+    raise InputTypeError(f"{function} takes a PDELayer, got {given}: {fix}")
+
+
 @torch.no_grad()
 def evolution_trajectories(layer: PDELayer, images: Tensor, standardize=None) -> list[Tensor]:
-    """Per PDE of ``layer``, ``u(0), u(dt), ..., u(T)`` of ``images`` ``(N, 1, H, W)``
-    (``standardize`` applied first): ``(steps + 1, N, 1, H, W)`` each. A PDE that is not finite
-    on them raises :class:`~eqpdenet.errors.NonFiniteStateError`."""
+    """Per PDE of ``layer``, ``u(0), u(dt), ..., u(T)`` of ``images`` ``(N, C, H, W)``
+    (``standardize`` applied first): ``(steps + 1, N, C, H, W)`` each, every channel evolved.
+    The flows run in evaluation mode, each submodule's own mode restored afterwards (an ``F``
+    of one's own may hold a batch norm or a dropout). A PDE that is not finite on them raises
+    :class:`~eqpdenet.errors.NonFiniteStateError`; ``layer`` not a
+    :class:`~eqpdenet.pde.layer.PDELayer` (a model, a flow) is an
+    :class:`~eqpdenet.errors.InputTypeError` saying what to pass (``model.pde_layer``)."""
+    _check_layer(layer, "evolution_trajectories")
     u0 = standardize(images) if standardize is not None else images
-    return [pde(u0, return_trajectory=True) for pde in layer.pdes]
+    with evaluation_mode(layer):
+        return [pde(u0, return_trajectory=True) for pde in layer.pdes]
 
 
 def frame_steps(steps: int, frames: int) -> list[int]:
@@ -235,17 +315,24 @@ def evolution_grid(layer: PDELayer, images: Tensor, path, *, frames: int = 6,
                    title: str | None = None, trajectories: Sequence[Tensor] | None = None) -> None:
     """PNG grid: one row per (sample, PDE), ``frames`` columns ``u(t)`` from ``t = 0`` to ``T``
     (:func:`frame_steps`: one frame is ``u(T)``); fewer where no PDE has that many distinct
-    steps (at most ``steps + 1`` columns), a row of fewer steps ending in blank cells.
+    steps (at most ``steps + 1`` columns), a row of fewer steps ending in blank cells. The
+    times ``t = ...`` head a sample's first row and every row whose times differ from the row
+    above (PDEs of another ``dt`` or number of steps), so each cell is read under its own time.
 
     Each row has its own grey scale, shared across its frames so the change in time shows: from
     the row's minimum to its 99.5th percentile (isolated spikes saturate; at least
     :func:`grey_range`'s width); the row label gives the full range. ``images``:
-    ``(N, 1, H, W)``; ``standardize`` is applied first.
-    ``trajectories``: those of :func:`evolution_trajectories`, computed already.
+    ``(N, C, H, W)``; ``standardize`` is applied first. Of images of several channels the grid
+    draws channel 0, and the rows' ranges are channel 0's: the figure's title says so
+    ("channel 0 of C drawn"), as :func:`figure_diagram` does.
+    ``trajectories``: those of :func:`evolution_trajectories`, computed already. ``layer`` not a
+    :class:`~eqpdenet.pde.layer.PDELayer` is an :class:`~eqpdenet.errors.InputTypeError`
+    (:func:`evolution_trajectories`).
     """
+    _check_layer(layer, "evolution_grid")
     frame_steps(0, frames)  # frames >= 1, before any work
     if not isinstance(images, Tensor) or images.dim() != 4 or len(images) == 0:
-        raise InputError(f"images must be (N, 1, H, W) with N >= 1, got "
+        raise InputError(f"images must be (N, C, H, W) with N >= 1, got "
                          f"{tuple(images.shape) if isinstance(images, Tensor) else images!r}")
     if labels is not None and len(labels) != len(images):
         raise InputError(f"labels: one per image, got {len(labels)} for {len(images)} images")
@@ -256,8 +343,14 @@ def evolution_grid(layer: PDELayer, images: Tensor, path, *, frames: int = 6,
     # As many columns as the most distinct steps drawn of a PDE: frames beyond its steps + 1
     # repeat none (50 frames of 10 steps drew 11 images and 39 blank columns).
     columns = max(len(frame_steps(t.shape[0] - 1, frames)) for t in trajectories)
-    fig, axes = plt.subplots(len(rows), columns,
-                             figsize=(1.3 * columns + 1.6, 1.35 * len(rows)), squeeze=False)
+    channels = trajectories[0].shape[2]  # what was evolved and drawn
+    if channels > 1:  # said, as figure_diagram says it: the other channels are not drawn
+        note = f"channel 0 of {channels} drawn (each row's range is channel 0's)"
+        title = f"{title}\n{note}" if title else note
+    lines = title.count("\n") + 1 if title else 1  # 0.3 in for each line of the title
+    fig, axes = plt.subplots(len(rows), columns, squeeze=False,
+                             figsize=(1.3 * columns + 1.6, 1.35 * len(rows) + 0.3 * (lines - 1)))
+    headers = None  # the times heading the row above
     for r, (n, e) in enumerate(rows):
         trajectory = trajectories[e]
         steps = trajectory.shape[0] - 1
@@ -266,6 +359,11 @@ def evolution_grid(layer: PDELayer, images: Tensor, path, *, frames: int = 6,
         shown = data[picks].flatten()
         vmin, vmax = grey_range(float(shown.min()), float(torch.quantile(shown, 0.995)))
         dt = layer.pdes[e].step.dt
+        times = [f"t = {k * dt:.3g}" for k in picks]
+        # Headed where a sample starts and where the times change: a PDE of another dt or
+        # number of steps drew u(T) under the row above's "t = 0.8".
+        headed = r == 0 or rows[r - 1][0] != n or times != headers
+        headers = times
         for c in range(columns):
             ax = axes[r, c]
             ax.set_xticks([])
@@ -274,13 +372,13 @@ def evolution_grid(layer: PDELayer, images: Tensor, path, *, frames: int = 6,
                 ax.set_visible(False)
                 continue
             ax.imshow(data[picks[c]].numpy(), cmap="gray", vmin=vmin, vmax=vmax)
-            if r == 0 or rows[r - 1][0] != n:
-                ax.set_title(f"t = {picks[c] * dt:.3g}", fontsize=8)
+            if headed:
+                ax.set_title(times[c], fontsize=8)
         name = labels[n] if labels else f"sample {n}"
         full = (float(data.min()), float(data.max()))
         axes[r, 0].set_ylabel(f"{name}\n{layer.pdes[e].name}\n[{full[0]:.2g}, {full[1]:.2g}]",
                               fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 * lines / fig.get_figheight()))
     save_figure(fig, path)
