@@ -124,10 +124,10 @@ def test_a_report_whose_plot_cannot_be_written_keeps_its_previous_table_and_plot
     sweep([0])
     write(out)
     before = _contents(out, ["table.md", plot])
-    assert len(before[plot]) > 24 * 1024 > len(before["table.md"])
+    assert len(before[plot]) > 16 * 1024 > len(before["table.md"])
     sweep([0, 1])  # a new table would say 2 runs
-    with pytest.raises(OutputFolderError) as caught:  # 24 KiB: the table fits, the plot not
-        file_size_limit(24 * 1024, write, out)
+    with pytest.raises(OutputFolderError) as caught:  # 16 KiB: the table fits, the plot not
+        file_size_limit(16 * 1024, write, out)
     assert str(caught.value) == (f"cannot write {out / plot}: the file would exceed this "
                                  f"process's file size limit (ulimit -f)")
     assert caught.value.errno == errno.EFBIG

@@ -6,9 +6,17 @@ zero fill) and are those of :class:`eqpdenet.analysis.equivariance.Transform`: r
 multiples of 90 degrees of square images, and by multiples of 180 degrees of any image, are exact
 (:func:`torch.rot90`); a quarter turn of a non-square image is resampled, which keeps its shape.
 Every angle, factor and shift is checked before any image is moved: a NaN or infinite value, a
-scale factor of 0, or a shift of at least the image's side (nothing of the image would be left)
-is a :class:`~eqpdenet.errors.ConfigError` naming the argument; so is a ``batch_size`` below 1,
-a ``seed`` that is not an integer, and a shift of :func:`axis_shift` that is not whole pixels.
+``bool`` (``True`` is no angle of 1 degree), a scale factor that is 0, infinite or without a
+finite reciprocal in the images' working dtype (:func:`~eqpdenet.geometry.working_dtype`:
+``1e-50`` is 0 in float32 and ``1e300`` infinite), a negative shift distance (it only reversed
+the direction drawn), or a shift of at least the image's side (nothing of the image would be
+left) is a :class:`~eqpdenet.errors.ConfigError` naming the argument and the entry
+(``factors[1]``); so is a ``batch_size`` below 1, a ``seed`` that is not an integer, and a shift
+of :func:`axis_shift` that is not whole pixels. An empty list of angles, factors or shifts gives
+an empty curve, and a value listed twice is measured twice (the curve lists one point per value
+given); the benchmark's ``curves`` section refuses both
+(:class:`~eqpdenet.app.config.CurvesConfig`), where they would make a recorded curve's axis
+empty or ambiguous.
 ``images`` must be ``(N, C, H, W)`` with ``N >= 1`` and ``labels`` one integer class per image,
 shape ``(N,)``, each a class of the model (``0 ... K - 1`` for its logits ``(N, K)``), and the
 model must return logits ``(n, K)`` for a batch of ``n`` (anything else is an
@@ -43,7 +51,7 @@ from torch import Tensor, nn
 
 from ..checks import require_int
 from ..errors import ConfigError
-from ..geometry import scale, translate
+from ..geometry import scale, translate, working_dtype
 from .equivariance import Transform, _finite_number, _relative_change
 from .predictions import (
     EVALUATION_BATCH,
@@ -80,12 +88,32 @@ def accuracy_under(model: nn.Module, images: Tensor, labels: Tensor,
     return 100.0 * float(correct.double().mean())
 
 
+def _number(value, name: str) -> float:
+    """``value`` as a float, or a :class:`~eqpdenet.errors.ConfigError` naming ``name`` unless it
+    is a finite number other than a ``bool`` (:func:`float` took ``True`` for 1 silently; the
+    benchmark's ``curves`` section refuses it too)."""
+    # numpy's bool_ and a bool tensor convert to 1.0 as well; they are no number either
+    if isinstance(value, bool) or str(getattr(value, "dtype", "")) in ("bool", "torch.bool"):
+        raise ConfigError(f"{name} must be a number, not a bool, got {value!r}")
+    return _finite_number(value, name)
+
+
 def _finite(values: Sequence[float], name: str) -> list[float]:
     """``values`` as floats, or a :class:`~eqpdenet.errors.ConfigError` naming ``name`` and the
-    first value that is not a finite number."""
+    first value that is not a finite number (:func:`_number`)."""
     if isinstance(values, str | bytes) or not isinstance(values, Iterable):
         raise ConfigError(f"{name} must be a list of numbers, got {values!r}")
-    return [_finite_number(value, f"{name}[{index}]") for index, value in enumerate(values)]
+    return [_number(value, f"{name}[{index}]") for index, value in enumerate(values)]
+
+
+def _distances(shifts: Sequence[float], name: str) -> None:
+    """A shift is a distance in a direction drawn per image: a negative one only reversed the
+    direction, and read as a smaller shift on the curve's axis (the benchmark's
+    ``curves.shifts`` refuses it so)."""
+    for index, s in enumerate(shifts):
+        if s < 0:
+            raise ConfigError(f"{name}[{index}] must be a distance >= 0 (the direction is drawn "
+                              f"per image), got {s:g}")
 
 
 def _within_frame(shifts: Sequence[float], images: Tensor, name: str) -> None:
@@ -113,20 +141,46 @@ def rotation_curve(model: nn.Module, images: Tensor, labels: Tensor,
 def scale_curve(model: nn.Module, images: Tensor, labels: Tensor,
                 factors: Sequence[float]) -> list[float]:
     """Accuracy (percent) with every image scaled by each factor about its centre (non-zero; a
-    negative factor is also a half turn)."""
+    negative factor is also a half turn). Every factor is checked before any image is moved,
+    also in the images' working dtype (:func:`~eqpdenet.geometry.working_dtype`; float32 for
+    float32, float16 and bfloat16 images), where it must be finite and non-zero with a finite
+    reciprocal: a :class:`~eqpdenet.errors.ConfigError` naming ``factors[i]`` otherwise."""
     factors = _finite(factors, "factors")
     for index, f in enumerate(factors):
         if f == 0:
             raise ConfigError(f"factors[{index}] must be non-zero, got 0 (a scaling by 0 maps "
                               f"every point onto the centre)")
     check_labels(images, labels)
+    _scalable(factors, working_dtype(images.dtype))
     return [accuracy_under(model, images, labels, lambda x, f=f: scale(x, f)) for f in factors]
+
+
+def _scalable(factors: Sequence[float], dtype: torch.dtype) -> None:
+    """A :class:`~eqpdenet.errors.ConfigError` naming the first factor that
+    :func:`eqpdenet.geometry.scale` would refuse in ``dtype`` (the images' working dtype: 0,
+    infinite, or without a finite reciprocal there)."""
+    # checked in float64 only, 1e300 or 1e-50 passed: the curve scored the factors before it,
+    # then scale() blamed an infinite or zero `factor` that the caller had not given
+    where = f"in {str(dtype).removeprefix('torch.')}, the images' working dtype"
+    for index, f in enumerate(factors):
+        held = torch.tensor(f, dtype=dtype)
+        if not bool(torch.isfinite(held)):
+            problem = f"is infinite {where} (its largest number is {torch.finfo(dtype).max:g})"
+        elif held == 0:
+            problem = f"is 0 {where} (a scaling by 0 maps every point onto the centre)"
+        elif not bool(torch.isfinite(1 / held)):
+            problem = (f"has no finite reciprocal {where} (the warp samples the input at "
+                       f"p / factor)")
+        else:
+            continue
+        raise ConfigError(f"factors[{index}] = {f:g} {problem}")
 
 
 def shift_curve(model: nn.Module, images: Tensor, labels: Tensor, shifts: Sequence[float],
                 seed: int = 0) -> list[float]:
-    """Accuracy (percent) with every image shifted by each distance (pixels, below the image's
-    smaller side), in a direction drawn per image (seeded, the same for every distance).
+    """Accuracy (percent) with every image shifted by each distance (pixels, at least 0 and
+    below the image's smaller side), in a direction drawn per image (seeded, the same for every
+    distance).
     ``seed`` is an integer, ``-2**63 <= seed < 2**63``, as for
     :func:`~eqpdenet.data.scenarios.apply_scenario` (a :class:`~eqpdenet.errors.ConfigError`
     naming it otherwise)."""
@@ -134,9 +188,13 @@ def shift_curve(model: nn.Module, images: Tensor, labels: Tensor, shifts: Sequen
     shifts = _finite(shifts, "shifts")
     check_labels(images, labels)
     _within_frame(shifts, images, "shifts")
+    _distances(shifts, "shifts")
     generator = torch.Generator().manual_seed(seed)
     theta = 2 * math.pi * torch.rand(len(images), generator=generator, dtype=torch.float64)
-    direction = torch.stack([torch.cos(theta), torch.sin(theta)], 1).to(images.dtype)
+    # in the warp's dtype: float16 directions moved half-precision images up to 0.002 pixel off
+    # (at 4 pixels) before the warp, which computes in float32 to avoid such errors
+    direction = torch.stack([torch.cos(theta), torch.sin(theta)], 1).to(
+        working_dtype(images.dtype))
     curve = []
     for s in shifts:
         shifted = translate(images, s * direction)
@@ -154,7 +212,7 @@ def logit_change(model: nn.Module, images: Tensor, degrees: float,
     finite logits before and after (:func:`~eqpdenet.analysis.predictions._logit_pairs`; NaN
     where there is none: nothing was compared). No image: an
     :class:`~eqpdenet.errors.InputError`."""
-    degrees = _finite_number(degrees, "degrees")
+    degrees = _number(degrees, "degrees")
     check_images(images)
     _check_batch_size(batch_size)
     return _relative_change(*_logit_pairs(model, images, _rotation(degrees)(images), batch_size))
@@ -166,7 +224,7 @@ def round_trip_change(model: nn.Module, images: Tensor, degrees: float,
     ``||l(g^-1 (g f)) - l(f)|| / ||l(f)||`` over the whole batch. There is no net rotation, only
     two bilinear resamplings (none for multiples of 90 degrees), so this is the part of
     :func:`logit_change` that is resampling, not rotation."""
-    degrees = _finite_number(degrees, "degrees")
+    degrees = _number(degrees, "degrees")
     check_images(images)
     _check_batch_size(batch_size)
     back = _rotation(-degrees)(_rotation(degrees)(images))
@@ -183,7 +241,7 @@ def _whole_pixels(shift, name: str) -> tuple[int, int]:
     if values is None or len(values) != 2:
         raise ConfigError(f"{name} must be a pair of whole pixels (t_x, t_y), got {shift!r}")
     for index, value in enumerate(values):
-        number = _finite_number(value, f"{name}[{index}]")
+        number = _number(value, f"{name}[{index}]")
         if number != int(number):
             raise ConfigError(f"{name}[{index}]: axis_shift takes whole pixels; got a shift of "
                               f"{number:g}")
@@ -215,7 +273,7 @@ def axis_shift_curve(model: nn.Module, images: Tensor, labels: Tensor, shifts: S
     """Accuracy (percent) with every image moved by each whole number of pixels along an axis
     direction (right, up, left or down, drawn per image from a generator seeded by ``seed``,
     the same for every distance): translations without resampling (:func:`axis_shift`), each
-    below the image's smaller side. ``seed`` as for :func:`shift_curve`."""
+    at least 0 and below the image's smaller side. ``seed`` as for :func:`shift_curve`."""
     seed = require_int(seed, "seed")  # 2.5, None and True reached manual_seed: a raw RuntimeError
     shifts = _finite(shifts, "shifts")
     for index, s in enumerate(shifts):
@@ -224,6 +282,7 @@ def axis_shift_curve(model: nn.Module, images: Tensor, labels: Tensor, shifts: S
                               f"shift of {s:g}")
     check_labels(images, labels)
     _within_frame(shifts, images, "shifts")
+    _distances(shifts, "shifts")
     generator = torch.Generator().manual_seed(seed)
     which = torch.randint(len(AXIS_DIRECTIONS), (len(images),), generator=generator)
     curve = []

@@ -413,7 +413,9 @@ def robustness_figure(summary: dict[str, dict], data: str = "ROTMNIST") -> bytes
     for axis, (kind, label) in zip(axes, panels, strict=True):
         for entry, item in summary.items():
             if kind in item:
-                x, y = item[kind]
+                # joined from left to right: curves.angles may be in any order ([0, 90, -90]
+                # zig-zagged back across the panel)
+                x, y = _by_x(*item[kind])
                 # matplotlib leaves a label starting with "_" out of the legend: a zero-width
                 # space before it keeps an entry named so (a valid run key) in it
                 axis.plot(x, y, "o-", ms=3, lw=1.2,
@@ -426,10 +428,30 @@ def robustness_figure(summary: dict[str, dict], data: str = "ROTMNIST") -> bytes
     if images is not None:
         what = "digits" if data == "ROTMNIST" else "images"
         fig.suptitle(f"Robustness on the first {images:,} {data} test {what} (mean over seeds)")
-    axes[0].set_xticks(range(0, 361, 45))
+    angles = [a for item in summary.values() if "rotation" in item for a in item["rotation"][0]]
+    if angles:  # else matplotlib's own ticks (no run recorded an angle)
+        axes[0].set_xticks(_angle_ticks(angles))
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return figure_bytes(fig)
+
+
+def _by_x(x: list[float], y: list[float]) -> tuple[list[float], list[float]]:
+    """A curve's points ``(x, y)`` sorted by ``x`` (ties keep their order)."""
+    order = sorted(range(len(x)), key=lambda i: x[i])
+    return [x[i] for i in order], [y[i] for i in order]
+
+
+def _angle_ticks(angles: list[float]) -> list[int]:
+    """The ticks of the rotation panel: multiples of 45 degrees from the largest one at or below
+    the smallest angle to the smallest one at or above the largest (``0 ... 360`` for the default
+    ``0 ... 345``), every 90, 180, 360, ... degrees instead where that would be more than 9
+    ticks."""
+    # from the data: fixed at 0-360, a negative angle or one beyond a turn had no tick
+    low, high, step = min(angles), max(angles), 45
+    while (math.ceil(high / step) - math.floor(low / step)) > 8:
+        step *= 2
+    return [step * k for k in range(math.floor(low / step), math.ceil(high / step) + 1)]
 
 
 def is_benchmark_folder(folder: Path) -> bool:

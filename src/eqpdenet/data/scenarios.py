@@ -111,12 +111,27 @@ def _sampler_signature(name: str, sampler) -> inspect.Signature:
             raise ConfigError(f"scenario {name!r}: its sampler {_sampler_name(sampler)}{signature} takes "
                               f"{parameter}; its ranges must be named parameters with defaults "
                               f"(apply_scenario and scenario_defaults read them from the signature)")
+        if parameter.name in _apply_scenario_arguments():
+            # apply_scenario takes such a keyword itself: the range was never set (batch_size=2
+            # went to the warp, and seed=1.5 was a raw TypeError "multiple values")
+            raise ConfigError(f"scenario {name!r}: its sampler's range {parameter.name!r} is named "
+                              f"like apply_scenario's own argument {parameter.name!r}, so no call "
+                              f"could set it; rename the range (apply_scenario takes "
+                              f"{', '.join(_apply_scenario_arguments())} itself)")
         if parameter.kind == inspect.Parameter.POSITIONAL_ONLY or (
                 parameter.default is inspect.Parameter.empty and parameter.name != IMAGE_SIZE):
             raise ConfigError(f"scenario {name!r}: its sampler's range {parameter.name!r} has no "
                               f"default; every range needs one (apply_scenario(name, images, seed) "
                               f"and scenario_defaults use it): {expected}")
     return signature
+
+
+def _apply_scenario_arguments() -> tuple[str, ...]:
+    """The names :func:`apply_scenario` takes itself (``name``, ``images``, ``seed``,
+    ``batch_size``, ``return_params``): no range of a scenario may have one of them. Read from
+    its signature, so that an argument added there is reserved here too."""
+    return tuple(p.name for p in inspect.signature(apply_scenario).parameters.values()
+                 if p.kind is not inspect.Parameter.VAR_KEYWORD)
 
 
 def check_draw(name: str, draw, num: int, context: str = "") -> AffineDraw:
@@ -172,7 +187,9 @@ def check_draw(name: str, draw, num: int, context: str = "") -> AffineDraw:
 def check_sampler(name: str, sampler) -> None:
     """Raise a :class:`ConfigError` naming scenario ``name`` unless ``sampler`` is one: callable as
     ``sampler(num, generator, **ranges)`` with a default for every range (``image_size`` may
-    lack one: :func:`apply_scenario` gives the images'), and, drawing :data:`TRIAL_IMAGES` maps
+    lack one: :func:`apply_scenario` gives the images'), no range named like one of
+    :func:`apply_scenario`'s own arguments (``name``, ``images``, ``seed``, ``batch_size``,
+    ``return_params``: no call could set it), and, drawing :data:`TRIAL_IMAGES` maps
     with its default ranges from a generator of its own (seeded :data:`TRIAL_SEED`), it returns
     a valid draw (:func:`check_draw`), the same one twice (it draws from ``generator`` only).
 
@@ -230,7 +247,8 @@ def register_scenario(name: str, sampler: Sampler, *, replace: bool = False) -> 
 
     The sampler is checked first (:func:`check_sampler`: its signature, and a trial draw from a
     generator of its own with its default ranges): a sampler that does not take
-    ``(num, generator)``, a range without a default, a draw that is not an :class:`AffineDraw` of
+    ``(num, generator)``, a range without a default or named like one of
+    :func:`apply_scenario`'s own arguments, a draw that is not an :class:`AffineDraw` of
     finite, invertible maps of the right shapes, or draws that are not a function of the
     generator are one :class:`ConfigError` naming the scenario, now rather than after training.
     """
