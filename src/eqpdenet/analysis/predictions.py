@@ -383,15 +383,23 @@ def check_labels(images: Tensor, labels) -> Tensor:
     return labels.cpu()
 
 
-def check_classes(labels: Tensor, classes: int) -> None:
+def check_classes(labels: Tensor, classes: int, *, split: str | None = None,
+                  source: str | None = None) -> None:
     """An :class:`~eqpdenet.errors.InputError` naming the first label outside ``0 ... classes -
-    1``: no prediction can match it (a 3-class model on labels 0 ... 9 scored 10 % silently)."""
+    1``: no prediction can match it (a 3-class model on labels 0 ... 9 scored 10 % silently).
+    ``split`` (``"training"``, ``"validation"``, ``"test"``), where the labels are a split's, is
+    named with the image, and ``source`` says where ``classes`` came from and what to do (the
+    training's checks: a test label above every training label of a dict of splits was refused
+    naming neither the split nor that the training labels gave the class count); without them
+    the message ends as it always did."""
     outside = (labels < 0) | (labels >= classes)
     if bool(outside.any()):
         index = int(outside.nonzero()[0, 0])
+        where = f"the {split} split's image {index}; " if split is not None else ""
+        why = source or "the labels and the model's classes must agree"
         raise InputError(f"labels[{index}] = {int(labels[index])} is not a class of the model, "
                          f"which returns {classes} logits per image (classes 0 ... "
-                         f"{classes - 1}); the labels and the model's classes must agree")
+                         f"{classes - 1}){': ' + where if where else '; '}{why}")
 
 
 @torch.no_grad()

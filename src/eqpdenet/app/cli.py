@@ -289,7 +289,19 @@ def _train(args) -> int:
         return 1
     print(f"{_run_name(config)} seed={config.train.seed}: {_scores(record)} "
           f"({record['train_seconds']:.0f} s) -> {out / 'model.pt'}")
+    _say_non_finite(record, data)
     return 0
+
+
+def _say_non_finite(record: dict, data) -> None:
+    """One warning per scenario whose accuracy counts test images on which the model's PDE blew
+    up as errors (the record's ``non_finite_images``; ``data``: the data trained and scored on):
+    ``train`` printed the accuracies alone, and they read as misclassifications."""
+    from .training import non_finite_notice
+
+    for scenario, failed in record.get("non_finite_images", {}).items():
+        print(f"eqpdenet: warning: {non_finite_notice(scenario, failed, len(data['test']))}",
+              file=sys.stderr)
 
 
 def _run_config_text(config, record: dict) -> bytes:
@@ -429,6 +441,7 @@ def _train_distributed(args) -> int:
     print(f"{_run_name(config)} seed={config.train.seed}: {_scores(record)} "
           f"({record['train_seconds']:.0f} s, {record['processes']} processes) -> "
           f"{out / 'model.pt'}")
+    _say_non_finite(record, data)
     return 0
 
 
@@ -540,7 +553,12 @@ def _evaluate(args) -> int:
     from ..data.scenarios import SCENARIOS
     from .files import check_output_file
     from .runfolder import check_output_keeps, writing_beside_runs
-    from .training import check_evaluated_classes, evaluate_scenarios, load_checkpoint
+    from .training import (
+        check_evaluated_classes,
+        evaluate_scenarios,
+        load_checkpoint,
+        non_finite_notice,
+    )
 
     model, config, payload = load_checkpoint(args.checkpoint, device=args.device or "cpu")
     scenarios = list(dict.fromkeys(args.scenarios or config.scenarios))  # each once, in order
@@ -571,21 +589,14 @@ def _evaluate(args) -> int:
         failed = [counts.get(name, 0) for counts in non_finite]
         if any(failed):  # scored as errors (analysis.predictions), and said
             summary[name]["non_finite_images"] = failed
-            print(f"eqpdenet: warning: {name}: the model's PDE blew up (non-finite state) on "
-                  f"{_count_phrase(failed)} of the {len(data['test']):,} test images; they are "
-                  f"counted as errors", file=sys.stderr)
+            print(f"eqpdenet: warning: {non_finite_notice(name, failed, len(data['test']))}",
+                  file=sys.stderr)
     if args.json:
         from .files import atomic_write
 
         with writing_beside_runs(Path(args.json), "--json"):  # no run replaces its folder now
             atomic_write(Path(args.json), (json.dumps(summary, indent=1) + "\n").encode())
     return 0
-
-
-def _count_phrase(counts: list[int]) -> str:
-    """``3`` for one instance or the same count in every one, else ``1-3 (per instance)``."""
-    low, high = min(counts), max(counts)
-    return f"{high:,}" if low == high else f"{low:,}-{high:,} (per instance)"
 
 
 def _checkpoint_data(checkpoint, config: ExperimentConfig, data_dir, cache_dir, command: str):

@@ -65,6 +65,7 @@ from .training import (
     _progress,
     data_resolved_fields,
     fingerprint,
+    non_finite_notice,
     pde_backend,
     prepare_data,
     resolved_device_type,
@@ -249,6 +250,10 @@ def run_sweep(name: str, runs: dict[str, ExperimentConfig], out_dir: Path, *,
             scores = "  ".join(f"{k} {v:5.2f}" for k, v in record["accuracy"].items())
             echo(f"{count} {key:>24}: {scores}  ({record['train_seconds']:.0f} s train, "
                  f"{record['eval_seconds']:.0f} s eval)")
+            # the accuracies count PDE blow-ups as errors: said, as evaluate and train say it
+            for scenario, failed in record.get("non_finite_images", {}).items():
+                echo(f"{' ' * len(count)} {key:>24}: warning: "
+                     f"{non_finite_notice(scenario, failed)}")
         else:
             echo(f"{count} {key:>24}: {record['status']}: {record['error']}")
 

@@ -570,7 +570,7 @@ def resolve_for_data(config: ExperimentConfig, data: Data | dict) -> ExperimentC
     for name in ("train", "validation"):
         split = data.get(name) if hasattr(data, "get") else None
         if split is not None and len(split):
-            check_classes(split.labels, model.classes)
+            _check_split_labels(data, name, model.classes)
     _check_given_classes(data, model.classes)
     standardize = model.standardize
     if standardize == "auto":
@@ -578,6 +578,9 @@ def resolve_for_data(config: ExperimentConfig, data: Data | dict) -> ExperimentC
         # default configuration, whose data.dataset is 'rotmnist', was standardised with
         # MNIST's mean and std), else by the configuration's data set; by the rule
         # data_resolved_fields follows (a built-in name replaced by a plugin is the user's).
+        # Data naming no set (a dict, Data(name="")) under the default data.dataset takes
+        # MNIST's constants without a warning (round 20, decided and said in docs/data.md:
+        # pixels in [0, 1] stay within MNIST's own standardised range).
         name = getattr(data, "name", "") or config.data.dataset
         family = mnist_family(name.removesuffix("-rotated"))
         standardize = "fixed" if family else "train"
@@ -1307,8 +1310,9 @@ def _check_first_logits(logits, count: int, data, splits: tuple[str, ...],
     _check_logits(logits, count, expected.who)
     name = getattr(data, "name", "") or "the data given"
     check_logit_count(int(logits.shape[1]), expected.classes, expected.model, name)
-    for split in splits:
-        check_classes(data[split].labels, logits.shape[1])
+    for split in splits:  # a given model's classes are its logits' (not known before)
+        _check_split_labels(data, split, int(logits.shape[1]),
+                            by_model=expected.classes is None)
 
 
 def check_logit_count(width: int, classes: int | None, model: str, data: str) -> None:
@@ -1386,7 +1390,43 @@ def _check_training_splits(data, classes: int | None,
             raise InputError(f"the {name} split's images hold {int(bad.sum())} non-finite "
                              f"values (NaN or inf): the data is at fault; check how it was made")
         if classes is not None:
-            check_classes(split.labels, classes)
+            _check_split_labels(data, name, classes)
+
+
+#: A split's name in words (its key in a dict of splits, or a Data's attribute).
+_SPLIT_WORDS = {"train": "training", "validation": "validation", "test": "test"}
+
+
+def _check_split_labels(data, split: str, classes: int, by_model: bool = False) -> None:
+    """:func:`~eqpdenet.analysis.predictions.check_classes` on the labels of ``data[split]``,
+    its message naming the split, the image and where ``classes`` came from: the logits of a
+    model given to :func:`train_model` (``by_model``), the data's declared count
+    (``Data.classes``), or, for a dict of splits, which declares none, the largest training or
+    validation label + 1 (:func:`resolve_for_data`: the test split does not shape the model, so
+    a test label above every training label is refused here, where the same arrays as a file,
+    whose count is read from all its labels, train with a warning). A label is compared once;
+    the words are made only for a label outside."""
+    labels = data[split].labels
+    outside = (labels < 0) | (labels >= classes)
+    if not bool(outside.any()):
+        return
+    if by_model:
+        source = "the model's classes are the logits it returns; the labels and they must agree"
+    elif getattr(data, "classes", None) is not None:
+        source = (f"the model's classes are the data's declared count (Data.classes = "
+                  f"{data.classes}); the labels and Data.classes must agree")
+    else:
+        source = ("the model's classes come from the training and validation labels (their "
+                  "largest + 1: a dict of splits declares no class count, and the test split "
+                  "does not shape the model); ")
+        if int(labels[outside.nonzero()[0, 0]]) < 0:  # the label check_classes names
+            source += "number the classes 0 ... K - 1"
+        else:
+            held = max(int(data[name].labels.max()) for name in ("train", "validation", "test")
+                       if data.get(name) is not None and len(data[name]))
+            source += (f"pass a Data with classes = {held + 1} (every split's labels), or give "
+                       f"the training split every class")
+    check_classes(labels, classes, split=_SPLIT_WORDS.get(split, split), source=source)
 
 
 def _divergence_remedy(train: TrainConfig) -> str:
@@ -1869,6 +1909,25 @@ def _plain(text) -> str:
 
 
 # ----------------------------------------------------------------------------- runs
+
+
+def non_finite_notice(scenario: str, failed: int | list[int],
+                      test_images: int | None = None) -> str:
+    """The words (without ``eqpdenet: warning:``) that say a scenario's accuracy counts the test
+    images on which the model's PDE blew up as errors: ``iso: the model's PDE blew up
+    (non-finite state) on 3 of the 60 test images; they are counted as errors``. ``failed``: the
+    count (a run record's ``non_finite_images[scenario]``), or one count per evaluated instance
+    (said as ``3``, or ``1-3 (per instance)`` where they differ); ``test_images``: the test
+    split's size, where known (a run record does not hold it: ``on 3 test images``). What
+    ``evaluate``, ``train`` and a sweep's per-run line say, so that no one reads such images as
+    misclassified."""
+    counts = [failed] if isinstance(failed, int) else list(failed)
+    low, high = min(counts), max(counts)
+    count = f"{high:,}" if low == high else f"{low:,}-{high:,} (per instance)"
+    of = f"{count} of the {test_images:,} test images" if test_images is not None else \
+        f"{count} test image{'' if count == '1' else 's'}"
+    return (f"{scenario}: the model's PDE blew up (non-finite state) on {of}; they are counted "
+            f"as errors")
 
 
 def run_experiment(config: ExperimentConfig, data: Data | dict[str, Split], *,

@@ -32,6 +32,7 @@ them and its seed, its cache hash-checked).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import math
@@ -644,16 +645,62 @@ def load_idx_folder(folder: str | os.PathLike) -> ImageDataset:
 
 
 def _idx_files(folder: Path) -> dict[str, Path]:
-    """The four IDX files of ``folder`` by role (the gzipped one where both exist)."""
+    """The four IDX files of ``folder`` by role: ``<name>.gz`` or ``<name>``. Where both exist
+    and hold the same IDX bytes (each read as :func:`read_idx` reads it: gzip or raw by its
+    content), the gzipped one; where their bytes differ, a
+    :class:`~eqpdenet.errors.DataFileError` naming both (:func:`_same_idx_bytes`): one of them is
+    stale, and which one was meant cannot be told (the ``.gz`` was read silently, and the
+    fingerprint hashed it alone)."""
     files = {}
     for key, name in IDX_NAMES.items():
         candidates = [folder / f"{name}.gz", folder / name]
-        path = next((p for p in candidates if p.is_file()), None)
-        if path is None:
+        present = [p for p in candidates if p.is_file()]
+        if not present:
             raise DataFileError(folder, f"missing {name}[.gz]; an IDX data set folder holds "
                                 f"{', '.join(IDX_NAMES.values())}")
-        files[key] = path
+        if len(present) == 2 and not _same_idx_bytes(*present):
+            raise DataFileError(folder, f"holds both {name}.gz and {name}, and their contents "
+                                f"differ (compared uncompressed): one of them is stale; remove "
+                                f"the one not meant (a folder may hold both only where they "
+                                f"agree)")
+        files[key] = present[0]
     return files
+
+
+def _same_idx_bytes(first: Path, second: Path) -> bool:
+    """Whether ``first`` and ``second`` hold the same bytes once each is uncompressed where it
+    starts like gzip (as :func:`read_idx` decides), compared 1 MiB at a time and stopped at the
+    first difference (files that agree are read whole: about as long as loading them). A stream
+    that cannot be read (a damaged gzip file) is not compared: True, and loading names the
+    damage."""
+    handles = []
+    try:
+        with contextlib.ExitStack() as stack:
+            for path in (first, second):
+                with open(path, "rb") as handle:
+                    start = handle.read(2)
+                opener = gzip.open if start == b"\x1f\x8b" else open
+                handles.append(stack.enter_context(opener(path, "rb")))
+            while True:
+                chunks = [_read_up_to(handle, 1 << 20) for handle in handles]
+                if chunks[0] != chunks[1]:
+                    return False
+                if not chunks[0]:
+                    return True
+    except (OSError, EOFError, zlib.error):
+        return True
+
+
+def _read_up_to(handle, size: int) -> bytes:
+    """``size`` bytes of ``handle``, fewer only at its end (a stream may return fewer)."""
+    parts, held = [], 0
+    while held < size:
+        part = handle.read(size - held)
+        if not part:
+            break
+        parts.append(part)
+        held += len(part)
+    return b"".join(parts)
 
 
 #: Hex digits kept of a data fingerprint's SHA-256: 64 bits, no collision among the versions of
