@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import batched, require, require_int, require_positive
-from ..errors import InputError, InputTypeError
+from ..errors import ConfigError, InputError, InputTypeError
 from ..kernels.m2_op import real_constants
 from ..kernels.op import transform_reason
 from ..pde.stencils import BOUNDARIES, ConstantBuffers
@@ -117,7 +117,8 @@ class AntiAliasedDownsample(ConstantBuffers):
     (batch, channels, orientations) is filtered independently, and may be 0; ``H`` or ``W`` 0
     is an :class:`~eqpdenet.errors.InputError` (as for the jets: a map without pixels has
     nothing to blur). A tensor that is not floating point is an
-    :class:`~eqpdenet.errors.InputTypeError`. No parameters. Its matrices cost
+    :class:`~eqpdenet.errors.InputTypeError`. No parameters; ``sigma`` and ``boundary`` are
+    read-only (setting one is a :class:`~eqpdenet.errors.ConfigError`). Its matrices cost
     ``O(n (n + R))`` to build per map size ``n``: a ``sigma`` far wider than the map costs time
     and memory for nothing (the low-pass of a map much narrower than it is nearly its mean).
 
@@ -132,11 +133,45 @@ class AntiAliasedDownsample(ConstantBuffers):
 
     def __init__(self, sigma: float = 1.0, boundary: str = "replicate"):
         super().__init__()
-        self.sigma = require_lowpass_sigma(sigma, "downsample sigma")
+        sigma = require_lowpass_sigma(sigma, "downsample sigma")
         BOUNDARIES.check(boundary, "boundary")
-        self.boundary = boundary
-        self.register_buffer("weight", gaussian_lowpass_weights(self.sigma), persistent=False)
+        # Fixed here: the weight buffer and the per-size matrices are built from them, so a
+        # sigma or boundary set after a call was half applied (the cached matrices kept the old
+        # one, the radius another), silently; read-only as M2Jet's scales (round 20).
+        self._sigma, self._boundary = sigma, boundary
+        self.register_buffer("weight", gaussian_lowpass_weights(sigma), persistent=False)
         self._matrices: dict = {}
+
+    def __setstate__(self, state: dict) -> None:
+        # a module pickled before round 20 (torch.save of a whole model) held them as attributes
+        if "sigma" in state:
+            state = dict(state)
+            state["_sigma"], state["_boundary"] = state.pop("sigma"), state.pop("boundary")
+        super().__setstate__(state)
+
+    @property
+    def sigma(self) -> float:
+        """The low-pass's standard deviation, in input pixels (read-only)."""
+        return self._sigma
+
+    @sigma.setter
+    def sigma(self, value) -> None:
+        self._fixed("sigma")
+
+    @property
+    def boundary(self) -> str:
+        """The low-pass's padding, a name of :data:`~eqpdenet.pde.stencils.BOUNDARIES`
+        (read-only)."""
+        return self._boundary
+
+    @boundary.setter
+    def boundary(self, value) -> None:
+        self._fixed("boundary")
+
+    def _fixed(self, name: str):
+        raise ConfigError(f"AntiAliasedDownsample.{name} is fixed when the module is built (its "
+                          f"low-pass weights and cached matrices are made from it): build a new "
+                          f"AntiAliasedDownsample(sigma, boundary) instead")
 
     def _constant(self, name: str, dtype: torch.dtype, device) -> Tensor | None:
         if name != "weight":
