@@ -181,3 +181,13 @@ def test_a_sweeps_run_line_says_the_images_counted_as_errors(tmp_path):
     assert lines[1:] == [f"[1/1] {key}: test 50.00  iso 25.00  (0 s train, 0 s eval)",
                          f"      {key}: warning: iso: the model's PDE blew up (non-finite "
                          f"state) on 2 test images; they are counted as errors"]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the small splits' own warnings
+def test_a_data_without_a_class_count_takes_its_training_and_validation_labels():
+    # classes=None read `name in data`, which a Data (no __contains__) answered with a raw
+    # KeyError: 0 from __getitem__
+    data = Data(train=Split(_images(6), torch.tensor([0, 1, 2, 0, 1, 2])),
+                validation=Split(_images(3, 1), torch.tensor([0, 3, 1])),
+                test=Split(_images(3, 2), torch.tensor([0, 1, 2])), name="mine", classes=None)
+    assert resolve_for_data(_config(), data).model.classes == 4

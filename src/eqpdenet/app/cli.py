@@ -1193,6 +1193,8 @@ def _draw_figure(args, learned: bool) -> int:
         pde = heat_pde(T=T, dt=dt, names=("--T", "--dt"))
         label = f"heat equation ∂t u = u_xx + u_yy, T={T:g}"
     else:
+        from torch import nn
+
         from ..analysis.describe import pde_formula, ratio_reading
         from .training import load_checkpoint
 
@@ -1205,7 +1207,9 @@ def _draw_figure(args, learned: bool) -> int:
         if not 0 <= index < model.pde_layer.n_pdes:
             raise ConfigError(f"--pde {index}: the checkpoint has {model.pde_layer.n_pdes} PDEs")
         chosen = model.pde_layer.pdes[index]
-        pde = lambda u: chosen(model.standardize(u))  # noqa: E731
+        # a module, so that figure_diagram runs it in evaluation mode (a lambda was run as the
+        # checkpoint loads it, in training mode: an F with a dropout drew another map each run)
+        pde = nn.Sequential(model.standardize, chosen)
         ratios = ratio_reading(chosen.step.rhs)  # the printed a / b are regularised: say how
         label = (f"learned {chosen.name}, T={chosen.T:g}\n{pde_formula(chosen, digits=2)}"
                  + (f"\n{ratios}" if ratios else ""))

@@ -562,7 +562,7 @@ def resolve_for_data(config: ExperimentConfig, data: Data | dict) -> ExperimentC
         # the largest label of the splits a model learns from: the test split must not shape
         # the model (its labels would change the training), and a dict may have none
         labels = torch.cat([data[name].labels for name in ("train", "validation")
-                            if name in data and data[name] is not None])
+                            if data.get(name) is not None])
         classes = int(labels.max()) + 1 if len(labels) else 1
     model.classes = int(classes)
     # what a model learns from: labels within the classes (a negative label made the classes

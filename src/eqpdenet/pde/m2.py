@@ -322,7 +322,9 @@ class M2Jet(nn.Module):
     def stencils(self) -> Tensor:
         """:func:`separable_stencils` of :attr:`sigmas`, scale-normalised as the jet is: what
         the fused kernels convolve with, the values the reference's :func:`gaussian_jet`
-        applies (read-only, cached)."""
+        applies. Read-only and shared: every jet of the same scales (and the stability checks)
+        reads this one cached tensor, so an in-place change would alter them all; ``.clone()``
+        it to edit a copy."""
         return separable_stencils(self._sigmas, self._scale_normalised)
 
     @property
