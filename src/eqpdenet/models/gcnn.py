@@ -9,7 +9,9 @@ of 2 pi / N is exact up to the pixel grid (rot90 is exact for N divisible by 4).
 have 26,933 learned parameters (basis coefficients; e2cnn expands them into ordinary filters).
 
 e2cnn 0.2.3 is pure Python (torch, numpy, scipy, sympy) and runs unchanged with torch 2.13 (it
-emits a deprecation warning about uint8 masks, silenced here): ``pip install eqpdenet[gcnn]``.
+emits a deprecation warning about uint8 masks, silenced here), except for a 1x1 first
+convolution, which fails inside it and is refused (``gcnn.kernels[0] >= 3``):
+``pip install eqpdenet[gcnn]``.
 """
 
 from __future__ import annotations
@@ -95,10 +97,26 @@ class GCNNConfig:
                 f"channels {self.channels!r}")
         for index, (c, k) in enumerate(zip(self.channels, self.kernels, strict=True)):
             require_int(c, f"gcnn.channels[{index}]", 1)
-            require(isinstance(k, int) and k >= 1 and k % 2 == 1, f"gcnn.kernels[{index}]",
-                    "must be an odd positive integer")
-        require(all(isinstance(p, int) and 1 <= p <= len(self.channels) for p in self.pool_after),
-                "gcnn.pool_after", "must be layer numbers (1-based)")
+            # require_int, as for channels: isinstance(k, int) took True for 1 and refused a
+            # numpy integer as "not an odd positive integer"
+            k = require_int(k, f"gcnn.kernels[{index}]", 1)
+            require(k % 2 == 1, f"gcnn.kernels[{index}]", f"must be an odd positive integer, "
+                    f"got {k}")
+        # e2cnn 0.2.3's basis of a 1x1 convolution from the image to regular fields has one
+        # element, and assigning it through a uint8 mask is a masked_fill_ that torch 2.x
+        # refuses (a raw RuntimeError inside e2cnn when the model was built); later 1x1 layers
+        # have several elements and build
+        require(self.kernels[0] >= 3, "gcnn.kernels[0]",
+                f"must be at least 3: the first (lifting) convolution of 1x1 fails inside e2cnn "
+                f"0.2.3 with this torch; got {self.kernels[0]}")
+        for index, p in enumerate(self.pool_after):
+            require_int(p, f"gcnn.pool_after[{index}]", 1, maximum=len(self.channels))
+        # plain ints from here (a numpy integer is written to no TOML file)
+        self.kernels, self.pool_after = [int(k) for k in self.kernels], [int(p) for p in
+                                                                          self.pool_after]
+        # one pooling per layer: [1, 1] built one, and quarter_turn_invariant counted two
+        require(len(set(self.pool_after)) == len(self.pool_after), "gcnn.pool_after",
+                f"lists a layer twice (one pooling per layer at most): {self.pool_after!r}")
         require(self.pool in ("max", "antialiased"), "gcnn.pool", "must be 'max' or 'antialiased'")
         sigma = require_positive(self.pool_sigma, "gcnn.pool_sigma")
         # e2cnn's low-pass is a dense (8 sigma + 1)^2 filter per channel: 1e300 failed in torch
