@@ -4,11 +4,12 @@ Every configuration converts to a plain dict (:func:`to_dict`), to TOML text (:f
 back (:func:`from_dict`, :func:`load_toml`), is validated on construction (an invalid value raises
 :class:`ConfigError` naming the field), and is saved beside every result. A partial table takes
 its missing fields from the field's default (so ``[model.layer] T = 2.0`` is the paper's layer
-with ``T = 2``), and a layer table may start from a preset (``preset = "se2_sim2"``, see
-:data:`eqpdenet.pde.LAYER_PRESETS`; also ``--set model.layer.preset=se2_sim2``), the table's
-other fields overriding it. A table given whole through ``--set`` (``"train={lr=0.01}"``:
-:func:`apply_overrides`) is merged instead into the table as it stands, keeping the fields it
-does not name.
+with ``T = 2``; a table that a file saved before one of its fields existed takes that field's
+earlier behaviour instead: :func:`load_toml`), and a layer table may start from a preset
+(``preset = "se2_sim2"``, see :data:`eqpdenet.pde.LAYER_PRESETS`; also ``--set
+model.layer.preset=se2_sim2``), the table's other fields overriding it. A table given whole
+through ``--set`` (``"train={lr=0.01}"``: :func:`apply_overrides`) is merged instead into the
+table as it stands, keeping the fields it does not name.
 
 The application's default layer is the paper's (:meth:`LayerConfig.paper`, the absolute ratio
 regularisation), so the default configuration reproduces the paper; the library's own default
@@ -31,6 +32,7 @@ import math
 import re
 import tomllib
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,12 +146,9 @@ class ModelConfig:
     lifted_pde: LiftedPDEConfig = field(default_factory=LiftedPDEConfig)
 
     def __post_init__(self):
-        if isinstance(self.layer, dict):
-            self.layer = from_dict(LayerConfig, self.layer, base=LayerConfig.paper(),
-                                   _path="model.layer.")
+        _require_section(self, "layer", LayerConfig, "model.layer", LayerConfig.paper)
         for name, cls in KIND_OPTIONS.items():
-            if isinstance(getattr(self, name), dict):
-                setattr(self, name, from_dict(cls, getattr(self, name), _path=f"model.{name}."))
+            _require_section(self, name, cls, f"model.{name}")
         require(self.head in ("perceptron", "invariant"), "model.head",
                 f"{self.head!r} is not 'perceptron' or 'invariant'")
         MODELS.check(self.kind, "model.kind")
@@ -316,6 +315,8 @@ class TrainConfig:
     blur_consistency: BlurConsistency = field(default_factory=BlurConsistency)
 
     def __post_init__(self):
+        _require_section(self, "augment", AffineAugmentation, "train.augment")
+        _require_section(self, "blur_consistency", BlurConsistency, "train.blur_consistency")
         OPTIMIZERS.check(self.optimizer, "train.optimizer")
         lr = require_positive(self.lr, "train.lr")
         LR_SCHEDULES.check(self.lr_schedule, "train.lr_schedule")
@@ -341,17 +342,16 @@ class TrainConfig:
         require(self.weight_average < 1, "train.weight_average",
                 f"{self.weight_average!r} is not below 1 (a decay of 1 would never move the average)")
         augment = self.augment
-        if isinstance(augment, AffineAugmentation):
-            # 1e9 pixels or a factor of 1e30 trained on blank frames to chance accuracy, silently
-            require(augment.max_scale <= MAX_AUGMENT_SCALE, "train.augment.max_scale",
-                    f"{augment.max_scale:.3g} is more than {MAX_AUGMENT_SCALE:g}: the digits would "
-                    f"be mostly outside the frame")
-            require(augment.min_scale >= MIN_AUGMENT_SCALE, "train.augment.min_scale",
-                    f"{augment.min_scale:.3g} is less than {MIN_AUGMENT_SCALE:g}: the digits would "
-                    f"shrink to a few pixels")
-            require(augment.max_shift <= MAX_AUGMENT_SHIFT, "train.augment.max_shift",
-                    f"{augment.max_shift:.3g} pixels is more than {MAX_AUGMENT_SHIFT:g}: the "
-                    f"images would be moved out of their frames")
+        # 1e9 pixels or a factor of 1e30 trained on blank frames to chance accuracy, silently
+        require(augment.max_scale <= MAX_AUGMENT_SCALE, "train.augment.max_scale",
+                f"{augment.max_scale:.3g} is more than {MAX_AUGMENT_SCALE:g}: the digits would "
+                f"be mostly outside the frame")
+        require(augment.min_scale >= MIN_AUGMENT_SCALE, "train.augment.min_scale",
+                f"{augment.min_scale:.3g} is less than {MIN_AUGMENT_SCALE:g}: the digits would "
+                f"shrink to a few pixels")
+        require(augment.max_shift <= MAX_AUGMENT_SHIFT, "train.augment.max_shift",
+                f"{augment.max_shift:.3g} pixels is more than {MAX_AUGMENT_SHIFT:g}: the "
+                f"images would be moved out of their frames")
 
 
 @dataclass
@@ -432,8 +432,7 @@ class ExperimentConfig:
     def __post_init__(self):
         require_lists(self, "")
         for name, cls in (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig)):
-            if isinstance(getattr(self, name), dict):
-                setattr(self, name, from_dict(cls, getattr(self, name), _path=f"{name}."))
+            _require_section(self, name, cls, name)
         require(not self.train.select_on_validation or self.data.validation > 0,
                 "train.select_on_validation", "needs data.validation > 0")
         if self.model.kind in PDE_RATE_KINDS:
@@ -474,11 +473,10 @@ class ReproduceConfig:
 
     def __post_init__(self):
         require_lists(self, "")
-        if isinstance(self.base, dict):
-            # missing fields from this class's own default base, as from_dict of a file fills
-            # them (the benchmark's has five scenarios; ExperimentConfig's three were taken)
-            self.base = from_dict(ExperimentConfig, self.base, _path="base.",
-                                  base=_field_default(_fields_by_name(type(self))["base"]))
+        # a dict's missing fields from this class's own default base, as from_dict of a file
+        # fills them (the benchmark's has five scenarios; ExperimentConfig's three were taken)
+        _require_section(self, "base", ExperimentConfig, "base",
+                         lambda: _field_default(_fields_by_name(type(self))["base"]))
         require(len(self.models) >= 1, "models", "must be a non-empty list of model kinds")
         for index, kind in enumerate(self.models):
             # Another kind trained and was then left out of the report's tables (or, for a kind
@@ -656,13 +654,11 @@ class BenchmarkConfig:
 
     def __post_init__(self):
         require_lists(self, "")
-        if isinstance(self.base, dict):
-            # missing fields from this class's own default base, as from_dict of a file fills
-            # them (the benchmark's has five scenarios; ExperimentConfig's three were taken)
-            self.base = from_dict(ExperimentConfig, self.base, _path="base.",
-                                  base=_field_default(_fields_by_name(type(self))["base"]))
-        if isinstance(self.curves, dict):
-            self.curves = from_dict(CurvesConfig, self.curves, _path="curves.")
+        # a dict's missing fields from this class's own default base, as from_dict of a file
+        # fills them (the benchmark's has five scenarios; ExperimentConfig's three were taken)
+        _require_section(self, "base", ExperimentConfig, "base",
+                         lambda: _field_default(_fields_by_name(type(self))["base"]))
+        _require_section(self, "curves", CurvesConfig, "curves")
         require(isinstance(self.models, dict) and len(self.models) >= 1, "models",
                 "must name at least one model")
         for name, overrides in self.models.items():
@@ -802,7 +798,7 @@ def from_dict(cls, data: dict, base=None, _path: str = "", _in_file: bool = Fals
                   if name in names}
         meant = {n: _did_you_mean(n, tables, _path) for n in unknown}
         raise ConfigError(f"invalid config: unknown field(s) {[_path + n for n in unknown]} for "
-                          f"{cls.__name__}{_meant_text(meant)}; "
+                          f"{cls.__name__}{_meant_text(meant)}{_base_hint(data, names, _path)}; "
                           f"known: {sorted(names)}")
     kwargs = {}
     if base is not None:
@@ -840,6 +836,36 @@ def from_dict(cls, data: dict, base=None, _path: str = "", _in_file: bool = Fals
             fields = re.sub(r"(^|/ )", lambda m: m.group(1) + _path, fields)
             raise ConfigError(f"{lead}{fields}{colon}{rest}") from None
         raise
+
+
+def _require_section(config, name: str, cls, path: str, base=None) -> None:
+    """Field ``name`` of ``config`` (a table of fields, ``path`` its dotted path) as a ``cls``,
+    on construction: an instance is kept, a dict is converted as a file's table is
+    (:func:`from_dict`, missing fields from ``base()`` where given, else the defaults), and
+    anything else is a :class:`ConfigError` naming ``path`` and the type expected (``None`` or a
+    dict kept as it was failed later, as a raw ``AttributeError`` once training read it)."""
+    value = getattr(config, name)
+    if isinstance(value, cls):
+        return
+    if not isinstance(value, dict):
+        article = "an" if cls.__name__[0] in "AEIOU" else "a"
+        raise ConfigError(f"invalid config: {path}: must be {article} {cls.__name__} or a dict "
+                          f"of its fields, got {value!r}")
+    setattr(config, name, from_dict(cls, value, base=base() if base is not None else None,
+                                    _path=f"{path}."))
+
+
+def _base_hint(data: dict, names, path: str) -> str:
+    """Where ``data``, a table of a configuration without ``base`` (field ``names``), has a
+    ``base`` table, as a sweep's configuration holds its runs' experiment (a benchmark's
+    ``config.toml`` given to ``train --config``), the way to write it as one experiment, as
+    :func:`_under_base` says it for ``--set``; else ``""``."""
+    inner = data.get("base")
+    if "base" in names or not isinstance(inner, dict) or not inner:
+        return ""
+    moves = ", ".join(f"{path}base.{key} as {path}{key}" for key in inner)
+    return (f"; this configuration is one experiment, without base (a sweep's, with base, is "
+            f"for reproduce, benchmark or study): write {moves}")
 
 
 def _layer_preset(name, field: str) -> LayerConfig:
@@ -970,7 +996,17 @@ def load_toml(cls, path: str | Path, *, base=None):
     else their defaults. An error in the file's content names the file (``config file PATH: invalid
     config: train.epochs: ...``), as one in its syntax does; a registered name the process
     does not know (a plugin's, not imported) has that hint
-    (:func:`~eqpdenet.app.plugins.unregistered_hint`)."""
+    (:func:`~eqpdenet.app.plugins.unregistered_hint`).
+
+    One exception to the defaults: a field added since results were first recorded
+    (:data:`~eqpdenet.app.training.LATER_FIELDS`) that is missing from a table of an
+    experiment which writes every other field of that table, as a configuration saved before the
+    field existed does (:func:`to_toml` writes every field), is read with its behaviour from
+    before it where that differs from the default (``model.invariant_pde.jet_floor = 0``, not
+    ``0.1``): the same value a checkpoint or a sweep's record of that run gets
+    (:func:`~eqpdenet.app.training.with_legacy_fields`). A warning names each such field, the
+    value read and the default, unless the field has no effect on the runs
+    (:func:`fields_without_effect`). A partial table, or a missing one, takes the default."""
     path = Path(path)
     try:
         # utf-8-sig skips a leading byte-order mark (Windows editors and PowerShell write one):
@@ -987,7 +1023,13 @@ def load_toml(cls, path: str | Path, *, base=None):
     except OSError as error:
         raise ConfigError(f"config file {path} cannot be read: {error.strerror}") from None
     try:
-        return from_dict(cls, data, base=base, _in_file=True)
+        config = from_dict(cls, data, base=base, _in_file=True)
+        earlier = _saved_before_fields(data, config)
+        if earlier:
+            data = copy.deepcopy(data)
+            for where, value, _ in earlier:
+                _table_at(data, where[:-1])[where[-1]] = copy.deepcopy(value)
+            config = from_dict(cls, data, base=base, _in_file=True)
     except ConfigError as error:
         # a file that names a plugin's model kind, data set or scenario (a sweep's config.toml
         # read to resume it) without the plugin imported: the likely cause, as a report says
@@ -995,6 +1037,90 @@ def load_toml(cls, path: str | Path, *, base=None):
 
         text = unregistered_hint(error) if is_unregistered(str(error)) else str(error)
         raise ConfigError(f"{file_prefix(path)}{text}") from None
+    for where, value, default in earlier:
+        if _acts(config, where, value):
+            table, name = ".".join(where[:-1]), where[-1]
+            warnings.warn(
+                f"{file_prefix(path)}{'.'.join(where)} is not written in [{table}], which writes "
+                f"every other field, as a configuration saved before the field existed does: "
+                f"read as {value!r}, its behaviour then (as a checkpoint or a sweep's record of "
+                f"that run reads it); the default is now {default!r} (write {name} = "
+                f"{_toml_value(default, '.'.join(where))} in [{table}] to use it)",
+                UserWarning, stacklevel=2)
+    return config
+
+
+def _table_at(data, keys) -> dict | None:
+    """The table at ``keys`` in nested dicts (as a TOML file was read), or None."""
+    for key in keys:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else None
+
+
+def _plain(value):
+    """``value`` as a configuration dict holds it (a dataclass as a dict)."""
+    return to_dict(value) if dataclasses.is_dataclass(value) else value
+
+
+def _experiment_roots(cls) -> list[tuple[str, ...]]:
+    """Where experiments sit in a configuration of ``cls``: ``()`` for an
+    :class:`ExperimentConfig`, ``("base",)`` for a sweep's."""
+    if cls is ExperimentConfig:
+        return [()]
+    hints = typing.get_type_hints(cls)
+    return [(spec.name,) for spec in dataclasses.fields(cls)
+            if hints.get(spec.name) is ExperimentConfig]
+
+
+def _saved_before_fields(data: dict, config) -> list[tuple[tuple[str, ...], object, object]]:
+    """``(path in the file, earlier value, value read)`` of each
+    :data:`~eqpdenet.app.training.LATER_FIELDS` entry that ``data`` (a TOML file as read;
+    ``config``: what :func:`from_dict` made of it) leaves out of a table that writes every other
+    field of its dataclass, where the value read differs from the behaviour from before the
+    field existed. Fields that such a file could not have written either are not required: the
+    other LATER_FIELDS entries, and those read as None (:func:`to_toml` leaves None out). A
+    table starting from a preset was written by hand."""
+    from .training import LATER_FIELDS  # training imports this module
+
+    found = []
+    for root in _experiment_roots(type(config)):
+        for path, value in LATER_FIELDS.items():
+            where = root + path
+            table = _table_at(data, where[:-1])
+            if table is None or where[-1] in table or "preset" in table:
+                continue
+            section = _at_path(config, ".".join(where[:-1]))
+            if not dataclasses.is_dataclass(section):
+                continue
+            written = all(spec.name in table for spec in dataclasses.fields(section)
+                          if spec.name != path[-1] and path[:-1] + (spec.name,) not in LATER_FIELDS
+                          and getattr(section, spec.name) is not None)
+            read = _plain(getattr(section, path[-1]))
+            if written and read != value:
+                found.append((where, value, read))
+    return found
+
+
+def _acts(config, where: tuple[str, ...], value) -> bool:
+    """Whether the field at ``where`` (a path in ``config``, under its experiment's root) holding
+    ``value`` changes a run of ``config``: in some experiment the configuration runs (a
+    benchmark's model entries, a paper sweep's model kinds) it still holds ``value`` and
+    :func:`fields_without_effect` does not name it."""
+    if isinstance(config, ExperimentConfig):
+        runs, path = [config], where
+    else:
+        base, path = getattr(config, where[0]), where[1:]
+        if isinstance(config, BenchmarkConfig):
+            runs = [config.experiment(name, config.seeds[0]) for name in config.models]
+        elif isinstance(config, ReproduceConfig):  # the grid sets model.kind
+            runs = [apply_overrides(base, [f"model.kind={_toml_string(kind)}"])
+                    for kind in config.models]
+        else:
+            runs = [base]
+    dotted = ".".join(path)
+    return any(_plain(_at_path(run, dotted)) == value
+               and not any(line.startswith(f"{dotted} = ") for line in fields_without_effect(run))
+               for run in runs)
 
 
 def file_prefix(path: str | Path) -> str:
@@ -1008,9 +1134,11 @@ def _parse_value(text: str, field: str = "the value", text_field: bool = False):
     starts as a TOML list, table or quoted string (``[``, ``{``, a quote) but is not valid TOML
     is a :class:`ConfigError` naming ``field`` and TOML's reason: taken as a string, it was
     reported as the wrong type (``scenarios: must be a list, got '[test,iso]'``), hiding the
-    likely cause, strings left unquoted."""
+    likely cause, strings left unquoted. Text that TOML reads as more than the one value (lines
+    after it that are keys or tables of their own: ``--set $'train.lr=0.01\\ntrain.epochs=3'``)
+    is a :class:`ConfigError` naming ``field`` and the text."""
     try:
-        value = tomllib.loads(f"v = {text}")["v"]
+        document = tomllib.loads(f"v = {text}")
     except tomllib.TOMLDecodeError as error:
         # ``text_field``: the field is a string (data.dataset): "[v2] digits.npz" names a file
         if not text.startswith(("[", "{", '"', "'")) or (text_field and text[0] in "[{"):
@@ -1031,6 +1159,15 @@ def _parse_value(text: str, field: str = "the value", text_field: bool = False):
             hint = ""
         raise ConfigError(f"invalid config: {field}: {text} is not valid TOML ({reason})"
                           f"{hint}") from None
+    # "v = <text>" is parsed as a whole document: the lines after a value's first were dropped
+    # (or read as keys and tables that nothing reads) without a word
+    extra = [key for key in document if key != "v"]
+    if extra:
+        raise ConfigError(f"invalid config: {field}: {text!r} is more than one value: TOML "
+                          f"reads the lines after its first as keys or tables of their own "
+                          f"({', '.join(map(repr, extra))}), which nothing reads; give the value "
+                          f"alone (each field its own --set)")
+    value = document["v"]
     # No field is a date or a time: --set data.dataset=2024-01-01 names a file, not a date.
     return text if isinstance(value, datetime.date | datetime.time) else value
 
