@@ -990,6 +990,35 @@ def to_toml(config, _prefix: str = "") -> str:
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
+#: Fields added after results were first recorded, with the behaviour from before they existed.
+#: :func:`~eqpdenet.app.training.fingerprint` leaves a field out while it has that value, so a
+#: configuration recorded before the field existed keeps its fingerprint (and its results folder
+#: stays resumable). Here, not in training, which imports this module: :func:`load_toml` reads it.
+LATER_FIELDS: dict[tuple[str, ...], object] = {
+    ("model", "layer", "backend"): "auto",
+    ("model", "layer", "recompute"): False,
+    # Every layer before the field existed divided with the paper's absolute eps.
+    ("model", "layer", "ratio_regularisation"): "absolute",
+    ("model", "layer", "sigma"): None,
+    ("model", "in_channels"): 1,
+    ("model", "standardize"): "auto",
+    ("model", "head"): "perceptron",
+    ("train", "compile"): False,
+    ("data", "dataset"): "rotmnist",
+    ("data", "rotated"): False,
+    ("train", "augment"): {"max_shift": 0.0, "max_angle_degrees": 0.0, "min_scale": 1.0,
+                           "max_scale": 1.0},
+    ("model", "lifted_pde", "margin"): 0,
+    ("model", "lifted_pde", "center"): False,
+    ("model", "gcnn", "center"): False,
+    ("data", "rotation_centre"): "frame",
+    ("model", "lifted_pde", "stage_orientations"): [],
+    # Every SIM(2) InvariantPDENet before the field existed divided by N + the smallest normal.
+    ("model", "invariant_pde", "jet_floor"): 0.0,
+    ("train", "weight_average"): 0.0,
+    ("train", "blur_consistency"): {"weight": 0.0, "max_sigma": 0.71, "fraction": 0.25},
+}
+
 def load_toml(cls, path: str | Path, *, base=None):
     """Read ``cls`` from a TOML file; missing fields take ``base``'s values (an instance of
     ``cls``: ``study --config`` completes a partial file from the study's own starting point),
@@ -999,7 +1028,7 @@ def load_toml(cls, path: str | Path, *, base=None):
     (:func:`~eqpdenet.app.plugins.unregistered_hint`).
 
     One exception to the defaults: a field added since results were first recorded
-    (:data:`~eqpdenet.app.training.LATER_FIELDS`) that is missing from a table of an
+    (:data:`LATER_FIELDS`) that is missing from a table of an
     experiment which writes every other field of that table, as a configuration saved before the
     field existed does (:func:`to_toml` writes every field), is read with its behaviour from
     before it where that differs from the default (``model.invariant_pde.jet_floor = 0``, not
@@ -1074,14 +1103,12 @@ def _experiment_roots(cls) -> list[tuple[str, ...]]:
 
 def _saved_before_fields(data: dict, config) -> list[tuple[tuple[str, ...], object, object]]:
     """``(path in the file, earlier value, value read)`` of each
-    :data:`~eqpdenet.app.training.LATER_FIELDS` entry that ``data`` (a TOML file as read;
+    :data:`LATER_FIELDS` entry that ``data`` (a TOML file as read;
     ``config``: what :func:`from_dict` made of it) leaves out of a table that writes every other
     field of its dataclass, where the value read differs from the behaviour from before the
     field existed. Fields that such a file could not have written either are not required: the
     other LATER_FIELDS entries, and those read as None (:func:`to_toml` leaves None out). A
     table starting from a preset was written by hand."""
-    from .training import LATER_FIELDS  # training imports this module
-
     found = []
     for root in _experiment_roots(type(config)):
         for path, value in LATER_FIELDS.items():

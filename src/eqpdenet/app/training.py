@@ -68,8 +68,9 @@ from ..process_state import GLOBAL_RNG_LOCK
 from . import accelerate
 from .batches import mini_batches
 from .checkpoints import describe_non_finite, non_finite_tensors
-from .config import (
+from .config import (  # LATER_FIELDS lives there: config reads it to load saved files
     KIND_OPTIONS,
+    LATER_FIELDS,
     MAX_INPUT_MEAN,
     MAX_INPUT_STD,
     MIN_INPUT_STD,
@@ -1558,34 +1559,6 @@ def git_commit(package: Path | None = None) -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
-
-#: Fields added after results were first recorded, with the behaviour from before they existed.
-#: :func:`fingerprint` leaves a field out while it has that value, so a configuration recorded
-#: before the field existed keeps its fingerprint (and its results folder stays resumable).
-LATER_FIELDS: dict[tuple[str, ...], object] = {
-    ("model", "layer", "backend"): "auto",
-    ("model", "layer", "recompute"): False,
-    # Every layer before the field existed divided with the paper's absolute eps.
-    ("model", "layer", "ratio_regularisation"): "absolute",
-    ("model", "layer", "sigma"): None,
-    ("model", "in_channels"): 1,
-    ("model", "standardize"): "auto",
-    ("model", "head"): "perceptron",
-    ("train", "compile"): False,
-    ("data", "dataset"): "rotmnist",
-    ("data", "rotated"): False,
-    ("train", "augment"): {"max_shift": 0.0, "max_angle_degrees": 0.0, "min_scale": 1.0,
-                           "max_scale": 1.0},
-    ("model", "lifted_pde", "margin"): 0,
-    ("model", "lifted_pde", "center"): False,
-    ("model", "gcnn", "center"): False,
-    ("data", "rotation_centre"): "frame",
-    ("model", "lifted_pde", "stage_orientations"): [],
-    # Every SIM(2) InvariantPDENet before the field existed divided by N + the smallest normal.
-    ("model", "invariant_pde", "jet_floor"): 0.0,
-    ("train", "weight_average"): 0.0,
-    ("train", "blur_consistency"): {"weight": 0.0, "max_sigma": 0.71, "fraction": 0.25},
-}
 
 #: Options that change nothing unless another option has one of some values (path -> (that
 #: option's path, its values)): left out of the fingerprint elsewhere, so that adding one leaves
