@@ -74,7 +74,7 @@ from .files import (
 from .locks import hold
 from .runstore import SAME_RUN_FIELDS, mend_advice, non_finite_fields, write_aggregate
 
-__all__ = ["SAME_RUN_FIELDS", "Described", "Report", "aggregate", "check_outputs",
+__all__ = ["RUN_STATUSES", "SAME_RUN_FIELDS", "Described", "Report", "aggregate", "check_outputs",
            "benchmark_records", "check_records", "common_params", "dataset_name", "deduplicate",
            "described_runs", "failed_note", "finite_number", "format_number", "has_results",
            "key_differences", "left_out_note", "mean_std", "other_models_note",
@@ -89,6 +89,11 @@ SCENARIOS = ("test", "iso", "sca")
 #: keeps the two equal).
 MODEL_NAMES = {"eqpdenet": "EqPdeNet", "fcnn": "FCNN"}
 PAPER_MODELS = tuple(MODEL_NAMES)
+#: Every status a run record is written with: ``"ok"``, or ``"diverged"`` for a run without a
+#: result (:func:`eqpdenet.app.training.run_experiment`, and
+#: :func:`eqpdenet.app.runstore.with_finite_numbers` for non-finite results). Any other is refused
+#: (:func:`check_records`): a report counted it as a failed run and dropped its accuracies.
+RUN_STATUSES = ("ok", "diverged")
 
 
 def paper_table() -> dict[tuple[str, int], dict]:
@@ -172,10 +177,10 @@ def rerun_advice(key: str) -> str:
 def check_records(records: list[dict], source: str = "results") -> list[dict]:
     """``records`` if each is a run record a report can use, else a
     :class:`~eqpdenet.errors.DataFileError` naming the record and the field: a dict with
-    ``model``, an integer ``hidden`` and ``seed`` and a ``status``; a successful run's
-    accuracies finite percentages (``validation_accuracy`` too) and its ``params`` a count.
-    The message of a successful run's bad number says how to run it again
-    (:func:`rerun_advice`)."""
+    ``model``, an integer ``hidden`` and ``seed`` and a ``status`` of :data:`RUN_STATUSES`; a
+    successful run's accuracies finite percentages (``validation_accuracy`` too) and its
+    ``params`` a count. The message of a bad status, or of a successful run's bad number, says
+    how to run it again (:func:`rerun_advice`)."""
     for number, record in enumerate(records, 1):
         where = f"record {number}"
         if not isinstance(record, dict):
@@ -187,10 +192,14 @@ def check_records(records: list[dict], source: str = "results") -> list[dict]:
                                             f"{kind.__name__}")
         key = f"{record['model']}-h{record['hidden']}-seed{record['seed']}"
         where = f"{where} ({key})"
-        if record["status"] != "ok":
-            continue
         # a benchmark's keys are its entries' names (<entry>-seed<seed>)
         advice = rerun_advice(record["key"] if isinstance(record.get("key"), str) else key)
+        if record["status"] not in RUN_STATUSES:  # "OK" was tabled as a failed run
+            raise DataFileError(source, f"{where}: status is {record['status']!r}, not a run's "
+                                        f"status ({' or '.join(map(repr, RUN_STATUSES))}); "
+                                        f"{advice}")
+        if record["status"] != "ok":
+            continue
         accuracy = record.get("accuracy")
         if not isinstance(accuracy, dict):
             raise DataFileError(source, f"{where}: a successful run without accuracies; {advice}")
@@ -300,18 +309,28 @@ def on_paper_data(records: list[dict]) -> bool:
 
 
 def subset_note(records: list[dict], fields=("train_subset", "test_subset")) -> str:
-    """A sentence naming ``data.train_subset`` and ``data.test_subset`` (those of ``fields``)
-    where the records used them (the numbers then come from part of the data), else ``""``."""
+    """Sentences naming what of the data the records did not use, else ``""``:
+    ``data.train_subset`` and ``data.test_subset`` (those of ``fields``) where the records used
+    them (the numbers then come from part of the data), and, with ``train_subset`` in
+    ``fields``, a non-zero ``data.validation``, the training images held out for validation,
+    which the runs did not train on either."""
+    def sizes(field):
+        return sorted({((r.get("config") or {}).get("data") or {}).get(field) or 0
+                       for r in records} - {0})
+
     parts = []
     for field, what in (("train_subset", "training"), ("test_subset", "test")):
-        if field not in fields:
-            continue
-        sizes = sorted({((r.get("config") or {}).get("data") or {}).get(field) or 0
-                        for r in records} - {0})
-        if sizes:
-            parts.append(f"the first {' or '.join(f'{n:,}' for n in sizes)} {what} images "
-                         f"(`data.{field}`)")
-    return f" Runs used only {' and '.join(parts)}." if parts else ""
+        if field in fields and sizes(field):
+            parts.append(f"the first {' or '.join(f'{n:,}' for n in sizes(field))} {what} "
+                         f"images (`data.{field}`)")
+    note = f" Runs used only {' and '.join(parts)}." if parts else ""
+    # validation shrinks the training set as train_subset does (the last images of the
+    # training split): a header that named only train_subset said nothing of 11,000 of 12,000
+    held = sizes("validation") if "train_subset" in fields else []
+    if held:
+        note += (f" Runs had {' or '.join(f'{n:,}' for n in held)} training images held out "
+                 f"for validation (`data.validation`).")
+    return note
 
 
 def untabled_note(records: list[dict], source: str = "results") -> str:

@@ -727,42 +727,65 @@ def _changed_message(out_dir: Path, changed: dict[str, list[str]]) -> str:
 
 
 def runs_without_checkpoints(out_dir: Path, checkpoint_keys) -> list[str]:
-    """The finished, successful runs of ``out_dir`` among ``checkpoint_keys`` that were made
-    while their seed was not in the ``checkpoint_seeds`` of the folder's ``config.toml`` (so
-    they have no ``checkpoints/<key>.pt``), i.e. the runs a grown ``checkpoint_seeds`` would
-    describe as saved without their file.
+    """The finished, successful runs of ``out_dir`` among ``checkpoint_keys`` that have no
+    ``checkpoints/<key>.pt``: runs made while their seed was not in the ``checkpoint_seeds``
+    of the folder's ``config.toml`` (the runs a grown ``checkpoint_seeds`` would describe as
+    saved without their file), and runs of a listed seed whose file has gone since (deleted or
+    lost: the sweep wrote it before the run file).
 
     A folder whose ``config.toml`` has no ``checkpoint_seeds`` to compare with (none, or one
     written before the field) is not judged: its committed copies are kept without their
-    checkpoints (``results/study``), and resuming one must still find its runs done."""
+    checkpoints (``results/study``), and resuming one must still find its runs done. Nor are
+    the runs of listed seeds in a folder without a ``checkpoints/`` folder at all, kept or
+    copied without its checkpoints: the first resume of such a study folder rewrites its
+    ``config.toml`` with today's ``checkpoint_seeds``, and the next must find its runs done
+    too."""
+    return sorted(_lacking_checkpoints(out_dir, checkpoint_keys))
+
+
+def _lacking_checkpoints(out_dir: Path, checkpoint_keys) -> dict[str, bool]:
+    """:func:`runs_without_checkpoints`, each key with whether its seed was in the recorded
+    ``checkpoint_seeds`` (its checkpoint was saved, and is gone since)."""
     try:
         written = tomllib.loads((Path(out_dir) / "config.toml").read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return []
+        return {}
     recorded = written.get("checkpoint_seeds")
     if not isinstance(recorded, list):
-        return []
+        return {}
     records = load_records(out_dir)
-    return sorted(key for key in checkpoint_keys
-                  if records.get(key, {}).get("status") == "ok"
-                  and records[key].get("seed") not in recorded
-                  and not (Path(out_dir) / "checkpoints" / f"{key}.pt").is_file())
+    folder = Path(out_dir) / "checkpoints"
+    # every run of a checkpoint seed, not only those of seeds added since: a lost checkpoint
+    # of a listed seed was never made again ("0 to go"); a folder without checkpoints/ was
+    # kept without them (runs_without_checkpoints)
+    lacking = {key: records[key].get("seed") in recorded for key in checkpoint_keys
+               if records.get(key, {}).get("status") == "ok"
+               and not (folder / f"{key}.pt").is_file()}
+    return {key: saved for key, saved in lacking.items() if not saved or folder.is_dir()}
 
 
 def check_checkpoints(out_dir: Path, checkpoint_keys, rerun_changed: bool) -> list[str]:
     """Before a sweep writes its ``config.toml``, which says that the runs of
     ``checkpoint_seeds`` have checkpoints: the finished runs that should have one and do not
-    (:func:`runs_without_checkpoints`) are refused, naming ``checkpoint_seeds`` (the sweep
-    counted them as done, and its ``config.toml`` described files that did not exist), unless
-    ``rerun_changed``; returns them, for :func:`set_aside_lacking` to run them again."""
-    lacking = runs_without_checkpoints(out_dir, checkpoint_keys)
+    (:func:`runs_without_checkpoints`: made before their seed was in ``checkpoint_seeds``, or
+    whose file has gone since) are refused, naming ``checkpoint_seeds`` and why each has none
+    (the sweep counted them as done, and its ``config.toml`` described files that did not
+    exist), unless ``rerun_changed``; returns them, for :func:`set_aside_lacking` to run them
+    again."""
+    lacking = _lacking_checkpoints(out_dir, checkpoint_keys)
     if lacking and not rerun_changed:
+        grown = sorted(key for key, saved in lacking.items() if not saved)
+        lost = sorted(key for key, saved in lacking.items() if saved)
+        why = " and ".join(
+            [f"({_keys(grown)}; made before their seed was in checkpoint_seeds)"] * bool(grown)
+            + [f"({_keys(lost)}; saved with a checkpoint whose file, checkpoints/<key>.pt, has "
+               f"gone since: deleted or lost)"] * bool(lost))
         raise ConfigError(f"invalid config: checkpoint_seeds: {out_dir} holds {len(lacking)} "
-                          f"finished run(s) of those seeds without a checkpoint ({_keys(lacking)}; "
-                          f"made before their seed was in checkpoint_seeds); run again with "
-                          f"--rerun-changed to set them aside and run them anew with their "
-                          f"checkpoints, or leave their seeds out of checkpoint_seeds")
-    return lacking
+                          f"finished run(s) of those seeds without a checkpoint {why}; run "
+                          f"again with --rerun-changed to set them aside and run them anew "
+                          f"with their checkpoints, or leave their seeds out of "
+                          f"checkpoint_seeds")
+    return sorted(lacking)
 
 
 def set_aside_lacking(out_dir: Path, lacking: list[str], echo: Callable[[str], None]) -> None:
