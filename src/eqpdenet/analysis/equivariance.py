@@ -305,11 +305,35 @@ def filled_region(transform: Transform | Similarity, height: int, width: int | N
 
 def _masked_norm(t: Tensor, mask: Tensor | None) -> float:
     """The norm of ``t`` on ``mask``, in float64 (a float32 norm of values above about 1e19
-    overflowed)."""
+    overflowed). Points off ``mask`` are set to 0, not multiplied by it: an inf there (a
+    difference of two finite float32 maps that overflowed) times 0 was NaN, and made the whole
+    norm NaN; on finite values the two are the same, bit for bit."""
     t = t.double()
     if mask is not None:
-        t = t * mask.to(device=t.device, dtype=t.dtype)
+        t = torch.where(mask.to(device=t.device, dtype=torch.bool), t, 0.0)
     return float(torch.linalg.vector_norm(t.flatten()))
+
+
+def _check_map_values(out: Tensor, what: str) -> None:
+    """An :class:`~eqpdenet.errors.InputError` naming ``what`` (the map's output, on which
+    images) where ``out`` holds NaN or inf: their counts and the index of the first. The images
+    were checked to be finite, so the map made them (a PDE that blows up on these images, a
+    division by 0), and the error computed from them would be NaN (a NaN anywhere in the batch
+    makes the norm NaN, even off the measured region), which says nothing of the map's
+    equivariance: it was written as an empty cell, or dropped by ``max``."""
+    if not isinstance(out, Tensor) or out.numel() == 0:
+        return
+    bad = ~torch.isfinite(out)
+    if not bool(bad.any()):
+        return
+    nan = int(torch.isnan(out).sum())
+    first = [int(i) for i in torch.nonzero(bad)[0].tolist()]
+    raise InputError(
+        f"{what} holds non-finite values ({nan} NaN, {int(bad.sum()) - nan} inf of "
+        f"{out.numel()}; the first at index {first}: {float(out[tuple(first)])}): the images are "
+        f"finite, so the map made them (a PDE that blows up on these images, a division by 0), "
+        f"and the equivariance error would be NaN, which says nothing of the map; measure a map "
+        f"that is finite on these images")
 
 
 def _require_points(mask: Tensor, transform, size: tuple[int, int]) -> None:
@@ -433,13 +457,20 @@ def equivariance_error(phi: Callable[[Tensor], Tensor], images: Tensor,
       non-finite value's index; the error was NaN, which says nothing of the map);
     * an output that is not maps ``(B, ..., H', W')`` on the images' pixel grid (a tuple, a
       classifier's ``(B, K)``, a pooling's or an upsampling's grid of another spacing):
-      :class:`~eqpdenet.errors.InputError` naming the sizes (:func:`_check_output_grid`).
+      :class:`~eqpdenet.errors.InputError` naming the sizes (:func:`_check_output_grid`);
+    * ``phi(f)`` or ``phi(g f)`` holding NaN or inf anywhere (a PDE that blows up on these
+      images): :class:`~eqpdenet.errors.InputError` naming which of the two, with the first
+      non-finite value's index (the error was NaN: a blank cell in the study's tables).
+
+    So the error returned is a number ``>= 0``, never NaN (``inf`` only where a difference of
+    two finite float32 maps overflows).
     """
     check_images(images)
     check_values(images)
     with evaluation_mode(phi):
         out = phi(images)
         _check_output_grid(phi, images, out)
+        _check_map_values(out, "the map's output on the images")
         mask = _measurement_mask(mask, transform, tuple(out.shape[-2:]),
                                  tuple(images.shape[-2:]))
         _require_points(mask, transform, tuple(out.shape[-2:]))
@@ -450,7 +481,10 @@ def equivariance_error(phi: Callable[[Tensor], Tensor], images: Tensor,
                 f"{out.shape[-2]}x{out.shape[-1]} grid): the relative equivariance error has no "
                 f"scale (blank images, or a map that sends these images to 0); measure on "
                 f"images the map does not send to 0")
-        difference = phi(transform(images)) - transform(out)
+        moved = phi(transform(images))
+        _check_map_values(moved, f"the map's output on the transformed images "
+                                 f"({getattr(transform, 'label', '') or 'g f'})")
+        difference = moved - transform(out)
     return _masked_norm(difference, mask) / denominator
 
 
@@ -490,15 +524,20 @@ def quarter_turn_check(phi: Callable[[Tensor], Tensor], images: Tensor,
     interpolation wherever the image has content near the frame (the heat equation on 20x30
     uniform noise: ``E = 2e-3``, flagged; on a 20x30 blob blank at the frame: ``2e-6``); there
     the flag holds only for images blank near the frame. Returns
-    ``{"error": max E, "equivariant": error <= tolerance}``. A module is
+    ``{"error": max E, "equivariant": every E <= tolerance}``; a NaN ``E`` (which
+    :func:`equivariance_error` refuses, but ``phi`` may be measured otherwise) makes the error
+    NaN and the map not equivariant (Python's ``max`` kept its first argument against a NaN, so
+    a NaN at 180 or 270 degrees was dropped and the map called equivariant). A module is
     measured in evaluation mode, as :func:`equivariance_error` measures it, and refused as it
-    refuses. ``tolerance`` a finite number >= 0, else a :class:`~eqpdenet.errors.ConfigError`
-    before anything is measured (a negative or NaN one called an exactly equivariant map not
-    equivariant).
+    refuses (a map whose output holds NaN or inf: an
+    :class:`~eqpdenet.errors.InputError`). ``tolerance`` a finite number >= 0, else a
+    :class:`~eqpdenet.errors.ConfigError` before anything is measured (a negative or NaN one
+    called an exactly equivariant map not equivariant).
     """
     tolerance = require_nonnegative(tolerance, "tolerance")
     errors = [equivariance_error(phi, images, Transform.rotation(a)) for a in (90, 180, 270)]
-    return {"error": max(errors), "equivariant": max(errors) <= tolerance}
+    worst = math.nan if any(math.isnan(e) for e in errors) else max(errors)
+    return {"error": worst, "equivariant": all(e <= tolerance for e in errors)}
 
 
 @torch.no_grad()

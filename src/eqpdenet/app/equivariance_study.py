@@ -22,11 +22,13 @@ from torch import Tensor, nn
 from ..analysis.equivariance import (
     DISK_FRACTION,
     Transform,
+    _check_map_values,
     equivariance_error,
     interpolation_floor,
     model_invariance,
 )
 from ..analysis.invariant_orders import invariant_orders, orders_table
+from ..analysis.predictions import logits_by_image
 from ..analysis.references import (
     heat_pde,
     identity,
@@ -36,9 +38,9 @@ from ..analysis.references import (
     upsample,
 )
 from ..data.mnist import load_mnist
-from ..errors import ConfigError, NonFiniteStateError
+from ..errors import ConfigError, InputError, NonFiniteStateError
 from ..models import EqPdeNet, LiftedPDENet
-from ..pde.integrators import EulerFlow, EulerStep
+from ..pde.integrators import MAX_STEPS, STEPS_RTOL, EulerFlow, EulerStep
 from .files import atomic_write, import_pyplot, write_set
 from .training import load_checkpoint
 
@@ -76,11 +78,14 @@ class Record:
 
 
 class Study:
-    """Collects records; :func:`measure_equivariance` fills it."""
+    """Collects records; :func:`measure_equivariance` fills it. ``files``: each measured
+    checkpoint's file (as given) by its tag, listed in ``table.md`` so that a reader can tell
+    apart two checkpoints of one kind."""
 
     def __init__(self):
         self.records: list[Record] = []
         self.seconds = 0.0
+        self.files: dict[str, str] = {}
 
     def add(self, **kwargs) -> None:
         self.records.append(Record(**kwargs))
@@ -117,10 +122,11 @@ def checkpoint_inputs(model: nn.Module, config, count: int, data_dir=None,
     its maps and logits are measured on what it takes: smooth fields of its shape (the functions
     of :func:`~eqpdenet.analysis.references.smooth_inputs`, one per channel, sampled at its
     side) and the first ``count`` test images of its own data set (as it was trained on them:
-    rotated or not), under the data set's name; without them (the data set cannot be read
-    here) the smooth fields alone, with a message naming the checkpoint (``label``): its maps
-    (if it has any) and its logits are then measured on them. Returns the inputs by name and
-    the name of the test images (None without them)."""
+    rotated or not), under the data set's file name (:func:`prepare_study` gives the test
+    images of different data sets that share one distinct names); without them (the data set
+    cannot be read here) the smooth fields alone, with a message naming the checkpoint
+    (``label``): its maps (if it has any) and its logits are then measured on them. Returns the
+    inputs by name and the name of the test images (None without them)."""
     from .training import prepare_data  # the data pipeline of training, with its checks
 
     channels, side = input_shape(model)
@@ -236,8 +242,34 @@ def check_steps(T: float, dt: float, grid: dict) -> None:
         try:
             heat_pde(T, value, names=names)
         except ConfigError as error:
-            raise ConfigError(f"{error} (the dt study integrates to --T = {T:g} with each dt of "
-                              f"{grid['dts']})") from None
+            raise ConfigError(_dt_study_refusal(T, grid, error)) from None
+
+
+def _dt_study_refusal(T: float, grid: dict, error: ConfigError) -> str:
+    """The refusal of a ``--T`` that the dt study cannot integrate to with each of its own time
+    steps (``grid["dts"]``). Those steps are fixed, whatever ``--dt`` is, so the advice is
+    about ``--T`` alone (the generic advice of
+    :func:`~eqpdenet.pde.integrators.steps_for`, "or another dt", named values of ``--dt``
+    that change nothing here). Each of the grid's steps divides its largest (0.2 = 2 x 0.1 =
+    4 x 0.05 = 8 x 0.025), so a ``--T`` is accepted by all of them where it is a whole
+    multiple of the largest and makes at most ``MAX_STEPS`` steps of the smallest."""
+    dts = grid["dts"]
+    largest, smallest = max(dts), min(dts)
+    study = (f"the dt study integrates to --T = {T:g} with each dt of {dts}, its own time steps "
+             f"whatever --dt is")
+    if T / smallest > MAX_STEPS * (1 + STEPS_RTOL):
+        return (f"invalid config: --T: {study}: {T:g} / {smallest:g} is about "
+                f"{T / smallest:.3g} Euler steps, more than the bound of {MAX_STEPS:,}; --T "
+                f"must be at most {MAX_STEPS * smallest:g}")
+    ratio = T / largest
+    if abs(ratio - round(ratio)) > STEPS_RTOL * max(round(ratio), 1) or round(ratio) < 1:
+        lower = math.floor(ratio) * largest
+        choices = (f"{lower:g} or {lower + largest:g}" if lower > 0
+                   else f"{largest:g} at least")
+        return (f"invalid config: --T: {study}, so --T must be a whole multiple of "
+                f"{largest:g}, the largest of them (--T = {T:g} is {ratio:.4g} steps of "
+                f"{largest:g}): {choices}")
+    return f"{error} ({study})"  # another cause (a step the heat equation cannot take): as said
 
 
 #: A reference PDE whose state grows past this many times its input's largest magnitude is
@@ -312,8 +344,16 @@ def check_reference_growth(T: float, dt: float, grid: dict, inputs: dict[str, Te
             study = ("" if times == 1 else
                      f" (the steps study integrates {times} steps of {option})")
             if at > 1:
-                bounded = (f"it stays within the bound to t = {(at - 1) * step:g}: use {option} "
-                           f"<= {(at - 1) * step / times:g}")
+                limit = (at - 1) * step / times
+                accepted = _accepted_at_most(limit, option, T, dt, grid)
+                what = (f"a whole multiple of --dt and of the dt study's steps {grid['dts']}"
+                        if option == "--T" else f"--T = {T:g} is a whole multiple of it")
+                bounded = (f"it stays within the bound to t = {(at - 1) * step:g}: "
+                           + (f"use {option} <= {accepted:g} (the largest {option} up to "
+                              f"{limit:g} that the study accepts: {what})"
+                              if accepted is not None else
+                              f"no {option} up to {limit:g} is one that the study accepts "
+                              f"({what})"))
             else:
                 bounded = "not even its first step stays within the bound"
             raise ConfigError(
@@ -324,20 +364,64 @@ def check_reference_growth(T: float, dt: float, grid: dict, inputs: dict[str, Te
                 f"help; {bounded}")
 
 
-def _named(error: NonFiniteStateError, name: str, input_name: str, transform) -> Exception:
+def _accepted_at_most(limit: float, option: str, T: float, dt: float, grid: dict,
+                      tries: int = 100) -> float | None:
+    """The largest value of ``option`` (``"--T"`` or ``"--dt"``, the other as given) up to
+    ``limit`` that :func:`check_steps` accepts, as it is printed (``:g``, and exactly a whole
+    multiple, or divisor, as printed: ``1/31`` prints as 0.0322581, which the rounding
+    tolerance of the steps would take, but is not a step that divides 1); None where none of
+    the ``tries`` candidates nearest below ``limit`` is. A ``--T`` is a whole multiple of the dt
+    study's largest step (and of ``--dt``): the growth advice named 6.7, which the dt study's
+    0.2 refuses; a ``--dt`` divides ``--T``."""
+    if option == "--T":
+        unit = max(grid["dts"])
+        top = math.floor(limit / unit * (1 + STEPS_RTOL))
+        candidates = [(n * unit, unit, n) for n in range(top, max(top - tries, 0), -1)]
+    else:
+        first = max(math.ceil(T / limit * (1 - STEPS_RTOL)), 1)
+        candidates = [(T / n, None, n) for n in range(first, first + tries)]
+    for candidate, unit, n in candidates:
+        value = float(f"{candidate:g}")
+        ratio = value / unit if unit is not None else T / value
+        if value > limit * (1 + STEPS_RTOL) or abs(ratio - n) > 1e-9 * n:
+            continue
+        try:
+            check_steps(value, dt, grid) if option == "--T" else check_steps(T, value, grid)
+        except ConfigError:
+            continue
+        return value
+    return None
+
+
+def _named(error: NonFiniteStateError, name: str, input_name: str, transform,
+           option: str | None = "--T", checkpoint: str | None = None) -> Exception:
     """``error`` with the study's map, inputs and transform as its cause (its own hint speaks of
-    training, which this command does not do)."""
-    return error.with_hint(f"The equivariance study's map {name!r} on the {input_name} inputs "
-                           f"({getattr(transform, 'label', transform)}) blew up: the PDE's own "
-                           f"growth over its horizon; lower --T (or, for a checkpoint's map, "
-                           f"that checkpoint does not integrate these inputs stably).")
+    training, which this command does not do). ``option``: the option that sets a reference
+    map's horizon; None for a checkpoint's map (``checkpoint``: its file), whose ``T`` and
+    ``dt`` are its own, so that no option of the command changes them."""
+    where = f"{name!r} on the {input_name} inputs ({getattr(transform, 'label', transform)})"
+    if option is None:
+        owner = f"--checkpoint {checkpoint}: its map" if checkpoint else "The checkpoint's map"
+        return error.with_hint(f"{owner} {where} blew up: that checkpoint does not integrate "
+                               f"these inputs stably (its PDE's T and dt are its own, not --T "
+                               f"and --dt).")
+    return error.with_hint(f"The equivariance study's map {where} blew up: the PDE's own growth "
+                           f"over its horizon; lower {option}.")
 
 
-def _error_of(phi, name: str, input_name: str, images: Tensor, transform) -> float:
+def _error_of(phi, name: str, input_name: str, images: Tensor, transform,
+              option: str = "--T") -> float:
+    """:func:`~eqpdenet.analysis.equivariance.equivariance_error` of one map of the study, its
+    refusals naming the map, the inputs and the transform (``option``: what sets a reference
+    map's horizon)."""
     try:
         return equivariance_error(phi, images, transform)
     except NonFiniteStateError as error:
-        raise _named(error, name, input_name, transform) from None
+        raise _named(error, name, input_name, transform,
+                     None if isinstance(phi, LearnedMap) else option) from None
+    except InputError as error:
+        raise type(error)(f"the map {name!r} on the {input_name} inputs "
+                          f"({getattr(transform, 'label', transform)}): {error}") from None
 
 
 def _measure_transforms(study: Study, maps: dict[str, Callable], inputs: dict[str, Tensor],
@@ -375,6 +459,140 @@ class StudyPlan:
     own: list[tuple[dict[str, Callable], str, nn.Module, dict[str, Tensor], str | None]]
     #: The shared inputs: "smooth", and "mnist" where MNIST can be read.
     inputs: dict[str, Tensor]
+    #: Each checkpoint's file (as given) by its tag (``table.md`` lists them).
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def study_transforms(grid: dict) -> list[Transform]:
+    """The transforms of studies 1 and 4: ``grid``'s rotations, scalings and shifts."""
+    return ([Transform.rotation(a) for a in grid["angles"]]
+            + [Transform.scale(s) for s in grid["scales"]]
+            + [Transform.translation(t, 0.0) for t in grid["shifts"]])
+
+
+#: Input names of the study's own: the shared inputs, and the smooth fields of a checkpoint's
+#: shape (``smooth CxSxS``); a data set's test images are never named so.
+_SHARED_NAMES = ("mnist", "smooth")
+
+
+def _test_image_names(entries: list[tuple[str, str, Tensor]]) -> list[str]:
+    """Names for the test images of checkpoints of other shapes, ``entries`` ``(file name,
+    data set, images)`` in order: the data set's file name, unless test images that differ
+    share it (two data sets named alike in two folders, ``d1/rgb.npz`` and ``d2/rgb.npz``: one
+    table and one interpolation floor, the last one's, held both), or it is one of the study's
+    own names (``mnist``, ``smooth …``: titled as MNIST or as the smooth fields). Then each of
+    that name takes its folder too (``d1/rgb.npz``), then its whole path; test images that
+    still differ under one name (one file read with other options, ``data.rotated``) are
+    numbered (``rgb.npz #2``). Equal images keep one name (two checkpoints of one data set)."""
+    names = [base for base, _, _ in entries]
+
+    def same(i: int, j: int) -> bool:
+        a, b = entries[i][2], entries[j][2]
+        return a.shape == b.shape and bool(torch.equal(a, b))
+
+    def reserved(name: str) -> bool:
+        return name in _SHARED_NAMES or name.startswith("smooth")
+
+    def clashing() -> set[str]:
+        return {names[i] for i in range(len(names)) if reserved(names[i])
+                or any(names[i] == names[j] and not same(i, j) for j in range(i))}
+
+    def with_folder(path: Path) -> str:
+        return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+    for qualify in (with_folder, str):
+        bad = clashing()
+        names = [qualify(Path(entries[i][1])) if name in bad else name
+                 for i, name in enumerate(names)]
+    names = [f"{name} test images" if reserved(name) else name for name in names]
+    firsts: dict[str, list[int]] = {}  # by name: the first entry of each distinct content
+    numbered = []
+    for i, name in enumerate(names):
+        seen = firsts.setdefault(name, [])
+        index = next((k for k, j in enumerate(seen) if same(i, j)), None)
+        if index is None:
+            seen.append(i)
+            index = len(seen) - 1
+        numbered.append(name if index == 0 else f"{name} #{index + 1}")
+    return numbered
+
+
+def _renamed(inputs: dict[str, Tensor], old: str, new: str) -> dict[str, Tensor]:
+    """``inputs`` with ``old`` renamed ``new``, in the same order."""
+    return {new if key == old else key: value for key, value in inputs.items()}
+
+
+def _refusal(error: Exception, checkpoint: str, what: str) -> Exception:
+    """``error`` (a :class:`~eqpdenet.errors.ConfigError` or an
+    :class:`~eqpdenet.errors.InputError`) naming the checkpoint and what of it was refused."""
+    return type(error)(f"--checkpoint {checkpoint}: {what}: {error}")
+
+
+def _try_checkpoint(path, tag: str, maps: dict[str, Callable], model: nn.Module,
+                    where: dict[str, Tensor], logit_inputs: str,
+                    transforms: list[Transform], own_shape: bool) -> None:
+    """Measure a checkpoint's maps and logits once, cheaply, so that what the study cannot take
+    stops the command before its folder is made, naming the checkpoint (``path``), not in the
+    middle of the study, and never as an empty cell (a NaN error, written blank, exit 0):
+
+    * for a checkpoint of another shape with maps, the interpolation floor of its own inputs
+      under each transform of the study (``transforms``): a transform that leaves no point of
+      images of 2x2 pixels on real pixels was refused mid-study, unnamed, with advice (a
+      smaller shift) that no option of the command follows; one without maps has no transform
+      study (its logits are all that is measured of it);
+    * each map's equivariance error on two images of its first inputs (the measurement's own
+      refusals: an output of another grid, ...), then its output on every one of its inputs,
+      which must be finite (a learned PDE that blows up on them, saved with
+      ``check_finite = false``: its NaN was measured as an error of NaN);
+    * its logits on the images they are measured on (``where[logit_inputs]``): a model with no
+      finite logits on any of them had its predictions and logit changes measured as NaN.
+    """
+    if own_shape and maps:
+        for input_name, images in where.items():
+            for transform in transforms:
+                try:
+                    interpolation_floor(images, transform)
+                except ConfigError:
+                    height, width = images.shape[-2:]
+                    raise ConfigError(
+                        f"--checkpoint {path}: its maps cannot be measured on its {input_name} "
+                        f"inputs of {height}x{width} pixels: {transform.label} leaves no point "
+                        f"of the measured disk on real pixels both ways (p, g p and g^-1 p all "
+                        f"within the frame), and the study's transforms are fixed; images this "
+                        f"small have no room for them") from None
+                except InputError as error:
+                    raise _refusal(error, path, f"its {input_name} inputs "
+                                                f"({transform.label})") from None
+    probe = Transform.rotation(30)
+    first = next(iter(where))
+    for name, phi in maps.items():
+        for input_name, images in where.items():
+            try:
+                if input_name == first:
+                    equivariance_error(phi, images[:2], probe)
+                with torch.no_grad():
+                    out = phi(images)
+                _check_map_values(out, "the map's output on these images")
+            except NonFiniteStateError as error:
+                raise _named(error, name, input_name, probe if input_name == first else "as "
+                             "they are", None, str(path)) from None
+            except (ConfigError, InputError) as error:
+                raise _refusal(error, path, f"its map {name!r} on the {input_name} "
+                                            f"inputs") from None
+    images = where[logit_inputs]
+    try:
+        _, failed = logits_by_image(model, images)
+    except NonFiniteStateError as error:  # it blew up on every image
+        failed, cause = None, f" (it blows up on every one: {error})"
+    except InputError as error:
+        raise _refusal(error, path, f"its logits on the {logit_inputs} inputs") from None
+    else:
+        cause = ""
+    if failed is None or (len(failed) and bool(failed.all())):
+        raise InputError(
+            f"--checkpoint {path}: the model gives no finite logits on any of the {len(images)} "
+            f"{logit_inputs} images it is measured on{cause}: its predictions and logit changes "
+            f"would be NaN, not a measurement")
 
 
 def prepare_study(*, quick: bool = False, checkpoints: Sequence = (), data_dir=None,
@@ -388,10 +606,15 @@ def prepare_study(*, quick: bool = False, checkpoints: Sequence = (), data_dir=N
     of the checkpoints of other shapes; images that cannot be read here are not an error (the
     smooth inputs stand in for them, with a message). Then the reference PDEs are integrated on
     the inputs (:func:`check_reference_growth`: a horizon at which one blows up is a
-    :class:`~eqpdenet.errors.ConfigError`) and each checkpoint's maps measured once on two
-    images, so that the study itself has nothing left to refuse. A checkpoint given more than
-    once (the same file, by its resolved path) is measured once, where first given, with a
-    message (it was measured twice, under two names that suggested two models)."""
+    :class:`~eqpdenet.errors.ConfigError`) and each checkpoint tried once
+    (:func:`_try_checkpoint`: its maps on two images and their outputs on all of its inputs,
+    finite; the interpolation floors of its own inputs where it has maps and another shape; its
+    logits, finite on at least one image), so that the study itself has nothing left to refuse;
+    a refusal names the checkpoint's file. A checkpoint given more than once (the same file, by
+    its resolved path) is measured once, where first given, with a message (it was measured
+    twice, under two names that suggested two models). The test images of checkpoints of other
+    shapes are named after their data set's file, with its folder where test images that differ
+    share a file name (:func:`_test_image_names`)."""
     grid = default_grid(quick)
     check_steps(T, dt, grid)
     loaded = []
@@ -408,6 +631,7 @@ def prepare_study(*, quick: bool = False, checkpoints: Sequence = (), data_dir=N
     ck_maps: dict[str, Callable] = {}
     models: dict[str, nn.Module] = {}
     own = []
+    datasets = []
     for path, maps, tag, model, config in loaded:
         if input_shape(model) == MNIST_SHAPE:
             ck_maps.update(maps)
@@ -415,6 +639,14 @@ def prepare_study(*, quick: bool = False, checkpoints: Sequence = (), data_dir=N
         else:
             own.append((maps, tag, model, *checkpoint_inputs(model, config, grid["count"],
                                                               data_dir, echo, label=str(path))))
+            datasets.append(config.data.dataset)
+    # Test images of different data sets under different names: one name is one table and one
+    # interpolation floor.
+    read = [i for i, entry in enumerate(own) if entry[4] is not None]
+    names = _test_image_names([(own[i][4], datasets[i], own[i][3][own[i][4]]) for i in read])
+    for i, name in zip(read, names, strict=True):
+        maps, tag, model, own_inputs, old = own[i]
+        own[i] = (maps, tag, model, _renamed(own_inputs, old, name), name)
     inputs = {"smooth": smooth_inputs(grid["count"] // 4 or 4)}
     try:
         inputs["mnist"] = mnist_inputs(grid["count"], data_dir)
@@ -422,15 +654,22 @@ def prepare_study(*, quick: bool = False, checkpoints: Sequence = (), data_dir=N
         echo(f"MNIST unavailable ({error}); measuring on smooth inputs only"
              + (" (the logits of the checkpoints of MNIST's shape too)" if models else ""))
     check_reference_growth(T, dt, grid, inputs)
-    # Each checkpoint's maps measured once on two images, so that a map the measurement cannot
+    # Each checkpoint measured once, cheaply, so that a map or a model the measurement cannot
     # take stops the command here, before its folder is made, not in the middle of the study.
-    trials = [(ck_maps, inputs)] + [(maps, own_inputs) for maps, _, _, own_inputs, _ in own]
-    for maps, where in trials:
-        input_name, images = next(iter(where.items()))
-        for name, phi in maps.items():
-            _error_of(phi, name, input_name, images[:2], Transform.rotation(30))
+    transforms = study_transforms(grid)
+    own_by_tag = {entry[1]: entry for entry in own}
+    shared = "mnist" if "mnist" in inputs else "smooth"
+    for path, maps, tag, model, _ in loaded:
+        if tag in own_by_tag:
+            _, _, _, own_inputs, name = own_by_tag[tag]
+            _try_checkpoint(path, tag, maps, model, own_inputs,
+                            name if name is not None else next(iter(own_inputs)), transforms,
+                            own_shape=True)
+        else:
+            _try_checkpoint(path, tag, maps, model, inputs, shared, transforms, own_shape=False)
     return StudyPlan(quick=quick, T=T, dt=dt, grid=grid, ck_maps=ck_maps, models=models,
-                     own=own, inputs=inputs)
+                     own=own, inputs=inputs,
+                     files={tag: str(path) for path, _, tag, _, _ in loaded})
 
 
 def measure_equivariance(*, quick: bool = False, checkpoints: Sequence = (), data_dir=None,
@@ -446,13 +685,16 @@ def run_study(plan: StudyPlan, echo: Callable[[str], None] = print) -> Study:
 
     Every checkpoint's logits are measured (study "model"): on its test images (MNIST's, or its
     own data set's for another shape), or, where those could not be read, on the smooth inputs
-    of its shape, which it takes as well; so no checkpoint is left out of the tables."""
+    of its shape, which it takes as well; so no checkpoint is left out of the tables. A
+    checkpoint of another shape without maps (FCNN, CNN, ...) has no transform study: its
+    inputs' interpolation floors were computed for no map (and refused images of 2x2 pixels).
+    A measurement that would be NaN is an error naming the map or the checkpoint, never an
+    empty cell (:func:`prepare_study` tried each checkpoint on its inputs first)."""
     start = time.perf_counter()
     grid, T, dt, quick, inputs = plan.grid, plan.T, plan.dt, plan.quick, plan.inputs
     study = Study()
-    transforms = ([Transform.rotation(a) for a in grid["angles"]]
-                  + [Transform.scale(s) for s in grid["scales"]]
-                  + [Transform.translation(t, 0.0) for t in grid["shifts"]])
+    study.files = dict(plan.files)
+    transforms = study_transforms(grid)
 
     # 1. Every map, every transform, both inputs, at 1x.
     for stencil in grid["stencils"]:
@@ -460,7 +702,8 @@ def run_study(plan: StudyPlan, echo: Callable[[str], None] = print) -> Study:
         _measure_transforms(study, maps, inputs, transforms, stencil)
         echo(f"transforms ({stencil}): {time.perf_counter() - start:.0f} s")
     for maps, _, _, own_inputs, _ in plan.own:
-        _measure_transforms(study, maps, own_inputs, transforms, "central")
+        if maps:  # a model without maps (FCNN, CNN, ...): its logits alone, in study 4
+            _measure_transforms(study, maps, own_inputs, transforms, "central")
 
     # 2. Resolution: the same continuous PDE on images upsampled k times (h = 1/k, dt / k^2).
     # MNIST's rows only where MNIST was read: its rows held the smooth inputs upsampled,
@@ -477,7 +720,8 @@ def run_study(plan: StudyPlan, echo: Callable[[str], None] = print) -> Study:
                 for name in ("heat", "se2-random"):
                     study.add(study="resolution", inputs=input_name, map=name,
                               transform="rotation", param=float(angle.value),
-                              error=equivariance_error(pdes[name], x, angle), floor=floor,
+                              error=_error_of(pdes[name], name, f"{input_name} {factor}x", x,
+                                              angle), floor=floor,
                               stencil=stencil, factor=factor, dt=fine_dt,
                               steps=pdes[name].steps)
         echo(f"resolution ({stencil}): {time.perf_counter() - start:.0f} s")
@@ -489,13 +733,15 @@ def run_study(plan: StudyPlan, echo: Callable[[str], None] = print) -> Study:
             pdes = reference_pdes(T, value, "central")
             for name in ("heat", "se2-random"):
                 study.add(study="dt", inputs=input_name, map=name, transform="rotation",
-                          param=float(angle.value), error=equivariance_error(pdes[name], x, angle),
+                          param=float(angle.value),
+                          error=_error_of(pdes[name], name, input_name, x, angle),
                           floor=floor, stencil="central", dt=value, steps=pdes[name].steps)
         for steps in grid["steps"]:
             pdes = reference_pdes(steps * dt, dt, "central")
             for name in ("heat", "se2-random"):
                 study.add(study="steps", inputs=input_name, map=name, transform="rotation",
-                          param=float(angle.value), error=equivariance_error(pdes[name], x, angle),
+                          param=float(angle.value),
+                          error=_error_of(pdes[name], name, input_name, x, angle, "--dt"),
                           floor=floor, stencil="central", dt=dt, steps=steps)
     echo(f"dt and steps: {time.perf_counter() - start:.0f} s")
 
@@ -508,6 +754,13 @@ def run_study(plan: StudyPlan, echo: Callable[[str], None] = print) -> Study:
     for tag, model, input_name, images in measured:
         for transform in transforms:
             result = model_invariance(model, images, transform)
+            if math.isnan(result["logit_change"]):  # it was written as an empty cell
+                who = f"--checkpoint {plan.files[tag]}" if tag in plan.files else repr(tag)
+                raise InputError(
+                    f"{who}: the model gives no finite logits "
+                    f"on any of the {len(images)} {input_name} images before and after "
+                    f"{transform.label} (it blows up on them): its predictions and logit "
+                    f"change would be NaN, not a measurement")
             study.add(study="model", inputs=input_name, map=tag, transform=transform.kind,
                       param=_transform_param(transform), error=result["logit_change"],
                       floor=float("nan"), extra={"unchanged": result["unchanged"]})
@@ -537,9 +790,13 @@ def write_invariant_orders(out_dir) -> Path:
     return path
 
 
-def _fmt(value: float) -> str:
-    if value != value:  # NaN
+def _fmt(value: float | None) -> str:
+    """A table cell: empty for None (no such measurement), ``nan`` for a NaN (a measurement
+    that is not a number must not read as a missing one)."""
+    if value is None:
         return ""
+    if value != value:  # NaN
+        return "nan"
     if value == 0:
         return "0"
     return f"{value:.2e}" if abs(value) < 1e-2 or abs(value) >= 1e3 else f"{value:.3f}"
@@ -552,8 +809,7 @@ def _pivot(records: list[Record], row_key, col_key, value=lambda r: r.error) -> 
     lines = ["| | " + " | ".join(str(c) for c in cols) + " |",
              "|---|" + "---:|" * len(cols)]
     for row in rows:
-        lines.append(f"| {row} | " + " | ".join(_fmt(cell.get((row, c), float("nan")))
-                                               for c in cols) + " |")
+        lines.append(f"| {row} | " + " | ".join(_fmt(cell.get((row, c))) for c in cols) + " |")
     return lines
 
 
@@ -564,6 +820,10 @@ def equivariance_table(study: Study) -> str:
            f"(radius {DISK_FRACTION} × side). 'interpolation floor' is the round trip "
            "||M (g⁻¹ g f − f)|| / ||M f||. Generated by `eqpdenet equivariance`; "
            f"{study.seconds:.0f} s.", ""]
+    if study.files:  # two checkpoints of one kind: the bare tag is the first, which file?
+        out += ["## Checkpoints", "", "| tag | file |", "|---|---|"]
+        out += [f"| {tag} | `{path}` |" for tag, path in study.files.items()]
+        out.append("")
     units = {"rotation": "degrees", "scale": "λ", "translation": "t_x (pixels)"}
     for inputs in dict.fromkeys(r.inputs for r in study.select(study="transforms")):
         for kind in ("rotation", "scale", "translation"):
@@ -595,7 +855,7 @@ def equivariance_table(study: Study) -> str:
         for inputs in dict.fromkeys(r.inputs for r in records):
             cols = list(dict.fromkeys(key(r) for r in records))
             out.append(f"| *interpolation floor, {inputs}* | "
-                       + " | ".join(_fmt(floors.get((inputs, c), float("nan"))) for c in cols)
+                       + " | ".join(_fmt(floors.get((inputs, c))) for c in cols)
                        + " |")
         out.append("")
     for inputs in dict.fromkeys(r.inputs for r in study.select(study="model")):

@@ -1,0 +1,352 @@
+"""The equivariance study, round 20 (an outside probe, b5): a map or a model whose output is NaN
+was measured as an empty cell with exit 0 (F1), a NaN quarter turn was dropped by ``max`` (F2),
+two data sets of one file name shared one table and one floor (F3), the --T / --dt advice named
+values that cannot work (F4), a checkpoint of 2x2 images failed mid-study unnamed (F5), and two
+checkpoints of one kind could not be told apart in table.md (F6).
+
+The studies here run on a grid of a few transforms (``tiny_grid``): the full quick study is
+among the slowest tests of CI, and these faults do not depend on the grid's size."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from eqpdenet.analysis import equivariance as analysis
+from eqpdenet.analysis.equivariance import Transform, equivariance_error, quarter_turn_check
+from eqpdenet.analysis.references import smooth_inputs
+from eqpdenet.app import equivariance_study
+from eqpdenet.app.cli import main
+from eqpdenet.app.config import ExperimentConfig, apply_overrides, build_model
+from eqpdenet.app.equivariance_study import (
+    LearnedMap,
+    StudyPlan,
+    check_steps,
+    equivariance_table,
+    measure_equivariance,
+    prepare_study,
+    run_study,
+)
+from eqpdenet.app.training import save_checkpoint
+from eqpdenet.errors import ConfigError, InputError, NonFiniteStateError
+
+TINY = dict(angles=[15, 90], scales=[0.8], shifts=[0.5], factors=[1], dts=[0.2, 0.1],
+            steps=[1], count=4, stencils=["central"])
+
+
+@pytest.fixture
+def tiny_grid(monkeypatch, tmp_path):
+    """The study on :data:`TINY`, on smooth inputs only (no MNIST), without the 10 s of the
+    invariant orders."""
+    monkeypatch.setenv("EQPDENET_DATA", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(equivariance_study, "default_grid", lambda quick: dict(TINY))
+    monkeypatch.setattr(equivariance_study, "invariant_orders_text", lambda: "orders\n")
+
+
+def run_cli(argv, capsys) -> tuple[int, str]:
+    try:
+        status = main([str(a) for a in argv])
+    except SystemExit as exit_:
+        status = exit_.code
+    return status, capsys.readouterr().err
+
+
+def _save(path: Path, overrides: list[str], seed: int = 0, edit=None) -> Path:
+    config = apply_overrides(ExperimentConfig(), overrides)
+    torch.manual_seed(seed)
+    model = build_model(config.model)
+    if edit is not None:
+        with torch.no_grad():
+            edit(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, model, config)
+    return path
+
+
+def _blowing_up(path: Path) -> Path:
+    """An EqPdeNet whose first PDE overflows on any image (u_t = 1e30 u), saved with the
+    documented ``check_finite = false``: its PDE returns NaN instead of raising."""
+    def edit(model):
+        model.pde_layer.pdes[0].step.rhs.F.weight[0] = 1e30
+
+    return _save(path, ["model.hidden=8", "model.layer.check_finite=false"], edit=edit)
+
+
+def _npz(path: Path, side: int, channels: int = 1, seed: int = 0) -> Path:
+    generator = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, x_train=generator.random((6, side, side, channels)),
+             y_train=np.arange(6) % 3, x_test=generator.random((5, side, side, channels)),
+             y_test=np.arange(5) % 3)
+    return path
+
+
+# ----------------------------------------------------------------------------- F1
+
+
+def test_a_map_with_a_nan_output_is_refused_naming_it():
+    images = smooth_inputs(2)
+
+    def nan_map(u):
+        return torch.where(u > 0.5, torch.full_like(u, math.nan), u)
+
+    with pytest.raises(InputError) as caught:
+        equivariance_error(nan_map, images, Transform.rotation(30))
+    message = str(caught.value)
+    bad = ~torch.isfinite(nan_map(images))
+    first = [int(i) for i in torch.nonzero(bad)[0]]
+    assert message == (
+        f"the map's output on the images holds non-finite values ({int(bad.sum())} NaN, 0 inf "
+        f"of {images.numel()}; the first at index {first}: nan): the images are finite, so the "
+        f"map made them (a PDE that blows up on these images, a division by 0), and the "
+        f"equivariance error would be NaN, which says nothing of the map; measure a map that "
+        f"is finite on these images")
+
+
+def test_a_map_that_is_inf_only_on_the_transformed_images_is_refused_naming_them():
+    """The probe's map: ``u**2``, but inf wherever the top-right pixel is bright; the image's
+    bottom-left pixel is, which only the half turn brings to the top right."""
+    images = torch.zeros(1, 1, 28, 28)
+    images[..., 10:18, 10:18] = 1.0
+    images[..., -1, 0] = 0.7
+
+    def phi(u):
+        return torch.where(u[..., :1, -1:] > 0.5, torch.full_like(u, math.inf), u**2)
+
+    assert equivariance_error(phi, images, Transform.rotation(90)) == 0.0
+    with pytest.raises(InputError, match=r"^the map's output on the transformed images "
+                                         r"\(rot 180°\) holds non-finite values \(0 NaN, 784 "
+                                         r"inf of 784; the first at index \[0, 0, 0, 0\]: inf\)"):
+        equivariance_error(phi, images, Transform.rotation(180))
+    with pytest.raises(InputError, match="rot 180°"):  # quarter_turn_check refuses with it
+        quarter_turn_check(phi, images)
+
+
+def test_an_overflow_off_the_measured_disk_does_not_make_the_error_nan():
+    """``phi(g f) - g phi(f)`` of two finite float32 maps overflows to inf in the corner pixel,
+    outside the disk: the mask multiplied it by 0, which gave NaN (a sibling of F1). Inside the
+    disk the pointwise map commutes with the exact quarter turn: the error is 0 exactly."""
+    images = torch.zeros(1, 1, 28, 28)
+    images[..., 8:20, 11:17] = 1.0
+    sign = torch.ones(28, 28)
+    sign[0, 0] = -1.0  # the top-left corner flips sign: not equivariant there
+
+    def phi(u):
+        return 3e38 * (2 * u - 1) * sign
+
+    assert torch.isfinite(phi(images)).all()
+    assert equivariance_error(phi, images, Transform.rotation(90)) == 0.0
+
+
+def test_a_checkpoint_whose_pde_gives_nan_is_refused_before_the_folder(tiny_grid, tmp_path,
+                                                                      capsys):
+    path = _blowing_up(tmp_path / "ck" / "blowup.pt")
+    out = tmp_path / "deep" / "eq"
+    status, err = run_cli(["equivariance", "--quick", "--out", out, "--checkpoint", path], capsys)
+    assert status == 2 and err.count("\n") == 1, err
+    assert err.startswith(
+        f"eqpdenet: error: --checkpoint {path}: its map 'eqpdenet-h8 pde0:se2' on the smooth "
+        f"inputs: the map's output on the images holds non-finite values ("), err
+    assert not (tmp_path / "deep").exists()
+
+
+def test_a_model_without_finite_logits_is_refused_naming_the_checkpoint(tiny_grid, tmp_path):
+    """A model without maps (an FCNN) is measured by its logits alone: here every one is NaN
+    (its huge weights overflow to inf, and inf - inf), so there is nothing to measure."""
+    def edit(model):
+        for parameter in model.parameters():
+            parameter.fill_(1e38)
+        model.mlp[2].weight[:, ::2] = -1e38
+
+    path = _save(tmp_path / "ck" / "model.pt", ["model.kind='fcnn'", "model.hidden=8"],
+                 edit=edit)
+    count = len(equivariance_study.smooth_inputs(TINY["count"] // 4 or 4))
+    with pytest.raises(InputError) as caught:
+        prepare_study(quick=True, checkpoints=[path], echo=lambda text: None)
+    assert str(caught.value) == (
+        f"--checkpoint {path}: the model gives no finite logits on any of the {count} smooth "
+        f"images it is measured on: its predictions and logit changes would be NaN, not a "
+        f"measurement")
+
+
+class _FiniteOnItsOwnImages(nn.Module):
+    """Logits of the images it was given, NaN for any other (a transformed one)."""
+
+    def __init__(self, images):
+        super().__init__()
+        self.register_buffer("known", images.clone())
+
+    def forward(self, x):
+        known = (x[:, None] == self.known[None]).flatten(2).all(-1).any(1)
+        logits = x.flatten(1)[:, :3].clone()
+        logits[~known] = math.nan
+        return logits
+
+
+def test_a_model_without_finite_logits_after_a_transform_is_an_error_not_a_blank_cell():
+    images = smooth_inputs(4)
+    plan = StudyPlan(quick=True, T=0.2, dt=0.1, grid=dict(TINY, angles=[90], scales=[],
+                                                          shifts=[], dts=[0.1]),
+                     ck_maps={}, models={"fragile": _FiniteOnItsOwnImages(images)}, own=[],
+                     inputs={"smooth": images})
+    with pytest.raises(InputError) as caught:
+        run_study(plan, echo=lambda text: None)
+    assert str(caught.value) == (
+        "'fragile': the model gives no finite logits on any of the 4 smooth "
+        "images before and after rot 90° (it blows up on them): its predictions and logit "
+        "change would be NaN, not a measurement")
+
+
+def test_a_nan_cell_reads_nan_and_a_missing_one_stays_empty():
+    study = equivariance_study.Study()
+    for transform, value in (("rotation", math.nan), ("scale", 0.5)):
+        study.add(study="model", inputs="mnist", map="m", transform=transform, param=1.0,
+                  error=value, floor=math.nan, extra={"unchanged": 1.0})
+    study.add(study="model", inputs="mnist", map="n", transform="scale", param=1.0, error=0.25,
+              floor=math.nan, extra={"unchanged": 1.0})
+    table = equivariance_table(study)
+    assert "| m logit change | nan | 0.500 |" in table
+    assert "| n logit change |  | 0.250 |" in table
+
+
+# ----------------------------------------------------------------------------- F2
+
+
+@pytest.mark.parametrize("errors", [[0.0, math.nan, 0.0], [1e-8, 2e-8, math.nan]])
+def test_quarter_turn_check_keeps_a_nan_and_never_calls_it_equivariant(errors, monkeypatch):
+    """Python's max kept 0.0 against a later NaN: the map was called equivariant."""
+    values = iter(errors)
+    monkeypatch.setattr(analysis, "equivariance_error", lambda phi, images, g: next(values))
+    result = quarter_turn_check(lambda u: u, smooth_inputs(1))
+    assert math.isnan(result["error"]) and result["equivariant"] is False
+
+
+# ----------------------------------------------------------------------------- F3
+
+
+def test_test_images_of_different_data_sets_get_different_names():
+    a, b = torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 4, 4)
+    names = equivariance_study._test_image_names
+    assert names([("rgb.npz", "/x/d1/rgb.npz", a), ("rgb.npz", "/x/d2/rgb.npz", b)]) == [
+        "d1/rgb.npz", "d2/rgb.npz"]
+    # equal images (one data set, or a copy): one name, one table
+    assert names([("rgb.npz", "/x/d1/rgb.npz", a), ("rgb.npz", "/x/d2/rgb.npz", a.clone())]) == [
+        "rgb.npz", "rgb.npz"]
+    # the folders alike too: the whole paths
+    assert names([("rgb.npz", "/x/d/rgb.npz", a), ("rgb.npz", "/y/d/rgb.npz", b)]) == [
+        "/x/d/rgb.npz", "/y/d/rgb.npz"]
+    # one file read otherwise (data.rotated): numbered
+    assert names([("rgb.npz", "/x/d/rgb.npz", a), ("rgb.npz", "/x/d/rgb.npz", b),
+                  ("rgb.npz", "/x/d/rgb.npz", a)]) == [
+        "/x/d/rgb.npz", "/x/d/rgb.npz #2", "/x/d/rgb.npz"]
+    # the study's own names (titled as MNIST, or as the smooth fields)
+    assert names([("mnist", "/data/mnist", a), ("smooth 1x4x4", "/d/smooth 1x4x4", b),
+                  ("other.npz", "/d/other.npz", b)]) == [
+        "data/mnist", "d/smooth 1x4x4", "other.npz"]
+
+
+def test_two_data_sets_of_one_file_name_keep_their_own_tables(tiny_grid, tmp_path):
+    paths = []
+    for index, folder in enumerate(("d1", "d2")):
+        data = _npz(tmp_path / folder / "colour.npz", 8, channels=3, seed=index)
+        paths.append(_save(tmp_path / folder / "model.pt", [
+            "model.kind='fcnn'", "model.hidden=4", f"data.dataset='{data}'",
+            "model.in_channels=3", "model.image_size=8", "model.classes=3"], seed=index))
+    study = measure_equivariance(quick=True, checkpoints=paths, echo=lambda text: None)
+    models = study.select(study="model")
+    assert sorted({(r.map, r.inputs) for r in models}) == [
+        ("fcnn-h4", "d1/colour.npz"), ("fcnn-h4 (d2/model.pt)", "d2/colour.npz")]
+    table = equivariance_table(study)
+    assert "## Whole models on test images of d1/colour.npz" in table
+    assert "## Whole models on test images of d2/colour.npz" in table
+    # F6: the file of each tag, the bare one too
+    assert (f"## Checkpoints\n\n| tag | file |\n|---|---|\n| fcnn-h4 | `{paths[0]}` |\n"
+            f"| fcnn-h4 (d2/model.pt) | `{paths[1]}` |\n") in table
+
+
+# ----------------------------------------------------------------------------- F4
+
+
+@pytest.mark.parametrize("T, dt, message", [
+    (0.3, 0.1, "invalid config: --T: the dt study integrates to --T = 0.3 with each dt of "
+               "[0.2, 0.1, 0.05], its own time steps whatever --dt is, so --T must be a whole "
+               "multiple of 0.2, the largest of them (--T = 0.3 is 1.5 steps of 0.2): 0.2 or 0.4"),
+    (0.1, 0.1, "invalid config: --T: the dt study integrates to --T = 0.1 with each dt of "
+               "[0.2, 0.1, 0.05], its own time steps whatever --dt is, so --T must be a whole "
+               "multiple of 0.2, the largest of them (--T = 0.1 is 0.5 steps of 0.2): 0.2 at "
+               "least"),
+    (6000, 0.25, "invalid config: --T: the dt study integrates to --T = 6000 with each dt of "
+                 "[0.2, 0.1, 0.05], its own time steps whatever --dt is: 6000 / 0.05 is about "
+                 "1.2e+05 Euler steps, more than the bound of 100,000; --T must be at most "
+                 "5000"),
+])
+def test_the_dt_study_names_the_t_it_needs_and_no_dt(T, dt, message):
+    """Its steps are its own: the advice "or another dt" / "or a smaller dt" changed nothing."""
+    with pytest.raises(ConfigError) as caught:
+        check_steps(T, dt, equivariance_study.default_grid(quick=True))
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("limit, option, T, dt, expected", [
+    (6.7, "--T", 1.0, 0.1, 6.6),      # 6.7 is 33.5 steps of the dt study's 0.2
+    (6.7, "--T", 1.0, 0.15, 6.6),     # and a multiple of --dt = 0.15 too
+    (9.5, "--T", 1.0, 0.1, 9.4),
+    (0.1, "--T", 1.0, 0.1, None),     # below the dt study's 0.2
+    (0.0333, "--dt", 1.0, 0.1, 0.03125),  # 1/31 prints as 0.0322581, not a divisor of 1
+])
+def test_the_growth_advice_names_a_value_the_study_accepts(limit, option, T, dt, expected):
+    grid = equivariance_study.default_grid(quick=True)
+    got = equivariance_study._accepted_at_most(limit, option, T, dt, grid)
+    assert got == expected
+    if got is not None:
+        check_steps(*((got, dt) if option == "--T" else (T, got)), grid)
+
+
+def test_a_checkpoints_map_that_blows_up_is_not_told_to_lower_t():
+    def blows_up(u):
+        raise NonFiniteStateError("pde0:se2", 3, 0.1)
+
+    with pytest.raises(NonFiniteStateError) as learned:
+        equivariance_study._error_of(LearnedMap(blows_up), "eqpdenet-h8 pde0:se2", "mnist",
+                                     smooth_inputs(2), Transform.rotation(15))
+    assert str(learned.value).endswith(
+        "The checkpoint's map 'eqpdenet-h8 pde0:se2' on the mnist inputs (rot 15°) blew up: "
+        "that checkpoint does not integrate these inputs stably (its PDE's T and dt are its "
+        "own, not --T and --dt).")
+    with pytest.raises(NonFiniteStateError) as reference:
+        equivariance_study._error_of(blows_up, "heat", "mnist", smooth_inputs(2),
+                                     Transform.rotation(15), "--dt")
+    assert str(reference.value).endswith(
+        "The equivariance study's map 'heat' on the mnist inputs (rot 15°) blew up: the PDE's "
+        "own growth over its horizon; lower --dt.")
+
+
+# ----------------------------------------------------------------------------- F5
+
+
+def test_a_checkpoint_of_tiny_images_without_maps_has_its_logits_measured(tiny_grid, tmp_path):
+    data = _npz(tmp_path / "tiny.npz", 2)
+    path = _save(tmp_path / "ck" / "model.pt", [
+        "model.kind='fcnn'", "model.hidden=4", f"data.dataset='{data}'", "model.image_size=2",
+        "model.classes=3"])
+    study = measure_equivariance(quick=True, checkpoints=[path], echo=lambda text: None)
+    assert not [r for r in study.select(study="transforms") if r.inputs == "tiny.npz"]
+    models = study.select(study="model")
+    assert {(r.map, r.inputs) for r in models} == {("fcnn-h4", "tiny.npz")}
+    assert len(models) == 4 and all(math.isfinite(r.error) for r in models)
+
+
+def test_a_checkpoint_of_tiny_images_with_maps_is_refused_before_the_study(tiny_grid, tmp_path):
+    data = _npz(tmp_path / "tiny.npz", 2)
+    path = _save(tmp_path / "ck" / "model.pt", [
+        "model.hidden=4", f"data.dataset='{data}'", "model.image_size=2", "model.classes=3"])
+    with pytest.raises(ConfigError) as caught:
+        prepare_study(quick=True, checkpoints=[path], echo=lambda text: None)
+    assert str(caught.value) == (
+        f"--checkpoint {path}: its maps cannot be measured on its smooth 1x2x2 inputs of 2x2 "
+        f"pixels: rot 15° leaves no point of the measured disk on real pixels both ways (p, "
+        f"g p and g^-1 p all within the frame), and the study's transforms are fixed; images "
+        f"this small have no room for them")
