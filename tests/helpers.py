@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from torch import nn
 
 from eqpdenet.pde.stencils import jet
 
@@ -192,3 +193,35 @@ def banded_loader(name: str, size: int = 8, classes: int = 3):
                             classes=classes)
 
     return load
+
+
+def report_folder(folder, capsys) -> tuple[int, str]:
+    """``eqpdenet report FOLDER``: its exit status and what it wrote to stderr."""
+    from eqpdenet.app.cli import main
+
+    capsys.readouterr()
+    status = main(["report", str(folder)])
+    return status, capsys.readouterr().err
+
+
+def error_line(err: str) -> str:
+    """The one line of a CLI error, without its prefix and the hint at the traceback."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    prefix, suffix = "eqpdenet: error: ", " (EQPDENET_DEBUG=1 shows the traceback)"
+    assert lines[0].startswith(prefix) and lines[0].endswith(suffix), err
+    return lines[0][len(prefix):-len(suffix)]
+
+
+class Recorder(nn.Module):
+    """Logits = the flattened image (so a logit change is the image's change); keeps every batch
+    it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(()))  # robustness asks the model for its device
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x):
+        self.seen.append(x.clone())
+        return x.flatten(1) + self.anchor

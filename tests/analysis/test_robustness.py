@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from eqpdenet.analysis.robustness import (
     AXIS_DIRECTIONS,
@@ -18,19 +17,7 @@ from eqpdenet.analysis.robustness import (
 )
 from eqpdenet.errors import ConfigError
 from eqpdenet.geometry import rotate, translate
-
-
-class Recorder(nn.Module):
-    """Logits = the flattened image (so a logit change is the image's change); keeps inputs."""
-
-    def __init__(self):
-        super().__init__()
-        self.anchor = nn.Parameter(torch.zeros(()))  # robustness asks the model for its device
-        self.seen: list[torch.Tensor] = []
-
-    def forward(self, x):
-        self.seen.append(x.clone())
-        return x.flatten(1) + self.anchor
+from helpers import Recorder
 
 
 def test_round_trip_change_is_the_relative_change_of_the_twice_resampled_image():

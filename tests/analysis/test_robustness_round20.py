@@ -16,7 +16,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from eqpdenet.analysis.robustness import (
     axis_shift,
@@ -35,20 +34,7 @@ from eqpdenet.data.scenarios import (
 )
 from eqpdenet.errors import ConfigError
 from eqpdenet.geometry import scale, translate
-
-
-class Recorder(nn.Module):
-    """Logits = the flattened image; keeps every batch it is given."""
-
-    def __init__(self):
-        super().__init__()
-        self.anchor = nn.Parameter(torch.zeros(()))  # robustness asks the model for its device
-        self.seen: list[torch.Tensor] = []
-
-    def forward(self, x):
-        self.seen.append(x.clone())
-        return x.flatten(1) + self.anchor
-
+from helpers import Recorder
 
 # --- F1: every factor is checked in the images' working dtype before any image is moved ----------
 

@@ -22,7 +22,6 @@ import pytest
 
 from eqpdenet.app import benchmark as benchmark_module
 from eqpdenet.app import sweeps
-from eqpdenet.app.cli import main
 from eqpdenet.app.config import (
     BenchmarkConfig,
     ReproduceConfig,
@@ -35,6 +34,7 @@ from eqpdenet.app.runstore import save_run
 from eqpdenet.app.sweeps import grid, run_key
 from eqpdenet.app.training import fingerprint
 from eqpdenet.errors import ConfigError, DataFileError
+from helpers import error_line, report_folder
 
 
 def _paper_folder(path: Path, config: ReproduceConfig, **extra) -> Path:
@@ -52,21 +52,6 @@ def _paper_folder(path: Path, config: ReproduceConfig, **extra) -> Path:
         save_run(path, record["key"], record)
     (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
-
-
-def _report(folder: Path, capsys) -> tuple[int, str]:
-    capsys.readouterr()
-    status = main(["report", str(folder)])
-    return status, capsys.readouterr().err
-
-
-def _error(err: str) -> str:
-    """The one line of an error, without the hint at the traceback."""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    prefix, suffix = "eqpdenet: error: ", " (EQPDENET_DEBUG=1 shows the traceback)"
-    assert lines[0].startswith(prefix) and lines[0].endswith(suffix), err
-    return lines[0][len(prefix):-len(suffix)]
 
 
 def _data(**fields) -> dict:
@@ -92,7 +77,7 @@ def test_the_paper_report_names_training_images_held_out_for_validation(tmp_path
     config = apply_overrides(ReproduceConfig(models=["fcnn"], hidden_sizes=[16], seeds=[0, 1]),
                              overrides)
     folder = _paper_folder(tmp_path / "p", config)
-    assert _report(folder, capsys) == (0, "")
+    assert report_folder(folder, capsys) == (0, "")
     header = (folder / "table.md").read_text().split("\n\n")[0]
     assert header.endswith("From `results.jsonl` beside this file (2 runs; config in "
                            "`config.toml`)." + note)
@@ -118,7 +103,7 @@ def test_the_benchmark_report_names_training_images_held_out_for_validation(tmp_
                         "config": to_dict(run)})
         save_run(folder, records[-1]["key"], records[-1])
     (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    assert _report(folder, capsys) == (0, "")
+    assert report_folder(folder, capsys) == (0, "")
     assert (" Runs had 2,000 training images held out for validation (`data.validation`). "
             "Train min: ") in (folder / "table.md").read_text()
 
@@ -261,9 +246,9 @@ def test_a_status_no_run_writes_is_refused_naming_the_record(tmp_path, capsys, s
     folder = _paper_folder(tmp_path / "p", config)
     record = json.loads((folder / "runs" / "fcnn-h16-seed1.json").read_text())
     save_run(folder, "fcnn-h16-seed1", record | {"status": status})
-    code, err = _report(folder, capsys)
+    code, err = report_folder(folder, capsys)
     assert code == 2
-    assert _error(err) == (
+    assert error_line(err) == (
         f"{folder}/results.jsonl: record 2 (fcnn-h16-seed1): status is {status!r}, not a run's "
         f"status ('ok' or 'diverged'); to rerun it, delete both runs/fcnn-h16-seed1.json (if "
         f"there is one) and its line in results.jsonl, then rerun the sweep's command")

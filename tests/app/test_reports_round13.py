@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from eqpdenet.app.benchmark import benchmark_fingerprint, is_benchmark_folder
-from eqpdenet.app.cli import main
 from eqpdenet.app.config import BenchmarkConfig, ReproduceConfig, to_dict, to_toml
 from eqpdenet.app.report import write_report
 from eqpdenet.app.runstore import save_run
 from eqpdenet.app.sweeps import grid, run_key
 from eqpdenet.app.training import fingerprint
 from eqpdenet.errors import DataFileError
+from helpers import error_line, report_folder
 
 RECIPE = ["model.kind='fcnn'", "model.hidden=16", "train.epochs=2"]
 CURVES = {"images": 8, "angles": [0.0, 90.0], "rotation": [90.0, 40.0], "scales": [1.0],
@@ -55,21 +55,6 @@ def _folder(path: Path, config_text: str | None, records: list[dict], *,
     return path
 
 
-def _report(folder: Path, capsys) -> tuple[int, str]:
-    capsys.readouterr()
-    status = main(["report", str(folder)])
-    return status, capsys.readouterr().err
-
-
-def _error(err: str) -> str:
-    """The one line of an error, without the hint at the traceback."""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    prefix, suffix = "eqpdenet: error: ", " (EQPDENET_DEBUG=1 shows the traceback)"
-    assert lines[0].startswith(prefix) and lines[0].endswith(suffix), err
-    return lines[0][len(prefix):-len(suffix)]
-
-
 # ----------------------------------------------------------------------------- F2: recognition
 
 
@@ -85,7 +70,7 @@ def test_an_unmarked_benchmark_with_an_unreadable_config_is_reported_as_a_benchm
     assert text != to_toml(config)
     folder = _folder(tmp_path / "b", text, records)
     assert is_benchmark_folder(folder)
-    status, err = _report(folder, capsys)
+    status, err = report_folder(folder, capsys)
     assert status == 0
     assert err.strip().splitlines() == [
         f"eqpdenet: warning: {folder}/config.toml cannot be read as a benchmark configuration: "
@@ -132,9 +117,9 @@ def test_runs_of_two_base_configurations_without_config_toml_are_refused(tmp_pat
     records = _paper_records(ReproduceConfig(models=["fcnn"], hidden_sizes=[16], seeds=[0, 1]))
     records[1]["base_fingerprint"] = "bbbbbbbbbbbb"
     folder = _folder(tmp_path / "p", None, records)
-    status, err = _report(folder, capsys)
+    status, err = report_folder(folder, capsys)
     assert status == 2
-    assert _error(err) == (
+    assert error_line(err) == (
         f"{folder}/results.jsonl: its runs were made under 2 base configurations (base "
         f"fingerprint aaaaaaaaaaaa: fcnn-h16-seed0; base fingerprint bbbbbbbbbbbb: "
         f"fcnn-h16-seed1) and no config.toml it can read says which is the sweep's; a table "
@@ -146,7 +131,7 @@ def test_runs_of_two_base_configurations_without_config_toml_are_refused(tmp_pat
 def test_runs_of_one_base_without_config_toml_are_tabled_citing_no_config_toml(tmp_path, capsys):
     records = _paper_records(ReproduceConfig(models=["fcnn"], hidden_sizes=[16], seeds=[0, 1]))
     folder = _folder(tmp_path / "p", None, records)
-    status, err = _report(folder, capsys)
+    status, err = report_folder(folder, capsys)
     assert status == 0
     assert err.strip() == (f"eqpdenet: warning: {folder}/config.toml is missing: whether every run "
                            f"of the sweep is here cannot be told")
@@ -165,7 +150,7 @@ def test_a_benchmark_header_names_which_entry_used_which_test_subset(tmp_path, c
     config = _bench_config({"whole": list(RECIPE), "sub": [*RECIPE, "data.test_subset=10"]})
     records = [_bench_record(config, name, seed) for name in ("whole", "sub") for seed in (0, 1)]
     folder = _folder(tmp_path / "b", to_toml(config), records)
-    status, _ = _report(folder, capsys)
+    status, _ = report_folder(folder, capsys)
     assert status == 0
     table = (folder / "table.md").read_text()
     assert table.startswith(
@@ -187,7 +172,7 @@ def test_a_sweep_whose_runs_all_failed_is_tabled_and_plotted(tmp_path, capsys):
                | {"status": "diverged"}
                for r in _paper_records(config, base_fingerprint=fingerprint(config.base))]
     folder = _folder(tmp_path / "p", to_toml(config), records)
-    status, err = _report(folder, capsys)
+    status, err = report_folder(folder, capsys)
     assert (status, err) == (0, "")
     table = (folder / "table.md").read_text()
     assert ("(2 runs, 2 of them failed (fcnn-h16-seed0: diverged, fcnn-h16-seed1: diverged); "
@@ -245,10 +230,10 @@ def test_every_field_the_benchmark_report_reads_is_checked(tmp_path, capsys, edi
     records = [_bench_record(config, "fcnn", 0), _bench_record(config, "fcnn", 1)]
     edit(records[1])
     folder = _folder(tmp_path / "b", to_toml(config), records, run_files=run_files)
-    status, err = _report(folder, capsys)
+    status, err = report_folder(folder, capsys)
     assert status == 2
     where = folder / "runs" / "fcnn-seed1.json" if run_files else f"{folder}/results.jsonl:2"
-    assert _error(err) == (f"{where}: {problem}; the report cannot table it (to rerun it, delete "
+    assert error_line(err) == (f"{where}: {problem}; the report cannot table it (to rerun it, delete "
                            f"both runs/fcnn-seed1.json (if there is one) and its line in "
                            f"results.jsonl, then rerun the sweep's command)")
     assert not (folder / "table.md").exists() and not (folder / "robustness.png").exists()
@@ -259,7 +244,7 @@ def test_a_benchmark_of_sound_records_is_still_tabled(tmp_path, capsys):
     records = [_bench_record(config, "fcnn", 0), _bench_record(config, "fcnn", 1)]
     del records[0]["robustness"]["round_trip_change"]  # older records lack it
     folder = _folder(tmp_path / "b", to_toml(config), records)
-    status, err = _report(folder, capsys)
+    status, err = report_folder(folder, capsys)
     assert (status, err) == (0, "")
     rows = [line for line in (folder / "table.md").read_text().splitlines()
             if line.startswith("| fcnn")]
