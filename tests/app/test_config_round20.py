@@ -225,3 +225,58 @@ def test_a_sweeps_configuration_given_as_an_experiment_says_where_its_experiment
         from_dict(ExperimentConfig, {"base": 3})
     assert str(error.value) == ("invalid config: unknown field(s) ['base'] for ExperimentConfig; "
                                 "known: ['data', 'model', 'scenarios', 'train']")
+
+
+# ----------------------------------------------------------------------------- a review (r3)
+
+
+def _command_config(argv):
+    """The configuration ``train`` would run for ``argv``, and the warnings making it gave."""
+    from eqpdenet.app.cli import _experiment_config, build_parser
+
+    args = build_parser().parse_args(argv)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config = _experiment_config(args)
+    return config, [str(w.message) for w in caught]
+
+
+def test_the_floors_warning_is_judged_after_the_command_lines_options(tmp_path):
+    # it was given from the file alone: --set ...jet_floor=0.1 was told to write jet_floor = 0.1,
+    # and --model cnn (on which the floor has no effect) was warned too
+    path = tmp_path / "config.toml"
+    path.write_text(_saved_before_the_floor(apply_overrides(ExperimentConfig(), SIM2)))
+    where = "model.invariant_pde.jet_floor"
+    config, said = _command_config(["train", "--config", str(path), "--out", "x"])
+    assert config.model.invariant_pde.jet_floor == 0.0
+    assert said == [_floor_warning(path, where)]
+    config, said = _command_config(["train", "--config", str(path), "--out", "x", "--set",
+                                    f"{where}=0.1"])
+    assert config.model.invariant_pde.jet_floor == 0.1 and said == []
+    config, said = _command_config(["train", "--config", str(path), "--out", "x", "--model",
+                                    "fcnn"])
+    assert not any("is not written in" in line for line in said)
+
+
+def test_a_sweeps_file_given_to_train_gets_no_did_you_mean_and_names_its_own_fields(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text(to_toml(BenchmarkConfig()))
+    with pytest.raises(ConfigError) as caught:
+        load_toml(ExperimentConfig, path)
+    message = str(caught.value)
+    assert "did you mean" not in message
+    assert ", and leave out the sweep's own checkpoint_seeds, curves, models, seeds;" in message
+
+
+def test_a_subclass_of_the_experiment_reads_a_saved_file_as_the_experiment_does(tmp_path):
+    from dataclasses import dataclass
+
+    @dataclass
+    class Mine(ExperimentConfig):
+        pass
+
+    path = tmp_path / "config.toml"
+    path.write_text(_saved_before_the_floor(apply_overrides(ExperimentConfig(), SIM2)))
+    mine, _ = _load(Mine, path)
+    theirs, _ = _load(ExperimentConfig, path)
+    assert mine.model.invariant_pde.jet_floor == theirs.model.invariant_pde.jet_floor == 0.0

@@ -51,9 +51,11 @@ from .config import (
     entries_yield,
     from_dict,
     load_toml,
+    load_toml_and_earlier,
     require_scored,
     to_dict,
     to_toml,
+    warn_earlier_fields,
 )
 from .plugins import PLUGIN_HINT, import_plugins
 
@@ -125,7 +127,9 @@ def _config_file(cls, args, layer: str, base=None):
     layer, the paper's: ``se2_sim2``'s invariants and ratios, are what ``--layer`` is for). A
     partial file's ``T = 2.0`` was dropped unsaid (an outside probe, round 17); starting the
     file's table from the preset instead left a full file's invariants in place (a review)."""
-    config = load_toml(cls, args.config, base=base)
+    # its warning of fields read with their earlier behaviour waits for the command line's
+    # options (_warn_earlier_fields): --set jet_floor=0.1 was told to write jet_floor = 0.1
+    config, args.earlier_fields = load_toml_and_earlier(cls, args.config, base=base)
     name = getattr(args, "layer", None)
     if not name:
         return config
@@ -176,7 +180,18 @@ def _sweep_config(args, cls, quick):
         config.base.train.device = args.device
     if isinstance(config, BenchmarkConfig):
         _command_line_over_entries(config, args)
-    return from_dict(cls, to_dict(config))
+    config = from_dict(cls, to_dict(config))
+    _warn_earlier_fields(args, config)
+    return config
+
+
+def _warn_earlier_fields(args, config) -> None:
+    """``--config``'s warning of the fields it read with their behaviour from before they
+    existed (:func:`~eqpdenet.app.config.warn_earlier_fields`), judged on ``config``, what runs
+    after the command line's options."""
+    earlier = getattr(args, "earlier_fields", None)
+    if earlier:
+        warn_earlier_fields(args.config, earlier, config)
 
 
 def _command_line_over_entries(config: BenchmarkConfig, args) -> None:
@@ -259,6 +274,7 @@ def _experiment_config(args) -> ExperimentConfig:
         config.data.rotated = True
     config = from_dict(ExperimentConfig, to_dict(config))  # re-validate
     require_scored(config)
+    _warn_earlier_fields(args, config)
     return config
 
 
@@ -845,6 +861,7 @@ def _study(args) -> int:
     if args.device:
         base.base.train.device = args.device
     base = from_dict(ReproduceConfig, to_dict(base))  # the flags' values validated
+    _warn_earlier_fields(args, base)
     executor = _executor(args)
     # Not results/study by default: no default output is a committed result (the committed
     # studies are resumed with their recorded command, which names its --out).

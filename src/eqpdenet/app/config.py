@@ -797,8 +797,11 @@ def from_dict(cls, data: dict, base=None, _path: str = "", _in_file: bool = Fals
                   if dataclasses.is_dataclass(hint) else None for name, hint in hints.items()
                   if name in names}
         meant = {n: _did_you_mean(n, tables, _path) for n in unknown}
+        # a sweep's file: its own fields are no misspellings ("did you mean 'model' for
+        # 'models'?" contradicted the hint)
+        hint = _base_hint(data, names, _path)
         raise ConfigError(f"invalid config: unknown field(s) {[_path + n for n in unknown]} for "
-                          f"{cls.__name__}{_meant_text(meant)}{_base_hint(data, names, _path)}; "
+                          f"{cls.__name__}{'' if hint else _meant_text(meant)}{hint}; "
                           f"known: {sorted(names)}")
     kwargs = {}
     if base is not None:
@@ -864,8 +867,11 @@ def _base_hint(data: dict, names, path: str) -> str:
     if "base" in names or not isinstance(inner, dict) or not inner:
         return ""
     moves = ", ".join(f"{path}base.{key} as {path}{key}" for key in inner)
+    sweep_own = sorted(set(data) - set(names) - {"base"})
+    leave = (f", and leave out the sweep's own {', '.join(path + key for key in sweep_own)}"
+             if sweep_own else "")
     return (f"; this configuration is one experiment, without base (a sweep's, with base, is "
-            f"for reproduce, benchmark or study): write {moves}")
+            f"for reproduce, benchmark or study): write {moves}{leave}")
 
 
 def _layer_preset(name, field: str) -> LayerConfig:
@@ -1036,6 +1042,16 @@ def load_toml(cls, path: str | Path, *, base=None):
     (:func:`~eqpdenet.app.training.with_legacy_fields`). A warning names each such field, the
     value read and the default, unless the field has no effect on the runs
     (:func:`fields_without_effect`). A partial table, or a missing one, takes the default."""
+    config, earlier = load_toml_and_earlier(cls, path, base=base)
+    warn_earlier_fields(path, earlier, config)
+    return config
+
+
+def load_toml_and_earlier(cls, path: str | Path, *, base=None):
+    """:func:`load_toml` without its warning: ``(configuration, earlier)``, ``earlier`` the
+    fields read with their behaviour from before they existed (``(path in the file, value read,
+    today's default)``), for :func:`warn_earlier_fields` once the command line's options are
+    applied."""
     path = Path(path)
     try:
         # utf-8-sig skips a leading byte-order mark (Windows editors and PowerShell write one):
@@ -1066,6 +1082,15 @@ def load_toml(cls, path: str | Path, *, base=None):
 
         text = unregistered_hint(error) if is_unregistered(str(error)) else str(error)
         raise ConfigError(f"{file_prefix(path)}{text}") from None
+    return config, earlier
+
+
+def warn_earlier_fields(path: str | Path, earlier, config) -> None:
+    """The warning :func:`load_toml` gives for each field it read with its earlier behaviour
+    (``earlier``, from :func:`load_toml_and_earlier`), judged on ``config``, the configuration
+    that runs: the command line's ``--set``, ``--model`` or ``--layer`` applied (a field they
+    set to another value, or a model kind it has no effect on, is not named: the warning told
+    a user who had set ``jet_floor = 0.1`` to write it)."""
     for where, value, default in earlier:
         if _acts(config, where, value):
             table, name = ".".join(where[:-1]), where[-1]
@@ -1075,8 +1100,7 @@ def load_toml(cls, path: str | Path, *, base=None):
                 f"read as {value!r}, its behaviour then (as a checkpoint or a sweep's record of "
                 f"that run reads it); the default is now {default!r} (write {name} = "
                 f"{_toml_value(default, '.'.join(where))} in [{table}] to use it)",
-                UserWarning, stacklevel=2)
-    return config
+                UserWarning, stacklevel=3)
 
 
 def _table_at(data, keys) -> dict | None:
@@ -1094,11 +1118,12 @@ def _plain(value):
 def _experiment_roots(cls) -> list[tuple[str, ...]]:
     """Where experiments sit in a configuration of ``cls``: ``()`` for an
     :class:`ExperimentConfig`, ``("base",)`` for a sweep's."""
-    if cls is ExperimentConfig:
+    if issubclass(cls, ExperimentConfig):
         return [()]
     hints = typing.get_type_hints(cls)
     return [(spec.name,) for spec in dataclasses.fields(cls)
-            if hints.get(spec.name) is ExperimentConfig]
+            if isinstance(hints.get(spec.name), type)
+            and issubclass(hints[spec.name], ExperimentConfig)]
 
 
 def _saved_before_fields(data: dict, config) -> list[tuple[tuple[str, ...], object, object]]:

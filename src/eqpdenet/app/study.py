@@ -70,7 +70,7 @@ from pathlib import Path
 
 from ..data.datasets import is_built_in, mnist_family
 from ..data.rotmnist import N_TRAIN
-from ..errors import ConfigError
+from ..errors import ConfigError, DataFileError
 from .config import (
     KIND_OPTIONS,
     DataConfig,
@@ -86,7 +86,7 @@ from .config import (
 from .distributed import Executor, ray_session
 from .files import atomic_write, make_folder, read_jsonl, write_set
 from .preflight import preflight
-from .report import PAPER_MODELS
+from .report import PAPER_MODELS, RUN_STATUSES, finite_number, rerun_advice
 from .runfolder import check_claim, claiming
 from .runstore import SUPERSEDED_DIR
 from .sweeps import field_differences, grid, reproduce, run_key
@@ -328,8 +328,25 @@ def _grid_records(folder: Path, config: ReproduceConfig, models) -> list[dict]:
     named by the base configuration only, so a study run before with other hidden sizes or
     seeds may have left runs there that this one must not average."""
     grid = {(m, h, s) for m in models for h in config.hidden_sizes for s in config.seeds}
-    return [r for r in read_jsonl(folder / "results.jsonl")
-            if (r.get("model"), r.get("hidden"), r.get("seed")) in grid]
+    # checked as a report checks them (report.check_records: a status no writer sets, a NaN or
+    # out-of-range accuracy, named with the record): unchecked, a status "OK" failed a candidate
+    # silently and another won, and a NaN validation accuracy was a bare "cannot convert NaN"
+    path = folder / "results.jsonl"
+    records = [r for r in read_jsonl(path)
+               if isinstance(r, dict) and (r.get("model"), r.get("hidden"), r.get("seed")) in grid]
+    for record in records:
+        key = f"{record['model']}-h{record['hidden']}-seed{record['seed']}"
+        status, score = record.get("status"), record.get("validation_accuracy")
+        if status not in RUN_STATUSES:
+            problem = (f"status is {status!r}, not a run's status "
+                       f"({' or '.join(map(repr, RUN_STATUSES))})")
+        elif status == "ok" and not (finite_number(score) and 0 <= score <= 100):
+            problem = (f"validation_accuracy is {score!r}, not a finite percentage (the study "
+                       f"scores it)")
+        else:
+            continue
+        raise DataFileError(str(path), f"the run {key}: {problem}; {rerun_advice(key)}")
+    return records
 
 
 def _check_study(config: ReproduceConfig) -> None:

@@ -111,7 +111,7 @@ class GCNNConfig:
                 f"0.2.3 with this torch; got {self.kernels[0]}")
         for index, p in enumerate(self.pool_after):
             require_int(p, f"gcnn.pool_after[{index}]", 1, maximum=len(self.channels))
-        # plain ints from here (a numpy integer is written to no TOML file)
+        # kernels and pool_after as plain ints (a numpy integer is written to no TOML file)
         self.kernels, self.pool_after = [int(k) for k in self.kernels], [int(p) for p in
                                                                           self.pool_after]
         # one pooling per layer: [1, 1] built one, and quarter_turn_invariant counted two

@@ -611,18 +611,45 @@ class Jet(ConstantBuffers):
 
     That definition is the stencil family's kernels as they were when the module was built
     (:attr:`bank`): a family re-registered under its name later (``replace=True``) reaches the
-    modules built after, never this one.
+    modules built after, never this one. So ``order``, ``stencil``, ``spacing`` and ``sigma``
+    are read-only (setting one is a :class:`~eqpdenet.errors.ConfigError`: build a new
+    ``Jet``); ``boundary`` is read at each call and may be set.
     """
+
+    #: The hyper-parameters its stencils are built from, fixed at construction: one set later
+    #: was half applied (the cached bank kept the old order, stencil and sigma for good, and
+    #: the weight kept the old spacing until the next .to() or load_state_dict rebuilt it).
+    _FIXED = ("order", "stencil", "spacing", "sigma")
 
     def __init__(self, order: int = 2, stencil: str = "central", spacing: float = 1.0,
                  boundary: str = "replicate", sigma: float | None = None):
         super().__init__()
         BOUNDARIES.get(boundary)
-        self.order, self.stencil, self.spacing, self.boundary = order, stencil, spacing, boundary
-        self.sigma = sigma
+        self._order, self._stencil, self._spacing, self._sigma = order, stencil, spacing, sigma
+        self.boundary = boundary
         self._bank = _unit_bank(order, stencil, spacing, sigma)
         self.register_buffer("weight", self._constant("weight", torch.float64, None),
                              persistent=False)
+
+    def __setstate__(self, state: dict) -> None:
+        # a Jet pickled whole before round 20 held them as plain attributes
+        state = {("_" + key if key in self._FIXED else key): value
+                 for key, value in state.items()}
+        super().__setstate__(state)
+
+    def _fixed(self, name: str):
+        raise ConfigError(f"Jet.{name} is fixed when the jet is built (its stencils and weight "
+                          f"are made from it): build a new Jet(order, stencil, spacing, "
+                          f"boundary, sigma) instead")
+
+    order = property(lambda self: self._order, lambda self, value: self._fixed("order"),
+                     doc="The highest derivative order of the jet (read-only).")
+    stencil = property(lambda self: self._stencil, lambda self, value: self._fixed("stencil"),
+                       doc="The stencil family's name (read-only).")
+    spacing = property(lambda self: self._spacing, lambda self, value: self._fixed("spacing"),
+                       doc="The grid spacing h, in the image's length unit (read-only).")
+    sigma = property(lambda self: self._sigma, lambda self, value: self._fixed("sigma"),
+                     doc="The Gaussian stencil's scale in pixels, or None (read-only).")
 
     @property
     def bank(self) -> np.ndarray:
