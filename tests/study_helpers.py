@@ -50,3 +50,26 @@ def fake_sweep_runs(monkeypatch) -> None:
     monkeypatch.setattr(sweeps, "run_experiment", lambda run, data, **options: fake_record(run))
     monkeypatch.setattr(benchmark, "run_experiment",
                         lambda run, data, **options: fake_record(run))
+
+
+def checkpointing_runner(run, data, *, progress, checkpoint, **options):
+    """A run as run_experiment records it (test 50 %, one parameter), its checkpoint written
+    where asked."""
+    from eqpdenet.app.config import to_dict
+
+    if checkpoint is not None:
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_bytes(b"model")
+    return {"model": run.model.kind, "hidden": run.model.hidden, "seed": run.train.seed,
+            "status": "ok", "params": 1, "accuracy": {"test": 50.0}, "train_seconds": 0.0,
+            "eval_seconds": 0.0, "config": to_dict(run)}
+
+
+def checkpointing_sweeps(monkeypatch) -> None:
+    """No data, no training in ``reproduce`` and ``benchmark``: each run is
+    :func:`checkpointing_runner`."""
+    from eqpdenet.app import benchmark, sweeps
+
+    monkeypatch.setattr(sweeps, "_cached_data", lambda *args: {})
+    monkeypatch.setattr(sweeps, "run_experiment", checkpointing_runner)
+    monkeypatch.setattr(benchmark, "_run", checkpointing_runner)

@@ -30,6 +30,7 @@ from eqpdenet.app.config import (
     to_toml,
 )
 from eqpdenet.errors import ConfigError, DataFileError
+from study_helpers import checkpointing_runner, checkpointing_sweeps
 
 # ----------------------------------------------------------------------------- models
 
@@ -141,21 +142,9 @@ def test_the_benchmark_refuses_a_seed_its_runs_never_use():
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def fake_runner(run, data, *, progress, checkpoint, **options):
-    """A run as run_experiment records it, its checkpoint written where asked."""
-    if checkpoint is not None:
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        checkpoint.write_bytes(b"model")
-    return {"model": run.model.kind, "hidden": run.model.hidden, "seed": run.train.seed,
-            "status": "ok", "params": 1, "accuracy": {"test": 50.0}, "train_seconds": 0.0,
-            "eval_seconds": 0.0, "config": to_dict(run)}
-
-
 @pytest.fixture
 def fake_runs(monkeypatch):
-    monkeypatch.setattr(sweeps, "_cached_data", lambda *args: {})
-    monkeypatch.setattr(sweeps, "run_experiment", fake_runner)
-    monkeypatch.setattr(benchmark_module, "_run", fake_runner)
+    checkpointing_sweeps(monkeypatch)
 
 
 def checkpoint_seeds_in(folder) -> list[int]:
@@ -207,7 +196,7 @@ def test_a_failed_run_needs_no_checkpoint(tmp_path, fake_runs, monkeypatch):
                                                  "seeds=[0]", "checkpoint_seeds=[]"])
 
     def diverged(run, data, **options):
-        return {**fake_runner(run, data, progress=False, checkpoint=None), "status": "diverged",
+        return {**checkpointing_runner(run, data, progress=False, checkpoint=None), "status": "diverged",
                 "error": "non-finite training loss at epoch 1"}
 
     monkeypatch.setattr(sweeps, "run_experiment", diverged)

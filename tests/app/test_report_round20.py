@@ -35,6 +35,7 @@ from eqpdenet.app.sweeps import grid, run_key
 from eqpdenet.app.training import fingerprint
 from eqpdenet.errors import ConfigError, DataFileError
 from helpers import error_line, report_folder
+from study_helpers import checkpointing_sweeps
 
 
 def _paper_folder(path: Path, config: ReproduceConfig, **extra) -> Path:
@@ -125,21 +126,9 @@ def test_subset_note_names_validation_with_the_training_set_only():
 # ----------------------------------------------------------------------------- F2: lost checkpoints
 
 
-def fake_runner(run, data, *, progress, checkpoint, **options):
-    """A run as run_experiment records it, its checkpoint written where asked."""
-    if checkpoint is not None:
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        checkpoint.write_bytes(b"model")
-    return {"model": run.model.kind, "hidden": run.model.hidden, "seed": run.train.seed,
-            "status": "ok", "params": 1, "accuracy": {"test": 50.0}, "train_seconds": 0.0,
-            "eval_seconds": 0.0, "config": to_dict(run)}
-
-
 @pytest.fixture
 def fake_runs(monkeypatch):
-    monkeypatch.setattr(sweeps, "_cached_data", lambda *args: {})
-    monkeypatch.setattr(sweeps, "run_experiment", fake_runner)
-    monkeypatch.setattr(benchmark_module, "_run", fake_runner)
+    checkpointing_sweeps(monkeypatch)
 
 
 def _sweep(out: Path, seeds: str = "[0, 1]", checkpoint_seeds: str = "[0]") -> ReproduceConfig:
