@@ -314,26 +314,83 @@ def _masked_norm(t: Tensor, mask: Tensor | None) -> float:
     return float(torch.linalg.vector_norm(t.flatten()))
 
 
-def _check_map_values(out: Tensor, what: str) -> None:
+#: The cause named by every refusal of a non-finite map output: the images were checked.
+_MAP_MADE_THEM = ("the images are finite, so the map made them (a PDE that blows up on these "
+                  "images, a division by 0)")
+
+
+def _non_finite(values: Tensor, where: Tensor | None = None) -> tuple[int, int, list[int]] | None:
+    """``(NaN count, inf count, index of the first)`` of the non-finite entries of ``values``
+    (``(B, ..., H, W)``) at the pixels of ``where`` (a boolean ``(H, W)`` mask; default: every
+    pixel); None where there is none."""
+    bad = ~torch.isfinite(values)
+    if where is not None:
+        bad = bad & where.to(device=values.device, dtype=torch.bool)
+    if not bool(bad.any()):
+        return None
+    nan = int((bad & torch.isnan(values)).sum())
+    return nan, int(bad.sum()) - nan, [int(i) for i in torch.nonzero(bad)[0].tolist()]
+
+
+def _measured_count(values: Tensor, mask: Tensor) -> int:
+    """How many entries of ``values`` (``(B, ..., H, W)``) lie on ``mask`` (``(H, W)``)."""
+    return values.numel() // max(values.shape[-2] * values.shape[-1], 1) * int(mask.sum())
+
+
+def _check_map_values(out: Tensor, what: str, mask: Tensor | None = None,
+                      reason: str | None = None) -> None:
     """An :class:`~eqpdenet.errors.InputError` naming ``what`` (the map's output, on which
-    images) where ``out`` holds NaN or inf: their counts and the index of the first. The images
-    were checked to be finite, so the map made them (a PDE that blows up on these images, a
-    division by 0), and the error computed from them would be NaN (a NaN anywhere in the batch
-    makes the norm NaN, even off the measured region), which says nothing of the map's
-    equivariance: it was written as an empty cell, or dropped by ``max``."""
+    images) where ``out`` holds NaN or inf at a pixel of ``mask`` (a boolean ``(H, W)``; default:
+    anywhere in the frame): their counts and the index of the first. The images were checked to
+    be finite, so the map made them.
+
+    With a ``mask`` (:func:`equivariance_error`'s measured points) the message says that the
+    error reads them (it would be NaN or inf, which says nothing of the map); a value off the
+    mask is not refused here, as :func:`_masked_norm` sets it to 0 (see
+    :func:`_check_carried_values` for one that the transform's resampling moves onto the mask).
+    Without one, the whole frame is checked and ``reason`` says why a value anywhere is refused
+    (the study's check of a checkpoint's maps before it measures them)."""
     if not isinstance(out, Tensor) or out.numel() == 0:
         return
-    bad = ~torch.isfinite(out)
-    if not bool(bad.any()):
+    found = _non_finite(out, mask)
+    if found is None:
         return
-    nan = int(torch.isnan(out).sum())
-    first = [int(i) for i in torch.nonzero(bad)[0].tolist()]
+    nan, inf, first = found
+    if mask is None:
+        counted = f"of {out.numel()}"
+        reason = reason or "a non-finite value anywhere in the map's output is refused"
+    else:
+        counted = (f"of the {_measured_count(out, mask)} values at the measured points, "
+                   f"which the equivariance error reads")
+        reason = "the error would be NaN or inf, which says nothing of the map"
     raise InputError(
-        f"{what} holds non-finite values ({nan} NaN, {int(bad.sum()) - nan} inf of "
-        f"{out.numel()}; the first at index {first}: {float(out[tuple(first)])}): the images are "
-        f"finite, so the map made them (a PDE that blows up on these images, a division by 0), "
-        f"and the equivariance error would be NaN, which says nothing of the map; measure a map "
+        f"{what} holds non-finite values ({nan} NaN, {inf} inf {counted}; the first at index "
+        f"{first}: {float(out[tuple(first)])}): {_MAP_MADE_THEM}, and {reason}; measure a map "
         f"that is finite on these images")
+
+
+def _check_carried_values(out: Tensor, moved_out: Tensor, mask: Tensor, transform) -> None:
+    """An :class:`~eqpdenet.errors.InputError` where ``moved_out = transform(out)`` (the error's
+    ``g . Phi(f)``) is non-finite at a point of ``mask`` although ``out`` is finite there
+    (:func:`_check_map_values` checked it): a NaN or inf of ``out`` off the measured disk that
+    the transform's resampling reads for a measured point (bilinear interpolation reads the four
+    pixels around ``g^{-1} p``, one of weight 0 too, and ``0 x inf`` is NaN). Checking
+    ``moved_out`` itself is exact for any ``transform``, a :class:`Transform` or any callable:
+    these are the values the error reads. Names the first such value of ``out``."""
+    carried = _non_finite(moved_out, mask)
+    if carried is None:
+        return
+    nan, inf, first = _non_finite(out) or (0, 0, None)
+    label = getattr(transform, "label", "") or "the transform g"
+    source = (f" ({nan} NaN, {inf} inf of {out.numel()}; the first at index {first}: "
+              f"{float(out[tuple(first)])})" if first is not None else "")
+    raise InputError(
+        f"the map's output on the images holds non-finite values off the measured points"
+        f"{source}, and the resampling of {label} carries them onto "
+        f"{carried[0] + carried[1]} of the {_measured_count(moved_out, mask)} values at the "
+        f"measured points that the equivariance error reads: {_MAP_MADE_THEM}, and the error "
+        f"would be NaN or inf, which says nothing of the map; measure a map that is finite on "
+        f"these images, or a transform that does not read these points")
 
 
 def _require_points(mask: Tensor, transform, size: tuple[int, int]) -> None:
@@ -458,9 +515,13 @@ def equivariance_error(phi: Callable[[Tensor], Tensor], images: Tensor,
     * an output that is not maps ``(B, ..., H', W')`` on the images' pixel grid (a tuple, a
       classifier's ``(B, K)``, a pooling's or an upsampling's grid of another spacing):
       :class:`~eqpdenet.errors.InputError` naming the sizes (:func:`_check_output_grid`);
-    * ``phi(f)`` or ``phi(g f)`` holding NaN or inf anywhere (a PDE that blows up on these
-      images): :class:`~eqpdenet.errors.InputError` naming which of the two, with the first
-      non-finite value's index (the error was NaN: a blank cell in the study's tables).
+    * ``phi(f)`` or ``phi(g f)`` holding NaN or inf at a point the error reads (a PDE that
+      blows up on these images): :class:`~eqpdenet.errors.InputError` naming which of the
+      two, with the first such value's index (the error was NaN: a blank cell in the study's
+      tables). The error reads both on the mask, and ``phi(f)`` also wherever the resampling
+      ``g . phi(f)`` reads it for a point of the mask (a value off the mask that it carries
+      onto it is refused too, naming ``g``); a NaN or inf that it does not read is not
+      refused, as it does not reach the error (:func:`_masked_norm` sets it to 0).
 
     So the error returned is a number ``>= 0``, never NaN (``inf`` only where a difference of
     two finite float32 maps overflows).
@@ -470,10 +531,11 @@ def equivariance_error(phi: Callable[[Tensor], Tensor], images: Tensor,
     with evaluation_mode(phi):
         out = phi(images)
         _check_output_grid(phi, images, out)
-        _check_map_values(out, "the map's output on the images")
         mask = _measurement_mask(mask, transform, tuple(out.shape[-2:]),
                                  tuple(images.shape[-2:]))
         _require_points(mask, transform, tuple(out.shape[-2:]))
+        # Only the points the error reads are checked: _masked_norm sets the others to 0.
+        _check_map_values(out, "the map's output on the images", mask)
         denominator = _masked_norm(out, mask)
         if denominator == 0:
             raise InputError(
@@ -481,10 +543,12 @@ def equivariance_error(phi: Callable[[Tensor], Tensor], images: Tensor,
                 f"{out.shape[-2]}x{out.shape[-1]} grid): the relative equivariance error has no "
                 f"scale (blank images, or a map that sends these images to 0); measure on "
                 f"images the map does not send to 0")
+        moved_out = transform(out)  # before phi(g f): a refusal comes before the long work
+        _check_carried_values(out, moved_out, mask, transform)
         moved = phi(transform(images))
         _check_map_values(moved, f"the map's output on the transformed images "
-                                 f"({getattr(transform, 'label', '') or 'g f'})")
-        difference = moved - transform(out)
+                                 f"({getattr(transform, 'label', '') or 'g f'})", mask)
+        difference = moved - moved_out
     return _masked_norm(difference, mask) / denominator
 
 

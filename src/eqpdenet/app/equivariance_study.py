@@ -226,12 +226,19 @@ def default_grid(quick: bool) -> dict:
                 steps=[1, 2, 5, 10, 20], count=64, stencils=["central", "isotropic"])
 
 
-def check_steps(T: float, dt: float, grid: dict) -> None:
+def check_steps(T: float, dt: float, grid: dict, advise: bool = True) -> None:
     """Every ``(T, dt)`` of the study makes whole Euler steps within the bound and a stable heat
     equation (:func:`~eqpdenet.analysis.references.heat_pde`), or a
-    :class:`~eqpdenet.errors.ConfigError` naming the study that uses it."""
+    :class:`~eqpdenet.errors.ConfigError` naming the study that uses it. ``advise=False``
+    skips the search for ``--T`` values to name in the first refusal (:func:`_steps_refusal`;
+    for the searches themselves, which only need to know whether a value is accepted)."""
     names = ("--T", "--dt")
-    heat_pde(T, dt, names=names)
+    try:
+        heat_pde(T, dt, names=names)
+    except ConfigError as error:
+        if not advise:
+            raise
+        raise ConfigError(_steps_refusal(T, dt, grid, error)) from None
     for factor in grid["factors"]:  # the resolution study: dt / k^2 at spacing 1 / k
         try:
             heat_pde(T, dt / factor**2, spacing=1.0 / factor, names=names)
@@ -243,6 +250,58 @@ def check_steps(T: float, dt: float, grid: dict) -> None:
             heat_pde(T, value, names=names)
         except ConfigError as error:
             raise ConfigError(_dt_study_refusal(T, grid, error)) from None
+
+
+def _steps_refusal(T: float, dt: float, grid: dict, error: ConfigError,
+                   tries: int = 1000) -> str:
+    """The refusal of a ``(--T, --dt)`` whose own integration
+    (:func:`~eqpdenet.analysis.references.heat_pde`) fails. An unstable ``--dt`` is named
+    first, whatever ``--T``: advice on ``--T`` for a ``--dt`` that the study refuses next
+    (``--dt 0.3`` was told "0.9 or 1.2", then that 0.3 is unstable) cannot be followed. A ``--T``
+    that is not a whole multiple of ``--dt`` (or smaller than it) is told the nearest values that
+    the study accepts with this ``--dt``: whole multiples of both ``--dt`` and the dt study's
+    largest step (the generic advice of :func:`~eqpdenet.pde.integrators.steps_for` named
+    multiples of ``--dt`` alone, 0.9 or 1.05 for ``--dt 0.15``, which the dt study's 0.2
+    refuses next). Any other cause is ``error`` as it is."""
+    try:
+        heat_pde(dt, dt, names=("--T", "--dt"))  # one step: the stability of --dt alone
+    except ConfigError as unstable:
+        return str(unstable)
+    ratio = T / dt if math.isfinite(T) and T > 0 else math.nan
+    if not 0 < ratio <= MAX_STEPS * (1 + STEPS_RTOL):
+        return str(error)
+    steps = round(ratio)
+    if ratio >= 1 - STEPS_RTOL and abs(ratio - steps) <= STEPS_RTOL * steps:
+        return str(error)  # whole steps: the error has another cause
+    unit = max(grid["dts"])
+
+    def accepted(n: int) -> float | None:
+        value = float(f"{n * unit:g}")
+        ratio = value / dt
+        if abs(ratio - round(ratio)) > 1e-9 * ratio:  # cheap first: most n are not multiples
+            return None
+        try:
+            check_steps(value, dt, grid, advise=False)
+        except ConfigError:
+            return None
+        return value
+
+    middle = T / unit
+    below = next((v for n in range(math.floor(middle), max(math.floor(middle) - tries, 0), -1)
+                  if (v := accepted(n)) is not None and v < T), None)
+    above = next((v for n in range(math.ceil(middle), math.ceil(middle) + tries)
+                  if (v := accepted(n)) is not None and v > T), None)
+    study = (f"whole multiples of both --dt and {unit:g}, the largest step of the dt study "
+             f"({grid['dts']}, its own steps whatever --dt is)")
+    named = [f"{v:g}" for v in (below, above) if v is not None]
+    advice = (f"choose a --T among the {study}: {' or '.join(named)}; or another --dt"
+              if named else f"no --T near {T:g} is one of the {study}: choose another --dt")
+    if ratio < 1 - STEPS_RTOL:
+        return (f"invalid config: --T / --dt: T = {T:g} is smaller than dt = {dt:g}: not one "
+                f"Euler step would run; {advice}")
+    return (f"invalid config: --T / --dt: T = {T:g} is not a whole multiple of dt = {dt:g} "
+            f"({ratio:.4g} steps): the Euler steps would stop at t = {math.floor(ratio) * dt:g}; "
+            f"{advice}")
 
 
 def _dt_study_refusal(T: float, grid: dict, error: ConfigError) -> str:
@@ -329,7 +388,15 @@ def check_reference_growth(T: float, dt: float, grid: dict, inputs: dict[str, Te
     horizon and the longest horizon that stays bounded. The stability bound of
     :func:`check_steps` cannot see it: the seeded nonlinear PDEs (``scaling-random`` above all)
     grow by their own nonlinear terms, with any ``dt``. The transformed inputs are not
-    integrated here: resampling smooths them, and on them the state grows less."""
+    integrated here: resampling smooths them, and on them the state grows less.
+
+    Every run is integrated first, and one error names, for each option that sets a horizon
+    (``--T``; ``--dt`` for the steps study), the run that stays bounded for the shortest time,
+    and advises from that: the bound over every map and every input at once (the advice of the
+    first run to blow up, in the order of the runs, was refused next for another map or input:
+    ``--T 200`` was told 67.4, then 31.6, then 6.8). A state after ``k`` steps is the same
+    whatever the horizon, so a value within the smallest bound keeps every run bounded."""
+    worst: dict[str, tuple[float, str]] = {}  # option -> (bounded horizon, its refusal)
     for (stencil, name, step), (horizon, (option, times)) in _reference_runs(T, dt, grid).items():
         flow = reference_pdes(horizon, step, stencil)[name]
         for input_name, images in inputs.items():
@@ -337,6 +404,9 @@ def check_reference_growth(T: float, dt: float, grid: dict, inputs: dict[str, Te
             if found is None:
                 continue
             at, peak = found
+            limit = (at - 1) * step / times
+            if option in worst and worst[option][0] <= limit:
+                continue  # as bounded as one already found, or longer: its advice is weaker
             size = float(images.abs().max())
             state = ("turns non-finite" if not math.isfinite(peak) else
                      f"reaches {peak:.3g}, {peak / size:.3g} times the inputs' largest value "
@@ -344,24 +414,26 @@ def check_reference_growth(T: float, dt: float, grid: dict, inputs: dict[str, Te
             study = ("" if times == 1 else
                      f" (the steps study integrates {times} steps of {option})")
             if at > 1:
-                limit = (at - 1) * step / times
                 accepted = _accepted_at_most(limit, option, T, dt, grid)
                 what = (f"a whole multiple of --dt and of the dt study's steps {grid['dts']}"
                         if option == "--T" else f"--T = {T:g} is a whole multiple of it")
                 bounded = (f"it stays within the bound to t = {(at - 1) * step:g}: "
                            + (f"use {option} <= {accepted:g} (the largest {option} up to "
-                              f"{limit:g} that the study accepts: {what})"
+                              f"{limit:g} that the study accepts: {what}; {limit:g} is the "
+                              f"smallest such bound of every reference PDE on every input)"
                               if accepted is not None else
                               f"no {option} up to {limit:g} is one that the study accepts "
                               f"({what})"))
             else:
                 bounded = "not even its first step stays within the bound"
-            raise ConfigError(
+            worst[option] = (limit, (
                 f"{option} = {horizon / times:g}{study}: the reference PDE {name!r} ({stencil} "
                 f"stencil, dt = {step:g}) blows up on the {input_name} inputs: its state {state} "
                 f"after Euler step {at} (t = {at * step:g} of {horizon:g}); that is the "
                 f"nonlinear PDE's own growth, not an unstable scheme, so a smaller dt does not "
-                f"help; {bounded}")
+                f"help; {bounded}"))
+    if worst:
+        raise ConfigError("; and ".join(message for _, message in worst.values()))
 
 
 def _accepted_at_most(limit: float, option: str, T: float, dt: float, grid: dict,
@@ -386,7 +458,10 @@ def _accepted_at_most(limit: float, option: str, T: float, dt: float, grid: dict
         if value > limit * (1 + STEPS_RTOL) or abs(ratio - n) > 1e-9 * n:
             continue
         try:
-            check_steps(value, dt, grid) if option == "--T" else check_steps(T, value, grid)
+            if option == "--T":
+                check_steps(value, dt, grid, advise=False)
+            else:
+                check_steps(T, value, grid, advise=False)
         except ConfigError:
             continue
         return value
@@ -542,8 +617,9 @@ def _try_checkpoint(path, tag: str, maps: dict[str, Callable], model: nn.Module,
       study (its logits are all that is measured of it);
     * each map's equivariance error on two images of its first inputs (the measurement's own
       refusals: an output of another grid, ...), then its output on every one of its inputs,
-      which must be finite (a learned PDE that blows up on them, saved with
-      ``check_finite = false``: its NaN was measured as an error of NaN);
+      which must be finite everywhere in the frame, not only where one transform reads it
+      (this one check stands for all of the study's transforms; a learned PDE that blows up on
+      them, saved with ``check_finite = false``: its NaN was measured as an error of NaN);
     * its logits on the images they are measured on (``where[logit_inputs]``): a model with no
       finite logits on any of them had its predictions and logit changes measured as NaN.
     """
@@ -572,7 +648,12 @@ def _try_checkpoint(path, tag: str, maps: dict[str, Callable], model: nn.Module,
                     equivariance_error(phi, images[:2], probe)
                 with torch.no_grad():
                     out = phi(images)
-                _check_map_values(out, "the map's output on these images")
+                # The whole frame: this one check stands in for every transform of the study,
+                # each of which reads other points (equivariance_error refuses only those).
+                _check_map_values(out, "the map's output on these images", reason=(
+                    "the study refuses a checkpoint's map that is NaN or inf anywhere on its "
+                    "inputs before it measures any transform (each reads other points; a "
+                    "learned PDE whose state is non-finite is blowing up)"))
             except NonFiniteStateError as error:
                 raise _named(error, name, input_name, probe if input_name == first else "as "
                              "they are", None, str(path)) from None
