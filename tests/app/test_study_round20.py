@@ -39,3 +39,21 @@ def test_a_record_the_study_cannot_score_is_refused_naming_it(tmp_path, monkeypa
     key = f"{records[0]['model']}-h{records[0]['hidden']}-seed{records[0]['seed']}"
     with pytest.raises(DataFileError, match=re.escape(f"the run {key}: {problem}; to rerun it")):
         run_study(out, base=base, stages=[SHARED], echo=_quiet)
+
+
+@pytest.mark.parametrize("field, value", [("hidden", "16"), ("seed", None), ("model", 3)])
+def test_a_record_whose_key_fields_are_malformed_is_refused_not_dropped(tmp_path, monkeypatch,
+                                                                        field, value):
+    # a record of hidden "16" fell out of the grid unsaid, and the study averaged the others
+    fake_study_reproduce(monkeypatch)
+    out = tmp_path / "s"
+    base = study_base(hidden_sizes=(16,), seeds=(0,))
+    run_study(out, base=base, stages=[SHARED], echo=_quiet)
+    path = next(out.glob("runs/*/results.jsonl"))
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    records[0][field] = value
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    kind = {"hidden": "int", "seed": "int", "model": "str"}[field]
+    with pytest.raises(DataFileError, match=re.escape(f"record 1: {field} is {value!r}, not a "
+                                                      f"run's {kind}")):
+        run_study(out, base=base, stages=[SHARED], echo=_quiet)

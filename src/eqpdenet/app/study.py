@@ -332,8 +332,19 @@ def _grid_records(folder: Path, config: ReproduceConfig, models) -> list[dict]:
     # out-of-range accuracy, named with the record): unchecked, a status "OK" failed a candidate
     # silently and another won, and a NaN validation accuracy was a bare "cannot convert NaN"
     path = folder / "results.jsonl"
-    records = [r for r in read_jsonl(path)
-               if isinstance(r, dict) and (r.get("model"), r.get("hidden"), r.get("seed")) in grid]
+    everything = read_jsonl(path)
+    # every record's key fields first, as report.check_records types them: one whose hidden
+    # was "256" fell out of the grid below without a word (reproduce, keyed by text, counted it
+    # done), and the study averaged the rest
+    for number, record in enumerate(everything, 1):
+        if not isinstance(record, dict):
+            raise DataFileError(str(path), f"record {number} is not a run record (a JSON object)")
+        for name, kind in (("model", str), ("hidden", int), ("seed", int)):
+            value = record.get(name)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise DataFileError(str(path), f"record {number}: {name} is {value!r}, not a "
+                                               f"run's {kind.__name__}")
+    records = [r for r in everything if (r["model"], r["hidden"], r["seed"]) in grid]
     for record in records:
         key = f"{record['model']}-h{record['hidden']}-seed{record['seed']}"
         status, score = record.get("status"), record.get("validation_accuracy")
