@@ -93,6 +93,15 @@ def require(condition: bool, field: str, message: str) -> None:
         raise ConfigError(f"invalid config: {field}: {message}")
 
 
+def fixed_after_build(name: str, doc: str, get=None) -> property:
+    """A read-only attribute ``name`` of a module whose stencils, weights or caches are built
+    from it: read from ``self._<name>`` (or ``get(self)``); setting it calls
+    ``self._fixed(name)``, which raises the class's :class:`ConfigError` (one set after
+    building was half applied: the caches kept the old value)."""
+    return property(get or (lambda self: getattr(self, "_" + name)),
+                    lambda self, value: self._fixed(name), doc=doc)
+
+
 def require_lists(config, prefix: str = "") -> None:
     """The fields of the dataclass ``config`` annotated as lists, as lists: a tuple or another
     sequence (how the Python API often spells one) becomes the list a configuration file would

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import batched, require, require_int, require_positive
+from ..checks import batched, fixed_after_build, require, require_int, require_positive
 from ..errors import ConfigError, InputError, InputTypeError
 from ..kernels.m2_op import real_constants
 from ..kernels.op import transform_reason
@@ -149,24 +149,11 @@ class AntiAliasedDownsample(ConstantBuffers):
             state["_sigma"], state["_boundary"] = state.pop("sigma"), state.pop("boundary")
         super().__setstate__(state)
 
-    @property
-    def sigma(self) -> float:
-        """The low-pass's standard deviation, in input pixels (read-only)."""
-        return self._sigma
-
-    @sigma.setter
-    def sigma(self, value) -> None:
-        self._fixed("sigma")
-
-    @property
-    def boundary(self) -> str:
-        """The low-pass's padding, a name of :data:`~eqpdenet.pde.stencils.BOUNDARIES`
-        (read-only)."""
-        return self._boundary
-
-    @boundary.setter
-    def boundary(self, value) -> None:
-        self._fixed("boundary")
+    sigma = fixed_after_build(
+        "sigma", "The low-pass's standard deviation, in input pixels (read-only).")
+    boundary = fixed_after_build(
+        "boundary", "The low-pass's padding, a name of :data:`~eqpdenet.pde.stencils.BOUNDARIES` "
+                    "(read-only).")
 
     def _fixed(self, name: str):
         raise ConfigError(f"AntiAliasedDownsample.{name} is fixed when the module is built (its "

@@ -51,7 +51,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import check_values, is_input_checked, require, require_int, require_positive
+from ..checks import (
+    check_values,
+    fixed_after_build,
+    is_input_checked,
+    require,
+    require_int,
+    require_positive,
+)
 from ..errors import ConfigError, InputError, InputTypeError
 from ..kernels.m2_op import constant_cache
 from .invariants import Invariant, InvariantSet, check_jet, register_invariant_set
@@ -291,32 +298,15 @@ class M2Jet(nn.Module):
                           f"fused kernels both derive their stencils from the scales): build a "
                           f"new M2Jet(sigma, boundary, scale_normalised, scales) instead")
 
-    @property
-    def sigmas(self) -> tuple[float, ...]:
-        """The scale levels :func:`scale_levels` ``(sigma, scales)``, in pixels (read-only)."""
-        return self._sigmas
-
-    @sigmas.setter
-    def sigmas(self, value) -> None:
-        self._fixed("sigmas")
-
-    @property
-    def sigma(self) -> float:
-        """The scale of the first level, ``sigmas[0]``, in pixels (read-only)."""
-        return self._sigmas[0]
-
-    @sigma.setter
-    def sigma(self, value) -> None:
-        self._fixed("sigma")
-
-    @property
-    def scale_normalised(self) -> bool:
-        """Whether spatial derivatives of order ``n`` are multiplied by ``sigma^n`` (read-only)."""
-        return self._scale_normalised
-
-    @scale_normalised.setter
-    def scale_normalised(self, value) -> None:
-        self._fixed("scale_normalised")
+    sigmas = fixed_after_build(
+        "sigmas", "The scale levels :func:`scale_levels` ``(sigma, scales)``, in pixels "
+                  "(read-only).")
+    sigma = fixed_after_build(
+        "sigma", "The scale of the first level, ``sigmas[0]``, in pixels (read-only).",
+        lambda self: self._sigmas[0])
+    scale_normalised = fixed_after_build(
+        "scale_normalised", "Whether spatial derivatives of order ``n`` are multiplied by "
+                            "``sigma^n`` (read-only).")
 
     @property
     def stencils(self) -> Tensor:

@@ -70,7 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import check_images, check_values, require, require_positive
+from ..checks import check_images, check_values, fixed_after_build, require, require_positive
 from ..errors import ConfigError, InputError
 from ..registry import Registry
 
@@ -642,14 +642,12 @@ class Jet(ConstantBuffers):
                           f"are made from it): build a new Jet(order, stencil, spacing, "
                           f"boundary, sigma) instead")
 
-    order = property(lambda self: self._order, lambda self, value: self._fixed("order"),
-                     doc="The highest derivative order of the jet (read-only).")
-    stencil = property(lambda self: self._stencil, lambda self, value: self._fixed("stencil"),
-                       doc="The stencil family's name (read-only).")
-    spacing = property(lambda self: self._spacing, lambda self, value: self._fixed("spacing"),
-                       doc="The grid spacing h, in the image's length unit (read-only).")
-    sigma = property(lambda self: self._sigma, lambda self, value: self._fixed("sigma"),
-                     doc="The Gaussian stencil's scale in pixels, or None (read-only).")
+    order = fixed_after_build("order", "The highest derivative order of the jet (read-only).")
+    stencil = fixed_after_build("stencil", "The stencil family's name (read-only).")
+    spacing = fixed_after_build("spacing", "The grid spacing h, in the image's length unit "
+                                           "(read-only).")
+    sigma = fixed_after_build("sigma", "The Gaussian stencil's scale in pixels, or None "
+                                       "(read-only).")
 
     @property
     def bank(self) -> np.ndarray:
