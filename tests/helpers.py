@@ -225,3 +225,14 @@ class Recorder(nn.Module):
     def forward(self, x):
         self.seen.append(x.clone())
         return x.flatten(1) + self.anchor
+
+
+def run_cli(argv, capsys) -> tuple[int, str]:
+    """``eqpdenet ARGV``: its exit status (argparse's too) and what it wrote to stderr."""
+    from eqpdenet.app.cli import main
+
+    try:
+        status = main([str(a) for a in argv])
+    except SystemExit as exit_:
+        status = exit_.code
+    return status, capsys.readouterr().err

@@ -9,11 +9,11 @@ import torch
 from eqpdenet.analysis.equivariance import Transform, model_invariance
 from eqpdenet.analysis.references import smooth_inputs
 from eqpdenet.app import equivariance_study
-from eqpdenet.app.cli import main
 from eqpdenet.app.config import ExperimentConfig, apply_overrides, build_model
 from eqpdenet.app.equivariance_study import equivariance_table, measure_equivariance, write_outputs
 from eqpdenet.app.runfolder import MARKER
 from eqpdenet.app.training import save_checkpoint
+from helpers import run_cli
 
 
 def test_quick_study_writes_tables_and_plots(tmp_path, monkeypatch):
@@ -178,14 +178,6 @@ def test_checkpoints_without_maps_or_test_images_are_measured_on_smooth_inputs(t
     assert ("## Whole models on smooth 3x16x16 inputs (their test images could not be read)"
             in table)
     assert "| fcnn-h8 (colour/model.pt) logit change |" in table
-
-
-def run_cli(argv, capsys) -> tuple[int, str]:
-    try:
-        status = main([str(a) for a in argv])
-    except SystemExit as exit_:
-        status = exit_.code
-    return status, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case, options, message", [

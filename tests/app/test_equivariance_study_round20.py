@@ -19,7 +19,6 @@ from eqpdenet.analysis import equivariance as analysis
 from eqpdenet.analysis.equivariance import Transform, equivariance_error, quarter_turn_check
 from eqpdenet.analysis.references import smooth_inputs
 from eqpdenet.app import equivariance_study
-from eqpdenet.app.cli import main
 from eqpdenet.app.config import ExperimentConfig, apply_overrides, build_model
 from eqpdenet.app.equivariance_study import (
     LearnedMap,
@@ -32,6 +31,7 @@ from eqpdenet.app.equivariance_study import (
 )
 from eqpdenet.app.training import save_checkpoint
 from eqpdenet.errors import ConfigError, InputError, NonFiniteStateError
+from helpers import run_cli
 
 TINY = dict(angles=[15, 90], scales=[0.8], shifts=[0.5], factors=[1], dts=[0.2, 0.1],
             steps=[1], count=4, stencils=["central"])
@@ -44,14 +44,6 @@ def tiny_grid(monkeypatch, tmp_path):
     monkeypatch.setenv("EQPDENET_DATA", str(tmp_path / "nowhere"))
     monkeypatch.setattr(equivariance_study, "default_grid", lambda quick: dict(TINY))
     monkeypatch.setattr(equivariance_study, "invariant_orders_text", lambda: "orders\n")
-
-
-def run_cli(argv, capsys) -> tuple[int, str]:
-    try:
-        status = main([str(a) for a in argv])
-    except SystemExit as exit_:
-        status = exit_.code
-    return status, capsys.readouterr().err
 
 
 def _save(path: Path, overrides: list[str], seed: int = 0, edit=None) -> Path:
