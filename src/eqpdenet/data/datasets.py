@@ -677,10 +677,7 @@ def _same_idx_bytes(first: Path, second: Path) -> bool:
     try:
         with contextlib.ExitStack() as stack:
             for path in (first, second):
-                with open(path, "rb") as handle:
-                    start = handle.read(2)
-                opener = gzip.open if start == b"\x1f\x8b" else open
-                handles.append(stack.enter_context(opener(path, "rb")))
+                handles.append(stack.enter_context(_open_idx(path)))
             while True:
                 chunks = [_read_up_to(handle, 1 << 20) for handle in handles]
                 if chunks[0] != chunks[1]:
@@ -689,6 +686,14 @@ def _same_idx_bytes(first: Path, second: Path) -> bool:
                     return True
     except (OSError, EOFError, zlib.error):
         return True
+
+
+def _open_idx(path: Path):
+    """``path`` opened for reading its IDX bytes: through gzip where it starts like gzip, as
+    :func:`~eqpdenet.data.mnist.read_idx` decides (by the content, not the name)."""
+    with open(path, "rb") as handle:
+        start = handle.read(2)
+    return (gzip.open if start == b"\x1f\x8b" else open)(path, "rb")
 
 
 def _read_up_to(handle, size: int) -> bytes:
@@ -849,11 +854,9 @@ def _idx_images(path: Path, folder: Path, what: str) -> tuple[int, ...]:
     """The dimensions of the IDX image file at ``path``, its pixels checked as loading checks
     them (read in pieces, not kept). A damaged file (a bad header, truncated, trailing bytes, a
     broken gzip stream) raises the :class:`DataFileError` loading would (:func:`read_idx`)."""
-    with open(path, "rb") as handle:
-        start = handle.read(2)
-    opener = gzip.open if start == b"\x1f\x8b" else open
+    opened = _open_idx(path)  # outside the try, as before: not opening is no damaged file
     try:
-        with opener(path, "rb") as handle:
+        with opened as handle:
             head = handle.read(4)
             if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in IDX_DTYPES or not head[3]:
                 raise ValueError("not an IDX file")
