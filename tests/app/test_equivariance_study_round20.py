@@ -189,6 +189,39 @@ def test_an_inf_off_the_disk_that_the_resampling_carries_onto_it_is_refused_nami
         f"transform that does not read these points")
 
 
+def _nan_making(at_call: int, row: int, col: int):
+    """A transform of one's own (a flip) that writes NaN at pixel ``(row, col)`` of its
+    ``at_call``-th result: 1, the map's output moved (``g . phi(f)``); 2, the images (``g f``)."""
+    calls = []
+
+    def transform(u):
+        calls.append(1)
+        out = torch.flip(u, [-1]).clone()
+        if len(calls) == at_call:
+            out[..., row, col] = math.nan
+        return out
+    return transform
+
+
+@pytest.mark.parametrize("at_call, what, count", [
+    (1, "g . phi(f), the map's finite output on the images moved by it", "values at the "
+        "measured points"),
+    (2, "g f, the images moved by it", "values"),
+])
+def test_a_transform_that_makes_nan_itself_is_blamed_not_the_map(at_call, what, count):
+    """Review r5: the NaN a transform of one's own made from finite values was blamed on the map
+    ("the images are finite, so the map made them"), which was finite on finite input."""
+    images = smooth_inputs(2)
+    mask = analysis._measurement_mask(None, None, (28, 28), (28, 28))
+    counted = 2 * int(mask.sum()) if at_call == 1 else images.numel()
+    with pytest.raises(InputError) as caught:
+        equivariance_error(lambda u: 2 * u, images, _nan_making(at_call, 14, 14))
+    assert str(caught.value) == (
+        f"the transform g makes non-finite values from finite ones: {what} holds 2 NaN and 0 "
+        f"inf of its {counted} {count} (the first at index [0, 0, 14, 14]: nan); the "
+        f"equivariance error would be NaN or inf, which says nothing of the map; use a "
+        f"transform that keeps finite values finite")
+
 def test_the_study_refuses_a_map_that_is_inf_anywhere_and_says_why():
     """The study's one check before measuring stands for all of its transforms: the whole
     frame, with its own reason (not "the error would be NaN", false for the corner)."""
@@ -340,18 +373,27 @@ def test_two_data_sets_of_one_file_name_keep_their_own_tables(tiny_grid, tmp_pat
                "multiple of 0.2, the largest of them (--T = 0.3 is 1.5 steps of 0.2): 0.2 or 0.4"),
     (0.1, 0.1, "invalid config: --T: the dt study integrates to --T = 0.1 with each dt of "
                "[0.2, 0.1, 0.05], its own time steps whatever --dt is, so --T must be a whole "
-               "multiple of 0.2, the largest of them (--T = 0.1 is 0.5 steps of 0.2): 0.2 at "
-               "least"),
+               "multiple of 0.2, the largest of them (--T = 0.1 is 0.5 steps of 0.2): 0.2"),
+    (0.9, 0.15, "invalid config: --T: the dt study integrates to --T = 0.9 with each dt of "
+                "[0.2, 0.1, 0.05], its own time steps whatever --dt is, so --T must be a whole "
+                "multiple of 0.2, the largest of them (--T = 0.9 is 4.5 steps of 0.2): 0.6 or "
+                "1.2 (the nearest whole multiples of both 0.2 and --dt = 0.15)"),
     (6000, 0.25, "invalid config: --T: the dt study integrates to --T = 6000 with each dt of "
                  "[0.2, 0.1, 0.05], its own time steps whatever --dt is: 6000 / 0.05 is about "
                  "1.2e+05 Euler steps, more than the bound of 100,000; --T must be at most "
                  "5000"),
 ])
 def test_the_dt_study_names_the_t_it_needs_and_no_dt(T, dt, message):
-    """Its steps are its own: the advice "or another dt" / "or a smaller dt" changed nothing."""
+    """Its steps are its own: the advice "or another dt" / "or a smaller dt" changed nothing.
+    Each --T it names is accepted with this --dt (review r5: --T 0.9 --dt 0.15 was told 0.8 or
+    1, multiples of 0.2 that --dt 0.15 refuses next)."""
+    grid = equivariance_study.default_grid(quick=True)
     with pytest.raises(ConfigError) as caught:
-        check_steps(T, dt, equivariance_study.default_grid(quick=True))
+        check_steps(T, dt, grid)
     assert str(caught.value) == message
+    named = message.rsplit("steps of 0.2): ", 1)[-1].split(" (")[0]
+    for value in named.split(" or ") if "steps of 0.2): " in message else ():
+        check_steps(float(value), dt, grid)
 
 
 @pytest.mark.parametrize("T, dt, message, named", [

@@ -380,17 +380,38 @@ def _check_carried_values(out: Tensor, moved_out: Tensor, mask: Tensor, transfor
     carried = _non_finite(moved_out, mask)
     if carried is None:
         return
-    nan, inf, first = _non_finite(out) or (0, 0, None)
     label = getattr(transform, "label", "") or "the transform g"
-    source = (f" ({nan} NaN, {inf} inf of {out.numel()}; the first at index {first}: "
-              f"{float(out[tuple(first)])})" if first is not None else "")
+    found = _non_finite(out)
+    if found is None:  # a finite output: the transform made them (a callable of one's own)
+        _refuse_transform_values(moved_out, mask, getattr(transform, "label", "") or "g",
+                                 "g . phi(f), the map's finite output on the images moved by it")
+    nan, inf, first = found
     raise InputError(
         f"the map's output on the images holds non-finite values off the measured points"
-        f"{source}, and the resampling of {label} carries them onto "
+        f" ({nan} NaN, {inf} inf of {out.numel()}; the first at index {first}: "
+        f"{float(out[tuple(first)])}), and the resampling of {label} carries them onto "
         f"{carried[0] + carried[1]} of the {_measured_count(moved_out, mask)} values at the "
         f"measured points that the equivariance error reads: {_MAP_MADE_THEM}, and the error "
         f"would be NaN or inf, which says nothing of the map; measure a map that is finite on "
         f"these images, or a transform that does not read these points")
+
+
+def _refuse_transform_values(moved: Tensor, mask: Tensor | None, label: str, what: str) -> None:
+    """An :class:`~eqpdenet.errors.InputError` naming the transform ``label`` where its result
+    ``moved`` (``what``: of which finite input) holds NaN or inf at a pixel of ``mask`` (any
+    pixel without one): a transform of one's own (any callable) that makes them from finite
+    values; the error would otherwise blame the map, which had finite input and output."""
+    found = _non_finite(moved, mask)
+    if found is None:
+        return
+    nan, inf, first = found
+    where = (f"{_measured_count(moved, mask)} values at the measured points" if mask is not None
+             else f"{moved.numel()} values")
+    raise InputError(
+        f"the transform {label} makes non-finite values from finite ones: {what} holds {nan} "
+        f"NaN and {inf} inf of its {where} (the first at index {first}: "
+        f"{float(moved[tuple(first)])}); the equivariance error would be NaN or inf, which says "
+        f"nothing of the map; use a transform that keeps finite values finite")
 
 
 def _require_points(mask: Tensor, transform, size: tuple[int, int]) -> None:
@@ -545,7 +566,10 @@ def equivariance_error(phi: Callable[[Tensor], Tensor], images: Tensor,
                 f"images the map does not send to 0")
         moved_out = transform(out)  # before phi(g f): a refusal comes before the long work
         _check_carried_values(out, moved_out, mask, transform)
-        moved = phi(transform(images))
+        moved_images = transform(images)
+        _refuse_transform_values(moved_images, None, getattr(transform, "label", "") or "g",
+                                 "g f, the images moved by it")
+        moved = phi(moved_images)
         _check_map_values(moved, f"the map's output on the transformed images "
                                  f"({getattr(transform, 'label', '') or 'g f'})", mask)
         difference = moved - moved_out

@@ -249,7 +249,7 @@ def check_steps(T: float, dt: float, grid: dict, advise: bool = True) -> None:
         try:
             heat_pde(T, value, names=names)
         except ConfigError as error:
-            raise ConfigError(_dt_study_refusal(T, grid, error)) from None
+            raise ConfigError(_dt_study_refusal(T, dt, grid, error)) from None
 
 
 def _steps_refusal(T: float, dt: float, grid: dict, error: ConfigError,
@@ -274,6 +274,25 @@ def _steps_refusal(T: float, dt: float, grid: dict, error: ConfigError,
     if ratio >= 1 - STEPS_RTOL and abs(ratio - steps) <= STEPS_RTOL * steps:
         return str(error)  # whole steps: the error has another cause
     unit = max(grid["dts"])
+    study = (f"whole multiples of both --dt and {unit:g}, the largest step of the dt study "
+             f"({grid['dts']}, its own steps whatever --dt is)")
+    named = [f"{v:g}" for v in _accepted_near(T, dt, grid, tries)]
+    advice = (f"choose a --T among the {study}: {' or '.join(named)}; or another --dt"
+              if named else f"no --T near {T:g} is one of the {study}: choose another --dt")
+    if ratio < 1 - STEPS_RTOL:
+        return (f"invalid config: --T / --dt: T = {T:g} is smaller than dt = {dt:g}: not one "
+                f"Euler step would run; {advice}")
+    return (f"invalid config: --T / --dt: T = {T:g} is not a whole multiple of dt = {dt:g} "
+            f"({ratio:.4g} steps): the Euler steps would stop at t = {math.floor(ratio) * dt:g}; "
+            f"{advice}")
+
+
+def _accepted_near(T: float, dt: float, grid: dict, tries: int = 1000) -> list[float]:
+    """The nearest values below and above ``T`` (either may be missing) that
+    :func:`check_steps` accepts as ``--T`` with this ``--dt``: whole multiples of both ``--dt``
+    and the dt study's largest step (the study's other steps divide it), searched over ``tries``
+    multiples of that step each way."""
+    unit = max(grid["dts"])
 
     def accepted(n: int) -> float | None:
         value = float(f"{n * unit:g}")
@@ -291,27 +310,18 @@ def _steps_refusal(T: float, dt: float, grid: dict, error: ConfigError,
                   if (v := accepted(n)) is not None and v < T), None)
     above = next((v for n in range(math.ceil(middle), math.ceil(middle) + tries)
                   if (v := accepted(n)) is not None and v > T), None)
-    study = (f"whole multiples of both --dt and {unit:g}, the largest step of the dt study "
-             f"({grid['dts']}, its own steps whatever --dt is)")
-    named = [f"{v:g}" for v in (below, above) if v is not None]
-    advice = (f"choose a --T among the {study}: {' or '.join(named)}; or another --dt"
-              if named else f"no --T near {T:g} is one of the {study}: choose another --dt")
-    if ratio < 1 - STEPS_RTOL:
-        return (f"invalid config: --T / --dt: T = {T:g} is smaller than dt = {dt:g}: not one "
-                f"Euler step would run; {advice}")
-    return (f"invalid config: --T / --dt: T = {T:g} is not a whole multiple of dt = {dt:g} "
-            f"({ratio:.4g} steps): the Euler steps would stop at t = {math.floor(ratio) * dt:g}; "
-            f"{advice}")
+    return [v for v in (below, above) if v is not None]
 
 
-def _dt_study_refusal(T: float, grid: dict, error: ConfigError) -> str:
+def _dt_study_refusal(T: float, dt: float, grid: dict, error: ConfigError) -> str:
     """The refusal of a ``--T`` that the dt study cannot integrate to with each of its own time
     steps (``grid["dts"]``). Those steps are fixed, whatever ``--dt`` is, so the advice is
-    about ``--T`` alone (the generic advice of
-    :func:`~eqpdenet.pde.integrators.steps_for`, "or another dt", named values of ``--dt``
-    that change nothing here). Each of the grid's steps divides its largest (0.2 = 2 x 0.1 =
-    4 x 0.05 = 8 x 0.025), so a ``--T`` is accepted by all of them where it is a whole
-    multiple of the largest and makes at most ``MAX_STEPS`` steps of the smallest."""
+    about ``--T`` (the generic advice of :func:`~eqpdenet.pde.integrators.steps_for`, "or
+    another dt", named values of ``--dt`` that change nothing here). Each of the grid's steps
+    divides its largest (0.2 = 2 x 0.1 = 4 x 0.05 = 8 x 0.025), so a ``--T`` is accepted by all
+    of them where it is a whole multiple of the largest and makes at most ``MAX_STEPS`` steps of
+    the smallest; the values named are also whole multiples of ``--dt`` (:func:`_accepted_near`:
+    ``--T 0.9 --dt 0.15`` was told 0.8 or 1, which that ``--dt`` refuses next)."""
     dts = grid["dts"]
     largest, smallest = max(dts), min(dts)
     study = (f"the dt study integrates to --T = {T:g} with each dt of {dts}, its own time steps "
@@ -322,9 +332,11 @@ def _dt_study_refusal(T: float, grid: dict, error: ConfigError) -> str:
                 f"must be at most {MAX_STEPS * smallest:g}")
     ratio = T / largest
     if abs(ratio - round(ratio)) > STEPS_RTOL * max(round(ratio), 1) or round(ratio) < 1:
-        lower = math.floor(ratio) * largest
-        choices = (f"{lower:g} or {lower + largest:g}" if lower > 0
-                   else f"{largest:g} at least")
+        named = " or ".join(f"{v:g}" for v in _accepted_near(T, dt, grid))
+        both = f"whole multiples of both {largest:g} and --dt = {dt:g}"
+        divides = abs(largest / dt - round(largest / dt)) <= 1e-9 * largest / dt
+        choices = (named if named and divides else f"{named} (the nearest {both})" if named
+                   else f"none near {T:g} is one of the {both}: choose another --dt")
         return (f"invalid config: --T: {study}, so --T must be a whole multiple of "
                 f"{largest:g}, the largest of them (--T = {T:g} is {ratio:.4g} steps of "
                 f"{largest:g}): {choices}")
