@@ -24,6 +24,7 @@ from eqpdenet.app.config import (
     ReproduceConfig,
     TrainConfig,
     apply_overrides,
+    assigned_paths,
     from_dict,
     load_toml,
     to_dict,
@@ -280,3 +281,26 @@ def test_a_subclass_of_the_experiment_reads_a_saved_file_as_the_experiment_does(
     mine, _ = _load(Mine, path)
     theirs, _ = _load(ExperimentConfig, path)
     assert mine.model.invariant_pde.jet_floor == theirs.model.invariant_pde.jet_floor == 0.0
+
+
+@pytest.mark.parametrize("assignment", [
+    "model.invariant_pde.jet_floor=0",          # the earlier value, chosen on the command line
+    "model.invariant_pde.jet_floor = 0.0",
+    "model.invariant_pde={jet_floor=0.0}",      # a table given whole names its keys
+])
+def test_a_field_the_command_line_names_is_not_warned_whatever_its_value(tmp_path, assignment):
+    """Review r5: --set ...jet_floor=0 chose the earlier value and was still told to write
+    jet_floor = 0.1; a field another --set names still is."""
+    path = tmp_path / "config.toml"
+    path.write_text(_saved_before_the_floor(apply_overrides(ExperimentConfig(), SIM2)))
+    config, said = _command_config(["train", "--config", str(path), "--out", "x", "--set",
+                                    assignment])
+    assert config.model.invariant_pde.jet_floor == 0.0 and said == []
+    config, said = _command_config(["train", "--config", str(path), "--out", "x", "--set",
+                                    "model.invariant_pde.ratio_eps=0.5"])
+    assert said == [_floor_warning(path, "model.invariant_pde.jet_floor")]
+
+
+def test_the_paths_an_assignment_names():
+    assert assigned_paths(["a.b=1", "c = {d=1, e={f=2}}", "g.layer.preset=x", "oops"]) == {
+        ("a", "b"), ("c",), ("c", "d"), ("c", "e"), ("c", "e", "f"), ("g", "layer")}

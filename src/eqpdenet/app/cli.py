@@ -48,6 +48,7 @@ from .config import (
     ReproduceConfig,
     apply_overrides,
     assigned_fields,
+    assigned_paths,
     entries_yield,
     from_dict,
     load_toml,
@@ -181,17 +182,18 @@ def _sweep_config(args, cls, quick):
     if isinstance(config, BenchmarkConfig):
         _command_line_over_entries(config, args)
     config = from_dict(cls, to_dict(config))
-    _warn_earlier_fields(args, config)
+    _warn_earlier_fields(args, config, assignments)
     return config
 
 
-def _warn_earlier_fields(args, config) -> None:
+def _warn_earlier_fields(args, config, assignments: list[str]) -> None:
     """``--config``'s warning of the fields it read with their behaviour from before they
     existed (:func:`~eqpdenet.app.config.warn_earlier_fields`), judged on ``config``, what runs
-    after the command line's options."""
+    after the command line's options; none for a field that ``assignments`` (the command line's
+    ``--layer`` and ``--set``, and flags as assignments) names, whatever its value."""
     earlier = getattr(args, "earlier_fields", None)
     if earlier:
-        warn_earlier_fields(args.config, earlier, config)
+        warn_earlier_fields(args.config, earlier, config, assigned_paths(assignments))
 
 
 def _command_line_over_entries(config: BenchmarkConfig, args) -> None:
@@ -274,7 +276,9 @@ def _experiment_config(args) -> ExperimentConfig:
         config.data.rotated = True
     config = from_dict(ExperimentConfig, to_dict(config))  # re-validate
     require_scored(config)
-    _warn_earlier_fields(args, config)
+    # --dataset names data.dataset as --set does (its default is its earlier value too)
+    _warn_earlier_fields(args, config, _with_layer(args, "model.layer") + (
+        [f"data.dataset={args.dataset}"] if getattr(args, "dataset", None) is not None else []))
     return config
 
 
@@ -851,7 +855,8 @@ def _study(args) -> int:
     # gives the same configuration either way.
     base = (_config_file(ReproduceConfig, args, "base.model.layer", base=study_base())
             if args.config else study_base())
-    base = apply_overrides(base, _with_layer(args, "base.model.layer"))
+    assignments = _with_layer(args, "base.model.layer")
+    base = apply_overrides(base, assignments)
     if args.hidden is not None:
         base.hidden_sizes = args.hidden
     if args.seeds is not None:
@@ -861,7 +866,7 @@ def _study(args) -> int:
     if args.device:
         base.base.train.device = args.device
     base = from_dict(ReproduceConfig, to_dict(base))  # the flags' values validated
-    _warn_earlier_fields(args, base)
+    _warn_earlier_fields(args, base, assignments)
     executor = _executor(args)
     # Not results/study by default: no default output is a committed result (the committed
     # studies are resumed with their recorded command, which names its --out).

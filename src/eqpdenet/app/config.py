@@ -1085,13 +1085,18 @@ def load_toml_and_earlier(cls, path: str | Path, *, base=None):
     return config, earlier
 
 
-def warn_earlier_fields(path: str | Path, earlier, config) -> None:
+def warn_earlier_fields(path: str | Path, earlier, config, assigned=()) -> None:
     """The warning :func:`load_toml` gives for each field it read with its earlier behaviour
     (``earlier``, from :func:`load_toml_and_earlier`), judged on ``config``, the configuration
     that runs: the command line's ``--set``, ``--model`` or ``--layer`` applied (a field they
     set to another value, or a model kind it has no effect on, is not named: the warning told
-    a user who had set ``jet_floor = 0.1`` to write it)."""
+    a user who had set ``jet_floor = 0.1`` to write it). Nor is a field that the command line
+    names itself, whatever its value (``assigned``: :func:`assigned_paths`; ``--set
+    ...jet_floor=0`` chose the earlier value and was still told to write it)."""
+    named = {tuple(where) for where in assigned}
     for where, value, default in earlier:
+        if any(where[:length] in named for length in range(1, len(where) + 1)):
+            continue
         if _acts(config, where, value):
             table, name = ".".join(where[:-1]), where[-1]
             warnings.warn(
@@ -1101,6 +1106,38 @@ def warn_earlier_fields(path: str | Path, earlier, config) -> None:
                 f"that run reads it); the default is now {default!r} (write {name} = "
                 f"{_toml_value(default, '.'.join(where))} in [{table}] to use it)",
                 UserWarning, stacklevel=3)
+
+
+def assigned_paths(assignments) -> set[tuple[str, ...]]:
+    """The fields that ``--set`` assignments (as :func:`apply_overrides` takes them) name, as
+    key paths: ``a.b=1`` names ``("a", "b")``, a table given whole (``a={b=1, c=2}``) each of
+    its keys, and ``...layer.preset=NAME``, which replaces the whole table, that table."""
+    paths: set[tuple[str, ...]] = set()
+    for assignment in assignments or []:
+        if "=" not in assignment:
+            continue
+        path, value = assignment.split("=", 1)
+        keys = tuple(key.strip() for key in path.strip().split("."))
+        if keys[-1] == "preset":
+            paths.add(keys[:-1])
+            continue
+        paths.add(keys)
+        try:
+            table = tomllib.loads(f"value = {value.strip()}")["value"]
+        except tomllib.TOMLDecodeError:
+            continue
+        paths |= _table_paths(keys, table)
+    return paths
+
+
+def _table_paths(keys: tuple[str, ...], value) -> set[tuple[str, ...]]:
+    """The key paths under ``keys`` that a table given whole (``value``) sets."""
+    if not isinstance(value, dict):
+        return set()
+    paths: set[tuple[str, ...]] = set()
+    for key, item in value.items():
+        paths |= {keys} if key == "preset" else {keys + (key,)} | _table_paths(keys + (key,), item)
+    return paths
 
 
 def _table_at(data, keys) -> dict | None:
