@@ -511,3 +511,29 @@ def test_a_checkpoint_of_tiny_images_with_maps_is_refused_before_the_study(tiny_
         f"pixels: rot 15° leaves no point of the measured disk on real pixels both ways (p, "
         f"g p and g^-1 p all within the frame), and the study's transforms are fixed; images "
         f"this small have no room for them")
+
+
+def test_the_transport_controls_growth_is_called_the_schemes_and_a_smaller_dt_helps(monkeypatch):
+    """u_t = u_x by central differences and explicit Euler grows by sqrt(1 + dt²) a step at
+    most, whatever dt: the refusal called it "the nonlinear PDE's own growth ... a smaller dt
+    does not help", and a smaller dt does help."""
+    monkeypatch.setattr(equivariance_study, "REFERENCE_MAPS", ("heat", "u_x (non-invariant)"))
+    strokes = torch.zeros(1, 1, 28, 28)
+    strokes[0, 0, 6:22, 12:15] = 1.0
+    grid = dict(equivariance_study.default_grid(quick=True), dts=[0.2], steps=[1])
+    with pytest.raises(ConfigError) as caught:
+        equivariance_study.check_reference_growth(30, 0.2, grid, {"strokes": strokes})
+    assert ("'u_x (non-invariant)' (central stencil, dt = 0.2) blows up on the strokes inputs: "
+            "its state reaches 4.04, 4.04 times the inputs' largest value 1 (the bound is 4 "
+            "times) after Euler step 144 (t = 28.8 of 30); that is the explicit scheme's own "
+            "instability for transport (u_t = u_x with central differences: each step "
+            "multiplies a frequency by up to sqrt(1 + dt²), whatever dt), so a smaller --dt "
+            "grows it less (by at most about exp(T dt / 2) over a horizon T)") in str(caught.value)
+    # the factor it names, on the frequency pi/2 (sin k = 1) away from the frame
+    x = torch.arange(28, dtype=torch.float64)
+    wave = torch.sin(math.pi / 2 * x).expand(1, 1, 8, 28)
+    for dt in (0.2, 0.1):
+        flow = equivariance_study.reference_pdes(dt, dt)["u_x (non-invariant)"].double()
+        inner = (..., slice(2, -2), slice(2, 26))  # six whole periods
+        growth = flow.step(wave)[inner].norm() / wave[inner].norm()
+        assert float(growth) == pytest.approx(math.sqrt(1 + dt**2), rel=1e-7)
