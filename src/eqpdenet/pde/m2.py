@@ -46,6 +46,7 @@ the ``O(dtheta^2)`` error of the orientation differences.
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 import torch.nn.functional as F
@@ -128,8 +129,28 @@ def orientation_cos_sin(n: int, dtype: torch.dtype, device) -> tuple[Tensor, Ten
 
 def rotate_field(u: Tensor, quarter_turns: int = 1) -> Tensor:
     """The push-forward of a field ``(..., N, H, W)`` by a rotation of ``quarter_turns * pi/2``:
-    the image plane rotated (``torch.rot90``), the orientations shifted by ``N / 4`` each."""
+    the image plane rotated (``torch.rot90``), the orientations shifted by ``N / 4`` each.
+
+    Refused (:class:`~eqpdenet.errors.InputError`) where ``quarter_turns * N / 4`` is not a
+    whole number of orientations (``N = 6``: the plane turned by 90 degrees and the orientations
+    by 60 was returned unsaid): the rotation does not map the grid's orientations onto
+    themselves."""
+    if not isinstance(u, Tensor) or u.dim() < 3:
+        raise InputError(f"rotate_field takes a field (..., orientations, height, width), got "
+                         f"{tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__}")
+    try:
+        if isinstance(quarter_turns, bool):
+            raise TypeError
+        quarter_turns = operator.index(quarter_turns)
+    except TypeError:
+        raise InputError(f"rotate_field: quarter_turns must be a whole number, got "
+                         f"{quarter_turns!r}") from None
     n = u.shape[-3]
+    if (quarter_turns * n) % 4:
+        raise InputError(f"rotate_field: a rotation by {quarter_turns} quarter turn(s) does not "
+                         f"map {n} orientations onto themselves ({quarter_turns} x {n} / 4 is not "
+                         f"a whole number of orientations); fields on a multiple of 4 "
+                         f"orientations turn by any number of quarter turns")
     return torch.roll(torch.rot90(u, quarter_turns, (-2, -1)), quarter_turns * n // 4, dims=-3)
 
 
