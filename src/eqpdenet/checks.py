@@ -119,6 +119,19 @@ def require_lists(config, prefix: str = "") -> None:
                 f"must be a list, got {type(value).__name__} {value!r}")
 
 
+def require_per_layer(config, prefix: str, first: str, second: str, what: str) -> None:
+    """The list fields ``first`` and ``second`` of ``config`` hold one entry per stage (or
+    layer) each, at least one: an empty ``first`` is named itself ("must hold at least one
+    entry"), and lists of different lengths name both fields with their lengths (the message
+    named ``second`` alone, which the user had often left as it was, when ``first`` changed)."""
+    a, b = getattr(config, first), getattr(config, second)
+    require(len(a) >= 1, prefix + first, f"must hold at least one entry (one per {what}), got "
+            f"{a!r}")
+    require(len(a) == len(b), f"{prefix}{first} / {prefix}{second}",
+            f"need one entry each per {what}: {first} {a!r} has {len(a)}, {second} {b!r} has "
+            f"{len(b)}")
+
+
 def _is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 

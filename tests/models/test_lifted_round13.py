@@ -193,8 +193,8 @@ MUTATIONS = [
     ("blocks", [1, -1], "lifted_pde.blocks[1]: must be >= 0, got -1"),
     ("readout", "sum", "lifted_pde.readout: must be 'max', 'mean' or 'meanmax', got 'sum'"),
     ("projection", "min", "lifted_pde.projection: must be one of max, mean, softmax, got 'min'"),
-    ("channels", [2, 3, 4], "lifted_pde.blocks: needs one entry per entry of "
-                            "lifted_pde.channels: blocks [1, 1], channels [2, 3, 4]"),
+    ("channels", [2, 3, 4], "lifted_pde.channels / lifted_pde.blocks: need one entry each per "
+                            "stage: channels [2, 3, 4] has 3, blocks [1, 1] has 2"),
     ("normalize_hidden", "false", "lifted_pde.normalize_hidden: must be true or false, got "
                                   "'false'"),
 ]
@@ -242,7 +242,8 @@ def test_a_rebuilt_model_loads_the_state_of_one_built_from_an_instance():
     (CNNConfig, "cnn", "readout", "sum", "cnn.readout: must be 'max' or 'mean'"),
     (InvariantPDEConfig, "invariant_pde", "readout", "sum",
      "invariant_pde.readout: must be 'max', 'mean' or 'meanmax'"),
-    (InvariantPDEConfig, "invariant_pde", "blocks", [1], "invariant_pde.blocks: needs one entry"),
+    (InvariantPDEConfig, "invariant_pde", "blocks", [1],
+     "invariant_pde.channels / invariant_pde.blocks: need one entry each per stage"),
     (GCNNConfig, "gcnn", "pool", "min", "gcnn.pool: must be 'max' or 'antialiased'"),
     (GCNNConfig, "gcnn", "center", "false", "gcnn.center: must be true or false, got 'false'"),
 ])

@@ -1508,7 +1508,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="test images to evolve (indices): MNIST's digits for a checkpoint "
                                "of MNIST's family, else its own data set's (with --out; default "
                                f"{' '.join(map(str, DESCRIBE_SAMPLES))})")
-    describe.add_argument("--out", type=_path, help="folder for evolution.png (none: print only)")
+    describe.add_argument("--out", type=_path,
+                          help="folder for evolution.png, drawn of the paper's model (model.kind "
+                               "'eqpdenet') only: other checkpoints are printed and this is "
+                               "said, exit 0 (none: print only)")
     describe.add_argument("--frames", type=_frames,
                           help=f"images per evolution (1 ... {MAX_FRAMES}; with --out; default "
                                f"{DESCRIBE_FRAMES})")

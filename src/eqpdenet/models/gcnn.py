@@ -29,6 +29,7 @@ from ..checks import (
     require,
     require_int,
     require_lists,
+    require_per_layer,
     require_positive,
 )
 from ..errors import MissingDependencyError
@@ -92,9 +93,7 @@ class GCNNConfig:
         require_int(self.group_order, "gcnn.group_order", 2, maximum=MAX_GROUP_ORDER)
         require(len(self.channels) <= MAX_LAYERS, "gcnn.channels",
                 f"{len(self.channels):,} layers, more than the bound of {MAX_LAYERS:,}")
-        require(len(self.channels) == len(self.kernels) >= 1, "gcnn.kernels",
-                f"needs one kernel size per entry of gcnn.channels: kernels {self.kernels!r}, "
-                f"channels {self.channels!r}")
+        require_per_layer(self, "gcnn.", "channels", "kernels", "layer")
         for index, (c, k) in enumerate(zip(self.channels, self.kernels, strict=True)):
             require_int(c, f"gcnn.channels[{index}]", 1)
             # require_int, as for channels: isinstance(k, int) took True for 1 and refused a

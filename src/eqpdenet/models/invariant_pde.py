@@ -39,6 +39,7 @@ from ..checks import (
     require_int,
     require_lists,
     require_nonnegative,
+    require_per_layer,
     require_positive,
     vmapped,
 )
@@ -123,9 +124,7 @@ class InvariantPDEConfig:
 
     def __post_init__(self):
         require_lists(self, "invariant_pde.")
-        require(len(self.channels) == len(self.blocks) >= 1, "invariant_pde.blocks",
-                f"needs one entry per entry of invariant_pde.channels: blocks {self.blocks!r}, "
-                f"channels {self.channels!r}")
+        require_per_layer(self, "invariant_pde.", "channels", "blocks", "stage")
         for index, (c, b) in enumerate(zip(self.channels, self.blocks, strict=True)):
             require_int(c, f"invariant_pde.channels[{index}]", 1)
             require_int(b, f"invariant_pde.blocks[{index}]", 0)

@@ -66,6 +66,7 @@ from ..checks import (
     require,
     require_int,
     require_lists,
+    require_per_layer,
     require_positive,
 )
 from ..errors import ConfigError, InputError
@@ -202,9 +203,7 @@ class LiftedPDEConfig:
     def __post_init__(self):
         require_lists(self, "lifted_pde.")
         check_orientations(self.orientations, "lifted_pde.orientations")
-        require(len(self.channels) == len(self.blocks) >= 1, "lifted_pde.blocks",
-                f"needs one entry per entry of lifted_pde.channels: blocks {self.blocks!r}, "
-                f"channels {self.channels!r}")
+        require_per_layer(self, "lifted_pde.", "channels", "blocks", "stage")
         for index, (c, b) in enumerate(zip(self.channels, self.blocks, strict=True)):
             require_int(c, f"lifted_pde.channels[{index}]", 1)
             require_int(b, f"lifted_pde.blocks[{index}]", 0)  # 0: a stage without Euler steps
