@@ -195,11 +195,15 @@ def test_benchmark_cli_end_to_end_and_resume(tiny, tmp_path, capsys):
     expected_missing = (len(config.models) - 2) * len(config.seeds)
     first = (out / "table.md").read_text().splitlines()[0]
     assert first.startswith("**Incomplete:**") and f"{expected_missing} of " in first
+    # rerunning the --models command as it was finishes nothing (an outside probe, round 21):
+    # the file, the command and report say how to finish it alike
+    advice = "rerun the benchmark's command, without --models if it named some, to finish it"
+    assert first.endswith(f"; {advice}.")
     capsys.readouterr()
     assert main(["report", str(out)]) == 3
     captured = capsys.readouterr()
     assert "| model | params | seeds | test | iso |" in captured.out
-    assert "is incomplete" in captured.err
+    assert "is incomplete" in captured.err and captured.err.rstrip().endswith(f"; {advice}")
     # once the configuration holds only what ran, the report is complete
     config.models = {name: config.models[name] for name in ("cnn", "invariant-pde")}
     (out / "config.toml").write_text(to_toml(config))

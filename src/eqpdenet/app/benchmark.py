@@ -706,6 +706,12 @@ def _cpu_hours(records: list[dict]) -> str:
            f"summed" if seconds else ""
 
 
+#: How an incomplete benchmark folder is finished (its table.md, ``report`` and ``benchmark``
+#: say it alike): a command with ``--models`` runs only the entries it names, so rerunning it as
+#: it was finishes nothing.
+FINISH_ADVICE = "rerun the benchmark's command, without --models if it named some, to finish it"
+
+
 def write_benchmark_report(out_dir: Path) -> Report:
     """``table.md`` and ``robustness.png`` from ``out_dir/results.jsonl`` (regenerated from the
     run files first: :func:`~eqpdenet.app.report.read_results`), under the folder's lock; the
@@ -765,7 +771,7 @@ def write_benchmark_report(out_dir: Path) -> Report:
                   f"its numbers on one kind of CPU only.{left_out_note(left_out)}\n\n")
         if missing:
             header = (f"**Incomplete:** {incomplete_line(missing, len(records) + len(missing))}; "
-                      f"rerun the benchmark's command to finish it.\n\n{header}")
+                      f"{FINISH_ADVICE}.\n\n{header}")
         notes = _quarter_turn_notes(summary, records)
         write_set(out_dir, {table.name: (header + benchmark_table(summary, set(notes)) + "\n"
                                          + "".join(f"\n{line}\n"

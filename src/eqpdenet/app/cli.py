@@ -10,7 +10,7 @@ entries that set it too.
 Data: ``--data-dir`` > ``EQPDENET_DATA`` > a per-user cache folder (see ``eqpdenet.data.mnist``).
 
 Errors are one line on stderr naming the problem (exit status 2; 1 for an unexpected failure,
-130 after Ctrl-C or SIGTERM; 3 when ``report`` wrote the table of an incomplete sweep);
+130 after Ctrl-C, SIGTERM or SIGHUP; 3 when ``report`` wrote the table of an incomplete sweep);
 ``EQPDENET_DEBUG=1`` shows the traceback instead (``0``, ``false``, ``no``, ``off`` or unset: not;
 :func:`eqpdenet.process_state.env_flag`).
 
@@ -817,7 +817,7 @@ def quick_benchmark(config: BenchmarkConfig) -> BenchmarkConfig:
 
 
 def _benchmark(args) -> int:
-    from .benchmark import benchmark, write_benchmark_report
+    from .benchmark import FINISH_ADVICE, benchmark, write_benchmark_report
     from .runfolder import check_claim, claiming, output_path
     from .sweeps import SWEEP_FILES
 
@@ -838,8 +838,7 @@ def _benchmark(args) -> int:
     print(f"benchmark finished in {time.perf_counter() - start:.0f} s: {table}, {plot}")
     print(table.read_text(encoding="utf-8"))
     if report.incomplete:  # --models ran a part of the configuration: say what is left
-        print(f"eqpdenet: warning: {report.incomplete}; run the benchmark without --models "
-              f"to finish it", file=sys.stderr)
+        print(f"eqpdenet: warning: {report.incomplete}; {FINISH_ADVICE}", file=sys.stderr)
     return 0
 
 
@@ -955,7 +954,12 @@ def _refuse_study_folder(folder: Path) -> None:
 
 
 def _report(args) -> int:
-    from .benchmark import benchmark_config_problem, is_benchmark_folder, write_benchmark_report
+    from .benchmark import (
+        FINISH_ADVICE,
+        benchmark_config_problem,
+        is_benchmark_folder,
+        write_benchmark_report,
+    )
     from .report import has_results, write_report
 
     results = Path(args.results)
@@ -979,8 +983,8 @@ def _report(args) -> int:
     print(table.read_text(encoding="utf-8"))
     print(f"wrote {table} and {plot}")
     if report.incomplete:
-        print(f"eqpdenet: warning: {report.incomplete}; rerun the sweep's command to finish it",
-              file=sys.stderr)
+        finish = (FINISH_ADVICE if benchmark else "rerun the sweep's command to finish it")
+        print(f"eqpdenet: warning: {report.incomplete}; {finish}", file=sys.stderr)
         return INCOMPLETE
     if report.missing is None:  # why, in the folder's kind's words (the file exists and names
         # a model kind of a plugin this process has not imported: that, not "missing")
