@@ -49,7 +49,9 @@ from ..geometry import rotate, rotate_about_mass
 from .mnist import (
     MNIST,
     MNIST_FILES,
+    _refuse_mistyped_data_dir,
     check_cache_dir,
+    data_dir_source,
     find_mnist_file,
     load_mnist,
     refuse_files_beside_their_folder,
@@ -531,6 +533,12 @@ def load_rotmnist(
         raise ConfigError(f"source must be 'auto', 'official' or 'generated', got {source!r}")
     if use_cache:  # a mistyped cache folder is said now, not after minutes of generation
         check_cache_dir(cache_dir)
+    if data_dir_source(data_dir) is not None:
+        # a mistyped data folder (its parent missing too, or a file) is refused as load_mnist
+        # refuses it, also where the cache serves the generated set and no file of the folder
+        # is read: it was taken unsaid, and "auto" then chose the generated set over the
+        # official files the user meant
+        _refuse_mistyped_data_dir(data_dir, resolve_data_dir(data_dir))
     if source != "generated" or any(find_mnist_file(resolve_data_dir(data_dir), key) is None
                                     for key in MNIST_FILES):
         # pointed at rotmnist/: its files would go unread, MNIST downloaded into it (a
