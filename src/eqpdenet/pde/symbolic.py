@@ -323,7 +323,25 @@ class VectorField:
     xi_other: tuple[tuple[sp.Symbol, sp.Expr], ...] = ()
 
     def __post_init__(self):
+        # A 4th positional coefficient (meant for θ) lands in ``name``: VectorField(-y, x, 0, 1)
+        # was read as the planar rotation named 1, its θ part silently lost.
+        if not isinstance(self.name, str):
+            raise ConfigError(
+                f"vector field name must be a string, got {type(self.name).__name__} "
+                f"{self.name!r}: the 4th argument is the name (VectorField(xi_x, xi_y, phi_u, "
+                f"name, xi_other)); give components along other variables such as θ in "
+                f"xi_other={{theta: ...}}")
         other = self.xi_other.items() if isinstance(self.xi_other, dict) else self.xi_other
+        # Anything else (a number, a string, a flat tuple) failed on unpacking with a raw
+        # TypeError or ValueError naming neither the field nor xi_other.
+        if not isinstance(other, (str, bytes)) and isinstance(other, Iterable):
+            other = tuple(other)
+        if isinstance(other, (str, bytes)) or not isinstance(other, tuple) or not all(
+                isinstance(pair, (tuple, list)) and len(pair) == 2 for pair in other):
+            raise ConfigError(
+                f"vector field xi_other must be a dict {{variable: coefficient}} or a sequence "
+                f"of (variable, coefficient) pairs, such as {{theta: 1}}, got "
+                f"{type(self.xi_other).__name__} {self.xi_other!r}")
         variables = _check_independent((x, y, *(variable for variable, _ in other)))
         local = {"u": u, **{v.name: v for v in variables}, **_KNOWN_VARIABLES}
         allowed = {u, *variables}
@@ -1017,13 +1035,26 @@ def register_group(group: LieGroupAction, *, replace: bool = False) -> LieGroupA
 
 def get_group(name: str | LieGroupAction) -> LieGroupAction:
     """The group registered as ``name`` (:data:`GROUPS`; a :class:`LieGroupAction` is returned
-    as it is); an unknown name is a ``ConfigError`` listing the groups there are.
+    as it is); an unknown name is a ``ConfigError`` listing the groups there are, and bare
+    :class:`VectorField` generators (one, or a list) are refused with the advice to wrap them in
+    a :class:`LieGroupAction`.
 
     Example:
         >>> get_group("se2").dimension
         3
     """
-    return name if isinstance(name, LieGroupAction) else GROUPS.get(name)
+    if isinstance(name, LieGroupAction):
+        return name
+    # Bare generators are the likeliest non-name: the registry's "is named by a string" line
+    # did not say how to pass them.
+    if isinstance(name, VectorField) or (
+            isinstance(name, (list, tuple)) and name
+            and all(isinstance(field, VectorField) for field in name)):
+        shown = ("a VectorField" if isinstance(name, VectorField) else
+                 f"a {type(name).__name__} of {len(name)} VectorField")
+        raise ConfigError(f"a group is a registered name or a LieGroupAction, got {shown}; "
+                          f"wrap the fields in LieGroupAction(name, fields)")
+    return GROUPS.get(name)
 
 
 def available_groups() -> tuple[str, ...]:
