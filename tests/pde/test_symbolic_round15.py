@@ -136,7 +136,11 @@ def test_a_note_never_advises_a_degree_the_monomial_bound_refuses():
     assert note == (f"found 1 of 3: up to 3 functionally independent invariants may exist, but "
                     f"{POLYNOMIALS_ONLY}; {largest}; {RATIONAL}")
     sim2 = _JetAction(get_group("sim2"), JetSpace(2))  # a diagonal part: ratios are formed
-    note = _incomplete_note(sim2, 3, 4, 8, False, True, 0)
+    # Without ratios, sim2's scaling confines the polynomials to u (round 21: that note says to
+    # pass rational=True); the hyperbolic scaling, of weights of both signs, confines nothing.
+    hyperbolic = _JetAction(LieGroupAction("hyp", [VectorField(1, 0, 0), VectorField(0, 1, 0),
+                                                   VectorField(x, -y, 0)]), JetSpace(2))
+    note = _incomplete_note(hyperbolic, 3, 4, 8, False, True, 0)
     assert "raise max_degree" not in note
     assert note.endswith(f"but {largest}; allow rational invariants (rational=True)")
     assert _incomplete_note(sim2, 3, 4, 7, True, True, 0).startswith(
