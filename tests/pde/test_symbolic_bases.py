@@ -26,6 +26,7 @@ from eqpdenet.pde.symbolic import (  # noqa: E402
     get_group,
     is_invariant,
     jacobian_rank,
+    left_invariant_frame,
     reduce_on_the_circle,
     theta,
     u,
@@ -363,10 +364,16 @@ def test_a_redundant_generator_on_m2_is_reduced_to_a_basis():
                                                 VectorField(1, 1, 0)])
     result = find_invariants(group, 1)
     assert result.expressions == find_invariants("se2_m2", 1).expressions
+    flat = LieGroupAction("flat", [VectorField(1, 0, 0), VectorField(0, 1, 0),
+                                   VectorField(1, 1, 0, "", {theta: 0})])
     with pytest.raises(ValueError, match="so 3 linearly independent generators; they span 2 "
                                          r"\(3 given, linearly dependent\)"):
-        find_invariants(LieGroupAction("flat", [VectorField(1, 0, 0), VectorField(0, 1, 0),
-                                                VectorField(1, 1, 0, "", {theta: 0})]), 1)
+        left_invariant_frame(flat)
+    # find_invariants falls back to the search there (round 21, probe r21/p4/F3): u, u_x, u_y,
+    # u_θ of the 5 (θ itself is the fifth)
+    searched = find_invariants(flat, 1)
+    assert searched.method == "search" and searched.found_count == 4
+    assert searched.notes[0].startswith("method='auto' used the search")
 
 
 def test_m2_expressions_are_matched_by_name_too():

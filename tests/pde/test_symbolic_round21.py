@@ -132,3 +132,60 @@ def test_the_weight_zero_coordinates_of_the_affine_group_are_found_across_its_sc
     assert (names, alone) == (["x ∂x", "x ∂x - y ∂y"], {0})
     assert _JetAction(get_group("se2"), JetSpace(2)).polynomial_coordinates() == (
         [], set(range(6)))
+
+
+# ----------------------------------------------------------------------------- F3
+
+
+SE2_THETA_SHIFT = LieGroupAction("se2_x_shift", [*T2, VectorField(-y, x, 0),
+                                                 VectorField(0, 0, 0, "t", {theta: 1})])
+_SPAN = ("se2_x_shift: the moving frame needs a group acting freely and transitively on its "
+         "independent variables (x, y, θ), so 3 linearly independent generators; they span 4")
+
+
+def test_auto_falls_back_to_the_search_where_the_frame_refuses_a_group_that_is_not_free():
+    """dim J^(2) on (x, y, θ) is 3 + 10, the orbits have dimension 4: 9 invariants (Fels-Olver),
+    all free of x, y, θ, all found; it was a ConfigError that did not name the search."""
+    result = find_invariants(SE2_THETA_SHIFT, 2)
+    assert (result.method, result.found_count, result.expected_count) == ("search", 9, 9)
+    assert result.notes == [f"method='auto' used the search: the moving frame does not apply "
+                            f"({_SPAN}); only invariants free of x, y, θ are searched"]
+    assert result.expressions == find_invariants(SE2_THETA_SHIFT, 2, method="search").expressions
+    for expr in result.expressions:
+        assert is_invariant(expr, SE2_THETA_SHIFT), expr
+    with pytest.raises(ConfigError) as caught:
+        find_invariants(SE2_THETA_SHIFT, 2, method="frame")
+    assert str(caught.value) == f"{_SPAN}; method='search' finds the invariants free of x, y, θ"
+
+
+def test_a_fallback_that_misses_theta_dependent_invariants_does_not_send_them_to_the_frame():
+    """∂x, ∂y and ∂θ alone (a group of dimension 3 on 3 variables acts freely: framed) versus
+    ∂x, ∂θ on (x, y, θ), not transitive: the note may not say that method='frame' finds the
+    invariants that depend on y."""
+    group = LieGroupAction("xt", [VectorField(1, 0, 0), VectorField(0, 0, 0, "t", {theta: 1})])
+    result = find_invariants(group, 1)
+    assert result.method == "search"
+    assert result.notes[0].startswith("method='auto' used the search: the moving frame does not "
+                                      "apply (xt: the moving frame needs a group acting freely ")
+    assert "method='frame' finds those" not in result.notes[-1]
+    assert "(the search does not form them)" in result.notes[-1]
+
+
+def test_generators_whose_brackets_complete_a_free_group_get_its_frame():
+    """∂x and the M2 rotation generate SE(2) on M2 ([∂x, R] = ∂y): 3 dimensions on 3 variables;
+    the frame refused them as "more than 3 dimensions"."""
+    group = LieGroupAction("x_and_rotation", [VectorField(1, 0, 0),
+                                              VectorField(-y, x, 0, "r", {theta: 1})])
+    result = find_invariants(group, 1)
+    assert result.method == "frame" and result.complete
+    assert result.expressions == find_invariants("se2_m2", 1).expressions
+    assert str(left_invariant_frame(group)).splitlines()[0] == "A1 = cos(θ) ∂x + sin(θ) ∂y"
+
+
+def test_the_command_tabulates_a_group_the_frame_refuses(monkeypatch):
+    monkeypatch.setattr(GROUPS, "_items", dict(GROUPS._items))
+    monkeypatch.setattr(table_module, "REGISTERED_DEGREES", [(1, 2), (2, 3)])
+    register_group(SE2_THETA_SHIFT)
+    _, results = symbolic_table(["se2_x_shift"])
+    assert [(r.method, r.found_count, r.expected_count) for r in results] == [
+        ("search", 3, 3), ("search", 9, 9)]

@@ -1885,7 +1885,10 @@ def find_invariants(group: LieGroupAction | str, order: int, max_degree: int = 3
             (:func:`left_invariant_derivatives`; ``max_degree`` and ``rational`` unused);
             ``"auto"`` (default): the frame for a group acting on more than ``x, y`` (on M2 the
             invariants depend on ``θ`` through ``cos θ, sin θ``, which the search does not
-            form), the search otherwise.
+            form), the search otherwise, and also where the frame refuses the group for not
+            acting freely and transitively on its variables (more generators than variables:
+            SE(2) x θ-shifts), with a note saying so; ``"frame"`` then refuses it, naming
+            ``method='search'``.
 
     The result does not depend on the basis the generators give of their Lie algebra: the
     search works on the span (see the module doc). Where it finds fewer than expected, a note
@@ -1897,8 +1900,20 @@ def find_invariants(group: LieGroupAction | str, order: int, max_degree: int = 3
     group = get_group(group)
     if method not in ("auto", "search", "frame"):
         raise ConfigError(f"method must be 'auto', 'search' or 'frame', got {method!r}")
+    fallback = None
     if method == "frame" or (method == "auto" and len(group.variables) > 2):
-        return left_invariant_derivatives(group, order, channels=channels, seed=seed)
+        try:
+            return left_invariant_derivatives(group, order, channels=channels, seed=seed)
+        except _NotFreeAndTransitive as refusal:
+            names = ", ".join(v.name for v in group.variables)
+            if method == "frame":
+                raise ConfigError(f"{refusal}; method='search' finds the invariants free of "
+                                  f"{names}") from None
+            # The search needs neither freeness nor transitivity, and finds every invariant
+            # free of the variables (SE(2) x θ-shifts: 9 of 9 at order 2); it was an error that
+            # did not name it, and `eqpdenet symbolic` could not tabulate such a group.
+            fallback = (f"method='auto' used the search: the moving frame does not apply "
+                        f"({refusal}); only invariants free of {names} are searched")
     _require_search_size(order, channels, MAX_ORDER, "the search's")
     require_int(max_degree, "max_degree", 1)
     jet = JetSpace(order, channels, group.variables)
@@ -1980,11 +1995,12 @@ def find_invariants(group: LieGroupAction | str, order: int, max_degree: int = 3
             continue
         if echelon.add(row):
             kept.append(sp.factor(candidate.expr()))  # factored: shorter to read and evaluate
-    notes = _bracket_note(group)
+    notes = _bracket_note(group) + ([fallback] if fallback else [])
     translations = _has_translations(group)
     if len(kept) < expected and (not translations or len(jet.independent) > 2):
         notes.append(_unsearched_note(action, len(kept), expected, max_degree, rational,
-                                      split and not cofactors, seed, translations))
+                                      split and not cofactors, seed, translations,
+                                      frame=fallback is None))
     elif len(kept) < expected:
         notes.append(_incomplete_note(action, len(kept), expected, max_degree, rational,
                                       split and not cofactors, seed))
@@ -2006,7 +2022,8 @@ def _require_search_size(order: int, channels: int, max_order: int, whose: str) 
 
 
 def _unsearched_note(action: _JetAction, found: int, expected: int, max_degree: int,
-                     rational: bool, structured: bool, seed: int, translations: bool) -> str:
+                     rational: bool, structured: bool, seed: int, translations: bool,
+                     frame: bool = True) -> str:
     """Why ``found < expected`` where some invariants may depend on independent variables, which
     the search does not form: a group without both translations (they may depend on ``x, y``)
     or one acting on more variables (on ``θ``).
@@ -2026,7 +2043,8 @@ def _unsearched_note(action: _JetAction, found: int, expected: int, max_degree: 
     free = min(action.n - rank, expected)
     why = ("the group does not contain both translations, so" if not translations else
            "the group acts on more than x, y, so")
-    where = ("method='frame' finds those" if len(action.jet.independent) > 2 else
+    # ``frame``: whether the moving frame applies (False where method='auto' fell back from it).
+    where = ("method='frame' finds those" if len(action.jet.independent) > 2 and frame else
              "the search does not form them")
     head = (f"found {found} of {expected}: {why} only invariants free of {names} were searched; "
             f"at most {free} of the {expected} {'is' if free == 1 else 'are'} free of them "
@@ -2216,6 +2234,13 @@ def _real_exp(matrix: sp.Matrix) -> sp.Matrix:
     return value
 
 
+class _NotFreeAndTransitive(ConfigError):
+    """The moving frame's refusal of a group that does not act freely and transitively on its
+    independent variables (a span other than ``p`` generators, brackets outside them, no
+    transitivity at the origin): ``find_invariants(method="auto")`` then falls back to the
+    search, which needs neither."""
+
+
 def left_invariant_frame(group: LieGroupAction | str) -> MovingFrame:
     """The vector fields on the independent variables that commute with every generator of
     ``group``, one for each variable: the left-invariant frame (solved, then verified).
@@ -2247,29 +2272,31 @@ def left_invariant_frame(group: LieGroupAction | str) -> MovingFrame:
             raise ConfigError(f"{group.name}: the moving frame needs affine generators "
                               f"(coefficients of degree <= 1 in {names}), "
                               f"got {field}")
-    if group.brackets:
-        bracket = group.brackets[0]
-        raise ConfigError(f"{group.name}: the generators are not closed under the Lie bracket "
-                          f"({bracket.name} = {bracket} is not a combination of them): they "
-                          f"generate a group of more than {p} dimensions, which cannot act "
-                          f"freely on {names}")
-    # A basis of the span: a generator that is a combination of the others adds nothing.
+    # A basis of the Lie algebra: a generator that is a combination of the others adds nothing,
+    # and brackets the generators leave out join it (∂x and the M2 rotation generate SE(2)).
     basis = group.basis
+    if group.brackets and len(basis) > p:
+        bracket = group.brackets[0]
+        raise _NotFreeAndTransitive(
+            f"{group.name}: the generators are not closed under the Lie bracket ({bracket.name} "
+            f"= {bracket} is not a combination of them): they generate a group of more than {p} "
+            f"dimensions, which cannot act freely on {names}")
     if len(basis) != p:
         given = ("" if len(basis) == group.dimension else
                  f" ({group.dimension} given, linearly dependent)")
-        raise ConfigError(f"{group.name}: the moving frame needs a group acting freely and "
-                          f"transitively on its independent variables ({names}), "
-                          f"so {p} linearly independent generators; they span "
-                          f"{len(basis)}{given}")
+        raise _NotFreeAndTransitive(
+            f"{group.name}: the moving frame needs a group acting freely and transitively on its "
+            f"independent variables ({names}), so {p} linearly independent generators; they span "
+            f"{len(basis)}{given}")
     linear, offsets = [], []
     for field in basis:
         xi = [field.xi(v) for v in variables]
         linear.append(sp.Matrix([[sp.diff(c, v) for v in variables] for c in xi]))
         offsets.append(sp.Matrix([c.xreplace(origin) for c in xi]))
     if sp.Matrix.hstack(*offsets).rank() != p:
-        raise ConfigError(f"{group.name}: the generators do not span every direction at the "
-                          f"origin, so the action is not free and transitive there")
+        raise _NotFreeAndTransitive(f"{group.name}: the generators do not span every direction "
+                                    f"at the origin, so the action is not free and transitive "
+                                    f"there")
     times = [sp.Dummy(f"s{i}", real=True) for i in range(p)]
     point, differential = sp.zeros(p, 1), sp.eye(p)
     # exp(s_i zeta_i) applied innermost first; translations (J = 0) outermost.
