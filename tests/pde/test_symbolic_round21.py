@@ -189,3 +189,51 @@ def test_the_command_tabulates_a_group_the_frame_refuses(monkeypatch):
     _, results = symbolic_table(["se2_x_shift"])
     assert [(r.method, r.found_count, r.expected_count) for r in results] == [
         ("search", 3, 3), ("search", 9, 9)]
+
+
+# ----------------------------------------------------------------------------- F4
+
+
+SA2 = LieGroupAction("sa2", [*T2, VectorField(x, -y, 0), VectorField(y, 0, 0),
+                             VectorField(0, x, 0)], "special affine")
+
+
+def test_max_degree_of_the_command_raises_the_searched_degree(monkeypatch, capsys):
+    """SA(2) at order 3: 12 - 5 = 7 invariants; degree 3 finds 5, degree 4 all 7 (the probe
+    checked them numerically). The note names the command's option."""
+    monkeypatch.setattr(GROUPS, "_items", dict(GROUPS._items))
+    register_group(SA2)
+    _, results = symbolic_table(["sa2"], max_degree=4)
+    assert [(r.max_degree, r.found_count, r.expected_count) for r in results] == [
+        (4, 1, 1), (4, 3, 3), (4, 7, 7)]
+    print_table(["sa2"])
+    out = capsys.readouterr().out
+    assert "\nnote (sa2, order 3): found 5 of 7: raise --max-degree (now 3): up to 7 " in out
+    assert "raise max_degree" not in out
+
+
+def test_a_max_degree_beyond_the_monomial_bound_is_refused_before_any_row(monkeypatch):
+    """Order 3 has 10 jet coordinates: degree 6 is C(16, 6) - 1 = 8,007 monomials, degree 5
+    3,002 (the bound is 5,000). The frame rows of se2_m2 have no degree and are not checked."""
+    monkeypatch.setattr(GROUPS, "_items", dict(GROUPS._items))
+    register_group(SA2)
+    rows = []
+    with pytest.raises(ConfigError) as caught:
+        symbolic_table(["se2_m2", "sa2"], on_row=rows.append, max_degree=6)
+    assert str(caught.value) == (
+        "invalid config: --max-degree: 6 is 8,007 monomials to search for sa2 at order 3 (its "
+        "10 jet coordinates), more than the bound of 5,000; at most 5 there")
+    assert rows == []
+    with pytest.raises(ConfigError, match=r"--max-degree: must be >= 1, got 0"):
+        symbolic_table(["se2"], max_degree=0)
+
+
+def test_the_command_line_option(capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["symbolic", "se2", "--max-degree", "0"])
+    assert caught.value.code == 2
+    assert "argument --max-degree: '0' is not a positive integer" in capsys.readouterr().err
+    assert main(["symbolic", "se2", "--max-degree", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| se2 | 2 | ∂x, ∂y, -y ∂x + x ∂y | 8 | 3 | 5 | 4 | 2 |" in out
+    assert "note (se2, order 2): found 4 of 5: raise --max-degree (now 2): up to 5 " in out

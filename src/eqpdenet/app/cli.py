@@ -881,7 +881,7 @@ def _study(args) -> int:
 def _symbolic(args) -> int:
     from .symbolic_table import print_table
 
-    print_table(args.groups, args.channels)
+    print_table(args.groups, args.channels, args.max_degree)
     return 0
 
 
@@ -1482,6 +1482,11 @@ def build_parser() -> argparse.ArgumentParser:
     symbolic.add_argument("--channels", type=_positive_int, default=1, metavar="C",
                           help="joint invariants of C channels u1 ... uC, orders 1 and 2 "
                                "(default 1: one channel u, orders 1 to 3)")
+    symbolic.add_argument("--max-degree", type=_positive_int, default=None, metavar="D",
+                          help="search polynomials of degree up to D at every searched row "
+                               "(default: each group's listed degrees, 3 for a registered "
+                               "group at orders 2 and 3); refused before any work where a row "
+                               "would search more than 5,000 monomials")
     symbolic.set_defaults(handler=_symbolic)
 
     report = commands.add_parser("report", help="Markdown table and plot from a results folder")

@@ -5,6 +5,7 @@ planar ones, their invariants derived by the moving frame (one channel by defaul
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -15,6 +16,8 @@ from ..pde.symbolic import (
     FRAME_ORDERS,
     JOINT_DEGREES,
     MAX_CHANNELS,
+    MAX_SEARCH_MONOMIALS,
+    JetSpace,
     SymbolicInvariants,
     find_invariants,
     get_group,
@@ -44,6 +47,7 @@ def _cell(text: str) -> str:
 
 def symbolic_table(groups: Sequence[str] | None = None, channels: int = 1,
                    on_row: Callable[[str], None] | None = None,
+                   max_degree: int | None = None,
                    ) -> tuple[str, list[SymbolicInvariants]]:
     """Markdown table of the ready groups at the orders of :data:`DEFAULT_DEGREES` (one channel;
     a registered group not listed there at :data:`REGISTERED_DEGREES`, orders 1 to 3) or
@@ -52,7 +56,14 @@ def symbolic_table(groups: Sequence[str] | None = None, channels: int = 1,
     frame, no search); ``on_row(line)`` is called with each line as soon as it is computed (the
     header first). A group named more than once is listed once, where first named. An unknown
     name is a :class:`~eqpdenet.errors.ConfigError` listing the known ones, with the hint that a
-    plugin not imported may register it (:func:`~eqpdenet.app.plugins.unregistered_hint`)."""
+    plugin not imported may register it (:func:`~eqpdenet.app.plugins.unregistered_hint`).
+
+    ``max_degree`` (``--max-degree``), where given, replaces the degree of every row but those
+    of :data:`FRAME_ORDERS` (the frame has none): an integer >= 1 whose search stays within
+    :data:`~eqpdenet.pde.symbolic.MAX_SEARCH_MONOMIALS` at every such row, else a
+    ``ConfigError`` naming the row and the largest degree it allows, before any computation. A
+    group on more than ``x, y`` that the moving frame refuses for not acting freely and
+    transitively is searched (``find_invariants``' fallback, with its note)."""
 
     results = []
     header = ("| group | order | generators | dim J | orbit dim | expected | found | max degree | "
@@ -66,8 +77,9 @@ def symbolic_table(groups: Sequence[str] | None = None, channels: int = 1,
             get_group(name)  # an unknown name before any computation
         except ConfigError as error:  # a group of one's own: registered by a plugin?
             raise ConfigError(unregistered_hint(error)) from None
-    if on_row:
-        on_row(header)
+    if max_degree is not None:
+        require_int(max_degree, "--max-degree", 1)
+    rows = []
     for name in groups:
         group = get_group(name)
         if channels > 1:
@@ -77,27 +89,54 @@ def symbolic_table(groups: Sequence[str] | None = None, channels: int = 1,
         else:
             orders = DEFAULT_DEGREES.get(name, REGISTERED_DEGREES)
         for order, degree in orders:
-            result = find_invariants(group, order, degree or 3, channels=channels)
-            results.append(result)
-            # Every cell written from a user's text (the name, the generators, the invariants
-            # and their names) goes through _cell; the numbers are the table's own.
-            generators = _cell(", ".join(str(f) for f in group.fields))
-            names = result.names or ("",) * result.found_count
-            found = "; ".join(_cell(f"`{label + ' = ' if label and label != str(e) else ''}"
-                                    f"{unicode_formula(e)}`")
-                              for label, e in zip(names, result.expressions, strict=True))
-            degree_text = "frame" if result.method == "frame" else degree
-            lines.append(f"| {_cell(name)} | {order} | {generators} | {result.jet_dimension} | "
-                         f"{result.orbit_dimension} | {result.expected_count} | "
-                         f"{result.found_count} | {degree_text} | {found} | "
-                         f"{result.seconds:.2f} |")
-            if on_row:
-                on_row(lines[-1])
+            rows.append((name, group, order,
+                         degree if max_degree is None or degree is None else max_degree))
+    if max_degree is not None:
+        _require_searchable(rows, max_degree, channels)
+    if on_row:
+        on_row(header)
+    for name, group, order, degree in rows:
+        result = find_invariants(group, order, degree or 3, channels=channels)
+        results.append(result)
+        # Every cell written from a user's text (the name, the generators, the invariants
+        # and their names) goes through _cell; the numbers are the table's own.
+        generators = _cell(", ".join(str(f) for f in group.fields))
+        names = result.names or ("",) * result.found_count
+        found = "; ".join(_cell(f"`{label + ' = ' if label and label != str(e) else ''}"
+                                f"{unicode_formula(e)}`")
+                          for label, e in zip(names, result.expressions, strict=True))
+        degree_text = "frame" if result.method == "frame" else result.max_degree
+        lines.append(f"| {_cell(name)} | {order} | {generators} | {result.jet_dimension} | "
+                     f"{result.orbit_dimension} | {result.expected_count} | "
+                     f"{result.found_count} | {degree_text} | {found} | "
+                     f"{result.seconds:.2f} |")
+        if on_row:
+            on_row(lines[-1])
     return "\n".join(lines), results
 
 
-def print_table(groups: Sequence[str] | None = None, channels: int = 1) -> None:
-    """``eqpdenet symbolic [group ...] [--channels C]``: print the table of :func:`symbolic_table`."""
+def _require_searchable(rows, max_degree: int, channels: int) -> None:
+    """A ConfigError naming ``--max-degree`` unless every row with a degree (not a frame row)
+    stays within :data:`MAX_SEARCH_MONOMIALS` at it, before any row is computed (the bound
+    ``find_invariants`` itself applies, then only when the row was reached)."""
+    for name, group, order, degree in rows:
+        if degree is None:
+            continue
+        n = len(JetSpace(order, channels, group.variables).derivatives)
+        searched = math.comb(n + max_degree, max_degree) - 1
+        if searched > MAX_SEARCH_MONOMIALS:
+            largest = max((d for d in range(1, max_degree)
+                           if math.comb(n + d, d) - 1 <= MAX_SEARCH_MONOMIALS), default=1)
+            raise ConfigError(
+                f"invalid config: --max-degree: {max_degree} is {searched:,} monomials to search "
+                f"for {name} at order {order} (its {n} jet coordinates), more than the bound of "
+                f"{MAX_SEARCH_MONOMIALS:,}; at most {largest} there")
+
+
+def print_table(groups: Sequence[str] | None = None, channels: int = 1,
+                max_degree: int | None = None) -> None:
+    """``eqpdenet symbolic [group ...] [--channels C] [--max-degree D]``: print the table of
+    :func:`symbolic_table`."""
     start = time.perf_counter()
     require_int(channels, "--channels", 1)
     require(channels <= MAX_CHANNELS, "--channels",
@@ -108,10 +147,14 @@ def print_table(groups: Sequence[str] | None = None, channels: int = 1) -> None:
         print(f"Joint invariants of {channels} channels {names}, transformed alike by each "
               f"group\n")
     _, results = symbolic_table(groups or None, channels,
-                                on_row=lambda line: print(line, flush=True))
+                                on_row=lambda line: print(line, flush=True),
+                                max_degree=max_degree)
     frames = {}
     for result in results:
         for note in result.notes:
+            # The notes are find_invariants'; the command's option for its max_degree is
+            # --max-degree (the note said "raise max_degree", which the command had no way to).
+            note = note.replace("raise max_degree (now", "raise --max-degree (now")
             print(f"\nnote ({result.group.name}, order {result.order}): {note}")
         if result.frame is not None:
             frames[result.group.name] = result.frame
