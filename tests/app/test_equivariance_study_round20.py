@@ -513,10 +513,12 @@ def test_a_checkpoint_of_tiny_images_with_maps_is_refused_before_the_study(tiny_
         f"this small have no room for them")
 
 
-def test_the_transport_controls_growth_is_called_the_schemes_and_a_smaller_dt_helps(monkeypatch):
-    """u_t = u_x by central differences and explicit Euler grows by sqrt(1 + dt²) a step at
-    most, whatever dt: the refusal called it "the nonlinear PDE's own growth ... a smaller dt
-    does not help", and a smaller dt does help."""
+def test_the_transport_controls_growth_is_called_the_discretisations(monkeypatch):
+    """u_t = u_x moves values without growing them; its refusal called the growth "the
+    nonlinear PDE's own growth ... a smaller dt does not help". It is the discretisation's:
+    explicit Euler's factor sqrt(1 + dt²) a step (checked below), and the central differences'
+    growth at the frame's boundary, which no dt removes (review r1: the bound exp(T dt / 2) the
+    first fix named does not hold), so a smaller dt slows it only in part."""
     monkeypatch.setattr(equivariance_study, "REFERENCE_MAPS", ("heat", "u_x (non-invariant)"))
     strokes = torch.zeros(1, 1, 28, 28)
     strokes[0, 0, 6:22, 12:15] = 1.0
@@ -525,15 +527,54 @@ def test_the_transport_controls_growth_is_called_the_schemes_and_a_smaller_dt_he
         equivariance_study.check_reference_growth(30, 0.2, grid, {"strokes": strokes})
     assert ("'u_x (non-invariant)' (central stencil, dt = 0.2) blows up on the strokes inputs: "
             "its state reaches 4.04, 4.04 times the inputs' largest value 1 (the bound is 4 "
-            "times) after Euler step 144 (t = 28.8 of 30); that is the explicit scheme's own "
-            "instability for transport (u_t = u_x with central differences: each step "
-            "multiplies a frequency by up to sqrt(1 + dt²), whatever dt), so a smaller --dt "
-            "grows it less (by at most about exp(T dt / 2) over a horizon T)") in str(caught.value)
+            "times) after Euler step 144 (t = 28.8 of 30); that is the discretisation's own "
+            "growth, not the transport's (u_t = u_x moves values without growing them; its "
+            "central differences at the frame's boundary grow some states whatever dt, and "
+            "explicit Euler multiplies a frequency by up to sqrt(1 + dt²) a step), so a smaller "
+            "--dt slows it only in part") in str(caught.value)
     # the factor it names, on the frequency pi/2 (sin k = 1) away from the frame
     x = torch.arange(28, dtype=torch.float64)
     wave = torch.sin(math.pi / 2 * x).expand(1, 1, 8, 28)
     for dt in (0.2, 0.1):
         flow = equivariance_study.reference_pdes(dt, dt)["u_x (non-invariant)"].double()
         inner = (..., slice(2, -2), slice(2, 26))  # six whole periods
-        growth = flow.step(wave)[inner].norm() / wave[inner].norm()
+        with torch.no_grad():
+            growth = flow.step(wave)[inner].norm() / wave[inner].norm()
         assert float(growth) == pytest.approx(math.sqrt(1 + dt**2), rel=1e-7)
+
+
+def _nan_fill(images):
+    """A flip of one's own that fills the frame's four corner pixels with NaN (what a
+    resampling of one's own may bring in from outside the frame), all off the measured disk."""
+    out = torch.flip(images, [-1]).clone()
+    out[..., 0, 0] = out[..., 0, -1] = out[..., -1, 0] = out[..., -1, -1] = math.nan
+    return out
+
+
+def test_a_transform_whose_nan_stays_off_the_disk_is_measured():
+    """Review r1: the first fix refused g f with a NaN anywhere, and 2u measured 0 before it.
+    A pointwise map keeps the NaN off the disk: measured; the heat flow spreads it onto the
+    disk: refused, naming the transform."""
+    images = smooth_inputs(2)
+    assert equivariance_error(lambda u: 2 * u, images, _nan_fill) == 0.0
+    heat = equivariance_study.reference_pdes(1.0, 0.1)["heat"]
+    with pytest.raises(InputError) as caught:
+        equivariance_error(heat, images, _nan_fill)
+    assert str(caught.value).startswith(
+        "the transform g makes non-finite values from finite ones: g f, the images moved by it "
+        "holds 8 NaN and 0 inf of its 1568 values (the first at index [0, 0, 0, 0]: nan)")
+
+
+@pytest.mark.parametrize("T, dt, named", [
+    (0.5, 0.1666667, ("1",)),           # 1 = 6 x 0.1666667 within the steps' tolerance
+    (0.3, 0.03333333, ("0.2", "0.4")),
+])
+def test_the_advice_takes_a_dt_within_the_steps_tolerance(T, dt, named):
+    """Review r1: the search's filter (1e-9) was 1000 times tighter than the steps' tolerance,
+    so --T 0.5 --dt 0.1666667 was told "choose another --dt", though --T 1 runs."""
+    grid = equivariance_study.default_grid(quick=True)
+    with pytest.raises(ConfigError) as caught:
+        check_steps(T, dt, grid)
+    assert f"): {' or '.join(named)}" in str(caught.value), str(caught.value)
+    for value in named:
+        check_steps(float(value), dt, grid)

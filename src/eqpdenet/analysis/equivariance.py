@@ -542,7 +542,11 @@ def equivariance_error(phi: Callable[[Tensor], Tensor], images: Tensor,
       tables). The error reads both on the mask, and ``phi(f)`` also wherever the resampling
       ``g . phi(f)`` reads it for a point of the mask (a value off the mask that it carries
       onto it is refused too, naming ``g``); a NaN or inf that it does not read is not
-      refused, as it does not reach the error (:func:`_masked_norm` sets it to 0).
+      refused, as it does not reach the error (:func:`_masked_norm` sets it to 0);
+    * a ``transform`` of one's own that makes NaN or inf from finite values, where the error
+      would read them (in ``g . phi(f)`` on the mask, or in ``g f`` where ``phi(g f)`` is not
+      finite on the mask or ``phi`` refuses it): :class:`~eqpdenet.errors.InputError` naming
+      the transform, not the map.
 
     So the error returned is a number ``>= 0``, never NaN (``inf`` only where a difference of
     two finite float32 maps overflows).
@@ -567,9 +571,16 @@ def equivariance_error(phi: Callable[[Tensor], Tensor], images: Tensor,
         moved_out = transform(out)  # before phi(g f): a refusal comes before the long work
         _check_carried_values(out, moved_out, mask, transform)
         moved_images = transform(images)
-        _refuse_transform_values(moved_images, None, getattr(transform, "label", "") or "g",
-                                 "g f, the images moved by it")
-        moved = phi(moved_images)
+        label = getattr(transform, "label", "") or "g"
+        try:
+            moved = phi(moved_images)
+        except InputError:  # a map that checks its input (a PDE) refused the transform's NaN
+            _refuse_transform_values(moved_images, None, label, "g f, the images moved by it")
+            raise
+        if _non_finite(moved, mask) is not None:
+            # only where the error would read one: a transform of one's own that fills what it
+            # brings in from outside the frame with NaN, off the disk, measures as before
+            _refuse_transform_values(moved_images, None, label, "g f, the images moved by it")
         _check_map_values(moved, f"the map's output on the transformed images "
                                  f"({getattr(transform, 'label', '') or 'g f'})", mask)
         difference = moved - moved_out
