@@ -302,5 +302,18 @@ def test_a_field_the_command_line_names_is_not_warned_whatever_its_value(tmp_pat
 
 
 def test_the_paths_an_assignment_names():
-    assert assigned_paths(["a.b=1", "c = {d=1, e={f=2}}", "g.layer.preset=x", "oops"]) == {
-        ("a", "b"), ("c",), ("c", "d"), ("c", "e"), ("c", "e", "f"), ("g", "layer")}
+    assert assigned_paths(["a.b=1", "c = {d=1, e={f=2}}", "g.layer.preset=x", "oops",
+                           "h={preset='x', T=2.0}"]) == {
+        ("a", "b"), ("c", "d"), ("c", "e", "f"), ("g", "layer"), ("h",), ("h", "T")}
+
+
+def test_a_table_given_whole_hides_no_warning_of_a_field_it_does_not_name(tmp_path):
+    """Review r1: --set 'model.invariant_pde={channels=[4], blocks=[1]}' merges the table and
+    keeps the file's jet_floor read as 0, but named the whole table and hid its warning."""
+    path = tmp_path / "config.toml"
+    path.write_text(_saved_before_the_floor(apply_overrides(ExperimentConfig(), SIM2)))
+    for assignment in ("model.invariant_pde={channels=[4], blocks=[1]}", "model={hidden=16}"):
+        config, said = _command_config(["train", "--config", str(path), "--out", "x", "--set",
+                                        assignment])
+        assert config.model.invariant_pde.jet_floor == 0.0
+        assert said == [_floor_warning(path, "model.invariant_pde.jet_floor")], assignment

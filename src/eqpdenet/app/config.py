@@ -1110,8 +1110,9 @@ def warn_earlier_fields(path: str | Path, earlier, config, assigned=()) -> None:
 
 def assigned_paths(assignments) -> set[tuple[str, ...]]:
     """The fields that ``--set`` assignments (as :func:`apply_overrides` takes them) name, as
-    key paths: ``a.b=1`` names ``("a", "b")``, a table given whole (``a={b=1, c=2}``) each of
-    its keys, and ``...layer.preset=NAME``, which replaces the whole table, that table."""
+    key paths: ``a.b=1`` names ``("a", "b")``, a table given whole (``a={b=1, c=2}``, merged
+    into the table) each of its keys and not the table, and ``...layer.preset=NAME``, which
+    replaces the whole table, that table."""
     paths: set[tuple[str, ...]] = set()
     for assignment in assignments or []:
         if "=" not in assignment:
@@ -1121,22 +1122,23 @@ def assigned_paths(assignments) -> set[tuple[str, ...]]:
         if keys[-1] == "preset":
             paths.add(keys[:-1])
             continue
-        paths.add(keys)
         try:
             table = tomllib.loads(f"value = {value.strip()}")["value"]
         except tomllib.TOMLDecodeError:
-            continue
-        paths |= _table_paths(keys, table)
+            table = None
+        # a table given whole is merged (apply_overrides): it names its keys, not the table
+        # (--set 'model.invariant_pde={channels=[4]}' hid the warning of jet_floor it keeps)
+        paths |= _table_paths(keys, table) if isinstance(table, dict) else {keys}
     return paths
 
 
 def _table_paths(keys: tuple[str, ...], value) -> set[tuple[str, ...]]:
-    """The key paths under ``keys`` that a table given whole (``value``) sets."""
-    if not isinstance(value, dict):
-        return set()
+    """The key paths under ``keys`` that a table given whole (``value``) sets: its leaves (a
+    table inside it is merged too), and ``keys`` itself where it holds a ``preset``."""
     paths: set[tuple[str, ...]] = set()
     for key, item in value.items():
-        paths |= {keys} if key == "preset" else {keys + (key,)} | _table_paths(keys + (key,), item)
+        paths |= ({keys} if key == "preset" else _table_paths(keys + (key,), item)
+                  if isinstance(item, dict) else {keys + (key,)})
     return paths
 
 
