@@ -126,7 +126,8 @@ def test_gcnn_parameter_counts():
     assert count_parameters(GCNN(GCNNConfig(pool="antialiased"))) == 26_933
     with pytest.raises(ConfigError, match="gcnn.pool: must be 'max' or 'antialiased'"):
         GCNNConfig(pool="average")
-    with pytest.raises(ConfigError, match=r"gcnn.kernels: .*kernels \[5, 3, 3, 3, 3\], channels \[4\]"):
+    with pytest.raises(ConfigError, match=r"gcnn.channels / gcnn.kernels: .*channels \[4\] has "
+                                          r"1, kernels \[5, 3, 3, 3, 3\] has 5"):
         GCNNConfig(channels=[4])
 
 
@@ -143,7 +144,8 @@ def test_eqpdenet_invariant_head_is_rot90_invariant_with_an_se2_layer():
 def test_registry_builds_every_family_and_rejects_bad_options():
     for kind in ("cnn", "invariant_pde", "fcnn", "eqpdenet"):
         assert build_model(kind, image_size=28, classes=7)(torch.rand(2, 1, 28, 28)).shape == (2, 7)
-    with pytest.raises(ConfigError, match=r"invariant_pde.blocks: .*blocks \[1\], channels \[4, 8\]"):
+    with pytest.raises(ConfigError, match=r"invariant_pde.channels / invariant_pde.blocks: "
+                                          r".*channels \[4, 8\] has 2, blocks \[1\] has 1"):
         InvariantPDEConfig(channels=[4, 8], blocks=[1])
     with pytest.raises(ConfigError, match="cnn.readout"):
         CNNConfig(readout="sum")

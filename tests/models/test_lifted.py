@@ -168,7 +168,7 @@ def test_the_layers_defaults_are_the_models():
     ("sigma", 0.0, "sigma"),
     ("sigma", 0.3, "at least 0.5"),
     ("channels", [8, 0, 4], r"channels\[1\]"),
-    ("blocks", [1], r"one entry per entry.*blocks \[1\], channels \[8, 16, 24\]"),
+    ("blocks", [1], r"one entry each per stage: channels \[8, 16, 24\] has 3, blocks \[1\] has 1"),
     ("blocks", [1, -1, 1], r"blocks\[1\]"),
     ("blocks", [1, 10**6, 1], "bound of 1,000"),
     ("terms", ["network", "network"], "once"),
