@@ -222,7 +222,8 @@ def test_a_max_degree_beyond_the_monomial_bound_is_refused_before_any_row(monkey
         symbolic_table(["se2_m2", "sa2"], on_row=rows.append, max_degree=6)
     assert str(caught.value) == (
         "invalid config: --max-degree: 6 is 8,007 monomials to search for sa2 at order 3 (its "
-        "10 jet coordinates), more than the bound of 5,000; at most 5 there")
+        "10 jet coordinates), more than the bound of 5,000; at most 5 for every row of this "
+        "table")
     assert rows == []
     with pytest.raises(ConfigError, match=r"--max-degree: must be >= 1, got 0"):
         symbolic_table(["se2"], max_degree=0)
@@ -237,3 +238,49 @@ def test_the_command_line_option(capsys):
     out = capsys.readouterr().out
     assert "| se2 | 2 | ∂x, ∂y, -y ∂x + x ∂y | 8 | 3 | 5 | 4 | 2 |" in out
     assert "note (se2, order 2): found 4 of 5: raise --max-degree (now 2): up to 5 " in out
+
+
+# ------------------------------------------------------------------ review r2 of these fixes
+
+M2_ROTATION = VectorField(-y, x, 0, "r", {theta: 1})
+
+
+@pytest.mark.parametrize("xi_other", [
+    sp.Tuple(sp.Tuple(theta, 1)),                       # a SymPy tuple of pairs
+    __import__("numpy").array([[theta, 1]], dtype=object),  # NumPy rows
+    __import__("types").MappingProxyType({theta: 1}),   # mappings that are not a dict
+    sp.Dict({theta: 1}),
+])
+def test_xi_other_takes_any_mapping_and_pairs_of_any_sequence_type(xi_other):
+    """Review r2: the first check took dicts, tuples and lists only (sp.Tuple and NumPy rows
+    worked before it); MappingProxyType and sp.Dict were raw TypeErrors before it."""
+    assert VectorField(-y, x, 0, "r", xi_other) == M2_ROTATION
+
+
+def test_bare_fields_in_any_collection_are_told_to_wrap_them():
+    for fields in ((field for field in T2), set(T2)):
+        with pytest.raises(ConfigError) as caught:
+            get_group(fields)
+        assert str(caught.value).endswith("VectorField; wrap the fields in "
+                                          "LieGroupAction(name, fields)"), str(caught.value)
+
+
+def test_the_frame_of_generators_not_closed_says_what_they_generate():
+    """Review r2: the search says that ∂x and the M2 rotation generate SE(2) (their bracket
+    is ∂y); the frame, which takes them now, gave SE(2)'s counts without that note."""
+    group = LieGroupAction("dxrot", [VectorField(1, 0, 0, "dx"), M2_ROTATION])
+    framed = find_invariants(group, 1)
+    searched = find_invariants(group, 1, method="search")
+    assert framed.method == "frame" and framed.notes[0] == searched.notes[0]
+    assert "not closed under the Lie bracket" in framed.notes[0]
+
+
+def test_max_degree_leaves_frame_rows_alone_and_names_the_limit_of_every_row(capsys):
+    """Review r2: se2_m2 with --channels 2 lists frame rows, which --max-degree 4 refused as
+    searches; se2 --max-degree 9 was told "at most 8" (order 2), then 8 refused at order 3."""
+    text, results = symbolic_table(["se2_m2"], channels=2, max_degree=4)
+    assert {r.method for r in results} == {"frame"}
+    with pytest.raises(ConfigError) as caught:
+        symbolic_table(["se2"], max_degree=9)
+    assert str(caught.value).endswith("at most 5 for every row of this table")
+    assert "at order 3" in str(caught.value)

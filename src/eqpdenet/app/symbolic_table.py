@@ -21,6 +21,7 @@ from ..pde.symbolic import (
     SymbolicInvariants,
     find_invariants,
     get_group,
+    left_invariant_frame,
     unicode_formula,
 )
 from .plugins import unregistered_hint
@@ -88,6 +89,10 @@ def symbolic_table(groups: Sequence[str] | None = None, channels: int = 1,
             orders = [(order, None) for order in FRAME_ORDERS[name]]
         else:
             orders = DEFAULT_DEGREES.get(name, REGISTERED_DEGREES)
+        if max_degree is not None and _frame_applies(group):
+            # find_invariants' own route: the frame takes no degree (a registered M2 group's
+            # rows, se2_m2 with --channels 2, were refused as searches that never run)
+            orders = [(order, None) for order, _ in orders]
         for order, degree in orders:
             rows.append((name, group, order,
                          degree if max_degree is None or degree is None else max_degree))
@@ -115,22 +120,41 @@ def symbolic_table(groups: Sequence[str] | None = None, channels: int = 1,
     return "\n".join(lines), results
 
 
+def _frame_applies(group) -> bool:
+    """Whether :func:`~eqpdenet.pde.symbolic.find_invariants` (``method="auto"``) computes the
+    group's rows with the moving frame: a group on more than ``x, y`` that the frame takes."""
+    if len(group.variables) <= 2:
+        return False
+    try:
+        left_invariant_frame(group)
+    except ConfigError:
+        return False
+    return True
+
+
 def _require_searchable(rows, max_degree: int, channels: int) -> None:
     """A ConfigError naming ``--max-degree`` unless every row with a degree (not a frame row)
     stays within :data:`MAX_SEARCH_MONOMIALS` at it, before any row is computed (the bound
-    ``find_invariants`` itself applies, then only when the row was reached)."""
+    ``find_invariants`` itself applies, then only when the row was reached). It names the
+    largest degree every row allows, and the row that limits it (the first row's bound was
+    refused next at another order)."""
+    limit = None  # (largest degree, name, order, jet coordinates)
     for name, group, order, degree in rows:
         if degree is None:
             continue
         n = len(JetSpace(order, channels, group.variables).derivatives)
-        searched = math.comb(n + max_degree, max_degree) - 1
-        if searched > MAX_SEARCH_MONOMIALS:
-            largest = max((d for d in range(1, max_degree)
-                           if math.comb(n + d, d) - 1 <= MAX_SEARCH_MONOMIALS), default=1)
-            raise ConfigError(
-                f"invalid config: --max-degree: {max_degree} is {searched:,} monomials to search "
-                f"for {name} at order {order} (its {n} jet coordinates), more than the bound of "
-                f"{MAX_SEARCH_MONOMIALS:,}; at most {largest} there")
+        largest = max((d for d in range(1, max_degree + 1)
+                       if math.comb(n + d, d) - 1 <= MAX_SEARCH_MONOMIALS), default=1)
+        if limit is None or largest < limit[0]:
+            limit = (largest, name, order, n)
+    if limit is None or limit[0] >= max_degree:
+        return
+    largest, name, order, n = limit
+    searched = math.comb(n + max_degree, max_degree) - 1
+    raise ConfigError(
+        f"invalid config: --max-degree: {max_degree} is {searched:,} monomials to search for "
+        f"{name} at order {order} (its {n} jet coordinates), more than the bound of "
+        f"{MAX_SEARCH_MONOMIALS:,}; at most {largest} for every row of this table")
 
 
 def print_table(groups: Sequence[str] | None = None, channels: int = 1,
@@ -154,7 +178,8 @@ def print_table(groups: Sequence[str] | None = None, channels: int = 1,
         for note in result.notes:
             # The notes are find_invariants'; the command's option for its max_degree is
             # --max-degree (the note said "raise max_degree", which the command had no way to).
-            note = note.replace("raise max_degree (now", "raise --max-degree (now")
+            note = note.replace("max_degree=", "--max-degree ").replace("max_degree",
+                                                                            "--max-degree")
             print(f"\nnote ({result.group.name}, order {result.order}): {note}")
         if result.frame is not None:
             frames[result.group.name] = result.frame

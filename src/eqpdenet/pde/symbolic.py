@@ -86,7 +86,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from fractions import Fraction
 
 from ..errors import ConfigError, MissingDependencyError
@@ -303,6 +303,16 @@ def _check_independent(independent: Sequence[sp.Symbol]) -> tuple[sp.Symbol, ...
 # ----------------------------------------------------------------------------- vector fields
 
 
+
+def _is_pair(value) -> bool:
+    """A (variable, coefficient) pair of any sequence type: not a string, two items."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        return False
+    try:
+        return len(value) == 2
+    except TypeError:
+        return False
+
 @dataclasses.dataclass(frozen=True)
 class VectorField:
     """``xi_x d_x + xi_y d_y + phi_u d_u``, coefficients SymPy expressions in ``x, y, u``.
@@ -331,13 +341,16 @@ class VectorField:
                 f"{self.name!r}: the 4th argument is the name (VectorField(xi_x, xi_y, phi_u, "
                 f"name, xi_other)); give components along other variables such as θ in "
                 f"xi_other={{theta: ...}}")
-        other = self.xi_other.items() if isinstance(self.xi_other, dict) else self.xi_other
+        # any mapping (a dict, sp.Dict, a MappingProxyType), or pairs of any sequence type
+        # (sp.Tuple, a NumPy row): the first check took tuples and lists only, a regression
+        mapping = isinstance(self.xi_other, (Mapping, sp.Dict))
+        other = self.xi_other.items() if mapping else self.xi_other
         # Anything else (a number, a string, a flat tuple) failed on unpacking with a raw
         # TypeError or ValueError naming neither the field nor xi_other.
         if not isinstance(other, (str, bytes)) and isinstance(other, Iterable):
-            other = tuple(other)
+            other = tuple(tuple(pair) if _is_pair(pair) else pair for pair in other)
         if isinstance(other, (str, bytes)) or not isinstance(other, tuple) or not all(
-                isinstance(pair, (tuple, list)) and len(pair) == 2 for pair in other):
+                isinstance(pair, tuple) and len(pair) == 2 for pair in other):
             raise ConfigError(
                 f"vector field xi_other must be a dict {{variable: coefficient}} or a sequence "
                 f"of (variable, coefficient) pairs, such as {{theta: 1}}, got "
@@ -1047,11 +1060,14 @@ def get_group(name: str | LieGroupAction) -> LieGroupAction:
         return name
     # Bare generators are the likeliest non-name: the registry's "is named by a string" line
     # did not say how to pass them.
+    kind = type(name).__name__
+    if isinstance(name, Iterator):  # a generator: read once, to say what it held
+        name = list(name)
     if isinstance(name, VectorField) or (
-            isinstance(name, (list, tuple)) and name
+            isinstance(name, (list, tuple, set, frozenset)) and name
             and all(isinstance(field, VectorField) for field in name)):
         shown = ("a VectorField" if isinstance(name, VectorField) else
-                 f"a {type(name).__name__} of {len(name)} VectorField")
+                 f"a {kind} of {len(name)} VectorField")
         raise ConfigError(f"a group is a registered name or a LieGroupAction, got {shown}; "
                           f"wrap the fields in LieGroupAction(name, fields)")
     return GROUPS.get(name)
@@ -1903,7 +1919,11 @@ def find_invariants(group: LieGroupAction | str, order: int, max_degree: int = 3
     fallback = None
     if method == "frame" or (method == "auto" and len(group.variables) > 2):
         try:
-            return left_invariant_derivatives(group, order, channels=channels, seed=seed)
+            result = left_invariant_derivatives(group, order, channels=channels, seed=seed)
+            # generators not closed under the bracket (∂x and the M2 rotation generate SE(2)):
+            # the search says so, and the frame's counts are the generated group's too
+            result.notes = _bracket_note(group) + list(result.notes)
+            return result
         except _NotFreeAndTransitive as refusal:
             names = ", ".join(v.name for v in group.variables)
             if method == "frame":
