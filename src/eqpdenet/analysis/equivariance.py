@@ -581,8 +581,8 @@ def equivariance_error(phi: Callable[[Tensor], Tensor], images: Tensor,
             # only where the error would read one: a transform of one's own that fills what it
             # brings in from outside the frame with NaN, off the disk, measures as before
             _refuse_transform_values(moved_images, None, label, "g f, the images moved by it")
-        _check_map_values(moved, f"the map's output on the transformed images "
-                                 f"({getattr(transform, 'label', '') or 'g f'})", mask)
+            _check_map_values(moved, f"the map's output on the transformed images "
+                                     f"({getattr(transform, 'label', '') or 'g f'})", mask)
         difference = moved - moved_out
     return _masked_norm(difference, mask) / denominator
 

@@ -252,6 +252,12 @@ def check_steps(T: float, dt: float, grid: dict, advise: bool = True) -> None:
             raise ConfigError(_dt_study_refusal(T, dt, grid, error)) from None
 
 
+def _whole(ratio: float) -> bool:
+    """Whether ``ratio`` is a whole number within the rounding that
+    :func:`~eqpdenet.pde.integrators.steps_for` takes (:data:`STEPS_RTOL`)."""
+    return abs(ratio - round(ratio)) <= STEPS_RTOL * max(round(ratio), 1)
+
+
 def _steps_refusal(T: float, dt: float, grid: dict, error: ConfigError,
                    tries: int = 1000) -> str:
     """The refusal of a ``(--T, --dt)`` whose own integration
@@ -299,7 +305,7 @@ def _accepted_near(T: float, dt: float, grid: dict, tries: int = 1000) -> list[f
         ratio = value / dt
         # cheap first (most n are not multiples), with the tolerance check_steps takes: 1e-9
         # refused 1 = 6 x 0.1666667, which the study runs
-        if abs(ratio - round(ratio)) > STEPS_RTOL * max(round(ratio), 1):
+        if not _whole(ratio):
             return None
         try:
             check_steps(value, dt, grid, advise=False)
@@ -333,11 +339,10 @@ def _dt_study_refusal(T: float, dt: float, grid: dict, error: ConfigError) -> st
                 f"{T / smallest:.3g} Euler steps, more than the bound of {MAX_STEPS:,}; --T "
                 f"must be at most {MAX_STEPS * smallest:g}")
     ratio = T / largest
-    if abs(ratio - round(ratio)) > STEPS_RTOL * max(round(ratio), 1) or round(ratio) < 1:
+    if not _whole(ratio) or round(ratio) < 1:
         named = " or ".join(f"{v:g}" for v in _accepted_near(T, dt, grid))
         both = f"whole multiples of both {largest:g} and --dt = {dt:.10g}"
-        divides = (abs(largest / dt - round(largest / dt))
-                   <= STEPS_RTOL * max(round(largest / dt), 1))
+        divides = _whole(largest / dt)
         choices = (named if named and divides else f"{named} (the nearest {both})" if named
                    else f"none near {T:g} is one of the {both}: choose another --dt")
         return (f"invalid config: --T: {study}, so --T must be a whole multiple of "
