@@ -5,6 +5,7 @@ planar ones, their invariants derived by the moving frame (one channel by defaul
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -143,8 +144,11 @@ def _require_searchable(rows, max_degree: int, channels: int) -> None:
         if degree is None:
             continue
         n = len(JetSpace(order, channels, group.variables).derivatives)
-        largest = max((d for d in range(1, max_degree + 1)
-                       if math.comb(n + d, d) - 1 <= MAX_SEARCH_MONOMIALS), default=1)
+        # the count grows with d: stop at the first degree past the bound (a loop to
+        # --max-degree took seconds at 1e5 and did not end at 1e8)
+        largest = max(itertools.takewhile(
+            lambda d, n=n: math.comb(n + d, d) - 1 <= MAX_SEARCH_MONOMIALS,
+            range(1, max_degree + 1)), default=1)
         if limit is None or largest < limit[0]:
             limit = (largest, name, order, n)
     if limit is None or limit[0] >= max_degree:
